@@ -1,0 +1,473 @@
+// runtime.cpp: the emu device's block scheduler.
+//
+// One OS thread runs one block at a time. Every CUDA thread of the block is a fiber with
+// its own stack; the scheduler switches into each runnable fiber in the launch's schedule
+// order (index, reverse or seeded random) and the fiber runs until it finishes or waits:
+// at __syncthreads (released when every thread of the block has arrived at the same call
+// site) or at a warp collective (released when every lane of its mask has arrived). When
+// no fiber can run and some have not finished, the kernel broke a CUDA rule (divergent
+// barrier, a lane missing from a mask, a thread that exited before a barrier): the launch
+// fails with a message naming the kernel and the call sites. A kernel that never waits
+// simply runs its threads one after the other, a plain loop with two switches a thread.
+#include "shim.h"
+
+#include <sys/mman.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define EMU_TSAN 1
+#define EMU_NO_TSAN __attribute__((no_sanitize_thread))
+#else
+#define EMU_NO_TSAN
+#endif
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+extern "C" void emu_fiber_switch(void** save_sp, void* new_sp);
+#if defined(__x86_64__)
+// Saves the callee-saved registers of the System V ABI on the current stack, stores the
+// stack pointer in *save_sp, and resumes the stack new_sp. ~10x cheaper than swapcontext,
+// which makes a signal-mask system call on every switch.
+asm(R"(
+.text
+.globl emu_fiber_switch
+.type emu_fiber_switch,@function
+emu_fiber_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size emu_fiber_switch, .-emu_fiber_switch
+.section .note.GNU-stack,"",@progbits
+.text
+)");
+#else
+#error "the emu fiber switch is written for x86-64 only"
+#endif
+
+typedef void (*emu_kernel_fn)(void** args);
+
+namespace emu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;  // virtual; only touched pages are committed
+constexpr size_t kGuardBytes = 4096;
+
+enum class State { Ready, AtBarrier, AtWarp, Done };
+
+struct Fiber {
+    void* sp = nullptr;
+    unsigned char* stack = nullptr;  // lowest address of the mapping (guard page first)
+    State state = State::Ready;
+    uint3 tid{};
+    unsigned linear = 0;
+#ifdef EMU_TSAN
+    void* tsan = nullptr;
+#endif
+};
+
+struct WarpSlot {
+    unsigned mask = 0, arrived = 0;
+    const char* op = nullptr;
+    const char* file = nullptr;
+    int line = 0;
+    CollectiveFn fn = nullptr;
+    void* data[32] = {};
+};
+
+struct Block {
+    const char* kernel = "";
+    emu_kernel_fn fn = nullptr;
+    void** args = nullptr;
+    std::vector<Fiber> fibers;
+    unsigned nthreads = 0, done = 0, current = 0;
+    void* sched_sp = nullptr;
+    // __syncthreads state of the current generation
+    unsigned bar_arrived = 0, bar_gen = 0;
+    const char* bar_file = nullptr;
+    int bar_line = 0;
+    std::vector<WarpSlot> warps;
+    std::string error;
+    bool failed = false;
+    std::vector<unsigned char> smem_store;
+    unsigned char* smem = nullptr;
+    size_t smem_bytes = 0;
+#ifdef EMU_TSAN
+    void* tsan_sched = nullptr;
+    char bar_sync[2];
+    char block_start, block_end;
+#endif
+};
+
+thread_local Block* g_block = nullptr;
+
+Fiber& cur() { return g_block->fibers[g_block->current]; }
+
+EMU_NO_TSAN void switch_to_scheduler() {
+    Block* b = g_block;
+#ifdef EMU_TSAN
+    __tsan_switch_to_fiber(b->tsan_sched, __tsan_switch_to_fiber_no_sync);
+#endif
+    emu_fiber_switch(&b->fibers[b->current].sp, b->sched_sp);
+}
+
+std::string site(const char* file, int line) {
+    const char* base = std::strrchr(file, '/');
+    return std::string(base ? base + 1 : file) + ":" + std::to_string(line);
+}
+
+std::string tid_str(const Fiber& f) {
+    return "(" + std::to_string(f.tid.x) + "," + std::to_string(f.tid.y) + "," + std::to_string(f.tid.z) + ")";
+}
+
+// Body of every fiber: run the kernel for this thread, then hand control back for good.
+EMU_NO_TSAN void fiber_main() {
+    Block* b = g_block;
+#ifdef EMU_TSAN
+    // Ordered after everything before the block (the launch's inputs, earlier blocks'
+    // use of static shared memory), but not after the other fibers of this block.
+    __tsan_acquire(&b->block_start);
+#endif
+    b->fn(b->args);
+#ifdef EMU_TSAN
+    __tsan_release(&b->block_end);
+#endif
+    Fiber& f = cur();
+    f.state = State::Done;
+    b->done++;
+    if (b->bar_arrived > 0)
+        fail("thread %s exited while %u threads wait at __syncthreads (%s): a barrier some "
+             "threads never reach",
+             tid_str(f).c_str(), b->bar_arrived, site(b->bar_file, b->bar_line).c_str());
+    WarpSlot& w = b->warps[f.linear / 32];
+    if (w.arrived && ((w.mask >> (f.linear % 32)) & 1u))
+        fail("lane %u exited while lanes wait for it at %s (%s, mask 0x%08x)", f.linear % 32, w.op,
+             site(w.file, w.line).c_str(), w.mask);
+    switch_to_scheduler();
+    __builtin_unreachable();
+}
+
+// Stacks are kept per OS thread across launches: mapping them anew for every block would
+// cost more than running most kernels.
+thread_local std::vector<unsigned char*> t_stacks;
+
+void prepare_stack(Fiber& f) {
+    if (t_stacks.size() <= f.linear) t_stacks.resize(f.linear + 1, nullptr);
+    f.stack = t_stacks[f.linear];
+    if (!f.stack) {
+        void* m = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            std::fprintf(stderr, "emu: cannot map a fiber stack\n");
+            std::abort();
+        }
+        // A guard page turns a fiber stack overflow into a crash instead of silent corruption.
+        mprotect(m, kGuardBytes, PROT_NONE);
+        f.stack = static_cast<unsigned char*>(m);
+        t_stacks[f.linear] = f.stack;
+    }
+    // Initial frame for emu_fiber_switch: mxcsr / fpu control word, six callee-saved
+    // registers, then fiber_main as the return address, with the 16-byte alignment a
+    // called function expects.
+    auto* top = reinterpret_cast<uint64_t*>(f.stack + kStackBytes);
+    top -= 2;
+    top[1] = 0;
+    top[0] = reinterpret_cast<uint64_t>(&fiber_main);
+    top -= 6;
+    for (int i = 0; i < 6; ++i) top[i] = 0;
+    top -= 1;
+    uint32_t csr[2];
+    asm volatile("stmxcsr %0" : "=m"(csr[0]));
+    asm volatile("fnstcw %0" : "=m"(csr[1]));
+    std::memcpy(top, csr, 8);
+    f.sp = top;
+}
+
+uint64_t splitmix(uint64_t& s) {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void order(std::vector<unsigned>& v, int schedule, uint64_t& rng) {
+    for (unsigned i = 0; i < v.size(); ++i) v[i] = i;
+    if (schedule == 1) std::reverse(v.begin(), v.end());
+    if (schedule == 2)
+        for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[splitmix(rng) % i]);
+}
+
+std::string waiting_report(Block& b) {
+    std::string r;
+    int shown = 0;
+    for (auto& f : b.fibers) {
+        if (f.state == State::Done || shown >= 4) continue;
+        shown++;
+        r += "; thread " + tid_str(f);
+        if (f.state == State::AtBarrier)
+            r += " waits at __syncthreads " + site(b.bar_file, b.bar_line);
+        else if (f.state == State::AtWarp) {
+            WarpSlot& w = b.warps[f.linear / 32];
+            char m[16];
+            std::snprintf(m, sizeof m, "%08x", w.mask);
+            r += std::string(" waits at ") + w.op + " " + site(w.file, w.line) + " (mask 0x" + m + ")";
+        }
+    }
+    return r;
+}
+
+// Runs one block to completion or failure. Returns false on a kernel error.
+EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
+    g_block = &b;
+    b.done = 0;
+    b.bar_arrived = 0;
+    b.failed = false;
+    for (auto& w : b.warps) w = WarpSlot{};
+    std::memset(b.smem, 0xFF, b.smem_bytes);
+    unsigned i = 0;
+    for (unsigned z = 0; z < blockDim.z; ++z)
+        for (unsigned y = 0; y < blockDim.y; ++y)
+            for (unsigned x = 0; x < blockDim.x; ++x, ++i) {
+                Fiber& f = b.fibers[i];
+                f.state = State::Ready;
+                f.tid = {x, y, z};
+                f.linear = i;
+                prepare_stack(f);
+            }
+    std::vector<unsigned> ord(b.nthreads);
+#ifdef EMU_TSAN
+    __tsan_release(&b.block_start);
+#endif
+    while (b.done < b.nthreads) {
+        order(ord, schedule, rng);
+        bool progress = false;
+        for (unsigned idx : ord) {
+            Fiber& f = b.fibers[idx];
+            if (f.state != State::Ready) continue;
+            progress = true;
+            b.current = idx;
+            threadIdx = f.tid;
+#ifdef EMU_TSAN
+            __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+            emu_fiber_switch(&b.sched_sp, f.sp);
+            if (b.failed) return false;
+        }
+        if (!progress) {
+            b.error = "deadlock: no thread can proceed" + waiting_report(b);
+            return false;
+        }
+    }
+#ifdef EMU_TSAN
+    __tsan_acquire(&b.block_end);
+#endif
+    return true;
+}
+
+}  // namespace
+
+// ---- hooks called from kernel code (on a fiber) ----------------------------------------------
+
+void fail(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    Block* b = g_block;
+    if (!b) {
+        std::fprintf(stderr, "emu: %s\n", buf);
+        std::abort();
+    }
+    b->error = buf;
+    b->failed = true;
+    switch_to_scheduler();  // never resumed: the launch is abandoned
+    __builtin_unreachable();
+}
+
+unsigned lane_id() { return cur().linear % 32; }
+
+unsigned char* dyn_smem() { return g_block->smem; }
+
+EMU_NO_TSAN void syncthreads(const char* file, int line) {
+    Block* b = g_block;
+    Fiber& f = cur();
+    if (b->done > 0)
+        fail("__syncthreads at %s reached after %u threads of the block exited: a barrier some "
+             "threads never reach",
+             site(file, line).c_str(), b->done);
+    if (b->bar_arrived == 0) {
+        b->bar_file = file;
+        b->bar_line = line;
+    } else if (b->bar_line != line || std::strcmp(b->bar_file, file) != 0) {
+        fail("divergent __syncthreads: thread %s at %s while other threads wait at %s",
+             tid_str(f).c_str(), site(file, line).c_str(), site(b->bar_file, b->bar_line).c_str());
+    }
+#ifdef EMU_TSAN
+    __tsan_release(&b->bar_sync[b->bar_gen & 1]);
+#endif
+    unsigned gen = b->bar_gen;
+    if (++b->bar_arrived == b->nthreads) {
+        b->bar_arrived = 0;
+        b->bar_gen++;
+        for (auto& o : b->fibers)
+            if (o.state == State::AtBarrier) o.state = State::Ready;
+    } else {
+        f.state = State::AtBarrier;
+        switch_to_scheduler();
+    }
+#ifdef EMU_TSAN
+    __tsan_acquire(&b->bar_sync[gen & 1]);
+#else
+    (void)gen;
+#endif
+}
+
+EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file, int line,
+                                 void* lane_data, CollectiveFn fn) {
+    Block* b = g_block;
+    Fiber& f = cur();
+    unsigned lane = f.linear % 32, warp = f.linear / 32;
+    if (!((mask >> lane) & 1u))
+        fail("%s at %s: calling lane %u is not in mask 0x%08x", op, site(file, line).c_str(), lane, mask);
+    unsigned warp_threads = std::min(32u, b->nthreads - warp * 32);
+    unsigned present = warp_threads == 32 ? 0xffffffffu : ((1u << warp_threads) - 1);
+    if (mask & ~present)
+        fail("%s at %s: mask 0x%08x names lanes that do not exist (the warp has %u threads)", op,
+             site(file, line).c_str(), mask, warp_threads);
+    WarpSlot& w = b->warps[warp];
+    if (w.arrived == 0) {
+        w.mask = mask;
+        w.op = op;
+        w.file = file;
+        w.line = line;
+        w.fn = fn;
+    } else if (w.mask != mask || w.line != line || std::strcmp(w.file, file) != 0) {
+        fail("divergent warp collective: lane %u at %s %s (mask 0x%08x) while lanes wait at %s %s "
+             "(mask 0x%08x)",
+             lane, op, site(file, line).c_str(), mask, w.op, site(w.file, w.line).c_str(), w.mask);
+    }
+    for (unsigned l = 0; l < 32; ++l) {
+        unsigned gl = warp * 32 + l;
+        if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::Done)
+            fail("%s at %s: lane %u of mask 0x%08x has exited", op, site(file, line).c_str(), l, mask);
+    }
+    w.data[lane] = lane_data;
+    w.arrived |= 1u << lane;
+#ifdef EMU_TSAN
+    __tsan_release(&w);
+#endif
+    if (w.arrived == mask) {
+        void* data[32];
+        for (unsigned l = 0; l < 32; ++l) data[l] = ((mask >> l) & 1u) ? w.data[l] : nullptr;
+        CollectiveFn run = w.fn;
+        w = WarpSlot{};
+#ifdef EMU_TSAN
+        __tsan_acquire(&w);  // the last lane reads every lane's data
+#endif
+        run(data, mask);
+#ifdef EMU_TSAN
+        __tsan_release(&w);  // ... and writes every lane's results
+#endif
+        for (unsigned l = 0; l < 32; ++l) {
+            unsigned gl = warp * 32 + l;
+            if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::AtWarp)
+                b->fibers[gl].state = State::Ready;
+        }
+    } else {
+        f.state = State::AtWarp;
+        switch_to_scheduler();
+    }
+#ifdef EMU_TSAN
+    __tsan_acquire(&w);
+#endif
+}
+
+void syncwarp_at(const char* file, int line, unsigned mask) {
+    warp_collective(mask, "__syncwarp", file, line, nullptr, [](void* const*, unsigned) {});
+}
+
+void vote_compute(void* const* lanes, unsigned) {
+    unsigned bits = 0;
+    for (int l = 0; l < 32; ++l)
+        if (lanes[l] && static_cast<VoteLane*>(lanes[l])->pred) bits |= 1u << l;
+    for (int l = 0; l < 32; ++l)
+        if (lanes[l]) static_cast<VoteLane*>(lanes[l])->out = bits;
+}
+
+}  // namespace emu
+
+// ---- the C ABI used by src/device/emu.rs ------------------------------------------------------
+
+// Runs blocks [first, last) (linear block index, x fastest) of a launch on the calling OS
+// thread. schedule: 0 index order, 1 reverse, 2 seeded random. Returns 0, or 1 with a
+// message in err.
+extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kernel, const unsigned grid[3],
+                                              const unsigned block[3], size_t smem_bytes, void** args,
+                                              uint64_t first, uint64_t last, int schedule,
+                                              uint64_t seed, char* err, size_t err_len) {
+    using namespace emu;
+    Block b;
+    b.kernel = kernel;
+    b.fn = fn;
+    b.args = args;
+    b.nthreads = block[0] * block[1] * block[2];
+    b.fibers.resize(b.nthreads);
+    b.warps.resize((b.nthreads + 31) / 32);
+    b.smem_store.resize(smem_bytes + 128);
+    b.smem = b.smem_store.data() + (128 - reinterpret_cast<uintptr_t>(b.smem_store.data()) % 128) % 128;
+    b.smem_bytes = smem_bytes;
+    gridDim = dim3(grid[0], grid[1], grid[2]);
+    blockDim = dim3(block[0], block[1], block[2]);
+#ifdef EMU_TSAN
+    b.tsan_sched = __tsan_get_current_fiber();
+    for (auto& f : b.fibers) f.tsan = __tsan_create_fiber(0);
+#endif
+    uint64_t rng = seed ^ (first * 0x9E3779B97F4A7C15ull);
+    std::vector<uint64_t> blocks;
+    for (uint64_t i = first; i < last; ++i) blocks.push_back(i);
+    if (schedule == 1) std::reverse(blocks.begin(), blocks.end());
+    if (schedule == 2)
+        for (size_t i = blocks.size(); i > 1; --i) std::swap(blocks[i - 1], blocks[splitmix(rng) % i]);
+    int rc = 0;
+    for (uint64_t lin : blocks) {
+        blockIdx = {unsigned(lin % grid[0]), unsigned(lin / grid[0] % grid[1]),
+                    unsigned(lin / grid[0] / grid[1])};
+        if (!run_block(b, schedule, rng)) {
+            std::snprintf(err, err_len, "kernel %s, block (%u,%u,%u): %s", kernel, blockIdx.x, blockIdx.y,
+                          blockIdx.z, b.error.c_str());
+            rc = 1;
+            break;
+        }
+    }
+    g_block = nullptr;
+#ifdef EMU_TSAN
+    for (auto& f : b.fibers) __tsan_destroy_fiber(f.tsan);
+#endif
+    return rc;
+}

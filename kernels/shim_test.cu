@@ -1,0 +1,58 @@
+// shim_test.cu: kernels that exercise the emulator's own semantics (tests/emu_shim.rs).
+// Some are correct (warp and block reductions); others break a CUDA rule on purpose
+// and exist only so the tests can check that the emu device reports the break.
+#include "common.cuh"
+
+// Sum of each warp's 32 values by butterfly shuffles; also the ballot of positive values.
+extern "C" __global__ void shim_warp_reduce(const float* __restrict__ x, float* __restrict__ sums,
+                                            unsigned* __restrict__ ballots) {
+    unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    float v = x[t];
+    unsigned b = __ballot_sync(0xffffffffu, v > 0.f);
+    for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    if (threadIdx.x % 32 == 0) {
+        sums[t / 32] = v;
+        ballots[t / 32] = b;
+    }
+}
+
+// Tree reduction in dynamic shared memory: one partial sum a block. blockDim.x must be a
+// power of two. With `racy` set, the barrier inside the tree is skipped: the planted bug
+// the two-schedule comparison and ThreadSanitizer must catch.
+extern "C" __global__ void shim_block_reduce(const float* __restrict__ x, float* __restrict__ out, int n,
+                                             int racy) {
+    VGG_DYN_SHARED(float, s);
+    unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    s[t] = i < (unsigned)n ? x[i] : 0.f;
+    __syncthreads();
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (t < stride) s[t] += s[t + stride];
+        if (!racy) __syncthreads();
+    }
+    if (racy) __syncthreads();
+    if (t == 0) out[blockIdx.x] = s[0];
+}
+
+// Half the block waits at one barrier, half at another: undefined on the GPU, an error here.
+extern "C" __global__ void shim_divergent_barrier(int* out) {
+    if (threadIdx.x < 16) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = 1;
+}
+
+// Thread 0 leaves before a barrier the others wait at.
+extern "C" __global__ void shim_exit_before_barrier(int* out) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    out[threadIdx.x] = 1;
+}
+
+// Lanes 0-15 shuffle with a half-warp mask but read lane 20, which is outside it.
+extern "C" __global__ void shim_bad_shuffle(float* out) {
+    float v = (float)threadIdx.x;
+    if (threadIdx.x < 16) v = __shfl_sync(0x0000ffffu, v, 20);
+    out[threadIdx.x] = v;
+}

@@ -1,0 +1,311 @@
+//! The `cuda` backend: one context (the device's primary context), one non-blocking
+//! stream, modules loaded lazily from the embedded cubins / PTX and cached, stream-ordered
+//! allocation, device-event timing. The driver library is loaded dynamically and probed
+//! before the first call, so a machine without a driver or GPU gets a sentence, not a panic.
+
+use super::kernels::{self, EmbeddedModule};
+use super::{Kernel, LaunchConfig};
+use crate::{Error, Result};
+use cudarc::driver::{result, sys};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+/// The lowest compute capability the kernels need (mma.sync m16n8k16, cp.async, ldmatrix).
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
+
+fn drv(call: &'static str) -> impl Fn(result::DriverError) -> Error {
+    move |e| Error::Driver { call, message: e.to_string() }
+}
+
+/// One GPU as the driver reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+    pub multiprocessors: i32,
+}
+
+/// What `vgg info` says about CUDA on this machine.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CudaReport {
+    /// Driver API version as (major, minor), when a driver is installed.
+    pub driver_version: Option<(i32, i32)>,
+    pub gpus: Vec<GpuInfo>,
+    /// Why the cuda device cannot be used, or None when GPU 0 can run the kernels.
+    pub unusable_because: Option<String>,
+}
+
+/// Loads the driver library and initialises it, or says what is missing.
+fn init_driver() -> Result<()> {
+    // SAFETY: only probes whether libcuda can be dlopen'ed; no symbol is called.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::DeviceUnavailable(
+            "no NVIDIA driver: libcuda.so could not be loaded (install the NVIDIA driver, or use --device emu)".into(),
+        ));
+    }
+    result::init().map_err(|e| Error::DeviceUnavailable(format!("the NVIDIA driver failed to initialise: {e}")))
+}
+
+fn gpu_info(ordinal: usize) -> Result<GpuInfo> {
+    let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
+    let attr = |a| {
+        // SAFETY: `dev` came from cuDeviceGet.
+        unsafe { result::device::get_attribute(dev, a) }.map_err(drv("cuDeviceGetAttribute"))
+    };
+    use sys::CUdevice_attribute::*;
+    Ok(GpuInfo {
+        ordinal,
+        name: result::device::get_name(dev).map_err(drv("cuDeviceGetName"))?,
+        compute_capability: (
+            attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ),
+        // SAFETY: `dev` came from cuDeviceGet.
+        memory_bytes: unsafe { result::device::total_mem(dev) }.map_err(drv("cuDeviceTotalMem"))?,
+        multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+    })
+}
+
+/// Probes the driver and GPUs without creating a context.
+pub fn cuda_report() -> CudaReport {
+    let mut rep = CudaReport { driver_version: None, gpus: vec![], unusable_because: None };
+    if let Err(e) = init_driver() {
+        rep.unusable_because = Some(e.to_string());
+        return rep;
+    }
+    let mut v = 0;
+    // SAFETY: the driver is loaded and initialised; `v` is a valid out-pointer.
+    if unsafe { sys::cuDriverGetVersion(&mut v) } == sys::CUresult::CUDA_SUCCESS {
+        rep.driver_version = Some((v / 1000, (v % 1000) / 10));
+    }
+    let count = result::device::get_count().unwrap_or(0);
+    for i in 0..count.max(0) as usize {
+        match gpu_info(i) {
+            Ok(g) => rep.gpus.push(g),
+            Err(e) => rep.unusable_because = Some(e.to_string()),
+        }
+    }
+    if rep.unusable_because.is_none() {
+        rep.unusable_because = match rep.gpus.first() {
+            None => Some("the NVIDIA driver is installed but reports no GPU".into()),
+            Some(g) if g.compute_capability < MIN_COMPUTE_CAPABILITY => Some(format!(
+                "GPU 0 ({}) has compute capability {}.{}; the kernels need {}.{} or newer",
+                g.name, g.compute_capability.0, g.compute_capability.1, MIN_COMPUTE_CAPABILITY.0, MIN_COMPUTE_CAPABILITY.1
+            )),
+            Some(_) if kernels::NVRTC_VERSION.is_none() => {
+                Some("this build embeds no GPU kernels (NVRTC was missing at build time: run scripts/setup-cuda and rebuild)".into())
+            }
+            Some(_) => None,
+        };
+    }
+    rep
+}
+
+pub(crate) struct CudaDevice {
+    info: GpuInfo,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
+    functions: Mutex<HashMap<Kernel, sys::CUfunction>>,
+}
+
+// SAFETY: the driver API is thread-safe; every call first makes `ctx` current on the
+// calling thread (`bind`), and the handles are plain identifiers owned by this struct.
+unsafe impl Send for CudaDevice {}
+// SAFETY: as above; the caches are behind mutexes.
+unsafe impl Sync for CudaDevice {}
+
+impl CudaDevice {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        init_driver()?;
+        let count = result::device::get_count().map_err(drv("cuDeviceGetCount"))?;
+        if count <= 0 {
+            return Err(Error::DeviceUnavailable("the NVIDIA driver is installed but reports no GPU".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::DeviceUnavailable(format!("GPU {ordinal} requested, but this machine has {count}")));
+        }
+        let info = gpu_info(ordinal)?;
+        if info.compute_capability < MIN_COMPUTE_CAPABILITY {
+            return Err(Error::DeviceUnavailable(format!(
+                "{} has compute capability {}.{}; the kernels need {}.{} or newer",
+                info.name,
+                info.compute_capability.0,
+                info.compute_capability.1,
+                MIN_COMPUTE_CAPABILITY.0,
+                MIN_COMPUTE_CAPABILITY.1
+            )));
+        }
+        if kernels::NVRTC_VERSION.is_none() {
+            return Err(Error::DeviceUnavailable(
+                "this build embeds no GPU kernels (NVRTC was missing at build time: run scripts/setup-cuda and rebuild)".into(),
+            ));
+        }
+        let dev = result::device::get(ordinal as i32).map_err(drv("cuDeviceGet"))?;
+        // SAFETY: `dev` came from cuDeviceGet; the primary context lives as long as the process.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(drv("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: `ctx` is the valid context just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(drv("cuCtxSetCurrent"))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(drv("cuStreamCreate"))?;
+        Ok(Self { info, ctx, stream, modules: Mutex::default(), functions: Mutex::default() })
+    }
+
+    pub fn name(&self) -> String {
+        format!("cuda:{} ({})", self.info.ordinal, self.info.name)
+    }
+
+    fn bind(&self) -> Result<()> {
+        // SAFETY: `ctx` is the primary context retained in `new` and never released.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("cuCtxSetCurrent"))
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: stream-ordered allocation on our own stream.
+        unsafe { result::malloc_async(self.stream, bytes.max(1)) }.map_err(drv("cuMemAllocAsync"))
+    }
+
+    pub fn free(&self, ptr: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: `ptr` came from `alloc`; freeing is ordered after queued work on the stream.
+            let _ = unsafe { result::free_async(ptr, self.stream) };
+        }
+    }
+
+    pub fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `dst` spans src.len() bytes; we wait before returning,
+        // so `src` outlives the copy.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }.map_err(drv("cuMemcpyHtoDAsync"))?;
+        self.synchronize()
+    }
+
+    pub fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `src` spans dst.len() bytes; we wait before returning.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }.map_err(drv("cuMemcpyDtoHAsync"))?;
+        self.synchronize()
+    }
+
+    pub fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees `dst` spans `bytes` bytes.
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream) }.map_err(drv("cuMemsetD8Async"))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: our own live stream.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// Picks the cubin for this GPU's arch, else JIT-compiles the PTX when the GPU is at
+    /// least the PTX's arch.
+    fn load_module(&self, m: &'static EmbeddedModule) -> Result<sys::CUmodule> {
+        let (maj, min) = self.info.compute_capability;
+        let arch = (maj * 10 + min) as u32;
+        let unavailable = |reason: String| Error::ModuleUnavailable { module: m.name, reason };
+        if let Some((_, cubin)) = m.cubins.iter().find(|(a, _)| *a == arch) {
+            // SAFETY: an embedded cubin produced by NVRTC for exactly this arch.
+            return unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+                .map_err(drv("cuModuleLoadData"));
+        }
+        match m.ptx {
+            Some((ptx_arch, ptx)) if ptx_arch <= arch => {
+                let text = CString::new(ptx).map_err(|_| unavailable("embedded PTX contains a NUL byte".into()))?;
+                // SAFETY: a NUL-terminated PTX image.
+                unsafe { result::module::load_data(text.as_ptr() as *const c_void) }.map_err(drv("cuModuleLoadData (PTX JIT)"))
+            }
+            _ => Err(unavailable(format!(
+                "no cubin for sm_{arch} and no PTX this GPU can JIT (embedded: {:?}; rebuild with VGG_CUDA_ARCHS={arch})",
+                m.cubins.iter().map(|c| c.0).collect::<Vec<_>>()
+            ))),
+        }
+    }
+
+    fn function(&self, k: &Kernel) -> Result<sys::CUfunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(k) {
+            return Ok(*f);
+        }
+        let module = {
+            let mut mods = self.modules.lock().unwrap();
+            match mods.get(k.module) {
+                Some(m) => *m,
+                None => {
+                    let em = kernels::module(k.module).ok_or_else(|| Error::ModuleUnavailable {
+                        module: k.module,
+                        reason: "no such kernels/*.cu file in this build".into(),
+                    })?;
+                    let m = self.load_module(em)?;
+                    mods.insert(k.module, m);
+                    m
+                }
+            }
+        };
+        let name = CString::new(k.name).expect("kernel names have no NUL");
+        // SAFETY: `module` is a loaded module; `name` is NUL-terminated.
+        let f = unsafe { result::module::get_function(module, name) }.map_err(drv("cuModuleGetFunction"))?;
+        self.functions.lock().unwrap().insert(*k, f);
+        Ok(f)
+    }
+
+    /// # Safety
+    /// As [`super::Device::launch`].
+    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
+        self.bind()?;
+        let f = self.function(k)?;
+        if cfg.shared_bytes > 48 * 1024 {
+            // Above 48 KiB a kernel must opt in to the larger carve-out.
+            result::function::set_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_bytes as i32,
+            )
+            .map_err(drv("cuFuncSetAttribute"))?;
+        }
+        result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, args)
+            .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) })
+    }
+
+    pub fn start_timer(&self) -> Result<EventTimer> {
+        self.bind()?;
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        let end = result::event::create(flags).map_err(drv("cuEventCreate"))?;
+        // SAFETY: fresh events on our own stream.
+        unsafe { result::event::record(start, self.stream) }.map_err(drv("cuEventRecord"))?;
+        Ok(EventTimer { start, end, stream: self.stream })
+    }
+}
+
+/// A pair of device events bracketing queued work.
+pub struct EventTimer {
+    start: sys::CUevent,
+    end: sys::CUevent,
+    stream: sys::CUstream,
+}
+
+impl EventTimer {
+    pub fn stop_ms(self) -> Result<f64> {
+        // SAFETY: events created in `start_timer` on the live stream; waited on before reading.
+        unsafe {
+            result::event::record(self.end, self.stream).map_err(drv("cuEventRecord"))?;
+            result::event::synchronize(self.end).map_err(drv("cuEventSynchronize"))?;
+            let ms = result::event::elapsed(self.start, self.end).map_err(drv("cuEventElapsedTime"))?;
+            Ok(ms as f64)
+        }
+    }
+}
+
+impl Drop for EventTimer {
+    fn drop(&mut self) {
+        // SAFETY: events owned by this timer, not used afterwards.
+        unsafe {
+            let _ = result::event::destroy(self.start);
+            let _ = result::event::destroy(self.end);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The `emu` backend: kernels/*.cu compiled for the CPU (build/emu.rs), run by the fiber
+//! scheduler of kernels/emu/runtime.cpp. Device memory is host memory; launches are
+//! synchronous; blocks run in parallel on rayon's pool when the schedule allows.
+
+use super::{Kernel, LaunchConfig};
+use crate::{Error, Result};
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::Mutex;
+
+type Launcher = unsafe extern "C" fn(*mut *mut c_void);
+
+extern "C" {
+    fn vgg_emu_find(name: *const c_char) -> *mut c_void;
+    fn vgg_emu_run_blocks(
+        f: Launcher,
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        smem_bytes: usize,
+        args: *mut *mut c_void,
+        first: u64,
+        last: u64,
+        schedule: c_int,
+        seed: u64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+}
+
+/// The order in which the emulator runs threads and blocks. A kernel whose output
+/// changes with the schedule has a race (a missing barrier, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Threads and blocks in index order, blocks in parallel.
+    Index,
+    /// Reverse index order, blocks in parallel.
+    Reverse,
+    /// A seeded random order, reshuffled at every barrier round; blocks run one after
+    /// the other so the whole launch is reproducible.
+    Random(u64),
+}
+
+impl Schedule {
+    /// Parses `index`, `reverse`, `random` or `random:SEED`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "index" => Some(Self::Index),
+            "reverse" => Some(Self::Reverse),
+            "random" => Some(Self::Random(1)),
+            _ => s.strip_prefix("random:").and_then(|n| n.parse().ok()).map(Self::Random),
+        }
+    }
+}
+
+pub(crate) struct EmuDevice {
+    schedule: Mutex<Schedule>,
+    launchers: Mutex<HashMap<&'static str, Launcher>>,
+}
+
+const ALIGN: usize = 256; // cudaMalloc's alignment
+
+impl EmuDevice {
+    pub fn new() -> Self {
+        let s = std::env::var("VGG_EMU_SCHEDULE").ok().and_then(|s| Schedule::parse(&s)).unwrap_or(Schedule::Index);
+        Self { schedule: Mutex::new(s), launchers: Mutex::default() }
+    }
+
+    pub fn set_schedule(&self, s: Schedule) {
+        *self.schedule.lock().unwrap() = s;
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<u64> {
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Shape(e.to_string()))?;
+        // SAFETY: non-zero size. Fresh memory is filled with 0xFF like the shim's shared memory,
+        // so a kernel that reads what nobody wrote sees NaN rather than a plausible zero.
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
+            return Err(Error::Kernel(format!("emu: out of host memory allocating {bytes} bytes")));
+        }
+        // SAFETY: `p` spans `layout.size()` bytes.
+        unsafe { std::ptr::write_bytes(p, 0xFF, layout.size()) };
+        Ok(p as u64)
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc(bytes)`.
+    pub unsafe fn free(&self, ptr: u64, bytes: usize) {
+        std::alloc::dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(bytes.max(1), ALIGN));
+    }
+
+    fn launcher(&self, k: &Kernel) -> Result<Launcher> {
+        let mut map = self.launchers.lock().unwrap();
+        if let Some(f) = map.get(k.name) {
+            return Ok(*f);
+        }
+        let name = CString::new(k.name).expect("kernel names have no NUL");
+        // SAFETY: looks a name up in the generated table; returns null when absent.
+        let p = unsafe { vgg_emu_find(name.as_ptr()) };
+        if p.is_null() {
+            return Err(Error::ModuleUnavailable {
+                module: k.module,
+                reason: format!("no kernel `{}` in the emu build", k.name),
+            });
+        }
+        // SAFETY: the table stores `void (*)(void**)` launchers (kernels/emu/launch.h).
+        let f: Launcher = unsafe { std::mem::transmute::<*mut c_void, Launcher>(p) };
+        map.insert(k.name, f);
+        Ok(f)
+    }
+
+    /// # Safety
+    /// As [`super::Device::launch`].
+    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
+        let f = self.launcher(k)?;
+        let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
+        let block = [cfg.block.0, cfg.block.1, cfg.block.2];
+        let threads = block.iter().map(|&b| b as u64).product::<u64>();
+        if threads == 0 || threads > 1024 || grid.contains(&0) {
+            return Err(Error::Shape(format!("{}: invalid launch grid {grid:?} block {block:?}", k.name)));
+        }
+        let total: u64 = grid.iter().map(|&g| g as u64).product();
+        let schedule = *self.schedule.lock().unwrap();
+        let (code, seed, parallel) = match schedule {
+            Schedule::Index => (0, 0, true),
+            Schedule::Reverse => (1, 0, true),
+            Schedule::Random(s) => (2, s, false),
+        };
+        let name = CString::new(k.name).expect("kernel names have no NUL");
+        // Raw pointers are not Send; the launch only reads them while this call lasts.
+        let args_addr = args.as_mut_ptr() as usize;
+        let run = |first: u64, last: u64| -> Result<()> {
+            let mut err = vec![0 as c_char; 2048];
+            // SAFETY: the caller guarantees the argument list; `f` is the generated launcher
+            // of this kernel; grid / block arrays have three entries; `err` is writable.
+            let rc = vgg_emu_run_blocks(
+                f,
+                name.as_ptr(),
+                grid.as_ptr(),
+                block.as_ptr(),
+                cfg.shared_bytes as usize,
+                args_addr as *mut *mut c_void,
+                first,
+                last,
+                code,
+                seed,
+                err.as_mut_ptr(),
+                err.len(),
+            );
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(Error::Kernel(CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned()))
+            }
+        };
+        let workers = rayon::current_num_threads() as u64;
+        if !parallel || total < 2 || workers < 2 {
+            return run(0, total);
+        }
+        use rayon::prelude::*;
+        let chunks = (workers * 4).min(total);
+        let per = total.div_ceil(chunks);
+        let mut ranges: Vec<(u64, u64)> =
+            (0..chunks).map(|i| (i * per, ((i + 1) * per).min(total))).filter(|r| r.0 < r.1).collect();
+        if schedule == Schedule::Reverse {
+            ranges.reverse();
+        }
+        ranges.into_par_iter().map(|(a, b)| run(a, b)).collect::<Result<Vec<()>>>().map(|_| ())
+    }
+}

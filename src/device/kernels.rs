@@ -1,0 +1,37 @@
+//! The kernels embedded at build time by build.rs: one module per `kernels/*.cu`, each with
+//! cubins (sm_90, plus `VGG_CUDA_ARCHS`), PTX for the lowest arch, and every kernel's
+//! resource usage as ptxas reported it.
+
+/// Registers, shared memory, stack and spills of one kernel, from `ptxas -v`.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct KernelResources {
+    pub name: &'static str,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub stack_bytes: u32,
+    pub spill_store_bytes: u32,
+    pub spill_load_bytes: u32,
+}
+
+/// One compiled `kernels/<name>.cu`.
+#[derive(Debug)]
+pub struct EmbeddedModule {
+    pub name: &'static str,
+    /// (sm arch as 90 for sm_90, cubin bytes)
+    pub cubins: &'static [(u32, &'static [u8])],
+    /// (compute arch, PTX text) for the JIT on GPUs without a matching cubin.
+    pub ptx: Option<(u32, &'static str)>,
+    pub kernels: &'static [KernelResources],
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels_embedded.rs"));
+
+/// The embedded module of a given name.
+pub fn module(name: &str) -> Option<&'static EmbeddedModule> {
+    MODULES.iter().find(|m| m.name == name)
+}
+
+/// Every kernel of every module with its resources, in file order.
+pub fn all_resources() -> impl Iterator<Item = (&'static str, &'static KernelResources)> {
+    MODULES.iter().flat_map(|m| m.kernels.iter().map(move |k| (m.name, k)))
+}

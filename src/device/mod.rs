@@ -1,0 +1,232 @@
+//! The `Device`: where kernels run. Two backends share one interface and one argument
+//! convention (cuLaunchKernel's array of pointers to arguments):
+//! - `cuda`: an NVIDIA GPU through cudarc's driver API, dynamically loaded, so the crate
+//!   runs on machines without CUDA and says exactly what is missing;
+//! - `emu`: the same kernel source compiled for the CPU, every CUDA thread a fiber
+//!   (kernels/emu/), slow but exact in its semantics: how tests and GPU-less users run.
+
+mod cuda;
+mod emu;
+pub mod kernels;
+
+pub use cuda::{cuda_report, CudaReport, GpuInfo};
+pub use emu::Schedule;
+
+use crate::{Error, Result};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// A kernel: its `kernels/<module>.cu` file stem and its `extern "C"` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub module: &'static str,
+    pub name: &'static str,
+}
+
+/// Grid and block dimensions and dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchConfig {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// One thread per element, `threads` per block (1-D).
+    pub fn for_elements(n: usize, threads: u32) -> Result<Self> {
+        let blocks = n.div_ceil(threads as usize).max(1);
+        let grid =
+            u32::try_from(blocks).map_err(|_| Error::Shape(format!("{n} elements is too many for one launch")))?;
+        Ok(Self { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: 0 })
+    }
+}
+
+/// One kernel argument, packed by value as the kernel signature expects.
+#[derive(Clone, Copy, Debug)]
+pub enum KArg {
+    /// A device pointer (`T*` in the kernel).
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+}
+
+impl KArg {
+    fn to_slot(self) -> u64 {
+        // Little-endian: a 4-byte argument is read from the low half of its 8-byte slot.
+        match self {
+            KArg::Ptr(p) => p,
+            KArg::I32(v) => v as u32 as u64,
+            KArg::U32(v) => v as u64,
+            KArg::I64(v) => v as u64,
+            KArg::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// A handle to a device; cheap to clone (shared).
+#[derive(Clone)]
+pub struct Device(Arc<Backend>);
+
+enum Backend {
+    Cuda(cuda::CudaDevice),
+    Emu(emu::EmuDevice),
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.name())
+    }
+}
+
+impl Device {
+    /// The GPU of the given ordinal, or an error that says why it cannot be used.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Ok(Self(Arc::new(Backend::Cuda(cuda::CudaDevice::new(ordinal)?))))
+    }
+
+    /// The CPU emulator. Its schedule comes from `VGG_EMU_SCHEDULE` (index, reverse,
+    /// random[:seed]) unless set with [`Device::set_schedule`].
+    pub fn emu() -> Self {
+        Self(Arc::new(Backend::Emu(emu::EmuDevice::new())))
+    }
+
+    /// `cuda`, `cuda:N` or `emu`.
+    pub fn by_name(name: &str) -> Result<Self> {
+        match name {
+            "emu" => Ok(Self::emu()),
+            "cuda" => Self::cuda(0),
+            _ => match name.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(i) => Self::cuda(i),
+                None => {
+                    Err(Error::DeviceUnavailable(format!("unknown device `{name}` (expected cuda, cuda:N or emu)")))
+                }
+            },
+        }
+    }
+
+    /// `cuda:0 (NVIDIA H200)` or `emu`.
+    pub fn name(&self) -> String {
+        match &*self.0 {
+            Backend::Cuda(c) => c.name(),
+            Backend::Emu(_) => "emu".to_string(),
+        }
+    }
+
+    pub fn is_emu(&self) -> bool {
+        matches!(&*self.0, Backend::Emu(_))
+    }
+
+    /// Two handles to the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The emulator's thread and block order for later launches (ignored by cuda).
+    pub fn set_schedule(&self, s: Schedule) {
+        if let Backend::Emu(e) = &*self.0 {
+            e.set_schedule(s);
+        }
+    }
+
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<u64> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.alloc(bytes),
+            Backend::Emu(e) => e.alloc(bytes),
+        }
+    }
+
+    /// # Safety
+    /// `ptr` came from `alloc(bytes)` on this device and is not used afterwards.
+    pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) {
+        match &*self.0 {
+            Backend::Cuda(c) => c.free(ptr),
+            Backend::Emu(e) => e.free(ptr, bytes),
+        }
+    }
+
+    /// # Safety
+    /// `dst .. dst + src.len()` lies in one live allocation of this device.
+    pub(crate) unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.htod(dst, src),
+            Backend::Emu(_) => {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
+                Ok(())
+            }
+        }
+    }
+
+    /// # Safety
+    /// `src .. src + dst.len()` lies in one live allocation of this device.
+    pub(crate) unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.dtoh(dst, src),
+            Backend::Emu(_) => {
+                std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
+                Ok(())
+            }
+        }
+    }
+
+    /// # Safety
+    /// `dst .. dst + bytes` lies in one live allocation of this device.
+    pub(crate) unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.memset(dst, byte, bytes),
+            Backend::Emu(_) => {
+                std::ptr::write_bytes(dst as *mut u8, byte, bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Launches `kernel` with `args` packed by value.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, order and type, every
+    /// pointer must address a live allocation of this device large enough for what the
+    /// kernel touches at this launch configuration.
+    pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let mut slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
+        let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        match &*self.0 {
+            Backend::Cuda(c) => c.launch(kernel, cfg, &mut ptrs),
+            Backend::Emu(e) => e.launch(kernel, cfg, &mut ptrs),
+        }
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.synchronize(),
+            Backend::Emu(_) => Ok(()),
+        }
+    }
+
+    /// Starts a timer: device events on cuda, the wall clock on emu (which runs launches
+    /// synchronously).
+    pub fn start_timer(&self) -> Result<Timer> {
+        match &*self.0 {
+            Backend::Cuda(c) => Ok(Timer::Cuda(c.start_timer()?)),
+            Backend::Emu(_) => Ok(Timer::Wall(std::time::Instant::now())),
+        }
+    }
+}
+
+/// A running timer from [`Device::start_timer`].
+pub enum Timer {
+    Cuda(cuda::EventTimer),
+    Wall(std::time::Instant),
+}
+
+impl Timer {
+    /// Milliseconds since the start, once the device finished the work queued in between.
+    pub fn stop_ms(self) -> Result<f64> {
+        match self {
+            Timer::Cuda(t) => t.stop_ms(),
+            Timer::Wall(t) => Ok(t.elapsed().as_secs_f64() * 1e3),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The library's error type. Every failure a user can cause or meet (no GPU, a bad shape,
+//! a kernel that broke a CUDA rule on the emulator) is a value, never a panic.
+
+/// Errors of the vgg-cuda library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CUDA device cannot be used on this machine; the message says exactly why.
+    #[error("CUDA device unavailable: {0}")]
+    DeviceUnavailable(String),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver call {call} failed: {message}")]
+    Driver { call: &'static str, message: String },
+    /// The kernel's module has no code this GPU can run (e.g. built without NVRTC).
+    #[error("kernel module `{module}` cannot be loaded: {reason}")]
+    ModuleUnavailable { module: &'static str, reason: String },
+    /// A kernel failed on the device (on emu: a broken CUDA rule such as a divergent barrier).
+    #[error("{0}")]
+    Kernel(String),
+    /// Arguments of an op that do not fit together (shapes, lengths, alignment).
+    #[error("invalid shape: {0}")]
+    Shape(String),
+    /// A tensor belongs to another device than the op runs on.
+    #[error("tensor is on device {found}, but the op runs on {expected}")]
+    WrongDevice { expected: String, found: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shape check helper: `ensure!(cond, "fmt", args)` returns `Error::Shape` when `cond` is false.
+#[macro_export]
+macro_rules! ensure_shape {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::Error::Shape(format!($($fmt)+)));
+        }
+    };
+}

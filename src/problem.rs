@@ -1,0 +1,111 @@
+//! Problem shapes shared by the kernels, the reference and the benches.
+//!
+//! One list ([`conv_problems`]) feeds tests and benches alike: edge cases first (the
+//! shapes that break tiling), then VGG-16's 3x3 layers. Activations are NHWC; 3x3 filters
+//! are stored KRSC (`[K][3][3][C]`, i.e. output channel, filter row, filter column, input
+//! channel), the layout the NHWC kernels read contiguously along C.
+
+/// A 3x3, stride 1, pad 1 convolution: input `N x H x W x C` (NHWC), filters `K x 3 x 3 x C`
+/// (KRSC), output `N x H x W x K`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvProblem {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+}
+
+impl ConvProblem {
+    pub const fn new(n: usize, h: usize, w: usize, c: usize, k: usize) -> Self {
+        Self { n, h, w, c, k }
+    }
+    /// Elements of the input activation `N*H*W*C`.
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    /// Elements of the output activation `N*H*W*K`.
+    pub fn output_len(&self) -> usize {
+        self.n * self.h * self.w * self.k
+    }
+    /// Elements of the filter tensor `K*3*3*C`.
+    pub fn filter_len(&self) -> usize {
+        self.k * 9 * self.c
+    }
+    /// Multiply-adds of the direct convolution times two: the FLOP count every
+    /// algorithm is credited with, so that Winograd's savings show as "effective" FLOP/s.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.h * self.w) as f64 * (self.c * self.k * 9) as f64
+    }
+}
+
+impl std::fmt::Display for ConvProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "N{} H{} W{} C{} K{}", self.n, self.h, self.w, self.c, self.k)
+    }
+}
+
+/// A named entry of the shared problem list.
+#[derive(Clone, Copy, Debug)]
+pub struct NamedProblem {
+    pub name: &'static str,
+    pub problem: ConvProblem,
+}
+
+const fn p(name: &'static str, n: usize, h: usize, w: usize, c: usize, k: usize) -> NamedProblem {
+    NamedProblem { name, problem: ConvProblem::new(n, h, w, c, k) }
+}
+
+/// Edge cases: N = 1, 1x1 / 2x2 / 3x3 / 7x7 / 15x15 images, H != W, C or K = 8, and the
+/// first layer's C = 3.
+pub const EDGE_CASES: &[NamedProblem] = &[
+    p("n1_1x1", 1, 1, 1, 8, 8),
+    p("n2_2x2", 2, 2, 2, 8, 16),
+    p("n1_3x3", 1, 3, 3, 16, 8),
+    p("n2_7x7", 2, 7, 7, 8, 8),
+    p("n1_15x15", 1, 15, 15, 16, 24),
+    p("n1_5x9", 1, 5, 9, 8, 16),
+    p("n3_6x4", 3, 6, 4, 24, 8),
+    p("c3_first", 2, 9, 11, 3, 16),
+];
+
+/// VGG-16's thirteen 3x3 layers at 224x224, batch given by the caller.
+pub fn vgg16_layers(batch: usize) -> Vec<NamedProblem> {
+    const L: &[(&str, usize, usize, usize)] = &[
+        ("conv1_1", 224, 3, 64),
+        ("conv1_2", 224, 64, 64),
+        ("conv2_1", 112, 64, 128),
+        ("conv2_2", 112, 128, 128),
+        ("conv3_1", 56, 128, 256),
+        ("conv3_2", 56, 256, 256),
+        ("conv3_3", 56, 256, 256),
+        ("conv4_1", 28, 256, 512),
+        ("conv4_2", 28, 512, 512),
+        ("conv4_3", 28, 512, 512),
+        ("conv5_1", 14, 512, 512),
+        ("conv5_2", 14, 512, 512),
+        ("conv5_3", 14, 512, 512),
+    ];
+    L.iter().map(|&(name, hw, c, k)| p(name, batch, hw, hw, c, k)).collect()
+}
+
+/// VGG-16's layers shrunk for the emulator: spatial size divided by `shrink` (at least 1)
+/// and channels capped at `max_c`, keeping each layer's C/K ratio where possible.
+pub fn vgg16_layers_reduced(batch: usize, shrink: usize, max_c: usize) -> Vec<NamedProblem> {
+    vgg16_layers(batch)
+        .into_iter()
+        .map(|np| {
+            let q = np.problem;
+            let hw = (q.h / shrink).max(1);
+            let cap = |x: usize| if x == 3 { 3 } else { x.min(max_c) };
+            NamedProblem { name: np.name, problem: ConvProblem::new(batch, hw, hw, cap(q.c), cap(q.k)) }
+        })
+        .collect()
+}
+
+/// The whole list: edge cases first, then VGG-16 reduced for the emulator.
+pub fn conv_problems() -> Vec<NamedProblem> {
+    let mut v = EDGE_CASES.to_vec();
+    v.extend(vgg16_layers_reduced(1, 16, 32));
+    v
+}

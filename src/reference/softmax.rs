@@ -1,0 +1,151 @@
+//! Softmax cross-entropy over `[batch][classes]` logits, its gradient, and top-k hit
+//! counting for the top-1 / top-5 error.
+//!
+//! Numerically stable: each row subtracts its maximum before `exp`, in f64, so logits of
+//! any magnitude give finite results. A NaN logit makes its row's loss NaN.
+
+/// Row `i`'s label as an index, panicking unless `0 <= label < classes`.
+fn label_of(labels: &[i32], i: usize, classes: usize) -> usize {
+    let l = labels[i];
+    assert!(l >= 0 && (l as usize) < classes, "softmax: label {l} of row {i} not in 0..{classes}");
+    l as usize
+}
+
+/// `ln sum_j exp(row_j)`, computed as `m + ln sum_j exp(row_j - m)` with `m = max_j row_j`.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// `(loss, p)`: `p[i][j] = exp(z[i][j]) / sum_j' exp(z[i][j'])`, `loss = mean_i (ln sum_j exp(z[i][j]) - z[i][label_i])`; z, p `[batch][classes]`.
+pub fn softmax_xent_fwd(batch: usize, classes: usize, logits: &[f32], labels: &[i32]) -> (f64, Vec<f32>) {
+    assert_eq!(logits.len(), batch * classes, "softmax_xent_fwd: logits");
+    assert_eq!(labels.len(), batch, "softmax_xent_fwd: labels");
+    let mut probs = Vec::with_capacity(logits.len());
+    let mut total = 0f64;
+    for (i, row) in logits.chunks_exact(classes).enumerate() {
+        let lse = log_sum_exp(row);
+        total += lse - row[label_of(labels, i, classes)] as f64;
+        probs.extend(row.iter().map(|&v| (v as f64 - lse).exp() as f32));
+    }
+    (total / batch as f64, probs)
+}
+
+/// `dz[i][j] = (softmax(z)[i][j] - [j == label_i]) / batch`: the gradient of the mean loss w.r.t. the logits, `[batch][classes]`.
+pub fn softmax_xent_bwd(batch: usize, classes: usize, logits: &[f32], labels: &[i32]) -> Vec<f32> {
+    assert_eq!(logits.len(), batch * classes, "softmax_xent_bwd: logits");
+    assert_eq!(labels.len(), batch, "softmax_xent_bwd: labels");
+    let mut dz = Vec::with_capacity(logits.len());
+    for (i, row) in logits.chunks_exact(classes).enumerate() {
+        let (lse, label) = (log_sum_exp(row), label_of(labels, i, classes));
+        for (j, &v) in row.iter().enumerate() {
+            let onehot = if j == label { 1.0 } else { 0.0 };
+            dz.push((((v as f64 - lse).exp() - onehot) / batch as f64) as f32);
+        }
+    }
+    dz
+}
+
+/// Rows whose label is among the `k` largest logits: hit iff fewer than `k` other classes have a strictly larger logit.
+///
+/// Tie rule: classes tied with the label do not push it out, so ties count in the label's
+/// favour. NaN rule: a NaN label logit is a miss, and a NaN in another class counts as
+/// larger than the label's, so a diverged network never scores.
+pub fn topk_hits(batch: usize, classes: usize, logits: &[f32], labels: &[i32], k: usize) -> usize {
+    assert_eq!(logits.len(), batch * classes, "topk_hits: logits");
+    assert_eq!(labels.len(), batch, "topk_hits: labels");
+    let mut hits = 0;
+    for (i, row) in logits.chunks_exact(classes).enumerate() {
+        let label = label_of(labels, i, classes);
+        let z = row[label];
+        // `!(v <= z)`: strictly larger, or NaN.
+        let larger =
+            row.iter().enumerate().filter(|&(j, &v)| j != label && v.partial_cmp(&z).is_none_or(|o| o.is_gt())).count();
+        if !z.is_nan() && larger < k {
+            hits += 1;
+        }
+    }
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_close, fd_grad_scalar, randn};
+    use super::*;
+
+    #[test]
+    fn known_softmax_of_zero_ln2() {
+        // softmax([0, ln 2]) = [1/3, 2/3]; losses ln 3 (label 0) and ln 3/2 (label 1).
+        let ln2 = std::f32::consts::LN_2;
+        for shift in [0.0, 1000.0, -1000.0] {
+            let z = [shift, shift + ln2, shift, shift + ln2];
+            let (loss, p) = softmax_xent_fwd(2, 2, &z, &[0, 1]);
+            assert!((loss - 0.5 * (3f64.ln() + 1.5f64.ln())).abs() < 1e-4, "shift {shift}: loss {loss}");
+            assert_close("probs", &p, &[1.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0], 1e-4, 0.0);
+            let dz = softmax_xent_bwd(2, 2, &z, &[0, 1]);
+            let want = [(1.0 / 3.0 - 1.0) / 2.0, (2.0 / 3.0) / 2.0, (1.0 / 3.0) / 2.0, (2.0 / 3.0 - 1.0) / 2.0];
+            assert_close("dlogits", &dz, &want, 1e-4, 0.0);
+        }
+        // Unshifted, the loss is off only by f32's rounding of ln 2.
+        let (loss, _) = softmax_xent_fwd(1, 2, &[0.0, ln2], &[1]);
+        assert!((loss - 1.5f64.ln()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn backward_matches_fd_and_rows_sum_to_zero() {
+        let (batch, classes) = (3, 7);
+        let z: Vec<f32> = randn(batch * classes, 1).iter().map(|v| 3.0 * v).collect();
+        let labels = [6, 0, 3];
+        let dz = softmax_xent_bwd(batch, classes, &z, &labels);
+        let num = fd_grad_scalar(&z, 1e-3, |z| softmax_xent_fwd(batch, classes, z, &labels).0);
+        assert_close("softmax_xent_bwd", &dz, &num, 1e-6, 1e-4);
+        for row in dz.chunks_exact(classes) {
+            assert!(row.iter().map(|&v| v as f64).sum::<f64>().abs() < 1e-7);
+        }
+        let (_, p) = softmax_xent_fwd(batch, classes, &z, &labels);
+        for row in p.chunks_exact(classes) {
+            assert!((row.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn nan_logit_poisons_loss() {
+        let (loss, _) = softmax_xent_fwd(2, 2, &[0.0, 1.0, f32::NAN, 0.0], &[0, 1]);
+        assert!(loss.is_nan());
+    }
+
+    #[test]
+    fn topk_with_ties_and_nans() {
+        let z = [
+            1.0,
+            5.0,
+            3.0,
+            2.0, // label 1: the largest
+            1.0,
+            5.0,
+            3.0,
+            2.0, // label 3: third largest
+            4.0,
+            4.0,
+            4.0,
+            4.0, // label 2: all tied, no class strictly larger
+            1.0,
+            3.0,
+            3.0,
+            2.0, // label 0: three strictly larger
+            1.0,
+            f32::NAN,
+            0.0,
+            0.0, // label 0: the NaN counts as larger
+            f32::NAN,
+            1.0,
+            0.0,
+            0.0, // label 0 is NaN: always a miss
+        ];
+        let labels = [1, 3, 2, 0, 0, 0];
+        let per_k: Vec<usize> = (1..=4).map(|k| topk_hits(6, 4, &z, &labels, k)).collect();
+        assert_eq!(per_k, vec![2, 3, 4, 5]);
+        assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 2), 0);
+        assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 3), 1);
+    }
+}

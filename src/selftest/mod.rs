@@ -1,0 +1,107 @@
+//! `vgg selftest`: every shipped kernel run on a device against the reference, at the
+//! shapes of the shared problem list, with a table of errors and bounds. The integration
+//! tests run the same checks on the emu device, so one body serves the emulator in CI and
+//! the GPU when a session has one.
+
+mod elementwise;
+mod primitives;
+
+use crate::reference::Compare;
+use crate::{Device, Result};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+/// One line of the selftest table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckRow {
+    pub kernel: String,
+    pub shape: String,
+    pub max_abs: f64,
+    pub rel_l2: f64,
+    /// The bound as text (`exact`, `rel_l2 <= 1e-5`).
+    pub bound: String,
+    pub pass: bool,
+    /// First mismatch, when there is one: index, got, want.
+    pub detail: Option<String>,
+}
+
+/// How a result must agree with its reference.
+#[derive(Clone, Copy, Debug)]
+pub enum Bound {
+    /// Bit-for-bit equal values (NaN never equal).
+    Exact,
+    /// Relative L2 error and max |err| / max |ref| both under the given values.
+    Rel { rel_l2: f64, max_rel: f64 },
+}
+
+impl CheckRow {
+    pub fn new(kernel: &str, shape: impl Into<String>, c: Compare, bound: Bound) -> Self {
+        let (pass, text) = match bound {
+            Bound::Exact => (c.first_bad.is_none() && c.max_abs == 0.0, "exact".to_string()),
+            Bound::Rel { rel_l2, max_rel } => (
+                c.rel_l2 <= rel_l2 && c.max_abs <= max_rel * c.max_ref,
+                format!("rel_l2 <= {rel_l2:.0e}, max <= {max_rel:.0e}*max|ref|"),
+            ),
+        };
+        let detail = c.first_bad.map(|(i, g, w)| format!("first mismatch at {i}: got {g}, want {w}"));
+        Self {
+            kernel: kernel.into(),
+            shape: shape.into(),
+            max_abs: c.max_abs,
+            rel_l2: c.rel_l2,
+            bound: text,
+            pass,
+            detail,
+        }
+    }
+}
+
+/// A named group of checks.
+pub struct Check {
+    pub name: &'static str,
+    pub run: fn(&Device) -> Result<Vec<CheckRow>>,
+}
+
+/// Every check, in the order `vgg selftest` prints them.
+pub const CHECKS: &[Check] = &[
+    Check { name: "relu", run: elementwise::relu },
+    Check { name: "bias_act", run: elementwise::bias_act },
+    Check { name: "cast", run: elementwise::casts },
+    Check { name: "maxpool", run: elementwise::maxpool },
+    Check { name: "mma", run: primitives::mma },
+    Check { name: "ldmatrix", run: primitives::ldmatrix },
+    Check { name: "cp_async", run: primitives::cp_async },
+];
+
+/// Runs the named check (or all with `None`). An error (device failure, kernel error)
+/// becomes a failing row naming the check.
+pub fn run(dev: &Device, only: Option<&str>) -> Vec<CheckRow> {
+    let mut rows = vec![];
+    for c in CHECKS.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
+        match (c.run)(dev) {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(CheckRow {
+                kernel: c.name.into(),
+                shape: "-".into(),
+                max_abs: f64::NAN,
+                rel_l2: f64::NAN,
+                bound: "-".into(),
+                pass: false,
+                detail: Some(e.to_string()),
+            }),
+        }
+    }
+    rows
+}
+
+/// Deterministic normal(0, 1) data for a check, already rounded to fp16 values.
+pub(crate) fn randn_f16(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| half::f16::from_f32(rng.sample::<f32, _>(StandardNormal)).to_f32()).collect()
+}
+
+/// Deterministic small integers in [-r, r]: exact in fp16 and in fp32 sums of them.
+pub(crate) fn small_ints(len: usize, r: i32, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(-r..=r) as f32).collect()
+}

@@ -1,0 +1,136 @@
+//! Checks of the inline-PTX primitives (kernels/ptx.cuh) through the test kernels of
+//! kernels/primitives_test.cu: on emu they test the emulation against the PTX ISA
+//! layouts; on a GPU they confirm that those layouts were read right.
+
+use super::{randn_f16, small_ints, Bound, CheckRow};
+use crate::reference::{compare, compare_tol};
+use crate::{Device, KArg, Kernel, LaunchConfig, Result, Tensor};
+use half::f16;
+
+fn kernel(name: &'static str) -> Kernel {
+    Kernel { module: "primitives_test", name }
+}
+
+const ONE_WARP: LaunchConfig = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
+
+/// D = A (16 x k) * B (k x 8) + C (16 x 8), row-major, in f64.
+fn matmul_ref(k: usize, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+    let mut d = vec![0f32; 128];
+    for i in 0..16 {
+        for j in 0..8 {
+            let mut s = c[i * 8 + j] as f64;
+            for t in 0..k {
+                s += a[i * k + t] as f64 * b[t * 8 + j] as f64;
+            }
+            d[i * 8 + j] = s as f32;
+        }
+    }
+    d
+}
+
+pub fn mma(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (k, name) in [(16usize, "prim_mma_m16n8k16"), (8, "prim_mma_m16n8k8")] {
+        // Small integers: every product and partial sum is exact, so any order of
+        // accumulation gives the exact answer. Then random normals, against a tolerance.
+        for (kind, seed) in [("ints", 1u64), ("randn", 2)] {
+            let (a, b, c) = if kind == "ints" {
+                (small_ints(16 * k, 4, seed), small_ints(k * 8, 4, seed + 10), small_ints(128, 8, seed + 20))
+            } else {
+                (randn_f16(16 * k, seed), randn_f16(k * 8, seed + 10), randn_f16(128, seed + 20))
+            };
+            let at = Tensor::from_f32(dev, &[16, k], &a)?;
+            let bt = Tensor::from_f32(dev, &[k, 8], &b)?;
+            let ct = Tensor::from_host(dev, &[16, 8], &c)?;
+            let mut dt = Tensor::<f32>::empty(dev, &[16, 8])?;
+            dt.poison()?;
+            // SAFETY: (const __half* A, const __half* B, const float* C, float* D) with
+            // A 16 x k, B k x 8, C and D 16 x 8, one warp.
+            unsafe { dev.launch(&kernel(name), ONE_WARP, &[at.arg(), bt.arg(), ct.arg(), dt.arg_mut()])? };
+            let want = matmul_ref(k, &a, &b, &c);
+            let got = dt.to_host()?;
+            let (cmp, bound) = if kind == "ints" {
+                (compare(&got, &want), Bound::Exact)
+            } else {
+                (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
+            };
+            rows.push(CheckRow::new(name, format!("16x8x{k} {kind}"), cmp, bound));
+        }
+    }
+    Ok(rows)
+}
+
+pub fn ldmatrix(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    // Four 8x8 matrices of distinct values, matrix j at M[64 j].
+    let m: Vec<f16> = (0..256).map(|i| f16::from_f32(i as f32 - 128.0)).collect();
+    let mt = Tensor::from_host(dev, &[256], &m)?;
+    let bits = |j: usize, r: usize, c: usize| m[64 * j + 8 * r + c].to_bits() as u32;
+    for trans in [0, 1] {
+        for count in [1usize, 2, 4] {
+            let mut out = Tensor::<i32>::empty(dev, &[128])?;
+            out.poison()?;
+            // SAFETY: (const __half* M, unsigned* out, int trans, int count): M 256 halves,
+            // out 128 words, one warp.
+            unsafe {
+                dev.launch(
+                    &kernel("prim_ldmatrix"),
+                    ONE_WARP,
+                    &[mt.arg(), out.arg_mut(), KArg::I32(trans), KArg::I32(count as i32)],
+                )?
+            };
+            let got = out.to_host()?;
+            let (mut bad, mut first) = (0usize, None);
+            for l in 0..32 {
+                for j in 0..4 {
+                    let want = if j >= count {
+                        u32::MAX // unwritten: still poison
+                    } else if trans == 0 {
+                        bits(j, l / 4, 2 * (l % 4)) | bits(j, l / 4, 2 * (l % 4) + 1) << 16
+                    } else {
+                        bits(j, 2 * (l % 4), l / 4) | bits(j, 2 * (l % 4) + 1, l / 4) << 16
+                    };
+                    if got[l * 4 + j] as u32 != want {
+                        bad += 1;
+                        first.get_or_insert(format!(
+                            "lane {l} reg {j}: got {:#010x}, want {want:#010x}",
+                            got[l * 4 + j] as u32
+                        ));
+                    }
+                }
+            }
+            let name = if trans == 1 { "ldmatrix.trans" } else { "ldmatrix" };
+            rows.push(CheckRow {
+                kernel: format!("{name} x{count}"),
+                shape: "4 x 8x8 b16".into(),
+                max_abs: bad as f64,
+                rel_l2: 0.0,
+                bound: "exact".into(),
+                pass: bad == 0,
+                detail: first,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub fn cp_async(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    let src: Vec<f32> = (0..192).map(|i| i as f32 + 0.5).collect();
+    let st = Tensor::from_host(dev, &[192], &src)?;
+    // Valid lengths that end inside a 16-byte, an 8-byte and a 4-byte chunk, and none / all.
+    for n_valid in [0, 37, 64, 101, 150, 192] {
+        let mut dt = Tensor::<f32>::empty(dev, &[192])?;
+        dt.poison()?;
+        // SAFETY: (const float* src, float* dst, int n_valid): both 192 floats, one warp.
+        unsafe { dev.launch(&kernel("prim_cp_async"), ONE_WARP, &[st.arg(), dt.arg_mut(), KArg::I32(n_valid)])? };
+        let want: Vec<f32> = (0..192).map(|i| if i < n_valid as usize { src[i] } else { 0.0 }).collect();
+        rows.push(CheckRow::new(
+            "cp.async zfill",
+            format!("192 f32, {n_valid} valid"),
+            compare(&dt.to_host()?, &want),
+            Bound::Exact,
+        ));
+    }
+    Ok(rows)
+}

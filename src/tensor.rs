@@ -1,0 +1,169 @@
+//! Typed device tensors. A `Tensor<T>` owns one allocation on one [`Device`] and knows its
+//! shape; activations are NHWC, filters KRSC (see [`crate::problem`]). Element types are
+//! the ones the kernels use: `f16` (storage and tensor-core inputs), `f32` (master weights,
+//! accumulators), `u8` (images) and `i32` (labels).
+
+use crate::device::{Device, KArg};
+use crate::{Error, Result};
+use half::f16;
+
+/// An element type that can live in a device tensor.
+pub trait DType: bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
+    const NAME: &'static str;
+}
+impl DType for f16 {
+    const NAME: &'static str = "f16";
+}
+impl DType for f32 {
+    const NAME: &'static str = "f32";
+}
+impl DType for u8 {
+    const NAME: &'static str = "u8";
+}
+impl DType for i32 {
+    const NAME: &'static str = "i32";
+}
+
+/// A contiguous, row-major tensor on a device.
+pub struct Tensor<T: DType> {
+    device: Device,
+    ptr: u64,
+    shape: Vec<usize>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: DType> std::fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor<{}>{:?} on {}", T::NAME, self.shape, self.device.name())
+    }
+}
+
+impl<T: DType> Tensor<T> {
+    /// An uninitialised tensor (its contents are unspecified: poison or fill it before reading).
+    pub fn empty(device: &Device, shape: &[usize]) -> Result<Self> {
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = len.and_then(|l| l.checked_mul(std::mem::size_of::<T>()));
+        let bytes = bytes.ok_or_else(|| Error::Shape(format!("tensor shape {shape:?} overflows")))?;
+        let ptr = device.alloc(bytes)?;
+        Ok(Self { device: device.clone(), ptr, shape: shape.to_vec(), _t: Default::default() })
+    }
+
+    /// A tensor holding `data`, which must have the shape's number of elements.
+    pub fn from_host(device: &Device, shape: &[usize], data: &[T]) -> Result<Self> {
+        let t = Self::empty(device, shape)?;
+        if data.len() != t.len() {
+            return Err(Error::Shape(format!(
+                "{} values given for shape {shape:?} ({} elements)",
+                data.len(),
+                t.len()
+            )));
+        }
+        // SAFETY: the allocation spans exactly len() elements.
+        unsafe { device.htod(t.ptr, bytemuck::cast_slice(data))? };
+        Ok(t)
+    }
+
+    /// A tensor with every element set to zero.
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Self> {
+        let t = Self::empty(device, shape)?;
+        // SAFETY: the allocation spans bytes() bytes.
+        unsafe { device.memset(t.ptr, 0, t.bytes())? };
+        Ok(t)
+    }
+
+    /// Copies the tensor to the host.
+    pub fn to_host(&self) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); self.len()];
+        // SAFETY: the allocation spans exactly len() elements.
+        unsafe { self.device.dtoh(bytemuck::cast_slice_mut(&mut v), self.ptr)? };
+        Ok(v)
+    }
+
+    /// Overwrites the tensor with host data of the same length.
+    pub fn copy_from_host(&mut self, data: &[T]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::Shape(format!("{} values given for tensor of {} elements", data.len(), self.len())));
+        }
+        // SAFETY: the allocation spans exactly len() elements.
+        unsafe { self.device.htod(self.ptr, bytemuck::cast_slice(data)) }
+    }
+
+    /// Sets every byte to 0xFF: NaN for f16 and f32, so that an element a kernel forgot to
+    /// write shows up in any comparison.
+    pub fn poison(&mut self) -> Result<()> {
+        // SAFETY: the allocation spans bytes() bytes.
+        unsafe { self.device.memset(self.ptr, 0xFF, self.bytes()) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.len() * std::mem::size_of::<T>()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    /// The raw device address (for custom kernels launched through [`Device::launch`]).
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// This tensor as a kernel argument.
+    pub fn arg(&self) -> KArg {
+        KArg::Ptr(self.ptr)
+    }
+    /// This tensor as a kernel argument the kernel writes (takes `&mut` so that the
+    /// borrow checker sees the write).
+    pub fn arg_mut(&mut self) -> KArg {
+        KArg::Ptr(self.ptr)
+    }
+
+    /// Reinterprets the shape (same number of elements).
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        if shape.iter().product::<usize>() != self.len() {
+            return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Errors unless this tensor lives on `device` and has `len` elements.
+    pub fn check(&self, device: &Device, what: &str, len: usize) -> Result<()> {
+        if !self.device.same(device) {
+            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
+        }
+        if self.len() != len {
+            return Err(Error::Shape(format!(
+                "{what} has {} elements (shape {:?}), expected {len}",
+                self.len(),
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Tensor<f16> {
+    /// Uploads f32 values rounded to fp16.
+    pub fn from_f32(device: &Device, shape: &[usize], data: &[f32]) -> Result<Self> {
+        let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+        Self::from_host(device, shape, &h)
+    }
+    /// Downloads as f32.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        Ok(self.to_host()?.into_iter().map(f16::to_f32).collect())
+    }
+}
+
+impl<T: DType> Drop for Tensor<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from alloc(bytes()) on this device and dies with the tensor.
+        unsafe { self.device.free(self.ptr, self.bytes()) }
+    }
+}
