@@ -38,11 +38,9 @@ fn main() {
             }
             println!(
                 "cargo:warning=NVRTC not found, so no GPU kernels are embedded (the emu device works; \
-                 the cuda device will say why it cannot run): {reason}. Run scripts/setup-cuda to fix."
+                 the cuda device will say why it cannot run): {reason}"
             );
-            let stems: Vec<String> =
-                sources.iter().map(|p| p.file_stem().unwrap().to_string_lossy().to_string()).collect();
-            nvrtc::write_missing(&out_dir, &stems);
+            nvrtc::write_missing(&out_dir, &nvrtc::module_names(&kernels_dir));
         }
     }
 }

@@ -73,11 +73,39 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     write_if_changed(&table_path, &table);
     files.push(table_path);
 
+    // Each translation unit is compiled only when its inputs changed: the key hashes the
+    // generated wrapper, the kernel source, every shared header and the flags. A kernel edit
+    // then rebuilds one object instead of every kernel family.
+    let sanitize = std::env::var("VGG_EMU_SANITIZE").as_deref() == Ok("thread");
+    let shared = shared_inputs(kernels_dir);
+    let mut objects = Vec::new();
+    for f in &files {
+        let text = std::fs::read(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
+        let mut key = fnv(&text, fnv(shared.as_bytes(), FNV_SEED));
+        key = fnv(if sanitize { b"tsan" } else { b"plain" }, key);
+        if let Some(src) = sources.iter().find(|s| f.file_stem() == s.file_stem() && f.starts_with(&gen)) {
+            key = fnv(&std::fs::read(src).unwrap_or_default(), key);
+        }
+        let stem = f.file_stem().unwrap().to_string_lossy().to_string();
+        let cached = gen.join(format!("{stem}-{key:016x}.o"));
+        if !cached.exists() {
+            let obj = base_build(kernels_dir, sanitize).file(f).compile_intermediates();
+            std::fs::copy(&obj[0], &cached).expect("cache emu object");
+        }
+        objects.push(cached);
+    }
+    base_build(kernels_dir, sanitize).objects(&objects).compile("vgg_emu");
+    if sanitize {
+        println!("cargo:rustc-link-lib=dylib=tsan");
+    }
+    println!("cargo:rerun-if-env-changed=VGG_EMU_SANITIZE");
+}
+
+fn base_build(kernels_dir: &Path, sanitize: bool) -> cc::Build {
     let mut b = cc::Build::new();
     b.cpp(true)
         .std("c++20")
         .include(kernels_dir)
-        .files(&files)
         .opt_level(2)
         .warnings(false)
         // Kernels reinterpret buffers (half2 over half, uint4 over anything) as CUDA allows;
@@ -85,12 +113,30 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         .flag("-fno-strict-aliasing")
         .flag("-ffp-contract=off")
         .flag("-Wno-unknown-pragmas");
-    if std::env::var("VGG_EMU_SANITIZE").as_deref() == Ok("thread") {
+    if sanitize {
         b.flag("-fsanitize=thread").flag("-fno-omit-frame-pointer").opt_level(1);
-        println!("cargo:rustc-link-lib=dylib=tsan");
     }
-    b.compile("vgg_emu");
-    println!("cargo:rerun-if-env-changed=VGG_EMU_SANITIZE");
+    b
+}
+
+/// The contents of every header a kernel can include (kernels/*.cuh, kernels/emu/*).
+fn shared_inputs(kernels_dir: &Path) -> String {
+    let mut paths: Vec<PathBuf> = ["", "emu"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(kernels_dir.join(d)).ok())
+        .flat_map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())))
+        .filter(|p| p.extension().is_some_and(|x| x == "cuh" || x == "h" || x == "cpp"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect()
+}
+
+const FNV_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+fn fnv(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn write_if_changed(path: &Path, text: &str) {

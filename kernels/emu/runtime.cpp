@@ -337,6 +337,10 @@ EMU_NO_TSAN void syncthreads(const char* file, int line) {
         b->bar_gen++;
         for (auto& o : b->fibers)
             if (o.state == State::AtBarrier) o.state = State::Ready;
+        // The last thread to arrive yields too, so that the schedule, not arrival order,
+        // decides who runs first after the barrier (else "reverse" would still start with
+        // whichever thread happened to arrive last).
+        switch_to_scheduler();
     } else {
         f.state = State::AtBarrier;
         switch_to_scheduler();
@@ -399,6 +403,7 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
             if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::AtWarp)
                 b->fibers[gl].state = State::Ready;
         }
+        switch_to_scheduler();  // as at __syncthreads: the schedule picks who resumes first
     } else {
         f.state = State::AtWarp;
         switch_to_scheduler();

@@ -222,6 +222,8 @@ struct ShflLane {
     int arg;    // source lane / delta / xor mask
     int width;
     T out;
+    const char* file;
+    int line;
 };
 
 // kind: 0 idx, 1 up, 2 down, 3 xor. Out-of-segment sources return the lane's own value, as
@@ -237,7 +239,8 @@ void shfl_compute(void* const* lanes, unsigned mask) {
         else if (kind == 2) src = (l + me->arg < base + w) ? l + me->arg : l;
         else src = ((l ^ me->arg) < base + w) ? (l ^ me->arg) : l;
         if (!((mask >> src) & 1u))
-            fail("shuffle: lane %d reads lane %d, which is not in mask 0x%08x", l, src, mask);
+            fail("shuffle at %s:%d: lane %d reads lane %d, which is not in mask 0x%08x", me->file, me->line, l, src,
+                 mask);
         me->out = static_cast<ShflLane<T>*>(lanes[src])->val;
     }
 }
@@ -246,7 +249,7 @@ template <typename T, int kind>
 T shfl(unsigned mask, T v, int arg, int width, const char* op, const char* file, int line) {
     if (width < 1 || width > 32 || (width & (width - 1)))
         fail("%s at %s:%d: width %d is not a power of two in [1, 32]", op, file, line, width);
-    ShflLane<T> me{v, arg, width, v};
+    ShflLane<T> me{v, arg, width, v, file, line};
     warp_collective(mask, op, file, line, &me, &shfl_compute<T, kind>);
     return me.out;
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one command a GPU session runs on the lent H200 (see ../shared/GPU.md):
+#   run: bash scripts/gpu-check.sh   carry: ["target/release/vgg"]   timeout_s: ~420
+# Everything goes under $OUT (default ./gpu-out): one log, gpu-check.log, plus the JSON and PNG
+# files of each step (the device tool returns at most 8 files). The last lines printed are a
+# short summary.
+# Each step has its own time limit and the script goes on past a failing step, so one
+# broken piece never costs the whole run.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+VGG=${VGG:-target/release/vgg}
+BATCH=${BATCH:-64}
+summary=()
+LOG="$OUT/gpu-check.log"
+step() { # step NAME LIMIT_S CMD...: runs CMD with a time limit, appends its output to the log
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== $name: $*" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  summary+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
+  return 0
+}
+
+step nvidia-smi 30 nvidia-smi -L
+# cuDNN and cuBLAS come from the PyTorch install on the GPU machine.
+py_lib() { python3 -c "import nvidia.$1, os; print(os.path.join(os.path.dirname(nvidia.$1.__file__), 'lib'))" 2>/dev/null; }
+for p in cudnn cublas; do
+  d=$(py_lib $p) && [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$LOG"
+step torch-version 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+
+step info 60 "$VGG" info --kernels
+step selftest-cuda 180 "$VGG" selftest --device cuda --json "$OUT/selftest-cuda.json"
+if "$VGG" bench conv --help >/dev/null 2>&1; then
+  step bench-conv 240 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$OUT/bench-conv.json" --plot "$OUT/bench-conv.png"
+fi
+if [ -f scripts/torch_conv_baseline.py ]; then
+  step torch-conv 150 python3 scripts/torch_conv_baseline.py "$OUT/torch-conv.json" --batch "$BATCH"
+fi
+if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
+  step sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
+fi
+
+echo
+echo "=== summary ($(date -u +%FT%TZ))"
+printf '%s\n' "${summary[@]}" | tee -a "$LOG"
+grep -E "checks, [0-9]+ failed" "$LOG" | tail -n 1

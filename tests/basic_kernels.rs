@@ -1,0 +1,106 @@
+//! The first kernels (ReLU, bias, casts, max-pool) and the PTX primitives against the
+//! reference on the emu device, through the same checks `vgg selftest` runs on a GPU;
+//! plus bit-identical results under two schedules, and shape errors.
+
+use half::f16;
+use vgg_cuda::{ops, selftest, Device, Error, Schedule, Tensor};
+
+fn assert_check_passes(name: &str) {
+    let rows = selftest::run(&Device::emu(), Some(name));
+    assert!(!rows.is_empty(), "check {name} produced no rows");
+    let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
+    assert!(bad.is_empty(), "check {name} failed on emu: {bad:#?}");
+}
+
+#[test]
+fn relu_matches_reference() {
+    assert_check_passes("relu");
+}
+#[test]
+fn bias_act_matches_reference() {
+    assert_check_passes("bias_act");
+}
+#[test]
+fn casts_match_reference() {
+    assert_check_passes("cast");
+}
+#[test]
+fn maxpool_matches_reference() {
+    assert_check_passes("maxpool");
+}
+#[test]
+fn mma_matches_reference() {
+    assert_check_passes("mma");
+}
+#[test]
+fn ldmatrix_matches_layout() {
+    assert_check_passes("ldmatrix");
+}
+#[test]
+fn cp_async_zero_fills() {
+    assert_check_passes("cp_async");
+}
+
+/// Runs max-pool forward and backward on one shape and returns both outputs' bits.
+fn pool_bits(s: Schedule) -> (Vec<u16>, Vec<u16>) {
+    let dev = Device::emu();
+    dev.set_schedule(s);
+    let shape = [3, 9, 7, 24];
+    let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 37) % 101) as f32 * 0.25 - 12.0).collect();
+    let xt = Tensor::from_f32(&dev, &shape, &x).unwrap();
+    let mut y = Tensor::empty(&dev, &[3, 4, 3, 24]).unwrap();
+    y.poison().unwrap();
+    ops::maxpool2x2_fwd(&xt, &mut y).unwrap();
+    let mut dx = Tensor::empty(&dev, &shape).unwrap();
+    dx.poison().unwrap();
+    ops::maxpool2x2_bwd(&xt, &y, &mut dx).unwrap();
+    let bits = |t: &Tensor<f16>| t.to_host().unwrap().iter().map(|h| h.to_bits()).collect();
+    (bits(&y), bits(&dx))
+}
+
+#[test]
+fn maxpool_is_schedule_independent() {
+    let a = pool_bits(Schedule::Index);
+    for s in [Schedule::Reverse, Schedule::Random(3)] {
+        assert_eq!(a, pool_bits(s), "max-pool output depends on the schedule ({s:?})");
+    }
+}
+
+#[test]
+fn shape_errors_name_the_problem() {
+    let dev = Device::emu();
+    let x = Tensor::<f16>::zeros(&dev, &[2, 1, 5, 8]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[2, 1, 2, 8]).unwrap();
+    let e = ops::maxpool2x2_fwd(&x, &mut y).unwrap_err();
+    assert!(matches!(e, Error::Shape(_)) && e.to_string().contains("H, W >= 2"), "{e}");
+
+    let x = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 8]).unwrap();
+    let mut wrong = Tensor::<f16>::zeros(&dev, &[2, 2, 2, 4]).unwrap();
+    let e = ops::maxpool2x2_fwd(&x, &mut wrong).unwrap_err();
+    assert!(e.to_string().contains("max-pool output has 32 elements"), "{e}");
+
+    let bias = Tensor::<f16>::zeros(&dev, &[7]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 8]).unwrap();
+    let e = ops::bias_act(&x, &bias, &mut y, true).unwrap_err();
+    assert!(e.to_string().contains("bias has 7 elements"), "{e}");
+
+    let other = Device::emu();
+    let mut y_other = Tensor::<f16>::zeros(&other, &[2, 4, 4, 8]).unwrap();
+    let e = ops::relu_fwd(&x, &mut y_other).unwrap_err();
+    assert!(matches!(e, Error::WrongDevice { .. }), "{e}");
+
+    assert!(Tensor::<f16>::from_host(&dev, &[2, 2], &[f16::ZERO; 3]).is_err());
+}
+
+#[test]
+fn cuda_device_explains_why_it_is_unavailable() {
+    // On a machine with a usable GPU this test has nothing to check.
+    match Device::cuda(0) {
+        Ok(_) => {}
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(matches!(e, Error::DeviceUnavailable(_)), "{msg}");
+            assert!(msg.len() > 40, "reason too short to help: {msg}");
+        }
+    }
+}

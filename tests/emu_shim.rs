@@ -1,0 +1,128 @@
+//! The emulator's own semantics (kernels/shim_test.cu): warp shuffles and votes, a block
+//! reduction through shared memory and barriers, and the CUDA rules it must enforce (a
+//! divergent barrier, a thread that exits before a barrier, a shuffle from outside its
+//! mask, a planted missing barrier found by comparing schedules).
+
+use vgg_cuda::{Device, Error, KArg, Kernel, LaunchConfig, Schedule, Tensor};
+
+fn k(name: &'static str) -> Kernel {
+    Kernel { module: "shim_test", name }
+}
+
+fn cfg(blocks: u32, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_bytes: smem }
+}
+
+fn data(n: usize) -> Vec<f32> {
+    // Small integers: every partial sum is exact, so any correct order gives the same bits.
+    (0..n).map(|i| ((i * 7919) % 23) as f32 - 11.0).collect()
+}
+
+#[test]
+fn warp_reduce_and_ballot() {
+    let dev = Device::emu();
+    let x = data(128);
+    let xt = Tensor::from_host(&dev, &[128], &x).unwrap();
+    let mut sums = Tensor::<f32>::empty(&dev, &[4]).unwrap();
+    let mut ballots = Tensor::<i32>::empty(&dev, &[4]).unwrap();
+    // SAFETY: (const float* x, float* sums, unsigned* ballots): 128 inputs, 4 warps.
+    unsafe { dev.launch(&k("shim_warp_reduce"), cfg(2, 64, 0), &[xt.arg(), sums.arg_mut(), ballots.arg_mut()]) }
+        .unwrap();
+    let (sums, ballots) = (sums.to_host().unwrap(), ballots.to_host().unwrap());
+    for w in 0..4 {
+        let chunk = &x[w * 32..(w + 1) * 32];
+        assert_eq!(sums[w], chunk.iter().sum::<f32>(), "warp {w} sum");
+        let want: u32 = chunk.iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(l, _)| 1u32 << l).sum();
+        assert_eq!(ballots[w] as u32, want, "warp {w} ballot");
+    }
+}
+
+fn block_reduce(dev: &Device, racy: bool) -> Result<Vec<f32>, Error> {
+    let n = 1000;
+    let xt = Tensor::from_host(dev, &[n], &data(n))?;
+    let mut out = Tensor::<f32>::empty(dev, &[4])?;
+    out.poison()?;
+    // SAFETY: (const float* x, float* out, int n, int racy): 4 blocks of 256 threads cover n,
+    // 256 floats of dynamic shared memory.
+    unsafe {
+        dev.launch(
+            &k("shim_block_reduce"),
+            cfg(4, 256, 1024),
+            &[xt.arg(), out.arg_mut(), KArg::I32(n as i32), KArg::I32(racy as i32)],
+        )?
+    };
+    out.to_host()
+}
+
+#[test]
+fn block_reduce_is_correct_under_every_schedule() {
+    let x = data(1000);
+    let want: Vec<f32> = (0..4).map(|b| x[(b * 256).min(1000)..((b + 1) * 256).min(1000)].iter().sum()).collect();
+    for s in [Schedule::Index, Schedule::Reverse, Schedule::Random(7), Schedule::Random(8)] {
+        let dev = Device::emu();
+        dev.set_schedule(s);
+        assert_eq!(block_reduce(&dev, false).unwrap(), want, "schedule {s:?}");
+    }
+}
+
+#[test]
+fn missing_barrier_is_caught_by_two_schedules() {
+    let outs: Vec<Vec<f32>> = [Schedule::Index, Schedule::Reverse]
+        .iter()
+        .map(|&s| {
+            let dev = Device::emu();
+            dev.set_schedule(s);
+            block_reduce(&dev, true).unwrap()
+        })
+        .collect();
+    assert_ne!(outs[0], outs[1], "the racy reduction gave the same result under index and reverse schedules");
+}
+
+fn expect_kernel_error(name: &'static str, threads: u32, needle: &str) {
+    let dev = Device::emu();
+    let mut out = Tensor::<i32>::zeros(&dev, &[threads as usize]).unwrap();
+    // SAFETY: each of these kernels takes one pointer to `threads` 4-byte elements.
+    let err = unsafe { dev.launch(&k(name), cfg(1, threads, 0), &[out.arg_mut()]) }.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Kernel(_)), "{name}: unexpected error kind: {msg}");
+    assert!(msg.contains(name), "{name}: the error does not name the kernel: {msg}");
+    assert!(msg.contains(needle), "{name}: expected `{needle}` in: {msg}");
+    assert!(msg.contains("shim_test.cu:"), "{name}: the error does not name the call site: {msg}");
+}
+
+#[test]
+fn divergent_barrier_is_an_error() {
+    expect_kernel_error("shim_divergent_barrier", 32, "divergent __syncthreads");
+}
+
+#[test]
+fn exit_before_barrier_is_an_error() {
+    expect_kernel_error("shim_exit_before_barrier", 64, "never reach");
+}
+
+#[test]
+fn shuffle_outside_mask_is_an_error() {
+    expect_kernel_error("shim_bad_shuffle", 32, "not in mask");
+}
+
+#[test]
+fn a_device_survives_a_failed_launch() {
+    let dev = Device::emu();
+    let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();
+    // SAFETY: one pointer to 32 ints.
+    assert!(unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 32, 0), &[out.arg_mut()]) }.is_err());
+    assert_eq!(block_reduce(&dev, false).unwrap().len(), 4);
+}
+
+#[test]
+fn unknown_kernel_and_bad_launch_are_errors() {
+    let dev = Device::emu();
+    let bogus = Kernel { module: "shim_test", name: "no_such_kernel" };
+    // SAFETY: the launch fails before any argument is read.
+    let e = unsafe { dev.launch(&bogus, cfg(1, 32, 0), &[]) }.unwrap_err();
+    assert!(e.to_string().contains("no_such_kernel"), "{e}");
+    let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();
+    // SAFETY: rejected for its block size before running.
+    let e = unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 2048, 0), &[out.arg_mut()]) }.unwrap_err();
+    assert!(e.to_string().contains("invalid launch"), "{e}");
+}
