@@ -24,10 +24,12 @@ step() { # step NAME LIMIT_S CMD...: runs CMD with a time limit, appends its out
 }
 
 step nvidia-smi 30 nvidia-smi -L
-# cuDNN and cuBLAS come from the PyTorch install on the GPU machine.
-py_lib() { python3 -c "import nvidia.$1, os; print(os.path.join(os.path.dirname(nvidia.$1.__file__), 'lib'))" 2>/dev/null; }
-for p in cudnn cublas; do
-  d=$(py_lib $p) && [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+# cuDNN and cuBLAS come from the PyTorch install on the GPU machine (pip wheels: nvidia/cudnn/lib,
+# nvidia/cu13/lib, ...); their folders go on the loader path for cudarc's dynamic loading.
+site=$(python3 -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null)
+for lib in libcudnn.so.9 libcublas.so.13 libcublasLt.so.13; do
+  f=$(find $site -name "$lib" 2>/dev/null | head -n 1)
+  [ -n "$f" ] && export LD_LIBRARY_PATH="$(dirname "$f"):${LD_LIBRARY_PATH:-}"
 done
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$LOG"
 step torch-version 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
