@@ -83,6 +83,7 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         let text = std::fs::read(f).unwrap_or_else(|e| panic!("read {}: {e}", f.display()));
         let mut key = fnv(&text, fnv(shared.as_bytes(), FNV_SEED));
         key = fnv(if sanitize { b"tsan" } else { b"plain" }, key);
+        key = fnv(include_bytes!("emu.rs"), key); // the flags below are part of the key
         if let Some(src) = sources.iter().find(|s| f.file_stem() == s.file_stem() && f.starts_with(&gen)) {
             key = fnv(&std::fs::read(src).unwrap_or_default(), key);
         }
@@ -114,7 +115,7 @@ fn base_build(kernels_dir: &Path, sanitize: bool) -> cc::Build {
         .flag("-ffp-contract=off")
         .flag("-Wno-unknown-pragmas");
     if sanitize {
-        b.flag("-fsanitize=thread").flag("-fno-omit-frame-pointer").opt_level(1);
+        b.flag("-fsanitize=thread").flag("-fno-omit-frame-pointer").opt_level(1).debug(true);
     }
     b
 }

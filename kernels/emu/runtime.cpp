@@ -154,9 +154,6 @@ EMU_NO_TSAN void fiber_main() {
     __tsan_acquire(&b->block_start);
 #endif
     b->fn(b->args);
-#ifdef EMU_TSAN
-    __tsan_release(&b->block_end);
-#endif
     Fiber& f = cur();
     f.state = State::Done;
     b->done++;
@@ -168,6 +165,9 @@ EMU_NO_TSAN void fiber_main() {
     if (w.arrived && ((w.mask >> (f.linear % 32)) & 1u))
         fail("lane %u exited while lanes wait for it at %s (%s, mask 0x%08x)", f.linear % 32, w.op,
              site(w.file, w.line).c_str(), w.mask);
+#ifdef EMU_TSAN
+    __tsan_release(&b->block_end);  // last, so every access of this fiber is ordered before it
+#endif
     switch_to_scheduler();
     __builtin_unreachable();
 }
@@ -241,6 +241,20 @@ std::string waiting_report(Block& b) {
     return r;
 }
 
+// Orders the scheduler after everything the block's fibers did: each fiber released one
+// of these addresses before it last switched out (at exit, a barrier, a warp collective or
+// a failure), including fibers abandoned by a failed launch whose stacks are reused later.
+void acquire_block(Block& b) {
+#ifdef EMU_TSAN
+    __tsan_acquire(&b.block_end);
+    __tsan_acquire(&b.bar_sync[0]);
+    __tsan_acquire(&b.bar_sync[1]);
+    for (auto& w : b.warps) __tsan_acquire(&w);
+#else
+    (void)b;
+#endif
+}
+
 // Runs one block to completion or failure. Returns false on a kernel error.
 EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
     g_block = &b;
@@ -276,16 +290,18 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
             __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
             emu_fiber_switch(&b.sched_sp, f.sp);
-            if (b.failed) return false;
+            if (b.failed) {
+                acquire_block(b);
+                return false;
+            }
         }
         if (!progress) {
             b.error = "deadlock: no thread can proceed" + waiting_report(b);
+            acquire_block(b);
             return false;
         }
     }
-#ifdef EMU_TSAN
-    __tsan_acquire(&b.block_end);
-#endif
+    acquire_block(b);
     return true;
 }
 
@@ -306,6 +322,9 @@ void fail(const char* fmt, ...) {
     }
     b->error = buf;
     b->failed = true;
+#ifdef EMU_TSAN
+    __tsan_release(&b->block_end);
+#endif
     switch_to_scheduler();  // never resumed: the launch is abandoned
     __builtin_unreachable();
 }
@@ -437,6 +456,9 @@ extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kern
                                               uint64_t first, uint64_t last, int schedule,
                                               uint64_t seed, char* err, size_t err_len) {
     using namespace emu;
+#ifdef EMU_TSAN
+    __tsan_acquire(args);  // see vgg_emu_sync
+#endif
     Block b;
     b.kernel = kernel;
     b.fn = fn;
@@ -473,6 +495,22 @@ extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kern
     g_block = nullptr;
 #ifdef EMU_TSAN
     for (auto& f : b.fibers) __tsan_destroy_fiber(f.tsan);
+    __tsan_release(args);
 #endif
     return rc;
+}
+
+// The launching thread hands the launch to rayon's workers through Rust code that TSan does
+// not see: it calls this with release=1 before and release=0 after, on the argument array
+// that every worker acquires / releases, so the hand-over is an edge TSan knows about.
+extern "C" void vgg_emu_sync(void* token, int release) {
+#ifdef EMU_TSAN
+    if (release)
+        __tsan_release(token);
+    else
+        __tsan_acquire(token);
+#else
+    (void)token;
+    (void)release;
+#endif
 }

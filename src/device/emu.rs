@@ -13,6 +13,7 @@ type Launcher = unsafe extern "C" fn(*mut *mut c_void);
 
 extern "C" {
     fn vgg_emu_find(name: *const c_char) -> *mut c_void;
+    fn vgg_emu_sync(token: *mut c_void, release: c_int);
     fn vgg_emu_run_blocks(
         f: Launcher,
         kernel: *const c_char,
@@ -154,6 +155,22 @@ impl EmuDevice {
                 Err(Error::Kernel(CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned()))
             }
         };
+        // SAFETY: only annotates the hand-over for ThreadSanitizer builds (no-op otherwise).
+        vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 1);
+        let result = self.dispatch(total, parallel, schedule, run);
+        // SAFETY: as above.
+        vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 0);
+        result
+    }
+
+    /// Runs blocks [0, total) through `run`, split into chunks on rayon's pool when allowed.
+    fn dispatch(
+        &self,
+        total: u64,
+        parallel: bool,
+        schedule: Schedule,
+        run: impl Fn(u64, u64) -> Result<()> + Sync,
+    ) -> Result<()> {
         let workers = rayon::current_num_threads() as u64;
         if !parallel || total < 2 || workers < 2 {
             return run(0, total);
