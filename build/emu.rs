@@ -98,6 +98,7 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     base_build(kernels_dir, sanitize).objects(&objects).compile("vgg_emu");
     if sanitize {
         println!("cargo:rustc-link-lib=dylib=tsan");
+        println!("cargo:rustc-link-lib=dylib=ubsan");
     }
     println!("cargo:rerun-if-env-changed=VGG_EMU_SANITIZE");
 }
@@ -115,7 +116,12 @@ fn base_build(kernels_dir: &Path, sanitize: bool) -> cc::Build {
         .flag("-ffp-contract=off")
         .flag("-Wno-unknown-pragmas");
     if sanitize {
-        b.flag("-fsanitize=thread").flag("-fno-omit-frame-pointer").opt_level(1).debug(true);
+        // alignment: a vector load through a misaligned pointer would fault on the GPU.
+        b.flag("-fsanitize=thread,alignment")
+            .flag("-fno-sanitize-recover=alignment")
+            .flag("-fno-omit-frame-pointer")
+            .opt_level(1)
+            .debug(true);
     }
     b
 }

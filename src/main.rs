@@ -1,9 +1,11 @@
 //! `vgg`: the command line of vgg-cuda.
 //!   vgg info [--kernels] [--json]           driver, GPUs, NVRTC, embedded kernels
 //!   vgg selftest [--device cuda|emu]       every kernel against the reference
+//!   vgg bench conv [--device cuda|emu] ...  our 3x3 convs vs cuDNN on VGG-16's layers
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use vgg_cuda::bench::conv::{select_layers, Algo, ConvBench, ConvBenchConfig, ConvRow, Pass};
 use vgg_cuda::device::{cuda_report, kernels};
 use vgg_cuda::{selftest, Device, Schedule};
 
@@ -40,6 +42,51 @@ enum Cmd {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Benchmarks, timed with device events against cuDNN in the same process.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// VGG-16's 3x3 convolutions (fprop, dgrad, wgrad): ours vs cuDNN's fastest algorithm, on
+    /// the same stream and inputs, with the agreement of the outputs. Exits non-zero when a
+    /// pass fails or disagrees.
+    Conv(BenchConvArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchConvArgs {
+    /// cuda, cuda:N or emu (emu: a tiny run, layers shrunk 16x, no cuDNN).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Batch size [default: 64 on a GPU, 1 on emu].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// `all` or a comma-separated list of layers, e.g. conv1_2,conv3_1.
+    #[arg(long, default_value = "all")]
+    layers: String,
+    /// Comma-separated passes: fprop, dgrad, wgrad (or all).
+    #[arg(long, default_value = "fprop,dgrad,wgrad")]
+    passes: String,
+    /// Our algorithm: auto, direct, winograd2x2, winograd4x4.
+    #[arg(long, default_value = "auto")]
+    algo: String,
+    /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Do not load cuDNN (our numbers alone, checked against our direct kernel).
+    #[arg(long)]
+    no_cudnn: bool,
+    /// Write the report as JSON to this file (rewritten after every row, so a killed run
+    /// leaves its rows so far).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Draw a PNG bar chart of the TFLOP/s to this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -55,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Selftest { device, only, schedule, json } => {
             selftest_cmd(&device, only.as_deref(), schedule.as_deref(), json)
         }
+        Cmd::Bench { what: BenchCmd::Conv(args) } => bench_conv_cmd(args),
     }
 }
 
@@ -174,6 +222,82 @@ fn selftest_cmd(
     println!("{} checks, {} failed, {:.2} s on {}", rows.len(), failed, t0.elapsed().as_secs_f64(), dev.name());
     if failed > 0 {
         bail!("{failed} selftest checks failed on {}", dev.name());
+    }
+    Ok(())
+}
+
+fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
+    // Arguments first, so a typo is reported even where the device is unusable.
+    let passes = Pass::parse_list(&a.passes)?;
+    let algo = Algo::parse(&a.algo)?;
+    let emu = a.device == "emu";
+    let layers = select_layers(emu, a.batch, &a.layers)?;
+    if a.repeats == Some(0) {
+        bail!("--repeats must be at least 1");
+    }
+    if a.batch == Some(0) {
+        bail!("--batch must be at least 1");
+    }
+    let dev = Device::by_name(&a.device).with_context(|| format!("bench conv on `{}`", a.device))?;
+    let mut cfg = ConvBenchConfig::new(&dev, a.batch);
+    cfg.layers = layers;
+    cfg.passes = passes;
+    cfg.algo = algo;
+    cfg.cudnn = !a.no_cudnn;
+    if a.repeats.is_some() {
+        cfg.timing.samples = a.repeats;
+    }
+    let t0 = std::time::Instant::now();
+    let bench = ConvBench::new(&dev, &cfg);
+    println!(
+        "bench conv on {}: {} layers x {} passes, algo {}, {}",
+        dev.name(),
+        cfg.layers.len(),
+        cfg.passes.len(),
+        algo.name(),
+        match (bench.cudnn_version(), bench.cudnn_note()) {
+            (Some(v), _) => format!("cuDNN {v} (fastest of cudnnFind*AlgorithmEx)"),
+            (None, Some(note)) => note.to_string(),
+            (None, None) => "no cuDNN".to_string(),
+        }
+    );
+    println!("{}", ConvRow::table_header());
+    let mut done: Vec<ConvRow> = vec![];
+    let mut json_error = None;
+    let report = bench.run(|row| {
+        println!("{}", row.table_line());
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        done.push(row.clone());
+        if let Some(path) = &a.json {
+            // Partial results survive a run that is killed part-way.
+            let partial = bench.report(done.clone());
+            if let Err(e) =
+                serde_json::to_vec_pretty(&partial).map_err(anyhow::Error::from).and_then(|b| write_atomic(path, &b))
+            {
+                json_error.get_or_insert(e);
+            }
+        }
+    });
+    println!("{} ({:.1} s)", report.summary.line(), t0.elapsed().as_secs_f64());
+    if let Some(path) = &a.json {
+        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        if let Some(e) = json_error {
+            eprintln!("warning: a partial JSON write failed earlier: {e:#}");
+        }
+    }
+    if let Some(path) = &a.plot {
+        match vgg_cuda::bench::plot::conv_chart(&report, path) {
+            Ok(()) => println!("plot: {}", path.display()),
+            Err(e) => eprintln!("warning: no plot: {e}"),
+        }
+    }
+    let s = &report.summary;
+    if s.ours_measured == 0 {
+        bail!("bench conv on {}: nothing could be measured", dev.name());
+    }
+    if s.failed > 0 {
+        bail!("bench conv on {}: {} of {} rows failed or disagree", dev.name(), s.failed, s.rows);
     }
     Ok(())
 }

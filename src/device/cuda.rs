@@ -270,6 +270,13 @@ impl CudaDevice {
             .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) })
     }
 
+    /// Makes this device's context current on the calling thread and returns its stream, so
+    /// that a vendor library (cuDNN in the benches) runs on exactly our context and stream.
+    pub fn raw_stream(&self) -> Result<sys::CUstream> {
+        self.bind()?;
+        Ok(self.stream)
+    }
+
     pub fn start_timer(&self) -> Result<EventTimer> {
         self.bind()?;
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;

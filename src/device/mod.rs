@@ -205,6 +205,19 @@ impl Device {
         }
     }
 
+    /// On cuda: makes the device's context current on the calling thread and returns its
+    /// stream (a `CUstream`, usable as a `cudaStream_t`), for vendor libraries such as cuDNN
+    /// that must run in our context, ordered with our kernels. `None` on emu.
+    ///
+    /// The stream stays owned by the device: do not destroy it, and do not use it after the
+    /// last handle to the device is dropped.
+    pub fn cuda_raw_stream(&self) -> Result<Option<*mut c_void>> {
+        match &*self.0 {
+            Backend::Cuda(c) => Ok(Some(c.raw_stream()? as *mut c_void)),
+            Backend::Emu(_) => Ok(None),
+        }
+    }
+
     /// Starts a timer: device events on cuda, the wall clock on emu (which runs launches
     /// synchronously).
     pub fn start_timer(&self) -> Result<Timer> {

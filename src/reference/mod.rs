@@ -12,9 +12,11 @@
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
+pub mod input;
 pub mod linear;
 pub mod lrn;
 pub mod pool;
+pub mod reduce;
 pub mod sgd;
 pub mod softmax;
 
@@ -24,9 +26,11 @@ mod testutil;
 pub use conv::*;
 pub use dropout::*;
 pub use elementwise::*;
+pub use input::*;
 pub use linear::*;
 pub use lrn::*;
 pub use pool::*;
+pub use reduce::*;
 pub use sgd::*;
 pub use softmax::*;
 

@@ -3,8 +3,16 @@
 //! tests run the same checks on the emu device, so one body serves the emulator in CI and
 //! the GPU when a session has one.
 
+mod conv;
+mod dropout;
 mod elementwise;
+mod gemm;
+mod input;
+mod lrn;
+mod optim;
 mod primitives;
+mod reduce;
+mod softmax;
 
 use crate::reference::Compare;
 use crate::{Device, Result};
@@ -71,6 +79,18 @@ pub const CHECKS: &[Check] = &[
     Check { name: "mma", run: primitives::mma },
     Check { name: "ldmatrix", run: primitives::ldmatrix },
     Check { name: "cp_async", run: primitives::cp_async },
+    Check { name: "gemm", run: gemm::linear },
+    Check { name: "gemm_conv1x1", run: gemm::conv1x1 },
+    Check { name: "gemm_determinism", run: gemm::determinism },
+    Check { name: "conv_direct", run: conv::direct },
+    Check { name: "conv_wino2x2", run: conv::wino2x2 },
+    Check { name: "conv_wgrad", run: conv::wgrad_tc },
+    Check { name: "softmax_xent", run: softmax::softmax_xent },
+    Check { name: "dropout", run: dropout::dropout },
+    Check { name: "sgd", run: optim::sgd },
+    Check { name: "lrn", run: lrn::lrn },
+    Check { name: "normalize_input", run: input::normalize_input },
+    Check { name: "reduce", run: reduce::reduce },
 ];
 
 /// Runs the named check (or all with `None`). An error (device failure, kernel error)

@@ -1,0 +1,291 @@
+//! Benchmarks shared by the `vgg bench` CLI, `benches/` and the tests: measurement that can
+//! be trusted (STYLE.md), written once over the ops API and run on either device.
+//!
+//! - [`conv`]: the 3x3 convolutions, ours against cuDNN in the same process;
+//! - [`cudnn`]: the minimal cuDNN binding that yardstick needs;
+//! - [`plot`]: PNG bar charts of the tables.
+//!
+//! The rules every bench here follows: inputs are random normals (never zeros), several input
+//! sets rotate so that the bytes touched between two uses of one set exceed twice the L2
+//! (60 MB on the H200), warm-up first, then many timed samples with device events and the
+//! median of them.
+
+pub mod conv;
+pub mod cudnn;
+pub mod plot;
+
+use crate::{Device, Result};
+use half::f16;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// The L2 size input rotation is sized against: the H200's 60 MB (the H100 has 50 MB).
+pub const L2_BYTES: usize = 60 << 20;
+
+/// How a bench times an operation.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TimingConfig {
+    /// Untimed calls first (module loading, clocks, the libraries' caches).
+    pub warmup: usize,
+    /// Timed samples: `None` picks enough for about `target_ms` of timed work, at least
+    /// `min_samples` (fewer only when `budget_ms` would be exceeded).
+    pub samples: Option<usize>,
+    pub min_samples: usize,
+    pub target_ms: f64,
+    /// Back-to-back calls in one sample are chosen so a sample lasts at least this long,
+    /// which hides the event and launch overheads of very short calls.
+    pub min_sample_ms: f64,
+    /// The most time one measurement may take, warm-up included, when the samples are
+    /// chosen automatically: a pathologically slow kernel gets a few samples, not minutes.
+    pub budget_ms: f64,
+}
+
+impl TimingConfig {
+    /// The GPU defaults: 5 warm-up calls, ~20 ms of samples, at least 10, each >= 1 ms,
+    /// at most ~2 s per measurement.
+    pub fn gpu() -> Self {
+        Self { warmup: 5, samples: None, min_samples: 10, target_ms: 20.0, min_sample_ms: 1.0, budget_ms: 2000.0 }
+    }
+    /// The emulator: one warm-up call, three single-call samples (it is slow and has no
+    /// caches worth warming).
+    pub fn emu() -> Self {
+        Self { warmup: 1, samples: Some(3), min_samples: 1, target_ms: 0.0, min_sample_ms: 0.0, budget_ms: f64::MAX }
+    }
+    pub fn for_device(dev: &Device) -> Self {
+        if dev.is_emu() {
+            Self::emu()
+        } else {
+            Self::gpu()
+        }
+    }
+}
+
+/// The result of timing one operation.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Timing {
+    /// Median time of one call, in milliseconds.
+    pub median_ms: f64,
+    /// Fastest sample, per call.
+    pub min_ms: f64,
+    /// Number of timed samples.
+    pub samples: usize,
+    /// Calls per sample (the sample's time is divided by it).
+    pub calls_per_sample: usize,
+}
+
+/// Times `call(i)`, where `i` counts every call made (so `i % sets` rotates input sets).
+///
+/// One untimed call (module loading, planning), one timed call as a first estimate, the rest
+/// of the warm-up when affordable, a better estimate, then `samples` samples of
+/// `calls_per_sample` back-to-back calls, each bracketed by device events (wall clock on
+/// emu). On a GPU one untimed call precedes every sample, so that the start event is reached
+/// only once the GPU is busy and the host has queued the timed calls behind it: the time
+/// between a host-side record and the first launch is never measured.
+pub fn time_calls(dev: &Device, cfg: &TimingConfig, mut call: impl FnMut(usize) -> Result<()>) -> Result<Timing> {
+    let mut i = 0usize;
+    let mut calls = |n: usize| -> Result<()> {
+        for _ in 0..n {
+            call(i)?;
+            i += 1;
+        }
+        Ok(())
+    };
+    calls(1)?;
+    dev.synchronize()?;
+    let t = dev.start_timer()?;
+    calls(1)?;
+    let mut est_ms = t.stop_ms()?.max(1e-4);
+    let preroll = usize::from(!dev.is_emu());
+    let warm = cfg.warmup.saturating_sub(1);
+    if warm > 0 && est_ms * (warm + 4) as f64 <= cfg.budget_ms / 4.0 {
+        calls(warm)?;
+        calls(preroll)?;
+        let t = dev.start_timer()?;
+        calls(3)?;
+        est_ms = (t.stop_ms()? / 3.0).max(1e-4);
+    }
+    let per_sample = ((cfg.min_sample_ms / est_ms).ceil() as usize).clamp(1, 1000);
+    let sample_ms = est_ms * per_sample as f64;
+    let samples = cfg
+        .samples
+        .unwrap_or_else(|| {
+            let want = ((cfg.target_ms / sample_ms).ceil() as usize).max(cfg.min_samples);
+            let affordable = (cfg.budget_ms / 2.0 / (sample_ms + preroll as f64 * est_ms)).floor() as usize;
+            want.min(affordable.max(3))
+        })
+        .clamp(1, 10_000);
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        calls(preroll)?;
+        let t = dev.start_timer()?;
+        calls(per_sample)?;
+        times.push(t.stop_ms()? / per_sample as f64);
+    }
+    let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(Timing { median_ms: median(&mut times), min_ms, samples, calls_per_sample: per_sample })
+}
+
+/// The median (mean of the middle two for an even count); NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Standard normal samples shared by every bench input: generating hundreds of millions of
+/// fresh normals per run would take longer than the benchmark, so inputs are windows of this
+/// pool at different offsets. Its length is odd and prime to every channel count, so a window
+/// never repeats with the period of a tensor dimension.
+fn normal_pool() -> &'static [f32] {
+    static POOL: OnceLock<Vec<f32>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        const LEN: usize = (1 << 22) + 15;
+        const CHUNK: usize = 1 << 16;
+        let mut v = vec![0f32; LEN];
+        v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+            let mut rng = StdRng::seed_from_u64(0x5eed_0000 + c as u64);
+            out.iter_mut().for_each(|x| *x = rng.sample(StandardNormal));
+        });
+        v
+    })
+}
+
+/// `len` normal(0, `scale`^2) values rounded to fp16, the window of the shared pool chosen by
+/// `seed`.
+pub fn random_f16(len: usize, scale: f32, seed: u64) -> Vec<f16> {
+    let pool = normal_pool();
+    // splitmix64 of the seed picks the window start.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let start = ((z ^ (z >> 31)) % pool.len() as u64) as usize;
+    let mut out = vec![f16::ZERO; len];
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let mut j = (start + c * CHUNK) % pool.len();
+        for x in o {
+            *x = f16::from_f32(pool[j] * scale);
+            j += 1;
+            if j == pool.len() {
+                j = 0;
+            }
+        }
+    });
+    out
+}
+
+/// How an output agrees with a trusted one (cuDNN, the f64 reference, or our direct kernel).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Agreement {
+    /// `cudnn`, `reference` or `direct`.
+    pub against: String,
+    /// `max |ours - theirs| / max |theirs|`.
+    pub max_rel: f64,
+    /// `||ours - theirs||_2 / ||theirs||_2`.
+    pub rel_l2: f64,
+    /// The bound as text.
+    pub bound: String,
+    pub pass: bool,
+}
+
+impl Agreement {
+    /// Compares `ours` with `theirs`; passes when both relative errors are within bounds
+    /// (and finite: a NaN anywhere fails).
+    pub fn new(against: &str, ours: &[f32], theirs: &[f32], max_rel_bound: f64, rel_l2_bound: f64) -> Self {
+        let (max_rel, rel_l2) = if ours.len() != theirs.len() {
+            (f64::INFINITY, f64::INFINITY)
+        } else {
+            let c = crate::reference::compare(ours, theirs);
+            (c.max_abs / c.max_ref.max(1e-30), c.rel_l2)
+        };
+        Self {
+            against: against.into(),
+            max_rel,
+            rel_l2,
+            bound: format!("max_rel <= {max_rel_bound:.0e}, rel_l2 <= {rel_l2_bound:.0e}"),
+            pass: max_rel <= max_rel_bound && rel_l2 <= rel_l2_bound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_odd_even_empty() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn random_data_is_normal_and_seeded() {
+        let a = random_f16(100_000, 2.0, 1);
+        let b = random_f16(100_000, 2.0, 2);
+        assert_eq!(a, random_f16(100_000, 2.0, 1));
+        assert_ne!(a, b);
+        let v: Vec<f64> = a.iter().map(|x| x.to_f64()).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!((var.sqrt() - 2.0).abs() < 0.05, "std {}", var.sqrt());
+        assert!(v.iter().filter(|&&x| x == 0.0).count() < 100, "too many zeros");
+    }
+
+    #[test]
+    fn agreement_bounds() {
+        let a = Agreement::new("x", &[1.0, 2.0], &[1.0, 2.0], 1e-3, 1e-3);
+        assert!(a.pass && a.max_rel == 0.0);
+        let b = Agreement::new("x", &[1.0, f32::NAN], &[1.0, 2.0], 1e-3, 1e-3);
+        assert!(!b.pass);
+        let c = Agreement::new("x", &[1.0], &[1.0, 2.0], 1e-3, 1e-3);
+        assert!(!c.pass);
+    }
+
+    #[test]
+    fn timing_on_emu() {
+        let dev = Device::emu();
+        let mut n = 0;
+        let t = time_calls(&dev, &TimingConfig::emu(), |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(t.samples, 3);
+        assert!(t.median_ms.is_finite() && t.median_ms >= 0.0);
+        assert_eq!(n, 1 + 1 + 3);
+    }
+
+    #[test]
+    fn slow_calls_get_few_samples() {
+        let dev = Device::emu();
+        let cfg = TimingConfig {
+            warmup: 5,
+            samples: None,
+            min_samples: 10,
+            target_ms: 20.0,
+            min_sample_ms: 1.0,
+            budget_ms: 100.0,
+        };
+        let mut n = 0;
+        let t = time_calls(&dev, &cfg, |_| {
+            n += 1;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        })
+        .unwrap();
+        // No further warm-up (5 calls would exceed a quarter of the budget), three samples.
+        assert_eq!((t.samples, t.calls_per_sample, n), (3, 1, 1 + 1 + 3));
+        assert!(t.median_ms >= 19.0, "{t:?}");
+    }
+}

@@ -1,0 +1,429 @@
+//! 3x3 convolutions (stride 1, pad 1), NHWC fp16 activations, KRSC fp16 filters: forward
+//! (fused bias + ReLU), backward-data (fused ReLU-backward mask) and backward-filter (fp32).
+//!
+//! Kernels: `kernels/conv_direct.cu` (the simple twin, any C and K, fp32 accumulation),
+//! `kernels/winograd_filter.cu` + `kernels/winograd_conv.cu` (Winograd F(2x2, 3x3) on tensor
+//! cores for fprop and dgrad) and `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
+//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths).
+//! See the header comment of each file for its tiling.
+
+use super::{int, ELEMENTWISE_THREADS};
+use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::problem::ConvProblem;
+use crate::{ensure_shape, Device, Error, Result, Tensor};
+use half::f16;
+
+const fn kern(module: &'static str, name: &'static str) -> Kernel {
+    Kernel { module, name }
+}
+const DIRECT_FPROP: Kernel = kern("conv_direct", "direct3x3_fprop_f16");
+const DIRECT_DGRAD: Kernel = kern("conv_direct", "direct3x3_dgrad_f16");
+const DIRECT_WGRAD: Kernel = kern("conv_direct", "direct3x3_wgrad_f32");
+const WINO_FILTER: Kernel = kern("winograd_filter", "wino2x2_filter_f16");
+const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
+const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
+const IGEMM_WGRAD: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_f16");
+const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
+
+/// Winograd main loop: 32 output tiles x 64 channels a block, 256 threads, two stages of
+/// (16 x 32 + 16 x 64) x 24 halves of shared memory (kernels/winograd_conv.cu).
+const WINO_TILES: usize = 32;
+const WINO_OUT: usize = 64;
+const WINO_THREADS: u32 = 256;
+const WINO_SMEM: u32 = 2 * (16 * 32 + 16 * 64) * 24 * 2;
+/// Implicit-GEMM wgrad: 64 k x 64 c of one tap a block, 32 pixels a stage, 128 threads.
+const WG_M: usize = 64;
+const WG_N: usize = 64;
+const WG_P: usize = 32;
+const WG_THREADS: u32 = 128;
+/// Blocks the tensor-core wgrad aims for (4 per SM of an H200's 132), reached by splitting the
+/// pixel reduction into chunks; each chunk has at least `WG_MIN_CHUNK` pixels.
+const WG_TARGET_BLOCKS: usize = 4 * 132;
+const WG_MIN_CHUNK: usize = 256;
+/// Direct wgrad: pixels a thread sums, roughly, and the most chunks.
+const DIRECT_WG_CHUNK: usize = 2048;
+const DIRECT_WG_MAX_SPLITS: usize = 256;
+
+/// What the forward pass does after the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `y = conv(x, w)`; no bias may be given.
+    None,
+    /// `y = conv(x, w) + b`.
+    Bias,
+    /// `y = max(conv(x, w) + b, 0)`.
+    BiasRelu,
+}
+
+/// Convolution algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// Winograd2x2 when C and K are multiples of 8, Direct when C < 8 (the first layer), else
+    /// an `Error::Shape`.
+    Auto,
+    /// One thread per output, fp32 accumulation: any C, K >= 1.
+    Direct,
+    /// Winograd F(2x2, 3x3) on tensor cores for fprop and dgrad; for wgrad, which has no
+    /// Winograd form here, the tensor-core implicit GEMM. C and K multiples of 8.
+    Winograd2x2,
+    /// Not implemented: [`Conv3x3::new`] returns `Error::Shape`.
+    Winograd4x4,
+}
+
+/// One of the three passes of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    Fprop,
+    Dgrad,
+    Wgrad,
+}
+
+/// A planned 3x3 convolution (stride 1, pad 1) of one [`ConvProblem`]: input `N x H x W x C`
+/// (NHWC), filters `K x 3 x 3 x C` (KRSC), output `N x H x W x K`, all fp16; dw and db fp32.
+///
+/// Every pass takes a byte workspace of at least [`Conv3x3::workspace_bytes`] for that pass.
+/// Results are deterministic: no atomics; the same shape always splits its reductions the same
+/// way.
+///
+/// ```
+/// use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+/// use vgg_cuda::{problem::ConvProblem, Device, Tensor};
+/// let dev = Device::emu();
+/// let p = ConvProblem::new(1, 4, 4, 8, 8);
+/// let conv = Conv3x3::new(p, ConvAlgo::Auto)?;
+/// assert_eq!(conv.algo(ConvPass::Fprop), ConvAlgo::Winograd2x2);
+/// // x = 1 everywhere; the filter of output channel k is k at the centre tap of input channel 0.
+/// let x = Tensor::from_f32(&dev, &[1, 4, 4, 8], &vec![1.0; p.input_len()])?;
+/// let mut wv = vec![0.0; p.filter_len()];
+/// for k in 0..8 {
+///     wv[((k * 3 + 1) * 3 + 1) * 8] = k as f32;
+/// }
+/// let w = Tensor::from_f32(&dev, &[8, 3, 3, 8], &wv)?;
+/// let b = Tensor::from_f32(&dev, &[8], &[-2.0; 8])?;
+/// let mut y = Tensor::empty(&dev, &[1, 4, 4, 8])?;
+/// let mut ws = Tensor::<u8>::empty(&dev, &[conv.workspace_bytes(ConvPass::Fprop)])?;
+/// conv.fprop(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, &mut ws)?;
+/// assert_eq!(&y.to_f32()?[..8], &[0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+/// # Ok::<(), vgg_cuda::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Conv3x3 {
+    problem: ConvProblem,
+    /// Resolved: Direct or Winograd2x2 (also the tensor-core wgrad).
+    algo: ConvAlgo,
+}
+
+impl Conv3x3 {
+    /// Validates `problem` for `algo` (every dimension >= 1, indices within the kernels' 32-bit
+    /// ranges, C and K multiples of 8 for the tensor-core paths) and resolves `Auto`.
+    pub fn new(problem: ConvProblem, algo: ConvAlgo) -> Result<Self> {
+        let p = problem;
+        ensure_shape!(p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.k > 0, "conv3x3 {p}: every dimension must be >= 1");
+        let pixels = p.n.checked_mul(p.h).and_then(|v| v.checked_mul(p.w)).unwrap_or(usize::MAX);
+        ensure_shape!(
+            pixels <= i32::MAX as usize / 2,
+            "conv3x3 {p}: N*H*W = {pixels} exceeds the kernels' 32-bit pixel index"
+        );
+        int("conv3x3 K*9*C", p.k.saturating_mul(9).saturating_mul(p.c))?;
+        let tc_ok = p.c % 8 == 0 && p.k % 8 == 0;
+        let resolved = match algo {
+            ConvAlgo::Direct => ConvAlgo::Direct,
+            ConvAlgo::Winograd4x4 => return Err(Error::Shape(format!("conv3x3 {p}: Winograd4x4 is not implemented"))),
+            ConvAlgo::Winograd2x2 | ConvAlgo::Auto if tc_ok => ConvAlgo::Winograd2x2,
+            ConvAlgo::Auto if p.c < 8 => ConvAlgo::Direct,
+            _ => {
+                return Err(Error::Shape(format!(
+                    "conv3x3 {p}: {algo:?} needs C and K multiples of 8 (C = {}, K = {}); C < 8 runs Direct",
+                    p.c, p.k
+                )))
+            }
+        };
+        Ok(Self { problem, algo: resolved })
+    }
+
+    pub fn problem(&self) -> ConvProblem {
+        self.problem
+    }
+
+    /// The algorithm `pass` runs: `Direct` or `Winograd2x2` (for `Wgrad`, `Winograd2x2` names the
+    /// tensor-core implicit GEMM).
+    pub fn algo(&self, _pass: ConvPass) -> ConvAlgo {
+        self.algo
+    }
+
+    fn wino(&self) -> bool {
+        self.algo == ConvAlgo::Winograd2x2
+    }
+
+    /// `(chunks, pixels per chunk)` of the wgrad pixel reduction: a function of the shape only.
+    fn wgrad_split(&self) -> (usize, usize) {
+        let p = &self.problem;
+        let pixels = p.n * p.h * p.w;
+        let want = if self.wino() {
+            let base = 9 * p.c.div_ceil(WG_N) * p.k.div_ceil(WG_M);
+            WG_TARGET_BLOCKS.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
+        } else {
+            pixels.div_ceil(DIRECT_WG_CHUNK).clamp(1, DIRECT_WG_MAX_SPLITS)
+        };
+        let mut chunk = pixels.div_ceil(want);
+        if self.wino() {
+            chunk = chunk.div_ceil(WG_P) * WG_P;
+        }
+        (pixels.div_ceil(chunk), chunk)
+    }
+
+    /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
+    /// (16 x K x C fp16); wgrad keeps one fp32 partial dw and db per pixel chunk. Direct fprop and
+    /// dgrad need none.
+    pub fn workspace_bytes(&self, pass: ConvPass) -> usize {
+        let p = &self.problem;
+        match pass {
+            ConvPass::Fprop | ConvPass::Dgrad if self.wino() => 16 * p.k * p.c * 2,
+            ConvPass::Fprop | ConvPass::Dgrad => 0,
+            ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
+        }
+    }
+
+    fn check_ws(&self, dev: &Device, pass: ConvPass, ws: &Tensor<u8>) -> Result<()> {
+        if !ws.device().same(dev) {
+            return Err(Error::WrongDevice { expected: dev.name(), found: ws.device().name() });
+        }
+        let need = self.workspace_bytes(pass);
+        ensure_shape!(
+            ws.len() >= need,
+            "conv3x3 {} {pass:?}: workspace has {} bytes, needs {need}",
+            self.problem,
+            ws.len()
+        );
+        Ok(())
+    }
+
+    /// Filter transform for the Winograd fprop: `U = G w G^T` into `ws` (no-op for Direct).
+    /// [`Conv3x3::fprop`] does this itself; with [`Conv3x3::fprop_prepared`] a training step
+    /// transforms once and reuses `ws`.
+    pub fn prepare_filter(&self, w: &Tensor<f16>, ws: &mut Tensor<u8>) -> Result<()> {
+        self.transform(w, ws, ConvPass::Fprop)
+    }
+
+    /// The dgrad twin of [`Conv3x3::prepare_filter`]: the 180-degree rotated filter with K and
+    /// C swapped, transformed, into `ws` (no-op for Direct), for [`Conv3x3::dgrad_prepared`].
+    pub fn prepare_filter_dgrad(&self, w: &Tensor<f16>, ws: &mut Tensor<u8>) -> Result<()> {
+        self.transform(w, ws, ConvPass::Dgrad)
+    }
+
+    fn transform(&self, w: &Tensor<f16>, ws: &mut Tensor<u8>, pass: ConvPass) -> Result<()> {
+        let (p, dev) = (&self.problem, w.device().clone());
+        w.check(&dev, "conv3x3 filters", p.filter_len())?;
+        self.check_ws(&dev, pass, ws)?;
+        if !self.wino() {
+            return Ok(());
+        }
+        let cfg = LaunchConfig::for_elements(p.k * p.c, ELEMENTWISE_THREADS)?;
+        let args = [
+            w.arg(),
+            ws.arg_mut(),
+            KArg::I32(int("K", p.k)?),
+            KArg::I32(int("C", p.c)?),
+            KArg::I32((pass == ConvPass::Dgrad) as i32),
+        ];
+        // SAFETY: (const __half* w, __half* u, int k, int c, int dgrad): w holds K*9*C halves,
+        // ws at least 16*K*C halves (checked above).
+        unsafe { dev.launch(&WINO_FILTER, cfg, &args) }
+    }
+
+    /// `y = epi(conv(x, w))`: x `[N,H,W,C]`, w `[K,3,3,C]`, bias `[K]` (required by `Bias` and
+    /// `BiasRelu`, refused by `None`), y `[N,H,W,K]`. Transforms the filters into `ws` first.
+    pub fn fprop(
+        &self,
+        x: &Tensor<f16>,
+        w: &Tensor<f16>,
+        bias: Option<&Tensor<f16>>,
+        epi: Epilogue,
+        y: &mut Tensor<f16>,
+        ws: &mut Tensor<u8>,
+    ) -> Result<()> {
+        self.prepare_filter(w, ws)?;
+        self.fprop_prepared(x, w, bias, epi, y, ws)
+    }
+
+    /// As [`Conv3x3::fprop`], but the Winograd path reads the filters from `ws` as
+    /// [`Conv3x3::prepare_filter`] left them (`w` is then only checked for its length; the
+    /// Direct path reads `w`).
+    pub fn fprop_prepared(
+        &self,
+        x: &Tensor<f16>,
+        w: &Tensor<f16>,
+        bias: Option<&Tensor<f16>>,
+        epi: Epilogue,
+        y: &mut Tensor<f16>,
+        ws: &Tensor<u8>,
+    ) -> Result<()> {
+        let (p, dev) = (&self.problem, x.device().clone());
+        x.check(&dev, "conv3x3 x", p.input_len())?;
+        w.check(&dev, "conv3x3 filters", p.filter_len())?;
+        y.check(&dev, "conv3x3 y", p.output_len())?;
+        self.check_ws(&dev, ConvPass::Fprop, ws)?;
+        let bias_arg = match (epi, bias) {
+            (Epilogue::None, None) => KArg::Ptr(0),
+            (Epilogue::None, Some(_)) => return Err(Error::Shape("conv3x3: bias given with Epilogue::None".into())),
+            (_, None) => return Err(Error::Shape(format!("conv3x3: Epilogue::{epi:?} needs a bias"))),
+            (_, Some(b)) => {
+                b.check(&dev, "conv3x3 bias", p.k)?;
+                b.arg()
+            }
+        };
+        let relu = KArg::I32((epi == Epilogue::BiasRelu) as i32);
+        let dims = self.dims()?;
+        if self.wino() {
+            let cfg = self.wino_config(p.k)?;
+            let args = [x.arg(), ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
+            // SAFETY: (const __half* x, const __half* u, const __half* bias, __half* y, int n, int h,
+            // int w, int c, int k, int relu): sizes checked above, u = 16*K*C halves in ws, bias K or null.
+            unsafe { dev.launch(&WINO_FPROP, cfg, &args) }
+        } else {
+            let cfg = LaunchConfig::for_elements(p.output_len(), ELEMENTWISE_THREADS)?;
+            let args = [x.arg(), w.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
+            // SAFETY: (const __half* x, const __half* w, const __half* bias, __half* y, int n, int h,
+            // int w, int c, int k, int relu): sizes checked above, bias K halves or null.
+            unsafe { dev.launch(&DIRECT_FPROP, cfg, &args) }
+        }
+    }
+
+    /// `dx = conv_transpose(dy, w)`, zeroed where `relu_mask` (the previous layer's forward
+    /// output, `[N,H,W,C]`) is not > 0: dy `[N,H,W,K]`, dx `[N,H,W,C]`. Transforms the
+    /// (rotated, K<->C swapped) filters into `ws` first.
+    pub fn dgrad(
+        &self,
+        dy: &Tensor<f16>,
+        w: &Tensor<f16>,
+        relu_mask: Option<&Tensor<f16>>,
+        dx: &mut Tensor<f16>,
+        ws: &mut Tensor<u8>,
+    ) -> Result<()> {
+        self.prepare_filter_dgrad(w, ws)?;
+        self.dgrad_prepared(dy, w, relu_mask, dx, ws)
+    }
+
+    /// As [`Conv3x3::dgrad`], the Winograd path reading `ws` as
+    /// [`Conv3x3::prepare_filter_dgrad`] left it.
+    pub fn dgrad_prepared(
+        &self,
+        dy: &Tensor<f16>,
+        w: &Tensor<f16>,
+        relu_mask: Option<&Tensor<f16>>,
+        dx: &mut Tensor<f16>,
+        ws: &Tensor<u8>,
+    ) -> Result<()> {
+        let (p, dev) = (&self.problem, dy.device().clone());
+        dy.check(&dev, "conv3x3 dy", p.output_len())?;
+        w.check(&dev, "conv3x3 filters", p.filter_len())?;
+        dx.check(&dev, "conv3x3 dx", p.input_len())?;
+        self.check_ws(&dev, ConvPass::Dgrad, ws)?;
+        let mask = match relu_mask {
+            Some(m) => {
+                m.check(&dev, "conv3x3 relu mask", p.input_len())?;
+                m.arg()
+            }
+            None => KArg::Ptr(0),
+        };
+        let dims = self.dims()?;
+        let (kernel, cfg, u) = if self.wino() {
+            (&WINO_DGRAD, self.wino_config(p.c)?, ws.arg())
+        } else {
+            (&DIRECT_DGRAD, LaunchConfig::for_elements(p.input_len(), ELEMENTWISE_THREADS)?, w.arg())
+        };
+        let args = [dy.arg(), u, mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
+        // SAFETY: both kernels take (const __half* dy, const __half* w_or_u, const __half* mask,
+        // __half* dx, int n, int h, int w, int c, int k): sizes checked above; u = 16*C*K halves
+        // in ws for Winograd, w K*9*C halves for Direct, mask N*H*W*C halves or null.
+        unsafe { dev.launch(kernel, cfg, &args) }
+    }
+
+    /// `dw[k,r,s,c] = sum_{n,h,w} dy[n,h,w,k] x[n,h+r-1,w+s-1,c]` (KRSC, fp32) and
+    /// `db[k] = sum dy[..,k]` (fp32) when `db` is given; fp32 accumulation over the whole batch,
+    /// split into fixed pixel chunks whose partial sums `ws` holds, added in chunk order.
+    pub fn wgrad(
+        &self,
+        x: &Tensor<f16>,
+        dy: &Tensor<f16>,
+        dw: &mut Tensor<f32>,
+        db: Option<&mut Tensor<f32>>,
+        ws: &mut Tensor<u8>,
+    ) -> Result<()> {
+        let (p, dev) = (&self.problem, x.device().clone());
+        x.check(&dev, "conv3x3 x", p.input_len())?;
+        dy.check(&dev, "conv3x3 dy", p.output_len())?;
+        dw.check(&dev, "conv3x3 dw", p.filter_len())?;
+        if let Some(b) = &db {
+            b.check(&dev, "conv3x3 db", p.k)?;
+        }
+        self.check_ws(&dev, ConvPass::Wgrad, ws)?;
+        let (chunks, chunk) = self.wgrad_split();
+        let dims = self.dims()?;
+        let nw = p.filter_len() + p.k;
+        if self.wino() {
+            let grid = (9 * p.c.div_ceil(WG_N), p.k.div_ceil(WG_M), chunks);
+            let cfg = LaunchConfig {
+                grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+                block: (WG_THREADS, 1, 1),
+                shared_bytes: 0,
+            };
+            let args = [
+                x.arg(),
+                dy.arg(),
+                ws.arg_mut(),
+                dims[0],
+                dims[1],
+                dims[2],
+                dims[3],
+                dims[4],
+                KArg::I32(int("chunk", chunk)?),
+            ];
+            // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
+            // int k, int chunk): sizes checked above; part = chunks*(K*9*C+K) floats in ws.
+            unsafe { dev.launch(&IGEMM_WGRAD, cfg, &args)? };
+        } else {
+            let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
+                .map_err(|_| Error::Shape(format!("conv3x3 {p}: too many weights for one launch")))?;
+            let cfg =
+                LaunchConfig { grid: (blocks, chunks as u32, 1), block: (ELEMENTWISE_THREADS, 1, 1), shared_bytes: 0 };
+            let args =
+                [x.arg(), dy.arg(), ws.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], KArg::I64(chunk as i64)];
+            // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
+            // int k, long long chunk): sizes checked above; part = chunks*(K*9*C+K) floats in ws.
+            unsafe { dev.launch(&DIRECT_WGRAD, cfg, &args)? };
+        }
+        let cfg = LaunchConfig::for_elements(nw, ELEMENTWISE_THREADS)?;
+        let db_arg = db.map_or(KArg::Ptr(0), |b| b.arg_mut());
+        let args =
+            [ws.arg(), dw.arg_mut(), db_arg, KArg::I64(p.filter_len() as i64), dims[4], KArg::I32(chunks as i32)];
+        // SAFETY: (const float* part, float* dw, float* db, long long nw, int k, int chunks): part
+        // holds chunks*(nw+K) floats written above, dw nw floats, db K floats or null.
+        unsafe { dev.launch(&WGRAD_REDUCE, cfg, &args) }
+    }
+
+    /// `[n, h, w, c, k]` as kernel ints.
+    fn dims(&self) -> Result<[KArg; 5]> {
+        let p = &self.problem;
+        Ok([
+            KArg::I32(int("N", p.n)?),
+            KArg::I32(int("H", p.h)?),
+            KArg::I32(int("W", p.w)?),
+            KArg::I32(int("C", p.c)?),
+            KArg::I32(int("K", p.k)?),
+        ])
+    }
+
+    /// Grid of the Winograd main loop with `cout` output channels.
+    fn wino_config(&self, cout: usize) -> Result<LaunchConfig> {
+        let p = &self.problem;
+        let tiles = p.n * p.h.div_ceil(2) * p.w.div_ceil(2);
+        let gx = u32::try_from(tiles.div_ceil(WINO_TILES))
+            .map_err(|_| Error::Shape(format!("conv3x3 {p}: too many tiles for one launch")))?;
+        Ok(LaunchConfig {
+            grid: (gx, cout.div_ceil(WINO_OUT) as u32, 1),
+            block: (WINO_THREADS, 1, 1),
+            shared_bytes: WINO_SMEM,
+        })
+    }
+}

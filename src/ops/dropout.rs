@@ -1,0 +1,40 @@
+//! Inverted dropout on fp16 tensors with the counter-based mask of
+//! [`crate::reference::dropout_fwd`] (kernels/dropout.cu), bit-exact: the mask is a pure
+//! function of `(seed, step, flat index)`, so the backward pass recomputes it and nothing
+//! is stored in between. Use a distinct `seed` per dropout layer.
+
+use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::reference::dropout_key;
+use crate::{ensure_shape, Result, Tensor};
+use half::f16;
+
+const KERNEL: Kernel = Kernel { module: "dropout", name: "dropout_f16" };
+const THREADS: u32 = 256;
+/// Enough blocks to fill an H200 several times over; larger tensors grid-stride.
+const MAX_BLOCKS: usize = 132 * 16;
+
+fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32, what: &str) -> Result<()> {
+    let dev = x.device().clone();
+    ensure_shape!((0.0..=1.0).contains(&p_drop), "dropout: p_drop {p_drop} is not in [0, 1]");
+    y.check(&dev, what, x.len())?;
+    // As the reference: computed in f32; p_drop = 1 drops everything, so inf is never used.
+    let scale = 1.0f32 / (1.0 - p_drop);
+    let groups = x.len().div_ceil(8).clamp(1, MAX_BLOCKS * THREADS as usize);
+    let cfg = LaunchConfig::for_elements(groups, THREADS)?;
+    let key = dropout_key(seed, step);
+    let args =
+        [x.arg(), y.arg_mut(), KArg::I64(x.len() as i64), KArg::I64(key as i64), KArg::F32(p_drop), KArg::F32(scale)];
+    // SAFETY: (const __half* x, __half* y, long long n, unsigned long long key, float p_drop,
+    // float scale); x and y hold n elements (checked).
+    unsafe { dev.launch(&KERNEL, cfg, &args) }
+}
+
+/// `y_i = keep(seed, step, i) ? x_i * (1 / (1 - p_drop)) : 0`, rounded to fp16.
+pub fn dropout_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
+    launch(x, y, seed, step, p_drop, "dropout output")
+}
+
+/// `dx_i = keep(seed, step, i) ? dy_i * (1 / (1 - p_drop)) : 0`: the forward's mask, recomputed.
+pub fn dropout_bwd(dy: &Tensor<f16>, dx: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
+    launch(dy, dx, seed, step, p_drop, "dropout dx")
+}

@@ -1,0 +1,299 @@
+//! The mixed-precision optimizer (kernels/optim.cu): SGD with momentum and L2 weight decay
+//! on fp32 master weights, as [`crate::reference::sgd_step`] bit for bit, over every
+//! parameter tensor in one launch, writing the fp16 copies in the same pass; the overflow
+//! check of the loss-scaled gradients on the device; and [`LossScaler`], the host-side
+//! dynamic loss scale (PyTorch's `GradScaler` rules).
+//!
+//! A training step, with nothing read back before the update:
+//! ```text
+//! plan = SgdPlan::new(&params)                       once: descriptor table on the device
+//! scaler.step(&plan, &mut params, Sgd::VGG.lr(lr))   each step: check -> update (skipped on
+//!                                                    the device if any gradient overflowed)
+//!                                                    -> read the flag -> adjust the scale
+//! ```
+
+use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::{ensure_shape, Device, Error, Result, Tensor};
+use half::f16;
+
+pub use crate::reference::SgdParams;
+
+const CLEAR: Kernel = Kernel { module: "optim", name: "amp_flag_clear" };
+const CHECK: Kernel = Kernel { module: "optim", name: "amp_check_f32" };
+const SGD: Kernel = Kernel { module: "optim", name: "sgd_multi_f32" };
+const THREADS: u32 = 256;
+/// Elements a block updates: 64 float4 a thread. A multiple of 4, so chunks start aligned.
+pub const CHUNK: usize = 1 << 16;
+const TENSOR_BYTES: usize = 48;
+const CHUNK_BYTES: usize = 16;
+
+/// One parameter tensor of an SGD step: fp32 master `w`, momentum `v`, gradient `g` (all of
+/// one length), an optional fp16 copy of `w` to refresh, and whether weight decay applies
+/// (true for weights, false for biases).
+#[derive(Debug)]
+pub struct SgdParam<'a> {
+    pub w: &'a mut Tensor<f32>,
+    pub v: &'a mut Tensor<f32>,
+    pub g: &'a Tensor<f32>,
+    pub w16: Option<&'a mut Tensor<f16>>,
+    pub decay: bool,
+}
+
+/// SGD hyper-parameters without the loss scale (the [`LossScaler`] supplies it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+impl Sgd {
+    /// The paper's: lr 1e-2, momentum 0.9, weight decay 5e-4.
+    pub const VGG: Self = Self { lr: 1e-2, momentum: 0.9, weight_decay: 5e-4 };
+    /// The same with another learning rate (the schedule divides it by 10).
+    pub fn lr(self, lr: f32) -> Self {
+        Self { lr, ..self }
+    }
+    /// The full parameters of one step at the given loss scale.
+    pub fn with_scale(self, loss_scale: f32) -> SgdParams {
+        SgdParams { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, loss_scale }
+    }
+}
+
+/// A device flag: set by [`SgdPlan::check_overflow`] when any gradient is Inf or NaN.
+#[derive(Debug)]
+pub struct OverflowFlag {
+    t: Tensor<i32>,
+}
+
+impl OverflowFlag {
+    pub fn new(dev: &Device) -> Result<Self> {
+        Ok(Self { t: Tensor::zeros(dev, &[1])? })
+    }
+    /// Reads the flag (waits for the work queued before it).
+    pub fn read(&self) -> Result<bool> {
+        Ok(self.t.to_host()?[0] != 0)
+    }
+}
+
+/// What a plan baked into its descriptor table for one tensor: the addresses it will write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    w: u64,
+    v: u64,
+    g: u64,
+    w16: u64,
+    n: usize,
+    decay: bool,
+}
+
+impl Slot {
+    fn of(p: &SgdParam<'_>) -> Self {
+        Self {
+            w: p.w.device_ptr(),
+            v: p.v.device_ptr(),
+            g: p.g.device_ptr(),
+            w16: p.w16.as_ref().map_or(0, |t| t.device_ptr()),
+            n: p.w.len(),
+            decay: p.decay,
+        }
+    }
+}
+
+/// The device table of tensor descriptors and block chunks for one fixed set of parameter
+/// tensors. Build it once; every call checks that it is given the same tensors, so the
+/// kernels write only memory the caller lends mutably.
+#[derive(Debug)]
+pub struct SgdPlan {
+    dev: Device,
+    table: Tensor<u8>,
+    slots: Vec<Slot>,
+    chunks: usize,
+}
+
+impl SgdPlan {
+    pub fn new(params: &[SgdParam<'_>]) -> Result<Self> {
+        ensure_shape!(!params.is_empty(), "SgdPlan: no parameter tensors");
+        let dev = params[0].w.device().clone();
+        let mut bytes = Vec::with_capacity(params.len() * TENSOR_BYTES);
+        let mut chunk_bytes = vec![];
+        for (i, p) in params.iter().enumerate() {
+            let n = p.w.len();
+            ensure_shape!(n > 0, "SgdPlan: parameter {i} is empty");
+            p.w.check(&dev, &format!("parameter {i} w"), n)?;
+            p.v.check(&dev, &format!("parameter {i} momentum"), n)?;
+            p.g.check(&dev, &format!("parameter {i} gradient"), n)?;
+            if let Some(h) = &p.w16 {
+                h.check(&dev, &format!("parameter {i} fp16 copy"), n)?;
+            }
+            let s = Slot::of(p);
+            for word in [s.w, s.v, s.g, s.w16, n as u64] {
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            bytes.extend_from_slice(&(s.decay as i32).to_le_bytes());
+            bytes.extend_from_slice(&0i32.to_le_bytes());
+            let tensor = i32::try_from(i).map_err(|_| Error::Shape("SgdPlan: too many tensors".into()))?;
+            for start in (0..n).step_by(CHUNK) {
+                chunk_bytes.extend_from_slice(&tensor.to_le_bytes());
+                chunk_bytes.extend_from_slice(&0i32.to_le_bytes());
+                chunk_bytes.extend_from_slice(&(start as u64).to_le_bytes());
+            }
+        }
+        let chunks = chunk_bytes.len() / CHUNK_BYTES;
+        ensure_shape!(u32::try_from(chunks).is_ok(), "SgdPlan: {chunks} chunks is too many for one launch");
+        bytes.extend_from_slice(&chunk_bytes);
+        let table = Tensor::from_host(&dev, &[bytes.len()], &bytes)?;
+        Ok(Self { dev, table, slots: params.iter().map(Slot::of).collect(), chunks })
+    }
+
+    /// Parameter tensors in the plan.
+    pub fn tensors(&self) -> usize {
+        self.slots.len()
+    }
+    /// Blocks of one launch (chunks of up to [`CHUNK`] elements).
+    pub fn blocks(&self) -> usize {
+        self.chunks
+    }
+
+    fn same_tensors(&self, params: &[SgdParam<'_>]) -> Result<()> {
+        ensure_shape!(
+            params.len() == self.slots.len(),
+            "SgdPlan: built for {} tensors, given {}",
+            self.slots.len(),
+            params.len()
+        );
+        for (i, (p, s)) in params.iter().zip(&self.slots).enumerate() {
+            if !p.w.device().same(&self.dev) {
+                return Err(Error::WrongDevice { expected: self.dev.name(), found: p.w.device().name() });
+            }
+            ensure_shape!(Slot::of(p) == *s, "SgdPlan: parameter {i} is not the tensor set the plan was built for");
+            p.v.check(&self.dev, "momentum", s.n)?;
+            p.g.check(&self.dev, "gradient", s.n)?;
+            if let Some(h) = &p.w16 {
+                h.check(&self.dev, "fp16 copy", s.n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cfg(&self) -> LaunchConfig {
+        LaunchConfig { grid: (self.chunks as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 }
+    }
+    fn tables(&self) -> (KArg, KArg) {
+        let base = self.table.device_ptr();
+        (KArg::Ptr(base), KArg::Ptr(base + (self.slots.len() * TENSOR_BYTES) as u64))
+    }
+
+    /// Clears `flag`, then sets it if any element of any gradient is Inf or NaN.
+    pub fn check_overflow(&self, params: &[SgdParam<'_>], flag: &mut OverflowFlag) -> Result<()> {
+        self.same_tensors(params)?;
+        flag.t.check(&self.dev, "overflow flag", 1)?;
+        let one = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
+        // SAFETY: (int* flag), one element.
+        unsafe { self.dev.launch(&CLEAR, one, &[flag.t.arg_mut()])? };
+        let (tensors, chunks) = self.tables();
+        let args = [tensors, chunks, KArg::I64(CHUNK as i64), flag.t.arg_mut()];
+        // SAFETY: (const OptimTensor*, const OptimChunk*, long long chunk_len, int* flag): the
+        // table built by new() for exactly these tensors (checked), one chunk a block.
+        unsafe { self.dev.launch(&CHECK, self.cfg(), &args) }
+    }
+
+    /// One SGD step on every tensor (see [`crate::reference::sgd_step`]), refreshing the fp16
+    /// copies; a no-op on the device when `skip_if` is given and set.
+    pub fn step(&self, params: &mut [SgdParam<'_>], hp: &SgdParams, skip_if: Option<&OverflowFlag>) -> Result<()> {
+        self.same_tensors(params)?;
+        ensure_shape!(
+            hp.loss_scale > 0.0 && hp.loss_scale.is_finite(),
+            "sgd: loss_scale {} must be > 0",
+            hp.loss_scale
+        );
+        let skip = match skip_if {
+            Some(f) => {
+                f.t.check(&self.dev, "overflow flag", 1)?;
+                f.t.arg()
+            }
+            None => KArg::Ptr(0),
+        };
+        let (tensors, chunks) = self.tables();
+        let args = [
+            tensors,
+            chunks,
+            KArg::I64(CHUNK as i64),
+            skip,
+            KArg::F32(hp.lr),
+            KArg::F32(hp.momentum),
+            KArg::F32(hp.weight_decay),
+            KArg::F32(hp.loss_scale),
+        ];
+        // SAFETY: (const OptimTensor*, const OptimChunk*, long long chunk_len, const int* skip
+        // or null, float lr, float momentum, float weight_decay, float loss_scale): the table
+        // of exactly these tensors (checked; w, v, w16 mutably borrowed), one chunk a block.
+        unsafe { self.dev.launch(&SGD, self.cfg(), &args) }
+    }
+}
+
+/// Dynamic loss scaling as `torch.cuda.amp.GradScaler`: on overflow skip the step and
+/// halve the scale; after `growth_interval` clean steps in a row, double it.
+#[derive(Debug)]
+pub struct LossScaler {
+    scale: f32,
+    growth_interval: u32,
+    clean_steps: u32,
+    skipped: u64,
+    flag: OverflowFlag,
+}
+
+impl LossScaler {
+    /// PyTorch's defaults: initial scale 2^16, growth every 2000 clean steps.
+    pub fn new(dev: &Device) -> Result<Self> {
+        Self::with(dev, 65536.0, 2000)
+    }
+
+    pub fn with(dev: &Device, init_scale: f32, growth_interval: u32) -> Result<Self> {
+        ensure_shape!(init_scale > 0.0 && init_scale.is_finite(), "LossScaler: initial scale {init_scale} must be > 0");
+        ensure_shape!(growth_interval > 0, "LossScaler: growth interval must be at least 1");
+        Ok(Self { scale: init_scale, growth_interval, clean_steps: 0, skipped: 0, flag: OverflowFlag::new(dev)? })
+    }
+
+    /// The factor to multiply the loss by (pass it to [`crate::ops::softmax_xent`]).
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+    /// Steps skipped for overflow so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+    /// The device overflow flag of the last step.
+    pub fn flag(&self) -> &OverflowFlag {
+        &self.flag
+    }
+
+    /// The state machine alone: returns whether the step was applied (`!overflow`) and
+    /// adjusts the scale. A doubling that would overflow f32 is not taken.
+    pub fn update(&mut self, overflow: bool) -> bool {
+        if overflow {
+            self.scale *= 0.5;
+            self.clean_steps = 0;
+            self.skipped += 1;
+            return false;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps >= self.growth_interval {
+            self.clean_steps = 0;
+            if (self.scale * 2.0).is_finite() {
+                self.scale *= 2.0;
+            }
+        }
+        true
+    }
+
+    /// One optimizer step: overflow check, the SGD update (skipped on the device on
+    /// overflow), then one 4-byte read of the flag to update the scale. Returns whether
+    /// the step was applied.
+    pub fn step(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<bool> {
+        plan.check_overflow(params, &mut self.flag)?;
+        plan.step(params, &sgd.with_scale(self.scale), Some(&self.flag))?;
+        let overflow = self.flag.read()?;
+        Ok(self.update(overflow))
+    }
+}

@@ -1,0 +1,196 @@
+//! Checks of the 3x3 convolutions (src/ops/conv.rs) against the f64 reference
+//! (src/reference/conv.rs), computed from the same fp16-rounded inputs, on the shared problem
+//! list: the edge cases, then VGG-16 reduced for the emulator (`problem::conv_problems`), then
+//! one 48x48 image whose wgrad reduction splits into several pixel chunks.
+//! On a GPU also VGG-16 reduced at batch 2 with up to 128 channels and the real conv5_1
+//! (14x14, 512 -> 512) at batch 1: the host reference stays near 1e10 multiply-adds in all.
+//!
+//! Two kinds of data for every pass:
+//! - random normals: relative L2 error <= 3e-3 and max |got - ref| <= 2e-2 max |ref| (the
+//!   reference unrounded; the kernels round their outputs to fp16 or accumulate in fp32);
+//! - small integers in [-2, 2] (base list only): bit-exact against the reference rounded to
+//!   the output type. Direct and the tensor-core wgrad are exact because every product and
+//!   partial sum is an integer below 2^24; Winograd F(2x2) too, because its transforms only
+//!   add and halve: V is an integer, U a multiple of 1/4 (exact in fp16 at these sizes), M
+//!   and Y multiples of 1/4 far below 2^22 in fp32, and Y is rounded to fp16 once.
+//! Every output is poisoned (NaN) before the launch.
+
+use super::{randn_f16, small_ints, Bound, CheckRow};
+use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use crate::problem::{self, ConvProblem, NamedProblem};
+use crate::reference::{self as r, compare, compare_tol};
+use crate::{Device, Result, Tensor};
+
+const RANDN: Bound = Bound::Rel { rel_l2: 3e-3, max_rel: 2e-2 };
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Randn,
+    Ints,
+}
+
+/// `(problem, kinds of data)` for `dev`.
+fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
+    let mut base = problem::conv_problems();
+    // Enough pixels that both wgrad paths split the reduction into several chunks.
+    base.push(NamedProblem { name: "wgrad_split", problem: ConvProblem::new(1, 48, 48, 8, 16) });
+    let mut v: Vec<_> = base.into_iter().map(|p| (p, &[Kind::Randn, Kind::Ints][..])).collect();
+    if !dev.is_emu() {
+        let mut big = problem::vgg16_layers_reduced(2, 4, 128);
+        big.push(problem::vgg16_layers(1)[10]); // conv5_1: 14x14, 512 -> 512
+        v.extend(big.into_iter().map(|p| (p, &[Kind::Randn][..])));
+    }
+    v
+}
+
+fn tc_ok(p: &ConvProblem) -> bool {
+    p.c % 8 == 0 && p.k % 8 == 0
+}
+
+/// Inputs of all three passes: x, w, b, dy, and a ReLU mask (a forward output: >= 0, zeros).
+struct Data {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+fn data(p: &ConvProblem, kind: Kind, seed: u64) -> Data {
+    let gen = |len: usize, s: u64| match kind {
+        Kind::Randn => randn_f16(len, seed * 8 + s),
+        Kind::Ints => small_ints(len, 2, seed * 8 + s),
+    };
+    Data {
+        x: gen(p.input_len(), 0),
+        w: gen(p.filter_len(), 1),
+        b: gen(p.k, 2),
+        dy: gen(p.output_len(), 3),
+        mask: r::relu_fwd(&randn_f16(p.input_len(), seed * 8 + 4)),
+    }
+}
+
+fn label(np: &NamedProblem, kind: Kind) -> String {
+    format!("{} {} {}", np.name, np.problem, if kind == Kind::Ints { "ints" } else { "randn" })
+}
+
+/// A row comparing `got` with `want`: the randn bound, or exact against `want` rounded to fp16
+/// (`f16_out`) or as is.
+fn row(kernel: String, np: &NamedProblem, kind: Kind, got: &[f32], want: &[f32], f16_out: bool) -> CheckRow {
+    let shape = label(np, kind);
+    match kind {
+        Kind::Randn => {
+            let max_ref = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            CheckRow::new(&kernel, shape, compare_tol(got, want, 2e-2 * max_ref, 0.0), RANDN)
+        }
+        Kind::Ints => {
+            let want = if f16_out { r::f32_to_f16_round(want) } else { want.to_vec() };
+            CheckRow::new(&kernel, shape, compare(got, &want), Bound::Exact)
+        }
+    }
+}
+
+/// fprop (randn: Bias, then BiasRelu against ReLU of that output; ints: None) and dgrad
+/// (against the reference, then with the ReLU mask against the mask applied to that output)
+/// of `algo` on every problem it accepts.
+fn fprop_dgrad(dev: &Device, algo: ConvAlgo, names: [&str; 2]) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (i, (np, kinds)) in problems(dev).iter().enumerate() {
+        let p = np.problem;
+        if algo != ConvAlgo::Direct && !tc_ok(&p) {
+            continue;
+        }
+        let conv = Conv3x3::new(p, algo)?;
+        let ws_len = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
+        let mut ws = Tensor::<u8>::empty(dev, &[ws_len])?;
+        for &kind in kinds.iter() {
+            let d = data(&p, kind, 100 + i as u64);
+            let x = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.x)?;
+            let w = Tensor::from_f32(dev, &[p.k, 3, 3, p.c], &d.w)?;
+            let b = Tensor::from_f32(dev, &[p.k], &d.b)?;
+            let mut y = Tensor::empty(dev, &[p.n, p.h, p.w, p.k])?;
+            // The pass's accuracy is measured before the activation; the fused ReLU must then
+            // equal ReLU of that output bit for bit (clipping leaves so few elements of a tiny
+            // shape that a relative error over them measures nothing).
+            if kind == Kind::Ints {
+                y.poison()?;
+                conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws)?;
+                let want = r::conv3x3_fprop(&p, &d.x, &d.w, None, false);
+                rows.push(row(format!("{} (None)", names[0]), np, kind, &y.to_f32()?, &want, true));
+            } else {
+                y.poison()?;
+                conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut ws)?;
+                let pre = y.to_f32()?;
+                let want = r::conv3x3_fprop(&p, &d.x, &d.w, Some(&d.b), false);
+                rows.push(row(format!("{} (Bias)", names[0]), np, kind, &pre, &want, true));
+                y.poison()?;
+                conv.fprop(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, &mut ws)?;
+                let cmp = compare(&y.to_f32()?, &r::relu_fwd(&pre));
+                rows.push(CheckRow::new(
+                    &format!("{} (BiasRelu) = relu(Bias)", names[0]),
+                    label(np, kind),
+                    cmp,
+                    Bound::Exact,
+                ));
+            }
+
+            let dy = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.k], &d.dy)?;
+            let mut dx = Tensor::empty(dev, &[p.n, p.h, p.w, p.c])?;
+            dx.poison()?;
+            conv.dgrad(&dy, &w, None, &mut dx, &mut ws)?;
+            let plain = dx.to_f32()?;
+            rows.push(row(names[1].to_string(), np, kind, &plain, &r::conv3x3_dgrad(&p, &d.dy, &d.w), true));
+            // The fused mask must zero exactly where the mask is not > 0 and keep the rest.
+            let mask = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.mask)?;
+            dx.poison()?;
+            conv.dgrad(&dy, &w, Some(&mask), &mut dx, &mut ws)?;
+            let cmp = compare(&dx.to_f32()?, &r::relu_bwd(&d.mask, &plain));
+            rows.push(CheckRow::new(&format!("{} (relu mask)", names[1]), label(np, kind), cmp, Bound::Exact));
+        }
+    }
+    Ok(rows)
+}
+
+/// wgrad (dw and db) of `algo` on every problem it accepts.
+fn wgrad(dev: &Device, algo: ConvAlgo, name: &str) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (i, (np, kinds)) in problems(dev).iter().enumerate() {
+        let p = np.problem;
+        if algo != ConvAlgo::Direct && !tc_ok(&p) {
+            continue;
+        }
+        let conv = Conv3x3::new(p, algo)?;
+        let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
+        for &kind in kinds.iter() {
+            let d = data(&p, kind, 200 + i as u64);
+            let x = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.x)?;
+            let dy = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.k], &d.dy)?;
+            let mut dw = Tensor::<f32>::empty(dev, &[p.k, 3, 3, p.c])?;
+            let mut db = Tensor::<f32>::empty(dev, &[p.k])?;
+            dw.poison()?;
+            db.poison()?;
+            conv.wgrad(&x, &dy, &mut dw, Some(&mut db), &mut ws)?;
+            let (want_w, want_b) = r::conv3x3_wgrad(&p, &d.x, &d.dy);
+            rows.push(row(format!("{name} dw"), np, kind, &dw.to_host()?, &want_w, false));
+            rows.push(row(format!("{name} db"), np, kind, &db.to_host()?, &want_b, false));
+        }
+    }
+    Ok(rows)
+}
+
+/// Direct fprop, dgrad and wgrad on every problem (the C = 3 first layer included).
+pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = fprop_dgrad(dev, ConvAlgo::Direct, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
+    rows.extend(wgrad(dev, ConvAlgo::Direct, "direct3x3_wgrad_f32")?);
+    Ok(rows)
+}
+
+/// Winograd F(2x2, 3x3) fprop and dgrad (with the filter transform) where C, K % 8 == 0.
+pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
+    fprop_dgrad(dev, ConvAlgo::Winograd2x2, ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"])
+}
+
+/// The tensor-core implicit-GEMM wgrad where C, K % 8 == 0.
+pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
+    wgrad(dev, ConvAlgo::Winograd2x2, "igemm3x3_wgrad_f16")
+}

@@ -1,0 +1,114 @@
+//! The optimizer step against reference::sgd_step: one multi-tensor launch over tensors of
+//! 1 to CHUNK+5 elements (one and several blocks, vector bodies and scalar tails), weights
+//! with decay and biases without, with and without fp16 copies, two steps (the second with
+//! momentum), at loss scale 1024. Bit-exact: the kernel repeats the reference's f64
+//! arithmetic operation for operation. The fp16 copies equal the updated masters rounded.
+//! Then the overflow check: clean gradients leave the flag clear; one Inf sets it, and the
+//! step given the flag leaves every weight and momentum untouched.
+
+use super::{randn_f16, Bound, CheckRow};
+use crate::ops::{optim::CHUNK, OverflowFlag, Sgd, SgdParam, SgdPlan};
+use crate::reference::{self as r, compare};
+use crate::{Device, Result, Tensor};
+use half::f16;
+
+struct Host {
+    w: Vec<f32>,
+    v: Vec<f32>,
+    g: Vec<f32>,
+    decay: bool,
+    copy: bool,
+}
+
+struct Dev {
+    w: Tensor<f32>,
+    v: Tensor<f32>,
+    g: Tensor<f32>,
+    w16: Option<Tensor<f16>>,
+}
+
+fn params<'a>(d: &'a mut [Dev], h: &[Host]) -> Vec<SgdParam<'a>> {
+    d.iter_mut()
+        .zip(h)
+        .map(|(d, h)| SgdParam { w: &mut d.w, v: &mut d.v, g: &d.g, w16: d.w16.as_mut(), decay: h.decay })
+        .collect()
+}
+
+pub fn sgd(dev: &Device) -> Result<Vec<CheckRow>> {
+    let sizes = [1usize, 3, 64, 1000, 1728, CHUNK + 5, 4099];
+    let scale = 1024.0f32;
+    let mut host: Vec<Host> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let s = 900 + 10 * i as u64;
+            Host {
+                w: randn_f16(n, s).iter().map(|v| 0.05 * v).collect(),
+                v: vec![0.0; n],
+                g: randn_f16(n, s + 1).iter().map(|v| v * scale * 1e-2).collect(),
+                decay: i % 3 != 1,
+                copy: i % 4 != 2,
+            }
+        })
+        .collect();
+    let mut devs: Vec<Dev> = host
+        .iter()
+        .map(|h| {
+            let n = [h.w.len()];
+            let w16 = if h.copy {
+                let mut t = Tensor::empty(dev, &n)?;
+                t.poison()?;
+                Some(t)
+            } else {
+                None
+            };
+            Ok(Dev {
+                w: Tensor::from_host(dev, &n, &h.w)?,
+                v: Tensor::zeros(dev, &n)?,
+                g: Tensor::from_host(dev, &n, &h.g)?,
+                w16,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let plan = SgdPlan::new(&params(&mut devs, &host))?;
+    let hp = Sgd::VGG.with_scale(scale);
+    let mut rows = vec![];
+    for step in 1..=2 {
+        plan.step(&mut params(&mut devs, &host), &hp, None)?;
+        for (h, d) in host.iter_mut().zip(&devs) {
+            r::sgd_step(&mut h.w, &mut h.v, &h.g, &hp, h.decay);
+            let shape = format!("n={} decay={} step {step}", h.w.len(), h.decay);
+            rows.push(CheckRow::new("sgd_multi_f32 w", &shape, compare(&d.w.to_host()?, &h.w), Bound::Exact));
+            rows.push(CheckRow::new("sgd_multi_f32 v", &shape, compare(&d.v.to_host()?, &h.v), Bound::Exact));
+            if let Some(w16) = &d.w16 {
+                let want = r::f32_to_f16_round(&h.w);
+                rows.push(CheckRow::new("sgd_multi_f32 w16", &shape, compare(&w16.to_f32()?, &want), Bound::Exact));
+            }
+        }
+    }
+
+    // Overflow: the flag, and a skipped step.
+    let mut flag = OverflowFlag::new(dev)?;
+    plan.check_overflow(&params(&mut devs, &host), &mut flag)?;
+    let clean = flag.read()?;
+    let last = devs.len() - 1;
+    let mut g = host[last].g.clone();
+    g[4097] = f32::INFINITY; // in the scalar tail of a 4099-element tensor
+    devs[last].g.copy_from_host(&g)?;
+    plan.check_overflow(&params(&mut devs, &host), &mut flag)?;
+    let tail_inf = flag.read()?;
+    g[4097] = 0.0;
+    g[13] = f32::NAN; // in a vector body
+    devs[last].g.copy_from_host(&g)?;
+    plan.check_overflow(&params(&mut devs, &host), &mut flag)?;
+    let body_nan = flag.read()?;
+    let got = [clean, tail_inf, body_nan].map(|b| b as u8 as f32);
+    rows.push(CheckRow::new("amp_check_f32", "clean, inf, nan", compare(&got, &[0.0, 1.0, 1.0]), Bound::Exact));
+    plan.step(&mut params(&mut devs, &host), &hp, Some(&flag))?;
+    for (h, d) in host.iter().zip(&devs) {
+        let shape = format!("n={} overflow", h.w.len());
+        rows.push(CheckRow::new("sgd_multi_f32 skipped w", &shape, compare(&d.w.to_host()?, &h.w), Bound::Exact));
+        rows.push(CheckRow::new("sgd_multi_f32 skipped v", &shape, compare(&d.v.to_host()?, &h.v), Bound::Exact));
+    }
+    Ok(rows)
+}

@@ -1,0 +1,160 @@
+//! `vgg bench conv` on the emu device: through the library API (rows with finite times whose
+//! outputs agree with the f64 reference), the JSON report and the PNG chart, and the CLI's
+//! errors (no GPU, a bad layer name).
+
+use std::path::PathBuf;
+use std::process::Command;
+use vgg_cuda::bench::conv::{self, select_layers, Algo, ConvBenchConfig, ConvReport, Pass};
+use vgg_cuda::bench::plot;
+use vgg_cuda::device::cuda_report;
+use vgg_cuda::Device;
+
+fn emu_config(layers: &str, algo: Algo) -> ConvBenchConfig {
+    let dev = Device::emu();
+    let mut cfg = ConvBenchConfig::new(&dev, None);
+    cfg.layers = select_layers(true, None, layers).unwrap();
+    cfg.algo = algo;
+    cfg
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vgg-bench-conv-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn assert_rows_good(report: &ConvReport, expect_rows: usize) {
+    assert_eq!(report.rows.len(), expect_rows, "{report:#?}");
+    for r in &report.rows {
+        let what = format!("{} {} on {}", r.layer, r.pass.name(), report.device);
+        assert!(r.ours_error.is_none(), "{what}: {:?}", r.ours_error);
+        let m = r.ours.as_ref().unwrap_or_else(|| panic!("{what}: not measured"));
+        assert!(m.ms.is_finite() && m.ms > 0.0 && m.min_ms <= m.ms, "{what}: times {m:?}");
+        assert!(m.tflops.is_finite() && m.tflops > 0.0, "{what}: {m:?}");
+        assert!(r.cudnn.is_none() && r.ratio.is_none(), "{what}: cuDNN on the emulator?");
+        let a = r.agreement.as_ref().unwrap_or_else(|| panic!("{what}: no agreement check"));
+        assert_eq!(a.against, "reference", "{what}");
+        assert!(a.pass && a.max_rel.is_finite() && a.rel_l2.is_finite(), "{what}: {a:?}");
+        assert!(a.rel_l2 < 1e-2, "{what}: {a:?}");
+    }
+    assert_eq!(report.summary.failed, 0);
+    assert_eq!(report.summary.ours_measured, expect_rows);
+    assert_eq!(report.summary.agreement_checked, expect_rows);
+}
+
+#[test]
+fn emu_bench_measures_and_agrees_with_reference() {
+    let dev = Device::emu();
+    let cfg = emu_config("conv1_1,conv1_2,conv3_1", Algo::Auto);
+    let mut seen = 0;
+    let report = conv::run(&dev, &cfg, |_| seen += 1);
+    assert_eq!(seen, 9);
+    assert_rows_good(&report, 9);
+    assert!(report.cudnn_version.is_none() && report.cudnn_note.is_some());
+    // The first layer (C = 3) runs the direct kernel under `auto`, the others Winograd / igemm.
+    assert_eq!(report.rows[0].ours.as_ref().unwrap().algo, "direct");
+    assert_eq!(report.rows[3].ours.as_ref().unwrap().algo, "winograd2x2");
+    assert_eq!(report.rows[5].ours.as_ref().unwrap().algo, "igemm");
+    assert!(report.summary.line().contains("9 rows: 9 measured"), "{}", report.summary.line());
+
+    // The report round-trips through JSON, and the chart renders without system fonts.
+    let json = serde_json::to_string(&report).unwrap();
+    let back: ConvReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.rows.len(), 9);
+    let png = scratch("auto.png");
+    plot::conv_chart(&report, &png).unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+#[test]
+fn emu_bench_direct_algorithm_agrees() {
+    let dev = Device::emu();
+    let mut cfg = emu_config("conv2_1", Algo::Direct);
+    cfg.passes = vec![Pass::Wgrad, Pass::Fprop];
+    let report = conv::run(&dev, &cfg, |_| {});
+    assert_rows_good(&report, 2);
+    assert_eq!(report.rows[0].pass, Pass::Wgrad);
+    assert!(report.rows.iter().all(|r| r.ours.as_ref().unwrap().algo == "direct"));
+}
+
+#[test]
+fn unsupported_algorithm_is_a_failed_row_not_a_panic() {
+    let dev = Device::emu();
+    let mut cfg = emu_config("conv1_2", Algo::Winograd4x4);
+    cfg.passes = vec![Pass::Fprop];
+    let report = conv::run(&dev, &cfg, |_| {});
+    assert_eq!(report.rows.len(), 1);
+    let r = &report.rows[0];
+    assert!(r.failed() && r.ours.is_none());
+    assert!(r.ours_error.as_deref().unwrap().contains("winograd4x4"), "{:?}", r.ours_error);
+    assert!(r.table_line().contains("ours: "), "{}", r.table_line());
+}
+
+#[test]
+fn argument_parsing() {
+    assert_eq!(Pass::parse_list("wgrad, fprop").unwrap(), vec![Pass::Wgrad, Pass::Fprop]);
+    assert_eq!(Pass::parse_list("all").unwrap(), Pass::ALL.to_vec());
+    assert!(Pass::parse_list("fprop,bprop").unwrap_err().to_string().contains("unknown pass `bprop`"));
+    assert_eq!(Algo::parse("winograd2x2").unwrap(), Algo::Winograd2x2);
+    assert!(Algo::parse("fft").is_err());
+    let gpu = select_layers(false, None, "conv5_3,conv1_2").unwrap();
+    assert_eq!(gpu.iter().map(|l| l.name).collect::<Vec<_>>(), ["conv5_3", "conv1_2"]);
+    assert_eq!((gpu[1].problem.n, gpu[1].problem.h, gpu[1].problem.c), (64, 224, 64));
+    assert_eq!(select_layers(true, None, "all").unwrap().len(), 13);
+    assert_eq!(select_layers(true, None, "conv1_2").unwrap()[0].problem.n, 1);
+}
+
+fn vgg(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("running the vgg binary")
+}
+
+#[test]
+fn cli_without_gpu_says_why_in_one_line() {
+    if cuda_report().unusable_because.is_none() {
+        eprintln!("a usable GPU is present: the no-GPU error cannot be checked here");
+        return;
+    }
+    let out = vgg(&["bench", "conv", "--device", "cuda", "--layers", "conv1_2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with("error: bench conv on `cuda`: CUDA device unavailable"), "stderr: {err}");
+    assert!(!err.contains("panicked"), "stderr: {err}");
+}
+
+#[test]
+fn cli_rejects_an_unknown_layer() {
+    for device in ["emu", "cuda"] {
+        let out = vgg(&["bench", "conv", "--device", device, "--layers", "conv1_2,conv9_9"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unknown layer `conv9_9`") && err.contains("conv5_3"), "stderr: {err}");
+    }
+}
+
+#[test]
+fn cli_emu_run_prints_the_table_and_writes_json() {
+    let json = scratch("cli.json");
+    let out = vgg(&[
+        "bench",
+        "conv",
+        "--device",
+        "emu",
+        "--layers",
+        "conv3_1",
+        "--passes",
+        "fprop,dgrad",
+        "--repeats",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("conv3_1  fprop") && stdout.contains("conv3_1  dgrad"), "{stdout}");
+    assert!(stdout.contains("2 rows: 2 measured"), "{stdout}");
+    let report: ConvReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report.rows.len(), 2);
+    assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.samples == 2)));
+}

@@ -1,0 +1,171 @@
+//! The 3x3 convolutions on the emu device: the selftest checks (every pass against the f64
+//! reference on the shared problem list), bit-identical results under two schedules for every
+//! kernel, exact results on integer data for every algorithm, and shape errors.
+
+use half::f16;
+use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use vgg_cuda::problem::ConvProblem;
+use vgg_cuda::{reference as r, selftest, Device, Error, Schedule, Tensor};
+
+fn assert_check_passes(name: &str) {
+    let rows = selftest::run(&Device::emu(), Some(name));
+    assert!(!rows.is_empty(), "check {name} produced no rows");
+    let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
+    assert!(bad.is_empty(), "check {name} failed on emu ({} of {} rows): {bad:#?}", bad.len(), rows.len());
+}
+
+#[test]
+fn direct_matches_reference() {
+    assert_check_passes("conv_direct");
+}
+#[test]
+fn winograd2x2_matches_reference() {
+    assert_check_passes("conv_wino2x2");
+}
+#[test]
+fn tensor_core_wgrad_matches_reference() {
+    assert_check_passes("conv_wgrad");
+}
+
+/// Deterministic values: integers in [-r, r] (exact in every algorithm) or a spread of fp16
+/// values (to compare bits across schedules).
+fn ints(len: usize, r: i64, seed: u64) -> Vec<f32> {
+    (0..len as u64).map(|i| ((i * 2654435761 + seed * 97) % (2 * r as u64 + 1)) as f32 - r as f32).collect()
+}
+fn spread(len: usize, seed: u64) -> Vec<f32> {
+    (0..len as u64).map(|i| (((i * 7919 + seed * 31) % 1013) as f32 - 506.0) / 211.0).collect()
+}
+
+/// All outputs of all passes of `algo` on `p` for the given inputs: (y with BiasRelu, dx with
+/// the mask, dw, db), as bits.
+fn run_all(
+    dev: &Device,
+    p: ConvProblem,
+    algo: ConvAlgo,
+    data: &[Vec<f32>; 5],
+) -> (Vec<u16>, Vec<u16>, Vec<u32>, Vec<u32>) {
+    let [x, w, b, dy, mask] = data;
+    let conv = Conv3x3::new(p, algo).unwrap();
+    let ws_len = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.workspace_bytes(q)).into_iter().max();
+    let mut ws = Tensor::<u8>::empty(dev, &[ws_len.unwrap().max(1)]).unwrap();
+    let xt = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], x).unwrap();
+    let wt = Tensor::from_f32(dev, &[p.k, 3, 3, p.c], w).unwrap();
+    let bt = Tensor::from_f32(dev, &[p.k], b).unwrap();
+    let dyt = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.k], dy).unwrap();
+    let mt = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], mask).unwrap();
+    let mut y = Tensor::empty(dev, &[p.n, p.h, p.w, p.k]).unwrap();
+    let mut dx = Tensor::empty(dev, &[p.n, p.h, p.w, p.c]).unwrap();
+    let mut dw = Tensor::<f32>::empty(dev, &[p.k, 3, 3, p.c]).unwrap();
+    let mut db = Tensor::<f32>::empty(dev, &[p.k]).unwrap();
+    y.poison().unwrap();
+    dx.poison().unwrap();
+    dw.poison().unwrap();
+    db.poison().unwrap();
+    conv.fprop(&xt, &wt, Some(&bt), Epilogue::BiasRelu, &mut y, &mut ws).unwrap();
+    conv.dgrad(&dyt, &wt, Some(&mt), &mut dx, &mut ws).unwrap();
+    conv.wgrad(&xt, &dyt, &mut dw, Some(&mut db), &mut ws).unwrap();
+    let h = |t: &Tensor<f16>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let f = |t: &Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    (h(&y), h(&dx), f(&dw), f(&db))
+}
+
+fn problem_data(p: &ConvProblem, gen: impl Fn(usize, u64) -> Vec<f32>) -> [Vec<f32>; 5] {
+    let mask = r::relu_fwd(&spread(p.input_len(), 9));
+    [gen(p.input_len(), 1), gen(p.filter_len(), 2), gen(p.k, 3), gen(p.output_len(), 4), mask]
+}
+
+#[test]
+fn two_schedules_bit_identical() {
+    // Ragged tiles (odd H and W), two k-blocks, a C that ends in a half chunk, and enough
+    // pixels for several wgrad chunks.
+    for (p, algo) in [
+        (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
+        (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
+        (ConvProblem::new(2, 5, 7, 3, 16), ConvAlgo::Direct),
+        (ConvProblem::new(1, 50, 45, 8, 8), ConvAlgo::Direct),
+    ] {
+        let data = problem_data(&p, spread);
+        let dev = Device::emu();
+        dev.set_schedule(Schedule::Index);
+        let a = run_all(&dev, p, algo, &data);
+        dev.set_schedule(Schedule::Random(7));
+        let b = run_all(&dev, p, algo, &data);
+        assert!(a.0 == b.0, "{p} {algo:?}: fprop differs between schedules");
+        assert!(a.1 == b.1, "{p} {algo:?}: dgrad differs between schedules");
+        assert!(a.2 == b.2, "{p} {algo:?}: wgrad dw differs between schedules");
+        assert!(a.3 == b.3, "{p} {algo:?}: wgrad db differs between schedules");
+        // Nothing left unwritten (poison is NaN: 0x7fff / 0xffff bit patterns).
+        assert!(a.0.iter().chain(&a.1).all(|&v| v & 0x7c00 != 0x7c00), "{p} {algo:?}: NaN/inf in outputs");
+    }
+}
+
+#[test]
+fn integer_data_is_exact_in_every_algorithm() {
+    for p in [ConvProblem::new(2, 7, 9, 24, 72), ConvProblem::new(1, 33, 35, 8, 16), ConvProblem::new(3, 1, 2, 16, 8)] {
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let [x, w, b, dy, mask] = &data;
+        let want_y: Vec<u16> = r::f32_to_f16_round(&r::conv3x3_fprop(&p, x, w, Some(b), true))
+            .iter()
+            .map(|&v| f16::from_f32(v).to_bits())
+            .collect();
+        let want_dx: Vec<u16> =
+            r::relu_bwd(mask, &r::conv3x3_dgrad(&p, dy, w)).iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let (want_dw, want_db) = r::conv3x3_wgrad(&p, x, dy);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let (want_dw, want_db) = (bits(want_dw), bits(want_db));
+        let dev = Device::emu();
+        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2] {
+            let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
+            // -0 and +0 are both exact zeros.
+            let norm = |v: Vec<u16>| v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect::<Vec<_>>();
+            assert_eq!(norm(y), norm(want_y.clone()), "{p} {algo:?}: fprop not exact");
+            assert_eq!(norm(dx), norm(want_dx.clone()), "{p} {algo:?}: dgrad not exact");
+            assert_eq!(dw, want_dw, "{p} {algo:?}: dw not exact");
+            assert_eq!(db, want_db, "{p} {algo:?}: db not exact");
+        }
+    }
+}
+
+fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
+    match r {
+        Err(Error::Shape(m)) => assert!(m.contains(needle), "error `{m}` does not mention `{needle}`"),
+        other => panic!("expected a shape error mentioning `{needle}`, got {other:?}"),
+    }
+}
+
+#[test]
+fn shape_errors() {
+    // Tensor-core paths need C and K multiples of 8; C < 8 goes to Direct under Auto.
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 8), ConvAlgo::Auto), "C = 12");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 8), ConvAlgo::Winograd4x4), "not implemented");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
+    let first = Conv3x3::new(ConvProblem::new(1, 4, 4, 3, 64), ConvAlgo::Auto).unwrap();
+    for pass in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad] {
+        assert_eq!(first.algo(pass), ConvAlgo::Direct);
+    }
+    assert!(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 8), ConvAlgo::Direct).is_ok());
+
+    let dev = Device::emu();
+    let p = ConvProblem::new(1, 4, 4, 8, 16);
+    let conv = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
+    let x = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 8]).unwrap();
+    let w = Tensor::<f16>::zeros(&dev, &[16, 3, 3, 8]).unwrap();
+    let b = Tensor::<f16>::zeros(&dev, &[16]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 16]).unwrap();
+    let mut ws = Tensor::<u8>::zeros(&dev, &[conv.workspace_bytes(ConvPass::Fprop)]).unwrap();
+    let short_x = Tensor::<f16>::zeros(&dev, &[1, 4, 3, 8]).unwrap();
+    shape_err(conv.fprop(&short_x, &w, Some(&b), Epilogue::Bias, &mut y, &mut ws), "conv3x3 x");
+    let mut short_y = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 8]).unwrap();
+    shape_err(conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut short_y, &mut ws), "conv3x3 y");
+    let short_b = Tensor::<f16>::zeros(&dev, &[8]).unwrap();
+    shape_err(conv.fprop(&x, &w, Some(&short_b), Epilogue::Bias, &mut y, &mut ws), "bias");
+    shape_err(conv.fprop(&x, &w, None, Epilogue::BiasRelu, &mut y, &mut ws), "needs a bias");
+    shape_err(conv.fprop(&x, &w, Some(&b), Epilogue::None, &mut y, &mut ws), "Epilogue::None");
+    let mut small_ws = Tensor::<u8>::zeros(&dev, &[16]).unwrap();
+    shape_err(conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut small_ws), "workspace");
+    let mut dw = Tensor::<f32>::zeros(&dev, &[16, 3, 3, 4]).unwrap();
+    shape_err(conv.wgrad(&x, &y, &mut dw, None, &mut ws), "conv3x3 dw");
+    let mut dx = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 8]).unwrap();
+    shape_err(conv.dgrad(&y, &w, Some(&y), &mut dx, &mut ws), "relu mask");
+}

@@ -1,0 +1,156 @@
+//! The GEMM family (linear layers, 1x1 convolutions) against the reference through the
+//! checks `vgg selftest` runs, on the emu device always and on a GPU when one is usable; plus
+//! the API's errors, the workspace-less path, and (ignored, GPU only) a timing run.
+
+use half::f16;
+use vgg_cuda::ops::gemm::{self, Algo, Linear, Pass, Tile};
+use vgg_cuda::reference as r;
+use vgg_cuda::{selftest, Device, Error, Tensor};
+
+const CHECKS: [&str; 3] = ["gemm", "gemm_conv1x1", "gemm_determinism"];
+
+/// The devices the same test body runs on: emu, and cuda when this machine has a GPU.
+fn devices() -> Vec<Device> {
+    let mut v = vec![Device::emu()];
+    if let Ok(d) = Device::cuda(0) {
+        v.push(d);
+    }
+    v
+}
+
+fn assert_check_passes(name: &str) {
+    for dev in devices() {
+        let rows = selftest::run(&dev, Some(name));
+        assert!(!rows.is_empty(), "check {name} produced no rows on {}", dev.name());
+        let bad: Vec<_> = rows.iter().filter(|r| !r.pass).take(10).collect();
+        assert!(bad.is_empty(), "check {name} failed on {}: {bad:#?}", dev.name());
+    }
+}
+
+#[test]
+fn linear_matches_reference() {
+    assert_check_passes(CHECKS[0]);
+}
+#[test]
+fn conv1x1_matches_reference() {
+    assert_check_passes(CHECKS[1]);
+}
+#[test]
+fn deterministic_across_schedules() {
+    assert_check_passes(CHECKS[2]);
+}
+
+fn randn(len: usize, seed: u64) -> Vec<f32> {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| f16::from_f32(rng.gen_range(-2.0f32..2.0)).to_f32()).collect()
+}
+
+fn shape_err(r: vgg_cuda::Result<()>, needle: &str) {
+    match r {
+        Err(Error::Shape(m)) => assert!(m.contains(needle), "message {m:?} should mention {needle:?}"),
+        other => panic!("expected a shape error mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn shape_errors_name_the_problem() {
+    let dev = Device::emu();
+    let t = |shape: &[usize]| Tensor::<f16>::zeros(&dev, shape).unwrap();
+    let (x, w) = (t(&[4, 16]), t(&[24, 16]));
+    let mut y = t(&[4, 24]);
+    // N = 10: the tensor-core kernels refuse it by name; Auto takes the simple kernel.
+    let (w10, mut y10) = (t(&[10, 16]), t(&[4, 10]));
+    let tc = Algo::TensorCore { tile: Tile::T64x128, splits: 1 };
+    shape_err(gemm::linear_fwd_with(tc, &x, &w10, None, false, &mut y10, None), "multiples of 8");
+    gemm::linear_fwd(&x, &w10, None, false, &mut y10, None).unwrap();
+    // Inputs that do not fit the weights, outputs of the wrong size, a 3-D weight.
+    shape_err(gemm::linear_fwd(&t(&[4, 8]), &w, None, false, &mut y, None), "does not flatten to [M, 16]");
+    shape_err(gemm::linear_fwd(&x, &w, None, false, &mut t(&[4, 23]), None), "GEMM output y");
+    shape_err(gemm::linear_fwd(&x, &t(&[24, 4, 4]), None, false, &mut y, None), "weights must be [N, K]");
+    shape_err(gemm::linear_fwd(&x, &w, Some(&t(&[23])), false, &mut y, None), "bias");
+    shape_err(gemm::linear_bwd_data(&t(&[4, 23]), &w, &mut t(&[4, 16]), None), "dy must be [M, 24]");
+    let mut dw = Tensor::<f32>::zeros(&dev, &[24, 16]).unwrap();
+    let mut db = Tensor::<f32>::zeros(&dev, &[23]).unwrap();
+    shape_err(gemm::linear_bwd_weight(&x, &y, &mut dw, Some(&mut db), None), "bias gradient db");
+    // An explicit split without (enough) workspace.
+    let split = Algo::TensorCore { tile: Tile::T64x128, splits: 2 };
+    let deep = Linear::new(4, 256, 24);
+    let (xd, wd) = (t(&[4, 256]), t(&[24, 256]));
+    shape_err(gemm::linear_fwd_with(split, &xd, &wd, None, false, &mut y, None), "needs a workspace");
+    let mut small = Tensor::<u8>::zeros(&dev, &[deep.workspace_bytes_with(Pass::Fwd, split) - 4]).unwrap();
+    shape_err(gemm::linear_fwd_with(split, &xd, &wd, None, false, &mut y, Some(&mut small)), "workspace has");
+    // 1x1 convolutions: filters that do not match the input's channels, outputs of the wrong shape.
+    let xc = t(&[1, 3, 3, 16]);
+    shape_err(gemm::conv1x1_fwd(&xc, &t(&[8, 1, 1, 12]), None, false, &mut t(&[1, 3, 3, 8]), None), "filters");
+    shape_err(gemm::conv1x1_fwd(&xc, &t(&[8, 16]), None, false, &mut t(&[1, 3, 4, 8]), None), "output must be");
+    shape_err(gemm::conv1x1_fwd(&t(&[9, 16]), &t(&[8, 16]), None, false, &mut t(&[9, 8]), None), "NHWC");
+}
+
+/// Without a workspace, Auto runs unsplit; with one, split. Both match the reference, and
+/// the split plan really is a split one here.
+#[test]
+fn workspace_is_optional() {
+    let dev = Device::emu();
+    let s = Linear::new(5, 1024, 16);
+    assert!(matches!(s.plan(Pass::Fwd), Algo::TensorCore { splits, .. } if splits > 1));
+    assert!(s.workspace_bytes(Pass::Fwd) > 0);
+    let (xv, wv, bv) = (randn(s.m * s.k, 1), randn(s.n * s.k, 2), randn(s.n, 3));
+    let x = Tensor::from_f32(&dev, &[s.m, s.k], &xv).unwrap();
+    let w = Tensor::from_f32(&dev, &[s.n, s.k], &wv).unwrap();
+    let b = Tensor::from_f32(&dev, &[s.n], &bv).unwrap();
+    let want = r::f32_to_f16_round(&r::linear_fwd(s.m, s.k, s.n, &xv, &wv, Some(&bv), false));
+    let mut ws = Tensor::<u8>::empty(&dev, &[s.workspace_bytes(Pass::Fwd)]).unwrap();
+    for ws in [None, Some(&mut ws)] {
+        let mut y = Tensor::empty(&dev, &[s.m, s.n]).unwrap();
+        y.poison().unwrap();
+        gemm::linear_fwd(&x, &w, Some(&b), false, &mut y, ws).unwrap();
+        let c = r::compare_tol(&y.to_f32().unwrap(), &want, 2e-2, 2e-3);
+        assert!(c.first_bad.is_none() && c.rel_l2 < 2e-3, "{c}");
+    }
+}
+
+/// Rough GPU timings of the classifier shapes, all three passes, workspace as planned.
+/// `cargo test --release --test gemm -- --ignored --nocapture` on a machine with a GPU.
+#[test]
+#[ignore]
+fn cuda_timing() {
+    let Ok(dev) = Device::cuda(0) else {
+        eprintln!("no usable GPU: skipped");
+        return;
+    };
+    for batch in [1, 64, 128, 256] {
+        for (k, n) in [(25088, 4096), (4096, 4096), (4096, 1000)] {
+            let s = Linear::new(batch, k, n);
+            let x = Tensor::from_f32(&dev, &[s.m, s.k], &randn(s.m * s.k, 1)).unwrap();
+            let w = Tensor::from_f32(&dev, &[s.n, s.k], &randn(s.n * s.k, 2)).unwrap();
+            let b = Tensor::from_f32(&dev, &[s.n], &randn(s.n, 3)).unwrap();
+            let dy = Tensor::from_f32(&dev, &[s.m, s.n], &randn(s.m * s.n, 4)).unwrap();
+            let mut y = Tensor::empty(&dev, &[s.m, s.n]).unwrap();
+            let mut dx = Tensor::empty(&dev, &[s.m, s.k]).unwrap();
+            let mut dw = Tensor::<f32>::empty(&dev, &[s.n, s.k]).unwrap();
+            let mut db = Tensor::<f32>::empty(&dev, &[s.n]).unwrap();
+            let bytes = [Pass::Fwd, Pass::BwdData, Pass::BwdWeight].map(|p| s.workspace_bytes(p)).into_iter().max();
+            let mut ws = Tensor::<u8>::empty(&dev, &[bytes.unwrap().max(1)]).unwrap();
+            let mut line = format!("M{batch:<4} K{k:<6} N{n:<5}");
+            for pass in [Pass::Fwd, Pass::BwdData, Pass::BwdWeight] {
+                let mut run = || match pass {
+                    Pass::Fwd => gemm::linear_fwd(&x, &w, Some(&b), true, &mut y, Some(&mut ws)),
+                    Pass::BwdData => gemm::linear_bwd_data(&dy, &w, &mut dx, Some(&mut ws)),
+                    Pass::BwdWeight => gemm::linear_bwd_weight(&x, &dy, &mut dw, Some(&mut db), Some(&mut ws)),
+                };
+                for _ in 0..3 {
+                    run().unwrap();
+                }
+                let reps = 20;
+                let t = dev.start_timer().unwrap();
+                for _ in 0..reps {
+                    run().unwrap();
+                }
+                let ms = t.stop_ms().unwrap() / reps as f64;
+                line += &format!("  {pass:?} {ms:.3} ms {:.0} TF/s ({:?})", s.flops() / ms / 1e9, s.plan(pass));
+            }
+            println!("{line}");
+        }
+    }
+}

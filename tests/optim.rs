@@ -1,0 +1,150 @@
+//! The optimizer on emu: multi-tensor SGD bit-exact against the reference (selftest
+//! check), schedule independence, the loss scaler's state machine, an Inf gradient that
+//! skips the step and halves the scale, and a plan given the wrong tensors.
+
+mod two_schedules;
+
+use half::f16;
+use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, bits32, values};
+use vgg_cuda::ops::{LossScaler, Sgd, SgdParam, SgdPlan};
+use vgg_cuda::{reference as r, Device, Tensor};
+
+#[test]
+fn sgd_matches_reference() {
+    assert_check_passes("sgd");
+}
+
+/// A weight (decayed, with an fp16 copy) and a bias, as one layer has them.
+struct Layer {
+    w: Tensor<f32>,
+    v: Tensor<f32>,
+    g: Tensor<f32>,
+    w16: Tensor<f16>,
+    b: Tensor<f32>,
+    bv: Tensor<f32>,
+    bg: Tensor<f32>,
+}
+
+impl Layer {
+    fn new(dev: &Device, n: usize, nb: usize, g: &[f32], bg: &[f32]) -> Self {
+        Self {
+            w: Tensor::from_host(dev, &[n], &values(n, 10, 0.1)).unwrap(),
+            v: Tensor::from_host(dev, &[n], &values(n, 11, 0.01)).unwrap(),
+            g: Tensor::from_host(dev, &[n], g).unwrap(),
+            w16: Tensor::zeros(dev, &[n]).unwrap(),
+            b: Tensor::from_host(dev, &[nb], &values(nb, 12, 0.1)).unwrap(),
+            bv: Tensor::zeros(dev, &[nb]).unwrap(),
+            bg: Tensor::from_host(dev, &[nb], bg).unwrap(),
+        }
+    }
+    fn params(&mut self) -> Vec<SgdParam<'_>> {
+        vec![
+            SgdParam { w: &mut self.w, v: &mut self.v, g: &self.g, w16: Some(&mut self.w16), decay: true },
+            SgdParam { w: &mut self.b, v: &mut self.bv, g: &self.bg, w16: None, decay: false },
+        ]
+    }
+    /// The bits of everything a step writes: w, v, b, bv (f32) and the fp16 copy.
+    fn state(&self) -> (Vec<Vec<u32>>, Vec<u16>) {
+        (vec![bits32(&self.w), bits32(&self.v), bits32(&self.b), bits32(&self.bv)], bits16(&self.w16))
+    }
+}
+
+#[test]
+fn sgd_is_schedule_independent() {
+    assert_schedule_independent("sgd_multi_f32", |dev| {
+        let n = 70_001; // two chunks, a scalar tail
+        let mut l = Layer::new(dev, n, 37, &values(n, 13, 100.0), &values(37, 14, 100.0));
+        let plan = SgdPlan::new(&l.params()).unwrap();
+        plan.step(&mut l.params(), &Sgd::VGG.with_scale(256.0), None).unwrap();
+        l.state()
+    });
+}
+
+#[test]
+fn loss_scaler_state_machine() {
+    let dev = Device::emu();
+    let mut s = LossScaler::with(&dev, 1024.0, 3).unwrap();
+    assert!(s.update(false) && s.update(false));
+    assert_eq!(s.scale(), 1024.0);
+    assert!(s.update(false));
+    assert_eq!(s.scale(), 2048.0, "grows after 3 clean steps");
+    assert!(s.update(false) && s.update(false));
+    assert!(!s.update(true));
+    assert_eq!(s.scale(), 1024.0, "halves on overflow");
+    assert!(s.update(false) && s.update(false));
+    assert_eq!(s.scale(), 1024.0, "the overflow restarted the count");
+    assert!(s.update(false));
+    assert_eq!((s.scale(), s.skipped()), (2048.0, 1));
+
+    let d = LossScaler::new(&dev).unwrap();
+    assert_eq!(d.scale(), 65536.0);
+    let mut top = LossScaler::with(&dev, f32::MAX, 1).unwrap();
+    top.update(false);
+    assert_eq!(top.scale(), f32::MAX, "never grows to infinity");
+    assert!(LossScaler::with(&dev, 0.0, 1).is_err() && LossScaler::with(&dev, 1.0, 0).is_err());
+}
+
+#[test]
+fn inf_gradient_skips_the_step_and_halves_the_scale() {
+    let dev = Device::emu();
+    let n = 1000;
+    let (mut g, bg) = (values(n, 20, 50.0), values(5, 21, 50.0));
+    g[617] = f32::INFINITY;
+    let mut l = Layer::new(&dev, n, 5, &g, &bg);
+    let plan = SgdPlan::new(&l.params()).unwrap();
+    let mut scaler = LossScaler::with(&dev, 4096.0, 2000).unwrap();
+    let before = l.state();
+    let applied = scaler.step(&plan, &mut l.params(), Sgd::VGG).unwrap();
+    assert!(!applied, "an Inf gradient must skip the step");
+    assert!(scaler.flag().read().unwrap());
+    assert_eq!(scaler.scale(), 2048.0);
+    assert_eq!(l.state(), before, "a skipped step must not touch weights, momenta or copies");
+
+    // A NaN in the bias alone (a tensor of 5, scalar path) is caught too.
+    g[617] = 1.0;
+    l.g.copy_from_host(&g).unwrap();
+    let mut bad_b = bg.clone();
+    bad_b[4] = f32::NAN;
+    l.bg.copy_from_host(&bad_b).unwrap();
+    assert!(!scaler.step(&plan, &mut l.params(), Sgd::VGG).unwrap());
+    assert_eq!(scaler.scale(), 1024.0);
+    assert_eq!(l.state(), before);
+
+    // Clean gradients: the step is applied, at the halved scale, exactly as the reference.
+    l.bg.copy_from_host(&bg).unwrap();
+    assert!(scaler.step(&plan, &mut l.params(), Sgd::VGG).unwrap());
+    assert!(!scaler.flag().read().unwrap());
+    let hp = Sgd::VGG.with_scale(1024.0);
+    let (mut w, mut v) = (values(n, 10, 0.1), values(n, 11, 0.01));
+    r::sgd_step(&mut w, &mut v, &g, &hp, true);
+    let (mut b, mut bv) = (values(5, 12, 0.1), vec![0.0; 5]);
+    r::sgd_step(&mut b, &mut bv, &bg, &hp, false);
+    assert_eq!(l.w.to_host().unwrap(), w);
+    assert_eq!(l.v.to_host().unwrap(), v);
+    assert_eq!(l.w16.to_f32().unwrap(), r::f32_to_f16_round(&w));
+    assert_eq!((l.b.to_host().unwrap(), l.bv.to_host().unwrap()), (b, bv));
+}
+
+#[test]
+fn plan_rejects_other_tensors() {
+    let dev = Device::emu();
+    let mut l = Layer::new(&dev, 64, 4, &values(64, 1, 1.0), &values(4, 2, 1.0));
+    let plan = SgdPlan::new(&l.params()).unwrap();
+    assert_eq!((plan.tensors(), plan.blocks()), (2, 2));
+    let mut other = Layer::new(&dev, 64, 4, &values(64, 1, 1.0), &values(4, 2, 1.0));
+    let e = plan.step(&mut other.params(), &Sgd::VGG.with_scale(1.0), None).unwrap_err();
+    assert!(e.to_string().contains("not the tensor set the plan was built for"), "{e}");
+    let mut p = l.params();
+    p.pop();
+    let e = plan.step(&mut p, &Sgd::VGG.with_scale(1.0), None).unwrap_err();
+    assert!(e.to_string().contains("built for 2 tensors, given 1"), "{e}");
+    let mut p = l.params();
+    p[0].decay = false; // the same tensors, but the table says decay
+    let e = plan.step(&mut p, &Sgd::VGG.with_scale(1.0), None).unwrap_err();
+    assert!(e.to_string().contains("not the tensor set"), "{e}");
+    let bad_g = Tensor::<f32>::zeros(&dev, &[63]).unwrap();
+    let mut w = Tensor::<f32>::zeros(&dev, &[64]).unwrap();
+    let mut v = Tensor::<f32>::zeros(&dev, &[64]).unwrap();
+    let e = SgdPlan::new(&[SgdParam { w: &mut w, v: &mut v, g: &bad_g, w16: None, decay: true }]).unwrap_err();
+    assert!(e.to_string().contains("parameter 0 gradient has 63 elements"), "{e}");
+}

@@ -1,0 +1,94 @@
+//! Softmax cross-entropy on emu: the selftest check against the reference, bit-identity
+//! across schedules, the bad-label report (deferred, sticky, naming the row), the
+//! forward-only mode, and shape errors.
+
+mod two_schedules;
+
+use half::f16;
+use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, values};
+use vgg_cuda::{ops, reference as r, Device, Error, Tensor};
+
+#[test]
+fn softmax_xent_matches_reference() {
+    assert_check_passes("softmax_xent");
+}
+
+#[test]
+fn softmax_xent_is_schedule_independent() {
+    for (batch, classes) in [(5, 1000), (3, 37)] {
+        assert_schedule_independent(&format!("softmax_xent {batch}x{classes}"), |dev| {
+            let z = values(batch * classes, 1, 8.0);
+            let labels: Vec<i32> = (0..batch as i32).map(|i| (i * 7919) % classes as i32).collect();
+            let zt = Tensor::from_f32(dev, &[batch, classes], &z).unwrap();
+            let lt = Tensor::from_host(dev, &[batch], &labels).unwrap();
+            let mut dz = Tensor::<f16>::empty(dev, &[batch, classes]).unwrap();
+            dz.poison().unwrap();
+            let mut bufs = ops::XentBuffers::new(dev, batch).unwrap();
+            ops::softmax_xent(&zt, &lt, Some(&mut dz), 128.0, &mut bufs).unwrap();
+            let s = bufs.check().unwrap();
+            (bits16(&dz), s.loss.to_bits(), s.top1, s.top5)
+        });
+    }
+}
+
+#[test]
+fn bad_label_is_reported_with_its_row() {
+    let dev = Device::emu();
+    let (batch, classes) = (4, 1000);
+    let z = values(batch * classes, 2, 4.0);
+    let zt = Tensor::from_f32(&dev, &[batch, classes], &z).unwrap();
+    let lt = Tensor::from_host(&dev, &[batch], &[3, 1000, 7, -2]).unwrap();
+    let mut dz = Tensor::<f16>::empty(&dev, &[batch, classes]).unwrap();
+    dz.poison().unwrap();
+    let mut bufs = ops::XentBuffers::new(&dev, batch).unwrap();
+    ops::softmax_xent(&zt, &lt, Some(&mut dz), 1.0, &mut bufs).unwrap();
+
+    // The read is deferred: a later clean launch does not hide the bad one.
+    let good = Tensor::from_host(&dev, &[batch], &[0, 1, 2, 3]).unwrap();
+    ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
+    let e = bufs.check().unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Shape(_)), "{msg}");
+    assert!(msg.contains("label 1000 of row 1 is not in 0..1000") && msg.contains("2 bad rows"), "{msg}");
+
+    // Bad rows get a zero gradient; good rows the reference's.
+    let got = dz.to_f32().unwrap();
+    assert!(got[classes..2 * classes].iter().chain(&got[3 * classes..]).all(|&v| v == 0.0));
+    let want = r::softmax_xent_bwd(1, classes, &r::f32_to_f16_round(&z[..classes]), &[3]);
+    let want: Vec<f32> = want.iter().map(|v| v / batch as f32).collect();
+    let c = r::compare_tol(&got[..classes], &r::f32_to_f16_round(&want), 1e-7, 2e-3);
+    assert!(c.first_bad.is_none(), "row 0 gradient: {c}");
+
+    bufs.clear().unwrap();
+    ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
+    let s = bufs.check().unwrap();
+    let zr = r::f32_to_f16_round(&z);
+    let (loss, _) = r::softmax_xent_fwd(batch, classes, &zr, &[0, 1, 2, 3]);
+    assert!(((s.loss as f64 - loss) / loss).abs() < 1e-6, "{} vs {loss}", s.loss);
+    assert_eq!((s.rows, s.top5), (batch, r::topk_hits(batch, classes, &zr, &[0, 1, 2, 3], 5)));
+}
+
+#[test]
+fn shape_errors_name_the_problem() {
+    let dev = Device::emu();
+    let z = Tensor::<f16>::zeros(&dev, &[4, 10]).unwrap();
+    let mut bufs = ops::XentBuffers::new(&dev, 4).unwrap();
+    let labels3 = Tensor::<i32>::zeros(&dev, &[3]).unwrap();
+    let e = ops::softmax_xent(&z, &labels3, None, 1.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("labels has 3 elements"), "{e}");
+
+    let labels = Tensor::<i32>::zeros(&dev, &[4]).unwrap();
+    let mut dz = Tensor::<f16>::zeros(&dev, &[4, 9]).unwrap();
+    let e = ops::softmax_xent(&z, &labels, Some(&mut dz), 1.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("dlogits has 36 elements"), "{e}");
+    let e = ops::softmax_xent(&z, &labels, None, 0.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("loss_scale"), "{e}");
+
+    let z3 = Tensor::<f16>::zeros(&dev, &[2, 2, 10]).unwrap();
+    let e = ops::softmax_xent(&z3, &labels, None, 1.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("[batch, classes]"), "{e}");
+
+    let mut small = ops::XentBuffers::new(&dev, 2).unwrap();
+    let e = ops::softmax_xent(&z, &labels, None, 1.0, &mut small).unwrap_err();
+    assert!(e.to_string().contains("exceeds the buffers' capacity 2"), "{e}");
+}
