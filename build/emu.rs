@@ -91,7 +91,10 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         let cached = gen.join(format!("{stem}-{key:016x}.o"));
         if !cached.exists() {
             let obj = base_build(kernels_dir, sanitize).file(f).compile_intermediates();
-            std::fs::copy(&obj[0], &cached).expect("cache emu object");
+            // Through a temporary name: a concurrent build must never see half an object.
+            let tmp = cached.with_extension(format!("o.{}", std::process::id()));
+            std::fs::copy(&obj[0], &tmp).expect("cache emu object");
+            std::fs::rename(&tmp, &cached).expect("cache emu object");
         }
         objects.push(cached);
     }

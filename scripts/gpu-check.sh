@@ -35,15 +35,22 @@ echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$LOG"
 step torch-version 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
 
 step info 60 "$VGG" info --kernels
-step selftest-cuda 180 "$VGG" selftest --device cuda --json "$OUT/selftest-cuda.json"
+step selftest-cuda 120 "$VGG" selftest --device cuda --json "$OUT/selftest-cuda.json"
 if "$VGG" bench conv --help >/dev/null 2>&1; then
-  step bench-conv 240 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$OUT/bench-conv.json" --plot "$OUT/bench-conv.png"
+  step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$OUT/bench-conv.json" --plot "$OUT/bench-conv.png"
+fi
+if "$VGG" bench gemm --help >/dev/null 2>&1; then
+  step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$OUT/bench-gemm.json"
 fi
 if [ -f scripts/torch_conv_baseline.py ]; then
-  step torch-conv 150 python3 scripts/torch_conv_baseline.py "$OUT/torch-conv.json" --batch "$BATCH"
+  step torch-conv 100 python3 scripts/torch_conv_baseline.py "$OUT/torch-conv.json" --batch "$BATCH"
 fi
+if "$VGG" bench train --help >/dev/null 2>&1; then
+  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH" --json "$OUT/bench-train.json"
+fi
+step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
-  step sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
+  step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
 fi
 
 echo

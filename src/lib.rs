@@ -15,13 +15,16 @@
 //! # Ok::<(), vgg_cuda::Error>(())
 //! ```
 pub mod bench;
+pub mod data;
 pub mod device;
 mod error;
+pub mod model;
 pub mod ops;
 pub mod problem;
 pub mod reference;
 pub mod selftest;
 pub mod tensor;
+pub mod train;
 
 pub use device::{Device, KArg, Kernel, LaunchConfig, Schedule};
 pub use error::{Error, Result};

@@ -2,10 +2,14 @@
 //!   vgg info [--kernels] [--json]           driver, GPUs, NVRTC, embedded kernels
 //!   vgg selftest [--device cuda|emu]       every kernel against the reference
 //!   vgg bench conv [--device cuda|emu] ...  our 3x3 convs vs cuDNN on VGG-16's layers
+//!   vgg bench gemm [--device cuda|emu] ...  our FC GEMMs vs cuBLAS, the SGD step's GB/s
+//!   vgg bench data DIR | --synthetic        decode + augmentation images/s, where the time goes
+//!   vgg stats DIR                          the training set's mean RGB and colour PCA (JSON)
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use vgg_cuda::bench::conv::{select_layers, Algo, ConvBench, ConvBenchConfig, ConvRow, Pass};
+use vgg_cuda::bench::gemm::{self as bench_gemm, GemmBench, GemmBenchConfig, GemmRow};
 use vgg_cuda::device::{cuda_report, kernels};
 use vgg_cuda::{selftest, Device, Schedule};
 
@@ -18,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The training set's mean RGB, standard deviation and colour PCA (AlexNet's lighting
+    /// augmentation) over a sample of images, as JSON (read back by training).
+    Stats(StatsArgs),
     /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
@@ -26,6 +33,21 @@ enum Cmd {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Describe a VGG config instead (A, A-LRN, B, C, D, E): layers, parameters, FLOPs.
+        #[arg(long)]
+        model: Option<String>,
+        /// With --model: input side in pixels.
+        #[arg(long, default_value_t = 224)]
+        input: usize,
+        /// With --model: number of classes.
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        /// With --model: conv channel multiplier.
+        #[arg(long, default_value_t = 1.0)]
+        width: f32,
+        /// With --model: width of the hidden FC layers.
+        #[arg(long, default_value_t = 4096)]
+        fc: usize,
     },
     /// Runs every kernel against the f64 reference; exits non-zero on any failure.
     Selftest {
@@ -43,6 +65,8 @@ enum Cmd {
         json: Option<std::path::PathBuf>,
     },
     /// Benchmarks, timed with device events against cuDNN in the same process.
+    /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
+    Train(vgg_cuda::train::TrainArgs),
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
@@ -51,10 +75,47 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The data pipeline on the CPU: decode + augmentation images/s on one core and on all
+    /// workers, and how one core's time splits between decode, resize and crop/flip/colour.
+    Data(BenchDataArgs),
     /// VGG-16's 3x3 convolutions (fprop, dgrad, wgrad): ours vs cuDNN's fastest algorithm, on
     /// the same stream and inputs, with the agreement of the outputs. Exits non-zero when a
     /// pass fails or disagrees.
     Conv(BenchConvArgs),
+    /// VGG-16's classifier GEMMs (fc6, fc7, fc8; fwd, bwd_data, bwd_weight) at several
+    /// batches: ours vs cuBLAS (cublasGemmEx, fp16 in, fp32 compute) on the same stream and
+    /// inputs, with the agreement of the outputs; then the SGD step over VGG-16's parameters
+    /// in GB/s against a device-to-device copy. Exits non-zero when a pass fails or disagrees.
+    Gemm(BenchGemmArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchGemmArgs {
+    /// cuda, cuda:N or emu (emu: a tiny run, shapes shrunk, no cuBLAS).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Comma-separated batches [default: 64,128,256 on a GPU, 4 on emu].
+    #[arg(long)]
+    batch: Option<String>,
+    /// `all` or a comma-separated list of fc6 (25088->4096), fc7 (4096->4096), fc8 (4096->1000).
+    #[arg(long, default_value = "all")]
+    shapes: String,
+    /// Comma-separated passes: fwd, bwd_data, bwd_weight (or all).
+    #[arg(long, default_value = "all")]
+    passes: String,
+    /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Do not load cuBLAS (our numbers alone, checked against our simple kernel).
+    #[arg(long)]
+    no_cublas: bool,
+    /// Skip the bandwidth section (device-to-device copy and SGD step).
+    #[arg(long)]
+    no_bandwidth: bool,
+    /// Write the report as JSON to this file (rewritten after every row, so a killed run
+    /// leaves its rows so far).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -98,11 +159,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Info { kernels, json } => info(kernels, json),
+        Cmd::Info { model: Some(m), input, classes, width, fc, .. } => model_info(&m, input, classes, width, fc),
+        Cmd::Info { kernels, json, .. } => info(kernels, json),
         Cmd::Selftest { device, only, schedule, json } => {
             selftest_cmd(&device, only.as_deref(), schedule.as_deref(), json)
         }
         Cmd::Bench { what: BenchCmd::Conv(args) } => bench_conv_cmd(args),
+        Cmd::Bench { what: BenchCmd::Data(args) } => bench_data_cmd(args),
+        Cmd::Stats(args) => stats_cmd(args),
+        Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
+        Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
     }
 }
 
@@ -302,10 +368,241 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
+    // Arguments first, so a typo is reported even where the device is unusable.
+    let passes = bench_gemm::Pass::parse_list(&a.passes)?;
+    let emu = a.device == "emu";
+    let layers = bench_gemm::select_layers(emu, &a.shapes)?;
+    let batches = match &a.batch {
+        Some(b) => bench_gemm::parse_batches(b)?,
+        None => bench_gemm::default_batches(emu),
+    };
+    if a.repeats == Some(0) {
+        bail!("--repeats must be at least 1");
+    }
+    let dev = Device::by_name(&a.device).with_context(|| format!("bench gemm on `{}`", a.device))?;
+    let mut cfg = GemmBenchConfig::new(&dev);
+    cfg.layers = layers;
+    cfg.batches = batches;
+    cfg.passes = passes;
+    cfg.cublas = !a.no_cublas;
+    cfg.bandwidth = !a.no_bandwidth;
+    if a.repeats.is_some() {
+        cfg.timing.samples = a.repeats;
+    }
+    let t0 = std::time::Instant::now();
+    let bench = GemmBench::new(&dev, &cfg);
+    let batches: Vec<String> = cfg.batches.iter().map(|b| b.to_string()).collect();
+    println!(
+        "bench gemm on {}: {} shapes x batch {} x {} passes, {}",
+        dev.name(),
+        cfg.layers.len(),
+        batches.join(","),
+        cfg.passes.len(),
+        match (bench.cublas_version(), bench.cublas_note()) {
+            (Some(v), _) => format!("cuBLAS {v} (cublasGemmEx, fp32 compute, default algorithm)"),
+            (None, Some(note)) => note.to_string(),
+            (None, None) => "no cuBLAS".to_string(),
+        }
+    );
+    println!("{}", GemmRow::table_header());
+    let mut done: Vec<GemmRow> = vec![];
+    let mut done_bw = vec![];
+    let mut json_error = None;
+    let mut save = |rows: &[GemmRow], bw: &[bench_gemm::BandwidthRow]| {
+        if let Some(path) = &a.json {
+            // Partial results survive a run that is killed part-way.
+            let partial = bench.report(rows.to_vec(), bw.to_vec());
+            if let Err(e) =
+                serde_json::to_vec_pretty(&partial).map_err(anyhow::Error::from).and_then(|b| write_atomic(path, &b))
+            {
+                json_error.get_or_insert(e);
+            }
+        }
+    };
+    use std::io::Write;
+    let rows = bench.run_gemm(|row| {
+        println!("{}", row.table_line());
+        let _ = std::io::stdout().flush();
+        done.push(row.clone());
+        save(&done, &[]);
+    });
+    println!("{} ({:.1} s)", bench_gemm::GemmSummary::of(&rows).line(), t0.elapsed().as_secs_f64());
+    let bw = bench.run_bandwidth(|b| {
+        println!("{}", b.line());
+        let _ = std::io::stdout().flush();
+        done_bw.push(b.clone());
+        save(&rows, &done_bw);
+    });
+    let report = bench.report(rows, bw);
+    if let Some(path) = &a.json {
+        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        if let Some(e) = json_error {
+            eprintln!("warning: a partial JSON write failed earlier: {e:#}");
+        }
+    }
+    println!("done in {:.1} s", t0.elapsed().as_secs_f64());
+    let s = &report.summary;
+    if s.ours_measured == 0 && !report.rows.is_empty() {
+        bail!("bench gemm on {}: nothing could be measured", dev.name());
+    }
+    let bw_failed: Vec<&str> = report.bandwidth.iter().filter(|b| b.failed()).map(|b| b.name.as_str()).collect();
+    if s.failed > 0 || !bw_failed.is_empty() {
+        bail!(
+            "bench gemm on {}: {} of {} rows failed or disagree{}",
+            dev.name(),
+            s.failed,
+            s.rows,
+            if bw_failed.is_empty() { String::new() } else { format!("; failed: {}", bw_failed.join(", ")) }
+        );
+    }
+    Ok(())
+}
+
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct DataSourceArgs {
+    /// An ImageFolder: one sub-folder per class (torchvision's layout and class order).
+    dir: Option<std::path::PathBuf>,
+    /// Use generated images (encoded as JPEG in memory, so decoding is real) instead of DIR.
+    #[arg(long)]
+    synthetic: bool,
+    /// Synthetic images: shorter side (the other up to 1/4 longer).
+    #[arg(long, default_value_t = 375)]
+    synthetic_size: u32,
+    /// Seed of the image sample and of the augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// An unreadable image is an error instead of being reported and skipped.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl DataSourceArgs {
+    /// The dataset and a description; synthetic: `n` images.
+    fn open(&self, n: usize) -> Result<(std::sync::Arc<dyn vgg_cuda::data::Dataset>, String)> {
+        use vgg_cuda::data::{Dataset, ImageFolder, MemoryDataset, Synthetic};
+        match (&self.dir, self.synthetic) {
+            (Some(_), true) => bail!("give either DIR or --synthetic, not both"),
+            (None, false) => bail!("give an ImageFolder DIR, or --synthetic"),
+            (Some(dir), false) => {
+                let ds = ImageFolder::open(dir)?;
+                let what = format!("{} ({} images, {} classes)", dir.display(), ds.len(), ds.classes().len());
+                Ok((std::sync::Arc::new(ds), what))
+            }
+            (None, true) => {
+                if self.synthetic_size == 0 {
+                    bail!("--synthetic-size must be at least 1");
+                }
+                let ds = MemoryDataset::jpeg_of(&Synthetic::new(10, self.synthetic_size, n, self.seed), 90)?;
+                let what = format!(
+                    "synthetic JPEGs ({n} images, shorter side {}, quality 90, {:.0} KiB each)",
+                    self.synthetic_size,
+                    ds.bytes() as f64 / 1024.0 / n.max(1) as f64
+                );
+                Ok((std::sync::Arc::new(ds), what))
+            }
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    source: DataSourceArgs,
+    /// Images to sample (0: all).
+    #[arg(long, default_value_t = 10000)]
+    samples: usize,
+    /// Rescale each image so that its shorter side is this first (0: native size).
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    /// Write the JSON to this file instead of standard output.
+    #[arg(long, short)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn stats_cmd(a: StatsArgs) -> Result<()> {
+    let n = if a.samples == 0 { 1000 } else { a.samples };
+    let (ds, what) = a.source.open(n)?;
+    let sampled = if a.samples == 0 || a.samples >= ds.len() { "all".to_string() } else { a.samples.to_string() };
+    eprintln!("stats of {what}: {sampled} images, shorter side rescaled to {}", a.size);
+    let t0 = std::time::Instant::now();
+    let st = vgg_cuda::data::stats::compute(&*ds, a.samples, a.size, a.source.seed, a.source.strict)?;
+    eprintln!(
+        "{} images ({} skipped) in {:.1} s: mean RGB {:.2?}, std {:.2?}",
+        st.images,
+        st.skipped,
+        t0.elapsed().as_secs_f64(),
+        st.mean,
+        st.std
+    );
+    let json = serde_json::to_string_pretty(&st)?;
+    match &a.out {
+        Some(path) => write_atomic(path, json.as_bytes())?,
+        None => println!("{json}"),
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct BenchDataArgs {
+    #[command(flatten)]
+    source: DataSourceArgs,
+    /// Images to run (a seeded sample of DIR).
+    #[arg(long, default_value_t = 256)]
+    images: usize,
+    /// Loader worker threads [default: the number of cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Training scale S: 256, or MIN:MAX for scale jittering (256:512). With --test, Q.
+    #[arg(long, default_value = "256")]
+    scale: String,
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
+    /// Test preprocessing (rescale to Q, centre crop) instead of training augmentation.
+    #[arg(long)]
+    test: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
+    use vgg_cuda::data::{Scale, TestTransform, TrainTransform, Transform};
+    let scale = Scale::parse(&a.scale)?;
+    if a.images == 0 || a.batch == 0 || a.workers == Some(0) {
+        bail!("--images, --batch and --workers must be at least 1");
+    }
+    let transform: Transform = if a.test {
+        TestTransform { scale: scale.test_q(), crop: Some(a.crop) }.into()
+    } else {
+        TrainTransform { crop: a.crop, ..TrainTransform::paper(scale) }.into()
+    };
+    transform.validate()?;
+    let (ds, what) = a.source.open(a.images)?;
+    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, workers, a.batch, a.source.strict)?;
+    println!("{}", report.text());
+    if let Some(path) = &a.json {
+        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+/// `vgg info --model X`: the layer table, parameter count and FLOPs of a VGG config.
+fn model_info(model: &str, input: usize, classes: usize, width: f32, fc: usize) -> Result<()> {
+    let arch = vgg_cuda::model::Arch::parse(model)?;
+    let cfg = vgg_cuda::model::VggConfig { input, classes, width, fc, ..vgg_cuda::model::VggConfig::paper(arch) };
+    cfg.validate()?;
+    print!("{}", cfg.summary());
     Ok(())
 }

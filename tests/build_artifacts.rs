@@ -30,7 +30,7 @@ fn every_kernel_file_is_embedded() {
     }
     let files = kernel_files();
     for f in &files {
-        let m = MODULES.iter().find(|m| &m.name == f).unwrap_or_else(|| panic!("kernels/{f}.cu not embedded"));
+        let m = MODULES.iter().find(|m| m.name == f).unwrap_or_else(|| panic!("kernels/{f}.cu not embedded"));
         assert!(m.cubins.iter().any(|(a, c)| *a == 90 && c.len() > 100), "{f}: no sm_90 cubin");
         assert!(m.ptx.is_some_and(|(_, p)| p.contains(".entry")), "{f}: no PTX with entries");
         assert!(!m.kernels.is_empty(), "{f}: no resource rows");

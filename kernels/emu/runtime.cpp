@@ -277,10 +277,18 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
 #ifdef EMU_TSAN
     __tsan_release(&b.block_start);
 #endif
+    // Index and reverse schedules are depth-first: after every switch back the scan restarts
+    // at the first thread of the order, so the first warp runs ahead until a __syncthreads
+    // holds it, then the next. That is the largest skew between warps a block can show, the
+    // one that exposes a missing barrier between a shared-memory stage's readers and the
+    // next stage's writers (warps in lockstep would hide it). The random schedule instead
+    // interleaves: one pass over a fresh random order per round.
+    const bool depth_first = schedule != 2;
     while (b.done < b.nthreads) {
         order(ord, schedule, rng);
         bool progress = false;
-        for (unsigned idx : ord) {
+        for (size_t pos = 0; pos < ord.size(); ++pos) {
+            unsigned idx = ord[pos];
             Fiber& f = b.fibers[idx];
             if (f.state != State::Ready) continue;
             progress = true;
@@ -294,6 +302,7 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
                 acquire_block(b);
                 return false;
             }
+            if (depth_first) pos = size_t(-1);  // restart the scan (++pos wraps to 0)
         }
         if (!progress) {
             b.error = "deadlock: no thread can proceed" + waiting_report(b);

@@ -118,7 +118,10 @@ fn load() -> Result<(Api, String), CublasError> {
         check(&api, "cublasGetProperty", unsafe { (api.cublasGetProperty)(prop, out) })?;
     }
     if v[0] < 11 {
-        return Err(CublasError::Unavailable(format!("cuBLAS {}.{} is too old (the bench needs 11 or newer)", v[0], v[1])));
+        return Err(CublasError::Unavailable(format!(
+            "cuBLAS {}.{} is too old (the bench needs 11 or newer)",
+            v[0], v[1]
+        )));
     }
     Ok((api, format!("{}.{}.{}", v[0], v[1], v[2])))
 }
@@ -175,7 +178,8 @@ impl Cublas {
         x.check(&self.dev, "cuBLAS fwd x", s.m * s.k)?;
         w.check(&self.dev, "cuBLAS fwd w", s.n * s.k)?;
         y.check(&self.dev, "cuBLAS fwd y", s.m * s.n)?;
-        let g = Gemm { trans_a: CUBLAS_OP_T, trans_b: CUBLAS_OP_N, m: s.n, n: s.m, k: s.k, lda: s.k, ldb: s.k, ldc: s.n };
+        let g =
+            Gemm { trans_a: CUBLAS_OP_T, trans_b: CUBLAS_OP_N, m: s.n, n: s.m, k: s.k, lda: s.k, ldb: s.k, ldc: s.n };
         self.gemm(g, w.device_ptr(), x.device_ptr(), y.device_ptr(), CUDA_R_16F)
     }
 
@@ -192,7 +196,8 @@ impl Cublas {
         dy.check(&self.dev, "cuBLAS bwd_data dy", s.m * s.n)?;
         w.check(&self.dev, "cuBLAS bwd_data w", s.n * s.k)?;
         dx.check(&self.dev, "cuBLAS bwd_data dx", s.m * s.k)?;
-        let g = Gemm { trans_a: CUBLAS_OP_N, trans_b: CUBLAS_OP_N, m: s.k, n: s.m, k: s.n, lda: s.k, ldb: s.n, ldc: s.k };
+        let g =
+            Gemm { trans_a: CUBLAS_OP_N, trans_b: CUBLAS_OP_N, m: s.k, n: s.m, k: s.n, lda: s.k, ldb: s.n, ldc: s.k };
         self.gemm(g, w.device_ptr(), dy.device_ptr(), dx.device_ptr(), CUDA_R_16F)
     }
 
@@ -209,7 +214,8 @@ impl Cublas {
         x.check(&self.dev, "cuBLAS bwd_weight x", s.m * s.k)?;
         dy.check(&self.dev, "cuBLAS bwd_weight dy", s.m * s.n)?;
         dw.check(&self.dev, "cuBLAS bwd_weight dw", s.n * s.k)?;
-        let g = Gemm { trans_a: CUBLAS_OP_N, trans_b: CUBLAS_OP_T, m: s.k, n: s.n, k: s.m, lda: s.k, ldb: s.n, ldc: s.k };
+        let g =
+            Gemm { trans_a: CUBLAS_OP_N, trans_b: CUBLAS_OP_T, m: s.k, n: s.n, k: s.m, lda: s.k, ldb: s.n, ldc: s.k };
         self.gemm(g, x.device_ptr(), dy.device_ptr(), dw.device_ptr(), CUDA_R_32F)
     }
 

@@ -3,6 +3,8 @@
 //!
 //! - [`conv`]: the 3x3 convolutions, ours against cuDNN in the same process;
 //! - [`cudnn`]: the minimal cuDNN binding that yardstick needs;
+//! - [`gemm`]: the classifier's GEMMs, ours against cuBLAS, and the SGD step's bandwidth;
+//! - [`cublas`]: the minimal cuBLAS binding that yardstick needs;
 //! - [`plot`]: PNG bar charts of the tables.
 //!
 //! The rules every bench here follows: inputs are random normals (never zeros), several input
@@ -11,7 +13,9 @@
 //! median of them.
 
 pub mod conv;
+pub mod cublas;
 pub mod cudnn;
+pub mod gemm;
 pub mod plot;
 
 use crate::{Device, Result};

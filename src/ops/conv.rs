@@ -125,7 +125,7 @@ impl Conv3x3 {
             "conv3x3 {p}: N*H*W = {pixels} exceeds the kernels' 32-bit pixel index"
         );
         int("conv3x3 K*9*C", p.k.saturating_mul(9).saturating_mul(p.c))?;
-        let tc_ok = p.c % 8 == 0 && p.k % 8 == 0;
+        let tc_ok = p.c.is_multiple_of(8) && p.k.is_multiple_of(8);
         let resolved = match algo {
             ConvAlgo::Direct => ConvAlgo::Direct,
             ConvAlgo::Winograd4x4 => return Err(Error::Shape(format!("conv3x3 {p}: Winograd4x4 is not implemented"))),

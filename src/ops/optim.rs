@@ -267,6 +267,19 @@ impl LossScaler {
     pub fn flag(&self) -> &OverflowFlag {
         &self.flag
     }
+    /// Clean steps since the last change of scale (checkpointed with the scale).
+    pub fn clean_steps(&self) -> u32 {
+        self.clean_steps
+    }
+
+    /// Restores the state a checkpoint saved: scale, clean steps, skipped count.
+    pub fn restore(&mut self, scale: f32, clean_steps: u32, skipped: u64) -> Result<()> {
+        ensure_shape!(scale > 0.0 && scale.is_finite(), "LossScaler: restored scale {scale} must be > 0");
+        self.scale = scale;
+        self.clean_steps = clean_steps;
+        self.skipped = skipped;
+        Ok(())
+    }
 
     /// The state machine alone: returns whether the step was applied (`!overflow`) and
     /// adjusts the scale. A doubling that would overflow f32 is not taken.

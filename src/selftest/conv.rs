@@ -13,6 +13,7 @@
 //!   partial sum is an integer below 2^24; Winograd F(2x2) too, because its transforms only
 //!   add and halve: V is an integer, U a multiple of 1/4 (exact in fp16 at these sizes), M
 //!   and Y multiples of 1/4 far below 2^22 in fp32, and Y is rounded to fp16 once.
+//!
 //! Every output is poisoned (NaN) before the launch.
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
@@ -44,7 +45,7 @@ fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
 }
 
 fn tc_ok(p: &ConvProblem) -> bool {
-    p.c % 8 == 0 && p.k % 8 == 0
+    p.c.is_multiple_of(8) && p.k.is_multiple_of(8)
 }
 
 /// Inputs of all three passes: x, w, b, dy, and a ReLU mask (a forward output: >= 0, zeros).

@@ -1,0 +1,106 @@
+//! `vgg bench data`: how many images per second the pipeline decodes and augments, on one
+//! core and on all workers, and where one core's time goes (decode, resize, the rest).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{DataError, Dataset, Loader, LoaderConfig, StageTimes, Subset, Transform};
+
+/// One measurement of the pipeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct DataBenchReport {
+    pub source: String,
+    pub transform: String,
+    pub images: usize,
+    pub skipped: usize,
+    pub workers: usize,
+    pub cores: usize,
+    /// Images/s of the calling thread alone (no workers), and of `workers` threads.
+    pub per_core_images_per_s: f64,
+    pub total_images_per_s: f64,
+    /// Milliseconds per image on one core, by stage.
+    pub decode_ms: f64,
+    pub resize_ms: f64,
+    pub finish_ms: f64,
+}
+
+impl DataBenchReport {
+    pub fn text(&self) -> String {
+        let total = self.decode_ms + self.resize_ms + self.finish_ms;
+        let pct = |x: f64| 100.0 * x / total.max(1e-12);
+        format!(
+            "bench data: {} ({}), {} images, {} skipped\n\
+             one core:   {:>8.1} images/s  ({:.2} ms/image: decode {:.2} ms {:.0}%, resize {:.2} ms {:.0}%, \
+             crop/flip/colour {:.2} ms {:.0}%)\n\
+             {} workers: {:>8.1} images/s total, {:.1} per worker ({} cores on this machine)",
+            self.source,
+            self.transform,
+            self.images,
+            self.skipped,
+            self.per_core_images_per_s,
+            total,
+            self.decode_ms,
+            pct(self.decode_ms),
+            self.resize_ms,
+            pct(self.resize_ms),
+            self.finish_ms,
+            pct(self.finish_ms),
+            self.workers,
+            self.total_images_per_s,
+            self.total_images_per_s / self.workers.max(1) as f64,
+            self.cores,
+        )
+    }
+}
+
+fn ms_per(d: std::time::Duration, t: &StageTimes) -> f64 {
+    d.as_secs_f64() * 1e3 / t.images.max(1) as f64
+}
+
+/// Runs `images` images of `ds` (a seeded sample) through `transform`: once on the calling
+/// thread (per-core rate and stage split), then with `workers` loader threads (total rate).
+pub fn run(
+    ds: Arc<dyn Dataset>,
+    source: &str,
+    transform: Transform,
+    images: usize,
+    workers: usize,
+    batch: usize,
+    strict: bool,
+) -> Result<DataBenchReport, DataError> {
+    let sub: Arc<dyn Dataset> = Arc::new(Subset::sample(ds, images, 1));
+    let n = sub.len();
+    let describe = transform.describe();
+    let cfg = LoaderConfig { batch, shuffle: false, seed: 7, workers: 0, drop_last: false, prefetch: 4, strict };
+    let pass = |workers: usize| -> Result<(f64, StageTimes, usize), DataError> {
+        let loader = Loader::try_new(sub.clone(), transform.clone(), LoaderConfig { workers, ..cfg.clone() })?;
+        let t0 = Instant::now();
+        let mut epoch = loader.epoch(0);
+        let mut skipped = 0;
+        for b in epoch.by_ref() {
+            let b = b?;
+            skipped += b.skipped;
+            loader.recycle(b);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        Ok((wall, epoch.summary().times, skipped))
+    };
+    let (wall1, times, skipped) = pass(0)?;
+    let (wall_n, _, _) = pass(workers.max(1))?;
+    let done = (n - skipped) as f64;
+    Ok(DataBenchReport {
+        source: source.to_string(),
+        transform: describe,
+        images: n,
+        skipped,
+        workers: workers.max(1),
+        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
+        per_core_images_per_s: done / wall1.max(1e-9),
+        total_images_per_s: done / wall_n.max(1e-9),
+        decode_ms: ms_per(times.decode, &times),
+        resize_ms: ms_per(times.resize, &times),
+        finish_ms: ms_per(times.finish, &times),
+    })
+}

@@ -1,0 +1,235 @@
+//! torchvision's `ImageFolder` (`root/<class>/**/<image>`) and image decoding.
+//!
+//! Classes are the sorted names of `root`'s sub-folders, indexed from 0; the images of a
+//! class are found by a sorted walk of its folder (sub-folders included, links followed),
+//! files kept when their lower-cased name ends with one of [`IMG_EXTENSIONS`]: the same
+//! classes, order and indices as `torchvision.datasets.ImageFolder`, so labels match
+//! torchvision-trained weights. Decoding sniffs the format from the bytes (a PNG named
+//! `.jpg` decodes) and converts to RGB the way PIL's `convert("RGB")` does (grayscale
+//! replicated, alpha dropped, CMYK JPEGs converted, 16 bits cut to 8).
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use super::{DataError, Dataset, Synthetic};
+
+/// torchvision's `IMG_EXTENSIONS`. `.tif`/`.tiff` are listed (so indices match) but this
+/// build has no TIFF decoder: such files are reported and skipped like corrupt ones.
+pub const IMG_EXTENSIONS: [&str; 9] = [".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"];
+
+fn is_image_name(name: &std::ffi::OsStr) -> bool {
+    let lower = name.to_string_lossy().to_lowercase();
+    IMG_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+}
+
+/// Decodes an encoded image to RGB; `path` only names it in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
+    let fail = |reason: String| DataError::Decode { path: path.to_path_buf(), reason };
+    if bytes.is_empty() {
+        return Err(fail("empty file".into()));
+    }
+    let reader =
+        image::io::Reader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| fail(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM)".into()));
+    }
+    let img = reader.decode().map_err(|e| fail(e.to_string()))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(fail(format!("image of {}x{} pixels", img.width(), img.height())));
+    }
+    Ok(img.into_rgb8())
+}
+
+/// An ImageFolder dataset: the files, their labels and the class names.
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    root: PathBuf,
+    classes: Vec<String>,
+    samples: Vec<(PathBuf, usize)>,
+}
+
+impl ImageFolder {
+    /// Scans `dir`: one class per sub-folder, sorted. Fails when there is no class folder or
+    /// a class has no image file (as torchvision does).
+    pub fn open(dir: &Path) -> Result<Self, DataError> {
+        let mut classes = vec![];
+        for entry in read_dir_sorted(dir)? {
+            if entry.is_dir() {
+                classes.push(entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            }
+        }
+        if classes.is_empty() {
+            return Err(DataError::Layout { path: dir.into(), reason: "no class sub-folders".into() });
+        }
+        Self::open_with_classes(dir, &classes)
+    }
+
+    /// Scans `dir` with a given class list (a validation folder labelled like its training
+    /// folder): every sub-folder must be one of `classes`; a class may have no folder.
+    pub fn open_with_classes(dir: &Path, classes: &[String]) -> Result<Self, DataError> {
+        let mut samples = vec![];
+        let mut present = 0;
+        for (label, class) in classes.iter().enumerate() {
+            let cdir = dir.join(class);
+            if !cdir.is_dir() {
+                continue;
+            }
+            present += 1;
+            let before = samples.len();
+            walk_images(&cdir, label, &mut samples, 0)?;
+            if samples.len() == before {
+                return Err(DataError::Layout {
+                    path: cdir,
+                    reason: format!("class folder has no file with an image extension ({})", IMG_EXTENSIONS.join(" ")),
+                });
+            }
+        }
+        for entry in read_dir_sorted(dir)? {
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if entry.is_dir() && !classes.contains(&name) {
+                return Err(DataError::Layout {
+                    path: entry,
+                    reason: "a folder that is not one of the classes".into(),
+                });
+            }
+        }
+        if present == 0 {
+            return Err(DataError::Layout { path: dir.into(), reason: "none of the class folders is here".into() });
+        }
+        Ok(Self { root: dir.into(), classes: classes.to_vec(), samples })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// (path, class index) of every image, in dataset order.
+    pub fn samples(&self) -> &[(PathBuf, usize)] {
+        &self.samples
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let io = |e: std::io::Error| DataError::Io { path: dir.into(), reason: e.to_string() };
+    let mut v = vec![];
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        v.push(e.map_err(io)?.path());
+    }
+    // Python sorts str by code point, which is UTF-8 byte order: OsStr's order on Unix.
+    v.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(v)
+}
+
+/// `sorted(os.walk(dir, followlinks=True))` then `sorted(files)`: a folder's own files
+/// come before its sub-folders' (a path sorts before its extensions), sub-folders in
+/// name order. Paths are compared as strings, as Python does.
+fn walk_images(dir: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>, depth: usize) -> Result<(), DataError> {
+    if depth > 64 {
+        return Err(DataError::Layout {
+            path: dir.into(),
+            reason: "folders nested over 64 deep (a link cycle?)".into(),
+        });
+    }
+    let mut dirs: Vec<(PathBuf, Vec<PathBuf>)> = vec![];
+    collect_walk(dir, &mut dirs, depth)?;
+    dirs.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    for (_, files) in dirs {
+        out.extend(files.into_iter().map(|f| (f, label)));
+    }
+    Ok(())
+}
+
+fn collect_walk(dir: &Path, dirs: &mut Vec<(PathBuf, Vec<PathBuf>)>, depth: usize) -> Result<(), DataError> {
+    if depth > 64 {
+        return Err(DataError::Layout {
+            path: dir.into(),
+            reason: "folders nested over 64 deep (a link cycle?)".into(),
+        });
+    }
+    let mut files = vec![];
+    for p in read_dir_sorted(dir)? {
+        if p.is_dir() {
+            collect_walk(&p, dirs, depth + 1)?;
+        } else if p.file_name().is_some_and(is_image_name) {
+            files.push(p);
+        }
+    }
+    dirs.push((dir.into(), files));
+    Ok(())
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn load(&self, i: usize) -> Result<(RgbImage, usize), DataError> {
+        let (path, label) = self.samples.get(i).ok_or(DataError::Index { index: i, len: self.samples.len() })?;
+        let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.clone(), reason: e.to_string() })?;
+        Ok((decode_rgb(&bytes, path)?, *label))
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.samples.get(i).map_or_else(|| format!("image {i}"), |s| s.0.display().to_string())
+    }
+}
+
+/// Encoded images held in memory (decoded on every load, like files, without the disk).
+#[derive(Clone, Debug)]
+pub struct MemoryDataset {
+    classes: Vec<String>,
+    items: Vec<(String, Vec<u8>, usize)>,
+}
+
+impl MemoryDataset {
+    /// `items`: (name for reports, encoded bytes, class index).
+    pub fn new(classes: Vec<String>, items: Vec<(String, Vec<u8>, usize)>) -> Self {
+        Self { classes, items }
+    }
+
+    /// `ds`'s images encoded as JPEG of the given quality (1-100), in parallel.
+    pub fn jpeg_of(ds: &Synthetic, quality: u8) -> Result<Self, DataError> {
+        use rayon::prelude::*;
+        let items = (0..ds.len())
+            .into_par_iter()
+            .map(|i| {
+                let (img, label) = ds.load(i)?;
+                let mut bytes = vec![];
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+                    .encode_image(&img)
+                    .map_err(|e| DataError::Image { source_name: ds.describe(i), reason: e.to_string() })?;
+                Ok((format!("synthetic{i}.jpg"), bytes, label))
+            })
+            .collect::<Result<Vec<_>, DataError>>()?;
+        Ok(Self::new(ds.classes().to_vec(), items))
+    }
+
+    /// Total encoded bytes.
+    pub fn bytes(&self) -> usize {
+        self.items.iter().map(|i| i.1.len()).sum()
+    }
+}
+
+impl Dataset for MemoryDataset {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn load(&self, i: usize) -> Result<(RgbImage, usize), DataError> {
+        let (name, bytes, label) = self.items.get(i).ok_or(DataError::Index { index: i, len: self.items.len() })?;
+        Ok((decode_rgb(bytes, Path::new(name))?, *label))
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.items.get(i).map_or_else(|| format!("image {i}"), |s| s.0.clone())
+    }
+}

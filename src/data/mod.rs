@@ -1,0 +1,177 @@
+//! The data pipeline: datasets, the paper's transforms and a threaded loader, in pure Rust.
+//!
+//! - [`Dataset`]: indexed, decoded RGB images with class labels. [`ImageFolder`] reads
+//!   torchvision's layout and class order; [`Synthetic`] draws learnable procedural images
+//!   (no download); [`MemoryDataset`] holds encoded files in memory (benchmarks, tests).
+//! - [`Transform`]: training ([`TrainTransform`]: isotropic rescale to S, fixed or
+//!   jittered, random crop, flip, AlexNet's PCA colour shift) or test ([`TestTransform`]:
+//!   rescale to Q, centre crop or the whole image). Resizing is antialiased bilinear, the
+//!   filter of PIL and torchvision ([`resize`]), computed only over the crop's window.
+//! - [`Loader`]: worker threads, a bounded prefetch window, shuffling, recycled buffers;
+//!   batches of u8 NHWC RGB. Mean subtraction happens on the GPU
+//!   ([`crate::ops::normalize_input`], with `flip = None`: flips are already applied).
+//! - [`stats`]: the training set's mean RGB and colour PCA (`vgg stats`); [`bench`]:
+//!   decode and augmentation throughput (`vgg bench data`).
+//!
+//! Every random choice is drawn from a [`SampleRng`] seeded by (seed, epoch, sample index),
+//! never from thread order, so a run is reproducible whatever the number of workers.
+
+pub mod bench;
+mod folder;
+mod loader;
+pub mod resize;
+pub mod stats;
+mod synthetic;
+mod transform;
+
+use std::path::PathBuf;
+
+pub use folder::{decode_rgb, ImageFolder, MemoryDataset, IMG_EXTENSIONS};
+pub use loader::{Epoch, EpochSummary, HostBatch, Loader, LoaderConfig};
+pub use stats::{DatasetStats, Pca};
+pub use synthetic::Synthetic;
+pub use transform::{Scale, StageTimes, TestTransform, TrainTransform, Transform, Worker};
+
+/// A labelled image collection, indexed `0..len()`. Implementations are shared between
+/// loader threads, so `load` takes `&self`.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Class names, in class-index order.
+    fn classes(&self) -> &[String];
+    /// Decoded RGB image `i` (native size) and its class index.
+    fn load(&self, i: usize) -> Result<(image::RgbImage, usize), DataError>;
+    /// Where image `i` comes from (a path, or a description), for reports.
+    fn describe(&self, i: usize) -> String {
+        format!("image {i}")
+    }
+}
+
+/// Errors of the data pipeline. Each names the file (or dataset index) and the reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DataError {
+    /// A file or folder could not be read.
+    #[error("{}: {reason}", path.display())]
+    Io { path: PathBuf, reason: String },
+    /// A file is empty, truncated, corrupt, or not an image the decoder knows.
+    #[error("{}: cannot decode: {reason}", path.display())]
+    Decode { path: PathBuf, reason: String },
+    /// The folder does not have torchvision's ImageFolder layout.
+    #[error("{}: not an ImageFolder: {reason}", path.display())]
+    Layout { path: PathBuf, reason: String },
+    /// An index past the end of the dataset.
+    #[error("index {index} out of range for a dataset of {len} images")]
+    Index { index: usize, len: usize },
+    /// An image the transform cannot use (named by its source).
+    #[error("{source_name}: {reason}")]
+    Image { source_name: String, reason: String },
+    /// Settings that do not fit together.
+    #[error("invalid data configuration: {0}")]
+    Config(String),
+    /// A loader worker thread died (a bug: the message is the panic's).
+    #[error("data loader worker panicked: {0}")]
+    Worker(String),
+}
+
+impl DataError {
+    /// True for a problem with one image (skippable unless strict), false for the run's setup.
+    pub fn is_per_image(&self) -> bool {
+        matches!(self, DataError::Io { .. } | DataError::Decode { .. } | DataError::Image { .. })
+    }
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The small deterministic generator behind every random choice of the pipeline
+/// (SplitMix64: a fixed algorithm, so streams never change with a dependency's version).
+#[derive(Clone, Debug)]
+pub struct SampleRng(u64);
+
+impl SampleRng {
+    /// The stream for one (seed, epoch, sample index): independent of thread and batch order.
+    pub fn for_sample(seed: u64, epoch: u64, index: u64) -> Self {
+        Self(mix64(mix64(mix64(seed ^ 0x5eed_da7a) ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ index))
+    }
+    pub fn new(seed: u64) -> Self {
+        Self(mix64(seed))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+    /// Uniform integer in `lo..=hi` (Lemire's multiply-shift; the bias is below 2^-32).
+    pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
+        debug_assert!(lo <= hi);
+        let span = (hi - lo) as u64 + 1;
+        lo + (((self.next_u64() >> 32) * span) >> 32) as u32
+    }
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() >> 63 == 1
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// A permutation of `0..n` for one (seed, epoch): Fisher-Yates over a [`SampleRng`].
+pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = SampleRng::for_sample(seed ^ 0x05ff_1e00, epoch, u64::MAX);
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The images `indices` of another dataset, in that order (a quick run on part of a set).
+pub struct Subset {
+    inner: std::sync::Arc<dyn Dataset>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    pub fn new(inner: std::sync::Arc<dyn Dataset>, indices: Vec<usize>) -> Self {
+        Self { inner, indices }
+    }
+
+    /// `n` images drawn without replacement by a seeded shuffle (all when `n >= len`).
+    pub fn sample(inner: std::sync::Arc<dyn Dataset>, n: usize, seed: u64) -> Self {
+        let mut idx = shuffled(inner.len(), seed, 0);
+        idx.truncate(n);
+        Self::new(inner, idx)
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+
+    fn load(&self, i: usize) -> Result<(image::RgbImage, usize), DataError> {
+        let j = *self.indices.get(i).ok_or(DataError::Index { index: i, len: self.indices.len() })?;
+        self.inner.load(j)
+    }
+
+    fn describe(&self, i: usize) -> String {
+        self.indices.get(i).map_or_else(|| format!("image {i}"), |&j| self.inner.describe(j))
+    }
+}

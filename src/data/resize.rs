@@ -1,0 +1,214 @@
+//! Antialiased bilinear resizing of u8 RGB images: PIL's `Image.resize(..., BILINEAR)` and
+//! torchvision's `resize(..., antialias=True)`, whose filter is the same.
+//!
+//! Each axis is a separable convolution with the triangle filter stretched by the
+//! downscale factor (so a downscale averages over every source pixel it covers instead of
+//! sampling two), centred at `(o + 0.5) * in / out`, cut at the image border and
+//! renormalised; PIL's `precompute_coeffs` computes the same taps and weights. Horizontal
+//! pass first, then vertical, like PIL. Differences from PIL: the intermediate is kept in
+//! f32 where PIL rounds it to 8 bits (so results differ from PIL's by at most one level,
+//! and agree with torchvision's float path up to f32 rounding).
+//!
+//! [`resize_window`] computes only a window of the resized image: a random crop of a
+//! rescaled image costs the crop, not the whole rescale, and an extreme aspect ratio never
+//! allocates its (possibly huge) full rescale.
+
+use image::RgbImage;
+
+/// The filter taps of one axis for outputs `o0..o0 + n` of a resize from `in_size` to
+/// `out_size`: output `i` reads `start[i]..start[i] + len[i]` with `weights[i * k..]`.
+struct Taps {
+    k: usize,
+    start: Vec<usize>,
+    len: Vec<usize>,
+    weights: Vec<f32>,
+}
+
+fn triangle(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+fn taps(in_size: u32, out_size: u32, o0: u32, n: u32) -> Taps {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the triangle's support is 1
+    let k = (support.ceil() as usize) * 2 + 1;
+    let mut t = Taps {
+        k,
+        start: Vec::with_capacity(n as usize),
+        len: Vec::with_capacity(n as usize),
+        weights: vec![0.0; k * n as usize],
+    };
+    let mut buf = vec![0.0f64; k];
+    for (i, o) in (o0..o0 + n).enumerate() {
+        let center = (o as f64 + 0.5) * scale;
+        // PIL truncates toward zero here (C casts); the max(0) makes that a floor.
+        let lo = ((center - support + 0.5) as i64).max(0) as usize;
+        let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let len = hi.saturating_sub(lo).min(k);
+        let buf = &mut buf[..len];
+        let mut total = 0.0;
+        for (j, b) in buf.iter_mut().enumerate() {
+            *b = triangle(((lo + j) as f64 - center + 0.5) / filterscale);
+            total += *b;
+        }
+        for (dst, b) in t.weights[i * k..i * k + len].iter_mut().zip(buf.iter()) {
+            *dst = if total != 0.0 { (b / total) as f32 } else { 0.0 };
+        }
+        t.start.push(lo);
+        t.len.push(len);
+    }
+    t
+}
+
+/// The size of an image of `w` x `h` rescaled isotropically so that its shorter side is
+/// `s`: torchvision's `Resize(s)` (the longer side truncated, at least 1).
+pub fn rescaled_size(w: u32, h: u32, s: u32) -> (u32, u32) {
+    let long = |l: u32, short: u32| ((s as u64 * l as u64 / short as u64) as u32).max(1);
+    if w <= h {
+        (s, long(h, w))
+    } else {
+        (long(w, h), s)
+    }
+}
+
+/// Writes the window `(x0, y0, cw, ch)` of `src` resized to `out_w` x `out_h` into `dst`
+/// (`cw * ch * 3` bytes, RGB rows). `scratch` is the reusable f32 intermediate.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_window(
+    src: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    x0: u32,
+    y0: u32,
+    cw: u32,
+    ch: u32,
+    scratch: &mut Vec<f32>,
+    dst: &mut [u8],
+) {
+    let (in_w, in_h) = src.dimensions();
+    assert!(in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0, "resize_window: empty image");
+    assert!(x0 + cw <= out_w && y0 + ch <= out_h, "resize_window: window outside the output");
+    assert_eq!(dst.len(), cw as usize * ch as usize * 3, "resize_window: dst");
+    let (cw, ch) = (cw as usize, ch as usize);
+    let pix = src.as_raw();
+    let row_bytes = in_w as usize * 3;
+    let vt = (out_h != in_h).then(|| taps(in_h, out_h, y0, ch as u32));
+    // Source rows the vertical pass reads.
+    let (r0, r1) = match &vt {
+        Some(t) => (t.start[0], (0..ch).map(|i| t.start[i] + t.len[i]).max().unwrap_or(0)),
+        None => (y0 as usize, y0 as usize + ch),
+    };
+    let rows = r1 - r0;
+    scratch.clear();
+    scratch.resize(rows * cw * 3, 0.0);
+    // Horizontal pass: source rows r0..r1 -> f32 rows of cw pixels.
+    if out_w != in_w {
+        let ht = taps(in_w, out_w, x0, cw as u32);
+        for r in 0..rows {
+            let srow = &pix[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
+            let trow = &mut scratch[r * cw * 3..(r + 1) * cw * 3];
+            for i in 0..cw {
+                let (s, n) = (ht.start[i], ht.len[i]);
+                let w = &ht.weights[i * ht.k..i * ht.k + n];
+                let (mut a, mut b, mut c) = (0.0f32, 0.0f32, 0.0f32);
+                for (j, wj) in w.iter().enumerate() {
+                    let p = (s + j) * 3;
+                    a += srow[p] as f32 * wj;
+                    b += srow[p + 1] as f32 * wj;
+                    c += srow[p + 2] as f32 * wj;
+                }
+                trow[i * 3] = a;
+                trow[i * 3 + 1] = b;
+                trow[i * 3 + 2] = c;
+            }
+        }
+    } else {
+        let from = x0 as usize * 3;
+        for r in 0..rows {
+            let srow = &pix[(r0 + r) * row_bytes + from..(r0 + r) * row_bytes + from + cw * 3];
+            for (t, s) in scratch[r * cw * 3..(r + 1) * cw * 3].iter_mut().zip(srow) {
+                *t = *s as f32;
+            }
+        }
+    }
+    let to_u8 = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
+    // Vertical pass: f32 rows -> the window's u8 rows.
+    match &vt {
+        Some(t) => {
+            let mut acc = vec![0.0f32; cw * 3];
+            for i in 0..ch {
+                acc.fill(0.0);
+                let (s, n) = (t.start[i] - r0, t.len[i]);
+                for (j, wj) in t.weights[i * t.k..i * t.k + n].iter().enumerate() {
+                    let trow = &scratch[(s + j) * cw * 3..(s + j + 1) * cw * 3];
+                    for (a, v) in acc.iter_mut().zip(trow) {
+                        *a += v * wj;
+                    }
+                }
+                for (d, a) in dst[i * cw * 3..(i + 1) * cw * 3].iter_mut().zip(&acc) {
+                    *d = to_u8(*a);
+                }
+            }
+        }
+        None => {
+            for (d, v) in dst.iter_mut().zip(scratch.iter()) {
+                *d = to_u8(*v);
+            }
+        }
+    }
+}
+
+/// `src` resized to `w` x `h` (the whole image; see [`resize_window`]).
+pub fn resize(src: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let mut out = vec![0u8; w as usize * h as usize * 3];
+    resize_window(src, w, h, 0, 0, w, h, &mut Vec::new(), &mut out);
+    RgbImage::from_raw(w, h, out).expect("resize: buffer size matches")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rescaled_sizes() {
+        assert_eq!(rescaled_size(500, 375, 256), (341, 256));
+        assert_eq!(rescaled_size(375, 500, 256), (256, 341));
+        assert_eq!(rescaled_size(10, 10, 256), (256, 256));
+        assert_eq!(rescaled_size(1, 1000, 4), (4, 4000));
+        assert_eq!(rescaled_size(1000, 1, 1), (1000, 1));
+        assert_eq!(rescaled_size(3, 1000, 1), (1, 333));
+    }
+
+    #[test]
+    fn taps_sum_to_one_and_stay_inside() {
+        for (i, o) in [(7, 3), (3, 7), (500, 256), (1, 5), (5, 1), (256, 256)] {
+            let t = taps(i, o, 0, o);
+            for n in 0..o as usize {
+                let s: f32 = t.weights[n * t.k..n * t.k + t.len[n]].iter().sum();
+                assert!((s - 1.0).abs() < 1e-5, "{i}->{o} output {n}: sum {s}");
+                assert!(t.start[n] + t.len[n] <= i as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity_and_windows_agree() {
+        let img = RgbImage::from_fn(9, 6, |x, y| image::Rgb([(x * 29) as u8, (y * 41) as u8, ((x * y) * 7) as u8]));
+        assert_eq!(resize(&img, 9, 6), img);
+        let full = resize(&img, 5, 13);
+        let mut win = vec![0u8; 3 * 4 * 3];
+        resize_window(&img, 5, 13, 1, 7, 3, 4, &mut Vec::new(), &mut win);
+        for y in 0..4 {
+            for x in 0..3 {
+                let at = (y * 3 + x) as usize * 3;
+                assert_eq!(&win[at..at + 3], &full.get_pixel(1 + x, 7 + y).0[..], "({x}, {y})");
+            }
+        }
+    }
+}

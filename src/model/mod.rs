@@ -1,0 +1,13 @@
+//! VGG networks over the ops: configurations ([`config`]), parameters with their
+//! torchvision names and layouts ([`params`]), the device network with its training step
+//! ([`net`]), and a host twin over [`crate::reference`] that tests check it against
+//! ([`reference`]).
+
+pub mod config;
+pub mod net;
+pub mod params;
+pub mod reference;
+
+pub use config::{Arch, Feature, FeatureKind, VggConfig};
+pub use net::{OptimConfig, ScalerState, StepStats, Vgg};
+pub use params::{Init, Layout, NamedTensor, Param, State};

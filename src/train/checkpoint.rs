@@ -1,0 +1,181 @@
+//! Checkpoints: safetensors files in torchvision's names and layouts, so that a torchvision
+//! `vgg11/13/16/19` state dict saved with `safetensors.torch.save_file` loads unchanged, and
+//! our checkpoints load into torchvision.
+//!
+//! A training checkpoint holds, beside the weights (`features.N.weight`, ... as F32):
+//! - `momentum.<name>`: the SGD momentum of every parameter, same layout;
+//! - metadata (strings): `format` = `vgg-cuda-checkpoint-1`, `config` (the [`VggConfig`] as
+//!   JSON), `state` (step, epoch, batches done in that epoch, loss-scaler state, LR-schedule
+//!   state, seed; JSON), and `checksums` (FNV-1a 64 of every tensor's bytes, JSON), so that a
+//!   flipped byte is reported with the tensor it hit.
+//!
+//! Writes go to a temporary file in the same folder, are synced, then renamed over the
+//! target: a crash leaves the previous checkpoint intact.
+
+use crate::model::{NamedTensor, VggConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const FORMAT: &str = "vgg-cuda-checkpoint-1";
+const MOMENTUM: &str = "momentum.";
+
+/// Training state stored with the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken (the next step's index).
+    pub step: u64,
+    /// The epoch in progress and the batches of it already consumed.
+    pub epoch: u64,
+    pub batch_in_epoch: u64,
+    pub loss_scale: f32,
+    pub scaler_clean_steps: u32,
+    pub scaler_skipped: u64,
+    /// Current learning rate and the plateau schedule's memory.
+    pub lr: f32,
+    pub best_val: f64,
+    pub bad_evals: u32,
+    pub decays: u32,
+    /// The run's seed (data order, augmentation, dropout all derive from it and the step).
+    pub seed: u64,
+}
+
+/// What a checkpoint file held.
+#[derive(Debug)]
+pub struct Loaded {
+    pub weights: Vec<NamedTensor>,
+    pub momentum: Vec<NamedTensor>,
+    pub config: Option<VggConfig>,
+    pub state: Option<TrainState>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Writes `weights` (and `momentum`, prefixed) with the config and state as metadata,
+/// atomically.
+pub fn save(
+    path: &Path,
+    weights: &[NamedTensor],
+    momentum: &[NamedTensor],
+    config: &VggConfig,
+    state: Option<&TrainState>,
+) -> Result<()> {
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (name, shape, data) in weights {
+        bufs.push((name.clone(), shape.clone(), bytemuck::cast_slice(data).to_vec()));
+    }
+    for (name, shape, data) in momentum {
+        bufs.push((format!("{MOMENTUM}{name}"), shape.clone(), bytemuck::cast_slice(data).to_vec()));
+    }
+    let checksums: HashMap<&str, String> =
+        bufs.iter().map(|(n, _, b)| (n.as_str(), format!("{:016x}", fnv1a(b)))).collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("config".to_string(), serde_json::to_string(config)?);
+    if let Some(s) = state {
+        meta.insert("state".to_string(), serde_json::to_string(s)?);
+    }
+    meta.insert("checksums".to_string(), serde_json::to_string(&checksums)?);
+    let views = bufs
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let bytes = safetensors::serialize(views, &Some(meta))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes through a temporary file in the same folder, fsync, and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
+    let b = v.data();
+    Ok(match v.dtype() {
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        d => bail!("tensor `{name}` has dtype {d:?}; only F32, F16 and BF16 weights are supported"),
+    })
+}
+
+/// Reads a checkpoint or a torchvision state dict. Errors name the file and, where one is
+/// to blame, the tensor: truncated or corrupt files, batch-norm variants, checksum
+/// mismatches, non-float tensors.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: unreadable safetensors header: {e}", path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    if let Some(bn) = names.iter().find(|n| n.ends_with("running_mean") || n.ends_with("running_var")) {
+        bail!(
+            "{}: batch-norm VGG (torchvision vgg*_bn) is not supported: found `{bn}`; use the plain vgg11/13/16/19 weights",
+            path.display()
+        );
+    }
+    let checksums: HashMap<String, String> = match meta.get("checksums") {
+        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: corrupt checksum metadata", path.display()))?,
+        None => HashMap::new(),
+    };
+    let (mut weights, mut momentum) = (vec![], vec![]);
+    for name in names {
+        let v = st.tensor(&name).map_err(|e| anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
+        if let Some(want) = checksums.get(&name) {
+            let got = format!("{:016x}", fnv1a(v.data()));
+            if &got != want {
+                bail!("{}: tensor `{name}` is corrupt (checksum {got}, written as {want})", path.display());
+            }
+        }
+        let data = to_f32(&name, &v).with_context(|| path.display().to_string())?;
+        let shape = v.shape().to_vec();
+        match name.strip_prefix(MOMENTUM) {
+            Some(base) => momentum.push((base.to_string(), shape, data)),
+            None => weights.push((name, shape, data)),
+        }
+    }
+    let config = match meta.get("config") {
+        Some(c) => {
+            Some(serde_json::from_str(c).with_context(|| format!("{}: corrupt config metadata", path.display()))?)
+        }
+        None => None,
+    };
+    let state = match meta.get("state") {
+        Some(s) => {
+            Some(serde_json::from_str(s).with_context(|| format!("{}: corrupt state metadata", path.display()))?)
+        }
+        None => None,
+    };
+    Ok(Loaded { weights, momentum, config, state })
+}
+
+/// Describes how two configs differ (`classes: 10 vs 1000`), or `None` when equal.
+pub fn config_diff(a: &VggConfig, b: &VggConfig) -> Option<String> {
+    let (ja, jb) = (serde_json::to_value(a).ok()?, serde_json::to_value(b).ok()?);
+    let (oa, ob) = (ja.as_object()?, jb.as_object()?);
+    let d: Vec<String> =
+        oa.iter().filter(|(k, v)| ob.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} vs {}", ob[k])).collect();
+    (!d.is_empty()).then(|| d.join(", "))
+}

@@ -1,0 +1,110 @@
+//! Checkpoints: bit-identical resume on emu, torchvision names and layouts, and clear errors
+//! for corrupt, truncated, batch-norm, wrong-config and wrong-shape files.
+
+use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
+use vgg_cuda::train::{checkpoint, run, TrainArgs};
+use vgg_cuda::Device;
+
+fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
+    TrainArgs {
+        model: "A".into(),
+        width: 0.0625,
+        input: 32,
+        fc: 16,
+        classes: 3,
+        data: "synthetic".into(),
+        synthetic_len: 24,
+        batch: 4,
+        steps: Some(steps),
+        epochs: 1,
+        lr: 0.01,
+        momentum: 0.9,
+        wd: 5e-4,
+        dropout: 0.5,
+        schedule: "plateau".into(),
+        init: "he".into(),
+        loss_scale: 1024.0,
+        seed: 5,
+        device: "emu".into(),
+        workers: 0,
+        checkpoint_dir: Some(dir.to_path_buf()),
+        checkpoint_every: Some(4),
+        resume: None,
+        weights: None,
+        metrics: None,
+        quiet: true,
+    }
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-train-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn resume_is_bit_identical() {
+    // 6 steps an epoch; 8 steps straight vs 4 steps, then a resumed run to 8 (crossing the
+    // epoch boundary with validation in between).
+    let (d1, d2) = (tmpdir("straight"), tmpdir("resumed"));
+    let straight = run(&args(&d1, 8)).unwrap();
+    let first = run(&args(&d2, 4)).unwrap();
+    let mut a = args(&d2, 8);
+    a.resume = Some(String::new());
+    let second = run(&a).unwrap();
+    let resumed: Vec<(u64, u32)> = first.losses.iter().chain(&second.losses).map(|(s, l)| (*s, l.to_bits())).collect();
+    let want: Vec<(u64, u32)> = straight.losses.iter().map(|(s, l)| (*s, l.to_bits())).collect();
+    assert_eq!(resumed, want, "losses of the resumed run differ");
+    let w1 = checkpoint::load(&d1.join("last.safetensors")).unwrap();
+    let w2 = checkpoint::load(&d2.join("last.safetensors")).unwrap();
+    assert_eq!(w1.weights, w2.weights);
+    assert_eq!(w1.momentum, w2.momentum);
+    assert_eq!(w1.state, w2.state);
+}
+
+#[test]
+fn checkpoint_errors_name_the_problem() {
+    let dir = tmpdir("errors");
+    let dev = Device::emu();
+    let cfg = VggConfig::small(Arch::A, 0.0625, 32, 16, 3);
+    let vgg = Vgg::new(&dev, cfg.clone(), 1, Init::He, 1).unwrap();
+    let w = vgg.export_params().unwrap();
+    let path = dir.join("w.safetensors");
+    checkpoint::save(&path, &w, &[], &cfg, None).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    // Round trip, torchvision names and OIHW shapes.
+    let l = checkpoint::load(&path).unwrap();
+    assert_eq!(l.weights.len(), 22);
+    assert!(l.weights.iter().any(|(n, s, _)| n == "features.0.weight" && s == &vec![4, 3, 3, 3]));
+    // Truncated.
+    let t = dir.join("trunc.safetensors");
+    std::fs::write(&t, &bytes[..bytes.len() - 100]).unwrap();
+    let e = format!("{:#}", checkpoint::load(&t).unwrap_err());
+    assert!(e.contains("trunc.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    // A flipped byte in the last tensor's data.
+    let c = dir.join("corrupt.safetensors");
+    let mut b = bytes.clone();
+    let at = b.len() - 3;
+    b[at] ^= 0x55;
+    std::fs::write(&c, &b).unwrap();
+    let e = format!("{:#}", checkpoint::load(&c).unwrap_err());
+    assert!(e.contains("is corrupt") && e.contains('`'), "{e}");
+    // Batch-norm variant.
+    let bn = dir.join("bn.safetensors");
+    let mut wb = w.clone();
+    wb.push(("features.1.running_mean".into(), vec![4], vec![0.0; 4]));
+    checkpoint::save(&bn, &wb, &[], &cfg, None).unwrap();
+    let e = format!("{:#}", checkpoint::load(&bn).unwrap_err());
+    assert!(e.contains("batch-norm") && e.contains("features.1.running_mean"), "{e}");
+    // Wrong config: another class count -> the classifier's shape names the tensor.
+    let other = VggConfig::small(Arch::A, 0.0625, 32, 16, 7);
+    let mut v2 = Vgg::new(&dev, other, 1, Init::He, 1).unwrap();
+    let e = v2.import_params(&l.weights).unwrap_err().to_string();
+    assert!(e.contains("classifier.6.") && e.contains("[7"), "{e}");
+    // Wrong architecture: B has more convs -> a missing tensor is named.
+    let mut vb = Vgg::new(&dev, VggConfig::small(Arch::B, 0.0625, 32, 16, 3), 1, Init::He, 1).unwrap();
+    let e = vb.import_params(&l.weights).unwrap_err().to_string();
+    assert!(e.contains("features."), "{e}");
+    assert!(checkpoint::config_diff(&cfg, &VggConfig { classes: 7, ..cfg.clone() }).unwrap().contains("classes"));
+}
