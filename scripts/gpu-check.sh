@@ -13,8 +13,11 @@ VGG=${VGG:-target/release/vgg}
 BATCH=${BATCH:-64}
 summary=()
 LOG="$OUT/gpu-check.log"
+# SKIP: comma-separated step names to leave out (a rerun measuring only what changed).
+SKIP=",${SKIP:-},"
 step() { # step NAME LIMIT_S CMD...: runs CMD with a time limit, appends its output to the log
   local name=$1 limit=$2; shift 2
+  case "$SKIP" in *",$name,"*) echo "=== $name: skipped" | tee -a "$LOG"; return 0 ;; esac
   local t0=$(date +%s)
   echo "=== $name: $*" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
@@ -46,8 +49,10 @@ if [ -f scripts/torch_conv_baseline.py ]; then
   step torch-conv 100 python3 scripts/torch_conv_baseline.py "$OUT/torch-conv.json" --batch "$BATCH"
 fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
-  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH" --json "$OUT/bench-train.json"
+  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$OUT/bench-train.json"
 fi
+# The trainer end to end on the GPU: the README's small network on the synthetic data.
+step train-small 90 "$VGG" train --device cuda --quiet
 step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool

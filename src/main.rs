@@ -64,9 +64,9 @@ enum Cmd {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
-    /// Benchmarks, timed with device events against cuDNN in the same process.
     /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
     Train(vgg_cuda::train::TrainArgs),
+    /// Benchmarks, timed with device events against cuDNN / cuBLAS / PyTorch's conditions.
     Bench {
         #[command(subcommand)]
         what: BenchCmd,
@@ -87,6 +87,32 @@ enum BenchCmd {
     /// inputs, with the agreement of the outputs; then the SGD step over VGG-16's parameters
     /// in GB/s against a device-to-device copy. Exits non-zero when a pass fails or disagrees.
     Gemm(BenchGemmArgs),
+    /// Whole training steps (forward, loss, backward, SGD) of a VGG on device-resident
+    /// synthetic data: images/s, TFLOP/s and device memory. scripts/torch_baseline.py measures
+    /// torchvision under the same conditions.
+    Train(BenchTrainArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchTrainArgs {
+    /// cuda, cuda:N or emu (emu: a tiny network at 32x32).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// A, A-LRN, B, C, D (VGG-16) or E (VGG-19).
+    #[arg(long, default_value = "D")]
+    model: String,
+    /// Comma-separated batch sizes [default: 64 on a GPU, 4 on emu].
+    #[arg(long)]
+    batch: Option<String>,
+    /// Timed steps [default: 20 on a GPU, 2 on emu].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Untimed warm-up steps [default: 5 on a GPU, 1 on emu].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -169,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats(args) => stats_cmd(args),
         Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
         Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
+        Cmd::Bench { what: BenchCmd::Train(args) } => bench_train_cmd(args),
     }
 }
 
@@ -460,6 +487,56 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves half a file.
+fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
+    use vgg_cuda::bench::train::{run, TrainBenchConfig};
+    let arch = vgg_cuda::model::Arch::parse(&a.model)?;
+    let batches: Vec<Option<usize>> = match &a.batch {
+        None => vec![None],
+        Some(list) => list
+            .split(',')
+            .map(|b| match b.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(anyhow::anyhow!("--batch: `{b}` is not a positive batch size")),
+            })
+            .collect::<Result<_>>()?,
+    };
+    if a.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    let dev = Device::by_name(&a.device).with_context(|| format!("bench train on `{}`", a.device))?;
+    println!("bench train on {}: VGG {}, device-resident synthetic data", dev.name(), arch.name());
+    println!(
+        "{:<14} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12}  loss first -> last, skipped",
+        "model", "batch", "ms/step", "img/s", "TFLOP/s", "model GiB", "reserved GiB"
+    );
+    let mut rows = vec![];
+    for b in batches {
+        let mut cfg = TrainBenchConfig::for_device(&dev, arch, b);
+        cfg.steps = a.steps.unwrap_or(cfg.steps);
+        cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
+        let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
+        let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
+        println!(
+            "{:<14} {:>5} {:>10.2} {:>10.1} {:>8.1} {:>10.2} {:>12}  {:.3} -> {:.3}, {}",
+            r.model,
+            r.batch,
+            r.median_step_ms,
+            r.images_per_s,
+            r.tflops,
+            gib(r.model_bytes),
+            r.reserved_bytes.map(|x| format!("{:.2}", gib(x))).unwrap_or_else(|| "-".into()),
+            r.first_loss,
+            r.last_loss,
+            r.skipped_steps
+        );
+        rows.push(r);
+        if let Some(path) = &a.json {
+            write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;

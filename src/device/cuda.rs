@@ -277,6 +277,12 @@ impl CudaDevice {
         Ok(self.stream)
     }
 
+    /// (free, total) device memory as the driver reports it.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        result::mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+
     pub fn start_timer(&self) -> Result<EventTimer> {
         self.bind()?;
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;

@@ -218,6 +218,16 @@ impl Device {
         }
     }
 
+    /// (free, total) bytes of device memory on cuda (what the driver reports: the
+    /// stream-ordered allocator keeps freed blocks reserved, so "total - free" is the peak
+    /// this process has reserved so far); `None` on emu.
+    pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
+        match &*self.0 {
+            Backend::Cuda(c) => c.memory_info().map(Some),
+            Backend::Emu(_) => Ok(None),
+        }
+    }
+
     /// Starts a timer: device events on cuda, the wall clock on emu (which runs launches
     /// synchronously).
     pub fn start_timer(&self) -> Result<Timer> {

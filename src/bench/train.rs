@@ -1,0 +1,107 @@
+//! `vgg bench train`: images/s and device memory of whole training steps (forward, loss,
+//! backward, overflow check, SGD) of a VGG on device-resident synthetic data, the
+//! conditions of scripts/torch_baseline.py: two random batches alternated, so no data
+//! loading is timed; each step timed with device events around [`Vgg::train_step`].
+
+use crate::model::{Arch, Init, Vgg, VggConfig};
+use crate::{Device, Result, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct TrainBenchConfig {
+    pub model: VggConfig,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub lr: f32,
+}
+
+impl TrainBenchConfig {
+    /// The paper's network (224x224, 1000 classes) on a GPU; a tiny one on emu.
+    pub fn for_device(dev: &Device, arch: Arch, batch: Option<usize>) -> Self {
+        if dev.is_emu() {
+            let model = VggConfig::small(arch, 1.0 / 16.0, 32, 64, 10);
+            Self { model, batch: batch.unwrap_or(4), warmup: 1, steps: 2, lr: 1e-2 }
+        } else {
+            Self { model: VggConfig::paper(arch), batch: batch.unwrap_or(64), warmup: 5, steps: 20, lr: 1e-2 }
+        }
+    }
+}
+
+/// One measured configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBenchRow {
+    pub model: String,
+    pub batch: usize,
+    pub input: usize,
+    pub steps: usize,
+    pub median_step_ms: f64,
+    pub min_step_ms: f64,
+    pub images_per_s: f64,
+    /// TFLOP/s of the step: forward, dgrad (but the first layer's) and wgrad FLOPs over the median.
+    pub tflops: f64,
+    /// Bytes the model planned (parameters, optimizer state, activations, workspaces).
+    pub model_bytes: usize,
+    /// Device memory reserved by the process after the steps, minus before the model was
+    /// built (cuda only).
+    pub reserved_bytes: Option<usize>,
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub skipped_steps: usize,
+}
+
+/// Builds the model, runs `warmup` untimed and `steps` timed training steps.
+pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
+    let free_before = dev.memory_info()?.map(|(free, _)| free);
+    let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
+    let side = cfg.model.input;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut sets = Vec::new();
+    for _ in 0..2 {
+        let px: Vec<u8> = (0..cfg.batch * side * side * 3).map(|_| rng.gen()).collect();
+        let labels: Vec<i32> = (0..cfg.batch).map(|_| rng.gen_range(0..cfg.model.classes as i32)).collect();
+        sets.push((
+            Tensor::from_host(dev, &[cfg.batch, side, side, 3], &px)?,
+            Tensor::from_host(dev, &[cfg.batch], &labels)?,
+        ));
+    }
+    let (mut first_loss, mut last_loss, mut skipped) = (f32::NAN, f32::NAN, 0);
+    let mut times = Vec::with_capacity(cfg.steps);
+    for step in 0..cfg.warmup + cfg.steps {
+        let (x, y) = &sets[step % 2];
+        let t = dev.start_timer()?;
+        let s = vgg.train_step(x, y, cfg.lr, step as u64)?;
+        let ms = t.stop_ms()?;
+        if step == 0 {
+            first_loss = s.loss;
+        }
+        last_loss = s.loss;
+        skipped += usize::from(s.skipped);
+        if step >= cfg.warmup {
+            times.push(ms);
+        }
+    }
+    let min_step_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let median_step_ms = super::median(&mut times);
+    let reserved_bytes = match (free_before, dev.memory_info()?) {
+        (Some(before), Some((after, _))) => Some(before.saturating_sub(after)),
+        _ => None,
+    };
+    Ok(TrainBenchRow {
+        model: format!("{} {}x{}", cfg.model.arch.name(), side, side),
+        batch: cfg.batch,
+        input: side,
+        steps: cfg.steps,
+        median_step_ms,
+        min_step_ms,
+        images_per_s: cfg.batch as f64 / median_step_ms * 1e3,
+        tflops: vgg.train_flops() / median_step_ms / 1e9,
+        model_bytes: vgg.device_bytes(),
+        reserved_bytes,
+        first_loss,
+        last_loss,
+        skipped_steps: skipped,
+    })
+}

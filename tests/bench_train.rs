@@ -1,0 +1,34 @@
+//! `vgg bench train` on the emu device: the tiny configuration runs whole training steps and
+//! reports finite, consistent numbers; bad arguments are clear errors.
+
+use vgg_cuda::bench::train::{run, TrainBenchConfig};
+use vgg_cuda::model::Arch;
+use vgg_cuda::Device;
+
+#[test]
+fn tiny_training_steps_are_measured() {
+    let dev = Device::emu();
+    let cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    let r = run(&dev, &cfg).unwrap();
+    assert_eq!(r.batch, 2);
+    assert!(r.median_step_ms.is_finite() && r.median_step_ms > 0.0, "{r:?}");
+    assert!(r.min_step_ms <= r.median_step_ms, "{r:?}");
+    assert!((r.images_per_s - 2.0 / r.median_step_ms * 1e3).abs() < 1e-6 * r.images_per_s, "{r:?}");
+    assert!(r.first_loss.is_finite() && r.last_loss.is_finite(), "{r:?}");
+    // 10 classes, random labels, fresh weights: the loss starts near ln(10).
+    assert!((r.first_loss - 10f32.ln()).abs() < 0.5, "first loss {} far from ln 10", r.first_loss);
+    assert!(r.model_bytes > 0 && r.reserved_bytes.is_none(), "{r:?}");
+}
+
+#[test]
+fn cli_rejects_bad_arguments() {
+    let vgg = env!("CARGO_BIN_EXE_vgg");
+    let out =
+        std::process::Command::new(vgg).args(["bench", "train", "--device", "emu", "--batch", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a positive batch size"));
+    let out =
+        std::process::Command::new(vgg).args(["bench", "train", "--device", "emu", "--model", "Z"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+}
