@@ -51,6 +51,8 @@ fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$OUT/bench-train.json"
 fi
+# The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
+step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --json "$OUT/bench-data.json"
 # The trainer end to end on the GPU: the README's small network on the synthetic data.
 step train-small 90 "$VGG" train --device cuda --quiet
 step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
