@@ -6,9 +6,9 @@
 //   direct3x3_wgrad_f32    per pixel chunk: partial dw[k,r,s,c] and db[k] sums (fp32) into a
 //                          workspace; conv_wgrad.cu's wgrad_reduce_f32 sums the chunks in order
 // One thread per output element, the loops of src/reference/conv.rs in the same order. This
-// is the second check on Winograd and the path for the first layer (C = 3), where neither
-// Winograd nor the tensor cores apply (no 16-byte rows). Consecutive threads take consecutive
-// output channels (fprop) or input channels (dgrad, wgrad), so activation reads are
+// is the second check on Winograd and the tensor-core wgrad (which take C = 3 by padding it
+// to 8, kernels/conv_pad.cu), and ConvAlgo::Auto's dgrad for such C (the first layer's dgrad
+// never runs in training). Consecutive threads take consecutive output channels (fprop) or input channels (dgrad, wgrad), so activation reads are
 // broadcasts or contiguous and filter reads are contiguous along C.
 // wgrad is split over pixel chunks (blockIdx.y) so that a layer with few weights (the first:
 // 64 x 27) still fills the GPU; the split is fixed by the shape, so results are deterministic.
@@ -19,9 +19,11 @@ extern "C" __global__ void direct3x3_fprop_f16(const __half* __restrict__ x, con
                                                int h, int w, int c, int k, int relu) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * h * w * k) return;
-    int ko = (int)(i % k);
-    long long pix = i / k;
-    int ow = (int)(pix % w), oh = (int)(pix / w % h), img = (int)(pix / w / h);
+    // One 64-bit division; the pixel index fits an int (src/ops/conv.rs checks N*H*W), so the
+    // rest is 32-bit: 64-bit divisions are subroutines of ~70 instructions on the GPU.
+    const long long pl = i / k;
+    const int ko = (int)(i - pl * k), pix = (int)pl;
+    const int ow = pix % w, oh = pix / w % h, img = pix / w / h;
     float acc = bias ? __half2float(bias[ko]) : 0.f;
     for (int r = 0; r < 3; ++r) {
         int ih = oh + r - 1;
@@ -43,9 +45,9 @@ extern "C" __global__ void direct3x3_dgrad_f16(const __half* __restrict__ dy, co
                                                int h, int w, int c, int k) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * h * w * c) return;
-    int ci = (int)(i % c);
-    long long pix = i / c;
-    int iw = (int)(pix % w), ih = (int)(pix / w % h), img = (int)(pix / w / h);
+    const long long pl = i / c;  // as in fprop: one 64-bit division
+    const int ci = (int)(i - pl * c), pix = (int)pl;
+    const int iw = pix % w, ih = pix / w % h, img = pix / w / h;
     float acc = 0.f;
     for (int r = 0; r < 3; ++r) {
         int oh = ih + 1 - r;
@@ -64,27 +66,33 @@ extern "C" __global__ void direct3x3_dgrad_f16(const __half* __restrict__ dy, co
 
 // Thread i < K*9*C: weight element i (KRSC); K*9*C <= i < K*9*C + K: bias k = i - K*9*C.
 // Block row blockIdx.y sums pixels [y * chunk, min(P, (y + 1) * chunk)) and writes
-// part[y * (K*9*C + K) + i].
+// part[y * (K*9*C + K) + i]. The pixel loop walks (oh, ow) with counters: a 64-bit division
+// per pixel (as a first version had) costs more than the multiply-add and made this kernel
+// take 27 ms for conv1_1 at batch 64. N*H*W fits an int (src/ops/conv.rs checks it).
 extern "C" __global__ void direct3x3_wgrad_f32(const __half* __restrict__ x, const __half* __restrict__ dy,
                                                float* __restrict__ part, int n, int h, int w, int c, int k,
                                                long long chunk) {
-    long long nw = (long long)k * 9 * c;
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long nw = (long long)k * 9 * c;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= nw + k) return;
-    long long npix = (long long)n * h * w;
-    long long p0 = (long long)blockIdx.y * chunk, p1 = min(npix, p0 + chunk);
+    const int npix = n * h * w;
+    const int p0 = (int)(blockIdx.y * chunk), p1 = (int)min((long long)npix, p0 + chunk);
     float acc = 0.f;
     if (i >= nw) {
-        int ko = (int)(i - nw);
-        for (long long p = p0; p < p1; ++p) acc += __half2float(dy[p * k + ko]);
+        const int ko = (int)(i - nw);
+        for (int p = p0; p < p1; ++p) acc += __half2float(dy[(long long)p * k + ko]);
     } else {
-        int ci = (int)(i % c), s = (int)(i / c % 3), r = (int)(i / c / 3 % 3), ko = (int)(i / c / 9);
-        for (long long p = p0; p < p1; ++p) {
-            int ow = (int)(p % w), oh = (int)(p / w % h);
-            int ih = oh + r - 1, iw = ow + s - 1;
-            if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-            long long xi = p + (long long)(r - 1) * w + (s - 1);  // same image: the bounds hold
-            acc += __half2float(dy[p * k + ko]) * __half2float(x[xi * c + ci]);
+        const int ci = (int)(i % c), s = (int)(i / c % 3), r = (int)(i / c / 3 % 3), ko = (int)(i / c / 9);
+        const int shift = (r - 1) * w + (s - 1);  // same image whenever the bounds hold
+        int ow = p0 % w, oh = p0 / w % h;
+        for (int p = p0; p < p1; ++p) {
+            const int ih = oh + r - 1, iw = ow + s - 1;
+            if (ih >= 0 && ih < h && iw >= 0 && iw < w)
+                acc += __half2float(dy[(long long)p * k + ko]) * __half2float(x[(long long)(p + shift) * c + ci]);
+            if (++ow == w) {
+                ow = 0;
+                if (++oh == h) oh = 0;
+            }
         }
     }
     part[(long long)blockIdx.y * (nw + k) + i] = acc;

@@ -77,12 +77,15 @@ fn problem_data(p: &ConvProblem, gen: impl Fn(usize, u64) -> Vec<f32>) -> [Vec<f
 #[test]
 fn two_schedules_bit_identical() {
     // Ragged tiles (odd H and W), two k-blocks, a C that ends in a half chunk, and enough
-    // pixels for several wgrad chunks.
+    // pixels for several wgrad chunks; C = 3 and 12 padded under Auto.
     for (p, algo) in [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 5, 7, 3, 16), ConvAlgo::Direct),
         (ConvProblem::new(1, 50, 45, 8, 8), ConvAlgo::Direct),
+        (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Auto),
+        (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Winograd2x2),
+        (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd2x2),
     ] {
         let data = problem_data(&p, spread);
         let dev = Device::emu();
@@ -101,7 +104,14 @@ fn two_schedules_bit_identical() {
 
 #[test]
 fn integer_data_is_exact_in_every_algorithm() {
-    for p in [ConvProblem::new(2, 7, 9, 24, 72), ConvProblem::new(1, 33, 35, 8, 16), ConvProblem::new(3, 1, 2, 16, 8)] {
+    for p in [
+        ConvProblem::new(2, 7, 9, 24, 72),
+        ConvProblem::new(1, 33, 35, 8, 16),
+        ConvProblem::new(3, 1, 2, 16, 8),
+        ConvProblem::new(2, 9, 11, 3, 64),
+        ConvProblem::new(1, 6, 7, 5, 16),
+        ConvProblem::new(2, 5, 6, 12, 24),
+    ] {
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let [x, w, b, dy, mask] = &data;
         let want_y: Vec<u16> = r::f32_to_f16_round(&r::conv3x3_fprop(&p, x, w, Some(b), true))
@@ -114,7 +124,7 @@ fn integer_data_is_exact_in_every_algorithm() {
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
         let dev = Device::emu();
-        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2] {
+        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto] {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
             // -0 and +0 are both exact zeros.
             let norm = |v: Vec<u16>| v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect::<Vec<_>>();
@@ -135,16 +145,39 @@ fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
 
 #[test]
 fn shape_errors() {
-    // Tensor-core paths need C and K multiples of 8; C < 8 goes to Direct under Auto.
-    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 8), ConvAlgo::Auto), "C = 12");
+    // Tensor-core paths need K a multiple of 8 (C is padded); with K not, C < 8 goes to Direct
+    // under Auto.
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 12), ConvAlgo::Auto), "K = 12");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 8), ConvAlgo::Winograd4x4), "not implemented");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
-    let first = Conv3x3::new(ConvProblem::new(1, 4, 4, 3, 64), ConvAlgo::Auto).unwrap();
-    for pass in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad] {
-        assert_eq!(first.algo(pass), ConvAlgo::Direct);
-    }
-    assert!(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 8), ConvAlgo::Direct).is_ok());
+    // The first layer under Auto: wgrad on tensor cores with C padded to 8, fprop and dgrad
+    // Direct; under Winograd2x2 fprop padded too.
+    let p3 = ConvProblem::new(1, 4, 4, 3, 64);
+    let first = Conv3x3::new(p3, ConvAlgo::Auto).unwrap();
+    let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| (c.algo(q), c.padded(q)));
+    let (d, w) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2);
+    assert_eq!(algos(&first), [(d, false), (d, false), (w, true)]);
+    assert_eq!(first.workspace_bytes(ConvPass::Fprop), 0);
+    assert_eq!(first.workspace_bytes(ConvPass::Dgrad), 0);
+    let wino = Conv3x3::new(p3, ConvAlgo::Winograd2x2).unwrap();
+    assert_eq!(algos(&wino), [(w, true), (d, false), (w, true)]);
+    assert_eq!(wino.workspace_bytes(ConvPass::Dgrad), 0);
+    let direct = Conv3x3::new(p3, ConvAlgo::Direct).unwrap();
+    assert_eq!(algos(&direct), [(d, false); 3]);
+    // A padded pass checks its larger workspace.
+    let dev = Device::emu();
+    let x = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 3]).unwrap();
+    let w3 = Tensor::<f16>::zeros(&dev, &[64, 3, 3, 3]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 64]).unwrap();
+    let mut dw = Tensor::<f32>::zeros(&dev, &[64, 3, 3, 3]).unwrap();
+    let mut ws = Tensor::<u8>::zeros(&dev, &[wino.workspace_bytes(ConvPass::Fprop) - 1]).unwrap();
+    shape_err(wino.fprop(&x, &w3, None, Epilogue::None, &mut y, &mut ws), "workspace");
+    let mut ws = Tensor::<u8>::zeros(&dev, &[wino.workspace_bytes(ConvPass::Wgrad) - 1]).unwrap();
+    shape_err(wino.wgrad(&x, &y, &mut dw, None, &mut ws), "workspace");
+    let odd_k = Conv3x3::new(ConvProblem::new(1, 4, 4, 3, 12), ConvAlgo::Auto).unwrap();
+    assert_eq!(odd_k.algo(ConvPass::Fprop), ConvAlgo::Direct);
+    assert!(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 12), ConvAlgo::Direct).is_ok());
 
     let dev = Device::emu();
     let p = ConvProblem::new(1, 4, 4, 8, 16);

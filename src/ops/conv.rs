@@ -4,8 +4,10 @@
 //! Kernels: `kernels/conv_direct.cu` (the simple twin, any C and K, fp32 accumulation),
 //! `kernels/winograd_filter.cu` + `kernels/winograd_conv.cu` (Winograd F(2x2, 3x3) on tensor
 //! cores for fprop and dgrad) and `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
-//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths).
-//! See the header comment of each file for its tiling.
+//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths), and
+//! `kernels/conv_pad.cu` (zero-padding C up to a multiple of 8 in the workspace, so that a C
+//! such as the first layer's 3 runs on the tensor-core paths). See the header comment of each
+//! file for its tiling.
 
 use super::{int, ELEMENTWISE_THREADS};
 use crate::device::{KArg, Kernel, LaunchConfig};
@@ -24,6 +26,7 @@ const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
 const IGEMM_WGRAD: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
+const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
 /// Winograd main loop: 32 output tiles x 64 channels a block, 256 threads, two stages of
 /// (16 x 32 + 16 x 64) x 24 halves of shared memory (kernels/winograd_conv.cu).
@@ -31,7 +34,8 @@ const WINO_TILES: usize = 32;
 const WINO_OUT: usize = 64;
 const WINO_THREADS: u32 = 256;
 const WINO_SMEM: u32 = 2 * (16 * 32 + 16 * 64) * 24 * 2;
-/// Implicit-GEMM wgrad: 64 k x 64 c of one tap a block, 32 pixels a stage, 128 threads.
+/// Implicit-GEMM wgrad: 64 k x 64 flattened (r, s, c) columns a block, 32 pixels a stage, 128
+/// threads.
 const WG_M: usize = 64;
 const WG_N: usize = 64;
 const WG_P: usize = 32;
@@ -40,6 +44,8 @@ const WG_THREADS: u32 = 128;
 /// pixel reduction into chunks; each chunk has at least `WG_MIN_CHUNK` pixels.
 const WG_TARGET_BLOCKS: usize = 4 * 132;
 const WG_MIN_CHUNK: usize = 256;
+/// Alignment of the regions a padded problem keeps in the workspace (cp.async needs 16 B).
+const WS_ALIGN: usize = 256;
 /// Direct wgrad: pixels a thread sums, roughly, and the most chunks.
 const DIRECT_WG_CHUNK: usize = 2048;
 const DIRECT_WG_MAX_SPLITS: usize = 256;
@@ -58,13 +64,17 @@ pub enum Epilogue {
 /// Convolution algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {
-    /// Winograd2x2 when C and K are multiples of 8, Direct when C < 8 (the first layer), else
-    /// an `Error::Shape`.
+    /// Winograd2x2 when C and K are multiples of 8. K a multiple of 8 and C not (the first
+    /// layer, C = 3): wgrad on tensor cores with C zero-padded to a multiple of 8 in the
+    /// workspace, fprop and dgrad Direct (Winograd's fp16 transforms on the first layer move the
+    /// small model's golden gradients past tests/model.rs's bounds; `Winograd2x2` runs that fprop
+    /// padded). Direct when K is not a multiple of 8 but C < 8, else an `Error::Shape`.
     Auto,
     /// One thread per output, fp32 accumulation: any C, K >= 1.
     Direct,
     /// Winograd F(2x2, 3x3) on tensor cores for fprop and dgrad; for wgrad, which has no
-    /// Winograd form here, the tensor-core implicit GEMM. C and K multiples of 8.
+    /// Winograd form here, the tensor-core implicit GEMM. K a multiple of 8; a C that is not is
+    /// padded with zero channels up to one (fprop, wgrad; its dgrad runs Direct).
     Winograd2x2,
     /// Not implemented: [`Conv3x3::new`] returns `Error::Shape`.
     Winograd4x4,
@@ -82,6 +92,7 @@ pub enum ConvPass {
 /// (NHWC), filters `K x 3 x 3 x C` (KRSC), output `N x H x W x K`, all fp16; dw and db fp32.
 ///
 /// Every pass takes a byte workspace of at least [`Conv3x3::workspace_bytes`] for that pass.
+/// With C not a multiple of 8 the tensor-core passes pad x (and w) there, to `Cp` channels.
 /// Results are deterministic: no atomics; the same shape always splits its reductions the same
 /// way.
 ///
@@ -109,13 +120,16 @@ pub enum ConvPass {
 #[derive(Clone, Copy, Debug)]
 pub struct Conv3x3 {
     problem: ConvProblem,
-    /// Resolved: Direct or Winograd2x2 (also the tensor-core wgrad).
-    algo: ConvAlgo,
+    /// Resolved per pass (fprop, dgrad, wgrad): Direct or Winograd2x2 (for wgrad the
+    /// tensor-core implicit GEMM).
+    algos: [ConvAlgo; 3],
+    /// Channels the tensor-core paths see: C rounded up to a multiple of 8 (C for Direct).
+    cp: usize,
 }
 
 impl Conv3x3 {
     /// Validates `problem` for `algo` (every dimension >= 1, indices within the kernels' 32-bit
-    /// ranges, C and K multiples of 8 for the tensor-core paths) and resolves `Auto`.
+    /// ranges, K a multiple of 8 for the tensor-core paths) and resolves `Auto`.
     pub fn new(problem: ConvProblem, algo: ConvAlgo) -> Result<Self> {
         let p = problem;
         ensure_shape!(p.n > 0 && p.h > 0 && p.w > 0 && p.c > 0 && p.k > 0, "conv3x3 {p}: every dimension must be >= 1");
@@ -124,21 +138,25 @@ impl Conv3x3 {
             pixels <= i32::MAX as usize / 2,
             "conv3x3 {p}: N*H*W = {pixels} exceeds the kernels' 32-bit pixel index"
         );
-        int("conv3x3 K*9*C", p.k.saturating_mul(9).saturating_mul(p.c))?;
-        let tc_ok = p.c.is_multiple_of(8) && p.k.is_multiple_of(8);
+        let cp = p.c.next_multiple_of(8);
+        int("conv3x3 K*9*Cp", p.k.saturating_mul(9).saturating_mul(cp))?;
         let resolved = match algo {
             ConvAlgo::Direct => ConvAlgo::Direct,
             ConvAlgo::Winograd4x4 => return Err(Error::Shape(format!("conv3x3 {p}: Winograd4x4 is not implemented"))),
-            ConvAlgo::Winograd2x2 | ConvAlgo::Auto if tc_ok => ConvAlgo::Winograd2x2,
+            ConvAlgo::Winograd2x2 | ConvAlgo::Auto if p.k.is_multiple_of(8) => ConvAlgo::Winograd2x2,
             ConvAlgo::Auto if p.c < 8 => ConvAlgo::Direct,
             _ => {
                 return Err(Error::Shape(format!(
-                    "conv3x3 {p}: {algo:?} needs C and K multiples of 8 (C = {}, K = {}); C < 8 runs Direct",
-                    p.c, p.k
+                    "conv3x3 {p}: {algo:?} needs K a multiple of 8 (K = {}, C = {}); Direct takes any shape",
+                    p.k, p.c
                 )))
             }
         };
-        Ok(Self { problem, algo: resolved })
+        let cp = if resolved == ConvAlgo::Winograd2x2 { cp } else { p.c };
+        // A padded C runs dgrad Direct; under Auto also fprop (see `ConvAlgo::Auto`).
+        let padded_direct = |auto: bool| if cp != p.c && auto { ConvAlgo::Direct } else { resolved };
+        let algos = [padded_direct(algo == ConvAlgo::Auto), padded_direct(true), resolved];
+        Ok(Self { problem, algos, cp })
     }
 
     pub fn problem(&self) -> ConvProblem {
@@ -146,27 +164,52 @@ impl Conv3x3 {
     }
 
     /// The algorithm `pass` runs: `Direct` or `Winograd2x2` (for `Wgrad`, `Winograd2x2` names the
-    /// tensor-core implicit GEMM).
-    pub fn algo(&self, _pass: ConvPass) -> ConvAlgo {
-        self.algo
+    /// tensor-core implicit GEMM). With C not a multiple of 8: `Winograd2x2` runs fprop and
+    /// wgrad on C padded to a multiple of 8 and dgrad Direct; `Auto` only wgrad padded.
+    pub fn algo(&self, pass: ConvPass) -> ConvAlgo {
+        self.algos[pass as usize]
     }
 
-    fn wino(&self) -> bool {
-        self.algo == ConvAlgo::Winograd2x2
+    /// Whether `pass` runs on C zero-padded to a multiple of 8 in the workspace.
+    pub fn padded(&self, pass: ConvPass) -> bool {
+        self.tc(pass) && self.cp != self.problem.c
+    }
+
+    fn tc(&self, pass: ConvPass) -> bool {
+        self.algo(pass) == ConvAlgo::Winograd2x2
+    }
+
+    /// The channels `pass`'s kernels see: Cp when it pads, else C.
+    fn pass_c(&self, pass: ConvPass) -> usize {
+        if self.padded(pass) {
+            self.cp
+        } else {
+            self.problem.c
+        }
+    }
+
+    /// Byte offsets in the workspace of a padded problem: (fprop: padded filters after U,
+    /// fprop: padded x after them, wgrad: padded x after the partial sums).
+    fn pad_offsets(&self) -> (usize, usize, usize) {
+        let p = &self.problem;
+        let u = (16 * p.k * self.cp * 2).next_multiple_of(WS_ALIGN);
+        let wp = (p.k * 9 * self.cp * 2).next_multiple_of(WS_ALIGN);
+        let part = (self.wgrad_split().0 * (p.k * 9 * self.cp + p.k) * 4).next_multiple_of(WS_ALIGN);
+        (u, u + wp, part)
     }
 
     /// `(chunks, pixels per chunk)` of the wgrad pixel reduction: a function of the shape only.
     fn wgrad_split(&self) -> (usize, usize) {
         let p = &self.problem;
         let pixels = p.n * p.h * p.w;
-        let want = if self.wino() {
-            let base = 9 * p.c.div_ceil(WG_N) * p.k.div_ceil(WG_M);
+        let want = if self.tc(ConvPass::Wgrad) {
+            let base = (9 * self.cp).div_ceil(WG_N) * p.k.div_ceil(WG_M);
             WG_TARGET_BLOCKS.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
         } else {
             pixels.div_ceil(DIRECT_WG_CHUNK).clamp(1, DIRECT_WG_MAX_SPLITS)
         };
         let mut chunk = pixels.div_ceil(want);
-        if self.wino() {
+        if self.tc(ConvPass::Wgrad) {
             chunk = chunk.div_ceil(WG_P) * WG_P;
         }
         (pixels.div_ceil(chunk), chunk)
@@ -174,11 +217,16 @@ impl Conv3x3 {
 
     /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
     /// (16 x K x C fp16); wgrad keeps one fp32 partial dw and db per pixel chunk. Direct fprop and
-    /// dgrad need none.
+    /// dgrad need none. A channel-padded problem (C not a multiple of 8) also keeps, for fprop,
+    /// the padded filters (K x 9 x Cp fp16) and x (N x H x W x Cp fp16) after the Cp-channel U,
+    /// and for wgrad the padded x after the Cp-channel partial sums; its dgrad (Direct) needs none.
     pub fn workspace_bytes(&self, pass: ConvPass) -> usize {
         let p = &self.problem;
+        let xp = p.n * p.h * p.w * self.cp * 2;
         match pass {
-            ConvPass::Fprop | ConvPass::Dgrad if self.wino() => 16 * p.k * p.c * 2,
+            ConvPass::Fprop if self.padded(pass) => self.pad_offsets().1 + xp,
+            ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
+            ConvPass::Fprop | ConvPass::Dgrad if self.tc(pass) => 16 * p.k * p.c * 2,
             ConvPass::Fprop | ConvPass::Dgrad => 0,
             ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
         }
@@ -198,7 +246,8 @@ impl Conv3x3 {
         Ok(())
     }
 
-    /// Filter transform for the Winograd fprop: `U = G w G^T` into `ws` (no-op for Direct).
+    /// Filter transform for the Winograd fprop: `U = G w G^T` into `ws` (no-op for Direct); a
+    /// channel-padded problem pads `w` into `ws` first and transforms that.
     /// [`Conv3x3::fprop`] does this itself; with [`Conv3x3::fprop_prepared`] a training step
     /// transforms once and reuses `ws`.
     pub fn prepare_filter(&self, w: &Tensor<f16>, ws: &mut Tensor<u8>) -> Result<()> {
@@ -215,20 +264,39 @@ impl Conv3x3 {
         let (p, dev) = (&self.problem, w.device().clone());
         w.check(&dev, "conv3x3 filters", p.filter_len())?;
         self.check_ws(&dev, pass, ws)?;
-        if !self.wino() {
+        if !self.tc(pass) {
             return Ok(());
         }
-        let cfg = LaunchConfig::for_elements(p.k * p.c, ELEMENTWISE_THREADS)?;
+        // Only fprop gets here padded (a padded dgrad runs Direct): w -> [K,3,3,Cp] after U.
+        let src = if self.padded(pass) {
+            let wp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64);
+            self.pad_channels(&dev, w.arg(), wp, p.k * 9)?;
+            wp
+        } else {
+            w.arg()
+        };
+        let cfg = LaunchConfig::for_elements(p.k * self.pass_c(pass), ELEMENTWISE_THREADS)?;
         let args = [
-            w.arg(),
+            src,
             ws.arg_mut(),
             KArg::I32(int("K", p.k)?),
-            KArg::I32(int("C", p.c)?),
+            KArg::I32(int("Cp", self.pass_c(pass))?),
             KArg::I32((pass == ConvPass::Dgrad) as i32),
         ];
-        // SAFETY: (const __half* w, __half* u, int k, int c, int dgrad): w holds K*9*C halves,
-        // ws at least 16*K*C halves (checked above).
+        // SAFETY: (const __half* w, __half* u, int k, int c, int dgrad): src holds K*9*Cp halves
+        // (w itself, or its padded copy in ws), ws at least 16*K*Cp halves before it (checked above).
         unsafe { dev.launch(&WINO_FILTER, cfg, &args) }
+    }
+
+    /// `dst[row][j] = src[row][j]` for `j < C`, 0 for `C <= j < Cp`, over `rows` rows.
+    fn pad_channels(&self, dev: &Device, src: KArg, dst: KArg, rows: usize) -> Result<()> {
+        let (c, cp) = (self.problem.c, self.cp);
+        let cfg = LaunchConfig::for_elements(rows * (cp / 8), ELEMENTWISE_THREADS)?;
+        let args = [src, dst, KArg::I64(rows as i64), KArg::I32(int("C", c)?), KArg::I32(int("Cp", cp)?)];
+        // SAFETY: (const __half* src, __half* dst, long long rows, int c, int cp): callers pass a
+        // src of rows*C halves (a checked tensor) and a 16-byte-aligned dst of rows*Cp halves inside
+        // a workspace that check_ws has found at least workspace_bytes long.
+        unsafe { dev.launch(&PAD_CHANNELS, cfg, &args) }
     }
 
     /// `y = epi(conv(x, w))`: x `[N,H,W,C]`, w `[K,3,3,C]`, bias `[K]` (required by `Bias` and
@@ -248,7 +316,7 @@ impl Conv3x3 {
 
     /// As [`Conv3x3::fprop`], but the Winograd path reads the filters from `ws` as
     /// [`Conv3x3::prepare_filter`] left them (`w` is then only checked for its length; the
-    /// Direct path reads `w`).
+    /// Direct path reads `w`). A channel-padded problem writes padded x into `ws` past the filters.
     pub fn fprop_prepared(
         &self,
         x: &Tensor<f16>,
@@ -256,7 +324,7 @@ impl Conv3x3 {
         bias: Option<&Tensor<f16>>,
         epi: Epilogue,
         y: &mut Tensor<f16>,
-        ws: &Tensor<u8>,
+        ws: &mut Tensor<u8>,
     ) -> Result<()> {
         let (p, dev) = (&self.problem, x.device().clone());
         x.check(&dev, "conv3x3 x", p.input_len())?;
@@ -273,12 +341,20 @@ impl Conv3x3 {
             }
         };
         let relu = KArg::I32((epi == Epilogue::BiasRelu) as i32);
-        let dims = self.dims()?;
-        if self.wino() {
+        let dims = self.dims(self.pass_c(ConvPass::Fprop))?;
+        if self.tc(ConvPass::Fprop) {
+            let xa = if self.padded(ConvPass::Fprop) {
+                let xp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().1 as u64);
+                self.pad_channels(&dev, x.arg(), xp, p.n * p.h * p.w)?;
+                xp
+            } else {
+                x.arg()
+            };
             let cfg = self.wino_config(p.k)?;
-            let args = [x.arg(), ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
+            let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
             // SAFETY: (const __half* x, const __half* u, const __half* bias, __half* y, int n, int h,
-            // int w, int c, int k, int relu): sizes checked above, u = 16*K*C halves in ws, bias K or null.
+            // int w, int c, int k, int relu): c = Cp; x is N*H*W*Cp halves (x itself, or its padded
+            // copy in ws), u = 16*K*Cp halves at the start of ws, y and bias (K or null) checked above.
             unsafe { dev.launch(&WINO_FPROP, cfg, &args) }
         } else {
             let cfg = LaunchConfig::for_elements(p.output_len(), ELEMENTWISE_THREADS)?;
@@ -326,8 +402,8 @@ impl Conv3x3 {
             }
             None => KArg::Ptr(0),
         };
-        let dims = self.dims()?;
-        let (kernel, cfg, u) = if self.wino() {
+        let dims = self.dims(p.c)?;
+        let (kernel, cfg, u) = if self.tc(ConvPass::Dgrad) {
             (&WINO_DGRAD, self.wino_config(p.c)?, ws.arg())
         } else {
             (&DIRECT_DGRAD, LaunchConfig::for_elements(p.input_len(), ELEMENTWISE_THREADS)?, w.arg())
@@ -341,7 +417,9 @@ impl Conv3x3 {
 
     /// `dw[k,r,s,c] = sum_{n,h,w} dy[n,h,w,k] x[n,h+r-1,w+s-1,c]` (KRSC, fp32) and
     /// `db[k] = sum dy[..,k]` (fp32) when `db` is given; fp32 accumulation over the whole batch,
-    /// split into fixed pixel chunks whose partial sums `ws` holds, added in chunk order.
+    /// split into fixed pixel chunks whose partial sums `ws` holds, added in chunk order. The
+    /// tensor-core path of a channel-padded problem pads x into `ws` and sums at Cp channels; the
+    /// reduction drops the padded ones.
     pub fn wgrad(
         &self,
         x: &Tensor<f16>,
@@ -359,17 +437,24 @@ impl Conv3x3 {
         }
         self.check_ws(&dev, ConvPass::Wgrad, ws)?;
         let (chunks, chunk) = self.wgrad_split();
-        let dims = self.dims()?;
+        let dims = self.dims(self.pass_c(ConvPass::Wgrad))?;
         let nw = p.filter_len() + p.k;
-        if self.wino() {
-            let grid = (9 * p.c.div_ceil(WG_N), p.k.div_ceil(WG_M), chunks);
+        if self.tc(ConvPass::Wgrad) {
+            let xa = if self.padded(ConvPass::Wgrad) {
+                let xp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().2 as u64);
+                self.pad_channels(&dev, x.arg(), xp, p.n * p.h * p.w)?;
+                xp
+            } else {
+                x.arg()
+            };
+            let grid = ((9 * self.cp).div_ceil(WG_N), p.k.div_ceil(WG_M), chunks);
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
                 shared_bytes: 0,
             };
             let args = [
-                x.arg(),
+                xa,
                 dy.arg(),
                 ws.arg_mut(),
                 dims[0],
@@ -380,7 +465,8 @@ impl Conv3x3 {
                 KArg::I32(int("chunk", chunk)?),
             ];
             // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
-            // int k, int chunk): sizes checked above; part = chunks*(K*9*C+K) floats in ws.
+            // int k, int chunk): c = Cp; x is N*H*W*Cp halves (x, or its padded copy in ws past the
+            // partials), dy checked above; part = chunks*(K*9*Cp+K) floats at the start of ws.
             unsafe { dev.launch(&IGEMM_WGRAD, cfg, &args)? };
         } else {
             let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
@@ -395,21 +481,30 @@ impl Conv3x3 {
         }
         let cfg = LaunchConfig::for_elements(nw, ELEMENTWISE_THREADS)?;
         let db_arg = db.map_or(KArg::Ptr(0), |b| b.arg_mut());
-        let args =
-            [ws.arg(), dw.arg_mut(), db_arg, KArg::I64(p.filter_len() as i64), dims[4], KArg::I32(chunks as i32)];
-        // SAFETY: (const float* part, float* dw, float* db, long long nw, int k, int chunks): part
-        // holds chunks*(nw+K) floats written above, dw nw floats, db K floats or null.
+        let args = [
+            ws.arg(),
+            dw.arg_mut(),
+            db_arg,
+            KArg::I64(p.filter_len() as i64),
+            dims[4],
+            KArg::I32(int("C", p.c)?),
+            dims[3],
+            KArg::I32(chunks as i32),
+        ];
+        // SAFETY: (const float* part, float* dw, float* db, long long nw, int k, int c, int cp,
+        // int chunks): part holds chunks*(K*9*cp+K) floats written above (cp = Cp for the
+        // tensor-core path, C for Direct), dw nw = K*9*C floats, db K floats or null.
         unsafe { dev.launch(&WGRAD_REDUCE, cfg, &args) }
     }
 
-    /// `[n, h, w, c, k]` as kernel ints.
-    fn dims(&self) -> Result<[KArg; 5]> {
+    /// `[n, h, w, c, k]` as kernel ints, with `c` channels (C, or Cp for the padded passes).
+    fn dims(&self, c: usize) -> Result<[KArg; 5]> {
         let p = &self.problem;
         Ok([
             KArg::I32(int("N", p.n)?),
             KArg::I32(int("H", p.h)?),
             KArg::I32(int("W", p.w)?),
-            KArg::I32(int("C", p.c)?),
+            KArg::I32(int("C", c)?),
             KArg::I32(int("K", p.k)?),
         ])
     }

@@ -1,7 +1,11 @@
 //! Checks of the 3x3 convolutions (src/ops/conv.rs) against the f64 reference
 //! (src/reference/conv.rs), computed from the same fp16-rounded inputs, on the shared problem
 //! list: the edge cases, then VGG-16 reduced for the emulator (`problem::conv_problems`), then
-//! one 48x48 image whose wgrad reduction splits into several pixel chunks.
+//! one 48x48 image whose wgrad reduction splits into several pixel chunks, and C not a multiple
+//! of 8 (5, 12, and 3 with several wgrad chunks) beside the list's C = 3 rows.
+//! The Winograd check runs `ConvAlgo::Winograd2x2`, whose fprop takes C not a multiple of 8 by
+//! zero-padding it to one (`pad_channels_f16 + ...` rows; dgrad of such C is Direct's); the
+//! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad.
 //! On a GPU also VGG-16 reduced at batch 2 with up to 128 channels and the real conv5_1
 //! (14x14, 512 -> 512) at batch 1: the host reference stays near 1e10 multiply-adds in all.
 //!
@@ -35,6 +39,11 @@ fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
     let mut base = problem::conv_problems();
     // Enough pixels that both wgrad paths split the reduction into several chunks.
     base.push(NamedProblem { name: "wgrad_split", problem: ConvProblem::new(1, 48, 48, 8, 16) });
+    // C padded to 8 (ragged tiles), to 16 (a whole Winograd chunk; 144 wgrad columns: a ragged
+    // column block), and C = 3 -> 64 (conv1_1's channels) with several wgrad chunks.
+    base.push(NamedProblem { name: "c5_pad", problem: ConvProblem::new(1, 6, 7, 5, 16) });
+    base.push(NamedProblem { name: "c12_pad", problem: ConvProblem::new(2, 5, 6, 12, 24) });
+    base.push(NamedProblem { name: "c3_split", problem: ConvProblem::new(1, 40, 40, 3, 64) });
     let mut v: Vec<_> = base.into_iter().map(|p| (p, &[Kind::Randn, Kind::Ints][..])).collect();
     if !dev.is_emu() {
         let mut big = problem::vgg16_layers_reduced(2, 4, 128);
@@ -44,8 +53,19 @@ fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
     v
 }
 
-fn tc_ok(p: &ConvProblem) -> bool {
-    p.c.is_multiple_of(8) && p.k.is_multiple_of(8)
+/// `algo` planned on `p`, if its `pass` resolves to `family` (Direct, or Winograd2x2 for the
+/// tensor-core paths).
+fn plan(p: ConvProblem, algo: ConvAlgo, family: ConvAlgo, pass: ConvPass) -> Option<Conv3x3> {
+    Conv3x3::new(p, algo).ok().filter(|c| c.algo(pass) == family)
+}
+
+/// The kernel name of a row: `name`, after the channel padding when `pass` pads.
+fn kname(conv: &Conv3x3, pass: ConvPass, name: &str) -> String {
+    if conv.padded(pass) {
+        format!("pad_channels_f16 (C {} -> {}) + {name}", conv.problem().c, conv.problem().c.next_multiple_of(8))
+    } else {
+        name.to_string()
+    }
 }
 
 /// Inputs of all three passes: x, w, b, dy, and a ReLU mask (a forward output: >= 0, zeros).
@@ -93,15 +113,18 @@ fn row(kernel: String, np: &NamedProblem, kind: Kind, got: &[f32], want: &[f32],
 
 /// fprop (randn: Bias, then BiasRelu against ReLU of that output; ints: None) and dgrad
 /// (against the reference, then with the ReLU mask against the mask applied to that output)
-/// of `algo` on every problem it accepts.
-fn fprop_dgrad(dev: &Device, algo: ConvAlgo, names: [&str; 2]) -> Result<Vec<CheckRow>> {
+/// of `algo` on every problem where the pass resolves to `family`.
+fn fprop_dgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, names: [&str; 2]) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
-        if algo != ConvAlgo::Direct && !tc_ok(&p) {
+        let do_fprop = plan(p, algo, family, ConvPass::Fprop).is_some();
+        let do_dgrad = plan(p, algo, family, ConvPass::Dgrad).is_some();
+        if !do_fprop && !do_dgrad {
             continue;
         }
         let conv = Conv3x3::new(p, algo)?;
+        let fname = kname(&conv, ConvPass::Fprop, names[0]);
         let ws_len = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
         let mut ws = Tensor::<u8>::empty(dev, &[ws_len])?;
         for &kind in kinds.iter() {
@@ -113,28 +136,31 @@ fn fprop_dgrad(dev: &Device, algo: ConvAlgo, names: [&str; 2]) -> Result<Vec<Che
             // The pass's accuracy is measured before the activation; the fused ReLU must then
             // equal ReLU of that output bit for bit (clipping leaves so few elements of a tiny
             // shape that a relative error over them measures nothing).
-            if kind == Kind::Ints {
+            if do_fprop && kind == Kind::Ints {
                 y.poison()?;
                 conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws)?;
                 let want = r::conv3x3_fprop(&p, &d.x, &d.w, None, false);
-                rows.push(row(format!("{} (None)", names[0]), np, kind, &y.to_f32()?, &want, true));
-            } else {
+                rows.push(row(format!("{fname} (None)"), np, kind, &y.to_f32()?, &want, true));
+            } else if do_fprop {
                 y.poison()?;
                 conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut ws)?;
                 let pre = y.to_f32()?;
                 let want = r::conv3x3_fprop(&p, &d.x, &d.w, Some(&d.b), false);
-                rows.push(row(format!("{} (Bias)", names[0]), np, kind, &pre, &want, true));
+                rows.push(row(format!("{fname} (Bias)"), np, kind, &pre, &want, true));
                 y.poison()?;
                 conv.fprop(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, &mut ws)?;
                 let cmp = compare(&y.to_f32()?, &r::relu_fwd(&pre));
                 rows.push(CheckRow::new(
-                    &format!("{} (BiasRelu) = relu(Bias)", names[0]),
+                    &format!("{fname} (BiasRelu) = relu(Bias)"),
                     label(np, kind),
                     cmp,
                     Bound::Exact,
                 ));
             }
 
+            if !do_dgrad {
+                continue;
+            }
             let dy = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.k], &d.dy)?;
             let mut dx = Tensor::empty(dev, &[p.n, p.h, p.w, p.c])?;
             dx.poison()?;
@@ -152,15 +178,13 @@ fn fprop_dgrad(dev: &Device, algo: ConvAlgo, names: [&str; 2]) -> Result<Vec<Che
     Ok(rows)
 }
 
-/// wgrad (dw and db) of `algo` on every problem it accepts.
-fn wgrad(dev: &Device, algo: ConvAlgo, name: &str) -> Result<Vec<CheckRow>> {
+/// wgrad (dw and db) of `algo` on every problem where wgrad resolves to `family`.
+fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
-        if algo != ConvAlgo::Direct && !tc_ok(&p) {
-            continue;
-        }
-        let conv = Conv3x3::new(p, algo)?;
+        let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
+        let name = kname(&conv, ConvPass::Wgrad, name);
         let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
         for &kind in kinds.iter() {
             let d = data(&p, kind, 200 + i as u64);
@@ -181,17 +205,20 @@ fn wgrad(dev: &Device, algo: ConvAlgo, name: &str) -> Result<Vec<CheckRow>> {
 
 /// Direct fprop, dgrad and wgrad on every problem (the C = 3 first layer included).
 pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
-    let mut rows = fprop_dgrad(dev, ConvAlgo::Direct, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
-    rows.extend(wgrad(dev, ConvAlgo::Direct, "direct3x3_wgrad_f32")?);
+    let d = ConvAlgo::Direct;
+    let mut rows = fprop_dgrad(dev, d, d, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
+    rows.extend(wgrad(dev, d, d, "direct3x3_wgrad_f32")?);
     Ok(rows)
 }
 
-/// Winograd F(2x2, 3x3) fprop and dgrad (with the filter transform) where C, K % 8 == 0.
+/// Winograd F(2x2, 3x3) fprop and dgrad (with the filter transform) where K % 8 == 0: dgrad
+/// where also C % 8 == 0, fprop for any C (padded).
 pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
-    fprop_dgrad(dev, ConvAlgo::Winograd2x2, ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"])
+    let w = ConvAlgo::Winograd2x2;
+    fprop_dgrad(dev, w, w, ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"])
 }
 
-/// The tensor-core implicit-GEMM wgrad where C, K % 8 == 0.
+/// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
 pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
-    wgrad(dev, ConvAlgo::Winograd2x2, "igemm3x3_wgrad_f16")
+    wgrad(dev, ConvAlgo::Auto, ConvAlgo::Winograd2x2, "igemm3x3_wgrad_f16")
 }
