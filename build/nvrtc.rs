@@ -217,6 +217,11 @@ pub fn write_missing(out_dir: &Path, modules: &[String]) {
 fn emit_rerun(kernels_dir: &Path) {
     println!("cargo:rerun-if-changed={}", file!());
     println!("cargo:rerun-if-changed={}", kernels_dir.display());
+    // The project-local NVRTC (scripts/setup-cuda): installing or removing it must rebuild,
+    // or a build would keep kernels compiled by an NVRTC that is gone (or miss a new one).
+    if let Some(root) = kernels_dir.parent() {
+        println!("cargo:rerun-if-changed={}", root.join(".cuda").display());
+    }
     if !kernels_dir.is_dir() {
         println!("cargo:warning=no kernels folder at {}", kernels_dir.display());
     }
