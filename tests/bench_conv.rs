@@ -2,11 +2,12 @@
 //! outputs agree with the f64 reference), the JSON report and the PNG chart, and the CLI's
 //! errors (no GPU, a bad layer name).
 
+mod common;
+
+use common::vgg;
 use std::path::PathBuf;
-use std::process::Command;
 use vgg_cuda::bench::conv::{self, select_layers, Algo, ConvBenchConfig, ConvReport, Pass};
 use vgg_cuda::bench::plot;
-use vgg_cuda::device::cuda_report;
 use vgg_cuda::Device;
 
 fn emu_config(layers: &str, algo: Algo) -> ConvBenchConfig {
@@ -18,9 +19,7 @@ fn emu_config(layers: &str, algo: Algo) -> ConvBenchConfig {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vgg-bench-conv-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("bench-conv", name)
 }
 
 fn assert_rows_good(report: &ConvReport, expect_rows: usize) {
@@ -105,22 +104,12 @@ fn argument_parsing() {
     assert_eq!(select_layers(true, None, "conv1_2").unwrap()[0].problem.n, 1);
 }
 
-fn vgg(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("running the vgg binary")
-}
-
 #[test]
 fn cli_without_gpu_says_why_in_one_line() {
-    if cuda_report().unusable_because.is_none() {
-        eprintln!("a usable GPU is present: the no-GPU error cannot be checked here");
-        return;
-    }
-    let out = vgg(&["bench", "conv", "--device", "cuda", "--layers", "conv1_2"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
-    assert!(err.starts_with("error: bench conv on `cuda`: CUDA device unavailable"), "stderr: {err}");
-    assert!(!err.contains("panicked"), "stderr: {err}");
+    common::assert_fails_without_gpu_in_one_line(
+        &["bench", "conv", "--device", "cuda", "--layers", "conv1_2"],
+        "error: bench conv on `cuda`: CUDA device unavailable",
+    );
 }
 
 #[test]

@@ -2,16 +2,15 @@
 //! outputs agree with the f64 reference, the copy and SGD bandwidth rows), the JSON report,
 //! and the CLI's errors (no GPU, bad shape and pass names).
 
+mod common;
+
+use common::vgg;
 use std::path::PathBuf;
-use std::process::Command;
 use vgg_cuda::bench::gemm::{self, GemmBench, GemmBenchConfig, GemmReport, Pass};
-use vgg_cuda::device::cuda_report;
 use vgg_cuda::Device;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vgg-bench-gemm-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::scratch("bench-gemm", name)
 }
 
 fn assert_rows_good(report: &GemmReport, expect_rows: usize) {
@@ -91,22 +90,12 @@ fn emu_bench_subset_without_bandwidth() {
     assert!(report.rows[0].table_line().starts_with("fc8   bwd_weight"), "{}", report.rows[0].table_line());
 }
 
-fn vgg(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("running the vgg binary")
-}
-
 #[test]
 fn cli_without_gpu_says_why_in_one_line() {
-    if cuda_report().unusable_because.is_none() {
-        eprintln!("a usable GPU is present: the no-GPU error cannot be checked here");
-        return;
-    }
-    let out = vgg(&["bench", "gemm", "--device", "cuda", "--shapes", "fc8"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
-    assert!(err.starts_with("error: bench gemm on `cuda`: CUDA device unavailable"), "stderr: {err}");
-    assert!(!err.contains("panicked"), "stderr: {err}");
+    common::assert_fails_without_gpu_in_one_line(
+        &["bench", "gemm", "--device", "cuda", "--shapes", "fc8"],
+        "error: bench gemm on `cuda`: CUDA device unavailable",
+    );
 }
 
 #[test]

@@ -17,7 +17,9 @@
 
 use super::conv::BadArgument;
 use super::cublas::Cublas;
-use super::{random_f16, time_calls, Agreement, Timing, TimingConfig, L2_BYTES};
+use super::{
+    measured_cells, problem_lines, random_f16, time_calls, Agreement, Tally, Timing, TimingConfig, VersusRow, L2_BYTES,
+};
 use crate::ops::gemm::{self, Algo as GemmAlgo, Linear};
 use crate::ops::optim::{Sgd, SgdParam, SgdPlan};
 use crate::problem::{vgg16_layers, vgg16_layers_reduced};
@@ -319,23 +321,14 @@ impl GemmRow {
 
     /// The row as a table line, errors on indented lines below it.
     pub fn table_line(&self) -> String {
-        let (oa, oms, otf) = match &self.ours {
-            Some(m) => (m.algo.clone(), format!("{:.4}", m.ms), tflops(m.tflops)),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
-        let (cms, ctf) = match &self.cublas {
-            Some(m) => (format!("{:.4}", m.ms), tflops(m.tflops)),
-            None => ("-".into(), "-".into()),
-        };
+        let [oa, oms, otf] = measured_cells(self.ours.as_ref().map(|m| (m.algo.as_str(), m.ms, m.tflops)));
+        let [_, cms, ctf] = measured_cells(self.cublas.as_ref().map(|m| (m.algo.as_str(), m.ms, m.tflops)));
         let ratio = self.ratio.map_or("-".into(), |r| format!("{r:.2}"));
-        let agree = match &self.agreement {
-            Some(a) => {
-                format!("{} {:.1e} / {:.1e} {}", a.against, a.max_rel, a.rel_l2, if a.pass { "ok" } else { "FAIL" })
-            }
-            None => "-".into(),
-        };
-        let mut s = format!(
-            "{:<5} {:<10} {:<16} {:<16} {:>9} {:>7} {:>9} {:>7} {:>6}  {}",
+        let agree = self.agreement.as_ref().map_or("-".into(), Agreement::cell);
+        let problems =
+            problem_lines(self.ours_error.as_deref(), "cuBLAS", self.cublas_error.as_deref(), self.agreement.as_ref());
+        format!(
+            "{:<5} {:<10} {:<16} {:<16} {:>9} {:>7} {:>9} {:>7} {:>6}  {}{problems}",
             self.layer,
             self.pass.name(),
             self.shape(),
@@ -346,27 +339,26 @@ impl GemmRow {
             ctf,
             ratio,
             agree
-        );
-        if let Some(e) = &self.ours_error {
-            s += &format!("\n    ours: {e}");
-        }
-        if let Some(e) = &self.cublas_error {
-            s += &format!("\n    cuBLAS: {e}");
-        }
-        if let Some(a) = self.agreement.as_ref().filter(|a| !a.pass) {
-            s += &format!("\n    disagrees with {} beyond {}", a.against, a.bound);
-        }
-        s
+        )
     }
 }
 
-/// TFLOP/s with three significant digits (the emulator's are tiny).
-fn tflops(t: f64) -> String {
-    match t {
-        t if t >= 100.0 => format!("{t:.0}"),
-        t if t >= 10.0 => format!("{t:.1}"),
-        t if t >= 0.01 => format!("{t:.2}"),
-        t => format!("{t:.1e}"),
+impl VersusRow for GemmRow {
+    type Pass = Pass;
+    fn pass(&self) -> Pass {
+        self.pass
+    }
+    fn ms(&self) -> (Option<f64>, Option<f64>) {
+        (self.ours.as_ref().map(|m| m.ms), self.cublas.as_ref().map(|m| m.ms))
+    }
+    fn ratio(&self) -> Option<f64> {
+        self.ratio
+    }
+    fn agreement(&self) -> Option<&Agreement> {
+        self.agreement.as_ref()
+    }
+    fn failed(&self) -> bool {
+        GemmRow::failed(self)
     }
 }
 
@@ -389,56 +381,36 @@ pub struct GemmSummary {
 
 impl GemmSummary {
     pub fn of(rows: &[GemmRow]) -> Self {
-        let geomean = |it: &mut dyn Iterator<Item = f64>| {
-            let (n, s) = it.fold((0usize, 0f64), |(n, s), r| (n + 1, s + r.ln()));
-            (n > 0).then(|| (s / n as f64).exp())
-        };
-        let ratios = |pass: Option<Pass>| {
-            rows.iter()
-                .filter(move |r| pass.is_none_or(|p| r.pass == p))
-                .filter_map(|r| r.ratio)
-                .filter(|r| r.is_finite() && *r > 0.0)
-        };
-        let both = rows.iter().filter_map(|r| Some((r.ours.as_ref()?.ms, r.cublas.as_ref()?.ms)));
+        let t = Tally::of(rows, &Pass::ALL);
         Self {
-            rows: rows.len(),
-            ours_measured: rows.iter().filter(|r| r.ours.is_some()).count(),
-            cublas_measured: rows.iter().filter(|r| r.cublas.is_some()).count(),
-            failed: rows.iter().filter(|r| r.failed()).count(),
-            agreement_checked: rows.iter().filter(|r| r.agreement.is_some()).count(),
-            agreement_failed: rows.iter().filter(|r| r.agreement.as_ref().is_some_and(|a| !a.pass)).count(),
-            geomean_ratio: geomean(&mut ratios(None)),
-            geomean_ratio_by_pass: Pass::ALL
-                .into_iter()
-                .filter_map(|p| Some((p, geomean(&mut ratios(Some(p)))?)))
-                .collect(),
-            ours_total_ms: both.clone().map(|b| b.0).sum(),
-            cublas_total_ms: both.map(|b| b.1).sum(),
+            rows: t.rows,
+            ours_measured: t.ours_measured,
+            cublas_measured: t.theirs_measured,
+            failed: t.failed,
+            agreement_checked: t.agreement_checked,
+            agreement_failed: t.agreement_failed,
+            geomean_ratio: t.geomean_ratio,
+            geomean_ratio_by_pass: t.geomean_ratio_by_pass,
+            ours_total_ms: t.ours_total_ms,
+            cublas_total_ms: t.theirs_total_ms,
         }
     }
 
     /// One line: counts, agreement, the speed ratios.
     pub fn line(&self) -> String {
-        let mut s = format!(
-            "{} rows: {} measured, {} with cuBLAS; agreement {}/{} ok; {} failed",
-            self.rows,
-            self.ours_measured,
-            self.cublas_measured,
-            self.agreement_checked - self.agreement_failed,
-            self.agreement_checked,
-            self.failed
-        );
-        if let Some(g) = self.geomean_ratio {
-            let by: Vec<String> =
-                self.geomean_ratio_by_pass.iter().map(|(p, r)| format!("{} {r:.2}x", p.name())).collect();
-            s += &format!(
-                "; ours/cuBLAS speed (geomean) {g:.2}x ({}); total {:.3} ms vs cuBLAS {:.3} ms",
-                by.join(", "),
-                self.ours_total_ms,
-                self.cublas_total_ms
-            );
-        }
-        s
+        let t = Tally {
+            rows: self.rows,
+            ours_measured: self.ours_measured,
+            theirs_measured: self.cublas_measured,
+            failed: self.failed,
+            agreement_checked: self.agreement_checked,
+            agreement_failed: self.agreement_failed,
+            geomean_ratio: self.geomean_ratio,
+            geomean_ratio_by_pass: self.geomean_ratio_by_pass.clone(),
+            ours_total_ms: self.ours_total_ms,
+            theirs_total_ms: self.cublas_total_ms,
+        };
+        t.line("cuBLAS", Pass::name)
     }
 }
 
@@ -508,13 +480,7 @@ impl BandwidthRow {
             }
         }
         if let Some(a) = &self.check {
-            s += &format!(
-                "; vs {} {:.1e} / {:.1e} {}",
-                a.against,
-                a.max_rel,
-                a.rel_l2,
-                if a.pass { "ok" } else { "FAIL" }
-            );
+            s += &format!("; vs {}", a.cell());
         }
         if let Some(e) = &self.error {
             s += &format!("\n    {e}");

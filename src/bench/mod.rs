@@ -220,6 +220,138 @@ impl Agreement {
             pass: max_rel <= max_rel_bound && rel_l2 <= rel_l2_bound,
         }
     }
+
+    /// The agreement cell of a table line: `reference 1.2e-4 / 3.4e-5 ok` (`FAIL` past the bound).
+    pub fn cell(&self) -> String {
+        format!("{} {:.1e} / {:.1e} {}", self.against, self.max_rel, self.rel_l2, if self.pass { "ok" } else { "FAIL" })
+    }
+}
+
+/// TFLOP/s with three significant digits (the emulator's are tiny).
+pub(crate) fn tflops(t: f64) -> String {
+    match t {
+        t if t >= 100.0 => format!("{t:.0}"),
+        t if t >= 10.0 => format!("{t:.1}"),
+        t if t >= 0.01 => format!("{t:.2}"),
+        t => format!("{t:.1e}"),
+    }
+}
+
+/// The cells of one timed implementation in a table line: its algorithm, median ms and
+/// TFLOP/s, given as `(algo, ms, tflops)`; `-` each when it was not measured.
+pub(crate) fn measured_cells(m: Option<(&str, f64, f64)>) -> [String; 3] {
+    match m {
+        Some((algo, ms, tf)) => [algo.into(), format!("{ms:.4}"), tflops(tf)],
+        None => ["-".into(), "-".into(), "-".into()],
+    }
+}
+
+/// What goes on indented lines below a table line: our error, the library's (`lib` names
+/// it), and a disagreement with the bound it broke.
+pub(crate) fn problem_lines(
+    ours_error: Option<&str>,
+    lib: &str,
+    lib_error: Option<&str>,
+    agreement: Option<&Agreement>,
+) -> String {
+    let mut s = String::new();
+    if let Some(e) = ours_error {
+        s += &format!("\n    ours: {e}");
+    }
+    if let Some(e) = lib_error {
+        s += &format!("\n    {lib}: {e}");
+    }
+    if let Some(a) = agreement.filter(|a| !a.pass) {
+        s += &format!("\n    disagrees with {} beyond {}", a.against, a.bound);
+    }
+    s
+}
+
+/// A table row of ours against a library (cuDNN, cuBLAS), as [`Tally`] counts it.
+pub(crate) trait VersusRow {
+    type Pass: Copy + PartialEq;
+    fn pass(&self) -> Self::Pass;
+    /// Median ms per call of ours and of the library, each when measured.
+    fn ms(&self) -> (Option<f64>, Option<f64>);
+    /// Our speed over the library's.
+    fn ratio(&self) -> Option<f64>;
+    fn agreement(&self) -> Option<&Agreement>;
+    /// Our pass failed to run, or its result disagrees.
+    fn failed(&self) -> bool;
+}
+
+/// Totals over rows of ours against a library: what the conv and gemm summaries hold, with
+/// the library's columns named `theirs`.
+pub(crate) struct Tally<P> {
+    pub rows: usize,
+    pub ours_measured: usize,
+    pub theirs_measured: usize,
+    pub failed: usize,
+    pub agreement_checked: usize,
+    pub agreement_failed: usize,
+    /// Geometric mean of the speed ratios, over all rows and per pass.
+    pub geomean_ratio: Option<f64>,
+    pub geomean_ratio_by_pass: Vec<(P, f64)>,
+    /// Sums of median times over the rows where both were measured.
+    pub ours_total_ms: f64,
+    pub theirs_total_ms: f64,
+}
+
+impl<P: Copy + PartialEq> Tally<P> {
+    /// The totals of `rows`, the geometric means per pass in the order of `passes` (those
+    /// with a finite positive ratio).
+    pub fn of<R: VersusRow<Pass = P>>(rows: &[R], passes: &[P]) -> Self {
+        let geomean = |it: &mut dyn Iterator<Item = f64>| {
+            let (n, s) = it.fold((0usize, 0f64), |(n, s), r| (n + 1, s + r.ln()));
+            (n > 0).then(|| (s / n as f64).exp())
+        };
+        let ratios = |pass: Option<P>| {
+            rows.iter()
+                .filter(move |r| pass.is_none_or(|p| r.pass() == p))
+                .filter_map(|r| r.ratio())
+                .filter(|r| r.is_finite() && *r > 0.0)
+        };
+        let both = rows.iter().filter_map(|r| match r.ms() {
+            (Some(o), Some(t)) => Some((o, t)),
+            _ => None,
+        });
+        Self {
+            rows: rows.len(),
+            ours_measured: rows.iter().filter(|r| r.ms().0.is_some()).count(),
+            theirs_measured: rows.iter().filter(|r| r.ms().1.is_some()).count(),
+            failed: rows.iter().filter(|r| r.failed()).count(),
+            agreement_checked: rows.iter().filter(|r| r.agreement().is_some()).count(),
+            agreement_failed: rows.iter().filter(|r| r.agreement().is_some_and(|a| !a.pass)).count(),
+            geomean_ratio: geomean(&mut ratios(None)),
+            geomean_ratio_by_pass: passes.iter().filter_map(|&p| Some((p, geomean(&mut ratios(Some(p)))?))).collect(),
+            ours_total_ms: both.clone().map(|b| b.0).sum(),
+            theirs_total_ms: both.map(|b| b.1).sum(),
+        }
+    }
+
+    /// One line: counts, agreement, the speed ratios; `lib` names the library, `name` a pass.
+    pub fn line(&self, lib: &str, name: impl Fn(P) -> &'static str) -> String {
+        let mut s = format!(
+            "{} rows: {} measured, {} with {lib}; agreement {}/{} ok; {} failed",
+            self.rows,
+            self.ours_measured,
+            self.theirs_measured,
+            self.agreement_checked - self.agreement_failed,
+            self.agreement_checked,
+            self.failed
+        );
+        if let Some(g) = self.geomean_ratio {
+            let by: Vec<String> =
+                self.geomean_ratio_by_pass.iter().map(|&(p, r)| format!("{} {r:.2}x", name(p))).collect();
+            s += &format!(
+                "; ours/{lib} speed (geomean) {g:.2}x ({}); total {:.3} ms vs {lib} {:.3} ms",
+                by.join(", "),
+                self.ours_total_ms,
+                self.theirs_total_ms
+            );
+        }
+        s
+    }
 }
 
 #[cfg(test)]

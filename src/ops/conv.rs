@@ -299,6 +299,20 @@ impl Conv3x3 {
         unsafe { dev.launch(&PAD_CHANNELS, cfg, &args) }
     }
 
+    /// x as the tensor-core kernel of `pass` (fprop, wgrad) reads it: x itself, or, in a
+    /// channel-padded problem, its copy padded to Cp channels, written here into `ws` at the
+    /// pass's offset ([`Conv3x3::pad_offsets`]).
+    fn tc_x(&self, dev: &Device, pass: ConvPass, x: &Tensor<f16>, ws: &mut Tensor<u8>) -> Result<KArg> {
+        if !self.padded(pass) {
+            return Ok(x.arg());
+        }
+        let offset = if pass == ConvPass::Wgrad { self.pad_offsets().2 } else { self.pad_offsets().1 };
+        let xp = KArg::Ptr(ws.device_ptr() + offset as u64);
+        let p = &self.problem;
+        self.pad_channels(dev, x.arg(), xp, p.n * p.h * p.w)?;
+        Ok(xp)
+    }
+
     /// `y = epi(conv(x, w))`: x `[N,H,W,C]`, w `[K,3,3,C]`, bias `[K]` (required by `Bias` and
     /// `BiasRelu`, refused by `None`), y `[N,H,W,K]`. Transforms the filters into `ws` first.
     pub fn fprop(
@@ -343,13 +357,7 @@ impl Conv3x3 {
         let relu = KArg::I32((epi == Epilogue::BiasRelu) as i32);
         let dims = self.dims(self.pass_c(ConvPass::Fprop))?;
         if self.tc(ConvPass::Fprop) {
-            let xa = if self.padded(ConvPass::Fprop) {
-                let xp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().1 as u64);
-                self.pad_channels(&dev, x.arg(), xp, p.n * p.h * p.w)?;
-                xp
-            } else {
-                x.arg()
-            };
+            let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
             let cfg = self.wino_config(p.k)?;
             let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
             // SAFETY: (const __half* x, const __half* u, const __half* bias, __half* y, int n, int h,
@@ -440,13 +448,7 @@ impl Conv3x3 {
         let dims = self.dims(self.pass_c(ConvPass::Wgrad))?;
         let nw = p.filter_len() + p.k;
         if self.tc(ConvPass::Wgrad) {
-            let xa = if self.padded(ConvPass::Wgrad) {
-                let xp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().2 as u64);
-                self.pad_channels(&dev, x.arg(), xp, p.n * p.h * p.w)?;
-                xp
-            } else {
-                x.arg()
-            };
+            let xa = self.tc_x(&dev, ConvPass::Wgrad, x, ws)?;
             let grid = ((9 * self.cp).div_ceil(WG_N), p.k.div_ceil(WG_M), chunks);
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),

@@ -656,14 +656,17 @@ fn bwd_weight(
     Ok(())
 }
 
-/// The pixels-by-channels view of an NHWC activation and its channel count.
-fn conv1x1_shape(what: &str, x: &[usize], w: &[usize]) -> Result<Linear> {
+/// The pixels-by-channels view of an NHWC activation `x` (x or dx) and its channel count,
+/// checking the filters `w` against it and that `out` (named `out_name`: y or dy) is
+/// `[n, h, w, K]`.
+fn conv1x1_shape(what: &str, x: &[usize], w: &[usize], out_name: &str, out: &[usize]) -> Result<Linear> {
     let (n, h, wd, c) = nhwc(x)?;
     let k = w.first().copied().unwrap_or(0);
     ensure_shape!(
         (w.len() == 2 || w == [k, 1, 1, c]) && w.iter().product::<usize>() == k * c && k > 0,
         "{what}: filters must be [K, {c}] or [K, 1, 1, {c}] for input {x:?}, got shape {w:?}"
     );
+    ensure_shape!(out == [n, h, wd, k], "{what}: {out_name} must be [{n}, {h}, {wd}, {k}], got {out:?}");
     Ok(Linear::conv1x1(n, h, wd, c, k))
 }
 
@@ -678,14 +681,7 @@ pub fn conv1x1_fwd(
     y: &mut Tensor<f16>,
     ws: Option<&mut Tensor<u8>>,
 ) -> Result<()> {
-    let shape = conv1x1_shape("conv1x1_fwd", x.shape(), w.shape())?;
-    let (n, h, wd, _) = nhwc(x.shape())?;
-    ensure_shape!(
-        y.shape() == [n, h, wd, shape.n],
-        "conv1x1_fwd: output must be [{n}, {h}, {wd}, {}], got {:?}",
-        shape.n,
-        y.shape()
-    );
+    let shape = conv1x1_shape("conv1x1_fwd", x.shape(), w.shape(), "output", y.shape())?;
     fwd(Algo::Auto, shape, x, w, bias, relu, y, ws)
 }
 
@@ -697,14 +693,7 @@ pub fn conv1x1_dgrad(
     dx: &mut Tensor<f16>,
     ws: Option<&mut Tensor<u8>>,
 ) -> Result<()> {
-    let shape = conv1x1_shape("conv1x1_dgrad", dx.shape(), w.shape())?;
-    let (n, h, wd, _) = nhwc(dx.shape())?;
-    ensure_shape!(
-        dy.shape() == [n, h, wd, shape.n],
-        "conv1x1_dgrad: dy must be [{n}, {h}, {wd}, {}], got {:?}",
-        shape.n,
-        dy.shape()
-    );
+    let shape = conv1x1_shape("conv1x1_dgrad", dx.shape(), w.shape(), "dy", dy.shape())?;
     bwd_data(Algo::Auto, shape, dy, w, dx, ws)
 }
 
@@ -717,13 +706,6 @@ pub fn conv1x1_wgrad(
     db: Option<&mut Tensor<f32>>,
     ws: Option<&mut Tensor<u8>>,
 ) -> Result<()> {
-    let shape = conv1x1_shape("conv1x1_wgrad", x.shape(), dw.shape())?;
-    let (n, h, wd, _) = nhwc(x.shape())?;
-    ensure_shape!(
-        dy.shape() == [n, h, wd, shape.n],
-        "conv1x1_wgrad: dy must be [{n}, {h}, {wd}, {}], got {:?}",
-        shape.n,
-        dy.shape()
-    );
+    let shape = conv1x1_shape("conv1x1_wgrad", x.shape(), dw.shape(), "dy", dy.shape())?;
     bwd_weight(Algo::Auto, shape, x, dy, dw, db, ws)
 }

@@ -1,0 +1,34 @@
+//! Helpers shared by the `vgg bench` integration tests (conv, gemm): a scratch folder, the
+//! `vgg` binary, and the one-line error it must give where no GPU is usable.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use vgg_cuda::device::cuda_report;
+
+/// `name` in a scratch folder of this test process, `vgg-<what>-test-<pid>` under the temp dir.
+pub fn scratch(what: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vgg-{what}-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs the `vgg` binary with `args`.
+pub fn vgg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("running the vgg binary")
+}
+
+/// Where no GPU is usable, `vgg args` fails with one line of stderr that starts with
+/// `expect` (and no panic); where one is, there is nothing to check.
+pub fn assert_fails_without_gpu_in_one_line(args: &[&str], expect: &str) {
+    if cuda_report().unusable_because.is_none() {
+        eprintln!("a usable GPU is present: the no-GPU error cannot be checked here");
+        return;
+    }
+    let out = vgg(args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with(expect), "stderr: {err}");
+    assert!(!err.contains("panicked"), "stderr: {err}");
+}
