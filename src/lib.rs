@@ -18,6 +18,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 mod error;
+pub mod eval;
 pub mod model;
 pub mod ops;
 pub mod problem;

@@ -5,6 +5,8 @@
 //!   vgg bench gemm [--device cuda|emu] ...  our FC GEMMs vs cuBLAS, the SGD step's GB/s
 //!   vgg bench data DIR | --synthetic        decode + augmentation images/s, where the time goes
 //!   vgg stats DIR                          the training set's mean RGB and colour PCA (JSON)
+//!   vgg predict --weights W IMAGE...       top-k classes of images
+//!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -66,6 +68,13 @@ enum Cmd {
     },
     /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
     Train(vgg_cuda::train::TrainArgs),
+    /// Top-k classes of images under a checkpoint (centre crop at test scale Q, softmax).
+    Predict(vgg_cuda::eval::PredictArgs),
+    /// Top-1 / top-5 error of a checkpoint (or an ensemble) on an ImageFolder or `vgg train`'s
+    /// synthetic set: single or multi-scale, centre crop or multi-crop, flips. Demo:
+    /// `vgg train --device emu --checkpoint-dir ck` then
+    /// `vgg eval --weights ck/last.safetensors --data synthetic --device emu`.
+    Eval(vgg_cuda::eval::EvalArgs),
     /// Benchmarks, timed with device events against cuDNN / cuBLAS / PyTorch's conditions.
     Bench {
         #[command(subcommand)]
@@ -194,6 +203,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { what: BenchCmd::Data(args) } => bench_data_cmd(args),
         Cmd::Stats(args) => stats_cmd(args),
         Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
+        Cmd::Predict(args) => vgg_cuda::eval::predict(&args).map(|_| ()),
+        Cmd::Eval(args) => vgg_cuda::eval::eval(&args).map(|_| ()),
         Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
         Cmd::Bench { what: BenchCmd::Train(args) } => bench_train_cmd(args),
     }

@@ -31,6 +31,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         checkpoint_every: Some(4),
         resume: None,
         weights: None,
+        pre_init: None,
         metrics: None,
         quiet: true,
     }

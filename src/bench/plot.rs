@@ -103,17 +103,18 @@ fn draw_conv_chart(report: &ConvReport, path: &Path) -> Result<(), Box<dyn std::
 }
 
 /// A step of 1, 2 or 5 times a power of ten, at least `raw`.
-fn nice_step(raw: f64) -> f64 {
+pub(crate) fn nice_step(raw: f64) -> f64 {
     let p = 10f64.powf(raw.log10().floor());
     [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
 }
 
-fn text_width(s: &str, scale: i32) -> i32 {
+/// Pixel width of `s` in the built-in font at `scale` (also used by src/train/plot.rs).
+pub(crate) fn text_width(s: &str, scale: i32) -> i32 {
     s.chars().count() as i32 * 6 * scale
 }
 
 /// Draws `s` with its top-left corner at (x, y), each font pixel `scale` pixels wide.
-fn text<DB: DrawingBackend>(
+pub(crate) fn text<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     x: i32,
     y: i32,

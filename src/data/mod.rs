@@ -30,7 +30,7 @@ pub use folder::{decode_rgb, ImageFolder, MemoryDataset, IMG_EXTENSIONS};
 pub use loader::{Epoch, EpochSummary, HostBatch, Loader, LoaderConfig};
 pub use stats::{DatasetStats, Pca};
 pub use synthetic::Synthetic;
-pub use transform::{Scale, StageTimes, TestTransform, TrainTransform, Transform, Worker};
+pub use transform::{Plan, Scale, StageTimes, TestTransform, TrainTransform, Transform, Worker};
 
 /// A labelled image collection, indexed `0..len()`. Implementations are shared between
 /// loader threads, so `load` takes `&self`.

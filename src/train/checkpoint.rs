@@ -69,6 +69,19 @@ pub fn save(
     config: &VggConfig,
     state: Option<&TrainState>,
 ) -> Result<()> {
+    save_with_classes(path, weights, momentum, config, state, &[])
+}
+
+/// [`save`], plus the training set's class names (metadata `classes`, a JSON list, when not
+/// empty), so that `vgg predict` and `vgg eval` can name and match classes.
+pub fn save_with_classes(
+    path: &Path,
+    weights: &[NamedTensor],
+    momentum: &[NamedTensor],
+    config: &VggConfig,
+    state: Option<&TrainState>,
+    classes: &[String],
+) -> Result<()> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
     for (name, shape, data) in weights {
         bufs.push((name.clone(), shape.clone(), bytemuck::cast_slice(data).to_vec()));
@@ -83,6 +96,9 @@ pub fn save(
     meta.insert("config".to_string(), serde_json::to_string(config)?);
     if let Some(s) = state {
         meta.insert("state".to_string(), serde_json::to_string(s)?);
+    }
+    if !classes.is_empty() {
+        meta.insert("classes".to_string(), serde_json::to_string(classes)?);
     }
     meta.insert("checksums".to_string(), serde_json::to_string(&checksums)?);
     let views = bufs
@@ -169,6 +185,29 @@ pub fn load(path: &Path) -> Result<Loaded> {
         None => None,
     };
     Ok(Loaded { weights, momentum, config, state })
+}
+
+/// The class names stored with a checkpoint (see [`save_with_classes`]), reading only the
+/// file's header; `None` when it has none (a torchvision file, an older checkpoint).
+pub fn load_classes(path: &Path) -> Result<Option<Vec<String>>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).with_context(|| format!("{}: not a safetensors file (too short)", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("{}: not a valid safetensors file (header of {len} bytes)", path.display());
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: unreadable safetensors header", path.display()))?;
+    match header.get("__metadata__").and_then(|m| m.get("classes")).and_then(|c| c.as_str()) {
+        Some(c) => Ok(Some(
+            serde_json::from_str(c).with_context(|| format!("{}: corrupt class-name metadata", path.display()))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Describes how two configs differ (`classes: 10 vs 1000`), or `None` when equal.

@@ -1,13 +1,17 @@
 //! `vgg train`: the training loop over [`crate::model::Vgg`] and [`crate::data`]: the
 //! paper's SGD with a learning rate divided by 10 when validation accuracy stops improving
-//! (or step / cosine schedules), a progress bar, a JSON-lines metrics file, and
-//! checkpoints ([`checkpoint`]) that resume bit-identically on the same device.
+//! (or step / cosine schedules), a progress bar, a JSON-lines metrics file, PNG plots of
+//! loss and accuracy ([`plot`]), the paper's pre-initialisation of deeper configs from A
+//! ([`pre_init`]), and checkpoints ([`checkpoint`]) that resume bit-identically on the same
+//! device.
 //!
 //! Reproducibility: data order and augmentation derive from (seed, epoch, sample), dropout
 //! masks from (seed, step); a checkpoint stores the step, the epoch and how many of its
 //! batches were consumed, so a resumed run sees the same batches and masks.
 
 pub mod checkpoint;
+pub mod plot;
+pub mod pre_init;
 
 use crate::data::{Dataset, ImageFolder, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform};
 use crate::model::{Arch, Init, OptimConfig, ScalerState, Vgg, VggConfig};
@@ -103,7 +107,8 @@ pub struct TrainArgs {
     /// Data loader threads (0: on the training thread).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps).
+    /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
+    /// and the plots `loss.png` and `accuracy.png`.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     #[arg(long)]
@@ -114,12 +119,29 @@ pub struct TrainArgs {
     /// Start from these weights (a torchvision vgg*.safetensors or one of our checkpoints).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// JSON-lines metrics file (one line a step, one an evaluation).
+    /// The paper's pre-initialisation: take the first four convs and the three FC layers from
+    /// this trained config-A checkpoint (same width, input, FC and classes), the rest per --init.
+    #[arg(long)]
+    pub pre_init: Option<PathBuf>,
+    /// JSON-lines metrics file (one line a step, one an evaluation). Without --checkpoint-dir,
+    /// the plots go next to it (`NAME.loss.png`, `NAME.accuracy.png`).
     #[arg(long)]
     pub metrics: Option<PathBuf>,
     /// No progress bar (a line an epoch only).
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl Default for TrainArgs {
+    /// The command line's defaults (`vgg train` with no flags).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        <Cli as clap::Parser>::parse_from(["train"]).args
+    }
 }
 
 /// What a run did.
@@ -250,6 +272,16 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         let l = checkpoint::load(w)?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
     }
+    // On resume every weight comes from the checkpoint; pre-initialisation is for a fresh start.
+    if let (Some(p), None) = (&a.pre_init, &a.resume) {
+        if a.weights.is_some() {
+            bail!("--pre-init and --weights both set the initial weights; pass one");
+        }
+        let map = pre_init::apply(&mut vgg, p)?;
+        let pairs: Vec<String> =
+            map.iter().map(|(f, t)| if f == t { f.clone() } else { format!("{f}->{t}") }).collect();
+        println!("pre-initialised from {}: {} (the rest: --init {})", p.display(), pairs.join(", "), a.init);
+    }
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     if let Some(r) = &a.resume {
         let path = if r.is_empty() {
@@ -285,6 +317,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.batch_in_epoch
         );
     }
+    // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
+    let mut hist = match (&a.resume, &a.metrics) {
+        (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
+        _ => plot::History::default(),
+    };
+    let plot_to = plot::destination(a.checkpoint_dir.as_deref(), a.metrics.as_deref());
+    let plot = |hist: &plot::History| {
+        if let Some((dir, prefix)) = &plot_to {
+            if let Err(e) = hist.write(dir, prefix) {
+                eprintln!("warning: plots not written: {e:#}");
+            }
+        }
+    };
     let mut metrics = Metrics(match &a.metrics {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -333,7 +378,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 scaler_skipped: sc.skipped,
                 ..st.clone()
             };
-            checkpoint::save(p, &vgg.export_params()?, &vgg.export_momentum()?, vgg.config(), Some(&st))?;
+            let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
+            checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)?;
         }
         Ok(())
     };
@@ -357,6 +403,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.lr = lr;
             let s = vgg.train_step(&images, &labels, lr, st.step)?;
             summary.losses.push((st.step, s.loss));
+            hist.train.insert(st.step + 1, s.loss);
             summary.first_train_loss.get_or_insert(s.loss);
             summary.final_train_loss = Some(s.loss);
             imgs += n;
@@ -392,6 +439,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         };
         if let Some((vloss, v1, v5)) = val {
             summary.final_val_top1 = Some(v1);
+            hist.evals.insert(st.step, plot::Eval { step: st.step, loss: vloss, top1: v1, top5: v5 });
             metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": vloss,
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
             if let LrSchedule::Plateau { patience, max_decays } = schedule {
@@ -419,17 +467,20 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         st.epoch += 1;
         st.batch_in_epoch = 0;
         save(&vgg, &st)?;
+        plot(&hist);
     }
     // A run that stopped mid-epoch (--steps, or the last step) validates and saves there.
     if st.batch_in_epoch > 0 {
         if let Some(vl) = &val_loader {
             let (l, v1, v5) = validate(&mut vgg, vl)?;
             summary.final_val_top1 = Some(v1);
+            hist.evals.insert(st.step, plot::Eval { step: st.step, loss: l, top1: v1, top5: v5 });
             metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": l,
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
             bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}", st.step));
         }
         save(&vgg, &st)?;
+        plot(&hist);
     }
     bar.finish_and_clear();
     summary.steps = st.step;

@@ -1,0 +1,266 @@
+//! `vgg predict` / `vgg eval` on emu: predictions equal `Vgg::forward` + a host softmax on
+//! the data pipeline's test transform, an ensemble of a model with itself is the model,
+//! multi-crop views, errors that name the problem, and the train -> eval CLI round trip.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vgg_cuda::data::{Dataset, ImageFolder, Loader, LoaderConfig, Synthetic, TestTransform};
+use vgg_cuda::eval::{self, Crops, EvalArgs, PredictArgs};
+use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
+use vgg_cuda::train::checkpoint;
+use vgg_cuda::{Device, Tensor};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-eval-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny(classes: usize) -> VggConfig {
+    VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, classes) }
+}
+
+/// A randomly initialised tiny model saved as a checkpoint with class names.
+fn save_tiny(dir: &Path, name: &str, cfg: &VggConfig, seed: u64) -> PathBuf {
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, seed).unwrap();
+    let path = dir.join(name);
+    let classes: Vec<String> = (0..cfg.classes).map(|c| format!("class{c}")).collect();
+    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], cfg, None, &classes).unwrap();
+    path
+}
+
+/// An ImageFolder of synthetic images (non-square, so the rescale and crop matter) as PNGs.
+fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
+    let syn = Synthetic::new(classes, 40, classes * per_class, 9);
+    let mut files = vec![];
+    for i in 0..syn.len() {
+        let (img, label) = syn.load(i).unwrap();
+        let cdir = dir.join(format!("class{label}"));
+        std::fs::create_dir_all(&cdir).unwrap();
+        let f = cdir.join(format!("img{i:03}.png"));
+        img.save(&f).unwrap();
+        files.push(f);
+    }
+    files
+}
+
+fn predict_args(weights: Vec<PathBuf>, images: Vec<PathBuf>) -> PredictArgs {
+    PredictArgs { weights, images, top: 3, json: false, device: "emu".into(), labels: None, scale: None, model: None }
+}
+
+fn eval_args(weights: Vec<PathBuf>, data: &str) -> EvalArgs {
+    EvalArgs {
+        weights,
+        data: data.into(),
+        scale: None,
+        crops: "center".into(),
+        flip: false,
+        json: None,
+        csv: None,
+        device: "emu".into(),
+        batch: 8,
+        limit: None,
+        synthetic_len: 8,
+        seed: None,
+        model: None,
+        strict: false,
+        quiet: true,
+    }
+}
+
+#[test]
+fn predict_matches_forward_and_host_softmax() {
+    let dir = tmpdir("predict");
+    let cfg = tiny(3);
+    let w = save_tiny(&dir, "m.safetensors", &cfg, 3);
+    let files = image_folder(&dir.join("data"), 3, 1);
+    let preds = eval::predict(&predict_args(vec![w.clone()], files.clone())).unwrap();
+    assert_eq!(preds.len(), 3);
+    // The same images through the data loader's test transform (Q = 32 * 8 / 7 = 36, centre
+    // crop 32), a fresh network with the checkpoint's weights, and a host softmax.
+    let ds: Arc<dyn Dataset> = Arc::new(ImageFolder::open(&dir.join("data")).unwrap());
+    let lcfg = LoaderConfig { batch: 3, shuffle: false, workers: 0, ..LoaderConfig::default() };
+    let loader = Loader::new(ds, TestTransform { scale: 36, crop: Some(32) }, lcfg);
+    let b = loader.epoch(0).next().unwrap().unwrap();
+    let dev = Device::emu();
+    let mut vgg = Vgg::new(&dev, cfg.clone(), 3, Init::He, 0).unwrap();
+    vgg.import_params(&checkpoint::load(&w).unwrap().weights).unwrap();
+    let images = Tensor::from_host(&dev, &[3, 32, 32, 3], &b.images).unwrap();
+    let logits = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+    for (i, p) in preds.iter().enumerate() {
+        let sum: f64 = p.probs.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-12, "image {i}: probabilities sum to {sum}");
+        let want = eval::softmax(&logits[i * 3..(i + 1) * 3]);
+        for (c, (g, e)) in p.probs.iter().zip(&want).enumerate() {
+            assert!((g - e).abs() < 1e-9, "image {i} class {c}: predict {g}, forward + softmax {e}");
+        }
+        assert_eq!(p.top.len(), 3);
+        assert!(p.top.windows(2).all(|t| t[0].prob >= t[1].prob), "top-k not sorted: {:?}", p.top);
+        assert_eq!(p.top[0].name, format!("class{}", p.top[0].class), "class names come from the checkpoint");
+    }
+}
+
+#[test]
+fn ensemble_of_a_model_with_itself_is_the_model() {
+    let dir = tmpdir("ensemble");
+    let cfg = tiny(4);
+    let w = save_tiny(&dir, "m.safetensors", &cfg, 4);
+    let dev = Device::emu();
+    let mut one = eval::load_ensemble(&dev, std::slice::from_ref(&w), None, 4).unwrap();
+    let mut two = eval::load_ensemble(&dev, &[w.clone(), w.clone()], None, 4).unwrap();
+    let pixels: Vec<u8> = (0..6 * 32 * 32 * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let p1 = eval::posteriors(&mut one, &pixels, 6).unwrap();
+    let p2 = eval::posteriors(&mut two, &pixels, 6).unwrap();
+    assert_eq!(p1, p2, "ensemble of a model with itself differs from the model");
+    let r1 = eval::eval(&eval_args(vec![w.clone()], "synthetic")).unwrap();
+    let r2 = eval::eval(&eval_args(vec![w.clone(), w], "synthetic")).unwrap();
+    assert_eq!((r1.top1_error, r1.top5_error, r1.images), (r2.top1_error, r2.top5_error, r2.images));
+}
+
+#[test]
+fn multi_crop_and_multi_scale_views() {
+    // 5x5 grid x 2 flips per scale; the crops lie inside the rescale and span it.
+    let v = eval::views(400, 300, &[256, 288], 224, Crops::Multi, false).unwrap();
+    assert_eq!(v.len(), 100);
+    for p in &v {
+        let (x, y, w, h) = p.window;
+        assert!(x + w <= p.rescaled.0 && y + h <= p.rescaled.1, "{p:?}");
+    }
+    assert_eq!(v[0].rescaled, (341, 256));
+    assert_eq!((v[0].window.0, v[0].window.1, v[0].flip, v[1].flip), (0, 0, false, true));
+    assert_eq!((v[49].window.0, v[49].window.1), (341 - 224, 256 - 224));
+    assert_eq!(v[50].rescaled, (384, 288));
+    // Centre crop: the test transform's plan; --flip adds its mirror.
+    let c = eval::views(400, 300, &[256], 224, Crops::Center, true).unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0].window, (58, 16, 224, 224), "torchvision rounds (341 - 224) / 2 half to even");
+    assert_eq!((c[0].flip, c[1].flip, c[0].window), (false, true, c[1].window));
+    // Multi-crop, multi-scale evaluation runs end to end and writes a per-class CSV.
+    let dir = tmpdir("multicrop");
+    let w = save_tiny(&dir, "m.safetensors", &tiny(2), 5);
+    let csv = dir.join("per_class.csv");
+    let a = EvalArgs {
+        crops: "multi".into(),
+        scale: Some("32,40".into()),
+        synthetic_len: 2,
+        batch: 25,
+        csv: Some(csv.clone()),
+        ..eval_args(vec![w], "synthetic")
+    };
+    let r = eval::eval(&a).unwrap();
+    assert_eq!((r.images, r.views_per_image), (2, 100));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("class,name,images,top1,top5\n"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+}
+
+fn err_of<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_inputs_name_the_problem() {
+    let dir = tmpdir("errors");
+    let w = save_tiny(&dir, "m.safetensors", &tiny(2), 6);
+    let img = image_folder(&dir.join("data"), 2, 1).remove(0);
+    // Missing weights.
+    let missing = dir.join("nope.safetensors");
+    let e = err_of(eval::predict(&predict_args(vec![missing], vec![img.clone()])));
+    assert!(e.contains("nope.safetensors") && e.contains("does not exist"), "{e}");
+    // Corrupt weights.
+    let bytes = std::fs::read(&w).unwrap();
+    let bad = dir.join("truncated.safetensors");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_of(eval::predict(&predict_args(vec![bad], vec![img.clone()])));
+    assert!(e.contains("truncated.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    // Config mismatch: another --model; an ensemble of different class counts.
+    let e = err_of(eval::predict(&PredictArgs {
+        model: Some("B".into()),
+        ..predict_args(vec![w.clone()], vec![img.clone()])
+    }));
+    assert!(e.contains("config mismatch") && e.contains("VGG A"), "{e}");
+    let w3 = save_tiny(&dir, "m3.safetensors", &tiny(3), 7);
+    let e = err_of(eval::eval(&eval_args(vec![w.clone(), w3], "synthetic")));
+    assert!(e.contains("config mismatch") && e.contains("m3.safetensors"), "{e}");
+    // A non-image file, and an unreadable image path.
+    let txt = dir.join("notes.png");
+    std::fs::write(&txt, b"this is not an image").unwrap();
+    let e = err_of(eval::predict(&predict_args(vec![w.clone()], vec![txt.clone()])));
+    assert!(e.contains("notes.png") && e.contains("cannot decode"), "{e}");
+    let e = err_of(eval::predict(&predict_args(vec![w.clone()], vec![dir.join("gone.jpg")])));
+    assert!(e.contains("gone.jpg"), "{e}");
+    // An empty data folder.
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = err_of(eval::eval(&eval_args(vec![w.clone()], empty.to_str().unwrap())));
+    assert!(e.contains("empty") && e.contains("none of the class folders"), "{e}");
+    // A non-image file in the data folder: skipped and counted, or with --strict an error.
+    std::fs::copy(&txt, dir.join("data/class1/broken.png")).unwrap();
+    let data = dir.join("data");
+    let r = eval::eval(&eval_args(vec![w.clone()], data.to_str().unwrap())).unwrap();
+    assert_eq!((r.images, r.skipped), (2, 1));
+    let e = err_of(eval::eval(&EvalArgs { strict: true, ..eval_args(vec![w], data.to_str().unwrap()) }));
+    assert!(e.contains("broken.png") && e.contains("cannot decode"), "{e}");
+}
+
+#[test]
+fn train_then_eval_round_trip_beats_chance() {
+    let dir = tmpdir("roundtrip");
+    let exe = env!("CARGO_BIN_EXE_vgg");
+    let ck = dir.join("ck");
+    let out = std::process::Command::new(exe)
+        .args(["train", "--device", "emu", "--quiet", "--workers", "0", "--classes", "2", "--fc", "16"])
+        .args(["--synthetic-len", "96", "--batch", "8", "--epochs", "2", "--checkpoint-dir"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "train failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json = dir.join("eval.json");
+    let out = std::process::Command::new(exe)
+        .args(["eval", "--device", "emu", "--data", "synthetic", "--quiet", "--synthetic-len", "32", "--weights"])
+        .arg(ck.join("last.safetensors"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "eval failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let top1_err = r["top1_error"].as_f64().unwrap();
+    assert_eq!(r["images"], 32);
+    assert!(top1_err < 0.5, "top-1 error {top1_err} is not below chance (0.5 for 2 classes): {stdout}");
+    assert_eq!(r["per_class"][0]["name"], "disc", "class names stored by vgg train");
+}
+
+#[test]
+fn torchvision_state_dict_without_metadata_infers_its_config() {
+    // A state dict as `safetensors.torch.save_file` writes it: tensors only, no config.
+    let dir = tmpdir("torchvision");
+    let cfg = VggConfig { width: 0.125, ..tiny(5) };
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 8).unwrap();
+    let params = vgg.export_params().unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+        params.iter().map(|(n, s, d)| (n.clone(), s.clone(), bytemuck::cast_slice(d).to_vec())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    let path = dir.join("vgg_tv.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    let got = eval::infer_config(&checkpoint::load(&path).unwrap().weights).unwrap();
+    assert_eq!((got.arch, got.width, got.input, got.fc, got.classes), (Arch::A, 0.125, 32, 16, 5));
+    let labels = dir.join("labels.txt");
+    std::fs::write(&labels, "ant\nbee\ncat\ndog\neel\n").unwrap();
+    let img = image_folder(&dir.join("data"), 1, 1).remove(0);
+    let a = PredictArgs { labels: Some(labels), top: 5, ..predict_args(vec![path], vec![img]) };
+    let p = eval::predict(&a).unwrap();
+    let mut names: Vec<&str> = p[0].top.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["ant", "bee", "cat", "dog", "eel"], "class names from the labels file");
+}

@@ -1,0 +1,125 @@
+//! The paper's pre-initialisation on emu with tiny configs: a trained A (1/16 width, 32x32)
+//! gives D its first four convs and three FC layers at the block-matched places, the other
+//! layers keep `--init`'s draw; mismatched widths and inputs are refused with the knob named.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use vgg_cuda::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
+use vgg_cuda::train::{checkpoint, pre_init, run, TrainArgs};
+use vgg_cuda::Device;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-pre-init-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn args(model: &str) -> TrainArgs {
+    TrainArgs {
+        model: model.into(),
+        width: 0.0625,
+        input: 32,
+        fc: 16,
+        classes: 3,
+        synthetic_len: 24,
+        batch: 4,
+        lr: 0.01,
+        device: "emu".into(),
+        workers: 0,
+        quiet: true,
+        ..TrainArgs::default()
+    }
+}
+
+fn cfg(arch: Arch, width: f32, input: usize) -> VggConfig {
+    VggConfig { dropout: 0.0, ..VggConfig::small(arch, width, input, 16, 3) }
+}
+
+fn by_name(t: Vec<NamedTensor>) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    t.into_iter().map(|(n, s, d)| (n, (s, d))).collect()
+}
+
+/// A safetensors file of `tensors` (F32) with no metadata, as torchvision's would be.
+fn write_plain(path: &Path, tensors: &[NamedTensor]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+}
+
+#[test]
+fn d_takes_four_convs_and_the_classifier_from_a() {
+    let dir = tmpdir("a");
+    run(&TrainArgs { checkpoint_dir: Some(dir.clone()), steps: Some(2), ..args("A") }).unwrap();
+    let a_path = dir.join("last.safetensors");
+    let a = by_name(checkpoint::load(&a_path).unwrap().weights);
+
+    let dev = Device::emu();
+    let fresh = by_name(Vgg::new(&dev, cfg(Arch::D, 0.0625, 32), 1, Init::He, 3).unwrap().export_params().unwrap());
+    let mut d = Vgg::new(&dev, cfg(Arch::D, 0.0625, 32), 1, Init::He, 3).unwrap();
+    let map = pre_init::apply(&mut d, &a_path).unwrap();
+    let want: Vec<(&str, &str)> = vec![
+        ("features.0", "features.0"),
+        ("features.3", "features.5"),
+        ("features.6", "features.10"),
+        ("features.8", "features.12"),
+        ("classifier.0", "classifier.0"),
+        ("classifier.3", "classifier.3"),
+        ("classifier.6", "classifier.6"),
+    ];
+    assert_eq!(map.iter().map(|(f, t)| (f.as_str(), t.as_str())).collect::<Vec<_>>(), want);
+    let got = by_name(d.export_params().unwrap());
+    for (name, (shape, data)) in &got {
+        let layer = name.rsplit_once('.').unwrap().0;
+        match want.iter().find(|m| m.1 == layer) {
+            Some((from, _)) => {
+                let src = &a[&format!("{from}.{}", name.rsplit_once('.').unwrap().1)];
+                assert_eq!((shape, data), (&src.0, &src.1), "{name} should be A's {from}");
+            }
+            None => assert_eq!(data, &fresh[name].1, "{name} should keep D's own init"),
+        }
+    }
+    // Other targets: A-LRN (indices shifted by the LRN) and E; D from A through `vgg train`.
+    let m = pre_init::layer_map(&cfg(Arch::A, 0.0625, 32), &cfg(Arch::ALrn, 0.0625, 32)).unwrap();
+    assert_eq!(
+        m[..4].iter().map(|p| p.1.as_str()).collect::<Vec<_>>(),
+        ["features.0", "features.4", "features.7", "features.9"]
+    );
+    let m = pre_init::layer_map(&cfg(Arch::A, 0.0625, 32), &cfg(Arch::E, 0.0625, 32)).unwrap();
+    assert_eq!(
+        m[..4].iter().map(|p| p.1.as_str()).collect::<Vec<_>>(),
+        ["features.0", "features.5", "features.10", "features.12"]
+    );
+    let s = run(&TrainArgs { pre_init: Some(a_path.clone()), steps: Some(1), ..args("D") }).unwrap();
+    assert!(s.final_train_loss.unwrap().is_finite());
+}
+
+#[test]
+fn mismatched_shapes_are_refused_by_name() {
+    let dir = tmpdir("mismatch");
+    let dev = Device::emu();
+    // An A checkpoint (with its config) at another width.
+    let wide = Vgg::new(&dev, cfg(Arch::A, 0.125, 32), 1, Init::He, 1).unwrap();
+    let p = dir.join("a-wide.safetensors");
+    checkpoint::save(&p, &wide.export_params().unwrap(), &[], wide.config(), None).unwrap();
+    let mut d = Vgg::new(&dev, cfg(Arch::D, 0.0625, 32), 1, Init::He, 1).unwrap();
+    let before = d.export_params().unwrap();
+    let e = format!("{:#}", pre_init::apply(&mut d, &p).unwrap_err());
+    assert!(e.contains("--width 0.125") && e.contains("a-wide.safetensors"), "{e}");
+    // A torchvision-style file (no config) of A at 64x64 input: the convs fit, the first FC
+    // layer does not; the message names the tensor and the knob, and nothing was written.
+    let big = Vgg::new(&dev, cfg(Arch::A, 0.0625, 64), 1, Init::He, 1).unwrap();
+    let p = dir.join("a-64.safetensors");
+    write_plain(&p, &big.export_params().unwrap());
+    let e = format!("{:#}", pre_init::apply(&mut d, &p).unwrap_err());
+    assert!(e.contains("classifier.0.weight") && e.contains("--input"), "{e}");
+    assert_eq!(d.export_params().unwrap(), before, "a refused pre-init must leave the model unchanged");
+    // A file of another config (D: its `features.3` is a ReLU, so it has no such tensor).
+    let dfile = dir.join("d.safetensors");
+    write_plain(&dfile, &before);
+    let e = format!("{:#}", pre_init::apply(&mut d, &dfile).unwrap_err());
+    assert!(e.contains("features.3.weight"), "{e}");
+}
