@@ -21,8 +21,6 @@ fn main() {
         .collect();
     sources.sort();
 
-    emu::build(&kernels_dir, &out_dir, &sources);
-
     let cfg = nvrtc::Config {
         kernels_dir: kernels_dir.clone(),
         out_dir: out_dir.clone(),
@@ -43,4 +41,7 @@ fn main() {
             nvrtc::write_missing(&out_dir, &nvrtc::module_names(&kernels_dir));
         }
     }
+    // After NVRTC, so that a kernel with a syntax error fails with NVRTC's log (the GPU
+    // compiler's view) rather than the host compiler's.
+    emu::build(&kernels_dir, &out_dir, &sources);
 }
