@@ -11,13 +11,19 @@
 //!
 //! Every model of an ensemble scores every view; softmax posteriors (f64, on the host) are
 //! averaged over views and models, the paper's combination for scales, crops, flips and
-//! ensembles alike. Dense evaluation (the FC layers as convolutions over the whole image)
-//! is not implemented yet.
+//! ensembles alike.
+//!
+//! Dense evaluation (`--crops dense`, [`dense`]): the FC layers as convolutions over the
+//! whole rescale to Q, the score map's posteriors averaged over positions and over the
+//! image and its mirror image; `--crops both` averages the dense and the multi-crop
+//! posteriors of each image (equal weights), the paper's best single-model combination.
 //!
 //! Demo on the CPU emulator (about a minute, then a second):
 //! `vgg train --device emu --checkpoint-dir ck` and
 //! `vgg eval --weights ck/last.safetensors --data synthetic --device emu`, which scores
 //! the training run's own validation images (its seed is stored in the checkpoint).
+
+pub mod dense;
 
 use crate::data::{
     decode_rgb, resize, Dataset, ImageFolder, Plan, Subset, Synthetic, TestTransform, Transform, Worker,
@@ -43,6 +49,10 @@ pub enum Crops {
     Center,
     /// A [`GRID`] x [`GRID`] regular grid of crops, each also flipped.
     Multi,
+    /// Dense evaluation of the whole image and its mirror image (no crops).
+    Dense,
+    /// The average of the dense and the multi-crop posteriors.
+    Both,
 }
 
 impl Crops {
@@ -50,7 +60,9 @@ impl Crops {
         Ok(match s {
             "center" | "centre" => Crops::Center,
             "multi" => Crops::Multi,
-            _ => bail!("unknown --crops `{s}` (center, multi)"),
+            "dense" => Crops::Dense,
+            "both" => Crops::Both,
+            _ => bail!("unknown --crops `{s}` (center, multi, dense, both)"),
         })
     }
 }
@@ -74,7 +86,22 @@ pub fn crop_grid(w: u32, h: u32, crop: u32, n: usize) -> Vec<(u32, u32)> {
     ys.iter().flat_map(|&y| xs.iter().map(move |&x| (x, y))).collect()
 }
 
-/// The views of a `w` x `h` image at the scales `qs`, for `crop` x `crop` inputs.
+/// The whole-image rescales of a `w` x `h` image at the scales `qs` that dense evaluation
+/// scores (each also mirrored by [`dense::dense_posterior`]); none unless `crops` is
+/// [`Crops::Dense`] or [`Crops::Both`].
+pub fn dense_views(w: u32, h: u32, qs: &[u32], crops: Crops) -> Result<Vec<Plan>, String> {
+    if !matches!(crops, Crops::Dense | Crops::Both) {
+        return Ok(vec![]);
+    }
+    qs.iter()
+        .map(|&q| {
+            Transform::Test(TestTransform { scale: q, crop: None }).plan(w, h, &mut crate::data::SampleRng::new(0))
+        })
+        .collect()
+}
+
+/// The crop views of a `w` x `h` image at the scales `qs`, for `crop` x `crop` inputs
+/// (none for [`Crops::Dense`]; the multi-crop grid for [`Crops::Both`]).
 pub fn views(w: u32, h: u32, qs: &[u32], crop: u32, crops: Crops, flip: bool) -> Result<Vec<Plan>, String> {
     let mut out = vec![];
     for &q in qs {
@@ -87,7 +114,8 @@ pub fn views(w: u32, h: u32, qs: &[u32], crop: u32, crops: Crops, flip: bool) ->
                     out.push(Plan { flip: true, ..p });
                 }
             }
-            Crops::Multi => {
+            Crops::Dense => {}
+            Crops::Multi | Crops::Both => {
                 if w == 0 || h == 0 {
                     return Err(format!("image of {w}x{h} pixels"));
                 }
@@ -250,6 +278,10 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
     Ok(out)
 }
 
+/// One image's crop views' pixels (concatenated), its dense views with their pixels, and
+/// its label.
+type Rendered = (Vec<u8>, Vec<(Plan, Vec<u8>)>, usize);
+
 /// Applies `plans` to `img`: the views' pixels, concatenated.
 fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {
     let mut w = Worker::default();
@@ -396,7 +428,9 @@ pub struct EvalArgs {
     /// side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
     #[arg(long)]
     pub scale: Option<String>,
-    /// center, or multi (a 5x5 grid of crops x 2 flips per scale).
+    /// center, multi (a 5x5 grid of crops x 2 flips per scale), dense (the FC layers as
+    /// convolutions over the whole image and its mirror image), or both (dense and multi,
+    /// posteriors averaged).
     #[arg(long, default_value = "center")]
     pub crops: String,
     /// Also evaluate the mirror image of each centre crop.
@@ -533,7 +567,9 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     };
     let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
     let scales = scale_arg.unwrap_or_else(|| vec![if a.data == "synthetic" { input } else { input * 8 / 7 }]);
-    let vpi = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
+    let vpc = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
+    // Each dense view is the whole image and its mirror image.
+    let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
     let names: Vec<String> = ds.classes().to_vec();
     println!(
         "eval {} model(s) VGG {} on {} ({what}, {} images): Q {:?}, {} crops{}, {vpi} views an image",
@@ -542,7 +578,12 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         dev.name(),
         ds.len(),
         scales,
-        if crops == Crops::Multi { "5x5 x 2 flips" } else { "centre" },
+        match crops {
+            Crops::Center => "centre",
+            Crops::Multi => "5x5 x 2 flips",
+            Crops::Dense => "dense (+ flip)",
+            Crops::Both => "dense (+ flip) and 5x5 x 2 flips",
+        },
         if a.flip && crops == Crops::Center { " + flips" } else { "" }
     );
     let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(ds.len() as u64) };
@@ -560,19 +601,26 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     for part in idx.chunks(chunk) {
         let rendered: Vec<_> = part
             .par_iter()
-            .map(|&i| -> Result<(Vec<u8>, usize), String> {
+            .map(|&i| -> Result<Rendered, String> {
                 let (img, label) = ds.load(i).map_err(|e| e.to_string())?;
                 let plans = views(img.width(), img.height(), &scales, input, crops, a.flip)
                     .map_err(|e| format!("{}: {e}", ds.describe(i)))?;
-                Ok((render(&img, &plans), label))
+                let dense = dense_views(img.width(), img.height(), &scales, crops)
+                    .map_err(|e| format!("{}: {e}", ds.describe(i)))?
+                    .into_iter()
+                    .map(|p| (p, render(&img, &[p])))
+                    .collect();
+                Ok((render(&img, &plans), dense, label))
             })
             .collect();
         let mut pixels = vec![];
         let mut labels = vec![];
+        let mut dense_px = vec![];
         for r in rendered {
             match r {
-                Ok((px, l)) => {
+                Ok((px, d, l)) => {
                     pixels.extend(px);
+                    dense_px.push(d);
                     labels.push(l);
                 }
                 Err(e) if a.strict => bail!("{e}"),
@@ -582,13 +630,27 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
                 }
             }
         }
-        let post = posteriors(&mut models, &pixels, labels.len() * vpi)?;
+        let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
         for (j, &l) in labels.iter().enumerate() {
             let mut p = vec![0f64; k];
-            for v in 0..vpi {
-                for (o, x) in p.iter_mut().zip(&post[(j * vpi + v) * k..][..k]) {
-                    *o += x / vpi as f64;
+            for v in 0..vpc {
+                for (o, x) in p.iter_mut().zip(&post[(j * vpc + v) * k..][..k]) {
+                    *o += x / vpc as f64;
                 }
+            }
+            if !dense_px[j].is_empty() {
+                let mut d = vec![0f64; k];
+                let views = (dense_px[j].len() * models.len()) as f64;
+                for (plan, px) in &dense_px[j] {
+                    let (w, h) = (plan.window.2 as usize, plan.window.3 as usize);
+                    for m in &models {
+                        let q = dense::dense_posterior(&m.vgg, px, w, h)?;
+                        d.iter_mut().zip(q).for_each(|(o, x)| *o += x / views);
+                    }
+                }
+                // Dense alone, or the equal-weight average with the crops' posterior.
+                let wd = if vpc > 0 { 0.5 } else { 1.0 };
+                p.iter_mut().zip(d).for_each(|(o, x)| *o = (1.0 - wd) * *o + wd * x);
             }
             // `vgg train`'s rule (`reference::topk_hits`): a hit when fewer than k classes
             // score strictly higher, so fp16 ties count for the label.
@@ -616,7 +678,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         device: dev.name(),
         scales,
         crops,
-        flip: a.flip || crops == Crops::Multi,
+        flip: a.flip || crops != Crops::Center,
         views_per_image: vpi,
         images: n_img,
         skipped,

@@ -1,0 +1,205 @@
+//! Dense evaluation on emu (tiny VGG A, width 1/16, trained size 32: the final map is 1x1, so
+//! the first FC layer becomes a 1x1 "conv"): at the training size it is the standard
+//! forward; on larger images the score map has the predicted size and its averaged
+//! posterior matches a host computation over `vgg_cuda::reference`; `vgg eval --crops dense`
+//! and `both` run.
+
+use std::path::{Path, PathBuf};
+use vgg_cuda::eval::dense::{averaged_posteriors, dense_logits, dense_posterior, flip_rgb, score_map_size};
+use vgg_cuda::eval::{self, softmax, Crops, EvalArgs};
+use vgg_cuda::model::{Arch, FeatureKind, Init, Vgg, VggConfig};
+use vgg_cuda::problem::ConvProblem;
+use vgg_cuda::reference as r;
+use vgg_cuda::train::checkpoint;
+use vgg_cuda::{Device, Tensor};
+
+fn tiny(arch: Arch) -> VggConfig {
+    VggConfig { dropout: 0.0, ..VggConfig::small(arch, 0.0625, 32, 16, 10) }
+}
+
+/// Deterministic, varied pixels.
+fn pixels(n: usize, h: usize, w: usize, seed: u64) -> Vec<u8> {
+    (0..n * h * w * 3).map(|i| ((i as u64).wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) as u8).collect()
+}
+
+/// The dense posteriors of `n` `h x w` images computed on the host: reference ops with the
+/// device's fp16 weights, activations rounded to fp16 where the device stores fp16.
+fn host_dense(vgg: &Vgg, images: &[u8], n: usize, h: usize, w: usize) -> ((usize, usize), Vec<f64>) {
+    let cfg = vgg.config();
+    let params: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.h.to_f32().unwrap()).collect();
+    let rnd = |v: Vec<f32>| r::f32_to_f16_round(&v);
+    let mut x = rnd(r::normalize_input([n, h, w, 3], images, &cfg.norm(), None));
+    let (mut ch, mut cw, mut j) = (h, w, 0);
+    for f in cfg.features() {
+        x = rnd(match f.kind {
+            FeatureKind::Conv3x3 => {
+                let p = ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
+                j += 2;
+                r::conv3x3_fprop(&p, &x, &params[j - 2], Some(&params[j - 1]), true)
+            }
+            FeatureKind::Conv1x1 => {
+                j += 2;
+                r::conv1x1_fprop(n * ch * cw, f.c_in, f.c_out, &x, &params[j - 2], Some(&params[j - 1]), true)
+            }
+            FeatureKind::Lrn => r::lrn_fwd(&x, f.c_in, &r::LrnParams::ALEXNET),
+            FeatureKind::Pool => {
+                let y = r::maxpool2x2_fwd(n, ch, cw, f.c_in, &x);
+                (ch, cw) = (ch / 2, cw / 2);
+                y
+            }
+        });
+    }
+    let (th, tw, c) = cfg.feature_out();
+    let (oh, ow) = (ch - th + 1, cw - tw + 1);
+    let [c0, c1, c2] = cfg.classifier();
+    let k = cfg.classes;
+    let mut post = vec![0f64; n * k];
+    for i in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                // The window in HWC order: the first FC's column order.
+                let mut win = vec![];
+                for dy in 0..th {
+                    for dx in 0..tw {
+                        let at = ((i * ch + oy + dy) * cw + ox + dx) * c;
+                        win.extend_from_slice(&x[at..at + c]);
+                    }
+                }
+                let a = rnd(r::linear_fwd(1, c0.0, c0.1, &win, &params[j], Some(&params[j + 1]), true));
+                let b = rnd(r::linear_fwd(1, c1.0, c1.1, &a, &params[j + 2], Some(&params[j + 3]), true));
+                let z = rnd(r::linear_fwd(1, c2.0, c2.1, &b, &params[j + 4], Some(&params[j + 5]), false));
+                for (o, p) in post[i * k..(i + 1) * k].iter_mut().zip(softmax(&z)) {
+                    *o += p / (oh * ow) as f64;
+                }
+            }
+        }
+    }
+    ((oh, ow), post)
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn score_map_size_arithmetic() {
+    assert_eq!(score_map_size(32, 32, 32, 5), Some((1, 1)));
+    assert_eq!(score_map_size(64, 64, 32, 5), Some((2, 2)));
+    assert_eq!(score_map_size(64, 96, 32, 5), Some((2, 3)));
+    assert_eq!(score_map_size(224, 224, 224, 5), Some((1, 1)));
+    assert_eq!(score_map_size(256, 341, 224, 5), Some((2, 4)));
+    assert_eq!(score_map_size(384, 512, 224, 5), Some((6, 10)));
+    assert_eq!(score_map_size(31, 64, 32, 5), None);
+}
+
+#[test]
+fn dense_at_training_size_is_the_standard_forward() {
+    let dev = Device::emu();
+    for arch in [Arch::A, Arch::ALrn, Arch::C] {
+        let cfg = tiny(arch);
+        let mut vgg = Vgg::new(&dev, cfg.clone(), 2, Init::He, 5).unwrap();
+        let px = pixels(2, 32, 32, 1);
+        let images = Tensor::<u8>::from_host(&dev, &[2, 32, 32, 3], &px).unwrap();
+        let map = dense_logits(&vgg, &images).unwrap();
+        assert_eq!((map.n, map.h, map.w), (2, 1, 1));
+        let logits = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+        let k = cfg.classes;
+        let want: Vec<f64> = (0..2).flat_map(|i| softmax(&logits[i * k..(i + 1) * k])).collect();
+        let got = averaged_posteriors(&map, k);
+        let d = max_diff(&got, &want);
+        assert!(d < 2e-3, "{arch}: dense vs forward posteriors differ by {d}");
+        // With the flip: the mean of the two crops' posteriors.
+        let mut both = px[..32 * 32 * 3].to_vec();
+        both.extend(flip_rgb(&px[..32 * 32 * 3], 32, 32));
+        let images = Tensor::<u8>::from_host(&dev, &[2, 32, 32, 3], &both).unwrap();
+        let logits = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+        let want: Vec<f64> = (0..k).map(|c| 0.5 * (softmax(&logits[..k])[c] + softmax(&logits[k..2 * k])[c])).collect();
+        let got = dense_posterior(&vgg, &px[..32 * 32 * 3], 32, 32).unwrap();
+        let d = max_diff(&got, &want);
+        assert!(d < 2e-3, "{arch}: dense + flip vs forward posteriors differ by {d}");
+        assert!((got.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn dense_on_larger_images_matches_the_host() {
+    let dev = Device::emu();
+    for (arch, h, w) in [(Arch::A, 64, 64), (Arch::A, 64, 96), (Arch::C, 96, 64)] {
+        let cfg = tiny(arch);
+        let vgg = Vgg::new(&dev, cfg.clone(), 1, Init::He, 7).unwrap();
+        let px = pixels(2, h, w, 3);
+        let images = Tensor::<u8>::from_host(&dev, &[2, h, w, 3], &px).unwrap();
+        let map = dense_logits(&vgg, &images).unwrap();
+        let want_size = score_map_size(h, w, 32, 5).unwrap();
+        assert_eq!((map.h, map.w), want_size, "{arch} {h}x{w}");
+        assert_eq!((map.h, map.w), (h / 32, w / 32));
+        let (size, want) = host_dense(&vgg, &px, 2, h, w);
+        assert_eq!(size, want_size);
+        let got = averaged_posteriors(&map, cfg.classes);
+        // fp16 activations: the device and host differ by accumulation order (and Winograd's
+        // transform rounding) only, far below 1e-2 on a posterior.
+        let d = max_diff(&got, &want);
+        assert!(d < 1e-2, "{arch} {h}x{w}: device vs host dense posteriors differ by {d}");
+        // The positions really differ (the average is not of one repeated score).
+        let k = cfg.classes;
+        assert!(map.logits[..k] != map.logits[k..2 * k], "{arch} {h}x{w}: positions 0 and 1 score alike");
+    }
+    // Smaller than the training input: an error that says so.
+    let vgg = Vgg::new(&dev, tiny(Arch::A), 1, Init::He, 7).unwrap();
+    let images = Tensor::<u8>::zeros(&dev, &[1, 16, 40, 3]).unwrap();
+    let e = dense_logits(&vgg, &images).unwrap_err().to_string();
+    assert!(e.contains("smaller"), "{e}");
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vgg-eval-dense-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn save(dir: &Path, cfg: &VggConfig) -> PathBuf {
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 11).unwrap();
+    let path = dir.join("m.safetensors");
+    checkpoint::save(&path, &vgg.export_params().unwrap(), &[], cfg, None).unwrap();
+    path
+}
+
+fn args(w: PathBuf, crops: &str, flip: bool) -> EvalArgs {
+    EvalArgs {
+        weights: vec![w],
+        data: "synthetic".into(),
+        scale: None,
+        crops: crops.into(),
+        flip,
+        json: None,
+        csv: None,
+        device: "emu".into(),
+        batch: 8,
+        limit: None,
+        synthetic_len: 8,
+        seed: None,
+        model: None,
+        strict: false,
+        quiet: true,
+    }
+}
+
+#[test]
+fn eval_cli_dense_and_both() {
+    let dir = tmpdir("cli");
+    let w = save(&dir, &tiny(Arch::A));
+    assert_eq!(Crops::parse("dense").unwrap(), Crops::Dense);
+    assert_eq!(Crops::parse("both").unwrap(), Crops::Both);
+    // Synthetic images are 32x32 and Q = 32: dense is the centre crop and its mirror image.
+    let d = eval::eval(&args(w.clone(), "dense", false)).unwrap();
+    let c = eval::eval(&args(w.clone(), "center", true)).unwrap();
+    assert_eq!((d.images, d.views_per_image, c.views_per_image), (8, 2, 2));
+    assert!((d.top1_error - c.top1_error).abs() <= 1.0 / 8.0 + 1e-9, "{} vs {}", d.top1_error, c.top1_error);
+    let b = eval::eval(&args(w.clone(), "both", false)).unwrap();
+    assert_eq!(b.views_per_image, 52);
+    assert_eq!(b.images, 8);
+    assert!(eval::eval(&args(w, "sparse", false)).unwrap_err().to_string().contains("dense"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
