@@ -4,6 +4,7 @@
 //!   vgg bench conv [--device cuda|emu] ...  our 3x3 convs vs cuDNN on VGG-16's layers
 //!   vgg bench gemm [--device cuda|emu] ...  our FC GEMMs vs cuBLAS, the SGD step's GB/s
 //!   vgg bench data DIR | --synthetic        decode + augmentation images/s, where the time goes
+//!   vgg prep SRC OUT                        pre-resize an ImageFolder into raw-RGB shard files
 //!   vgg stats DIR                          the training set's mean RGB and colour PCA (JSON)
 //!   vgg predict --weights W IMAGE...       top-k classes of images
 //!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
@@ -27,6 +28,10 @@ enum Cmd {
     /// The training set's mean RGB, standard deviation and colour PCA (AlexNet's lighting
     /// augmentation) over a sample of images, as JSON (read back by training).
     Stats(StatsArgs),
+    /// Pre-resizes an ImageFolder (shorter side to --max-side, never upscaled) and packs it
+    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. The
+    /// OUT_DIR works wherever an ImageFolder does (`vgg train --data`, `vgg bench data`).
+    Prep(PrepArgs),
     /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
@@ -202,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { what: BenchCmd::Conv(args) } => bench_conv_cmd(args),
         Cmd::Bench { what: BenchCmd::Data(args) } => bench_data_cmd(args),
         Cmd::Stats(args) => stats_cmd(args),
+        Cmd::Prep(args) => prep_cmd(args),
         Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
         Cmd::Predict(args) => vgg_cuda::eval::predict(&args).map(|_| ()),
         Cmd::Eval(args) => vgg_cuda::eval::eval(&args).map(|_| ()),
@@ -557,7 +563,8 @@ fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 #[derive(clap::Args)]
 struct DataSourceArgs {
-    /// An ImageFolder: one sub-folder per class (torchvision's layout and class order).
+    /// An ImageFolder: one sub-folder per class (torchvision's layout and class order),
+    /// or a shard directory written by `vgg prep` (detected by its index.json).
     dir: Option<std::path::PathBuf>,
     /// Use generated images (encoded as JPEG in memory, so decoding is real) instead of DIR.
     #[arg(long)]
@@ -580,6 +587,18 @@ impl DataSourceArgs {
         match (&self.dir, self.synthetic) {
             (Some(_), true) => bail!("give either DIR or --synthetic, not both"),
             (None, false) => bail!("give an ImageFolder DIR, or --synthetic"),
+            (Some(dir), false) if vgg_cuda::data::Shards::is_shard_dir(dir) => {
+                let ds = vgg_cuda::data::Shards::open(dir)?;
+                let what = format!(
+                    "shards {} ({} images, {} classes, {}, {:.0} KiB each)",
+                    dir.display(),
+                    ds.len(),
+                    ds.classes().len(),
+                    ds.index().encoding,
+                    ds.bytes() as f64 / 1024.0 / ds.len().max(1) as f64
+                );
+                Ok((std::sync::Arc::new(ds), what))
+            }
             (Some(dir), false) => {
                 let ds = ImageFolder::open(dir)?;
                 let what = format!("{} ({} images, {} classes)", dir.display(), ds.len(), ds.classes().len());
@@ -599,6 +618,45 @@ impl DataSourceArgs {
             }
         }
     }
+}
+
+#[derive(clap::Args)]
+struct PrepArgs {
+    /// The source ImageFolder.
+    src: std::path::PathBuf,
+    /// The shard directory to write (created if needed).
+    out: std::path::PathBuf,
+    /// Rescale so that the shorter side is this (Smax of scale jittering; never upscales; 0: native).
+    #[arg(long, default_value_t = 512)]
+    max_side: u32,
+    /// Images per shard file.
+    #[arg(long, default_value_t = 1000)]
+    shard_size: usize,
+    /// Store JPEGs of this quality (1-100) instead of raw RGB (smaller, but decoded on load).
+    #[arg(long)]
+    quality: Option<u8>,
+    /// An unreadable image is an error instead of being reported and skipped.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn prep_cmd(a: PrepArgs) -> Result<()> {
+    use vgg_cuda::data::prep::{prep, PrepConfig};
+    let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
+    let rep = prep(&a.src, &a.out, &cfg, |done, all| eprint!("\rprep: {done}/{all} images"))?;
+    eprintln!();
+    println!(
+        "prep: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
+        rep.images,
+        rep.skipped,
+        rep.classes,
+        rep.shards,
+        a.out.display(),
+        rep.bytes as f64 / (1 << 20) as f64,
+        rep.bytes as f64 / 1024.0 / rep.images.max(1) as f64,
+        rep.seconds
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]

@@ -2,7 +2,8 @@
 //!
 //! - [`Dataset`]: indexed, decoded RGB images with class labels. [`ImageFolder`] reads
 //!   torchvision's layout and class order; [`Synthetic`] draws learnable procedural images
-//!   (no download); [`MemoryDataset`] holds encoded files in memory (benchmarks, tests).
+//!   (no download); [`MemoryDataset`] holds encoded files in memory (benchmarks, tests);
+//!   [`Shards`] reads the pre-resized shard files of `vgg prep` ([`prep`]).
 //! - [`Transform`]: training ([`TrainTransform`]: isotropic rescale to S, fixed or
 //!   jittered, random crop, flip, AlexNet's PCA colour shift) or test ([`TestTransform`]:
 //!   rescale to Q, centre crop or the whole image). Resizing is antialiased bilinear, the
@@ -19,7 +20,9 @@
 pub mod bench;
 mod folder;
 mod loader;
+pub mod prep;
 pub mod resize;
+pub mod shards;
 pub mod stats;
 mod synthetic;
 mod transform;
@@ -28,6 +31,7 @@ use std::path::PathBuf;
 
 pub use folder::{decode_rgb, ImageFolder, MemoryDataset, IMG_EXTENSIONS};
 pub use loader::{Epoch, EpochSummary, HostBatch, Loader, LoaderConfig};
+pub use shards::{open_dir, open_dir_with_classes, Shards};
 pub use stats::{DatasetStats, Pca};
 pub use synthetic::Synthetic;
 pub use transform::{Plan, Scale, StageTimes, TestTransform, TrainTransform, Transform, Worker};

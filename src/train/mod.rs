@@ -13,7 +13,9 @@ pub mod checkpoint;
 pub mod plot;
 pub mod pre_init;
 
-use crate::data::{Dataset, ImageFolder, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform};
+use crate::data::{
+    open_dir, open_dir_with_classes, Dataset, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform,
+};
 use crate::model::{Arch, Init, OptimConfig, ScalerState, Vgg, VggConfig};
 use crate::{reference, Device, Tensor};
 use anyhow::{bail, Context, Result};
@@ -68,7 +70,8 @@ pub struct TrainArgs {
     /// Classes (synthetic data; an ImageFolder sets its own).
     #[arg(long, default_value_t = 4)]
     pub classes: usize,
-    /// `synthetic` or an ImageFolder directory (with train/ and val/ subfolders, or flat).
+    /// `synthetic`, an ImageFolder directory (with train/ and val/ subfolders, or flat) or a
+    /// `vgg prep` shard directory (index.json; also as train/ and val/).
     #[arg(long, default_value = "synthetic")]
     pub data: String,
     /// Synthetic training images (validation: a quarter as many, other images).
@@ -168,16 +171,13 @@ fn datasets(a: &TrainArgs) -> Result<Datasets> {
     }
     let dir = PathBuf::from(&a.data);
     let (tr, va) = (dir.join("train"), dir.join("val"));
+    // Each of these may be an ImageFolder or a `vgg prep` shard directory (with index.json).
     if tr.is_dir() {
-        let train = ImageFolder::open(&tr)?;
-        let val = if va.is_dir() {
-            Some(Arc::new(ImageFolder::open_with_classes(&va, train.classes())?) as Arc<dyn Dataset>)
-        } else {
-            None
-        };
-        Ok((Arc::new(train), val))
+        let train = open_dir(&tr)?;
+        let val = if va.is_dir() { Some(open_dir_with_classes(&va, train.classes())?) } else { None };
+        Ok((train, val))
     } else {
-        Ok((Arc::new(ImageFolder::open(&dir)?), None))
+        Ok((open_dir(&dir)?, None))
     }
 }
 

@@ -1,0 +1,238 @@
+//! Pre-resized images packed into shard files (`vgg prep`), read back as a [`Dataset`].
+//!
+//! A shard directory holds `index.json` ([`ShardIndex`]: class names, image count, the
+//! shard files and every image's (shard, offset)) and `shard-NNNNN.bin` files: a 16-byte
+//! header (`VGGSHRD1` magic, format version u32 LE, image count u32 LE) then one record
+//! per image: label u32, width u16, height u16, payload length u32 (all LE) and the
+//! payload: raw RGB bytes (`width * height * 3`, no decoding at all) or, with
+//! `encoding = "jpeg"`, a JPEG. [`Shards::load`] returns the stored image, so the loader
+//! and the transforms apply to it unchanged.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::{decode_rgb, DataError, Dataset, ImageFolder};
+
+/// The first 8 bytes of every shard file.
+pub const SHARD_MAGIC: &[u8; 8] = b"VGGSHRD1";
+/// The shard and index format version.
+pub const SHARD_VERSION: u32 = 1;
+/// Bytes of a shard file's header, and of a record's header.
+pub const SHARD_HEADER: u64 = 16;
+pub const RECORD_HEADER: u64 = 12;
+/// The index's file name inside a shard directory.
+pub const INDEX_NAME: &str = "index.json";
+
+/// One shard file of an index.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardEntry {
+    /// File name, relative to the shard directory.
+    pub file: String,
+    pub images: usize,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// `index.json`: everything needed to find an image without scanning the shards.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardIndex {
+    /// Always `vgg-shards`.
+    pub format: String,
+    pub version: u32,
+    /// `raw` (RGB bytes) or `jpeg`.
+    pub encoding: String,
+    /// JPEG quality (jpeg encoding only).
+    pub quality: Option<u8>,
+    /// Images were rescaled so that their shorter side is at most this (0: native size).
+    pub max_side: u32,
+    pub classes: Vec<String>,
+    pub images: usize,
+    /// Source images that could not be read and were left out.
+    pub skipped: usize,
+    pub shards: Vec<ShardEntry>,
+    /// Per image, in dataset order: (shard index, byte offset of its record).
+    pub records: Vec<(u32, u64)>,
+    /// Per image: its source file, relative to the source folder (for reports).
+    pub sources: Vec<String>,
+}
+
+impl ShardIndex {
+    /// Structural checks (counts and references agree); `path` names the index in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), DataError> {
+        let bad = |reason: String| Err(DataError::Layout { path: path.into(), reason });
+        if self.format != "vgg-shards" {
+            return bad(format!("format {:?}, expected \"vgg-shards\"", self.format));
+        }
+        if self.version != SHARD_VERSION {
+            return bad(format!("version {}, this build reads version {SHARD_VERSION}", self.version));
+        }
+        if self.encoding != "raw" && self.encoding != "jpeg" {
+            return bad(format!("unknown encoding {:?} (raw or jpeg)", self.encoding));
+        }
+        if self.classes.is_empty() {
+            return bad("no classes".into());
+        }
+        if self.records.len() != self.images || self.sources.len() != self.images {
+            return bad(format!(
+                "{} images but {} records and {} sources",
+                self.images,
+                self.records.len(),
+                self.sources.len()
+            ));
+        }
+        if self.shards.iter().map(|s| s.images).sum::<usize>() != self.images {
+            return bad("the shards' image counts do not add up to the image count".into());
+        }
+        if let Some((i, r)) = self.records.iter().enumerate().find(|(_, r)| r.0 as usize >= self.shards.len()) {
+            return bad(format!("image {i} refers to shard {} of {}", r.0, self.shards.len()));
+        }
+        Ok(())
+    }
+}
+
+/// A shard directory written by `vgg prep`: the stored (pre-resized) images and labels.
+#[derive(Clone, Debug)]
+pub struct Shards {
+    root: PathBuf,
+    index: Arc<ShardIndex>,
+    files: Arc<Vec<File>>,
+}
+
+impl Shards {
+    /// True when `dir` holds an `index.json` (a shard directory rather than an ImageFolder).
+    pub fn is_shard_dir(dir: &Path) -> bool {
+        dir.join(INDEX_NAME).is_file()
+    }
+
+    /// Reads `dir/index.json` and opens every shard, checking its header and size.
+    pub fn open(dir: &Path) -> Result<Self, DataError> {
+        let ipath = dir.join(INDEX_NAME);
+        let text = std::fs::read(&ipath).map_err(|e| DataError::Io { path: ipath.clone(), reason: e.to_string() })?;
+        let index: ShardIndex = serde_json::from_slice(&text)
+            .map_err(|e| DataError::Layout { path: ipath.clone(), reason: format!("not a shard index: {e}") })?;
+        index.validate(&ipath)?;
+        let mut files = Vec::with_capacity(index.shards.len());
+        for s in &index.shards {
+            let path = dir.join(&s.file);
+            let io = |e: std::io::Error| DataError::Io { path: path.clone(), reason: e.to_string() };
+            let f = File::open(&path).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            let corrupt = |reason: String| DataError::Decode { path: path.clone(), reason };
+            if len != s.bytes {
+                return Err(corrupt(format!("{len} bytes, {INDEX_NAME} says {} (truncated or rewritten?)", s.bytes)));
+            }
+            let mut head = [0u8; SHARD_HEADER as usize];
+            f.read_exact_at(&mut head, 0).map_err(|e| corrupt(format!("shard header: {e}")))?;
+            let count = u32::from_le_bytes(head[12..16].try_into().unwrap()) as usize;
+            let version = u32::from_le_bytes(head[8..12].try_into().unwrap());
+            if &head[..8] != SHARD_MAGIC || version != SHARD_VERSION {
+                return Err(corrupt("not a vgg shard file (bad magic or version)".into()));
+            }
+            if count != s.images {
+                return Err(corrupt(format!("{count} images, {INDEX_NAME} says {}", s.images)));
+            }
+            files.push(f);
+        }
+        Ok(Self { root: dir.into(), index: Arc::new(index), files: Arc::new(files) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index(&self) -> &ShardIndex {
+        &self.index
+    }
+
+    /// Total bytes of the shard files.
+    pub fn bytes(&self) -> u64 {
+        self.index.shards.iter().map(|s| s.bytes).sum()
+    }
+}
+
+impl Dataset for Shards {
+    fn len(&self) -> usize {
+        self.index.images
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.index.classes
+    }
+
+    fn load(&self, i: usize) -> Result<(RgbImage, usize), DataError> {
+        let &(shard, offset) = self.index.records.get(i).ok_or(DataError::Index { index: i, len: self.len() })?;
+        let entry = &self.index.shards[shard as usize];
+        let file = &self.files[shard as usize];
+        let path = self.root.join(&entry.file);
+        let corrupt = |reason: String| DataError::Decode { path: path.clone(), reason: format!("image {i}: {reason}") };
+        let mut head = [0u8; RECORD_HEADER as usize];
+        file.read_exact_at(&mut head, offset).map_err(|e| corrupt(format!("record at byte {offset}: {e}")))?;
+        let label = u32::from_le_bytes(head[0..4].try_into().unwrap()) as usize;
+        let w = u16::from_le_bytes(head[4..6].try_into().unwrap()) as u32;
+        let h = u16::from_le_bytes(head[6..8].try_into().unwrap()) as u32;
+        let len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as u64;
+        if label >= self.index.classes.len() || w == 0 || h == 0 {
+            return Err(corrupt(format!("bad record at byte {offset}: label {label}, {w}x{h}")));
+        }
+        let raw = self.index.encoding == "raw";
+        if offset + RECORD_HEADER + len > entry.bytes || (raw && len != w as u64 * h as u64 * 3) {
+            return Err(corrupt(format!("bad record at byte {offset}: {len} payload bytes for {w}x{h}")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, offset + RECORD_HEADER).map_err(|e| corrupt(format!("payload: {e}")))?;
+        let img = if raw {
+            RgbImage::from_raw(w, h, buf).ok_or_else(|| corrupt("payload size".into()))?
+        } else {
+            let img = decode_rgb(&buf, &path).map_err(|e| corrupt(e.to_string()))?;
+            if img.dimensions() != (w, h) {
+                return Err(corrupt(format!("JPEG is {:?}, record says {w}x{h}", img.dimensions())));
+            }
+            img
+        };
+        Ok((img, label))
+    }
+
+    fn describe(&self, i: usize) -> String {
+        match (self.index.records.get(i), self.index.sources.get(i)) {
+            (Some(&(s, _)), Some(src)) => {
+                format!("{} image {i} ({src})", self.root.join(&self.index.shards[s as usize].file).display())
+            }
+            _ => format!("image {i}"),
+        }
+    }
+}
+
+/// A shard directory (detected by its `index.json`) or an ImageFolder.
+pub fn open_dir(dir: &Path) -> Result<Arc<dyn Dataset>, DataError> {
+    if Shards::is_shard_dir(dir) {
+        Ok(Arc::new(Shards::open(dir)?))
+    } else {
+        Ok(Arc::new(ImageFolder::open(dir)?))
+    }
+}
+
+/// Like [`open_dir`], with a given class list (a validation set labelled like its training
+/// set): a shard directory's classes must be exactly these.
+pub fn open_dir_with_classes(dir: &Path, classes: &[String]) -> Result<Arc<dyn Dataset>, DataError> {
+    if Shards::is_shard_dir(dir) {
+        let s = Shards::open(dir)?;
+        if s.classes() != classes {
+            return Err(DataError::Layout {
+                path: dir.join(INDEX_NAME),
+                reason: format!(
+                    "its {} classes differ from the training set's {} (prep both from folders with the same classes)",
+                    s.classes().len(),
+                    classes.len()
+                ),
+            });
+        }
+        Ok(Arc::new(s))
+    } else {
+        Ok(Arc::new(ImageFolder::open_with_classes(dir, classes)?))
+    }
+}
