@@ -50,22 +50,15 @@ fn predict_args(weights: Vec<PathBuf>, images: Vec<PathBuf>) -> PredictArgs {
 }
 
 fn eval_args(weights: Vec<PathBuf>, data: &str) -> EvalArgs {
+    // Small batches and a short synthetic set keep the emu runs quick.
     EvalArgs {
         weights,
         data: data.into(),
-        scale: None,
-        crops: "center".into(),
-        flip: false,
-        json: None,
-        csv: None,
         device: "emu".into(),
         batch: 8,
-        limit: None,
         synthetic_len: 8,
-        seed: None,
-        model: None,
-        strict: false,
         quiet: true,
+        ..EvalArgs::default()
     }
 }
 

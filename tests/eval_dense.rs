@@ -170,19 +170,13 @@ fn args(w: PathBuf, crops: &str, flip: bool) -> EvalArgs {
     EvalArgs {
         weights: vec![w],
         data: "synthetic".into(),
-        scale: None,
         crops: crops.into(),
         flip,
-        json: None,
-        csv: None,
         device: "emu".into(),
         batch: 8,
-        limit: None,
         synthetic_len: 8,
-        seed: None,
-        model: None,
-        strict: false,
         quiet: true,
+        ..EvalArgs::default()
     }
 }
 

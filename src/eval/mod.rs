@@ -468,6 +468,21 @@ pub struct EvalArgs {
     pub quiet: bool,
 }
 
+impl Default for EvalArgs {
+    /// The command line's defaults, with no weights and no data (tests fill those in).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: EvalArgs,
+        }
+        let mut a = <Cli as clap::Parser>::parse_from(["eval", "--weights", "-", "--data", "-"]).args;
+        a.weights.clear();
+        a.data.clear();
+        a
+    }
+}
+
 /// Accuracy on one class.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassRow {
