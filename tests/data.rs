@@ -3,7 +3,7 @@
 //! rescale / jitter / colour maths, loader determinism across thread counts, and a round
 //! trip through the GPU normalisation kernel on the emulator.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use half::f16;
@@ -15,23 +15,8 @@ use vgg_cuda::data::{
 use vgg_cuda::ops::{self, InputNorm};
 use vgg_cuda::{Device, Tensor};
 
-/// A fresh, empty folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vgg-data-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn write_img(path: &Path, img: &RgbImage) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -81,7 +66,7 @@ impl Dataset for One {
 
 #[test]
 fn image_folder_classes_and_order_match_torchvision() {
-    let t = TempDir::new("order");
+    let t = TempDir::new("data", "order");
     let r = &t.0;
     // Byte order: "C" < "a" < "b"; files sorted, a folder's own files before its sub-folders'.
     write_img(&r.join("b/2.png"), &solid(4, 4, [2, 0, 0]));
@@ -103,7 +88,7 @@ fn image_folder_classes_and_order_match_torchvision() {
     assert!(matches!(ds.load(6), Err(DataError::Index { index: 6, len: 6 })));
 
     // A validation folder labelled with the training classes, one class missing.
-    let v = TempDir::new("val");
+    let v = TempDir::new("data", "val");
     write_img(&v.0.join("b/v.png"), &solid(4, 4, [0, 0, 0]));
     let val = ImageFolder::open_with_classes(&v.0, ds.classes()).unwrap();
     assert_eq!(val.samples()[0].1, 2);
@@ -115,14 +100,14 @@ fn image_folder_classes_and_order_match_torchvision() {
     std::fs::create_dir_all(r.join("d")).unwrap();
     let e = ImageFolder::open(r).unwrap_err();
     assert!(e.to_string().contains("/d") && e.to_string().contains("no file"), "{e}");
-    let empty = TempDir::new("noclass");
+    let empty = TempDir::new("data", "noclass");
     assert!(ImageFolder::open(&empty.0).unwrap_err().to_string().contains("no class"));
     assert!(ImageFolder::open(&empty.0.join("missing")).is_err());
 }
 
 #[test]
 fn decoding_converts_to_rgb() {
-    let t = TempDir::new("decode");
+    let t = TempDir::new("data", "decode");
     let p = |n: &str| t.0.join(n);
     image::GrayImage::from_pixel(3, 2, image::Luma([77])).save(p("g.png")).unwrap();
     image::RgbaImage::from_pixel(3, 2, image::Rgba([1, 2, 3, 0])).save(p("a.png")).unwrap();
@@ -159,7 +144,7 @@ fn folder_with_bad_files(t: &TempDir) -> (ImageFolder, Vec<&'static str>) {
 
 #[test]
 fn corrupt_files_are_skipped_and_counted_or_fail_when_strict() {
-    let t = TempDir::new("corrupt");
+    let t = TempDir::new("data", "corrupt");
     let (ds, bad) = folder_with_bad_files(&t);
     assert_eq!(ds.len(), 9);
     for (i, (p, _)) in ds.samples().iter().enumerate() {

@@ -2,7 +2,7 @@
 //! with the same classes, labels and (exactly) the resized images; corrupt shards and a
 //! missing index fail naming the file; `bench data` and the loader run on shards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use image::{Rgb, RgbImage};
@@ -12,22 +12,8 @@ use vgg_cuda::data::{
     Transform,
 };
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("vgg-prep-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn pattern(w: u32, h: u32, k: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 + k * 31) as u8, (y * 5 + k) as u8, ((x ^ y) * 3) as u8]))
@@ -57,7 +43,7 @@ fn cfg(max_side: u32, shard_size: usize) -> PrepConfig {
 
 #[test]
 fn prep_round_trip_is_exact() {
-    let t = TempDir::new("roundtrip");
+    let t = TempDir::new("prep", "roundtrip");
     let (src, out) = (t.0.join("src"), t.0.join("out"));
     write_folder(&src);
     let folder = ImageFolder::open(&src).unwrap();
@@ -103,7 +89,7 @@ fn prep_round_trip_is_exact() {
 
 #[test]
 fn jpeg_shards_decode_to_the_stored_size() {
-    let t = TempDir::new("jpeg");
+    let t = TempDir::new("prep", "jpeg");
     let (src, out) = (t.0.join("src"), t.0.join("out"));
     write_folder(&src);
     let c = PrepConfig { quality: Some(90), ..cfg(32, 3) };
@@ -120,7 +106,7 @@ fn jpeg_shards_decode_to_the_stored_size() {
 
 #[test]
 fn corrupt_shards_and_missing_index_name_the_file() {
-    let t = TempDir::new("corrupt");
+    let t = TempDir::new("prep", "corrupt");
     let (src, out) = (t.0.join("src"), t.0.join("out"));
     write_folder(&src);
     prep(&src, &out, &cfg(32, 5), |_, _| {}).unwrap();
@@ -166,7 +152,7 @@ fn corrupt_shards_and_missing_index_name_the_file() {
 
 #[test]
 fn loader_and_bench_data_run_on_shards() {
-    let t = TempDir::new("bench");
+    let t = TempDir::new("prep", "bench");
     let (src, out) = (t.0.join("src"), t.0.join("out"));
     write_folder(&src);
     prep(&src, &out, &cfg(48, 4), |_, _| {}).unwrap();

@@ -1,5 +1,5 @@
-//! Helpers shared by the `vgg bench` integration tests (conv, gemm): a scratch folder, the
-//! `vgg` binary, and the one-line error it must give where no GPU is usable.
+//! Helpers shared by the integration tests: scratch folders, the `vgg` binary, and the
+//! one-line error it must give where no GPU is usable.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -31,4 +31,22 @@ pub fn assert_fails_without_gpu_in_one_line(args: &[&str], expect: &str) {
     assert_eq!(err.trim().lines().count(), 1, "stderr: {err}");
     assert!(err.starts_with(expect), "stderr: {err}");
     assert!(!err.contains("panicked"), "stderr: {err}");
+}
+
+/// A fresh, empty folder `vgg-<what>-test-<pid>-<name>` under the temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str, name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vgg-{what}-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
