@@ -243,8 +243,10 @@ PTX_LDMATRIX(ldmatrix_x4_trans, 4, true, "x4.trans", "{%0,%1,%2,%3}", "=r"(r[0])
 // .cg exists only for 16 bytes, so 4/8 use .ca.
 // Ordering: the data is visible to the issuing thread after cp_async_wait*() covering its group,
 // and to other threads only after a __syncthreads() that follows that wait.
-// Host build: copies (or zero-fills) at issue time, which is one legal schedule; commit and wait
-// are no-ops. cp.async is per-thread, not a warp collective.
+// Host build: the source is read at issue time; the copy lands at issue, or as late as the
+// wait that covers its group, as the emu schedule decides (emu::cp_async_issue), so a pipeline
+// that waits for too few groups reads stale shared memory under some schedule. cp.async is
+// per-thread, not a warp collective.
 // ---------------------------------------------------------------------------------------------
 template <int Bytes>
 __device__ __forceinline__ void cp_async_zfill(void* smem_dst, const void* gmem_src,
@@ -268,9 +270,7 @@ __device__ __forceinline__ void cp_async_zfill(void* smem_dst, const void* gmem_
                        "global source not aligned to the copy size");
   if (src_bytes > (unsigned)Bytes)
     ptx_emu::fail("cp.async", site_file, site_line, "src-size larger than cp-size", gmem_src);
-  unsigned char tmp[Bytes] = {};
-  if (src_bytes) std::memcpy(tmp, gmem_src, src_bytes);
-  std::memcpy(smem_dst, tmp, Bytes);
+  emu::cp_async_issue(smem_dst, gmem_src, Bytes, src_bytes);
 #endif
 }
 
@@ -292,6 +292,8 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef __CUDA_ARCH__
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#else
+  emu::cp_async_commit();
 #endif
 }
 
@@ -301,6 +303,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #ifdef __CUDA_ARCH__
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#else
+  emu::cp_async_wait(N);
 #endif
 }
 
@@ -308,5 +312,7 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void cp_async_wait_all() {
 #ifdef __CUDA_ARCH__
   asm volatile("cp.async.wait_all;\n" ::: "memory");
+#else
+  emu::cp_async_wait(-1);
 #endif
 }

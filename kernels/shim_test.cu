@@ -2,6 +2,7 @@
 // Some are correct (warp and block reductions); others break a CUDA rule on purpose
 // and exist only so the tests can check that the emu device reports the break.
 #include "common.cuh"
+#include "ptx.cuh"
 
 // Sum of each warp's 32 values by butterfly shuffles; also the ballot of positive values.
 extern "C" __global__ void shim_warp_reduce(const float* __restrict__ x, float* __restrict__ sums,
@@ -55,4 +56,26 @@ extern "C" __global__ void shim_bad_shuffle(float* out) {
     float v = (float)threadIdx.x;
     if (threadIdx.x < 16) v = __shfl_sync(0x0000ffffu, v, 20);
     out[threadIdx.x] = v;
+}
+
+// A two-stage cp.async pipeline: chunk 0 and chunk 1 of src (32 floats each) copied in two
+// groups, then both read back after wait_group `waited` (1: only chunk 0 is covered, so reading
+// chunk 1 is the planted bug; 0: both covered). Shared memory starts as -1.
+extern "C" __global__ void shim_cp_async_wait(const float* __restrict__ src, float* __restrict__ out, int waited) {
+    alignas(16) __shared__ float buf[64];
+    const int lane = threadIdx.x;
+    buf[lane] = -1.f;
+    buf[32 + lane] = -1.f;
+    __syncthreads();
+    if (lane < 8) cp_async_16(&buf[4 * lane], &src[4 * lane]);
+    cp_async_commit();
+    if (lane < 8) cp_async_16(&buf[32 + 4 * lane], &src[32 + 4 * lane]);
+    cp_async_commit();
+    if (waited == 1)
+        cp_async_wait<1>();
+    else
+        cp_async_wait<0>();
+    __syncthreads();
+    out[lane] = buf[lane];
+    out[32 + lane] = buf[32 + lane];
 }

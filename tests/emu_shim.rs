@@ -126,3 +126,33 @@ fn unknown_kernel_and_bad_launch_are_errors() {
     let e = unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 2048, 0), &[out.arg_mut()]) }.unwrap_err();
     assert!(e.to_string().contains("invalid launch"), "{e}");
 }
+
+fn cp_async_wait(dev: &Device, waited: i32) -> Vec<f32> {
+    let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let st = Tensor::from_host(dev, &[64], &src).unwrap();
+    let mut out = Tensor::<f32>::empty(dev, &[64]).unwrap();
+    // SAFETY: (const float* src, float* out, int waited): 64 floats each, one warp.
+    unsafe { dev.launch(&k("shim_cp_async_wait"), cfg(1, 32, 0), &[st.arg(), out.arg_mut(), KArg::I32(waited)]) }
+        .unwrap();
+    out.to_host().unwrap()
+}
+
+#[test]
+fn cp_async_lands_as_late_as_its_wait_allows() {
+    let want: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    for s in [Schedule::Index, Schedule::Reverse, Schedule::Random(3)] {
+        let dev = Device::emu();
+        dev.set_schedule(s);
+        assert_eq!(cp_async_wait(&dev, 0), want, "wait_group 0 covers both groups, schedule {s:?}");
+    }
+    // Waiting for the older group only: chunk 0 has landed whatever the schedule; chunk 1 is
+    // still in flight under reverse (copies land at the covering wait) and reads stale -1s,
+    // while index (copies land at issue) hides the bug.
+    let dev = Device::emu();
+    dev.set_schedule(Schedule::Reverse);
+    let late = cp_async_wait(&dev, 1);
+    assert_eq!(&late[..32], &want[..32]);
+    assert!(late[32..].iter().all(|&v| v == -1.0), "chunk 1 landed before its wait: {:?}", &late[32..]);
+    dev.set_schedule(Schedule::Index);
+    assert_eq!(cp_async_wait(&dev, 1), want);
+}

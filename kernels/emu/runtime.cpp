@@ -16,6 +16,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <string>
+#include <deque>
 #include <vector>
 
 #if defined(__SANITIZE_THREAD__)
@@ -80,12 +81,22 @@ constexpr size_t kGuardBytes = 4096;
 
 enum class State { Ready, AtBarrier, AtWarp, Done };
 
+// One cp.async in flight: the source bytes (read at issue, zero-filled past src_bytes) and
+// where they land.
+struct AsyncCopy {
+    unsigned char* dst;
+    unsigned bytes;
+    unsigned char data[16];
+};
+
 struct Fiber {
     void* sp = nullptr;
     unsigned char* stack = nullptr;  // lowest address of the mapping (guard page first)
     State state = State::Ready;
     uint3 tid{};
     unsigned linear = 0;
+    std::vector<AsyncCopy> cp_open;                // cp.async issued since the last commit
+    std::deque<std::vector<AsyncCopy>> cp_groups;  // committed, not yet landed, oldest first
 #ifdef EMU_TSAN
     void* tsan = nullptr;
 #endif
@@ -106,6 +117,8 @@ struct Block {
     void** args = nullptr;
     std::vector<Fiber> fibers;
     unsigned nthreads = 0, done = 0, current = 0;
+    int schedule = 0;
+    uint64_t* rng = nullptr;  // the launch's random stream (random schedule)
     void* sched_sp = nullptr;
     // __syncthreads state of the current generation
     unsigned bar_arrived = 0, bar_gen = 0;
@@ -154,6 +167,7 @@ EMU_NO_TSAN void fiber_main() {
     __tsan_acquire(&b->block_start);
 #endif
     b->fn(b->args);
+    cp_async_wait(-1);  // copies still in flight land, as they would on the GPU
     Fiber& f = cur();
     f.state = State::Done;
     b->done++;
@@ -258,6 +272,8 @@ void acquire_block(Block& b) {
 // Runs one block to completion or failure. Returns false on a kernel error.
 EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
     g_block = &b;
+    b.schedule = schedule;
+    b.rng = &rng;
     b.done = 0;
     b.bar_arrived = 0;
     b.failed = false;
@@ -271,6 +287,8 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
                 f.state = State::Ready;
                 f.tid = {x, y, z};
                 f.linear = i;
+                f.cp_open.clear();  // a failed launch may have abandoned copies
+                f.cp_groups.clear();
                 prepare_stack(f);
             }
     std::vector<unsigned> ord(b.nthreads);
@@ -439,6 +457,38 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
 #ifdef EMU_TSAN
     __tsan_acquire(&w);
 #endif
+}
+
+void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+    AsyncCopy c{static_cast<unsigned char*>(dst), bytes, {}};
+    if (src_bytes) std::memcpy(c.data, src, src_bytes);
+    Block* b = g_block;
+    const bool now = b->schedule == 0 || (b->schedule == 2 && (splitmix(*b->rng) & 1));
+    if (now)
+        std::memcpy(c.dst, c.data, bytes);
+    else
+        cur().cp_open.push_back(c);
+}
+
+void cp_async_commit() {
+    Fiber& f = cur();
+    f.cp_groups.push_back(std::move(f.cp_open));
+    f.cp_open.clear();
+}
+
+void cp_async_wait(int pending) {
+    Fiber& f = cur();
+    auto land = [](const std::vector<AsyncCopy>& g) {
+        for (const AsyncCopy& c : g) std::memcpy(c.dst, c.data, c.bytes);
+    };
+    while (!f.cp_groups.empty() && (pending < 0 || f.cp_groups.size() > size_t(pending))) {
+        land(f.cp_groups.front());
+        f.cp_groups.pop_front();
+    }
+    if (pending < 0) {
+        land(f.cp_open);
+        f.cp_open.clear();
+    }
 }
 
 void syncwarp_at(const char* file, int line, unsigned mask) {

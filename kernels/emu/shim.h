@@ -72,6 +72,13 @@ void warp_collective(unsigned mask, const char* op, const char* file, int line, 
                      CollectiveFn fn);
 unsigned lane_id();
 void syncthreads(const char* file, int line);
+// cp.async (kernels/ptx.cuh): the source is read at issue; when the copy lands in shared memory
+// depends on the schedule: at issue (index), at the wait that must cover it (reverse), either
+// (random, per copy). A pipeline that waits too little reads stale data under reverse and random.
+void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void cp_async_commit();
+// Lands all but the newest `pending` committed groups; pending < 0: every copy, committed or not.
+void cp_async_wait(int pending);
 // Reports a kernel error (the launch fails with this message) and never returns.
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // Dynamic shared memory of the running block: 128-byte aligned, filled with 0xFF (fp16 NaN)
