@@ -9,36 +9,45 @@
 // The math, per 2x2 output tile (4x4 input patch d, rows/cols -1..2 around the tile):
 //   V = B^T d B  (adds only),  M[xi] = sum_c V[xi][c] U[xi][out][c]  (16 GEMMs),  Y = A^T M A.
 //
-// Tiling: a block owns 32 output tiles (GEMM M, tiles numbered over n, tile row, tile col)
-// x 64 output channels (GEMM N), 256 threads = 8 warps as 2 (tiles) x 4 (channels). A warp
-// owns 16 tiles x 16 channels for all 16 transform points, so it holds, in registers, every
-// M[xi] a tile's output transform needs: the epilogue (A^T M A, bias, ReLU or mask, fp16
-// store) runs straight from the mma accumulators, with no shared-memory round trip. That is
-// 16 x 2 x 4 = 128 fp32 accumulators a lane; 256 threads stay within 255 registers.
-// The reduction over input channels goes 16 at a time (one mma k-step), double-buffered:
-//   1. cp.async (16 B, zero-fill for padding, ragged tiles and a C that is 8 mod 16) of the 32
-//      tiles' 4x4 patches [px][tile][16 c] and of U [xi][64 out][16 c] for chunk i+1, while
-//   2. chunk i's patches are transformed in place into V [xi][tile][16 c] (one thread a tile
-//      and channel pair, fp32 adds, one fp16 rounding: |V| <= 4 max|d|), then
-//   3. per xi one ldmatrix.x4 of V (A: 16 tiles x 16 c), one of U (B: 16 out x 16 c), two mma.
-// Rows are padded from 16 to 24 halves (48 B = 12 words): the 8 row addresses of an ldmatrix
-// land on 8 distinct 4-bank groups. Smem: 2 stages x (16x32 + 16x64) x 24 x 2 B = 144 KB,
-// one block per SM (the 128 accumulators allow no second one anyway).
+// Tiling: a block owns 64 output tiles (GEMM M, tiles numbered over n, tile row, tile col) x 32
+// output channels (GEMM N); 256 threads = 8 warps, and warp w owns transform points 2w and 2w+1
+// over the whole 64 x 32 block tile (2 x 4 x 4 mma fragments = 128 fp32 accumulators a lane).
+// Splitting the warps by transform point rather than by tile makes each warp's GEMM 64 x 32:
+// per point and 16 channels, 4 ldmatrix.x4 of V and 2 of U feed 16 mma's (the first version,
+// 16 x 16 per warp over all 16 points, needed 2 ldmatrix per 2 mma and was shared-memory
+// bound). The price is the epilogue: a tile's 16 points live in 8 warps, so M goes through
+// shared memory (fp32, 160 KB, reusing the pipeline buffers) before A^T M A.
+// The reduction over input channels goes 16 at a time (one mma k-step), in a pipeline with one
+// barrier per step. In step i: the copy of patches i+3 and filters i+2 is issued (cp.async 16 B,
+// zero-fill for padding, ragged tiles and a C that is 8 mod 16), patches i+1 are transformed in
+// place into V (one thread a tile and channel pair, fp32 adds, one fp16 rounding:
+// |V| <= 4 max|d|), and the mma's of step i run on V_i and U_i. Different warps reach the
+// transform and the mma's at different times, so the adders and the tensor cores overlap.
+// Buffers: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB:
+// 176 KB, one block per SM (the 128 accumulators allow no second one anyway).
+// Shared rows are 16 halves (two 16-byte chunks); the chunk index is XORed with bit 2 of the
+// row, so the 8 rows an ldmatrix matrix reads (and a warp's transform accesses) hit 32
+// distinct banks without padding.
 // Known costs to attack next: neighbouring tiles' patches overlap (each pixel is copied about
-// 4 times from L2), the transform and the mma's of one stage do not overlap within a block,
-// and the 2 ldmatrix per 2 mma keep shared-memory bandwidth close to the limit.
+// 4 times from L2); every block re-reads its 32 channels' U from L2.
 #include "common.cuh"
 #include "ptx.cuh"
 
 namespace w2 {
-constexpr int kTiles = 32;                     // output tiles per block (GEMM M)
-constexpr int kOut = 64;                       // output channels per block (GEMM N)
-constexpr int kC = 16;                         // input channels per stage (GEMM K)
-constexpr int kRow = 24;                       // padded shared row, halves
-constexpr int kDStage = 16 * kTiles * kRow;    // halves: patches, then V in place
-constexpr int kUStage = 16 * kOut * kRow;      // halves: transformed filters
-// Dynamic shared memory: 2 * (kDStage + kUStage) * 2 bytes = 147456 (src/ops/conv.rs).
+constexpr int kTiles = 64;                  // output tiles per block (GEMM M)
+constexpr int kOut = 32;                    // output channels per block (GEMM N)
+constexpr int kC = 16;                      // input channels per step (GEMM K)
+constexpr int kXBufs = 4, kUBufs = 3;       // pipeline buffers (see above)
+constexpr int kXStage = 16 * kTiles * kC;   // halves: patches, then V in place
+constexpr int kUStage = 16 * kOut * kC;     // halves: transformed filters
+constexpr int kMRow = kOut + 8;             // epilogue fp32 row: float2 stores conflict-free
+// Dynamic shared memory: (4 * kXStage + 3 * kUStage) * 2 = 180224 bytes (src/ops/conv.rs); the
+// epilogue's 16 * 64 * kMRow floats (163840 bytes) fit in it.
+static_assert(16 * kTiles * kMRow * 4 <= (kXBufs * kXStage + kUBufs * kUStage) * 2, "epilogue fits");
 }  // namespace w2
+
+// Offset in halves of 16-byte chunk `chunk` (0, 1) of 16-half row `row`, swizzled.
+__device__ __forceinline__ int wino_swz(int row, int chunk) { return row * 16 + (((chunk ^ (row >> 2)) & 1) << 3); }
 
 // V = B^T d B for one channel, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 __device__ __forceinline__ void wino2x2_input_transform(float d[4][4]) {
@@ -67,137 +76,194 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     VGG_DYN_SHARED(__half, smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int th = (h + 1) >> 1, tw = (w + 1) >> 1, tiles = n * th * tw;
-    const int tile0 = blockIdx.x * kTiles, k0 = blockIdx.y * kOut;
-    const int chunks = (cin + kC - 1) / kC;
+    // Channel blocks vary fastest: the blocks sharing a set of tiles run together and find its
+    // patches in L2.
+    const int kblocks = (cout + kOut - 1) / kOut;
+    const int tile0 = (int)(blockIdx.x / kblocks) * kTiles, k0 = (int)(blockIdx.x % kblocks) * kOut;
+    const int steps = (cin + kC - 1) / kC;
 
-    // Copy roles. Patches: tile lt, channels ch8..ch8+7, column pb of the 4x4 patch, all 4 rows.
-    // Filters: output channel uo, channels ch8..ch8+7, transform points (tid >> 7) + 2j.
-    const int lt = (tid >> 1) & 31, ch8 = (tid & 1) * 8, pb = tid >> 6, uo = (tid >> 1) & 63;
+    // Copy roles. Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2, all rows.
+    const int lt = (tid >> 1) & 63, ch = tid & 1, pb = tid >> 7;
     const bool tile_ok = tile0 + lt < tiles;
     const int tt = tile_ok ? tile0 + lt : 0;
-    const int img = tt / (th * tw), iy0 = 2 * (tt / tw % th) - 1, ix = 2 * (tt % tw) - 1 + pb;
-    const bool col_ok = tile_ok && ix >= 0 && ix < w;
-    auto load = [&](int chunk, int buf) {
-        const int c = chunk * kC + ch8;
-        __half* sd = smem + buf * kDStage;
+    const int img = tt / (th * tw), iy0 = 2 * (tt / tw % th) - 1, ix0 = 2 * (tt % tw) - 1;
+    auto load = [&](int s, bool patches, bool filters) {
+        if (patches && s < steps) {
+            const int c = s * kC + 8 * ch;
+            __half* sx = smem + (s % kXBufs) * kXStage;
 #pragma unroll
-        for (int a = 0; a < 4; ++a) {
-            const int iy = iy0 + a;
-            const bool ok = col_ok && iy >= 0 && iy < h && c < cin;
-            const __half* src = ok ? x + (((long long)img * h + iy) * w + ix) * cin + c : x;
-            cp_async_16(sd + ((a * 4 + pb) * kTiles + lt) * kRow + ch8, src, ok);
+            for (int b = 0; b < 2; ++b) {
+                const int col = pb + 2 * b, ix = ix0 + col;
+                const bool col_ok = tile_ok && ix >= 0 && ix < w && c < cin;
+#pragma unroll
+                for (int a = 0; a < 4; ++a) {
+                    const int iy = iy0 + a;
+                    const bool ok = col_ok && iy >= 0 && iy < h;
+                    const __half* src = ok ? x + (((long long)img * h + iy) * w + ix) * cin + c : x;
+                    cp_async_16(sx + wino_swz((a * 4 + col) * kTiles + lt, ch), src, ok);
+                }
+            }
         }
-        __half* su = smem + 2 * kDStage + buf * kUStage;
-        const bool uok = k0 + uo < cout && c < cin;
+        if (filters && s < steps) {
+            __half* su = smem + kXBufs * kXStage + (s % kUBufs) * kUStage;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int xi = (tid >> 7) + 2 * j;
-            const __half* src = uok ? u + ((long long)xi * cout + k0 + uo) * cin + c : u;
-            cp_async_16(su + (xi * kOut + uo) * kRow + ch8, src, uok);
+            for (int j = 0; j < 4; ++j) {
+                const int idx = tid + 256 * j, xi = idx >> 6, uo = (idx >> 1) & 31, uc = idx & 1;
+                const int c = s * kC + 8 * uc;
+                const bool ok = k0 + uo < cout && c < cin;
+                const __half* src = ok ? u + ((long long)xi * cout + k0 + uo) * cin + c : u;
+                cp_async_16(su + wino_swz(xi * kOut + uo, uc), src, ok);
+            }
         }
     };
-
-    float acc[16][2][4];
-#pragma unroll
-    for (int xi = 0; xi < 16; ++xi)
-#pragma unroll
-        for (int nb = 0; nb < 2; ++nb)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[xi][nb][i] = 0.f;
-
-    const int wt = warp >> 2, wk = warp & 3;  // this warp: tiles wt*16.., channels wk*16..
-    load(0, 0);
-    cp_async_commit();
-    for (int it = 0; it < chunks; ++it) {
-        const int buf = it & 1;
-        if (it + 1 < chunks) load(it + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-
-        // Input transform in place: thread -> tile tid >> 3, channels 2 (tid & 7), +1.
-        {
-            __half* p = smem + buf * kDStage + (tid >> 3) * kRow + 2 * (tid & 7);
+    // In place, V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels
+    // 2 (tid & 7), +1.
+    auto transform = [&](int s) {
+        if (s >= steps) return;
+        __half* sx = smem + (s % kXBufs) * kXStage;
+        const int pair = tid & 7;
+#pragma unroll 1
+        for (int q = 0; q < 2; ++q) {
+            const int tile = q * 32 + (tid >> 3);
             float d[2][4][4];
 #pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b) {
-                    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(p + (a * 4 + b) * kTiles * kRow));
-                    d[0][a][b] = v.x;
-                    d[1][a][b] = v.y;
-                }
+            for (int px = 0; px < 16; ++px) {
+                const __half* p = sx + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
+                const float2 v = __half22float2(*reinterpret_cast<const __half2*>(p));
+                d[0][px >> 2][px & 3] = v.x;
+                d[1][px >> 2][px & 3] = v.y;
+            }
             wino2x2_input_transform(d[0]);
             wino2x2_input_transform(d[1]);
 #pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b)
-                    *reinterpret_cast<__half2*>(p + (a * 4 + b) * kTiles * kRow) =
-                        __floats2half2_rn(d[0][a][b], d[1][a][b]);
+            for (int px = 0; px < 16; ++px) {
+                __half* p = sx + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
+                *reinterpret_cast<__half2*>(p) = __floats2half2_rn(d[0][px >> 2][px & 3], d[1][px >> 2][px & 3]);
+            }
         }
+    };
+
+    float acc[2][4][4][4];  // [point 2 warp + q][16-tile block][8-channel block][fragment]
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int mb = 0; mb < 4; ++mb)
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[q][mb][nb][i] = 0.f;
+
+    // Prologue: patches 0, then (patches 1, filters 0), then (patches 2, filters 1), one group
+    // each; transform 0 once its group has landed.
+    load(0, true, false);
+    cp_async_commit();
+    load(1, true, false);
+    load(0, false, true);
+    cp_async_commit();
+    load(2, true, false);
+    load(1, false, true);
+    cp_async_commit();
+    cp_async_wait<2>();
+    __syncthreads();
+    transform(0);
+
+    for (int it = 0; it < steps; ++it) {
+        // Patches it + 1 and filters it were the second newest group; the newest may fly on.
+        cp_async_wait<1>();
+        // Makes them (and V_it) visible, and ends every read of the buffers refilled next.
         __syncthreads();
+        load(it + 3, true, false);
+        load(it + 2, false, true);
+        cp_async_commit();
+        transform(it + 1);
 
-        // 16 GEMMs, one k-step each: M[xi] (16 tiles x 16 out) += V[xi] (16 x 16c) U[xi]^T.
-        const __half* sv = smem + buf * kDStage;
-        const __half* su = smem + 2 * kDStage + buf * kUStage;
+        // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
+        const __half* sv = smem + (it % kXBufs) * kXStage;
+        const __half* su = smem + kXBufs * kXStage + (it % kUBufs) * kUStage;
 #pragma unroll
-        for (int xi = 0; xi < 16; ++xi) {
-            unsigned a[4], b[4];
-            ldmatrix_x4(a, sv + (xi * kTiles + wt * 16 + (lane & 15)) * kRow + 8 * (lane >> 4));
-            ldmatrix_x4(b, su + (xi * kOut + wk * 16 + (lane & 7) + 8 * (lane >> 4)) * kRow + 8 * ((lane >> 3) & 1));
-            mma_m16n8k16_f16f32(acc[xi][0], a, b, acc[xi][0]);
-            mma_m16n8k16_f16f32(acc[xi][1], a, b + 2, acc[xi][1]);
-        }
-        __syncthreads();  // the next iteration's copy overwrites this buffer
-    }
-
-    // Epilogue from registers: lane holds M[0..15] of tiles g, g+8 and channels 2t, 2t+1 of
-    // each 8-channel block. Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1].
+        for (int q = 0; q < 2; ++q) {
+            const int xi = 2 * warp + q;
+            unsigned b[2][4];
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-        const int tile = tile0 + wt * 16 + g + 8 * hh;
-        if (tile >= tiles) continue;
-        const int timg = tile / (th * tw), oy0 = 2 * (tile / tw % th), ox0 = 2 * (tile % tw);
+            for (int p = 0; p < 2; ++p)
+                ldmatrix_x4(b[p], su + wino_swz(xi * kOut + p * 16 + (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1));
 #pragma unroll
-        for (int nb = 0; nb < 2; ++nb) {
-            const int kk = k0 + wk * 16 + nb * 8 + 2 * t;  // even, and kk + 1 < cout when kk < cout
-            if (kk >= cout) continue;
-            float out[2][2][2];  // [channel kk + e][row][col]
+            for (int mb = 0; mb < 4; ++mb) {
+                unsigned a[4];
+                ldmatrix_x4(a, sv + wino_swz(xi * kTiles + mb * 16 + (lane & 15), lane >> 4));
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                float s[2][4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const float m0 = acc[j][nb][2 * hh + e], m1 = acc[4 + j][nb][2 * hh + e];
-                    const float m2 = acc[8 + j][nb][2 * hh + e], m3 = acc[12 + j][nb][2 * hh + e];
-                    s[0][j] = m0 + m1 + m2;
-                    s[1][j] = m1 - m2 - m3;
-                }
-                const float b = bias ? __half2float(bias[kk + e]) : 0.f;
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    out[e][i][0] = s[i][0] + s[i][1] + s[i][2] + b;
-                    out[e][i][1] = s[i][1] - s[i][2] - s[i][3] + b;
+                for (int p = 0; p < 2; ++p) {
+                    mma_m16n8k16_f16f32(acc[q][mb][2 * p], a, b[p], acc[q][mb][2 * p]);
+                    mma_m16n8k16_f16f32(acc[q][mb][2 * p + 1], a, b[p] + 2, acc[q][mb][2 * p + 1]);
                 }
             }
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int oy = oy0 + i, ox = ox0 + j;
-                    if (oy >= h || ox >= w) continue;
-                    const long long o = (((long long)timg * h + oy) * w + ox) * cout + kk;
-                    float v0 = out[0][i][j], v1 = out[1][i][j];
-                    if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
-                    if (mask) {
-                        const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mask + o));
-                        if (!(mv.x > 0.f)) v0 = 0.f;
-                        if (!(mv.y > 0.f)) v1 = 0.f;
-                    }
-                    *reinterpret_cast<__half2*>(y + o) = __floats2half2_rn(v0, v1);
-                }
         }
+    }
+    cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
+    __syncthreads();     // every warp is done with the pipeline buffers
+
+    // M to shared memory, ms[xi][tile][channel] in fp32. Fragment: rows (tiles) g and g + 8,
+    // columns (channels) 2t, 2t + 1.
+    float* ms = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+        for (int mb = 0; mb < 4; ++mb)
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb) {
+                float* r = ms + ((2 * warp + q) * kTiles + mb * 16 + g) * kMRow + nb * 8 + 2 * t;
+                *reinterpret_cast<float2*>(r) = make_float2(acc[q][mb][nb][0], acc[q][mb][nb][1]);
+                *reinterpret_cast<float2*>(r + 8 * kMRow) = make_float2(acc[q][mb][nb][2], acc[q][mb][nb][3]);
+            }
+    __syncthreads();
+
+    // Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], + bias, ReLU or mask, fp16 pairs: thread -> tile
+    // idx >> 4, channels 2 (idx & 15), +1, for idx = tid + 256 r.
+#pragma unroll 1
+    for (int r = 0; r < 4; ++r) {
+        const int idx = tid + 256 * r, lt2 = idx >> 4, kk = k0 + 2 * (idx & 15);
+        const int tile = tile0 + lt2;
+        if (tile >= tiles || kk >= cout) continue;  // cout is even: kk + 1 < cout too
+        float2 m[16];
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi)
+            m[xi] = *reinterpret_cast<const float2*>(ms + (xi * kTiles + lt2) * kMRow + 2 * (idx & 15));
+        const int timg = tile / (th * tw), oy0 = 2 * (tile / tw % th), ox0 = 2 * (tile % tw);
+        const float b0 = bias ? __half2float(bias[kk]) : 0.f, b1 = bias ? __half2float(bias[kk + 1]) : 0.f;
+        float out[2][2][2];  // [channel kk + e][row][col]
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float s[2][4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float m0 = e ? m[j].y : m[j].x, m1 = e ? m[4 + j].y : m[4 + j].x;
+                const float m2 = e ? m[8 + j].y : m[8 + j].x, m3 = e ? m[12 + j].y : m[12 + j].x;
+                s[0][j] = m0 + m1 + m2;
+                s[1][j] = m1 - m2 - m3;
+            }
+            const float b = e ? b1 : b0;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                out[e][i][0] = s[i][0] + s[i][1] + s[i][2] + b;
+                out[e][i][1] = s[i][1] - s[i][2] - s[i][3] + b;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int oy = oy0 + i, ox = ox0 + j;
+                if (oy >= h || ox >= w) continue;
+                const long long o = (((long long)timg * h + oy) * w + ox) * cout + kk;
+                float v0 = out[0][i][j], v1 = out[1][i][j];
+                if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+                if (mask) {
+                    const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mask + o));
+                    if (!(mv.x > 0.f)) v0 = 0.f;
+                    if (!(mv.y > 0.f)) v1 = 0.f;
+                }
+                *reinterpret_cast<__half2*>(y + o) = __floats2half2_rn(v0, v1);
+            }
     }
 }
 

@@ -67,6 +67,9 @@ pub const EDGE_CASES: &[NamedProblem] = &[
     p("n1_5x9", 1, 5, 9, 8, 16),
     p("n3_6x4", 3, 6, 4, 24, 8),
     p("c3_first", 2, 9, 11, 3, 16),
+    // More input-channel steps of 16 than the Winograd pipeline has buffers (the last one half
+    // full), 70 tiles (a ragged second block of 64), K = 40 (a ragged block of 32 channels).
+    p("deep_c88", 2, 9, 13, 88, 40),
 ];
 
 /// VGG-16's thirteen 3x3 layers at 224x224, batch given by the caller.

@@ -81,6 +81,7 @@ fn two_schedules_bit_identical() {
     for (p, algo) in [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
+        (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 5, 7, 3, 16), ConvAlgo::Direct),
         (ConvProblem::new(1, 50, 45, 8, 8), ConvAlgo::Direct),
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Auto),
@@ -107,6 +108,7 @@ fn integer_data_is_exact_in_every_algorithm() {
     for p in [
         ConvProblem::new(2, 7, 9, 24, 72),
         ConvProblem::new(1, 33, 35, 8, 16),
+        ConvProblem::new(2, 9, 13, 88, 40),
         ConvProblem::new(3, 1, 2, 16, 8),
         ConvProblem::new(2, 9, 11, 3, 64),
         ConvProblem::new(1, 6, 7, 5, 16),

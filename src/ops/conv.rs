@@ -28,12 +28,13 @@ const IGEMM_WGRAD: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
-/// Winograd main loop: 32 output tiles x 64 channels a block, 256 threads, two stages of
-/// (16 x 32 + 16 x 64) x 24 halves of shared memory (kernels/winograd_conv.cu).
-const WINO_TILES: usize = 32;
-const WINO_OUT: usize = 64;
+/// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads, 4 buffers of
+/// 16 x 64 x 16 halves (patches / V) and 3 of 16 x 32 x 16 (U) in shared memory
+/// (kernels/winograd_conv.cu).
+const WINO_TILES: usize = 64;
+const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
-const WINO_SMEM: u32 = 2 * (16 * 32 + 16 * 64) * 24 * 2;
+const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
 /// Implicit-GEMM wgrad: 64 k x 64 flattened (r, s, c) columns a block, 32 pixels a stage, 128
 /// threads.
 const WG_M: usize = 64;
@@ -511,16 +512,16 @@ impl Conv3x3 {
         ])
     }
 
-    /// Grid of the Winograd main loop with `cout` output channels.
+    /// Grid of the Winograd main loop with `cout` output channels: one dimension, channel blocks
+    /// fastest (the kernel splits blockIdx.x).
     fn wino_config(&self, cout: usize) -> Result<LaunchConfig> {
         let p = &self.problem;
         let tiles = p.n * p.h.div_ceil(2) * p.w.div_ceil(2);
-        let gx = u32::try_from(tiles.div_ceil(WINO_TILES))
-            .map_err(|_| Error::Shape(format!("conv3x3 {p}: too many tiles for one launch")))?;
-        Ok(LaunchConfig {
-            grid: (gx, cout.div_ceil(WINO_OUT) as u32, 1),
-            block: (WINO_THREADS, 1, 1),
-            shared_bytes: WINO_SMEM,
-        })
+        let blocks = tiles.div_ceil(WINO_TILES) * cout.div_ceil(WINO_OUT);
+        let gx = u32::try_from(blocks)
+            .ok()
+            .filter(|&b| b <= i32::MAX as u32)
+            .ok_or_else(|| Error::Shape(format!("conv3x3 {p}: too many tiles for one launch")))?;
+        Ok(LaunchConfig { grid: (gx, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: WINO_SMEM })
     }
 }
