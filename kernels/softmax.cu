@@ -4,6 +4,8 @@
 //                                         dlogits = (softmax - onehot) * loss_scale / batch (fp16)
 //   softmax_xent_finish                   one block: batch-mean loss, hit counts and the
 //                                         bad-label report into the status words
+//   softmax_fwd_f16 / softmax_fwd_f32     forward only, for evaluation: one block a row,
+//                                         probabilities p = exp(z - max) / sum (fp32)
 // Every reduction has a fixed shape (thread-strided partials, a shuffle butterfly, warps
 // summed in index order), so the results are bit-identical run to run and schedule to
 // schedule; the batch mean is summed in f64 by one block in row order, never by atomics.
@@ -152,6 +154,33 @@ extern "C" __global__ void softmax_xent_f32(const float* __restrict__ logits, co
                                             __half* __restrict__ dlogits, float* __restrict__ row_loss,
                                             int* __restrict__ row_rank, int classes, float coef) {
     xent_row(logits, labels, dlogits, row_loss, row_rank, classes, coef);
+}
+
+// Evaluation's posteriors. The same sweeps as xent_row: the maximum first, so no exp
+// overflows whatever the logits' scale, then the sum, then p = e / s, an IEEE division
+// (not e * (1/s), a second rounding). From fp16 logits, where z - m is nearly always
+// exact in fp32, p is within a few fp32 ulps of the exact softmax.
+template <typename T>
+__device__ void softmax_row(const T* __restrict__ logits, float* __restrict__ probs, int classes) {
+    __shared__ float max_slots[32], sum_slots[32];
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const T* z = logits + (long long)blockIdx.x * classes;
+    float* p = probs + (long long)blockIdx.x * classes;
+    float m = __int_as_float(0xff800000);
+    for (int j = tid; j < classes; j += nt) m = fmaxf(m, xent_load(z + j));
+    m = xent_block_max(m, max_slots);
+    float s = 0.f;
+    for (int j = tid; j < classes; j += nt) s += expf(xent_load(z + j) - m);
+    s = xent_block_sum(s, sum_slots);
+    for (int j = tid; j < classes; j += nt) p[j] = expf(xent_load(z + j) - m) / s;
+}
+
+extern "C" __global__ void softmax_fwd_f16(const __half* __restrict__ logits, float* __restrict__ probs, int classes) {
+    softmax_row(logits, probs, classes);
+}
+
+extern "C" __global__ void softmax_fwd_f32(const float* __restrict__ logits, float* __restrict__ probs, int classes) {
+    softmax_row(logits, probs, classes);
 }
 
 // One block (a multiple of 32 threads). Thread t owns rows t, t + nt, ...; partial sums in

@@ -1,6 +1,7 @@
 //! `vgg predict` / `vgg eval` on emu: predictions equal `Vgg::forward` + a host softmax on
-//! the data pipeline's test transform, an ensemble of a model with itself is the model,
-//! multi-crop views, errors that name the problem, and the train -> eval CLI round trip.
+//! the data pipeline's test transform (to fp32 rounding: predict's softmax runs on the
+//! device), an ensemble of a model with itself is the model, multi-crop views, errors that
+//! name the problem, and the train -> eval CLI round trip.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,12 +82,14 @@ fn predict_matches_forward_and_host_softmax() {
     vgg.import_params(&checkpoint::load(&w).unwrap().weights).unwrap();
     let images = Tensor::from_host(&dev, &[3, 32, 32, 3], &b.images).unwrap();
     let logits = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+    // The posteriors come from the device's fp32 softmax: within its selftest bound
+    // (4e-6 relative) of the exact one; emu measured 9.8e-8, and sums off 1 by 7.5e-8.
     for (i, p) in preds.iter().enumerate() {
         let sum: f64 = p.probs.iter().sum();
-        assert!((sum - 1.0).abs() < 1e-12, "image {i}: probabilities sum to {sum}");
+        assert!((sum - 1.0).abs() < 4e-6, "image {i}: probabilities sum to {sum}");
         let want = eval::softmax(&logits[i * 3..(i + 1) * 3]);
         for (c, (g, e)) in p.probs.iter().zip(&want).enumerate() {
-            assert!((g - e).abs() < 1e-9, "image {i} class {c}: predict {g}, forward + softmax {e}");
+            assert!((g - e).abs() <= 4e-6 * e, "image {i} class {c}: predict {g}, forward + softmax {e}");
         }
         assert_eq!(p.top.len(), 3);
         assert!(p.top.windows(2).all(|t| t[0].prob >= t[1].prob), "top-k not sorted: {:?}", p.top);

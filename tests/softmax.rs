@@ -1,11 +1,12 @@
 //! Softmax cross-entropy on emu: the selftest check against the reference, bit-identity
 //! across schedules, the bad-label report (deferred, sticky, naming the row), the
-//! forward-only mode, and shape errors.
+//! forward-only mode, and shape errors; the same for evaluation's `softmax_fwd`, with
+//! infinite, NaN and out-of-exp-range logits.
 
 mod two_schedules;
 
 use half::f16;
-use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, values};
+use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, bits32, values};
 use vgg_cuda::{ops, reference as r, Device, Error, Tensor};
 
 #[test]
@@ -29,6 +30,48 @@ fn softmax_xent_is_schedule_independent() {
             (bits16(&dz), s.loss.to_bits(), s.top1, s.top5)
         });
     }
+}
+
+#[test]
+fn softmax_fwd_matches_reference() {
+    assert_check_passes("softmax_fwd");
+}
+
+#[test]
+fn softmax_fwd_is_schedule_independent() {
+    for (rows, classes) in [(5, 1000), (3, 37)] {
+        assert_schedule_independent(&format!("softmax_fwd {rows}x{classes}"), |dev| {
+            let z = values(rows * classes, 4, 8.0);
+            let mut p = Tensor::<f32>::empty(dev, &[rows, classes]).unwrap();
+            p.poison().unwrap();
+            ops::softmax_fwd(&Tensor::from_f32(dev, &[rows, classes], &z).unwrap(), &mut p).unwrap();
+            let fp16 = bits32(&p);
+            ops::softmax_fwd(&Tensor::from_host(dev, &[rows, classes], &z).unwrap(), &mut p).unwrap();
+            (fp16, bits32(&p))
+        });
+    }
+}
+
+#[test]
+fn softmax_fwd_extremes() {
+    // Logits past fp32's exp range, a -inf class (probability 0), one NaN (its row NaN),
+    // and a single class (probability 1).
+    let dev = Device::emu();
+    let z = [1000.0, 999.0, f32::NEG_INFINITY, -1000.0, 0.0, f32::NAN, 1.0, 2.0];
+    let mut p = Tensor::<f32>::empty(&dev, &[2, 4]).unwrap();
+    ops::softmax_fwd(&Tensor::from_host(&dev, &[2, 4], &z).unwrap(), &mut p).unwrap();
+    let p = p.to_host().unwrap();
+    let want = r::softmax_fwd(1, 4, &z[..4]);
+    assert!(p[..4].iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-6 * w), "{p:?} vs {want:?}");
+    assert_eq!((p[2], p[3]), (0.0, 0.0));
+    assert!(p[4..].iter().all(|v| v.is_nan()), "{p:?}");
+    let mut one = Tensor::<f32>::empty(&dev, &[3, 1]).unwrap();
+    ops::softmax_fwd(&Tensor::<f16>::from_f32(&dev, &[3, 1], &[-7.0, 0.0, 6e4]).unwrap(), &mut one).unwrap();
+    assert_eq!(one.to_host().unwrap(), vec![1.0; 3]);
+    let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3, 2]).unwrap(), &mut one).unwrap_err();
+    assert!(e.to_string().contains("probs has 3 elements"), "{e}");
+    let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3]).unwrap(), &mut one).unwrap_err();
+    assert!(e.to_string().contains("[rows, classes]"), "{e}");
 }
 
 #[test]

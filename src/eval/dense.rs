@@ -8,17 +8,16 @@
 //! trained weights as they are: the first FC's columns are stored in HWC order
 //! (`(y*tw + x)*C + c`, see [`crate::model::params`]), which is exactly the order of a
 //! `th x tw` window of the NHWC feature map flattened row by row. So the windows are
-//! gathered into rows (an im2col into a temporary tensor) and the three layers run as
-//! [`ops::linear_fwd`] GEMMs over all positions.
+//! gathered into rows on the device ([`ops::dense_gather`], an im2col) and the three layers
+//! run as [`ops::linear_fwd`] GEMMs over all positions.
 //!
 //! The score map has `(fh - th + 1) x (fw - tw + 1)` positions for a final map of
-//! `fh x fw`; its softmax posteriors (f64, on the host) are averaged over positions, and
-//! over the image and its horizontal flip.
+//! `fh x fw`; its softmax posteriors ([`ops::softmax_fwd`], fp32 on the device) are
+//! averaged in f64 on the host over positions, and over the image and its horizontal flip,
+//! which run together as a batch of two.
 //!
-//! Limitations: the im2col gather runs on the host (the feature map goes to the host and
-//! back); buffers are allocated per call (image sizes vary).
+//! Limitation: buffers are allocated per call (image sizes vary).
 
-use super::softmax;
 use crate::model::{FeatureKind, Vgg};
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
 use crate::ops::gemm::{Linear, Pass};
@@ -36,6 +35,8 @@ pub struct ScoreMap {
     pub w: usize,
     /// Logits, `[n][h][w][classes]`.
     pub logits: Vec<f32>,
+    /// Their softmax posteriors (fp32, computed on the device), the same layout.
+    pub probs: Vec<f32>,
 }
 
 /// The score-map size of an `h x w` input to a network trained at `input` pixels with
@@ -49,8 +50,8 @@ pub fn score_map_size(h: usize, w: usize, input: usize, pools: u32) -> Option<(u
 }
 
 /// Runs `vgg`'s network densely over `images` (`[n, h, w, 3]` u8 NHWC, any `h, w` at least
-/// the training input): the class-score logits of every position. `vgg`'s own buffers are
-/// not touched.
+/// the training input): the class-score logits of every position and their posteriors.
+/// `vgg`'s own buffers are not touched.
 pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
     let cfg = vgg.config();
     let dev = vgg.device().clone();
@@ -101,23 +102,13 @@ pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
         x = y;
         (ch, cw) = (yh, yw);
     }
-    // fc6 as a th x tw conv: gather the windows (HWC order, the first FC's column order).
-    let (th, tw, c) = cfg.feature_out();
-    let fmap = x.to_host()?;
-    let m = n * oh * ow;
-    let k = th * tw * c;
-    let mut cols = Vec::with_capacity(m * k);
-    for i in 0..n {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                for dy in 0..th {
-                    let row = ((i * ch + oy + dy) * cw + ox) * c;
-                    cols.extend_from_slice(&fmap[row..row + tw * c]);
-                }
-            }
-        }
-    }
-    let cols = Tensor::<f16>::from_host(&dev, &[m, k], &cols)?;
+    // fc6 as a th x tw conv over the windows, gathered on the device in HWC order (the
+    // first FC's column order).
+    let (th, tw, _) = cfg.feature_out();
+    let mut cols = Tensor::<f16>::empty(&dev, &ops::dense_gather_shape(x.shape(), th, tw)?)?;
+    ops::dense_gather(&x, th, tw, &mut cols)?;
+    let m = cols.shape()[0];
+    debug_assert_eq!(m, n * oh * ow, "the gathered windows are the score map's positions");
     let [c0, c1, c2] = cfg.classifier();
     let fc = params.len() - 6;
     let mut a = Tensor::<f16>::zeros(&dev, &[m, c0.1])?;
@@ -129,19 +120,18 @@ pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
     ops::linear_fwd(&cols, &params[fc].h, Some(&params[fc + 1].h), true, &mut a, Some(&mut ws))?;
     ops::linear_fwd(&a, &params[fc + 2].h, Some(&params[fc + 3].h), true, &mut b, Some(&mut ws))?;
     ops::linear_fwd(&b, &params[fc + 4].h, Some(&params[fc + 5].h), false, &mut logits, Some(&mut ws))?;
-    Ok(ScoreMap { n, h: oh, w: ow, logits: logits.to_f32()? })
+    let mut probs = Tensor::<f32>::empty(&dev, &[m, c2.1])?;
+    ops::softmax_fwd(&logits, &mut probs)?;
+    Ok(ScoreMap { n, h: oh, w: ow, logits: logits.to_f32()?, probs: probs.to_host()? })
 }
 
-/// Per image of `map`, the softmax posteriors of its positions averaged, `n * classes`.
+/// Per image of `map`, its positions' posteriors averaged (in f64), `n * classes`.
 pub fn averaged_posteriors(map: &ScoreMap, classes: usize) -> Vec<f64> {
     let pos = map.h * map.w;
     let mut out = vec![0f64; map.n * classes];
-    for i in 0..map.n {
-        for p in 0..pos {
-            let row = &map.logits[(i * pos + p) * classes..][..classes];
-            for (o, v) in out[i * classes..][..classes].iter_mut().zip(softmax(row)) {
-                *o += v / pos as f64;
-            }
+    for (i, o) in out.chunks_exact_mut(classes).enumerate() {
+        for row in map.probs[i * pos * classes..][..pos * classes].chunks_exact(classes) {
+            o.iter_mut().zip(row).for_each(|(o, &p)| *o += p as f64 / pos as f64);
         }
     }
     out

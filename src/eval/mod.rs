@@ -9,9 +9,9 @@
 //!   (50 views a scale, [`crop_grid`]);
 //! - multi-scale: the views of every Q in `--scale Q1,Q2,...`.
 //!
-//! Every model of an ensemble scores every view; softmax posteriors (f64, on the host) are
-//! averaged over views and models, the paper's combination for scales, crops, flips and
-//! ensembles alike.
+//! Every model of an ensemble scores every view; softmax posteriors ([`ops::softmax_fwd`],
+//! fp32 on the device) are averaged in f64 over views and models, the paper's combination
+//! for scales, crops, flips and ensembles alike.
 //!
 //! Dense evaluation (`--crops dense`, [`dense`]): the FC layers as convolutions over the
 //! whole rescale to Q, the score map's posteriors averaged over positions and over the
@@ -30,7 +30,7 @@ use crate::data::{
 };
 use crate::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use crate::train::checkpoint;
-use crate::{Device, Tensor};
+use crate::{ops, Device, Tensor};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -131,7 +131,8 @@ pub fn views(w: u32, h: u32, qs: &[u32], crop: u32, crops: Crops, flip: bool) ->
     Ok(out)
 }
 
-/// Softmax of one row of logits, in f64.
+/// Softmax of one row of logits, in f64: the host's exact posterior, which tests hold the
+/// device's ([`ops::softmax_fwd`]) against.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let m = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
@@ -261,15 +262,15 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
     for m in models.iter_mut() {
         let dev = m.vgg.device().clone();
         let mut images = Tensor::<u8>::zeros(&dev, &[b, s, s, 3])?;
+        let mut probs = Tensor::<f32>::empty(&dev, &[b, k])?;
         for start in (0..n).step_by(b) {
             let rows = (n - start).min(b);
             batch[..rows * per].copy_from_slice(&pixels[start * per..(start + rows) * per]);
             images.copy_from_host(&batch)?;
-            let logits = m.vgg.forward(&images, false, 0)?.to_f32()?;
-            for r in 0..rows {
-                for (o, p) in out[(start + r) * k..][..k].iter_mut().zip(softmax(&logits[r * k..(r + 1) * k])) {
-                    *o += p;
-                }
+            ops::softmax_fwd(m.vgg.forward(&images, false, 0)?, &mut probs)?;
+            let probs = probs.to_host()?;
+            for (o, &p) in out[start * k..(start + rows) * k].iter_mut().zip(&probs) {
+                *o += p as f64;
             }
         }
     }

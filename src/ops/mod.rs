@@ -3,6 +3,7 @@
 //! have the sizes the shapes imply, and returns an error rather than panicking.
 
 pub mod conv;
+pub mod dense_gather;
 pub mod dropout;
 pub mod elementwise;
 pub mod gemm;
@@ -14,6 +15,7 @@ pub mod reduce;
 pub mod softmax;
 
 pub use conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+pub use dense_gather::{dense_gather, dense_gather_shape};
 pub use dropout::{dropout_bwd, dropout_fwd};
 pub use elementwise::{bias_act, cast_f16_to_f32, cast_f32_to_f16, relu_bwd, relu_fwd};
 pub use gemm::{conv1x1_dgrad, conv1x1_fwd, conv1x1_wgrad, linear_bwd_data, linear_bwd_weight, linear_fwd};
@@ -22,7 +24,7 @@ pub use lrn::{lrn_bwd, lrn_fwd, LrnParams};
 pub use optim::{LossScaler, OverflowFlag, Sgd, SgdParam, SgdParams, SgdPlan};
 pub use pool::{maxpool2x2_bwd, maxpool2x2_fwd};
 pub use reduce::{reduce_max_abs, reduce_sum, Reducer};
-pub use softmax::{softmax_xent, XentBuffers, XentStats};
+pub use softmax::{softmax_fwd, softmax_xent, XentBuffers, XentStats};
 
 /// Threads per block of the one-thread-per-element kernels: a multiple of the warp and
 /// enough blocks per SM on every size that matters.

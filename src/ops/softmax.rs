@@ -1,5 +1,6 @@
 //! Softmax cross-entropy, forward and backward in one launch, with top-1 / top-5 counts
-//! (kernels/softmax.cu), as [`crate::reference::softmax_xent_fwd`] / `_bwd` / `topk_hits`.
+//! (kernels/softmax.cu), as [`crate::reference::softmax_xent_fwd`] / `_bwd` / `topk_hits`;
+//! and evaluation's forward-only softmax, [`softmax_fwd`], as [`crate::reference::softmax_fwd`].
 //!
 //! Nothing is read back during the step: the loss, the hit counts and any bad label land
 //! in a small device status buffer ([`XentBuffers`]) that the host reads when it wants,
@@ -17,16 +18,20 @@ const FINISH: Kernel = Kernel { module: "softmax", name: "softmax_xent_finish" }
 const THREADS: u32 = 256;
 const STATUS_WORDS: usize = 8;
 
-/// Logit element types the loss accepts: fp16 (the network's output) or fp32.
+/// Logit element types the loss and [`softmax_fwd`] accept: fp16 (the network's output) or fp32.
 pub trait XentLogit: DType {
     #[doc(hidden)]
     const KERNEL: Kernel;
+    #[doc(hidden)]
+    const FWD: Kernel;
 }
 impl XentLogit for f16 {
     const KERNEL: Kernel = Kernel { module: "softmax", name: "softmax_xent_f16" };
+    const FWD: Kernel = Kernel { module: "softmax", name: "softmax_fwd_f16" };
 }
 impl XentLogit for f32 {
     const KERNEL: Kernel = Kernel { module: "softmax", name: "softmax_xent_f32" };
+    const FWD: Kernel = Kernel { module: "softmax", name: "softmax_fwd_f32" };
 }
 
 /// What one loss launch measured, read back by [`XentBuffers::check`].
@@ -147,4 +152,23 @@ pub fn softmax_xent<T: XentLogit>(
     // SAFETY: (const float* row_loss, const int* row_rank, const int* labels, int* status,
     // int batch, int classes): batch rows written by the launch above, 8 status words.
     unsafe { dev.launch(&FINISH, one, &args) }
+}
+
+/// The softmax of every row of `logits` (`[rows, classes]`) into `probs` (the same shape,
+/// fp32): `p = exp(z - max_row) / sum_row exp(z - max_row)`, so logits of any magnitude are
+/// safe. From fp16 logits p is within a few fp32 ulps of the exact posterior; fp32 logits
+/// add the rounding of `z - max`, `|z - max| * 2^-24` relative. A NaN logit makes its row NaN.
+pub fn softmax_fwd<T: XentLogit>(logits: &Tensor<T>, probs: &mut Tensor<f32>) -> Result<()> {
+    let dev = logits.device().clone();
+    let [rows, classes] = *logits.shape() else {
+        return Err(Error::Shape(format!("softmax_fwd: logits must be [rows, classes], got {:?}", logits.shape())));
+    };
+    ensure_shape!(rows > 0 && classes > 0, "softmax_fwd: empty logits {:?}", logits.shape());
+    probs.check(&dev, "softmax_fwd probs", rows * classes)?;
+    // A warp at least (the block reductions work on whole warps), no idle warps on few classes.
+    let threads = (classes.next_multiple_of(32) as u32).min(THREADS);
+    let cfg = LaunchConfig { grid: (int("rows", rows)? as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };
+    // SAFETY: (const T* logits, float* probs, int classes): rows*classes elements each
+    // (checked), one block a row, a multiple of 32 threads.
+    unsafe { dev.launch(&T::FWD, cfg, &[logits.arg(), probs.arg_mut(), KArg::I32(int("classes", classes)?)]) }
 }

@@ -10,6 +10,7 @@
 //! Also here: [`compare`] / [`compare_tol`], the error metrics tests and selftest report.
 
 pub mod conv;
+pub mod dense_gather;
 pub mod dropout;
 pub mod elementwise;
 pub mod input;
@@ -24,6 +25,7 @@ pub mod softmax;
 mod testutil;
 
 pub use conv::*;
+pub use dense_gather::*;
 pub use dropout::*;
 pub use elementwise::*;
 pub use input::*;

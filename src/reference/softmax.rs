@@ -17,18 +17,27 @@ fn log_sum_exp(row: &[f32]) -> f64 {
     m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
 }
 
-/// `(loss, p)`: `p[i][j] = exp(z[i][j]) / sum_j' exp(z[i][j'])`, `loss = mean_i (ln sum_j exp(z[i][j]) - z[i][label_i])`; z, p `[batch][classes]`.
+/// `p[i][j] = exp(z[i][j]) / sum_j' exp(z[i][j'])`, rounded to f32 once; z, p `[batch][classes]`.
+pub fn softmax_fwd(batch: usize, classes: usize, logits: &[f32]) -> Vec<f32> {
+    assert_eq!(logits.len(), batch * classes, "softmax_fwd: logits");
+    let mut probs = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes) {
+        let lse = log_sum_exp(row);
+        probs.extend(row.iter().map(|&v| (v as f64 - lse).exp() as f32));
+    }
+    probs
+}
+
+/// `(loss, p)`: `p` = [`softmax_fwd`], `loss = mean_i (ln sum_j exp(z[i][j]) - z[i][label_i])`; z, p `[batch][classes]`.
 pub fn softmax_xent_fwd(batch: usize, classes: usize, logits: &[f32], labels: &[i32]) -> (f64, Vec<f32>) {
     assert_eq!(logits.len(), batch * classes, "softmax_xent_fwd: logits");
     assert_eq!(labels.len(), batch, "softmax_xent_fwd: labels");
-    let mut probs = Vec::with_capacity(logits.len());
-    let mut total = 0f64;
-    for (i, row) in logits.chunks_exact(classes).enumerate() {
-        let lse = log_sum_exp(row);
-        total += lse - row[label_of(labels, i, classes)] as f64;
-        probs.extend(row.iter().map(|&v| (v as f64 - lse).exp() as f32));
-    }
-    (total / batch as f64, probs)
+    let total: f64 = logits
+        .chunks_exact(classes)
+        .enumerate()
+        .map(|(i, row)| log_sum_exp(row) - row[label_of(labels, i, classes)] as f64)
+        .sum();
+    (total / batch as f64, softmax_fwd(batch, classes, logits))
 }
 
 /// `dz[i][j] = (softmax(z)[i][j] - [j == label_i]) / batch`: the gradient of the mean loss w.r.t. the logits, `[batch][classes]`.

@@ -4,6 +4,7 @@
 //! the GPU when a session has one.
 
 mod conv;
+mod dense_gather;
 mod dropout;
 mod elementwise;
 mod gemm;
@@ -86,11 +87,13 @@ pub const CHECKS: &[Check] = &[
     Check { name: "conv_wino2x2", run: conv::wino2x2 },
     Check { name: "conv_wgrad", run: conv::wgrad_tc },
     Check { name: "softmax_xent", run: softmax::softmax_xent },
+    Check { name: "softmax_fwd", run: softmax::softmax_fwd },
     Check { name: "dropout", run: dropout::dropout },
     Check { name: "sgd", run: optim::sgd },
     Check { name: "lrn", run: lrn::lrn },
     Check { name: "normalize_input", run: input::normalize_input },
     Check { name: "reduce", run: reduce::reduce },
+    Check { name: "dense_gather", run: dense_gather::dense_gather },
 ];
 
 /// Runs the named check (or all with `None`). An error (device failure, kernel error)

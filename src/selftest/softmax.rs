@@ -7,7 +7,7 @@
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
 use crate::ops::{self, XentBuffers};
-use crate::reference::{self as r, compare};
+use crate::reference::{self as r, compare, compare_tol};
 use crate::{Device, Result, Tensor};
 use half::f16;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -127,6 +127,42 @@ pub fn softmax_xent(dev: &Device) -> Result<Vec<CheckRow>> {
             let z32: Vec<f32> = z.iter().enumerate().map(|(j, v)| v + 1e-3 * ((j % 7) as f32 - 3.0)).collect();
             let lf32 = Tensor::from_host(dev, &[batch, classes], &z32)?;
             check_one(dev, &mut rows, "softmax_xent_f32", &lf32, &z32, &labels, fill)?;
+        }
+    }
+    Ok(rows)
+}
+
+/// Evaluation's forward-only softmax against reference::softmax_fwd (f64, rounded to f32)
+/// on the same cases, from fp16 and from fp32 logits, probabilities poisoned first.
+/// Bound, per element: |p - ref| <= 4e-6 * ref + 1e-38 (the 1e-38 admits the subnormal
+/// tail). From fp32 logits `z - max` itself rounds, a relative error of |z - max| * 2^-24
+/// in p: emu measured up to 1.2e-6 (19 ulps) at logits of scale 10, 4.4e-7 at these cases'
+/// scale 3, 2.3e-7 from fp16 logits (z - max exact); the GPU's expf adds up to 2 ulps.
+pub fn softmax_fwd(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (i, &(batch, classes, fill)) in cases().iter().enumerate() {
+        let (z, _) = case(batch, classes, fill, 700 + i as u64);
+        let z32: Vec<f32> = z.iter().enumerate().map(|(j, v)| v + 1e-3 * ((j % 7) as f32 - 3.0)).collect();
+        let shape = format!("{batch}x{classes} {fill:?}");
+        let mut p = Tensor::<f32>::empty(dev, &[batch, classes])?;
+        for (name, z) in [("softmax_fwd_f16", &z), ("softmax_fwd_f32", &z32)] {
+            p.poison()?;
+            if name.ends_with("f16") {
+                ops::softmax_fwd(&Tensor::<f16>::from_f32(dev, &[batch, classes], z)?, &mut p)?;
+            } else {
+                ops::softmax_fwd(&Tensor::from_host(dev, &[batch, classes], z)?, &mut p)?;
+            }
+            let c = compare_tol(&p.to_host()?, &r::softmax_fwd(batch, classes, z), 1e-38, 4e-6);
+            let detail = c.first_bad.map(|(i, g, w)| format!("first beyond the bound at {i}: got {g}, want {w}"));
+            rows.push(CheckRow {
+                kernel: name.into(),
+                shape: shape.clone(),
+                max_abs: c.max_abs,
+                rel_l2: c.rel_l2,
+                bound: "|err| <= 4e-6*|ref| + 1e-38".into(),
+                pass: detail.is_none(),
+                detail,
+            });
         }
     }
     Ok(rows)
