@@ -24,7 +24,8 @@ const DIRECT_WGRAD: Kernel = kern("conv_direct", "direct3x3_wgrad_f32");
 const WINO_FILTER: Kernel = kern("winograd_filter", "wino2x2_filter_f16");
 const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
-const IGEMM_WGRAD: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_f16");
+const IGEMM_WGRAD_M128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128_f16");
+const IGEMM_WGRAD_M64: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
@@ -35,14 +36,14 @@ const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
 const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
-/// Implicit-GEMM wgrad: 64 k x 64 flattened (r, s, c) columns a block, 32 pixels a stage, 128
-/// threads.
-const WG_M: usize = 64;
-const WG_N: usize = 64;
+/// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
+/// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
+/// threads (kernels/conv_wgrad.cu).
 const WG_P: usize = 32;
-const WG_THREADS: u32 = 128;
-/// Blocks the tensor-core wgrad aims for (4 per SM of an H200's 132), reached by splitting the
-/// pixel reduction into chunks; each chunk has at least `WG_MIN_CHUNK` pixels.
+const WG_THREADS: u32 = 256;
+/// Blocks the tensor-core wgrad aims for (4 per SM of an H200's 132, two resident at a time),
+/// reached by splitting the pixel reduction into chunks; each chunk has at least `WG_MIN_CHUNK`
+/// pixels.
 const WG_TARGET_BLOCKS: usize = 4 * 132;
 const WG_MIN_CHUNK: usize = 256;
 /// Alignment of the regions a padded problem keeps in the workspace (cp.async needs 16 B).
@@ -199,12 +200,23 @@ impl Conv3x3 {
         (u, u + wp, part)
     }
 
+    /// `(k, columns)` a block of the tensor-core wgrad owns: 64 x 256 for K <= 64, where 128
+    /// rows would be half idle, else 128 x 128.
+    fn wgrad_tile(&self) -> (usize, usize) {
+        if self.problem.k <= 64 {
+            (64, 256)
+        } else {
+            (128, 128)
+        }
+    }
+
     /// `(chunks, pixels per chunk)` of the wgrad pixel reduction: a function of the shape only.
     fn wgrad_split(&self) -> (usize, usize) {
         let p = &self.problem;
         let pixels = p.n * p.h * p.w;
         let want = if self.tc(ConvPass::Wgrad) {
-            let base = (9 * self.cp).div_ceil(WG_N) * p.k.div_ceil(WG_M);
+            let (m, n) = self.wgrad_tile();
+            let base = (9 * self.cp).div_ceil(n) * p.k.div_ceil(m);
             WG_TARGET_BLOCKS.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
         } else {
             pixels.div_ceil(DIRECT_WG_CHUNK).clamp(1, DIRECT_WG_MAX_SPLITS)
@@ -450,12 +462,14 @@ impl Conv3x3 {
         let nw = p.filter_len() + p.k;
         if self.tc(ConvPass::Wgrad) {
             let xa = self.tc_x(&dev, ConvPass::Wgrad, x, ws)?;
-            let grid = ((9 * self.cp).div_ceil(WG_N), p.k.div_ceil(WG_M), chunks);
+            let (m, n) = self.wgrad_tile();
+            let grid = ((9 * self.cp).div_ceil(n), p.k.div_ceil(m), chunks);
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
-                shared_bytes: 0,
+                shared_bytes: (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
             };
+            let kernel = if m == 64 { &IGEMM_WGRAD_M64 } else { &IGEMM_WGRAD_M128 };
             let args = [
                 xa,
                 dy.arg(),
@@ -470,7 +484,7 @@ impl Conv3x3 {
             // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
             // int k, int chunk): c = Cp; x is N*H*W*Cp halves (x, or its padded copy in ws past the
             // partials), dy checked above; part = chunks*(K*9*Cp+K) floats at the start of ws.
-            unsafe { dev.launch(&IGEMM_WGRAD, cfg, &args)? };
+            unsafe { dev.launch(kernel, cfg, &args)? };
         } else {
             let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
                 .map_err(|_| Error::Shape(format!("conv3x3 {p}: too many weights for one launch")))?;

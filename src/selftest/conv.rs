@@ -44,6 +44,8 @@ fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
     base.push(NamedProblem { name: "c5_pad", problem: ConvProblem::new(1, 6, 7, 5, 16) });
     base.push(NamedProblem { name: "c12_pad", problem: ConvProblem::new(2, 5, 6, 12, 24) });
     base.push(NamedProblem { name: "c3_split", problem: ConvProblem::new(1, 40, 40, 3, 64) });
+    // K > 64: the 128-row tensor-core wgrad, with a ragged row block (136) and column block (144).
+    base.push(NamedProblem { name: "k136_wgrad", problem: ConvProblem::new(1, 12, 11, 16, 136) });
     let mut v: Vec<_> = base.into_iter().map(|p| (p, &[Kind::Randn, Kind::Ints][..])).collect();
     if !dev.is_emu() {
         let mut big = problem::vgg16_layers_reduced(2, 4, 128);
@@ -184,6 +186,12 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<V
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
+        // The tensor-core wgrad has a 64-row variant for K <= 64 (src/ops/conv.rs).
+        let name = match name {
+            "igemm3x3_wgrad" if p.k <= 64 => "igemm3x3_wgrad_m64_f16",
+            "igemm3x3_wgrad" => "igemm3x3_wgrad_m128_f16",
+            other => other,
+        };
         let name = kname(&conv, ConvPass::Wgrad, name);
         let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
         for &kind in kinds.iter() {
@@ -220,5 +228,5 @@ pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
 
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
 pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
-    wgrad(dev, ConvAlgo::Auto, ConvAlgo::Winograd2x2, "igemm3x3_wgrad_f16")
+    wgrad(dev, ConvAlgo::Auto, ConvAlgo::Winograd2x2, "igemm3x3_wgrad")
 }
