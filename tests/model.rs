@@ -67,7 +67,7 @@ fn parameter_counts_match_torchvision() {
 /// accurate to ~1e-4 at the step sizes used (loss rounding noise ~1e-7 over changes of
 /// ~1e-3), and its O(h^2) truncation and the rare ReLU / max-pool switch inside the step
 /// stay below that. We allow 3e-2 relative for the directions, 1e-1 for single elements
-/// (which see max-pool routing flips undiluted), and hold the host twin to 5e-3 / 1e-2.
+/// (which see ReLU / max-pool routing flips undiluted), and hold the host twin to 5e-3 / 1e-2.
 #[test]
 fn gradients_match_finite_differences() {
     let dev = Device::emu();
@@ -87,7 +87,7 @@ fn gradients_match_finite_differences() {
     let base = host.loss(&params, &images, &labels, step);
     assert!((base - dev_loss).abs() < 1e-2 * base.max(1.0), "loss: device {dev_loss}, host {base}");
     // The host's own analytic gradient must agree with the device too (checks the twin).
-    let (_, host_g) = host.grads(&params, &images, &labels, step, 1.0);
+    let (_, host_g) = host.grads(&params, &images, &labels, step, 1.0, None);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut worst: f64 = 0.0;
     for (t, p) in vgg.params().iter().enumerate() {
@@ -130,7 +130,7 @@ fn gradients_match_finite_differences() {
             };
             let fd = (at(1.0) - at(-1.0)) / (2.0 * he);
             let (e_dev, e_host) = ((g[i] as f64 - fd).abs(), (host_g[t][i] as f64 - fd).abs());
-            // Single elements see the device's max-pool routing flips undiluted (see
+            // Single elements see the device's ReLU / max-pool routing flips undiluted (see
             // golden_steps_match_host_twin): 1e-1 for the device, 1e-2 for the host twin.
             assert!(
                 e_dev <= 1e-1 * fd.abs() + 1e-3 * gscale && e_host <= 1e-2 * fd.abs() + 1e-4 * gscale,
@@ -147,16 +147,23 @@ fn gradients_match_finite_differences() {
 /// The first steps of a fixed small run against the same steps on the host twin (fp16
 /// rounding mirrored), the host's SGD applied to the host's gradients.
 ///
-/// Bounds: the host rounds where the device stores fp16, so what separates them is fp32 vs
-/// f64 accumulation order and Winograd's fp16 transforms, a few fp16 ulps on activations:
-/// losses within 1e-2 (an ulp of an fp16 logit near 10 is 2^-7 ~ 8e-3, and a logit that
-/// rounds the other way moves the loss by up to that). Gradients within 1e-1 relative L2:
-/// the ops agree to ~1e-3 (Winograd fprop / dgrad vs the reference), which is about half an
-/// fp16 ulp, so stored activations often differ by one ulp, and where two elements of a
-/// max-pool window are within an ulp the two sides route a gradient to different pixels:
-/// the bias gradients (sums) stay within ~1e-2, weight gradients below the pools within
-/// ~5e-2 (measured 6e-2 worst over 3 steps on features.0). Updated weights: within 25% of the
-/// step's largest update (max abs, where the rel L2 of the gradients allows ~10% on average).
+/// What separates the two is fp32 vs f64 accumulation order and Winograd's fp16 transforms
+/// (3e-3 rel L2 allowed by the conv checks): stored activations differ by a few fp16 ulps,
+/// measured 5e-4..1.3e-3 rel L2 a Winograd layer, 2.7e-3 on the logits. Losses: within 1e-2
+/// relative (an ulp of an fp16 logit near 10 is 2^-7 ~ 8e-3; measured 3.9e-3, step 0).
+///
+/// Gradients: those ulps flip the rare ReLU mask or max-pool argmax that sits on a near-tie
+/// (measured per layer and step: 0-3 ReLU masks of 10^3-10^4, 0-2 pool windows; exact ties
+/// change nothing while both sides break them alike). A flip moves a whole gradient
+/// element, and every gradient below it feels that: with the host deciding for itself, the
+/// conv gradients differed by up to 8.4e-2 rel L2 (features.0.bias, step 1), 5e-4..5e-3
+/// above the first flip. Both kinds matter: following only the device's pool argmaxes still
+/// left 8.1e-2, only its ReLU masks 5.9e-2. So the host takes both from the device's
+/// activations (`grads` with `route`; values still its own), which leaves the value error:
+/// measured 5.1e-3 worst (step 0, classifier.6.weight, from the logits), 1.6e-3 at steps
+/// 1-2. Bound: 1e-2, twice that; a pool kernel that let the last of tied maxima win gives
+/// 5.7e-2 here, and a 2% error in one layer's gradient 1.8e-2. Updated weights: max abs
+/// within 1e-2 of the step's largest update (measured 5.4e-3), the same margin.
 #[test]
 fn golden_steps_match_host_twin() {
     let dev = Device::emu();
@@ -169,20 +176,21 @@ fn golden_steps_match_host_twin() {
     let lr = 0.01;
     let o = vgg.optim();
     let mut worst: f64 = 0.0;
+    let mut worst_w: f64 = 0.0;
     for step in 0..3u64 {
         let (images, labels) = batch_data(&cfg, batch, 100 + step);
         let (xi, xl) = upload(&dev, &cfg, &images, &labels);
         let scale = vgg.loss_scale();
         let params16: Vec<Vec<f32>> = masters.iter().map(|m| vgg_cuda::reference::f32_to_f16_round(m)).collect();
-        let (hl, hg) = host.grads(&params16, &images, &labels, step, scale);
         let s = vgg.train_step(&xi, &xl, lr, step).unwrap();
         assert!(!s.skipped, "step {step} overflowed at scale {scale}");
+        let (hl, hg) = host.grads(&params16, &images, &labels, step, scale, Some(&vgg.trace().unwrap()));
         let diff = (s.loss as f64 - hl).abs();
         assert!(diff < 1e-2 * hl.max(1.0), "step {step}: loss device {} host {hl} (diff {diff:.2e})", s.loss);
         for (t, p) in vgg.params().iter().enumerate() {
             let g = p.g.to_host().unwrap();
             let c = vgg_cuda::reference::compare(&g, &hg[t]);
-            assert!(c.rel_l2 < 1e-1, "step {step} {}: gradient rel L2 {:.2e}", p.name, c.rel_l2);
+            assert!(c.rel_l2 < 1e-2, "step {step} {}: gradient rel L2 {:.2e}", p.name, c.rel_l2);
             worst = worst.max(c.rel_l2);
             let sp = vgg_cuda::reference::SgdParams {
                 lr,
@@ -194,8 +202,9 @@ fn golden_steps_match_host_twin() {
             vgg_cuda::reference::sgd_step(&mut masters[t], &mut moms[t], &hg[t], &sp, p.decay);
             let update = old.iter().zip(&masters[t]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
             let w = p.w.to_host().unwrap();
-            let tol = 0.25 * update + 1e-6 * rms(&old);
+            let tol = 1e-2 * update + 1e-6 * rms(&old);
             let c = vgg_cuda::reference::compare(&w, &masters[t]);
+            worst_w = worst_w.max(c.max_abs / update);
             assert!(c.max_abs <= tol, "step {step} {}: weights max abs diff {:.2e} > {tol:.2e}", p.name, c.max_abs);
             // The fp16 copy is the master rounded.
             let h: Vec<f32> = p.h.to_f32().unwrap();
@@ -204,7 +213,8 @@ fn golden_steps_match_host_twin() {
         // Resynchronise the host with the device's masters so that errors do not compound.
         masters = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
         moms = vgg.params().iter().map(|p| p.v.to_host().unwrap()).collect();
-        eprintln!("golden step {step}: loss device {:.6} host {hl:.6}, worst gradient rel L2 {worst:.2e}", s.loss);
+        eprintln!("golden step {step}: loss device {:.6} host {hl:.6}", s.loss);
+        eprintln!("  worst so far: gradient rel L2 {worst:.2e}, weight diff / largest update {worst_w:.2e}");
     }
 }
 

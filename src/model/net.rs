@@ -21,6 +21,7 @@
 
 use super::config::{FeatureKind, VggConfig};
 use super::params::{self, Init, NamedTensor, Param, State};
+use super::reference::Trace;
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
 use crate::ops::gemm::{Linear, Pass};
 use crate::ops::{self, LossScaler, LrnParams, Sgd, SgdParam, SgdPlan, XentBuffers};
@@ -304,6 +305,26 @@ impl Vgg {
                 .map(|t| t.bytes())
                 .sum::<usize>();
         p + a + d + fc + self.x.bytes() + self.ws.len()
+    }
+
+    /// The activations of the last training forward pass ([`Vgg::compute_grads`]), widened to
+    /// f32 in the host twin's layout: tests let the twin follow the device's ReLU and max-pool
+    /// decisions with them ([`super::reference::HostVgg::grads`]).
+    pub fn trace(&self) -> Result<Trace> {
+        let f = |t: &Tensor<f16>| t.to_f32();
+        let (x2, x3) = match (&self.d1, &self.d2) {
+            (Some(d1), Some(d2)) => (f(d1)?, f(d2)?),
+            _ => (f(&self.h1)?, f(&self.h2)?),
+        };
+        Ok(Trace {
+            x: f(&self.x)?,
+            acts: self.acts.iter().map(f).collect::<Result<_>>()?,
+            h1: f(&self.h1)?,
+            x2,
+            h2: f(&self.h2)?,
+            x3,
+            logits: f(&self.logits)?,
+        })
     }
 
     /// Seed of the dropout mask after hidden FC layer `layer` (0 or 1).

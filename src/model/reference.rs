@@ -4,7 +4,10 @@
 //! finite-difference gradient checks (`round16 = false`: a smooth function of the weights)
 //! and for golden training steps (`round16 = true`: every activation and activation
 //! gradient rounded to fp16 where the device stores fp16, so that only accumulation order
-//! and Winograd's transform rounding separate the two).
+//! and Winograd's transform rounding separate the two). For the golden steps the backward
+//! pass can also take its ReLU masks and max-pool argmaxes from the device's activations
+//! (`route` in [`HostVgg::grads`]): the few-ulp differences that remain flip the odd decision
+//! that sits on a near-tie, and each flip moves a whole gradient element elsewhere.
 //!
 //! Parameters are in the device layout, in [`super::Vgg::params`] order (KRSC filters,
 //! `[out][in]` FC weights with the first FC's columns in HWC order).
@@ -91,7 +94,10 @@ impl HostVgg {
     }
 
     /// `(loss, gradients)`: the gradients of `loss_scale * loss` (as the device's fp32 `g`),
-    /// parameter order, device layout.
+    /// parameter order, device layout. With `route` (the device's activations,
+    /// [`super::Vgg::trace`]) every ReLU mask and max-pool argmax of the backward pass is
+    /// decided by those rather than by this host forward; every value still comes from the
+    /// host forward.
     pub fn grads(
         &self,
         params: &[Vec<f32>],
@@ -99,9 +105,23 @@ impl HostVgg {
         labels: &[i32],
         step: u64,
         loss_scale: f32,
+        route: Option<&Trace>,
+    ) -> (f64, Vec<Vec<f32>>) {
+        let t = self.forward(params, images, true, step);
+        self.backward(params, &t, route.unwrap_or(&t), labels, step, loss_scale)
+    }
+
+    /// The backward pass over the values of `t`, with ReLU masks and pool argmaxes from `route`.
+    fn backward(
+        &self,
+        params: &[Vec<f32>],
+        t: &Trace,
+        route: &Trace,
+        labels: &[i32],
+        step: u64,
+        loss_scale: f32,
     ) -> (f64, Vec<Vec<f32>>) {
         let (n, k) = (self.batch, self.cfg.classes);
-        let t = self.forward(params, images, true, step);
         let loss = r::softmax_xent_fwd(n, k, &t.logits, labels).0;
         let dz: Vec<f32> = r::softmax_xent_bwd(n, k, &t.logits, labels).iter().map(|v| v * loss_scale).collect();
         let mut dy = self.rnd(dz);
@@ -110,7 +130,7 @@ impl HostVgg {
         let fc = params.len() - 6;
         let drop = self.cfg.dropout > 0.0;
         let pd = self.cfg.dropout;
-        let layers = [(&t.x3, &t.h2, 1), (&t.x2, &t.h1, 0)];
+        let layers = [(&t.x3, &route.h2, 1), (&t.x2, &route.h1, 0)];
         for (li, (x_in, h_prev, seed)) in layers.into_iter().enumerate() {
             let (fi, fo) = c[2 - li];
             let wj = fc + 4 - 2 * li;
@@ -130,11 +150,10 @@ impl HostVgg {
         let mut j = fc;
         for (i, f) in feats.iter().enumerate().rev() {
             let x = if i == 0 { &t.x } else { &t.acts[i - 1] };
-            let y = &t.acts[i];
             match f.kind {
                 FeatureKind::Conv3x3 | FeatureKind::Conv1x1 => {
                     j -= 2;
-                    let dz = r::relu_bwd(y, &dy);
+                    let dz = r::relu_bwd(&route.acts[i], &dy);
                     let pix = n * f.h * f.w;
                     let p = ConvProblem::new(n, f.h, f.w, f.c_in, f.c_out);
                     let (dw, db) = if f.kind == FeatureKind::Conv3x3 {
@@ -152,7 +171,7 @@ impl HostVgg {
                     }
                 }
                 FeatureKind::Lrn => dy = self.rnd(r::lrn_bwd(x, &dy, f.c_in, &LrnParams::ALEXNET)),
-                FeatureKind::Pool => dy = r::maxpool2x2_bwd(n, f.h, f.w, f.c_in, x, &dy),
+                FeatureKind::Pool => dy = r::maxpool2x2_bwd(n, f.h, f.w, f.c_in, &route.acts[i - 1], &dy),
             }
         }
         (loss, g)
