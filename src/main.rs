@@ -55,6 +55,10 @@ enum Cmd {
         /// With --model: width of the hidden FC layers.
         #[arg(long, default_value_t = 4096)]
         fc: usize,
+        /// With --model: also the device memory plan of a training step at these batch sizes
+        /// (comma-separated), computed without a device.
+        #[arg(long)]
+        batch: Option<String>,
     },
     /// Runs every kernel against the f64 reference; exits non-zero on any failure.
     Selftest {
@@ -172,7 +176,7 @@ struct BenchConvArgs {
     /// Comma-separated passes: fprop, dgrad, wgrad (or all).
     #[arg(long, default_value = "fprop,dgrad,wgrad")]
     passes: String,
-    /// Our algorithm: auto, direct, winograd2x2, winograd4x4.
+    /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm.
     #[arg(long, default_value = "auto")]
     algo: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
@@ -199,7 +203,9 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Info { model: Some(m), input, classes, width, fc, .. } => model_info(&m, input, classes, width, fc),
+        Cmd::Info { model: Some(m), input, classes, width, fc, batch, .. } => {
+            model_info(&m, input, classes, width, fc, batch.as_deref())
+        }
         Cmd::Info { kernels, json, .. } => info(kernels, json),
         Cmd::Selftest { device, only, schedule, json } => {
             selftest_cmd(&device, only.as_deref(), schedule.as_deref(), json)
@@ -744,11 +750,19 @@ fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vgg info --model X`: the layer table, parameter count and FLOPs of a VGG config.
-fn model_info(model: &str, input: usize, classes: usize, width: f32, fc: usize) -> Result<()> {
+/// `vgg info --model X [--batch N,...]`: the layer table, parameter count and FLOPs of a VGG
+/// config, and the memory plan of its training step at each batch size.
+fn model_info(model: &str, input: usize, classes: usize, width: f32, fc: usize, batch: Option<&str>) -> Result<()> {
     let arch = vgg_cuda::model::Arch::parse(model)?;
     let cfg = vgg_cuda::model::VggConfig { input, classes, width, fc, ..vgg_cuda::model::VggConfig::paper(arch) };
     cfg.validate()?;
     print!("{}", cfg.summary());
+    for b in batch.map(|b| b.split(',').collect::<Vec<_>>()).unwrap_or_default() {
+        let n = match b.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("--batch: `{b}` is not a positive batch size"),
+        };
+        print!("\n{}", vgg_cuda::model::memory::report(&cfg, n)?);
+    }
     Ok(())
 }

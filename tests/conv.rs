@@ -26,6 +26,10 @@ fn winograd2x2_matches_reference() {
 fn tensor_core_wgrad_matches_reference() {
     assert_check_passes("conv_wgrad");
 }
+#[test]
+fn first_layer_implicit_gemm_matches_reference() {
+    assert_check_passes("conv_igemm_fprop");
+}
 
 /// Deterministic values: integers in [-r, r] (exact in every algorithm) or a spread of fp16
 /// values (to compare bits across schedules).
@@ -83,6 +87,8 @@ fn two_schedules_bit_identical() {
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 5, 7, 3, 16), ConvAlgo::Direct),
+        (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::ImplicitGemm),
+        (ConvProblem::new(1, 9, 10, 4, 72), ConvAlgo::ImplicitGemm),
         (ConvProblem::new(1, 50, 45, 8, 8), ConvAlgo::Direct),
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Auto),
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Winograd2x2),
@@ -126,7 +132,8 @@ fn integer_data_is_exact_in_every_algorithm() {
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
         let dev = Device::emu();
-        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto] {
+        let igemm = if p.c <= 8 { Some(ConvAlgo::ImplicitGemm) } else { None };
+        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto].into_iter().chain(igemm) {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
             // -0 and +0 are both exact zeros.
             let norm = |v: Vec<u16>| v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect::<Vec<_>>();
@@ -153,17 +160,23 @@ fn shape_errors() {
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 8), ConvAlgo::Winograd4x4), "not implemented");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
-    // The first layer under Auto: wgrad on tensor cores with C padded to 8, fprop and dgrad
-    // Direct; under Winograd2x2 fprop padded too.
+    // The first layer under Auto: fprop and wgrad implicit GEMMs on C padded to 8, dgrad
+    // Direct; under Winograd2x2 fprop padded Winograd. C = 12 under Auto: only wgrad padded.
     let p3 = ConvProblem::new(1, 4, 4, 3, 64);
     let first = Conv3x3::new(p3, ConvAlgo::Auto).unwrap();
     let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| (c.algo(q), c.padded(q)));
-    let (d, w) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2);
-    assert_eq!(algos(&first), [(d, false), (d, false), (w, true)]);
-    assert_eq!(first.workspace_bytes(ConvPass::Fprop), 0);
+    let (d, w, g) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm);
+    assert_eq!(algos(&first), [(g, true), (d, false), (g, true)]);
     assert_eq!(first.workspace_bytes(ConvPass::Dgrad), 0);
+    let c12 = Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Auto).unwrap();
+    assert_eq!(algos(&c12), [(d, false), (d, false), (g, true)]);
+    assert_eq!(c12.workspace_bytes(ConvPass::Fprop), 0);
+    let c8 = Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 16), ConvAlgo::ImplicitGemm).unwrap();
+    assert_eq!(algos(&c8), [(g, false), (d, false), (g, false)]);
+    assert_eq!(c8.workspace_bytes(ConvPass::Fprop), 0);
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 16), ConvAlgo::ImplicitGemm), "C <= 8");
     let wino = Conv3x3::new(p3, ConvAlgo::Winograd2x2).unwrap();
-    assert_eq!(algos(&wino), [(w, true), (d, false), (w, true)]);
+    assert_eq!(algos(&wino), [(w, true), (d, false), (g, true)]);
     assert_eq!(wino.workspace_bytes(ConvPass::Dgrad), 0);
     let direct = Conv3x3::new(p3, ConvAlgo::Direct).unwrap();
     assert_eq!(algos(&direct), [(d, false); 3]);

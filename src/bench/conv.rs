@@ -89,10 +89,11 @@ pub enum Algo {
     Direct,
     Winograd2x2,
     Winograd4x4,
+    ImplicitGemm,
 }
 
 impl Algo {
-    const ALL: [Algo; 4] = [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4];
+    const ALL: [Algo; 5] = [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -100,12 +101,13 @@ impl Algo {
             Algo::Direct => "direct",
             Algo::Winograd2x2 => "winograd2x2",
             Algo::Winograd4x4 => "winograd4x4",
+            Algo::ImplicitGemm => "igemm",
         }
     }
 
     pub fn parse(s: &str) -> Result<Algo, BadArgument> {
         Self::ALL.into_iter().find(|a| a.name() == s.trim()).ok_or_else(|| {
-            BadArgument(format!("unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4)"))
+            BadArgument(format!("unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4, igemm)"))
         })
     }
 
@@ -115,6 +117,7 @@ impl Algo {
             Algo::Direct => ConvAlgo::Direct,
             Algo::Winograd2x2 => ConvAlgo::Winograd2x2,
             Algo::Winograd4x4 => ConvAlgo::Winograd4x4,
+            Algo::ImplicitGemm => ConvAlgo::ImplicitGemm,
         }
     }
 
@@ -124,6 +127,7 @@ impl Algo {
             ConvAlgo::Direct => Algo::Direct,
             ConvAlgo::Winograd2x2 => Algo::Winograd2x2,
             ConvAlgo::Winograd4x4 => Algo::Winograd4x4,
+            ConvAlgo::ImplicitGemm => Algo::ImplicitGemm,
         }
     }
 
@@ -132,7 +136,7 @@ impl Algo {
     /// indexing or synchronisation bug (errors of order 1) fails.
     fn bounds(self) -> (f64, f64) {
         match self {
-            Algo::Auto | Algo::Direct => (1e-2, 3e-3),
+            Algo::Auto | Algo::Direct | Algo::ImplicitGemm => (1e-2, 3e-3),
             Algo::Winograd2x2 => (2e-2, 5e-3),
             Algo::Winograd4x4 => (5e-2, 2e-2),
         }
@@ -669,9 +673,7 @@ fn bench_ours(
     out.poison()?;
     run_ours(conv, pass, &sets[0], &mut out, &mut ws)?;
     let result = out.to_f32()?;
-    // Conv3x3 has no Winograd wgrad: Winograd2x2 names its tensor-core implicit GEMM there.
-    let name = if pass == Pass::Wgrad && algo == Algo::Winograd2x2 { "igemm" } else { algo.name() };
-    Ok((Measured::new(name.into(), t, p, ws_bytes, None), result, algo))
+    Ok((Measured::new(algo.name().into(), t, p, ws_bytes, None), result, algo))
 }
 
 /// Times cuDNN's fastest algorithm for the pass and returns the timing and its output on set 0.

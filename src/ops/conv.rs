@@ -3,8 +3,9 @@
 //!
 //! Kernels: `kernels/conv_direct.cu` (the simple twin, any C and K, fp32 accumulation),
 //! `kernels/winograd_filter.cu` + `kernels/winograd_conv.cu` (Winograd F(2x2, 3x3) on tensor
-//! cores for fprop and dgrad) and `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
-//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths), and
+//! cores for fprop and dgrad), `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
+//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths),
+//! `kernels/conv_first.cu` (implicit-GEMM fprop on tensor cores for C <= 8, the first layer), and
 //! `kernels/conv_pad.cu` (zero-padding C up to a multiple of 8 in the workspace, so that a C
 //! such as the first layer's 3 runs on the tensor-core paths). See the header comment of each
 //! file for its tiling.
@@ -21,6 +22,7 @@ const fn kern(module: &'static str, name: &'static str) -> Kernel {
 const DIRECT_FPROP: Kernel = kern("conv_direct", "direct3x3_fprop_f16");
 const DIRECT_DGRAD: Kernel = kern("conv_direct", "direct3x3_dgrad_f16");
 const DIRECT_WGRAD: Kernel = kern("conv_direct", "direct3x3_wgrad_f32");
+const IGEMM_FPROP_C8: Kernel = kern("conv_first", "igemm3x3_fprop_c8_f16");
 const WINO_FILTER: Kernel = kern("winograd_filter", "wino2x2_filter_f16");
 const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
@@ -36,6 +38,10 @@ const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
 const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
+/// First-layer implicit-GEMM fprop: 128 pixels x 64 channels a block, 256 threads, static
+/// shared memory (kernels/conv_first.cu).
+const IGEMM_FPROP_PIX: usize = 128;
+const IGEMM_FPROP_OUT: usize = 64;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
 /// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
 /// threads (kernels/conv_wgrad.cu).
@@ -66,18 +72,23 @@ pub enum Epilogue {
 /// Convolution algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {
-    /// Winograd2x2 when C and K are multiples of 8. K a multiple of 8 and C not (the first
-    /// layer, C = 3): wgrad on tensor cores with C zero-padded to a multiple of 8 in the
-    /// workspace, fprop and dgrad Direct (Winograd's fp16 transforms on the first layer move the
-    /// small model's golden gradients past tests/model.rs's bounds; `Winograd2x2` runs that fprop
-    /// padded). Direct when K is not a multiple of 8 but C < 8, else an `Error::Shape`.
+    /// Winograd2x2 when C and K are multiples of 8 (its wgrad: ImplicitGemm). K a multiple of 8
+    /// and C < 8 (the first layer, C = 3): fprop and wgrad ImplicitGemm on C zero-padded to 8 in
+    /// the workspace, dgrad Direct (Winograd's fp16 transforms of raw image values would cost
+    /// the first layer accuracy that the implicit GEMM keeps). Other C not a multiple of 8: wgrad
+    /// ImplicitGemm (padded), fprop and dgrad Direct. Direct when K is not a multiple of 8 but
+    /// C < 8, else an `Error::Shape`.
     Auto,
     /// One thread per output, fp32 accumulation: any C, K >= 1.
     Direct,
-    /// Winograd F(2x2, 3x3) on tensor cores for fprop and dgrad; for wgrad, which has no
-    /// Winograd form here, the tensor-core implicit GEMM. K a multiple of 8; a C that is not is
-    /// padded with zero channels up to one (fprop, wgrad; its dgrad runs Direct).
+    /// Winograd F(2x2, 3x3) on tensor cores for fprop and dgrad; wgrad, which has no Winograd
+    /// form here, resolves to ImplicitGemm. K a multiple of 8; a C that is not is padded with
+    /// zero channels up to one (fprop, wgrad; its dgrad runs Direct).
     Winograd2x2,
+    /// Implicit GEMM on tensor cores (fp32 accumulation of exact fp16 products): wgrad for any
+    /// C (padded to a multiple of 8), fprop for C <= 8 (padded to 8); dgrad resolves to Direct.
+    /// K a multiple of 8; fprop with C > 8 is an `Error::Shape`.
+    ImplicitGemm,
     /// Not implemented: [`Conv3x3::new`] returns `Error::Shape`.
     Winograd4x4,
 }
@@ -122,8 +133,8 @@ pub enum ConvPass {
 #[derive(Clone, Copy, Debug)]
 pub struct Conv3x3 {
     problem: ConvProblem,
-    /// Resolved per pass (fprop, dgrad, wgrad): Direct or Winograd2x2 (for wgrad the
-    /// tensor-core implicit GEMM).
+    /// Resolved per pass (fprop, dgrad, wgrad): Direct, Winograd2x2 (fprop, dgrad) or
+    /// ImplicitGemm (fprop, wgrad).
     algos: [ConvAlgo; 3],
     /// Channels the tensor-core paths see: C rounded up to a multiple of 8 (C for Direct).
     cp: usize,
@@ -142,22 +153,32 @@ impl Conv3x3 {
         );
         let cp = p.c.next_multiple_of(8);
         int("conv3x3 K*9*Cp", p.k.saturating_mul(9).saturating_mul(cp))?;
-        let resolved = match algo {
-            ConvAlgo::Direct => ConvAlgo::Direct,
+        let (d, w, g) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm);
+        let k_err = || {
+            Error::Shape(format!(
+                "conv3x3 {p}: {algo:?} needs K a multiple of 8 (K = {}, C = {}); Direct takes any shape",
+                p.k, p.c
+            ))
+        };
+        let padded = cp != p.c;
+        let algos = match algo {
+            ConvAlgo::Direct => [d; 3],
             ConvAlgo::Winograd4x4 => return Err(Error::Shape(format!("conv3x3 {p}: Winograd4x4 is not implemented"))),
-            ConvAlgo::Winograd2x2 | ConvAlgo::Auto if p.k.is_multiple_of(8) => ConvAlgo::Winograd2x2,
-            ConvAlgo::Auto if p.c < 8 => ConvAlgo::Direct,
-            _ => {
+            ConvAlgo::Auto if !p.k.is_multiple_of(8) && p.c < 8 => [d; 3],
+            _ if !p.k.is_multiple_of(8) => return Err(k_err()),
+            ConvAlgo::ImplicitGemm if p.c > 8 => {
                 return Err(Error::Shape(format!(
-                    "conv3x3 {p}: {algo:?} needs K a multiple of 8 (K = {}, C = {}); Direct takes any shape",
-                    p.k, p.c
+                    "conv3x3 {p}: ImplicitGemm runs fprop only for C <= 8 (C = {}); Auto picks per pass",
+                    p.c
                 )))
             }
+            ConvAlgo::ImplicitGemm => [g, d, g],
+            ConvAlgo::Winograd2x2 => [w, if padded { d } else { w }, g],
+            ConvAlgo::Auto if p.c < 8 => [g, d, g],
+            ConvAlgo::Auto if padded => [d, d, g],
+            ConvAlgo::Auto => [w, w, g],
         };
-        let cp = if resolved == ConvAlgo::Winograd2x2 { cp } else { p.c };
-        // A padded C runs dgrad Direct; under Auto also fprop (see `ConvAlgo::Auto`).
-        let padded_direct = |auto: bool| if cp != p.c && auto { ConvAlgo::Direct } else { resolved };
-        let algos = [padded_direct(algo == ConvAlgo::Auto), padded_direct(true), resolved];
+        let cp = if algos == [d; 3] { p.c } else { cp };
         Ok(Self { problem, algos, cp })
     }
 
@@ -165,9 +186,9 @@ impl Conv3x3 {
         self.problem
     }
 
-    /// The algorithm `pass` runs: `Direct` or `Winograd2x2` (for `Wgrad`, `Winograd2x2` names the
-    /// tensor-core implicit GEMM). With C not a multiple of 8: `Winograd2x2` runs fprop and
-    /// wgrad on C padded to a multiple of 8 and dgrad Direct; `Auto` only wgrad padded.
+    /// The algorithm `pass` runs: `Direct`, `Winograd2x2` (fprop, dgrad) or `ImplicitGemm`
+    /// (fprop with C <= 8, wgrad). With C not a multiple of 8 the tensor-core passes run on C
+    /// padded to a multiple of 8 and dgrad runs Direct (see [`ConvAlgo`]).
     pub fn algo(&self, pass: ConvPass) -> ConvAlgo {
         self.algos[pass as usize]
     }
@@ -178,7 +199,7 @@ impl Conv3x3 {
     }
 
     fn tc(&self, pass: ConvPass) -> bool {
-        self.algo(pass) == ConvAlgo::Winograd2x2
+        self.algo(pass) != ConvAlgo::Direct
     }
 
     /// The channels `pass`'s kernels see: Cp when it pads, else C.
@@ -239,7 +260,7 @@ impl Conv3x3 {
         match pass {
             ConvPass::Fprop if self.padded(pass) => self.pad_offsets().1 + xp,
             ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
-            ConvPass::Fprop | ConvPass::Dgrad if self.tc(pass) => 16 * p.k * p.c * 2,
+            ConvPass::Fprop | ConvPass::Dgrad if self.algo(pass) == ConvAlgo::Winograd2x2 => 16 * p.k * p.c * 2,
             ConvPass::Fprop | ConvPass::Dgrad => 0,
             ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
         }
@@ -288,6 +309,9 @@ impl Conv3x3 {
         } else {
             w.arg()
         };
+        if self.algo(pass) != ConvAlgo::Winograd2x2 {
+            return Ok(()); // the implicit GEMM reads the (padded) filters as they are
+        }
         let cfg = LaunchConfig::for_elements(p.k * self.pass_c(pass), ELEMENTWISE_THREADS)?;
         let args = [
             src,
@@ -369,7 +393,22 @@ impl Conv3x3 {
         };
         let relu = KArg::I32((epi == Epilogue::BiasRelu) as i32);
         let dims = self.dims(self.pass_c(ConvPass::Fprop))?;
-        if self.tc(ConvPass::Fprop) {
+        if self.algo(ConvPass::Fprop) == ConvAlgo::ImplicitGemm {
+            let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
+            let wa = if self.padded(ConvPass::Fprop) {
+                KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64)
+            } else {
+                w.arg()
+            };
+            let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
+            let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: 0 };
+            let args = [xa, wa, bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[4], relu];
+            // SAFETY: (const __half* x, const __half* w, const __half* bias, __half* y, int n, int h,
+            // int w, int k, int relu): x is N*H*W*8 halves and w K*9*8 (x and w themselves when C = 8,
+            // else their padded copies in ws, written by tc_x / prepare_filter), y and bias (K or
+            // null) checked above.
+            unsafe { dev.launch(&IGEMM_FPROP_C8, cfg, &args) }
+        } else if self.tc(ConvPass::Fprop) {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
             let cfg = self.wino_config(p.k)?;
             let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
@@ -532,10 +571,14 @@ impl Conv3x3 {
         let p = &self.problem;
         let tiles = p.n * p.h.div_ceil(2) * p.w.div_ceil(2);
         let blocks = tiles.div_ceil(WINO_TILES) * cout.div_ceil(WINO_OUT);
-        let gx = u32::try_from(blocks)
-            .ok()
-            .filter(|&b| b <= i32::MAX as u32)
-            .ok_or_else(|| Error::Shape(format!("conv3x3 {p}: too many tiles for one launch")))?;
-        Ok(LaunchConfig { grid: (gx, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: WINO_SMEM })
+        Ok(LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: WINO_SMEM })
     }
+}
+
+/// `blocks` as a one-dimensional grid whose linear block index the kernel splits with 32-bit ints.
+fn grid_x(p: &ConvProblem, blocks: usize) -> Result<u32> {
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| Error::Shape(format!("conv3x3 {p}: too many blocks for one launch")))
 }

@@ -5,7 +5,8 @@
 //! of 8 (5, 12, and 3 with several wgrad chunks) beside the list's C = 3 rows.
 //! The Winograd check runs `ConvAlgo::Winograd2x2`, whose fprop takes C not a multiple of 8 by
 //! zero-padding it to one (`pad_channels_f16 + ...` rows; dgrad of such C is Direct's); the
-//! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad.
+//! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad; the
+//! first-layer check runs `ConvAlgo::ImplicitGemm` fprop on every problem with C <= 8.
 //! On a GPU also VGG-16 reduced at batch 2 with up to 128 channels and the real conv5_1
 //! (14x14, 512 -> 512) at batch 1: the host reference stays near 1e10 multiply-adds in all.
 //!
@@ -46,6 +47,8 @@ fn problems(dev: &Device) -> Vec<(NamedProblem, &'static [Kind])> {
     base.push(NamedProblem { name: "c3_split", problem: ConvProblem::new(1, 40, 40, 3, 64) });
     // K > 64: the 128-row tensor-core wgrad, with a ragged row block (136) and column block (144).
     base.push(NamedProblem { name: "k136_wgrad", problem: ConvProblem::new(1, 12, 11, 16, 136) });
+    // C = 4, K = 72: two channel blocks of the first-layer implicit GEMM, the second ragged.
+    base.push(NamedProblem { name: "c4_k72", problem: ConvProblem::new(1, 9, 10, 4, 72) });
     let mut v: Vec<_> = base.into_iter().map(|p| (p, &[Kind::Randn, Kind::Ints][..])).collect();
     if !dev.is_emu() {
         let mut big = problem::vgg16_layers_reduced(2, 4, 128);
@@ -226,7 +229,14 @@ pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
     fprop_dgrad(dev, w, w, ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"])
 }
 
+/// The tensor-core implicit-GEMM fprop of layers with C <= 8 (C = 8 read as is, smaller C
+/// padded), which `Auto` runs for C < 8.
+pub fn igemm_fprop(dev: &Device) -> Result<Vec<CheckRow>> {
+    let g = ConvAlgo::ImplicitGemm;
+    fprop_dgrad(dev, g, g, ["igemm3x3_fprop_c8_f16", "(none)"])
+}
+
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
 pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
-    wgrad(dev, ConvAlgo::Auto, ConvAlgo::Winograd2x2, "igemm3x3_wgrad")
+    wgrad(dev, ConvAlgo::Auto, ConvAlgo::ImplicitGemm, "igemm3x3_wgrad")
 }

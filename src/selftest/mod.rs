@@ -86,6 +86,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "conv_direct", run: conv::direct },
     Check { name: "conv_wino2x2", run: conv::wino2x2 },
     Check { name: "conv_wgrad", run: conv::wgrad_tc },
+    Check { name: "conv_igemm_fprop", run: conv::igemm_fprop },
     Check { name: "softmax_xent", run: softmax::softmax_xent },
     Check { name: "softmax_fwd", run: softmax::softmax_fwd },
     Check { name: "dropout", run: dropout::dropout },
