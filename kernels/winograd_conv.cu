@@ -9,7 +9,7 @@
 // The math, per 2x2 output tile (4x4 input patch d, rows/cols -1..2 around the tile):
 //   V = B^T d B  (adds only),  M[xi] = sum_c V[xi][c] U[xi][out][c]  (16 GEMMs),  Y = A^T M A.
 //
-// Tiling: a block owns 64 output tiles (GEMM M, tiles numbered over n, tile row, tile col) x 32
+// Tiling: a block owns 64 output tiles (GEMM M; flat or region, below) x 32
 // output channels (GEMM N); 256 threads = 8 warps, and warp w owns transform points 2w and 2w+1
 // over the whole 64 x 32 block tile (2 x 4 x 4 mma fragments = 128 fp32 accumulators a lane).
 // Splitting the warps by transform point rather than by tile makes each warp's GEMM 64 x 32:
@@ -20,16 +20,26 @@
 // The reduction over input channels goes 16 at a time (one mma k-step), in a pipeline with one
 // barrier per step. In step i: the copy of patches i+3 and filters i+2 is issued (cp.async 16 B,
 // zero-fill for padding, ragged tiles and a C that is 8 mod 16), patches i+1 are transformed in
-// place into V (one thread a tile and channel pair, fp32 adds, one fp16 rounding:
+// place (flat) or from the raw window (region) into V (one thread a tile and channel pair, fp32
+// adds, one fp16 rounding:
 // |V| <= 4 max|d|), and the mma's of step i run on V_i and U_i. Different warps reach the
 // transform and the mma's at different times, so the adders and the tensor cores overlap.
-// Buffers: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB:
-// 176 KB, one block per SM (the 128 accumulators allow no second one anyway).
+// Two ways to group a block's 64 tiles (src/ops/conv.rs picks one per shape, WinoTiling):
+//   flat    64 consecutive tiles over (n, tile row, tile col); each tile's 4x4 patch is copied
+//           on its own, straight into the layout of V, and transformed in place. Neighbouring
+//           patches overlap, so each input pixel is copied from L2 about 4 times.
+//   region  an rh x rw window of one image (rh * rw = 64, rw = 1..64); its (2 rh + 2) x (2 rw + 2)
+//           input pixels are copied once into a raw buffer, and the transform reads each tile's
+//           patch from there into V: about 3x less input traffic than flat (at rw = 8, 324
+//           pixels instead of 1024), but a window crossing the image's edge leaves slots idle.
+// Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB,
+// 176 KB; region: 4 raw windows x 16 KB, 2 of V x 32 KB, 3 of U: 177 KB. One block per SM (the
+// 128 accumulators allow no second one anyway).
 // Shared rows are 16 halves (two 16-byte chunks); the chunk index is XORed with bit 2 of the
 // row, so the 8 rows an ldmatrix matrix reads (and a warp's transform accesses) hit 32
 // distinct banks without padding.
-// Known costs to attack next: neighbouring tiles' patches overlap (each pixel is copied about
-// 4 times from L2); every block re-reads its 32 channels' U from L2.
+// Known costs to attack next: every block re-reads its 32 channels' U from L2 (16 KB a step,
+// now the larger share of the traffic under region tiling).
 #include "common.cuh"
 #include "ptx.cuh"
 
@@ -38,12 +48,17 @@ constexpr int kTiles = 64;                  // output tiles per block (GEMM M)
 constexpr int kOut = 32;                    // output channels per block (GEMM N)
 constexpr int kC = 16;                      // input channels per step (GEMM K)
 constexpr int kXBufs = 4, kUBufs = 3;       // pipeline buffers (see above)
-constexpr int kXStage = 16 * kTiles * kC;   // halves: patches, then V in place
+constexpr int kXStage = 16 * kTiles * kC;   // halves: flat patches, then V in place; region V
 constexpr int kUStage = 16 * kOut * kC;     // halves: transformed filters
+constexpr int kRegionPx = 4 * 130;          // largest region: 1 x 64 tiles, 4 x 130 pixels
+constexpr int kRStage = kRegionPx * kC;     // halves: one region of raw pixels
 constexpr int kMRow = kOut + 8;             // epilogue fp32 row: float2 stores conflict-free
-// Dynamic shared memory: (4 * kXStage + 3 * kUStage) * 2 = 180224 bytes (src/ops/conv.rs); the
-// epilogue's 16 * 64 * kMRow floats (163840 bytes) fit in it.
-static_assert(16 * kTiles * kMRow * 4 <= (kXBufs * kXStage + kUBufs * kUStage) * 2, "epilogue fits");
+// Dynamic shared memory (src/ops/conv.rs): flat (4 * kXStage + 3 * kUStage) * 2 = 180224 bytes;
+// region (4 * kRStage + 2 * kXStage + 3 * kUStage) * 2 = 181248 bytes. The epilogue's
+// 16 * 64 * kMRow floats (163840 bytes) fit in either.
+constexpr int kFlatSmem = (kXBufs * kXStage + kUBufs * kUStage) * 2;
+constexpr int kRegionSmem = (4 * kRStage + 2 * kXStage + kUBufs * kUStage) * 2;
+static_assert(16 * kTiles * kMRow * 4 <= kFlatSmem, "epilogue fits");
 }  // namespace w2
 
 // Offset in halves of 16-byte chunk `chunk` (0, 1) of 16-half row `row`, swizzled.
@@ -68,29 +83,71 @@ __device__ __forceinline__ void wino2x2_input_transform(float d[4][4]) {
     }
 }
 
+// Tile lt (0..63) of a block -> its image and tile row / column; false if outside the image.
+// Flat: tiles numbered over (n, tile row, tile col). Region: an rh x rw window of one image.
+template <bool kRegion>
+struct WinoTiles {
+    int tiles, th, tw, rw, rh, rows, cols;  // region grid: rows x cols windows an image
+    int tile0, img, ty0, tx0;               // this block: first flat tile, or window origin
+    __device__ __forceinline__ WinoTiles(int n, int h, int w, int rw_, int tblock) {
+        th = (h + 1) >> 1;
+        tw = (w + 1) >> 1;
+        tiles = n * th * tw;
+        rw = rw_;
+        rh = kRegion ? w2::kTiles / rw : 0;
+        rows = kRegion ? (th + rh - 1) / rh : 0;
+        cols = kRegion ? (tw + rw - 1) / rw : 0;
+        tile0 = tblock * w2::kTiles;
+        img = kRegion ? tblock / (rows * cols) : 0;
+        ty0 = kRegion ? tblock / cols % rows * rh : 0;
+        tx0 = kRegion ? tblock % cols * rw : 0;
+    }
+    __device__ __forceinline__ bool locate(int lt, int& timg, int& ty, int& tx) const {
+        if (kRegion) {
+            timg = img;
+            ty = ty0 + lt / rw;
+            tx = tx0 + lt % rw;
+            return ty < th && tx < tw;
+        }
+        const int tile = tile0 + lt;
+        timg = tile / (th * tw);
+        ty = tile / tw % th;
+        tx = tile % tw;
+        return tile < tiles;
+    }
+};
+
+template <bool kRegion>
 __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const __half* __restrict__ u,
                                              const __half* __restrict__ bias, const __half* __restrict__ mask,
                                              __half* __restrict__ y, int n, int h, int w, int cin, int cout,
-                                             int relu) {
+                                             int relu, int rw) {
     using namespace w2;
     VGG_DYN_SHARED(__half, smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int th = (h + 1) >> 1, tw = (w + 1) >> 1, tiles = n * th * tw;
     // Channel blocks vary fastest: the blocks sharing a set of tiles run together and find its
     // patches in L2.
     const int kblocks = (cout + kOut - 1) / kOut;
-    const int tile0 = (int)(blockIdx.x / kblocks) * kTiles, k0 = (int)(blockIdx.x % kblocks) * kOut;
+    const WinoTiles<kRegion> tl(n, h, w, rw, (int)(blockIdx.x / kblocks));
+    const int k0 = (int)(blockIdx.x % kblocks) * kOut;
     const int steps = (cin + kC - 1) / kC;
+    // Shared memory: flat: X ring (patches, V in place), U ring. Region: raw ring, V pair, U ring.
+    __half* const sraw = smem;
+    __half* const svbase = kRegion ? smem + 4 * kRStage : smem;
+    __half* const subase = kRegion ? svbase + 2 * kXStage : smem + kXBufs * kXStage;
+    auto vbuf = [&](int s) { return svbase + (kRegion ? s & 1 : s % kXBufs) * kXStage; };
+    // Region: (2 rh + 2) x (2 rw + 2) input pixels from (2 ty0 - 1, 2 tx0 - 1), [pixel][16 c].
+    const int rcols = 2 * rw + 2, rpx = kRegion ? (2 * tl.rh + 2) * rcols : 0;
 
-    // Copy roles. Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2, all rows.
+    // Copy roles (flat). Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2.
     const int lt = (tid >> 1) & 63, ch = tid & 1, pb = tid >> 7;
-    const bool tile_ok = tile0 + lt < tiles;
-    const int tt = tile_ok ? tile0 + lt : 0;
-    const int img = tt / (th * tw), iy0 = 2 * (tt / tw % th) - 1, ix0 = 2 * (tt % tw) - 1;
+    int img, ty, tx;
+    const bool tile_ok = tl.locate(lt, img, ty, tx);
+    const int iy0 = 2 * ty - 1, ix0 = 2 * tx - 1;
     auto load = [&](int s, bool patches, bool filters) {
-        if (patches && s < steps) {
+        if (patches && s < steps && !kRegion) {
             const int c = s * kC + 8 * ch;
-            __half* sx = smem + (s % kXBufs) * kXStage;
+            __half* sx = vbuf(s);
 #pragma unroll
             for (int b = 0; b < 2; ++b) {
                 const int col = pb + 2 * b, ix = ix0 + col;
@@ -104,8 +161,20 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                 }
             }
         }
+        if (patches && s < steps && kRegion) {
+            __half* sr = sraw + (s & 3) * kRStage;
+            const int ry0 = 2 * tl.ty0 - 1, rx0 = 2 * tl.tx0 - 1;
+#pragma unroll 1
+            for (int i = tid; i < 2 * rpx; i += 256) {
+                const int px = i >> 1, pc = i & 1, c = s * kC + 8 * pc;
+                const int iy = ry0 + px / rcols, ix = rx0 + px % rcols;
+                const bool ok = iy >= 0 && iy < h && ix >= 0 && ix < w && c < cin;
+                const __half* src = ok ? x + (((long long)tl.img * h + iy) * w + ix) * cin + c : x;
+                cp_async_16(sr + px * kC + 8 * pc, src, ok);
+            }
+        }
         if (filters && s < steps) {
-            __half* su = smem + kXBufs * kXStage + (s % kUBufs) * kUStage;
+            __half* su = subase + (s % kUBufs) * kUStage;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int idx = tid + 256 * j, xi = idx >> 6, uo = (idx >> 1) & 31, uc = idx & 1;
@@ -116,19 +185,23 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
             }
         }
     };
-    // In place, V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels
-    // 2 (tid & 7), +1.
+    // V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels 2 (tid & 7),
+    // +1. Flat: in place. Region: from the raw ring into the V pair (2-way bank conflicts on the
+    // reads, as neighbouring tiles' patches are 2 pixels = 64 bytes apart).
     auto transform = [&](int s) {
         if (s >= steps) return;
-        __half* sx = smem + (s % kXBufs) * kXStage;
+        __half* sv = vbuf(s);
+        const __half* sr = sraw + (s & 3) * kRStage;
         const int pair = tid & 7;
 #pragma unroll 1
         for (int q = 0; q < 2; ++q) {
             const int tile = q * 32 + (tid >> 3);
+            const int rbase = kRegion ? (2 * (tile / rw) * rcols + 2 * (tile % rw)) * kC + 2 * pair : 0;
             float d[2][4][4];
 #pragma unroll
             for (int px = 0; px < 16; ++px) {
-                const __half* p = sx + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
+                const __half* p = kRegion ? sr + rbase + ((px >> 2) * rcols + (px & 3)) * kC
+                                          : sv + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
                 const float2 v = __half22float2(*reinterpret_cast<const __half2*>(p));
                 d[0][px >> 2][px & 3] = v.x;
                 d[1][px >> 2][px & 3] = v.y;
@@ -137,7 +210,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
             wino2x2_input_transform(d[1]);
 #pragma unroll
             for (int px = 0; px < 16; ++px) {
-                __half* p = sx + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
+                __half* p = sv + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
                 *reinterpret_cast<__half2*>(p) = __floats2half2_rn(d[0][px >> 2][px & 3], d[1][px >> 2][px & 3]);
             }
         }
@@ -178,8 +251,8 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         transform(it + 1);
 
         // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
-        const __half* sv = smem + (it % kXBufs) * kXStage;
-        const __half* su = smem + kXBufs * kXStage + (it % kUBufs) * kUStage;
+        const __half* sv = vbuf(it);
+        const __half* su = subase + (it % kUBufs) * kUStage;
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
             const int xi = 2 * warp + q;
@@ -222,13 +295,13 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
 #pragma unroll 1
     for (int r = 0; r < 4; ++r) {
         const int idx = tid + 256 * r, lt2 = idx >> 4, kk = k0 + 2 * (idx & 15);
-        const int tile = tile0 + lt2;
-        if (tile >= tiles || kk >= cout) continue;  // cout is even: kk + 1 < cout too
+        int timg, oty, otx;
+        if (!tl.locate(lt2, timg, oty, otx) || kk >= cout) continue;  // cout is even: kk + 1 < cout too
         float2 m[16];
 #pragma unroll
         for (int xi = 0; xi < 16; ++xi)
             m[xi] = *reinterpret_cast<const float2*>(ms + (xi * kTiles + lt2) * kMRow + 2 * (idx & 15));
-        const int timg = tile / (th * tw), oy0 = 2 * (tile / tw % th), ox0 = 2 * (tile % tw);
+        const int oy0 = 2 * oty, ox0 = 2 * otx;
         const float b0 = bias ? __half2float(bias[kk]) : 0.f, b1 = bias ? __half2float(bias[kk + 1]) : 0.f;
         float out[2][2][2];  // [channel kk + e][row][col]
 #pragma unroll
@@ -267,15 +340,22 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     }
 }
 
+// rw: 0 for flat tiles, else the region width in tiles (a power of two dividing 64).
 extern "C" __global__ void __launch_bounds__(256, 1)
     wino2x2_fprop_f16(const __half* __restrict__ x, const __half* __restrict__ u, const __half* __restrict__ bias,
-                      __half* __restrict__ y, int n, int h, int w, int c, int k, int relu) {
-    wino2x2_main(x, u, bias, nullptr, y, n, h, w, c, k, relu);
+                      __half* __restrict__ y, int n, int h, int w, int c, int k, int relu, int rw) {
+    if (rw)
+        wino2x2_main<true>(x, u, bias, nullptr, y, n, h, w, c, k, relu, rw);
+    else
+        wino2x2_main<false>(x, u, bias, nullptr, y, n, h, w, c, k, relu, 0);
 }
 
 // dy has K channels, dx has C: the reduction runs over K, the outputs are C channels.
 extern "C" __global__ void __launch_bounds__(256, 1)
     wino2x2_dgrad_f16(const __half* __restrict__ dy, const __half* __restrict__ u, const __half* __restrict__ mask,
-                      __half* __restrict__ dx, int n, int h, int w, int c, int k) {
-    wino2x2_main(dy, u, nullptr, mask, dx, n, h, w, k, c, 0);
+                      __half* __restrict__ dx, int n, int h, int w, int c, int k, int rw) {
+    if (rw)
+        wino2x2_main<true>(dy, u, nullptr, mask, dx, n, h, w, k, c, 0, rw);
+    else
+        wino2x2_main<false>(dy, u, nullptr, mask, dx, n, h, w, k, c, 0, 0);
 }

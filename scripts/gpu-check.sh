@@ -42,6 +42,11 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$OUT/selftest-cuda.
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$OUT/bench-conv.json" --plot "$OUT/bench-conv.png"
 fi
+# Winograd tiling side by side: the layers where auto picks region windows, forced flat (log only).
+if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
+  step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
+fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$OUT/bench-gemm.json"
 fi
@@ -58,6 +63,8 @@ step train-small 90 "$VGG" train --device cuda --quiet
 step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
+  # Shared-memory races in the pipelined tensor-core kernels, on the hardware's own schedule.
+  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$VGG" selftest --device cuda --only conv_igemm_fprop
 fi
 
 echo

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use vgg_cuda::bench::conv::{select_layers, Algo, ConvBench, ConvBenchConfig, ConvRow, Pass};
 use vgg_cuda::bench::gemm::{self as bench_gemm, GemmBench, GemmBenchConfig, GemmRow};
 use vgg_cuda::device::{cuda_report, kernels};
+use vgg_cuda::ops::conv::WinoTiling;
 use vgg_cuda::{selftest, Device, Schedule};
 
 #[derive(Parser)]
@@ -179,6 +180,9 @@ struct BenchConvArgs {
     /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm.
     #[arg(long, default_value = "auto")]
     algo: String,
+    /// How Winograd groups its tiles: auto, flat, region (see kernels/winograd_conv.cu).
+    #[arg(long, default_value = "auto")]
+    wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
     #[arg(long)]
     repeats: Option<usize>,
@@ -346,6 +350,12 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     // Arguments first, so a typo is reported even where the device is unusable.
     let passes = Pass::parse_list(&a.passes)?;
     let algo = Algo::parse(&a.algo)?;
+    let wino_tiling = match a.wino_tiling.as_str() {
+        "auto" => WinoTiling::Auto,
+        "flat" => WinoTiling::Flat,
+        "region" => WinoTiling::Region,
+        other => bail!("unknown --wino-tiling `{other}` (auto, flat, region)"),
+    };
     let emu = a.device == "emu";
     let layers = select_layers(emu, a.batch, &a.layers)?;
     if a.repeats == Some(0) {
@@ -359,6 +369,7 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     cfg.layers = layers;
     cfg.passes = passes;
     cfg.algo = algo;
+    cfg.wino_tiling = wino_tiling;
     cfg.cudnn = !a.no_cudnn;
     if a.repeats.is_some() {
         cfg.timing.samples = a.repeats;
@@ -366,11 +377,12 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let bench = ConvBench::new(&dev, &cfg);
     println!(
-        "bench conv on {}: {} layers x {} passes, algo {}, {}",
+        "bench conv on {}: {} layers x {} passes, algo {}, winograd tiling {}, {}",
         dev.name(),
         cfg.layers.len(),
         cfg.passes.len(),
         algo.name(),
+        a.wino_tiling,
         match (bench.cudnn_version(), bench.cudnn_note()) {
             (Some(v), _) => format!("cuDNN {v} (fastest of cudnnFind*AlgorithmEx)"),
             (None, Some(note)) => note.to_string(),

@@ -54,7 +54,7 @@ fn emu_bench_measures_and_agrees_with_reference() {
     // backward-data; the others Winograd, and igemm for wgrad.
     assert_eq!(report.rows[0].ours.as_ref().unwrap().algo, "igemm");
     assert_eq!(report.rows[1].ours.as_ref().unwrap().algo, "direct");
-    assert_eq!(report.rows[3].ours.as_ref().unwrap().algo, "winograd2x2");
+    assert!(report.rows[3].ours.as_ref().unwrap().algo.starts_with("winograd2x2/"));
     assert_eq!(report.rows[5].ours.as_ref().unwrap().algo, "igemm");
     assert!(report.summary.line().contains("9 rows: 9 measured"), "{}", report.summary.line());
 

@@ -3,7 +3,7 @@
 //! kernel, exact results on integer data for every algorithm, and shape errors.
 
 use half::f16;
-use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use vgg_cuda::problem::ConvProblem;
 use vgg_cuda::{reference as r, selftest, Device, Error, Schedule, Tensor};
 
@@ -45,11 +45,11 @@ fn spread(len: usize, seed: u64) -> Vec<f32> {
 fn run_all(
     dev: &Device,
     p: ConvProblem,
-    algo: ConvAlgo,
+    (algo, tiling): (ConvAlgo, WinoTiling),
     data: &[Vec<f32>; 5],
 ) -> (Vec<u16>, Vec<u16>, Vec<u32>, Vec<u32>) {
     let [x, w, b, dy, mask] = data;
-    let conv = Conv3x3::new(p, algo).unwrap();
+    let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
     let ws_len = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.workspace_bytes(q)).into_iter().max();
     let mut ws = Tensor::<u8>::empty(dev, &[ws_len.unwrap().max(1)]).unwrap();
     let xt = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], x).unwrap();
@@ -81,8 +81,10 @@ fn problem_data(p: &ConvProblem, gen: impl Fn(usize, u64) -> Vec<f32>) -> [Vec<f
 #[test]
 fn two_schedules_bit_identical() {
     // Ragged tiles (odd H and W), two k-blocks, a C that ends in a half chunk, and enough
-    // pixels for several wgrad chunks; C = 3 and 12 padded under Auto.
-    for (p, algo) in [
+    // pixels for several wgrad chunks; C = 3 and 12 padded under Auto; Winograd region windows
+    // of several widths, some crossing the image's edge.
+    let region = |p: ConvProblem| (p, ConvAlgo::Winograd2x2, WinoTiling::Region);
+    let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Winograd2x2),
@@ -93,7 +95,14 @@ fn two_schedules_bit_identical() {
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Auto),
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd2x2),
-    ] {
+    ]
+    .map(|(p, a)| (p, a, WinoTiling::Auto));
+    for (p, algo, tiling) in cases.into_iter().chain([
+        region(ConvProblem::new(2, 9, 13, 88, 40)),
+        region(ConvProblem::new(1, 33, 35, 8, 16)),
+        region(ConvProblem::new(1, 6, 70, 16, 8)),
+    ]) {
+        let algo = (algo, tiling);
         let data = problem_data(&p, spread);
         let dev = Device::emu();
         dev.set_schedule(Schedule::Index);
@@ -133,7 +142,9 @@ fn integer_data_is_exact_in_every_algorithm() {
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
         let dev = Device::emu();
         let igemm = if p.c <= 8 { Some(ConvAlgo::ImplicitGemm) } else { None };
-        for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto].into_iter().chain(igemm) {
+        let algos = [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto].into_iter().chain(igemm);
+        let tilings = [WinoTiling::Flat, WinoTiling::Region];
+        for algo in algos.flat_map(|a| tilings.map(|t| (a, t))) {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
             // -0 and +0 are both exact zeros.
             let norm = |v: Vec<u16>| v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect::<Vec<_>>();

@@ -11,7 +11,7 @@
 
 use super::cudnn::{Cudnn, CudnnPass, CudnnPlan};
 use super::{measured_cells, problem_lines, time_calls, Agreement, Tally, Timing, TimingConfig, VersusRow, L2_BYTES};
-use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use crate::problem::{vgg16_layers, vgg16_layers_reduced, ConvProblem, NamedProblem};
 use crate::{reference, Device, Tensor};
 use half::f16;
@@ -177,6 +177,8 @@ pub struct ConvBenchConfig {
     pub layers: Vec<NamedProblem>,
     pub passes: Vec<Pass>,
     pub algo: Algo,
+    /// How the Winograd passes group their tiles.
+    pub wino_tiling: WinoTiling,
     pub timing: TimingConfig,
     /// Compare with cuDNN when the device is a GPU and the library loads.
     pub cudnn: bool,
@@ -193,6 +195,7 @@ impl ConvBenchConfig {
             layers: select_layers(dev.is_emu(), batch, "all").unwrap_or_default(),
             passes: Pass::ALL.to_vec(),
             algo: Algo::Auto,
+            wino_tiling: WinoTiling::Auto,
             timing: TimingConfig::for_device(dev),
             cudnn: !dev.is_emu(),
             l2_bytes: if dev.is_emu() { 0 } else { L2_BYTES },
@@ -603,7 +606,7 @@ fn bench_layer(
             return;
         }
     };
-    let conv = Conv3x3::new(p, cfg.algo.ops());
+    let conv = Conv3x3::new(p, cfg.algo.ops()).map(|c| c.with_wino_tiling(cfg.wino_tiling));
     for &pass in &cfg.passes {
         let mut row = ConvRow::new(np, pass);
         row.sets = sets.len();
@@ -673,7 +676,13 @@ fn bench_ours(
     out.poison()?;
     run_ours(conv, pass, &sets[0], &mut out, &mut ws)?;
     let result = out.to_f32()?;
-    Ok((Measured::new(algo.name().into(), t, p, ws_bytes, None), result, algo))
+    // Winograd rows name their tiling: flat, or the region width in tiles.
+    let name = match (algo, conv.wino_region_width()) {
+        (Algo::Winograd2x2, 0) => "winograd2x2/flat".to_string(),
+        (Algo::Winograd2x2, rw) => format!("winograd2x2/r{rw}"),
+        _ => algo.name().to_string(),
+    };
+    Ok((Measured::new(name, t, p, ws_bytes, None), result, algo))
 }
 
 /// Times cuDNN's fastest algorithm for the pass and returns the timing and its output on set 0.

@@ -38,6 +38,12 @@ const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
 const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
+/// Region tiling adds a ring of 4 raw windows of up to 520 pixels x 16 channels and keeps V
+/// in a separate pair of buffers.
+const WINO_REGION_SMEM: u32 = (4 * 520 * 16 + 2 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
+/// Region tiling is chosen when at most this share of a block's 64 tile slots falls outside
+/// the image (averaged over the image).
+const WINO_REGION_MAX_IDLE: f64 = 0.125;
 /// First-layer implicit-GEMM fprop: 128 pixels x 64 channels a block, 256 threads, static
 /// shared memory (kernels/conv_first.cu).
 const IGEMM_FPROP_PIX: usize = 128;
@@ -93,6 +99,21 @@ pub enum ConvAlgo {
     Winograd4x4,
 }
 
+/// How the Winograd main loop groups its 64 output tiles a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WinoTiling {
+    /// Region when at most 1/8 of the tile slots would be idle, else Flat.
+    #[default]
+    Auto,
+    /// 64 consecutive tiles over (n, tile row, tile col): no idle slots, but each input pixel
+    /// is copied from L2 about 4 times (once per overlapping 4x4 patch).
+    Flat,
+    /// A window of rh x rw tiles (rh * rw = 64) of one image, its (2 rh + 2) x (2 rw + 2) input
+    /// pixels copied once: about 3x less input traffic, but windows that cross the image's edge
+    /// leave tile slots idle. rw is the power of two with the fewest idle slots.
+    Region,
+}
+
 /// One of the three passes of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPass {
@@ -138,6 +159,7 @@ pub struct Conv3x3 {
     algos: [ConvAlgo; 3],
     /// Channels the tensor-core paths see: C rounded up to a multiple of 8 (C for Direct).
     cp: usize,
+    tiling: WinoTiling,
 }
 
 impl Conv3x3 {
@@ -179,11 +201,38 @@ impl Conv3x3 {
             ConvAlgo::Auto => [w, w, g],
         };
         let cp = if algos == [d; 3] { p.c } else { cp };
-        Ok(Self { problem, algos, cp })
+        Ok(Self { problem, algos, cp, tiling: WinoTiling::Auto })
     }
 
     pub fn problem(&self) -> ConvProblem {
         self.problem
+    }
+
+    /// The same plan with the Winograd passes grouping tiles as `tiling` says.
+    pub fn with_wino_tiling(mut self, tiling: WinoTiling) -> Self {
+        self.tiling = tiling;
+        self
+    }
+
+    /// The region width (in tiles) the Winograd passes use, or 0 for flat tiling.
+    pub fn wino_region_width(&self) -> usize {
+        let p = &self.problem;
+        let (th, tw) = (p.h.div_ceil(2), p.w.div_ceil(2));
+        // Fewest idle slots; among equals the smallest window (fewest halo pixels).
+        let idle = |rw: usize| {
+            1.0 - (th * tw) as f64 / (th.next_multiple_of(WINO_TILES / rw) * tw.next_multiple_of(rw)) as f64
+        };
+        let halo = |rw: usize| (2 * (WINO_TILES / rw) + 2) * (2 * rw + 2);
+        let rw = [1, 2, 4, 8, 16, 32, 64]
+            .into_iter()
+            .min_by(|&a, &b| idle(a).total_cmp(&idle(b)).then(halo(a).cmp(&halo(b))))
+            .unwrap_or(8);
+        match self.tiling {
+            WinoTiling::Flat => 0,
+            WinoTiling::Region => rw,
+            WinoTiling::Auto if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
+            WinoTiling::Auto => 0,
+        }
     }
 
     /// The algorithm `pass` runs: `Direct`, `Winograd2x2` (fprop, dgrad) or `ImplicitGemm`
@@ -410,11 +459,12 @@ impl Conv3x3 {
             unsafe { dev.launch(&IGEMM_FPROP_C8, cfg, &args) }
         } else if self.tc(ConvPass::Fprop) {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
-            let cfg = self.wino_config(p.k)?;
-            let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
+            let (cfg, rw) = self.wino_config(p.k)?;
+            let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu, rw];
             // SAFETY: (const __half* x, const __half* u, const __half* bias, __half* y, int n, int h,
-            // int w, int c, int k, int relu): c = Cp; x is N*H*W*Cp halves (x itself, or its padded
-            // copy in ws), u = 16*K*Cp halves at the start of ws, y and bias (K or null) checked above.
+            // int w, int c, int k, int relu, int rw): c = Cp; x is N*H*W*Cp halves (x itself, or its
+            // padded copy in ws), u = 16*K*Cp halves at the start of ws, y and bias (K or null)
+            // checked above; rw 0 or a power of two dividing 64, matching the grid.
             unsafe { dev.launch(&WINO_FPROP, cfg, &args) }
         } else {
             let cfg = LaunchConfig::for_elements(p.output_len(), ELEMENTWISE_THREADS)?;
@@ -463,16 +513,21 @@ impl Conv3x3 {
             None => KArg::Ptr(0),
         };
         let dims = self.dims(p.c)?;
-        let (kernel, cfg, u) = if self.tc(ConvPass::Dgrad) {
-            (&WINO_DGRAD, self.wino_config(p.c)?, ws.arg())
+        if self.tc(ConvPass::Dgrad) {
+            let (cfg, rw) = self.wino_config(p.c)?;
+            let args = [dy.arg(), ws.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], rw];
+            // SAFETY: (const __half* dy, const __half* u, const __half* mask, __half* dx, int n,
+            // int h, int w, int c, int k, int rw): sizes checked above; u = 16*C*K halves in ws,
+            // mask N*H*W*C halves or null; rw 0 or a power of two dividing 64, matching the grid.
+            unsafe { dev.launch(&WINO_DGRAD, cfg, &args) }
         } else {
-            (&DIRECT_DGRAD, LaunchConfig::for_elements(p.input_len(), ELEMENTWISE_THREADS)?, w.arg())
-        };
-        let args = [dy.arg(), u, mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
-        // SAFETY: both kernels take (const __half* dy, const __half* w_or_u, const __half* mask,
-        // __half* dx, int n, int h, int w, int c, int k): sizes checked above; u = 16*C*K halves
-        // in ws for Winograd, w K*9*C halves for Direct, mask N*H*W*C halves or null.
-        unsafe { dev.launch(kernel, cfg, &args) }
+            let cfg = LaunchConfig::for_elements(p.input_len(), ELEMENTWISE_THREADS)?;
+            let args = [dy.arg(), w.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
+            // SAFETY: (const __half* dy, const __half* w, const __half* mask, __half* dx, int n,
+            // int h, int w, int c, int k): sizes checked above; w K*9*C halves, mask N*H*W*C
+            // halves or null.
+            unsafe { dev.launch(&DIRECT_DGRAD, cfg, &args) }
+        }
     }
 
     /// `dw[k,r,s,c] = sum_{n,h,w} dy[n,h,w,k] x[n,h+r-1,w+s-1,c]` (KRSC, fp32) and
@@ -565,13 +620,19 @@ impl Conv3x3 {
         ])
     }
 
-    /// Grid of the Winograd main loop with `cout` output channels: one dimension, channel blocks
-    /// fastest (the kernel splits blockIdx.x).
-    fn wino_config(&self, cout: usize) -> Result<LaunchConfig> {
+    /// Grid of the Winograd main loop with `cout` output channels (one dimension, channel
+    /// blocks fastest: the kernel splits blockIdx.x) and its `rw` argument.
+    fn wino_config(&self, cout: usize) -> Result<(LaunchConfig, KArg)> {
         let p = &self.problem;
-        let tiles = p.n * p.h.div_ceil(2) * p.w.div_ceil(2);
-        let blocks = tiles.div_ceil(WINO_TILES) * cout.div_ceil(WINO_OUT);
-        Ok(LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: WINO_SMEM })
+        let (th, tw) = (p.h.div_ceil(2), p.w.div_ceil(2));
+        let rw = self.wino_region_width();
+        let (tile_blocks, smem) = match WINO_TILES.checked_div(rw) {
+            None => ((p.n * th * tw).div_ceil(WINO_TILES), WINO_SMEM),
+            Some(rh) => (p.n * th.div_ceil(rh) * tw.div_ceil(rw), WINO_REGION_SMEM),
+        };
+        let blocks = tile_blocks * cout.div_ceil(WINO_OUT);
+        let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: smem };
+        Ok((cfg, KArg::I32(rw as i32)))
     }
 }
 

@@ -22,7 +22,7 @@
 //! Every output is poisoned (NaN) before the launch.
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
-use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use crate::problem::{self, ConvProblem, NamedProblem};
 use crate::reference::{self as r, compare, compare_tol};
 use crate::{Device, Result, Tensor};
@@ -119,7 +119,13 @@ fn row(kernel: String, np: &NamedProblem, kind: Kind, got: &[f32], want: &[f32],
 /// fprop (randn: Bias, then BiasRelu against ReLU of that output; ints: None) and dgrad
 /// (against the reference, then with the ReLU mask against the mask applied to that output)
 /// of `algo` on every problem where the pass resolves to `family`.
-fn fprop_dgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, names: [&str; 2]) -> Result<Vec<CheckRow>> {
+fn fprop_dgrad(
+    dev: &Device,
+    algo: ConvAlgo,
+    family: ConvAlgo,
+    tiling: WinoTiling,
+    names: [&str; 2],
+) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
@@ -128,8 +134,14 @@ fn fprop_dgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, names: [&str; 2])
         if !do_fprop && !do_dgrad {
             continue;
         }
-        let conv = Conv3x3::new(p, algo)?;
-        let fname = kname(&conv, ConvPass::Fprop, names[0]);
+        let conv = Conv3x3::new(p, algo)?.with_wino_tiling(tiling);
+        let tiled = |name: &str| match (family, conv.wino_region_width()) {
+            (ConvAlgo::Winograd2x2, 0) => format!("{name} (flat)"),
+            (ConvAlgo::Winograd2x2, rw) => format!("{name} (region rw={rw})"),
+            _ => name.to_string(),
+        };
+        let fname = kname(&conv, ConvPass::Fprop, &tiled(names[0]));
+        let dname = tiled(names[1]);
         let ws_len = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
         let mut ws = Tensor::<u8>::empty(dev, &[ws_len])?;
         for &kind in kinds.iter() {
@@ -171,13 +183,13 @@ fn fprop_dgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, names: [&str; 2])
             dx.poison()?;
             conv.dgrad(&dy, &w, None, &mut dx, &mut ws)?;
             let plain = dx.to_f32()?;
-            rows.push(row(names[1].to_string(), np, kind, &plain, &r::conv3x3_dgrad(&p, &d.dy, &d.w), true));
+            rows.push(row(dname.clone(), np, kind, &plain, &r::conv3x3_dgrad(&p, &d.dy, &d.w), true));
             // The fused mask must zero exactly where the mask is not > 0 and keep the rest.
             let mask = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.mask)?;
             dx.poison()?;
             conv.dgrad(&dy, &w, Some(&mask), &mut dx, &mut ws)?;
             let cmp = compare(&dx.to_f32()?, &r::relu_bwd(&d.mask, &plain));
-            rows.push(CheckRow::new(&format!("{} (relu mask)", names[1]), label(np, kind), cmp, Bound::Exact));
+            rows.push(CheckRow::new(&format!("{dname} (relu mask)"), label(np, kind), cmp, Bound::Exact));
         }
     }
     Ok(rows)
@@ -217,7 +229,7 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<V
 /// Direct fprop, dgrad and wgrad on every problem (the C = 3 first layer included).
 pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
     let d = ConvAlgo::Direct;
-    let mut rows = fprop_dgrad(dev, d, d, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
+    let mut rows = fprop_dgrad(dev, d, d, WinoTiling::Auto, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
     rows.extend(wgrad(dev, d, d, "direct3x3_wgrad_f32")?);
     Ok(rows)
 }
@@ -226,14 +238,17 @@ pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
 /// where also C % 8 == 0, fprop for any C (padded).
 pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
     let w = ConvAlgo::Winograd2x2;
-    fprop_dgrad(dev, w, w, ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"])
+    let names = ["wino2x2_fprop_f16", "wino2x2_dgrad_f16"];
+    let mut rows = fprop_dgrad(dev, w, w, WinoTiling::Flat, names)?;
+    rows.extend(fprop_dgrad(dev, w, w, WinoTiling::Region, names)?);
+    Ok(rows)
 }
 
 /// The tensor-core implicit-GEMM fprop of layers with C <= 8 (C = 8 read as is, smaller C
 /// padded), which `Auto` runs for C < 8.
 pub fn igemm_fprop(dev: &Device) -> Result<Vec<CheckRow>> {
     let g = ConvAlgo::ImplicitGemm;
-    fprop_dgrad(dev, g, g, ["igemm3x3_fprop_c8_f16", "(none)"])
+    fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_fprop_c8_f16", "(none)"])
 }
 
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
