@@ -57,7 +57,13 @@ if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$OUT/bench-train.json"
 fi
 # The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
-step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --json "$OUT/bench-data.json"
+# lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
+step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
+step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$OUT/bench-data.json"
+# The same images pre-resized into raw shards by `vgg prep` (log only).
+SHARDS=${TMPDIR:-/tmp}/vgg-shards
+step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
+step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
 # The trainer end to end on the GPU: the README's small network on the synthetic data.
 step train-small 90 "$VGG" train --device cuda --quiet
 step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128

@@ -640,8 +640,13 @@ impl DataSourceArgs {
 
 #[derive(clap::Args)]
 struct PrepArgs {
-    /// The source ImageFolder.
+    /// The source ImageFolder, or `synthetic` for the built-in generated set (benchmarks).
     src: std::path::PathBuf,
+    /// With `synthetic`: how many images, and their shorter side.
+    #[arg(long, default_value_t = 2048)]
+    images: usize,
+    #[arg(long, default_value_t = 375)]
+    synthetic_size: u32,
     /// The shard directory to write (created if needed).
     out: std::path::PathBuf,
     /// Rescale so that the shorter side is this (Smax of scale jittering; never upscales; 0: native).
@@ -661,7 +666,16 @@ struct PrepArgs {
 fn prep_cmd(a: PrepArgs) -> Result<()> {
     use vgg_cuda::data::prep::{prep, PrepConfig};
     let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
-    let rep = prep(&a.src, &a.out, &cfg, |done, all| eprint!("\rprep: {done}/{all} images"))?;
+    let progress = |done, all| eprint!("\rprep: {done}/{all} images");
+    let rep = if a.src.as_os_str() == "synthetic" {
+        if a.images == 0 {
+            bail!("--images must be at least 1");
+        }
+        let ds = vgg_cuda::data::Synthetic::new(10, a.synthetic_size, a.images, 0);
+        vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, progress)?
+    } else {
+        prep(&a.src, &a.out, &cfg, progress)?
+    };
     eprintln!();
     println!(
         "prep: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
@@ -722,9 +736,10 @@ struct BenchDataArgs {
     /// Images to run (a seeded sample of DIR).
     #[arg(long, default_value_t = 256)]
     images: usize,
-    /// Loader worker threads [default: the number of cores].
+    /// Loader worker threads, or a comma-separated list of counts to measure the scaling
+    /// (1,2,4,8,16; the last is the reported total) [default: the number of cores].
     #[arg(long)]
-    workers: Option<usize>,
+    workers: Option<String>,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Training scale S: 256, or MIN:MAX for scale jittering (256:512). With --test, Q.
@@ -743,8 +758,16 @@ struct BenchDataArgs {
 fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     use vgg_cuda::data::{Scale, TestTransform, TrainTransform, Transform};
     let scale = Scale::parse(&a.scale)?;
-    if a.images == 0 || a.batch == 0 || a.workers == Some(0) {
-        bail!("--images, --batch and --workers must be at least 1");
+    let workers: Vec<usize> = match &a.workers {
+        Some(list) => list
+            .split(',')
+            .map(|w| w.trim().parse::<usize>().ok().filter(|&w| w > 0))
+            .collect::<Option<_>>()
+            .with_context(|| format!("--workers `{list}`: expected counts >= 1 such as 16 or 1,2,4,8,16"))?,
+        None => vec![std::thread::available_parallelism().map_or(1, |n| n.get())],
+    };
+    if a.images == 0 || a.batch == 0 {
+        bail!("--images and --batch must be at least 1");
     }
     let transform: Transform = if a.test {
         TestTransform { scale: scale.test_q(), crop: Some(a.crop) }.into()
@@ -753,8 +776,7 @@ fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     };
     transform.validate()?;
     let (ds, what) = a.source.open(a.images)?;
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, workers, a.batch, a.source.strict)?;
+    let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, &workers, a.batch, a.source.strict)?;
     println!("{}", report.text());
     if let Some(path) = &a.json {
         write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;

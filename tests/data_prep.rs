@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use image::{Rgb, RgbImage};
-use vgg_cuda::data::prep::{prep, prep_image, PrepConfig};
+use vgg_cuda::data::prep::{prep, prep_dataset, prep_image, PrepConfig};
 use vgg_cuda::data::{
     bench, open_dir, resize, DataError, Dataset, ImageFolder, Loader, LoaderConfig, Scale, Shards, TrainTransform,
     Transform,
@@ -88,6 +88,22 @@ fn prep_round_trip_is_exact() {
 }
 
 #[test]
+fn prep_of_the_synthetic_set_round_trips() {
+    let t = TempDir::new("prep", "synthetic");
+    let syn = vgg_cuda::data::Synthetic::new(3, 40, 7, 5);
+    let rep = prep_dataset(&syn, None, &t.0, &cfg(24, 3), |_, _| {}).unwrap();
+    assert_eq!((rep.images, rep.shards, rep.classes), (7, 3, 3));
+    let shards = Shards::open(&t.0).unwrap();
+    assert_eq!(shards.classes(), syn.classes());
+    for i in 0..7 {
+        let ((got, gl), (img, wl)) = (shards.load(i).unwrap(), syn.load(i).unwrap());
+        assert_eq!(gl, wl, "label of image {i}");
+        assert!(got == prep_image(&img, 24), "image {i} differs from its resized original");
+        assert!(shards.describe(i).contains(&syn.describe(i)), "source of image {i}: {}", shards.describe(i));
+    }
+}
+
+#[test]
 fn jpeg_shards_decode_to_the_stored_size() {
     let t = TempDir::new("prep", "jpeg");
     let (src, out) = (t.0.join("src"), t.0.join("out"));
@@ -158,9 +174,11 @@ fn loader_and_bench_data_run_on_shards() {
     prep(&src, &out, &cfg(48, 4), |_, _| {}).unwrap();
     let ds: Arc<dyn Dataset> = Arc::new(Shards::open(&out).unwrap());
     let tf = TrainTransform { crop: 16, ..TrainTransform::paper(Scale::Jitter(16, 48)) };
-    let rep = bench::run(ds.clone(), "shards", tf.clone().into(), 100, 2, 4, true).unwrap();
+    let rep = bench::run(ds.clone(), "shards", tf.clone().into(), 100, &[1, 2], 4, true).unwrap();
     assert_eq!((rep.images, rep.skipped), (ds.len(), 0));
     assert!(rep.per_core_images_per_s > 0.0 && rep.total_images_per_s > 0.0);
+    assert_eq!(rep.scaling.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!((rep.workers, rep.total_images_per_s), rep.scaling[1]);
 
     // The same transform over the shards and over the folder prepped in memory gives the
     // same batches: prep only moves the rescale from every epoch to once.

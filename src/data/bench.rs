@@ -20,6 +20,10 @@ pub struct DataBenchReport {
     /// Images/s of the calling thread alone (no workers), and of `workers` threads.
     pub per_core_images_per_s: f64,
     pub total_images_per_s: f64,
+    /// (worker threads, images/s) for every count measured, the last being `workers`: how the
+    /// rate scales with threads (on a machine whose "cores" are hyperthreads, expect the
+    /// per-worker rate to halve past the physical core count).
+    pub scaling: Vec<(usize, f64)>,
     /// Milliseconds per image on one core, by stage.
     pub decode_ms: f64,
     pub resize_ms: f64,
@@ -34,7 +38,7 @@ impl DataBenchReport {
             "bench data: {} ({}), {} images, {} skipped\n\
              one core:   {:>8.1} images/s  ({:.2} ms/image: decode {:.2} ms {:.0}%, resize {:.2} ms {:.0}%, \
              crop/flip/colour {:.2} ms {:.0}%)\n\
-             {} workers: {:>8.1} images/s total, {:.1} per worker ({} cores on this machine)",
+             {} workers: {:>8.1} images/s total, {:.1} per worker ({} cores on this machine){}",
             self.source,
             self.transform,
             self.images,
@@ -51,6 +55,12 @@ impl DataBenchReport {
             self.total_images_per_s,
             self.total_images_per_s / self.workers.max(1) as f64,
             self.cores,
+            if self.scaling.len() > 1 {
+                let steps: Vec<String> = self.scaling.iter().map(|(w, r)| format!("{w}: {r:.1}")).collect();
+                format!("\nscaling (workers: images/s): {}", steps.join(", "))
+            } else {
+                String::new()
+            },
         )
     }
 }
@@ -60,13 +70,14 @@ fn ms_per(d: std::time::Duration, t: &StageTimes) -> f64 {
 }
 
 /// Runs `images` images of `ds` (a seeded sample) through `transform`: once on the calling
-/// thread (per-core rate and stage split), then with `workers` loader threads (total rate).
+/// thread (per-core rate and stage split), then with each count of loader threads in `workers`
+/// (the last one is the report's total rate; an empty list means one).
 pub fn run(
     ds: Arc<dyn Dataset>,
     source: &str,
     transform: Transform,
     images: usize,
-    workers: usize,
+    workers: &[usize],
     batch: usize,
     strict: bool,
 ) -> Result<DataBenchReport, DataError> {
@@ -88,17 +99,23 @@ pub fn run(
         Ok((wall, epoch.summary().times, skipped))
     };
     let (wall1, times, skipped) = pass(0)?;
-    let (wall_n, _, _) = pass(workers.max(1))?;
     let done = (n - skipped) as f64;
+    let counts: Vec<usize> = if workers.is_empty() { vec![1] } else { workers.iter().map(|&w| w.max(1)).collect() };
+    let mut scaling = vec![];
+    for &w in &counts {
+        scaling.push((w, done / pass(w)?.0.max(1e-9)));
+    }
+    let (last_workers, total) = scaling[scaling.len() - 1];
     Ok(DataBenchReport {
         source: source.to_string(),
         transform: describe,
         images: n,
         skipped,
-        workers: workers.max(1),
+        workers: last_workers,
         cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
         per_core_images_per_s: done / wall1.max(1e-9),
-        total_images_per_s: done / wall_n.max(1e-9),
+        total_images_per_s: total,
+        scaling,
         decode_ms: ms_per(times.decode, &times),
         resize_ms: ms_per(times.resize, &times),
         finish_ms: ms_per(times.finish, &times),

@@ -105,8 +105,14 @@ pub fn prep(
     src: &Path,
     out: &Path,
     cfg: &PrepConfig,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<PrepReport, DataError> {
+    check_config(cfg)?;
+    let ds = ImageFolder::open(src)?;
+    prep_dataset(&ds, Some(src), out, cfg, progress)
+}
+
+fn check_config(cfg: &PrepConfig) -> Result<(), DataError> {
     if cfg.shard_size == 0 {
         return Err(DataError::Config("--shard-size must be at least 1".into()));
     }
@@ -115,15 +121,33 @@ pub fn prep(
             return Err(DataError::Config(format!("JPEG quality {q}: must be 1-100")));
         }
     }
+    Ok(())
+}
+
+/// As [`prep`], from any dataset (the built-in synthetic set, for instance). Each record's
+/// source name is `ds.describe(i)`, relative to `root` when it lies under it.
+pub fn prep_dataset(
+    ds: &dyn Dataset,
+    root: Option<&Path>,
+    out: &Path,
+    cfg: &PrepConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PrepReport, DataError> {
+    check_config(cfg)?;
     let t0 = std::time::Instant::now();
-    let ds = ImageFolder::open(src)?;
     std::fs::create_dir_all(out).map_err(|e| DataError::Io { path: out.into(), reason: e.to_string() })?;
     // A previous index would describe shards about to be overwritten: remove it first.
     let ipath = out.join(INDEX_NAME);
     if ipath.exists() {
         std::fs::remove_file(&ipath).map_err(|e| DataError::Io { path: ipath.clone(), reason: e.to_string() })?;
     }
-    let rel = |p: &PathBuf| p.strip_prefix(src).unwrap_or(p).display().to_string();
+    let rel = |i: usize| {
+        let name = ds.describe(i);
+        match root {
+            Some(r) => Path::new(&name).strip_prefix(r).map_or(name.clone(), |p| p.display().to_string()),
+            None => name,
+        }
+    };
     let mut index = ShardIndex {
         format: "vgg-shards".into(),
         version: SHARD_VERSION,
@@ -153,7 +177,7 @@ pub fn prep(
                 .collect();
             for (i, r) in (start..end).zip(recs) {
                 match r {
-                    Ok(rec) => pending.push((rec, rel(&ds.samples()[i].0))),
+                    Ok(rec) => pending.push((rec, rel(i))),
                     Err(e) if e.is_per_image() && !cfg.strict => {
                         eprintln!("warning: skipped {}: {e}", ds.describe(i));
                         index.skipped += 1;
@@ -187,7 +211,8 @@ pub fn prep(
         progress(start, n);
     }
     if index.images == 0 {
-        return Err(DataError::Layout { path: src.into(), reason: "no image could be read".into() });
+        let path = root.map_or_else(|| PathBuf::from(ds.describe(0)), Path::to_path_buf);
+        return Err(DataError::Layout { path, reason: "no image could be read".into() });
     }
     index.validate(&ipath)?;
     let json = serde_json::to_vec(&index).map_err(|e| DataError::Config(format!("index JSON: {e}")))?;
