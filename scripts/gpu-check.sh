@@ -66,6 +66,15 @@ step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-si
 step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
 # The trainer end to end on the GPU: the README's small network on the synthetic data.
 step train-small 90 "$VGG" train --device cuda --quiet
+# Evaluation throughput of a VGG-16 (two training steps on synthetic 224-px images, so that a
+# checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
+CK=${TMPDIR:-/tmp}/vgg-d
+step eval-vgg16-ckpt 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
+  --classes 1000 --synthetic-len 64 --batch 32 --steps 2 --checkpoint-dir "$CK"
+step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 256 \
+  --scale 256 --crops center --batch 64
+step eval-vgg16-dense 90 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 128 \
+  --scale 256 --crops dense --flip
 step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
