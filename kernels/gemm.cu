@@ -9,37 +9,58 @@
 // read with plain ldmatrix; the others as [t][r|s], read with ldmatrix.trans, which delivers
 // the same fragments. So one kernel body serves all three passes, templated on the two layouts.
 //
-// Tiling (from first principles for the H200; first measurements in the note below):
-//  - Block tile 128x128x64, 8 warps as 2 (r) x 4 (s), warp tile 64x32 = 4x4 mma tiles, 64 fp32
-//    accumulators a thread. 128x128 is the smallest tile whose shared-memory traffic per mma
-//    (ldmatrix bytes per flop) keeps mma.sync fed, and 256 threads x 2 blocks fill an SM.
-//  - 64x128x64 with warp tile 32x32 for R <= 64: the FC layers at batch 1..64, where a
-//    128-row tile would be mostly zero-fill. Those products stream W once and are memory
-//    bound, so the smaller tile costs nothing and doubles the blocks.
-//  - BK = 64: 128-byte row segments per copy of a [.][t] tile, and half the barriers of
-//    BK = 32. cp.async pipeline of 3 stages (128x128) or 4 (64x128): the memory-bound small-M
-//    products need the bytes in flight. 16-byte copies, zero-filled outside the matrix: any M,
-//    and N, K multiples of 8 so that every 16-byte chunk is wholly inside or outside.
-//  - Rows padded by 8 halves (16 bytes): pitches of 144 B ([.][t] tiles) and 272 / 144 B
-//    ([t][.] tiles, 128 / 64 wide) put the 8 row addresses of every ldmatrix phase in distinct
-//    bank quads. Shared memory at most 108 KiB a block, so 2 blocks fit an SM; registers
-//    capped at 128 by __launch_bounds__(256, 2) (ptxas: 125-128 for 128x128, 96-110 for
-//    64x128, no spills).
-//  - Split-K over blockIdx.z: with few output tiles (small M, or the long reductions of
-//    bwd_weight over N*H*W pixels), each split writes fp32 partials to a workspace and
+// Tiles (block tile, warps, warp tile, ring). Linear::plan in src/ops/gemm.rs picks the tile
+// and split count per pass and shape from a model of waves on 132 SMs and memory traffic:
+//   128x256  8 warps 2x4  64x64  3 x 64-deep  one block an SM: the large products
+//   128x192  8 warps 2x4  64x48  3 x 64-deep  one block an SM: fc6's bwd_data at batch 256
+//                                             (S = 25088) has 262 such tiles, two full waves
+//                                             on 132 SMs, where 128x256 leaves 196, 1.5 waves
+//   128x128  4 warps 2x2  64x64  3 x 64-deep  two blocks an SM: finer waves; the store-bound
+//                                             bwd_weight overlaps one block's epilogue with
+//                                             the other's loads
+//   64x128   4 warps 1x4  64x32  4 x 64-deep  two blocks an SM: small R (FC layers at small
+//                                             batch), memory bound, more bytes in flight
+//  - Warp tiles of 64 rows: per 16-deep step a warp reads MI = 4 A fragments (ldmatrix.x4) and
+//    NI / 2 B pairs for 4 NI mma's: 8 ldmatrix per 32 mma (64x64), 7 per 24 (64x48), 6 per 16
+//    (64x32), where 32x32 warps need 4 per 8. Once the loads are hidden, shared-memory reads
+//    per mma are the expected limit of mma.sync here (reasoned from bandwidths, not measured).
+//  - 16-byte cp.async copies into a ring of STAGES k-tiles, zero-filled outside the matrix (any
+//    R; S and T multiples of 8, so every 16-byte chunk is wholly inside or outside). One
+//    barrier a k-tile: wait_group<STAGES - 2> (this thread's copies of tile i landed), barrier
+//    (everyone's landed, and everyone is done with tile i - 1), copy tile i + STAGES - 1 into
+//    the buffer tile i - 1 used, then the mma's of tile i.
+//  - Registers (ptxas, sm_90): 221-228 for 128x256, 176-184 for 128x192, 210-229 for 128x128,
+//    158-176 for 64x128, no spills; shared memory 154-166 KB (128x256), 129-138 KB (128x192),
+//    104-111 KB (128x128, 64x128). So the 8-warp tiles run one block an SM and the 4-warp tiles
+//    two: 8 warps an SM either way.
+//  - Rows padded by 8 halves (pitches of 144 B for [.][t] tiles, 272 / 400 / 528 B for [t][.]
+//    tiles 128 / 192 / 256 wide) put the 8 row addresses of every ldmatrix phase in distinct
+//    bank quads.
+//  - Epilogue through shared memory: after the last k-tile the ring holds the block's output
+//    tile ([BM][BN + 8] fp32, or fp16 after bias, ReLU and rounding), written from the
+//    fragments without bank conflicts (pitch = 8 words mod 32 for fp32 float2, 4 for half2),
+//    then copied out by rows, 16 bytes a thread: a warp writes 512 contiguous bytes (less where
+//    a row ends) instead of 8 rows x 32 bytes, with a quarter (fp32) or an eighth (fp16) of
+//    the store instructions.
+//  - Split-K over blockIdx.z: each split writes fp32 partials [z][R][S] to a workspace and
 //    gemm_reduce_* sums them in split order, then applies bias / ReLU / fp16 rounding. The
 //    order of every sum is fixed by the launch shape alone: results are deterministic.
-//  - Epilogue: without split, bias + ReLU + fp16 rounding straight from the accumulators
-//    (half2 stores); with split (and always for bwd_weight), fp32 float2 stores.
 //
-// First H200 timings (2026-11-28, batch 64, 25088 -> 4096): fwd 77 us (171 TFLOP/s, about
-// 2.7 TB/s of W; cuBLAS via torch 56 us), bwd_data 85 us, bwd_weight 173 us (its fp32 dW is
-// 411 MB of stores; every block does one k-tile, so load latency is not hidden: a persistent
-// tile loop would overlap it). At batch 256: 299 TFLOP/s fwd (cuBLAS, with wgmma: 570).
+// History and predictions. Run 2 (H200, 2026-11-28), with 128x128 blocks of 8 warps of 64x32
+// and 64x128 blocks of 8 warps of 32x32 (4 ldmatrix per 8 mma), split-K aiming at 264 blocks:
+// 0.63x cuBLAS geomean over the 27 FC rows; fc6 at batch 256 0.40-0.50x (fwd and bwd_data
+// at 274-298 TFLOP/s), fc8 at batch 64-128 0.82-1.13x. This version (64-row warp tiles, the 128x256 / 128x192
+// tiles, the shared-memory epilogue, and a planner that models waves on 132 SMs and the
+// split-K partials' traffic instead of aiming at a block count) is unmeasured. Predictions for
+// the next GPU run: fc6 / fc7 at batch 128-256 (fwd, bwd_data) gain the most, from fewer
+// ldmatrix per mma and from whole waves; bwd_weight (fp32 dW, store bound) gains from the
+// row-contiguous 16-byte stores; the batch-64 rows gain less (they stream W once). The
+// geomean should rise well above 0.63x, but 0.9x at batch 256 probably needs wgmma (sm_90a):
+// cuBLAS ran those at 638-685 TFLOP/s, far beyond anything our mma.sync kernels have reached.
 //
-// Kernels (launch: block 256, grid (ceil(R/BM), ceil(S/BN), splits), dynamic shared memory
-// gemm_smem_bytes below; src/ops/gemm.rs computes the same):
-//   gemm_{fwd,bwd_data,bwd_weight}_f16_{128x128,64x128}
+// Kernels (launch: block 32 x warps, grid (ceil(R/BM), ceil(S/BN), splits), dynamic shared
+// memory gemm_smem_bytes below; src/ops/gemm.rs mirrors both):
+//   gemm_{fwd,bwd_data,bwd_weight}_f16_{128x256,128x192,128x128,64x128}
 //   gemm_reduce_f16    out16 = act(sum_z ws[z] + bias)        (split-K epilogue)
 //   gemm_reduce_f32    out32 = sum_z ws[z]                    (split bwd_weight, bias grad)
 //   gemm_colsum_f32    partial column sums of an fp16 matrix  (bias gradient, fixed order)
@@ -47,27 +68,35 @@
 
 namespace gemm {
 
-constexpr int kThreads = 256;
 constexpr int kBK = 64;
-constexpr int kPad = 8;  // halves of padding per shared-memory row
+constexpr int kPad = 8;                  // halves of padding per shared-memory row
+constexpr int kMaxSmem = 227 * 1024;     // sm_90's per-block limit
 
 // Halves of one staged operand tile: [rows][cols + pad], stored either way round.
 __host__ __device__ constexpr int tile_halves(int mn, bool t_major) {
   return t_major ? kBK * (mn + kPad) : mn * (kBK + kPad);
 }
 
+// Dynamic shared memory of one launch, in bytes: the ring, or the fp32 output tile the
+// epilogue stages in it, whichever is larger (src/ops/gemm.rs mirrors this).
+__host__ __device__ constexpr int smem_bytes(int bm, int bn, int stages, bool a_t, bool b_t) {
+  const int ring = stages * (tile_halves(bm, a_t) + tile_halves(bn, b_t)) * 2;
+  const int out = bm * (bn + kPad) * 4;
+  return ring > out ? ring : out;
+}
+
 // Copies rows [r0, r0 + ROWS) x cols [c0, c0 + COLS) of the row-major matrix g (nrows x
 // ncols, row pitch ld) into s (pitch COLS + kPad), 16 bytes a thread and copy; chunks outside
 // the matrix are zero-filled (their source is clamped to g, never read).
-template <int ROWS, int COLS>
+template <int ROWS, int COLS, int THREADS>
 __device__ __forceinline__ void load_tile(__half* s, const __half* __restrict__ g, long long ld,
                                           int r0, int c0, int nrows, int ncols, int tid) {
   constexpr int kChunksPerRow = COLS / 8;
   constexpr int kChunks = ROWS * kChunksPerRow;
-  static_assert(kChunks % kThreads == 0, "tile chunks must divide evenly among the threads");
+  static_assert(kChunks % THREADS == 0, "tile chunks must divide evenly among the threads");
 #pragma unroll
-  for (int i = 0; i < kChunks / kThreads; ++i) {
-    const int c = tid + i * kThreads;
+  for (int i = 0; i < kChunks / THREADS; ++i) {
+    const int c = tid + i * THREADS;
     const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
     const int gr = r0 + r, gc = c0 + col;
     const bool ok = gr < nrows && gc < ncols;
@@ -76,17 +105,38 @@ __device__ __forceinline__ void load_tile(__half* s, const __half* __restrict__ 
   }
 }
 
+// Copies the block's output tile, staged in shared memory as st [BM][BN + kPad], to rows
+// [r0, r0 + BM) x cols [c0, c0 + BN) of out [R][S]: row by row, 16 bytes a thread and copy, so
+// a warp writes 512 contiguous bytes (less where a row ends). S % 8 == 0: a chunk is wholly
+// inside or outside.
+template <int BM, int BN, int THREADS, typename E>
+__device__ __forceinline__ void store_tile(E* __restrict__ out, const E* st, int R, int S, int r0, int c0,
+                                           int tid) {
+  constexpr int kPerChunk = 16 / sizeof(E), kRowChunks = BN / kPerChunk;
+  static_assert(BM * kRowChunks % THREADS == 0, "output chunks must divide evenly among the threads");
+#pragma unroll 4
+  for (int k = 0; k < BM * kRowChunks / THREADS; ++k) {
+    const int c = tid + k * THREADS, r = c / kRowChunks, col = (c % kRowChunks) * kPerChunk;
+    const int gr = r0 + r, gc = c0 + col;
+    if (gr < R && gc < S)
+      *reinterpret_cast<uint4*>(out + (long long)gr * S + gc) =
+          *reinterpret_cast<const uint4*>(st + r * (BN + kPad) + col);
+  }
+}
+
 // The block's main loop and epilogue. A_T: A staged [t][r] (stored t-major in global
 // memory), else [r][t]; likewise B_T for B ([t][s] vs [s][t]).
-template <int BM, int BN, int WARPS_M, int STAGES, bool A_T, bool B_T>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, bool A_T, bool B_T>
 __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const __half* __restrict__ B,
                                            int R, int S, int T, int kt_per_split,
                                            const __half* __restrict__ bias, int relu,
                                            __half* __restrict__ out16, float* __restrict__ out32) {
-  constexpr int WARPS_N = kThreads / 32 / WARPS_M;
+  constexpr int kThreads = 32 * WARPS_M * WARPS_N;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MI = WTM / 16, NI = WTN / 8;              // mma tiles per warp
-  static_assert(MI >= 1 && NI % 2 == 0, "warp tile must be 16 x 16k");
+  static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be 16 x 16k");
+  static_assert(STAGES >= 2, "the ring needs a buffer to fill while one is read");
+  static_assert(smem_bytes(BM, BN, STAGES, A_T, B_T) <= kMaxSmem, "tile needs too much shared memory");
   constexpr int kAHalves = tile_halves(BM, A_T), kBHalves = tile_halves(BN, B_T);
   constexpr int kApitch = A_T ? BM + kPad : kBK + kPad;
   constexpr int kBpitch = B_T ? BN + kPad : kBK + kPad;
@@ -111,13 +161,13 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
     __half* a = sA + stage * kAHalves;
     __half* b = sB + stage * kBHalves;
     if constexpr (A_T)
-      load_tile<kBK, BM>(a, A, R, t0, block_r, T, R, tid);
+      load_tile<kBK, BM, kThreads>(a, A, R, t0, block_r, T, R, tid);
     else
-      load_tile<BM, kBK>(a, A, T, block_r, t0, R, T, tid);
+      load_tile<BM, kBK, kThreads>(a, A, T, block_r, t0, R, T, tid);
     if constexpr (B_T)
-      load_tile<kBK, BN>(b, B, S, t0, block_s, T, S, tid);
+      load_tile<kBK, BN, kThreads>(b, B, S, t0, block_s, T, S, tid);
     else
-      load_tile<BN, kBK>(b, B, T, block_s, t0, S, T, tid);
+      load_tile<BN, kBK, kThreads>(b, B, T, block_s, t0, S, T, tid);
   };
 
   float acc[MI][NI][4];
@@ -136,50 +186,44 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
     cp_async_commit();
   }
 
-  // ldmatrix lane roles (ptx.cuh): lane l addresses row l % 8 of 8x8 matrix j = l / 8.
+  // ldmatrix lane roles (ptx.cuh): lane l addresses row l % 8 of 8x8 matrix j = l / 8. The
+  // offsets of this lane's rows within a stage; fragment (i or j, kk) adds a constant.
   const int lrow = lane & 7, lmat = lane >> 3;
+  // A, matrix j: m half j & 1, k half j >> 1 (a0..a3 = (m0-7,k0-7) (m8-15,k0-7) ...).
+  const int a_lane = A_T ? (lrow + 8 * (lmat >> 1)) * kApitch + wm * WTM + 8 * (lmat & 1)
+                         : (wm * WTM + (lane & 15)) * kApitch + 8 * (lane >> 4);
+  // B, two n8 tiles at once: matrices (n-tile j, k0-7) (j, k8-15) (j+1, k0-7) (j+1, k8-15).
+  const int b_lane = B_T ? (lrow + 8 * (lmat & 1)) * kBpitch + wn * WTN + 8 * (lmat >> 1)
+                         : (wn * WTN + lrow + 8 * (lmat >> 1)) * kBpitch + 8 * (lmat & 1);
 
+  int read = 0, write = STAGES - 1;  // ring buffers of tile it and of tile it + STAGES - 1
   for (int it = 0; it < kt_count; ++it) {
     cp_async_wait<STAGES - 2>();
-    // The tile of `it` is visible to all threads, and every warp is done with the stage that
-    // the prefetch below overwrites (it was consumed in iteration it - 1).
+    // The tile of `it` is visible to all threads, and every warp is done with the buffer that
+    // the copy below overwrites (it held tile it - 1).
     __syncthreads();
-    {
-      const int next = it + STAGES - 1;
-      if (next < kt_count) load_stage(next % STAGES, kt_begin + next);
-      cp_async_commit();
-    }
+    if (it + STAGES - 1 < kt_count) load_stage(write, kt_begin + it + STAGES - 1);
+    cp_async_commit();
 
-    const __half* a = sA + (it % STAGES) * kAHalves;
-    const __half* b = sB + (it % STAGES) * kBHalves;
+    const __half* a = sA + read * kAHalves + a_lane;
+    const __half* b = sB + read * kBHalves + b_lane;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       unsigned af[MI][4], bf[NI][2];
 #pragma unroll
       for (int i = 0; i < MI; ++i) {
-        const int m0 = wm * WTM + i * 16;
-        if constexpr (A_T) {
-          // Matrix j: k half j >> 1, m half j & 1 (a0..a3 = (m0-7,k0-7) (m8-15,k0-7) ...).
-          const __half* p = a + (kk + lrow + 8 * (lmat >> 1)) * kApitch + m0 + 8 * (lmat & 1);
-          ldmatrix_x4_trans(af[i], p);
-        } else {
-          // Matrix j: m half j & 1, k half j >> 1: lane l at row m0 + l % 16, col 8 * (l / 16).
-          const __half* p = a + (m0 + (lane & 15)) * kApitch + kk + 8 * (lane >> 4);
-          ldmatrix_x4(af[i], p);
-        }
+        if constexpr (A_T)
+          ldmatrix_x4_trans(af[i], a + kk * kApitch + i * 16);
+        else
+          ldmatrix_x4(af[i], a + i * 16 * kApitch + kk);
       }
 #pragma unroll
       for (int j = 0; j < NI; j += 2) {
-        // Two n8 tiles at once: matrices (n-tile j, k0-7) (j, k8-15) (j+1, k0-7) (j+1, k8-15).
-        const int n0 = wn * WTN + j * 8;
         unsigned r[4];
-        if constexpr (B_T) {
-          const __half* p = b + (kk + lrow + 8 * (lmat & 1)) * kBpitch + n0 + 8 * (lmat >> 1);
-          ldmatrix_x4_trans(r, p);
-        } else {
-          const __half* p = b + (n0 + lrow + 8 * (lmat >> 1)) * kBpitch + kk + 8 * (lmat & 1);
-          ldmatrix_x4(r, p);
-        }
+        if constexpr (B_T)
+          ldmatrix_x4_trans(r, b + kk * kBpitch + j * 8);
+        else
+          ldmatrix_x4(r, b + j * 8 * kBpitch + kk);
         bf[j][0] = r[0], bf[j][1] = r[1], bf[j + 1][0] = r[2], bf[j + 1][1] = r[3];
       }
 #pragma unroll
@@ -187,35 +231,50 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
 #pragma unroll
         for (int j = 0; j < NI; ++j) mma_m16n8k16_f16f32(acc[i][j], af[i], bf[j], acc[i][j]);
     }
+    read = read + 1 == STAGES ? 0 : read + 1;
+    write = write + 1 == STAGES ? 0 : write + 1;
   }
-  // Drain the (empty) trailing groups so no copy is in flight when the block exits.
-  cp_async_wait_all();
 
-  // Epilogue. Accumulator c of tile (i, j) is element (row g + 8 (c >> 1), col 2t + (c & 1)).
+  // Epilogue. The trailing copy groups are empty; once every warp is past its last mma the
+  // ring holds the output tile. Accumulator c of tile (i, j) is element (row g + 8 (c >> 1),
+  // col 2t + (c & 1)) of that 16 x 8 tile.
+  cp_async_wait_all();
+  __syncthreads();
   const int g = lane >> 2, t4 = lane & 3;
+  const int row_w = wm * WTM + g, col_w = wn * WTN + 2 * t4;  // this lane's first element
+  constexpr int kPitch = BN + kPad;                            // output tile pitch, elements
   float* part = out32 ? out32 + (long long)blockIdx.z * R * S : nullptr;
-#pragma unroll
-  for (int j = 0; j < NI; ++j) {
-    const int col = block_s + wn * WTN + j * 8 + 2 * t4;
-    if (col >= S) continue;  // S % 8 == 0: the whole n8 tile is out
-    float b0 = 0.f, b1 = 0.f;
-    if (bias && !part) b0 = __half2float(bias[col]), b1 = __half2float(bias[col + 1]);
+  if (part) {
+    float* st = reinterpret_cast<float*>(smem);
 #pragma unroll
     for (int i = 0; i < MI; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = block_r + wm * WTM + i * 16 + g + 8 * h;
-        if (row >= R) continue;
-        const long long o = (long long)row * S + col;
-        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        if (part) {
-          *reinterpret_cast<float2*>(part + o) = make_float2(v0, v1);
-        } else {
-          v0 += b0, v1 += b1;
+      for (int j = 0; j < NI; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<float2*>(st + (row_w + i * 16 + 8 * h) * kPitch + col_w + j * 8) =
+              make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+    __syncthreads();
+    store_tile<BM, BN, kThreads>(part, st, R, S, block_r, block_s, tid);
+  } else {
+    __half* st = smem;
+#pragma unroll
+    for (int j = 0; j < NI; ++j) {
+      const int col = col_w + j * 8, gc = block_s + col;
+      float b0 = 0.f, b1 = 0.f;
+      if (bias && gc < S) b0 = __half2float(bias[gc]), b1 = __half2float(bias[gc + 1]);
+#pragma unroll
+      for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
           if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
-          *reinterpret_cast<__half2*>(out16 + o) = __floats2half2_rn(v0, v1);
+          *reinterpret_cast<__half2*>(st + (row_w + i * 16 + 8 * h) * kPitch + col) =
+              __floats2half2_rn(v0, v1);
         }
-      }
+    }
+    __syncthreads();
+    store_tile<BM, BN, kThreads>(out16, st, R, S, block_r, block_s, tid);
   }
 }
 
@@ -223,37 +282,65 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
 
 // Shared memory of one launch, in bytes (src/ops/gemm.rs mirrors this).
 __host__ __device__ constexpr int gemm_smem_bytes(int bm, int bn, int stages, bool a_t, bool b_t) {
-  return stages * (gemm::tile_halves(bm, a_t) + gemm::tile_halves(bn, b_t)) * 2;
+  return gemm::smem_bytes(bm, bn, stages, a_t, b_t);
 }
 
 // One entry point per (pass, tile). Arguments: A, B as in the table at the top; R, S, T the
 // product's dimensions; kt_per_split k-tiles of 64 per blockIdx.z; bias (nullable, length S)
 // and relu for the fp16 epilogue; out16 [R][S] fp16, used when out32 is null; out32, when not
 // null, receives fp32 [gridDim.z][R][S] partials (no bias, no ReLU).
-// Two blocks an SM: __launch_bounds__(256, 2) caps registers at 128 a thread.
+// __launch_bounds__: 8-warp tiles run one block an SM (255 registers a thread allowed), 4-warp
+// tiles two (65536 / 256 = 256, so also 255).
 #define GEMM_PARAMS                                                                               \
   const __half *__restrict__ A, const __half *__restrict__ B, int R, int S, int T, int kt_per_split, \
       const __half *__restrict__ bias, int relu, __half *__restrict__ out16, float *__restrict__ out32
 #define GEMM_ARGS A, B, R, S, T, kt_per_split, bias, relu, out16, out32
+//                                       BM   BN  WM WN stages  A_T    B_T
+#define GEMM_128x256(A_T, B_T) gemm::gemm_block<128, 256, 2, 4, 3, A_T, B_T>(GEMM_ARGS)
+#define GEMM_128x192(A_T, B_T) gemm::gemm_block<128, 192, 2, 4, 3, A_T, B_T>(GEMM_ARGS)
+#define GEMM_128x128(A_T, B_T) gemm::gemm_block<128, 128, 2, 2, 3, A_T, B_T>(GEMM_ARGS)
+#define GEMM_64x128(A_T, B_T) gemm::gemm_block<64, 128, 1, 4, 4, A_T, B_T>(GEMM_ARGS)
 
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_fwd_f16_128x128(GEMM_PARAMS) {
-  gemm::gemm_block<128, 128, 2, 3, false, false>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_fwd_f16_128x256(GEMM_PARAMS) {
+  GEMM_128x256(false, false);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_fwd_f16_64x128(GEMM_PARAMS) {
-  gemm::gemm_block<64, 128, 2, 4, false, false>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_fwd_f16_128x192(GEMM_PARAMS) {
+  GEMM_128x192(false, false);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_bwd_data_f16_128x128(GEMM_PARAMS) {
-  gemm::gemm_block<128, 128, 2, 3, false, true>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_fwd_f16_128x128(GEMM_PARAMS) {
+  GEMM_128x128(false, false);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_bwd_data_f16_64x128(GEMM_PARAMS) {
-  gemm::gemm_block<64, 128, 2, 4, false, true>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_fwd_f16_64x128(GEMM_PARAMS) {
+  GEMM_64x128(false, false);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_bwd_weight_f16_128x128(GEMM_PARAMS) {
-  gemm::gemm_block<128, 128, 2, 3, true, true>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_128x256(GEMM_PARAMS) {
+  GEMM_128x256(false, true);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) gemm_bwd_weight_f16_64x128(GEMM_PARAMS) {
-  gemm::gemm_block<64, 128, 2, 4, true, true>(GEMM_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_128x192(GEMM_PARAMS) {
+  GEMM_128x192(false, true);
 }
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_bwd_data_f16_128x128(GEMM_PARAMS) {
+  GEMM_128x128(false, true);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_bwd_data_f16_64x128(GEMM_PARAMS) {
+  GEMM_64x128(false, true);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_128x256(GEMM_PARAMS) {
+  GEMM_128x256(true, true);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_128x192(GEMM_PARAMS) {
+  GEMM_128x192(true, true);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_bwd_weight_f16_128x128(GEMM_PARAMS) {
+  GEMM_128x128(true, true);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) gemm_bwd_weight_f16_64x128(GEMM_PARAMS) {
+  GEMM_64x128(true, true);
+}
+#undef GEMM_128x256
+#undef GEMM_128x192
+#undef GEMM_128x128
+#undef GEMM_64x128
 #undef GEMM_PARAMS
 #undef GEMM_ARGS
 

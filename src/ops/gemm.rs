@@ -51,30 +51,62 @@ pub enum Pass {
     BwdWeight,
 }
 
-/// Block tile of the tensor-core kernel (rows x columns of the output).
+/// Block tile of the tensor-core kernel (rows x columns of the output); kernels/gemm.cu's
+/// header says why each exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tile {
-    /// 128 x 128, 8 warps of 64 x 32: the general tile.
+    /// 128 x 256, 8 warps of 64 x 64, one block an SM: the large products.
+    T128x256,
+    /// 128 x 192, 8 warps of 64 x 48, one block an SM: widths such as 25088 that 256 splits
+    /// into 1.5 waves.
+    T128x192,
+    /// 128 x 128, 4 warps of 64 x 64, two blocks an SM.
     T128x128,
-    /// 64 x 128, 8 warps of 32 x 32: for at most 64 output rows (FC layers at small batch).
+    /// 64 x 128, 4 warps of 64 x 32, two blocks an SM: few output rows (FC layers at small
+    /// batch).
     T64x128,
 }
 
 impl Tile {
-    /// cp.async pipeline depth of the tile's kernels (kernels/gemm.cu).
-    fn stages(self) -> usize {
+    /// Every tile, in the planner's order of preference between equal estimates: two blocks an
+    /// SM first (one block's loads and stores overlap the other's mma's), then the larger.
+    pub const ALL: [Tile; 4] = [Tile::T128x128, Tile::T64x128, Tile::T128x256, Tile::T128x192];
+
+    /// `(rows, columns, warps, cp.async ring depth, blocks an SM)` as instantiated in
+    /// kernels/gemm.cu (blocks an SM: what shared memory and registers allow on an H200).
+    const fn spec(self) -> (usize, usize, usize, usize, usize) {
         match self {
-            Tile::T128x128 => 3,
-            Tile::T64x128 => 4,
+            Tile::T128x256 => (128, 256, 8, 3, 1),
+            Tile::T128x192 => (128, 192, 8, 3, 1),
+            Tile::T128x128 => (128, 128, 4, 3, 2),
+            Tile::T64x128 => (64, 128, 4, 4, 2),
         }
     }
     fn rows(self) -> usize {
+        self.spec().0
+    }
+    fn cols(self) -> usize {
+        self.spec().1
+    }
+    fn threads(self) -> u32 {
+        32 * self.spec().2 as u32
+    }
+    fn stages(self) -> usize {
+        self.spec().3
+    }
+    fn per_sm(self) -> usize {
+        self.spec().4
+    }
+    /// Planner's assumed mma rate of one SM running this tile, relative to 64 x 64 warp tiles
+    /// (shared-memory bytes per mma: 64 x 48 and 64 x 32 warps read 16% and 50% more).
+    /// Assumptions of the model, to be fitted to the next GPU run's numbers.
+    fn speed(self) -> f64 {
         match self {
-            Tile::T128x128 => 128,
-            Tile::T64x128 => 64,
+            Tile::T128x256 | Tile::T128x128 => 1.0,
+            Tile::T128x192 => 0.97,
+            Tile::T64x128 => 0.85,
         }
     }
-    const COLS: usize = 128;
 }
 
 /// How a product is computed.
@@ -99,19 +131,27 @@ pub struct Linear {
     pub n: usize,
 }
 
-/// Blocks the split-K heuristic aims for: two 256-thread blocks on each of the H200's 132 SMs.
-/// A constant, not the device's SM count, so that a result never depends on the GPU.
-const TARGET_BLOCKS: usize = 264;
-/// At most this many splits, each of at least this many 64-deep k-tiles, so that the
-/// partials' extra traffic stays small next to the main loop.
+/// The split-K planner's machine: an H200's multiprocessors, as a constant rather than the
+/// device's count so that a plan, and with it the order of every sum, never depends on the GPU.
+const SMS: usize = 132;
+/// Its assumed rates (model assumptions, not measurements): mma.sync flops a second of one SM
+/// at [`Tile::speed`] 1, device-memory bytes a second, the fixed cost of the split-K reduce
+/// launch, and one pipeline fill (cold global-memory latency) per wave of blocks.
+const SM_FLOPS: f64 = 3.0e12;
+const DRAM_BYTES: f64 = 3.5e12;
+const REDUCE_LAUNCH_S: f64 = 3e-6;
+const FILL_S: f64 = 1e-6;
+/// At most this many splits, each of at least this many 64-deep k-tiles (a shorter split is
+/// mostly pipeline fill).
 const MAX_SPLITS: usize = 16;
-const MIN_KTILES_PER_SPLIT: usize = 4;
+const MIN_KTILES_PER_SPLIT: usize = 2;
 /// K-tile depth of kernels/gemm.cu.
 const BK: usize = 64;
 /// Rows a bias-gradient chunk sums before its partial goes to the workspace, and at most
 /// this many chunks.
 const COLSUM_ROWS: usize = 1024;
 const MAX_COLSUM_CHUNKS: usize = 64;
+/// Threads of the element-wise launches (split-K reduce, bias gradient).
 const THREADS: u32 = 256;
 
 /// A resolved algorithm: what a call launches.
@@ -151,19 +191,49 @@ impl Linear {
         self.n.is_multiple_of(8) && self.k.is_multiple_of(8)
     }
 
-    /// What [`Algo::Auto`] runs for `pass` (given the workspace it asks for): the 64x128 tile
-    /// for at most 64 output rows, else 128x128; then, while the output tiles are fewer than
-    /// 264 (two blocks on each of 132 SMs), the reduction split into up to 16 parts of at least 4 k-tiles.
+    /// What [`Algo::Auto`] runs for `pass` (given the workspace it asks for): the tile and
+    /// split count with the least [`Linear::estimate`], preferring fewer splits, then the
+    /// earlier tile of [`Tile::ALL`], between estimates within 1%.
     pub fn plan(&self, pass: Pass) -> Algo {
         if !self.tensor_core_ok() {
             return Algo::Simple;
         }
+        let (_, _, t) = self.dims(pass);
+        let kt = t.div_ceil(BK).max(1);
+        let max_splits = (kt / MIN_KTILES_PER_SPLIT).clamp(1, MAX_SPLITS);
+        let mut best = (f64::INFINITY, Tile::T128x128, 1);
+        for splits in (1..=max_splits).map(|n| self.resolve_splits(t, n)) {
+            for tile in Tile::ALL {
+                let cost = self.estimate(pass, tile, splits);
+                if cost < 0.99 * best.0 {
+                    best = (cost, tile, splits);
+                }
+            }
+        }
+        Algo::TensorCore { tile: best.1, splits: best.2 }
+    }
+
+    /// The planner's model of one tensor-core run, in seconds on an H200: waves of blocks,
+    /// each block's mma's at its tile's rate plus one pipeline fill a wave, or the device-memory
+    /// traffic of both operands (once: L2 serves the re-reads of blocks that run together) and
+    /// the output, whichever is longer; plus, when split, the reduce that reads the fp32
+    /// partials back. It ranks plans; it does not predict times.
+    pub fn estimate(&self, pass: Pass, tile: Tile, splits: usize) -> f64 {
         let (r, s, t) = self.dims(pass);
-        let tile = if r <= 64 { Tile::T64x128 } else { Tile::T128x128 };
-        let tiles = r.div_ceil(tile.rows()).max(1) * s.div_ceil(Tile::COLS).max(1);
-        let max_by_depth = (t.div_ceil(BK) / MIN_KTILES_PER_SPLIT).max(1);
-        let splits = (TARGET_BLOCKS / tiles).clamp(1, MAX_SPLITS).min(max_by_depth);
-        Algo::TensorCore { tile, splits: self.resolve_splits(t, splits) }
+        let kt = t.div_ceil(BK).max(1);
+        let per_split = kt.div_ceil(self.resolve_splits(t, splits));
+        let splits = kt.div_ceil(per_split);
+        let blocks = r.div_ceil(tile.rows()).max(1) * s.div_ceil(tile.cols()).max(1) * splits;
+        let waves = blocks.div_ceil(SMS * tile.per_sm()) as f64;
+        let block_flops = (2 * tile.rows() * tile.cols() * per_split * BK) as f64;
+        let compute = waves * (block_flops * tile.per_sm() as f64 / (SM_FLOPS * tile.speed()) + FILL_S);
+        let out = if pass == Pass::BwdWeight { 4.0 } else { 2.0 };
+        let (inputs, outputs) = (2.0 * (r * t + t * s) as f64, (r * s) as f64);
+        if splits == 1 {
+            return compute.max((inputs + out * outputs) / DRAM_BYTES);
+        }
+        let partials = 4.0 * (splits as f64) * outputs;
+        compute.max((inputs + partials) / DRAM_BYTES) + (partials + out * outputs) / DRAM_BYTES + REDUCE_LAUNCH_S
     }
 
     /// Workspace [`Algo::Auto`] needs for `pass`, in bytes (0 when none).
@@ -236,20 +306,28 @@ const SIMPLE_F16: Kernel = k("gemm_simple", "gemm_simple_f16");
 const SIMPLE_F32: Kernel = k("gemm_simple", "gemm_simple_f32");
 
 fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
+    use Tile::*;
     let name = match (pass, tile) {
-        (Pass::Fwd, Tile::T128x128) => "gemm_fwd_f16_128x128",
-        (Pass::Fwd, Tile::T64x128) => "gemm_fwd_f16_64x128",
-        (Pass::BwdData, Tile::T128x128) => "gemm_bwd_data_f16_128x128",
-        (Pass::BwdData, Tile::T64x128) => "gemm_bwd_data_f16_64x128",
-        (Pass::BwdWeight, Tile::T128x128) => "gemm_bwd_weight_f16_128x128",
-        (Pass::BwdWeight, Tile::T64x128) => "gemm_bwd_weight_f16_64x128",
+        (Pass::Fwd, T128x256) => "gemm_fwd_f16_128x256",
+        (Pass::Fwd, T128x192) => "gemm_fwd_f16_128x192",
+        (Pass::Fwd, T128x128) => "gemm_fwd_f16_128x128",
+        (Pass::Fwd, T64x128) => "gemm_fwd_f16_64x128",
+        (Pass::BwdData, T128x256) => "gemm_bwd_data_f16_128x256",
+        (Pass::BwdData, T128x192) => "gemm_bwd_data_f16_128x192",
+        (Pass::BwdData, T128x128) => "gemm_bwd_data_f16_128x128",
+        (Pass::BwdData, T64x128) => "gemm_bwd_data_f16_64x128",
+        (Pass::BwdWeight, T128x256) => "gemm_bwd_weight_f16_128x256",
+        (Pass::BwdWeight, T128x192) => "gemm_bwd_weight_f16_128x192",
+        (Pass::BwdWeight, T128x128) => "gemm_bwd_weight_f16_128x128",
+        (Pass::BwdWeight, T64x128) => "gemm_bwd_weight_f16_64x128",
     };
     k("gemm", name)
 }
 
 /// Dynamic shared memory of a tiled launch, as `gemm_smem_bytes` in kernels/gemm.cu: the
-/// tile's stages of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
-/// `[64][rows + 8]` halves.
+/// tile's ring of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
+/// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
+/// in it, whichever is larger.
 fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
     let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
     let (a_t, b_t) = match pass {
@@ -257,7 +335,8 @@ fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
         Pass::BwdData => (false, true),
         Pass::BwdWeight => (true, true),
     };
-    (tile.stages() * (halves(tile.rows(), a_t) + halves(Tile::COLS, b_t)) * 2) as u32
+    let ring = tile.stages() * (halves(tile.rows(), a_t) + halves(tile.cols(), b_t)) * 2;
+    ring.max(4 * tile.rows() * (tile.cols() + 8)) as u32
 }
 
 /// The views of one pass's product that the kernels take.
@@ -306,7 +385,7 @@ impl Operands<'_> {
         if count == 0 {
             return Ok(());
         }
-        let grid_y = s.div_ceil(Tile::COLS);
+        let grid_y = s.div_ceil(tile.cols());
         ensure_shape!(grid_y <= 65535, "GEMM output has {s} columns, more than the grid allows");
         let cfg = LaunchConfig {
             grid: (
@@ -315,7 +394,7 @@ impl Operands<'_> {
                 grid_y as u32,
                 splits as u32,
             ),
-            block: (THREADS, 1, 1),
+            block: (tile.threads(), 1, 1),
             shared_bytes: smem_bytes(self.pass, tile),
         };
         let dims = [

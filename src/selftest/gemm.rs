@@ -1,18 +1,21 @@
 //! Checks of the GEMM family (kernels/gemm.cu, kernels/gemm_simple.cu): the three passes of
 //! a linear layer and of a 1x1 convolution, on the tensor-core kernels (the tile and split the
-//! planner picks, plus forced ones so that both tiles run split and unsplit in every pass) and
+//! planner picks, plus forced ones so that every tile runs split and unsplit in every pass) and
 //! on the simple twin, against the f64 reference of the same fp16 inputs (src/reference).
 //!
-//! Shapes: edge cases first (M = 1, 7, 64, 130: ragged against both tiles; K, N of 8, 24, 136,
-//! 512: part of one 64-deep k-tile, three, eight (deep enough to split); N = 10, which only the simple
-//! kernel takes), small enough that the emulator runs them all in seconds. On a GPU also the
-//! VGG classifier at batch 64 (25088 -> 4096, 4096 -> 4096, 4096 -> 1000), checked on a
+//! Shapes: edge cases first (M = 1, 7, 64, 130: ragged against every tile; K, N of 8, 24, 136,
+//! 512: part of one 64-deep k-tile, three, eight (deep enough to split); 384 x 512 x 264,
+//! ragged against the 192- and 256-wide tiles; N = 10, which only the simple kernel takes),
+//! small enough that the emulator runs them all in seconds. On a GPU also the VGG classifier
+//! at batch 64 (25088 -> 4096, 4096 -> 4096, 4096 -> 1000) and 256 (25088 -> 4096, 4096 ->
+//! 4096; other tiles and splits), checked on a
 //! sample of 64 output columns (fwd, bwd_data) or rows (bwd_weight) spread over every tile,
 //! all M rows of them: the full f64 reference would be 6.6e9 multiply-adds a pass.
 //!
 //! Bounds: fp16 outputs rel_l2 <= 2e-3 and max |err| <= 4e-3 max |ref| against the reference
 //! rounded to fp16; fp32 outputs (dW, db) 1e-4. Small-integer data is exact on every path.
-//! Determinism: every pass twice (emu: in index order and in a random schedule), bit-identical.
+//! Determinism: every pass three times (emu: in index order, in reverse, and in a random
+//! schedule), bit-identical.
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
 use crate::ops::gemm::{self, Algo, Linear, Pass, Tile};
@@ -34,13 +37,19 @@ fn shapes() -> Vec<(usize, usize, usize)> {
     v
 }
 
-/// Extra algorithms run on some shapes, so that each pass runs both tiles with and without
-/// split whatever the planner picks.
+/// Extra algorithms run on some shapes, so that each pass runs every tile with and without
+/// split whatever the planner picks: M = 384, K = 512, N = 264 is ragged against the 192- and
+/// 256-wide tiles in every pass and has more k-tiles (5 to 8) than any ring has buffers.
 const FORCED: &[((usize, usize, usize), Algo)] = &[
     ((7, 136, 24), Algo::TensorCore { tile: Tile::T128x128, splits: 3 }),
     ((64, 136, 512), Algo::TensorCore { tile: Tile::T64x128, splits: 1 }),
     ((130, 24, 136), Algo::TensorCore { tile: Tile::T64x128, splits: 1 }),
+    ((130, 24, 136), Algo::TensorCore { tile: Tile::T128x256, splits: 1 }),
     ((1, 512, 512), Algo::TensorCore { tile: Tile::T128x128, splits: 1 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::T128x256, splits: 3 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::T128x192, splits: 1 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::T128x192, splits: 2 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::T64x128, splits: 2 }),
 ];
 
 /// One pass's inputs, uploaded, and its reference outputs.
@@ -74,8 +83,8 @@ fn pass_name(p: Pass) -> &'static str {
 fn algo_name(s: Linear, p: Pass, algo: Algo) -> String {
     match if algo == Algo::Auto { s.plan(p) } else { algo } {
         Algo::TensorCore { tile, splits } => {
-            let t = if tile == Tile::T128x128 { "128x128" } else { "64x128" };
-            format!("gemm_{}_f16_{t} split {splits}", pass_name(p))
+            let t = format!("{tile:?}");
+            format!("gemm_{}_f16_{} split {splits}", pass_name(p), t.trim_start_matches('T'))
         }
         _ => format!("gemm_simple {}", pass_name(p)),
     }
@@ -152,7 +161,8 @@ pub fn linear(dev: &Device) -> Result<Vec<CheckRow>> {
         }
     }
     if !dev.is_emu() {
-        for (m, k, n) in [(64, 25088, 4096), (64, 4096, 4096), (64, 4096, 1000), (256, 4096, 4096)] {
+        let vgg = [(64, 25088, 4096), (64, 4096, 4096), (64, 4096, 1000), (256, 25088, 4096), (256, 4096, 4096)];
+        for (m, k, n) in vgg {
             rows.extend(vgg_sampled(dev, Linear::new(m, k, n))?);
         }
     }
@@ -256,37 +266,53 @@ pub fn conv1x1(dev: &Device) -> Result<Vec<CheckRow>> {
     Ok(rows)
 }
 
-/// Every pass twice, bit-identical: on emu in index order and in a seeded random schedule
-/// (a missing barrier or a race shows as a difference), on a GPU simply twice.
+/// Every pass three times, bit-identical: on emu in index order, in reverse (each cp.async
+/// lands as late as its wait allows, so a pipeline that waits for too few groups reads stale
+/// shared memory) and in a seeded random schedule (a missing barrier or a race shows as a
+/// difference); on a GPU simply three times. Auto on three shapes, then every tile, split and
+/// unsplit, on one deep ragged shape.
 pub fn determinism(dev: &Device) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
-    for (m, k, n) in [(64, 512, 24), (130, 24, 136), (1152, 16, 8)] {
+    let deep = (384, 512, 264);
+    let cases = [(64, 512, 24), (130, 24, 136), (1152, 16, 8)].map(|s| (s, Algo::Auto)).into_iter().chain(
+        [(Tile::T128x256, 1), (Tile::T128x192, 2), (Tile::T128x128, 1), (Tile::T64x128, 3)]
+            .map(|(tile, splits)| (deep, Algo::TensorCore { tile, splits })),
+    );
+    for ((m, k, n), algo) in cases {
         let s = Linear::new(m, k, n);
         let d = Data::new(s, false, 900);
-        let (a, b) = if dev.is_emu() {
-            let (d1, d2) = (Device::emu(), Device::emu());
-            d1.set_schedule(Schedule::Index);
-            d2.set_schedule(Schedule::Random(0x5eed));
-            (run_all(&d1, s, Algo::Auto, &d)?, run_all(&d2, s, Algo::Auto, &d)?)
+        let runs = if dev.is_emu() {
+            let mut v = vec![];
+            for sched in [Schedule::Index, Schedule::Reverse, Schedule::Random(0x5eed)] {
+                let d1 = Device::emu();
+                d1.set_schedule(sched);
+                v.push(run_all(&d1, s, algo, &d)?);
+            }
+            v
         } else {
-            (run_all(dev, s, Algo::Auto, &d)?, run_all(dev, s, Algo::Auto, &d)?)
+            vec![run_all(dev, s, algo, &d)?, run_all(dev, s, algo, &d)?, run_all(dev, s, algo, &d)?]
         };
-        let how = if dev.is_emu() { "index vs random schedule" } else { "run twice" };
+        let how = if dev.is_emu() { "index vs reverse, random schedule" } else { "run three times" };
         for (i, (pass, what)) in
             [(Pass::Fwd, "y"), (Pass::BwdData, "dx"), (Pass::BwdWeight, "dw"), (Pass::BwdWeight, "db")]
                 .into_iter()
                 .enumerate()
         {
-            let diff = a[i].iter().zip(&b[i]).position(|(x, y)| x.to_bits() != y.to_bits());
-            let bad = a[i].iter().zip(&b[i]).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            let a = &runs[0][i];
+            let differ = |b: &[f32]| a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            let bad: usize = runs[1..].iter().map(|r| differ(&r[i])).sum();
+            let first = runs[1..].iter().find_map(|r| {
+                let j = a.iter().zip(&r[i]).position(|(x, y)| x.to_bits() != y.to_bits())?;
+                Some(format!("first at {j}: {} vs {}", a[j], r[i][j]))
+            });
             rows.push(CheckRow {
-                kernel: format!("{} {what} bits", algo_name(s, pass, Algo::Auto)),
+                kernel: format!("{} {what} bits", algo_name(s, pass, algo)),
                 shape: format!("{} {how}", label(s)),
                 max_abs: bad as f64,
                 rel_l2: 0.0,
                 bound: "bit-identical".into(),
                 pass: bad == 0,
-                detail: diff.map(|j| format!("{bad} differ, first at {j}: {} vs {}", a[i][j], b[i][j])),
+                detail: first.map(|f| format!("{bad} differ, {f}")),
             });
         }
     }
