@@ -1,11 +1,13 @@
-//! Typed device tensors. A `Tensor<T>` owns one allocation on one [`Device`] and knows its
-//! shape; activations are NHWC, filters KRSC (see [`crate::problem`]). Element types are
-//! the ones the kernels use: `f16` (storage and tensor-core inputs), `f32` (master weights,
-//! accumulators), `u8` (images) and `i32` (labels).
+//! Typed device tensors. A `Tensor<T>` owns one allocation on one [`Device`], or is a view
+//! into a byte tensor's ([`Tensor::view`]: how a model's memory plan places its buffers in
+//! one arena), and knows its shape; activations are NHWC, filters KRSC (see
+//! [`crate::problem`]). Element types are the ones the kernels use: `f16` (storage and
+//! tensor-core inputs), `f32` (master weights, accumulators), `u8` (images) and `i32` (labels).
 
 use crate::device::{Device, KArg};
 use crate::{Error, Result};
 use half::f16;
+use std::sync::Arc;
 
 /// An element type that can live in a device tensor.
 pub trait DType: bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
@@ -29,6 +31,8 @@ pub struct Tensor<T: DType> {
     device: Device,
     ptr: u64,
     shape: Vec<usize>,
+    /// A view's allocation, kept alive by the view; `None` when the tensor owns `ptr`.
+    base: Option<Arc<Tensor<u8>>>,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -45,7 +49,31 @@ impl<T: DType> Tensor<T> {
         let bytes = len.and_then(|l| l.checked_mul(std::mem::size_of::<T>()));
         let bytes = bytes.ok_or_else(|| Error::Shape(format!("tensor shape {shape:?} overflows")))?;
         let ptr = device.alloc(bytes)?;
-        Ok(Self { device: device.clone(), ptr, shape: shape.to_vec(), _t: Default::default() })
+        Ok(Self { device: device.clone(), ptr, shape: shape.to_vec(), base: None, _t: Default::default() })
+    }
+
+    /// A tensor of `shape` at byte `offset` of `base`, sharing its memory (nothing is copied,
+    /// and dropping the view frees nothing). Views of one base may overlap: whoever makes them
+    /// decides which is valid when (a [`crate::model::MemoryPlan`] gives overlapping buffers
+    /// disjoint lifetimes); a kernel writing one overwrites the others.
+    pub fn view(base: &Arc<Tensor<u8>>, offset: usize, shape: &[usize]) -> Result<Self> {
+        let size = std::mem::size_of::<T>();
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let end = len.and_then(|l| l.checked_mul(size)).and_then(|b| b.checked_add(offset));
+        match end {
+            Some(end) if end <= base.bytes() && offset.is_multiple_of(size) => Ok(Self {
+                device: base.device.clone(),
+                ptr: base.ptr + offset as u64,
+                shape: shape.to_vec(),
+                base: Some(base.clone()),
+                _t: Default::default(),
+            }),
+            _ => Err(Error::Shape(format!(
+                "a {} view {shape:?} at byte {offset} does not fit (aligned) in a base of {} bytes",
+                T::NAME,
+                base.bytes()
+            ))),
+        }
     }
 
     /// A tensor holding `data`, which must have the shape's number of elements.
@@ -163,7 +191,9 @@ impl Tensor<f16> {
 
 impl<T: DType> Drop for Tensor<T> {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from alloc(bytes()) on this device and dies with the tensor.
-        unsafe { self.device.free(self.ptr, self.bytes()) }
+        if self.base.is_none() {
+            // SAFETY: `ptr` came from alloc(bytes()) on this device and dies with the tensor.
+            unsafe { self.device.free(self.ptr, self.bytes()) }
+        }
     }
 }

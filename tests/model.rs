@@ -4,7 +4,7 @@
 use half::f16;
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::reference::HostVgg;
-use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
+use vgg_cuda::model::{Arch, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
 use vgg_cuda::{Device, Tensor};
 
 /// Config A at 1/8 width on 32x32 inputs: convs 8, 16, 32, 32, 64, 64, 64, 64 channels (the
@@ -170,6 +170,7 @@ fn golden_steps_match_host_twin() {
     let cfg = small(Arch::A, 0.5);
     let batch = 4;
     let mut vgg = Vgg::new(&dev, cfg.clone(), batch, Init::He, 21).unwrap();
+    vgg.keep_trace(true);
     let host = host_twin(&vgg, true);
     let mut masters: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
     let mut moms: Vec<Vec<f32>> = masters.iter().map(|m| vec![0.0; m.len()]).collect();
@@ -223,7 +224,7 @@ fn overfits_a_tiny_batch() {
     let dev = Device::emu();
     let cfg = small(Arch::A, 0.0);
     let batch = 4;
-    let o = vgg_cuda::model::OptimConfig { init_scale: 1024.0, ..Default::default() };
+    let o = OptimConfig { init_scale: 1024.0, ..Default::default() };
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 3, o).unwrap();
     let (images, labels) = batch_data(&cfg, batch, 1);
     let (xi, xl) = upload(&dev, &cfg, &images, &labels);
@@ -300,4 +301,101 @@ fn export_import_round_trip_in_torchvision_layout() {
     let missing: Vec<_> = t.iter().skip(1).cloned().collect();
     let e = b.import_params(&missing).unwrap_err().to_string();
     assert!(e.contains("features.0.weight"), "{e}");
+}
+
+/// Tiny variants that between them run every layer kind and buffer: pools and dropout (A),
+/// LRN (A-LRN), 1x1 convs whose dgrad leaves the conv below an unmasked gradient (C).
+fn memory_configs() -> Vec<VggConfig> {
+    let tiny = |arch, dropout| VggConfig { dropout, ..VggConfig::small(arch, 1.0 / 16.0, 32, 16, 5) };
+    vec![tiny(Arch::A, 0.5), tiny(Arch::ALrn, 0.0), tiny(Arch::C, 0.5)]
+}
+
+/// The plan, made without a device, is what the model allocates, byte for byte; buffers that
+/// share arena bytes are never live in the same phase; sharing saves memory.
+#[test]
+fn memory_plan_is_what_the_model_allocates() {
+    let dev = Device::emu();
+    for cfg in memory_configs() {
+        for sharing in [Sharing::Lifetimes, Sharing::Separate] {
+            let plan = MemoryPlan::new(&cfg, 3, sharing).unwrap();
+            let before = dev.allocated_bytes();
+            let mut vgg = Vgg::new(&dev, cfg.clone(), 3, Init::He, 1).unwrap();
+            vgg.relayout(sharing).unwrap();
+            let what = format!("{} {sharing:?}", cfg.describe());
+            assert_eq!(dev.allocated_bytes() - before, plan.total(), "{what}: allocated vs planned");
+            assert_eq!(vgg.device_bytes(), plan.total(), "{what}");
+            let b = plan.breakdown();
+            assert_eq!(b.total(), plan.total(), "{what}");
+            assert_eq!(b.masters, 4 * cfg.param_count(), "{what}");
+            drop(vgg);
+            assert_eq!(dev.allocated_bytes(), before, "{what}: bytes left after the model is dropped");
+            let bufs = plan.buffers();
+            for (i, x) in bufs.iter().enumerate() {
+                assert!(x.offset + x.bytes <= plan.arena_bytes(), "{what}: {x:?} outside the arena");
+                for y in &bufs[i + 1..] {
+                    let together = x.overlaps_in_memory(y) && x.overlaps_in_time(y);
+                    assert!(!together, "{what}: {x:?} and {y:?} share bytes while both live");
+                }
+            }
+            assert!(plan.arena_bytes() >= plan.peak_live(), "{what}");
+        }
+        let shared = MemoryPlan::new(&cfg, 3, Sharing::Lifetimes).unwrap();
+        let separate = MemoryPlan::new(&cfg, 3, Sharing::Separate).unwrap();
+        let saved = separate.breakdown().activation_grads;
+        assert!(
+            shared.total() + saved / 2 < separate.total(),
+            "{}: sharing saves {} bytes of {saved} of activation gradients",
+            cfg.describe(),
+            separate.total() - shared.total()
+        );
+    }
+}
+
+/// Steps on the shared arena, every byte outside the live buffers poisoned as each phase
+/// begins, give bit for bit the losses, logits, gradients and weights of steps with every
+/// buffer its own memory: no phase reads a buffer outside its planned lifetime, and no two
+/// buffers that share bytes are live together.
+#[test]
+fn shared_memory_steps_match_separate_bit_for_bit() {
+    let dev = Device::emu();
+    for cfg in memory_configs() {
+        let batch = 2;
+        let build = |sharing, check| {
+            // A scale at which these nets' steps apply (their fp16 gradients overflow at 65536).
+            let o = OptimConfig { init_scale: 256.0, ..Default::default() };
+            let mut v = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 5, o).unwrap();
+            v.relayout(sharing).unwrap();
+            v.check_lifetimes(check);
+            v
+        };
+        let mut runs =
+            [build(Sharing::Lifetimes, true), build(Sharing::Separate, true), build(Sharing::Separate, false)];
+        for step in 0..2u64 {
+            let (images, labels) = batch_data(&cfg, batch, 40 + step);
+            let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+            let out: Vec<_> = runs
+                .iter_mut()
+                .map(|v| {
+                    let s = v.train_step(&xi, &xl, 0.01, step).unwrap();
+                    assert!(!s.skipped, "{}: step {step} overflowed", cfg.describe());
+                    let logits = v.logits().to_host().unwrap();
+                    let bits = |t: &vgg_cuda::Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect();
+                    let p: Vec<(Vec<u32>, Vec<u32>)> = v.params().iter().map(|p| (bits(&p.g), bits(&p.w))).collect();
+                    (s.loss.to_bits(), logits, p)
+                })
+                .collect();
+            for (r, o) in out.iter().enumerate().skip(1) {
+                let what = format!("{} step {step}: run {r}", cfg.describe());
+                assert_eq!(o.0, out[0].0, "{what}: loss");
+                assert_eq!(o.1, out[0].1, "{what}: logits");
+                for (t, (a, b)) in o.2.iter().zip(&out[0].2).enumerate() {
+                    let name = &runs[0].params()[t].name;
+                    assert!(a.0 == b.0 && a.1 == b.1, "{what}: {name} gradient or weights differ");
+                }
+            }
+            // Evaluation (forward only) on the same arena.
+            let e: Vec<_> = runs.iter_mut().map(|v| v.evaluate(&xi, &xl).unwrap().loss.to_bits()).collect();
+            assert!(e.iter().all(|&l| l == e[0]), "{}: eval losses {e:?}", cfg.describe());
+        }
+    }
 }

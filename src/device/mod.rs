@@ -14,6 +14,7 @@ pub use emu::Schedule;
 
 use crate::{Error, Result};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A kernel: its `kernels/<module>.cu` file stem and its `extern "C"` name.
@@ -67,7 +68,13 @@ impl KArg {
 
 /// A handle to a device; cheap to clone (shared).
 #[derive(Clone)]
-pub struct Device(Arc<Backend>);
+pub struct Device(Arc<Shared>);
+
+struct Shared {
+    backend: Backend,
+    /// Bytes of the allocations made through this device and not yet freed.
+    allocated: AtomicUsize,
+}
 
 enum Backend {
     Cuda(cuda::CudaDevice),
@@ -83,13 +90,17 @@ impl std::fmt::Debug for Device {
 impl Device {
     /// The GPU of the given ordinal, or an error that says why it cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Self> {
-        Ok(Self(Arc::new(Backend::Cuda(cuda::CudaDevice::new(ordinal)?))))
+        Ok(Self::with(Backend::Cuda(cuda::CudaDevice::new(ordinal)?)))
     }
 
     /// The CPU emulator. Its schedule comes from `VGG_EMU_SCHEDULE` (index, reverse,
     /// random[:seed]) unless set with [`Device::set_schedule`].
     pub fn emu() -> Self {
-        Self(Arc::new(Backend::Emu(emu::EmuDevice::new())))
+        Self::with(Backend::Emu(emu::EmuDevice::new()))
+    }
+
+    fn with(backend: Backend) -> Self {
+        Self(Arc::new(Shared { backend, allocated: AtomicUsize::new(0) }))
     }
 
     /// `cuda`, `cuda:N` or `emu`.
@@ -108,14 +119,14 @@ impl Device {
 
     /// `cuda:0 (NVIDIA H200)` or `emu`.
     pub fn name(&self) -> String {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.name(),
             Backend::Emu(_) => "emu".to_string(),
         }
     }
 
     pub fn is_emu(&self) -> bool {
-        matches!(&*self.0, Backend::Emu(_))
+        matches!(&self.0.backend, Backend::Emu(_))
     }
 
     /// Two handles to the same device.
@@ -125,22 +136,32 @@ impl Device {
 
     /// The emulator's thread and block order for later launches (ignored by cuda).
     pub fn set_schedule(&self, s: Schedule) {
-        if let Backend::Emu(e) = &*self.0 {
+        if let Backend::Emu(e) = &self.0.backend {
             e.set_schedule(s);
         }
     }
 
     pub(crate) fn alloc(&self, bytes: usize) -> Result<u64> {
-        match &*self.0 {
+        let ptr = match &self.0.backend {
             Backend::Cuda(c) => c.alloc(bytes),
             Backend::Emu(e) => e.alloc(bytes),
-        }
+        }?;
+        self.0.allocated.fetch_add(bytes, Ordering::Relaxed);
+        Ok(ptr)
+    }
+
+    /// Bytes of the tensors allocated on this device (through any handle to it) and not yet
+    /// dropped, as requested (before the allocator's rounding); views
+    /// ([`crate::Tensor::view`]) add nothing. What a model's memory plan is checked against.
+    pub fn allocated_bytes(&self) -> usize {
+        self.0.allocated.load(Ordering::Relaxed)
     }
 
     /// # Safety
     /// `ptr` came from `alloc(bytes)` on this device and is not used afterwards.
     pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) {
-        match &*self.0 {
+        self.0.allocated.fetch_sub(bytes, Ordering::Relaxed);
+        match &self.0.backend {
             Backend::Cuda(c) => c.free(ptr),
             Backend::Emu(e) => e.free(ptr, bytes),
         }
@@ -149,7 +170,7 @@ impl Device {
     /// # Safety
     /// `dst .. dst + src.len()` lies in one live allocation of this device.
     pub(crate) unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.htod(dst, src),
             Backend::Emu(_) => {
                 std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
@@ -161,7 +182,7 @@ impl Device {
     /// # Safety
     /// `src .. src + dst.len()` lies in one live allocation of this device.
     pub(crate) unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.dtoh(dst, src),
             Backend::Emu(_) => {
                 std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
@@ -173,7 +194,7 @@ impl Device {
     /// # Safety
     /// `dst .. dst + bytes` lies in one live allocation of this device.
     pub(crate) unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.memset(dst, byte, bytes),
             Backend::Emu(_) => {
                 std::ptr::write_bytes(dst as *mut u8, byte, bytes);
@@ -191,7 +212,7 @@ impl Device {
     pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
         let mut slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
         let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.launch(kernel, cfg, &mut ptrs),
             Backend::Emu(e) => e.launch(kernel, cfg, &mut ptrs),
         }
@@ -199,7 +220,7 @@ impl Device {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.synchronize(),
             Backend::Emu(_) => Ok(()),
         }
@@ -212,7 +233,7 @@ impl Device {
     /// The stream stays owned by the device: do not destroy it, and do not use it after the
     /// last handle to the device is dropped.
     pub fn cuda_raw_stream(&self) -> Result<Option<*mut c_void>> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => Ok(Some(c.raw_stream()? as *mut c_void)),
             Backend::Emu(_) => Ok(None),
         }
@@ -222,7 +243,7 @@ impl Device {
     /// stream-ordered allocator keeps freed blocks reserved, so "total - free" is the peak
     /// this process has reserved so far); `None` on emu.
     pub fn memory_info(&self) -> Result<Option<(usize, usize)>> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => c.memory_info().map(Some),
             Backend::Emu(_) => Ok(None),
         }
@@ -231,7 +252,7 @@ impl Device {
     /// Starts a timer: device events on cuda, the wall clock on emu (which runs launches
     /// synchronously).
     pub fn start_timer(&self) -> Result<Timer> {
-        match &*self.0 {
+        match &self.0.backend {
             Backend::Cuda(c) => Ok(Timer::Cuda(c.start_timer()?)),
             Backend::Emu(_) => Ok(Timer::Wall(std::time::Instant::now())),
         }

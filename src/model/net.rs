@@ -1,5 +1,6 @@
-//! A VGG network on a device: buffers planned once per (config, batch), forward, backward
-//! and the mixed-precision optimizer step, all launched on the device's one stream.
+//! A VGG network on a device: buffers planned once per (config, batch) by a [`MemoryPlan`]
+//! (activations, activation gradients and workspaces share one arena by lifetime), forward,
+//! backward and the mixed-precision optimizer step, all launched on the device's one stream.
 //!
 //! Forward: `normalize_input` -> per feature layer: conv3x3 with bias + ReLU fused into the
 //! epilogue (Winograd, or Direct for the 3-channel first layer) | 1x1 conv GEMM with bias +
@@ -20,14 +21,14 @@
 //! the same pass. The host reads back only the overflow flag and the loss status.
 
 use super::config::{FeatureKind, VggConfig};
+use super::memory::{self, MemoryPlan, Phase, Role, Sharing};
 use super::params::{self, Init, NamedTensor, Param, State};
 use super::reference::Trace;
-use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
-use crate::ops::gemm::{Linear, Pass};
+use crate::ops::conv::{Conv3x3, Epilogue};
 use crate::ops::{self, LossScaler, LrnParams, Sgd, SgdParam, SgdPlan, XentBuffers};
-use crate::problem::ConvProblem;
-use crate::{ensure_shape, Device, Result, Tensor};
+use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
+use std::sync::Arc;
 
 /// What one training step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -86,20 +87,12 @@ enum Op {
     Pool,
 }
 
-/// A VGG network with its parameters, activations, gradients and workspace on one device.
-pub struct Vgg {
-    dev: Device,
-    cfg: VggConfig,
-    batch: usize,
-    ops: Vec<Op>,
-    /// Per feature layer: the index of its weight in `params` (bias at +1).
-    param_of: Vec<Option<usize>>,
-    /// Per feature layer: its gradient arrives already multiplied by its ReLU mask.
-    arrives_masked: Vec<bool>,
-    params: Vec<Param>,
+/// The arena and the views of it that a step uses (see [`Role`] for what each holds).
+struct Buffers {
+    arena: Arc<Tensor<u8>>,
     x: Tensor<f16>,
     acts: Vec<Tensor<f16>>,
-    /// Gradients w.r.t. each feature output (index 0 unused: no input gradient is needed).
+    /// Gradients w.r.t. each feature output.
     dacts: Vec<Tensor<f16>>,
     /// Per conv layer whose gradient arrives unmasked: the gradient after `relu_bwd`.
     dpre: Vec<Option<Tensor<f16>>>,
@@ -115,17 +108,66 @@ pub struct Vgg {
     g_x2: Tensor<f16>,
     g_h1: Option<Tensor<f16>>,
     g_z1: Tensor<f16>,
-    ws: Tensor<u8>,
+    /// Per phase of the timeline: its workspace.
+    ws: Vec<Tensor<u8>>,
+}
+
+impl Buffers {
+    /// A zeroed arena of `memory`'s size and the views of a net of `layers` feature layers.
+    fn new(dev: &Device, memory: &MemoryPlan, layers: usize) -> Result<Self> {
+        let arena = Arc::new(Tensor::<u8>::zeros(dev, &[memory.arena_bytes()])?);
+        let view = |r: Role| memory.view::<f16>(&arena, r);
+        let opt = |r: Role| if memory.has(r) { view(r).map(Some) } else { Ok(None) };
+        let per_layer = |f: fn(usize) -> Role| (0..layers).map(|i| view(f(i))).collect::<Result<Vec<_>>>();
+        let ws = (0..memory.timeline().len()).map(|t| memory.view::<u8>(&arena, Role::Workspace(t)));
+        Ok(Self {
+            x: view(Role::Input)?,
+            acts: per_layer(Role::Act)?,
+            dacts: per_layer(Role::DAct)?,
+            dpre: (0..layers).map(|i| opt(Role::DPre(i))).collect::<Result<_>>()?,
+            h1: view(Role::Hidden(0))?,
+            d1: opt(Role::Dropped(0))?,
+            h2: view(Role::Hidden(1))?,
+            d2: opt(Role::Dropped(1))?,
+            logits: view(Role::Logits)?,
+            dlogits: view(Role::DLogits)?,
+            g_x3: view(Role::DNext(1))?,
+            g_h2: opt(Role::DHidden(1))?,
+            g_z2: view(Role::DPreFc(1))?,
+            g_x2: view(Role::DNext(0))?,
+            g_h1: opt(Role::DHidden(0))?,
+            g_z1: view(Role::DPreFc(0))?,
+            ws: ws.collect::<Result<_>>()?,
+            arena,
+        })
+    }
+}
+
+/// A VGG network with its parameters, activations, gradients and workspace on one device.
+/// The activations, activation gradients and workspaces are views into one arena placed by a
+/// [`MemoryPlan`]: a view is valid only during its buffer's lifetime within a step.
+pub struct Vgg {
+    dev: Device,
+    cfg: VggConfig,
+    batch: usize,
+    ops: Vec<Op>,
+    /// Per feature layer: the index of its weight in `params` (bias at +1).
+    param_of: Vec<Option<usize>>,
+    params: Vec<Param>,
+    memory: MemoryPlan,
+    buf: Buffers,
     xent: XentBuffers,
-    plan: SgdPlan,
+    sgd: SgdPlan,
     scaler: LossScaler,
     optim: OptimConfig,
     seed: u64,
-}
-
-fn fc_flops(cfg: &VggConfig, batch: usize) -> [Linear; 3] {
-    let c = cfg.classifier();
-    [Linear::new(batch, c[0].0, c[0].1), Linear::new(batch, c[1].0, c[1].1), Linear::new(batch, c[2].0, c[2].1)]
+    /// Poison the arena's free bytes as each phase begins ([`Vgg::check_lifetimes`]), and the
+    /// timeline index the next phase must have.
+    check: bool,
+    next_phase: usize,
+    /// Copy the forward's activations to the host in training steps ([`Vgg::keep_trace`]).
+    tracing: bool,
+    trace: Option<Trace>,
 }
 
 impl Vgg {
@@ -143,116 +185,57 @@ impl Vgg {
         seed: u64,
         optim: OptimConfig,
     ) -> Result<Self> {
-        cfg.validate()?;
-        ensure_shape!(batch >= 1, "VGG batch must be at least 1");
+        let memory = MemoryPlan::new(&cfg, batch, Sharing::Lifetimes)?;
         let feats = cfg.features();
-        let params = params::allocate(dev, &cfg, init, seed)?;
-        let (n, s) = (batch, cfg.input);
-        let mut ws_bytes = 0usize;
+        let mut params = params::allocate(dev, &cfg, init, seed)?;
         let mut ops = vec![];
         let mut param_of = vec![];
-        let mut acts = vec![];
-        let mut dacts = vec![];
         let mut next_param = 0;
         for f in &feats {
-            let (oh, ow) = f.out_hw();
-            let shape = [n, oh, ow, f.c_out];
-            acts.push(Tensor::<f16>::zeros(dev, &shape)?);
-            dacts.push(Tensor::<f16>::zeros(dev, &shape)?);
-            let op = match f.kind {
-                FeatureKind::Conv3x3 => {
-                    let p = ConvProblem::new(n, f.h, f.w, f.c_in, f.c_out);
-                    // Auto runs Winograd for channel counts in multiples of 8 and Direct for the
-                    // 3-channel input; width multipliers can give other counts, which Direct takes.
-                    let tc = (f.c_in % 8 == 0 && f.c_out % 8 == 0) || f.c_in < 8;
-                    let conv = Conv3x3::new(p, if tc { ConvAlgo::Auto } else { ConvAlgo::Direct })?;
-                    for pass in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad] {
-                        ws_bytes = ws_bytes.max(conv.workspace_bytes(pass));
-                    }
-                    Op::Conv3(conv)
-                }
-                FeatureKind::Conv1x1 => {
-                    let l = Linear::conv1x1(n, f.h, f.w, f.c_in, f.c_out);
-                    for pass in [Pass::Fwd, Pass::BwdData, Pass::BwdWeight] {
-                        ws_bytes = ws_bytes.max(l.workspace_bytes(pass));
-                    }
-                    Op::Conv1
-                }
+            ops.push(match f.kind {
+                FeatureKind::Conv3x3 => Op::Conv3(memory::conv3x3(f, batch)?),
+                FeatureKind::Conv1x1 => Op::Conv1,
                 FeatureKind::Lrn => Op::Lrn,
                 FeatureKind::Pool => Op::Pool,
-            };
-            if f.is_conv() {
-                param_of.push(Some(next_param));
-                next_param += 2;
-            } else {
-                param_of.push(None);
-            }
-            ops.push(op);
+            });
+            param_of.push(f.is_conv().then_some(next_param));
+            next_param += if f.is_conv() { 2 } else { 0 };
         }
-        for l in fc_flops(&cfg, n) {
-            for pass in [Pass::Fwd, Pass::BwdData, Pass::BwdWeight] {
-                ws_bytes = ws_bytes.max(l.workspace_bytes(pass));
-            }
-        }
-        // Which layers' gradients arrive masked: walk backward as `backward` does.
-        let mut arrives_masked = vec![false; feats.len()];
-        let mut masked = false; // from the first FC layer's data gradient
-        for i in (0..feats.len()).rev() {
-            arrives_masked[i] = masked;
-            masked = match feats[i].kind {
-                FeatureKind::Conv3x3 => true,
-                FeatureKind::Conv1x1 => false,
-                FeatureKind::Lrn | FeatureKind::Pool => masked,
-            };
-        }
-        let dpre = feats
-            .iter()
-            .zip(&acts)
-            .zip(&arrives_masked)
-            .map(|((f, a), &m)| if f.is_conv() && !m { Tensor::zeros(dev, a.shape()).map(Some) } else { Ok(None) })
-            .collect::<Result<Vec<_>>>()?;
-        let fcw = cfg.fc;
-        let drop = cfg.dropout > 0.0;
-        let z = |shape: &[usize]| Tensor::<f16>::zeros(dev, shape);
-        let opt = |on: bool| if on { z(&[n, fcw]).map(Some) } else { Ok(None) };
-        let mut params = params;
         let sgd_params: Vec<SgdParam<'_>> = params
             .iter_mut()
             .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
             .collect();
-        let plan = SgdPlan::new(&sgd_params)?;
+        let sgd = SgdPlan::new(&sgd_params)?;
         std::mem::drop(sgd_params);
         Ok(Self {
             dev: dev.clone(),
             batch,
             ops,
             param_of,
-            arrives_masked,
             params,
-            x: z(&[n, s, s, 3])?,
-            acts,
-            dacts,
-            dpre,
-            h1: z(&[n, fcw])?,
-            d1: opt(drop)?,
-            h2: z(&[n, fcw])?,
-            d2: opt(drop)?,
-            logits: z(&[n, cfg.classes])?,
-            dlogits: z(&[n, cfg.classes])?,
-            g_x3: z(&[n, fcw])?,
-            g_h2: opt(drop)?,
-            g_z2: z(&[n, fcw])?,
-            g_x2: z(&[n, fcw])?,
-            g_h1: opt(drop)?,
-            g_z1: z(&[n, fcw])?,
-            ws: Tensor::zeros(dev, &[ws_bytes.max(16)])?,
-            xent: XentBuffers::new(dev, n)?,
-            plan,
+            buf: Buffers::new(dev, &memory, feats.len())?,
+            memory,
+            xent: XentBuffers::new(dev, batch)?,
+            sgd,
             scaler: LossScaler::with(dev, optim.init_scale, optim.growth_interval)?,
             optim,
             seed,
             cfg,
+            check: false,
+            next_phase: 0,
+            tracing: false,
+            trace: None,
         })
+    }
+
+    /// Re-places the arena's buffers by `sharing`, in a new arena (what the old one held is
+    /// gone: call it between steps). [`Sharing::Separate`] measures the sharing, and is the
+    /// reference the lifetime tests compare against.
+    pub fn relayout(&mut self, sharing: Sharing) -> Result<()> {
+        let memory = MemoryPlan::new(&self.cfg, self.batch, sharing)?;
+        self.buf = Buffers::new(&self.dev, &memory, self.ops.len())?;
+        self.memory = memory;
+        Ok(())
     }
 
     pub fn config(&self) -> &VggConfig {
@@ -280,7 +263,7 @@ impl Vgg {
     }
     /// The last forward pass's logits, `[batch, classes]` fp16.
     pub fn logits(&self) -> &Tensor<f16> {
-        &self.logits
+        &self.buf.logits
     }
     pub fn loss_scale(&self) -> f32 {
         self.scaler.scale()
@@ -289,42 +272,72 @@ impl Vgg {
         self.optim
     }
 
-    /// Bytes of device memory the network holds (parameters with their optimizer state,
-    /// activations, gradients, workspace).
+    /// Bytes of device memory the network holds: [`MemoryPlan::total`] (parameters with their
+    /// optimizer state, the arena of activations, gradients and workspaces, the small buffers).
     pub fn device_bytes(&self) -> usize {
-        let p: usize = self.params.iter().map(|p| p.w.bytes() * 3 + p.h.bytes()).sum();
-        let a: usize = self.acts.iter().chain(&self.dacts).map(|t| t.bytes()).sum();
-        let d: usize = self.dpre.iter().flatten().map(|t| t.bytes()).sum();
-        let fc = [&self.h1, &self.h2, &self.logits, &self.dlogits, &self.g_x3, &self.g_z2, &self.g_x2, &self.g_z1]
-            .iter()
-            .map(|t| t.bytes())
-            .sum::<usize>()
-            + [&self.d1, &self.d2, &self.g_h2, &self.g_h1]
-                .iter()
-                .filter_map(|t| t.as_ref())
-                .map(|t| t.bytes())
-                .sum::<usize>();
-        p + a + d + fc + self.x.bytes() + self.ws.len()
+        self.memory.total()
     }
 
-    /// The activations of the last training forward pass ([`Vgg::compute_grads`]), widened to
-    /// f32 in the host twin's layout: tests let the twin follow the device's ReLU and max-pool
-    /// decisions with them ([`super::reference::HostVgg::grads`]).
+    /// Where the network's bytes are and when each arena buffer is live.
+    pub fn memory(&self) -> &MemoryPlan {
+        &self.memory
+    }
+
+    /// For tests: as each phase of a step begins, fill every arena byte that no buffer live
+    /// in that phase holds with 0xFF (NaN), and check that the phases run in the plan's order.
+    /// A step whose results then differ from an unchecked one's reads a buffer outside its
+    /// planned lifetime. Slow (a memset per free range per phase).
+    pub fn check_lifetimes(&mut self, on: bool) {
+        self.check = on;
+    }
+
+    /// Keep a host copy of the activations of each training forward pass, for
+    /// [`Vgg::trace`] (the arena reuses their bytes during the backward pass).
+    pub fn keep_trace(&mut self, on: bool) {
+        self.tracing = on;
+        self.trace = None;
+    }
+
+    /// The activations of the last training forward pass ([`Vgg::compute_grads`]) after
+    /// [`Vgg::keep_trace`], widened to f32 in the host twin's layout: tests let the twin follow
+    /// the device's ReLU and max-pool decisions with them
+    /// ([`super::reference::HostVgg::grads`]).
     pub fn trace(&self) -> Result<Trace> {
+        self.trace
+            .clone()
+            .ok_or_else(|| Error::Shape("no trace: call keep_trace(true) before the training step".into()))
+    }
+
+    fn snapshot(&self) -> Result<Trace> {
         let f = |t: &Tensor<f16>| t.to_f32();
-        let (x2, x3) = match (&self.d1, &self.d2) {
+        let (x2, x3) = match (&self.buf.d1, &self.buf.d2) {
             (Some(d1), Some(d2)) => (f(d1)?, f(d2)?),
-            _ => (f(&self.h1)?, f(&self.h2)?),
+            _ => (f(&self.buf.h1)?, f(&self.buf.h2)?),
         };
         Ok(Trace {
-            x: f(&self.x)?,
-            acts: self.acts.iter().map(f).collect::<Result<_>>()?,
-            h1: f(&self.h1)?,
+            x: f(&self.buf.x)?,
+            acts: self.buf.acts.iter().map(f).collect::<Result<_>>()?,
+            h1: f(&self.buf.h1)?,
             x2,
-            h2: f(&self.h2)?,
+            h2: f(&self.buf.h2)?,
             x3,
-            logits: f(&self.logits)?,
+            logits: f(&self.buf.logits)?,
         })
+    }
+
+    /// Phase `p` begins: its timeline index (for its workspace); under
+    /// [`Vgg::check_lifetimes`], the order check and the poisoning.
+    fn enter(&mut self, p: Phase) -> Result<usize> {
+        let t = self.memory.index(p)?;
+        if self.check {
+            let expect = if p == Phase::Input { 0 } else { self.next_phase };
+            ensure_shape!(t == expect, "phase {p:?} ran at timeline index {expect}, the plan has it at {t}");
+            for (offset, len) in self.memory.free_ranges(t) {
+                Tensor::<u8>::view(&self.buf.arena, offset, &[len])?.poison()?;
+            }
+        }
+        self.next_phase = t + 1;
+        Ok(t)
     }
 
     /// Seed of the dropout mask after hidden FC layer `layer` (0 or 1).
@@ -348,57 +361,62 @@ impl Vgg {
     /// `train` applies dropout with the masks of `step`.
     pub fn forward(&mut self, images: &Tensor<u8>, train: bool, step: u64) -> Result<&Tensor<f16>> {
         self.check_batch(images)?;
-        ops::normalize_input(images, None, &self.cfg.norm(), &mut self.x)?;
+        self.enter(Phase::Input)?;
+        ops::normalize_input(images, None, &self.cfg.norm(), &mut self.buf.x)?;
         for i in 0..self.ops.len() {
-            let (prev, cur) = self.acts.split_at_mut(i);
-            let x = if i == 0 { &self.x } else { &prev[i - 1] };
+            let t = self.enter(Phase::Feature(i))?;
+            let ws = &mut self.buf.ws[t];
+            let (prev, cur) = self.buf.acts.split_at_mut(i);
+            let x = if i == 0 { &self.buf.x } else { &prev[i - 1] };
             let y = &mut cur[0];
             match &self.ops[i] {
                 Op::Conv3(conv) => {
                     let j = self.param_of[i].expect("conv has parameters");
                     let (w, b) = (&self.params[j].h, &self.params[j + 1].h);
-                    conv.fprop(x, w, Some(b), Epilogue::BiasRelu, y, &mut self.ws)?;
+                    conv.fprop(x, w, Some(b), Epilogue::BiasRelu, y, ws)?;
                 }
                 Op::Conv1 => {
                     let j = self.param_of[i].expect("conv has parameters");
                     let (w, b) = (&self.params[j].h, &self.params[j + 1].h);
-                    ops::conv1x1_fwd(x, w, Some(b), true, y, Some(&mut self.ws))?;
+                    ops::conv1x1_fwd(x, w, Some(b), true, y, Some(ws))?;
                 }
                 Op::Lrn => ops::lrn_fwd(x, y, &LrnParams::ALEXNET)?,
                 Op::Pool => ops::maxpool2x2_fwd(x, y)?,
             }
         }
         let fc = self.params.len() - 6;
-        let feat = self.acts.last().expect("features are never empty");
         let (seed0, seed1) = (self.dropout_seed(0), self.dropout_seed(1));
-        let p = &self.params;
-        let drop = train && self.cfg.dropout > 0.0;
-        ops::linear_fwd(feat, &p[fc].h, Some(&p[fc + 1].h), true, &mut self.h1, Some(&mut self.ws))?;
-        let x2 = match (&mut self.d1, drop) {
-            (Some(d1), true) => {
-                ops::dropout_fwd(&self.h1, d1, seed0, step, self.cfg.dropout)?;
-                &*d1
-            }
-            _ => &self.h1,
-        };
-        ops::linear_fwd(x2, &p[fc + 2].h, Some(&p[fc + 3].h), true, &mut self.h2, Some(&mut self.ws))?;
-        let x3 = match (&mut self.d2, drop) {
-            (Some(d2), true) => {
-                ops::dropout_fwd(&self.h2, d2, seed1, step, self.cfg.dropout)?;
-                &*d2
-            }
-            _ => &self.h2,
-        };
-        ops::linear_fwd(x3, &p[fc + 4].h, Some(&p[fc + 5].h), false, &mut self.logits, Some(&mut self.ws))?;
-        Ok(&self.logits)
+        let (drop, pd) = (train && self.cfg.dropout > 0.0, self.cfg.dropout);
+        let t = self.enter(Phase::Fc(0))?;
+        let (feat, p) = (self.buf.acts.last().expect("features are never empty"), &self.params);
+        ops::linear_fwd(feat, &p[fc].h, Some(&p[fc + 1].h), true, &mut self.buf.h1, Some(&mut self.buf.ws[t]))?;
+        if let Some(d1) = self.buf.d1.as_mut().filter(|_| drop) {
+            ops::dropout_fwd(&self.buf.h1, d1, seed0, step, pd)?;
+        }
+        let t = self.enter(Phase::Fc(1))?;
+        let (x2, p) = (self.buf.d1.as_ref().filter(|_| drop).unwrap_or(&self.buf.h1), &self.params);
+        ops::linear_fwd(x2, &p[fc + 2].h, Some(&p[fc + 3].h), true, &mut self.buf.h2, Some(&mut self.buf.ws[t]))?;
+        if let Some(d2) = self.buf.d2.as_mut().filter(|_| drop) {
+            ops::dropout_fwd(&self.buf.h2, d2, seed1, step, pd)?;
+        }
+        let t = self.enter(Phase::Fc(2))?;
+        let x3 = self.buf.d2.as_ref().filter(|_| drop).unwrap_or(&self.buf.h2);
+        let (w, b) = (&self.params[fc + 4].h, &self.params[fc + 5].h);
+        ops::linear_fwd(x3, w, Some(b), false, &mut self.buf.logits, Some(&mut self.buf.ws[t]))?;
+        Ok(&self.buf.logits)
     }
 
     /// Forward with dropout, the loss (scaled by the current loss scale) and the backward
-    /// pass: every parameter's `g` holds the scaled gradient afterwards. Nothing is read back.
+    /// pass: every parameter's `g` holds the scaled gradient afterwards. Nothing is read back
+    /// (but the activations under [`Vgg::keep_trace`]).
     pub fn compute_grads(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, step: u64) -> Result<()> {
         self.forward(images, true, step)?;
+        if self.tracing {
+            self.trace = Some(self.snapshot()?);
+        }
+        self.enter(Phase::Loss)?;
         let scale = self.scaler.scale();
-        ops::softmax_xent(&self.logits, labels, Some(&mut self.dlogits), scale, &mut self.xent)?;
+        ops::softmax_xent(&self.buf.logits, labels, Some(&mut self.buf.dlogits), scale, &mut self.xent)?;
         self.backward(step)
     }
 
@@ -407,46 +425,31 @@ impl Vgg {
         let pd = self.cfg.dropout;
         let fc = self.params.len() - 6;
         let (seed0, seed1) = (self.dropout_seed(0), self.dropout_seed(1));
-        let ws = &mut self.ws;
-        let p = &mut self.params;
-        // classifier.6
-        let x3 = if drop { self.d2.as_ref().expect("dropout buffer") } else { &self.h2 };
-        let (w6, b6) = two(p, fc + 4);
-        ops::linear_bwd_weight(x3, &self.dlogits, &mut w6.g, Some(&mut b6.g), Some(&mut *ws))?;
-        ops::linear_bwd_data(&self.dlogits, &w6.h, &mut self.g_x3, Some(&mut *ws))?;
-        let g_h2 = match &mut self.g_h2 {
-            Some(g) => {
-                ops::dropout_bwd(&self.g_x3, g, seed1, step, pd)?;
-                &*g
-            }
-            None => &self.g_x3,
-        };
-        ops::relu_bwd(&self.h2, g_h2, &mut self.g_z2)?;
-        // classifier.3
-        let x2 = if drop { self.d1.as_ref().expect("dropout buffer") } else { &self.h1 };
-        let (w3, b3) = two(p, fc + 2);
-        ops::linear_bwd_weight(x2, &self.g_z2, &mut w3.g, Some(&mut b3.g), Some(&mut *ws))?;
-        ops::linear_bwd_data(&self.g_z2, &w3.h, &mut self.g_x2, Some(&mut *ws))?;
-        let g_h1 = match &mut self.g_h1 {
-            Some(g) => {
-                ops::dropout_bwd(&self.g_x2, g, seed0, step, pd)?;
-                &*g
-            }
-            None => &self.g_x2,
-        };
-        ops::relu_bwd(&self.h1, g_h1, &mut self.g_z1)?;
+        // classifier.6, then hidden layer 1's dropout and ReLU backward.
+        let t = self.enter(Phase::FcBwd(2))?;
+        let x3 = self.buf.d2.as_ref().filter(|_| drop).unwrap_or(&self.buf.h2);
+        linear_bwd(x3, &self.buf.dlogits, two(&mut self.params, fc + 4), &mut self.buf.g_x3, &mut self.buf.ws[t])?;
+        hidden_bwd(&self.buf.g_x3, self.buf.g_h2.as_mut(), &self.buf.h2, &mut self.buf.g_z2, seed1, step, pd)?;
+        // classifier.3, then hidden layer 0's.
+        let t = self.enter(Phase::FcBwd(1))?;
+        let x2 = self.buf.d1.as_ref().filter(|_| drop).unwrap_or(&self.buf.h1);
+        linear_bwd(x2, &self.buf.g_z2, two(&mut self.params, fc + 2), &mut self.buf.g_x2, &mut self.buf.ws[t])?;
+        hidden_bwd(&self.buf.g_x2, self.buf.g_h1.as_mut(), &self.buf.h1, &mut self.buf.g_z1, seed0, step, pd)?;
         // classifier.0, its data gradient into the last feature map's gradient.
-        let last = self.acts.len() - 1;
-        let (w0, b0) = two(p, fc);
-        ops::linear_bwd_weight(&self.acts[last], &self.g_z1, &mut w0.g, Some(&mut b0.g), Some(&mut *ws))?;
-        ops::linear_bwd_data(&self.g_z1, &w0.h, &mut self.dacts[last], Some(&mut *ws))?;
+        let t = self.enter(Phase::FcBwd(0))?;
+        let last = self.buf.acts.len() - 1;
+        let dx = &mut self.buf.dacts[last];
+        linear_bwd(&self.buf.acts[last], &self.buf.g_z1, two(&mut self.params, fc), dx, &mut self.buf.ws[t])?;
         for i in (0..self.ops.len()).rev() {
-            let (dprev, dcur) = self.dacts.split_at_mut(i);
+            let t = self.enter(Phase::FeatureBwd(i))?;
+            let ws = &mut self.buf.ws[t];
+            let p = &mut self.params;
+            let (dprev, dcur) = self.buf.dacts.split_at_mut(i);
             let dy = &dcur[0];
-            let y = &self.acts[i];
-            let x = if i == 0 { &self.x } else { &self.acts[i - 1] };
+            let y = &self.buf.acts[i];
+            let x = if i == 0 { &self.buf.x } else { &self.buf.acts[i - 1] };
             // The gradient at the pre-activation of a conv: dy itself where it arrives masked.
-            let dz = match (&mut self.dpre[i], &self.ops[i]) {
+            let dz = match (&mut self.buf.dpre[i], &self.ops[i]) {
                 (Some(t), Op::Conv3(_) | Op::Conv1) => {
                     ops::relu_bwd(y, dy, t)?;
                     &*t
@@ -467,14 +470,13 @@ impl Vgg {
                     let (w, b) = two(p, j);
                     ops::conv1x1_wgrad(x, dz, &mut w.g, Some(&mut b.g), Some(&mut *ws))?;
                     if i > 0 {
-                        ops::conv1x1_dgrad(dz, &w.h, &mut dprev[i - 1], Some(&mut *ws))?;
+                        ops::conv1x1_dgrad(dz, &w.h, &mut dprev[i - 1], Some(ws))?;
                     }
                 }
                 Op::Lrn => ops::lrn_bwd(x, dy, &mut dprev[i - 1], &LrnParams::ALEXNET)?,
                 Op::Pool => ops::maxpool2x2_bwd(x, dy, &mut dprev[i - 1])?,
             }
         }
-        debug_assert!(self.arrives_masked.len() == self.ops.len());
         Ok(())
     }
 
@@ -487,7 +489,7 @@ impl Vgg {
             .iter_mut()
             .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
             .collect();
-        self.scaler.step(&self.plan, &mut sp, sgd)
+        self.scaler.step(&self.sgd, &mut sp, sgd)
     }
 
     /// The loss status of the last [`Vgg::compute_grads`] (a device read).
@@ -508,7 +510,7 @@ impl Vgg {
     /// Loss and hit counts of `images` without dropout or any update (a device read).
     pub fn evaluate(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>) -> Result<ops::XentStats> {
         self.forward(images, false, 0)?;
-        ops::softmax_xent(&self.logits, labels, None, 1.0, &mut self.xent)?;
+        ops::softmax_xent(&self.buf.logits, labels, None, 1.0, &mut self.xent)?;
         self.xent.check()
     }
 
@@ -569,4 +571,37 @@ impl Vgg {
 fn two(p: &mut [Param], j: usize) -> (&mut Param, &mut Param) {
     let (a, b) = p.split_at_mut(j + 1);
     (&mut a[j], &mut b[0])
+}
+
+/// A linear layer's weight (and bias) gradient into `g`, and its data gradient into `dx`.
+fn linear_bwd(
+    x: &Tensor<f16>,
+    dy: &Tensor<f16>,
+    (w, b): (&mut Param, &mut Param),
+    dx: &mut Tensor<f16>,
+    ws: &mut Tensor<u8>,
+) -> Result<()> {
+    ops::linear_bwd_weight(x, dy, &mut w.g, Some(&mut b.g), Some(&mut *ws))?;
+    ops::linear_bwd_data(dy, &w.h, dx, Some(ws))
+}
+
+/// A hidden FC layer's backward from the gradient `g_x` at its (dropout's) output: dropout
+/// backward into `g_h` when given, then ReLU backward against its output `h` into `g_z`.
+fn hidden_bwd(
+    g_x: &Tensor<f16>,
+    g_h: Option<&mut Tensor<f16>>,
+    h: &Tensor<f16>,
+    g_z: &mut Tensor<f16>,
+    seed: u64,
+    step: u64,
+    p: f32,
+) -> Result<()> {
+    let g = match g_h {
+        Some(g) => {
+            ops::dropout_bwd(g_x, g, seed, step, p)?;
+            &*g
+        }
+        None => g_x,
+    };
+    ops::relu_bwd(h, g, g_z)
 }

@@ -67,6 +67,9 @@ pub struct OverflowFlag {
 }
 
 impl OverflowFlag {
+    /// Device bytes a flag holds.
+    pub const BYTES: usize = std::mem::size_of::<i32>();
+
     pub fn new(dev: &Device) -> Result<Self> {
         Ok(Self { t: Tensor::zeros(dev, &[1])? })
     }
@@ -112,6 +115,11 @@ pub struct SgdPlan {
 }
 
 impl SgdPlan {
+    /// Device bytes of the table of a plan over tensors of these lengths (for memory plans).
+    pub fn table_bytes(lens: &[usize]) -> usize {
+        lens.iter().map(|n| TENSOR_BYTES + n.div_ceil(CHUNK) * CHUNK_BYTES).sum()
+    }
+
     pub fn new(params: &[SgdParam<'_>]) -> Result<Self> {
         ensure_shape!(!params.is_empty(), "SgdPlan: no parameter tensors");
         let dev = params[0].w.device().clone();
@@ -142,6 +150,7 @@ impl SgdPlan {
         let chunks = chunk_bytes.len() / CHUNK_BYTES;
         ensure_shape!(u32::try_from(chunks).is_ok(), "SgdPlan: {chunks} chunks is too many for one launch");
         bytes.extend_from_slice(&chunk_bytes);
+        debug_assert_eq!(bytes.len(), Self::table_bytes(&params.iter().map(|p| p.w.len()).collect::<Vec<_>>()));
         let table = Tensor::from_host(&dev, &[bytes.len()], &bytes)?;
         Ok(Self { dev, table, slots: params.iter().map(Slot::of).collect(), chunks })
     }

@@ -67,6 +67,11 @@ impl XentBuffers {
         })
     }
 
+    /// Device bytes of the buffers for `batch` rows (for memory plans).
+    pub fn device_bytes(batch: usize) -> usize {
+        4 * (2 * batch + STATUS_WORDS)
+    }
+
     /// The largest batch these buffers take.
     pub fn capacity(&self) -> usize {
         self.row_loss.len()
