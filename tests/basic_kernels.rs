@@ -66,6 +66,38 @@ fn maxpool_is_schedule_independent() {
     }
 }
 
+/// The training path (argmax recorded forward, read backward) gives the bits of the path that
+/// finds the maximum again, on data full of ties and with an odd row and column dropped.
+#[test]
+fn maxpool_argmax_path_matches() {
+    let dev = Device::emu();
+    let (shape, out) = ([2, 7, 5, 16], [2, 3, 2, 16]);
+    let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 7) % 3) as f32 - 1.0).collect();
+    let dy: Vec<f32> = (0..out.iter().product::<usize>()).map(|i| i as f32 * 0.5 - 20.0).collect();
+    let (xt, dyt) = (Tensor::from_f32(&dev, &shape, &x).unwrap(), Tensor::from_f32(&dev, &out, &dy).unwrap());
+    let run = |arg: bool| {
+        let mut y = Tensor::empty(&dev, &out).unwrap();
+        let mut dx = Tensor::empty(&dev, &shape).unwrap();
+        y.poison().unwrap();
+        dx.poison().unwrap();
+        if arg {
+            let mut a = Tensor::<u8>::empty(&dev, &out).unwrap();
+            ops::maxpool2x2_fwd_arg(&xt, &mut y, &mut a).unwrap();
+            ops::maxpool2x2_bwd_arg(&a, &dyt, &mut dx).unwrap();
+        } else {
+            ops::maxpool2x2_fwd(&xt, &mut y).unwrap();
+            ops::maxpool2x2_bwd(&xt, &dyt, &mut dx).unwrap();
+        }
+        let bits = |t: &Tensor<f16>| t.to_host().unwrap().iter().map(|h| h.to_bits()).collect::<Vec<_>>();
+        (bits(&y), bits(&dx))
+    };
+    assert_eq!(run(true), run(false));
+    let mut a = Tensor::<u8>::empty(&dev, &[7]).unwrap();
+    let mut y = Tensor::empty(&dev, &out).unwrap();
+    let e = ops::maxpool2x2_fwd_arg(&xt, &mut y, &mut a).unwrap_err();
+    assert!(e.to_string().contains("max-pool argmax has 7 elements"), "{e}");
+}
+
 #[test]
 fn shape_errors_name_the_problem() {
     let dev = Device::emu();

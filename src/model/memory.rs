@@ -9,15 +9,16 @@
 //! separate call) and the fp16 copy the kernels read; the loss buffers, the loss scaler's
 //! flag and the SGD descriptor table.
 //!
-//! In the arena, for part of a step: the normalised input and every feature layer's output
-//! (the backward pass reads them all: a conv's and a pool's backward read their input, the
-//! ReLU masks come from them), the FC activations, every activation gradient, and each
-//! phase's conv / GEMM workspace. A buffer lives from the first phase that writes it to the
-//! last that reads it, so the backward pass's gradients land in the bytes of activations
-//! whose last reader has run, and a phase's workspace in whatever is free during that phase
-//! (the first conv's padded-input wgrad workspace, the largest, among the dead activations
-//! of the deep layers). Nothing is recomputed and no kernel changes: only addresses do.
-//! Within a phase no two of its buffers share bytes, so no kernel reads what it writes.
+//! In the arena, for part of a step: the normalised input and the feature layers' outputs
+//! (a conv's backward reads its input, and its ReLU mask from it; a pool's reads the argmaxes
+//! its forward recorded, so the conv output a pool reads dies in the forward pass), the FC
+//! activations, every activation gradient, and each phase's conv / GEMM workspace. A buffer
+//! lives from the first phase that writes it to the last that reads it, so the backward
+//! pass's gradients land in the bytes of activations whose last reader has run, and a phase's
+//! workspace in whatever is free during that phase (the first conv's padded-input wgrad
+//! workspace, the largest, among the dead activations of the deep layers). Nothing is
+//! recomputed and no kernel changes for the sharing: only addresses do. Within a phase no two
+//! of its buffers share bytes, so no kernel reads what it writes.
 
 use super::config::{Feature, FeatureKind, VggConfig};
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass};
@@ -62,9 +63,13 @@ pub enum Role {
     Act(usize),
     /// The gradient w.r.t. feature layer `i`'s output.
     DAct(usize),
-    /// Conv `i`'s pre-activation gradient, where its gradient arrives unmasked (from the
-    /// first FC layer or a 1x1 conv) and `relu_bwd` runs before its wgrad and dgrad.
+    /// Layer `i`'s output gradient after `relu_bwd`, where it arrives unmasked: a conv's
+    /// pre-activation gradient (below a 1x1 conv), or a pool's gradient masked at its output
+    /// (the last pool, below the first FC layer).
     DPre(usize),
+    /// Pool `i`'s argmaxes, a byte an output element: its backward pass reads them instead of
+    /// its input, which thus dies in the forward pass.
+    PoolArg(usize),
     /// Hidden FC layer `j`'s ReLU output.
     Hidden(usize),
     /// Hidden FC layer `j`'s dropout output (with dropout on): the next layer's input.
@@ -92,7 +97,9 @@ pub enum Category {
 impl Role {
     pub fn category(self) -> Category {
         match self {
-            Role::Input | Role::Act(_) | Role::Hidden(_) | Role::Dropped(_) | Role::Logits => Category::Activations,
+            Role::Input | Role::Act(_) | Role::PoolArg(_) | Role::Hidden(_) | Role::Dropped(_) | Role::Logits => {
+                Category::Activations
+            }
             Role::Workspace(_) => Category::Workspace,
             _ => Category::ActivationGrads,
         }
@@ -152,7 +159,7 @@ pub struct Breakdown {
     pub fp16: usize,
     /// Loss buffers, the loss scaler's flag, the SGD descriptor table.
     pub small: usize,
-    /// The normalised input, the feature outputs and the FC activations.
+    /// The normalised input, the feature outputs, the pools' argmaxes and the FC activations.
     pub activations: usize,
     /// Every activation gradient.
     pub activation_grads: usize,
@@ -198,22 +205,30 @@ pub(crate) fn classifier(cfg: &VggConfig, n: usize) -> [Linear; 3] {
     cfg.classifier().map(|(i, o)| Linear::new(n, i, o))
 }
 
-/// Per feature layer: its gradient arrives unmasked, so a conv needs `relu_bwd` (and a
-/// [`Role::DPre`] buffer). The dgrad of a 3x3 conv masks its output with its input's ReLU; a
-/// pool or LRN passes the masking through; a 1x1 conv's dgrad and the first FC layer's do not
-/// mask.
+/// Per feature layer: its gradient arrives unmasked, so a conv or pool runs `relu_bwd` at its
+/// output (into a [`Role::DPre`] buffer). The dgrad of a 3x3 conv masks its output with its
+/// input's ReLU; a 1x1 conv's dgrad and the first FC layer's do not. An LRN passes the
+/// masking through (its input gradient is dy times a factor plus a term proportional to its
+/// input); so does a pool, which masks itself when it has to: a window whose max is 0 holds
+/// only zeros (its ReLUs are all off), and a positive max routes the gradient to a positive
+/// element, so masking at the pool's output is exact, on a quarter of the elements.
 pub(crate) fn unmasked(feats: &[Feature]) -> Vec<bool> {
     let mut out = vec![false; feats.len()];
     let mut masked = false;
     for i in (0..feats.len()).rev() {
         out[i] = !masked;
         masked = match feats[i].kind {
-            FeatureKind::Conv3x3 => true,
+            FeatureKind::Conv3x3 | FeatureKind::Pool => true,
             FeatureKind::Conv1x1 => false,
-            FeatureKind::Lrn | FeatureKind::Pool => masked,
+            FeatureKind::Lrn => masked,
         };
     }
     out
+}
+
+/// Layer `f` runs `relu_bwd` at its output in the backward pass.
+fn relu_at_output(f: &Feature, unmasked: bool) -> bool {
+    unmasked && f.kind != FeatureKind::Lrn
 }
 
 /// The step's phases with what each reads and writes, built in step order.
@@ -256,8 +271,11 @@ impl MemoryPlan {
             let shape = [n, oh, ow, f.c_out];
             u.shape(Role::Act(i), &shape);
             u.shape(Role::DAct(i), &shape);
-            if f.is_conv() && unmasked[i] {
+            if relu_at_output(f, unmasked[i]) {
                 u.shape(Role::DPre(i), &shape);
+            }
+            if f.kind == FeatureKind::Pool {
+                u.shapes.push((Role::PoolArg(i), shape.to_vec(), 1));
             }
         }
         for j in 0..2 {
@@ -290,7 +308,9 @@ impl MemoryPlan {
         };
         u.phase(Phase::Input, &[], &[Role::Input], 0);
         for (i, f) in feats.iter().enumerate() {
-            u.phase(Phase::Feature(i), &[input(i)], &[Role::Act(i)], ws(f, false, false)?);
+            let writes: &[Role] =
+                if f.kind == FeatureKind::Pool { &[Role::Act(i), Role::PoolArg(i)] } else { &[Role::Act(i)] };
+            u.phase(Phase::Feature(i), &[input(i)], writes, ws(f, false, false)?);
         }
         // What FC layer j reads (in training: dropout's output).
         let fc_in = |j: usize| match j {
@@ -325,9 +345,11 @@ impl MemoryPlan {
             u.phase(Phase::FcBwd(j), &reads, &writes, wsb);
         }
         for (i, f) in feats.iter().enumerate().rev() {
-            let mut reads = vec![input(i), Role::DAct(i)];
+            // A pool reads its argmaxes, not its input.
+            let x = if f.kind == FeatureKind::Pool { Role::PoolArg(i) } else { input(i) };
+            let mut reads = vec![x, Role::DAct(i)];
             let mut writes = vec![];
-            if f.is_conv() && unmasked[i] {
+            if relu_at_output(f, unmasked[i]) {
                 reads.push(Role::Act(i));
                 writes.push(Role::DPre(i));
             }
@@ -503,23 +525,23 @@ pub fn report(cfg: &VggConfig, batch: usize) -> Result<String> {
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let mut s = String::new();
     let _ = writeln!(s, "device memory of a training step at batch {batch}, GiB (separate: every buffer its own");
-    let _ = writeln!(s, "bytes, the layout before the memory plan; shared: buffers share bytes by lifetime)");
-    let _ = writeln!(s, "{:<44} {:>10} {:>10}", "", "separate", "shared");
+    let _ = writeln!(s, "bytes; shared: buffers share bytes by lifetime, the layout the model allocates)");
+    let _ = writeln!(s, "{:<46} {:>10} {:>10}", "", "separate", "shared");
     let rows = [
         ("parameters: fp32 masters", separate.masters, shared.masters),
         ("  fp32 momentum", separate.momentum, shared.momentum),
         ("  fp32 gradients", separate.grads, shared.grads),
         ("  fp16 copies", separate.fp16, shared.fp16),
         ("loss buffers, scaler flag, SGD table", separate.small, shared.small),
-        ("arena: activations kept for backward", separate.activations, shared.activations),
+        ("arena: activations, pool argmaxes", separate.activations, shared.activations),
         ("  activation gradients", separate.activation_grads, shared.activation_grads),
         ("  workspace (largest phase)", separate.workspace_max, shared.workspace_max),
         ("  arena as placed", separate.arena, shared.arena),
-        ("  most bytes live in one phase", separate.peak_live, shared.peak_live),
+        ("  most bytes live in one phase (lower bound)", separate.peak_live, shared.peak_live),
         ("total", separate.total(), shared.total()),
     ];
     for (what, a, b) in rows {
-        let _ = writeln!(s, "{what:<44} {:>10.3} {:>10.3}", gib(a), gib(b));
+        let _ = writeln!(s, "{what:<46} {:>10.3} {:>10.3}", gib(a), gib(b));
     }
     Ok(s)
 }

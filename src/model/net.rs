@@ -12,8 +12,11 @@
 //! layer's output) is not > 0. That input is either the previous conv's ReLU output, or a
 //! max-pool (or LRN) of one; in the pool case masking at the pool output is exact too, since
 //! a window whose max is 0 holds only zeros (so every ReLU in it was off) and a positive max
-//! routes the gradient to a positive element. Where the gradient arrives unmasked (from the
-//! first FC layer, or from a 1x1 conv's dgrad) an explicit `relu_bwd` runs.
+//! routes the gradient to a positive element. Where the gradient arrives unmasked an explicit
+//! `relu_bwd` runs: for the first FC layer's data gradient at the last pool's output (exact by
+//! the same argument, on a quarter of the elements), for a 1x1 conv's dgrad at the conv below.
+//! A max-pool's backward reads the argmaxes its forward recorded (a byte an output element),
+//! so the conv output it pools is not kept for the backward pass.
 //!
 //! Gradients: fp32, of the loss multiplied by the current loss scale; `LossScaler::step`
 //! checks them for Inf / NaN, skips the step on overflow (halving the scale), and otherwise
@@ -26,6 +29,7 @@ use super::params::{self, Init, NamedTensor, Param, State};
 use super::reference::Trace;
 use crate::ops::conv::{Conv3x3, Epilogue};
 use crate::ops::{self, LossScaler, LrnParams, Sgd, SgdParam, SgdPlan, XentBuffers};
+use crate::tensor::DType;
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 use std::sync::Arc;
@@ -94,8 +98,10 @@ struct Buffers {
     acts: Vec<Tensor<f16>>,
     /// Gradients w.r.t. each feature output.
     dacts: Vec<Tensor<f16>>,
-    /// Per conv layer whose gradient arrives unmasked: the gradient after `relu_bwd`.
+    /// Per conv or pool whose gradient arrives unmasked: the gradient after `relu_bwd`.
     dpre: Vec<Option<Tensor<f16>>>,
+    /// Per pool: its argmaxes.
+    args: Vec<Option<Tensor<u8>>>,
     h1: Tensor<f16>,
     d1: Option<Tensor<f16>>,
     h2: Tensor<f16>,
@@ -117,7 +123,10 @@ impl Buffers {
     fn new(dev: &Device, memory: &MemoryPlan, layers: usize) -> Result<Self> {
         let arena = Arc::new(Tensor::<u8>::zeros(dev, &[memory.arena_bytes()])?);
         let view = |r: Role| memory.view::<f16>(&arena, r);
-        let opt = |r: Role| if memory.has(r) { view(r).map(Some) } else { Ok(None) };
+        fn maybe<T: DType>(memory: &MemoryPlan, arena: &Arc<Tensor<u8>>, r: Role) -> Result<Option<Tensor<T>>> {
+            memory.has(r).then(|| memory.view(arena, r)).transpose()
+        }
+        let opt = |r: Role| maybe::<f16>(memory, &arena, r);
         let per_layer = |f: fn(usize) -> Role| (0..layers).map(|i| view(f(i))).collect::<Result<Vec<_>>>();
         let ws = (0..memory.timeline().len()).map(|t| memory.view::<u8>(&arena, Role::Workspace(t)));
         Ok(Self {
@@ -125,6 +134,7 @@ impl Buffers {
             acts: per_layer(Role::Act)?,
             dacts: per_layer(Role::DAct)?,
             dpre: (0..layers).map(|i| opt(Role::DPre(i))).collect::<Result<_>>()?,
+            args: (0..layers).map(|i| maybe(memory, &arena, Role::PoolArg(i))).collect::<Result<_>>()?,
             h1: view(Role::Hidden(0))?,
             d1: opt(Role::Dropped(0))?,
             h2: view(Role::Hidden(1))?,
@@ -167,6 +177,7 @@ pub struct Vgg {
     next_phase: usize,
     /// Copy the forward's activations to the host in training steps ([`Vgg::keep_trace`]).
     tracing: bool,
+    trace_acts: Vec<Vec<f32>>,
     trace: Option<Trace>,
 }
 
@@ -224,6 +235,7 @@ impl Vgg {
             check: false,
             next_phase: 0,
             tracing: false,
+            trace_acts: vec![],
             trace: None,
         })
     }
@@ -308,7 +320,7 @@ impl Vgg {
             .ok_or_else(|| Error::Shape("no trace: call keep_trace(true) before the training step".into()))
     }
 
-    fn snapshot(&self) -> Result<Trace> {
+    fn snapshot(&mut self) -> Result<Trace> {
         let f = |t: &Tensor<f16>| t.to_f32();
         let (x2, x3) = match (&self.buf.d1, &self.buf.d2) {
             (Some(d1), Some(d2)) => (f(d1)?, f(d2)?),
@@ -316,7 +328,7 @@ impl Vgg {
         };
         Ok(Trace {
             x: f(&self.buf.x)?,
-            acts: self.buf.acts.iter().map(f).collect::<Result<_>>()?,
+            acts: std::mem::take(&mut self.trace_acts),
             h1: f(&self.buf.h1)?,
             x2,
             h2: f(&self.buf.h2)?,
@@ -362,6 +374,7 @@ impl Vgg {
     pub fn forward(&mut self, images: &Tensor<u8>, train: bool, step: u64) -> Result<&Tensor<f16>> {
         self.check_batch(images)?;
         self.enter(Phase::Input)?;
+        self.trace_acts.clear();
         ops::normalize_input(images, None, &self.cfg.norm(), &mut self.buf.x)?;
         for i in 0..self.ops.len() {
             let t = self.enter(Phase::Feature(i))?;
@@ -381,7 +394,11 @@ impl Vgg {
                     ops::conv1x1_fwd(x, w, Some(b), true, y, Some(ws))?;
                 }
                 Op::Lrn => ops::lrn_fwd(x, y, &LrnParams::ALEXNET)?,
-                Op::Pool => ops::maxpool2x2_fwd(x, y)?,
+                Op::Pool => ops::maxpool2x2_fwd_arg(x, y, self.buf.args[i].as_mut().expect("pool argmaxes"))?,
+            }
+            // Pools' inputs die in the forward pass: copy each layer as it is made.
+            if train && self.tracing {
+                self.trace_acts.push(self.buf.acts[i].to_f32()?);
             }
         }
         let fc = self.params.len() - 6;
@@ -448,13 +465,14 @@ impl Vgg {
             let dy = &dcur[0];
             let y = &self.buf.acts[i];
             let x = if i == 0 { &self.buf.x } else { &self.buf.acts[i - 1] };
-            // The gradient at the pre-activation of a conv: dy itself where it arrives masked.
-            let dz = match (&mut self.buf.dpre[i], &self.ops[i]) {
-                (Some(t), Op::Conv3(_) | Op::Conv1) => {
+            // The gradient masked by the ReLU at this layer's output: dy itself where it arrives
+            // masked.
+            let dz = match &mut self.buf.dpre[i] {
+                Some(t) => {
                     ops::relu_bwd(y, dy, t)?;
                     &*t
                 }
-                _ => dy,
+                None => dy,
             };
             match &self.ops[i] {
                 Op::Conv3(conv) => {
@@ -474,7 +492,10 @@ impl Vgg {
                     }
                 }
                 Op::Lrn => ops::lrn_bwd(x, dy, &mut dprev[i - 1], &LrnParams::ALEXNET)?,
-                Op::Pool => ops::maxpool2x2_bwd(x, dy, &mut dprev[i - 1])?,
+                Op::Pool => {
+                    let arg = self.buf.args[i].as_ref().expect("pool argmaxes");
+                    ops::maxpool2x2_bwd_arg(arg, dz, &mut dprev[i - 1])?
+                }
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ pub use gemm::{conv1x1_dgrad, conv1x1_fwd, conv1x1_wgrad, linear_bwd_data, linea
 pub use input::{normalize_input, InputNorm};
 pub use lrn::{lrn_bwd, lrn_fwd, LrnParams};
 pub use optim::{LossScaler, OverflowFlag, Sgd, SgdParam, SgdParams, SgdPlan};
-pub use pool::{maxpool2x2_bwd, maxpool2x2_fwd};
+pub use pool::{maxpool2x2_bwd, maxpool2x2_bwd_arg, maxpool2x2_fwd, maxpool2x2_fwd_arg};
 pub use reduce::{reduce_max_abs, reduce_sum, Reducer};
 pub use softmax::{softmax_fwd, softmax_xent, XentBuffers, XentStats};
 

@@ -1,5 +1,8 @@
 //! 2x2, stride 2 max-pooling over NHWC fp16 activations (kernels/pool.cu). The output is
 //! `floor(H/2) x floor(W/2)`; ties go to the first maximum in the window's row-major order.
+//! The backward pass finds each window's maximum again in the input ([`maxpool2x2_bwd`]), or
+//! reads the index the forward pass recorded ([`maxpool2x2_fwd_arg`], [`maxpool2x2_bwd_arg`]):
+//! a byte an output element, so that training need not keep the pool's input.
 
 use super::{int, nhwc, ELEMENTWISE_THREADS};
 use crate::device::{KArg, Kernel, LaunchConfig};
@@ -23,25 +26,50 @@ fn dims(x: &Tensor<f16>) -> Result<[KArg; 4]> {
 
 /// `y = maxpool2x2(x)`; `y` has shape [`maxpool2x2_out_shape`]`(x)`.
 pub fn maxpool2x2_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>) -> Result<()> {
+    fwd(x, y, KArg::Ptr(0))
+}
+
+/// As [`maxpool2x2_fwd`], and `arg` (as many elements as `y`) receives the index in its window
+/// (0..3, row-major) of each output's maximum, for [`maxpool2x2_bwd_arg`].
+pub fn maxpool2x2_fwd_arg(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: &mut Tensor<u8>) -> Result<()> {
+    arg.check(x.device(), "max-pool argmax", y.len())?;
+    fwd(x, y, arg.arg_mut())
+}
+
+fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: KArg) -> Result<()> {
     let dev = x.device().clone();
     let out = maxpool2x2_out_shape(x.shape())?;
     y.check(&dev, "max-pool output", out.iter().product())?;
     let cfg = LaunchConfig::for_elements(y.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(x)?;
-    // SAFETY: (const __half* x, __half* y, int n, int h, int w, int c): x holds n*h*w*c,
-    // y n*(h/2)*(w/2)*c elements, as checked.
-    unsafe { dev.launch(&FWD, cfg, &[x.arg(), y.arg_mut(), n, h, w, c]) }
+    // SAFETY: (const __half* x, __half* y, unsigned char* arg, int n, int h, int w, int c): x holds
+    // n*h*w*c, y n*(h/2)*(w/2)*c elements, as checked; arg null or as many bytes as y (checked).
+    unsafe { dev.launch(&FWD, cfg, &[x.arg(), y.arg_mut(), arg, n, h, w, c]) }
 }
 
 /// `dx` (shape of `x`) from the forward input `x` and the output gradient `dy`.
 pub fn maxpool2x2_bwd(x: &Tensor<f16>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
-    let dev = x.device().clone();
-    let out = maxpool2x2_out_shape(x.shape())?;
+    x.check(dy.device(), "max-pool x", x.len())?;
+    ensure_shape!(dx.shape() == x.shape(), "max-pool dx has shape {:?}, x {:?}", dx.shape(), x.shape());
+    bwd(x.arg(), KArg::Ptr(0), dy, dx)
+}
+
+/// `dx` (shape `[n, h, w, c]` of the forward input) from the argmaxes [`maxpool2x2_fwd_arg`]
+/// recorded and the output gradient `dy`: bit for bit [`maxpool2x2_bwd`]'s.
+pub fn maxpool2x2_bwd_arg(arg: &Tensor<u8>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
+    arg.check(dy.device(), "max-pool argmax", dy.len())?;
+    bwd(KArg::Ptr(0), arg.arg(), dy, dx)
+}
+
+fn bwd(x: KArg, arg: KArg, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
+    let dev = dy.device().clone();
+    let out = maxpool2x2_out_shape(dx.shape())?;
     dy.check(&dev, "max-pool dy", out.iter().product())?;
-    dx.check(&dev, "max-pool dx", x.len())?;
-    let cfg = LaunchConfig::for_elements(x.len(), ELEMENTWISE_THREADS)?;
-    let [n, h, w, c] = dims(x)?;
-    // SAFETY: (const __half* x, const __half* dy, __half* dx, int n, int h, int w, int c)
-    // with the sizes checked above.
-    unsafe { dev.launch(&BWD, cfg, &[x.arg(), dy.arg(), dx.arg_mut(), n, h, w, c]) }
+    dx.check(&dev, "max-pool dx", dx.len())?; // the device
+    let cfg = LaunchConfig::for_elements(dx.len(), ELEMENTWISE_THREADS)?;
+    let [n, h, w, c] = dims(dx)?;
+    // SAFETY: (const __half* x, const unsigned char* arg, const __half* dy, __half* dx, int n,
+    // int h, int w, int c): dx n*h*w*c elements, dy n*(h/2)*(w/2)*c; the callers checked x (the
+    // shape of dx) or arg (as many as dy), and pass the other null.
+    unsafe { dev.launch(&BWD, cfg, &[x, arg, dy.arg(), dx.arg_mut(), n, h, w, c]) }
 }

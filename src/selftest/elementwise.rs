@@ -105,18 +105,22 @@ pub fn maxpool(dev: &Device) -> Result<Vec<CheckRow>> {
         let mut y = Tensor::empty(dev, &out)?;
         y.poison()?;
         ops::maxpool2x2_fwd(&xt, &mut y)?;
-        rows.push(CheckRow::new(
-            "maxpool2x2_fwd_f16",
-            label(s),
-            compare(&y.to_f32()?, &r::maxpool2x2_fwd(n, h, w, c, &x)),
-            Bound::Exact,
-        ));
+        let want_y = r::maxpool2x2_fwd(n, h, w, c, &x);
+        rows.push(CheckRow::new("maxpool2x2_fwd_f16", label(s), compare(&y.to_f32()?, &want_y), Bound::Exact));
+        // The training path: the forward records each window's argmax, the backward reads it.
+        let mut arg = Tensor::<u8>::empty(dev, &out)?;
+        y.poison()?;
+        ops::maxpool2x2_fwd_arg(&xt, &mut y, &mut arg)?;
+        rows.push(CheckRow::new("maxpool2x2_fwd_f16 +arg", label(s), compare(&y.to_f32()?, &want_y), Bound::Exact));
         let dyt = Tensor::from_f32(dev, &out, &dy)?;
         let mut dx = Tensor::empty(dev, s)?;
         dx.poison()?;
         ops::maxpool2x2_bwd(&xt, &dyt, &mut dx)?;
         let want = r::maxpool2x2_bwd(n, h, w, c, &x, &dy);
         rows.push(CheckRow::new("maxpool2x2_bwd_f16", label(s), compare(&dx.to_f32()?, &want), Bound::Exact));
+        dx.poison()?;
+        ops::maxpool2x2_bwd_arg(&arg, &dyt, &mut dx)?;
+        rows.push(CheckRow::new("maxpool2x2_bwd_arg_f16", label(s), compare(&dx.to_f32()?, &want), Bound::Exact));
     }
     Ok(rows)
 }
