@@ -31,8 +31,10 @@ extern "C" __global__ void __launch_bounds__(256)
                           const __half* __restrict__ bias, __half* __restrict__ y, int n, int h, int w, int k,
                           int relu) {
     using namespace cf;
-    __shared__ __align__(128) __half sA[kPix * kRow];  // [pixel][tap * 8 + c], then y [pixel][kYRow]
-    __shared__ __align__(128) __half sB[kOut * kRow];  // [k][tap * 8 + c]
+    // Dynamic shared memory (poisoned per block on the emu device, unlike static arrays), 33792
+    // bytes: sA [pixel][tap * 8 + c], later y [pixel][kYRow]; sB [k][tap * 8 + c].
+    VGG_DYN_SHARED(__half, sA);
+    __half* const sB = sA + kPix * kRow;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int wp = warp >> 1, wk = warp & 1;
     const int kblocks = (k + kOut - 1) / kOut;

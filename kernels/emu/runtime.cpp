@@ -222,7 +222,7 @@ void prepare_stack(Fiber& f) {
     f.sp = top;
 }
 
-uint64_t splitmix(uint64_t& s) {
+EMU_NO_TSAN uint64_t splitmix(uint64_t& s) {
     uint64_t z = (s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -459,12 +459,18 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
 #endif
 }
 
+// Whether a cp.async lands at issue. The random stream is the scheduler's, shared by every
+// fiber of the block on this OS thread: not a race, but TSan cannot know (fiber switches carry
+// no synchronisation, so that it can see the kernel's own races), hence no instrumentation here.
+EMU_NO_TSAN bool cp_async_lands_now() {
+    Block* b = g_block;
+    return b->schedule == 0 || (b->schedule == 2 && (splitmix(*b->rng) & 1));
+}
+
 void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
     AsyncCopy c{static_cast<unsigned char*>(dst), bytes, {}};
     if (src_bytes) std::memcpy(c.data, src, src_bytes);
-    Block* b = g_block;
-    const bool now = b->schedule == 0 || (b->schedule == 2 && (splitmix(*b->rng) & 1));
-    if (now)
+    if (cp_async_lands_now())
         std::memcpy(c.dst, c.data, bytes);
     else
         cur().cp_open.push_back(c);

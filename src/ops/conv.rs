@@ -44,8 +44,8 @@ const WINO_REGION_SMEM: u32 = (4 * 520 * 16 + 2 * 16 * 64 * 16 + 3 * 16 * 32 * 1
 /// Region tiling is chosen when at most this share of a block's 64 tile slots falls outside
 /// the image (averaged over the image).
 const WINO_REGION_MAX_IDLE: f64 = 0.125;
-/// First-layer implicit-GEMM fprop: 128 pixels x 64 channels a block, 256 threads, static
-/// shared memory (kernels/conv_first.cu).
+/// First-layer implicit-GEMM fprop: 128 pixels x 64 channels a block, 256 threads, rows of 88
+/// halves of dynamic shared memory (kernels/conv_first.cu).
 const IGEMM_FPROP_PIX: usize = 128;
 const IGEMM_FPROP_OUT: usize = 64;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
@@ -450,7 +450,8 @@ impl Conv3x3 {
                 w.arg()
             };
             let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
-            let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: 0 };
+            let smem = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
+            let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: smem };
             let args = [xa, wa, bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[4], relu];
             // SAFETY: (const __half* x, const __half* w, const __half* bias, __half* y, int n, int h,
             // int w, int k, int relu): x is N*H*W*8 halves and w K*9*8 (x and w themselves when C = 8,
