@@ -151,6 +151,18 @@ fn multi_crop_and_multi_scale_views() {
     assert_eq!(text.lines().count(), 3, "{text}");
 }
 
+#[test]
+fn multi_scale_presets_follow_the_paper() {
+    assert_eq!(eval::parse_scales("256, 384").unwrap(), [256, 384]);
+    assert_eq!(eval::parse_scales("fixed:256").unwrap(), [224, 256, 288]);
+    assert_eq!(eval::parse_scales("jittered").unwrap(), [256, 384, 512]);
+    assert_eq!(eval::parse_scales("jittered:256:512").unwrap(), [256, 384, 512]);
+    assert_eq!(eval::parse_scales("jittered:32:48").unwrap(), [32, 40, 48]);
+    for bad in ["fixed:20", "fixed:x", "jittered:512:256", "jittered:1", "0", "a,b", "q:1:2:3"] {
+        assert!(err_of(eval::parse_scales(bad)).contains("--scale"), "{bad}");
+    }
+}
+
 fn err_of<T>(r: anyhow::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),

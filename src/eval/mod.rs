@@ -293,8 +293,29 @@ fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {
     out
 }
 
-/// `Q1,Q2,...`, each a positive size.
+/// `Q1,Q2,...`, each a positive size, or one of the paper's multi-scale presets (VGG.md,
+/// "multi-scale evaluation"): `fixed:S` for a model trained at a fixed S tests at
+/// S - 32, S, S + 32; `jittered:MIN:MAX` for one trained with S in [MIN, MAX] at MIN,
+/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512).
 pub fn parse_scales(s: &str) -> Result<Vec<u32>> {
+    let size = |t: &str| t.trim().parse::<u32>().ok().filter(|&q| q > 0);
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    match parts.as_slice() {
+        ["fixed", v] => {
+            let s0 = size(v).filter(|&q| q > 32);
+            let s0 = s0.ok_or_else(|| anyhow::anyhow!("--scale {s}: fixed:S needs a training scale S > 32"))?;
+            return Ok(vec![s0 - 32, s0, s0 + 32]);
+        }
+        ["jittered"] => return Ok(vec![256, 384, 512]),
+        ["jittered", lo, hi] => {
+            return match (size(lo), size(hi)) {
+                (Some(a), Some(b)) if a < b => Ok(vec![a, (a + b) / 2, b]),
+                _ => Err(anyhow::anyhow!("--scale {s}: jittered:MIN:MAX needs sizes 0 < MIN < MAX")),
+            };
+        }
+        [_] => {}
+        _ => return Err(anyhow::anyhow!("--scale {s}: give Q, Q1,Q2,..., fixed:S or jittered[:MIN:MAX]")),
+    }
     let v: Vec<u32> = s
         .split(',')
         .map(|t| match t.trim().parse::<u32>() {
@@ -425,8 +446,9 @@ pub struct EvalArgs {
     /// validation images of `vgg train`'s synthetic set.
     #[arg(long)]
     pub data: String,
-    /// Test scales Q, comma-separated (several: posteriors averaged) [default: the input
-    /// side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
+    /// Test scales Q, comma-separated (several: posteriors averaged), or a preset: fixed:S
+    /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512) [default: the
+    /// input side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
     #[arg(long)]
     pub scale: Option<String>,
     /// center, multi (a 5x5 grid of crops x 2 flips per scale), dense (the FC layers as
