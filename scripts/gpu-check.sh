@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The one command a GPU session runs on the lent H200 (see ../shared/GPU.md):
 #   run: bash scripts/gpu-check.sh   carry: ["target/release/vgg"]   timeout_s: ~420
-# Everything goes under $OUT (default ./gpu-out): one log, gpu-check.log, plus the JSON and PNG
-# files of each step (the device tool returns at most 8 files). The last lines printed are a
-# short summary.
+# Everything goes under $OUT (default ./gpu-out): one log, gpu-check.log, and results.tgz with
+# the JSON and PNG files of the steps (the device tool returns at most 8 files; the archive is
+# written on exit, whatever happened before). The last lines printed are a short summary.
 # Each step has its own time limit and the script goes on past a failing step, so one
 # broken piece never costs the whole run.
 set -u
 OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+trap 'tar -czf "$OUT/results.tgz" -C "$RAW" . && rm -rf "$RAW"' EXIT
 VGG=${VGG:-target/release/vgg}
 BATCH=${BATCH:-64}
 summary=()
@@ -38,9 +40,9 @@ echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$LOG"
 step torch-version 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
 
 step info 60 "$VGG" info --kernels
-step selftest-cuda 120 "$VGG" selftest --device cuda --json "$OUT/selftest-cuda.json"
+step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.json"
 if "$VGG" bench conv --help >/dev/null 2>&1; then
-  step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$OUT/bench-conv.json" --plot "$OUT/bench-conv.png"
+  step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"
 fi
 # Winograd tiling side by side: the layers where auto picks region windows, forced flat (log only).
 if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
@@ -48,18 +50,18 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
 fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
-  step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$OUT/bench-gemm.json"
+  step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
 if [ -f scripts/torch_conv_baseline.py ]; then
-  step torch-conv 100 python3 scripts/torch_conv_baseline.py "$OUT/torch-conv.json" --batch "$BATCH"
+  step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
 fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
-  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$OUT/bench-train.json"
+  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
 fi
 # The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
 # lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
 step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
-step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$OUT/bench-data.json"
+step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$RAW/bench-data.json"
 # The same images pre-resized into raw shards by `vgg prep` (log only).
 SHARDS=${TMPDIR:-/tmp}/vgg-shards
 step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
@@ -75,7 +77,7 @@ step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data sy
   --scale 256 --crops center --batch 64
 step eval-vgg16-dense 90 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 128 \
   --scale 256 --crops dense --flip
-step torch-train 90 python3 scripts/torch_baseline.py "$OUT/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
+step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
   # Shared-memory races in the pipelined tensor-core kernels, on the hardware's own schedule.
