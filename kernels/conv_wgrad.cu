@@ -15,7 +15,8 @@
 // A block owns kM output channels k x kN consecutive columns of it (grid.x = ceil(9C / kN),
 // grid.y = ceil(K / kM)) and one pixel chunk (grid.z); kM x kN = 128 x 128
 // (igemm3x3_wgrad_m128_f16) or, for K <= 64, 64 x 256 (igemm3x3_wgrad_m64_f16), so that no
-// block computes rows past K. Since C is a multiple of 8, every 8-column piece lies within one
+// block computes rows past K, or 64 x 128 (igemm3x3_wgrad_m64n128_f16) when also 9C <= 128
+// (the padded first layer: 72 columns), so that fewer columns are computed past 9C. Since C is a multiple of 8, every 8-column piece lies within one
 // tap: for C a multiple of kN a block holds channels of one tap; for small C (8, the padded
 // first layer) a block holds several taps.
 // Per stage it copies 32 pixels of dY (32 x kM k, contiguous rows) and, per 8-column piece,
@@ -29,7 +30,7 @@
 // 8 row addresses of an ldmatrix fall on 8 distinct 4-bank groups.
 // 8 warps as 2 (k) x 4 (columns), each kM/2 x kN/4 (64 x 32 or 32 x 64): 4 + 2 (or 2 + 4)
 // ldmatrix.x4 feed 16 mma's per 16 pixels, 64 fp32 accumulators a lane, so two blocks share an
-// SM (68 or 84 KB of shared memory each). db: the blocks of column block 0 also sum their dY
+// SM (68 or 84 KB of shared memory each; the 64 x 128 variant: 32 x 32 warps, 52 KB). db: the blocks of column block 0 also sum their dY
 // tiles from shared memory, each thread one k over a fixed quarter or half of the stage's
 // pixels; the partial sums meet in shared memory in a fixed order at the end.
 // The dY tile is re-read by every column block (from L2); a block holding all 9C columns
@@ -37,26 +38,26 @@
 #include "common.cuh"
 #include "ptx.cuh"
 
-template <int kM>
+template <int kM, int kN>
 struct WgTile {
     static constexpr int M = kM;             // output channels per block (GEMM M)
-    static constexpr int N = 16384 / kM;     // flattened (r, s, c) columns per block (GEMM N)
+    static constexpr int N = kN;             // flattened (r, s, c) columns per block (GEMM N)
     static constexpr int P = 32;             // pixels per stage (GEMM K: two mma k-steps)
     static constexpr int Bufs = 4;           // cp.async ring
     static constexpr int RowA = M + 8, RowB = N + 8;
     static constexpr int Stage = P * (RowA + RowB);  // halves
     static constexpr int WM = M / 2, WN = N / 4, MB = WM / 16, NB = WN / 8;
-    // Dynamic shared memory: Bufs * Stage * 2 bytes (src/ops/conv.rs: 69632 for M = 128, 86016
-    // for M = 64).
+    // Dynamic shared memory: Bufs * Stage * 2 bytes (src/ops/conv.rs: 69632 for 128 x 128,
+    // 86016 for 64 x 256, 53248 for 64 x 128).
 };
 
 // part layout: [chunk][K*9*C + K], the first K*9*C in KRSC order, then db. C is a multiple of 8
 // (src/ops/conv.rs pads it for this path).
-template <int kM>
+template <int kM, int kN>
 __device__ __forceinline__ void igemm3x3_wgrad(const __half* __restrict__ x, const __half* __restrict__ dy,
                                                float* __restrict__ part, int n, int h, int w, int c, int k,
                                                int chunk) {
-    using T = WgTile<kM>;
+    using T = WgTile<kM, kN>;
     VGG_DYN_SHARED(__half, smem);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 2, wn = warp & 3, g = lane >> 2, t = lane & 3;
@@ -186,13 +187,19 @@ __device__ __forceinline__ void igemm3x3_wgrad(const __half* __restrict__ x, con
 extern "C" __global__ void __launch_bounds__(256, 2)
     igemm3x3_wgrad_m128_f16(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ part,
                             int n, int h, int w, int c, int k, int chunk) {
-    igemm3x3_wgrad<128>(x, dy, part, n, h, w, c, k, chunk);
+    igemm3x3_wgrad<128, 128>(x, dy, part, n, h, w, c, k, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
     igemm3x3_wgrad_m64_f16(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ part,
                            int n, int h, int w, int c, int k, int chunk) {
-    igemm3x3_wgrad<64>(x, dy, part, n, h, w, c, k, chunk);
+    igemm3x3_wgrad<64, 256>(x, dy, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2)
+    igemm3x3_wgrad_m64n128_f16(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ part,
+                               int n, int h, int w, int c, int k, int chunk) {
+    igemm3x3_wgrad<64, 128>(x, dy, part, n, h, w, c, k, chunk);
 }
 
 // One thread per output: i < nw -> dw[i], nw <= i < nw + k -> db[i - nw] (skipped if null).

@@ -28,6 +28,7 @@ const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
 const IGEMM_WGRAD_M128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128_f16");
 const IGEMM_WGRAD_M64: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64_f16");
+const IGEMM_WGRAD_M64N128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64n128_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
@@ -271,12 +272,13 @@ impl Conv3x3 {
     }
 
     /// `(k, columns)` a block of the tensor-core wgrad owns: 64 x 256 for K <= 64, where 128
-    /// rows would be half idle, else 128 x 128.
-    fn wgrad_tile(&self) -> (usize, usize) {
-        if self.problem.k <= 64 {
-            (64, 256)
-        } else {
-            (128, 128)
+    /// rows would be half idle (64 x 128 when also 9 Cp <= 128, the padded first layer), else
+    /// 128 x 128.
+    pub fn wgrad_tile(&self) -> (usize, usize) {
+        match (self.problem.k <= 64, 9 * self.cp <= 128) {
+            (true, true) => (64, 128),
+            (true, false) => (64, 256),
+            _ => (128, 128),
         }
     }
 
@@ -564,7 +566,11 @@ impl Conv3x3 {
                 block: (WG_THREADS, 1, 1),
                 shared_bytes: (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
             };
-            let kernel = if m == 64 { &IGEMM_WGRAD_M64 } else { &IGEMM_WGRAD_M128 };
+            let kernel = match (m, n) {
+                (64, 128) => &IGEMM_WGRAD_M64N128,
+                (64, _) => &IGEMM_WGRAD_M64,
+                _ => &IGEMM_WGRAD_M128,
+            };
             let args = [
                 xa,
                 dy.arg(),

@@ -201,11 +201,12 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<V
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
-        // The tensor-core wgrad has a 64-row variant for K <= 64 (src/ops/conv.rs).
-        let name = match name {
-            "igemm3x3_wgrad" if p.k <= 64 => "igemm3x3_wgrad_m64_f16",
-            "igemm3x3_wgrad" => "igemm3x3_wgrad_m128_f16",
-            other => other,
+        // The tensor-core wgrad has 64-row variants for K <= 64 (src/ops/conv.rs).
+        let name = match (name, conv.wgrad_tile()) {
+            ("igemm3x3_wgrad", (64, 128)) => "igemm3x3_wgrad_m64n128_f16",
+            ("igemm3x3_wgrad", (64, _)) => "igemm3x3_wgrad_m64_f16",
+            ("igemm3x3_wgrad", _) => "igemm3x3_wgrad_m128_f16",
+            (other, _) => other,
         };
         let name = kname(&conv, ConvPass::Wgrad, name);
         let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
