@@ -668,8 +668,8 @@ fn prep_cmd(a: PrepArgs) -> Result<()> {
     let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
     let progress = |done, all| eprint!("\rprep: {done}/{all} images");
     let rep = if a.src.as_os_str() == "synthetic" {
-        if a.images == 0 {
-            bail!("--images must be at least 1");
+        if a.images == 0 || a.synthetic_size == 0 {
+            bail!("--images and --synthetic-size must be at least 1");
         }
         let ds = vgg_cuda::data::Synthetic::new(10, a.synthetic_size, a.images, 0);
         vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, progress)?

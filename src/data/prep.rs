@@ -107,7 +107,7 @@ pub fn prep(
     cfg: &PrepConfig,
     progress: impl FnMut(usize, usize),
 ) -> Result<PrepReport, DataError> {
-    check_config(cfg)?;
+    check_config(cfg)?; // before scanning a large folder (prep_dataset checks again: cheap)
     let ds = ImageFolder::open(src)?;
     prep_dataset(&ds, Some(src), out, cfg, progress)
 }

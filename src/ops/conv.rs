@@ -271,14 +271,23 @@ impl Conv3x3 {
         (u, u + wp, part)
     }
 
-    /// `(k, columns)` a block of the tensor-core wgrad owns: 64 x 256 for K <= 64, where 128
-    /// rows would be half idle (64 x 128 when also 9 Cp <= 128, the padded first layer), else
-    /// 128 x 128.
-    pub fn wgrad_tile(&self) -> (usize, usize) {
+    /// `(k, columns)` a block of the tensor-core wgrad owns, and its kernel: 64 x 256 for
+    /// K <= 64, where 128 rows would be half idle (64 x 128 when also 9 Cp <= 128, the padded
+    /// first layer), else 128 x 128.
+    fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
         match (self.problem.k <= 64, 9 * self.cp <= 128) {
-            (true, true) => (64, 128),
-            (true, false) => (64, 256),
-            _ => (128, 128),
+            (true, true) => (64, 128, &IGEMM_WGRAD_M64N128),
+            (true, false) => (64, 256, &IGEMM_WGRAD_M64),
+            _ => (128, 128, &IGEMM_WGRAD_M128),
+        }
+    }
+
+    /// The kernel [`Conv3x3::wgrad`] runs before its reduction (reports and selftest rows).
+    pub fn wgrad_kernel_name(&self) -> &'static str {
+        if self.tc(ConvPass::Wgrad) {
+            self.wgrad_tile().2.name
+        } else {
+            DIRECT_WGRAD.name
         }
     }
 
@@ -287,7 +296,7 @@ impl Conv3x3 {
         let p = &self.problem;
         let pixels = p.n * p.h * p.w;
         let want = if self.tc(ConvPass::Wgrad) {
-            let (m, n) = self.wgrad_tile();
+            let (m, n, _) = self.wgrad_tile();
             let base = (9 * self.cp).div_ceil(n) * p.k.div_ceil(m);
             WG_TARGET_BLOCKS.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
         } else {
@@ -353,13 +362,10 @@ impl Conv3x3 {
             return Ok(());
         }
         // Only fprop gets here padded (a padded dgrad runs Direct): w -> [K,3,3,Cp] after U.
-        let src = if self.padded(pass) {
-            let wp = KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64);
-            self.pad_channels(&dev, w.arg(), wp, p.k * 9)?;
-            wp
-        } else {
-            w.arg()
-        };
+        let src = self.tc_w(w, ws);
+        if self.padded(pass) {
+            self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
+        }
         if self.algo(pass) != ConvAlgo::Winograd2x2 {
             return Ok(()); // the implicit GEMM reads the (padded) filters as they are
         }
@@ -385,6 +391,16 @@ impl Conv3x3 {
         // src of rows*C halves (a checked tensor) and a 16-byte-aligned dst of rows*Cp halves inside
         // a workspace that check_ws has found at least workspace_bytes long.
         unsafe { dev.launch(&PAD_CHANNELS, cfg, &args) }
+    }
+
+    /// The filters as the tensor-core fprop reads them: w itself, or, in a channel-padded
+    /// problem, its padded copy in `ws` (written by [`Conv3x3::prepare_filter`]).
+    fn tc_w(&self, w: &Tensor<f16>, ws: &Tensor<u8>) -> KArg {
+        if self.padded(ConvPass::Fprop) {
+            KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64)
+        } else {
+            w.arg()
+        }
     }
 
     /// x as the tensor-core kernel of `pass` (fprop, wgrad) reads it: x itself, or, in a
@@ -446,11 +462,7 @@ impl Conv3x3 {
         let dims = self.dims(self.pass_c(ConvPass::Fprop))?;
         if self.algo(ConvPass::Fprop) == ConvAlgo::ImplicitGemm {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
-            let wa = if self.padded(ConvPass::Fprop) {
-                KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64)
-            } else {
-                w.arg()
-            };
+            let wa = self.tc_w(w, ws);
             let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
             let smem = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
             let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: smem };
@@ -559,17 +571,12 @@ impl Conv3x3 {
         let nw = p.filter_len() + p.k;
         if self.tc(ConvPass::Wgrad) {
             let xa = self.tc_x(&dev, ConvPass::Wgrad, x, ws)?;
-            let (m, n) = self.wgrad_tile();
+            let (m, n, kernel) = self.wgrad_tile();
             let grid = ((9 * self.cp).div_ceil(n), p.k.div_ceil(m), chunks);
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
                 shared_bytes: (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
-            };
-            let kernel = match (m, n) {
-                (64, 128) => &IGEMM_WGRAD_M64N128,
-                (64, _) => &IGEMM_WGRAD_M64,
-                _ => &IGEMM_WGRAD_M128,
             };
             let args = [
                 xa,

@@ -196,19 +196,12 @@ fn fprop_dgrad(
 }
 
 /// wgrad (dw and db) of `algo` on every problem where wgrad resolves to `family`.
-fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<Vec<CheckRow>> {
+fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
-        // The tensor-core wgrad has 64-row variants for K <= 64 (src/ops/conv.rs).
-        let name = match (name, conv.wgrad_tile()) {
-            ("igemm3x3_wgrad", (64, 128)) => "igemm3x3_wgrad_m64n128_f16",
-            ("igemm3x3_wgrad", (64, _)) => "igemm3x3_wgrad_m64_f16",
-            ("igemm3x3_wgrad", _) => "igemm3x3_wgrad_m128_f16",
-            (other, _) => other,
-        };
-        let name = kname(&conv, ConvPass::Wgrad, name);
+        let name = kname(&conv, ConvPass::Wgrad, conv.wgrad_kernel_name());
         let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
         for &kind in kinds.iter() {
             let d = data(&p, kind, 200 + i as u64);
@@ -231,7 +224,7 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, name: &str) -> Result<V
 pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
     let d = ConvAlgo::Direct;
     let mut rows = fprop_dgrad(dev, d, d, WinoTiling::Auto, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
-    rows.extend(wgrad(dev, d, d, "direct3x3_wgrad_f32")?);
+    rows.extend(wgrad(dev, d, d)?);
     Ok(rows)
 }
 
@@ -254,5 +247,5 @@ pub fn igemm_fprop(dev: &Device) -> Result<Vec<CheckRow>> {
 
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
 pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
-    wgrad(dev, ConvAlgo::Auto, ConvAlgo::ImplicitGemm, "igemm3x3_wgrad")
+    wgrad(dev, ConvAlgo::Auto, ConvAlgo::ImplicitGemm)
 }
