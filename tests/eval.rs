@@ -11,6 +11,9 @@ use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::{Device, Tensor};
 
+mod common;
+use common::emu_eval_args as eval_args;
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vgg-eval-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -48,19 +51,6 @@ fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
 
 fn predict_args(weights: Vec<PathBuf>, images: Vec<PathBuf>) -> PredictArgs {
     PredictArgs { weights, images, top: 3, json: false, device: "emu".into(), labels: None, scale: None, model: None }
-}
-
-fn eval_args(weights: Vec<PathBuf>, data: &str) -> EvalArgs {
-    // Small batches and a short synthetic set keep the emu runs quick.
-    EvalArgs {
-        weights,
-        data: data.into(),
-        device: "emu".into(),
-        batch: 8,
-        synthetic_len: 8,
-        quiet: true,
-        ..EvalArgs::default()
-    }
 }
 
 #[test]

@@ -17,6 +17,8 @@ use vgg_cuda::reference as r;
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::{Device, Tensor};
 
+mod common;
+
 fn tiny(arch: Arch) -> VggConfig {
     VggConfig { dropout: 0.0, ..VggConfig::small(arch, 0.0625, 32, 16, 10) }
 }
@@ -171,17 +173,7 @@ fn save(dir: &Path, cfg: &VggConfig) -> PathBuf {
 }
 
 fn args(w: PathBuf, crops: &str, flip: bool) -> EvalArgs {
-    EvalArgs {
-        weights: vec![w],
-        data: "synthetic".into(),
-        crops: crops.into(),
-        flip,
-        device: "emu".into(),
-        batch: 8,
-        synthetic_len: 8,
-        quiet: true,
-        ..EvalArgs::default()
-    }
+    EvalArgs { crops: crops.into(), flip, ..common::emu_eval_args(vec![w], "synthetic") }
 }
 
 #[test]

@@ -50,3 +50,17 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `vgg eval` arguments for the emu device with small batches and a short synthetic set, so
+/// that the runs stay quick; tests state only what they change.
+pub fn emu_eval_args(weights: Vec<PathBuf>, data: &str) -> vgg_cuda::eval::EvalArgs {
+    vgg_cuda::eval::EvalArgs {
+        weights,
+        data: data.into(),
+        device: "emu".into(),
+        batch: 8,
+        synthetic_len: 8,
+        quiet: true,
+        ..Default::default()
+    }
+}
