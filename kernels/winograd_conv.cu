@@ -35,13 +35,10 @@
 // Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB,
 // 176 KB; region: 4 raw windows x 16 KB, 2 of V x 32 KB, 3 of U: 177 KB. One block per SM (the
 // 128 accumulators allow no second one anyway).
-// Shared rows are 16 halves (two 16-byte chunks); the chunk index is XORed with bit 2 of the
-// row, so the 8 rows an ldmatrix matrix reads (and a warp's transform accesses) hit 32
-// distinct banks without padding.
+// Shared rows are 16 halves (two 16-byte chunks), swizzled (wino_swz in winograd_common.cuh).
 // Known costs to attack next: every block re-reads its 32 channels' U from L2 (16 KB a step,
 // now the larger share of the traffic under region tiling).
-#include "common.cuh"
-#include "ptx.cuh"
+#include "winograd_common.cuh"
 
 namespace w2 {
 constexpr int kTiles = 64;                  // output tiles per block (GEMM M)
@@ -60,9 +57,6 @@ constexpr int kFlatSmem = (kXBufs * kXStage + kUBufs * kUStage) * 2;
 constexpr int kRegionSmem = (4 * kRStage + 2 * kXStage + kUBufs * kUStage) * 2;
 static_assert(16 * kTiles * kMRow * 4 <= kFlatSmem, "epilogue fits");
 }  // namespace w2
-
-// Offset in halves of 16-byte chunk `chunk` (0, 1) of 16-half row `row`, swizzled.
-__device__ __forceinline__ int wino_swz(int row, int chunk) { return row * 16 + (((chunk ^ (row >> 2)) & 1) << 3); }
 
 // V = B^T d B for one channel, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 __device__ __forceinline__ void wino2x2_input_transform(float d[4][4]) {
@@ -124,7 +118,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                                              int relu, int rw) {
     using namespace w2;
     VGG_DYN_SHARED(__half, smem);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Channel blocks vary fastest: the blocks sharing a set of tiles run together and find its
     // patches in L2.
     const int kblocks = (cout + kOut - 1) / kOut;
@@ -254,40 +248,15 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         const __half* sv = vbuf(it);
         const __half* su = subase + (it % kUBufs) * kUStage;
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-            const int xi = 2 * warp + q;
-            unsigned b[2][4];
-#pragma unroll
-            for (int p = 0; p < 2; ++p)
-                ldmatrix_x4(b[p], su + wino_swz(xi * kOut + p * 16 + (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1));
-#pragma unroll
-            for (int mb = 0; mb < 4; ++mb) {
-                unsigned a[4];
-                ldmatrix_x4(a, sv + wino_swz(xi * kTiles + mb * 16 + (lane & 15), lane >> 4));
-#pragma unroll
-                for (int p = 0; p < 2; ++p) {
-                    mma_m16n8k16_f16f32(acc[q][mb][2 * p], a, b[p], acc[q][mb][2 * p]);
-                    mma_m16n8k16_f16f32(acc[q][mb][2 * p + 1], a, b[p] + 2, acc[q][mb][2 * p + 1]);
-                }
-            }
-        }
+        for (int q = 0; q < 2; ++q) wino_point_mma<4>(acc[q], sv, (2 * warp + q) * kTiles, su, (2 * warp + q) * kOut, lane);
     }
     cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
     __syncthreads();     // every warp is done with the pipeline buffers
 
-    // M to shared memory, ms[xi][tile][channel] in fp32. Fragment: rows (tiles) g and g + 8,
-    // columns (channels) 2t, 2t + 1.
+    // M to shared memory, ms[xi][tile][channel] in fp32.
     float* ms = reinterpret_cast<float*>(smem);
 #pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-        for (int mb = 0; mb < 4; ++mb)
-#pragma unroll
-            for (int nb = 0; nb < 4; ++nb) {
-                float* r = ms + ((2 * warp + q) * kTiles + mb * 16 + g) * kMRow + nb * 8 + 2 * t;
-                *reinterpret_cast<float2*>(r) = make_float2(acc[q][mb][nb][0], acc[q][mb][nb][1]);
-                *reinterpret_cast<float2*>(r + 8 * kMRow) = make_float2(acc[q][mb][nb][2], acc[q][mb][nb][3]);
-            }
+    for (int q = 0; q < 2; ++q) wino_store_m<4>(acc[q], ms, (2 * warp + q) * kTiles, kMRow, lane);
     __syncthreads();
 
     // Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], + bias, ReLU or mask, fp16 pairs: thread -> tile
@@ -328,14 +297,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                 const int oy = oy0 + i, ox = ox0 + j;
                 if (oy >= h || ox >= w) continue;
                 const long long o = (((long long)timg * h + oy) * w + ox) * cout + kk;
-                float v0 = out[0][i][j], v1 = out[1][i][j];
-                if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
-                if (mask) {
-                    const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mask + o));
-                    if (!(mv.x > 0.f)) v0 = 0.f;
-                    if (!(mv.y > 0.f)) v1 = 0.f;
-                }
-                *reinterpret_cast<__half2*>(y + o) = __floats2half2_rn(v0, v1);
+                wino_store_pair(y, mask, o, out[0][i][j], out[1][i][j], relu);
             }
     }
 }

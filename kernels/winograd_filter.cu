@@ -1,4 +1,5 @@
-// winograd_filter.cu: the filter transform of Winograd F(2x2, 3x3), U = G g G^T per (k, c),
+// winograd_filter.cu: the filter transforms of Winograd F(2x2, 3x3) and F(4x4, 3x3) (the latter
+// at the end of the file), U = G g G^T per (k, c); for F(2x2)
 //   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
 // written as fp16 in the layout the main loop (winograd_conv.cu) reads: U[xi][out][in] with
 // xi = 4i + j the transform point, `in` (the GEMM reduction) contiguous, so a block's 16-byte
@@ -11,7 +12,7 @@
 // from fp32; with small integer filters the values are exact multiples of 1/4.
 // One thread per (k, c), consecutive threads along c: the KRSC reads are contiguous. The
 // kernel is tiny next to the convolution (K*C*9 reads, K*C*16 writes) and runs once per step.
-#include "common.cuh"
+#include "winograd_common.cuh"
 
 extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __half* __restrict__ u, int k, int c,
                                               int dgrad) {
@@ -19,13 +20,7 @@ extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __h
     if (i >= (long long)k * c) return;
     const int ci = (int)(i % c), ko = (int)(i / c);
     float g[3][3];
-#pragma unroll
-    for (int r = 0; r < 3; ++r)
-#pragma unroll
-        for (int s = 0; s < 3; ++s) {
-            const int rr = dgrad ? 2 - r : r, ss = dgrad ? 2 - s : s;
-            g[r][s] = __half2float(wt[((long long)(ko * 3 + rr) * 3 + ss) * c + ci]);
-        }
+    wino_filter_taps(wt, ko, ci, c, dgrad, g);
     // t = G g (4 x 3), then U = t G^T (4 x 4).
     float t[4][3];
 #pragma unroll
@@ -42,5 +37,45 @@ extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __h
                             t[a][2]};
 #pragma unroll
         for (int b = 0; b < 4; ++b) u[((long long)(a * 4 + b) * n_out + out) * n_in + in] = __float2half(v[b]);
+    }
+}
+
+// The filter transform of Winograd F(4x4, 3x3) (points 0, 1, -1, 1/2, -2, infinity; see
+// winograd4_conv.cu), U = G g G^T with G's rows [1, a, a^2] (and [0, 0, 1]): the Toom-Cook
+// factors 1/f_j live in the main loop's A^T instead, so U of small integer filters is exact
+// (multiples of 1/16, |U| <= 49 max|g|). Layout U[xi = 6i + j][out][in], as for F(2x2);
+// the dgrad variant likewise rotates and swaps K and C.
+extern "C" __global__ void wino4x4_filter_f16(const __half* __restrict__ wt, __half* __restrict__ u, int k, int c,
+                                              int dgrad) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)k * c) return;
+    const int ci = (int)(i % c), ko = (int)(i / c);
+    float g[3][3];
+    wino_filter_taps(wt, ko, ci, c, dgrad, g);
+    // Row j of G applied to a 3-vector v: v0 + a v1 + a^2 v2, a = 0, 1, -1, 1/2, -2; then v2.
+    auto gv = [](const float v[3], float o[6]) {
+        o[0] = v[0];
+        o[1] = v[0] + v[1] + v[2];
+        o[2] = v[0] - v[1] + v[2];
+        o[3] = v[0] + 0.5f * v[1] + 0.25f * v[2];
+        o[4] = v[0] - 2.f * v[1] + 4.f * v[2];
+        o[5] = v[2];
+    };
+    float t[6][3];  // t = G g
+#pragma unroll
+    for (int s = 0; s < 3; ++s) {
+        const float col[3] = {g[0][s], g[1][s], g[2][s]};
+        float o[6];
+        gv(col, o);
+#pragma unroll
+        for (int a = 0; a < 6; ++a) t[a][s] = o[a];
+    }
+    const int out = dgrad ? ci : ko, in = dgrad ? ko : ci, n_out = dgrad ? c : k, n_in = dgrad ? k : c;
+#pragma unroll
+    for (int a = 0; a < 6; ++a) {
+        float v[6];
+        gv(t[a], v);
+#pragma unroll
+        for (int b = 0; b < 6; ++b) u[((long long)(a * 6 + b) * n_out + out) * n_in + in] = __float2half(v[b]);
     }
 }

@@ -49,6 +49,13 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
   step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
 fi
+# Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
+# conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
+if "$VGG" bench conv --help 2>/dev/null | grep -q winograd4x4; then
+  step bench-conv-f4 90 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo winograd4x4 --json "$RAW/bench-conv-f4.json"
+fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi

@@ -23,6 +23,10 @@ fn winograd2x2_matches_reference() {
     assert_check_passes("conv_wino2x2");
 }
 #[test]
+fn winograd4x4_matches_reference() {
+    assert_check_passes("conv_wino4x4");
+}
+#[test]
 fn tensor_core_wgrad_matches_reference() {
     assert_check_passes("conv_wgrad");
 }
@@ -95,6 +99,9 @@ fn two_schedules_bit_identical() {
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Auto),
         (ConvProblem::new(1, 30, 33, 3, 64), ConvAlgo::Winograd2x2),
         (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd2x2),
+        (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Winograd4x4),
+        (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd4x4),
+        (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd4x4),
     ]
     .map(|(p, a)| (p, a, WinoTiling::Auto));
     for (p, algo, tiling) in cases.into_iter().chain([
@@ -142,7 +149,8 @@ fn integer_data_is_exact_in_every_algorithm() {
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
         let dev = Device::emu();
         let igemm = if p.c <= 8 { Some(ConvAlgo::ImplicitGemm) } else { None };
-        let algos = [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Auto].into_iter().chain(igemm);
+        let algos =
+            [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Winograd4x4, ConvAlgo::Auto].into_iter().chain(igemm);
         let tilings = [WinoTiling::Flat, WinoTiling::Region];
         for algo in algos.flat_map(|a| tilings.map(|t| (a, t))) {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
@@ -169,7 +177,7 @@ fn shape_errors() {
     // under Auto.
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 12), ConvAlgo::Auto), "K = 12");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
-    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 8), ConvAlgo::Winograd4x4), "not implemented");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd4x4), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
     // The first layer under Auto: fprop and wgrad implicit GEMMs on C padded to 8, dgrad
     // Direct; under Winograd2x2 fprop padded Winograd. C = 12 under Auto: only wgrad padded.
@@ -189,6 +197,14 @@ fn shape_errors() {
     let wino = Conv3x3::new(p3, ConvAlgo::Winograd2x2).unwrap();
     assert_eq!(algos(&wino), [(w, true), (d, false), (g, true)]);
     assert_eq!(wino.workspace_bytes(ConvPass::Dgrad), 0);
+    // F(4x4): as F(2x2), with 36 transform points of filters in the workspace.
+    let w4 = ConvAlgo::Winograd4x4;
+    let wino4 = Conv3x3::new(p3, w4).unwrap();
+    assert_eq!(algos(&wino4), [(w4, true), (d, false), (g, true)]);
+    let c16 = Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 24), w4).unwrap();
+    assert_eq!(algos(&c16), [(w4, false), (w4, false), (g, false)]);
+    assert_eq!(c16.workspace_bytes(ConvPass::Fprop), 36 * 24 * 16 * 2);
+    assert_eq!(c16.workspace_bytes(ConvPass::Dgrad), 36 * 24 * 16 * 2);
     let direct = Conv3x3::new(p3, ConvAlgo::Direct).unwrap();
     assert_eq!(algos(&direct), [(d, false); 3]);
     // A padded pass checks its larger workspace.

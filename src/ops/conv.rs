@@ -3,7 +3,8 @@
 //!
 //! Kernels: `kernels/conv_direct.cu` (the simple twin, any C and K, fp32 accumulation),
 //! `kernels/winograd_filter.cu` + `kernels/winograd_conv.cu` (Winograd F(2x2, 3x3) on tensor
-//! cores for fprop and dgrad), `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
+//! cores for fprop and dgrad), `kernels/winograd4_conv.cu` (its F(4x4, 3x3) twin, same
+//! structure, 36 transform points), `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
 //! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths),
 //! `kernels/conv_first.cu` (implicit-GEMM fprop on tensor cores for C <= 8, the first layer), and
 //! `kernels/conv_pad.cu` (zero-padding C up to a multiple of 8 in the workspace, so that a C
@@ -26,6 +27,9 @@ const IGEMM_FPROP_C8: Kernel = kern("conv_first", "igemm3x3_fprop_c8_f16");
 const WINO_FILTER: Kernel = kern("winograd_filter", "wino2x2_filter_f16");
 const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
+const WINO4_FILTER: Kernel = kern("winograd_filter", "wino4x4_filter_f16");
+const WINO4_FPROP: Kernel = kern("winograd4_conv", "wino4x4_fprop_f16");
+const WINO4_DGRAD: Kernel = kern("winograd4_conv", "wino4x4_dgrad_f16");
 const IGEMM_WGRAD_M128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128_f16");
 const IGEMM_WGRAD_M64: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64_f16");
 const IGEMM_WGRAD_M64N128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64n128_f16");
@@ -39,6 +43,12 @@ const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
 const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
+/// Winograd F(4x4) main loop: 32 output tiles of 4x4 x 32 channels a block, 384 threads, 3
+/// buffers of 36 x 32 x 16 halves each for patches / V and for U (kernels/winograd4_conv.cu).
+const WINO4_TILES: usize = 32;
+const WINO4_OUT: usize = 32;
+const WINO4_THREADS: u32 = 384;
+const WINO4_SMEM: u32 = 3 * 2 * 36 * 32 * 16 * 2;
 /// Region tiling adds a ring of 4 raw windows of up to 520 pixels x 16 channels and keeps V
 /// in a separate pair of buffers.
 const WINO_REGION_SMEM: u32 = (4 * 520 * 16 + 2 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
@@ -96,7 +106,11 @@ pub enum ConvAlgo {
     /// C (padded to a multiple of 8), fprop for C <= 8 (padded to 8); dgrad resolves to Direct.
     /// K a multiple of 8; fprop with C > 8 is an `Error::Shape`.
     ImplicitGemm,
-    /// Not implemented: [`Conv3x3::new`] returns `Error::Shape`.
+    /// Winograd F(4x4, 3x3) on tensor cores for fprop and dgrad (2.25 products an output
+    /// instead of F(2x2)'s 4, a costlier input transform, and about 4x F(2x2)'s fp16 error:
+    /// ~2e-3 relative L2, inside the 3e-3 bound); wgrad resolves to ImplicitGemm. Shapes as for
+    /// Winograd2x2. Flat tiling only (`WinoTiling` is ignored). Auto does not pick it: which of
+    /// the two is faster per layer waits on an H200 measurement (`vgg bench conv --algo`).
     Winograd4x4,
 }
 
@@ -155,8 +169,8 @@ pub enum ConvPass {
 #[derive(Clone, Copy, Debug)]
 pub struct Conv3x3 {
     problem: ConvProblem,
-    /// Resolved per pass (fprop, dgrad, wgrad): Direct, Winograd2x2 (fprop, dgrad) or
-    /// ImplicitGemm (fprop, wgrad).
+    /// Resolved per pass (fprop, dgrad, wgrad): Direct, Winograd2x2 or Winograd4x4 (fprop,
+    /// dgrad) or ImplicitGemm (fprop, wgrad).
     algos: [ConvAlgo; 3],
     /// Channels the tensor-core paths see: C rounded up to a multiple of 8 (C for Direct).
     cp: usize,
@@ -176,7 +190,7 @@ impl Conv3x3 {
         );
         let cp = p.c.next_multiple_of(8);
         int("conv3x3 K*9*Cp", p.k.saturating_mul(9).saturating_mul(cp))?;
-        let (d, w, g) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm);
+        let (d, w, g, w4) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm, ConvAlgo::Winograd4x4);
         let k_err = || {
             Error::Shape(format!(
                 "conv3x3 {p}: {algo:?} needs K a multiple of 8 (K = {}, C = {}); Direct takes any shape",
@@ -186,7 +200,6 @@ impl Conv3x3 {
         let padded = cp != p.c;
         let algos = match algo {
             ConvAlgo::Direct => [d; 3],
-            ConvAlgo::Winograd4x4 => return Err(Error::Shape(format!("conv3x3 {p}: Winograd4x4 is not implemented"))),
             ConvAlgo::Auto if !p.k.is_multiple_of(8) && p.c < 8 => [d; 3],
             _ if !p.k.is_multiple_of(8) => return Err(k_err()),
             ConvAlgo::ImplicitGemm if p.c > 8 => {
@@ -197,6 +210,7 @@ impl Conv3x3 {
             }
             ConvAlgo::ImplicitGemm => [g, d, g],
             ConvAlgo::Winograd2x2 => [w, if padded { d } else { w }, g],
+            ConvAlgo::Winograd4x4 => [w4, if padded { d } else { w4 }, g],
             ConvAlgo::Auto if p.c < 8 => [g, d, g],
             ConvAlgo::Auto if padded => [d, d, g],
             ConvAlgo::Auto => [w, w, g],
@@ -215,7 +229,7 @@ impl Conv3x3 {
         self
     }
 
-    /// The region width (in tiles) the Winograd passes use, or 0 for flat tiling.
+    /// The region width (in tiles) the Winograd F(2x2) passes use, or 0 for flat tiling.
     pub fn wino_region_width(&self) -> usize {
         let p = &self.problem;
         let (th, tw) = (p.h.div_ceil(2), p.w.div_ceil(2));
@@ -236,8 +250,8 @@ impl Conv3x3 {
         }
     }
 
-    /// The algorithm `pass` runs: `Direct`, `Winograd2x2` (fprop, dgrad) or `ImplicitGemm`
-    /// (fprop with C <= 8, wgrad). With C not a multiple of 8 the tensor-core passes run on C
+    /// The algorithm `pass` runs: `Direct`, `Winograd2x2` or `Winograd4x4` (fprop, dgrad), or
+    /// `ImplicitGemm` (fprop with C <= 8, wgrad). With C not a multiple of 8 the tensor-core passes run on C
     /// padded to a multiple of 8 and dgrad runs Direct (see [`ConvAlgo`]).
     pub fn algo(&self, pass: ConvPass) -> ConvAlgo {
         self.algos[pass as usize]
@@ -261,11 +275,21 @@ impl Conv3x3 {
         }
     }
 
+    /// Transform points of `pass`'s Winograd algorithm (16 for F(2x2), 36 for F(4x4)), or None.
+    fn wino_points(&self, pass: ConvPass) -> Option<usize> {
+        match self.algo(pass) {
+            ConvAlgo::Winograd2x2 => Some(16),
+            ConvAlgo::Winograd4x4 => Some(36),
+            _ => None,
+        }
+    }
+
     /// Byte offsets in the workspace of a padded problem: (fprop: padded filters after U,
     /// fprop: padded x after them, wgrad: padded x after the partial sums).
     fn pad_offsets(&self) -> (usize, usize, usize) {
         let p = &self.problem;
-        let u = (16 * p.k * self.cp * 2).next_multiple_of(WS_ALIGN);
+        let points = self.wino_points(ConvPass::Fprop).unwrap_or(0);
+        let u = (points * p.k * self.cp * 2).next_multiple_of(WS_ALIGN);
         let wp = (p.k * 9 * self.cp * 2).next_multiple_of(WS_ALIGN);
         let part = (self.wgrad_split().0 * (p.k * 9 * self.cp + p.k) * 4).next_multiple_of(WS_ALIGN);
         (u, u + wp, part)
@@ -310,7 +334,7 @@ impl Conv3x3 {
     }
 
     /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
-    /// (16 x K x C fp16); wgrad keeps one fp32 partial dw and db per pixel chunk. Direct fprop and
+    /// (16 x K x C fp16 for F(2x2), 36 x K x C for F(4x4)); wgrad keeps one fp32 partial dw and db per pixel chunk. Direct fprop and
     /// dgrad need none. A channel-padded problem (C not a multiple of 8) also keeps, for fprop,
     /// the padded filters (K x 9 x Cp fp16) and x (N x H x W x Cp fp16) after the Cp-channel U,
     /// and for wgrad the padded x after the Cp-channel partial sums; its dgrad (Direct) needs none.
@@ -320,8 +344,7 @@ impl Conv3x3 {
         match pass {
             ConvPass::Fprop if self.padded(pass) => self.pad_offsets().1 + xp,
             ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
-            ConvPass::Fprop | ConvPass::Dgrad if self.algo(pass) == ConvAlgo::Winograd2x2 => 16 * p.k * p.c * 2,
-            ConvPass::Fprop | ConvPass::Dgrad => 0,
+            ConvPass::Fprop | ConvPass::Dgrad => self.wino_points(pass).map_or(0, |pts| pts * p.k * p.c * 2),
             ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
         }
     }
@@ -366,9 +389,10 @@ impl Conv3x3 {
         if self.padded(pass) {
             self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
         }
-        if self.algo(pass) != ConvAlgo::Winograd2x2 {
+        let Some(points) = self.wino_points(pass) else {
             return Ok(()); // the implicit GEMM reads the (padded) filters as they are
-        }
+        };
+        let kernel = if points == 36 { &WINO4_FILTER } else { &WINO_FILTER };
         let cfg = LaunchConfig::for_elements(p.k * self.pass_c(pass), ELEMENTWISE_THREADS)?;
         let args = [
             src,
@@ -378,8 +402,9 @@ impl Conv3x3 {
             KArg::I32((pass == ConvPass::Dgrad) as i32),
         ];
         // SAFETY: (const __half* w, __half* u, int k, int c, int dgrad): src holds K*9*Cp halves
-        // (w itself, or its padded copy in ws), ws at least 16*K*Cp halves before it (checked above).
-        unsafe { dev.launch(&WINO_FILTER, cfg, &args) }
+        // (w itself, or its padded copy in ws), ws at least points*K*Cp halves before it (checked
+        // above; pad_offsets puts the padded copy after them).
+        unsafe { dev.launch(kernel, cfg, &args) }
     }
 
     /// `dst[row][j] = src[row][j]` for `j < C`, 0 for `C <= j < Cp`, over `rows` rows.
@@ -472,6 +497,14 @@ impl Conv3x3 {
             // else their padded copies in ws, written by tc_x / prepare_filter), y and bias (K or
             // null) checked above.
             unsafe { dev.launch(&IGEMM_FPROP_C8, cfg, &args) }
+        } else if self.algo(ConvPass::Fprop) == ConvAlgo::Winograd4x4 {
+            let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
+            let cfg = self.wino4_config(p.k)?;
+            let args = [xa, ws.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
+            // SAFETY: (const __half* x, const __half* u, const __half* bias, __half* y, int n, int h,
+            // int w, int c, int k, int relu): c = Cp; x is N*H*W*Cp halves (x itself, or its padded
+            // copy in ws), u = 36*K*Cp halves at the start of ws, y and bias (K or null) checked above.
+            unsafe { dev.launch(&WINO4_FPROP, cfg, &args) }
         } else if self.tc(ConvPass::Fprop) {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
             let (cfg, rw) = self.wino_config(p.k)?;
@@ -528,7 +561,14 @@ impl Conv3x3 {
             None => KArg::Ptr(0),
         };
         let dims = self.dims(p.c)?;
-        if self.tc(ConvPass::Dgrad) {
+        if self.algo(ConvPass::Dgrad) == ConvAlgo::Winograd4x4 {
+            let cfg = self.wino4_config(p.c)?;
+            let args = [dy.arg(), ws.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
+            // SAFETY: (const __half* dy, const __half* u, const __half* mask, __half* dx, int n,
+            // int h, int w, int c, int k): sizes checked above; u = 36*C*K halves in ws, mask
+            // N*H*W*C halves or null.
+            unsafe { dev.launch(&WINO4_DGRAD, cfg, &args) }
+        } else if self.tc(ConvPass::Dgrad) {
             let (cfg, rw) = self.wino_config(p.c)?;
             let args = [dy.arg(), ws.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], rw];
             // SAFETY: (const __half* dy, const __half* u, const __half* mask, __half* dx, int n,
@@ -647,6 +687,15 @@ impl Conv3x3 {
         let blocks = tile_blocks * cout.div_ceil(WINO_OUT);
         let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: smem };
         Ok((cfg, KArg::I32(rw as i32)))
+    }
+
+    /// Grid of the Winograd F(4x4) main loop with `cout` output channels (channel blocks
+    /// fastest, as for F(2x2)); flat tiles of 4x4 outputs.
+    fn wino4_config(&self, cout: usize) -> Result<LaunchConfig> {
+        let p = &self.problem;
+        let tiles = p.n * p.h.div_ceil(4) * p.w.div_ceil(4);
+        let blocks = tiles.div_ceil(WINO4_TILES) * cout.div_ceil(WINO4_OUT);
+        Ok(LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO4_THREADS, 1, 1), shared_bytes: WINO4_SMEM })
     }
 }
 

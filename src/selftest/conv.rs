@@ -3,7 +3,7 @@
 //! list: the edge cases, then VGG-16 reduced for the emulator (`problem::conv_problems`), then
 //! one 48x48 image whose wgrad reduction splits into several pixel chunks, and C not a multiple
 //! of 8 (5, 12, and 3 with several wgrad chunks) beside the list's C = 3 rows.
-//! The Winograd check runs `ConvAlgo::Winograd2x2`, whose fprop takes C not a multiple of 8 by
+//! The Winograd checks run `ConvAlgo::Winograd2x2` and `Winograd4x4`, whose fprop takes C not a multiple of 8 by
 //! zero-padding it to one (`pad_channels_f16 + ...` rows; dgrad of such C is Direct's); the
 //! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad; the
 //! first-layer check runs `ConvAlgo::ImplicitGemm` fprop on every problem with C <= 8.
@@ -236,6 +236,12 @@ pub fn wino2x2(dev: &Device) -> Result<Vec<CheckRow>> {
     let mut rows = fprop_dgrad(dev, w, w, WinoTiling::Flat, names)?;
     rows.extend(fprop_dgrad(dev, w, w, WinoTiling::Region, names)?);
     Ok(rows)
+}
+
+/// Winograd F(4x4, 3x3) fprop and dgrad, on the same problems as F(2x2) (flat tiles only).
+pub fn wino4x4(dev: &Device) -> Result<Vec<CheckRow>> {
+    let w = ConvAlgo::Winograd4x4;
+    fprop_dgrad(dev, w, w, WinoTiling::Auto, ["wino4x4_fprop_f16", "wino4x4_dgrad_f16"])
 }
 
 /// The tensor-core implicit-GEMM fprop of layers with C <= 8 (C = 8 read as is, smaller C

@@ -85,6 +85,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "gemm_determinism", run: gemm::determinism },
     Check { name: "conv_direct", run: conv::direct },
     Check { name: "conv_wino2x2", run: conv::wino2x2 },
+    Check { name: "conv_wino4x4", run: conv::wino4x4 },
     Check { name: "conv_wgrad", run: conv::wgrad_tc },
     Check { name: "conv_igemm_fprop", run: conv::igemm_fprop },
     Check { name: "softmax_xent", run: softmax::softmax_xent },

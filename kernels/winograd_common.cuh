@@ -1,0 +1,74 @@
+// winograd_common.cuh: what the Winograd F(2x2) and F(4x4) main loops (winograd_conv.cu,
+// winograd4_conv.cu) share: the swizzled shared-memory rows, one transform point's GEMM step
+// over a block of 32 output channels, M's trip through shared memory, and the epilogue's store.
+#pragma once
+#include "common.cuh"
+#include "ptx.cuh"
+
+// Offset in halves of 16-byte chunk `chunk` (0, 1) of 16-half row `row`: the chunk index is
+// XORed with bit 2 of the row, so the 8 rows an ldmatrix matrix reads (and a warp's transform
+// accesses) hit 32 distinct banks without padding. Adding a multiple of 8 rows keeps the bit.
+__device__ __forceinline__ int wino_swz(int row, int chunk) { return row * 16 + (((chunk ^ (row >> 2)) & 1) << 3); }
+
+// acc (kMb 16-tile blocks x 4 8-channel blocks of m16n8 fragments) += V (kMb * 16 tiles x 16 c,
+// rows v_row0.. of sv) U^T (32 out x 16 c, rows u_row0.. of su), both swizzled in shared memory.
+// Per 16 channels: 2 ldmatrix.x4 of U and kMb of V feed 8 kMb mma's.
+template <int kMb>
+__device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __half* sv, int v_row0,
+                                               const __half* su, int u_row0, int lane) {
+    unsigned b[2][4];
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+        ldmatrix_x4(b[p], su + wino_swz(u_row0 + p * 16 + (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1));
+#pragma unroll
+    for (int mb = 0; mb < kMb; ++mb) {
+        unsigned a[4];
+        ldmatrix_x4(a, sv + wino_swz(v_row0 + mb * 16 + (lane & 15), lane >> 4));
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            mma_m16n8k16_f16f32(acc[mb][2 * p], a, b[p], acc[mb][2 * p]);
+            mma_m16n8k16_f16f32(acc[mb][2 * p + 1], a, b[p] + 2, acc[mb][2 * p + 1]);
+        }
+    }
+}
+
+// One point's fragments to ms[row0 + tile][channel] (fp32 rows of `mrow` floats). Fragment:
+// rows (tiles) g and g + 8, columns (channels) 2t, 2t + 1.
+template <int kMb>
+__device__ __forceinline__ void wino_store_m(const float (&acc)[kMb][4][4], float* ms, int row0, int mrow, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mb = 0; mb < kMb; ++mb)
+#pragma unroll
+        for (int nb = 0; nb < 4; ++nb) {
+            float* r = ms + (row0 + mb * 16 + g) * mrow + nb * 8 + 2 * t;
+            *reinterpret_cast<float2*>(r) = make_float2(acc[mb][nb][0], acc[mb][nb][1]);
+            *reinterpret_cast<float2*>(r + 8 * mrow) = make_float2(acc[mb][nb][2], acc[mb][nb][3]);
+        }
+}
+
+// Output channels o, o + 1 of one pixel: ReLU (fprop) or zeroed where the mask is not > 0
+// (dgrad), stored as an fp16 pair.
+__device__ __forceinline__ void wino_store_pair(__half* __restrict__ y, const __half* __restrict__ mask, long long o,
+                                                float v0, float v1, int relu) {
+    if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+    if (mask) {
+        const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mask + o));
+        if (!(mv.x > 0.f)) v0 = 0.f;
+        if (!(mv.y > 0.f)) v1 = 0.f;
+    }
+    *reinterpret_cast<__half2*>(y + o) = __floats2half2_rn(v0, v1);
+}
+
+// The 3x3 filter g[r][s] of (output ko, input ci) from KRSC w with c inputs; dgrad: rotated
+// 180 degrees (the filter transforms then swap K and C in their output layout).
+__device__ __forceinline__ void wino_filter_taps(const __half* __restrict__ wt, int ko, int ci, int c, int dgrad,
+                                                 float g[3][3]) {
+#pragma unroll
+    for (int r = 0; r < 3; ++r)
+#pragma unroll
+        for (int s = 0; s < 3; ++s) {
+            const int rr = dgrad ? 2 - r : r, ss = dgrad ? 2 - s : s;
+            g[r][s] = __half2float(wt[((long long)(ko * 3 + rr) * 3 + ss) * c + ci]);
+        }
+}
