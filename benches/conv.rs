@@ -1,4 +1,5 @@
-//! Criterion bench of the 3x3 convolutions, fprop / dgrad / wgrad on a few VGG-16 layers:
+//! Criterion bench of the 3x3 convolutions, fprop / dgrad / wgrad on a few VGG-16 layers (fprop
+//! and dgrad also under Winograd F(4x4)):
 //! on the GPU when one is usable (batch 16), else on the emulator at tiny sizes (layers shrunk
 //! 16x, at most 32 channels, batch 1). Wall-clock per call including a device synchronise;
 //! `vgg bench conv` is the measurement to quote (device events, cuDNN beside it).
@@ -48,33 +49,39 @@ fn conv(c: &mut Criterion) {
     let (dev, layers) = device_and_layers();
     let mut g = c.benchmark_group(format!("conv3x3/{}", if dev.is_emu() { "emu" } else { "cuda" }));
     for l in &layers {
-        let setup = Conv3x3::new(l.problem, ConvAlgo::Auto).and_then(|conv| Ok((conv, buffers(&dev, &conv)?)));
-        let (conv, mut b) = match setup {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("skipping {} ({}): {e}", l.name, l.problem);
-                continue;
+        for algo in [ConvAlgo::Auto, ConvAlgo::Winograd4x4] {
+            let setup = Conv3x3::new(l.problem, algo).and_then(|conv| Ok((conv, buffers(&dev, &conv)?)));
+            let (conv, mut b) = match setup {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("skipping {} ({}, {algo:?}): {e}", l.name, l.problem);
+                    continue;
+                }
+            };
+            let tag = if algo == ConvAlgo::Auto { "" } else { "/winograd4x4" };
+            let id = |pass: &str| BenchmarkId::new(format!("{pass}{tag}"), format!("{} {}", l.name, l.problem));
+            g.bench_function(id("fprop"), |bench| {
+                bench.iter(|| {
+                    conv.fprop(&b.x, &b.w, None, Epilogue::None, &mut b.y, &mut b.ws).unwrap();
+                    dev.synchronize().unwrap();
+                })
+            });
+            g.bench_function(id("dgrad"), |bench| {
+                bench.iter(|| {
+                    conv.dgrad(&b.dy, &b.w, None, &mut b.dx, &mut b.ws).unwrap();
+                    dev.synchronize().unwrap();
+                })
+            });
+            if algo != ConvAlgo::Auto {
+                continue; // wgrad is the same implicit GEMM under both
             }
-        };
-        let id = |pass: &str| BenchmarkId::new(pass, format!("{} {}", l.name, l.problem));
-        g.bench_function(id("fprop"), |bench| {
-            bench.iter(|| {
-                conv.fprop(&b.x, &b.w, None, Epilogue::None, &mut b.y, &mut b.ws).unwrap();
-                dev.synchronize().unwrap();
-            })
-        });
-        g.bench_function(id("dgrad"), |bench| {
-            bench.iter(|| {
-                conv.dgrad(&b.dy, &b.w, None, &mut b.dx, &mut b.ws).unwrap();
-                dev.synchronize().unwrap();
-            })
-        });
-        g.bench_function(id("wgrad"), |bench| {
-            bench.iter(|| {
-                conv.wgrad(&b.x, &b.dy, &mut b.dw, None, &mut b.ws).unwrap();
-                dev.synchronize().unwrap();
-            })
-        });
+            g.bench_function(id("wgrad"), |bench| {
+                bench.iter(|| {
+                    conv.wgrad(&b.x, &b.dy, &mut b.dw, None, &mut b.ws).unwrap();
+                    dev.synchronize().unwrap();
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -65,6 +65,11 @@ fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
 fi
+# The same steps with each layer's Winograd variants timed first and the fastest kept.
+if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
+  step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
+    --json "$RAW/bench-train-tune.json"
+fi
 # The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
 # lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
 step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"

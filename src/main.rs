@@ -129,6 +129,10 @@ struct BenchTrainArgs {
     /// Untimed warm-up steps [default: 5 on a GPU, 1 on emu].
     #[arg(long)]
     warmup: Option<usize>,
+    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, or tune (time each layer's Winograd
+    /// variants on the device first, untimed, and keep the fastest).
+    #[arg(long, default_value = "auto")]
+    conv_algo: String,
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -538,8 +542,14 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     if a.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
+    let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     let dev = Device::by_name(&a.device).with_context(|| format!("bench train on `{}`", a.device))?;
-    println!("bench train on {}: VGG {}, device-resident synthetic data", dev.name(), arch.name());
+    println!(
+        "bench train on {}: VGG {}, device-resident synthetic data, conv plans: {}",
+        dev.name(),
+        arch.name(),
+        a.conv_algo
+    );
     println!(
         "{:<14} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12}  loss first -> last, skipped",
         "model", "batch", "ms/step", "img/s", "TFLOP/s", "model GiB", "reserved GiB"
@@ -549,6 +559,7 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         let mut cfg = TrainBenchConfig::for_device(&dev, arch, b);
         cfg.steps = a.steps.unwrap_or(cfg.steps);
         cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
+        cfg.conv = conv;
         let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
         let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
         println!(
@@ -564,6 +575,9 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             r.last_loss,
             r.skipped_steps
         );
+        if conv != vgg_cuda::model::ConvChoice::Auto {
+            println!("  conv layers (fprop / dgrad): {}", r.conv_layers.join("; "));
+        }
         rows.push(r);
         if let Some(path) = &a.json {
             write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;

@@ -26,6 +26,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         loss_scale: 1024.0,
         seed: 5,
         device: "emu".into(),
+        conv_algo: "auto".into(),
         workers: 0,
         checkpoint_dir: Some(dir.to_path_buf()),
         checkpoint_every: Some(4),

@@ -3,7 +3,7 @@
 //! conditions of scripts/torch_baseline.py: two random batches alternated, so no data
 //! loading is timed; each step timed with device events around [`Vgg::train_step`].
 
-use crate::model::{Arch, Init, Vgg, VggConfig};
+use crate::model::{Arch, ConvChoice, Init, Vgg, VggConfig};
 use crate::{Device, Result, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -16,6 +16,8 @@ pub struct TrainBenchConfig {
     pub warmup: usize,
     pub steps: usize,
     pub lr: f32,
+    /// How the 3x3 conv layers are planned (tuning happens before the warm-up, untimed).
+    pub conv: ConvChoice,
 }
 
 impl TrainBenchConfig {
@@ -23,9 +25,16 @@ impl TrainBenchConfig {
     pub fn for_device(dev: &Device, arch: Arch, batch: Option<usize>) -> Self {
         if dev.is_emu() {
             let model = VggConfig::small(arch, 1.0 / 16.0, 32, 64, 10);
-            Self { model, batch: batch.unwrap_or(4), warmup: 1, steps: 2, lr: 1e-2 }
+            Self { model, batch: batch.unwrap_or(4), warmup: 1, steps: 2, lr: 1e-2, conv: ConvChoice::Auto }
         } else {
-            Self { model: VggConfig::paper(arch), batch: batch.unwrap_or(64), warmup: 5, steps: 20, lr: 1e-2 }
+            Self {
+                model: VggConfig::paper(arch),
+                batch: batch.unwrap_or(64),
+                warmup: 5,
+                steps: 20,
+                lr: 1e-2,
+                conv: ConvChoice::Auto,
+            }
         }
     }
 }
@@ -50,12 +59,18 @@ pub struct TrainBenchRow {
     pub first_loss: f32,
     pub last_loss: f32,
     pub skipped_steps: usize,
+    /// The conv-plan policy, and per 3x3 conv layer `fprop/dgrad` algorithms (region width
+    /// `rN` where F(2x2) runs region tiles).
+    pub conv: String,
+    pub conv_layers: Vec<String>,
 }
 
 /// Builds the model, runs `warmup` untimed and `steps` timed training steps.
 pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let free_before = dev.memory_info()?.map(|(free, _)| free);
     let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
+    let reps = if dev.is_emu() { 1 } else { 5 };
+    let conv_layers = vgg.set_conv_choice(cfg.conv, reps)?.iter().map(|c| c.summary()).collect();
     let side = cfg.model.input;
     let mut rng = StdRng::seed_from_u64(7);
     let mut sets = Vec::new();
@@ -103,5 +118,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         first_loss,
         last_loss,
         skipped_steps: skipped,
+        conv: format!("{:?}", cfg.conv).to_lowercase(),
+        conv_layers,
     })
 }

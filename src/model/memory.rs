@@ -254,8 +254,15 @@ impl Uses {
 }
 
 impl MemoryPlan {
-    /// The plan of `cfg` at `batch` images a step.
+    /// The plan of `cfg` at `batch` images a step, its 3x3 conv layers planned as
+    /// [`conv3x3`] does.
     pub fn new(cfg: &VggConfig, batch: usize, sharing: Sharing) -> Result<Self> {
+        Self::with_convs(cfg, batch, sharing, &[])
+    }
+
+    /// As [`MemoryPlan::new`], with `convs[i]` (where given) the plan of feature layer `i`, a
+    /// 3x3 conv: its workspaces follow that plan's algorithms (a tuned model's).
+    pub fn with_convs(cfg: &VggConfig, batch: usize, sharing: Sharing, convs: &[Option<Conv3x3>]) -> Result<Self> {
         cfg.validate()?;
         ensure_shape!(batch >= 1, "VGG batch must be at least 1");
         let n = batch;
@@ -289,12 +296,15 @@ impl MemoryPlan {
         let input = |i: usize| if i == 0 { Role::Input } else { Role::Act(i - 1) };
         // Workspace of a feature layer's forward phase, or of its backward phase (wgrad, and
         // dgrad but for the first layer).
-        let ws = |f: &Feature, bwd: bool, dgrad: bool| -> Result<usize> {
+        let ws = |i: usize, f: &Feature, bwd: bool, dgrad: bool| -> Result<usize> {
             let pick =
                 |fwd: usize, wgrad: usize, dg: usize| if !bwd { fwd } else { wgrad.max(if dgrad { dg } else { 0 }) };
             Ok(match f.kind {
                 FeatureKind::Conv3x3 => {
-                    let c = conv3x3(f, n)?;
+                    let c = match convs.get(i).copied().flatten() {
+                        Some(c) => c,
+                        None => conv3x3(f, n)?,
+                    };
                     let w = |p| c.workspace_bytes(p);
                     pick(w(ConvPass::Fprop), w(ConvPass::Wgrad), w(ConvPass::Dgrad))
                 }
@@ -310,7 +320,7 @@ impl MemoryPlan {
         for (i, f) in feats.iter().enumerate() {
             let writes: &[Role] =
                 if f.kind == FeatureKind::Pool { &[Role::Act(i), Role::PoolArg(i)] } else { &[Role::Act(i)] };
-            u.phase(Phase::Feature(i), &[input(i)], writes, ws(f, false, false)?);
+            u.phase(Phase::Feature(i), &[input(i)], writes, ws(i, f, false, false)?);
         }
         // What FC layer j reads (in training: dropout's output).
         let fc_in = |j: usize| match j {
@@ -356,7 +366,7 @@ impl MemoryPlan {
             if i > 0 {
                 writes.push(Role::DAct(i - 1));
             }
-            u.phase(Phase::FeatureBwd(i), &reads, &writes, ws(f, true, i > 0)?);
+            u.phase(Phase::FeatureBwd(i), &reads, &writes, ws(i, f, true, i > 0)?);
         }
 
         let end = u.timeline.len() - 1;

@@ -23,6 +23,9 @@
 //! runs SGD with momentum and weight decay on the fp32 masters, writing the fp16 copies in
 //! the same pass. The host reads back only the overflow flag and the loss status.
 
+mod conv_choice;
+pub use conv_choice::{ConvChoice, ConvLayerChoice};
+
 use super::config::{FeatureKind, VggConfig};
 use super::memory::{self, MemoryPlan, Phase, Role, Sharing};
 use super::params::{self, Init, NamedTensor, Param, State};
@@ -244,7 +247,7 @@ impl Vgg {
     /// gone: call it between steps). [`Sharing::Separate`] measures the sharing, and is the
     /// reference the lifetime tests compare against.
     pub fn relayout(&mut self, sharing: Sharing) -> Result<()> {
-        let memory = MemoryPlan::new(&self.cfg, self.batch, sharing)?;
+        let memory = MemoryPlan::with_convs(&self.cfg, self.batch, sharing, &self.conv_plans())?;
         self.buf = Buffers::new(&self.dev, &memory, self.ops.len())?;
         self.memory = memory;
         Ok(())

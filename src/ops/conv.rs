@@ -109,8 +109,11 @@ pub enum ConvAlgo {
     /// Winograd F(4x4, 3x3) on tensor cores for fprop and dgrad (2.25 products an output
     /// instead of F(2x2)'s 4, a costlier input transform, and about 4x F(2x2)'s fp16 error:
     /// ~2e-3 relative L2, inside the 3e-3 bound); wgrad resolves to ImplicitGemm. Shapes as for
-    /// Winograd2x2. Flat tiling only (`WinoTiling` is ignored). Auto does not pick it: which of
-    /// the two is faster per layer waits on an H200 measurement (`vgg bench conv --algo`).
+    /// Winograd2x2. Flat tiling only (`WinoTiling` is ignored). Less fp16 headroom: |V| reaches
+    /// 49 max|input| (F(2x2): 4), so a dgrad overflows at a ~12x smaller loss scale (dynamic loss
+    /// scaling finds the lower scale; the overflow shows as Inf and skips the step). Auto does
+    /// not pick it: which variant is faster per layer is measured, by `vgg bench conv --algo`
+    /// or at run time by [`crate::ops::conv_tune::tune`].
     Winograd4x4,
 }
 
@@ -227,6 +230,29 @@ impl Conv3x3 {
     pub fn with_wino_tiling(mut self, tiling: WinoTiling) -> Self {
         self.tiling = tiling;
         self
+    }
+
+    /// The same plan with `pass` (fprop or dgrad) running the Winograd variant `algo`
+    /// (Winograd2x2 or Winograd4x4) instead of the other: a tuner's per-pass choice. Any other
+    /// change (a pass that is not Winograd, another algorithm) is an `Error::Shape`, as
+    /// [`Conv3x3::new`] decides the rest.
+    pub fn with_pass_algo(mut self, pass: ConvPass, algo: ConvAlgo) -> Result<Self> {
+        let wino = |a: ConvAlgo| matches!(a, ConvAlgo::Winograd2x2 | ConvAlgo::Winograd4x4);
+        if pass == ConvPass::Wgrad || !wino(algo) || !wino(self.algo(pass)) {
+            return Err(Error::Shape(format!(
+                "conv3x3 {}: {pass:?} runs {:?}; only a Winograd pass can switch, and only to Winograd2x2 or \
+                 Winograd4x4 (asked: {algo:?})",
+                self.problem,
+                self.algo(pass)
+            )));
+        }
+        self.algos[pass as usize] = algo;
+        Ok(self)
+    }
+
+    /// The Winograd tiling the plan asks for (F(2x2) only; see [`Conv3x3::wino_region_width`]).
+    pub fn wino_tiling(&self) -> WinoTiling {
+        self.tiling
     }
 
     /// The region width (in tiles) the Winograd F(2x2) passes use, or 0 for flat tiling.

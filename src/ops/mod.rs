@@ -3,6 +3,7 @@
 //! have the sizes the shapes imply, and returns an error rather than panicking.
 
 pub mod conv;
+pub mod conv_tune;
 pub mod dense_gather;
 pub mod dropout;
 pub mod elementwise;

@@ -16,7 +16,7 @@ pub mod pre_init;
 use crate::data::{
     open_dir, open_dir_with_classes, Dataset, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform,
 };
-use crate::model::{Arch, Init, OptimConfig, ScalerState, Vgg, VggConfig};
+use crate::model::{Arch, ConvChoice, Init, OptimConfig, ScalerState, Vgg, VggConfig};
 use crate::{reference, Device, Tensor};
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
@@ -107,6 +107,10 @@ pub struct TrainArgs {
     /// cuda, cuda:N or emu.
     #[arg(long, default_value = "cuda")]
     pub device: String,
+    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, or tune (time each layer's Winograd
+    /// variants on the device before the first step and keep the fastest).
+    #[arg(long, default_value = "auto")]
+    pub conv_algo: String,
     /// Data loader threads (0: on the training thread).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -230,10 +234,18 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let classes = train_ds.classes().len();
     let cfg = VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, classes) };
     cfg.validate()?;
+    let conv = ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
     let optim =
         OptimConfig { momentum: a.momentum, weight_decay: a.wd, init_scale: a.loss_scale, growth_interval: 2000 };
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
+    if conv != ConvChoice::Auto {
+        let layers = vgg.set_conv_choice(conv, if dev.is_emu() { 1 } else { 5 })?;
+        if !a.quiet {
+            let list: Vec<String> = layers.iter().map(|l| l.summary()).collect();
+            eprintln!("conv plans ({}, fprop / dgrad): {}", a.conv_algo, list.join("; "));
+        }
+    }
     let s = a.input as u32;
     let train_tf =
         TrainTransform { scale: Scale::Fixed(s * 8 / 7), crop: s, flip: true, color_shift: None, color_std: 0.1 };

@@ -1,0 +1,151 @@
+//! Choosing the Winograd variant per pass: `Conv3x3::with_pass_algo`, the timing tuner
+//! (`ops::conv_tune`) and a model's conv policy (`Vgg::set_conv_choice`), on the emu device.
+
+use rand::{Rng, SeedableRng};
+use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
+use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
+use vgg_cuda::ops::conv_tune::{tune, WinoVariant};
+use vgg_cuda::problem::ConvProblem;
+use vgg_cuda::{reference as r, Device, Error, Tensor};
+
+const F2: ConvAlgo = ConvAlgo::Winograd2x2;
+const F4: ConvAlgo = ConvAlgo::Winograd4x4;
+
+#[test]
+fn with_pass_algo_switches_only_winograd_passes() {
+    let p = ConvProblem::new(1, 6, 6, 16, 24);
+    let auto = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
+    let c = auto.with_pass_algo(ConvPass::Dgrad, F4).unwrap();
+    assert_eq!([c.algo(ConvPass::Fprop), c.algo(ConvPass::Dgrad)], [F2, F4]);
+    // Workspace per pass follows that pass's variant: 16 or 36 points of K x C filters.
+    assert_eq!(c.workspace_bytes(ConvPass::Fprop), 16 * 24 * 16 * 2);
+    assert_eq!(c.workspace_bytes(ConvPass::Dgrad), 36 * 24 * 16 * 2);
+    let bad = |r: vgg_cuda::Result<Conv3x3>, needle: &str| match r {
+        Err(Error::Shape(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+        other => panic!("expected a shape error with `{needle}`, got {other:?}"),
+    };
+    bad(auto.with_pass_algo(ConvPass::Wgrad, F4), "Wgrad");
+    bad(auto.with_pass_algo(ConvPass::Fprop, ConvAlgo::Direct), "Direct");
+    // The first layer's dgrad is Direct under Auto: not a Winograd pass.
+    let first = Conv3x3::new(ConvProblem::new(1, 6, 6, 3, 16), ConvAlgo::Auto).unwrap();
+    bad(first.with_pass_algo(ConvPass::Dgrad, F4), "runs Direct");
+}
+
+#[test]
+fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
+    let dev = Device::emu();
+    let p = ConvProblem::new(2, 9, 13, 16, 24);
+    let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
+    let t = tune(&dev, base, 1).unwrap();
+    assert_eq!(t.timings.len(), 6, "3 variants x 2 passes: {:?}", t.timings);
+    assert!(t.timings.iter().all(|x| x.ms > 0.0 && x.ms.is_finite()), "{:?}", t.timings);
+    // Recompute the rule from the reported times: the least fprop + dgrad over the pairs that
+    // do not mix F(2x2) flat with F(2x2) region.
+    let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
+    let f2 = |v: WinoVariant| v != WinoVariant::F4;
+    let mut best = (f64::INFINITY, None);
+    for f in WinoVariant::ALL {
+        for d in WinoVariant::ALL {
+            if f2(f) && f2(d) && f != d {
+                continue;
+            }
+            let cost = time(ConvPass::Fprop, f) + time(ConvPass::Dgrad, d);
+            if cost < best.0 {
+                best = (cost, Some([f, d]));
+            }
+        }
+    }
+    let [f, d] = best.1.unwrap();
+    assert_eq!(t.chosen, [Some(f), Some(d)]);
+    let algo = |v: WinoVariant| if v == WinoVariant::F4 { F4 } else { F2 };
+    assert_eq!([t.conv.algo(ConvPass::Fprop), t.conv.algo(ConvPass::Dgrad)], [algo(f), algo(d)]);
+    if let Some(v) = [f, d].into_iter().find(|&v| f2(v)) {
+        let want = if v == WinoVariant::F2Flat { WinoTiling::Flat } else { WinoTiling::Region };
+        assert_eq!(t.conv.wino_tiling(), want);
+    }
+    // The tuned plan computes the convolution (within the Winograd bound).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut normal = |n: usize| -> Vec<f32> {
+        r::f32_to_f16_round(&(0..n).map(|_| rng.gen::<f32>() * 2.0 - 1.0).collect::<Vec<_>>())
+    };
+    let (xv, wv) = (normal(p.input_len()), normal(p.filter_len()));
+    let x = Tensor::from_f32(&dev, &[p.n, p.h, p.w, p.c], &xv).unwrap();
+    let w = Tensor::from_f32(&dev, &[p.k, 3, 3, p.c], &wv).unwrap();
+    let mut y = Tensor::empty(&dev, &[p.n, p.h, p.w, p.k]).unwrap();
+    y.poison().unwrap();
+    let mut ws = Tensor::<u8>::empty(&dev, &[t.conv.workspace_bytes(ConvPass::Fprop)]).unwrap();
+    t.conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws).unwrap();
+    let c = r::compare(&y.to_f32().unwrap(), &r::conv3x3_fprop(&p, &xv, &wv, None, false));
+    assert!(c.rel_l2 <= 3e-3, "tuned fprop rel L2 {:.2e}", c.rel_l2);
+}
+
+#[test]
+fn tune_leaves_a_plan_without_winograd_passes_alone() {
+    let dev = Device::emu();
+    // C = 3: fprop implicit GEMM, dgrad Direct, wgrad implicit GEMM.
+    let base = Conv3x3::new(ConvProblem::new(1, 6, 7, 3, 16), ConvAlgo::Auto).unwrap();
+    let t = tune(&dev, base, 1).unwrap();
+    assert!(t.timings.is_empty());
+    assert_eq!(t.chosen, [None, None]);
+    let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.algo(q));
+    assert_eq!(algos(&t.conv), algos(&base));
+}
+
+fn small() -> VggConfig {
+    VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.125, 32, 32, 5) }
+}
+
+/// The first training step on a fixed batch: its loss and every parameter's gradient.
+fn first_step(vgg: &mut Vgg, cfg: &VggConfig, dev: &Device) -> (f32, Vec<Vec<f32>>) {
+    let batch = vgg.batch();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let px: Vec<u8> = (0..batch * cfg.input * cfg.input * 3).map(|_| rng.gen()).collect();
+    let labels: Vec<i32> = (0..batch).map(|_| rng.gen_range(0..cfg.classes as i32)).collect();
+    let x = Tensor::from_host(dev, &[batch, cfg.input, cfg.input, 3], &px).unwrap();
+    let y = Tensor::from_host(dev, &[batch], &labels).unwrap();
+    let st = vgg.train_step(&x, &y, 1e-3, 0).unwrap();
+    assert!(!st.skipped, "the step overflowed");
+    (st.loss, vgg.params().iter().map(|p| p.g.to_host().unwrap()).collect())
+}
+
+#[test]
+fn model_conv_choice_replans_layers_and_memory() {
+    let dev = Device::emu();
+    let cfg = small();
+    // A loss scale at which this net's steps apply (its fp16 gradients overflow at 65536).
+    let o = OptimConfig { init_scale: 256.0, ..Default::default() };
+    let mut auto = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+    let (want_loss, want_g) = first_step(&mut auto, &cfg, &dev);
+    for choice in [ConvChoice::Winograd4x4, ConvChoice::Tune] {
+        let mut vgg = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+        let layers = vgg.set_conv_choice(choice, 1).unwrap();
+        assert_eq!(layers.len(), cfg.features().iter().filter(|f| f.is_conv()).count());
+        // The first layer (3 channels) keeps its implicit GEMM / Direct plan; the others run
+        // a Winograd variant in both passes, F(4x4) when asked for.
+        assert_eq!(layers[0].fprop, ConvAlgo::ImplicitGemm);
+        for l in &layers[1..] {
+            for a in [l.fprop, l.dgrad] {
+                assert!(a == F4 || (choice == ConvChoice::Tune && a == F2), "{choice:?}: {}", l.summary());
+            }
+        }
+        // What the model allocated is the plan of its (new) conv plans.
+        let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &vgg.conv_plans()).unwrap();
+        assert_eq!(vgg.device_bytes(), plan.total(), "{choice:?}");
+        // Same weights and batch, other Winograd variants: the loss differs by the variants'
+        // fp16 error compounded over 8 layers (measured: 0.9% for F(4x4)). The conv gradients
+        // differ more (measured: up to 18% relative L2, the same at loss scales 256 to 8192,
+        // while each F(4x4) dgrad alone is within 2.2e-3 of the reference), most likely as a
+        // max-pool window whose two largest inputs differ by less than that error routes its
+        // gradient to the other one: ~1% of such flips moves ~15% of the gradient's norm. The bound below
+        // still fails a gradient that points elsewhere (a broken pass gives ~1 or more).
+        let (loss, g) = first_step(&mut vgg, &cfg, &dev);
+        assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "{choice:?}: loss {loss} vs auto {want_loss}");
+        for (t, (a, b)) in g.iter().zip(&want_g).enumerate() {
+            let c = r::compare(a, b);
+            assert!(c.rel_l2 <= GRAD_REL, "{choice:?} {}: gradient rel L2 {:.2e}", vgg.params()[t].name, c.rel_l2);
+        }
+    }
+    assert!(ConvChoice::parse("winograd8x8").unwrap_err().to_string().contains("unknown conv algorithm"));
+}
+
+const GRAD_REL: f64 = 0.4;
