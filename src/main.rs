@@ -575,6 +575,10 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             r.last_loss,
             r.skipped_steps
         );
+        println!(
+            "  host: {:.0} launches a step, forward + backward queued in {:.2} ms (median) of the {:.2} ms step",
+            r.launches_per_step, r.median_enqueue_ms, r.median_step_ms
+        );
         if conv != vgg_cuda::model::ConvChoice::Auto {
             println!("  conv layers (fprop / dgrad): {}", r.conv_layers.join("; "));
         }

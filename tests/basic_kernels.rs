@@ -136,3 +136,22 @@ fn cuda_device_explains_why_it_is_unavailable() {
         }
     }
 }
+
+#[test]
+fn launches_are_counted_per_device() {
+    let dev = Device::emu();
+    let other = Device::emu();
+    let x = Tensor::from_f32(&dev, &[64], &vec![-1.0; 64]).unwrap();
+    let mut y = Tensor::<f16>::empty(&dev, &[64]).unwrap();
+    let (before, other_before) = (dev.launches(), other.launches());
+    ops::relu_fwd(&x, &mut y).unwrap();
+    ops::relu_fwd(&x, &mut y).unwrap();
+    assert_eq!(dev.launches() - before, 2);
+    // A clone is the same device; another emu device counts its own.
+    assert_eq!(dev.clone().launches(), dev.launches());
+    assert_eq!(other.launches(), other_before);
+    // A launch refused before reaching the device is not counted.
+    let mut short = Tensor::<f16>::empty(&dev, &[8]).unwrap();
+    assert!(ops::relu_fwd(&x, &mut short).is_err());
+    assert_eq!(dev.launches() - before, 2);
+}

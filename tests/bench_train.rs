@@ -18,6 +18,25 @@ fn tiny_training_steps_are_measured() {
     // 10 classes, random labels, fresh weights: the loss starts near ln(10).
     assert!((r.first_loss - 10f32.ln()).abs() < 0.5, "first loss {} far from ln 10", r.first_loss);
     assert!(r.model_bytes > 0 && r.reserved_bytes.is_none(), "{r:?}");
+    // Every step launches the same kernels: at least a filter transform or a conv launch per
+    // conv layer and pass (A has 8), a whole number a step.
+    assert!(r.launches_per_step >= 24.0 && r.launches_per_step.fract() == 0.0, "{r:?}");
+    // Queuing forward + backward is part of each step (on emu it is most of it).
+    assert!(r.median_enqueue_ms > 0.0 && r.median_enqueue_ms <= r.median_step_ms, "{r:?}");
+    assert!(r.conv_layers.len() == 8 && r.conv == "auto", "{r:?}");
+}
+
+#[test]
+fn tuned_conv_plans_are_reported() {
+    let dev = Device::emu();
+    let mut cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    cfg.conv = vgg_cuda::model::ConvChoice::Tune;
+    let r = run(&dev, &cfg).unwrap();
+    assert_eq!(r.conv, "tune");
+    assert_eq!(r.conv_layers.len(), 8, "{r:?}");
+    // At 1/16 width the first two layers (3 -> 4, 4 -> 8 channels) have no Winograd pass.
+    assert!(r.conv_layers[2..].iter().all(|l| l.contains("wino")), "{:?}", r.conv_layers);
+    assert!(r.last_loss.is_finite(), "{r:?}");
 }
 
 #[test]
@@ -31,4 +50,10 @@ fn cli_rejects_bad_arguments() {
         std::process::Command::new(vgg).args(["bench", "train", "--device", "emu", "--model", "Z"]).output().unwrap();
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+    let out = std::process::Command::new(vgg)
+        .args(["bench", "train", "--device", "emu", "--conv-algo", "fastest"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown conv algorithm `fastest`"));
 }

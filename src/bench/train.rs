@@ -59,6 +59,11 @@ pub struct TrainBenchRow {
     pub first_loss: f32,
     pub last_loss: f32,
     pub skipped_steps: usize,
+    /// Kernel launches a step, and the median host time to queue a step's forward and
+    /// backward: when it is well under `median_step_ms` the device never waits for a launch
+    /// (only for the one host read at the end of the step), so CUDA graphs could not pay.
+    pub launches_per_step: f64,
+    pub median_enqueue_ms: f64,
     /// The conv-plan policy, and per 3x3 conv layer `fprop/dgrad` algorithms (region width
     /// `rN` where F(2x2) runs region tiles).
     pub conv: String,
@@ -84,6 +89,8 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     }
     let (mut first_loss, mut last_loss, mut skipped) = (f32::NAN, f32::NAN, 0);
     let mut times = Vec::with_capacity(cfg.steps);
+    let mut enqueue = Vec::with_capacity(cfg.steps);
+    let mut launches0 = dev.launches();
     for step in 0..cfg.warmup + cfg.steps {
         let (x, y) = &sets[step % 2];
         let t = dev.start_timer()?;
@@ -96,8 +103,12 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         skipped += usize::from(s.skipped);
         if step >= cfg.warmup {
             times.push(ms);
+            enqueue.push(s.enqueue_ms);
+        } else {
+            launches0 = dev.launches();
         }
     }
+    let launches_per_step = (dev.launches() - launches0) as f64 / cfg.steps as f64;
     let min_step_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_step_ms = super::median(&mut times);
     let reserved_bytes = match (free_before, dev.memory_info()?) {
@@ -118,6 +129,8 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         first_loss,
         last_loss,
         skipped_steps: skipped,
+        launches_per_step,
+        median_enqueue_ms: super::median(&mut enqueue),
         conv: format!("{:?}", cfg.conv).to_lowercase(),
         conv_layers,
     })

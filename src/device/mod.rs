@@ -14,7 +14,7 @@ pub use emu::Schedule;
 
 use crate::{Error, Result};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A kernel: its `kernels/<module>.cu` file stem and its `extern "C"` name.
@@ -74,6 +74,8 @@ struct Shared {
     backend: Backend,
     /// Bytes of the allocations made through this device and not yet freed.
     allocated: AtomicUsize,
+    /// Kernel launches made through this device.
+    launches: AtomicU64,
 }
 
 enum Backend {
@@ -100,7 +102,7 @@ impl Device {
     }
 
     fn with(backend: Backend) -> Self {
-        Self(Arc::new(Shared { backend, allocated: AtomicUsize::new(0) }))
+        Self(Arc::new(Shared { backend, allocated: AtomicUsize::new(0), launches: AtomicU64::new(0) }))
     }
 
     /// `cuda`, `cuda:N` or `emu`.
@@ -157,6 +159,12 @@ impl Device {
         self.0.allocated.load(Ordering::Relaxed)
     }
 
+    /// Kernel launches made on this device so far (through any handle to it): with the host
+    /// time a step takes to queue them, what decides whether CUDA graphs would pay.
+    pub fn launches(&self) -> u64 {
+        self.0.launches.load(Ordering::Relaxed)
+    }
+
     /// # Safety
     /// `ptr` came from `alloc(bytes)` on this device and is not used afterwards.
     pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) {
@@ -210,6 +218,7 @@ impl Device {
     /// pointer must address a live allocation of this device large enough for what the
     /// kernel touches at this launch configuration.
     pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        self.0.launches.fetch_add(1, Ordering::Relaxed);
         let mut slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
         let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
         match &self.0.backend {

@@ -50,6 +50,9 @@ pub struct StepStats {
     pub skipped: bool,
     /// The loss scale this step used.
     pub loss_scale: f32,
+    /// Host milliseconds spent queuing the forward and backward passes (on cuda the device
+    /// runs behind; on emu, which runs each launch as it is queued, the whole pass).
+    pub enqueue_ms: f64,
 }
 
 impl StepStats {
@@ -525,10 +528,20 @@ impl Vgg {
     /// flag and the loss status.
     pub fn train_step(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<StepStats> {
         let loss_scale = self.scaler.scale();
+        let t = std::time::Instant::now();
         self.compute_grads(images, labels, step)?;
+        let enqueue_ms = t.elapsed().as_secs_f64() * 1e3;
         let applied = self.apply_grads(lr)?;
         let s = self.xent.check()?;
-        Ok(StepStats { loss: s.loss, top1: s.top1, top5: s.top5, batch: s.rows, skipped: !applied, loss_scale })
+        Ok(StepStats {
+            loss: s.loss,
+            top1: s.top1,
+            top5: s.top5,
+            batch: s.rows,
+            skipped: !applied,
+            loss_scale,
+            enqueue_ms,
+        })
     }
 
     /// Loss and hit counts of `images` without dropout or any update (a device read).
