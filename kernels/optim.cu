@@ -2,7 +2,10 @@
 //   amp_flag_clear     flag = 0 (one thread; keeps the step free of host copies)
 //   amp_check_f32      flag = 1 when any gradient of any tensor is Inf or NaN
 //   sgd_multi_f32      unless flag: g' = g/loss_scale + wd*w (wd only for decayed tensors),
-//                      v = momentum*v + g', w -= lr*v, and the fp16 copy of w, in one pass
+//                      v = momentum*v + g', w -= lr*v, and the fp16 copy of w, in one pass;
+//                      loss_scale from the host, or from the device's AmpState
+//   amp_scaler_update  the dynamic loss scale's state machine on the device (one thread), so
+//                      that a step needs no host read at all (src/ops/optim.rs, queued steps)
 // Multi-tensor launches: the host builds, once, a table of tensor descriptors and a table
 // of chunks (tensor, first element), one chunk a block, so ~30 VGG parameter tensors of
 // 64 to 100M elements cost one launch and keep every SM busy. Chunks are a multiple of 4
@@ -38,6 +41,38 @@ __device__ __forceinline__ double optim_add(double a, double b) { return __dadd_
 inline double optim_mul(double a, double b) { return a * b; }
 inline double optim_add(double a, double b) { return a + b; }
 #endif
+
+// Shared with src/ops/optim.rs (32 bytes, read back as eight 32-bit words).
+struct AmpState {
+    float scale;
+    unsigned clean;     // clean steps since the scale last changed
+    unsigned interval;  // clean steps between doublings
+    int overflow;       // the last step's flag
+    float used;         // the scale the last step ran at
+    unsigned pad;
+    unsigned long long skipped;
+};
+
+// LossScaler::update's rules: on overflow halve and count a skip; after `interval` clean steps
+// in a row double, unless the double is not finite.
+extern "C" __global__ void amp_scaler_update(const int* __restrict__ flag, AmpState* __restrict__ st) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const bool over = *flag != 0;
+    st->overflow = over;
+    st->used = st->scale;
+    if (over) {
+        st->scale *= 0.5f;
+        st->clean = 0;
+        st->skipped += 1;
+        return;
+    }
+    st->clean += 1;
+    if (st->clean >= st->interval) {
+        st->clean = 0;
+        const float d = st->scale * 2.f;
+        if (isfinite(d)) st->scale = d;
+    }
+}
 
 extern "C" __global__ void amp_flag_clear(int* flag) {
     if (blockIdx.x == 0 && threadIdx.x == 0) *flag = 0;
@@ -76,14 +111,14 @@ __device__ __forceinline__ void sgd_one(float& w, float& v, float g, double loss
 extern "C" __global__ void sgd_multi_f32(const OptimTensor* __restrict__ tensors,
                                          const OptimChunk* __restrict__ chunks, long long chunk_len,
                                          const int* __restrict__ skip, float lr, float momentum, float weight_decay,
-                                         float loss_scale) {
+                                         float loss_scale, const AmpState* __restrict__ amp) {
     // The overflow test of this very step: skipping on the device means no host round
     // trip is needed before the update; the host reads the flag later for the scaler.
     if (skip && *skip) return;
     const OptimChunk c = chunks[blockIdx.x];
     const OptimTensor t = tensors[c.tensor];
     const long long end = min(c.start + chunk_len, t.n);
-    const double ls = loss_scale, m = momentum, eta = lr, wd = t.decay ? (double)weight_decay : 0.0;
+    const double ls = amp ? amp->scale : loss_scale, m = momentum, eta = lr, wd = t.decay ? (double)weight_decay : 0.0;
     const bool vec = ((reinterpret_cast<unsigned long long>(t.w) | reinterpret_cast<unsigned long long>(t.v) |
                        reinterpret_cast<unsigned long long>(t.g)) & 15) == 0 &&
                      (reinterpret_cast<unsigned long long>(t.w16) & 3) == 0;

@@ -144,16 +144,20 @@ __device__ void xent_row(const T* __restrict__ logits, const int* __restrict__ l
     }
 }
 
+// coef = loss_scale / batch, or, when `scale` is given (a loss scale kept on the device by
+// optim.cu's amp_scaler_update), *scale / batch: the same f32 division the host does.
 extern "C" __global__ void softmax_xent_f16(const __half* __restrict__ logits, const int* __restrict__ labels,
                                             __half* __restrict__ dlogits, float* __restrict__ row_loss,
-                                            int* __restrict__ row_rank, int classes, float coef) {
-    xent_row(logits, labels, dlogits, row_loss, row_rank, classes, coef);
+                                            int* __restrict__ row_rank, int classes, float coef,
+                                            const float* __restrict__ scale, int batch) {
+    xent_row(logits, labels, dlogits, row_loss, row_rank, classes, scale ? *scale / (float)batch : coef);
 }
 
 extern "C" __global__ void softmax_xent_f32(const float* __restrict__ logits, const int* __restrict__ labels,
                                             __half* __restrict__ dlogits, float* __restrict__ row_loss,
-                                            int* __restrict__ row_rank, int classes, float coef) {
-    xent_row(logits, labels, dlogits, row_loss, row_rank, classes, coef);
+                                            int* __restrict__ row_rank, int classes, float coef,
+                                            const float* __restrict__ scale, int batch) {
+    xent_row(logits, labels, dlogits, row_loss, row_rank, classes, scale ? *scale / (float)batch : coef);
 }
 
 // Evaluation's posteriors. The same sweeps as xent_row: the maximum first, so no exp

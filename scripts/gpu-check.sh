@@ -70,6 +70,12 @@ if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
   step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
     --json "$RAW/bench-train-tune.json"
 fi
+# Queued steps (nothing read back a step, the loss scale kept on the device): what the
+# per-step reads cost (predicted: under 1%, bench/NOTES.md).
+if "$VGG" bench train --help 2>/dev/null | grep -q -- --queued; then
+  step bench-train-queued 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --queued \
+    --json "$RAW/bench-train-queued.json"
+fi
 # The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
 # lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
 step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"

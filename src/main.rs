@@ -133,6 +133,10 @@ struct BenchTrainArgs {
     /// variants on the device first, untimed, and keep the fastest).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
+    /// Queue the timed steps with nothing read back (the loss scale kept on the device) and
+    /// time them together, instead of one step at a time.
+    #[arg(long)]
+    queued: bool,
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -545,10 +549,11 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     let dev = Device::by_name(&a.device).with_context(|| format!("bench train on `{}`", a.device))?;
     println!(
-        "bench train on {}: VGG {}, device-resident synthetic data, conv plans: {}",
+        "bench train on {}: VGG {}, device-resident synthetic data, conv plans: {}, {}",
         dev.name(),
         arch.name(),
-        a.conv_algo
+        a.conv_algo,
+        if a.queued { "steps queued (no reads), timed together" } else { "steps timed one by one" }
     );
     println!(
         "{:<14} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12}  loss first -> last, skipped",
@@ -560,6 +565,7 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         cfg.steps = a.steps.unwrap_or(cfg.steps);
         cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
         cfg.conv = conv;
+        cfg.queued = a.queued;
         let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
         let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
         println!(

@@ -57,3 +57,18 @@ fn cli_rejects_bad_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown conv algorithm `fastest`"));
 }
+
+#[test]
+fn queued_steps_end_where_timed_steps_do() {
+    let dev = Device::emu();
+    let cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    let one_by_one = run(&dev, &cfg).unwrap();
+    let queued = run(&dev, &TrainBenchConfig { queued: true, ..cfg }).unwrap();
+    assert!(queued.queued && !one_by_one.queued);
+    // Same steps on the same data: the same last loss, bit for bit, and one launch more a
+    // step (the loss scale's update on the device).
+    assert_eq!(queued.last_loss.to_bits(), one_by_one.last_loss.to_bits(), "{queued:?} vs {one_by_one:?}");
+    assert_eq!(queued.first_loss.to_bits(), one_by_one.first_loss.to_bits());
+    assert_eq!(queued.launches_per_step, one_by_one.launches_per_step + 1.0);
+    assert!(queued.median_step_ms > 0.0 && queued.min_step_ms == queued.median_step_ms, "{queued:?}");
+}

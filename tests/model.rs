@@ -399,3 +399,38 @@ fn shared_memory_steps_match_separate_bit_for_bit() {
         }
     }
 }
+
+/// Queued steps (nothing read back, the loss scale's rules on the device) end where
+/// `train_step` does, bit for bit, through overflowing steps (this net's fp16 gradients overflow
+/// at 65536) and scale growth (every 2 clean steps); the sync reports the last step.
+#[test]
+fn queued_steps_match_train_step_bit_for_bit() {
+    let dev = Device::emu();
+    let cfg = small(Arch::A, 0.5);
+    let batch = 2;
+    let o = OptimConfig { init_scale: 65536.0, growth_interval: 2, ..Default::default() };
+    let mut host = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let mut queued = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let mut last = None;
+    for step in 0..6u64 {
+        let (images, labels) = batch_data(&cfg, batch, 70 + step);
+        let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+        last = Some(host.train_step(&xi, &xl, 0.01, step).unwrap());
+        queued.train_step_queued(&xi, &xl, 0.01, step).unwrap();
+    }
+    // The host cannot unscale gradients while the scale it would divide by is on the device.
+    assert!(queued.grads().unwrap_err().to_string().contains("sync first"));
+    let (h, q) = (last.unwrap(), queued.sync().unwrap().expect("steps were queued"));
+    assert_eq!(
+        (q.loss.to_bits(), q.top1, q.top5, q.skipped, q.loss_scale),
+        (h.loss.to_bits(), h.top1, h.top5, h.skipped, h.loss_scale)
+    );
+    let (hs, qs) = (host.scaler_state(), queued.scaler_state());
+    assert_eq!((qs.scale, qs.clean_steps, qs.skipped), (hs.scale, hs.clean_steps, hs.skipped));
+    assert!(hs.skipped >= 1 && hs.skipped < 6, "the run should both skip and apply steps: {hs:?}");
+    for (a, b) in host.params().iter().zip(queued.params()) {
+        let bits = |t: &Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&a.w) == bits(&b.w) && bits(&a.v) == bits(&b.v), "{}: weights or momenta differ", a.name);
+    }
+    assert!(queued.sync().unwrap().is_none(), "nothing queued since");
+}

@@ -148,3 +148,46 @@ fn plan_rejects_other_tensors() {
     let e = SgdPlan::new(&[SgdParam { w: &mut w, v: &mut v, g: &bad_g, w16: None, decay: true }]).unwrap_err();
     assert!(e.to_string().contains("parameter 0 gradient has 63 elements"), "{e}");
 }
+
+/// Queued steps (the scale's state machine on the device, nothing read back) against host
+/// steps on a twin layer: over a sequence of clean and overflowing gradients that halves, grows
+/// (interval 3) and skips, the weights, momenta, copies and the scaler's state agree bit for bit.
+#[test]
+fn queued_steps_match_host_steps() {
+    let dev = Device::emu();
+    let n = 300;
+    let (g, bg) = (values(n, 30, 20.0), values(5, 31, 20.0));
+    let mut host = Layer::new(&dev, n, 5, &g, &bg);
+    let mut queued = Layer::new(&dev, n, 5, &g, &bg);
+    let (plan_h, plan_q) = (SgdPlan::new(&host.params()).unwrap(), SgdPlan::new(&queued.params()).unwrap());
+    let mut sh = LossScaler::with(&dev, 512.0, 3).unwrap();
+    let mut sq = LossScaler::with(&dev, 512.0, 3).unwrap();
+    // Scale 512 -> 256 (step 1, NaN) -> 512 (step 4, 3 clean) -> 256 (step 6, Inf) -> 512
+    // (step 9) -> 1024 (step 12, the last).
+    let overflow = [false, true, false, false, false, false, true, false, false, false, false, false, false];
+    let mut applied = vec![];
+    for (i, &bad) in overflow.iter().enumerate() {
+        let mut gi = values(n, 40 + i as u64, 20.0);
+        if bad {
+            gi[i * 7] = if i % 2 == 0 { f32::INFINITY } else { f32::NAN };
+        }
+        host.g.copy_from_host(&gi).unwrap();
+        queued.g.copy_from_host(&gi).unwrap();
+        let sgd = Sgd::VGG.lr(0.01 * (i + 1) as f32);
+        applied.push(sh.step(&plan_h, &mut host.params(), sgd).unwrap());
+        sq.step_queued(&plan_q, &mut queued.params(), sgd).unwrap();
+        assert!(sq.is_queued());
+    }
+    assert_eq!(applied, overflow.map(|b| !b).to_vec());
+    let before_sync = sq.scale();
+    let (last_overflow, last_used) = sq.sync().unwrap().expect("steps were queued");
+    assert!(!last_overflow && !sq.is_queued());
+    assert_eq!(before_sync, 512.0, "the host view waits for the sync");
+    assert_eq!((sq.scale(), sq.clean_steps(), sq.skipped()), (sh.scale(), sh.clean_steps(), sh.skipped()));
+    assert_eq!(sh.skipped(), 2);
+    // The last step ran at the scale before its own update, a doubling (interval 3 reached).
+    assert_eq!((last_used, sh.scale()), (512.0, 1024.0));
+    assert_eq!(queued.state(), host.state());
+    // A host step after queued ones starts from the synced state; a second sync is a no-op.
+    assert!(sq.sync().unwrap().is_none());
+}

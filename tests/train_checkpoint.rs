@@ -27,6 +27,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         seed: 5,
         device: "emu".into(),
         conv_algo: "auto".into(),
+        sync_every: 1,
         workers: 0,
         checkpoint_dir: Some(dir.to_path_buf()),
         checkpoint_every: Some(4),
@@ -58,6 +59,28 @@ fn resume_is_bit_identical() {
     let resumed: Vec<(u64, u32)> = first.losses.iter().chain(&second.losses).map(|(s, l)| (*s, l.to_bits())).collect();
     let want: Vec<(u64, u32)> = straight.losses.iter().map(|(s, l)| (*s, l.to_bits())).collect();
     assert_eq!(resumed, want, "losses of the resumed run differ");
+    let w1 = checkpoint::load(&d1.join("last.safetensors")).unwrap();
+    let w2 = checkpoint::load(&d2.join("last.safetensors")).unwrap();
+    assert_eq!(w1.weights, w2.weights);
+    assert_eq!(w1.momentum, w2.momentum);
+    assert_eq!(w1.state, w2.state);
+}
+
+/// Reading the loss only every 3 steps (the others queued, the loss scale's rules on the
+/// device) trains the same run: the losses it reads equal the every-step run's at those
+/// steps, bit for bit, and the final checkpoint (weights, momenta, scaler state) is the same.
+#[test]
+fn sync_every_n_steps_trains_the_same_run() {
+    let (d1, d2) = (tmpdir("sync1"), tmpdir("sync3"));
+    let every = run(&args(&d1, 10)).unwrap();
+    let sparse = run(&TrainArgs { sync_every: 3, ..args(&d2, 10) }).unwrap();
+    // Read (0-based): 2, 5, 8 (every 3rd), 3, 7 (checkpoints every 4), 5 (epoch end), 9 (the last).
+    let steps: Vec<u64> = sparse.losses.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, vec![2, 3, 5, 7, 8, 9], "steps read (0-based)");
+    for (s, l) in &sparse.losses {
+        let want = every.losses.iter().find(|(t, _)| t == s).unwrap().1;
+        assert_eq!(l.to_bits(), want.to_bits(), "step {s}: loss");
+    }
     let w1 = checkpoint::load(&d1.join("last.safetensors")).unwrap();
     let w2 = checkpoint::load(&d2.join("last.safetensors")).unwrap();
     assert_eq!(w1.weights, w2.weights);

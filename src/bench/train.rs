@@ -18,6 +18,9 @@ pub struct TrainBenchConfig {
     pub lr: f32,
     /// How the 3x3 conv layers are planned (tuning happens before the warm-up, untimed).
     pub conv: ConvChoice,
+    /// Time the steps queued ([`Vgg::train_step_queued`]: nothing read back, one sync at the
+    /// end, the mean over the timed steps) instead of one by one.
+    pub queued: bool,
 }
 
 impl TrainBenchConfig {
@@ -25,7 +28,15 @@ impl TrainBenchConfig {
     pub fn for_device(dev: &Device, arch: Arch, batch: Option<usize>) -> Self {
         if dev.is_emu() {
             let model = VggConfig::small(arch, 1.0 / 16.0, 32, 64, 10);
-            Self { model, batch: batch.unwrap_or(4), warmup: 1, steps: 2, lr: 1e-2, conv: ConvChoice::Auto }
+            Self {
+                model,
+                batch: batch.unwrap_or(4),
+                warmup: 1,
+                steps: 2,
+                lr: 1e-2,
+                conv: ConvChoice::Auto,
+                queued: false,
+            }
         } else {
             Self {
                 model: VggConfig::paper(arch),
@@ -34,6 +45,7 @@ impl TrainBenchConfig {
                 steps: 20,
                 lr: 1e-2,
                 conv: ConvChoice::Auto,
+                queued: false,
             }
         }
     }
@@ -46,8 +58,11 @@ pub struct TrainBenchRow {
     pub batch: usize,
     pub input: usize,
     pub steps: usize,
+    /// Per step: median and fastest of the per-step times, or, for queued steps, both the mean
+    /// over all of them (one timer around the lot).
     pub median_step_ms: f64,
     pub min_step_ms: f64,
+    pub queued: bool,
     pub images_per_s: f64,
     /// TFLOP/s of the step: forward, dgrad (but the first layer's) and wgrad FLOPs over the median.
     pub tflops: f64,
@@ -56,12 +71,15 @@ pub struct TrainBenchRow {
     /// Device memory reserved by the process after the steps, minus before the model was
     /// built (cuda only).
     pub reserved_bytes: Option<usize>,
+    /// Loss of the first step (NaN when no step ran one by one: queued with no warm-up) and of
+    /// the last.
     pub first_loss: f32,
     pub last_loss: f32,
     pub skipped_steps: usize,
     /// Kernel launches a step, and the median host time to queue a step's forward and
-    /// backward: when it is well under `median_step_ms` the device never waits for a launch
-    /// (only for the one host read at the end of the step), so CUDA graphs could not pay.
+    /// backward (queued steps: the mean host time to queue a whole step): when it is well
+    /// under `median_step_ms` the device never waits for a launch (only for the host reads
+    /// at the end of the step), so CUDA graphs could not pay.
     pub launches_per_step: f64,
     pub median_enqueue_ms: f64,
     /// The conv-plan policy, and per 3x3 conv layer `fprop/dgrad` algorithms (region width
@@ -91,7 +109,8 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let mut times = Vec::with_capacity(cfg.steps);
     let mut enqueue = Vec::with_capacity(cfg.steps);
     let mut launches0 = dev.launches();
-    for step in 0..cfg.warmup + cfg.steps {
+    let timed = if cfg.queued { 0 } else { cfg.steps };
+    for step in 0..cfg.warmup + timed {
         let (x, y) = &sets[step % 2];
         let t = dev.start_timer()?;
         let s = vgg.train_step(x, y, cfg.lr, step as u64)?;
@@ -108,6 +127,21 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
             launches0 = dev.launches();
         }
     }
+    if cfg.queued {
+        let skipped0 = vgg.scaler_state().skipped;
+        let t = dev.start_timer()?;
+        let host = std::time::Instant::now();
+        for step in cfg.warmup..cfg.warmup + cfg.steps {
+            let (x, y) = &sets[step % 2];
+            vgg.train_step_queued(x, y, cfg.lr, step as u64)?;
+        }
+        let queued_ms = host.elapsed().as_secs_f64() * 1e3;
+        let s = vgg.sync()?.expect("steps were queued");
+        times.push(t.stop_ms()? / cfg.steps as f64);
+        enqueue.push(queued_ms / cfg.steps as f64);
+        last_loss = s.loss;
+        skipped += (vgg.scaler_state().skipped - skipped0) as usize;
+    }
     let launches_per_step = (dev.launches() - launches0) as f64 / cfg.steps as f64;
     let min_step_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_step_ms = super::median(&mut times);
@@ -122,6 +156,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         steps: cfg.steps,
         median_step_ms,
         min_step_ms,
+        queued: cfg.queued,
         images_per_s: cfg.batch as f64 / median_step_ms * 1e3,
         tflops: vgg.train_flops() / median_step_ms / 1e9,
         model_bytes: vgg.device_bytes(),

@@ -438,8 +438,12 @@ impl Vgg {
             self.trace = Some(self.snapshot()?);
         }
         self.enter(Phase::Loss)?;
-        let scale = self.scaler.scale();
-        ops::softmax_xent(&self.buf.logits, labels, Some(&mut self.buf.dlogits), scale, &mut self.xent)?;
+        let dz = Some(&mut self.buf.dlogits);
+        if self.scaler.is_queued() {
+            ops::softmax_xent_device_scale(&self.buf.logits, labels, dz, &self.scaler, &mut self.xent)?;
+        } else {
+            ops::softmax_xent(&self.buf.logits, labels, dz, self.scaler.scale(), &mut self.xent)?;
+        }
         self.backward(step)
     }
 
@@ -510,13 +514,51 @@ impl Vgg {
     /// The optimizer step over the gradients [`Vgg::compute_grads`] left: overflow check, SGD
     /// (skipped on the device on overflow), one read of the flag. Returns whether it applied.
     pub fn apply_grads(&mut self, lr: f32) -> Result<bool> {
+        self.optimizer_step(lr, false).map(|applied| applied.unwrap_or(true))
+    }
+
+    /// `queued`: the scaler's device-side step, which reads nothing (None); else the host one.
+    fn optimizer_step(&mut self, lr: f32, queued: bool) -> Result<Option<bool>> {
         let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
         let mut sp: Vec<SgdParam<'_>> = self
             .params
             .iter_mut()
             .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
             .collect();
-        self.scaler.step(&self.sgd, &mut sp, sgd)
+        if queued {
+            self.scaler.step_queued(&self.sgd, &mut sp, sgd)?;
+            Ok(None)
+        } else {
+            self.scaler.step(&self.sgd, &mut sp, sgd).map(Some)
+        }
+    }
+
+    /// One training step that reads nothing back (the option to avoid even the per-step read
+    /// of [`Vgg::train_step`]): the loss scale and its overflow rules live on the device until
+    /// [`Vgg::sync`]. The same arithmetic as `train_step`, so a run of queued steps ends with
+    /// the same weights, bit for bit. Until the sync, [`Vgg::loss_scale`] and
+    /// [`Vgg::scaler_state`] show the state of the last sync.
+    pub fn train_step_queued(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
+        self.scaler.queue()?;
+        self.compute_grads(images, labels, step)?;
+        self.optimizer_step(lr, true).map(|_| ())
+    }
+
+    /// After queued steps: one read of the scaler's state and one of the loss status; the
+    /// statistics of the last queued step (None if no step was queued since the last sync; an
+    /// [`Vgg::evaluate`] in between replaces the loss status with its own).
+    pub fn sync(&mut self) -> Result<Option<StepStats>> {
+        let Some((overflow, loss_scale)) = self.scaler.sync()? else { return Ok(None) };
+        let s = self.xent.check()?;
+        Ok(Some(StepStats {
+            loss: s.loss,
+            top1: s.top1,
+            top5: s.top5,
+            batch: s.rows,
+            skipped: overflow,
+            loss_scale,
+            enqueue_ms: 0.0,
+        }))
     }
 
     /// The loss status of the last [`Vgg::compute_grads`] (a device read).
@@ -553,6 +595,11 @@ impl Vgg {
 
     /// The unscaled fp32 gradients of the last [`Vgg::compute_grads`], torchvision layout.
     pub fn grads(&self) -> Result<Vec<NamedTensor>> {
+        if self.scaler.is_queued() {
+            return Err(Error::Shape(
+                "Vgg::grads: steps are queued and the loss scale is on the device; sync first".into(),
+            ));
+        }
         let s = self.scaler.scale();
         self.params
             .iter()

@@ -25,7 +25,7 @@ pub use lrn::{lrn_bwd, lrn_fwd, LrnParams};
 pub use optim::{LossScaler, OverflowFlag, Sgd, SgdParam, SgdParams, SgdPlan};
 pub use pool::{maxpool2x2_bwd, maxpool2x2_bwd_arg, maxpool2x2_fwd, maxpool2x2_fwd_arg};
 pub use reduce::{reduce_max_abs, reduce_sum, Reducer};
-pub use softmax::{softmax_fwd, softmax_xent, XentBuffers, XentStats};
+pub use softmax::{softmax_fwd, softmax_xent, softmax_xent_device_scale, XentBuffers, XentStats};
 
 /// Threads per block of the one-thread-per-element kernels: a multiple of the warp and
 /// enough blocks per SM on every size that matters.

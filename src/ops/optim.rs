@@ -1,8 +1,9 @@
 //! The mixed-precision optimizer (kernels/optim.cu): SGD with momentum and L2 weight decay
 //! on fp32 master weights, as [`crate::reference::sgd_step`] bit for bit, over every
 //! parameter tensor in one launch, writing the fp16 copies in the same pass; the overflow
-//! check of the loss-scaled gradients on the device; and [`LossScaler`], the host-side
-//! dynamic loss scale (PyTorch's `GradScaler` rules).
+//! check of the loss-scaled gradients on the device; and [`LossScaler`], the dynamic loss
+//! scale (PyTorch's `GradScaler` rules), kept on the host, or on the device for steps that
+//! read nothing back.
 //!
 //! A training step, with nothing read back before the update:
 //! ```text
@@ -11,6 +12,9 @@
 //!                                                    the device if any gradient overflowed)
 //!                                                    -> read the flag -> adjust the scale
 //! ```
+//! or, reading nothing at all: `scaler.step_queued(..)` each step (the scale's state machine
+//! runs on the device too, kernel amp_scaler_update) and `scaler.sync()` when the host wants
+//! the scale, the skipped count or the last step's flag.
 
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
@@ -21,6 +25,7 @@ pub use crate::reference::SgdParams;
 const CLEAR: Kernel = Kernel { module: "optim", name: "amp_flag_clear" };
 const CHECK: Kernel = Kernel { module: "optim", name: "amp_check_f32" };
 const SGD: Kernel = Kernel { module: "optim", name: "sgd_multi_f32" };
+const SCALER_UPDATE: Kernel = Kernel { module: "optim", name: "amp_scaler_update" };
 const THREADS: u32 = 256;
 /// Elements a block updates: 64 float4 a thread. A multiple of 4, so chunks start aligned.
 pub const CHUNK: usize = 1 << 16;
@@ -210,12 +215,24 @@ impl SgdPlan {
     /// One SGD step on every tensor (see [`crate::reference::sgd_step`]), refreshing the fp16
     /// copies; a no-op on the device when `skip_if` is given and set.
     pub fn step(&self, params: &mut [SgdParam<'_>], hp: &SgdParams, skip_if: Option<&OverflowFlag>) -> Result<()> {
-        self.same_tensors(params)?;
         ensure_shape!(
             hp.loss_scale > 0.0 && hp.loss_scale.is_finite(),
             "sgd: loss_scale {} must be > 0",
             hp.loss_scale
         );
+        self.launch_step(params, hp, KArg::Ptr(0), skip_if)
+    }
+
+    /// `amp`: null (the loss scale is `hp.loss_scale`) or a device AmpState, whose scale the
+    /// kernel reads instead.
+    fn launch_step(
+        &self,
+        params: &mut [SgdParam<'_>],
+        hp: &SgdParams,
+        amp: KArg,
+        skip_if: Option<&OverflowFlag>,
+    ) -> Result<()> {
+        self.same_tensors(params)?;
         let skip = match skip_if {
             Some(f) => {
                 f.t.check(&self.dev, "overflow flag", 1)?;
@@ -233,16 +250,23 @@ impl SgdPlan {
             KArg::F32(hp.momentum),
             KArg::F32(hp.weight_decay),
             KArg::F32(hp.loss_scale),
+            amp,
         ];
         // SAFETY: (const OptimTensor*, const OptimChunk*, long long chunk_len, const int* skip
-        // or null, float lr, float momentum, float weight_decay, float loss_scale): the table
-        // of exactly these tensors (checked; w, v, w16 mutably borrowed), one chunk a block.
+        // or null, float lr, float momentum, float weight_decay, float loss_scale, const
+        // AmpState* or null): the table of exactly these tensors (checked; w, v, w16 mutably
+        // borrowed), one chunk a block; amp a LossScaler's state on this device or null.
         unsafe { self.dev.launch(&SGD, self.cfg(), &args) }
     }
 }
 
 /// Dynamic loss scaling as `torch.cuda.amp.GradScaler`: on overflow skip the step and
 /// halve the scale; after `growth_interval` clean steps in a row, double it.
+///
+/// The state lives on the host ([`LossScaler::step`] reads the overflow flag each step), or,
+/// from the first [`LossScaler::step_queued`] until the next [`LossScaler::sync`], on the
+/// device, where kernel amp_scaler_update applies the same rules; the host view (`scale`,
+/// `skipped`, `clean_steps`) is then the one of the last sync.
 #[derive(Debug)]
 pub struct LossScaler {
     scale: f32,
@@ -250,9 +274,17 @@ pub struct LossScaler {
     clean_steps: u32,
     skipped: u64,
     flag: OverflowFlag,
+    /// kernels/optim.cu's AmpState as eight 32-bit words: scale bits, clean steps, interval,
+    /// last overflow, scale bits the last step used, padding, skipped (low, high).
+    state: Tensor<i32>,
+    /// Steps were queued since the last sync: the device state is the current one.
+    queued: bool,
 }
 
 impl LossScaler {
+    /// Device bytes a scaler holds (the flag and the state).
+    pub const DEVICE_BYTES: usize = OverflowFlag::BYTES + 32;
+
     /// PyTorch's defaults: initial scale 2^16, growth every 2000 clean steps.
     pub fn new(dev: &Device) -> Result<Self> {
         Self::with(dev, 65536.0, 2000)
@@ -261,7 +293,15 @@ impl LossScaler {
     pub fn with(dev: &Device, init_scale: f32, growth_interval: u32) -> Result<Self> {
         ensure_shape!(init_scale > 0.0 && init_scale.is_finite(), "LossScaler: initial scale {init_scale} must be > 0");
         ensure_shape!(growth_interval > 0, "LossScaler: growth interval must be at least 1");
-        Ok(Self { scale: init_scale, growth_interval, clean_steps: 0, skipped: 0, flag: OverflowFlag::new(dev)? })
+        Ok(Self {
+            scale: init_scale,
+            growth_interval,
+            clean_steps: 0,
+            skipped: 0,
+            flag: OverflowFlag::new(dev)?,
+            state: Tensor::zeros(dev, &[8])?,
+            queued: false,
+        })
     }
 
     /// The factor to multiply the loss by (pass it to [`crate::ops::softmax_xent`]).
@@ -281,17 +321,20 @@ impl LossScaler {
         self.clean_steps
     }
 
-    /// Restores the state a checkpoint saved: scale, clean steps, skipped count.
+    /// Restores the state a checkpoint saved: scale, clean steps, skipped count (replacing a
+    /// device state that queued steps left unsynced).
     pub fn restore(&mut self, scale: f32, clean_steps: u32, skipped: u64) -> Result<()> {
         ensure_shape!(scale > 0.0 && scale.is_finite(), "LossScaler: restored scale {scale} must be > 0");
+        self.queued = false;
         self.scale = scale;
         self.clean_steps = clean_steps;
         self.skipped = skipped;
         Ok(())
     }
 
-    /// The state machine alone: returns whether the step was applied (`!overflow`) and
-    /// adjusts the scale. A doubling that would overflow f32 is not taken.
+    /// The state machine alone, on the host view: returns whether the step was applied
+    /// (`!overflow`) and adjusts the scale. A doubling that would overflow f32 is not taken.
+    /// (While steps are queued the host view is stale: sync first.)
     pub fn update(&mut self, overflow: bool) -> bool {
         if overflow {
             self.scale *= 0.5;
@@ -313,9 +356,77 @@ impl LossScaler {
     /// overflow), then one 4-byte read of the flag to update the scale. Returns whether
     /// the step was applied.
     pub fn step(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<bool> {
+        self.sync()?;
         plan.check_overflow(params, &mut self.flag)?;
         plan.step(params, &sgd.with_scale(self.scale), Some(&self.flag))?;
         let overflow = self.flag.read()?;
         Ok(self.update(overflow))
+    }
+
+    /// Hands the state to the device (uploads the host view unless steps are already queued):
+    /// from here until [`LossScaler::sync`], kernels read the scale there
+    /// ([`crate::ops::softmax_xent_device_scale`]) and [`LossScaler::step_queued`] updates it.
+    pub fn queue(&mut self) -> Result<()> {
+        if !self.queued {
+            let skipped = self.skipped;
+            let words = [
+                self.scale.to_bits() as i32,
+                self.clean_steps as i32,
+                self.growth_interval as i32,
+                0,
+                self.scale.to_bits() as i32,
+                0,
+                skipped as u32 as i32,
+                (skipped >> 32) as u32 as i32,
+            ];
+            self.state.copy_from_host(&words)?;
+            self.queued = true;
+        }
+        Ok(())
+    }
+
+    /// Whether steps are queued since the last sync (the device state is the current one).
+    pub fn is_queued(&self) -> bool {
+        self.queued
+    }
+
+    /// The device state as a kernel argument (its first word is the scale), for the kernels of
+    /// a queued step on `dev`; an error unless the state was handed to the device.
+    pub(crate) fn device_state_arg(&self, dev: &Device) -> Result<KArg> {
+        if !self.queued {
+            return Err(Error::Shape("LossScaler: the scale is on the host; call queue() before a queued step".into()));
+        }
+        self.state.check(dev, "loss scaler state", 8)?;
+        Ok(self.state.arg())
+    }
+
+    /// One optimizer step that reads nothing back: overflow check, the SGD update at the
+    /// device's scale (skipped on the device on overflow), and the scale's update on the
+    /// device, with [`LossScaler::update`]'s rules.
+    pub fn step_queued(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<()> {
+        self.queue()?;
+        plan.check_overflow(params, &mut self.flag)?;
+        let state = self.device_state_arg(&plan.dev)?;
+        plan.launch_step(params, &sgd.with_scale(1.0), state, Some(&self.flag))?;
+        let one = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
+        let args = [self.flag.t.arg(), self.state.arg_mut()];
+        // SAFETY: (const int* flag, AmpState* st): one flag word and the 32-byte state, both
+        // on this plan's device (checked above).
+        unsafe { plan.dev.launch(&SCALER_UPDATE, one, &args) }
+    }
+
+    /// Brings the host view up to date after queued steps (one read; nothing to do
+    /// otherwise). Returns, if steps were queued, whether the last one overflowed and the
+    /// scale it ran at.
+    pub fn sync(&mut self) -> Result<Option<(bool, f32)>> {
+        if !self.queued {
+            return Ok(None);
+        }
+        let w = self.state.to_host()?;
+        self.scale = f32::from_bits(w[0] as u32);
+        self.clean_steps = w[1] as u32;
+        self.skipped = (w[6] as u32 as u64) | ((w[7] as u32 as u64) << 32);
+        self.queued = false;
+        Ok(Some((w[3] != 0, f32::from_bits(w[4] as u32))))
     }
 }

@@ -9,6 +9,7 @@
 //! and still name the first offending row.
 
 use super::int;
+use super::optim::LossScaler;
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::{ensure_shape, DType, Device, Error, Result, Tensor};
 use half::f16;
@@ -115,6 +116,32 @@ pub fn softmax_xent<T: XentLogit>(
     loss_scale: f32,
     bufs: &mut XentBuffers,
 ) -> Result<()> {
+    ensure_shape!(loss_scale.is_finite() && loss_scale > 0.0, "softmax_xent: loss_scale {loss_scale} must be > 0");
+    xent(logits, labels, dlogits, loss_scale, KArg::Ptr(0), bufs)
+}
+
+/// As [`softmax_xent`], with the loss scale `scaler` keeps on the device (its state as of the
+/// work queued before), so that a queued training step reads nothing back
+/// ([`LossScaler::step_queued`]).
+pub fn softmax_xent_device_scale<T: XentLogit>(
+    logits: &Tensor<T>,
+    labels: &Tensor<i32>,
+    dlogits: Option<&mut Tensor<f16>>,
+    scaler: &LossScaler,
+    bufs: &mut XentBuffers,
+) -> Result<()> {
+    xent(logits, labels, dlogits, 1.0, scaler.device_state_arg(logits.device())?, bufs)
+}
+
+/// `scale`: null, or the device AmpState whose first word is the loss scale.
+fn xent<T: XentLogit>(
+    logits: &Tensor<T>,
+    labels: &Tensor<i32>,
+    dlogits: Option<&mut Tensor<f16>>,
+    loss_scale: f32,
+    scale: KArg,
+    bufs: &mut XentBuffers,
+) -> Result<()> {
     let dev = logits.device().clone();
     let [batch, classes] = *logits.shape() else {
         return Err(Error::Shape(format!("softmax_xent: logits must be [batch, classes], got {:?}", logits.shape())));
@@ -125,7 +152,6 @@ pub fn softmax_xent<T: XentLogit>(
         "softmax_xent: batch {batch} exceeds the buffers' capacity {}",
         bufs.capacity()
     );
-    ensure_shape!(loss_scale.is_finite() && loss_scale > 0.0, "softmax_xent: loss_scale {loss_scale} must be > 0");
     labels.check(&dev, "softmax_xent labels", batch)?;
     bufs.status.check(&dev, "softmax_xent status", STATUS_WORDS)?;
     let dz = match dlogits {
@@ -146,10 +172,13 @@ pub fn softmax_xent<T: XentLogit>(
         bufs.row_rank.arg_mut(),
         KArg::I32(c),
         KArg::F32(coef),
+        scale,
+        KArg::I32(b),
     ];
     // SAFETY: (const T* logits, const int* labels, __half* dlogits or null, float* row_loss,
-    // int* row_rank, int classes, float coef): batch*classes logits and dlogits, batch labels,
-    // and buffers of at least batch rows (checked); one block a row.
+    // int* row_rank, int classes, float coef, const float* scale or null, int batch):
+    // batch*classes logits and dlogits, batch labels, and buffers of at least batch rows
+    // (checked); scale a live AmpState of this device (device_state_arg checks); one block a row.
     unsafe { dev.launch(&T::KERNEL, row, &args)? };
     let one = LaunchConfig { grid: (1, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
     let args =

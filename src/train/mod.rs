@@ -113,6 +113,12 @@ pub struct TrainArgs {
     /// a fixed choice).
     #[arg(long, default_value = "auto")]
     pub conv_algo: String,
+    /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch
+    /// ends); the steps between are queued with nothing read back, the loss scale's rules
+    /// running on the device. Same weights and losses bit for bit; metrics, plots and the
+    /// progress bar's loss cover the steps read.
+    #[arg(long, default_value_t = 1)]
+    pub sync_every: u64,
     /// Data loader threads (0: on the training thread).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -415,6 +421,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 LrSchedule::Plateau { .. } => st.lr,
             };
             st.lr = lr;
+            let read = a.sync_every <= 1
+                || (st.step + 1).is_multiple_of(a.sync_every)
+                || st.step + 1 >= total
+                || bi as u64 + 1 >= per_epoch
+                || a.checkpoint_every.is_some_and(|e| (st.step + 1).is_multiple_of(e));
+            if !read {
+                vgg.train_step_queued(&images, &labels, lr, st.step)?;
+                imgs += n;
+                st.step += 1;
+                st.batch_in_epoch = bi as u64 + 1;
+                bar.set_position(st.step);
+                continue;
+            }
             let s = vgg.train_step(&images, &labels, lr, st.step)?;
             summary.losses.push((st.step, s.loss));
             hist.train.insert(st.step + 1, s.loss);
