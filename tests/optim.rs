@@ -191,3 +191,8 @@ fn queued_steps_match_host_steps() {
     // A host step after queued ones starts from the synced state; a second sync is a no-op.
     assert!(sq.sync().unwrap().is_none());
 }
+
+#[test]
+fn device_loss_scale_matches_host_rules() {
+    assert_check_passes("amp_scaler");
+}

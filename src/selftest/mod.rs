@@ -92,6 +92,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "softmax_fwd", run: softmax::softmax_fwd },
     Check { name: "dropout", run: dropout::dropout },
     Check { name: "sgd", run: optim::sgd },
+    Check { name: "amp_scaler", run: optim::amp_scaler },
     Check { name: "lrn", run: lrn::lrn },
     Check { name: "normalize_input", run: input::normalize_input },
     Check { name: "reduce", run: reduce::reduce },
