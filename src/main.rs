@@ -129,8 +129,9 @@ struct BenchTrainArgs {
     /// Untimed warm-up steps [default: 5 on a GPU, 1 on emu].
     #[arg(long)]
     warmup: Option<usize>,
-    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, or tune (time each layer's Winograd
-    /// variants on the device first, untimed, and keep the fastest).
+    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
+    /// shared memory), or tune (time each layer's Winograd variants on the device first,
+    /// untimed, and keep the fastest).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
     /// Queue the timed steps with nothing read back (the loss scale kept on the device) and
@@ -255,14 +256,18 @@ fn info(show_kernels: bool, json: bool) -> Result<()> {
     }
     for g in &rep.gpus {
         println!(
-            "gpu {}:    {} (sm_{}{}, {} SMs, {:.1} GiB)",
+            "gpu {}:    {} (sm_{}{}, {} SMs, {:.1} GiB, {} KiB shared memory a block)",
             g.ordinal,
             g.name,
             g.compute_capability.0,
             g.compute_capability.1,
             g.multiprocessors,
-            g.memory_bytes as f64 / (1u64 << 30) as f64
+            g.memory_bytes as f64 / (1u64 << 30) as f64,
+            g.max_shared_per_block / 1024
         );
+        if g.max_shared_per_block < 216 * 1024 {
+            println!("          the Winograd conv kernels need 216 KiB a block: use --conv-algo direct on this GPU");
+        }
     }
     match &rep.unusable_because {
         Some(why) => println!("cuda:     unusable: {why}"),

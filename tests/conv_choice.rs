@@ -145,6 +145,14 @@ fn model_conv_choice_replans_layers_and_memory() {
             assert!(c.rel_l2 <= GRAD_REL, "{choice:?} {}: gradient rel L2 {:.2e}", vgg.params()[t].name, c.rel_l2);
         }
     }
+    // Direct everywhere (GPUs whose shared memory the Winograd loops do not fit).
+    let mut direct = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+    let layers = direct.set_conv_choice(ConvChoice::Direct, 1).unwrap();
+    assert!(layers.iter().all(|l| l.fprop == ConvAlgo::Direct && l.dgrad == ConvAlgo::Direct));
+    let plans = direct.conv_plans();
+    assert!(plans.iter().flatten().all(|c| c.algo(ConvPass::Wgrad) == ConvAlgo::Direct));
+    let (loss, _) = first_step(&mut direct, &cfg, &dev);
+    assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "direct: loss {loss} vs auto {want_loss}");
     assert!(ConvChoice::parse("winograd8x8").unwrap_err().to_string().contains("unknown conv algorithm"));
 }
 

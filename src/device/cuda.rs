@@ -26,6 +26,9 @@ pub struct GpuInfo {
     pub compute_capability: (i32, i32),
     pub memory_bytes: usize,
     pub multiprocessors: i32,
+    /// Shared memory a block may opt in to (227 KB on sm_90, 163 KB on sm_80, 99 KB on
+    /// sm_86/89): the Winograd main loops need 177-216 KB.
+    pub max_shared_per_block: usize,
 }
 
 /// What `vgg info` says about CUDA on this machine.
@@ -66,6 +69,7 @@ fn gpu_info(ordinal: usize) -> Result<GpuInfo> {
         // SAFETY: `dev` came from cuDeviceGet.
         memory_bytes: unsafe { result::device::total_mem(dev) }.map_err(drv("cuDeviceTotalMem"))?,
         multiprocessors: attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        max_shared_per_block: attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
     })
 }
 
@@ -257,6 +261,15 @@ impl CudaDevice {
     pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
         let f = self.function(k)?;
+        if cfg.shared_bytes as usize > self.info.max_shared_per_block {
+            let (maj, min) = self.info.compute_capability;
+            return Err(Error::Kernel(format!(
+                "{}: needs {} bytes of shared memory a block, but {} (sm_{maj}{min}) allows {}; the Winograd \
+                 kernels are sized for sm_90 (H100 / H200). Use the direct convolution instead \
+                 (`--conv-algo direct`, ConvAlgo::Direct)",
+                k.name, cfg.shared_bytes, self.info.name, self.info.max_shared_per_block
+            )));
+        }
         if cfg.shared_bytes > 48 * 1024 {
             // Above 48 KiB a kernel must opt in to the larger carve-out.
             result::function::set_function_attribute(

@@ -107,10 +107,10 @@ pub struct TrainArgs {
     /// cuda, cuda:N or emu.
     #[arg(long, default_value = "cuda")]
     pub device: String,
-    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, or tune (time each layer's Winograd
-    /// variants on the device before the first step and keep the fastest; timing can choose
-    /// differently from run to run, so a resumed run repeats its losses bit for bit only under
-    /// a fixed choice).
+    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
+    /// shared memory), or tune (time each layer's Winograd variants on the device before the
+    /// first step and keep the fastest; timing can choose differently from run to run, so a
+    /// resumed run repeats its losses bit for bit only under a fixed choice).
     #[arg(long, default_value = "auto")]
     pub conv_algo: String,
     /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch

@@ -20,10 +20,13 @@ pub enum ConvChoice {
     Winograd4x4,
     /// Each layer's fprop and dgrad variant timed on the device, the fastest kept.
     Tune,
+    /// The direct twin for every pass: slow, but its kernels fit any GPU's shared memory
+    /// (the Winograd main loops need sm_90's 227 KB a block).
+    Direct,
 }
 
 impl ConvChoice {
-    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune";
+    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct";
 
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
@@ -31,6 +34,7 @@ impl ConvChoice {
             "winograd2x2" => ConvChoice::Winograd2x2,
             "winograd4x4" => ConvChoice::Winograd4x4,
             "tune" => ConvChoice::Tune,
+            "direct" => ConvChoice::Direct,
             _ => return Err(Error::Shape(format!("unknown conv algorithm `{s}` (expected {})", Self::NAMES))),
         })
     }
@@ -87,6 +91,7 @@ impl Vgg {
             let mut timings = vec![];
             let conv = match choice {
                 ConvChoice::Auto => base,
+                ConvChoice::Direct => Conv3x3::new(p, ConvAlgo::Direct)?,
                 ConvChoice::Winograd2x2 | ConvChoice::Winograd4x4 => {
                     let algo =
                         if choice == ConvChoice::Winograd2x2 { ConvAlgo::Winograd2x2 } else { ConvAlgo::Winograd4x4 };
