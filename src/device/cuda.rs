@@ -263,10 +263,14 @@ impl CudaDevice {
         let f = self.function(k)?;
         if cfg.shared_bytes as usize > self.info.max_shared_per_block {
             let (maj, min) = self.info.compute_capability;
+            let hint = if k.name.starts_with("wino") {
+                "; use the direct convolution instead (`--conv-algo direct`, ConvAlgo::Direct)"
+            } else {
+                ""
+            };
             return Err(Error::Kernel(format!(
-                "{}: needs {} bytes of shared memory a block, but {} (sm_{maj}{min}) allows {}; the Winograd \
-                 kernels are sized for sm_90 (H100 / H200). Use the direct convolution instead \
-                 (`--conv-algo direct`, ConvAlgo::Direct)",
+                "{}: needs {} bytes of shared memory a block, but {} (sm_{maj}{min}) allows {}: the tiles are \
+                 sized for sm_90 (H100 / H200){hint}",
                 k.name, cfg.shared_bytes, self.info.name, self.info.max_shared_per_block
             )));
         }
