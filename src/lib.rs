@@ -2,7 +2,7 @@
 //!
 //! Kernels live in `kernels/*.cu`. They run on a [`Device`]: an NVIDIA GPU (`cuda`,
 //! through cudarc, needs compute capability 8.0+) or the CPU emulator (`emu`), which runs
-//! the same source with CUDA's semantics. [`ops`] holds the typed launchers, [`reference`]
+//! the same source with CUDA's semantics. [`ops`] holds the typed launchers, [`mod@reference`]
 //! the f64 oracle they are tested against, [`problem`] the shared shape list.
 //!
 //! ```

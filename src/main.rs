@@ -66,10 +66,11 @@ enum Cmd {
         /// cuda, cuda:N or emu.
         #[arg(long, default_value = "cuda")]
         device: String,
-        /// Only this check (relu, bias_act, cast, maxpool, mma, ldmatrix, cp_async).
+        /// Only this check, e.g. relu, conv_wino4x4, sgd (an unknown name lists them all).
         #[arg(long)]
         only: Option<String>,
         /// Emulator schedule: index, reverse, random[:seed].
+        #[allow(rustdoc::broken_intra_doc_links)] // `[:seed]` is option syntax in --help
         #[arg(long)]
         schedule: Option<String>,
         /// Also write the table as JSON to this file.

@@ -11,7 +11,7 @@
 //! - [`Loader`]: worker threads, a bounded prefetch window, shuffling, recycled buffers;
 //!   batches of u8 NHWC RGB. Mean subtraction happens on the GPU
 //!   ([`crate::ops::normalize_input`], with `flip = None`: flips are already applied).
-//! - [`stats`]: the training set's mean RGB and colour PCA (`vgg stats`); [`bench`]:
+//! - [`stats`]: the training set's mean RGB and colour PCA (`vgg stats`); [`mod@bench`]:
 //!   decode and augmentation throughput (`vgg bench data`).
 //!
 //! Every random choice is drawn from a [`SampleRng`] seeded by (seed, epoch, sample index),

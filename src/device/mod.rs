@@ -96,7 +96,7 @@ impl Device {
     }
 
     /// The CPU emulator. Its schedule comes from `VGG_EMU_SCHEDULE` (index, reverse,
-    /// random[:seed]) unless set with [`Device::set_schedule`].
+    /// `random[:seed]`) unless set with [`Device::set_schedule`].
     pub fn emu() -> Self {
         Self::with(Backend::Emu(emu::EmuDevice::new()))
     }

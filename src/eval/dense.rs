@@ -8,7 +8,7 @@
 //! trained weights as they are: the first FC's columns are stored in HWC order
 //! (`(y*tw + x)*C + c`, see [`crate::model::params`]), which is exactly the order of a
 //! `th x tw` window of the NHWC feature map flattened row by row. So the windows are
-//! gathered into rows on the device ([`ops::dense_gather`], an im2col) and the three layers
+//! gathered into rows on the device ([`ops::dense_gather()`], an im2col) and the three layers
 //! run as [`ops::linear_fwd`] GEMMs over all positions.
 //!
 //! The score map has `(fh - th + 1) x (fw - tw + 1)` positions for a final map of

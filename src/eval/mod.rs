@@ -449,6 +449,7 @@ pub struct EvalArgs {
     /// Test scales Q, comma-separated (several: posteriors averaged), or a preset: fixed:S
     /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512) [default: the
     /// input side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
+    #[allow(rustdoc::broken_intra_doc_links)] // `[:MIN:MAX]` is option syntax in --help, not a link
     #[arg(long)]
     pub scale: Option<String>,
     /// center, multi (a 5x5 grid of crops x 2 flips per scale), dense (the FC layers as

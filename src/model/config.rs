@@ -3,7 +3,7 @@
 //! the two hidden FC layers, and dropout.
 //!
 //! A configuration expands to a flat layer list ([`VggConfig::features`]) numbered as
-//! torchvision's `features` `nn.Sequential` would number it (conv, ReLU, [LRN,] ..., pool), so
+//! torchvision's `features` `nn.Sequential` would number it (conv, ReLU, \[LRN,\] ..., pool), so
 //! parameter names (`features.N.weight`) match torchvision's for A, B, D and E. Configs C and
 //! A-LRN do not exist in torchvision; they are numbered by the same rule.
 

@@ -254,8 +254,8 @@ impl Uses {
 }
 
 impl MemoryPlan {
-    /// The plan of `cfg` at `batch` images a step, its 3x3 conv layers planned as
-    /// [`conv3x3`] does.
+    /// The plan of `cfg` at `batch` images a step, its 3x3 conv layers planned by the Auto
+    /// rules (as [`crate::model::Vgg::new`] plans them).
     pub fn new(cfg: &VggConfig, batch: usize, sharing: Sharing) -> Result<Self> {
         Self::with_convs(cfg, batch, sharing, &[])
     }

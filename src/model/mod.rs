@@ -1,7 +1,7 @@
 //! VGG networks over the ops: configurations ([`config`]), parameters with their
 //! torchvision names and layouts ([`params`]), the device network with its training step
 //! ([`net`]) and the plan of its device memory ([`memory`]), and a host twin over
-//! [`crate::reference`] that tests check it against ([`reference`]).
+//! [`crate::reference`] that tests check it against ([`mod@reference`]).
 
 pub mod config;
 pub mod memory;

@@ -1,7 +1,7 @@
 //! The window matrix of dense evaluation (kernels/dense_gather.cu): every `th x tw` window
 //! of an NHWC fp16 feature map as one row, in the first FC layer's HWC column order, so the
 //! feature map never leaves the device before fc6. Bit-exact against
-//! [`crate::reference::dense_gather`].
+//! [`crate::reference::dense_gather()`].
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
