@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Accuracy of fused Winograd F(m x m, 3x3) with fp16 storage, simulated in numpy.
 
-Models the rounding points of kernels/winograd_conv.cu: inputs and filters are fp16, the input
-transform V = B^T d B is computed in fp32 and stored as fp16, the filter transform U = G g G^T
+Models the rounding points of kernels/winograd_conv.cu and winograd4_conv.cu: inputs and filters
+are fp16, the input transform V = B^T d B is computed in fp32 and stored as fp16 (F(4x4)) or in
+half2 arithmetic, rounded after each of its two passes (F(2x2), the `half2 V` rows), the filter transform U = G g G^T
 likewise, M = sum_c V U accumulates in fp32 (tensor cores: exact fp16 products), the output
 transform in fp32 and the result is rounded to fp16. Compares with the f64 direct convolution
 of the same fp16 inputs, the measure of src/selftest/conv.rs (bound: rel L2 <= 3e-3,
@@ -45,8 +46,11 @@ def matrices(points, m, r=3):
     return bt, g, at
 
 
-def winograd(bt, g, at, x, w):
-    v = f16(f32(np.einsum("ij,tcjk,lk->tcil", bt, x, bt)))
+def winograd(bt, g, at, x, w, half_v=False):
+    if half_v:
+        v = f16(np.einsum("tcij,lj->tcil", f16(np.einsum("ij,tcjk->tcik", bt, x)), bt))
+    else:
+        v = f16(f32(np.einsum("ij,tcjk,lk->tcil", bt, x, bt)))
     u = f16(f32(np.einsum("ij,kcjl,ml->kcim", g, w, g)))
     mm = f32(np.einsum("tcij,kcij->tkij", v, u))
     return f16(f32(np.einsum("ij,tkjl,ml->tkim", at, mm, at)))
@@ -61,11 +65,11 @@ def direct(m, x, w):
 
 
 def main():
-    cases = [("F(2x2) 0,1,-1", 2, (0, 1, -1))]
+    cases = [("F(2x2) 0,1,-1", 2, (0, 1, -1), False), ("F(2x2) 0,1,-1 half2 V", 2, (0, 1, -1), True)]
     for pts in [(0, 1, -1, 2, -2), (0, 1, -1, 0.5, -0.5), (0, 1, -1, 0.5, -2), (0, 1, -1, 2, -0.5)]:
-        cases.append((f"F(4x4) {','.join(str(p) for p in pts)}", 4, pts))
+        cases.append((f"F(4x4) {','.join(str(p) for p in pts)}", 4, pts, False))
     print(f"{'transform':<24} {'C':>4} {'relu':>5} {'rel_l2':>9} {'max/max':>9}")
-    for name, m, pts in cases:
+    for name, m, pts, half_v in cases:
         bt, g, at = matrices(pts, m)
         for c, relu, seed in [(64, False, 1), (512, False, 2), (256, True, 3)]:
             rng = np.random.default_rng(seed)
@@ -73,7 +77,7 @@ def main():
             if relu:
                 x = np.maximum(x, 0)  # VGG's activations are ReLU outputs
             w = f16(rng.standard_normal((16, c, 3, 3)) * np.sqrt(2 / (9 * c)))
-            y, ref = winograd(bt, g, at, x, w), direct(m, x, w)
+            y, ref = winograd(bt, g, at, x, w, half_v), direct(m, x, w)
             rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
             mx = np.abs(y - ref).max() / np.abs(ref).max()
             print(f"{name:<24} {c:>4} {str(relu):>5} {rel:>9.2e} {mx:>9.2e}")
