@@ -210,7 +210,10 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
         const __half* sv = sxbase + (it % kBufs) * kXStage;
         const __half* su = subase + (it % kBufs) * kUStage;
 #pragma unroll
-        for (int q = 0; q < 3; ++q) wino_point_mma<2>(acc[q], sv, (3 * warp + q) * kTiles, su, (3 * warp + q) * kOut, lane);
+        for (int q = 0; q < 3; ++q) {
+            const int xi = 3 * warp + q;
+            wino_point_mma<2>(acc[q], sv, xi * kTiles, su, xi * kOut, lane);
+        }
     }
     cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
     __syncthreads();     // every warp is done with the pipeline buffers

@@ -249,7 +249,10 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         const __half* sv = vbuf(it);
         const __half* su = subase + (it % kUBufs) * kUStage;
 #pragma unroll
-        for (int q = 0; q < 2; ++q) wino_point_mma<4>(acc[q], sv, (2 * warp + q) * kTiles, su, (2 * warp + q) * kOut, lane);
+        for (int q = 0; q < 2; ++q) {
+            const int xi = 2 * warp + q;
+            wino_point_mma<4>(acc[q], sv, xi * kTiles, su, xi * kOut, lane);
+        }
     }
     cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
     __syncthreads();     // every warp is done with the pipeline buffers
