@@ -361,9 +361,10 @@ impl Conv3x3 {
 
     /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
     /// (16 x K x C fp16 for F(2x2), 36 x K x C for F(4x4)); wgrad keeps one fp32 partial dw
-    /// and db per pixel chunk. Direct fprop and dgrad need none. A channel-padded problem (C not a multiple of 8) also keeps, for fprop,
-    /// the padded filters (K x 9 x Cp fp16) and x (N x H x W x Cp fp16) after the Cp-channel U,
-    /// and for wgrad the padded x after the Cp-channel partial sums; its dgrad (Direct) needs none.
+    /// and db per pixel chunk. Direct fprop and dgrad need none. A channel-padded problem (C
+    /// not a multiple of 8) also keeps, for fprop, the padded filters (K x 9 x Cp fp16) and x
+    /// (N x H x W x Cp fp16) after the Cp-channel U, and for wgrad the padded x after the
+    /// Cp-channel partial sums; its dgrad (Direct) needs none.
     pub fn workspace_bytes(&self, pass: ConvPass) -> usize {
         let p = &self.problem;
         let xp = p.n * p.h * p.w * self.cp * 2;
