@@ -27,6 +27,6 @@ pub mod selftest;
 pub mod tensor;
 pub mod train;
 
-pub use device::{Device, KArg, Kernel, LaunchConfig, Schedule};
+pub use device::{Device, KArg, Kernel, LaunchConfig, PinnedBuffer, Schedule};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

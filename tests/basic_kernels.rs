@@ -155,3 +155,21 @@ fn launches_are_counted_per_device() {
     assert!(ops::relu_fwd(&x, &mut short).is_err());
     assert_eq!(dev.launches() - before, 2);
 }
+
+#[test]
+fn pinned_buffers_upload_and_check_lengths() {
+    let dev = Device::emu();
+    let mut host = vgg_cuda::PinnedBuffer::<i32>::new(&dev, 5).unwrap();
+    let mut t = Tensor::<i32>::zeros(&dev, &[5]).unwrap();
+    for round in 0..3 {
+        let want: Vec<i32> = (0..5).map(|i| i * 10 + round).collect();
+        host.write().unwrap().copy_from_slice(&want);
+        host.upload(&mut t).unwrap();
+        assert_eq!(t.to_host().unwrap(), want, "round {round}");
+    }
+    let mut short = Tensor::<i32>::zeros(&dev, &[4]).unwrap();
+    assert!(matches!(host.upload(&mut short), Err(Error::Shape(_))));
+    let other = Device::emu();
+    let mut elsewhere = Tensor::<i32>::zeros(&other, &[5]).unwrap();
+    assert!(matches!(host.upload(&mut elsewhere), Err(Error::WrongDevice { .. })));
+}

@@ -339,3 +339,82 @@ impl Drop for EventTimer {
         }
     }
 }
+
+/// Page-locked host memory, so that an upload from it is a true asynchronous copy queued on
+/// the stream (from pageable memory the driver waits for the stream first); `event` marks when
+/// the last upload has read it.
+pub(crate) struct PinnedHost {
+    ptr: *mut u8,
+    len: usize,
+    event: sys::CUevent,
+    pending: bool,
+}
+
+// SAFETY: the pointer is owned page-locked memory, written only through `&mut self`.
+unsafe impl Send for PinnedHost {}
+
+impl CudaDevice {
+    pub fn alloc_pinned(&self, len: usize) -> Result<PinnedHost> {
+        self.bind()?;
+        // SAFETY: a fresh allocation of len bytes (at least 1), owned by the PinnedHost.
+        let ptr = unsafe { result::malloc_host(len.max(1), 0) }.map_err(drv("cuMemHostAlloc"))? as *mut u8;
+        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+        match event {
+            Ok(event) => Ok(PinnedHost { ptr, len, event, pending: false }),
+            Err(e) => {
+                // SAFETY: allocated just above, not shared.
+                unsafe {
+                    let _ = result::free_host(ptr as *mut c_void);
+                }
+                Err(drv("cuEventCreate")(e))
+            }
+        }
+    }
+
+    /// Queues `dst[..len] = src[..len]` on the stream and returns; `src` stays busy until
+    /// [`PinnedHost::wait`].
+    ///
+    /// # Safety
+    /// `dst` spans `src.len` bytes of one live allocation of this device.
+    pub unsafe fn upload_pinned(&self, dst: u64, src: &mut PinnedHost) -> Result<()> {
+        self.bind()?;
+        src.wait()?;
+        let bytes = std::slice::from_raw_parts(src.ptr, src.len);
+        result::memcpy_htod_async(dst, bytes, self.stream).map_err(drv("cuMemcpyHtoDAsync"))?;
+        result::event::record(src.event, self.stream).map_err(drv("cuEventRecord"))?;
+        src.pending = true;
+        Ok(())
+    }
+
+    /// Frees `p` once its last upload is done (the context must be current for the free).
+    pub fn free_pinned(&self, p: &mut PinnedHost) {
+        let _ = p.wait();
+        if self.bind().is_ok() {
+            // SAFETY: owned by `p`, no copy reads it any more (waited above), not used afterwards.
+            unsafe {
+                let _ = result::free_host(p.ptr as *mut c_void);
+                let _ = result::event::destroy(p.event);
+            }
+        }
+        p.ptr = std::ptr::null_mut();
+    }
+}
+
+impl PinnedHost {
+    /// Waits until the last upload from this buffer has read it (not for the rest of the stream).
+    pub fn wait(&mut self) -> Result<()> {
+        if self.pending {
+            // SAFETY: an event of this buffer, recorded on the stream after its last copy.
+            unsafe { result::event::synchronize(self.event) }.map_err(drv("cuEventSynchronize"))?;
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    /// The bytes, once no upload reads them.
+    pub fn bytes_mut(&mut self) -> Result<&mut [u8]> {
+        self.wait()?;
+        // SAFETY: len bytes owned by this buffer, no copy in flight (waited above).
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) })
+    }
+}

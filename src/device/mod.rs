@@ -8,9 +8,11 @@
 mod cuda;
 mod emu;
 pub mod kernels;
+mod pinned;
 
 pub use cuda::{cuda_report, CudaReport, GpuInfo};
 pub use emu::Schedule;
+pub use pinned::PinnedBuffer;
 
 use crate::{Error, Result};
 use std::ffi::c_void;

@@ -17,7 +17,7 @@ use crate::data::{
     open_dir, open_dir_with_classes, Dataset, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform,
 };
 use crate::model::{Arch, ConvChoice, Init, OptimConfig, ScalerState, Vgg, VggConfig};
-use crate::{reference, Device, Tensor};
+use crate::{reference, Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
 use std::io::Write;
@@ -386,6 +386,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let (n, sz) = (a.batch, a.input);
     let mut images = Tensor::<u8>::zeros(&dev, &[n, sz, sz, 3])?;
     let mut labels = Tensor::<i32>::zeros(&dev, &[n])?;
+    // Two host buffers a kind, used in turn: a batch's upload is queued behind the step before
+    // it, and the host fills the other buffer meanwhile (page-locked on cuda).
+    let mut staged = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let buf = (PinnedBuffer::<u8>::new(&dev, images.len())?, PinnedBuffer::<i32>::new(&dev, n)?);
+        staged.push(buf);
+    }
     let t0 = Instant::now();
     let mut imgs = 0usize;
     let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
@@ -413,8 +420,21 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             if b.n != n {
                 continue;
             }
-            images.copy_from_host(&b.images)?;
-            labels.copy_from_host(&b.labels)?;
+            let (hi, hl) = &mut staged[(st.step % 2) as usize];
+            if b.images.len() != hi.len() || b.labels.len() != hl.len() {
+                bail!(
+                    "epoch {} batch {bi}: {} image bytes and {} labels, expected {} and {}",
+                    st.epoch,
+                    b.images.len(),
+                    b.labels.len(),
+                    hi.len(),
+                    hl.len()
+                );
+            }
+            hi.write()?.copy_from_slice(&b.images);
+            hl.write()?.copy_from_slice(&b.labels);
+            hi.upload(&mut images)?;
+            hl.upload(&mut labels)?;
             let lr = match schedule {
                 LrSchedule::Cosine => a.lr * 0.5 * (1.0 + (std::f32::consts::PI * st.step as f32 / total as f32).cos()),
                 LrSchedule::Step { every } => a.lr * 0.1f32.powi((st.epoch / every) as i32),

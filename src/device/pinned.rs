@@ -1,0 +1,74 @@
+//! Host buffers whose uploads do not stop the host: page-locked memory on cuda, from which
+//! `cuMemcpyHtoDAsync` is a true asynchronous copy queued behind the work already on the
+//! stream (from pageable memory, as [`crate::Tensor::copy_from_host`] reads, the driver first
+//! waits for the whole stream). A trainer fills one buffer while the other's upload waits its
+//! turn, so feeding a batch never waits for the step before it. On emu, plain memory copied at
+//! once.
+
+use super::{cuda, Backend, Device};
+use crate::tensor::DType;
+use crate::{Error, Result, Tensor};
+use std::marker::PhantomData;
+
+enum Host {
+    Plain(Vec<u8>),
+    Pinned(cuda::PinnedHost),
+}
+
+/// `len` elements of host memory for asynchronous uploads to tensors of the same length.
+pub struct PinnedBuffer<T: DType> {
+    dev: Device,
+    host: Host,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: DType> PinnedBuffer<T> {
+    pub fn new(dev: &Device, len: usize) -> Result<Self> {
+        let bytes = len * std::mem::size_of::<T>();
+        let host = match &dev.0.backend {
+            Backend::Cuda(c) => Host::Pinned(c.alloc_pinned(bytes)?),
+            Backend::Emu(_) => Host::Plain(vec![0; bytes]),
+        };
+        Ok(Self { dev: dev.clone(), host, len, _t: PhantomData })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer to fill; on cuda it first waits until the last upload from it has read it
+    /// (that copy only, not the rest of the stream).
+    pub fn write(&mut self) -> Result<&mut [T]> {
+        let bytes = match &mut self.host {
+            Host::Plain(v) => v.as_mut_slice(),
+            Host::Pinned(p) => p.bytes_mut()?,
+        };
+        Ok(bytemuck::cast_slice_mut(bytes))
+    }
+
+    /// Queues `dst = self` behind the work on the device's stream and returns; the buffer is
+    /// busy until then ([`PinnedBuffer::write`] waits for it). `dst` must have this length and
+    /// live on this device.
+    pub fn upload(&mut self, dst: &mut Tensor<T>) -> Result<()> {
+        dst.check(&self.dev, "upload destination", self.len)?;
+        let ptr = dst.device_ptr();
+        match (&mut self.host, &self.dev.0.backend) {
+            // SAFETY: dst spans len elements = the buffer's bytes (checked above).
+            (Host::Pinned(p), Backend::Cuda(c)) => unsafe { c.upload_pinned(ptr, p) },
+            (Host::Plain(v), _) => dst.copy_from_host(bytemuck::cast_slice(v)),
+            _ => Err(Error::Kernel("pinned buffer on the wrong kind of device".into())),
+        }
+    }
+}
+
+impl<T: DType> Drop for PinnedBuffer<T> {
+    fn drop(&mut self) {
+        if let (Host::Pinned(p), Backend::Cuda(c)) = (&mut self.host, &self.dev.0.backend) {
+            c.free_pinned(p);
+        }
+    }
+}
