@@ -89,6 +89,10 @@ step train-small 90 "$VGG" train --device cuda --quiet
 # Evaluation throughput of a VGG-16 (two training steps on synthetic 224-px images, so that a
 # checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
 CK=${TMPDIR:-/tmp}/vgg-d
+# VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps):
+# its img/s against bench-train's device-resident rows says whether the input side keeps up.
+step train-vgg16 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
+  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8
 step eval-vgg16-ckpt 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
   --classes 1000 --synthetic-len 64 --batch 32 --steps 2 --checkpoint-dir "$CK"
 step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 256 \
