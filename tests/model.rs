@@ -4,7 +4,7 @@
 use half::f16;
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::reference::HostVgg;
-use vgg_cuda::model::{Arch, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
+use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
 use vgg_cuda::{Device, Tensor};
 
 /// Config A at 1/8 width on 32x32 inputs: convs 8, 16, 32, 32, 64, 64, 64, 64 channels (the
@@ -70,10 +70,23 @@ fn parameter_counts_match_torchvision() {
 /// (which see ReLU / max-pool routing flips undiluted), and hold the host twin to 5e-3 / 1e-2.
 #[test]
 fn gradients_match_finite_differences() {
+    gradient_check(ConvChoice::Auto, OptimConfig::default());
+}
+
+/// The same check with every Winograd pass on F(4x4), whose fp16 error is ~4x F(2x2)'s, at a
+/// 16x lower loss scale: its transformed dgrad inputs reach 49x their largest value (F(2x2):
+/// 4x), and at this net's default 65536 they overflow (the gradients come out NaN).
+#[test]
+fn gradients_match_finite_differences_winograd4x4() {
+    gradient_check(ConvChoice::Winograd4x4, OptimConfig { init_scale: 4096.0, ..Default::default() });
+}
+
+fn gradient_check(choice: ConvChoice, optim: OptimConfig) {
     let dev = Device::emu();
     let cfg = small(Arch::A, 0.5);
     let batch = 4;
-    let mut vgg = Vgg::new(&dev, cfg.clone(), batch, Init::He, 7).unwrap();
+    let mut vgg = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 7, optim).unwrap();
+    vgg.set_conv_choice(choice, 1).unwrap();
     let (images, labels) = batch_data(&cfg, batch, 11);
     let (xi, xl) = upload(&dev, &cfg, &images, &labels);
     let step = 3;
@@ -141,7 +154,7 @@ fn gradients_match_finite_differences() {
             );
         }
     }
-    eprintln!("gradient check: worst directional relative error {worst:.2e}");
+    eprintln!("gradient check ({choice:?}): worst directional relative error {worst:.2e}");
 }
 
 /// The first steps of a fixed small run against the same steps on the host twin (fp16
