@@ -173,3 +173,14 @@ fn pinned_buffers_upload_and_check_lengths() {
     let mut elsewhere = Tensor::<i32>::zeros(&other, &[5]).unwrap();
     assert!(matches!(host.upload(&mut elsewhere), Err(Error::WrongDevice { .. })));
 }
+
+#[test]
+fn pinned_buffers_download() {
+    let dev = Device::emu();
+    let t = Tensor::<f32>::from_host(&dev, &[4], &[1.5, -2.0, 0.25, 8.0]).unwrap();
+    let mut host = vgg_cuda::PinnedBuffer::<f32>::new(&dev, 4).unwrap();
+    host.download(&t).unwrap();
+    assert_eq!(host.read().unwrap(), &[1.5, -2.0, 0.25, 8.0]);
+    let long = Tensor::<f32>::zeros(&dev, &[5]).unwrap();
+    assert!(matches!(host.download(&long), Err(Error::Shape(_))));
+}

@@ -99,6 +99,18 @@ fn ensemble_of_a_model_with_itself_is_the_model() {
     let p1 = eval::posteriors(&mut one, &pixels, 6).unwrap();
     let p2 = eval::posteriors(&mut two, &pixels, 6).unwrap();
     assert_eq!(p1, p2, "ensemble of a model with itself differs from the model");
+    // Two batches (4 + 2 padded) in flight at once give, view by view, what one forward of all
+    // six views and a host softmax give (the bound of predict_matches_forward_and_host_softmax).
+    let mut vgg = Vgg::new(&dev, cfg.clone(), 6, Init::He, 0).unwrap();
+    vgg.import_params(&checkpoint::load(&w).unwrap().weights).unwrap();
+    let images = Tensor::from_host(&dev, &[6, 32, 32, 3], &pixels).unwrap();
+    let logits = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+    for v in 0..6 {
+        let want = eval::softmax(&logits[v * 4..(v + 1) * 4]);
+        for (c, (g, e)) in p1[v * 4..(v + 1) * 4].iter().zip(&want).enumerate() {
+            assert!((g - e).abs() <= 4e-6 * e, "view {v} class {c}: posteriors {g}, forward + softmax {e}");
+        }
+    }
     let r1 = eval::eval(&eval_args(vec![w.clone()], "synthetic")).unwrap();
     let r2 = eval::eval(&eval_args(vec![w.clone(), w], "synthetic")).unwrap();
     assert_eq!((r1.top1_error, r1.top5_error, r1.images), (r2.top1_error, r2.top5_error, r2.images));

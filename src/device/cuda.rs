@@ -340,9 +340,9 @@ impl Drop for EventTimer {
     }
 }
 
-/// Page-locked host memory, so that an upload from it is a true asynchronous copy queued on
+/// Page-locked host memory, so that a copy to or from it is a true asynchronous copy queued on
 /// the stream (from pageable memory the driver waits for the stream first); `event` marks when
-/// the last upload has read it.
+/// the last copy has finished.
 pub(crate) struct PinnedHost {
     ptr: *mut u8,
     len: usize,
@@ -386,7 +386,22 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Frees `p` once its last upload is done (the context must be current for the free).
+    /// Queues `dst[..] = src[..dst.len]` (device to host) on the stream and returns; `dst`
+    /// holds the data after [`PinnedHost::wait`].
+    ///
+    /// # Safety
+    /// `src` spans `dst.len` bytes of one live allocation of this device.
+    pub unsafe fn download_pinned(&self, dst: &mut PinnedHost, src: u64) -> Result<()> {
+        self.bind()?;
+        dst.wait()?;
+        let bytes = std::slice::from_raw_parts_mut(dst.ptr, dst.len);
+        result::memcpy_dtoh_async(bytes, src, self.stream).map_err(drv("cuMemcpyDtoHAsync"))?;
+        result::event::record(dst.event, self.stream).map_err(drv("cuEventRecord"))?;
+        dst.pending = true;
+        Ok(())
+    }
+
+    /// Frees `p` once its last copy is done (the context must be current for the free).
     pub fn free_pinned(&self, p: &mut PinnedHost) {
         let _ = p.wait();
         if self.bind().is_ok() {
@@ -401,7 +416,7 @@ impl CudaDevice {
 }
 
 impl PinnedHost {
-    /// Waits until the last upload from this buffer has read it (not for the rest of the stream).
+    /// Waits until the last copy to or from this buffer is done (not for the rest of the stream).
     pub fn wait(&mut self) -> Result<()> {
         if self.pending {
             // SAFETY: an event of this buffer, recorded on the stream after its last copy.
@@ -411,7 +426,7 @@ impl PinnedHost {
         Ok(())
     }
 
-    /// The bytes, once no upload reads them.
+    /// The bytes, once no copy is in flight.
     pub fn bytes_mut(&mut self) -> Result<&mut [u8]> {
         self.wait()?;
         // SAFETY: len bytes owned by this buffer, no copy in flight (waited above).

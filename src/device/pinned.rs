@@ -1,9 +1,9 @@
-//! Host buffers whose uploads do not stop the host: page-locked memory on cuda, from which
-//! `cuMemcpyHtoDAsync` is a true asynchronous copy queued behind the work already on the
-//! stream (from pageable memory, as [`crate::Tensor::copy_from_host`] reads, the driver first
-//! waits for the whole stream). A trainer fills one buffer while the other's upload waits its
-//! turn, so feeding a batch never waits for the step before it. On emu, plain memory copied at
-//! once.
+//! Host buffers whose copies do not stop the host: page-locked memory on cuda, to and from
+//! which `cuMemcpy*Async` is a true asynchronous copy queued behind the work already on the
+//! stream (with pageable memory, as [`crate::Tensor::copy_from_host`] and `to_host` use, the
+//! host waits for the whole stream). A trainer fills one buffer while the other's upload waits
+//! its turn, so feeding a batch never waits for the step before it; evaluation reads batch i's
+//! results while batch i + 1 runs. On emu, plain memory copied at once.
 
 use super::{cuda, Backend, Device};
 use crate::tensor::DType;
@@ -40,8 +40,8 @@ impl<T: DType> PinnedBuffer<T> {
         self.len == 0
     }
 
-    /// The buffer to fill; on cuda it first waits until the last upload from it has read it
-    /// (that copy only, not the rest of the stream).
+    /// The buffer, to fill before an upload or to read after a download; on cuda it first
+    /// waits for the last copy to or from it (that copy only, not the rest of the stream).
     pub fn write(&mut self) -> Result<&mut [T]> {
         let bytes = match &mut self.host {
             Host::Plain(v) => v.as_mut_slice(),
@@ -62,6 +62,29 @@ impl<T: DType> PinnedBuffer<T> {
             (Host::Plain(v), _) => dst.copy_from_host(bytemuck::cast_slice(v)),
             _ => Err(Error::Kernel("pinned buffer on the wrong kind of device".into())),
         }
+    }
+}
+
+impl<T: DType> PinnedBuffer<T> {
+    /// Queues `self = src` behind the work on the stream and returns; [`PinnedBuffer::read`]
+    /// (or `write`) waits for it. `src` must have this length and live on this device.
+    pub fn download(&mut self, src: &Tensor<T>) -> Result<()> {
+        src.check(&self.dev, "download source", self.len)?;
+        let ptr = src.device_ptr();
+        match (&mut self.host, &self.dev.0.backend) {
+            // SAFETY: src spans len elements = the buffer's bytes (checked above).
+            (Host::Pinned(p), Backend::Cuda(c)) => unsafe { c.download_pinned(p, ptr) },
+            (Host::Plain(v), _) => {
+                v.copy_from_slice(bytemuck::cast_slice(&src.to_host()?));
+                Ok(())
+            }
+            _ => Err(Error::Kernel("pinned buffer on the wrong kind of device".into())),
+        }
+    }
+
+    /// The buffer's contents, once the last copy to or from it is done.
+    pub fn read(&mut self) -> Result<&[T]> {
+        Ok(&*self.write()?)
     }
 }
 

@@ -30,7 +30,7 @@ use crate::data::{
 };
 use crate::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use crate::train::checkpoint;
-use crate::{ops, Device, Tensor};
+use crate::{ops, Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -250,6 +250,10 @@ pub fn load_ensemble(dev: &Device, paths: &[PathBuf], arch: Option<&str>, batch:
 
 /// Runs `n` views (`input` x `input` x 3 bytes each, concatenated) through every model and
 /// returns the posteriors averaged over models, `n * classes`. Short batches are padded.
+///
+/// Two batches are in flight: batch j + 1's upload, forward and softmax are queued before the
+/// host reads batch j's posteriors (through page-locked buffers on cuda, see
+/// [`PinnedBuffer`]), so the device does not wait for the host between batches.
 pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f64>> {
     let (s, k, b) = {
         let c = models[0].vgg.config();
@@ -258,20 +262,36 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
     let per = s * s * 3;
     debug_assert_eq!(pixels.len(), n * per);
     let mut out = vec![0f64; n * k];
-    let mut batch = vec![0u8; b * per];
+    let starts: Vec<usize> = (0..n).step_by(b).collect();
     for m in models.iter_mut() {
         let dev = m.vgg.device().clone();
         let mut images = Tensor::<u8>::zeros(&dev, &[b, s, s, 3])?;
-        let mut probs = Tensor::<f32>::empty(&dev, &[b, k])?;
-        for start in (0..n).step_by(b) {
+        let mut probs = [Tensor::<f32>::empty(&dev, &[b, k])?, Tensor::<f32>::empty(&dev, &[b, k])?];
+        let mut up = [PinnedBuffer::<u8>::new(&dev, b * per)?, PinnedBuffer::<u8>::new(&dev, b * per)?];
+        let mut down = [PinnedBuffer::<f32>::new(&dev, b * k)?, PinnedBuffer::<f32>::new(&dev, b * k)?];
+        // Batch j's posteriors, added into `out` (its download was queued one batch earlier).
+        let mut collect = |j: usize, down: &mut PinnedBuffer<f32>| -> Result<()> {
+            let start = starts[j];
             let rows = (n - start).min(b);
-            batch[..rows * per].copy_from_slice(&pixels[start * per..(start + rows) * per]);
-            images.copy_from_host(&batch)?;
-            ops::softmax_fwd(m.vgg.forward(&images, false, 0)?, &mut probs)?;
-            let probs = probs.to_host()?;
-            for (o, &p) in out[start * k..(start + rows) * k].iter_mut().zip(&probs) {
+            for (o, &p) in out[start * k..(start + rows) * k].iter_mut().zip(down.read()?) {
                 *o += p as f64;
             }
+            Ok(())
+        };
+        for (j, &start) in starts.iter().enumerate() {
+            let (slot, rows) = (j % 2, (n - start).min(b));
+            let host = up[slot].write()?;
+            host[..rows * per].copy_from_slice(&pixels[start * per..(start + rows) * per]);
+            host[rows * per..].fill(0);
+            up[slot].upload(&mut images)?;
+            ops::softmax_fwd(m.vgg.forward(&images, false, 0)?, &mut probs[slot])?;
+            down[slot].download(&probs[slot])?;
+            if j > 0 {
+                collect(j - 1, &mut down[1 - slot])?;
+            }
+        }
+        if let Some(last) = starts.len().checked_sub(1) {
+            collect(last, &mut down[last % 2])?;
         }
     }
     let inv = 1.0 / models.len() as f64;
