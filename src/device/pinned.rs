@@ -10,15 +10,16 @@ use crate::tensor::DType;
 use crate::{Error, Result, Tensor};
 use std::marker::PhantomData;
 
-enum Host {
-    Plain(Vec<u8>),
+/// Plain memory holds `T`s (so that it is aligned for them); page-locked memory is page-aligned.
+enum Host<T> {
+    Plain(Vec<T>),
     Pinned(cuda::PinnedHost),
 }
 
 /// `len` elements of host memory for asynchronous uploads to tensors of the same length.
 pub struct PinnedBuffer<T: DType> {
     dev: Device,
-    host: Host,
+    host: Host<T>,
     len: usize,
     _t: PhantomData<T>,
 }
@@ -28,7 +29,7 @@ impl<T: DType> PinnedBuffer<T> {
         let bytes = len * std::mem::size_of::<T>();
         let host = match &dev.0.backend {
             Backend::Cuda(c) => Host::Pinned(c.alloc_pinned(bytes)?),
-            Backend::Emu(_) => Host::Plain(vec![0; bytes]),
+            Backend::Emu(_) => Host::Plain(vec![T::default(); len]),
         };
         Ok(Self { dev: dev.clone(), host, len, _t: PhantomData })
     }
@@ -43,11 +44,10 @@ impl<T: DType> PinnedBuffer<T> {
     /// The buffer, to fill before an upload or to read after a download; on cuda it first
     /// waits for the last copy to or from it (that copy only, not the rest of the stream).
     pub fn write(&mut self) -> Result<&mut [T]> {
-        let bytes = match &mut self.host {
-            Host::Plain(v) => v.as_mut_slice(),
-            Host::Pinned(p) => p.bytes_mut()?,
-        };
-        Ok(bytemuck::cast_slice_mut(bytes))
+        match &mut self.host {
+            Host::Plain(v) => Ok(v.as_mut_slice()),
+            Host::Pinned(p) => Ok(bytemuck::cast_slice_mut(p.bytes_mut()?)),
+        }
     }
 
     /// Queues `dst = self` behind the work on the device's stream and returns; the buffer is
@@ -59,7 +59,7 @@ impl<T: DType> PinnedBuffer<T> {
         match (&mut self.host, &self.dev.0.backend) {
             // SAFETY: dst spans len elements = the buffer's bytes (checked above).
             (Host::Pinned(p), Backend::Cuda(c)) => unsafe { c.upload_pinned(ptr, p) },
-            (Host::Plain(v), _) => dst.copy_from_host(bytemuck::cast_slice(v)),
+            (Host::Plain(v), _) => dst.copy_from_host(v),
             _ => Err(Error::Kernel("pinned buffer on the wrong kind of device".into())),
         }
     }
@@ -75,7 +75,7 @@ impl<T: DType> PinnedBuffer<T> {
             // SAFETY: src spans len elements = the buffer's bytes (checked above).
             (Host::Pinned(p), Backend::Cuda(c)) => unsafe { c.download_pinned(p, ptr) },
             (Host::Plain(v), _) => {
-                v.copy_from_slice(bytemuck::cast_slice(&src.to_host()?));
+                *v = src.to_host()?;
                 Ok(())
             }
             _ => Err(Error::Kernel("pinned buffer on the wrong kind of device".into())),
