@@ -53,8 +53,8 @@ struct AmpState {
     unsigned long long skipped;
 };
 
-// LossScaler::update's rules: on overflow halve and count a skip; after `interval` clean steps
-// in a row double, unless the double is not finite.
+// reference::loss_scale_update's rules (src/reference/sgd.rs): on overflow halve and count a
+// skip; after `interval` clean steps in a row double, unless the double is not finite.
 extern "C" __global__ void amp_scaler_update(const int* __restrict__ flag, AmpState* __restrict__ st) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const bool over = *flag != 0;

@@ -20,7 +20,7 @@ use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
-pub use crate::reference::SgdParams;
+pub use crate::reference::{LossScaleState, SgdParams};
 
 const CLEAR: Kernel = Kernel { module: "optim", name: "amp_flag_clear" };
 const CHECK: Kernel = Kernel { module: "optim", name: "amp_check_f32" };
@@ -269,10 +269,8 @@ impl SgdPlan {
 /// `skipped`, `clean_steps`) is then the one of the last sync.
 #[derive(Debug)]
 pub struct LossScaler {
-    scale: f32,
-    growth_interval: u32,
-    clean_steps: u32,
-    skipped: u64,
+    /// The host view of the state.
+    st: LossScaleState,
     flag: OverflowFlag,
     /// kernels/optim.cu's AmpState as eight 32-bit words: scale bits, clean steps, interval,
     /// last overflow, scale bits the last step used, padding, skipped (low, high).
@@ -294,10 +292,7 @@ impl LossScaler {
         ensure_shape!(init_scale > 0.0 && init_scale.is_finite(), "LossScaler: initial scale {init_scale} must be > 0");
         ensure_shape!(growth_interval > 0, "LossScaler: growth interval must be at least 1");
         Ok(Self {
-            scale: init_scale,
-            growth_interval,
-            clean_steps: 0,
-            skipped: 0,
+            st: LossScaleState { scale: init_scale, clean_steps: 0, growth_interval, skipped: 0 },
             flag: OverflowFlag::new(dev)?,
             state: Tensor::zeros(dev, &[8])?,
             queued: false,
@@ -306,11 +301,11 @@ impl LossScaler {
 
     /// The factor to multiply the loss by (pass it to [`crate::ops::softmax_xent`]).
     pub fn scale(&self) -> f32 {
-        self.scale
+        self.st.scale
     }
     /// Steps skipped for overflow so far.
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        self.st.skipped
     }
     /// The device overflow flag of the last step.
     pub fn flag(&self) -> &OverflowFlag {
@@ -318,7 +313,7 @@ impl LossScaler {
     }
     /// Clean steps since the last change of scale (checkpointed with the scale).
     pub fn clean_steps(&self) -> u32 {
-        self.clean_steps
+        self.st.clean_steps
     }
 
     /// Restores the state a checkpoint saved: scale, clean steps, skipped count (replacing a
@@ -326,9 +321,9 @@ impl LossScaler {
     pub fn restore(&mut self, scale: f32, clean_steps: u32, skipped: u64) -> Result<()> {
         ensure_shape!(scale > 0.0 && scale.is_finite(), "LossScaler: restored scale {scale} must be > 0");
         self.queued = false;
-        self.scale = scale;
-        self.clean_steps = clean_steps;
-        self.skipped = skipped;
+        self.st.scale = scale;
+        self.st.clean_steps = clean_steps;
+        self.st.skipped = skipped;
         Ok(())
     }
 
@@ -336,20 +331,7 @@ impl LossScaler {
     /// (`!overflow`) and adjusts the scale. A doubling that would overflow f32 is not taken.
     /// (While steps are queued the host view is stale: sync first.)
     pub fn update(&mut self, overflow: bool) -> bool {
-        if overflow {
-            self.scale *= 0.5;
-            self.clean_steps = 0;
-            self.skipped += 1;
-            return false;
-        }
-        self.clean_steps += 1;
-        if self.clean_steps >= self.growth_interval {
-            self.clean_steps = 0;
-            if (self.scale * 2.0).is_finite() {
-                self.scale *= 2.0;
-            }
-        }
-        true
+        crate::reference::loss_scale_update(&mut self.st, overflow)
     }
 
     /// One optimizer step: overflow check, the SGD update (skipped on the device on
@@ -358,7 +340,7 @@ impl LossScaler {
     pub fn step(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<bool> {
         self.sync()?;
         plan.check_overflow(params, &mut self.flag)?;
-        plan.step(params, &sgd.with_scale(self.scale), Some(&self.flag))?;
+        plan.step(params, &sgd.with_scale(self.st.scale), Some(&self.flag))?;
         let overflow = self.flag.read()?;
         Ok(self.update(overflow))
     }
@@ -368,13 +350,13 @@ impl LossScaler {
     /// ([`crate::ops::softmax_xent_device_scale`]) and [`LossScaler::step_queued`] updates it.
     pub fn queue(&mut self) -> Result<()> {
         if !self.queued {
-            let skipped = self.skipped;
+            let skipped = self.st.skipped;
             let words = [
-                self.scale.to_bits() as i32,
-                self.clean_steps as i32,
-                self.growth_interval as i32,
+                self.st.scale.to_bits() as i32,
+                self.st.clean_steps as i32,
+                self.st.growth_interval as i32,
                 0,
-                self.scale.to_bits() as i32,
+                self.st.scale.to_bits() as i32,
                 0,
                 skipped as u32 as i32,
                 (skipped >> 32) as u32 as i32,
@@ -423,9 +405,9 @@ impl LossScaler {
             return Ok(None);
         }
         let w = self.state.to_host()?;
-        self.scale = f32::from_bits(w[0] as u32);
-        self.clean_steps = w[1] as u32;
-        self.skipped = (w[6] as u32 as u64) | ((w[7] as u32 as u64) << 32);
+        self.st.scale = f32::from_bits(w[0] as u32);
+        self.st.clean_steps = w[1] as u32;
+        self.st.skipped = (w[6] as u32 as u64) | ((w[7] as u32 as u64) << 32);
         self.queued = false;
         Ok(Some((w[3] != 0, f32::from_bits(w[4] as u32))))
     }

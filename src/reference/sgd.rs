@@ -33,6 +33,39 @@ pub fn any_non_finite(g: &[f32]) -> bool {
     g.iter().any(|v| !v.is_finite())
 }
 
+/// The dynamic loss scale's state (PyTorch's `GradScaler`): what [`loss_scale_update`] steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaleState {
+    pub scale: f32,
+    /// Clean steps since the scale last changed.
+    pub clean_steps: u32,
+    /// Clean steps in a row after which the scale doubles.
+    pub growth_interval: u32,
+    /// Steps skipped for overflow so far.
+    pub skipped: u64,
+}
+
+/// One step of the loss scale's rules: on overflow halve the scale and count a skipped step;
+/// after `growth_interval` clean steps in a row double it, unless the double is not finite.
+/// Returns whether the step was applied (`!overflow`). The reference of the host
+/// `ops::LossScaler` and of kernel amp_scaler_update (kernels/optim.cu).
+pub fn loss_scale_update(st: &mut LossScaleState, overflow: bool) -> bool {
+    if overflow {
+        st.scale *= 0.5;
+        st.clean_steps = 0;
+        st.skipped += 1;
+        return false;
+    }
+    st.clean_steps += 1;
+    if st.clean_steps >= st.growth_interval {
+        st.clean_steps = 0;
+        if (st.scale * 2.0).is_finite() {
+            st.scale *= 2.0;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,8 +116,8 @@ pub fn sgd(dev: &Device) -> Result<Vec<CheckRow>> {
 
 /// The loss scale on the device: queued steps (amp_check_f32, sgd_multi_f32 reading the scale
 /// from the device state, amp_scaler_update) over a sequence of clean and Inf / NaN gradients
-/// with growth every 2 clean steps, against the host state machine (`LossScaler::update`) and
-/// reference::sgd_step at the scale the host expects: bit-exact.
+/// with growth every 2 clean steps, against reference::loss_scale_update and
+/// reference::sgd_step at the scale the reference expects: bit-exact.
 pub fn amp_scaler(dev: &Device) -> Result<Vec<CheckRow>> {
     let n = 1000;
     let mut hw: Vec<f32> = randn_f16(n, 950).iter().map(|v| 0.05 * v).collect();
@@ -131,24 +131,24 @@ pub fn amp_scaler(dev: &Device) -> Result<Vec<CheckRow>> {
     let shape_host = [Host { w: vec![], v: vec![], g: vec![], decay: true, copy: false }];
     let plan = SgdPlan::new(&params(&mut d, &shape_host))?;
     let mut queued = LossScaler::with(dev, 4096.0, 2)?;
-    let mut model = LossScaler::with(dev, 4096.0, 2)?;
+    let mut model = r::LossScaleState { scale: 4096.0, clean_steps: 0, growth_interval: 2, skipped: 0 };
     let overflow = [false, true, false, false, true, false, false, false];
     for (i, &bad) in overflow.iter().enumerate() {
-        let mut g: Vec<f32> = randn_f16(n, 960 + i as u64).iter().map(|v| v * model.scale() * 1e-2).collect();
+        let mut g: Vec<f32> = randn_f16(n, 960 + i as u64).iter().map(|v| v * model.scale * 1e-2).collect();
         if bad {
             g[(97 * i) % n] = if i % 2 == 0 { f32::INFINITY } else { f32::NAN };
         }
         d[0].g.copy_from_host(&g)?;
         let sgd = Sgd::VGG.lr(0.01);
         queued.step_queued(&plan, &mut params(&mut d, &shape_host), sgd)?;
-        let hp = sgd.with_scale(model.scale());
-        if model.update(bad) {
+        let hp = sgd.with_scale(model.scale);
+        if r::loss_scale_update(&mut model, bad) {
             r::sgd_step(&mut hw, &mut hv, &g, &hp, true);
         }
     }
     let (last_overflow, _) = queued.sync()?.unwrap_or((true, 0.0));
     let got = [queued.scale(), queued.clean_steps() as f32, queued.skipped() as f32, last_overflow as u8 as f32];
-    let want = [model.scale(), model.clean_steps() as f32, model.skipped() as f32, 0.0];
+    let want = [model.scale, model.clean_steps as f32, model.skipped as f32, 0.0];
     let shape = "8 steps, 2 overflows, growth every 2";
     Ok(vec![
         CheckRow::new("amp_scaler_update scale, clean, skipped, flag", shape, compare(&got, &want), Bound::Exact),
