@@ -184,6 +184,29 @@ pub struct Model {
     pub classes: Option<Vec<String>>,
     /// The training seed stored with the checkpoint, if any.
     pub seed: Option<u64>,
+    /// [`posteriors`]' device and page-locked buffers, made on its first call and kept.
+    io: Option<EvalIo>,
+}
+
+/// The buffers of two batches in flight: one device input (uploads queue behind the forward
+/// before them), two posterior tensors and two page-locked buffers each way.
+struct EvalIo {
+    images: Tensor<u8>,
+    probs: [Tensor<f32>; 2],
+    up: [PinnedBuffer<u8>; 2],
+    down: [PinnedBuffer<f32>; 2],
+}
+
+impl EvalIo {
+    fn new(dev: &Device, batch: usize, side: usize, classes: usize) -> Result<Self> {
+        let px = batch * side * side * 3;
+        Ok(Self {
+            images: Tensor::zeros(dev, &[batch, side, side, 3])?,
+            probs: [Tensor::empty(dev, &[batch, classes])?, Tensor::empty(dev, &[batch, classes])?],
+            up: [PinnedBuffer::new(dev, px)?, PinnedBuffer::new(dev, px)?],
+            down: [PinnedBuffer::new(dev, batch * classes)?, PinnedBuffer::new(dev, batch * classes)?],
+        })
+    }
 }
 
 /// Loads a checkpoint (ours, or a torchvision state dict) into a network of `batch` images.
@@ -212,7 +235,7 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
             bail!("{}: {} class names stored for a {}-class model", path.display(), c.len(), cfg.classes);
         }
     }
-    Ok(Model { path: path.to_path_buf(), vgg, classes, seed: l.state.map(|s| s.seed) })
+    Ok(Model { path: path.to_path_buf(), vgg, classes, seed: l.state.map(|s| s.seed), io: None })
 }
 
 /// Loads every checkpoint of an ensemble; they must agree on input side and classes.
@@ -264,11 +287,12 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
     let mut out = vec![0f64; n * k];
     let starts: Vec<usize> = (0..n).step_by(b).collect();
     for m in models.iter_mut() {
-        let dev = m.vgg.device().clone();
-        let mut images = Tensor::<u8>::zeros(&dev, &[b, s, s, 3])?;
-        let mut probs = [Tensor::<f32>::empty(&dev, &[b, k])?, Tensor::<f32>::empty(&dev, &[b, k])?];
-        let mut up = [PinnedBuffer::<u8>::new(&dev, b * per)?, PinnedBuffer::<u8>::new(&dev, b * per)?];
-        let mut down = [PinnedBuffer::<f32>::new(&dev, b * k)?, PinnedBuffer::<f32>::new(&dev, b * k)?];
+        let Model { vgg, io, .. } = m;
+        let io = match io {
+            Some(io) => io,
+            None => io.insert(EvalIo::new(vgg.device(), b, s, k)?),
+        };
+        let EvalIo { images, probs, up, down } = io;
         // Batch j's posteriors, added into `out` (its download was queued one batch earlier).
         let mut collect = |j: usize, down: &mut PinnedBuffer<f32>| -> Result<()> {
             let start = starts[j];
@@ -283,8 +307,8 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
             let host = up[slot].write()?;
             host[..rows * per].copy_from_slice(&pixels[start * per..(start + rows) * per]);
             host[rows * per..].fill(0);
-            up[slot].upload(&mut images)?;
-            ops::softmax_fwd(m.vgg.forward(&images, false, 0)?, &mut probs[slot])?;
+            up[slot].upload(images)?;
+            ops::softmax_fwd(vgg.forward(images, false, 0)?, &mut probs[slot])?;
             down[slot].download(&probs[slot])?;
             if j > 0 {
                 collect(j - 1, &mut down[1 - slot])?;
