@@ -593,6 +593,9 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         );
         if conv != vgg_cuda::model::ConvChoice::Auto {
             println!("  conv layers (fprop / dgrad): {}", r.conv_layers.join("; "));
+            for t in &r.conv_timings {
+                println!("  tuned {t}");
+            }
         }
         rows.push(r);
         if let Some(path) = &a.json {

@@ -36,6 +36,13 @@ fn tuned_conv_plans_are_reported() {
     assert_eq!(r.conv_layers.len(), 8, "{r:?}");
     // At 1/16 width the first two layers (3 -> 4, 4 -> 8 channels) have no Winograd pass.
     assert!(r.conv_layers[2..].iter().all(|l| l.contains("wino")), "{:?}", r.conv_layers);
+    // Every distinct Winograd shape was timed under all three variants, both passes.
+    assert!(!r.conv_timings.is_empty(), "{r:?}");
+    for t in &r.conv_timings {
+        for v in ["winograd2x2/flat", "winograd2x2/region", "winograd4x4"] {
+            assert_eq!(t.matches(v).count(), 2, "{t}");
+        }
+    }
     assert!(r.last_loss.is_finite(), "{r:?}");
 }
 

@@ -122,9 +122,9 @@ fn model_conv_choice_replans_layers_and_memory() {
         assert_eq!(layers.len(), cfg.features().iter().filter(|f| f.is_conv()).count());
         // The first layer (3 channels) keeps its implicit GEMM / Direct plan; the others run
         // a Winograd variant in both passes, F(4x4) when asked for.
-        assert_eq!(layers[0].fprop, ConvAlgo::ImplicitGemm);
+        assert_eq!(layers[0].fprop(), ConvAlgo::ImplicitGemm);
         for l in &layers[1..] {
-            for a in [l.fprop, l.dgrad] {
+            for a in [l.fprop(), l.dgrad()] {
                 assert!(a == F4 || (choice == ConvChoice::Tune && a == F2), "{choice:?}: {}", l.summary());
             }
         }
@@ -150,7 +150,7 @@ fn model_conv_choice_replans_layers_and_memory() {
     // Direct everywhere (GPUs whose shared memory the Winograd loops do not fit).
     let mut direct = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
     let layers = direct.set_conv_choice(ConvChoice::Direct, 1).unwrap();
-    assert!(layers.iter().all(|l| l.fprop == ConvAlgo::Direct && l.dgrad == ConvAlgo::Direct));
+    assert!(layers.iter().all(|l| l.fprop() == ConvAlgo::Direct && l.dgrad() == ConvAlgo::Direct));
     let plans = direct.conv_plans();
     assert!(plans.iter().flatten().all(|c| c.algo(ConvPass::Wgrad) == ConvAlgo::Direct));
     let (loss, _) = first_step(&mut direct, &cfg, &dev);

@@ -676,13 +676,8 @@ fn bench_ours(
     out.poison()?;
     run_ours(conv, pass, &sets[0], &mut out, &mut ws)?;
     let result = out.to_f32()?;
-    // Winograd rows name their tiling: flat, or the region width in tiles.
-    let name = match (algo, conv.wino_region_width()) {
-        (Algo::Winograd2x2, 0) => "winograd2x2/flat".to_string(),
-        (Algo::Winograd2x2, rw) => format!("winograd2x2/r{rw}"),
-        _ => algo.name().to_string(),
-    };
-    Ok((Measured::new(name, t, p, ws_bytes, None), result, algo))
+    // Winograd F(2x2) rows name their tiling: flat, or the region width in tiles.
+    Ok((Measured::new(conv.label(pass.ops()), t, p, ws_bytes, None), result, algo))
 }
 
 /// Times cuDNN's fastest algorithm for the pass and returns the timing and its output on set 0.

@@ -86,6 +86,8 @@ pub struct TrainBenchRow {
     /// `rN` where F(2x2) runs region tiles).
     pub conv: String,
     pub conv_layers: Vec<String>,
+    /// Under `tune`: each tuned shape's per-pass, per-variant times.
+    pub conv_timings: Vec<String>,
 }
 
 /// Builds the model, runs `warmup` untimed and `steps` timed training steps.
@@ -93,7 +95,9 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let free_before = dev.memory_info()?.map(|(free, _)| free);
     let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
     let reps = if dev.is_emu() { 1 } else { 5 };
-    let conv_layers = vgg.set_conv_choice(cfg.conv, reps)?.iter().map(|c| c.summary()).collect();
+    let layers = vgg.set_conv_choice(cfg.conv, reps)?;
+    let conv_layers = layers.iter().map(|c| c.summary()).collect();
+    let conv_timings = layers.iter().filter_map(|c| c.timings_line()).collect();
     let side = cfg.model.input;
     let mut rng = StdRng::seed_from_u64(7);
     let mut sets = Vec::new();
@@ -168,5 +172,6 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         median_enqueue_ms: super::median(&mut enqueue),
         conv: format!("{:?}", cfg.conv).to_lowercase(),
         conv_layers,
+        conv_timings,
     })
 }

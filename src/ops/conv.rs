@@ -117,6 +117,13 @@ pub enum ConvAlgo {
     Winograd4x4,
 }
 
+impl ConvAlgo {
+    /// Winograd2x2 or Winograd4x4: the variants a tuner may swap in a pass.
+    pub fn is_winograd(self) -> bool {
+        matches!(self, ConvAlgo::Winograd2x2 | ConvAlgo::Winograd4x4)
+    }
+}
+
 /// How the Winograd main loop groups its 64 output tiles a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WinoTiling {
@@ -237,8 +244,7 @@ impl Conv3x3 {
     /// change (a pass that is not Winograd, another algorithm) is an `Error::Shape`, as
     /// [`Conv3x3::new`] decides the rest.
     pub fn with_pass_algo(mut self, pass: ConvPass, algo: ConvAlgo) -> Result<Self> {
-        let wino = |a: ConvAlgo| matches!(a, ConvAlgo::Winograd2x2 | ConvAlgo::Winograd4x4);
-        if pass == ConvPass::Wgrad || !wino(algo) || !wino(self.algo(pass)) {
+        if pass == ConvPass::Wgrad || !algo.is_winograd() || !self.algo(pass).is_winograd() {
             return Err(Error::Shape(format!(
                 "conv3x3 {}: {pass:?} runs {:?}; only a Winograd pass can switch, and only to Winograd2x2 or \
                  Winograd4x4 (asked: {algo:?})",
@@ -281,6 +287,19 @@ impl Conv3x3 {
     /// passes run on C padded to a multiple of 8 and dgrad runs Direct (see [`ConvAlgo`]).
     pub fn algo(&self, pass: ConvPass) -> ConvAlgo {
         self.algos[pass as usize]
+    }
+
+    /// What `pass` runs, as reports name it: `direct`, `igemm`, `winograd4x4`, or
+    /// `winograd2x2/flat` / `winograd2x2/rN` (region windows N tiles wide).
+    pub fn label(&self, pass: ConvPass) -> String {
+        match (self.algo(pass), self.wino_region_width()) {
+            (ConvAlgo::Winograd2x2, 0) => "winograd2x2/flat".into(),
+            (ConvAlgo::Winograd2x2, rw) => format!("winograd2x2/r{rw}"),
+            (ConvAlgo::Winograd4x4, _) => "winograd4x4".into(),
+            (ConvAlgo::ImplicitGemm, _) => "igemm".into(),
+            (ConvAlgo::Direct, _) => "direct".into(),
+            (ConvAlgo::Auto, _) => "auto".into(),
+        }
     }
 
     /// Whether `pass` runs on C zero-padded to a multiple of 8 in the workspace.

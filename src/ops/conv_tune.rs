@@ -80,8 +80,8 @@ pub struct Tuned {
 /// variants share the plan's tiling, so F(2x2) flat for one and region for the other is out).
 /// Non-Winograd passes keep `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
-    let wino = |p: ConvPass| matches!(base.algo(p), ConvAlgo::Winograd2x2 | ConvAlgo::Winograd4x4);
-    let passes: Vec<ConvPass> = [ConvPass::Fprop, ConvPass::Dgrad].into_iter().filter(|&p| wino(p)).collect();
+    let passes: Vec<ConvPass> =
+        [ConvPass::Fprop, ConvPass::Dgrad].into_iter().filter(|&p| base.algo(p).is_winograd()).collect();
     if passes.is_empty() {
         return Ok(Tuned { conv: base, timings: vec![], chosen: [None, None] });
     }

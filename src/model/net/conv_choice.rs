@@ -45,28 +45,34 @@ impl ConvChoice {
 pub struct ConvLayerChoice {
     /// Index of the layer in the config's feature list.
     pub feature: usize,
-    pub problem: ConvProblem,
-    pub fprop: ConvAlgo,
-    pub dgrad: ConvAlgo,
-    /// F(2x2) region width in tiles (0: flat tiles), where a pass runs F(2x2).
-    pub region_width: usize,
+    /// The layer's plan.
+    pub conv: Conv3x3,
     /// The measurements behind a tuned choice (empty otherwise, and for a layer whose shape an
     /// earlier layer already tuned).
     pub timings: Vec<PassTiming>,
 }
 
 impl ConvLayerChoice {
-    /// `problem fprop / dgrad` algorithms, with `/rN` where F(2x2) runs region tiles of width N.
+    pub fn fprop(&self) -> ConvAlgo {
+        self.conv.algo(ConvPass::Fprop)
+    }
+    pub fn dgrad(&self) -> ConvAlgo {
+        self.conv.algo(ConvPass::Dgrad)
+    }
+    /// `problem fprop / dgrad`, as [`Conv3x3::label`] names them.
     pub fn summary(&self) -> String {
-        let name = |a: ConvAlgo| match a {
-            ConvAlgo::Winograd2x2 if self.region_width > 0 => format!("wino2x2/r{}", self.region_width),
-            ConvAlgo::Winograd2x2 => "wino2x2".to_string(),
-            ConvAlgo::Winograd4x4 => "wino4x4".to_string(),
-            ConvAlgo::ImplicitGemm => "igemm".to_string(),
-            ConvAlgo::Direct => "direct".to_string(),
-            ConvAlgo::Auto => "auto".to_string(),
-        };
-        format!("{} {} / {}", self.problem, name(self.fprop), name(self.dgrad))
+        let c = &self.conv;
+        format!("{} {} / {}", c.problem(), c.label(ConvPass::Fprop), c.label(ConvPass::Dgrad))
+    }
+
+    /// The tuner's measurements, `problem pass variant ms, ...` (None without them).
+    pub fn timings_line(&self) -> Option<String> {
+        if self.timings.is_empty() {
+            return None;
+        }
+        let t: Vec<String> =
+            self.timings.iter().map(|t| format!("{:?} {} {:.3} ms", t.pass, t.variant.name(), t.ms)).collect();
+        Some(format!("{}: {}", self.conv.problem(), t.join(", ")))
     }
 }
 
@@ -76,18 +82,20 @@ impl Vgg {
         self.ops.iter().map(|op| if let Op::Conv3(c) = op { Some(*c) } else { None }).collect()
     }
 
-    /// Re-plans every 3x3 conv layer by `choice` and re-places the buffers for the new
-    /// workspaces (call it between steps: activations are not kept). `reps` calls a timing
-    /// sample when tuning. Returns each conv layer's algorithms.
+    /// Re-plans every 3x3 conv layer by `choice` and, when a layer's workspace changes,
+    /// re-places the buffers (call it between steps: activations are not kept). `reps` calls a
+    /// timing sample when tuning. Returns each conv layer's algorithms.
     pub fn set_conv_choice(&mut self, choice: ConvChoice, reps: usize) -> Result<Vec<ConvLayerChoice>> {
         let feats = self.cfg.features();
-        let mut tuned: HashMap<(usize, usize, usize, usize, usize), Conv3x3> = HashMap::new();
+        let mut tuned: HashMap<ConvProblem, Conv3x3> = HashMap::new();
         let mut out = vec![];
+        let workspaces =
+            |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.workspace_bytes(q));
+        let mut resize = false;
         for (i, f) in feats.iter().enumerate() {
-            let Op::Conv3(_) = self.ops[i] else { continue };
+            let Op::Conv3(old) = self.ops[i] else { continue };
             let base = super::memory::conv3x3(f, self.batch)?;
             let p = base.problem();
-            let wino = |c: &Conv3x3, pass| matches!(c.algo(pass), ConvAlgo::Winograd2x2 | ConvAlgo::Winograd4x4);
             let mut timings = vec![];
             let conv = match choice {
                 ConvChoice::Auto => base,
@@ -97,34 +105,29 @@ impl Vgg {
                         if choice == ConvChoice::Winograd2x2 { ConvAlgo::Winograd2x2 } else { ConvAlgo::Winograd4x4 };
                     let mut c = base;
                     for pass in [ConvPass::Fprop, ConvPass::Dgrad] {
-                        if wino(&c, pass) {
+                        if c.algo(pass).is_winograd() {
                             c = c.with_pass_algo(pass, algo)?;
                         }
                     }
                     c
                 }
-                ConvChoice::Tune => match tuned.get(&(p.n, p.h, p.w, p.c, p.k)) {
+                ConvChoice::Tune => match tuned.get(&p) {
                     Some(c) => *c,
                     None => {
                         let t = conv_tune::tune(&self.dev, base, reps)?;
-                        tuned.insert((p.n, p.h, p.w, p.c, p.k), t.conv);
+                        tuned.insert(p, t.conv);
                         timings = t.timings;
                         t.conv
                     }
                 },
             };
+            resize |= workspaces(&conv) != workspaces(&old);
             self.ops[i] = Op::Conv3(conv);
-            let f2 = [ConvPass::Fprop, ConvPass::Dgrad].iter().any(|&q| conv.algo(q) == ConvAlgo::Winograd2x2);
-            out.push(ConvLayerChoice {
-                feature: i,
-                problem: p,
-                fprop: conv.algo(ConvPass::Fprop),
-                dgrad: conv.algo(ConvPass::Dgrad),
-                region_width: if f2 { conv.wino_region_width() } else { 0 },
-                timings,
-            });
+            out.push(ConvLayerChoice { feature: i, conv, timings });
         }
-        self.relayout(self.memory.sharing())?;
+        if resize {
+            self.relayout(self.memory.sharing())?;
+        }
         Ok(out)
     }
 }
