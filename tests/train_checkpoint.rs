@@ -86,6 +86,10 @@ fn sync_every_n_steps_trains_the_same_run() {
     assert_eq!(w1.weights, w2.weights);
     assert_eq!(w1.momentum, w2.momentum);
     assert_eq!(w1.state, w2.state);
+    let zero = run(&TrainArgs { sync_every: 0, ..args(&tmpdir("sync0"), 2) }).unwrap_err();
+    assert!(zero.to_string().contains("--sync-every must be at least 1"), "{zero}");
+    let bad = run(&TrainArgs { conv_algo: "fastest".into(), ..args(&tmpdir("convbad"), 2) }).unwrap_err();
+    assert!(format!("{bad:#}").contains("unknown conv algorithm `fastest`"), "{bad:#}");
 }
 
 #[test]

@@ -263,14 +263,9 @@ impl CudaDevice {
         let f = self.function(k)?;
         if cfg.shared_bytes as usize > self.info.max_shared_per_block {
             let (maj, min) = self.info.compute_capability;
-            let hint = if k.name.starts_with("wino") {
-                "; use the direct convolution instead (`--conv-algo direct`, ConvAlgo::Direct)"
-            } else {
-                ""
-            };
             return Err(Error::Kernel(format!(
                 "{}: needs {} bytes of shared memory a block, but {} (sm_{maj}{min}) allows {}: the tiles are \
-                 sized for sm_90 (H100 / H200){hint}",
+                 sized for sm_90 (H100 / H200)",
                 k.name, cfg.shared_bytes, self.info.name, self.info.max_shared_per_block
             )));
         }
@@ -377,13 +372,9 @@ impl CudaDevice {
     /// # Safety
     /// `dst` spans `src.len` bytes of one live allocation of this device.
     pub unsafe fn upload_pinned(&self, dst: u64, src: &mut PinnedHost) -> Result<()> {
-        self.bind()?;
-        src.wait()?;
-        let bytes = std::slice::from_raw_parts(src.ptr, src.len);
-        result::memcpy_htod_async(dst, bytes, self.stream).map_err(drv("cuMemcpyHtoDAsync"))?;
-        result::event::record(src.event, self.stream).map_err(drv("cuEventRecord"))?;
-        src.pending = true;
-        Ok(())
+        self.copy_pinned(src, "cuMemcpyHtoDAsync", |host, stream| {
+            result::memcpy_htod_async(dst, std::slice::from_raw_parts(host.ptr, host.len), stream)
+        })
     }
 
     /// Queues `dst[..] = src[..dst.len]` (device to host) on the stream and returns; `dst`
@@ -392,12 +383,27 @@ impl CudaDevice {
     /// # Safety
     /// `src` spans `dst.len` bytes of one live allocation of this device.
     pub unsafe fn download_pinned(&self, dst: &mut PinnedHost, src: u64) -> Result<()> {
+        self.copy_pinned(dst, "cuMemcpyDtoHAsync", |host, stream| {
+            result::memcpy_dtoh_async(std::slice::from_raw_parts_mut(host.ptr, host.len), src, stream)
+        })
+    }
+
+    /// Queues `copy` of `p`'s bytes on the stream once no earlier copy uses them, and marks `p`
+    /// busy until it is done.
+    ///
+    /// # Safety
+    /// `copy` must touch only `p`'s bytes and device memory its caller vouches for.
+    unsafe fn copy_pinned(
+        &self,
+        p: &mut PinnedHost,
+        call: &'static str,
+        copy: impl FnOnce(&PinnedHost, sys::CUstream) -> std::result::Result<(), result::DriverError>,
+    ) -> Result<()> {
         self.bind()?;
-        dst.wait()?;
-        let bytes = std::slice::from_raw_parts_mut(dst.ptr, dst.len);
-        result::memcpy_dtoh_async(bytes, src, self.stream).map_err(drv("cuMemcpyDtoHAsync"))?;
-        result::event::record(dst.event, self.stream).map_err(drv("cuEventRecord"))?;
-        dst.pending = true;
+        p.wait()?;
+        copy(p, self.stream).map_err(drv(call))?;
+        result::event::record(p.event, self.stream).map_err(drv("cuEventRecord"))?;
+        p.pending = true;
         Ok(())
     }
 

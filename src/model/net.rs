@@ -549,16 +549,7 @@ impl Vgg {
     /// [`Vgg::evaluate`] in between replaces the loss status with its own).
     pub fn sync(&mut self) -> Result<Option<StepStats>> {
         let Some((overflow, loss_scale)) = self.scaler.sync()? else { return Ok(None) };
-        let s = self.xent.check()?;
-        Ok(Some(StepStats {
-            loss: s.loss,
-            top1: s.top1,
-            top5: s.top5,
-            batch: s.rows,
-            skipped: overflow,
-            loss_scale,
-            enqueue_ms: 0.0,
-        }))
+        self.step_stats(overflow, loss_scale, 0.0).map(Some)
     }
 
     /// The loss status of the last [`Vgg::compute_grads`] (a device read).
@@ -574,16 +565,13 @@ impl Vgg {
         self.compute_grads(images, labels, step)?;
         let enqueue_ms = t.elapsed().as_secs_f64() * 1e3;
         let applied = self.apply_grads(lr)?;
+        self.step_stats(!applied, loss_scale, enqueue_ms)
+    }
+
+    /// The last step's statistics: the loss status read from the device, the rest given.
+    fn step_stats(&self, skipped: bool, loss_scale: f32, enqueue_ms: f64) -> Result<StepStats> {
         let s = self.xent.check()?;
-        Ok(StepStats {
-            loss: s.loss,
-            top1: s.top1,
-            top5: s.top5,
-            batch: s.rows,
-            skipped: !applied,
-            loss_scale,
-            enqueue_ms,
-        })
+        Ok(StepStats { loss: s.loss, top1: s.top1, top5: s.top5, batch: s.rows, skipped, loss_scale, enqueue_ms })
     }
 
     /// Loss and hit counts of `images` without dropout or any update (a device read).

@@ -243,6 +243,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let cfg = VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, classes) };
     cfg.validate()?;
     let conv = ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
+    if a.sync_every == 0 {
+        bail!("--sync-every must be at least 1 (1 reads the loss every step)");
+    }
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
     let optim =
         OptimConfig { momentum: a.momentum, weight_decay: a.wd, init_scale: a.loss_scale, growth_interval: 2000 };
@@ -441,7 +444,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 LrSchedule::Plateau { .. } => st.lr,
             };
             st.lr = lr;
-            let read = a.sync_every <= 1
+            let read = a.sync_every == 1
                 || (st.step + 1).is_multiple_of(a.sync_every)
                 || st.step + 1 >= total
                 || bi as u64 + 1 >= per_epoch
