@@ -4,6 +4,8 @@
 // it instead of storing it, and the result does not depend on the launch shape. The host
 // passes key = mix(seed ^ mix(step)) (element-independent), p_drop and scale =
 // f32(1 / (1 - p_drop)) computed exactly as the reference does, so the output is bit-exact.
+// key_at, when not null, holds the key instead (a captured training step reads each step's
+// keys from device memory: src/ops/step_vars.rs).
 // Grid-stride over groups of 8 elements (16-byte loads and stores); the last partial group
 // is done element by element.
 #include "common.cuh"
@@ -27,7 +29,9 @@ __device__ __forceinline__ __half dropout_one(__half x, unsigned long long key, 
 }
 
 extern "C" __global__ void dropout_f16(const __half* __restrict__ x, __half* __restrict__ y, long long n,
-                                       unsigned long long key, float p_drop, float scale) {
+                                       unsigned long long key, float p_drop, float scale,
+                                       const unsigned long long* __restrict__ key_at) {
+    if (key_at) key = *key_at;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long groups = n / 8;
     // 16-byte vectors when both buffers allow them (tensors are allocated 256-aligned).

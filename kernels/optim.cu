@@ -6,6 +6,9 @@
 //                      loss_scale from the host, or from the device's AmpState
 //   amp_scaler_update  the dynamic loss scale's state machine on the device (one thread), so
 //                      that a step needs no host read at all (src/ops/optim.rs, queued steps)
+//   step_vars_set      the values that change from one training step to the next (dropout
+//                      keys, learning rate) into device memory, where a captured step (a CUDA
+//                      graph, whose kernel arguments are fixed) reads them (src/ops/step_vars.rs)
 // Multi-tensor launches: the host builds, once, a table of tensor descriptors and a table
 // of chunks (tensor, first element), one chunk a block, so ~30 VGG parameter tensors of
 // 64 to 100M elements cost one launch and keep every SM busy. Chunks are a multiple of 4
@@ -111,14 +114,15 @@ __device__ __forceinline__ void sgd_one(float& w, float& v, float g, double loss
 extern "C" __global__ void sgd_multi_f32(const OptimTensor* __restrict__ tensors,
                                          const OptimChunk* __restrict__ chunks, long long chunk_len,
                                          const int* __restrict__ skip, float lr, float momentum, float weight_decay,
-                                         float loss_scale, const AmpState* __restrict__ amp) {
+                                         float loss_scale, const AmpState* __restrict__ amp,
+                                         const float* __restrict__ lr_at) {
     // The overflow test of this very step: skipping on the device means no host round
     // trip is needed before the update; the host reads the flag later for the scaler.
     if (skip && *skip) return;
     const OptimChunk c = chunks[blockIdx.x];
     const OptimTensor t = tensors[c.tensor];
     const long long end = min(c.start + chunk_len, t.n);
-    const double ls = amp ? amp->scale : loss_scale, m = momentum, eta = lr, wd = t.decay ? (double)weight_decay : 0.0;
+    const double ls = amp ? amp->scale : loss_scale, m = momentum, eta = lr_at ? *lr_at : lr, wd = t.decay ? (double)weight_decay : 0.0;
     const bool vec = ((reinterpret_cast<unsigned long long>(t.w) | reinterpret_cast<unsigned long long>(t.v) |
                        reinterpret_cast<unsigned long long>(t.g)) & 15) == 0 &&
                      (reinterpret_cast<unsigned long long>(t.w16) & 3) == 0;
@@ -149,5 +153,21 @@ extern "C" __global__ void sgd_multi_f32(const OptimTensor* __restrict__ tensors
         t.w[i] = w;
         t.v[i] = v;
         if (t.w16) t.w16[i] = __float2half_rn(w);
+    }
+}
+
+// Shared with src/ops/step_vars.rs (32 bytes).
+struct StepVars {
+    unsigned long long dropout_key[2];  // hidden FC layers 0 and 1
+    float lr;
+    float pad[3];
+};
+
+// One thread: v = (key0, key1, lr), passed by value from the host before each replay.
+extern "C" __global__ void step_vars_set(StepVars* v, unsigned long long key0, unsigned long long key1, float lr) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        v->dropout_key[0] = key0;
+        v->dropout_key[1] = key1;
+        v->lr = lr;
     }
 }

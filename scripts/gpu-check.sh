@@ -76,6 +76,18 @@ if "$VGG" bench train --help 2>/dev/null | grep -q -- --queued; then
   step bench-train-queued 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --queued \
     --json "$RAW/bench-train-queued.json"
 fi
+# Steps replayed from captured CUDA graphs (one launch a step): VGG-16 as above, then VGG-16 on
+# 32x32 inputs, where ~110 launches may cost more than the kernels, one by one, queued and as a
+# graph (predictions in bench/NOTES.md, "CUDA graphs").
+if "$VGG" bench train --help 2>/dev/null | grep -q -- --graph; then
+  step bench-train-graph 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --graph \
+    --json "$RAW/bench-train-graph.json"
+  for mode in one-by-one queued graph; do
+    flag=$([ $mode = one-by-one ] || echo "--$mode")
+    step "bench-train-32px-$mode" 40 "$VGG" bench train --device cuda --model D --input 32 --batch "$BATCH" \
+      --steps 50 $flag --json "$RAW/bench-train-32px-$mode.json"
+  done
+fi
 # The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
 # lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
 step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"

@@ -139,6 +139,17 @@ struct BenchTrainArgs {
     /// time them together, instead of one step at a time.
     #[arg(long)]
     queued: bool,
+    /// As --queued, each step replayed from one captured graph (a CUDA graph on cuda): one
+    /// launch a step instead of ~100. Pays where the GPU would wait for the host's launches:
+    /// small inputs and batches.
+    #[arg(long)]
+    graph: bool,
+    /// Input pixels a side [default: 224 on a GPU, 32 on emu] (at least 32).
+    #[arg(long)]
+    input: Option<usize>,
+    /// Conv channel multiplier [default: 1 on a GPU, 1/16 on emu].
+    #[arg(long)]
+    width: Option<f32>,
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -559,7 +570,11 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         dev.name(),
         arch.name(),
         a.conv_algo,
-        if a.queued { "steps queued (no reads), timed together" } else { "steps timed one by one" }
+        match (a.graph, a.queued) {
+            (true, _) => "steps replayed from a captured graph (no reads), timed together",
+            (false, true) => "steps queued (no reads), timed together",
+            _ => "steps timed one by one",
+        }
     );
     println!(
         "{:<14} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12}  loss first -> last, skipped",
@@ -571,7 +586,11 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         cfg.steps = a.steps.unwrap_or(cfg.steps);
         cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
         cfg.conv = conv;
-        cfg.queued = a.queued;
+        cfg.queued = a.queued || a.graph;
+        cfg.graph = a.graph;
+        cfg.model.input = a.input.unwrap_or(cfg.model.input);
+        cfg.model.width = a.width.unwrap_or(cfg.model.width);
+        cfg.model.validate().context("--input / --width")?;
         let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
         let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
         println!(

@@ -25,6 +25,9 @@ impl DType for u8 {
 impl DType for i32 {
     const NAME: &'static str = "i32";
 }
+impl DType for u64 {
+    const NAME: &'static str = "u64";
+}
 
 /// A contiguous, row-major tensor on a device.
 pub struct Tensor<T: DType> {

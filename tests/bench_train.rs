@@ -63,6 +63,12 @@ fn cli_rejects_bad_arguments() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown conv algorithm `fastest`"));
+    let out = std::process::Command::new(vgg)
+        .args(["bench", "train", "--device", "emu", "--graph", "--input", "16"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VGG input 16 is too small"));
 }
 
 #[test]
@@ -78,4 +84,21 @@ fn queued_steps_end_where_timed_steps_do() {
     assert_eq!(queued.first_loss.to_bits(), one_by_one.first_loss.to_bits());
     assert_eq!(queued.launches_per_step, one_by_one.launches_per_step + 1.0);
     assert!(queued.median_step_ms > 0.0 && queued.min_step_ms == queued.median_step_ms, "{queued:?}");
+}
+
+/// Graph steps: after one capture per batch buffer (untimed), each timed step costs the host two
+/// launches (the step's values and the graph), whichever of the two buffers it reads.
+#[test]
+fn graph_steps_cost_the_host_two_launches_each() {
+    let dev = Device::emu();
+    let cfg = TrainBenchConfig {
+        steps: 3,
+        queued: true,
+        graph: true,
+        ..TrainBenchConfig::for_device(&dev, Arch::A, Some(2))
+    };
+    let r = run(&dev, &cfg).unwrap();
+    assert!(r.graph && r.queued);
+    assert_eq!(r.launches_per_step, 2.0, "{r:?}");
+    assert!(r.last_loss.is_finite() && r.skipped_steps == 0, "{r:?}");
 }

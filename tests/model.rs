@@ -4,7 +4,7 @@
 use half::f16;
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::reference::HostVgg;
-use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
+use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, StepStats, Vgg, VggConfig};
 use vgg_cuda::{Device, Tensor};
 
 /// Config A at 1/8 width on 32x32 inputs: convs 8, 16, 32, 32, 64, 64, 64, 64 channels (the
@@ -413,6 +413,23 @@ fn shared_memory_steps_match_separate_bit_for_bit() {
     }
 }
 
+/// Two models after the same `steps` training steps: the last step's statistics, the loss
+/// scaler's state and every weight and momentum agree bit for bit, and the run both skipped
+/// (overflowed) and applied steps.
+fn assert_same_state((a, sa): (&Vgg, StepStats), (b, sb): (&Vgg, StepStats), steps: u64) {
+    assert_eq!(
+        (sb.loss.to_bits(), sb.top1, sb.top5, sb.skipped, sb.loss_scale),
+        (sa.loss.to_bits(), sa.top1, sa.top5, sa.skipped, sa.loss_scale)
+    );
+    let (x, y) = (a.scaler_state(), b.scaler_state());
+    assert_eq!((y.scale, y.clean_steps, y.skipped), (x.scale, x.clean_steps, x.skipped));
+    assert!(x.skipped >= 1 && x.skipped < steps, "the run should both skip and apply steps: {x:?}");
+    for (p, q) in a.params().iter().zip(b.params()) {
+        let bits = |t: &Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&p.w) == bits(&q.w) && bits(&p.v) == bits(&q.v), "{}: weights or momenta differ", p.name);
+    }
+}
+
 /// Queued steps (nothing read back, the loss scale's rules on the device) end where
 /// `train_step` does, bit for bit, through overflowing steps (this net's fp16 gradients overflow
 /// at 65536) and scale growth (every 2 clean steps); the sync reports the last step.
@@ -434,16 +451,50 @@ fn queued_steps_match_train_step_bit_for_bit() {
     // The host cannot unscale gradients while the scale it would divide by is on the device.
     assert!(queued.grads().unwrap_err().to_string().contains("sync first"));
     let (h, q) = (last.unwrap(), queued.sync().unwrap().expect("steps were queued"));
-    assert_eq!(
-        (q.loss.to_bits(), q.top1, q.top5, q.skipped, q.loss_scale),
-        (h.loss.to_bits(), h.top1, h.top5, h.skipped, h.loss_scale)
-    );
-    let (hs, qs) = (host.scaler_state(), queued.scaler_state());
-    assert_eq!((qs.scale, qs.clean_steps, qs.skipped), (hs.scale, hs.clean_steps, hs.skipped));
-    assert!(hs.skipped >= 1 && hs.skipped < 6, "the run should both skip and apply steps: {hs:?}");
-    for (a, b) in host.params().iter().zip(queued.params()) {
-        let bits = |t: &Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&a.w) == bits(&b.w) && bits(&a.v) == bits(&b.v), "{}: weights or momenta differ", a.name);
-    }
+    assert_same_state((&host, h), (&queued, q), 6);
     assert!(queued.sync().unwrap().is_none(), "nothing queued since");
+}
+
+/// Steps replayed from a captured graph end where queued steps do, bit for bit: dropout on (its
+/// keys change every step), a learning rate that changes every step, overflowing steps. The
+/// graph is captured again after a relayout and for new input buffers; between captures a
+/// step costs the host two launches (the step's values, the graph).
+#[test]
+fn graph_steps_match_queued_steps_bit_for_bit() {
+    let dev = Device::emu();
+    let cfg = small(Arch::A, 0.5);
+    let batch = 2;
+    let o = OptimConfig { init_scale: 65536.0, growth_interval: 2, ..Default::default() };
+    let mut queued = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let mut graphed = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let (images, labels) = batch_data(&cfg, batch, 70);
+    let (mut xi, mut xl) = upload(&dev, &cfg, &images, &labels);
+    for step in 0..7u64 {
+        let (images, labels) = batch_data(&cfg, batch, 70 + step);
+        if step == 5 {
+            // A second pair of buffers, made while the first is alive: other addresses.
+            let (ni, nl) = upload(&dev, &cfg, &images, &labels);
+            (xi, xl) = (ni, nl);
+        } else {
+            xi.copy_from_host(&images).unwrap();
+            xl.copy_from_host(&labels).unwrap();
+        }
+        if step == 3 {
+            graphed.relayout(Sharing::Separate).unwrap();
+        }
+        let lr = 0.01 / (1 + step) as f32;
+        queued.train_step_queued(&xi, &xl, lr, step).unwrap();
+        let launches = dev.launches();
+        graphed.train_step_graph(&xi, &xl, lr, step).unwrap();
+        let host_launches = dev.launches() - launches;
+        // Captures count their launches as they are queued.
+        let captured = if [0, 3, 5].contains(&step) { graphed.graph_launches() as u64 } else { 0 };
+        assert_eq!(host_launches, captured + 2, "step {step}: (a capture,) the step's values and the graph");
+        assert!(graphed.graph_launches() > 30, "a whole step is captured: {}", graphed.graph_launches());
+    }
+    let (q, g) = (queued.sync().unwrap().unwrap(), graphed.sync().unwrap().unwrap());
+    assert_same_state((&queued, q), (&graphed, g), 7);
+    graphed.keep_trace(true);
+    let err = graphed.train_step_graph(&xi, &xl, 0.01, 7).unwrap_err().to_string();
+    assert!(err.contains("keep_trace"), "{err}");
 }

@@ -28,6 +28,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         device: "emu".into(),
         conv_algo: "auto".into(),
         sync_every: 1,
+        graph: false,
         workers: 0,
         checkpoint_dir: Some(dir.to_path_buf()),
         checkpoint_every: Some(4),
@@ -69,23 +70,31 @@ fn resume_is_bit_identical() {
 /// Reading the loss only every 3 steps (the others queued, the loss scale's rules on the
 /// device) trains the same run: the losses it reads equal the every-step run's at those
 /// steps, bit for bit, and the final checkpoint (weights, momenta, scaler state) is the same.
+/// So does replaying the steps from captured graphs (--graph), every step or every 3rd read.
 #[test]
 fn sync_every_n_steps_trains_the_same_run() {
-    let (d1, d2) = (tmpdir("sync1"), tmpdir("sync3"));
+    let (d1, d2, d3, d4) = (tmpdir("sync1"), tmpdir("sync3"), tmpdir("graph1"), tmpdir("graph3"));
     let every = run(&args(&d1, 10)).unwrap();
     let sparse = run(&TrainArgs { sync_every: 3, ..args(&d2, 10) }).unwrap();
+    let graphed = run(&TrainArgs { graph: true, ..args(&d3, 10) }).unwrap();
+    let graphed3 = run(&TrainArgs { graph: true, sync_every: 3, ..args(&d4, 10) }).unwrap();
     // Read (0-based): 2, 5, 8 (every 3rd), 3, 7 (checkpoints every 4), 5 (epoch end), 9 (the last).
     let steps: Vec<u64> = sparse.losses.iter().map(|(s, _)| *s).collect();
     assert_eq!(steps, vec![2, 3, 5, 7, 8, 9], "steps read (0-based)");
+    let bits = |r: &vgg_cuda::train::TrainSummary| r.losses.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&graphed), bits(&every), "graph steps read every step");
+    assert_eq!(bits(&graphed3), bits(&sparse), "graph steps read every 3rd step");
     for (s, l) in &sparse.losses {
         let want = every.losses.iter().find(|(t, _)| t == s).unwrap().1;
         assert_eq!(l.to_bits(), want.to_bits(), "step {s}: loss");
     }
     let w1 = checkpoint::load(&d1.join("last.safetensors")).unwrap();
-    let w2 = checkpoint::load(&d2.join("last.safetensors")).unwrap();
-    assert_eq!(w1.weights, w2.weights);
-    assert_eq!(w1.momentum, w2.momentum);
-    assert_eq!(w1.state, w2.state);
+    for d in [&d2, &d3, &d4] {
+        let w = checkpoint::load(&d.join("last.safetensors")).unwrap();
+        assert_eq!(w1.weights, w.weights, "{d:?}");
+        assert_eq!(w1.momentum, w.momentum, "{d:?}");
+        assert_eq!(w1.state, w.state, "{d:?}");
+    }
     let zero = run(&TrainArgs { sync_every: 0, ..args(&tmpdir("sync0"), 2) }).unwrap_err();
     assert!(zero.to_string().contains("--sync-every must be at least 1"), "{zero}");
     let bad = run(&TrainArgs { conv_algo: "fastest".into(), ..args(&tmpdir("convbad"), 2) }).unwrap_err();

@@ -21,6 +21,9 @@ pub struct TrainBenchConfig {
     /// Time the steps queued ([`Vgg::train_step_queued`]: nothing read back, one sync at the
     /// end, the mean over the timed steps) instead of one by one.
     pub queued: bool,
+    /// With `queued`: replay the step from a captured graph ([`Vgg::train_step_graph`]; one
+    /// graph per batch buffer, captured in two more untimed steps after the warm-up).
+    pub graph: bool,
 }
 
 impl TrainBenchConfig {
@@ -36,6 +39,7 @@ impl TrainBenchConfig {
                 lr: 1e-2,
                 conv: ConvChoice::Auto,
                 queued: false,
+                graph: false,
             }
         } else {
             Self {
@@ -46,6 +50,7 @@ impl TrainBenchConfig {
                 lr: 1e-2,
                 conv: ConvChoice::Auto,
                 queued: false,
+                graph: false,
             }
         }
     }
@@ -63,6 +68,8 @@ pub struct TrainBenchRow {
     pub median_step_ms: f64,
     pub min_step_ms: f64,
     pub queued: bool,
+    /// Queued steps replayed from a captured graph.
+    pub graph: bool,
     pub images_per_s: f64,
     /// TFLOP/s of the step: forward, dgrad (but the first layer's) and wgrad FLOPs over the median.
     pub tflops: f64,
@@ -76,10 +83,10 @@ pub struct TrainBenchRow {
     pub first_loss: f32,
     pub last_loss: f32,
     pub skipped_steps: usize,
-    /// Kernel launches a step, and the median host time to queue a step's forward and
-    /// backward (queued steps: the mean host time to queue a whole step): when it is well
-    /// under `median_step_ms` the device never waits for a launch (only for the host reads
-    /// at the end of the step), so CUDA graphs could not pay.
+    /// Host launches a step (a graph launch counts once), and the median host time to queue a
+    /// step's forward and backward (queued steps: the mean host time to queue a whole step):
+    /// when it is well under `median_step_ms` the device never waits for a launch (only for
+    /// the host reads at the end of the step), so CUDA graphs could not pay.
     pub launches_per_step: f64,
     pub median_enqueue_ms: f64,
     /// The conv-plan policy, and per 3x3 conv layer `fprop/dgrad` algorithms (region width
@@ -131,13 +138,25 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
             launches0 = dev.launches();
         }
     }
+    if cfg.queued && cfg.graph {
+        // The captures, one per batch buffer, untimed (each runs the step once too).
+        for (x, y) in &sets {
+            vgg.train_step_graph(x, y, cfg.lr, cfg.warmup as u64)?;
+        }
+        vgg.sync()?;
+        launches0 = dev.launches();
+    }
     if cfg.queued {
         let skipped0 = vgg.scaler_state().skipped;
         let t = dev.start_timer()?;
         let host = std::time::Instant::now();
         for step in cfg.warmup..cfg.warmup + cfg.steps {
             let (x, y) = &sets[step % 2];
-            vgg.train_step_queued(x, y, cfg.lr, step as u64)?;
+            if cfg.graph {
+                vgg.train_step_graph(x, y, cfg.lr, step as u64)?;
+            } else {
+                vgg.train_step_queued(x, y, cfg.lr, step as u64)?;
+            }
         }
         let queued_ms = host.elapsed().as_secs_f64() * 1e3;
         let s = vgg.sync()?.expect("steps were queued");
@@ -161,6 +180,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         median_step_ms,
         min_step_ms,
         queued: cfg.queued,
+        graph: cfg.queued && cfg.graph,
         images_per_s: cfg.batch as f64 / median_step_ms * 1e3,
         tflops: vgg.train_flops() / median_step_ms / 1e9,
         model_bytes: vgg.device_bytes(),

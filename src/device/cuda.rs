@@ -306,6 +306,77 @@ impl CudaDevice {
     }
 }
 
+/// An instantiated CUDA graph (the executable and the graph it came from).
+pub(crate) struct CudaGraph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+}
+
+// SAFETY: plain driver handles, used only through the thread-safe driver API after binding
+// the context (as CudaDevice).
+unsafe impl Send for CudaGraph {}
+// SAFETY: as above; launching takes &self and the driver serialises it on the stream.
+unsafe impl Sync for CudaGraph {}
+
+impl CudaDevice {
+    /// Starts capturing this device's stream. Relaxed mode: the driver does not police other
+    /// calls; `Device` itself refuses the ones a replay could not repeat.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // Every module loaded first: loading one inside a capture (at a kernel's first launch)
+        // is not a stream operation the graph could hold.
+        for (module, k) in kernels::all_resources() {
+            self.function(&Kernel { module, name: k.name })?;
+        }
+        let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: our own live stream, not being captured (Device::capture checks).
+        unsafe { result::stream::begin_capture(self.stream, mode) }.map_err(drv("cuStreamBeginCapture"))
+    }
+
+    /// Ends the capture (always: the stream must leave capture mode even when the captured
+    /// work is to be discarded) and instantiates the graph.
+    pub fn end_capture(&self) -> Result<CudaGraph> {
+        self.bind()?;
+        // SAFETY: the stream is capturing (begin_capture succeeded).
+        let graph = unsafe { result::stream::end_capture(self.stream) }.map_err(drv("cuStreamEndCapture"))?;
+        let flags = sys::CUgraphInstantiate_flags(0);
+        // SAFETY: the graph just captured.
+        match unsafe { result::graph::instantiate(graph, flags) } {
+            Ok(exec) => Ok(CudaGraph { graph, exec, ctx: self.ctx, stream: self.stream }),
+            Err(e) => {
+                // SAFETY: the graph is ours and not instantiated.
+                unsafe {
+                    let _ = result::graph::destroy(graph);
+                }
+                Err(drv("cuGraphInstantiateWithFlags")(e))
+            }
+        }
+    }
+}
+
+impl CudaGraph {
+    pub fn launch(&self) -> Result<()> {
+        // SAFETY: the context the graph was captured in, retained for the process.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: an instantiated graph and the stream of its device (live while the Device is).
+        unsafe { result::graph::launch(self.exec, self.stream) }.map_err(drv("cuGraphLaunch"))
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: handles owned by this graph; a launch still running keeps its own reference
+        // (the driver defers the destruction of an executing graph).
+        unsafe {
+            let _ = result::ctx::set_current(self.ctx);
+            let _ = result::graph::exec_destroy(self.exec);
+            let _ = result::graph::destroy(self.graph);
+        }
+    }
+}
+
 /// A pair of device events bracketing queued work.
 pub struct EventTimer {
     start: sys::CUevent,

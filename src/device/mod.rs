@@ -7,17 +7,19 @@
 
 mod cuda;
 mod emu;
+mod graph;
 pub mod kernels;
 mod pinned;
 
 pub use cuda::{cuda_report, CudaReport, GpuInfo};
 pub use emu::Schedule;
+pub use graph::Graph;
 pub use pinned::PinnedBuffer;
 
 use crate::{Error, Result};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A kernel: its `kernels/<module>.cu` file stem and its `extern "C"` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +80,8 @@ struct Shared {
     allocated: AtomicUsize,
     /// Kernel launches made through this device.
     launches: AtomicU64,
+    /// The capture in progress ([`Device::capture`]), if any.
+    capture: Mutex<Option<graph::Capture>>,
 }
 
 enum Backend {
@@ -104,7 +108,12 @@ impl Device {
     }
 
     fn with(backend: Backend) -> Self {
-        Self(Arc::new(Shared { backend, allocated: AtomicUsize::new(0), launches: AtomicU64::new(0) }))
+        Self(Arc::new(Shared {
+            backend,
+            allocated: AtomicUsize::new(0),
+            launches: AtomicU64::new(0),
+            capture: Mutex::new(None),
+        }))
     }
 
     /// `cuda`, `cuda:N` or `emu`.
@@ -146,6 +155,7 @@ impl Device {
     }
 
     pub(crate) fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.not_capturing("allocating device memory")?;
         let ptr = match &self.0.backend {
             Backend::Cuda(c) => c.alloc(bytes),
             Backend::Emu(e) => e.alloc(bytes),
@@ -161,15 +171,28 @@ impl Device {
         self.0.allocated.load(Ordering::Relaxed)
     }
 
-    /// Kernel launches made on this device so far (through any handle to it): with the host
-    /// time a step takes to queue them, what decides whether CUDA graphs would pay.
+    /// Kernel launches the host made on this device so far (through any handle to it; a
+    /// [`Graph`] launch counts once): with the host time a step takes to queue them, what
+    /// decides whether CUDA graphs pay.
     pub fn launches(&self) -> u64 {
         self.0.launches.load(Ordering::Relaxed)
+    }
+
+    fn count_launch(&self) {
+        self.0.launches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// # Safety
     /// `ptr` came from `alloc(bytes)` on this device and is not used afterwards.
     pub(crate) unsafe fn free(&self, ptr: u64, bytes: usize) {
+        if !self.defer_free(ptr, bytes) {
+            self.free_now(ptr, bytes);
+        }
+    }
+
+    /// # Safety
+    /// As [`Device::free`].
+    unsafe fn free_now(&self, ptr: u64, bytes: usize) {
         self.0.allocated.fetch_sub(bytes, Ordering::Relaxed);
         match &self.0.backend {
             Backend::Cuda(c) => c.free(ptr),
@@ -180,6 +203,7 @@ impl Device {
     /// # Safety
     /// `dst .. dst + src.len()` lies in one live allocation of this device.
     pub(crate) unsafe fn htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.not_capturing("a copy from the host")?;
         match &self.0.backend {
             Backend::Cuda(c) => c.htod(dst, src),
             Backend::Emu(_) => {
@@ -192,6 +216,7 @@ impl Device {
     /// # Safety
     /// `src .. src + dst.len()` lies in one live allocation of this device.
     pub(crate) unsafe fn dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.not_capturing("a copy to the host")?;
         match &self.0.backend {
             Backend::Cuda(c) => c.dtoh(dst, src),
             Backend::Emu(_) => {
@@ -204,6 +229,9 @@ impl Device {
     /// # Safety
     /// `dst .. dst + bytes` lies in one live allocation of this device.
     pub(crate) unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        if self.record_memset(dst, byte, bytes) {
+            return Ok(());
+        }
         match &self.0.backend {
             Backend::Cuda(c) => c.memset(dst, byte, bytes),
             Backend::Emu(_) => {
@@ -220,7 +248,16 @@ impl Device {
     /// pointer must address a live allocation of this device large enough for what the
     /// kernel touches at this launch configuration.
     pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
-        self.0.launches.fetch_add(1, Ordering::Relaxed);
+        self.count_launch();
+        if self.record_launch(kernel, cfg, args) {
+            return Ok(());
+        }
+        self.launch_now(kernel, cfg, args)
+    }
+
+    /// # Safety
+    /// As [`Device::launch`].
+    unsafe fn launch_now(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
         let mut slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
         let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
         match &self.0.backend {
@@ -231,6 +268,7 @@ impl Device {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
+        self.not_capturing("waiting for the device")?;
         match &self.0.backend {
             Backend::Cuda(c) => c.synchronize(),
             Backend::Emu(_) => Ok(()),
@@ -263,6 +301,7 @@ impl Device {
     /// Starts a timer: device events on cuda, the wall clock on emu (which runs launches
     /// synchronously).
     pub fn start_timer(&self) -> Result<Timer> {
+        self.not_capturing("starting a timer")?;
         match &self.0.backend {
             Backend::Cuda(c) => Ok(Timer::Cuda(c.start_timer()?)),
             Backend::Emu(_) => Ok(Timer::Wall(std::time::Instant::now())),

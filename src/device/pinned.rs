@@ -55,6 +55,7 @@ impl<T: DType> PinnedBuffer<T> {
     /// live on this device.
     pub fn upload(&mut self, dst: &mut Tensor<T>) -> Result<()> {
         dst.check(&self.dev, "upload destination", self.len)?;
+        self.dev.not_capturing("an upload from a pinned buffer")?;
         let ptr = dst.device_ptr();
         match (&mut self.host, &self.dev.0.backend) {
             // SAFETY: dst spans len elements = the buffer's bytes (checked above).
@@ -70,6 +71,7 @@ impl<T: DType> PinnedBuffer<T> {
     /// (or `write`) waits for it. `src` must have this length and live on this device.
     pub fn download(&mut self, src: &Tensor<T>) -> Result<()> {
         src.check(&self.dev, "download source", self.len)?;
+        self.dev.not_capturing("a download to a pinned buffer")?;
         let ptr = src.device_ptr();
         match (&mut self.host, &self.dev.0.backend) {
             // SAFETY: src spans len elements = the buffer's bytes (checked above).

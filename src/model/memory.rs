@@ -23,7 +23,7 @@
 use super::config::{Feature, FeatureKind, VggConfig};
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass};
 use crate::ops::gemm::{Linear, Pass};
-use crate::ops::{LossScaler, SgdPlan, XentBuffers};
+use crate::ops::{LossScaler, SgdPlan, StepVars, XentBuffers};
 use crate::problem::ConvProblem;
 use crate::tensor::DType;
 use crate::{ensure_shape, Error, Result, Tensor};
@@ -394,7 +394,10 @@ impl MemoryPlan {
             momentum: 4 * count,
             grads: 4 * count,
             fp16: 2 * count,
-            small: XentBuffers::device_bytes(n) + LossScaler::DEVICE_BYTES + SgdPlan::table_bytes(&lens),
+            small: XentBuffers::device_bytes(n)
+                + LossScaler::DEVICE_BYTES
+                + StepVars::DEVICE_BYTES
+                + SgdPlan::table_bytes(&lens),
             ..Default::default()
         };
         Ok(Self { sharing, timeline: u.timeline, buffers, arena, fixed })

@@ -24,14 +24,16 @@
 //! the same pass. The host reads back only the overflow flag and the loss status.
 
 mod conv_choice;
+mod graph_step;
 pub use conv_choice::{ConvChoice, ConvLayerChoice};
+use graph_step::StepGraph;
 
 use super::config::{FeatureKind, VggConfig};
 use super::memory::{self, MemoryPlan, Phase, Role, Sharing};
 use super::params::{self, Init, NamedTensor, Param, State};
 use super::reference::Trace;
 use crate::ops::conv::{Conv3x3, Epilogue};
-use crate::ops::{self, LossScaler, LrnParams, Sgd, SgdParam, SgdPlan, XentBuffers};
+use crate::ops::{self, DropoutKey, LossScaler, LrnParams, Sgd, SgdParam, SgdPlan, StepVars, XentBuffers};
 use crate::tensor::DType;
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
@@ -185,6 +187,28 @@ pub struct Vgg {
     tracing: bool,
     trace_acts: Vec<Vec<f32>>,
     trace: Option<Trace>,
+    /// What changes from step to step, on the device, for captured steps.
+    vars: StepVars,
+    /// The captured training steps ([`Vgg::train_step_graph`]), one per pair of input
+    /// buffers, the last used last; dropped by whatever moves a buffer they
+    /// name.
+    graphs: Vec<StepGraph>,
+}
+
+/// Where a step's varying values come from: the host's arguments (the step number, a
+/// learning rate) or the model's [`StepVars`] on the device (captured steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    Host(u64),
+    Vars,
+}
+
+/// Hidden layer `layer`'s dropout key under `src`.
+fn drop_key(vars: &StepVars, seed: u64, layer: usize, src: Src) -> DropoutKey<'_> {
+    match src {
+        Src::Host(step) => DropoutKey::Host { seed, step },
+        Src::Vars => DropoutKey::Device { vars, layer },
+    }
 }
 
 impl Vgg {
@@ -243,6 +267,8 @@ impl Vgg {
             tracing: false,
             trace_acts: vec![],
             trace: None,
+            vars: StepVars::new(dev)?,
+            graphs: vec![],
         })
     }
 
@@ -251,6 +277,7 @@ impl Vgg {
     /// reference the lifetime tests compare against.
     pub fn relayout(&mut self, sharing: Sharing) -> Result<()> {
         let memory = MemoryPlan::with_convs(&self.cfg, self.batch, sharing, &self.conv_plans())?;
+        self.graphs.clear();
         self.buf = Buffers::new(&self.dev, &memory, self.ops.len())?;
         self.memory = memory;
         Ok(())
@@ -274,6 +301,7 @@ impl Vgg {
     /// The parameter tensors, mutably (e.g. to plant a gradient in a test). Replacing a tensor
     /// makes the next optimizer step fail: the plan is bound to these allocations.
     pub fn params_mut(&mut self) -> &mut [Param] {
+        self.graphs.clear();
         &mut self.params
     }
     pub fn param(&self, name: &str) -> Option<&Param> {
@@ -306,6 +334,7 @@ impl Vgg {
     /// A step whose results then differ from an unchecked one's reads a buffer outside its
     /// planned lifetime. Slow (a memset per free range per phase).
     pub fn check_lifetimes(&mut self, on: bool) {
+        self.graphs.clear();
         self.check = on;
     }
 
@@ -378,6 +407,10 @@ impl Vgg {
     /// Forward pass of `images` (`[batch, input, input, 3]` u8 NHWC) into [`Vgg::logits`];
     /// `train` applies dropout with the masks of `step`.
     pub fn forward(&mut self, images: &Tensor<u8>, train: bool, step: u64) -> Result<&Tensor<f16>> {
+        self.forward_src(images, train, Src::Host(step))
+    }
+
+    fn forward_src(&mut self, images: &Tensor<u8>, train: bool, src: Src) -> Result<&Tensor<f16>> {
         self.check_batch(images)?;
         self.enter(Phase::Input)?;
         self.trace_acts.clear();
@@ -414,13 +447,13 @@ impl Vgg {
         let (feat, p) = (self.buf.acts.last().expect("features are never empty"), &self.params);
         ops::linear_fwd(feat, &p[fc].h, Some(&p[fc + 1].h), true, &mut self.buf.h1, Some(&mut self.buf.ws[t]))?;
         if let Some(d1) = self.buf.d1.as_mut().filter(|_| drop) {
-            ops::dropout_fwd(&self.buf.h1, d1, seed0, step, pd)?;
+            ops::dropout(&self.buf.h1, d1, drop_key(&self.vars, seed0, 0, src), pd)?;
         }
         let t = self.enter(Phase::Fc(1))?;
         let (x2, p) = (self.buf.d1.as_ref().filter(|_| drop).unwrap_or(&self.buf.h1), &self.params);
         ops::linear_fwd(x2, &p[fc + 2].h, Some(&p[fc + 3].h), true, &mut self.buf.h2, Some(&mut self.buf.ws[t]))?;
         if let Some(d2) = self.buf.d2.as_mut().filter(|_| drop) {
-            ops::dropout_fwd(&self.buf.h2, d2, seed1, step, pd)?;
+            ops::dropout(&self.buf.h2, d2, drop_key(&self.vars, seed1, 1, src), pd)?;
         }
         let t = self.enter(Phase::Fc(2))?;
         let x3 = self.buf.d2.as_ref().filter(|_| drop).unwrap_or(&self.buf.h2);
@@ -433,7 +466,11 @@ impl Vgg {
     /// pass: every parameter's `g` holds the scaled gradient afterwards. Nothing is read back
     /// (but the activations under [`Vgg::keep_trace`]).
     pub fn compute_grads(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, step: u64) -> Result<()> {
-        self.forward(images, true, step)?;
+        self.compute_grads_src(images, labels, Src::Host(step))
+    }
+
+    fn compute_grads_src(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, src: Src) -> Result<()> {
+        self.forward_src(images, true, src)?;
         if self.tracing {
             self.trace = Some(self.snapshot()?);
         }
@@ -444,10 +481,10 @@ impl Vgg {
         } else {
             ops::softmax_xent(&self.buf.logits, labels, dz, self.scaler.scale(), &mut self.xent)?;
         }
-        self.backward(step)
+        self.backward(src)
     }
 
-    fn backward(&mut self, step: u64) -> Result<()> {
+    fn backward(&mut self, src: Src) -> Result<()> {
         let drop = self.cfg.dropout > 0.0;
         let pd = self.cfg.dropout;
         let fc = self.params.len() - 6;
@@ -456,12 +493,14 @@ impl Vgg {
         let t = self.enter(Phase::FcBwd(2))?;
         let x3 = self.buf.d2.as_ref().filter(|_| drop).unwrap_or(&self.buf.h2);
         linear_bwd(x3, &self.buf.dlogits, two(&mut self.params, fc + 4), &mut self.buf.g_x3, &mut self.buf.ws[t])?;
-        hidden_bwd(&self.buf.g_x3, self.buf.g_h2.as_mut(), &self.buf.h2, &mut self.buf.g_z2, seed1, step, pd)?;
+        let key = drop_key(&self.vars, seed1, 1, src);
+        hidden_bwd(&self.buf.g_x3, self.buf.g_h2.as_mut(), &self.buf.h2, &mut self.buf.g_z2, key, pd)?;
         // classifier.3, then hidden layer 0's.
         let t = self.enter(Phase::FcBwd(1))?;
         let x2 = self.buf.d1.as_ref().filter(|_| drop).unwrap_or(&self.buf.h1);
         linear_bwd(x2, &self.buf.g_z2, two(&mut self.params, fc + 2), &mut self.buf.g_x2, &mut self.buf.ws[t])?;
-        hidden_bwd(&self.buf.g_x2, self.buf.g_h1.as_mut(), &self.buf.h1, &mut self.buf.g_z1, seed0, step, pd)?;
+        let key = drop_key(&self.vars, seed0, 0, src);
+        hidden_bwd(&self.buf.g_x2, self.buf.g_h1.as_mut(), &self.buf.h1, &mut self.buf.g_z1, key, pd)?;
         // classifier.0, its data gradient into the last feature map's gradient.
         let t = self.enter(Phase::FcBwd(0))?;
         let last = self.buf.acts.len() - 1;
@@ -514,22 +553,22 @@ impl Vgg {
     /// The optimizer step over the gradients [`Vgg::compute_grads`] left: overflow check, SGD
     /// (skipped on the device on overflow), one read of the flag. Returns whether it applied.
     pub fn apply_grads(&mut self, lr: f32) -> Result<bool> {
-        self.optimizer_step(lr, false).map(|applied| applied.unwrap_or(true))
+        self.optimizer_step(lr, Step::Host).map(|applied| applied.unwrap_or(true))
     }
 
-    /// `queued`: the scaler's device-side step, which reads nothing (None); else the host one.
-    fn optimizer_step(&mut self, lr: f32, queued: bool) -> Result<Option<bool>> {
+    /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
+    /// (None), with the learning rate `lr` or the one in [`StepVars`].
+    fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
         let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
         let mut sp: Vec<SgdParam<'_>> = self
             .params
             .iter_mut()
             .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
             .collect();
-        if queued {
-            self.scaler.step_queued(&self.sgd, &mut sp, sgd)?;
-            Ok(None)
-        } else {
-            self.scaler.step(&self.sgd, &mut sp, sgd).map(Some)
+        match how {
+            Step::Host => self.scaler.step(&self.sgd, &mut sp, sgd).map(Some),
+            Step::Queued => self.scaler.step_queued(&self.sgd, &mut sp, sgd).map(|_| None),
+            Step::QueuedAt => self.scaler.step_queued_at(&self.sgd, &mut sp, sgd, &self.vars).map(|_| None),
         }
     }
 
@@ -541,7 +580,7 @@ impl Vgg {
     pub fn train_step_queued(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
         self.scaler.queue()?;
         self.compute_grads(images, labels, step)?;
-        self.optimizer_step(lr, true).map(|_| ())
+        self.optimizer_step(lr, Step::Queued).map(|_| ())
     }
 
     /// After queued steps: one read of the scaler's state and one of the loss status; the
@@ -639,6 +678,15 @@ impl Vgg {
     }
 }
 
+/// How [`Vgg::optimizer_step`] runs: the host scaler (one read), the device scaler, or the
+/// device scaler with the learning rate in [`StepVars`] (captured steps).
+#[derive(Clone, Copy)]
+enum Step {
+    Host,
+    Queued,
+    QueuedAt,
+}
+
 /// Two consecutive parameters (weight, bias) mutably.
 fn two(p: &mut [Param], j: usize) -> (&mut Param, &mut Param) {
     let (a, b) = p.split_at_mut(j + 1);
@@ -664,13 +712,12 @@ fn hidden_bwd(
     g_h: Option<&mut Tensor<f16>>,
     h: &Tensor<f16>,
     g_z: &mut Tensor<f16>,
-    seed: u64,
-    step: u64,
+    key: DropoutKey<'_>,
     p: f32,
 ) -> Result<()> {
     let g = match g_h {
         Some(g) => {
-            ops::dropout_bwd(g_x, g, seed, step, p)?;
+            ops::dropout(g_x, g, key, p)?;
             &*g
         }
         None => g_x,

@@ -4,6 +4,7 @@
 //! is stored in between. Use a distinct `seed` per dropout layer.
 
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::ops::StepVars;
 use crate::reference::dropout_key;
 use crate::{ensure_shape, Result, Tensor};
 use half::f16;
@@ -13,7 +14,15 @@ const THREADS: u32 = 256;
 /// Enough blocks to fill an H200 several times over; larger tensors grid-stride.
 const MAX_BLOCKS: usize = 132 * 16;
 
-fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32, what: &str) -> Result<()> {
+/// Where the mask's key comes from: `(seed, step)` on the host, or hidden layer `layer`'s key in
+/// a [`StepVars`], read by the kernel when it runs (what a captured step's replays need).
+#[derive(Clone, Copy, Debug)]
+pub enum DropoutKey<'a> {
+    Host { seed: u64, step: u64 },
+    Device { vars: &'a StepVars, layer: usize },
+}
+
+fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32, what: &str) -> Result<()> {
     let dev = x.device().clone();
     ensure_shape!((0.0..=1.0).contains(&p_drop), "dropout: p_drop {p_drop} is not in [0, 1]");
     y.check(&dev, what, x.len())?;
@@ -21,20 +30,37 @@ fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f3
     let scale = 1.0f32 / (1.0 - p_drop);
     let groups = x.len().div_ceil(8).clamp(1, MAX_BLOCKS * THREADS as usize);
     let cfg = LaunchConfig::for_elements(groups, THREADS)?;
-    let key = dropout_key(seed, step);
-    let args =
-        [x.arg(), y.arg_mut(), KArg::I64(x.len() as i64), KArg::I64(key as i64), KArg::F32(p_drop), KArg::F32(scale)];
+    let (key, key_at) = match key {
+        DropoutKey::Host { seed, step } => (dropout_key(seed, step), KArg::Ptr(0)),
+        DropoutKey::Device { vars, layer } => (0, vars.key_arg(&dev, layer)?),
+    };
+    let args = [
+        x.arg(),
+        y.arg_mut(),
+        KArg::I64(x.len() as i64),
+        KArg::I64(key as i64),
+        KArg::F32(p_drop),
+        KArg::F32(scale),
+        key_at,
+    ];
     // SAFETY: (const __half* x, __half* y, long long n, unsigned long long key, float p_drop,
-    // float scale); x and y hold n elements (checked).
+    // float scale, const unsigned long long* key_at or null); x and y hold n elements
+    // (checked), key_at one word of a StepVars on this device (checked).
     unsafe { dev.launch(&KERNEL, cfg, &args) }
 }
 
 /// `y_i = keep(seed, step, i) ? x_i * (1 / (1 - p_drop)) : 0`, rounded to fp16.
 pub fn dropout_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
-    launch(x, y, seed, step, p_drop, "dropout output")
+    launch(x, y, DropoutKey::Host { seed, step }, p_drop, "dropout output")
 }
 
 /// `dx_i = keep(seed, step, i) ? dy_i * (1 / (1 - p_drop)) : 0`: the forward's mask, recomputed.
 pub fn dropout_bwd(dy: &Tensor<f16>, dx: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
-    launch(dy, dx, seed, step, p_drop, "dropout dx")
+    launch(dy, dx, DropoutKey::Host { seed, step }, p_drop, "dropout dx")
+}
+
+/// Dropout with the mask of `key`, forward (`x` -> `y`) or backward (`dy` -> `dx`, the same
+/// operation with the forward's key).
+pub fn dropout(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32) -> Result<()> {
+    launch(x, y, key, p_drop, "dropout output")
 }

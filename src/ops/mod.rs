@@ -14,10 +14,11 @@ pub mod optim;
 pub mod pool;
 pub mod reduce;
 pub mod softmax;
+pub mod step_vars;
 
 pub use conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
 pub use dense_gather::{dense_gather, dense_gather_shape};
-pub use dropout::{dropout_bwd, dropout_fwd};
+pub use dropout::{dropout, dropout_bwd, dropout_fwd, DropoutKey};
 pub use elementwise::{bias_act, cast_f16_to_f32, cast_f32_to_f16, relu_bwd, relu_fwd};
 pub use gemm::{conv1x1_dgrad, conv1x1_fwd, conv1x1_wgrad, linear_bwd_data, linear_bwd_weight, linear_fwd};
 pub use input::{normalize_input, InputNorm};
@@ -26,6 +27,7 @@ pub use optim::{LossScaler, OverflowFlag, Sgd, SgdParam, SgdParams, SgdPlan};
 pub use pool::{maxpool2x2_bwd, maxpool2x2_bwd_arg, maxpool2x2_fwd, maxpool2x2_fwd_arg};
 pub use reduce::{reduce_max_abs, reduce_sum, Reducer};
 pub use softmax::{softmax_fwd, softmax_xent, softmax_xent_device_scale, XentBuffers, XentStats};
+pub use step_vars::StepVars;
 
 /// Threads per block of the one-thread-per-element kernels: a multiple of the warp and
 /// enough blocks per SM on every size that matters.

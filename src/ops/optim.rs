@@ -17,6 +17,7 @@
 //! the scale, the skipped count or the last step's flag.
 
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::ops::StepVars;
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
@@ -220,17 +221,18 @@ impl SgdPlan {
             "sgd: loss_scale {} must be > 0",
             hp.loss_scale
         );
-        self.launch_step(params, hp, KArg::Ptr(0), skip_if)
+        self.launch_step(params, hp, KArg::Ptr(0), skip_if, None)
     }
 
     /// `amp`: null (the loss scale is `hp.loss_scale`) or a device AmpState, whose scale the
-    /// kernel reads instead.
+    /// kernel reads instead; `vars`: the learning rate read from there instead of `hp.lr`.
     fn launch_step(
         &self,
         params: &mut [SgdParam<'_>],
         hp: &SgdParams,
         amp: KArg,
         skip_if: Option<&OverflowFlag>,
+        vars: Option<&StepVars>,
     ) -> Result<()> {
         self.same_tensors(params)?;
         let skip = match skip_if {
@@ -238,6 +240,10 @@ impl SgdPlan {
                 f.t.check(&self.dev, "overflow flag", 1)?;
                 f.t.arg()
             }
+            None => KArg::Ptr(0),
+        };
+        let lr_at = match vars {
+            Some(v) => v.lr_arg(&self.dev)?,
             None => KArg::Ptr(0),
         };
         let (tensors, chunks) = self.tables();
@@ -251,11 +257,13 @@ impl SgdPlan {
             KArg::F32(hp.weight_decay),
             KArg::F32(hp.loss_scale),
             amp,
+            lr_at,
         ];
         // SAFETY: (const OptimTensor*, const OptimChunk*, long long chunk_len, const int* skip
         // or null, float lr, float momentum, float weight_decay, float loss_scale, const
-        // AmpState* or null): the table of exactly these tensors (checked; w, v, w16 mutably
-        // borrowed), one chunk a block; amp a LossScaler's state on this device or null.
+        // AmpState* or null, const float* lr_at or null): the table of exactly these tensors
+        // (checked; w, v, w16 mutably borrowed), one chunk a block; amp a LossScaler's state on
+        // this device or null; lr_at a StepVars' learning rate on this device (checked) or null.
         unsafe { self.dev.launch(&SGD, self.cfg(), &args) }
     }
 }
@@ -386,10 +394,32 @@ impl LossScaler {
     /// device's scale (skipped on the device on overflow), and the scale's update on the
     /// device, with [`LossScaler::update`]'s rules.
     pub fn step_queued(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<()> {
+        self.step_queued_with(plan, params, sgd, None)
+    }
+
+    /// [`LossScaler::step_queued`] with the learning rate that `vars` holds on the device when
+    /// the kernel runs (`sgd.lr` is ignored): what a captured step's replays need.
+    pub fn step_queued_at(
+        &mut self,
+        plan: &SgdPlan,
+        params: &mut [SgdParam<'_>],
+        sgd: Sgd,
+        vars: &StepVars,
+    ) -> Result<()> {
+        self.step_queued_with(plan, params, sgd, Some(vars))
+    }
+
+    fn step_queued_with(
+        &mut self,
+        plan: &SgdPlan,
+        params: &mut [SgdParam<'_>],
+        sgd: Sgd,
+        vars: Option<&StepVars>,
+    ) -> Result<()> {
         self.queue()?;
         plan.check_overflow(params, &mut self.flag)?;
         let state = self.device_state_arg(&plan.dev)?;
-        plan.launch_step(params, &sgd.with_scale(1.0), state, Some(&self.flag))?;
+        plan.launch_step(params, &sgd.with_scale(1.0), state, Some(&self.flag), vars)?;
         let one = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
         let args = [self.flag.t.arg(), self.state.arg_mut()];
         // SAFETY: (const int* flag, AmpState* st): one flag word and the 32-byte state, both

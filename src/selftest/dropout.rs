@@ -1,9 +1,11 @@
 //! Dropout forward and backward against reference::dropout_fwd / _bwd: bit-exact (the
 //! mask is integer arithmetic, the scale one f32 multiply, then one fp16 rounding), on
 //! lengths around the kernel's 8-element vectors and a VGG FC activation; p_drop 0, 0.1,
-//! 0.5 (VGG's) and 1.
+//! 0.5 (VGG's) and 1. Also with the key read from a StepVars on the device (what captured
+//! training steps run), and step_vars_set's stored values against the reference's keys.
 
 use super::{randn_f16, Bound, CheckRow};
+use crate::ops::{DropoutKey, StepVars};
 use crate::reference::{self as r, compare};
 use crate::{ops, Device, Result, Tensor};
 
@@ -35,6 +37,22 @@ pub fn dropout(dev: &Device) -> Result<Vec<CheckRow>> {
         ops::dropout_bwd(&dyt, &mut dx, seed, step, p)?;
         let want = r::f32_to_f16_round(&r::dropout_bwd(&dy, seed, step, p));
         rows.push(CheckRow::new("dropout_f16 bwd", &label, compare(&dx.to_f32()?, &want), Bound::Exact));
+        // The same mask from the key on the device: layer 1's slot, with layer 0's holding
+        // another key (a mix-up of the two slots shows).
+        let mut vars = StepVars::new(dev)?;
+        vars.set([seed ^ 0xabcd, seed], step, 0.5)?;
+        dx.poison()?;
+        ops::dropout(&dyt, &mut dx, DropoutKey::Device { vars: &vars, layer: 1 }, p)?;
+        rows.push(CheckRow::new("dropout_f16 bwd@vars", &label, compare(&dx.to_f32()?, &want), Bound::Exact));
+        let (keys, lr) = vars.read()?;
+        let want = [r::dropout_key(seed ^ 0xabcd, step), r::dropout_key(seed, step)];
+        // 16-bit pieces, exact in f32.
+        let as_f32 = |k: [u64; 2]| {
+            k.iter().flat_map(|v| (0..4).map(move |i| (v >> (16 * i) & 0xffff) as f32)).collect::<Vec<_>>()
+        };
+        let (got, mut want) = ([as_f32(keys), vec![lr]].concat(), as_f32(want));
+        want.push(0.5);
+        rows.push(CheckRow::new("step_vars_set", &label, compare(&got, &want), Bound::Exact));
     }
     Ok(rows)
 }

@@ -8,7 +8,7 @@
 //! scale's state machine on the device, as queued training steps run it.
 
 use super::{randn_f16, Bound, CheckRow};
-use crate::ops::{optim::CHUNK, LossScaler, OverflowFlag, Sgd, SgdParam, SgdPlan};
+use crate::ops::{optim::CHUNK, LossScaler, OverflowFlag, Sgd, SgdParam, SgdPlan, StepVars};
 use crate::reference::{self as r, compare};
 use crate::{Device, Result, Tensor};
 use half::f16;
@@ -117,7 +117,9 @@ pub fn sgd(dev: &Device) -> Result<Vec<CheckRow>> {
 /// The loss scale on the device: queued steps (amp_check_f32, sgd_multi_f32 reading the scale
 /// from the device state, amp_scaler_update) over a sequence of clean and Inf / NaN gradients
 /// with growth every 2 clean steps, against reference::loss_scale_update and
-/// reference::sgd_step at the scale the reference expects: bit-exact.
+/// reference::sgd_step at the scale the reference expects: bit-exact. Every other step takes
+/// its learning rate from a StepVars on the device (as captured steps do; the host's is NaN
+/// there, so using it would show), the rates differing from step to step.
 pub fn amp_scaler(dev: &Device) -> Result<Vec<CheckRow>> {
     let n = 1000;
     let mut hw: Vec<f32> = randn_f16(n, 950).iter().map(|v| 0.05 * v).collect();
@@ -131,6 +133,7 @@ pub fn amp_scaler(dev: &Device) -> Result<Vec<CheckRow>> {
     let shape_host = [Host { w: vec![], v: vec![], g: vec![], decay: true, copy: false }];
     let plan = SgdPlan::new(&params(&mut d, &shape_host))?;
     let mut queued = LossScaler::with(dev, 4096.0, 2)?;
+    let mut vars = StepVars::new(dev)?;
     let mut model = r::LossScaleState { scale: 4096.0, clean_steps: 0, growth_interval: 2, skipped: 0 };
     let overflow = [false, true, false, false, true, false, false, false];
     for (i, &bad) in overflow.iter().enumerate() {
@@ -139,9 +142,14 @@ pub fn amp_scaler(dev: &Device) -> Result<Vec<CheckRow>> {
             g[(97 * i) % n] = if i % 2 == 0 { f32::INFINITY } else { f32::NAN };
         }
         d[0].g.copy_from_host(&g)?;
-        let sgd = Sgd::VGG.lr(0.01);
-        queued.step_queued(&plan, &mut params(&mut d, &shape_host), sgd)?;
-        let hp = sgd.with_scale(model.scale);
+        let lr = 0.01 / (1 + i) as f32;
+        if i % 2 == 0 {
+            queued.step_queued(&plan, &mut params(&mut d, &shape_host), Sgd::VGG.lr(lr))?;
+        } else {
+            vars.set([0, 0], 0, lr)?;
+            queued.step_queued_at(&plan, &mut params(&mut d, &shape_host), Sgd::VGG.lr(f32::NAN), &vars)?;
+        }
+        let hp = Sgd::VGG.lr(lr).with_scale(model.scale);
         if r::loss_scale_update(&mut model, bad) {
             r::sgd_step(&mut hw, &mut hv, &g, &hp, true);
         }

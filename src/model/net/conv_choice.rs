@@ -86,6 +86,7 @@ impl Vgg {
     /// re-places the buffers (call it between steps: activations are not kept). `reps` calls a
     /// timing sample when tuning. Returns each conv layer's algorithms.
     pub fn set_conv_choice(&mut self, choice: ConvChoice, reps: usize) -> Result<Vec<ConvLayerChoice>> {
+        self.graphs.clear(); // a captured step names the old plans' kernels and workspaces
         let feats = self.cfg.features();
         let mut tuned: HashMap<ConvProblem, Conv3x3> = HashMap::new();
         let mut out = vec![];

@@ -1,0 +1,181 @@
+//! Captured work replayed with one call: a CUDA graph on cuda, the recorded list of launches
+//! and memsets on emu. What a training step gains from it is the host's time to queue ~100
+//! launches; it pays where the device would otherwise wait for them (small models and
+//! batches), which `vgg bench train --graph` measures.
+//!
+//! While [`Device::capture`] runs its closure, the device queues work without running it and
+//! refuses what a replay could not repeat: allocations, copies to or from the host, and waits
+//! (each an error naming the operation). Frees are held back until the capture ends, so that
+//! no free becomes part of the graph. Kernel arguments are captured by value: a pointer
+//! argument names the same buffer at every replay, and a value that must change between
+//! replays has to live in device memory (see [`crate::ops::StepVars`]).
+
+use super::{cuda, Backend, Device, KArg, Kernel, LaunchConfig};
+use crate::{Error, Result};
+
+/// One recorded operation of an emu capture.
+pub(crate) enum EmuOp {
+    Launch { kernel: Kernel, cfg: LaunchConfig, args: Vec<KArg> },
+    Memset { dst: u64, byte: u8, bytes: usize },
+}
+
+/// The state of a capture in progress.
+#[derive(Default)]
+pub(crate) struct Capture {
+    /// emu: the operations queued so far (cuda records them in the stream's graph).
+    pub ops: Vec<EmuOp>,
+    /// Allocations released during the capture, freed when it ends.
+    pub frees: Vec<(u64, usize)>,
+    /// Kernel launches captured.
+    pub launches: usize,
+}
+
+enum Body {
+    Cuda(cuda::CudaGraph),
+    Emu(Vec<EmuOp>),
+}
+
+/// Work captured by [`Device::capture`], replayed by [`Graph::launch`].
+pub struct Graph {
+    dev: Device,
+    body: Body,
+    launches: usize,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Graph({} launches on {})", self.launches, self.dev.name())
+    }
+}
+
+impl Graph {
+    /// Queues the captured work on the device's stream (on emu: runs it), after what is queued
+    /// already. The host's launch counter ([`Device::launches`]) counts this as one launch.
+    pub fn launch(&self) -> Result<()> {
+        self.dev.not_capturing("launching a graph")?;
+        self.dev.count_launch();
+        match &self.body {
+            Body::Cuda(g) => g.launch(),
+            Body::Emu(ops) => {
+                for op in ops {
+                    match op {
+                        // SAFETY: the arguments were checked by the launcher that captured them,
+                        // and every buffer they name outlives the graph (its owner drops the
+                        // graph before re-placing them).
+                        EmuOp::Launch { kernel, cfg, args } => unsafe { self.dev.launch_now(kernel, *cfg, args)? },
+                        // SAFETY: as above: dst spans bytes bytes of a live allocation.
+                        EmuOp::Memset { dst, byte, bytes } => unsafe {
+                            std::ptr::write_bytes(*dst as *mut u8, *byte, *bytes)
+                        },
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Kernel launches the graph holds.
+    pub fn launches(&self) -> usize {
+        self.launches
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+}
+
+impl Device {
+    /// Runs `body` with this device capturing instead of running, and returns the captured
+    /// work as a [`Graph`]. An error from `body` (such as an allocation, which a capture
+    /// refuses) ends the capture and is returned; nothing captured runs.
+    pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        {
+            let mut c = self.0.capture.lock().unwrap();
+            if c.is_some() {
+                return Err(Error::Shape("Device::capture: a capture is already in progress".into()));
+            }
+            if let Backend::Cuda(d) = &self.0.backend {
+                d.begin_capture()?;
+            }
+            *c = Some(Capture::default());
+        }
+        let result = body();
+        let cap = self.0.capture.lock().unwrap().take().expect("capture in progress");
+        // The stream leaves capture mode before the held-back frees, which would otherwise be
+        // captured too.
+        let cuda = match &self.0.backend {
+            Backend::Cuda(d) => Some(d.end_capture()),
+            Backend::Emu(_) => None,
+        };
+        for &(ptr, bytes) in &cap.frees {
+            // SAFETY: allocations whose owners released them during the capture; the captured
+            // work is discarded (below: a capture that freed anything is refused), so nothing
+            // reaches them afterwards.
+            unsafe { self.free_now(ptr, bytes) };
+        }
+        result?;
+        let body = match cuda {
+            Some(g) => Body::Cuda(g?),
+            None => Body::Emu(cap.ops),
+        };
+        if !cap.frees.is_empty() {
+            return Err(Error::Shape(format!(
+                "Device::capture: {} buffer(s) were freed during the capture (a replay would use them)",
+                cap.frees.len()
+            )));
+        }
+        Ok(Graph { dev: self.clone(), body, launches: cap.launches })
+    }
+
+    /// Whether a capture is in progress on this device.
+    pub fn is_capturing(&self) -> bool {
+        self.0.capture.lock().unwrap().is_some()
+    }
+
+    /// An error naming `what` if a capture is in progress (what a replay could not repeat).
+    pub(crate) fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.is_capturing() {
+            return Err(Error::Shape(format!(
+                "{what} is not allowed while capturing a graph (a replay could not repeat it)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// emu while capturing: records the launch and returns true; false otherwise. cuda's
+    /// stream records its own launches (counted here).
+    pub(crate) fn record_launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> bool {
+        let mut c = self.0.capture.lock().unwrap();
+        let Some(cap) = c.as_mut() else { return false };
+        cap.launches += 1;
+        if self.is_emu() {
+            cap.ops.push(EmuOp::Launch { kernel: *kernel, cfg, args: args.to_vec() });
+            return true;
+        }
+        false
+    }
+
+    /// emu while capturing: records the memset and returns true.
+    pub(crate) fn record_memset(&self, dst: u64, byte: u8, bytes: usize) -> bool {
+        let mut c = self.0.capture.lock().unwrap();
+        match c.as_mut() {
+            Some(cap) if self.is_emu() => {
+                cap.ops.push(EmuOp::Memset { dst, byte, bytes });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// While capturing: holds the free back until the capture ends and returns true.
+    pub(crate) fn defer_free(&self, ptr: u64, bytes: usize) -> bool {
+        let mut c = self.0.capture.lock().unwrap();
+        match c.as_mut() {
+            Some(cap) => {
+                cap.frees.push((ptr, bytes));
+                true
+            }
+            None => false,
+        }
+    }
+}
