@@ -113,7 +113,9 @@ pub(crate) struct CudaDevice {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     modules: Mutex<HashMap<&'static str, sys::CUmodule>>,
-    functions: Mutex<HashMap<Kernel, sys::CUfunction>>,
+    /// Each kernel's function and the dynamic shared memory it has been allowed so far (so the
+    /// opt-in above 48 KiB is one driver call a kernel, not one a launch).
+    functions: Mutex<HashMap<Kernel, (sys::CUfunction, u32)>>,
 }
 
 // SAFETY: the driver API is thread-safe; every call first makes `ctx` current on the
@@ -230,9 +232,10 @@ impl CudaDevice {
         }
     }
 
-    fn function(&self, k: &Kernel) -> Result<sys::CUfunction> {
-        if let Some(f) = self.functions.lock().unwrap().get(k) {
-            return Ok(*f);
+    /// The kernel's function and the dynamic shared memory it is allowed so far.
+    fn function(&self, k: &Kernel) -> Result<(sys::CUfunction, u32)> {
+        if let Some(e) = self.functions.lock().unwrap().get(k) {
+            return Ok(*e);
         }
         let module = {
             let mut mods = self.modules.lock().unwrap();
@@ -252,15 +255,15 @@ impl CudaDevice {
         let name = CString::new(k.name).expect("kernel names have no NUL");
         // SAFETY: `module` is a loaded module; `name` is NUL-terminated.
         let f = unsafe { result::module::get_function(module, name) }.map_err(drv("cuModuleGetFunction"))?;
-        self.functions.lock().unwrap().insert(*k, f);
-        Ok(f)
+        self.functions.lock().unwrap().insert(*k, (f, 48 * 1024));
+        Ok((f, 48 * 1024))
     }
 
     /// # Safety
     /// As [`super::Device::launch`].
     pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
-        let f = self.function(k)?;
+        let (f, allowed) = self.function(k)?;
         if cfg.shared_bytes as usize > self.info.max_shared_per_block {
             let (maj, min) = self.info.compute_capability;
             return Err(Error::Kernel(format!(
@@ -269,14 +272,17 @@ impl CudaDevice {
                 k.name, cfg.shared_bytes, self.info.name, self.info.max_shared_per_block
             )));
         }
-        if cfg.shared_bytes > 48 * 1024 {
-            // Above 48 KiB a kernel must opt in to the larger carve-out.
+        if cfg.shared_bytes > allowed {
+            // Above 48 KiB a kernel must opt in to the larger carve-out (once per size it grows to).
             result::function::set_function_attribute(
                 f,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 cfg.shared_bytes as i32,
             )
             .map_err(drv("cuFuncSetAttribute"))?;
+            if let Some(e) = self.functions.lock().unwrap().get_mut(k) {
+                e.1 = cfg.shared_bytes;
+            }
         }
         result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, args)
             .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) })
