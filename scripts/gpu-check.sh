@@ -17,14 +17,28 @@ summary=()
 LOG="$OUT/gpu-check.log"
 # SKIP: comma-separated step names to leave out (a rerun measuring only what changed).
 SKIP=",${SKIP:-},"
+# BUDGET: seconds for all the steps; each step's limit is cut to what is left, and a step with
+# under 15 s left is skipped, so the script ends (and writes results.tgz) within the device
+# tool's timeout (run it with timeout_s >= BUDGET + 60). Steps run in order of importance.
+BUDGET=${BUDGET:-350}
+T0=$(date +%s)
+last_rc=0
 step() { # step NAME LIMIT_S CMD...: runs CMD with a time limit, appends its output to the log
   local name=$1 limit=$2; shift 2
-  case "$SKIP" in *",$name,"*) echo "=== $name: skipped" | tee -a "$LOG"; return 0 ;; esac
+  case "$SKIP" in *",$name,"*) echo "=== $name: skipped" | tee -a "$LOG"; last_rc=skipped; return 0 ;; esac
+  local left=$(( BUDGET - ($(date +%s) - T0) ))
+  if [ "$left" -lt 15 ]; then
+    echo "=== $name: skipped (time budget spent)" | tee -a "$LOG"
+    summary+=("$(printf '%-22s %s' "$name" "skipped: budget")")
+    last_rc=skipped
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$(date +%s)
   echo "=== $name: $*" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  local rc=${PIPESTATUS[0]}
-  summary+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$rc" "$(( $(date +%s) - t0 ))")")
+  last_rc=${PIPESTATUS[0]}
+  summary+=("$(printf '%-22s rc=%-3s %4ss' "$name" "$last_rc" "$(( $(date +%s) - t0 ))")")
   return 0
 }
 
@@ -44,18 +58,6 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"
 fi
-# Winograd tiling side by side: the layers where auto picks region windows, forced flat (log only).
-if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
-  step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
-    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
-fi
-# Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
-# conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
-if "$VGG" bench conv --help 2>/dev/null | grep -q winograd4x4; then
-  step bench-conv-f4 90 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
-    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
-    --algo winograd4x4 --json "$RAW/bench-conv-f4.json"
-fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
@@ -65,10 +67,37 @@ fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
 fi
+# PyTorch's training steps beside ours (the headline ratio).
+step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
+# Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
+# conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
+if "$VGG" bench conv --help 2>/dev/null | grep -q winograd4x4; then
+  step bench-conv-f4 90 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo winograd4x4 --json "$RAW/bench-conv-f4.json"
+fi
+# Winograd tiling side by side: the layers where auto picks region windows, forced flat (log only).
+if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
+  step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
+fi
 # The same steps with each layer's Winograd variants timed first and the fastest kept.
 if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
   step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
     --json "$RAW/bench-train-tune.json"
+fi
+# Hardware counters of the conv main loops on conv3_2 (ncu works on Firecracker machines, not
+# on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
+# kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
+if command -v ncu >/dev/null; then
+  for k in wino2x2_fprop_f16:winograd2x2:fprop wino2x2_dgrad_f16:winograd2x2:dgrad \
+           wino4x4_fprop_f16:winograd4x4:fprop igemm3x3_wgrad_m128_f16:auto:wgrad; do
+    IFS=: read -r kern algo pass <<<"$k"
+    step "ncu-$kern" 40 ncu --clock-control none --set full -k "$kern" --launch-skip 2 --launch-count 1 \
+      "$VGG" bench conv --device cuda --batch "$BATCH" --layers conv3_2 --passes "$pass" --algo "$algo" \
+      --no-cudnn --repeats 3
+    [ "$last_rc" = 0 ] || break
+  done
 fi
 # Queued steps (nothing read back a step, the loss scale kept on the device): what the
 # per-step reads cost (predicted: under 1%, bench/NOTES.md).
@@ -88,16 +117,6 @@ if "$VGG" bench train --help 2>/dev/null | grep -q -- --graph; then
       --steps 50 $flag --json "$RAW/bench-train-32px-$mode.json"
   done
 fi
-# The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
-# lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
-step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
-step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$RAW/bench-data.json"
-# The same images pre-resized into raw shards by `vgg prep` (log only).
-SHARDS=${TMPDIR:-/tmp}/vgg-shards
-step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
-step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
-# The trainer end to end on the GPU: the README's small network on the synthetic data.
-step train-small 90 "$VGG" train --device cuda --quiet
 # Evaluation throughput of a VGG-16 (two training steps on synthetic 224-px images, so that a
 # checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
 CK=${TMPDIR:-/tmp}/vgg-d
@@ -111,7 +130,16 @@ step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data sy
   --scale 256 --crops center --batch 64
 step eval-vgg16-dense 90 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 128 \
   --scale 256 --crops dense --flip
-step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
+# The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
+# lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
+step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
+step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$RAW/bench-data.json"
+# The same images pre-resized into raw shards by `vgg prep` (log only).
+SHARDS=${TMPDIR:-/tmp}/vgg-shards
+step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
+step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
+# The trainer end to end on the GPU: the README's small network on the synthetic data.
+step train-small 90 "$VGG" train --device cuda --quiet
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   step sanitizer 45 compute-sanitizer --tool memcheck --error-exitcode 3 "$VGG" selftest --device cuda --only maxpool
   # Shared-memory races in the pipelined tensor-core kernels, on the hardware's own schedule.
