@@ -88,6 +88,19 @@ impl Device {
     /// Runs `body` with this device capturing instead of running, and returns the captured
     /// work as a [`Graph`]. An error from `body` (such as an allocation, which a capture
     /// refuses) ends the capture and is returned; nothing captured runs.
+    ///
+    /// ```
+    /// use half::f16;
+    /// use vgg_cuda::{ops, Device, Tensor};
+    ///
+    /// let dev = Device::emu();
+    /// let x = Tensor::from_f32(&dev, &[4], &[-1.0, 2.0, -3.0, 4.0])?;
+    /// let mut y = Tensor::<f16>::zeros(&dev, &[4])?; // buffers are made before the capture
+    /// let relu = dev.capture(|| ops::relu_fwd(&x, &mut y))?;
+    /// relu.launch()?; // as often as needed, reading x as it is then
+    /// assert_eq!(y.to_f32()?, [0.0, 2.0, 0.0, 4.0]);
+    /// # Ok::<(), vgg_cuda::Error>(())
+    /// ```
     pub fn capture(&self, body: impl FnOnce() -> Result<()>) -> Result<Graph> {
         {
             let mut c = self.0.capture.lock().unwrap();
