@@ -18,7 +18,7 @@ pub(super) struct StepGraph {
 
 impl Vgg {
     /// [`Vgg::train_step_queued`] replayed from a captured graph: the first call captures the
-    /// step (on cuda, a CUDA graph), later calls queue the step's values ([`StepVars`]: dropout
+    /// step (on cuda, a CUDA graph), later calls queue the step's values ([`crate::ops::StepVars`]: dropout
     /// keys, learning rate) and launch the graph, one host call instead of ~100 launches. The
     /// same kernels with the same values, so the results equal `train_step_queued`'s bit for
     /// bit. One graph is kept per pair of `images` and `labels` buffers (two pairs at most, as
