@@ -48,7 +48,7 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         let entries: Vec<String> = names.iter().map(|n| format!("    EMU_KERNEL({n}),\n")).collect();
         let _ = write!(
             cpp,
-            "static const ::emu::KernelEntry k_table[] = {{\n{}    {{nullptr, nullptr}}}};\n\
+            "static const ::emu::KernelEntry k_table[] = {{\n{}    {{nullptr, nullptr, 0, nullptr}}}};\n\
              extern \"C\" const ::emu::KernelEntry* vgg_emu_table_{stem}() {{ return k_table; }}\n",
             entries.concat()
         );
@@ -62,11 +62,12 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
         table,
         "using TableFn = const ::emu::KernelEntry* (*)();\n\
          static const TableFn k_tables[] = {{\n{lookups}    nullptr}};\n\
-         // The host launcher of a kernel by name, or null when no kernel file defines it.\n\
-         extern \"C\" void* vgg_emu_find(const char* name) {{\n\
+         // The table entry (launcher, parameter sizes) of a kernel by name, or null when no\n\
+         // kernel file defines it.\n\
+         extern \"C\" const ::emu::KernelEntry* vgg_emu_find(const char* name) {{\n\
          \x20   for (const TableFn* t = k_tables; *t; ++t)\n\
          \x20       for (const ::emu::KernelEntry* e = (*t)(); e->name; ++e)\n\
-         \x20           if (std::strcmp(e->name, name) == 0) return reinterpret_cast<void*>(e->launch);\n\
+         \x20           if (std::strcmp(e->name, name) == 0) return e;\n\
          \x20   return nullptr;\n}}\n"
     );
     let table_path = gen.join("tables.cpp");

@@ -43,8 +43,17 @@ fn dropout_mask_ignores_the_launch_shape() {
         let mut y = Tensor::<f16>::empty(&dev, &[n]).unwrap();
         y.poison().unwrap();
         let cfg = LaunchConfig { grid: (grid, 1, 1), block: (block, 1, 1), shared_bytes: 0 };
-        let args = [xt.arg(), y.arg_mut(), KArg::I64(n as i64), KArg::I64(key), KArg::F32(0.3), KArg::F32(scale)];
-        // SAFETY: dropout_f16(const __half* x, __half* y, long long n, u64 key, float p, float scale); n elements each.
+        let args = [
+            xt.arg(),
+            y.arg_mut(),
+            KArg::I64(n as i64),
+            KArg::I64(key),
+            KArg::F32(0.3),
+            KArg::F32(scale),
+            KArg::Ptr(0),
+        ];
+        // SAFETY: dropout_f16(const __half* x, __half* y, long long n, u64 key, float p, float scale,
+        // const u64* key_at = null: the key argument is used); n elements each.
         unsafe { dev.launch(&kernel, cfg, &args).unwrap() };
         assert_eq!(bits16(&y), want, "grid {grid} x {block}");
     }
@@ -60,6 +69,7 @@ fn dropout_mask_ignores_the_launch_shape() {
         KArg::I64(key),
         KArg::F32(0.3),
         KArg::F32(scale),
+        KArg::Ptr(0),
     ];
     // SAFETY: as above, on elements 1..n of both tensors.
     unsafe { dev.launch(&kernel, cfg, &args).unwrap() };

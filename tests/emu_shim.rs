@@ -125,6 +125,14 @@ fn unknown_kernel_and_bad_launch_are_errors() {
     // SAFETY: rejected for its block size before running.
     let e = unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 2048, 0), &[out.arg_mut()]) }.unwrap_err();
     assert!(e.to_string().contains("invalid launch"), "{e}");
+    // An argument list that does not match the parameters (int* out): one too many, one
+    // missing, or a 4-byte value where a pointer goes; refused before the kernel reads any.
+    let cases: [&[KArg]; 3] = [&[out.arg_mut(), KArg::I32(1)], &[], &[KArg::I32(0)]];
+    for args in cases {
+        // SAFETY: refused before running (the check under test).
+        let e = unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 32, 0), args) }.unwrap_err().to_string();
+        assert!(e.contains("shim_divergent_barrier") && e.contains("parameters are [8] bytes"), "{e}");
+    }
 }
 
 fn cp_async_wait(dev: &Device, waited: i32) -> Vec<f32> {

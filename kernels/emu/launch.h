@@ -17,12 +17,21 @@ struct Wrap;
 template <typename... A, void (*F)(A...)>
 struct Wrap<F> {
     static void call(void** args) { invoke(F, args, std::index_sequence_for<A...>{}); }
+    // The parameters' count and sizes, so that the host can refuse a launch whose argument
+    // list does not match (reading a missing argument would read past the array).
+    static constexpr int arity = sizeof...(A);
+    static constexpr unsigned char sizes[sizeof...(A) + 1] = {
+        static_cast<unsigned char>(sizeof(std::remove_cv_t<std::remove_reference_t<A>>))..., 0};
 };
 
+// Mirrored by src/device/emu.rs (EmuKernelEntry).
 struct KernelEntry {
     const char* name;
     void (*launch)(void** args);
+    int arity;
+    const unsigned char* sizes;
 };
 }  // namespace emu
 
-#define EMU_KERNEL(name) ::emu::KernelEntry{#name, &::emu::Wrap<&name>::call}
+#define EMU_KERNEL(name) \
+    ::emu::KernelEntry { #name, &::emu::Wrap<&name>::call, ::emu::Wrap<&name>::arity, ::emu::Wrap<&name>::sizes }

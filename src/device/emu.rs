@@ -11,8 +11,17 @@ use std::sync::Mutex;
 
 type Launcher = unsafe extern "C" fn(*mut *mut c_void);
 
+/// kernels/emu/launch.h's KernelEntry: a kernel's launcher and its parameters' sizes.
+#[repr(C)]
+struct KernelEntry {
+    name: *const c_char,
+    launch: Launcher,
+    arity: c_int,
+    sizes: *const u8,
+}
+
 extern "C" {
-    fn vgg_emu_find(name: *const c_char) -> *mut c_void;
+    fn vgg_emu_find(name: *const c_char) -> *const KernelEntry;
     fn vgg_emu_sync(token: *mut c_void, release: c_int);
     fn vgg_emu_run_blocks(
         f: Launcher,
@@ -57,7 +66,8 @@ impl Schedule {
 
 pub(crate) struct EmuDevice {
     schedule: Mutex<Schedule>,
-    launchers: Mutex<HashMap<&'static str, Launcher>>,
+    /// Each kernel's launcher and parameter sizes in bytes.
+    launchers: Mutex<HashMap<&'static str, (Launcher, &'static [u8])>>,
 }
 
 const ALIGN: usize = 256; // cudaMalloc's alignment
@@ -91,10 +101,10 @@ impl EmuDevice {
         std::alloc::dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(bytes.max(1), ALIGN));
     }
 
-    fn launcher(&self, k: &Kernel) -> Result<Launcher> {
+    fn launcher(&self, k: &Kernel) -> Result<(Launcher, &'static [u8])> {
         let mut map = self.launchers.lock().unwrap();
-        if let Some(f) = map.get(k.name) {
-            return Ok(*f);
+        if let Some(e) = map.get(k.name) {
+            return Ok(*e);
         }
         let name = CString::new(k.name).expect("kernel names have no NUL");
         // SAFETY: looks a name up in the generated table; returns null when absent.
@@ -105,16 +115,25 @@ impl EmuDevice {
                 reason: format!("no kernel `{}` in the emu build", k.name),
             });
         }
-        // SAFETY: the table stores `void (*)(void**)` launchers (kernels/emu/launch.h).
-        let f: Launcher = unsafe { std::mem::transmute::<*mut c_void, Launcher>(p) };
-        map.insert(k.name, f);
-        Ok(f)
+        // SAFETY: a static entry of the generated table: its launcher, and `arity` sizes.
+        let e = unsafe { ((*p).launch, std::slice::from_raw_parts((*p).sizes, (*p).arity as usize)) };
+        map.insert(k.name, e);
+        Ok(e)
     }
 
+    /// `sizes`: the size in bytes of each argument, checked against the kernel's parameters
+    /// (the launcher reads one argument per parameter, whatever the array holds).
+    ///
     /// # Safety
     /// As [`super::Device::launch`].
-    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
-        let f = self.launcher(k)?;
+    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void], sizes: &[u8]) -> Result<()> {
+        let (f, params) = self.launcher(k)?;
+        if sizes != params {
+            return Err(Error::Kernel(format!(
+                "{}: arguments of {sizes:?} bytes given, the kernel's parameters are {params:?} bytes",
+                k.name
+            )));
+        }
         let grid = [cfg.grid.0, cfg.grid.1, cfg.grid.2];
         let block = [cfg.block.0, cfg.block.1, cfg.block.2];
         let threads = block.iter().map(|&b| b as u64).product::<u64>();

@@ -58,6 +58,14 @@ pub enum KArg {
 }
 
 impl KArg {
+    /// The size of the kernel parameter this argument fills.
+    fn size(self) -> u8 {
+        match self {
+            KArg::Ptr(_) | KArg::I64(_) => 8,
+            KArg::I32(_) | KArg::U32(_) | KArg::F32(_) => 4,
+        }
+    }
+
     fn to_slot(self) -> u64 {
         // Little-endian: a 4-byte argument is read from the low half of its 8-byte slot.
         match self {
@@ -262,7 +270,10 @@ impl Device {
         let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
         match &self.0.backend {
             Backend::Cuda(c) => c.launch(kernel, cfg, &mut ptrs),
-            Backend::Emu(e) => e.launch(kernel, cfg, &mut ptrs),
+            Backend::Emu(e) => {
+                let sizes: Vec<u8> = args.iter().map(|a| a.size()).collect();
+                e.launch(kernel, cfg, &mut ptrs, &sizes)
+            }
         }
     }
 
