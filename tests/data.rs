@@ -124,6 +124,18 @@ fn decoding_converts_to_rgb() {
     let g = load("g.jpg").get_pixel(4, 4).0;
     assert!(g.iter().all(|v| v.abs_diff(140) <= 2) && g[0] == g[1] && g[1] == g[2], "{g:?}");
     assert_eq!(load("png.jpg").get_pixel(1, 1).0, [9, 8, 7]);
+    // A CMYK JPEG (Adobe, inverted, as Pillow writes one; tests/fixtures/cmyk-16x16.jpg): four
+    // flat 8x8 quadrants of CMYK (0,0,0,0), (255,0,0,0), (0,128,255,0), (0,0,0,128) become
+    // white, cyan, orange and mid grey; JPEG's loss on flat blocks stays within a few levels.
+    let cmyk = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmyk-16x16.jpg");
+    let img = decode_rgb(&std::fs::read(&cmyk).unwrap(), &cmyk).unwrap();
+    assert_eq!(img.dimensions(), (16, 16));
+    for ((x, y), want) in
+        [((4, 4), [255, 255, 255]), ((12, 4), [0, 255, 255]), ((4, 12), [255, 127, 0]), ((12, 12), [127; 3])]
+    {
+        let got = img.get_pixel(x, y).0;
+        assert!(got.iter().zip(want).all(|(g, w)| g.abs_diff(w) <= 4), "({x}, {y}): {got:?}, want {want:?}");
+    }
 }
 
 /// A temp ImageFolder with 6 good images and a truncated JPEG, an empty file and a text

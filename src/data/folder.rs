@@ -30,7 +30,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
         return Err(fail("empty file".into()));
     }
     let reader =
-        image::io::Reader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| fail(e.to_string()))?;
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| fail(e.to_string()))?;
     if reader.format().is_none() {
         return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM)".into()));
     }
