@@ -4,10 +4,11 @@
 //! Each axis is a separable convolution with the triangle filter stretched by the
 //! downscale factor (so a downscale averages over every source pixel it covers instead of
 //! sampling two), centred at `(o + 0.5) * in / out`, cut at the image border and
-//! renormalised; PIL's `precompute_coeffs` computes the same taps and weights. Horizontal
-//! pass first, then vertical, like PIL. Differences from PIL: the intermediate is kept in
-//! f32 where PIL rounds it to 8 bits (so results differ from PIL's by at most one level,
-//! and agree with torchvision's float path up to f32 rounding).
+//! renormalised; PIL's `precompute_coeffs` computes the same taps and weights. Vertical pass
+//! first, then horizontal (PIL goes the other way; the order changes only f32 rounding, and
+//! this one puts the larger pass of a downscale on contiguous rows). Differences from PIL: the
+//! intermediate is kept in f32 where PIL rounds it to 8 bits (so results differ from PIL's by
+//! at most one level, and agree with torchvision's float path up to f32 rounding).
 //!
 //! [`resize_window`] computes only a window of the resized image: a random crop of a
 //! rescaled image costs the crop, not the whole rescale, and an extreme aspect ratio never
@@ -98,67 +99,59 @@ pub fn resize_window(
     let (cw, ch) = (cw as usize, ch as usize);
     let pix = src.as_raw();
     let row_bytes = in_w as usize * 3;
+    let ht = (out_w != in_w).then(|| taps(in_w, out_w, x0, cw as u32));
     let vt = (out_h != in_h).then(|| taps(in_h, out_h, y0, ch as u32));
-    // Source rows the vertical pass reads.
-    let (r0, r1) = match &vt {
-        Some(t) => (t.start[0], (0..ch).map(|i| t.start[i] + t.len[i]).max().unwrap_or(0)),
-        None => (y0 as usize, y0 as usize + ch),
+    // Source columns the horizontal pass reads.
+    let (c0, c1) = match &ht {
+        Some(t) => (t.start[0], (0..cw).map(|i| t.start[i] + t.len[i]).max().unwrap_or(0)),
+        None => (x0 as usize, x0 as usize + cw),
     };
-    let rows = r1 - r0;
+    let cols = (c1 - c0) * 3;
     scratch.clear();
-    scratch.resize(rows * cw * 3, 0.0);
-    // Horizontal pass: source rows r0..r1 -> f32 rows of cw pixels.
-    if out_w != in_w {
-        let ht = taps(in_w, out_w, x0, cw as u32);
-        for r in 0..rows {
-            let srow = &pix[(r0 + r) * row_bytes..(r0 + r + 1) * row_bytes];
-            let trow = &mut scratch[r * cw * 3..(r + 1) * cw * 3];
-            for i in 0..cw {
-                let (s, n) = (ht.start[i], ht.len[i]);
-                let w = &ht.weights[i * ht.k..i * ht.k + n];
-                let (mut a, mut b, mut c) = (0.0f32, 0.0f32, 0.0f32);
-                for (j, wj) in w.iter().enumerate() {
-                    let p = (s + j) * 3;
-                    a += srow[p] as f32 * wj;
-                    b += srow[p + 1] as f32 * wj;
-                    c += srow[p + 2] as f32 * wj;
+    scratch.resize(ch * cols, 0.0);
+    // Vertical pass first: source columns c0..c1 -> ch f32 rows. Its inner loop runs along
+    // contiguous rows and vectorises; the horizontal pass, a gather, then runs on ch rows
+    // only (a downscale has more source rows than output rows).
+    for i in 0..ch {
+        let trow = &mut scratch[i * cols..(i + 1) * cols];
+        let src_row = |r: usize| &pix[r * row_bytes + c0 * 3..r * row_bytes + c1 * 3];
+        match &vt {
+            Some(t) => {
+                for (j, wj) in t.weights[i * t.k..i * t.k + t.len[i]].iter().enumerate() {
+                    for (a, v) in trow.iter_mut().zip(src_row(t.start[i] + j)) {
+                        *a += *v as f32 * wj;
+                    }
                 }
-                trow[i * 3] = a;
-                trow[i * 3 + 1] = b;
-                trow[i * 3 + 2] = c;
             }
-        }
-    } else {
-        let from = x0 as usize * 3;
-        for r in 0..rows {
-            let srow = &pix[(r0 + r) * row_bytes + from..(r0 + r) * row_bytes + from + cw * 3];
-            for (t, s) in scratch[r * cw * 3..(r + 1) * cw * 3].iter_mut().zip(srow) {
-                *t = *s as f32;
+            None => {
+                for (a, v) in trow.iter_mut().zip(src_row(y0 as usize + i)) {
+                    *a = *v as f32;
+                }
             }
         }
     }
     let to_u8 = |v: f32| (v + 0.5).clamp(0.0, 255.0) as u8;
-    // Vertical pass: f32 rows -> the window's u8 rows.
-    match &vt {
-        Some(t) => {
-            let mut acc = vec![0.0f32; cw * 3];
-            for i in 0..ch {
-                acc.fill(0.0);
-                let (s, n) = (t.start[i] - r0, t.len[i]);
-                for (j, wj) in t.weights[i * t.k..i * t.k + n].iter().enumerate() {
-                    let trow = &scratch[(s + j) * cw * 3..(s + j + 1) * cw * 3];
-                    for (a, v) in acc.iter_mut().zip(trow) {
-                        *a += v * wj;
+    // Horizontal pass: f32 rows -> the window's u8 rows.
+    for i in 0..ch {
+        let trow = &scratch[i * cols..(i + 1) * cols];
+        let drow = &mut dst[i * cw * 3..(i + 1) * cw * 3];
+        match &ht {
+            Some(t) => {
+                for (o, d) in drow.chunks_exact_mut(3).enumerate() {
+                    let (s, n) = (t.start[o] - c0, t.len[o]);
+                    let (mut a, mut b, mut c) = (0.0f32, 0.0f32, 0.0f32);
+                    for (px, wj) in trow[s * 3..(s + n) * 3].chunks_exact(3).zip(&t.weights[o * t.k..o * t.k + n]) {
+                        a += px[0] * wj;
+                        b += px[1] * wj;
+                        c += px[2] * wj;
                     }
-                }
-                for (d, a) in dst[i * cw * 3..(i + 1) * cw * 3].iter_mut().zip(&acc) {
-                    *d = to_u8(*a);
+                    d.copy_from_slice(&[to_u8(a), to_u8(b), to_u8(c)]);
                 }
             }
-        }
-        None => {
-            for (d, v) in dst.iter_mut().zip(scratch.iter()) {
-                *d = to_u8(*v);
+            None => {
+                for (d, v) in drow.iter_mut().zip(trow) {
+                    *d = to_u8(*v);
+                }
             }
         }
     }
