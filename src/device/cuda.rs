@@ -373,10 +373,12 @@ impl CudaGraph {
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
-        // SAFETY: handles owned by this graph; a launch still running keeps its own reference
-        // (the driver defers the destruction of an executing graph).
+        // SAFETY: handles owned by this graph. The stream is drained first, so that no launch of
+        // it is still queued or running when it goes (a graph is dropped rarely: when its model
+        // re-places buffers, or goes).
         unsafe {
             let _ = result::ctx::set_current(self.ctx);
+            let _ = result::stream::synchronize(self.stream);
             let _ = result::graph::exec_destroy(self.exec);
             let _ = result::graph::destroy(self.graph);
         }
