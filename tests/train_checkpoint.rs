@@ -29,7 +29,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         conv_algo: "auto".into(),
         sync_every: 1,
         graph: false,
-        workers: 0,
+        workers: Some(0),
         checkpoint_dir: Some(dir.to_path_buf()),
         checkpoint_every: Some(4),
         resume: None,

@@ -23,7 +23,7 @@ fn args() -> TrainArgs {
         epochs: 2,
         lr: 0.01,
         device: "emu".into(),
-        workers: 0,
+        workers: Some(0),
         quiet: true,
         ..TrainArgs::default()
     }

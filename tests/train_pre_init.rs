@@ -26,7 +26,7 @@ fn args(model: &str) -> TrainArgs {
         batch: 4,
         lr: 0.01,
         device: "emu".into(),
-        workers: 0,
+        workers: Some(0),
         quiet: true,
         ..TrainArgs::default()
     }

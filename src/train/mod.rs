@@ -124,9 +124,11 @@ pub struct TrainArgs {
     /// for bit; combines with --sync-every.
     #[arg(long)]
     pub graph: bool,
-    /// Data loader threads (0: on the training thread).
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    /// Data loader threads (0: on the training thread) [default: on cuda, one less than this
+    /// machine's CPUs (at least 1), since decoding JPEGs for a GPU takes many cores; on emu, 1,
+    /// as the emulator itself runs on every core]. Any count loads the same batches.
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
     /// and the plots `loss.png` and `accuracy.png`.
     #[arg(long)]
@@ -266,11 +268,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let train_tf =
         TrainTransform { scale: Scale::Fixed(s * 8 / 7), crop: s, flip: true, color_shift: None, color_std: 0.1 };
     let train_tf = if a.data == "synthetic" { TrainTransform { scale: Scale::Fixed(s), ..train_tf } } else { train_tf };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = a.workers.unwrap_or(if dev.is_emu() { 1 } else { cpus.saturating_sub(1).max(1) });
     let lcfg = |shuffle, drop_last| LoaderConfig {
         batch: a.batch,
         shuffle,
         seed: a.seed,
-        workers: a.workers,
+        workers,
         drop_last,
         prefetch: 4,
         strict: false,
