@@ -41,6 +41,7 @@
 namespace w4 {
 constexpr int kTiles = 32;                 // output tiles per block (GEMM M)
 constexpr int kOut = 32;                   // output channels per block (GEMM N)
+static_assert(kOut == 32, "the warp steps of winograd_common.cuh cover 32 output channels");
 constexpr int kC = 16;                     // input channels per step (GEMM K)
 constexpr int kPts = 36;                   // transform points
 constexpr int kThreads = 384;              // 12 warps x 3 points
@@ -170,15 +171,8 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
         }
     };
 
-    float acc[3][2][4][4];  // [point 3 warp + q][16-tile block][8-channel block][fragment]
-#pragma unroll
-    for (int q = 0; q < 3; ++q)
-#pragma unroll
-        for (int mb = 0; mb < 2; ++mb)
-#pragma unroll
-            for (int nb = 0; nb < 4; ++nb)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[q][mb][nb][i] = 0.f;
+    WinoAcc<3, 2> acc;  // points 3 warp + q, 2 16-tile blocks
+    wino_zero_acc(acc);
 
     // Prologue: groups P0, U0, P1, U1; transform 0 once P0 (and U0) have landed.
     load_patches(0);
@@ -207,22 +201,9 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
         transform(it + 1);
 
         // M[xi] (32 tiles x 32 out) += V[xi] (32 x 16 c) U[xi]^T for this warp's three points.
-        const __half* sv = sxbase + (it % kBufs) * kXStage;
-        const __half* su = subase + (it % kBufs) * kUStage;
-#pragma unroll
-        for (int q = 0; q < 3; ++q) {
-            const int xi = 3 * warp + q;
-            wino_point_mma<2>(acc[q], sv, xi * kTiles, su, xi * kOut, lane);
-        }
+        wino_warp_step(acc, sxbase + (it % kBufs) * kXStage, subase + (it % kBufs) * kUStage, kTiles, warp, lane);
     }
-    cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
-    __syncthreads();     // every warp is done with the pipeline buffers
-
-    // M to shared memory, ms[xi][tile][channel] in fp32.
-    float* ms = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int q = 0; q < 3; ++q) wino_store_m<2>(acc[q], ms, (3 * warp + q) * kTiles, kMRow, lane);
-    __syncthreads();
+    const float* ms = wino_m_to_shared(acc, smem, kTiles, kMRow, warp, lane);
 
     // Y = A^T M A + bias, ReLU or mask, in fp32, one channel at a time: thread -> tile idx >> 4,
     // channels 2 (idx & 15), +1, for idx = tid + 384 r below 512; fp16 pairs stored.

@@ -47,6 +47,51 @@ __device__ __forceinline__ void wino_store_m(const float (&acc)[kMb][4][4], floa
         }
 }
 
+// A warp's accumulators: kQ transform points x kMb 16-tile blocks x 4 8-channel blocks of
+// m16n8 fragments (the warp's points over the block's whole tile x 32-channel GEMM).
+template <int kQ, int kMb>
+using WinoAcc = float[kQ][kMb][4][4];
+
+template <int kQ, int kMb>
+__device__ __forceinline__ void wino_zero_acc(WinoAcc<kQ, kMb>& acc) {
+#pragma unroll
+    for (int q = 0; q < kQ; ++q)
+#pragma unroll
+        for (int mb = 0; mb < kMb; ++mb)
+#pragma unroll
+            for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[q][mb][nb][i] = 0.f;
+}
+
+// One 16-channel step for this warp's points xi = kQ warp + q: M[xi] (kMb * 16 tiles x 32
+// out) += V[xi] U[xi]^T, V rows xi * tiles.. of sv, U rows xi * 32.. of su.
+template <int kQ, int kMb>
+__device__ __forceinline__ void wino_warp_step(WinoAcc<kQ, kMb>& acc, const __half* sv, const __half* su, int tiles,
+                                               int warp, int lane) {
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+        const int xi = kQ * warp + q;
+        wino_point_mma<kMb>(acc[q], sv, xi * tiles, su, xi * 32, lane);
+    }
+}
+
+// After the main loop: waits for the copy groups (only empty ones remain, but none may land on
+// the epilogue's data) and for every warp to finish with the pipeline buffers, then stores this
+// warp's points of M to ms[xi][tile][channel] (fp32 rows of mrow floats) at the start of shared
+// memory and returns ms, visible to the whole block.
+template <int kQ, int kMb>
+__device__ __forceinline__ float* wino_m_to_shared(const WinoAcc<kQ, kMb>& acc, void* smem, int tiles, int mrow,
+                                                   int warp, int lane) {
+    cp_async_wait<0>();
+    __syncthreads();
+    float* ms = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) wino_store_m<kMb>(acc[q], ms, (kQ * warp + q) * tiles, mrow, lane);
+    __syncthreads();
+    return ms;
+}
+
 // Output channels o, o + 1 of one pixel: ReLU (fprop) or zeroed where the mask is not > 0
 // (dgrad), stored as an fp16 pair.
 __device__ __forceinline__ void wino_store_pair(__half* __restrict__ y, const __half* __restrict__ mask, long long o,

@@ -42,6 +42,7 @@
 namespace w2 {
 constexpr int kTiles = 64;                  // output tiles per block (GEMM M)
 constexpr int kOut = 32;                    // output channels per block (GEMM N)
+static_assert(kOut == 32, "the warp steps of winograd_common.cuh cover 32 output channels");
 constexpr int kC = 16;                      // input channels per step (GEMM K)
 constexpr int kXBufs = 4, kUBufs = 3;       // pipeline buffers (see above)
 constexpr int kXStage = 16 * kTiles * kC;   // halves: flat patches, then V in place; region V
@@ -211,15 +212,8 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         }
     };
 
-    float acc[2][4][4][4];  // [point 2 warp + q][16-tile block][8-channel block][fragment]
-#pragma unroll
-    for (int q = 0; q < 2; ++q)
-#pragma unroll
-        for (int mb = 0; mb < 4; ++mb)
-#pragma unroll
-            for (int nb = 0; nb < 4; ++nb)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[q][mb][nb][i] = 0.f;
+    WinoAcc<2, 4> acc;  // points 2 warp + q, 4 16-tile blocks
+    wino_zero_acc(acc);
 
     // Prologue: patches 0, then (patches 1, filters 0), then (patches 2, filters 1), one group
     // each; transform 0 once its group has landed.
@@ -246,22 +240,9 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         transform(it + 1);
 
         // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
-        const __half* sv = vbuf(it);
-        const __half* su = subase + (it % kUBufs) * kUStage;
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-            const int xi = 2 * warp + q;
-            wino_point_mma<4>(acc[q], sv, xi * kTiles, su, xi * kOut, lane);
-        }
+        wino_warp_step(acc, vbuf(it), subase + (it % kUBufs) * kUStage, kTiles, warp, lane);
     }
-    cp_async_wait<0>();  // only empty groups remain; no copy may land on the epilogue's data
-    __syncthreads();     // every warp is done with the pipeline buffers
-
-    // M to shared memory, ms[xi][tile][channel] in fp32.
-    float* ms = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int q = 0; q < 2; ++q) wino_store_m<4>(acc[q], ms, (2 * warp + q) * kTiles, kMRow, lane);
-    __syncthreads();
+    const float* ms = wino_m_to_shared(acc, smem, kTiles, kMRow, warp, lane);
 
     // Y = A^T M A, A^T = [1 1 1 0; 0 1 -1 -1], + bias, ReLU or mask, fp16 pairs: thread -> tile
     // idx >> 4, channels 2 (idx & 15), +1, for idx = tid + 256 r.

@@ -14,13 +14,25 @@
 // kernel is tiny next to the convolution (K*C*9 reads, K*C*16 writes) and runs once per step.
 #include "winograd_common.cuh"
 
+// This thread's (k, c) pair of both transforms: its 3x3 taps g (rotated for dgrad) and where
+// its U values go, U[xi * stride + at] (out and in swapped for dgrad). False past the last pair.
+__device__ __forceinline__ bool wino_filter_job(const __half* __restrict__ wt, int k, int c, int dgrad, float g[3][3],
+                                                long long& at, long long& stride) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)k * c) return false;
+    const int ci = (int)(i % c), ko = (int)(i / c);
+    wino_filter_taps(wt, ko, ci, c, dgrad, g);
+    const long long out = dgrad ? ci : ko, in = dgrad ? ko : ci, n_out = dgrad ? c : k, n_in = dgrad ? k : c;
+    at = out * n_in + in;
+    stride = n_out * n_in;
+    return true;
+}
+
 extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __half* __restrict__ u, int k, int c,
                                               int dgrad) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)k * c) return;
-    const int ci = (int)(i % c), ko = (int)(i / c);
     float g[3][3];
-    wino_filter_taps(wt, ko, ci, c, dgrad, g);
+    long long at, stride;
+    if (!wino_filter_job(wt, k, c, dgrad, g, at, stride)) return;
     // t = G g (4 x 3), then U = t G^T (4 x 4).
     float t[4][3];
 #pragma unroll
@@ -30,13 +42,12 @@ extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __h
         t[2][s] = 0.5f * (g[0][s] - g[1][s] + g[2][s]);
         t[3][s] = g[2][s];
     }
-    const int out = dgrad ? ci : ko, in = dgrad ? ko : ci, n_out = dgrad ? c : k, n_in = dgrad ? k : c;
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         const float v[4] = {t[a][0], 0.5f * (t[a][0] + t[a][1] + t[a][2]), 0.5f * (t[a][0] - t[a][1] + t[a][2]),
                             t[a][2]};
 #pragma unroll
-        for (int b = 0; b < 4; ++b) u[((long long)(a * 4 + b) * n_out + out) * n_in + in] = __float2half(v[b]);
+        for (int b = 0; b < 4; ++b) u[(a * 4 + b) * stride + at] = __float2half(v[b]);
     }
 }
 
@@ -47,11 +58,9 @@ extern "C" __global__ void wino2x2_filter_f16(const __half* __restrict__ wt, __h
 // the dgrad variant likewise rotates and swaps K and C.
 extern "C" __global__ void wino4x4_filter_f16(const __half* __restrict__ wt, __half* __restrict__ u, int k, int c,
                                               int dgrad) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)k * c) return;
-    const int ci = (int)(i % c), ko = (int)(i / c);
     float g[3][3];
-    wino_filter_taps(wt, ko, ci, c, dgrad, g);
+    long long at, stride;
+    if (!wino_filter_job(wt, k, c, dgrad, g, at, stride)) return;
     // Row j of G applied to a 3-vector v: v0 + a v1 + a^2 v2, a = 0, 1, -1, 1/2, -2; then v2.
     auto gv = [](const float v[3], float o[6]) {
         o[0] = v[0];
@@ -70,12 +79,11 @@ extern "C" __global__ void wino4x4_filter_f16(const __half* __restrict__ wt, __h
 #pragma unroll
         for (int a = 0; a < 6; ++a) t[a][s] = o[a];
     }
-    const int out = dgrad ? ci : ko, in = dgrad ? ko : ci, n_out = dgrad ? c : k, n_in = dgrad ? k : c;
 #pragma unroll
     for (int a = 0; a < 6; ++a) {
         float v[6];
         gv(t[a], v);
 #pragma unroll
-        for (int b = 0; b < 6; ++b) u[((long long)(a * 6 + b) * n_out + out) * n_in + in] = __float2half(v[b]);
+        for (int b = 0; b < 6; ++b) u[(a * 6 + b) * stride + at] = __float2half(v[b]);
     }
 }

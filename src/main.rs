@@ -586,7 +586,7 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         cfg.steps = a.steps.unwrap_or(cfg.steps);
         cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
         cfg.conv = conv;
-        cfg.queued = a.queued || a.graph;
+        cfg.queued = a.queued;
         cfg.graph = a.graph;
         cfg.model.input = a.input.unwrap_or(cfg.model.input);
         cfg.model.width = a.width.unwrap_or(cfg.model.width);

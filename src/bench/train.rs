@@ -21,8 +21,9 @@ pub struct TrainBenchConfig {
     /// Time the steps queued ([`Vgg::train_step_queued`]: nothing read back, one sync at the
     /// end, the mean over the timed steps) instead of one by one.
     pub queued: bool,
-    /// With `queued`: replay the step from a captured graph ([`Vgg::train_step_graph`]; one
-    /// graph per batch buffer, captured in two more untimed steps after the warm-up).
+    /// Queued steps replayed from a captured graph ([`Vgg::train_step_graph`]; implies
+    /// `queued`; one graph per batch buffer, captured in two more untimed steps after the
+    /// warm-up).
     pub graph: bool,
 }
 
@@ -120,7 +121,8 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let mut times = Vec::with_capacity(cfg.steps);
     let mut enqueue = Vec::with_capacity(cfg.steps);
     let mut launches0 = dev.launches();
-    let timed = if cfg.queued { 0 } else { cfg.steps };
+    let queued = cfg.queued || cfg.graph;
+    let timed = if queued { 0 } else { cfg.steps };
     for step in 0..cfg.warmup + timed {
         let (x, y) = &sets[step % 2];
         let t = dev.start_timer()?;
@@ -138,7 +140,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
             launches0 = dev.launches();
         }
     }
-    if cfg.queued && cfg.graph {
+    if cfg.graph {
         // The captures, one per batch buffer, untimed (each runs the step once too).
         for (x, y) in &sets {
             vgg.train_step_graph(x, y, cfg.lr, cfg.warmup as u64)?;
@@ -146,7 +148,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         vgg.sync()?;
         launches0 = dev.launches();
     }
-    if cfg.queued {
+    if queued {
         let skipped0 = vgg.scaler_state().skipped;
         let t = dev.start_timer()?;
         let host = std::time::Instant::now();
@@ -179,8 +181,8 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         steps: cfg.steps,
         median_step_ms,
         min_step_ms,
-        queued: cfg.queued,
-        graph: cfg.queued && cfg.graph,
+        queued,
+        graph: cfg.graph,
         images_per_s: cfg.batch as f64 / median_step_ms * 1e3,
         tflops: vgg.train_flops() / median_step_ms / 1e9,
         model_bytes: vgg.device_bytes(),
