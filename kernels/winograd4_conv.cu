@@ -29,8 +29,8 @@
 // V and 2 of U feed 8 mma's. As in F(2x2), M goes through shared memory (fp32) before A^T M A.
 // Per output, F(4x4) needs 36 / 16 = 2.25 products against F(2x2)'s 4, so the same accumulator
 // budget covers more outputs; the price is the input transform, ~10x the adds of F(2x2)'s per
-// patch, which threads 0..255 do (one tile and channel at a time, fp32, one fp16 rounding) while
-// warps 8..11 have only mma's.
+// patch, which threads 0..255 do (one tile and channel at a time, fp32, one fp16 rounding)
+// while warps 8..11 have only mma's.
 // Pipeline over 16-channel steps, one barrier a step: in step i the patches of step i + 2 and
 // the filters of step i + 2 are issued (separate groups, patches first), the patches of step
 // i + 1 are transformed in place into V, and the mma's of step i run. Buffers: 3 of patches / V
@@ -53,14 +53,27 @@ constexpr int kSmem = kBufs * (kXStage + kUStage) * 2;  // 221184 bytes (src/ops
 static_assert(kPts * kTiles * kMRow * 4 <= kSmem, "epilogue fits");
 }  // namespace w4
 
-// v = B^T d for one column (or row) of 6 values (see the header for B^T).
-__device__ __forceinline__ void wino4_bt(const float d[6], float v[6]) {
-    v[0] = d[0] - 1.5f * d[1] - 2.f * d[2] + 1.5f * d[3] + d[4];
-    v[1] = -d[1] + 0.5f * d[2] + 2.5f * d[3] + d[4];
-    v[2] = d[1] - 2.5f * d[2] + 0.5f * d[3] + d[4];
-    v[3] = -2.f * d[1] - d[2] + 2.f * d[3] + d[4];
-    v[4] = 0.5f * d[1] - d[2] - 0.5f * d[3] + d[4];
-    v[5] = d[1] - 1.5f * d[2] - 2.f * d[3] + 1.5f * d[4] + d[5];
+// v = B^T d for one column (or row) of 6 values (see the header for B^T), with the common
+// subexpressions of these points' B^T: p = d3 - d1 and q = d4 - d2 serve four rows, so 16 adds
+// and fused multiply-adds instead of the 22 of the rows one by one. T is float or __half2
+// (two channels at once); wino4_add / wino4_sub / wino4_fma (c a + b) below are the arithmetic.
+__device__ __forceinline__ float wino4_add(float a, float b) { return a + b; }
+__device__ __forceinline__ float wino4_sub(float a, float b) { return a - b; }
+__device__ __forceinline__ float wino4_fma(float c, float a, float b) { return fmaf(c, a, b); }
+__device__ __forceinline__ __half2 wino4_add(__half2 a, __half2 b) { return __hadd2(a, b); }
+__device__ __forceinline__ __half2 wino4_sub(__half2 a, __half2 b) { return __hsub2(a, b); }
+__device__ __forceinline__ __half2 wino4_fma(float c, __half2 a, __half2 b) {
+    return __hfma2(__float2half2_rn(c), a, b);
+}
+template <class T>
+__device__ __forceinline__ void wino4_bt(const T d[6], T v[6]) {
+    const T p = wino4_sub(d[3], d[1]), q = wino4_sub(d[4], d[2]);
+    v[0] = wino4_fma(1.5f, p, wino4_add(wino4_sub(d[0], d[2]), q));
+    v[1] = wino4_fma(0.5f, wino4_fma(5.f, d[3], d[2]), wino4_sub(d[4], d[1]));
+    v[2] = wino4_fma(0.5f, wino4_fma(-5.f, d[2], d[3]), wino4_add(d[4], d[1]));
+    v[3] = wino4_fma(2.f, p, q);
+    v[4] = wino4_fma(-0.5f, p, q);
+    v[5] = wino4_fma(1.5f, q, wino4_fma(-2.f, d[3], wino4_add(d[1], d[5])));
 }
 
 // s = 15 A^T m for 6 values -> 4 (see the header for A^T): integer coefficients, so that on data
@@ -100,63 +113,71 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
 
     // Patch copies: 32 tiles x 36 pixels x 2 chunks = 2304 16-byte pieces, 6 a thread: thread
     // tid copies chunk tid & 1 of tile (tid >> 1) & 31, patch column tid >> 6, all 6 rows.
-    // (Moving down a row adds 6 x 32 shared rows, which leaves the swizzle bit alone.)
+    // (Moving down a row adds 6 x 32 shared rows, which leaves the swizzle bit alone.) What
+    // does not change from step to step (which rows lie inside the image, the source offset)
+    // is worked out once: the loop's address arithmetic was half its non-math instructions.
     const int lt = (tid >> 1) & 31, ch = tid & 1, pcol = tid >> 6;
     int img, ty, tx;
     const bool tile_ok = locate(lt, img, ty, tx);
     const int iy0 = 4 * ty - 1, ix = 4 * tx - 1 + pcol;
     const bool col_ok = tile_ok && ix >= 0 && ix < w;
-    const __half* const xcol = x + (((long long)img * h + iy0) * w + ix) * cin + 8 * ch;
+    unsigned rows_ok = 0;  // bit j: patch row j lies in the image
+#pragma unroll
+    for (int j = 0; j < 6; ++j) rows_ok |= (col_ok && iy0 + j >= 0 && iy0 + j < h ? 1u : 0u) << j;
+    // Row 1 of the patch (4 ty) always lies in the image; rows j sit (j - 1) w cin further on
+    // (w cin < 2^31 / 6, checked by the launcher).
+    const int xrow = w * cin;
+    const __half* const xrow1 = col_ok ? x + (((long long)img * h + iy0 + 1) * w + ix) * cin + 8 * ch : x;
     const int xdst = wino_swz(pcol * kTiles + lt, ch);
-    auto load_patches = [&](int s) {
+    auto load_patches = [&](int s, int stage) {
         if (s >= steps) return;
-        __half* sx = sxbase + (s % kBufs) * kXStage + xdst;
-        const bool c_ok = col_ok && s * kC + 8 * ch < cin;
+        __half* sx = sxbase + stage * kXStage + xdst;
+        const __half* const xs = xrow1 + s * kC;
+        const unsigned ok_rows = s * kC + 8 * ch < cin ? rows_ok : 0u;
 #pragma unroll
         for (int j = 0; j < 6; ++j) {
-            const bool ok = c_ok && iy0 + j >= 0 && iy0 + j < h;
-            const __half* src = ok ? xcol + (long long)j * w * cin + s * kC : x;
-            cp_async_16(sx + j * 6 * kTiles * 16, src, ok);
+            const bool ok = ok_rows >> j & 1u;
+            cp_async_16(sx + j * 6 * kTiles * 16, ok ? xs + (j - 1) * xrow : x, ok);
         }
     };
     // Filter copies: 36 points x 32 out x 2 chunks = 2304 pieces, 6 a thread: chunk tid & 1 of
-    // output channel (tid >> 1) & 31 at points (tid >> 6) + 6 j.
+    // output channel (tid >> 1) & 31 at points (tid >> 6) + 6 j, 6 cout cin apart (< 2^31 / 6,
+    // checked by the launcher). A thread past cout reads u itself, zero-filled.
     const int uo = (tid >> 1) & 31, uc = tid & 1, xi0 = tid >> 6;
     const bool uo_ok = k0 + uo < cout;
-    const __half* const ubase = u + ((long long)xi0 * cout + k0 + uo) * cin + 8 * uc;
+    const int upts = uo_ok ? 6 * cout * cin : 0;
+    const __half* const ubase = uo_ok ? u + ((long long)xi0 * cout + k0 + uo) * cin + 8 * uc : u;
     const int udst = wino_swz(xi0 * kOut + uo, uc);
-    auto load_filters = [&](int s) {
+    auto load_filters = [&](int s, int stage) {
         if (s >= steps) return;
-        __half* su = subase + (s % kBufs) * kUStage + udst;
+        __half* su = subase + stage * kUStage + udst;
         const bool ok = uo_ok && s * kC + 8 * uc < cin;
+        const __half* const us = ok ? ubase + s * kC : u;
 #pragma unroll
-        for (int j = 0; j < 6; ++j) {
-            const __half* src = ok ? ubase + (long long)6 * j * cout * cin + s * kC : u;
-            cp_async_16(su + j * 6 * kOut * 16, src, ok);
-        }
+        for (int j = 0; j < 6; ++j) cp_async_16(su + j * 6 * kOut * 16, us + (ok ? j * upts : 0), ok);
     };
-    // V = B^T d B of step s in place: thread tid < 256 -> tile tid >> 3, channels 2 (tid & 7) and
+    // V = B^T d B in place: thread tid < 256 -> tile tid >> 3, channels 2 (tid & 7) and
     // 2 (tid & 7) + 1, one after the other (a pair at once would need 72 more registers beside
-    // the 96 accumulators).
-    auto transform = [&](int s) {
+    // the 96 accumulators). fp32, rounded to fp16 once: a half2 first pass, tried, loses the
+    // small differences of large, smooth inputs (images, ReLU outputs) that the second pass
+    // forms, and the whole-model gradient check of tests/model.rs caught it (7% off on the
+    // first layer's bias gradient; random normal data hides it).
+    // Pixel px of this tile and channel lies at p0 + px * kTiles * 16: a row's swizzle bit is
+    // bit 2 of the row, which adding multiples of 32 rows leaves alone.
+    const int tr_off = wino_swz(tid >> 3, (tid >> 2) & 1) + 2 * (tid & 3);
+    auto transform = [&](int s, int stage) {
         if (s >= steps || tid >= 256) return;
-        __half* sv = sxbase + (s % kBufs) * kXStage;
-        const int tile = tid >> 3, pair = tid & 7;
 #pragma unroll 1
         for (int e = 0; e < 2; ++e) {
-            // Pixel px of this tile and channel lies at p0 + px * kTiles * 16: a row's swizzle bit
-            // is bit 2 of the row, which adding multiples of 32 rows leaves alone.
-            const int col = 2 * pair + e;
-            __half* const p0 = sv + wino_swz(tile, col >> 3) + (col & 7);
+            __half* const p0 = sxbase + stage * kXStage + tr_off + e;
             // Columns first, straight from shared memory, so that only m (36 floats) is live.
             float m[6][6];
 #pragma unroll
             for (int b = 0; b < 6; ++b) {
-                float col6[6], v6[6];
+                float d6[6], v6[6];
 #pragma unroll
-                for (int a = 0; a < 6; ++a)
-                    col6[a] = __half2float(p0[(6 * a + b) * kTiles * 16]);
-                wino4_bt(col6, v6);
+                for (int a = 0; a < 6; ++a) d6[a] = __half2float(p0[(6 * a + b) * kTiles * 16]);
+                wino4_bt(d6, v6);
 #pragma unroll
                 for (int a = 0; a < 6; ++a) m[a][b] = v6[a];
             }
@@ -165,8 +186,7 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
                 float v6[6];
                 wino4_bt(m[a], v6);
 #pragma unroll
-                for (int b = 0; b < 6; ++b)
-                    p0[(6 * a + b) * kTiles * 16] = __float2half(v6[b]);
+                for (int b = 0; b < 6; ++b) p0[(6 * a + b) * kTiles * 16] = __float2half(v6[b]);
             }
         }
     };
@@ -175,33 +195,38 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
     wino_zero_acc(acc);
 
     // Prologue: groups P0, U0, P1, U1; transform 0 once P0 (and U0) have landed.
-    load_patches(0);
+    load_patches(0, 0);
     cp_async_commit();
-    load_filters(0);
+    load_filters(0, 0);
     cp_async_commit();
-    load_patches(1);
+    load_patches(1, 1);
     cp_async_commit();
-    load_filters(1);
+    load_filters(1, 1);
     cp_async_commit();
     cp_async_wait<2>();
     __syncthreads();
-    transform(0);
+    transform(0, 0);
 
+    // Ring stages: step it's mma's read stage it % 3, its transform writes (it + 1) % 3, its
+    // copies fill (it + 2) % 3, tracked without a division.
+    int st = 0;
     for (int it = 0; it < steps; ++it) {
+        const int st_next = st == kBufs - 1 ? 0 : st + 1, st_fill = st == 0 ? kBufs - 1 : st - 1;
         // Groups newest first: U it+1, P it+1, U it, ...: all but the newest have landed, so
         // patches it + 1 and filters it are here.
         cp_async_wait<1>();
         // Makes them (and V_it) visible, and ends every read of the buffers refilled next (those
         // of step it - 1).
         __syncthreads();
-        load_patches(it + 2);
+        load_patches(it + 2, st_fill);
         cp_async_commit();
-        load_filters(it + 2);
+        load_filters(it + 2, st_fill);
         cp_async_commit();
-        transform(it + 1);
+        transform(it + 1, st_next);
 
         // M[xi] (32 tiles x 32 out) += V[xi] (32 x 16 c) U[xi]^T for this warp's three points.
-        wino_warp_step(acc, sxbase + (it % kBufs) * kXStage, subase + (it % kBufs) * kUStage, kTiles, warp, lane);
+        wino_warp_step<kTiles>(acc, sxbase + st * kXStage, subase + st * kUStage, warp, lane);
+        st = st_next;
     }
     const float* ms = wino_m_to_shared(acc, smem, kTiles, kMRow, warp, lane);
 

@@ -10,20 +10,27 @@
 // accesses) hit 32 distinct banks without padding. Adding a multiple of 8 rows keeps the bit.
 __device__ __forceinline__ int wino_swz(int row, int chunk) { return row * 16 + (((chunk ^ (row >> 2)) & 1) << 3); }
 
-// acc (kMb 16-tile blocks x 4 8-channel blocks of m16n8 fragments) += V (kMb * 16 tiles x 16 c,
-// rows v_row0.. of sv) U^T (32 out x 16 c, rows u_row0.. of su), both swizzled in shared memory.
-// Per 16 channels: 2 ldmatrix.x4 of U and kMb of V feed 8 kMb mma's.
+// This lane's offsets (halves) within a 16-row block, for the ldmatrix.x4 of an A operand
+// (V: 16 rows x 16 k, lanes 0-15 rows of chunk 0, lanes 16-31 rows of chunk 1) and of a B
+// operand pair (U: rows 0-7 and 8-15 at chunk 0 then 1 = lanes 0-7, 8-15, 16-23, 24-31 as
+// rows 0-7 c0, 0-7 c1, 8-15 c0, 8-15 c1). Any block starting at a multiple of 8 rows has the
+// same swizzle, so a whole step's addresses are one base plus compile-time offsets.
+__device__ __forceinline__ int wino_a_lane(int lane) { return wino_swz(lane & 15, lane >> 4); }
+__device__ __forceinline__ int wino_b_lane(int lane) { return wino_swz((lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1); }
+
+// acc (kMb 16-tile blocks x 4 8-channel blocks of m16n8 fragments) += V (kMb * 16 tiles x 16 c
+// from sv) U^T (32 out x 16 c from su); sv and su already point at this lane's rows (a block
+// start, a multiple of 8 rows, plus wino_a_lane / wino_b_lane). Per 16 channels: 2 ldmatrix.x4
+// of U and kMb of V feed 8 kMb mma's.
 template <int kMb>
-__device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __half* sv, int v_row0,
-                                               const __half* su, int u_row0, int lane) {
+__device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __half* sv, const __half* su) {
     unsigned b[2][4];
 #pragma unroll
-    for (int p = 0; p < 2; ++p)
-        ldmatrix_x4(b[p], su + wino_swz(u_row0 + p * 16 + (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1));
+    for (int p = 0; p < 2; ++p) ldmatrix_x4(b[p], su + p * 16 * 16);
 #pragma unroll
     for (int mb = 0; mb < kMb; ++mb) {
         unsigned a[4];
-        ldmatrix_x4(a, sv + wino_swz(v_row0 + mb * 16 + (lane & 15), lane >> 4));
+        ldmatrix_x4(a, sv + mb * 16 * 16);
 #pragma unroll
         for (int p = 0; p < 2; ++p) {
             mma_m16n8k16_f16f32(acc[mb][2 * p], a, b[p], acc[mb][2 * p]);
@@ -65,15 +72,15 @@ __device__ __forceinline__ void wino_zero_acc(WinoAcc<kQ, kMb>& acc) {
 }
 
 // One 16-channel step for this warp's points xi = kQ warp + q: M[xi] (kMb * 16 tiles x 32
-// out) += V[xi] U[xi]^T, V rows xi * tiles.. of sv, U rows xi * 32.. of su.
-template <int kQ, int kMb>
-__device__ __forceinline__ void wino_warp_step(WinoAcc<kQ, kMb>& acc, const __half* sv, const __half* su, int tiles,
-                                               int warp, int lane) {
+// out) += V[xi] U[xi]^T, V rows xi * kTiles.. of sv, U rows xi * 32.. of su.
+template <int kTiles, int kQ, int kMb>
+__device__ __forceinline__ void wino_warp_step(WinoAcc<kQ, kMb>& acc, const __half* sv, const __half* su, int warp,
+                                               int lane) {
+    static_assert(kTiles % 8 == 0, "point blocks must start at a multiple of 8 rows (wino_a_lane)");
+    const __half* const v = sv + kQ * warp * kTiles * 16 + wino_a_lane(lane);
+    const __half* const u = su + kQ * warp * 32 * 16 + wino_b_lane(lane);
 #pragma unroll
-    for (int q = 0; q < kQ; ++q) {
-        const int xi = kQ * warp + q;
-        wino_point_mma<kMb>(acc[q], sv, xi * tiles, su, xi * 32, lane);
-    }
+    for (int q = 0; q < kQ; ++q) wino_point_mma<kMb>(acc[q], v + q * kTiles * 16, u + q * 32 * 16);
 }
 
 // After the main loop: waits for the copy groups (only empty ones remain, but none may land on

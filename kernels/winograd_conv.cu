@@ -240,7 +240,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         transform(it + 1);
 
         // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
-        wino_warp_step(acc, vbuf(it), subase + (it % kUBufs) * kUStage, kTiles, warp, lane);
+        wino_warp_step<kTiles>(acc, vbuf(it), subase + (it % kUBufs) * kUStage, warp, lane);
     }
     const float* ms = wino_m_to_shared(acc, smem, kTiles, kMRow, warp, lane);
 

@@ -179,6 +179,9 @@ fn shape_errors() {
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd4x4), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
+    // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
+    shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8192, 8192), ConvAlgo::Auto), "36*K*Cp");
     // The first layer under Auto: fprop and wgrad implicit GEMMs on C padded to 8, dgrad
     // Direct; under Winograd2x2 fprop padded Winograd. C = 12 under Auto: only wgrad padded.
     let p3 = ConvProblem::new(1, 4, 4, 3, 64);

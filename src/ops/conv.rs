@@ -200,6 +200,10 @@ impl Conv3x3 {
         );
         let cp = p.c.next_multiple_of(8);
         int("conv3x3 K*9*Cp", p.k.saturating_mul(9).saturating_mul(cp))?;
+        // The F(4x4) main loop steps through a patch's rows and the filters' transform points
+        // with 32-bit strides (6 W C and 6 K C); any plan may switch to it (with_pass_algo).
+        int("conv3x3 6*W*max(Cp, K)", p.w.saturating_mul(6).saturating_mul(cp.max(p.k)))?;
+        int("conv3x3 36*K*Cp", p.k.saturating_mul(36).saturating_mul(cp))?;
         let (d, w, g, w4) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm, ConvAlgo::Winograd4x4);
         let k_err = || {
             Error::Shape(format!(
