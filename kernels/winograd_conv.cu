@@ -135,58 +135,91 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     __half* const svbase = kRegion ? smem + 4 * kRStage : smem;
     __half* const subase = kRegion ? svbase + 2 * kXStage : smem + kXBufs * kXStage;
     auto vbuf = [&](int s) { return svbase + (kRegion ? s & 1 : s % kXBufs) * kXStage; };
-    // Region: (2 rh + 2) x (2 rw + 2) input pixels from (2 ty0 - 1, 2 tx0 - 1), [pixel][16 c].
-    const int rcols = 2 * rw + 2, rpx = kRegion ? (2 * tl.rh + 2) * rcols : 0;
 
-    // Copy roles (flat). Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2.
+    // Copy roles (flat). Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2, all
+    // 4 rows. What does not change from step to step (which pixels lie in the image, the source
+    // address) is worked out once: in the loop, address arithmetic outnumbered the mma's 10 to 1.
     const int lt = (tid >> 1) & 63, ch = tid & 1, pb = tid >> 7;
     int img, ty, tx;
     const bool tile_ok = tl.locate(lt, img, ty, tx);
     const int iy0 = 2 * ty - 1, ix0 = 2 * tx - 1;
+    unsigned px_ok = 0;  // bit 4 a + b: patch row a, column pb + 2 b lies in the image
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+            const int iy = iy0 + a, ix = ix0 + pb + 2 * b;
+            px_ok |= (tile_ok && iy >= 0 && iy < h && ix >= 0 && ix < w ? 1u : 0u) << (4 * a + b);
+        }
+    // Pixel (1, 1) of the patch, (2 ty, 2 tx), always lies in the image; the others sit whole
+    // rows (w cin, < 2^31 / 6, checked by the launcher) and columns (cin) away.
+    const int xrow = w * cin;
+    const __half* const x11 = tile_ok && !kRegion ? x + (((long long)img * h + iy0 + 1) * w + ix0 + 1) * cin + 8 * ch : x;
+    // Region: (2 rh + 2) x (2 rw + 2) input pixels from (2 ty0 - 1, 2 tx0 - 1), [pixel][16 c].
+    // This thread's pieces i = tid + 256 r, pixel i >> 1 at image row iy and column ix, are
+    // tracked by adding 128 pixels a piece instead of dividing each time.
+    const int rcols = 2 * rw + 2, rpx = kRegion ? (2 * tl.rh + 2) * rcols : 0;
+    const int ry0 = 2 * tl.ty0 - 1, rx0 = 2 * tl.tx0 - 1;
+    const int rstep_y = kRegion ? 128 / rcols : 0, rstep_x = kRegion ? 128 % rcols : 0;
+    const int riy0 = ry0 + (kRegion ? (tid >> 1) / rcols : 0), rix0 = rx0 + (kRegion ? (tid >> 1) % rcols : 0);
+    // Source offsets (halves) from the image's channel 8 ch: the first piece, the step to the
+    // next, and the extra step when the column wraps to the next row of the window.
+    const long long roff0 = ((long long)riy0 * w + rix0) * cin;
+    const long long rstep = ((long long)rstep_y * w + rstep_x) * cin, rwrap = (long long)(w - rcols) * cin;
+    const __half* const rbase = x + ((long long)tl.img * h * w) * cin + 8 * ch;
+    // Filters: 16 points x 32 out x 2 chunks = 1024 pieces, 4 a thread: chunk tid & 1 of output
+    // channel (tid >> 1) & 31 at points (tid >> 6) + 4 j, 4 cout cin apart (< 2^31 / 9, checked by
+    // the launcher). A thread past cout reads u itself, zero-filled.
+    const int uo = (tid >> 1) & 31, xi0 = tid >> 6;
+    const bool uo_ok = k0 + uo < cout;
+    const int upts = uo_ok ? 4 * cout * cin : 0;
+    const __half* const ubase = uo_ok ? u + ((long long)xi0 * cout + k0 + uo) * cin + 8 * ch : u;
+    const int udst = wino_swz(xi0 * kOut + uo, ch);
     auto load = [&](int s, bool patches, bool filters) {
+        const bool c_ok = s * kC + 8 * ch < cin;
         if (patches && s < steps && !kRegion) {
-            const int c = s * kC + 8 * ch;
-            __half* sx = vbuf(s);
+            __half* const sx = vbuf(s) + wino_swz(pb * kTiles + lt, ch);
+            const __half* const xs = x11 + s * kC;
+            const unsigned ok_px = c_ok ? px_ok : 0u;
 #pragma unroll
-            for (int b = 0; b < 2; ++b) {
-                const int col = pb + 2 * b, ix = ix0 + col;
-                const bool col_ok = tile_ok && ix >= 0 && ix < w && c < cin;
+            for (int a = 0; a < 4; ++a)
 #pragma unroll
-                for (int a = 0; a < 4; ++a) {
-                    const int iy = iy0 + a;
-                    const bool ok = col_ok && iy >= 0 && iy < h;
-                    const __half* src = ok ? x + (((long long)img * h + iy) * w + ix) * cin + c : x;
-                    cp_async_16(sx + wino_swz((a * 4 + col) * kTiles + lt, ch), src, ok);
+                for (int b = 0; b < 2; ++b) {
+                    const bool ok = ok_px >> (4 * a + b) & 1u;
+                    const __half* src = ok ? xs + (a - 1) * xrow + (pb + 2 * b - 1) * cin : x;
+                    // (a * 4 + 2 b) * kTiles rows on from the thread's first: the same swizzle.
+                    cp_async_16(sx + (a * 4 + 2 * b) * kTiles * 16, src, ok);
                 }
-            }
         }
         if (patches && s < steps && kRegion) {
-            __half* sr = sraw + (s & 3) * kRStage;
-            const int ry0 = 2 * tl.ty0 - 1, rx0 = 2 * tl.tx0 - 1;
+            __half* const sr = sraw + (s & 3) * kRStage + 8 * ch;
+            const __half* const xs = rbase + s * kC;
+            int iy = riy0, ix = rix0;
+            long long off = roff0;
 #pragma unroll 1
             for (int i = tid; i < 2 * rpx; i += 256) {
-                const int px = i >> 1, pc = i & 1, c = s * kC + 8 * pc;
-                const int iy = ry0 + px / rcols, ix = rx0 + px % rcols;
-                const bool ok = iy >= 0 && iy < h && ix >= 0 && ix < w && c < cin;
-                const __half* src = ok ? x + (((long long)tl.img * h + iy) * w + ix) * cin + c : x;
-                cp_async_16(sr + px * kC + 8 * pc, src, ok);
+                const bool ok = c_ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
+                cp_async_16(sr + (i >> 1) * kC, ok ? xs + off : x, ok);
+                iy += rstep_y;
+                ix += rstep_x;
+                off += rstep;
+                if (ix >= rx0 + rcols) ix -= rcols, ++iy, off += rwrap;
             }
         }
         if (filters && s < steps) {
-            __half* su = subase + (s % kUBufs) * kUStage;
+            __half* const su = subase + (s % kUBufs) * kUStage + udst;
+            const bool ok = uo_ok && c_ok;
+            const __half* const us = ok ? ubase + s * kC : u;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int idx = tid + 256 * j, xi = idx >> 6, uo = (idx >> 1) & 31, uc = idx & 1;
-                const int c = s * kC + 8 * uc;
-                const bool ok = k0 + uo < cout && c < cin;
-                const __half* src = ok ? u + ((long long)xi * cout + k0 + uo) * cin + c : u;
-                cp_async_16(su + wino_swz(xi * kOut + uo, uc), src, ok);
-            }
+            for (int j = 0; j < 4; ++j) cp_async_16(su + j * 4 * kOut * 16, us + (ok ? j * upts : 0), ok);
         }
     };
     // V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels 2 (tid & 7),
     // +1. Flat: in place. Region: from the raw ring into the V pair (2-way bank conflicts on the
-    // reads, as neighbouring tiles' patches are 2 pixels = 64 bytes apart).
+    // reads, as neighbouring tiles' patches are 2 pixels = 64 bytes apart). Pixel px of a tile's
+    // V lies px * kTiles rows after its first (a multiple of 8 rows: the same swizzle).
+    int rw_log = 0;
+    while (kRegion && (1 << rw_log) < rw) ++rw_log;  // rw is a power of two
     auto transform = [&](int s) {
         if (s >= steps) return;
         __half* sv = vbuf(s);
@@ -195,20 +228,18 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
 #pragma unroll 1
         for (int q = 0; q < 2; ++q) {
             const int tile = q * 32 + (tid >> 3);
-            const int rbase = kRegion ? (2 * (tile / rw) * rcols + 2 * (tile % rw)) * kC + 2 * pair : 0;
+            __half* const v0 = sv + wino_swz(tile, pair >> 2) + 2 * (pair & 3);
+            const __half* const r0 =
+                kRegion ? sr + (2 * (tile >> rw_log) * rcols + 2 * (tile & (rw - 1))) * kC + 2 * pair : v0;
+            const int rrow = kRegion ? rcols * kC : 4 * kTiles * 16, rcol = kRegion ? kC : kTiles * 16;
             __half2 d[4][4];
 #pragma unroll
-            for (int px = 0; px < 16; ++px) {
-                const __half* p = kRegion ? sr + rbase + ((px >> 2) * rcols + (px & 3)) * kC
-                                          : sv + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
-                d[px >> 2][px & 3] = *reinterpret_cast<const __half2*>(p);
-            }
+            for (int px = 0; px < 16; ++px)
+                d[px >> 2][px & 3] = *reinterpret_cast<const __half2*>(r0 + (px >> 2) * rrow + (px & 3) * rcol);
             wino2x2_input_transform(d);
 #pragma unroll
-            for (int px = 0; px < 16; ++px) {
-                __half* p = sv + wino_swz(px * kTiles + tile, pair >> 2) + 2 * (pair & 3);
-                *reinterpret_cast<__half2*>(p) = d[px >> 2][px & 3];
-            }
+            for (int px = 0; px < 16; ++px)
+                *reinterpret_cast<__half2*>(v0 + px * kTiles * 16) = d[px >> 2][px & 3];
         }
     };
 

@@ -125,6 +125,19 @@ fn two_schedules_bit_identical() {
     }
 }
 
+/// The exact fp16 bits of y (bias + ReLU) and dx (masked) for integer `data` of `p`.
+fn exact_y_dx(p: &ConvProblem, data: &[Vec<f32>; 5]) -> (Vec<u16>, Vec<u16>) {
+    let [x, w, b, dy, mask] = data;
+    let bits = |v: &[f32]| v.iter().map(|&v| f16::from_f32(v).to_bits()).collect::<Vec<_>>();
+    let y = bits(&r::f32_to_f16_round(&r::conv3x3_fprop(p, x, w, Some(b), true)));
+    (y, bits(&r::relu_bwd(mask, &r::conv3x3_dgrad(p, dy, w))))
+}
+
+/// fp16 bits with -0 as +0: both are exact zeros.
+fn zeros_alike(v: Vec<u16>) -> Vec<u16> {
+    v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect()
+}
+
 #[test]
 fn integer_data_is_exact_in_every_algorithm() {
     for p in [
@@ -137,13 +150,8 @@ fn integer_data_is_exact_in_every_algorithm() {
         ConvProblem::new(2, 5, 6, 12, 24),
     ] {
         let data = problem_data(&p, |len, s| ints(len, 2, s));
-        let [x, w, b, dy, mask] = &data;
-        let want_y: Vec<u16> = r::f32_to_f16_round(&r::conv3x3_fprop(&p, x, w, Some(b), true))
-            .iter()
-            .map(|&v| f16::from_f32(v).to_bits())
-            .collect();
-        let want_dx: Vec<u16> =
-            r::relu_bwd(mask, &r::conv3x3_dgrad(&p, dy, w)).iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        let [x, _, _, dy, _] = &data;
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
         let (want_dw, want_db) = r::conv3x3_wgrad(&p, x, dy);
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
@@ -154,10 +162,8 @@ fn integer_data_is_exact_in_every_algorithm() {
         let tilings = [WinoTiling::Flat, WinoTiling::Region];
         for algo in algos.flat_map(|a| tilings.map(|t| (a, t))) {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
-            // -0 and +0 are both exact zeros.
-            let norm = |v: Vec<u16>| v.into_iter().map(|b| if b == 0x8000 { 0 } else { b }).collect::<Vec<_>>();
-            assert_eq!(norm(y), norm(want_y.clone()), "{p} {algo:?}: fprop not exact");
-            assert_eq!(norm(dx), norm(want_dx.clone()), "{p} {algo:?}: dgrad not exact");
+            assert_eq!(zeros_alike(y), zeros_alike(want_y.clone()), "{p} {algo:?}: fprop not exact");
+            assert_eq!(zeros_alike(dx), zeros_alike(want_dx.clone()), "{p} {algo:?}: dgrad not exact");
             assert_eq!(dw, want_dw, "{p} {algo:?}: dw not exact");
             assert_eq!(db, want_db, "{p} {algo:?}: db not exact");
         }
@@ -168,6 +174,28 @@ fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
     match r {
         Err(Error::Shape(m)) => assert!(m.contains(needle), "error `{m}` does not mention `{needle}`"),
         other => panic!("expected a shape error mentioning `{needle}`, got {other:?}"),
+    }
+}
+
+/// Region tiling at every window width the launcher can pick (1 x 64 tiles to 64 x 1): each
+/// window's copy walks its raw pixels with a per-width stride and row wrap, so each width gets
+/// an exact check on integer data (the selftest's shapes all pick width 8). One shape per width
+/// fills its windows exactly, one ends a pixel short of them (the copies zero-fill past the
+/// image's edge); C = 24 ends in a half chunk.
+#[test]
+fn region_windows_of_every_width_are_exact() {
+    let dev = Device::emu();
+    for rw in [1usize, 2, 4, 8, 16, 32, 64] {
+        let rh = 64 / rw;
+        for p in [ConvProblem::new(2, 2 * rh, 2 * rw, 24, 16), ConvProblem::new(1, 2 * rh - 1, 2 * rw - 1, 24, 8)] {
+            let conv = Conv3x3::new(p, ConvAlgo::Winograd2x2).unwrap().with_wino_tiling(WinoTiling::Region);
+            assert_eq!(conv.wino_region_width(), rw, "{p}: expected windows {rw} tiles wide");
+            let data = problem_data(&p, |len, s| ints(len, 2, s));
+            let (want_y, want_dx) = exact_y_dx(&p, &data);
+            let (y, dx, _, _) = run_all(&dev, p, (ConvAlgo::Winograd2x2, WinoTiling::Region), &data);
+            assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p} region rw={rw}: fprop not exact");
+            assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p} region rw={rw}: dgrad not exact");
+        }
     }
 }
 
