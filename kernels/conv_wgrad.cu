@@ -76,13 +76,17 @@ __device__ __forceinline__ void igemm3x3_wgrad(const __half* __restrict__ x, con
     const int b_col8 = (tid % kBPieces) * 8, b_row0 = tid / kBPieces;
     const int col = n0 + b_col8, tap = col / c, r = tap / 3, s = tap % 3, cc8 = col - tap * c;
     const bool col_ok = col < ncol, k_ok = k0 + a_col8 < k;
-    int cw[kBPasses], ch[kBPasses], cn[kBPasses];  // pixel of row j in the next stage to copy
+    // X's pixel p shifted by the tap is pixel p + (r - 1) w + (s - 1) of the same NHWC tensor
+    // whenever it lies in the image, so a copy's source is one multiply-add from p; only the
+    // bounds need the pixel's row and column.
+    const long long tap_off = ((long long)(r - 1) * w + (s - 1)) * c + cc8;
+    const __half* const dy_k = dy + k0 + a_col8;
+    int cw[kBPasses], ch[kBPasses];  // column and row of row j's pixel in the next stage to copy
 #pragma unroll
     for (int j = 0; j < kBPasses; ++j) {
         const int p = p_begin + b_row0 + j * kBRows;
         cw[j] = p % w;
         ch[j] = p / w % h;
-        cn[j] = p / w / h;
     }
     auto load = [&](int stage) {
         const int base = p_begin + stage * T::P;
@@ -92,20 +96,19 @@ __device__ __forceinline__ void igemm3x3_wgrad(const __half* __restrict__ x, con
         for (int j = 0; j < kAPasses; ++j) {
             const int row = a_row0 + j * kARows, p = base + row;
             const bool ok = p < p_end && k_ok;
-            cp_async_16(sa + row * T::RowA + a_col8, ok ? dy + (long long)p * k + k0 + a_col8 : dy, ok);
+            cp_async_16(sa + row * T::RowA + a_col8, ok ? dy_k + (long long)p * k : dy, ok);
         }
 #pragma unroll
         for (int j = 0; j < kBPasses; ++j) {
             const int row = b_row0 + j * kBRows, p = base + row;
-            const int ih = ch[j] + r - 1, iw = cw[j] + s - 1;
-            const bool ok = p < p_end && col_ok && ih >= 0 && ih < h && iw >= 0 && iw < w;
-            const __half* src = ok ? x + (((long long)cn[j] * h + ih) * w + iw) * c + cc8 : x;
-            cp_async_16(sb + row * T::RowB + b_col8, src, ok);
+            const bool ok = p < p_end && col_ok && (unsigned)(ch[j] + r - 1) < (unsigned)h &&
+                            (unsigned)(cw[j] + s - 1) < (unsigned)w;
+            cp_async_16(sb + row * T::RowB + b_col8, ok ? x + ((long long)p * c + tap_off) : x, ok);
             // Next stage: 32 pixels on (w may be smaller than 32: carry as often as needed).
             cw[j] += T::P;
             while (cw[j] >= w) {
                 cw[j] -= w;
-                if (++ch[j] == h) ch[j] = 0, ++cn[j];
+                if (++ch[j] == h) ch[j] = 0;
             }
         }
     };
