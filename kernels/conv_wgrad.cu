@@ -1,6 +1,6 @@
 // conv_wgrad.cu: backward-filter of the 3x3 convolution on tensor cores, and the fixed-order
 // reduction shared with the direct twin.
-//   igemm3x3_wgrad_m128_f16, igemm3x3_wgrad_m64_f16
+//   igemm3x3_wgrad_m128_f16, igemm3x3_wgrad_m128n256_f16, igemm3x3_wgrad_m64_f16, ..._m64n128_f16
 //                        implicit GEMM  dW[k][(r,s,c)] = sum_p dY[p][k] * X[p + (r-1, s-1)][c]
 //                        (M = K, N = 9C, reduction over the N*H*W pixels), fp16 inputs, fp32
 //                        mma accumulators; each pixel chunk (blockIdx.z) writes its partial sums
@@ -14,7 +14,8 @@
 // Tiling: the GEMM's N dimension is the flattened (r, s, c) of the KRSC filter row, 9C long.
 // A block owns kM output channels k x kN consecutive columns of it (grid.x = ceil(9C / kN),
 // grid.y = ceil(K / kM)) and one pixel chunk (grid.z); kM x kN = 128 x 128
-// (igemm3x3_wgrad_m128_f16) or, for K <= 64, 64 x 256 (igemm3x3_wgrad_m64_f16), so that no
+// (igemm3x3_wgrad_m128_f16), 128 x 256 where 9C is a multiple of 256 (igemm3x3_wgrad_m128n256_f16,
+// below) or, for K <= 64, 64 x 256 (igemm3x3_wgrad_m64_f16), so that no
 // block computes rows past K, or 64 x 128 (igemm3x3_wgrad_m64n128_f16) when also 9C <= 128
 // (the padded first layer: 72 columns), so that fewer columns are computed past 9C. Since C is a multiple of 8, every 8-column piece lies within one
 // tap: for C a multiple of kN a block holds channels of one tap; for small C (8, the padded
@@ -48,7 +49,7 @@ struct WgTile {
     static constexpr int Stage = P * (RowA + RowB);  // halves
     static constexpr int WM = M / 2, WN = N / 4, MB = WM / 16, NB = WN / 8;
     // Dynamic shared memory: Bufs * Stage * 2 bytes (src/ops/conv.rs: 69632 for 128 x 128,
-    // 86016 for 64 x 256, 53248 for 64 x 128).
+    // 102400 for 128 x 256, 86016 for 64 x 256, 53248 for 64 x 128).
 };
 
 // part layout: [chunk][K*9*C + K], the first K*9*C in KRSC order, then db. C is a multiple of 8
@@ -191,6 +192,14 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     igemm3x3_wgrad_m128_f16(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ part,
                             int n, int h, int w, int c, int k, int chunk) {
     igemm3x3_wgrad<128, 128>(x, dy, part, n, h, w, c, k, chunk);
+}
+
+// 128 x 256: warps of 64 x 64, so each ldmatrix feeds more mma's (8 per 32 mma's instead of 6
+// per 16) and each copied byte more columns; 128 accumulators a lane, one block an SM.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    igemm3x3_wgrad_m128n256_f16(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ part,
+                                int n, int h, int w, int c, int k, int chunk) {
+    igemm3x3_wgrad<128, 256>(x, dy, part, n, h, w, c, k, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2)

@@ -91,7 +91,7 @@ fi
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
   for k in wino2x2_fprop_f16:winograd2x2:fprop wino2x2_dgrad_f16:winograd2x2:dgrad \
-           wino4x4_fprop_f16:winograd4x4:fprop igemm3x3_wgrad_m128_f16:auto:wgrad; do
+           wino4x4_fprop_f16:winograd4x4:fprop igemm3x3_wgrad_m128n256_f16:auto:wgrad; do
     IFS=: read -r kern algo pass <<<"$k"
     step "ncu-$kern" 40 ncu --clock-control none --set full -k "$kern" --launch-skip 2 --launch-count 1 \
       "$VGG" bench conv --device cuda --batch "$BATCH" --layers conv3_2 --passes "$pass" --algo "$algo" \

@@ -31,6 +31,7 @@ const WINO4_FILTER: Kernel = kern("winograd_filter", "wino4x4_filter_f16");
 const WINO4_FPROP: Kernel = kern("winograd4_conv", "wino4x4_fprop_f16");
 const WINO4_DGRAD: Kernel = kern("winograd4_conv", "wino4x4_dgrad_f16");
 const IGEMM_WGRAD_M128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128_f16");
+const IGEMM_WGRAD_M128N256: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128n256_f16");
 const IGEMM_WGRAD_M64: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64_f16");
 const IGEMM_WGRAD_M64N128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64n128_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
@@ -346,11 +347,14 @@ impl Conv3x3 {
 
     /// `(k, columns)` a block of the tensor-core wgrad owns, and its kernel: 64 x 256 for
     /// K <= 64, where 128 rows would be half idle (64 x 128 when also 9 Cp <= 128, the padded
-    /// first layer), else 128 x 128.
+    /// first layer); 128 x 256 where 9 Cp is a multiple of 256 (Cp a multiple of 256: VGG's
+    /// conv3_2 on), whose 64 x 64 warp tiles read fewer shared-memory bytes a flop; else
+    /// 128 x 128 (fewer idle columns where 256 does not divide 9 Cp).
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
-        match (self.problem.k <= 64, 9 * self.cp <= 128) {
-            (true, true) => (64, 128, &IGEMM_WGRAD_M64N128),
-            (true, false) => (64, 256, &IGEMM_WGRAD_M64),
+        match (self.problem.k <= 64, 9 * self.cp <= 128, (9 * self.cp).is_multiple_of(256)) {
+            (true, true, _) => (64, 128, &IGEMM_WGRAD_M64N128),
+            (true, false, _) => (64, 256, &IGEMM_WGRAD_M64),
+            (false, _, true) => (128, 256, &IGEMM_WGRAD_M128N256),
             _ => (128, 128, &IGEMM_WGRAD_M128),
         }
     }
