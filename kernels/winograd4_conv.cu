@@ -259,13 +259,15 @@ __device__ __forceinline__ void wino4x4_main(const __half* __restrict__ x, const
                 for (int j = 0; j < 4; ++j) out[e][i][j] = r4[j] * (1.f / 225.f) + bv;
             }
         }
+        // The tile's first output; the others lie whole rows (w cout) and pixels (cout) on.
+        const long long o00 = (((long long)timg * h + 4 * oty) * w + 4 * otx) * cout + kk;
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int oy = 4 * oty + i, ox = 4 * otx + j;
                 if (oy >= h || ox >= w) continue;
-                const long long o = (((long long)timg * h + oy) * w + ox) * cout + kk;
+                const long long o = o00 + (i * w + j) * cout;  // int: Conv3x3::new checks 6 W max(C, K)
                 wino_store_pair(y, mask, o, out[0][i][j], out[1][i][j], relu);
             }
     }

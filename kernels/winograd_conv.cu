@@ -306,13 +306,15 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                 out[e][i][1] = s[i][1] - s[i][2] - s[i][3] + b;
             }
         }
+        // The tile's first output; the others lie whole rows (w cout) and pixels (cout) on.
+        const long long o00 = (((long long)timg * h + oy0) * w + ox0) * cout + kk;
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 const int oy = oy0 + i, ox = ox0 + j;
                 if (oy >= h || ox >= w) continue;
-                const long long o = (((long long)timg * h + oy) * w + ox) * cout + kk;
+                const long long o = o00 + (i * w + j) * cout;  // int: Conv3x3::new checks 6 W max(C, K)
                 wino_store_pair(y, mask, o, out[0][i][j], out[1][i][j], relu);
             }
     }
