@@ -55,25 +55,15 @@ static_assert(kPts * kTiles * kMRow * 4 <= kSmem, "epilogue fits");
 
 // v = B^T d for one column (or row) of 6 values (see the header for B^T), with the common
 // subexpressions of these points' B^T: p = d3 - d1 and q = d4 - d2 serve four rows, so 16 adds
-// and fused multiply-adds instead of the 22 of the rows one by one. T is float or __half2
-// (two channels at once); wino4_add / wino4_sub / wino4_fma (c a + b) below are the arithmetic.
-__device__ __forceinline__ float wino4_add(float a, float b) { return a + b; }
-__device__ __forceinline__ float wino4_sub(float a, float b) { return a - b; }
-__device__ __forceinline__ float wino4_fma(float c, float a, float b) { return fmaf(c, a, b); }
-__device__ __forceinline__ __half2 wino4_add(__half2 a, __half2 b) { return __hadd2(a, b); }
-__device__ __forceinline__ __half2 wino4_sub(__half2 a, __half2 b) { return __hsub2(a, b); }
-__device__ __forceinline__ __half2 wino4_fma(float c, __half2 a, __half2 b) {
-    return __hfma2(__float2half2_rn(c), a, b);
-}
-template <class T>
-__device__ __forceinline__ void wino4_bt(const T d[6], T v[6]) {
-    const T p = wino4_sub(d[3], d[1]), q = wino4_sub(d[4], d[2]);
-    v[0] = wino4_fma(1.5f, p, wino4_add(wino4_sub(d[0], d[2]), q));
-    v[1] = wino4_fma(0.5f, wino4_fma(5.f, d[3], d[2]), wino4_sub(d[4], d[1]));
-    v[2] = wino4_fma(0.5f, wino4_fma(-5.f, d[2], d[3]), wino4_add(d[4], d[1]));
-    v[3] = wino4_fma(2.f, p, q);
-    v[4] = wino4_fma(-0.5f, p, q);
-    v[5] = wino4_fma(1.5f, q, wino4_fma(-2.f, d[3], wino4_add(d[1], d[5])));
+// and fused multiply-adds instead of the 22 of the rows one by one.
+__device__ __forceinline__ void wino4_bt(const float d[6], float v[6]) {
+    const float p = d[3] - d[1], q = d[4] - d[2];
+    v[0] = fmaf(1.5f, p, d[0] - d[2] + q);
+    v[1] = fmaf(0.5f, fmaf(5.f, d[3], d[2]), d[4] - d[1]);
+    v[2] = fmaf(0.5f, fmaf(-5.f, d[2], d[3]), d[4] + d[1]);
+    v[3] = fmaf(2.f, p, q);
+    v[4] = fmaf(-0.5f, p, q);
+    v[5] = fmaf(1.5f, q, fmaf(-2.f, d[3], d[1] + d[5]));
 }
 
 // s = 15 A^T m for 6 values -> 4 (see the header for A^T): integer coefficients, so that on data
