@@ -82,6 +82,15 @@ __device__ __forceinline__ void wino2x2_input_transform(__half2 d[4][4]) {
     }
 }
 
+// Slot of raw window pixel p (32 bytes: 16 channels) in the region ring. A warp's transform
+// reads one pixel of each of 4 neighbouring tiles, 2 pixels apart along a window row (p, p + 2,
+// p + 4, p + 6, or two rows of two when the window is 2 tiles wide): stored at p they share bank
+// groups two by two, since 4 pixels fill the 32 banks. Swapping p's lowest bit when bit 2 is set
+// spreads them over all four groups for every p (checked by enumeration for widths 2 to 64;
+// width 1, stacked tiles, stays 4-way); the copies, 16 consecutive pixels a warp, stay a
+// permutation of the same 512 bytes.
+__device__ __forceinline__ int wino_raw_slot(int p) { return p ^ ((p >> 2) & 1); }
+
 // Tile lt (0..63) of a block -> its image and tile row / column; false if outside the image.
 // Flat: tiles numbered over (n, tile row, tile col). Region: an rh x rw window of one image.
 template <bool kRegion>
@@ -199,7 +208,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
 #pragma unroll 1
             for (int i = tid; i < 2 * rpx; i += 256) {
                 const bool ok = c_ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
-                cp_async_16(sr + (i >> 1) * kC, ok ? xs + off : x, ok);
+                cp_async_16(sr + wino_raw_slot(i >> 1) * kC, ok ? xs + off : x, ok);
                 iy += rstep_y;
                 ix += rstep_x;
                 off += rstep;
@@ -215,9 +224,9 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         }
     };
     // V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels 2 (tid & 7),
-    // +1. Flat: in place. Region: from the raw ring into the V pair (2-way bank conflicts on the
-    // reads, as neighbouring tiles' patches are 2 pixels = 64 bytes apart). Pixel px of a tile's
-    // V lies px * kTiles rows after its first (a multiple of 8 rows: the same swizzle).
+    // +1. Flat: in place. Region: from the raw ring (pixels at wino_raw_slot, whose reads by a
+    // warp's 4 tiles are conflict-free) into the V pair. Pixel px of a tile's V lies px * kTiles
+    // rows after its first (a multiple of 8 rows: the same swizzle).
     int rw_log = 0;
     while (kRegion && (1 << rw_log) < rw) ++rw_log;  // rw is a power of two
     auto transform = [&](int s) {
@@ -229,13 +238,27 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         for (int q = 0; q < 2; ++q) {
             const int tile = q * 32 + (tid >> 3);
             __half* const v0 = sv + wino_swz(tile, pair >> 2) + 2 * (pair & 3);
-            const __half* const r0 =
-                kRegion ? sr + (2 * (tile >> rw_log) * rcols + 2 * (tile & (rw - 1))) * kC + 2 * pair : v0;
-            const int rrow = kRegion ? rcols * kC : 4 * kTiles * 16, rcol = kRegion ? kC : kTiles * 16;
             __half2 d[4][4];
+            if (kRegion) {
+                // Byte offset qo of raw pixel p (32 p; the patch's first pixel at window row
+                // 2 (tile / rw), column 2 (tile % rw)) becomes its slot's, 32 wino_raw_slot(p),
+                // as qo ^ ((qo >> 2) & 32). p is even along each row (the patch starts at an even
+                // column, rows are 2 rw + 2 pixels), so p + 1 shares bit 2 and sits at slot ^ 1.
+                const char* const rb = reinterpret_cast<const char*>(sr + 2 * pair);
+                int qo = 32 * (2 * (tile >> rw_log) * rcols + 2 * (tile & (rw - 1)));
 #pragma unroll
-            for (int px = 0; px < 16; ++px)
-                d[px >> 2][px & 3] = *reinterpret_cast<const __half2*>(r0 + (px >> 2) * rrow + (px & 3) * rcol);
+                for (int a = 0; a < 4; ++a, qo += 32 * rcols)
+#pragma unroll
+                    for (int b = 0; b < 4; b += 2) {
+                        const int qb = qo + 32 * b, sq = qb ^ ((qb >> 2) & 32);
+                        d[a][b] = *reinterpret_cast<const __half2*>(rb + sq);
+                        d[a][b + 1] = *reinterpret_cast<const __half2*>(rb + (sq ^ 32));
+                    }
+            } else {
+#pragma unroll
+                for (int px = 0; px < 16; ++px)
+                    d[px >> 2][px & 3] = *reinterpret_cast<const __half2*>(v0 + px * kTiles * 16);
+            }
             wino2x2_input_transform(d);
 #pragma unroll
             for (int px = 0; px < 16; ++px)
