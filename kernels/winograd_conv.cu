@@ -28,15 +28,18 @@
 //           on its own, straight into the layout of V, and transformed in place. Neighbouring
 //           patches overlap, so each input pixel is copied from L2 about 4 times.
 //   region  an rh x rw window of one image (rh * rw = 64, rw = 1..64); its (2 rh + 2) x (2 rw + 2)
-//           input pixels are copied once into a raw buffer, and the transform reads each tile's
-//           patch from there into V: about 3x less input traffic than flat (at rw = 8, 324
-//           pixels instead of 1024), but a window crossing the image's edge leaves slots idle.
+//           input pixels are copied once into a raw buffer (pixel p at slot wino_raw_slot(p)),
+//           and the transform reads each tile's patch from there into V: about 3x less input
+//           traffic than flat (at rw = 8, 324 pixels instead of 1024), but a window crossing the
+//           image's edge leaves slots idle.
 // Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB,
 // 176 KB; region: 4 raw windows x 16 KB, 2 of V x 32 KB, 3 of U: 177 KB. One block per SM (the
 // 128 accumulators allow no second one anyway).
 // Shared rows are 16 halves (two 16-byte chunks), swizzled (wino_swz in winograd_common.cuh).
-// Known costs to attack next: every block re-reads its 32 channels' U from L2 (16 KB a step,
-// now the larger share of the traffic under region tiling).
+// Known costs to attack next (bench/NOTES.md, "Static instruction counts"): a step moves
+// ~1100-1280 wavefronts through shared memory, 40% of them the transform's read and write back
+// of V, more than the loop issues (~370 instructions a warp-step flat, ~600 region, counted by
+// scripts/sass-stats); and every block re-reads its 32 channels' U from L2 (16 KB a step).
 #include "winograd_common.cuh"
 
 namespace w2 {
