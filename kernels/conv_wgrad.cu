@@ -14,8 +14,8 @@
 // Tiling: the GEMM's N dimension is the flattened (r, s, c) of the KRSC filter row, 9C long.
 // A block owns kM output channels k x kN consecutive columns of it (grid.x = ceil(9C / kN),
 // grid.y = ceil(K / kM)) and one pixel chunk (grid.z); kM x kN = 128 x 128
-// (igemm3x3_wgrad_m128_f16), 128 x 256 where 9C is a multiple of 256 (igemm3x3_wgrad_m128n256_f16,
-// below) or, for K <= 64, 64 x 256 (igemm3x3_wgrad_m64_f16), so that no
+// (igemm3x3_wgrad_m128_f16), 128 x 256 where its column blocks leave at most 1/8 of 9C idle
+// (igemm3x3_wgrad_m128n256_f16, below) or, for K <= 64, 64 x 256 (igemm3x3_wgrad_m64_f16), so that no
 // block computes rows past K, or 64 x 128 (igemm3x3_wgrad_m64n128_f16) when also 9C <= 128
 // (the padded first layer: 72 columns), so that fewer columns are computed past 9C. Since C is a multiple of 8, every 8-column piece lies within one
 // tap: for C a multiple of kN a block holds channels of one tap; for small C (8, the padded

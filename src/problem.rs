@@ -70,9 +70,9 @@ pub const EDGE_CASES: &[NamedProblem] = &[
     // More input-channel steps of 16 than the Winograd pipeline has buffers (the last one half
     // full), 70 tiles (a ragged second block of 64), K = 40 (a ragged block of 32 channels).
     p("deep_c88", 2, 9, 13, 88, 40),
-    // C = 256: the wgrad's 128 x 256 tiles (9C a multiple of 256, K > 64), K = 72 a ragged
-    // second row of blocks.
-    p("wide_c256", 1, 3, 5, 256, 72),
+    // C = 128: the wgrad's 128 x 256 tiles (K > 64), the last of its 5 column blocks half
+    // past 9C = 1152; K = 72 a ragged second row of blocks.
+    p("wide_c128", 1, 3, 5, 128, 72),
 ];
 
 /// VGG-16's thirteen 3x3 layers at 224x224, batch given by the caller.

@@ -347,11 +347,12 @@ impl Conv3x3 {
 
     /// `(k, columns)` a block of the tensor-core wgrad owns, and its kernel: 64 x 256 for
     /// K <= 64, where 128 rows would be half idle (64 x 128 when also 9 Cp <= 128, the padded
-    /// first layer); 128 x 256 where 9 Cp is a multiple of 256 (Cp a multiple of 256: VGG's
-    /// conv3_2 on), whose 64 x 64 warp tiles read fewer shared-memory bytes a flop; else
-    /// 128 x 128 (fewer idle columns where 256 does not divide 9 Cp).
+    /// first layer); 128 x 256 where 256-column blocks leave at most 1/8 of their columns idle
+    /// (VGG's conv2_2 on), whose 64 x 64 warp tiles read ~30% fewer shared-memory bytes a flop
+    /// (bench/NOTES.md); else 128 x 128.
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
-        match (self.problem.k <= 64, 9 * self.cp <= 128, (9 * self.cp).is_multiple_of(256)) {
+        let cols = 9 * self.cp;
+        match (self.problem.k <= 64, cols <= 128, cols.next_multiple_of(256) * 8 <= cols * 9) {
             (true, true, _) => (64, 128, &IGEMM_WGRAD_M64N128),
             (true, false, _) => (64, 256, &IGEMM_WGRAD_M64),
             (false, _, true) => (128, 256, &IGEMM_WGRAD_M128N256),
