@@ -294,9 +294,14 @@ impl Conv3x3 {
         self.algos[pass as usize]
     }
 
-    /// What `pass` runs, as reports name it: `direct`, `igemm`, `winograd4x4`, or
-    /// `winograd2x2/flat` / `winograd2x2/rN` (region windows N tiles wide).
+    /// What `pass` runs, as reports name it: `direct`, `igemm` (fprop), `igemm/MxN` (wgrad, its
+    /// block tile), `winograd4x4`, or `winograd2x2/flat` / `winograd2x2/rN` (region windows N
+    /// tiles wide).
     pub fn label(&self, pass: ConvPass) -> String {
+        if pass == ConvPass::Wgrad && self.tc(pass) {
+            let (m, n, _) = self.wgrad_tile();
+            return format!("igemm/{m}x{n}");
+        }
         match (self.algo(pass), self.wino_region_width()) {
             (ConvAlgo::Winograd2x2, 0) => "winograd2x2/flat".into(),
             (ConvAlgo::Winograd2x2, rw) => format!("winograd2x2/r{rw}"),
