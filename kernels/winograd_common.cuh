@@ -19,14 +19,12 @@ __device__ __forceinline__ int wino_a_lane(int lane) { return wino_swz(lane & 15
 __device__ __forceinline__ int wino_b_lane(int lane) { return wino_swz((lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1); }
 
 // acc (kMb 16-tile blocks x 4 8-channel blocks of m16n8 fragments) += V (kMb * 16 tiles x 16 c
-// from sv) U^T (32 out x 16 c from su); sv and su already point at this lane's rows (a block
-// start, a multiple of 8 rows, plus wino_a_lane / wino_b_lane). Per 16 channels: 2 ldmatrix.x4
-// of U and kMb of V feed 8 kMb mma's.
+// from sv) U^T (32 out x 16 c), U's B fragments given: b[p] = those of outputs 16 p to 16 p + 15,
+// as ldmatrix_x4 of U's rows 16 p.. delivers them (and winograd_filter.cu stores them for
+// F(2x2)). sv points at this lane's row (a block start, a multiple of 8 rows, plus
+// wino_a_lane). Per 16 channels: kMb ldmatrix.x4 of V feed 8 kMb mma's.
 template <int kMb>
-__device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __half* sv, const __half* su) {
-    unsigned b[2][4];
-#pragma unroll
-    for (int p = 0; p < 2; ++p) ldmatrix_x4(b[p], su + p * 16 * 16);
+__device__ __forceinline__ void wino_point_mma_b(float (&acc)[kMb][4][4], const __half* sv, const unsigned (&b)[2][4]) {
 #pragma unroll
     for (int mb = 0; mb < kMb; ++mb) {
         unsigned a[4];
@@ -37,6 +35,16 @@ __device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __
             mma_m16n8k16_f16f32(acc[mb][2 * p + 1], a, b[p] + 2, acc[mb][2 * p + 1]);
         }
     }
+}
+
+// As wino_point_mma_b, with U from shared memory: su points at this lane's row (a block start
+// plus wino_b_lane); 2 ldmatrix.x4 of U.
+template <int kMb>
+__device__ __forceinline__ void wino_point_mma(float (&acc)[kMb][4][4], const __half* sv, const __half* su) {
+    unsigned b[2][4];
+#pragma unroll
+    for (int p = 0; p < 2; ++p) ldmatrix_x4(b[p], su + p * 16 * 16);
+    wino_point_mma_b<kMb>(acc, sv, b);
 }
 
 // One point's fragments to ms[row0 + tile][channel] (fp32 rows of `mrow` floats). Fragment:

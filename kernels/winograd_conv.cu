@@ -2,9 +2,10 @@
 // cores, input and output transforms fused into the GEMM main loop.
 //   wino2x2_fprop_f16   y  = act(conv(x, w) + b), act = ReLU or none, bias optional
 //   wino2x2_dgrad_f16   dx = conv(dy, rot180(w)^T), zeroed where the optional ReLU mask <= 0
-// Both read U, the transformed filters of winograd_filter.cu (fp16, [16 xi][out][in]); dgrad is
-// the same computation as fprop with the rotated, K<->C swapped filters that the dgrad variant
-// of the filter transform writes, so one main loop serves both and only the epilogue differs.
+// Both read U, the transformed filters of winograd_filter.cu (fp16, in mma fragment order);
+// dgrad is the same computation as fprop with the rotated, K<->C swapped filters that the dgrad
+// variant of the filter transform writes, so one main loop serves both and only the epilogue
+// differs.
 //
 // The math, per 2x2 output tile (4x4 input patch d, rows/cols -1..2 around the tile):
 //   V = B^T d B  (adds only),  M[xi] = sum_c V[xi][c] U[xi][out][c]  (16 GEMMs),  Y = A^T M A.
@@ -13,16 +14,19 @@
 // output channels (GEMM N); 256 threads = 8 warps, and warp w owns transform points 2w and 2w+1
 // over the whole 64 x 32 block tile (2 x 4 x 4 mma fragments = 128 fp32 accumulators a lane).
 // Splitting the warps by transform point rather than by tile makes each warp's GEMM 64 x 32:
-// per point and 16 channels, 4 ldmatrix.x4 of V and 2 of U feed 16 mma's (the first version,
-// 16 x 16 per warp over all 16 points, needed 2 ldmatrix per 2 mma and was shared-memory
-// bound). The price is the epilogue: a tile's 16 points live in 8 warps, so M goes through
+// per point and 16 channels, 4 ldmatrix.x4 of V and U's fragments feed 16 mma's (the first
+// version, 16 x 16 per warp over all 16 points, needed 2 ldmatrix per 2 mma and was
+// shared-memory bound). The price is the epilogue: a tile's 16 points live in 8 warps, so M goes through
 // shared memory (fp32, 160 KB, reusing the pipeline buffers) before A^T M A.
 // The reduction over input channels goes 16 at a time (one mma k-step), in a pipeline with one
-// barrier per step. In step i: the copy of patches i+3 and filters i+2 is issued (cp.async 16 B,
-// zero-fill for padding, ragged tiles and a C that is 8 mod 16), patches i+1 are transformed in
+// barrier per step. In step i: the copy of patches i+3 is issued (cp.async 16 B, zero-fill for
+// padding, ragged tiles and a C that is 8 mod 16), each lane loads its B fragments of U_i from
+// global memory into registers (U is stored in that order, padded with zeros to 32 outputs x 16
+// inputs: no trip through shared memory, no ldmatrix), patches i+1 are transformed in
 // place (flat) or from the raw window (region) into V (one thread a tile and channel pair,
-// half2 adds: |V| <= 4 max|d|), and the mma's of step i run on V_i and U_i. Different warps reach the
-// transform and the mma's at different times, so the adders and the tensor cores overlap.
+// half2 adds: |V| <= 4 max|d|), and the mma's of step i run on V_i and U_i. Different warps
+// reach the transform and the mma's at different times, so the adders and the tensor cores
+// overlap.
 // Two ways to group a block's 64 tiles (src/ops/conv.rs picks one per shape, WinoTiling):
 //   flat    64 consecutive tiles over (n, tile row, tile col); each tile's 4x4 patch is copied
 //           on its own, straight into the layout of V, and transformed in place. Neighbouring
@@ -32,14 +36,14 @@
 //           and the transform reads each tile's patch from there into V: about 3x less input
 //           traffic than flat (at rw = 8, 324 pixels instead of 1024), but a window crossing the
 //           image's edge leaves slots idle.
-// Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB and 3 of U x 16 KB,
-// 176 KB; region: 4 raw windows x 16 KB, 2 of V x 32 KB, 3 of U: 177 KB. One block per SM (the
-// 128 accumulators allow no second one anyway).
+// Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB; region: 4 raw
+// windows x 16 KB and 2 of V x 32 KB; 160 KB for the epilogue's M either way. One block per SM
+// (the 128 accumulators allow no second one anyway).
 // Shared rows are 16 halves (two 16-byte chunks), swizzled (wino_swz in winograd_common.cuh).
-// Known costs to attack next (bench/NOTES.md, "Static instruction counts"): a step moves
-// ~1100-1280 wavefronts through shared memory, 40% of them the transform's read and write back
-// of V, more than the loop issues (~370 instructions a warp-step flat, ~600 region, counted by
-// scripts/sass-stats); and every block re-reads its 32 channels' U from L2 (16 KB a step).
+// Known costs to attack next (bench/NOTES.md, "Static instruction counts"): a step moves ~1000
+// wavefronts through shared memory, half of them the transform's read and write back of V, and
+// issues ~340 (flat) to ~540 (region) instructions a warp (scripts/sass-stats); every block
+// re-reads its 32 channels' U from L2 (16 KB a step).
 #include "winograd_common.cuh"
 
 namespace w2 {
@@ -47,18 +51,16 @@ constexpr int kTiles = 64;                  // output tiles per block (GEMM M)
 constexpr int kOut = 32;                    // output channels per block (GEMM N)
 static_assert(kOut == 32, "the warp steps of winograd_common.cuh cover 32 output channels");
 constexpr int kC = 16;                      // input channels per step (GEMM K)
-constexpr int kXBufs = 4, kUBufs = 3;       // pipeline buffers (see above)
+constexpr int kXBufs = 4;                   // pipeline buffers of patches / V (see above)
 constexpr int kXStage = 16 * kTiles * kC;   // halves: flat patches, then V in place; region V
-constexpr int kUStage = 16 * kOut * kC;     // halves: transformed filters
 constexpr int kRegionPx = 4 * 130;          // largest region: 1 x 64 tiles, 4 x 130 pixels
 constexpr int kRStage = kRegionPx * kC;     // halves: one region of raw pixels
 constexpr int kMRow = kOut + 8;             // epilogue fp32 row: float2 stores conflict-free
-// Dynamic shared memory (src/ops/conv.rs): flat (4 * kXStage + 3 * kUStage) * 2 = 180224 bytes;
-// region (4 * kRStage + 2 * kXStage + 3 * kUStage) * 2 = 181248 bytes. The epilogue's
-// 16 * 64 * kMRow floats (163840 bytes) fit in either.
-constexpr int kFlatSmem = (kXBufs * kXStage + kUBufs * kUStage) * 2;
-constexpr int kRegionSmem = (4 * kRStage + 2 * kXStage + kUBufs * kUStage) * 2;
-static_assert(16 * kTiles * kMRow * 4 <= kFlatSmem, "epilogue fits");
+// Dynamic shared memory (src/ops/conv.rs): the epilogue's 16 * 64 * kMRow floats, 163840
+// bytes, more than the pipeline needs (flat 4 * kXStage * 2 = 131072; region (4 * kRStage +
+// 2 * kXStage) * 2 = 132096).
+constexpr int kSmem = 16 * kTiles * kMRow * 4;
+static_assert(kXBufs * kXStage * 2 <= kSmem && (4 * kRStage + 2 * kXStage) * 2 <= kSmem, "pipeline fits");
 }  // namespace w2
 
 // V = B^T d B for a pair of channels, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], in half2
@@ -142,10 +144,9 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     const WinoTiles<kRegion> tl(n, h, w, rw, (int)(blockIdx.x / kblocks));
     const int k0 = (int)(blockIdx.x % kblocks) * kOut;
     const int steps = (cin + kC - 1) / kC;
-    // Shared memory: flat: X ring (patches, V in place), U ring. Region: raw ring, V pair, U ring.
+    // Shared memory: flat: X ring (patches, V in place). Region: raw ring, V pair.
     __half* const sraw = smem;
     __half* const svbase = kRegion ? smem + 4 * kRStage : smem;
-    __half* const subase = kRegion ? svbase + 2 * kXStage : smem + kXBufs * kXStage;
     auto vbuf = [&](int s) { return svbase + (kRegion ? s & 1 : s % kXBufs) * kXStage; };
 
     // Copy roles (flat). Patches: tile lt, chunk ch (channels 8 ch..), columns pb and pb + 2, all
@@ -179,17 +180,15 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     const long long roff0 = ((long long)riy0 * w + rix0) * cin;
     const long long rstep = ((long long)rstep_y * w + rstep_x) * cin, rwrap = (long long)(w - rcols) * cin;
     const __half* const rbase = x + ((long long)tl.img * h * w) * cin + 8 * ch;
-    // Filters: 16 points x 32 out x 2 chunks = 1024 pieces, 4 a thread: chunk tid & 1 of output
-    // channel (tid >> 1) & 31 at points (tid >> 6) + 4 j, 4 cout cin apart (< 2^31 / 9, checked by
-    // the launcher). A thread past cout reads u itself, zero-filled.
-    const int uo = (tid >> 1) & 31, xi0 = tid >> 6;
-    const bool uo_ok = k0 + uo < cout;
-    const int upts = uo_ok ? 4 * cout * cin : 0;
-    const __half* const ubase = uo_ok ? u + ((long long)xi0 * cout + k0 + uo) * cin + 8 * ch : u;
-    const int udst = wino_swz(xi0 * kOut + uo, ch);
-    auto load = [&](int s, bool patches, bool filters) {
+    // U: this lane's mma B fragments of its warp's points 2 warp, 2 warp + 1 (winograd_filter.cu
+    // writes them in fragment order: [xi][out / 32][in / 16][lane][8 u32]), 2 x 16 bytes a point
+    // and step, loaded straight into registers: no copy through shared memory, no ldmatrix.
+    const uint4* const ulane = reinterpret_cast<const uint4*>(u) +
+                               ((long long)(2 * warp * kblocks + (int)(blockIdx.x % kblocks)) * steps) * 64 + lane * 2;
+    const long long upoint = (long long)kblocks * steps * 64;  // uint4s from point xi to xi + 1
+    auto load = [&](int s) {
         const bool c_ok = s * kC + 8 * ch < cin;
-        if (patches && s < steps && !kRegion) {
+        if (s < steps && !kRegion) {
             __half* const sx = vbuf(s) + wino_swz(pb * kTiles + lt, ch);
             const __half* const xs = x11 + s * kC;
             const unsigned ok_px = c_ok ? px_ok : 0u;
@@ -203,7 +202,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                     cp_async_16(sx + (a * 4 + 2 * b) * kTiles * 16, src, ok);
                 }
         }
-        if (patches && s < steps && kRegion) {
+        if (s < steps && kRegion) {
             __half* const sr = sraw + (s & 3) * kRStage + 8 * ch;
             const __half* const xs = rbase + s * kC;
             int iy = riy0, ix = rix0;
@@ -217,13 +216,6 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                 off += rstep;
                 if (ix >= rx0 + rcols) ix -= rcols, ++iy, off += rwrap;
             }
-        }
-        if (filters && s < steps) {
-            __half* const su = subase + (s % kUBufs) * kUStage + udst;
-            const bool ok = uo_ok && c_ok;
-            const __half* const us = ok ? ubase + s * kC : u;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) cp_async_16(su + j * 4 * kOut * 16, us + (ok ? j * upts : 0), ok);
         }
     };
     // V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels 2 (tid & 7),
@@ -272,32 +264,39 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     WinoAcc<2, 4> acc;  // points 2 warp + q, 4 16-tile blocks
     wino_zero_acc(acc);
 
-    // Prologue: patches 0, then (patches 1, filters 0), then (patches 2, filters 1), one group
-    // each; transform 0 once its group has landed.
-    load(0, true, false);
+    // Prologue: patches 0, 1 and 2, one group each; transform 0 once its group has landed.
+    load(0);
     cp_async_commit();
-    load(1, true, false);
-    load(0, false, true);
+    load(1);
     cp_async_commit();
-    load(2, true, false);
-    load(1, false, true);
+    load(2);
     cp_async_commit();
     cp_async_wait<2>();
     __syncthreads();
     transform(0);
 
     for (int it = 0; it < steps; ++it) {
-        // Patches it + 1 and filters it were the second newest group; the newest may fly on.
+        // Patches it + 1 were the second newest group; the newest may fly on.
         cp_async_wait<1>();
         // Makes them (and V_it) visible, and ends every read of the buffers refilled next.
         __syncthreads();
-        load(it + 3, true, false);
-        load(it + 2, false, true);
+        load(it + 3);
         cp_async_commit();
+        // U of step it, issued before the transform so that its latency hides behind it.
+        unsigned b[2][2][4];
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint4 v = ulane[q * upoint + it * 64 + h];
+                b[q][h][0] = v.x, b[q][h][1] = v.y, b[q][h][2] = v.z, b[q][h][3] = v.w;
+            }
         transform(it + 1);
 
         // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
-        wino_warp_step<kTiles>(acc, vbuf(it), subase + (it % kUBufs) * kUStage, warp, lane);
+        const __half* const v = vbuf(it) + 2 * warp * kTiles * 16 + wino_a_lane(lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) wino_point_mma_b<4>(acc[q], v + q * kTiles * 16, b[q]);
     }
     const float* ms = wino_m_to_shared(acc, smem, kTiles, kMRow, warp, lane);
 

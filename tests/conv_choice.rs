@@ -17,8 +17,9 @@ fn with_pass_algo_switches_only_winograd_passes() {
     let auto = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let c = auto.with_pass_algo(ConvPass::Dgrad, F4).unwrap();
     assert_eq!([c.algo(ConvPass::Fprop), c.algo(ConvPass::Dgrad)], [F2, F4]);
-    // Workspace per pass follows that pass's variant: 16 or 36 points of K x C filters.
-    assert_eq!(c.workspace_bytes(ConvPass::Fprop), 16 * 24 * 16 * 2);
+    // Workspace per pass follows that pass's variant: 16 or 36 points of K x C filters, F(2x2)'s
+    // in mma fragment blocks of 32 outputs x 16 inputs (K = 24 padded to 32).
+    assert_eq!(c.workspace_bytes(ConvPass::Fprop), 16 * 32 * 16 * 2);
     assert_eq!(c.workspace_bytes(ConvPass::Dgrad), 36 * 24 * 16 * 2);
     let bad = |r: vgg_cuda::Result<Conv3x3>, needle: &str| match r {
         Err(Error::Shape(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),

@@ -37,22 +37,20 @@ const IGEMM_WGRAD_M64N128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64n128_f
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
-/// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads, 4 buffers of
-/// 16 x 64 x 16 halves (patches / V) and 3 of 16 x 32 x 16 (U) in shared memory
-/// (kernels/winograd_conv.cu).
+/// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads; shared memory for
+/// the epilogue's 16 x 64 x 40 fp32 M, which also holds the pipeline (4 buffers of 16 x 64 x 16
+/// halves of patches / V; region: 4 raw windows of up to 520 pixels x 16 channels and 2 V
+/// buffers); U goes to registers (kernels/winograd_conv.cu).
 const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
-const WINO_SMEM: u32 = (4 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
+const WINO_SMEM: u32 = 16 * 64 * 40 * 4;
 /// Winograd F(4x4) main loop: 32 output tiles of 4x4 x 32 channels a block, 384 threads, 3
 /// buffers of 36 x 32 x 16 halves each for patches / V and for U (kernels/winograd4_conv.cu).
 const WINO4_TILES: usize = 32;
 const WINO4_OUT: usize = 32;
 const WINO4_THREADS: u32 = 384;
 const WINO4_SMEM: u32 = 3 * 2 * 36 * 32 * 16 * 2;
-/// Region tiling adds a ring of 4 raw windows of up to 520 pixels x 16 channels and keeps V
-/// in a separate pair of buffers.
-const WINO_REGION_SMEM: u32 = (4 * 520 * 16 + 2 * 16 * 64 * 16 + 3 * 16 * 32 * 16) * 2;
 /// Region tiling is chosen when at most this share of a block's 64 tile slots falls outside
 /// the image (averaged over the image).
 const WINO_REGION_MAX_IDLE: f64 = 0.125;
@@ -339,12 +337,31 @@ impl Conv3x3 {
         }
     }
 
+    /// `(outputs, inputs)` of `pass`'s transformed filters U as the Winograd kernels see them
+    /// (K x Cp for fprop, C x K for dgrad), padded as the layout needs: F(2x2) keeps U in mma
+    /// fragment order, in 32 x 16 blocks (kernels/winograd_filter.cu); F(4x4) unpadded.
+    fn u_dims(&self, pass: ConvPass) -> (usize, usize) {
+        let (out, inp) = match pass {
+            ConvPass::Dgrad => (self.pass_c(pass), self.problem.k),
+            _ => (self.problem.k, self.pass_c(pass)),
+        };
+        match self.algo(pass) {
+            ConvAlgo::Winograd2x2 => (out.next_multiple_of(32), inp.next_multiple_of(16)),
+            _ => (out, inp),
+        }
+    }
+
+    /// Bytes of `pass`'s transformed filters (0 unless Winograd).
+    fn u_bytes(&self, pass: ConvPass) -> usize {
+        let (out, inp) = self.u_dims(pass);
+        self.wino_points(pass).map_or(0, |pts| pts * out * inp * 2)
+    }
+
     /// Byte offsets in the workspace of a padded problem: (fprop: padded filters after U,
     /// fprop: padded x after them, wgrad: padded x after the partial sums).
     fn pad_offsets(&self) -> (usize, usize, usize) {
         let p = &self.problem;
-        let points = self.wino_points(ConvPass::Fprop).unwrap_or(0);
-        let u = (points * p.k * self.cp * 2).next_multiple_of(WS_ALIGN);
+        let u = self.u_bytes(ConvPass::Fprop).next_multiple_of(WS_ALIGN);
         let wp = (p.k * 9 * self.cp * 2).next_multiple_of(WS_ALIGN);
         let part = (self.wgrad_split().0 * (p.k * 9 * self.cp + p.k) * 4).next_multiple_of(WS_ALIGN);
         (u, u + wp, part)
@@ -404,7 +421,7 @@ impl Conv3x3 {
         match pass {
             ConvPass::Fprop if self.padded(pass) => self.pad_offsets().1 + xp,
             ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
-            ConvPass::Fprop | ConvPass::Dgrad => self.wino_points(pass).map_or(0, |pts| pts * p.k * p.c * 2),
+            ConvPass::Fprop | ConvPass::Dgrad => self.u_bytes(pass),
             ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
         }
     }
@@ -453,7 +470,9 @@ impl Conv3x3 {
             return Ok(()); // the implicit GEMM reads the (padded) filters as they are
         };
         let kernel = if points == 36 { &WINO4_FILTER } else { &WINO_FILTER };
-        let cfg = LaunchConfig::for_elements(p.k * self.pass_c(pass), ELEMENTWISE_THREADS)?;
+        // One thread per (output, input) pair of U, padded ones included (F(2x2) writes zeros).
+        let (out, inp) = self.u_dims(pass);
+        let cfg = LaunchConfig::for_elements(out * inp, ELEMENTWISE_THREADS)?;
         let args = [
             src,
             ws.arg_mut(),
@@ -462,8 +481,8 @@ impl Conv3x3 {
             KArg::I32((pass == ConvPass::Dgrad) as i32),
         ];
         // SAFETY: (const __half* w, __half* u, int k, int c, int dgrad): src holds K*9*Cp halves
-        // (w itself, or its padded copy in ws), ws at least points*K*Cp halves before it (checked
-        // above; pad_offsets puts the padded copy after them).
+        // (w itself, or its padded copy in ws), ws at least u_bytes before it (checked above;
+        // pad_offsets puts the padded copy after them), which covers every (out, in) < u_dims.
         unsafe { dev.launch(kernel, cfg, &args) }
     }
 
@@ -742,7 +761,7 @@ impl Conv3x3 {
         let rw = self.wino_region_width();
         let (tile_blocks, smem) = match WINO_TILES.checked_div(rw) {
             None => ((p.n * th * tw).div_ceil(WINO_TILES), WINO_SMEM),
-            Some(rh) => (p.n * th.div_ceil(rh) * tw.div_ceil(rw), WINO_REGION_SMEM),
+            Some(rh) => (p.n * th.div_ceil(rh) * tw.div_ceil(rw), WINO_SMEM),
         };
         let blocks = tile_blocks * cout.div_ceil(WINO_OUT);
         let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (WINO_THREADS, 1, 1), shared_bytes: smem };
