@@ -79,13 +79,20 @@ __device__ __forceinline__ void wino_zero_acc(WinoAcc<kQ, kMb>& acc) {
                 for (int i = 0; i < 4; ++i) acc[q][mb][nb][i] = 0.f;
 }
 
+// This lane's row of V for the first of its warp's points xi = kQ warp + q (V rows xi * kTiles..
+// of sv); point q's lies q * kTiles * 16 halves on.
+template <int kTiles, int kQ>
+__device__ __forceinline__ const __half* wino_warp_v(const __half* sv, int warp, int lane) {
+    static_assert(kTiles % 8 == 0, "point blocks must start at a multiple of 8 rows (wino_a_lane)");
+    return sv + kQ * warp * kTiles * 16 + wino_a_lane(lane);
+}
+
 // One 16-channel step for this warp's points xi = kQ warp + q: M[xi] (kMb * 16 tiles x 32
 // out) += V[xi] U[xi]^T, V rows xi * kTiles.. of sv, U rows xi * 32.. of su.
 template <int kTiles, int kQ, int kMb>
 __device__ __forceinline__ void wino_warp_step(WinoAcc<kQ, kMb>& acc, const __half* sv, const __half* su, int warp,
                                                int lane) {
-    static_assert(kTiles % 8 == 0, "point blocks must start at a multiple of 8 rows (wino_a_lane)");
-    const __half* const v = sv + kQ * warp * kTiles * 16 + wino_a_lane(lane);
+    const __half* const v = wino_warp_v<kTiles, kQ>(sv, warp, lane);
     const __half* const u = su + kQ * warp * 32 * 16 + wino_b_lane(lane);
 #pragma unroll
     for (int q = 0; q < kQ; ++q) wino_point_mma<kMb>(acc[q], v + q * kTiles * 16, u + q * 32 * 16);

@@ -294,7 +294,7 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
         transform(it + 1);
 
         // M[xi] (64 tiles x 32 out) += V[xi] (64 x 16 c) U[xi]^T for this warp's two points.
-        const __half* const v = vbuf(it) + 2 * warp * kTiles * 16 + wino_a_lane(lane);
+        const __half* const v = wino_warp_v<kTiles, 2>(vbuf(it), warp, lane);
 #pragma unroll
         for (int q = 0; q < 2; ++q) wino_point_mma_b<4>(acc[q], v + q * kTiles * 16, b[q]);
     }

@@ -430,17 +430,24 @@ fn assert_same_state((a, sa): (&Vgg, StepStats), (b, sb): (&Vgg, StepStats), ste
     }
 }
 
+/// Two identical small nets (config A, dropout 0.5, batch 2, He init, seed 8) whose fp16
+/// gradients overflow at the starting scale 65536 and whose scale grows every 2 clean steps:
+/// the pair the step-mode comparisons below run side by side.
+fn twin_nets(dev: &Device) -> (VggConfig, usize, Vgg, Vgg) {
+    let (cfg, batch) = (small(Arch::A, 0.5), 2);
+    let o = OptimConfig { init_scale: 65536.0, growth_interval: 2, ..Default::default() };
+    let net = || Vgg::with_optim(dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let (a, b) = (net(), net());
+    (cfg, batch, a, b)
+}
+
 /// Queued steps (nothing read back, the loss scale's rules on the device) end where
 /// `train_step` does, bit for bit, through overflowing steps (this net's fp16 gradients overflow
 /// at 65536) and scale growth (every 2 clean steps); the sync reports the last step.
 #[test]
 fn queued_steps_match_train_step_bit_for_bit() {
     let dev = Device::emu();
-    let cfg = small(Arch::A, 0.5);
-    let batch = 2;
-    let o = OptimConfig { init_scale: 65536.0, growth_interval: 2, ..Default::default() };
-    let mut host = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
-    let mut queued = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let (cfg, batch, mut host, mut queued) = twin_nets(&dev);
     let mut last = None;
     for step in 0..6u64 {
         let (images, labels) = batch_data(&cfg, batch, 70 + step);
@@ -462,11 +469,7 @@ fn queued_steps_match_train_step_bit_for_bit() {
 #[test]
 fn graph_steps_match_queued_steps_bit_for_bit() {
     let dev = Device::emu();
-    let cfg = small(Arch::A, 0.5);
-    let batch = 2;
-    let o = OptimConfig { init_scale: 65536.0, growth_interval: 2, ..Default::default() };
-    let mut queued = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
-    let mut graphed = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 8, o).unwrap();
+    let (cfg, batch, mut queued, mut graphed) = twin_nets(&dev);
     let (images, labels) = batch_data(&cfg, batch, 70);
     let (mut xi, mut xl) = upload(&dev, &cfg, &images, &labels);
     for step in 0..7u64 {
