@@ -69,6 +69,13 @@ if "$VGG" bench train --help >/dev/null 2>&1; then
 fi
 # PyTorch's training steps beside ours (the headline ratio).
 step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
+# One of those steps launch by launch (device events around each kernel): where the step's
+# time goes beside the conv rows of bench-conv (pools, FC, optimizer, split-K reductions, filter
+# transforms), per layer and pass. Predictions in bench/NOTES.md ("Where a step's time goes").
+if "$VGG" bench train --help 2>/dev/null | grep -q -- --profile; then
+  step bench-train-profile 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 5 --profile \
+    --json "$RAW/bench-train-profile.json"
+fi
 # Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
 # conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
 if "$VGG" bench conv --help 2>/dev/null | grep -q winograd4x4; then

@@ -144,6 +144,10 @@ struct BenchTrainArgs {
     /// small inputs and batches.
     #[arg(long)]
     graph: bool,
+    /// After the timed steps, profile one more step launch by launch (device events around
+    /// each kernel) and print where its time goes: by pass and layer kind, by kernel, by layer.
+    #[arg(long)]
+    profile: bool,
     /// Input pixels a side [default: 224 on a GPU, 32 on emu] (at least 32).
     #[arg(long)]
     input: Option<usize>,
@@ -588,6 +592,7 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         cfg.conv = conv;
         cfg.queued = a.queued;
         cfg.graph = a.graph;
+        cfg.profile = a.profile;
         cfg.model.input = a.input.unwrap_or(cfg.model.input);
         cfg.model.width = a.width.unwrap_or(cfg.model.width);
         cfg.model.validate().context("--input / --width")?;
@@ -615,6 +620,9 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             for t in &r.conv_timings {
                 println!("  tuned {t}");
             }
+        }
+        if let Some(p) = &r.profile {
+            print!("{}", p.report());
         }
         rows.push(r);
         if let Some(path) = &a.json {

@@ -102,3 +102,34 @@ fn graph_steps_cost_the_host_two_launches_each() {
     assert_eq!(r.launches_per_step, 2.0, "{r:?}");
     assert!(r.last_loss.is_finite() && r.skipped_steps == 0, "{r:?}");
 }
+
+/// `--profile`: one more step, every launch of it listed once under its phase's label, in the
+/// step's order (input, the forward layer by layer, loss, the backward in reverse, optimizer),
+/// after plain or queued steps alike.
+#[test]
+fn a_profiled_step_lists_every_launch_by_layer() {
+    let dev = Device::emu();
+    for queued in [false, true] {
+        let cfg = TrainBenchConfig { profile: true, queued, ..TrainBenchConfig::for_device(&dev, Arch::A, Some(2)) };
+        let r = run(&dev, &cfg).unwrap();
+        let p = r.profile.as_ref().expect("profile asked for");
+        // A plain step's launches (queued steps make one more: the scale update on the device).
+        let plain = r.launches_per_step - if queued { 1.0 } else { 0.0 };
+        assert_eq!(p.launches.len() as f64, plain, "queued {queued}");
+        assert!(p.launches.iter().all(|l| l.ms.is_finite() && l.ms >= 0.0));
+        assert!(p.launches_ms() <= p.step_ms, "emu runs launches inside the step's wall time: {p:?}");
+        let labels: Vec<String> = p.by_label().into_iter().map(|s| s.name).collect();
+        let names = cfg.model.feature_names();
+        let mut expect = vec!["input".to_string()];
+        expect.extend(names.iter().map(|n| format!("fwd {n}")));
+        expect.extend(["fwd fc6", "fwd fc7", "fwd fc8", "loss", "bwd fc8", "bwd fc7", "bwd fc6"].map(String::from));
+        expect.extend(names.iter().rev().map(|n| format!("bwd {n}")));
+        expect.push("optimizer".into());
+        assert_eq!(labels, expect, "queued {queued}");
+        let groups: f64 = p.by_group().iter().map(|g| g.ms).sum();
+        assert!((groups - p.launches_ms()).abs() <= 1e-9 * p.launches_ms().max(1.0));
+        assert!(p.report().contains("bwd conv"), "{}", p.report());
+    }
+    let plain = run(&dev, &TrainBenchConfig::for_device(&dev, Arch::A, Some(2))).unwrap();
+    assert!(plain.profile.is_none());
+}

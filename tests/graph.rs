@@ -75,3 +75,32 @@ fn a_buffer_freed_during_a_capture_is_freed_after_it_and_the_graph_refused() {
     assert!(err.contains("freed during the capture"), "{err}");
     assert_eq!(dev.allocated_bytes(), baseline + y.bytes(), "the dropped tensor is freed once the capture ends");
 }
+
+/// A profile times each launch and memset on its own under the label current when it was
+/// queued, a graph replay as one entry, and nothing queued while capturing; misuse is an error.
+#[test]
+fn a_profile_lists_each_launch_under_its_label() {
+    let dev = Device::emu();
+    let x = Tensor::from_host(&dev, &[4], &f16s(&[-1.0, 2.0, -3.0, 4.0])).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[4]).unwrap();
+    assert!(dev.profile_stop().unwrap_err().to_string().contains("no profile is running"));
+    assert!(!dev.profiling());
+    dev.profile_label("ignored: no profile runs");
+    dev.profile_start().unwrap();
+    assert!(dev.profile_start().unwrap_err().to_string().contains("already running"));
+    dev.profile_label("first");
+    y.poison().unwrap();
+    ops::relu_fwd(&x, &mut y).unwrap();
+    dev.profile_label("second");
+    let graph = dev.capture(|| ops::relu_fwd(&x, &mut y)).unwrap();
+    graph.launch().unwrap();
+    let got = dev.profile_stop().unwrap();
+    let seen: Vec<(&str, &str)> = got.iter().map(|l| (l.label.as_str(), l.kernel)).collect();
+    assert_eq!(seen, [("first", "memset"), ("first", "relu_fwd_f16"), ("second", "graph")]);
+    assert!(got.iter().all(|l| l.ms.is_finite() && l.ms >= 0.0), "{got:?}");
+    assert_eq!(y.to_f32().unwrap(), [0.0, 2.0, 0.0, 4.0], "profiled work runs as usual");
+    assert!(!dev.profiling());
+    // Starting a profile inside a capture is refused like any other wait.
+    let err = dev.capture(|| dev.profile_start()).unwrap_err().to_string();
+    assert!(err.contains("starting a profile"), "{err}");
+}

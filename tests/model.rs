@@ -501,3 +501,22 @@ fn graph_steps_match_queued_steps_bit_for_bit() {
     let err = graphed.train_step_graph(&xi, &xl, 0.01, 7).unwrap_err().to_string();
     assert!(err.contains("keep_trace"), "{err}");
 }
+
+/// Profiling a training step (events around every launch) changes nothing it computes.
+#[test]
+fn a_profiled_step_computes_what_a_plain_one_does() {
+    let dev = Device::emu();
+    let (cfg, batch, mut plain, mut profiled) = twin_nets(&dev);
+    let mut last = None;
+    for step in 0..4u64 {
+        let (images, labels) = batch_data(&cfg, batch, 90 + step);
+        let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+        let a = plain.train_step(&xi, &xl, 0.01, step).unwrap();
+        dev.profile_start().unwrap();
+        let b = profiled.train_step(&xi, &xl, 0.01, step).unwrap();
+        assert!(!dev.profile_stop().unwrap().is_empty());
+        last = Some((a, b));
+    }
+    let (a, b) = last.unwrap();
+    assert_same_state((&plain, a), (&profiled, b), 4);
+}

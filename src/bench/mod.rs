@@ -17,6 +17,7 @@ pub mod cublas;
 pub mod cudnn;
 pub mod gemm;
 pub mod plot;
+pub mod profile;
 pub mod train;
 
 use crate::{Device, Result};

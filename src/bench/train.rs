@@ -3,6 +3,7 @@
 //! conditions of scripts/torch_baseline.py: two random batches alternated, so no data
 //! loading is timed; each step timed with device events around [`Vgg::train_step`].
 
+use super::profile::StepProfile;
 use crate::model::{Arch, ConvChoice, Init, Vgg, VggConfig};
 use crate::{Device, Result, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -25,6 +26,9 @@ pub struct TrainBenchConfig {
     /// `queued`; one graph per batch buffer, captured in two more untimed steps after the
     /// warm-up).
     pub graph: bool,
+    /// After the timed steps, one more step (one by one) with each launch timed on its own
+    /// ([`StepProfile`]).
+    pub profile: bool,
 }
 
 impl TrainBenchConfig {
@@ -41,6 +45,7 @@ impl TrainBenchConfig {
                 conv: ConvChoice::Auto,
                 queued: false,
                 graph: false,
+                profile: false,
             }
         } else {
             Self {
@@ -52,6 +57,7 @@ impl TrainBenchConfig {
                 conv: ConvChoice::Auto,
                 queued: false,
                 graph: false,
+                profile: false,
             }
         }
     }
@@ -96,6 +102,8 @@ pub struct TrainBenchRow {
     pub conv_layers: Vec<String>,
     /// Under `tune`: each tuned shape's per-pass, per-variant times.
     pub conv_timings: Vec<String>,
+    /// The profiled step, when asked for.
+    pub profile: Option<StepProfile>,
 }
 
 /// Builds the model, runs `warmup` untimed and `steps` timed training steps.
@@ -168,6 +176,20 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         skipped += (vgg.scaler_state().skipped - skipped0) as usize;
     }
     let launches_per_step = (dev.launches() - launches0) as f64 / cfg.steps as f64;
+    let profile = if cfg.profile {
+        // Queued or graph steps left the scaler on the device: the plain step below reads it.
+        vgg.sync()?;
+        let step = (cfg.warmup + cfg.steps) as u64;
+        let (x, y) = &sets[step as usize % 2];
+        let t = dev.start_timer()?;
+        dev.profile_start()?;
+        let stepped = vgg.train_step(x, y, cfg.lr, step);
+        let launches = dev.profile_stop()?;
+        stepped?;
+        Some(StepProfile { step_ms: t.stop_ms()?, launches })
+    } else {
+        None
+    };
     let min_step_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
     let median_step_ms = super::median(&mut times);
     let reserved_bytes = match (free_before, dev.memory_info()?) {
@@ -195,5 +217,6 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         conv: format!("{:?}", cfg.conv).to_lowercase(),
         conv_layers,
         conv_timings,
+        profile,
     })
 }

@@ -312,6 +312,45 @@ impl CudaDevice {
     }
 }
 
+impl CudaDevice {
+    /// A timing event recorded on the stream now, behind the work queued so far
+    /// ([`super::Device::profile_start`]).
+    pub fn mark(&self) -> Result<StreamMark> {
+        self.bind()?;
+        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("cuEventCreate"))?;
+        let mark = StreamMark { ev };
+        // SAFETY: a fresh event on our own live stream.
+        unsafe { result::event::record(mark.ev, self.stream) }.map_err(drv("cuEventRecord"))?;
+        Ok(mark)
+    }
+}
+
+/// A recorded event, destroyed when dropped.
+pub(crate) struct StreamMark {
+    ev: sys::CUevent,
+}
+
+impl StreamMark {
+    /// Milliseconds from this event to `later`; both must have completed (the stream was
+    /// synchronized after recording them).
+    pub fn ms_to(&self, later: &StreamMark) -> Result<f64> {
+        // SAFETY: two live events, both recorded and completed.
+        unsafe { result::event::elapsed(self.ev, later.ev) }.map(f64::from).map_err(drv("cuEventElapsedTime"))
+    }
+}
+
+impl Drop for StreamMark {
+    fn drop(&mut self) {
+        // SAFETY: the event is owned by this mark and not used afterwards.
+        unsafe {
+            let _ = result::event::destroy(self.ev);
+        }
+    }
+}
+
+// SAFETY: a plain driver handle, used only through the thread-safe driver API.
+unsafe impl Send for StreamMark {}
+
 /// An instantiated CUDA graph (the executable and the graph it came from).
 pub(crate) struct CudaGraph {
     graph: sys::CUgraph,

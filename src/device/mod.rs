@@ -10,11 +10,13 @@ mod emu;
 mod graph;
 pub mod kernels;
 mod pinned;
+mod profile;
 
 pub use cuda::{cuda_report, CudaReport, GpuInfo};
 pub use emu::Schedule;
 pub use graph::Graph;
 pub use pinned::PinnedBuffer;
+pub use profile::LaunchTime;
 
 use crate::{Error, Result};
 use std::ffi::c_void;
@@ -90,6 +92,8 @@ struct Shared {
     launches: AtomicU64,
     /// The capture in progress ([`Device::capture`]), if any.
     capture: Mutex<Option<graph::Capture>>,
+    /// The profile running ([`Device::profile_start`]), if any.
+    profile: Mutex<Option<profile::Profile>>,
 }
 
 enum Backend {
@@ -121,6 +125,7 @@ impl Device {
             allocated: AtomicUsize::new(0),
             launches: AtomicU64::new(0),
             capture: Mutex::new(None),
+            profile: Mutex::new(None),
         }))
     }
 
@@ -240,13 +245,13 @@ impl Device {
         if self.record_memset(dst, byte, bytes) {
             return Ok(());
         }
-        match &self.0.backend {
+        self.profiled("memset", || match &self.0.backend {
             Backend::Cuda(c) => c.memset(dst, byte, bytes),
             Backend::Emu(_) => {
                 std::ptr::write_bytes(dst as *mut u8, byte, bytes);
                 Ok(())
             }
-        }
+        })
     }
 
     /// Launches `kernel` with `args` packed by value.
@@ -260,7 +265,7 @@ impl Device {
         if self.record_launch(kernel, cfg, args) {
             return Ok(());
         }
-        self.launch_now(kernel, cfg, args)
+        self.profiled(kernel.name, || self.launch_now(kernel, cfg, args))
     }
 
     /// # Safety

@@ -207,6 +207,28 @@ impl VggConfig {
         ((c as f64 * self.width as f64).round() as usize).max(1)
     }
 
+    /// The paper's short name of each of [`VggConfig::features`]: `conv{block}_{j}` (3x3 or
+    /// 1x1), `lrn{block}`, `pool{block}`, blocks counted from 1 and ended by their pool (as
+    /// `vgg bench conv` names VGG-16's layers).
+    pub fn feature_names(&self) -> Vec<String> {
+        let (mut block, mut j) = (1, 0);
+        self.features()
+            .iter()
+            .map(|f| match f.kind {
+                FeatureKind::Conv3x3 | FeatureKind::Conv1x1 => {
+                    j += 1;
+                    format!("conv{block}_{j}")
+                }
+                FeatureKind::Lrn => format!("lrn{block}"),
+                FeatureKind::Pool => {
+                    let name = format!("pool{block}");
+                    (block, j) = (block + 1, 0);
+                    name
+                }
+            })
+            .collect()
+    }
+
     /// The convolutional part as a flat list, torchvision-numbered (each conv and each ReLU
     /// takes one index; the ReLU is fused into the conv here).
     pub fn features(&self) -> Vec<Feature> {
@@ -408,5 +430,16 @@ mod tests {
         assert_eq!(f.last().unwrap().index, 30);
         assert_eq!(VggConfig::paper(Arch::A).feature_out(), (7, 7, 512));
         assert_eq!(VggConfig::small(Arch::A, 0.125, 32, 64, 10).classifier(), [(64, 64), (64, 64), (64, 10)]);
+    }
+
+    #[test]
+    fn short_names_follow_the_blocks() {
+        let d = VggConfig::paper(Arch::D).feature_names();
+        assert_eq!(d.len(), 18);
+        assert_eq!(d[..5], ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2"]);
+        assert_eq!(d[12], "conv4_3");
+        assert_eq!(d[17], "pool5");
+        let lrn = VggConfig::paper(Arch::parse("A-LRN").unwrap()).feature_names();
+        assert_eq!(lrn[..4], ["conv1_1", "lrn1", "pool1", "conv2_1"]);
     }
 }

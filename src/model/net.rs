@@ -169,6 +169,8 @@ pub struct Vgg {
     cfg: VggConfig,
     batch: usize,
     ops: Vec<Op>,
+    /// Per feature layer: its short name (`conv3_2`, `pool3`), for profile labels.
+    names: Vec<String>,
     /// Per feature layer: the index of its weight in `params` (bias at +1).
     param_of: Vec<Option<usize>>,
     params: Vec<Param>,
@@ -252,6 +254,7 @@ impl Vgg {
             dev: dev.clone(),
             batch,
             ops,
+            names: cfg.feature_names(),
             param_of,
             params,
             buf: Buffers::new(dev, &memory, feats.len())?,
@@ -376,6 +379,9 @@ impl Vgg {
     /// [`Vgg::check_lifetimes`], the order check and the poisoning.
     fn enter(&mut self, p: Phase) -> Result<usize> {
         let t = self.memory.index(p)?;
+        if self.dev.profiling() {
+            self.dev.profile_label(&self.phase_label(p));
+        }
         if self.check {
             let expect = if p == Phase::Input { 0 } else { self.next_phase };
             ensure_shape!(t == expect, "phase {p:?} ran at timeline index {expect}, the plan has it at {t}");
@@ -385,6 +391,19 @@ impl Vgg {
         }
         self.next_phase = t + 1;
         Ok(t)
+    }
+
+    /// What [`Device::profile_label`] calls phase `p`: `fwd conv3_2`, `bwd pool1`, `fwd fc6`
+    /// (the classifier's layers as the paper numbers VGG-16's: fc6, fc7, fc8), `loss`.
+    fn phase_label(&self, p: Phase) -> String {
+        match p {
+            Phase::Input => "input".into(),
+            Phase::Feature(i) => format!("fwd {}", self.names[i]),
+            Phase::Fc(j) => format!("fwd fc{}", 6 + j),
+            Phase::Loss => "loss".into(),
+            Phase::FcBwd(j) => format!("bwd fc{}", 6 + j),
+            Phase::FeatureBwd(i) => format!("bwd {}", self.names[i]),
+        }
     }
 
     /// Seed of the dropout mask after hidden FC layer `layer` (0 or 1).
@@ -559,6 +578,7 @@ impl Vgg {
     /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
     /// (None), with the learning rate `lr` or the one in [`StepVars`].
     fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
+        self.dev.profile_label("optimizer");
         let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
         let mut sp: Vec<SgdParam<'_>> = self
             .params
