@@ -32,17 +32,17 @@
 //           on its own, straight into the layout of V, and transformed in place. Neighbouring
 //           patches overlap, so each input pixel is copied from L2 about 4 times.
 //   region  an rh x rw window of one image (rh * rw = 64, rw = 1..64); its (2 rh + 2) x (2 rw + 2)
-//           input pixels are copied once into a raw buffer (pixel p at slot wino_raw_slot(p)),
+//           input pixels are copied once into a raw buffer (48 bytes a pixel, below),
 //           and the transform reads each tile's patch from there into V: about 3x less input
 //           traffic than flat (at rw = 8, 324 pixels instead of 1024), but a window crossing the
 //           image's edge leaves slots idle.
 // Buffers: flat: 4 of patches / V (mma, transform, landed, in flight) x 32 KB; region: 4 raw
-// windows x 16 KB and 2 of V x 32 KB; 160 KB for the epilogue's M either way. One block per SM
-// (the 128 accumulators allow no second one anyway).
+// windows x 24 KB and 2 of V x 32 KB; 160 KB for the epilogue's M. One block per SM (the 128
+// accumulators allow no second one anyway).
 // Shared rows are 16 halves (two 16-byte chunks), swizzled (wino_swz in winograd_common.cuh).
 // Known costs to attack next (bench/NOTES.md, "Static instruction counts"): a step moves ~1000
 // wavefronts through shared memory, half of them the transform's read and write back of V, and
-// issues ~340 (flat) to ~540 (region) instructions a warp (scripts/sass-stats); every block
+// issues ~340 (flat) to ~375 (region) instructions a warp (scripts/sass-stats); every block
 // re-reads its 32 channels' U from L2 (16 KB a step).
 #include "winograd_common.cuh"
 
@@ -54,13 +54,19 @@ constexpr int kC = 16;                      // input channels per step (GEMM K)
 constexpr int kXBufs = 4;                   // pipeline buffers of patches / V (see above)
 constexpr int kXStage = 16 * kTiles * kC;   // halves: flat patches, then V in place; region V
 constexpr int kRegionPx = 4 * 130;          // largest region: 1 x 64 tiles, 4 x 130 pixels
-constexpr int kRStage = kRegionPx * kC;     // halves: one region of raw pixels
+constexpr int kRPitch = 24;                 // halves a raw pixel takes: 16 channels + 8 of padding
+constexpr int kRStage = kRegionPx * kRPitch;  // halves: one region of raw pixels
+constexpr int kRPieces = 5;                 // most 16-byte region copies a thread makes a step
 constexpr int kMRow = kOut + 8;             // epilogue fp32 row: float2 stores conflict-free
-// Dynamic shared memory (src/ops/conv.rs): the epilogue's 16 * 64 * kMRow floats, 163840
-// bytes, more than the pipeline needs (flat 4 * kXStage * 2 = 131072; region (4 * kRStage +
-// 2 * kXStage) * 2 = 132096).
-constexpr int kSmem = 16 * kTiles * kMRow * 4;
-static_assert(kXBufs * kXStage * 2 <= kSmem && (4 * kRStage + 2 * kXStage) * 2 <= kSmem, "pipeline fits");
+// Dynamic shared memory (src/ops/conv.rs): the larger of the epilogue's 16 * 64 * kMRow
+// floats (163840 bytes) and the region pipeline ((4 * kRStage + 2 * kXStage) * 2 = 165376);
+// flat's pipeline needs 4 * kXStage * 2 = 131072.
+constexpr int kMBytes = 16 * kTiles * kMRow * 4;
+constexpr int kRegionBytes = (4 * kRStage + 2 * kXStage) * 2;
+constexpr int kSmem = kMBytes > kRegionBytes ? kMBytes : kRegionBytes;
+static_assert(kSmem == 165376, "src/ops/conv.rs's WINO_SMEM");
+static_assert(kXBufs * kXStage * 2 <= kSmem, "pipeline fits");
+static_assert(2 * ((kRegionPx + 7) / 8 * 8) <= 256 * kRPieces, "region copies fit kRPieces a thread");
 }  // namespace w2
 
 // V = B^T d B for a pair of channels, B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], in half2
@@ -87,14 +93,16 @@ __device__ __forceinline__ void wino2x2_input_transform(__half2 d[4][4]) {
     }
 }
 
-// Slot of raw window pixel p (32 bytes: 16 channels) in the region ring. A warp's transform
-// reads one pixel of each of 4 neighbouring tiles, 2 pixels apart along a window row (p, p + 2,
-// p + 4, p + 6, or two rows of two when the window is 2 tiles wide): stored at p they share bank
-// groups two by two, since 4 pixels fill the 32 banks. Swapping p's lowest bit when bit 2 is set
-// spreads them over all four groups for every p (checked by enumeration for widths 2 to 64;
-// width 1, stacked tiles, stays 4-way); the copies, 16 consecutive pixels a warp, stay a
-// permutation of the same 512 bytes.
-__device__ __forceinline__ int wino_raw_slot(int p) { return p ^ ((p >> 2) & 1); }
+// Region ring layout: raw window pixel p at halves kRPitch p, its 16 channels then 8 halves of
+// padding (48 bytes a pixel). A warp's transform reads one channel pair of one pixel of each of
+// 4 neighbouring tiles, 2 pixels apart along a window row (p, p + 2, p + 4, p + 6; or two rows
+// of two when the window is 2 tiles wide): at 48 bytes a pixel they start 24 banks apart, so
+// the 4 x 8 words fill all 32 banks (at 32 bytes a pixel p and p + 4 collided). Every address
+// is then a row base plus constants: no per-read swizzle arithmetic. Width 1 (stacked tiles)
+// stays 4-way conflicted. The copies write 16-byte chunks: 8 lanes (one shared-memory phase)
+// take the same chunk of 8 consecutive pixels, 16-byte units 3 p + chunk, distinct mod 8.
+// scripts/region-banks enumerates both for every width. The price: 24 KB a raw stage instead of
+// 16, so region's shared memory (165376 bytes) outgrows the epilogue's 163840.
 
 // Tile lt (0..63) of a block -> its image and tile row / column; false if outside the image.
 // Flat: tiles numbered over (n, tile row, tile col). Region: an rh x rw window of one image.
@@ -168,18 +176,27 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
     // rows (w cin, < 2^31 / 6, checked by the launcher) and columns (cin) away.
     const int xrow = w * cin;
     const __half* const x11 = tile_ok && !kRegion ? x + (((long long)img * h + iy0 + 1) * w + ix0 + 1) * cin + 8 * ch : x;
-    // Region: (2 rh + 2) x (2 rw + 2) input pixels from (2 ty0 - 1, 2 tx0 - 1), [pixel][16 c].
-    // This thread's pieces i = tid + 256 r, pixel i >> 1 at image row iy and column ix, are
-    // tracked by adding 128 pixels a piece instead of dividing each time.
+    // Region: (2 rh + 2) x (2 rw + 2) input pixels from (2 ty0 - 1, 2 tx0 - 1), at kRPitch
+    // halves a pixel. This thread's pieces r = 0..kRPieces-1: chunk rch of window pixel
+    // rpx0 + 128 r (8 lanes, 8 pixels, one chunk: the ring layout above), to shared offset
+    // rdst + 128 r kRPitch.
+    // Their source offsets from the image's channel 8 rch (< h w cin < 2^31: the launcher picks
+    // flat tiling otherwise) and whether they lie in the image or the window are the same every
+    // step: worked out once.
     const int rcols = 2 * rw + 2, rpx = kRegion ? (2 * tl.rh + 2) * rcols : 0;
-    const int ry0 = 2 * tl.ty0 - 1, rx0 = 2 * tl.tx0 - 1;
-    const int rstep_y = kRegion ? 128 / rcols : 0, rstep_x = kRegion ? 128 % rcols : 0;
-    const int riy0 = ry0 + (kRegion ? (tid >> 1) / rcols : 0), rix0 = rx0 + (kRegion ? (tid >> 1) % rcols : 0);
-    // Source offsets (halves) from the image's channel 8 ch: the first piece, the step to the
-    // next, and the extra step when the column wraps to the next row of the window.
-    const long long roff0 = ((long long)riy0 * w + rix0) * cin;
-    const long long rstep = ((long long)rstep_y * w + rstep_x) * cin, rwrap = (long long)(w - rcols) * cin;
-    const __half* const rbase = x + ((long long)tl.img * h * w) * cin + 8 * ch;
+    const int rch = (tid >> 3) & 1, rpx0 = (tid >> 4) * 8 + (tid & 7), rdst = rpx0 * kRPitch + 8 * rch;
+    int roff[kRPieces];
+    unsigned rok = 0, rhas = 0;  // bit r: piece r lies in the image / in the window
+#pragma unroll
+    for (int r = 0; r < kRPieces; ++r) {
+        const int pp = rpx0 + 128 * r, row = kRegion ? pp / rcols : 0;
+        const int iy = 2 * tl.ty0 - 1 + row, ix = 2 * tl.tx0 - 1 + pp - row * rcols;
+        const bool ok = iy >= 0 && iy < h && ix >= 0 && ix < w;
+        roff[r] = ok ? (iy * w + ix) * cin : 0;
+        rok |= (kRegion && pp < rpx && ok ? 1u : 0u) << r;
+        rhas |= (kRegion && pp < rpx ? 1u : 0u) << r;
+    }
+    const __half* const rbase = x + ((long long)tl.img * h * w) * cin + 8 * rch;
     // U: this lane's mma B fragments of its warp's points 2 warp, 2 warp + 1 (winograd_filter.cu
     // writes them in fragment order: [xi][out / 32][in / 16][lane][8 u32]), 2 x 16 bytes a point
     // and step, loaded straight into registers: no copy through shared memory, no ldmatrix.
@@ -203,25 +220,21 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
                 }
         }
         if (s < steps && kRegion) {
-            __half* const sr = sraw + (s & 3) * kRStage + 8 * ch;
+            __half* const sr = sraw + (s & 3) * kRStage + rdst;
             const __half* const xs = rbase + s * kC;
-            int iy = riy0, ix = rix0;
-            long long off = roff0;
-#pragma unroll 1
-            for (int i = tid; i < 2 * rpx; i += 256) {
-                const bool ok = c_ok && iy >= 0 && iy < h && ix >= 0 && ix < w;
-                cp_async_16(sr + wino_raw_slot(i >> 1) * kC, ok ? xs + off : x, ok);
-                iy += rstep_y;
-                ix += rstep_x;
-                off += rstep;
-                if (ix >= rx0 + rcols) ix -= rcols, ++iy, off += rwrap;
+            const unsigned ok_px = s * kC + 8 * rch < cin ? rok : 0u;
+#pragma unroll
+            for (int r = 0; r < kRPieces; ++r) {
+                if (!(rhas >> r & 1u)) continue;
+                const bool ok = ok_px >> r & 1u;
+                cp_async_16(sr + r * 128 * kRPitch, ok ? xs + roff[r] : x, ok);
             }
         }
     };
     // V = B^T d B of step s: thread -> tiles (tid >> 3) and 32 + (tid >> 3), channels 2 (tid & 7),
-    // +1. Flat: in place. Region: from the raw ring (pixels at wino_raw_slot, whose reads by a
-    // warp's 4 tiles are conflict-free) into the V pair. Pixel px of a tile's V lies px * kTiles
-    // rows after its first (a multiple of 8 rows: the same swizzle).
+    // +1. Flat: in place. Region: from the raw ring (48-byte pixels, whose reads by a warp's 4
+    // tiles are conflict-free) into the V pair. Pixel px of a tile's V lies px * kTiles rows
+    // after its first (a multiple of 8 rows: the same swizzle).
     int rw_log = 0;
     while (kRegion && (1 << rw_log) < rw) ++rw_log;  // rw is a power of two
     auto transform = [&](int s) {
@@ -235,20 +248,15 @@ __device__ __forceinline__ void wino2x2_main(const __half* __restrict__ x, const
             __half* const v0 = sv + wino_swz(tile, pair >> 2) + 2 * (pair & 3);
             __half2 d[4][4];
             if (kRegion) {
-                // Byte offset qo of raw pixel p (32 p; the patch's first pixel at window row
-                // 2 (tile / rw), column 2 (tile % rw)) becomes its slot's, 32 wino_raw_slot(p),
-                // as qo ^ ((qo >> 2) & 32). p is even along each row (the patch starts at an even
-                // column, rows are 2 rw + 2 pixels), so p + 1 shares bit 2 and sits at slot ^ 1.
-                const char* const rb = reinterpret_cast<const char*>(sr + 2 * pair);
-                int qo = 32 * (2 * (tile >> rw_log) * rcols + 2 * (tile & (rw - 1)));
+                // The patch's first pixel: window row 2 (tile / rw), column 2 (tile % rw); the
+                // others one row (rcols pixels) or one pixel on, at kRPitch halves a pixel.
+                const __half* const rb =
+                    sr + 2 * pair + (2 * (tile >> rw_log) * rcols + 2 * (tile & (rw - 1))) * kRPitch;
 #pragma unroll
-                for (int a = 0; a < 4; ++a, qo += 32 * rcols)
+                for (int a = 0; a < 4; ++a)
 #pragma unroll
-                    for (int b = 0; b < 4; b += 2) {
-                        const int qb = qo + 32 * b, sq = qb ^ ((qb >> 2) & 32);
-                        d[a][b] = *reinterpret_cast<const __half2*>(rb + sq);
-                        d[a][b + 1] = *reinterpret_cast<const __half2*>(rb + (sq ^ 32));
-                    }
+                    for (int b = 0; b < 4; ++b)
+                        d[a][b] = *reinterpret_cast<const __half2*>(rb + (a * rcols + b) * kRPitch);
             } else {
 #pragma unroll
                 for (int px = 0; px < 16; ++px)

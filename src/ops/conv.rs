@@ -38,13 +38,21 @@ const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
 /// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads; shared memory for
-/// the epilogue's 16 x 64 x 40 fp32 M, which also holds the pipeline (4 buffers of 16 x 64 x 16
-/// halves of patches / V; region: 4 raw windows of up to 520 pixels x 16 channels and 2 V
-/// buffers); U goes to registers (kernels/winograd_conv.cu).
+/// the larger of the epilogue's 16 x 64 x 40 fp32 M and the region pipeline (4 raw windows of
+/// up to 520 pixels x 24 halves, 16 channels and 8 of padding, and 2 V buffers of 16 x 64 x 16
+/// halves); flat's 4 buffers of patches / V fit in either. U goes to registers
+/// (kernels/winograd_conv.cu).
 const WINO_TILES: usize = 64;
 const WINO_OUT: usize = 32;
 const WINO_THREADS: u32 = 256;
-const WINO_SMEM: u32 = 16 * 64 * 40 * 4;
+const WINO_SMEM: u32 = {
+    let (m, region) = (16 * 64 * 40 * 4, (4 * 520 * 24 + 2 * 16 * 64 * 16) * 2);
+    if m > region {
+        m
+    } else {
+        region
+    }
+};
 /// Winograd F(4x4) main loop: 32 output tiles of 4x4 x 32 channels a block, 384 threads, 3
 /// buffers of 36 x 32 x 16 halves each for patches / V and for U (kernels/winograd4_conv.cu).
 const WINO4_TILES: usize = 32;
@@ -134,7 +142,8 @@ pub enum WinoTiling {
     Flat,
     /// A window of rh x rw tiles (rh * rw = 64) of one image, its (2 rh + 2) x (2 rw + 2) input
     /// pixels copied once: about 3x less input traffic, but windows that cross the image's edge
-    /// leave tile slots idle. rw is the power of two with the fewest idle slots.
+    /// leave tile slots idle. rw is the power of two with the fewest idle slots. Images of
+    /// 2^31 or more halves (H W max(C, K)) run Flat whatever is asked.
     Region,
 }
 
@@ -277,6 +286,10 @@ impl Conv3x3 {
             .into_iter()
             .min_by(|&a, &b| idle(a).total_cmp(&idle(b)).then(halo(a).cmp(&halo(b))))
             .unwrap_or(8);
+        // The region copies address an image with 32-bit offsets.
+        if p.h * p.w * p.c.max(p.k) > i32::MAX as usize {
+            return 0;
+        }
         match self.tiling {
             WinoTiling::Flat => 0,
             WinoTiling::Region => rw,
