@@ -191,6 +191,10 @@ fn run_jobs(api: &Api, cfg: &Config, opts: &[String], jobs: &[(&str, Option<u32>
                     let src = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
                     let mut o = opts.to_vec();
                     o.push(match target {
+                        // sm_90 as sm_90a: its arch-specific instructions (wgmma) for the
+                        // H100 / H200; such a cubin loads only on compute capability 9.0,
+                        // which is every sm_90 GPU.
+                        Some(90) => "--gpu-architecture=sm_90a".to_owned(),
                         Some(a) => format!("--gpu-architecture=sm_{a}"),
                         None => format!("--gpu-architecture=compute_{}", cfg.ptx_arch),
                     });

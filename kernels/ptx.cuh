@@ -21,10 +21,12 @@
 
 #ifdef __CUDA_ARCH__
 #define PTX_SITE_PARAMS
+#define PTX_SITE_PARAMS_ONLY
 #define PTX_SITE_ARGS
 #else
 #include <cstring>
 #define PTX_SITE_PARAMS , const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()
+#define PTX_SITE_PARAMS_ONLY const char* site_file = __builtin_FILE(), int site_line = __builtin_LINE()
 #define PTX_SITE_ARGS , site_file, site_line
 #endif
 

@@ -294,7 +294,8 @@ fn info(show_kernels: bool, json: bool) -> Result<()> {
         Some((a, b)) => {
             let archs: Vec<String> = kernels::MODULES
                 .first()
-                .map(|m| m.cubins.iter().map(|c| format!("sm_{}", c.0)).collect())
+                // sm_90 is built as sm_90a (build/nvrtc.rs: Hopper's wgmma).
+                .map(|m| m.cubins.iter().map(|c| format!("sm_{}{}", c.0, if c.0 == 90 { "a" } else { "" })).collect())
                 .unwrap_or_default();
             let ptx =
                 kernels::MODULES.first().and_then(|m| m.ptx).map(|p| format!("compute_{}", p.0)).unwrap_or_default();

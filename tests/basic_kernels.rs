@@ -40,6 +40,30 @@ fn ldmatrix_matches_layout() {
 fn cp_async_zero_fills() {
     assert_check_passes("cp_async");
 }
+#[test]
+fn wgmma_matches_reference() {
+    assert_check_passes("wgmma");
+}
+
+/// The emulator runs a wgmma when the wait retires its group: accumulators read before the
+/// wait still hold C (on a GPU that read is undefined), so a kernel missing its wait fails on
+/// the CPU too.
+#[test]
+fn wgmma_results_arrive_at_the_wait() {
+    use vgg_cuda::{Kernel, LaunchConfig};
+    let dev = Device::emu();
+    let ones = |n: usize| Tensor::from_f32(&dev, &[n], &vec![1.0; n]).unwrap();
+    let (a, bt) = (ones(64 * 16), ones(64 * 16));
+    let c: Vec<f32> = (0..64 * 64).map(|i| i as f32).collect();
+    let ct = Tensor::from_host(&dev, &[64 * 64], &c).unwrap();
+    let mut d = Tensor::<f32>::empty(&dev, &[64 * 64]).unwrap();
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 2048 + 32 * 64 };
+    let k = Kernel { module: "wgmma_test", name: "prim_wgmma_early_read" };
+    // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D): A and Bt 64 x 16,
+    // C and D 64 x 64, one warpgroup.
+    unsafe { dev.launch(&k, cfg, &[a.arg(), bt.arg(), ct.arg(), d.arg_mut()]).unwrap() };
+    assert_eq!(d.to_host().unwrap(), c, "read before the wait: C, not C + 16");
+}
 
 /// Runs max-pool forward and backward on one shape and returns both outputs' bits.
 fn pool_bits(s: Schedule) -> (Vec<u16>, Vec<u16>) {

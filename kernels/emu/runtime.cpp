@@ -13,6 +13,7 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdio>
 #include <string>
@@ -130,6 +131,7 @@ struct Block {
     std::vector<unsigned char> smem_store;
     unsigned char* smem = nullptr;
     size_t smem_bytes = 0;
+    unsigned long long serial = 0;  // block_serial(): distinct for every block run in the process
 #ifdef EMU_TSAN
     void* tsan_sched = nullptr;
     char bar_sync[2];
@@ -360,6 +362,10 @@ unsigned lane_id() { return cur().linear % 32; }
 
 unsigned char* dyn_smem() { return g_block->smem; }
 
+size_t dyn_smem_bytes() { return g_block->smem_bytes; }
+
+unsigned long long block_serial() { return g_block->serial; }
+
 EMU_NO_TSAN void syncthreads(const char* file, int line) {
     Block* b = g_block;
     Fiber& f = cur();
@@ -550,6 +556,8 @@ extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kern
     for (uint64_t lin : blocks) {
         blockIdx = {unsigned(lin % grid[0]), unsigned(lin / grid[0] % grid[1]),
                     unsigned(lin / grid[0] / grid[1])};
+        static std::atomic<unsigned long long> next_serial{1};
+        b.serial = next_serial.fetch_add(1, std::memory_order_relaxed);
         if (!run_block(b, schedule, rng)) {
             std::snprintf(err, err_len, "kernel %s, block (%u,%u,%u): %s", kernel, blockIdx.x, blockIdx.y,
                           blockIdx.z, b.error.c_str());

@@ -84,6 +84,10 @@ void cp_async_wait(int pending);
 // Dynamic shared memory of the running block: 128-byte aligned, filled with 0xFF (fp16 NaN)
 // at the start of every block, so a read of an unwritten element shows.
 unsigned char* dyn_smem();
+// Its size in bytes (the launch's shared_bytes).
+size_t dyn_smem_bytes();
+// An identity of the running block (changes from block to block on one OS thread).
+unsigned long long block_serial();
 }  // namespace emu
 
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)

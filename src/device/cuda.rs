@@ -168,6 +168,10 @@ impl CudaDevice {
         unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("cuCtxSetCurrent"))
     }
 
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.info.compute_capability
+    }
+
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: stream-ordered allocation on our own stream.

@@ -155,6 +155,16 @@ impl Device {
         matches!(&self.0.backend, Backend::Emu(_))
     }
 
+    /// Whether kernels using Hopper's arch-specific instructions (wgmma, kernels/wgmma.cuh)
+    /// run here: on emu, and on a GPU of compute capability 9.0, which loads the sm_90a cubin
+    /// (elsewhere such kernels trap).
+    pub fn has_wgmma(&self) -> bool {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.compute_capability() == (9, 0),
+            Backend::Emu(_) => true,
+        }
+    }
+
     /// Two handles to the same device.
     pub fn same(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

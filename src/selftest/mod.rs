@@ -80,6 +80,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "mma", run: primitives::mma },
     Check { name: "ldmatrix", run: primitives::ldmatrix },
     Check { name: "cp_async", run: primitives::cp_async },
+    Check { name: "wgmma", run: primitives::wgmma },
     Check { name: "gemm", run: gemm::linear },
     Check { name: "gemm_conv1x1", run: gemm::conv1x1 },
     Check { name: "gemm_determinism", run: gemm::determinism },

@@ -134,3 +134,59 @@ pub fn cp_async(dev: &Device) -> Result<Vec<CheckRow>> {
     }
     Ok(rows)
 }
+
+/// wgmma (kernels/wgmma.cuh, through kernels/wgmma_test.cu): D (64 x N) = A (64 x 16) B (16 x
+/// N) plus C, and with scale-d off (C ignored), for N = 64 and 256, the operands in two arrangements
+/// of their core matrices (K neighbours adjacent: lbo 128, sbo 256; M / N neighbours adjacent:
+/// lbo = rows / 8 x 128, sbo 128), so that lbo and sbo swapped, or a wrong accumulator layout,
+/// fail. Not run where wgmma cannot (a GPU other than sm_90).
+pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    if !dev.has_wgmma() {
+        return Ok(rows);
+    }
+    for (n, name) in [(64usize, "prim_wgmma_n64"), (256, "prim_wgmma_n256")] {
+        let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: (2048 + 32 * n) as u32 };
+        for (layout, (lbo_a, sbo_a, lbo_b, sbo_b)) in
+            [("k-adjacent", (128, 256, 128, 256)), ("mn-adjacent", (1024, 128, 16 * n, 128))]
+        {
+            for (kind, seed, acc) in [("ints", 3u64, 1), ("randn", 4, 1), ("ints, no C", 5, 0)] {
+                let (a, bt, c) = if kind == "randn" {
+                    (randn_f16(64 * 16, seed), randn_f16(n * 16, seed + 10), randn_f16(64 * n, seed + 20))
+                } else {
+                    (small_ints(64 * 16, 4, seed), small_ints(n * 16, 4, seed + 10), small_ints(64 * n, 8, seed + 20))
+                };
+                let at = Tensor::from_f32(dev, &[64, 16], &a)?;
+                let btt = Tensor::from_f32(dev, &[n, 16], &bt)?;
+                let ct = Tensor::from_host(dev, &[64, n], &c)?;
+                let mut dt = Tensor::<f32>::empty(dev, &[64, n])?;
+                dt.poison()?;
+                let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut()];
+                let ints = [lbo_a, sbo_a, lbo_b as i32, sbo_b, acc].map(KArg::I32);
+                let all: Vec<KArg> = args.into_iter().chain(ints).collect();
+                // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
+                // int sbo_a, int lbo_b, int sbo_b, int acc): A 64 x 16, Bt n x 16, C and D 64 x n;
+                // one warpgroup; the strides keep A within 2048 bytes and B within 32 n after it.
+                unsafe { dev.launch(&Kernel { module: "wgmma_test", name }, cfg, &all)? };
+                let mut want = vec![0f32; 64 * n];
+                for i in 0..64 {
+                    for j in 0..n {
+                        let mut s = if acc != 0 { c[i * n + j] as f64 } else { 0.0 };
+                        for k in 0..16 {
+                            s += a[i * 16 + k] as f64 * bt[j * 16 + k] as f64;
+                        }
+                        want[i * n + j] = s as f32;
+                    }
+                }
+                let got = dt.to_host()?;
+                let (cmp, bound) = if kind == "randn" {
+                    (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
+                } else {
+                    (compare(&got, &want), Bound::Exact)
+                };
+                rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {layout} {kind}"), cmp, bound));
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,247 @@
+// wgmma.cuh: Hopper's warpgroup MMA (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-
+// Accumulate", wgmma.mma_async; sm_90a only) behind helpers with an exact emulation, as in
+// ptx.cuh. Only the K-major, unswizzled operand layout is covered so far.
+//
+// A warpgroup is 4 consecutive warps (threads 128 q .. 128 q + 127); all 128 threads issue the
+// same wgmma. D (64 x N, fp32) = A (64 x 16) * B (16 x N) + (acc ? D : 0), A and B fp16 in shared
+// memory named by 64-bit descriptors, D in registers: warp w of the group (w = warp % 4) holds
+// rows 16 w .. 16 w + 15, per 8 columns in the layout of an m16n8 accumulator:
+//   d[4 j + i] = D[16 w + g + 8 (i >> 1)][8 j + 2 t + (i & 1)]     (g = lane / 4, t = lane % 4)
+// Operands, K-major without swizzle: core matrices of 8 rows x 8 halves (16 bytes a row, 128
+// contiguous bytes); lbo = bytes between core matrices adjacent in K, sbo = between core matrices
+// adjacent in M (for A) or N (for B). Element (m, k) of A is at byte
+//   start + (m / 8) sbo + (k / 8) lbo + (m % 8) 16 + (k % 8) 2,
+// and (k, n) of B at start + (n / 8) sbo + (k / 8) lbo + (n % 8) 16 + (k % 8) 2.
+// Order of use: threads write the operands; wgmma_smem_fence() (their writes reach the async
+// proxy that wgmma reads through) and a barrier; wgmma_fence() (also whenever d was written by
+// ordinary instructions since the last wgmma); wgmma_ss calls; wgmma_commit() closes a group;
+// wgmma_wait<n>() returns once at most n groups are pending. Only then may d be read, or the
+// operands of the retired groups be overwritten.
+// The emulator runs a group's wgmma's when a wait retires it, reading shared memory and writing
+// d then, so a kernel that rewrites operands or reads d too early computes wrong results on the
+// CPU as well. These layouts were read from the PTX ISA; the selftest's `wgmma` rows check them
+// on the GPU.
+#pragma once
+#include "ptx.cuh"
+
+// The sm_90a cubin (NVRTC defines __CUDA_ARCH_FEAT_SM90_ALL) and the emulator have wgmma; the
+// compute_80 PTX does not: there the helpers trap, and launchers must not pick such kernels.
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define VGG_HAS_WGMMA 1
+#else
+#define VGG_HAS_WGMMA 0
+#endif
+
+#ifndef __CUDA_ARCH__
+#include <vector>
+namespace ptx_emu {
+
+struct WgmmaLane {
+  float* d;
+  unsigned long long da, db;
+  int acc;
+  unsigned warp;
+};
+
+// One issued wgmma of one warp: its lanes' accumulators, operands and N.
+struct WgmmaOp {
+  float* d[32];
+  unsigned long long da, db;
+  int acc, n;
+  unsigned wg_warp;
+};
+
+// Per warp of the running block: wgmma's issued but not committed, and committed groups not
+// yet retired by a wait (oldest first).
+struct WgmmaWarp {
+  unsigned long long block = 0;
+  std::vector<WgmmaOp> open;
+  std::vector<std::vector<WgmmaOp>> groups;
+};
+
+inline WgmmaWarp& wgmma_state(unsigned warp) {
+  static thread_local WgmmaWarp state[32];
+  WgmmaWarp& w = state[warp % 32];
+  if (w.block != emu::block_serial()) w = WgmmaWarp{emu::block_serial(), {}, {}};
+  return w;
+}
+
+// Element (mn, k) of a K-major, unswizzled operand, as float.
+inline float wgmma_operand(unsigned long long desc, int mn, int k) {
+  const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
+  if (desc >> 62) emu::fail("wgmma: descriptor 0x%016llx asks for a swizzled layout, which is not emulated", desc);
+  const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn % 8) * 16 + (k % 8) * 2;
+  if (off + 2 > emu::dyn_smem_bytes())
+    emu::fail("wgmma: descriptor 0x%016llx reads byte %zu of %zu of dynamic shared memory", desc, off,
+              emu::dyn_smem_bytes());
+  unsigned short bits;
+  std::memcpy(&bits, emu::dyn_smem() + off, 2);
+  return __half2float(__ushort_as_half(bits));
+}
+
+inline void wgmma_run(const WgmmaOp& op) {
+  float a[16][16], b[16][256];
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k) a[r][k] = wgmma_operand(op.da, 16 * (int)op.wg_warp + r, k);
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < op.n; ++n) b[k][n] = wgmma_operand(op.db, n, k);
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int j = 0; j < op.n / 8; ++j)
+      for (int i = 0; i < 4; ++i) {
+        const int r = g + 8 * (i >> 1), n = 8 * j + 2 * t + (i & 1);
+        float acc = op.acc ? op.d[l][4 * j + i] : 0.f;
+        for (int k = 0; k < 16; ++k) acc += a[r][k] * b[k][n];
+        op.d[l][4 * j + i] = acc;
+      }
+  }
+}
+
+template <int N>
+void wgmma_issue_collective(void* const* lanes, unsigned) {
+  const WgmmaLane& l0 = *static_cast<const WgmmaLane*>(lanes[0]);
+  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4};
+  for (int l = 0; l < 32; ++l) {
+    const WgmmaLane& in = *static_cast<const WgmmaLane*>(lanes[l]);
+    if (in.da != op.da || in.db != op.db || (in.acc != 0) != (op.acc != 0))
+      emu::fail("wgmma: lane %d's descriptors or scale-d differ from lane 0's (they must be uniform)", l);
+    op.d[l] = in.d;
+  }
+  wgmma_state(l0.warp).open.push_back(op);
+}
+
+inline void wgmma_commit_collective(void* const* lanes, unsigned) {
+  WgmmaWarp& w = wgmma_state(*static_cast<const unsigned*>(lanes[0]));
+  w.groups.push_back(std::move(w.open));
+  w.open.clear();
+}
+
+struct WgmmaWaitLane {
+  unsigned warp;
+  int pending;
+};
+
+inline void wgmma_wait_collective(void* const* lanes, unsigned) {
+  const WgmmaWaitLane& l0 = *static_cast<const WgmmaWaitLane*>(lanes[0]);
+  WgmmaWarp& w = wgmma_state(l0.warp);
+  while ((int)w.groups.size() > l0.pending) {
+    for (const WgmmaOp& op : w.groups.front()) wgmma_run(op);
+    w.groups.erase(w.groups.begin());
+  }
+}
+
+inline unsigned warp_in_block() { return (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) / 32; }
+
+}  // namespace ptx_emu
+#else
+#if VGG_HAS_WGMMA
+template <int N>
+__device__ __forceinline__ void wgmma_asm(float (&d)[N / 2], unsigned long long da, unsigned long long db, int acc);
+
+template <>
+__device__ __forceinline__ void wgmma_asm<64>(float (&d)[32], unsigned long long da, unsigned long long db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_asm<128>(float (&d)[64], unsigned long long da, unsigned long long db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_asm<256>(float (&d)[128], unsigned long long da, unsigned long long db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(acc));
+}
+#endif  // VGG_HAS_WGMMA
+#endif  // __CUDA_ARCH__
+
+// The descriptor of a K-major, unswizzled operand at `smem` (dynamic shared memory, 16-byte
+// aligned), lbo / sbo as above (multiples of 16 below 2^18).
+__device__ __forceinline__ unsigned long long wgmma_desc(const void* smem, unsigned lbo, unsigned sbo PTX_SITE_PARAMS) {
+#ifdef __CUDA_ARCH__
+  const unsigned addr = (unsigned)__cvta_generic_to_shared(smem);
+#else
+  const unsigned char* p = static_cast<const unsigned char*>(smem);
+  if (p < emu::dyn_smem() || p >= emu::dyn_smem() + emu::dyn_smem_bytes())
+    ptx_emu::fail("wgmma_desc", site_file, site_line, "operand outside dynamic shared memory", smem);
+  ptx_emu::check_align(smem, 16, "wgmma_desc", site_file, site_line, "operand not 16-byte aligned");
+  if (lbo % 16 || sbo % 16 || lbo >= (1u << 18) || sbo >= (1u << 18))
+    ptx_emu::fail("wgmma_desc", site_file, site_line, "lbo / sbo not a multiple of 16 below 2^18", smem);
+  const unsigned addr = (unsigned)(p - emu::dyn_smem());
+#endif
+  return (unsigned long long)((addr & 0x3ffff) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+         ((unsigned long long)(sbo >> 4) << 32);
+}
+
+// fence.proxy.async.shared::cta: this thread's shared-memory writes become visible to the async
+// proxy (wgmma's operand reads). Follow it with a barrier before the wgmma.
+__device__ __forceinline__ void wgmma_smem_fence() {
+#if defined(__CUDA_ARCH__) && VGG_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// wgmma.fence.sync.aligned: orders this warp's register accesses before the wgmma's that follow.
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH__) && VGG_HAS_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// D (64 x N) = A * B + (acc ? D : 0), N = 64, 128 or 256 (see the header).
+template <int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long da, unsigned long long db,
+                                         int acc PTX_SITE_PARAMS) {
+  static_assert(N == 64 || N == 128 || N == 256, "wgmma_ss: N is 64, 128 or 256");
+#ifdef __CUDA_ARCH__
+#if VGG_HAS_WGMMA
+  wgmma_asm<N>(d, da, db, acc);
+#else
+  __trap();
+#endif
+#else
+  ptx_emu::WgmmaLane me{d, da, db, acc, ptx_emu::warp_in_block()};
+  emu::warp_collective(ptx_emu::kFullWarp, "wgmma.mma_async", site_file, site_line, &me,
+                       &ptx_emu::wgmma_issue_collective<N>);
+#endif
+}
+
+// wgmma.commit_group.sync.aligned: the wgmma's issued since the last commit form a group.
+__device__ __forceinline__ void wgmma_commit(PTX_SITE_PARAMS_ONLY) {
+#ifdef __CUDA_ARCH__
+#if VGG_HAS_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+#else
+  unsigned warp = ptx_emu::warp_in_block();
+  emu::warp_collective(ptx_emu::kFullWarp, "wgmma.commit_group", site_file, site_line, &warp,
+                       &ptx_emu::wgmma_commit_collective);
+#endif
+}
+
+// wgmma.wait_group.sync.aligned Pending: returns when at most Pending committed groups are
+// still running; the others' results are in their d registers.
+template <int Pending>
+__device__ __forceinline__ void wgmma_wait(PTX_SITE_PARAMS_ONLY) {
+#ifdef __CUDA_ARCH__
+#if VGG_HAS_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
+#endif
+#else
+  ptx_emu::WgmmaWaitLane me{ptx_emu::warp_in_block(), Pending};
+  emu::warp_collective(ptx_emu::kFullWarp, "wgmma.wait_group", site_file, site_line, &me,
+                       &ptx_emu::wgmma_wait_collective);
+#endif
+}

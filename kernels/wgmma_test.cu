@@ -1,0 +1,57 @@
+// wgmma_test.cu: one-warpgroup test kernels for the wgmma helpers of wgmma.cuh. Each stages A
+// and B in shared memory by the documented K-major layout formula (not by any helper), runs one
+// wgmma and writes D by the documented accumulator layout, so a host test can check the result
+// against a plain matrix product, on the emulator and on a GPU alike (sm_90a; elsewhere the
+// kernels trap).
+//
+// Launch with grid (1,1,1), block (128,1,1), dynamic shared memory 2048 + 32 N bytes:
+//   prim_wgmma_n64 / prim_wgmma_n256(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc)
+//     A: 64 x 16 row-major fp16, Bt: N x 16 row-major fp16 (B transposed: K-major),
+//     C, D: 64 x N row-major fp32; D = A Bt^T + (acc ? C : 0). lbo / sbo: the operands' core
+//     matrix strides in bytes (A within its 2048 bytes, B within the 32 N after it).
+//   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
+#include "wgmma.cuh"
+
+template <int N, bool kEarly = false>
+__device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
+                                           int sbo_a, int lbo_b, int sbo_b, int acc) {
+  VGG_DYN_SHARED(unsigned char, smem);
+  unsigned char* const sa = smem;
+  unsigned char* const sb = smem + 2048;
+  auto at = [](unsigned char* base, int mn, int k, int lbo, int sbo) {
+    return reinterpret_cast<__half*>(base + (mn / 8) * sbo + (k / 8) * lbo + (mn % 8) * 16 + (k % 8) * 2);
+  };
+  for (int i = threadIdx.x; i < 64 * 16; i += 128) *at(sa, i / 16, i % 16, lbo_a, sbo_a) = A[i];
+  for (int i = threadIdx.x; i < N * 16; i += 128) *at(sb, i / 16, i % 16, lbo_b, sbo_b) = Bt[i];
+  wgmma_smem_fence();
+  __syncthreads();
+
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto idx = [&](int j, int i) { return (16 * w + g + 8 * (i >> 1)) * N + 8 * j + 2 * t + (i & 1); };
+  float d[N / 2];
+  for (int j = 0; j < N / 8; ++j)
+    for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
+  wgmma_fence();
+  wgmma_ss<N>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
+  wgmma_commit();
+  if (!kEarly) wgmma_wait<0>();
+  for (int j = 0; j < N / 8; ++j)
+    for (int i = 0; i < 4; ++i) D[idx(j, i)] = d[4 * j + i];
+  if (kEarly) wgmma_wait<0>();
+}
+
+extern "C" __global__ void prim_wgmma_n64(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
+                                          int sbo_a, int lbo_b, int sbo_b, int acc) {
+  wgmma_test<64>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+}
+
+extern "C" __global__ void prim_wgmma_n256(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
+                                           int sbo_a, int lbo_b, int sbo_b, int acc) {
+  wgmma_test<256>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+}
+
+// Emulator only (on a GPU the result is undefined): D written from d before the wait, as a
+// kernel with a missing wait would; the emulator retires the group at the wait, so D gets C.
+extern "C" __global__ void prim_wgmma_early_read(const __half* A, const __half* Bt, const float* C, float* D) {
+  wgmma_test<64, true>(A, Bt, C, D, 128, 256, 128, 256, 1);
+}
