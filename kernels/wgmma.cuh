@@ -168,7 +168,9 @@ __device__ __forceinline__ void wgmma_asm<256>(float (&d)[128], unsigned long lo
 #endif  // __CUDA_ARCH__
 
 // The descriptor of a K-major, unswizzled operand at `smem` (dynamic shared memory, 16-byte
-// aligned), lbo / sbo as above (multiples of 16 below 2^18).
+// aligned), lbo / sbo as above (multiples of 16 below 2^18). The start address is its low 14
+// bits, in 16-byte units: desc + (bytes >> 4) describes the operand `bytes` further on, as long
+// as the address stays below 2^18 (every shared-memory address does).
 __device__ __forceinline__ unsigned long long wgmma_desc(const void* smem, unsigned lbo, unsigned sbo PTX_SITE_PARAMS) {
 #ifdef __CUDA_ARCH__
   const unsigned addr = (unsigned)__cvta_generic_to_shared(smem);

@@ -58,6 +58,14 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"
 fi
+# The wgmma implicit GEMM (fprop, dgrad) on every 3x3 layer but conv1_1, ours only (cuDNN's rows
+# are bench-conv's): the first timing of a wgmma kernel of ours (predictions in bench/NOTES.md,
+# "A wgmma conv").
+if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
+  step bench-conv-wgmma 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --json "$RAW/bench-conv-wgmma.json"
+fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
@@ -75,6 +83,12 @@ step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --profile; then
   step bench-train-profile 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 5 --profile \
     --json "$RAW/bench-train-profile.json"
+fi
+# Training steps with the wgmma convs (fprop, dgrad) in place of Winograd, profiled: the step
+# time the wgmma kernels would give VGG-16 (bench/NOTES.md, "A wgmma conv").
+if "$VGG" bench train --help 2>/dev/null | grep -q wgmma; then
+  step bench-train-wgmma 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 10 \
+    --conv-algo wgmma --profile --json "$RAW/bench-train-wgmma.json"
 fi
 # Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
 # conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
@@ -97,7 +111,7 @@ fi
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
-  for k in wino2x2_fprop_f16:winograd2x2:fprop wino2x2_dgrad_f16:winograd2x2:dgrad \
+  for k in igemm3x3_wgmma_n256_f16:wgmma:fprop wino2x2_fprop_f16:winograd2x2:fprop wino2x2_dgrad_f16:winograd2x2:dgrad \
            wino4x4_fprop_f16:winograd4x4:fprop igemm3x3_wgrad_m128n256_f16:auto:wgrad; do
     IFS=: read -r kern algo pass <<<"$k"
     step "ncu-$kern" 40 ncu --clock-control none --set full -k "$kern" --launch-skip 2 --launch-count 1 \

@@ -131,8 +131,9 @@ struct BenchTrainArgs {
     #[arg(long)]
     warmup: Option<usize>,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
-    /// shared memory), or tune (time each layer's Winograd variants on the device first,
-    /// untimed, and keep the fastest).
+    /// shared memory), wgmma (implicit GEMM on Hopper's wgmma where Auto runs Winograd), or
+    /// tune (time each layer's Winograd variants on the device first, untimed, and keep the
+    /// fastest).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
     /// Queue the timed steps with nothing read back (the loss scale kept on the device) and
@@ -202,7 +203,8 @@ struct BenchConvArgs {
     /// Comma-separated passes: fprop, dgrad, wgrad (or all).
     #[arg(long, default_value = "fprop,dgrad,wgrad")]
     passes: String,
-    /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm.
+    /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm, wgmma (implicit GEMM on
+    /// Hopper's wgmma: fprop and dgrad).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// How Winograd groups its tiles: auto, flat, region (see kernels/winograd_conv.cu).

@@ -34,6 +34,10 @@ fn tensor_core_wgrad_matches_reference() {
 fn first_layer_implicit_gemm_matches_reference() {
     assert_check_passes("conv_igemm_fprop");
 }
+#[test]
+fn wgmma_implicit_gemm_matches_reference() {
+    assert_check_passes("conv_wgmma");
+}
 
 /// Deterministic values: integers in [-r, r] (exact in every algorithm) or a spread of fp16
 /// values (to compare bits across schedules).
@@ -104,6 +108,13 @@ fn two_schedules_bit_identical() {
         (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd4x4),
         // C = 128, K = 72: the wgrad's 128 x 256 tiles, the last column block half used.
         (ConvProblem::new(1, 3, 5, 128, 72), ConvAlgo::Winograd2x2),
+        // wgmma: C = 88 (a half-used second stage of 64 channels), two pixel blocks; K = 136
+        // (two output-channel blocks, the second nearly empty).
+        (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Wgmma),
+        (ConvProblem::new(1, 12, 11, 16, 136), ConvAlgo::Wgmma),
+        // The 256-channel tile: fprop (K = 256) and dgrad (C = 256).
+        (ConvProblem::new(1, 7, 6, 24, 256), ConvAlgo::Wgmma),
+        (ConvProblem::new(1, 5, 6, 256, 16), ConvAlgo::Wgmma),
     ]
     .map(|(p, a)| (p, a, WinoTiling::Auto));
     for (p, algo, tiling) in cases.into_iter().chain([
@@ -150,6 +161,8 @@ fn integer_data_is_exact_in_every_algorithm() {
         ConvProblem::new(2, 9, 11, 3, 64),
         ConvProblem::new(1, 6, 7, 5, 16),
         ConvProblem::new(2, 5, 6, 12, 24),
+        ConvProblem::new(1, 7, 6, 24, 256),
+        ConvProblem::new(1, 5, 6, 256, 16),
     ] {
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let [x, _, _, dy, _] = &data;
@@ -159,8 +172,11 @@ fn integer_data_is_exact_in_every_algorithm() {
         let (want_dw, want_db) = (bits(want_dw), bits(want_db));
         let dev = Device::emu();
         let igemm = if p.c <= 8 { Some(ConvAlgo::ImplicitGemm) } else { None };
-        let algos =
-            [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Winograd4x4, ConvAlgo::Auto].into_iter().chain(igemm);
+        let wgmma = p.c.is_multiple_of(8).then_some(ConvAlgo::Wgmma);
+        let algos = [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Winograd4x4, ConvAlgo::Auto]
+            .into_iter()
+            .chain(igemm)
+            .chain(wgmma);
         let tilings = [WinoTiling::Flat, WinoTiling::Region];
         for algo in algos.flat_map(|a| tilings.map(|t| (a, t))) {
             let (y, dx, dw, db) = run_all(&dev, p, algo, &data);
@@ -208,6 +224,7 @@ fn shape_errors() {
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 12), ConvAlgo::Auto), "K = 12");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd2x2), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd4x4), "K = 20");
+    shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Wgmma), "Wgmma needs C a multiple of 8");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
     // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
     shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");

@@ -5,6 +5,7 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::reference::HostVgg;
 use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, StepStats, Vgg, VggConfig};
+use vgg_cuda::ops::conv::ConvAlgo;
 use vgg_cuda::{Device, Tensor};
 
 /// Config A at 1/8 width on 32x32 inputs: convs 8, 16, 32, 32, 64, 64, 64, 64 channels (the
@@ -81,12 +82,21 @@ fn gradients_match_finite_differences_winograd4x4() {
     gradient_check(ConvChoice::Winograd4x4, OptimConfig { init_scale: 4096.0, ..Default::default() });
 }
 
+/// The same check with the wgmma implicit GEMM for every fprop and dgrad Auto runs by Winograd.
+#[test]
+fn gradients_match_finite_differences_wgmma() {
+    gradient_check(ConvChoice::Wgmma, OptimConfig::default());
+}
+
 fn gradient_check(choice: ConvChoice, optim: OptimConfig) {
     let dev = Device::emu();
     let cfg = small(Arch::A, 0.5);
     let batch = 4;
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), batch, Init::He, 7, optim).unwrap();
-    vgg.set_conv_choice(choice, 1).unwrap();
+    let plans = vgg.set_conv_choice(choice, 1).unwrap();
+    if choice == ConvChoice::Wgmma {
+        assert!(plans.iter().filter(|c| c.fprop() == ConvAlgo::Wgmma && c.dgrad() == ConvAlgo::Wgmma).count() >= 7);
+    }
     let (images, labels) = batch_data(&cfg, batch, 11);
     let (xi, xl) = upload(&dev, &cfg, &images, &labels);
     let step = 3;

@@ -90,10 +90,12 @@ pub enum Algo {
     Winograd2x2,
     Winograd4x4,
     ImplicitGemm,
+    Wgmma,
 }
 
 impl Algo {
-    const ALL: [Algo; 5] = [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm];
+    const ALL: [Algo; 6] =
+        [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm, Algo::Wgmma];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -102,12 +104,15 @@ impl Algo {
             Algo::Winograd2x2 => "winograd2x2",
             Algo::Winograd4x4 => "winograd4x4",
             Algo::ImplicitGemm => "igemm",
+            Algo::Wgmma => "wgmma",
         }
     }
 
     pub fn parse(s: &str) -> Result<Algo, BadArgument> {
         Self::ALL.into_iter().find(|a| a.name() == s.trim()).ok_or_else(|| {
-            BadArgument(format!("unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4, igemm)"))
+            BadArgument(format!(
+                "unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4, igemm, wgmma)"
+            ))
         })
     }
 
@@ -118,6 +123,7 @@ impl Algo {
             Algo::Winograd2x2 => ConvAlgo::Winograd2x2,
             Algo::Winograd4x4 => ConvAlgo::Winograd4x4,
             Algo::ImplicitGemm => ConvAlgo::ImplicitGemm,
+            Algo::Wgmma => ConvAlgo::Wgmma,
         }
     }
 
@@ -128,6 +134,7 @@ impl Algo {
             ConvAlgo::Winograd2x2 => Algo::Winograd2x2,
             ConvAlgo::Winograd4x4 => Algo::Winograd4x4,
             ConvAlgo::ImplicitGemm => Algo::ImplicitGemm,
+            ConvAlgo::Wgmma => Algo::Wgmma,
         }
     }
 
@@ -136,7 +143,7 @@ impl Algo {
     /// indexing or synchronisation bug (errors of order 1) fails.
     fn bounds(self) -> (f64, f64) {
         match self {
-            Algo::Auto | Algo::Direct | Algo::ImplicitGemm => (1e-2, 3e-3),
+            Algo::Auto | Algo::Direct | Algo::ImplicitGemm | Algo::Wgmma => (1e-2, 3e-3),
             Algo::Winograd2x2 => (2e-2, 5e-3),
             Algo::Winograd4x4 => (5e-2, 2e-2),
         }

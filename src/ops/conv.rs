@@ -11,6 +11,8 @@
 //! such as the first layer's 3 runs on the tensor-core paths). See the header comment of each
 //! file for its tiling.
 
+mod wgmma;
+
 use super::{int, ELEMENTWISE_THREADS};
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::problem::ConvProblem;
@@ -122,6 +124,12 @@ pub enum ConvAlgo {
     /// not pick it: which variant is faster per layer is measured, by `vgg bench conv --algo`
     /// or at run time by [`crate::ops::conv_tune::tune`].
     Winograd4x4,
+    /// Implicit GEMM on Hopper's warpgroup MMA (kernels/conv_wgmma.cu) for fprop and dgrad
+    /// (exact fp16 products, fp32 accumulation); wgrad resolves to ImplicitGemm. C and K
+    /// multiples of 8, N H W max(C, K) below 2^31. Runs where [`Device::has_wgmma`] (the emu
+    /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. Auto does
+    /// not pick it until it is measured on the GPU.
+    Wgmma,
 }
 
 impl ConvAlgo {
@@ -220,6 +228,10 @@ impl Conv3x3 {
             ))
         };
         let padded = cp != p.c;
+        if algo == ConvAlgo::Wgmma {
+            ensure_shape!(!padded, "conv3x3 {p}: Wgmma needs C a multiple of 8 (C = {})", p.c);
+            int("conv3x3 N*H*W*max(C, K)", pixels.saturating_mul(p.c.max(p.k)))?;
+        }
         let algos = match algo {
             ConvAlgo::Direct => [d; 3],
             ConvAlgo::Auto if !p.k.is_multiple_of(8) && p.c < 8 => [d; 3],
@@ -233,6 +245,7 @@ impl Conv3x3 {
             ConvAlgo::ImplicitGemm => [g, d, g],
             ConvAlgo::Winograd2x2 => [w, if padded { d } else { w }, g],
             ConvAlgo::Winograd4x4 => [w4, if padded { d } else { w4 }, g],
+            ConvAlgo::Wgmma => [ConvAlgo::Wgmma, ConvAlgo::Wgmma, g],
             ConvAlgo::Auto if p.c < 8 => [g, d, g],
             ConvAlgo::Auto if padded => [d, d, g],
             ConvAlgo::Auto => [w, w, g],
@@ -306,8 +319,8 @@ impl Conv3x3 {
     }
 
     /// What `pass` runs, as reports name it: `direct`, `igemm` (fprop), `igemm/MxN` (wgrad, its
-    /// block tile), `winograd4x4`, or `winograd2x2/flat` / `winograd2x2/rN` (region windows N
-    /// tiles wide).
+    /// block tile), `wgmma/MxN` (its block tile), `winograd4x4`, or `winograd2x2/flat` /
+    /// `winograd2x2/rN` (region windows N tiles wide).
     pub fn label(&self, pass: ConvPass) -> String {
         if pass == ConvPass::Wgrad && self.tc(pass) {
             let (m, n, _) = self.wgrad_tile();
@@ -318,6 +331,7 @@ impl Conv3x3 {
             (ConvAlgo::Winograd2x2, rw) => format!("winograd2x2/r{rw}"),
             (ConvAlgo::Winograd4x4, _) => "winograd4x4".into(),
             (ConvAlgo::ImplicitGemm, _) => "igemm".into(),
+            (ConvAlgo::Wgmma, _) => self.wgmma_label(pass),
             (ConvAlgo::Direct, _) => "direct".into(),
             (ConvAlgo::Auto, _) => "auto".into(),
         }
@@ -434,6 +448,7 @@ impl Conv3x3 {
         match pass {
             ConvPass::Fprop if self.padded(pass) => self.pad_offsets().1 + xp,
             ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
+            ConvPass::Dgrad if self.algo(pass) == ConvAlgo::Wgmma => self.wgmma_dgrad_bytes(),
             ConvPass::Fprop | ConvPass::Dgrad => self.u_bytes(pass),
             ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
         }
@@ -478,6 +493,9 @@ impl Conv3x3 {
         let src = self.tc_w(w, ws);
         if self.padded(pass) {
             self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
+        }
+        if pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::Wgmma {
+            return self.wgmma_rotate(&dev, w.arg(), ws);
         }
         let Some(points) = self.wino_points(pass) else {
             return Ok(()); // the implicit GEMM reads the (padded) filters as they are
@@ -577,7 +595,10 @@ impl Conv3x3 {
         };
         let relu = KArg::I32((epi == Epilogue::BiasRelu) as i32);
         let dims = self.dims(self.pass_c(ConvPass::Fprop))?;
-        if self.algo(ConvPass::Fprop) == ConvAlgo::ImplicitGemm {
+        if self.algo(ConvPass::Fprop) == ConvAlgo::Wgmma {
+            // KRSC filters are [cout][tap][cin] as they are.
+            self.wgmma_launch(&dev, ConvPass::Fprop, x.arg(), w.arg(), bias_arg, KArg::Ptr(0), y.arg_mut(), relu)
+        } else if self.algo(ConvPass::Fprop) == ConvAlgo::ImplicitGemm {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
             let wa = self.tc_w(w, ws);
             let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
@@ -653,7 +674,11 @@ impl Conv3x3 {
             None => KArg::Ptr(0),
         };
         let dims = self.dims(p.c)?;
-        if self.algo(ConvPass::Dgrad) == ConvAlgo::Winograd4x4 {
+        if self.algo(ConvPass::Dgrad) == ConvAlgo::Wgmma {
+            // ws holds the rotated filters, [C][9][K] (prepare_filter_dgrad).
+            let (none, no_relu) = (KArg::Ptr(0), KArg::I32(0));
+            self.wgmma_launch(&dev, ConvPass::Dgrad, dy.arg(), ws.arg(), none, mask, dx.arg_mut(), no_relu)
+        } else if self.algo(ConvPass::Dgrad) == ConvAlgo::Winograd4x4 {
             let cfg = self.wino4_config(p.c)?;
             let args = [dy.arg(), ws.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
             // SAFETY: (const __half* dy, const __half* u, const __half* mask, __half* dx, int n,

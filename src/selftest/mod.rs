@@ -89,6 +89,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "conv_wino4x4", run: conv::wino4x4 },
     Check { name: "conv_wgrad", run: conv::wgrad_tc },
     Check { name: "conv_igemm_fprop", run: conv::igemm_fprop },
+    Check { name: "conv_wgmma", run: conv::wgmma },
     Check { name: "softmax_xent", run: softmax::softmax_xent },
     Check { name: "softmax_fwd", run: softmax::softmax_fwd },
     Check { name: "dropout", run: dropout::dropout },

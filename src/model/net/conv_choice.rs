@@ -23,10 +23,14 @@ pub enum ConvChoice {
     /// The direct twin for every pass: slow, but its kernels fit any GPU's shared memory
     /// (the Winograd main loops need sm_90's 227 KB a block).
     Direct,
+    /// [`ConvAlgo::Wgmma`]'s implicit GEMM for the fprop and dgrad of every layer Auto runs by
+    /// Winograd (C and K multiples of 8); Auto's plan elsewhere. Needs wgmma (compute
+    /// capability 9.0, or emu).
+    Wgmma,
 }
 
 impl ConvChoice {
-    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct";
+    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct, wgmma";
 
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
@@ -35,6 +39,7 @@ impl ConvChoice {
             "winograd4x4" => ConvChoice::Winograd4x4,
             "tune" => ConvChoice::Tune,
             "direct" => ConvChoice::Direct,
+            "wgmma" => ConvChoice::Wgmma,
             _ => return Err(Error::Shape(format!("unknown conv algorithm `{s}` (expected {})", Self::NAMES))),
         })
     }
@@ -101,6 +106,8 @@ impl Vgg {
             let conv = match choice {
                 ConvChoice::Auto => base,
                 ConvChoice::Direct => Conv3x3::new(p, ConvAlgo::Direct)?,
+                ConvChoice::Wgmma if base.algo(ConvPass::Fprop).is_winograd() => Conv3x3::new(p, ConvAlgo::Wgmma)?,
+                ConvChoice::Wgmma => base,
                 ConvChoice::Winograd2x2 | ConvChoice::Winograd4x4 => {
                     let algo =
                         if choice == ConvChoice::Winograd2x2 { ConvAlgo::Winograd2x2 } else { ConvAlgo::Winograd4x4 };
