@@ -1,6 +1,6 @@
 // wgmma.cuh: Hopper's warpgroup MMA (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-
 // Accumulate", wgmma.mma_async; sm_90a only) behind helpers with an exact emulation, as in
-// ptx.cuh. Only the K-major, unswizzled operand layout is covered so far.
+// ptx.cuh. Only the unswizzled operand layouts (K-major and M/N-major) are covered so far.
 //
 // A warpgroup is 4 consecutive warps (threads 128 q .. 128 q + 127); all 128 threads issue the
 // same wgmma. D (64 x N, fp32) = A (64 x 16) * B (16 x N) + (acc ? D : 0), A and B fp16 in shared
@@ -12,6 +12,10 @@
 // adjacent in M (for A) or N (for B). Element (m, k) of A is at byte
 //   start + (m / 8) sbo + (k / 8) lbo + (m % 8) 16 + (k % 8) 2,
 // and (k, n) of B at start + (n / 8) sbo + (k / 8) lbo + (n % 8) 16 + (k % 8) 2.
+// M/N-major without swizzle (wgmma_ss<N, true, true>: imm-trans-a / -b = 1), as CUTLASS's
+// INTERLEAVE layout has it: core matrices of 8 K-rows x 8 M (or N) elements, 16 bytes a row;
+// lbo again between core matrices adjacent in K, sbo between those adjacent in M (N):
+//   start + (m / 8) sbo + (k / 8) lbo + (k % 8) 16 + (m % 8) 2.
 // Order of use: threads write the operands; wgmma_smem_fence() (their writes reach the async
 // proxy that wgmma reads through) and a barrier; wgmma_fence() (also whenever d was written by
 // ordinary instructions since the last wgmma); wgmma_ss calls; wgmma_commit() closes a group;
@@ -43,12 +47,18 @@ struct WgmmaLane {
   unsigned warp;
 };
 
+// Whether an operand is K-major (trans 0) or M/N-major (trans 1).
+struct WgmmaTrans {
+  bool a, b;
+};
+
 // One issued wgmma of one warp: its lanes' accumulators, operands and N.
 struct WgmmaOp {
   float* d[32];
   unsigned long long da, db;
   int acc, n;
   unsigned wg_warp;
+  WgmmaTrans trans;
 };
 
 // Per warp of the running block: wgmma's issued but not committed, and committed groups not
@@ -66,11 +76,12 @@ inline WgmmaWarp& wgmma_state(unsigned warp) {
   return w;
 }
 
-// Element (mn, k) of a K-major, unswizzled operand, as float.
-inline float wgmma_operand(unsigned long long desc, int mn, int k) {
+// Element (mn, k) of an unswizzled operand, K-major or (mn_major) M/N-major, as float.
+inline float wgmma_operand(unsigned long long desc, int mn, int k, bool mn_major) {
   const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
   if (desc >> 62) emu::fail("wgmma: descriptor 0x%016llx asks for a swizzled layout, which is not emulated", desc);
-  const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn % 8) * 16 + (k % 8) * 2;
+  const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+  const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + in_core;
   if (off + 2 > emu::dyn_smem_bytes())
     emu::fail("wgmma: descriptor 0x%016llx reads byte %zu of %zu of dynamic shared memory", desc, off,
               emu::dyn_smem_bytes());
@@ -82,9 +93,9 @@ inline float wgmma_operand(unsigned long long desc, int mn, int k) {
 inline void wgmma_run(const WgmmaOp& op) {
   float a[16][16], b[16][256];
   for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) a[r][k] = wgmma_operand(op.da, 16 * (int)op.wg_warp + r, k);
+    for (int k = 0; k < 16; ++k) a[r][k] = wgmma_operand(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a);
   for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < op.n; ++n) b[k][n] = wgmma_operand(op.db, n, k);
+    for (int n = 0; n < op.n; ++n) b[k][n] = wgmma_operand(op.db, n, k, op.trans.b);
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
     for (int j = 0; j < op.n / 8; ++j)
@@ -97,10 +108,10 @@ inline void wgmma_run(const WgmmaOp& op) {
   }
 }
 
-template <int N>
+template <int N, bool TransA, bool TransB>
 void wgmma_issue_collective(void* const* lanes, unsigned) {
   const WgmmaLane& l0 = *static_cast<const WgmmaLane*>(lanes[0]);
-  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4};
+  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}};
   for (int l = 0; l < 32; ++l) {
     const WgmmaLane& in = *static_cast<const WgmmaLane*>(lanes[l]);
     if (in.da != op.da || in.db != op.db || (in.acc != 0) != (op.acc != 0))
@@ -135,35 +146,46 @@ inline unsigned warp_in_block() { return (threadIdx.x + blockDim.x * (threadIdx.
 }  // namespace ptx_emu
 #else
 #if VGG_HAS_WGMMA
+// One struct per N (the asm operand list differs); TransA / TransB are the instruction's
+// imm-trans-a / imm-trans-b (1: the operand is M- / N-major).
 template <int N>
-__device__ __forceinline__ void wgmma_asm(float (&d)[N / 2], unsigned long long da, unsigned long long db, int acc);
+struct WgmmaAsm;
 
 template <>
-__device__ __forceinline__ void wgmma_asm<64>(float (&d)[32], unsigned long long da, unsigned long long db, int acc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db), "r"(acc));
-}
+struct WgmmaAsm<64> {
+  template <int TransA, int TransB>
+  static __device__ __forceinline__ void run(float (&d)[32], unsigned long long da, unsigned long long db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc), "n"(TransA), "n"(TransB));
+  }
+};
 
 template <>
-__device__ __forceinline__ void wgmma_asm<128>(float (&d)[64], unsigned long long da, unsigned long long db, int acc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(acc));
-}
+struct WgmmaAsm<128> {
+  template <int TransA, int TransB>
+  static __device__ __forceinline__ void run(float (&d)[64], unsigned long long da, unsigned long long db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc), "n"(TransA), "n"(TransB));
+  }
+};
 
 template <>
-__device__ __forceinline__ void wgmma_asm<256>(float (&d)[128], unsigned long long da, unsigned long long db, int acc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(da), "l"(db), "r"(acc));
-}
+struct WgmmaAsm<256> {
+  template <int TransA, int TransB>
+  static __device__ __forceinline__ void run(float (&d)[128], unsigned long long da, unsigned long long db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(acc), "n"(TransA), "n"(TransB));
+  }
+};
 #endif  // VGG_HAS_WGMMA
 #endif  // __CUDA_ARCH__
 
@@ -202,21 +224,22 @@ __device__ __forceinline__ void wgmma_fence() {
 #endif
 }
 
-// D (64 x N) = A * B + (acc ? D : 0), N = 64, 128 or 256 (see the header).
-template <int N>
+// D (64 x N) = A * B + (acc ? D : 0), N = 64, 128 or 256 (see the header); TransA / TransB:
+// A is M-major / B is N-major (the header's MN-major layout) instead of K-major.
+template <int N, bool TransA = false, bool TransB = false>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long da, unsigned long long db,
                                          int acc PTX_SITE_PARAMS) {
   static_assert(N == 64 || N == 128 || N == 256, "wgmma_ss: N is 64, 128 or 256");
 #ifdef __CUDA_ARCH__
 #if VGG_HAS_WGMMA
-  wgmma_asm<N>(d, da, db, acc);
+  WgmmaAsm<N>::template run<TransA ? 1 : 0, TransB ? 1 : 0>(d, da, db, acc);
 #else
   __trap();
 #endif
 #else
   ptx_emu::WgmmaLane me{d, da, db, acc, ptx_emu::warp_in_block()};
   emu::warp_collective(ptx_emu::kFullWarp, "wgmma.mma_async", site_file, site_line, &me,
-                       &ptx_emu::wgmma_issue_collective<N>);
+                       &ptx_emu::wgmma_issue_collective<N, TransA, TransB>);
 #endif
 }
 

@@ -9,17 +9,21 @@
 //     A: 64 x 16 row-major fp16, Bt: N x 16 row-major fp16 (B transposed: K-major),
 //     C, D: 64 x N row-major fp32; D = A Bt^T + (acc ? C : 0). lbo / sbo: the operands' core
 //     matrix strides in bytes (A within its 2048 bytes, B within the 32 N after it).
+//   prim_wgmma_mn_n64 / prim_wgmma_mn_n256: the same, A and B staged M/N-major (wgmma.cuh)
 //   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
 #include "wgmma.cuh"
 
-template <int N, bool kEarly = false>
+template <int N, bool kEarly = false, bool kMN = false>
 __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
                                            int sbo_a, int lbo_b, int sbo_b, int acc) {
   VGG_DYN_SHARED(unsigned char, smem);
   unsigned char* const sa = smem;
   unsigned char* const sb = smem + 2048;
+  // K-major: a core matrix row is 8 consecutive k of one m (n); M/N-major: 8 consecutive m (n)
+  // of one k.
   auto at = [](unsigned char* base, int mn, int k, int lbo, int sbo) {
-    return reinterpret_cast<__half*>(base + (mn / 8) * sbo + (k / 8) * lbo + (mn % 8) * 16 + (k % 8) * 2);
+    const int in_core = kMN ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+    return reinterpret_cast<__half*>(base + (mn / 8) * sbo + (k / 8) * lbo + in_core);
   };
   for (int i = threadIdx.x; i < 64 * 16; i += 128) *at(sa, i / 16, i % 16, lbo_a, sbo_a) = A[i];
   for (int i = threadIdx.x; i < N * 16; i += 128) *at(sb, i / 16, i % 16, lbo_b, sbo_b) = Bt[i];
@@ -32,7 +36,7 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
   for (int j = 0; j < N / 8; ++j)
     for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
   wgmma_fence();
-  wgmma_ss<N>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
+  wgmma_ss<N, kMN, kMN>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
   wgmma_commit();
   if (!kEarly) wgmma_wait<0>();
   for (int j = 0; j < N / 8; ++j)
@@ -48,6 +52,17 @@ extern "C" __global__ void prim_wgmma_n64(const __half* A, const __half* Bt, con
 extern "C" __global__ void prim_wgmma_n256(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
                                            int sbo_a, int lbo_b, int sbo_b, int acc) {
   wgmma_test<256>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+}
+
+// The same with both operands M/N-major (imm-trans-a = imm-trans-b = 1).
+extern "C" __global__ void prim_wgmma_mn_n64(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
+                                             int sbo_a, int lbo_b, int sbo_b, int acc) {
+  wgmma_test<64, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+}
+
+extern "C" __global__ void prim_wgmma_mn_n256(const __half* A, const __half* Bt, const float* C, float* D,
+                                              int lbo_a, int sbo_a, int lbo_b, int sbo_b, int acc) {
+  wgmma_test<256, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
 }
 
 // Emulator only (on a GPU the result is undefined): D written from d before the wait, as a

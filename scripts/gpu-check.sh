@@ -58,11 +58,11 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"
 fi
-# The wgmma implicit GEMM (fprop, dgrad) on every 3x3 layer but conv1_1, ours only (cuDNN's rows
-# are bench-conv's): the first timing of a wgmma kernel of ours (predictions in bench/NOTES.md,
-# "A wgmma conv").
+# The wgmma implicit GEMM (fprop, dgrad, wgrad) on every 3x3 layer but conv1_1, ours only
+# (cuDNN's rows are bench-conv's): the first timing of a wgmma kernel of ours (predictions in
+# bench/NOTES.md, "A wgmma conv").
 if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
-  step bench-conv-wgmma 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
+  step bench-conv-wgmma 90 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --json "$RAW/bench-conv-wgmma.json"
 fi
@@ -84,7 +84,7 @@ if "$VGG" bench train --help 2>/dev/null | grep -q -- --profile; then
   step bench-train-profile 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 5 --profile \
     --json "$RAW/bench-train-profile.json"
 fi
-# Training steps with the wgmma convs (fprop, dgrad) in place of Winograd, profiled: the step
+# Training steps with the wgmma convs (all three passes) in place of Auto's, profiled: the step
 # time the wgmma kernels would give VGG-16 (bench/NOTES.md, "A wgmma conv").
 if "$VGG" bench train --help 2>/dev/null | grep -q wgmma; then
   step bench-train-wgmma 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 10 \

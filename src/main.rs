@@ -204,7 +204,7 @@ struct BenchConvArgs {
     #[arg(long, default_value = "fprop,dgrad,wgrad")]
     passes: String,
     /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm, wgmma (implicit GEMM on
-    /// Hopper's wgmma: fprop and dgrad).
+    /// Hopper's wgmma, all three passes).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// How Winograd groups its tiles: auto, flat, region (see kernels/winograd_conv.cu).

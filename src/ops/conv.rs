@@ -37,6 +37,10 @@ const IGEMM_WGRAD_M128N256: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m128n256
 const IGEMM_WGRAD_M64: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64_f16");
 const IGEMM_WGRAD_M64N128: Kernel = kern("conv_wgrad", "igemm3x3_wgrad_m64n128_f16");
 const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
+/// wgmma wgrad: 128 k x 256 columns a block, 64 pixels a stage, a 4-buffer ring of 48 KB
+/// (kernels/conv_wgrad_wgmma.cu).
+const IGEMM_WGRAD_WGMMA: Kernel = kern("conv_wgrad_wgmma", "igemm3x3_wgrad_wgmma_f16");
+const WGRAD_WGMMA_SMEM: u32 = 4 * 64 * (128 + 256) * 2;
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
 /// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads; shared memory for
@@ -124,9 +128,9 @@ pub enum ConvAlgo {
     /// not pick it: which variant is faster per layer is measured, by `vgg bench conv --algo`
     /// or at run time by [`crate::ops::conv_tune::tune`].
     Winograd4x4,
-    /// Implicit GEMM on Hopper's warpgroup MMA (kernels/conv_wgmma.cu) for fprop and dgrad
-    /// (exact fp16 products, fp32 accumulation); wgrad resolves to ImplicitGemm. C and K
-    /// multiples of 8, N H W max(C, K) below 2^31. Runs where [`Device::has_wgmma`] (the emu
+    /// Implicit GEMM on Hopper's warpgroup MMA for all three passes (kernels/conv_wgmma.cu:
+    /// fprop, dgrad; kernels/conv_wgrad_wgmma.cu: wgrad, into the same per-chunk partial sums
+    /// as ImplicitGemm's), exact fp16 products, fp32 accumulation. C and K multiples of 8, N H W max(C, K) below 2^31. Runs where [`Device::has_wgmma`] (the emu
     /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. Auto does
     /// not pick it until it is measured on the GPU.
     Wgmma,
@@ -245,7 +249,7 @@ impl Conv3x3 {
             ConvAlgo::ImplicitGemm => [g, d, g],
             ConvAlgo::Winograd2x2 => [w, if padded { d } else { w }, g],
             ConvAlgo::Winograd4x4 => [w4, if padded { d } else { w4 }, g],
-            ConvAlgo::Wgmma => [ConvAlgo::Wgmma, ConvAlgo::Wgmma, g],
+            ConvAlgo::Wgmma => [ConvAlgo::Wgmma; 3],
             ConvAlgo::Auto if p.c < 8 => [g, d, g],
             ConvAlgo::Auto if padded => [d, d, g],
             ConvAlgo::Auto => [w, w, g],
@@ -324,7 +328,8 @@ impl Conv3x3 {
     pub fn label(&self, pass: ConvPass) -> String {
         if pass == ConvPass::Wgrad && self.tc(pass) {
             let (m, n, _) = self.wgrad_tile();
-            return format!("igemm/{m}x{n}");
+            let family = if self.algo(pass) == ConvAlgo::Wgmma { "wgmma" } else { "igemm" };
+            return format!("{family}/{m}x{n}");
         }
         match (self.algo(pass), self.wino_region_width()) {
             (ConvAlgo::Winograd2x2, 0) => "winograd2x2/flat".into(),
@@ -400,6 +405,9 @@ impl Conv3x3 {
     /// (VGG's conv2_2 on), whose 64 x 64 warp tiles read ~30% fewer shared-memory bytes a flop
     /// (bench/NOTES.md); else 128 x 128.
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
+        if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
+            return (128, 256, &IGEMM_WGRAD_WGMMA);
+        }
         let cols = 9 * self.cp;
         match (self.problem.k <= 64, cols <= 128, cols.next_multiple_of(256) * 8 <= cols * 9) {
             (true, true, _) => (64, 128, &IGEMM_WGRAD_M64N128),
@@ -425,7 +433,11 @@ impl Conv3x3 {
         let want = if self.tc(ConvPass::Wgrad) {
             let (m, n, _) = self.wgrad_tile();
             let base = (9 * self.cp).div_ceil(n) * p.k.div_ceil(m);
-            WG_TARGET_BLOCKS.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
+            // The wgmma kernel runs one block an SM (196 KB of shared memory): two waves of it
+            // keep the SMs as busy, with half the partial sums to write and reduce.
+            let target =
+                if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma { WG_TARGET_BLOCKS / 2 } else { WG_TARGET_BLOCKS };
+            target.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
         } else {
             pixels.div_ceil(DIRECT_WG_CHUNK).clamp(1, DIRECT_WG_MAX_SPLITS)
         };
@@ -729,11 +741,15 @@ impl Conv3x3 {
         if self.tc(ConvPass::Wgrad) {
             let xa = self.tc_x(&dev, ConvPass::Wgrad, x, ws)?;
             let (m, n, kernel) = self.wgrad_tile();
+            let wgmma = self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma;
+            if wgmma {
+                self.need_wgmma(&dev)?;
+            }
             let grid = ((9 * self.cp).div_ceil(n), p.k.div_ceil(m), chunks);
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
-                shared_bytes: (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
+                shared_bytes: if wgmma { WGRAD_WGMMA_SMEM } else { (4 * WG_P * (m + 8 + n + 8) * 2) as u32 },
             };
             let args = [
                 xa,

@@ -244,14 +244,16 @@ pub fn wino4x4(dev: &Device) -> Result<Vec<CheckRow>> {
     fprop_dgrad(dev, w, w, WinoTiling::Auto, ["wino4x4_fprop_f16", "wino4x4_dgrad_f16"])
 }
 
-/// The wgmma implicit GEMM's fprop and dgrad (C and K multiples of 8), where the device has
-/// wgmma (emu, compute capability 9.0).
+/// The wgmma implicit GEMM's three passes (C and K multiples of 8), where the device has wgmma
+/// (emu, compute capability 9.0).
 pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     if !dev.has_wgmma() {
         return Ok(vec![]);
     }
     let g = ConvAlgo::Wgmma;
-    fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_wgmma_f16", "conv_rot180_f16 + igemm3x3_wgmma_f16"])
+    let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"])?;
+    rows.extend(wgrad(dev, g, g)?);
+    Ok(rows)
 }
 
 /// The tensor-core implicit-GEMM fprop of layers with C <= 8 (C = 8 read as is, smaller C

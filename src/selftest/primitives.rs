@@ -139,13 +139,20 @@ pub fn cp_async(dev: &Device) -> Result<Vec<CheckRow>> {
 /// N) plus C, and with scale-d off (C ignored), for N = 64 and 256, the operands in two arrangements
 /// of their core matrices (K neighbours adjacent: lbo 128, sbo 256; M / N neighbours adjacent:
 /// lbo = rows / 8 x 128, sbo 128), so that lbo and sbo swapped, or a wrong accumulator layout,
-/// fail. Not run where wgmma cannot (a GPU other than sm_90).
+/// fail; with K-major operands and with M/N-major ones (the transposed instruction). Not run
+/// where wgmma cannot (a GPU other than sm_90).
 pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     if !dev.has_wgmma() {
         return Ok(rows);
     }
-    for (n, name) in [(64usize, "prim_wgmma_n64"), (256, "prim_wgmma_n256")] {
+    let kernels = [
+        (64usize, "prim_wgmma_n64", "k-major"),
+        (256, "prim_wgmma_n256", "k-major"),
+        (64, "prim_wgmma_mn_n64", "mn-major"),
+        (256, "prim_wgmma_mn_n256", "mn-major"),
+    ];
+    for (n, name, major) in kernels {
         let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: (2048 + 32 * n) as u32 };
         for (layout, (lbo_a, sbo_a, lbo_b, sbo_b)) in
             [("k-adjacent", (128, 256, 128, 256)), ("mn-adjacent", (1024, 128, 16 * n, 128))]
@@ -184,7 +191,7 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
                 } else {
                     (compare(&got, &want), Bound::Exact)
                 };
-                rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {layout} {kind}"), cmp, bound));
+                rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {major} {layout} {kind}"), cmp, bound));
             }
         }
     }

@@ -108,7 +108,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cuda")]
     pub device: String,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
-    /// shared memory), wgmma (implicit GEMM on Hopper's wgmma where Auto runs Winograd), or tune (time each layer's Winograd variants on the device before the
+    /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
+    /// tune (time each layer's Winograd variants on the device before the
     /// first step and keep the fastest; timing can choose differently from run to run, so a
     /// resumed run repeats its losses bit for bit only under a fixed choice).
     #[arg(long, default_value = "auto")]

@@ -23,7 +23,7 @@ pub enum ConvChoice {
     /// The direct twin for every pass: slow, but its kernels fit any GPU's shared memory
     /// (the Winograd main loops need sm_90's 227 KB a block).
     Direct,
-    /// [`ConvAlgo::Wgmma`]'s implicit GEMM for the fprop and dgrad of every layer Auto runs by
+    /// [`ConvAlgo::Wgmma`]'s implicit GEMMs for all three passes of every layer Auto runs by
     /// Winograd (C and K multiples of 8); Auto's plan elsewhere. Needs wgmma (compute
     /// capability 9.0, or emu).
     Wgmma,

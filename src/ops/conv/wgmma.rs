@@ -27,6 +27,19 @@ impl Conv3x3 {
         format!("wgmma/{PIX}x{}", tile(cout).0)
     }
 
+    /// An error unless `dev` runs wgmma kernels.
+    pub(super) fn need_wgmma(&self, dev: &Device) -> Result<()> {
+        if dev.has_wgmma() {
+            return Ok(());
+        }
+        Err(Error::Shape(format!(
+            "conv3x3 {}: {:?} needs wgmma (compute capability 9.0: H100 / H200); {} has none",
+            self.problem,
+            ConvAlgo::Wgmma,
+            dev.name()
+        )))
+    }
+
     /// Bytes of the dgrad's rotated filters (C x 9 x K fp16) in the workspace.
     pub(super) fn wgmma_dgrad_bytes(&self) -> usize {
         let p = &self.problem;
@@ -58,13 +71,7 @@ impl Conv3x3 {
         relu: KArg,
     ) -> Result<()> {
         let p = &self.problem;
-        if !dev.has_wgmma() {
-            return Err(Error::Shape(format!(
-                "conv3x3 {p}: {:?} needs wgmma (compute capability 9.0: H100 / H200); {} has none",
-                ConvAlgo::Wgmma,
-                dev.name()
-            )));
-        }
+        self.need_wgmma(dev)?;
         let (cin, cout) = if pass == ConvPass::Dgrad { (p.k, p.c) } else { (p.c, p.k) };
         let (out, kernel, smem) = tile(cout);
         let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(out);
