@@ -33,6 +33,9 @@ pub struct KernelResources {
     pub stack_bytes: u32,
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
+    /// ptxas serialized the kernel's wgmma's (its note C7515: other instructions write the
+    /// accumulators while wgmma's are in flight), a silent loss of most of their speed.
+    pub wgmma_serialized: bool,
 }
 
 const NVRTC_ERROR_INVALID_OPTION: c_int = 5;
@@ -159,6 +162,10 @@ pub fn compile_with(cfg: &Config, locations: &[(&str, PathBuf)]) -> Outcome {
                 if k.spill_store_bytes + k.spill_load_bytes > 0 {
                     let n = &k.name;
                     println!("cargo:warning=kernel `{n}` ({name}.cu, {tname}) spills: {k:?}");
+                }
+                if k.wgmma_serialized {
+                    let n = &k.name;
+                    println!("cargo:warning=kernel `{n}` ({name}.cu, {tname}): ptxas serialized its wgmma's (C7515)");
                 }
             }
         }
@@ -326,6 +333,14 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelResources> {
             kernels[k].registers = num(line, "registers");
             kernels[k].shared_bytes = num(line, "bytes smem");
             entry = None;
+        }
+    }
+    // "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are
+    // serialized due to ... in the function 'k'" (before the function's own lines).
+    for line in log.lines().filter(|l| l.contains("(C7515)")) {
+        let name = line.rsplit_once("in the function '").and_then(|(_, r)| r.split('\'').next());
+        for k in kernels.iter_mut().filter(|k| Some(k.name.as_str()) == name) {
+            k.wgmma_serialized = true;
         }
     }
     kernels

@@ -18,7 +18,9 @@
 // copies pixel tid & 63 of each stage, channel blocks (tid >> 6) + 4 j: the 8 lanes of a store
 // phase write 8 consecutive 16-byte units. Since C is a multiple of 8 an 8-column block lies in
 // one tap: each of the thread's B blocks has a fixed tap and channel, worked out once.
-// Pixels past the chunk's end or the image count as zeros (zero-filled copies).
+// Pixels past the chunk's end or the image count as zeros (zero-filled copies). Offsets are
+// 32-bit (N H W max(C, K) < 2^31, src/ops/conv.rs): with 64-bit ones ptxas serialized the
+// wgmma's (its C7515 note, which the build reports; tests/build_artifacts.rs fails on it).
 // db: the blocks of column block 0 also sum their dY tiles from shared memory: thread -> k =
 // tid & 127, pixels 32 (tid >> 7) .. + 31 of each stage; the two halves meet in shared memory in
 // a fixed order at the end. Deterministic: no atomics, fixed orders throughout.
@@ -73,13 +75,13 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const bool ok = p_ok && (a_ok >> j & 1u);
-            cp_async_16(buf + 4096 * j, ok ? dy + (long long)p * k + a_col[j] : dy, ok);
+            cp_async_16(buf + 4096 * j, ok ? dy + p * k + a_col[j] : dy, ok);
         }
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int iy = oy + b_dy[j], ix = ox + b_dx[j];
             const bool ok = p_ok && (b_ok >> j & 1u) && iy >= 0 && iy < h && ix >= 0 && ix < w;
-            cp_async_16(buf + kABytes + 4096 * j, ok ? x + (long long)p * c + b_off[j] : x, ok);
+            cp_async_16(buf + kABytes + 4096 * j, ok ? x + p * c + b_off[j] : x, ok);
         }
     };
     const unsigned long long da0 = wgmma_desc(smem + wg * 8192, 128, 1024);
@@ -103,20 +105,21 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         __syncthreads();
         load(s + 2);
         cp_async_commit();
+        if (do_db) {
+            // dY[p][k] of this stage: channel block db_k / 8, pixel block q / 8, row q % 8. Summed
+            // before the wgmma's are issued: ptxas serializes wgmma's (C7515) when other
+            // instructions run while they are in flight and it cannot tell their registers apart.
+            const unsigned char* const a = smem + (s % kBufs) * kBufBytes + (db_k / 8) * 1024 + (db_k % 8) * 2;
+#pragma unroll 8
+            for (int q = 32 * db_half; q < 32 * db_half + 32; ++q)
+                db_sum += __half2float(*reinterpret_cast<const __half*>(a + (q / 8) * 128 + (q % 8) * 16));
+        }
         const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
         wgmma_fence();
 #pragma unroll
         for (int k16 = 0; k16 < kP / 16; ++k16)  // pixel blocks 2 k16, 2 k16 + 1: 256 bytes on
             wgmma_ss<kN, true, true>(acc, da0 + stage + 16 * k16, db0 + stage + 16 * k16, 1);
         wgmma_commit();
-        if (do_db) {
-            // dY[p][k] of this stage: channel block db_k / 8, pixel block q / 8, row q % 8. The
-            // buffer stays untouched until the barrier of stage s + 2.
-            const unsigned char* const a = smem + (s % kBufs) * kBufBytes + (db_k / 8) * 1024 + (db_k % 8) * 2;
-#pragma unroll 8
-            for (int q = 32 * db_half; q < 32 * db_half + 32; ++q)
-                db_sum += __half2float(*reinterpret_cast<const __half*>(a + (q / 8) * 128 + (q % 8) * 16));
-        }
         wgmma_wait<1>();
     }
     wgmma_wait<0>();

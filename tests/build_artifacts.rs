@@ -38,6 +38,15 @@ fn every_kernel_file_is_embedded() {
     assert_eq!(MODULES.len(), files.len(), "embedded modules vs kernels/*.cu");
 }
 
+/// ptxas serializes a kernel's wgmma's when other instructions may write their accumulators
+/// while they run (its note C7515); the build records it, and no shipped kernel may have it.
+#[test]
+fn no_kernel_serializes_its_wgmma() {
+    let serialized: Vec<String> =
+        all_resources().filter(|(_, k)| k.wgmma_serialized).map(|(m, k)| format!("{m}::{}", k.name)).collect();
+    assert!(serialized.is_empty(), "ptxas serialized the wgmma's of {serialized:?}");
+}
+
 #[test]
 fn no_shipped_kernel_spills() {
     let spills: Vec<String> = all_resources()

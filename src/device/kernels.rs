@@ -11,6 +11,8 @@ pub struct KernelResources {
     pub stack_bytes: u32,
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
+    /// ptxas serialized the kernel's wgmma's (note C7515): they run one at a time.
+    pub wgmma_serialized: bool,
 }
 
 /// One compiled `kernels/<name>.cu`.
