@@ -38,7 +38,28 @@
 
 #ifndef __CUDA_ARCH__
 #include <vector>
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
 namespace ptx_emu {
+
+// The wgmma state below belongs to the OS thread that runs the block; its fibers reach it only
+// inside warp collectives, one at a time, in an order the scheduler imposes. ThreadSanitizer
+// sees fibers as threads, so each collective brackets its accesses with an acquire and a
+// release of one address: that order, made visible (scripts/emu-tsan).
+inline char wgmma_tsan_order;
+struct WgmmaOrdered {
+  WgmmaOrdered() {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_acquire(&wgmma_tsan_order);
+#endif
+  }
+  ~WgmmaOrdered() {
+#if defined(__SANITIZE_THREAD__)
+    __tsan_release(&wgmma_tsan_order);
+#endif
+  }
+};
 
 struct WgmmaLane {
   float* d;
@@ -70,7 +91,9 @@ struct WgmmaWarp {
 };
 
 inline WgmmaWarp& wgmma_state(unsigned warp) {
-  static thread_local WgmmaWarp state[32];
+  // A constant-initialized pointer: no lazy-initialization guard for fibers to race on.
+  static thread_local WgmmaWarp* state = nullptr;
+  if (!state) state = new WgmmaWarp[32];  // one per OS thread, kept for its lifetime
   WgmmaWarp& w = state[warp % 32];
   if (w.block != emu::block_serial()) w = WgmmaWarp{emu::block_serial(), {}, {}};
   return w;
@@ -110,6 +133,7 @@ inline void wgmma_run(const WgmmaOp& op) {
 
 template <int N, bool TransA, bool TransB>
 void wgmma_issue_collective(void* const* lanes, unsigned) {
+  WgmmaOrdered ordered;
   const WgmmaLane& l0 = *static_cast<const WgmmaLane*>(lanes[0]);
   WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}};
   for (int l = 0; l < 32; ++l) {
@@ -122,6 +146,7 @@ void wgmma_issue_collective(void* const* lanes, unsigned) {
 }
 
 inline void wgmma_commit_collective(void* const* lanes, unsigned) {
+  WgmmaOrdered ordered;
   WgmmaWarp& w = wgmma_state(*static_cast<const unsigned*>(lanes[0]));
   w.groups.push_back(std::move(w.open));
   w.open.clear();
@@ -133,6 +158,7 @@ struct WgmmaWaitLane {
 };
 
 inline void wgmma_wait_collective(void* const* lanes, unsigned) {
+  WgmmaOrdered ordered;
   const WgmmaWaitLane& l0 = *static_cast<const WgmmaWaitLane*>(lanes[0]);
   WgmmaWarp& w = wgmma_state(l0.warp);
   while ((int)w.groups.size() > l0.pending) {
