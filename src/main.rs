@@ -132,8 +132,8 @@ struct BenchTrainArgs {
     warmup: Option<usize>,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
     /// shared memory), wgmma (implicit GEMM on Hopper's wgmma where Auto runs Winograd), or
-    /// tune (time each layer's Winograd variants on the device first, untimed, and keep the
-    /// fastest).
+    /// tune (time each layer's variants, Winograd and wgmma, on the device first, untimed,
+    /// and keep the fastest).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
     /// Queue the timed steps with nothing read back (the loss scale kept on the device) and

@@ -30,6 +30,20 @@ fn with_pass_algo_switches_only_winograd_passes() {
     // The first layer's dgrad is Direct under Auto: not a Winograd pass.
     let first = Conv3x3::new(ConvProblem::new(1, 6, 6, 3, 16), ConvAlgo::Auto).unwrap();
     bad(first.with_pass_algo(ConvPass::Dgrad, F4), "runs Direct");
+    // wgmma: for a Winograd fprop / dgrad and an ImplicitGemm wgrad, and back; not with C padded
+    // (C = 12: Winograd fprop on 16 padded channels), and wgrad not to Winograd.
+    let wg = ConvAlgo::Wgmma;
+    let c = auto.with_pass_algo(ConvPass::Fprop, wg).unwrap().with_pass_algo(ConvPass::Wgrad, wg).unwrap();
+    assert_eq!([ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.algo(q)), [wg, F2, wg]);
+    assert_eq!(c.with_pass_algo(ConvPass::Fprop, F4).unwrap().algo(ConvPass::Fprop), F4);
+    assert_eq!(
+        c.with_pass_algo(ConvPass::Wgrad, ConvAlgo::ImplicitGemm).unwrap().label(ConvPass::Wgrad),
+        "igemm/64x256"
+    );
+    assert_eq!(c.label(ConvPass::Wgrad), "wgmma/128x256");
+    bad(c.with_pass_algo(ConvPass::Wgrad, F2), "Wgrad");
+    let padded = Conv3x3::new(ConvProblem::new(1, 6, 6, 12, 16), ConvAlgo::Auto).unwrap();
+    bad(padded.with_pass_algo(ConvPass::Fprop, wg), "Wgmma");
 }
 
 #[test]
@@ -38,28 +52,40 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    assert_eq!(t.timings.len(), 6, "3 variants x 2 passes: {:?}", t.timings);
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma, wgrad
+    // under the mma.sync and the wgmma implicit GEMM.
+    let fd: Vec<WinoVariant> = WinoVariant::ALL.into_iter().chain([WinoVariant::Wgmma]).collect();
+    let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma];
+    assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
     assert!(t.timings.iter().all(|x| x.ms > 0.0 && x.ms.is_finite()), "{:?}", t.timings);
-    // Recompute the rule from the reported times: the least fprop + dgrad over the pairs that
-    // do not mix F(2x2) flat with F(2x2) region.
+    // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
+    // triples that do not mix F(2x2) flat with F(2x2) region.
     let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
-    let f2 = |v: WinoVariant| v != WinoVariant::F4;
+    let f2 = |v: WinoVariant| matches!(v, WinoVariant::F2Flat | WinoVariant::F2Region);
     let mut best = (f64::INFINITY, None);
-    for f in WinoVariant::ALL {
-        for d in WinoVariant::ALL {
+    for &f in &fd {
+        for &d in &fd {
             if f2(f) && f2(d) && f != d {
                 continue;
             }
-            let cost = time(ConvPass::Fprop, f) + time(ConvPass::Dgrad, d);
-            if cost < best.0 {
-                best = (cost, Some([f, d]));
+            for g in wgrad {
+                let cost = time(ConvPass::Fprop, f) + time(ConvPass::Dgrad, d) + time(ConvPass::Wgrad, g);
+                if cost < best.0 {
+                    best = (cost, Some([f, d, g]));
+                }
             }
         }
     }
-    let [f, d] = best.1.unwrap();
-    assert_eq!(t.chosen, [Some(f), Some(d)]);
-    let algo = |v: WinoVariant| if v == WinoVariant::F4 { F4 } else { F2 };
-    assert_eq!([t.conv.algo(ConvPass::Fprop), t.conv.algo(ConvPass::Dgrad)], [algo(f), algo(d)]);
+    let [f, d, g] = best.1.unwrap();
+    assert_eq!(t.chosen, [Some(f), Some(d), Some(g)]);
+    let algo = |v: WinoVariant| match v {
+        WinoVariant::F4 => F4,
+        WinoVariant::Wgmma => ConvAlgo::Wgmma,
+        WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
+        _ => F2,
+    };
+    let algos = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| t.conv.algo(q));
+    assert_eq!(algos, [algo(f), algo(d), algo(g)]);
     if let Some(v) = [f, d].into_iter().find(|&v| f2(v)) {
         let want = if v == WinoVariant::F2Flat { WinoTiling::Flat } else { WinoTiling::Region };
         assert_eq!(t.conv.wino_tiling(), want);
@@ -87,7 +113,7 @@ fn tune_leaves_a_plan_without_winograd_passes_alone() {
     let base = Conv3x3::new(ConvProblem::new(1, 6, 7, 3, 16), ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
     assert!(t.timings.is_empty());
-    assert_eq!(t.chosen, [None, None]);
+    assert_eq!(t.chosen, [None; 3]);
     let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.algo(q));
     assert_eq!(algos(&t.conv), algos(&base));
 }
@@ -126,7 +152,8 @@ fn model_conv_choice_replans_layers_and_memory() {
         assert_eq!(layers[0].fprop(), ConvAlgo::ImplicitGemm);
         for l in &layers[1..] {
             for a in [l.fprop(), l.dgrad()] {
-                assert!(a == F4 || (choice == ConvChoice::Tune && a == F2), "{choice:?}: {}", l.summary());
+                let tuned = choice == ConvChoice::Tune && (a == F2 || a == ConvAlgo::Wgmma);
+                assert!(a == F4 || tuned, "{choice:?}: {}", l.summary());
             }
         }
         // What the model allocated is the plan of its (new) conv plans.

@@ -272,17 +272,32 @@ impl Conv3x3 {
     /// (Winograd2x2 or Winograd4x4) instead of the other: a tuner's per-pass choice. Any other
     /// change (a pass that is not Winograd, another algorithm) is an `Error::Shape`, as
     /// [`Conv3x3::new`] decides the rest.
+    ///
+    /// Also, where C is a multiple of 8 (and N H W max(C, K) below 2^31): a Winograd fprop or
+    /// dgrad may switch to [`ConvAlgo::Wgmma`] and back, and an ImplicitGemm wgrad to Wgmma and
+    /// back.
     pub fn with_pass_algo(mut self, pass: ConvPass, algo: ConvAlgo) -> Result<Self> {
-        if pass == ConvPass::Wgrad || !algo.is_winograd() || !self.algo(pass).is_winograd() {
+        let (cur, wg) = (self.algo(pass), ConvAlgo::Wgmma);
+        let swappable = |a: ConvAlgo| match pass {
+            ConvPass::Wgrad => a == ConvAlgo::ImplicitGemm || a == wg,
+            _ => a.is_winograd() || a == wg,
+        };
+        let wgmma_ok = || !self.padded(pass) && self.wgmma_fits();
+        if !swappable(cur) || !swappable(algo) || ((cur == wg || algo == wg) && !wgmma_ok()) {
             return Err(Error::Shape(format!(
-                "conv3x3 {}: {pass:?} runs {:?}; only a Winograd pass can switch, and only to Winograd2x2 or \
-                 Winograd4x4 (asked: {algo:?})",
-                self.problem,
-                self.algo(pass)
+                "conv3x3 {}: {pass:?} runs {:?}; only a Winograd fprop / dgrad can switch (to Winograd2x2, \
+                 Winograd4x4 or, C a multiple of 8, Wgmma), or an ImplicitGemm wgrad to Wgmma (asked: {algo:?})",
+                self.problem, cur
             )));
         }
         self.algos[pass as usize] = algo;
         Ok(self)
+    }
+
+    /// Whether the wgmma kernels' 32-bit offsets cover this problem: N H W max(C, K) < 2^31.
+    fn wgmma_fits(&self) -> bool {
+        let p = &self.problem;
+        p.n.saturating_mul(p.h).saturating_mul(p.w).saturating_mul(p.c.max(p.k)) <= i32::MAX as usize
     }
 
     /// The Winograd tiling the plan asks for (F(2x2) only; see [`Conv3x3::wino_region_width`]).

@@ -1,8 +1,11 @@
-//! Picks each Winograd pass's variant of a planned 3x3 convolution by timing it on the device,
-//! as cuDNN's benchmark mode does: F(2x2) with flat tiles, F(2x2) with region windows, or
-//! F(4x4). Which is faster depends on the layer (region tiling saves L2 traffic but idles slots
-//! on small images; F(4x4) does 44% fewer products but a costlier input transform), and on the
-//! card, so no fixed rule chooses as well as a measurement there.
+//! Picks each pass's variant of a planned 3x3 convolution by timing it on the device, as
+//! cuDNN's benchmark mode does. fprop and dgrad: F(2x2) with flat tiles, F(2x2) with region
+//! windows, F(4x4), and, where the device has wgmma and C is a multiple of 8, the wgmma
+//! implicit GEMM; wgrad: the mma.sync implicit GEMM or the wgmma one. Which is faster depends
+//! on the layer (region tiling saves L2 traffic but idles slots on small images; F(4x4) does
+//! 44% fewer products but a costlier input transform; wgmma does all the products at the
+//! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
+//! there.
 //!
 //! Inputs are zeros: the kernels' work and memory traffic do not depend on the values.
 //! On the emu device the times are the emulator's, which says nothing about a GPU; the choice
@@ -12,15 +15,21 @@ use super::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use crate::{Device, Result, Tensor};
 use half::f16;
 
-/// One candidate for a Winograd pass.
+/// One candidate for a pass: the Winograd ones and wgmma (fprop, dgrad), ImplicitGemm and
+/// wgmma (wgrad).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WinoVariant {
     F2Flat,
     F2Region,
     F4,
+    /// [`ConvAlgo::Wgmma`] (any pass).
+    Wgmma,
+    /// [`ConvAlgo::ImplicitGemm`] (wgrad).
+    Igemm,
 }
 
 impl WinoVariant {
+    /// The Winograd variants (every Winograd pass is timed under each).
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
     pub fn name(self) -> &'static str {
@@ -28,6 +37,8 @@ impl WinoVariant {
             WinoVariant::F2Flat => "winograd2x2/flat",
             WinoVariant::F2Region => "winograd2x2/region",
             WinoVariant::F4 => "winograd4x4",
+            WinoVariant::Wgmma => "wgmma",
+            WinoVariant::Igemm => "igemm",
         }
     }
 
@@ -36,15 +47,16 @@ impl WinoVariant {
         match self {
             WinoVariant::F2Flat => Some(WinoTiling::Flat),
             WinoVariant::F2Region => Some(WinoTiling::Region),
-            WinoVariant::F4 => None,
+            _ => None,
         }
     }
 
     fn algo(self) -> ConvAlgo {
-        if self == WinoVariant::F4 {
-            ConvAlgo::Winograd4x4
-        } else {
-            ConvAlgo::Winograd2x2
+        match self {
+            WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
+            WinoVariant::F4 => ConvAlgo::Winograd4x4,
+            WinoVariant::Wgmma => ConvAlgo::Wgmma,
+            WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
 
@@ -68,22 +80,41 @@ pub struct PassTiming {
 #[derive(Clone, Debug)]
 pub struct Tuned {
     pub conv: Conv3x3,
-    /// Per pass and variant (empty when `base` has no Winograd pass).
+    /// Per pass and variant (empty when `base` has no pass to tune).
     pub timings: Vec<PassTiming>,
-    /// The chosen variant of fprop and dgrad (None: not a Winograd pass).
-    pub chosen: [Option<WinoVariant>; 2],
+    /// The chosen variant of fprop, dgrad and wgrad (None: not tuned).
+    pub chosen: [Option<WinoVariant>; 3],
 }
 
-/// Times every variant of each Winograd pass of `base` (`reps` calls a sample, 3 samples after
-/// one warm-up call) and returns `base` with the fastest combination: the smallest sum of the
-/// fprop and dgrad times, among the combinations one plan can hold (both passes' F(2x2)
+const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad];
+
+/// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
+/// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
+/// and the plan allows it. Empty: the pass is not tuned.
+fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
+    let mut v = match base.algo(pass) {
+        a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
+        ConvAlgo::ImplicitGemm if pass == ConvPass::Wgrad => vec![WinoVariant::Igemm],
+        _ => return vec![],
+    };
+    if dev.has_wgmma() && WinoVariant::Wgmma.apply(base, pass).is_ok() {
+        v.push(WinoVariant::Wgmma);
+    }
+    if v.len() < 2 {
+        v.clear(); // nothing to choose between
+    }
+    v
+}
+
+/// Times every candidate of each tunable pass of `base` (`reps` calls a sample, 3 samples
+/// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
+/// the three passes' times, among the combinations one plan can hold (both passes' F(2x2)
 /// variants share the plan's tiling, so F(2x2) flat for one and region for the other is out).
-/// Non-Winograd passes keep `base`'s algorithm.
+/// Other passes keep `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
-    let passes: Vec<ConvPass> =
-        [ConvPass::Fprop, ConvPass::Dgrad].into_iter().filter(|&p| base.algo(p).is_winograd()).collect();
-    if passes.is_empty() {
-        return Ok(Tuned { conv: base, timings: vec![], chosen: [None, None] });
+    let cands = PASSES.map(|pass| candidates(dev, base, pass));
+    if cands.iter().all(Vec::is_empty) {
+        return Ok(Tuned { conv: base, timings: vec![], chosen: [None; 3] });
     }
     let p = base.problem();
     let x = Tensor::<f16>::zeros(dev, &[p.n, p.h, p.w, p.c])?;
@@ -91,9 +122,11 @@ pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     let b = Tensor::<f16>::zeros(dev, &[p.k])?;
     let mut y = Tensor::<f16>::zeros(dev, &[p.n, p.h, p.w, p.k])?;
     let mut dx = Tensor::<f16>::zeros(dev, &[p.n, p.h, p.w, p.c])?;
+    let mut dw = Tensor::<f32>::zeros(dev, &[p.k, 3, 3, p.c])?;
+    let mut db = Tensor::<f32>::zeros(dev, &[p.k])?;
     let mut plans = vec![];
-    for &pass in &passes {
-        for v in WinoVariant::ALL {
+    for (pass, vs) in PASSES.into_iter().zip(&cands) {
+        for &v in vs {
             plans.push((pass, v, v.apply(base, pass)?));
         }
     }
@@ -103,11 +136,13 @@ pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     for (pass, variant, conv) in plans {
         let mut call = |ws: &mut Tensor<u8>| match pass {
             ConvPass::Fprop => conv.fprop_prepared(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, ws),
-            _ => conv.dgrad_prepared(&y, &w, Some(&x), &mut dx, ws),
+            ConvPass::Dgrad => conv.dgrad_prepared(&y, &w, Some(&x), &mut dx, ws),
+            ConvPass::Wgrad => conv.wgrad(&x, &y, &mut dw, Some(&mut db), ws),
         };
         match pass {
             ConvPass::Fprop => conv.prepare_filter(&w, &mut ws)?,
-            _ => conv.prepare_filter_dgrad(&w, &mut ws)?,
+            ConvPass::Dgrad => conv.prepare_filter_dgrad(&w, &mut ws)?,
+            ConvPass::Wgrad => {}
         }
         call(&mut ws)?;
         dev.synchronize()?;
@@ -124,29 +159,31 @@ pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     let time = |pass: ConvPass, v: WinoVariant| {
         timings.iter().find(|t| t.pass == pass && t.variant == v).map_or(0.0, |t| t.ms)
     };
-    let pick = |pass: ConvPass| -> Vec<Option<WinoVariant>> {
-        if passes.contains(&pass) {
-            WinoVariant::ALL.map(Some).to_vec()
-        } else {
+    let pick = |i: usize| -> Vec<Option<WinoVariant>> {
+        if cands[i].is_empty() {
             vec![None]
+        } else {
+            cands[i].iter().copied().map(Some).collect()
         }
     };
-    let mut best: Option<(f64, [Option<WinoVariant>; 2])> = None;
-    for f in pick(ConvPass::Fprop) {
-        for d in pick(ConvPass::Dgrad) {
+    let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
+    for f in pick(0) {
+        for d in pick(1) {
             let (tf, td) = (f.and_then(WinoVariant::tiling), d.and_then(WinoVariant::tiling));
             if matches!((tf, td), (Some(a), Some(b)) if a != b) {
                 continue;
             }
-            let cost = f.map_or(0.0, |v| time(ConvPass::Fprop, v)) + d.map_or(0.0, |v| time(ConvPass::Dgrad, v));
-            if best.is_none_or(|(c, _)| cost < c) {
-                best = Some((cost, [f, d]));
+            for g in pick(2) {
+                let cost: f64 = PASSES.into_iter().zip([f, d, g]).map(|(q, v)| v.map_or(0.0, |v| time(q, v))).sum();
+                if best.is_none_or(|(c, _)| cost < c) {
+                    best = Some((cost, [f, d, g]));
+                }
             }
         }
     }
-    let chosen = best.map_or([None, None], |(_, c)| c);
+    let chosen = best.map_or([None; 3], |(_, c)| c);
     let mut conv = base;
-    for (pass, v) in [ConvPass::Fprop, ConvPass::Dgrad].into_iter().zip(chosen) {
+    for (pass, v) in PASSES.into_iter().zip(chosen) {
         if let Some(v) = v {
             conv = v.apply(conv, pass)?;
         }

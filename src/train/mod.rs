@@ -109,7 +109,7 @@ pub struct TrainArgs {
     pub device: String,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
     /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
-    /// tune (time each layer's Winograd variants on the device before the
+    /// tune (time each layer's variants, Winograd and wgmma, on the device before the
     /// first step and keep the fastest; timing can choose differently from run to run, so a
     /// resumed run repeats its losses bit for bit only under a fixed choice).
     #[arg(long, default_value = "auto")]

@@ -18,7 +18,9 @@ pub enum ConvChoice {
     Winograd2x2,
     /// F(4x4) for every Winograd pass.
     Winograd4x4,
-    /// Each layer's fprop and dgrad variant timed on the device, the fastest kept.
+    /// Each layer's passes timed on the device under every variant they can run (Winograd
+    /// and, where the device has it, wgmma; wgrad: the two implicit GEMMs), the fastest kept
+    /// ([`crate::ops::conv_tune::tune`]).
     Tune,
     /// The direct twin for every pass: slow, but its kernels fit any GPU's shared memory
     /// (the Winograd main loops need sm_90's 227 KB a block).
