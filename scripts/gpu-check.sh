@@ -69,9 +69,6 @@ fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
-if [ -f scripts/torch_conv_baseline.py ]; then
-  step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
-fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
 fi
@@ -89,6 +86,10 @@ fi
 if "$VGG" bench train --help 2>/dev/null | grep -q wgmma; then
   step bench-train-wgmma 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 10 \
     --conv-algo wgmma --profile --json "$RAW/bench-train-wgmma.json"
+fi
+# PyTorch's own conv timings (cuDNN through torch): a cross-check of bench-conv's cuDNN rows.
+if [ -f scripts/torch_conv_baseline.py ]; then
+  step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
 fi
 # Winograd F(4x4) against F(2x2) (the auto rows above): fprop and dgrad of every 3x3 layer but
 # conv1_1, ours only, so that Auto's choice per layer can follow the measurement.
