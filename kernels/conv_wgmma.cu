@@ -118,29 +118,8 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
     const unsigned long long db0 = wgmma_desc(smem + kABytes, 128, 1024);
 
     float acc[kOut / 2];
-#pragma unroll
-    for (int i = 0; i < kOut / 2; ++i) acc[i] = 0.f;
-
-    load(0);
-    cp_async_commit();
-    load(1);
-    cp_async_commit();
-    for (int s = 0; s < stages; ++s) {
-        cp_async_wait<1>();  // stage s's copies (this thread's) have landed
-        wgmma_smem_fence();  // ... and are visible to wgmma's async reads
-        __syncthreads();     // everyone's; and stage s - 2's wgmma's retired everywhere
-        load(s + 2);
-        cp_async_commit();
-        const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
-        wgmma_fence();
-#pragma unroll
-        for (int k16 = 0; k16 < kC / 16; ++k16)  // k16 covers chunks 2 k16 and 2 k16 + 1: 256 bytes on
-            wgmma_ss<kOut>(acc, da0 + stage + 16 * k16, db0 + stage + 16 * k16, 1);
-        wgmma_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+    static_assert(kBufs == 4, "wgmma_ring's ring");
+    wgmma_ring<kOut, false, false, kC / 16, kBufBytes>(acc, stages, da0, db0, load, [](int) {});
 
     // Epilogue: rows 64 wg + 16 (warp % 4) + g (+ 8), channels 8 j + 2 t (+ 1).
     const int g = lane >> 2, t = lane & 3;

@@ -88,42 +88,22 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     const unsigned long long db0 = wgmma_desc(smem + kABytes, 128, 1024);
 
     float acc[kN / 2];
-#pragma unroll
-    for (int i = 0; i < kN / 2; ++i) acc[i] = 0.f;
     // db (column block 0): this thread's channel and half of each stage's pixels.
     const bool do_db = blockIdx.x == 0;
     const int db_k = tid & (kM - 1), db_half = tid >> 7;
     float db_sum = 0.f;
-
-    load(0);
-    cp_async_commit();
-    load(1);
-    cp_async_commit();
-    for (int s = 0; s < stages; ++s) {
-        cp_async_wait<1>();
-        wgmma_smem_fence();
-        __syncthreads();
-        load(s + 2);
-        cp_async_commit();
-        if (do_db) {
-            // dY[p][k] of this stage: channel block db_k / 8, pixel block q / 8, row q % 8. Summed
-            // before the wgmma's are issued: ptxas serializes wgmma's (C7515) when other
-            // instructions run while they are in flight and it cannot tell their registers apart.
-            const unsigned char* const a = smem + (s % kBufs) * kBufBytes + (db_k / 8) * 1024 + (db_k % 8) * 2;
+    // dY[p][k] of stage s: channel block db_k / 8, pixel block q / 8, row q % 8. Summed before
+    // the stage's wgmma's are issued: ptxas serializes wgmma's (C7515) when other instructions
+    // run while they are in flight and it cannot tell their registers apart.
+    auto sum_db = [&](int s) {
+        if (!do_db) return;
+        const unsigned char* const a = smem + (s % kBufs) * kBufBytes + (db_k / 8) * 1024 + (db_k % 8) * 2;
 #pragma unroll 8
-            for (int q = 32 * db_half; q < 32 * db_half + 32; ++q)
-                db_sum += __half2float(*reinterpret_cast<const __half*>(a + (q / 8) * 128 + (q % 8) * 16));
-        }
-        const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
-        wgmma_fence();
-#pragma unroll
-        for (int k16 = 0; k16 < kP / 16; ++k16)  // pixel blocks 2 k16, 2 k16 + 1: 256 bytes on
-            wgmma_ss<kN, true, true>(acc, da0 + stage + 16 * k16, db0 + stage + 16 * k16, 1);
-        wgmma_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+        for (int q = 32 * db_half; q < 32 * db_half + 32; ++q)
+            db_sum += __half2float(*reinterpret_cast<const __half*>(a + (q / 8) * 128 + (q % 8) * 16));
+    };
+    static_assert(kBufs == 4, "wgmma_ring's ring");
+    wgmma_ring<kN, true, true, kP / 16, kBufBytes>(acc, stages, da0, db0, load, sum_db);
 
     float* const out = part + (long long)z * ((long long)k * cols + k);
     // Epilogue: d[4 j + i] -> k row 64 wg + 16 (warp % 4) + g + 8 (i >> 1), column 8 j + 2 t + (i & 1).

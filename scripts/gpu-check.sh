@@ -69,6 +69,12 @@ fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
+# The FC products on the wgmma tile (planner's split counts), ours only: against bench-gemm's
+# cuBLAS rows (predictions in bench/NOTES.md, "wgmma GEMM").
+if "$VGG" bench gemm --help 2>/dev/null | grep -q -- --tile; then
+  step bench-gemm-wgmma 60 "$VGG" bench gemm --device cuda --tile w128x256 --no-cublas --no-bandwidth \
+    --json "$RAW/bench-gemm-wgmma.json"
+fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
 fi

@@ -183,6 +183,10 @@ struct BenchGemmArgs {
     /// Skip the bandwidth section (device-to-device copy and SGD step).
     #[arg(long)]
     no_bandwidth: bool,
+    /// Run our products on this tile (the planner's split count) instead of the planner's
+    /// choice: w128x256 (Hopper's wgmma; kernels/gemm_wgmma.cu).
+    #[arg(long)]
+    tile: Option<String>,
     /// Write the report as JSON to this file (rewritten after every row, so a killed run
     /// leaves its rows so far).
     #[arg(long)]
@@ -481,6 +485,11 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     cfg.passes = passes;
     cfg.cublas = !a.no_cublas;
     cfg.bandwidth = !a.no_bandwidth;
+    cfg.tile = match a.tile.as_deref() {
+        None => None,
+        Some("w128x256") => Some(vgg_cuda::ops::gemm::Tile::W128x256),
+        Some(t) => bail!("--tile: unknown tile `{t}` (tiles: w128x256)"),
+    };
     if a.repeats.is_some() {
         cfg.timing.samples = a.repeats;
     }

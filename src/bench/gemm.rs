@@ -20,7 +20,7 @@ use super::cublas::Cublas;
 use super::{
     measured_cells, problem_lines, random_f16, time_calls, Agreement, Tally, Timing, TimingConfig, VersusRow, L2_BYTES,
 };
-use crate::ops::gemm::{self, Algo as GemmAlgo, Linear};
+use crate::ops::gemm::{self, Algo as GemmAlgo, Linear, Tile as GemmTile};
 use crate::ops::optim::{Sgd, SgdParam, SgdPlan};
 use crate::problem::{vgg16_layers, vgg16_layers_reduced};
 use crate::{reference, Device, Tensor};
@@ -208,6 +208,9 @@ pub struct GemmBenchConfig {
     pub params: Vec<ParamTensor>,
     /// Bytes of the copied buffer.
     pub copy_bytes: usize,
+    /// Our products on this tile (with the planner's split count) instead of the planner's
+    /// choice: `--tile w128x256` times the wgmma kernels.
+    pub tile: Option<GemmTile>,
 }
 
 impl GemmBenchConfig {
@@ -226,6 +229,7 @@ impl GemmBenchConfig {
             bandwidth: true,
             params: vgg16_params(emu),
             copy_bytes: if emu { 1 << 20 } else { 1 << 30 },
+            tile: None,
         }
     }
 }
@@ -790,9 +794,10 @@ impl Operands<'_> {
     }
 }
 
-/// `tc64x128/split4`, `tc128x128`, `simple`: what [`GemmAlgo::Auto`] runs for `pass`.
-fn algo_name(s: &Linear, pass: Pass) -> String {
-    match s.plan(pass.ops()) {
+/// `tc64x128/split4`, `tc128x128`, `tcW128x256`, `simple`: what `algo` ([`GemmAlgo::Auto`]:
+/// the plan) runs for `pass`.
+fn algo_name(s: &Linear, pass: Pass, algo: GemmAlgo) -> String {
+    match if algo == GemmAlgo::Auto { s.plan(pass.ops()) } else { algo } {
         GemmAlgo::TensorCore { tile, splits } => {
             let tile = format!("{tile:?}");
             let tile = tile.trim_start_matches('T');
@@ -919,14 +924,18 @@ fn bench_ours(
     pass: Pass,
 ) -> crate::Result<(Measured, Vec<f32>)> {
     let s = ops.s;
-    let ws_bytes = s.workspace_bytes(pass.ops());
+    let algo = match (cfg.tile, s.plan(pass.ops())) {
+        (Some(tile), GemmAlgo::TensorCore { splits, .. }) => GemmAlgo::TensorCore { tile, splits },
+        _ => GemmAlgo::Auto,
+    };
+    let ws_bytes = s.workspace_bytes_with(pass.ops(), algo);
     let mut ws = Tensor::<u8>::empty(dev, &[ws_bytes.max(1)])?;
     let mut out = Out::new(dev, &s, pass)?;
-    let t = time_calls(dev, &cfg.timing, |i| ops.ours(GemmAlgo::Auto, pass, i, &mut out, Some(&mut ws)))?;
+    let t = time_calls(dev, &cfg.timing, |i| ops.ours(algo, pass, i, &mut out, Some(&mut ws)))?;
     out.poison()?;
-    ops.ours(GemmAlgo::Auto, pass, 0, &mut out, Some(&mut ws))?;
+    ops.ours(algo, pass, 0, &mut out, Some(&mut ws))?;
     let result = out.to_f32()?;
-    Ok((Measured::new(algo_name(&s, pass), t, &s, ws_bytes), result))
+    Ok((Measured::new(algo_name(&s, pass, algo), t, &s, ws_bytes), result))
 }
 
 /// Times cuBLAS's product for the pass and returns the timing and its output on set 0.
@@ -1115,7 +1124,9 @@ mod tests {
 
     #[test]
     fn algo_names() {
-        assert!(algo_name(&Linear::new(64, 25088, 4096), Pass::Fwd).starts_with("tc64x128"));
-        assert_eq!(algo_name(&Linear::new(4, 16, 10), Pass::Fwd), "simple");
+        assert!(algo_name(&Linear::new(64, 25088, 4096), Pass::Fwd, GemmAlgo::Auto).starts_with("tc64x128"));
+        assert_eq!(algo_name(&Linear::new(4, 16, 10), Pass::Fwd, GemmAlgo::Auto), "simple");
+        let wgmma = GemmAlgo::TensorCore { tile: GemmTile::W128x256, splits: 2 };
+        assert_eq!(algo_name(&Linear::new(64, 4096, 4096), Pass::Fwd, wgmma), "tcW128x256/split2");
     }
 }

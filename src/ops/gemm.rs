@@ -65,6 +65,10 @@ pub enum Tile {
     /// 64 x 128, 4 warps of 64 x 32, two blocks an SM: few output rows (FC layers at small
     /// batch).
     T64x128,
+    /// 128 x 256 on Hopper's wgmma (kernels/gemm_wgmma.cu): 2 warpgroups of 64 x 256, one
+    /// block an SM. Where [`Device::has_wgmma`]; never chosen by [`Linear::plan`] (unmeasured),
+    /// only when asked for.
+    W128x256,
 }
 
 impl Tile {
@@ -80,6 +84,7 @@ impl Tile {
             Tile::T128x192 => (128, 192, 8, 3, 1),
             Tile::T128x128 => (128, 128, 4, 3, 2),
             Tile::T64x128 => (64, 128, 4, 4, 2),
+            Tile::W128x256 => (128, 256, 8, 4, 1),
         }
     }
     fn rows(self) -> usize {
@@ -102,7 +107,7 @@ impl Tile {
     /// Assumptions of the model, to be fitted to the next GPU run's numbers.
     fn speed(self) -> f64 {
         match self {
-            Tile::T128x256 | Tile::T128x128 => 1.0,
+            Tile::T128x256 | Tile::T128x128 | Tile::W128x256 => 1.0,
             Tile::T128x192 => 0.97,
             Tile::T64x128 => 0.85,
         }
@@ -320,6 +325,9 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
         (Pass::BwdWeight, T128x192) => "gemm_bwd_weight_f16_128x192",
         (Pass::BwdWeight, T128x128) => "gemm_bwd_weight_f16_128x128",
         (Pass::BwdWeight, T64x128) => "gemm_bwd_weight_f16_64x128",
+        (Pass::Fwd, W128x256) => return k("gemm_wgmma", "gemm_fwd_f16_w128x256"),
+        (Pass::BwdData, W128x256) => return k("gemm_wgmma", "gemm_bwd_data_f16_w128x256"),
+        (Pass::BwdWeight, W128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_w128x256"),
     };
     k("gemm", name)
 }
@@ -329,6 +337,9 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
 /// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
 /// in it, whichever is larger.
 fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
+    if tile == Tile::W128x256 {
+        return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
+    }
     let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
     let (a_t, b_t) = match pass {
         Pass::Fwd => (false, false),
@@ -385,6 +396,11 @@ impl Operands<'_> {
         if count == 0 {
             return Ok(());
         }
+        ensure_shape!(
+            tile != Tile::W128x256 || self.dev.has_wgmma(),
+            "GEMM tile W128x256 needs wgmma (compute capability 9.0: H100 / H200); {} has none",
+            self.dev.name()
+        );
         let grid_y = s.div_ceil(tile.cols());
         ensure_shape!(grid_y <= 65535, "GEMM output has {s} columns, more than the grid allows");
         let cfg = LaunchConfig {

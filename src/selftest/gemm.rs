@@ -52,6 +52,14 @@ const FORCED: &[((usize, usize, usize), Algo)] = &[
     ((384, 512, 264), Algo::TensorCore { tile: Tile::T64x128, splits: 2 }),
 ];
 
+/// The wgmma tile, where the device has wgmma: ragged rows and columns (130 x 136, 384 x 264:
+/// every pass's tile edges), a reduction of one partial k-tile (K = 24), and split.
+const FORCED_WGMMA: &[((usize, usize, usize), Algo)] = &[
+    ((130, 24, 136), Algo::TensorCore { tile: Tile::W128x256, splits: 1 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 1 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 3 }),
+];
+
 /// One pass's inputs, uploaded, and its reference outputs.
 struct Data {
     x: Vec<f32>,
@@ -152,7 +160,8 @@ pub fn linear(dev: &Device) -> Result<Vec<CheckRow>> {
         for ints in [false, true] {
             let d = Data::new(s, ints, 100 * i as u64 + 10 * ints as u64);
             let want = reference(s, &d);
-            let forced = FORCED.iter().filter(|f| f.0 == (m, k, n)).map(|f| f.1);
+            let wgmma = if dev.has_wgmma() { FORCED_WGMMA } else { &[] };
+            let forced = FORCED.iter().chain(wgmma).filter(|f| f.0 == (m, k, n)).map(|f| f.1);
             // Auto is the simple kernel where N or K is not a multiple of 8: run it once.
             let simple = if s.plan(Pass::Fwd) == Algo::Simple { None } else { Some(Algo::Simple) };
             for algo in [Algo::Auto].into_iter().chain(simple).chain(forced) {
@@ -275,7 +284,9 @@ pub fn determinism(dev: &Device) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     let deep = (384, 512, 264);
     let cases = [(64, 512, 24), (130, 24, 136), (1152, 16, 8)].map(|s| (s, Algo::Auto)).into_iter().chain(
-        [(Tile::T128x256, 1), (Tile::T128x192, 2), (Tile::T128x128, 1), (Tile::T64x128, 3)]
+        [(Tile::T128x256, 1), (Tile::T128x192, 2), (Tile::T128x128, 1), (Tile::T64x128, 3), (Tile::W128x256, 2)]
+            .into_iter()
+            .filter(|(tile, _)| *tile != Tile::W128x256 || dev.has_wgmma())
             .map(|(tile, splits)| (deep, Algo::TensorCore { tile, splits })),
     );
     for ((m, k, n), algo) in cases {

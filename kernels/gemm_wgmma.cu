@@ -1,0 +1,129 @@
+// gemm_wgmma.cu: gemm.cu's products (fully connected layers, 1x1 convolutions) on Hopper's
+// warpgroup MMA (wgmma.cuh), same arguments, same split-K partials and reductions:
+//   gemm_{fwd,bwd_data,bwd_weight}_f16_w128x256    C[R][S] = sum_t A(r, t) B(t, s)
+// A stored [r][t] goes to shared memory K-major, stored [t][r] (bwd_weight's dY) M-major; B
+// stored [s][t] K-major, [t][s] (bwd_data's W, bwd_weight's X) N-major: wgmma reads either, so
+// every pass is a plain 16-byte copy of its operands (gemm.cu transposes with ldmatrix.trans).
+//
+// Tiling: 128 x 256 outputs a block, 256 threads = 2 warpgroups of 64 x 256 (m64n256k16, 128
+// fp32 accumulators a thread), k-tiles of 64 through a 4-buffer cp.async ring with prefetch
+// distance 2, one barrier and one wgmma group a k-tile (as conv_wgmma.cu). Shared layout of an
+// operand tile (rows = r or s, 64 t): core matrices of 8 x 8 at ((row / 8) * 8 + t / 8) * 128
+// bytes, inside it (row % 8) * 16 + (t % 8) * 2 (K-major) or (t % 8) * 16 + (row % 8) * 2
+// (M/N-major); lbo 128 (next 8 t), sbo 1024 (next 8 rows) either way, so the descriptors do
+// not depend on the layout. Copies: the 8 lanes of a store phase write 8 consecutive 16-byte
+// units (8 rows of one t-chunk, or 8 t of one row-chunk).
+// Epilogue as gemm.cu's: the output tile staged in shared memory (fp32 partials, or fp16 after
+// bias and ReLU), then copied out 16 bytes a thread along rows.
+// Unmeasured: src/ops/gemm.rs runs it only when asked (Tile::W128x256), never by plan.
+#include "wgmma.cuh"
+
+namespace gw {
+constexpr int kBM = 128, kBN = 256, kBK = 64, kBufs = 4, kThreads = 256, kPad = 8;
+constexpr int kABytes = kBM * kBK * 2, kBufBytes = kABytes + kBN * kBK * 2;  // 16384, 49152
+static_assert(kBufs * kBufBytes == 196608, "src/ops/gemm.rs's shared bytes for Tile::W128x256");
+static_assert(kBM * (kBN + kPad) * 4 <= kBufs * kBufBytes, "the fp32 output tile fits the ring");
+
+// Copies one operand tile (ROWS rows of the product x kBK t) for k-tile t0: `g` stored
+// [row][t] (T_MAJOR false, pitch ld) or [t][row] (true). Piece q = tid + 256 j; zero-filled
+// outside nrows x nt.
+template <int ROWS, bool T_MAJOR>
+__device__ __forceinline__ void load(unsigned char* s, const __half* __restrict__ g, long long ld, int row0,
+                                     int t0, int nrows, int nt, int tid) {
+#pragma unroll
+    for (int j = 0; j < ROWS / 32; ++j) {
+        const int q = tid + kThreads * j;
+        // K-major: row 8 (q >> 6) + (q & 7), t-chunk (q >> 3) & 7. M/N-major: t (q & 7) +
+        // 8 ((q >> 3) & 7), row-chunk q >> 6.
+        const int row = T_MAJOR ? 8 * (q >> 6) : 8 * (q >> 6) + (q & 7);
+        const int t = T_MAJOR ? (q & 7) + 8 * ((q >> 3) & 7) : 8 * ((q >> 3) & 7);
+        const int off = T_MAJOR ? ((row >> 3) * 8 + (t >> 3)) * 128 + (t & 7) * 16
+                                : ((row >> 3) * 8 + (t >> 3)) * 128 + (row & 7) * 16;
+        const int gr = row0 + row, gt = t0 + t;
+        const bool ok = gr < nrows && gt < nt;
+        const __half* src = !ok ? g : T_MAJOR ? g + (long long)gt * ld + gr : g + (long long)gr * ld + gt;
+        cp_async_16(s + off, src, ok);
+    }
+}
+
+template <bool A_T, bool B_T>
+__device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const __half* __restrict__ B, int R,
+                                           int S, int T, int kt_per_split, const __half* __restrict__ bias,
+                                           int relu, __half* __restrict__ out16, float* __restrict__ out32) {
+    VGG_DYN_SHARED(unsigned char, smem);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int r0 = blockIdx.x * kBM, s0 = blockIdx.y * kBN;
+    const int kt_total = (T + kBK - 1) / kBK, kt_begin = blockIdx.z * kt_per_split;
+    const int kt_count = max(0, min(kt_total, kt_begin + kt_per_split) - kt_begin);
+    auto load_stage = [&](int i) {
+        if (i >= kt_count) return;
+        unsigned char* const buf = smem + (i % kBufs) * kBufBytes;
+        const int t0 = (kt_begin + i) * kBK;
+        load<kBM, A_T>(buf, A, A_T ? R : T, r0, t0, R, T, tid);
+        load<kBN, B_T>(buf + kABytes, B, B_T ? S : T, s0, t0, S, T, tid);
+    };
+    const unsigned long long da0 = wgmma_desc(smem + wg * 8192, 128, 1024);
+    const unsigned long long db0 = wgmma_desc(smem + kABytes, 128, 1024);
+    float acc[kBN / 2];
+    static_assert(kBufs == 4, "wgmma_ring's ring");
+    wgmma_ring<kBN, A_T, B_T, kBK / 16, kBufBytes>(acc, kt_count, da0, db0, load_stage, [](int) {});
+    __syncthreads();  // every warp is past its reads of the ring, which now stages the output
+
+    // d[4 j + 2 h + e] -> tile row 64 wg + 16 (warp % 4) + g + 8 h, column 8 j + 2 t + e.
+    const int g = lane >> 2, t4 = lane & 3, row_w = 64 * wg + 16 * (warp & 3) + g;
+    constexpr int kPitch = kBN + kPad;
+    if (out32) {
+        float* const st = reinterpret_cast<float*>(smem);
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                *reinterpret_cast<float2*>(st + (row_w + 8 * h) * kPitch + 8 * j + 2 * t4) =
+                    make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    } else {
+        __half* const st = reinterpret_cast<__half*>(smem);
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+            const int col = 8 * j + 2 * t4, gc = s0 + col;
+            const float b0 = bias && gc < S ? __half2float(bias[gc]) : 0.f;
+            const float b1 = bias && gc < S ? __half2float(bias[gc + 1]) : 0.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+                if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+                *reinterpret_cast<__half2*>(st + (row_w + 8 * h) * kPitch + col) = __floats2half2_rn(v0, v1);
+            }
+        }
+    }
+    __syncthreads();
+    // Rows of the tile out 16 bytes a thread (S % 8 == 0: a chunk is wholly inside or outside).
+    float* const part = out32 ? out32 + (long long)blockIdx.z * R * S : nullptr;
+    const int per = part ? 4 : 8, row_chunks = kBN / per;
+#pragma unroll 4
+    for (int c = tid; c < kBM * row_chunks; c += kThreads) {
+        const int r = c / row_chunks, col = (c % row_chunks) * per, gr = r0 + r, gc = s0 + col;
+        if (gr >= R || gc >= S) continue;
+        if (part)
+            *reinterpret_cast<uint4*>(part + (long long)gr * S + gc) =
+                *reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(smem) + r * kPitch + col);
+        else
+            *reinterpret_cast<uint4*>(out16 + (long long)gr * S + gc) =
+                *reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(smem) + r * kPitch + col);
+    }
+}
+}  // namespace gw
+
+#define GW_PARAMS                                                                                 \
+    const __half *__restrict__ A, const __half *__restrict__ B, int R, int S, int T, int kt_per_split, \
+        const __half *__restrict__ bias, int relu, __half *__restrict__ out16, float *__restrict__ out32
+#define GW_ARGS A, B, R, S, T, kt_per_split, bias, relu, out16, out32
+
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_fwd_f16_w128x256(GW_PARAMS) {
+    gw::gemm_wgmma<false, false>(GW_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_w128x256(GW_PARAMS) {
+    gw::gemm_wgmma<false, true>(GW_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_w128x256(GW_PARAMS) {
+    gw::gemm_wgmma<true, true>(GW_ARGS);
+}
