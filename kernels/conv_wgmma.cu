@@ -1,6 +1,6 @@
 // conv_wgmma.cu: the 3x3 convolution (stride 1, pad 1) as an implicit GEMM on Hopper's warpgroup
 // MMA (wgmma.cuh: sm_90a, or the emulator), fp16 in, fp32 accumulation:
-//   igemm3x3_wgmma_n{128,256}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
+//   igemm3x3_wgmma_n{64,128,256}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
 // GEMM M = output pixels (n, y, x flattened), N = output channels, reduction = 9 taps x cin.
 // fprop: x, wt = w (KRSC), epilogue bias (+ ReLU). dgrad: x = dy, wt = w rotated 180 degrees with
 // K and C swapped (conv_rot180_f16 below writes it), epilogue zeroing where the ReLU mask (the
@@ -10,8 +10,9 @@
 // its shared-memory traffic and issue count (bench/NOTES.md); wgmma reads its operands from
 // shared memory once per warpgroup and issues one instruction per 64 x N x 16 product.
 //
-// Tiling: a block owns 128 pixels x N output channels (N = 128 or 256: src/ops/conv/wgmma.rs
-// picks 256 where it leaves at most 1/8 of the channels idle); 256 threads = 2 warpgroups, each
+// Tiling: a block owns 128 pixels x N output channels (N = 64 for at most 64 channels, else 128
+// or 256: src/ops/conv/wgmma.rs picks 256 where it leaves at most 1/8 of the channels idle;
+// N 64 runs two blocks an SM); 256 threads = 2 warpgroups, each
 // 64 pixels x N (m64nNk16, N / 2 fp32 accumulators a thread). The reduction goes in stages of
 // one tap x 64 input channels (channels past cin zero-filled), 9 ceil(cin / 64) stages, through
 // a 4-buffer ring of 16-byte cp.async copies with one barrier a stage:
@@ -38,8 +39,9 @@ constexpr int kBufs = 4;                // ring buffers
 constexpr int kABytes = kPix * kC * 2;  // 16384
 // A buffer with kOut output channels (GEMM N): A, then B's kOut rows.
 __host__ __device__ constexpr int buf_bytes(int out) { return kABytes + out * kC * 2; }
-// Dynamic shared memory (src/ops/conv/wgmma.rs): 131072 (kOut 128), 196608 (256).
-static_assert(kBufs * buf_bytes(128) == 131072 && kBufs * buf_bytes(256) == 196608, "src/ops/conv/wgmma.rs");
+// Dynamic shared memory (src/ops/conv/wgmma.rs): 98304 (kOut 64), 131072 (128), 196608 (256).
+static_assert(kBufs * buf_bytes(64) == 98304 && kBufs * buf_bytes(128) == 131072 && kBufs * buf_bytes(256) == 196608,
+              "src/ops/conv/wgmma.rs");
 }  // namespace cw
 
 // Byte offset of 16-byte chunk `chunk` (channels 8 chunk..) of row `row` in an operand tile.
@@ -51,7 +53,7 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
                                             __half* __restrict__ y, int n, int h, int w, int cin, int cout,
                                             int relu) {
     using namespace cw;
-    static_assert(kOut == 128 || kOut == 256, "m64n128k16 or m64n256k16 a warpgroup");
+    static_assert(kOut == 64 || kOut == 128 || kOut == 256, "m64n{64,128,256}k16 a warpgroup");
     constexpr int kBufBytes = buf_bytes(kOut), kBPieces = kOut / 32;
     VGG_DYN_SHARED(unsigned char, smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
@@ -144,6 +146,14 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
             *reinterpret_cast<__half2*>(yrow + o) = __floats2half2_rn(v0, v1);
         }
     }
+}
+
+// 64 channels: 96 KB of shared memory and 32 accumulators, so two blocks share an SM.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    igemm3x3_wgmma_n64_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
+                           const __half* __restrict__ bias, const __half* __restrict__ mask,
+                           __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
+    igemm_wgmma<64>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)

@@ -5,6 +5,7 @@ use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass};
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::{Device, Error, Result, Tensor};
 
+const WGMMA_N64: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n64_f16");
 const WGMMA_N128: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n128_f16");
 const WGMMA_N256: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n256_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
@@ -12,11 +13,20 @@ const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
 const PIX: usize = 128;
 
-/// `(N, kernel, shared bytes)` for `cout` output channels: 256 where 256-channel blocks leave
-/// at most 1/8 of the channels idle (fewer bytes from L2 a flop), else 128.
+/// `(N, kernel, shared bytes)` for `cout` output channels: 64 for at most 64 (no half-idle
+/// tensor work, two blocks an SM), 256 where 256-channel blocks leave at most 1/8 of the
+/// channels idle (fewer bytes from L2 a flop), else 128.
 fn tile(cout: usize) -> (usize, &'static Kernel, u32) {
-    let n = if cout >= 256 && cout.next_multiple_of(256) * 8 <= cout * 9 { 256 } else { 128 };
-    let kernel = if n == 256 { &WGMMA_N256 } else { &WGMMA_N128 };
+    let n = match cout {
+        ..=64 => 64,
+        _ if cout >= 256 && cout.next_multiple_of(256) * 8 <= cout * 9 => 256,
+        _ => 128,
+    };
+    let kernel = match n {
+        64 => &WGMMA_N64,
+        256 => &WGMMA_N256,
+        _ => &WGMMA_N128,
+    };
     (n, kernel, (4 * (PIX + n) * 64 * 2) as u32)
 }
 
