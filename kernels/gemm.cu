@@ -64,6 +64,7 @@
 //   gemm_reduce_f16    out16 = act(sum_z ws[z] + bias)        (split-K epilogue)
 //   gemm_reduce_f32    out32 = sum_z ws[z]                    (split bwd_weight, bias grad)
 //   gemm_colsum_f32    partial column sums of an fp16 matrix  (bias gradient, fixed order)
+#include "gemm_store.cuh"
 #include "ptx.cuh"
 
 namespace gemm {
@@ -102,25 +103,6 @@ __device__ __forceinline__ void load_tile(__half* s, const __half* __restrict__ 
     const bool ok = gr < nrows && gc < ncols;
     const __half* src = ok ? g + (long long)gr * ld + gc : g;
     cp_async_16(s + r * (COLS + kPad) + col, src, ok);
-  }
-}
-
-// Copies the block's output tile, staged in shared memory as st [BM][BN + kPad], to rows
-// [r0, r0 + BM) x cols [c0, c0 + BN) of out [R][S]: row by row, 16 bytes a thread and copy, so
-// a warp writes 512 contiguous bytes (less where a row ends). S % 8 == 0: a chunk is wholly
-// inside or outside.
-template <int BM, int BN, int THREADS, typename E>
-__device__ __forceinline__ void store_tile(E* __restrict__ out, const E* st, int R, int S, int r0, int c0,
-                                           int tid) {
-  constexpr int kPerChunk = 16 / sizeof(E), kRowChunks = BN / kPerChunk;
-  static_assert(BM * kRowChunks % THREADS == 0, "output chunks must divide evenly among the threads");
-#pragma unroll 4
-  for (int k = 0; k < BM * kRowChunks / THREADS; ++k) {
-    const int c = tid + k * THREADS, r = c / kRowChunks, col = (c % kRowChunks) * kPerChunk;
-    const int gr = r0 + r, gc = c0 + col;
-    if (gr < R && gc < S)
-      *reinterpret_cast<uint4*>(out + (long long)gr * S + gc) =
-          *reinterpret_cast<const uint4*>(st + r * (BN + kPad) + col);
   }
 }
 
@@ -255,7 +237,7 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
           *reinterpret_cast<float2*>(st + (row_w + i * 16 + 8 * h) * kPitch + col_w + j * 8) =
               make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
     __syncthreads();
-    store_tile<BM, BN, kThreads>(part, st, R, S, block_r, block_s, tid);
+    gemm_store_tile<BM, BN, kPad, kThreads>(part, st, R, S, block_r, block_s, tid);
   } else {
     __half* st = smem;
 #pragma unroll
@@ -274,7 +256,7 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
         }
     }
     __syncthreads();
-    store_tile<BM, BN, kThreads>(out16, st, R, S, block_r, block_s, tid);
+    gemm_store_tile<BM, BN, kPad, kThreads>(out16, st, R, S, block_r, block_s, tid);
   }
 }
 

@@ -14,8 +14,9 @@
 // not depend on the layout. Copies: the 8 lanes of a store phase write 8 consecutive 16-byte
 // units (8 rows of one t-chunk, or 8 t of one row-chunk).
 // Epilogue as gemm.cu's: the output tile staged in shared memory (fp32 partials, or fp16 after
-// bias and ReLU), then copied out 16 bytes a thread along rows.
+// bias and ReLU), then copied out by gemm_store_tile (gemm_store.cuh).
 // Unmeasured: src/ops/gemm.rs runs it only when asked (Tile::W128x256), never by plan.
+#include "gemm_store.cuh"
 #include "wgmma.cuh"
 
 namespace gw {
@@ -96,20 +97,11 @@ __device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const _
         }
     }
     __syncthreads();
-    // Rows of the tile out 16 bytes a thread (S % 8 == 0: a chunk is wholly inside or outside).
-    float* const part = out32 ? out32 + (long long)blockIdx.z * R * S : nullptr;
-    const int per = part ? 4 : 8, row_chunks = kBN / per;
-#pragma unroll 4
-    for (int c = tid; c < kBM * row_chunks; c += kThreads) {
-        const int r = c / row_chunks, col = (c % row_chunks) * per, gr = r0 + r, gc = s0 + col;
-        if (gr >= R || gc >= S) continue;
-        if (part)
-            *reinterpret_cast<uint4*>(part + (long long)gr * S + gc) =
-                *reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(smem) + r * kPitch + col);
-        else
-            *reinterpret_cast<uint4*>(out16 + (long long)gr * S + gc) =
-                *reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(smem) + r * kPitch + col);
-    }
+    if (out32)
+        gemm_store_tile<kBM, kBN, kPad, kThreads>(out32 + (long long)blockIdx.z * R * S,
+                                                  reinterpret_cast<const float*>(smem), R, S, r0, s0, tid);
+    else
+        gemm_store_tile<kBM, kBN, kPad, kThreads>(out16, reinterpret_cast<const __half*>(smem), R, S, r0, s0, tid);
 }
 }  // namespace gw
 

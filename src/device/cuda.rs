@@ -307,12 +307,7 @@ impl CudaDevice {
 
     pub fn start_timer(&self) -> Result<EventTimer> {
         self.bind()?;
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let start = result::event::create(flags).map_err(drv("cuEventCreate"))?;
-        let end = result::event::create(flags).map_err(drv("cuEventCreate"))?;
-        // SAFETY: fresh events on our own stream.
-        unsafe { result::event::record(start, self.stream) }.map_err(drv("cuEventRecord"))?;
-        Ok(EventTimer { start, end, stream: self.stream })
+        Ok(EventTimer { start: StreamMark::record(self.stream)?, stream: self.stream })
     }
 }
 
@@ -321,11 +316,7 @@ impl CudaDevice {
     /// ([`super::Device::profile_start`]).
     pub fn mark(&self) -> Result<StreamMark> {
         self.bind()?;
-        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("cuEventCreate"))?;
-        let mark = StreamMark { ev };
-        // SAFETY: a fresh event on our own live stream.
-        unsafe { result::event::record(mark.ev, self.stream) }.map_err(drv("cuEventRecord"))?;
-        Ok(mark)
+        StreamMark::record(self.stream)
     }
 }
 
@@ -335,6 +326,21 @@ pub(crate) struct StreamMark {
 }
 
 impl StreamMark {
+    /// A fresh timing event recorded on `stream` (of the current context).
+    fn record(stream: sys::CUstream) -> Result<Self> {
+        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv("cuEventCreate"))?;
+        let mark = StreamMark { ev };
+        // SAFETY: a fresh event on a live stream of the current context.
+        unsafe { result::event::record(mark.ev, stream) }.map_err(drv("cuEventRecord"))?;
+        Ok(mark)
+    }
+
+    /// Waits until the work queued before the event has run.
+    fn wait(&self) -> Result<()> {
+        // SAFETY: a live, recorded event.
+        unsafe { result::event::synchronize(self.ev) }.map_err(drv("cuEventSynchronize"))
+    }
+
     /// Milliseconds from this event to `later`; both must have completed (the stream was
     /// synchronized after recording them).
     pub fn ms_to(&self, later: &StreamMark) -> Result<f64> {
@@ -428,32 +434,18 @@ impl Drop for CudaGraph {
     }
 }
 
-/// A pair of device events bracketing queued work.
+/// Device events bracketing queued work: the start recorded by `start_timer`, the end by
+/// `stop_ms`.
 pub struct EventTimer {
-    start: sys::CUevent,
-    end: sys::CUevent,
+    start: StreamMark,
     stream: sys::CUstream,
 }
 
 impl EventTimer {
     pub fn stop_ms(self) -> Result<f64> {
-        // SAFETY: events created in `start_timer` on the live stream; waited on before reading.
-        unsafe {
-            result::event::record(self.end, self.stream).map_err(drv("cuEventRecord"))?;
-            result::event::synchronize(self.end).map_err(drv("cuEventSynchronize"))?;
-            let ms = result::event::elapsed(self.start, self.end).map_err(drv("cuEventElapsedTime"))?;
-            Ok(ms as f64)
-        }
-    }
-}
-
-impl Drop for EventTimer {
-    fn drop(&mut self) {
-        // SAFETY: events owned by this timer, not used afterwards.
-        unsafe {
-            let _ = result::event::destroy(self.start);
-            let _ = result::event::destroy(self.end);
-        }
+        let end = StreamMark::record(self.stream)?;
+        end.wait()?;
+        self.start.ms_to(&end)
     }
 }
 

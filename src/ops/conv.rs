@@ -234,7 +234,7 @@ impl Conv3x3 {
         let padded = cp != p.c;
         if algo == ConvAlgo::Wgmma {
             ensure_shape!(!padded, "conv3x3 {p}: Wgmma needs C a multiple of 8 (C = {})", p.c);
-            int("conv3x3 N*H*W*max(C, K)", pixels.saturating_mul(p.c.max(p.k)))?;
+            ensure_shape!(wgmma_fits(&p), "conv3x3 {p}: Wgmma needs N*H*W*max(C, K) below 2^31");
         }
         let algos = match algo {
             ConvAlgo::Direct => [d; 3],
@@ -282,7 +282,7 @@ impl Conv3x3 {
             ConvPass::Wgrad => a == ConvAlgo::ImplicitGemm || a == wg,
             _ => a.is_winograd() || a == wg,
         };
-        let wgmma_ok = || !self.padded(pass) && self.wgmma_fits();
+        let wgmma_ok = || !self.padded(pass) && wgmma_fits(&self.problem);
         if !swappable(cur) || !swappable(algo) || ((cur == wg || algo == wg) && !wgmma_ok()) {
             return Err(Error::Shape(format!(
                 "conv3x3 {}: {pass:?} runs {:?}; only a Winograd fprop / dgrad can switch (to Winograd2x2, \
@@ -292,12 +292,6 @@ impl Conv3x3 {
         }
         self.algos[pass as usize] = algo;
         Ok(self)
-    }
-
-    /// Whether the wgmma kernels' 32-bit offsets cover this problem: N H W max(C, K) < 2^31.
-    fn wgmma_fits(&self) -> bool {
-        let p = &self.problem;
-        p.n.saturating_mul(p.h).saturating_mul(p.w).saturating_mul(p.c.max(p.k)) <= i32::MAX as usize
     }
 
     /// The Winograd tiling the plan asks for (F(2x2) only; see [`Conv3x3::wino_region_width`]).
@@ -516,13 +510,13 @@ impl Conv3x3 {
         if !self.tc(pass) {
             return Ok(());
         }
+        if pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::Wgmma {
+            return self.wgmma_rotate(&dev, w.arg(), ws);
+        }
         // Only fprop gets here padded (a padded dgrad runs Direct): w -> [K,3,3,Cp] after U.
         let src = self.tc_w(w, ws);
         if self.padded(pass) {
             self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
-        }
-        if pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::Wgmma {
-            return self.wgmma_rotate(&dev, w.arg(), ws);
         }
         let Some(points) = self.wino_points(pass) else {
             return Ok(()); // the implicit GEMM reads the (padded) filters as they are
@@ -848,6 +842,11 @@ impl Conv3x3 {
 }
 
 /// `blocks` as a one-dimensional grid whose linear block index the kernel splits with 32-bit ints.
+/// Whether the wgmma kernels' 32-bit offsets cover `p`: N H W max(C, K) < 2^31.
+fn wgmma_fits(p: &ConvProblem) -> bool {
+    p.n.saturating_mul(p.h).saturating_mul(p.w).saturating_mul(p.c.max(p.k)) <= i32::MAX as usize
+}
+
 fn grid_x(p: &ConvProblem, blocks: usize) -> Result<u32> {
     u32::try_from(blocks)
         .ok()
