@@ -30,7 +30,7 @@
 // warpgroup's 64, channel 8 j + 2 t + (i & 1)) straight to global memory as fp16 pairs.
 // Expected bound (bench/NOTES.md, "A wgmma conv"): L2 to shared memory, (128 + N) x 128 bytes
 // a stage for 2 x 128 x N x 64 FLOP.
-#include "wgmma.cuh"
+#include "conv_wgmma.cuh"
 
 namespace cw {
 constexpr int kPix = 128;               // pixels a block (GEMM M)
@@ -43,9 +43,6 @@ __host__ __device__ constexpr int buf_bytes(int out) { return kABytes + out * kC
 static_assert(kBufs * buf_bytes(64) == 98304 && kBufs * buf_bytes(128) == 131072 && kBufs * buf_bytes(256) == 196608,
               "src/ops/conv/wgmma.rs");
 }  // namespace cw
-
-// Byte offset of 16-byte chunk `chunk` (channels 8 chunk..) of row `row` in an operand tile.
-__device__ __forceinline__ int cw_off(int row, int chunk) { return ((row >> 3) * 8 + chunk) * 128 + (row & 7) * 16; }
 
 template <int kOut>
 __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const __half* __restrict__ wt,
@@ -87,7 +84,7 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
         w_ok |= (o < cout ? 1u : 0u) << j;
         wsrc[j] = wt + (o < cout ? o * 9 * cin + 8 * chunk : 0);
     }
-    unsigned char* const piece0 = smem + cw_off(row0, chunk);  // + 4096 j (32 rows on)
+    unsigned char* const piece0 = smem + conv_wgmma_off(row0, chunk);  // + 4096 j (32 rows on)
     // Stage s = (tap, c0) is loaded in order s = 0, 1, ...: the tap, its column, the offset of
     // the tap's pixel (halves) and the channel offset are advanced instead of divided.
     int ld_tap = 0, ld_col = 0, ld_c0 = 0, ld_shift = -(w + 1) * cin, ld_wtap = 0;
@@ -128,23 +125,7 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int p = p0 + 64 * wg + 16 * (warp & 3) + g + 8 * half;
-        if (p >= npix) continue;
-        __half* const yrow = y + (long long)p * cout;
-        const __half* const mrow = mask ? mask + (long long)p * cout : nullptr;
-#pragma unroll
-        for (int j = 0; j < kOut / 8; ++j) {
-            const int o = o0 + 8 * j + 2 * t;
-            if (o >= cout) continue;  // cout is even: o + 1 < cout too
-            float v0 = acc[4 * j + 2 * half], v1 = acc[4 * j + 2 * half + 1];
-            if (bias) v0 += __half2float(bias[o]), v1 += __half2float(bias[o + 1]);
-            if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
-            if (mrow) {
-                const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mrow + o));
-                if (!(mv.x > 0.f)) v0 = 0.f;
-                if (!(mv.y > 0.f)) v1 = 0.f;
-            }
-            *reinterpret_cast<__half2*>(yrow + o) = __floats2half2_rn(v0, v1);
-        }
+        if (p < npix) conv_wgmma_store_row<kOut>(acc, half, p, o0, t, bias, mask, y, cout, relu);
     }
 }
 

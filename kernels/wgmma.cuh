@@ -297,29 +297,29 @@ __device__ __forceinline__ void wgmma_wait(PTX_SITE_PARAMS_ONLY) {
 #endif
 }
 
-// One pipeline stage of our kernels' layout (core matrices along K 128 bytes apart, so each k16
-// step starts 256 bytes on): fence, kSteps wgmma's accumulating into d, commit, then wait until
-// only this stage's group is pending. da / db name the stage's first k16 step.
+// One pipeline stage: fence, kSteps wgmma's accumulating into d, commit, then wait until only
+// this stage's group is pending. da / db name the stage's first k16 step; each k16 step starts
+// a_step / b_step 16-byte units further on (16 = 256 bytes: our tiles' layout, core matrices
+// along K 128 bytes apart).
 template <int N, bool TransA, bool TransB, int kSteps>
-__device__ __forceinline__ void wgmma_stage(float (&d)[N / 2], unsigned long long da, unsigned long long db) {
+__device__ __forceinline__ void wgmma_stage(float (&d)[N / 2], unsigned long long da, unsigned long long db,
+                                            unsigned a_step = 16, unsigned b_step = 16) {
   wgmma_fence();
 #pragma unroll
-  for (int k16 = 0; k16 < kSteps; ++k16) wgmma_ss<N, TransA, TransB>(d, da + 16 * k16, db + 16 * k16, 1);
+  for (int k16 = 0; k16 < kSteps; ++k16) wgmma_ss<N, TransA, TransB>(d, da + a_step * k16, db + b_step * k16, 1);
   wgmma_commit();
   wgmma_wait<1>();
 }
 
-// The main loop our wgmma kernels share: a ring of 4 shared-memory buffers of kBufBytes, one
-// pipeline stage each, filled by cp.async two stages ahead. Per stage s: wait for its copies,
-// fence them to the async proxy, barrier (stage s is everyone's; stage s - 2's wgmma group has
-// retired in every warp, so its buffer may be refilled); load(s + 2) and commit; visit(s) (work
-// on stage s's buffer beside the copies, e.g. a bias-gradient sum); the stage's wgmma group;
-// wait until only it is pending. Zeroes acc first; returns with every group retired and every
-// copy landed. load(i) copies stage i into buffer i % 4 (it must skip i >= stages); da0 / db0
-// describe buffer 0's operands.
-template <int N, bool TransA, bool TransB, int kSteps, int kBufBytes, class Load, class Visit>
-__device__ __forceinline__ void wgmma_ring(float (&acc)[N / 2], int stages, unsigned long long da0,
-                                           unsigned long long db0, Load&& load, Visit&& visit) {
+// The main loop our wgmma kernels share: a ring of 4 shared-memory buffers, one pipeline stage
+// each, filled by cp.async two stages ahead. Per stage s: wait for its copies, fence them to the
+// async proxy, barrier (stage s is everyone's; stage s - 2's wgmma group has retired in every
+// warp, so its buffer may be refilled); load(s + 2) and commit; step(s): the stage's wgmma group
+// (wgmma_stage, which leaves only it pending) and whatever goes with it. Zeroes acc first;
+// returns with every group retired and every copy landed. load(i) copies stage i into buffer
+// i % 4 (it must skip i >= stages).
+template <int N, class Load, class Step>
+__device__ __forceinline__ void wgmma_ring_loop(float (&acc)[N / 2], int stages, Load&& load, Step&& step) {
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) acc[i] = 0.f;
   load(0);
@@ -332,10 +332,21 @@ __device__ __forceinline__ void wgmma_ring(float (&acc)[N / 2], int stages, unsi
     __syncthreads();
     load(s + 2);
     cp_async_commit();
-    visit(s);
-    const unsigned stage = (s % 4) * (kBufBytes >> 4);
-    wgmma_stage<N, TransA, TransB, kSteps>(acc, da0 + stage, db0 + stage);
+    step(s);
   }
   wgmma_wait<0>();
   cp_async_wait<0>();
+}
+
+// wgmma_ring_loop over buffers of kBufBytes holding both operands: per stage, visit(s) (work on
+// stage s's buffer beside the copies, e.g. a bias-gradient sum), then the stage's group; da0 /
+// db0 describe buffer 0's operands.
+template <int N, bool TransA, bool TransB, int kSteps, int kBufBytes, class Load, class Visit>
+__device__ __forceinline__ void wgmma_ring(float (&acc)[N / 2], int stages, unsigned long long da0,
+                                           unsigned long long db0, Load&& load, Visit&& visit) {
+  wgmma_ring_loop<N>(acc, stages, load, [&](int s) {
+    visit(s);
+    const unsigned stage = (s % 4) * (kBufBytes >> 4);
+    wgmma_stage<N, TransA, TransB, kSteps>(acc, da0 + stage, db0 + stage);
+  });
 }

@@ -211,7 +211,7 @@ struct BenchConvArgs {
     /// Hopper's wgmma, all three passes).
     #[arg(long, default_value = "auto")]
     algo: String,
-    /// How Winograd groups its tiles: auto, flat, region (see kernels/winograd_conv.cu).
+    /// How Winograd F(2x2) groups its tiles, and which tile the wgmma fprop / dgrad run (flat: 128 pixels; auto, region: the halo tile): auto, flat, region.
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].

@@ -188,6 +188,34 @@ fn integer_data_is_exact_in_every_algorithm() {
     }
 }
 
+/// The wgmma fprop / dgrad tile: the halo one wherever it fits (widths up to 193 at 128
+/// output channels a tile, shared memory; up to 253 at 64, the kernel's 12 copy pieces a
+/// thread), the flat one past those edges or when asked; exact on integers at each edge.
+#[test]
+fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
+    let dev = Device::emu();
+    for (p, fprop, dgrad) in [
+        (ConvProblem::new(2, 3, 193, 72, 136), "wgmma/halo256x128", "wgmma/halo256x128"),
+        (ConvProblem::new(1, 2, 194, 8, 136), "wgmma/128x128", "wgmma/halo256x64"),
+        (ConvProblem::new(1, 3, 253, 16, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
+        (ConvProblem::new(1, 2, 254, 8, 64), "wgmma/128x64", "wgmma/128x64"),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap();
+        assert_eq!((conv.label(ConvPass::Fprop).as_str(), conv.label(ConvPass::Dgrad).as_str()), (fprop, dgrad), "{p}");
+        let flat = conv.with_wino_tiling(WinoTiling::Flat);
+        assert!(
+            flat.label(ConvPass::Fprop).starts_with("wgmma/128x"),
+            "{p}: Flat asked, {}",
+            flat.label(ConvPass::Fprop)
+        );
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
+        let (y, dx, _, _) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Auto), &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+    }
+}
+
 fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
     match r {
         Err(Error::Shape(m)) => assert!(m.contains(needle), "error `{m}` does not mention `{needle}`"),

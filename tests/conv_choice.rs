@@ -52,20 +52,26 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma, wgrad
-    // under the mma.sync and the wgmma implicit GEMM.
-    let fd: Vec<WinoVariant> = WinoVariant::ALL.into_iter().chain([WinoVariant::Wgmma]).collect();
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's two
+    // tiles, wgrad under the mma.sync and the wgmma implicit GEMM.
+    let fd: Vec<WinoVariant> =
+        WinoVariant::ALL.into_iter().chain([WinoVariant::Wgmma, WinoVariant::WgmmaFlat]).collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma];
     assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
     assert!(t.timings.iter().all(|x| x.ms > 0.0 && x.ms.is_finite()), "{:?}", t.timings);
     // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
-    // triples that do not mix F(2x2) flat with F(2x2) region.
+    // triples that do not mix a flat tiling (F(2x2) or wgmma) with a region one (F(2x2) region,
+    // the wgmma halo tile).
     let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
-    let f2 = |v: WinoVariant| matches!(v, WinoVariant::F2Flat | WinoVariant::F2Region);
+    let tiling = |v: WinoVariant| match v {
+        WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
+        WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
+        _ => None,
+    };
     let mut best = (f64::INFINITY, None);
     for &f in &fd {
         for &d in &fd {
-            if f2(f) && f2(d) && f != d {
+            if matches!((tiling(f), tiling(d)), (Some(a), Some(b)) if a != b) {
                 continue;
             }
             for g in wgrad {
@@ -80,15 +86,22 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     assert_eq!(t.chosen, [Some(f), Some(d), Some(g)]);
     let algo = |v: WinoVariant| match v {
         WinoVariant::F4 => F4,
-        WinoVariant::Wgmma => ConvAlgo::Wgmma,
+        WinoVariant::Wgmma | WinoVariant::WgmmaFlat => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
     let algos = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| t.conv.algo(q));
     assert_eq!(algos, [algo(f), algo(d), algo(g)]);
-    if let Some(v) = [f, d].into_iter().find(|&v| f2(v)) {
-        let want = if v == WinoVariant::F2Flat { WinoTiling::Flat } else { WinoTiling::Region };
+    if let Some(want) = [f, d].into_iter().find_map(tiling) {
         assert_eq!(t.conv.wino_tiling(), want);
+    }
+    // Each wgmma fprop / dgrad runs the tile it was timed with.
+    for (pass, v) in [(ConvPass::Fprop, f), (ConvPass::Dgrad, d)] {
+        match v {
+            WinoVariant::Wgmma => assert!(t.conv.label(pass).starts_with("wgmma/halo"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaFlat => assert!(t.conv.label(pass).starts_with("wgmma/128x"), "{}", t.conv.label(pass)),
+            _ => {}
+        }
     }
     // The tuned plan computes the convolution (within the Winograd bound).
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);

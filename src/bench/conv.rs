@@ -301,7 +301,7 @@ impl ConvRow {
     /// The column titles of [`ConvRow::table_line`].
     pub fn table_header() -> String {
         format!(
-            "{:<8} {:<5} {:<18} {:<12} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  agreement (max_rel / rel_l2)",
+            "{:<8} {:<5} {:<18} {:<18} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  agreement (max_rel / rel_l2)",
             "layer", "pass", "shape", "our algo", "ours ms", "TFLOP/s", "cuDNN ms", "cuDNN algo", "TFLOP/s", "ratio"
         )
     }
@@ -315,7 +315,7 @@ impl ConvRow {
         let problems =
             problem_lines(self.ours_error.as_deref(), "cuDNN", self.cudnn_error.as_deref(), self.agreement.as_ref());
         format!(
-            "{:<8} {:<5} {:<18} {:<12} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  {}{problems}",
+            "{:<8} {:<5} {:<18} {:<18} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  {}{problems}",
             self.layer,
             self.pass.name(),
             self.shape(),

@@ -172,6 +172,10 @@ impl CudaDevice {
         self.info.compute_capability
     }
 
+    pub fn multiprocessors(&self) -> usize {
+        self.info.multiprocessors.max(1) as usize
+    }
+
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: stream-ordered allocation on our own stream.

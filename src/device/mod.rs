@@ -107,6 +107,10 @@ impl std::fmt::Debug for Device {
     }
 }
 
+/// The emu device's stand-in for a GPU's multiprocessor count: small, so that persistent
+/// kernels give each block several work items in the tests, as they do on a GPU.
+pub const EMU_MULTIPROCESSORS: usize = 3;
+
 impl Device {
     /// The GPU of the given ordinal, or an error that says why it cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Self> {
@@ -162,6 +166,15 @@ impl Device {
         match &self.0.backend {
             Backend::Cuda(c) => c.compute_capability() == (9, 0),
             Backend::Emu(_) => true,
+        }
+    }
+
+    /// Streaming multiprocessors: the GPU's, or on emu [`EMU_MULTIPROCESSORS`]. What a
+    /// persistent kernel (one block an SM, each taking several work items) sizes its grid by.
+    pub fn multiprocessors(&self) -> usize {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.multiprocessors(),
+            Backend::Emu(_) => EMU_MULTIPROCESSORS,
         }
     }
 

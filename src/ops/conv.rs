@@ -130,7 +130,10 @@ pub enum ConvAlgo {
     Winograd4x4,
     /// Implicit GEMM on Hopper's warpgroup MMA for all three passes (kernels/conv_wgmma.cu:
     /// fprop, dgrad; kernels/conv_wgrad_wgmma.cu: wgrad, into the same per-chunk partial sums
-    /// as ImplicitGemm's), exact fp16 products, fp32 accumulation. C and K multiples of 8, N H W max(C, K) below 2^31. Runs where [`Device::has_wgmma`] (the emu
+    /// as ImplicitGemm's), exact fp16 products, fp32 accumulation; fprop and dgrad copy each
+    /// input position once for all 9 taps (kernels/conv_wgmma_halo.cu) unless the plan's
+    /// [`WinoTiling`] is Flat or the image is too wide. C and K multiples of 8, N H W max(C, K)
+    /// below 2^31. Runs where [`Device::has_wgmma`] (the emu
     /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. Auto does
     /// not pick it until it is measured on the GPU.
     Wgmma,
@@ -143,7 +146,10 @@ impl ConvAlgo {
     }
 }
 
-/// How the Winograd main loop groups its 64 output tiles a block.
+/// How the Winograd F(2x2) main loop groups its 64 output tiles a block, and which tile the
+/// [`ConvAlgo::Wgmma`] fprop and dgrad run: Flat, 128 consecutive pixels (each copied once a
+/// tap); Auto or Region, 256 positions with their halo copied once for all 9 taps, where it
+/// fits (widths up to 193, or 253 for at most 64 output channels), else the flat tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -841,12 +847,12 @@ impl Conv3x3 {
     }
 }
 
-/// `blocks` as a one-dimensional grid whose linear block index the kernel splits with 32-bit ints.
 /// Whether the wgmma kernels' 32-bit offsets cover `p`: N H W max(C, K) < 2^31.
 fn wgmma_fits(p: &ConvProblem) -> bool {
     p.n.saturating_mul(p.h).saturating_mul(p.w).saturating_mul(p.c.max(p.k)) <= i32::MAX as usize
 }
 
+/// `blocks` as a one-dimensional grid whose linear block index the kernel splits with 32-bit ints.
 fn grid_x(p: &ConvProblem, blocks: usize) -> Result<u32> {
     u32::try_from(blocks)
         .ok()

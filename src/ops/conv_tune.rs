@@ -1,7 +1,8 @@
 //! Picks each pass's variant of a planned 3x3 convolution by timing it on the device, as
 //! cuDNN's benchmark mode does. fprop and dgrad: F(2x2) with flat tiles, F(2x2) with region
 //! windows, F(4x4), and, where the device has wgmma and C is a multiple of 8, the wgmma
-//! implicit GEMM; wgrad: the mma.sync implicit GEMM or the wgmma one. Which is faster depends
+//! implicit GEMM with its halo tile and with its flat one; wgrad: the mma.sync implicit GEMM or
+//! the wgmma one. Which is faster depends
 //! on the layer (region tiling saves L2 traffic but idles slots on small images; F(4x4) does
 //! 44% fewer products but a costlier input transform; wgmma does all the products at the
 //! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
@@ -22,8 +23,10 @@ pub enum WinoVariant {
     F2Flat,
     F2Region,
     F4,
-    /// [`ConvAlgo::Wgmma`] (any pass).
+    /// [`ConvAlgo::Wgmma`] (any pass; fprop and dgrad with the halo tile where it fits).
     Wgmma,
+    /// [`ConvAlgo::Wgmma`]'s flat tile (fprop, dgrad; [`WinoTiling::Flat`]).
+    WgmmaFlat,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -38,15 +41,18 @@ impl WinoVariant {
             WinoVariant::F2Region => "winograd2x2/region",
             WinoVariant::F4 => "winograd4x4",
             WinoVariant::Wgmma => "wgmma",
+            WinoVariant::WgmmaFlat => "wgmma/flat",
             WinoVariant::Igemm => "igemm",
         }
     }
 
-    /// The F(2x2) tiling this variant needs, if it is an F(2x2) one.
-    fn tiling(self) -> Option<WinoTiling> {
+    /// The plan tiling this variant needs in `pass`: F(2x2)'s and the wgmma fprop / dgrad tile
+    /// (Region: the halo tile where it fits); None where the pass ignores it.
+    pub fn tiling(self, pass: ConvPass) -> Option<WinoTiling> {
         match self {
-            WinoVariant::F2Flat => Some(WinoTiling::Flat),
+            WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
             WinoVariant::F2Region => Some(WinoTiling::Region),
+            WinoVariant::Wgmma if pass != ConvPass::Wgrad => Some(WinoTiling::Region),
             _ => None,
         }
     }
@@ -55,7 +61,7 @@ impl WinoVariant {
         match self {
             WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
             WinoVariant::F4 => ConvAlgo::Winograd4x4,
-            WinoVariant::Wgmma => ConvAlgo::Wgmma,
+            WinoVariant::Wgmma | WinoVariant::WgmmaFlat => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
@@ -63,7 +69,7 @@ impl WinoVariant {
     /// `conv` with `pass` running this variant (the tiling is the plan's, shared by both passes).
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
-        Ok(self.tiling().map_or(c, |t| c.with_wino_tiling(t)))
+        Ok(self.tiling(pass).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
 
@@ -90,15 +96,20 @@ const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad
 
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
-/// and the plan allows it. Empty: the pass is not tuned.
+/// and the plan allows it (fprop and dgrad: its flat tile too, where the halo tile runs
+/// instead). Empty: the pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
         ConvAlgo::ImplicitGemm if pass == ConvPass::Wgrad => vec![WinoVariant::Igemm],
         _ => return vec![],
     };
-    if dev.has_wgmma() && WinoVariant::Wgmma.apply(base, pass).is_ok() {
+    if let (true, Ok(halo)) = (dev.has_wgmma(), WinoVariant::Wgmma.apply(base, pass)) {
         v.push(WinoVariant::Wgmma);
+        let flat = WinoVariant::WgmmaFlat.apply(base, pass);
+        if pass != ConvPass::Wgrad && flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
+            v.push(WinoVariant::WgmmaFlat);
+        }
     }
     if v.len() < 2 {
         v.clear(); // nothing to choose between
@@ -108,8 +119,9 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
 
 /// Times every candidate of each tunable pass of `base` (`reps` calls a sample, 3 samples
 /// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
-/// the three passes' times, among the combinations one plan can hold (both passes' F(2x2)
-/// variants share the plan's tiling, so F(2x2) flat for one and region for the other is out).
+/// the three passes' times, among the combinations one plan can hold (fprop and dgrad share
+/// the plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or the wgmma halo tile
+/// for the other is out).
 /// Other passes keep `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     let cands = PASSES.map(|pass| candidates(dev, base, pass));
@@ -169,7 +181,7 @@ pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     for f in pick(0) {
         for d in pick(1) {
-            let (tf, td) = (f.and_then(WinoVariant::tiling), d.and_then(WinoVariant::tiling));
+            let (tf, td) = (f.and_then(|v| v.tiling(ConvPass::Fprop)), d.and_then(|v| v.tiling(ConvPass::Dgrad)));
             if matches!((tf, td), (Some(a), Some(b)) if a != b) {
                 continue;
             }

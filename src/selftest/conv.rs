@@ -135,13 +135,15 @@ fn fprop_dgrad(
             continue;
         }
         let conv = Conv3x3::new(p, algo)?.with_wino_tiling(tiling);
-        let tiled = |name: &str| match (family, conv.wino_region_width()) {
+        let tiled = |name: &str, pass| match (family, conv.wino_region_width()) {
             (ConvAlgo::Winograd2x2, 0) => format!("{name} (flat)"),
             (ConvAlgo::Winograd2x2, rw) => format!("{name} (region rw={rw})"),
+            // wgmma/128xN or wgmma/halo256xN: which of the two kernels ran.
+            (ConvAlgo::Wgmma, _) => format!("{name} ({})", conv.label(pass)),
             _ => name.to_string(),
         };
-        let fname = kname(&conv, ConvPass::Fprop, &tiled(names[0]));
-        let dname = tiled(names[1]);
+        let fname = kname(&conv, ConvPass::Fprop, &tiled(names[0], ConvPass::Fprop));
+        let dname = tiled(names[1], ConvPass::Dgrad);
         let ws_len = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
         let mut ws = Tensor::<u8>::empty(dev, &[ws_len])?;
         for &kind in kinds.iter() {
@@ -251,7 +253,10 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
         return Ok(vec![]);
     }
     let g = ConvAlgo::Wgmma;
-    let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"])?;
+    let names = ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"];
+    // Auto: the halo tile (every problem of the list fits it); Flat: the 128-pixel one.
+    let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Auto, names)?;
+    rows.extend(fprop_dgrad(dev, g, g, WinoTiling::Flat, names)?);
     rows.extend(wgrad(dev, g, g)?);
     Ok(rows)
 }

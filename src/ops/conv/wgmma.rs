@@ -1,22 +1,46 @@
-//! The 3x3 convolution as an implicit GEMM on Hopper's wgmma (kernels/conv_wgmma.cu):
-//! [`ConvAlgo::Wgmma`]'s fprop and dgrad launches, and the dgrad's rotated filters.
+//! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
+//! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, else kernels/conv_wgmma.cu),
+//! and the dgrad's rotated filters.
 
-use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass};
+use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::{Device, Error, Result, Tensor};
 
 const WGMMA_N64: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n64_f16");
 const WGMMA_N128: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n128_f16");
 const WGMMA_N256: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n256_f16");
+const HALO_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n64_f16");
+const HALO_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n128_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
-/// 128 pixels x N output channels a block (N = 128 or 256), 256 threads (2 warpgroups), a
-/// 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
+/// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
+/// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
 const PIX: usize = 128;
+/// Halo tile: 256 positions of the padded image x N channels (64 or 128) an item, 512 threads (4
+/// warpgroups), persistent blocks (kernels/conv_wgmma_halo.cu).
+const HALO_POS: usize = 256;
+/// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w) <= 64 of them.
+const HALO_MAX_PIECES: usize = 12;
+/// Dynamic shared memory a block may opt in to on sm_90, the only target with wgmma: 227 KB.
+const SM90_SHARED: usize = 232448;
 
-/// `(N, kernel, shared bytes)` for `cout` output channels: 64 for at most 64 (no half-idle
-/// tensor work, two blocks an SM), 256 where 256-channel blocks leave at most 1/8 of the
-/// channels idle (fewer bytes from L2 a flop), else 128.
-fn tile(cout: usize) -> (usize, &'static Kernel, u32) {
+/// Positions a halo step holds for width `w`: the item's 256, a padded row (w + 2) and one
+/// position on each side, rounded up to 8 (kernels/conv_wgmma_halo.cu's halo_pos).
+fn halo_pos(w: usize) -> usize {
+    (HALO_POS + 2 * (w + 2) + 2).next_multiple_of(8)
+}
+
+/// One fprop or dgrad launch's kernel: the tile's GEMM M and N, shared bytes and threads.
+struct WgmmaTile {
+    kernel: &'static Kernel,
+    halo: bool,
+    n: usize,
+    shared: usize,
+}
+
+/// The flat tile for `cout` output channels: N = 64 for at most 64 (no half-idle tensor work,
+/// two blocks an SM), 256 where 256-channel blocks leave at most 1/8 of the channels idle (fewer
+/// bytes from L2 a flop), else 128.
+fn flat_tile(cout: usize) -> WgmmaTile {
     let n = match cout {
         ..=64 => 64,
         _ if cout >= 256 && cout.next_multiple_of(256) * 8 <= cout * 9 => 256,
@@ -27,14 +51,39 @@ fn tile(cout: usize) -> (usize, &'static Kernel, u32) {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    (n, kernel, (4 * (PIX + n) * 64 * 2) as u32)
+    WgmmaTile { kernel, halo: false, n, shared: 4 * (PIX + n) * 64 * 2 }
+}
+
+/// The halo tile for `cout` channels of an `n x h x w` image, if it fits: N = 64 for at most 64
+/// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers); 4 B
+/// buffers and 2 halo buffers within 227 KB (widths up to 193 at N 128), at most 12 halo pieces
+/// a thread (widths up to 253), and the
+/// padded positions within the kernel's 32-bit indices.
+fn halo_tile(n: usize, h: usize, w: usize, cout: usize) -> Option<WgmmaTile> {
+    let tn = if cout <= 64 { 64 } else { 128 };
+    let shared = 4 * tn * 64 * 2 + 2 * halo_pos(w) * 64 * 2;
+    let positions = n.saturating_mul(h + 1).saturating_mul(w + 2).saturating_add(2 * HALO_POS + 2 * w);
+    let fits = halo_pos(w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED && positions <= i32::MAX as usize;
+    let kernel = if tn == 64 { &HALO_N64 } else { &HALO_N128 };
+    fits.then_some(WgmmaTile { kernel, halo: true, n: tn, shared })
 }
 
 impl Conv3x3 {
-    /// `wgmma/128xN`: the block tile `pass` (fprop or dgrad) runs.
+    /// The tile `pass` (fprop or dgrad) runs: the halo tile unless the plan's tiling is
+    /// [`WinoTiling::Flat`] or the halo tile does not fit the shape, else the flat one.
+    fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
+        let p = &self.problem;
+        let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
+        let halo = if self.tiling == WinoTiling::Flat { None } else { halo_tile(p.n, p.h, p.w, cout) };
+        halo.unwrap_or_else(|| flat_tile(cout))
+    }
+
+    /// `wgmma/halo256xN` or `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
-        let cout = if pass == ConvPass::Dgrad { self.problem.c } else { self.problem.k };
-        format!("wgmma/{PIX}x{}", tile(cout).0)
+        match self.wgmma_tile(pass) {
+            WgmmaTile { halo: true, n, .. } => format!("wgmma/halo{HALO_POS}x{n}"),
+            WgmmaTile { n, .. } => format!("wgmma/{PIX}x{n}"),
+        }
     }
 
     /// An error unless `dev` runs wgmma kernels.
@@ -83,15 +132,23 @@ impl Conv3x3 {
         let p = &self.problem;
         self.need_wgmma(dev)?;
         let (cin, cout) = if pass == ConvPass::Dgrad { (p.k, p.c) } else { (p.c, p.k) };
-        let (out, kernel, smem) = tile(cout);
-        let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(out);
-        let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: smem };
+        let tile = self.wgmma_tile(pass);
+        let cfg = if tile.halo {
+            // Persistent: one block an SM, each taking every gridDim-th item.
+            let items = ((p.n * (p.h + 1) - 1) * (p.w + 2)).div_ceil(HALO_POS) * cout.div_ceil(tile.n);
+            let grid = grid_x(p, items.min(dev.multiprocessors()))?;
+            LaunchConfig { grid: (grid, 1, 1), block: (512, 1, 1), shared_bytes: tile.shared as u32 }
+        } else {
+            let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
+            LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
+        };
         let dims = [p.n, p.h, p.w, cin, cout].map(|v| KArg::I32(v as i32));
         let args = [x, wt, bias, mask, y, dims[0], dims[1], dims[2], dims[3], dims[4], relu];
         // SAFETY: (const __half* x, const __half* wt, const __half* bias, const __half* mask,
         // __half* y, int n, int h, int w, int cin, int cout, int relu): x N*H*W*cin halves, wt
         // cout*9*cin, y N*H*W*cout, bias cout or null, mask N*H*W*cout or null, all checked by
-        // the caller; N*H*W*max(C, K) and 9*K*C fit i32 (Conv3x3::new).
-        unsafe { dev.launch(kernel, cfg, &args) }
+        // the caller; N*H*W*max(C, K) and 9*K*C fit i32 (Conv3x3::new), the halo tile's
+        // padded positions too (halo_tile).
+        unsafe { dev.launch(tile.kernel, cfg, &args) }
     }
 }
