@@ -15,9 +15,11 @@
 // Shared layout per buffer: A (dY: 128 k x 64 pixels, 16 KB) then B (X: 256 columns x 64
 // pixels, 32 KB), core matrix (channel block i, pixel block j) at (8 i + j) * 128 bytes, its
 // row (pixel % 8) 16 bytes: lbo 128 (next 8 pixels), sbo 1024 (next 8 channels). A thread
-// copies pixel tid & 63 of each stage, channel blocks (tid >> 6) + 4 j: the 8 lanes of a store
-// phase write 8 consecutive 16-byte units. Since C is a multiple of 8 an 8-column block lies in
-// one tap: each of the thread's B blocks has a fixed tap and channel, worked out once.
+// copies pixel 8 (tid >> 5) + (tid & 7) of each stage, channel blocks ((tid >> 3) & 3) + 4 j: a
+// warp's copy reads 8 pixels x 4 adjacent blocks (64 contiguous bytes a pixel, whole 32-byte
+// sectors; 32 pixels x 1 block would fetch 32 sectors for 16 bytes each), and the 8 lanes of a
+// store phase write 8 consecutive 16-byte units. Since C is a multiple of 8 an 8-column block
+// lies in one tap: each of the thread's B blocks has a fixed tap and channel, worked out once.
 // Pixels past the chunk's end or the image count as zeros (zero-filled copies). Offsets are
 // 32-bit (N H W max(C, K) < 2^31, src/ops/conv.rs): with 64-bit ones ptxas serialized the
 // wgmma's (its C7515 note, which the build reports; tests/build_artifacts.rs fails on it).
@@ -45,9 +47,9 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     const int pstart = z * chunk, pend = min(pstart + chunk, npix);
     const int stages = (pend - pstart + kP - 1) / kP;
 
-    // This thread's pieces: pixel tid & 63 of each stage; A channel blocks (tid >> 6) + 4 j
-    // (j < 4), B column blocks (tid >> 6) + 4 j (j < 8), each with a fixed tap and channel.
-    const int px = tid & (kP - 1), blk0 = tid >> 6;
+    // This thread's pieces: pixel 8 warp + (tid & 7) of each stage; A channel blocks blk0 + 4 j
+    // (j < 4), B column blocks blk0 + 4 j (j < 8), each with a fixed tap and channel.
+    const int px = 8 * warp + (tid & 7), blk0 = (tid >> 3) & 3;
     unsigned a_ok = 0;  // bit j: A block j's channels lie below K
     int a_col[4];
 #pragma unroll

@@ -35,9 +35,11 @@ __device__ __forceinline__ void load(unsigned char* s, const __half* __restrict_
     for (int j = 0; j < ROWS / 32; ++j) {
         const int q = tid + kThreads * j;
         // K-major: row 8 (q >> 6) + (q & 7), t-chunk (q >> 3) & 7. M/N-major: t (q & 7) +
-        // 8 ((q >> 3) & 7), row-chunk q >> 6.
-        const int row = T_MAJOR ? 8 * (q >> 6) : 8 * (q >> 6) + (q & 7);
-        const int t = T_MAJOR ? (q & 7) + 8 * ((q >> 3) & 7) : 8 * ((q >> 3) & 7);
+        // 8 ((q >> 5) & 7), row-chunk ((q >> 3) & 3) + 4 (q >> 8). Either way a warp reads 8
+        // rows (or t's) x 4 adjacent chunks, 64 contiguous bytes each (whole 32-byte sectors),
+        // and the 8 lanes of a store phase fill one core matrix.
+        const int row = T_MAJOR ? 8 * (((q >> 3) & 3) + 4 * (q >> 8)) : 8 * (q >> 6) + (q & 7);
+        const int t = T_MAJOR ? (q & 7) + 8 * ((q >> 5) & 7) : 8 * ((q >> 3) & 7);
         const int off = T_MAJOR ? ((row >> 3) * 8 + (t >> 3)) * 128 + (t & 7) * 16
                                 : ((row >> 3) * 8 + (t >> 3)) * 128 + (row & 7) * 16;
         const int gr = row0 + row, gt = t0 + t;

@@ -29,7 +29,8 @@ fn halo_pos(w: usize) -> usize {
     (HALO_POS + 2 * (w + 2) + 2).next_multiple_of(8)
 }
 
-/// One fprop or dgrad launch's kernel: the tile's GEMM M and N, shared bytes and threads.
+/// One fprop or dgrad launch's kernel, whether it is the halo one, its output channels a tile
+/// (GEMM N) and its dynamic shared bytes.
 struct WgmmaTile {
     kernel: &'static Kernel,
     halo: bool,
@@ -57,8 +58,7 @@ fn flat_tile(cout: usize) -> WgmmaTile {
 /// The halo tile for `cout` channels of an `n x h x w` image, if it fits: N = 64 for at most 64
 /// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers); 4 B
 /// buffers and 2 halo buffers within 227 KB (widths up to 193 at N 128), at most 12 halo pieces
-/// a thread (widths up to 253), and the
-/// padded positions within the kernel's 32-bit indices.
+/// a thread (widths up to 253), and the padded positions within the kernel's 32-bit indices.
 fn halo_tile(n: usize, h: usize, w: usize, cout: usize) -> Option<WgmmaTile> {
     let tn = if cout <= 64 { 64 } else { 128 };
     let shared = 4 * tn * 64 * 2 + 2 * halo_pos(w) * 64 * 2;
