@@ -26,7 +26,7 @@
 // db: the blocks of column block 0 also sum their dY tiles from shared memory: thread -> k =
 // tid & 127, pixels 32 (tid >> 7) .. + 31 of each stage; the two halves meet in shared memory in
 // a fixed order at the end. Deterministic: no atomics, fixed orders throughout.
-#include "wgmma.cuh"
+#include "conv_wgmma.cuh"
 
 namespace cwg {
 constexpr int kM = 128, kN = 256, kP = 64, kBufs = 4;
@@ -92,17 +92,9 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     float acc[kN / 2];
     // db (column block 0): this thread's channel and half of each stage's pixels.
     const bool do_db = blockIdx.x == 0;
-    const int db_k = tid & (kM - 1), db_half = tid >> 7;
     float db_sum = 0.f;
-    // dY[p][k] of stage s: channel block db_k / 8, pixel block q / 8, row q % 8. Summed before
-    // the stage's wgmma's are issued: ptxas serializes wgmma's (C7515) when other instructions
-    // run while they are in flight and it cannot tell their registers apart.
     auto sum_db = [&](int s) {
-        if (!do_db) return;
-        const unsigned char* const a = smem + (s % kBufs) * kBufBytes + (db_k / 8) * 1024 + (db_k % 8) * 2;
-#pragma unroll 8
-        for (int q = 32 * db_half; q < 32 * db_half + 32; ++q)
-            db_sum += __half2float(*reinterpret_cast<const __half*>(a + (q / 8) * 128 + (q % 8) * 16));
+        if (do_db) conv_wgmma_db_stage(smem + (s % kBufs) * kBufBytes, tid, db_sum);
     };
     static_assert(kBufs == 4, "wgmma_ring's ring");
     wgmma_ring<kN, true, true, kP / 16, kBufBytes>(acc, stages, da0, db0, load, sum_db);
@@ -114,20 +106,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     for (int half = 0; half < 2; ++half) {
         const int kk = k0 + 64 * wg + 16 * (warp & 3) + g + 8 * half;
         if (kk >= k) continue;
-        float* const row = out + (long long)kk * cols;
-#pragma unroll
-        for (int j = 0; j < kN / 8; ++j) {
-            const int col = n0 + 8 * j + 2 * t;
-            if (col >= cols) continue;  // cols is a multiple of 8: col + 1 < cols too
-            *reinterpret_cast<float2*>(row + col) = make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
-        }
+        conv_wgmma_store_f32_row<kN>(acc, half, out + (long long)kk * cols, n0, t, cols);
     }
-    if (do_db) {
-        // The two halves' sums, added in a fixed order (the ring's buffers are free now).
-        __syncthreads();
-        float* const sdb = reinterpret_cast<float*>(smem);
-        sdb[tid] = db_sum;
-        __syncthreads();
-        if (tid < kM && k0 + tid < k) out[(long long)k * cols + k0 + tid] = sdb[tid] + sdb[tid + kM];
-    }
+    if (do_db) conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
 }

@@ -272,6 +272,10 @@ __device__ __forceinline__ void cp_async_zfill(void* smem_dst, const void* gmem_
                        "global source not aligned to the copy size");
   if (src_bytes > (unsigned)Bytes)
     ptx_emu::fail("cp.async", site_file, site_line, "src-size larger than cp-size", gmem_src);
+  const unsigned char *d = static_cast<unsigned char*>(smem_dst), *end = emu::dyn_smem() + emu::dyn_smem_bytes();
+  if (d >= emu::dyn_smem() && d < end + emu::kSmemGuard && d + Bytes > end)
+    ptx_emu::fail("cp.async", site_file, site_line, "shared destination past the end of dynamic shared memory",
+                  smem_dst);
   emu::cp_async_issue(smem_dst, gmem_src, Bytes, src_bytes);
 #endif
 }

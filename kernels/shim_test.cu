@@ -79,3 +79,13 @@ extern "C" __global__ void shim_cp_async_wait(const float* __restrict__ src, flo
     out[lane] = buf[lane];
     out[32 + lane] = buf[32 + lane];
 }
+
+// A copy into dynamic shared memory that the launch did not ask for (the planted bug: launched
+// with none, so byte 0 is already past its end): the emulator reports it at this line instead
+// of writing past the block's buffer.
+extern "C" __global__ void shim_cp_async_overrun(int* out) {
+    VGG_DYN_SHARED(unsigned char, smem);
+    if (threadIdx.x == 0) cp_async_16(smem, out);
+    cp_async_wait_all();
+    out[threadIdx.x] = 1;
+}

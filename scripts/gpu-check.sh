@@ -66,10 +66,11 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --json "$RAW/bench-conv-wgmma.json"
 fi
-# The wgmma fprop / dgrad on its flat 128-pixel tile (each input pixel copied once a tap) beside
-# bench-conv-wgmma's halo tile (copied once for all 9 taps): bench/NOTES.md, "The wgmma halo tile".
+# The wgmma kernels on their flat tiles (each input pixel copied once a tap) beside
+# bench-conv-wgmma's halo kernels (once for all 9 taps, or for a filter row's 3 in wgrad):
+# bench/NOTES.md, "The wgmma halo tile".
 if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
-  step bench-conv-wgmma-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+  step bench-conv-wgmma-flat 90 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling flat --json "$RAW/bench-conv-wgmma-flat.json"
 fi
@@ -125,7 +126,8 @@ fi
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
-  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
+  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_f16:wgmma:wgrad:auto \
+           igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do
     IFS=: read -r kern algo pass tiling <<<"$k"

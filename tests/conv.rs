@@ -190,7 +190,8 @@ fn integer_data_is_exact_in_every_algorithm() {
 
 /// The wgmma fprop / dgrad tile: the halo one wherever it fits (widths up to 193 at 128
 /// output channels a tile, shared memory; up to 253 at 64, the kernel's 12 copy pieces a
-/// thread), the flat one past those edges or when asked; exact on integers at each edge.
+/// thread), the flat one past those edges or when asked; exact on integers at each edge, and
+/// the halo wgrad with them.
 #[test]
 fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
     let dev = Device::emu();
@@ -210,9 +211,18 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
         );
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let (want_y, want_dx) = exact_y_dx(&p, &data);
-        let (y, dx, _, _) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Auto), &data);
+        let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Auto), &data);
         assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
         assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+        // The wgrad over the same padded positions, whatever the width (its X tile is 80
+        // positions a stage).
+        // 3 taps x 64 channels a block for C <= 64 (a 128-channel block would be half idle).
+        let wgrad = if p.c <= 64 { "wgmma/halo128x192" } else { "wgmma/halo128x384" };
+        assert_eq!(conv.label(ConvPass::Wgrad), wgrad, "{p}");
+        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(dw, bits(want_dw), "{p}: dw not exact");
+        assert_eq!(db, bits(want_db), "{p}: db not exact");
     }
 }
 

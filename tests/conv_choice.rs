@@ -40,7 +40,9 @@ fn with_pass_algo_switches_only_winograd_passes() {
         c.with_pass_algo(ConvPass::Wgrad, ConvAlgo::ImplicitGemm).unwrap().label(ConvPass::Wgrad),
         "igemm/64x256"
     );
-    assert_eq!(c.label(ConvPass::Wgrad), "wgmma/128x256");
+    // wgmma's wgrad: over the padded positions (3 taps x 64 channels a block for C = 16), or flat.
+    assert_eq!(c.label(ConvPass::Wgrad), "wgmma/halo128x192");
+    assert_eq!(c.with_wino_tiling(WinoTiling::Flat).label(ConvPass::Wgrad), "wgmma/128x256");
     bad(c.with_pass_algo(ConvPass::Wgrad, F2), "Wgrad");
     let padded = Conv3x3::new(ConvProblem::new(1, 6, 6, 12, 16), ConvAlgo::Auto).unwrap();
     bad(padded.with_pass_algo(ConvPass::Fprop, wg), "Wgmma");
@@ -53,15 +55,15 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
     // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's two
-    // tiles, wgrad under the mma.sync and the wgmma implicit GEMM.
+    // tilings, wgrad under the mma.sync and the wgmma implicit GEMM (both tilings).
     let fd: Vec<WinoVariant> =
         WinoVariant::ALL.into_iter().chain([WinoVariant::Wgmma, WinoVariant::WgmmaFlat]).collect();
-    let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma];
+    let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
     assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
     assert!(t.timings.iter().all(|x| x.ms > 0.0 && x.ms.is_finite()), "{:?}", t.timings);
     // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
     // triples that do not mix a flat tiling (F(2x2) or wgmma) with a region one (F(2x2) region,
-    // the wgmma halo tile).
+    // wgmma's halo kernels).
     let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
     let tiling = |v: WinoVariant| match v {
         WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
@@ -71,10 +73,11 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let mut best = (f64::INFINITY, None);
     for &f in &fd {
         for &d in &fd {
-            if matches!((tiling(f), tiling(d)), (Some(a), Some(b)) if a != b) {
-                continue;
-            }
             for g in wgrad {
+                let ts: Vec<WinoTiling> = [f, d, g].into_iter().filter_map(tiling).collect();
+                if ts.windows(2).any(|w| w[0] != w[1]) {
+                    continue;
+                }
                 let cost = time(ConvPass::Fprop, f) + time(ConvPass::Dgrad, d) + time(ConvPass::Wgrad, g);
                 if cost < best.0 {
                     best = (cost, Some([f, d, g]));
@@ -92,11 +95,11 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     };
     let algos = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| t.conv.algo(q));
     assert_eq!(algos, [algo(f), algo(d), algo(g)]);
-    if let Some(want) = [f, d].into_iter().find_map(tiling) {
+    if let Some(want) = [f, d, g].into_iter().find_map(tiling) {
         assert_eq!(t.conv.wino_tiling(), want);
     }
-    // Each wgmma fprop / dgrad runs the tile it was timed with.
-    for (pass, v) in [(ConvPass::Fprop, f), (ConvPass::Dgrad, d)] {
+    // Each wgmma pass runs the kernel it was timed with.
+    for (pass, v) in [(ConvPass::Fprop, f), (ConvPass::Dgrad, d), (ConvPass::Wgrad, g)] {
         match v {
             WinoVariant::Wgmma => assert!(t.conv.label(pass).starts_with("wgmma/halo"), "{}", t.conv.label(pass)),
             WinoVariant::WgmmaFlat => assert!(t.conv.label(pass).starts_with("wgmma/128x"), "{}", t.conv.label(pass)),

@@ -106,6 +106,11 @@ fn shuffle_outside_mask_is_an_error() {
 }
 
 #[test]
+fn a_copy_past_dynamic_shared_memory_is_an_error() {
+    expect_kernel_error("shim_cp_async_overrun", 32, "past the end of dynamic shared memory");
+}
+
+#[test]
 fn a_device_survives_a_failed_launch() {
     let dev = Device::emu();
     let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();

@@ -537,7 +537,9 @@ extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kern
     b.nthreads = block[0] * block[1] * block[2];
     b.fibers.resize(b.nthreads);
     b.warps.resize((b.nthreads + 31) / 32);
-    b.smem_store.resize(smem_bytes + 128);
+    // A guard after the dynamic shared memory, so that a copy past its end is reported
+    // (cp_async_issue) instead of corrupting the heap.
+    b.smem_store.resize(smem_bytes + 128 + kSmemGuard);
     b.smem = b.smem_store.data() + (128 - reinterpret_cast<uintptr_t>(b.smem_store.data()) % 128) % 128;
     b.smem_bytes = smem_bytes;
     gridDim = dim3(grid[0], grid[1], grid[2]);

@@ -86,6 +86,9 @@ void cp_async_wait(int pending);
 unsigned char* dyn_smem();
 // Its size in bytes (the launch's shared_bytes).
 size_t dyn_smem_bytes();
+// Bytes of guard after it: a copy that starts there is an overrun (ptx.cuh reports it) rather
+// than heap corruption.
+constexpr size_t kSmemGuard = 64 * 1024;
 // An identity of the running block (changes from block to block on one OS thread).
 unsigned long long block_serial();
 }  // namespace emu

@@ -41,6 +41,14 @@ const WGRAD_REDUCE: Kernel = kern("conv_wgrad", "wgrad_reduce_f32");
 /// (kernels/conv_wgrad_wgmma.cu).
 const IGEMM_WGRAD_WGMMA: Kernel = kern("conv_wgrad_wgmma", "igemm3x3_wgrad_wgmma_f16");
 const WGRAD_WGMMA_SMEM: u32 = 4 * 64 * (128 + 256) * 2;
+/// The wgmma wgrad over the padded positions (kernels/conv_wgrad_wgmma_halo.cu): 128 k x (3 taps
+/// of one filter row x Cb c) a block, Cb = 64 for C <= 64, else 128; a ring of 4 x (dY 128 k x
+/// 64 positions + X Cb c x 80).
+const WGRAD_WGMMA_HALO_C64: Kernel = kern("conv_wgrad_wgmma_halo", "igemm3x3_wgrad_wgmma_halo_c64_f16");
+const WGRAD_WGMMA_HALO_C128: Kernel = kern("conv_wgrad_wgmma_halo", "igemm3x3_wgrad_wgmma_halo_c128_f16");
+const fn wgrad_wgmma_halo_smem(cb: usize) -> u32 {
+    (4 * (128 * 64 + cb * 80) * 2) as u32
+}
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
 /// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads; shared memory for
@@ -82,6 +90,9 @@ const WG_THREADS: u32 = 256;
 /// pixels.
 const WG_TARGET_BLOCKS: usize = 4 * 132;
 const WG_MIN_CHUNK: usize = 256;
+/// The wgmma wgrads' smallest chunk: 16 of their 64-pixel stages, so the ring's prologue and
+/// drain stay a small share of a block, and small problems (the tests') wrap the 4-buffer ring.
+const WG_MIN_CHUNK_WGMMA: usize = 1024;
 /// Alignment of the regions a padded problem keeps in the workspace (cp.async needs 16 B).
 const WS_ALIGN: usize = 256;
 /// Direct wgrad: pixels a thread sums, roughly, and the most chunks.
@@ -132,7 +143,8 @@ pub enum ConvAlgo {
     /// fprop, dgrad; kernels/conv_wgrad_wgmma.cu: wgrad, into the same per-chunk partial sums
     /// as ImplicitGemm's), exact fp16 products, fp32 accumulation; fprop and dgrad copy each
     /// input position once for all 9 taps (kernels/conv_wgmma_halo.cu) unless the plan's
-    /// [`WinoTiling`] is Flat or the image is too wide. C and K multiples of 8, N H W max(C, K)
+    /// [`WinoTiling`] is Flat or the image is too wide, and wgrad once for the 3 taps of a filter
+    /// row (kernels/conv_wgrad_wgmma_halo.cu) unless the tiling is Flat. C and K multiples of 8, N H W max(C, K)
     /// below 2^31. Runs where [`Device::has_wgmma`] (the emu
     /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. Auto does
     /// not pick it until it is measured on the GPU.
@@ -146,10 +158,11 @@ impl ConvAlgo {
     }
 }
 
-/// How the Winograd F(2x2) main loop groups its 64 output tiles a block, and which tile the
-/// [`ConvAlgo::Wgmma`] fprop and dgrad run: Flat, 128 consecutive pixels (each copied once a
-/// tap); Auto or Region, 256 positions with their halo copied once for all 9 taps, where it
-/// fits (widths up to 193, or 253 for at most 64 output channels), else the flat tile.
+/// How the Winograd F(2x2) main loop groups its 64 output tiles a block, and which kernels
+/// [`ConvAlgo::Wgmma`] runs: Flat, 128 consecutive pixels a block (each copied once a tap);
+/// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
+/// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
+/// 3 taps of a filter row (wgrad).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -343,8 +356,12 @@ impl Conv3x3 {
     pub fn label(&self, pass: ConvPass) -> String {
         if pass == ConvPass::Wgrad && self.tc(pass) {
             let (m, n, _) = self.wgrad_tile();
-            let family = if self.algo(pass) == ConvAlgo::Wgmma { "wgmma" } else { "igemm" };
-            return format!("{family}/{m}x{n}");
+            let family = match self.algo(pass) {
+                ConvAlgo::Wgmma if self.wgrad_halo() => "wgmma/halo",
+                ConvAlgo::Wgmma => "wgmma/",
+                _ => "igemm/",
+            };
+            return format!("{family}{m}x{n}");
         }
         match (self.algo(pass), self.wino_region_width()) {
             (ConvAlgo::Winograd2x2, 0) => "winograd2x2/flat".into(),
@@ -419,8 +436,16 @@ impl Conv3x3 {
     /// first layer); 128 x 256 where 256-column blocks leave at most 1/8 of their columns idle
     /// (VGG's conv2_2 on), whose 64 x 64 warp tiles read ~30% fewer shared-memory bytes a flop
     /// (bench/NOTES.md); else 128 x 128.
+    /// The wgmma wgrad: 128 x 3 Cb (3 taps x Cb channels, Cb = 64 for C <= 64, else 128) over
+    /// the padded positions where [`Conv3x3::wgrad_halo`], else 128 x 256.
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
         if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
+            if self.wgrad_halo() {
+                return match self.cp {
+                    ..=64 => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
+                    _ => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
+                };
+            }
             return (128, 256, &IGEMM_WGRAD_WGMMA);
         }
         let cols = 9 * self.cp;
@@ -441,18 +466,31 @@ impl Conv3x3 {
         }
     }
 
-    /// `(chunks, pixels per chunk)` of the wgrad pixel reduction: a function of the shape only.
+    /// Column blocks of the tensor-core wgrad's grid: 3 filter rows x C / Cb (halo), else 9 C / N.
+    fn wgrad_grid_x(&self) -> usize {
+        if self.wgrad_halo() {
+            3 * self.cp.div_ceil(self.wgrad_tile().1 / 3)
+        } else {
+            (9 * self.cp).div_ceil(self.wgrad_tile().1)
+        }
+    }
+
+    /// `(chunks, pixels per chunk)` of the wgrad pixel reduction (padded positions for the halo
+    /// wgrad): a function of the shape only.
     fn wgrad_split(&self) -> (usize, usize) {
         let p = &self.problem;
-        let pixels = p.n * p.h * p.w;
+        let pixels = if self.wgrad_halo() { self.halo_positions() } else { p.n * p.h * p.w };
         let want = if self.tc(ConvPass::Wgrad) {
-            let (m, n, _) = self.wgrad_tile();
-            let base = (9 * self.cp).div_ceil(n) * p.k.div_ceil(m);
+            let (m, _, _) = self.wgrad_tile();
+            let base = self.wgrad_grid_x() * p.k.div_ceil(m);
             // The wgmma kernel runs one block an SM (196 KB of shared memory): two waves of it
             // keep the SMs as busy, with half the partial sums to write and reduce.
-            let target =
-                if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma { WG_TARGET_BLOCKS / 2 } else { WG_TARGET_BLOCKS };
-            target.div_ceil(base).clamp(1, pixels.div_ceil(WG_MIN_CHUNK).max(1))
+            let (target, min_chunk) = if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
+                (WG_TARGET_BLOCKS / 2, WG_MIN_CHUNK_WGMMA)
+            } else {
+                (WG_TARGET_BLOCKS, WG_MIN_CHUNK)
+            };
+            target.div_ceil(base).clamp(1, pixels.div_ceil(min_chunk).max(1))
         } else {
             pixels.div_ceil(DIRECT_WG_CHUNK).clamp(1, DIRECT_WG_MAX_SPLITS)
         };
@@ -760,11 +798,16 @@ impl Conv3x3 {
             if wgmma {
                 self.need_wgmma(&dev)?;
             }
-            let grid = ((9 * self.cp).div_ceil(n), p.k.div_ceil(m), chunks);
+            let grid = (self.wgrad_grid_x(), p.k.div_ceil(m), chunks);
+            let shared = match (wgmma, self.wgrad_halo()) {
+                (true, true) => wgrad_wgmma_halo_smem(n / 3),
+                (true, false) => WGRAD_WGMMA_SMEM,
+                _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
+            };
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
-                shared_bytes: if wgmma { WGRAD_WGMMA_SMEM } else { (4 * WG_P * (m + 8 + n + 8) * 2) as u32 },
+                shared_bytes: shared,
             };
             let args = [
                 xa,

@@ -2,7 +2,7 @@
 //! cuDNN's benchmark mode does. fprop and dgrad: F(2x2) with flat tiles, F(2x2) with region
 //! windows, F(4x4), and, where the device has wgmma and C is a multiple of 8, the wgmma
 //! implicit GEMM with its halo tile and with its flat one; wgrad: the mma.sync implicit GEMM or
-//! the wgmma one. Which is faster depends
+//! the wgmma one (halo and flat). Which is faster depends
 //! on the layer (region tiling saves L2 traffic but idles slots on small images; F(4x4) does
 //! 44% fewer products but a costlier input transform; wgmma does all the products at the
 //! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
@@ -23,9 +23,9 @@ pub enum WinoVariant {
     F2Flat,
     F2Region,
     F4,
-    /// [`ConvAlgo::Wgmma`] (any pass; fprop and dgrad with the halo tile where it fits).
+    /// [`ConvAlgo::Wgmma`] (any pass) with its halo kernels where they fit.
     Wgmma,
-    /// [`ConvAlgo::Wgmma`]'s flat tile (fprop, dgrad; [`WinoTiling::Flat`]).
+    /// [`ConvAlgo::Wgmma`]'s flat kernels ([`WinoTiling::Flat`]).
     WgmmaFlat,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
@@ -46,13 +46,12 @@ impl WinoVariant {
         }
     }
 
-    /// The plan tiling this variant needs in `pass`: F(2x2)'s and the wgmma fprop / dgrad tile
-    /// (Region: the halo tile where it fits); None where the pass ignores it.
-    pub fn tiling(self, pass: ConvPass) -> Option<WinoTiling> {
+    /// The plan tiling this variant needs: F(2x2)'s, and wgmma's (Region: its halo kernels
+    /// where they fit); None where the variant ignores it.
+    pub fn tiling(self) -> Option<WinoTiling> {
         match self {
             WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
-            WinoVariant::F2Region => Some(WinoTiling::Region),
-            WinoVariant::Wgmma if pass != ConvPass::Wgrad => Some(WinoTiling::Region),
+            WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
             _ => None,
         }
     }
@@ -69,7 +68,7 @@ impl WinoVariant {
     /// `conv` with `pass` running this variant (the tiling is the plan's, shared by both passes).
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
-        Ok(self.tiling(pass).map_or(c, |t| c.with_wino_tiling(t)))
+        Ok(self.tiling().map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
 
@@ -96,8 +95,8 @@ const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad
 
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
-/// and the plan allows it (fprop and dgrad: its flat tile too, where the halo tile runs
-/// instead). Empty: the pass is not tuned.
+/// and the plan allows it (its flat kernel too, where the halo one runs instead). Empty: the pass
+/// is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -107,7 +106,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     if let (true, Ok(halo)) = (dev.has_wgmma(), WinoVariant::Wgmma.apply(base, pass)) {
         v.push(WinoVariant::Wgmma);
         let flat = WinoVariant::WgmmaFlat.apply(base, pass);
-        if pass != ConvPass::Wgrad && flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
+        if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
     }
@@ -119,9 +118,9 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
 
 /// Times every candidate of each tunable pass of `base` (`reps` calls a sample, 3 samples
 /// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
-/// the three passes' times, among the combinations one plan can hold (fprop and dgrad share
-/// the plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or the wgmma halo tile
-/// for the other is out).
+/// the three passes' times, among the combinations one plan can hold (the passes share the
+/// plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or wgmma halo for another is
+/// out).
 /// Other passes keep `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     let cands = PASSES.map(|pass| candidates(dev, base, pass));
@@ -179,13 +178,17 @@ pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
         }
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
+    // One tiling a plan: the passes that need one must need the same.
+    let one_tiling = |vs: [Option<WinoVariant>; 3]| {
+        let mut t = vs.into_iter().flatten().filter_map(WinoVariant::tiling);
+        t.next().is_none_or(|first| t.all(|x| x == first))
+    };
     for f in pick(0) {
         for d in pick(1) {
-            let (tf, td) = (f.and_then(|v| v.tiling(ConvPass::Fprop)), d.and_then(|v| v.tiling(ConvPass::Dgrad)));
-            if matches!((tf, td), (Some(a), Some(b)) if a != b) {
-                continue;
-            }
             for g in pick(2) {
+                if !one_tiling([f, d, g]) {
+                    continue;
+                }
                 let cost: f64 = PASSES.into_iter().zip([f, d, g]).map(|(q, v)| v.map_or(0.0, |v| time(q, v))).sum();
                 if best.is_none_or(|(c, _)| cost < c) {
                     best = Some((cost, [f, d, g]));

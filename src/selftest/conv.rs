@@ -198,11 +198,12 @@ fn fprop_dgrad(
 }
 
 /// wgrad (dw and db) of `algo` on every problem where wgrad resolves to `family`.
-fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo) -> Result<Vec<CheckRow>> {
+fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, tiling: WinoTiling) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (np, kinds)) in problems(dev).iter().enumerate() {
         let p = np.problem;
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
+        let conv = conv.with_wino_tiling(tiling);
         let name = kname(&conv, ConvPass::Wgrad, conv.wgrad_kernel_name());
         let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
         for &kind in kinds.iter() {
@@ -226,7 +227,7 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo) -> Result<Vec<CheckRow>
 pub fn direct(dev: &Device) -> Result<Vec<CheckRow>> {
     let d = ConvAlgo::Direct;
     let mut rows = fprop_dgrad(dev, d, d, WinoTiling::Auto, ["direct3x3_fprop_f16", "direct3x3_dgrad_f16"])?;
-    rows.extend(wgrad(dev, d, d)?);
+    rows.extend(wgrad(dev, d, d, WinoTiling::Auto)?);
     Ok(rows)
 }
 
@@ -254,10 +255,11 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     }
     let g = ConvAlgo::Wgmma;
     let names = ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"];
-    // Auto: the halo tile (every problem of the list fits it); Flat: the 128-pixel one.
+    // Auto: the halo kernels (every problem of the list fits them); Flat: the 128-pixel tiles.
     let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Auto, names)?;
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::Flat, names)?);
-    rows.extend(wgrad(dev, g, g)?);
+    rows.extend(wgrad(dev, g, g, WinoTiling::Auto)?);
+    rows.extend(wgrad(dev, g, g, WinoTiling::Flat)?);
     Ok(rows)
 }
 
@@ -270,5 +272,5 @@ pub fn igemm_fprop(dev: &Device) -> Result<Vec<CheckRow>> {
 
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).
 pub fn wgrad_tc(dev: &Device) -> Result<Vec<CheckRow>> {
-    wgrad(dev, ConvAlgo::Auto, ConvAlgo::ImplicitGemm)
+    wgrad(dev, ConvAlgo::Auto, ConvAlgo::ImplicitGemm, WinoTiling::Auto)
 }

@@ -86,6 +86,24 @@ impl Conv3x3 {
         }
     }
 
+    /// Positions of the padded space the halo kernels run over, (N (H + 1) - 1) (W + 2): each
+    /// image row with a zero column on both sides, a zero row above each image.
+    pub(super) fn halo_positions(&self) -> usize {
+        let p = &self.problem;
+        (p.n * (p.h + 1) - 1) * (p.w + 2)
+    }
+
+    /// Whether the wgmma wgrad runs over the padded positions (kernels/conv_wgrad_wgmma_halo.cu):
+    /// unless the plan's tiling is [`WinoTiling::Flat`] or the positions (with a stage's margins)
+    /// leave the kernel's 32-bit indices.
+    pub(super) fn wgrad_halo(&self) -> bool {
+        let p = &self.problem;
+        let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2).saturating_add(2 * HALO_POS + 2 * p.w);
+        self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma
+            && self.tiling != WinoTiling::Flat
+            && positions <= i32::MAX as usize
+    }
+
     /// An error unless `dev` runs wgmma kernels.
     pub(super) fn need_wgmma(&self, dev: &Device) -> Result<()> {
         if dev.has_wgmma() {
