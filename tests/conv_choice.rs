@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
 use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
-use vgg_cuda::ops::conv_tune::{tune, WinoVariant};
+use vgg_cuda::ops::conv_tune::{tune, tune_within, WinoVariant, AGREEMENT};
 use vgg_cuda::problem::ConvProblem;
 use vgg_cuda::{reference as r, Device, Error, Tensor};
 
@@ -61,6 +61,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
     assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
     assert!(t.timings.iter().all(|x| x.ms > 0.0 && x.ms.is_finite()), "{:?}", t.timings);
+    // Every variant computes the convolution on emu: each agrees with the base plan.
+    assert!(t.timings.iter().all(|x| x.rel_l2 <= AGREEMENT), "{:?}", t.timings);
     // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
     // triples that do not mix a flat tiling (F(2x2) or wgmma) with a region one (F(2x2) region,
     // wgmma's halo kernels).
@@ -120,6 +122,27 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     t.conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws).unwrap();
     let c = r::compare(&y.to_f32().unwrap(), &r::conv3x3_fprop(&p, &xv, &wv, None, false));
     assert!(c.rel_l2 <= 3e-3, "tuned fprop rel L2 {:.2e}", c.rel_l2);
+}
+
+#[test]
+fn tune_never_chooses_a_variant_that_disagrees_with_the_base_plan() {
+    let dev = Device::emu();
+    let p = ConvProblem::new(2, 9, 13, 16, 24);
+    let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
+    // Tolerance 0: only outputs bit-identical to base's (F(2x2), the mma.sync wgrad) qualify;
+    // F(4x4)'s transforms round differently, so it disagrees and is never chosen, however fast.
+    let t = tune_within(&dev, base, 1, 0.0).unwrap();
+    let rel = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().rel_l2;
+    for pass in [ConvPass::Fprop, ConvPass::Dgrad] {
+        assert!(rel(pass, WinoVariant::F4) > 0.0, "{pass:?}: F(4x4) bit-identical to F(2x2)?");
+        assert!(rel(pass, WinoVariant::F4) <= AGREEMENT, "{pass:?}: F(4x4) off by {}", rel(pass, WinoVariant::F4));
+    }
+    for (pass, v) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().zip(t.chosen) {
+        if let Some(v) = v {
+            assert_eq!(rel(pass, v), 0.0, "{pass:?}: chose {v:?}, which disagrees");
+        }
+    }
+    assert!(t.chosen[..2].iter().all(|&v| v != Some(WinoVariant::F4)), "{:?}", t.chosen);
 }
 
 #[test]

@@ -281,6 +281,14 @@ impl Conv3x3 {
         self.problem
     }
 
+    /// The same plan (algorithms, tiling) for a batch of `n` images, 1 <= n <= this plan's N: a
+    /// smaller batch keeps every index within the limits [`Conv3x3::new`] checked.
+    pub fn with_batch(mut self, n: usize) -> Self {
+        assert!(n >= 1 && n <= self.problem.n, "with_batch: {n} images, the plan has {}", self.problem.n);
+        self.problem.n = n;
+        self
+    }
+
     /// The same plan with the Winograd passes grouping tiles as `tiling` says.
     pub fn with_wino_tiling(mut self, tiling: WinoTiling) -> Self {
         self.tiling = tiling;

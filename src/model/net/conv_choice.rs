@@ -77,8 +77,18 @@ impl ConvLayerChoice {
         if self.timings.is_empty() {
             return None;
         }
-        let t: Vec<String> =
-            self.timings.iter().map(|t| format!("{:?} {} {:.3} ms", t.pass, t.variant.name(), t.ms)).collect();
+        let t: Vec<String> = self
+            .timings
+            .iter()
+            .map(|t| {
+                let off = if t.rel_l2 <= conv_tune::AGREEMENT {
+                    String::new()
+                } else {
+                    format!(" (disagrees: rel L2 {:.1e}, not chosen)", t.rel_l2)
+                };
+                format!("{:?} {} {:.3} ms{off}", t.pass, t.variant.name(), t.ms)
+            })
+            .collect();
         Some(format!("{}: {}", self.conv.problem(), t.join(", ")))
     }
 }
