@@ -6,8 +6,8 @@
 //
 // Why: conv_wgmma.cu's 128-pixel tile moves 11.7-23 KB from L2 a MFLOP (its input once per
 // tap), which bounds it near cuDNN's time or above (bench/NOTES.md). Here a tap is only a shift
-// of the wgmma's A descriptor, and 256 positions x N channels move 5.1 (N 128) to 8.6 (N 64,
-// 224 wide) KB a MFLOP.
+// of the wgmma's A descriptor, and 256 positions x N channels move 5.5-6 (N 128) to 8.9 (N 64,
+// 224 wide) KB a useful MFLOP.
 //
 // The padded position space: each image row gets a zero column on both sides (pitch wp = w + 2)
 // and each image a zero row above it (h + 1 rows an image), plus one zero row after the last:
@@ -26,7 +26,7 @@
 // position q, chunk k8 (channels 8 k8..) at k8 * lbo + q * 16, lbo = 16 halo_pos, sbo 128. A
 // tap's A for warpgroup g starts at position 64 g + (dy + 1) wp + dx + 1. Two halo buffers: halo
 // step k + 1 is copied during step k (its copies are issued with stage 9 k + 3, when stage
-// 9 k - 1, the last reader of that buffer, has retired everywhere: wgmma_ring's rule).
+// 9 k - 1, the last reader of that buffer, has retired everywhere: wgmma_ring_loop's rule).
 // Stages: one tap of one halo step (9 a halo step, taps in order), B = N output channels x 64
 // input channels of that tap through a 4-buffer ring exactly as conv_wgmma.cu's (prefetch
 // distance 2, one barrier and one wgmma group a stage, lbo 128, sbo 1024). After an item's

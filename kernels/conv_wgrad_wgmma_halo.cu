@@ -11,13 +11,13 @@
 //
 // Why: the flat wgmma wgrad copies X once per tap from L2 (11.7 KB a MFLOP); here one X tile of
 // a stage's 64 positions plus 2 (80 copied, for whole core matrices) feeds the 3 taps s of the
-// block's filter row r, each a descriptor 16 bytes (one position) on: 5.6 KB a MFLOP.
+// block's filter row r, each a descriptor 16 bytes (one position) on: 5.7 KB a MFLOP (kC 128).
 //
-// Tiling: a block owns 128 k x (3 taps x kC c), kC = 128 (or 64 for C <= 64, which would leave
-// half of a 128 block idle) (grid x: row r + 3 c-block, y: k blocks, z: position chunks); 256
-// threads = 2 warpgroups of 64 k, each 3 m64nkCk16 accumulators (one a tap, 192 fp32 a thread
-// at kC 128). Stages of 64 positions through a 4-buffer ring (wgmma_ring_loop's
-// rules). Both operands are M/N-major (positions are the reduction): A = dY as conv_wgrad_wgmma.cu
+// Tiling: a block owns 128 k x (3 taps x kC c), kC = 128, or 64 for C <= 64, where 128 would
+// leave half of each block idle (grid x: row r + 3 c-block, y: k blocks, z: position chunks);
+// 256 threads = 2 warpgroups of 64 k, each 3 m64n{kC}k16 accumulators (one a tap, 192 fp32 a
+// thread at kC 128). Stages of 64 positions through a 4-buffer ring (wgmma_ring_loop's rules).
+// Both operands are M/N-major (positions are the reduction): A = dY as conv_wgrad_wgmma.cu
 // has it, core matrix (k block i, position block j) at 1024 i + 128 j; B = X, core matrix (c
 // block i, position block j) at 1280 i + 128 j (80 positions a c block): lbo 128 for both, so
 // a shift by one position is 16 bytes. Copies: a warp reads 8 positions x 4 adjacent 16-byte
