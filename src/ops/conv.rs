@@ -359,7 +359,8 @@ impl Conv3x3 {
     }
 
     /// What `pass` runs, as reports name it: `direct`, `igemm` (fprop), `igemm/MxN` (wgrad, its
-    /// block tile), `wgmma/MxN` (its block tile), `winograd4x4`, or `winograd2x2/flat` /
+    /// block tile), `wgmma/MxN` or `wgmma/haloMxN` (its block tile, flat or over the padded
+    /// positions), `winograd4x4`, or `winograd2x2/flat` /
     /// `winograd2x2/rN` (region windows N tiles wide).
     pub fn label(&self, pass: ConvPass) -> String {
         if pass == ConvPass::Wgrad && self.tc(pass) {
