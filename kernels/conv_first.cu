@@ -50,10 +50,14 @@ extern "C" __global__ void __launch_bounds__(256)
         const bool ok = tap < 9 && p < npix && iy >= 0 && iy < h && ix >= 0 && ix < w;
         cp_async_16(&sA[px * kRow + tap * 8], ok ? x + (((long long)img * h + iy) * w + ix) * 8 : x, ok);
     }
-    // B: piece i = (tap i >> 6, channel i & 63), 10 x 64 pieces.
+    // B: the block's filters are one contiguous run of 64 x 72 halves; piece i < 576 is its
+    // 16-byte unit i (channel i / 9, tap i % 9), so a warp reads 512 contiguous bytes (whole
+    // sectors; one tap a piece across channels would use half of each); pieces 576.. are the
+    // zero tenth tap of channel i - 576.
 #pragma unroll
     for (int j = 0; j < 3; ++j) {
-        const int i = tid + 256 * j, tap = i >> 6, kk = i & (kOut - 1);
+        const int i = tid + 256 * j, real = i < 9 * kOut;
+        const int kk = real ? i / 9 : i - 9 * kOut, tap = real ? i % 9 : 9;
         if (i >= 10 * kOut) break;
         const bool ok = tap < 9 && k0 + kk < k;
         cp_async_16(&sB[kk * kRow + tap * 8], ok ? wt + (long long)(k0 + kk) * 72 + tap * 8 : wt, ok);
