@@ -8,7 +8,9 @@
 //! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
 //! there.
 //!
-//! Inputs are zeros: the kernels' work and memory traffic do not depend on the values.
+//! Timed inputs are zeros: the kernels' work and memory traffic do not depend on the values.
+//! Before it is timed, each candidate runs once on one image of random data and is compared
+//! with the base plan ([`AGREEMENT`]), so a fast but wrong kernel is never chosen.
 //! On the emu device the times are the emulator's, which says nothing about a GPU; the choice
 //! is still made by the same rule, which is what the tests check.
 
