@@ -101,6 +101,12 @@ if "$VGG" bench train --help 2>/dev/null | grep -q wgmma; then
   step bench-train-wgmma 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --steps 10 \
     --conv-algo wgmma --profile --json "$RAW/bench-train-wgmma.json"
 fi
+# The same steps with each layer's variants (Winograd, wgmma halo and flat) checked against
+# Auto's output, timed, and the fastest kept: the best training step of everything we have.
+if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
+  step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
+    --json "$RAW/bench-train-tune.json"
+fi
 # PyTorch's own conv timings (cuDNN through torch): a cross-check of bench-conv's cuDNN rows.
 if [ -f scripts/torch_conv_baseline.py ]; then
   step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
@@ -116,11 +122,6 @@ fi
 if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
   step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
-fi
-# The same steps with each layer's Winograd variants timed first and the fastest kept.
-if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
-  step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
-    --json "$RAW/bench-train-tune.json"
 fi
 # Hardware counters of the conv main loops on conv3_2 (ncu works on Firecracker machines, not
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
