@@ -146,6 +146,23 @@ fn tune_never_chooses_a_variant_that_disagrees_with_the_base_plan() {
 }
 
 #[test]
+fn with_batch_keeps_the_plan_for_fewer_images_only() {
+    let p = ConvProblem::new(4, 6, 6, 16, 24);
+    let c = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::Flat);
+    let one = c.with_batch(1).unwrap();
+    assert_eq!(one.problem(), ConvProblem::new(1, 6, 6, 16, 24));
+    for q in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad] {
+        assert_eq!((one.algo(q), one.label(q)), (c.algo(q), c.label(q)), "{q:?}");
+    }
+    for n in [0, 5] {
+        match c.with_batch(n) {
+            Err(Error::Shape(m)) => assert!(m.contains("with_batch"), "{m}"),
+            other => panic!("with_batch({n}): {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn tune_leaves_a_plan_without_winograd_passes_alone() {
     let dev = Device::emu();
     // C = 3: fprop implicit GEMM, dgrad Direct, wgrad implicit GEMM.

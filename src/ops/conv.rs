@@ -281,12 +281,14 @@ impl Conv3x3 {
         self.problem
     }
 
-    /// The same plan (algorithms, tiling) for a batch of `n` images, 1 <= n <= this plan's N: a
-    /// smaller batch keeps every index within the limits [`Conv3x3::new`] checked.
-    pub fn with_batch(mut self, n: usize) -> Self {
-        assert!(n >= 1 && n <= self.problem.n, "with_batch: {n} images, the plan has {}", self.problem.n);
+    /// The same plan (algorithms, tiling) for a batch of `n` images, 1 <= n <= this plan's N (a
+    /// smaller batch keeps every index within the limits [`Conv3x3::new`] checked); any other
+    /// `n` is an `Error::Shape`.
+    pub fn with_batch(mut self, n: usize) -> Result<Self> {
+        let p = self.problem;
+        ensure_shape!(n >= 1 && n <= p.n, "conv3x3 {p}: with_batch({n}) needs 1 to {} images", p.n);
         self.problem.n = n;
-        self
+        Ok(self)
     }
 
     /// The same plan with the Winograd passes grouping tiles as `tiling` says.

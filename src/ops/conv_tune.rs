@@ -189,9 +189,9 @@ fn agreement(dev: &Device, base: Conv3x3, plans: &[(ConvPass, WinoVariant, Conv3
         .map(|&(pass, _, conv)| {
             let reference = match &mut want[pass as usize] {
                 Some(v) => v,
-                slot => slot.insert(pass_output(&base.with_batch(1), pass, &inputs)?),
+                slot => slot.insert(pass_output(&base.with_batch(1)?, pass, &inputs)?),
             };
-            let got = pass_output(&conv.with_batch(1), pass, &inputs)?;
+            let got = pass_output(&conv.with_batch(1)?, pass, &inputs)?;
             let rel = crate::reference::compare(&got, reference).rel_l2;
             Ok(if rel.is_finite() { rel } else { f64::INFINITY })
         })
