@@ -121,10 +121,10 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
     wgmma_ring<kOut, false, false, kC / 16, kBufBytes>(acc, stages, da0, db0, load, [](int) {});
 
     // Epilogue: rows 64 wg + 16 (warp % 4) + g (+ 8), channels 8 j + 2 t (+ 1).
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int p = p0 + 64 * wg + 16 * (warp & 3) + g + 8 * half;
+        const int p = p0 + wgmma_acc_row(half);
         if (p < npix) conv_wgmma_store_row<kOut>(acc, half, p, o0, t, bias, mask, y, cout, relu);
     }
 }

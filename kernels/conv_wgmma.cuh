@@ -46,6 +46,14 @@ __device__ __forceinline__ void conv_wgmma_store_f32_row(const float (&acc)[kN /
     }
 }
 
+// The halo kernels' padded position space (conv_wgmma_halo.cu): whether position P holds a
+// pixel of the n x h x w image (pitch wp = w + 2, h + 1 rows an image), and which (`pix`).
+__device__ __forceinline__ bool conv_halo_pixel(int P, int wp, int h, int w, int n, int& pix) {
+    const int r = P / wp, xp = P - r * wp, img = r / (h + 1), yy = r - img * (h + 1) - 1;
+    pix = (img * h + yy) * w + xp - 1;
+    return P >= 0 && img < n && yy >= 0 && xp >= 1 && xp <= w;
+}
+
 // db in the wgrad kernels: this thread's share of one stage's dY tile (M/N-major, 128 k x 64
 // pixels, k block i at 1024 i, pixel q's row at 16 q): k = tid & 127, pixels 32 (tid >> 7)..
 // + 31, added to db_sum. Called before the stage's wgmma's are issued: ptxas serializes wgmma's

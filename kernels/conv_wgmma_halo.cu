@@ -79,9 +79,9 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         for (int j = 0; j < kMaxJ; ++j) {
             const int q = q0 + 64 * j;
             if (q >= npos) break;
-            const int pos = first + q, r = pos / wp, xp = pos - r * wp, img = r / rows, yy = r - img * rows - 1;
-            const bool ok = c < cin && pos >= 0 && img < n && yy >= 0 && xp >= 1 && xp <= w;
-            cp_async_16(dst + 1024 * j, ok ? x + ((img * h + yy) * w + xp - 1) * cin + c : x, ok);
+            int pix;
+            const bool ok = c < cin && conv_halo_pixel(first + q, wp, h, w, n, pix);
+            cp_async_16(dst + 1024 * j, ok ? x + pix * cin + c : x, ok);
         }
     };
     // The B stage to load next: its tap, halo step, channel offset, item and output channel 0.
@@ -108,11 +108,13 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
     // Descriptors: this warpgroup's A in halo buffer 0 at tap (-1, -1), B buffer 0.
     const unsigned long long da0 = wgmma_desc(halo + wg * 64 * 16, npos * 16, 128);
     const unsigned long long db0 = wgmma_desc(smem, 128, 1024);
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 
     float acc[kOut / 2];
+#pragma unroll
+    for (int i = 0; i < kOut / 2; ++i) acc[i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;  // the stage wgmma_ring_loop runs
-    wgmma_ring_loop<kOut>(acc, stages, load, [&](int s) {
+    wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned long long da = da0 + (k & 1) * (hbytes >> 4) + tap / 3 * wp + tap % 3;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
         wgmma_stage<kOut, false, false, kC / 16>(acc, da, db, 2 * npos, 16);
@@ -123,13 +125,12 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         // The item's last stage: its accumulators out (rows 64 wg + 16 (warp % 4) + g (+ 8)),
         // then zeros for the next item.
         wgmma_wait<0>();
-        const int o0 = item % oblocks * kOut, pos0 = wp + item / oblocks * kPos + 64 * wg + 16 * (warp & 3) + g;
+        const int o0 = item % oblocks * kOut, pos0 = wp + item / oblocks * kPos;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int pos = pos0 + 8 * half, r = pos / wp, xp = pos - r * wp, img = r / rows, yy = r - img * rows - 1;
-            if (img < n && yy >= 0 && xp >= 1 && xp <= w)
-                conv_wgmma_store_row<kOut>(acc, half, (long long)(img * h + yy) * w + xp - 1, o0, t, bias, mask, y, cout,
-                                           relu);
+            int pix;
+            if (conv_halo_pixel(pos0 + wgmma_acc_row(half), wp, h, w, n, pix))
+                conv_wgmma_store_row<kOut>(acc, half, pix, o0, t, bias, mask, y, cout, relu);
         }
 #pragma unroll
         for (int i = 0; i < kOut / 2; ++i) acc[i] = 0.f;

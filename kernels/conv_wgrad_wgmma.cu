@@ -101,10 +101,10 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 
     float* const out = part + (long long)z * ((long long)k * cols + k);
     // Epilogue: d[4 j + i] -> k row 64 wg + 16 (warp % 4) + g + 8 (i >> 1), column 8 j + 2 t + (i & 1).
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int kk = k0 + 64 * wg + 16 * (warp & 3) + g + 8 * half;
+        const int kk = k0 + wgmma_acc_row(half);
         if (kk >= k) continue;
         conv_wgmma_store_f32_row<kN>(acc, half, out + (long long)kk * cols, n0, t, cols);
     }

@@ -36,13 +36,6 @@ static_assert(kBufs * buf_bytes(128) == 147456 && kBufs * buf_bytes(64) == 10649
               "src/ops/conv.rs's shared bytes for the wgmma halo wgrad");
 }  // namespace cwh
 
-// Whether padded position P holds pixel `pix` of an n x h x w image (pitch wp, h + 1 rows an image).
-__device__ __forceinline__ bool cwh_pixel(int P, int wp, int h, int w, int n, int& pix) {
-    const int r = P / wp, xp = P - r * wp, img = r / (h + 1), yy = r - img * (h + 1) - 1;
-    pix = (img * h + yy) * w + xp - 1;
-    return P >= 0 && img < n && yy >= 0 && xp >= 1 && xp <= w;
-}
-
 // part layout: [chunk][K*9*C + K] (conv_wgrad.cu), C a multiple of 8.
 template <int kC>
 __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const __half* __restrict__ dy,
@@ -69,7 +62,7 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
         unsigned char* const buf = smem + (s % kBufs) * kBufBytes;
         const int P = pstart + s * kP + apos;
         int pix;
-        const bool p_ok = P < pend && cwh_pixel(P, wp, h, w, n, pix);
+        const bool p_ok = P < pend && conv_halo_pixel(P, wp, h, w, n, pix);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int kk = k0 + 8 * (blk + 4 * j);
@@ -84,7 +77,7 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
             if (v >= kXWarpRows) break;
             const int cc = c0 + 8 * cb;
             int xpix;
-            const bool ok = cc < c && cwh_pixel(xbase + q, wp, h, w, n, xpix);
+            const bool ok = cc < c && conv_halo_pixel(xbase + q, wp, h, w, n, xpix);
             cp_async_16(buf + kABytes + cb * kXBlock + q * 16, ok ? x + xpix * c + cc : x, ok);
         }
     };
@@ -101,8 +94,7 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
     // before the stage's wgmma's are issued (see conv_wgrad_wgmma.cu).
     const bool do_db = blockIdx.x == 0;
     float db_sum = 0.f;
-    // (wgmma_ring_loop zeroes the accumulators it is given, acc[0]; all three are zero already.)
-    wgmma_ring_loop<kC>(acc[0], stages, load, [&](int s) {
+    wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
         if (do_db) conv_wgmma_db_stage(smem + (s % kBufs) * kBufBytes, tid, db_sum);
         wgmma_fence();
@@ -118,10 +110,10 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
     float* const out = part + (long long)z * ((long long)k * cols + k);
     // Epilogue: acc[s][4 j + i] -> k row 64 wg + 16 (warp % 4) + g + 8 (i >> 1), column
     // (3 r + s) C + c0 + 8 j + 2 t + (i & 1).
-    const int g = lane >> 2, t = lane & 3;
+    const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int kk = k0 + 64 * wg + 16 * (warp & 3) + g + 8 * half;
+        const int kk = k0 + wgmma_acc_row(half);
         if (kk >= k) continue;
         float* const row = out + (long long)kk * cols + 3 * r * c;
 #pragma unroll

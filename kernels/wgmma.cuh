@@ -297,6 +297,14 @@ __device__ __forceinline__ void wgmma_wait(PTX_SITE_PARAMS_ONLY) {
 #endif
 }
 
+// The row (0..127 of a 2-warpgroup tile, 0..255 of a 4-warpgroup one) that this thread's
+// accumulators d[4 j + 2 half + (0, 1)] belong to: 64 (warp / 4) + 16 (warp % 4) + lane / 4 +
+// 8 half (the header's layout, warpgroup by warpgroup).
+__device__ __forceinline__ int wgmma_acc_row(int half) {
+  const int tid = (int)threadIdx.x, warp = tid >> 5;
+  return 64 * (warp >> 2) + 16 * (warp & 3) + ((tid & 31) >> 2) + 8 * half;
+}
+
 // One pipeline stage: fence, kSteps wgmma's accumulating into d, commit, then wait until only
 // this stage's group is pending. da / db name the stage's first k16 step; each k16 step starts
 // a_step / b_step 16-byte units further on (16 = 256 bytes: our tiles' layout, core matrices
@@ -315,13 +323,11 @@ __device__ __forceinline__ void wgmma_stage(float (&d)[N / 2], unsigned long lon
 // each, filled by cp.async two stages ahead. Per stage s: wait for its copies, fence them to the
 // async proxy, barrier (stage s is everyone's; stage s - 2's wgmma group has retired in every
 // warp, so its buffer may be refilled); load(s + 2) and commit; step(s): the stage's wgmma group
-// (wgmma_stage, which leaves only it pending) and whatever goes with it. Zeroes acc first;
-// returns with every group retired and every copy landed. load(i) copies stage i into buffer
-// i % 4 (it must skip i >= stages).
-template <int N, class Load, class Step>
-__device__ __forceinline__ void wgmma_ring_loop(float (&acc)[N / 2], int stages, Load&& load, Step&& step) {
-#pragma unroll
-  for (int i = 0; i < N / 2; ++i) acc[i] = 0.f;
+// (wgmma_stage, which leaves only it pending) and whatever goes with it. Returns with every
+// group retired and every copy landed. load(i) copies stage i into buffer i % 4 (it must skip
+// i >= stages). The accumulators are step's: zero them before.
+template <class Load, class Step>
+__device__ __forceinline__ void wgmma_ring_loop(int stages, Load&& load, Step&& step) {
   load(0);
   cp_async_commit();
   load(1);
@@ -338,13 +344,15 @@ __device__ __forceinline__ void wgmma_ring_loop(float (&acc)[N / 2], int stages,
   cp_async_wait<0>();
 }
 
-// wgmma_ring_loop over buffers of kBufBytes holding both operands: per stage, visit(s) (work on
-// stage s's buffer beside the copies, e.g. a bias-gradient sum), then the stage's group; da0 /
-// db0 describe buffer 0's operands.
+// wgmma_ring_loop over buffers of kBufBytes holding both operands: zeroes acc, then per stage
+// visit(s) (work on stage s's buffer beside the copies, e.g. a bias-gradient sum) and the
+// stage's group; da0 / db0 describe buffer 0's operands.
 template <int N, bool TransA, bool TransB, int kSteps, int kBufBytes, class Load, class Visit>
 __device__ __forceinline__ void wgmma_ring(float (&acc)[N / 2], int stages, unsigned long long da0,
                                            unsigned long long db0, Load&& load, Visit&& visit) {
-  wgmma_ring_loop<N>(acc, stages, load, [&](int s) {
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) acc[i] = 0.f;
+  wgmma_ring_loop(stages, load, [&](int s) {
     visit(s);
     const unsigned stage = (s % 4) * (kBufBytes >> 4);
     wgmma_stage<N, TransA, TransB, kSteps>(acc, da0 + stage, db0 + stage);

@@ -4,6 +4,7 @@
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::problem::ConvProblem;
 use crate::{Device, Error, Result, Tensor};
 
 const WGMMA_N64: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n64_f16");
@@ -55,15 +56,21 @@ fn flat_tile(cout: usize) -> WgmmaTile {
     WgmmaTile { kernel, halo: false, n, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
-/// The halo tile for `cout` channels of an `n x h x w` image, if it fits: N = 64 for at most 64
+/// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with an
+/// item's and a halo's margins past the last.
+fn halo_positions_fit(p: &ConvProblem) -> bool {
+    let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2);
+    positions.saturating_add(2 * HALO_POS + 2 * p.w) <= i32::MAX as usize
+}
+
+/// The halo tile for `cout` channels of `p`'s image, if it fits: N = 64 for at most 64
 /// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers); 4 B
 /// buffers and 2 halo buffers within 227 KB (widths up to 193 at N 128), at most 12 halo pieces
-/// a thread (widths up to 253), and the padded positions within the kernel's 32-bit indices.
-fn halo_tile(n: usize, h: usize, w: usize, cout: usize) -> Option<WgmmaTile> {
+/// a thread (widths up to 253), and the padded positions within 32-bit indices.
+fn halo_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
     let tn = if cout <= 64 { 64 } else { 128 };
-    let shared = 4 * tn * 64 * 2 + 2 * halo_pos(w) * 64 * 2;
-    let positions = n.saturating_mul(h + 1).saturating_mul(w + 2).saturating_add(2 * HALO_POS + 2 * w);
-    let fits = halo_pos(w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED && positions <= i32::MAX as usize;
+    let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w) * 64 * 2;
+    let fits = halo_pos(p.w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED && halo_positions_fit(p);
     let kernel = if tn == 64 { &HALO_N64 } else { &HALO_N128 };
     fits.then_some(WgmmaTile { kernel, halo: true, n: tn, shared })
 }
@@ -74,7 +81,7 @@ impl Conv3x3 {
     fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
-        let halo = if self.tiling == WinoTiling::Flat { None } else { halo_tile(p.n, p.h, p.w, cout) };
+        let halo = if self.tiling == WinoTiling::Flat { None } else { halo_tile(p, cout) };
         halo.unwrap_or_else(|| flat_tile(cout))
     }
 
@@ -97,11 +104,9 @@ impl Conv3x3 {
     /// unless the plan's tiling is [`WinoTiling::Flat`] or the positions (with a stage's margins)
     /// leave the kernel's 32-bit indices.
     pub(super) fn wgrad_halo(&self) -> bool {
-        let p = &self.problem;
-        let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2).saturating_add(2 * HALO_POS + 2 * p.w);
         self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma
             && self.tiling != WinoTiling::Flat
-            && positions <= i32::MAX as usize
+            && halo_positions_fit(&self.problem)
     }
 
     /// An error unless `dev` runs wgmma kernels.
@@ -153,7 +158,7 @@ impl Conv3x3 {
         let tile = self.wgmma_tile(pass);
         let cfg = if tile.halo {
             // Persistent: one block an SM, each taking every gridDim-th item.
-            let items = ((p.n * (p.h + 1) - 1) * (p.w + 2)).div_ceil(HALO_POS) * cout.div_ceil(tile.n);
+            let items = self.halo_positions().div_ceil(HALO_POS) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             LaunchConfig { grid: (grid, 1, 1), block: (512, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
