@@ -159,12 +159,13 @@ fi
 # Evaluation throughput of a VGG-16 (two training steps on synthetic 224-px images, so that a
 # checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
 CK=${TMPDIR:-/tmp}/vgg-d
-# VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps):
-# its img/s against bench-train's device-resident rows says whether the input side keeps up.
+# VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps,
+# its default conv plans: tuned on the device): its img/s against bench-train-tune's
+# device-resident batch-64 row says whether the input side keeps up.
 step train-vgg16 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
-  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8
+  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8 --conv-algo tune
 step eval-vgg16-ckpt 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
-  --classes 1000 --synthetic-len 64 --batch 32 --steps 2 --checkpoint-dir "$CK"
+  --classes 1000 --synthetic-len 64 --batch 32 --steps 2 --checkpoint-dir "$CK" --conv-algo auto
 step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 256 \
   --scale 256 --crops center --batch 64
 step eval-vgg16-dense 90 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 128 \

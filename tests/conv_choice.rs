@@ -243,3 +243,107 @@ fn model_conv_choice_replans_layers_and_memory() {
 }
 
 const GRAD_REL: f64 = 0.4;
+
+/// Every plan `new` and `with_pass_algo` can make is rebuilt by `from_algos` from its per-pass
+/// algorithms and tiling (what a checkpoint records), with the same kernels and workspaces; a
+/// combination no plan runs is a shape error.
+#[test]
+fn from_algos_rebuilds_every_plan_and_only_those() {
+    use ConvAlgo::*;
+    const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad];
+    let all = [Auto, Direct, Winograd2x2, Winograd4x4, ImplicitGemm, Wgmma];
+    let tilings = [WinoTiling::Auto, WinoTiling::Flat, WinoTiling::Region];
+    // Winograd and wgmma, the first layer, C padded (12), K not a multiple of 8.
+    let problems = [(2, 6, 6, 16, 24), (1, 6, 6, 3, 16), (1, 5, 7, 12, 16), (1, 4, 4, 3, 5)];
+    let mut rebuilt = 0;
+    for (n, h, w, c, k) in problems {
+        let p = ConvProblem::new(n, h, w, c, k);
+        // Every plan reachable by switching passes one at a time (each algorithm set once).
+        let mut plans: Vec<Conv3x3> = all.iter().filter_map(|&a| Conv3x3::new(p, a).ok()).collect();
+        let mut i = 0;
+        while i < plans.len() {
+            for pass in PASSES {
+                for a in all {
+                    let Ok(next) = plans[i].with_pass_algo(pass, a) else { continue };
+                    if !plans.iter().any(|q| PASSES.map(|x| q.algo(x)) == PASSES.map(|x| next.algo(x))) {
+                        plans.push(next);
+                    }
+                }
+            }
+            i += 1;
+        }
+        for plan in plans {
+            for t in tilings {
+                let plan = plan.with_wino_tiling(t);
+                let got = Conv3x3::from_algos(p, PASSES.map(|q| plan.algo(q)), t).unwrap();
+                for q in PASSES {
+                    assert_eq!(got.algo(q), plan.algo(q), "{p} {q:?}");
+                    assert_eq!(got.label(q), plan.label(q), "{p} {q:?}");
+                    assert_eq!(got.workspace_bytes(q), plan.workspace_bytes(q), "{p} {q:?}");
+                }
+                assert_eq!(got.wino_tiling(), t);
+                rebuilt += 1;
+            }
+        }
+    }
+    assert!(rebuilt >= 60, "only {rebuilt} plans tried");
+    let p = ConvProblem::new(1, 6, 6, 12, 16);
+    for algos in [[Auto; 3], [Winograd2x2; 3], [Direct, Winograd2x2, Direct], [Wgmma; 3], [Winograd4x4, Direct, Direct]]
+    {
+        match Conv3x3::from_algos(p, algos, WinoTiling::Auto) {
+            Err(Error::Shape(m)) => assert!(m.contains("no plan runs"), "{m}"),
+            other => panic!("{algos:?}: expected a shape error, got {other:?}"),
+        }
+    }
+}
+
+/// A model's plans, recorded and put back into another model of the same config, give the
+/// same kernels, memory and step, bit for bit; a record that misses a layer, repeats one, names
+/// a pool or asks for a combination no plan runs is an error naming the layer, and leaves the
+/// model's plans as they were.
+#[test]
+fn recorded_conv_plans_replan_a_model_exactly() {
+    let dev = Device::emu();
+    let cfg = small();
+    let o = OptimConfig { init_scale: 256.0, ..Default::default() };
+    let mut src = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+    src.set_conv_choice(ConvChoice::Winograd4x4, 1).unwrap();
+    let mut rec = src.conv_plan_records();
+    // A mix the Auto rules never make: one layer's dgrad back on F(2x2), flat tiles.
+    rec[2].algos[1] = F2;
+    rec[2].tiling = WinoTiling::Flat;
+    src.set_conv_plans(&rec).unwrap();
+    assert_eq!(src.conv_plan_records(), rec);
+    assert!(rec.iter().any(|r| r.algos[0] == F4), "{rec:?}");
+    let (want_loss, want_g) = first_step(&mut src, &cfg, &dev);
+
+    let mut dst = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+    let auto = dst.conv_plan_records();
+    assert_ne!(auto, rec);
+    let err = |plans: &[vgg_cuda::model::ConvPlan], dst: &mut Vgg, needle: &str| {
+        match dst.set_conv_plans(plans) {
+            Err(Error::Shape(m)) => assert!(m.contains(needle), "`{m}` lacks `{needle}`"),
+            other => panic!("expected a shape error with `{needle}`, got {other:?}"),
+        }
+        assert_eq!(dst.conv_plan_records(), auto, "a rejected record changed the plans");
+    };
+    let missing: Vec<_> = rec.iter().filter(|r| r.feature != rec[1].feature).copied().collect();
+    err(&missing, &mut dst, &format!("feature layer {} needs exactly one plan", rec[1].feature));
+    let twice: Vec<_> = rec.iter().chain(&rec[3..4]).copied().collect();
+    err(&twice, &mut dst, &format!("feature layer {} needs exactly one plan", rec[3].feature));
+    let pool = cfg.features().iter().position(|f| !f.is_conv()).unwrap();
+    let extra: Vec<_> = rec.iter().copied().chain([vgg_cuda::model::ConvPlan { feature: pool, ..rec[1] }]).collect();
+    err(&extra, &mut dst, &format!("feature layer {pool} is not a 3x3 conv"));
+    let mut bad = rec.clone();
+    bad[1].algos[2] = F4;
+    err(&bad, &mut dst, &format!("feature layer {}: ", rec[1].feature));
+
+    let layers = dst.set_conv_plans(&rec).unwrap();
+    assert_eq!(layers.len(), rec.len());
+    assert_eq!(dst.conv_plan_records(), rec);
+    let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &dst.conv_plans()).unwrap();
+    assert_eq!(dst.device_bytes(), plan.total());
+    let (loss, g) = first_step(&mut dst, &cfg, &dev);
+    assert_eq!(loss.to_bits(), want_loss.to_bits());
+    assert_eq!(g, want_g);
+}

@@ -2,6 +2,7 @@
 //! for corrupt, truncated, batch-norm, wrong-config and wrong-shape files.
 
 use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
+use vgg_cuda::ops::conv::ConvAlgo;
 use vgg_cuda::train::{checkpoint, run, TrainArgs};
 use vgg_cuda::Device;
 
@@ -26,7 +27,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         loss_scale: 1024.0,
         seed: 5,
         device: "emu".into(),
-        conv_algo: "auto".into(),
+        conv_algo: Some("auto".into()),
         sync_every: 1,
         graph: false,
         workers: Some(0),
@@ -67,6 +68,29 @@ fn resume_is_bit_identical() {
     assert_eq!(w1.state, w2.state);
 }
 
+/// A run that tunes its conv plans records them in its checkpoints, and a resume that tunes
+/// computes with the recorded plans instead of timing again, so its losses continue the run's
+/// bit for bit. The recorded plans here are F(4x4)'s (a run with `--conv-algo winograd4x4`),
+/// which timing on emu would not all pick again.
+#[test]
+fn tuned_resume_keeps_the_recorded_conv_plans() {
+    let (d1, d2) = (tmpdir("f4straight"), tmpdir("f4resumed"));
+    let f4 = |d: &std::path::Path, steps| TrainArgs { conv_algo: Some("winograd4x4".into()), ..args(d, steps) };
+    let straight = run(&f4(&d1, 8)).unwrap();
+    let first = run(&f4(&d2, 4)).unwrap();
+    let recorded = checkpoint::load(&d2.join("last.safetensors")).unwrap().state.unwrap().conv_plans;
+    let f4_passes = recorded.iter().flat_map(|p| p.algos).filter(|a| *a == ConvAlgo::Winograd4x4).count();
+    assert!(f4_passes >= 4, "plans recorded: {recorded:?}");
+    let tuned = TrainArgs { conv_algo: Some("tune".into()), resume: Some(String::new()), ..args(&d2, 8) };
+    let second = run(&tuned).unwrap();
+    let bits = |l: &[(u64, f32)]| l.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    let resumed: Vec<_> = bits(&first.losses).into_iter().chain(bits(&second.losses)).collect();
+    assert_eq!(resumed, bits(&straight.losses), "losses of the tuned resume differ");
+    let [w1, w2] = [&d1, &d2].map(|d| checkpoint::load(&d.join("last.safetensors")).unwrap());
+    assert_eq!(w1.weights, w2.weights);
+    assert_eq!(w1.state, w2.state, "state, conv plans included");
+}
+
 /// Reading the loss only every 3 steps (the others queued, the loss scale's rules on the
 /// device) trains the same run: the losses it reads equal the every-step run's at those
 /// steps, bit for bit, and the final checkpoint (weights, momenta, scaler state) is the same.
@@ -97,7 +121,7 @@ fn sync_every_n_steps_trains_the_same_run() {
     }
     let zero = run(&TrainArgs { sync_every: 0, ..args(&tmpdir("sync0"), 2) }).unwrap_err();
     assert!(zero.to_string().contains("--sync-every must be at least 1"), "{zero}");
-    let bad = run(&TrainArgs { conv_algo: "fastest".into(), ..args(&tmpdir("convbad"), 2) }).unwrap_err();
+    let bad = run(&TrainArgs { conv_algo: Some("fastest".into()), ..args(&tmpdir("convbad"), 2) }).unwrap_err();
     assert!(format!("{bad:#}").contains("unknown conv algorithm `fastest`"), "{bad:#}");
 }
 
@@ -145,4 +169,30 @@ fn checkpoint_errors_name_the_problem() {
     let e = vb.import_params(&l.weights).unwrap_err().to_string();
     assert!(e.contains("features."), "{e}");
     assert!(checkpoint::config_diff(&cfg, &VggConfig { classes: 7, ..cfg.clone() }).unwrap().contains("classes"));
+}
+
+/// A run resumed from a checkpoint written at an epoch's last step ends that epoch without a
+/// step of it: its epoch line says so instead of printing a zero loss and rate as if measured.
+#[test]
+fn resume_at_an_epoch_end_reports_no_train_steps() {
+    let dir = tmpdir("epochend");
+    let d = dir.to_str().unwrap();
+    let train = |steps: &str, resume: bool| {
+        let mut a = vec!["train", "--device", "emu", "--quiet", "--model", "A", "--width", "0.0625", "--input", "32"];
+        a.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "24", "--batch", "4", "--workers", "0"]);
+        a.extend(["--steps", steps, "--checkpoint-dir", d]);
+        if resume {
+            a.push("--resume");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // 6 steps an epoch: the first run stops at the epoch's last step, before its epoch line.
+    let first = train("6", false);
+    assert!(!first.contains("epoch 0 step 6"), "{first}");
+    let second = train("8", true);
+    let line = second.lines().find(|l| l.starts_with("epoch 0 step 6:")).unwrap_or_else(|| panic!("{second}"));
+    assert!(line.contains("no train steps read in this process") && line.contains("val loss"), "{line}");
+    assert!(!line.contains("img/s") && !line.contains("train loss"), "{line}");
 }

@@ -25,7 +25,7 @@
 
 mod conv_choice;
 mod graph_step;
-pub use conv_choice::{ConvChoice, ConvLayerChoice};
+pub use conv_choice::{ConvChoice, ConvLayerChoice, ConvPlan};
 use graph_step::StepGraph;
 
 use super::config::{FeatureKind, VggConfig};

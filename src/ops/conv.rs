@@ -18,6 +18,7 @@ use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::problem::ConvProblem;
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
+use serde::{Deserialize, Serialize};
 
 const fn kern(module: &'static str, name: &'static str) -> Kernel {
     Kernel { module, name }
@@ -111,7 +112,7 @@ pub enum Epilogue {
 }
 
 /// Convolution algorithm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvAlgo {
     /// Winograd2x2 when C and K are multiples of 8 (its wgrad: ImplicitGemm). K a multiple of 8
     /// and C < 8 (the first layer, C = 3): fprop and wgrad ImplicitGemm on C zero-padded to 8 in
@@ -163,7 +164,7 @@ impl ConvAlgo {
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
 /// 3 taps of a filter row (wgrad).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
     #[default]
@@ -279,6 +280,27 @@ impl Conv3x3 {
 
     pub fn problem(&self) -> ConvProblem {
         self.problem
+    }
+
+    /// The plan of `problem` that runs `algos` (fprop, dgrad, wgrad, as [`Conv3x3::algo`] names
+    /// them) under `tiling`: how a recorded plan (a tuned one, from a checkpoint) is rebuilt. Only
+    /// plans that [`Conv3x3::new`] and [`Conv3x3::with_pass_algo`] can make are accepted; any
+    /// other combination (an unresolved `Auto`, Winograd for a wgrad, ...) is an `Error::Shape`.
+    pub fn from_algos(problem: ConvProblem, algos: [ConvAlgo; 3], tiling: WinoTiling) -> Result<Self> {
+        use ConvAlgo::*;
+        // Every plan is one of new()'s with some passes switched; with_pass_algo checks each switch.
+        for start in [Auto, Direct, Winograd2x2, Winograd4x4, ImplicitGemm, Wgmma] {
+            let Ok(mut conv) = Conv3x3::new(problem, start) else { continue };
+            for (i, pass) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().enumerate() {
+                if conv.algos[i] != algos[i] {
+                    conv = conv.with_pass_algo(pass, algos[i]).unwrap_or(conv);
+                }
+            }
+            if conv.algos == algos {
+                return Ok(conv.with_wino_tiling(tiling));
+            }
+        }
+        Err(Error::Shape(format!("conv3x3 {problem}: no plan runs {algos:?} (fprop, dgrad, wgrad)")))
     }
 
     /// The same plan (algorithms, tiling) for a batch of `n` images, 1 <= n <= this plan's N (a

@@ -6,13 +6,13 @@
 //! - `momentum.<name>`: the SGD momentum of every parameter, same layout;
 //! - metadata (strings): `format` = `vgg-cuda-checkpoint-1`, `config` (the [`VggConfig`] as
 //!   JSON), `state` (step, epoch, batches done in that epoch, loss-scaler state, LR-schedule
-//!   state, seed; JSON), and `checksums` (FNV-1a 64 of every tensor's bytes, JSON), so that a
-//!   flipped byte is reported with the tensor it hit.
+//!   state, seed, the conv layers' plans; JSON), and `checksums` (FNV-1a 64 of every tensor's
+//!   bytes, JSON), so that a flipped byte is reported with the tensor it hit.
 //!
 //! Writes go to a temporary file in the same folder, are synced, then renamed over the
 //! target: a crash leaves the previous checkpoint intact.
 
-use crate::model::{NamedTensor, VggConfig};
+use crate::model::{ConvPlan, NamedTensor, VggConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,11 @@ pub struct TrainState {
     pub decays: u32,
     /// The run's seed (data order, augmentation, dropout all derive from it and the step).
     pub seed: u64,
+    /// The conv layers' plans the run computed with (a tuned run's choice, which timing may
+    /// make differently next time); a resume that tunes takes these instead. Empty in
+    /// checkpoints written before plans were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv_plans: Vec<ConvPlan>,
 }
 
 /// What a checkpoint file held.

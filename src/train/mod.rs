@@ -109,11 +109,13 @@ pub struct TrainArgs {
     pub device: String,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
     /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
-    /// tune (time each layer's variants, Winograd and wgmma, on the device before the
-    /// first step and keep the fastest; timing can choose differently from run to run, so a
-    /// resumed run repeats its losses bit for bit only under a fixed choice).
-    #[arg(long, default_value = "auto")]
-    pub conv_algo: String,
+    /// tune (time each layer's variants, Winograd and wgmma, on the device before the first
+    /// step and keep the fastest of those that agree with Auto's; timing can choose differently
+    /// from run to run, so checkpoints record the plans and a resume that tunes reuses them)
+    /// [default: tune on cuda, as PyTorch's cudnn.benchmark; auto on emu, whose times say
+    /// nothing about a GPU].
+    #[arg(long)]
+    pub conv_algo: Option<String>,
     /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch
     /// ends); the steps between are queued with nothing read back, the loss scale's rules
     /// running on the device. Same weights and losses bit for bit; metrics, plots and the
@@ -250,21 +252,15 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let classes = train_ds.classes().len();
     let cfg = VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, classes) };
     cfg.validate()?;
-    let conv = ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     if a.sync_every == 0 {
         bail!("--sync-every must be at least 1 (1 reads the loss every step)");
     }
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
     let optim =
         OptimConfig { momentum: a.momentum, weight_decay: a.wd, init_scale: a.loss_scale, growth_interval: 2000 };
+    let conv_algo = a.conv_algo.as_deref().unwrap_or(if dev.is_emu() { "auto" } else { "tune" });
+    let conv = ConvChoice::parse(conv_algo).context("--conv-algo")?;
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
-    if conv != ConvChoice::Auto {
-        let layers = vgg.set_conv_choice(conv, if dev.is_emu() { 1 } else { 5 })?;
-        if !a.quiet {
-            let list: Vec<String> = layers.iter().map(|l| l.summary()).collect();
-            eprintln!("conv plans ({}, fprop / dgrad): {}", a.conv_algo, list.join("; "));
-        }
-    }
     let s = a.input as u32;
     let train_tf =
         TrainTransform { scale: Scale::Fixed(s * 8 / 7), crop: s, flip: true, color_shift: None, color_std: 0.1 };
@@ -300,6 +296,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bad_evals: 0,
         decays: 0,
         seed: a.seed,
+        conv_plans: vec![],
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -349,6 +346,27 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.epoch,
             st.batch_in_epoch
         );
+    }
+    // A tuning run resumes with the plans it computed with (bit-identical losses); they are
+    // tuned anew only where they cannot run here (wgmma on another GPU) or were not recorded.
+    let from_checkpoint = if conv == ConvChoice::Tune && !st.conv_plans.is_empty() {
+        let set = vgg.set_conv_plans(&st.conv_plans);
+        set.map_err(|e| eprintln!("warning: the checkpoint's conv plans do not run here ({e}); tuning anew")).ok()
+    } else {
+        None
+    };
+    let planning = Instant::now();
+    let (layers, how) = match from_checkpoint {
+        Some(layers) => (Some(layers), "tune, from the checkpoint".to_string()),
+        None if conv == ConvChoice::Auto => (None, String::new()),
+        None => {
+            let layers = vgg.set_conv_choice(conv, if dev.is_emu() { 1 } else { 5 })?;
+            (Some(layers), format!("{conv_algo}, {:.1} s", planning.elapsed().as_secs_f64()))
+        }
+    };
+    if let Some(layers) = layers {
+        let list: Vec<String> = layers.iter().map(|l| l.summary()).collect();
+        eprintln!("conv plans ({how}; fprop / dgrad): {}", list.join("; "));
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
     let mut hist = match (&a.resume, &a.metrics) {
@@ -416,6 +434,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 loss_scale: sc.scale,
                 scaler_clean_steps: sc.clean_steps,
                 scaler_skipped: sc.skipped,
+                conv_plans: vgg.conv_plan_records(),
                 ..st.clone()
             };
             let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
@@ -505,8 +524,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             }
         }
         // End of an epoch: validate, adjust the rate, checkpoint.
-        let train_line =
-            format!("train loss {:.4} acc {:.3}", win_loss / win_n.max(1) as f64, win_acc / win_n.max(1) as f64);
+        // A run resumed at an epoch's end has no steps of it to average (nor a rate to show).
+        let train_line = match win_n {
+            0 => "no train steps read in this process".to_string(),
+            n => format!("train loss {:.4} acc {:.3}", win_loss / n as f64, win_acc / n as f64),
+        };
         (win_loss, win_acc, win_n) = (0.0, 0.0, 0);
         let val = match &val_loader {
             Some(vl) => Some(validate(&mut vgg, vl)?),
@@ -530,13 +552,16 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 }
             }
         }
+        let rate = match imgs {
+            0 => String::new(),
+            i => format!(" ({:.0} img/s)", i as f64 / t0.elapsed().as_secs_f64().max(1e-9)),
+        };
         bar.suspend(|| {
             println!(
-                "epoch {} step {}: {train_line}{} ({:.0} img/s)",
+                "epoch {} step {}: {train_line}{}{rate}",
                 st.epoch,
                 st.step,
                 val.map(|(l, v1, v5)| format!(", val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}")).unwrap_or_default(),
-                imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9)
             )
         });
         st.epoch += 1;

@@ -1,11 +1,13 @@
 //! How a [`Vgg`] plans its 3x3 conv layers: the Auto rules, one Winograd variant everywhere, or
-//! each layer's variants timed on the device ([`crate::ops::conv_tune`]).
+//! each layer's variants timed on the device ([`crate::ops::conv_tune`]); and the plans as a
+//! checkpoint records them ([`ConvPlan`]), so that a resumed run computes as the run it continues.
 
 use super::{Op, Vgg};
-use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass};
+use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::ops::conv_tune::{self, PassTiming};
 use crate::problem::ConvProblem;
 use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The conv-plan policy of a model (`vgg train --conv-algo`, `vgg bench train --conv-algo`).
@@ -93,25 +95,93 @@ impl ConvLayerChoice {
     }
 }
 
+/// One conv layer's plan as a checkpoint records it: which algorithm each pass runs and the
+/// tiling. The problem is the layer's own, so a plan only names choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvPlan {
+    /// Index of the layer in the config's feature list.
+    pub feature: usize,
+    /// fprop, dgrad, wgrad, as [`Conv3x3::algo`] names them.
+    pub algos: [ConvAlgo; 3],
+    pub tiling: WinoTiling,
+}
+
 impl Vgg {
     /// The plan of every 3x3 conv layer, indexed by feature layer (None for other layers).
     pub fn conv_plans(&self) -> Vec<Option<Conv3x3>> {
         self.ops.iter().map(|op| if let Op::Conv3(c) = op { Some(*c) } else { None }).collect()
     }
 
+    /// Every 3x3 conv layer's plan, in the form [`Vgg::set_conv_plans`] takes back.
+    pub fn conv_plan_records(&self) -> Vec<ConvPlan> {
+        let plans = self.conv_plans().into_iter().enumerate();
+        plans
+            .filter_map(|(feature, c)| {
+                let c = c?;
+                let algos = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|p| c.algo(p));
+                Some(ConvPlan { feature, algos, tiling: c.wino_tiling() })
+            })
+            .collect()
+    }
+
+    /// Plans every 3x3 conv layer as `plans` record it (one plan per conv layer, e.g. a tuned
+    /// run's, from its checkpoint), re-placing the buffers where a workspace changes. A plan
+    /// for a layer that is not a 3x3 conv, a conv layer without one, a combination no plan of
+    /// the layer's shape can run, or wgmma on a device without it is an `Error::Shape` that
+    /// names the layer, and the model keeps its plans.
+    pub fn set_conv_plans(&mut self, plans: &[ConvPlan]) -> Result<Vec<ConvLayerChoice>> {
+        let mut out = vec![];
+        for (i, op) in self.ops.iter().enumerate() {
+            let Op::Conv3(old) = op else { continue };
+            let mut mine = plans.iter().filter(|p| p.feature == i);
+            let (Some(plan), None) = (mine.next(), mine.next()) else {
+                return Err(Error::Shape(format!("conv plans: feature layer {i} needs exactly one plan")));
+            };
+            let conv = Conv3x3::from_algos(old.problem(), plan.algos, plan.tiling)
+                .map_err(|e| Error::Shape(format!("conv plans: feature layer {i}: {e}")))?;
+            if plan.algos.contains(&ConvAlgo::Wgmma) && !self.dev.has_wgmma() {
+                return Err(Error::Shape(format!(
+                    "conv plans: feature layer {i} runs Wgmma, which {} lacks",
+                    self.dev.name()
+                )));
+            }
+            out.push(ConvLayerChoice { feature: i, conv, timings: vec![] });
+        }
+        if let Some(p) = plans.iter().find(|p| !matches!(self.ops.get(p.feature), Some(Op::Conv3(_)))) {
+            return Err(Error::Shape(format!("conv plans: feature layer {} is not a 3x3 conv", p.feature)));
+        }
+        self.install(&out)?;
+        Ok(out)
+    }
+
+    /// Puts each layer's plan in place, re-placing the buffers when a workspace changes (between
+    /// steps: activations are not kept).
+    fn install(&mut self, layers: &[ConvLayerChoice]) -> Result<()> {
+        self.graphs.clear(); // a captured step names the old plans' kernels and workspaces
+        let workspaces =
+            |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.workspace_bytes(q));
+        let mut resize = false;
+        for l in layers {
+            if let Op::Conv3(old) = self.ops[l.feature] {
+                resize |= workspaces(&l.conv) != workspaces(&old);
+                self.ops[l.feature] = Op::Conv3(l.conv);
+            }
+        }
+        if resize {
+            self.relayout(self.memory.sharing())?;
+        }
+        Ok(())
+    }
+
     /// Re-plans every 3x3 conv layer by `choice` and, when a layer's workspace changes,
     /// re-places the buffers (call it between steps: activations are not kept). `reps` calls a
     /// timing sample when tuning. Returns each conv layer's algorithms.
     pub fn set_conv_choice(&mut self, choice: ConvChoice, reps: usize) -> Result<Vec<ConvLayerChoice>> {
-        self.graphs.clear(); // a captured step names the old plans' kernels and workspaces
         let feats = self.cfg.features();
         let mut tuned: HashMap<ConvProblem, Conv3x3> = HashMap::new();
         let mut out = vec![];
-        let workspaces =
-            |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| c.workspace_bytes(q));
-        let mut resize = false;
         for (i, f) in feats.iter().enumerate() {
-            let Op::Conv3(old) = self.ops[i] else { continue };
+            let Op::Conv3(_) = self.ops[i] else { continue };
             let base = super::memory::conv3x3(f, self.batch)?;
             let p = base.problem();
             let mut timings = vec![];
@@ -141,13 +211,9 @@ impl Vgg {
                     }
                 },
             };
-            resize |= workspaces(&conv) != workspaces(&old);
-            self.ops[i] = Op::Conv3(conv);
             out.push(ConvLayerChoice { feature: i, conv, timings });
         }
-        if resize {
-            self.relayout(self.memory.sharing())?;
-        }
+        self.install(&out)?;
         Ok(out)
     }
 }
