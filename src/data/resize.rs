@@ -241,7 +241,8 @@ mod tests {
     /// width), on downscales, upscales and one-axis resizes of odd sizes and windows.
     #[test]
     fn instruction_set_builds_agree_bit_for_bit() {
-        let img = RgbImage::from_fn(97, 61, |x, y| image::Rgb([(x * 31 + y) as u8, (x * y) as u8, ((y * 53) ^ x) as u8]));
+        let img =
+            RgbImage::from_fn(97, 61, |x, y| image::Rgb([(x * 31 + y) as u8, (x * y) as u8, ((y * 53) ^ x) as u8]));
         for (ow, oh, x0, y0, cw, ch) in [(40, 25, 3, 2, 31, 20), (150, 90, 7, 11, 101, 77), (97, 30, 0, 0, 97, 30)] {
             let (mut a, mut b) = (vec![0u8; cw * ch * 3], vec![0u8; cw * ch * 3]);
             let (cw, ch) = (cw as u32, ch as u32);
