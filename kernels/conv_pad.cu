@@ -3,7 +3,7 @@
 // 16-byte (8-channel) pieces of every NHWC row and KRSC filter row.
 //   pad_channels_f16   dst[row][j] = j < c ? src[row][j] : 0, rows of c halves -> rows of cp
 //                      halves (cp a multiple of 8, cp >= c)
-// src/ops/conv.rs pads x [N,H,W,C] -> [N,H,W,Cp] and w [K,3,3,C] -> [K,3,3,Cp] into the
+// src/ops/conv/launch.rs pads x [N,H,W,C] -> [N,H,W,Cp] and w [K,3,3,C] -> [K,3,3,Cp] into the
 // workspace. The zero channels add exact zeros to every sum, so the padded convolution equals
 // the unpadded one (bit for bit on integer data).
 // One thread per 8-channel piece of a destination row, one 16-byte store: consecutive threads

@@ -53,7 +53,7 @@ struct WgTile {
 };
 
 // part layout: [chunk][K*9*C + K], the first K*9*C in KRSC order, then db. C is a multiple of 8
-// (src/ops/conv.rs pads it for this path).
+// (src/ops/conv/launch.rs pads it for this path).
 template <int kM, int kN>
 __device__ __forceinline__ void igemm3x3_wgrad(const __half* __restrict__ x, const __half* __restrict__ dy,
                                                float* __restrict__ part, int n, int h, int w, int c, int k,
@@ -215,7 +215,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 }
 
 // One thread per output: i < nw -> dw[i], nw <= i < nw + k -> db[i - nw] (skipped if null).
-// The partials may hold a channel-padded filter (cp >= c channels, src/ops/conv.rs pads C up to
+// The partials may hold a channel-padded filter (cp >= c channels, src/ops/conv/launch.rs pads C up to
 // a multiple of 8 for the tensor-core path): row stride K*9*cp + K, weight i = (k, r, s, ci) read
 // at (k, r, s) * cp + ci, so the reduction also compacts [K,3,3,cp] to [K,3,3,c]. cp = c: none.
 extern "C" __global__ void wgrad_reduce_f32(const float* __restrict__ part, float* __restrict__ dw,
