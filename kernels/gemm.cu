@@ -59,7 +59,7 @@
 // cuBLAS ran those at 638-685 TFLOP/s, far beyond anything our mma.sync kernels have reached.
 //
 // Kernels (launch: block 32 x warps, grid (ceil(R/BM), ceil(S/BN), splits), dynamic shared
-// memory gemm_smem_bytes below; src/ops/gemm.rs mirrors both):
+// memory gemm_smem_bytes below; src/ops/gemm/launch.rs mirrors both):
 //   gemm_{fwd,bwd_data,bwd_weight}_f16_{128x256,128x192,128x128,64x128}
 //   gemm_reduce_f16    out16 = act(sum_z ws[z] + bias)        (split-K epilogue)
 //   gemm_reduce_f32    out32 = sum_z ws[z]                    (split bwd_weight, bias grad)
@@ -79,7 +79,7 @@ __host__ __device__ constexpr int tile_halves(int mn, bool t_major) {
 }
 
 // Dynamic shared memory of one launch, in bytes: the ring, or the fp32 output tile the
-// epilogue stages in it, whichever is larger (src/ops/gemm.rs mirrors this).
+// epilogue stages in it, whichever is larger (src/ops/gemm/launch.rs mirrors this).
 __host__ __device__ constexpr int smem_bytes(int bm, int bn, int stages, bool a_t, bool b_t) {
   const int ring = stages * (tile_halves(bm, a_t) + tile_halves(bn, b_t)) * 2;
   const int out = bm * (bn + kPad) * 4;
@@ -262,7 +262,7 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
 
 }  // namespace gemm
 
-// Shared memory of one launch, in bytes (src/ops/gemm.rs mirrors this).
+// Shared memory of one launch, in bytes (src/ops/gemm/launch.rs mirrors this).
 __host__ __device__ constexpr int gemm_smem_bytes(int bm, int bn, int stages, bool a_t, bool b_t) {
   return gemm::smem_bytes(bm, bn, stages, a_t, b_t);
 }

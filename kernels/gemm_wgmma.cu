@@ -22,7 +22,7 @@
 namespace gw {
 constexpr int kBM = 128, kBN = 256, kBK = 64, kBufs = 4, kThreads = 256, kPad = 8;
 constexpr int kABytes = kBM * kBK * 2, kBufBytes = kABytes + kBN * kBK * 2;  // 16384, 49152
-static_assert(kBufs * kBufBytes == 196608, "src/ops/gemm.rs's shared bytes for Tile::W128x256");
+static_assert(kBufs * kBufBytes == 196608, "src/ops/gemm/launch.rs's shared bytes for Tile::W128x256");
 static_assert(kBM * (kBN + kPad) * 4 <= kBufs * kBufBytes, "the fp32 output tile fits the ring");
 
 // Copies one operand tile (ROWS rows of the product x kBK t) for k-tile t0: `g` stored

@@ -1,0 +1,277 @@
+//! The GEMM launches behind [`super::Linear`]'s plans: the tiled tensor-core kernels (mma.sync
+//! and wgmma tiles, split-K reduced in the workspace), the simple twin, and the bias gradient's
+//! column sums.
+
+// The parent's plan types and helpers are this file's vocabulary.
+use super::*;
+
+const fn k(module: &'static str, name: &'static str) -> Kernel {
+    Kernel { module, name }
+}
+const REDUCE_F16: Kernel = k("gemm", "gemm_reduce_f16");
+const REDUCE_F32: Kernel = k("gemm", "gemm_reduce_f32");
+const COLSUM: Kernel = k("gemm", "gemm_colsum_f32");
+const SIMPLE_F16: Kernel = k("gemm_simple", "gemm_simple_f16");
+const SIMPLE_F32: Kernel = k("gemm_simple", "gemm_simple_f32");
+
+fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
+    use Tile::*;
+    let name = match (pass, tile) {
+        (Pass::Fwd, T128x256) => "gemm_fwd_f16_128x256",
+        (Pass::Fwd, T128x192) => "gemm_fwd_f16_128x192",
+        (Pass::Fwd, T128x128) => "gemm_fwd_f16_128x128",
+        (Pass::Fwd, T64x128) => "gemm_fwd_f16_64x128",
+        (Pass::BwdData, T128x256) => "gemm_bwd_data_f16_128x256",
+        (Pass::BwdData, T128x192) => "gemm_bwd_data_f16_128x192",
+        (Pass::BwdData, T128x128) => "gemm_bwd_data_f16_128x128",
+        (Pass::BwdData, T64x128) => "gemm_bwd_data_f16_64x128",
+        (Pass::BwdWeight, T128x256) => "gemm_bwd_weight_f16_128x256",
+        (Pass::BwdWeight, T128x192) => "gemm_bwd_weight_f16_128x192",
+        (Pass::BwdWeight, T128x128) => "gemm_bwd_weight_f16_128x128",
+        (Pass::BwdWeight, T64x128) => "gemm_bwd_weight_f16_64x128",
+        (Pass::Fwd, W128x256) => return k("gemm_wgmma", "gemm_fwd_f16_w128x256"),
+        (Pass::BwdData, W128x256) => return k("gemm_wgmma", "gemm_bwd_data_f16_w128x256"),
+        (Pass::BwdWeight, W128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_w128x256"),
+    };
+    k("gemm", name)
+}
+
+/// Dynamic shared memory of a tiled launch, as `gemm_smem_bytes` in kernels/gemm.cu: the
+/// tile's ring of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
+/// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
+/// in it, whichever is larger.
+fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
+    if tile == Tile::W128x256 {
+        return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
+    }
+    let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
+    let (a_t, b_t) = match pass {
+        Pass::Fwd => (false, false),
+        Pass::BwdData => (false, true),
+        Pass::BwdWeight => (true, true),
+    };
+    let ring = tile.stages() * (halves(tile.rows(), a_t) + halves(tile.cols(), b_t)) * 2;
+    ring.max(4 * tile.rows() * (tile.cols() + 8)) as u32
+}
+
+/// The views of one pass's product that the kernels take.
+pub(super) struct Operands<'a> {
+    pub(super) dev: Device,
+    pub(super) pass: Pass,
+    pub(super) shape: Linear,
+    pub(super) a: &'a Tensor<f16>,
+    pub(super) b: &'a Tensor<f16>,
+}
+
+/// Where a tiled product's result goes.
+pub(super) enum Out<'a> {
+    /// fp16 `[R][S]`, with optional bias (along S) and ReLU.
+    F16 { y: &'a mut Tensor<f16>, bias: Option<&'a Tensor<f16>>, relu: bool },
+    /// fp32 `[R][S]`.
+    F32(&'a mut Tensor<f32>),
+}
+
+fn null() -> KArg {
+    KArg::Ptr(0)
+}
+
+fn elements_cfg(n: usize) -> Result<LaunchConfig> {
+    LaunchConfig::for_elements(n, THREADS)
+}
+
+impl Operands<'_> {
+    pub(super) fn run(&self, plan: Plan, out: Out<'_>, ws: Option<&mut Tensor<u8>>) -> Result<()> {
+        match plan {
+            Plan::Tiled { tile, splits, kt_per_split } => self.tiled(tile, splits, kt_per_split, out, ws),
+            Plan::Simple => self.simple(out),
+        }
+    }
+
+    fn tiled(
+        &self,
+        tile: Tile,
+        splits: usize,
+        kt_per_split: usize,
+        out: Out<'_>,
+        ws: Option<&mut Tensor<u8>>,
+    ) -> Result<()> {
+        let (r, s, t) = self.shape.dims(self.pass);
+        let count = r * s;
+        if count == 0 {
+            return Ok(());
+        }
+        ensure_shape!(
+            tile != Tile::W128x256 || self.dev.has_wgmma(),
+            "GEMM tile W128x256 needs wgmma (compute capability 9.0: H100 / H200); {} has none",
+            self.dev.name()
+        );
+        let grid_y = s.div_ceil(tile.cols());
+        ensure_shape!(grid_y <= 65535, "GEMM output has {s} columns, more than the grid allows");
+        let cfg = LaunchConfig {
+            grid: (
+                u32::try_from(r.div_ceil(tile.rows()))
+                    .map_err(|_| Error::Shape(format!("GEMM output has too many rows ({r})")))?,
+                grid_y as u32,
+                splits as u32,
+            ),
+            block: (tile.threads(), 1, 1),
+            shared_bytes: smem_bytes(self.pass, tile),
+        };
+        let dims = [
+            KArg::I32(int("GEMM rows", r)?),
+            KArg::I32(int("GEMM columns", s)?),
+            KArg::I32(int("GEMM depth", t)?),
+            KArg::I32(int("k-tiles per split", kt_per_split)?),
+        ];
+        let kernel = tiled_kernel(self.pass, tile);
+        let launch = |bias: KArg, relu: bool, out16: KArg, out32: KArg| {
+            let args = [
+                self.a.arg(),
+                self.b.arg(),
+                dims[0],
+                dims[1],
+                dims[2],
+                dims[3],
+                bias,
+                KArg::I32(relu as i32),
+                out16,
+                out32,
+            ];
+            // SAFETY: (const __half* A, const __half* B, int R, int S, int T, int kt_per_split,
+            // const __half* bias, int relu, __half* out16, float* out32). A and B hold the
+            // pass's R*T and T*S elements (checked by the callers), bias S or null, out16 R*S
+            // or null; out32 null, or gridDim.z * R*S floats (the output itself when z = 1,
+            // else the workspace, checked below).
+            unsafe { self.dev.launch(&kernel, cfg, &args) }
+        };
+        if splits == 1 {
+            return match out {
+                Out::F16 { y, bias, relu } => launch(bias.map_or(null(), |b| b.arg()), relu, y.arg_mut(), null()),
+                Out::F32(y) => launch(null(), false, null(), y.arg_mut()),
+            };
+        }
+        let need = splits * count;
+        let ws = ws.ok_or_else(|| {
+            Error::Shape(format!("{splits}-way split GEMM needs a workspace of {} bytes, none given", 4 * need))
+        })?;
+        ensure_shape!(
+            ws.len() >= 4 * need,
+            "GEMM workspace has {} bytes, {splits}-way split of {r}x{s} needs {}",
+            ws.len(),
+            4 * need
+        );
+        launch(null(), false, null(), ws.arg_mut())?;
+        let rcfg = elements_cfg(count / 4)?;
+        let (z, cnt) = (KArg::I32(splits as i32), KArg::I64(count as i64));
+        match out {
+            Out::F16 { y, bias, relu } => {
+                let args = [
+                    ws.arg(),
+                    z,
+                    cnt,
+                    KArg::I32(int("columns", s)?),
+                    bias.map_or(null(), |b| b.arg()),
+                    KArg::I32(relu as i32),
+                    y.arg_mut(),
+                ];
+                // SAFETY: (const float* ws, int splits, long long count, int cols, const __half*
+                // bias, int relu, __half* out16): ws holds splits*count floats, y count halves,
+                // bias cols or null; count % 4 == 0 since S % 8 == 0.
+                unsafe { self.dev.launch(&REDUCE_F16, rcfg, &args) }
+            }
+            Out::F32(y) => {
+                // SAFETY: (const float* ws, int splits, long long count, float* out32): ws holds
+                // splits*count floats, y count; count % 4 == 0.
+                unsafe { self.dev.launch(&REDUCE_F32, rcfg, &[ws.arg(), z, cnt, y.arg_mut()]) }
+            }
+        }
+    }
+
+    /// The simple twin: element strides of A and B per pass (see kernels/gemm_simple.cu).
+    fn simple(&self, out: Out<'_>) -> Result<()> {
+        let (r, s, t) = self.shape.dims(self.pass);
+        if r * s == 0 {
+            return Ok(());
+        }
+        let Linear { k, n, .. } = self.shape;
+        let (k, n) = (k as i64, n as i64);
+        let (a_r, a_t, b_t, b_s) = match self.pass {
+            Pass::Fwd => (k, 1, 1, k),
+            Pass::BwdData => (n, 1, k, 1),
+            Pass::BwdWeight => (1, n, k, 1),
+        };
+        let cfg = elements_cfg(r * s)?;
+        let head = [
+            self.a.arg(),
+            KArg::I64(a_r),
+            KArg::I64(a_t),
+            self.b.arg(),
+            KArg::I64(b_t),
+            KArg::I64(b_s),
+            KArg::I32(int("GEMM rows", r)?),
+            KArg::I32(int("GEMM columns", s)?),
+            KArg::I32(int("GEMM depth", t)?),
+        ];
+        match out {
+            Out::F16 { y, bias, relu } => {
+                let mut args = head.to_vec();
+                args.extend([bias.map_or(null(), |b| b.arg()), KArg::I32(relu as i32), y.arg_mut()]);
+                // SAFETY: (const __half* A, long long a_r, a_t, const __half* B, long long b_t,
+                // b_s, int R, int S, int T, const __half* bias, int relu, __half* out16): the
+                // strides address only the R*T / T*S elements A and B hold, out16 has R*S.
+                unsafe { self.dev.launch(&SIMPLE_F16, cfg, &args) }
+            }
+            Out::F32(y) => {
+                let mut args = head.to_vec();
+                args.push(y.arg_mut());
+                // SAFETY: as gemm_simple_f16 without bias / relu, out32 R*S floats.
+                unsafe { self.dev.launch(&SIMPLE_F32, cfg, &args) }
+            }
+        }
+    }
+}
+
+/// `db[c] = sum_m dy[m][c]` in a fixed order: one pass of column sums when `chunks == 1`,
+/// else per-chunk partials into `ws[offset..]`, added in chunk order.
+pub(super) fn bias_grad(
+    dy: &Tensor<f16>,
+    shape: Linear,
+    db: &mut Tensor<f32>,
+    ws: Option<&mut Tensor<u8>>,
+    offset: usize,
+) -> Result<()> {
+    let dev = dy.device();
+    let (m, n) = (shape.m, shape.n);
+    if n == 0 {
+        return Ok(());
+    }
+    // Chunked partials only on the tensor-core path's shapes (n % 8 == 0: float4 reduce).
+    let (rows, chunks) = shape.colsum_plan(ws.is_some() && n.is_multiple_of(8));
+    let cfg = |chunks: usize| LaunchConfig {
+        grid: (n.div_ceil(32) as u32, chunks as u32, 1),
+        block: (32, 8, 1),
+        shared_bytes: 0,
+    };
+    let dims = [KArg::I32(int("rows", m)?), KArg::I32(int("columns", n)?), KArg::I32(int("rows per chunk", rows)?)];
+    if chunks == 1 {
+        // SAFETY: (const __half* x, int rows, int cols, int rows_per_chunk, float* out): dy
+        // holds m*n halves, db n floats (one chunk).
+        return unsafe { dev.launch(&COLSUM, cfg(1), &[dy.arg(), dims[0], dims[1], dims[2], db.arg_mut()]) };
+    }
+    let Some(ws) = ws else {
+        return Err(Error::Shape("bias gradient: chunked column sums need a workspace".into()));
+    };
+    ensure_shape!(
+        ws.len() >= 4 * (offset + chunks * n),
+        "GEMM workspace has {} bytes, the bias gradient needs {}",
+        ws.len(),
+        4 * (offset + chunks * n)
+    );
+    let part = KArg::Ptr(ws.device_ptr() + 4 * offset as u64);
+    // SAFETY: as above, out = ws + offset with chunks*n floats (checked).
+    unsafe { dev.launch(&COLSUM, cfg(chunks), &[dy.arg(), dims[0], dims[1], dims[2], part])? };
+    let args = [part, KArg::I32(chunks as i32), KArg::I64(n as i64), db.arg_mut()];
+    // SAFETY: (const float* ws, int splits, long long count, float* out32): chunks*n partials
+    // at ws + offset (16-byte aligned: offset % 4 == 0), db n floats, n % 4 == 0.
+    unsafe { dev.launch(&REDUCE_F32, elements_cfg(n / 4)?, &args) }
+}
