@@ -1,0 +1,316 @@
+//! `vgg eval`: top-1 and top-5 error over a labelled set by the paper's protocol, per class
+//! and in all, with images/s; the report as a line, JSON and CSV.
+
+// The parent's views, models and posteriors are this file's vocabulary.
+use super::*;
+
+/// Arguments of `vgg eval`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint; repeat for an ensemble (posteriors averaged).
+    #[arg(long, required = true)]
+    pub weights: Vec<PathBuf>,
+    /// An ImageFolder (its val/ sub-folder when there is one), or `synthetic`: the
+    /// validation images of `vgg train`'s synthetic set.
+    #[arg(long)]
+    pub data: String,
+    /// Test scales Q, comma-separated (several: posteriors averaged), or a preset: fixed:S
+    /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512) [default: the
+    /// input side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
+    #[allow(rustdoc::broken_intra_doc_links)] // `[:MIN:MAX]` is option syntax in --help, not a link
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// center, multi (a 5x5 grid of crops x 2 flips per scale), dense (the FC layers as
+    /// convolutions over the whole image and its mirror image), or both (dense and multi,
+    /// posteriors averaged).
+    #[arg(long, default_value = "center")]
+    pub crops: String,
+    /// Also evaluate the mirror image of each centre crop.
+    #[arg(long)]
+    pub flip: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write per-class accuracy as CSV to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// cuda, cuda:N or emu.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Views per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Evaluate a seeded sample of this many images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Synthetic images (the validation set of `vgg train` with its defaults has 80).
+    #[arg(long, default_value_t = 80)]
+    pub synthetic_len: usize,
+    /// Synthetic data seed [default: the training seed stored in the checkpoint, else 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Expected VGG config (A, ..., E); an error when a checkpoint is another.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// An unreadable image is an error instead of being reported and skipped.
+    #[arg(long)]
+    pub strict: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for EvalArgs {
+    /// The command line's defaults, with no weights and no data (tests fill those in).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: EvalArgs,
+        }
+        let mut a = <Cli as clap::Parser>::parse_from(["eval", "--weights", "-", "--data", "-"]).args;
+        a.weights.clear();
+        a.data.clear();
+        a
+    }
+}
+
+/// Accuracy on one class.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassRow {
+    pub class: usize,
+    pub name: String,
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// What `vgg eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub weights: Vec<String>,
+    pub data: String,
+    pub device: String,
+    pub scales: Vec<u32>,
+    pub crops: Crops,
+    pub flip: bool,
+    pub views_per_image: usize,
+    pub images: usize,
+    pub skipped: usize,
+    pub top1_error: f64,
+    pub top5_error: f64,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub per_class: Vec<ClassRow>,
+}
+
+impl EvalReport {
+    pub fn line(&self) -> String {
+        format!(
+            "{} images ({} skipped), {} views each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
+            self.images,
+            self.skipped,
+            self.views_per_image,
+            100.0 * self.top1_error,
+            100.0 * self.top5_error,
+            self.images_per_s
+        )
+    }
+
+    /// `class,name,images,top1,top5`, one row a class.
+    pub fn csv(&self) -> String {
+        let mut s = String::from("class,name,images,top1,top5\n");
+        for r in &self.per_class {
+            let name = if r.name.contains([',', '"']) {
+                format!("\"{}\"", r.name.replace('"', "\"\""))
+            } else {
+                r.name.clone()
+            };
+            s += &format!("{},{},{},{:.6},{:.6}\n", r.class, name, r.images, r.top1, r.top5);
+        }
+        s
+    }
+}
+
+fn dataset(a: &EvalArgs, models: &[Model]) -> Result<(Arc<dyn Dataset>, String)> {
+    let cfg = models[0].vgg.config();
+    if a.data == "synthetic" {
+        // `vgg train`'s validation set: the same images whatever its length (each is a pure
+        // function of seed and index), seed = training seed ^ 0x5eed.
+        let seed = a.seed.or(models[0].seed).unwrap_or(0);
+        let ds = Synthetic::new(cfg.classes, cfg.input as u32, a.synthetic_len, seed ^ 0x5eed).square();
+        return Ok((Arc::new(ds), format!("synthetic (seed {seed}, {} images)", a.synthetic_len)));
+    }
+    let dir = PathBuf::from(&a.data);
+    let dir = if dir.join("val").is_dir() { dir.join("val") } else { dir };
+    let ds = match &models[0].classes {
+        Some(c) => ImageFolder::open_with_classes(&dir, c)?,
+        None => ImageFolder::open(&dir)?,
+    };
+    if ds.classes().len() != cfg.classes {
+        bail!(
+            "{}: {} class folders, but the model has {} classes (and its checkpoint stores no class names)",
+            dir.display(),
+            ds.classes().len(),
+            cfg.classes
+        );
+    }
+    if ds.is_empty() {
+        bail!("{}: no images", dir.display());
+    }
+    Ok((Arc::new(ds), dir.display().to_string()))
+}
+
+/// Runs `vgg eval`.
+pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
+    let crops = Crops::parse(&a.crops)?;
+    let scale_arg = a.scale.as_deref().map(parse_scales).transpose()?;
+    let dev = Device::by_name(&a.device).with_context(|| format!("eval on `{}`", a.device))?;
+    let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), a.batch)?;
+    let (ds, what) = dataset(a, &models)?;
+    let ds: Arc<dyn Dataset> = match a.limit {
+        Some(n) if n < ds.len() => Arc::new(Subset::sample(ds, n, 0)),
+        _ => ds,
+    };
+    let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
+    let scales = scale_arg.unwrap_or_else(|| vec![if a.data == "synthetic" { input } else { input * 8 / 7 }]);
+    let vpc = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
+    // Each dense view is the whole image and its mirror image.
+    let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
+    let names: Vec<String> = ds.classes().to_vec();
+    println!(
+        "eval {} model(s) VGG {} on {} ({what}, {} images): Q {:?}, {} crops{}, {vpi} views an image",
+        models.len(),
+        models[0].vgg.config().describe(),
+        dev.name(),
+        ds.len(),
+        scales,
+        match crops {
+            Crops::Center => "centre",
+            Crops::Multi => "5x5 x 2 flips",
+            Crops::Dense => "dense (+ flip)",
+            Crops::Both => "dense (+ flip) and 5x5 x 2 flips",
+        },
+        if a.flip && crops == Crops::Center { " + flips" } else { "" }
+    );
+    let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(ds.len() as u64) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let t0 = Instant::now();
+    let (mut n_img, mut skipped, mut hit1, mut hit5) = (0usize, 0usize, 0usize, 0usize);
+    let mut per = vec![(0usize, 0usize, 0usize); k];
+    // Enough images a chunk to fill a few forward batches and keep the decoders busy.
+    let chunk = (4 * a.batch).div_ceil(vpi).max(rayon::current_num_threads());
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for part in idx.chunks(chunk) {
+        let rendered: Vec<_> = part
+            .par_iter()
+            .map(|&i| -> Result<Rendered, String> {
+                let (img, label) = ds.load(i).map_err(|e| e.to_string())?;
+                let plans = views(img.width(), img.height(), &scales, input, crops, a.flip)
+                    .map_err(|e| format!("{}: {e}", ds.describe(i)))?;
+                let dense = dense_views(img.width(), img.height(), &scales, crops)
+                    .map_err(|e| format!("{}: {e}", ds.describe(i)))?
+                    .into_iter()
+                    .map(|p| (p, render(&img, &[p])))
+                    .collect();
+                Ok((render(&img, &plans), dense, label))
+            })
+            .collect();
+        let mut pixels = vec![];
+        let mut labels = vec![];
+        let mut dense_px = vec![];
+        for r in rendered {
+            match r {
+                Ok((px, d, l)) => {
+                    pixels.extend(px);
+                    dense_px.push(d);
+                    labels.push(l);
+                }
+                Err(e) if a.strict => bail!("{e}"),
+                Err(e) => {
+                    bar.suspend(|| eprintln!("skipped: {e}"));
+                    skipped += 1;
+                }
+            }
+        }
+        let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
+        for (j, &l) in labels.iter().enumerate() {
+            let mut p = vec![0f64; k];
+            for v in 0..vpc {
+                for (o, x) in p.iter_mut().zip(&post[(j * vpc + v) * k..][..k]) {
+                    *o += x / vpc as f64;
+                }
+            }
+            if !dense_px[j].is_empty() {
+                let mut d = vec![0f64; k];
+                let views = (dense_px[j].len() * models.len()) as f64;
+                for (plan, px) in &dense_px[j] {
+                    let (w, h) = (plan.window.2 as usize, plan.window.3 as usize);
+                    for m in &models {
+                        let q = dense::dense_posterior(&m.vgg, px, w, h)?;
+                        d.iter_mut().zip(q).for_each(|(o, x)| *o += x / views);
+                    }
+                }
+                // Dense alone, or the equal-weight average with the crops' posterior.
+                let wd = if vpc > 0 { 0.5 } else { 1.0 };
+                p.iter_mut().zip(d).for_each(|(o, x)| *o = (1.0 - wd) * *o + wd * x);
+            }
+            // `vgg train`'s rule (`reference::topk_hits`): a hit when fewer than k classes
+            // score strictly higher, so fp16 ties count for the label.
+            let larger = p.iter().filter(|&&v| v > p[l]).count();
+            let (h1, h5) = (larger < 1, larger < 5.min(k));
+            hit1 += h1 as usize;
+            hit5 += h5 as usize;
+            per[l].0 += 1;
+            per[l].1 += h1 as usize;
+            per[l].2 += h5 as usize;
+        }
+        n_img += labels.len();
+        bar.inc(part.len() as u64);
+        bar.set_message(format!("top-1 err {:.2}%", 100.0 * (1.0 - hit1 as f64 / n_img.max(1) as f64)));
+    }
+    bar.finish_and_clear();
+    if n_img == 0 {
+        bail!("no image could be evaluated ({skipped} skipped as unreadable)");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let frac = |h: usize, n: usize| if n == 0 { 0.0 } else { h as f64 / n as f64 };
+    let report = EvalReport {
+        weights: models.iter().map(|m| m.path.display().to_string()).collect(),
+        data: what,
+        device: dev.name(),
+        scales,
+        crops,
+        flip: a.flip || crops != Crops::Center,
+        views_per_image: vpi,
+        images: n_img,
+        skipped,
+        top1_error: 1.0 - frac(hit1, n_img),
+        top5_error: 1.0 - frac(hit5, n_img),
+        seconds: secs,
+        images_per_s: n_img as f64 / secs.max(1e-9),
+        per_class: per
+            .iter()
+            .enumerate()
+            .map(|(c, &(n, h1, h5))| ClassRow {
+                class: c,
+                name: names.get(c).cloned().unwrap_or_else(|| c.to_string()),
+                images: n,
+                top1: frac(h1, n),
+                top5: frac(h5, n),
+            })
+            .collect(),
+    };
+    println!("{}", report.line());
+    if let Some(p) = &a.json {
+        checkpoint::write_atomic(p, &serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(p) = &a.csv {
+        checkpoint::write_atomic(p, report.csv().as_bytes())?;
+    }
+    Ok(report)
+}
