@@ -19,6 +19,10 @@ pub enum Error {
     /// Arguments of an op that do not fit together (shapes, lengths, alignment).
     #[error("invalid shape: {0}")]
     Shape(String),
+    /// The device cannot run a launch within its limits (shared memory a block): the kernel
+    /// is fine, the GPU too small for its tile; a plan with other kernels may run.
+    #[error("{0}")]
+    Unsupported(String),
     /// A tensor belongs to another device than the op runs on.
     #[error("tensor is on device {found}, but the op runs on {expected}")]
     WrongDevice { expected: String, found: String },

@@ -287,8 +287,18 @@ fn info(show_kernels: bool, json: bool) -> Result<()> {
             g.memory_bytes as f64 / (1u64 << 30) as f64,
             g.max_shared_per_block / 1024
         );
-        if g.max_shared_per_block < 216 * 1024 {
-            println!("          the Winograd conv kernels need 216 KiB a block: use --conv-algo direct on this GPU");
+        // What the kernels' tiles need a block (sm_90 has 227 KiB): F(4x4) 216 KiB, F(2x2) 161.5,
+        // the FC GEMM's 128 x 256 tile 162 and its others 108.
+        if g.max_shared_per_block < 165_376 {
+            println!(
+                "          too little shared memory for the Winograd convs (F(2x2) needs 161.5 KiB a block) and \
+                 the FC GEMM's tensor-core tiles (108-162 KiB): --conv-algo direct runs the convs; the tiles \
+                 are sized for sm_90"
+            );
+        } else if g.max_shared_per_block < 221_184 {
+            println!(
+                "          F(4x4) needs 216 KiB a block and does not run here (tune skips it); F(2x2) and the rest do"
+            );
         }
     }
     match &rep.unusable_because {

@@ -347,3 +347,35 @@ fn recorded_conv_plans_replan_a_model_exactly() {
     assert_eq!(loss.to_bits(), want_loss.to_bits());
     assert_eq!(g, want_g);
 }
+
+/// On a GPU with less shared memory a block than sm_90 (the emu device limited to 200 KiB:
+/// between F(2x2)'s 161.5 KiB and F(4x4)'s 216), a launch whose tile does not fit is an
+/// `Error::Unsupported` naming the kernel, and the tuner reports such a variant as not running
+/// here and chooses among the others instead of failing.
+#[test]
+fn tune_skips_variants_the_device_cannot_fit() {
+    let dev = Device::emu();
+    dev.set_emu_shared_limit(200 * 1024);
+    assert_eq!(dev.max_shared_per_block(), 200 * 1024);
+    let p = ConvProblem::new(1, 6, 6, 16, 24);
+    let f4 = Conv3x3::new(p, F4).unwrap();
+    let x = Tensor::from_f32(&dev, &[1, 6, 6, 16], &vec![0.5; p.input_len()]).unwrap();
+    let w = Tensor::from_f32(&dev, &[24, 3, 3, 16], &vec![0.25; p.filter_len()]).unwrap();
+    let mut y = Tensor::empty(&dev, &[1, 6, 6, 24]).unwrap();
+    let mut ws = Tensor::<u8>::zeros(&dev, &[f4.workspace_bytes(ConvPass::Fprop)]).unwrap();
+    match f4.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws) {
+        Err(Error::Unsupported(m)) => assert!(m.contains("wino4x4_fprop_f16") && m.contains("204800"), "{m}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let auto = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
+    let t = tune(&dev, auto, 1).unwrap();
+    let skipped: Vec<_> = t.timings.iter().filter(|t| t.unsupported.is_some()).map(|t| (t.pass, t.variant)).collect();
+    assert_eq!(skipped, [(ConvPass::Fprop, WinoVariant::F4), (ConvPass::Dgrad, WinoVariant::F4)], "{:?}", t.timings);
+    assert!(t.timings.iter().any(|t| t.unsupported.is_none() && t.variant == WinoVariant::F2Flat));
+    for q in [ConvPass::Fprop, ConvPass::Dgrad] {
+        assert_ne!(t.conv.algo(q), F4, "{q:?}: chose a variant that does not run here");
+    }
+    // The same layer at sm_90's limit: every variant runs.
+    dev.set_emu_shared_limit(vgg_cuda::device::EMU_SHARED_PER_BLOCK);
+    assert!(tune(&dev, auto, 1).unwrap().timings.iter().all(|t| t.unsupported.is_none()));
+}

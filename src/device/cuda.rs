@@ -172,6 +172,10 @@ impl CudaDevice {
         self.info.compute_capability
     }
 
+    pub fn max_shared_per_block(&self) -> usize {
+        self.info.max_shared_per_block
+    }
+
     pub fn multiprocessors(&self) -> usize {
         self.info.multiprocessors.max(1) as usize
     }
@@ -272,14 +276,6 @@ impl CudaDevice {
     pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
         let (f, allowed) = self.function(k)?;
-        if cfg.shared_bytes as usize > self.info.max_shared_per_block {
-            let (maj, min) = self.info.compute_capability;
-            return Err(Error::Kernel(format!(
-                "{}: needs {} bytes of shared memory a block, but {} (sm_{maj}{min}) allows {}: the tiles are \
-                 sized for sm_90 (H100 / H200)",
-                k.name, cfg.shared_bytes, self.info.name, self.info.max_shared_per_block
-            )));
-        }
         if cfg.shared_bytes > allowed {
             // Above 48 KiB a kernel must opt in to the larger carve-out (once per size it grows to).
             result::function::set_function_attribute(

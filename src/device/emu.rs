@@ -68,6 +68,8 @@ pub(crate) struct EmuDevice {
     schedule: Mutex<Schedule>,
     /// Each kernel's launcher and parameter sizes in bytes.
     launchers: Mutex<HashMap<&'static str, (Launcher, &'static [u8])>>,
+    /// Shared memory a block may use (Device::max_shared_per_block).
+    shared_limit: std::sync::atomic::AtomicUsize,
 }
 
 const ALIGN: usize = 256; // cudaMalloc's alignment
@@ -75,7 +77,15 @@ const ALIGN: usize = 256; // cudaMalloc's alignment
 impl EmuDevice {
     pub fn new() -> Self {
         let s = std::env::var("VGG_EMU_SCHEDULE").ok().and_then(|s| Schedule::parse(&s)).unwrap_or(Schedule::Index);
-        Self { schedule: Mutex::new(s), launchers: Mutex::default() }
+        Self { schedule: Mutex::new(s), launchers: Mutex::default(), shared_limit: super::EMU_SHARED_PER_BLOCK.into() }
+    }
+
+    pub fn shared_limit(&self) -> usize {
+        self.shared_limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_shared_limit(&self, bytes: usize) {
+        self.shared_limit.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_schedule(&self, s: Schedule) {

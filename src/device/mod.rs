@@ -111,6 +111,10 @@ impl std::fmt::Debug for Device {
 /// kernels give each block several work items in the tests, as they do on a GPU.
 pub const EMU_MULTIPROCESSORS: usize = 3;
 
+/// The emu device's shared memory a block unless [`Device::set_emu_shared_limit`] lowers it:
+/// sm_90's opt-in maximum (227 KiB), what the kernels' tiles are sized for.
+pub const EMU_SHARED_PER_BLOCK: usize = 227 * 1024;
+
 impl Device {
     /// The GPU of the given ordinal, or an error that says why it cannot be used.
     pub fn cuda(ordinal: usize) -> Result<Self> {
@@ -175,6 +179,25 @@ impl Device {
         match &self.0.backend {
             Backend::Cuda(c) => c.multiprocessors(),
             Backend::Emu(_) => EMU_MULTIPROCESSORS,
+        }
+    }
+
+    /// Dynamic shared memory one block may use: the GPU's opt-in maximum (227 KiB on sm_90,
+    /// 163 KiB on sm_80, 99 KiB on sm_86 / sm_89), or on emu [`EMU_SHARED_PER_BLOCK`] unless
+    /// [`Device::set_emu_shared_limit`] set another. A launch that asks for more is an
+    /// `Error::Unsupported` before anything runs.
+    pub fn max_shared_per_block(&self) -> usize {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.max_shared_per_block(),
+            Backend::Emu(e) => e.shared_limit(),
+        }
+    }
+
+    /// On emu, the shared memory a block may use from now on, to stand in for a GPU with less
+    /// than sm_90 (ignored by cuda, whose limit is the GPU's).
+    pub fn set_emu_shared_limit(&self, bytes: usize) {
+        if let Backend::Emu(e) = &self.0.backend {
+            e.set_shared_limit(bytes);
         }
     }
 
@@ -284,6 +307,17 @@ impl Device {
     /// pointer must address a live allocation of this device large enough for what the
     /// kernel touches at this launch configuration.
     pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        let limit = self.max_shared_per_block();
+        if cfg.shared_bytes as usize > limit {
+            return Err(Error::Unsupported(format!(
+                "{}: needs {} bytes of shared memory a block, but {} allows {limit} (the tiles are sized for \
+                 sm_90's {})",
+                kernel.name,
+                cfg.shared_bytes,
+                self.name(),
+                EMU_SHARED_PER_BLOCK
+            )));
+        }
         self.count_launch();
         if self.record_launch(kernel, cfg, args) {
             return Ok(());

@@ -15,7 +15,7 @@
 //! is still made by the same rule, which is what the tests check.
 
 use super::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 use half::f16;
 
 /// One candidate for a pass: the Winograd ones and wgmma (fprop, dgrad), ImplicitGemm and
@@ -75,7 +75,7 @@ impl WinoVariant {
 }
 
 /// The measured time of one pass under one variant.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PassTiming {
     pub pass: ConvPass,
     pub variant: WinoVariant,
@@ -84,6 +84,9 @@ pub struct PassTiming {
     /// Relative L2 distance of its output from `base`'s on one image of random data; above the
     /// tolerance (or not finite) the variant is not chosen.
     pub rel_l2: f64,
+    /// Why the variant cannot run on this device (a tile larger than its shared memory a
+    /// block); `ms` and `rel_l2` are then infinite, and it is not chosen.
+    pub unsupported: Option<String>,
 }
 
 /// The tolerance [`tune`] holds candidates to: F(4x4) and F(2x2) differ by ~2e-3 relative L2
@@ -163,8 +166,13 @@ fn pass_output(conv: &Conv3x3, pass: ConvPass, [x, w, b, dy]: &[Tensor<f16>; 4])
 }
 
 /// Relative L2 distance of each plan's pass output from `base`'s, on one image of the layer
-/// (the same plans at N = 1) with random data in [-1, 1).
-fn agreement(dev: &Device, base: Conv3x3, plans: &[(ConvPass, WinoVariant, Conv3x3)]) -> Result<Vec<f64>> {
+/// (the same plans at N = 1) with random data in [-1, 1); `Err(why)` for a plan the device
+/// cannot run (`Error::Unsupported`). Any other error, and base's own, is returned.
+fn agreement(
+    dev: &Device,
+    base: Conv3x3,
+    plans: &[(ConvPass, WinoVariant, Conv3x3)],
+) -> Result<Vec<std::result::Result<f64, String>>> {
     let p = base.problem();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut random = |len: usize| -> Vec<f32> {
@@ -191,9 +199,12 @@ fn agreement(dev: &Device, base: Conv3x3, plans: &[(ConvPass, WinoVariant, Conv3
                 Some(v) => v,
                 slot => slot.insert(pass_output(&base.with_batch(1)?, pass, &inputs)?),
             };
-            let got = pass_output(&conv.with_batch(1)?, pass, &inputs)?;
+            let got = match pass_output(&conv.with_batch(1)?, pass, &inputs) {
+                Err(Error::Unsupported(why)) => return Ok(Err(why)),
+                got => got?,
+            };
             let rel = crate::reference::compare(&got, reference).rel_l2;
-            Ok(if rel.is_finite() { rel } else { f64::INFINITY })
+            Ok(Ok(if rel.is_finite() { rel } else { f64::INFINITY }))
         })
         .collect()
 }
@@ -224,6 +235,14 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     let mut ws = Tensor::<u8>::zeros(dev, &[ws_len.max(1)])?;
     let mut timings = vec![];
     for ((pass, variant, conv), rel_l2) in plans.into_iter().zip(rels) {
+        let rel_l2 = match rel_l2 {
+            Ok(r) => r,
+            Err(why) => {
+                let (ms, rel_l2, unsupported) = (f64::INFINITY, f64::INFINITY, Some(why));
+                timings.push(PassTiming { pass, variant, ms, rel_l2, unsupported });
+                continue;
+            }
+        };
         let mut call = |ws: &mut Tensor<u8>| match pass {
             ConvPass::Fprop => conv.fprop_prepared(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, ws),
             ConvPass::Dgrad => conv.dgrad_prepared(&y, &w, Some(&x), &mut dx, ws),
@@ -244,7 +263,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
             }
             best = best.min(t.stop_ms()? / reps.max(1) as f64);
         }
-        timings.push(PassTiming { pass, variant, ms: best, rel_l2 });
+        timings.push(PassTiming { pass, variant, ms: best, rel_l2, unsupported: None });
     }
     let time = |pass: ConvPass, v: WinoVariant| {
         timings.iter().find(|t| t.pass == pass && t.variant == v).map_or(0.0, |t| t.ms)

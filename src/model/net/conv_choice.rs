@@ -83,6 +83,9 @@ impl ConvLayerChoice {
             .timings
             .iter()
             .map(|t| {
+                if let Some(why) = &t.unsupported {
+                    return format!("{:?} {} does not run here ({why})", t.pass, t.variant.name());
+                }
                 let off = if t.rel_l2 <= conv_tune::AGREEMENT {
                     String::new()
                 } else {
