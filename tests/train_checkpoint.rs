@@ -48,6 +48,19 @@ fn tmpdir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the
+/// checkpoint folder `dir`, with `extra` arguments; its stdout and stderr, after checking that
+/// it succeeded.
+fn vgg_train(dir: &std::path::Path, steps: &str, extra: &[&str]) -> (String, String) {
+    let mut a = vec!["train", "--device", "emu", "--quiet", "--model", "A", "--width", "0.0625", "--input", "32"];
+    a.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "24", "--batch", "4", "--workers", "0"]);
+    a.extend(["--steps", steps, "--checkpoint-dir", dir.to_str().unwrap()]);
+    a.extend(extra);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
 #[test]
 fn resume_is_bit_identical() {
     // 6 steps an epoch; 8 steps straight vs 4 steps, then a resumed run to 8 (crossing the
@@ -176,23 +189,26 @@ fn checkpoint_errors_name_the_problem() {
 #[test]
 fn resume_at_an_epoch_end_reports_no_train_steps() {
     let dir = tmpdir("epochend");
-    let d = dir.to_str().unwrap();
-    let train = |steps: &str, resume: bool| {
-        let mut a = vec!["train", "--device", "emu", "--quiet", "--model", "A", "--width", "0.0625", "--input", "32"];
-        a.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "24", "--batch", "4", "--workers", "0"]);
-        a.extend(["--steps", steps, "--checkpoint-dir", d]);
-        if resume {
-            a.push("--resume");
-        }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let train = |steps: &str, extra: &[&str]| vgg_train(&dir, steps, extra).0;
     // 6 steps an epoch: the first run stops at the epoch's last step, before its epoch line.
-    let first = train("6", false);
+    let first = train("6", &[]);
     assert!(!first.contains("epoch 0 step 6"), "{first}");
-    let second = train("8", true);
+    let second = train("8", &["--resume"]);
     let line = second.lines().find(|l| l.starts_with("epoch 0 step 6:")).unwrap_or_else(|| panic!("{second}"));
     assert!(line.contains("no train steps read in this process") && line.contains("val loss"), "{line}");
     assert!(!line.contains("img/s") && !line.contains("train loss"), "{line}");
+}
+
+/// A resume whose `--conv-algo` gives other plans than the checkpoint recorded says that its
+/// losses will not repeat the run's; one that reuses them (tune) does not.
+#[test]
+fn resume_with_other_conv_plans_says_so() {
+    let dir = tmpdir("otherplans");
+    let train = |steps: &str, extra: &[&str]| vgg_train(&dir, steps, extra).1;
+    let note = "other conv plans than --conv-algo";
+    assert!(!train("2", &["--conv-algo", "winograd4x4"]).contains(note));
+    let auto = train("3", &["--resume"]);
+    assert!(auto.contains(&format!("{note} auto gives")), "{auto}");
+    let tuned = train("4", &["--resume", "--conv-algo", "tune"]);
+    assert!(tuned.contains("conv plans (tune, from the checkpoint") && !tuned.contains(note), "{tuned}");
 }

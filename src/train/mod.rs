@@ -368,6 +368,12 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         let list: Vec<String> = layers.iter().map(|l| l.summary()).collect();
         eprintln!("conv plans ({how}; fprop / dgrad): {}", list.join("; "));
     }
+    if !st.conv_plans.is_empty() && vgg.conv_plan_records() != st.conv_plans {
+        eprintln!(
+            "note: the checkpoint's run computed with other conv plans than --conv-algo {conv_algo} gives; \
+             the losses from here on will not repeat that run's bit for bit (--conv-algo tune reuses its plans)"
+        );
+    }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
     let mut hist = match (&a.resume, &a.metrics) {
         (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
