@@ -292,8 +292,8 @@ fn info(show_kernels: bool, json: bool) -> Result<()> {
         if g.max_shared_per_block < 165_376 {
             println!(
                 "          too little shared memory for the Winograd convs (F(2x2) needs 161.5 KiB a block) and \
-                 the FC GEMM's tensor-core tiles (108-162 KiB): --conv-algo direct runs the convs; the tiles \
-                 are sized for sm_90"
+                 the FC GEMM's tensor-core tiles (108-162 KiB): models run those passes on the direct conv \
+                 and the simple GEMM (slow; the tiles are sized for sm_90)"
             );
         } else if g.max_shared_per_block < 221_184 {
             println!(

@@ -244,9 +244,9 @@ fn model_conv_choice_replans_layers_and_memory() {
 
 const GRAD_REL: f64 = 0.4;
 
-/// Every plan `new` and `with_pass_algo` can make is rebuilt by `from_algos` from its per-pass
-/// algorithms and tiling (what a checkpoint records), with the same kernels and workspaces; a
-/// combination no plan runs is a shape error.
+/// Every plan `new` and `with_pass_algo` can make, and `fitted_to` a GPU with less shared
+/// memory, is rebuilt by `from_algos` from its per-pass algorithms and tiling (what a checkpoint
+/// records), with the same kernels and workspaces; a combination no plan runs is a shape error.
 #[test]
 fn from_algos_rebuilds_every_plan_and_only_those() {
     use ConvAlgo::*;
@@ -255,7 +255,7 @@ fn from_algos_rebuilds_every_plan_and_only_those() {
     let tilings = [WinoTiling::Auto, WinoTiling::Flat, WinoTiling::Region];
     // Winograd and wgmma, the first layer, C padded (12), K not a multiple of 8.
     let problems = [(2, 6, 6, 16, 24), (1, 6, 6, 3, 16), (1, 5, 7, 12, 16), (1, 4, 4, 3, 5)];
-    let mut rebuilt = 0;
+    let (mut rebuilt, mut mixed) = (0, 0);
     for (n, h, w, c, k) in problems {
         let p = ConvProblem::new(n, h, w, c, k);
         // Every plan reachable by switching passes one at a time (each algorithm set once).
@@ -272,7 +272,17 @@ fn from_algos_rebuilds_every_plan_and_only_those() {
             }
             i += 1;
         }
-        for plan in plans {
+        // Fitted to sm_89's 99 KiB (Winograd and the larger wgrad tiles on Direct) and to none.
+        let small: Vec<Device> = [99 * 1024, 0]
+            .map(|l| {
+                let d = Device::emu();
+                d.set_emu_shared_limit(l);
+                d
+            })
+            .into();
+        let fitted: Vec<Conv3x3> = plans.iter().flat_map(|c| small.iter().map(|d| c.fitted_to(d))).collect();
+        mixed += fitted.iter().filter(|c| PASSES.map(|q| c.algo(q)) == [Direct, Direct, ImplicitGemm]).count();
+        for plan in plans.into_iter().chain(fitted) {
             for t in tilings {
                 let plan = plan.with_wino_tiling(t);
                 let got = Conv3x3::from_algos(p, PASSES.map(|q| plan.algo(q)), t).unwrap();
@@ -287,9 +297,16 @@ fn from_algos_rebuilds_every_plan_and_only_those() {
         }
     }
     assert!(rebuilt >= 60, "only {rebuilt} plans tried");
+    assert!(mixed > 0, "no fitted plan ran Direct fprop and dgrad beside a tensor-core wgrad");
     let p = ConvProblem::new(1, 6, 6, 12, 16);
-    for algos in [[Auto; 3], [Winograd2x2; 3], [Direct, Winograd2x2, Direct], [Wgmma; 3], [Winograd4x4, Direct, Direct]]
-    {
+    for algos in [
+        [Auto; 3],
+        [Winograd2x2; 3],
+        [Direct, Winograd2x2, Direct],
+        [Wgmma; 3],
+        [Winograd4x4, Winograd2x2, Direct],
+        [Wgmma, Direct, Direct],
+    ] {
         match Conv3x3::from_algos(p, algos, WinoTiling::Auto) {
             Err(Error::Shape(m)) => assert!(m.contains("no plan runs"), "{m}"),
             other => panic!("{algos:?}: expected a shape error, got {other:?}"),
@@ -378,4 +395,43 @@ fn tune_skips_variants_the_device_cannot_fit() {
     // The same layer at sm_90's limit: every variant runs.
     dev.set_emu_shared_limit(vgg_cuda::device::EMU_SHARED_PER_BLOCK);
     assert!(tune(&dev, auto, 1).unwrap().timings.iter().all(|t| t.unsupported.is_none()));
+}
+
+/// A model on a GPU with less shared memory a block than sm_90 (the emu device standing in)
+/// plans what fits: on an A100's 163 KiB, Auto's plans unchanged and the same step bit for bit;
+/// on sm_89's 99 KiB, every pass whose tile does not fit on Direct (and the FC layers on the
+/// simple GEMM), and a step within the variants' distance of sm_90's.
+#[test]
+fn a_model_plans_what_the_device_fits() {
+    let cfg = small();
+    let o = OptimConfig { init_scale: 256.0, ..Default::default() };
+    let step_on = |limit: usize| {
+        let dev = Device::emu();
+        dev.set_emu_shared_limit(limit);
+        let mut vgg = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
+        let plans = vgg.conv_plans();
+        let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &plans).unwrap();
+        assert_eq!(vgg.device_bytes(), plan.total(), "limit {limit}");
+        let (loss, g) = first_step(&mut vgg, &cfg, &dev);
+        (vgg.conv_plan_records(), plans, loss, g)
+    };
+    let (sm90, _, want_loss, want_g) = step_on(vgg_cuda::device::EMU_SHARED_PER_BLOCK);
+    let (a100, _, loss, g) = step_on(163 * 1024);
+    assert_eq!(a100, sm90);
+    assert_eq!((loss.to_bits(), &g), (want_loss.to_bits(), &want_g));
+    let (sm89, plans, loss, g) = step_on(99 * 1024);
+    for (rec, (fit, c)) in sm90.iter().zip(sm89.iter().zip(plans.iter().flatten())) {
+        for (i, q) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().enumerate() {
+            assert!(c.shared_bytes(q) <= 99 * 1024, "layer {}: {q:?}", rec.feature);
+            let kept = fit.algos[i] == rec.algos[i];
+            assert!(kept || fit.algos[i] == ConvAlgo::Direct, "layer {}: {q:?} {:?}", rec.feature, fit.algos);
+        }
+        if rec.algos[0] == F2 {
+            assert_eq!(fit.algos[..2], [ConvAlgo::Direct; 2], "layer {}: F(2x2) needs 161.5 KiB", rec.feature);
+        }
+    }
+    assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "99 KiB: loss {loss} vs {want_loss}");
+    for (t, (a, b)) in g.iter().zip(&want_g).enumerate() {
+        assert!(r::compare(a, b).rel_l2 <= GRAD_REL, "99 KiB: gradient {t}");
+    }
 }

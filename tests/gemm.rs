@@ -110,6 +110,52 @@ fn workspace_is_optional() {
     }
 }
 
+/// On a GPU with less shared memory a block than sm_90's 227 KiB, Auto runs the planned tile
+/// where it fits, else the fitting tile with the same splits (same workspace), else the simple
+/// kernel; the emu device stands in for such GPUs, and each plan matches the reference.
+#[test]
+fn auto_fits_the_tile_to_the_device() {
+    let (sm90, a100, between, sm89) = (227 * 1024, 163 * 1024, 120 * 1024, 99 * 1024);
+    let fc = [Linear::new(64, 25088, 4096), Linear::new(64, 4096, 4096), Linear::new(64, 4096, 1000)];
+    for s in fc.iter().chain([&Linear::new(5, 1024, 16), &Linear::new(256, 4096, 4096)]) {
+        for pass in [Pass::Fwd, Pass::BwdData, Pass::BwdWeight] {
+            let planned = s.plan(pass);
+            assert_eq!(s.plan_within(pass, sm90), planned, "{s:?} {pass:?}");
+            assert_eq!(s.plan_within(pass, a100), planned, "{s:?} {pass:?}: the largest tile takes 162 KiB");
+            assert_eq!(s.plan_within(pass, sm89), Algo::Simple, "{s:?} {pass:?}: every tile takes 108 KiB or more");
+            match (planned, s.plan_within(pass, between)) {
+                (Algo::TensorCore { tile, splits }, Algo::TensorCore { tile: t, splits: n }) => {
+                    assert_eq!(n, splits, "{s:?} {pass:?}");
+                    assert!(matches!(t, Tile::T128x128 | Tile::T64x128), "{s:?} {pass:?}: {tile:?} -> {t:?}");
+                }
+                other => panic!("{s:?} {pass:?}: {other:?}"),
+            }
+        }
+    }
+    let s = Linear::new(5, 1024, 16);
+    let (xv, wv, bv) = (randn(s.m * s.k, 4), randn(s.n * s.k, 5), randn(s.n, 6));
+    let want = r::f32_to_f16_round(&r::linear_fwd(s.m, s.k, s.n, &xv, &wv, Some(&bv), true));
+    for limit in [sm90, between, sm89] {
+        let dev = Device::emu();
+        dev.set_emu_shared_limit(limit);
+        let x = Tensor::from_f32(&dev, &[s.m, s.k], &xv).unwrap();
+        let w = Tensor::from_f32(&dev, &[s.n, s.k], &wv).unwrap();
+        let b = Tensor::from_f32(&dev, &[s.n], &bv).unwrap();
+        let mut ws = Tensor::<u8>::empty(&dev, &[s.workspace_bytes(Pass::Fwd)]).unwrap();
+        let mut y = Tensor::empty(&dev, &[s.m, s.n]).unwrap();
+        y.poison().unwrap();
+        gemm::linear_fwd(&x, &w, Some(&b), true, &mut y, Some(&mut ws)).unwrap();
+        let c = r::compare_tol(&y.to_f32().unwrap(), &want, 2e-2, 2e-3);
+        assert!(c.first_bad.is_none() && c.rel_l2 < 2e-3, "limit {limit}: {c}");
+        // An explicit tile that does not fit is refused, naming the kernel.
+        let big = Algo::TensorCore { tile: Tile::T128x256, splits: 1 };
+        match gemm::linear_fwd_with(big, &x, &w, Some(&b), true, &mut y, Some(&mut ws)) {
+            Err(Error::Unsupported(m)) if limit < 162 * 1024 => assert!(m.contains("shared memory"), "{m}"),
+            r => assert!(limit >= 162 * 1024 && r.is_ok(), "limit {limit}: {r:?}"),
+        }
+    }
+}
+
 /// Rough GPU timings of the classifier shapes, all three passes, workspace as planned.
 /// `cargo test --release --test gemm -- --ignored --nocapture` on a machine with a GPU.
 #[test]

@@ -84,9 +84,9 @@ pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
         match f.kind {
             FeatureKind::Conv3x3 => {
                 let p = ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
-                // As `Vgg::new` chooses.
+                // As `Vgg::new` chooses, fitted to the device's shared memory.
                 let tc = (f.c_in % 8 == 0 && f.c_out % 8 == 0) || f.c_in < 8;
-                let conv = Conv3x3::new(p, if tc { ConvAlgo::Auto } else { ConvAlgo::Direct })?;
+                let conv = Conv3x3::new(p, if tc { ConvAlgo::Auto } else { ConvAlgo::Direct })?.fitted_to(&dev);
                 grow(&mut ws, conv.workspace_bytes(ConvPass::Fprop))?;
                 conv.fprop(&x, &params[j].h, Some(&params[j + 1].h), Epilogue::BiasRelu, &mut y, &mut ws)?;
                 j += 2;

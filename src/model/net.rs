@@ -228,18 +228,27 @@ impl Vgg {
         seed: u64,
         optim: OptimConfig,
     ) -> Result<Self> {
-        let memory = MemoryPlan::new(&cfg, batch, Sharing::Lifetimes)?;
+        cfg.validate()?;
         let feats = cfg.features();
+        // Auto's conv plans, with any pass the device's shared memory cannot hold on Direct.
+        let convs = feats
+            .iter()
+            .map(|f| {
+                (f.kind == FeatureKind::Conv3x3).then(|| Ok(memory::conv3x3(f, batch)?.fitted_to(dev))).transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let memory = MemoryPlan::with_convs(&cfg, batch, Sharing::Lifetimes, &convs)?;
         let mut params = params::allocate(dev, &cfg, init, seed)?;
         let mut ops = vec![];
         let mut param_of = vec![];
         let mut next_param = 0;
-        for f in &feats {
-            ops.push(match f.kind {
-                FeatureKind::Conv3x3 => Op::Conv3(memory::conv3x3(f, batch)?),
-                FeatureKind::Conv1x1 => Op::Conv1,
-                FeatureKind::Lrn => Op::Lrn,
-                FeatureKind::Pool => Op::Pool,
+        for (f, conv) in feats.iter().zip(&convs) {
+            ops.push(match (f.kind, conv) {
+                (FeatureKind::Conv3x3, Some(c)) => Op::Conv3(*c),
+                (FeatureKind::Conv3x3, None) => unreachable!("every 3x3 conv layer was planned"),
+                (FeatureKind::Conv1x1, _) => Op::Conv1,
+                (FeatureKind::Lrn, _) => Op::Lrn,
+                (FeatureKind::Pool, _) => Op::Pool,
             });
             param_of.push(f.is_conv().then_some(next_param));
             next_param += if f.is_conv() { 2 } else { 0 };

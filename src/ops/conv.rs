@@ -82,6 +82,7 @@ const WINO_REGION_MAX_IDLE: f64 = 0.125;
 /// halves of dynamic shared memory (kernels/conv_first.cu).
 const IGEMM_FPROP_PIX: usize = 128;
 const IGEMM_FPROP_OUT: usize = 64;
+const IGEMM_FPROP_SMEM: u32 = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
 /// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
 /// threads (kernels/conv_wgrad.cu).
@@ -285,19 +286,25 @@ impl Conv3x3 {
 
     /// The plan of `problem` that runs `algos` (fprop, dgrad, wgrad, as [`Conv3x3::algo`] names
     /// them) under `tiling`: how a recorded plan (a tuned one, from a checkpoint) is rebuilt. Only
-    /// plans that [`Conv3x3::new`] and [`Conv3x3::with_pass_algo`] can make are accepted; any
-    /// other combination (an unresolved `Auto`, Winograd for a wgrad, ...) is an `Error::Shape`.
+    /// plans that [`Conv3x3::new`] and [`Conv3x3::with_pass_algo`] can make, with any passes
+    /// Direct as [`Conv3x3::fitted_to`] makes them, are accepted; any other combination (an
+    /// unresolved `Auto`, Winograd for a wgrad, ...) is an `Error::Shape`.
     pub fn from_algos(problem: ConvProblem, algos: [ConvAlgo; 3], tiling: WinoTiling) -> Result<Self> {
         use ConvAlgo::*;
         // Every plan is one of new()'s with some passes switched; with_pass_algo checks each switch.
         for start in [Auto, Direct, Winograd2x2, Winograd4x4, ImplicitGemm, Wgmma] {
             let Ok(mut conv) = Conv3x3::new(problem, start) else { continue };
             for (i, pass) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().enumerate() {
-                if conv.algos[i] != algos[i] {
+                if algos[i] == ConvAlgo::Direct {
+                    conv.algos[i] = ConvAlgo::Direct; // any pass may ([`Conv3x3::fitted_to`])
+                } else if conv.algos[i] != algos[i] {
                     conv = conv.with_pass_algo(pass, algos[i]).unwrap_or(conv);
                 }
             }
             if conv.algos == algos {
+                if algos == [ConvAlgo::Direct; 3] {
+                    conv.cp = problem.c; // as Conv3x3::new plans Direct: nothing padded
+                }
                 return Ok(conv.with_wino_tiling(tiling));
             }
         }

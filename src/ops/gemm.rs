@@ -41,7 +41,7 @@ use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
 mod launch;
-use launch::{bias_grad, Operands, Out};
+use launch::{bias_grad, smem_bytes, Operands, Out};
 
 /// The three products of a linear layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,7 +199,8 @@ impl Linear {
         self.n.is_multiple_of(8) && self.k.is_multiple_of(8)
     }
 
-    /// What [`Algo::Auto`] runs for `pass` (given the workspace it asks for): the tile and
+    /// What [`Algo::Auto`] runs for `pass` on sm_90 (elsewhere [`Linear::plan_within`] the
+    /// device's shared memory; given the workspace it asks for): the tile and
     /// split count with the least [`Linear::estimate`], preferring fewer splits, then the
     /// earlier tile of [`Tile::ALL`], between estimates within 1%.
     pub fn plan(&self, pass: Pass) -> Algo {
@@ -278,10 +279,29 @@ impl Linear {
         (rows, self.m.div_ceil(rows).max(1))
     }
 
-    /// The launch plan for `algo`, checking what the tensor-core path requires.
-    fn resolve(&self, pass: Pass, algo: Algo, have_ws: bool) -> Result<Plan> {
+    /// [`Linear::plan`] on a device that allows `max_shared` bytes of shared memory a block:
+    /// where the planned tile needs more (its tiles are sized for sm_90), the fitting tile with
+    /// the least estimate at the same split count (so the same workspace), else the simple
+    /// kernel.
+    pub fn plan_within(&self, pass: Pass, max_shared: usize) -> Algo {
+        match self.plan(pass) {
+            Algo::TensorCore { tile, splits } if smem_bytes(pass, tile) as usize > max_shared => {
+                let fits = Tile::ALL.into_iter().filter(|&t| smem_bytes(pass, t) as usize <= max_shared);
+                let cost = |t: &Tile| self.estimate(pass, *t, splits);
+                match fits.min_by(|a, b| cost(a).total_cmp(&cost(b))) {
+                    Some(tile) => Algo::TensorCore { tile, splits },
+                    None => Algo::Simple,
+                }
+            }
+            a => a,
+        }
+    }
+
+    /// The launch plan for `algo` on a device allowing `max_shared` bytes of shared memory a
+    /// block, checking what the tensor-core path requires.
+    fn resolve(&self, pass: Pass, algo: Algo, have_ws: bool, max_shared: usize) -> Result<Plan> {
         let auto = algo == Algo::Auto;
-        let algo = if auto { self.plan(pass) } else { algo };
+        let algo = if auto { self.plan_within(pass, max_shared) } else { algo };
         match algo {
             Algo::Simple | Algo::Auto => Ok(Plan::Simple),
             Algo::TensorCore { tile, splits } => {
@@ -368,7 +388,7 @@ fn fwd(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
-    let plan = shape.resolve(Pass::Fwd, algo, ws.is_some())?;
+    let plan = shape.resolve(Pass::Fwd, algo, ws.is_some(), dev.max_shared_per_block())?;
     Operands { dev, pass: Pass::Fwd, shape, a: x, b: w }.run(plan, Out::F16 { y, bias, relu }, ws)
 }
 
@@ -418,7 +438,7 @@ fn bwd_data(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
-    let plan = shape.resolve(Pass::BwdData, algo, ws.is_some())?;
+    let plan = shape.resolve(Pass::BwdData, algo, ws.is_some(), dev.max_shared_per_block())?;
     Operands { dev, pass: Pass::BwdData, shape, a: dy, b: w }.run(plan, Out::F16 { y: dx, bias: None, relu: false }, ws)
 }
 
@@ -467,7 +487,7 @@ fn bwd_weight(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
-    let plan = shape.resolve(Pass::BwdWeight, algo, ws.is_some())?;
+    let plan = shape.resolve(Pass::BwdWeight, algo, ws.is_some(), dev.max_shared_per_block())?;
     let ops = Operands { dev, pass: Pass::BwdWeight, shape, a: dy, b: x };
     ops.run(plan, Out::F32(dw), ws.as_deref_mut())?;
     if let Some(db) = db {

@@ -148,6 +148,16 @@ impl Vgg {
                     self.dev.name()
                 )));
             }
+            let limit = self.dev.max_shared_per_block();
+            if let Some(q) =
+                [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().find(|&q| conv.shared_bytes(q) > limit)
+            {
+                return Err(Error::Shape(format!(
+                    "conv plans: feature layer {i}'s {q:?} needs {} bytes of shared memory a block; {} allows {limit}",
+                    conv.shared_bytes(q),
+                    self.dev.name()
+                )));
+            }
             out.push(ConvLayerChoice { feature: i, conv, timings: vec![] });
         }
         if let Some(p) = plans.iter().find(|p| !matches!(self.ops.get(p.feature), Some(Op::Conv3(_)))) {
@@ -185,7 +195,7 @@ impl Vgg {
         let mut out = vec![];
         for (i, f) in feats.iter().enumerate() {
             let Op::Conv3(_) = self.ops[i] else { continue };
-            let base = super::memory::conv3x3(f, self.batch)?;
+            let base = super::memory::conv3x3(f, self.batch)?.fitted_to(&self.dev);
             let p = base.problem();
             let mut timings = vec![];
             let conv = match choice {

@@ -154,8 +154,8 @@ impl Conv3x3 {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
             let wa = self.tc_w(w, ws);
             let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
-            let smem = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
-            let cfg = LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: smem };
+            let cfg =
+                LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: IGEMM_FPROP_SMEM };
             let args = [xa, wa, bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[4], relu];
             // SAFETY: (const __half* x, const __half* w, const __half* bias, __half* y, int n, int h,
             // int w, int k, int relu): x is N*H*W*8 halves and w K*9*8 (x and w themselves when C = 8,
@@ -280,21 +280,16 @@ impl Conv3x3 {
         let nw = p.filter_len() + p.k;
         if self.tc(ConvPass::Wgrad) {
             let xa = self.tc_x(&dev, ConvPass::Wgrad, x, ws)?;
-            let (m, n, kernel) = self.wgrad_tile();
+            let (m, _, kernel) = self.wgrad_tile();
             let wgmma = self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma;
             if wgmma {
                 self.need_wgmma(&dev)?;
             }
             let grid = (self.wgrad_grid_x(), p.k.div_ceil(m), chunks);
-            let shared = match (wgmma, self.wgrad_halo()) {
-                (true, true) => wgrad_wgmma_halo_smem(n / 3),
-                (true, false) => WGRAD_WGMMA_SMEM,
-                _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
-            };
             let cfg = LaunchConfig {
                 grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
                 block: (WG_THREADS, 1, 1),
-                shared_bytes: shared,
+                shared_bytes: self.wgrad_shared(),
             };
             let args = [
                 xa,
@@ -350,6 +345,47 @@ impl Conv3x3 {
             KArg::I32(int("C", c)?),
             KArg::I32(int("K", p.k)?),
         ])
+    }
+
+    /// Dynamic shared memory of the tensor-core wgrad's main loop, in bytes.
+    fn wgrad_shared(&self) -> u32 {
+        let (m, n, _) = self.wgrad_tile();
+        match (self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma, self.wgrad_halo()) {
+            (true, true) => wgrad_wgmma_halo_smem(n / 3),
+            (true, false) => WGRAD_WGMMA_SMEM,
+            _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,
+        }
+    }
+
+    /// Dynamic shared memory a block of `pass`'s largest launch asks for, in bytes (0 for
+    /// Direct): what a GPU must allow a block ([`Device::max_shared_per_block`]) for the pass to
+    /// run there. The launches take their sizes from the same functions.
+    pub fn shared_bytes(&self, pass: ConvPass) -> usize {
+        match (pass, self.algo(pass)) {
+            (_, ConvAlgo::Direct) => 0,
+            (ConvPass::Wgrad, _) => self.wgrad_shared() as usize,
+            (_, ConvAlgo::Wgmma) => self.wgmma_tile(pass).shared,
+            (_, ConvAlgo::ImplicitGemm) => IGEMM_FPROP_SMEM as usize,
+            (_, ConvAlgo::Winograd4x4) => WINO4_SMEM as usize,
+            _ => WINO_SMEM as usize,
+        }
+    }
+
+    /// This plan for `dev`: each pass whose launch asks more shared memory a block than `dev`
+    /// allows runs Direct instead (slow, but it fits any GPU), so that a model planned for
+    /// sm_90's tiles still trains on one with less (sm_86 / sm_89: 99 KiB). Unchanged where
+    /// everything fits.
+    pub fn fitted_to(mut self, dev: &Device) -> Self {
+        let limit = dev.max_shared_per_block();
+        for (i, pass) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().enumerate() {
+            if self.shared_bytes(pass) > limit {
+                self.algos[i] = ConvAlgo::Direct;
+            }
+        }
+        if self.algos == [ConvAlgo::Direct; 3] {
+            self.cp = self.problem.c; // as Conv3x3::new plans Direct: nothing padded
+        }
+        self
     }
 
     /// Grid of the Winograd main loop with `cout` output channels (one dimension, channel

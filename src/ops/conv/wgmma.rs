@@ -32,11 +32,11 @@ fn halo_pos(w: usize) -> usize {
 
 /// One fprop or dgrad launch's kernel, whether it is the halo one, its output channels a tile
 /// (GEMM N) and its dynamic shared bytes.
-struct WgmmaTile {
+pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
     halo: bool,
     n: usize,
-    shared: usize,
+    pub(super) shared: usize,
 }
 
 /// The flat tile for `cout` output channels: N = 64 for at most 64 (no half-idle tensor work,
@@ -78,7 +78,7 @@ fn halo_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
 impl Conv3x3 {
     /// The tile `pass` (fprop or dgrad) runs: the halo tile unless the plan's tiling is
     /// [`WinoTiling::Flat`] or the halo tile does not fit the shape, else the flat one.
-    fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
+    pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
         let halo = if self.tiling == WinoTiling::Flat { None } else { halo_tile(p, cout) };

@@ -40,7 +40,7 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
 /// tile's ring of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
 /// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
 /// in it, whichever is larger.
-fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
+pub(super) fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
     if tile == Tile::W128x256 {
         return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
     }
