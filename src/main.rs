@@ -375,17 +375,30 @@ fn selftest_cmd(
             r.max_abs,
             r.rel_l2,
             r.bound,
-            if r.pass { "pass" } else { "FAIL" }
+            match (r.pass, r.bound == selftest::NOT_RUN) {
+                (true, true) => "not run",
+                (true, false) => "pass",
+                (false, _) => "FAIL",
+            }
         );
-        if let (false, Some(d)) = (r.pass, &r.detail) {
-            println!("    {d}");
+        match &r.detail {
+            Some(d) if !r.pass || r.bound == selftest::NOT_RUN => println!("    {d}"),
+            _ => {}
         }
     }
     if let Some(path) = json {
         write_atomic(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     }
     let failed = rows.iter().filter(|r| !r.pass).count();
-    println!("{} checks, {} failed, {:.2} s on {}", rows.len(), failed, t0.elapsed().as_secs_f64(), dev.name());
+    let not_run = rows.iter().filter(|r| r.bound == selftest::NOT_RUN).count();
+    let not_run = if not_run > 0 { format!(" ({not_run} not run on this device)") } else { String::new() };
+    println!(
+        "{} checks{not_run}, {} failed, {:.2} s on {}",
+        rows.len(),
+        failed,
+        t0.elapsed().as_secs_f64(),
+        dev.name()
+    );
     if failed > 0 {
         bail!("{failed} selftest checks failed on {}", dev.name());
     }

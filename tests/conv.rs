@@ -10,8 +10,24 @@ use vgg_cuda::{reference as r, selftest, Device, Error, Schedule, Tensor};
 fn assert_check_passes(name: &str) {
     let rows = selftest::run(&Device::emu(), Some(name));
     assert!(!rows.is_empty(), "check {name} produced no rows");
-    let bad: Vec<_> = rows.iter().filter(|r| !r.pass).collect();
+    let bad: Vec<_> = rows.iter().filter(|r| !r.pass || r.bound == selftest::NOT_RUN).collect();
     assert!(bad.is_empty(), "check {name} failed on emu ({} of {} rows): {bad:#?}", bad.len(), rows.len());
+}
+
+/// On a GPU whose shared memory a block is too small for a check's kernels (emu at 200 KiB:
+/// F(4x4) needs 216), the check is one row saying so, neither passed nor failed; the checks
+/// whose kernels fit run as ever.
+#[test]
+fn a_check_that_does_not_fit_the_device_says_so() {
+    let dev = Device::emu();
+    dev.set_emu_shared_limit(200 * 1024);
+    let rows = selftest::run(&dev, Some("conv_wino4x4"));
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    assert!(r.pass && r.bound == selftest::NOT_RUN && r.kernel == "conv_wino4x4", "{r:#?}");
+    assert!(r.detail.as_deref().is_some_and(|d| d.contains("shared memory")), "{r:#?}");
+    let f2 = selftest::run(&dev, Some("conv_wino2x2"));
+    assert!(f2.len() > 10 && f2.iter().all(|r| r.pass && r.bound != selftest::NOT_RUN), "{f2:#?}");
 }
 
 #[test]

@@ -101,13 +101,27 @@ pub const CHECKS: &[Check] = &[
     Check { name: "dense_gather", run: dense_gather::dense_gather },
 ];
 
+/// The bound of a row standing for a check that does not run on the device (its kernels'
+/// tiles need more shared memory a block than the GPU has): neither passed nor failed.
+pub const NOT_RUN: &str = "not run on this device";
+
 /// Runs the named check (or all with `None`). An error (device failure, kernel error)
-/// becomes a failing row naming the check.
+/// becomes a failing row naming the check; a check whose kernels do not fit the device
+/// (`Error::Unsupported`) one row with the bound [`NOT_RUN`] and the reason.
 pub fn run(dev: &Device, only: Option<&str>) -> Vec<CheckRow> {
     let mut rows = vec![];
     for c in CHECKS.iter().filter(|c| only.is_none_or(|o| o == c.name)) {
         match (c.run)(dev) {
             Ok(r) => rows.extend(r),
+            Err(crate::Error::Unsupported(why)) => rows.push(CheckRow {
+                kernel: c.name.into(),
+                shape: "-".into(),
+                max_abs: f64::NAN,
+                rel_l2: f64::NAN,
+                bound: NOT_RUN.into(),
+                pass: true,
+                detail: Some(why),
+            }),
             Err(e) => rows.push(CheckRow {
                 kernel: c.name.into(),
                 shape: "-".into(),
