@@ -130,8 +130,9 @@ impl Vgg {
     /// Plans every 3x3 conv layer as `plans` record it (one plan per conv layer, e.g. a tuned
     /// run's, from its checkpoint), re-placing the buffers where a workspace changes. A plan
     /// for a layer that is not a 3x3 conv, a conv layer without one, a combination no plan of
-    /// the layer's shape can run, or wgmma on a device without it is an `Error::Shape` that
-    /// names the layer, and the model keeps its plans.
+    /// the layer's shape can run, wgmma on a device without it, or a tile larger than the
+    /// device's shared memory a block is an `Error::Shape` that names the layer, and the model
+    /// keeps its plans.
     pub fn set_conv_plans(&mut self, plans: &[ConvPlan]) -> Result<Vec<ConvLayerChoice>> {
         let mut out = vec![];
         for (i, op) in self.ops.iter().enumerate() {
