@@ -199,8 +199,8 @@ impl Linear {
         self.n.is_multiple_of(8) && self.k.is_multiple_of(8)
     }
 
-    /// What [`Algo::Auto`] runs for `pass` on sm_90 (elsewhere [`Linear::plan_within`] the
-    /// device's shared memory; given the workspace it asks for): the tile and
+    /// What [`Algo::Auto`] runs for `pass` on sm_90, given the workspace it asks for (on a GPU
+    /// with less shared memory a block, [`Linear::plan_within`]): the tile and
     /// split count with the least [`Linear::estimate`], preferring fewer splits, then the
     /// earlier tile of [`Tile::ALL`], between estimates within 1%.
     pub fn plan(&self, pass: Pass) -> Algo {
