@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use vgg_cuda::bench::conv::{select_layers, Algo, ConvBench, ConvBenchConfig, ConvRow, Pass};
 use vgg_cuda::bench::gemm::{self as bench_gemm, GemmBench, GemmBenchConfig, GemmRow};
 use vgg_cuda::device::{cuda_report, kernels};
-use vgg_cuda::ops::conv::WinoTiling;
+use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use vgg_cuda::{selftest, Device, Schedule};
 
 #[derive(Parser)]
@@ -287,17 +287,25 @@ fn info(show_kernels: bool, json: bool) -> Result<()> {
             g.memory_bytes as f64 / (1u64 << 30) as f64,
             g.max_shared_per_block / 1024
         );
-        // What the kernels' tiles need a block (sm_90 has 227 KiB): F(4x4) 216 KiB, F(2x2) 161.5,
-        // the FC GEMM's 128 x 256 tile 162 and its others 108.
-        if g.max_shared_per_block < 165_376 {
+        // What the Winograd main loops ask a block, from the plans themselves (any problem:
+        // their tiles are fixed); the FC GEMM's tiles take 108-162 KiB.
+        let need = |algo| {
+            let p = vgg_cuda::problem::ConvProblem::new(1, 8, 8, 64, 64);
+            Conv3x3::new(p, algo).map_or(0, |c| c.shared_bytes(ConvPass::Fprop))
+        };
+        let (f2, f4) = (need(ConvAlgo::Winograd2x2), need(ConvAlgo::Winograd4x4));
+        let kib = |b: usize| b as f64 / 1024.0;
+        if g.max_shared_per_block < f2 {
             println!(
-                "          too little shared memory for the Winograd convs (F(2x2) needs 161.5 KiB a block) and \
+                "          too little shared memory for the Winograd convs (F(2x2) needs {:.1} KiB a block) and \
                  the FC GEMM's tensor-core tiles (108-162 KiB): models run those passes on the direct conv \
-                 and the simple GEMM (slow; the tiles are sized for sm_90)"
+                 and the simple GEMM (slow; the tiles are sized for sm_90)",
+                kib(f2)
             );
-        } else if g.max_shared_per_block < 221_184 {
+        } else if g.max_shared_per_block < f4 {
             println!(
-                "          F(4x4) needs 216 KiB a block and does not run here (tune skips it); F(2x2) and the rest do"
+                "          F(4x4) needs {:.1} KiB a block and does not run here (tune skips it); F(2x2) and the rest do",
+                kib(f4)
             );
         }
     }

@@ -393,7 +393,7 @@ fn tune_skips_variants_the_device_cannot_fit() {
         assert_ne!(t.conv.algo(q), F4, "{q:?}: chose a variant that does not run here");
     }
     // The same layer at sm_90's limit: every variant runs.
-    dev.set_emu_shared_limit(vgg_cuda::device::EMU_SHARED_PER_BLOCK);
+    dev.set_emu_shared_limit(vgg_cuda::device::SM90_SHARED_PER_BLOCK);
     assert!(tune(&dev, auto, 1).unwrap().timings.iter().all(|t| t.unsupported.is_none()));
 }
 
@@ -415,7 +415,7 @@ fn a_model_plans_what_the_device_fits() {
         let (loss, g) = first_step(&mut vgg, &cfg, &dev);
         (vgg.conv_plan_records(), plans, loss, g)
     };
-    let (sm90, _, want_loss, want_g) = step_on(vgg_cuda::device::EMU_SHARED_PER_BLOCK);
+    let (sm90, _, want_loss, want_g) = step_on(vgg_cuda::device::SM90_SHARED_PER_BLOCK);
     let (a100, _, loss, g) = step_on(163 * 1024);
     assert_eq!(a100, sm90);
     assert_eq!((loss.to_bits(), &g), (want_loss.to_bits(), &want_g));

@@ -96,12 +96,24 @@ pub fn resize_window(
     assert!(in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0, "resize_window: empty image");
     assert!(x0 + cw <= out_w && y0 + ch <= out_h, "resize_window: window outside the output");
     assert_eq!(dst.len(), cw as usize * ch as usize * 3, "resize_window: dst");
+    let win = Window { out_w, out_h, x0, y0, cw, ch };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, all that the function's target_feature asks for.
-        return unsafe { window_avx2(src, out_w, out_h, x0, y0, cw, ch, scratch, dst) };
+        return unsafe { window_avx2(src, win, scratch, dst) };
     }
-    window(src, out_w, out_h, x0, y0, cw, ch, scratch, dst)
+    window(src, win, scratch, dst)
+}
+
+/// What [`resize_window`] computes: the window `(x0, y0, cw, ch)` of the `out_w` x `out_h` resize.
+#[derive(Clone, Copy)]
+struct Window {
+    out_w: u32,
+    out_h: u32,
+    x0: u32,
+    y0: u32,
+    cw: u32,
+    ch: u32,
 }
 
 /// [`window`] compiled for AVX2: its loops vectorise 8 lanes wide instead of SSE2's 4. Rust
@@ -109,35 +121,14 @@ pub fn resize_window(
 /// so the result is bit-identical to the baseline build's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn window_avx2(
-    src: &RgbImage,
-    out_w: u32,
-    out_h: u32,
-    x0: u32,
-    y0: u32,
-    cw: u32,
-    ch: u32,
-    scratch: &mut Vec<f32>,
-    dst: &mut [u8],
-) {
-    window(src, out_w, out_h, x0, y0, cw, ch, scratch, dst)
+unsafe fn window_avx2(src: &RgbImage, win: Window, scratch: &mut Vec<f32>, dst: &mut [u8]) {
+    window(src, win, scratch, dst)
 }
 
 /// [`resize_window`]'s work, after its checks; inlined into each instruction-set build.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn window(
-    src: &RgbImage,
-    out_w: u32,
-    out_h: u32,
-    x0: u32,
-    y0: u32,
-    cw: u32,
-    ch: u32,
-    scratch: &mut Vec<f32>,
-    dst: &mut [u8],
-) {
+fn window(src: &RgbImage, win: Window, scratch: &mut Vec<f32>, dst: &mut [u8]) {
+    let Window { out_w, out_h, x0, y0, cw, ch } = win;
     let (in_w, in_h) = src.dimensions();
     let (cw, ch) = (cw as usize, ch as usize);
     let pix = src.as_raw();
@@ -247,7 +238,7 @@ mod tests {
             let (mut a, mut b) = (vec![0u8; cw * ch * 3], vec![0u8; cw * ch * 3]);
             let (cw, ch) = (cw as u32, ch as u32);
             resize_window(&img, ow, oh, x0, y0, cw, ch, &mut Vec::new(), &mut a);
-            window(&img, ow, oh, x0, y0, cw, ch, &mut Vec::new(), &mut b);
+            window(&img, Window { out_w: ow, out_h: oh, x0, y0, cw, ch }, &mut Vec::new(), &mut b);
             assert!(a == b, "{ow}x{oh} window ({x0}, {y0}) {cw}x{ch}");
         }
         #[cfg(target_arch = "x86_64")]

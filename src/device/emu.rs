@@ -77,7 +77,7 @@ const ALIGN: usize = 256; // cudaMalloc's alignment
 impl EmuDevice {
     pub fn new() -> Self {
         let s = std::env::var("VGG_EMU_SCHEDULE").ok().and_then(|s| Schedule::parse(&s)).unwrap_or(Schedule::Index);
-        Self { schedule: Mutex::new(s), launchers: Mutex::default(), shared_limit: super::EMU_SHARED_PER_BLOCK.into() }
+        Self { schedule: Mutex::new(s), launchers: Mutex::default(), shared_limit: super::SM90_SHARED_PER_BLOCK.into() }
     }
 
     pub fn shared_limit(&self) -> usize {

@@ -111,9 +111,9 @@ impl std::fmt::Debug for Device {
 /// kernels give each block several work items in the tests, as they do on a GPU.
 pub const EMU_MULTIPROCESSORS: usize = 3;
 
-/// The emu device's shared memory a block unless [`Device::set_emu_shared_limit`] lowers it:
-/// sm_90's opt-in maximum (227 KiB), what the kernels' tiles are sized for.
-pub const EMU_SHARED_PER_BLOCK: usize = 227 * 1024;
+/// sm_90's opt-in shared memory a block (227 KiB): what the kernels' tiles are sized for, and
+/// the emu device's limit unless [`Device::set_emu_shared_limit`] lowers it.
+pub const SM90_SHARED_PER_BLOCK: usize = 227 * 1024;
 
 impl Device {
     /// The GPU of the given ordinal, or an error that says why it cannot be used.
@@ -183,7 +183,7 @@ impl Device {
     }
 
     /// Dynamic shared memory one block may use: the GPU's opt-in maximum (227 KiB on sm_90,
-    /// 163 KiB on sm_80, 99 KiB on sm_86 / sm_89), or on emu [`EMU_SHARED_PER_BLOCK`] unless
+    /// 163 KiB on sm_80, 99 KiB on sm_86 / sm_89), or on emu [`SM90_SHARED_PER_BLOCK`] unless
     /// [`Device::set_emu_shared_limit`] set another. A launch that asks for more is an
     /// `Error::Unsupported` before anything runs.
     pub fn max_shared_per_block(&self) -> usize {
@@ -315,7 +315,7 @@ impl Device {
                 kernel.name,
                 cfg.shared_bytes,
                 self.name(),
-                EMU_SHARED_PER_BLOCK
+                SM90_SHARED_PER_BLOCK
             )));
         }
         self.count_launch();

@@ -19,7 +19,7 @@
 //! Limitation: buffers are allocated per call (image sizes vary).
 
 use crate::model::{FeatureKind, Vgg};
-use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue};
+use crate::ops::conv::{ConvPass, Epilogue};
 use crate::ops::gemm::{Linear, Pass};
 use crate::ops::{self, LrnParams};
 use crate::problem::ConvProblem;
@@ -84,9 +84,8 @@ pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
         match f.kind {
             FeatureKind::Conv3x3 => {
                 let p = ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
-                // As `Vgg::new` chooses, fitted to the device's shared memory.
-                let tc = (f.c_in % 8 == 0 && f.c_out % 8 == 0) || f.c_in < 8;
-                let conv = Conv3x3::new(p, if tc { ConvAlgo::Auto } else { ConvAlgo::Direct })?.fitted_to(&dev);
+                // As `Vgg::new` plans it, fitted to the device's shared memory.
+                let conv = crate::model::memory::conv3x3_plan(p)?.fitted_to(&dev);
                 grow(&mut ws, conv.workspace_bytes(ConvPass::Fprop))?;
                 conv.fprop(&x, &params[j].h, Some(&params[j + 1].h), Epilogue::BiasRelu, &mut y, &mut ws)?;
                 j += 2;

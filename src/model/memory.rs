@@ -195,8 +195,12 @@ pub struct MemoryPlan {
 /// counts in multiples of 8, Direct fprop / dgrad for the 3-channel input), Direct for other
 /// counts that width multipliers give.
 pub(crate) fn conv3x3(f: &Feature, n: usize) -> Result<Conv3x3> {
-    let p = ConvProblem::new(n, f.h, f.w, f.c_in, f.c_out);
-    let tc = (f.c_in.is_multiple_of(8) && f.c_out.is_multiple_of(8)) || f.c_in < 8;
+    conv3x3_plan(ConvProblem::new(n, f.h, f.w, f.c_in, f.c_out))
+}
+
+/// The plan a model runs a 3x3 conv of `p` with (at any image size: dense evaluation's too).
+pub(crate) fn conv3x3_plan(p: ConvProblem) -> Result<Conv3x3> {
+    let tc = (p.c.is_multiple_of(8) && p.k.is_multiple_of(8)) || p.c < 8;
     Conv3x3::new(p, if tc { ConvAlgo::Auto } else { ConvAlgo::Direct })
 }
 

@@ -3,7 +3,7 @@
 //! and the dgrad's rotated filters.
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
-use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::device::{KArg, Kernel, LaunchConfig, SM90_SHARED_PER_BLOCK};
 use crate::problem::ConvProblem;
 use crate::{Device, Error, Result, Tensor};
 
@@ -21,8 +21,6 @@ const PIX: usize = 128;
 const HALO_POS: usize = 256;
 /// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w) <= 64 of them.
 const HALO_MAX_PIECES: usize = 12;
-/// Dynamic shared memory a block may opt in to on sm_90, the only target with wgmma: 227 KB.
-const SM90_SHARED: usize = 232448;
 
 /// Positions a halo step holds for width `w`: the item's 256, a padded row (w + 2) and one
 /// position on each side, rounded up to 8 (kernels/conv_wgmma_halo.cu's halo_pos).
@@ -70,7 +68,7 @@ fn halo_positions_fit(p: &ConvProblem) -> bool {
 fn halo_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
     let tn = if cout <= 64 { 64 } else { 128 };
     let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w) * 64 * 2;
-    let fits = halo_pos(p.w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED && halo_positions_fit(p);
+    let fits = halo_pos(p.w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p);
     let kernel = if tn == 64 { &HALO_N64 } else { &HALO_N128 };
     fits.then_some(WgmmaTile { kernel, halo: true, n: tn, shared })
 }
