@@ -14,6 +14,7 @@
 //! assert_eq!(y.to_f32()?, vec![0.0, 2.0, 3.0, 0.0]);
 //! # Ok::<(), vgg_cuda::Error>(())
 //! ```
+pub mod atomic;
 pub mod bench;
 pub mod data;
 pub mod device;

@@ -15,7 +15,7 @@ use vgg_cuda::bench::conv::{select_layers, Algo, ConvBench, ConvBenchConfig, Con
 use vgg_cuda::bench::gemm::{self as bench_gemm, GemmBench, GemmBenchConfig, GemmRow};
 use vgg_cuda::device::{cuda_report, kernels};
 use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, WinoTiling};
-use vgg_cuda::{selftest, Device, Schedule};
+use vgg_cuda::{atomic, selftest, Device, Schedule};
 
 #[derive(Parser)]
 #[command(name = "vgg", version, about = "VGG on hand-tuned CUDA kernels (GPU, or the CPU emulator)")]
@@ -230,6 +230,13 @@ struct BenchConvArgs {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, so `vgg info | head` made println! panic once head exited. Restore
+    // the default: a closed pipe ends the process quietly, as it does other Unix tools.
+    // SAFETY: set before any other thread exists; SIG_DFL runs no handler code.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -395,7 +402,7 @@ fn selftest_cmd(
         }
     }
     if let Some(path) = json {
-        write_atomic(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        atomic::write(&path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
     }
     let failed = rows.iter().filter(|r| !r.pass).count();
     let not_run = rows.iter().filter(|r| r.bound == selftest::NOT_RUN).count();
@@ -467,8 +474,9 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         if let Some(path) = &a.json {
             // Partial results survive a run that is killed part-way.
             let partial = bench.report(done.clone());
-            if let Err(e) =
-                serde_json::to_vec_pretty(&partial).map_err(anyhow::Error::from).and_then(|b| write_atomic(path, &b))
+            if let Err(e) = serde_json::to_vec_pretty(&partial)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(atomic::write(path, &b)?))
             {
                 json_error.get_or_insert(e);
             }
@@ -476,7 +484,7 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     });
     println!("{} ({:.1} s)", report.summary.line(), t0.elapsed().as_secs_f64());
     if let Some(path) = &a.json {
-        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
         if let Some(e) = json_error {
             eprintln!("warning: a partial JSON write failed earlier: {e:#}");
         }
@@ -547,8 +555,9 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
         if let Some(path) = &a.json {
             // Partial results survive a run that is killed part-way.
             let partial = bench.report(rows.to_vec(), bw.to_vec());
-            if let Err(e) =
-                serde_json::to_vec_pretty(&partial).map_err(anyhow::Error::from).and_then(|b| write_atomic(path, &b))
+            if let Err(e) = serde_json::to_vec_pretty(&partial)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(atomic::write(path, &b)?))
             {
                 json_error.get_or_insert(e);
             }
@@ -570,7 +579,7 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     });
     let report = bench.report(rows, bw);
     if let Some(path) = &a.json {
-        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
         if let Some(e) = json_error {
             eprintln!("warning: a partial JSON write failed earlier: {e:#}");
         }
@@ -669,16 +678,9 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         }
         rows.push(r);
         if let Some(path) = &a.json {
-            write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            atomic::write(path, serde_json::to_string_pretty(&rows)?.as_bytes())?;
         }
     }
-    Ok(())
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
@@ -826,7 +828,7 @@ fn stats_cmd(a: StatsArgs) -> Result<()> {
     );
     let json = serde_json::to_string_pretty(&st)?;
     match &a.out {
-        Some(path) => write_atomic(path, json.as_bytes())?,
+        Some(path) => atomic::write(path, json.as_bytes())?,
         None => println!("{json}"),
     }
     Ok(())
@@ -882,7 +884,7 @@ fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, &workers, a.batch, a.source.strict)?;
     println!("{}", report.text());
     if let Some(path) = &a.json {
-        write_atomic(path, &serde_json::to_vec_pretty(&report)?)?;
+        atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
 }

@@ -18,9 +18,7 @@ pub fn conv_chart(report: &ConvReport, path: &Path) -> Result<(), String> {
     if rows.is_empty() {
         return Err("no rows to plot".into());
     }
-    let tmp = path.with_extension("tmp.png");
-    draw_conv_chart(report, &tmp).map_err(|e| format!("drawing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))
+    crate::atomic::replace_with(path, |tmp| draw_conv_chart(report, tmp)).map_err(|e| e.to_string())
 }
 
 fn draw_conv_chart(report: &ConvReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -9,7 +9,6 @@
 //! shard at a time; each shard and then `index.json` are written to a temporary name and
 //! renamed, so a directory with an `index.json` is always complete.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -88,14 +87,7 @@ fn record(img: &RgbImage, label: usize, quality: Option<u8>, name: &str) -> Resu
 }
 
 fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<(), DataError> {
-    let tmp = path.with_extension("tmp");
-    let io = |p: &Path, e: std::io::Error| DataError::Io { path: p.into(), reason: e.to_string() };
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?);
-    for p in parts {
-        f.write_all(p).map_err(|e| io(&tmp, e))?;
-    }
-    f.into_inner().map_err(|e| io(&tmp, e.into_error()))?.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    crate::atomic::write_parts(path, parts).map_err(|e| DataError::Io { path: path.into(), reason: e.to_string() })
 }
 
 /// Preps the ImageFolder `src` into `out` (created if needed). `progress` is called after

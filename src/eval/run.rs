@@ -307,10 +307,10 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     };
     println!("{}", report.line());
     if let Some(p) = &a.json {
-        checkpoint::write_atomic(p, &serde_json::to_vec_pretty(&report)?)?;
+        crate::atomic::write(p, &serde_json::to_vec_pretty(&report)?)?;
     }
     if let Some(p) = &a.csv {
-        checkpoint::write_atomic(p, report.csv().as_bytes())?;
+        crate::atomic::write(p, report.csv().as_bytes())?;
     }
     Ok(report)
 }

@@ -5,7 +5,7 @@
 //! is drawn to a temporary name in the same folder and renamed over the old one.
 
 use crate::bench::plot::{nice_step, text, text_width};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,13 +110,7 @@ fn ticks(max: f64, n: f64) -> (f64, Vec<(f64, String)>) {
 /// A line chart of `series` over steps, y from 0 to `ymax` (or a little above the data), to
 /// `path` through a temporary file and a rename.
 fn chart(path: &Path, title: &str, series: &[Series], ymax: Option<f64>) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("plot"),
-        std::process::id()
-    ));
-    draw(&tmp, title, series, ymax).map_err(|e| anyhow!("drawing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(crate::atomic::replace_with(path, |tmp| draw(tmp, title, series, ymax))?)
 }
 
 fn draw(path: &Path, title: &str, series: &[Series], ymax: Option<f64>) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,94 @@
+//! Output files replaced whole or not at all: checkpoints, reports, plots, shards. Each is
+//! written to a temporary name beside it, synced, and renamed over the target, so a run
+//! that fails or is killed mid-write leaves the previous file as it was. A write that fails
+//! removes its temporary file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The temporary name a write of `path` goes through: `.NAME.tmpPID.EXT` in the same folder
+/// (the same file system, so the rename is atomic). The extension is kept because some
+/// writers pick the format by it (plotters' PNG backend), and the dot hides the file from
+/// folder scans (an ImageFolder would otherwise list a half-written `.png`).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp{}{ext}", std::process::id()))
+}
+
+/// Writes the concatenation of `parts` to `path` atomically, creating its folder if needed.
+/// Errors name the file.
+pub fn write_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    replace_with(path, |tmp| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
+    })
+}
+
+/// Writes `bytes` to `path` atomically (see [`write_parts`]).
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_parts(path, &[bytes])
+}
+
+/// Lets `make` write the temporary file (its path is the argument), then renames it over
+/// `path`. On an error the temporary file is removed and `path` is untouched. Errors name
+/// the file.
+pub fn replace_with<E: std::fmt::Display>(
+    path: &Path,
+    make: impl FnOnce(&Path) -> Result<(), E>,
+) -> std::io::Result<()> {
+    let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| named(dir, &e))?;
+    }
+    let tmp = temp_path(path);
+    let done = make(&tmp).map_err(|e| named(path, &e)).and_then(|()| {
+        std::fs::rename(&tmp, path).map_err(|e| named(path, &format!("renaming {} over it: {e}", tmp.display())))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp); // may never have been created
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_the_old_file_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("vgg-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("report.json");
+        write(&path, b"old").unwrap();
+        let err = replace_with(&path, |tmp| {
+            std::fs::write(tmp, b"half")?;
+            Err::<(), _>(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("report.json") && err.to_string().contains("disk full"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        write_parts(&path, &[b"n", b"ew"]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("report.json")]);
+        assert!(temp_path(&path).to_str().unwrap().ends_with(".json"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_path_under_a_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("vgg-atomic-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = write(&file.join("out.json"), b"y").unwrap_err();
+        assert!(err.to_string().contains("plain"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
