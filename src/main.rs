@@ -78,7 +78,7 @@ enum Cmd {
         json: Option<std::path::PathBuf>,
     },
     /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
-    Train(vgg_cuda::train::TrainArgs),
+    Train(Box<vgg_cuda::train::TrainArgs>),
     /// Top-k classes of images under a checkpoint (centre crop at test scale Q, softmax).
     Predict(vgg_cuda::eval::PredictArgs),
     /// Top-1 / top-5 error of a checkpoint (or an ensemble) on an ImageFolder or `vgg train`'s

@@ -38,6 +38,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         pre_init: None,
         metrics: None,
         quiet: true,
+        ..Default::default()
     }
 }
 
@@ -184,15 +185,25 @@ fn checkpoint_errors_name_the_problem() {
     assert!(checkpoint::config_diff(&cfg, &VggConfig { classes: 7, ..cfg.clone() }).unwrap().contains("classes"));
 }
 
-/// A run resumed from a checkpoint written at an epoch's last step ends that epoch without a
-/// step of it: its epoch line says so instead of printing a zero loss and rate as if measured.
+/// A run that ends on an epoch's last step ends that epoch: its line, and a checkpoint at the
+/// next epoch's start. One written at an epoch's last step before its end (a --checkpoint-every
+/// save, then a crash) resumes into an epoch end without a step of it: its line says so instead
+/// of printing a zero loss and rate as if measured.
 #[test]
 fn resume_at_an_epoch_end_reports_no_train_steps() {
     let dir = tmpdir("epochend");
     let train = |steps: &str, extra: &[&str]| vgg_train(&dir, steps, extra).0;
-    // 6 steps an epoch: the first run stops at the epoch's last step, before its epoch line.
+    // 6 steps an epoch: the first run stops at the epoch's last step.
     let first = train("6", &[]);
-    assert!(!first.contains("epoch 0 step 6"), "{first}");
+    let line = first.lines().find(|l| l.starts_with("epoch 0 step 6:")).unwrap_or_else(|| panic!("{first}"));
+    assert!(line.contains("train loss") && line.contains("val loss"), "{line}");
+    let path = dir.join("last.safetensors");
+    let l = checkpoint::load(&path).unwrap();
+    let st = l.state.clone().unwrap();
+    assert_eq!((st.step, st.epoch, st.batch_in_epoch), (6, 1, 0));
+    // The state a save at step 6 before the epoch's end wrote.
+    let mid = checkpoint::TrainState { epoch: 0, batch_in_epoch: 6, ..st };
+    checkpoint::save(&path, &l.weights, &l.momentum, l.config.as_ref().unwrap(), Some(&mid)).unwrap();
     let second = train("8", &["--resume"]);
     let line = second.lines().find(|l| l.starts_with("epoch 0 step 6:")).unwrap_or_else(|| panic!("{second}"));
     assert!(line.contains("no train steps read in this process") && line.contains("val loss"), "{line}");

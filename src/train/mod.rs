@@ -9,165 +9,25 @@
 //! masks from (seed, step); a checkpoint stores the step, the epoch and how many of its
 //! batches were consumed, so a resumed run sees the same batches and masks.
 
+mod args;
 pub mod checkpoint;
+pub mod data;
 pub mod plot;
 pub mod pre_init;
+mod schedule;
 
-use crate::data::{
-    open_dir, open_dir_with_classes, Dataset, Loader, LoaderConfig, Scale, Synthetic, TestTransform, TrainTransform,
-};
+pub use args::TrainArgs;
+pub use data::validate;
+pub use schedule::LrSchedule;
+
+use crate::data::{Loader, LoaderConfig, Transform};
 use crate::model::{Arch, ConvChoice, Init, OptimConfig, ScalerState, Vgg, VggConfig};
-use crate::{reference, Device, PinnedBuffer, Tensor};
+use crate::{Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
-
-/// Learning-rate schedule.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LrSchedule {
-    /// The paper's: divide by 10 when validation top-1 has not improved for `patience`
-    /// evaluations, at most `max_decays` times.
-    Plateau { patience: u32, max_decays: u32 },
-    /// Divide by 10 every `every` epochs.
-    Step { every: u64 },
-    /// Cosine from the base rate to 0 over the run.
-    Cosine,
-}
-
-impl LrSchedule {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "plateau" => LrSchedule::Plateau { patience: 1, max_decays: 3 },
-            "cosine" => LrSchedule::Cosine,
-            _ => match s.strip_prefix("step:").and_then(|v| v.parse().ok()) {
-                Some(every) if every > 0 => LrSchedule::Step { every },
-                _ => bail!("unknown --schedule `{s}` (plateau, step:EPOCHS, cosine)"),
-            },
-        })
-    }
-}
-
-/// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
-/// device in about 1.5 minutes (A at 1/16 width, 32x32, 4 synthetic classes); the paper's
-/// settings are `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// VGG config: A, A-LRN, B, C, D, E.
-    #[arg(long, default_value = "A")]
-    pub model: String,
-    /// Conv channel multiplier.
-    #[arg(long, default_value_t = 0.0625)]
-    pub width: f32,
-    /// Input side in pixels (crops of this size).
-    #[arg(long, default_value_t = 32)]
-    pub input: usize,
-    /// Hidden FC width.
-    #[arg(long, default_value_t = 64)]
-    pub fc: usize,
-    /// Classes (synthetic data; an ImageFolder sets its own).
-    #[arg(long, default_value_t = 4)]
-    pub classes: usize,
-    /// `synthetic`, an ImageFolder directory (with train/ and val/ subfolders, or flat) or a
-    /// `vgg prep` shard directory (index.json; also as train/ and val/).
-    #[arg(long, default_value = "synthetic")]
-    pub data: String,
-    /// Synthetic training images (validation: a quarter as many, other images).
-    #[arg(long, default_value_t = 320)]
-    pub synthetic_len: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Stop after this many steps (default: --epochs).
-    #[arg(long)]
-    pub steps: Option<u64>,
-    #[arg(long, default_value_t = 4)]
-    pub epochs: u64,
-    #[arg(long, default_value_t = 0.02)]
-    pub lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
-    pub wd: f32,
-    /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f32,
-    /// plateau, step:EPOCHS or cosine.
-    #[arg(long, default_value = "plateau")]
-    pub schedule: String,
-    /// Weight init: paper, normal:STD, glorot, he, torchvision.
-    #[arg(long, default_value = "he")]
-    pub init: String,
-    /// Initial loss scale (dynamic scaling halves it on overflow).
-    #[arg(long, default_value_t = 1024.0)]
-    pub loss_scale: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// cuda, cuda:N or emu.
-    #[arg(long, default_value = "cuda")]
-    pub device: String,
-    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
-    /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
-    /// tune (time each layer's variants, Winograd and wgmma, on the device before the first
-    /// step and keep the fastest of those that agree with Auto's; timing can choose differently
-    /// from run to run, so checkpoints record the plans and a resume that tunes reuses them)
-    /// [default: tune on cuda, as PyTorch's cudnn.benchmark; auto on emu, whose times say
-    /// nothing about a GPU].
-    #[arg(long)]
-    pub conv_algo: Option<String>,
-    /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch
-    /// ends); the steps between are queued with nothing read back, the loss scale's rules
-    /// running on the device. Same weights and losses bit for bit; metrics, plots and the
-    /// progress bar's loss cover the steps read.
-    #[arg(long, default_value_t = 1)]
-    pub sync_every: u64,
-    /// Replay each step from a captured graph (a CUDA graph on cuda: one launch a step instead
-    /// of ~100, for small models where the GPU waits on the host). Same weights and losses bit
-    /// for bit; combines with --sync-every.
-    #[arg(long)]
-    pub graph: bool,
-    /// Data loader threads (0: on the training thread) [default: on cuda, one less than this
-    /// machine's CPUs (at least 1), since decoding JPEGs for a GPU takes many cores; on emu, 1,
-    /// as the emulator itself runs on every core]. Any count loads the same batches.
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
-    /// and the plots `loss.png` and `accuracy.png`.
-    #[arg(long)]
-    pub checkpoint_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
-    /// Continue from `<checkpoint-dir>/last.safetensors`, or from this file.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    pub resume: Option<String>,
-    /// Start from these weights (a torchvision vgg*.safetensors or one of our checkpoints).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// The paper's pre-initialisation: take the first four convs and the three FC layers from
-    /// this trained config-A checkpoint (same width, input, FC and classes), the rest per --init.
-    #[arg(long)]
-    pub pre_init: Option<PathBuf>,
-    /// JSON-lines metrics file (one line a step, one an evaluation). Without --checkpoint-dir,
-    /// the plots go next to it (`NAME.loss.png`, `NAME.accuracy.png`).
-    #[arg(long)]
-    pub metrics: Option<PathBuf>,
-    /// No progress bar (a line an epoch only).
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-impl Default for TrainArgs {
-    /// The command line's defaults (`vgg train` with no flags).
-    fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: TrainArgs,
-        }
-        <Cli as clap::Parser>::parse_from(["train"]).args
-    }
-}
 
 /// What a run did.
 #[derive(Clone, Debug, Default)]
@@ -181,28 +41,6 @@ pub struct TrainSummary {
     pub images_per_s: f64,
 }
 
-/// Training set and optional validation set.
-type Datasets = (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>);
-
-fn datasets(a: &TrainArgs) -> Result<Datasets> {
-    if a.data == "synthetic" {
-        let s = a.input as u32;
-        let train = Synthetic::new(a.classes, s, a.synthetic_len, a.seed).square();
-        let val = Synthetic::new(a.classes, s, (a.synthetic_len / 4).max(a.batch), a.seed ^ 0x5eed).square();
-        return Ok((Arc::new(train), Some(Arc::new(val))));
-    }
-    let dir = PathBuf::from(&a.data);
-    let (tr, va) = (dir.join("train"), dir.join("val"));
-    // Each of these may be an ImageFolder or a `vgg prep` shard directory (with index.json).
-    if tr.is_dir() {
-        let train = open_dir(&tr)?;
-        let val = if va.is_dir() { Some(open_dir_with_classes(&va, train.classes())?) } else { None };
-        Ok((train, val))
-    } else {
-        Ok((open_dir(&dir)?, None))
-    }
-}
-
 struct Metrics(Option<std::fs::File>);
 impl Metrics {
     fn log(&mut self, v: serde_json::Value) -> Result<()> {
@@ -213,33 +51,6 @@ impl Metrics {
     }
 }
 
-/// Top-1 accuracy and mean loss over a whole dataset (no dropout). The last short batch is
-/// padded with copies of its first image; padded rows are not counted.
-pub fn validate(vgg: &mut Vgg, loader: &Loader) -> Result<(f64, f64, f64)> {
-    let (n, s, k) = (vgg.batch(), vgg.config().input, vgg.config().classes);
-    let dev = vgg.device().clone();
-    let mut images = Tensor::<u8>::zeros(&dev, &[n, s, s, 3])?;
-    let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
-    for b in loader.epoch(0) {
-        let b = b?;
-        let mut px = b.images.clone();
-        let per = s * s * 3;
-        while px.len() < n * per {
-            px.extend_from_slice(&b.images[..per]);
-        }
-        images.copy_from_host(&px)?;
-        let logits = vgg.forward(&images, false, 0)?.to_f32()?;
-        let m = b.n;
-        let (l, _) = reference::softmax_xent_fwd(m, k, &logits[..m * k], &b.labels[..m]);
-        loss += l * m as f64;
-        top1 += reference::topk_hits(m, k, &logits[..m * k], &b.labels[..m], 1);
-        top5 += reference::topk_hits(m, k, &logits[..m * k], &b.labels[..m], 5.min(k));
-        count += m;
-    }
-    let c = count.max(1) as f64;
-    Ok((loss / c, top1 as f64 / c, top5 as f64 / c))
-}
-
 /// Runs `vgg train`.
 pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let arch = Arch::parse(&a.model)?;
@@ -248,9 +59,15 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let (train_ds, val_ds) = datasets(a)?;
+    let data = data::prepare(a)?;
+    let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
-    let cfg = VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, classes) };
+    let cfg = VggConfig {
+        dropout: a.dropout,
+        mean: data.norm.mean,
+        std: data.norm.std,
+        ..VggConfig::small(arch, a.width, a.input, a.fc, classes)
+    };
     cfg.validate()?;
     if a.sync_every == 0 {
         bail!("--sync-every must be at least 1 (1 reads the loss every step)");
@@ -261,10 +78,6 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let conv_algo = a.conv_algo.as_deref().unwrap_or(if dev.is_emu() { "auto" } else { "tune" });
     let conv = ConvChoice::parse(conv_algo).context("--conv-algo")?;
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
-    let s = a.input as u32;
-    let train_tf =
-        TrainTransform { scale: Scale::Fixed(s * 8 / 7), crop: s, flip: true, color_shift: None, color_std: 0.1 };
-    let train_tf = if a.data == "synthetic" { TrainTransform { scale: Scale::Fixed(s), ..train_tf } } else { train_tf };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = a.workers.unwrap_or(if dev.is_emu() { 1 } else { cpus.saturating_sub(1).max(1) });
     let lcfg = |shuffle, drop_last| LoaderConfig {
@@ -274,11 +87,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         workers,
         drop_last,
         prefetch: 4,
-        strict: false,
+        strict: a.strict,
     };
-    let loader = Loader::new(train_ds.clone(), train_tf, lcfg(true, true));
-    let test_tf = TestTransform { scale: if a.data == "synthetic" { s } else { s * 8 / 7 }, crop: Some(s) };
-    let val_loader = val_ds.map(|v| Loader::new(v, test_tf, lcfg(false, false)));
+    let loader = Loader::new(train_ds.clone(), data.train_tf.clone(), lcfg(true, true));
+    let val_loader = val_ds.map(|v| Loader::new(v, data.test_tf.clone(), lcfg(false, false)));
     let per_epoch = loader.batches() as u64;
     if per_epoch == 0 {
         bail!("the training set ({} images) has no full batch of {}", train_ds.len(), a.batch);
@@ -407,6 +219,15 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         a.batch,
         total
     );
+    let norm = match data.norm.std {
+        Some(sd) => format!("mean {:?}, std {sd:?}", data.norm.mean),
+        None => format!("mean {:?}", data.norm.mean),
+    };
+    println!(
+        "data: {}; {}; input {norm}",
+        Transform::from(data.train_tf.clone()).describe(),
+        Transform::from(data.test_tf.clone()).describe()
+    );
     let bar = if a.quiet || st.step >= total {
         indicatif::ProgressBar::hidden()
     } else {
@@ -450,34 +271,34 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     'epochs: while st.step < total {
         let skip = st.batch_in_epoch as usize;
+        let mut epoch_skipped = 0usize;
         for (bi, b) in loader.epoch(st.epoch).enumerate() {
             if bi < skip {
                 continue;
             }
             let b = b.with_context(|| format!("epoch {} batch {bi}", st.epoch))?;
-            if b.n != n {
-                continue;
+            epoch_skipped += b.skipped;
+            if b.n == 0 {
+                continue; // every image of it unreadable
             }
+            let filled = (b.n < n).then(|| data::fill(&b, n));
+            let (bimg, blab) = filled.as_ref().map_or((&b.images[..], &b.labels[..]), |(i, l)| (&i[..], &l[..]));
             let (hi, hl) = &mut staged[(st.step % 2) as usize];
-            if b.images.len() != hi.len() || b.labels.len() != hl.len() {
+            if bimg.len() != hi.len() || blab.len() != hl.len() {
                 bail!(
                     "epoch {} batch {bi}: {} image bytes and {} labels, expected {} and {}",
                     st.epoch,
-                    b.images.len(),
-                    b.labels.len(),
+                    bimg.len(),
+                    blab.len(),
                     hi.len(),
                     hl.len()
                 );
             }
-            hi.write()?.copy_from_slice(&b.images);
-            hl.write()?.copy_from_slice(&b.labels);
+            hi.write()?.copy_from_slice(bimg);
+            hl.write()?.copy_from_slice(blab);
             hi.upload(&mut images)?;
             hl.upload(&mut labels)?;
-            let lr = match schedule {
-                LrSchedule::Cosine => a.lr * 0.5 * (1.0 + (std::f32::consts::PI * st.step as f32 / total as f32).cos()),
-                LrSchedule::Step { every } => a.lr * 0.1f32.powi((st.epoch / every) as i32),
-                LrSchedule::Plateau { .. } => st.lr,
-            };
+            let lr = schedule.rate(a.lr, &st, total);
             st.lr = lr;
             let read = a.sync_every == 1
                 || (st.step + 1).is_multiple_of(a.sync_every)
@@ -526,7 +347,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 save(&vgg, &st)?;
             }
             if st.step >= total {
-                break 'epochs;
+                // A run that ends on an epoch's last batch still ends that epoch below.
+                if bi as u64 + 1 < per_epoch {
+                    break 'epochs;
+                }
+                break;
             }
         }
         // End of an epoch: validate, adjust the rate, checkpoint.
@@ -545,18 +370,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             hist.evals.insert(st.step, plot::Eval { step: st.step, loss: vloss, top1: v1, top5: v5 });
             metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": vloss,
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
-            if let LrSchedule::Plateau { patience, max_decays } = schedule {
-                if v1 > st.best_val + 1e-3 {
-                    (st.best_val, st.bad_evals) = (v1, 0);
-                } else {
-                    st.bad_evals += 1;
-                    if st.bad_evals >= patience && st.decays < max_decays {
-                        st.lr /= 10.0;
-                        st.decays += 1;
-                        st.bad_evals = 0;
-                    }
-                }
-            }
+            schedule.after_validation(&mut st, v1);
         }
         let rate = match imgs {
             0 => String::new(),
@@ -564,10 +378,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         };
         bar.suspend(|| {
             println!(
-                "epoch {} step {}: {train_line}{}{rate}",
+                "epoch {} step {}: {train_line}{}{rate}{}",
                 st.epoch,
                 st.step,
                 val.map(|(l, v1, v5)| format!(", val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}")).unwrap_or_default(),
+                match epoch_skipped {
+                    0 => String::new(),
+                    k => format!(", {k} unreadable image{} skipped", if k == 1 { "" } else { "s" }),
+                },
             )
         });
         st.epoch += 1;
@@ -575,7 +393,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         save(&vgg, &st)?;
         plot(&hist);
     }
-    // A run that stopped mid-epoch (--steps, or the last step) validates and saves there.
+    // A run that stopped mid-epoch (--steps) validates and saves there.
     if st.batch_in_epoch > 0 {
         if let Some(vl) = &val_loader {
             let (l, v1, v5) = validate(&mut vgg, vl)?;

@@ -1,0 +1,154 @@
+//! The command line of `vgg train`, also the library's way to describe a run
+//! ([`TrainArgs::default`] is `vgg train` with no flags).
+
+use std::path::PathBuf;
+
+/// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
+/// device in about 1.5 minutes (A at 1/16 width, 32x32, 4 synthetic classes); the paper's
+/// settings are `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256`, with
+/// `--scale 256` or `--scale 256:512` and the colour shift, which are ImageFolder's defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// VGG config: A, A-LRN, B, C, D, E.
+    #[arg(long, default_value = "A")]
+    pub model: String,
+    /// Conv channel multiplier.
+    #[arg(long, default_value_t = 0.0625)]
+    pub width: f32,
+    /// Input side in pixels (crops of this size).
+    #[arg(long, default_value_t = 32)]
+    pub input: usize,
+    /// Hidden FC width.
+    #[arg(long, default_value_t = 64)]
+    pub fc: usize,
+    /// Classes (synthetic data; an ImageFolder sets its own).
+    #[arg(long, default_value_t = 4)]
+    pub classes: usize,
+    /// `synthetic`, an ImageFolder directory (with train/ and val/ subfolders, or flat) or a
+    /// `vgg prep` shard directory (index.json; also as train/ and val/).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// Synthetic training images (validation: a quarter as many, other images).
+    #[arg(long, default_value_t = 320)]
+    pub synthetic_len: usize,
+    /// Training scale S: each image's shorter side is rescaled to S before the random
+    /// --input crop, or to a size drawn per image from MIN:MAX (the paper's scale jittering,
+    /// 256:512) [default: --input x 8/7 (256 for 224) on an ImageFolder; --input on the
+    /// synthetic set, whose images are that size].
+    #[arg(long)]
+    pub scale: Option<String>,
+    /// Validation's scale Q (the shorter side, then the centre --input crop) [default: S, or
+    /// (MIN + MAX) / 2 with jittering, the paper's pairing].
+    #[arg(long)]
+    pub test_scale: Option<u32>,
+    /// AlexNet's PCA colour shift: the standard deviation of the per-image alphas (0 = off).
+    /// The components are --stats' or else ImageNet's published ones [default: 0.1 on an
+    /// ImageFolder; 0 on the synthetic set, whose classes differ in colour].
+    #[arg(long)]
+    pub color_shift: Option<f32>,
+    /// The training set's statistics from `vgg stats`: the network subtracts its mean RGB (the
+    /// paper's only preprocessing, instead of torchvision's ImageNet mean and std), and the
+    /// colour shift uses its principal components.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Mean RGB to subtract, 0..255 (e.g. 123.68,116.78,103.94), without std scaling;
+    /// overrides --stats' mean [default: torchvision's ImageNet mean and std, which
+    /// torchvision's weights expect].
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// An unreadable image ends the run with an error naming it [default: it is reported,
+    /// left out (its batch is filled up with the batch's other images), and counted in the
+    /// epoch line].
+    #[arg(long)]
+    pub strict: bool,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Stop after this many steps (default: --epochs).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    pub epochs: u64,
+    #[arg(long, default_value_t = 0.02)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    pub wd: f32,
+    /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f32,
+    /// plateau, step:EPOCHS or cosine.
+    #[arg(long, default_value = "plateau")]
+    pub schedule: String,
+    /// Weight init: paper, normal:STD, glorot, he, torchvision.
+    #[arg(long, default_value = "he")]
+    pub init: String,
+    /// Initial loss scale (dynamic scaling halves it on overflow).
+    #[arg(long, default_value_t = 1024.0)]
+    pub loss_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// cuda, cuda:N or emu.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
+    /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
+    /// tune (time each layer's variants, Winograd and wgmma, on the device before the first
+    /// step and keep the fastest of those that agree with Auto's; timing can choose differently
+    /// from run to run, so checkpoints record the plans and a resume that tunes reuses them)
+    /// [default: tune on cuda, as PyTorch's cudnn.benchmark; auto on emu, whose times say
+    /// nothing about a GPU].
+    #[arg(long)]
+    pub conv_algo: Option<String>,
+    /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch
+    /// ends); the steps between are queued with nothing read back, the loss scale's rules
+    /// running on the device. Same weights and losses bit for bit; metrics, plots and the
+    /// progress bar's loss cover the steps read.
+    #[arg(long, default_value_t = 1)]
+    pub sync_every: u64,
+    /// Replay each step from a captured graph (a CUDA graph on cuda: one launch a step instead
+    /// of ~100, for small models where the GPU waits on the host). Same weights and losses bit
+    /// for bit; combines with --sync-every.
+    #[arg(long)]
+    pub graph: bool,
+    /// Data loader threads (0: on the training thread) [default: on cuda, one less than this
+    /// machine's CPUs (at least 1), since decoding JPEGs for a GPU takes many cores; on emu, 1,
+    /// as the emulator itself runs on every core]. Any count loads the same batches.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
+    /// and the plots `loss.png` and `accuracy.png`.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Continue from `<checkpoint-dir>/last.safetensors`, or from this file.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub resume: Option<String>,
+    /// Start from these weights (a torchvision vgg*.safetensors or one of our checkpoints).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// The paper's pre-initialisation: take the first four convs and the three FC layers from
+    /// this trained config-A checkpoint (same width, input, FC and classes), the rest per --init.
+    #[arg(long)]
+    pub pre_init: Option<PathBuf>,
+    /// JSON-lines metrics file (one line a step, one an evaluation). Without --checkpoint-dir,
+    /// the plots go next to it (`NAME.loss.png`, `NAME.accuracy.png`).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// No progress bar (a line an epoch only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for TrainArgs {
+    /// The command line's defaults (`vgg train` with no flags).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        <Cli as clap::Parser>::parse_from(["train"]).args
+    }
+}

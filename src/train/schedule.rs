@@ -1,0 +1,123 @@
+//! Learning-rate schedules: the paper's (divide by 10 when validation accuracy stops
+//! improving), and step and cosine schedules as options.
+
+use super::checkpoint::TrainState;
+use anyhow::{bail, Result};
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// The paper's: divide by 10 when validation top-1 has not improved for `patience`
+    /// evaluations, at most `max_decays` times.
+    Plateau { patience: u32, max_decays: u32 },
+    /// Divide by 10 every `every` epochs.
+    Step { every: u64 },
+    /// Cosine from the base rate to 0 over the run.
+    Cosine,
+}
+
+impl LrSchedule {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "plateau" => LrSchedule::Plateau { patience: 1, max_decays: 3 },
+            "cosine" => LrSchedule::Cosine,
+            _ => match s.strip_prefix("step:").and_then(|v| v.parse().ok()) {
+                Some(every) if every > 0 => LrSchedule::Step { every },
+                _ => bail!("unknown --schedule `{s}` (plateau, step:EPOCHS, cosine)"),
+            },
+        })
+    }
+
+    /// The rate of the step `st.step` (in epoch `st.epoch`) of a run of `total` steps whose
+    /// base rate is `base`. The plateau schedule's rate is the one it keeps in `st.lr`.
+    pub fn rate(&self, base: f32, st: &TrainState, total: u64) -> f32 {
+        match *self {
+            LrSchedule::Cosine => {
+                base * 0.5 * (1.0 + (std::f32::consts::PI * st.step as f32 / total.max(1) as f32).cos())
+            }
+            LrSchedule::Step { every } => base * 0.1f32.powi((st.epoch / every).min(i32::MAX as u64) as i32),
+            LrSchedule::Plateau { .. } => st.lr,
+        }
+    }
+
+    /// After a validation pass with top-1 accuracy `top1`: the plateau schedule divides
+    /// `st.lr` by 10 once `patience` passes in a row have not improved on the best by more
+    /// than 1e-3 (a tie is no improvement), at most `max_decays` times. Returns whether it
+    /// did. The other schedules keep no memory.
+    pub fn after_validation(&self, st: &mut TrainState, top1: f64) -> bool {
+        let LrSchedule::Plateau { patience, max_decays } = *self else { return false };
+        if top1 > st.best_val + 1e-3 {
+            (st.best_val, st.bad_evals) = (top1, 0);
+            return false;
+        }
+        st.bad_evals += 1;
+        if st.bad_evals < patience || st.decays >= max_decays {
+            return false;
+        }
+        st.lr /= 10.0;
+        st.decays += 1;
+        st.bad_evals = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(lr: f32) -> TrainState {
+        TrainState {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            loss_scale: 1.0,
+            scaler_clean_steps: 0,
+            scaler_skipped: 0,
+            lr,
+            best_val: -1.0,
+            bad_evals: 0,
+            decays: 0,
+            seed: 0,
+            conv_plans: vec![],
+        }
+    }
+
+    #[test]
+    fn plateau_divides_by_ten_when_accuracy_stalls_at_most_max_decays_times() {
+        let s = LrSchedule::parse("plateau").unwrap();
+        let mut st = state(0.01);
+        // Improving accuracy keeps the rate; each stall (patience 1) divides it, three times.
+        let evals = [0.2, 0.3, 0.3, 0.3005, 0.5, 0.4, 0.4, 0.4];
+        let lrs: Vec<f32> = evals
+            .iter()
+            .map(|&v| {
+                s.after_validation(&mut st, v);
+                s.rate(0.01, &st, 100)
+            })
+            .collect();
+        let want = [0.01, 0.01, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5];
+        for (got, want) in lrs.iter().zip(want) {
+            assert!((got / want - 1.0).abs() < 1e-5, "{lrs:?}");
+        }
+        assert_eq!((st.decays, st.best_val), (3, 0.5));
+    }
+
+    #[test]
+    fn step_and_cosine_follow_their_formulas() {
+        let step = LrSchedule::parse("step:3").unwrap();
+        let mut st = state(0.0);
+        for (epoch, want) in [(0, 0.1f32), (2, 0.1), (3, 0.01), (7, 0.001)] {
+            st.epoch = epoch;
+            assert!((step.rate(0.1, &st, 100) / want - 1.0).abs() < 1e-5, "epoch {epoch}");
+            assert!(!step.after_validation(&mut st, 0.0));
+        }
+        let cos = LrSchedule::Cosine;
+        for (s, want) in [(0, 0.1f32), (50, 0.05), (100, 0.0)] {
+            st.step = s;
+            assert!((cos.rate(0.1, &st, 100) - want).abs() < 1e-6, "step {s}");
+        }
+        for bad in ["", "step:0", "step:x", "linear"] {
+            assert!(LrSchedule::parse(bad).unwrap_err().to_string().contains("--schedule"));
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `vgg train`'s data options on an ImageFolder: the paper's scale jittering, the colour
+//! shift, mean subtraction from `vgg stats` or given, and unreadable images (skipped and
+//! counted, their batch still trained; an error with --strict).
+
+mod common;
+
+use common::{vgg, TempDir};
+use image::{Rgb, RgbImage};
+use std::path::Path;
+use vgg_cuda::data::{DatasetStats, Scale};
+use vgg_cuda::train::{checkpoint, data, TrainArgs};
+
+/// Two classes of four 40x30 PNGs (a red and a blue gradient), plus `bad` non-images in
+/// class a.
+fn folder(t: &TempDir, bad: usize) -> String {
+    for (class, c) in [("a", 0usize), ("b", 2)] {
+        std::fs::create_dir_all(t.0.join(class)).unwrap();
+        for i in 0..4u32 {
+            let img = RgbImage::from_fn(40, 30, |x, y| {
+                let mut p = [40u8; 3];
+                p[c] = (100 + 3 * x + y + 10 * i) as u8;
+                Rgb(p)
+            });
+            img.save(t.0.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    for i in 0..bad {
+        std::fs::write(t.0.join("a").join(format!("bad{i}.jpg")), b"not a JPEG").unwrap();
+    }
+    t.0.to_str().unwrap().to_string()
+}
+
+/// A tiny run on emu: 32x32 crops, batch 3 (9 files: three full batches), one epoch.
+fn run_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["train", "--device", "emu", "--data", dir, "--batch", "3", "--epochs", "1", "--quiet"];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn an_unreadable_image_is_counted_and_its_batch_still_trains() {
+    let t = TempDir::new("train-data", "bad");
+    let dir = folder(&t, 1);
+    let out = vgg(&run_args(&dir, &[]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Nine files, batch 3: three batches an epoch. The one holding bad0.jpg is filled up
+    // with its two readable images and trained, not dropped.
+    assert!(stdout.contains("epoch 0 step 3:"), "{stdout}");
+    assert!(stdout.contains("1 unreadable image skipped"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad0.jpg"));
+
+    let out = vgg(&run_args(&dir, &["--strict"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad0.jpg") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_filled_batch_repeats_its_own_images_in_turn() {
+    let b = vgg_cuda::data::HostBatch { images: vec![1, 1, 2, 2], labels: vec![7, 8], n: 2, ..Default::default() };
+    let (images, labels) = data::fill(&b, 5);
+    assert_eq!(images, [1, 1, 2, 2, 1, 1, 2, 2, 1, 1]);
+    assert_eq!(labels, [7, 8, 7, 8, 7]);
+}
+
+fn args(data: &str, f: impl FnOnce(&mut TrainArgs)) -> TrainArgs {
+    let mut a = TrainArgs { data: data.into(), device: "emu".into(), ..Default::default() };
+    f(&mut a);
+    a
+}
+
+#[test]
+fn scale_colour_shift_and_mean_options_reach_the_transforms() {
+    let stats = DatasetStats { mean: [10.0, 20.0, 30.0], ..vgg_cuda::data::stats::of_pixels(&[0, 0, 0, 255, 0, 0]) };
+    // ImageFolder defaults: S = 8/7 of the crop, Q = S, ImageNet's PCA shift of 0.1,
+    // torchvision's mean and std.
+    let a = args("dir", |_| {});
+    let (tr, te) = data::transforms(&a, None).unwrap();
+    assert_eq!((tr.scale, tr.crop, te.scale, te.crop), (Scale::Fixed(36), 32, 36, Some(32)));
+    assert_eq!((tr.color_shift, tr.color_std), (Some(vgg_cuda::data::Pca::IMAGENET), 0.1));
+    assert_eq!(data::input_norm(&a, None).unwrap(), vgg_cuda::reference::InputNorm::IMAGENET);
+    // Jittering: Q is the range's middle; the shift takes --stats' components; the mean
+    // becomes the training set's, subtracted only.
+    let a = args("dir", |a| (a.scale, a.color_shift) = (Some("36:48".into()), Some(0.2)));
+    let (tr, te) = data::transforms(&a, Some(&stats)).unwrap();
+    assert_eq!((tr.scale, te.scale, tr.color_shift, tr.color_std), (Scale::Jitter(36, 48), 42, Some(stats.pca), 0.2));
+    let norm = data::input_norm(&a, Some(&stats)).unwrap();
+    assert_eq!((norm.mean, norm.std), ([10.0, 20.0, 30.0], None));
+    let a = args("dir", |a| (a.mean, a.test_scale, a.color_shift) = (Some("1,2.5,3".into()), Some(40), Some(0.0)));
+    assert_eq!(data::input_norm(&a, Some(&stats)).unwrap().mean, [1.0, 2.5, 3.0]);
+    let (tr, te) = data::transforms(&a, None).unwrap();
+    assert_eq!((tr.color_shift, te.scale), (None, 40));
+    // The synthetic set's images are the crop's size, and its classes differ in colour.
+    let (tr, _) = data::transforms(&args("synthetic", |_| {}), None).unwrap();
+    assert_eq!((tr.scale, tr.color_shift), (Scale::Fixed(32), None));
+}
+
+#[test]
+fn bad_data_options_are_errors_that_name_them() {
+    for (f, want) in [
+        (Box::new(|a: &mut TrainArgs| a.scale = Some("20".into())) as Box<dyn Fn(&mut TrainArgs)>, "--scale 20"),
+        (Box::new(|a| a.scale = Some("48:36".into())), "min above max"),
+        (Box::new(|a| a.test_scale = Some(16)), "--test-scale 16"),
+        (Box::new(|a| a.color_shift = Some(-0.1)), "--color-shift"),
+        (Box::new(|a| a.color_shift = Some(f32::NAN)), "--color-shift"),
+    ] {
+        let a = args("dir", f);
+        let e = format!("{:#}", data::transforms(&a, None).unwrap_err());
+        assert!(e.contains(want), "{e}");
+    }
+    for m in ["1,2", "1,2,x", "1,2,300", ""] {
+        let a = args("dir", |a| a.mean = Some(m.into()));
+        assert!(format!("{:#}", data::input_norm(&a, None).unwrap_err()).contains("--mean"), "{m}");
+    }
+    let a = args("dir", |a| a.stats = Some("/nonexistent/stats.json".into()));
+    let e = format!("{:#}", data::prepare(&a).err().unwrap());
+    assert!(e.contains("--stats") && e.contains("/nonexistent/stats.json"), "{e}");
+}
+
+#[test]
+fn a_run_with_stats_subtracts_their_mean_and_records_it() {
+    let t = TempDir::new("train-data", "stats");
+    let dir = folder(&t, 0);
+    let stats = t.0.join("stats.json");
+    let out = vgg(&["stats", &dir, "--size", "0", "--out", stats.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = DatasetStats::load(&stats).unwrap();
+    let ck = TempDir::new("train-data", "ck");
+    let out = vgg(&run_args(
+        &dir,
+        &["--stats", stats.to_str().unwrap(), "--scale", "36:48", "--checkpoint-dir", ck.0.to_str().unwrap()],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("S 36..48, crop 32, flip, PCA colour shift 0.1; test: Q 42"), "{stdout}");
+    let cfg = checkpoint::load(&ck.0.join("last.safetensors")).unwrap().config.unwrap();
+    assert_eq!((cfg.mean, cfg.std), (st.mean.map(|m| m as f32), None));
+    assert!(Path::new(&ck.0.join("loss.png")).exists());
+}
