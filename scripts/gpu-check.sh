@@ -107,6 +107,9 @@ if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
   step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
     --json "$RAW/bench-train-tune.json"
 fi
+# The headline: ours against PyTorch per batch, images/s and device memory (issue 6's targets).
+step train-vs-torch 10 python3 scripts/compare_train.py "$RAW/torch-train.json" "$RAW/bench-train.json" \
+  "$RAW/bench-train-tune.json"
 # PyTorch's own conv timings (cuDNN through torch): a cross-check of bench-conv's cuDNN rows.
 if [ -f scripts/torch_conv_baseline.py ]; then
   step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
