@@ -16,6 +16,35 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp{}{ext}", std::process::id()))
 }
 
+/// Checks, before any work, that `path` can be written later: its folder exists or is
+/// created, `path` is not a folder, and a file can be created beside it (removed again).
+/// Commands call it on their output paths first, so that a bad path is an error at once
+/// instead of after a long run. Errors name the path.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
+    if path.is_dir() {
+        return Err(named(path, &"is a folder, not a file"));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_dir(dir)?;
+    }
+    let probe = temp_path(path);
+    std::fs::File::create(&probe).map_err(|e| named(path, &format!("cannot be written: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// `create_dir_all` whose error names the folder, or the file standing where a folder must be.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        let blocker = dir.ancestors().find(|a| a.is_file());
+        match blocker {
+            Some(f) => std::io::Error::other(format!("{}: {} is a file, not a folder", dir.display(), f.display())),
+            None => std::io::Error::other(format!("{}: cannot create the folder: {e}", dir.display())),
+        }
+    })
+}
+
 /// Writes the concatenation of `parts` to `path` atomically, creating its folder if needed.
 /// Errors name the file.
 pub fn write_parts(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -42,7 +71,7 @@ pub fn replace_with<E: std::fmt::Display>(
 ) -> std::io::Result<()> {
     let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| named(dir, &e))?;
+        create_dir(dir)?;
     }
     let tmp = temp_path(path);
     let done = make(&tmp).map_err(|e| named(path, &e)).and_then(|()| {
@@ -80,14 +109,19 @@ mod tests {
     }
 
     #[test]
-    fn a_path_under_a_file_is_an_error_naming_it() {
+    fn a_path_under_a_file_is_an_error_naming_it_before_and_when_writing() {
         let dir = std::env::temp_dir().join(format!("vgg-atomic-file-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("plain");
         std::fs::write(&file, b"x").unwrap();
         let err = write(&file.join("out.json"), b"y").unwrap_err();
-        assert!(err.to_string().contains("plain"), "{err}");
+        assert!(err.to_string().contains("plain is a file, not a folder"), "{err}");
+        let err = check_writable(&file.join("sub/out.json")).unwrap_err();
+        assert!(err.to_string().contains("plain is a file, not a folder"), "{err}");
+        assert!(check_writable(&dir).unwrap_err().to_string().contains("is a folder"));
+        check_writable(&dir.join("new/out.json")).unwrap();
+        assert!(dir.join("new").is_dir() && std::fs::read_dir(dir.join("new")).unwrap().next().is_none());
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
         std::fs::remove_dir_all(&dir).unwrap();
     }
