@@ -162,6 +162,7 @@ fi
 # Evaluation throughput of a VGG-16 (two training steps on synthetic 224-px images, so that a
 # checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
 CK=${TMPDIR:-/tmp}/vgg-d
+rm -rf "$CK" # vgg train refuses to overwrite an earlier run's checkpoint
 # VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps,
 # its default conv plans: tuned on the device): its img/s against bench-train-tune's
 # device-resident batch-64 row says whether the input side keeps up.

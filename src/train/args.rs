@@ -152,3 +152,41 @@ impl Default for TrainArgs {
         <Cli as clap::Parser>::parse_from(["train"]).args
     }
 }
+
+impl TrainArgs {
+    /// Errors for options no run can use, checked before any data is read or device used.
+    pub fn check(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {}: the learning rate must be positive and finite", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("--momentum {}: must be in [0, 1)", self.momentum);
+        }
+        if !(self.wd.is_finite() && self.wd >= 0.0) {
+            bail!("--wd {}: the weight decay must be non-negative and finite", self.wd);
+        }
+        if self.data == "synthetic" && self.classes < 2 {
+            bail!("--classes {}: training needs at least 2 classes", self.classes);
+        }
+        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
+            bail!("--steps 0 / --epochs 0: nothing to train");
+        }
+        if self.sync_every == 0 {
+            bail!("--sync-every must be at least 1 (1 reads the loss every step)");
+        }
+        if self.checkpoint_every == Some(0) {
+            bail!("--checkpoint-every must be at least 1");
+        }
+        if self.resume.is_some() && (self.weights.is_some() || self.pre_init.is_some()) {
+            bail!("--resume takes every weight from the checkpoint; --weights and --pre-init are for a new run");
+        }
+        if self.weights.is_some() && self.pre_init.is_some() {
+            bail!("--pre-init and --weights both set the initial weights; pass one");
+        }
+        Ok(())
+    }
+}

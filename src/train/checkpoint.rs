@@ -40,6 +40,10 @@ pub struct TrainState {
     pub decays: u32,
     /// The run's seed (data order, augmentation, dropout all derive from it and the step).
     pub seed: u64,
+    /// The run's batch size (0 in checkpoints written before it was recorded): the epoch's
+    /// batch positions above count batches of this size.
+    #[serde(default)]
+    pub batch: usize,
     /// The conv layers' plans the run computed with (a tuned run's choice, which timing may
     /// make differently next time); a resume that tunes takes these instead. Empty in
     /// checkpoints written before plans were recorded.

@@ -51,17 +51,38 @@ impl Metrics {
     }
 }
 
+/// Output paths checked before any work: a new run does not overwrite an earlier run's
+/// checkpoint or metrics (--resume continues them), and a path that cannot be written fails
+/// now instead of at the first checkpoint, after training.
+fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
+    for (p, what) in [(ckpt, "checkpoint"), (a.metrics.as_deref(), "metrics file")] {
+        let Some(p) = p else { continue };
+        if a.resume.is_none() && p.exists() {
+            bail!(
+                "{}: an earlier run's {what}; --resume continues that run, or choose another path \
+                 (nothing was overwritten)",
+                p.display()
+            );
+        }
+        crate::atomic::check_writable(p).with_context(|| format!("the {what}"))?;
+    }
+    Ok(())
+}
+
 /// Runs `vgg train`.
 pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let arch = Arch::parse(&a.model)?;
     let init = Init::parse(&a.init)?;
     let schedule = LrSchedule::parse(&a.schedule)?;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    a.check()?;
+    let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
+    outputs_first(a, ckpt_path.as_deref())?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
+    if classes < 2 {
+        bail!("{}: training needs at least 2 classes, the data has {classes}", a.data);
+    }
     let cfg = VggConfig {
         dropout: a.dropout,
         mean: data.norm.mean,
@@ -69,9 +90,6 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         ..VggConfig::small(arch, a.width, a.input, a.fc, classes)
     };
     cfg.validate()?;
-    if a.sync_every == 0 {
-        bail!("--sync-every must be at least 1 (1 reads the loss every step)");
-    }
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
     let optim =
         OptimConfig { momentum: a.momentum, weight_decay: a.wd, init_scale: a.loss_scale, growth_interval: 2000 };
@@ -108,23 +126,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bad_evals: 0,
         decays: 0,
         seed: a.seed,
+        batch: a.batch,
         conv_plans: vec![],
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
     }
-    // On resume every weight comes from the checkpoint; pre-initialisation is for a fresh start.
-    if let (Some(p), None) = (&a.pre_init, &a.resume) {
-        if a.weights.is_some() {
-            bail!("--pre-init and --weights both set the initial weights; pass one");
-        }
+    if let Some(p) = &a.pre_init {
         let map = pre_init::apply(&mut vgg, p)?;
         let pairs: Vec<String> =
             map.iter().map(|(f, t)| if f == t { f.clone() } else { format!("{f}->{t}") }).collect();
         println!("pre-initialised from {}: {} (the rest: --init {})", p.display(), pairs.join(", "), a.init);
     }
-    let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     if let Some(r) = &a.resume {
         let path = if r.is_empty() {
             ckpt_path.clone().context("--resume without a file needs --checkpoint-dir")?
@@ -145,12 +159,21 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         if state.seed != a.seed {
             bail!("{}: written by a run with --seed {}, this run has --seed {}", path.display(), state.seed, a.seed);
         }
+        if state.batch != 0 && state.batch != a.batch {
+            bail!(
+                "{}: written by a run with --batch {b}, this run has --batch {} (its place in the epoch counts \
+                 batches of {b})",
+                path.display(),
+                a.batch,
+                b = state.batch
+            );
+        }
         vgg.set_scaler_state(ScalerState {
             scale: state.loss_scale,
             clean_steps: state.scaler_clean_steps,
             skipped: state.scaler_skipped,
         })?;
-        st = state;
+        st = TrainState { batch: a.batch, ..state };
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -158,6 +181,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.epoch,
             st.batch_in_epoch
         );
+        if st.step >= total {
+            println!(
+                "{}: already at step {}, this run's last is {total} (--steps / --epochs): nothing to train",
+                path.display(),
+                st.step
+            );
+            return Ok(TrainSummary { steps: st.step, ..TrainSummary::default() });
+        }
     }
     // A tuning run resumes with the plans it computed with (bit-identical losses); they are
     // tuned anew only where they cannot run here (wgmma on another GPU) or were not recorded.
@@ -271,13 +302,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     'epochs: while st.step < total {
         let skip = st.batch_in_epoch as usize;
-        let mut epoch_skipped = 0usize;
+        let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
         for (bi, b) in loader.epoch(st.epoch).enumerate() {
             if bi < skip {
                 continue;
             }
             let b = b.with_context(|| format!("epoch {} batch {bi}", st.epoch))?;
-            epoch_skipped += b.skipped;
+            (epoch_skipped, epoch_read) = (epoch_skipped + b.skipped, epoch_read + b.n);
             if b.n == 0 {
                 continue; // every image of it unreadable
             }
@@ -354,6 +385,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 break;
             }
         }
+        // Nothing readable in a whole epoch would repeat forever.
+        if skip == 0 && epoch_read == 0 {
+            bail!("epoch {}: no image of the training set could be read ({epoch_skipped} skipped)", st.epoch);
+        }
         // End of an epoch: validate, adjust the rate, checkpoint.
         // A run resumed at an epoch's end has no steps of it to average (nor a rate to show).
         let train_line = match win_n {
@@ -410,13 +445,15 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     summary.steps = st.step;
     summary.images_per_s = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "done: {} steps in {:.1} s on {}, {:.0} img/s, loss {:.4} -> {:.4}{}, {} steps skipped (loss scale {})",
+        "done: {} steps in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
         st.step,
         t0.elapsed().as_secs_f64(),
         dev.name(),
         summary.images_per_s,
-        summary.first_train_loss.unwrap_or(f32::NAN),
-        summary.final_train_loss.unwrap_or(f32::NAN),
+        match (summary.first_train_loss, summary.final_train_loss) {
+            (Some(f), Some(l)) => format!("loss {f:.4} -> {l:.4}"),
+            _ => "no loss read in this process".to_string(),
+        },
         summary
             .final_val_top1
             .map(|v| format!(", val top-1 {v:.3} (chance {:.3})", 1.0 / classes as f64))

@@ -78,6 +78,7 @@ mod tests {
             bad_evals: 0,
             decays: 0,
             seed: 0,
+            batch: 1,
             conv_plans: vec![],
         }
     }

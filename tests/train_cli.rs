@@ -1,0 +1,117 @@
+//! `vgg train`'s refusals: options no run can use, outputs an earlier run wrote, paths that
+//! cannot be written (all before any work), a resume that does not fit, and a training set
+//! of which nothing can be read.
+
+mod common;
+
+use common::{vgg, TempDir};
+use std::time::{Duration, Instant};
+use vgg_cuda::train::{run, TrainArgs};
+
+fn tiny(f: impl FnOnce(&mut TrainArgs)) -> TrainArgs {
+    let mut a = TrainArgs {
+        device: "emu".into(),
+        synthetic_len: 16,
+        batch: 4,
+        steps: Some(2),
+        workers: Some(0),
+        quiet: true,
+        ..Default::default()
+    };
+    f(&mut a);
+    a
+}
+
+fn error_of(a: TrainArgs) -> String {
+    format!("{:#}", run(&a).expect_err("the run should have been refused"))
+}
+
+#[test]
+fn options_no_run_can_use_are_refused_by_name() {
+    for (f, want) in [
+        (Box::new(|a: &mut TrainArgs| a.lr = -1.0) as Box<dyn Fn(&mut TrainArgs)>, "--lr -1"),
+        (Box::new(|a| a.lr = f32::NAN), "--lr NaN"),
+        (Box::new(|a| a.lr = f32::INFINITY), "--lr inf"),
+        (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
+        (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
+        (Box::new(|a| a.classes = 1), "--classes 1"),
+        (Box::new(|a| a.steps = Some(0)), "nothing to train"),
+        (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
+        (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
+        (Box::new(|a| (a.resume, a.weights) = (Some("x".into()), Some("x".into()))), "--resume takes every weight"),
+    ] {
+        let e = error_of(tiny(f));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
+    let t = TempDir::new("train-cli", "outputs");
+    let file = t.0.join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    // A checkpoint folder under a file: refused before the first step (no "train VGG" line).
+    let under = file.join("sub");
+    let out =
+        vgg(&["train", "--device", "emu", "--quiet", "--steps", "1", "--checkpoint-dir", under.to_str().unwrap()]);
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && se.contains("afile is a file, not a folder"), "{se}");
+    assert!(!so.contains("train VGG"), "{so}");
+
+    let ck = t.0.join("ck");
+    run(&tiny(|a| a.checkpoint_dir = Some(ck.clone()))).unwrap();
+    let last = ck.join("last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    let e = error_of(tiny(|a| a.checkpoint_dir = Some(ck.clone())));
+    assert!(e.contains("last.safetensors: an earlier run's checkpoint") && e.contains("--resume"), "{e}");
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    let metrics = t.0.join("m.jsonl");
+    std::fs::write(&metrics, b"{}\n").unwrap();
+    let e = error_of(tiny(|a| a.metrics = Some(metrics.clone())));
+    assert!(e.contains("m.jsonl: an earlier run's metrics file"), "{e}");
+    assert_eq!(std::fs::read(&metrics).unwrap(), b"{}\n");
+
+    // A resume with another batch size is refused; one already past --steps has nothing to do.
+    let resume = |f: &dyn Fn(&mut TrainArgs)| {
+        tiny(|a| {
+            (a.checkpoint_dir, a.resume) = (Some(ck.clone()), Some(String::new()));
+            f(a)
+        })
+    };
+    let e = error_of(resume(&|a| a.batch = 2));
+    assert!(e.contains("written by a run with --batch 4, this run has --batch 2"), "{e}");
+    let s = run(&resume(&|a| a.steps = Some(1))).unwrap();
+    assert!(s.steps == 2 && s.losses.is_empty(), "{s:?}");
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+}
+
+#[test]
+fn a_training_set_of_unreadable_files_is_an_error_not_an_endless_loop() {
+    let t = TempDir::new("train-cli", "unreadable");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(t.0.join(class)).unwrap();
+        std::fs::write(t.0.join(class).join("x.jpg"), b"not a JPEG").unwrap();
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["train", "--device", "emu", "--quiet", "--batch", "1", "--epochs", "1"])
+        .args(["--data", t.0.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("vgg train did not end in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("no image of the training set could be read (2 skipped)"), "{err}");
+}
