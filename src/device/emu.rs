@@ -70,6 +70,23 @@ pub(crate) struct EmuDevice {
     launchers: Mutex<HashMap<&'static str, (Launcher, &'static [u8])>>,
     /// Shared memory a block may use (Device::max_shared_per_block).
     shared_limit: std::sync::atomic::AtomicUsize,
+    /// Bytes all live allocations may total (Device::set_emu_memory_limit; unlimited by default).
+    memory_limit: std::sync::atomic::AtomicUsize,
+}
+
+/// Allocations from this size on are checked against the host's available memory first.
+/// Linux overcommits: a too-large allocation succeeds, and filling it then gets this process
+/// (or a neighbour) killed by the OOM killer instead of returning an error. Smaller ones are
+/// not worth reading /proc/meminfo for; many of them add up slowly, through the large ones.
+const CHECKED_ALLOC: usize = 16 << 20;
+/// Host memory left to everything else on the machine.
+const HOST_HEADROOM: usize = 512 << 20;
+
+/// `MemAvailable` of a /proc/meminfo text, in bytes.
+pub(crate) fn mem_available(meminfo: &str) -> Option<usize> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 const ALIGN: usize = 256; // cudaMalloc's alignment
@@ -77,7 +94,44 @@ const ALIGN: usize = 256; // cudaMalloc's alignment
 impl EmuDevice {
     pub fn new() -> Self {
         let s = std::env::var("VGG_EMU_SCHEDULE").ok().and_then(|s| Schedule::parse(&s)).unwrap_or(Schedule::Index);
-        Self { schedule: Mutex::new(s), launchers: Mutex::default(), shared_limit: super::SM90_SHARED_PER_BLOCK.into() }
+        Self {
+            schedule: Mutex::new(s),
+            launchers: Mutex::default(),
+            shared_limit: super::SM90_SHARED_PER_BLOCK.into(),
+            memory_limit: usize::MAX.into(),
+        }
+    }
+
+    pub fn set_memory_limit(&self, bytes: usize) {
+        self.memory_limit.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Errors unless `bytes` more, beside `live` bytes already allocated, fit the device's limit
+    /// and, for large allocations, the host's available memory (the emu device's memory is the
+    /// host's).
+    pub fn check_alloc(&self, bytes: usize, live: usize) -> Result<()> {
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let limit = self.memory_limit.load(std::sync::atomic::Ordering::Relaxed);
+        if live.saturating_add(bytes) > limit {
+            return Err(Error::Kernel(format!(
+                "emu: out of device memory: {:.2} GiB requested beside {:.2} GiB allocated, limit {:.2} GiB",
+                gib(bytes),
+                gib(live),
+                gib(limit)
+            )));
+        }
+        if bytes >= CHECKED_ALLOC {
+            let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_available(&m));
+            if let Some(avail) = avail.filter(|&a| bytes.saturating_add(HOST_HEADROOM) > a) {
+                return Err(Error::Kernel(format!(
+                    "emu: out of host memory: {:.2} GiB requested, {:.2} GiB available (the emu device \
+                     computes in host memory)",
+                    gib(bytes),
+                    gib(avail)
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn shared_limit(&self) -> usize {
@@ -213,5 +267,26 @@ impl EmuDevice {
             ranges.reverse();
         }
         ranges.into_par_iter().map(|(a, b)| run(a, b)).collect::<Result<Vec<()>>>().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_stop_at_the_limit_and_at_the_hosts_available_memory() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n";
+        assert_eq!(mem_available(text), Some(2_048_000_000));
+        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
+        let e = EmuDevice::new();
+        e.set_memory_limit(64 << 20);
+        e.check_alloc(32 << 20, 0).unwrap();
+        let err = e.check_alloc(40 << 20, 32 << 20).unwrap_err().to_string();
+        assert!(err.contains("out of device memory") && err.contains("limit 0.06 GiB"), "{err}");
+        e.set_memory_limit(usize::MAX);
+        // More than any machine has: refused before the allocator is asked.
+        let err = e.check_alloc(1 << 50, 0).unwrap_err().to_string();
+        assert!(err.contains("out of host memory"), "{err}");
     }
 }

@@ -201,6 +201,15 @@ impl Device {
         }
     }
 
+    /// On emu, the bytes all live allocations may total from now on, to stand in for a GPU's
+    /// memory in tests (ignored by cuda). Whatever the limit, a large allocation beyond the
+    /// host's available memory is an error rather than a case for the OOM killer.
+    pub fn set_emu_memory_limit(&self, bytes: usize) {
+        if let Backend::Emu(e) = &self.0.backend {
+            e.set_memory_limit(bytes);
+        }
+    }
+
     /// Two handles to the same device.
     pub fn same(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -217,7 +226,7 @@ impl Device {
         self.not_capturing("allocating device memory")?;
         let ptr = match &self.0.backend {
             Backend::Cuda(c) => c.alloc(bytes),
-            Backend::Emu(e) => e.alloc(bytes),
+            Backend::Emu(e) => e.check_alloc(bytes, self.allocated_bytes()).and_then(|()| e.alloc(bytes)),
         }?;
         self.0.allocated.fetch_add(bytes, Ordering::Relaxed);
         Ok(ptr)
