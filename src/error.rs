@@ -23,6 +23,10 @@ pub enum Error {
     /// is fine, the GPU too small for its tile; a plan with other kernels may run.
     #[error("{0}")]
     Unsupported(String),
+    /// A name or option value that is not one of those accepted (a config, an init); the
+    /// message lists them.
+    #[error("{0}")]
+    Invalid(String),
     /// A tensor belongs to another device than the op runs on.
     #[error("tensor is on device {found}, but the op runs on {expected}")]
     WrongDevice { expected: String, found: String },

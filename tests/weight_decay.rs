@@ -1,5 +1,6 @@
 //! Weight decay through the model's own optimizer step: weights decay, biases do not (the
-//! paper's L2 penalty is on the weights; torchvision recipes and ours leave biases out).
+//! paper's L2 penalty is on the weights; torchvision recipes and ours leave biases out)
+//! unless `OptimConfig::decay_biases` (`vgg train --bias-decay`) asks for it.
 
 use vgg_cuda::model::{Arch, Init, OptimConfig, Vgg, VggConfig};
 use vgg_cuda::Device;
@@ -12,10 +13,19 @@ use vgg_cuda::Device;
 /// convs are covered too.
 #[test]
 fn sgd_step_decays_weights_but_not_biases() {
+    decay_step(false);
+}
+
+#[test]
+fn with_decay_biases_the_step_decays_biases_too() {
+    decay_step(true);
+}
+
+fn decay_step(decay_biases: bool) {
     let dev = Device::emu();
     let cfg = VggConfig::small(Arch::C, 1.0 / 16.0, 32, 16, 10);
     let (lr, wd) = (0.1f32, 0.01f32);
-    let optim = OptimConfig { weight_decay: wd, ..OptimConfig::default() };
+    let optim = OptimConfig { weight_decay: wd, decay_biases, ..OptimConfig::default() };
     let mut vgg = Vgg::with_optim(&dev, cfg, 1, Init::PAPER, 5, optim).unwrap();
     // Every value non-zero, weights and biases alike: a tensor the init left at zero would
     // pass either way.
@@ -32,14 +42,18 @@ fn sgd_step_decays_weights_but_not_biases() {
     let (mut weights, mut biases) = (0, 0);
     for ((name, _, w0), (name1, _, w1)) in before.iter().zip(&after) {
         assert_eq!(name, name1);
-        if name.ends_with(".bias") {
+        if name.ends_with(".bias") && !decay_biases {
             biases += 1;
             for (j, (a, b)) in w0.iter().zip(w1).enumerate() {
                 assert!(a.to_bits() == b.to_bits(), "{name}[{j}]: bias {a} became {b}: decayed?");
             }
         } else {
-            assert!(name.ends_with(".weight"), "{name}");
-            weights += 1;
+            assert!(name.ends_with(".weight") || decay_biases, "{name}");
+            if name.ends_with(".bias") {
+                biases += 1;
+            } else {
+                weights += 1;
+            }
             // The kernel computes in f32 or f64; 1e-6 relative covers either, while decay moves
             // each weight by lr * wd = 1e-3 of itself.
             let shrink = 1.0 - lr as f64 * wd as f64;
@@ -48,7 +62,7 @@ fn sgd_step_decays_weights_but_not_biases() {
                 let tol = 1e-6 * (*a as f64).abs() + 1e-30;
                 assert!(
                     (*b as f64 - want).abs() <= tol,
-                    "{name}[{j}]: weight {a} became {b}, expected {want} (lr {lr}, wd {wd})"
+                    "{name}[{j}]: {a} became {b}, expected {want} (lr {lr}, wd {wd})"
                 );
             }
         }

@@ -45,7 +45,7 @@ impl Arch {
             "D" | "VGG16" | "VGG-16" => Arch::D,
             "E" | "VGG19" | "VGG-19" => Arch::E,
             _ => {
-                return Err(Error::Shape(format!(
+                return Err(Error::Invalid(format!(
                     "unknown VGG config `{s}` (A, A-LRN, B, C, D, E or vgg11, vgg13, vgg16, vgg19)"
                 )))
             }

@@ -74,12 +74,15 @@ pub struct OptimConfig {
     /// Initial loss scale and clean steps between doublings (PyTorch: 65536, 2000).
     pub init_scale: f32,
     pub growth_interval: u32,
+    /// Weight decay on the biases too (the paper's L2 penalty is on the weights; PyTorch's
+    /// SGD decays every parameter it is given).
+    pub decay_biases: bool,
 }
 
 impl Default for OptimConfig {
     /// The paper's momentum 0.9 and weight decay 5e-4; GradScaler's scale rules.
     fn default() -> Self {
-        Self { momentum: 0.9, weight_decay: 5e-4, init_scale: 65536.0, growth_interval: 2000 }
+        Self { momentum: 0.9, weight_decay: 5e-4, init_scale: 65536.0, growth_interval: 2000, decay_biases: false }
     }
 }
 
@@ -239,6 +242,9 @@ impl Vgg {
             .collect::<Result<Vec<_>>>()?;
         let memory = MemoryPlan::with_convs(&cfg, batch, Sharing::Lifetimes, &convs)?;
         let mut params = params::allocate(dev, &cfg, init, seed)?;
+        for p in params.iter_mut() {
+            p.decay = !p.bias || optim.decay_biases;
+        }
         let mut ops = vec![];
         let mut param_of = vec![];
         let mut next_param = 0;

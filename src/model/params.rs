@@ -37,8 +37,8 @@ pub enum Init {
 
 impl Init {
     /// The paper's init (Section 3.1): "weights sampled from a normal distribution with zero
-    /// mean and 10^-2 variance", read as written: variance 1e-2, so std 0.1
-    /// (/work/shared/VGG.md says the same). Some re-implementations use std 0.01 instead (as
+    /// mean and 10^-2 variance", read as written: variance 1e-2, so std 0.1.
+    /// Some re-implementations use std 0.01 instead (as
     /// torchvision's init of the FC layers does), which takes the paper's "variance" for a
     /// standard deviation; `normal:0.01` gives that reading when wanted.
     pub const PAPER: Init = Init::Normal { std: 0.1 };
@@ -54,7 +54,7 @@ impl Init {
             _ => match l.strip_prefix("normal:").and_then(|v| v.parse::<f32>().ok()) {
                 Some(std) if std > 0.0 && std.is_finite() => Init::Normal { std },
                 _ => {
-                    return Err(Error::Shape(format!(
+                    return Err(Error::Invalid(format!(
                         "unknown init `{s}` (paper, normal:STD, glorot, he, torchvision)"
                     )))
                 }
@@ -124,7 +124,9 @@ pub struct Param {
     pub g: Tensor<f32>,
     /// fp16 copy of `w` that the kernels read.
     pub h: Tensor<f16>,
-    /// Weight decay applies (weights) or not (biases).
+    /// A bias (initialised to zero; no weight decay unless the optimizer's `decay_biases`).
+    pub bias: bool,
+    /// Weight decay applies: weights always, biases only with `OptimConfig::decay_biases`.
     pub decay: bool,
     /// fan-in and fan-out, for initialisation.
     fan: (usize, usize),
@@ -143,14 +145,15 @@ impl Param {
 /// Allocates every parameter of `cfg` (in torchvision's state-dict order) and initialises it.
 pub(crate) fn allocate(dev: &Device, cfg: &VggConfig, init: Init, seed: u64) -> Result<Vec<Param>> {
     let mut out = vec![];
-    let mut push = |name: String, tv_shape: Vec<usize>, shape: Vec<usize>, layout, fan, conv, decay| -> Result<()> {
-        let w = Tensor::<f32>::zeros(dev, &shape)?;
-        let v = Tensor::<f32>::zeros(dev, &shape)?;
-        let g = Tensor::<f32>::zeros(dev, &shape)?;
-        let h = Tensor::<f16>::zeros(dev, &shape)?;
-        out.push(Param { name, tv_shape, layout, w, v, g, h, decay, fan, conv });
-        Ok(())
-    };
+    let mut push =
+        |name: String, tv_shape: Vec<usize>, shape: Vec<usize>, layout, fan, conv, decay: bool| -> Result<()> {
+            let w = Tensor::<f32>::zeros(dev, &shape)?;
+            let v = Tensor::<f32>::zeros(dev, &shape)?;
+            let g = Tensor::<f32>::zeros(dev, &shape)?;
+            let h = Tensor::<f16>::zeros(dev, &shape)?;
+            out.push(Param { name, tv_shape, layout, w, v, g, h, bias: !decay, decay, fan, conv });
+            Ok(())
+        };
     for f in cfg.features() {
         let (k, c) = (f.c_out, f.c_in);
         let (shape, layout, taps) = match f.kind {
@@ -179,7 +182,7 @@ pub(crate) fn init_params(params: &mut [Param], init: Init, seed: u64) -> Result
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for p in params.iter_mut() {
         let n = p.len();
-        let data: Vec<f32> = if !p.decay {
+        let data: Vec<f32> = if p.bias {
             vec![0.0; n]
         } else {
             let (fan_in, fan_out) = (p.fan.0 as f64, p.fan.1 as f64);

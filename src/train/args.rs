@@ -72,8 +72,12 @@ pub struct TrainArgs {
     pub lr: f32,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f32,
+    /// L2 weight decay of the weights (the paper's 5e-4).
     #[arg(long, default_value_t = 5e-4)]
     pub wd: f32,
+    /// Decay the biases too [default: weights only, as the paper's L2 penalty].
+    #[arg(long)]
+    pub bias_decay: bool,
     /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f32,

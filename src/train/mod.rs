@@ -91,8 +91,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     cfg.validate()?;
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
-    let optim =
-        OptimConfig { momentum: a.momentum, weight_decay: a.wd, init_scale: a.loss_scale, growth_interval: 2000 };
+    let optim = OptimConfig {
+        momentum: a.momentum,
+        weight_decay: a.wd,
+        init_scale: a.loss_scale,
+        decay_biases: a.bias_decay,
+        ..OptimConfig::default()
+    };
     let conv_algo = a.conv_algo.as_deref().unwrap_or(if dev.is_emu() { "auto" } else { "tune" });
     let conv = ConvChoice::parse(conv_algo).context("--conv-algo")?;
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
