@@ -38,27 +38,27 @@ enum Cmd {
         /// Also list every kernel's registers, shared memory, stack and spills.
         #[arg(long)]
         kernels: bool,
-        /// Print JSON instead of text.
+        /// Print JSON instead of text (with --model: the layers, totals and memory plans).
         #[arg(long)]
         json: bool,
         /// Describe a VGG config instead (A, A-LRN, B, C, D, E): layers, parameters, FLOPs.
         #[arg(long)]
         model: Option<String>,
         /// With --model: input side in pixels.
-        #[arg(long, default_value_t = 224)]
+        #[arg(long, default_value_t = 224, requires = "model")]
         input: usize,
         /// With --model: number of classes.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, requires = "model")]
         classes: usize,
         /// With --model: conv channel multiplier.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, requires = "model")]
         width: f32,
         /// With --model: width of the hidden FC layers.
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, requires = "model")]
         fc: usize,
         /// With --model: also the device memory plan of a training step at these batch sizes
         /// (comma-separated), computed without a device.
-        #[arg(long)]
+        #[arg(long, requires = "model")]
         batch: Option<String>,
     },
     /// Runs every kernel against the f64 reference; exits non-zero on any failure.
@@ -224,7 +224,8 @@ struct BenchConvArgs {
     /// leaves its rows so far).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Draw a PNG bar chart of the TFLOP/s to this file.
+    /// Draw a PNG bar chart of the TFLOP/s to this file (.png; a failed chart fails the
+    /// command once the rest is written).
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
 }
@@ -245,8 +246,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Info { model: Some(m), input, classes, width, fc, batch, .. } => {
-            model_info(&m, input, classes, width, fc, batch.as_deref())
+        Cmd::Info { model: Some(m), input, classes, width, fc, batch, json, .. } => {
+            model_info(&m, input, classes, width, fc, batch.as_deref(), json)
         }
         Cmd::Info { kernels, json, .. } => info(kernels, json),
         Cmd::Selftest { device, only, schedule, json } => {
@@ -372,6 +373,9 @@ fn selftest_cmd(
             bail!("unknown check `{o}` (checks: {})", names.join(", "));
         }
     }
+    if let Some(path) = &json {
+        atomic::check_writable(path).context("--json")?;
+    }
     let dev = Device::by_name(device).with_context(|| format!("selftest on `{device}`"))?;
     if let Some(s) = schedule {
         dev.set_schedule(
@@ -438,6 +442,15 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     if a.batch == Some(0) {
         bail!("--batch must be at least 1");
     }
+    if let Some(path) = &a.json {
+        atomic::check_writable(path).context("--json")?;
+    }
+    if let Some(path) = &a.plot {
+        if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            bail!("--plot {}: the chart is a PNG: give a path ending in .png", path.display());
+        }
+        atomic::check_writable(path).context("--plot")?;
+    }
     let dev = Device::by_name(&a.device).with_context(|| format!("bench conv on `{}`", a.device))?;
     let mut cfg = ConvBenchConfig::new(&dev, a.batch);
     cfg.layers = layers;
@@ -489,20 +502,28 @@ fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
             eprintln!("warning: a partial JSON write failed earlier: {e:#}");
         }
     }
+    // A failed plot fails the command as a failed JSON write does, once the rest is written.
+    let mut plot_error = None;
     if let Some(path) = &a.plot {
         match vgg_cuda::bench::plot::conv_chart(&report, path) {
             Ok(()) => println!("plot: {}", path.display()),
-            Err(e) => eprintln!("warning: no plot: {e}"),
+            Err(e) => plot_error = Some(anyhow::anyhow!("--plot: no chart written: {e}")),
         }
     }
     let s = &report.summary;
-    if s.ours_measured == 0 {
-        bail!("bench conv on {}: nothing could be measured", dev.name());
+    let failed = if s.ours_measured == 0 {
+        Some(format!("bench conv on {}: nothing could be measured", dev.name()))
+    } else if s.failed > 0 {
+        Some(format!("bench conv on {}: {} of {} rows failed or disagree", dev.name(), s.failed, s.rows))
+    } else {
+        None
+    };
+    match (failed, plot_error) {
+        (Some(f), Some(p)) => bail!("{f}; and {p:#}"),
+        (Some(f), None) => bail!("{f}"),
+        (None, Some(p)) => Err(p),
+        (None, None) => Ok(()),
     }
-    if s.failed > 0 {
-        bail!("bench conv on {}: {} of {} rows failed or disagree", dev.name(), s.failed, s.rows);
-    }
-    Ok(())
 }
 
 fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
@@ -516,6 +537,9 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     };
     if a.repeats == Some(0) {
         bail!("--repeats must be at least 1");
+    }
+    if let Some(path) = &a.json {
+        atomic::check_writable(path).context("--json")?;
     }
     let dev = Device::by_name(&a.device).with_context(|| format!("bench gemm on `{}`", a.device))?;
     let mut cfg = GemmBenchConfig::new(&dev);
@@ -602,7 +626,8 @@ fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so a crash never leaves half a file.
+/// `vgg bench train`: the rows of every batch size; the JSON is rewritten after each (through
+/// a temporary file and a rename, so a killed run leaves the rows so far).
 fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     use vgg_cuda::bench::train::{run, TrainBenchConfig};
     let arch = vgg_cuda::model::Arch::parse(&a.model)?;
@@ -620,6 +645,9 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
+    if let Some(path) = &a.json {
+        atomic::check_writable(path).context("--json")?;
+    }
     let dev = Device::by_name(&a.device).with_context(|| format!("bench train on `{}`", a.device))?;
     println!(
         "bench train on {}: VGG {}, device-resident synthetic data, conv plans: {}, {}",
@@ -687,7 +715,8 @@ fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
 #[derive(clap::Args)]
 struct DataSourceArgs {
     /// An ImageFolder: one sub-folder per class (torchvision's layout and class order),
-    /// or a shard directory written by `vgg prep` (detected by its index.json).
+    /// or a shard directory written by `vgg prep` (detected by its index.json). A folder
+    /// with a train/ sub-folder means that training set, as for `vgg train`.
     dir: Option<std::path::PathBuf>,
     /// Use generated images (encoded as JPEG in memory, so decoding is real) instead of DIR.
     #[arg(long)]
@@ -707,7 +736,17 @@ impl DataSourceArgs {
     /// The dataset and a description; synthetic: `n` images.
     fn open(&self, n: usize) -> Result<(std::sync::Arc<dyn vgg_cuda::data::Dataset>, String)> {
         use vgg_cuda::data::{Dataset, ImageFolder, MemoryDataset, Synthetic};
-        match (&self.dir, self.synthetic) {
+        // A split folder (train/, maybe val/) means its training set, as for `vgg train`.
+        let dir = self.dir.as_ref().map(|d| {
+            let train = d.join("train");
+            if !self.synthetic && !vgg_cuda::data::Shards::is_shard_dir(d) && train.is_dir() {
+                eprintln!("{} has a train/ folder: using {} (as `vgg train` does)", d.display(), train.display());
+                train
+            } else {
+                d.clone()
+            }
+        });
+        match (&dir, self.synthetic) {
             (Some(_), true) => bail!("give either DIR or --synthetic, not both"),
             (None, false) => bail!("give an ImageFolder DIR, or --synthetic"),
             (Some(dir), false) if vgg_cuda::data::Shards::is_shard_dir(dir) => {
@@ -731,6 +770,7 @@ impl DataSourceArgs {
                 if self.synthetic_size == 0 {
                     bail!("--synthetic-size must be at least 1");
                 }
+                vgg_cuda::data::check_side("--synthetic-size", self.synthetic_size)?;
                 let ds = MemoryDataset::jpeg_of(&Synthetic::new(10, self.synthetic_size, n, self.seed), 90)?;
                 let what = format!(
                     "synthetic JPEGs ({n} images, shorter side {}, quality 90, {:.0} KiB each)",
@@ -752,7 +792,8 @@ struct PrepArgs {
     images: usize,
     #[arg(long, default_value_t = 375)]
     synthetic_size: u32,
-    /// The shard directory to write (created if needed).
+    /// The shard directory to write: new, empty, or a previous prep output (replaced only
+    /// once the new one is complete); never the source or a folder holding it.
     out: std::path::PathBuf,
     /// Rescale so that the shorter side is this (Smax of scale jittering; never upscales; 0: native).
     #[arg(long, default_value_t = 512)]
@@ -771,17 +812,26 @@ struct PrepArgs {
 fn prep_cmd(a: PrepArgs) -> Result<()> {
     use vgg_cuda::data::prep::{prep, PrepConfig};
     let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
-    let progress = |done, all| eprint!("\rprep: {done}/{all} images");
+    // The progress line is rewritten in place: end it before anything else is printed.
+    let shown = std::cell::Cell::new(false);
+    let progress = |done, all| {
+        eprint!("\rprep: {done}/{all} images");
+        shown.set(true);
+    };
     let rep = if a.src.as_os_str() == "synthetic" {
         if a.images == 0 || a.synthetic_size == 0 {
             bail!("--images and --synthetic-size must be at least 1");
         }
+        vgg_cuda::data::check_side("--synthetic-size", a.synthetic_size)?;
         let ds = vgg_cuda::data::Synthetic::new(10, a.synthetic_size, a.images, 0);
-        vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, progress)?
+        vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, progress)
     } else {
-        prep(&a.src, &a.out, &cfg, progress)?
+        prep(&a.src, &a.out, &cfg, progress)
     };
-    eprintln!();
+    if shown.get() {
+        eprintln!();
+    }
+    let rep = rep?;
     println!(
         "prep: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
         rep.images,
@@ -812,6 +862,10 @@ struct StatsArgs {
 }
 
 fn stats_cmd(a: StatsArgs) -> Result<()> {
+    vgg_cuda::data::check_side("--size", a.size)?;
+    if let Some(path) = &a.out {
+        atomic::check_writable(path).context("--out")?;
+    }
     let n = if a.samples == 0 { 1000 } else { a.samples };
     let (ds, what) = a.source.open(n)?;
     let sampled = if a.samples == 0 || a.samples >= ds.len() { "all".to_string() } else { a.samples.to_string() };
@@ -874,14 +928,31 @@ fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     if a.images == 0 || a.batch == 0 {
         bail!("--images and --batch must be at least 1");
     }
+    let (smallest, largest) = match scale {
+        Scale::Fixed(s) => (s, s),
+        Scale::Jitter(lo, hi) => (lo, hi),
+    };
+    vgg_cuda::data::check_side("--scale", largest)?;
+    vgg_cuda::data::check_side("--crop", a.crop)?;
     let transform: Transform = if a.test {
-        TestTransform { scale: scale.test_q(), crop: Some(a.crop) }.into()
+        let q = scale.test_q();
+        if q < a.crop {
+            bail!("--scale {q} (the test Q) is below the --crop of {}: a rescaled image must hold the crop", a.crop);
+        }
+        TestTransform { scale: q, crop: Some(a.crop) }.into()
     } else {
+        if smallest < a.crop {
+            bail!("--scale {smallest} is below the --crop of {}: a rescaled image must hold the crop", a.crop);
+        }
         TrainTransform { crop: a.crop, ..TrainTransform::paper(scale) }.into()
     };
     transform.validate()?;
+    if let Some(path) = &a.json {
+        atomic::check_writable(path).context("--json")?;
+    }
     let (ds, what) = a.source.open(a.images)?;
-    let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, &workers, a.batch, a.source.strict)?;
+    let report = vgg_cuda::data::bench::run(ds, &what, transform, a.images, &workers, a.batch, a.source.strict)
+        .with_context(|| format!("bench data of {what}"))?;
     println!("{}", report.text());
     if let Some(path) = &a.json {
         atomic::write(path, &serde_json::to_vec_pretty(&report)?)?;
@@ -889,19 +960,77 @@ fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vgg info --model X [--batch N,...]`: the layer table, parameter count and FLOPs of a VGG
-/// config, and the memory plan of its training step at each batch size.
-fn model_info(model: &str, input: usize, classes: usize, width: f32, fc: usize, batch: Option<&str>) -> Result<()> {
+/// `vgg info --model X [--batch N,...] [--json]`: the layer table, parameter count and FLOPs
+/// of a VGG config, and the memory plan of its training step at each batch size; as text, or
+/// as one JSON object.
+fn model_info(
+    model: &str,
+    input: usize,
+    classes: usize,
+    width: f32,
+    fc: usize,
+    batch: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    use vgg_cuda::model::{Breakdown, MemoryPlan, Sharing};
     let arch = vgg_cuda::model::Arch::parse(model)?;
     let cfg = vgg_cuda::model::VggConfig { input, classes, width, fc, ..vgg_cuda::model::VggConfig::paper(arch) };
     cfg.validate()?;
-    print!("{}", cfg.summary());
-    for b in batch.map(|b| b.split(',').collect::<Vec<_>>()).unwrap_or_default() {
-        let n = match b.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => bail!("--batch: `{b}` is not a positive batch size"),
-        };
-        print!("\n{}", vgg_cuda::model::memory::report(&cfg, n)?);
+    let batches = batch
+        .map(|b| b.split(',').collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!("--batch: `{b}` is not a positive batch size")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !json {
+        print!("{}", cfg.summary());
+        for n in batches {
+            print!("\n{}", vgg_cuda::model::memory::report(&cfg, n)?);
+        }
+        return Ok(());
     }
+    // The rows of `VggConfig::summary`, as numbers.
+    let mut layers = vec![];
+    for (f, name) in cfg.features().iter().zip(cfg.feature_names()) {
+        let (oh, ow) = f.out_hw();
+        let (op, params, macs) = f.op_cost();
+        layers.push(serde_json::json!({
+            "layer": format!("features.{}", f.index), "name": name, "op": op, "relu": f.is_conv(),
+            "output": [oh, ow, f.c_out], "params": params, "macs": macs,
+        }));
+    }
+    for (j, (fi, fo)) in cfg.classifier().into_iter().enumerate() {
+        layers.push(serde_json::json!({
+            "layer": format!("classifier.{}", 3 * j), "name": format!("fc{}", 6 + j), "op": "fc", "relu": j < 2,
+            "dropout": if j < 2 { cfg.dropout } else { 0.0 }, "output": [fo], "params": fo * (fi + 1), "macs": fi * fo,
+        }));
+    }
+    let bytes = |b: Breakdown| {
+        serde_json::json!({
+            "masters": b.masters, "momentum": b.momentum, "grads": b.grads, "fp16": b.fp16, "small": b.small,
+            "activations": b.activations, "activation_grads": b.activation_grads, "workspace_max": b.workspace_max,
+            "arena": b.arena, "peak_live": b.peak_live, "total": b.total(),
+        })
+    };
+    let memory = batches
+        .iter()
+        .map(|&n| -> Result<serde_json::Value> {
+            let plan = |s| MemoryPlan::new(&cfg, n, s).map(|p| p.breakdown());
+            // Bytes; separate: every buffer its own, shared: the layout the model allocates.
+            Ok(serde_json::json!({
+                "batch": n, "separate": bytes(plan(Sharing::Separate)?), "shared": bytes(plan(Sharing::Lifetimes)?),
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let macs = cfg.forward_macs();
+    let v = serde_json::json!({
+        "model": arch.name(), "description": cfg.describe(), "config": cfg, "layers": layers,
+        "params": cfg.param_count(), "forward_macs": macs, "forward_gflop_per_image": 2.0 * macs as f64 / 1e9,
+        "train_step_gflop_per_image": 6.0 * macs as f64 / 1e9, "memory": memory,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }

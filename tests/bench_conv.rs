@@ -150,3 +150,26 @@ fn cli_emu_run_prints_the_table_and_writes_json() {
     assert_eq!(report.rows.len(), 2);
     assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.samples == 2)));
 }
+
+#[test]
+fn cli_output_paths_are_checked_before_the_run() {
+    let dir = common::TempDir::new("bench-conv", "outputs");
+    let afile = dir.0.join("afile");
+    std::fs::write(&afile, b"keep").unwrap();
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    let cases = [
+        ("--plot", path(afile.join("x.png")), "afile is a file, not a folder"),
+        ("--json", path(afile.join("x.json")), "afile is a file, not a folder"),
+        ("--plot", "/proc/vgg-no-such-dir/x.png".to_string(), "cannot"),
+        ("--plot", path(dir.0.join("chart.svg")), "give a path ending in .png"),
+    ];
+    for (opt, path, needle) in cases {
+        let out = vgg(&["bench", "conv", "--device", "emu", "--layers", "conv1_1", "--passes", "fprop", opt, &path]);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{opt} {path} succeeded: {stdout}{stderr}");
+        assert!(stderr.contains(opt) && stderr.contains(needle), "{opt} {path}: stderr: {stderr}");
+        assert!(!stdout.contains("bench conv on"), "{opt} {path}: the run started: {stdout}");
+    }
+    assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+    assert!(!dir.0.join("chart.svg").exists());
+}

@@ -150,3 +150,17 @@ fn cli_emu_run_prints_the_table_and_writes_json() {
     assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.samples == 2)));
     assert!(!json.with_extension("tmp").exists(), "the temporary file was renamed away");
 }
+
+#[test]
+fn cli_json_path_is_checked_before_the_run() {
+    let dir = common::TempDir::new("bench-gemm", "outputs");
+    let afile = dir.0.join("afile");
+    std::fs::write(&afile, b"keep").unwrap();
+    let json = afile.join("x.json");
+    let out = vgg(&["bench", "gemm", "--device", "emu", "--shapes", "fc8", "--json", json.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "succeeded: {stdout}");
+    assert!(stderr.contains("--json") && stderr.contains("afile is a file, not a folder"), "stderr: {stderr}");
+    assert!(!stdout.contains("bench gemm on"), "the run started: {stdout}");
+    assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+}

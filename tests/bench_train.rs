@@ -138,3 +138,24 @@ fn a_profiled_step_lists_every_launch_by_layer() {
     let plain = run(&dev, &TrainBenchConfig::for_device(&dev, Arch::A, Some(2))).unwrap();
     assert!(plain.profile.is_none());
 }
+
+#[test]
+fn cli_json_path_is_checked_before_the_run() {
+    let dir = std::env::temp_dir().join(format!("vgg-bench-train-test-{}-outputs", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let afile = dir.join("afile");
+    std::fs::write(&afile, b"keep").unwrap();
+    let json = afile.join("x.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["bench", "train", "--device", "emu", "--steps", "1", "--warmup", "0", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "succeeded: {stdout}");
+    assert!(stderr.contains("--json") && stderr.contains("afile is a file, not a folder"), "stderr: {stderr}");
+    assert!(!stdout.contains("bench train on"), "the run started: {stdout}");
+    assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

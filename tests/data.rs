@@ -386,6 +386,37 @@ fn test_transform_centre_crop_and_whole_image() {
     assert!(far.plan(1000, 10, &mut SampleRng::new(0)).unwrap_err().contains("aspect"));
 }
 
+/// Sizes above `MAX_SIDE` are refused by the transforms' validation and by the stats, naming
+/// what is too large, instead of allocating gigabytes; an image whose rescale would be huge
+/// (an extreme aspect ratio) is skipped by the stats, or an error when strict.
+#[test]
+fn sizes_above_max_side_are_refused() {
+    use vgg_cuda::data::MAX_SIDE;
+    let big = MAX_SIDE + 1;
+    let ok = |t: Transform| t.validate().unwrap();
+    let refused = |t: Transform, what: &str| {
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains(&MAX_SIDE.to_string()), "{e}");
+    };
+    ok(train(Scale::Fixed(MAX_SIDE), MAX_SIDE).into());
+    refused(train(Scale::Fixed(big), 224).into(), "scale S");
+    refused(train(Scale::Jitter(256, big), 224).into(), "scale S");
+    refused(train(Scale::Fixed(MAX_SIDE), big).into(), "crop");
+    ok(TestTransform { scale: MAX_SIDE, crop: None }.into());
+    refused(TestTransform { scale: big, crop: Some(224) }.into(), "test scale Q");
+    refused(TestTransform { scale: 256, crop: Some(big) }.into(), "crop");
+
+    let one = One(solid(8, 6, [1, 2, 3]));
+    let e = stats::compute(&one, 0, big, 0, false).unwrap_err().to_string();
+    assert!(e.contains("--size") && e.contains(&MAX_SIDE.to_string()), "{e}");
+    assert_eq!(stats::compute(&one, 0, 64, 0, true).unwrap().images, 1);
+    // 1 x 40000 rescaled to 256 would be 256 x 10240000 (7.9 GB).
+    let thin = One(solid(1, 40000, [9, 9, 9]));
+    let e = stats::compute(&thin, 0, 256, 0, true).unwrap_err();
+    assert!(e.is_per_image() && e.to_string().contains("256x10240000"), "{e}");
+    assert!(matches!(stats::compute(&thin, 0, 256, 0, false), Err(DataError::NoImage { skipped: 1 })));
+}
+
 #[test]
 fn pca_and_mean_maths() {
     // Pixels (v, v, v) + (d, -d, 0): mean 127.5-ish, two principal axes.

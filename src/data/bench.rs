@@ -99,6 +99,9 @@ pub fn run(
         Ok((wall, epoch.summary().times, skipped))
     };
     let (wall1, times, skipped) = pass(0)?;
+    if skipped == n {
+        return Err(DataError::NoImage { skipped });
+    }
     let done = (n - skipped) as f64;
     let counts: Vec<usize> = if workers.is_empty() { vec![1] } else { workers.iter().map(|&w| w.max(1)).collect() };
     let mut scaling = vec![];

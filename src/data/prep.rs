@@ -6,8 +6,11 @@
 //! shorter side is `max_side` (never upscaled; the default 512 is Smax of scale jittering,
 //! so every later rescale to S in 256..=512 is still a downscale or identity) and stored
 //! as raw RGB or, with a JPEG quality, re-encoded. Images are processed in parallel one
-//! shard at a time; each shard and then `index.json` are written to a temporary name and
-//! renamed, so a directory with an `index.json` is always complete.
+//! shard at a time into a temporary sibling folder of the output (`.OUT.tmpPID`); only when
+//! its shards and `index.json` are all written is it renamed to the output, and a previous
+//! output is removed after that. A failed or killed prep leaves the previous output whole,
+//! and a directory with an `index.json` is always complete. An output that is not empty and
+//! not a previous prep output (no `index.json`), or that overlaps the source, is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -90,18 +93,139 @@ fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<(), DataError> {
     crate::atomic::write_parts(path, parts).map_err(|e| DataError::Io { path: path.into(), reason: e.to_string() })
 }
 
-/// Preps the ImageFolder `src` into `out` (created if needed). `progress` is called after
-/// each shard with (images done, images in all). Unreadable images are reported on
-/// standard error and skipped unless `cfg.strict`.
+/// `p` made absolute with its existing part canonicalized (symbolic links and `..`
+/// resolved), so that two spellings of one folder compare equal even before it exists.
+fn resolved(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let existing = abs.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    let mut out = existing.canonicalize()?;
+    for c in abs.strip_prefix(existing).unwrap_or(Path::new("")).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop(); // below the existing part: no link to follow
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The output folder of one prep: checked before any work, written as a temporary
+/// sibling, swapped in by [`Target::commit`]. Dropping it uncommitted removes the
+/// temporary folder, so a failed prep leaves nothing behind.
+struct Target {
+    /// As given (for messages), resolved, and the temporary sibling being written.
+    out: PathBuf,
+    abs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Target {
+    /// Checks `out` (a folder, empty or a previous prep output, not overlapping `src`),
+    /// creates its parent and the temporary folder. Errors name the folder.
+    fn new(out: &Path, src: Option<&Path>) -> Result<Self, DataError> {
+        let err = |reason: String| DataError::Io { path: out.into(), reason };
+        if out.exists() && !out.is_dir() {
+            return Err(err("is a file, not a folder".into()));
+        }
+        if let Some(f) = out.ancestors().skip(1).find(|a| a.is_file()) {
+            return Err(err(format!("{} is a file, not a folder", f.display())));
+        }
+        let abs = resolved(out).map_err(|e| err(e.to_string()))?;
+        if let Some(src) = src {
+            let src_abs = resolved(src).map_err(|e| DataError::Io { path: src.into(), reason: e.to_string() })?;
+            if abs == src_abs {
+                return Err(err("is the source folder: prep would write into its own input".into()));
+            }
+            if abs.starts_with(&src_abs) {
+                return Err(err(format!(
+                    "is inside the source folder {}: prep would write into its own input",
+                    src.display()
+                )));
+            }
+            if src_abs.starts_with(&abs) {
+                return Err(err(format!(
+                    "holds the source folder {}: replacing it would delete the source",
+                    src.display()
+                )));
+            }
+        }
+        if out.is_dir() && !super::Shards::is_shard_dir(out) {
+            let mut entries = std::fs::read_dir(out).map_err(|e| err(format!("cannot be read: {e}")))?;
+            if entries.next().is_some() {
+                return Err(err(format!(
+                    "not empty and not the output of a `vgg prep` (no {INDEX_NAME}): refusing to replace it; \
+                     give a new or an empty folder"
+                )));
+            }
+        }
+        let (Some(parent), Some(_)) = (abs.parent(), abs.file_name()) else {
+            return Err(err("is not a folder that can be replaced".into()));
+        };
+        crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
+        let tmp = crate::atomic::temp_path(&abs);
+        if tmp.exists() {
+            // Left by a killed run whose process id this one reuses.
+            std::fs::remove_dir_all(&tmp).map_err(|e| DataError::Io { path: tmp.clone(), reason: e.to_string() })?;
+        }
+        std::fs::create_dir(&tmp)
+            .map_err(|e| err(format!("cannot create the temporary folder {}: {e}", tmp.display())))?;
+        Ok(Self { out: out.into(), abs, tmp })
+    }
+
+    /// Renames the finished temporary folder to the output, moving a previous output aside
+    /// first and removing it only once the new one is in place.
+    fn commit(self) -> Result<(), DataError> {
+        let err = |reason: String| DataError::Io { path: self.out.clone(), reason };
+        let name = self.abs.file_name().unwrap_or_default().to_string_lossy();
+        let old = self.abs.with_file_name(format!(".{name}.old{}", std::process::id()));
+        let had_old = self.abs.exists();
+        if had_old {
+            if old.exists() {
+                let _ = std::fs::remove_dir_all(&old);
+            }
+            std::fs::rename(&self.abs, &old)
+                .map_err(|e| err(format!("moving the previous output aside to {}: {e}", old.display())))?;
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.abs) {
+            if had_old {
+                let _ = std::fs::rename(&old, &self.abs);
+            }
+            return Err(err(format!("renaming {} to it: {e}", self.tmp.display())));
+        }
+        if had_old {
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                eprintln!("warning: the previous output, moved to {}, could not be removed: {e}", old.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.tmp.exists() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Preps the ImageFolder `src` into `out` (created if needed; an existing `out` must be
+/// empty or a previous prep output, which is replaced only on success). `progress` is
+/// called after each shard with (images done, images in all). Unreadable images are
+/// reported on standard error and skipped unless `cfg.strict`.
 pub fn prep(
     src: &Path,
     out: &Path,
     cfg: &PrepConfig,
     progress: impl FnMut(usize, usize),
 ) -> Result<PrepReport, DataError> {
-    check_config(cfg)?; // before scanning a large folder (prep_dataset checks again: cheap)
+    // Settings and the output before scanning a large folder.
+    check_config(cfg)?;
+    let target = Target::new(out, Some(src))?;
     let ds = ImageFolder::open(src)?;
-    prep_dataset(&ds, Some(src), out, cfg, progress)
+    write_shards(&ds, Some(src), target, cfg, progress)
 }
 
 fn check_config(cfg: &PrepConfig) -> Result<(), DataError> {
@@ -117,22 +241,31 @@ fn check_config(cfg: &PrepConfig) -> Result<(), DataError> {
 }
 
 /// As [`prep`], from any dataset (the built-in synthetic set, for instance). Each record's
-/// source name is `ds.describe(i)`, relative to `root` when it lies under it.
+/// source name is `ds.describe(i)`, relative to `root` when it lies under it; `out` must
+/// not overlap `root`.
 pub fn prep_dataset(
     ds: &dyn Dataset,
     root: Option<&Path>,
     out: &Path,
     cfg: &PrepConfig,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<PrepReport, DataError> {
     check_config(cfg)?;
+    let target = Target::new(out, root)?;
+    write_shards(ds, root, target, cfg, progress)
+}
+
+/// The shards and index of `ds` into `target`'s temporary folder, then swapped in.
+fn write_shards(
+    ds: &dyn Dataset,
+    root: Option<&Path>,
+    target: Target,
+    cfg: &PrepConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PrepReport, DataError> {
     let t0 = std::time::Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| DataError::Io { path: out.into(), reason: e.to_string() })?;
-    // A previous index would describe shards about to be overwritten: remove it first.
+    let out = target.tmp.clone();
     let ipath = out.join(INDEX_NAME);
-    if ipath.exists() {
-        std::fs::remove_file(&ipath).map_err(|e| DataError::Io { path: ipath.clone(), reason: e.to_string() })?;
-    }
     let rel = |i: usize| {
         let name = ds.describe(i);
         match root {
@@ -204,11 +337,12 @@ pub fn prep_dataset(
     }
     if index.images == 0 {
         let path = root.map_or_else(|| PathBuf::from(ds.describe(0)), Path::to_path_buf);
-        return Err(DataError::Layout { path, reason: "no image could be read".into() });
+        return Err(DataError::Layout { path, reason: format!("no image could be read ({} skipped)", index.skipped) });
     }
     index.validate(&ipath)?;
     let json = serde_json::to_vec(&index).map_err(|e| DataError::Config(format!("index JSON: {e}")))?;
     write_atomic(&ipath, &[&json])?;
+    target.commit()?;
     Ok(PrepReport {
         images: index.images,
         skipped: index.skipped,

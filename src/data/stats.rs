@@ -180,6 +180,9 @@ impl Moments {
     }
 }
 
+/// The most pixels one rescaled image may have (twice a [`super::MAX_SIDE`] square).
+const MAX_RESCALED_PIXELS: u64 = 2 * super::MAX_SIDE as u64 * super::MAX_SIDE as u64;
+
 /// Mean RGB and colour PCA over `samples` images of `ds` (all when `samples` is 0 or at
 /// least the dataset's size; otherwise a seeded random subset), each rescaled so that its
 /// shorter side is `size` (0: native). Unreadable images are reported on stderr and
@@ -191,6 +194,7 @@ pub fn compute(
     seed: u64,
     strict: bool,
 ) -> Result<DatasetStats, DataError> {
+    super::check_side("--size", size)?;
     let n = ds.len();
     let mut idx =
         if samples == 0 || samples >= n { (0..n).collect() } else { shuffled(n, seed, 0)[..samples].to_vec() };
@@ -208,6 +212,22 @@ pub fn compute(
             };
             let img = if size > 0 {
                 let (w, h) = resize::rescaled_size(img.width(), img.height(), size);
+                // An extreme aspect ratio would make a huge rescale (1x100000 at 256: 19 GB).
+                if w as u64 * h as u64 > MAX_RESCALED_PIXELS {
+                    let e = DataError::Image {
+                        source_name: ds.describe(i),
+                        reason: format!(
+                            "{}x{} rescaled to {w}x{h}: more than {MAX_RESCALED_PIXELS} pixels",
+                            img.width(),
+                            img.height()
+                        ),
+                    };
+                    if strict {
+                        return Err(e);
+                    }
+                    eprintln!("warning: skipped {e}");
+                    return Ok(None);
+                }
                 resize::resize(&img, w, h)
             } else {
                 img
@@ -227,7 +247,7 @@ pub fn compute(
     }
     let images = idx.len() - skipped;
     if images == 0 {
-        return Err(DataError::Config(format!("no readable image among the {} sampled", idx.len())));
+        return Err(DataError::NoImage { skipped });
     }
     Ok(stats_from_moments(&total, images, skipped, size, ds.classes().to_vec()))
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
-use super::{resize, DataError, Dataset, Pca, SampleRng};
+use super::{check_side, resize, DataError, Dataset, Pca, SampleRng};
 
 /// The training scale S: the shorter side after isotropic rescaling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,11 +181,19 @@ impl Transform {
                 if !(t.color_std.is_finite() && t.color_std >= 0.0) {
                     return bad("colour-shift std must be finite and non-negative");
                 }
+                let hi = match t.scale {
+                    Scale::Fixed(s) => s,
+                    Scale::Jitter(a, b) => a.max(b),
+                };
+                check_side("scale S", hi)?;
+                check_side("crop", t.crop)?;
             }
             Transform::Test(t) => {
                 if t.scale == 0 || t.crop == Some(0) {
                     return bad("test scale Q or crop of 0");
                 }
+                check_side("test scale Q", t.scale)?;
+                check_side("crop", t.crop.unwrap_or(0))?;
             }
         }
         Ok(())

@@ -30,9 +30,7 @@ mod run;
 pub use predict::{predict, PredictArgs, Prediction, TopClass};
 pub use run::{eval, ClassRow, EvalArgs, EvalReport};
 
-use crate::data::{
-    decode_rgb, resize, Dataset, ImageFolder, Plan, Subset, Synthetic, TestTransform, Transform, Worker,
-};
+use crate::data::{decode_rgb, resize, Dataset, Plan, Subset, Synthetic, TestTransform, Transform, Worker};
 use crate::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use crate::train::checkpoint;
 use crate::{ops, Device, PinnedBuffer, Tensor};
@@ -136,6 +134,27 @@ pub fn views(w: u32, h: u32, qs: &[u32], crop: u32, crops: Crops, flip: bool) ->
     Ok(out)
 }
 
+/// How many crop views [`views`] makes of each scale: the centre crop (and its mirror image
+/// with `flip`), the [`GRID`] x [`GRID`] grid x 2 flips, or none for dense evaluation
+/// (which does not depend on the image's size, so `vgg eval` can size its batches first).
+pub fn views_per_scale(crops: Crops, flip: bool) -> usize {
+    match crops {
+        Crops::Center => 1 + flip as usize,
+        Crops::Multi | Crops::Both => 2 * GRID * GRID,
+        Crops::Dense => 0,
+    }
+}
+
+/// Class names for an error message: the first ten, then how many there are in all.
+pub fn class_list(classes: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = classes.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if classes.len() > SHOWN {
+        s += &format!(", ... ({} in all)", classes.len());
+    }
+    s
+}
+
 /// Softmax of one row of logits, in f64: the host's exact posterior, which tests hold the
 /// device's ([`ops::softmax_fwd`]) against.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
@@ -217,9 +236,7 @@ impl EvalIo {
 /// Loads a checkpoint (ours, or a torchvision state dict) into a network of `batch` images.
 /// `arch`, when given, must be the checkpoint's.
 pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -> Result<Model> {
-    if !path.is_file() {
-        bail!("weights file {} does not exist (or is not a file)", path.display());
-    }
+    check_weights_file(path)?;
     let l = checkpoint::load(path)?;
     let cfg = match l.config {
         Some(c) => c,
@@ -241,6 +258,14 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
         }
     }
     Ok(Model { path: path.to_path_buf(), vgg, classes, seed: l.state.map(|s| s.seed), io: None })
+}
+
+/// An error naming `path` unless it is a file.
+fn check_weights_file(path: &Path) -> Result<()> {
+    if !path.is_file() {
+        bail!("weights file {} does not exist (or is not a file)", path.display());
+    }
+    Ok(())
 }
 
 /// Loads every checkpoint of an ensemble; they must agree on input side and classes.
@@ -386,6 +411,24 @@ mod tests {
         assert_eq!(grid_offsets(300, 224, 1), vec![38]);
         assert_eq!(grid_offsets(10, 4, 4), vec![0, 2, 4, 6]);
         assert_eq!(grid_offsets(9, 4, 3), vec![0, 3, 5]);
+    }
+
+    #[test]
+    fn views_per_scale_counts_what_views_makes() {
+        for crops in [Crops::Center, Crops::Multi, Crops::Dense, Crops::Both] {
+            for flip in [false, true] {
+                let n = views(300, 260, &[256, 288], 224, crops, flip).unwrap().len();
+                assert_eq!(n, 2 * views_per_scale(crops, flip), "{crops:?} flip {flip}");
+            }
+        }
+    }
+
+    #[test]
+    fn class_lists_stop_after_ten() {
+        let names = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        assert_eq!(class_list(&names(3)), "c0, c1, c2");
+        assert_eq!(class_list(&names(10)), "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9");
+        assert_eq!(class_list(&names(11)), "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, ... (11 in all)");
     }
 
     #[test]

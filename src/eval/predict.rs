@@ -4,19 +4,24 @@
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
 
-/// The class names to print: the checkpoint's, else a labels file (one a line), else indices.
-fn class_names(models: &[Model], labels: Option<&Path>) -> Result<Vec<String>> {
+/// The names in a labels file, one a line (blank lines skipped).
+fn read_labels(p: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("--labels: reading {}", p.display()))?;
+    Ok(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+}
+
+/// The class names to print: a labels file's (which takes precedence), else the checkpoint's,
+/// else indices.
+fn class_names(models: &[Model], labels: Option<(&Path, Vec<String>)>) -> Result<Vec<String>> {
     let k = models[0].vgg.config().classes;
-    if let Some(c) = &models[0].classes {
-        return Ok(c.clone());
-    }
-    if let Some(p) = labels {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading labels file {}", p.display()))?;
-        let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    if let Some((p, names)) = labels {
         if names.len() != k {
-            bail!("labels file {} has {} names for a {k}-class model", p.display(), names.len());
+            bail!("--labels: {} has {} names for a {k}-class model", p.display(), names.len());
         }
         return Ok(names);
+    }
+    if let Some(c) = &models[0].classes {
+        return Ok(c.clone());
     }
     Ok((0..k).map(|i| i.to_string()).collect())
 }
@@ -30,7 +35,7 @@ pub struct PredictArgs {
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Classes to print per image.
+    /// Classes to print per image (at least 1).
     #[arg(long, default_value_t = 5)]
     pub top: usize,
     /// Print JSON instead of text.
@@ -39,10 +44,11 @@ pub struct PredictArgs {
     /// cuda, cuda:N or emu.
     #[arg(long, default_value = "cuda")]
     pub device: String,
-    /// Class names, one a line (when the checkpoint stores none).
+    /// Class names, one a line; they take precedence over names stored in the checkpoint.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Test scale Q (shorter side after rescaling) [default: input * 8 / 7, 256 for 224].
+    /// Test scale Q (shorter side after rescaling), at least the model's input side
+    /// [default: input * 8 / 7, 256 for 224].
     #[arg(long)]
     pub scale: Option<u32>,
     /// Expected VGG config (A, ..., E); an error when the checkpoint is another.
@@ -70,12 +76,22 @@ pub struct Prediction {
 
 /// Runs `vgg predict`: prints (and returns) the top classes of every image.
 pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
+    if a.top == 0 {
+        bail!("--top must be at least 1");
+    }
+    if a.scale == Some(0) {
+        bail!("--scale must be a positive size");
+    }
+    let labels = a.labels.as_deref().map(|p| read_labels(p).map(|n| (p, n))).transpose()?;
     let dev = Device::by_name(&a.device).with_context(|| format!("predict on `{}`", a.device))?;
     let batch = a.images.len().clamp(1, 16);
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
-    let names = class_names(&models, a.labels.as_deref())?;
+    let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
     let q = a.scale.unwrap_or(input * 8 / 7);
+    if q < input {
+        bail!("--scale {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})");
+    }
     let mut pixels = vec![];
     for p in &a.images {
         let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
@@ -92,7 +108,7 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
         .enumerate()
         .map(|(i, p)| {
             let probs = post[i * k..(i + 1) * k].to_vec();
-            let top = top_k(&probs, a.top.max(1))
+            let top = top_k(&probs, a.top)
                 .into_iter()
                 .map(|c| TopClass { class: c, name: names[c].clone(), prob: probs[c] })
                 .collect();

@@ -3,6 +3,7 @@
 
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
+use crate::data::{open_dir, open_dir_with_classes, DataError, Shards};
 
 /// Arguments of `vgg eval`.
 #[derive(clap::Args, Clone, Debug)]
@@ -10,13 +11,15 @@ pub struct EvalArgs {
     /// A checkpoint; repeat for an ensemble (posteriors averaged).
     #[arg(long, required = true)]
     pub weights: Vec<PathBuf>,
-    /// An ImageFolder (its val/ sub-folder when there is one), or `synthetic`: the
-    /// validation images of `vgg train`'s synthetic set.
+    /// An ImageFolder (its val/ sub-folder when there is one), a shard directory written by
+    /// `vgg prep` (detected by its index.json), or `synthetic`: the validation images of
+    /// `vgg train`'s synthetic set.
     #[arg(long)]
     pub data: String,
     /// Test scales Q, comma-separated (several: posteriors averaged), or a preset: fixed:S
-    /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512) [default: the
-    /// input side for synthetic data, input * 8 / 7 otherwise, as `vgg train` validates].
+    /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512); each Q at least
+    /// the model's input side [default: the input side for synthetic data, input * 8 / 7
+    /// otherwise, as `vgg train` validates].
     #[allow(rustdoc::broken_intra_doc_links)] // `[:MIN:MAX]` is option syntax in --help, not a link
     #[arg(long)]
     pub scale: Option<String>,
@@ -37,7 +40,7 @@ pub struct EvalArgs {
     /// cuda, cuda:N or emu.
     #[arg(long, default_value = "cuda")]
     pub device: String,
-    /// Views per forward pass.
+    /// Crop views per forward pass (capped at the views the run has).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Evaluate a seeded sample of this many images only.
@@ -95,6 +98,8 @@ pub struct EvalReport {
     pub crops: Crops,
     pub flip: bool,
     pub views_per_image: usize,
+    /// Crop views per forward pass: `--batch`, capped at the views the run has.
+    pub batch: usize,
     pub images: usize,
     pub skipped: usize,
     pub top1_error: f64,
@@ -132,48 +137,107 @@ impl EvalReport {
     }
 }
 
-fn dataset(a: &EvalArgs, models: &[Model]) -> Result<(Arc<dyn Dataset>, String)> {
-    let cfg = models[0].vgg.config();
+/// The data `vgg eval` scores, opened before the models so that their batch can be sized
+/// by it: `vgg train`'s synthetic validation set (made once the models' config and seed are
+/// known), or a folder with its description.
+enum Source {
+    Synthetic,
+    Folder(Arc<dyn Dataset>, String),
+}
+
+/// Opens `--data`: an ImageFolder (its val/ sub-folder when there is one) or a `vgg prep`
+/// shard directory, labelled by the class names stored with the first checkpoint when it
+/// has them (a mismatch names them).
+fn open_source(a: &EvalArgs) -> Result<Source> {
     if a.data == "synthetic" {
-        // `vgg train`'s validation set: the same images whatever its length (each is a pure
-        // function of seed and index), seed = training seed ^ 0x5eed.
-        let seed = a.seed.or(models[0].seed).unwrap_or(0);
-        let ds = Synthetic::new(cfg.classes, cfg.input as u32, a.synthetic_len, seed ^ 0x5eed).square();
-        return Ok((Arc::new(ds), format!("synthetic (seed {seed}, {} images)", a.synthetic_len)));
+        return Ok(Source::Synthetic);
     }
     let dir = PathBuf::from(&a.data);
-    let dir = if dir.join("val").is_dir() { dir.join("val") } else { dir };
-    let ds = match &models[0].classes {
-        Some(c) => ImageFolder::open_with_classes(&dir, c)?,
-        None => ImageFolder::open(&dir)?,
+    let dir = if !Shards::is_shard_dir(&dir) && dir.join("val").is_dir() { dir.join("val") } else { dir };
+    check_weights_file(&a.weights[0])?;
+    let ds = match checkpoint::load_classes(&a.weights[0])? {
+        Some(c) => open_dir_with_classes(&dir, &c).map_err(|e| match e {
+            DataError::Layout { .. } => {
+                anyhow::anyhow!("{e} ({} stores the classes {})", a.weights[0].display(), class_list(&c))
+            }
+            e => e.into(),
+        })?,
+        None => open_dir(&dir)?,
     };
-    if ds.classes().len() != cfg.classes {
-        bail!(
-            "{}: {} class folders, but the model has {} classes (and its checkpoint stores no class names)",
-            dir.display(),
-            ds.classes().len(),
-            cfg.classes
-        );
-    }
     if ds.is_empty() {
         bail!("{}: no images", dir.display());
     }
-    Ok((Arc::new(ds), dir.display().to_string()))
+    Ok(Source::Folder(ds, dir.display().to_string()))
+}
+
+/// The data set of `src` for `models`, and its description.
+fn dataset(a: &EvalArgs, src: Source, models: &[Model]) -> Result<(Arc<dyn Dataset>, String)> {
+    let cfg = models[0].vgg.config();
+    let (ds, what): (Arc<dyn Dataset>, String) = match src {
+        Source::Synthetic => {
+            // `vgg train`'s validation set: the same images whatever its length (each is a
+            // pure function of seed and index), seed = training seed ^ 0x5eed.
+            let seed = a.seed.or(models[0].seed).unwrap_or(0);
+            let ds = Synthetic::new(cfg.classes, cfg.input as u32, a.synthetic_len, seed ^ 0x5eed).square();
+            (Arc::new(ds), format!("synthetic (seed {seed}, {} images)", a.synthetic_len))
+        }
+        Source::Folder(ds, what) => {
+            if ds.classes().len() != cfg.classes {
+                bail!(
+                    "{what}: {} class folders, but the model has {} classes (and its checkpoint stores no class names)",
+                    ds.classes().len(),
+                    cfg.classes
+                );
+            }
+            (ds, what)
+        }
+    };
+    Ok(match a.limit {
+        Some(n) if n < ds.len() => (Arc::new(Subset::sample(ds, n, 0)), what),
+        _ => (ds, what),
+    })
 }
 
 /// Runs `vgg eval`.
 pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let crops = Crops::parse(&a.crops)?;
     let scale_arg = a.scale.as_deref().map(parse_scales).transpose()?;
+    if a.weights.is_empty() {
+        bail!("give at least one --weights file");
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    // Output paths before any work, so that a bad one does not cost the run.
+    for (opt, p) in [("--json", &a.json), ("--csv", &a.csv)] {
+        if let Some(p) = p {
+            crate::atomic::check_writable(p).context(opt)?;
+        }
+    }
     let dev = Device::by_name(&a.device).with_context(|| format!("eval on `{}`", a.device))?;
-    let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), a.batch)?;
-    let (ds, what) = dataset(a, &models)?;
-    let ds: Arc<dyn Dataset> = match a.limit {
-        Some(n) if n < ds.len() => Arc::new(Subset::sample(ds, n, 0)),
-        _ => ds,
+    let src = open_source(a)?;
+    // A batch holds crop views; more of them than the run has would be allocated and
+    // computed for nothing (dense evaluation runs its own buffers: one will do).
+    let images = match &src {
+        Source::Synthetic => a.synthetic_len,
+        Source::Folder(ds, _) => ds.len(),
     };
+    let images = a.limit.map_or(images, |n| n.min(images));
+    let n_views = images * scale_arg.as_ref().map_or(1, Vec::len) * views_per_scale(crops, a.flip);
+    let batch = a.batch.min(n_views.max(1));
+    if batch < a.batch {
+        eprintln!("eval: --batch {} capped at {batch}: the run has {n_views} crop views ({images} images)", a.batch);
+    }
+    let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
+    let (ds, what) = dataset(a, src, &models)?;
     let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
     let scales = scale_arg.unwrap_or_else(|| vec![if a.data == "synthetic" { input } else { input * 8 / 7 }]);
+    if let Some(q) = scales.iter().find(|&&q| q < input) {
+        bail!(
+            "--scale {}: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})",
+            a.scale.as_deref().unwrap_or_default()
+        );
+    }
     let vpc = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
     // Each dense view is the whole image and its mirror image.
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
@@ -203,7 +267,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let (mut n_img, mut skipped, mut hit1, mut hit5) = (0usize, 0usize, 0usize, 0usize);
     let mut per = vec![(0usize, 0usize, 0usize); k];
     // Enough images a chunk to fill a few forward batches and keep the decoders busy.
-    let chunk = (4 * a.batch).div_ceil(vpi).max(rayon::current_num_threads());
+    let chunk = (4 * batch).div_ceil(vpi).max(rayon::current_num_threads());
     let idx: Vec<usize> = (0..ds.len()).collect();
     for part in idx.chunks(chunk) {
         let rendered: Vec<_> = part
@@ -287,6 +351,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         crops,
         flip: a.flip || crops != Crops::Center,
         views_per_image: vpi,
+        batch,
         images: n_img,
         skipped,
         top1_error: 1.0 - frac(hit1, n_img),

@@ -148,6 +148,18 @@ impl Feature {
     pub fn is_conv(&self) -> bool {
         matches!(self.kind, FeatureKind::Conv3x3 | FeatureKind::Conv1x1)
     }
+
+    /// The layer's op name as `vgg info --model` shows it, its parameters (weights and
+    /// biases) and its multiply-accumulates per image.
+    pub fn op_cost(&self) -> (&'static str, usize, usize) {
+        let (h, w, c, k) = (self.h, self.w, self.c_in, self.c_out);
+        match self.kind {
+            FeatureKind::Conv3x3 => ("conv3x3", k * (9 * c + 1), h * w * k * 9 * c),
+            FeatureKind::Conv1x1 => ("conv1x1", k * (c + 1), h * w * k * c),
+            FeatureKind::Lrn => ("lrn", 0, 0),
+            FeatureKind::Pool => ("maxpool2x2", 0, 0),
+        }
+    }
 }
 
 /// A VGG network: architecture plus the project's knobs.
@@ -353,12 +365,7 @@ impl VggConfig {
         let _ = writeln!(s, "{:<16} {:<10} {:>16} {:>14} {:>16}", "layer", "op", "output (HxWxC)", "params", "MACs");
         for f in self.features() {
             let (oh, ow) = f.out_hw();
-            let (op, params, macs) = match f.kind {
-                FeatureKind::Conv3x3 => ("conv3x3", f.c_out * (9 * f.c_in + 1), f.h * f.w * f.c_out * 9 * f.c_in),
-                FeatureKind::Conv1x1 => ("conv1x1", f.c_out * (f.c_in + 1), f.h * f.w * f.c_out * f.c_in),
-                FeatureKind::Lrn => ("lrn", 0, 0),
-                FeatureKind::Pool => ("maxpool2x2", 0, 0),
-            };
+            let (op, params, macs) = f.op_cost();
             let relu = if f.is_conv() { "+relu" } else { "" };
             let _ = writeln!(
                 s,

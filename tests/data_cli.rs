@@ -1,0 +1,230 @@
+//! The data commands on bad input (`vgg prep`, `vgg stats`, `vgg bench data`): each fails
+//! at once with an error that names the problem, and what was already written stays as it was.
+
+use std::path::Path;
+use std::process::Output;
+
+use image::{Rgb, RgbImage};
+use vgg_cuda::data::{Dataset, Shards, MAX_SIDE};
+
+mod common;
+use common::{vgg, TempDir};
+
+/// `per` small PNGs in each class folder of `root`, named `img0.png`, `img1.png`, ...
+fn folder(root: &Path, classes: &[&str], per: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for k in 0..per {
+            let img = RgbImage::from_fn(24, 20, |x, y| Rgb([(x * 9 + k as u32) as u8, (y * 11) as u8, (c * 70) as u8]));
+            img.save(root.join(class).join(format!("img{k}.png"))).unwrap();
+        }
+    }
+}
+
+/// A file with an image extension that is not an image.
+fn bad_image(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, b"not an image at all").unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `vgg args`, which must fail with exit code 1 (an error, not an abort), and returns
+/// its stderr and stdout.
+fn fails(args: &[&str]) -> (String, String) {
+    let out: Output = vgg(args);
+    let (err, stdout) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "vgg {args:?} should fail with an error\nstderr: {err}\nstdout: {stdout}");
+    assert!(!err.contains("panicked"), "vgg {args:?}: {err}");
+    (err.into_owned(), stdout.into_owned())
+}
+
+fn succeeds(args: &[&str]) -> (String, String) {
+    let out = vgg(args);
+    let (err, stdout) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "vgg {args:?}\nstderr: {err}\nstdout: {stdout}");
+    (err.into_owned(), stdout.into_owned())
+}
+
+/// The names in `dir`, sorted (hidden temporary folders included).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_failed_prep_keeps_the_previous_output() {
+    let t = TempDir::new("data-cli", "prep-keep");
+    let (good, bad, out) = (t.0.join("good"), t.0.join("bad"), t.0.join("out"));
+    folder(&good, &["cat", "dog"], 3);
+    folder(&bad, &["a", "b"], 2);
+    bad_image(&bad.join("a/zz.jpg")); // after a/img0, a/img1: the first shard is written first
+    succeeds(&["prep", s(&good), s(&out), "--shard-size", "2"]);
+    assert_eq!(Shards::open(&out).unwrap().len(), 6);
+
+    let (err, _) = fails(&["prep", s(&bad), s(&out), "--shard-size", "2", "--strict"]);
+    assert!(err.contains("zz.jpg"), "{err}");
+    // The progress line is ended before the error.
+    assert!(err.lines().any(|l| l.starts_with("error: ")) && !err.contains("imageserror"), "{err}");
+    let kept = Shards::open(&out).unwrap_or_else(|e| panic!("the previous output is lost: {e}"));
+    assert_eq!((kept.len(), kept.classes()), (6, &["cat".to_string(), "dog".to_string()][..]));
+    assert_eq!(names(&t.0), ["bad", "good", "out"], "temporary folders left behind");
+
+    // A successful prep replaces the previous output whole (no stale shard of the old one).
+    succeeds(&["prep", s(&good), s(&out), "--shard-size", "100"]);
+    assert_eq!(names(&out), ["index.json", "shard-00000.bin"]);
+    assert_eq!(Shards::open(&out).unwrap().len(), 6);
+    assert_eq!(names(&t.0), ["bad", "good", "out"]);
+}
+
+#[test]
+fn prep_refuses_a_non_empty_folder_that_is_not_its_output() {
+    let t = TempDir::new("data-cli", "prep-foreign");
+    let (good, out) = (t.0.join("good"), t.0.join("mine"));
+    folder(&good, &["cat", "dog"], 2);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), b"keep me").unwrap();
+    let (err, _) = fails(&["prep", s(&good), s(&out)]);
+    assert!(err.contains("mine") && err.contains("not the output of a `vgg prep`"), "{err}");
+    assert_eq!(names(&out), ["notes.txt"]);
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"keep me");
+    // An empty folder is fine.
+    let empty = t.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    succeeds(&["prep", s(&good), s(&empty)]);
+    assert_eq!(Shards::open(&empty).unwrap().len(), 4);
+}
+
+#[test]
+fn prep_refuses_to_write_into_its_source() {
+    let t = TempDir::new("data-cli", "prep-self");
+    let src = t.0.join("src");
+    folder(&src, &["cat", "dog"], 2);
+    let before = tree(&t.0);
+    let respelled = format!("{}/../src/", s(&src));
+    let inner = src.join("cat");
+    for (from, to, want) in [
+        (s(&src), s(&src), "is the source folder"),
+        (s(&src), respelled.as_str(), "is the source folder"),
+        (s(&src), &format!("{}/sub/out", s(&src)), "is inside the source folder"),
+        (s(&inner), s(&src), "holds the source folder"),
+    ] {
+        let (err, _) = fails(&["prep", from, to]);
+        assert!(err.contains(want), "prep {from} {to}: {err}");
+        assert_eq!(tree(&t.0), before, "prep {from} {to} changed the source");
+    }
+}
+
+#[test]
+fn sizes_above_the_limit_are_refused_naming_the_option() {
+    let t = TempDir::new("data-cli", "sizes");
+    let good = t.0.join("good");
+    folder(&good, &["cat", "dog"], 1);
+    let big = (MAX_SIDE + 1).to_string();
+    let huge = "100000";
+    for (args, option) in [
+        (vec!["stats", s(&good), "--size", huge], "--size"),
+        (vec!["stats", s(&good), "--size", &big], "--size"),
+        (vec!["stats", "--synthetic", "--synthetic-size", huge, "--samples", "2"], "--synthetic-size"),
+        (vec!["bench", "data", "--synthetic", "--synthetic-size", huge, "--images", "2"], "--synthetic-size"),
+        (vec!["bench", "data", s(&good), "--scale", huge, "--images", "2"], "--scale"),
+        (vec!["bench", "data", s(&good), "--scale", "256:100000", "--images", "2"], "--scale"),
+        (vec!["bench", "data", s(&good), "--scale", "100", "--crop", huge, "--images", "2"], "--crop"),
+        (vec!["prep", "synthetic", s(&t.0.join("out")), "--images", "2", "--synthetic-size", huge], "--synthetic-size"),
+    ] {
+        let (err, _) = fails(&args);
+        assert!(err.contains(option) && err.contains(&MAX_SIDE.to_string()), "{args:?}: {err}");
+    }
+    assert!(!t.0.join("out").exists());
+}
+
+#[test]
+fn stats_of_a_split_folder_uses_its_train_part() {
+    let t = TempDir::new("data-cli", "split");
+    let split = t.0.join("split");
+    folder(&split.join("train"), &["ant", "bee"], 3);
+    folder(&split.join("val"), &["ant", "bee"], 1);
+    let (err, json) = succeeds(&["stats", s(&split), "--size", "0"]);
+    assert!(err.contains(&format!("using {}", s(&split.join("train")))), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["classes"], serde_json::json!(["ant", "bee"]), "{json}");
+    assert_eq!(v["images"], 6);
+    let (err, report) =
+        succeeds(&["bench", "data", s(&split), "--images", "4", "--scale", "24", "--crop", "16", "--workers", "1"]);
+    assert!(err.contains("train") && report.contains(s(&split.join("train"))), "{err}\n{report}");
+}
+
+#[test]
+fn bench_data_refuses_a_crop_above_the_scale() {
+    let syn = ["bench", "data", "--synthetic", "--synthetic-size", "40", "--images", "2", "--workers", "1"];
+    for extra in [
+        &["--crop", "64", "--scale", "36"][..],
+        &["--crop", "64", "--scale", "36:128"],
+        &["--test", "--crop", "64", "--scale", "36"],
+    ] {
+        let args: Vec<&str> = syn.iter().chain(extra).copied().collect();
+        let (err, _) = fails(&args);
+        assert!(err.contains("--scale 36") && err.contains("--crop of 64"), "{args:?}: {err}");
+    }
+    let args: Vec<&str> = syn.iter().chain(&["--crop", "32", "--scale", "32"]).copied().collect();
+    succeeds(&args);
+}
+
+#[test]
+fn bench_data_and_stats_of_unreadable_images_are_errors() {
+    let t = TempDir::new("data-cli", "allbad");
+    let dir = t.0.join("allbad");
+    bad_image(&dir.join("a/x.jpg"));
+    bad_image(&dir.join("b/y.png"));
+    let (err, stdout) = fails(&["bench", "data", s(&dir), "--images", "4", "--workers", "1"]);
+    assert!(err.contains("no image could be read (2 skipped)"), "{err}");
+    assert!(!stdout.contains("images/s"), "{stdout}");
+    let (err, _) = fails(&["stats", s(&dir)]);
+    assert!(err.contains("no image could be read (2 skipped)"), "{err}");
+}
+
+#[test]
+fn output_paths_are_checked_before_the_work() {
+    let t = TempDir::new("data-cli", "outputs");
+    let good = t.0.join("good");
+    folder(&good, &["cat", "dog"], 2);
+    let file = t.0.join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let under = file.join("out.json");
+
+    let (err, _) = fails(&["stats", s(&good), "--out", s(&under)]);
+    assert!(err.contains("plain is a file, not a folder") && err.contains("--out"), "{err}");
+    assert!(!err.contains("skipped) in"), "the stats were computed before the check: {err}");
+
+    let (err, stdout) = fails(&["bench", "data", s(&good), "--json", s(&under), "--images", "2", "--workers", "1"]);
+    assert!(err.contains("plain is a file, not a folder") && err.contains("--json"), "{err}");
+    assert!(stdout.is_empty(), "the benchmark ran before the check: {stdout}");
+
+    let (err, _) = fails(&["prep", s(&good), s(&file.join("shards"))]);
+    assert!(err.contains("plain is a file, not a folder"), "{err}");
+    let (err, _) = fails(&["prep", s(&good), s(&file)]);
+    assert!(err.contains("plain: is a file, not a folder"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}

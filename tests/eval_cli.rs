@@ -1,0 +1,251 @@
+//! The command line's checks of its input on emu: `vgg eval` on a `vgg prep` shard directory,
+//! with output paths checked before the run, its batch capped at the views it needs, scales
+//! below the crop rejected and class mismatches naming the checkpoint's classes; `vgg predict`'s
+//! --scale, --top and --labels; `vgg info --model --json`, and its model options without
+//! --model; `vgg selftest --json` checked before the run.
+
+mod common;
+
+use common::{emu_eval_args, vgg, TempDir};
+use std::path::{Path, PathBuf};
+use vgg_cuda::data::{Dataset, Synthetic};
+use vgg_cuda::eval::{self, EvalArgs, PredictArgs};
+use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
+use vgg_cuda::train::checkpoint;
+use vgg_cuda::Device;
+
+/// A randomly initialised tiny model (32x32 input) saved with the class names `class0, ...`.
+fn save_tiny(dir: &Path, classes: usize) -> PathBuf {
+    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, classes) };
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 5).unwrap();
+    let path = dir.join("m.safetensors");
+    let names: Vec<String> = (0..classes).map(|c| format!("class{c}")).collect();
+    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], &cfg, None, &names).unwrap();
+    path
+}
+
+/// An ImageFolder `class0/, class1/, ...` of non-square synthetic PNGs (40 pixels or more a side).
+fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
+    let syn = Synthetic::new(classes, 40, classes * per_class, 9);
+    (0..syn.len())
+        .map(|i| {
+            let (img, label) = syn.load(i).unwrap();
+            let f = dir.join(format!("class{label}/img{i:03}.png"));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            img.save(&f).unwrap();
+            f
+        })
+        .collect()
+}
+
+fn err_of<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `vgg args` fails, its stderr holding every one of `needles`; returns (stdout, stderr).
+fn fails_with(args: &[&str], needles: &[&str]) -> (String, String) {
+    let out = vgg(args);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!out.status.success(), "{args:?} succeeded: {stdout}");
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: stderr should mention {n:?}: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn eval_reads_a_prep_shard_directory_as_its_image_folder() {
+    let dir = TempDir::new("eval-cli", "shards");
+    let w = save_tiny(&dir.0, 2);
+    let (src, shards) = (dir.0.join("data"), dir.0.join("shards"));
+    image_folder(&src, 2, 2);
+    let out = vgg(&["prep", s(&src), s(&shards)]);
+    assert!(out.status.success(), "prep: {}", String::from_utf8_lossy(&out.stderr));
+    // The images are smaller than prep's --max-side and stored raw: the same pixels, so the
+    // same scores as the folder they came from.
+    let from_folder = eval::eval(&emu_eval_args(vec![w.clone()], s(&src))).unwrap();
+    let from_shards = eval::eval(&emu_eval_args(vec![w], s(&shards))).unwrap();
+    assert_eq!((from_shards.images, from_shards.skipped), (4, 0));
+    assert!(from_shards.data.contains("shards"), "{}", from_shards.data);
+    assert_eq!((from_shards.top1_error, from_shards.top5_error), (from_folder.top1_error, from_folder.top5_error));
+    let per = |r: &eval::EvalReport| r.per_class.iter().map(|c| (c.name.clone(), c.images, c.top1)).collect::<Vec<_>>();
+    assert_eq!(per(&from_shards), per(&from_folder));
+}
+
+#[test]
+fn info_model_json_is_json_with_the_parameter_count() {
+    let out = vgg(&["info", "--model", "E", "--json", "--batch", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["params"], 143_667_240u64, "VGG-19's torchvision count");
+    assert_eq!(v["model"], "E");
+    let layers = v["layers"].as_array().unwrap();
+    // 16 convs, 5 pools, 3 FC layers; their parameters add up to the total.
+    assert_eq!(layers.len(), 24);
+    assert_eq!(layers.iter().map(|l| l["params"].as_u64().unwrap()).sum::<u64>(), 143_667_240);
+    assert_eq!(layers.iter().map(|l| l["macs"].as_u64().unwrap()).sum::<u64>(), v["forward_macs"].as_u64().unwrap());
+    assert_eq!(layers[0]["output"], serde_json::json!([224, 224, 64]));
+    let m = &v["memory"][0];
+    assert_eq!(m["batch"], 2);
+    let (shared, separate) = (m["shared"]["total"].as_u64().unwrap(), m["separate"]["total"].as_u64().unwrap());
+    assert!(0 < shared && shared <= separate, "{m}");
+}
+
+#[test]
+fn info_model_options_need_model() {
+    for opt in [&["--input", "300"][..], &["--classes", "10"], &["--width", "0.5"], &["--fc", "64"], &["--batch", "4"]]
+    {
+        let mut args = vec!["info"];
+        args.extend_from_slice(opt);
+        fails_with(&args, &[opt[0], "--model"]);
+    }
+    let out = vgg(&["info", "--model", "A", "--input", "64"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("64x64 input"));
+}
+
+#[test]
+fn predict_rejects_bad_scale_top_and_labels() {
+    let dir = TempDir::new("eval-cli", "predict");
+    let w = save_tiny(&dir.0, 3);
+    let img = image_folder(&dir.0.join("data"), 1, 1).remove(0);
+    let args = PredictArgs {
+        weights: vec![w],
+        images: vec![img],
+        top: 3,
+        json: false,
+        device: "emu".into(),
+        labels: None,
+        scale: None,
+        model: None,
+    };
+    for q in [0, 1, 31] {
+        let e = err_of(eval::predict(&PredictArgs { scale: Some(q), ..args.clone() }));
+        assert!(e.contains("--scale"), "--scale {q}: {e}");
+    }
+    assert_eq!(eval::predict(&PredictArgs { scale: Some(32), ..args.clone() }).unwrap()[0].top.len(), 3);
+    let e = err_of(eval::predict(&PredictArgs { top: 0, ..args.clone() }));
+    assert!(e.contains("--top"), "{e}");
+    // A labels file is read even though the checkpoint stores names, and wins over them.
+    let missing = dir.0.join("missing.txt");
+    let e = err_of(eval::predict(&PredictArgs { labels: Some(missing), ..args.clone() }));
+    assert!(e.contains("--labels") && e.contains("missing.txt"), "{e}");
+    let labels = dir.0.join("labels.txt");
+    std::fs::write(&labels, "ant\nbee\n").unwrap();
+    let e = err_of(eval::predict(&PredictArgs { labels: Some(labels.clone()), ..args.clone() }));
+    assert!(e.contains("labels.txt") && e.contains("2 names for a 3-class model"), "{e}");
+    std::fs::write(&labels, "ant\nbee\ncat\n").unwrap();
+    let p = eval::predict(&PredictArgs { labels: Some(labels), ..args.clone() }).unwrap();
+    let mut names: Vec<&str> = p[0].top.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["ant", "bee", "cat"]);
+}
+
+#[test]
+fn eval_rejects_scales_below_the_crop() {
+    let dir = TempDir::new("eval-cli", "scale");
+    let w = save_tiny(&dir.0, 2);
+    // fixed:40 is 8,40,72 and jittered:16:64 is 16,40,64: each holds a Q below 32.
+    for scale in ["16", "32,31", "fixed:40", "jittered:16:64"] {
+        let a = EvalArgs { scale: Some(scale.into()), ..emu_eval_args(vec![w.clone()], "synthetic") };
+        let e = err_of(eval::eval(&a));
+        assert!(e.contains("--scale") && e.contains("below"), "--scale {scale}: {e}");
+    }
+    let a = EvalArgs { scale: Some("32,48".into()), ..emu_eval_args(vec![w], "synthetic") };
+    assert_eq!(eval::eval(&a).unwrap().scales, [32, 48]);
+}
+
+#[test]
+fn eval_caps_its_batch_at_the_views_it_needs() {
+    let dir = TempDir::new("eval-cli", "batch");
+    let w = save_tiny(&dir.0, 2);
+    let json = dir.0.join("r.json");
+    let out = vgg(&[
+        "eval",
+        "--weights",
+        s(&w),
+        "--data",
+        "synthetic",
+        "--device",
+        "emu",
+        "--quiet",
+        "--synthetic-len",
+        "4",
+        "--flip",
+        "--batch",
+        "512",
+        "--json",
+        s(&json),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--batch 512 capped at 8"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["images"].as_u64(), r["batch"].as_u64()), (Some(4), Some(8)));
+    // Below the views needed: as given, without a note.
+    let r = eval::eval(&EvalArgs { batch: 3, ..emu_eval_args(vec![w], "synthetic") }).unwrap();
+    assert_eq!((r.images, r.batch), (8, 3));
+}
+
+#[test]
+fn eval_checks_its_output_paths_before_the_run() {
+    let dir = TempDir::new("eval-cli", "outputs");
+    let w = save_tiny(&dir.0, 2);
+    let afile = dir.0.join("afile");
+    std::fs::write(&afile, b"keep").unwrap();
+    for opt in ["--csv", "--json"] {
+        let target = afile.join("x.out");
+        let (stdout, _) = fails_with(
+            &["eval", "--weights", s(&w), "--data", "synthetic", "--device", "emu", "--quiet", opt, s(&target)],
+            &[opt, "afile is a file, not a folder"],
+        );
+        assert!(!stdout.contains("eval 1 model"), "{opt}: the run started: {stdout}");
+        let (stdout, _) = fails_with(
+            &["eval", "--weights", s(&w), "--data", "synthetic", "--device", "emu", "--quiet", opt, s(&dir.0)],
+            &[opt, "is a folder, not a file"],
+        );
+        assert!(!stdout.contains("eval 1 model"), "{opt}: the run started: {stdout}");
+    }
+    assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+}
+
+#[test]
+fn eval_class_mismatch_names_the_checkpoint_classes() {
+    let dir = TempDir::new("eval-cli", "classes");
+    let w = save_tiny(&dir.0, 12);
+    let data = dir.0.join("data");
+    image_folder(&data, 2, 1);
+    std::fs::create_dir_all(data.join("zebra")).unwrap();
+    let e = err_of(eval::eval(&emu_eval_args(vec![w.clone()], s(&data))));
+    assert!(e.contains("zebra") && e.contains("not one of the classes"), "{e}");
+    assert!(e.contains("class0, class1, class2") && e.contains("class9, ... (12 in all)"), "{e}");
+    assert!(!e.contains("class10"), "at most ten names: {e}");
+    // No class folder at all.
+    let other = dir.0.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let e = err_of(eval::eval(&emu_eval_args(vec![w], s(&other))));
+    assert!(e.contains("class0, class1"), "{e}");
+}
+
+#[test]
+fn selftest_checks_its_json_path_before_the_run() {
+    let dir = TempDir::new("eval-cli", "selftest");
+    let afile = dir.0.join("afile");
+    std::fs::write(&afile, b"keep").unwrap();
+    let target = afile.join("x.json");
+    let (stdout, _) = fails_with(
+        &["selftest", "--device", "emu", "--only", "relu", "--json", s(&target)],
+        &["--json", "afile is a file, not a folder"],
+    );
+    assert!(!stdout.contains("selftest on"), "the run started: {stdout}");
+    assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+}
