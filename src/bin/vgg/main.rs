@@ -1,0 +1,152 @@
+//! `vgg`: the command line of vgg-cuda.
+//!   vgg info [--kernels] [--json]           driver, GPUs, NVRTC, embedded kernels
+//!   vgg selftest [--device cuda|emu]       every kernel against the reference
+//!   vgg bench conv [--device cuda|emu] ...  our 3x3 convs vs cuDNN on VGG-16's layers
+//!   vgg bench gemm [--device cuda|emu] ...  our FC GEMMs vs cuBLAS, the SGD step's GB/s
+//!   vgg bench data DIR | --synthetic        decode + augmentation images/s, where the time goes
+//!   vgg prep SRC OUT                        pre-resize an ImageFolder into raw-RGB shard files
+//!   vgg stats DIR                          the training set's mean RGB and colour PCA (JSON)
+//!   vgg predict --weights W IMAGE...       top-k classes of images
+//!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod data;
+mod info;
+
+use bench::{bench_conv_cmd, bench_gemm_cmd, bench_train_cmd, BenchConvArgs, BenchGemmArgs, BenchTrainArgs};
+use data::{bench_data_cmd, prep_cmd, stats_cmd, BenchDataArgs, PrepArgs, StatsArgs};
+use info::{info, model_info, selftest_cmd};
+
+#[derive(Parser)]
+#[command(name = "vgg", version, about = "VGG on hand-tuned CUDA kernels (GPU, or the CPU emulator)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The training set's mean RGB, standard deviation and colour PCA (AlexNet's lighting
+    /// augmentation) over a sample of images, as JSON (read back by training).
+    Stats(StatsArgs),
+    /// Pre-resizes an ImageFolder (shorter side to --max-side, never upscaled) and packs it
+    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. The
+    /// OUT_DIR works wherever an ImageFolder does (`vgg train --data`, `vgg bench data`).
+    Prep(PrepArgs),
+    /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
+    Info {
+        /// Also list every kernel's registers, shared memory, stack and spills.
+        #[arg(long)]
+        kernels: bool,
+        /// Print JSON instead of text (with --model: the layers, totals and memory plans).
+        #[arg(long)]
+        json: bool,
+        /// Describe a VGG config instead (A, A-LRN, B, C, D, E): layers, parameters, FLOPs.
+        #[arg(long)]
+        model: Option<String>,
+        /// With --model: input side in pixels.
+        #[arg(long, default_value_t = 224, requires = "model")]
+        input: usize,
+        /// With --model: number of classes.
+        #[arg(long, default_value_t = 1000, requires = "model")]
+        classes: usize,
+        /// With --model: conv channel multiplier.
+        #[arg(long, default_value_t = 1.0, requires = "model")]
+        width: f32,
+        /// With --model: width of the hidden FC layers.
+        #[arg(long, default_value_t = 4096, requires = "model")]
+        fc: usize,
+        /// With --model: also the device memory plan of a training step at these batch sizes
+        /// (comma-separated), computed without a device.
+        #[arg(long, requires = "model")]
+        batch: Option<String>,
+    },
+    /// Runs every kernel against the f64 reference; exits non-zero on any failure.
+    Selftest {
+        /// cuda, cuda:N or emu.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Only this check, e.g. relu, conv_wino4x4, sgd (an unknown name lists them all).
+        #[arg(long)]
+        only: Option<String>,
+        /// Emulator schedule: index, reverse, random[:seed].
+        #[allow(rustdoc::broken_intra_doc_links)] // `[:seed]` is option syntax in --help
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Also write the table as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
+    Train(Box<vgg_cuda::train::TrainArgs>),
+    /// Top-k classes of images under a checkpoint (centre crop at test scale Q, softmax).
+    Predict(vgg_cuda::eval::PredictArgs),
+    /// Top-1 / top-5 error of a checkpoint (or an ensemble) on an ImageFolder or `vgg train`'s
+    /// synthetic set: single or multi-scale, centre crop or multi-crop, flips. Demo:
+    /// `vgg train --device emu --checkpoint-dir ck` then
+    /// `vgg eval --weights ck/last.safetensors --data synthetic --device emu`.
+    Eval(vgg_cuda::eval::EvalArgs),
+    /// Benchmarks, timed with device events against cuDNN / cuBLAS / PyTorch's conditions.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The data pipeline on the CPU: decode + augmentation images/s on one core and on all
+    /// workers, and how one core's time splits between decode, resize and crop/flip/colour.
+    Data(BenchDataArgs),
+    /// VGG-16's 3x3 convolutions (fprop, dgrad, wgrad): ours vs cuDNN's fastest algorithm, on
+    /// the same stream and inputs, with the agreement of the outputs. Exits non-zero when a
+    /// pass fails or disagrees.
+    Conv(BenchConvArgs),
+    /// VGG-16's classifier GEMMs (fc6, fc7, fc8; fwd, bwd_data, bwd_weight) at several
+    /// batches: ours vs cuBLAS (cublasGemmEx, fp16 in, fp32 compute) on the same stream and
+    /// inputs, with the agreement of the outputs; then the SGD step over VGG-16's parameters
+    /// in GB/s against a device-to-device copy. Exits non-zero when a pass fails or disagrees.
+    Gemm(BenchGemmArgs),
+    /// Whole training steps (forward, loss, backward, SGD) of a VGG on device-resident
+    /// synthetic data: images/s, TFLOP/s and device memory. scripts/torch_baseline.py measures
+    /// torchvision under the same conditions.
+    Train(BenchTrainArgs),
+}
+
+fn main() {
+    // Rust ignores SIGPIPE, so `vgg info | head` made println! panic once head exited. Restore
+    // the default: a closed pipe ends the process quietly, as it does other Unix tools.
+    // SAFETY: set before any other thread exists; SIG_DFL runs no handler code.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Info { model: Some(m), input, classes, width, fc, batch, json, .. } => {
+            model_info(&m, input, classes, width, fc, batch.as_deref(), json)
+        }
+        Cmd::Info { kernels, json, .. } => info(kernels, json),
+        Cmd::Selftest { device, only, schedule, json } => {
+            selftest_cmd(&device, only.as_deref(), schedule.as_deref(), json)
+        }
+        Cmd::Bench { what: BenchCmd::Conv(args) } => bench_conv_cmd(args),
+        Cmd::Bench { what: BenchCmd::Data(args) } => bench_data_cmd(args),
+        Cmd::Stats(args) => stats_cmd(args),
+        Cmd::Prep(args) => prep_cmd(args),
+        Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
+        Cmd::Predict(args) => vgg_cuda::eval::predict(&args).map(|_| ()),
+        Cmd::Eval(args) => vgg_cuda::eval::eval(&args).map(|_| ()),
+        Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
+        Cmd::Bench { what: BenchCmd::Train(args) } => bench_train_cmd(args),
+    }
+}
