@@ -298,7 +298,7 @@ fn golden_steps(arch: Arch, optim: OptimConfig) {
                 loss_scale: scale,
             };
             let old = masters[t].clone();
-            vgg_cuda::reference::sgd_step(&mut masters[t], &mut moms[t], &hg[t], &sp, p.decay);
+            vgg_cuda::reference::sgd_step(&mut masters[t], &mut moms[t], &hg[t], &sp, o.decays(p));
             let update = old.iter().zip(&masters[t]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) as f64;
             let w = p.w.to_host().unwrap();
             let tol = 1e-2 * update + 1e-6 * rms(&old);

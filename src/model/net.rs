@@ -79,6 +79,13 @@ pub struct OptimConfig {
     pub decay_biases: bool,
 }
 
+impl OptimConfig {
+    /// Whether SGD decays `p`: every weight, and the biases with `decay_biases`.
+    pub fn decays(&self, p: &Param) -> bool {
+        !p.bias || self.decay_biases
+    }
+}
+
 impl Default for OptimConfig {
     /// The paper's momentum 0.9 and weight decay 5e-4; GradScaler's scale rules.
     fn default() -> Self {
@@ -242,9 +249,6 @@ impl Vgg {
             .collect::<Result<Vec<_>>>()?;
         let memory = MemoryPlan::with_convs(&cfg, batch, Sharing::Lifetimes, &convs)?;
         let mut params = params::allocate(dev, &cfg, init, seed)?;
-        for p in params.iter_mut() {
-            p.decay = !p.bias || optim.decay_biases;
-        }
         let mut ops = vec![];
         let mut param_of = vec![];
         let mut next_param = 0;
@@ -261,7 +265,7 @@ impl Vgg {
         }
         let sgd_params: Vec<SgdParam<'_>> = params
             .iter_mut()
-            .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
+            .map(|p| SgdParam { decay: optim.decays(p), w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h) })
             .collect();
         let sgd = SgdPlan::new(&sgd_params)?;
         std::mem::drop(sgd_params);
@@ -595,10 +599,11 @@ impl Vgg {
     fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
         self.dev.profile_label("optimizer");
         let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
+        let optim = self.optim;
         let mut sp: Vec<SgdParam<'_>> = self
             .params
             .iter_mut()
-            .map(|p| SgdParam { w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h), decay: p.decay })
+            .map(|p| SgdParam { decay: optim.decays(p), w: &mut p.w, v: &mut p.v, g: &p.g, w16: Some(&mut p.h) })
             .collect();
         match how {
             Step::Host => self.scaler.step(&self.sgd, &mut sp, sgd).map(Some),

@@ -124,10 +124,9 @@ pub struct Param {
     pub g: Tensor<f32>,
     /// fp16 copy of `w` that the kernels read.
     pub h: Tensor<f16>,
-    /// A bias (initialised to zero; no weight decay unless the optimizer's `decay_biases`).
+    /// A bias: initialised to zero, and decayed only with `OptimConfig::decay_biases`
+    /// ([`crate::model::OptimConfig::decays`]).
     pub bias: bool,
-    /// Weight decay applies: weights always, biases only with `OptimConfig::decay_biases`.
-    pub decay: bool,
     /// fan-in and fan-out, for initialisation.
     fan: (usize, usize),
     conv: bool,
@@ -146,12 +145,12 @@ impl Param {
 pub(crate) fn allocate(dev: &Device, cfg: &VggConfig, init: Init, seed: u64) -> Result<Vec<Param>> {
     let mut out = vec![];
     let mut push =
-        |name: String, tv_shape: Vec<usize>, shape: Vec<usize>, layout, fan, conv, decay: bool| -> Result<()> {
+        |name: String, tv_shape: Vec<usize>, shape: Vec<usize>, layout, fan, conv, bias: bool| -> Result<()> {
             let w = Tensor::<f32>::zeros(dev, &shape)?;
             let v = Tensor::<f32>::zeros(dev, &shape)?;
             let g = Tensor::<f32>::zeros(dev, &shape)?;
             let h = Tensor::<f16>::zeros(dev, &shape)?;
-            out.push(Param { name, tv_shape, layout, w, v, g, h, bias: !decay, decay, fan, conv });
+            out.push(Param { name, tv_shape, layout, w, v, g, h, bias, fan, conv });
             Ok(())
         };
     for f in cfg.features() {
@@ -163,14 +162,14 @@ pub(crate) fn allocate(dev: &Device, cfg: &VggConfig, init: Init, seed: u64) -> 
         };
         let ks = if taps == 9 { 3 } else { 1 };
         let fan = (c * taps, k * taps);
-        push(format!("features.{}.weight", f.index), vec![k, c, ks, ks], shape, layout, fan, true, true)?;
-        push(format!("features.{}.bias", f.index), vec![k], vec![k], Layout::Same, fan, true, false)?;
+        push(format!("features.{}.weight", f.index), vec![k, c, ks, ks], shape, layout, fan, true, false)?;
+        push(format!("features.{}.bias", f.index), vec![k], vec![k], Layout::Same, fan, true, true)?;
     }
     let (h, w, c) = cfg.feature_out();
     for (j, (i, (fi, fo))) in [0, 3, 6].into_iter().zip(cfg.classifier()).enumerate() {
         let layout = if j == 0 { Layout::FcHwc { out: fo, h, w, c } } else { Layout::Same };
-        push(format!("classifier.{i}.weight"), vec![fo, fi], vec![fo, fi], layout, (fi, fo), false, true)?;
-        push(format!("classifier.{i}.bias"), vec![fo], vec![fo], Layout::Same, (fi, fo), false, false)?;
+        push(format!("classifier.{i}.weight"), vec![fo, fi], vec![fo, fi], layout, (fi, fo), false, false)?;
+        push(format!("classifier.{i}.bias"), vec![fo], vec![fo], Layout::Same, (fi, fo), false, true)?;
     }
     init_params(&mut out, init, seed)?;
     Ok(out)
