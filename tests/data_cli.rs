@@ -228,3 +228,18 @@ fn output_paths_are_checked_before_the_work() {
     assert!(err.contains("plain: is a file, not a folder"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+/// A skipped image is reported on its own line after the progress line (which rewrites
+/// itself with `\r`), naming its file once.
+#[test]
+fn prep_reports_skipped_images_after_its_progress_line() {
+    let t = TempDir::new("data-cli", "prep-warn");
+    let src = t.0.join("src");
+    folder(&src, &["a", "b"], 2);
+    bad_image(&src.join("a").join("broken.jpg"));
+    let (err, out) = succeeds(&["prep", s(&src), s(&t.0.join("out")), "--shard-size", "2"]);
+    assert!(out.contains("4 images (1 skipped)"), "{out}");
+    let line = err.lines().find(|l| l.contains("broken.jpg")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.starts_with("warning: skipped "), "{line:?}");
+    assert_eq!(line.matches("broken.jpg").count(), 1, "{line:?}");
+}

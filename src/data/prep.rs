@@ -46,6 +46,9 @@ impl Default for PrepConfig {
 pub struct PrepReport {
     pub images: usize,
     pub skipped: usize,
+    /// "path: reason" of each skipped image, for the caller to report (the progress line
+    /// owns standard error while the prep runs).
+    pub failures: Vec<String>,
     pub classes: usize,
     pub shards: usize,
     pub bytes: u64,
@@ -214,7 +217,7 @@ impl Drop for Target {
 /// Preps the ImageFolder `src` into `out` (created if needed; an existing `out` must be
 /// empty or a previous prep output, which is replaced only on success). `progress` is
 /// called after each shard with (images done, images in all). Unreadable images are
-/// reported on standard error and skipped unless `cfg.strict`.
+/// skipped and listed in [`PrepReport::failures`], or an error with `cfg.strict`.
 pub fn prep(
     src: &Path,
     out: &Path,
@@ -286,6 +289,7 @@ fn write_shards(
         records: vec![],
         sources: vec![],
     };
+    let mut failures = vec![];
     let n = ds.len();
     let mut pending: Vec<(Vec<u8>, String)> = vec![];
     let mut start = 0;
@@ -304,7 +308,7 @@ fn write_shards(
                 match r {
                     Ok(rec) => pending.push((rec, rel(i))),
                     Err(e) if e.is_per_image() && !cfg.strict => {
-                        eprintln!("warning: skipped {}: {e}", ds.describe(i));
+                        failures.push(e.to_string());
                         index.skipped += 1;
                     }
                     Err(e) => return Err(e),
@@ -346,6 +350,7 @@ fn write_shards(
     Ok(PrepReport {
         images: index.images,
         skipped: index.skipped,
+        failures,
         classes: index.classes.len(),
         shards: index.shards.len(),
         bytes: index.shards.iter().map(|s| s.bytes).sum(),

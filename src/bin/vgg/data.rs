@@ -123,6 +123,9 @@ pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
         eprintln!();
     }
     let rep = rep?;
+    for f in &rep.failures {
+        eprintln!("warning: skipped {f}");
+    }
     println!(
         "prep: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
         rep.images,
