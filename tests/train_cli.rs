@@ -43,6 +43,10 @@ fn options_no_run_can_use_are_refused_by_name() {
         let e = error_of(tiny(f));
         assert!(e.contains(want), "{want}: {e}");
     }
+    // A negative value parses as a value, so the error is ours, not the parser's.
+    let out = vgg(&["train", "--device", "emu", "--quiet", "--lr", "-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--lr -1: the learning rate must be positive"), "{err}");
 }
 
 #[test]

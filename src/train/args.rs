@@ -44,7 +44,7 @@ pub struct TrainArgs {
     /// AlexNet's PCA colour shift: the standard deviation of the per-image alphas (0 = off).
     /// The components are --stats' or else ImageNet's published ones [default: 0.1 on an
     /// ImageFolder; 0 on the synthetic set, whose classes differ in colour].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub color_shift: Option<f32>,
     /// The training set's statistics from `vgg stats`: the network subtracts its mean RGB (the
     /// paper's only preprocessing, instead of torchvision's ImageNet mean and std), and the
@@ -68,18 +68,18 @@ pub struct TrainArgs {
     pub steps: Option<u64>,
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, default_value_t = 0.02, allow_negative_numbers = true)]
     pub lr: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay of the weights (the paper's 5e-4).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     pub wd: f32,
     /// Decay the biases too [default: weights only, as the paper's L2 penalty].
     #[arg(long)]
     pub bias_decay: bool,
     /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub dropout: f32,
     /// plateau, step:EPOCHS or cosine.
     #[arg(long, default_value = "plateau")]
@@ -88,7 +88,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "he")]
     pub init: String,
     /// Initial loss scale (dynamic scaling halves it on overflow).
-    #[arg(long, default_value_t = 1024.0)]
+    #[arg(long, default_value_t = 1024.0, allow_negative_numbers = true)]
     pub loss_scale: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
