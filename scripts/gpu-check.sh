@@ -130,7 +130,7 @@ fi
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
-  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_f16:wgmma:wgrad:auto \
+  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do
