@@ -191,6 +191,32 @@ impl Conv3x3 {
     /// `dx = conv_transpose(dy, w)`, zeroed where `relu_mask` (the previous layer's forward
     /// output, `[N,H,W,C]`) is not > 0: dy `[N,H,W,K]`, dx `[N,H,W,C]`. Transforms the
     /// (rotated, K<->C swapped) filters into `ws` first.
+    ///
+    /// ```
+    /// use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass};
+    /// use vgg_cuda::{problem::ConvProblem, Device, Tensor};
+    /// let dev = Device::emu();
+    /// let p = ConvProblem::new(1, 4, 4, 8, 8);
+    /// let conv = Conv3x3::new(p, ConvAlgo::Auto)?;
+    /// // The identity filter (output channel k takes input channel k at the centre tap), so
+    /// // dx = dy, zeroed where the mask (the previous layer's output) is not positive: pixel 0.
+    /// let mut wv = vec![0.0; p.filter_len()];
+    /// for k in 0..8 {
+    ///     wv[((k * 3 + 1) * 3 + 1) * 8 + k] = 1.0;
+    /// }
+    /// let w = Tensor::from_f32(&dev, &[8, 3, 3, 8], &wv)?;
+    /// let dyv: Vec<f32> = (0..p.output_len()).map(|i| (i % 5) as f32 - 2.0).collect();
+    /// let dy = Tensor::from_f32(&dev, &[1, 4, 4, 8], &dyv)?;
+    /// let mut maskv = vec![1.0; p.input_len()];
+    /// maskv[..8].fill(-1.0);
+    /// let mask = Tensor::from_f32(&dev, &[1, 4, 4, 8], &maskv)?;
+    /// let mut dx = Tensor::empty(&dev, &[1, 4, 4, 8])?;
+    /// let mut ws = Tensor::<u8>::empty(&dev, &[conv.workspace_bytes(ConvPass::Dgrad)])?;
+    /// conv.dgrad(&dy, &w, Some(&mask), &mut dx, &mut ws)?;
+    /// let want: Vec<f32> = dyv.iter().enumerate().map(|(i, &v)| if i < 8 { 0.0 } else { v }).collect();
+    /// assert_eq!(dx.to_f32()?, want);
+    /// # Ok::<(), vgg_cuda::Error>(())
+    /// ```
     pub fn dgrad(
         &self,
         dy: &Tensor<f16>,
@@ -259,6 +285,29 @@ impl Conv3x3 {
     /// split into fixed pixel chunks whose partial sums `ws` holds, added in chunk order. The
     /// tensor-core path of a channel-padded problem pads x into `ws` and sums at Cp channels; the
     /// reduction drops the padded ones.
+    ///
+    /// ```
+    /// use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass};
+    /// use vgg_cuda::{problem::ConvProblem, Device, Tensor};
+    /// let dev = Device::emu();
+    /// let p = ConvProblem::new(1, 4, 4, 8, 8);
+    /// let conv = Conv3x3::new(p, ConvAlgo::Auto)?;
+    /// // x = dy = 1: dw[k][r][s][c] counts the output pixels whose tap (r, s) lands inside the
+    /// // 4x4 image (3 rows for r = 0 or 2, 4 for r = 1; columns alike); db[k] counts them all.
+    /// let x = Tensor::from_f32(&dev, &[1, 4, 4, 8], &vec![1.0; p.input_len()])?;
+    /// let dy = Tensor::from_f32(&dev, &[1, 4, 4, 8], &vec![1.0; p.output_len()])?;
+    /// let (mut dw, mut db) = (Tensor::<f32>::empty(&dev, &[8, 3, 3, 8])?, Tensor::<f32>::empty(&dev, &[8])?);
+    /// let mut ws = Tensor::<u8>::empty(&dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
+    /// conv.wgrad(&x, &dy, &mut dw, Some(&mut db), &mut ws)?;
+    /// let dw = dw.to_host()?;
+    /// let taps = [3.0, 4.0, 3.0];
+    /// for (i, v) in dw.iter().enumerate() {
+    ///     let (r, s) = ((i / 8 / 3) % 3, (i / 8) % 3);
+    ///     assert_eq!(*v, taps[r] * taps[s], "dw[{i}]");
+    /// }
+    /// assert_eq!(db.to_host()?, vec![16.0; 8]);
+    /// # Ok::<(), vgg_cuda::Error>(())
+    /// ```
     pub fn wgrad(
         &self,
         x: &Tensor<f16>,
