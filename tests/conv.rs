@@ -108,6 +108,8 @@ fn two_schedules_bit_identical() {
     // pixels for several wgrad chunks; C = 3 and 12 padded under Auto; Winograd region windows
     // of several widths, some crossing the image's edge.
     let region = |p: ConvProblem| (p, ConvAlgo::Winograd2x2, WinoTiling::Region);
+    // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad.
+    let flat = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Flat);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -128,7 +130,7 @@ fn two_schedules_bit_identical() {
         // (two output-channel blocks, the second nearly empty).
         (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Wgmma),
         (ConvProblem::new(1, 12, 11, 16, 136), ConvAlgo::Wgmma),
-        // The 256-channel tile: fprop (K = 256) and dgrad (C = 256).
+        // K = 256 (fprop) and C = 256 (dgrad): two blocks of the halo tile's 128 channels.
         (ConvProblem::new(1, 7, 6, 24, 256), ConvAlgo::Wgmma),
         (ConvProblem::new(1, 5, 6, 256, 16), ConvAlgo::Wgmma),
     ]
@@ -137,7 +139,16 @@ fn two_schedules_bit_identical() {
         region(ConvProblem::new(2, 9, 13, 88, 40)),
         region(ConvProblem::new(1, 33, 35, 8, 16)),
         region(ConvProblem::new(1, 6, 70, 16, 8)),
+        flat(ConvProblem::new(2, 9, 13, 88, 40)),
+        flat(ConvProblem::new(1, 12, 11, 16, 136)),
+        flat(ConvProblem::new(1, 7, 6, 24, 256)),
+        flat(ConvProblem::new(1, 5, 6, 256, 16)),
     ]) {
+        if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
+            let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
+            let labels = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.label(q));
+            assert!(labels.iter().all(|l| l.starts_with("wgmma/") && !l.contains("halo")), "{p}: {labels:?}");
+        }
         let algo = (algo, tiling);
         let data = problem_data(&p, spread);
         let dev = Device::emu();
