@@ -56,8 +56,8 @@ const fn p(name: &'static str, n: usize, h: usize, w: usize, c: usize, k: usize)
     NamedProblem { name, problem: ConvProblem::new(n, h, w, c, k) }
 }
 
-/// Edge cases: N = 1, 1x1 / 2x2 / 3x3 / 7x7 / 15x15 images, H != W, C or K = 8, and the
-/// first layer's C = 3.
+/// Edge cases: N = 1, 1x1 / 2x2 / 3x3 / 7x7 / 15x15 images (narrow and wide), H != W, C or
+/// K = 8, and the first layer's C = 3.
 pub const EDGE_CASES: &[NamedProblem] = &[
     p("n1_1x1", 1, 1, 1, 8, 8),
     p("n2_2x2", 2, 2, 2, 8, 16),
@@ -73,6 +73,16 @@ pub const EDGE_CASES: &[NamedProblem] = &[
     // C = 128: the wgrad's 128 x 256 tiles (K > 64), the last of its 5 column blocks half
     // past 9C = 1152; K = 72 a ragged second row of blocks.
     p("wide_c128", 1, 3, 5, 128, 72),
+    // The tiles for wide layers (wgmma's 128-channel halo tile and flat 256, the 128 x 256
+    // wgrads) on the smallest images: one pixel, a 2x2 batch, a 7x7 with K = 264 (a third,
+    // nearly empty block of output channels), a 15x15 with K = 136.
+    p("wide_1x1_c256", 1, 1, 1, 256, 256),
+    p("wide_2x2_c136", 2, 2, 2, 136, 136),
+    p("wide_7x7_k264", 1, 7, 7, 72, 264),
+    p("wide_15x15_k136", 1, 15, 15, 24, 136),
+    // The first layer's C = 3 on 3x3 and 15x15 images.
+    p("c3_3x3", 2, 3, 3, 3, 8),
+    p("c3_15x15", 1, 15, 15, 3, 16),
 ];
 
 /// VGG-16's thirteen 3x3 layers at 224x224, batch given by the caller.
