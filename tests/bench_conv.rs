@@ -126,8 +126,8 @@ fn cli_rejects_an_unknown_layer() {
 }
 
 #[test]
-fn cli_emu_run_prints_the_table_and_writes_json() {
-    let json = scratch("cli.json");
+fn cli_emu_run_prints_the_table_and_writes_json_and_a_plot() {
+    let (json, png) = (scratch("cli.json"), scratch("cli.png"));
     let out = vgg(&[
         "bench",
         "conv",
@@ -139,6 +139,12 @@ fn cli_emu_run_prints_the_table_and_writes_json() {
         "fprop,dgrad",
         "--repeats",
         "2",
+        "--batch",
+        "2",
+        "--algo",
+        "winograd4x4",
+        "--plot",
+        png.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -149,6 +155,11 @@ fn cli_emu_run_prints_the_table_and_writes_json() {
     let report: ConvReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report.rows.len(), 2);
     assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.samples == 2)));
+    // --batch and --algo reach the rows; the chart is a real PNG.
+    assert!(report.rows.iter().all(|r| r.n == 2), "{:?}", report.rows.iter().map(|r| r.n).collect::<Vec<_>>());
+    assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.algo.contains("winograd4x4"))));
+    let img = image::open(&png).unwrap();
+    assert!(img.width() >= 900 && img.height() > 100, "{}x{}", img.width(), img.height());
 }
 
 #[test]
