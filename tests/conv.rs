@@ -66,33 +66,6 @@ fn spread(len: usize, seed: u64) -> Vec<f32> {
 
 /// All outputs of all passes of `algo` on `p` for the given inputs: (y with BiasRelu, dx with
 /// the mask, dw, db), as bits.
-/// A pass's workspace of exactly the bytes `Conv3x3::workspace_bytes` asks for, followed by
-/// a guard of a known pattern: a kernel that writes past what the query promised (an
-/// under-counted workspace) changes the guard, which `check` reports. The emulator has no
-/// bounds on global memory, so this is where a wrong query shows.
-struct GuardedWs {
-    base: std::sync::Arc<Tensor<u8>>,
-    len: usize,
-}
-
-impl GuardedWs {
-    const GUARD: usize = 4096;
-    const PATTERN: u8 = 0xA5;
-
-    fn new(dev: &Device, len: usize) -> (Self, Tensor<u8>) {
-        let base = Tensor::from_host(dev, &[len + Self::GUARD], &vec![Self::PATTERN; len + Self::GUARD]).unwrap();
-        let base = std::sync::Arc::new(base);
-        let ws = Tensor::view(&base, 0, &[len]).unwrap();
-        (Self { base, len }, ws)
-    }
-
-    fn check(&self, what: &str) {
-        let host = self.base.to_host().unwrap();
-        let hit = host[self.len..].iter().position(|&b| b != Self::PATTERN);
-        assert!(hit.is_none(), "{what}: wrote past its {}-byte workspace (guard byte {hit:?} changed)", self.len);
-    }
-}
-
 fn run_all(
     dev: &Device,
     p: ConvProblem,
@@ -101,7 +74,9 @@ fn run_all(
 ) -> (Vec<u16>, Vec<u16>, Vec<u32>, Vec<u32>) {
     let [x, w, b, dy, mask] = data;
     let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
-    let ws = |q| GuardedWs::new(dev, conv.workspace_bytes(q));
+    // Each pass in exactly the workspace its query asks for, followed by a guard: a query that
+    // under-counts fails here (the emulator has no bounds on global memory).
+    let ws = |q| selftest::GuardedWorkspace::new(dev, conv.workspace_bytes(q)).unwrap();
     let xt = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], x).unwrap();
     let wt = Tensor::from_f32(dev, &[p.k, 3, 3, p.c], w).unwrap();
     let bt = Tensor::from_f32(dev, &[p.k], b).unwrap();
@@ -116,15 +91,15 @@ fn run_all(
     dw.poison().unwrap();
     db.poison().unwrap();
     let what = |q| format!("{p} {algo:?}/{tiling:?} {q:?} ({})", conv.label(q));
-    let (g, mut w) = ws(ConvPass::Fprop);
-    conv.fprop(&xt, &wt, Some(&bt), Epilogue::BiasRelu, &mut y, &mut w).unwrap();
-    g.check(&what(ConvPass::Fprop));
-    let (g, mut w) = ws(ConvPass::Dgrad);
-    conv.dgrad(&dyt, &wt, Some(&mt), &mut dx, &mut w).unwrap();
-    g.check(&what(ConvPass::Dgrad));
-    let (g, mut w) = ws(ConvPass::Wgrad);
-    conv.wgrad(&xt, &dyt, &mut dw, Some(&mut db), &mut w).unwrap();
-    g.check(&what(ConvPass::Wgrad));
+    let mut g = ws(ConvPass::Fprop);
+    conv.fprop(&xt, &wt, Some(&bt), Epilogue::BiasRelu, &mut y, &mut g.ws).unwrap();
+    g.check(&what(ConvPass::Fprop)).unwrap();
+    let mut g = ws(ConvPass::Dgrad);
+    conv.dgrad(&dyt, &wt, Some(&mt), &mut dx, &mut g.ws).unwrap();
+    g.check(&what(ConvPass::Dgrad)).unwrap();
+    let mut g = ws(ConvPass::Wgrad);
+    conv.wgrad(&xt, &dyt, &mut dw, Some(&mut db), &mut g.ws).unwrap();
+    g.check(&what(ConvPass::Wgrad)).unwrap();
     let h = |t: &Tensor<f16>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     let f = |t: &Tensor<f32>| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     (h(&y), h(&dx), f(&dw), f(&db))

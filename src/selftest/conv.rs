@@ -21,7 +21,7 @@
 //!
 //! Every output is poisoned (NaN) before the launch.
 
-use super::{randn_f16, small_ints, Bound, CheckRow};
+use super::{randn_f16, small_ints, Bound, CheckRow, GuardedWorkspace};
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use crate::problem::{self, ConvProblem, NamedProblem};
 use crate::reference::{self as r, compare, compare_tol};
@@ -144,8 +144,8 @@ fn fprop_dgrad(
         };
         let fname = kname(&conv, ConvPass::Fprop, &tiled(names[0], ConvPass::Fprop));
         let dname = tiled(names[1], ConvPass::Dgrad);
-        let ws_len = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
-        let mut ws = Tensor::<u8>::empty(dev, &[ws_len])?;
+        let mut fws = GuardedWorkspace::new(dev, conv.workspace_bytes(ConvPass::Fprop))?;
+        let mut dws = GuardedWorkspace::new(dev, conv.workspace_bytes(ConvPass::Dgrad))?;
         for &kind in kinds.iter() {
             let d = data(&p, kind, 100 + i as u64);
             let x = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.x)?;
@@ -157,17 +157,20 @@ fn fprop_dgrad(
             // shape that a relative error over them measures nothing).
             if do_fprop && kind == Kind::Ints {
                 y.poison()?;
-                conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut ws)?;
+                conv.fprop(&x, &w, None, Epilogue::None, &mut y, &mut fws.ws)?;
+                fws.check(&fname)?;
                 let want = r::conv3x3_fprop(&p, &d.x, &d.w, None, false);
                 rows.push(row(format!("{fname} (None)"), np, kind, &y.to_f32()?, &want, true));
             } else if do_fprop {
                 y.poison()?;
-                conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut ws)?;
+                conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut fws.ws)?;
+                fws.check(&fname)?;
                 let pre = y.to_f32()?;
                 let want = r::conv3x3_fprop(&p, &d.x, &d.w, Some(&d.b), false);
                 rows.push(row(format!("{fname} (Bias)"), np, kind, &pre, &want, true));
                 y.poison()?;
-                conv.fprop(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, &mut ws)?;
+                conv.fprop(&x, &w, Some(&b), Epilogue::BiasRelu, &mut y, &mut fws.ws)?;
+                fws.check(&fname)?;
                 let cmp = compare(&y.to_f32()?, &r::relu_fwd(&pre));
                 rows.push(CheckRow::new(
                     &format!("{fname} (BiasRelu) = relu(Bias)"),
@@ -183,13 +186,15 @@ fn fprop_dgrad(
             let dy = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.k], &d.dy)?;
             let mut dx = Tensor::empty(dev, &[p.n, p.h, p.w, p.c])?;
             dx.poison()?;
-            conv.dgrad(&dy, &w, None, &mut dx, &mut ws)?;
+            conv.dgrad(&dy, &w, None, &mut dx, &mut dws.ws)?;
+            dws.check(&dname)?;
             let plain = dx.to_f32()?;
             rows.push(row(dname.clone(), np, kind, &plain, &r::conv3x3_dgrad(&p, &d.dy, &d.w), true));
             // The fused mask must zero exactly where the mask is not > 0 and keep the rest.
             let mask = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.mask)?;
             dx.poison()?;
-            conv.dgrad(&dy, &w, Some(&mask), &mut dx, &mut ws)?;
+            conv.dgrad(&dy, &w, Some(&mask), &mut dx, &mut dws.ws)?;
+            dws.check(&dname)?;
             let cmp = compare(&dx.to_f32()?, &r::relu_bwd(&d.mask, &plain));
             rows.push(CheckRow::new(&format!("{dname} (relu mask)"), label(np, kind), cmp, Bound::Exact));
         }
@@ -205,7 +210,7 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, tiling: WinoTiling) -> 
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
         let conv = conv.with_wino_tiling(tiling);
         let name = kname(&conv, ConvPass::Wgrad, conv.wgrad_kernel_name());
-        let mut ws = Tensor::<u8>::empty(dev, &[conv.workspace_bytes(ConvPass::Wgrad)])?;
+        let mut ws = GuardedWorkspace::new(dev, conv.workspace_bytes(ConvPass::Wgrad))?;
         for &kind in kinds.iter() {
             let d = data(&p, kind, 200 + i as u64);
             let x = Tensor::from_f32(dev, &[p.n, p.h, p.w, p.c], &d.x)?;
@@ -214,7 +219,8 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, tiling: WinoTiling) -> 
             let mut db = Tensor::<f32>::empty(dev, &[p.k])?;
             dw.poison()?;
             db.poison()?;
-            conv.wgrad(&x, &dy, &mut dw, Some(&mut db), &mut ws)?;
+            conv.wgrad(&x, &dy, &mut dw, Some(&mut db), &mut ws.ws)?;
+            ws.check(&name)?;
             let (want_w, want_b) = r::conv3x3_wgrad(&p, &d.x, &d.dy);
             rows.push(row(format!("{name} dw"), np, kind, &dw.to_host()?, &want_w, false));
             rows.push(row(format!("{name} db"), np, kind, &db.to_host()?, &want_b, false));

@@ -17,7 +17,7 @@
 //! Determinism: every pass three times (emu: in index order, in reverse, and in a random
 //! schedule), bit-identical.
 
-use super::{randn_f16, small_ints, Bound, CheckRow};
+use super::{randn_f16, small_ints, Bound, CheckRow, GuardedWorkspace};
 use crate::ops::gemm::{self, Algo, Linear, Pass, Tile};
 use crate::reference::{self as r, compare_tol};
 use crate::{Device, Result, Schedule, Tensor};
@@ -98,10 +98,8 @@ fn algo_name(s: Linear, p: Pass, algo: Algo) -> String {
     }
 }
 
-fn workspace(dev: &Device, s: Linear, p: Pass, algo: Algo) -> Result<Tensor<u8>> {
-    let mut ws = Tensor::<u8>::empty(dev, &[s.workspace_bytes_with(p, algo).max(1)])?;
-    ws.poison()?;
-    Ok(ws)
+fn workspace(dev: &Device, s: Linear, p: Pass, algo: Algo) -> Result<GuardedWorkspace> {
+    GuardedWorkspace::new(dev, s.workspace_bytes_with(p, algo))
 }
 
 /// Device outputs of the three passes: `[y, dx, dw, db]`.
@@ -118,12 +116,16 @@ fn run_all(dev: &Device, s: Linear, algo: Algo, d: &Data) -> Result<[Vec<f32>; 4
     dx.poison()?;
     dw.poison()?;
     db.poison()?;
+    let what = |p: Pass| format!("{algo:?} {p:?} M{} K{} N{}", s.m, s.k, s.n);
     let mut ws = workspace(dev, s, Pass::Fwd, algo)?;
-    gemm::linear_fwd_with(algo, &x, &w, Some(&b), true, &mut y, Some(&mut ws))?;
+    gemm::linear_fwd_with(algo, &x, &w, Some(&b), true, &mut y, Some(&mut ws.ws))?;
+    ws.check(&what(Pass::Fwd))?;
     let mut ws = workspace(dev, s, Pass::BwdData, algo)?;
-    gemm::linear_bwd_data_with(algo, &dy, &w, &mut dx, Some(&mut ws))?;
+    gemm::linear_bwd_data_with(algo, &dy, &w, &mut dx, Some(&mut ws.ws))?;
+    ws.check(&what(Pass::BwdData))?;
     let mut ws = workspace(dev, s, Pass::BwdWeight, algo)?;
-    gemm::linear_bwd_weight_with(algo, &x, &dy, &mut dw, Some(&mut db), Some(&mut ws))?;
+    gemm::linear_bwd_weight_with(algo, &x, &dy, &mut dw, Some(&mut db), Some(&mut ws.ws))?;
+    ws.check(&what(Pass::BwdWeight))?;
     Ok([y.to_f32()?, dx.to_f32()?, dw.to_host()?, db.to_host()?])
 }
 
@@ -247,12 +249,16 @@ pub fn conv1x1(dev: &Device) -> Result<Vec<CheckRow>> {
         dx.poison()?;
         dw.poison()?;
         db.poison()?;
+        let what = |p: Pass| format!("conv1x1 {p:?} {n}x{h}x{wd}x{c} -> {k}");
         let mut ws = workspace(dev, s, Pass::Fwd, Algo::Auto)?;
-        gemm::conv1x1_fwd(&x, &w, Some(&b), false, &mut y, Some(&mut ws))?;
+        gemm::conv1x1_fwd(&x, &w, Some(&b), false, &mut y, Some(&mut ws.ws))?;
+        ws.check(&what(Pass::Fwd))?;
         let mut ws = workspace(dev, s, Pass::BwdData, Algo::Auto)?;
-        gemm::conv1x1_dgrad(&dy, &w, &mut dx, Some(&mut ws))?;
+        gemm::conv1x1_dgrad(&dy, &w, &mut dx, Some(&mut ws.ws))?;
+        ws.check(&what(Pass::BwdData))?;
         let mut ws = workspace(dev, s, Pass::BwdWeight, Algo::Auto)?;
-        gemm::conv1x1_wgrad(&x, &dy, &mut dw, Some(&mut db), Some(&mut ws))?;
+        gemm::conv1x1_wgrad(&x, &dy, &mut dw, Some(&mut db), Some(&mut ws.ws))?;
+        ws.check(&what(Pass::BwdWeight))?;
         let want_y = r::f32_to_f16_round(&r::conv1x1_fprop(p, c, k, &d.x, &d.w, Some(&d.b), false));
         let want_dx = r::f32_to_f16_round(&r::conv1x1_dgrad(p, c, k, &d.dy, &d.w));
         let (want_dw, want_db) = r::conv1x1_wgrad(p, c, k, &d.x, &d.dy);

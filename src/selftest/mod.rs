@@ -16,7 +16,7 @@ mod reduce;
 mod softmax;
 
 use crate::reference::Compare;
-use crate::{Device, Result};
+use crate::{Device, Result, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
@@ -134,6 +134,41 @@ pub fn run(dev: &Device, only: Option<&str>) -> Vec<CheckRow> {
         }
     }
     rows
+}
+
+/// A workspace of exactly the bytes a workspace query asked for (`ws`, poisoned), followed
+/// by a guard of a known pattern that a kernel writing past them changes: how a query that
+/// under-counts shows on either device (the emulator has no bounds on global memory, and a
+/// GPU's allocator rounds sizes up, so an overrun would go unnoticed there too).
+pub struct GuardedWorkspace {
+    base: std::sync::Arc<Tensor<u8>>,
+    len: usize,
+    pub ws: Tensor<u8>,
+}
+
+impl GuardedWorkspace {
+    const GUARD: usize = 4096;
+    const PATTERN: u8 = 0xA5;
+
+    pub fn new(dev: &Device, len: usize) -> crate::Result<Self> {
+        let mut fill = vec![0xFF; len];
+        fill.resize(len + Self::GUARD, Self::PATTERN);
+        let base = std::sync::Arc::new(Tensor::from_host(dev, &[len + Self::GUARD], &fill)?);
+        let ws = Tensor::view(&base, 0, &[len])?;
+        Ok(Self { base, len, ws })
+    }
+
+    /// An error naming `what` if a kernel wrote into the guard.
+    pub fn check(&self, what: &str) -> crate::Result<()> {
+        let host = self.base.to_host()?;
+        match host[self.len..].iter().position(|&b| b != Self::PATTERN) {
+            None => Ok(()),
+            Some(at) => Err(crate::Error::Kernel(format!(
+                "{what}: wrote past its {}-byte workspace (guard byte {at} changed)",
+                self.len
+            ))),
+        }
+    }
 }
 
 /// Deterministic normal(0, 1) data for a check, already rounded to fp16 values.
