@@ -78,25 +78,14 @@ pub fn rescaled_size(w: u32, h: u32, s: u32) -> (u32, u32) {
     }
 }
 
-/// Writes the window `(x0, y0, cw, ch)` of `src` resized to `out_w` x `out_h` into `dst`
-/// (`cw * ch * 3` bytes, RGB rows). `scratch` is the reusable f32 intermediate.
-#[allow(clippy::too_many_arguments)]
-pub fn resize_window(
-    src: &RgbImage,
-    out_w: u32,
-    out_h: u32,
-    x0: u32,
-    y0: u32,
-    cw: u32,
-    ch: u32,
-    scratch: &mut Vec<f32>,
-    dst: &mut [u8],
-) {
+/// Writes `win` of `src` resized to `win.out_w` x `win.out_h` into `dst` (`cw * ch * 3`
+/// bytes, RGB rows). `scratch` is the reusable f32 intermediate.
+pub fn resize_window(src: &RgbImage, win: Window, scratch: &mut Vec<f32>, dst: &mut [u8]) {
     let (in_w, in_h) = src.dimensions();
+    let Window { out_w, out_h, x0, y0, cw, ch } = win;
     assert!(in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0, "resize_window: empty image");
     assert!(x0 + cw <= out_w && y0 + ch <= out_h, "resize_window: window outside the output");
     assert_eq!(dst.len(), cw as usize * ch as usize * 3, "resize_window: dst");
-    let win = Window { out_w, out_h, x0, y0, cw, ch };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, all that the function's target_feature asks for.
@@ -105,15 +94,23 @@ pub fn resize_window(
     window(src, win, scratch, dst)
 }
 
-/// What [`resize_window`] computes: the window `(x0, y0, cw, ch)` of the `out_w` x `out_h` resize.
-#[derive(Clone, Copy)]
-struct Window {
-    out_w: u32,
-    out_h: u32,
-    x0: u32,
-    y0: u32,
-    cw: u32,
-    ch: u32,
+/// What [`resize_window`] computes: the window `(x0, y0, cw, ch)` of the `out_w` x `out_h`
+/// resize.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    pub out_w: u32,
+    pub out_h: u32,
+    pub x0: u32,
+    pub y0: u32,
+    pub cw: u32,
+    pub ch: u32,
+}
+
+impl Window {
+    /// The whole `w` x `h` resize.
+    pub fn whole(w: u32, h: u32) -> Self {
+        Self { out_w: w, out_h: h, x0: 0, y0: 0, cw: w, ch: h }
+    }
 }
 
 /// [`window`] compiled for AVX2: its loops vectorise 8 lanes wide instead of SSE2's 4. Rust
@@ -198,7 +195,7 @@ fn window(src: &RgbImage, win: Window, scratch: &mut Vec<f32>, dst: &mut [u8]) {
 /// `src` resized to `w` x `h` (the whole image; see [`resize_window`]).
 pub fn resize(src: &RgbImage, w: u32, h: u32) -> RgbImage {
     let mut out = vec![0u8; w as usize * h as usize * 3];
-    resize_window(src, w, h, 0, 0, w, h, &mut Vec::new(), &mut out);
+    resize_window(src, Window::whole(w, h), &mut Vec::new(), &mut out);
     RgbImage::from_raw(w, h, out).expect("resize: buffer size matches")
 }
 
@@ -237,8 +234,9 @@ mod tests {
         for (ow, oh, x0, y0, cw, ch) in [(40, 25, 3, 2, 31, 20), (150, 90, 7, 11, 101, 77), (97, 30, 0, 0, 97, 30)] {
             let (mut a, mut b) = (vec![0u8; cw * ch * 3], vec![0u8; cw * ch * 3]);
             let (cw, ch) = (cw as u32, ch as u32);
-            resize_window(&img, ow, oh, x0, y0, cw, ch, &mut Vec::new(), &mut a);
-            window(&img, Window { out_w: ow, out_h: oh, x0, y0, cw, ch }, &mut Vec::new(), &mut b);
+            let win = Window { out_w: ow, out_h: oh, x0, y0, cw, ch };
+            resize_window(&img, win, &mut Vec::new(), &mut a);
+            window(&img, win, &mut Vec::new(), &mut b);
             assert!(a == b, "{ow}x{oh} window ({x0}, {y0}) {cw}x{ch}");
         }
         #[cfg(target_arch = "x86_64")]
@@ -253,7 +251,8 @@ mod tests {
         assert_eq!(resize(&img, 9, 6), img);
         let full = resize(&img, 5, 13);
         let mut win = vec![0u8; 3 * 4 * 3];
-        resize_window(&img, 5, 13, 1, 7, 3, 4, &mut Vec::new(), &mut win);
+        let w = Window { out_w: 5, out_h: 13, x0: 1, y0: 7, cw: 3, ch: 4 };
+        resize_window(&img, w, &mut Vec::new(), &mut win);
         for y in 0..4 {
             for x in 0..3 {
                 let at = (y * 3 + x) as usize * 3;

@@ -28,7 +28,10 @@ impl Scale {
     pub fn draw(&self, rng: &mut SampleRng) -> u32 {
         match *self {
             Scale::Fixed(s) => s,
-            Scale::Jitter(lo, hi) => rng.range(lo.min(hi), hi.max(lo)),
+            Scale::Jitter(..) => {
+                let (lo, hi) = self.range();
+                rng.range(lo, hi)
+            }
         }
     }
 
@@ -48,6 +51,14 @@ impl Scale {
                 Ok(if a == b { Scale::Fixed(a) } else { Scale::Jitter(a, b) })
             }
             None => Ok(Scale::Fixed(num(s)?)),
+        }
+    }
+
+    /// The smallest and the largest S it draws.
+    pub fn range(&self) -> (u32, u32) {
+        match *self {
+            Scale::Fixed(s) => (s, s),
+            Scale::Jitter(a, b) => (a.min(b), a.max(b)),
         }
     }
 
@@ -181,11 +192,7 @@ impl Transform {
                 if !(t.color_std.is_finite() && t.color_std >= 0.0) {
                     return bad("colour-shift std must be finite and non-negative");
                 }
-                let hi = match t.scale {
-                    Scale::Fixed(s) => s,
-                    Scale::Jitter(a, b) => a.max(b),
-                };
-                check_side("scale S", hi)?;
+                check_side("scale S", t.scale.range().1)?;
                 check_side("crop", t.crop)?;
             }
             Transform::Test(t) => {
@@ -308,17 +315,8 @@ impl Worker {
         let (x0, y0, cw, ch) = plan.window;
         let n = cw as usize * ch as usize * 3;
         self.window.resize(n, 0);
-        resize::resize_window(
-            img,
-            plan.rescaled.0,
-            plan.rescaled.1,
-            x0,
-            y0,
-            cw,
-            ch,
-            &mut self.scratch,
-            &mut self.window,
-        );
+        let win = resize::Window { out_w: plan.rescaled.0, out_h: plan.rescaled.1, x0, y0, cw, ch };
+        resize::resize_window(img, win, &mut self.scratch, &mut self.window);
         let t1 = Instant::now();
         let at = out.len();
         out.resize(at + n, 0);

@@ -47,9 +47,7 @@ pub fn transforms(a: &TrainArgs, stats: Option<&DatasetStats>) -> Result<(TrainT
         None if synthetic => Scale::Fixed(crop),
         None => Scale::Fixed(crop * 8 / 7),
     };
-    let smallest = match scale {
-        Scale::Fixed(s) | Scale::Jitter(s, _) => s,
-    };
+    let smallest = scale.range().0;
     if smallest < crop {
         bail!("--scale {smallest} is below the --input crop of {crop}: a rescaled image must hold the crop");
     }

@@ -222,10 +222,7 @@ pub(crate) fn bench_data_cmd(a: BenchDataArgs) -> Result<()> {
     if a.images == 0 || a.batch == 0 {
         bail!("--images and --batch must be at least 1");
     }
-    let (smallest, largest) = match scale {
-        Scale::Fixed(s) => (s, s),
-        Scale::Jitter(lo, hi) => (lo, hi),
-    };
+    let (smallest, largest) = scale.range();
     vgg_cuda::data::check_side("--scale", largest)?;
     vgg_cuda::data::check_side("--crop", a.crop)?;
     let transform: Transform = if a.test {
