@@ -134,7 +134,33 @@ fn a_run_with_stats_subtracts_their_mean_and_records_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("S 36..48, crop 32, flip, PCA colour shift 0.1; test: Q 42"), "{stdout}");
-    let cfg = checkpoint::load(&ck.0.join("last.safetensors")).unwrap().config.unwrap();
+    // A flat folder has no validation set: the default plateau schedule says it cannot act.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no val/ folder") && stderr.contains("never lowers"), "{stderr}");
+    let path = ck.0.join("last.safetensors");
+    let l = checkpoint::load(&path).unwrap();
+    let cfg = l.config.clone().unwrap();
     assert_eq!((cfg.mean, cfg.std), (st.mean.map(|m| m as f32), None));
     assert!(Path::new(&ck.0.join("loss.png")).exists());
+    // The scales are recorded, and eval and predict test at the run's Q by default.
+    let state = l.state.clone().unwrap();
+    assert_eq!((state.scale, state.test_scale), (Some((36, 48)), Some(42)));
+    let out = vgg(&["eval", "--weights", path.to_str().unwrap(), "--data", &dir, "--device", "emu", "--quiet"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Q [42]"), "{stdout}");
+    let img = Path::new(&dir).join("a").join("0.png");
+    let out = vgg(&["predict", "--weights", path.to_str().unwrap(), img.to_str().unwrap(), "--device", "emu"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("Q 42,"), "{stderr}");
+    // An ensemble whose checkpoints were validated at different Q needs --scale.
+    let other = ck.0.join("other.safetensors");
+    let moved = checkpoint::TrainState { test_scale: Some(40), ..state };
+    checkpoint::save(&other, &l.weights, &l.momentum, &cfg, Some(&moved)).unwrap();
+    let ens = ["eval", "--weights", path.to_str().unwrap(), "--weights", other.to_str().unwrap()];
+    let out = vgg(&[&ens[..], &["--data", &dir, "--device", "emu", "--quiet"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("Q 42") && stderr.contains("--scale"), "{stderr}");
+    let out = vgg(&[&ens[..], &["--data", &dir, "--device", "emu", "--quiet", "--scale", "40"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

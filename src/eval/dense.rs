@@ -12,9 +12,11 @@
 //! run as [`ops::linear_fwd`] GEMMs over all positions.
 //!
 //! The score map has `(fh - th + 1) x (fw - tw + 1)` positions for a final map of
-//! `fh x fw`; its softmax posteriors ([`ops::softmax_fwd`], fp32 on the device) are
-//! averaged in f64 on the host over positions, and over the image and its horizontal flip,
-//! which run together as a batch of two.
+//! `fh x fw`. As the paper does, the class scores (logits) are spatially averaged to one
+//! vector (in f64 on the host) before the softmax; then the posteriors of the image and of its
+//! horizontal flip, which run together as a batch of two, are averaged. (Averaging the
+//! positions' posteriors instead is another estimator: it weighs a position's confident
+//! vote less than its scores do.)
 //!
 //! Limitation: buffers are allocated per call (image sizes vary).
 
@@ -35,8 +37,6 @@ pub struct ScoreMap {
     pub w: usize,
     /// Logits, `[n][h][w][classes]`.
     pub logits: Vec<f32>,
-    /// Their softmax posteriors (fp32, computed on the device), the same layout.
-    pub probs: Vec<f32>,
 }
 
 /// The score-map size of an `h x w` input to a network trained at `input` pixels with
@@ -50,7 +50,7 @@ pub fn score_map_size(h: usize, w: usize, input: usize, pools: u32) -> Option<(u
 }
 
 /// Runs `vgg`'s network densely over `images` (`[n, h, w, 3]` u8 NHWC, any `h, w` at least
-/// the training input): the class-score logits of every position and their posteriors.
+/// the training input): the class-score logits of every position.
 /// `vgg`'s own buffers are not touched.
 pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
     let cfg = vgg.config();
@@ -119,19 +119,20 @@ pub fn dense_logits(vgg: &Vgg, images: &Tensor<u8>) -> Result<ScoreMap> {
     ops::linear_fwd(&cols, &params[fc].h, Some(&params[fc + 1].h), true, &mut a, Some(&mut ws))?;
     ops::linear_fwd(&a, &params[fc + 2].h, Some(&params[fc + 3].h), true, &mut b, Some(&mut ws))?;
     ops::linear_fwd(&b, &params[fc + 4].h, Some(&params[fc + 5].h), false, &mut logits, Some(&mut ws))?;
-    let mut probs = Tensor::<f32>::empty(&dev, &[m, c2.1])?;
-    ops::softmax_fwd(&logits, &mut probs)?;
-    Ok(ScoreMap { n, h: oh, w: ow, logits: logits.to_f32()?, probs: probs.to_host()? })
+    Ok(ScoreMap { n, h: oh, w: ow, logits: logits.to_f32()? })
 }
 
-/// Per image of `map`, its positions' posteriors averaged (in f64), `n * classes`.
-pub fn averaged_posteriors(map: &ScoreMap, classes: usize) -> Vec<f64> {
+/// Per image of `map`, the softmax of its positions' logits averaged (sum-pooled, in f64):
+/// `n * classes` posteriors.
+pub fn pooled_posteriors(map: &ScoreMap, classes: usize) -> Vec<f64> {
     let pos = map.h * map.w;
-    let mut out = vec![0f64; map.n * classes];
-    for (i, o) in out.chunks_exact_mut(classes).enumerate() {
-        for row in map.probs[i * pos * classes..][..pos * classes].chunks_exact(classes) {
-            o.iter_mut().zip(row).for_each(|(o, &p)| *o += p as f64 / pos as f64);
+    let mut out = Vec::with_capacity(map.n * classes);
+    for img in map.logits.chunks_exact(pos * classes) {
+        let mut mean = vec![0f64; classes];
+        for row in img.chunks_exact(classes) {
+            mean.iter_mut().zip(row).for_each(|(m, &z)| *m += z as f64 / pos as f64);
         }
+        out.extend(super::softmax64(&mean));
     }
     out
 }
@@ -147,13 +148,13 @@ pub fn flip_rgb(pixels: &[u8], w: usize, h: usize) -> Vec<u8> {
     out
 }
 
-/// The dense posterior of one `w x h` image (RGB bytes) under `vgg`: the position-averaged
-/// posteriors of the image and of its mirror image, averaged.
+/// The dense posterior of one `w x h` image (RGB bytes) under `vgg`: the posteriors of the
+/// image's and its mirror image's spatially averaged scores, averaged.
 pub fn dense_posterior(vgg: &Vgg, pixels: &[u8], w: usize, h: usize) -> Result<Vec<f64>> {
     let k = vgg.config().classes;
     let mut both = pixels.to_vec();
     both.extend(flip_rgb(pixels, w, h));
     let images = Tensor::<u8>::from_host(vgg.device(), &[2, h, w, 3], &both)?;
-    let post = averaged_posteriors(&dense_logits(vgg, &images)?, k);
+    let post = pooled_posteriors(&dense_logits(vgg, &images)?, k);
     Ok((0..k).map(|c| 0.5 * (post[c] + post[k + c])).collect())
 }

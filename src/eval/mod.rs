@@ -158,8 +158,13 @@ pub fn class_list(classes: &[String]) -> String {
 /// Softmax of one row of logits, in f64: the host's exact posterior, which tests hold the
 /// device's ([`ops::softmax_fwd`]) against.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
+    softmax64(&logits.iter().map(|&v| v as f64).collect::<Vec<_>>())
+}
+
+/// [`softmax`] of f64 scores.
+pub fn softmax64(scores: &[f64]) -> Vec<f64> {
+    let m = scores.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let e: Vec<f64> = scores.iter().map(|&v| (v - m).exp()).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }
@@ -183,9 +188,16 @@ pub fn infer_config(weights: &[NamedTensor]) -> Result<VggConfig> {
     else {
         bail!("not a VGG state dict: features.0.weight, classifier.0.weight or classifier.6.weight is missing");
     };
+    let (&[f0, ..], &[c0o, c0i], &[c6o, _]) = (&f0[..], &c0[..], &c6[..]) else {
+        bail!(
+            "not a VGG state dict: features.0.weight {f0:?} (want [K, 3, 3, 3]), classifier.0.weight {c0:?} \
+             and classifier.6.weight {c6:?} (want 2-d)"
+        );
+    };
+    let (c0, c6) = ([c0o, c0i], [c6o]);
     let mut have: Vec<(String, Vec<usize>)> = weights.iter().map(|w| (w.0.clone(), w.1.clone())).collect();
     have.sort();
-    let width = f0[0] as f32 / 64.0;
+    let width = f0 as f32 / 64.0;
     for arch in Arch::ALL {
         let probe = VggConfig { width, fc: c0[0], classes: c6[0], ..VggConfig::paper(arch) };
         let c_last = probe.channels(512);
@@ -208,6 +220,8 @@ pub struct Model {
     pub classes: Option<Vec<String>>,
     /// The training seed stored with the checkpoint, if any.
     pub seed: Option<u64>,
+    /// The test scale Q the training run validated at, if the checkpoint records it.
+    pub test_scale: Option<u32>,
     /// [`posteriors`]' device and page-locked buffers, made on its first call and kept.
     io: Option<EvalIo>,
 }
@@ -257,7 +271,8 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
             bail!("{}: {} class names stored for a {}-class model", path.display(), c.len(), cfg.classes);
         }
     }
-    Ok(Model { path: path.to_path_buf(), vgg, classes, seed: l.state.map(|s| s.seed), io: None })
+    let (seed, test_scale) = (l.state.as_ref().map(|s| s.seed), l.state.and_then(|s| s.test_scale));
+    Ok(Model { path: path.to_path_buf(), vgg, classes, seed, test_scale, io: None })
 }
 
 /// An error naming `path` unless it is a file.
@@ -301,6 +316,21 @@ pub fn load_ensemble(dev: &Device, paths: &[PathBuf], arch: Option<&str>, batch:
     Ok(models)
 }
 
+/// The test scale Q the ensemble's checkpoints record (see [`Model::test_scale`]): `None`
+/// when none does, an error when two disagree (each model's own Q would need one run each).
+pub fn recorded_test_scale(models: &[Model]) -> Result<Option<u32>> {
+    let mut recorded = models.iter().filter_map(|m| m.test_scale.map(|q| (q, &m.path)));
+    let Some((q, path)) = recorded.next() else { return Ok(None) };
+    if let Some((q2, path2)) = recorded.find(|&(q2, _)| q2 != q) {
+        bail!(
+            "{} was validated at Q {q} and {} at Q {q2}: give the test scale with --scale",
+            path.display(),
+            path2.display()
+        );
+    }
+    Ok(Some(q))
+}
+
 /// Runs `n` views (`input` x `input` x 3 bytes each, concatenated) through every model and
 /// returns the posteriors averaged over models, `n * classes`. Short batches are padded.
 ///
@@ -308,12 +338,15 @@ pub fn load_ensemble(dev: &Device, paths: &[PathBuf], arch: Option<&str>, batch:
 /// host reads batch j's posteriors (through page-locked buffers on cuda, see
 /// [`PinnedBuffer`]), so the device does not wait for the host between batches.
 pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f64>> {
+    let Some(first) = models.first() else { bail!("posteriors: no models") };
     let (s, k, b) = {
-        let c = models[0].vgg.config();
-        (c.input, c.classes, models[0].vgg.batch())
+        let c = first.vgg.config();
+        (c.input, c.classes, first.vgg.batch())
     };
     let per = s * s * 3;
-    debug_assert_eq!(pixels.len(), n * per);
+    if pixels.len() != n * per {
+        bail!("posteriors: {} bytes for {n} views of {s}x{s}x3 (want {})", pixels.len(), n * per);
+    }
     let mut out = vec![0f64; n * k];
     let starts: Vec<usize> = (0..n).step_by(b).collect();
     for m in models.iter_mut() {

@@ -1,5 +1,6 @@
-//! `vgg predict`: the top classes of single images, by every view of the paper's protocol
-//! and every model of an ensemble.
+//! `vgg predict`: the top classes of single images from their centre crop at one test scale,
+//! with the posteriors averaged over the models of an ensemble (`vgg eval` has the paper's
+//! other views: flips, multi-crop, dense, several scales).
 
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
@@ -48,7 +49,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Test scale Q (shorter side after rescaling), at least the model's input side
-    /// [default: input * 8 / 7, 256 for 224].
+    /// [default: the Q the checkpoint's training run validated at, else input * 8 / 7, 256
+    /// for 224].
     #[arg(long)]
     pub scale: Option<u32>,
     /// Expected VGG config (A, ..., E); an error when the checkpoint is another.
@@ -88,7 +90,10 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
-    let q = a.scale.unwrap_or(input * 8 / 7);
+    let q = match a.scale {
+        Some(q) => q,
+        None => recorded_test_scale(&models)?.unwrap_or(input * 8 / 7),
+    };
     if q < input {
         bail!("--scale {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})");
     }

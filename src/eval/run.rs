@@ -18,8 +18,9 @@ pub struct EvalArgs {
     pub data: String,
     /// Test scales Q, comma-separated (several: posteriors averaged), or a preset: fixed:S
     /// (S-32,S,S+32), jittered[:MIN:MAX] (MIN,(MIN+MAX)/2,MAX; 256,384,512); each Q at least
-    /// the model's input side [default: the input side for synthetic data, input * 8 / 7
-    /// otherwise, as `vgg train` validates].
+    /// the model's input side [default: the Q the checkpoint's training run validated at (the
+    /// paper's single-scale Q: S, or (Smin + Smax) / 2); for checkpoints that do not record
+    /// it, the input side for synthetic data, input * 8 / 7 otherwise].
     #[allow(rustdoc::broken_intra_doc_links)] // `[:MIN:MAX]` is option syntax in --help, not a link
     #[arg(long)]
     pub scale: Option<String>,
@@ -231,7 +232,13 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let (ds, what) = dataset(a, src, &models)?;
     let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
-    let scales = scale_arg.unwrap_or_else(|| vec![if a.data == "synthetic" { input } else { input * 8 / 7 }]);
+    let scales = match scale_arg {
+        Some(v) => v,
+        None => match recorded_test_scale(&models)? {
+            Some(q) => vec![q],
+            None => vec![if a.data == "synthetic" { input } else { input * 8 / 7 }],
+        },
+    };
     if let Some(q) = scales.iter().find(|&&q| q < input) {
         bail!(
             "--scale {}: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})",

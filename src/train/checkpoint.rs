@@ -49,6 +49,14 @@ pub struct TrainState {
     /// checkpoints written before plans were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conv_plans: Vec<ConvPlan>,
+    /// The run's training scale S as (smallest, largest), equal for a fixed S, and the test
+    /// scale Q it validated at, which `vgg eval` and `vgg predict` take by default (the
+    /// paper's single-scale Q: S, or the middle of a jittered range). `None` in checkpoints
+    /// written before they were recorded, and for imported weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<(u32, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_scale: Option<u32>,
 }
 
 /// What a checkpoint file held.

@@ -114,6 +114,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     let loader = Loader::new(train_ds.clone(), data.train_tf.clone(), lcfg(true, true));
     let val_loader = val_ds.map(|v| Loader::new(v, data.test_tf.clone(), lcfg(false, false)));
+    if val_loader.is_none() && matches!(schedule, LrSchedule::Plateau { .. }) {
+        eprintln!(
+            "warning: {} has no val/ folder, so the plateau schedule never lowers the learning rate \
+             (give DIR/train and DIR/val, or --schedule step:EPOCHS or cosine)",
+            a.data
+        );
+    }
     let per_epoch = loader.batches() as u64;
     if per_epoch == 0 {
         bail!("the training set ({} images) has no full batch of {}", train_ds.len(), a.batch);
@@ -133,6 +140,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         seed: a.seed,
         batch: a.batch,
         conv_plans: vec![],
+        scale: Some(data.train_tf.scale.range()),
+        test_scale: Some(data.test_tf.scale),
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -178,7 +187,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             clean_steps: state.scaler_clean_steps,
             skipped: state.scaler_skipped,
         })?;
-        st = TrainState { batch: a.batch, ..state };
+        st = TrainState { batch: a.batch, scale: st.scale, test_scale: st.test_scale, ..state };
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),

@@ -18,12 +18,18 @@ pub enum LrSchedule {
 
 impl LrSchedule {
     pub fn parse(s: &str) -> Result<Self> {
+        let num = |prefix: &str| s.strip_prefix(prefix).and_then(|v| v.parse::<u64>().ok()).filter(|&v| v > 0);
         Ok(match s {
+            // The paper gives no patience; 1 reacts to the first epoch without progress.
             "plateau" => LrSchedule::Plateau { patience: 1, max_decays: 3 },
             "cosine" => LrSchedule::Cosine,
-            _ => match s.strip_prefix("step:").and_then(|v| v.parse().ok()) {
-                Some(every) if every > 0 => LrSchedule::Step { every },
-                _ => bail!("unknown --schedule `{s}` (plateau, step:EPOCHS, cosine)"),
+            _ if s.starts_with("plateau:") => match num("plateau:").and_then(|p| u32::try_from(p).ok()) {
+                Some(patience) => LrSchedule::Plateau { patience, max_decays: 3 },
+                None => bail!("--schedule `{s}`: plateau:PATIENCE needs a positive number of validations"),
+            },
+            _ => match num("step:") {
+                Some(every) => LrSchedule::Step { every },
+                _ => bail!("unknown --schedule `{s}` (plateau[:PATIENCE], step:EPOCHS, cosine)"),
             },
         })
     }
@@ -80,6 +86,8 @@ mod tests {
             seed: 0,
             batch: 1,
             conv_plans: vec![],
+            scale: None,
+            test_scale: None,
         }
     }
 
@@ -101,6 +109,21 @@ mod tests {
             assert!((got / want - 1.0).abs() < 1e-5, "{lrs:?}");
         }
         assert_eq!((st.decays, st.best_val), (3, 0.5));
+        // Patience 2: one stall keeps the rate, a second in a row divides it.
+        let s = LrSchedule::parse("plateau:2").unwrap();
+        assert_eq!(s, LrSchedule::Plateau { patience: 2, max_decays: 3 });
+        let mut st = state(0.01);
+        let lrs: Vec<f32> = [0.2, 0.1, 0.3, 0.3, 0.3]
+            .iter()
+            .map(|&v| {
+                s.after_validation(&mut st, v);
+                s.rate(0.01, &st, 100)
+            })
+            .collect();
+        let want = [0.01, 0.01, 0.01, 0.01, 1e-3];
+        for (got, want) in lrs.iter().zip(want) {
+            assert!((got / want - 1.0).abs() < 1e-5, "{lrs:?}");
+        }
     }
 
     #[test]
@@ -117,7 +140,7 @@ mod tests {
             st.step = s;
             assert!((cos.rate(0.1, &st, 100) - want).abs() < 1e-6, "step {s}");
         }
-        for bad in ["", "step:0", "step:x", "linear"] {
+        for bad in ["", "step:0", "step:x", "linear", "plateau:0", "plateau:-1", "plateau:x"] {
             assert!(LrSchedule::parse(bad).unwrap_err().to_string().contains("--schedule"));
         }
     }
