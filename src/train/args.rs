@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
-/// device in about 1.5 minutes (A at 1/16 width, 32x32, 4 synthetic classes); the paper's
-/// settings are `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256`, with
-/// `--scale 256` or `--scale 256:512` and the colour shift, which are ImageFolder's defaults.
+/// device in about 1.5 minutes (A at 1/16 width, 32x32, 4 synthetic classes, He init,
+/// torchvision's input normalisation); the paper's settings are `--width 1 --input 224
+/// --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init paper --stats FILE`
+/// (the training set's mean RGB from `vgg stats`), with `--scale 256` or `--scale 256:512`,
+/// an ImageFolder with a val/ folder for the plateau schedule, and `--pre-init` from a
+/// trained A for the deeper configs (README, "Reproducing the paper").
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
     /// VGG config: A, A-LRN, B, C, D, E.
@@ -81,7 +84,8 @@ pub struct TrainArgs {
     /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub dropout: f32,
-    /// plateau, step:EPOCHS or cosine.
+    /// plateau[:PATIENCE] (divide by 10 after PATIENCE validations without progress, 1 by
+    /// default, at most 3 times; needs a validation set), step:EPOCHS or cosine.
     #[arg(long, default_value = "plateau")]
     pub schedule: String,
     /// Weight init: paper, normal:STD, glorot, he, torchvision.
