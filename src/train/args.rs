@@ -84,7 +84,7 @@ pub struct TrainArgs {
     /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub dropout: f32,
-    /// plateau[:PATIENCE] (divide by 10 after PATIENCE validations without progress, 1 by
+    /// `plateau[:PATIENCE]` (divide by 10 after PATIENCE validations without progress, 1 by
     /// default, at most 3 times; needs a validation set), step:EPOCHS or cosine.
     #[arg(long, default_value = "plateau")]
     pub schedule: String,
