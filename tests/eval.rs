@@ -50,7 +50,7 @@ fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
 }
 
 fn predict_args(weights: Vec<PathBuf>, images: Vec<PathBuf>) -> PredictArgs {
-    PredictArgs { weights, images, top: 3, json: false, device: "emu".into(), labels: None, scale: None, model: None }
+    PredictArgs { weights, images, top: 3, device: "emu".into(), ..Default::default() }
 }
 
 #[test]

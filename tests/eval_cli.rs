@@ -118,21 +118,14 @@ fn predict_rejects_bad_scale_top_and_labels() {
     let dir = TempDir::new("eval-cli", "predict");
     let w = save_tiny(&dir.0, 3);
     let img = image_folder(&dir.0.join("data"), 1, 1).remove(0);
-    let args = PredictArgs {
-        weights: vec![w],
-        images: vec![img],
-        top: 3,
-        json: false,
-        device: "emu".into(),
-        labels: None,
-        scale: None,
-        model: None,
-    };
-    for q in [0, 1, 31] {
-        let e = err_of(eval::predict(&PredictArgs { scale: Some(q), ..args.clone() }));
+    let args = PredictArgs { weights: vec![w], images: vec![img], top: 3, device: "emu".into(), ..Default::default() };
+    for q in ["0", "1", "31", "32,31", "fixed:40"] {
+        let e = err_of(eval::predict(&PredictArgs { scale: Some(q.into()), ..args.clone() }));
         assert!(e.contains("--scale"), "--scale {q}: {e}");
     }
-    assert_eq!(eval::predict(&PredictArgs { scale: Some(32), ..args.clone() }).unwrap()[0].top.len(), 3);
+    let e = err_of(eval::predict(&PredictArgs { crops: "grid".into(), ..args.clone() }));
+    assert!(e.contains("--crops"), "{e}");
+    assert_eq!(eval::predict(&PredictArgs { scale: Some("32".into()), ..args.clone() }).unwrap()[0].top.len(), 3);
     let e = err_of(eval::predict(&PredictArgs { top: 0, ..args.clone() }));
     assert!(e.contains("--top"), "{e}");
     // A labels file is read even though the checkpoint stores names, and wins over them.
@@ -248,4 +241,43 @@ fn selftest_checks_its_json_path_before_the_run() {
     );
     assert!(!stdout.contains("selftest on"), "the run started: {stdout}");
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
+}
+
+/// `vgg predict`'s views combine as `vgg eval`'s do: a flip averages the crop's and its mirror
+/// image's posteriors, several scales average the scales', `both` is the equal-weight mean of
+/// `multi` and `dense`; each a posterior that sums to 1.
+#[test]
+fn predict_combines_views_like_eval() {
+    let dir = TempDir::new("eval-cli", "predict-views");
+    let w = save_tiny(&dir.0, 3);
+    let img = image_folder(&dir.0.join("data"), 1, 1).remove(0);
+    let mirror = dir.0.join("mirror.png");
+    image::imageops::flip_horizontal(&image::open(&img).unwrap().to_rgb8()).save(&mirror).unwrap();
+    let args = PredictArgs {
+        weights: vec![w],
+        images: vec![img.clone(), mirror],
+        top: 3,
+        device: "emu".into(),
+        scale: Some("40".into()),
+        ..Default::default()
+    };
+    let probs = |a: PredictArgs| -> Vec<Vec<f64>> { eval::predict(&a).unwrap().into_iter().map(|p| p.probs).collect() };
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        // The same views through the same kernels: equal but for the order of f64 sums.
+        assert!(d < 1e-12, "{what}: differ by {d}: {a:?} vs {b:?}");
+        assert!((a.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{what}: {a:?} does not sum to 1");
+    };
+    let mean = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| 0.5 * (x + y)).collect() };
+    let plain = probs(args.clone());
+    let flipped = probs(PredictArgs { flip: true, images: vec![img.clone()], ..args.clone() });
+    close(&flipped[0], &mean(&plain[0], &plain[1]), "centre + flip vs the image and its mirror");
+    assert!(plain[0] != plain[1], "the image and its mirror score alike: the flip check cannot fail");
+    let q48 = probs(PredictArgs { scale: Some("48".into()), images: vec![img.clone()], ..args.clone() });
+    let both_q = probs(PredictArgs { scale: Some("40,48".into()), images: vec![img.clone()], ..args.clone() });
+    close(&both_q[0], &mean(&plain[0], &q48[0]), "Q 40,48 vs the mean of Q 40 and Q 48");
+    let one = |crops: &str| probs(PredictArgs { crops: crops.into(), images: vec![img.clone()], ..args.clone() });
+    let (multi, dense, both) = (one("multi"), one("dense"), one("both"));
+    close(&both[0], &mean(&multi[0], &dense[0]), "both vs the mean of multi and dense");
+    assert!(multi[0] != dense[0], "multi and dense agree: the combination check cannot fail");
 }

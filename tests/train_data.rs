@@ -152,7 +152,7 @@ fn a_run_with_stats_subtracts_their_mean_and_records_it() {
     let img = Path::new(&dir).join("a").join("0.png");
     let out = vgg(&["predict", "--weights", path.to_str().unwrap(), img.to_str().unwrap(), "--device", "emu"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("Q 42,"), "{stderr}");
+    assert!(out.status.success() && stderr.contains("Q [42]"), "{stderr}");
     // An ensemble whose checkpoints were validated at different Q needs --scale.
     let other = ck.0.join("other.safetensors");
     let moved = checkpoint::TrainState { test_scale: Some(40), ..state };

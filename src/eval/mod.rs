@@ -68,6 +68,17 @@ impl Crops {
             _ => bail!("unknown --crops `{s}` (center, multi, dense, both)"),
         })
     }
+
+    /// The views of a scale in words (`flip`: the centre crop's mirror image too).
+    pub fn describe(self, flip: bool) -> &'static str {
+        match (self, flip) {
+            (Crops::Center, false) => "centre crop",
+            (Crops::Center, true) => "centre crop + flip",
+            (Crops::Multi, _) => "5x5 crops x 2 flips",
+            (Crops::Dense, _) => "dense (+ flip)",
+            (Crops::Both, _) => "dense (+ flip) and 5x5 crops x 2 flips",
+        }
+    }
 }
 
 /// `n` offsets of a `crop`-wide window over `extent` pixels, evenly spaced from 0 to
@@ -389,6 +400,40 @@ pub fn posteriors(models: &mut [Model], pixels: &[u8], n: usize) -> Result<Vec<f
 /// One image's crop views' pixels (concatenated), its dense views with their pixels, and
 /// its label.
 type Rendered = (Vec<u8>, Vec<(Plan, Vec<u8>)>, usize);
+
+/// One image's posterior under the ensemble: the mean of its crop views' posteriors
+/// (`crop_post`, one row of `classes` a view, already averaged over the models), the mean of
+/// its dense views' (each the image and its mirror image, every model), or, with both, their
+/// equal-weight average (the paper's "complementary" combination).
+pub fn image_posterior(
+    models: &[Model],
+    crop_post: &[f64],
+    dense: &[(Plan, Vec<u8>)],
+    classes: usize,
+) -> Result<Vec<f64>> {
+    let k = classes;
+    let vpc = crop_post.len() / k;
+    let mut p = vec![0f64; k];
+    for row in crop_post.chunks_exact(k) {
+        p.iter_mut().zip(row).for_each(|(o, x)| *o += x / vpc as f64);
+    }
+    if dense.is_empty() {
+        return Ok(p);
+    }
+    let mut d = vec![0f64; k];
+    let views = (dense.len() * models.len()) as f64;
+    for (plan, px) in dense {
+        let (w, h) = (plan.window.2 as usize, plan.window.3 as usize);
+        for m in models {
+            let q = dense::dense_posterior(&m.vgg, px, w, h)?;
+            d.iter_mut().zip(q).for_each(|(o, x)| *o += x / views);
+        }
+    }
+    // Dense alone, or the equal-weight average with the crops' posterior.
+    let wd = if vpc > 0 { 0.5 } else { 1.0 };
+    p.iter_mut().zip(d).for_each(|(o, x)| *o = (1.0 - wd) * *o + wd * x);
+    Ok(p)
+}
 
 /// Applies `plans` to `img`: the views' pixels, concatenated.
 fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {

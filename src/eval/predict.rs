@@ -1,6 +1,6 @@
-//! `vgg predict`: the top classes of single images from their centre crop at one test scale,
-//! with the posteriors averaged over the models of an ensemble (`vgg eval` has the paper's
-//! other views: flips, multi-crop, dense, several scales).
+//! `vgg predict`: the top classes of single images, by the views `vgg eval` takes (centre
+//! crop by default at the checkpoint's test scale; flips, multi-crop, dense, several scales)
+//! and every model of an ensemble.
 
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
@@ -48,14 +48,36 @@ pub struct PredictArgs {
     /// Class names, one a line; they take precedence over names stored in the checkpoint.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Test scale Q (shorter side after rescaling), at least the model's input side
-    /// [default: the Q the checkpoint's training run validated at, else input * 8 / 7, 256
-    /// for 224].
+    /// Test scales Q as `vgg eval` takes them (Q, Q1,Q2,..., fixed:S, jittered[:MIN:MAX]),
+    /// each at least the model's input side [default: the Q the checkpoint's training run
+    /// validated at, else input * 8 / 7, 256 for 224].
+    #[allow(rustdoc::broken_intra_doc_links)] // `[:MIN:MAX]` is option syntax in --help, not a link
     #[arg(long)]
-    pub scale: Option<u32>,
+    pub scale: Option<String>,
+    /// Views of each scale, as `vgg eval` takes them: center, multi, dense or both.
+    #[arg(long, default_value = "center")]
+    pub crops: String,
+    /// Also the mirror image of the centre crop.
+    #[arg(long)]
+    pub flip: bool,
     /// Expected VGG config (A, ..., E); an error when the checkpoint is another.
     #[arg(long)]
     pub model: Option<String>,
+}
+
+impl Default for PredictArgs {
+    /// The command line's defaults, with no weights and no images (tests fill those in).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: PredictArgs,
+        }
+        let mut a = <Cli as clap::Parser>::parse_from(["predict", "--weights", "-", "-"]).args;
+        a.weights.clear();
+        a.images.clear();
+        a
+    }
 }
 
 /// A class and its probability.
@@ -81,50 +103,53 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     if a.top == 0 {
         bail!("--top must be at least 1");
     }
-    if a.scale == Some(0) {
-        bail!("--scale must be a positive size");
-    }
+    let crops = Crops::parse(&a.crops)?;
+    let scale_arg = a.scale.as_deref().map(parse_scales).transpose()?;
     let labels = a.labels.as_deref().map(|p| read_labels(p).map(|n| (p, n))).transpose()?;
     let dev = Device::by_name(&a.device).with_context(|| format!("predict on `{}`", a.device))?;
     let batch = a.images.len().clamp(1, 16);
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
-    let q = match a.scale {
-        Some(q) => q,
-        None => recorded_test_scale(&models)?.unwrap_or(input * 8 / 7),
+    let scales = match scale_arg {
+        Some(v) => v,
+        None => vec![recorded_test_scale(&models)?.unwrap_or(input * 8 / 7)],
     };
-    if q < input {
-        bail!("--scale {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})");
+    if let Some(q) = scales.iter().find(|&&q| q < input) {
+        bail!("--scale: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})");
     }
-    let mut pixels = vec![];
+    let (mut pixels, mut dense, mut n_views) = (vec![], vec![], vec![]);
     for p in &a.images {
         let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
         let img = decode_rgb(&bytes, p)?;
-        let plans = views(img.width(), img.height(), &[q], input, Crops::Center, false)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        let err = |e: String| anyhow::anyhow!("{}: {e}", p.display());
+        let plans = views(img.width(), img.height(), &scales, input, crops, a.flip).map_err(err)?;
+        let d = dense_views(img.width(), img.height(), &scales, crops).map_err(err)?;
         pixels.extend(render(&img, &plans));
+        n_views.push(plans.len());
+        dense.push(d.into_iter().map(|v| (v, render(&img, &[v]))).collect::<Vec<_>>());
     }
-    let post = posteriors(&mut models, &pixels, a.images.len())?;
+    let post = posteriors(&mut models, &pixels, n_views.iter().sum())?;
     let k = names.len();
     let preds: Vec<Prediction> = a
         .images
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let probs = post[i * k..(i + 1) * k].to_vec();
+            let first: usize = n_views[..i].iter().sum();
+            let probs = image_posterior(&models, &post[first * k..(first + n_views[i]) * k], &dense[i], k)?;
             let top = top_k(&probs, a.top)
                 .into_iter()
                 .map(|c| TopClass { class: c, name: names[c].clone(), prob: probs[c] })
                 .collect();
-            Prediction { image: p.display().to_string(), top, probs }
+            Ok(Prediction { image: p.display().to_string(), top, probs })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&preds)?);
     } else {
         let cfg = models[0].vgg.config();
-        eprintln!("VGG {} on {}, Q {q}, centre crop {input}", cfg.describe(), dev.name());
+        eprintln!("VGG {} on {}, Q {scales:?}, {} of {input}", cfg.describe(), dev.name(), crops.describe(a.flip));
         for p in &preds {
             println!("{}", p.image);
             for (r, t) in p.top.iter().enumerate() {

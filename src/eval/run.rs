@@ -250,19 +250,13 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
     let names: Vec<String> = ds.classes().to_vec();
     println!(
-        "eval {} model(s) VGG {} on {} ({what}, {} images): Q {:?}, {} crops{}, {vpi} views an image",
+        "eval {} model(s) VGG {} on {} ({what}, {} images): Q {:?}, {}, {vpi} views an image",
         models.len(),
         models[0].vgg.config().describe(),
         dev.name(),
         ds.len(),
         scales,
-        match crops {
-            Crops::Center => "centre",
-            Crops::Multi => "5x5 x 2 flips",
-            Crops::Dense => "dense (+ flip)",
-            Crops::Both => "dense (+ flip) and 5x5 x 2 flips",
-        },
-        if a.flip && crops == Crops::Center { " + flips" } else { "" }
+        crops.describe(a.flip),
     );
     let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(ds.len() as u64) };
     bar.set_style(
@@ -310,26 +304,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         }
         let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
         for (j, &l) in labels.iter().enumerate() {
-            let mut p = vec![0f64; k];
-            for v in 0..vpc {
-                for (o, x) in p.iter_mut().zip(&post[(j * vpc + v) * k..][..k]) {
-                    *o += x / vpc as f64;
-                }
-            }
-            if !dense_px[j].is_empty() {
-                let mut d = vec![0f64; k];
-                let views = (dense_px[j].len() * models.len()) as f64;
-                for (plan, px) in &dense_px[j] {
-                    let (w, h) = (plan.window.2 as usize, plan.window.3 as usize);
-                    for m in &models {
-                        let q = dense::dense_posterior(&m.vgg, px, w, h)?;
-                        d.iter_mut().zip(q).for_each(|(o, x)| *o += x / views);
-                    }
-                }
-                // Dense alone, or the equal-weight average with the crops' posterior.
-                let wd = if vpc > 0 { 0.5 } else { 1.0 };
-                p.iter_mut().zip(d).for_each(|(o, x)| *o = (1.0 - wd) * *o + wd * x);
-            }
+            let p = image_posterior(&models, &post[j * vpc * k..(j + 1) * vpc * k], &dense_px[j], k)?;
             // `vgg train`'s rule (`reference::topk_hits`): a hit when fewer than k classes
             // score strictly higher, so fp16 ties count for the label.
             let larger = p.iter().filter(|&&v| v > p[l]).count();
