@@ -9,10 +9,33 @@ use crate::{Error, Result};
 use half::f16;
 use std::sync::Arc;
 
-/// An element type that can live in a device tensor.
-pub trait DType: bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
+/// An element type that can live in a device tensor: one of the five below, no other. Sealed:
+/// the launchers trust a tensor's element type to be what its kernel reads, so outside
+/// implementations could make a kernel read past a buffer.
+///
+/// ```compile_fail,E0277
+/// #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Wide([u64; 8]);
+/// impl vgg_cuda::DType for Wide {
+///     const NAME: &'static str = "wide";
+/// }
+/// ```
+pub trait DType: sealed::Sealed + bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
     const NAME: &'static str;
 }
+
+/// The private supertrait that keeps [`DType`] (and through it every trait built on it) to this
+/// crate's implementations.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+    impl Sealed for u8 {}
+    impl Sealed for i32 {}
+    impl Sealed for u64 {}
+}
+
 impl DType for f16 {
     const NAME: &'static str = "f16";
 }
