@@ -52,6 +52,9 @@ impl DType for u64 {
     const NAME: &'static str = "u64";
 }
 
+/// Byte alignment [`Tensor::view`] requires of an offset: the widest access of any kernel.
+pub const VIEW_ALIGN: usize = 16;
+
 /// A contiguous, row-major tensor on a device.
 pub struct Tensor<T: DType> {
     device: Device,
@@ -82,12 +85,21 @@ impl<T: DType> Tensor<T> {
     /// and dropping the view frees nothing). Views of one base may overlap: whoever makes them
     /// decides which is valid when (a [`crate::model::MemoryPlan`] gives overlapping buffers
     /// disjoint lifetimes); a kernel writing one overwrites the others.
+    ///
+    /// `offset` must be a multiple of [`VIEW_ALIGN`] (16) bytes, as allocations are (256): the
+    /// kernels load and store 16-byte vectors, which fault on a GPU at a lesser alignment.
     pub fn view(base: &Arc<Tensor<u8>>, offset: usize, shape: &[usize]) -> Result<Self> {
-        let size = std::mem::size_of::<T>();
+        if !offset.is_multiple_of(VIEW_ALIGN) {
+            return Err(Error::Shape(format!(
+                "a {} view {shape:?} at byte {offset}: the offset must be a multiple of {VIEW_ALIGN} bytes \
+                 (the kernels' 16-byte vector accesses)",
+                T::NAME
+            )));
+        }
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let end = len.and_then(|l| l.checked_mul(size)).and_then(|b| b.checked_add(offset));
+        let end = len.and_then(|l| l.checked_mul(std::mem::size_of::<T>())).and_then(|b| b.checked_add(offset));
         match end {
-            Some(end) if end <= base.bytes() && offset.is_multiple_of(size) => Ok(Self {
+            Some(end) if end <= base.bytes() => Ok(Self {
                 device: base.device.clone(),
                 ptr: base.ptr + offset as u64,
                 shape: shape.to_vec(),
@@ -95,7 +107,7 @@ impl<T: DType> Tensor<T> {
                 _t: Default::default(),
             }),
             _ => Err(Error::Shape(format!(
-                "a {} view {shape:?} at byte {offset} does not fit (aligned) in a base of {} bytes",
+                "a {} view {shape:?} at byte {offset} does not fit in a base of {} bytes",
                 T::NAME,
                 base.bytes()
             ))),
