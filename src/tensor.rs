@@ -192,7 +192,7 @@ impl<T: DType> Tensor<T> {
 
     /// Reinterprets the shape (same number of elements).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
-        if shape.iter().product::<usize>() != self.len() {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(self.len()) {
             return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
         }
         self.shape = shape.to_vec();

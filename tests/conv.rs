@@ -299,6 +299,8 @@ fn shape_errors() {
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd4x4), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Wgmma), "Wgmma needs C a multiple of 8");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
+    // C near usize::MAX: rounding it up to a multiple of 8 must not overflow (or wrap to 0).
+    shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1, usize::MAX - 3, 8), ConvAlgo::Auto), "K*9*Cp");
     // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
     shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8192, 8192), ConvAlgo::Auto), "36*K*Cp");
