@@ -69,7 +69,10 @@ fn softmax_fwd_extremes() {
     ops::softmax_fwd(&Tensor::<f16>::from_f32(&dev, &[3, 1], &[-7.0, 0.0, 6e4]).unwrap(), &mut one).unwrap();
     assert_eq!(one.to_host().unwrap(), vec![1.0; 3]);
     let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3, 2]).unwrap(), &mut one).unwrap_err();
-    assert!(e.to_string().contains("probs has 3 elements"), "{e}");
+    assert!(e.to_string().contains("probs (logits' shape) must have shape [3, 2], got [3, 1]"), "{e}");
+    let mut transposed = Tensor::<f32>::empty(&dev, &[2, 3]).unwrap();
+    let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3, 2]).unwrap(), &mut transposed).unwrap_err();
+    assert!(e.to_string().contains("got [2, 3]"), "{e}");
     let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3]).unwrap(), &mut one).unwrap_err();
     assert!(e.to_string().contains("[rows, classes]"), "{e}");
 }
@@ -118,12 +121,15 @@ fn shape_errors_name_the_problem() {
     let mut bufs = ops::XentBuffers::new(&dev, 4).unwrap();
     let labels3 = Tensor::<i32>::zeros(&dev, &[3]).unwrap();
     let e = ops::softmax_xent(&z, &labels3, None, 1.0, &mut bufs).unwrap_err();
-    assert!(e.to_string().contains("labels has 3 elements"), "{e}");
+    assert!(e.to_string().contains("labels must have shape [4], got [3]"), "{e}");
 
     let labels = Tensor::<i32>::zeros(&dev, &[4]).unwrap();
     let mut dz = Tensor::<f16>::zeros(&dev, &[4, 9]).unwrap();
     let e = ops::softmax_xent(&z, &labels, Some(&mut dz), 1.0, &mut bufs).unwrap_err();
-    assert!(e.to_string().contains("dlogits has 36 elements"), "{e}");
+    assert!(e.to_string().contains("dlogits (logits' shape) must have shape [4, 10], got [4, 9]"), "{e}");
+    let mut dz_t = Tensor::<f16>::zeros(&dev, &[10, 4]).unwrap();
+    let e = ops::softmax_xent(&z, &labels, Some(&mut dz_t), 1.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("got [10, 4]"), "{e}");
     let e = ops::softmax_xent(&z, &labels, None, 0.0, &mut bufs).unwrap_err();
     assert!(e.to_string().contains("loss_scale"), "{e}");
 

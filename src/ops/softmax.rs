@@ -168,11 +168,11 @@ fn xent<T: XentLogit>(
         "softmax_xent: batch {batch} exceeds the buffers' capacity {}",
         bufs.capacity()
     );
-    labels.check(&dev, "softmax_xent labels", batch)?;
+    labels.check_shape(&dev, "softmax_xent labels", &[batch])?;
     bufs.status.check(&dev, "softmax_xent status", STATUS_WORDS)?;
     let dz = match dlogits {
         Some(d) => {
-            d.check(&dev, "softmax_xent dlogits", batch * classes)?;
+            d.check_shape(&dev, "softmax_xent dlogits (logits' shape)", &[batch, classes])?;
             d.arg_mut()
         }
         None => KArg::Ptr(0),
@@ -214,7 +214,7 @@ pub fn softmax_fwd<T: XentLogit>(logits: &Tensor<T>, probs: &mut Tensor<f32>) ->
         return Err(Error::Shape(format!("softmax_fwd: logits must be [rows, classes], got {:?}", logits.shape())));
     };
     ensure_shape!(rows > 0 && classes > 0, "softmax_fwd: empty logits {:?}", logits.shape());
-    probs.check(&dev, "softmax_fwd probs", rows * classes)?;
+    probs.check_shape(&dev, "softmax_fwd probs (logits' shape)", &[rows, classes])?;
     // A warp at least (the block reductions work on whole warps), no idle warps on few classes.
     let threads = (classes.next_multiple_of(32) as u32).min(THREADS);
     let cfg = LaunchConfig { grid: (int("rows", rows)? as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };
