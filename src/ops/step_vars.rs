@@ -7,7 +7,7 @@
 
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::reference::dropout_key;
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 const SET: Kernel = Kernel { module: "optim", name: "step_vars_set" };
 
@@ -45,7 +45,13 @@ impl StepVars {
 
     /// Hidden layer `layer`'s dropout key, as a `const unsigned long long*` argument.
     pub(crate) fn key_arg(&self, dev: &Device, layer: usize) -> Result<KArg> {
-        assert!(layer < 2, "two hidden layers");
+        // Reachable from ops::dropout with any DropoutKey::Device: a bad layer is the caller's
+        // error, not a broken invariant.
+        if layer >= 2 {
+            return Err(Error::Invalid(format!(
+                "dropout key of hidden layer {layer}: StepVars holds the keys of layers 0 and 1"
+            )));
+        }
         self.t.check(dev, "step values", 4)?;
         Ok(KArg::Ptr(self.t.device_ptr() + 8 * layer as u64))
     }
