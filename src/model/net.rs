@@ -672,7 +672,7 @@ impl Vgg {
             .iter()
             .map(|p| {
                 let g: Vec<f32> = p.g.to_host()?.iter().map(|v| v / s).collect();
-                Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&g)))
+                Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&g)?))
             })
             .collect()
     }
