@@ -371,6 +371,36 @@ fn overflow_skips_step_halves_scale_keeps_weights() {
     assert!(!s.skipped && s.loss_scale == scale / 2.0);
 }
 
+/// A NaN, negative or infinite learning rate is an `Error::Invalid` before anything is launched:
+/// the weights stay as they were. So is a model built with momentum outside [0, 1).
+#[test]
+fn a_bad_learning_rate_launches_nothing() {
+    let dev = Device::emu();
+    let cfg = small(Arch::A, 0.5);
+    let batch = 2;
+    let mut vgg = Vgg::new(&dev, cfg.clone(), batch, Init::He, 5).unwrap();
+    let (images, labels) = batch_data(&cfg, batch, 3);
+    let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+    let before: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
+    let launches = dev.launches();
+    for lr in [f32::NAN, -0.01, f32::INFINITY] {
+        for e in [
+            vgg.train_step(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.train_step_queued(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.train_step_graph(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.apply_grads(lr).unwrap_err(),
+        ] {
+            assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("learning rate"), "{lr}: {e}");
+        }
+    }
+    assert_eq!(dev.launches(), launches, "nothing may be launched");
+    let after: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
+    assert!(after == before, "the weights changed");
+    let o = OptimConfig { momentum: 1.5, ..Default::default() };
+    let e = Vgg::with_optim(&dev, cfg, batch, Init::He, 5, o).err().expect("momentum 1.5 accepted");
+    assert!(e.to_string().contains("momentum 1.5"), "{e}");
+}
+
 #[test]
 fn export_import_round_trip_in_torchvision_layout() {
     let dev = Device::emu();

@@ -239,6 +239,7 @@ impl Vgg {
         optim: OptimConfig,
     ) -> Result<Self> {
         cfg.validate()?;
+        Sgd { lr: 0.0, momentum: optim.momentum, weight_decay: optim.weight_decay }.validate()?;
         let feats = cfg.features();
         // Auto's conv plans, with any pass the device's shared memory cannot hold on Direct.
         let convs = feats
@@ -594,11 +595,19 @@ impl Vgg {
         self.optimizer_step(lr, Step::Host).map(|applied| applied.unwrap_or(true))
     }
 
+    /// The step's SGD hyper-parameters at `lr`, checked ([`Sgd::validate`]): what every training
+    /// step does before its first launch, so that a bad `lr` leaves the model as it was.
+    fn sgd(&self, lr: f32) -> Result<Sgd> {
+        let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
+        sgd.validate()?;
+        Ok(sgd)
+    }
+
     /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
     /// (None), with the learning rate `lr` or the one in [`StepVars`].
     fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
         self.dev.profile_label("optimizer");
-        let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
+        let sgd = self.sgd(lr)?;
         let optim = self.optim;
         let mut sp: Vec<SgdParam<'_>> = self
             .params
@@ -618,6 +627,7 @@ impl Vgg {
     /// the same weights, bit for bit. Until the sync, [`Vgg::loss_scale`] and
     /// [`Vgg::scaler_state`] show the state of the last sync.
     pub fn train_step_queued(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
+        self.sgd(lr)?;
         self.scaler.queue()?;
         self.compute_grads(images, labels, step)?;
         self.optimizer_step(lr, Step::Queued).map(|_| ())
@@ -638,7 +648,11 @@ impl Vgg {
 
     /// One training step: forward, loss, backward, optimizer. Reads back only the overflow
     /// flag and the loss status.
+    ///
+    /// `lr`, and the momentum and weight decay of the [`OptimConfig`], are checked first
+    /// ([`Sgd::validate`]): a bad one is an `Error::Invalid` with nothing launched.
     pub fn train_step(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<StepStats> {
+        self.sgd(lr)?;
         let loss_scale = self.scaler.scale();
         let t = std::time::Instant::now();
         self.compute_grads(images, labels, step)?;

@@ -26,8 +26,10 @@ impl StepVars {
     }
 
     /// Queues the values of the step `step`: the dropout keys of `seeds` (one per hidden
-    /// layer, as [`crate::ops::dropout_fwd`] derives them) and the learning rate.
+    /// layer, as [`crate::ops::dropout_fwd`] derives them) and the learning rate (finite and
+    /// >= 0, else an `Error::Invalid`).
     pub fn set(&mut self, seeds: [u64; 2], step: u64, lr: f32) -> Result<()> {
+        crate::ops::optim::check_lr(lr)?;
         let dev = self.t.device().clone();
         let one = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
         let [k0, k1] = seeds.map(|s| dropout_key(s, step));

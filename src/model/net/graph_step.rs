@@ -34,6 +34,7 @@ impl Vgg {
             !self.tracing,
             "Vgg::train_step_graph: keep_trace copies activations to the host every step, which a captured step cannot"
         );
+        self.sgd(lr)?;
         self.scaler.queue()?;
         self.vars.set([self.dropout_seed(0), self.dropout_seed(1)], step, lr)?;
         let (im, lb) = (images.device_ptr(), labels.device_ptr());
