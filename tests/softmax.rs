@@ -94,7 +94,7 @@ fn bad_label_is_reported_with_its_row() {
     ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
     let e = bufs.check().unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::Shape(_)), "{msg}");
+    assert!(matches!(e, Error::Invalid(_)), "{msg}");
     assert!(msg.contains("label 1000 of row 1 is not in 0..1000") && msg.contains("2 bad rows"), "{msg}");
 
     // Bad rows get a zero gradient; good rows the reference's.
@@ -105,6 +105,11 @@ fn bad_label_is_reported_with_its_row() {
     let c = r::compare_tol(&got[..classes], &r::f32_to_f16_round(&want), 1e-7, 2e-3);
     assert!(c.first_bad.is_none(), "row 0 gradient: {c}");
 
+    // check leaves the report in place; check_once reports it once and clears it.
+    assert!(bufs.check().is_err());
+    assert!(matches!(bufs.check_once(), Err(Error::Invalid(_))));
+    assert_eq!(bufs.check().unwrap().rows, 0, "check_once cleared the status");
+    ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
     bufs.clear().unwrap();
     ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
     let s = bufs.check().unwrap();

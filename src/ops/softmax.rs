@@ -6,7 +6,7 @@
 //! in a small device status buffer ([`XentBuffers`]) that the host reads when it wants,
 //! with [`XentBuffers::check`]. A label outside `[0, classes)` is sticky there (counted,
 //! first row kept) until [`XentBuffers::clear`], so training can check once per N steps
-//! and still name the first offending row.
+//! and still name the first offending row; [`XentBuffers::check_once`] clears it once reported.
 
 use super::int;
 use super::optim::LossScaler;
@@ -99,13 +99,23 @@ impl XentBuffers {
         self.status.copy_from_host(&[0; STATUS_WORDS])
     }
 
+    /// As [`check`](Self::check), and a bad label it reports is then forgotten (the status
+    /// cleared): each is reported once, and the launches after it report their own.
+    pub fn check_once(&mut self) -> Result<XentStats> {
+        let r = self.check();
+        if matches!(r, Err(Error::Invalid(_))) {
+            self.clear()?;
+        }
+        r
+    }
+
     /// Reads the status (a device-to-host copy, so it waits for the launches before it):
-    /// the last launch's loss and hit counts, or an error naming the first row whose label
-    /// was outside `[0, classes)` in any launch since the last [`clear`](Self::clear).
+    /// the last launch's loss and hit counts, or an `Error::Invalid` naming the first row whose
+    /// label was outside `[0, classes)` in any launch since the last [`clear`](Self::clear).
     pub fn check(&self) -> Result<XentStats> {
         let s = self.status.to_host()?;
         if s[4] > 0 {
-            return Err(Error::Shape(format!(
+            return Err(Error::Invalid(format!(
                 "softmax_xent: label {} of row {} is not in 0..{} ({} bad rows since the status was cleared)",
                 s[6], s[5], s[7], s[4]
             )));
