@@ -1,5 +1,8 @@
-//! The library's error type. Every failure a user can cause or meet (no GPU, a bad shape,
-//! a kernel that broke a CUDA rule on the emulator) is a value, never a panic.
+//! The library's error type. Every failure a user can cause or meet through the device, the
+//! tensors, the ops and the model (no GPU, a bad shape or layout, a misaligned view, a size that
+//! overflows, a bad hyper-parameter or label, a kernel that broke a CUDA rule on the emulator)
+//! is a value, not a panic; a panic there is a bug. The exception is [`crate::reference`], the
+//! test oracle, which asserts its preconditions.
 
 /// Errors of the vgg-cuda library.
 #[derive(Debug, thiserror::Error)]
@@ -16,15 +19,18 @@ pub enum Error {
     /// A kernel failed on the device (on emu: a broken CUDA rule such as a divergent barrier).
     #[error("{0}")]
     Kernel(String),
-    /// Arguments of an op that do not fit together (shapes, lengths, alignment).
+    /// Arguments that do not fit together or within the library's limits: tensor shapes and
+    /// layouts, lengths, a view's 16-byte alignment, sizes that overflow, a model config's
+    /// dimensions; also a call the device's current state refuses (while capturing a graph).
     #[error("invalid shape: {0}")]
     Shape(String),
     /// The device cannot run a launch within its limits (shared memory a block): the kernel
     /// is fine, the GPU too small for its tile; a plan with other kernels may run.
     #[error("{0}")]
     Unsupported(String),
-    /// A name or option value that is not one of those accepted (a config, an init); the
-    /// message lists them.
+    /// A value outside those accepted: a name or option (a config, an init; the message lists
+    /// them), an optimizer hyper-parameter, a label outside `0..classes`, a dropout key's layer.
+    /// The message names the value.
     #[error("{0}")]
     Invalid(String),
     /// A tensor belongs to another device than the op runs on.

@@ -9,10 +9,33 @@ use crate::{Error, Result};
 use half::f16;
 use std::sync::Arc;
 
-/// An element type that can live in a device tensor.
-pub trait DType: bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
+/// An element type that can live in a device tensor: one of the five below, no other. Sealed:
+/// the launchers trust a tensor's element type to be what its kernel reads, so outside
+/// implementations could make a kernel read past a buffer.
+///
+/// ```compile_fail,E0277
+/// #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Wide([u64; 8]);
+/// impl vgg_cuda::DType for Wide {
+///     const NAME: &'static str = "wide";
+/// }
+/// ```
+pub trait DType: sealed::Sealed + bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
     const NAME: &'static str;
 }
+
+/// The private supertrait that keeps [`DType`] (and through it every trait built on it) to this
+/// crate's implementations.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+    impl Sealed for u8 {}
+    impl Sealed for i32 {}
+    impl Sealed for u64 {}
+}
+
 impl DType for f16 {
     const NAME: &'static str = "f16";
 }
@@ -28,6 +51,9 @@ impl DType for i32 {
 impl DType for u64 {
     const NAME: &'static str = "u64";
 }
+
+/// Byte alignment [`Tensor::view`] requires of an offset: the widest access of any kernel.
+pub const VIEW_ALIGN: usize = 16;
 
 /// A contiguous, row-major tensor on a device.
 pub struct Tensor<T: DType> {
@@ -59,12 +85,21 @@ impl<T: DType> Tensor<T> {
     /// and dropping the view frees nothing). Views of one base may overlap: whoever makes them
     /// decides which is valid when (a [`crate::model::MemoryPlan`] gives overlapping buffers
     /// disjoint lifetimes); a kernel writing one overwrites the others.
+    ///
+    /// `offset` must be a multiple of [`VIEW_ALIGN`] (16) bytes, as allocations are (256): the
+    /// kernels load and store 16-byte vectors, which fault on a GPU at a lesser alignment.
     pub fn view(base: &Arc<Tensor<u8>>, offset: usize, shape: &[usize]) -> Result<Self> {
-        let size = std::mem::size_of::<T>();
+        if !offset.is_multiple_of(VIEW_ALIGN) {
+            return Err(Error::Shape(format!(
+                "a {} view {shape:?} at byte {offset}: the offset must be a multiple of {VIEW_ALIGN} bytes \
+                 (the kernels' 16-byte vector accesses)",
+                T::NAME
+            )));
+        }
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let end = len.and_then(|l| l.checked_mul(size)).and_then(|b| b.checked_add(offset));
+        let end = len.and_then(|l| l.checked_mul(std::mem::size_of::<T>())).and_then(|b| b.checked_add(offset));
         match end {
-            Some(end) if end <= base.bytes() && offset.is_multiple_of(size) => Ok(Self {
+            Some(end) if end <= base.bytes() => Ok(Self {
                 device: base.device.clone(),
                 ptr: base.ptr + offset as u64,
                 shape: shape.to_vec(),
@@ -72,7 +107,7 @@ impl<T: DType> Tensor<T> {
                 _t: Default::default(),
             }),
             _ => Err(Error::Shape(format!(
-                "a {} view {shape:?} at byte {offset} does not fit (aligned) in a base of {} bytes",
+                "a {} view {shape:?} at byte {offset} does not fit in a base of {} bytes",
                 T::NAME,
                 base.bytes()
             ))),
@@ -157,14 +192,28 @@ impl<T: DType> Tensor<T> {
 
     /// Reinterprets the shape (same number of elements).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
-        if shape.iter().product::<usize>() != self.len() {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(self.len()) {
             return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
         }
         self.shape = shape.to_vec();
         Ok(self)
     }
 
-    /// Errors unless this tensor lives on `device` and has `len` elements.
+    /// Errors unless this tensor lives on `device` and has exactly `shape`; `what` names the
+    /// tensor and its layout (`conv3x3 x (NHWC)`), so that a tensor of the right size in another
+    /// layout (NCHW for NHWC) is named with both shapes rather than read wrongly.
+    pub fn check_shape(&self, device: &Device, what: &str, shape: &[usize]) -> Result<()> {
+        if !self.device.same(device) {
+            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
+        }
+        if self.shape != shape {
+            return Err(Error::Shape(format!("{what} must have shape {shape:?}, got {:?}", self.shape)));
+        }
+        Ok(())
+    }
+
+    /// Errors unless this tensor lives on `device` and has `len` elements (for element-wise ops,
+    /// to which the shape does not matter).
     pub fn check(&self, device: &Device, what: &str, len: usize) -> Result<()> {
         if !self.device.same(device) {
             return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });

@@ -119,7 +119,7 @@ fn maxpool_argmax_path_matches() {
     let mut a = Tensor::<u8>::empty(&dev, &[7]).unwrap();
     let mut y = Tensor::empty(&dev, &out).unwrap();
     let e = ops::maxpool2x2_fwd_arg(&xt, &mut y, &mut a).unwrap_err();
-    assert!(e.to_string().contains("max-pool argmax has 7 elements"), "{e}");
+    assert!(e.to_string().contains("max-pool argmax (NHWC, y's shape) must have shape"), "{e}");
 }
 
 #[test]
@@ -133,12 +133,22 @@ fn shape_errors_name_the_problem() {
     let x = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 8]).unwrap();
     let mut wrong = Tensor::<f16>::zeros(&dev, &[2, 2, 2, 4]).unwrap();
     let e = ops::maxpool2x2_fwd(&x, &mut wrong).unwrap_err();
-    assert!(e.to_string().contains("max-pool output has 32 elements"), "{e}");
+    assert!(e.to_string().contains("max-pool output y (NHWC) must have shape [2, 2, 2, 8], got [2, 2, 2, 4]"), "{e}");
+    // The right size in another layout (NCHW) is refused too, naming both shapes.
+    let mut nchw = Tensor::<f16>::zeros(&dev, &[2, 8, 2, 2]).unwrap();
+    let e = ops::maxpool2x2_fwd(&x, &mut nchw).unwrap_err();
+    assert!(e.to_string().contains("must have shape [2, 2, 2, 8], got [2, 8, 2, 2]"), "{e}");
+    let dy = Tensor::<f16>::zeros(&dev, &[2, 8, 2, 2]).unwrap();
+    let mut dx = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 8]).unwrap();
+    let e = ops::maxpool2x2_bwd(&x, &dy, &mut dx).unwrap_err();
+    assert!(e.to_string().contains("max-pool dy (NHWC)"), "{e}");
 
     let bias = Tensor::<f16>::zeros(&dev, &[7]).unwrap();
     let mut y = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 8]).unwrap();
     let e = ops::bias_act(&x, &bias, &mut y, true).unwrap_err();
-    assert!(e.to_string().contains("bias has 7 elements"), "{e}");
+    assert!(e.to_string().contains("bias ([C], x's last dimension) must have shape [8], got [7]"), "{e}");
+    let bias = Tensor::<f16>::zeros(&dev, &[1, 8]).unwrap();
+    assert!(ops::bias_act(&x, &bias, &mut y, true).is_err(), "a [1, C] bias");
 
     let other = Device::emu();
     let mut y_other = Tensor::<f16>::zeros(&other, &[2, 4, 4, 8]).unwrap();

@@ -268,6 +268,44 @@ fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
     }
 }
 
+/// Tensors of the right sizes in other layouts (NCHW activations, OIHW filters, a `[1, K]`
+/// bias) are refused by every pass, naming NHWC or KRSC and both shapes, instead of being read
+/// as NHWC / KRSC.
+#[test]
+fn tensors_in_other_layouts_are_refused() {
+    let dev = Device::emu();
+    let t = |shape: &[usize]| Tensor::<f16>::zeros(&dev, shape).unwrap();
+    let f = |shape: &[usize]| Tensor::<f32>::zeros(&dev, shape).unwrap();
+    for algo in [ConvAlgo::Auto, ConvAlgo::Direct] {
+        let conv = Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 16), algo).unwrap();
+        let (x, w, b, dy) = (t(&[1, 4, 4, 8]), t(&[16, 3, 3, 8]), t(&[16]), t(&[1, 4, 4, 16]));
+        let mut ws = Tensor::<u8>::zeros(&dev, &[conv.workspace_bytes(ConvPass::Wgrad).max(16 << 10)]).unwrap();
+        let (x_nchw, w_oihw, dy_nchw) = (t(&[1, 8, 4, 4]), t(&[16, 8, 3, 3]), t(&[1, 16, 4, 4]));
+        let (mut y, mut dx) = (t(&[1, 4, 4, 16]), t(&[1, 4, 4, 8]));
+        let fprop = |x: &Tensor<f16>, w: &Tensor<f16>, b: &Tensor<f16>, y: &mut Tensor<f16>, ws: &mut Tensor<u8>| {
+            conv.fprop(x, w, Some(b), Epilogue::Bias, y, ws)
+        };
+        let x_err = "conv3x3 x (NHWC) must have shape [1, 4, 4, 8], got [1, 8, 4, 4]";
+        let w_err = "conv3x3 filters w (KRSC) must have shape [16, 3, 3, 8], got [16, 8, 3, 3]";
+        shape_err(fprop(&x_nchw, &w, &b, &mut y, &mut ws), x_err);
+        shape_err(fprop(&x, &w_oihw, &b, &mut y, &mut ws), w_err);
+        shape_err(fprop(&x, &w, &t(&[1, 16]), &mut y, &mut ws), "bias must have shape [16], got [1, 16]");
+        shape_err(fprop(&x, &w, &b, &mut t(&[1, 16, 4, 4]), &mut ws), "conv3x3 y (NHWC) must have shape [1, 4, 4, 16]");
+        shape_err(conv.prepare_filter(&w_oihw, &mut ws), w_err);
+        shape_err(conv.dgrad(&dy_nchw, &w, None, &mut dx, &mut ws), "conv3x3 dy (NHWC) must have shape [1, 4, 4, 16]");
+        shape_err(conv.dgrad(&dy, &w_oihw, None, &mut dx, &mut ws), w_err);
+        shape_err(conv.dgrad(&dy, &w, None, &mut t(&[1, 8, 4, 4]), &mut ws), "conv3x3 dx (NHWC)");
+        shape_err(conv.dgrad(&dy, &w, Some(&x_nchw), &mut dx, &mut ws), "relu mask (NHWC)");
+        let mut dw = f(&[16, 3, 3, 8]);
+        shape_err(conv.wgrad(&x_nchw, &dy, &mut dw, None, &mut ws), x_err);
+        shape_err(conv.wgrad(&x, &dy_nchw, &mut dw, None, &mut ws), "conv3x3 dy (NHWC)");
+        shape_err(conv.wgrad(&x, &dy, &mut f(&[16, 8, 3, 3]), None, &mut ws), "conv3x3 dw (KRSC)");
+        shape_err(conv.wgrad(&x, &dy, &mut dw, Some(&mut f(&[1, 16])), &mut ws), "db must have shape [16]");
+        // The right shapes still run.
+        conv.fprop(&x, &w, Some(&b), Epilogue::Bias, &mut y, &mut ws).unwrap();
+    }
+}
+
 /// Region tiling at every window width the launcher can pick (1 x 64 tiles to 64 x 1): each
 /// window's copy walks its raw pixels with a per-width stride and row wrap, so each width gets
 /// an exact check on integer data (the selftest's shapes all pick width 8). One shape per width
@@ -299,6 +337,8 @@ fn shape_errors() {
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 20), ConvAlgo::Winograd4x4), "K = 20");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Wgmma), "Wgmma needs C a multiple of 8");
     shape_err(Conv3x3::new(ConvProblem::new(1, 0, 4, 8, 8), ConvAlgo::Direct), ">= 1");
+    // C near usize::MAX: rounding it up to a multiple of 8 must not overflow (or wrap to 0).
+    shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1, usize::MAX - 3, 8), ConvAlgo::Auto), "K*9*Cp");
     // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
     shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8192, 8192), ConvAlgo::Auto), "36*K*Cp");

@@ -38,7 +38,11 @@ fn shape_errors_name_the_problem() {
     let e = ops::dense_gather(&x, 0, 1, &mut cols).unwrap_err();
     assert!(e.to_string().contains("0x1 windows"), "{e}");
     let e = ops::dense_gather(&x, 6, 6, &mut cols).unwrap_err();
-    assert!(e.to_string().contains("output has 2016 elements"), "{e}");
+    assert!(e.to_string().contains("output cols must have shape [8, 288], got [6, 336]"), "{e}");
+    // The right size, transposed.
+    let mut cols_t = Tensor::<f16>::zeros(&dev, &[6 * 7 * 8, 6]).unwrap();
+    let e = ops::dense_gather(&x, 6, 7, &mut cols_t).unwrap_err();
+    assert!(e.to_string().contains("got [336, 6]"), "{e}");
     let flat = Tensor::<f16>::zeros(&dev, &[6, 9, 8]).unwrap();
     let e = ops::dense_gather(&flat, 1, 1, &mut cols).unwrap_err();
     assert!(e.to_string().contains("NHWC"), "{e}");

@@ -5,7 +5,8 @@ mod two_schedules;
 
 use half::f16;
 use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, values};
-use vgg_cuda::{ops, reference as r, Device, KArg, Kernel, LaunchConfig, Tensor};
+use vgg_cuda::ops::{DropoutKey, StepVars};
+use vgg_cuda::{ops, reference as r, Device, Error, KArg, Kernel, LaunchConfig, Tensor};
 
 #[test]
 fn dropout_matches_reference() {
@@ -90,4 +91,18 @@ fn bad_probability_is_an_error() {
     let mut short = Tensor::<f16>::zeros(&dev, &[7]).unwrap();
     let e = ops::dropout_bwd(&x, &mut short, 1, 1, 0.5).unwrap_err();
     assert!(e.to_string().contains("dropout dx has 7 elements"), "{e}");
+}
+
+/// A device key names one of the two hidden layers whose keys [`StepVars`] holds; another
+/// layer is an error, not a panic.
+#[test]
+fn a_device_key_of_a_third_layer_is_an_error() {
+    let dev = Device::emu();
+    let mut vars = StepVars::new(&dev).unwrap();
+    vars.set([1, 2], 3, 0.1).unwrap();
+    let x = Tensor::<f16>::zeros(&dev, &[8]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[8]).unwrap();
+    let e = ops::dropout(&x, &mut y, DropoutKey::Device { vars: &vars, layer: 2 }, 0.5).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("hidden layer 2"), "{e}");
+    ops::dropout(&x, &mut y, DropoutKey::Device { vars: &vars, layer: 1 }, 0.5).unwrap();
 }

@@ -66,7 +66,10 @@ fn shape_errors_name_the_problem() {
     gemm::linear_fwd(&x, &w10, None, false, &mut y10, None).unwrap();
     // Inputs that do not fit the weights, outputs of the wrong size, a 3-D weight.
     shape_err(gemm::linear_fwd(&t(&[4, 8]), &w, None, false, &mut y, None), "does not flatten to [M, 16]");
-    shape_err(gemm::linear_fwd(&x, &w, None, false, &mut t(&[4, 23]), None), "GEMM output y");
+    shape_err(
+        gemm::linear_fwd(&x, &w, None, false, &mut t(&[4, 23]), None),
+        "output y ([M, N]) must have shape [4, 24]",
+    );
     shape_err(gemm::linear_fwd(&x, &t(&[24, 4, 4]), None, false, &mut y, None), "weights must be [N, K]");
     shape_err(gemm::linear_fwd(&x, &w, Some(&t(&[23])), false, &mut y, None), "bias");
     shape_err(gemm::linear_bwd_data(&t(&[4, 23]), &w, &mut t(&[4, 16]), None), "dy must be [M, 24]");
@@ -85,6 +88,31 @@ fn shape_errors_name_the_problem() {
     shape_err(gemm::conv1x1_fwd(&xc, &t(&[8, 1, 1, 12]), None, false, &mut t(&[1, 3, 3, 8]), None), "filters");
     shape_err(gemm::conv1x1_fwd(&xc, &t(&[8, 16]), None, false, &mut t(&[1, 3, 4, 8]), None), "output must be");
     shape_err(gemm::conv1x1_fwd(&t(&[9, 16]), &t(&[8, 16]), None, false, &mut t(&[9, 8]), None), "NHWC");
+}
+
+/// Operands of the right sizes in other shapes (transposed, flat, a `[1, N]` bias) are refused
+/// with both shapes named, not read as `[M, K]`, `[N, K]`, `[M, N]`; an input or its gradient
+/// may still be any `[M, ...]` flattening to K (a feature map into the first FC layer).
+#[test]
+fn operands_of_the_right_size_in_another_shape_are_refused() {
+    let dev = Device::emu();
+    let t = |shape: &[usize]| Tensor::<f16>::zeros(&dev, shape).unwrap();
+    let f = |shape: &[usize]| Tensor::<f32>::zeros(&dev, shape).unwrap();
+    let (x, w, dy) = (t(&[4, 16]), t(&[24, 16]), t(&[4, 24]));
+    for y in [&mut t(&[24, 4]), &mut t(&[96]), &mut t(&[2, 2, 24])] {
+        let want = format!("must have shape [4, 24], got {:?}", y.shape());
+        shape_err(gemm::linear_fwd(&x, &w, None, false, y, None), &want);
+    }
+    shape_err(gemm::linear_fwd(&x, &w, Some(&t(&[1, 24])), false, &mut t(&[4, 24]), None), "bias");
+    shape_err(gemm::linear_bwd_data(&dy, &w, &mut t(&[16, 4]), None), "dx shape [16, 4] does not flatten to");
+    gemm::linear_bwd_data(&dy, &w, &mut t(&[4, 4, 4]), None).unwrap();
+    let mut dw = f(&[24, 16]);
+    shape_err(gemm::linear_bwd_weight(&x, &t(&[24, 4]), &mut dw, None, None), "dy ([M, N]) must have shape [4, 24]");
+    shape_err(gemm::linear_bwd_weight(&x, &dy, &mut dw, Some(&mut f(&[1, 24])), None), "db must have shape [24]");
+    gemm::linear_bwd_weight(&t(&[4, 1, 4, 4]), &dy, &mut dw, Some(&mut f(&[24])), None).unwrap();
+    let xc = t(&[1, 3, 3, 16]);
+    let b8 = t(&[1, 8]);
+    shape_err(gemm::conv1x1_fwd(&xc, &t(&[8, 16]), Some(&b8), false, &mut t(&[1, 3, 3, 8]), None), "bias");
 }
 
 /// Without a workspace, Auto runs unsplit; with one, split. Both match the reference, and

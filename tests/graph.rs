@@ -24,11 +24,13 @@ fn a_replay_runs_what_was_captured_and_nothing_runs_before() {
     assert_eq!(graph.launches(), 1);
     assert!(!dev.is_capturing());
     assert_eq!(y.to_f32().unwrap(), [0.0; 4], "capturing must not run the work");
-    graph.launch().unwrap();
+    // SAFETY: x and y, the only buffers captured, live to the end of the test.
+    unsafe { graph.launch() }.unwrap();
     assert_eq!(y.to_f32().unwrap(), [0.0, 2.0, 0.0, 4.0]);
     // A replay reads the buffers as they are then: the arguments are pointers, not values.
     x.copy_from_host(&f16s(&[5.0, -6.0, 7.0, -8.0])).unwrap();
-    graph.launch().unwrap();
+    // SAFETY: as above.
+    unsafe { graph.launch() }.unwrap();
     assert_eq!(y.to_f32().unwrap(), [5.0, 0.0, 7.0, 0.0]);
     assert_eq!(dev.launches() - before, 3, "one captured launch, then one per graph launch");
 }
@@ -93,7 +95,8 @@ fn a_profile_lists_each_launch_under_its_label() {
     ops::relu_fwd(&x, &mut y).unwrap();
     dev.profile_label("second");
     let graph = dev.capture(|| ops::relu_fwd(&x, &mut y)).unwrap();
-    graph.launch().unwrap();
+    // SAFETY: x and y, the only buffers captured, live to the end of the test.
+    unsafe { graph.launch() }.unwrap();
     let got = dev.profile_stop().unwrap();
     let seen: Vec<(&str, &str)> = got.iter().map(|l| (l.label.as_str(), l.kernel)).collect();
     assert_eq!(seen, [("first", "memset"), ("first", "relu_fwd_f16"), ("second", "graph")]);

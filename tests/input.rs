@@ -37,7 +37,11 @@ fn shape_errors_name_the_problem() {
     let mut y = Tensor::<f16>::zeros(&dev, &[2, 4, 4, 3]).unwrap();
     let flip = Tensor::<u8>::zeros(&dev, &[3]).unwrap();
     let e = ops::normalize_input(&x, Some(&flip), &InputNorm::IMAGENET, &mut y).unwrap_err();
-    assert!(e.to_string().contains("flip flags has 3 elements"), "{e}");
+    assert!(e.to_string().contains("flip flags must have shape [2], got [3]"), "{e}");
+    // An output of the right size in NCHW.
+    let mut nchw = Tensor::<f16>::zeros(&dev, &[2, 3, 4, 4]).unwrap();
+    let e = ops::normalize_input(&x, None, &InputNorm::IMAGENET, &mut nchw).unwrap_err();
+    assert!(e.to_string().contains("(NHWC, x's shape) must have shape [2, 4, 4, 3], got [2, 3, 4, 4]"), "{e}");
     let zero_std = InputNorm { mean: [0.0; 3], std: Some([1.0, 0.0, 1.0]) };
     let e = ops::normalize_input(&x, None, &zero_std, &mut y).unwrap_err();
     assert!(e.to_string().contains("has a zero"), "{e}");

@@ -46,7 +46,13 @@ fn shape_errors_name_the_problem() {
     let x = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 8]).unwrap();
     let mut y = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 7]).unwrap();
     let e = ops::lrn_fwd(&x, &mut y, &p).unwrap_err();
-    assert!(e.to_string().contains("lrn output has 28 elements"), "{e}");
+    assert!(e.to_string().contains("lrn output y (NHWC, x's shape) must have shape [1, 2, 2, 8]"), "{e}");
+    let mut nchw = Tensor::<f16>::zeros(&dev, &[1, 8, 2, 2]).unwrap();
+    let e = ops::lrn_fwd(&x, &mut nchw, &p).unwrap_err();
+    assert!(e.to_string().contains("got [1, 8, 2, 2]"), "{e}");
+    let dy = Tensor::<f16>::zeros(&dev, &[1, 8, 2, 2]).unwrap();
+    let e = ops::lrn_bwd(&x, &dy, &mut Tensor::zeros(&dev, &[1, 2, 2, 8]).unwrap(), &p).unwrap_err();
+    assert!(e.to_string().contains("lrn dy (NHWC"), "{e}");
     let e =
         ops::lrn_fwd(&x, &mut Tensor::zeros(&dev, &[1, 2, 2, 8]).unwrap(), &LrnParams { size: 0, ..p }).unwrap_err();
     assert!(e.to_string().contains("window size"), "{e}");

@@ -371,6 +371,63 @@ fn overflow_skips_step_halves_scale_keeps_weights() {
     assert!(!s.skipped && s.loss_scale == scale / 2.0);
 }
 
+/// A bad label is an `Error::Invalid` naming its row, reported once: the step after it, an
+/// evaluation, and queued steps run normally instead of failing on the stale status. The
+/// step that reported it updated the weights (documented), the bad row contributing nothing.
+#[test]
+fn a_bad_label_is_reported_once() {
+    let dev = Device::emu();
+    let cfg = small(Arch::A, 0.0);
+    let batch = 2;
+    let mut vgg = Vgg::new(&dev, cfg.clone(), batch, Init::He, 5).unwrap();
+    let (images, labels) = batch_data(&cfg, batch, 3);
+    let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+    let bad = Tensor::from_host(&dev, &[batch], &[labels[0], cfg.classes as i32]).unwrap();
+    let before = vgg.params()[0].w.to_host().unwrap();
+    let e = vgg.train_step(&xi, &bad, 0.01, 0).unwrap_err();
+    assert!(matches!(e, vgg_cuda::Error::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("label 5 of row 1 is not in 0..5"), "{e}");
+    assert_ne!(vgg.params()[0].w.to_host().unwrap(), before, "the step ran in full, as documented");
+    let s = vgg.train_step(&xi, &xl, 0.01, 1).unwrap();
+    assert!(s.loss.is_finite() && s.batch == batch, "{s:?}");
+    assert!(vgg.evaluate(&xi, &bad).is_err());
+    assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
+    vgg.train_step_queued(&xi, &bad, 0.01, 2).unwrap();
+    assert!(vgg.sync().is_err());
+    vgg.train_step_queued(&xi, &xl, 0.01, 3).unwrap();
+    assert!(vgg.sync().unwrap().is_some_and(|s| s.loss.is_finite()));
+}
+
+/// A NaN, negative or infinite learning rate is an `Error::Invalid` before anything is launched:
+/// the weights stay as they were. So is a model built with momentum outside [0, 1).
+#[test]
+fn a_bad_learning_rate_launches_nothing() {
+    let dev = Device::emu();
+    let cfg = small(Arch::A, 0.5);
+    let batch = 2;
+    let mut vgg = Vgg::new(&dev, cfg.clone(), batch, Init::He, 5).unwrap();
+    let (images, labels) = batch_data(&cfg, batch, 3);
+    let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+    let before: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
+    let launches = dev.launches();
+    for lr in [f32::NAN, -0.01, f32::INFINITY] {
+        for e in [
+            vgg.train_step(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.train_step_queued(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.train_step_graph(&xi, &xl, lr, 0).unwrap_err(),
+            vgg.apply_grads(lr).unwrap_err(),
+        ] {
+            assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("learning rate"), "{lr}: {e}");
+        }
+    }
+    assert_eq!(dev.launches(), launches, "nothing may be launched");
+    let after: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.w.to_host().unwrap()).collect();
+    assert!(after == before, "the weights changed");
+    let o = OptimConfig { momentum: 1.5, ..Default::default() };
+    let e = Vgg::with_optim(&dev, cfg, batch, Init::He, 5, o).err().expect("momentum 1.5 accepted");
+    assert!(e.to_string().contains("momentum 1.5"), "{e}");
+}
+
 #[test]
 fn export_import_round_trip_in_torchvision_layout() {
     let dev = Device::emu();

@@ -6,8 +6,8 @@ mod two_schedules;
 
 use half::f16;
 use two_schedules::{assert_check_passes, assert_schedule_independent, bits16, bits32, values};
-use vgg_cuda::ops::{LossScaler, Sgd, SgdParam, SgdPlan};
-use vgg_cuda::{reference as r, Device, Tensor};
+use vgg_cuda::ops::{LossScaler, Sgd, SgdParam, SgdPlan, StepVars};
+use vgg_cuda::{reference as r, Device, Error, Tensor};
 
 #[test]
 fn sgd_matches_reference() {
@@ -195,4 +195,45 @@ fn queued_steps_match_host_steps() {
 #[test]
 fn device_loss_scale_matches_host_rules() {
     assert_check_passes("amp_scaler");
+}
+
+/// A NaN or infinite learning rate, momentum or weight decay would make every weight NaN (or
+/// diverge) in one step: each is an `Error::Invalid` naming it, from the plan's step and from
+/// both scaler steps, before anything is launched.
+#[test]
+fn bad_hyper_parameters_are_refused_before_any_launch() {
+    let dev = Device::emu();
+    let mut l = Layer::new(&dev, 64, 4, &values(64, 1, 1.0), &values(4, 2, 1.0));
+    let plan = SgdPlan::new(&l.params()).unwrap();
+    let mut scaler = LossScaler::with(&dev, 1.0, 2000).unwrap();
+    let mut vars = StepVars::new(&dev).unwrap();
+    let (before, launches) = (l.state(), dev.launches());
+    let bad = [
+        (Sgd::VGG.lr(f32::NAN), "learning rate NaN"),
+        (Sgd::VGG.lr(-0.1), "learning rate -0.1"),
+        (Sgd::VGG.lr(f32::INFINITY), "learning rate inf"),
+        (Sgd { momentum: -0.5, ..Sgd::VGG }, "momentum -0.5"),
+        (Sgd { momentum: 1.0, ..Sgd::VGG }, "momentum 1"),
+        (Sgd { momentum: f32::NAN, ..Sgd::VGG }, "momentum NaN"),
+        (Sgd { weight_decay: -1e-4, ..Sgd::VGG }, "weight decay -0.0001"),
+        (Sgd { weight_decay: f32::INFINITY, ..Sgd::VGG }, "weight decay inf"),
+    ];
+    for (sgd, needle) in bad {
+        let errors = [
+            sgd.validate().unwrap_err(),
+            plan.step(&mut l.params(), &sgd.with_scale(1.0), None).unwrap_err(),
+            scaler.step(&plan, &mut l.params(), sgd).unwrap_err(),
+            scaler.step_queued(&plan, &mut l.params(), sgd).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains(needle), "{sgd:?}: {e}");
+        }
+    }
+    let e = vars.set([1, 2], 0, f32::NAN).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("learning rate NaN"), "{e}");
+    assert_eq!(dev.launches(), launches, "nothing may be launched");
+    assert_eq!(l.state(), before);
+    // The edges that make a step: lr 0, momentum 0, no decay.
+    let edge = Sgd { lr: 0.0, momentum: 0.0, weight_decay: 0.0 };
+    assert!(scaler.step(&plan, &mut l.params(), edge).unwrap());
 }

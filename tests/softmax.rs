@@ -69,7 +69,10 @@ fn softmax_fwd_extremes() {
     ops::softmax_fwd(&Tensor::<f16>::from_f32(&dev, &[3, 1], &[-7.0, 0.0, 6e4]).unwrap(), &mut one).unwrap();
     assert_eq!(one.to_host().unwrap(), vec![1.0; 3]);
     let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3, 2]).unwrap(), &mut one).unwrap_err();
-    assert!(e.to_string().contains("probs has 3 elements"), "{e}");
+    assert!(e.to_string().contains("probs (logits' shape) must have shape [3, 2], got [3, 1]"), "{e}");
+    let mut transposed = Tensor::<f32>::empty(&dev, &[2, 3]).unwrap();
+    let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3, 2]).unwrap(), &mut transposed).unwrap_err();
+    assert!(e.to_string().contains("got [2, 3]"), "{e}");
     let e = ops::softmax_fwd(&Tensor::<f32>::zeros(&dev, &[3]).unwrap(), &mut one).unwrap_err();
     assert!(e.to_string().contains("[rows, classes]"), "{e}");
 }
@@ -91,7 +94,7 @@ fn bad_label_is_reported_with_its_row() {
     ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
     let e = bufs.check().unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, Error::Shape(_)), "{msg}");
+    assert!(matches!(e, Error::Invalid(_)), "{msg}");
     assert!(msg.contains("label 1000 of row 1 is not in 0..1000") && msg.contains("2 bad rows"), "{msg}");
 
     // Bad rows get a zero gradient; good rows the reference's.
@@ -102,6 +105,11 @@ fn bad_label_is_reported_with_its_row() {
     let c = r::compare_tol(&got[..classes], &r::f32_to_f16_round(&want), 1e-7, 2e-3);
     assert!(c.first_bad.is_none(), "row 0 gradient: {c}");
 
+    // check leaves the report in place; check_once reports it once and clears it.
+    assert!(bufs.check().is_err());
+    assert!(matches!(bufs.check_once(), Err(Error::Invalid(_))));
+    assert_eq!(bufs.check().unwrap().rows, 0, "check_once cleared the status");
+    ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
     bufs.clear().unwrap();
     ops::softmax_xent(&zt, &good, None, 1.0, &mut bufs).unwrap();
     let s = bufs.check().unwrap();
@@ -118,12 +126,15 @@ fn shape_errors_name_the_problem() {
     let mut bufs = ops::XentBuffers::new(&dev, 4).unwrap();
     let labels3 = Tensor::<i32>::zeros(&dev, &[3]).unwrap();
     let e = ops::softmax_xent(&z, &labels3, None, 1.0, &mut bufs).unwrap_err();
-    assert!(e.to_string().contains("labels has 3 elements"), "{e}");
+    assert!(e.to_string().contains("labels must have shape [4], got [3]"), "{e}");
 
     let labels = Tensor::<i32>::zeros(&dev, &[4]).unwrap();
     let mut dz = Tensor::<f16>::zeros(&dev, &[4, 9]).unwrap();
     let e = ops::softmax_xent(&z, &labels, Some(&mut dz), 1.0, &mut bufs).unwrap_err();
-    assert!(e.to_string().contains("dlogits has 36 elements"), "{e}");
+    assert!(e.to_string().contains("dlogits (logits' shape) must have shape [4, 10], got [4, 9]"), "{e}");
+    let mut dz_t = Tensor::<f16>::zeros(&dev, &[10, 4]).unwrap();
+    let e = ops::softmax_xent(&z, &labels, Some(&mut dz_t), 1.0, &mut bufs).unwrap_err();
+    assert!(e.to_string().contains("got [10, 4]"), "{e}");
     let e = ops::softmax_xent(&z, &labels, None, 0.0, &mut bufs).unwrap_err();
     assert!(e.to_string().contains("loss_scale"), "{e}");
 

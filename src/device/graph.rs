@@ -51,7 +51,27 @@ impl std::fmt::Debug for Graph {
 impl Graph {
     /// Queues the captured work on the device's stream (on emu: runs it), after what is queued
     /// already. The host's launch counter ([`Device::launches`]) counts this as one launch.
-    pub fn launch(&self) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The graph holds the raw addresses its captured launches and memsets name, not the
+    /// tensors: every buffer they name must still be alive and not reallocated (a tensor
+    /// dropped and made again may get another address, or give its old one to another
+    /// buffer). A replay after that reads and writes freed or foreign memory: on cuda a fault
+    /// that poisons the context, on emu undefined behaviour in the host process.
+    ///
+    /// Launching it is unsafe, so safe code cannot replay a graph whose buffers were dropped:
+    ///
+    /// ```compile_fail,E0133
+    /// # use vgg_cuda::{ops, Device, Tensor};
+    /// # let dev = Device::emu();
+    /// # let x = Tensor::<half::f16>::zeros(&dev, &[4]).unwrap();
+    /// # let mut y = Tensor::<half::f16>::zeros(&dev, &[4]).unwrap();
+    /// let relu = dev.capture(|| ops::relu_fwd(&x, &mut y)).unwrap();
+    /// drop((x, y));
+    /// relu.launch().unwrap(); // error[E0133]: call to unsafe function
+    /// ```
+    pub unsafe fn launch(&self) -> Result<()> {
         self.dev.not_capturing("launching a graph")?;
         self.dev.count_launch();
         // Under a profile, one entry named `graph`: its launches are not timed one by one.
@@ -61,8 +81,7 @@ impl Graph {
                 for op in ops {
                     match op {
                         // SAFETY: the arguments were checked by the launcher that captured them,
-                        // and every buffer they name outlives the graph (its owner drops the
-                        // graph before re-placing them).
+                        // and every buffer they name is still alive (this fn's contract).
                         EmuOp::Launch { kernel, cfg, args } => unsafe { self.dev.launch_now(kernel, *cfg, args)? },
                         // SAFETY: as above: dst spans bytes bytes of a live allocation.
                         EmuOp::Memset { dst, byte, bytes } => unsafe {
@@ -90,6 +109,10 @@ impl Device {
     /// work as a [`Graph`]. An error from `body` (such as an allocation, which a capture
     /// refuses) ends the capture and is returned; nothing captured runs.
     ///
+    /// The graph keeps the buffers' addresses, not the tensors (their lifetimes cannot be tied
+    /// to it: a model keeps its graph beside the buffers it names), so [`Graph::launch`] is
+    /// unsafe: its caller promises that every buffer captured is still alive and in place.
+    ///
     /// ```
     /// use half::f16;
     /// use vgg_cuda::{ops, Device, Tensor};
@@ -98,7 +121,8 @@ impl Device {
     /// let x = Tensor::from_f32(&dev, &[4], &[-1.0, 2.0, -3.0, 4.0])?;
     /// let mut y = Tensor::<f16>::zeros(&dev, &[4])?; // buffers are made before the capture
     /// let relu = dev.capture(|| ops::relu_fwd(&x, &mut y))?;
-    /// relu.launch()?; // as often as needed, reading x as it is then
+    /// // SAFETY: x and y, the graph's only buffers, live until the end of this block.
+    /// unsafe { relu.launch()? }; // as often as needed, reading x as it is then
     /// assert_eq!(y.to_f32()?, [0.0, 2.0, 0.0, 4.0]);
     /// # Ok::<(), vgg_cuda::Error>(())
     /// ```

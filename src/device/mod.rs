@@ -39,8 +39,13 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
-    /// One thread per element, `threads` per block (1-D).
+    /// One thread per element, `threads` per block (1-D); `threads` must be at least 1.
     pub fn for_elements(n: usize, threads: u32) -> Result<Self> {
+        if threads == 0 {
+            return Err(Error::Invalid(format!(
+                "LaunchConfig::for_elements({n}, 0): a block needs at least one thread"
+            )));
+        }
         let blocks = n.div_ceil(threads as usize).max(1);
         let grid =
             u32::try_from(blocks).map_err(|_| Error::Shape(format!("{n} elements is too many for one launch")))?;

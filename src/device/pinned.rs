@@ -25,11 +25,20 @@ pub struct PinnedBuffer<T: DType> {
 }
 
 impl<T: DType> PinnedBuffer<T> {
+    /// `len` elements; an error, not a panic, when their bytes overflow or cannot be had.
     pub fn new(dev: &Device, len: usize) -> Result<Self> {
-        let bytes = len * std::mem::size_of::<T>();
+        let too_large = || Error::Shape(format!("PinnedBuffer of {len} {} elements: too large", T::NAME));
+        // No allocation may exceed isize::MAX bytes.
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).filter(|&b| b <= isize::MAX as usize);
+        let bytes = bytes.ok_or_else(too_large)?;
         let host = match &dev.0.backend {
             Backend::Cuda(c) => Host::Pinned(c.alloc_pinned(bytes)?),
-            Backend::Emu(_) => Host::Plain(vec![T::default(); len]),
+            Backend::Emu(_) => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len).map_err(|_| too_large())?;
+                v.resize(len, T::default());
+                Host::Plain(v)
+            }
         };
         Ok(Self { dev: dev.clone(), host, len, _t: PhantomData })
     }

@@ -183,6 +183,15 @@ pub struct VggConfig {
 }
 
 impl VggConfig {
+    /// Upper bounds of [`VggConfig::validate`]: 8192-pixel inputs, 16x the paper's channels
+    /// (8192 a conv), FC layers of 65536 units, 2^20 classes: each many times what fits a GPU
+    /// today, and together still far from overflowing the sizes computed from them (the first
+    /// FC layer's 2^16 x 256^2 x 8192 = 2^45 weights).
+    pub const MAX_INPUT: usize = 8192;
+    pub const MAX_WIDTH: f32 = 16.0;
+    pub const MAX_FC: usize = 1 << 16;
+    pub const MAX_CLASSES: usize = 1 << 20;
+
     /// The paper's network for `arch`: 224x224 input, 1000 classes, FC-4096, dropout 0.5,
     /// torchvision's input normalisation (mean and std, so that torchvision weights work).
     pub fn paper(arch: Arch) -> Self {
@@ -199,17 +208,39 @@ impl VggConfig {
         InputNorm { mean: self.mean, std: self.std }
     }
 
-    /// Errors unless every knob makes a network: an input of at least 32 pixels (five pools),
-    /// positive widths and classes, dropout in `[0, 1)`.
+    /// Errors unless every knob makes a network: an input of 32 (five pools) to
+    /// [`VggConfig::MAX_INPUT`] pixels, a width multiplier in `(0, MAX_WIDTH]`, 1 to
+    /// [`VggConfig::MAX_FC`] FC units and 1 to [`VggConfig::MAX_CLASSES`] classes, dropout in
+    /// `[0, 1)`. The upper bounds keep every size computed from the config (parameter counts,
+    /// activation bytes at any batch a GPU could hold) far from overflowing a usize.
     pub fn validate(&self) -> Result<()> {
         ensure_shape!(
             self.input >= 32,
             "VGG input {} is too small: five 2x2 pools need at least 32 pixels",
             self.input
         );
+        ensure_shape!(
+            self.input <= Self::MAX_INPUT,
+            "VGG `input` {} is too large: at most {} pixels a side",
+            self.input,
+            Self::MAX_INPUT
+        );
         ensure_shape!(self.width > 0.0 && self.width.is_finite(), "VGG width multiplier {} must be > 0", self.width);
+        ensure_shape!(
+            (0.0..=Self::MAX_WIDTH).contains(&self.width),
+            "VGG `width` multiplier {} is too large: at most {}",
+            self.width,
+            Self::MAX_WIDTH
+        );
         ensure_shape!(self.classes >= 1, "VGG needs at least one class");
+        ensure_shape!(
+            self.classes <= Self::MAX_CLASSES,
+            "VGG `classes` {} is too many: at most {}",
+            self.classes,
+            Self::MAX_CLASSES
+        );
         ensure_shape!(self.fc >= 1, "VGG FC width must be at least 1");
+        ensure_shape!(self.fc <= Self::MAX_FC, "VGG `fc` width {} is too large: at most {}", self.fc, Self::MAX_FC);
         ensure_shape!((0.0..1.0).contains(&self.dropout), "VGG dropout {} is not in [0, 1)", self.dropout);
         Ok(())
     }
@@ -448,5 +479,31 @@ mod tests {
         assert_eq!(d[17], "pool5");
         let lrn = VggConfig::paper(Arch::parse("A-LRN").unwrap()).feature_names();
         assert_eq!(lrn[..4], ["conv1_1", "lrn1", "pool1", "conv2_1"]);
+    }
+
+    /// Sizes past the bounds, whose products (parameters, activation bytes) would overflow
+    /// later, are refused by validate, naming the field; the bounds themselves pass.
+    #[test]
+    fn validate_bounds_every_size() {
+        let ok = VggConfig::small(Arch::A, 0.125, 32, 32, 5);
+        let bad = [
+            (VggConfig { input: 1 << 32, ..ok.clone() }, "`input` 4294967296"),
+            (VggConfig { width: 1e30, ..ok.clone() }, "`width` multiplier"),
+            (VggConfig { fc: usize::MAX, ..ok.clone() }, "`fc` width"),
+            (VggConfig { classes: 1 << 40, ..ok.clone() }, "`classes` 1099511627776"),
+        ];
+        for (cfg, needle) in bad {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains("at most"), "{e}");
+        }
+        let top = VggConfig {
+            input: VggConfig::MAX_INPUT,
+            width: VggConfig::MAX_WIDTH,
+            fc: VggConfig::MAX_FC,
+            classes: VggConfig::MAX_CLASSES,
+            ..ok
+        };
+        top.validate().unwrap();
+        assert!(top.param_count() < 1 << 50, "the largest valid config's sizes stay far from overflow");
     }
 }

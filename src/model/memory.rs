@@ -32,6 +32,9 @@ use std::sync::Arc;
 /// Offsets and sizes in the arena are multiples of this (cudaMalloc's alignment; the
 /// kernels' 16-byte loads need less).
 pub const ALIGN: usize = 256;
+// Every buffer's offset is a sum of sizes rounded up to ALIGN, so a view of it is aligned as
+// Tensor::view requires.
+const _: () = assert!(ALIGN.is_multiple_of(crate::tensor::VIEW_ALIGN));
 
 /// A phase of a training step: the launches of one layer's pass, which read and write a
 /// fixed set of buffers. In step order: `Input`, `Feature(0..)`, `Fc(0..3)`, `Loss`,

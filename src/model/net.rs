@@ -239,6 +239,7 @@ impl Vgg {
         optim: OptimConfig,
     ) -> Result<Self> {
         cfg.validate()?;
+        Sgd { lr: 0.0, momentum: optim.momentum, weight_decay: optim.weight_decay }.validate()?;
         let feats = cfg.features();
         // Auto's conv plans, with any pass the device's shared memory cannot hold on Direct.
         let convs = feats
@@ -594,11 +595,19 @@ impl Vgg {
         self.optimizer_step(lr, Step::Host).map(|applied| applied.unwrap_or(true))
     }
 
+    /// The step's SGD hyper-parameters at `lr`, checked ([`Sgd::validate`]): what every training
+    /// step does before its first launch, so that a bad `lr` leaves the model as it was.
+    fn sgd(&self, lr: f32) -> Result<Sgd> {
+        let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
+        sgd.validate()?;
+        Ok(sgd)
+    }
+
     /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
     /// (None), with the learning rate `lr` or the one in [`StepVars`].
     fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
         self.dev.profile_label("optimizer");
-        let sgd = Sgd { lr, momentum: self.optim.momentum, weight_decay: self.optim.weight_decay };
+        let sgd = self.sgd(lr)?;
         let optim = self.optim;
         let mut sp: Vec<SgdParam<'_>> = self
             .params
@@ -618,6 +627,7 @@ impl Vgg {
     /// the same weights, bit for bit. Until the sync, [`Vgg::loss_scale`] and
     /// [`Vgg::scaler_state`] show the state of the last sync.
     pub fn train_step_queued(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
+        self.sgd(lr)?;
         self.scaler.queue()?;
         self.compute_grads(images, labels, step)?;
         self.optimizer_step(lr, Step::Queued).map(|_| ())
@@ -631,14 +641,27 @@ impl Vgg {
         self.step_stats(overflow, loss_scale, 0.0).map(Some)
     }
 
-    /// The loss status of the last [`Vgg::compute_grads`] (a device read).
-    pub fn last_loss(&self) -> Result<ops::XentStats> {
-        self.xent.check()
+    /// The loss status of the last [`Vgg::compute_grads`] (a device read); a bad label is an
+    /// `Error::Invalid`, reported once, as by [`Vgg::train_step`].
+    pub fn last_loss(&mut self) -> Result<ops::XentStats> {
+        self.xent.check_once()
     }
 
     /// One training step: forward, loss, backward, optimizer. Reads back only the overflow
     /// flag and the loss status.
+    ///
+    /// `lr`, and the momentum and weight decay of the [`OptimConfig`], are checked first
+    /// ([`Sgd::validate`]): a bad one is an `Error::Invalid` with nothing launched.
+    ///
+    /// A label outside `0..classes` is an `Error::Invalid` naming the first bad row, found only
+    /// when the status is read at the end of the step (nothing is read back before the update):
+    /// by then the step has run in full. The weights were updated, the bad rows contributing no
+    /// gradient (their logit gradient is zero, their loss NaN) and the batch mean still
+    /// dividing by the whole batch; the loss scale was updated as usual. The error is reported
+    /// once: the loss status is cleared, so the next step, or [`Vgg::evaluate`], runs normally.
+    /// Queued and graph steps report it at [`Vgg::sync`], as of the steps since the last sync.
     pub fn train_step(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<StepStats> {
+        self.sgd(lr)?;
         let loss_scale = self.scaler.scale();
         let t = std::time::Instant::now();
         self.compute_grads(images, labels, step)?;
@@ -648,16 +671,17 @@ impl Vgg {
     }
 
     /// The last step's statistics: the loss status read from the device, the rest given.
-    fn step_stats(&self, skipped: bool, loss_scale: f32, enqueue_ms: f64) -> Result<StepStats> {
-        let s = self.xent.check()?;
+    fn step_stats(&mut self, skipped: bool, loss_scale: f32, enqueue_ms: f64) -> Result<StepStats> {
+        let s = self.xent.check_once()?;
         Ok(StepStats { loss: s.loss, top1: s.top1, top5: s.top5, batch: s.rows, skipped, loss_scale, enqueue_ms })
     }
 
-    /// Loss and hit counts of `images` without dropout or any update (a device read).
+    /// Loss and hit counts of `images` without dropout or any update (a device read); a bad
+    /// label is an `Error::Invalid`, reported once, as by [`Vgg::train_step`].
     pub fn evaluate(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>) -> Result<ops::XentStats> {
         self.forward(images, false, 0)?;
         ops::softmax_xent(&self.buf.logits, labels, None, 1.0, &mut self.xent)?;
-        self.xent.check()
+        self.xent.check_once()
     }
 
     /// The unscaled fp32 gradients of the last [`Vgg::compute_grads`], torchvision layout.
@@ -672,7 +696,7 @@ impl Vgg {
             .iter()
             .map(|p| {
                 let g: Vec<f32> = p.g.to_host()?.iter().map(|v| v / s).collect();
-                Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&g)))
+                Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&g)?))
             })
             .collect()
     }

@@ -95,18 +95,34 @@ impl Layout {
         }
     }
 
-    /// Device order -> torchvision order.
-    pub fn to_torchvision(&self, dev: &[f32]) -> Vec<f32> {
+    /// Errors unless `len` values fit this layout: every dimension at least 1 (tv_index divides
+    /// by them) and exactly the layout's element count (a shorter or longer slice would index
+    /// past one side or the other).
+    fn check_len(&self, len: usize) -> Result<()> {
+        let dims = match *self {
+            Layout::Same => return Ok(()),
+            Layout::Krsc { k, c } => vec![k, 3, 3, c],
+            Layout::FcHwc { out, h, w, c } => vec![out, h, w, c],
+        };
+        let want = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|_| !dims.contains(&0));
+        ensure_shape!(want == Some(len), "layout {self:?} ({dims:?}) does not hold {len} values");
+        Ok(())
+    }
+
+    /// Device order -> torchvision order; an error unless `dev` has the layout's element count.
+    pub fn to_torchvision(&self, dev: &[f32]) -> Result<Vec<f32>> {
+        self.check_len(dev.len())?;
         let mut tv = vec![0f32; dev.len()];
         for (i, &v) in dev.iter().enumerate() {
             tv[self.tv_index(i)] = v;
         }
-        tv
+        Ok(tv)
     }
 
-    /// Torchvision order -> device order.
-    pub fn from_torchvision(&self, tv: &[f32]) -> Vec<f32> {
-        (0..tv.len()).map(|i| tv[self.tv_index(i)]).collect()
+    /// Torchvision order -> device order; an error unless `tv` has the layout's element count.
+    pub fn from_torchvision(&self, tv: &[f32]) -> Result<Vec<f32>> {
+        self.check_len(tv.len())?;
+        Ok((0..tv.len()).map(|i| tv[self.tv_index(i)]).collect())
     }
 }
 
@@ -226,7 +242,7 @@ pub(crate) fn export(params: &[Param], which: State) -> Result<Vec<NamedTensor>>
         .iter()
         .map(|p| {
             let t = if which == State::Weights { &p.w } else { &p.v };
-            Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&t.to_host()?)))
+            Ok((p.name.clone(), p.tv_shape.clone(), p.layout.to_torchvision(&t.to_host()?)?))
         })
         .collect()
 }
@@ -251,7 +267,7 @@ pub(crate) fn import(params: &mut [Param], tensors: &[NamedTensor], which: State
     }
     for p in params.iter_mut() {
         let (_, _, data) = tensors.iter().find(|t| t.0 == p.name).expect("checked above");
-        let dev = p.layout.from_torchvision(data);
+        let dev = p.layout.from_torchvision(data)?;
         match which {
             State::Weights => {
                 p.w.copy_from_host(&dev)?;
@@ -272,18 +288,42 @@ mod tests {
         // KRSC [2][3][3][4] -> OIHW [2][4][3][3].
         let l = Layout::Krsc { k: 2, c: 4 };
         let dev: Vec<f32> = (0..72).map(|i| i as f32).collect();
-        let tv = l.to_torchvision(&dev);
+        let tv = l.to_torchvision(&dev).unwrap();
         // dev[k=1][r=2][s=0][c=3] = ((1*3+2)*3+0)*4+3 = 63 sits at tv[k=1][c=3][r=2][s=0] = ((1*4+3)*3+2)*3+0 = 69.
         assert_eq!(tv[69], 63.0);
-        assert_eq!(l.from_torchvision(&tv), dev);
+        assert_eq!(l.from_torchvision(&tv).unwrap(), dev);
         // First FC: out 2, feature map 2x3x5 (h, w, c).
         let l = Layout::FcHwc { out: 2, h: 2, w: 3, c: 5 };
         let dev: Vec<f32> = (0..60).map(|i| i as f32).collect();
-        let tv = l.to_torchvision(&dev);
+        let tv = l.to_torchvision(&dev).unwrap();
         // dev[o=1][(y=1*3+x=2)*5+c=4] = 30 + 29 = 59 at tv[o=1][c=4*6 + 1*3+2] = 30 + 29 = 59 (coincidence of this
         // corner); check an interior one: dev[o=0][(0*3+1)*5+2] = 7 -> tv[0][2*6+0*3+1] = 13.
         assert_eq!(tv[13], 7.0);
-        assert_eq!(l.from_torchvision(&tv), dev);
+        assert_eq!(l.from_torchvision(&tv).unwrap(), dev);
+    }
+
+    /// A slice of another length than the layout's, or a layout with a zero dimension, is an
+    /// error (it would index past the slice, or divide by zero), both ways.
+    #[test]
+    fn layouts_refuse_wrong_lengths_and_zero_dimensions() {
+        let cases = [
+            (Layout::Krsc { k: 2, c: 4 }, 71),
+            (Layout::Krsc { k: 2, c: 4 }, 73),
+            (Layout::FcHwc { out: 2, h: 2, w: 3, c: 5 }, 59),
+            (Layout::Krsc { k: 2, c: 0 }, 8),
+            (Layout::FcHwc { out: 2, h: 0, w: 3, c: 5 }, 4),
+            (Layout::FcHwc { out: 2, h: 2, w: 3, c: 0 }, 0),
+        ];
+        for (l, len) in cases {
+            let v = vec![1.0; len];
+            for e in [l.to_torchvision(&v).unwrap_err(), l.from_torchvision(&v).unwrap_err()] {
+                assert!(
+                    matches!(e, Error::Shape(_)) && e.to_string().contains(&format!("does not hold {len} values")),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(Layout::Same.to_torchvision(&[1.0, 2.0]).unwrap(), [1.0, 2.0]);
     }
 
     // The init tests draw from config A at width 1/4, 32x32 input, FC 512, and read two layers

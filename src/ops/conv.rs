@@ -240,7 +240,7 @@ impl Conv3x3 {
             pixels <= i32::MAX as usize / 2,
             "conv3x3 {p}: N*H*W = {pixels} exceeds the kernels' 32-bit pixel index"
         );
-        let cp = p.c.next_multiple_of(8);
+        let cp = p.c.checked_next_multiple_of(8).unwrap_or(usize::MAX);
         int("conv3x3 K*9*Cp", p.k.saturating_mul(9).saturating_mul(cp))?;
         // The F(4x4) main loop steps through a patch's rows and the filters' transform points
         // with 32-bit strides (6 W C and 6 K C); any plan may switch to it (with_pass_algo).

@@ -33,7 +33,7 @@ pub fn dense_gather(x: &Tensor<f16>, th: usize, tw: usize, cols: &mut Tensor<f16
         k <= i32::MAX as usize,
         "dense_gather: {th}x{tw}x{c} windows overflow the kernel's 32-bit column index"
     );
-    cols.check(&dev, "dense_gather output", m * k)?;
+    cols.check_shape(&dev, "dense_gather output cols", &[m, k])?;
     let work = if c % 8 == 0 { m * k / 8 } else { m * k };
     let cfg = LaunchConfig::for_elements(work.clamp(1, MAX_BLOCKS * THREADS as usize), THREADS)?;
     let args = [

@@ -15,7 +15,8 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: usize = 132 * 16;
 
 /// Where the mask's key comes from: `(seed, step)` on the host, or hidden layer `layer`'s key in
-/// a [`StepVars`], read by the kernel when it runs (what a captured step's replays need).
+/// a [`StepVars`] (layer 0 or 1; another is an `Error::Invalid`), read by the kernel when it
+/// runs (what a captured step's replays need).
 #[derive(Clone, Copy, Debug)]
 pub enum DropoutKey<'a> {
     Host { seed: u64, step: u64 },

@@ -39,7 +39,7 @@ pub fn bias_act(x: &Tensor<f16>, bias: &Tensor<f16>, y: &mut Tensor<f16>, relu: 
     let dev = x.device().clone();
     let c = *x.shape().last().unwrap_or(&0);
     ensure_shape!(c > 0, "bias_act: input shape {:?} has no channel dimension", x.shape());
-    bias.check(&dev, "bias", c)?;
+    bias.check_shape(&dev, "bias ([C], x's last dimension)", &[c])?;
     y.check(&dev, "bias_act output", x.len())?;
     let cfg = LaunchConfig::for_elements(x.len(), ELEMENTWISE_THREADS)?;
     let args = [

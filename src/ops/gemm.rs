@@ -331,16 +331,23 @@ fn linear_shape(what: &str, x: &[usize], w: &[usize]) -> Result<Linear> {
         return Err(Error::Shape(format!("{what}: weights must be [N, K] ([out][in]), got shape {w:?}")));
     };
     let m = x.first().copied().unwrap_or(0);
-    let inner: usize = x.iter().skip(1).product();
-    ensure_shape!(
-        x.len() >= 2 && inner == k,
-        "{what}: input shape {x:?} does not flatten to [M, {k}] for weights [{n}, {k}]"
-    );
+    flattens(what, "input", x, m, k, n)?;
     Ok(Linear { m, k, n })
 }
 
+/// Errors unless `shape` (the input x or its gradient dx, named `name`) is `[m, ...]` with the
+/// trailing dimensions flattening to `k`, for weights `[n, k]`.
+fn flattens(what: &str, name: &str, shape: &[usize], m: usize, k: usize, n: usize) -> Result<()> {
+    let inner = shape.iter().skip(1).try_fold(1usize, |a, &d| a.checked_mul(d));
+    ensure_shape!(
+        shape.len() >= 2 && shape[0] == m && inner == Some(k),
+        "{what}: {name} shape {shape:?} does not flatten to [M, {k}] = [{m}, {k}] for weights [{n}, {k}]"
+    );
+    Ok(())
+}
+
 /// `y = act(x W^T + bias)`: x `[M, K]` (or `[M, ...]` flattening to K), w `[N, K]`, bias `[N]`,
-/// y `M*N` elements; `act` is ReLU when `relu`. `ws`: see [`Linear::workspace_bytes`].
+/// y `[M, N]`; `act` is ReLU when `relu`. `ws`: see [`Linear::workspace_bytes`].
 pub fn linear_fwd(
     x: &Tensor<f16>,
     w: &Tensor<f16>,
@@ -363,6 +370,7 @@ pub fn linear_fwd_with(
     ws: Option<&mut Tensor<u8>>,
 ) -> Result<()> {
     let shape = linear_shape("linear_fwd", x.shape(), w.shape())?;
+    y.check_shape(x.device(), "linear_fwd output y ([M, N])", &[shape.m, shape.n])?;
     fwd(algo, shape, x, w, bias, relu, y, ws)
 }
 
@@ -383,7 +391,7 @@ fn fwd(
     w.check(&dev, "GEMM weights", n * k)?;
     y.check(&dev, "GEMM output y", m * n)?;
     if let Some(b) = bias {
-        b.check(&dev, "bias", n)?;
+        b.check_shape(&dev, "bias", &[n])?;
     }
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
@@ -392,8 +400,8 @@ fn fwd(
     Operands { dev, pass: Pass::Fwd, shape, a: x, b: w }.run(plan, Out::F16 { y, bias, relu }, ws)
 }
 
-/// `dx = dy W`: dy `[M, N]`, w `[N, K]`, dx `M*K` elements (any shape, e.g. the forward
-/// input's). `ws`: see [`Linear::workspace_bytes`].
+/// `dx = dy W`: dy `[M, N]`, w `[N, K]`, dx `[M, K]` or `[M, ...]` flattening to K (the
+/// forward input's shape). `ws`: see [`Linear::workspace_bytes`].
 pub fn linear_bwd_data(
     dy: &Tensor<f16>,
     w: &Tensor<f16>,
@@ -419,6 +427,7 @@ pub fn linear_bwd_data_with(
         d.len() == 2 && d[1] == n,
         "linear_bwd_data: dy must be [M, {n}] for weights [{n}, {k}], got shape {d:?}"
     );
+    flattens("linear_bwd_data", "dx", dx.shape(), d[0], k, n)?;
     bwd_data(algo, Linear { m: d[0], k, n }, dy, w, dx, ws)
 }
 
@@ -464,6 +473,7 @@ pub fn linear_bwd_weight_with(
     ws: Option<&mut Tensor<u8>>,
 ) -> Result<()> {
     let shape = linear_shape("linear_bwd_weight", x.shape(), dw.shape())?;
+    dy.check_shape(x.device(), "linear_bwd_weight dy ([M, N])", &[shape.m, shape.n])?;
     bwd_weight(algo, shape, x, dy, dw, db, ws)
 }
 
@@ -482,7 +492,7 @@ fn bwd_weight(
     dy.check(&dev, "GEMM output gradient dy", m * n)?;
     dw.check(&dev, "weight gradient dw", n * k)?;
     if let Some(db) = db.as_deref() {
-        db.check(&dev, "bias gradient db", n)?;
+        db.check_shape(&dev, "bias gradient db", &[n])?;
     }
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;

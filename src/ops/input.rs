@@ -23,10 +23,10 @@ pub fn normalize_input(x: &Tensor<u8>, flip: Option<&Tensor<u8>>, norm: &InputNo
         h.checked_mul(w).and_then(|p| p.checked_mul(3)).is_some_and(|l| l <= i32::MAX as usize),
         "normalize_input: images of {h}x{w} are too large for the kernel's 32-bit in-image index"
     );
-    y.check(&dev, "normalize_input output", x.len())?;
+    y.check_shape(&dev, "normalize_input output y (NHWC, x's shape)", x.shape())?;
     let flip_arg = match flip {
         Some(f) => {
-            f.check(&dev, "normalize_input flip flags", n)?;
+            f.check_shape(&dev, "normalize_input flip flags", &[n])?;
             f.arg()
         }
         None => KArg::Ptr(0),

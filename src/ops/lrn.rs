@@ -40,7 +40,7 @@ fn params_args(p: &LrnParams) -> Result<[KArg; 4]> {
 pub fn lrn_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, p: &LrnParams) -> Result<()> {
     let dev = x.device().clone();
     let (cfg, pixels, c, ppb) = plan(x, p, 1)?;
-    y.check(&dev, "lrn output", x.len())?;
+    y.check_shape(&dev, "lrn output y (NHWC, x's shape)", x.shape())?;
     let [size, alpha, beta, k] = params_args(p)?;
     let args = [
         x.arg(),
@@ -63,8 +63,8 @@ pub fn lrn_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, p: &LrnParams) -> Result<()
 pub fn lrn_bwd(x: &Tensor<f16>, dy: &Tensor<f16>, dx: &mut Tensor<f16>, p: &LrnParams) -> Result<()> {
     let dev = x.device().clone();
     let (cfg, pixels, c, ppb) = plan(x, p, 3)?;
-    dy.check(&dev, "lrn dy", x.len())?;
-    dx.check(&dev, "lrn dx", x.len())?;
+    dy.check_shape(&dev, "lrn dy (NHWC, x's shape)", x.shape())?;
+    dx.check_shape(&dev, "lrn dx (NHWC, x's shape)", x.shape())?;
     let [size, alpha, beta, k] = params_args(p)?;
     let args = [
         x.arg(),

@@ -1,6 +1,9 @@
 //! The library API: one module per kernel family, each a thin, typed, validated launcher
 //! over [`crate::Device::launch`]. Every op checks that its tensors live on its device and
-//! have the sizes the shapes imply, and returns an error rather than panicking.
+//! have the full shapes its layout implies (NHWC activations, KRSC filters, `[M, K]` GEMM
+//! operands: a tensor of the right size in another layout is refused, not misread; the
+//! element-wise ops, to which the shape does not matter, check lengths), and returns an error
+//! rather than panicking.
 
 pub mod conv;
 pub mod conv_tune;

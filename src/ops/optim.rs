@@ -64,6 +64,32 @@ impl Sgd {
     pub fn with_scale(self, loss_scale: f32) -> SgdParams {
         SgdParams { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, loss_scale }
     }
+
+    /// Errors (`Error::Invalid`, naming the value) unless these make an SGD step: a finite
+    /// `lr >= 0`, `momentum` in `[0, 1)`, a finite `weight_decay >= 0`. Every step checks them
+    /// before its first launch: one NaN or infinite value makes every weight NaN at once.
+    pub fn validate(&self) -> Result<()> {
+        check_lr(self.lr)?;
+        check_momentum_decay(self.momentum, self.weight_decay)
+    }
+}
+
+/// Errors unless `lr` is finite and >= 0 (also for the learning rate [`StepVars`] hold).
+pub(crate) fn check_lr(lr: f32) -> Result<()> {
+    if !(lr.is_finite() && lr >= 0.0) {
+        return Err(Error::Invalid(format!("sgd: learning rate {lr} must be finite and >= 0")));
+    }
+    Ok(())
+}
+
+fn check_momentum_decay(momentum: f32, weight_decay: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(Error::Invalid(format!("sgd: momentum {momentum} must be in [0, 1)")));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        return Err(Error::Invalid(format!("sgd: weight decay {weight_decay} must be finite and >= 0")));
+    }
+    Ok(())
 }
 
 /// A device flag: set by [`SgdPlan::check_overflow`] when any gradient is Inf or NaN.
@@ -214,8 +240,11 @@ impl SgdPlan {
     }
 
     /// One SGD step on every tensor (see [`crate::reference::sgd_step`]), refreshing the fp16
-    /// copies; a no-op on the device when `skip_if` is given and set.
+    /// copies; a no-op on the device when `skip_if` is given and set. Hyper-parameters as
+    /// [`Sgd::validate`] accepts them, else an `Error::Invalid` and nothing launched.
     pub fn step(&self, params: &mut [SgdParam<'_>], hp: &SgdParams, skip_if: Option<&OverflowFlag>) -> Result<()> {
+        check_lr(hp.lr)?;
+        check_momentum_decay(hp.momentum, hp.weight_decay)?;
         ensure_shape!(
             hp.loss_scale > 0.0 && hp.loss_scale.is_finite(),
             "sgd: loss_scale {} must be > 0",
@@ -346,6 +375,7 @@ impl LossScaler {
     /// overflow), then one 4-byte read of the flag to update the scale. Returns whether
     /// the step was applied.
     pub fn step(&mut self, plan: &SgdPlan, params: &mut [SgdParam<'_>], sgd: Sgd) -> Result<bool> {
+        sgd.validate()?;
         self.sync()?;
         plan.check_overflow(params, &mut self.flag)?;
         plan.step(params, &sgd.with_scale(self.st.scale), Some(&self.flag))?;
@@ -416,6 +446,11 @@ impl LossScaler {
         sgd: Sgd,
         vars: Option<&StepVars>,
     ) -> Result<()> {
+        match vars {
+            // The learning rate is the one StepVars::set checked.
+            Some(_) => check_momentum_decay(sgd.momentum, sgd.weight_decay)?,
+            None => sgd.validate()?,
+        }
         self.queue()?;
         plan.check_overflow(params, &mut self.flag)?;
         let state = self.device_state_arg(&plan.dev)?;

@@ -29,17 +29,17 @@ pub fn maxpool2x2_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>) -> Result<()> {
     fwd(x, y, KArg::Ptr(0))
 }
 
-/// As [`maxpool2x2_fwd`], and `arg` (as many elements as `y`) receives the index in its window
-/// (0..3, row-major) of each output's maximum, for [`maxpool2x2_bwd_arg`].
+/// As [`maxpool2x2_fwd`], and `arg` (`y`'s shape) receives the index in its window (0..3,
+/// row-major) of each output's maximum, for [`maxpool2x2_bwd_arg`].
 pub fn maxpool2x2_fwd_arg(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: &mut Tensor<u8>) -> Result<()> {
-    arg.check(x.device(), "max-pool argmax", y.len())?;
+    arg.check_shape(x.device(), "max-pool argmax (NHWC, y's shape)", &maxpool2x2_out_shape(x.shape())?)?;
     fwd(x, y, arg.arg_mut())
 }
 
 fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: KArg) -> Result<()> {
     let dev = x.device().clone();
     let out = maxpool2x2_out_shape(x.shape())?;
-    y.check(&dev, "max-pool output", out.iter().product())?;
+    y.check_shape(&dev, "max-pool output y (NHWC)", &out)?;
     let cfg = LaunchConfig::for_elements(y.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(x)?;
     // SAFETY: (const __half* x, __half* y, unsigned char* arg, int n, int h, int w, int c): x holds
@@ -49,22 +49,21 @@ fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: KArg) -> Result<()> {
 
 /// `dx` (shape of `x`) from the forward input `x` and the output gradient `dy`.
 pub fn maxpool2x2_bwd(x: &Tensor<f16>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
-    x.check(dy.device(), "max-pool x", x.len())?;
-    ensure_shape!(dx.shape() == x.shape(), "max-pool dx has shape {:?}, x {:?}", dx.shape(), x.shape());
+    x.check_shape(dy.device(), "max-pool x (NHWC, dx's shape)", dx.shape())?;
     bwd(x.arg(), KArg::Ptr(0), dy, dx)
 }
 
 /// `dx` (shape `[n, h, w, c]` of the forward input) from the argmaxes [`maxpool2x2_fwd_arg`]
 /// recorded and the output gradient `dy`: bit for bit [`maxpool2x2_bwd`]'s.
 pub fn maxpool2x2_bwd_arg(arg: &Tensor<u8>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
-    arg.check(dy.device(), "max-pool argmax", dy.len())?;
+    arg.check_shape(dy.device(), "max-pool argmax (NHWC, dy's shape)", dy.shape())?;
     bwd(KArg::Ptr(0), arg.arg(), dy, dx)
 }
 
 fn bwd(x: KArg, arg: KArg, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
     let dev = dy.device().clone();
     let out = maxpool2x2_out_shape(dx.shape())?;
-    dy.check(&dev, "max-pool dy", out.iter().product())?;
+    dy.check_shape(&dev, "max-pool dy (NHWC)", &out)?;
     dx.check(&dev, "max-pool dx", dx.len())?; // the device
     let cfg = LaunchConfig::for_elements(dx.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(dx)?;

@@ -6,7 +6,7 @@
 //! in a small device status buffer ([`XentBuffers`]) that the host reads when it wants,
 //! with [`XentBuffers::check`]. A label outside `[0, classes)` is sticky there (counted,
 //! first row kept) until [`XentBuffers::clear`], so training can check once per N steps
-//! and still name the first offending row.
+//! and still name the first offending row; [`XentBuffers::check_once`] clears it once reported.
 
 use super::int;
 use super::optim::LossScaler;
@@ -20,6 +20,22 @@ const THREADS: u32 = 256;
 const STATUS_WORDS: usize = 8;
 
 /// Logit element types the loss and [`softmax_fwd`] accept: fp16 (the network's output) or fp32.
+/// Sealed through [`DType`] (only this crate's types are DTypes, so only this crate can implement
+/// its own trait for them): the kernel an implementation names reads its tensors as that type.
+///
+/// ```compile_fail,E0277
+/// # use vgg_cuda::{device::Kernel, ops::softmax::XentLogit, DType};
+/// #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[repr(C)]
+/// struct Wide([u64; 8]);
+/// impl DType for Wide {
+///     const NAME: &'static str = "wide";
+/// }
+/// impl XentLogit for Wide {
+///     const KERNEL: Kernel = Kernel { module: "softmax", name: "softmax_xent_f32" };
+///     const FWD: Kernel = Kernel { module: "softmax", name: "softmax_fwd_f32" };
+/// }
+/// ```
 pub trait XentLogit: DType {
     #[doc(hidden)]
     const KERNEL: Kernel;
@@ -83,13 +99,23 @@ impl XentBuffers {
         self.status.copy_from_host(&[0; STATUS_WORDS])
     }
 
+    /// As [`check`](Self::check), and a bad label it reports is then forgotten (the status
+    /// cleared): each is reported once, and the launches after it report their own.
+    pub fn check_once(&mut self) -> Result<XentStats> {
+        let r = self.check();
+        if matches!(r, Err(Error::Invalid(_))) {
+            self.clear()?;
+        }
+        r
+    }
+
     /// Reads the status (a device-to-host copy, so it waits for the launches before it):
-    /// the last launch's loss and hit counts, or an error naming the first row whose label
-    /// was outside `[0, classes)` in any launch since the last [`clear`](Self::clear).
+    /// the last launch's loss and hit counts, or an `Error::Invalid` naming the first row whose
+    /// label was outside `[0, classes)` in any launch since the last [`clear`](Self::clear).
     pub fn check(&self) -> Result<XentStats> {
         let s = self.status.to_host()?;
         if s[4] > 0 {
-            return Err(Error::Shape(format!(
+            return Err(Error::Invalid(format!(
                 "softmax_xent: label {} of row {} is not in 0..{} ({} bad rows since the status was cleared)",
                 s[6], s[5], s[7], s[4]
             )));
@@ -152,11 +178,11 @@ fn xent<T: XentLogit>(
         "softmax_xent: batch {batch} exceeds the buffers' capacity {}",
         bufs.capacity()
     );
-    labels.check(&dev, "softmax_xent labels", batch)?;
+    labels.check_shape(&dev, "softmax_xent labels", &[batch])?;
     bufs.status.check(&dev, "softmax_xent status", STATUS_WORDS)?;
     let dz = match dlogits {
         Some(d) => {
-            d.check(&dev, "softmax_xent dlogits", batch * classes)?;
+            d.check_shape(&dev, "softmax_xent dlogits (logits' shape)", &[batch, classes])?;
             d.arg_mut()
         }
         None => KArg::Ptr(0),
@@ -198,7 +224,7 @@ pub fn softmax_fwd<T: XentLogit>(logits: &Tensor<T>, probs: &mut Tensor<f32>) ->
         return Err(Error::Shape(format!("softmax_fwd: logits must be [rows, classes], got {:?}", logits.shape())));
     };
     ensure_shape!(rows > 0 && classes > 0, "softmax_fwd: empty logits {:?}", logits.shape());
-    probs.check(&dev, "softmax_fwd probs", rows * classes)?;
+    probs.check_shape(&dev, "softmax_fwd probs (logits' shape)", &[rows, classes])?;
     // A warp at least (the block reductions work on whole warps), no idle warps on few classes.
     let threads = (classes.next_multiple_of(32) as u32).min(THREADS);
     let cfg = LaunchConfig { grid: (int("rows", rows)? as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };

@@ -7,7 +7,7 @@
 
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::reference::dropout_key;
-use crate::{Device, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 const SET: Kernel = Kernel { module: "optim", name: "step_vars_set" };
 
@@ -26,8 +26,10 @@ impl StepVars {
     }
 
     /// Queues the values of the step `step`: the dropout keys of `seeds` (one per hidden
-    /// layer, as [`crate::ops::dropout_fwd`] derives them) and the learning rate.
+    /// layer, as [`crate::ops::dropout_fwd`] derives them) and the learning rate (finite and
+    /// >= 0, else an `Error::Invalid`).
     pub fn set(&mut self, seeds: [u64; 2], step: u64, lr: f32) -> Result<()> {
+        crate::ops::optim::check_lr(lr)?;
         let dev = self.t.device().clone();
         let one = LaunchConfig { grid: (1, 1, 1), block: (32, 1, 1), shared_bytes: 0 };
         let [k0, k1] = seeds.map(|s| dropout_key(s, step));
@@ -45,7 +47,13 @@ impl StepVars {
 
     /// Hidden layer `layer`'s dropout key, as a `const unsigned long long*` argument.
     pub(crate) fn key_arg(&self, dev: &Device, layer: usize) -> Result<KArg> {
-        assert!(layer < 2, "two hidden layers");
+        // Reachable from ops::dropout with any DropoutKey::Device: a bad layer is the caller's
+        // error, not a broken invariant.
+        if layer >= 2 {
+            return Err(Error::Invalid(format!(
+                "dropout key of hidden layer {layer}: StepVars holds the keys of layers 0 and 1"
+            )));
+        }
         self.t.check(dev, "step values", 4)?;
         Ok(KArg::Ptr(self.t.device_ptr() + 8 * layer as u64))
     }

@@ -34,6 +34,7 @@ impl Vgg {
             !self.tracing,
             "Vgg::train_step_graph: keep_trace copies activations to the host every step, which a captured step cannot"
         );
+        self.sgd(lr)?;
         self.scaler.queue()?;
         self.vars.set([self.dropout_seed(0), self.dropout_seed(1)], step, lr)?;
         let (im, lb) = (images.device_ptr(), labels.device_ptr());
@@ -54,7 +55,13 @@ impl Vgg {
                 self.graphs.push(StepGraph { graph, images: im, labels: lb });
             }
         }
-        self.graphs.last().expect("found or captured above").graph.launch()
+        let graph = &self.graphs.last().expect("found or captured above").graph;
+        // SAFETY: the graph names the model's parameters, arena views and small buffers, which
+        // live as long as the model and are never re-placed while it holds graphs (relayout,
+        // set_conv_choice, params_mut and check_lifetimes clear them first); and the images and
+        // labels at the addresses it was captured with, which are the tensors borrowed now, of
+        // the shapes checked above.
+        unsafe { graph.launch() }
     }
 
     /// Kernel launches in the last captured step replayed (0 before the first

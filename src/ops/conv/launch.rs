@@ -36,7 +36,7 @@ impl Conv3x3 {
 
     fn transform(&self, w: &Tensor<f16>, ws: &mut Tensor<u8>, pass: ConvPass) -> Result<()> {
         let (p, dev) = (&self.problem, w.device().clone());
-        w.check(&dev, "conv3x3 filters", p.filter_len())?;
+        w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
         self.check_ws(&dev, pass, ws)?;
         if !self.tc(pass) {
             return Ok(());
@@ -120,7 +120,7 @@ impl Conv3x3 {
     }
 
     /// As [`Conv3x3::fprop`], but the Winograd path reads the filters from `ws` as
-    /// [`Conv3x3::prepare_filter`] left them (`w` is then only checked for its length; the
+    /// [`Conv3x3::prepare_filter`] left them (`w` is then only checked for its shape; the
     /// Direct path reads `w`). A channel-padded problem writes padded x into `ws` past the filters.
     pub fn fprop_prepared(
         &self,
@@ -132,16 +132,16 @@ impl Conv3x3 {
         ws: &mut Tensor<u8>,
     ) -> Result<()> {
         let (p, dev) = (&self.problem, x.device().clone());
-        x.check(&dev, "conv3x3 x", p.input_len())?;
-        w.check(&dev, "conv3x3 filters", p.filter_len())?;
-        y.check(&dev, "conv3x3 y", p.output_len())?;
+        x.check_shape(&dev, "conv3x3 x (NHWC)", &self.x_shape())?;
+        w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
+        y.check_shape(&dev, "conv3x3 y (NHWC)", &self.y_shape())?;
         self.check_ws(&dev, ConvPass::Fprop, ws)?;
         let bias_arg = match (epi, bias) {
             (Epilogue::None, None) => KArg::Ptr(0),
             (Epilogue::None, Some(_)) => return Err(Error::Shape("conv3x3: bias given with Epilogue::None".into())),
             (_, None) => return Err(Error::Shape(format!("conv3x3: Epilogue::{epi:?} needs a bias"))),
             (_, Some(b)) => {
-                b.check(&dev, "conv3x3 bias", p.k)?;
+                b.check_shape(&dev, "conv3x3 bias", &[p.k])?;
                 b.arg()
             }
         };
@@ -240,13 +240,13 @@ impl Conv3x3 {
         ws: &Tensor<u8>,
     ) -> Result<()> {
         let (p, dev) = (&self.problem, dy.device().clone());
-        dy.check(&dev, "conv3x3 dy", p.output_len())?;
-        w.check(&dev, "conv3x3 filters", p.filter_len())?;
-        dx.check(&dev, "conv3x3 dx", p.input_len())?;
+        dy.check_shape(&dev, "conv3x3 dy (NHWC)", &self.y_shape())?;
+        w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
+        dx.check_shape(&dev, "conv3x3 dx (NHWC)", &self.x_shape())?;
         self.check_ws(&dev, ConvPass::Dgrad, ws)?;
         let mask = match relu_mask {
             Some(m) => {
-                m.check(&dev, "conv3x3 relu mask", p.input_len())?;
+                m.check_shape(&dev, "conv3x3 relu mask (NHWC)", &self.x_shape())?;
                 m.arg()
             }
             None => KArg::Ptr(0),
@@ -317,11 +317,11 @@ impl Conv3x3 {
         ws: &mut Tensor<u8>,
     ) -> Result<()> {
         let (p, dev) = (&self.problem, x.device().clone());
-        x.check(&dev, "conv3x3 x", p.input_len())?;
-        dy.check(&dev, "conv3x3 dy", p.output_len())?;
-        dw.check(&dev, "conv3x3 dw", p.filter_len())?;
+        x.check_shape(&dev, "conv3x3 x (NHWC)", &self.x_shape())?;
+        dy.check_shape(&dev, "conv3x3 dy (NHWC)", &self.y_shape())?;
+        dw.check_shape(&dev, "conv3x3 dw (KRSC)", &self.w_shape())?;
         if let Some(b) = &db {
-            b.check(&dev, "conv3x3 db", p.k)?;
+            b.check_shape(&dev, "conv3x3 db", &[p.k])?;
         }
         self.check_ws(&dev, ConvPass::Wgrad, ws)?;
         let (chunks, chunk) = self.wgrad_split();
@@ -382,6 +382,22 @@ impl Conv3x3 {
         // int chunks): part holds chunks*(K*9*cp+K) floats written above (cp = Cp for the
         // tensor-core path, C for Direct), dw nw = K*9*C floats, db K floats or null.
         unsafe { dev.launch(&WGRAD_REDUCE, cfg, &args) }
+    }
+
+    /// The shapes every pass checks: x and dx `[N,H,W,C]` (NHWC), w and dw `[K,3,3,C]` (KRSC),
+    /// y and dy `[N,H,W,K]`. Checked whole, not by length: an NCHW tensor of the right size
+    /// would otherwise be read as NHWC.
+    fn x_shape(&self) -> [usize; 4] {
+        let p = &self.problem;
+        [p.n, p.h, p.w, p.c]
+    }
+    fn w_shape(&self) -> [usize; 4] {
+        let p = &self.problem;
+        [p.k, 3, 3, p.c]
+    }
+    fn y_shape(&self) -> [usize; 4] {
+        let p = &self.problem;
+        [p.n, p.h, p.w, p.k]
     }
 
     /// `[n, h, w, c, k]` as kernel ints, with `c` channels (C, or Cp for the padded passes).
