@@ -519,3 +519,59 @@ impl Api {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC 13.0's `-Xptxas=-v` log for sm_90a of three kernels (`with_smem` with 384 bytes of
+    /// shared memory, `plain`, `spills` forced to spill by `__launch_bounds__(1024, 2)`) and a
+    /// `__noinline__` device function, verbatim but for two edits: a C7515 note for `spills`
+    /// spliced in before its lines, as ptxas writes it for a kernel whose wgmma's it
+    /// serializes, and the device function's stack and spills (0 in the real log) made nonzero.
+    const LOG: &str = "\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'with_smem' for 'sm_90a'
+ptxas info    : Function properties for with_smem
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 12 registers, used 1 barriers, 384 bytes smem
+ptxas info    : Compile time = 4.944 ms
+ptxas info    : Compiling entry function 'plain' for 'sm_90a'
+ptxas info    : Function properties for plain
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 8 registers, used 0 barriers
+ptxas info    : Compile time = 1.386 ms
+ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to non wgmma instruction defining accumulator registers of a wgmma between start and end of the pipeline stage in the function 'spills'
+ptxas info    : Compiling entry function 'spills' for 'sm_90a'
+ptxas info    : Function properties for spills
+ptxas         .     1616 bytes stack frame, 1596 bytes spill stores, 3912 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 1616 bytes cumulative stack size
+ptxas info    : Compile time = 192.814 ms
+ptxas info    : Function properties for _Z6helperPfi
+ptxas         .     16 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads
+";
+
+    fn kernel(name: &str, registers: u32, shared_bytes: u32) -> KernelResources {
+        KernelResources { name: name.into(), registers, shared_bytes, ..Default::default() }
+    }
+
+    #[test]
+    fn parse_ptxas_reads_each_entry_function() {
+        let spills = KernelResources {
+            stack_bytes: 1616,
+            spill_store_bytes: 1596,
+            spill_load_bytes: 3912,
+            wgmma_serialized: true,
+            ..kernel("spills", 32, 0)
+        };
+        // The device function's properties (its own stack and spills, edited in here) belong
+        // to no entry: no row, and no entry takes its numbers.
+        assert_eq!(parse_ptxas(LOG), vec![kernel("with_smem", 12, 384), kernel("plain", 8, 0), spills]);
+    }
+
+    #[test]
+    fn parse_ptxas_of_a_log_without_entries_is_empty() {
+        assert_eq!(parse_ptxas(""), vec![]);
+        assert_eq!(parse_ptxas("ptxas info    : 0 bytes gmem\n"), vec![]);
+    }
+}

@@ -8,7 +8,7 @@ use vgg_cuda::{ops, selftest, Device, Error, Schedule, Tensor};
 fn assert_check_passes(name: &str) {
     let rows = selftest::run(&Device::emu(), Some(name));
     assert!(!rows.is_empty(), "check {name} produced no rows");
-    let bad: Vec<_> = rows.iter().filter(|r| !r.pass || r.bound == selftest::NOT_RUN).collect();
+    let bad: Vec<_> = rows.iter().filter(|r| !r.ran_and_passed()).collect();
     assert!(bad.is_empty(), "check {name} failed on emu: {bad:#?}");
 }
 

@@ -1,8 +1,29 @@
 //! What build.rs embedded: with NVRTC (always in CI, where VGG_REQUIRE_NVRTC=1) every
-//! kernel file has an sm_90 cubin and PTX, every kernel has a resource row, and no
-//! shipped kernel spills registers.
+//! kernel file has an sm_90 cubin and PTX, every kernel has a resource row with its registers
+//! read (so the log was parsed), and no shipped kernel spills registers or has its wgmma's
+//! serialized. The parser itself: tests/build_nvrtc.rs.
 
-use vgg_cuda::device::kernels::{all_resources, MODULES, NVRTC_VERSION};
+use vgg_cuda::device::kernels::{all_resources, KernelResources, MODULES, NVRTC_VERSION};
+
+/// Whether CI asked for NVRTC (build.rs then fails without it, so something must be embedded).
+fn nvrtc_required() -> bool {
+    std::env::var("VGG_REQUIRE_NVRTC").as_deref() == Ok("1")
+}
+
+/// Every embedded kernel's resource row, once the rows are known to be real: with NVRTC (and
+/// always under VGG_REQUIRE_NVRTC=1) there are some, and each has registers > 0 (ptxas reports
+/// at least one for any kernel: 0 means its "Used" line went unread, and then its spills and
+/// notes may have been missed too). Without NVRTC there are none, and the checks below that
+/// read them have nothing to check.
+fn resources() -> Vec<(&'static str, &'static KernelResources)> {
+    let rows: Vec<_> = all_resources().collect();
+    assert!(NVRTC_VERSION.is_some() || !nvrtc_required(), "VGG_REQUIRE_NVRTC=1 but no kernels embedded");
+    assert_eq!(NVRTC_VERSION.is_some(), !rows.is_empty(), "NVRTC {NVRTC_VERSION:?} but {} resource rows", rows.len());
+    let unread: Vec<String> =
+        rows.iter().filter(|(_, k)| k.registers == 0).map(|(m, k)| format!("{m}::{}", k.name)).collect();
+    assert!(unread.is_empty(), "ptxas resource rows with 0 registers (log not parsed?): {unread:?}");
+    rows
+}
 
 fn kernel_files() -> Vec<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
@@ -20,11 +41,7 @@ fn kernel_files() -> Vec<String> {
 #[test]
 fn every_kernel_file_is_embedded() {
     if NVRTC_VERSION.is_none() {
-        assert_ne!(
-            std::env::var("VGG_REQUIRE_NVRTC").as_deref(),
-            Ok("1"),
-            "VGG_REQUIRE_NVRTC=1 but no kernels embedded"
-        );
+        assert!(!nvrtc_required(), "VGG_REQUIRE_NVRTC=1 but no kernels embedded");
         eprintln!("NVRTC was missing at build time: nothing embedded to check");
         return;
     }
@@ -43,13 +60,14 @@ fn every_kernel_file_is_embedded() {
 #[test]
 fn no_kernel_serializes_its_wgmma() {
     let serialized: Vec<String> =
-        all_resources().filter(|(_, k)| k.wgmma_serialized).map(|(m, k)| format!("{m}::{}", k.name)).collect();
+        resources().iter().filter(|(_, k)| k.wgmma_serialized).map(|(m, k)| format!("{m}::{}", k.name)).collect();
     assert!(serialized.is_empty(), "ptxas serialized the wgmma's of {serialized:?}");
 }
 
 #[test]
 fn no_shipped_kernel_spills() {
-    let spills: Vec<String> = all_resources()
+    let spills: Vec<String> = resources()
+        .iter()
         .filter(|(_, k)| k.spill_store_bytes > 0 || k.spill_load_bytes > 0)
         .map(|(m, k)| format!("{m}::{} ({} B stores, {} B loads)", k.name, k.spill_store_bytes, k.spill_load_bytes))
         .collect();

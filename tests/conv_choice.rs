@@ -2,6 +2,7 @@
 //! (`ops::conv_tune`) and a model's conv policy (`Vgg::set_conv_choice`), on the emu device.
 
 use rand::{Rng, SeedableRng};
+use vgg_cuda::model::reference::HostVgg;
 use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, Vgg, VggConfig};
 use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use vgg_cuda::ops::conv_tune::{tune, tune_within, WinoVariant, AGREEMENT};
@@ -178,17 +179,25 @@ fn small() -> VggConfig {
     VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.125, 32, 32, 5) }
 }
 
-/// The first training step on a fixed batch: its loss and every parameter's gradient.
-fn first_step(vgg: &mut Vgg, cfg: &VggConfig, dev: &Device) -> (f32, Vec<Vec<f32>>) {
+/// The first training step on a fixed batch: its loss, every parameter's gradient (of the
+/// loss-scaled loss), and the host twin's gradients of the same step (fp16 stores mirrored),
+/// routed by the step's own activations: every ReLU mask and max-pool argmax as the device
+/// decided it, so that only the conv kernels' arithmetic separates the two.
+fn first_step(vgg: &mut Vgg, cfg: &VggConfig, dev: &Device) -> (f32, Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let batch = vgg.batch();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let px: Vec<u8> = (0..batch * cfg.input * cfg.input * 3).map(|_| rng.gen()).collect();
     let labels: Vec<i32> = (0..batch).map(|_| rng.gen_range(0..cfg.classes as i32)).collect();
     let x = Tensor::from_host(dev, &[batch, cfg.input, cfg.input, 3], &px).unwrap();
     let y = Tensor::from_host(dev, &[batch], &labels).unwrap();
+    let params16: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.h.to_f32().unwrap()).collect();
+    let scale = vgg.loss_scale();
+    vgg.keep_trace(true);
     let st = vgg.train_step(&x, &y, 1e-3, 0).unwrap();
     assert!(!st.skipped, "the step overflowed");
-    (st.loss, vgg.params().iter().map(|p| p.g.to_host().unwrap()).collect())
+    let host = HostVgg { cfg: cfg.clone(), batch, round16: true, seeds: [vgg.dropout_seed(0), vgg.dropout_seed(1)] };
+    let (_, want) = host.grads(&params16, &px, &labels, 0, scale, Some(&vgg.trace().unwrap()));
+    (st.loss, vgg.params().iter().map(|p| p.g.to_host().unwrap()).collect(), want)
 }
 
 #[test]
@@ -198,51 +207,81 @@ fn model_conv_choice_replans_layers_and_memory() {
     // A loss scale at which this net's steps apply (its fp16 gradients overflow at 65536).
     let o = OptimConfig { init_scale: 256.0, ..Default::default() };
     let mut auto = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
-    let (want_loss, want_g) = first_step(&mut auto, &cfg, &dev);
-    for choice in [ConvChoice::Winograd4x4, ConvChoice::Tune] {
+    let (want_loss, ..) = first_step(&mut auto, &cfg, &dev);
+    let all = [
+        ConvChoice::Auto,
+        ConvChoice::Winograd2x2,
+        ConvChoice::Winograd4x4,
+        ConvChoice::Tune,
+        ConvChoice::Direct,
+        ConvChoice::Wgmma,
+    ];
+    for choice in all {
         let mut vgg = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
         let layers = vgg.set_conv_choice(choice, 1).unwrap();
         assert_eq!(layers.len(), cfg.features().iter().filter(|f| f.is_conv()).count());
         // The first layer (3 channels) keeps its implicit GEMM / Direct plan; the others run
-        // a Winograd variant in both passes, F(4x4) when asked for.
-        assert_eq!(layers[0].fprop(), ConvAlgo::ImplicitGemm);
+        // the variant asked for in both passes (Tune: a Winograd variant or wgmma).
+        let want = match choice {
+            ConvChoice::Auto | ConvChoice::Winograd2x2 => F2,
+            ConvChoice::Winograd4x4 => F4,
+            ConvChoice::Direct => ConvAlgo::Direct,
+            ConvChoice::Wgmma => ConvAlgo::Wgmma,
+            ConvChoice::Tune => ConvAlgo::Auto, // checked below
+        };
+        let first = if choice == ConvChoice::Direct { ConvAlgo::Direct } else { ConvAlgo::ImplicitGemm };
+        assert_eq!(layers[0].fprop(), first, "{choice:?}");
         for l in &layers[1..] {
             for a in [l.fprop(), l.dgrad()] {
-                let tuned = choice == ConvChoice::Tune && (a == F2 || a == ConvAlgo::Wgmma);
-                assert!(a == F4 || tuned, "{choice:?}: {}", l.summary());
+                let tuned = choice == ConvChoice::Tune && [F2, F4, ConvAlgo::Wgmma].contains(&a);
+                assert!(a == want || tuned, "{choice:?}: {}", l.summary());
             }
+        }
+        if choice == ConvChoice::Direct {
+            let plans = vgg.conv_plans();
+            assert!(plans.iter().flatten().all(|c| c.algo(ConvPass::Wgrad) == ConvAlgo::Direct));
         }
         // What the model allocated is the plan of its (new) conv plans.
         let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &vgg.conv_plans()).unwrap();
         assert_eq!(vgg.device_bytes(), plan.total(), "{choice:?}");
-        // Same weights and batch, other Winograd variants: the loss differs by the variants'
-        // fp16 error compounded over 8 layers (measured: 0.9% for F(4x4)). The conv gradients
-        // differ more (measured: up to 18% relative L2, the same at loss scales 256 to 8192,
-        // while each F(4x4) dgrad alone is within 2.2e-3 of the reference): ReLU masks and
-        // max-pool windows on near-ties decide differently, and a flip moves a whole gradient
-        // element (golden_steps_match_host_twin in tests/model.rs measured up to 8.4e-2 from
-        // such flips between the device and its host twin; gradients_match_finite_differences
-        // checks each variant's gradients against finite differences instead). The bound below
-        // still fails a gradient that points elsewhere (a broken pass gives ~1 or more).
-        let (loss, g) = first_step(&mut vgg, &cfg, &dev);
+        // Same weights and batch, other variants: the loss differs from Auto's by the variants'
+        // fp16 error compounded over 8 layers (measured: 0.9% for F(4x4)).
+        let (loss, g, want_g) = first_step(&mut vgg, &cfg, &dev);
         assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "{choice:?}: loss {loss} vs auto {want_loss}");
+        // The gradients are compared with the host twin routed by the same step's activations,
+        // not with Auto's: between two variants they differ up to 18% relative L2 (the same
+        // at loss scales 256 to 8192, while each F(4x4) dgrad alone is within 2.2e-3 of the
+        // reference), because ReLU masks and max-pool windows on near-ties decide
+        // differently and a flip moves a whole gradient element. Routed, what is left is the
+        // kernels' fp16 arithmetic: see GRAD_REL.
+        let f4 = layers.iter().any(|l| l.fprop() == F4 || l.dgrad() == F4);
+        let bound = if f4 { GRAD_REL_F4 } else { GRAD_REL };
+        let mut worst = 0f64;
         for (t, (a, b)) in g.iter().zip(&want_g).enumerate() {
             let c = r::compare(a, b);
-            assert!(c.rel_l2 <= GRAD_REL, "{choice:?} {}: gradient rel L2 {:.2e}", vgg.params()[t].name, c.rel_l2);
+            worst = worst.max(c.rel_l2);
+            assert!(
+                c.rel_l2 <= bound,
+                "{choice:?} {}: gradient vs the routed host twin: rel L2 {:.2e} > {bound:.1e}",
+                vgg.params()[t].name,
+                c.rel_l2
+            );
         }
+        eprintln!(
+            "{choice:?}: loss {loss} (auto {want_loss}); gradients vs routed host twin: worst rel L2 {worst:.2e}"
+        );
     }
-    // Direct everywhere (GPUs whose shared memory the Winograd loops do not fit).
-    let mut direct = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
-    let layers = direct.set_conv_choice(ConvChoice::Direct, 1).unwrap();
-    assert!(layers.iter().all(|l| l.fprop() == ConvAlgo::Direct && l.dgrad() == ConvAlgo::Direct));
-    let plans = direct.conv_plans();
-    assert!(plans.iter().flatten().all(|c| c.algo(ConvPass::Wgrad) == ConvAlgo::Direct));
-    let (loss, _) = first_step(&mut direct, &cfg, &dev);
-    assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "direct: loss {loss} vs auto {want_loss}");
     assert!(ConvChoice::parse("winograd8x8").unwrap_err().to_string().contains("unknown conv algorithm"));
 }
 
-const GRAD_REL: f64 = 0.4;
+/// A step's gradients vs the host twin routed by the same step (relative L2, per tensor), where
+/// no pass runs F(4x4). Measured worst: 2.7e-3 (Auto and F(2x2), features.0.bias), 1.7e-3
+/// (Direct, wgmma, sm_89's Direct mix); bound ~4x. A 0.95 scale planted on one conv's dgrad
+/// puts every layer below it 5e-2 off.
+const GRAD_REL: f64 = 1.2e-2;
+/// The same where some pass runs F(4x4), whose transforms round ~4x F(2x2)'s: measured 1.03e-2
+/// (features.0.bias; Tune with one F(4x4) layer 5.9e-3); bound ~4x.
+const GRAD_REL_F4: f64 = 4e-2;
 
 /// Every plan `new` and `with_pass_algo` can make, and `fitted_to` a GPU with less shared
 /// memory, is rebuilt by `from_algos` from its per-pass algorithms and tiling (what a checkpoint
@@ -332,7 +371,7 @@ fn recorded_conv_plans_replan_a_model_exactly() {
     src.set_conv_plans(&rec).unwrap();
     assert_eq!(src.conv_plan_records(), rec);
     assert!(rec.iter().any(|r| r.algos[0] == F4), "{rec:?}");
-    let (want_loss, want_g) = first_step(&mut src, &cfg, &dev);
+    let (want_loss, want_g, _) = first_step(&mut src, &cfg, &dev);
 
     let mut dst = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
     let auto = dst.conv_plan_records();
@@ -360,7 +399,7 @@ fn recorded_conv_plans_replan_a_model_exactly() {
     assert_eq!(dst.conv_plan_records(), rec);
     let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &dst.conv_plans()).unwrap();
     assert_eq!(dst.device_bytes(), plan.total());
-    let (loss, g) = first_step(&mut dst, &cfg, &dev);
+    let (loss, g, _) = first_step(&mut dst, &cfg, &dev);
     assert_eq!(loss.to_bits(), want_loss.to_bits());
     assert_eq!(g, want_g);
 }
@@ -412,14 +451,14 @@ fn a_model_plans_what_the_device_fits() {
         let plans = vgg.conv_plans();
         let plan = MemoryPlan::with_convs(&cfg, 2, Sharing::Lifetimes, &plans).unwrap();
         assert_eq!(vgg.device_bytes(), plan.total(), "limit {limit}");
-        let (loss, g) = first_step(&mut vgg, &cfg, &dev);
-        (vgg.conv_plan_records(), plans, loss, g)
+        let (loss, g, twin) = first_step(&mut vgg, &cfg, &dev);
+        (vgg.conv_plan_records(), plans, loss, g, twin)
     };
-    let (sm90, _, want_loss, want_g) = step_on(vgg_cuda::device::SM90_SHARED_PER_BLOCK);
-    let (a100, _, loss, g) = step_on(163 * 1024);
+    let (sm90, _, want_loss, want_g, _) = step_on(vgg_cuda::device::SM90_SHARED_PER_BLOCK);
+    let (a100, _, loss, g, _) = step_on(163 * 1024);
     assert_eq!(a100, sm90);
     assert_eq!((loss.to_bits(), &g), (want_loss.to_bits(), &want_g));
-    let (sm89, plans, loss, g) = step_on(99 * 1024);
+    let (sm89, plans, loss, g, twin) = step_on(99 * 1024);
     for (rec, (fit, c)) in sm90.iter().zip(sm89.iter().zip(plans.iter().flatten())) {
         for (i, q) in [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].into_iter().enumerate() {
             assert!(c.shared_bytes(q) <= 99 * 1024, "layer {}: {q:?}", rec.feature);
@@ -431,7 +470,10 @@ fn a_model_plans_what_the_device_fits() {
         }
     }
     assert!((loss - want_loss).abs() <= 3e-2 * want_loss, "99 KiB: loss {loss} vs {want_loss}");
-    for (t, (a, b)) in g.iter().zip(&want_g).enumerate() {
-        assert!(r::compare(a, b).rel_l2 <= GRAD_REL, "99 KiB: gradient {t}");
+    // Its gradients against the host twin routed by its own step (sm_90's differ by the
+    // variants' near-tie decisions: see model_conv_choice_replans_layers_and_memory).
+    for (t, (a, b)) in g.iter().zip(&twin).enumerate() {
+        let rel = r::compare(a, b).rel_l2;
+        assert!(rel <= GRAD_REL, "99 KiB: gradient {t} vs the routed host twin: rel L2 {rel:.2e}");
     }
 }

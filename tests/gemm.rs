@@ -22,7 +22,7 @@ fn assert_check_passes(name: &str) {
     for dev in devices() {
         let rows = selftest::run(&dev, Some(name));
         assert!(!rows.is_empty(), "check {name} produced no rows on {}", dev.name());
-        let bad: Vec<_> = rows.iter().filter(|r| !r.pass || r.bound == selftest::NOT_RUN).take(10).collect();
+        let bad: Vec<_> = rows.iter().filter(|r| !r.ran_and_passed()).take(10).collect();
         assert!(bad.is_empty(), "check {name} failed on {}: {bad:#?}", dev.name());
     }
 }
@@ -116,7 +116,8 @@ fn operands_of_the_right_size_in_another_shape_are_refused() {
 }
 
 /// Without a workspace, Auto runs unsplit; with one, split. Both match the reference, and
-/// the split plan really is a split one here.
+/// the split plan is what runs: with the workspace the launches are the tiled kernel and the
+/// split-K reduction, without it the one tiled kernel.
 #[test]
 fn workspace_is_optional() {
     let dev = Device::emu();
@@ -130,11 +131,19 @@ fn workspace_is_optional() {
     let want = r::f32_to_f16_round(&r::linear_fwd(s.m, s.k, s.n, &xv, &wv, Some(&bv), false));
     let mut ws = Tensor::<u8>::empty(&dev, &[s.workspace_bytes(Pass::Fwd)]).unwrap();
     for ws in [None, Some(&mut ws)] {
+        let split = ws.is_some();
         let mut y = Tensor::empty(&dev, &[s.m, s.n]).unwrap();
         y.poison().unwrap();
+        dev.profile_start().unwrap();
         gemm::linear_fwd(&x, &w, Some(&b), false, &mut y, ws).unwrap();
+        let kernels: Vec<&str> = dev.profile_stop().unwrap().iter().map(|l| l.kernel).collect();
+        let want_kernels: &[&str] = if split { &["gemm_fwd_f16_", "gemm_reduce_f16"] } else { &["gemm_fwd_f16_"] };
+        assert!(
+            kernels.len() == want_kernels.len() && kernels.iter().zip(want_kernels).all(|(k, w)| k.starts_with(w)),
+            "workspace {split}: launched {kernels:?}, want {want_kernels:?}"
+        );
         let c = r::compare_tol(&y.to_f32().unwrap(), &want, 2e-2, 2e-3);
-        assert!(c.first_bad.is_none() && c.rel_l2 < 2e-3, "{c}");
+        assert!(c.first_bad.is_none() && c.rel_l2 < 2e-3, "workspace {split}: {c}");
     }
 }
 

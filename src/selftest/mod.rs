@@ -65,6 +65,14 @@ impl CheckRow {
     }
 }
 
+impl CheckRow {
+    /// Whether the row ran and passed. A [`NOT_RUN`] row passes (the device could not run the
+    /// check) but shows nothing about the kernels, so a test that asks for a check rejects it.
+    pub fn ran_and_passed(&self) -> bool {
+        self.pass && self.bound != NOT_RUN
+    }
+}
+
 /// A named group of checks.
 pub struct Check {
     pub name: &'static str,
