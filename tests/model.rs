@@ -414,7 +414,8 @@ fn overflow_skips_step_halves_scale_keeps_weights() {
 }
 
 /// A bad label is an `Error::Invalid` naming its row, reported once: the step after it, an
-/// evaluation, and queued steps run normally instead of failing on the stale status. The
+/// evaluation, and queued steps run normally instead of failing on the stale status; an
+/// evaluation between a queued step and its sync leaves that step's status to the sync. The
 /// step that reported it updated the weights (documented), the bad row contributing nothing.
 #[test]
 fn a_bad_label_is_reported_once() {
@@ -435,6 +436,9 @@ fn a_bad_label_is_reported_once() {
     assert!(vgg.evaluate(&xi, &bad).is_err());
     assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
     vgg.train_step_queued(&xi, &bad, 0.01, 2).unwrap();
+    // An evaluation before the sync has its own status: it neither reports nor clears the
+    // queued step's bad label, which the sync does.
+    assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
     assert!(vgg.sync().is_err());
     vgg.train_step_queued(&xi, &xl, 0.01, 3).unwrap();
     assert!(vgg.sync().unwrap().is_some_and(|s| s.loss.is_finite()));

@@ -32,7 +32,7 @@ pub use run::{eval, ClassRow, EvalArgs, EvalReport};
 
 use crate::data::{decode_rgb, resize, Dataset, Plan, Subset, Synthetic, TestTransform, Transform, Worker};
 use crate::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
-use crate::train::checkpoint;
+use crate::train::checkpoint::{self, TrainState};
 use crate::{ops, Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -229,10 +229,9 @@ pub struct Model {
     pub vgg: Vgg,
     /// Class names stored with the checkpoint, if any.
     pub classes: Option<Vec<String>>,
-    /// The training seed stored with the checkpoint, if any.
-    pub seed: Option<u64>,
-    /// The test scale Q the training run validated at, if the checkpoint records it.
-    pub test_scale: Option<u32>,
+    /// The training state stored with the checkpoint, if any (its seed draws the synthetic
+    /// validation set; its test scale is the default Q).
+    pub state: Option<TrainState>,
     /// [`posteriors`]' device and page-locked buffers, made on its first call and kept.
     io: Option<EvalIo>,
 }
@@ -282,8 +281,7 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
             bail!("{}: {} class names stored for a {}-class model", path.display(), c.len(), cfg.classes);
         }
     }
-    let (seed, test_scale) = (l.state.as_ref().map(|s| s.seed), l.state.and_then(|s| s.test_scale));
-    Ok(Model { path: path.to_path_buf(), vgg, classes, seed, test_scale, io: None })
+    Ok(Model { path: path.to_path_buf(), vgg, classes, state: l.state, io: None })
 }
 
 /// An error naming `path` unless it is a file.
@@ -327,10 +325,10 @@ pub fn load_ensemble(dev: &Device, paths: &[PathBuf], arch: Option<&str>, batch:
     Ok(models)
 }
 
-/// The test scale Q the ensemble's checkpoints record (see [`Model::test_scale`]): `None`
+/// The test scale Q the ensemble's checkpoints record ([`TrainState::test_scale`]): `None`
 /// when none does, an error when two disagree (each model's own Q would need one run each).
 pub fn recorded_test_scale(models: &[Model]) -> Result<Option<u32>> {
-    let mut recorded = models.iter().filter_map(|m| m.test_scale.map(|q| (q, &m.path)));
+    let mut recorded = models.iter().filter_map(|m| Some((m.state.as_ref()?.test_scale?, &m.path)));
     let Some((q, path)) = recorded.next() else { return Ok(None) };
     if let Some((q2, path2)) = recorded.find(|&(q2, _)| q2 != q) {
         bail!(
@@ -433,6 +431,41 @@ pub fn image_posterior(
     let wd = if vpc > 0 { 0.5 } else { 1.0 };
     p.iter_mut().zip(d).for_each(|(o, x)| *o = (1.0 - wd) * *o + wd * x);
     Ok(p)
+}
+
+/// `img`'s views at the scales `qs` for a network of `input` pixels: its crop views' pixels
+/// (concatenated) and its dense views with their pixels.
+fn render_views(
+    img: &image::RgbImage,
+    qs: &[u32],
+    input: u32,
+    crops: Crops,
+    flip: bool,
+) -> Result<RenderedViews, String> {
+    let plans = views(img.width(), img.height(), qs, input, crops, flip)?;
+    let dense = dense_views(img.width(), img.height(), qs, crops)?;
+    Ok((render(img, &plans), dense.into_iter().map(|p| (p, render(img, &[p]))).collect()))
+}
+
+/// Crop views' pixels and dense views with theirs, as [`render_views`] makes them.
+type RenderedViews = (Vec<u8>, Vec<(Plan, Vec<u8>)>);
+
+/// The test scales of a run: those given (`parsed` from --scale), else the Q the ensemble's
+/// checkpoints record ([`recorded_test_scale`]), else `fallback`; each at least the models'
+/// input side.
+pub fn test_scales(parsed: Option<Vec<u32>>, models: &[Model], fallback: u32) -> Result<Vec<u32>> {
+    let scales = match parsed {
+        Some(v) => v,
+        None => vec![recorded_test_scale(models)?.unwrap_or(fallback)],
+    };
+    let input = models.first().map_or(0, |m| m.vgg.config().input as u32);
+    if let Some(q) = scales.iter().find(|&&q| q < input) {
+        bail!(
+            "--scale: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: \
+             give Q >= {input})"
+        );
+    }
+    Ok(scales)
 }
 
 /// Applies `plans` to `img`: the views' pixels, concatenated.

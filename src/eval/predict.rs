@@ -107,29 +107,25 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     let scale_arg = a.scale.as_deref().map(parse_scales).transpose()?;
     let labels = a.labels.as_deref().map(|p| read_labels(p).map(|n| (p, n))).transpose()?;
     let dev = Device::by_name(&a.device).with_context(|| format!("predict on `{}`", a.device))?;
-    let batch = a.images.len().clamp(1, 16);
+    // A batch holds crop views: as many as the run has, up to 16.
+    let n_scales = scale_arg.as_ref().map_or(1, Vec::len);
+    let batch = (a.images.len() * n_scales * views_per_scale(crops, a.flip)).clamp(1, 16);
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
-    let scales = match scale_arg {
-        Some(v) => v,
-        None => vec![recorded_test_scale(&models)?.unwrap_or(input * 8 / 7)],
-    };
-    if let Some(q) = scales.iter().find(|&&q| q < input) {
-        bail!("--scale: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})");
-    }
+    let scales = test_scales(scale_arg, &models, input * 8 / 7)?;
     let (mut pixels, mut dense, mut n_views) = (vec![], vec![], vec![]);
     for p in &a.images {
         let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
         let img = decode_rgb(&bytes, p)?;
-        let err = |e: String| anyhow::anyhow!("{}: {e}", p.display());
-        let plans = views(img.width(), img.height(), &scales, input, crops, a.flip).map_err(err)?;
-        let d = dense_views(img.width(), img.height(), &scales, crops).map_err(err)?;
-        pixels.extend(render(&img, &plans));
-        n_views.push(plans.len());
-        dense.push(d.into_iter().map(|v| (v, render(&img, &[v]))).collect::<Vec<_>>());
+        let (px, d) =
+            render_views(&img, &scales, input, crops, a.flip).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        n_views.push(px.len() / (input as usize * input as usize * 3));
+        pixels.extend(px);
+        dense.push(d);
     }
-    let post = posteriors(&mut models, &pixels, n_views.iter().sum())?;
+    let crop_views: usize = n_views.iter().sum();
+    let post = if crop_views > 0 { posteriors(&mut models, &pixels, crop_views)? } else { vec![] };
     let k = names.len();
     let preds: Vec<Prediction> = a
         .images

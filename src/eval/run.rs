@@ -178,7 +178,7 @@ fn dataset(a: &EvalArgs, src: Source, models: &[Model]) -> Result<(Arc<dyn Datas
         Source::Synthetic => {
             // `vgg train`'s validation set: the same images whatever its length (each is a
             // pure function of seed and index), seed = training seed ^ 0x5eed.
-            let seed = a.seed.or(models[0].seed).unwrap_or(0);
+            let seed = a.seed.or(models[0].state.as_ref().map(|s| s.seed)).unwrap_or(0);
             let ds = Synthetic::new(cfg.classes, cfg.input as u32, a.synthetic_len, seed ^ 0x5eed).square();
             (Arc::new(ds), format!("synthetic (seed {seed}, {} images)", a.synthetic_len))
         }
@@ -232,19 +232,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let (ds, what) = dataset(a, src, &models)?;
     let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
-    let scales = match scale_arg {
-        Some(v) => v,
-        None => match recorded_test_scale(&models)? {
-            Some(q) => vec![q],
-            None => vec![if a.data == "synthetic" { input } else { input * 8 / 7 }],
-        },
-    };
-    if let Some(q) = scales.iter().find(|&&q| q < input) {
-        bail!(
-            "--scale {}: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: give Q >= {input})",
-            a.scale.as_deref().unwrap_or_default()
-        );
-    }
+    let scales = test_scales(scale_arg, &models, if a.data == "synthetic" { input } else { input * 8 / 7 })?;
     let vpc = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
     // Each dense view is the whole image and its mirror image.
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
@@ -275,14 +263,9 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
             .par_iter()
             .map(|&i| -> Result<Rendered, String> {
                 let (img, label) = ds.load(i).map_err(|e| e.to_string())?;
-                let plans = views(img.width(), img.height(), &scales, input, crops, a.flip)
+                let (px, dense) = render_views(&img, &scales, input, crops, a.flip)
                     .map_err(|e| format!("{}: {e}", ds.describe(i)))?;
-                let dense = dense_views(img.width(), img.height(), &scales, crops)
-                    .map_err(|e| format!("{}: {e}", ds.describe(i)))?
-                    .into_iter()
-                    .map(|p| (p, render(&img, &[p])))
-                    .collect();
-                Ok((render(&img, &plans), dense, label))
+                Ok((px, dense, label))
             })
             .collect();
         let mut pixels = vec![];

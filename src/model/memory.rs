@@ -401,7 +401,8 @@ impl MemoryPlan {
             momentum: 4 * count,
             grads: 4 * count,
             fp16: 2 * count,
-            small: XentBuffers::device_bytes(n)
+            // The training steps' loss status and the evaluations' (`Vgg::evaluate`).
+            small: 2 * XentBuffers::device_bytes(n)
                 + LossScaler::DEVICE_BYTES
                 + StepVars::DEVICE_BYTES
                 + SgdPlan::table_bytes(&lens),

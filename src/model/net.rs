@@ -80,6 +80,12 @@ pub struct OptimConfig {
 }
 
 impl OptimConfig {
+    /// Errors unless the momentum is in `[0, 1)` and the weight decay finite and >= 0 (the
+    /// rules every SGD step checks, [`Sgd::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        crate::ops::optim::check_momentum_decay(self.momentum, self.weight_decay)
+    }
+
     /// Whether SGD decays `p`: every weight, and the biases with `decay_biases`.
     pub fn decays(&self, p: &Param) -> bool {
         !p.bias || self.decay_biases
@@ -186,7 +192,10 @@ pub struct Vgg {
     params: Vec<Param>,
     memory: MemoryPlan,
     buf: Buffers,
+    /// The training steps' loss status, and [`Vgg::evaluate`]'s own, so that an evaluation
+    /// between queued steps and their sync neither reads nor clears theirs.
     xent: XentBuffers,
+    eval_xent: XentBuffers,
     sgd: SgdPlan,
     scaler: LossScaler,
     optim: OptimConfig,
@@ -239,7 +248,7 @@ impl Vgg {
         optim: OptimConfig,
     ) -> Result<Self> {
         cfg.validate()?;
-        Sgd { lr: 0.0, momentum: optim.momentum, weight_decay: optim.weight_decay }.validate()?;
+        optim.validate()?;
         let feats = cfg.features();
         // Auto's conv plans, with any pass the device's shared memory cannot hold on Direct.
         let convs = feats
@@ -280,6 +289,7 @@ impl Vgg {
             buf: Buffers::new(dev, &memory, feats.len())?,
             memory,
             xent: XentBuffers::new(dev, batch)?,
+            eval_xent: XentBuffers::new(dev, batch)?,
             sgd,
             scaler: LossScaler::with(dev, optim.init_scale, optim.growth_interval)?,
             optim,
@@ -635,7 +645,7 @@ impl Vgg {
 
     /// After queued steps: one read of the scaler's state and one of the loss status; the
     /// statistics of the last queued step (None if no step was queued since the last sync; an
-    /// [`Vgg::evaluate`] in between replaces the loss status with its own).
+    /// [`Vgg::evaluate`] in between keeps a loss status of its own).
     pub fn sync(&mut self) -> Result<Option<StepStats>> {
         let Some((overflow, loss_scale)) = self.scaler.sync()? else { return Ok(None) };
         self.step_stats(overflow, loss_scale, 0.0).map(Some)
@@ -680,8 +690,8 @@ impl Vgg {
     /// label is an `Error::Invalid`, reported once, as by [`Vgg::train_step`].
     pub fn evaluate(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>) -> Result<ops::XentStats> {
         self.forward(images, false, 0)?;
-        ops::softmax_xent(&self.buf.logits, labels, None, 1.0, &mut self.xent)?;
-        self.xent.check_once()
+        ops::softmax_xent(&self.buf.logits, labels, None, 1.0, &mut self.eval_xent)?;
+        self.eval_xent.check_once()
     }
 
     /// The unscaled fp32 gradients of the last [`Vgg::compute_grads`], torchvision layout.

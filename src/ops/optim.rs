@@ -82,7 +82,8 @@ pub(crate) fn check_lr(lr: f32) -> Result<()> {
     Ok(())
 }
 
-fn check_momentum_decay(momentum: f32, weight_decay: f32) -> Result<()> {
+/// Errors unless `momentum` is in `[0, 1)` and `weight_decay` is finite and >= 0.
+pub(crate) fn check_momentum_decay(momentum: f32, weight_decay: f32) -> Result<()> {
     if !(0.0..1.0).contains(&momentum) {
         return Err(Error::Invalid(format!("sgd: momentum {momentum} must be in [0, 1)")));
     }

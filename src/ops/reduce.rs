@@ -15,20 +15,6 @@ pub const MAX_PARTIALS: usize = 1024;
 /// Element types the reductions take. Sealed through [`DType`] (only this crate's types are
 /// DTypes, so only this crate can implement its own trait for them): the kernels an
 /// implementation names read its tensors as that type.
-///
-/// ```compile_fail,E0277
-/// # use vgg_cuda::{device::Kernel, ops::reduce::Reducible, DType};
-/// #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-/// #[repr(C)]
-/// struct Wide([u64; 8]);
-/// impl DType for Wide {
-///     const NAME: &'static str = "wide";
-/// }
-/// impl Reducible for Wide {
-///     const SUM: Kernel = Kernel { module: "reduce", name: "reduce_sum_f32" };
-///     const MAX_ABS: Kernel = Kernel { module: "reduce", name: "reduce_maxabs_f32" };
-/// }
-/// ```
 pub trait Reducible: DType {
     #[doc(hidden)]
     const SUM: Kernel;

@@ -22,20 +22,6 @@ const STATUS_WORDS: usize = 8;
 /// Logit element types the loss and [`softmax_fwd`] accept: fp16 (the network's output) or fp32.
 /// Sealed through [`DType`] (only this crate's types are DTypes, so only this crate can implement
 /// its own trait for them): the kernel an implementation names reads its tensors as that type.
-///
-/// ```compile_fail,E0277
-/// # use vgg_cuda::{device::Kernel, ops::softmax::XentLogit, DType};
-/// #[derive(Clone, Copy, Default, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-/// #[repr(C)]
-/// struct Wide([u64; 8]);
-/// impl DType for Wide {
-///     const NAME: &'static str = "wide";
-/// }
-/// impl XentLogit for Wide {
-///     const KERNEL: Kernel = Kernel { module: "softmax", name: "softmax_xent_f32" };
-///     const FWD: Kernel = Kernel { module: "softmax", name: "softmax_fwd_f32" };
-/// }
-/// ```
 pub trait XentLogit: DType {
     #[doc(hidden)]
     const KERNEL: Kernel;

@@ -171,11 +171,9 @@ impl TrainArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: the learning rate must be positive and finite", self.lr);
         }
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("--momentum {}: must be in [0, 1)", self.momentum);
-        }
-        if !(self.wd.is_finite() && self.wd >= 0.0) {
-            bail!("--wd {}: the weight decay must be non-negative and finite", self.wd);
+        let optim = crate::model::OptimConfig { momentum: self.momentum, weight_decay: self.wd, ..Default::default() };
+        if let Err(e) = optim.validate() {
+            bail!("--momentum {} / --wd {}: {e}", self.momentum, self.wd);
         }
         if self.data == "synthetic" && self.classes < 2 {
             bail!("--classes {}: training needs at least 2 classes", self.classes);

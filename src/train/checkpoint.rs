@@ -49,12 +49,10 @@ pub struct TrainState {
     /// checkpoints written before plans were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conv_plans: Vec<ConvPlan>,
-    /// The run's training scale S as (smallest, largest), equal for a fixed S, and the test
-    /// scale Q it validated at, which `vgg eval` and `vgg predict` take by default (the
-    /// paper's single-scale Q: S, or the middle of a jittered range). `None` in checkpoints
-    /// written before they were recorded, and for imported weights.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<(u32, u32)>,
+    /// The run's single-scale test Q (`--test-scale`, by default the paper's pairing with the
+    /// training scale: S, or the middle of a jittered range), at which it validates, and which
+    /// `vgg eval` and `vgg predict` take by default. `None` in checkpoints written before it
+    /// was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_scale: Option<u32>,
 }

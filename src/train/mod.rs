@@ -140,7 +140,6 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         seed: a.seed,
         batch: a.batch,
         conv_plans: vec![],
-        scale: Some(data.train_tf.scale.range()),
         test_scale: Some(data.test_tf.scale),
     };
     if let Some(w) = &a.weights {
@@ -187,7 +186,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             clean_steps: state.scaler_clean_steps,
             skipped: state.scaler_skipped,
         })?;
-        st = TrainState { batch: a.batch, scale: st.scale, test_scale: st.test_scale, ..state };
+        st = TrainState { batch: a.batch, test_scale: st.test_scale, ..state };
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),

@@ -86,7 +86,6 @@ mod tests {
             seed: 0,
             batch: 1,
             conv_plans: vec![],
-            scale: None,
             test_scale: None,
         }
     }
