@@ -203,9 +203,7 @@ impl<T: DType> Tensor<T> {
     /// tensor and its layout (`conv3x3 x (NHWC)`), so that a tensor of the right size in another
     /// layout (NCHW for NHWC) is named with both shapes rather than read wrongly.
     pub fn check_shape(&self, device: &Device, what: &str, shape: &[usize]) -> Result<()> {
-        if !self.device.same(device) {
-            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
-        }
+        self.check_device(device)?;
         if self.shape != shape {
             return Err(Error::Shape(format!("{what} must have shape {shape:?}, got {:?}", self.shape)));
         }
@@ -215,15 +213,21 @@ impl<T: DType> Tensor<T> {
     /// Errors unless this tensor lives on `device` and has `len` elements (for element-wise ops,
     /// to which the shape does not matter).
     pub fn check(&self, device: &Device, what: &str, len: usize) -> Result<()> {
-        if !self.device.same(device) {
-            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
-        }
+        self.check_device(device)?;
         if self.len() != len {
             return Err(Error::Shape(format!(
                 "{what} has {} elements (shape {:?}), expected {len}",
                 self.len(),
                 self.shape
             )));
+        }
+        Ok(())
+    }
+
+    /// Errors unless this tensor lives on `device`.
+    fn check_device(&self, device: &Device) -> Result<()> {
+        if !self.device.same(device) {
+            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
         }
         Ok(())
     }

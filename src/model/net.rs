@@ -602,7 +602,8 @@ impl Vgg {
     /// The optimizer step over the gradients [`Vgg::compute_grads`] left: overflow check, SGD
     /// (skipped on the device on overflow), one read of the flag. Returns whether it applied.
     pub fn apply_grads(&mut self, lr: f32) -> Result<bool> {
-        self.optimizer_step(lr, Step::Host).map(|applied| applied.unwrap_or(true))
+        let sgd = self.sgd(lr)?;
+        self.optimizer_step(sgd, Step::Host).map(|applied| applied.unwrap_or(true))
     }
 
     /// The step's SGD hyper-parameters at `lr`, checked ([`Sgd::validate`]): what every training
@@ -614,10 +615,10 @@ impl Vgg {
     }
 
     /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
-    /// (None), with the learning rate `lr` or the one in [`StepVars`].
-    fn optimizer_step(&mut self, lr: f32, how: Step) -> Result<Option<bool>> {
+    /// (None), with `sgd` as [`Vgg::sgd`] checked it (the learning rate, or with
+    /// `Step::QueuedAt` the one in [`StepVars`]).
+    fn optimizer_step(&mut self, sgd: Sgd, how: Step) -> Result<Option<bool>> {
         self.dev.profile_label("optimizer");
-        let sgd = self.sgd(lr)?;
         let optim = self.optim;
         let mut sp: Vec<SgdParam<'_>> = self
             .params
@@ -637,10 +638,10 @@ impl Vgg {
     /// the same weights, bit for bit. Until the sync, [`Vgg::loss_scale`] and
     /// [`Vgg::scaler_state`] show the state of the last sync.
     pub fn train_step_queued(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
-        self.sgd(lr)?;
+        let sgd = self.sgd(lr)?;
         self.scaler.queue()?;
         self.compute_grads(images, labels, step)?;
-        self.optimizer_step(lr, Step::Queued).map(|_| ())
+        self.optimizer_step(sgd, Step::Queued).map(|_| ())
     }
 
     /// After queued steps: one read of the scaler's state and one of the loss status; the
@@ -671,12 +672,12 @@ impl Vgg {
     /// once: the loss status is cleared, so the next step, or [`Vgg::evaluate`], runs normally.
     /// Queued and graph steps report it at [`Vgg::sync`], as of the steps since the last sync.
     pub fn train_step(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<StepStats> {
-        self.sgd(lr)?;
+        let sgd = self.sgd(lr)?;
         let loss_scale = self.scaler.scale();
         let t = std::time::Instant::now();
         self.compute_grads(images, labels, step)?;
         let enqueue_ms = t.elapsed().as_secs_f64() * 1e3;
-        let applied = self.apply_grads(lr)?;
+        let applied = self.optimizer_step(sgd, Step::Host)?.unwrap_or(true);
         self.step_stats(!applied, loss_scale, enqueue_ms)
     }
 

@@ -34,7 +34,7 @@ impl Vgg {
             !self.tracing,
             "Vgg::train_step_graph: keep_trace copies activations to the host every step, which a captured step cannot"
         );
-        self.sgd(lr)?;
+        let sgd = self.sgd(lr)?;
         self.scaler.queue()?;
         self.vars.set([self.dropout_seed(0), self.dropout_seed(1)], step, lr)?;
         let (im, lb) = (images.device_ptr(), labels.device_ptr());
@@ -50,7 +50,7 @@ impl Vgg {
                 let dev = self.dev.clone();
                 let graph = dev.capture(|| {
                     self.compute_grads_src(images, labels, Src::Vars)?;
-                    self.optimizer_step(lr, Step::QueuedAt).map(|_| ())
+                    self.optimizer_step(sgd, Step::QueuedAt).map(|_| ())
                 })?;
                 self.graphs.push(StepGraph { graph, images: im, labels: lb });
             }
