@@ -87,12 +87,14 @@ __device__ void xent_row(const T* __restrict__ logits, const int* __restrict__ l
     __half* dz = dlogits ? dlogits + (long long)row * classes : nullptr;
     const int label = labels[row];
 
-    // A bad label is the host's to report (finish kernel -> status -> check()); the row
-    // gets a NaN loss, so the mean shows it too, and a zero gradient, so nothing is read
-    // out of bounds and the backward pass stays finite.
+    // A bad label is the host's to report (finish kernel -> status -> check()); nothing is
+    // read at it. The row gets a NaN loss, so the mean shows it too, and a NaN gradient: it
+    // reaches every weight gradient through the backward pass, so the optimizer's overflow
+    // check skips the step (weights and momentum untouched) instead of applying an update
+    // from a batch the caller did not mean. That step halves the loss scale, as any NaN does.
     if (label < 0 || label >= classes) {
         if (dz)
-            for (int j = tid; j < classes; j += nt) dz[j] = __float2half(0.f);
+            for (int j = tid; j < classes; j += nt) dz[j] = __ushort_as_half((unsigned short)0x7e00);
         if (tid == 0) {
             row_loss[row] = __int_as_float(0x7fffffff);
             row_rank[row] = XENT_RANK_BAD;

@@ -416,7 +416,8 @@ fn overflow_skips_step_halves_scale_keeps_weights() {
 /// A bad label is an `Error::Invalid` naming its row, reported once: the step after it, an
 /// evaluation, and queued steps run normally instead of failing on the stale status; an
 /// evaluation between a queued step and its sync leaves that step's status to the sync. The
-/// step that reported it updated the weights (documented), the bad row contributing nothing.
+/// step that reported it left the weights and momentum as they were (its gradients are NaN, so
+/// the overflow check skipped the update) and halved the loss scale.
 #[test]
 fn a_bad_label_is_reported_once() {
     let dev = Device::emu();
@@ -426,13 +427,20 @@ fn a_bad_label_is_reported_once() {
     let (images, labels) = batch_data(&cfg, batch, 3);
     let (xi, xl) = upload(&dev, &cfg, &images, &labels);
     let bad = Tensor::from_host(&dev, &[batch], &[labels[0], cfg.classes as i32]).unwrap();
-    let before = vgg.params()[0].w.to_host().unwrap();
-    let e = vgg.train_step(&xi, &bad, 0.01, 0).unwrap_err();
+    let state = |v: &Vgg| -> Vec<Vec<f32>> {
+        v.params().iter().flat_map(|p| [p.w.to_host().unwrap(), p.v.to_host().unwrap()]).collect()
+    };
+    // A clean step first, so that the momentum is not zero and a skipped update shows in it too.
+    vgg.train_step(&xi, &xl, 0.01, 0).unwrap();
+    let (before, scale) = (state(&vgg), vgg.loss_scale());
+    let e = vgg.train_step(&xi, &bad, 0.01, 1).unwrap_err();
     assert!(matches!(e, vgg_cuda::Error::Invalid(_)), "{e}");
     assert!(e.to_string().contains("label 5 of row 1 is not in 0..5"), "{e}");
-    assert_ne!(vgg.params()[0].w.to_host().unwrap(), before, "the step ran in full, as documented");
+    assert!(state(&vgg) == before, "a step with a bad label must not update weights or momentum");
+    assert_eq!(vgg.loss_scale(), scale / 2.0, "the skipped step halves the scale, as for any NaN");
     let s = vgg.train_step(&xi, &xl, 0.01, 1).unwrap();
-    assert!(s.loss.is_finite() && s.batch == batch, "{s:?}");
+    assert!(s.loss.is_finite() && s.batch == batch && !s.skipped, "{s:?}");
+    assert!(state(&vgg) != before, "the next clean step applies");
     assert!(vgg.evaluate(&xi, &bad).is_err());
     assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
     vgg.train_step_queued(&xi, &bad, 0.01, 2).unwrap();

@@ -665,11 +665,12 @@ impl Vgg {
     /// ([`Sgd::validate`]): a bad one is an `Error::Invalid` with nothing launched.
     ///
     /// A label outside `0..classes` is an `Error::Invalid` naming the first bad row, found only
-    /// when the status is read at the end of the step (nothing is read back before the update):
-    /// by then the step has run in full. The weights were updated, the bad rows contributing no
-    /// gradient (their logit gradient is zero, their loss NaN) and the batch mean still
-    /// dividing by the whole batch; the loss scale was updated as usual. The error is reported
-    /// once: the loss status is cleared, so the next step, or [`Vgg::evaluate`], runs normally.
+    /// when the status is read at the end of the step (nothing is read back before the update).
+    /// The update itself is skipped on the device: a bad row's logit gradient is NaN, so every
+    /// weight gradient is, and the overflow check leaves weights and momentum as they were; the
+    /// loss scale halves and the step counts as skipped, as for any NaN gradient. The error is
+    /// reported once: the loss status is cleared, so the next step, or [`Vgg::evaluate`], runs
+    /// normally.
     /// Queued and graph steps report it at [`Vgg::sync`], as of the steps since the last sync.
     pub fn train_step(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<StepStats> {
         let sgd = self.sgd(lr)?;

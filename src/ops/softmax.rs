@@ -120,7 +120,8 @@ impl XentBuffers {
 /// Writes, when `dlogits` is given, `dlogits = (softmax(logits) - onehot) * loss_scale /
 /// batch` in fp16 (the gradient of the scaled mean loss), and into `bufs` the mean loss and
 /// the top-1 / top-5 hit counts ([`XentBuffers::check`] reads them). fp32 math throughout;
-/// a row with a bad label gets a NaN loss and a zero gradient and is reported by `check`.
+/// a row with a bad label gets a NaN loss and a NaN gradient (so that a training step's overflow
+/// check skips the update) and is reported by `check`.
 pub fn softmax_xent<T: XentLogit>(
     logits: &Tensor<T>,
     labels: &Tensor<i32>,
