@@ -193,6 +193,12 @@ impl TrainArgs {
         if self.weights.is_some() && self.pre_init.is_some() {
             bail!("--pre-init and --weights both set the initial weights; pass one");
         }
+        // Here, not where the plans are made: a typo is then reported before the data are read
+        // or the device is opened (and where the device is unusable).
+        if let Some(c) = &self.conv_algo {
+            use anyhow::Context;
+            crate::model::ConvChoice::parse(c).context("--conv-algo")?;
+        }
         Ok(())
     }
 }

@@ -237,6 +237,11 @@ pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     if a.repeats == Some(0) {
         bail!("--repeats must be at least 1");
     }
+    let tile = match a.tile.as_deref() {
+        None => None,
+        Some("w128x256") => Some(vgg_cuda::ops::gemm::Tile::W128x256),
+        Some(t) => bail!("--tile: unknown tile `{t}` (tiles: w128x256)"),
+    };
     if let Some(path) = &a.json {
         atomic::check_writable(path).context("--json")?;
     }
@@ -247,11 +252,7 @@ pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     cfg.passes = passes;
     cfg.cublas = !a.no_cublas;
     cfg.bandwidth = !a.no_bandwidth;
-    cfg.tile = match a.tile.as_deref() {
-        None => None,
-        Some("w128x256") => Some(vgg_cuda::ops::gemm::Tile::W128x256),
-        Some(t) => bail!("--tile: unknown tile `{t}` (tiles: w128x256)"),
-    };
+    cfg.tile = tile;
     if a.repeats.is_some() {
         cfg.timing.samples = a.repeats;
     }

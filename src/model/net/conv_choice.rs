@@ -44,7 +44,7 @@ impl ConvChoice {
             "tune" => ConvChoice::Tune,
             "direct" => ConvChoice::Direct,
             "wgmma" => ConvChoice::Wgmma,
-            _ => return Err(Error::Shape(format!("unknown conv algorithm `{s}` (expected {})", Self::NAMES))),
+            _ => return Err(Error::Invalid(format!("unknown conv algorithm `{s}` (expected {})", Self::NAMES))),
         })
     }
 }

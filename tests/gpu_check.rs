@@ -1,0 +1,129 @@
+//! scripts/gpu-check.sh is the one command a lent GPU runs, and a GPU is lent rarely and for 15
+//! minutes: a step whose `vgg` command line no longer parses (a renamed flag, a removed value)
+//! would cost its measurement until the next loan. These tests run every `vgg` command of the
+//! script here, without a GPU, far enough to know its arguments are accepted.
+
+mod common;
+
+use common::TempDir;
+use std::process::Command;
+use vgg_cuda::device::cuda_report;
+
+/// Every `vgg` command line of the script's steps, its variables substituted (loop variables
+/// once for each value the script gives them): (step name, arguments).
+fn script_commands(tmp: &std::path::Path) -> Vec<(String, Vec<String>)> {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-check.sh")).unwrap();
+    let script = script.replace("\\\n", " ");
+    // The profiler loop's `kern:algo:pass:tiling` items and the 32-pixel loop's modes.
+    let ncu_items: Vec<Vec<String>> = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for k in "))
+        .map(|l| l.trim_end_matches("; do").split_whitespace().map(|i| i.split(':').map(String::from).collect()))
+        .map(|items| items.collect())
+        .unwrap_or_default();
+    assert!(!ncu_items.is_empty() && ncu_items.iter().all(|i| i.len() == 4), "the ncu loop's items: {ncu_items:?}");
+    let mut loops: Vec<Vec<(&str, String)>> = ncu_items
+        .iter()
+        .map(|i| vec![("kern", i[0].clone()), ("algo", i[1].clone()), ("pass", i[2].clone()), ("tiling", i[3].clone())])
+        .collect();
+    for (mode, flag) in [("one-by-one", ""), ("queued", "--queued"), ("graph", "--graph")] {
+        loops.push(vec![("mode", mode.into()), ("flag", flag.into())]);
+    }
+    let fixed = [
+        ("BATCH", "64".to_string()),
+        ("RAW", tmp.join("raw").display().to_string()),
+        ("CK", tmp.join("ck").display().to_string()),
+        ("SHARDS", tmp.join("shards").display().to_string()),
+    ];
+    let mut out = Vec::new();
+    for line in script.lines().map(str::trim).filter(|l| l.starts_with("step ")) {
+        let Some(at) = line.find("\"$VGG\"") else { continue };
+        let name = line.split_whitespace().nth(1).unwrap();
+        let uses_loop = |vars: &[(&str, String)]| vars.iter().any(|(v, _)| line.contains(&format!("${v}")));
+        let bindings: Vec<&Vec<(&str, String)>> = loops.iter().filter(|v| uses_loop(v)).collect();
+        let none = Vec::new();
+        for vars in if bindings.is_empty() { vec![&none] } else { bindings } {
+            let expand = |s: &str| {
+                let mut s = s.trim_matches('"').to_string();
+                for (v, val) in vars.iter().chain(&fixed) {
+                    s = s.replace(&format!("${v}"), val);
+                }
+                s
+            };
+            let args: Vec<String> = line[at + 6..].split_whitespace().map(expand).filter(|a| !a.is_empty()).collect();
+            let name = expand(name);
+            assert!(!args.iter().any(|a| a.contains('$')), "{name}: a variable this test does not know: {args:?}");
+            out.push((name, args));
+        }
+    }
+    out
+}
+
+fn run_vgg(args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Each command line with `--help` after it: clap parses the arguments before it in order, so
+/// an unknown flag, a flag missing its value or a malformed number fails (exit 2) before the
+/// help is printed; nothing runs.
+#[test]
+fn every_vgg_command_of_gpu_check_parses() {
+    let tmp = TempDir::new("gpu-check", "parse");
+    let cmds = script_commands(&tmp.0);
+    assert!(cmds.len() >= 25, "found only {} vgg commands in scripts/gpu-check.sh", cmds.len());
+    for (name, args) in &cmds {
+        let mut with_help = args.clone();
+        with_help.push("--help".into());
+        let (ok, out) = run_vgg(&with_help);
+        assert!(ok, "gpu-check step {name}: `vgg {}` does not parse:\n{out}", args.join(" "));
+    }
+}
+
+/// The `--device cuda` commands run as far as opening the device, which fails here: every
+/// option's value was checked before that (algorithm names, layer lists, tiles, conv plans,
+/// output paths), so reaching the device's error means the GPU would get to work.
+#[test]
+fn every_cuda_command_of_gpu_check_gets_past_its_arguments() {
+    if cuda_report().unusable_because.is_none() {
+        eprintln!("a usable GPU is present: the commands would run in full (the script is for that)");
+        return;
+    }
+    let tmp = TempDir::new("gpu-check", "device");
+    std::fs::create_dir_all(tmp.0.join("raw")).unwrap();
+    let cmds = script_commands(&tmp.0);
+    let cuda: Vec<_> = cmds.iter().filter(|(_, a)| a.windows(2).any(|w| w == ["--device", "cuda"])).collect();
+    assert!(cuda.len() >= 20, "found only {} --device cuda commands", cuda.len());
+    for (name, args) in cuda {
+        let (ok, out) = run_vgg(args);
+        assert!(
+            !ok && out.contains("CUDA device unavailable"),
+            "gpu-check step {name}: `vgg {}` did not stop at the device:\n{out}",
+            args.join(" ")
+        );
+    }
+}
+
+/// The script's own Python helpers at least compile (their torch imports run only on the GPU
+/// machine).
+#[test]
+fn gpu_check_python_scripts_compile() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+    let script = std::fs::read_to_string(format!("{dir}/gpu-check.sh")).unwrap();
+    let tmp = TempDir::new("gpu-check", "python");
+    let mut n = 0;
+    for py in ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py"] {
+        assert!(script.contains(&format!("scripts/{py}")), "gpu-check.sh no longer runs {py}: update this test");
+        let Ok(out) = Command::new("python3")
+            .args(["-c", "import sys, py_compile; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"])
+            .arg(format!("{dir}/{py}"))
+            .arg(tmp.0.join(format!("{py}c")))
+            .output()
+        else {
+            return; // no python3 here
+        };
+        assert!(out.status.success(), "{py}: {}", String::from_utf8_lossy(&out.stderr));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
