@@ -125,6 +125,7 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         // The item's last stage: its accumulators out (rows 64 wg + 16 (warp % 4) + g (+ 8)),
         // then zeros for the next item.
         wgmma_wait<0>();
+        wgmma_fence_acc(acc);
         const int o0 = item % oblocks * kOut, pos0 = wp + item / oblocks * kPos;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {

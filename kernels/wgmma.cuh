@@ -297,6 +297,19 @@ __device__ __forceinline__ void wgmma_wait(PTX_SITE_PARAMS_ONLY) {
 #endif
 }
 
+// Pins this thread's accumulators at this point of the program (an empty asm that reads and
+// writes each of them). The asm's of wgmma.fence / wait_group name memory, not registers, so
+// the compiler may otherwise move plain uses of d (the zeroing before a fence, an epilogue's
+// reads after a wait) across them, which the PTX ISA leaves undefined; on the emulator, built
+// by the host compiler, such a move cannot show. CUTLASS's warpgroup_fence_operand does the same.
+template <int M>
+__device__ __forceinline__ void wgmma_fence_acc(float (&d)[M]) {
+#if defined(__CUDA_ARCH__) && VGG_HAS_WGMMA
+#pragma unroll
+  for (int i = 0; i < M; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+
 // The row (0..127 of a 2-warpgroup tile, 0..255 of a 4-warpgroup one) that this thread's
 // accumulators d[4 j + 2 half + (0, 1)] belong to: 64 (warp / 4) + 16 (warp % 4) + lane / 4 +
 // 8 half (the header's layout, warpgroup by warpgroup).
@@ -312,11 +325,13 @@ __device__ __forceinline__ int wgmma_acc_row(int half) {
 template <int N, bool TransA, bool TransB, int kSteps>
 __device__ __forceinline__ void wgmma_stage(float (&d)[N / 2], unsigned long long da, unsigned long long db,
                                             unsigned a_step = 16, unsigned b_step = 16) {
+  wgmma_fence_acc(d);
   wgmma_fence();
 #pragma unroll
   for (int k16 = 0; k16 < kSteps; ++k16) wgmma_ss<N, TransA, TransB>(d, da + a_step * k16, db + b_step * k16, 1);
   wgmma_commit();
   wgmma_wait<1>();
+  wgmma_fence_acc(d);
 }
 
 // The main loop our wgmma kernels share: a ring of 4 shared-memory buffers, one pipeline stage
@@ -357,4 +372,5 @@ __device__ __forceinline__ void wgmma_ring(float (&acc)[N / 2], int stages, unsi
     const unsigned stage = (s % 4) * (kBufBytes >> 4);
     wgmma_stage<N, TransA, TransB, kSteps>(acc, da0 + stage, db0 + stage);
   });
+  wgmma_fence_acc(acc);  // after the loop's last wait: the caller's epilogue reads acc
 }

@@ -4,21 +4,23 @@
 // against a plain matrix product, on the emulator and on a GPU alike (sm_90a; elsewhere the
 // kernels trap).
 //
-// Launch with grid (1,1,1), block (128,1,1), dynamic shared memory 2048 + 32 N bytes:
-//   prim_wgmma_n64 / prim_wgmma_n256(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc)
+// Launch with grid (1,1,1), block (128,1,1), dynamic shared memory 2064 + 32 N bytes:
+//   prim_wgmma_n64 / prim_wgmma_n256(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off)
 //     A: 64 x 16 row-major fp16, Bt: N x 16 row-major fp16 (B transposed: K-major),
 //     C, D: 64 x N row-major fp32; D = A Bt^T + (acc ? C : 0). lbo / sbo: the operands' core
-//     matrix strides in bytes (A within its 2048 bytes, B within the 32 N after it).
+//     matrix strides in bytes (A within 2048 bytes from `off`, B within 32 N from 2048 + off).
+//     off: 0 or 16, where the operands start; 16 is a descriptor start that is a multiple of 16
+//     bytes but not of 128, as the halo kernels' per-tap shifts give (conv_wgmma_halo.cu).
 //   prim_wgmma_mn_n64 / prim_wgmma_mn_n256: the same, A and B staged M/N-major (wgmma.cuh)
 //   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
 #include "wgmma.cuh"
 
 template <int N, bool kEarly = false, bool kMN = false>
 __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
-                                           int sbo_a, int lbo_b, int sbo_b, int acc) {
+                                           int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
   VGG_DYN_SHARED(unsigned char, smem);
-  unsigned char* const sa = smem;
-  unsigned char* const sb = smem + 2048;
+  unsigned char* const sa = smem + off;
+  unsigned char* const sb = smem + 2048 + off;
   // K-major: a core matrix row is 8 consecutive k of one m (n); M/N-major: 8 consecutive m (n)
   // of one k.
   auto at = [](unsigned char* base, int mn, int k, int lbo, int sbo) {
@@ -45,28 +47,28 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
 }
 
 extern "C" __global__ void prim_wgmma_n64(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
-                                          int sbo_a, int lbo_b, int sbo_b, int acc) {
-  wgmma_test<64>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+                                          int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
+  wgmma_test<64>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
 }
 
 extern "C" __global__ void prim_wgmma_n256(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
-                                           int sbo_a, int lbo_b, int sbo_b, int acc) {
-  wgmma_test<256>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+                                           int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
+  wgmma_test<256>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
 }
 
 // The same with both operands M/N-major (imm-trans-a = imm-trans-b = 1).
 extern "C" __global__ void prim_wgmma_mn_n64(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
-                                             int sbo_a, int lbo_b, int sbo_b, int acc) {
-  wgmma_test<64, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+                                             int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
+  wgmma_test<64, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
 }
 
 extern "C" __global__ void prim_wgmma_mn_n256(const __half* A, const __half* Bt, const float* C, float* D,
-                                              int lbo_a, int sbo_a, int lbo_b, int sbo_b, int acc) {
-  wgmma_test<256, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc);
+                                              int lbo_a, int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
+  wgmma_test<256, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
 }
 
 // Emulator only (on a GPU the result is undefined): D written from d before the wait, as a
 // kernel with a missing wait would; the emulator retires the group at the wait, so D gets C.
 extern "C" __global__ void prim_wgmma_early_read(const __half* A, const __half* Bt, const float* C, float* D) {
-  wgmma_test<64, true>(A, Bt, C, D, 128, 256, 128, 256, 1);
+  wgmma_test<64, true>(A, Bt, C, D, 128, 256, 128, 256, 1, 0);
 }

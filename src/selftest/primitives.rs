@@ -139,8 +139,10 @@ pub fn cp_async(dev: &Device) -> Result<Vec<CheckRow>> {
 /// N) plus C, and with scale-d off (C ignored), for N = 64 and 256, the operands in two arrangements
 /// of their core matrices (K neighbours adjacent: lbo 128, sbo 256; M / N neighbours adjacent:
 /// lbo = rows / 8 x 128, sbo 128), so that lbo and sbo swapped, or a wrong accumulator layout,
-/// fail; with K-major operands and with M/N-major ones (the transposed instruction). Not run
-/// where wgmma cannot (a GPU other than sm_90).
+/// fail; with K-major operands and with M/N-major ones (the transposed instruction); and with
+/// the operands starting 16 bytes past a 128-byte boundary (`+16 B`), as the halo kernels' A
+/// descriptors do after a one-position tap shift. Not run where wgmma cannot (a GPU other than
+/// sm_90).
 pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     if !dev.has_wgmma() {
@@ -153,11 +155,18 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
         (256, "prim_wgmma_mn_n256", "mn-major"),
     ];
     for (n, name, major) in kernels {
-        let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: (2048 + 32 * n) as u32 };
+        let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: (2064 + 32 * n) as u32 };
         for (layout, (lbo_a, sbo_a, lbo_b, sbo_b)) in
             [("k-adjacent", (128, 256, 128, 256)), ("mn-adjacent", (1024, 128, 16 * n, 128))]
         {
-            for (kind, seed, acc) in [("ints", 3u64, 1), ("randn", 4, 1), ("ints, no C", 5, 0)] {
+            let runs = [
+                ("ints", 3u64, 1, 0),
+                ("randn", 4, 1, 0),
+                ("ints, no C", 5, 0, 0),
+                ("ints", 6, 1, 16),
+                ("randn", 7, 1, 16),
+            ];
+            for (kind, seed, acc, off) in runs {
                 let (a, bt, c) = if kind == "randn" {
                     (randn_f16(64 * 16, seed), randn_f16(n * 16, seed + 10), randn_f16(64 * n, seed + 20))
                 } else {
@@ -169,11 +178,12 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
                 let mut dt = Tensor::<f32>::empty(dev, &[64, n])?;
                 dt.poison()?;
                 let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut()];
-                let ints = [lbo_a, sbo_a, lbo_b as i32, sbo_b, acc].map(KArg::I32);
+                let ints = [lbo_a, sbo_a, lbo_b as i32, sbo_b, acc, off].map(KArg::I32);
                 let all: Vec<KArg> = args.into_iter().chain(ints).collect();
                 // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
-                // int sbo_a, int lbo_b, int sbo_b, int acc): A 64 x 16, Bt n x 16, C and D 64 x n;
-                // one warpgroup; the strides keep A within 2048 bytes and B within 32 n after it.
+                // int sbo_a, int lbo_b, int sbo_b, int acc, int off): A 64 x 16, Bt n x 16, C and D
+                // 64 x n; one warpgroup; the strides keep A within 2048 bytes from off and B within
+                // 32 n from 2048 + off, inside the 2064 + 32 n bytes.
                 unsafe { dev.launch(&Kernel { module: "wgmma_test", name }, cfg, &all)? };
                 let mut want = vec![0f32; 64 * n];
                 for i in 0..64 {
@@ -191,7 +201,8 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
                 } else {
                     (compare(&got, &want), Bound::Exact)
                 };
-                rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {major} {layout} {kind}"), cmp, bound));
+                let at_16 = if off == 0 { "" } else { " +16 B" };
+                rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {major} {layout} {kind}{at_16}"), cmp, bound));
             }
         }
     }
