@@ -73,13 +73,15 @@ struct WgmmaTrans {
   bool a, b;
 };
 
-// One issued wgmma of one warp: its lanes' accumulators, operands and N.
+// One issued wgmma of one warp: its lanes' accumulators, operands and N, and a hash of the
+// operand bytes it reads as they were at issue (wgmma_operands_hash).
 struct WgmmaOp {
   float* d[32];
   unsigned long long da, db;
   int acc, n;
   unsigned wg_warp;
   WgmmaTrans trans;
+  unsigned long long at_issue;
 };
 
 // Per warp of the running block: wgmma's issued but not committed, and committed groups not
@@ -99,8 +101,8 @@ inline WgmmaWarp& wgmma_state(unsigned warp) {
   return w;
 }
 
-// Element (mn, k) of an unswizzled operand, K-major or (mn_major) M/N-major, as float.
-inline float wgmma_operand(unsigned long long desc, int mn, int k, bool mn_major) {
+// The raw bits of element (mn, k) of an unswizzled operand, K-major or (mn_major) M/N-major.
+inline unsigned short wgmma_operand_bits(unsigned long long desc, int mn, int k, bool mn_major) {
   const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
   if (desc >> 62) emu::fail("wgmma: descriptor 0x%016llx asks for a swizzled layout, which is not emulated", desc);
   const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
@@ -110,10 +112,34 @@ inline float wgmma_operand(unsigned long long desc, int mn, int k, bool mn_major
               emu::dyn_smem_bytes());
   unsigned short bits;
   std::memcpy(&bits, emu::dyn_smem() + off, 2);
-  return __half2float(__ushort_as_half(bits));
+  return bits;
+}
+
+inline float wgmma_operand(unsigned long long desc, int mn, int k, bool mn_major) {
+  return __half2float(__ushort_as_half(wgmma_operand_bits(desc, mn, k, mn_major)));
+}
+
+// FNV-1a over the bits of every operand element op reads (its warp's 16 rows of A, all of B).
+// The emulator computes a wgmma when a wait retires it; hardware reads the operands at any time
+// between issue and completion. An operand that changes in between (a cp.async landing after
+// the issue, a buffer refilled while the group is in flight) is a race there, however the
+// emulator's result comes out: wgmma_run fails on it.
+inline unsigned long long wgmma_operands_hash(const WgmmaOp& op) {
+  unsigned long long h = 1469598103934665603ull;
+  auto mix = [&](unsigned short v) { h = (h ^ v) * 1099511628211ull; };
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k) mix(wgmma_operand_bits(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a));
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < op.n; ++n) mix(wgmma_operand_bits(op.db, n, k, op.trans.b));
+  return h;
 }
 
 inline void wgmma_run(const WgmmaOp& op) {
+  if (wgmma_operands_hash(op) != op.at_issue)
+    emu::fail("wgmma: the operands of a wgmma (descriptors 0x%016llx, 0x%016llx, warp %u of its warpgroup) "
+              "changed between its issue and the wait that retired it: a copy landed after the issue, or "
+              "the buffer was rewritten while the group was in flight",
+              op.da, op.db, op.wg_warp);
   float a[16][16], b[16][256];
   for (int r = 0; r < 16; ++r)
     for (int k = 0; k < 16; ++k) a[r][k] = wgmma_operand(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a);
@@ -135,13 +161,14 @@ template <int N, bool TransA, bool TransB>
 void wgmma_issue_collective(void* const* lanes, unsigned) {
   WgmmaOrdered ordered;
   const WgmmaLane& l0 = *static_cast<const WgmmaLane*>(lanes[0]);
-  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}};
+  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}, 0};
   for (int l = 0; l < 32; ++l) {
     const WgmmaLane& in = *static_cast<const WgmmaLane*>(lanes[l]);
     if (in.da != op.da || in.db != op.db || (in.acc != 0) != (op.acc != 0))
       emu::fail("wgmma: lane %d's descriptors or scale-d differ from lane 0's (they must be uniform)", l);
     op.d[l] = in.d;
   }
+  op.at_issue = wgmma_operands_hash(op);
   wgmma_state(l0.warp).open.push_back(op);
 }
 
