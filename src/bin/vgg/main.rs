@@ -36,8 +36,9 @@ enum Cmd {
     /// augmentation) over a sample of images, as JSON (read back by training).
     Stats(StatsArgs),
     /// Pre-resizes an ImageFolder (shorter side to --max-side, never upscaled) and packs it
-    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. The
-    /// OUT_DIR works wherever an ImageFolder does (`vgg train --data`, `vgg bench data`).
+    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. OUT works
+    /// wherever an ImageFolder does (`vgg train --data`, `vgg eval --data`, `vgg stats`,
+    /// `vgg bench data`).
     Prep(PrepArgs),
     /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
     Info {
