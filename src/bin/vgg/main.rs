@@ -40,7 +40,8 @@ enum Cmd {
     /// wherever an ImageFolder does (`vgg train --data`, `vgg eval --data`, `vgg stats`,
     /// `vgg bench data`).
     Prep(PrepArgs),
-    /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
+    /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels; with
+    /// --model, a VGG config's layers, parameters, FLOPs and training memory plan instead.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
         #[arg(long)]
@@ -90,7 +91,7 @@ enum Cmd {
     /// default the centre crop at the checkpoint's test scale Q), softmax posteriors averaged.
     Predict(vgg_cuda::eval::PredictArgs),
     /// Top-1 / top-5 error of a checkpoint (or an ensemble) on an ImageFolder or `vgg train`'s
-    /// synthetic set: single or multi-scale, centre crop or multi-crop, flips. Demo:
+    /// synthetic set: single or multi-scale, centre crop, multi-crop or dense, flips. Demo:
     /// `vgg train --device emu --checkpoint-dir ck` then
     /// `vgg eval --weights ck/last.safetensors --data synthetic --device emu`.
     Eval(vgg_cuda::eval::EvalArgs),
