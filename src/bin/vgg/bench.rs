@@ -88,7 +88,8 @@ pub(crate) struct BenchGemmArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct BenchConvArgs {
-    /// cuda, cuda:N or emu (emu: a tiny run, layers shrunk 16x, no cuDNN).
+    /// cuda, cuda:N or emu (emu: a tiny run, images 16x smaller a side and at most 32 channels,
+    /// no cuDNN).
     #[arg(long, default_value = "cuda")]
     device: String,
     /// Batch size [default: 64 on a GPU, 1 on emu].
