@@ -105,7 +105,8 @@ pub(crate) struct BenchConvArgs {
     /// Hopper's wgmma, all three passes).
     #[arg(long, default_value = "auto")]
     algo: String,
-    /// How Winograd F(2x2) groups its tiles, and which tile the wgmma fprop / dgrad run (flat: 128 pixels; auto, region: the halo tile): auto, flat, region.
+    /// How Winograd F(2x2) groups its tiles, and which tiles wgmma runs (flat: 128 pixels, and
+    /// a wgrad copy a tap; auto, region: the halo tiles): auto, flat, region.
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
