@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
 /// device in about a minute on 2 cores (README: 39 s of training; A at 1/16 width, 32x32, 4
-/// synthetic classes, He init, torchvision's input normalisation); the paper's settings are `--width 1 --input 224
-/// --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init paper --stats FILE`
+/// synthetic classes, He init, torchvision's input normalisation); the paper's settings are
+/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init
+/// paper --stats FILE`
 /// (the training set's mean RGB from `vgg stats`), with `--scale 256` or `--scale 256:512`,
 /// an ImageFolder with a val/ folder for the plateau schedule, and `--pre-init` from a
 /// trained A for the deeper configs (README, "Reproducing the paper").
