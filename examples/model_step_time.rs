@@ -1,5 +1,6 @@
-//! Wall time of one training step of a small VGG, and of the synthetic data pipeline, on
-//! the emu device: `cargo run --release --example model_step_time [width] [batch]`.
+//! Wall time of a small VGG's forward pass and of its training step (config A, 32x32, constant
+//! images), three times, on the emu device:
+//! `cargo run --release --example model_step_time [width] [batch]` (defaults 0.125 and 32).
 use std::time::Instant;
 use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::{Device, Tensor};

@@ -1,16 +1,20 @@
 //! Benchmarks shared by the `vgg bench` CLI, `benches/` and the tests: measurement that can
-//! be trusted (STYLE.md), written once over the ops API and run on either device.
+//! be trusted, written once over the ops API and run on either device.
 //!
 //! - [`conv`]: the 3x3 convolutions, ours against cuDNN in the same process;
 //! - [`cudnn`]: the minimal cuDNN binding that yardstick needs;
 //! - [`gemm`]: the classifier's GEMMs, ours against cuBLAS, and the SGD step's bandwidth;
 //! - [`cublas`]: the minimal cuBLAS binding that yardstick needs;
+//! - [`train`]: whole training steps of a VGG (`vgg bench train`), and [`profile`]: one of
+//!   them timed launch by launch;
 //! - [`plot`]: PNG bar charts of the tables.
 //!
-//! The rules every bench here follows: inputs are random normals (never zeros), several input
-//! sets rotate so that the bytes touched between two uses of one set exceed twice the L2
-//! (60 MB on the H200), warm-up first, then many timed samples with device events and the
-//! median of them.
+//! The rules the op benches (conv, gemm) follow: inputs are random normals (never zeros),
+//! several input sets rotate so that the bytes touched between two uses of one set exceed
+//! twice the L2 (60 MB on the H200), warm-up first, then many timed samples with device events
+//! and the median of them. The training bench alternates two random batches (a step touches
+//! far more than the L2 anyway), after warm-up steps, and reports the median step (queued
+//! steps: their mean).
 
 pub mod conv;
 pub mod cublas;

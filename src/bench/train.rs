@@ -1,7 +1,8 @@
 //! `vgg bench train`: images/s and device memory of whole training steps (forward, loss,
 //! backward, overflow check, SGD) of a VGG on device-resident synthetic data, the
 //! conditions of scripts/torch_baseline.py: two random batches alternated, so no data
-//! loading is timed; each step timed with device events around [`Vgg::train_step`].
+//! loading is timed; each step timed with device events around [`Vgg::train_step`], or, queued
+//! or replayed from a graph, all of them under one timer.
 
 use super::profile::StepProfile;
 use crate::model::{Arch, ConvChoice, Init, Vgg, VggConfig};

@@ -1,5 +1,5 @@
 //! Captured work replayed with one call: a CUDA graph on cuda, the recorded list of launches
-//! and memsets on emu. What a training step gains from it is the host's time to queue ~100
+//! and memsets on emu. What a training step gains from it is the host's time to queue ~110
 //! launches; it pays where the device would otherwise wait for them (small models and
 //! batches), which `vgg bench train --graph` measures.
 //!

@@ -1,5 +1,5 @@
 //! The kernels embedded at build time by build.rs: one module per `kernels/*.cu`, each with
-//! cubins (sm_90, plus `VGG_CUDA_ARCHS`), PTX for the lowest arch, and every kernel's
+//! cubins (sm_90 built as sm_90a, plus `VGG_CUDA_ARCHS`), PTX for compute_80, and every kernel's
 //! resource usage as ptxas reported it.
 
 /// Registers, shared memory, stack and spills of one kernel, from `ptxas -v`.

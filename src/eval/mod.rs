@@ -14,9 +14,10 @@
 //! for scales, crops, flips and ensembles alike.
 //!
 //! Dense evaluation (`--crops dense`, [`dense`]): the FC layers as convolutions over the
-//! whole rescale to Q, the score map's posteriors averaged over positions and over the
-//! image and its mirror image; `--crops both` averages the dense and the multi-crop
-//! posteriors of each image (equal weights), the paper's best single-model combination.
+//! whole rescale to Q, the score map's class scores averaged over positions before the
+//! softmax (as the paper does), the posteriors of the image and its mirror image averaged;
+//! `--crops both` averages the dense and the multi-crop posteriors of each image (equal
+//! weights), the paper's best single-model combination.
 //!
 //! Demo on the CPU emulator (about a minute, then a second):
 //! `vgg train --device emu --checkpoint-dir ck` and

@@ -1,4 +1,4 @@
-//! VGG configurations (Table 1 of the paper, /work/shared/VGG.md) and the knobs the project
+//! VGG configurations (Table 1 of the paper, Simonyan & Zisserman 2015) and the knobs the project
 //! adds: number of classes, input size, a width multiplier for the conv channels, the width of
 //! the two hidden FC layers, and dropout.
 //!

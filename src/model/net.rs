@@ -3,9 +3,10 @@
 //! backward and the mixed-precision optimizer step, all launched on the device's one stream.
 //!
 //! Forward: `normalize_input` -> per feature layer: conv3x3 with bias + ReLU fused into the
-//! epilogue (Winograd, or Direct for the 3-channel first layer) | 1x1 conv GEMM with bias +
-//! ReLU | LRN | 2x2 max-pool -> FC + ReLU (+ dropout) x2 -> FC -> softmax cross-entropy,
-//! whose kernel also writes the loss-scaled logit gradient.
+//! epilogue (by default Winograd F(2x2) where C and K are multiples of 8, the 3-channel first
+//! layer an implicit GEMM on tensor cores, Direct for other shapes; [`ConvChoice`] picks
+//! others) | 1x1 conv GEMM with bias + ReLU | LRN | 2x2 max-pool -> FC + ReLU (+ dropout) x2
+//! -> FC -> softmax cross-entropy, whose kernel also writes the loss-scaled logit gradient.
 //!
 //! Backward, in reverse. The ReLU after a conv is undone without a separate kernel where
 //! possible: the dgrad of a 3x3 conv zeroes its input gradient where its input (the previous
@@ -21,7 +22,9 @@
 //! Gradients: fp32, of the loss multiplied by the current loss scale; `LossScaler::step`
 //! checks them for Inf / NaN, skips the step on overflow (halving the scale), and otherwise
 //! runs SGD with momentum and weight decay on the fp32 masters, writing the fp16 copies in
-//! the same pass. The host reads back only the overflow flag and the loss status.
+//! the same pass. The host reads back only the overflow flag and the loss status; queued and
+//! graph steps (`train_step_queued`, `train_step_graph`) read nothing, the loss scale's rules
+//! running on the device, until `sync`.
 
 mod conv_choice;
 mod graph_step;

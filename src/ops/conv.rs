@@ -5,11 +5,12 @@
 //! `kernels/winograd_filter.cu` + `kernels/winograd_conv.cu` (Winograd F(2x2, 3x3) on tensor
 //! cores for fprop and dgrad), `kernels/winograd4_conv.cu` (its F(4x4, 3x3) twin, same
 //! structure, 36 transform points), `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
-//! and the fixed-order reduction of split-pixel partial sums, used by both wgrad paths),
-//! `kernels/conv_first.cu` (implicit-GEMM fprop on tensor cores for C <= 8, the first layer), and
-//! `kernels/conv_pad.cu` (zero-padding C up to a multiple of 8 in the workspace, so that a C
-//! such as the first layer's 3 runs on the tensor-core paths). See the header comment of each
-//! file for its tiling.
+//! and the fixed-order reduction of split-pixel partial sums, used by every wgrad path),
+//! `kernels/conv_first.cu` (implicit-GEMM fprop on tensor cores for C <= 8, the first layer),
+//! `kernels/conv_wgmma*.cu` and `kernels/conv_wgrad_wgmma*.cu` (all three passes as implicit
+//! GEMMs on Hopper's wgmma, [`ConvAlgo::Wgmma`]), and `kernels/conv_pad.cu` (zero-padding C up
+//! to a multiple of 8 in the workspace, so that a C such as the first layer's 3 runs on the
+//! tensor-core paths). See the header comment of each file for its tiling.
 
 mod launch;
 mod wgmma;

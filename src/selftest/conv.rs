@@ -6,7 +6,9 @@
 //! The Winograd checks run `ConvAlgo::Winograd2x2` and `Winograd4x4`, whose fprop takes C not a multiple of 8 by
 //! zero-padding it to one (`pad_channels_f16 + ...` rows; dgrad of such C is Direct's); the
 //! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad; the
-//! first-layer check runs `ConvAlgo::ImplicitGemm` fprop on every problem with C <= 8.
+//! first-layer check runs `ConvAlgo::ImplicitGemm` fprop on every problem with C <= 8; the
+//! wgmma check, where the device has wgmma, runs `ConvAlgo::Wgmma`'s three passes with the
+//! halo tiles and with the flat ones.
 //! On a GPU also VGG-16 reduced at batch 2 with up to 128 channels and the real conv5_1
 //! (14x14, 512 -> 512) at batch 1: the host reference stays near 1e10 multiply-adds in all.
 //!

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
-/// device in about 1.5 minutes (A at 1/16 width, 32x32, 4 synthetic classes, He init,
-/// torchvision's input normalisation); the paper's settings are `--width 1 --input 224
-/// --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init paper --stats FILE`
+/// device in about a minute on 2 cores (README: 39 s of training; A at 1/16 width, 32x32, 4
+/// synthetic classes, He init, torchvision's input normalisation); the paper's settings are
+/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init
+/// paper --stats FILE`
 /// (the training set's mean RGB from `vgg stats`), with `--scale 256` or `--scale 256:512`,
 /// an ImageFolder with a val/ folder for the plateau schedule, and `--pre-init` from a
 /// trained A for the deeper configs (README, "Reproducing the paper").
@@ -114,9 +115,9 @@ pub struct TrainArgs {
     /// progress bar's loss cover the steps read.
     #[arg(long, default_value_t = 1)]
     pub sync_every: u64,
-    /// Replay each step from a captured graph (a CUDA graph on cuda: one launch a step instead
-    /// of ~100, for small models where the GPU waits on the host). Same weights and losses bit
-    /// for bit; combines with --sync-every.
+    /// Replay each step from a captured graph (a CUDA graph on cuda: 2 launches a step instead
+    /// of ~110 for VGG-16, for small models where the GPU waits on the host). Same weights and
+    /// losses bit for bit; combines with --sync-every.
     #[arg(long)]
     pub graph: bool,
     /// Data loader threads (0: on the training thread) [default: on cuda, one less than this

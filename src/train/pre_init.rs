@@ -1,4 +1,4 @@
-//! The paper's pre-initialisation (Sect. 3.1, /work/shared/VGG.md): a deeper config starts
+//! The paper's pre-initialisation (Simonyan & Zisserman 2015, Sect. 3.1): a deeper config starts
 //! with the first four conv layers and the three FC layers of a trained config A; its other
 //! layers are initialised randomly (as `--init` says).
 //!

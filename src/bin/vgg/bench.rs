@@ -33,9 +33,9 @@ pub(crate) struct BenchTrainArgs {
     /// time them together, instead of one step at a time.
     #[arg(long)]
     queued: bool,
-    /// As --queued, each step replayed from one captured graph (a CUDA graph on cuda): one
-    /// launch a step instead of ~100. Pays where the GPU would wait for the host's launches:
-    /// small inputs and batches.
+    /// As --queued, each step replayed from one captured graph (a CUDA graph on cuda): 2
+    /// launches a step instead of ~110 for VGG-16. Pays where the GPU would wait for the host's
+    /// launches: small inputs and batches.
     #[arg(long)]
     graph: bool,
     /// After the timed steps, profile one more step launch by launch (device events around
@@ -88,7 +88,8 @@ pub(crate) struct BenchGemmArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct BenchConvArgs {
-    /// cuda, cuda:N or emu (emu: a tiny run, layers shrunk 16x, no cuDNN).
+    /// cuda, cuda:N or emu (emu: a tiny run, images 16x smaller a side and at most 32 channels,
+    /// no cuDNN).
     #[arg(long, default_value = "cuda")]
     device: String,
     /// Batch size [default: 64 on a GPU, 1 on emu].
@@ -104,7 +105,8 @@ pub(crate) struct BenchConvArgs {
     /// Hopper's wgmma, all three passes).
     #[arg(long, default_value = "auto")]
     algo: String,
-    /// How Winograd F(2x2) groups its tiles, and which tile the wgmma fprop / dgrad run (flat: 128 pixels; auto, region: the halo tile): auto, flat, region.
+    /// How Winograd F(2x2) groups its tiles, and which tiles wgmma runs (flat: 128 pixels, and
+    /// a wgrad copy a tap; auto, region: the halo tiles): auto, flat, region.
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].

@@ -78,9 +78,10 @@ impl DataSourceArgs {
 pub(crate) struct PrepArgs {
     /// The source ImageFolder, or `synthetic` for the built-in generated set (benchmarks).
     src: std::path::PathBuf,
-    /// With `synthetic`: how many images, and their shorter side.
+    /// With `synthetic`: how many images.
     #[arg(long, default_value_t = 2048)]
     images: usize,
+    /// With `synthetic`: their shorter side (the other up to 1/4 longer).
     #[arg(long, default_value_t = 375)]
     synthetic_size: u32,
     /// The shard directory to write: new, empty, or a previous prep output (replaced only

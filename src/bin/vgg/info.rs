@@ -37,7 +37,7 @@ pub(crate) fn info(show_kernels: bool, json: bool) -> Result<()> {
             g.max_shared_per_block / 1024
         );
         // What the Winograd main loops ask a block, from the plans themselves (any problem:
-        // their tiles are fixed); the FC GEMM's tiles take 108-162 KiB.
+        // their tiles are fixed); the FC GEMM's tiles take 102-162 KiB.
         let need = |algo| {
             let p = vgg_cuda::problem::ConvProblem::new(1, 8, 8, 64, 64);
             Conv3x3::new(p, algo).map_or(0, |c| c.shared_bytes(ConvPass::Fprop))
@@ -47,7 +47,7 @@ pub(crate) fn info(show_kernels: bool, json: bool) -> Result<()> {
         if g.max_shared_per_block < f2 {
             println!(
                 "          too little shared memory for the Winograd convs (F(2x2) needs {:.1} KiB a block) and \
-                 the FC GEMM's tensor-core tiles (108-162 KiB): models run those passes on the direct conv \
+                 the FC GEMM's tensor-core tiles (102-162 KiB): models run those passes on the direct conv \
                  and the simple GEMM (slow; the tiles are sized for sm_90)",
                 kib(f2)
             );

@@ -1,9 +1,12 @@
 //! `vgg`: the command line of vgg-cuda.
 //!   vgg info [--kernels] [--json]           driver, GPUs, NVRTC, embedded kernels
+//!   vgg info --model D [--batch 64,128]     a VGG config's layers, parameters, FLOPs, memory plan
 //!   vgg selftest [--device cuda|emu]       every kernel against the reference
 //!   vgg bench conv [--device cuda|emu] ...  our 3x3 convs vs cuDNN on VGG-16's layers
 //!   vgg bench gemm [--device cuda|emu] ...  our FC GEMMs vs cuBLAS, the SGD step's GB/s
+//!   vgg bench train [--device cuda|emu] ... whole training steps: images/s, TFLOP/s, memory
 //!   vgg bench data DIR | --synthetic        decode + augmentation images/s, where the time goes
+//!   vgg train [--device cuda|emu] ...       train a VGG (checkpoints, metrics, plots)
 //!   vgg prep SRC OUT                        pre-resize an ImageFolder into raw-RGB shard files
 //!   vgg stats DIR                          the training set's mean RGB and colour PCA (JSON)
 //!   vgg predict --weights W IMAGE...       top-k classes of images
@@ -33,10 +36,12 @@ enum Cmd {
     /// augmentation) over a sample of images, as JSON (read back by training).
     Stats(StatsArgs),
     /// Pre-resizes an ImageFolder (shorter side to --max-side, never upscaled) and packs it
-    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. The
-    /// OUT_DIR works wherever an ImageFolder does (`vgg train --data`, `vgg bench data`).
+    /// into shard files of raw RGB (or JPEG) plus index.json: loads without decoding. OUT works
+    /// wherever an ImageFolder does (`vgg train --data`, `vgg eval --data`, `vgg stats`,
+    /// `vgg bench data`).
     Prep(PrepArgs),
-    /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels.
+    /// Driver, GPUs, the NVRTC the kernels were built with, and the embedded kernels; with
+    /// --model, a VGG config's layers, parameters, FLOPs and training memory plan instead.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
         #[arg(long)]
@@ -82,10 +87,11 @@ enum Cmd {
     },
     /// Trains a VGG (small on emu: `--device emu`), with checkpoints and a metrics log.
     Train(Box<vgg_cuda::train::TrainArgs>),
-    /// Top-k classes of images under a checkpoint (centre crop at test scale Q, softmax).
+    /// Top-k classes of images under a checkpoint or an ensemble, by `vgg eval`'s views (by
+    /// default the centre crop at the checkpoint's test scale Q), softmax posteriors averaged.
     Predict(vgg_cuda::eval::PredictArgs),
     /// Top-1 / top-5 error of a checkpoint (or an ensemble) on an ImageFolder or `vgg train`'s
-    /// synthetic set: single or multi-scale, centre crop or multi-crop, flips. Demo:
+    /// synthetic set: single or multi-scale, centre crop, multi-crop or dense, flips. Demo:
     /// `vgg train --device emu --checkpoint-dir ck` then
     /// `vgg eval --weights ck/last.safetensors --data synthetic --device emu`.
     Eval(vgg_cuda::eval::EvalArgs),
