@@ -1,7 +1,7 @@
 //! The command line's checks of its input on emu: `vgg eval` on a `vgg prep` shard directory,
 //! with output paths checked before the run, its batch capped at the views it needs, scales
-//! below the crop or above the largest side rejected, and class mismatches naming the
-//! checkpoint's classes; `vgg predict`'s
+//! below the crop or above the largest side and runs of no images rejected, and class
+//! mismatches naming the checkpoint's classes; `vgg predict`'s
 //! --scale, --top and --labels; `vgg info --model --json`, and its model options without
 //! --model; `vgg selftest --json` checked before the run.
 
@@ -180,6 +180,18 @@ fn scales_above_the_largest_side_are_refused_naming_the_option() {
         &["--scale 100000 is above 4096"],
     );
     assert!(err.starts_with("error: "), "{err}");
+}
+
+/// `--limit 0` and an empty synthetic set are refused as such, not reported after the run as
+/// "no image could be evaluated (0 skipped as unreadable)".
+#[test]
+fn eval_of_no_images_is_refused_naming_the_option() {
+    let dir = TempDir::new("eval-cli", "no-images");
+    let w = save_tiny(&dir.0, 2);
+    let e = err_of(eval::eval(&EvalArgs { limit: Some(0), ..emu_eval_args(vec![w.clone()], "synthetic") }));
+    assert!(e.contains("--limit 0: nothing to evaluate"), "{e}");
+    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w], "synthetic") }));
+    assert!(e.contains("--synthetic-len 0: nothing to evaluate"), "{e}");
 }
 
 #[test]
