@@ -35,6 +35,8 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
+        // Refused before the synthetic set names a terabyte of classes (the process aborted).
+        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: at most"),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),

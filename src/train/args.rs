@@ -178,6 +178,12 @@ impl TrainArgs {
         if self.data == "synthetic" && self.classes < 2 {
             bail!("--classes {}: training needs at least 2 classes", self.classes);
         }
+        // The synthetic set names its classes up front: a typo such as 1000000000000 would
+        // abort on a terabyte allocation before the model's own limit is checked.
+        let max_classes = crate::model::VggConfig::MAX_CLASSES;
+        if self.data == "synthetic" && self.classes > max_classes {
+            bail!("--classes {}: at most {max_classes} classes", self.classes);
+        }
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             bail!("--steps 0 / --epochs 0: nothing to train");
         }
