@@ -40,6 +40,8 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
+        // Without a folder the run wrote no checkpoint and said nothing.
+        (Box::new(|a| a.checkpoint_every = Some(5)), "--checkpoint-every 5 needs --checkpoint-dir"),
         (Box::new(|a| (a.resume, a.weights) = (Some("x".into()), Some("x".into()))), "--resume takes every weight"),
     ] {
         let e = error_of(tiny(f));

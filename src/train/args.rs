@@ -193,6 +193,11 @@ impl TrainArgs {
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1");
         }
+        // Checkpoints go to --checkpoint-dir only: without it the run saved nothing and said
+        // nothing, and a user counting on them lost the run.
+        if let (Some(e), None) = (self.checkpoint_every, &self.checkpoint_dir) {
+            bail!("--checkpoint-every {e} needs --checkpoint-dir (where the checkpoints go)");
+        }
         if self.resume.is_some() && (self.weights.is_some() || self.pre_init.is_some()) {
             bail!("--resume takes every weight from the checkpoint; --weights and --pre-init are for a new run");
         }
