@@ -123,3 +123,43 @@ fn a_training_set_of_unreadable_files_is_an_error_not_an_endless_loop() {
     assert!(!status.success());
     assert!(err.contains("no image of the training set could be read (2 skipped)"), "{err}");
 }
+
+/// A `--stats` file with values `vgg stats` never writes is refused naming the file and the
+/// field: a mean of 300 or 1e30 was subtracted without a word (the loss stuck at ln 4, steps
+/// skipped), a negative PCA eigenvalue fed the colour shift.
+#[test]
+fn a_stats_file_with_impossible_values_is_refused() {
+    let t = TempDir::new("train-cli", "stats");
+    let good = serde_json::json!({
+        "images": 4, "skipped": 0, "size": 256, "mean": [120.0, 110.0, 100.0], "std": [60.0, 58.0, 57.0],
+        "cov": [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [0.0, 0.0, 0.05]],
+        "pca": {"eigval": [0.05, 0.05, 0.05], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]},
+        "classes": ["a", "b"],
+    });
+    let path = t.0.join("stats.json");
+    for (field, value, want) in [
+        (
+            "mean",
+            serde_json::json!([-5.0, 300.0, 1e30]),
+            "mean [-5.0, 300.0, 1e30]: expected three values from 0 to 255",
+        ),
+        ("std", serde_json::json!([-1.0, 0.0, 0.0]), "std [-1.0, 0.0, 0.0]"),
+        (
+            "pca",
+            serde_json::json!({"eigval": [-1.0, 1e30, 0.0], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}),
+            "pca eigval [-1.0, 1e30, 0.0]",
+        ),
+    ] {
+        let mut v = good.clone();
+        v[field] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = error_of(tiny(|a| (a.stats, a.color_shift) = (Some(path.clone()), Some(0.1))));
+        assert!(e.contains("stats.json") && e.contains(want), "{field}: {e}");
+    }
+    // `vgg stats` of grey images: a rank-1 covariance whose smallest eigenvalue the Jacobi
+    // rotations leave just below 0 (measured -4e-18); that file is the command's own output.
+    let mut grey = good.clone();
+    grey["pca"]["eigval"] = serde_json::json!([0.1146, 0.0, -4.0e-18]);
+    std::fs::write(&path, grey.to_string()).unwrap();
+    run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
+}
