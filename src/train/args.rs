@@ -171,6 +171,10 @@ impl TrainArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: the learning rate must be positive and finite", self.lr);
         }
+        // Checked here to name the option; the loss scaler's own check names only itself.
+        if !(self.loss_scale.is_finite() && self.loss_scale > 0.0) {
+            bail!("--loss-scale {}: the initial loss scale must be positive and finite", self.loss_scale);
+        }
         let optim = crate::model::OptimConfig { momentum: self.momentum, weight_decay: self.wd, ..Default::default() };
         if let Err(e) = optim.validate() {
             bail!("--momentum {} / --wd {}: {e}", self.momentum, self.wd);
