@@ -35,6 +35,8 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
         (Box::new(|a| a.loss_scale = 0.0), "--loss-scale 0: the initial loss scale"),
         (Box::new(|a| a.loss_scale = f32::INFINITY), "--loss-scale inf"),
+        // The network's input, not the data pipeline's "crop size 0".
+        (Box::new(|a| a.input = 0), "VGG input 0 is too small"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
         // Refused before the synthetic set names a terabyte of classes (the process aborted).
