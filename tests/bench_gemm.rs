@@ -164,3 +164,27 @@ fn cli_json_path_is_checked_before_the_run() {
     assert!(!stdout.contains("bench gemm on"), "the run started: {stdout}");
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
 }
+
+/// A batch no device holds is a failed row and an error, not an abort: the inputs' random
+/// values were made on the host before the device allocation, and `--batch 100000000000`
+/// asked the host for 800 GB (the process died with "memory allocation ... failed").
+#[test]
+fn cli_batch_beyond_the_device_fails_the_row_not_the_process() {
+    let out = vgg(&[
+        "bench",
+        "gemm",
+        "--device",
+        "emu",
+        "--shapes",
+        "fc8",
+        "--passes",
+        "fwd",
+        "--no-bandwidth",
+        "--batch",
+        "100000000000",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("error: bench gemm on emu: nothing could be measured"), "stderr: {stderr}");
+    assert!(stdout.contains("1 failed"), "stdout: {stdout}");
+}

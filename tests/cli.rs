@@ -83,3 +83,19 @@ fn info_unknown_model_fails_naming_it() {
     assert!(err.contains("`Z`"), "the error does not name `Z`: {err}");
     assert!(!out.contains("parameters:"), "a table was printed for Z:\n{out}");
 }
+
+/// A `--batch` no memory plan fits is an error naming it, before anything is printed: the
+/// layer table used to come first and end in an error about a conv's 32-bit pixel index.
+#[test]
+fn info_model_batch_too_large_fails_naming_it_before_the_table() {
+    for json in [false, true] {
+        let mut args = vec!["info", "--model", "D", "--batch", "8,1000000000"];
+        if json {
+            args.push("--json");
+        }
+        let (status, out, err) = vgg(&args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {status:?}:\n{out}\n{err}");
+        assert!(err.starts_with("error: --batch 1000000000: "), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: printed before the error:\n{out}");
+    }
+}

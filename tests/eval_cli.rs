@@ -1,6 +1,7 @@
 //! The command line's checks of its input on emu: `vgg eval` on a `vgg prep` shard directory,
 //! with output paths checked before the run, its batch capped at the views it needs, scales
-//! below the crop rejected and class mismatches naming the checkpoint's classes; `vgg predict`'s
+//! below the crop or above the largest side and runs of no images rejected, and class
+//! mismatches naming the checkpoint's classes; `vgg predict`'s
 //! --scale, --top and --labels; `vgg info --model --json`, and its model options without
 //! --model; `vgg selftest --json` checked before the run.
 
@@ -155,6 +156,42 @@ fn eval_rejects_scales_below_the_crop() {
     }
     let a = EvalArgs { scale: Some("32,48".into()), ..emu_eval_args(vec![w], "synthetic") };
     assert_eq!(eval::eval(&a).unwrap().scales, [32, 48]);
+}
+
+/// Test scales above the data pipeline's largest side are refused by name before any image
+/// is rescaled, as training's S and Q are: dense evaluation at `--scale 100000` asked for
+/// 30 GB and aborted the process.
+#[test]
+fn scales_above_the_largest_side_are_refused_naming_the_option() {
+    let dir = TempDir::new("eval-cli", "scale-max");
+    let w = save_tiny(&dir.0, 2);
+    let too_big = (vgg_cuda::data::MAX_SIDE + 1).to_string();
+    // fixed:4096 is 4064,4096,4128 and jittered:32:5000 is 32,2516,5000. Centre crops, so
+    // that a run that is not refused ends quickly (a crop's rescale computes its window only).
+    for scale in [too_big.as_str(), "32,100000", "fixed:4096", "jittered:32:5000"] {
+        let a = EvalArgs { scale: Some(scale.into()), ..emu_eval_args(vec![w.clone()], "synthetic") };
+        let e = err_of(eval::eval(&a));
+        assert!(e.contains("--scale") && e.contains("above 4096"), "--scale {scale}: {e}");
+    }
+    let img = dir.0.join("x.png");
+    image::RgbImage::new(40, 40).save(&img).unwrap();
+    let (_, err) = fails_with(
+        &["predict", "--device", "emu", "--weights", s(&w), "--crops", "dense", "--scale", "100000", s(&img)],
+        &["--scale 100000 is above 4096"],
+    );
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+/// `--limit 0` and an empty synthetic set are refused as such, not reported after the run as
+/// "no image could be evaluated (0 skipped as unreadable)".
+#[test]
+fn eval_of_no_images_is_refused_naming_the_option() {
+    let dir = TempDir::new("eval-cli", "no-images");
+    let w = save_tiny(&dir.0, 2);
+    let e = err_of(eval::eval(&EvalArgs { limit: Some(0), ..emu_eval_args(vec![w.clone()], "synthetic") }));
+    assert!(e.contains("--limit 0: nothing to evaluate"), "{e}");
+    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w], "synthetic") }));
+    assert!(e.contains("--synthetic-len 0: nothing to evaluate"), "{e}");
 }
 
 #[test]

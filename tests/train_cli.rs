@@ -33,11 +33,19 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.lr = f32::NAN), "--lr NaN"),
         (Box::new(|a| a.lr = f32::INFINITY), "--lr inf"),
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
+        (Box::new(|a| a.loss_scale = 0.0), "--loss-scale 0: the initial loss scale"),
+        (Box::new(|a| a.loss_scale = f32::INFINITY), "--loss-scale inf"),
+        // The network's input, not the data pipeline's "crop size 0".
+        (Box::new(|a| a.input = 0), "VGG input 0 is too small"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
+        // Refused before the synthetic set names a terabyte of classes (the process aborted).
+        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: at most"),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
+        // Without a folder the run wrote no checkpoint and said nothing.
+        (Box::new(|a| a.checkpoint_every = Some(5)), "--checkpoint-every 5 needs --checkpoint-dir"),
         (Box::new(|a| (a.resume, a.weights) = (Some("x".into()), Some("x".into()))), "--resume takes every weight"),
     ] {
         let e = error_of(tiny(f));
@@ -118,4 +126,44 @@ fn a_training_set_of_unreadable_files_is_an_error_not_an_endless_loop() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());
     assert!(err.contains("no image of the training set could be read (2 skipped)"), "{err}");
+}
+
+/// A `--stats` file with values `vgg stats` never writes is refused naming the file and the
+/// field: a mean of 300 or 1e30 was subtracted without a word (the loss stuck at ln 4, steps
+/// skipped), a negative PCA eigenvalue fed the colour shift.
+#[test]
+fn a_stats_file_with_impossible_values_is_refused() {
+    let t = TempDir::new("train-cli", "stats");
+    let good = serde_json::json!({
+        "images": 4, "skipped": 0, "size": 256, "mean": [120.0, 110.0, 100.0], "std": [60.0, 58.0, 57.0],
+        "cov": [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [0.0, 0.0, 0.05]],
+        "pca": {"eigval": [0.05, 0.05, 0.05], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]},
+        "classes": ["a", "b"],
+    });
+    let path = t.0.join("stats.json");
+    for (field, value, want) in [
+        (
+            "mean",
+            serde_json::json!([-5.0, 300.0, 1e30]),
+            "mean [-5.0, 300.0, 1e30]: expected three values from 0 to 255",
+        ),
+        ("std", serde_json::json!([-1.0, 0.0, 0.0]), "std [-1.0, 0.0, 0.0]"),
+        (
+            "pca",
+            serde_json::json!({"eigval": [-1.0, 1e30, 0.0], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}),
+            "pca eigval [-1.0, 1e30, 0.0]",
+        ),
+    ] {
+        let mut v = good.clone();
+        v[field] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+        let e = error_of(tiny(|a| (a.stats, a.color_shift) = (Some(path.clone()), Some(0.1))));
+        assert!(e.contains("stats.json") && e.contains(want), "{field}: {e}");
+    }
+    // `vgg stats` of grey images: a rank-1 covariance whose smallest eigenvalue the Jacobi
+    // rotations leave just below 0 (measured -4e-18); that file is the command's own output.
+    let mut grey = good.clone();
+    grey["pca"]["eigval"] = serde_json::json!([0.1146, 0.0, -4.0e-18]);
+    std::fs::write(&path, grey.to_string()).unwrap();
+    run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
 }

@@ -132,7 +132,32 @@ impl DatasetStats {
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let io = |e: &dyn std::fmt::Display| DataError::Io { path: path.to_path_buf(), reason: e.to_string() };
         let text = std::fs::read_to_string(path).map_err(|e| io(&e))?;
-        serde_json::from_str(&text).map_err(|e| io(&e))
+        let st: Self = serde_json::from_str(&text).map_err(|e| io(&e))?;
+        st.check().map_err(|e| io(&e))?;
+        Ok(st)
+    }
+
+    /// Errors for values `vgg stats` never writes (as `--mean`'s check): training would
+    /// subtract the mean and scale the colour shift by them without a word (an edited file
+    /// with a mean of 300 or a negative eigenvalue trained silently on nonsense).
+    fn check(&self) -> Result<(), String> {
+        let rgb = |v: &[f64; 3]| v.iter().all(|x| x.is_finite() && (0.0..=255.0).contains(x));
+        if !rgb(&self.mean) {
+            return Err(format!("mean {:?}: expected three values from 0 to 255", self.mean));
+        }
+        if !rgb(&self.std) {
+            return Err(format!("std {:?}: expected three values from 0 to 255", self.std));
+        }
+        let pca = &self.pca;
+        // A covariance of rank < 3 (grey images) has eigenvalues of 0 that the Jacobi
+        // rotations may leave a rounding error below it.
+        if !pca.eigval.iter().all(|v| v.is_finite() && *v >= -1e-6) {
+            return Err(format!("pca eigval {:?}: expected finite, non-negative values", pca.eigval));
+        }
+        if !pca.eigvec.iter().flatten().all(|v| v.is_finite()) {
+            return Err(format!("pca eigvec {:?}: expected finite values", pca.eigvec));
+        }
+        Ok(())
     }
 }
 

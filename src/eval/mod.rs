@@ -482,8 +482,19 @@ fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {
 /// `Q1,Q2,...`, each a positive size, or one of the paper's multi-scale presets (VGG.md,
 /// "multi-scale evaluation"): `fixed:S` for a model trained at a fixed S tests at
 /// S - 32, S, S + 32; `jittered:MIN:MAX` for one trained with S in [MIN, MAX] at MIN,
-/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512).
+/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512). Every Q is
+/// at most [`crate::data::MAX_SIDE`], as training's S and Q: dense evaluation rescales the
+/// whole image to Q, and a typo such as 100000 asked for 30 GB and aborted the process.
 pub fn parse_scales(s: &str) -> Result<Vec<u32>> {
+    let scales = parse_scale_list(s)?;
+    for &q in &scales {
+        crate::data::check_side("--scale", q)?;
+    }
+    Ok(scales)
+}
+
+/// [`parse_scales`] without the size limit.
+fn parse_scale_list(s: &str) -> Result<Vec<u32>> {
     let size = |t: &str| t.trim().parse::<u32>().ok().filter(|&q| q > 0);
     let parts: Vec<&str> = s.trim().split(':').collect();
     match parts.as_slice() {

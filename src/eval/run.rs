@@ -209,6 +209,14 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    // Nothing to evaluate: said as such, not as "no image could be evaluated (0 skipped as
+    // unreadable)" after loading the models.
+    if a.limit == Some(0) {
+        bail!("--limit 0: nothing to evaluate (give at least 1 image, or leave --limit out for all)");
+    }
+    if a.data == "synthetic" && a.synthetic_len == 0 {
+        bail!("--synthetic-len 0: nothing to evaluate (give at least 1 image)");
+    }
     // Output paths before any work, so that a bad one does not cost the run.
     for (opt, p) in [("--json", &a.json), ("--csv", &a.csv)] {
         if let Some(p) = p {

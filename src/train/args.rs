@@ -172,12 +172,22 @@ impl TrainArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: the learning rate must be positive and finite", self.lr);
         }
+        // Checked here to name the option; the loss scaler's own check names only itself.
+        if !(self.loss_scale.is_finite() && self.loss_scale > 0.0) {
+            bail!("--loss-scale {}: the initial loss scale must be positive and finite", self.loss_scale);
+        }
         let optim = crate::model::OptimConfig { momentum: self.momentum, weight_decay: self.wd, ..Default::default() };
         if let Err(e) = optim.validate() {
             bail!("--momentum {} / --wd {}: {e}", self.momentum, self.wd);
         }
         if self.data == "synthetic" && self.classes < 2 {
             bail!("--classes {}: training needs at least 2 classes", self.classes);
+        }
+        // The synthetic set names its classes up front: a typo such as 1000000000000 would
+        // abort on a terabyte allocation before the model's own limit is checked.
+        let max_classes = crate::model::VggConfig::MAX_CLASSES;
+        if self.data == "synthetic" && self.classes > max_classes {
+            bail!("--classes {}: at most {max_classes} classes", self.classes);
         }
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             bail!("--steps 0 / --epochs 0: nothing to train");
@@ -187,6 +197,11 @@ impl TrainArgs {
         }
         if self.checkpoint_every == Some(0) {
             bail!("--checkpoint-every must be at least 1");
+        }
+        // Checkpoints go to --checkpoint-dir only: without it the run saved nothing and said
+        // nothing, and a user counting on them lost the run.
+        if let (Some(e), None) = (self.checkpoint_every, &self.checkpoint_dir) {
+            bail!("--checkpoint-every {e} needs --checkpoint-dir (where the checkpoints go)");
         }
         if self.resume.is_some() && (self.weights.is_some() || self.pre_init.is_some()) {
             bail!("--resume takes every weight from the checkpoint; --weights and --pre-init are for a new run");

@@ -77,6 +77,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     a.check()?;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     outputs_first(a, ckpt_path.as_deref())?;
+    // The network's knobs before any data is read (the class count comes with the data): an
+    // ImageFolder is not scanned for a model that cannot be, and --input 0 is named as the
+    // network's input instead of failing the crop's check as "crop size 0".
+    VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, 2) }.validate()?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();

@@ -70,7 +70,11 @@ fn input_sets(
     let uses = |q: Pass| passes.contains(&q);
     let seed = seed_of(layer);
     let make = |shape: &[usize], scale: f32, seed: u64| -> crate::Result<Tensor<f16>> {
-        Tensor::from_host(dev, shape, &random_f16(shape.iter().product(), scale, seed))
+        // The device allocation first: a shape it cannot hold is then an error in the row,
+        // where the host's values for it aborted the process (`--batch 100000000000`).
+        let mut t = Tensor::empty(dev, shape)?;
+        t.copy_from_host(&random_f16(t.len(), scale, seed))?;
+        Ok(t)
     };
     if uses(Pass::Fwd) || uses(Pass::BwdData) {
         let w_scale = 1.0 / (s.k as f32).sqrt();

@@ -191,9 +191,15 @@ pub(crate) fn model_info(
         })
         .collect::<Result<Vec<_>>>()?;
     if !json {
+        // Every plan before the first line: a batch no plan fits is an error naming it, not
+        // a layer table that ends in one.
+        let reports = batches
+            .iter()
+            .map(|&n| vgg_cuda::model::memory::report(&cfg, n).with_context(|| format!("--batch {n}")))
+            .collect::<Result<Vec<_>>>()?;
         print!("{}", cfg.summary());
-        for n in batches {
-            print!("\n{}", vgg_cuda::model::memory::report(&cfg, n)?);
+        for r in reports {
+            print!("\n{r}");
         }
         return Ok(());
     }
@@ -223,7 +229,7 @@ pub(crate) fn model_info(
     let memory = batches
         .iter()
         .map(|&n| -> Result<serde_json::Value> {
-            let plan = |s| MemoryPlan::new(&cfg, n, s).map(|p| p.breakdown());
+            let plan = |s| MemoryPlan::new(&cfg, n, s).map(|p| p.breakdown()).with_context(|| format!("--batch {n}"));
             // Bytes; separate: every buffer its own, shared: the layout the model allocates.
             Ok(serde_json::json!({
                 "batch": n, "separate": bytes(plan(Sharing::Separate)?), "shared": bytes(plan(Sharing::Lifetimes)?),
