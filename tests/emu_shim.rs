@@ -169,3 +169,23 @@ fn cp_async_lands_as_late_as_its_wait_allows() {
     dev.set_schedule(Schedule::Index);
     assert_eq!(cp_async_wait(&dev, 1), want);
 }
+
+/// A grid past CUDA's limits (y or z above 65535, x at 2^31) is refused before anything runs,
+/// on the emulator as on a GPU, naming the kernel: the emulator itself could run it, so a
+/// launcher that outgrew the limits would otherwise fail only on hardware.
+#[test]
+fn grids_past_cuda_limits_are_refused_on_every_device() {
+    let dev = Device::emu();
+    let xt = Tensor::from_host(&dev, &[128], &data(128)).unwrap();
+    let mut sums = Tensor::<f32>::empty(&dev, &[4]).unwrap();
+    let mut ballots = Tensor::<i32>::empty(&dev, &[4]).unwrap();
+    let launches = dev.launches();
+    for grid in [(1, 65536, 1), (1, 1, 65536), (1u32 << 31, 1, 1)] {
+        let c = LaunchConfig { grid, block: (64, 1, 1), shared_bytes: 0 };
+        // SAFETY: refused before the launch (the arguments would fit a grid of 2 blocks).
+        let e = unsafe { dev.launch(&k("shim_warp_reduce"), c, &[xt.arg(), sums.arg_mut(), ballots.arg_mut()]) }
+            .unwrap_err();
+        assert!(e.to_string().contains("shim_warp_reduce: grid") && e.to_string().contains("65535"), "{e}");
+    }
+    assert_eq!(dev.launches(), launches, "nothing may run");
+}

@@ -332,6 +332,15 @@ impl Device {
                 SM90_SHARED_PER_BLOCK
             )));
         }
+        // CUDA's grid limits (x < 2^31, y and z <= 65535), checked for both devices: the
+        // emulator would run any grid, so a launcher that outgrows them showed only on a GPU.
+        let (gx, gy, gz) = cfg.grid;
+        if gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
+            return Err(Error::Shape(format!(
+                "{}: grid {:?} exceeds CUDA's limits (x < 2^31, y and z <= 65535)",
+                kernel.name, cfg.grid
+            )));
+        }
         self.count_launch();
         if self.record_launch(kernel, cfg, args) {
             return Ok(());
