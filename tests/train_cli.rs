@@ -95,6 +95,17 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let s = run(&resume(&|a| a.steps = Some(1))).unwrap();
     assert!(s.steps == 2 && s.losses.is_empty(), "{s:?}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
+
+    // Resuming another run's checkpoint into this folder would replace this run's: refused.
+    // Naming this folder's own file (by any path) is a plain resume.
+    let other = t.0.join("other.safetensors");
+    std::fs::copy(&last, &other).unwrap();
+    let e = error_of(resume(&|a| a.resume = Some(other.display().to_string())));
+    assert!(e.contains("last.safetensors: a checkpoint that --resume") && e.contains("nothing was overwritten"), "{e}");
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+    let own = ck.join(".").join("last.safetensors").display().to_string();
+    run(&resume(&|a| (a.resume, a.steps) = (Some(own.clone()), Some(3)))).unwrap();
+    assert_ne!(std::fs::read(&last).unwrap(), before, "the resumed run wrote its checkpoint");
 }
 
 #[test]

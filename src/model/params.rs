@@ -53,9 +53,14 @@ impl Init {
             "glorot" | "xavier" => Init::Glorot,
             "he" | "kaiming" => Init::He,
             "torchvision" => Init::Torchvision,
-            _ => match l.strip_prefix("normal:").and_then(|v| v.parse::<f32>().ok()) {
-                Some(std) if std > 0.0 && std.is_finite() => Init::Normal { std },
-                _ => {
+            _ => match l.strip_prefix("normal:").map(|v| v.parse::<f32>().ok()) {
+                Some(Some(std)) if std > 0.0 && std.is_finite() => Init::Normal { std },
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "init `{s}`: normal:STD needs a positive, finite standard deviation"
+                    )))
+                }
+                None => {
                     return Err(Error::Invalid(format!(
                         "unknown init `{s}` (paper, normal:STD, glorot, he, torchvision)"
                     )))
@@ -425,9 +430,12 @@ mod tests {
         assert_normal(&weights(&p, CONV), 0.03, "normal:0.03, conv");
         assert_normal(&weights(&p, FC), 0.03, "normal:0.03, fc");
         assert_biases_zero(&p, "normal:0.03");
-        for bad in ["normal:0", "normal:-1", "normal:x", "normal:inf", "uniform"] {
-            assert!(Init::parse(bad).is_err(), "{bad} parsed");
+        // A bad value of a known form says what the form needs, not that the init is unknown.
+        for bad in ["normal:0", "normal:-1", "normal:x", "normal:inf"] {
+            let e = Init::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("positive, finite standard deviation"), "{bad}: {e}");
         }
+        assert!(Init::parse("uniform").unwrap_err().to_string().contains("unknown init"));
     }
 
     #[test]

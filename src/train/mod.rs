@@ -52,9 +52,19 @@ impl Metrics {
 }
 
 /// Output paths checked before any work: a new run does not overwrite an earlier run's
-/// checkpoint or metrics (--resume continues them), and a path that cannot be written fails
-/// now instead of at the first checkpoint, after training.
+/// checkpoint or metrics (--resume continues them), a run resumed from another file does not
+/// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
+/// fails now instead of at the first checkpoint, after training.
 fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
+    if let (Some(r), Some(p)) = (a.resume.as_deref().filter(|r| !r.is_empty()), ckpt) {
+        let same = |x: &std::path::Path| std::fs::canonicalize(x).ok();
+        if p.exists() && same(p) != same(std::path::Path::new(r)) {
+            bail!(
+                "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it                  (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
+                p.display()
+            );
+        }
+    }
     for (p, what) in [(ckpt, "checkpoint"), (a.metrics.as_deref(), "metrics file")] {
         let Some(p) = p else { continue };
         if a.resume.is_none() && p.exists() {

@@ -27,10 +27,11 @@ impl LrSchedule {
                 Some(patience) => LrSchedule::Plateau { patience, max_decays: 3 },
                 None => bail!("--schedule `{s}`: plateau:PATIENCE needs a positive number of validations"),
             },
-            _ => match num("step:") {
+            _ if s.starts_with("step:") => match num("step:") {
                 Some(every) => LrSchedule::Step { every },
-                _ => bail!("unknown --schedule `{s}` (plateau[:PATIENCE], step:EPOCHS, cosine)"),
+                None => bail!("--schedule `{s}`: step:EPOCHS needs a positive number of epochs"),
             },
+            _ => bail!("unknown --schedule `{s}` (plateau[:PATIENCE], step:EPOCHS, cosine)"),
         })
     }
 
@@ -141,6 +142,10 @@ mod tests {
         }
         for bad in ["", "step:0", "step:x", "linear", "plateau:0", "plateau:-1", "plateau:x"] {
             assert!(LrSchedule::parse(bad).unwrap_err().to_string().contains("--schedule"));
+        }
+        // A bad value of a known form says what the form needs, not that the schedule is unknown.
+        for bad in ["step:0", "step:x", "plateau:0"] {
+            assert!(!LrSchedule::parse(bad).unwrap_err().to_string().contains("unknown"), "{bad}");
         }
     }
 }
