@@ -26,6 +26,20 @@ fn error_of(a: TrainArgs) -> String {
     format!("{:#}", run(&a).expect_err("the run should have been refused"))
 }
 
+/// A run whose every step overflows (a learning rate that blows the weights up at the first
+/// update) stops with an error naming the divergence once the loss scale has fallen 16x below
+/// 1, instead of skipping every step to the end and printing "done" with exit status 0.
+#[test]
+fn a_diverging_run_stops_with_an_error() {
+    let e = error_of(tiny(|a| (a.lr, a.steps, a.loss_scale) = (1e30, Some(40), 4.0)));
+    assert!(e.contains("training diverged at step") && e.contains("--lr"), "{e}");
+    let step: u64 = e["training diverged at step ".len()..].split(':').next().unwrap().parse().unwrap();
+    // 4 -> below 1/16 takes 7 halvings: the steps after the first update (which applied).
+    assert!((7..=10).contains(&step), "stopped at step {step}: {e}");
+    // A sane run is untouched by the check.
+    run(&tiny(|a| a.steps = Some(6))).unwrap();
+}
+
 #[test]
 fn options_no_run_can_use_are_refused_by_name() {
     for (f, want) in [

@@ -79,6 +79,22 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
+/// A run whose steps keep overflowing ends with an error instead of skipping to the end and
+/// reporting "done". Each overflow halves the loss scale; once it is 16x below both 1 and the
+/// initial scale, the scaled gradients overflow at a sixteenth of their true size (or the loss
+/// or the forward pass is not finite at all), which no further halving mends: the run has
+/// diverged. Healthy runs settle far above that (gradients of fp16 networks are small).
+fn diverged(vgg: &Vgg, init_scale: f32, step: u64, loss: f32) -> Result<()> {
+    let scale = vgg.loss_scale();
+    if scale < init_scale.min(1.0) / 16.0 {
+        bail!(
+            "training diverged at step {step}: the loss is {loss} and every recent step overflowed,              so the loss scale fell from {init_scale} to {scale} ({} steps skipped in all; the weights are              those of the last step applied, and checkpoints already written are kept). Try a lower --lr,              or check --init and the input normalisation (--stats, --mean)",
+            vgg.scaler_state().skipped
+        );
+    }
+    Ok(())
+}
+
 /// Runs `vgg train`.
 pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let arch = Arch::parse(&a.model)?;
@@ -401,6 +417,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             metrics.log(serde_json::json!({"step": st.step, "epoch": st.epoch, "loss": s.loss, "top1": s.acc1(),
                 "top5": s.acc5(), "lr": lr, "loss_scale": s.loss_scale, "skipped": s.skipped, "img_per_s": ips,
                 "time_s": t0.elapsed().as_secs_f64()}))?;
+            diverged(&vgg, a.loss_scale, st.step, s.loss)?;
             if a.checkpoint_every.is_some_and(|e| st.step.is_multiple_of(e)) {
                 save(&vgg, &st)?;
             }
