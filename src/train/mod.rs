@@ -60,7 +60,8 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
         let same = |x: &std::path::Path| std::fs::canonicalize(x).ok();
         if p.exists() && same(p) != same(std::path::Path::new(r)) {
             bail!(
-                "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it                  (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
+                "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it \
+                 (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
                 p.display()
             );
         }
@@ -88,7 +89,10 @@ fn diverged(vgg: &Vgg, init_scale: f32, step: u64, loss: f32) -> Result<()> {
     let scale = vgg.loss_scale();
     if scale < init_scale.min(1.0) / 16.0 {
         bail!(
-            "training diverged at step {step}: the loss is {loss} and every recent step overflowed,              so the loss scale fell from {init_scale} to {scale} ({} steps skipped in all; the weights are              those of the last step applied, and checkpoints already written are kept). Try a lower --lr,              or check --init and the input normalisation (--stats, --mean)",
+            "training diverged at step {step}: the loss is {loss} and every recent step overflowed, \
+             so the loss scale fell from {init_scale} to {scale} ({} steps skipped in all; the weights are \
+             those of the last step applied, and checkpoints already written are kept). Try a lower --lr, \
+             or check --init and the input normalisation (--stats, --mean)",
             vgg.scaler_state().skipped
         );
     }
