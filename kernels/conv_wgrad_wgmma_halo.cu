@@ -97,6 +97,7 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
     wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
         if (do_db) conv_wgmma_db_stage(smem + (s % kBufs) * kBufBytes, tid, db_sum);
+#pragma unroll
         for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
         wgmma_fence();
 #pragma unroll
@@ -106,8 +107,10 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
                 wgmma_ss<kC, true, true>(acc[tap], da0 + stage + 16 * k16, db0 + stage + 16 * k16 + tap, 1);
         wgmma_commit();
         wgmma_wait<1>();
+#pragma unroll
         for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
     });
+#pragma unroll
     for (int s = 0; s < 3; ++s) wgmma_fence_acc(acc[s]);  // after the loop's last wait
 
     float* const out = part + (long long)z * ((long long)k * cols + k);

@@ -17,13 +17,14 @@
 // lbo again between core matrices adjacent in K, sbo between those adjacent in M (N):
 //   start + (m / 8) sbo + (k / 8) lbo + (k % 8) 16 + (m % 8) 2.
 // Order of use: threads write the operands; wgmma_smem_fence() (their writes reach the async
-// proxy that wgmma reads through) and a barrier; wgmma_fence() (also whenever d was written by
-// ordinary instructions since the last wgmma); wgmma_ss calls; wgmma_commit() closes a group;
-// wgmma_wait<n>() returns once at most n groups are pending. Only then may d be read, or the
-// operands of the retired groups be overwritten.
-// The emulator runs a group's wgmma's when a wait retires it, reading shared memory and writing
-// d then, so a kernel that rewrites operands or reads d too early computes wrong results on the
-// CPU as well. These layouts were read from the PTX ISA; the selftest's `wgmma` rows check them
+// proxy that wgmma reads through) and a barrier; wgmma_fence_acc(d) and wgmma_fence() (also
+// whenever d was written by ordinary instructions since the last wgmma); wgmma_ss calls;
+// wgmma_commit() closes a group; wgmma_wait<n>() returns once at most n groups are pending,
+// then wgmma_fence_acc(d) before d is read. Only then may d be read, or the operands of the
+// retired groups be overwritten. (wgmma_stage and wgmma_ring do all of this.)
+// The emulator runs a group's wgmma's when a wait retires it, writing d then, so a kernel that
+// reads d too early computes wrong results on the CPU as well; it snapshots the operands at
+// issue and fails the launch if they changed by the retirement. These layouts were read from the PTX ISA; the selftest's `wgmma` rows check them
 // on the GPU.
 #pragma once
 #include "ptx.cuh"
@@ -66,6 +67,8 @@ struct WgmmaLane {
   unsigned long long da, db;
   int acc;
   unsigned warp;
+  const char* file;  // where the wgmma was issued, for error messages
+  int line;
 };
 
 // Whether an operand is K-major (trans 0) or M/N-major (trans 1).
@@ -73,15 +76,18 @@ struct WgmmaTrans {
   bool a, b;
 };
 
-// One issued wgmma of one warp: its lanes' accumulators, operands and N, and a hash of the
-// operand bytes it reads as they were at issue (wgmma_operands_hash).
+// One issued wgmma of one warp: its lanes' accumulators, operands and N, where it was issued,
+// and the bits of the operand elements it reads (its warp's 16 rows of A, then all of B) as they
+// were at issue (wgmma_operands).
 struct WgmmaOp {
   float* d[32];
   unsigned long long da, db;
   int acc, n;
   unsigned wg_warp;
   WgmmaTrans trans;
-  unsigned long long at_issue;
+  const char* file;
+  int line;
+  std::vector<unsigned short> at_issue;
 };
 
 // Per warp of the running block: wgmma's issued but not committed, and committed groups not
@@ -115,36 +121,33 @@ inline unsigned short wgmma_operand_bits(unsigned long long desc, int mn, int k,
   return bits;
 }
 
-inline float wgmma_operand(unsigned long long desc, int mn, int k, bool mn_major) {
-  return __half2float(__ushort_as_half(wgmma_operand_bits(desc, mn, k, mn_major)));
-}
-
-// FNV-1a over the bits of every operand element op reads (its warp's 16 rows of A, all of B).
-// The emulator computes a wgmma when a wait retires it; hardware reads the operands at any time
-// between issue and completion. An operand that changes in between (a cp.async landing after
-// the issue, a buffer refilled while the group is in flight) is a race there, however the
-// emulator's result comes out: wgmma_run fails on it.
-inline unsigned long long wgmma_operands_hash(const WgmmaOp& op) {
-  unsigned long long h = 1469598103934665603ull;
-  auto mix = [&](unsigned short v) { h = (h ^ v) * 1099511628211ull; };
+// The bits of every operand element op reads: its warp's 16 rows of A (16 x 16), then B (16 x n).
+inline std::vector<unsigned short> wgmma_operands(const WgmmaOp& op) {
+  std::vector<unsigned short> v;
+  v.reserve(256 + 16 * op.n);
   for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) mix(wgmma_operand_bits(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a));
+    for (int k = 0; k < 16; ++k) v.push_back(wgmma_operand_bits(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a));
   for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < op.n; ++n) mix(wgmma_operand_bits(op.db, n, k, op.trans.b));
-  return h;
+    for (int n = 0; n < op.n; ++n) v.push_back(wgmma_operand_bits(op.db, n, k, op.trans.b));
+  return v;
 }
 
+// Computes op when a wait retires it. Hardware reads the operands at any time between issue and
+// completion, so an operand that changed in between (a cp.async landing after the issue, a
+// buffer refilled while the group was in flight) is a race there, whatever result the emulator
+// would get: it fails here, naming the issuing site. Otherwise the operands are the snapshot.
 inline void wgmma_run(const WgmmaOp& op) {
-  if (wgmma_operands_hash(op) != op.at_issue)
-    emu::fail("wgmma: the operands of a wgmma (descriptors 0x%016llx, 0x%016llx, warp %u of its warpgroup) "
+  if (wgmma_operands(op) != op.at_issue)
+    emu::fail("wgmma at %s:%d (descriptors 0x%016llx, 0x%016llx, warp %u of its warpgroup): its operands "
               "changed between its issue and the wait that retired it: a copy landed after the issue, or "
               "the buffer was rewritten while the group was in flight",
-              op.da, op.db, op.wg_warp);
+              op.file, op.line, op.da, op.db, op.wg_warp);
+  auto half = [&](size_t i) { return __half2float(__ushort_as_half(op.at_issue[i])); };
   float a[16][16], b[16][256];
   for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) a[r][k] = wgmma_operand(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a);
+    for (int k = 0; k < 16; ++k) a[r][k] = half(16 * r + k);
   for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < op.n; ++n) b[k][n] = wgmma_operand(op.db, n, k, op.trans.b);
+    for (int n = 0; n < op.n; ++n) b[k][n] = half(256 + (size_t)op.n * k + n);
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
     for (int j = 0; j < op.n / 8; ++j)
@@ -161,15 +164,15 @@ template <int N, bool TransA, bool TransB>
 void wgmma_issue_collective(void* const* lanes, unsigned) {
   WgmmaOrdered ordered;
   const WgmmaLane& l0 = *static_cast<const WgmmaLane*>(lanes[0]);
-  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}, 0};
+  WgmmaOp op{{}, l0.da, l0.db, l0.acc, N, l0.warp % 4, {TransA, TransB}, l0.file, l0.line, {}};
   for (int l = 0; l < 32; ++l) {
     const WgmmaLane& in = *static_cast<const WgmmaLane*>(lanes[l]);
     if (in.da != op.da || in.db != op.db || (in.acc != 0) != (op.acc != 0))
       emu::fail("wgmma: lane %d's descriptors or scale-d differ from lane 0's (they must be uniform)", l);
     op.d[l] = in.d;
   }
-  op.at_issue = wgmma_operands_hash(op);
-  wgmma_state(l0.warp).open.push_back(op);
+  op.at_issue = wgmma_operands(op);
+  wgmma_state(l0.warp).open.push_back(std::move(op));
 }
 
 inline void wgmma_commit_collective(void* const* lanes, unsigned) {
@@ -290,7 +293,7 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long d
   __trap();
 #endif
 #else
-  ptx_emu::WgmmaLane me{d, da, db, acc, ptx_emu::warp_in_block()};
+  ptx_emu::WgmmaLane me{d, da, db, acc, ptx_emu::warp_in_block(), site_file, site_line};
   emu::warp_collective(ptx_emu::kFullWarp, "wgmma.mma_async", site_file, site_line, &me,
                        &ptx_emu::wgmma_issue_collective<N, TransA, TransB>);
 #endif

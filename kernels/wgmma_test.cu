@@ -13,9 +13,11 @@
 //     bytes but not of 128, as the halo kernels' per-tap shifts give (conv_wgmma_halo.cu).
 //   prim_wgmma_mn_n64 / prim_wgmma_mn_n256: the same, A and B staged M/N-major (wgmma.cuh)
 //   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
+//   prim_wgmma_operand_race(A, Bt, C, D)  N = 64, rewrites an element of B between the issue
+//     and the wait (emulator test: the launch must fail)
 #include "wgmma.cuh"
 
-template <int N, bool kEarly = false, bool kMN = false>
+template <int N, bool kEarly = false, bool kMN = false, bool kRace = false>
 __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
                                            int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
   VGG_DYN_SHARED(unsigned char, smem);
@@ -37,10 +39,16 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
   float d[N / 2];
   for (int j = 0; j < N / 8; ++j)
     for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
+  wgmma_fence_acc(d);
   wgmma_fence();
   wgmma_ss<N, kMN, kMN>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
   wgmma_commit();
+  if (kRace) {  // what a copy landing late, or a ring buffer refilled too early, does
+    if (threadIdx.x == 0) sb[0] ^= 1;
+    __syncthreads();
+  }
   if (!kEarly) wgmma_wait<0>();
+  if (!kEarly) wgmma_fence_acc(d);
   for (int j = 0; j < N / 8; ++j)
     for (int i = 0; i < 4; ++i) D[idx(j, i)] = d[4 * j + i];
   if (kEarly) wgmma_wait<0>();
@@ -71,4 +79,10 @@ extern "C" __global__ void prim_wgmma_mn_n256(const __half* A, const __half* Bt,
 // kernel with a missing wait would; the emulator retires the group at the wait, so D gets C.
 extern "C" __global__ void prim_wgmma_early_read(const __half* A, const __half* Bt, const float* C, float* D) {
   wgmma_test<64, true>(A, Bt, C, D, 128, 256, 128, 256, 1, 0);
+}
+
+// Emulator only (on a GPU the result is undefined): B changes while the wgmma is in flight; the
+// emulator fails the launch at the wait that retires it.
+extern "C" __global__ void prim_wgmma_operand_race(const __half* A, const __half* Bt, const float* C, float* D) {
+  wgmma_test<64, false, false, true>(A, Bt, C, D, 128, 256, 128, 256, 1, 0);
 }

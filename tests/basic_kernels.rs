@@ -65,6 +65,25 @@ fn wgmma_results_arrive_at_the_wait() {
     assert_eq!(d.to_host().unwrap(), c, "read before the wait: C, not C + 16");
 }
 
+/// Hardware reads a wgmma's operands at any time until the wait that retires it; the emulator
+/// computes it at that wait. An operand rewritten in between (here one element of B, as a late
+/// copy or an early refill would) must fail the launch, naming the race, instead of computing
+/// from whatever is there at the wait.
+#[test]
+fn a_wgmma_operand_changed_in_flight_fails_the_launch() {
+    use vgg_cuda::{Kernel, LaunchConfig};
+    let dev = Device::emu();
+    let ones = |n: usize| Tensor::from_f32(&dev, &[n], &vec![1.0; n]).unwrap();
+    let (a, bt, c) = (ones(64 * 16), ones(64 * 16), ones(64 * 64));
+    let mut d = Tensor::<f32>::empty(&dev, &[64 * 64]).unwrap();
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 2048 + 32 * 64 };
+    let k = Kernel { module: "wgmma_test", name: "prim_wgmma_operand_race" };
+    // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D): A and Bt 64 x 16,
+    // C and D 64 x 64, one warpgroup.
+    let e = unsafe { dev.launch(&k, cfg, &[a.arg(), bt.arg(), c.arg(), d.arg_mut()]) }.unwrap_err().to_string();
+    assert!(e.contains("changed between its issue and the wait") && e.contains("wgmma_test.cu:"), "{e}");
+}
+
 /// Runs max-pool forward and backward on one shape and returns both outputs' bits.
 fn pool_bits(s: Schedule) -> (Vec<u16>, Vec<u16>) {
     let dev = Device::emu();
