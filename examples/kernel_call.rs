@@ -6,8 +6,8 @@
 //!     cargo run --release --example kernel_call -- --device cuda # a GPU
 //!
 //! The device computes in fp16 with fp32 accumulation; the reference in f64 (returned as f32)
-//! from the same fp16-rounded inputs, so the difference is the output's fp16 rounding plus the Winograd
-//! transforms' (a few units of 2^-11 relative).
+//! from the same fp16-rounded inputs, so the difference is the output's fp16 rounding plus the
+//! Winograd transforms' (a few units of 2^-11 relative).
 
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};

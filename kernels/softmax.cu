@@ -88,10 +88,11 @@ __device__ void xent_row(const T* __restrict__ logits, const int* __restrict__ l
     const int label = labels[row];
 
     // A bad label is the host's to report (finish kernel -> status -> check()); nothing is
-    // read at it. The row gets a NaN loss, so the mean shows it too, and a NaN gradient: it
-    // reaches every weight gradient through the backward pass, so the optimizer's overflow
-    // check skips the step (weights and momentum untouched) instead of applying an update
-    // from a batch the caller did not mean. That step halves the loss scale, as any NaN does.
+    // read at it. The row gets a NaN loss, so the mean shows it too, and a NaN gradient: the
+    // last layer's weight and bias gradients are then NaN (deeper ones may be masked by the
+    // ReLUs), and the optimizer's overflow check, which covers every gradient, skips the step
+    // (weights and momentum untouched) instead of applying an update from a batch the caller
+    // did not mean. That step halves the loss scale, as any NaN does.
     if (label < 0 || label >= classes) {
         if (dz)
             for (int j = tid; j < classes; j += nt) dz[j] = __ushort_as_half((unsigned short)0x7e00);

@@ -129,7 +129,7 @@ fn unknown_kernel_and_bad_launch_are_errors() {
     let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();
     // SAFETY: rejected for its block size before running.
     let e = unsafe { dev.launch(&k("shim_divergent_barrier"), cfg(1, 2048, 0), &[out.arg_mut()]) }.unwrap_err();
-    assert!(e.to_string().contains("invalid launch"), "{e}");
+    assert!(e.to_string().contains("1 to 1024 threads"), "{e}");
     // An argument list that does not match the parameters (int* out): one too many, one
     // missing, or a 4-byte value where a pointer goes; refused before the kernel reads any.
     let cases: [&[KArg]; 3] = [&[out.arg_mut(), KArg::I32(1)], &[], &[KArg::I32(0)]];
@@ -170,22 +170,49 @@ fn cp_async_lands_as_late_as_its_wait_allows() {
     assert_eq!(cp_async_wait(&dev, 1), want);
 }
 
-/// A grid past CUDA's limits (y or z above 65535, x at 2^31) is refused before anything runs,
-/// on the emulator as on a GPU, naming the kernel: the emulator itself could run it, so a
-/// launcher that outgrew the limits would otherwise fail only on hardware.
+/// CUDA's launch limits hold on every device, at their boundaries: grid x below 2^31, y and z
+/// at most 65535, 1 to 1024 threads a block (z at most 64), no empty grid. The emulator could
+/// run past them, so a launcher that outgrew them would otherwise fail only on a GPU; a refused
+/// launch names the kernel and the limit, and runs nothing.
 #[test]
-fn grids_past_cuda_limits_are_refused_on_every_device() {
+fn launches_are_held_to_cuda_limits_on_every_device() {
+    let lc = |grid, block| LaunchConfig { grid, block, shared_bytes: 0 };
+    for ok in [lc((i32::MAX as u32, 65535, 65535), (1024, 1, 1)), lc((1, 1, 1), (16, 1, 64)), lc((1, 1, 1), (1, 1, 1))]
+    {
+        ok.check("k").unwrap();
+    }
+    for (bad, why) in [
+        (lc((1 << 31, 1, 1), (32, 1, 1)), "grid x is below 2^31"),
+        (lc((1, 65536, 1), (32, 1, 1)), "y and z are at most 65535"),
+        (lc((1, 1, 65536), (32, 1, 1)), "y and z are at most 65535"),
+        (lc((0, 1, 1), (32, 1, 1)), "at least 1"),
+        (lc((1, 1, 1), (1025, 1, 1)), "1 to 1024 threads"),
+        (lc((1, 1, 1), (1, 1, 65)), "z at most 64"),
+        (lc((1, 1, 1), (0, 1, 1)), "1 to 1024 threads"),
+    ] {
+        let e = bad.check("k").unwrap_err().to_string();
+        assert!(e.contains("k: grid") && e.contains(why), "{bad:?}: {e}");
+    }
+    // Through a device: refused before anything runs.
     let dev = Device::emu();
     let xt = Tensor::from_host(&dev, &[128], &data(128)).unwrap();
     let mut sums = Tensor::<f32>::empty(&dev, &[4]).unwrap();
     let mut ballots = Tensor::<i32>::empty(&dev, &[4]).unwrap();
     let launches = dev.launches();
-    for grid in [(1, 65536, 1), (1, 1, 65536), (1u32 << 31, 1, 1)] {
-        let c = LaunchConfig { grid, block: (64, 1, 1), shared_bytes: 0 };
-        // SAFETY: refused before the launch (the arguments would fit a grid of 2 blocks).
-        let e = unsafe { dev.launch(&k("shim_warp_reduce"), c, &[xt.arg(), sums.arg_mut(), ballots.arg_mut()]) }
-            .unwrap_err();
-        assert!(e.to_string().contains("shim_warp_reduce: grid") && e.to_string().contains("65535"), "{e}");
+    // SAFETY: refused before the launch (the arguments would fit a grid of 2 blocks).
+    let e = unsafe {
+        dev.launch(
+            &k("shim_warp_reduce"),
+            lc((1, 65536, 1), (64, 1, 1)),
+            &[xt.arg(), sums.arg_mut(), ballots.arg_mut()],
+        )
     }
+    .unwrap_err();
+    assert!(e.to_string().contains("shim_warp_reduce: grid"), "{e}");
     assert_eq!(dev.launches(), launches, "nothing may run");
+    // Counts past u32 are an error, not a wrapped grid.
+    assert!(LaunchConfig::grid_of("big", 1 << 33, 1, 1)
+        .unwrap_err()
+        .to_string()
+        .contains("big: 8589934592 blocks along grid x"));
 }

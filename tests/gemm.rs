@@ -237,3 +237,20 @@ fn cuda_timing() {
         }
     }
 }
+
+/// `Tile::parse` reads every tile's name (any case) and names them all when given another.
+#[test]
+fn tiles_parse_by_name() {
+    use vgg_cuda::ops::gemm::Tile;
+    for (name, tile) in [
+        ("t128x256", Tile::T128x256),
+        ("T128x192", Tile::T128x192),
+        ("t128x128", Tile::T128x128),
+        ("t64x128", Tile::T64x128),
+        ("w128x256", Tile::W128x256),
+    ] {
+        assert_eq!(Tile::parse(name).unwrap(), tile, "{name}");
+    }
+    let e = Tile::parse("w128x128").unwrap_err();
+    assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("t64x128, w128x256"), "{e}");
+}

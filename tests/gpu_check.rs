@@ -26,8 +26,21 @@ fn script_commands(tmp: &std::path::Path) -> Vec<(String, Vec<String>)> {
         .iter()
         .map(|i| vec![("kern", i[0].clone()), ("algo", i[1].clone()), ("pass", i[2].clone()), ("tiling", i[3].clone())])
         .collect();
-    for (mode, flag) in [("one-by-one", ""), ("queued", "--queued"), ("graph", "--graph")] {
-        loops.push(vec![("mode", mode.into()), ("flag", flag.into())]);
+    // The 32-pixel loop's modes, and the flag the script derives from each
+    // (`flag=$([ $mode = one-by-one ] || echo "--$mode")`).
+    let modes: Vec<&str> = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for mode in "))
+        .map(|l| l.trim_end_matches("; do").split_whitespace().collect())
+        .unwrap_or_default();
+    assert!(
+        script.contains(r#"flag=$([ $mode = one-by-one ] || echo "--$mode")"#),
+        "the mode loop changed: update this test"
+    );
+    assert!(modes.contains(&"one-by-one") && modes.len() >= 2, "the mode loop's values: {modes:?}");
+    for mode in modes {
+        let flag = if mode == "one-by-one" { String::new() } else { format!("--{mode}") };
+        loops.push(vec![("mode", mode.into()), ("flag", flag)]);
     }
     let fixed = [
         ("BATCH", "64".to_string()),
@@ -59,8 +72,9 @@ fn script_commands(tmp: &std::path::Path) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// `vgg args`: (success, stdout and stderr).
 fn run_vgg(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().unwrap();
+    let out = common::vgg(&args.iter().map(String::as_str).collect::<Vec<_>>());
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -102,6 +116,33 @@ fn every_cuda_command_of_gpu_check_gets_past_its_arguments() {
             args.join(" ")
         );
     }
+}
+
+/// The script runs many steps only `if "$VGG" ARGS --help | grep -q WORD`: a help text that lost
+/// WORD (an option renamed, a doc rewrite) would skip that step on the GPU without a word. Each
+/// such guard must hold for this binary, so every guarded step runs.
+#[test]
+fn every_guard_of_gpu_check_holds() {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-check.sh")).unwrap();
+    let mut n = 0;
+    for line in script.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("if \"$VGG\" ") else { continue };
+        let (cmd, tail) = rest.split_once(" --help").expect("a guard runs --help");
+        let mut args: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        args.push("--help".into());
+        let (ok, out) = run_vgg(&args);
+        assert!(ok, "guard `{line}`: `vgg {}` failed:\n{out}", args.join(" "));
+        if let Some(word) = tail.split("grep -q ").nth(1) {
+            let word = word.trim_start_matches("-- ").split(';').next().unwrap().trim();
+            assert!(
+                out.contains(word),
+                "guard `{line}`: `vgg {}` does not mention {word}: the step would be skipped",
+                args.join(" ")
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "found only {n} guards in scripts/gpu-check.sh");
 }
 
 /// The script's own Python helpers at least compile (their torch imports run only on the GPU

@@ -51,6 +51,36 @@ impl LaunchConfig {
             u32::try_from(blocks).map_err(|_| Error::Shape(format!("{n} elements is too many for one launch")))?;
         Ok(Self { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: 0 })
     }
+
+    /// A grid from `usize` counts, each converted without wrapping (a count past `u32` would
+    /// otherwise become a small, valid-looking grid); [`LaunchConfig::check`] then holds it to
+    /// CUDA's limits at the launch. `what` names the launch in the error.
+    pub fn grid_of(what: &str, x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)> {
+        let dim = |v: usize, d: &str| {
+            u32::try_from(v).map_err(|_| Error::Shape(format!("{what}: {v} blocks along grid {d}, past CUDA's limits")))
+        };
+        Ok((dim(x, "x")?, dim(y, "y")?, dim(z, "z")?))
+    }
+
+    /// CUDA's launch limits, held on every device (the emulator could run past them, so a
+    /// launcher that outgrew them would fail only on a GPU): 1 to 1024 threads a block, block z
+    /// at most 64, every grid dimension at least 1, grid x below 2^31, y and z at most 65535.
+    pub fn check(&self, kernel: &str) -> Result<()> {
+        let ((gx, gy, gz), (bx, by, bz)) = (self.grid, self.block);
+        let threads = bx as u64 * by as u64 * bz as u64;
+        let why = if threads == 0 || threads > 1024 || bz > 64 {
+            "a block has 1 to 1024 threads, z at most 64"
+        } else if gx == 0 || gy == 0 || gz == 0 {
+            "every grid dimension is at least 1"
+        } else if gx > i32::MAX as u32 {
+            "grid x is below 2^31"
+        } else if gy > 65535 || gz > 65535 {
+            "grid y and z are at most 65535"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Shape(format!("{kernel}: grid {:?} block {:?}: CUDA's limits say {why}", self.grid, self.block)))
+    }
 }
 
 /// One kernel argument, packed by value as the kernel signature expects.
@@ -332,15 +362,7 @@ impl Device {
                 SM90_SHARED_PER_BLOCK
             )));
         }
-        // CUDA's grid limits (x < 2^31, y and z <= 65535), checked for both devices: the
-        // emulator would run any grid, so a launcher that outgrows them showed only on a GPU.
-        let (gx, gy, gz) = cfg.grid;
-        if gx > i32::MAX as u32 || gy > 65535 || gz > 65535 {
-            return Err(Error::Shape(format!(
-                "{}: grid {:?} exceeds CUDA's limits (x < 2^31, y and z <= 65535)",
-                kernel.name, cfg.grid
-            )));
-        }
+        cfg.check(kernel.name)?;
         self.count_launch();
         if self.record_launch(kernel, cfg, args) {
             return Ok(());

@@ -515,8 +515,9 @@ impl Vgg {
     }
 
     /// Forward with dropout, the loss (scaled by the current loss scale) and the backward
-    /// pass: every parameter's `g` holds the scaled gradient afterwards. Nothing is read back
-    /// (but the activations under [`Vgg::keep_trace`]).
+    /// pass: every parameter's `g` holds the scaled gradient afterwards (NaN in the last layer,
+    /// at least, where a label was outside `0..classes`; see [`Vgg::train_step`]). Nothing is
+    /// read back (but the activations under [`Vgg::keep_trace`]).
     pub fn compute_grads(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, step: u64) -> Result<()> {
         self.compute_grads_src(images, labels, Src::Host(step))
     }
@@ -669,9 +670,10 @@ impl Vgg {
     ///
     /// A label outside `0..classes` is an `Error::Invalid` naming the first bad row, found only
     /// when the status is read at the end of the step (nothing is read back before the update).
-    /// The update itself is skipped on the device: a bad row's logit gradient is NaN, so every
-    /// weight gradient is, and the overflow check leaves weights and momentum as they were; the
-    /// loss scale halves and the step counts as skipped, as for any NaN gradient. The error is
+    /// The update itself is skipped on the device: a bad row's logit gradient is NaN, so the
+    /// last layer's gradients are, and the overflow check (over every gradient) leaves weights
+    /// and momentum as they were; the loss scale halves and the step counts as skipped, as for
+    /// any NaN gradient. The error is
     /// reported once: the loss status is cleared, so the next step, or [`Vgg::evaluate`], runs
     /// normally.
     /// Queued and graph steps report it at [`Vgg::sync`], as of the steps since the last sync.

@@ -79,6 +79,25 @@ impl Tile {
     /// SM first (one block's loads and stores overlap the other's mma's), then the larger.
     pub const ALL: [Tile; 4] = [Tile::T128x128, Tile::T64x128, Tile::T128x256, Tile::T128x192];
 
+    /// Every tile by name, as `parse` reads them.
+    const NAMES: [(&'static str, Tile); 5] = [
+        ("t128x256", Tile::T128x256),
+        ("t128x192", Tile::T128x192),
+        ("t128x128", Tile::T128x128),
+        ("t64x128", Tile::T64x128),
+        ("w128x256", Tile::W128x256),
+    ];
+
+    /// A tile by name (`t128x256`, `t128x192`, `t128x128`, `t64x128`, `w128x256`, any case), or
+    /// an `Error::Invalid` listing them.
+    pub fn parse(s: &str) -> Result<Tile> {
+        let l = s.to_ascii_lowercase();
+        Self::NAMES.iter().find(|(n, _)| *n == l).map(|&(_, t)| t).ok_or_else(|| {
+            let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+            Error::Invalid(format!("unknown GEMM tile `{s}` (tiles: {})", names.join(", ")))
+        })
+    }
+
     /// `(rows, columns, warps, cp.async ring depth, blocks an SM)` as instantiated in
     /// kernels/gemm.cu (blocks an SM: what shared memory and registers allow on an H200).
     const fn spec(self) -> (usize, usize, usize, usize, usize) {

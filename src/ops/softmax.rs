@@ -176,7 +176,11 @@ fn xent<T: XentLogit>(
     };
     let (b, c) = (int("batch", batch)?, int("classes", classes)?);
     let coef = loss_scale / batch as f32;
-    let row = LaunchConfig { grid: (b as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
+    let row = LaunchConfig {
+        grid: LaunchConfig::grid_of("softmax_xent", batch, 1, 1)?,
+        block: (THREADS, 1, 1),
+        shared_bytes: 0,
+    };
     let args = [
         logits.arg(),
         labels.arg(),

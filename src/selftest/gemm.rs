@@ -1,7 +1,8 @@
 //! Checks of the GEMM family (kernels/gemm.cu, kernels/gemm_wgmma.cu where the device has
 //! wgmma, kernels/gemm_simple.cu): the three passes of a linear layer and of a 1x1
 //! convolution, on the tensor-core kernels (the tile and split the planner picks, plus forced
-//! ones so that every tile runs split and unsplit in every pass) and on the simple twin, against the f64 reference of the same fp16 inputs (src/reference).
+//! ones so that every tile runs split and unsplit in every pass) and on the simple twin,
+//! against the f64 reference of the same fp16 inputs (src/reference).
 //!
 //! Shapes: edge cases first (M = 1, 7, 64, 130: ragged against every tile; K, N of 8, 24, 136,
 //! 512: part of one 64-deep k-tile, three, eight (deep enough to split); 384 x 512 x 264,

@@ -77,7 +77,8 @@ pub(crate) struct BenchGemmArgs {
     #[arg(long)]
     no_bandwidth: bool,
     /// Run our products on this tile (the planner's split count) instead of the planner's
-    /// choice: w128x256 (Hopper's wgmma; kernels/gemm_wgmma.cu).
+    /// choice: w128x256 (Hopper's wgmma; kernels/gemm_wgmma.cu), or one of the mma.sync tiles
+    /// t128x256, t128x192, t128x128, t64x128.
     #[arg(long)]
     tile: Option<String>,
     /// Write the report as JSON to this file (rewritten after every row, so a killed run
@@ -239,11 +240,7 @@ pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     if a.repeats == Some(0) {
         bail!("--repeats must be at least 1");
     }
-    let tile = match a.tile.as_deref() {
-        None => None,
-        Some("w128x256") => Some(vgg_cuda::ops::gemm::Tile::W128x256),
-        Some(t) => bail!("--tile: unknown tile `{t}` (tiles: w128x256)"),
-    };
+    let tile = a.tile.as_deref().map(vgg_cuda::ops::gemm::Tile::parse).transpose().context("--tile")?;
     if let Some(path) = &a.json {
         atomic::check_writable(path).context("--json")?;
     }

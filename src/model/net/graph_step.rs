@@ -20,12 +20,12 @@ impl Vgg {
     /// [`Vgg::train_step_queued`] replayed from a captured graph: the first call captures the
     /// step (on cuda, a CUDA graph), later calls queue the step's values
     /// ([`crate::ops::StepVars`]: dropout keys, learning rate) and launch the graph, one host
-    /// call instead of ~100 launches. The same kernels with the same values, so the results
-    /// equal `train_step_queued`'s bit for bit. One graph is kept per pair of `images` and `labels` buffers (two pairs at most, as
-    /// a trainer filling two in turn needs), captured again after anything that moves the
-    /// model's buffers ([`Vgg::relayout`], [`Vgg::set_conv_choice`],
-    /// [`Vgg::params_mut`], [`Vgg::check_lifetimes`]). Not with [`Vgg::keep_trace`], whose
-    /// copies to the host a replay cannot make.
+    /// call instead of ~110 launches (VGG-16). The same kernels with the same values, so the
+    /// results equal `train_step_queued`'s bit for bit. One graph is kept per pair of `images`
+    /// and `labels` buffers (two pairs at most, as a trainer filling two in turn needs),
+    /// captured again after anything that moves the model's buffers ([`Vgg::relayout`],
+    /// [`Vgg::set_conv_choice`], [`Vgg::params_mut`], [`Vgg::check_lifetimes`]). Not with
+    /// [`Vgg::keep_trace`], whose copies to the host a replay cannot make.
     pub fn train_step_graph(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, lr: f32, step: u64) -> Result<()> {
         self.check_batch(images)?;
         images.check(&self.dev, "images", images.len())?;

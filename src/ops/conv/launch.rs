@@ -336,7 +336,7 @@ impl Conv3x3 {
             }
             let grid = (self.wgrad_grid_x(), p.k.div_ceil(m), chunks);
             let cfg = LaunchConfig {
-                grid: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+                grid: LaunchConfig::grid_of("conv3x3 wgrad", grid.0, grid.1, grid.2)?,
                 block: (WG_THREADS, 1, 1),
                 shared_bytes: self.wgrad_shared(),
             };

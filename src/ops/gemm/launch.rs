@@ -105,15 +105,13 @@ impl Operands<'_> {
             "GEMM tile W128x256 needs wgmma (compute capability 9.0: H100 / H200); {} has none",
             self.dev.name()
         );
+        // The grid's y and z limits (65535) in the GEMM's own terms; x (rows) is held to
+        // CUDA's limit at the launch (LaunchConfig::check).
         let grid_y = s.div_ceil(tile.cols());
         ensure_shape!(grid_y <= 65535, "GEMM output has {s} columns, more than the grid allows");
+        ensure_shape!(splits <= 65535, "GEMM split count {splits} is above the grid's 65535");
         let cfg = LaunchConfig {
-            grid: (
-                u32::try_from(r.div_ceil(tile.rows()))
-                    .map_err(|_| Error::Shape(format!("GEMM output has too many rows ({r})")))?,
-                grid_y as u32,
-                splits as u32,
-            ),
+            grid: LaunchConfig::grid_of("GEMM", r.div_ceil(tile.rows()), grid_y, splits)?,
             block: (tile.threads(), 1, 1),
             shared_bytes: smem_bytes(self.pass, tile),
         };
@@ -247,16 +245,18 @@ pub(super) fn bias_grad(
     }
     // Chunked partials only on the tensor-core path's shapes (n % 8 == 0: float4 reduce).
     let (rows, chunks) = shape.colsum_plan(ws.is_some() && n.is_multiple_of(8));
-    let cfg = |chunks: usize| LaunchConfig {
-        grid: (n.div_ceil(32) as u32, chunks as u32, 1),
-        block: (32, 8, 1),
-        shared_bytes: 0,
+    let cfg = |chunks: usize| -> Result<LaunchConfig> {
+        Ok(LaunchConfig {
+            grid: LaunchConfig::grid_of("column sums", n.div_ceil(32), chunks, 1)?,
+            block: (32, 8, 1),
+            shared_bytes: 0,
+        })
     };
     let dims = [KArg::I32(int("rows", m)?), KArg::I32(int("columns", n)?), KArg::I32(int("rows per chunk", rows)?)];
     if chunks == 1 {
         // SAFETY: (const __half* x, int rows, int cols, int rows_per_chunk, float* out): dy
         // holds m*n halves, db n floats (one chunk).
-        return unsafe { dev.launch(&COLSUM, cfg(1), &[dy.arg(), dims[0], dims[1], dims[2], db.arg_mut()]) };
+        return unsafe { dev.launch(&COLSUM, cfg(1)?, &[dy.arg(), dims[0], dims[1], dims[2], db.arg_mut()]) };
     }
     let Some(ws) = ws else {
         return Err(Error::Shape("bias gradient: chunked column sums need a workspace".into()));
@@ -269,7 +269,7 @@ pub(super) fn bias_grad(
     );
     let part = KArg::Ptr(ws.device_ptr() + 4 * offset as u64);
     // SAFETY: as above, out = ws + offset with chunks*n floats (checked).
-    unsafe { dev.launch(&COLSUM, cfg(chunks), &[dy.arg(), dims[0], dims[1], dims[2], part])? };
+    unsafe { dev.launch(&COLSUM, cfg(chunks)?, &[dy.arg(), dims[0], dims[1], dims[2], part])? };
     let args = [part, KArg::I32(chunks as i32), KArg::I64(n as i64), db.arg_mut()];
     // SAFETY: (const float* ws, int splits, long long count, float* out32): chunks*n partials
     // at ws + offset (16-byte aligned: offset % 4 == 0), db n floats, n % 4 == 0.
