@@ -117,6 +117,12 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let e = error_of(resume(&|a| a.resume = Some(other.display().to_string())));
     assert!(e.contains("last.safetensors: a checkpoint that --resume") && e.contains("nothing was overwritten"), "{e}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
+    // A --resume file that does not exist (a typo) is named as missing, not as another run's
+    // checkpoint about to be overwritten.
+    let typo = ck.join("lst.safetensors").display().to_string();
+    let e = error_of(resume(&|a| a.resume = Some(typo.clone())));
+    assert!(e.contains(&format!("--resume {typo}: the checkpoint cannot be read")), "{e}");
+    assert!(e.contains("No such file") && !e.contains("overwrite"), "{e}");
     let own = ck.join(".").join("last.safetensors").display().to_string();
     run(&resume(&|a| (a.resume, a.steps) = (Some(own.clone()), Some(3)))).unwrap();
     assert_ne!(std::fs::read(&last).unwrap(), before, "the resumed run wrote its checkpoint");

@@ -56,9 +56,13 @@ impl Metrics {
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training.
 fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
-    if let (Some(r), Some(p)) = (a.resume.as_deref().filter(|r| !r.is_empty()), ckpt) {
-        let same = |x: &std::path::Path| std::fs::canonicalize(x).ok();
-        if p.exists() && same(p) != same(std::path::Path::new(r)) {
+    if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
+        // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
+        // path, and comparing that "nothing" with the folder's file blamed an overwrite instead.
+        let resumed =
+            std::fs::canonicalize(r).with_context(|| format!("--resume {r}: the checkpoint cannot be read"))?;
+        // Compared only when both resolve: a folder without a checkpoint has nothing to lose.
+        if let Some(p) = ckpt.filter(|p| std::fs::canonicalize(p).is_ok_and(|p| p != resumed)) {
             bail!(
                 "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it \
                  (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
