@@ -6,6 +6,7 @@ mod common;
 
 use common::{vgg, TempDir};
 use std::time::{Duration, Instant};
+use vgg_cuda::data::Pca;
 use vgg_cuda::train::{run, TrainArgs};
 
 fn tiny(f: impl FnOnce(&mut TrainArgs)) -> TrainArgs {
@@ -172,29 +173,67 @@ fn a_stats_file_with_impossible_values_is_refused() {
         "classes": ["a", "b"],
     });
     let path = t.0.join("stats.json");
+    let pca =
+        |eigval: serde_json::Value, eigvec: serde_json::Value| serde_json::json!({"eigval": eigval, "eigvec": eigvec});
+    let unit = serde_json::json!([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+    // One bad value a case, so that each rule is what refuses its case.
+    let mut failed = vec![];
     for (field, value, want) in [
         (
             "mean",
-            serde_json::json!([-5.0, 300.0, 1e30]),
-            "mean [-5.0, 300.0, 1e30]: expected three values from 0 to 255",
+            serde_json::json!([-5.0, 110.0, 100.0]),
+            "mean [-5.0, 110.0, 100.0]: expected three values from 0 to 255",
         ),
+        ("mean", serde_json::json!([120.0, 300.0, 100.0]), "mean [120.0, 300.0, 100.0]"),
+        ("mean", serde_json::json!([120.0, 110.0, 1e30]), "mean [120.0, 110.0, 1e30]"),
         ("std", serde_json::json!([-1.0, 0.0, 0.0]), "std [-1.0, 0.0, 0.0]"),
+        ("pca", pca(serde_json::json!([-1.0, 0.0, 0.0]), unit.clone()), "pca eigval [-1.0, 0.0, 0.0]"),
+        // Variances of RGB in 0..1 units sum to at most 0.75: 1e30 was accepted, and so was
+        // 0.5 twice.
+        ("pca", pca(serde_json::json!([1e30, 0.0, 0.0]), unit.clone()), "pca eigval [1e30, 0.0, 0.0]"),
+        ("pca", pca(serde_json::json!([0.5, 0.5, 0.0]), unit.clone()), "pca eigval [0.5, 0.5, 0.0]"),
+        // Eigenvectors of another length scale the shift: only finiteness was checked.
         (
             "pca",
-            serde_json::json!({"eigval": [-1.0, 1e30, 0.0], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}),
-            "pca eigval [-1.0, 1e30, 0.0]",
+            pca(
+                serde_json::json!([0.05, 0.05, 0.05]),
+                serde_json::json!([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            ),
+            "column 0 has length 2",
+        ),
+        (
+            "pca",
+            pca(
+                serde_json::json!([0.05, 0.05, 0.05]),
+                serde_json::json!([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+            ),
+            "column 2 has length 0",
         ),
     ] {
         let mut v = good.clone();
         v[field] = value;
         std::fs::write(&path, v.to_string()).unwrap();
-        let e = error_of(tiny(|a| (a.stats, a.color_shift) = (Some(path.clone()), Some(0.1))));
-        assert!(e.contains("stats.json") && e.contains(want), "{field}: {e}");
+        let r = run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1))));
+        match r {
+            Err(e) if format!("{e:#}").contains("stats.json") && format!("{e:#}").contains(want) => {}
+            Err(e) => failed.push(format!("{want}: {e:#}")),
+            Ok(_) => failed.push(format!("{want}: accepted")),
+        }
     }
+    // Every case reported, not only the first that fails.
+    assert!(failed.is_empty(), "{failed:#?}");
     // `vgg stats` of grey images: a rank-1 covariance whose smallest eigenvalue the Jacobi
     // rotations leave just below 0 (measured -4e-18); that file is the command's own output.
     let mut grey = good.clone();
     grey["pca"]["eigval"] = serde_json::json!([0.1146, 0.0, -4.0e-18]);
     std::fs::write(&path, grey.to_string()).unwrap();
+    run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
+    // Black-and-white images (R = G = B, half 0, half 1): all the variance, 0.75, lies on one
+    // component, the most a file can hold; `vgg stats`' decomposition of their covariance.
+    let bw_pca = Pca::from_covariance([[0.25; 3]; 3]);
+    assert!((bw_pca.eigval[0] - 0.75).abs() < 1e-6, "{bw_pca:?}");
+    let mut bw = good.clone();
+    (bw["cov"], bw["pca"]) = (serde_json::to_value([[0.25; 3]; 3]).unwrap(), serde_json::to_value(bw_pca).unwrap());
+    std::fs::write(&path, bw.to_string()).unwrap();
     run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
 }
