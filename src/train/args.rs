@@ -172,7 +172,8 @@ impl TrainArgs {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: the learning rate must be positive and finite", self.lr);
         }
-        // Checked here to name the option; the loss scaler's own check names only itself.
+        // LossScaler::with's rule, repeated here to name the option and to refuse before the
+        // data are read and the device opened (the scaler's error names only the value).
         if !(self.loss_scale.is_finite() && self.loss_scale > 0.0) {
             bail!("--loss-scale {}: the initial loss scale must be positive and finite", self.loss_scale);
         }
