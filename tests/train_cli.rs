@@ -50,12 +50,31 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
         (Box::new(|a| a.loss_scale = 0.0), "--loss-scale 0: the initial loss scale"),
         (Box::new(|a| a.loss_scale = f32::INFINITY), "--loss-scale inf"),
-        // The network's input, not the data pipeline's "crop size 0".
+        // The network's input, not the data pipeline's "crop size 0", named by our options
+        // (the model's own error names its fields only).
+        (Box::new(|a| a.input = 0), "the model of --model A --input 0 --width"),
         (Box::new(|a| a.input = 0), "VGG input 0 is too small"),
+        (Box::new(|a| a.width = 0.0), "--width 0 --fc 64 --dropout 0, --classes 4: invalid shape: VGG width"),
+        (Box::new(|a| a.fc = 0), "--fc 0 --dropout 0, --classes 4: invalid shape: VGG FC width"),
+        (Box::new(|a| a.dropout = 1.0), "--dropout 1, --classes 4: invalid shape: VGG dropout 1"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
         // Refused before the synthetic set names a terabyte of classes (the process aborted).
-        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: at most"),
+        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: invalid shape: VGG `classes`"),
+        // A folder's classes come with its data: a model refused before it is scanned, named
+        // without --classes (which only the synthetic set reads).
+        (
+            Box::new(|a| (a.data, a.input) = ("/nonexistent/folder".into(), 0)),
+            "--dropout 0: invalid shape: VGG input 0",
+        ),
+        // A typo is reported before the data are read or the device is opened.
+        (
+            Box::new(|a| {
+                (a.conv_algo, a.data, a.device) =
+                    (Some("fastest".into()), "/nonexistent/folder".into(), "cuda:9".into())
+            }),
+            "--conv-algo: unknown conv algorithm `fastest`",
+        ),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
