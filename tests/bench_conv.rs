@@ -184,3 +184,27 @@ fn cli_output_paths_are_checked_before_the_run() {
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
     assert!(!dir.0.join("chart.svg").exists());
 }
+
+/// A batch no device holds is a failed row and an error, not an abort: each input's random
+/// values were made on the host before the device allocation, and `--batch 100000000000`
+/// asked the host for terabytes (the process died with "memory allocation ... failed"), as
+/// bench gemm did.
+#[test]
+fn cli_batch_beyond_the_device_fails_the_row_not_the_process() {
+    let out = vgg(&[
+        "bench",
+        "conv",
+        "--device",
+        "emu",
+        "--layers",
+        "conv1_1",
+        "--passes",
+        "fprop",
+        "--batch",
+        "100000000000",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("error: bench conv on emu: nothing could be measured"), "stderr: {stderr}");
+    assert!(stdout.contains("allocating the inputs"), "stdout: {stdout}");
+}

@@ -168,11 +168,46 @@ fn scales_above_the_largest_side_are_refused_naming_the_option() {
     let too_big = (vgg_cuda::data::MAX_SIDE + 1).to_string();
     // fixed:4096 is 4064,4096,4128 and jittered:32:5000 is 32,2516,5000. Centre crops, so
     // that a run that is not refused ends quickly (a crop's rescale computes its window only).
-    for scale in [too_big.as_str(), "32,100000", "fixed:4096", "jittered:32:5000"] {
+    // Each named as given: a preset's Q (4128) is no value the user typed.
+    for (scale, want) in [
+        (too_big.as_str(), "--scale 4097 is above 4096"),
+        ("32,100000", "--scale 32,100000: Q 100000 is above 4096"),
+        ("fixed:4096", "--scale fixed:4096: Q 4128 is above 4096"),
+        ("jittered:32:5000", "--scale jittered:32:5000: Q 5000 is above 4096"),
+    ] {
         let a = EvalArgs { scale: Some(scale.into()), ..emu_eval_args(vec![w.clone()], "synthetic") };
         let e = err_of(eval::eval(&a));
-        assert!(e.contains("--scale") && e.contains("above 4096"), "--scale {scale}: {e}");
+        assert!(e.contains(want), "--scale {scale}: {e}");
     }
+    // A Q that comes from the checkpoint (not checked on load) or the default passes the same
+    // limit, and says so: the limit sat in --scale's parser, which neither goes through.
+    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, 2) };
+    let l = checkpoint::load(&w).unwrap();
+    let recorded = dir.0.join("q5000.safetensors");
+    let state = checkpoint::TrainState {
+        step: 1,
+        epoch: 0,
+        batch_in_epoch: 1,
+        loss_scale: 1024.0,
+        scaler_clean_steps: 0,
+        scaler_skipped: 0,
+        lr: 0.01,
+        best_val: -1.0,
+        bad_evals: 0,
+        decays: 0,
+        seed: 0,
+        batch: 1,
+        conv_plans: vec![],
+        test_scale: Some(5000),
+    };
+    checkpoint::save(&recorded, &l.weights, &[], &cfg, Some(&state)).unwrap();
+    let e = err_of(eval::eval(&emu_eval_args(vec![recorded.clone()], "synthetic")));
+    assert!(
+        e.contains("q5000.safetensors: the recorded test scale Q 5000 is above 4096") && e.contains("give --scale"),
+        "{e}"
+    );
+    let e = err_of(eval::test_scales(None, &[], 4681));
+    assert!(e.contains("the default test scale Q 4681 is above 4096") && e.contains("give --scale"), "{e}");
     let img = dir.0.join("x.png");
     image::RgbImage::new(40, 40).save(&img).unwrap();
     let (_, err) = fails_with(

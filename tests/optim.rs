@@ -81,7 +81,20 @@ fn loss_scaler_state_machine() {
     let mut top = LossScaler::with(&dev, f32::MAX, 1).unwrap();
     top.update(false);
     assert_eq!(top.scale(), f32::MAX, "never grows to infinity");
-    assert!(LossScaler::with(&dev, 0.0, 1).is_err() && LossScaler::with(&dev, 1.0, 0).is_err());
+    // Bad values are Error::Invalid naming them (they were Error::Shape, "invalid shape: ...").
+    for (init, interval, want) in [
+        (0.0, 1, "initial scale 0 must be positive"),
+        (f32::NAN, 1, "initial scale NaN"),
+        (f32::INFINITY, 1, "initial scale inf"),
+        (-2.0, 1, "initial scale -2"),
+        (1.0, 0, "growth interval 0 must be at least 1"),
+    ] {
+        match LossScaler::with(&dev, init, interval) {
+            Err(Error::Invalid(m)) => assert!(m.contains(want), "{want}: {m}"),
+            Err(e) => panic!("{want}: expected Error::Invalid, got {e:?}"),
+            Ok(_) => panic!("{want}: accepted"),
+        }
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use common::{vgg, TempDir};
 use std::time::{Duration, Instant};
+use vgg_cuda::data::Pca;
 use vgg_cuda::train::{run, TrainArgs};
 
 fn tiny(f: impl FnOnce(&mut TrainArgs)) -> TrainArgs {
@@ -49,12 +50,31 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
         (Box::new(|a| a.loss_scale = 0.0), "--loss-scale 0: the initial loss scale"),
         (Box::new(|a| a.loss_scale = f32::INFINITY), "--loss-scale inf"),
-        // The network's input, not the data pipeline's "crop size 0".
+        // The network's input, not the data pipeline's "crop size 0", named by our options
+        // (the model's own error names its fields only).
+        (Box::new(|a| a.input = 0), "the model of --model A --input 0 --width"),
         (Box::new(|a| a.input = 0), "VGG input 0 is too small"),
+        (Box::new(|a| a.width = 0.0), "--width 0 --fc 64 --dropout 0, --classes 4: invalid shape: VGG width"),
+        (Box::new(|a| a.fc = 0), "--fc 0 --dropout 0, --classes 4: invalid shape: VGG FC width"),
+        (Box::new(|a| a.dropout = 1.0), "--dropout 1, --classes 4: invalid shape: VGG dropout 1"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
         // Refused before the synthetic set names a terabyte of classes (the process aborted).
-        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: at most"),
+        (Box::new(|a| a.classes = 1_000_000_000_000), "--classes 1000000000000: invalid shape: VGG `classes`"),
+        // A folder's classes come with its data: a model refused before it is scanned, named
+        // without --classes (which only the synthetic set reads).
+        (
+            Box::new(|a| (a.data, a.input) = ("/nonexistent/folder".into(), 0)),
+            "--dropout 0: invalid shape: VGG input 0",
+        ),
+        // A typo is reported before the data are read or the device is opened.
+        (
+            Box::new(|a| {
+                (a.conv_algo, a.data, a.device) =
+                    (Some("fastest".into()), "/nonexistent/folder".into(), "cuda:9".into())
+            }),
+            "--conv-algo: unknown conv algorithm `fastest`",
+        ),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
@@ -117,6 +137,12 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let e = error_of(resume(&|a| a.resume = Some(other.display().to_string())));
     assert!(e.contains("last.safetensors: a checkpoint that --resume") && e.contains("nothing was overwritten"), "{e}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
+    // A --resume file that does not exist (a typo) is named as missing, not as another run's
+    // checkpoint about to be overwritten.
+    let typo = ck.join("lst.safetensors").display().to_string();
+    let e = error_of(resume(&|a| a.resume = Some(typo.clone())));
+    assert!(e.contains(&format!("--resume {typo}: the checkpoint cannot be read")), "{e}");
+    assert!(e.contains("No such file") && !e.contains("overwrite"), "{e}");
     let own = ck.join(".").join("last.safetensors").display().to_string();
     run(&resume(&|a| (a.resume, a.steps) = (Some(own.clone()), Some(3)))).unwrap();
     assert_ne!(std::fs::read(&last).unwrap(), before, "the resumed run wrote its checkpoint");
@@ -166,29 +192,67 @@ fn a_stats_file_with_impossible_values_is_refused() {
         "classes": ["a", "b"],
     });
     let path = t.0.join("stats.json");
+    let pca =
+        |eigval: serde_json::Value, eigvec: serde_json::Value| serde_json::json!({"eigval": eigval, "eigvec": eigvec});
+    let unit = serde_json::json!([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+    // One bad value a case, so that each rule is what refuses its case.
+    let mut failed = vec![];
     for (field, value, want) in [
         (
             "mean",
-            serde_json::json!([-5.0, 300.0, 1e30]),
-            "mean [-5.0, 300.0, 1e30]: expected three values from 0 to 255",
+            serde_json::json!([-5.0, 110.0, 100.0]),
+            "mean [-5.0, 110.0, 100.0]: expected three values from 0 to 255",
         ),
+        ("mean", serde_json::json!([120.0, 300.0, 100.0]), "mean [120.0, 300.0, 100.0]"),
+        ("mean", serde_json::json!([120.0, 110.0, 1e30]), "mean [120.0, 110.0, 1e30]"),
         ("std", serde_json::json!([-1.0, 0.0, 0.0]), "std [-1.0, 0.0, 0.0]"),
+        ("pca", pca(serde_json::json!([-1.0, 0.0, 0.0]), unit.clone()), "pca eigval [-1.0, 0.0, 0.0]"),
+        // Variances of RGB in 0..1 units sum to at most 0.75: 1e30 was accepted, and so was
+        // 0.5 twice.
+        ("pca", pca(serde_json::json!([1e30, 0.0, 0.0]), unit.clone()), "pca eigval [1e30, 0.0, 0.0]"),
+        ("pca", pca(serde_json::json!([0.5, 0.5, 0.0]), unit.clone()), "pca eigval [0.5, 0.5, 0.0]"),
+        // Eigenvectors of another length scale the shift: only finiteness was checked.
         (
             "pca",
-            serde_json::json!({"eigval": [-1.0, 1e30, 0.0], "eigvec": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]}),
-            "pca eigval [-1.0, 1e30, 0.0]",
+            pca(
+                serde_json::json!([0.05, 0.05, 0.05]),
+                serde_json::json!([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+            ),
+            "column 0 has length 2",
+        ),
+        (
+            "pca",
+            pca(
+                serde_json::json!([0.05, 0.05, 0.05]),
+                serde_json::json!([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+            ),
+            "column 2 has length 0",
         ),
     ] {
         let mut v = good.clone();
         v[field] = value;
         std::fs::write(&path, v.to_string()).unwrap();
-        let e = error_of(tiny(|a| (a.stats, a.color_shift) = (Some(path.clone()), Some(0.1))));
-        assert!(e.contains("stats.json") && e.contains(want), "{field}: {e}");
+        let r = run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1))));
+        match r {
+            Err(e) if format!("{e:#}").contains("stats.json") && format!("{e:#}").contains(want) => {}
+            Err(e) => failed.push(format!("{want}: {e:#}")),
+            Ok(_) => failed.push(format!("{want}: accepted")),
+        }
     }
+    // Every case reported, not only the first that fails.
+    assert!(failed.is_empty(), "{failed:#?}");
     // `vgg stats` of grey images: a rank-1 covariance whose smallest eigenvalue the Jacobi
     // rotations leave just below 0 (measured -4e-18); that file is the command's own output.
     let mut grey = good.clone();
     grey["pca"]["eigval"] = serde_json::json!([0.1146, 0.0, -4.0e-18]);
     std::fs::write(&path, grey.to_string()).unwrap();
+    run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
+    // Black-and-white images (R = G = B, half 0, half 1): all the variance, 0.75, lies on one
+    // component, the most a file can hold; `vgg stats`' decomposition of their covariance.
+    let bw_pca = Pca::from_covariance([[0.25; 3]; 3]);
+    assert!((bw_pca.eigval[0] - 0.75).abs() < 1e-6, "{bw_pca:?}");
+    let mut bw = good.clone();
+    (bw["cov"], bw["pca"]) = (serde_json::to_value([[0.25; 3]; 3]).unwrap(), serde_json::to_value(bw_pca).unwrap());
+    std::fs::write(&path, bw.to_string()).unwrap();
     run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
 }

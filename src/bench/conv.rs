@@ -538,8 +538,8 @@ fn input_sets(dev: &Device, p: &ConvProblem, passes: &[Pass], l2_bytes: usize) -
             if !on {
                 return Ok(None);
             }
-            let len = shape.iter().product();
-            Tensor::from_host(dev, shape, &super::random_f16(len, scale, seed)).map(Some)
+            // The device allocation first (a --batch the device cannot hold fails the row).
+            super::random_tensor(dev, shape, scale, seed).map(Some)
         };
         sets.push(InputSet {
             x: make(uses(Pass::Fprop) || uses(Pass::Wgrad), &shape_x, 1.0, seed)?,

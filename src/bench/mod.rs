@@ -193,6 +193,16 @@ pub fn random_f16(len: usize, scale: f32, seed: u64) -> Vec<f16> {
     out
 }
 
+/// A device tensor of `shape` holding [`random_f16`]`(len, scale, seed)`, allocated on the
+/// device before its values are made on the host: a shape the device cannot hold (`--batch
+/// 100000000000`) is then the device's error, which the benches report in the row, where
+/// making the host's values first aborted the process on a giant allocation.
+pub fn random_tensor(dev: &Device, shape: &[usize], scale: f32, seed: u64) -> Result<crate::Tensor<f16>> {
+    let mut t = crate::Tensor::empty(dev, shape)?;
+    t.copy_from_host(&random_f16(t.len(), scale, seed))?;
+    Ok(t)
+}
+
 /// How an output agrees with a trusted one (cuDNN, the f64 reference, or our direct kernel).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Agreement {

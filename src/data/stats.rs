@@ -106,6 +106,12 @@ pub fn eigen_symmetric3(m: [[f64; 3]; 3]) -> ([f64; 3], [[f64; 3]; 3]) {
     (vals, vecs)
 }
 
+/// Whether `x` can be a mean (or standard deviation) of R, G or B in 0..255 units: the rule
+/// of `vgg train --mean` and of the values read back by [`DatasetStats::load`].
+pub fn is_rgb_value(x: f64) -> bool {
+    x.is_finite() && (0.0..=255.0).contains(&x)
+}
+
 /// What `vgg stats` measures and writes as JSON; the trainer reads it back with [`DatasetStats::load`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DatasetStats {
@@ -141,7 +147,7 @@ impl DatasetStats {
     /// subtract the mean and scale the colour shift by them without a word (an edited file
     /// with a mean of 300 or a negative eigenvalue trained silently on nonsense).
     fn check(&self) -> Result<(), String> {
-        let rgb = |v: &[f64; 3]| v.iter().all(|x| x.is_finite() && (0.0..=255.0).contains(x));
+        let rgb = |v: &[f64; 3]| v.iter().all(|&x| is_rgb_value(x));
         if !rgb(&self.mean) {
             return Err(format!("mean {:?}: expected three values from 0 to 255", self.mean));
         }
@@ -151,11 +157,28 @@ impl DatasetStats {
         let pca = &self.pca;
         // A covariance of rank < 3 (grey images) has eigenvalues of 0 that the Jacobi
         // rotations may leave a rounding error below it.
-        if !pca.eigval.iter().all(|v| v.is_finite() && *v >= -1e-6) {
-            return Err(format!("pca eigval {:?}: expected finite, non-negative values", pca.eigval));
+        // The eigenvalues sum to the covariance's trace, the three channels' variances in 0..1
+        // units, each at most 1/4 (half the pixels 0, half 1): at most 3/4 in all, which one
+        // eigenvalue alone reaches for black-and-white images (R = G = B), so the bound is on
+        // the sum, not 1/4 each. The margin covers f32 rounding of the written values.
+        let sum: f32 = pca.eigval.iter().sum();
+        if !(pca.eigval.iter().all(|v| v.is_finite() && *v >= -1e-6) && sum <= 0.75 + 1e-4) {
+            return Err(format!(
+                "pca eigval {:?}: expected variances of RGB in 0..1 units (each at least 0, at most 0.75 in all)",
+                pca.eigval
+            ));
         }
-        if !pca.eigvec.iter().flatten().all(|v| v.is_finite()) {
-            return Err(format!("pca eigvec {:?}: expected finite values", pca.eigvec));
+        // The eigenvectors are the columns, of unit length: the shift's size is the alphas'
+        // times the eigenvalues only then (the published ImageNet ones, rounded to 4 decimals,
+        // are within 3e-5 of 1).
+        for j in 0..3 {
+            let len = (0..3).map(|c| (pca.eigvec[c][j] as f64).powi(2)).sum::<f64>().sqrt();
+            if !(len.is_finite() && (len - 1.0).abs() <= 1e-3) {
+                return Err(format!(
+                    "pca eigvec {:?}: column {j} has length {len}, expected unit eigenvectors in the columns",
+                    pca.eigvec
+                ));
+            }
         }
         Ok(())
     }

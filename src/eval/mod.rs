@@ -451,20 +451,38 @@ fn render_views(
 /// Crop views' pixels and dense views with theirs, as [`render_views`] makes them.
 type RenderedViews = (Vec<u8>, Vec<(Plan, Vec<u8>)>);
 
-/// The test scales of a run: those given (`parsed` from --scale), else the Q the ensemble's
-/// checkpoints record ([`recorded_test_scale`]), else `fallback`; each at least the models'
-/// input side.
-pub fn test_scales(parsed: Option<Vec<u32>>, models: &[Model], fallback: u32) -> Result<Vec<u32>> {
-    let scales = match parsed {
-        Some(v) => v,
-        None => vec![recorded_test_scale(models)?.unwrap_or(fallback)],
+/// The test scales of a run: those given (`given`: --scale's text and its parsed scales),
+/// else the Q the ensemble's checkpoints record ([`recorded_test_scale`]), else `fallback`;
+/// each at least the models' input side and at most [`crate::data::MAX_SIDE`], as training's
+/// S and Q: dense evaluation rescales the whole image to Q, and a typo such as 100000 asked
+/// for 30 GB and aborted the process. Checked here, where every Q of eval and predict passes
+/// whatever its source (a checkpoint's Q is not checked on load), and errors name that
+/// source as the user knows it (the preset `fixed:4096`, not its 4128).
+pub fn test_scales(given: Option<(&str, Vec<u32>)>, models: &[Model], fallback: u32) -> Result<Vec<u32>> {
+    // A Q the user did not type says how to replace it.
+    let hint = if given.is_some() { "" } else { "; give --scale" };
+    let (scales, source) = match given {
+        // A lone Q is its own name; a list or a preset is named, then the Q of it.
+        Some((text, v)) if v.len() == 1 && text.trim() == v[0].to_string() => (v, "--scale".to_string()),
+        Some((text, v)) => (v, format!("--scale {}: Q", text.trim())),
+        None => match recorded_test_scale(models)? {
+            Some(q) => {
+                let m = models.iter().find(|m| m.state.as_ref().and_then(|s| s.test_scale).is_some());
+                let path = m.map_or_else(String::new, |m| m.path.display().to_string());
+                (vec![q], format!("{path}: the recorded test scale Q"))
+            }
+            None => (vec![fallback], "the default test scale Q".to_string()),
+        },
     };
     let input = models.first().map_or(0, |m| m.vgg.config().input as u32);
     if let Some(q) = scales.iter().find(|&&q| q < input) {
         bail!(
-            "--scale: Q {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: \
-             give Q >= {input})"
+            "{source} {q} is below the model's {input}x{input} crop (the image is rescaled to Q, then cropped: \
+             give Q >= {input}){hint}"
         );
+    }
+    for &q in &scales {
+        crate::data::check_side(&source, q).map_err(|e| anyhow::anyhow!("{e}{hint}"))?;
     }
     Ok(scales)
 }
@@ -482,19 +500,9 @@ fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {
 /// `Q1,Q2,...`, each a positive size, or one of the paper's multi-scale presets (VGG.md,
 /// "multi-scale evaluation"): `fixed:S` for a model trained at a fixed S tests at
 /// S - 32, S, S + 32; `jittered:MIN:MAX` for one trained with S in [MIN, MAX] at MIN,
-/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512). Every Q is
-/// at most [`crate::data::MAX_SIDE`], as training's S and Q: dense evaluation rescales the
-/// whole image to Q, and a typo such as 100000 asked for 30 GB and aborted the process.
+/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512). The bounds
+/// on each Q are [`test_scales`]', which knows the model's input.
 pub fn parse_scales(s: &str) -> Result<Vec<u32>> {
-    let scales = parse_scale_list(s)?;
-    for &q in &scales {
-        crate::data::check_side("--scale", q)?;
-    }
-    Ok(scales)
-}
-
-/// [`parse_scales`] without the size limit.
-fn parse_scale_list(s: &str) -> Result<Vec<u32>> {
     let size = |t: &str| t.trim().parse::<u32>().ok().filter(|&q| q > 0);
     let parts: Vec<&str> = s.trim().split(':').collect();
     match parts.as_slice() {

@@ -113,7 +113,7 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
-    let scales = test_scales(scale_arg, &models, input * 8 / 7)?;
+    let scales = test_scales(a.scale.as_deref().zip(scale_arg), &models, input * 8 / 7)?;
     let (mut pixels, mut dense, mut n_views) = (vec![], vec![], vec![]);
     for p in &a.images {
         let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;

@@ -240,7 +240,11 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
     let (ds, what) = dataset(a, src, &models)?;
     let (input, k) = (models[0].vgg.config().input as u32, models[0].vgg.config().classes);
-    let scales = test_scales(scale_arg, &models, if a.data == "synthetic" { input } else { input * 8 / 7 })?;
+    let scales = test_scales(
+        a.scale.as_deref().zip(scale_arg),
+        &models,
+        if a.data == "synthetic" { input } else { input * 8 / 7 },
+    )?;
     let vpc = views(input, input, &scales, input, crops, a.flip).map_err(anyhow::Error::msg)?.len();
     // Each dense view is the whole image and its mirror image.
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();

@@ -327,8 +327,14 @@ impl LossScaler {
     }
 
     pub fn with(dev: &Device, init_scale: f32, growth_interval: u32) -> Result<Self> {
-        ensure_shape!(init_scale > 0.0 && init_scale.is_finite(), "LossScaler: initial scale {init_scale} must be > 0");
-        ensure_shape!(growth_interval > 0, "LossScaler: growth interval must be at least 1");
+        // Values, not shapes: Error::Invalid naming them (a caller's option, such as vgg
+        // train's --loss-scale, adds its own name).
+        if !(init_scale > 0.0 && init_scale.is_finite()) {
+            return Err(Error::Invalid(format!("LossScaler: initial scale {init_scale} must be positive and finite")));
+        }
+        if growth_interval == 0 {
+            return Err(Error::Invalid(format!("LossScaler: growth interval {growth_interval} must be at least 1")));
+        }
         Ok(Self {
             st: LossScaleState { scale: init_scale, clean_steps: 0, growth_interval, skipped: 0 },
             flag: OverflowFlag::new(dev)?,

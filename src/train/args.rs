@@ -162,17 +162,31 @@ impl Default for TrainArgs {
     }
 }
 
+/// What [`TrainArgs::checked`] parsed on the way, for the run to use without parsing again.
+pub(crate) struct Checked {
+    pub arch: crate::model::Arch,
+    /// `--conv-algo`, if given (the default depends on the device, opened later).
+    pub conv: Option<crate::model::ConvChoice>,
+}
+
 impl TrainArgs {
     /// Errors for options no run can use, checked before any data is read or device used.
     pub fn check(&self) -> anyhow::Result<()> {
-        use anyhow::bail;
+        self.checked().map(|_| ())
+    }
+
+    /// [`TrainArgs::check`], returning what it parsed.
+    pub(crate) fn checked(&self) -> anyhow::Result<Checked> {
+        use anyhow::{bail, Context};
+        let arch = crate::model::Arch::parse(&self.model)?;
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr {}: the learning rate must be positive and finite", self.lr);
         }
-        // Checked here to name the option; the loss scaler's own check names only itself.
+        // LossScaler::with's rule, repeated here to name the option and to refuse before the
+        // data are read and the device opened (the scaler's error names only the value).
         if !(self.loss_scale.is_finite() && self.loss_scale > 0.0) {
             bail!("--loss-scale {}: the initial loss scale must be positive and finite", self.loss_scale);
         }
@@ -183,12 +197,25 @@ impl TrainArgs {
         if self.data == "synthetic" && self.classes < 2 {
             bail!("--classes {}: training needs at least 2 classes", self.classes);
         }
-        // The synthetic set names its classes up front: a typo such as 1000000000000 would
-        // abort on a terabyte allocation before the model's own limit is checked.
-        let max_classes = crate::model::VggConfig::MAX_CLASSES;
-        if self.data == "synthetic" && self.classes > max_classes {
-            bail!("--classes {}: at most {max_classes} classes", self.classes);
-        }
+        // The network's knobs before any data is read, with the class count where it is known
+        // (the synthetic set's --classes; a folder's come with its data, and are checked again
+        // then): an ImageFolder is not scanned for a model that cannot be, --input 0 is named
+        // as the network's input instead of failing the crop's check as "crop size 0", and a
+        // --classes typo such as 1000000000000 is refused before the synthetic set allocates a
+        // terabyte for it. The model's errors name its fields only: the context names ours.
+        let synthetic = self.data == "synthetic";
+        let classes = if synthetic { self.classes } else { 2 };
+        let cfg = crate::model::VggConfig {
+            dropout: self.dropout,
+            ..crate::model::VggConfig::small(arch, self.width, self.input, self.fc, classes)
+        };
+        cfg.validate().with_context(|| {
+            let classes = if synthetic { format!(", --classes {}", self.classes) } else { String::new() };
+            format!(
+                "the model of --model {} --input {} --width {} --fc {} --dropout {}{classes}",
+                self.model, self.input, self.width, self.fc, self.dropout
+            )
+        })?;
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             bail!("--steps 0 / --epochs 0: nothing to train");
         }
@@ -210,11 +237,8 @@ impl TrainArgs {
             bail!("--pre-init and --weights both set the initial weights; pass one");
         }
         // Here, not where the plans are made: a typo is then reported before the data are read
-        // or the device is opened (and where the device is unusable).
-        if let Some(c) = &self.conv_algo {
-            use anyhow::Context;
-            crate::model::ConvChoice::parse(c).context("--conv-algo")?;
-        }
-        Ok(())
+        // or the device is opened (and where the device is unusable); the run keeps the parse.
+        let conv = self.conv_algo.as_deref().map(crate::model::ConvChoice::parse).transpose().context("--conv-algo")?;
+        Ok(Checked { arch, conv })
     }
 }

@@ -73,7 +73,7 @@ pub fn input_norm(a: &TrainArgs, stats: Option<&DatasetStats>) -> Result<InputNo
     if let Some(m) = &a.mean {
         let v: Vec<f32> = m.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().unwrap_or_default();
         match v[..] {
-            [r, g, b] if v.iter().all(|x| x.is_finite() && (0.0..=255.0).contains(x)) => {
+            [r, g, b] if v.iter().all(|&x| crate::data::stats::is_rgb_value(x as f64)) => {
                 return Ok(InputNorm { mean: [r, g, b], std: None })
             }
             _ => bail!("--mean `{m}`: expected three numbers from 0 to 255, like 123.68,116.78,103.94"),

@@ -21,7 +21,7 @@ pub use data::validate;
 pub use schedule::LrSchedule;
 
 use crate::data::{Loader, LoaderConfig, Transform};
-use crate::model::{Arch, ConvChoice, Init, OptimConfig, ScalerState, Vgg, VggConfig};
+use crate::model::{ConvChoice, Init, OptimConfig, ScalerState, Vgg, VggConfig};
 use crate::{Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
@@ -56,9 +56,13 @@ impl Metrics {
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training.
 fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
-    if let (Some(r), Some(p)) = (a.resume.as_deref().filter(|r| !r.is_empty()), ckpt) {
-        let same = |x: &std::path::Path| std::fs::canonicalize(x).ok();
-        if p.exists() && same(p) != same(std::path::Path::new(r)) {
+    if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
+        // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
+        // path, and comparing that "nothing" with the folder's file blamed an overwrite instead.
+        let resumed =
+            std::fs::canonicalize(r).with_context(|| format!("--resume {r}: the checkpoint cannot be read"))?;
+        // Compared only when both resolve: a folder without a checkpoint has nothing to lose.
+        if let Some(p) = ckpt.filter(|p| std::fs::canonicalize(p).is_ok_and(|p| p != resumed)) {
             bail!(
                 "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it \
                  (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
@@ -101,16 +105,13 @@ fn diverged(vgg: &Vgg, init_scale: f32, step: u64, loss: f32) -> Result<()> {
 
 /// Runs `vgg train`.
 pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
-    let arch = Arch::parse(&a.model)?;
     let init = Init::parse(&a.init)?;
     let schedule = LrSchedule::parse(&a.schedule)?;
-    a.check()?;
+    // The options, the model's config among them, before any data is read.
+    let checked = a.checked()?;
+    let arch = checked.arch;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     outputs_first(a, ckpt_path.as_deref())?;
-    // The network's knobs before any data is read (the class count comes with the data): an
-    // ImageFolder is not scanned for a model that cannot be, and --input 0 is named as the
-    // network's input instead of failing the crop's check as "crop size 0".
-    VggConfig { dropout: a.dropout, ..VggConfig::small(arch, a.width, a.input, a.fc, 2) }.validate()?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
@@ -123,7 +124,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         std: data.norm.std,
         ..VggConfig::small(arch, a.width, a.input, a.fc, classes)
     };
-    cfg.validate()?;
+    // Again with a folder's class count, known only now.
+    cfg.validate().with_context(|| format!("the model for {} ({classes} classes)", a.data))?;
     let dev = Device::by_name(&a.device).with_context(|| format!("train on `{}`", a.device))?;
     let optim = OptimConfig {
         momentum: a.momentum,
@@ -132,8 +134,13 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         decay_biases: a.bias_decay,
         ..OptimConfig::default()
     };
-    let conv_algo = a.conv_algo.as_deref().unwrap_or(if dev.is_emu() { "auto" } else { "tune" });
-    let conv = ConvChoice::parse(conv_algo).context("--conv-algo")?;
+    // --conv-algo as checked() parsed it; by default, tune on cuda, auto on emu (whose times
+    // say nothing about a GPU).
+    let (conv, conv_algo) = match (checked.conv, a.conv_algo.as_deref()) {
+        (Some(c), Some(name)) => (c, name),
+        _ if dev.is_emu() => (ConvChoice::Auto, "auto"),
+        _ => (ConvChoice::Tune, "tune"),
+    };
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = a.workers.unwrap_or(if dev.is_emu() { 1 } else { cpus.saturating_sub(1).max(1) });

@@ -3,7 +3,7 @@
 
 use super::{FcLayer, GemmBenchConfig, GemmRow, Measured, Pass};
 use crate::bench::cublas::Cublas;
-use crate::bench::{random_f16, time_calls, Agreement};
+use crate::bench::{random_tensor, time_calls, Agreement};
 use crate::ops::gemm::{self, Algo as GemmAlgo, Linear};
 use crate::{reference, Device, Tensor};
 use half::f16;
@@ -69,13 +69,7 @@ fn input_sets(
     let n = (2 * l2_bytes).div_ceil(lightest).clamp(2, 64);
     let uses = |q: Pass| passes.contains(&q);
     let seed = seed_of(layer);
-    let make = |shape: &[usize], scale: f32, seed: u64| -> crate::Result<Tensor<f16>> {
-        // The device allocation first: a shape it cannot hold is then an error in the row,
-        // where the host's values for it aborted the process (`--batch 100000000000`).
-        let mut t = Tensor::empty(dev, shape)?;
-        t.copy_from_host(&random_f16(t.len(), scale, seed))?;
-        Ok(t)
-    };
+    let make = |shape: &[usize], scale: f32, seed: u64| random_tensor(dev, shape, scale, seed);
     if uses(Pass::Fwd) || uses(Pass::BwdData) {
         let w_scale = 1.0 / (s.k as f32).sqrt();
         while params.w.len() < n {
