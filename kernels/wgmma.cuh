@@ -24,8 +24,8 @@
 // retired groups be overwritten. (wgmma_stage and wgmma_ring do all of this.)
 // The emulator runs a group's wgmma's when a wait retires it, writing d then, so a kernel that
 // reads d too early computes wrong results on the CPU as well; it snapshots the operands at
-// issue and fails the launch if they changed by the retirement. These layouts were read from the PTX ISA; the selftest's `wgmma` rows check them
-// on the GPU.
+// issue and fails the launch if they changed by the retirement. These layouts were read from
+// the PTX ISA (and checked against CUTLASS); the selftest's `wgmma` rows check them on the GPU.
 #pragma once
 #include "ptx.cuh"
 

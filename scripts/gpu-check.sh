@@ -147,9 +147,9 @@ if "$VGG" bench train --help 2>/dev/null | grep -q -- --queued; then
   step bench-train-queued 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --queued \
     --json "$RAW/bench-train-queued.json"
 fi
-# Steps replayed from captured CUDA graphs (2 launches a step: its variables, the graph): VGG-16 as above, then VGG-16 on
-# 32x32 inputs, where ~110 launches may cost more than the kernels, one by one, queued and as a
-# graph (predictions in bench/NOTES.md, "CUDA graphs").
+# Steps replayed from captured CUDA graphs (2 launches a step: its variables, the graph):
+# VGG-16 as above, then VGG-16 on 32x32 inputs, where ~110 launches may cost more than the
+# kernels, one by one, queued and as a graph (predictions in bench/NOTES.md, "CUDA graphs").
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --graph; then
   step bench-train-graph 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --graph \
     --json "$RAW/bench-train-graph.json"

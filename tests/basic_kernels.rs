@@ -74,7 +74,8 @@ fn a_wgmma_operand_changed_in_flight_fails_the_launch() {
     use vgg_cuda::{Kernel, LaunchConfig};
     let dev = Device::emu();
     let ones = |n: usize| Tensor::from_f32(&dev, &[n], &vec![1.0; n]).unwrap();
-    let (a, bt, c) = (ones(64 * 16), ones(64 * 16), ones(64 * 64));
+    let (a, bt) = (ones(64 * 16), ones(64 * 16));
+    let c = Tensor::from_host(&dev, &[64 * 64], &vec![1.0f32; 64 * 64]).unwrap(); // fp32, as the kernel reads C
     let mut d = Tensor::<f32>::empty(&dev, &[64 * 64]).unwrap();
     let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 2048 + 32 * 64 };
     let k = Kernel { module: "wgmma_test", name: "prim_wgmma_operand_race" };

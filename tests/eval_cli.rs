@@ -168,12 +168,14 @@ fn scales_above_the_largest_side_are_refused_naming_the_option() {
     let too_big = (vgg_cuda::data::MAX_SIDE + 1).to_string();
     // fixed:4096 is 4064,4096,4128 and jittered:32:5000 is 32,2516,5000. Centre crops, so
     // that a run that is not refused ends quickly (a crop's rescale computes its window only).
-    // Each named as given: a preset's Q (4128) is no value the user typed.
+    // Each named as given: a preset's Q (4128) is no value the user typed. fixed:4294967295's
+    // S + 32 wrapped to a Q of 31 before, refused as below the crop.
     for (scale, want) in [
         (too_big.as_str(), "--scale 4097 is above 4096"),
-        ("32,100000", "--scale 32,100000: Q 100000 is above 4096"),
+        ("32,100000", "--scale 32,100000: 100000 is above 4096"),
         ("fixed:4096", "--scale fixed:4096: Q 4128 is above 4096"),
-        ("jittered:32:5000", "--scale jittered:32:5000: Q 5000 is above 4096"),
+        ("jittered:32:5000", "--scale jittered:32:5000: 5000 is above 4096"),
+        ("fixed:4294967295", "--scale fixed:4294967295: 4294967295 is above 4096"),
     ] {
         let a = EvalArgs { scale: Some(scale.into()), ..emu_eval_args(vec![w.clone()], "synthetic") };
         let e = err_of(eval::eval(&a));

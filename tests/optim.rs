@@ -95,6 +95,11 @@ fn loss_scaler_state_machine() {
             Ok(_) => panic!("{want}: accepted"),
         }
     }
+    // So is a checkpoint's bad scale handed to restore.
+    for bad in [0.0, f32::NAN, -1.0] {
+        let e = top.restore(bad, 0, 0).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("restored scale"), "{bad}: {e}");
+    }
 }
 
 #[test]

@@ -130,6 +130,13 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     assert!(s.steps == 2 && s.losses.is_empty(), "{s:?}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
 
+    // A bare --resume into a folder without a checkpoint is refused before the data are read
+    // (here a folder that does not exist, which would otherwise be the error).
+    let e = error_of(tiny(|a| {
+        (a.checkpoint_dir, a.resume, a.data) = (Some(t.0.join("empty")), Some(String::new()), "/no/such/data".into())
+    }));
+    assert!(e.contains("--resume: ") && e.contains("empty/last.safetensors does not exist"), "{e}");
+
     // Resuming another run's checkpoint into this folder would replace this run's: refused.
     // Naming this folder's own file (by any path) is a plain resume.
     let other = t.0.join("other.safetensors");

@@ -500,9 +500,28 @@ fn render(img: &image::RgbImage, plans: &[Plan]) -> Vec<u8> {
 /// `Q1,Q2,...`, each a positive size, or one of the paper's multi-scale presets (VGG.md,
 /// "multi-scale evaluation"): `fixed:S` for a model trained at a fixed S tests at
 /// S - 32, S, S + 32; `jittered:MIN:MAX` for one trained with S in [MIN, MAX] at MIN,
-/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512). The bounds
-/// on each Q are [`test_scales`]', which knows the model's input.
+/// (MIN + MAX) / 2, MAX; `jittered` alone is `jittered:256:512` (256, 384, 512). Each Q is at
+/// most [`crate::data::MAX_SIDE`], checked here so that a typo fails before any work (and
+/// before `S + 32` or `MIN + MAX` could overflow); the lower bound is [`test_scales`]', which
+/// knows the model's input and also checks a Q recorded in a checkpoint.
 pub fn parse_scales(s: &str) -> Result<Vec<u32>> {
+    let max = crate::data::MAX_SIDE;
+    // Every number as given first (this also keeps the presets' sums below u32::MAX) ...
+    for t in s.split([':', ',']) {
+        if let Some(v) = t.trim().parse::<u64>().ok().filter(|&v| v > max as u64) {
+            let given = if t.trim() == s.trim() { format!("--scale {v}") } else { format!("--scale {s}: {v}") };
+            bail!("{given} is above {max}, the largest image side the data pipeline accepts");
+        }
+    }
+    // ... then the Qs a preset makes of them (fixed:S tests at S + 32).
+    let v = parse_scales_unbounded(s)?;
+    for &q in &v {
+        crate::data::check_side(&format!("--scale {s}: Q"), q)?;
+    }
+    Ok(v)
+}
+
+fn parse_scales_unbounded(s: &str) -> Result<Vec<u32>> {
     let size = |t: &str| t.trim().parse::<u32>().ok().filter(|&q| q > 0);
     let parts: Vec<&str> = s.trim().split(':').collect();
     match parts.as_slice() {

@@ -363,7 +363,9 @@ impl LossScaler {
     /// Restores the state a checkpoint saved: scale, clean steps, skipped count (replacing a
     /// device state that queued steps left unsynced).
     pub fn restore(&mut self, scale: f32, clean_steps: u32, skipped: u64) -> Result<()> {
-        ensure_shape!(scale > 0.0 && scale.is_finite(), "LossScaler: restored scale {scale} must be > 0");
+        if !(scale > 0.0 && scale.is_finite()) {
+            return Err(Error::Invalid(format!("LossScaler: restored scale {scale} must be positive and finite")));
+        }
         self.queued = false;
         self.st.scale = scale;
         self.st.clean_steps = clean_steps;

@@ -56,6 +56,14 @@ impl Metrics {
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training.
 fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
+    // A bare --resume continues --checkpoint-dir's own checkpoint, which must be there.
+    if a.resume.as_deref() == Some("") {
+        match ckpt {
+            None => bail!("--resume without a file needs --checkpoint-dir (its last.safetensors is resumed)"),
+            Some(p) if !p.is_file() => bail!("--resume: {} does not exist (nothing to resume)", p.display()),
+            _ => {}
+        }
+    }
     if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
         // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
         // path, and comparing that "nothing" with the folder's file blamed an overwrite instead.

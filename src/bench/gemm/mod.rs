@@ -172,7 +172,7 @@ pub struct GemmBenchConfig {
     /// Bytes of the copied buffer.
     pub copy_bytes: usize,
     /// Our products on this tile (with the planner's split count) instead of the planner's
-    /// choice: `--tile w128x256` times the wgmma kernels.
+    /// choice: `--tile w128x256` times the wgmma kernels, the `t...` tiles the mma.sync ones.
     pub tile: Option<GemmTile>,
 }
 
