@@ -44,6 +44,7 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
   wgmma_ss<N, kMN, kMN>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
   wgmma_commit();
   if (kRace) {  // what a copy landing late, or a ring buffer refilled too early, does
+    __syncthreads();  // every warp has issued (the write must race the retirement, not an issue)
     if (threadIdx.x == 0) sb[0] ^= 1;
     __syncthreads();
   }
