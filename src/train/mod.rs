@@ -54,16 +54,19 @@ impl Metrics {
 /// Output paths checked before any work: a new run does not overwrite an earlier run's
 /// checkpoint or metrics (--resume continues them), a run resumed from another file does not
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
-/// fails now instead of at the first checkpoint, after training.
-fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
+/// fails now instead of at the first checkpoint, after training. Returns the checkpoint to
+/// resume from, if any (the one place that resolves a bare --resume).
+fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
     // A bare --resume continues --checkpoint-dir's own checkpoint, which must be there.
-    if a.resume.as_deref() == Some("") {
-        match ckpt {
+    let resume = match a.resume.as_deref() {
+        None => None,
+        Some("") => match ckpt {
             None => bail!("--resume without a file needs --checkpoint-dir (its last.safetensors is resumed)"),
             Some(p) if !p.is_file() => bail!("--resume: {} does not exist (nothing to resume)", p.display()),
-            _ => {}
-        }
-    }
+            Some(p) => Some(p.to_path_buf()),
+        },
+        Some(r) => Some(PathBuf::from(r)),
+    };
     if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
         // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
         // path, and comparing that "nothing" with the folder's file blamed an overwrite instead.
@@ -89,7 +92,7 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<()> {
         }
         crate::atomic::check_writable(p).with_context(|| format!("the {what}"))?;
     }
-    Ok(())
+    Ok(resume)
 }
 
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
@@ -119,7 +122,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let checked = a.checked()?;
     let arch = checked.arch;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
-    outputs_first(a, ckpt_path.as_deref())?;
+    let resume_from = outputs_first(a, ckpt_path.as_deref())?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
@@ -201,13 +204,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             map.iter().map(|(f, t)| if f == t { f.clone() } else { format!("{f}->{t}") }).collect();
         println!("pre-initialised from {}: {} (the rest: --init {})", p.display(), pairs.join(", "), a.init);
     }
-    if let Some(r) = &a.resume {
-        let path = if r.is_empty() {
-            ckpt_path.clone().context("--resume without a file needs --checkpoint-dir")?
-        } else {
-            PathBuf::from(r)
-        };
-        let l = checkpoint::load(&path)?;
+    if let Some(path) = &resume_from {
+        let l = checkpoint::load(path)?;
         if let Some(c) = &l.config {
             if let Some(d) = checkpoint::config_diff(c, &cfg) {
                 bail!("{}: written for another model ({d}; checkpoint vs this run)", path.display());
