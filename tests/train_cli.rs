@@ -89,6 +89,18 @@ fn options_no_run_can_use_are_refused_by_name() {
     let out = vgg(&["train", "--device", "emu", "--quiet", "--lr", "-1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--lr -1: the learning rate must be positive"), "{err}");
+    // The same for every --width (clap used to read `-1` as an unknown flag and say nothing of
+    // the width), in each command that takes one, before anything is printed.
+    for args in [
+        &["train", "--device", "emu", "--quiet", "--width", "-1"][..],
+        &["info", "--model", "D", "--width", "-1"],
+        &["bench", "train", "--device", "emu", "--width", "-1"],
+    ] {
+        let out = vgg(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("width multiplier -1 must be > 0"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed before refusing: {}", String::from_utf8_lossy(&out.stdout));
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "A")]
     pub model: String,
     /// Conv channel multiplier.
-    #[arg(long, default_value_t = 0.0625)]
+    #[arg(long, default_value_t = 0.0625, allow_negative_numbers = true)]
     pub width: f32,
     /// Input side in pixels (crops of this size).
     #[arg(long, default_value_t = 32)]

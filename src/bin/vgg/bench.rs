@@ -46,7 +46,7 @@ pub(crate) struct BenchTrainArgs {
     #[arg(long)]
     input: Option<usize>,
     /// Conv channel multiplier [default: 1 on a GPU, 1/16 on emu].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     width: Option<f32>,
     /// Write the rows as JSON to this file.
     #[arg(long)]
@@ -348,6 +348,24 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         atomic::check_writable(path).context("--json")?;
     }
     let dev = Device::by_name(&a.device).with_context(|| format!("bench train on `{}`", a.device))?;
+    // Every batch's config is made and checked before the table starts, so that a bad
+    // --input or --width is the only thing printed.
+    let configs = batches
+        .into_iter()
+        .map(|b| {
+            let mut cfg = TrainBenchConfig::for_device(&dev, arch, b);
+            cfg.steps = a.steps.unwrap_or(cfg.steps);
+            cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
+            cfg.conv = conv;
+            cfg.queued = a.queued;
+            cfg.graph = a.graph;
+            cfg.profile = a.profile;
+            cfg.model.input = a.input.unwrap_or(cfg.model.input);
+            cfg.model.width = a.width.unwrap_or(cfg.model.width);
+            cfg.model.validate().context("--input / --width")?;
+            Ok(cfg)
+        })
+        .collect::<Result<Vec<_>>>()?;
     println!(
         "bench train on {}: VGG {}, device-resident synthetic data, conv plans: {}, {}",
         dev.name(),
@@ -364,17 +382,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         "model", "batch", "ms/step", "img/s", "TFLOP/s", "model GiB", "reserved GiB"
     );
     let mut rows = vec![];
-    for b in batches {
-        let mut cfg = TrainBenchConfig::for_device(&dev, arch, b);
-        cfg.steps = a.steps.unwrap_or(cfg.steps);
-        cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
-        cfg.conv = conv;
-        cfg.queued = a.queued;
-        cfg.graph = a.graph;
-        cfg.profile = a.profile;
-        cfg.model.input = a.input.unwrap_or(cfg.model.input);
-        cfg.model.width = a.width.unwrap_or(cfg.model.width);
-        cfg.model.validate().context("--input / --width")?;
+    for cfg in configs {
         let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
         let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
         println!(

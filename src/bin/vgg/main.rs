@@ -59,7 +59,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1000, requires = "model")]
         classes: usize,
         /// With --model: conv channel multiplier.
-        #[arg(long, default_value_t = 1.0, requires = "model")]
+        #[arg(long, default_value_t = 1.0, requires = "model", allow_negative_numbers = true)]
         width: f32,
         /// With --model: width of the hidden FC layers.
         #[arg(long, default_value_t = 4096, requires = "model")]
