@@ -646,3 +646,19 @@ fn round_trip_through_the_normalisation_kernel_on_emu() {
         assert_eq!(*g, want, "element {i}");
     }
 }
+
+/// A file whose header claims a huge image (a "decompression bomb": a few bytes that would
+/// decode to 7.5 GB) is refused by the decoder's allocation limit, quickly and as a per-file
+/// error naming the file, so one such file cannot take a worker's memory or end a run.
+#[test]
+fn an_image_claiming_a_huge_size_is_a_per_file_error() {
+    let path = Path::new("bomb.ppm");
+    let mut bytes = b"P6\n50000 50000\n255\n".to_vec();
+    bytes.extend([7u8; 300]);
+    let t = std::time::Instant::now();
+    let e = decode_rgb(&bytes, path).unwrap_err();
+    assert!(t.elapsed().as_secs_f64() < 5.0, "took {:?}", t.elapsed());
+    assert!(e.is_per_image(), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("bomb.ppm") && msg.to_lowercase().contains("limit"), "{msg}");
+}

@@ -34,6 +34,8 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
     if reader.format().is_none() {
         return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM)".into()));
     }
+    // ImageReader's default limits cap a decode at 512 MiB (a 13000 x 13000 RGB image): a header
+    // claiming more is refused before anything is allocated (tests/data.rs, decompression bomb).
     let img = reader.decode().map_err(|e| fail(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(fail(format!("image of {}x{} pixels", img.width(), img.height())));
