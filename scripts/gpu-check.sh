@@ -84,10 +84,13 @@ if "$VGG" bench gemm --help 2>/dev/null | grep -q -- --tile; then
     --json "$RAW/bench-gemm-wgmma.json"
 fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
-  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --json "$RAW/bench-train.json"
+  step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --warmup 5 --steps 20 \
+    --json "$RAW/bench-train.json"
 fi
-# PyTorch's training steps beside ours (the headline ratio).
-step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128
+# PyTorch's training steps beside ours (the headline ratio), with the same warm-up and timed
+# steps passed to both explicitly, so that a changed default cannot make them differ.
+step torch-train 90 python3 scripts/torch_baseline.py "$RAW/torch-train.json" --model vgg16 --batch "$BATCH" --batch 128 \
+  --warmup 5 --steps 20
 # One of those steps launch by launch (device events around each kernel): where the step's
 # time goes beside the conv rows of bench-conv (pools, FC, optimizer, split-K reductions, filter
 # transforms), per layer and pass. Predictions in bench/NOTES.md ("Where a step's time goes").
@@ -105,7 +108,7 @@ fi
 # Auto's output, timed, and the fastest kept: the best training step of everything we have.
 if "$VGG" bench train --help 2>/dev/null | grep -q conv-algo; then
   step bench-train-tune 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --conv-algo tune \
-    --json "$RAW/bench-train-tune.json"
+    --warmup 5 --steps 20 --json "$RAW/bench-train-tune.json"
 fi
 # The headline: ours against PyTorch per batch, images/s and device memory (issue 6's targets).
 step train-vs-torch 10 python3 scripts/compare_train.py "$RAW/torch-train.json" "$RAW/bench-train.json" \
