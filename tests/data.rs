@@ -124,6 +124,13 @@ fn decoding_converts_to_rgb() {
     let g = load("g.jpg").get_pixel(4, 4).0;
     assert!(g.iter().all(|v| v.abs_diff(140) <= 2) && g[0] == g[1] && g[1] == g[2], "{g:?}");
     assert_eq!(load("png.jpg").get_pixel(1, 1).0, [9, 8, 7]);
+    // TIFF, which torchvision's extensions list: RGB, and 16-bit grayscale cut to 8 bits.
+    coords(5, 3).save_with_format(p("c.tif"), image::ImageFormat::Tiff).unwrap();
+    image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(2, 2, image::Luma([0x8080]))
+        .save_with_format(p("g16.tiff"), image::ImageFormat::Tiff)
+        .unwrap();
+    assert_eq!(load("c.tif").get_pixel(4, 2).0, [4, 2, 200]);
+    assert_eq!(load("g16.tiff").get_pixel(1, 1).0, [128; 3]);
     // A CMYK JPEG (Adobe, inverted, as Pillow writes one; tests/fixtures/cmyk-16x16.jpg): four
     // flat 8x8 quadrants of CMYK (0,0,0,0), (255,0,0,0), (0,128,255,0), (0,0,0,128) become
     // white, cyan, orange and mid grey; JPEG's loss on flat blocks stays within a few levels.

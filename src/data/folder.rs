@@ -14,8 +14,7 @@ use image::RgbImage;
 
 use super::{DataError, Dataset, Synthetic};
 
-/// torchvision's `IMG_EXTENSIONS`. `.tif`/`.tiff` are listed (so indices match) but this
-/// build has no TIFF decoder: such files are reported and skipped like corrupt ones.
+/// torchvision's `IMG_EXTENSIONS`, every one of which decodes here.
 pub const IMG_EXTENSIONS: [&str; 9] = [".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"];
 
 fn is_image_name(name: &std::ffi::OsStr) -> bool {
@@ -32,7 +31,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| fail(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM)".into()));
+        return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM, TIFF)".into()));
     }
     // ImageReader's default limits cap a decode at 512 MiB (a 13000 x 13000 RGB image): a header
     // claiming more is refused before anything is allocated (tests/data.rs, decompression bomb).
