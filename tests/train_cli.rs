@@ -275,3 +275,23 @@ fn a_stats_file_with_impossible_values_is_refused() {
     std::fs::write(&path, bw.to_string()).unwrap();
     run(&tiny(|a| (a.stats, a.color_shift, a.steps) = (Some(path.clone()), Some(0.1), Some(1)))).unwrap();
 }
+
+/// Mean-only inputs (pixels with a std near 60) with an init that expects unit variance get a
+/// warning up front, since such runs tend to diverge; the paper's pairing (--init paper) and
+/// the default normalisation (mean and std) do not.
+#[test]
+fn mean_only_inputs_with_a_unit_variance_init_are_warned_about() {
+    let warned = |extra: &[&str]| {
+        let mut args = vec!["train", "--device", "emu", "--quiet", "--steps", "1", "--synthetic-len", "8"];
+        args.extend(["--batch", "4", "--workers", "0"]);
+        args.extend(extra);
+        let out = vgg(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        err.contains("expects unit-variance inputs")
+    };
+    assert!(warned(&["--mean", "120,110,100"]));
+    assert!(warned(&["--mean", "120,110,100", "--init", "glorot"]));
+    assert!(!warned(&["--mean", "120,110,100", "--init", "paper"]));
+    assert!(!warned(&[]));
+}

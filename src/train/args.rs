@@ -51,7 +51,8 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub color_shift: Option<f32>,
     /// The training set's statistics from `vgg stats`: the network subtracts its mean RGB (the
-    /// paper's only preprocessing, instead of torchvision's ImageNet mean and std), and the
+    /// paper's only preprocessing, instead of torchvision's ImageNet mean and std; the paper
+    /// pairs it with --init paper, as He and Glorot expect unit-variance inputs), and the
     /// colour shift uses its principal components.
     #[arg(long)]
     pub stats: Option<PathBuf>,

@@ -152,6 +152,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         _ if dev.is_emu() => (ConvChoice::Auto, "auto"),
         _ => (ConvChoice::Tune, "tune"),
     };
+    // He, Glorot and torchvision's init keep unit-variance inputs at unit variance; pixels that
+    // are only mean-subtracted have a standard deviation near 60, so the logits start ~60x too
+    // large and such runs tend to diverge within a few steps (the paper paired mean subtraction
+    // with its N(0, 0.01^2) init). Allowed, since a low --lr can work, but said up front.
+    let own_first_layer = a.weights.is_none() && a.pre_init.is_none() && resume_from.is_none();
+    if own_first_layer && data.norm.std.is_none() && !matches!(init, Init::Normal { .. }) {
+        eprintln!(
+            "warning: --init {} expects unit-variance inputs, but --stats / --mean only subtract the mean \
+             (pixels keep a std near 60), so training may diverge; the paper's pairing is --init paper, \
+             or leave out --stats and --mean for torchvision's mean and std",
+            a.init
+        );
+    }
     let mut vgg = Vgg::with_optim(&dev, cfg.clone(), a.batch, init, a.seed, optim)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = a.workers.unwrap_or(if dev.is_emu() { 1 } else { cpus.saturating_sub(1).max(1) });
