@@ -164,3 +164,17 @@ fn a_run_with_stats_subtracts_their_mean_and_records_it() {
     let out = vgg(&[&ens[..], &["--data", &dir, "--device", "emu", "--quiet", "--scale", "40"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Eight images at batch 3: two full batches an epoch, and a short third one that is dropped
+/// by default and trained (filled up with its own images) with --keep-last.
+#[test]
+fn keep_last_trains_the_short_last_batch() {
+    let t = TempDir::new("train-data", "keep-last");
+    let dir = folder(&t, 0);
+    for (extra, steps) in [(&[][..], 2), (&["--keep-last"][..], 3)] {
+        let out = vgg(&run_args(&dir, extra));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("epoch 0 step {steps}:")), "{extra:?}: {stdout}");
+    }
+}

@@ -68,6 +68,11 @@ pub struct TrainArgs {
     pub strict: bool,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Train on each epoch's last short batch too, filled up to --batch with its own images (as
+    /// a batch with unreadable images is) [default: dropped, so every step sees --batch
+    /// different images].
+    #[arg(long)]
+    pub keep_last: bool,
     /// Stop after this many steps (default: --epochs).
     #[arg(long)]
     pub steps: Option<u64>,

@@ -105,9 +105,9 @@ fn datasets(a: &TrainArgs) -> Result<Datasets> {
 }
 
 /// A batch's images and labels, filled up to `n` rows with its own images in turn. Loader
-/// batches are short only by unreadable images (the training loader drops the last short
-/// batch), so a training step keeps the batch's readable images instead of dropping them
-/// all; validation counts only the batch's own rows. `b.n` must be positive.
+/// batches are short by unreadable images, or by being an epoch's last (kept by validation,
+/// and by training with --keep-last): a training step keeps the batch's images instead of
+/// dropping them all; validation counts only the batch's own rows. `b.n` must be positive.
 pub fn fill(b: &HostBatch, n: usize) -> (Vec<u8>, Vec<i32>) {
     assert!(b.n > 0 && b.n <= n, "fill: a batch of {} rows into {n}", b.n);
     let per = b.images.len() / b.n;

@@ -177,7 +177,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         prefetch: 4,
         strict: a.strict,
     };
-    let loader = Loader::new(train_ds.clone(), data.train_tf.clone(), lcfg(true, true));
+    let loader = Loader::new(train_ds.clone(), data.train_tf.clone(), lcfg(true, !a.keep_last));
     let val_loader = val_ds.map(|v| Loader::new(v, data.test_tf.clone(), lcfg(false, false)));
     if val_loader.is_none() && matches!(schedule, LrSchedule::Plateau { .. }) {
         eprintln!(
@@ -188,7 +188,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let per_epoch = loader.batches() as u64;
     if per_epoch == 0 {
-        bail!("the training set ({} images) has no full batch of {}", train_ds.len(), a.batch);
+        bail!(
+            "the training set ({} images) has no full batch of {} (--keep-last trains on a short one)",
+            train_ds.len(),
+            a.batch
+        );
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
     let mut st = TrainState {
