@@ -3,7 +3,8 @@
 //! (F32, torchvision's names and OIHW / `[out][in]` shapes, no metadata), at 1/16 width and
 //! 32x32 input so that the shapes follow from the real vgg11's: the plain file loads into
 //! config A with every value where torchvision's layout puts it; the batch-norm one
-//! (`vgg11_bn`) is refused with a message naming batch-norm.
+//! (`vgg11_bn`) is refused with a message naming batch-norm. Full-size A, B, D and E have
+//! vgg11, 13, 16 and 19's names, shapes and parameter counts.
 
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::{Path, PathBuf};
@@ -122,4 +123,44 @@ fn torchvision_vgg11_loads_and_vgg11_bn_is_refused() {
     write(&bn, &state_dict(true));
     let e = format!("{:#}", checkpoint::load(&bn).unwrap_err());
     assert!(e.contains("batch-norm") && e.contains("features.1.running_mean") && e.contains("vgg11_bn"), "{e}");
+}
+
+/// torchvision's `cfgs` for vgg11 / 13 / 16 / 19 ("M" a max-pool, written 0 here), from
+/// torchvision/models/vgg.py, not from our configs.
+const TORCHVISION_CFGS: [(Arch, &[usize], usize); 4] = [
+    (Arch::A, &[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0], 132_863_336),
+    (Arch::B, &[64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0], 133_047_848),
+    (Arch::D, &[64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0], 138_357_544),
+    (
+        Arch::E,
+        &[64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0],
+        143_667_240,
+    ),
+];
+
+/// Full-size vgg11, 13, 16 and 19 (224x224, 1000 classes) have torchvision's parameter names
+/// and shapes, in its order, as `make_layers` numbers them (a conv and its ReLU take two
+/// indices of `features`, a pool one), and the parameter counts torchvision's docs give.
+#[test]
+fn full_size_configs_have_torchvisions_names_shapes_and_counts() {
+    for (arch, cfg, count) in TORCHVISION_CFGS {
+        let (mut want, mut idx, mut c) = (vec![], 0, 3);
+        for &v in cfg {
+            if v == 0 {
+                idx += 1;
+                continue;
+            }
+            want.push((format!("features.{idx}.weight"), vec![v, c, 3, 3]));
+            want.push((format!("features.{idx}.bias"), vec![v]));
+            (idx, c) = (idx + 2, v);
+        }
+        for (i, (fi, fo)) in [(0, (512 * 7 * 7, 4096)), (3, (4096, 4096)), (6, (4096, 1000))] {
+            want.push((format!("classifier.{i}.weight"), vec![fo, fi]));
+            want.push((format!("classifier.{i}.bias"), vec![fo]));
+        }
+        let ours = VggConfig::small(arch, 1.0, 224, 4096, 1000).param_shapes();
+        assert_eq!(ours, want, "{arch:?}");
+        let n: usize = ours.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(n, count, "{arch:?}");
+    }
 }
