@@ -20,6 +20,17 @@ fn assert_invalid<T>(r: vgg_cuda::Result<T>, want: &str) {
     }
 }
 
+/// The window matrix's shape of a map whose products overflow (a zero-channel map may have any
+/// other dimensions; the function also takes bare shapes) wrapped to a small one: [2, 3] here.
+#[test]
+fn dense_gather_shape_refuses_overflowing_products() {
+    for (x, th, tw) in [([usize::MAX, usize::MAX, 2, 3], 1, 1), ([1, 1 << 33, 1 << 33, 1 << 33], 1 << 32, 1 << 32)] {
+        let e = ops::dense_gather_shape(&x, th, tw).unwrap_err();
+        assert!(matches!(e, Error::Shape(_)) && e.to_string().contains("overflow"), "{x:?}: {e}");
+    }
+    assert_eq!(ops::dense_gather_shape(&[2, 4, 5, 3], 2, 3).unwrap(), [2 * 3 * 3, 2 * 3 * 3]);
+}
+
 /// A NaN mean or std (NaN passes a `!= 0` test) made every input NaN, an infinite std every
 /// input 0.
 #[test]
