@@ -5,7 +5,7 @@
 
 use half::f16;
 use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
-use vgg_cuda::ops::{self, InputNorm, LrnParams};
+use vgg_cuda::ops::{self, InputNorm, LrnParams, Sgd, SgdParam, SgdPlan, XentBuffers};
 use vgg_cuda::{Device, Error, Tensor};
 
 fn small() -> VggConfig {
@@ -116,4 +116,30 @@ fn lrn_refuses_non_finite_constants() {
         assert_invalid(ops::lrn_bwd(&x, &y, &mut dx, &p), "must be finite");
     }
     ops::lrn_fwd(&x, &mut y, &a).unwrap();
+}
+
+/// A dropout probability and a loss scale are values, not shapes: `Error::Invalid` (they read
+/// "invalid shape: ...").
+#[test]
+fn probabilities_and_loss_scales_are_invalid_values() {
+    let dev = Device::emu();
+    let x = Tensor::<f16>::zeros(&dev, &[16]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&dev, &[16]).unwrap();
+    for p in [-0.1, 1.5, f32::NAN] {
+        assert_invalid(ops::dropout_fwd(&x, &mut y, 1, 2, p), "p_drop");
+    }
+    let logits = Tensor::<f16>::zeros(&dev, &[2, 10]).unwrap();
+    let labels = Tensor::<i32>::zeros(&dev, &[2]).unwrap();
+    let mut bufs = XentBuffers::new(&dev, 2).unwrap();
+    let (mut w, mut v, g) = (
+        Tensor::<f32>::zeros(&dev, &[8]).unwrap(),
+        Tensor::zeros(&dev, &[8]).unwrap(),
+        Tensor::zeros(&dev, &[8]).unwrap(),
+    );
+    let mut params = [SgdParam { w: &mut w, v: &mut v, g: &g, w16: None, decay: true }];
+    let plan = SgdPlan::new(&params).unwrap();
+    for s in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert_invalid(ops::softmax_xent(&logits, &labels, None, s, &mut bufs), "loss_scale");
+        assert_invalid(plan.step(&mut params, &Sgd::VGG.with_scale(s), None), "loss_scale");
+    }
 }
