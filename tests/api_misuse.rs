@@ -143,3 +143,16 @@ fn probabilities_and_loss_scales_are_invalid_values() {
         assert_invalid(plan.step(&mut params, &Sgd::VGG.with_scale(s), None), "loss_scale");
     }
 }
+
+/// A tensor from another `Device::emu()` (a separate device, whose memory the op's cannot use)
+/// read "tensor is on device emu, but the op runs on emu": the error names the tensor and says so.
+#[test]
+fn a_tensor_of_another_device_of_the_same_name_is_named() {
+    let (dev, other) = (Device::emu(), Device::emu());
+    let x = Tensor::<f16>::zeros(&dev, &[8]).unwrap();
+    let mut y = Tensor::<f16>::zeros(&other, &[8]).unwrap();
+    let e = ops::relu_fwd(&x, &mut y).unwrap_err();
+    assert!(matches!(e, Error::WrongDevice { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("relu output") && msg.contains("another device of that name"), "{msg}");
+}
