@@ -29,8 +29,9 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// A value outside those accepted: a name or option (a config, an init; the message lists
-    /// them), an optimizer hyper-parameter, a label outside `0..classes`, a dropout key's layer.
-    /// The message names the value.
+    /// them), an optimizer hyper-parameter or loss scale, a dropout probability, an input mean or
+    /// std, LRN constants, a label outside `0..classes`, a dropout key's layer, a non-finite
+    /// imported weight. The message names the value.
     #[error("{0}")]
     Invalid(String),
     /// A tensor belongs to another device than the op runs on.

@@ -203,7 +203,7 @@ impl<T: DType> Tensor<T> {
     /// tensor and its layout (`conv3x3 x (NHWC)`), so that a tensor of the right size in another
     /// layout (NCHW for NHWC) is named with both shapes rather than read wrongly.
     pub fn check_shape(&self, device: &Device, what: &str, shape: &[usize]) -> Result<()> {
-        self.check_device(device)?;
+        self.check_device(device, what)?;
         if self.shape != shape {
             return Err(Error::Shape(format!("{what} must have shape {shape:?}, got {:?}", self.shape)));
         }
@@ -213,7 +213,7 @@ impl<T: DType> Tensor<T> {
     /// Errors unless this tensor lives on `device` and has `len` elements (for element-wise ops,
     /// to which the shape does not matter).
     pub fn check(&self, device: &Device, what: &str, len: usize) -> Result<()> {
-        self.check_device(device)?;
+        self.check_device(device, what)?;
         if self.len() != len {
             return Err(Error::Shape(format!(
                 "{what} has {} elements (shape {:?}), expected {len}",
@@ -224,13 +224,23 @@ impl<T: DType> Tensor<T> {
         Ok(())
     }
 
-    /// Errors unless this tensor lives on `device`.
-    fn check_device(&self, device: &Device) -> Result<()> {
+    /// Errors unless this tensor (`what`) lives on `device`.
+    fn check_device(&self, device: &Device, what: &str) -> Result<()> {
         if !self.device.same(device) {
-            return Err(Error::WrongDevice { expected: device.name(), found: self.device.name() });
+            return Err(wrong_device(what, device, &self.device));
         }
         Ok(())
     }
+}
+
+/// The error for a tensor (`what`) on `found` given to an op on `expected`, naming the tensor;
+/// where both devices have one name (two `Device::emu()` calls, or two `Device::cuda(0)`: two
+/// devices, neither of which can use the other's memory), saying so, as the names alone read
+/// "tensor is on device emu, but the op runs on emu".
+pub(crate) fn wrong_device(what: &str, expected: &Device, found: &Device) -> Error {
+    let (expected, name) = (expected.name(), found.name());
+    let another = if name == expected { ", another device of that name: share one Device by cloning it" } else { "" };
+    Error::WrongDevice { found: format!("{name} ({what}{another})"), expected }
 }
 
 impl Tensor<f16> {

@@ -211,7 +211,7 @@ impl VggConfig {
     /// Errors unless every knob makes a network: an input of 32 (five pools) to
     /// [`VggConfig::MAX_INPUT`] pixels, a width multiplier in `(0, MAX_WIDTH]`, 1 to
     /// [`VggConfig::MAX_FC`] FC units and 1 to [`VggConfig::MAX_CLASSES`] classes, dropout in
-    /// `[0, 1)`. The upper bounds keep every size computed from the config (parameter counts,
+    /// `[0, 1)`, a mean of 0 to 255 and a std (if any) above 0 and at most 255. The upper bounds keep every size computed from the config (parameter counts,
     /// activation bytes at any batch a GPU could hold) far from overflowing a usize.
     pub fn validate(&self) -> Result<()> {
         ensure_shape!(
@@ -242,6 +242,15 @@ impl VggConfig {
         ensure_shape!(self.fc >= 1, "VGG FC width must be at least 1");
         ensure_shape!(self.fc <= Self::MAX_FC, "VGG `fc` width {} is too large: at most {}", self.fc, Self::MAX_FC);
         ensure_shape!((0.0..1.0).contains(&self.dropout), "VGG dropout {} is not in [0, 1)", self.dropout);
+        // vgg train --mean's 0..255 rule (std above 0 too): a NaN mean trained every step on NaN
+        // inputs (each update skipped for overflow) and a std of 0 failed only at the first step.
+        let rgb = |v: f32| crate::data::stats::is_rgb_value(v as f64);
+        if !self.mean.iter().all(|&m| rgb(m)) {
+            return Err(Error::Invalid(format!("VGG input mean {:?}: expected three values from 0 to 255", self.mean)));
+        }
+        if let Some(std) = self.std.filter(|s| !s.iter().all(|&v| rgb(v) && v > 0.0)) {
+            return Err(Error::Invalid(format!("VGG input std {std:?}: expected three values above 0, at most 255")));
+        }
         Ok(())
     }
 

@@ -201,6 +201,15 @@ pub(crate) fn allocate(dev: &Device, cfg: &VggConfig, init: Init, seed: u64) -> 
 /// Draws every weight (device layout, in parameter order, from one RNG seeded by `seed`),
 /// zeroes biases and momenta, and refreshes the fp16 copies.
 pub(crate) fn init_params(params: &mut [Param], init: Init, seed: u64) -> Result<()> {
+    // Init::parse's rule, for an Init built directly: a std of 0 gave all-zero weights, a negative
+    // one was taken as its absolute value, and an infinite one failed as a shape error.
+    if let Init::Normal { std } = init {
+        if !(std > 0.0 && std.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "init normal:{std}: the standard deviation must be positive and finite"
+            )));
+        }
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for p in params.iter_mut() {
         let n = p.len();
@@ -265,6 +274,14 @@ pub(crate) fn import(params: &mut [Param], tensors: &[NamedTensor], which: State
             p.tv_shape
         );
         ensure_shape!(data.len() == p.len(), "tensor `{name}` holds {} values for shape {shape:?}", data.len());
+        // A NaN or Inf from a corrupt or diverged file would spread through every step (each
+        // update then skipped for overflow) instead of failing here.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "tensor `{name}` holds {} at index {i}: values must be finite",
+                data[i]
+            )));
+        }
     }
     for p in params.iter() {
         let n = tensors.iter().filter(|t| t.0 == p.name).count();

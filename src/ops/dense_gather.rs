@@ -5,7 +5,7 @@
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
-use crate::{ensure_shape, Result, Tensor};
+use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
 const KERNEL: Kernel = Kernel { module: "dense_gather", name: "dense_gather_f16" };
@@ -20,7 +20,14 @@ pub fn dense_gather_shape(x: &[usize], th: usize, tw: usize) -> Result<[usize; 2
         th >= 1 && tw >= 1 && th <= fh && tw <= fw,
         "dense_gather: {th}x{tw} windows do not fit a feature map of shape {x:?}"
     );
-    Ok([n * (fh - th + 1) * (fw - tw + 1), th * tw * c])
+    // Checked: a zero-element map may have any other dimensions, and this is also called on bare
+    // shapes, so the products can overflow (and would wrap to a small, valid-looking shape).
+    let m = n.checked_mul(fh - th + 1).and_then(|v| v.checked_mul(fw - tw + 1));
+    let k = th.checked_mul(tw).and_then(|v| v.checked_mul(c));
+    match (m, k) {
+        (Some(m), Some(k)) => Ok([m, k]),
+        _ => Err(Error::Shape(format!("dense_gather: the {th}x{tw} windows of shape {x:?} overflow a usize"))),
+    }
 }
 
 /// `cols` = the `th x tw` windows of `x` (`[n, fh, fw, c]` NHWC), one a row, shape

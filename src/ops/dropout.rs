@@ -6,7 +6,7 @@
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::ops::StepVars;
 use crate::reference::dropout_key;
-use crate::{ensure_shape, Result, Tensor};
+use crate::{Error, Result, Tensor};
 use half::f16;
 
 const KERNEL: Kernel = Kernel { module: "dropout", name: "dropout_f16" };
@@ -25,7 +25,9 @@ pub enum DropoutKey<'a> {
 
 fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32, what: &str) -> Result<()> {
     let dev = x.device().clone();
-    ensure_shape!((0.0..=1.0).contains(&p_drop), "dropout: p_drop {p_drop} is not in [0, 1]");
+    if !(0.0..=1.0).contains(&p_drop) {
+        return Err(Error::Invalid(format!("dropout: p_drop {p_drop} is not in [0, 1]")));
+    }
     y.check(&dev, what, x.len())?;
     // As the reference: computed in f32; p_drop = 1 drops everything, so inf is never used.
     let scale = 1.0f32 / (1.0 - p_drop);

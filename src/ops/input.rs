@@ -4,7 +4,7 @@
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
-use crate::{ensure_shape, Result, Tensor};
+use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
 pub use crate::reference::InputNorm;
@@ -31,8 +31,15 @@ pub fn normalize_input(x: &Tensor<u8>, flip: Option<&Tensor<u8>>, norm: &InputNo
         }
         None => KArg::Ptr(0),
     };
+    // Values, not shapes: a NaN or infinite mean or std (NaN passes `!= 0`) would make every
+    // input NaN or 0 without a word, and a network trained on it learn nothing.
     let std = norm.std.unwrap_or([1.0; 3]);
-    ensure_shape!(std.iter().all(|s| *s != 0.0), "normalize_input: std {std:?} has a zero");
+    if !norm.mean.iter().all(|m| m.is_finite()) {
+        return Err(Error::Invalid(format!("normalize_input: mean {:?} must be finite", norm.mean)));
+    }
+    if !std.iter().all(|s| s.is_finite() && *s != 0.0) {
+        return Err(Error::Invalid(format!("normalize_input: std {std:?} has a zero or non-finite value")));
+    }
     let groups = x.len().div_ceil(8).clamp(1, MAX_BLOCKS * THREADS as usize);
     let cfg = LaunchConfig::for_elements(groups, THREADS)?;
     let m = norm.mean;

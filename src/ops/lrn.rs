@@ -4,7 +4,7 @@
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
-use crate::{ensure_shape, Result, Tensor};
+use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
 pub use crate::reference::LrnParams;
@@ -22,6 +22,10 @@ fn plan(x: &Tensor<f16>, p: &LrnParams, arrays: usize) -> Result<(LaunchConfig, 
     let (n, h, w, c) = nhwc(x.shape())?;
     ensure_shape!(c > 0, "lrn: input shape {:?} has no channels", x.shape());
     ensure_shape!(p.size >= 1, "lrn: window size must be at least 1");
+    // A NaN or infinite constant made every output NaN (or 0) without a word.
+    if ![p.alpha, p.beta, p.k].iter().all(|v| v.is_finite()) {
+        return Err(Error::Invalid(format!("lrn: alpha {}, beta {}, k {} must be finite", p.alpha, p.beta, p.k)));
+    }
     let ppb = (TILE / c).max(1);
     let smem = arrays * ppb * c * 4;
     ensure_shape!(smem <= MAX_SMEM, "lrn: {c} channels need {smem} bytes of shared memory a block (max {MAX_SMEM})");

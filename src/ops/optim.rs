@@ -206,7 +206,7 @@ impl SgdPlan {
         );
         for (i, (p, s)) in params.iter().zip(&self.slots).enumerate() {
             if !p.w.device().same(&self.dev) {
-                return Err(Error::WrongDevice { expected: self.dev.name(), found: p.w.device().name() });
+                return Err(crate::tensor::wrong_device(&format!("parameter {i} w"), &self.dev, p.w.device()));
             }
             ensure_shape!(Slot::of(p) == *s, "SgdPlan: parameter {i} is not the tensor set the plan was built for");
             p.v.check(&self.dev, "momentum", s.n)?;
@@ -246,11 +246,9 @@ impl SgdPlan {
     pub fn step(&self, params: &mut [SgdParam<'_>], hp: &SgdParams, skip_if: Option<&OverflowFlag>) -> Result<()> {
         check_lr(hp.lr)?;
         check_momentum_decay(hp.momentum, hp.weight_decay)?;
-        ensure_shape!(
-            hp.loss_scale > 0.0 && hp.loss_scale.is_finite(),
-            "sgd: loss_scale {} must be > 0",
-            hp.loss_scale
-        );
+        if !(hp.loss_scale > 0.0 && hp.loss_scale.is_finite()) {
+            return Err(Error::Invalid(format!("sgd: loss_scale {} must be positive and finite", hp.loss_scale)));
+        }
         self.launch_step(params, hp, KArg::Ptr(0), skip_if, None)
     }
 

@@ -129,7 +129,9 @@ pub fn softmax_xent<T: XentLogit>(
     loss_scale: f32,
     bufs: &mut XentBuffers,
 ) -> Result<()> {
-    ensure_shape!(loss_scale.is_finite() && loss_scale > 0.0, "softmax_xent: loss_scale {loss_scale} must be > 0");
+    if !(loss_scale.is_finite() && loss_scale > 0.0) {
+        return Err(Error::Invalid(format!("softmax_xent: loss_scale {loss_scale} must be positive and finite")));
+    }
     xent(logits, labels, dlogits, loss_scale, KArg::Ptr(0), bufs)
 }
 

@@ -8,7 +8,7 @@ use super::*;
 impl Conv3x3 {
     fn check_ws(&self, dev: &Device, pass: ConvPass, ws: &Tensor<u8>) -> Result<()> {
         if !ws.device().same(dev) {
-            return Err(Error::WrongDevice { expected: dev.name(), found: ws.device().name() });
+            return Err(crate::tensor::wrong_device("conv3x3 workspace", dev, ws.device()));
         }
         let need = self.workspace_bytes(pass);
         ensure_shape!(
