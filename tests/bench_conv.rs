@@ -1,12 +1,12 @@
 //! `vgg bench conv` on the emu device: through the library API (rows with finite times whose
-//! outputs agree with the f64 reference), the JSON report and the PNG chart, and the CLI's
-//! errors (no GPU, a bad layer name).
+//! outputs agree with the f64 reference), `--algo tune` (the tuner's plan named in each row),
+//! the JSON report and the PNG chart, and the CLI's errors (no GPU, a bad layer name).
 
 mod common;
 
 use common::vgg;
 use std::path::PathBuf;
-use vgg_cuda::bench::conv::{self, select_layers, Algo, ConvBenchConfig, ConvReport, Pass};
+use vgg_cuda::bench::conv::{self, select_layers, Algo, ConvBenchConfig, ConvReport, ConvRow, Pass};
 use vgg_cuda::bench::plot;
 use vgg_cuda::Device;
 
@@ -80,6 +80,65 @@ fn emu_bench_direct_algorithm_agrees() {
     assert!(report.rows.iter().all(|r| r.ours.as_ref().unwrap().algo == "direct"));
 }
 
+/// A `tune` row names the plan the tuner chose for its pass: `base` with nothing timed where
+/// the pass has nothing to choose between, else a variant the tuner timed and found in
+/// agreement with the base plan, whose label is the row's algorithm; and the row agrees with
+/// the reference like any other.
+fn assert_tuned_row(r: &ConvRow) {
+    let what = format!("{} {}", r.layer, r.pass.name());
+    let t = r.tune.as_ref().unwrap_or_else(|| panic!("{what}: a tune row without the tuner's choice"));
+    let label = &r.ours.as_ref().unwrap().algo;
+    assert!(r.table_line().contains(&format!("tune: chose {}", t.chosen)), "{what}: {}", r.table_line());
+    if t.chosen == "base" {
+        return;
+    }
+    let c = t.candidates.iter().find(|c| c.variant == t.chosen).unwrap_or_else(|| panic!("{what}: {t:?}"));
+    assert!(c.ms.is_some_and(|ms| ms > 0.0) && c.unsupported.is_none(), "{what}: {c:?}");
+    assert!(c.rel_l2.is_some_and(|r| r <= vgg_cuda::ops::conv_tune::AGREEMENT), "{what}: {c:?}");
+    let names = match t.chosen.as_str() {
+        "winograd2x2/flat" => label == "winograd2x2/flat",
+        "winograd2x2/region" => label.starts_with("winograd2x2/r"),
+        "winograd4x4" => label == "winograd4x4",
+        "wgmma" | "wgmma/flat" => label.starts_with("wgmma/"),
+        "igemm" => label.starts_with("igemm/"),
+        other => panic!("{what}: unknown variant {other}"),
+    };
+    assert!(names, "{what}: chose {} but runs {label}", t.chosen);
+}
+
+#[test]
+fn emu_bench_tune_runs_the_tuners_plan() {
+    let dev = Device::emu();
+    // conv1_1 (C = 3) has no pass to tune; conv3_1 and conv3_2 share a shape (32 > 32 at 3x3
+    // on emu), tuned once, as training tunes it.
+    let cfg = emu_config("conv1_1,conv3_1,conv3_2", Algo::Tune);
+    let report = conv::run(&dev, &cfg, |_| {});
+    assert_rows_good(&report, 9);
+    assert_eq!(report.algo, "tune");
+    for r in &report.rows {
+        assert_tuned_row(r);
+    }
+    let (first, tuned) = report.rows.split_at(3);
+    for r in first {
+        let t = r.tune.as_ref().unwrap();
+        assert!(t.chosen == "base" && t.candidates.is_empty(), "{} {}: {t:?}", r.layer, r.pass.name());
+    }
+    for r in tuned {
+        let t = r.tune.as_ref().unwrap();
+        // Every Winograd variant is timed for fprop and dgrad (wgmma's too: emu has it).
+        let want = if r.pass == Pass::Wgrad { 2 } else { 4 };
+        assert!(t.candidates.len() >= want, "{} {}: {t:?}", r.layer, r.pass.name());
+        assert_ne!(t.chosen, "base", "{} {}: every candidate agrees on emu", r.layer, r.pass.name());
+    }
+    for (a, b) in tuned[..3].iter().zip(&tuned[3..]) {
+        let (ta, tb) = (a.tune.as_ref().unwrap(), b.tune.as_ref().unwrap());
+        assert_eq!(ta.chosen, tb.chosen, "{}: one shape, one tuning", a.pass.name());
+        assert_eq!(a.ours.as_ref().unwrap().algo, b.ours.as_ref().unwrap().algo);
+    }
+    let back: ConvReport = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    assert_eq!(back.rows[3].tune.as_ref().unwrap().chosen, report.rows[3].tune.as_ref().unwrap().chosen);
+}
+
 #[test]
 fn unsupported_algorithm_is_a_failed_row_not_a_panic() {
     let dev = Device::emu();
@@ -99,6 +158,8 @@ fn argument_parsing() {
     assert_eq!(Pass::parse_list("all").unwrap(), Pass::ALL.to_vec());
     assert!(Pass::parse_list("fprop,bprop").unwrap_err().to_string().contains("unknown pass `bprop`"));
     assert_eq!(Algo::parse("winograd2x2").unwrap(), Algo::Winograd2x2);
+    assert_eq!(Algo::parse("tune").unwrap(), Algo::Tune);
+    assert!(Algo::parse("fft").unwrap_err().to_string().contains("tune"));
     assert!(Algo::parse("fft").is_err());
     let gpu = select_layers(false, None, "conv5_3,conv1_2").unwrap();
     assert_eq!(gpu.iter().map(|l| l.name).collect::<Vec<_>>(), ["conv5_3", "conv1_2"]);
@@ -160,6 +221,42 @@ fn cli_emu_run_prints_the_table_and_writes_json_and_a_plot() {
     assert!(report.rows.iter().all(|r| r.ours.as_ref().is_some_and(|m| m.algo.contains("winograd4x4"))));
     let img = image::open(&png).unwrap();
     assert!(img.width() >= 900 && img.height() > 100, "{}x{}", img.width(), img.height());
+}
+
+#[test]
+fn cli_emu_tune_names_the_chosen_plans() {
+    let json = scratch("tune.json");
+    let out = vgg(&[
+        "bench",
+        "conv",
+        "--device",
+        "emu",
+        "--layers",
+        "conv3_1",
+        "--passes",
+        "fprop,wgrad",
+        "--repeats",
+        "2",
+        "--algo",
+        "tune",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("algo tune") && stdout.contains("2 rows: 2 measured"), "{stdout}");
+    assert_eq!(stdout.matches("    tune: chose ").count(), 2, "{stdout}");
+    let report: ConvReport = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((report.algo.as_str(), report.rows.len()), ("tune", 2));
+    for r in &report.rows {
+        assert!(r.agreement.as_ref().is_some_and(|a| a.pass), "{} {}: {:?}", r.layer, r.pass.name(), r.agreement);
+        assert_tuned_row(r);
+    }
+    // The tuner chooses the tiling: a fixed one is refused before the run.
+    let out = vgg(&["bench", "conv", "--device", "emu", "--algo", "tune", "--wino-tiling", "flat"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && stderr.contains("--algo tune chooses the tiling"), "stderr: {stderr}");
+    assert!(!stdout.contains("bench conv on"), "the run started: {stdout}");
 }
 
 #[test]

@@ -8,13 +8,20 @@
 //! 0 whose outputs are compared. Without cuDNN the check is against the f64 reference (emu)
 //! or our direct kernel (GPU). A failing layer or pass becomes a row with its error, and the
 //! bench goes on.
+//!
+//! Under `--algo tune` each layer's plan is the one `vgg train --conv-algo tune` runs: the
+//! model's base plan with each pass's variant chosen by [`conv_tune::tune`] (once a shape, all
+//! three passes together, as training tunes them, whichever passes are benched), then timed
+//! and checked like any other plan; the rows carry what the tuner measured ([`TunedPass`]).
 
 use super::cudnn::{Cudnn, CudnnPass, CudnnPlan};
 use super::{measured_cells, problem_lines, time_calls, Agreement, Tally, Timing, TimingConfig, VersusRow, L2_BYTES};
 use crate::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
+use crate::ops::conv_tune::{self, Tuned};
 use crate::problem::{vgg16_layers, vgg16_layers_reduced, ConvProblem, NamedProblem};
 use crate::{reference, Device, Tensor};
 use half::f16;
+use std::collections::HashMap;
 
 /// A command-line value the bench cannot use; the message lists the valid ones.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +89,8 @@ impl Pass {
     }
 }
 
-/// The algorithm asked of [`Conv3x3`] (`auto` lets it choose per pass).
+/// The algorithm asked of [`Conv3x3`] (`auto` lets it choose per pass; `tune` times the
+/// variants on the device first, as training does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
     Auto,
@@ -91,11 +99,13 @@ pub enum Algo {
     Winograd4x4,
     ImplicitGemm,
     Wgmma,
+    /// The plan [`conv_tune::tune`] picks from the model's base plan, per layer.
+    Tune,
 }
 
 impl Algo {
-    const ALL: [Algo; 6] =
-        [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm, Algo::Wgmma];
+    const ALL: [Algo; 7] =
+        [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm, Algo::Wgmma, Algo::Tune];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -105,26 +115,29 @@ impl Algo {
             Algo::Winograd4x4 => "winograd4x4",
             Algo::ImplicitGemm => "igemm",
             Algo::Wgmma => "wgmma",
+            Algo::Tune => "tune",
         }
     }
 
     pub fn parse(s: &str) -> Result<Algo, BadArgument> {
         Self::ALL.into_iter().find(|a| a.name() == s.trim()).ok_or_else(|| {
             BadArgument(format!(
-                "unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4, igemm, wgmma)"
+                "unknown algorithm `{s}` (algorithms: auto, direct, winograd2x2, winograd4x4, igemm, wgmma, tune)"
             ))
         })
     }
 
-    fn ops(self) -> ConvAlgo {
-        match self {
+    /// The algorithm [`Conv3x3::new`] takes (None: `tune`, which no single algorithm names).
+    fn ops(self) -> Option<ConvAlgo> {
+        Some(match self {
             Algo::Auto => ConvAlgo::Auto,
             Algo::Direct => ConvAlgo::Direct,
             Algo::Winograd2x2 => ConvAlgo::Winograd2x2,
             Algo::Winograd4x4 => ConvAlgo::Winograd4x4,
             Algo::ImplicitGemm => ConvAlgo::ImplicitGemm,
             Algo::Wgmma => ConvAlgo::Wgmma,
-        }
+            Algo::Tune => return None,
+        })
     }
 
     fn of(a: &ConvAlgo) -> Algo {
@@ -145,7 +158,8 @@ impl Algo {
         match self {
             Algo::Auto | Algo::Direct | Algo::ImplicitGemm | Algo::Wgmma => (1e-2, 3e-3),
             Algo::Winograd2x2 => (2e-2, 5e-3),
-            Algo::Winograd4x4 => (5e-2, 2e-2),
+            // A row's bounds are its resolved algorithm's; `tune` resolves to one of the others.
+            Algo::Winograd4x4 | Algo::Tune => (5e-2, 2e-2),
         }
     }
 }
@@ -184,7 +198,7 @@ pub struct ConvBenchConfig {
     pub layers: Vec<NamedProblem>,
     pub passes: Vec<Pass>,
     pub algo: Algo,
-    /// How the Winograd passes group their tiles.
+    /// How the Winograd passes group their tiles (not under `tune`, which chooses the tiling).
     pub wino_tiling: WinoTiling,
     pub timing: TimingConfig,
     /// Compare with cuDNN when the device is a GPU and the library loads.
@@ -243,6 +257,75 @@ impl Measured {
     }
 }
 
+/// One variant the tuner timed for a row's pass.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TuneCandidate {
+    /// [`conv_tune::WinoVariant::name`].
+    pub variant: String,
+    /// Fastest sample per call (None: it cannot run here).
+    pub ms: Option<f64>,
+    /// Relative L2 distance of its output from the base plan's (None: it cannot run here).
+    pub rel_l2: Option<f64>,
+    /// Why it cannot run here.
+    pub unsupported: Option<String>,
+}
+
+/// Under `tune`: what the tuner chose for a row's pass and what it measured.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TunedPass {
+    /// The chosen variant ([`conv_tune::WinoVariant::name`]), or `base` where the pass keeps the
+    /// base plan's algorithm (nothing to choose between, or no candidate agreed with it).
+    pub chosen: String,
+    /// Every candidate timed for the pass (empty: the pass was not tuned).
+    pub candidates: Vec<TuneCandidate>,
+}
+
+impl TunedPass {
+    fn of(t: &Tuned, pass: Pass) -> Self {
+        let i = Pass::ALL.iter().position(|&q| q == pass).unwrap_or(0);
+        let finite = |x: f64| x.is_finite().then_some(x);
+        Self {
+            chosen: t.chosen[i].map_or("base", |v| v.name()).into(),
+            candidates: t
+                .timings
+                .iter()
+                .filter(|c| c.pass == pass.ops())
+                .map(|c| TuneCandidate {
+                    variant: c.variant.name().into(),
+                    ms: finite(c.ms),
+                    rel_l2: finite(c.rel_l2),
+                    unsupported: c.unsupported.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `tune: chose X; timed A 0.1234 ms, B 0.2000 ms (disagrees: rel L2 1.0e0), C does not run here`.
+    pub fn line(&self) -> String {
+        let cands: Vec<String> = self
+            .candidates
+            .iter()
+            .map(|c| match (c.ms, c.rel_l2, &c.unsupported) {
+                (_, _, Some(why)) => format!("{} does not run here ({why})", c.variant),
+                (Some(ms), Some(r), None) if r <= conv_tune::AGREEMENT => format!("{} {ms:.4} ms", c.variant),
+                (Some(ms), r, None) => {
+                    format!(
+                        "{} {ms:.4} ms (disagrees: rel L2 {}, not chosen)",
+                        c.variant,
+                        r.map_or("inf".into(), |r| format!("{r:.1e}"))
+                    )
+                }
+                (None, _, None) => format!("{} not timed", c.variant),
+            })
+            .collect();
+        if cands.is_empty() {
+            format!("tune: chose {} (nothing to choose between)", self.chosen)
+        } else {
+            format!("tune: chose {}; timed {}", self.chosen, cands.join(", "))
+        }
+    }
+}
+
 /// One line of the table: one layer, one pass.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ConvRow {
@@ -264,6 +347,10 @@ pub struct ConvRow {
     /// Our speed over cuDNN's (> 1: we are faster).
     pub ratio: Option<f64>,
     pub agreement: Option<Agreement>,
+    /// Under `tune`: the tuner's choice and measurements for this pass (our row then times the
+    /// plan it chose, named in `ours.algo`).
+    #[serde(default)]
+    pub tune: Option<TunedPass>,
 }
 
 impl ConvRow {
@@ -286,6 +373,7 @@ impl ConvRow {
             cudnn_error: None,
             ratio: None,
             agreement: None,
+            tune: None,
         }
     }
 
@@ -306,16 +394,18 @@ impl ConvRow {
         )
     }
 
-    /// The row as a table line, errors on indented lines below it.
+    /// The row as a table line; the tuner's choice (under `tune`) and errors on indented lines
+    /// below it.
     pub fn table_line(&self) -> String {
         let [oa, oms, otf] = measured_cells(self.ours.as_ref().map(|m| (m.algo.as_str(), m.ms, m.tflops)));
         let [ca, cms, ctf] = measured_cells(self.cudnn.as_ref().map(|m| (m.algo.as_str(), m.ms, m.tflops)));
         let ratio = self.ratio.map_or("-".into(), |r| format!("{r:.2}"));
         let agree = self.agreement.as_ref().map_or("-".into(), Agreement::cell);
+        let tune = self.tune.as_ref().map_or(String::new(), |t| format!("\n    {}", t.line()));
         let problems =
             problem_lines(self.ours_error.as_deref(), "cuDNN", self.cudnn_error.as_deref(), self.agreement.as_ref());
         format!(
-            "{:<8} {:<5} {:<18} {:<18} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  {}{problems}",
+            "{:<8} {:<5} {:<18} {:<18} {:>9} {:>7} {:>9} {:<26} {:>7} {:>6}  {}{tune}{problems}",
             self.layer,
             self.pass.name(),
             self.shape(),
@@ -457,8 +547,9 @@ impl<'a> ConvBench<'a> {
     /// it, or save partial results). Never fails as a whole: every error is a row.
     pub fn run(&self, mut on_row: impl FnMut(&ConvRow)) -> ConvReport {
         let mut rows = vec![];
+        let mut tuned = HashMap::new();
         for np in &self.cfg.layers {
-            bench_layer(self.dev, self.cfg, self.cudnn.as_ref(), np, &mut |r| {
+            bench_layer(self.dev, self.cfg, self.cudnn.as_ref(), np, &mut tuned, &mut |r| {
                 on_row(&r);
                 rows.push(r);
             });
@@ -594,11 +685,35 @@ fn workspace(dev: &Device, bytes: usize) -> crate::Result<Tensor<u8>> {
     Tensor::empty(dev, &[bytes.max(1)])
 }
 
+/// The plan our passes run: `cfg.algo`'s, or under `tune` the one training runs: the model's
+/// plan of the layer fitted to the device (as `Vgg::set_conv_choice` starts from), tuned by
+/// [`conv_tune::tune`] once a shape (`tuned` keeps them, as training does).
+fn our_plan(
+    dev: &Device,
+    cfg: &ConvBenchConfig,
+    p: &ConvProblem,
+    tuned: &mut HashMap<ConvProblem, Tuned>,
+) -> Result<(Conv3x3, Option<Tuned>), String> {
+    let Some(algo) = cfg.algo.ops() else {
+        if let Some(t) = tuned.get(p) {
+            return Ok((t.conv, Some(t.clone())));
+        }
+        let base = crate::model::memory::conv3x3_plan(*p).map_err(|e| format!("the model's plan of {p}: {e}"))?;
+        let t =
+            conv_tune::tune(dev, base.fitted_to(dev), conv_tune::reps(dev)).map_err(|e| format!("tuning {p}: {e}"))?;
+        tuned.insert(*p, t.clone());
+        return Ok((t.conv, Some(t)));
+    };
+    let conv = Conv3x3::new(*p, algo).map_err(|e| format!("Conv3x3::new({p}, {}): {e}", cfg.algo.name()))?;
+    Ok((conv.with_wino_tiling(cfg.wino_tiling), None))
+}
+
 fn bench_layer(
     dev: &Device,
     cfg: &ConvBenchConfig,
     cudnn: Option<&Cudnn>,
     np: &NamedProblem,
+    tuned: &mut HashMap<ConvProblem, Tuned>,
     emit: &mut dyn FnMut(ConvRow),
 ) {
     let p = np.problem;
@@ -613,24 +728,27 @@ fn bench_layer(
             return;
         }
     };
-    let conv = Conv3x3::new(p, cfg.algo.ops()).map(|c| c.with_wino_tiling(cfg.wino_tiling));
+    let plan = our_plan(dev, cfg, &p, tuned);
     for &pass in &cfg.passes {
         let mut row = ConvRow::new(np, pass);
         row.sets = sets.len();
         row.pass_bytes = pass_bytes(&p, pass);
-        let ours = match &conv {
-            Ok(conv) => match bench_ours(dev, cfg, conv, &p, pass, &sets) {
-                Ok((m, out, algo)) => {
-                    row.ours = Some(m);
-                    Some((out, algo))
+        let ours = match &plan {
+            Ok((conv, tuned)) => {
+                row.tune = tuned.as_ref().map(|t| TunedPass::of(t, pass));
+                match bench_ours(dev, cfg, conv, &p, pass, &sets) {
+                    Ok((m, out, algo)) => {
+                        row.ours = Some(m);
+                        Some((out, algo))
+                    }
+                    Err(e) => {
+                        row.ours_error = Some(e.to_string());
+                        None
+                    }
                 }
-                Err(e) => {
-                    row.ours_error = Some(e.to_string());
-                    None
-                }
-            },
+            }
             Err(e) => {
-                row.ours_error = Some(format!("Conv3x3::new({p}, {}): {e}", cfg.algo.name()));
+                row.ours_error = Some(e.clone());
                 None
             }
         };

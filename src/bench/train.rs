@@ -111,8 +111,7 @@ pub struct TrainBenchRow {
 pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let free_before = dev.memory_info()?.map(|(free, _)| free);
     let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
-    let reps = if dev.is_emu() { 1 } else { 5 };
-    let layers = vgg.set_conv_choice(cfg.conv, reps)?;
+    let layers = vgg.set_conv_choice(cfg.conv, crate::ops::conv_tune::reps(dev))?;
     let conv_layers = layers.iter().map(|c| c.summary()).collect();
     let conv_timings = layers.iter().filter_map(|c| c.timings_line()).collect();
     let side = cfg.model.input;

@@ -106,6 +106,17 @@ pub struct Tuned {
 
 const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad];
 
+/// The calls a timing sample that training and the benches tune with: 5 on a GPU (a single
+/// short kernel is too close to the events' resolution), 1 on emu (its times say nothing, and
+/// the path is what its runs check).
+pub fn reps(dev: &Device) -> usize {
+    if dev.is_emu() {
+        1
+    } else {
+        5
+    }
+}
+
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
 /// and the plan allows it (its flat kernel too, where the halo one runs instead). Empty: the pass

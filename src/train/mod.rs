@@ -280,7 +280,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         Some(layers) => (Some(layers), "tune, from the checkpoint".to_string()),
         None if conv == ConvChoice::Auto => (None, String::new()),
         None => {
-            let layers = vgg.set_conv_choice(conv, if dev.is_emu() { 1 } else { 5 })?;
+            let layers = vgg.set_conv_choice(conv, crate::ops::conv_tune::reps(&dev))?;
             (Some(layers), format!("{conv_algo}, {:.1} s", planning.elapsed().as_secs_f64()))
         }
     };

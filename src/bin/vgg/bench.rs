@@ -103,11 +103,15 @@ pub(crate) struct BenchConvArgs {
     #[arg(long, default_value = "fprop,dgrad,wgrad")]
     passes: String,
     /// Our algorithm: auto, direct, winograd2x2, winograd4x4, igemm, wgmma (implicit GEMM on
-    /// Hopper's wgmma, all three passes).
+    /// Hopper's wgmma, all three passes), or tune (the plan `vgg train --conv-algo tune` runs
+    /// at this batch: each layer's fprop, dgrad and wgrad variants timed on the device first,
+    /// those that disagree with Auto's output left out, the fastest kept; the rows name it and
+    /// what the tuner measured).
     #[arg(long, default_value = "auto")]
     algo: String,
     /// How Winograd F(2x2) groups its tiles, and which tiles wgmma runs (flat: 128 pixels, and
-    /// a wgrad copy a tap; auto, region: the halo tiles): auto, flat, region.
+    /// a wgrad copy a tap; auto, region: the halo tiles): auto, flat, region (not with
+    /// --algo tune, which chooses the tiling).
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
@@ -136,6 +140,10 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         "region" => WinoTiling::Region,
         other => bail!("unknown --wino-tiling `{other}` (auto, flat, region)"),
     };
+    if algo == Algo::Tune && wino_tiling != WinoTiling::Auto {
+        // Training's tuner chooses the tiling; a fixed one would bench a plan it does not run.
+        bail!("--wino-tiling {}: --algo tune chooses the tiling itself (leave --wino-tiling auto)", a.wino_tiling);
+    }
     let emu = a.device == "emu";
     let layers = select_layers(emu, a.batch, &a.layers)?;
     if a.repeats == Some(0) {
