@@ -669,3 +669,13 @@ fn an_image_claiming_a_huge_size_is_a_per_file_error() {
     let msg = e.to_string();
     assert!(msg.contains("bomb.ppm") && msg.to_lowercase().contains("limit"), "{msg}");
 }
+
+/// An empty range is a caller's bug and panics, as `rand`'s `gen_range` does, instead of
+/// wrapping to numbers outside both bounds in a release build.
+#[test]
+#[should_panic(expected = "empty range 5..=4")]
+fn sample_rng_range_refuses_an_empty_range() {
+    let mut rng = SampleRng::new(1);
+    assert!((0..100).all(|_| (3..=7).contains(&rng.range(3, 7))));
+    rng.range(5, 4);
+}

@@ -138,8 +138,12 @@ impl SampleRng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
     /// Uniform integer in `lo..=hi` (Lemire's multiply-shift; the bias is below 2^-32).
+    ///
+    /// # Panics
+    /// If `lo > hi` (an empty range), as `rand`'s `gen_range` does: a release build used to
+    /// wrap the span and return numbers outside both bounds.
     pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        debug_assert!(lo <= hi);
+        assert!(lo <= hi, "SampleRng::range: empty range {lo}..={hi}");
         let span = (hi - lo) as u64 + 1;
         lo + (((self.next_u64() >> 32) * span) >> 32) as u32
     }
