@@ -127,7 +127,7 @@ fi
 # Winograd tiling side by side: the layers where auto picks region windows, forced flat (log only).
 if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
   step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
-    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat --json "$RAW/bench-conv-flat.json"
 fi
 # Hardware counters of the conv main loops on conv3_2 (ncu works on Firecracker machines, not
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
@@ -192,6 +192,12 @@ if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
   # Shared-memory races in the pipelined tensor-core kernels, on the hardware's own schedule.
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 3 "$VGG" selftest --device cuda --only conv_igemm_fprop
 fi
+
+# Issue 4's headline from the conv files above, outside the budget (it only reads them): per
+# layer and pass, our fastest variant whose output agreed against cuDNN, and the totals.
+echo "=== conv-vs-cudnn" | tee -a "$LOG"
+python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.json" \
+  "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo
 echo "=== summary ($(date -u +%FT%TZ))"

@@ -153,7 +153,7 @@ fn gpu_check_python_scripts_compile() {
     let script = std::fs::read_to_string(format!("{dir}/gpu-check.sh")).unwrap();
     let tmp = TempDir::new("gpu-check", "python");
     let mut n = 0;
-    for py in ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py"] {
+    for py in ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py", "compare_conv.py"] {
         assert!(script.contains(&format!("scripts/{py}")), "gpu-check.sh no longer runs {py}: update this test");
         let Ok(out) = Command::new("python3")
             .args(["-c", "import sys, py_compile; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"])
@@ -166,5 +166,56 @@ fn gpu_check_python_scripts_compile() {
         assert!(out.status.success(), "{py}: {}", String::from_utf8_lossy(&out.stderr));
         n += 1;
     }
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
+}
+
+/// scripts/compare_conv.py (run 5's issue-4 headline) takes, per layer and pass, the fastest of
+/// our rows whose output agreed, never a faster one that failed its check, and divides cuDNN's
+/// time by it; the totals sum over the rows cuDNN ran.
+#[test]
+fn compare_conv_picks_the_fastest_variant_that_agreed() {
+    let tmp = TempDir::new("gpu-check", "compare-conv");
+    let row = |layer: &str, pass: &str, algo: &str, ms: f64, ok: bool, cudnn: Option<f64>| {
+        serde_json::json!({
+            "layer": layer, "pass": pass, "gflop": 237.8,
+            "ours": {"algo": algo, "ms": ms}, "ours_error": null,
+            "cudnn": cudnn.map(|c| serde_json::json!({"algo": "x+tc", "ms": c})), "cudnn_error": null,
+            "agreement": {"pass": ok},
+        })
+    };
+    let write = |name: &str, rows: Vec<serde_json::Value>| {
+        let p = tmp.0.join(name);
+        std::fs::write(&p, serde_json::json!({ "rows": rows }).to_string()).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let base = write(
+        "bench-conv.json",
+        vec![
+            row("conv3_2", "fprop", "winograd2x2/flat", 1.0, true, Some(0.5)),
+            row("conv3_2", "wgrad", "igemm/128x256", 2.0, true, Some(1.0)),
+        ],
+    );
+    let other = write(
+        "bench-conv-wgmma.json",
+        vec![
+            row("conv3_2", "fprop", "wgmma/halo256x128", 0.4, true, None),
+            row("conv3_2", "wgrad", "wgmma/halo128x384", 0.1, false, None),
+        ],
+    );
+    let missing = tmp.0.join("bench-conv-f4.json").to_string_lossy().into_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/compare_conv.py");
+    let Ok(out) = Command::new("python3").args([script, &base, &other, &missing]).output() else {
+        return; // no python3 here
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |start: &str| text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start}: {text}"));
+    let fprop = line("conv3_2  fprop");
+    assert!(fprop.contains("bench-conv-wgmma:wgmma/halo256x128") && fprop.contains("1.25x"), "{fprop}");
+    let wgrad = line("conv3_2  wgrad");
+    assert!(wgrad.contains("bench-conv:igemm/128x256") && wgrad.contains("0.50x"), "{wgrad}");
+    assert!(wgrad.contains("halo128x384 0.100!"), "the failed row is shown, marked: {wgrad}");
+    let all = line("all");
+    assert!(all.contains("ours     2.40 ms, cuDNN     1.50 ms") && all.contains("geometric mean 0.79x"), "{all}");
+    assert!(text.contains("bench-conv-f4.json: not read"), "{text}");
 }
