@@ -41,11 +41,15 @@ def our_time(row):
 
 
 def table(base, others):
-    """Rows keyed by (layer, pass) in base's order: cuDNN's ms, and [(file, algo, ms, ok)]."""
+    """Rows keyed by (layer, pass, problem shape) in base's order, so that files run at another
+    --batch are not compared as one problem: cuDNN's ms, and [(file, algo, ms, ok)]."""
     keys, cudnn, gflop, ours = [], {}, {}, {}
     for name, report in [(label(base[0]), base[1])] + others:
         for r in (report or {}).get("rows", []):
-            key = (r["layer"], r["pass"])
+            if not isinstance(r, dict) or "layer" not in r or "pass" not in r:
+                print(f"{name}: a row without layer or pass, left out")
+                continue
+            key = (r["layer"], r["pass"]) + tuple(r.get(d) for d in "nhwck")
             if key not in ours:
                 keys.append(key)
                 ours[key] = []
@@ -68,7 +72,7 @@ def main(argv):
     if not keys:
         print("no rows")
         return 0
-    print(f"{'layer':<8} {'pass':<5} {'cuDNN ms':>9}  {'best of ours':<34} {'ms':>8} {'TFLOP/s':>8} {'ratio':>6}  others")
+    print(f"{'layer':<8} {'pass':<5} {'N':>4} {'cuDNN ms':>9}  {'best of ours':<34} {'ms':>8} {'TFLOP/s':>8} {'ratio':>6}  others")
     best_of = {}
     for key in keys:
         good = [o for o in ours[key] if o[3]]
@@ -79,7 +83,7 @@ def main(argv):
         tflops = gflop[key] / best[2] if (best and gflop.get(key)) else None
         rest = ", ".join(f"{n}:{a} {ms:.3f}{'' if ok else '!'}" for n, a, ms, ok in ours[key] if not best or
                          (n, a, ms, ok) != best)
-        print(f"{key[0]:<8} {key[1]:<5} {c if c else float('nan'):>9.3f}  "
+        print(f"{key[0]:<8} {key[1]:<5} {key[2] if key[2] is not None else '-':>4} {c if c else float('nan'):>9.3f}  "
               f"{(best[0] + ':' + best[1]) if best else 'none agreed':<34} "
               f"{best[2] if best else float('nan'):>8.3f} {tflops if tflops else float('nan'):>8.1f} "
               f"{(f'{ratio:.2f}x') if ratio else '-':>6}  {rest}")

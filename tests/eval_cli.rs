@@ -199,6 +199,7 @@ fn scales_above_the_largest_side_are_refused_naming_the_option() {
         decays: 0,
         seed: 0,
         batch: 1,
+        keep_last: false,
         conv_plans: vec![],
         test_scale: Some(5000),
     };

@@ -56,7 +56,7 @@ fn options_no_run_can_use_are_refused_by_name() {
         (Box::new(|a| a.input = 0), "VGG input 0 is too small"),
         (Box::new(|a| a.width = 0.0), "--width 0 --fc 64 --dropout 0, --classes 4: invalid shape: VGG width"),
         (Box::new(|a| a.fc = 0), "--fc 0 --dropout 0, --classes 4: invalid shape: VGG FC width"),
-        (Box::new(|a| a.dropout = 1.0), "--dropout 1, --classes 4: invalid shape: VGG dropout 1"),
+        (Box::new(|a| a.dropout = 1.0), "--dropout 1, --classes 4: VGG dropout 1 is not in [0, 1)"),
         (Box::new(|a| a.wd = -1e-4), "--wd -0.0001"),
         (Box::new(|a| a.classes = 1), "--classes 1"),
         // Refused before the synthetic set names a terabyte of classes (the process aborted).
@@ -129,7 +129,8 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     assert!(e.contains("m.jsonl: an earlier run's metrics file"), "{e}");
     assert_eq!(std::fs::read(&metrics).unwrap(), b"{}\n");
 
-    // A resume with another batch size is refused; one already past --steps has nothing to do.
+    // A resume with another batch size or --keep-last (both set the epoch's batches) is refused;
+    // one already past --steps has nothing to do.
     let resume = |f: &dyn Fn(&mut TrainArgs)| {
         tiny(|a| {
             (a.checkpoint_dir, a.resume) = (Some(ck.clone()), Some(String::new()));
@@ -138,6 +139,8 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     };
     let e = error_of(resume(&|a| a.batch = 2));
     assert!(e.contains("written by a run with --batch 4, this run has --batch 2"), "{e}");
+    let e = error_of(resume(&|a| a.keep_last = true));
+    assert!(e.contains("written by a run without --keep-last, this run is with --keep-last"), "{e}");
     let s = run(&resume(&|a| a.steps = Some(1))).unwrap();
     assert!(s.steps == 2 && s.losses.is_empty(), "{s:?}");
     assert_eq!(std::fs::read(&last).unwrap(), before);
@@ -282,9 +285,12 @@ fn a_stats_file_with_impossible_values_is_refused() {
 #[test]
 fn mean_only_inputs_with_a_unit_variance_init_are_warned_about() {
     let warned = |extra: &[&str]| {
-        let mut args = vec!["train", "--device", "emu", "--quiet", "--steps", "1", "--synthetic-len", "8"];
+        let mut args = vec!["train", "--device", "emu", "--quiet", "--synthetic-len", "8"];
         args.extend(["--batch", "4", "--workers", "0"]);
         args.extend(extra);
+        if !extra.contains(&"--steps") {
+            args.extend(["--steps", "1"]);
+        }
         let out = vgg(&args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{args:?}: {err}");
@@ -294,4 +300,11 @@ fn mean_only_inputs_with_a_unit_variance_init_are_warned_about() {
     assert!(warned(&["--mean", "120,110,100", "--init", "glorot"]));
     assert!(!warned(&["--mean", "120,110,100", "--init", "paper"]));
     assert!(!warned(&[]));
+    // Weights that come from a file (a resume, --weights) are not the init's: no warning.
+    let t = TempDir::new("train-cli", "mean-only");
+    let ck = t.0.to_str().unwrap();
+    assert!(warned(&["--mean", "120,110,100", "--checkpoint-dir", ck]));
+    assert!(!warned(&["--mean", "120,110,100", "--checkpoint-dir", ck, "--resume", "--steps", "2"]));
+    let last = t.0.join("last.safetensors");
+    assert!(!warned(&["--mean", "120,110,100", "--weights", last.to_str().unwrap()]));
 }

@@ -210,9 +210,11 @@ impl VggConfig {
 
     /// Errors unless every knob makes a network: an input of 32 (five pools) to
     /// [`VggConfig::MAX_INPUT`] pixels, a width multiplier in `(0, MAX_WIDTH]`, 1 to
-    /// [`VggConfig::MAX_FC`] FC units and 1 to [`VggConfig::MAX_CLASSES`] classes, dropout in
-    /// `[0, 1)`, a mean of 0 to 255 and a std (if any) above 0 and at most 255. The upper bounds keep every size computed from the config (parameter counts,
-    /// activation bytes at any batch a GPU could hold) far from overflowing a usize.
+    /// [`VggConfig::MAX_FC`] FC units and 1 to [`VggConfig::MAX_CLASSES`] classes (the upper
+    /// bounds keep every size computed from the config, parameter counts and activation bytes at
+    /// any batch a GPU could hold, far from overflowing a usize): [`Error::Shape`]. Dropout in
+    /// `[0, 1)`, a mean of 0 to 255 and a std (if any) above 0 and at most 255: values, so
+    /// [`Error::Invalid`].
     pub fn validate(&self) -> Result<()> {
         ensure_shape!(
             self.input >= 32,
@@ -241,7 +243,9 @@ impl VggConfig {
         );
         ensure_shape!(self.fc >= 1, "VGG FC width must be at least 1");
         ensure_shape!(self.fc <= Self::MAX_FC, "VGG `fc` width {} is too large: at most {}", self.fc, Self::MAX_FC);
-        ensure_shape!((0.0..1.0).contains(&self.dropout), "VGG dropout {} is not in [0, 1)", self.dropout);
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Invalid(format!("VGG dropout {} is not in [0, 1)", self.dropout)));
+        }
         // vgg train --mean's 0..255 rule (std above 0 too): a NaN mean trained every step on NaN
         // inputs (each update skipped for overflow) and a std of 0 failed only at the first step.
         let rgb = |v: f32| crate::data::stats::is_rgb_value(v as f64);

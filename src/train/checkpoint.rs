@@ -44,6 +44,11 @@ pub struct TrainState {
     /// batch positions above count batches of this size.
     #[serde(default)]
     pub batch: usize,
+    /// Whether the run trains each epoch's short last batch (`--keep-last`; false in
+    /// checkpoints written before it was recorded, as runs then always dropped it): the
+    /// epoch's length in batches, and so the place above, depend on it.
+    #[serde(default)]
+    pub keep_last: bool,
     /// The conv layers' plans the run computed with (a tuned run's choice, which timing may
     /// make differently next time); a resume that tunes takes these instead. Empty in
     /// checkpoints written before plans were recorded.

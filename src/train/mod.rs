@@ -188,11 +188,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let per_epoch = loader.batches() as u64;
     if per_epoch == 0 {
-        bail!(
-            "the training set ({} images) has no full batch of {} (--keep-last trains on a short one)",
-            train_ds.len(),
-            a.batch
-        );
+        let hint = if a.keep_last { "" } else { " (--keep-last trains on a short one)" };
+        bail!("the training set ({} images) has no full batch of {}{hint}", train_ds.len(), a.batch);
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
     let mut st = TrainState {
@@ -208,6 +205,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         decays: 0,
         seed: a.seed,
         batch: a.batch,
+        keep_last: a.keep_last,
         conv_plans: vec![],
         test_scale: Some(data.test_tf.scale),
     };
@@ -243,6 +241,15 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 path.display(),
                 a.batch,
                 b = state.batch
+            );
+        }
+        if state.keep_last != a.keep_last {
+            let flag = |k: bool| if k { "with --keep-last" } else { "without --keep-last" };
+            bail!(
+                "{}: written by a run {}, this run is {} (its epochs have another number of batches)",
+                path.display(),
+                flag(state.keep_last),
+                flag(a.keep_last)
             );
         }
         vgg.set_scaler_state(ScalerState {

@@ -86,6 +86,7 @@ mod tests {
             decays: 0,
             seed: 0,
             batch: 1,
+            keep_last: false,
             conv_plans: vec![],
             test_scale: None,
         }
