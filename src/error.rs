@@ -21,7 +21,8 @@ pub enum Error {
     Kernel(String),
     /// Arguments that do not fit together or within the library's limits: tensor shapes and
     /// layouts, lengths, a view's 16-byte alignment, sizes that overflow, a model config's
-    /// dimensions; also a call the device's current state refuses (while capturing a graph).
+    /// dimensions, an op's output that overlaps another of its tensors in device memory (views
+    /// of one buffer); also a call the device's current state refuses (while capturing a graph).
     #[error("invalid shape: {0}")]
     Shape(String),
     /// The device cannot run a launch within its limits (shared memory a block): the kernel

@@ -84,7 +84,11 @@ impl<T: DType> Tensor<T> {
     /// A tensor of `shape` at byte `offset` of `base`, sharing its memory (nothing is copied,
     /// and dropping the view frees nothing). Views of one base may overlap: whoever makes them
     /// decides which is valid when (a [`crate::model::MemoryPlan`] gives overlapping buffers
-    /// disjoint lifetimes); a kernel writing one overwrites the others.
+    /// disjoint lifetimes); a kernel writing one overwrites the others. Within one launch the ops
+    /// refuse, with an `Error::Shape` naming both tensors, an output that shares a byte with
+    /// another of their tensors (an input, another output, the workspace): see
+    /// [`Tensor::overlaps`]. Only the ops documented to run in place take an output that is
+    /// exactly one of their inputs (the same bytes, as `y` and `x` of [`crate::ops::relu_fwd`]).
     ///
     /// `offset` must be a multiple of [`VIEW_ALIGN`] (16) bytes, as allocations are (256): the
     /// kernels load and store 16-byte vectors, which fault on a GPU at a lesser alignment.
@@ -190,6 +194,18 @@ impl<T: DType> Tensor<T> {
         KArg::Ptr(self.ptr)
     }
 
+    /// Whether this tensor and `other` share a byte of device memory: two views of one base
+    /// whose byte ranges intersect, or a view and its base. Tensors on different devices, and
+    /// empty tensors, share nothing.
+    pub fn overlaps<U: DType>(&self, other: &Tensor<U>) -> bool {
+        self.span("").overlaps(&other.span(""))
+    }
+
+    /// This tensor's bytes, named `what` in the errors of [`check_disjoint`].
+    pub(crate) fn span<'a>(&'a self, what: &'a str) -> Span<'a> {
+        Span { what, device: Some(&self.device), start: self.ptr, end: self.ptr + self.bytes() as u64, in_place: false }
+    }
+
     /// Reinterprets the shape (same number of elements).
     pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(self.len()) {
@@ -241,6 +257,63 @@ pub(crate) fn wrong_device(what: &str, expected: &Device, found: &Device) -> Err
     let (expected, name) = (expected.name(), found.name());
     let another = if name == expected { ", another device of that name: share one Device by cloning it" } else { "" };
     Error::WrongDevice { found: format!("{name} ({what}{another})"), expected }
+}
+
+/// The device bytes `[start, end)` of one tensor of a launch, named for the error of
+/// [`check_disjoint`]. An input marked [`Span::in_place`] may be exactly an output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span<'a> {
+    what: &'a str,
+    /// `None`: no tensor (an optional argument not given), which overlaps nothing.
+    device: Option<&'a Device>,
+    start: u64,
+    end: u64,
+    in_place: bool,
+}
+
+impl<'a> Span<'a> {
+    /// `t`'s bytes, or none when `t` is `None` (an optional tensor not given).
+    pub(crate) fn of<T: DType>(t: Option<&'a Tensor<T>>, what: &'a str) -> Self {
+        t.map_or(Span { what, device: None, start: 0, end: 0, in_place: false }, |t| t.span(what))
+    }
+
+    /// This input may be the very bytes of an output (the kernel reads each element before it
+    /// writes that element, and no other thread reads it): the op runs in place. A partial
+    /// overlap is still refused.
+    pub(crate) fn in_place(self) -> Self {
+        Self { in_place: true, ..self }
+    }
+
+    fn overlaps(&self, o: &Span<'_>) -> bool {
+        match (self.device, o.device) {
+            (Some(a), Some(b)) => {
+                a.same(b) && self.start < self.end && o.start < o.end && self.start < o.end && o.start < self.end
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Errors (`Error::Shape`, naming `op` and both tensors) unless no two of `writes` (the outputs
+/// and workspaces a launch writes) share a byte, and no input of `reads` shares a byte with one of
+/// `writes`, except an input marked [`Span::in_place`] that is exactly an output. Inputs may
+/// overlap each other: nothing writes them. Only views ([`Tensor::view`]) can overlap: distinct
+/// allocations never do, and Rust does not let one tensor be passed as `&` and `&mut` at once.
+pub(crate) fn check_disjoint(op: &str, writes: &[Span<'_>], reads: &[Span<'_>]) -> Result<()> {
+    for (i, w) in writes.iter().enumerate() {
+        for o in writes[i + 1..].iter().chain(reads) {
+            let exact = o.in_place && (o.start, o.end) == (w.start, w.end);
+            if w.overlaps(o) && !exact {
+                let why = if o.in_place {
+                    format!("it runs in place only when {} is exactly {}, not on a partial overlap", w.what, o.what)
+                } else {
+                    "this op cannot run in place".to_string()
+                };
+                return Err(Error::Shape(format!("{op}: {} overlaps {} in device memory; {why}", w.what, o.what)));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Tensor<f16> {

@@ -1,10 +1,11 @@
 //! The window matrix of dense evaluation (kernels/dense_gather.cu): every `th x tw` window
 //! of an NHWC fp16 feature map as one row, in the first FC layer's HWC column order, so the
 //! feature map never leaves the device before fc6. Bit-exact against
-//! [`crate::reference::dense_gather()`].
+//! [`crate::reference::dense_gather()`]. Not in place: each input element goes to many rows.
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::check_disjoint;
 use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
@@ -41,6 +42,7 @@ pub fn dense_gather(x: &Tensor<f16>, th: usize, tw: usize, cols: &mut Tensor<f16
         "dense_gather: {th}x{tw}x{c} windows overflow the kernel's 32-bit column index"
     );
     cols.check_shape(&dev, "dense_gather output cols", &[m, k])?;
+    check_disjoint("dense_gather", &[cols.span("cols")], &[x.span("x (NHWC)")])?;
     let work = if c % 8 == 0 { m * k / 8 } else { m * k };
     let cfg = LaunchConfig::for_elements(work.clamp(1, MAX_BLOCKS * THREADS as usize), THREADS)?;
     let args = [

@@ -1,11 +1,14 @@
 //! Inverted dropout on fp16 tensors with the counter-based mask of
 //! [`crate::reference::dropout_fwd`] (kernels/dropout.cu), bit-exact: the mask is a pure
 //! function of `(seed, step, flat index)`, so the backward pass recomputes it and nothing
-//! is stored in between. Use a distinct `seed` per dropout layer.
+//! is stored in between. Use a distinct `seed` per dropout layer. In place when the output is
+//! exactly the input: the kernel's thread reads its 8 (or 1) elements and then writes the same
+//! ones; a partial overlap is refused.
 
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::ops::StepVars;
 use crate::reference::dropout_key;
+use crate::tensor::check_disjoint;
 use crate::{Error, Result, Tensor};
 use half::f16;
 
@@ -23,12 +26,21 @@ pub enum DropoutKey<'a> {
     Device { vars: &'a StepVars, layer: usize },
 }
 
-fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32, what: &str) -> Result<()> {
+/// `what`: the output as errors name it; `names`: the output's and the input's short names.
+fn launch(
+    x: &Tensor<f16>,
+    y: &mut Tensor<f16>,
+    key: DropoutKey<'_>,
+    p_drop: f32,
+    what: &str,
+    names: [&str; 2],
+) -> Result<()> {
     let dev = x.device().clone();
     if !(0.0..=1.0).contains(&p_drop) {
         return Err(Error::Invalid(format!("dropout: p_drop {p_drop} is not in [0, 1]")));
     }
     y.check(&dev, what, x.len())?;
+    check_disjoint("dropout", &[y.span(names[0])], &[x.span(names[1]).in_place()])?;
     // As the reference: computed in f32; p_drop = 1 drops everything, so inf is never used.
     let scale = 1.0f32 / (1.0 - p_drop);
     let groups = x.len().div_ceil(8).clamp(1, MAX_BLOCKS * THREADS as usize);
@@ -54,16 +66,16 @@ fn launch(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32
 
 /// `y_i = keep(seed, step, i) ? x_i * (1 / (1 - p_drop)) : 0`, rounded to fp16.
 pub fn dropout_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
-    launch(x, y, DropoutKey::Host { seed, step }, p_drop, "dropout output")
+    launch(x, y, DropoutKey::Host { seed, step }, p_drop, "dropout output", ["y", "x"])
 }
 
 /// `dx_i = keep(seed, step, i) ? dy_i * (1 / (1 - p_drop)) : 0`: the forward's mask, recomputed.
 pub fn dropout_bwd(dy: &Tensor<f16>, dx: &mut Tensor<f16>, seed: u64, step: u64, p_drop: f32) -> Result<()> {
-    launch(dy, dx, DropoutKey::Host { seed, step }, p_drop, "dropout dx")
+    launch(dy, dx, DropoutKey::Host { seed, step }, p_drop, "dropout dx", ["dx", "dy"])
 }
 
 /// Dropout with the mask of `key`, forward (`x` -> `y`) or backward (`dy` -> `dx`, the same
 /// operation with the forward's key).
 pub fn dropout(x: &Tensor<f16>, y: &mut Tensor<f16>, key: DropoutKey<'_>, p_drop: f32) -> Result<()> {
-    launch(x, y, key, p_drop, "dropout output")
+    launch(x, y, key, p_drop, "dropout output", ["y", "x"])
 }

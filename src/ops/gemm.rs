@@ -20,6 +20,9 @@
 //! of [`Linear::workspace_bytes`]. Pass `None` instead and the op runs unsplit: same API,
 //! correct, slower on those shapes.
 //!
+//! Not in place: an output element reads a whole row and column of the inputs, so no output
+//! (nor the workspace) may overlap an input or another output.
+//!
 //! ```
 //! use vgg_cuda::ops::gemm::{self, Linear, Pass};
 //! use vgg_cuda::{Device, Tensor};
@@ -37,6 +40,7 @@
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::{check_disjoint, Span};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
@@ -415,6 +419,8 @@ fn fwd(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
+    let writes = [y.span("y"), Span::of(ws.as_deref(), "workspace")];
+    check_disjoint("GEMM fwd", &writes, &[x.span("x"), w.span("w"), Span::of(bias, "bias")])?;
     let plan = shape.resolve(Pass::Fwd, algo, ws.is_some(), dev.max_shared_per_block())?;
     Operands { dev, pass: Pass::Fwd, shape, a: x, b: w }.run(plan, Out::F16 { y, bias, relu }, ws)
 }
@@ -466,6 +472,8 @@ fn bwd_data(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
+    let writes = [dx.span("dx"), Span::of(ws.as_deref(), "workspace")];
+    check_disjoint("GEMM bwd_data", &writes, &[dy.span("dy"), w.span("w")])?;
     let plan = shape.resolve(Pass::BwdData, algo, ws.is_some(), dev.max_shared_per_block())?;
     Operands { dev, pass: Pass::BwdData, shape, a: dy, b: w }.run(plan, Out::F16 { y: dx, bias: None, relu: false }, ws)
 }
@@ -516,6 +524,8 @@ fn bwd_weight(
     if let Some(ws) = ws.as_deref() {
         ws.check(&dev, "GEMM workspace", ws.len())?;
     }
+    let writes = [dw.span("dw"), Span::of(db.as_deref(), "db"), Span::of(ws.as_deref(), "workspace")];
+    check_disjoint("GEMM bwd_weight", &writes, &[x.span("x"), dy.span("dy")])?;
     let plan = shape.resolve(Pass::BwdWeight, algo, ws.is_some(), dev.max_shared_per_block())?;
     let ops = Operands { dev, pass: Pass::BwdWeight, shape, a: dy, b: x };
     ops.run(plan, Out::F32(dw), ws.as_deref_mut())?;

@@ -1,9 +1,11 @@
 //! Input normalisation (kernels/input.cu): a uint8 NHWC RGB batch to mean-subtracted
 //! (optionally std-divided) fp16, with an optional per-image horizontal flip, in one pass;
-//! bit-exact against [`crate::reference::normalize_input`].
+//! bit-exact against [`crate::reference::normalize_input`]. Not in place: bytes in, halves out
+//! (and a flipped image reads its mirror column).
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::{check_disjoint, Span};
 use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
@@ -31,6 +33,7 @@ pub fn normalize_input(x: &Tensor<u8>, flip: Option<&Tensor<u8>>, norm: &InputNo
         }
         None => KArg::Ptr(0),
     };
+    check_disjoint("normalize_input", &[y.span("y (NHWC)")], &[x.span("x (NHWC)"), Span::of(flip, "flip flags")])?;
     // Values, not shapes: a NaN or infinite mean or std (NaN passes `!= 0`) would make every
     // input NaN or 0 without a word, and a network trained on it learn nothing.
     let std = norm.std.unwrap_or([1.0; 3]);

@@ -1,9 +1,14 @@
 //! Local response normalisation across channels over NHWC fp16 activations
 //! (kernels/lrn.cu), fp32 math, PyTorch's convention as [`crate::reference::lrn_fwd`] /
 //! [`crate::reference::lrn_bwd`]. VGG's A-LRN uses [`LrnParams::ALEXNET`].
+//!
+//! Not in place: an output reads its neighbours' channels. (Today's kernels stage a block's
+//! pixels in shared memory before writing them, so `y == x` would happen to work; that is not
+//! part of their contract, and the launchers refuse any overlap rather than depend on it.)
 
 use super::{int, nhwc};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::check_disjoint;
 use crate::{ensure_shape, Error, Result, Tensor};
 use half::f16;
 
@@ -45,6 +50,7 @@ pub fn lrn_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, p: &LrnParams) -> Result<()
     let dev = x.device().clone();
     let (cfg, pixels, c, ppb) = plan(x, p, 1)?;
     y.check_shape(&dev, "lrn output y (NHWC, x's shape)", x.shape())?;
+    check_disjoint("lrn fwd", &[y.span("y (NHWC)")], &[x.span("x (NHWC)")])?;
     let [size, alpha, beta, k] = params_args(p)?;
     let args = [
         x.arg(),
@@ -69,6 +75,7 @@ pub fn lrn_bwd(x: &Tensor<f16>, dy: &Tensor<f16>, dx: &mut Tensor<f16>, p: &LrnP
     let (cfg, pixels, c, ppb) = plan(x, p, 3)?;
     dy.check_shape(&dev, "lrn dy (NHWC, x's shape)", x.shape())?;
     dx.check_shape(&dev, "lrn dx (NHWC, x's shape)", x.shape())?;
+    check_disjoint("lrn bwd", &[dx.span("dx (NHWC)")], &[x.span("x (NHWC)"), dy.span("dy (NHWC)")])?;
     let [size, alpha, beta, k] = params_args(p)?;
     let args = [
         x.arg(),

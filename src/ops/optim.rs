@@ -18,6 +18,7 @@
 
 use crate::device::{KArg, Kernel, LaunchConfig};
 use crate::ops::StepVars;
+use crate::tensor::{check_disjoint, Span};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
@@ -136,9 +137,28 @@ impl Slot {
     }
 }
 
+/// Errors unless the `w`, `v` and fp16 copies of all `params` (which the step writes) are pairwise
+/// disjoint and disjoint from every gradient (see [`SgdPlan`]).
+fn disjoint(params: &[SgdParam<'_>]) -> Result<()> {
+    let names: Vec<[String; 4]> = (0..params.len())
+        .map(|i| ["w", "momentum", "fp16 copy", "gradient"].map(|t| format!("parameter {i} {t}")))
+        .collect();
+    let (mut writes, mut reads) = (vec![], vec![]);
+    for (p, [w, v, w16, g]) in params.iter().zip(&names) {
+        writes.extend([p.w.span(w), p.v.span(v), Span::of(p.w16.as_deref(), w16)]);
+        reads.push(p.g.span(g));
+    }
+    check_disjoint("sgd", &writes, &reads)
+}
+
 /// The device table of tensor descriptors and block chunks for one fixed set of parameter
 /// tensors. Build it once; every call checks that it is given the same tensors, so the
 /// kernels write only memory the caller lends mutably.
+///
+/// The tensors must be disjoint in device memory (checked by [`SgdPlan::new`], and so for every
+/// call): a block updates its chunk of `w`, `v` and the fp16 copy together, so an overlap
+/// between any of them, or with a gradient, across parameters too, is refused rather than read
+/// half-updated. (Writing a gradient's own bytes is never what a caller means.)
 #[derive(Debug)]
 pub struct SgdPlan {
     dev: Device,
@@ -180,6 +200,7 @@ impl SgdPlan {
                 chunk_bytes.extend_from_slice(&(start as u64).to_le_bytes());
             }
         }
+        disjoint(params)?;
         let chunks = chunk_bytes.len() / CHUNK_BYTES;
         ensure_shape!(u32::try_from(chunks).is_ok(), "SgdPlan: {chunks} chunks is too many for one launch");
         bytes.extend_from_slice(&chunk_bytes);

@@ -2,10 +2,12 @@
 //! `floor(H/2) x floor(W/2)`; ties go to the first maximum in the window's row-major order.
 //! The backward pass finds each window's maximum again in the input ([`maxpool2x2_bwd`]), or
 //! reads the index the forward pass recorded ([`maxpool2x2_fwd_arg`], [`maxpool2x2_bwd_arg`]):
-//! a byte an output element, so that training need not keep the pool's input.
+//! a byte an output element, so that training need not keep the pool's input. Not in place:
+//! an output element is read from (or written to) a whole window of the input.
 
 use super::{int, nhwc, ELEMENTWISE_THREADS};
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::{check_disjoint, Span};
 use crate::{ensure_shape, Result, Tensor};
 use half::f16;
 
@@ -26,20 +28,23 @@ fn dims(x: &Tensor<f16>) -> Result<[KArg; 4]> {
 
 /// `y = maxpool2x2(x)`; `y` has shape [`maxpool2x2_out_shape`]`(x)`.
 pub fn maxpool2x2_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>) -> Result<()> {
-    fwd(x, y, KArg::Ptr(0))
+    fwd(x, y, None)
 }
 
 /// As [`maxpool2x2_fwd`], and `arg` (`y`'s shape) receives the index in its window (0..3,
 /// row-major) of each output's maximum, for [`maxpool2x2_bwd_arg`].
 pub fn maxpool2x2_fwd_arg(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: &mut Tensor<u8>) -> Result<()> {
     arg.check_shape(x.device(), "max-pool argmax (NHWC, y's shape)", &maxpool2x2_out_shape(x.shape())?)?;
-    fwd(x, y, arg.arg_mut())
+    fwd(x, y, Some(arg))
 }
 
-fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: KArg) -> Result<()> {
+fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: Option<&mut Tensor<u8>>) -> Result<()> {
     let dev = x.device().clone();
     let out = maxpool2x2_out_shape(x.shape())?;
     y.check_shape(&dev, "max-pool output y (NHWC)", &out)?;
+    let writes = [y.span("y (NHWC)"), Span::of(arg.as_deref(), "argmax")];
+    check_disjoint("maxpool2x2 fwd", &writes, &[x.span("x (NHWC)")])?;
+    let arg = arg.map_or(KArg::Ptr(0), |a| a.arg_mut());
     let cfg = LaunchConfig::for_elements(y.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(x)?;
     // SAFETY: (const __half* x, __half* y, unsigned char* arg, int n, int h, int w, int c): x holds
@@ -50,21 +55,25 @@ fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: KArg) -> Result<()> {
 /// `dx` (shape of `x`) from the forward input `x` and the output gradient `dy`.
 pub fn maxpool2x2_bwd(x: &Tensor<f16>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
     x.check_shape(dy.device(), "max-pool x (NHWC, dx's shape)", dx.shape())?;
-    bwd(x.arg(), KArg::Ptr(0), dy, dx)
+    bwd(Some(x), None, dy, dx)
 }
 
 /// `dx` (shape `[n, h, w, c]` of the forward input) from the argmaxes [`maxpool2x2_fwd_arg`]
 /// recorded and the output gradient `dy`: bit for bit [`maxpool2x2_bwd`]'s.
 pub fn maxpool2x2_bwd_arg(arg: &Tensor<u8>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
     arg.check_shape(dy.device(), "max-pool argmax (NHWC, dy's shape)", dy.shape())?;
-    bwd(KArg::Ptr(0), arg.arg(), dy, dx)
+    bwd(None, Some(arg), dy, dx)
 }
 
-fn bwd(x: KArg, arg: KArg, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
+/// One of `x` (the forward input) and `arg` (its argmaxes), as the caller checked it.
+fn bwd(x: Option<&Tensor<f16>>, arg: Option<&Tensor<u8>>, dy: &Tensor<f16>, dx: &mut Tensor<f16>) -> Result<()> {
     let dev = dy.device().clone();
     let out = maxpool2x2_out_shape(dx.shape())?;
     dy.check_shape(&dev, "max-pool dy (NHWC)", &out)?;
     dx.check(&dev, "max-pool dx", dx.len())?; // the device
+    let reads = [Span::of(x, "x (NHWC)"), Span::of(arg, "argmax"), dy.span("dy (NHWC)")];
+    check_disjoint("maxpool2x2 bwd", &[dx.span("dx (NHWC)")], &reads)?;
+    let (x, arg) = (x.map_or(KArg::Ptr(0), Tensor::arg), arg.map_or(KArg::Ptr(0), Tensor::arg));
     let cfg = LaunchConfig::for_elements(dx.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(dx)?;
     // SAFETY: (const __half* x, const unsigned char* arg, const __half* dy, __half* dx, int n,

@@ -7,10 +7,16 @@
 //! with [`XentBuffers::check`]. A label outside `[0, classes)` is sticky there (counted,
 //! first row kept) until [`XentBuffers::clear`], so training can check once per N steps
 //! and still name the first offending row; [`XentBuffers::check_once`] clears it once reported.
+//!
+//! Not in place: an output depends on its whole row, which the kernels sweep three times (today
+//! each thread's last read of an element comes before its write, but that is not part of their
+//! contract), so `dlogits` and `probs` may not overlap the logits or the labels. The
+//! [`XentBuffers`] are allocations of their own, which no view can overlap.
 
 use super::int;
 use super::optim::LossScaler;
 use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::tensor::check_disjoint;
 use crate::{ensure_shape, DType, Device, Error, Result, Tensor};
 use half::f16;
 
@@ -172,6 +178,7 @@ fn xent<T: XentLogit>(
     let dz = match dlogits {
         Some(d) => {
             d.check_shape(&dev, "softmax_xent dlogits (logits' shape)", &[batch, classes])?;
+            check_disjoint("softmax_xent", &[d.span("dlogits")], &[logits.span("logits"), labels.span("labels")])?;
             d.arg_mut()
         }
         None => KArg::Ptr(0),
@@ -218,6 +225,7 @@ pub fn softmax_fwd<T: XentLogit>(logits: &Tensor<T>, probs: &mut Tensor<f32>) ->
     };
     ensure_shape!(rows > 0 && classes > 0, "softmax_fwd: empty logits {:?}", logits.shape());
     probs.check_shape(&dev, "softmax_fwd probs (logits' shape)", &[rows, classes])?;
+    check_disjoint("softmax_fwd", &[probs.span("probs")], &[logits.span("logits")])?;
     // A warp at least (the block reductions work on whole warps), no idle warps on few classes.
     let threads = (classes.next_multiple_of(32) as u32).min(THREADS);
     let cfg = LaunchConfig { grid: (int("rows", rows)? as u32, 1, 1), block: (threads, 1, 1), shared_bytes: 0 };

@@ -1,9 +1,36 @@
 //! [`Conv3x3`]'s launches: the filter transforms, the channel padding of C < 8 or not a multiple
 //! of 8, and fprop, dgrad and wgrad by each algorithm (wgmma's in [`super::wgmma`]), behind
-//! checks of every tensor's shape, device and workspace.
+//! checks of every tensor's shape, device and workspace, and that they are disjoint in memory:
+//! no pass runs in place (an output reads a 3x3 neighbourhood, or the whole batch), and every
+//! pass may write its workspace.
 
 // The parent's kernels, tile constants and helpers are this file's vocabulary.
 use super::*;
+use crate::tensor::{check_disjoint, Span};
+
+/// fprop's (and its filter transform's) tensors are disjoint: checked before anything is written.
+fn fprop_disjoint(
+    x: &Tensor<f16>,
+    w: &Tensor<f16>,
+    b: Option<&Tensor<f16>>,
+    y: &Tensor<f16>,
+    ws: &Tensor<u8>,
+) -> Result<()> {
+    let reads = [x.span("x (NHWC)"), w.span("filters w (KRSC)"), Span::of(b, "bias")];
+    check_disjoint("conv3x3 fprop", &[y.span("y (NHWC)"), ws.span("workspace")], &reads)
+}
+
+/// dgrad's (and its filter transform's) tensors are disjoint: checked before anything is written.
+fn dgrad_disjoint(
+    dy: &Tensor<f16>,
+    w: &Tensor<f16>,
+    m: Option<&Tensor<f16>>,
+    dx: &Tensor<f16>,
+    ws: &Tensor<u8>,
+) -> Result<()> {
+    let reads = [dy.span("dy (NHWC)"), w.span("filters w (KRSC)"), Span::of(m, "relu mask (NHWC)")];
+    check_disjoint("conv3x3 dgrad", &[dx.span("dx (NHWC)"), ws.span("workspace")], &reads)
+}
 
 impl Conv3x3 {
     fn check_ws(&self, dev: &Device, pass: ConvPass, ws: &Tensor<u8>) -> Result<()> {
@@ -38,6 +65,7 @@ impl Conv3x3 {
         let (p, dev) = (&self.problem, w.device().clone());
         w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
         self.check_ws(&dev, pass, ws)?;
+        check_disjoint("conv3x3 filter transform", &[ws.span("workspace")], &[w.span("filters w (KRSC)")])?;
         if !self.tc(pass) {
             return Ok(());
         }
@@ -115,6 +143,7 @@ impl Conv3x3 {
         y: &mut Tensor<f16>,
         ws: &mut Tensor<u8>,
     ) -> Result<()> {
+        fprop_disjoint(x, w, bias, y, ws)?;
         self.prepare_filter(w, ws)?;
         self.fprop_prepared(x, w, bias, epi, y, ws)
     }
@@ -136,6 +165,7 @@ impl Conv3x3 {
         w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
         y.check_shape(&dev, "conv3x3 y (NHWC)", &self.y_shape())?;
         self.check_ws(&dev, ConvPass::Fprop, ws)?;
+        fprop_disjoint(x, w, bias, y, ws)?;
         let bias_arg = match (epi, bias) {
             (Epilogue::None, None) => KArg::Ptr(0),
             (Epilogue::None, Some(_)) => return Err(Error::Shape("conv3x3: bias given with Epilogue::None".into())),
@@ -225,6 +255,7 @@ impl Conv3x3 {
         dx: &mut Tensor<f16>,
         ws: &mut Tensor<u8>,
     ) -> Result<()> {
+        dgrad_disjoint(dy, w, relu_mask, dx, ws)?;
         self.prepare_filter_dgrad(w, ws)?;
         self.dgrad_prepared(dy, w, relu_mask, dx, ws)
     }
@@ -244,6 +275,7 @@ impl Conv3x3 {
         w.check_shape(&dev, "conv3x3 filters w (KRSC)", &self.w_shape())?;
         dx.check_shape(&dev, "conv3x3 dx (NHWC)", &self.x_shape())?;
         self.check_ws(&dev, ConvPass::Dgrad, ws)?;
+        dgrad_disjoint(dy, w, relu_mask, dx, ws)?;
         let mask = match relu_mask {
             Some(m) => {
                 m.check_shape(&dev, "conv3x3 relu mask (NHWC)", &self.x_shape())?;
@@ -324,6 +356,8 @@ impl Conv3x3 {
             b.check_shape(&dev, "conv3x3 db", &[p.k])?;
         }
         self.check_ws(&dev, ConvPass::Wgrad, ws)?;
+        let writes = [dw.span("dw (KRSC)"), Span::of(db.as_deref(), "db"), ws.span("workspace")];
+        check_disjoint("conv3x3 wgrad", &writes, &[x.span("x (NHWC)"), dy.span("dy (NHWC)")])?;
         let (chunks, chunk) = self.wgrad_split();
         let dims = self.dims(self.pass_c(ConvPass::Wgrad))?;
         let nw = p.filter_len() + p.k;
