@@ -35,12 +35,22 @@ pub enum Error {
     /// imported weight. The message names the value.
     #[error("{0}")]
     Invalid(String),
-    /// A tensor belongs to another device than the op runs on.
-    #[error("tensor is on device {found}, but the op runs on {expected}")]
-    WrongDevice { expected: String, found: String },
+    /// A tensor (named by the op: `conv3x3 x (NHWC)`) belongs to another device than the op
+    /// runs on. Both may have one name (two `Device::emu()` calls, two `Device::cuda(0)`: two
+    /// devices, neither of which can use the other's memory); the message then says so.
+    #[error("{tensor} is on device {found}, but the op runs on {expected}{}", same_name_hint(.found, .expected))]
+    WrongDevice { tensor: String, expected: String, found: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn same_name_hint(found: &str, expected: &str) -> &'static str {
+    if found == expected {
+        ", another device of that name: share one Device by cloning it"
+    } else {
+        ""
+    }
+}
 
 /// Shape check helper: `ensure!(cond, "fmt", args)` returns `Error::Shape` when `cond` is false.
 #[macro_export]

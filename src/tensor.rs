@@ -249,14 +249,10 @@ impl<T: DType> Tensor<T> {
     }
 }
 
-/// The error for a tensor (`what`) on `found` given to an op on `expected`, naming the tensor;
-/// where both devices have one name (two `Device::emu()` calls, or two `Device::cuda(0)`: two
-/// devices, neither of which can use the other's memory), saying so, as the names alone read
-/// "tensor is on device emu, but the op runs on emu".
+/// The error for a tensor (`what`) on `found` given to an op on `expected`, naming the tensor
+/// (the message says when both devices have one name, which the names alone would not show).
 pub(crate) fn wrong_device(what: &str, expected: &Device, found: &Device) -> Error {
-    let (expected, name) = (expected.name(), found.name());
-    let another = if name == expected { ", another device of that name: share one Device by cloning it" } else { "" };
-    Error::WrongDevice { found: format!("{name} ({what}{another})"), expected }
+    Error::WrongDevice { tensor: what.to_string(), expected: expected.name(), found: found.name() }
 }
 
 /// The device bytes `[start, end)` of one tensor of a launch, named for the error of

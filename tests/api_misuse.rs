@@ -104,16 +104,21 @@ fn import_refuses_non_finite_values() {
     vgg.import_params(&good).unwrap();
 }
 
-/// NaN or infinite LRN constants made every output NaN or 0 without a word.
+/// NaN or infinite LRN constants made every output NaN or 0 without a word; k <= 0 or alpha < 0
+/// let the base k + alpha/size * sum reach 0 or below (NaN on a window of zeros).
 #[test]
 fn lrn_refuses_non_finite_constants() {
     let dev = Device::emu();
     let x = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 8]).unwrap();
     let mut y = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 8]).unwrap();
     let a = LrnParams::ALEXNET;
-    for p in
-        [LrnParams { alpha: f32::NAN, ..a }, LrnParams { beta: f32::INFINITY, ..a }, LrnParams { k: f32::NAN, ..a }]
-    {
+    for p in [
+        LrnParams { alpha: f32::NAN, ..a },
+        LrnParams { beta: f32::INFINITY, ..a },
+        LrnParams { k: f32::NAN, ..a },
+        LrnParams { k: 0.0, ..a },
+        LrnParams { alpha: -1e-4, ..a },
+    ] {
         assert_invalid(ops::lrn_fwd(&x, &mut y, &p), "must be finite");
         let mut dx = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 8]).unwrap();
         assert_invalid(ops::lrn_bwd(&x, &y, &mut dx, &p), "must be finite");
