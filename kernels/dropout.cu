@@ -28,7 +28,9 @@ __device__ __forceinline__ __half dropout_one(__half x, unsigned long long key, 
     return dropout_keep(key, i, p_drop) ? __float2half_rn(__half2float(x) * scale) : __float2half(0.f);
 }
 
-extern "C" __global__ void dropout_f16(const __half* __restrict__ x, __half* __restrict__ y, long long n,
+// x and y may be the same bytes (in place: each thread reads its group, then writes it), so
+// they carry no __restrict__.
+extern "C" __global__ void dropout_f16(const __half* x, __half* y, long long n,
                                        unsigned long long key, float p_drop, float scale,
                                        const unsigned long long* __restrict__ key_at) {
     if (key_at) key = *key_at;

@@ -33,11 +33,11 @@ def label(path):
 def our_time(row):
     """(ms, algo, ok) of our side of a row; ms None when it did not run."""
     ours = row.get("ours")
-    if not ours or row.get("ours_error"):
+    if not ours or row.get("ours_error") or ours.get("ms") is None:
         return None, None, False
     agreement = row.get("agreement")
     ok = bool(agreement and agreement.get("pass"))
-    return ours["ms"], ours["algo"], ok
+    return ours["ms"], ours.get("algo", "?"), ok
 
 
 def table(base, others):
@@ -49,13 +49,17 @@ def table(base, others):
             if not isinstance(r, dict) or "layer" not in r or "pass" not in r:
                 print(f"{name}: a row without layer or pass, left out")
                 continue
+            if any(r.get(d) is None for d in "nhwck"):
+                print(f"{name}: a {r['layer']} {r['pass']} row without its shape (an older binary?): "
+                      "it matches no other file's rows")
             key = (r["layer"], r["pass"]) + tuple(r.get(d) for d in "nhwck")
             if key not in ours:
                 keys.append(key)
                 ours[key] = []
             gflop[key] = r.get("gflop")
-            if r.get("cudnn") and not r.get("cudnn_error") and key not in cudnn:
-                cudnn[key] = r["cudnn"]["ms"]
+            cudnn_ms = (r.get("cudnn") or {}).get("ms")
+            if cudnn_ms is not None and not r.get("cudnn_error") and key not in cudnn:
+                cudnn[key] = cudnn_ms
             ms, algo, ok = our_time(r)
             if ms is not None:
                 ours[key].append((name, algo, ms, ok))

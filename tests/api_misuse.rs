@@ -118,6 +118,7 @@ fn lrn_refuses_non_finite_constants() {
         LrnParams { k: f32::NAN, ..a },
         LrnParams { k: 0.0, ..a },
         LrnParams { alpha: -1e-4, ..a },
+        LrnParams { k: 1e-30, beta: 2.0, ..a },
     ] {
         assert_invalid(ops::lrn_fwd(&x, &mut y, &p), "must be finite");
         let mut dx = Tensor::<f16>::zeros(&dev, &[1, 2, 2, 8]).unwrap();

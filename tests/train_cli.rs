@@ -129,8 +129,9 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     assert!(e.contains("m.jsonl: an earlier run's metrics file"), "{e}");
     assert_eq!(std::fs::read(&metrics).unwrap(), b"{}\n");
 
-    // A resume with another batch size or --keep-last (both set the epoch's batches) is refused;
-    // one already past --steps has nothing to do.
+    // A resume with another batch size is refused (--keep-last too where the set has a short
+    // batch: tests/train_data.rs; these 16 images make whole batches of 4, so it changes
+    // nothing and is accepted); one already past --steps has nothing to do.
     let resume = |f: &dyn Fn(&mut TrainArgs)| {
         tiny(|a| {
             (a.checkpoint_dir, a.resume) = (Some(ck.clone()), Some(String::new()));
@@ -139,8 +140,7 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     };
     let e = error_of(resume(&|a| a.batch = 2));
     assert!(e.contains("written by a run with --batch 4, this run has --batch 2"), "{e}");
-    let e = error_of(resume(&|a| a.keep_last = true));
-    assert!(e.contains("written by a run without --keep-last, this run is with --keep-last"), "{e}");
+    run(&resume(&|a| a.keep_last = true)).unwrap();
     let s = run(&resume(&|a| a.steps = Some(1))).unwrap();
     assert!(s.steps == 2 && s.losses.is_empty(), "{s:?}");
     assert_eq!(std::fs::read(&last).unwrap(), before);

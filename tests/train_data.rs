@@ -177,4 +177,12 @@ fn keep_last_trains_the_short_last_batch() {
         assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains(&format!("epoch 0 step {steps}:")), "{extra:?}: {stdout}");
     }
+    // A resume that changes the flag would change the epoch's batches: refused either way.
+    let ck = TempDir::new("train-data", "keep-last-ck");
+    let ckd = ck.0.to_str().unwrap();
+    let out = vgg(&run_args(&dir, &["--keep-last", "--steps", "2", "--checkpoint-dir", ckd]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vgg(&run_args(&dir, &["--checkpoint-dir", ckd, "--resume"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("written by a run with --keep-last, this run is without"), "{err}");
 }

@@ -29,9 +29,10 @@ fn plan(x: &Tensor<f16>, p: &LrnParams, arrays: usize) -> Result<(LaunchConfig, 
     ensure_shape!(p.size >= 1, "lrn: window size must be at least 1");
     // A NaN or infinite constant made every output NaN (or 0) without a word, and so does a base
     // k + alpha/size * sum that can reach 0 or below (k <= 0 on a window of zeros, as ReLU outputs
-    // often are, or alpha < 0): k > 0 and alpha >= 0 keep it at least k.
+    // often are, or alpha < 0): k > 0 and alpha >= 0 keep it at least k, and k^-beta must be
+    // finite too (k = 1e-30 with beta 2 overflows, and a zero window then gives 0 * inf).
     let finite = [p.alpha, p.beta, p.k].iter().all(|v| v.is_finite());
-    if !(finite && p.k > 0.0 && p.alpha >= 0.0) {
+    if !(finite && p.k > 0.0 && p.alpha >= 0.0 && p.k.powf(-p.beta).is_finite()) {
         return Err(Error::Invalid(format!(
             "lrn: alpha {}, beta {}, k {} must be finite, with k > 0 and alpha >= 0",
             p.alpha, p.beta, p.k

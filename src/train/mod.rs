@@ -243,7 +243,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 b = state.batch
             );
         }
-        if state.keep_last != a.keep_last {
+        // Only where the flag changes the epoch: a set of whole batches has no short one.
+        if state.keep_last != a.keep_last && !train_ds.len().is_multiple_of(a.batch) {
             let flag = |k: bool| if k { "with --keep-last" } else { "without --keep-last" };
             bail!(
                 "{}: written by a run {}, this run is {} (its epochs have another number of batches)",
