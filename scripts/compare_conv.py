@@ -11,19 +11,11 @@ effective TFLOP/s. Then, over the rows cuDNN ran: the summed times and the geome
 the ratios, per pass and in all. The best-of-ours column is the data for Auto's per-layer rule.
 A missing or unreadable file is a line saying so, not a failure.
 """
-import json
 import math
 import os
 import sys
 
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"{path}: not read ({e})")
-        return None
+from compare_train import load  # a missing or unreadable file: a line saying so, and None
 
 
 def label(path):

@@ -254,6 +254,35 @@ pub(crate) fn tflops(t: f64) -> String {
 
 /// The cells of one timed implementation in a table line: its algorithm, median ms and
 /// TFLOP/s, given as `(algo, ms, tflops)`; `-` each when it was not measured.
+/// A `--passes` value: names from `all` (any subset, any order, repeats once) or `all`; the
+/// errors list the valid names. Shared by `bench conv` and `bench gemm`.
+pub(crate) fn parse_passes<P: Copy + PartialEq>(
+    s: &str,
+    all: &[P],
+    name: fn(P) -> &'static str,
+) -> std::result::Result<Vec<P>, conv::BadArgument> {
+    let names: Vec<&str> = all.iter().map(|&p| name(p)).collect();
+    let valid = format!("passes: {}, or all", names.join(", "));
+    if s.trim() == "all" {
+        return Ok(all.to_vec());
+    }
+    let mut v = vec![];
+    for n in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let p = all
+            .iter()
+            .copied()
+            .find(|&p| name(p) == n)
+            .ok_or_else(|| conv::BadArgument(format!("unknown pass `{n}` ({valid})")))?;
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    if v.is_empty() {
+        return Err(conv::BadArgument(format!("no pass given ({valid})")));
+    }
+    Ok(v)
+}
+
 pub(crate) fn measured_cells(m: Option<(&str, f64, f64)>) -> [String; 3] {
     match m {
         Some((algo, ms, tf)) => [algo.into(), format!("{ms:.4}"), tflops(tf)],

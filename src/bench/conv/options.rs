@@ -35,23 +35,7 @@ impl Pass {
 
     /// `fprop,dgrad,wgrad` (any subset, any order) or `all`.
     pub fn parse_list(s: &str) -> Result<Vec<Pass>, BadArgument> {
-        if s.trim() == "all" {
-            return Ok(Self::ALL.to_vec());
-        }
-        let mut v = vec![];
-        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let p = Self::ALL
-                .into_iter()
-                .find(|p| p.name() == name)
-                .ok_or_else(|| BadArgument(format!("unknown pass `{name}` (passes: fprop, dgrad, wgrad, or all)")))?;
-            if !v.contains(&p) {
-                v.push(p);
-            }
-        }
-        if v.is_empty() {
-            return Err(BadArgument("no pass given (passes: fprop, dgrad, wgrad, or all)".into()));
-        }
-        Ok(v)
+        super::super::parse_passes(s, &Self::ALL, Pass::name)
     }
 
     pub(super) fn ops(self) -> ConvPass {

@@ -52,24 +52,7 @@ impl Pass {
 
     /// `fwd,bwd_data,bwd_weight` (any subset, any order) or `all`.
     pub fn parse_list(s: &str) -> Result<Vec<Pass>, BadArgument> {
-        const VALID: &str = "passes: fwd, bwd_data, bwd_weight, or all";
-        if s.trim() == "all" {
-            return Ok(Self::ALL.to_vec());
-        }
-        let mut v = vec![];
-        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let p = Self::ALL
-                .into_iter()
-                .find(|p| p.name() == name)
-                .ok_or_else(|| BadArgument(format!("unknown pass `{name}` ({VALID})")))?;
-            if !v.contains(&p) {
-                v.push(p);
-            }
-        }
-        if v.is_empty() {
-            return Err(BadArgument(format!("no pass given ({VALID})")));
-        }
-        Ok(v)
+        super::parse_passes(s, &Self::ALL, Pass::name)
     }
 
     fn ops(self) -> gemm::Pass {
