@@ -113,6 +113,18 @@ fi
 # The headline: ours against PyTorch per batch, images/s and device memory (issue 6's targets).
 step train-vs-torch 10 python3 scripts/compare_train.py "$RAW/torch-train.json" "$RAW/bench-train.json" \
   "$RAW/bench-train-tune.json"
+# The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer? This and
+# the graph step below are the last measurements the data issue and `--graph`'s default wait
+# for; both are short (run 4: bench-data 13 s) and the budget cuts from the end, so they run here.
+# lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
+step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
+step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$RAW/bench-data.json"
+# Steps replayed from a captured CUDA graph (2 launches a step: its variables, the graph),
+# VGG-16 as in bench-train: whether `--graph` pays (issue 6; bench/NOTES.md, "CUDA graphs").
+if "$VGG" bench train --help 2>/dev/null | grep -q -- --graph; then
+  step bench-train-graph 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --graph \
+    --json "$RAW/bench-train-graph.json"
+fi
 # PyTorch's own conv timings (cuDNN through torch): a cross-check of bench-conv's cuDNN rows.
 if [ -f scripts/torch_conv_baseline.py ]; then
   step torch-conv 100 python3 scripts/torch_conv_baseline.py "$RAW/torch-conv.json" --batch "$BATCH"
@@ -129,6 +141,15 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
   step bench-conv-flat 60 "$VGG" bench conv --device cuda --batch "$BATCH" --passes fprop,dgrad --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat --json "$RAW/bench-conv-flat.json"
 fi
+# VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps,
+# its default conv plans: tuned on the device): its img/s against bench-train-tune's
+# device-resident batch-64 row says whether the input side keeps up.
+step train-vgg16 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
+  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8 --conv-algo tune
+# The same images pre-resized into raw shards by `vgg prep` (log only).
+SHARDS=${TMPDIR:-/tmp}/vgg-shards
+step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
+step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
 # Hardware counters of the conv main loops on conv3_2 (ncu works on Firecracker machines, not
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
@@ -150,12 +171,9 @@ if "$VGG" bench train --help 2>/dev/null | grep -q -- --queued; then
   step bench-train-queued 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --queued \
     --json "$RAW/bench-train-queued.json"
 fi
-# Steps replayed from captured CUDA graphs (2 launches a step: its variables, the graph):
-# VGG-16 as above, then VGG-16 on 32x32 inputs, where ~110 launches may cost more than the
-# kernels, one by one, queued and as a graph (predictions in bench/NOTES.md, "CUDA graphs").
+# VGG-16 on 32x32 inputs, where ~110 launches may cost more than the kernels: one by one,
+# queued and as a graph (predictions in bench/NOTES.md, "CUDA graphs").
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --graph; then
-  step bench-train-graph 60 "$VGG" bench train --device cuda --model D --batch "$BATCH" --graph \
-    --json "$RAW/bench-train-graph.json"
   for mode in one-by-one queued graph; do
     flag=$([ $mode = one-by-one ] || echo "--$mode")
     step "bench-train-32px-$mode" 40 "$VGG" bench train --device cuda --model D --input 32 --batch "$BATCH" \
@@ -166,25 +184,12 @@ fi
 # checkpoint exists): centre crop, then dense over the whole image plus its flip (log only).
 CK=${TMPDIR:-/tmp}/vgg-d
 rm -rf "$CK" # vgg train refuses to overwrite an earlier run's checkpoint
-# VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps,
-# its default conv plans: tuned on the device): its img/s against bench-train-tune's
-# device-resident batch-64 row says whether the input side keeps up.
-step train-vgg16 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
-  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8 --conv-algo tune
 step eval-vgg16-ckpt 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
   --classes 1000 --synthetic-len 64 --batch 32 --steps 2 --checkpoint-dir "$CK" --conv-algo auto
 step eval-vgg16-center 60 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 256 \
   --scale 256 --crops center --batch 64
 step eval-vgg16-dense 90 "$VGG" eval --weights "$CK/last.safetensors" --data synthetic --synthetic-len 128 \
   --scale 256 --crops dense --flip
-# The data pipeline on the GPU machine's CPUs (16 cores): can it feed the trainer?
-# lscpu: are the 16 "cores" hyperthreads? (decides how the loader's per-worker rate should scale)
-step cpu 10 sh -c "nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'"
-step bench-data 90 "$VGG" bench data --synthetic --synthetic-size 400 --images 2048 --workers 1,2,4,8,16 --json "$RAW/bench-data.json"
-# The same images pre-resized into raw shards by `vgg prep` (log only).
-SHARDS=${TMPDIR:-/tmp}/vgg-shards
-step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
-step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
 # The trainer end to end on the GPU: the README's small network on the synthetic data.
 step train-small 90 "$VGG" train --device cuda --quiet
 if command -v compute-sanitizer >/dev/null && [ "${SANITIZE:-1}" = 1 ]; then
