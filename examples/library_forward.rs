@@ -61,3 +61,13 @@ fn main() -> Result<()> {
     anyhow::ensure!(same, "reloaded model computes other logits");
     Ok(())
 }
+
+// `cargo test` runs the example on emu (the harness's arguments carry no `--device`): it fails
+// unless the reloaded model computes the same logits bit for bit.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_on_emu() {
+        super::main().unwrap();
+    }
+}

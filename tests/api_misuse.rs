@@ -166,6 +166,15 @@ fn a_tensor_of_another_device_of_the_same_name_is_named() {
     assert!(msg.contains("relu output") && msg.contains("another device of that name"), "{msg}");
 }
 
+/// A device name that is none of `cuda`, `cuda:N`, `emu` is a bad value, not a missing GPU: it
+/// read "CUDA device unavailable: unknown device `cpu`", which sent users looking for a driver.
+#[test]
+fn an_unknown_device_name_is_an_invalid_value() {
+    for name in ["cpu", "cuda:x", "cuda:", "EMU", ""] {
+        assert_invalid(Device::by_name(name), &format!("unknown device `{name}` (expected cuda, cuda:N or emu)"));
+    }
+}
+
 /// Views of one buffer ([`Tensor::view`]) given to one launch as an output and another of its
 /// tensors (an input, a second output, the workspace) that share bytes: the kernel would read
 /// what it writes, or two outputs race. An `Error::Shape` naming the op and both tensors.

@@ -179,9 +179,7 @@ impl Device {
             "cuda" => Self::cuda(0),
             _ => match name.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 Some(i) => Self::cuda(i),
-                None => {
-                    Err(Error::DeviceUnavailable(format!("unknown device `{name}` (expected cuda, cuda:N or emu)")))
-                }
+                None => Err(Error::Invalid(format!("unknown device `{name}` (expected cuda, cuda:N or emu)"))),
             },
         }
     }
