@@ -166,6 +166,15 @@ fn a_tensor_of_another_device_of_the_same_name_is_named() {
     assert!(msg.contains("relu output") && msg.contains("another device of that name"), "{msg}");
 }
 
+/// `Linear::conv1x1`'s pixel count `n*h*w` wrapped in release builds: 2^40 * 2^20 * 2^4 pixels
+/// became 0, a valid-looking empty product. It saturates, which no tensor can match.
+#[test]
+fn conv1x1_pixel_count_does_not_wrap() {
+    let l = ops::gemm::Linear::conv1x1(1 << 40, 1 << 20, 1 << 4, 8, 8);
+    assert_eq!((l.m, l.k, l.n), (usize::MAX, 8, 8));
+    assert_eq!(ops::gemm::Linear::conv1x1(2, 3, 5, 8, 16).m, 30);
+}
+
 /// A device name that is none of `cuda`, `cuda:N`, `emu` is a bad value, not a missing GPU: it
 /// read "CUDA device unavailable: unknown device `cpu`", which sent users looking for a driver.
 #[test]

@@ -198,9 +198,11 @@ impl Linear {
     }
 
     /// A 1x1 convolution of an NHWC input `[n, h, w, c]` to `k` channels: the GEMM over the
-    /// `n*h*w` pixels.
+    /// `n*h*w` pixels. An `n*h*w` past `usize::MAX` saturates (no tensor has that many
+    /// elements, so every launch and workspace query then refuses the shape) instead of
+    /// wrapping to a small, valid-looking product in release builds.
     pub const fn conv1x1(n: usize, h: usize, w: usize, c: usize, k: usize) -> Self {
-        Self { m: n * h * w, k: c, n: k }
+        Self { m: n.saturating_mul(h).saturating_mul(w), k: c, n: k }
     }
 
     /// Floating-point operations of one pass (`2 M N K`; all three passes are equal).
