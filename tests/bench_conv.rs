@@ -18,10 +18,6 @@ fn emu_config(layers: &str, algo: Algo) -> ConvBenchConfig {
     cfg
 }
 
-fn scratch(name: &str) -> PathBuf {
-    common::scratch("bench-conv", name)
-}
-
 fn assert_rows_good(report: &ConvReport, expect_rows: usize) {
     assert_eq!(report.rows.len(), expect_rows, "{report:#?}");
     for r in &report.rows {
@@ -63,7 +59,8 @@ fn emu_bench_measures_and_agrees_with_reference() {
     let json = serde_json::to_string(&report).unwrap();
     let back: ConvReport = serde_json::from_str(&json).unwrap();
     assert_eq!(back.rows.len(), 9);
-    let png = scratch("auto.png");
+    let dir = common::TempDir::new("bench-conv", "auto");
+    let png = dir.join("auto.png");
     plot::conv_chart(&report, &png).unwrap();
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
@@ -188,7 +185,8 @@ fn cli_rejects_an_unknown_layer() {
 
 #[test]
 fn cli_emu_run_prints_the_table_and_writes_json_and_a_plot() {
-    let (json, png) = (scratch("cli.json"), scratch("cli.png"));
+    let dir = common::TempDir::new("bench-conv", "cli");
+    let (json, png) = (dir.join("cli.json"), dir.join("cli.png"));
     let out = vgg(&[
         "bench",
         "conv",
@@ -225,7 +223,8 @@ fn cli_emu_run_prints_the_table_and_writes_json_and_a_plot() {
 
 #[test]
 fn cli_emu_tune_names_the_chosen_plans() {
-    let json = scratch("tune.json");
+    let dir = common::TempDir::new("bench-conv", "tune");
+    let json = dir.join("tune.json");
     let out = vgg(&[
         "bench",
         "conv",

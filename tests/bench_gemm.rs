@@ -5,13 +5,9 @@
 mod common;
 
 use common::vgg;
-use std::path::PathBuf;
+
 use vgg_cuda::bench::gemm::{self, GemmBench, GemmBenchConfig, GemmReport, Pass};
 use vgg_cuda::Device;
-
-fn scratch(name: &str) -> PathBuf {
-    common::scratch("bench-gemm", name)
-}
 
 fn assert_rows_good(report: &GemmReport, expect_rows: usize) {
     assert_eq!(report.rows.len(), expect_rows, "{report:#?}");
@@ -122,7 +118,8 @@ fn cli_rejects_bad_names() {
 
 #[test]
 fn cli_emu_run_prints_the_table_and_writes_json() {
-    let json = scratch("cli.json");
+    let dir = common::TempDir::new("bench-gemm", "cli");
+    let json = dir.join("cli.json");
     let out = vgg(&[
         "bench",
         "gemm",

@@ -4,6 +4,7 @@
 use vgg_cuda::bench::train::{run, TrainBenchConfig};
 use vgg_cuda::model::Arch;
 use vgg_cuda::Device;
+mod common;
 
 #[test]
 fn tiny_training_steps_are_measured() {
@@ -141,9 +142,7 @@ fn a_profiled_step_lists_every_launch_by_layer() {
 
 #[test]
 fn cli_json_path_is_checked_before_the_run() {
-    let dir = std::env::temp_dir().join(format!("vgg-bench-train-test-{}-outputs", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("bench-train", "outputs");
     let afile = dir.join("afile");
     std::fs::write(&afile, b"keep").unwrap();
     let json = afile.join("x.json");
@@ -157,5 +156,4 @@ fn cli_json_path_is_checked_before_the_run() {
     assert!(stderr.contains("--json") && stderr.contains("afile is a file, not a folder"), "stderr: {stderr}");
     assert!(!stdout.contains("bench train on"), "the run started: {stdout}");
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

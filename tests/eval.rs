@@ -14,11 +14,9 @@ use vgg_cuda::{Device, Tensor};
 mod common;
 use common::emu_eval_args as eval_args;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-eval-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for test `name`, removed when the test ends.
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::new("eval", name)
 }
 
 fn tiny(classes: usize) -> VggConfig {

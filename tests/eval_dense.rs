@@ -170,11 +170,9 @@ fn dense_on_larger_images_matches_the_host() {
     assert!(e.contains("smaller"), "{e}");
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-eval-dense-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for test `name`, removed when the test ends.
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::new("eval-dense", name)
 }
 
 fn save(dir: &Path, cfg: &VggConfig) -> PathBuf {

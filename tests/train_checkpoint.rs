@@ -5,6 +5,7 @@ use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::ops::conv::ConvAlgo;
 use vgg_cuda::train::{checkpoint, run, TrainArgs};
 use vgg_cuda::Device;
+mod common;
 
 fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
     TrainArgs {
@@ -42,11 +43,9 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
     }
 }
 
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-train-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for test `name`, removed when the test ends.
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::new("train", name)
 }
 
 /// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the

@@ -2,14 +2,13 @@
 //! expected size, not blank, with the curves' colours in them; in the checkpoint folder, or
 //! next to the metrics file without one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vgg_cuda::train::{run, TrainArgs};
+mod common;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-train-plots-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for test `name`, removed when the test ends.
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::new("train-plots", name)
 }
 
 /// A at 1/16 width on 32x32 synthetic images, 6 steps an epoch, on emu.
@@ -48,7 +47,7 @@ const TOP5: [u8; 3] = [44, 160, 44];
 fn plots_in_checkpoint_dir_and_next_to_metrics() {
     let dir = tmpdir("ckpt");
     let metrics = dir.join("run.jsonl");
-    let a = TrainArgs { checkpoint_dir: Some(dir.clone()), metrics: Some(metrics.clone()), ..args() };
+    let a = TrainArgs { checkpoint_dir: Some(dir.to_path_buf()), metrics: Some(metrics.clone()), ..args() };
     run(&a).unwrap();
     check_png(&dir.join("loss.png"), &[TRAIN, VAL]);
     check_png(&dir.join("accuracy.png"), &[TRAIN, TOP5]);

@@ -3,16 +3,15 @@
 //! layers keep `--init`'s draw; mismatched widths and inputs are refused with the knob named.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vgg_cuda::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use vgg_cuda::train::{checkpoint, pre_init, run, TrainArgs};
 use vgg_cuda::Device;
+mod common;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-pre-init-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for test `name`, removed when the test ends.
+fn tmpdir(name: &str) -> common::TempDir {
+    common::TempDir::new("pre-init", name)
 }
 
 fn args(model: &str) -> TrainArgs {
@@ -53,7 +52,7 @@ fn write_plain(path: &Path, tensors: &[NamedTensor]) {
 #[test]
 fn d_takes_four_convs_and_the_classifier_from_a() {
     let dir = tmpdir("a");
-    run(&TrainArgs { checkpoint_dir: Some(dir.clone()), steps: Some(2), ..args("A") }).unwrap();
+    run(&TrainArgs { checkpoint_dir: Some(dir.to_path_buf()), steps: Some(2), ..args("A") }).unwrap();
     let a_path = dir.join("last.safetensors");
     let a = by_name(checkpoint::load(&a_path).unwrap().weights);
 

@@ -7,10 +7,11 @@
 //! vgg11, 13, 16 and 19's names, shapes and parameter counts.
 
 use safetensors::tensor::{Dtype, TensorView};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::Device;
+mod common;
 
 /// vgg11's conv channels (Table 1, config A) at 1/16 width, and the FC width / classes used.
 const CONVS: [usize; 8] = [4, 8, 16, 16, 32, 32, 32, 32];
@@ -78,11 +79,9 @@ fn write(path: &Path, tensors: &[(String, Vec<usize>, Data)]) {
     std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
 
-fn tmpdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vgg-torchvision-file-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder, removed when the test ends.
+fn tmpdir() -> common::TempDir {
+    common::TempDir::new("torchvision-file", "file")
 }
 
 #[test]

@@ -6,13 +6,6 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use vgg_cuda::device::cuda_report;
 
-/// `name` in a scratch folder of this test process, `vgg-<what>-test-<pid>` under the temp dir.
-pub fn scratch(what: &str, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vgg-{what}-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
 /// Runs the `vgg` binary with `args`.
 pub fn vgg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vgg")).args(args).output().expect("running the vgg binary")
@@ -34,6 +27,7 @@ pub fn assert_fails_without_gpu_in_one_line(args: &[&str], expect: &str) {
 }
 
 /// A fresh, empty folder `vgg-<what>-test-<pid>-<name>` under the temp dir, removed when dropped.
+#[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -42,6 +36,20 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
+    }
+}
+
+/// The folder's path, so that a `TempDir` is used where a `&Path` is (`dir.join(..)`, `&dir`).
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
     }
 }
 
