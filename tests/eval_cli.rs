@@ -228,8 +228,11 @@ fn eval_of_no_images_is_refused_naming_the_option() {
     let w = save_tiny(&dir.0, 2);
     let e = err_of(eval::eval(&EvalArgs { limit: Some(0), ..emu_eval_args(vec![w.clone()], "synthetic") }));
     assert!(e.contains("--limit 0: nothing to evaluate"), "{e}");
-    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w], "synthetic") }));
+    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w.clone()], "synthetic") }));
     assert!(e.contains("--synthetic-len 0: nothing to evaluate"), "{e}");
+    // A typo of a length is refused by name; it aborted the process asking for 800 GB.
+    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 100_000_000_000, ..emu_eval_args(vec![w], "synthetic") }));
+    assert!(e.contains("--synthetic-len 100000000000: at most 100000000 images"), "{e}");
 }
 
 #[test]

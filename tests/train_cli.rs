@@ -75,6 +75,8 @@ fn options_no_run_can_use_are_refused_by_name() {
             }),
             "--conv-algo: unknown conv algorithm `fastest`",
         ),
+        // Each image costs an index up front: this one aborted the process asking for 800 GB.
+        (Box::new(|a| a.synthetic_len = 100_000_000_000), "--synthetic-len 100000000000: at most 100000000 images"),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),

@@ -217,6 +217,9 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     if a.data == "synthetic" && a.synthetic_len == 0 {
         bail!("--synthetic-len 0: nothing to evaluate (give at least 1 image)");
     }
+    if a.data == "synthetic" && a.synthetic_len > crate::data::MAX_SYNTHETIC_LEN {
+        bail!("--synthetic-len {}: at most {} images", a.synthetic_len, crate::data::MAX_SYNTHETIC_LEN);
+    }
     // Output paths before any work, so that a bad one does not cost the run.
     for (opt, p) in [("--json", &a.json), ("--csv", &a.csv)] {
         if let Some(p) = p {
