@@ -130,6 +130,9 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let e = error_of(tiny(|a| a.metrics = Some(metrics.clone())));
     assert!(e.contains("m.jsonl: an earlier run's metrics file"), "{e}");
     assert_eq!(std::fs::read(&metrics).unwrap(), b"{}\n");
+    // A folder is named as one, not as an earlier run's metrics file.
+    let e = error_of(tiny(|a| a.metrics = Some(t.0.clone())));
+    assert!(e.contains("is a folder, not a file") && !e.contains("earlier run"), "{e}");
 
     // A resume with another batch size is refused (--keep-last too where the set has a short
     // batch: tests/train_data.rs; these 16 images make whole batches of 4, so it changes
