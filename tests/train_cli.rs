@@ -103,6 +103,18 @@ fn options_no_run_can_use_are_refused_by_name() {
         assert!(!out.status.success() && err.contains("width multiplier -1 must be > 0"), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?} printed before refusing: {}", String::from_utf8_lossy(&out.stdout));
     }
+    // The same for every option: clap read `--batch -4` as the option without a value and an
+    // unknown flag `-4` ("unexpected argument '-4' found"), naming neither.
+    for (args, want) in [
+        (&["train", "--device", "emu", "--quiet", "--batch", "-4"][..], "invalid value '-4' for '--batch <BATCH>'"),
+        (&["train", "--device", "emu", "--quiet", "--epochs", "-1"], "invalid value '-1' for '--epochs <EPOCHS>'"),
+        (&["info", "--model", "D", "--batch", "-1"], "--batch: `-1` is not a positive batch size"),
+        (&["bench", "data", "--synthetic", "--workers", "-1"], "--workers `-1`: expected counts >= 1"),
+    ] {
+        let out = vgg(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    }
 }
 
 #[test]
