@@ -112,6 +112,8 @@ fn info_model_options_need_model() {
     }
     let out = vgg(&["info", "--model", "A", "--input", "64"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("64x64 input"));
+    // --kernels lists the device's kernels, which --model does not print: refused, not ignored.
+    fails_with(&["info", "--model", "A", "--kernels"], &["--kernels", "--model"]);
 }
 
 #[test]

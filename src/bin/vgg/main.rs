@@ -44,7 +44,7 @@ enum Cmd {
     /// --model, a VGG config's layers, parameters, FLOPs and training memory plan instead.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "model")]
         kernels: bool,
         /// Print JSON instead of text (with --model: the layers, totals and memory plans).
         #[arg(long)]
