@@ -77,6 +77,9 @@ fn options_no_run_can_use_are_refused_by_name() {
         ),
         // Each image costs an index up front: this one aborted the process asking for 800 GB.
         (Box::new(|a| a.synthetic_len = 100_000_000_000), "--synthetic-len 100000000000: at most 100000000 images"),
+        // Named as the option's value, not as the file system's "No such file or directory".
+        (Box::new(|a| a.data = "/no/such/data".into()), "--data `/no/such/data`: no such folder"),
+        (Box::new(|a| a.data = String::new()), "--data ``: no such folder"),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),

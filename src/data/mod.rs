@@ -174,6 +174,20 @@ pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// `Ok` when `--data` names a folder; else an error naming the option and its value (the
+/// file system's "No such file or directory" named neither, and `--data ""` read as `: No
+/// such file or directory`).
+pub fn check_data_dir(data: &str) -> Result<(), DataError> {
+    let p = std::path::Path::new(data);
+    if p.is_dir() {
+        return Ok(());
+    }
+    let what = if p.exists() { "is a file, not a folder" } else { "no such folder" };
+    Err(DataError::Config(format!(
+        "--data `{data}`: {what} (give `synthetic`, an ImageFolder or a `vgg prep` shard directory)"
+    )))
+}
+
 /// The images `indices` of another dataset, in that order (a quick run on part of a set).
 pub struct Subset {
     inner: std::sync::Arc<dyn Dataset>,

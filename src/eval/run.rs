@@ -153,6 +153,7 @@ fn open_source(a: &EvalArgs) -> Result<Source> {
     if a.data == "synthetic" {
         return Ok(Source::Synthetic);
     }
+    crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
     let dir = if !Shards::is_shard_dir(&dir) && dir.join("val").is_dir() { dir.join("val") } else { dir };
     check_weights_file(&a.weights[0])?;
