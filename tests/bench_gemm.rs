@@ -97,10 +97,15 @@ fn cli_without_gpu_says_why_in_one_line() {
 #[test]
 fn cli_rejects_bad_names() {
     for device in ["emu", "cuda"] {
-        let cases: [(&[&str], &[&str]); 3] = [
-            (&["--shapes", "fc6,fc9"], &["unknown shape `fc9`", "fc7"]),
-            (&["--passes", "fwd,fprop"], &["unknown pass `fprop`", "bwd_weight"]),
-            (&["--batch", "64,zero"], &["bad batch `zero`"]),
+        let cases: [(&[&str], &[&str]); 6] = [
+            (&["--shapes", "fc6,fc9"], &["--shapes fc6,fc9: unknown shape `fc9`", "fc7"]),
+            (&["--passes", "fwd,fprop"], &["--passes fwd,fprop: unknown pass `fprop`", "bwd_weight"]),
+            (&["--batch", "64,zero"], &["--batch 64,zero: bad batch `zero`"]),
+            // An empty item is a typo (a lost number or name), refused as such; it was skipped
+            // and the run went on with the rest.
+            (&["--batch", "64,,256"], &["--batch 64,,256: bad batch ``"]),
+            (&["--shapes", "fc6,,fc8"], &["--shapes fc6,,fc8: unknown shape ``"]),
+            (&["--passes", "fwd,"], &["--passes fwd,: unknown pass ``"]),
         ];
         for (args, needles) in cases {
             let mut all = vec!["bench", "gemm", "--device", device];

@@ -168,6 +168,8 @@ fn stats_of_a_split_folder_uses_its_train_part() {
     folder(&split.join("val"), &["ant", "bee"], 1);
     let (err, json) = succeeds(&["stats", s(&split), "--size", "0"]);
     assert!(err.contains(&format!("using {}", s(&split.join("train")))), "{err}");
+    // --size 0 keeps the images' own size (the line said "rescaled to 0").
+    assert!(err.contains("images at their own size") && !err.contains("rescaled to 0"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["classes"], serde_json::json!(["ant", "bee"]), "{json}");
     assert_eq!(v["images"], 6);

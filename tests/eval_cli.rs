@@ -112,6 +112,8 @@ fn info_model_options_need_model() {
     }
     let out = vgg(&["info", "--model", "A", "--input", "64"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("64x64 input"));
+    // --kernels lists the device's kernels, which --model does not print: refused, not ignored.
+    fails_with(&["info", "--model", "A", "--kernels"], &["--kernels", "--model"]);
 }
 
 #[test]
@@ -228,8 +230,20 @@ fn eval_of_no_images_is_refused_naming_the_option() {
     let w = save_tiny(&dir.0, 2);
     let e = err_of(eval::eval(&EvalArgs { limit: Some(0), ..emu_eval_args(vec![w.clone()], "synthetic") }));
     assert!(e.contains("--limit 0: nothing to evaluate"), "{e}");
-    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w], "synthetic") }));
+    let e = err_of(eval::eval(&EvalArgs { synthetic_len: 0, ..emu_eval_args(vec![w.clone()], "synthetic") }));
     assert!(e.contains("--synthetic-len 0: nothing to evaluate"), "{e}");
+    // A typo of a length is refused by name; it aborted the process asking for 800 GB.
+    let e =
+        err_of(eval::eval(&EvalArgs { synthetic_len: 100_000_000_000, ..emu_eval_args(vec![w.clone()], "synthetic") }));
+    assert!(e.contains("--synthetic-len 100000000000: at most 100000000 images"), "{e}");
+    // A --data that is no folder is named as the option's value (it read "nodir: No such file
+    // or directory", and `--data ""` ": No such file or directory").
+    for (data, want) in
+        [("/no/such/data", "no such folder"), ("", "no such folder"), (s(&w), "is a file, not a folder")]
+    {
+        let e = err_of(eval::eval(&emu_eval_args(vec![w.clone()], data)));
+        assert!(e.contains(&format!("--data `{data}`: {want}")), "{e}");
+    }
 }
 
 #[test]

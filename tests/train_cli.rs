@@ -75,6 +75,11 @@ fn options_no_run_can_use_are_refused_by_name() {
             }),
             "--conv-algo: unknown conv algorithm `fastest`",
         ),
+        // Each image costs an index up front: this one aborted the process asking for 800 GB.
+        (Box::new(|a| a.synthetic_len = 100_000_000_000), "--synthetic-len 100000000000: at most 100000000 images"),
+        // Named as the option's value, not as the file system's "No such file or directory".
+        (Box::new(|a| a.data = "/no/such/data".into()), "--data `/no/such/data`: no such folder"),
+        (Box::new(|a| a.data = String::new()), "--data ``: no such folder"),
         (Box::new(|a| a.steps = Some(0)), "nothing to train"),
         (Box::new(|a| (a.steps, a.epochs) = (None, 0)), "nothing to train"),
         (Box::new(|a| a.checkpoint_every = Some(0)), "--checkpoint-every"),
@@ -100,6 +105,18 @@ fn options_no_run_can_use_are_refused_by_name() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("width multiplier -1 must be > 0"), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?} printed before refusing: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // The same for every option: clap read `--batch -4` as the option without a value and an
+    // unknown flag `-4` ("unexpected argument '-4' found"), naming neither.
+    for (args, want) in [
+        (&["train", "--device", "emu", "--quiet", "--batch", "-4"][..], "invalid value '-4' for '--batch <BATCH>'"),
+        (&["train", "--device", "emu", "--quiet", "--epochs", "-1"], "invalid value '-1' for '--epochs <EPOCHS>'"),
+        (&["info", "--model", "D", "--batch", "-1"], "--batch: `-1` is not a positive batch size"),
+        (&["bench", "data", "--synthetic", "--workers", "-1"], "--workers `-1`: expected counts >= 1"),
+    ] {
+        let out = vgg(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
     }
 }
 
@@ -128,6 +145,9 @@ fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let e = error_of(tiny(|a| a.metrics = Some(metrics.clone())));
     assert!(e.contains("m.jsonl: an earlier run's metrics file"), "{e}");
     assert_eq!(std::fs::read(&metrics).unwrap(), b"{}\n");
+    // A folder is named as one, not as an earlier run's metrics file.
+    let e = error_of(tiny(|a| a.metrics = Some(t.0.clone())));
+    assert!(e.contains("is a folder, not a file") && !e.contains("earlier run"), "{e}");
 
     // A resume with another batch size is refused (--keep-last too where the set has a short
     // batch: tests/train_data.rs; these 16 images make whole batches of 4, so it changes

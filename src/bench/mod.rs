@@ -266,8 +266,12 @@ pub(crate) fn parse_passes<P: Copy + PartialEq>(
     if s.trim() == "all" {
         return Ok(all.to_vec());
     }
+    if s.trim().is_empty() {
+        return Err(conv::BadArgument(format!("no pass given ({valid})")));
+    }
+    // Every item, an empty one too: `fprop,,wgrad` is a typo, not the two passes named.
     let mut v = vec![];
-    for n in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for n in s.split(',').map(str::trim) {
         let p = all
             .iter()
             .copied()
@@ -276,9 +280,6 @@ pub(crate) fn parse_passes<P: Copy + PartialEq>(
         if !v.contains(&p) {
             v.push(p);
         }
-    }
-    if v.is_empty() {
-        return Err(conv::BadArgument(format!("no pass given ({valid})")));
     }
     Ok(v)
 }

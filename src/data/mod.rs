@@ -45,6 +45,11 @@ pub use transform::{Plan, Scale, StageTimes, TestTransform, TrainTransform, Tran
 /// a GiB even with several loader workers.
 pub const MAX_SIDE: u32 = 4096;
 
+/// The most images `--synthetic-len` accepts (`vgg train`, `vgg eval`): each image of an epoch
+/// costs 8 bytes of shuffled index up front, so a typo such as 100000000000 asked for 800 GB and
+/// aborted the process. 10^8 is 78 times ImageNet's training set (800 MB of indices).
+pub const MAX_SYNTHETIC_LEN: usize = 100_000_000;
+
 /// `Ok` when `value` is at most [`MAX_SIDE`]; else an error naming `option` (e.g. `--size`).
 pub fn check_side(option: &str, value: u32) -> Result<(), DataError> {
     if value > MAX_SIDE {
@@ -167,6 +172,20 @@ pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
         order.swap(i, j);
     }
     order
+}
+
+/// `Ok` when `--data` names a folder; else an error naming the option and its value (the
+/// file system's "No such file or directory" named neither, and `--data ""` read as `: No
+/// such file or directory`).
+pub fn check_data_dir(data: &str) -> Result<(), DataError> {
+    let p = std::path::Path::new(data);
+    if p.is_dir() {
+        return Ok(());
+    }
+    let what = if p.exists() { "is a file, not a folder" } else { "no such folder" };
+    Err(DataError::Config(format!(
+        "--data `{data}`: {what} (give `synthetic`, an ImageFolder or a `vgg prep` shard directory)"
+    )))
 }
 
 /// The images `indices` of another dataset, in that order (a quick run on part of a set).

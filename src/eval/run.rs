@@ -153,6 +153,7 @@ fn open_source(a: &EvalArgs) -> Result<Source> {
     if a.data == "synthetic" {
         return Ok(Source::Synthetic);
     }
+    crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
     let dir = if !Shards::is_shard_dir(&dir) && dir.join("val").is_dir() { dir.join("val") } else { dir };
     check_weights_file(&a.weights[0])?;
@@ -216,6 +217,9 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     }
     if a.data == "synthetic" && a.synthetic_len == 0 {
         bail!("--synthetic-len 0: nothing to evaluate (give at least 1 image)");
+    }
+    if a.data == "synthetic" && a.synthetic_len > crate::data::MAX_SYNTHETIC_LEN {
+        bail!("--synthetic-len {}: at most {} images", a.synthetic_len, crate::data::MAX_SYNTHETIC_LEN);
     }
     // Output paths before any work, so that a bad one does not cost the run.
     for (opt, p) in [("--json", &a.json), ("--csv", &a.csv)] {

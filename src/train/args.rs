@@ -200,6 +200,13 @@ impl TrainArgs {
         if let Err(e) = optim.validate() {
             bail!("--momentum {} / --wd {}: {e}", self.momentum, self.wd);
         }
+        if self.data == "synthetic" && self.synthetic_len > crate::data::MAX_SYNTHETIC_LEN {
+            bail!(
+                "--synthetic-len {}: at most {} images (each costs an index of the epoch's order up front)",
+                self.synthetic_len,
+                crate::data::MAX_SYNTHETIC_LEN
+            );
+        }
         if self.data == "synthetic" && self.classes < 2 {
             bail!("--classes {}: training needs at least 2 classes", self.classes);
         }

@@ -92,6 +92,7 @@ fn datasets(a: &TrainArgs) -> Result<Datasets> {
         let val = Synthetic::new(a.classes, s, (a.synthetic_len / 4).max(a.batch), a.seed ^ 0x5eed).square();
         return Ok((Arc::new(train), Some(Arc::new(val))));
     }
+    crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
     let (tr, va) = (dir.join("train"), dir.join("val"));
     // Each of these may be an ImageFolder or a `vgg prep` shard directory (with index.json).

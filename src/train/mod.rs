@@ -83,7 +83,8 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option
     }
     for (p, what) in [(ckpt, "checkpoint"), (a.metrics.as_deref(), "metrics file")] {
         let Some(p) = p else { continue };
-        if a.resume.is_none() && p.exists() {
+        // A folder is no earlier run's file: check_writable names it as a folder.
+        if a.resume.is_none() && p.exists() && !p.is_dir() {
             bail!(
                 "{}: an earlier run's {what}; --resume continues that run, or choose another path \
                  (nothing was overwritten)",

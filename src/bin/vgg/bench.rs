@@ -132,7 +132,7 @@ pub(crate) struct BenchConvArgs {
 
 pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
     // Arguments first, so a typo is reported even where the device is unusable.
-    let passes = Pass::parse_list(&a.passes)?;
+    let passes = Pass::parse_list(&a.passes).with_context(|| format!("--passes {}", a.passes))?;
     let algo = Algo::parse(&a.algo)?;
     let wino_tiling = match a.wino_tiling.as_str() {
         "auto" => WinoTiling::Auto,
@@ -145,7 +145,7 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         bail!("--wino-tiling {}: --algo tune chooses the tiling itself (leave --wino-tiling auto)", a.wino_tiling);
     }
     let emu = a.device == "emu";
-    let layers = select_layers(emu, a.batch, &a.layers)?;
+    let layers = select_layers(emu, a.batch, &a.layers).with_context(|| format!("--layers {}", a.layers))?;
     if a.repeats == Some(0) {
         bail!("--repeats must be at least 1");
     }
@@ -238,11 +238,11 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
 
 pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     // Arguments first, so a typo is reported even where the device is unusable.
-    let passes = bench_gemm::Pass::parse_list(&a.passes)?;
+    let passes = bench_gemm::Pass::parse_list(&a.passes).with_context(|| format!("--passes {}", a.passes))?;
     let emu = a.device == "emu";
-    let layers = bench_gemm::select_layers(emu, &a.shapes)?;
+    let layers = bench_gemm::select_layers(emu, &a.shapes).with_context(|| format!("--shapes {}", a.shapes))?;
     let batches = match &a.batch {
-        Some(b) => bench_gemm::parse_batches(b)?,
+        Some(b) => bench_gemm::parse_batches(b).with_context(|| format!("--batch {b}"))?,
         None => bench_gemm::default_batches(emu),
     };
     if a.repeats == Some(0) {

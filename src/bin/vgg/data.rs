@@ -164,7 +164,13 @@ pub(crate) fn stats_cmd(a: StatsArgs) -> Result<()> {
     let n = if a.samples == 0 { 1000 } else { a.samples };
     let (ds, what) = a.source.open(n)?;
     let sampled = if a.samples == 0 || a.samples >= ds.len() { "all".to_string() } else { a.samples.to_string() };
-    eprintln!("stats of {what}: {sampled} images, shorter side rescaled to {}", a.size);
+    // --size 0 keeps each image's own size (it read "shorter side rescaled to 0").
+    let size = if a.size == 0 {
+        "images at their own size".to_string()
+    } else {
+        format!("shorter side rescaled to {}", a.size)
+    };
+    eprintln!("stats of {what}: {sampled} images, {size}");
     let t0 = std::time::Instant::now();
     let st = vgg_cuda::data::stats::compute(&*ds, a.samples, a.size, a.source.seed, a.source.strict)?;
     eprintln!(

@@ -13,7 +13,7 @@
 //!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod bench;
 mod data;
@@ -44,7 +44,7 @@ enum Cmd {
     /// --model, a VGG config's layers, parameters, FLOPs and training memory plan instead.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "model")]
         kernels: bool,
         /// Print JSON instead of text (with --model: the layers, totals and memory plans).
         #[arg(long)]
@@ -130,10 +130,21 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::from_arg_matches(&negatives_are_values(Cli::command()).get_matches()).unwrap_or_else(|e| e.exit());
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Every option's value may look like a negative number, so that `--batch -4` or `--epochs -1`
+/// is refused as a bad value of that option (clap's message names it) instead of as "unexpected
+/// argument '-4' found", which named neither the option nor what was wrong.
+fn negatives_are_values(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(
+        |a| if a.get_action().takes_values() && !a.is_positional() { a.allow_negative_numbers(true) } else { a },
+    )
+    .mut_subcommands(negatives_are_values)
 }
 
 fn run(cli: Cli) -> Result<()> {
