@@ -332,6 +332,45 @@ fn region_windows_of_every_width_are_exact() {
     }
 }
 
+/// The kernels' 32-bit index limits, at shapes far too large to allocate on the emulator: only
+/// the planning is checked (Conv3x3::new and the tiling choice take shapes, not tensors).
+#[test]
+fn index_limits_at_large_shapes() {
+    use vgg_cuda::problem::vgg16_layers;
+    // VGG-16 at 224 px, batch 512: conv1's activations are 1.64G halves (3.3 GB, byte offsets past
+    // 2^31, element offsets below it). Every layer plans under Auto and Wgmma.
+    for np in vgg16_layers(512) {
+        let p = np.problem;
+        Conv3x3::new(p, ConvAlgo::Auto).unwrap_or_else(|e| panic!("{}: {e}", np.name));
+        if p.c % 8 == 0 {
+            Conv3x3::new(p, ConvAlgo::Wgmma).unwrap_or_else(|e| panic!("{}: {e}", np.name));
+        }
+    }
+    // Wgmma's 32-bit element offsets: N H W max(C, K) < 2^31, so conv1_2 (and every VGG-16 layer
+    // but the first, whose C is 3) plans up to batch 668; at 669 it is refused by name, as is a
+    // tuner's switch of an Auto plan to it.
+    let conv1_2 = |n| ConvProblem::new(n, 224, 224, 64, 64);
+    Conv3x3::new(conv1_2(668), ConvAlgo::Wgmma).unwrap();
+    let msg = "Wgmma needs N*H*W*max(C, K) below 2^31";
+    shape_err(Conv3x3::new(conv1_2(669), ConvAlgo::Wgmma), msg);
+    let auto = Conv3x3::new(conv1_2(669), ConvAlgo::Auto).unwrap();
+    shape_err(auto.with_pass_algo(ConvPass::Fprop, ConvAlgo::Wgmma), msg);
+    // Every algorithm's pixel index: N H W < 2^30 (batch 21399 at 224 px).
+    Conv3x3::new(conv1_2(21399), ConvAlgo::Auto).unwrap();
+    shape_err(Conv3x3::new(conv1_2(21400), ConvAlgo::Auto), "32-bit pixel index");
+    // Winograd's region copies use 32-bit offsets within an image of H W max(Cp, K) halves, Cp
+    // the channels the padded fprop reads: a 12000 x 12000 image of C = 13 is 1.87G halves, but
+    // 2.3G at Cp = 16, so it runs flat.
+    let big = ConvProblem::new(1, 12000, 12000, 13, 8);
+    let conv = Conv3x3::new(big, ConvAlgo::Winograd2x2).unwrap().with_wino_tiling(WinoTiling::Region);
+    assert!(conv.padded(ConvPass::Fprop), "{big}: expected a padded fprop");
+    assert_eq!(conv.wino_region_width(), 0, "{big}: region offsets would pass 2^31");
+    assert_eq!(conv.label(ConvPass::Fprop), "winograd2x2/flat");
+    let fits = ConvProblem::new(1, 11000, 11000, 16, 8); // 1.94G halves: region allowed
+    let conv = Conv3x3::new(fits, ConvAlgo::Winograd2x2).unwrap().with_wino_tiling(WinoTiling::Region);
+    assert_ne!(conv.wino_region_width(), 0, "{fits}: fits 32 bits, yet runs flat");
+}
+
 #[test]
 fn shape_errors() {
     // Tensor-core paths need K a multiple of 8 (C is padded); with K not, C < 8 goes to Direct

@@ -4,7 +4,7 @@
 use half::f16;
 use rand::{Rng, SeedableRng};
 use vgg_cuda::model::reference::HostVgg;
-use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Sharing, StepStats, Vgg, VggConfig};
+use vgg_cuda::model::{Arch, ConvChoice, Init, MemoryPlan, OptimConfig, Role, Sharing, StepStats, Vgg, VggConfig};
 use vgg_cuda::ops::conv::ConvAlgo;
 use vgg_cuda::{reference as r, Device, Tensor};
 
@@ -573,6 +573,23 @@ fn export_import_round_trip_in_torchvision_layout() {
 fn memory_configs() -> Vec<VggConfig> {
     let tiny = |arch, dropout| VggConfig { dropout, ..VggConfig::small(arch, 1.0 / 16.0, 32, 16, 5) };
     vec![tiny(Arch::A, 0.5), tiny(Arch::ALrn, 0.0), tiny(Arch::C, 0.5)]
+}
+
+/// VGG-16 at 224 px plans (without a device) at batch 512 and 1024, about 11 and 21 GB on an
+/// H200's 141: every conv layer's Auto plan accepts them (Conv3x3::new holds N*H*W below 2^30),
+/// though conv1's activations then reach 1.64G and 3.29G elements, past 2^31 at 1024, which the
+/// element-wise, pool, Winograd and implicit-GEMM kernels index in 64 bits (Wgmma plans stop at
+/// batch 668: tests/conv.rs).
+#[test]
+fn vgg16_plans_batches_whose_activations_pass_2_31_elements() {
+    let cfg = VggConfig::paper(Arch::D);
+    assert_eq!(cfg.input, 224);
+    for n in [512, 1024] {
+        let plan = MemoryPlan::new(&cfg, n, Sharing::Lifetimes).unwrap_or_else(|e| panic!("batch {n}: {e}"));
+        let conv1 = plan.buffer(Role::Act(0)).unwrap();
+        assert_eq!(conv1.shape, [n, 224, 224, 64], "batch {n}");
+        assert!(plan.total() < 141 << 30, "batch {n}: {} bytes", plan.total());
+    }
 }
 
 /// The plan, made without a device, is what the model allocates, byte for byte; buffers that

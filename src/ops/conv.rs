@@ -178,7 +178,8 @@ pub enum WinoTiling {
     /// A window of rh x rw tiles (rh * rw = 64) of one image, its (2 rh + 2) x (2 rw + 2) input
     /// pixels copied once: about 3x less input traffic, but windows that cross the image's edge
     /// leave tile slots idle. rw is the power of two with the fewest idle slots. Images of
-    /// 2^31 or more halves (H W max(C, K)) run Flat whatever is asked.
+    /// 2^31 or more halves (H W max(Cp, K), Cp the channels fprop reads) run Flat whatever is
+    /// asked.
     Region,
 }
 
@@ -343,6 +344,12 @@ impl Conv3x3 {
             _ => a.is_winograd() || a == wg,
         };
         let wgmma_ok = || !self.padded(pass) && wgmma_fits(&self.problem);
+        // The limit by name: a tuner asks for Wgmma on shapes that Auto plans (batch 669 on).
+        ensure_shape!(
+            (cur != wg && algo != wg) || wgmma_fits(&self.problem),
+            "conv3x3 {}: Wgmma needs N*H*W*max(C, K) below 2^31",
+            self.problem
+        );
         if !swappable(cur) || !swappable(algo) || ((cur == wg || algo == wg) && !wgmma_ok()) {
             return Err(Error::Shape(format!(
                 "conv3x3 {}: {pass:?} runs {:?}; only a Winograd fprop / dgrad can switch (to Winograd2x2, \
@@ -372,8 +379,9 @@ impl Conv3x3 {
             .into_iter()
             .min_by(|&a, &b| idle(a).total_cmp(&idle(b)).then(halo(a).cmp(&halo(b))))
             .unwrap_or(8);
-        // The region copies address an image with 32-bit offsets.
-        if p.h * p.w * p.c.max(p.k) > i32::MAX as usize {
+        // The region copies address an image with 32-bit offsets; fprop reads x at Cp channels,
+        // which passes C where C is padded (C = 13, K = 8: 16 channels).
+        if p.h * p.w * self.cp.max(p.k) > i32::MAX as usize {
             return 0;
         }
         match self.tiling {
