@@ -99,3 +99,22 @@ fn info_model_batch_too_large_fails_naming_it_before_the_table() {
         assert!(out.is_empty(), "{args:?}: printed before the error:\n{out}");
     }
 }
+
+/// A config value no network can have is named as the option that set it, in `vgg train`'s
+/// words (`the model of --model D --input 0 ...: invalid shape: VGG input 0 is too small`):
+/// `vgg info --model` said only "VGG input 0 is too small", naming no option.
+#[test]
+fn info_model_bad_config_names_the_option() {
+    for (flag, value, want) in [
+        ("--input", "0", "--input 0 --width 1 --fc 4096 --classes 1000: invalid shape: VGG input 0"),
+        ("--fc", "0", "--input 224 --width 1 --fc 0 --classes 1000: invalid shape: VGG FC width"),
+        ("--width", "nan", "--input 224 --width NaN --fc 4096 --classes 1000: invalid shape: VGG width"),
+        ("--classes", "0", "--fc 4096 --classes 0: invalid shape: VGG needs at least one class"),
+    ] {
+        let (status, out, err) = vgg(&["info", "--model", "D", flag, value]);
+        assert_eq!(status.code(), Some(1), "{flag} {value}: {status:?}:\n{out}\n{err}");
+        assert!(err.starts_with("error: the model of --model D --input "), "{flag} {value}: {err}");
+        assert!(err.contains(want), "{flag} {value}: the error does not say `{want}`: {err}");
+        assert!(out.is_empty(), "{flag} {value}: printed before the error:\n{out}");
+    }
+}

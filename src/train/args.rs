@@ -168,6 +168,18 @@ impl Default for TrainArgs {
     }
 }
 
+/// [`crate::model::VggConfig::validate`], its error in the context of the command-line options
+/// that set the config: `the model of --model D --input 0 --width 1 --fc 4096{rest}: invalid
+/// shape: VGG input 0 is too small: ...`. The model's errors name its fields only; `vgg train`
+/// and `vgg info --model` share this so that both name a bad value as the option the user typed.
+/// `rest` is the other options that set it, e.g. ` --dropout 0.5, --classes 4`.
+pub fn validate_model_options(model: &str, cfg: &crate::model::VggConfig, rest: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    cfg.validate().with_context(|| {
+        format!("the model of --model {model} --input {} --width {} --fc {}{rest}", cfg.input, cfg.width, cfg.fc)
+    })
+}
+
 /// What [`TrainArgs::checked`] parsed on the way, for the run to use without parsing again.
 pub(crate) struct Checked {
     pub arch: crate::model::Arch,
@@ -222,13 +234,8 @@ impl TrainArgs {
             dropout: self.dropout,
             ..crate::model::VggConfig::small(arch, self.width, self.input, self.fc, classes)
         };
-        cfg.validate().with_context(|| {
-            let classes = if synthetic { format!(", --classes {}", self.classes) } else { String::new() };
-            format!(
-                "the model of --model {} --input {} --width {} --fc {} --dropout {}{classes}",
-                self.model, self.input, self.width, self.fc, self.dropout
-            )
-        })?;
+        let classes = if synthetic { format!(", --classes {}", self.classes) } else { String::new() };
+        validate_model_options(&self.model, &cfg, &format!(" --dropout {}{classes}", self.dropout))?;
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
             bail!("--steps 0 / --epochs 0: nothing to train");
         }

@@ -16,7 +16,7 @@ pub mod plot;
 pub mod pre_init;
 mod schedule;
 
-pub use args::TrainArgs;
+pub use args::{validate_model_options, TrainArgs};
 pub use data::validate;
 pub use schedule::LrSchedule;
 

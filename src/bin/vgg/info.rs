@@ -180,7 +180,7 @@ pub(crate) fn model_info(
     use vgg_cuda::model::{Breakdown, MemoryPlan, Sharing};
     let arch = vgg_cuda::model::Arch::parse(model)?;
     let cfg = vgg_cuda::model::VggConfig { input, classes, width, fc, ..vgg_cuda::model::VggConfig::paper(arch) };
-    cfg.validate()?;
+    vgg_cuda::train::validate_model_options(model, &cfg, &format!(" --classes {classes}"))?;
     let batches = batch
         .map(|b| b.split(',').collect::<Vec<_>>())
         .unwrap_or_default()
