@@ -328,3 +328,40 @@ fn mean_only_inputs_with_a_unit_variance_init_are_warned_about() {
     let last = t.0.join("last.safetensors");
     assert!(!warned(&["--mean", "120,110,100", "--weights", last.to_str().unwrap()]));
 }
+
+/// A safetensors file with no metadata holding `tensors` (name, F32 values, 1-d).
+fn write_safetensors(path: &std::path::Path, tensors: &[(&str, &[f32])]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, v)| (n.to_string(), TensorView::new(Dtype::F32, vec![v.len()], bytemuck::cast_slice(v)).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+}
+
+/// A valid safetensors file with no VGG weights in it (no tensors at all, or only other
+/// names) given to --weights or --pre-init is refused as such, naming the option and the
+/// file, as `vgg eval` says "not a VGG state dict": it failed as a shape error about one
+/// missing parameter ("invalid shape: tensor `features.0.weight` appears 0 times").
+#[test]
+fn weights_of_no_vgg_are_refused_as_such() {
+    let t = TempDir::new("train-cli", "no-vgg-weights");
+    let empty = t.0.join("empty.safetensors");
+    write_safetensors(&empty, &[]);
+    let other = t.0.join("other.safetensors");
+    write_safetensors(&other, &[("encoder.weight", &[1.0, 2.0]), ("module.features.0.bias", &[0.5])]);
+    for (file, why) in
+        [(&empty, "(it holds no tensors)"), (&other, "it holds `encoder.weight`, `module.features.0.bias`")]
+    {
+        for opt in ["--weights", "--pre-init"] {
+            let f = file.to_str().unwrap();
+            let out = vgg(&["train", "--device", "emu", "--quiet", "--steps", "1", opt, f]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{opt} {f}: {:?}: {err}", out.status);
+            let want = format!("error: {opt} {f}: the file holds no VGG weights");
+            assert!(err.starts_with(&want), "{opt} {f}: the error is not `{want}...`: {err}");
+            assert!(err.contains(why), "{opt} {f}: the error does not say `{why}`: {err}");
+            assert!(!err.contains("invalid shape"), "{opt} {f}: {err}");
+        }
+    }
+}

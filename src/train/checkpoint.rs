@@ -71,6 +71,42 @@ pub struct Loaded {
     pub state: Option<TrainState>,
 }
 
+impl Loaded {
+    /// Errors unless some weight is named as a VGG parameter (`features.N.weight`,
+    /// `classifier.N.bias`, ...): a file with no tensors, or only other names, is no VGG
+    /// checkpoint, and loading it failed as a shape error about the first missing parameter
+    /// ("tensor `features.0.weight` appears 0 times"). `what` names the option and file, e.g.
+    /// `--weights ck.safetensors`.
+    pub fn ensure_vgg_weights(&self, what: &str) -> Result<()> {
+        let vgg_name = |n: &str| {
+            let Some(rest) = n.strip_prefix("features.").or_else(|| n.strip_prefix("classifier.")) else {
+                return false;
+            };
+            rest.split_once('.').is_some_and(|(i, p)| {
+                !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (p == "weight" || p == "bias")
+            })
+        };
+        if self.weights.iter().any(|w| vgg_name(&w.0)) {
+            return Ok(());
+        }
+        // The file's names as written (momentum ones with their prefix), a few of them: a
+        // prefix such as `module.` (a wrapped model) shows here.
+        let all: Vec<String> = (self.weights.iter().map(|w| w.0.clone()))
+            .chain(self.momentum.iter().map(|m| format!("{MOMENTUM}{}", m.0)))
+            .collect();
+        if all.is_empty() {
+            bail!("{what}: the file holds no VGG weights (it holds no tensors)");
+        }
+        let names: Vec<String> = all.iter().take(3).map(|n| format!("`{n}`")).collect();
+        let more = if all.len() > 3 { format!(" and {} more", all.len() - 3) } else { String::new() };
+        bail!(
+            "{what}: the file holds no VGG weights (no tensor named features.N.weight, classifier.N.bias, ...; \
+             it holds {}{more})",
+            names.join(", ")
+        )
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for &b in bytes {

@@ -212,6 +212,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
+        l.ensure_vgg_weights(&format!("--weights {}", w.display()))?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
     }
     if let Some(p) = &a.pre_init {
@@ -222,6 +223,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     if let Some(path) = &resume_from {
         let l = checkpoint::load(path)?;
+        l.ensure_vgg_weights(&format!("resuming from {}", path.display()))?;
         if let Some(c) = &l.config {
             if let Some(d) = checkpoint::config_diff(c, &cfg) {
                 bail!("{}: written for another model ({d}; checkpoint vs this run)", path.display());

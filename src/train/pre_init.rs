@@ -106,6 +106,7 @@ pub fn apply_tensors(vgg: &mut Vgg, src: &VggConfig, tensors: &[NamedTensor]) ->
 /// width, input, FC width or class count differs from this run's is refused by name.
 pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
     let loaded = checkpoint::load(path)?;
+    loaded.ensure_vgg_weights(&format!("--pre-init {}", path.display()))?;
     let dst = vgg.config().clone();
     let src = match loaded.config {
         Some(c) => {
