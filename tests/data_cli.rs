@@ -245,3 +245,20 @@ fn prep_reports_skipped_images_after_its_progress_line() {
     assert!(line.starts_with("warning: skipped "), "{line:?}");
     assert_eq!(line.matches("broken.jpg").count(), 1, "{line:?}");
 }
+
+/// --quality outside JPEG's 1-100 is refused naming the option and that range: as a bare u8,
+/// 300 got "300 is not in 0..=255" (a range that is not the option's).
+#[test]
+fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
+    let t = TempDir::new("data-cli", "quality");
+    let out_dir = t.0.join("out");
+    for q in ["300", "101", "0"] {
+        let out = vgg(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32", "--quality", q]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--quality {q} was accepted: {err}");
+        assert!(err.contains("--quality") && err.contains("1..=100"), "--quality {q}: {err}");
+        assert!(!err.contains("255"), "--quality {q}: {err}");
+    }
+    assert!(!out_dir.exists());
+    succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32", "--quality", "100"]);
+}

@@ -94,7 +94,8 @@ pub(crate) struct PrepArgs {
     #[arg(long, default_value_t = 1000)]
     shard_size: usize,
     /// Store JPEGs of this quality (1-100) instead of raw RGB (smaller, but decoded on load).
-    #[arg(long)]
+    // The range is JPEG's, checked by clap: as a bare u8, 300 was refused as "not in 0..=255".
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: Option<u8>,
     /// An unreadable image is an error instead of being reported and skipped.
     #[arg(long)]
