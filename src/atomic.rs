@@ -11,9 +11,28 @@ use std::path::{Path, PathBuf};
 /// writers pick the format by it (plotters' PNG backend), and the dot hides the file from
 /// folder scans (an ImageFolder would otherwise list a half-written `.png`).
 pub fn temp_path(path: &Path) -> PathBuf {
+    let (name, ext) = temp_parts(path);
+    path.with_file_name(format!(".{name}.tmp{}{ext}", std::process::id()))
+}
+
+/// The process id in `file_name` when it is the [`temp_path`] of `path` of some process
+/// (`.NAME.tmpPID.EXT`, beside `path`); `None` for any other name. For finding the temporary
+/// files or folders that a killed process left behind.
+pub fn temp_pid(path: &Path, file_name: &str) -> Option<u32> {
+    let (name, ext) = temp_parts(path);
+    let pid = file_name.strip_prefix(&format!(".{name}.tmp"))?.strip_suffix(ext.as_str())?;
+    // Digits only: `u32::from_str` also takes a leading `+`.
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// `path`'s name and `.EXT` (or ""), as [`temp_path`] names its temporary.
+fn temp_parts(path: &Path) -> (&str, String) {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let ext = path.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}{ext}", std::process::id()))
+    (name, ext)
 }
 
 /// Checks, before any work, that `path` can be written later: its folder exists or is
@@ -86,6 +105,22 @@ pub fn replace_with<E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_pid_reads_back_temp_path_names_only() {
+        for p in ["/d/shards", "/d/report.json", "/d/data.tmp1"] {
+            let own = temp_path(Path::new(p));
+            assert_eq!(temp_pid(Path::new(p), own.file_name().unwrap().to_str().unwrap()), Some(std::process::id()));
+        }
+        let out = Path::new("/d/shards");
+        assert_eq!(temp_pid(out, ".shards.tmp999999"), Some(999_999));
+        // Not its temporaries: another output's, no or a signed PID, a suffix, the old copy.
+        for n in [".shards2.tmp1", ".shards.tmp", ".shards.tmp+1", ".shards.tmp1.x", ".shards.old1", "shards.tmp1"] {
+            assert_eq!(temp_pid(out, n), None, "{n}");
+        }
+        assert_eq!(temp_pid(Path::new("/d/data.tmp1"), ".data.tmp1.tmp5"), None);
+        assert_eq!(temp_pid(Path::new("/d/data"), ".data.tmp1.tmp5.tmp1"), None);
+    }
 
     #[test]
     fn a_failed_write_keeps_the_old_file_and_leaves_no_temporary() {

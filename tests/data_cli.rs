@@ -262,3 +262,27 @@ fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
     assert!(!out_dir.exists());
     succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32", "--quality", "100"]);
 }
+
+/// A prep killed mid-run leaves its temporary folder `.OUT.tmpPID` beside OUT, which nothing
+/// removed: the next prep into OUT removes those of processes no longer running, saying so,
+/// and leaves a running one's, and other names, alone.
+#[cfg(target_os = "linux")]
+#[test]
+fn prep_removes_the_temporary_folders_of_killed_preps() {
+    let t = TempDir::new("data-cli", "stale-tmp");
+    let out_dir = t.0.join("shards");
+    // A process id that is not running (checked), and this test's own, which is.
+    assert!(!Path::new("/proc/999999").exists());
+    let dead = t.0.join(".shards.tmp999999");
+    let alive = t.0.join(format!(".shards.tmp{}", std::process::id()));
+    let other = t.0.join(".other.tmp999999");
+    for d in [&dead, &alive, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
+    }
+    let (err, _) = succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32"]);
+    assert!(!dead.exists(), "the killed prep's {} is still there; stderr: {err}", dead.display());
+    assert!(err.contains(&format!("prep: removed {}", dead.display())) && err.contains("999999"), "{err}");
+    assert!(alive.is_dir() && other.is_dir(), "{:?}", names(&t.0));
+    assert_eq!(Shards::open(&out_dir).unwrap().len(), 2);
+}

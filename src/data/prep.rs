@@ -9,7 +9,9 @@
 //! shard at a time into a temporary sibling folder of the output (`.OUT.tmpPID`); only when
 //! its shards and `index.json` are all written is it renamed to the output, and a previous
 //! output is removed after that. A failed or killed prep leaves the previous output whole,
-//! and a directory with an `index.json` is always complete. An output that is not empty and
+//! and a directory with an `index.json` is always complete; a killed prep's temporary folder
+//! is removed by the next prep into the same output (on Linux, where it can tell that the
+//! process that wrote it is gone). An output that is not empty and
 //! not a previous prep output (no `index.json`), or that overlaps the source, is refused.
 
 use std::path::{Path, PathBuf};
@@ -167,6 +169,7 @@ impl Target {
             return Err(err("is not a folder that can be replaced".into()));
         };
         crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
+        remove_stale_temps(&abs);
         let tmp = crate::atomic::temp_path(&abs);
         if tmp.exists() {
             // Left by a killed run whose process id this one reuses.
@@ -203,6 +206,41 @@ impl Target {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the temporary folders beside `abs` (`.OUT.tmpPID`, see [`Target`]) of preps that
+/// are no longer running, saying so on stderr: a prep killed mid-run leaves its folder, as
+/// large as the shards it had written, and nothing else would ever remove it. Whether PID runs
+/// is known on Linux only (from /proc); elsewhere, or without /proc, they are left, since a
+/// prep into the same output may be running. Failures are warnings: the prep does not need it.
+fn remove_stale_temps(abs: &Path) {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Some(Ok(entries)) = abs.parent().map(std::fs::read_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| crate::atomic::temp_pid(abs, n)) else {
+            continue;
+        };
+        // Our own (a reused process id) is replaced by Target::new; only folders are prep's
+        // (the entry's own type: a link is not followed).
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() || !is_dir {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => eprintln!(
+                "prep: removed {}, left by an earlier prep (process {pid}) that did not finish",
+                e.path().display()
+            ),
+            Err(err) => eprintln!(
+                "warning: could not remove {}, left by an earlier prep (process {pid}): {err}",
+                e.path().display()
+            ),
+        }
     }
 }
 
