@@ -182,8 +182,12 @@ fn cli_rejects_an_unknown_layer() {
         assert!(err.contains("unknown layer `conv9_9`") && err.contains("conv5_3"), "stderr: {err}");
         // An empty item is a typo, refused naming the option; it was skipped and the run went on.
         for (opt, list, want) in [
-            ("--layers", "conv1_1,,conv1_2", "--layers conv1_1,,conv1_2: unknown layer ``"),
-            ("--passes", "fprop,,dgrad", "--passes fprop,,dgrad: unknown pass ``"),
+            (
+                "--layers",
+                "conv1_1,,conv1_2",
+                "--layers conv1_1,,conv1_2: an empty layer in `conv1_1,,conv1_2` (two commas, or one at an end",
+            ),
+            ("--passes", "fprop,,dgrad", "--passes fprop,,dgrad: an empty pass in `fprop,,dgrad`"),
         ] {
             let out = vgg(&["bench", "conv", "--device", device, opt, list]);
             let err = String::from_utf8_lossy(&out.stderr);

@@ -263,26 +263,35 @@ fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
     succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32", "--quality", "100"]);
 }
 
-/// A prep killed mid-run leaves its temporary folder `.OUT.tmpPID` beside OUT, which nothing
-/// removed: the next prep into OUT removes those of processes no longer running, saying so,
-/// and leaves a running one's, and other names, alone.
+/// A prep stopped before its end (killed, power loss) leaves its temporary folder beside OUT,
+/// as large as the shards it wrote, and, when stopped between its two renames, the previous
+/// output moved aside. The next prep into OUT names both (removing them could lose data: a
+/// process id not running here may be a prep in another PID namespace) and leaves a running
+/// process's folders and other names unnamed; nothing is removed.
 #[cfg(target_os = "linux")]
 #[test]
-fn prep_removes_the_temporary_folders_of_killed_preps() {
+fn prep_names_what_killed_preps_left_and_removes_nothing() {
     let t = TempDir::new("data-cli", "stale-tmp");
     let out_dir = t.0.join("shards");
-    // A process id that is not running (checked), and this test's own, which is.
-    assert!(!Path::new("/proc/999999").exists());
-    let dead = t.0.join(".shards.tmp999999");
+    // A process id that can never run (above the kernel's maximum), and this test's own.
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let dead_pid = max + 1;
+    let dead = t.0.join(format!(".shards.tmp{dead_pid}"));
+    let old = t.0.join(format!(".shards.old{dead_pid}"));
     let alive = t.0.join(format!(".shards.tmp{}", std::process::id()));
-    let other = t.0.join(".other.tmp999999");
-    for d in [&dead, &alive, &other] {
+    let other = t.0.join(format!(".other.tmp{dead_pid}"));
+    for d in [&dead, &old, &alive, &other] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
     }
     let (err, _) = succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32"]);
-    assert!(!dead.exists(), "the killed prep's {} is still there; stderr: {err}", dead.display());
-    assert!(err.contains(&format!("prep: removed {}", dead.display())) && err.contains("999999"), "{err}");
-    assert!(alive.is_dir() && other.is_dir(), "{:?}", names(&t.0));
+    let left =
+        |d: &Path| format!("prep: {} was left by an earlier prep (process {dead_pid}, not running here)", d.display());
+    assert!(err.contains(&left(&dead)) && err.contains("holds its unfinished output; remove it yourself"), "{err}");
+    assert!(err.contains(&left(&old)) && err.contains("holds the output before it, moved aside"), "{err}");
+    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other."), "{err}");
+    for d in [&dead, &old, &alive, &other] {
+        assert!(d.join("shard-00000.bin").is_file(), "{} was touched; stderr: {err}", d.display());
+    }
     assert_eq!(Shards::open(&out_dir).unwrap().len(), 2);
 }

@@ -575,8 +575,8 @@ fn memory_configs() -> Vec<VggConfig> {
     vec![tiny(Arch::A, 0.5), tiny(Arch::ALrn, 0.0), tiny(Arch::C, 0.5)]
 }
 
-/// VGG-16 at 224 px plans (without a device) at batch 512 and 1024, about 11 and 21 GB on an
-/// H200's 141: every conv layer's Auto plan accepts them (Conv3x3::new holds N*H*W below 2^30),
+/// VGG-16 at 224 px plans (without a device) at batch 512 and 1024, 11.7 and 21.5 GB (`vgg info
+/// --model D --batch 512,1024`) on an H200's 141: every conv layer's Auto plan accepts them (Conv3x3::new holds N*H*W below 2^30),
 /// though conv1's activations then reach 1.64G and 3.29G elements, past 2^31 at 1024, which the
 /// element-wise, pool, Winograd and implicit-GEMM kernels index in 64 bits (Wgmma plans stop at
 /// batch 668: tests/conv.rs).

@@ -113,6 +113,14 @@ fn options_no_run_can_use_are_refused_by_name() {
         (&["train", "--device", "emu", "--quiet", "--epochs", "-1"], "invalid value '-1' for '--epochs <EPOCHS>'"),
         (&["info", "--model", "D", "--batch", "-1"], "--batch: `-1` is not a positive batch size"),
         (&["bench", "data", "--synthetic", "--workers", "-1"], "--workers `-1`: expected counts >= 1"),
+        // Words clap's negative-number rule does not cover: an exponent, a list, a leading dot.
+        (&["train", "--device", "emu", "--quiet", "--lr", "-1e-3"], "--lr -0.001: the learning rate must be positive"),
+        (&["train", "--device", "emu", "--quiet", "--lr", "-.5"], "--lr -0.5: the learning rate must be positive"),
+        (&["train", "--device", "emu", "--quiet", "--mean", "-1,2,3"], "--mean `-1,2,3`: expected three numbers"),
+        (&["info", "--model", "D", "--batch", "-1,64"], "--batch: `-1` is not a positive batch size"),
+        (&["bench", "data", "--synthetic", "--workers", "-1,2"], "--workers `-1,2`: expected counts >= 1"),
+        // After a flag, such a word is named as the flag's unexpected value.
+        (&["train", "--device", "emu", "--quiet", "-5"], "unexpected value '-5' for '--quiet'"),
     ] {
         let out = vgg(args);
         let err = String::from_utf8_lossy(&out.stderr);

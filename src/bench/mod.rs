@@ -252,8 +252,25 @@ pub(crate) fn tflops(t: f64) -> String {
     }
 }
 
-/// The cells of one timed implementation in a table line: its algorithm, median ms and
-/// TFLOP/s, given as `(algo, ms, tflops)`; `-` each when it was not measured.
+/// The items of a comma-separated option value, trimmed, for the `--layers`, `--shapes`,
+/// `--passes` and `--batch` lists: an error when there is none or one is empty (`a,,b` or a comma
+/// at an end is a typo, not the items named). `what` names an item ("layer"), `valid` says what
+/// is accepted.
+pub(crate) fn list_items<'a>(
+    s: &'a str,
+    what: &str,
+    valid: &str,
+) -> std::result::Result<Vec<&'a str>, conv::BadArgument> {
+    if s.trim().is_empty() {
+        return Err(conv::BadArgument(format!("no {what} given ({valid})")));
+    }
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    if items.contains(&"") {
+        return Err(conv::BadArgument(format!("an empty {what} in `{s}` (two commas, or one at an end; {valid})")));
+    }
+    Ok(items)
+}
+
 /// A `--passes` value: names from `all` (any subset, any order, repeats once) or `all`; the
 /// errors list the valid names. Shared by `bench conv` and `bench gemm`.
 pub(crate) fn parse_passes<P: Copy + PartialEq>(
@@ -266,12 +283,8 @@ pub(crate) fn parse_passes<P: Copy + PartialEq>(
     if s.trim() == "all" {
         return Ok(all.to_vec());
     }
-    if s.trim().is_empty() {
-        return Err(conv::BadArgument(format!("no pass given ({valid})")));
-    }
-    // Every item, an empty one too: `fprop,,wgrad` is a typo, not the two passes named.
     let mut v = vec![];
-    for n in s.split(',').map(str::trim) {
+    for n in list_items(s, "pass", &valid)? {
         let p = all
             .iter()
             .copied()
@@ -284,6 +297,8 @@ pub(crate) fn parse_passes<P: Copy + PartialEq>(
     Ok(v)
 }
 
+/// The cells of one timed implementation in a table line: its algorithm, median ms and
+/// TFLOP/s, given as `(algo, ms, tflops)`; `-` each when it was not measured.
 pub(crate) fn measured_cells(m: Option<(&str, f64, f64)>) -> [String; 3] {
     match m {
         Some((algo, ms, tf)) => [algo.into(), format!("{ms:.4}"), tflops(tf)],

@@ -169,7 +169,7 @@ impl Target {
             return Err(err("is not a folder that can be replaced".into()));
         };
         crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
-        remove_stale_temps(&abs);
+        report_leftovers(&abs);
         let tmp = crate::atomic::temp_path(&abs);
         if tmp.exists() {
             // Left by a killed run whose process id this one reuses.
@@ -209,21 +209,31 @@ impl Target {
     }
 }
 
-/// Removes the temporary folders beside `abs` (`.OUT.tmpPID`, see [`Target`]) of preps that
-/// are no longer running, saying so on stderr: a prep killed mid-run leaves its folder, as
-/// large as the shards it had written, and nothing else would ever remove it. Whether PID runs
-/// is known on Linux only (from /proc); elsewhere, or without /proc, they are left, since a
-/// prep into the same output may be running. Failures are warnings: the prep does not need it.
-fn remove_stale_temps(abs: &Path) {
+/// Names, on stderr, what earlier preps into `abs` that did not finish left beside it: their
+/// temporary folders (`.OUT.tmpPID`, as large as the shards they had written, which nothing
+/// else would ever point out) and a previous output they had moved aside (`.OUT.oldPID`, left
+/// when a prep is stopped between its two renames: then possibly the only complete copy).
+/// Nothing is removed: a process id that is not running here does not prove that the prep has
+/// ended (another PID namespace or host may share the folder), so the user decides. Linux only
+/// (running processes from /proc); a running process's folders are not named.
+fn report_leftovers(abs: &Path) {
     if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
         return;
     }
     let Some(Ok(entries)) = abs.parent().map(std::fs::read_dir) else {
         return;
     };
+    let old_prefix = format!(".{}.old", abs.file_name().unwrap_or_default().to_string_lossy());
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| crate::atomic::temp_pid(abs, n)) else {
-            continue;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = name.strip_prefix(&old_prefix).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let (pid, what) = match (crate::atomic::temp_pid(abs, &name), old.and_then(|p| p.parse::<u32>().ok())) {
+            (Some(pid), _) => (pid, "its unfinished output; remove it yourself"),
+            (None, Some(pid)) => (
+                pid,
+                "the output before it, moved aside (it may be the only complete copy); restore or remove it yourself",
+            ),
+            _ => continue,
         };
         // Our own (a reused process id) is replaced by Target::new; only folders are prep's
         // (the entry's own type: a link is not followed).
@@ -231,16 +241,11 @@ fn remove_stale_temps(abs: &Path) {
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() || !is_dir {
             continue;
         }
-        match std::fs::remove_dir_all(e.path()) {
-            Ok(()) => eprintln!(
-                "prep: removed {}, left by an earlier prep (process {pid}) that did not finish",
-                e.path().display()
-            ),
-            Err(err) => eprintln!(
-                "warning: could not remove {}, left by an earlier prep (process {pid}): {err}",
-                e.path().display()
-            ),
-        }
+        eprintln!(
+            "prep: {} was left by an earlier prep (process {pid}, not running here) that did not finish and \
+             holds {what}",
+            e.path().display()
+        );
     }
 }
 

@@ -199,8 +199,8 @@ impl Linear {
 
     /// A 1x1 convolution of an NHWC input `[n, h, w, c]` to `k` channels: the GEMM over the
     /// `n*h*w` pixels. An `n*h*w` past `usize::MAX` saturates (no tensor has that many
-    /// elements, so every launch and workspace query then refuses the shape) instead of
-    /// wrapping to a small, valid-looking product in release builds.
+    /// elements, so every launch refuses the shape, and the planner's and workspace sizes
+    /// saturate too) instead of wrapping to a small, valid-looking product in release builds.
     pub const fn conv1x1(n: usize, h: usize, w: usize, c: usize, k: usize) -> Self {
         Self { m: n.saturating_mul(h).saturating_mul(w), k: c, n: k }
     }
@@ -257,12 +257,15 @@ impl Linear {
         let kt = t.div_ceil(BK).max(1);
         let per_split = kt.div_ceil(self.resolve_splits(t, splits));
         let splits = kt.div_ceil(per_split);
-        let blocks = r.div_ceil(tile.rows()).max(1) * s.div_ceil(tile.cols()).max(1) * splits;
+        // Saturating and f64 products: a caller's Linear may be any size (conv1x1 saturates).
+        let blocks =
+            r.div_ceil(tile.rows()).max(1).saturating_mul(s.div_ceil(tile.cols()).max(1)).saturating_mul(splits);
         let waves = blocks.div_ceil(SMS * tile.per_sm()) as f64;
         let block_flops = (2 * tile.rows() * tile.cols() * per_split * BK) as f64;
         let compute = waves * (block_flops * tile.per_sm() as f64 / (SM_FLOPS * tile.speed()) + FILL_S);
         let out = if pass == Pass::BwdWeight { 4.0 } else { 2.0 };
-        let (inputs, outputs) = (2.0 * (r * t + t * s) as f64, (r * s) as f64);
+        let (r, s, t) = (r as f64, s as f64, t as f64);
+        let (inputs, outputs) = (2.0 * (r * t + t * s), r * s);
         if splits == 1 {
             return compute.max((inputs + out * outputs) / DRAM_BYTES);
         }
@@ -282,9 +285,9 @@ impl Linear {
             Algo::TensorCore { splits, .. } => {
                 let (r, s, t) = self.dims(pass);
                 let splits = self.resolve_splits(t, splits);
-                let partials = if splits > 1 { splits * r * s } else { 0 };
+                let partials = if splits > 1 { splits.saturating_mul(r).saturating_mul(s) } else { 0 };
                 let db = if pass == Pass::BwdWeight { self.colsum_plan(true).1 } else { 0 };
-                4 * (partials + if db > 1 { db * self.n } else { 0 })
+                partials.saturating_add(if db > 1 { db.saturating_mul(self.n) } else { 0 }).saturating_mul(4)
             }
             Algo::Simple | Algo::Auto => 0,
         }

@@ -142,16 +142,14 @@ pub fn select_layers(emu: bool, batch: Option<usize>, names: &str) -> Result<Vec
     if names.trim() == "all" {
         return Ok(all);
     }
-    if names.trim().is_empty() {
-        return Err(BadArgument("no layer given (use a name such as conv3_1, or all)".into()));
-    }
-    // Every item, an empty one too: `conv1_1,,conv3_1` is a typo, not the two layers named.
+    let known: Vec<&str> = all.iter().map(|l| l.name).collect();
+    let valid = format!("layers: {}, or all", known.join(", "));
     let mut v: Vec<NamedProblem> = vec![];
-    for name in names.split(',').map(str::trim) {
-        let l = all.iter().find(|l| l.name == name).ok_or_else(|| {
-            let known: Vec<&str> = all.iter().map(|l| l.name).collect();
-            BadArgument(format!("unknown layer `{name}` (layers: {}, or all)", known.join(", ")))
-        })?;
+    for name in crate::bench::list_items(names, "layer", &valid)? {
+        let l = all
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| BadArgument(format!("unknown layer `{name}` ({valid})")))?;
         if !v.iter().any(|x| x.name == name) {
             v.push(*l);
         }

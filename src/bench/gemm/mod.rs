@@ -94,17 +94,13 @@ pub fn select_layers(emu: bool, names: &str) -> Result<Vec<FcLayer>, BadArgument
     if names.trim() == "all" {
         return Ok(all.to_vec());
     }
-    if names.trim().is_empty() {
-        return Err(BadArgument("no shape given (shapes: fc6, fc7, fc8, or all)".into()));
-    }
-    // Every item, an empty one too: `fc6,,fc8` is a typo, not the two shapes named.
+    let valid = "shapes: fc6 (25088->4096), fc7 (4096->4096), fc8 (4096->1000), or all";
     let mut v: Vec<FcLayer> = vec![];
-    for name in names.split(',').map(str::trim) {
-        let l = all.iter().find(|l| l.name == name).ok_or_else(|| {
-            BadArgument(format!(
-                "unknown shape `{name}` (shapes: fc6 (25088->4096), fc7 (4096->4096), fc8 (4096->1000), or all)"
-            ))
-        })?;
+    for name in crate::bench::list_items(names, "shape", valid)? {
+        let l = all
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| BadArgument(format!("unknown shape `{name}` ({valid})")))?;
         if !v.contains(l) {
             v.push(*l);
         }
@@ -114,15 +110,11 @@ pub fn select_layers(emu: bool, names: &str) -> Result<Vec<FcLayer>, BadArgument
 
 /// Batches as `64,128,256`: positive integers, duplicates dropped.
 pub fn parse_batches(s: &str) -> Result<Vec<usize>, BadArgument> {
-    if s.trim().is_empty() {
-        return Err(BadArgument("no batch given (e.g. 64,128,256)".into()));
-    }
-    // Every item, an empty one too: `64,,256` is a typo, not the two batches named.
+    let valid = "a comma-separated list of positive integers, e.g. 64,128,256";
     let mut v = vec![];
-    for b in s.split(',').map(str::trim) {
-        let n: usize = b.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-            BadArgument(format!("bad batch `{b}` (a comma-separated list of positive integers, e.g. 64,128,256)"))
-        })?;
+    for b in crate::bench::list_items(s, "batch", valid)? {
+        let n: usize =
+            b.parse().ok().filter(|&n| n > 0).ok_or_else(|| BadArgument(format!("bad batch `{b}` ({valid})")))?;
         if !v.contains(&n) {
             v.push(n);
         }

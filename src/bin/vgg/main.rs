@@ -13,7 +13,7 @@
 //!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
 
 use anyhow::Result;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod bench;
 mod data;
@@ -130,21 +130,43 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::from_arg_matches(&negatives_are_values(Cli::command()).get_matches()).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse_from(negatives_as_values(std::env::args_os()));
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// Every option's value may look like a negative number, so that `--batch -4` or `--epochs -1`
-/// is refused as a bad value of that option (clap's message names it) instead of as "unexpected
-/// argument '-4' found", which named neither the option nor what was wrong.
-fn negatives_are_values(cmd: clap::Command) -> clap::Command {
-    cmd.mut_args(
-        |a| if a.get_action().takes_values() && !a.is_positional() { a.allow_negative_numbers(true) } else { a },
-    )
-    .mut_subcommands(negatives_are_values)
+/// `--opt -4` becomes `--opt=-4` wherever the word after a long option starts with `-` and a
+/// digit or `.`: clap reads such a word as a flag, not as the option's value (even with
+/// `allow_negative_numbers`, which covers `-4` but not `-1e-3` or `-1,64`), and said
+/// "unexpected argument '-4' found", naming neither the option nor what was wrong. Joined, the
+/// option's own check names the bad value (`--batch -4`, `--lr -1e-3`, `--mean -1,2,3`). No
+/// option or flag of ours starts with a digit, so no flag is lost; a flag followed by such a
+/// word becomes an error naming the flag, where it was an unknown `-4` before. Words after `--`
+/// stay as they are.
+fn negatives_as_values(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut rest = false;
+    for a in args {
+        let numeric = a.to_str().is_some_and(|v| {
+            let mut c = v.chars();
+            c.next() == Some('-') && c.next().is_some_and(|d| d.is_ascii_digit() || d == '.')
+        });
+        let after_option =
+            out.last().and_then(|o| o.to_str()).is_some_and(|o| o.starts_with("--") && o.len() > 2 && !o.contains('='));
+        if !rest && numeric && after_option {
+            let opt = out.pop().unwrap();
+            let mut joined = opt;
+            joined.push("=");
+            joined.push(&a);
+            out.push(joined);
+            continue;
+        }
+        rest |= a == "--";
+        out.push(a);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
