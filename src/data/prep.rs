@@ -9,9 +9,10 @@
 //! shard at a time into a temporary sibling folder of the output (`.OUT.tmpPID`); only when
 //! its shards and `index.json` are all written is it renamed to the output, and a previous
 //! output is removed after that. A failed or killed prep leaves the previous output whole,
-//! and a directory with an `index.json` is always complete; a killed prep's temporary folder
-//! is removed by the next prep into the same output (on Linux, where it can tell that the
-//! process that wrote it is gone). An output that is not empty and
+//! and a directory with an `index.json` is always complete; the next prep into the same
+//! output names what a killed prep left beside it (its temporary folder, a previous output
+//! moved aside) and removes none of it (on Linux, where it can tell that the process that
+//! wrote it is not running here). An output that is not empty and
 //! not a previous prep output (no `index.json`), or that overlaps the source, is refused.
 
 use std::path::{Path, PathBuf};
