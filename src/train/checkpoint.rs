@@ -72,21 +72,13 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Errors unless some weight is named as a VGG parameter (`features.N.weight`,
-    /// `classifier.N.bias`, ...): a file with no tensors, or only other names, is no VGG
-    /// checkpoint, and loading it failed as a shape error about the first missing parameter
-    /// ("tensor `features.0.weight` appears 0 times"). `what` names the option and file, e.g.
-    /// `--weights ck.safetensors`.
+    /// Errors unless some weight has a VGG parameter's name (`features.*`, `classifier.*`):
+    /// a file with no tensors, or only other names, is no VGG checkpoint, and loading it failed
+    /// as a shape error about the first missing parameter ("tensor `features.0.weight` appears 0
+    /// times"). A file with some VGG names goes on to the import, whose errors name the tensor.
+    /// `what` names the option and file, e.g. `--weights ck.safetensors`.
     pub fn ensure_vgg_weights(&self, what: &str) -> Result<()> {
-        let vgg_name = |n: &str| {
-            let Some(rest) = n.strip_prefix("features.").or_else(|| n.strip_prefix("classifier.")) else {
-                return false;
-            };
-            rest.split_once('.').is_some_and(|(i, p)| {
-                !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && (p == "weight" || p == "bias")
-            })
-        };
-        if self.weights.iter().any(|w| vgg_name(&w.0)) {
+        if self.weights.iter().any(|w| w.0.starts_with("features.") || w.0.starts_with("classifier.")) {
             return Ok(());
         }
         // The file's names as written (momentum ones with their prefix), a few of them: a
@@ -100,8 +92,7 @@ impl Loaded {
         let names: Vec<String> = all.iter().take(3).map(|n| format!("`{n}`")).collect();
         let more = if all.len() > 3 { format!(" and {} more", all.len() - 3) } else { String::new() };
         bail!(
-            "{what}: the file holds no VGG weights (no tensor named features.N.weight, classifier.N.bias, ...; \
-             it holds {}{more})",
+            "{what}: the file holds no VGG weights (no tensor named features.* or classifier.*; it holds {}{more})",
             names.join(", ")
         )
     }

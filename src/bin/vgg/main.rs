@@ -156,8 +156,7 @@ fn negatives_as_values(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<st
         let after_option =
             out.last().and_then(|o| o.to_str()).is_some_and(|o| o.starts_with("--") && o.len() > 2 && !o.contains('='));
         if !rest && numeric && after_option {
-            let opt = out.pop().unwrap();
-            let mut joined = opt;
+            let mut joined = out.pop().unwrap();
             joined.push("=");
             joined.push(&a);
             out.push(joined);
