@@ -45,12 +45,30 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
         return Err(named(path, &"is a folder, not a file"));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let missing: Vec<PathBuf> =
+            dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
         create_dir(dir)?;
+        CREATED.lock().unwrap_or_else(|e| e.into_inner()).extend(missing);
     }
     let probe = temp_path(path);
     std::fs::File::create(&probe).map_err(|e| named(path, &format!("cannot be written: {e}")))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// The folders [`check_writable`] created, for [`remove_created_dirs`].
+static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes the folders that [`check_writable`] created in this process and that are still
+/// empty, children first. A command that fails after checking its outputs calls it, so that
+/// a refused `--resume` or a bad `--data` does not leave behind the empty `--checkpoint-dir`
+/// it was checked against. A folder that holds anything (an output written before the
+/// failure) stays: `remove_dir` removes only empty folders. Returns the folders removed.
+pub fn remove_created_dirs() -> Vec<PathBuf> {
+    let mut created = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    // Deepest first, so that a parent created only to hold its child empties before its turn.
+    created.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    created.into_iter().filter(|d| std::fs::remove_dir(d).is_ok()).collect()
 }
 
 /// `create_dir_all` whose error names the folder, or the file standing where a folder must be.

@@ -105,6 +105,29 @@ fn image_folder_classes_and_order_match_torchvision() {
     assert!(ImageFolder::open(&empty.0.join("missing")).is_err());
 }
 
+/// Links to folders are followed, as torchvision's `os.walk(followlinks=True)` does (the same
+/// folder reached twice lists its images twice); a link back into a folder that holds it,
+/// which Python walks until the path is too long, is refused naming the link and its target.
+#[cfg(unix)]
+#[test]
+fn linked_folders_are_walked_and_a_link_cycle_is_named() {
+    let t = TempDir::new("data", "links");
+    let r = &t.0.join("train");
+    write_img(&t.0.join("elsewhere/e.png"), &solid(4, 4, [0, 0, 0]));
+    write_img(&r.join("a/x.png"), &solid(4, 4, [0, 0, 0]));
+    std::os::unix::fs::symlink(t.0.join("elsewhere"), r.join("a/l1")).unwrap();
+    std::os::unix::fs::symlink(t.0.join("elsewhere"), r.join("a/l2")).unwrap();
+    let ds = ImageFolder::open(r).unwrap();
+    let got: Vec<String> = ds.samples().iter().map(|(p, _)| p.strip_prefix(r).unwrap().display().to_string()).collect();
+    assert_eq!(got, ["a/x.png", "a/l1/e.png", "a/l2/e.png"]);
+
+    std::os::unix::fs::symlink(t.0.join("elsewhere"), t.0.join("elsewhere/up")).unwrap();
+    let e = ImageFolder::open(r).unwrap_err().to_string();
+    let link = r.join("a/l1/up");
+    assert!(e.starts_with(&format!("{}: ", link.display())), "{e}");
+    assert!(e.contains("leads back to") && e.ends_with("elsewhere, a folder above it (a link cycle)"), "{e}");
+}
+
 #[test]
 fn decoding_converts_to_rgb() {
     let t = TempDir::new("data", "decode");

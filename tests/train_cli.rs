@@ -128,6 +128,44 @@ fn options_no_run_can_use_are_refused_by_name() {
     }
 }
 
+/// A run refused after its outputs were checked (here: a --resume file that is no checkpoint,
+/// read only after the data) leaves no trace: the --checkpoint-dir folders the check created
+/// go again, while a folder that already existed stays.
+#[test]
+fn a_failed_run_removes_the_empty_folders_it_created() {
+    let t = TempDir::new("train-cli", "created");
+    let bad = t.0.join("bad.safetensors");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let fail = |dir: &std::path::Path| {
+        let out = vgg(&[
+            "train",
+            "--device",
+            "emu",
+            "--quiet",
+            "--steps",
+            "1",
+            "--synthetic-len",
+            "16",
+            "--batch",
+            "4",
+            "--resume",
+            bad.to_str().unwrap(),
+            "--checkpoint-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let se = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && se.contains("bad.safetensors"), "{se}");
+    };
+    let new = t.0.join("new").join("deeper");
+    fail(&new);
+    assert!(!t.0.join("new").exists(), "the created folders were left behind");
+    // Folders that were there before the run are not the run's to remove.
+    let kept = t.0.join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    fail(&kept);
+    assert!(kept.is_dir());
+}
+
 #[test]
 fn outputs_are_checked_before_training_and_an_earlier_run_is_not_overwritten() {
     let t = TempDir::new("train-cli", "outputs");

@@ -78,7 +78,7 @@ impl ImageFolder {
             }
             present += 1;
             let before = samples.len();
-            walk_images(&cdir, label, &mut samples, 0)?;
+            walk_images(&cdir, label, &mut samples)?;
             if samples.len() == before {
                 return Err(DataError::Layout {
                     path: cdir,
@@ -125,15 +125,9 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// `sorted(os.walk(dir, followlinks=True))` then `sorted(files)`: a folder's own files
 /// come before its sub-folders' (a path sorts before its extensions), sub-folders in
 /// name order. Paths are compared as strings, as Python does.
-fn walk_images(dir: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>, depth: usize) -> Result<(), DataError> {
-    if depth > 64 {
-        return Err(DataError::Layout {
-            path: dir.into(),
-            reason: "folders nested over 64 deep (a link cycle?)".into(),
-        });
-    }
+fn walk_images(dir: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>) -> Result<(), DataError> {
     let mut dirs: Vec<(PathBuf, Vec<PathBuf>)> = vec![];
-    collect_walk(dir, &mut dirs, depth)?;
+    collect_walk(dir, &mut dirs, &mut vec![])?;
     dirs.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
     for (_, files) in dirs {
         out.extend(files.into_iter().map(|f| (f, label)));
@@ -141,21 +135,34 @@ fn walk_images(dir: &Path, label: usize, out: &mut Vec<(PathBuf, usize)>, depth:
     Ok(())
 }
 
-fn collect_walk(dir: &Path, dirs: &mut Vec<(PathBuf, Vec<PathBuf>)>, depth: usize) -> Result<(), DataError> {
-    if depth > 64 {
-        return Err(DataError::Layout {
-            path: dir.into(),
-            reason: "folders nested over 64 deep (a link cycle?)".into(),
-        });
+/// Walks `dir` depth first, following links (as torchvision does). `chain` holds the resolved
+/// folders from the class folder down to `dir`'s parent: a link back into one of them would
+/// walk forever (Python's `os.walk` does, until the path is too long), so it is refused with
+/// the path that leads back and where it leads, instead of a path 64 folders deep.
+fn collect_walk(
+    dir: &Path,
+    dirs: &mut Vec<(PathBuf, Vec<PathBuf>)>,
+    chain: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
+    let layout = |reason: String| DataError::Layout { path: dir.into(), reason };
+    let real = std::fs::canonicalize(dir).map_err(|e| DataError::Io { path: dir.into(), reason: e.to_string() })?;
+    if let Some(up) = chain.iter().find(|a| **a == real) {
+        return Err(layout(format!("leads back to {}, a folder above it (a link cycle)", up.display())));
     }
+    // Acyclic, but deeper than any image collection needs: a path that long is a mistake.
+    if chain.len() >= 64 {
+        return Err(layout("folders nested over 64 deep".into()));
+    }
+    chain.push(real);
     let mut files = vec![];
     for p in read_dir_sorted(dir)? {
         if p.is_dir() {
-            collect_walk(&p, dirs, depth + 1)?;
+            collect_walk(&p, dirs, chain)?;
         } else if p.file_name().is_some_and(is_image_name) {
             files.push(p);
         }
     }
+    chain.pop();
     dirs.push((dir.into(), files));
     Ok(())
 }

@@ -132,6 +132,8 @@ fn main() {
     }
     let cli = Cli::parse_from(negatives_as_values(std::env::args_os()));
     if let Err(e) = run(cli) {
+        // Folders made for outputs a failed command never wrote go again (kept if not empty).
+        vgg_cuda::atomic::remove_created_dirs();
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
