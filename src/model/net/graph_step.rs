@@ -2,7 +2,8 @@
 //! kernels captured once per pair of input buffers, the values that change from step to step
 //! (dropout keys, learning rate) read from the model's [`crate::ops::StepVars`].
 
-use super::{Src, Step, Vgg};
+use super::step::Step;
+use super::{Src, Vgg};
 use crate::device::Graph;
 use crate::{ensure_shape, Result, Tensor};
 
