@@ -14,6 +14,19 @@
 //! assert_eq!(y.to_f32()?, vec![0.0, 2.0, 3.0, 0.0]);
 //! # Ok::<(), vgg_cuda::Error>(())
 //! ```
+//!
+//! Where to start, by use:
+//! - **A kernel call:** [`ops::conv::Conv3x3`] (3x3 fprop, dgrad and wgrad with a typed problem,
+//!   an algorithm choice and a workspace query), the GEMMs ([`ops::linear_fwd`] and its
+//!   backward twins, which also serve 1x1 convolutions), and the training kernels around them
+//!   ([`ops::softmax_xent`], [`ops::dropout()`], [`ops::Sgd`] with [`ops::LossScaler`], ...).
+//!   `examples/kernel_call.rs` runs one conv against the reference.
+//! - **A network:** [`model::Vgg`] builds configs A to E ([`model::VggConfig`]), runs forward
+//!   and whole mixed-precision training steps, and imports or exports torchvision-named
+//!   weights; `examples/library_forward.rs` loads weights and classifies one image.
+//! - **The pipeline around it:** [`data`] (ImageFolder, the paper's transforms, the threaded
+//!   loader), [`train::run`] and [`eval`] (what `vgg train` and `vgg eval` run), and
+//!   [`mod@bench`] (the measurements behind `vgg bench`).
 pub mod atomic;
 pub mod bench;
 pub mod data;
