@@ -222,3 +222,46 @@ fn resume_with_other_conv_plans_says_so() {
     let tuned = train("4", &["--resume", "--conv-algo", "tune"]);
     assert!(tuned.contains("conv plans (tune, from the checkpoint") && !tuned.contains(note), "{tuned}");
 }
+
+/// `best.safetensors` is the checkpoint of the first validation that reached the run's best
+/// top-1 (a later tie does not replace it), complete like `last.safetensors`, and a resumed
+/// run keeps beating the best of the whole run, not of its own part.
+#[test]
+fn best_checkpoint_is_the_first_best_validation() {
+    let d = tmpdir("best");
+    let metrics = d.0.join("m.jsonl");
+    // Without dropout, at this rate, validation improves at the second epoch and then ties.
+    let with = |steps: u64, resume: bool| TrainArgs {
+        metrics: Some(metrics.clone()),
+        checkpoint_every: None,
+        resume: resume.then(String::new),
+        dropout: 0.0,
+        lr: 0.02,
+        ..args(&d, steps)
+    };
+    run(&with(12, false)).unwrap();
+    run(&with(24, true)).unwrap();
+    let evals: Vec<(u64, f64)> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["eval"] == true)
+        .map(|v| (v["step"].as_u64().unwrap(), v["val_top1"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [6, 12, 18, 24]);
+    let top = evals.iter().map(|e| e.1).fold(f64::MIN, f64::max);
+    let first_top = evals.iter().find(|e| e.1 == top).unwrap().0;
+    // The run this test needs: a best after the first validation, tied later.
+    assert!(first_top > 6 && evals.last().unwrap().1 == top, "evals {evals:?}");
+    let best = checkpoint::load(&d.join("best.safetensors")).unwrap();
+    let last = checkpoint::load(&d.join("last.safetensors")).unwrap();
+    let (bs, ls) = (best.state.unwrap(), last.state.unwrap());
+    assert_eq!((bs.step, bs.best_top1, ls.best_top1), (first_top, Some(top), Some(top)), "evals {evals:?}");
+    assert!(!best.momentum.is_empty(), "the best checkpoint is a whole one, resumable");
+    assert_ne!(best.weights, last.weights, "evals {evals:?}");
+    // A new run into the folder would replace the earlier run's best: refused.
+    std::fs::remove_file(d.join("last.safetensors")).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    let e = format!("{:#}", run(&with(6, false)).unwrap_err());
+    assert!(e.contains("best.safetensors: an earlier run's best checkpoint"), "{e}");
+}

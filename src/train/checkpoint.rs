@@ -60,6 +60,22 @@ pub struct TrainState {
     /// was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_scale: Option<u32>,
+    /// The validation top-1 of the run's `best.safetensors` (the best so far), `None` until
+    /// one is written (and in checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_top1: Option<f64>,
+}
+
+impl TrainState {
+    /// Records validation top-1 `v1`; true when it beats every earlier validation of the run
+    /// (the first always does), so that the state is the best so far.
+    pub fn improves_best(&mut self, v1: f64) -> bool {
+        let better = self.best_top1.is_none_or(|b| v1 > b);
+        if better {
+            self.best_top1 = Some(v1);
+        }
+        better
+    }
 }
 
 /// What a checkpoint file held.

@@ -26,7 +26,7 @@ use crate::{Device, PinnedBuffer, Tensor};
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What a run did.
@@ -81,7 +81,10 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option
             );
         }
     }
-    for (p, what) in [(ckpt, "checkpoint"), (a.metrics.as_deref(), "metrics file")] {
+    let best = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
+    for (p, what) in
+        [(ckpt, "checkpoint"), (best.as_deref(), "best checkpoint"), (a.metrics.as_deref(), "metrics file")]
+    {
         let Some(p) = p else { continue };
         // A folder is no earlier run's file: check_writable names it as a folder.
         if a.resume.is_none() && p.exists() && !p.is_dir() {
@@ -123,6 +126,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let checked = a.checked()?;
     let arch = checked.arch;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
+    let best_path = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
     let resume_from = outputs_first(a, ckpt_path.as_deref())?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
@@ -209,6 +213,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         keep_last: a.keep_last,
         conv_plans: vec![],
         test_scale: Some(data.test_tf.scale),
+        best_top1: None,
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -373,21 +378,22 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let mut imgs = 0usize;
     let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
-    let save = |vgg: &Vgg, st: &TrainState| -> Result<()> {
-        if let Some(p) = &ckpt_path {
-            let sc = vgg.scaler_state();
-            let st = TrainState {
-                loss_scale: sc.scale,
-                scaler_clean_steps: sc.clean_steps,
-                scaler_skipped: sc.skipped,
-                conv_plans: vgg.conv_plan_records(),
-                ..st.clone()
-            };
-            let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
-            checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)?;
-        }
-        Ok(())
+    let save_to = |vgg: &Vgg, st: &TrainState, p: &Path| -> Result<()> {
+        let sc = vgg.scaler_state();
+        let st = TrainState {
+            loss_scale: sc.scale,
+            scaler_clean_steps: sc.clean_steps,
+            scaler_skipped: sc.skipped,
+            conv_plans: vgg.conv_plan_records(),
+            ..st.clone()
+        };
+        let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
+        checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)
     };
+    let save = |vgg: &Vgg, st: &TrainState| ckpt_path.as_deref().map_or(Ok(()), |p| save_to(vgg, st, p));
+    // After a validation that beat every earlier one: the same checkpoint as best.safetensors,
+    // written first, so that a run killed between the two writes keeps the best weights.
+    let save_best = |vgg: &Vgg, st: &TrainState| best_path.as_deref().map_or(Ok(()), |p| save_to(vgg, st, p));
     'epochs: while st.step < total {
         let skip = st.batch_in_epoch as usize;
         let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
@@ -496,13 +502,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
             schedule.after_validation(&mut st, v1);
         }
+        let best = val.is_some_and(|(_, v1, _)| st.improves_best(v1)) && best_path.is_some();
         let rate = match imgs {
             0 => String::new(),
             i => format!(" ({:.0} img/s)", i as f64 / t0.elapsed().as_secs_f64().max(1e-9)),
         };
         bar.suspend(|| {
             println!(
-                "epoch {} step {}: {train_line}{}{rate}{}",
+                "epoch {} step {}: {train_line}{}{rate}{}{}",
                 st.epoch,
                 st.step,
                 val.map(|(l, v1, v5)| format!(", val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}")).unwrap_or_default(),
@@ -510,10 +517,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                     0 => String::new(),
                     k => format!(", {k} unreadable image{} skipped", if k == 1 { "" } else { "s" }),
                 },
+                if best { ", the best so far (best.safetensors)" } else { "" },
             )
         });
         st.epoch += 1;
         st.batch_in_epoch = 0;
+        if best {
+            save_best(&vgg, &st)?;
+        }
         save(&vgg, &st)?;
         plot(&hist);
     }
@@ -525,7 +536,12 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             hist.evals.insert(st.step, plot::Eval { step: st.step, loss: l, top1: v1, top5: v5 });
             metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": l,
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
-            bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}", st.step));
+            let best = st.improves_best(v1) && best_path.is_some();
+            let note = if best { ", the best so far (best.safetensors)" } else { "" };
+            bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}{note}", st.step));
+            if best {
+                save_best(&vgg, &st)?;
+            }
         }
         save(&vgg, &st)?;
         plot(&hist);

@@ -89,6 +89,7 @@ mod tests {
             keep_last: false,
             conv_plans: vec![],
             test_scale: None,
+            best_top1: None,
         }
     }
 
