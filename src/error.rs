@@ -12,10 +12,20 @@ pub enum Error {
     DeviceUnavailable(String),
     /// A CUDA driver call failed.
     #[error("CUDA driver call {call} failed: {message}")]
-    Driver { call: &'static str, message: String },
+    Driver {
+        /// The driver function, such as `cuMemAllocAsync`.
+        call: &'static str,
+        /// The driver's error, as cudarc words it.
+        message: String,
+    },
     /// The kernel's module has no code this GPU can run (e.g. built without NVRTC).
     #[error("kernel module `{module}` cannot be loaded: {reason}")]
-    ModuleUnavailable { module: &'static str, reason: String },
+    ModuleUnavailable {
+        /// The `kernels/<module>.cu` file stem.
+        module: &'static str,
+        /// Why no code could be loaded.
+        reason: String,
+    },
     /// A kernel failed on the device (on emu: a broken CUDA rule such as a divergent barrier).
     #[error("{0}")]
     Kernel(String),
@@ -39,9 +49,17 @@ pub enum Error {
     /// runs on. Both may have one name (two `Device::emu()` calls, two `Device::cuda(0)`: two
     /// devices, neither of which can use the other's memory); the message then says so.
     #[error("{tensor} is on device {found}, but the op runs on {expected}{}", same_name_hint(.found, .expected))]
-    WrongDevice { tensor: String, expected: String, found: String },
+    WrongDevice {
+        /// The tensor, as the op names it.
+        tensor: String,
+        /// The op's device ([`crate::Device::name`]).
+        expected: String,
+        /// The tensor's device.
+        found: String,
+    },
 }
 
+/// The library's result: [`Error`] unless another error type is given.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn same_name_hint(found: &str, expected: &str) -> &'static str {

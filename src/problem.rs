@@ -9,14 +9,20 @@
 /// (KRSC), output `N x H x W x K`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvProblem {
+    /// Batch size.
     pub n: usize,
+    /// Image height (input and output alike).
     pub h: usize,
+    /// Image width (input and output alike).
     pub w: usize,
+    /// Input channels.
     pub c: usize,
+    /// Output channels (filters).
     pub k: usize,
 }
 
 impl ConvProblem {
+    /// The problem of batch `n`, `h x w` images, `c` input and `k` output channels.
     pub const fn new(n: usize, h: usize, w: usize, c: usize, k: usize) -> Self {
         Self { n, h, w, c, k }
     }
@@ -48,7 +54,9 @@ impl std::fmt::Display for ConvProblem {
 /// A named entry of the shared problem list.
 #[derive(Clone, Copy, Debug)]
 pub struct NamedProblem {
+    /// A short identifier for test and bench output, such as `conv3_1` or `n1_15x15`.
     pub name: &'static str,
+    /// The shape.
     pub problem: ConvProblem,
 }
 

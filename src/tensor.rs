@@ -22,6 +22,7 @@ use std::sync::Arc;
 /// }
 /// ```
 pub trait DType: sealed::Sealed + bytemuck::Pod + Default + std::fmt::Debug + Send + Sync + 'static {
+    /// The type's name in messages: `f16`, `f32`, `u8`, `i32` or `u64`.
     const NAME: &'static str;
 }
 
@@ -165,18 +166,23 @@ impl<T: DType> Tensor<T> {
         unsafe { self.device.memset(self.ptr, 0xFF, self.bytes()) }
     }
 
+    /// The dimensions, outermost first (`[n, h, w, c]` for an NHWC activation).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Elements: the product of the shape.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor has no elements (some dimension is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Size in bytes: `len() * size_of::<T>()`.
     pub fn bytes(&self) -> usize {
         self.len() * std::mem::size_of::<T>()
     }
+    /// The device the tensor's memory lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }

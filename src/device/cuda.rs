@@ -21,10 +21,15 @@ fn drv(call: &'static str) -> impl Fn(result::DriverError) -> Error {
 /// One GPU as the driver reports it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GpuInfo {
+    /// The driver's device ordinal, as in [`Device::cuda`](super::Device::cuda).
     pub ordinal: usize,
+    /// The product name, such as `NVIDIA H200`.
     pub name: String,
+    /// (major, minor), such as (9, 0) for sm_90.
     pub compute_capability: (i32, i32),
+    /// Total device memory, in bytes.
     pub memory_bytes: usize,
+    /// Streaming multiprocessors.
     pub multiprocessors: i32,
     /// Shared memory a block may opt in to (227 KB on sm_90, 163 KB on sm_80, 99 KB on
     /// sm_86/89): the Winograd main loops need 177-216 KB.
@@ -36,6 +41,7 @@ pub struct GpuInfo {
 pub struct CudaReport {
     /// Driver API version as (major, minor), when a driver is installed.
     pub driver_version: Option<(i32, i32)>,
+    /// Every GPU the driver lists, in ordinal order (empty without a driver).
     pub gpus: Vec<GpuInfo>,
     /// Why the cuda device cannot be used, or None when GPU 0 can run the kernels.
     pub unusable_because: Option<String>,

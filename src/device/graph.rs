@@ -99,6 +99,7 @@ impl Graph {
         self.launches
     }
 
+    /// The device the graph was captured on, and runs on.
     pub fn device(&self) -> &Device {
         &self.dev
     }

@@ -5,11 +5,17 @@
 /// Registers, shared memory, stack and spills of one kernel, from `ptxas -v`.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct KernelResources {
+    /// The kernel's `extern "C"` name.
     pub name: &'static str,
+    /// Registers a thread.
     pub registers: u32,
+    /// Static shared memory a block, in bytes (dynamic shared memory is chosen at the launch).
     pub shared_bytes: u32,
+    /// Stack frame a thread, in bytes.
     pub stack_bytes: u32,
+    /// Bytes a thread spills to local memory.
     pub spill_store_bytes: u32,
+    /// Bytes a thread loads back from its spills.
     pub spill_load_bytes: u32,
     /// ptxas serialized the kernel's wgmma's (note C7515): they run one at a time.
     pub wgmma_serialized: bool,
@@ -18,11 +24,13 @@ pub struct KernelResources {
 /// One compiled `kernels/<name>.cu`.
 #[derive(Debug)]
 pub struct EmbeddedModule {
+    /// The `kernels/<name>.cu` file stem ([`crate::Kernel::module`]).
     pub name: &'static str,
     /// (sm arch as 90 for sm_90, cubin bytes)
     pub cubins: &'static [(u32, &'static [u8])],
     /// (compute arch, PTX text) for the JIT on GPUs without a matching cubin.
     pub ptx: Option<(u32, &'static str)>,
+    /// Resources of each kernel in the file, in file order.
     pub kernels: &'static [KernelResources],
 }
 

@@ -26,15 +26,21 @@ use std::sync::{Arc, Mutex};
 /// A kernel: its `kernels/<module>.cu` file stem and its `extern "C"` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
+    /// The file stem of `kernels/<module>.cu`, which is also the embedded module's name
+    /// ([`kernels::module`]).
     pub module: &'static str,
+    /// The kernel's `extern "C"` function name in that file.
     pub name: &'static str,
 }
 
 /// Grid and block dimensions and dynamic shared memory of a launch.
 #[derive(Clone, Copy, Debug)]
 pub struct LaunchConfig {
+    /// Blocks along x, y, z.
     pub grid: (u32, u32, u32),
+    /// Threads a block along x, y, z.
     pub block: (u32, u32, u32),
+    /// Dynamic shared memory a block, in bytes (at most [`Device::max_shared_per_block`]).
     pub shared_bytes: u32,
 }
 
@@ -88,9 +94,13 @@ impl LaunchConfig {
 pub enum KArg {
     /// A device pointer (`T*` in the kernel).
     Ptr(u64),
+    /// An `int`.
     I32(i32),
+    /// An `unsigned int`.
     U32(u32),
+    /// A 64-bit integer (`long long`, or an `unsigned long long` passed by its bits).
     I64(i64),
+    /// A `float`.
     F32(f32),
 }
 
@@ -192,6 +202,7 @@ impl Device {
         }
     }
 
+    /// Whether this is the CPU emulator rather than a GPU.
     pub fn is_emu(&self) -> bool {
         matches!(&self.0.backend, Backend::Emu(_))
     }
@@ -427,7 +438,9 @@ impl Device {
 
 /// A running timer from [`Device::start_timer`].
 pub enum Timer {
+    /// On cuda: a start event recorded on the device's stream.
     Cuda(cuda::EventTimer),
+    /// On emu: the wall-clock start.
     Wall(std::time::Instant),
 }
 

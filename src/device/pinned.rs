@@ -43,9 +43,11 @@ impl<T: DType> PinnedBuffer<T> {
         Ok(Self { dev: dev.clone(), host, len, _t: PhantomData })
     }
 
+    /// Elements in the buffer.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the buffer holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -14,11 +14,17 @@ use serde::{Deserialize, Serialize};
 /// The six architectures of the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Arch {
+    /// 11 weight layers (torchvision's `vgg11`).
     A,
+    /// A with LRN after the first conv (not in torchvision).
     ALrn,
+    /// 13 weight layers (`vgg13`).
     B,
+    /// 16 weight layers, three of them 1x1 convs (not in torchvision).
     C,
+    /// 16 weight layers, all convs 3x3 (`vgg16`).
     D,
+    /// 19 weight layers (`vgg19`).
     E,
 }
 
@@ -32,6 +38,7 @@ enum Item {
 use Item::{C1, C3};
 
 impl Arch {
+    /// Every architecture, in the paper's order.
     pub const ALL: [Arch; 6] = [Arch::A, Arch::ALrn, Arch::B, Arch::C, Arch::D, Arch::E];
 
     /// `A`, `A-LRN`, `B`, `C`, `D`, `E` (any case), or torchvision's `vgg11` / `vgg13` /
@@ -129,11 +136,18 @@ pub enum FeatureKind {
 /// sequence, and its input `h x w x c_in` (per image) and output channels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Feature {
+    /// What the layer computes.
     pub kind: FeatureKind,
+    /// Its index `N` in torchvision's `features` (a conv's parameters are `features.N.weight`
+    /// and `features.N.bias`).
     pub index: usize,
+    /// Input height, in pixels.
     pub h: usize,
+    /// Input width, in pixels.
     pub w: usize,
+    /// Input channels.
     pub c_in: usize,
+    /// Output channels (`c_in` for LRN and pools).
     pub c_out: usize,
 }
 
@@ -145,6 +159,7 @@ impl Feature {
             _ => (self.h, self.w),
         }
     }
+    /// Whether the layer is a convolution (3x3 or 1x1), the only kind with parameters.
     pub fn is_conv(&self) -> bool {
         matches!(self.kind, FeatureKind::Conv3x3 | FeatureKind::Conv1x1)
     }
@@ -165,6 +180,7 @@ impl Feature {
 /// A VGG network: architecture plus the project's knobs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VggConfig {
+    /// Which of Table 1's networks.
     pub arch: Arch,
     /// Output classes (1000 for ImageNet).
     pub classes: usize,
@@ -179,6 +195,8 @@ pub struct VggConfig {
     pub dropout: f32,
     /// Per-channel input mean (and std) on the 0..255 scale, applied by `normalize_input`.
     pub mean: [f32; 3],
+    /// Per-channel input std on the 0..255 scale; `None` subtracts the mean only (the paper's
+    /// preprocessing).
     pub std: Option<[f32; 3]>,
 }
 
@@ -188,8 +206,11 @@ impl VggConfig {
     /// today, and together still far from overflowing the sizes computed from them (the first
     /// FC layer's 2^16 x 256^2 x 8192 = 2^45 weights).
     pub const MAX_INPUT: usize = 8192;
+    /// Largest [`VggConfig::width`] multiplier.
     pub const MAX_WIDTH: f32 = 16.0;
+    /// Largest [`VggConfig::fc`] width.
     pub const MAX_FC: usize = 1 << 16;
+    /// Most [`VggConfig::classes`].
     pub const MAX_CLASSES: usize = 1 << 20;
 
     /// The paper's network for `arch`: 224x224 input, 1000 classes, FC-4096, dropout 0.5,
@@ -204,6 +225,7 @@ impl VggConfig {
         Self { width, input, fc, classes, ..Self::paper(arch) }
     }
 
+    /// The input normalisation of `mean` and `std`, as [`crate::ops::normalize_input`] takes it.
     pub fn norm(&self) -> InputNorm {
         InputNorm { mean: self.mean, std: self.std }
     }

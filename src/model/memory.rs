@@ -77,7 +77,10 @@ pub enum Role {
     Hidden(usize),
     /// Hidden FC layer `j`'s dropout output (with dropout on): the next layer's input.
     Dropped(usize),
+    /// The logits, `[batch, classes]` fp16; kept live to the end of the step, so that
+    /// [`crate::model::Vgg::logits`] stays valid after it.
     Logits,
+    /// The gradient w.r.t. the logits, `[batch, classes]` fp16.
     DLogits,
     /// The gradient w.r.t. the input of FC layer `j + 1` (hidden layer `j`'s last output).
     DNext(usize),
@@ -89,15 +92,20 @@ pub enum Role {
     Workspace(usize),
 }
 
-/// What a group of bytes is for.
+/// What a group of bytes is for: the [`Breakdown`] sum a buffer of the arena counts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Category {
+    /// The input, feature outputs, pool argmaxes, FC activations and logits
+    /// ([`Breakdown::activations`]).
     Activations,
+    /// Every gradient w.r.t. an activation ([`Breakdown::activation_grads`]).
     ActivationGrads,
+    /// A phase's scratch ([`Breakdown::workspace_max`] counts the largest).
     Workspace,
 }
 
 impl Role {
+    /// The category this role's bytes count in.
     pub fn category(self) -> Category {
         match self {
             Role::Input | Role::Act(_) | Role::PoolArg(_) | Role::Hidden(_) | Role::Dropped(_) | Role::Logits => {
@@ -112,15 +120,20 @@ impl Role {
 /// One buffer of the arena.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {
+    /// What it holds.
     pub role: Role,
-    /// Its tensor's shape and element size (bytes).
+    /// Its tensor's shape.
     pub shape: Vec<usize>,
+    /// Its tensor's element size, in bytes.
     pub elem: usize,
     /// Bytes it occupies: the tensor's, rounded up to [`ALIGN`] (at least `ALIGN`).
     pub bytes: usize,
+    /// Its byte offset in the arena, a multiple of [`ALIGN`].
     pub offset: usize,
-    /// The timeline indices of the first phase that writes it and of the last that reads it.
+    /// The timeline index of the first phase that writes it.
     pub first: usize,
+    /// The timeline index of the last phase that reads it (the step's last for
+    /// [`Role::Logits`]).
     pub last: usize,
 }
 
@@ -155,10 +168,13 @@ pub enum Sharing {
 /// sharing; `arena` is what they take shared.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Breakdown {
-    /// Per parameter tensor: fp32 master, fp32 momentum, fp32 gradient, fp16 copy.
+    /// The fp32 master weights of every parameter tensor.
     pub masters: usize,
+    /// Their fp32 momentum.
     pub momentum: usize,
+    /// Their fp32 gradients.
     pub grads: usize,
+    /// Their fp16 copies, which the kernels read.
     pub fp16: usize,
     /// Loss buffers, the loss scaler's flag, the SGD descriptor table.
     pub small: usize,
@@ -168,8 +184,9 @@ pub struct Breakdown {
     pub activation_grads: usize,
     /// The largest phase's workspace.
     pub workspace_max: usize,
-    /// The arena as placed, and its lower bound: the most bytes live in one phase.
+    /// The arena as placed.
     pub arena: usize,
+    /// The arena's lower bound: the most bytes live in one phase.
     pub peak_live: usize,
 }
 
@@ -411,6 +428,7 @@ impl MemoryPlan {
         Ok(Self { sharing, timeline: u.timeline, buffers, arena, fixed })
     }
 
+    /// How the buffers were placed.
     pub fn sharing(&self) -> Sharing {
         self.sharing
     }
@@ -422,9 +440,12 @@ impl MemoryPlan {
     pub fn index(&self, p: Phase) -> Result<usize> {
         self.timeline.iter().position(|&q| q == p).ok_or_else(|| Error::Shape(format!("no phase {p:?} in this plan")))
     }
+    /// The arena's buffers, each with its place and lifetime. A buffer no phase writes (such
+    /// as a dropout output with dropout off) is not listed.
     pub fn buffers(&self) -> &[Buffer] {
         &self.buffers
     }
+    /// The buffer of role `r`, if the plan has one.
     pub fn buffer(&self, r: Role) -> Option<&Buffer> {
         self.buffers.iter().find(|b| b.role == r)
     }
@@ -446,6 +467,8 @@ impl MemoryPlan {
             .unwrap_or(0)
     }
 
+    /// Where the bytes go: the fixed buffers, the arena's categories before sharing, the
+    /// largest workspace, the arena and its lower bound.
     pub fn breakdown(&self) -> Breakdown {
         let sum = |c: Category| self.buffers.iter().filter(|b| b.role.category() == c).map(|b| b.bytes).sum();
         let ws = self.buffers.iter().filter(|b| b.role.category() == Category::Workspace);

@@ -12,4 +12,4 @@ pub mod reference;
 pub use config::{Arch, Feature, FeatureKind, VggConfig};
 pub use memory::{Breakdown, MemoryPlan, Phase, Role, Sharing};
 pub use net::{ConvChoice, ConvLayerChoice, ConvPlan, OptimConfig, ScalerState, StepStats, Vgg};
-pub use params::{Init, Layout, NamedTensor, Param, State};
+pub use params::{Init, Layout, NamedTensor, Param};

@@ -176,6 +176,12 @@ impl Vgg {
         Self::with_optim(dev, cfg, batch, init, seed, OptimConfig::default())
     }
 
+    /// As [`Vgg::new`], with the optimizer settings `optim`. Allocates every parameter with
+    /// its optimizer state and the arena of [`Vgg::memory`] on `dev`, initialises the weights,
+    /// and uploads the SGD plan. Errors: `cfg` or `optim` that do not validate
+    /// ([`VggConfig::validate`], [`OptimConfig::validate`]), a `batch` of 0 or a layer the conv
+    /// kernels cannot index (`Error::Shape`), an invalid `init` or loss-scale setting
+    /// (`Error::Invalid`), or memory the device cannot give.
     pub fn with_optim(
         dev: &Device,
         cfg: VggConfig,
@@ -250,18 +256,24 @@ impl Vgg {
         Ok(())
     }
 
+    /// The network's configuration.
     pub fn config(&self) -> &VggConfig {
         &self.cfg
     }
+    /// Images a step takes: every input and label tensor has this batch.
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// The device the network lives and runs on.
     pub fn device(&self) -> &Device {
         &self.dev
     }
+    /// The seed of the initialisation and the dropout masks, as given at construction.
     pub fn seed(&self) -> u64 {
         self.seed
     }
+    /// Every parameter tensor, in torchvision's state-dict order (each conv and FC layer's
+    /// weight, then its bias).
     pub fn params(&self) -> &[Param] {
         &self.params
     }
@@ -271,6 +283,7 @@ impl Vgg {
         self.graphs.clear();
         &mut self.params
     }
+    /// The parameter of torchvision name `name` (`features.0.weight`), if the model has one.
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.iter().find(|p| p.name == name)
     }
@@ -278,9 +291,12 @@ impl Vgg {
     pub fn logits(&self) -> &Tensor<f16> {
         &self.buf.logits
     }
+    /// The loss scale the next host step uses; while steps are queued, the scale of the last
+    /// [`Vgg::sync`].
     pub fn loss_scale(&self) -> f32 {
         self.scaler.scale()
     }
+    /// The optimizer settings the network was built with.
     pub fn optim(&self) -> OptimConfig {
         self.optim
     }

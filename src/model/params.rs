@@ -27,7 +27,10 @@ pub enum Init {
     /// Activations shrink through each layer at that scale (a 3x3 conv of C channels scales
     /// their variance by 9 C std^2 / 2), which is why the paper pre-initialised the deeper
     /// configs from A.
-    Normal { std: f32 },
+    Normal {
+        /// The standard deviation: positive and finite.
+        std: f32,
+    },
     /// Glorot / Xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
     Glorot,
     /// He / Kaiming normal for ReLU: N(0, 2 / fan_in).
@@ -76,9 +79,23 @@ pub enum Layout {
     /// Same element order (biases, 1x1 convs, FC layers after the first).
     Same,
     /// 3x3 filters: device KRSC, torchvision OIHW.
-    Krsc { k: usize, c: usize },
+    Krsc {
+        /// Output channels.
+        k: usize,
+        /// Input channels.
+        c: usize,
+    },
     /// First FC layer: columns in HWC order on the device, CHW in torchvision.
-    FcHwc { out: usize, h: usize, w: usize, c: usize },
+    FcHwc {
+        /// Output features (rows).
+        out: usize,
+        /// Height of the flattened feature map.
+        h: usize,
+        /// Its width.
+        w: usize,
+        /// Its channels.
+        c: usize,
+    },
 }
 
 impl Layout {
@@ -138,6 +155,7 @@ pub struct Param {
     pub name: String,
     /// torchvision's shape (OIHW, `[out][in]`, `[out]`).
     pub tv_shape: Vec<usize>,
+    /// How the device tensors' element order maps to torchvision's.
     pub layout: Layout,
     /// fp32 master weights, device layout (KRSC / `[K][C]` / `[out][in]`).
     pub w: Tensor<f32>,
@@ -156,9 +174,11 @@ pub struct Param {
 }
 
 impl Param {
+    /// Elements of the tensor (of `w`, `v`, `g` and `h` alike).
     pub fn len(&self) -> usize {
         self.w.len()
     }
+    /// Whether the tensor has no elements (never, for a parameter of a valid config).
     pub fn is_empty(&self) -> bool {
         self.w.is_empty()
     }
@@ -246,7 +266,7 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// Which per-parameter state to export or import.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     Weights,
     Momentum,
 }

@@ -20,19 +20,28 @@ use crate::reference::LrnParams;
 /// The forward pass's values, kept for the backward pass.
 #[derive(Clone, Debug)]
 pub struct Trace {
+    /// The normalised input, `[batch, input, input, 3]` NHWC.
     pub x: Vec<f32>,
+    /// Each feature layer's output, NHWC, in [`VggConfig::features`] order.
     pub acts: Vec<Vec<f32>>,
+    /// The first hidden FC layer's ReLU output, `[batch, fc]`.
     pub h1: Vec<f32>,
+    /// `h1` after dropout (`h1` itself without it): the second FC layer's input.
     pub x2: Vec<f32>,
+    /// The second hidden FC layer's ReLU output, `[batch, fc]`.
     pub h2: Vec<f32>,
+    /// `h2` after dropout (`h2` itself without it): the last FC layer's input.
     pub x3: Vec<f32>,
+    /// The logits, `[batch, classes]`.
     pub logits: Vec<f32>,
 }
 
 /// A host VGG of one config and batch size.
 #[derive(Clone, Debug)]
 pub struct HostVgg {
+    /// The network.
     pub cfg: VggConfig,
+    /// Images a forward pass takes.
     pub batch: usize,
     /// Round to fp16 wherever the device stores fp16.
     pub round16: bool,

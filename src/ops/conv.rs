@@ -186,8 +186,11 @@ pub enum WinoTiling {
 /// One of the three passes of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPass {
+    /// Forward: y from x and w ([`Conv3x3::fprop`]).
     Fprop,
+    /// Data gradient: dx from dy and w ([`Conv3x3::dgrad`]).
     Dgrad,
+    /// Weight gradient: dw (and db) from x and dy ([`Conv3x3::wgrad`]).
     Wgrad,
 }
 
@@ -282,6 +285,7 @@ impl Conv3x3 {
         Ok(Self { problem, algos, cp, tiling: WinoTiling::Auto })
     }
 
+    /// The shape this plan was made for.
     pub fn problem(&self) -> ConvProblem {
         self.problem
     }

@@ -22,8 +22,11 @@ use half::f16;
 /// wgmma (wgrad).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WinoVariant {
+    /// [`ConvAlgo::Winograd2x2`] with [`WinoTiling::Flat`] (fprop, dgrad).
     F2Flat,
+    /// [`ConvAlgo::Winograd2x2`] with [`WinoTiling::Region`] (fprop, dgrad).
     F2Region,
+    /// [`ConvAlgo::Winograd4x4`] (fprop, dgrad; flat tiling only).
     F4,
     /// [`ConvAlgo::Wgmma`] (any pass) with its halo kernels where they fit.
     Wgmma,
@@ -37,6 +40,8 @@ impl WinoVariant {
     /// The Winograd variants (every Winograd pass is timed under each).
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
+    /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
+    /// `winograd4x4`, `wgmma`, `wgmma/flat` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -77,7 +82,9 @@ impl WinoVariant {
 /// The measured time of one pass under one variant.
 #[derive(Clone, Debug)]
 pub struct PassTiming {
+    /// The pass timed.
     pub pass: ConvPass,
+    /// The candidate it ran.
     pub variant: WinoVariant,
     /// Fastest of the samples, per call, in milliseconds (device events; wall clock on emu).
     pub ms: f64,
@@ -97,6 +104,7 @@ pub const AGREEMENT: f64 = 2e-2;
 /// The tuned plan and every measurement behind it.
 #[derive(Clone, Debug)]
 pub struct Tuned {
+    /// `base` with each tuned pass running its chosen variant.
     pub conv: Conv3x3,
     /// Per pass and variant (empty when `base` has no pass to tune).
     pub timings: Vec<PassTiming>,

@@ -22,8 +22,21 @@ const MAX_BLOCKS: usize = 132 * 16;
 /// runs (what a captured step's replays need).
 #[derive(Clone, Copy, Debug)]
 pub enum DropoutKey<'a> {
-    Host { seed: u64, step: u64 },
-    Device { vars: &'a StepVars, layer: usize },
+    /// The key of `(seed, step)`, passed to the kernel by value at the launch.
+    Host {
+        /// The dropout layer's seed (one per layer).
+        seed: u64,
+        /// The training step, so that each step draws a fresh mask.
+        step: u64,
+    },
+    /// The key [`StepVars::set`] last queued for hidden layer `layer`, read by the kernel from
+    /// device memory.
+    Device {
+        /// The step values, on the op's device.
+        vars: &'a StepVars,
+        /// The hidden layer: 0 or 1.
+        layer: usize,
+    },
 }
 
 /// `what`: the output as errors name it; `names`: the output's and the input's short names.

@@ -148,7 +148,13 @@ pub enum Algo {
     Auto,
     /// Tensor cores with this tile, the reduction split into `splits` parts (1 = unsplit;
     /// more need a workspace). Errors when `N` or `K` is not a multiple of 8.
-    TensorCore { tile: Tile, splits: usize },
+    TensorCore {
+        /// The block tile.
+        tile: Tile,
+        /// Parts the pass's reduction is split into: at least 1 (0 is an `Error::Shape` at the
+        /// launch), at most its 64-deep k-tiles (more are clamped to them).
+        splits: usize,
+    },
     /// One thread per output, fp32 accumulation in index order: the simple twin.
     Simple,
 }
@@ -157,8 +163,11 @@ pub enum Algo {
 /// `N` outputs. `X` is `[M][K]`, `W` `[N][K]`, `Y` `[M][N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Linear {
+    /// Rows: the batch, or the pixels `n*h*w` of a 1x1 convolution.
     pub m: usize,
+    /// Inputs: input features, or input channels of a 1x1 convolution.
     pub k: usize,
+    /// Outputs: output features, or output channels of a 1x1 convolution.
     pub n: usize,
 }
 
@@ -193,6 +202,8 @@ enum Plan {
 }
 
 impl Linear {
+    /// The layer of `m` rows, `k` inputs and `n` outputs. No check here: each launch checks it
+    /// against its tensors.
     pub const fn new(m: usize, k: usize, n: usize) -> Self {
         Self { m, k, n }
     }

@@ -39,18 +39,29 @@ const CHUNK_BYTES: usize = 16;
 /// (true for weights, false for biases).
 #[derive(Debug)]
 pub struct SgdParam<'a> {
+    /// The fp32 master weights, updated in place.
     pub w: &'a mut Tensor<f32>,
+    /// The momentum buffer, updated in place (zeros at the start, so that the first step is
+    /// PyTorch's).
     pub v: &'a mut Tensor<f32>,
+    /// The loss-scaled gradient; the step divides it by the loss scale.
     pub g: &'a Tensor<f32>,
+    /// The fp16 copy of `w` the forward and backward passes read, rewritten from the updated
+    /// `w` in the same pass; `None` when there is none.
     pub w16: Option<&'a mut Tensor<f16>>,
+    /// Whether weight decay applies: true for weights, false for biases.
     pub decay: bool,
 }
 
 /// SGD hyper-parameters without the loss scale (the [`LossScaler`] supplies it).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sgd {
+    /// Learning rate: finite and >= 0.
     pub lr: f32,
+    /// Momentum, in `[0, 1)`.
     pub momentum: f32,
+    /// L2 weight decay, added to the gradients of the tensors whose [`SgdParam::decay`] is set:
+    /// finite and >= 0.
     pub weight_decay: f32,
 }
 
@@ -104,6 +115,7 @@ impl OverflowFlag {
     /// Device bytes a flag holds.
     pub const BYTES: usize = std::mem::size_of::<i32>();
 
+    /// A cleared flag on `dev`; an error only when the allocation fails.
     pub fn new(dev: &Device) -> Result<Self> {
         Ok(Self { t: Tensor::zeros(dev, &[1])? })
     }
@@ -173,6 +185,10 @@ impl SgdPlan {
         lens.iter().map(|n| TENSOR_BYTES + n.div_ceil(CHUNK) * CHUNK_BYTES).sum()
     }
 
+    /// Builds the table for `params` and uploads it to their device. `Error::Shape` when
+    /// `params` is empty, a tensor is empty, a parameter's `v`, `g` or `w16` does not have its
+    /// `w`'s length, the tensors overlap in device memory (see above), or they are too many for
+    /// one launch; `Error::WrongDevice` when a tensor is not on the first `w`'s device.
     pub fn new(params: &[SgdParam<'_>]) -> Result<Self> {
         ensure_shape!(!params.is_empty(), "SgdPlan: no parameter tensors");
         let dev = params[0].w.device().clone();
@@ -345,6 +361,8 @@ impl LossScaler {
         Self::with(dev, 65536.0, 2000)
     }
 
+    /// A scaler on `dev` starting at `init_scale` (positive and finite) that doubles the scale
+    /// after `growth_interval` (at least 1) clean steps in a row; `Error::Invalid` otherwise.
     pub fn with(dev: &Device, init_scale: f32, growth_interval: u32) -> Result<Self> {
         // Values, not shapes: Error::Invalid naming them (a caller's option, such as vgg
         // train's --loss-scale, adds its own name).

@@ -39,6 +39,8 @@ pub struct Reducer {
 }
 
 impl Reducer {
+    /// Allocates the partials and the result on `dev`; every reduction through it must then take
+    /// tensors of that device (else an `Error::WrongDevice`).
     pub fn new(dev: &Device) -> Result<Self> {
         Ok(Self { partials: Tensor::empty(dev, &[2 * MAX_PARTIALS])?, out: Tensor::empty(dev, &[1])? })
     }

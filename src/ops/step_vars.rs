@@ -21,6 +21,8 @@ impl StepVars {
     /// Device bytes of the values (for memory plans).
     pub const DEVICE_BYTES: usize = 32;
 
+    /// Allocates the values on `dev`, zeroed (keys 0, learning rate 0) until [`StepVars::set`];
+    /// an error only when the allocation fails.
     pub fn new(dev: &Device) -> Result<Self> {
         Ok(Self { t: Tensor::zeros(dev, &[4])? })
     }

@@ -10,6 +10,7 @@
 /// Per-channel mean and optional standard deviation, on the 0..255 pixel scale.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InputNorm {
+    /// Subtracted from each channel (R, G, B).
     pub mean: [f32; 3],
     /// `None` subtracts the mean only (the paper's preprocessing).
     pub std: Option<[f32; 3]>,

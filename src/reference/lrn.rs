@@ -12,13 +12,19 @@ use std::ops::Range;
 /// LRN hyper-parameters; [`LrnParams::ALEXNET`] is VGG's size 5, alpha 1e-4, beta 0.75, k 2.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LrnParams {
+    /// Channels in the window (at least 1).
     pub size: usize,
+    /// Scale of the window's sum of squares, applied as `alpha / size` (PyTorch's convention);
+    /// at least 0 for the kernels.
     pub alpha: f32,
+    /// Exponent of the divisor.
     pub beta: f32,
+    /// Additive constant of the divisor; above 0 for the kernels.
     pub k: f32,
 }
 
 impl LrnParams {
+    /// AlexNet's constants, which VGG's A-LRN uses: size 5, alpha 1e-4, beta 0.75, k 2.
     pub const ALEXNET: Self = Self { size: 5, alpha: 1e-4, beta: 0.75, k: 2.0 };
 }
 

@@ -5,8 +5,11 @@
 /// Hyper-parameters of one SGD step. VGG: lr 1e-2, momentum 0.9, weight decay 5e-4.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdParams {
+    /// Learning rate.
     pub lr: f32,
+    /// Momentum.
     pub momentum: f32,
+    /// L2 weight decay, applied where the step's `decay` says so (weights, not biases).
     pub weight_decay: f32,
     /// The factor the loss was multiplied by before backward; gradients are divided by it.
     pub loss_scale: f32,
@@ -36,6 +39,7 @@ pub fn any_non_finite(g: &[f32]) -> bool {
 /// The dynamic loss scale's state (PyTorch's `GradScaler`): what [`loss_scale_update`] steps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossScaleState {
+    /// The factor the loss is multiplied by before backward.
     pub scale: f32,
     /// Clean steps since the scale last changed.
     pub clean_steps: u32,

@@ -34,8 +34,10 @@ pub enum ConvChoice {
 }
 
 impl ConvChoice {
+    /// The names [`ConvChoice::parse`] accepts, for help and error messages.
     pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct, wgmma";
 
+    /// The choice of one of [`ConvChoice::NAMES`] (lower case); `Error::Invalid` for any other.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "auto" => ConvChoice::Auto,
@@ -62,9 +64,11 @@ pub struct ConvLayerChoice {
 }
 
 impl ConvLayerChoice {
+    /// The algorithm the forward pass runs.
     pub fn fprop(&self) -> ConvAlgo {
         self.conv.algo(ConvPass::Fprop)
     }
+    /// The algorithm the data-gradient pass runs.
     pub fn dgrad(&self) -> ConvAlgo {
         self.conv.algo(ConvPass::Dgrad)
     }
@@ -106,6 +110,7 @@ pub struct ConvPlan {
     pub feature: usize,
     /// fprop, dgrad, wgrad, as [`Conv3x3::algo`] names them.
     pub algos: [ConvAlgo; 3],
+    /// The plan's tiling ([`Conv3x3::wino_tiling`]).
     pub tiling: WinoTiling,
 }
 

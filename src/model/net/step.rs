@@ -13,9 +13,11 @@ use crate::{Error, Result, Tensor};
 pub struct StepStats {
     /// Mean cross-entropy of the batch (unscaled).
     pub loss: f32,
-    /// Images whose label was the top-1 / among the top-5 classes.
+    /// Images whose label was the top-1 class.
     pub top1: usize,
+    /// Images whose label was among the top-5 classes.
     pub top5: usize,
+    /// Images in the step.
     pub batch: usize,
     /// The update was skipped: some gradient overflowed at this loss scale.
     pub skipped: bool,
@@ -27,9 +29,11 @@ pub struct StepStats {
 }
 
 impl StepStats {
+    /// Top-1 accuracy of the batch, in `[0, 1]`.
     pub fn acc1(&self) -> f32 {
         self.top1 as f32 / self.batch as f32
     }
+    /// Top-5 accuracy of the batch, in `[0, 1]`.
     pub fn acc5(&self) -> f32 {
         self.top5 as f32 / self.batch as f32
     }
@@ -38,10 +42,13 @@ impl StepStats {
 /// The optimizer's hyper-parameters besides the learning rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimConfig {
+    /// SGD momentum, in `[0, 1)`.
     pub momentum: f32,
+    /// L2 weight decay on the weights (and the biases with `decay_biases`): finite and >= 0.
     pub weight_decay: f32,
-    /// Initial loss scale and clean steps between doublings (PyTorch: 65536, 2000).
+    /// Initial loss scale, positive and finite (PyTorch: 65536).
     pub init_scale: f32,
+    /// Clean steps in a row after which the loss scale doubles, at least 1 (PyTorch: 2000).
     pub growth_interval: u32,
     /// Weight decay on the biases too (the paper's L2 penalty is on the weights; PyTorch's
     /// SGD decays every parameter it is given).
@@ -80,8 +87,11 @@ impl Default for OptimConfig {
 /// The loss scaler's state, for checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScalerState {
+    /// The loss scale.
     pub scale: f32,
+    /// Clean steps since the scale last changed.
     pub clean_steps: u32,
+    /// Steps skipped for overflow so far.
     pub skipped: u64,
 }
 
@@ -209,6 +219,10 @@ impl Vgg {
     pub fn import_params(&mut self, tensors: &[NamedTensor]) -> Result<()> {
         params::import(&mut self.params, tensors, State::Weights)
     }
+    /// Loads SGD momentum given in torchvision's names and layouts, as [`Vgg::import_params`]
+    /// loads weights (every tensor of this model, nothing else). A missing, unexpected, repeated
+    /// or misshapen tensor is an `Error::Shape` and a non-finite value an `Error::Invalid`,
+    /// either before anything is written.
     pub fn import_momentum(&mut self, tensors: &[NamedTensor]) -> Result<()> {
         params::import(&mut self.params, tensors, State::Momentum)
     }
@@ -217,6 +231,8 @@ impl Vgg {
         params::init_params(&mut self.params, init, seed)
     }
 
+    /// The loss scaler's state, for a checkpoint. While steps are queued
+    /// ([`Vgg::train_step_queued`]) it is the state of the last [`Vgg::sync`].
     pub fn scaler_state(&self) -> ScalerState {
         ScalerState {
             scale: self.scaler.scale(),
@@ -224,6 +240,8 @@ impl Vgg {
             skipped: self.scaler.skipped(),
         }
     }
+    /// Restores a checkpoint's scaler state, replacing a device state that queued steps left
+    /// unsynced; `Error::Invalid` unless the scale is positive and finite.
     pub fn set_scaler_state(&mut self, s: ScalerState) -> Result<()> {
         self.scaler.restore(s.scale, s.clean_steps, s.skipped)
     }
