@@ -113,10 +113,10 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn line(&self) -> String {
         format!(
-            "{} images ({} skipped), {} views each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
+            "{} images ({} skipped), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
             self.images,
             self.skipped,
-            self.views_per_image,
+            plural(self.views_per_image, "view"),
             100.0 * self.top1_error,
             100.0 * self.top5_error,
             self.images_per_s
@@ -254,13 +254,14 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
     let names: Vec<String> = ds.classes().to_vec();
     println!(
-        "eval {} model(s) VGG {} on {} ({what}, {} images): Q {:?}, {}, {vpi} views an image",
-        models.len(),
+        "eval {} VGG {} on {} ({what}, {} images): Q {:?}, {}, {} an image",
+        plural(models.len(), "model"),
         models[0].vgg.config().describe(),
         dev.name(),
         ds.len(),
         scales,
         crops.describe(a.flip),
+        plural(vpi, "view"),
     );
     let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(ds.len() as u64) };
     bar.set_style(
@@ -359,4 +360,9 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         crate::atomic::write(p, report.csv().as_bytes())?;
     }
     Ok(report)
+}
+
+/// `n` and `word`, with an `s` unless `n` is 1.
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
