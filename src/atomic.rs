@@ -36,7 +36,8 @@ fn temp_parts(path: &Path) -> (&str, String) {
 }
 
 /// Checks, before any work, that `path` can be written later: its folder exists or is
-/// created, `path` is not a folder, and a file can be created beside it (removed again).
+/// created (the folders it creates are recorded for [`remove_created_dirs`]), `path` is not a
+/// folder, and a file can be created beside it (removed again).
 /// Commands call it on their output paths first, so that a bad path is an error at once
 /// instead of after a long run. Errors name the path.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
@@ -45,10 +46,15 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
         return Err(named(path, &"is a folder, not a file"));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let missing: Vec<PathBuf> =
-            dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
-        create_dir(dir)?;
-        CREATED.lock().unwrap_or_else(|e| e.into_inner()).extend(missing);
+        // Outermost first, one level at a time: a folder counts as this process's only if its
+        // own create_dir made it (not one another process made meanwhile).
+        let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).collect();
+        for a in missing.into_iter().rev() {
+            if std::fs::create_dir(a).is_ok() {
+                CREATED.lock().unwrap_or_else(|e| e.into_inner()).push(a.to_path_buf());
+            }
+        }
+        create_dir(dir)?; // the error, naming what stands in the way, if it is still missing
     }
     let probe = temp_path(path);
     std::fs::File::create(&probe).map_err(|e| named(path, &format!("cannot be written: {e}")))?;
@@ -63,12 +69,14 @@ static CREATED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new(
 /// empty, children first. A command that fails after checking its outputs calls it, so that
 /// a refused `--resume` or a bad `--data` does not leave behind the empty `--checkpoint-dir`
 /// it was checked against. A folder that holds anything (an output written before the
-/// failure) stays: `remove_dir` removes only empty folders. Returns the folders removed.
-pub fn remove_created_dirs() -> Vec<PathBuf> {
+/// failure) stays: `remove_dir` removes only empty folders.
+pub fn remove_created_dirs() {
     let mut created = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
     // Deepest first, so that a parent created only to hold its child empties before its turn.
     created.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    created.into_iter().filter(|d| std::fs::remove_dir(d).is_ok()).collect()
+    for d in created {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 /// `create_dir_all` whose error names the folder, or the file standing where a folder must be.

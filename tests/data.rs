@@ -107,7 +107,7 @@ fn image_folder_classes_and_order_match_torchvision() {
 
 /// Links to folders are followed, as torchvision's `os.walk(followlinks=True)` does (the same
 /// folder reached twice lists its images twice); a link back into a folder that holds it,
-/// which Python walks until the path is too long, is refused naming the link and its target.
+/// which torchvision follows some 40 times over, is refused naming the link and its target.
 #[cfg(unix)]
 #[test]
 fn linked_folders_are_walked_and_a_link_cycle_is_named() {

@@ -223,9 +223,10 @@ fn resume_with_other_conv_plans_says_so() {
     assert!(tuned.contains("conv plans (tune, from the checkpoint") && !tuned.contains(note), "{tuned}");
 }
 
-/// `best.safetensors` is the checkpoint of the first validation that reached the run's best
-/// top-1 (a later tie does not replace it), complete like `last.safetensors`, and a resumed
-/// run keeps beating the best of the whole run, not of its own part.
+/// `best.safetensors` is the checkpoint of the first epoch-end validation that reached the run's
+/// best top-1 (a later tie does not replace it; the validations of runs stopped mid-epoch by
+/// --steps do not compete, since a straight run makes none), complete like `last.safetensors`,
+/// and a resumed run keeps beating the best of the whole run, not of its own part.
 #[test]
 fn best_checkpoint_is_the_first_best_validation() {
     let d = tmpdir("best");
@@ -239,26 +240,48 @@ fn best_checkpoint_is_the_first_best_validation() {
         lr: 0.02,
         ..args(&d, steps)
     };
-    run(&with(12, false)).unwrap();
+    // Stopped mid-epoch twice (6 steps an epoch): validations at 9 and 15 besides the epochs'.
+    run(&with(9, false)).unwrap();
+    run(&with(15, true)).unwrap();
     run(&with(24, true)).unwrap();
-    let evals: Vec<(u64, f64)> = std::fs::read_to_string(&metrics)
+    let all: Vec<(u64, f64)> = std::fs::read_to_string(&metrics)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["eval"] == true)
         .map(|v| (v["step"].as_u64().unwrap(), v["val_top1"].as_f64().unwrap()))
         .collect();
-    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [6, 12, 18, 24]);
+    assert_eq!(all.iter().map(|e| e.0).collect::<Vec<_>>(), [6, 9, 12, 15, 18, 24]);
+    let evals: Vec<(u64, f64)> = all.iter().copied().filter(|e| e.0 % 6 == 0).collect();
     let top = evals.iter().map(|e| e.1).fold(f64::MIN, f64::max);
     let first_top = evals.iter().find(|e| e.1 == top).unwrap().0;
-    // The run this test needs: a best after the first validation, tied later.
-    assert!(first_top > 6 && evals.last().unwrap().1 == top, "evals {evals:?}");
+    // The run this test needs: the best at the second epoch, tied by the third and fourth (a
+    // resume that forgot the best would write the tie at 18), and beaten by the mid-epoch
+    // validation at 9 (which would then have been written).
+    assert_eq!(first_top, 12, "evals {all:?}");
+    assert!(evals.last().unwrap().1 == top && all[1].1 > all[0].1, "evals {all:?}");
     let best = checkpoint::load(&d.join("best.safetensors")).unwrap();
     let last = checkpoint::load(&d.join("last.safetensors")).unwrap();
     let (bs, ls) = (best.state.unwrap(), last.state.unwrap());
-    assert_eq!((bs.step, bs.best_top1, ls.best_top1), (first_top, Some(top), Some(top)), "evals {evals:?}");
+    assert_eq!((bs.step, bs.best_top1, ls.best_top1), (12, Some(top), Some(top)), "evals {all:?}");
     assert!(!best.momentum.is_empty(), "the best checkpoint is a whole one, resumable");
-    assert_ne!(best.weights, last.weights, "evals {evals:?}");
+    assert_ne!(best.weights, last.weights, "evals {all:?}");
+    // A branch from the best into a new folder starts its own best there (its first validation).
+    let d2 = tmpdir("best-branch");
+    let branch =
+        TrainArgs { resume: Some(d.join("best.safetensors").display().to_string()), metrics: None, ..with(18, false) };
+    run(&TrainArgs { checkpoint_dir: Some(d2.0.clone()), ..branch.clone() }).unwrap();
+    let b2 = checkpoint::load(&d2.join("best.safetensors")).unwrap().state.unwrap();
+    assert_eq!(b2.step, 18);
+    // A folder holding another run's best (and no last) is not resumed into: refused.
+    let e = format!("{:#}", run(&TrainArgs { checkpoint_dir: Some(d.0.clone()), ..branch }).unwrap_err());
+    assert!(e.contains("last.safetensors: a checkpoint that --resume"), "{e}");
+    std::fs::remove_file(d2.join("last.safetensors")).unwrap();
+    let resume_last = Some(d.join("last.safetensors").display().to_string());
+    let into_d2 =
+        TrainArgs { resume: resume_last, checkpoint_dir: Some(d2.0.clone()), metrics: None, ..with(30, false) };
+    let e = format!("{:#}", run(&into_d2).unwrap_err());
+    assert!(e.contains("best.safetensors: a checkpoint that --resume"), "{e}");
     // A new run into the folder would replace the earlier run's best: refused.
     std::fs::remove_file(d.join("last.safetensors")).unwrap();
     std::fs::remove_file(&metrics).unwrap();

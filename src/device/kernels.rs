@@ -30,7 +30,8 @@ pub struct EmbeddedModule {
     pub cubins: &'static [(u32, &'static [u8])],
     /// (compute arch, PTX text) for the JIT on GPUs without a matching cubin.
     pub ptx: Option<(u32, &'static str)>,
-    /// Resources of each kernel in the file, in file order.
+    /// Resources of each kernel in the file, as ptxas reported them for the first cubin arch
+    /// (in the order of its log).
     pub kernels: &'static [KernelResources],
 }
 
@@ -41,7 +42,7 @@ pub fn module(name: &str) -> Option<&'static EmbeddedModule> {
     MODULES.iter().find(|m| m.name == name)
 }
 
-/// Every kernel of every module with its resources, in file order.
+/// Every kernel of every module with its resources (each module's in ptxas's log order).
 pub fn all_resources() -> impl Iterator<Item = (&'static str, &'static KernelResources)> {
     MODULES.iter().flat_map(|m| m.kernels.iter().map(move |k| (m.name, k)))
 }

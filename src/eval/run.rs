@@ -113,8 +113,8 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn line(&self) -> String {
         format!(
-            "{} images ({} skipped), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
-            self.images,
+            "{} ({} skipped), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
+            plural(self.images, "image"),
             self.skipped,
             plural(self.views_per_image, "view"),
             100.0 * self.top1_error,

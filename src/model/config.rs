@@ -193,7 +193,7 @@ pub struct VggConfig {
     /// Drop probability of the dropout after each hidden FC layer's ReLU (0.5 in the paper;
     /// 0 turns dropout off).
     pub dropout: f32,
-    /// Per-channel input mean (and std) on the 0..255 scale, applied by `normalize_input`.
+    /// Per-channel input mean on the 0..255 scale, subtracted by `normalize_input`.
     pub mean: [f32; 3],
     /// Per-channel input std on the 0..255 scale; `None` subtracts the mean only (the paper's
     /// preprocessing).

@@ -132,8 +132,8 @@ pub struct Buffer {
     pub offset: usize,
     /// The timeline index of the first phase that writes it.
     pub first: usize,
-    /// The timeline index of the last phase that reads it (the step's last for
-    /// [`Role::Logits`]).
+    /// The timeline index of the last phase that uses it, reading or writing (the step's last
+    /// for [`Role::Logits`]).
     pub last: usize,
 }
 

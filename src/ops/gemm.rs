@@ -151,8 +151,10 @@ pub enum Algo {
     TensorCore {
         /// The block tile.
         tile: Tile,
-        /// Parts the pass's reduction is split into: at least 1 (0 is an `Error::Shape` at the
-        /// launch), at most its 64-deep k-tiles (more are clamped to them).
+        /// Parts the pass's reduction is asked to be split into: at least 1 (0 is an
+        /// `Error::Shape` at the launch). The k-tiles (64 deep) are dealt out evenly, so the
+        /// count run is the fewest parts of that size: at most the k-tiles, and no part empty
+        /// (6 asked over 10 k-tiles runs 5 parts of 2).
         splits: usize,
     },
     /// One thread per output, fp32 accumulation in index order: the simple twin.

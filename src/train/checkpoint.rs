@@ -33,8 +33,10 @@ pub struct TrainState {
     pub loss_scale: f32,
     pub scaler_clean_steps: u32,
     pub scaler_skipped: u64,
-    /// Current learning rate and the plateau schedule's memory.
+    /// Current learning rate and the plateau schedule's memory (these four fields).
     pub lr: f32,
+    /// The validation top-1 the plateau schedule last counted as progress (by more than 1e-3;
+    /// -1 before any): not the run's best, which is [`TrainState::best_top1`].
     pub best_val: f64,
     pub bad_evals: u32,
     pub decays: u32,
@@ -60,8 +62,10 @@ pub struct TrainState {
     /// was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_scale: Option<u32>,
-    /// The validation top-1 of the run's `best.safetensors` (the best so far), `None` until
-    /// one is written (and in checkpoints written before it was recorded).
+    /// The validation top-1 of the `best.safetensors` beside this checkpoint: the best of the
+    /// run's epoch-end validations so far. `None` until one is written, in runs without a
+    /// checkpoint folder, and in checkpoints written before it was recorded; a resume into a
+    /// folder without that file starts its own best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_top1: Option<f64>,
 }

@@ -56,7 +56,8 @@ impl Metrics {
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training. Returns the checkpoint to
 /// resume from, if any (the one place that resolves a bare --resume).
-fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option<PathBuf>> {
+fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> {
+    let best = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
     // A bare --resume continues --checkpoint-dir's own checkpoint, which must be there.
     let resume = match a.resume.as_deref() {
         None => None,
@@ -72,8 +73,10 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option
         // path, and comparing that "nothing" with the folder's file blamed an overwrite instead.
         let resumed =
             std::fs::canonicalize(r).with_context(|| format!("--resume {r}: the checkpoint cannot be read"))?;
-        // Compared only when both resolve: a folder without a checkpoint has nothing to lose.
-        if let Some(p) = ckpt.filter(|p| std::fs::canonicalize(p).is_ok_and(|p| p != resumed)) {
+        // The run the folder holds: its last.safetensors or, without one, its best.safetensors.
+        // Compared only when it resolves: a folder without a checkpoint has nothing to lose.
+        let own = ckpt.filter(|p| p.exists()).or(best.as_deref().filter(|p| p.exists()));
+        if let Some(p) = own.filter(|p| std::fs::canonicalize(p).is_ok_and(|p| p != resumed)) {
             bail!(
                 "{}: a checkpoint that --resume {r} is not; the resumed run would overwrite it \
                  (nothing was overwritten: resume from it, or choose another --checkpoint-dir)",
@@ -81,7 +84,6 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&std::path::Path>) -> Result<Option
             );
         }
     }
-    let best = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
     for (p, what) in
         [(ckpt, "checkpoint"), (best.as_deref(), "best checkpoint"), (a.metrics.as_deref(), "metrics file")]
     {
@@ -266,7 +268,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             clean_steps: state.scaler_clean_steps,
             skipped: state.scaler_skipped,
         })?;
-        st = TrainState { batch: a.batch, test_scale: st.test_scale, ..state };
+        // The run's best top-1 is that of a best.safetensors in this run's folder; a resume into
+        // another folder (a branch from a checkpoint) starts its own best.
+        let best_top1 = state.best_top1.filter(|_| best_path.as_ref().is_some_and(|p| p.is_file()));
+        st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, ..state };
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -378,7 +383,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let mut imgs = 0usize;
     let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
-    let save_to = |vgg: &Vgg, st: &TrainState, p: &Path| -> Result<()> {
+    // The checkpoint as last.safetensors, and first as best.safetensors after a validation that
+    // beat every earlier one: exported once, written best first, so that a run killed between
+    // the two writes keeps the best weights (a resume repeats the epoch and its validation).
+    let save = |vgg: &Vgg, st: &TrainState, best: bool| -> Result<()> {
+        let Some(last) = &ckpt_path else { return Ok(()) };
         let sc = vgg.scaler_state();
         let st = TrainState {
             loss_scale: sc.scale,
@@ -388,12 +397,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             ..st.clone()
         };
         let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
-        checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)
+        for p in best_path.iter().filter(|_| best).chain([last]) {
+            checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)?;
+        }
+        Ok(())
     };
-    let save = |vgg: &Vgg, st: &TrainState| ckpt_path.as_deref().map_or(Ok(()), |p| save_to(vgg, st, p));
-    // After a validation that beat every earlier one: the same checkpoint as best.safetensors,
-    // written first, so that a run killed between the two writes keeps the best weights.
-    let save_best = |vgg: &Vgg, st: &TrainState| best_path.as_deref().map_or(Ok(()), |p| save_to(vgg, st, p));
     'epochs: while st.step < total {
         let skip = st.batch_in_epoch as usize;
         let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
@@ -470,7 +478,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 "time_s": t0.elapsed().as_secs_f64()}))?;
             diverged(&vgg, a.loss_scale, st.step, s.loss)?;
             if a.checkpoint_every.is_some_and(|e| st.step.is_multiple_of(e)) {
-                save(&vgg, &st)?;
+                save(&vgg, &st, false)?;
             }
             if st.step >= total {
                 // A run that ends on an epoch's last batch still ends that epoch below.
@@ -502,7 +510,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
             schedule.after_validation(&mut st, v1);
         }
-        let best = val.is_some_and(|(_, v1, _)| st.improves_best(v1)) && best_path.is_some();
+        // Only the epochs' validations compete for the best: a straight run makes no other, so a
+        // run stopped mid-epoch by --steps and resumed keeps the same state as one that was not.
+        let best = best_path.is_some() && val.is_some_and(|(_, v1, _)| st.improves_best(v1));
         let rate = match imgs {
             0 => String::new(),
             i => format!(" ({:.0} img/s)", i as f64 / t0.elapsed().as_secs_f64().max(1e-9)),
@@ -522,10 +532,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         });
         st.epoch += 1;
         st.batch_in_epoch = 0;
-        if best {
-            save_best(&vgg, &st)?;
-        }
-        save(&vgg, &st)?;
+        save(&vgg, &st, best)?;
         plot(&hist);
     }
     // A run that stopped mid-epoch (--steps) validates and saves there.
@@ -536,14 +543,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             hist.evals.insert(st.step, plot::Eval { step: st.step, loss: l, top1: v1, top5: v5 });
             metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": l,
                 "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
-            let best = st.improves_best(v1) && best_path.is_some();
-            let note = if best { ", the best so far (best.safetensors)" } else { "" };
-            bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}{note}", st.step));
-            if best {
-                save_best(&vgg, &st)?;
-            }
+            bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}", st.step));
         }
-        save(&vgg, &st)?;
+        save(&vgg, &st, false)?;
         plot(&hist);
     }
     bar.finish_and_clear();

@@ -94,6 +94,14 @@ mod tests {
     }
 
     #[test]
+    fn the_best_top1_moves_only_on_a_better_value() {
+        let mut st = state(0.1);
+        let seen: Vec<(bool, Option<f64>)> =
+            [0.2, 0.2, 0.1, 0.3].into_iter().map(|v| (st.improves_best(v), st.best_top1)).collect();
+        assert_eq!(seen, [(true, Some(0.2)), (false, Some(0.2)), (false, Some(0.2)), (true, Some(0.3))]);
+    }
+
+    #[test]
     fn plateau_divides_by_ten_when_accuracy_stalls_at_most_max_decays_times() {
         let s = LrSchedule::parse("plateau").unwrap();
         let mut st = state(0.01);

@@ -1,6 +1,7 @@
-//! A training step's optimizer half and the state around it: the loss scaler's host, queued and
-//! captured steps (SGD with momentum and weight decay on the fp32 masters, skipped on the
-//! device on overflow), the step's statistics, and the weights, momentum and scaler state that
+//! Whole training steps over [`Vgg::compute_grads`] and the state around them: the optimizer
+//! half (the loss scaler's host, queued and captured steps: SGD with momentum and weight decay
+//! on the fp32 masters, skipped on the device on overflow), the step's statistics, evaluation
+//! of a batch, the unscaled gradients, and the weights, momentum and scaler state that
 //! checkpoints read and write.
 
 use super::params::{self, Init, NamedTensor, Param, State};
@@ -113,7 +114,7 @@ impl Vgg {
 
     /// The scaler's host step (Some(applied)), or its device-side step, which reads nothing
     /// (None), with `sgd` as [`Vgg::sgd`] checked it (the learning rate, or with
-    /// `Step::QueuedAt` the one in [`StepVars`]).
+    /// `Step::QueuedAt` the one in [`crate::ops::StepVars`]).
     pub(super) fn optimizer_step(&mut self, sgd: Sgd, how: Step) -> Result<Option<bool>> {
         self.dev.profile_label("optimizer");
         let mut sp = self.optim.sgd_params(&mut self.params);
@@ -248,7 +249,7 @@ impl Vgg {
 }
 
 /// How [`Vgg::optimizer_step`] runs: the host scaler (one read), the device scaler, or the
-/// device scaler with the learning rate in [`StepVars`] (captured steps).
+/// device scaler with the learning rate in [`crate::ops::StepVars`] (captured steps).
 #[derive(Clone, Copy)]
 pub(super) enum Step {
     Host,
