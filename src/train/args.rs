@@ -132,8 +132,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
-    /// `best.safetensors` (the same checkpoint) after each validation that beats every earlier
-    /// one, and the plots `loss.png` and `accuracy.png`.
+    /// `best.safetensors` (the same checkpoint) after each epoch whose validation beats every
+    /// earlier epoch's, and the plots `loss.png` and `accuracy.png`.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     #[arg(long)]
