@@ -149,6 +149,19 @@ pub fn save_with_classes(
     state: Option<&TrainState>,
     classes: &[String],
 ) -> Result<()> {
+    let bytes = to_bytes(weights, momentum, config, state, classes)?;
+    Ok(crate::atomic::write(path, &bytes)?)
+}
+
+/// The file [`save_with_classes`] writes, as bytes: for writing one checkpoint to several
+/// paths (`last` and `best`) without serializing it again.
+pub fn to_bytes(
+    weights: &[NamedTensor],
+    momentum: &[NamedTensor],
+    config: &VggConfig,
+    state: Option<&TrainState>,
+    classes: &[String],
+) -> Result<Vec<u8>> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
     for (name, shape, data) in weights {
         bufs.push((name.clone(), shape.clone(), bytemuck::cast_slice(data).to_vec()));
@@ -172,8 +185,7 @@ pub fn save_with_classes(
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let bytes = safetensors::serialize(views, &Some(meta))?;
-    Ok(crate::atomic::write(path, &bytes)?)
+    Ok(safetensors::serialize(views, &Some(meta))?)
 }
 
 fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {

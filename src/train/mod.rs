@@ -384,8 +384,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let mut imgs = 0usize;
     let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
     // The checkpoint as last.safetensors, and first as best.safetensors after a validation that
-    // beat every earlier one: exported once, written best first, so that a run killed between
-    // the two writes keeps the best weights (a resume repeats the epoch and its validation).
+    // beat every earlier one: exported and serialized once, written best first, so that a run
+    // killed between the two writes keeps the best weights (a resume repeats the epoch and its
+    // validation).
     let save = |vgg: &Vgg, st: &TrainState, best: bool| -> Result<()> {
         let Some(last) = &ckpt_path else { return Ok(()) };
         let sc = vgg.scaler_state();
@@ -397,8 +398,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             ..st.clone()
         };
         let (w, m, classes) = (vgg.export_params()?, vgg.export_momentum()?, train_ds.classes());
+        let bytes = checkpoint::to_bytes(&w, &m, vgg.config(), Some(&st), classes)?;
         for p in best_path.iter().filter(|_| best).chain([last]) {
-            checkpoint::save_with_classes(p, &w, &m, vgg.config(), Some(&st), classes)?;
+            crate::atomic::write(p, &bytes)?;
         }
         Ok(())
     };
