@@ -27,7 +27,14 @@ pub enum CublasError {
     Unavailable(String),
     /// A cuBLAS call returned an error status.
     #[error("{call} failed: {name} ({status})")]
-    Call { call: &'static str, status: i32, name: String },
+    Call {
+        /// The entry point called, e.g. `cublasCreate_v2`.
+        call: &'static str,
+        /// The status it returned.
+        status: i32,
+        /// The status's name from `cublasGetStatusString`, or `status N` when there is none.
+        name: String,
+    },
     /// Our side (allocation, device, shapes).
     #[error(transparent)]
     Device(#[from] crate::Error),

@@ -24,7 +24,14 @@ pub enum CudnnError {
     Unavailable(String),
     /// A cuDNN call returned an error status.
     #[error("{call} failed: {name} ({status})")]
-    Call { call: &'static str, status: i32, name: String },
+    Call {
+        /// The entry point called, e.g. `cudnnCreate`.
+        call: &'static str,
+        /// The status it returned.
+        status: i32,
+        /// The status's name from `cudnnGetErrorString`, or `status N` when there is none.
+        name: String,
+    },
     /// No algorithm of cuDNN's search ran successfully.
     #[error("{0}")]
     NoAlgorithm(String),

@@ -42,7 +42,9 @@ pub struct TimingConfig {
     /// Timed samples: `None` picks enough for about `target_ms` of timed work, at least
     /// `min_samples` (fewer only when `budget_ms` would be exceeded).
     pub samples: Option<usize>,
+    /// The fewest timed samples an automatic choice makes (when the budget allows).
     pub min_samples: usize,
+    /// Milliseconds of timed work an automatic choice of `samples` aims at.
     pub target_ms: f64,
     /// Back-to-back calls in one sample are chosen so a sample lasts at least this long,
     /// which hides the event and launch overheads of very short calls.
@@ -63,6 +65,7 @@ impl TimingConfig {
     pub fn emu() -> Self {
         Self { warmup: 1, samples: Some(3), min_samples: 1, target_ms: 0.0, min_sample_ms: 0.0, budget_ms: f64::MAX }
     }
+    /// [`TimingConfig::emu`] on the emulator, [`TimingConfig::gpu`] on a GPU.
     pub fn for_device(dev: &Device) -> Self {
         if dev.is_emu() {
             Self::emu()
@@ -214,6 +217,7 @@ pub struct Agreement {
     pub rel_l2: f64,
     /// The bound as text.
     pub bound: String,
+    /// Both relative errors are within their bounds (false for a NaN or a length mismatch).
     pub pass: bool,
 }
 

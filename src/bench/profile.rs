@@ -19,8 +19,11 @@ pub struct StepProfile {
 /// A sum over some of a step's launches.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProfileSum {
+    /// The key summed over: a label (`fwd conv3_2`), a group (`fwd conv`) or a kernel name.
     pub name: String,
+    /// The launches' device times added up, in ms.
     pub ms: f64,
+    /// Launches (and memsets) in the sum.
     pub launches: usize,
 }
 

@@ -13,10 +13,15 @@ use serde::Serialize;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct TrainBenchConfig {
+    /// The network (`--model`, `--input`, `--width`).
     pub model: VggConfig,
+    /// Images a step (one `--batch` entry).
     pub batch: usize,
+    /// Untimed steps first (`--warmup`).
     pub warmup: usize,
+    /// Timed steps (`--steps`); at least 1 for a meaningful row.
     pub steps: usize,
+    /// Learning rate of every step (1e-2 by default; no flag sets it).
     pub lr: f32,
     /// How the 3x3 conv layers are planned (tuning happens before the warm-up, untimed).
     pub conv: ConvChoice,
@@ -67,17 +72,24 @@ impl TrainBenchConfig {
 /// One measured configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainBenchRow {
+    /// The architecture and input size, e.g. `D 224x224`.
     pub model: String,
+    /// Images a step.
     pub batch: usize,
+    /// Input pixels a side.
     pub input: usize,
+    /// Timed steps.
     pub steps: usize,
     /// Per step: median and fastest of the per-step times, or, for queued steps, both the mean
     /// over all of them (one timer around the lot).
     pub median_step_ms: f64,
+    /// The fastest per-step time in ms (queued: the mean, as `median_step_ms`).
     pub min_step_ms: f64,
+    /// The timed steps were queued and timed together (also true under `graph`).
     pub queued: bool,
     /// Queued steps replayed from a captured graph.
     pub graph: bool,
+    /// `batch` over `median_step_ms`, in images/s.
     pub images_per_s: f64,
     /// TFLOP/s of the step: forward, dgrad (but the first layer's) and wgrad FLOPs over the median.
     pub tflops: f64,
@@ -89,17 +101,21 @@ pub struct TrainBenchRow {
     /// Loss of the first step (NaN when no step ran one by one: queued with no warm-up) and of
     /// the last.
     pub first_loss: f32,
+    /// Loss of the last timed step (queued: read back after the final sync).
     pub last_loss: f32,
+    /// Steps the loss scaler skipped on an overflow, warm-up steps included.
     pub skipped_steps: usize,
     /// Host launches a step (a graph launch counts once), and the median host time to queue a
     /// step's forward and backward (queued steps: the mean host time to queue a whole step):
     /// when it is well under `median_step_ms` the device never waits for a launch (only for
     /// the host reads at the end of the step), so CUDA graphs could not pay.
     pub launches_per_step: f64,
+    /// The host time to queue a step, in ms: see `launches_per_step`.
     pub median_enqueue_ms: f64,
     /// The conv-plan policy, and per 3x3 conv layer `fprop/dgrad` algorithms (region width
     /// `rN` where F(2x2) runs region tiles).
     pub conv: String,
+    /// One entry per 3x3 conv layer: its plan's summary (see `conv`).
     pub conv_layers: Vec<String>,
     /// Under `tune`: each tuned shape's per-pass, per-variant times.
     pub conv_timings: Vec<String>,

@@ -31,11 +31,15 @@ pub use rows::{ConvReport, ConvRow, ConvSummary, Measured, TuneCandidate, TunedP
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct ConvBenchConfig {
+    /// The layers to run, in order ([`select_layers`]; `--layers`).
     pub layers: Vec<NamedProblem>,
+    /// The passes benched per layer, in order (`--passes`).
     pub passes: Vec<Pass>,
+    /// Our algorithm (`--algo`).
     pub algo: Algo,
     /// How the Winograd passes group their tiles (not under `tune`, which chooses the tiling).
     pub wino_tiling: WinoTiling,
+    /// How each pass is timed (`--repeats` sets its `samples`).
     pub timing: TimingConfig,
     /// Compare with cuDNN when the device is a GPU and the library loads.
     pub cudnn: bool,

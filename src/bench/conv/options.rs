@@ -23,8 +23,10 @@ pub enum Pass {
 }
 
 impl Pass {
+    /// The three passes, in the order they are benched.
     pub const ALL: [Pass; 3] = [Pass::Fprop, Pass::Dgrad, Pass::Wgrad];
 
+    /// `fprop`, `dgrad` or `wgrad`: the `--passes` word and the table's pass column.
     pub fn name(self) -> &'static str {
         match self {
             Pass::Fprop => "fprop",
@@ -59,11 +61,17 @@ impl Pass {
 /// variants on the device first, as training does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
+    /// `auto`: [`ConvAlgo::Auto`], the choice made per pass.
     Auto,
+    /// `direct`: [`ConvAlgo::Direct`].
     Direct,
+    /// `winograd2x2`: [`ConvAlgo::Winograd2x2`].
     Winograd2x2,
+    /// `winograd4x4`: [`ConvAlgo::Winograd4x4`].
     Winograd4x4,
+    /// `igemm`: [`ConvAlgo::ImplicitGemm`].
     ImplicitGemm,
+    /// `wgmma`: [`ConvAlgo::Wgmma`] (Hopper).
     Wgmma,
     /// The plan [`conv_tune::tune`](crate::ops::conv_tune::tune) picks from the model's base plan, per layer.
     Tune,
@@ -73,6 +81,8 @@ impl Algo {
     const ALL: [Algo; 7] =
         [Algo::Auto, Algo::Direct, Algo::Winograd2x2, Algo::Winograd4x4, Algo::ImplicitGemm, Algo::Wgmma, Algo::Tune];
 
+    /// The `--algo` word: `auto`, `direct`, `winograd2x2`, `winograd4x4`, `igemm`, `wgmma` or
+    /// `tune`.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Auto => "auto",
@@ -85,6 +95,8 @@ impl Algo {
         }
     }
 
+    /// The algorithm [`Algo::name`] gives `s` (surrounding spaces ignored, case kept); an
+    /// unknown word is a [`BadArgument`] listing the valid ones.
     pub fn parse(s: &str) -> Result<Algo, BadArgument> {
         Self::ALL.into_iter().find(|a| a.name() == s.trim()).ok_or_else(|| {
             BadArgument(format!(

@@ -13,11 +13,17 @@ pub struct Measured {
     pub algo: String,
     /// Median time per call.
     pub ms: f64,
+    /// Fastest sample, per call, in ms.
     pub min_ms: f64,
     /// Effective TFLOP/s: the direct convolution's FLOPs over the median time.
     pub tflops: f64,
+    /// Timed samples taken.
     pub samples: usize,
+    /// Back-to-back calls in one sample.
     pub calls_per_sample: usize,
+    /// Workspace the pass was given, in bytes (ours:
+    /// [`Conv3x3::workspace_bytes`](crate::ops::conv::Conv3x3::workspace_bytes); cuDNN: its
+    /// plan's).
     pub workspace_bytes: usize,
     /// cuDNN's own time for its pick during its algorithm search.
     pub find_ms: Option<f64>,
@@ -116,23 +122,38 @@ impl TunedPass {
 /// One line of the table: one layer, one pass.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ConvRow {
+    /// The layer's name, e.g. `conv1_2`.
     pub layer: String,
+    /// The pass benched.
     pub pass: Pass,
+    /// Batch.
     pub n: usize,
+    /// Height of the input and output (3x3, stride 1, padding 1).
     pub h: usize,
+    /// Width of the input and output.
     pub w: usize,
+    /// Input channels.
     pub c: usize,
+    /// Output channels.
     pub k: usize,
+    /// The direct convolution's GFLOP (`2 N H W C K 9 / 1e9`), the same for all three passes.
     pub gflop: f64,
-    /// Input sets rotated, and the bytes one set plus the pass's output touch.
+    /// Input sets rotated (0 when none could be allocated).
     pub sets: usize,
+    /// Bytes one call of the pass touches: its two fp16 inputs and its output (fp32 for wgrad).
     pub pass_bytes: usize,
+    /// Our pass's timing, when it ran.
     pub ours: Option<Measured>,
+    /// Why our pass did not run or could not be checked.
     pub ours_error: Option<String>,
+    /// cuDNN's timing, when it ran.
     pub cudnn: Option<Measured>,
+    /// Why cuDNN's pass did not run.
     pub cudnn_error: Option<String>,
     /// Our speed over cuDNN's (> 1: we are faster).
     pub ratio: Option<f64>,
+    /// Our output on set 0 against cuDNN's, else the f64 reference (emu) or our direct kernel
+    /// (GPU); None when nothing was compared.
     pub agreement: Option<Agreement>,
     /// Under `tune`: the tuner's choice and measurements for this pass (our row then times the
     /// plan it chose, named in `ours.algo`).
@@ -169,6 +190,7 @@ impl ConvRow {
         self.ours_error.is_some() || self.agreement.as_ref().is_some_and(|a| !a.pass)
     }
 
+    /// The table's shape cell: `NxHxW C>K`, e.g. `64x224x224 3>64`.
     pub fn shape(&self) -> String {
         format!("{}x{}x{} {}>{}", self.n, self.h, self.w, self.c, self.k)
     }
@@ -230,21 +252,31 @@ impl VersusRow for ConvRow {
 /// Totals over the rows.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ConvSummary {
+    /// Rows in the report.
     pub rows: usize,
+    /// Rows with our timing.
     pub ours_measured: usize,
+    /// Rows with cuDNN's timing.
     pub cudnn_measured: usize,
+    /// Rows where our pass failed to run or disagrees ([`ConvRow::failed`]).
     pub failed: usize,
+    /// Rows whose output was compared.
     pub agreement_checked: usize,
+    /// Rows whose comparison broke its bound.
     pub agreement_failed: usize,
     /// Geometric mean of the speed ratios (ours / cuDNN), over all rows and per pass.
     pub geomean_ratio: Option<f64>,
+    /// The geometric mean per pass, in [`Pass::ALL`]'s order (passes without a finite positive
+    /// ratio left out).
     pub geomean_ratio_by_pass: Vec<(Pass, f64)>,
     /// Sums of median times over the rows where both were measured.
     pub ours_total_ms: f64,
+    /// cuDNN's sum of median times over the same rows, in ms.
     pub cudnn_total_ms: f64,
 }
 
 impl ConvSummary {
+    /// The totals of `rows`.
     pub fn of(rows: &[ConvRow]) -> Self {
         let t = Tally::of(rows, &Pass::ALL);
         Self {
@@ -282,15 +314,22 @@ impl ConvSummary {
 /// The whole bench run.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ConvReport {
+    /// The device's name ([`Device::name`](crate::Device::name)).
     pub device: String,
+    /// This crate's version (`CARGO_PKG_VERSION`).
     pub vgg_version: String,
+    /// The `--algo` word ([`Algo::name`](super::Algo::name)).
     pub algo: String,
     /// cuDNN's version when it was used.
     pub cudnn_version: Option<String>,
     /// Why cuDNN was not used, when it was not.
     pub cudnn_note: Option<String>,
+    /// The L2 size the input rotation was sized against, in bytes (0 on the emulator).
     pub l2_bytes: usize,
+    /// How each pass was timed.
     pub timing: TimingConfig,
+    /// One row per layer and pass, in run order.
     pub rows: Vec<ConvRow>,
+    /// Totals over `rows`.
     pub summary: ConvSummary,
 }

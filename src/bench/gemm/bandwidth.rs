@@ -21,7 +21,9 @@ pub const SGD_BYTES_PER_PARAM: usize = 22;
 /// One parameter tensor of the SGD step.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ParamTensor {
+    /// `<layer>.weight` or `<layer>.bias`, e.g. `conv1_1.weight`, `fc6.bias`.
     pub name: String,
+    /// Elements.
     pub len: usize,
     /// Weight decay applies (weights), or not (biases).
     pub decay: bool,
@@ -58,6 +60,7 @@ pub struct BandwidthRow {
     pub elements: usize,
     /// Bytes read plus bytes written by one call.
     pub bytes_per_call: usize,
+    /// The timing, when the measurement ran.
     pub timing: Option<Timing>,
     /// `bytes_per_call` over the median time.
     pub gb_s: Option<f64>,
@@ -67,6 +70,7 @@ pub struct BandwidthRow {
     pub of_copy: Option<f64>,
     /// The SGD step's result on the last tensors against the reference.
     pub check: Option<Agreement>,
+    /// Why the measurement (or its check) could not run.
     pub error: Option<String>,
 }
 

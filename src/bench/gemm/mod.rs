@@ -40,8 +40,10 @@ pub enum Pass {
 }
 
 impl Pass {
+    /// The three products, in the order they are benched.
     pub const ALL: [Pass; 3] = [Pass::Fwd, Pass::BwdData, Pass::BwdWeight];
 
+    /// `fwd`, `bwd_data` or `bwd_weight`: the `--passes` word and the table's pass column.
     pub fn name(self) -> &'static str {
         match self {
             Pass::Fwd => "fwd",
@@ -67,8 +69,11 @@ impl Pass {
 /// A fully connected layer: `k` inputs, `n` outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FcLayer {
+    /// `fc6`, `fc7` or `fc8`: the `--shapes` word.
     pub name: &'static str,
+    /// Inputs (the reduction dimension of the forward product).
     pub k: usize,
+    /// Outputs.
     pub n: usize,
 }
 
@@ -134,9 +139,13 @@ pub fn default_batches(emu: bool) -> Vec<usize> {
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct GemmBenchConfig {
+    /// The layers to run, in order ([`select_layers`]; `--shapes`).
     pub layers: Vec<FcLayer>,
+    /// The batches (rows of X) each layer runs at, in order (`--batch`).
     pub batches: Vec<usize>,
+    /// The passes benched per layer and batch, in order (`--passes`).
     pub passes: Vec<Pass>,
+    /// How each measurement is timed (`--repeats` sets its `samples`).
     pub timing: TimingConfig,
     /// Compare with cuBLAS when the device is a GPU and the library loads (on by default).
     pub cublas: bool,
@@ -181,11 +190,16 @@ pub struct Measured {
     pub algo: String,
     /// Median time per call.
     pub ms: f64,
+    /// Fastest sample, per call, in ms.
     pub min_ms: f64,
     /// `2 M N K` over the median time.
     pub tflops: f64,
+    /// Timed samples taken.
     pub samples: usize,
+    /// Back-to-back calls in one sample.
     pub calls_per_sample: usize,
+    /// Workspace our product was given, in bytes ([`Linear::workspace_bytes_with`] of the
+    /// algorithm run); 0 for cuBLAS.
     pub workspace_bytes: usize,
 }
 
@@ -206,22 +220,35 @@ impl Measured {
 /// One line of the table: one layer at one batch, one pass.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GemmRow {
+    /// The layer's name: `fc6`, `fc7` or `fc8`.
     pub layer: String,
+    /// The pass benched.
     pub pass: Pass,
-    /// Batch (rows of X), inputs, outputs.
+    /// Batch (rows of X).
     pub m: usize,
+    /// The layer's inputs.
     pub k: usize,
+    /// The layer's outputs.
     pub n: usize,
+    /// `2 M N K / 1e9`, the same for all three passes.
     pub gflop: f64,
-    /// Input sets rotated, and the bytes one set plus the pass's output touch.
+    /// Input sets rotated (0 when none could be allocated).
     pub sets: usize,
+    /// Bytes one call of the pass touches: its two fp16 inputs and its output (fp32 for
+    /// `bwd_weight`; the forward's bias too).
     pub pass_bytes: usize,
+    /// Our pass's timing, when it ran.
     pub ours: Option<Measured>,
+    /// Why our pass did not run or could not be checked.
     pub ours_error: Option<String>,
+    /// cuBLAS's timing, when it ran.
     pub cublas: Option<Measured>,
+    /// Why cuBLAS's product did not run (or its output could not be completed with the bias).
     pub cublas_error: Option<String>,
     /// Our speed over cuBLAS's (> 1: we are faster).
     pub ratio: Option<f64>,
+    /// Our output on set 0 against cuBLAS's, else the f64 reference (emu) or our simple kernel
+    /// (GPU, unless the plan is the simple kernel); None when nothing was compared.
     pub agreement: Option<Agreement>,
 }
 
@@ -309,21 +336,31 @@ impl VersusRow for GemmRow {
 /// Totals over the rows.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct GemmSummary {
+    /// Rows in the report.
     pub rows: usize,
+    /// Rows with our timing.
     pub ours_measured: usize,
+    /// Rows with cuBLAS's timing.
     pub cublas_measured: usize,
+    /// Rows where our pass failed to run or disagrees ([`GemmRow::failed`]).
     pub failed: usize,
+    /// Rows whose output was compared.
     pub agreement_checked: usize,
+    /// Rows whose comparison broke its bound.
     pub agreement_failed: usize,
     /// Geometric mean of the speed ratios (ours / cuBLAS), over all rows and per pass.
     pub geomean_ratio: Option<f64>,
+    /// The geometric mean per pass, in [`Pass::ALL`]'s order (passes without a finite positive
+    /// ratio left out).
     pub geomean_ratio_by_pass: Vec<(Pass, f64)>,
     /// Sums of median times over the rows where both were measured.
     pub ours_total_ms: f64,
+    /// cuBLAS's sum of median times over the same rows, in ms.
     pub cublas_total_ms: f64,
 }
 
 impl GemmSummary {
+    /// The totals of `rows`.
     pub fn of(rows: &[GemmRow]) -> Self {
         let t = Tally::of(rows, &Pass::ALL);
         Self {
@@ -361,17 +398,25 @@ impl GemmSummary {
 /// The whole bench run.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GemmReport {
+    /// The device's name ([`Device::name`]).
     pub device: String,
+    /// This crate's version (`CARGO_PKG_VERSION`).
     pub vgg_version: String,
     /// cuBLAS's version when it was used.
     pub cublas_version: Option<String>,
     /// Why cuBLAS was not used, when it was not.
     pub cublas_note: Option<String>,
+    /// The batches run.
     pub batches: Vec<usize>,
+    /// The L2 size the input rotation was sized against, in bytes (0 on the emulator).
     pub l2_bytes: usize,
+    /// How each measurement was timed.
     pub timing: TimingConfig,
+    /// One row per layer, batch and pass, in run order.
     pub rows: Vec<GemmRow>,
+    /// Totals over `rows`.
     pub summary: GemmSummary,
+    /// [`COPY_CEILING_GB_S`], the bandwidth rows' yardstick.
     pub copy_ceiling_gb_s: f64,
     /// The copy, then the SGD step (empty when not asked for).
     pub bandwidth: Vec<BandwidthRow>,
