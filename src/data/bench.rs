@@ -11,26 +11,37 @@ use super::{DataError, Dataset, Loader, LoaderConfig, StageTimes, Subset, Transf
 /// One measurement of the pipeline.
 #[derive(Clone, Debug, Serialize)]
 pub struct DataBenchReport {
+    /// What the images come from, as the caller named it.
     pub source: String,
+    /// The transform, as [`Transform::describe`] words it.
     pub transform: String,
+    /// Images run through the pipeline (the sample: fewer than asked when the dataset is
+    /// smaller).
     pub images: usize,
+    /// Images skipped as unreadable (in the one-core pass).
     pub skipped: usize,
+    /// Loader threads of the total rate (the last count measured).
     pub workers: usize,
+    /// CPUs this machine offers (`available_parallelism`).
     pub cores: usize,
-    /// Images/s of the calling thread alone (no workers), and of `workers` threads.
+    /// Images/s of the calling thread alone (no workers).
     pub per_core_images_per_s: f64,
+    /// Images/s of `workers` threads.
     pub total_images_per_s: f64,
     /// (worker threads, images/s) for every count measured, the last being `workers`: how the
     /// rate scales with threads (on a machine whose "cores" are hyperthreads, expect the
     /// per-worker rate to halve past the physical core count).
     pub scaling: Vec<(usize, f64)>,
-    /// Milliseconds per image on one core, by stage.
+    /// Milliseconds per image on one core: reading and decoding.
     pub decode_ms: f64,
+    /// Milliseconds per image on one core: the antialiased rescale.
     pub resize_ms: f64,
+    /// Milliseconds per image on one core: flip, colour shift and the copy into the batch.
     pub finish_ms: f64,
 }
 
 impl DataBenchReport {
+    /// The report as the lines `vgg bench data` prints.
     pub fn text(&self) -> String {
         let total = self.decode_ms + self.resize_ms + self.finish_ms;
         let pct = |x: f64| 100.0 * x / total.max(1e-12);

@@ -101,6 +101,7 @@ impl ImageFolder {
         Ok(Self { root: dir.into(), classes: classes.to_vec(), samples })
     }
 
+    /// The folder the classes are in.
     pub fn root(&self) -> &Path {
         &self.root
     }

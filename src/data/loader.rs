@@ -25,9 +25,11 @@ use super::{shuffled, DataError, Dataset, StageTimes, Transform, Worker};
 /// How the loader batches, orders and parallelises.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {
+    /// Images a batch (at least 1; exactly 1 for whole-image test batches).
     pub batch: usize,
     /// A new seeded permutation every epoch; otherwise dataset order.
     pub shuffle: bool,
+    /// Seed of the shuffle and of every augmentation draw.
     pub seed: u64,
     /// Worker threads; 0 builds batches on the calling thread, on demand.
     pub workers: usize,
@@ -54,13 +56,17 @@ pub struct HostBatch {
     pub images: Vec<u8>,
     /// Class index of each image.
     pub labels: Vec<i32>,
+    /// Images in the batch: the batch size less the skipped ones (and less the missing ones
+    /// in an epoch's last, short batch).
     pub n: usize,
     /// Side of the square images (the crop); 0 for whole-image test batches, whose size
     /// is `height` x `width`.
     pub size: u32,
     /// Images of this batch left out as unreadable.
     pub skipped: usize,
+    /// Height of every image of the batch, in pixels.
     pub height: u32,
+    /// Width of every image of the batch, in pixels.
     pub width: u32,
     /// Position of this batch in the epoch.
     pub index: usize,
@@ -73,18 +79,25 @@ pub struct HostBatch {
 /// Totals of an epoch so far; `times` are complete once the epoch has ended.
 #[derive(Clone, Debug, Default)]
 pub struct EpochSummary {
+    /// The epoch's number.
     pub epoch: u64,
+    /// Batches delivered.
     pub batches: usize,
+    /// Images delivered (skipped ones not counted).
     pub images: usize,
+    /// Images left out as unreadable.
     pub skipped: usize,
     /// "path: reason" of each skipped image.
     pub failures: Vec<String>,
     /// Summed over workers (thread time, not wall time).
     pub times: StageTimes,
+    /// Wall time from the epoch's start to the last batch delivered (or the epoch's end).
     pub elapsed: Duration,
 }
 
 impl EpochSummary {
+    /// One line for reports: batches, images, the rate in images/s over `elapsed`, and the
+    /// skipped count.
     pub fn line(&self) -> String {
         let rate = self.images as f64 / self.elapsed.as_secs_f64().max(1e-9);
         format!(
@@ -112,6 +125,8 @@ impl Loader {
         Self { ds, transform: Arc::new(transform), cfg, invalid, pool: Arc::default() }
     }
 
+    /// [`Loader::new`], with invalid settings (transform, batch 0, a whole-image batch above
+    /// 1, an empty dataset) as an error here.
     pub fn try_new(
         ds: Arc<dyn Dataset>,
         transform: impl Into<Transform>,
@@ -141,14 +156,17 @@ impl Loader {
         Ok(())
     }
 
+    /// The dataset it loads.
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.ds
     }
 
+    /// Its settings.
     pub fn config(&self) -> &LoaderConfig {
         &self.cfg
     }
 
+    /// The transform every image goes through.
     pub fn transform(&self) -> &Transform {
         &self.transform
     }

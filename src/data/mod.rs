@@ -64,7 +64,9 @@ pub fn check_side(option: &str, value: u32) -> Result<(), DataError> {
 /// A labelled image collection, indexed `0..len()`. Implementations are shared between
 /// loader threads, so `load` takes `&self`.
 pub trait Dataset: Send + Sync {
+    /// Images in the dataset.
     fn len(&self) -> usize;
+    /// No images.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -83,22 +85,50 @@ pub trait Dataset: Send + Sync {
 pub enum DataError {
     /// A file or folder could not be read.
     #[error("{}: {reason}", path.display())]
-    Io { path: PathBuf, reason: String },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The system's error, as text.
+        reason: String,
+    },
     /// A file is empty, truncated, corrupt, or not an image the decoder knows.
     #[error("{}: cannot decode: {reason}", path.display())]
-    Decode { path: PathBuf, reason: String },
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's error, as text.
+        reason: String,
+    },
     /// The folder does not have torchvision's ImageFolder layout.
     #[error("{}: not an ImageFolder: {reason}", path.display())]
-    Layout { path: PathBuf, reason: String },
+    Layout {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An index past the end of the dataset.
     #[error("index {index} out of range for a dataset of {len} images")]
-    Index { index: usize, len: usize },
+    Index {
+        /// The index asked for.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
     /// An image the transform cannot use (named by its source).
     #[error("{source_name}: {reason}")]
-    Image { source_name: String, reason: String },
+    Image {
+        /// Where the image comes from ([`Dataset::describe`]).
+        source_name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// Every image of a run was unreadable and skipped: nothing to measure or write.
     #[error("no image could be read ({skipped} skipped)")]
-    NoImage { skipped: usize },
+    NoImage {
+        /// Images skipped as unreadable.
+        skipped: usize,
+    },
     /// Settings that do not fit together.
     #[error("invalid data configuration: {0}")]
     Config(String),
@@ -131,9 +161,11 @@ impl SampleRng {
     pub fn for_sample(seed: u64, epoch: u64, index: u64) -> Self {
         Self(mix64(mix64(mix64(seed ^ 0x5eed_da7a) ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ index))
     }
+    /// A stream from one seed, for draws that belong to no sample.
     pub fn new(seed: u64) -> Self {
         Self(mix64(seed))
     }
+    /// The next 64 random bits (SplitMix64's step).
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.0)
@@ -152,6 +184,7 @@ impl SampleRng {
         let span = (hi - lo) as u64 + 1;
         lo + (((self.next_u64() >> 32) * span) >> 32) as u32
     }
+    /// A fair coin flip (the top bit of [`SampleRng::next_u64`]).
     pub fn coin(&mut self) -> bool {
         self.next_u64() >> 63 == 1
     }
@@ -195,6 +228,8 @@ pub struct Subset {
 }
 
 impl Subset {
+    /// Image `i` of the subset is image `indices[i]` of `inner` (an index past `inner`'s end
+    /// fails when loaded, with `inner`'s error).
     pub fn new(inner: std::sync::Arc<dyn Dataset>, indices: Vec<usize>) -> Self {
         Self { inner, indices }
     }

@@ -47,14 +47,20 @@ impl Default for PrepConfig {
 /// What `vgg prep` wrote.
 #[derive(Clone, Debug, Serialize)]
 pub struct PrepReport {
+    /// Images written.
     pub images: usize,
+    /// Source images left out as unreadable.
     pub skipped: usize,
     /// "path: reason" of each skipped image, for the caller to report (the progress line
     /// owns standard error while the prep runs).
     pub failures: Vec<String>,
+    /// Classes of the source dataset.
     pub classes: usize,
+    /// Shard files written.
     pub shards: usize,
+    /// Total size of the shard files, in bytes (`index.json` not counted).
     pub bytes: u64,
+    /// Wall time of the prep, in seconds.
     pub seconds: f64,
 }
 

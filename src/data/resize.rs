@@ -98,11 +98,17 @@ pub fn resize_window(src: &RgbImage, win: Window, scratch: &mut Vec<f32>, dst: &
 /// resize.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Window {
+    /// Width of the whole resized image, in pixels.
     pub out_w: u32,
+    /// Height of the whole resized image, in pixels.
     pub out_h: u32,
+    /// Left column of the window in the resized image.
     pub x0: u32,
+    /// Top row of the window in the resized image.
     pub y0: u32,
+    /// Width of the window (`x0 + cw <= out_w`).
     pub cw: u32,
+    /// Height of the window (`y0 + ch <= out_h`).
     pub ch: u32,
 }
 

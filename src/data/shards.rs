@@ -22,8 +22,9 @@ use super::{decode_rgb, DataError, Dataset, ImageFolder};
 pub const SHARD_MAGIC: &[u8; 8] = b"VGGSHRD1";
 /// The shard and index format version.
 pub const SHARD_VERSION: u32 = 1;
-/// Bytes of a shard file's header, and of a record's header.
+/// Bytes of a shard file's header: magic, version, image count.
 pub const SHARD_HEADER: u64 = 16;
+/// Bytes of a record's header: label, width, height, payload length.
 pub const RECORD_HEADER: u64 = 12;
 /// The index's file name inside a shard directory.
 pub const INDEX_NAME: &str = "index.json";
@@ -33,6 +34,7 @@ pub const INDEX_NAME: &str = "index.json";
 pub struct ShardEntry {
     /// File name, relative to the shard directory.
     pub file: String,
+    /// Images stored in it.
     pub images: usize,
     /// File size in bytes.
     pub bytes: u64,
@@ -43,6 +45,7 @@ pub struct ShardEntry {
 pub struct ShardIndex {
     /// Always `vgg-shards`.
     pub format: String,
+    /// The format version ([`SHARD_VERSION`]).
     pub version: u32,
     /// `raw` (RGB bytes) or `jpeg`.
     pub encoding: String,
@@ -50,10 +53,13 @@ pub struct ShardIndex {
     pub quality: Option<u8>,
     /// Images were rescaled so that their shorter side is at most this (0: native size).
     pub max_side: u32,
+    /// Class names, in class-index order (the source dataset's).
     pub classes: Vec<String>,
+    /// Images stored, over all shards.
     pub images: usize,
     /// Source images that could not be read and were left out.
     pub skipped: usize,
+    /// The shard files, in the order `records` refers to them.
     pub shards: Vec<ShardEntry>,
     /// Per image, in dataset order: (shard index, byte offset of its record).
     pub records: Vec<(u32, u64)>,
@@ -141,10 +147,12 @@ impl Shards {
         Ok(Self { root: dir.into(), index: Arc::new(index), files: Arc::new(files) })
     }
 
+    /// The shard directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Its `index.json`, as read.
     pub fn index(&self) -> &ShardIndex {
         &self.index
     }

@@ -18,7 +18,9 @@ use crate::reference::InputNorm;
 /// columns), `eigval[j]` its eigenvalue, largest first.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pca {
+    /// The eigenvalues, largest first.
     pub eigval: [f32; 3],
+    /// The eigenvectors as columns: `eigvec[c][j]` is channel `c` of eigenvector `j`.
     pub eigvec: [[f32; 3]; 3],
 }
 
@@ -115,17 +117,21 @@ pub fn is_rgb_value(x: f64) -> bool {
 /// What `vgg stats` measures and writes as JSON; the trainer reads it back with [`DatasetStats::load`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DatasetStats {
-    /// Images measured, and images skipped as unreadable.
+    /// Images measured.
     pub images: usize,
+    /// Images skipped as unreadable.
     pub skipped: usize,
     /// Each image was first rescaled so that its shorter side is this (0: native size).
     pub size: u32,
-    /// Mean and standard deviation of R, G, B over all pixels, 0..255 units.
+    /// Mean of R, G, B over all pixels, 0..255 units.
     pub mean: [f64; 3],
+    /// Standard deviation of R, G, B over all pixels, 0..255 units.
     pub std: [f64; 3],
-    /// RGB covariance in 0..1 units, and its principal components.
+    /// RGB covariance in 0..1 units.
     pub cov: [[f64; 3]; 3],
+    /// The covariance's principal components (the colour shift's basis).
     pub pca: Pca,
+    /// The dataset's class names, in class-index order.
     pub classes: Vec<String>,
 }
 
@@ -135,6 +141,8 @@ impl DatasetStats {
         InputNorm { mean: self.mean.map(|m| m as f32), std: None }
     }
 
+    /// Reads a `vgg stats` JSON file; an unreadable file, bad JSON or values `vgg stats` never
+    /// writes (a mean or std outside 0..255, a bad PCA) are a [`DataError::Io`] naming it.
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let io = |e: &dyn std::fmt::Display| DataError::Io { path: path.to_path_buf(), reason: e.to_string() };
         let text = std::fs::read_to_string(path).map_err(|e| io(&e))?;

@@ -23,6 +23,9 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// `len` images of `classes` classes (at least 1), `size` pixels (at least 1) on the
+    /// shorter side, drawn from `seed`. Classes are named after their shape (`disc`,
+    /// `square`, ...; `disc-1`, ... once the shapes repeat).
     pub fn new(classes: usize, size: u32, len: usize, seed: u64) -> Self {
         let classes = (0..classes.max(1))
             .map(|c| match c / SHAPES.len() {

@@ -19,12 +19,15 @@ use super::{check_side, resize, DataError, Dataset, Pca, SampleRng};
 /// The training scale S: the shorter side after isotropic rescaling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scale {
+    /// The same S for every image (`256`).
     Fixed(u32),
     /// Drawn per image uniformly from `lo..=hi` (the paper's scale jittering: 256, 512).
     Jitter(u32, u32),
 }
 
 impl Scale {
+    /// The S of one image: the fixed one, or a uniform draw from the jitter range (one draw
+    /// of `rng` only when jittering).
     pub fn draw(&self, rng: &mut SampleRng) -> u32 {
         match *self {
             Scale::Fixed(s) => s,
@@ -74,6 +77,7 @@ impl Scale {
 /// Training-time augmentation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainTransform {
+    /// S: the shorter side after isotropic rescaling, fixed or jittered.
     pub scale: Scale,
     /// Side of the square random crop (224 in the paper). A rescale smaller than the crop
     /// is raised to the crop's size.
@@ -107,7 +111,9 @@ pub struct TestTransform {
 /// What the loader applies: training augmentation or test preprocessing.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transform {
+    /// Random rescale, crop, flip and colour shift.
     Train(TrainTransform),
+    /// Deterministic rescale to Q, then a centre crop or the whole image.
     Test(TestTransform),
 }
 
@@ -130,6 +136,7 @@ pub struct Plan {
     pub rescaled: (u32, u32),
     /// The window of the rescaled image that is kept: x, y, width, height.
     pub window: (u32, u32, u32, u32),
+    /// Mirror the window left-right.
     pub flip: bool,
     /// Added to R, G, B (0..255 units) before rounding.
     pub shift: Option<[f32; 3]>,
@@ -179,6 +186,8 @@ impl Transform {
         }
     }
 
+    /// A [`DataError::Config`] for settings no image can use: a crop, S or Q of 0, a
+    /// colour-shift std that is negative or not finite, or a side above [`MAX_SIDE`](super::MAX_SIDE).
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |m: &str| Err(DataError::Config(m.into()));
         match self {
@@ -249,6 +258,7 @@ impl Transform {
 /// Where a worker's time went, summed over the images it processed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StageTimes {
+    /// Images processed (those that failed to load or to plan are not counted).
     pub images: usize,
     /// Reading and decoding (or, for [`super::Synthetic`], drawing).
     pub decode: Duration,
@@ -259,6 +269,7 @@ pub struct StageTimes {
 }
 
 impl StageTimes {
+    /// Adds `o`'s images and times to these (to sum workers).
     pub fn add(&mut self, o: &StageTimes) {
         self.images += o.images;
         self.decode += o.decode;
@@ -272,6 +283,7 @@ impl StageTimes {
 pub struct Worker {
     scratch: Vec<f32>,
     window: Vec<u8>,
+    /// Where this worker's time went so far.
     pub times: StageTimes,
 }
 
