@@ -31,9 +31,11 @@ use half::f16;
 /// The class scores of every position of a dense evaluation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoreMap {
-    /// Images, and score-map rows and columns.
+    /// Images.
     pub n: usize,
+    /// Score-map rows ([`score_map_size`]).
     pub h: usize,
+    /// Score-map columns.
     pub w: usize,
     /// Logits, `[n][h][w][classes]`.
     pub logits: Vec<f32>,

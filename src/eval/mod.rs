@@ -60,6 +60,7 @@ pub enum Crops {
 }
 
 impl Crops {
+    /// A `--crops` value: `center` (or `centre`), `multi`, `dense` or `both`.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "center" | "centre" => Crops::Center,
@@ -226,7 +227,9 @@ pub fn infer_config(weights: &[NamedTensor]) -> Result<VggConfig> {
 
 /// One network of an ensemble with where it came from.
 pub struct Model {
+    /// The checkpoint file it was loaded from.
     pub path: PathBuf,
+    /// The network with the checkpoint's weights.
     pub vgg: Vgg,
     /// Class names stored with the checkpoint, if any.
     pub classes: Option<Vec<String>>,

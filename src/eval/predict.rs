@@ -83,15 +83,20 @@ impl Default for PredictArgs {
 /// A class and its probability.
 #[derive(Clone, Debug, Serialize)]
 pub struct TopClass {
+    /// The class index.
     pub class: usize,
+    /// Its name: from `--labels`, else the checkpoint's, else the index as text.
     pub name: String,
+    /// Its posterior probability, averaged over views and models (0 to 1).
     pub prob: f64,
 }
 
 /// One image's classes, most probable first.
 #[derive(Clone, Debug, Serialize)]
 pub struct Prediction {
+    /// The image's path, as given.
     pub image: String,
+    /// The `--top` most probable classes, most probable first.
     pub top: Vec<TopClass>,
     /// The full posterior (sums to 1).
     #[serde(skip)]

@@ -82,35 +82,56 @@ impl Default for EvalArgs {
 /// Accuracy on one class.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassRow {
+    /// The class index.
     pub class: usize,
+    /// The class name (the dataset's).
     pub name: String,
+    /// Images of the class evaluated (skipped ones not counted).
     pub images: usize,
+    /// Top-1 accuracy on them, 0 to 1 (an accuracy, not an error; 0 without images).
     pub top1: f64,
+    /// Top-5 accuracy on them, 0 to 1.
     pub top5: f64,
 }
 
 /// What `vgg eval` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// The checkpoints of the ensemble, as given.
     pub weights: Vec<String>,
+    /// The data set in words (its folder, or the synthetic set's seed and length).
     pub data: String,
+    /// The device's name.
     pub device: String,
+    /// The test scales Q.
     pub scales: Vec<u32>,
+    /// The views of each scale.
     pub crops: Crops,
+    /// Mirror images were scored (`--flip`, or any `--crops` but `center`, which flip always).
     pub flip: bool,
+    /// Views scored per image and model (a dense view and its mirror image count as two).
     pub views_per_image: usize,
     /// Crop views per forward pass: `--batch`, capped at the views the run has.
     pub batch: usize,
+    /// Images evaluated.
     pub images: usize,
+    /// Images skipped as unreadable.
     pub skipped: usize,
+    /// Top-1 error over the evaluated images, 0 to 1.
     pub top1_error: f64,
+    /// Top-5 error over the evaluated images, 0 to 1.
     pub top5_error: f64,
+    /// Wall time of the evaluation loop in seconds (loading the models not counted).
     pub seconds: f64,
+    /// `images` over `seconds`.
     pub images_per_s: f64,
+    /// One row per class, in class-index order.
     pub per_class: Vec<ClassRow>,
 }
 
 impl EvalReport {
+    /// The summary line `vgg eval` prints: images, skipped, views, top-1 and top-5 error in
+    /// percent, images/s.
     pub fn line(&self) -> String {
         format!(
             "{} ({} skipped), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
