@@ -66,6 +66,7 @@ pub struct TrainArgs {
     /// epoch line].
     #[arg(long)]
     pub strict: bool,
+    /// Images a step (and a validation batch).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Train on each epoch's last short batch too, filled up to --batch with its own images (as
@@ -76,10 +77,13 @@ pub struct TrainArgs {
     /// Stop after this many steps (default: --epochs).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Passes over the training set (unused when --steps is given).
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
+    /// Initial learning rate (the schedule divides or anneals it).
     #[arg(long, default_value_t = 0.02, allow_negative_numbers = true)]
     pub lr: f32,
+    /// SGD momentum (the paper's 0.9).
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay of the weights (the paper's 5e-4).
@@ -101,6 +105,8 @@ pub struct TrainArgs {
     /// Initial loss scale (dynamic scaling halves it on overflow).
     #[arg(long, default_value_t = 1024.0, allow_negative_numbers = true)]
     pub loss_scale: f32,
+    /// Seed of the initial weights, the data order and augmentation, the dropout masks and the
+    /// synthetic images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// cuda, cuda:N or emu.
@@ -136,6 +142,7 @@ pub struct TrainArgs {
     /// earlier epoch's, and the plots `loss.png` and `accuracy.png`.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Also write `last.safetensors` every N steps (needs --checkpoint-dir).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Continue from `<checkpoint-dir>/last.safetensors`, or from this file.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The `format` metadata of the checkpoints this version writes.
 pub const FORMAT: &str = "vgg-cuda-checkpoint-1";
 const MOMENTUM: &str = "momentum.";
 
@@ -29,16 +30,22 @@ pub struct TrainState {
     pub step: u64,
     /// The epoch in progress and the batches of it already consumed.
     pub epoch: u64,
+    /// Batches of `epoch` already consumed (0 at an epoch's start).
     pub batch_in_epoch: u64,
+    /// The dynamic loss scale ([`ScalerState::scale`](crate::model::ScalerState::scale)).
     pub loss_scale: f32,
+    /// Clean steps since the loss scale last changed.
     pub scaler_clean_steps: u32,
+    /// Steps skipped for overflow in the whole run.
     pub scaler_skipped: u64,
     /// Current learning rate and the plateau schedule's memory (these four fields).
     pub lr: f32,
     /// The validation top-1 the plateau schedule last counted as progress (by more than 1e-3;
     /// -1 before any): not the run's best, which is [`TrainState::best_top1`].
     pub best_val: f64,
+    /// Validations in a row without progress on `best_val` (reset by progress and by a decay).
     pub bad_evals: u32,
+    /// Times the plateau schedule has divided the rate by 10.
     pub decays: u32,
     /// The run's seed (data order, augmentation, dropout all derive from it and the step).
     pub seed: u64,
@@ -85,9 +92,14 @@ impl TrainState {
 /// What a checkpoint file held.
 #[derive(Debug)]
 pub struct Loaded {
+    /// Every tensor not named `momentum.*`, as f32 (F16 and BF16 widened), sorted by name.
     pub weights: Vec<NamedTensor>,
+    /// The `momentum.*` tensors with the prefix removed, sorted by name (empty in a
+    /// torchvision file).
     pub momentum: Vec<NamedTensor>,
+    /// The `config` metadata (None in a torchvision file).
     pub config: Option<VggConfig>,
+    /// The `state` metadata (None in a torchvision file or a checkpoint saved without one).
     pub state: Option<TrainState>,
 }
 

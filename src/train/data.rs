@@ -16,9 +16,16 @@ use std::sync::Arc;
 
 /// The data side of a run.
 pub struct RunData {
+    /// The training set: `--data`'s `train/` (or `--data` itself without one), or the
+    /// synthetic set.
     pub train: Arc<dyn Dataset>,
+    /// The validation set: `--data`'s `val/` with the training set's classes, or a synthetic
+    /// one; None when `--data` has no `val/`.
     pub val: Option<Arc<dyn Dataset>>,
+    /// The training augmentation (`--scale`, `--input`, `--color-shift`).
     pub train_tf: TrainTransform,
+    /// The validation preprocessing: rescale to Q (`--test-scale`, else the training scale's
+    /// Q), then the centre `--input` crop.
     pub test_tf: TestTransform,
     /// What the network subtracts (and divides by) at its input; recorded in checkpoints.
     pub norm: InputNorm,

@@ -34,10 +34,17 @@ use std::time::Instant;
 pub struct TrainSummary {
     /// (step, loss) of every step run in this process.
     pub losses: Vec<(u64, f32)>,
+    /// The run's step count at the end (a resumed run's earlier steps included).
     pub steps: u64,
+    /// Top-1 accuracy (0 to 1) of the last validation in this process; None without a
+    /// validation set or when none ran.
     pub final_val_top1: Option<f64>,
+    /// Loss of the last step whose loss was read back in this process.
     pub final_train_loss: Option<f32>,
+    /// Loss of the first step whose loss was read back in this process.
     pub first_train_loss: Option<f32>,
+    /// Images trained in this process over the wall time since its first step (validations
+    /// and checkpoints included), in images/s.
     pub images_per_s: f64,
 }
 

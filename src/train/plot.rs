@@ -20,9 +20,13 @@ const INK: RGBColor = RGBColor(30, 30, 30);
 /// One validation pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Eval {
+    /// Steps done when it ran (the metrics file's `step`).
     pub step: u64,
+    /// Mean validation loss (softmax cross-entropy).
     pub loss: f64,
+    /// Top-1 accuracy, 0 to 1.
     pub top1: f64,
+    /// Top-5 accuracy, 0 to 1.
     pub top5: f64,
 }
 
@@ -30,7 +34,9 @@ pub struct Eval {
 /// after a resume that replays it, keeps its last value).
 #[derive(Clone, Debug, Default)]
 pub struct History {
+    /// Training loss by step (steps done after it, as the metrics file's `step`).
     pub train: BTreeMap<u64, f32>,
+    /// Validation passes by step.
     pub evals: BTreeMap<u64, Eval>,
 }
 

@@ -9,14 +9,25 @@ use anyhow::{bail, Result};
 pub enum LrSchedule {
     /// The paper's: divide by 10 when validation top-1 has not improved for `patience`
     /// evaluations, at most `max_decays` times.
-    Plateau { patience: u32, max_decays: u32 },
+    Plateau {
+        /// Validations in a row without progress before a decay (`plateau:PATIENCE`, 1 by
+        /// default).
+        patience: u32,
+        /// The most decays (3).
+        max_decays: u32,
+    },
     /// Divide by 10 every `every` epochs.
-    Step { every: u64 },
+    Step {
+        /// Epochs between decays (`step:EPOCHS`).
+        every: u64,
+    },
     /// Cosine from the base rate to 0 over the run.
     Cosine,
 }
 
 impl LrSchedule {
+    /// A `--schedule` value: `plateau` (patience 1), `plateau:PATIENCE`, `step:EPOCHS` (each a
+    /// positive number) or `cosine`; anything else is an error naming the forms.
     pub fn parse(s: &str) -> Result<Self> {
         let num = |prefix: &str| s.strip_prefix(prefix).and_then(|v| v.parse::<u64>().ok()).filter(|&v| v > 0);
         Ok(match s {
