@@ -23,12 +23,18 @@ use rand_distr::StandardNormal;
 /// One line of the selftest table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CheckRow {
+    /// What was checked: the kernel and its variant (e.g. `dense_gather_f16`), or the check's
+    /// name for a row standing for the whole check.
     pub kernel: String,
+    /// The problem's shape as text (`-` in a row standing for the whole check).
     pub shape: String,
+    /// Largest absolute difference from the reference (NaN when the check did not run).
     pub max_abs: f64,
+    /// `||got - want||_2 / ||want||_2` (NaN when the check did not run).
     pub rel_l2: f64,
     /// The bound as text (`exact`, `rel_l2 <= 1e-5`).
     pub bound: String,
+    /// Within the bound (also true for a [`NOT_RUN`] row).
     pub pass: bool,
     /// First mismatch, when there is one: index, got, want.
     pub detail: Option<String>,
@@ -36,7 +42,7 @@ pub struct CheckRow {
 
 /// How a result must agree with its reference.
 #[derive(Clone, Copy, Debug)]
-pub enum Bound {
+pub(crate) enum Bound {
     /// Bit-for-bit equal values (NaN never equal).
     Exact,
     /// Relative L2 error and max |err| / max |ref| both under the given values.
@@ -44,7 +50,8 @@ pub enum Bound {
 }
 
 impl CheckRow {
-    pub fn new(kernel: &str, shape: impl Into<String>, c: Compare, bound: Bound) -> Self {
+    /// The row of comparison `c` under `bound`.
+    pub(crate) fn new(kernel: &str, shape: impl Into<String>, c: Compare, bound: Bound) -> Self {
         let (pass, text) = match bound {
             Bound::Exact => (c.first_bad.is_none() && c.max_abs == 0.0, "exact".to_string()),
             Bound::Rel { rel_l2, max_rel } => (
@@ -75,7 +82,9 @@ impl CheckRow {
 
 /// A named group of checks.
 pub struct Check {
+    /// The name `vgg selftest --only` takes, e.g. `gemm` or `conv_wino2x2`.
     pub name: &'static str,
+    /// Runs the group's checks on a device: one row per kernel and shape.
     pub run: fn(&Device) -> Result<Vec<CheckRow>>,
 }
 
@@ -151,6 +160,7 @@ pub fn run(dev: &Device, only: Option<&str>) -> Vec<CheckRow> {
 pub struct GuardedWorkspace {
     base: std::sync::Arc<Tensor<u8>>,
     len: usize,
+    /// The workspace to pass to the kernel: `len` bytes of 0xFF, a view of the guarded buffer.
     pub ws: Tensor<u8>,
 }
 
@@ -158,6 +168,7 @@ impl GuardedWorkspace {
     const GUARD: usize = 4096;
     const PATTERN: u8 = 0xA5;
 
+    /// A workspace of `len` bytes on `dev`, followed by the guard.
     pub fn new(dev: &Device, len: usize) -> crate::Result<Self> {
         let mut fill = vec![0xFF; len];
         fill.resize(len + Self::GUARD, Self::PATTERN);
