@@ -27,25 +27,21 @@
 //! - **The pipeline around it:** [`data`] (ImageFolder, the paper's transforms, the threaded
 //!   loader), [`train::run`] and [`eval`] (what `vgg train` and `vgg eval` run), and
 //!   [`mod@bench`] (the measurements behind `vgg bench`).
-// The library's core API documents every public item; an undocumented one there fails the build.
+
+// Every public item of the library is documented; an undocumented one fails the build.
+#![deny(missing_docs)]
+
 pub mod atomic;
 pub mod bench;
 pub mod data;
-#[deny(missing_docs)]
 pub mod device;
-#[deny(missing_docs)]
 mod error;
 pub mod eval;
-#[deny(missing_docs)]
 pub mod model;
-#[deny(missing_docs)]
 pub mod ops;
-#[deny(missing_docs)]
 pub mod problem;
-#[deny(missing_docs)]
 pub mod reference;
 pub mod selftest;
-#[deny(missing_docs)]
 pub mod tensor;
 pub mod train;
 
