@@ -157,3 +157,13 @@ fn cli_json_path_is_checked_before_the_run() {
     assert!(!stdout.contains("bench train on"), "the run started: {stdout}");
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
 }
+
+/// A library caller (the CLI refuses `--steps 0` itself) gets an error naming the step count,
+/// not a NaN rate: with no timed step there is nothing to divide by.
+#[test]
+fn zero_timed_steps_is_an_error() {
+    let dev = Device::emu();
+    let cfg = TrainBenchConfig { steps: 0, ..TrainBenchConfig::for_device(&dev, Arch::A, Some(2)) };
+    let e = run(&dev, &cfg).unwrap_err().to_string();
+    assert!(e.contains("at least 1 timed step"), "{e}");
+}

@@ -165,6 +165,16 @@ fn checkpoint_errors_name_the_problem() {
     std::fs::write(&c, &b).unwrap();
     let e = format!("{:#}", checkpoint::load(&c).unwrap_err());
     assert!(e.contains("is corrupt") && e.contains('`'), "{e}");
+    // Another checkpoint format: refused by name, not read by today's layout.
+    let f = dir.join("format.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    assert_eq!(meta.get("format").map(String::as_str), Some(checkpoint::FORMAT));
+    meta.insert("format".into(), "vgg-cuda-checkpoint-99".into());
+    std::fs::write(&f, safetensors::serialize(st.tensors(), &Some(meta)).unwrap()).unwrap();
+    let e = format!("{:#}", checkpoint::load(&f).unwrap_err());
+    assert!(e.contains("format.safetensors") && e.contains("`vgg-cuda-checkpoint-99`"), "{e}");
     // Batch-norm variant.
     let bn = dir.join("bn.safetensors");
     let mut wb = w.clone();

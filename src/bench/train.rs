@@ -123,8 +123,12 @@ pub struct TrainBenchRow {
     pub profile: Option<StepProfile>,
 }
 
-/// Builds the model, runs `warmup` untimed and `steps` timed training steps.
+/// Builds the model, runs `warmup` untimed and `steps` timed training steps. `steps` must be
+/// at least 1 (a rate needs a timed step).
 pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
+    if cfg.steps == 0 {
+        return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));
+    }
     let free_before = dev.memory_info()?.map(|(free, _)| free);
     let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
     let layers = vgg.set_conv_choice(cfg.conv, crate::ops::conv_tune::reps(dev))?;

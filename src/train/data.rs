@@ -124,8 +124,9 @@ pub fn fill(b: &HostBatch, n: usize) -> (Vec<u8>, Vec<i32>) {
     (images, labels)
 }
 
-/// Top-1 accuracy and mean loss over a whole dataset (no dropout). The last short batch is
-/// filled up with its own images ([`fill`]); the copies are not counted.
+/// (mean loss, top-1 accuracy, top-5 accuracy) over a whole dataset (no dropout; top-5 is
+/// top-k with k = min(5, classes)). A short batch (an epoch's last, or one short of unreadable
+/// images) is filled up with its own images ([`fill`]); the copies are not counted.
 pub fn validate(vgg: &mut Vgg, loader: &Loader) -> Result<(f64, f64, f64)> {
     let (n, s, k) = (vgg.batch(), vgg.config().input, vgg.config().classes);
     let dev = vgg.device().clone();

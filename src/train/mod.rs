@@ -32,7 +32,10 @@ use std::time::Instant;
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct TrainSummary {
-    /// (step, loss) of every step run in this process.
+    /// (step, loss) of every step of this process whose loss was read back: all of them by
+    /// default, every `--sync-every`-th and each epoch's, checkpoint's and the run's last otherwise. `step` counts the
+    /// steps before this one (0 for a run's first), one less than the metrics file's and the
+    /// plots' step, which count the steps done.
     pub losses: Vec<(u64, f32)>,
     /// The run's step count at the end (a resumed run's earlier steps included).
     pub steps: u64,

@@ -50,7 +50,8 @@ pub struct ConvBenchConfig {
 }
 
 impl ConvBenchConfig {
-    /// The defaults for `dev`: every layer, every pass, `auto`, the device's timing, cuDNN on.
+    /// The defaults for `dev`: every layer, every pass, `auto`, the device's timing, cuDNN on a
+    /// GPU (off on the emulator, which has none).
     pub fn new(dev: &Device, batch: Option<usize>) -> Self {
         Self {
             layers: select_layers(dev.is_emu(), batch, "all").unwrap_or_default(),

@@ -142,7 +142,7 @@ impl Algo {
     }
 }
 
-/// The VGG-16 layers the bench runs on a GPU (`emu` false): full size at `batch` (default 64) on a GPU,
+/// The VGG-16 layers the bench runs: full size at `batch` (default 64) on a GPU (`emu` false),
 /// shrunk 16x in space with at most 32 channels at `batch` (default 1) on the emulator.
 /// `names` is `all` or a comma-separated list such as `conv1_2,conv3_1`.
 pub fn select_layers(emu: bool, batch: Option<usize>, names: &str) -> Result<Vec<NamedProblem>, BadArgument> {
