@@ -19,3 +19,8 @@
 __device__ __forceinline__ unsigned vgg_thread_linear() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
+
+// The crate's ReLU (src/reference/elementwise.rs): x <= 0 -> 0, anything else, NaN included,
+// passes. `fmaxf(x, 0)` and `x > 0 ? x : 0` map NaN to 0, which let a forward that overflowed
+// fp16 upstream come out finite at the logits, so `vgg eval` scored garbage as if it were real.
+__device__ __forceinline__ float vgg_relu(float v) { return v <= 0.f ? 0.f : v; }

@@ -36,7 +36,7 @@ extern "C" __global__ void direct3x3_fprop_f16(const __half* __restrict__ x, con
             for (int ci = 0; ci < c; ++ci) acc += __half2float(xp[ci]) * __half2float(wp[ci]);
         }
     }
-    if (relu) acc = acc > 0.f ? acc : 0.f;
+    if (relu) acc = vgg_relu(acc);
     y[i] = __float2half(acc);
 }
 

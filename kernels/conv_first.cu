@@ -103,7 +103,7 @@ extern "C" __global__ void __launch_bounds__(256)
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
                 float v0 = acc[mb][nb][2 * hh] + b0, v1 = acc[mb][nb][2 * hh + 1] + b1;
-                if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+                if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
                 const int px = wp * 32 + mb * 16 + g + 8 * hh;
                 *reinterpret_cast<__half2*>(&sA[px * kYRow + kl]) = __floats2half2_rn(v0, v1);
             }

@@ -24,7 +24,7 @@ __device__ __forceinline__ void conv_wgmma_store_row(const float (&acc)[kOut / 2
         if (o >= cout) continue;
         float v0 = acc[4 * j + 2 * half], v1 = acc[4 * j + 2 * half + 1];
         if (bias) v0 += __half2float(bias[o]), v1 += __half2float(bias[o + 1]);
-        if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+        if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
         if (mrow) {
             const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mrow + o));
             if (!(mv.x > 0.f)) v0 = 0.f;

@@ -1,5 +1,5 @@
 // elementwise.cu: the memory-bound ops around the convolutions, fp16 storage, fp32 math.
-//   relu_fwd_f16 / relu_bwd_f16      y = max(x, 0); dx = dy where y > 0
+//   relu_fwd_f16 / relu_bwd_f16      y = max(x, 0), NaN kept (vgg_relu); dx = dy where y > 0
 //   bias_act_f16                     y = x + b[c] (NHWC, bias along C), optional ReLU
 //   cast_f32_to_f16 / cast_f16_to_f32
 // One thread an element: these run at memory bandwidth, and the simple form is the one
@@ -17,7 +17,7 @@ extern "C" __global__ void relu_fwd_f16(const __half* x, __half* y, long long n)
     long long i = vgg_global_index();
     if (i >= n) return;
     float v = __half2float(x[i]);
-    y[i] = __float2half(v > 0.f ? v : 0.f);
+    y[i] = __float2half(vgg_relu(v));
 }
 
 // The mask is taken from the forward output y (not the input): y > 0 exactly where x > 0,
@@ -35,7 +35,7 @@ extern "C" __global__ void bias_act_f16(const __half* x, const __half* __restric
     long long i = vgg_global_index();
     if (i >= n) return;
     float v = __half2float(x[i]) + __half2float(bias[i % c]);
-    if (relu) v = v > 0.f ? v : 0.f;
+    if (relu) v = vgg_relu(v);
     y[i] = __float2half(v);
 }
 

@@ -250,7 +250,7 @@ __device__ __forceinline__ void gemm_block(const __half* __restrict__ A, const _
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
-          if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+          if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
           *reinterpret_cast<__half2*>(st + (row_w + i * 16 + 8 * h) * kPitch + col) =
               __floats2half2_rn(v0, v1);
         }
@@ -351,7 +351,7 @@ extern "C" __global__ void gemm_reduce_f16(const float* __restrict__ ws, int spl
   const int c0 = (int)(e % cols);  // cols % 4 == 0: the four share a row
   for (int i = 0; i < 4; ++i) {
     if (bias) v[i] += __half2float(bias[c0 + i]);
-    if (relu) v[i] = v[i] > 0.f ? v[i] : 0.f;
+    if (relu) v[i] = vgg_relu(v[i]);
   }
   __half2* o = reinterpret_cast<__half2*>(out16 + e);
   o[0] = __floats2half2_rn(v[0], v[1]);

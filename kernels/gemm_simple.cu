@@ -30,7 +30,7 @@ extern "C" __global__ void gemm_simple_f16(const __half* __restrict__ A, long lo
   const long long r = i / S, s = i % S;
   float v = gemm_simple_dot(A, a_r, a_t, B, b_t, b_s, r, s, T);
   if (bias) v += __half2float(bias[s]);
-  if (relu) v = v > 0.f ? v : 0.f;
+  if (relu) v = vgg_relu(v);
   out16[i] = __float2half_rn(v);
 }
 

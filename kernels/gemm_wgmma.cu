@@ -93,7 +93,7 @@ __device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const _
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-                if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+                if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
                 *reinterpret_cast<__half2*>(st + (row_w + 8 * h) * kPitch + col) = __floats2half2_rn(v0, v1);
             }
         }

@@ -8,6 +8,7 @@
 // Output size floor(H/2) x floor(W/2): an odd last row or column is dropped (PyTorch's
 // default) and receives zero gradient. Ties go to the first maximum in the window's
 // row-major order, as in src/reference/pool.rs; comparisons are strict '>' for that reason.
+// A window holding a NaN gives its first NaN (and routes the gradient there).
 #include "common.cuh"
 
 // Index (0..3, row-major) of the first maximum of a 2x2 window starting at p.
@@ -16,7 +17,9 @@ __device__ __forceinline__ int vgg_argmax2x2(const __half* p, long long row_stri
                   __half2float(p[row_stride + c_stride])};
     int arg = 0;
     for (int k = 1; k < 4; ++k)
-        if (v[k] > v[arg]) arg = k;
+        // The first NaN wins and stays: a NaN is never dropped by the pool (as PyTorch's
+        // max-pool keeps it), so an overflow upstream reaches the logits instead of vanishing.
+        if (v[k] > v[arg] || (v[k] != v[k] && v[arg] == v[arg])) arg = k;
     *best = v[arg];
     return arg;
 }

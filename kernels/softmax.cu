@@ -106,13 +106,15 @@ __device__ void xent_row(const T* __restrict__ logits, const int* __restrict__ l
 
     // Sweep 1: the row maximum (fmaxf skips NaN; a NaN logit makes the sums NaN below, as
     // in the reference) and the reference's rank: classes other than the label whose
-    // logit is not <= the label's (strictly larger, or NaN).
+    // logit is strictly larger or NaN, or equal with a lower index (ties go to the lower
+    // class, as argmax breaks them: an untrained or collapsed net with equal logits must
+    // not score every row as a hit).
     float m = __int_as_float(0xff800000);
     int above = 0;
     for (int j = tid; j < classes; j += nt) {
         float v = xent_load(z + j);
         m = fmaxf(m, v);
-        above += (j != label && !(v <= zl)) ? 1 : 0;
+        above += (j < label ? !(v < zl) : (j > label && !(v <= zl))) ? 1 : 0;
     }
     m = xent_block_max(m, max_slots);
     above = xent_block_isum(above, above_slots);

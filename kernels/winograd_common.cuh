@@ -118,7 +118,7 @@ __device__ __forceinline__ float* wino_m_to_shared(const WinoAcc<kQ, kMb>& acc, 
 // (dgrad), stored as an fp16 pair.
 __device__ __forceinline__ void wino_store_pair(__half* __restrict__ y, const __half* __restrict__ mask, long long o,
                                                 float v0, float v1, int relu) {
-    if (relu) v0 = v0 > 0.f ? v0 : 0.f, v1 = v1 > 0.f ? v1 : 0.f;
+    if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
     if (mask) {
         const float2 mv = __half22float2(*reinterpret_cast<const __half2*>(mask + o));
         if (!(mv.x > 0.f)) v0 = 0.f;

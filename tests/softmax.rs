@@ -148,3 +148,21 @@ fn shape_errors_name_the_problem() {
     let e = ops::softmax_xent(&z, &labels, None, 1.0, &mut small).unwrap_err();
     assert!(e.to_string().contains("exceeds the buffers' capacity 2"), "{e}");
 }
+
+/// Equal logits (an untrained or collapsed classifier) rank the classes by index, as argmax
+/// would: only the rows labelled 0 are top-1 hits and those labelled 0..4 top-5 hits; with
+/// ties counted for the label every row would be, and such a net would score 100%.
+#[test]
+fn equal_logits_rank_by_class_index() {
+    let dev = Device::emu();
+    let (batch, classes) = (10, 10);
+    let labels: Vec<i32> = (0..batch as i32).collect();
+    let zt = Tensor::from_f32(&dev, &[batch, classes], &vec![0.5; batch * classes]).unwrap();
+    let lt = Tensor::from_host(&dev, &[batch], &labels).unwrap();
+    let mut bufs = ops::XentBuffers::new(&dev, batch).unwrap();
+    ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
+    let s = bufs.check().unwrap();
+    assert_eq!((s.top1, s.top5), (1, 5));
+    let z = vec![0.5; batch * classes];
+    assert_eq!([1, 5].map(|k| r::topk_hits(batch, classes, &z, &labels, k)), [1, 5]);
+}

@@ -48,7 +48,7 @@ impl XentLogit for f32 {
 pub struct XentStats {
     /// Mean cross-entropy over the batch (unscaled), fp32.
     pub loss: f32,
-    /// Rows whose label is the top-1 class (ties in the label's favour, as the reference).
+    /// Rows whose label is the top-1 class (a tie goes to the lower class index, as in the reference).
     pub top1: usize,
     /// Rows whose label is among the top 5.
     pub top5: usize,

@@ -1,23 +1,25 @@
 //! Elementwise ops: ReLU forward/backward, per-channel bias add and its gradient on NHWC
 //! tensors, and the fp16 casts the kernels store activations with.
 //!
-//! ReLU is `x > 0 ? x : 0` everywhere in this crate (NaN maps to 0, as CUDA's
-//! `fmaxf(x, 0)` and `__hmax` do); the fused conv/linear epilogues use the same rule.
+//! ReLU is `x <= 0 ? 0 : x` everywhere in this crate: NaN passes (as in PyTorch), where
+//! CUDA's `fmaxf(x, 0)` and `__hmax` would map it to 0 and hide an overflow upstream behind
+//! finite logits; the fused conv/linear epilogues use the same rule (`vgg_relu`, common.cuh).
+//! The backward passes the gradient only where the output is positive (NaN: not).
 
 use half::f16;
 
-/// The crate's ReLU on one f64 value: `v > 0 ? v : 0`.
+/// The crate's ReLU on one f64 value: `v <= 0 ? 0 : v` (NaN passes).
 pub(crate) fn relu64(v: f64) -> f64 {
-    if v > 0.0 {
-        v
-    } else {
+    if v <= 0.0 {
         0.0
+    } else {
+        v
     }
 }
 
-/// `y_i = x_i > 0 ? x_i : 0`, any layout.
+/// `y_i = x_i <= 0 ? 0 : x_i` (NaN passes), any layout.
 pub fn relu_fwd(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect()
+    x.iter().map(|&v| if v <= 0.0 { 0.0 } else { v }).collect()
 }
 
 /// `dx_i = y_i > 0 ? dy_i : 0`, where `y_or_x` is the forward input or output (same sign test).
@@ -67,7 +69,10 @@ mod tests {
 
     #[test]
     fn relu_by_hand() {
-        assert_eq!(relu_fwd(&[-1.0, 0.0, 2.5, -0.0, f32::NAN]), vec![0.0, 0.0, 2.5, 0.0, 0.0]);
+        let y = relu_fwd(&[-1.0, 0.0, 2.5, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(y[..4], [0.0, 0.0, 2.5, 0.0]);
+        assert!(y[4].is_nan() && y[5] == f32::INFINITY && y[6] == 0.0, "{y:?}");
+        assert!(relu64(f64::NAN).is_nan() && relu64(-0.0) == 0.0);
         assert_eq!(relu_bwd(&[-1.0, 0.0, 2.5], &[7.0, 8.0, 9.0]), vec![0.0, 0.0, 9.0]);
         // Testing the output or the input gives the same mask.
         let x = randn(50, 1);

@@ -5,15 +5,18 @@
 //!
 //! Tie rule (kernels must follow it): each window is scanned in row-major order
 //! `(0,0), (0,1), (1,0), (1,1)`, and a later element replaces the running maximum only if
-//! strictly greater (`v > best`). So the gradient goes to the first maximum in that order;
-//! a NaN in the first position is kept, NaNs elsewhere never win.
+//! strictly greater (`v > best`), or NaN while the running maximum is not. So the gradient
+//! goes to the first maximum in that order, and a window holding a NaN gives its first NaN:
+//! the pool never drops one (PyTorch's max-pool keeps NaN too), so an overflow upstream
+//! shows at the logits.
 
 /// Index into x (NHWC, `N x H x W x C`) of the maximum of output window `(b, i, j, ch)` under the tie rule.
 fn window_argmax(h: usize, w: usize, c: usize, x: &[f32], (b, i, j, ch): (usize, usize, usize, usize)) -> usize {
     let at = |dh: usize, dw: usize| ((b * h + 2 * i + dh) * w + 2 * j + dw) * c + ch;
     let mut best = at(0, 0);
     for (dh, dw) in [(0, 1), (1, 0), (1, 1)] {
-        if x[at(dh, dw)] > x[best] {
+        let (v, b) = (x[at(dh, dw)], x[best]);
+        if v > b || (v.is_nan() && !b.is_nan()) {
             best = at(dh, dw);
         }
     }
@@ -83,15 +86,17 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_first_maximum() {
+    fn ties_go_to_first_maximum_and_nan_wins() {
         // Each row is one 2x2 window (row-major) and the position that must get the gradient.
-        let cases: [([f32; 4], usize); 6] = [
+        let cases: [([f32; 4], usize); 8] = [
             ([5.0, 5.0, 5.0, 5.0], 0),
             ([1.0, 5.0, 5.0, 5.0], 1),
             ([1.0, 2.0, 5.0, 5.0], 2),
             ([5.0, 2.0, 1.0, 5.0], 0),
             ([0.0, -0.0, 0.0, 0.0], 0),
             ([f32::NAN, 1.0, 2.0, 3.0], 0),
+            ([1.0, 4.0, f32::NAN, 3.0], 2),
+            ([1.0, f32::NAN, 2.0, f32::NAN], 1),
         ];
         for (win, first) in cases {
             let dx = maxpool2x2_bwd(1, 2, 2, 1, &win, &[1.0]);
@@ -99,7 +104,8 @@ mod tests {
             want[first] = 1.0;
             assert_eq!(dx, want, "window {win:?}");
         }
-        assert_eq!(maxpool2x2_fwd(1, 2, 2, 1, &[1.0, f32::NAN, 3.0, 2.0]), vec![3.0]);
+        // A NaN anywhere is the window's maximum: the pool never hides one.
+        assert!(maxpool2x2_fwd(1, 2, 2, 1, &[1.0, f32::NAN, 3.0, 2.0])[0].is_nan());
     }
 
     #[test]

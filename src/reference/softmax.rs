@@ -55,11 +55,13 @@ pub fn softmax_xent_bwd(batch: usize, classes: usize, logits: &[f32], labels: &[
     dz
 }
 
-/// Rows whose label is among the `k` largest logits: hit iff fewer than `k` other classes have a strictly larger logit.
+/// Rows whose label is among the `k` largest logits: hit iff fewer than `k` other classes
+/// outrank it.
 ///
-/// Tie rule: classes tied with the label do not push it out, so ties count in the label's
-/// favour. NaN rule: a NaN label logit is a miss, and a NaN in another class counts as
-/// larger than the label's, so a diverged network never scores.
+/// Tie rule: a class tied with the label outranks it when its index is lower (argmax's
+/// rule: the first maximum wins), so an untrained or collapsed network whose logits are all
+/// equal scores only the rows labelled 0..k, not every row. NaN rule: a NaN label logit is a
+/// miss, and a NaN in another class outranks the label, so a diverged network never scores.
 pub fn topk_hits(batch: usize, classes: usize, logits: &[f32], labels: &[i32], k: usize) -> usize {
     assert_eq!(logits.len(), batch * classes, "topk_hits: logits");
     assert_eq!(labels.len(), batch, "topk_hits: labels");
@@ -67,9 +69,12 @@ pub fn topk_hits(batch: usize, classes: usize, logits: &[f32], labels: &[i32], k
     for (i, row) in logits.chunks_exact(classes).enumerate() {
         let label = label_of(labels, i, classes);
         let z = row[label];
-        // `!(v <= z)`: strictly larger, or NaN.
-        let larger =
-            row.iter().enumerate().filter(|&(j, &v)| j != label && v.partial_cmp(&z).is_none_or(|o| o.is_gt())).count();
+        let outranks = |j: usize, v: f32| match v.partial_cmp(&z) {
+            None | Some(std::cmp::Ordering::Greater) => j != label,
+            Some(std::cmp::Ordering::Equal) => j < label,
+            Some(std::cmp::Ordering::Less) => false,
+        };
+        let larger = row.iter().enumerate().filter(|&(j, &v)| outranks(j, v)).count();
         if !z.is_nan() && larger < k {
             hits += 1;
         }
@@ -137,7 +142,7 @@ mod tests {
             4.0,
             4.0,
             4.0,
-            4.0, // label 2: all tied, no class strictly larger
+            4.0, // label 2: all tied, classes 0 and 1 (lower indices) outrank it
             1.0,
             3.0,
             3.0,
@@ -150,10 +155,14 @@ mod tests {
             1.0,
             0.0,
             0.0, // label 0 is NaN: always a miss
+            2.0,
+            2.0,
+            1.0,
+            0.0, // label 0: tied with class 1, which does not outrank it
         ];
-        let labels = [1, 3, 2, 0, 0, 0];
-        let per_k: Vec<usize> = (1..=4).map(|k| topk_hits(6, 4, &z, &labels, k)).collect();
-        assert_eq!(per_k, vec![2, 3, 4, 5]);
+        let labels = [1, 3, 2, 0, 0, 0, 0];
+        let per_k: Vec<usize> = (1..=4).map(|k| topk_hits(7, 4, &z, &labels, k)).collect();
+        assert_eq!(per_k, vec![2, 3, 5, 6]);
         assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 2), 0);
         assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 3), 1);
     }
