@@ -19,6 +19,11 @@
 //! `--crops both` averages the dense and the multi-crop posteriors of each image (equal
 //! weights), the paper's best single-model combination.
 //!
+//! Ranking: eval's top-k hits and predict's top classes follow one rule ([`top_k`]'s order): a
+//! class outranks the label when its posterior is larger, or NaN, or equal with a lower class
+//! index; a NaN label posterior is never a hit. An image whose posterior is not finite (the
+//! fp16 forward overflowed) is reported by both commands.
+//!
 //! Demo on the CPU emulator (about a minute, then a second):
 //! `vgg train --device emu --checkpoint-dir ck` and
 //! `vgg eval --weights ck/last.safetensors --data synthetic --device emu`, which scores
@@ -182,12 +187,49 @@ pub fn softmax64(scores: &[f64]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-/// Class indices of the `k` largest of `p`, largest first (ties: lower index first).
+/// Class indices of the `k` largest of `p`, largest first (ties: lower index first); NaN
+/// ranks first, above every number (NaNs among themselves by index): the order `vgg eval`
+/// counts hits by (label `l` is a top-k hit when fewer than k classes come before it and
+/// `p[l]` is not NaN).
 pub fn top_k(p: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..p.len()).collect();
-    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| rank_order(p, a, b));
     idx.truncate(k);
     idx
+}
+
+/// The order of classes `a` and `b` in the posterior `p`, best first: NaN first (by index),
+/// then larger first, ties by index. (`total_cmp` would rank a NaN by its sign bit: first
+/// when positive, last when negative.)
+fn rank_order(p: &[f64], a: usize, b: usize) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (p[a].is_nan(), p[b].is_nan()) {
+        (true, true) => a.cmp(&b),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => p[b].partial_cmp(&p[a]).unwrap_or(Ordering::Equal).then(a.cmp(&b)),
+    }
+}
+
+/// Whether class `j` outranks class `l` in the posterior `p`: `p[j] > p[l]`, or `p[j]` is
+/// NaN, or `p[j] == p[l]` and `j < l` (ties go to the lower class index, as [`top_k`] and an
+/// argmax break them). The rule of `vgg eval` and `vgg predict`, the same as
+/// `reference::topk_hits`' for `vgg train`'s validation. Counting only strictly larger scores
+/// made a tie (a uniform posterior: fc8 all zeros) and a NaN label score (every comparison
+/// false) hits.
+pub(crate) fn outranks(p: &[f64], j: usize, l: usize) -> bool {
+    j != l && (p[j].is_nan() || rank_order(p, j, l).is_lt())
+}
+
+/// How many classes outrank class `l` in `p` ([`outranks`]).
+pub(crate) fn outranked_by(p: &[f64], l: usize) -> usize {
+    (0..p.len()).filter(|&j| outranks(p, j, l)).count()
+}
+
+/// Whether label `l` is a top-`k` hit in `p`: fewer than `k` classes outrank it, and its
+/// posterior is not NaN (a NaN is never a hit, whatever the others).
+pub(crate) fn top_k_hit(p: &[f64], l: usize, k: usize) -> bool {
+    !p[l].is_nan() && outranked_by(p, l) < k
 }
 
 /// The config of a checkpoint without config metadata (a torchvision state dict): the

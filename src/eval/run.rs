@@ -117,6 +117,10 @@ pub struct EvalReport {
     pub images: usize,
     /// Images skipped as unreadable.
     pub skipped: usize,
+    /// Evaluated images whose posterior had a non-finite value (NaN): the model's fp16
+    /// forward overflowed. They are in `images` and ranked by the rule of [`super::top_k`]
+    /// (a NaN outranks every class; a NaN label posterior is a miss); a warning says so.
+    pub non_finite: usize,
     /// Top-1 error over the evaluated images, 0 to 1.
     pub top1_error: f64,
     /// Top-5 error over the evaluated images, 0 to 1.
@@ -292,6 +296,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     );
     let t0 = Instant::now();
     let (mut n_img, mut skipped, mut hit1, mut hit5) = (0usize, 0usize, 0usize, 0usize);
+    let mut non_finite = 0usize;
     let mut per = vec![(0usize, 0usize, 0usize); k];
     // Enough images a chunk to fill a few forward batches and keep the decoders busy.
     let chunk = (4 * batch).div_ceil(vpi).max(rayon::current_num_threads());
@@ -326,10 +331,11 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
         for (j, &l) in labels.iter().enumerate() {
             let p = image_posterior(&models, &post[j * vpc * k..(j + 1) * vpc * k], &dense_px[j], k)?;
-            // `vgg train`'s rule (`reference::topk_hits`): a hit when fewer than k classes
-            // score strictly higher, so fp16 ties count for the label.
-            let larger = p.iter().filter(|&&v| v > p[l]).count();
-            let (h1, h5) = (larger < 1, larger < 5.min(k));
+            // One ranking rule with predict's `top_k` (see `outranks`): ties go to the lower
+            // class index and NaN is never a hit, so neither a uniform nor a NaN posterior
+            // scores 0% error.
+            non_finite += !p.iter().all(|v| v.is_finite()) as usize;
+            let (h1, h5) = (top_k_hit(&p, l, 1), top_k_hit(&p, l, 5));
             hit1 += h1 as usize;
             hit5 += h5 as usize;
             per[l].0 += 1;
@@ -344,6 +350,13 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     if n_img == 0 {
         bail!("no image could be evaluated ({skipped} skipped as unreadable)");
     }
+    if non_finite > 0 {
+        eprintln!(
+            "eval: warning: {non_finite} of {} had a non-finite posterior (NaN): the model's fp16 forward \
+             overflowed (a logit beyond fp16's range); a NaN label score counts as a miss",
+            plural(n_img, "image")
+        );
+    }
     let secs = t0.elapsed().as_secs_f64();
     let frac = |h: usize, n: usize| if n == 0 { 0.0 } else { h as f64 / n as f64 };
     let report = EvalReport {
@@ -357,6 +370,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         batch,
         images: n_img,
         skipped,
+        non_finite,
         top1_error: 1.0 - frac(hit1, n_img),
         top5_error: 1.0 - frac(hit5, n_img),
         seconds: secs,
