@@ -24,6 +24,11 @@
 //! index; a NaN label posterior is never a hit. An image whose posterior is not finite (the
 //! fp16 forward overflowed) is reported by both commands.
 //!
+//! Dense evaluation cannot take an image whose rescale's longer side is above
+//! 8 x Q (`MAX_DENSE_ASPECT`): `vgg eval` counts such images apart from the
+//! unreadable ones ([`EvalReport::too_wide`]), and its error is then over fewer images than
+//! the crop views would score.
+//!
 //! Demo on the CPU emulator (about a minute, then a second):
 //! `vgg train --device emu --checkpoint-dir ck` and
 //! `vgg eval --weights ck/last.safetensors --data synthetic --device emu`, which scores
@@ -479,6 +484,24 @@ pub fn image_posterior(
     Ok(p)
 }
 
+/// Why an image was not scored.
+#[derive(Debug)]
+enum Unscored {
+    /// It could not be read or decoded, or has no pixels.
+    Unreadable(String),
+    /// Dense evaluation cannot take it: its rescale's longer side is above
+    /// 8 x Q (`MAX_DENSE_ASPECT`).
+    TooWide(String),
+}
+
+impl std::fmt::Display for Unscored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unscored::Unreadable(e) | Unscored::TooWide(e) => f.write_str(e),
+        }
+    }
+}
+
 /// `img`'s views at the scales `qs` for a network of `input` pixels: its crop views' pixels
 /// (concatenated) and its dense views with their pixels.
 fn render_views(
@@ -487,9 +510,14 @@ fn render_views(
     input: u32,
     crops: Crops,
     flip: bool,
-) -> Result<RenderedViews, String> {
-    let plans = views(img.width(), img.height(), qs, input, crops, flip)?;
-    let dense = dense_views(img.width(), img.height(), qs, crops)?;
+) -> Result<RenderedViews, Unscored> {
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(Unscored::Unreadable(format!("image of {w}x{h} pixels")));
+    }
+    let plans = views(w, h, qs, input, crops, flip).map_err(Unscored::Unreadable)?;
+    // With pixels and a valid Q, the whole-image plan's only error is the aspect limit.
+    let dense = dense_views(w, h, qs, crops).map_err(Unscored::TooWide)?;
     Ok((render(img, &plans), dense.into_iter().map(|p| (p, render(img, &[p]))).collect()))
 }
 
