@@ -409,3 +409,33 @@ fn dense_counts_images_too_wide_for_it_apart_from_unreadable_ones() {
     let e = err_of(eval::eval(&EvalArgs { strict: true, ..both }));
     assert!(e.contains("wide.png") && e.contains("aspect ratio") && e.contains("--strict"), "{e}");
 }
+
+#[test]
+fn dense_alone_does_not_report_a_batch_cap() {
+    // Dense evaluation has no crop views and runs its own buffers: its batch of 1 is not the
+    // user's --batch capped, and was reported as "capped at 1: the run has 0 crop views".
+    let dir = TempDir::new("eval-cli", "dense-batch");
+    let w = save_tiny(&dir.0, 2);
+    let json = dir.0.join("r.json");
+    let out = vgg(&[
+        "eval",
+        "--weights",
+        s(&w),
+        "--data",
+        "synthetic",
+        "--device",
+        "emu",
+        "--quiet",
+        "--synthetic-len",
+        "2",
+        "--crops",
+        "dense",
+        "--json",
+        s(&json),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("capped"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["images"].as_u64(), r["batch"].as_u64()), (Some(2), Some(1)));
+}

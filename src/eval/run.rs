@@ -113,7 +113,8 @@ pub struct EvalReport {
     pub flip: bool,
     /// Views scored per image and model (a dense view and its mirror image count as two).
     pub views_per_image: usize,
-    /// Crop views per forward pass: `--batch`, capped at the views the run has.
+    /// Crop views per forward pass: `--batch`, capped at the views the run has (1 with
+    /// `--crops dense`, which has none: dense evaluation runs its own buffers).
     pub batch: usize,
     /// Images evaluated.
     pub images: usize,
@@ -279,7 +280,8 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let images = a.limit.map_or(images, |n| n.min(images));
     let n_views = images * scale_arg.as_ref().map_or(1, Vec::len) * views_per_scale(crops, a.flip);
     let batch = a.batch.min(n_views.max(1));
-    if batch < a.batch {
+    // Dense alone has no crop views: its batch of 1 is no cap of the user's to report.
+    if batch < a.batch && n_views > 0 {
         eprintln!("eval: --batch {} capped at {batch}: the run has {n_views} crop views ({images} images)", a.batch);
     }
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
