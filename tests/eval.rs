@@ -145,6 +145,8 @@ fn multi_crop_and_multi_scale_views() {
     let c = eval::views(400, 300, &[256], 224, Crops::Center, true).unwrap();
     assert_eq!(c.len(), 2);
     assert_eq!(c[0].window, (58, 16, 224, 224), "torchvision rounds (341 - 224) / 2 half to even");
+    // The grid's middle crop rounds half up: here a pixel right of the centre crop.
+    assert_eq!((v[24].window.0, v[24].window.1), (59, 16));
     assert_eq!((c[0].flip, c[1].flip, c[0].window), (false, true, c[1].window));
     // Multi-crop, multi-scale evaluation runs end to end and writes a per-class CSV.
     let dir = tmpdir("multicrop");

@@ -19,6 +19,13 @@
 //! `--crops both` averages the dense and the multi-crop posteriors of each image (equal
 //! weights), the paper's best single-model combination.
 //!
+//! Padding: each multi-crop view is its own image, so its conv layers pad its border with
+//! zeros, while dense evaluation runs over the whole rescaled image, where the border of the
+//! same window sees the neighbouring pixels. The paper (Section 3.2) attributes their
+//! complementarity to this difference in boundary conditions; VGG.md records the result:
+//! "Multi-crop and dense are complementary: averaging the two gave the best single-model
+//! result".
+//!
 //! Ranking: eval's top-k hits and predict's top classes follow one rule ([`top_k`]'s order): a
 //! class outranks the label when its posterior is larger, or NaN, or equal with a lower class
 //! index; a NaN label posterior is never a hit. An image whose posterior is not finite (the
@@ -94,8 +101,11 @@ impl Crops {
 }
 
 /// `n` offsets of a `crop`-wide window over `extent` pixels, evenly spaced from 0 to
-/// `extent - crop` (both ends included; rounded to the nearest pixel, halves up). One
-/// offset is the centre one, torchvision's rounding.
+/// `extent - crop` (both ends included; rounded to the nearest pixel, halves up). With `n`
+/// odd, the middle offset is `extent - crop` halved with halves rounded up, which is not
+/// always the centre crop's offset (torchvision's rounding, half to even): they differ by a
+/// pixel when `(extent - crop) % 4 == 1`, e.g. 341 wide, crop 224: grid middle 59, centre 58.
+/// (`n` = 1 rounds down.)
 pub fn grid_offsets(extent: u32, crop: u32, n: usize) -> Vec<u32> {
     let span = extent.saturating_sub(crop) as u64;
     match n {
