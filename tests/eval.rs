@@ -47,6 +47,20 @@ fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
     files
 }
 
+/// A tiny model with every value of the named tensors set (`("classifier.6.weight", 0.0)`:
+/// fc8's weights all 0), saved with class names.
+fn save_edited(dir: &Path, name: &str, cfg: &VggConfig, set: &[(&str, f32)]) -> PathBuf {
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 12).unwrap();
+    let mut params = vgg.export_params().unwrap();
+    for &(n, v) in set {
+        params.iter_mut().find(|p| p.0 == n).unwrap_or_else(|| panic!("no tensor {n}")).2.fill(v);
+    }
+    let path = dir.join(name);
+    let classes: Vec<String> = (0..cfg.classes).map(|c| format!("class{c}")).collect();
+    checkpoint::save_with_classes(&path, &params, &[], cfg, None, &classes).unwrap();
+    path
+}
+
 fn predict_args(weights: Vec<PathBuf>, images: Vec<PathBuf>) -> PredictArgs {
     PredictArgs { weights, images, top: 3, device: "emu".into(), ..Default::default() }
 }
@@ -131,6 +145,8 @@ fn multi_crop_and_multi_scale_views() {
     let c = eval::views(400, 300, &[256], 224, Crops::Center, true).unwrap();
     assert_eq!(c.len(), 2);
     assert_eq!(c[0].window, (58, 16, 224, 224), "torchvision rounds (341 - 224) / 2 half to even");
+    // The grid's middle crop rounds half up: here a pixel right of the centre crop.
+    assert_eq!((v[24].window.0, v[24].window.1), (59, 16));
     assert_eq!((c[0].flip, c[1].flip, c[0].window), (false, true, c[1].window));
     // Multi-crop, multi-scale evaluation runs end to end and writes a per-class CSV.
     let dir = tmpdir("multicrop");
@@ -271,4 +287,79 @@ fn torchvision_state_dict_without_metadata_infers_its_config() {
     let mut names: Vec<&str> = p[0].top.iter().map(|t| t.name.as_str()).collect();
     names.sort();
     assert_eq!(names, ["ant", "bee", "cat", "dog", "eel"], "class names from the labels file");
+}
+
+#[test]
+fn top_k_ranks_nan_first_and_ties_to_the_lower_index() {
+    // NaN first whatever its sign bit (`total_cmp` put -NaN last), then larger first, ties
+    // by index.
+    let nan = f64::NAN;
+    assert_eq!(eval::top_k(&[0.1, nan, 0.5, -nan, 0.5], 5), [1, 3, 2, 4, 0]);
+    assert_eq!(eval::top_k(&[0.25; 4], 2), [0, 1]);
+}
+
+#[test]
+fn uniform_posteriors_give_ties_to_the_lower_class_index() {
+    // fc8 all zeros: every logit is 0, every posterior exactly 1/10. A tie is no hit for a
+    // higher label (it counted as one: 0.00% error); labels are i % 10, 2 images a class, so
+    // top-1 hits label 0 only, top-5 labels 0..4.
+    let dir = tmpdir("uniform");
+    let w =
+        save_edited(&dir, "zero.safetensors", &tiny(10), &[("classifier.6.weight", 0.0), ("classifier.6.bias", 0.0)]);
+    for crops in ["center", "dense"] {
+        let a = EvalArgs { crops: crops.into(), synthetic_len: 20, ..eval_args(vec![w.clone()], "synthetic") };
+        let r = eval::eval(&a).unwrap();
+        assert_eq!((r.images, r.non_finite), (20, 0), "{crops}");
+        assert_eq!((r.top1_error, r.top5_error), (1.0 - 2.0 / 20.0, 1.0 - 10.0 / 20.0), "{crops}");
+        for c in &r.per_class {
+            let want = (2, if c.class == 0 { 1.0 } else { 0.0 }, if c.class < 5 { 1.0 } else { 0.0 });
+            assert_eq!((c.images, c.top1, c.top5), want, "{crops} class {}", c.class);
+        }
+    }
+}
+
+#[test]
+fn overflowing_logits_are_misses_and_reported() {
+    let dir = tmpdir("overflow");
+    let exe = env!("CARGO_BIN_EXE_vgg");
+    let cfg = tiny(4);
+    // fc8 weights of 5000 (finite, so the checkpoint loads) over fc7 outputs of at least 1
+    // each (its biases 1, ReLU): logits of 16 x 5000 or more, beyond fp16's 65504, and a NaN
+    // posterior from the device softmax, which scored 0.00% error.
+    let set = [("classifier.3.bias", 1.0), ("classifier.6.weight", 5000.0)];
+    let big = save_edited(&dir, "big.safetensors", &cfg, &set);
+    let json = dir.join("eval.json");
+    let out = std::process::Command::new(exe)
+        .args(["eval", "--device", "emu", "--data", "synthetic", "--quiet", "--synthetic-len", "8", "--weights"])
+        .arg(&big)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "eval failed: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let (n, bad) = (r["images"].as_u64().unwrap(), r["non_finite"].as_u64().unwrap());
+    assert!(bad > 0, "no non-finite posterior reported: {r}");
+    let top1 = r["top1_error"].as_f64().unwrap();
+    assert!(top1 >= bad as f64 / n as f64, "top-1 error {top1}, but {bad} of {n} images have NaN posteriors");
+    assert!(stderr.contains(&format!("{bad} of {n}")) && stderr.contains("fp16 forward overflowed"), "{stderr}");
+    // fc8 biases of 1e30 (finite in f32, infinite in fp16): every logit overflows, every image
+    // is a miss.
+    let inf = save_edited(&dir, "inf.safetensors", &cfg, &[("classifier.6.bias", 1e30)]);
+    for crops in ["center", "dense"] {
+        let r = eval::eval(&EvalArgs { crops: crops.into(), ..eval_args(vec![inf.clone()], "synthetic") }).unwrap();
+        assert_eq!((r.images, r.non_finite, r.top1_error, r.top5_error), (8, 8, 1.0, 1.0), "{crops}");
+    }
+    // predict says so too.
+    let img = image_folder(&dir.join("data"), 1, 1).remove(0);
+    let out = std::process::Command::new(exe)
+        .args(["predict", "--device", "emu", "--json", "--weights"])
+        .arg(&inf)
+        .arg(&img)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "predict failed: {stderr}");
+    assert!(stderr.contains("img000.png") && stderr.contains("not finite"), "{stderr}");
 }

@@ -371,3 +371,71 @@ fn predict_combines_views_like_eval() {
     close(&both[0], &mean(&multi[0], &dense[0]), "both vs the mean of multi and dense");
     assert!(multi[0] != dense[0], "multi and dense agree: the combination check cannot fail");
 }
+
+#[test]
+fn dense_counts_images_too_wide_for_it_apart_from_unreadable_ones() {
+    let dir = TempDir::new("eval-cli", "too-wide");
+    let w = save_tiny(&dir.0, 2);
+    let data = dir.0.join("data");
+    image_folder(&data, 2, 1);
+    // 10:1: rescaled to Q 36 its long side is 360, above dense evaluation's 8 x Q.
+    image::RgbImage::from_fn(400, 40, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .save(data.join("class0/wide.png"))
+        .unwrap();
+    let r = eval::eval(&emu_eval_args(vec![w.clone()], s(&data))).unwrap();
+    assert_eq!((r.images, r.skipped, r.too_wide), (3, 0, 0), "the centre crop scores it");
+    let json = dir.0.join("dense.json");
+    let dense = ["eval", "--weights", s(&w), "--data", s(&data), "--device", "emu", "--quiet", "--crops", "dense"];
+    let out = vgg(&[&dense[..], &["--json", s(&json)]].concat());
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // Named, with the reason; not "unreadable"; and the summary says the error is over fewer
+    // images.
+    assert!(
+        stderr.contains("wide.png") && stderr.contains("too wide for dense") && stderr.contains("aspect ratio"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("(0 skipped as unreadable, 1 too wide for dense: the errors are over 1 image fewer"),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((v["images"].as_u64(), v["skipped"].as_u64(), v["too_wide"].as_u64()), (Some(2), Some(0), Some(1)));
+    // Dense and multi-crop: the image is scored by neither (the two are averaged).
+    let both = EvalArgs { crops: "both".into(), ..emu_eval_args(vec![w.clone()], s(&data)) };
+    let r = eval::eval(&both).unwrap();
+    assert_eq!((r.images, r.skipped, r.too_wide), (2, 0, 1));
+    // --strict: every image scored, or an error naming it.
+    let e = err_of(eval::eval(&EvalArgs { strict: true, ..both }));
+    assert!(e.contains("wide.png") && e.contains("aspect ratio") && e.contains("--strict"), "{e}");
+}
+
+#[test]
+fn dense_alone_does_not_report_a_batch_cap() {
+    // Dense evaluation has no crop views and runs its own buffers: its batch of 1 is not the
+    // user's --batch capped, and was reported as "capped at 1: the run has 0 crop views".
+    let dir = TempDir::new("eval-cli", "dense-batch");
+    let w = save_tiny(&dir.0, 2);
+    let json = dir.0.join("r.json");
+    let out = vgg(&[
+        "eval",
+        "--weights",
+        s(&w),
+        "--data",
+        "synthetic",
+        "--device",
+        "emu",
+        "--quiet",
+        "--synthetic-len",
+        "2",
+        "--crops",
+        "dense",
+        "--json",
+        s(&json),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("capped"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!((r["images"].as_u64(), r["batch"].as_u64()), (Some(2), Some(1)));
+}

@@ -136,7 +136,10 @@ fn dense_at_training_size_is_the_standard_forward() {
 #[test]
 fn dense_on_larger_images_matches_the_host() {
     let dev = Device::emu();
-    for (arch, h, w) in [(Arch::A, 64, 64), (Arch::A, 64, 96), (Arch::C, 96, 64)] {
+    // Multiples of 32, and sizes whose maps floor on the way down (40x56: 1x1 at the end,
+    // via 5x7 and 2x3; 72x104: 2x3, via 9x13 and 4x6).
+    let sizes = [(Arch::A, 64, 64), (Arch::A, 64, 96), (Arch::C, 96, 64), (Arch::A, 40, 56), (Arch::C, 72, 104)];
+    for (arch, h, w) in sizes {
         let cfg = tiny(arch);
         let vgg = Vgg::new(&dev, cfg.clone(), 1, Init::He, 7).unwrap();
         let px = pixels(2, h, w, 3);
@@ -149,17 +152,20 @@ fn dense_on_larger_images_matches_the_host() {
         assert_eq!(size, want_size);
         let got = pooled_posteriors(&map, cfg.classes);
         // fp16 activations: the device and host differ by accumulation order (and Winograd's
-        // transform rounding) only. Measured 5.4e-4 (A 64x64), 8.6e-4 (A 64x96), 2.5e-4 (C).
+        // transform rounding) only. Measured 5.4e-4 (A 64x64), 8.6e-4 (A 64x96), 2.5e-4
+        // (C 96x64), 1.3e-3 (A 40x56), 4.8e-4 (C 72x104).
         let d = max_diff(&got, &want);
-        assert!(d < 5e-3, "{arch} {h}x{w}: device vs host dense posteriors differ by {d}");
+        assert!(d < 6e-3, "{arch} {h}x{w}: device vs host dense posteriors differ by {d}");
         // The bound tells the paper's pooling from averaging the positions' posteriors, which
-        // differs from it by 0.13, 0.28 and 8.6e-3 here.
+        // differs from it by 0.13, 0.28, 8.6e-3 and 1.0e-2 here (at 40x56's one position the
+        // two are the same).
         let other = max_diff(&per_position, &want);
         assert!(
-            other > 5e-3,
+            map.h * map.w == 1 || other > 6e-3,
             "{arch} {h}x{w}: the two poolings differ by only {other}: the test cannot tell them apart"
         );
-        // The positions really differ (the average is not of one repeated score).
+        // The positions really differ (the average is not of one repeated score; with one
+        // position, the two images' scores).
         let k = cfg.classes;
         assert!(map.logits[..k] != map.logits[k..2 * k], "{arch} {h}x{w}: positions 0 and 1 score alike");
     }

@@ -19,6 +19,23 @@
 //! `--crops both` averages the dense and the multi-crop posteriors of each image (equal
 //! weights), the paper's best single-model combination.
 //!
+//! Padding: each multi-crop view is its own image, so its conv layers pad its border with
+//! zeros, while dense evaluation runs over the whole rescaled image, where the border of the
+//! same window sees the neighbouring pixels. The paper (Section 3.2) attributes their
+//! complementarity to this difference in boundary conditions; VGG.md records the result:
+//! "Multi-crop and dense are complementary: averaging the two gave the best single-model
+//! result".
+//!
+//! Ranking: eval's top-k hits and predict's top classes follow one rule ([`top_k`]'s order): a
+//! class outranks the label when its posterior is larger, or NaN, or equal with a lower class
+//! index; a NaN label posterior is never a hit. An image whose posterior is not finite (the
+//! fp16 forward overflowed) is reported by both commands.
+//!
+//! Dense evaluation cannot take an image whose rescale's longer side is above
+//! 8 x Q (`MAX_DENSE_ASPECT`): `vgg eval` counts such images apart from the
+//! unreadable ones ([`EvalReport::too_wide`]), and its error is then over fewer images than
+//! the crop views would score.
+//!
 //! Demo on the CPU emulator (about a minute, then a second):
 //! `vgg train --device emu --checkpoint-dir ck` and
 //! `vgg eval --weights ck/last.safetensors --data synthetic --device emu`, which scores
@@ -84,8 +101,11 @@ impl Crops {
 }
 
 /// `n` offsets of a `crop`-wide window over `extent` pixels, evenly spaced from 0 to
-/// `extent - crop` (both ends included; rounded to the nearest pixel, halves up). One
-/// offset is the centre one, torchvision's rounding.
+/// `extent - crop` (both ends included; rounded to the nearest pixel, halves up). With `n`
+/// odd, the middle offset is `extent - crop` halved with halves rounded up, which is not
+/// always the centre crop's offset (torchvision's rounding, half to even): they differ by a
+/// pixel when `(extent - crop) % 4 == 1`, e.g. 341 wide, crop 224: grid middle 59, centre 58.
+/// (`n` = 1 rounds down.)
 pub fn grid_offsets(extent: u32, crop: u32, n: usize) -> Vec<u32> {
     let span = extent.saturating_sub(crop) as u64;
     match n {
@@ -182,12 +202,49 @@ pub fn softmax64(scores: &[f64]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-/// Class indices of the `k` largest of `p`, largest first (ties: lower index first).
+/// Class indices of the `k` largest of `p`, largest first (ties: lower index first); NaN
+/// ranks first, above every number (NaNs among themselves by index): the order `vgg eval`
+/// counts hits by (label `l` is a top-k hit when fewer than k classes come before it and
+/// `p[l]` is not NaN).
 pub fn top_k(p: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..p.len()).collect();
-    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| rank_order(p, a, b));
     idx.truncate(k);
     idx
+}
+
+/// The order of classes `a` and `b` in the posterior `p`, best first: NaN first (by index),
+/// then larger first, ties by index. (`total_cmp` would rank a NaN by its sign bit: first
+/// when positive, last when negative.)
+fn rank_order(p: &[f64], a: usize, b: usize) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (p[a].is_nan(), p[b].is_nan()) {
+        (true, true) => a.cmp(&b),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => p[b].partial_cmp(&p[a]).unwrap_or(Ordering::Equal).then(a.cmp(&b)),
+    }
+}
+
+/// Whether class `j` outranks class `l` in the posterior `p`: `p[j] > p[l]`, or `p[j]` is
+/// NaN, or `p[j] == p[l]` and `j < l` (ties go to the lower class index, as [`top_k`] and an
+/// argmax break them). The rule of `vgg eval` and `vgg predict`, the same as
+/// `reference::topk_hits`' for `vgg train`'s validation. Counting only strictly larger scores
+/// made a tie (a uniform posterior: fc8 all zeros) and a NaN label score (every comparison
+/// false) hits.
+pub(crate) fn outranks(p: &[f64], j: usize, l: usize) -> bool {
+    j != l && (p[j].is_nan() || rank_order(p, j, l).is_lt())
+}
+
+/// How many classes outrank class `l` in `p` ([`outranks`]).
+pub(crate) fn outranked_by(p: &[f64], l: usize) -> usize {
+    (0..p.len()).filter(|&j| outranks(p, j, l)).count()
+}
+
+/// Whether label `l` is a top-`k` hit in `p`: fewer than `k` classes outrank it, and its
+/// posterior is not NaN (a NaN is never a hit, whatever the others).
+pub(crate) fn top_k_hit(p: &[f64], l: usize, k: usize) -> bool {
+    !p[l].is_nan() && outranked_by(p, l) < k
 }
 
 /// The config of a checkpoint without config metadata (a torchvision state dict): the
@@ -437,6 +494,24 @@ pub fn image_posterior(
     Ok(p)
 }
 
+/// Why an image was not scored.
+#[derive(Debug)]
+enum Unscored {
+    /// It could not be read or decoded, or has no pixels.
+    Unreadable(String),
+    /// Dense evaluation cannot take it: its rescale's longer side is above
+    /// 8 x Q (`MAX_DENSE_ASPECT`).
+    TooWide(String),
+}
+
+impl std::fmt::Display for Unscored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unscored::Unreadable(e) | Unscored::TooWide(e) => f.write_str(e),
+        }
+    }
+}
+
 /// `img`'s views at the scales `qs` for a network of `input` pixels: its crop views' pixels
 /// (concatenated) and its dense views with their pixels.
 fn render_views(
@@ -445,9 +520,14 @@ fn render_views(
     input: u32,
     crops: Crops,
     flip: bool,
-) -> Result<RenderedViews, String> {
-    let plans = views(img.width(), img.height(), qs, input, crops, flip)?;
-    let dense = dense_views(img.width(), img.height(), qs, crops)?;
+) -> Result<RenderedViews, Unscored> {
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(Unscored::Unreadable(format!("image of {w}x{h} pixels")));
+    }
+    let plans = views(w, h, qs, input, crops, flip).map_err(Unscored::Unreadable)?;
+    // With pixels and a valid Q, the whole-image plan's only error is the aspect limit.
+    let dense = dense_views(w, h, qs, crops).map_err(Unscored::TooWide)?;
     Ok((render(img, &plans), dense.into_iter().map(|p| (p, render(img, &[p]))).collect()))
 }
 

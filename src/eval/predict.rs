@@ -96,7 +96,8 @@ pub struct TopClass {
 pub struct Prediction {
     /// The image's path, as given.
     pub image: String,
-    /// The `--top` most probable classes, most probable first.
+    /// The `--top` most probable classes, most probable first (a NaN probability first of
+    /// all, as [`super::top_k`] ranks it; a warning is printed).
     pub top: Vec<TopClass>,
     /// The full posterior (sums to 1).
     #[serde(skip)]
@@ -139,6 +140,14 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
         .map(|(i, p)| {
             let first: usize = n_views[..i].iter().sum();
             let probs = image_posterior(&models, &post[first * k..(first + n_views[i]) * k], &dense[i], k)?;
+            if !probs.iter().all(|v| v.is_finite()) {
+                // Else a NaN posterior prints as NaN (null in JSON) with no word of why.
+                eprintln!(
+                    "predict: warning: {}: the posterior is not finite (NaN): the model's fp16 forward overflowed \
+                     (a logit beyond fp16's range); NaN classes are listed first, by index",
+                    p.display()
+                );
+            }
             let top = top_k(&probs, a.top)
                 .into_iter()
                 .map(|c| TopClass { class: c, name: names[c].clone(), prob: probs[c] })

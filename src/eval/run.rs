@@ -56,7 +56,9 @@ pub struct EvalArgs {
     /// Expected VGG config (A, ..., E); an error when a checkpoint is another.
     #[arg(long)]
     pub model: Option<String>,
-    /// An unreadable image is an error instead of being reported and skipped.
+    /// An image that cannot be scored is an error instead of being reported and skipped:
+    /// an unreadable one, or with dense evaluation one too wide or tall for it (its longer
+    /// side above 8x the shorter), so that the error is over every image or the run fails.
     #[arg(long)]
     pub strict: bool,
     /// No progress bar.
@@ -111,12 +113,22 @@ pub struct EvalReport {
     pub flip: bool,
     /// Views scored per image and model (a dense view and its mirror image count as two).
     pub views_per_image: usize,
-    /// Crop views per forward pass: `--batch`, capped at the views the run has.
+    /// Crop views per forward pass: `--batch`, capped at the views the run has (1 with
+    /// `--crops dense`, which has none: dense evaluation runs its own buffers).
     pub batch: usize,
     /// Images evaluated.
     pub images: usize,
-    /// Images skipped as unreadable.
+    /// Images skipped as unreadable (not in `images`).
     pub skipped: usize,
+    /// Images not scored because dense evaluation (`--crops dense` or `both`) cannot take
+    /// them: the rescale's longer side is above 8 x Q (`MAX_DENSE_ASPECT`) (an
+    /// aspect ratio above about 8:1). Not in `images`, so the errors are then over fewer
+    /// images than crop views would score; an error with `--strict`.
+    pub too_wide: usize,
+    /// Evaluated images whose posterior had a non-finite value (NaN): the model's fp16
+    /// forward overflowed. They are in `images` and ranked by the rule of [`super::top_k`]
+    /// (a NaN outranks every class; a NaN label posterior is a miss); a warning says so.
+    pub non_finite: usize,
     /// Top-1 error over the evaluated images, 0 to 1.
     pub top1_error: f64,
     /// Top-5 error over the evaluated images, 0 to 1.
@@ -130,11 +142,20 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// The summary line `vgg eval` prints: images, skipped, views, top-1 and top-5 error in
-    /// percent, images/s.
+    /// The summary line `vgg eval` prints: images, skipped (unreadable; with dense
+    /// evaluation also those too wide for it, and a note when there are any), views, top-1
+    /// and top-5 error in percent, images/s.
     pub fn line(&self) -> String {
+        let wide = match (self.crops, self.too_wide) {
+            (Crops::Center | Crops::Multi, 0) => String::new(),
+            (_, 0) => ", 0 too wide for dense".to_string(),
+            (_, n) => format!(
+                ", {n} too wide for dense: the errors are over {} fewer than crop views score",
+                plural(n, "image")
+            ),
+        };
         format!(
-            "{} ({} skipped), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
+            "{} ({} skipped as unreadable{wide}), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
             plural(self.images, "image"),
             self.skipped,
             plural(self.views_per_image, "view"),
@@ -259,7 +280,8 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     let images = a.limit.map_or(images, |n| n.min(images));
     let n_views = images * scale_arg.as_ref().map_or(1, Vec::len) * views_per_scale(crops, a.flip);
     let batch = a.batch.min(n_views.max(1));
-    if batch < a.batch {
+    // Dense alone has no crop views: its batch of 1 is no cap of the user's to report.
+    if batch < a.batch && n_views > 0 {
         eprintln!("eval: --batch {} capped at {batch}: the run has {n_views} crop views ({images} images)", a.batch);
     }
     let mut models = load_ensemble(&dev, &a.weights, a.model.as_deref(), batch)?;
@@ -292,6 +314,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     );
     let t0 = Instant::now();
     let (mut n_img, mut skipped, mut hit1, mut hit5) = (0usize, 0usize, 0usize, 0usize);
+    let (mut too_wide, mut non_finite) = (0usize, 0usize);
     let mut per = vec![(0usize, 0usize, 0usize); k];
     // Enough images a chunk to fill a few forward batches and keep the decoders busy.
     let chunk = (4 * batch).div_ceil(vpi).max(rayon::current_num_threads());
@@ -299,10 +322,12 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     for part in idx.chunks(chunk) {
         let rendered: Vec<_> = part
             .par_iter()
-            .map(|&i| -> Result<Rendered, String> {
-                let (img, label) = ds.load(i).map_err(|e| e.to_string())?;
-                let (px, dense) = render_views(&img, &scales, input, crops, a.flip)
-                    .map_err(|e| format!("{}: {e}", ds.describe(i)))?;
+            .map(|&i| -> Result<Rendered, Unscored> {
+                let (img, label) = ds.load(i).map_err(|e| Unscored::Unreadable(e.to_string()))?;
+                let (px, dense) = render_views(&img, &scales, input, crops, a.flip).map_err(|e| match e {
+                    Unscored::Unreadable(e) => Unscored::Unreadable(format!("{}: {e}", ds.describe(i))),
+                    Unscored::TooWide(e) => Unscored::TooWide(format!("{}: {e}", ds.describe(i))),
+                })?;
                 Ok((px, dense, label))
             })
             .collect();
@@ -316,20 +341,27 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
                     dense_px.push(d);
                     labels.push(l);
                 }
-                Err(e) if a.strict => bail!("{e}"),
-                Err(e) => {
+                Err(e) if a.strict => bail!("{e} (--strict: every image must be scored)"),
+                Err(Unscored::Unreadable(e)) => {
                     bar.suspend(|| eprintln!("skipped: {e}"));
                     skipped += 1;
+                }
+                // Not unreadable, and not silently dropped from the denominator: counted
+                // apart and named, with the limit's reason in `e`.
+                Err(Unscored::TooWide(e)) => {
+                    bar.suspend(|| eprintln!("skipped, too wide for dense evaluation: {e}"));
+                    too_wide += 1;
                 }
             }
         }
         let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
         for (j, &l) in labels.iter().enumerate() {
             let p = image_posterior(&models, &post[j * vpc * k..(j + 1) * vpc * k], &dense_px[j], k)?;
-            // `vgg train`'s rule (`reference::topk_hits`): a hit when fewer than k classes
-            // score strictly higher, so fp16 ties count for the label.
-            let larger = p.iter().filter(|&&v| v > p[l]).count();
-            let (h1, h5) = (larger < 1, larger < 5.min(k));
+            // One ranking rule with predict's `top_k` (see `outranks`): ties go to the lower
+            // class index and NaN is never a hit, so neither a uniform nor a NaN posterior
+            // scores 0% error.
+            non_finite += !p.iter().all(|v| v.is_finite()) as usize;
+            let (h1, h5) = (top_k_hit(&p, l, 1), top_k_hit(&p, l, 5));
             hit1 += h1 as usize;
             hit5 += h5 as usize;
             per[l].0 += 1;
@@ -342,7 +374,15 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     }
     bar.finish_and_clear();
     if n_img == 0 {
-        bail!("no image could be evaluated ({skipped} skipped as unreadable)");
+        let wide = if too_wide > 0 { format!(", {too_wide} too wide for dense evaluation") } else { String::new() };
+        bail!("no image could be evaluated ({skipped} skipped as unreadable{wide})");
+    }
+    if non_finite > 0 {
+        eprintln!(
+            "eval: warning: {non_finite} of {} had a non-finite posterior (NaN): the model's fp16 forward \
+             overflowed (a logit beyond fp16's range); a NaN label score counts as a miss",
+            plural(n_img, "image")
+        );
     }
     let secs = t0.elapsed().as_secs_f64();
     let frac = |h: usize, n: usize| if n == 0 { 0.0 } else { h as f64 / n as f64 };
@@ -357,6 +397,8 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         batch,
         images: n_img,
         skipped,
+        too_wide,
+        non_finite,
         top1_error: 1.0 - frac(hit1, n_img),
         top5_error: 1.0 - frac(hit5, n_img),
         seconds: secs,
