@@ -491,9 +491,7 @@ fn refused_configs_are_clear_errors() {
         (VggConfig { dropout: f32::NAN, ..ok.clone() }, 1, o, "dropout NaN is not in [0, 1)"),
         (VggConfig { mean: [0.0, 256.0, 0.0], ..ok.clone() }, 1, o, "input mean"),
         (VggConfig { std: Some([1.0, 0.0, 1.0]), ..ok.clone() }, 1, o, "input std"),
-        // Named by the first conv's plan (N0), before the memory plan's "VGG batch must be at
-        // least 1" is reached.
-        (ok.clone(), 0, o, "N0 H32 W32 C3 K8: every dimension must be >= 1"),
+        (ok.clone(), 0, o, "VGG batch must be at least 1"),
         (ok.clone(), 1, OptimConfig { momentum: 1.0, ..o }, "momentum"),
         (ok.clone(), 1, OptimConfig { weight_decay: -1.0, ..o }, "decay"),
         (ok.clone(), 1, OptimConfig { init_scale: 0.0, ..o }, "scale"),

@@ -192,6 +192,8 @@ impl Vgg {
     ) -> Result<Self> {
         cfg.validate()?;
         optim.validate()?;
+        // Checked here too, before the first conv's plan would name it as its own "N0".
+        ensure_shape!(batch >= 1, "VGG batch must be at least 1");
         let feats = cfg.features();
         // Auto's conv plans, with any pass the device's shared memory cannot hold on Direct.
         let convs = feats
