@@ -28,7 +28,7 @@
 
 // row_rank values: classes ranked above the label, or one of these markers.
 #define XENT_RANK_BAD (-1)            // label outside [0, classes)
-#define XENT_RANK_NAN 0x7fffffff      // NaN label logit: never a hit
+#define XENT_RANK_NAN 0x7fffffff      // non-finite label logit: never a hit
 
 __device__ __forceinline__ float xent_load(const __half* p) { return __half2float(*p); }
 __device__ __forceinline__ float xent_load(const float* p) { return *p; }
@@ -136,7 +136,9 @@ __device__ void xent_row(const T* __restrict__ logits, const int* __restrict__ l
         // whose (m - z_label) >= 60 term dominates its rounding error.
         float loss = zl - m > -60.f ? log1pf(others / el) : (m - zl) + logf(s);
         row_loss[row] = loss;
-        row_rank[row] = zl != zl ? XENT_RANK_NAN : above;
+        // An infinite label logit is an fp16 overflow (its loss is NaN), not a confident
+        // answer: a miss, as a NaN is and as eval's posteriors (NaN there) count it.
+        row_rank[row] = isfinite(zl) ? above : XENT_RANK_NAN;
     }
 
     // Sweep 3: dz_j = (p_j - [j == label]) * loss_scale / batch, p_label - 1 = -others / s.

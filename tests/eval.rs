@@ -323,9 +323,9 @@ fn overflowing_logits_are_misses_and_reported() {
     let dir = tmpdir("overflow");
     let exe = env!("CARGO_BIN_EXE_vgg");
     let cfg = tiny(4);
-    // fc8 weights of 5000 (finite, so the checkpoint loads) over fc7 outputs of at least 1
-    // each (its biases 1, ReLU): logits of 16 x 5000 or more, beyond fp16's 65504, and a NaN
-    // posterior from the device softmax, which scored 0.00% error.
+    // fc8 weights of 5000 (finite, so the checkpoint loads) over fc7 outputs lifted by biases
+    // of 1 (a ReLU may still zero some): logits far beyond fp16's 65504 wherever fc7 is not all
+    // zero, and a NaN posterior from the device softmax, which scored 0.00% error.
     let set = [("classifier.3.bias", 1.0), ("classifier.6.weight", 5000.0)];
     let big = save_edited(&dir, "big.safetensors", &cfg, &set);
     let json = dir.join("eval.json");

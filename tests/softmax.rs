@@ -166,3 +166,19 @@ fn equal_logits_rank_by_class_index() {
     let z = vec![0.5; batch * classes];
     assert_eq!([1, 5].map(|k| r::topk_hits(batch, classes, &z, &labels, k)), [1, 5]);
 }
+
+/// An infinite label logit is an fp16 overflow (its loss is NaN), never a hit: row 0's label
+/// logit is +inf, row 1's a NaN, row 2 is an ordinary top-1 hit beside another row's overflow.
+#[test]
+fn a_non_finite_label_logit_is_a_miss() {
+    let dev = Device::emu();
+    let z = [f32::INFINITY, 1.0, 0.0, f32::NAN, 1.0, 0.0, 3.0, 1.0, 0.0];
+    let labels = [0, 0, 0];
+    let zt = Tensor::from_f32(&dev, &[3, 3], &z).unwrap();
+    let lt = Tensor::from_host(&dev, &[3], &labels).unwrap();
+    let mut bufs = ops::XentBuffers::new(&dev, 3).unwrap();
+    ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
+    let s = bufs.check().unwrap();
+    assert_eq!((s.top1, s.top5), (1, 1));
+    assert_eq!([1, 5].map(|k| r::topk_hits(3, 3, &z, &labels, k)), [1, 1]);
+}

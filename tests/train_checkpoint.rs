@@ -172,9 +172,13 @@ fn checkpoint_errors_name_the_problem() {
     let mut meta = header.metadata().clone().unwrap();
     assert_eq!(meta.get("format").map(String::as_str), Some(checkpoint::FORMAT));
     meta.insert("format".into(), "vgg-cuda-checkpoint-99".into());
-    std::fs::write(&f, safetensors::serialize(st.tensors(), &Some(meta)).unwrap()).unwrap();
+    std::fs::write(&f, safetensors::serialize(st.tensors(), &Some(meta.clone())).unwrap()).unwrap();
     let e = format!("{:#}", checkpoint::load(&f).unwrap_err());
     assert!(e.contains("format.safetensors") && e.contains("`vgg-cuda-checkpoint-99`"), "{e}");
+    // safetensors' usual `{"format": "pt"}` (a converted torchvision state dict) is not ours: read.
+    meta.insert("format".into(), "pt".into());
+    std::fs::write(&f, safetensors::serialize(st.tensors(), &Some(meta)).unwrap()).unwrap();
+    assert_eq!(checkpoint::load(&f).unwrap().weights.len(), 22);
     // Batch-norm variant.
     let bn = dir.join("bn.safetensors");
     let mut wb = w.clone();

@@ -40,8 +40,8 @@ pub struct TimingConfig {
     /// Untimed calls first (module loading, clocks, the libraries' caches).
     pub warmup: usize,
     /// Timed samples: `None` picks enough for about `target_ms` of timed work, at least
-    /// `min_samples`, fewer when `budget_ms` would be exceeded, but never fewer than 3 (a median
-    /// of fewer says little, so those 3 may exceed the budget).
+    /// `min_samples`, fewer when `budget_ms` would be exceeded; the budget alone never cuts
+    /// below 3 (a median of fewer says little, so those 3 may exceed it).
     pub samples: Option<usize>,
     /// The fewest timed samples an automatic choice makes (when the budget allows).
     pub min_samples: usize,

@@ -19,7 +19,7 @@ pub struct TrainBenchConfig {
     pub batch: usize,
     /// Untimed steps first (`--warmup`).
     pub warmup: usize,
-    /// Timed steps (`--steps`); at least 1 for a meaningful row.
+    /// Timed steps (`--steps`); at least 1 ([`run`] refuses 0).
     pub steps: usize,
     /// Learning rate of every step (1e-2 by default; no flag sets it).
     pub lr: f32,

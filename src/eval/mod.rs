@@ -229,7 +229,8 @@ fn rank_order(p: &[f64], a: usize, b: usize) -> std::cmp::Ordering {
 /// Whether class `j` outranks class `l` in the posterior `p`: `p[j] > p[l]`, or `p[j]` is
 /// NaN, or `p[j] == p[l]` and `j < l` (ties go to the lower class index, as [`top_k`] and an
 /// argmax break them). The rule of `vgg eval` and `vgg predict`, the same as
-/// `reference::topk_hits`' for `vgg train`'s validation. Counting only strictly larger scores
+/// `reference::topk_hits`' for `vgg train`'s validation (whose logits may be infinite after an
+/// fp16 overflow; a posterior here is then NaN, a miss in both). Counting only strictly larger scores
 /// made a tie (a uniform posterior: fc8 all zeros) and a NaN label score (every comparison
 /// false) hits.
 pub(crate) fn outranks(p: &[f64], j: usize, l: usize) -> bool {
@@ -242,9 +243,9 @@ pub(crate) fn outranked_by(p: &[f64], l: usize) -> usize {
 }
 
 /// Whether label `l` is a top-`k` hit in `p`: fewer than `k` classes outrank it, and its
-/// posterior is not NaN (a NaN is never a hit, whatever the others).
+/// posterior is finite (a NaN is never a hit, whatever the others).
 pub(crate) fn top_k_hit(p: &[f64], l: usize, k: usize) -> bool {
-    !p[l].is_nan() && outranked_by(p, l) < k
+    p[l].is_finite() && outranked_by(p, l) < k
 }
 
 /// The config of a checkpoint without config metadata (a torchvision state dict): the

@@ -1,5 +1,6 @@
 //! 2x2, stride 2 max-pooling over NHWC fp16 activations (kernels/pool.cu). The output is
-//! `floor(H/2) x floor(W/2)`; ties go to the first maximum in the window's row-major order.
+//! `floor(H/2) x floor(W/2)`; ties go to the first maximum in the window's row-major order,
+//! and a window holding a NaN gives its first NaN (an overflow upstream is never dropped).
 //! The backward pass finds each window's maximum again in the input ([`maxpool2x2_bwd`]), or
 //! reads the index the forward pass recorded ([`maxpool2x2_fwd_arg`], [`maxpool2x2_bwd_arg`]):
 //! a byte an output element, so that training need not keep the pool's input. Not in place:

@@ -15,8 +15,8 @@ fn window_argmax(h: usize, w: usize, c: usize, x: &[f32], (b, i, j, ch): (usize,
     let at = |dh: usize, dw: usize| ((b * h + 2 * i + dh) * w + 2 * j + dw) * c + ch;
     let mut best = at(0, 0);
     for (dh, dw) in [(0, 1), (1, 0), (1, 1)] {
-        let (v, b) = (x[at(dh, dw)], x[best]);
-        if v > b || (v.is_nan() && !b.is_nan()) {
+        let (v, m) = (x[at(dh, dw)], x[best]);
+        if v > m || (v.is_nan() && !m.is_nan()) {
             best = at(dh, dw);
         }
     }

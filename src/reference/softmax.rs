@@ -60,8 +60,9 @@ pub fn softmax_xent_bwd(batch: usize, classes: usize, logits: &[f32], labels: &[
 ///
 /// Tie rule: a class tied with the label outranks it when its index is lower (argmax's
 /// rule: the first maximum wins), so an untrained or collapsed network whose logits are all
-/// equal scores only the rows labelled 0..k, not every row. NaN rule: a NaN label logit is a
-/// miss, and a NaN in another class outranks the label, so a diverged network never scores.
+/// equal scores only the rows labelled 0..k, not every row. Overflow rule: a non-finite label
+/// logit (NaN, or an infinity from an fp16 overflow, whose loss is NaN) is a miss, and a NaN in
+/// another class outranks the label, so a diverged network never scores.
 pub fn topk_hits(batch: usize, classes: usize, logits: &[f32], labels: &[i32], k: usize) -> usize {
     assert_eq!(logits.len(), batch * classes, "topk_hits: logits");
     assert_eq!(labels.len(), batch, "topk_hits: labels");
@@ -75,7 +76,7 @@ pub fn topk_hits(batch: usize, classes: usize, logits: &[f32], labels: &[i32], k
             Some(std::cmp::Ordering::Less) => false,
         };
         let larger = row.iter().enumerate().filter(|&(j, &v)| outranks(j, v)).count();
-        if !z.is_nan() && larger < k {
+        if z.is_finite() && larger < k {
             hits += 1;
         }
     }
@@ -155,13 +156,17 @@ mod tests {
             1.0,
             0.0,
             0.0, // label 0 is NaN: always a miss
+            f32::INFINITY,
+            1.0,
+            0.0,
+            0.0, // label 0 is +inf (an fp16 overflow): a miss too
             2.0,
             2.0,
             1.0,
             0.0, // label 0: tied with class 1, which does not outrank it
         ];
-        let labels = [1, 3, 2, 0, 0, 0, 0];
-        let per_k: Vec<usize> = (1..=4).map(|k| topk_hits(7, 4, &z, &labels, k)).collect();
+        let labels = [1, 3, 2, 0, 0, 0, 0, 0];
+        let per_k: Vec<usize> = (1..=4).map(|k| topk_hits(8, 4, &z, &labels, k)).collect();
         assert_eq!(per_k, vec![2, 3, 5, 6]);
         assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 2), 0);
         assert_eq!(topk_hits(1, 4, &z[4..8], &[3], 3), 1);

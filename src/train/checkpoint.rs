@@ -220,10 +220,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let (_, meta) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow!("{}: unreadable safetensors header: {e}", path.display()))?;
     let meta = meta.metadata().clone().unwrap_or_default();
-    // A file without the entry is a foreign state dict (torchvision's); one with another value
-    // was written by a build whose layout this one does not know, and reading its tensors by
+    // A file without our entry is a foreign state dict (torchvision's, or one saved with
+    // safetensors' usual `{"format": "pt"}`); one of our own family with another version was
+    // written by a build whose layout this one does not know, and reading its tensors by
     // today's names and meanings could load wrong values without any error.
-    if let Some(f) = meta.get("format").filter(|f| f.as_str() != FORMAT) {
+    let ours = |f: &&String| f.starts_with("vgg-cuda-checkpoint-");
+    if let Some(f) = meta.get("format").filter(ours).filter(|f| f.as_str() != FORMAT) {
         bail!("{}: checkpoint format `{f}` is not the one this build reads (`{FORMAT}`)", path.display());
     }
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();

@@ -153,7 +153,7 @@ pub struct ConvRow {
     /// Our speed over cuDNN's (> 1: we are faster).
     pub ratio: Option<f64>,
     /// Our output on set 0 against cuDNN's, else the f64 reference (emu) or our direct kernel
-    /// (GPU); None when nothing was compared.
+    /// (GPU, unless ours is the direct kernel); None when nothing was compared.
     pub agreement: Option<Agreement>,
     /// Under `tune`: the tuner's choice and measurements for this pass (our row then times the
     /// plan it chose, named in `ours.algo`).
