@@ -8,6 +8,8 @@ use vgg_cuda::data::SampleRng;
 use vgg_cuda::ops::conv::{Conv3x3, ConvAlgo, ConvPass, Epilogue, WinoTiling};
 use vgg_cuda::problem::ConvProblem;
 use vgg_cuda::{reference as r, selftest, Device, Error, Schedule, Tensor};
+mod common;
+use common::ShapeRng;
 
 fn assert_check_passes(name: &str) {
     let rows = selftest::run(&Device::emu(), Some(name));
@@ -438,22 +440,6 @@ fn shape_errors() {
     shape_err(conv.wgrad(&x, &y, &mut dw, None, &mut ws), "conv3x3 dw");
     let mut dx = Tensor::<f16>::zeros(&dev, &[1, 4, 4, 8]).unwrap();
     shape_err(conv.dgrad(&y, &w, Some(&y), &mut dx, &mut ws), "relu mask");
-}
-
-/// The random-shape sweep's draws, from the data pipeline's fixed generator (SplitMix64), so
-/// that a seed names the same shapes on every machine and `rand` version.
-struct ShapeRng(SampleRng);
-
-impl ShapeRng {
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        self.0.range(lo as u32, hi as u32) as usize
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.range(0, n - 1)
-    }
-    fn pick(&mut self, v: &[usize]) -> usize {
-        v[self.below(v.len())]
-    }
 }
 
 /// A random shape the emulator runs in about a second in every plan: N H W C K at most

@@ -11,8 +11,7 @@
 use std::path::{Path, PathBuf};
 use vgg_cuda::eval::dense::{dense_logits, dense_posterior, flip_rgb, pooled_posteriors, score_map_size};
 use vgg_cuda::eval::{self, softmax, softmax64, Crops, EvalArgs};
-use vgg_cuda::model::{Arch, FeatureKind, Init, Vgg, VggConfig};
-use vgg_cuda::problem::ConvProblem;
+use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::reference as r;
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::{Device, Tensor};
@@ -36,27 +35,8 @@ fn host_dense(vgg: &Vgg, images: &[u8], n: usize, h: usize, w: usize) -> ((usize
     let cfg = vgg.config();
     let params: Vec<Vec<f32>> = vgg.params().iter().map(|p| p.h.to_f32().unwrap()).collect();
     let rnd = |v: Vec<f32>| r::f32_to_f16_round(&v);
-    let mut x = rnd(r::normalize_input([n, h, w, 3], images, &cfg.norm(), None));
-    let (mut ch, mut cw, mut j) = (h, w, 0);
-    for f in cfg.features() {
-        x = rnd(match f.kind {
-            FeatureKind::Conv3x3 => {
-                let p = ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
-                j += 2;
-                r::conv3x3_fprop(&p, &x, &params[j - 2], Some(&params[j - 1]), true)
-            }
-            FeatureKind::Conv1x1 => {
-                j += 2;
-                r::conv1x1_fprop(n * ch * cw, f.c_in, f.c_out, &x, &params[j - 2], Some(&params[j - 1]), true)
-            }
-            FeatureKind::Lrn => r::lrn_fwd(&x, f.c_in, &r::LrnParams::ALEXNET),
-            FeatureKind::Pool => {
-                let y = r::maxpool2x2_fwd(n, ch, cw, f.c_in, &x);
-                (ch, cw) = (ch / 2, cw / 2);
-                y
-            }
-        });
-    }
+    let (x, (ch, cw)) = common::host_features(cfg, &params, images, (n, h, w), true);
+    let j = params.len() - 6;
     let (th, tw, c) = cfg.feature_out();
     let (oh, ow) = (ch - th + 1, cw - tw + 1);
     let [c0, c1, c2] = cfg.classifier();

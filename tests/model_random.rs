@@ -19,25 +19,11 @@
 use vgg_cuda::data::SampleRng;
 use vgg_cuda::eval::dense::dense_logits;
 use vgg_cuda::model::reference::{HostVgg, Trace};
-use vgg_cuda::model::{Arch, ConvChoice, FeatureKind, Init, OptimConfig, Sharing, Vgg, VggConfig};
-use vgg_cuda::problem::ConvProblem;
-use vgg_cuda::reference::{self as r, LrnParams};
+use vgg_cuda::model::{Arch, ConvChoice, Init, OptimConfig, Sharing, Vgg, VggConfig};
+use vgg_cuda::reference as r;
 use vgg_cuda::{Device, Tensor};
-
-/// tests/conv.rs's draw helpers over [`SampleRng`].
-struct ShapeRng(SampleRng);
-
-impl ShapeRng {
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        self.0.range(lo as u32, hi as u32) as usize
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.range(0, n - 1)
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len())]
-    }
-}
+mod common;
+use common::ShapeRng;
 
 /// One drawn case: the config and everything around it.
 #[derive(Debug, Clone)]
@@ -164,38 +150,10 @@ fn host_dense(
     round16: bool,
 ) -> Vec<f32> {
     let rnd = |v: Vec<f32>| if round16 { r::f32_to_f16_round(&v) } else { v };
-    let mut x = rnd(r::normalize_input([n, h, w, 3], images, &cfg.norm(), None));
-    let (mut ch, mut cw, mut j) = (h, w, 0);
-    for f in cfg.features() {
-        x = rnd(match f.kind {
-            FeatureKind::Conv3x3 => {
-                let p = ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
-                j += 2;
-                r::conv3x3_fprop(&p, &x, &params[j - 2], Some(&params[j - 1]), true)
-            }
-            FeatureKind::Conv1x1 => {
-                j += 2;
-                r::conv1x1_fprop(n * ch * cw, f.c_in, f.c_out, &x, &params[j - 2], Some(&params[j - 1]), true)
-            }
-            FeatureKind::Lrn => r::lrn_fwd(&x, f.c_in, &LrnParams::ALEXNET),
-            FeatureKind::Pool => {
-                let y = r::maxpool2x2_fwd(n, ch, cw, f.c_in, &x);
-                (ch, cw) = (ch / 2, cw / 2);
-                y
-            }
-        });
-    }
+    let (x, (ch, cw)) = common::host_features(cfg, params, images, (n, h, w), round16);
     let (th, tw, c) = cfg.feature_out();
     let (oh, ow) = (ch - th + 1, cw - tw + 1);
-    let mut cols = vec![];
-    for i in 0..n {
-        for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
-            for (dy, dx) in (0..th).flat_map(|dy| (0..tw).map(move |dx| (dy, dx))) {
-                let at = ((i * ch + oy + dy) * cw + ox + dx) * c;
-                cols.extend_from_slice(&x[at..at + c]);
-            }
-        }
-    }
+    let cols = r::dense_gather([n, ch, cw, c], th, tw, &x);
     let m = n * oh * ow;
     let cl = cfg.classifier();
     let fc = params.len() - 6;

@@ -72,3 +72,63 @@ pub fn emu_eval_args(weights: Vec<PathBuf>, data: &str) -> vgg_cuda::eval::EvalA
         ..Default::default()
     }
 }
+
+/// Random draws for the seeded sweeps (tests/conv.rs's shapes, tests/model_random.rs's
+/// configs), from the data pipeline's fixed generator (SplitMix64), so that a seed names the
+/// same draws on every machine and `rand` version.
+pub struct ShapeRng(pub vgg_cuda::data::SampleRng);
+
+impl ShapeRng {
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        self.0.range(lo as u32, hi as u32) as usize
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.range(0, n - 1)
+    }
+    /// One element of `v`.
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len())]
+    }
+}
+
+/// The host's conv stack (every feature layer) of `cfg` over `images` (`[n, h, w, 3]` uint8)
+/// at any `h x w`, with the reference ops and `params` in the device's order and layout, each
+/// layer rounded to fp16 when `round16` (as the device stores it). Returns the feature map
+/// (NHWC) and its height and width; the classifier's parameters start at index
+/// `params.len() - 6`.
+pub fn host_features(
+    cfg: &vgg_cuda::model::VggConfig,
+    params: &[Vec<f32>],
+    images: &[u8],
+    (n, h, w): (usize, usize, usize),
+    round16: bool,
+) -> (Vec<f32>, (usize, usize)) {
+    use vgg_cuda::model::FeatureKind;
+    use vgg_cuda::reference as r;
+    let rnd = |v: Vec<f32>| if round16 { r::f32_to_f16_round(&v) } else { v };
+    let mut x = rnd(r::normalize_input([n, h, w, 3], images, &cfg.norm(), None));
+    let (mut ch, mut cw, mut j) = (h, w, 0);
+    for f in cfg.features() {
+        x = rnd(match f.kind {
+            FeatureKind::Conv3x3 => {
+                let p = vgg_cuda::problem::ConvProblem::new(n, ch, cw, f.c_in, f.c_out);
+                j += 2;
+                r::conv3x3_fprop(&p, &x, &params[j - 2], Some(&params[j - 1]), true)
+            }
+            FeatureKind::Conv1x1 => {
+                j += 2;
+                r::conv1x1_fprop(n * ch * cw, f.c_in, f.c_out, &x, &params[j - 2], Some(&params[j - 1]), true)
+            }
+            FeatureKind::Lrn => r::lrn_fwd(&x, f.c_in, &r::LrnParams::ALEXNET),
+            FeatureKind::Pool => {
+                let y = r::maxpool2x2_fwd(n, ch, cw, f.c_in, &x);
+                (ch, cw) = (ch / 2, cw / 2);
+                y
+            }
+        });
+    }
+    assert_eq!(j, params.len() - 6, "host_features: the classifier's 6 tensors follow the features");
+    (x, (ch, cw))
+}
