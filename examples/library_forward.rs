@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result};
 use vgg_cuda::data::{Dataset, Synthetic};
+use vgg_cuda::eval::{softmax, top_k};
 use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::{Device, Tensor};
@@ -49,14 +50,12 @@ fn main() -> Result<()> {
     println!("logits of the reloaded model bit-identical to the original's: {same}");
 
     // Softmax and the five most likely classes.
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
-    let sum: f32 = e.iter().sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    // `eval::top_k` ranks as `vgg eval` counts hits: ties to the lower class, NaN (an fp16
+    // overflow upstream) first, so a broken model shows as one.
+    let p = softmax(&logits);
     println!("image 0 (class `{}`), top-5:", data.classes()[label]);
-    for &c in order.iter().take(5) {
-        println!("  {:>3}  {:<12} p = {:.3}  logit {:+.3}", c, data.classes()[c], e[c] / sum, logits[c]);
+    for c in top_k(&p, 5) {
+        println!("  {:>3}  {:<12} p = {:.3}  logit {:+.3}", c, data.classes()[c], p[c], logits[c]);
     }
     anyhow::ensure!(same, "reloaded model computes other logits");
     Ok(())
