@@ -2,6 +2,10 @@
 //! written to a temporary name beside it, synced, and renamed over the target, so a run
 //! that fails or is killed mid-write leaves the previous file as it was. A write that fails
 //! removes its temporary file.
+//!
+//! A path that is a symbolic link is written through: the file it points to is replaced and
+//! the link stays. A path that is a device, a FIFO or a socket (`--json /dev/stdout`) cannot
+//! be replaced by a rename; it is written directly, once the whole output is ready.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,6 +46,12 @@ fn temp_parts(path: &Path) -> (&str, String) {
 /// instead of after a long run. Errors name the path.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
     let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
+    let path = match target(path) {
+        // Opened only when written: a FIFO's open would wait here for its reader.
+        Target::Stream => return Ok(()),
+        Target::File(p) => p,
+    };
+    let path = path.as_path();
     if path.is_dir() {
         return Err(named(path, &"is a folder, not a file"));
     }
@@ -115,6 +125,11 @@ pub fn replace_with<E: std::fmt::Display>(
     make: impl FnOnce(&Path) -> Result<(), E>,
 ) -> std::io::Result<()> {
     let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
+    let resolved = match target(path) {
+        Target::Stream => return write_stream(path, make),
+        Target::File(p) => p,
+    };
+    let path = resolved.as_path();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir(dir)?;
     }
@@ -125,6 +140,54 @@ pub fn replace_with<E: std::fmt::Display>(
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp); // may never have been created
     }
+    done
+}
+
+/// Where a write of a path lands.
+enum Target {
+    /// A regular file (or nothing yet) at this path, links followed: replaced by a rename.
+    File(PathBuf),
+    /// A device, FIFO or socket, maybe behind links: written in place.
+    Stream,
+}
+
+/// `path` with its symbolic links followed to what they name, so that a rename replaces the
+/// file a link points to instead of the link; a dangling link gives the path it names.
+fn target(path: &Path) -> Target {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => return Target::Stream,
+        Ok(_) => {
+            if let Ok(p) = std::fs::canonicalize(path) {
+                return Target::File(p);
+            }
+        }
+        Err(_) => {}
+    }
+    // Missing, or behind a dangling link: follow the links by hand (40 at most, the kernel's
+    // limit; past it the write's own error says so).
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+        match std::fs::read_link(&p) {
+            Ok(t) if link => p = p.parent().map_or(t.clone(), |d| d.join(&t)),
+            _ => break,
+        }
+    }
+    Target::File(p)
+}
+
+/// [`replace_with`] for a device, FIFO or socket: `make` writes a temporary file in the
+/// system's temporary folder (not beside `path`: /dev is no place for one), whose bytes are
+/// then written to `path` opened as it is (no rename, no truncation).
+fn write_stream<E: std::fmt::Display>(path: &Path, make: impl FnOnce(&Path) -> Result<(), E>) -> std::io::Result<()> {
+    let named = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", path.display()));
+    let tmp = temp_path(&std::env::temp_dir().join(path.file_name().unwrap_or("out".as_ref())));
+    let done = make(&tmp).map_err(|e| named(&e)).and_then(|()| {
+        let bytes = std::fs::read(&tmp).map_err(|e| named(&e))?;
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| named(&e))?;
+        f.write_all(&bytes).and_then(|()| f.flush()).map_err(|e| named(&e))
+    });
+    let _ = std::fs::remove_file(&tmp);
     done
 }
 
@@ -184,6 +247,57 @@ mod tests {
         check_writable(&dir.join("new/out.json")).unwrap();
         assert!(dir.join("new").is_dir() && std::fs::read_dir(dir.join("new")).unwrap().next().is_none());
         assert_eq!(std::fs::read(&file).unwrap(), b"x");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_written_through_and_devices_in_place() {
+        use std::os::unix::fs::{symlink, FileTypeExt};
+        let dir = std::env::temp_dir().join(format!("vgg-atomic-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let (file, link) = (dir.join("real/report.json"), dir.join("link.json"));
+        std::fs::write(&file, b"old").unwrap();
+        symlink("real/report.json", &link).unwrap();
+        check_writable(&link).unwrap();
+        write(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        // A dangling link: the file it names is created, the link kept.
+        let (dangling, named) = (dir.join("dangling.json"), dir.join("real/later.json"));
+        symlink("real/later.json", &dangling).unwrap();
+        write(&dangling, b"made").unwrap();
+        assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&named).unwrap(), b"made");
+        // A FIFO (as `--json /dev/stdout` into a pipe is) stays one and its reader gets the
+        // bytes; so through a link to it. (A FIFO of the test's own, not a system device: a
+        // regression must not replace /dev/null.)
+        for (i, via_link) in [false, true].into_iter().enumerate() {
+            let fifo = dir.join(format!("fifo{i}"));
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that lives across the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let reader = {
+                let fifo = fifo.clone();
+                std::thread::spawn(move || std::fs::read(fifo).unwrap())
+            };
+            let out = if via_link {
+                let l = dir.join("fifo.json");
+                symlink(&fifo, &l).unwrap();
+                l
+            } else {
+                fifo.clone()
+            };
+            check_writable(&out).unwrap();
+            write(&out, b"streamed").unwrap();
+            // Before the join: had the FIFO been replaced, its reader would wait forever.
+            assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+            assert_eq!(reader.join().unwrap(), b"streamed");
+        }
+        let mut names: Vec<_> = std::fs::read_dir(dir.join("real")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["later.json", "report.json"].map(std::ffi::OsString::from), "temporaries left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
