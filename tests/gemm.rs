@@ -90,6 +90,27 @@ fn shape_errors_name_the_problem() {
     shape_err(gemm::conv1x1_fwd(&t(&[9, 16]), &t(&[8, 16]), None, false, &mut t(&[9, 8]), None), "NHWC");
 }
 
+/// A workspace too small for the bias gradient's partials is refused before anything is
+/// written: dw and db keep what they held (dw used to be computed first, then the error).
+#[test]
+fn a_short_workspace_writes_no_output() {
+    let dev = Device::emu();
+    // M 4096: the column sums run in chunks, whose partials need the workspace.
+    let s = Linear::new(4096, 64, 64);
+    let x = Tensor::<f16>::from_f32(&dev, &[4096, 64], &vec![1.0; 4096 * 64]).unwrap();
+    let dy = Tensor::<f16>::from_f32(&dev, &[4096, 64], &vec![1.0; 4096 * 64]).unwrap();
+    let mut dw = Tensor::<f32>::from_host(&dev, &[64, 64], &vec![7.0; 64 * 64]).unwrap();
+    let mut db = Tensor::<f32>::from_host(&dev, &[64], &[7.0; 64]).unwrap();
+    let need = s.workspace_bytes(Pass::BwdWeight);
+    let mut ws = Tensor::<u8>::zeros(&dev, &[need - 4]).unwrap();
+    shape_err(gemm::linear_bwd_weight(&x, &dy, &mut dw, Some(&mut db), Some(&mut ws)), "bias gradient needs");
+    assert!(dw.to_host().unwrap().iter().all(|&v| v == 7.0), "dw written before the error");
+    assert!(db.to_host().unwrap().iter().all(|&v| v == 7.0), "db written before the error");
+    let mut ws = Tensor::<u8>::zeros(&dev, &[need]).unwrap();
+    gemm::linear_bwd_weight(&x, &dy, &mut dw, Some(&mut db), Some(&mut ws)).unwrap();
+    assert!(dw.to_host().unwrap().iter().all(|&v| v == 4096.0) && db.to_host().unwrap().iter().all(|&v| v == 4096.0));
+}
+
 /// Operands of the right sizes in other shapes (transposed, flat, a `[1, N]` bias) are refused
 /// with both shapes named, not read as `[M, K]`, `[N, K]`, `[M, N]`; an input or its gradient
 /// may still be any `[M, ...]` flattening to K (a feature map into the first FC layer).

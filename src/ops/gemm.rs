@@ -45,7 +45,7 @@ use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
 
 mod launch;
-use launch::{bias_grad, smem_bytes, Operands, Out};
+use launch::{bias_grad, bias_grad_ws_bytes, smem_bytes, Operands, Out};
 
 /// The three products of a linear layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -545,17 +545,22 @@ fn bwd_weight(
     let writes = [dw.span("dw"), Span::of(db.as_deref(), "db"), Span::of(ws.as_deref(), "workspace")];
     check_disjoint("GEMM bwd_weight", &writes, &[x.span("x"), dy.span("dy")])?;
     let plan = shape.resolve(Pass::BwdWeight, algo, ws.is_some(), dev.max_shared_per_block())?;
+    // The bias gradient's partials go after the split-K partials in the workspace, and only
+    // where the plan budgeted for them (the tensor-core path with a workspace).
+    let offset = match plan {
+        Plan::Tiled { splits, .. } if splits > 1 => splits * n * k,
+        _ => 0,
+    };
+    let tiled = matches!(plan, Plan::Tiled { .. });
+    if let (Some(_), Some(w), true) = (db.as_deref(), ws.as_deref(), tiled) {
+        // Checked before dw is written: an error leaves the outputs as they were.
+        let need = bias_grad_ws_bytes(shape, offset);
+        ensure_shape!(w.len() >= need, "GEMM workspace has {} bytes, the bias gradient needs {need}", w.len());
+    }
     let ops = Operands { dev, pass: Pass::BwdWeight, shape, a: dy, b: x };
     ops.run(plan, Out::F32(dw), ws.as_deref_mut())?;
     if let Some(db) = db {
-        // The bias gradient's partials go after the split-K partials in the workspace, and
-        // only where the plan budgeted for them (the tensor-core path with a workspace).
-        let offset = match plan {
-            Plan::Tiled { splits, .. } if splits > 1 => splits * n * k,
-            _ => 0,
-        };
-        let ws = if matches!(plan, Plan::Tiled { .. }) { ws } else { None };
-        bias_grad(dy, shape, db, ws, offset)?;
+        bias_grad(dy, shape, db, if tiled { ws } else { None }, offset)?;
     }
     Ok(())
 }

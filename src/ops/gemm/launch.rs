@@ -229,6 +229,17 @@ impl Operands<'_> {
     }
 }
 
+/// Workspace bytes [`bias_grad`] needs with a workspace whose first `offset` floats are the
+/// split-K partials: 0 when the column sums take one chunk (no partials).
+pub(super) fn bias_grad_ws_bytes(shape: Linear, offset: usize) -> usize {
+    let (_, chunks) = shape.colsum_plan(shape.n.is_multiple_of(8));
+    if chunks == 1 || shape.n == 0 {
+        0
+    } else {
+        4 * (offset + chunks * shape.n)
+    }
+}
+
 /// `db[c] = sum_m dy[m][c]` in a fixed order: one pass of column sums when `chunks == 1`,
 /// else per-chunk partials into `ws[offset..]`, added in chunk order.
 pub(super) fn bias_grad(
