@@ -45,15 +45,23 @@ pub enum Error {
     /// imported weight. The message names the value.
     #[error("{0}")]
     Invalid(String),
-    /// A tensor (named by the op: `conv3x3 x (NHWC)`) belongs to another device than the op
-    /// runs on. Both may have one name (two `Device::emu()` calls, two `Device::cuda(0)`: two
-    /// devices, neither of which can use the other's memory); the message then says so.
-    #[error("{tensor} is on device {found}, but the op runs on {expected}{}", same_name_hint(.found, .expected))]
+    /// A tensor (named by the op: `conv3x3 x (NHWC)`) belongs to another device than an operand
+    /// the op checked before it (its first input, as a rule): one op's tensors must share one
+    /// device, and either of the two may be the misplaced one. Both devices may have one name
+    /// (two `Device::emu()` calls, two `Device::cuda(0)`: two devices, neither of which can use
+    /// the other's memory); the message then says so.
+    #[error(
+        "{tensor} is on device {found}, but {other} is on {expected}: one op's tensors must share one device{}",
+        same_name_hint(.found, .expected)
+    )]
     WrongDevice {
         /// The tensor, as the op names it.
         tensor: String,
-        /// The op's device ([`crate::Device::name`]).
+        /// The device of the operand checked before it ([`crate::Device::name`]).
         expected: String,
+        /// What is on `expected`: "an operand checked before it", or "the model" for a
+        /// model's input.
+        other: String,
         /// The tensor's device.
         found: String,
     },
@@ -64,7 +72,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn same_name_hint(found: &str, expected: &str) -> &'static str {
     if found == expected {
-        ", another device of that name: share one Device by cloning it"
+        " (two devices of one name: each Device::emu() or Device::cuda(n) call makes another; share one by cloning it)"
     } else {
         ""
     }

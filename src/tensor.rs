@@ -258,7 +258,12 @@ impl<T: DType> Tensor<T> {
 /// The error for a tensor (`what`) on `found` given to an op on `expected`, naming the tensor
 /// (the message says when both devices have one name, which the names alone would not show).
 pub(crate) fn wrong_device(what: &str, expected: &Device, found: &Device) -> Error {
-    Error::WrongDevice { tensor: what.to_string(), expected: expected.name(), found: found.name() }
+    Error::WrongDevice {
+        tensor: what.to_string(),
+        expected: expected.name(),
+        other: "an operand checked before it".into(),
+        found: found.name(),
+    }
 }
 
 /// The device bytes `[start, end)` of one tensor of a launch, named for the error of

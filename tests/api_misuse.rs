@@ -154,7 +154,11 @@ fn probabilities_and_loss_scales_are_invalid_values() {
 }
 
 /// A tensor from another `Device::emu()` (a separate device, whose memory the op's cannot use)
-/// read "tensor is on device emu, but the op runs on emu": the error names the tensor and says so.
+/// read "tensor is on device emu, but the op runs on emu"; the error names the tensor and says so.
+/// Which of the two is misplaced the op cannot know: the message says that an earlier operand is
+/// on the other device (it said "the op runs on", blaming the filters for a misplaced input).
+/// A model's images are checked against the model's device first, by name (they used to surface
+/// as an internal buffer, "normalize_input output y").
 #[test]
 fn a_tensor_of_another_device_of_the_same_name_is_named() {
     let (dev, other) = (Device::emu(), Device::emu());
@@ -163,7 +167,16 @@ fn a_tensor_of_another_device_of_the_same_name_is_named() {
     let e = ops::relu_fwd(&x, &mut y).unwrap_err();
     assert!(matches!(e, Error::WrongDevice { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("relu output") && msg.contains("another device of that name"), "{msg}");
+    assert!(msg.contains("relu output") && msg.contains("an operand checked before it"), "{msg}");
+    assert!(msg.contains("two devices of one name") && !msg.contains("the op runs on"), "{msg}");
+    let mut vgg = Vgg::new(&dev, small(), 1, Init::He, 1).unwrap();
+    let images = Tensor::<u8>::zeros(&other, &[1, 32, 32, 3]).unwrap();
+    let e = vgg.forward(&images, false, 0).unwrap_err();
+    assert!(
+        matches!(e, Error::WrongDevice { .. })
+            && e.to_string().starts_with("VGG images is on device emu, but the model is on emu"),
+        "{e}"
+    );
 }
 
 /// `Linear::conv1x1`'s pixel count `n*h*w` wrapped in release builds: 2^40 * 2^20 * 2^4 pixels

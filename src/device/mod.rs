@@ -161,13 +161,17 @@ pub const EMU_MULTIPROCESSORS: usize = 3;
 pub const SM90_SHARED_PER_BLOCK: usize = 227 * 1024;
 
 impl Device {
-    /// The GPU of the given ordinal, or an error that says why it cannot be used.
+    /// The GPU of the given ordinal, or an error that says why it cannot be used. Each call
+    /// makes a separate device (its own stream, whose order no other device follows): clone
+    /// one `Device` to share it; tensors of two devices cannot meet in one op
+    /// ([`crate::Error::WrongDevice`]).
     pub fn cuda(ordinal: usize) -> Result<Self> {
         Ok(Self::with(Backend::Cuda(cuda::CudaDevice::new(ordinal)?)))
     }
 
     /// The CPU emulator. Its schedule comes from `VGG_EMU_SCHEDULE` (index, reverse,
-    /// `random[:seed]`) unless set with [`Device::set_schedule`].
+    /// `random[:seed]`) unless set with [`Device::set_schedule`]. Each call makes a separate
+    /// device, as [`Device::cuda`] does: clone one to share it.
     pub fn emu() -> Self {
         Self::with(Backend::Emu(emu::EmuDevice::new()))
     }

@@ -394,6 +394,15 @@ impl Vgg {
     }
 
     fn check_batch(&self, images: &Tensor<u8>) -> Result<()> {
+        if !images.device().same(&self.dev) {
+            // Named here: the first op would name its own output buffer instead.
+            return Err(Error::WrongDevice {
+                tensor: "VGG images".into(),
+                expected: self.dev.name(),
+                other: "the model".into(),
+                found: images.device().name(),
+            });
+        }
         let s = self.cfg.input;
         ensure_shape!(
             images.shape() == [self.batch, s, s, 3],
