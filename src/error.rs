@@ -29,6 +29,10 @@ pub enum Error {
     /// A kernel failed on the device (on emu: a broken CUDA rule such as a divergent barrier).
     #[error("{0}")]
     Kernel(String),
+    /// An allocation the device cannot satisfy: the GPU's memory (cuda) or the host's (emu).
+    /// The message gives the size asked for.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// Arguments that do not fit together or within the library's limits: tensor shapes and
     /// layouts, lengths, a view's 16-byte alignment, sizes that overflow, a model config's
     /// dimensions, an op's output that overlaps another of its tensors in device memory (views
@@ -78,7 +82,9 @@ fn same_name_hint(found: &str, expected: &str) -> &'static str {
     }
 }
 
-/// Shape check helper: `ensure!(cond, "fmt", args)` returns `Error::Shape` when `cond` is false.
+/// Shape check helper: `ensure_shape!(cond, "fmt", args)` returns `Error::Shape` when `cond` is
+/// false. Exported only because the crate's modules reach it by path; not part of the API.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! ensure_shape {
     ($cond:expr, $($fmt:tt)+) => {

@@ -47,4 +47,7 @@ pub mod train;
 
 pub use device::{Device, KArg, Kernel, LaunchConfig, PinnedBuffer, Schedule};
 pub use error::{Error, Result};
+/// The `half` crate, whose [`f16`](half::f16) is the element type of fp16 tensors
+/// (`Tensor<f16>`): `use vgg_cuda::half::f16;` names it without a dependency of your own.
+pub use half;
 pub use tensor::{DType, Tensor};

@@ -157,6 +157,18 @@ fn checkpoint_errors_name_the_problem() {
     std::fs::write(&t, &bytes[..bytes.len() - 100]).unwrap();
     let e = format!("{:#}", checkpoint::load(&t).unwrap_err());
     assert!(e.contains("trunc.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(e.contains("does not end where the header says"), "{e}");
+    // Not a safetensors file at all, and one shorter than a header: said in words, not as the
+    // safetensors crate's variant names (HeaderTooLarge, HeaderTooSmall).
+    for (name, content, want) in [
+        ("text.safetensors", &b"{\"features.0.weight\": [1, 2, 3]}\n"[..], "no plausible header length"),
+        ("short.safetensors", &b"abc"[..], "shorter than a safetensors header"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+        assert!(e.contains(name) && e.contains(want) && !e.contains("Header"), "{e}");
+    }
     // A flipped byte in the last tensor's data.
     let c = dir.join("corrupt.safetensors");
     let mut b = bytes.clone();

@@ -189,7 +189,13 @@ impl CudaDevice {
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: stream-ordered allocation on our own stream.
-        unsafe { result::malloc_async(self.stream, bytes.max(1)) }.map_err(drv("cuMemAllocAsync"))
+        unsafe { result::malloc_async(self.stream, bytes.max(1)) }.map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory(format!("{}: out of device memory allocating {bytes} bytes", self.name()))
+            } else {
+                drv("cuMemAllocAsync")(e)
+            }
+        })
     }
 
     pub fn free(&self, ptr: u64) {

@@ -113,7 +113,7 @@ impl EmuDevice {
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         let limit = self.memory_limit.load(std::sync::atomic::Ordering::Relaxed);
         if live.saturating_add(bytes) > limit {
-            return Err(Error::Kernel(format!(
+            return Err(Error::OutOfMemory(format!(
                 "emu: out of device memory: {:.2} GiB requested beside {:.2} GiB allocated, limit {:.2} GiB",
                 gib(bytes),
                 gib(live),
@@ -123,7 +123,7 @@ impl EmuDevice {
         if bytes >= CHECKED_ALLOC {
             let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_available(&m));
             if let Some(avail) = avail.filter(|&a| bytes.saturating_add(HOST_HEADROOM) > a) {
-                return Err(Error::Kernel(format!(
+                return Err(Error::OutOfMemory(format!(
                     "emu: out of host memory: {:.2} GiB requested, {:.2} GiB available (the emu device \
                      computes in host memory)",
                     gib(bytes),
@@ -152,7 +152,7 @@ impl EmuDevice {
         // so a kernel that reads what nobody wrote sees NaN rather than a plausible zero.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
-            return Err(Error::Kernel(format!("emu: out of host memory allocating {bytes} bytes")));
+            return Err(Error::OutOfMemory(format!("emu: out of host memory allocating {bytes} bytes")));
         }
         // SAFETY: `p` spans `layout.size()` bytes.
         unsafe { std::ptr::write_bytes(p, 0xFF, layout.size()) };
@@ -279,11 +279,15 @@ mod tests {
         let e = EmuDevice::new();
         e.set_memory_limit(64 << 20);
         e.check_alloc(32 << 20, 0).unwrap();
-        let err = e.check_alloc(40 << 20, 32 << 20).unwrap_err().to_string();
+        let err = e.check_alloc(40 << 20, 32 << 20).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("out of device memory") && err.contains("limit 0.06 GiB"), "{err}");
         e.set_memory_limit(usize::MAX);
         // More than any machine has: refused before the allocator is asked.
-        let err = e.check_alloc(1 << 50, 0).unwrap_err().to_string();
+        let err = e.check_alloc(1 << 50, 0).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("out of host memory"), "{err}");
     }
 }

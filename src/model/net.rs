@@ -171,7 +171,11 @@ fn drop_key(vars: &StepVars, seed: u64, layer: usize, src: Src) -> DropoutKey<'_
 
 impl Vgg {
     /// A network for `cfg` at `batch` images a step, parameters from `init` with `seed` (which
-    /// also seeds the dropout masks), the paper's optimizer settings.
+    /// also seeds the dropout masks), the paper's optimizer settings. Its activations are
+    /// planned for that batch once: every forward, step and evaluation takes exactly `batch`
+    /// images. For another batch (one image to classify with a model trained at 64), build a
+    /// second `Vgg` at that batch and [`Vgg::import_params`] the first's
+    /// [`Vgg::export_params`].
     pub fn new(dev: &Device, cfg: VggConfig, batch: usize, init: Init, seed: u64) -> Result<Self> {
         Self::with_optim(dev, cfg, batch, init, seed, OptimConfig::default())
     }

@@ -1,6 +1,10 @@
 //! Checkpoints: safetensors files in torchvision's names and layouts, so that a torchvision
 //! `vgg11/13/16/19` state dict saved with `safetensors.torch.save_file` loads unchanged, and
-//! our checkpoints load into torchvision.
+//! our checkpoints load into torchvision. Into torchvision's own classes only at the 224-pixel
+//! input and 4096-wide classifier they have: their `classifier.0` takes the 7x7x512 map of
+//! their adaptive average pool, where ours takes the last pool's map at whatever size the input
+//! gives (512 x 2 x 2 at 64 pixels), with no pooling to 7x7 (the paper's dense evaluation
+//! needs the map as it is).
 //!
 //! A training checkpoint holds, beside the weights (`features.N.weight`, ... as F32):
 //! - `momentum.<name>`: the SGD momentum of every parameter, same layout;
@@ -14,7 +18,7 @@
 
 use crate::model::{ConvPlan, NamedTensor, VggConfig};
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -140,7 +144,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Writes `weights` (and `momentum`, prefixed) with the config and state as metadata,
-/// atomically.
+/// atomically (a temporary file beside `path`, renamed over it), creating `path`'s folder and
+/// any missing parents.
 pub fn save(
     path: &Path,
     weights: &[NamedTensor],
@@ -210,15 +215,42 @@ fn to_f32(name: &str, v: &TensorView<'_>) -> Result<Vec<f32>> {
     })
 }
 
+/// A safetensors error in words: the crate's `Display` prints the enum's variant name
+/// ("HeaderTooLarge" for a text file), which says little to someone holding the wrong file.
+fn describe(e: &SafeTensorError) -> String {
+    use SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => "shorter than a safetensors header (8 bytes of length, then JSON)".into(),
+        E::HeaderTooLarge | E::InvalidHeaderLength => {
+            "its first 8 bytes are no plausible header length (not a safetensors file, or a truncated one)".into()
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            "the header is not the JSON object a safetensors file starts with".into()
+        }
+        E::JsonError(j) => format!("the header's JSON does not describe tensors: {j}"),
+        E::MetadataIncompleteBuffer => {
+            "the tensor data does not end where the header says (truncated, or bytes appended)".into()
+        }
+        E::TensorInvalidInfo | E::ValidationOverflow => "a tensor's shape, dtype and byte range do not agree".into(),
+        E::InvalidOffset(name) => format!("tensor `{name}`'s byte range is outside the file or overlaps another"),
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::InvalidTensorView(dtype, shape, bytes) => {
+            format!("{bytes} bytes cannot hold a {dtype:?} tensor of shape {shape:?}")
+        }
+        E::IoError(io) => io.to_string(),
+    }
+}
+
 /// Reads a checkpoint or a torchvision state dict. Errors name the file and, where one is
 /// to blame, the tensor: truncated or corrupt files, batch-norm variants, checksum
 /// mismatches, non-float tensors.
 pub fn load(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {}", path.display(), describe(&e))
+    })?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("{}: unreadable safetensors header: {e}", path.display()))?;
+        .map_err(|e| anyhow!("{}: unreadable safetensors header: {}", path.display(), describe(&e)))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     // A file without our entry is a foreign state dict (torchvision's, or one saved with
     // safetensors' usual `{"format": "pt"}`); one of our own family with another version was
@@ -242,7 +274,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     };
     let (mut weights, mut momentum) = (vec![], vec![]);
     for name in names {
-        let v = st.tensor(&name).map_err(|e| anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
+        let v = st.tensor(&name).map_err(|e| anyhow!("{}: tensor `{name}`: {}", path.display(), describe(&e)))?;
         if let Some(want) = checksums.get(&name) {
             let got = format!("{:016x}", fnv1a(v.data()));
             if &got != want {
