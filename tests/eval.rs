@@ -23,12 +23,18 @@ fn tiny(classes: usize) -> VggConfig {
     VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, classes) }
 }
 
+/// The synthetic set's class names: the tests' models and folders use them, so that a model
+/// evaluates on either (`vgg eval --data synthetic` checks the stored names).
+fn class_names(classes: usize) -> Vec<String> {
+    Synthetic::new(classes, 32, 1, 0).classes().to_vec()
+}
+
 /// A randomly initialised tiny model saved as a checkpoint with class names.
 fn save_tiny(dir: &Path, name: &str, cfg: &VggConfig, seed: u64) -> PathBuf {
     let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, seed).unwrap();
     let path = dir.join(name);
-    let classes: Vec<String> = (0..cfg.classes).map(|c| format!("class{c}")).collect();
-    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], cfg, None, &classes).unwrap();
+    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], cfg, None, &class_names(cfg.classes))
+        .unwrap();
     path
 }
 
@@ -38,7 +44,7 @@ fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
     let mut files = vec![];
     for i in 0..syn.len() {
         let (img, label) = syn.load(i).unwrap();
-        let cdir = dir.join(format!("class{label}"));
+        let cdir = dir.join(&syn.classes()[label]);
         std::fs::create_dir_all(&cdir).unwrap();
         let f = cdir.join(format!("img{i:03}.png"));
         img.save(&f).unwrap();
@@ -56,8 +62,7 @@ fn save_edited(dir: &Path, name: &str, cfg: &VggConfig, set: &[(&str, f32)]) -> 
         params.iter_mut().find(|p| p.0 == n).unwrap_or_else(|| panic!("no tensor {n}")).2.fill(v);
     }
     let path = dir.join(name);
-    let classes: Vec<String> = (0..cfg.classes).map(|c| format!("class{c}")).collect();
-    checkpoint::save_with_classes(&path, &params, &[], cfg, None, &classes).unwrap();
+    checkpoint::save_with_classes(&path, &params, &[], cfg, None, &class_names(cfg.classes)).unwrap();
     path
 }
 
@@ -95,7 +100,7 @@ fn predict_matches_forward_and_host_softmax() {
         }
         assert_eq!(p.top.len(), 3);
         assert!(p.top.windows(2).all(|t| t[0].prob >= t[1].prob), "top-k not sorted: {:?}", p.top);
-        assert_eq!(p.top[0].name, format!("class{}", p.top[0].class), "class names come from the checkpoint");
+        assert_eq!(p.top[0].name, class_names(p.probs.len())[p.top[0].class], "class names come from the checkpoint");
     }
 }
 
@@ -223,7 +228,7 @@ fn bad_inputs_name_the_problem() {
     let e = err_of(eval::eval(&eval_args(vec![w.clone()], empty.to_str().unwrap())));
     assert!(e.contains("empty") && e.contains("none of the class folders"), "{e}");
     // A non-image file in the data folder: skipped and counted, or with --strict an error.
-    std::fs::copy(&txt, dir.join("data/class1/broken.png")).unwrap();
+    std::fs::copy(&txt, dir.join("data").join(&class_names(2)[1]).join("broken.png")).unwrap();
     let data = dir.join("data");
     let r = eval::eval(&eval_args(vec![w.clone()], data.to_str().unwrap())).unwrap();
     assert_eq!((r.images, r.skipped), (2, 1));

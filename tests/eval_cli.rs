@@ -15,23 +15,34 @@ use vgg_cuda::model::{Arch, Init, Vgg, VggConfig};
 use vgg_cuda::train::checkpoint;
 use vgg_cuda::Device;
 
-/// A randomly initialised tiny model (32x32 input) saved with the class names `class0, ...`.
+/// A randomly initialised tiny model (32x32 input) saved with the synthetic set's class names
+/// (so that it evaluates on `--data synthetic` and on [`image_folder`]).
 fn save_tiny(dir: &Path, classes: usize) -> PathBuf {
-    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, classes) };
+    save_tiny_named(dir, Synthetic::new(classes, 32, 1, 0).classes())
+}
+
+/// [`save_tiny`] with the class names `names`.
+fn save_tiny_named(dir: &Path, names: &[String]) -> PathBuf {
+    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, names.len()) };
     let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 5).unwrap();
     let path = dir.join("m.safetensors");
-    let names: Vec<String> = (0..classes).map(|c| format!("class{c}")).collect();
-    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], &cfg, None, &names).unwrap();
+    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], &cfg, None, names).unwrap();
     path
 }
 
-/// An ImageFolder `class0/, class1/, ...` of non-square synthetic PNGs (40 pixels or more a side).
+/// `class0, class1, ...`: names the synthetic set does not use.
+fn numbered(classes: usize) -> Vec<String> {
+    (0..classes).map(|c| format!("class{c}")).collect()
+}
+
+/// An ImageFolder of non-square synthetic PNGs (40 pixels or more a side), one folder per
+/// synthetic class name.
 fn image_folder(dir: &Path, classes: usize, per_class: usize) -> Vec<PathBuf> {
     let syn = Synthetic::new(classes, 40, classes * per_class, 9);
     (0..syn.len())
         .map(|i| {
             let (img, label) = syn.load(i).unwrap();
-            let f = dir.join(format!("class{label}/img{i:03}.png"));
+            let f = dir.join(&syn.classes()[label]).join(format!("img{i:03}.png"));
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             img.save(&f).unwrap();
             f
@@ -301,12 +312,34 @@ fn eval_checks_its_output_paths_before_the_run() {
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
 }
 
+/// A checkpoint trained on folders, evaluated on the synthetic set, is refused naming both
+/// class lists (it was scored against the shapes' classes without a word); one that stores
+/// the synthetic set's own classes evaluates.
+#[test]
+fn eval_on_synthetic_checks_the_checkpoint_classes() {
+    let dir = TempDir::new("eval-cli", "synthetic-classes");
+    let w = save_tiny_named(&dir.0, &numbered(3));
+    let e = err_of(eval::eval(&emu_eval_args(vec![w], "synthetic")));
+    assert!(e.contains("trained on the classes class0, class1, class2") && e.contains("synthetic set's are"), "{e}");
+    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::A, 0.0625, 32, 16, 3) };
+    let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 5).unwrap();
+    let path = dir.0.join("syn.safetensors");
+    let names = Synthetic::new(3, 32, 1, 0).classes().to_vec();
+    checkpoint::save_with_classes(&path, &vgg.export_params().unwrap(), &[], &cfg, None, &names).unwrap();
+    let r = eval::eval(&emu_eval_args(vec![path], "synthetic")).unwrap();
+    assert_eq!(r.images, 8);
+}
+
 #[test]
 fn eval_class_mismatch_names_the_checkpoint_classes() {
     let dir = TempDir::new("eval-cli", "classes");
-    let w = save_tiny(&dir.0, 12);
+    let w = save_tiny_named(&dir.0, &numbered(12));
     let data = dir.0.join("data");
-    image_folder(&data, 2, 1);
+    // Two of the checkpoint's classes, and one it does not have.
+    for (c, f) in image_folder(&dir.0.join("made"), 2, 1).iter().enumerate() {
+        std::fs::create_dir_all(data.join(format!("class{c}"))).unwrap();
+        std::fs::copy(f, data.join(format!("class{c}/img.png"))).unwrap();
+    }
     std::fs::create_dir_all(data.join("zebra")).unwrap();
     let e = err_of(eval::eval(&emu_eval_args(vec![w.clone()], s(&data))));
     assert!(e.contains("zebra") && e.contains("not one of the classes"), "{e}");
@@ -380,7 +413,7 @@ fn dense_counts_images_too_wide_for_it_apart_from_unreadable_ones() {
     image_folder(&data, 2, 1);
     // 10:1: rescaled to Q 36 its long side is 360, above dense evaluation's 8 x Q.
     image::RgbImage::from_fn(400, 40, |x, y| image::Rgb([x as u8, y as u8, 7]))
-        .save(data.join("class0/wide.png"))
+        .save(data.join(&Synthetic::new(2, 32, 1, 0).classes()[0]).join("wide.png"))
         .unwrap();
     let r = eval::eval(&emu_eval_args(vec![w.clone()], s(&data))).unwrap();
     assert_eq!((r.images, r.skipped, r.too_wide), (3, 0, 0), "the centre crop scores it");
