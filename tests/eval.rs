@@ -200,6 +200,22 @@ fn bad_inputs_name_the_problem() {
     let missing = dir.join("nope.safetensors");
     let e = err_of(eval::predict(&predict_args(vec![missing], vec![img.clone()])));
     assert!(e.contains("nope.safetensors") && e.contains("does not exist"), "{e}");
+    // A checkpoint folder: named as a folder, with the checkpoint inside it.
+    let ck = dir.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::copy(&w, ck.join("last.safetensors")).unwrap();
+    let e = err_of(eval::predict(&predict_args(vec![ck.clone()], vec![img.clone()])));
+    assert!(e.contains("is a folder") && e.contains(&ck.join("last.safetensors").display().to_string()), "{e}");
+    // A corrupt JPEG: the decoder's reason without the newline it ends with, which split the
+    // report's lines.
+    let jpg = dir.join("corrupt.jpg");
+    std::fs::write(
+        &jpg,
+        [0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 0xFF, 0xD9],
+    )
+    .unwrap();
+    let e = err_of(eval::predict(&predict_args(vec![w.clone()], vec![jpg])));
+    assert!(e.contains("corrupt.jpg: cannot decode") && !e.contains('\n'), "{e:?}");
     // Corrupt weights.
     let bytes = std::fs::read(&w).unwrap();
     let bad = dir.join("truncated.safetensors");

@@ -24,7 +24,8 @@ fn is_image_name(name: &std::ffi::OsStr) -> bool {
 
 /// Decodes an encoded image to RGB; `path` only names it in errors.
 pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
-    let fail = |reason: String| DataError::Decode { path: path.to_path_buf(), reason };
+    // Trimmed: some decoders end their messages with a newline, which split report lines.
+    let fail = |reason: String| DataError::Decode { path: path.to_path_buf(), reason: reason.trim_end().to_string() };
     if bytes.is_empty() {
         return Err(fail("empty file".into()));
     }

@@ -336,7 +336,7 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
     cfg.validate().with_context(|| format!("{}: invalid config", path.display()))?;
     let mut vgg = Vgg::new(dev, cfg.clone(), batch, Init::He, 0)?;
     vgg.import_params(&l.weights)
-        .with_context(|| format!("{}: config mismatch: weights do not fit VGG {}", path.display(), cfg.describe()))?;
+        .with_context(|| format!("{}: cannot load into VGG {}", path.display(), cfg.describe()))?;
     let classes = checkpoint::load_classes(path)?;
     if let Some(c) = &classes {
         if c.len() != cfg.classes {
@@ -346,10 +346,23 @@ pub fn load_model(dev: &Device, path: &Path, arch: Option<Arch>, batch: usize) -
     Ok(Model { path: path.to_path_buf(), vgg, classes, state: l.state, io: None })
 }
 
-/// An error naming `path` unless it is a file.
+/// An error naming `path` unless it is a file; a folder (a `--checkpoint-dir`) is named as
+/// such, with the checkpoints `vgg train` writes there.
 fn check_weights_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let inside = ["last.safetensors", "best.safetensors"].iter().map(|f| path.join(f)).filter(|p| p.is_file());
+        let inside: Vec<String> = inside.map(|p| p.display().to_string()).collect();
+        if inside.is_empty() {
+            bail!("weights file {} is a folder, not a checkpoint file", path.display());
+        }
+        bail!(
+            "weights file {} is a folder, not a checkpoint file: give one inside it ({})",
+            path.display(),
+            inside.join(" or ")
+        );
+    }
     if !path.is_file() {
-        bail!("weights file {} does not exist (or is not a file)", path.display());
+        bail!("weights file {} does not exist", path.display());
     }
     Ok(())
 }
