@@ -231,8 +231,7 @@ fn output_paths_are_checked_before_the_work() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
-/// A skipped image is reported on its own line after the progress line (which rewrites
-/// itself with `\r`), naming its file once.
+/// A skipped image is reported on its own line after the progress lines, naming its file once.
 #[test]
 fn prep_reports_skipped_images_after_its_progress_line() {
     let t = TempDir::new("data-cli", "prep-warn");
@@ -244,6 +243,19 @@ fn prep_reports_skipped_images_after_its_progress_line() {
     let line = err.lines().find(|l| l.contains("broken.jpg")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.starts_with("warning: skipped "), "{line:?}");
     assert_eq!(line.matches("broken.jpg").count(), 1, "{line:?}");
+}
+
+/// Progress into a pipe or log (not a terminal): one line per shard, no carriage returns (they
+/// ran together as "prep: 2/6 imagesprep: 4/6 images").
+#[test]
+fn prep_progress_is_one_line_per_report_when_not_a_terminal() {
+    let t = TempDir::new("data-cli", "prep-progress");
+    let src = t.0.join("src");
+    folder(&src, &["a", "b", "c"], 2);
+    let (err, _) = succeeds(&["prep", s(&src), s(&t.0.join("out")), "--shard-size", "2"]);
+    assert!(!err.contains('\r'), "{err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("prep: ")).collect();
+    assert_eq!(lines, ["prep: 2/6 images", "prep: 4/6 images", "prep: 6/6 images"], "{err:?}");
 }
 
 /// --quality outside JPEG's 1-100 is refused naming the option and that range: as a bare u8,

@@ -105,11 +105,18 @@ pub(crate) struct PrepArgs {
 pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
     use vgg_cuda::data::prep::{prep, PrepConfig};
     let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
-    // The progress line is rewritten in place: end it before anything else is printed.
+    // On a terminal the progress line is rewritten in place (and ended before anything else is
+    // printed); in a log or pipe a carriage return rewrites nothing and the reports ran together
+    // on one line, so there each is a line of its own.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let shown = std::cell::Cell::new(false);
     let progress = |done, all| {
-        eprint!("\rprep: {done}/{all} images");
-        shown.set(true);
+        if tty {
+            eprint!("\rprep: {done}/{all} images");
+            shown.set(true);
+        } else {
+            eprintln!("prep: {done}/{all} images");
+        }
     };
     let rep = if a.src.as_os_str() == "synthetic" {
         if a.images == 0 || a.synthetic_size == 0 {
