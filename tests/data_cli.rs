@@ -277,12 +277,13 @@ fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
 
 /// A prep stopped before its end (killed, power loss) leaves its temporary folder beside OUT,
 /// as large as the shards it wrote, and, when stopped between its two renames, the previous
-/// output moved aside. The next prep into OUT names both (removing them could lose data: a
-/// process id not running here may be a prep in another PID namespace) and leaves a running
-/// process's folders and other names unnamed; nothing is removed.
+/// output moved aside. The next prep into OUT removes the temporary folder of a process that
+/// no longer runs, saying so (it was left there for good), names the moved-aside output
+/// without touching it (it may be the only complete copy), and leaves a running process's
+/// folder, another output's and a link alone.
 #[cfg(target_os = "linux")]
 #[test]
-fn prep_names_what_killed_preps_left_and_removes_nothing() {
+fn prep_removes_what_killed_preps_left_unfinished() {
     let t = TempDir::new("data-cli", "stale-tmp");
     let out_dir = t.0.join("shards");
     // A process id that can never run (above the kernel's maximum), and this test's own.
@@ -292,18 +293,26 @@ fn prep_names_what_killed_preps_left_and_removes_nothing() {
     let old = t.0.join(format!(".shards.old{dead_pid}"));
     let alive = t.0.join(format!(".shards.tmp{}", std::process::id()));
     let other = t.0.join(format!(".other.tmp{dead_pid}"));
-    for d in [&dead, &old, &alive, &other] {
+    let target = t.0.join("kept");
+    for d in [&dead, &old, &alive, &other, &target] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
     }
+    let link = t.0.join(format!(".shards.tmp{}", dead_pid + 1));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
     let (err, _) = succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32"]);
-    let left =
-        |d: &Path| format!("prep: {} was left by an earlier prep (process {dead_pid}, not running here)", d.display());
-    assert!(err.contains(&left(&dead)) && err.contains("holds its unfinished output; remove it yourself"), "{err}");
-    assert!(err.contains(&left(&old)) && err.contains("holds the output before it, moved aside"), "{err}");
-    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other."), "{err}");
-    for d in [&dead, &old, &alive, &other] {
+    let removed = format!(
+        "prep: removed {}, the unfinished output of an earlier prep (process {dead_pid}, no longer running)",
+        dead.display()
+    );
+    assert!(err.contains(&removed), "{err}");
+    assert!(!dead.exists(), "{err}");
+    let named = format!("prep: {} was left by an earlier prep (process {dead_pid}, no longer running)", old.display());
+    assert!(err.contains(&named) && err.contains("restore or remove it yourself"), "{err}");
+    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other.") && !err.contains("kept"), "{err}");
+    for d in [&old, &alive, &other, &target] {
         assert!(d.join("shard-00000.bin").is_file(), "{} was touched; stderr: {err}", d.display());
     }
+    assert!(link.symlink_metadata().is_ok(), "{err}");
     assert_eq!(Shards::open(&out_dir).unwrap().len(), 2);
 }

@@ -10,10 +10,10 @@
 //! its shards and `index.json` are all written is it renamed to the output, and a previous
 //! output is removed after that. A failed or killed prep leaves the previous output whole,
 //! and a directory with an `index.json` is always complete; the next prep into the same
-//! output names what a killed prep left beside it (its temporary folder, a previous output
-//! moved aside) and removes none of it (on Linux, where it can tell that the process that
-//! wrote it is not running here). An output that is not empty and
-//! not a previous prep output (no `index.json`), or that overlaps the source, is refused.
+//! output removes the temporary folders of killed preps (whose process is no longer running)
+//! and names a previous output one left moved aside, for the user to restore or remove. An
+//! output that is not empty and not a previous prep output (no `index.json`), or that
+//! overlaps the source, is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -176,7 +176,7 @@ impl Target {
             return Err(err("is not a folder that can be replaced".into()));
         };
         crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
-        report_leftovers(&abs);
+        tidy_leftovers(&abs);
         let tmp = crate::atomic::temp_path(&abs);
         if tmp.exists() {
             // Left by a killed run whose process id this one reuses.
@@ -216,17 +216,14 @@ impl Target {
     }
 }
 
-/// Names, on stderr, what earlier preps into `abs` that did not finish left beside it: their
-/// temporary folders (`.OUT.tmpPID`, as large as the shards they had written, which nothing
-/// else would ever point out) and a previous output they had moved aside (`.OUT.oldPID`, left
-/// when a prep is stopped between its two renames: then possibly the only complete copy).
-/// Nothing is removed: a process id that is not running here does not prove that the prep has
-/// ended (another PID namespace or host may share the folder), so the user decides. Linux only
-/// (running processes from /proc); a running process's folders are not named.
-fn report_leftovers(abs: &Path) {
-    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
-        return;
-    }
+/// Tidies what earlier preps into `abs` that did not finish left beside it, saying so on
+/// stderr. Their temporary folders (`.OUT.tmpPID`, as large as the shards they had written,
+/// which nothing else would ever clean up) are removed once their writer is gone; a previous
+/// output they had moved aside (`.OUT.oldPID`, left when a prep is stopped between its two
+/// renames: then possibly the only complete copy) is only named, for the user to restore or
+/// remove. A folder whose process is still running (another prep into the same output) is
+/// left alone, and only folders count (the entry's own type: a link is not followed).
+fn tidy_leftovers(abs: &Path) {
     let Some(Ok(entries)) = abs.parent().map(std::fs::read_dir) else {
         return;
     };
@@ -234,26 +231,50 @@ fn report_leftovers(abs: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let old = name.strip_prefix(&old_prefix).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        let (pid, what) = match (crate::atomic::temp_pid(abs, &name), old.and_then(|p| p.parse::<u32>().ok())) {
-            (Some(pid), _) => (pid, "its unfinished output; remove it yourself"),
-            (None, Some(pid)) => (
-                pid,
-                "the output before it, moved aside (it may be the only complete copy); restore or remove it yourself",
-            ),
+        let (pid, temporary) = match (crate::atomic::temp_pid(abs, &name), old.and_then(|p| p.parse::<u32>().ok())) {
+            (Some(pid), _) => (pid, true),
+            (None, Some(pid)) => (pid, false),
             _ => continue,
         };
-        // Our own (a reused process id) is replaced by Target::new; only folders are prep's
-        // (the entry's own type: a link is not followed).
+        // Our own (a reused process id) is replaced by Target::new.
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() || !is_dir {
+        if pid == std::process::id() || !is_dir || process_alive(pid) {
             continue;
         }
-        eprintln!(
-            "prep: {} was left by an earlier prep (process {pid}, not running here) that did not finish and \
-             holds {what}",
-            e.path().display()
-        );
+        let path = e.path();
+        if !temporary {
+            eprintln!(
+                "prep: {} was left by an earlier prep (process {pid}, no longer running) that did not finish and \
+                 holds the output before it, moved aside (it may be the only complete copy); restore or remove it \
+                 yourself",
+                path.display()
+            );
+        } else if let Err(err) = std::fs::remove_dir_all(&path) {
+            eprintln!(
+                "prep: {} was left unfinished by an earlier prep (process {pid}, no longer running) and could not \
+                 be removed: {err}",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "prep: removed {}, the unfinished output of an earlier prep (process {pid}, no longer running)",
+                path.display()
+            );
+        }
     }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything; a process of
+/// another user answers EPERM, which still means it exists). An id that is no process's
+/// (0, or above what a pid_t holds) counts as running, so that nothing is removed for it.
+fn process_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else { return true };
+    if p <= 0 {
+        return true;
+    }
+    // SAFETY: kill with signal 0 sends no signal; it only looks the process up.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl Drop for Target {
