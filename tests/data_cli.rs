@@ -178,6 +178,41 @@ fn stats_of_a_split_folder_uses_its_train_part() {
     assert!(err.contains("train") && report.contains(s(&split.join("train"))), "{err}\n{report}");
 }
 
+/// A train/val root, as `vgg train --data` reads it, is prepped split by split into OUT/train
+/// and OUT/val, both with the training set's classes (it was prepped as one ImageFolder of two
+/// classes, `train` and `val`, the validation images mixed into the training set); `stats` of OUT
+/// then reads OUT/train, as of the source root. A second prep replaces both; one of a root
+/// with no val/ drops the old OUT/val; an OUT holding anything else is refused.
+#[test]
+fn prep_of_a_split_folder_writes_train_and_val_shards() {
+    let t = TempDir::new("data-cli", "prep-split");
+    let (src, out) = (t.0.join("ds"), t.0.join("sh"));
+    folder(&src.join("train"), &["ant", "bee", "cat"], 3);
+    folder(&src.join("val"), &["ant", "bee"], 2);
+    let (_, stdout) = succeeds(&["prep", s(&src), s(&out), "--shard-size", "4"]);
+    assert!(stdout.contains("prep train: 9 images (0 skipped), 3 classes"), "{stdout}");
+    assert!(stdout.contains("prep val: 4 images (0 skipped), 3 classes"), "{stdout}");
+    let (train, val) = (Shards::open(&out.join("train")).unwrap(), Shards::open(&out.join("val")).unwrap());
+    assert_eq!(train.classes(), ["ant", "bee", "cat"]);
+    assert_eq!(val.classes(), train.classes());
+    assert_eq!((train.len(), val.len()), (9, 4));
+    assert_eq!(names(&out), ["train", "val"]);
+    let (err, _) = succeeds(&["stats", s(&out), "--size", "0"]);
+    assert!(err.contains("has a train/ folder") && err.contains("3 classes"), "{err}");
+
+    succeeds(&["prep", s(&src), s(&out)]);
+    assert_eq!(Shards::open(&out.join("train")).unwrap().index().shards.len(), 1);
+    std::fs::remove_dir_all(src.join("val")).unwrap();
+    succeeds(&["prep", s(&src), s(&out)]);
+    assert_eq!(names(&out), ["train"]);
+
+    let other = t.0.join("other");
+    std::fs::create_dir_all(other.join("notes")).unwrap();
+    let (err, _) = fails(&["prep", s(&src), s(&other)]);
+    assert!(err.contains("not the output of a `vgg prep` of a train/val split"), "{err}");
+    assert_eq!(names(&other), ["notes"]);
+}
+
 #[test]
 fn bench_data_refuses_a_crop_above_the_scale() {
     let syn = ["bench", "data", "--synthetic", "--synthetic-size", "40", "--images", "2", "--workers", "1"];
