@@ -92,12 +92,14 @@ fn queued_steps_end_where_timed_steps_do() {
     assert!(queued.median_step_ms > 0.0 && queued.min_step_ms == queued.median_step_ms, "{queued:?}");
 }
 
-/// Graph steps: after one capture per batch buffer (untimed), each timed step costs the host two
-/// launches (the step's values and the graph), whichever of the two buffers it reads.
+/// Graph steps: after one capture per batch buffer (the last two warm-up steps, untimed), each
+/// timed step costs the host two launches (the step's values and the graph), whichever of the
+/// two buffers it reads.
 #[test]
 fn graph_steps_cost_the_host_two_launches_each() {
     let dev = Device::emu();
     let cfg = TrainBenchConfig {
+        warmup: 2,
         steps: 3,
         queued: true,
         graph: true,
@@ -107,6 +109,36 @@ fn graph_steps_cost_the_host_two_launches_each() {
     assert!(r.graph && r.queued);
     assert_eq!(r.launches_per_step, 2.0, "{r:?}");
     assert!(r.last_loss.is_finite() && r.skipped_steps == 0, "{r:?}");
+}
+
+/// One by one, queued and replayed from a graph, the same warm-up and timed steps train the same
+/// model: the same first and last loss, bit for bit, whether the graph's captures fall in the
+/// warm-up or in the timed steps, and a real first loss even with no warm-up to read it (the
+/// graph's captures were two extra training steps, and queued steps without a warm-up reported
+/// a NaN first loss).
+#[test]
+fn every_mode_reports_the_losses_of_the_same_steps() {
+    let dev = Device::emu();
+    for (warmup, steps) in [(0, 1), (0, 3), (1, 2), (3, 2)] {
+        let cfg = TrainBenchConfig { warmup, steps, ..TrainBenchConfig::for_device(&dev, Arch::A, Some(2)) };
+        let plain = run(&dev, &cfg).unwrap();
+        assert!(plain.first_loss.is_finite() && plain.last_loss.is_finite(), "{plain:?}");
+        let queued = run(&dev, &TrainBenchConfig { queued: true, ..cfg.clone() }).unwrap();
+        let graph = run(&dev, &TrainBenchConfig { graph: true, ..cfg }).unwrap();
+        for (mode, r) in [("queued", &queued), ("graph", &graph)] {
+            let losses = |r: &vgg_cuda::bench::train::TrainBenchRow| (r.first_loss.to_bits(), r.last_loss.to_bits());
+            assert_eq!(
+                losses(r),
+                losses(&plain),
+                "warmup {warmup} steps {steps}, {mode}: {} -> {} vs one by one {} -> {}",
+                r.first_loss,
+                r.last_loss,
+                plain.first_loss,
+                plain.last_loss
+            );
+            assert_eq!(r.skipped_steps, plain.skipped_steps, "{mode}");
+        }
+    }
 }
 
 /// `--profile`: one more step, every launch of it listed once under its phase's label, in the

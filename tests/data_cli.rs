@@ -178,6 +178,41 @@ fn stats_of_a_split_folder_uses_its_train_part() {
     assert!(err.contains("train") && report.contains(s(&split.join("train"))), "{err}\n{report}");
 }
 
+/// A train/val root, as `vgg train --data` reads it, is prepped split by split into OUT/train
+/// and OUT/val, both with the training set's classes (it was prepped as one ImageFolder of two
+/// classes, `train` and `val`, the validation images mixed into the training set); `stats` of OUT
+/// then reads OUT/train, as of the source root. A second prep replaces both; one of a root
+/// with no val/ drops the old OUT/val; an OUT holding anything else is refused.
+#[test]
+fn prep_of_a_split_folder_writes_train_and_val_shards() {
+    let t = TempDir::new("data-cli", "prep-split");
+    let (src, out) = (t.0.join("ds"), t.0.join("sh"));
+    folder(&src.join("train"), &["ant", "bee", "cat"], 3);
+    folder(&src.join("val"), &["ant", "bee"], 2);
+    let (_, stdout) = succeeds(&["prep", s(&src), s(&out), "--shard-size", "4"]);
+    assert!(stdout.contains("prep train: 9 images (0 skipped), 3 classes"), "{stdout}");
+    assert!(stdout.contains("prep val: 4 images (0 skipped), 3 classes"), "{stdout}");
+    let (train, val) = (Shards::open(&out.join("train")).unwrap(), Shards::open(&out.join("val")).unwrap());
+    assert_eq!(train.classes(), ["ant", "bee", "cat"]);
+    assert_eq!(val.classes(), train.classes());
+    assert_eq!((train.len(), val.len()), (9, 4));
+    assert_eq!(names(&out), ["train", "val"]);
+    let (err, _) = succeeds(&["stats", s(&out), "--size", "0"]);
+    assert!(err.contains("has a train/ folder") && err.contains("3 classes"), "{err}");
+
+    succeeds(&["prep", s(&src), s(&out)]);
+    assert_eq!(Shards::open(&out.join("train")).unwrap().index().shards.len(), 1);
+    std::fs::remove_dir_all(src.join("val")).unwrap();
+    succeeds(&["prep", s(&src), s(&out)]);
+    assert_eq!(names(&out), ["train"]);
+
+    let other = t.0.join("other");
+    std::fs::create_dir_all(other.join("notes")).unwrap();
+    let (err, _) = fails(&["prep", s(&src), s(&other)]);
+    assert!(err.contains("not the output of a `vgg prep` of a train/val split"), "{err}");
+    assert_eq!(names(&other), ["notes"]);
+}
+
 #[test]
 fn bench_data_refuses_a_crop_above_the_scale() {
     let syn = ["bench", "data", "--synthetic", "--synthetic-size", "40", "--images", "2", "--workers", "1"];
@@ -231,8 +266,7 @@ fn output_paths_are_checked_before_the_work() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
-/// A skipped image is reported on its own line after the progress line (which rewrites
-/// itself with `\r`), naming its file once.
+/// A skipped image is reported on its own line after the progress lines, naming its file once.
 #[test]
 fn prep_reports_skipped_images_after_its_progress_line() {
     let t = TempDir::new("data-cli", "prep-warn");
@@ -244,6 +278,19 @@ fn prep_reports_skipped_images_after_its_progress_line() {
     let line = err.lines().find(|l| l.contains("broken.jpg")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.starts_with("warning: skipped "), "{line:?}");
     assert_eq!(line.matches("broken.jpg").count(), 1, "{line:?}");
+}
+
+/// Progress into a pipe or log (not a terminal): one line per shard, no carriage returns (they
+/// ran together as "prep: 2/6 imagesprep: 4/6 images").
+#[test]
+fn prep_progress_is_one_line_per_report_when_not_a_terminal() {
+    let t = TempDir::new("data-cli", "prep-progress");
+    let src = t.0.join("src");
+    folder(&src, &["a", "b", "c"], 2);
+    let (err, _) = succeeds(&["prep", s(&src), s(&t.0.join("out")), "--shard-size", "2"]);
+    assert!(!err.contains('\r'), "{err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("prep: ")).collect();
+    assert_eq!(lines, ["prep: 2/6 images", "prep: 4/6 images", "prep: 6/6 images"], "{err:?}");
 }
 
 /// --quality outside JPEG's 1-100 is refused naming the option and that range: as a bare u8,
@@ -265,12 +312,13 @@ fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
 
 /// A prep stopped before its end (killed, power loss) leaves its temporary folder beside OUT,
 /// as large as the shards it wrote, and, when stopped between its two renames, the previous
-/// output moved aside. The next prep into OUT names both (removing them could lose data: a
-/// process id not running here may be a prep in another PID namespace) and leaves a running
-/// process's folders and other names unnamed; nothing is removed.
+/// output moved aside. The next prep into OUT removes the temporary folder of a process that
+/// no longer runs, saying so (it was left there for good), names the moved-aside output
+/// without touching it (it may be the only complete copy), and leaves a running process's
+/// folder, another output's and a link alone.
 #[cfg(target_os = "linux")]
 #[test]
-fn prep_names_what_killed_preps_left_and_removes_nothing() {
+fn prep_removes_what_killed_preps_left_unfinished() {
     let t = TempDir::new("data-cli", "stale-tmp");
     let out_dir = t.0.join("shards");
     // A process id that can never run (above the kernel's maximum), and this test's own.
@@ -280,18 +328,26 @@ fn prep_names_what_killed_preps_left_and_removes_nothing() {
     let old = t.0.join(format!(".shards.old{dead_pid}"));
     let alive = t.0.join(format!(".shards.tmp{}", std::process::id()));
     let other = t.0.join(format!(".other.tmp{dead_pid}"));
-    for d in [&dead, &old, &alive, &other] {
+    let target = t.0.join("kept");
+    for d in [&dead, &old, &alive, &other, &target] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
     }
+    let link = t.0.join(format!(".shards.tmp{}", dead_pid + 1));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
     let (err, _) = succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32"]);
-    let left =
-        |d: &Path| format!("prep: {} was left by an earlier prep (process {dead_pid}, not running here)", d.display());
-    assert!(err.contains(&left(&dead)) && err.contains("holds its unfinished output; remove it yourself"), "{err}");
-    assert!(err.contains(&left(&old)) && err.contains("holds the output before it, moved aside"), "{err}");
-    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other."), "{err}");
-    for d in [&dead, &old, &alive, &other] {
+    let removed = format!(
+        "prep: removed {}, the unfinished output of an earlier prep (process {dead_pid}, no longer running)",
+        dead.display()
+    );
+    assert!(err.contains(&removed), "{err}");
+    assert!(!dead.exists(), "{err}");
+    let named = format!("prep: {} was left by an earlier prep (process {dead_pid}, no longer running)", old.display());
+    assert!(err.contains(&named) && err.contains("restore or remove it yourself"), "{err}");
+    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other.") && !err.contains("kept"), "{err}");
+    for d in [&old, &alive, &other, &target] {
         assert!(d.join("shard-00000.bin").is_file(), "{} was touched; stderr: {err}", d.display());
     }
+    assert!(link.symlink_metadata().is_ok(), "{err}");
     assert_eq!(Shards::open(&out_dir).unwrap().len(), 2);
 }

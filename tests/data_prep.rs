@@ -87,6 +87,19 @@ fn prep_round_trip_is_exact() {
     }
 }
 
+/// The library's single-set prep refuses a train/val root (read as one ImageFolder, its two
+/// splits were the classes), pointing to prep_split, before writing anything.
+#[test]
+fn prep_refuses_a_split_root() {
+    let t = TempDir::new("prep", "split-root");
+    let (src, out) = (t.0.join("src"), t.0.join("out"));
+    write_folder(&src.join("train"));
+    write_folder(&src.join("val"));
+    let err = prep(&src, &out, &cfg(32, 4), |_, _| {}).unwrap_err().to_string();
+    assert!(err.contains("has a train/ folder") && err.contains("prep_split"), "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn prep_of_the_synthetic_set_round_trips() {
     let t = TempDir::new("prep", "synthetic");

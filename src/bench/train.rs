@@ -29,8 +29,8 @@ pub struct TrainBenchConfig {
     /// end, the mean over the timed steps) instead of one by one.
     pub queued: bool,
     /// Queued steps replayed from a captured graph ([`Vgg::train_step_graph`]; implies
-    /// `queued`; one graph per batch buffer, captured in two more untimed steps after the
-    /// warm-up).
+    /// `queued`; one graph per batch buffer, captured by the last two warm-up steps, or with
+    /// fewer than two warm-up steps by the first timed ones, whose time then includes it).
     pub graph: bool,
     /// After the timed steps, one more step (one by one) with each launch timed on its own
     /// ([`StepProfile`]).
@@ -98,8 +98,8 @@ pub struct TrainBenchRow {
     /// Device memory reserved by the process after the steps, minus before the model was
     /// built (cuda only).
     pub reserved_bytes: Option<usize>,
-    /// Loss of the first step (NaN when no step ran one by one: queued with no warm-up) and of
-    /// the last.
+    /// Loss of the first step, warm-up or timed (queued with no warm-up: read by a sync after
+    /// it, inside the timed steps), the same in every mode.
     pub first_loss: f32,
     /// Loss of the last timed step (queued: read back after the final sync).
     pub last_loss: f32,
@@ -148,51 +148,69 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let (mut first_loss, mut last_loss, mut skipped) = (f32::NAN, f32::NAN, 0);
     let mut times = Vec::with_capacity(cfg.steps);
     let mut enqueue = Vec::with_capacity(cfg.steps);
-    let mut launches0 = dev.launches();
     let queued = cfg.queued || cfg.graph;
-    let timed = if queued { 0 } else { cfg.steps };
-    for step in 0..cfg.warmup + timed {
+    // A graph's first step on each batch buffer captures it and then runs it: a training step
+    // like any other, so the captures must be among the warmup + steps counted, or a graph run
+    // trains two steps more than the others and ends at another loss. They are the last two
+    // warm-up steps (read back one by one, as plain warm-up steps are), or, short of those,
+    // the first timed ones.
+    let first_graph_step = if cfg.graph { cfg.warmup.saturating_sub(2) } else { usize::MAX };
+    for step in 0..cfg.warmup {
         let (x, y) = &sets[step % 2];
-        let t = dev.start_timer()?;
-        let s = vgg.train_step(x, y, cfg.lr, step as u64)?;
-        let ms = t.stop_ms()?;
+        let s = if step >= first_graph_step {
+            vgg.train_step_graph(x, y, cfg.lr, step as u64)?;
+            vgg.sync()?.expect("a graph step was queued")
+        } else {
+            vgg.train_step(x, y, cfg.lr, step as u64)?
+        };
         if step == 0 {
             first_loss = s.loss;
         }
         last_loss = s.loss;
         skipped += usize::from(s.skipped);
-        if step >= cfg.warmup {
-            times.push(ms);
+    }
+    let launches0 = dev.launches();
+    let timed = cfg.warmup..cfg.warmup + cfg.steps;
+    if !queued {
+        for step in timed {
+            let (x, y) = &sets[step % 2];
+            let t = dev.start_timer()?;
+            let s = vgg.train_step(x, y, cfg.lr, step as u64)?;
+            times.push(t.stop_ms()?);
             enqueue.push(s.enqueue_ms);
-        } else {
-            launches0 = dev.launches();
+            if step == 0 {
+                first_loss = s.loss;
+            }
+            last_loss = s.loss;
+            skipped += usize::from(s.skipped);
         }
-    }
-    if cfg.graph {
-        // The captures, one per batch buffer, untimed (each runs the step once too).
-        for (x, y) in &sets {
-            vgg.train_step_graph(x, y, cfg.lr, cfg.warmup as u64)?;
-        }
-        vgg.sync()?;
-        launches0 = dev.launches();
-    }
-    if queued {
+    } else {
         let skipped0 = vgg.scaler_state().skipped;
         let t = dev.start_timer()?;
         let host = std::time::Instant::now();
-        for step in cfg.warmup..cfg.warmup + cfg.steps {
+        let mut stats = None;
+        for step in timed {
             let (x, y) = &sets[step % 2];
             if cfg.graph {
                 vgg.train_step_graph(x, y, cfg.lr, step as u64)?;
             } else {
                 vgg.train_step_queued(x, y, cfg.lr, step as u64)?;
             }
+            if step == 0 {
+                // No warm-up step read the first loss, and the next step overwrites it on the
+                // device: one read inside the timed steps, only without a warm-up.
+                stats = vgg.sync()?;
+                first_loss = stats.as_ref().expect("a step was queued").loss;
+            }
         }
         let queued_ms = host.elapsed().as_secs_f64() * 1e3;
-        let s = vgg.sync()?.expect("steps were queued");
+        // None when the only step was read above already.
+        if let Some(s) = vgg.sync()? {
+            stats = Some(s);
+        }
         times.push(t.stop_ms()? / cfg.steps as f64);
         enqueue.push(queued_ms / cfg.steps as f64);
-        last_loss = s.loss;
+        last_loss = stats.expect("steps were queued").loss;
         skipped += (vgg.scaler_state().skipped - skipped0) as usize;
     }
     let launches_per_step = (dev.launches() - launches0) as f64 / cfg.steps as f64;

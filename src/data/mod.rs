@@ -31,7 +31,7 @@ use std::path::PathBuf;
 
 pub use folder::{decode_rgb, ImageFolder, MemoryDataset, IMG_EXTENSIONS};
 pub use loader::{Epoch, EpochSummary, HostBatch, Loader, LoaderConfig};
-pub use shards::{open_dir, open_dir_with_classes, Shards};
+pub use shards::{open_dir, open_dir_with_classes, split_dirs, Shards};
 pub use stats::{DatasetStats, Pca};
 pub use synthetic::Synthetic;
 pub use transform::{Plan, Scale, StageTimes, TestTransform, TrainTransform, Transform, Worker};

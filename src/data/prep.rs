@@ -2,6 +2,9 @@
 //! shard files ([`super::Shards`]), so that training reads pixels instead of decoding
 //! JPEGs and resizing them from full size.
 //!
+//! A dataset root split into `train/` and `val/` (the layout `vgg train --data` reads) is
+//! prepped split by split into `OUT/train` and `OUT/val` ([`prep_split`]).
+//!
 //! Each image is decoded, rescaled (antialiased bilinear, [`super::resize`]) so that its
 //! shorter side is `max_side` (never upscaled; the default 512 is Smax of scale jittering,
 //! so every later rescale to S in 256..=512 is still a downscale or identity) and stored
@@ -10,10 +13,10 @@
 //! its shards and `index.json` are all written is it renamed to the output, and a previous
 //! output is removed after that. A failed or killed prep leaves the previous output whole,
 //! and a directory with an `index.json` is always complete; the next prep into the same
-//! output names what a killed prep left beside it (its temporary folder, a previous output
-//! moved aside) and removes none of it (on Linux, where it can tell that the process that
-//! wrote it is not running here). An output that is not empty and
-//! not a previous prep output (no `index.json`), or that overlaps the source, is refused.
+//! output removes the temporary folders of killed preps (whose process is no longer running)
+//! and names a previous output one left moved aside, for the user to restore or remove. An
+//! output that is not empty and not a previous prep output (no `index.json`), or that
+//! overlaps the source, is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +26,7 @@ use serde::Serialize;
 
 use super::resize::{rescaled_size, resize};
 use super::shards::{ShardEntry, ShardIndex, INDEX_NAME, RECORD_HEADER, SHARD_HEADER, SHARD_MAGIC, SHARD_VERSION};
-use super::{DataError, Dataset, ImageFolder};
+use super::{split_dirs, DataError, Dataset, ImageFolder};
 
 /// Settings of `vgg prep`.
 #[derive(Clone, Debug)]
@@ -123,6 +126,23 @@ fn resolved(p: &Path) -> std::io::Result<PathBuf> {
     Ok(out)
 }
 
+/// An error unless the output `out` (resolved: `abs`) and the source `src` are apart: neither
+/// the same folder nor one inside the other.
+fn check_overlap(out: &Path, abs: &Path, src: &Path) -> Result<(), DataError> {
+    let err = |reason: String| Err(DataError::Io { path: out.into(), reason });
+    let src_abs = resolved(src).map_err(|e| DataError::Io { path: src.into(), reason: e.to_string() })?;
+    if abs == src_abs {
+        return err("is the source folder: prep would write into its own input".into());
+    }
+    if abs.starts_with(&src_abs) {
+        return err(format!("is inside the source folder {}: prep would write into its own input", src.display()));
+    }
+    if src_abs.starts_with(abs) {
+        return err(format!("holds the source folder {}: replacing it would delete the source", src.display()));
+    }
+    Ok(())
+}
+
 /// The output folder of one prep: checked before any work, written as a temporary
 /// sibling, swapped in by [`Target::commit`]. Dropping it uncommitted removes the
 /// temporary folder, so a failed prep leaves nothing behind.
@@ -146,22 +166,7 @@ impl Target {
         }
         let abs = resolved(out).map_err(|e| err(e.to_string()))?;
         if let Some(src) = src {
-            let src_abs = resolved(src).map_err(|e| DataError::Io { path: src.into(), reason: e.to_string() })?;
-            if abs == src_abs {
-                return Err(err("is the source folder: prep would write into its own input".into()));
-            }
-            if abs.starts_with(&src_abs) {
-                return Err(err(format!(
-                    "is inside the source folder {}: prep would write into its own input",
-                    src.display()
-                )));
-            }
-            if src_abs.starts_with(&abs) {
-                return Err(err(format!(
-                    "holds the source folder {}: replacing it would delete the source",
-                    src.display()
-                )));
-            }
+            check_overlap(out, &abs, src)?;
         }
         if out.is_dir() && !super::Shards::is_shard_dir(out) {
             let mut entries = std::fs::read_dir(out).map_err(|e| err(format!("cannot be read: {e}")))?;
@@ -176,7 +181,7 @@ impl Target {
             return Err(err("is not a folder that can be replaced".into()));
         };
         crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
-        report_leftovers(&abs);
+        tidy_leftovers(&abs);
         let tmp = crate::atomic::temp_path(&abs);
         if tmp.exists() {
             // Left by a killed run whose process id this one reuses.
@@ -216,17 +221,14 @@ impl Target {
     }
 }
 
-/// Names, on stderr, what earlier preps into `abs` that did not finish left beside it: their
-/// temporary folders (`.OUT.tmpPID`, as large as the shards they had written, which nothing
-/// else would ever point out) and a previous output they had moved aside (`.OUT.oldPID`, left
-/// when a prep is stopped between its two renames: then possibly the only complete copy).
-/// Nothing is removed: a process id that is not running here does not prove that the prep has
-/// ended (another PID namespace or host may share the folder), so the user decides. Linux only
-/// (running processes from /proc); a running process's folders are not named.
-fn report_leftovers(abs: &Path) {
-    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
-        return;
-    }
+/// Tidies what earlier preps into `abs` that did not finish left beside it, saying so on
+/// stderr. Their temporary folders (`.OUT.tmpPID`, as large as the shards they had written,
+/// which nothing else would ever clean up) are removed once their writer is gone; a previous
+/// output they had moved aside (`.OUT.oldPID`, left when a prep is stopped between its two
+/// renames: then possibly the only complete copy) is only named, for the user to restore or
+/// remove. A folder whose process is still running (another prep into the same output) is
+/// left alone, and only folders count (the entry's own type: a link is not followed).
+fn tidy_leftovers(abs: &Path) {
     let Some(Ok(entries)) = abs.parent().map(std::fs::read_dir) else {
         return;
     };
@@ -234,26 +236,50 @@ fn report_leftovers(abs: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let old = name.strip_prefix(&old_prefix).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        let (pid, what) = match (crate::atomic::temp_pid(abs, &name), old.and_then(|p| p.parse::<u32>().ok())) {
-            (Some(pid), _) => (pid, "its unfinished output; remove it yourself"),
-            (None, Some(pid)) => (
-                pid,
-                "the output before it, moved aside (it may be the only complete copy); restore or remove it yourself",
-            ),
+        let (pid, temporary) = match (crate::atomic::temp_pid(abs, &name), old.and_then(|p| p.parse::<u32>().ok())) {
+            (Some(pid), _) => (pid, true),
+            (None, Some(pid)) => (pid, false),
             _ => continue,
         };
-        // Our own (a reused process id) is replaced by Target::new; only folders are prep's
-        // (the entry's own type: a link is not followed).
+        // Our own (a reused process id) is replaced by Target::new.
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() || !is_dir {
+        if pid == std::process::id() || !is_dir || process_alive(pid) {
             continue;
         }
-        eprintln!(
-            "prep: {} was left by an earlier prep (process {pid}, not running here) that did not finish and \
-             holds {what}",
-            e.path().display()
-        );
+        let path = e.path();
+        if !temporary {
+            eprintln!(
+                "prep: {} was left by an earlier prep (process {pid}, no longer running) that did not finish and \
+                 holds the output before it, moved aside (it may be the only complete copy); restore or remove it \
+                 yourself",
+                path.display()
+            );
+        } else if let Err(err) = std::fs::remove_dir_all(&path) {
+            eprintln!(
+                "prep: {} was left unfinished by an earlier prep (process {pid}, no longer running) and could not \
+                 be removed: {err}",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "prep: removed {}, the unfinished output of an earlier prep (process {pid}, no longer running)",
+                path.display()
+            );
+        }
     }
+}
+
+/// Whether process `pid` exists (signal 0 checks without sending anything; a process of
+/// another user answers EPERM, which still means it exists). An id that is no process's
+/// (0, or above what a pid_t holds) counts as running, so that nothing is removed for it.
+fn process_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else { return true };
+    if p <= 0 {
+        return true;
+    }
+    // SAFETY: kill with signal 0 sends no signal; it only looks the process up.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl Drop for Target {
@@ -276,9 +302,121 @@ pub fn prep(
 ) -> Result<PrepReport, DataError> {
     // Settings and the output before scanning a large folder.
     check_config(cfg)?;
+    if split_dirs(src).is_some() {
+        // Read as one ImageFolder, its splits would become two classes, validation images
+        // mixed into the training set.
+        return Err(DataError::Layout {
+            path: src.into(),
+            reason: "has a train/ folder: a dataset split into train/ (and val/), not one ImageFolder whose \
+                     classes are its splits; prep it with prep_split, which writes OUT/train and OUT/val"
+                .into(),
+        });
+    }
     let target = Target::new(out, Some(src))?;
     let ds = ImageFolder::open(src)?;
     write_shards(&ds, Some(src), target, cfg, progress)
+}
+
+/// What [`prep_split`] wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct SplitPrepReport {
+    /// `OUT/train`.
+    pub train: PrepReport,
+    /// `OUT/val`, when the source has a `val/` folder.
+    pub val: Option<PrepReport>,
+}
+
+/// Preps a dataset root split into `src/train` and, when there is one, `src/val` (the layout
+/// of [`super::split_dirs`], which `vgg train --data` reads) into `out/train` and `out/val`, so
+/// that `vgg train --data OUT` finds both as it would in `src`. The validation set is labelled
+/// by the training set's classes (a class may have no folder there), so that both indices list
+/// the same classes. Each split is written and swapped in as [`prep`] does, the training set's
+/// only once both are complete; a previous split output is replaced (its `val/` removed when
+/// `src` has none). `out` must be new, empty or such an output; `progress` gets the split's name
+/// (`train`, `val`) first.
+pub fn prep_split(
+    src: &Path,
+    out: &Path,
+    cfg: &PrepConfig,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<SplitPrepReport, DataError> {
+    check_config(cfg)?;
+    let Some((tr, va)) = split_dirs(src) else {
+        return Err(DataError::Layout {
+            path: src.into(),
+            reason: "no train/ folder: not a dataset split into train/ and val/ (prep it with prep)".into(),
+        });
+    };
+    check_split_out(src, out)?;
+    let existed = out.exists();
+    let done = (|| {
+        let t_train = Target::new(&out.join("train"), Some(src))?;
+        let t_val = va.as_ref().map(|_| Target::new(&out.join("val"), Some(src))).transpose()?;
+        let train = ImageFolder::open(&tr)?;
+        let val = va.as_ref().map(|v| ImageFolder::open_with_classes(v, train.classes())).transpose()?;
+        let train_rep = fill(&train, Some(&tr), &t_train.tmp, cfg, |d, n| progress("train", d, n))?;
+        let val_rep = match (&val, &t_val, &va) {
+            (Some(ds), Some(t), Some(root)) => Some(fill(ds, Some(root), &t.tmp, cfg, |d, n| progress("val", d, n))?),
+            _ => None,
+        };
+        t_train.commit()?;
+        match t_val {
+            Some(t) => t.commit()?,
+            None => {
+                // A previous split output's validation set, of another training set now.
+                let stale = out.join("val");
+                if super::Shards::is_shard_dir(&stale) {
+                    std::fs::remove_dir_all(&stale)
+                        .map_err(|e| DataError::Io { path: stale.clone(), reason: e.to_string() })?;
+                    eprintln!(
+                        "prep: removed {}, the previous prep's validation set ({} has no val/ folder)",
+                        stale.display(),
+                        src.display()
+                    );
+                }
+            }
+        }
+        Ok(SplitPrepReport { train: train_rep, val: val_rep })
+    })();
+    if done.is_err() && !existed {
+        let _ = std::fs::remove_dir(out); // only when still empty
+    }
+    done
+}
+
+/// Checks the output of [`prep_split`] before any work: a folder apart from `src` that is new,
+/// empty, or holds only what a previous split prep wrote (`train/` and `val/` shard
+/// directories, and their hidden temporary or moved-aside folders).
+fn check_split_out(src: &Path, out: &Path) -> Result<(), DataError> {
+    let err = |reason: String| DataError::Io { path: out.into(), reason };
+    if out.exists() && !out.is_dir() {
+        return Err(err("is a file, not a folder".into()));
+    }
+    if super::Shards::is_shard_dir(out) {
+        return Err(err(format!(
+            "holds one shard set ({INDEX_NAME}), not the train/ and val/ of a split: give a new or an empty folder"
+        )));
+    }
+    let abs = resolved(out).map_err(|e| err(e.to_string()))?;
+    check_overlap(out, &abs, src)?;
+    if !out.is_dir() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(out).map_err(|e| err(format!("cannot be read: {e}")))? {
+        let e = e.map_err(|e| err(format!("cannot be read: {e}")))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = match name.as_str() {
+            "train" | "val" => super::Shards::is_shard_dir(&e.path()),
+            _ => name.starts_with(".train.") || name.starts_with(".val."),
+        };
+        if !ours {
+            return Err(err(format!(
+                "not empty and not the output of a `vgg prep` of a train/val split ({name} is not its train/ or \
+                 val/ shards): refusing to replace it; give a new or an empty folder"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_config(cfg: &PrepConfig) -> Result<(), DataError> {
@@ -314,10 +452,22 @@ fn write_shards(
     root: Option<&Path>,
     target: Target,
     cfg: &PrepConfig,
+    progress: impl FnMut(usize, usize),
+) -> Result<PrepReport, DataError> {
+    let rep = fill(ds, root, &target.tmp, cfg, progress)?;
+    target.commit()?;
+    Ok(rep)
+}
+
+/// The shards and index of `ds` written into the folder `out` (a [`Target`]'s temporary one).
+fn fill(
+    ds: &dyn Dataset,
+    root: Option<&Path>,
+    out: &Path,
+    cfg: &PrepConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PrepReport, DataError> {
     let t0 = std::time::Instant::now();
-    let out = target.tmp.clone();
     let ipath = out.join(INDEX_NAME);
     let rel = |i: usize| {
         let name = ds.describe(i);
@@ -396,7 +546,6 @@ fn write_shards(
     index.validate(&ipath)?;
     let json = serde_json::to_vec(&index).map_err(|e| DataError::Config(format!("index JSON: {e}")))?;
     write_atomic(&ipath, &[&json])?;
-    target.commit()?;
     Ok(PrepReport {
         images: index.images,
         skipped: index.skipped,

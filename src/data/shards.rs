@@ -215,6 +215,19 @@ impl Dataset for Shards {
     }
 }
 
+/// The training folder and, when there is one, the validation folder of a split dataset root:
+/// `dir/train` and `dir/val`, the layout `vgg train --data DIR` reads (each an ImageFolder or a
+/// shard directory). `None` when `dir` is itself one dataset: a shard directory, or a folder
+/// with no `train/` sub-folder. Every command that takes such a root decides by this, so that
+/// none reads its splits as two classes.
+pub fn split_dirs(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let (train, val) = (dir.join("train"), dir.join("val"));
+    if Shards::is_shard_dir(dir) || !train.is_dir() {
+        return None;
+    }
+    Some((train, val.is_dir().then_some(val)))
+}
+
 /// A shard directory (detected by its `index.json`) or an ImageFolder.
 pub fn open_dir(dir: &Path) -> Result<Arc<dyn Dataset>, DataError> {
     if Shards::is_shard_dir(dir) {

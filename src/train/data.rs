@@ -4,8 +4,8 @@
 
 use super::TrainArgs;
 use crate::data::{
-    open_dir, open_dir_with_classes, Dataset, DatasetStats, HostBatch, Loader, Pca, Scale, Synthetic, TestTransform,
-    TrainTransform, Transform,
+    open_dir, open_dir_with_classes, split_dirs, Dataset, DatasetStats, HostBatch, Loader, Pca, Scale, Synthetic,
+    TestTransform, TrainTransform, Transform,
 };
 use crate::model::Vgg;
 use crate::reference::InputNorm;
@@ -101,14 +101,14 @@ fn datasets(a: &TrainArgs) -> Result<Datasets> {
     }
     crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
-    let (tr, va) = (dir.join("train"), dir.join("val"));
     // Each of these may be an ImageFolder or a `vgg prep` shard directory (with index.json).
-    if tr.is_dir() {
-        let train = open_dir(&tr)?;
-        let val = if va.is_dir() { Some(open_dir_with_classes(&va, train.classes())?) } else { None };
-        Ok((train, val))
-    } else {
-        Ok((open_dir(&dir)?, None))
+    match split_dirs(&dir) {
+        Some((tr, va)) => {
+            let train = open_dir(&tr)?;
+            let val = va.map(|va| open_dir_with_classes(&va, train.classes())).transpose()?;
+            Ok((train, val))
+        }
+        None => Ok((open_dir(&dir)?, None)),
     }
 }
 

@@ -35,7 +35,8 @@ pub(crate) struct BenchTrainArgs {
     queued: bool,
     /// As --queued, each step replayed from one captured graph (a CUDA graph on cuda): 2
     /// launches a step instead of ~110 for VGG-16. Pays where the GPU would wait for the host's
-    /// launches: small inputs and batches.
+    /// launches: small inputs and batches. The two captures (one per batch buffer) are the
+    /// last two warm-up steps; with --warmup under 2, the first timed steps include them.
     #[arg(long)]
     graph: bool,
     /// After the timed steps, profile one more step launch by launch (device events around

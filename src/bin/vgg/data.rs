@@ -28,14 +28,12 @@ impl DataSourceArgs {
     fn open(&self, n: usize) -> Result<(std::sync::Arc<dyn vgg_cuda::data::Dataset>, String)> {
         use vgg_cuda::data::{Dataset, ImageFolder, MemoryDataset, Synthetic};
         // A split folder (train/, maybe val/) means its training set, as for `vgg train`.
-        let dir = self.dir.as_ref().map(|d| {
-            let train = d.join("train");
-            if !self.synthetic && !vgg_cuda::data::Shards::is_shard_dir(d) && train.is_dir() {
+        let dir = self.dir.as_ref().map(|d| match vgg_cuda::data::split_dirs(d) {
+            Some((train, _)) if !self.synthetic => {
                 eprintln!("{} has a train/ folder: using {} (as `vgg train` does)", d.display(), train.display());
                 train
-            } else {
-                d.clone()
             }
+            _ => d.clone(),
         });
         match (&dir, self.synthetic) {
             (Some(_), true) => bail!("give either DIR or --synthetic, not both"),
@@ -76,7 +74,9 @@ impl DataSourceArgs {
 
 #[derive(clap::Args)]
 pub(crate) struct PrepArgs {
-    /// The source ImageFolder, or `synthetic` for the built-in generated set (benchmarks).
+    /// The source ImageFolder; a folder with train/ (and val/) ImageFolders, prepped into
+    /// OUT/train and OUT/val (which `vgg train --data OUT` reads); or `synthetic` for the
+    /// built-in generated set (benchmarks).
     src: std::path::PathBuf,
     /// With `synthetic`: how many images.
     #[arg(long, default_value_t = 2048)]
@@ -103,42 +103,67 @@ pub(crate) struct PrepArgs {
 }
 
 pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
-    use vgg_cuda::data::prep::{prep, PrepConfig};
+    use vgg_cuda::data::prep::{prep, prep_split, PrepConfig};
     let cfg = PrepConfig { max_side: a.max_side, shard_size: a.shard_size, quality: a.quality, strict: a.strict };
-    // The progress line is rewritten in place: end it before anything else is printed.
+    // On a terminal the progress line is rewritten in place (and ended before anything else is
+    // printed); in a log or pipe a carriage return rewrites nothing and the reports ran together
+    // on one line, so there each is a line of its own.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let shown = std::cell::Cell::new(false);
-    let progress = |done, all| {
-        eprint!("\rprep: {done}/{all} images");
-        shown.set(true);
+    let split_shown = std::cell::RefCell::new(String::new());
+    let progress = |split: &str, done, all| {
+        let what = if split.is_empty() { String::new() } else { format!(" {split}") };
+        if tty {
+            // A new split starts a line of its own.
+            if shown.get() && *split_shown.borrow() != split {
+                eprintln!();
+            }
+            split_shown.replace(split.to_string());
+            eprint!("\rprep{what}: {done}/{all} images");
+            shown.set(true);
+        } else {
+            eprintln!("prep{what}: {done}/{all} images");
+        }
     };
-    let rep = if a.src.as_os_str() == "synthetic" {
+    // (split name, report, its folder) of each shard set written.
+    let reps = if a.src.as_os_str() == "synthetic" {
         if a.images == 0 || a.synthetic_size == 0 {
             bail!("--images and --synthetic-size must be at least 1");
         }
         vgg_cuda::data::check_side("--synthetic-size", a.synthetic_size)?;
         let ds = vgg_cuda::data::Synthetic::new(10, a.synthetic_size, a.images, 0);
-        vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, progress)
+        vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, |d, n| progress("", d, n))
+            .map(|r| vec![("", r, a.out.clone())])
+    } else if vgg_cuda::data::split_dirs(&a.src).is_some() {
+        // A train/ (and val/) root, as `vgg train --data` reads it: one shard set per split.
+        prep_split(&a.src, &a.out, &cfg, progress).map(|r| {
+            let mut v = vec![("train", r.train, a.out.join("train"))];
+            v.extend(r.val.map(|val| ("val", val, a.out.join("val"))));
+            v
+        })
     } else {
-        prep(&a.src, &a.out, &cfg, progress)
+        prep(&a.src, &a.out, &cfg, |d, n| progress("", d, n)).map(|r| vec![("", r, a.out.clone())])
     };
     if shown.get() {
         eprintln!();
     }
-    let rep = rep?;
-    for f in &rep.failures {
-        eprintln!("warning: skipped {f}");
+    for (split, rep, dir) in reps? {
+        for f in &rep.failures {
+            eprintln!("warning: skipped {f}");
+        }
+        let what = if split.is_empty() { String::new() } else { format!(" {split}") };
+        println!(
+            "prep{what}: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
+            rep.images,
+            rep.skipped,
+            rep.classes,
+            rep.shards,
+            dir.display(),
+            rep.bytes as f64 / (1 << 20) as f64,
+            rep.bytes as f64 / 1024.0 / rep.images.max(1) as f64,
+            rep.seconds
+        );
     }
-    println!(
-        "prep: {} images ({} skipped), {} classes -> {} shards in {}, {:.1} MiB ({:.0} KiB/image), {:.1} s",
-        rep.images,
-        rep.skipped,
-        rep.classes,
-        rep.shards,
-        a.out.display(),
-        rep.bytes as f64 / (1 << 20) as f64,
-        rep.bytes as f64 / 1024.0 / rep.images.max(1) as f64,
-        rep.seconds
-    );
     Ok(())
 }
 
