@@ -412,3 +412,53 @@ fn weights_of_no_vgg_are_refused_as_such() {
         }
     }
 }
+
+/// A run holds its --checkpoint-dir until it ends: a second run into the folder meanwhile (a
+/// new one, which found no checkpoint yet to refuse, or a resume) is refused naming the folder
+/// and the holder's pid, instead of both running and the later one's files replacing the
+/// earlier one's. The lock goes when the run ends, on an error too; one left by a run that was
+/// killed is taken over with a notice.
+#[test]
+fn a_checkpoint_folder_in_use_by_another_run_is_refused() {
+    use vgg_cuda::train::lock::{RunLock, LOCK_FILE};
+    let t = TempDir::new("train-cli", "locked");
+    let ck = t.0.join("ck");
+    run(&tiny(|a| a.checkpoint_dir = Some(ck.clone()))).unwrap();
+    let lock_file = ck.join(LOCK_FILE);
+    assert!(!lock_file.exists(), "the run left its lock");
+    let cli = |dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["train", "--device", "emu", "--quiet", "--synthetic-len", "16", "--batch", "4"];
+        args.extend(["--workers", "0", "--checkpoint-dir", dir.to_str().unwrap()]);
+        args.extend(extra);
+        let out = vgg(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // This process stands for the other run: a resume and a new run into a fresh folder.
+    let fresh = t.0.join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let before = std::fs::read(ck.join("last.safetensors")).unwrap();
+    for (dir, extra) in [(&ck, &["--resume", "--steps", "4"][..]), (&fresh, &["--steps", "2"])] {
+        let held = RunLock::acquire(dir).unwrap();
+        let (ok, err) = cli(dir, extra);
+        let want =
+            format!("{}: another run (pid {}) is using this checkpoint folder", dir.display(), std::process::id());
+        assert!(!ok && err.contains(&want), "{extra:?}: {err}");
+        // In this process too (the lock is the open file's, not the process's).
+        let e = error_of(tiny(|a| (a.checkpoint_dir, a.steps) = (Some(dir.to_path_buf()), Some(4))));
+        assert!(e.contains("is using this checkpoint folder"), "{e}");
+        drop(held);
+        assert!(!dir.join(LOCK_FILE).exists());
+    }
+    assert_eq!(std::fs::read(ck.join("last.safetensors")).unwrap(), before, "a refused run wrote");
+    assert!(std::fs::read_dir(&fresh).unwrap().next().is_none(), "a refused run wrote into the fresh folder");
+    // A run refused after taking the lock frees it.
+    let (ok, err) = cli(&ck, &["--resume", "--steps", "4", "--seed", "9"]);
+    assert!(!ok && err.contains("--seed 9") && !lock_file.exists(), "{err}");
+    // A lock left by a run that ended without removing it (the pid of a process that has exited).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&lock_file, format!("{}\n", gone.id())).unwrap();
+    let (ok, err) = cli(&ck, &["--resume", "--steps", "4"]);
+    assert!(ok && err.contains(&format!("taking over the lock of run pid {}", gone.id())), "{err}");
+    assert!(!lock_file.exists());
+}

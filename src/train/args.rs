@@ -139,7 +139,8 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
     /// `best.safetensors` (the same checkpoint) after each epoch whose validation beats every
-    /// earlier epoch's, and the plots `loss.png` and `accuracy.png`.
+    /// earlier epoch's, and the plots `loss.png` and `accuracy.png`. A run holds the folder
+    /// (`.vgg-train.lock`, naming its pid) until it ends: another run into it meanwhile is refused.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Also write `last.safetensors` every N steps (needs --checkpoint-dir).

@@ -12,6 +12,7 @@
 mod args;
 pub mod checkpoint;
 pub mod data;
+pub mod lock;
 pub mod plot;
 pub mod pre_init;
 mod schedule;
@@ -65,8 +66,9 @@ impl Metrics {
 /// checkpoint or metrics (--resume continues them), a run resumed from another file does not
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training. Returns the checkpoint to
-/// resume from, if any (the one place that resolves a bare --resume).
-fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> {
+/// resume from, if any (the one place that resolves a bare --resume), and the lock on
+/// --checkpoint-dir that the run holds until it ends.
+fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>, Option<lock::RunLock>)> {
     let best = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
     // A bare --resume continues --checkpoint-dir's own checkpoint, which must be there.
     let resume = match a.resume.as_deref() {
@@ -77,6 +79,15 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> 
             Some(p) => Some(p.to_path_buf()),
         },
         Some(r) => Some(PathBuf::from(r)),
+    };
+    // Locked before the folder's files are looked at: a run started while another was still
+    // before its first checkpoint found nothing to refuse, and replaced that run's files.
+    let held = match (ckpt, &a.checkpoint_dir) {
+        (Some(p), Some(dir)) => {
+            crate::atomic::check_writable(p).context("the checkpoint")?;
+            Some(lock::RunLock::acquire(dir)?)
+        }
+        _ => None,
     };
     if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
         // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
@@ -108,7 +119,7 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> 
         }
         crate::atomic::check_writable(p).with_context(|| format!("the {what}"))?;
     }
-    Ok(resume)
+    Ok((resume, held))
 }
 
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
@@ -139,7 +150,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let arch = checked.arch;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     let best_path = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
-    let resume_from = outputs_first(a, ckpt_path.as_deref())?;
+    // Held to the end of the run, an error's included (dropping it frees the folder).
+    let (resume_from, _lock) = outputs_first(a, ckpt_path.as_deref())?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
