@@ -462,3 +462,67 @@ fn a_checkpoint_folder_in_use_by_another_run_is_refused() {
     assert!(ok && err.contains(&format!("taking over the lock of run pid {}", gone.id())), "{err}");
     assert!(!lock_file.exists());
 }
+
+/// A resume that changes an option shaping the run is refused naming the option, the run's
+/// value and the given one, as --seed and --batch are: --momentum and --wd were applied without
+/// a word, and another --synthetic-len trained on another data set. --lr may change: the
+/// schedule's rates are scaled by new / old from the checkpoint on, and stderr says so (it was
+/// ignored without a word under the plateau schedule).
+#[test]
+fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
+    let t = TempDir::new("train-cli", "settings");
+    let ck = t.0.join("ck");
+    run(&tiny(|a| a.checkpoint_dir = Some(ck.clone()))).unwrap();
+    let resume = |f: &dyn Fn(&mut TrainArgs)| {
+        tiny(|a| {
+            (a.checkpoint_dir, a.resume, a.steps) = (Some(ck.clone()), Some(String::new()), Some(3));
+            f(a)
+        })
+    };
+    let before = std::fs::read(ck.join("last.safetensors")).unwrap();
+    for (f, want) in [
+        (
+            Box::new(|a: &mut TrainArgs| a.momentum = 0.0) as Box<dyn Fn(&mut TrainArgs)>,
+            "--momentum 0.9, this run has --momentum 0",
+        ),
+        (Box::new(|a| a.wd = 0.1), "--wd 0.0005, this run has --wd 0.1"),
+        (Box::new(|a| a.bias_decay = true), "written by a run without --bias-decay, this run is with --bias-decay"),
+        (Box::new(|a| a.synthetic_len = 32), "--synthetic-len 16, this run has --synthetic-len 32"),
+        (Box::new(|a| a.schedule = "cosine".into()), "--schedule plateau, this run has --schedule cosine"),
+        (Box::new(|a| a.init = "glorot".into()), "--init he, this run has --init glorot"),
+        (Box::new(|a| a.loss_scale = 64.0), "--loss-scale 1024, this run has --loss-scale 64"),
+        (Box::new(|a| a.scale = Some("40".into())), "--scale 32, this run has --scale 40"),
+        (Box::new(|a| a.color_shift = Some(0.1)), "--color-shift 0, this run has --color-shift 0.1"),
+        (Box::new(|a| a.test_scale = Some(40)), "--test-scale 32, this run has --test-scale 40"),
+    ] {
+        let e = error_of(resume(&*f));
+        assert!(e.contains("last.safetensors: written by a run with") || e.contains("--bias-decay"), "{want}: {e}");
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert_eq!(std::fs::read(ck.join("last.safetensors")).unwrap(), before, "a refused resume wrote");
+    // The same schedule spelled otherwise is the run's.
+    run(&resume(&|a| a.schedule = "plateau:1".into())).unwrap();
+    let out = vgg(&[
+        "train",
+        "--device",
+        "emu",
+        "--quiet",
+        "--synthetic-len",
+        "16",
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "--steps",
+        "4",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--resume",
+        "--lr",
+        "0.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("note: --lr 0.5 replaces the run's base rate 0.02"), "{err}");
+    let st = vgg_cuda::train::checkpoint::load(&ck.join("last.safetensors")).unwrap().state.unwrap();
+    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == 0.5, "{st:?}");
+}

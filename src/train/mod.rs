@@ -122,6 +122,74 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
     Ok((resume, held))
 }
 
+/// A resume's settings against those its checkpoint recorded (`state.settings`, and Q in
+/// `state.test_scale`; `now` holds this run's Q). Every option that shapes the run must be
+/// the run's own, refused otherwise as --seed and --batch are: the data and their
+/// augmentation (another dataset, another epoch length, other images), the optimizer, the
+/// schedule (its recorded memory belongs to the schedule that wrote it), the validation's Q
+/// (the plateau schedule and the best checkpoint compare its accuracies), the initial loss
+/// scale (the divergence check's reference) and --init (the weights come from the checkpoint,
+/// so another init would be silently ignored). `--lr` alone may change: lowering the rate by
+/// hand is how the paper trained, so another base rate rescales the schedule from here on,
+/// said on stderr; returns the current rate that gives (`None` when unchanged). Options that
+/// give the same steps (device, conv plans, --sync-every, --graph, workers, outputs) are free,
+/// and so are --steps / --epochs, which extend or shorten the run; --data's path is not
+/// compared, as a dataset may move (the classes are, with the model's config).
+fn resume_settings(
+    path: &Path,
+    state: &TrainState,
+    now: &TrainState,
+    settings: &checkpoint::RunSettings,
+) -> Result<Option<f32>> {
+    let differs = |opt: &str, was: String, is: String| -> Result<()> {
+        if was != is {
+            bail!("{}: written by a run with {opt} {was}, this run has {opt} {is}", path.display());
+        }
+        Ok(())
+    };
+    // After --scale, whose Q is --test-scale's default: a new --scale is named as itself.
+    let test_scale = || match (state.test_scale, now.test_scale) {
+        (Some(q), Some(now_q)) => differs("--test-scale", q.to_string(), now_q.to_string()),
+        _ => Ok(()),
+    };
+    let Some(was) = &state.settings else { return test_scale().map(|()| None) };
+    let is = settings;
+    differs("--momentum", was.momentum.to_string(), is.momentum.to_string())?;
+    differs("--wd", was.wd.to_string(), is.wd.to_string())?;
+    if was.bias_decay != is.bias_decay {
+        let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
+        bail!("{}: written by a run {}, this run is {}", path.display(), flag(was.bias_decay), flag(is.bias_decay));
+    }
+    // Compared as parsed: `plateau` and `plateau:1` are one schedule.
+    if LrSchedule::parse(&was.schedule).ok() != LrSchedule::parse(&is.schedule).ok() {
+        differs("--schedule", was.schedule.clone(), is.schedule.clone())?;
+    }
+    if Init::parse(&was.init).ok() != Init::parse(&is.init).ok() {
+        differs("--init", was.init.clone(), is.init.clone())?;
+    }
+    differs("--loss-scale", was.loss_scale.to_string(), is.loss_scale.to_string())?;
+    if let (Some(n), Some(m)) = (was.synthetic_len, is.synthetic_len) {
+        differs("--synthetic-len", n.to_string(), m.to_string())?;
+    }
+    differs("--scale", was.scale.clone(), is.scale.clone())?;
+    differs("--color-shift", was.color_shift.to_string(), is.color_shift.to_string())?;
+    test_scale()?;
+    if was.lr == is.lr {
+        return Ok(None);
+    }
+    // Every schedule's rate is the base rate times a factor (of the epoch, the step, or the
+    // plateau's decays so far): the new base scales the current rate alike.
+    let lr = state.lr * (is.lr / was.lr);
+    eprintln!(
+        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate          scaled by {}, now {lr:e}",
+        is.lr,
+        was.lr,
+        state.step,
+        is.lr / was.lr
+    );
+    Ok(Some(lr))
+}
+
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
 /// reporting "done". Each overflow halves the loss scale; once it is 16x below both 1 and the
 /// initial scale, the scaled gradients overflow at a sixteenth of their true size (or the loss
@@ -221,6 +289,21 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bail!("the training set ({} images) has no full batch of {}{hint}", train_ds.len(), a.batch);
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
+    let settings = checkpoint::RunSettings {
+        lr: a.lr,
+        momentum: a.momentum,
+        wd: a.wd,
+        bias_decay: a.bias_decay,
+        schedule: a.schedule.clone(),
+        init: a.init.clone(),
+        loss_scale: a.loss_scale,
+        synthetic_len: (a.data == "synthetic").then_some(a.synthetic_len),
+        scale: match data.train_tf.scale {
+            crate::data::Scale::Fixed(s) => s.to_string(),
+            crate::data::Scale::Jitter(lo, hi) => format!("{lo}:{hi}"),
+        },
+        color_shift: data.train_tf.color_std,
+    };
     let mut st = TrainState {
         step: 0,
         epoch: 0,
@@ -238,6 +321,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         conv_plans: vec![],
         test_scale: Some(data.test_tf.scale),
         best_top1: None,
+        settings: Some(settings.clone()),
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -285,6 +369,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 flag(a.keep_last)
             );
         }
+        let resumed_lr = resume_settings(path, &state, &st, &settings)?;
         vgg.set_scaler_state(ScalerState {
             scale: state.loss_scale,
             clean_steps: state.scaler_clean_steps,
@@ -293,7 +378,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         // The run's best top-1 is that of a best.safetensors in this run's folder; a resume into
         // another folder (a branch from a checkpoint) starts its own best.
         let best_top1 = state.best_top1.filter(|_| best_path.as_ref().is_some_and(|p| p.is_file()));
-        st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, ..state };
+        st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, settings: st.settings, ..state };
+        st.lr = resumed_lr.unwrap_or(st.lr);
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
