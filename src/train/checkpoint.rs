@@ -80,6 +80,23 @@ pub struct TrainState {
     /// before they were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RunSettings>,
+    /// The epoch's train losses and accuracies read so far, summed, which its line averages: a
+    /// run resumed mid-epoch averages the whole epoch, as the run it continues would have.
+    /// Zero in checkpoints written before they were recorded (the line then averages the
+    /// resumed steps only).
+    #[serde(default)]
+    pub epoch_sums: EpochSums,
+}
+
+/// Running sums of an epoch's train steps whose loss was read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    /// Sum of the losses.
+    pub loss: f64,
+    /// Sum of the top-1 accuracies.
+    pub acc: f64,
+    /// Steps summed.
+    pub steps: u64,
 }
 
 /// A run's settings as [`TrainState::settings`] records them (resolved: a default that depends

@@ -190,6 +190,50 @@ fn resume_settings(
     Ok(Some(lr))
 }
 
+/// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
+/// run: an interrupted run logged steps (and validations) past its last checkpoint, which the
+/// resumed run logs again. Kept: lines before the step, the step's own, and its validation
+/// unless `epoch_end_redone` (a checkpoint saved at an epoch's last step, before its end). A
+/// line that is not ours (no step) stays; a torn last line (the process killed mid-write) goes.
+/// Rewritten whole (a temporary file renamed over it) and only when something goes.
+fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        t => t.with_context(|| format!("reading metrics file {}", path.display()))?,
+    };
+    let (mut kept, mut dropped) = (String::with_capacity(text.len()), 0usize);
+    for line in text.split_inclusive('\n') {
+        let parsed = serde_json::from_str::<serde_json::Value>(line);
+        let keep = match &parsed {
+            Ok(v) => match v["step"].as_u64() {
+                Some(s) => s < step || (s == step && !(epoch_end_redone && v["eval"] == true)),
+                None => true,
+            },
+            Err(_) => line.ends_with('\n'),
+        };
+        if !keep {
+            dropped += 1;
+            continue;
+        }
+        kept.push_str(line);
+        if !line.ends_with('\n') {
+            kept.push('\n');
+        }
+    }
+    if kept != text {
+        crate::atomic::write(path, kept.as_bytes())?;
+    }
+    if dropped > 0 {
+        eprintln!(
+            "note: {}: removed {dropped} line{} past the checkpoint's step {step} (logged by the interrupted run; \
+             this run repeats those steps)",
+            path.display(),
+            if dropped == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
 /// reporting "done". Each overflow halves the loss scale; once it is 16x below both 1 and the
 /// initial scale, the scaled gradients overflow at a sixteenth of their true size (or the loss
@@ -322,6 +366,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         test_scale: Some(data.test_tf.scale),
         best_top1: None,
         settings: Some(settings.clone()),
+        epoch_sums: Default::default(),
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -424,6 +469,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         );
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
+    if let (Some(_), Some(m)) = (&a.resume, &a.metrics) {
+        // An epoch's end that the checkpoint is before (saved at its last step) is redone,
+        // validation and all.
+        cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+    }
     let mut hist = match (&a.resume, &a.metrics) {
         (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
         _ => plot::History::default(),
@@ -490,7 +540,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let t0 = Instant::now();
     let mut imgs = 0usize;
-    let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
+    let first_step = st.step;
     // The checkpoint as last.safetensors, and first as best.safetensors after a validation that
     // beat every earlier one: exported and serialized once, written best first, so that a run
     // killed between the two writes keeps the best weights (a resume repeats the epoch and its
@@ -574,12 +624,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.step += 1;
             st.batch_in_epoch = bi as u64 + 1;
             let ips = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            (win_loss, win_acc, win_n) = (win_loss + s.loss as f64, win_acc + s.acc1() as f64, win_n + 1);
+            let w = &mut st.epoch_sums;
+            (w.loss, w.acc, w.steps) = (w.loss + s.loss as f64, w.acc + s.acc1() as f64, w.steps + 1);
+            let w = st.epoch_sums;
             bar.set_position(st.step);
             bar.set_message(format!(
                 "loss {:.3} acc {:.2} {:.0} img/s lr {:.1e}",
-                win_loss / win_n as f64,
-                win_acc / win_n as f64,
+                w.loss / w.steps as f64,
+                w.acc / w.steps as f64,
                 ips,
                 lr
             ));
@@ -604,11 +656,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         }
         // End of an epoch: validate, adjust the rate, checkpoint.
         // A run resumed at an epoch's end has no steps of it to average (nor a rate to show).
-        let train_line = match win_n {
+        let w = std::mem::take(&mut st.epoch_sums);
+        let train_line = match w.steps {
             0 => "no train steps read in this process".to_string(),
-            n => format!("train loss {:.4} acc {:.3}", win_loss / n as f64, win_acc / n as f64),
+            n => format!("train loss {:.4} acc {:.3}", w.loss / n as f64, w.acc / n as f64),
         };
-        (win_loss, win_acc, win_n) = (0.0, 0.0, 0);
         let val = match &val_loader {
             Some(vl) => Some(validate(&mut vgg, vl)?),
             None => None,
@@ -662,8 +714,12 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     summary.steps = st.step;
     summary.images_per_s = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "done: {} steps in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
-        st.step,
+        "done: {} in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
+        // A resumed run says which of the run's steps it ran: its loss, time and rate are theirs.
+        match first_step {
+            0 => format!("{} steps", st.step),
+            f => format!("steps {}-{} ({} this run)", f + 1, st.step, st.step - f),
+        },
         t0.elapsed().as_secs_f64(),
         dev.name(),
         summary.images_per_s,

@@ -102,6 +102,7 @@ mod tests {
             test_scale: None,
             best_top1: None,
             settings: None,
+            epoch_sums: Default::default(),
         }
     }
 
