@@ -216,6 +216,8 @@ fn scales_above_the_largest_side_are_refused_naming_the_option() {
         conv_plans: vec![],
         test_scale: Some(5000),
         best_top1: None,
+        settings: None,
+        epoch_sums: Default::default(),
     };
     checkpoint::save(&recorded, &l.weights, &[], &cfg, Some(&state)).unwrap();
     let e = err_of(eval::eval(&emu_eval_args(vec![recorded.clone()], "synthetic")));

@@ -412,3 +412,117 @@ fn weights_of_no_vgg_are_refused_as_such() {
         }
     }
 }
+
+/// A run holds its --checkpoint-dir until it ends: a second run into the folder meanwhile (a
+/// new one, which found no checkpoint yet to refuse, or a resume) is refused naming the folder
+/// and the holder's pid, instead of both running and the later one's files replacing the
+/// earlier one's. The lock goes when the run ends, on an error too; one left by a run that was
+/// killed is taken over with a notice.
+#[test]
+fn a_checkpoint_folder_in_use_by_another_run_is_refused() {
+    use vgg_cuda::train::lock::{RunLock, LOCK_FILE};
+    let t = TempDir::new("train-cli", "locked");
+    let ck = t.0.join("ck");
+    run(&tiny(|a| a.checkpoint_dir = Some(ck.clone()))).unwrap();
+    let lock_file = ck.join(LOCK_FILE);
+    assert!(!lock_file.exists(), "the run left its lock");
+    let cli = |dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["train", "--device", "emu", "--quiet", "--synthetic-len", "16", "--batch", "4"];
+        args.extend(["--workers", "0", "--checkpoint-dir", dir.to_str().unwrap()]);
+        args.extend(extra);
+        let out = vgg(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // This process stands for the other run: a resume and a new run into a fresh folder.
+    let fresh = t.0.join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let before = std::fs::read(ck.join("last.safetensors")).unwrap();
+    for (dir, extra) in [(&ck, &["--resume", "--steps", "4"][..]), (&fresh, &["--steps", "2"])] {
+        let held = RunLock::acquire(dir).unwrap();
+        let (ok, err) = cli(dir, extra);
+        let want =
+            format!("{}: another run (pid {}) is using this checkpoint folder", dir.display(), std::process::id());
+        assert!(!ok && err.contains(&want), "{extra:?}: {err}");
+        // In this process too (the lock is the open file's, not the process's).
+        let e = error_of(tiny(|a| (a.checkpoint_dir, a.steps) = (Some(dir.to_path_buf()), Some(4))));
+        assert!(e.contains("is using this checkpoint folder"), "{e}");
+        drop(held);
+        assert!(!dir.join(LOCK_FILE).exists());
+    }
+    assert_eq!(std::fs::read(ck.join("last.safetensors")).unwrap(), before, "a refused run wrote");
+    assert!(std::fs::read_dir(&fresh).unwrap().next().is_none(), "a refused run wrote into the fresh folder");
+    // A run refused after taking the lock frees it.
+    let (ok, err) = cli(&ck, &["--resume", "--steps", "4", "--seed", "9"]);
+    assert!(!ok && err.contains("--seed 9") && !lock_file.exists(), "{err}");
+    // A lock left by a run that ended without removing it (the pid of a process that has exited).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&lock_file, format!("{}\n", gone.id())).unwrap();
+    let (ok, err) = cli(&ck, &["--resume", "--steps", "4"]);
+    assert!(ok && err.contains(&format!("taking over the lock of run pid {}", gone.id())), "{err}");
+    assert!(!lock_file.exists());
+}
+
+/// A resume that changes an option shaping the run is refused naming the option, the run's
+/// value and the given one, as --seed and --batch are: --momentum and --wd were applied without
+/// a word, and another --synthetic-len trained on another data set. --lr may change: the
+/// schedule's rates are scaled by new / old from the checkpoint on, and stderr says so (it was
+/// ignored without a word under the plateau schedule).
+#[test]
+fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
+    let t = TempDir::new("train-cli", "settings");
+    let ck = t.0.join("ck");
+    run(&tiny(|a| a.checkpoint_dir = Some(ck.clone()))).unwrap();
+    let resume = |f: &dyn Fn(&mut TrainArgs)| {
+        tiny(|a| {
+            (a.checkpoint_dir, a.resume, a.steps) = (Some(ck.clone()), Some(String::new()), Some(3));
+            f(a)
+        })
+    };
+    let before = std::fs::read(ck.join("last.safetensors")).unwrap();
+    for (f, want) in [
+        (
+            Box::new(|a: &mut TrainArgs| a.momentum = 0.0) as Box<dyn Fn(&mut TrainArgs)>,
+            "--momentum 0.9, this run has --momentum 0",
+        ),
+        (Box::new(|a| a.wd = 0.1), "--wd 0.0005, this run has --wd 0.1"),
+        (Box::new(|a| a.bias_decay = true), "written by a run without --bias-decay, this run is with --bias-decay"),
+        (Box::new(|a| a.synthetic_len = 32), "--synthetic-len 16, this run has --synthetic-len 32"),
+        (Box::new(|a| a.schedule = "cosine".into()), "--schedule plateau, this run has --schedule cosine"),
+        (Box::new(|a| a.init = "glorot".into()), "--init he, this run has --init glorot"),
+        (Box::new(|a| a.loss_scale = 64.0), "--loss-scale 1024, this run has --loss-scale 64"),
+        (Box::new(|a| a.scale = Some("40".into())), "--scale 32, this run has --scale 40"),
+        (Box::new(|a| a.color_shift = Some(0.1)), "--color-shift 0, this run has --color-shift 0.1"),
+        (Box::new(|a| a.test_scale = Some(40)), "--test-scale 32, this run has --test-scale 40"),
+    ] {
+        let e = error_of(resume(&*f));
+        assert!(e.contains("last.safetensors: written by a run with") || e.contains("--bias-decay"), "{want}: {e}");
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert_eq!(std::fs::read(ck.join("last.safetensors")).unwrap(), before, "a refused resume wrote");
+    // The same schedule spelled otherwise is the run's.
+    run(&resume(&|a| a.schedule = "plateau:1".into())).unwrap();
+    let out = vgg(&[
+        "train",
+        "--device",
+        "emu",
+        "--quiet",
+        "--synthetic-len",
+        "16",
+        "--batch",
+        "4",
+        "--workers",
+        "0",
+        "--steps",
+        "4",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--resume",
+        "--lr",
+        "0.5",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("note: --lr 0.5 replaces the run's base rate 0.02"), "{err}");
+    let st = vgg_cuda::train::checkpoint::load(&ck.join("last.safetensors")).unwrap().state.unwrap();
+    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == 0.5, "{st:?}");
+}

@@ -80,7 +80,9 @@ pub struct TrainArgs {
     /// Passes over the training set (unused when --steps is given).
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
-    /// Initial learning rate (the schedule divides or anneals it).
+    /// Initial learning rate (the schedule divides or anneals it). With --resume, another
+    /// value than the run's scales every rate of its schedule from the checkpoint on by
+    /// new / old (said on stderr), as lowering the rate by hand does.
     #[arg(long, default_value_t = 0.02, allow_negative_numbers = true)]
     pub lr: f32,
     /// SGD momentum (the paper's 0.9).
@@ -139,13 +141,18 @@ pub struct TrainArgs {
     pub workers: Option<usize>,
     /// Write `last.safetensors` here after every epoch (and every --checkpoint-every steps),
     /// `best.safetensors` (the same checkpoint) after each epoch whose validation beats every
-    /// earlier epoch's, and the plots `loss.png` and `accuracy.png`.
+    /// earlier epoch's, and the plots `loss.png` and `accuracy.png`. A run holds the folder
+    /// (`.vgg-train.lock`, naming its pid) until it ends: another run into it meanwhile is refused.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Also write `last.safetensors` every N steps (needs --checkpoint-dir).
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
-    /// Continue from `<checkpoint-dir>/last.safetensors`, or from this file.
+    /// Continue from `<checkpoint-dir>/last.safetensors`, or from this file. Give the run's
+    /// options again: another model, data (--synthetic-len, --scale, --test-scale,
+    /// --color-shift, --keep-last), --seed, --batch, --momentum, --wd, --bias-decay,
+    /// --schedule, --init or --loss-scale than the run's is refused; --lr may change (see
+    /// there), and --steps / --epochs extend or shorten the run.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub resume: Option<String>,
     /// Start from these weights (a torchvision vgg*.safetensors or one of our checkpoints).

@@ -79,6 +79,54 @@ pub struct TrainState {
     /// folder without that file starts its own best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_top1: Option<f64>,
+    /// The options that shape the run besides the model's config, the seed, the batch and
+    /// the flags above, for a resume to compare its own with. `None` in checkpoints written
+    /// before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RunSettings>,
+    /// The epoch's train losses and accuracies read so far, summed, which its line averages: a
+    /// run resumed mid-epoch averages the whole epoch, as the run it continues would have.
+    /// Zero in checkpoints written before they were recorded (the line then averages the
+    /// resumed steps only).
+    #[serde(default)]
+    pub epoch_sums: EpochSums,
+}
+
+/// Running sums of an epoch's train steps whose loss was read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    /// Sum of the losses.
+    pub loss: f64,
+    /// Sum of the top-1 accuracies.
+    pub acc: f64,
+    /// Steps summed.
+    pub steps: u64,
+}
+
+/// A run's settings as [`TrainState::settings`] records them (resolved: a default that depends
+/// on the data is stored as the value it took).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// `--lr`, the base rate the schedule divides or anneals.
+    pub lr: f32,
+    /// `--momentum`.
+    pub momentum: f32,
+    /// `--wd`.
+    pub wd: f32,
+    /// `--bias-decay`.
+    pub bias_decay: bool,
+    /// `--schedule`, as given.
+    pub schedule: String,
+    /// `--init`, as given.
+    pub init: String,
+    /// `--loss-scale`, the initial loss scale (the divergence check's reference).
+    pub loss_scale: f32,
+    /// `--synthetic-len` on the synthetic set (`None` on other data).
+    pub synthetic_len: Option<usize>,
+    /// The training scale S (`--scale`): `256` or `256:512`.
+    pub scale: String,
+    /// The colour shift's standard deviation (`--color-shift`).
+    pub color_shift: f32,
 }
 
 impl TrainState {

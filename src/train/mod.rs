@@ -12,6 +12,7 @@
 mod args;
 pub mod checkpoint;
 pub mod data;
+pub mod lock;
 pub mod plot;
 pub mod pre_init;
 mod schedule;
@@ -65,8 +66,9 @@ impl Metrics {
 /// checkpoint or metrics (--resume continues them), a run resumed from another file does not
 /// overwrite the checkpoint already in its --checkpoint-dir, and a path that cannot be written
 /// fails now instead of at the first checkpoint, after training. Returns the checkpoint to
-/// resume from, if any (the one place that resolves a bare --resume).
-fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> {
+/// resume from, if any (the one place that resolves a bare --resume), and the lock on
+/// --checkpoint-dir that the run holds until it ends.
+fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>, Option<lock::RunLock>)> {
     let best = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
     // A bare --resume continues --checkpoint-dir's own checkpoint, which must be there.
     let resume = match a.resume.as_deref() {
@@ -77,6 +79,15 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> 
             Some(p) => Some(p.to_path_buf()),
         },
         Some(r) => Some(PathBuf::from(r)),
+    };
+    // Locked before the folder's files are looked at: a run started while another was still
+    // before its first checkpoint found nothing to refuse, and replaced that run's files.
+    let held = match (ckpt, &a.checkpoint_dir) {
+        (Some(p), Some(dir)) => {
+            crate::atomic::check_writable(p).context("the checkpoint")?;
+            Some(lock::RunLock::acquire(dir)?)
+        }
+        _ => None,
     };
     if let Some(r) = a.resume.as_deref().filter(|r| !r.is_empty()) {
         // Resolved first and reported as itself: a typo (ck/lst.safetensors) has no canonical
@@ -108,7 +119,119 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<Option<PathBuf>> 
         }
         crate::atomic::check_writable(p).with_context(|| format!("the {what}"))?;
     }
-    Ok(resume)
+    Ok((resume, held))
+}
+
+/// A resume's settings against those its checkpoint recorded (`state.settings`, and Q in
+/// `state.test_scale`; `now` holds this run's Q). Every option that shapes the run must be
+/// the run's own, refused otherwise as --seed and --batch are: the data and their
+/// augmentation (another dataset, another epoch length, other images), the optimizer, the
+/// schedule (its recorded memory belongs to the schedule that wrote it), the validation's Q
+/// (the plateau schedule and the best checkpoint compare its accuracies), the initial loss
+/// scale (the divergence check's reference) and --init (the weights come from the checkpoint,
+/// so another init would be silently ignored). `--lr` alone may change: lowering the rate by
+/// hand is how the paper trained, so another base rate rescales the schedule from here on,
+/// said on stderr; returns the current rate that gives (`None` when unchanged). Options that
+/// give the same steps (device, conv plans, --sync-every, --graph, workers, outputs) are free,
+/// and so are --steps / --epochs, which extend or shorten the run; --data's path is not
+/// compared, as a dataset may move (the classes are, with the model's config).
+fn resume_settings(
+    path: &Path,
+    state: &TrainState,
+    now: &TrainState,
+    settings: &checkpoint::RunSettings,
+) -> Result<Option<f32>> {
+    let differs = |opt: &str, was: String, is: String| -> Result<()> {
+        if was != is {
+            bail!("{}: written by a run with {opt} {was}, this run has {opt} {is}", path.display());
+        }
+        Ok(())
+    };
+    // After --scale, whose Q is --test-scale's default: a new --scale is named as itself.
+    let test_scale = || match (state.test_scale, now.test_scale) {
+        (Some(q), Some(now_q)) => differs("--test-scale", q.to_string(), now_q.to_string()),
+        _ => Ok(()),
+    };
+    let Some(was) = &state.settings else { return test_scale().map(|()| None) };
+    let is = settings;
+    differs("--momentum", was.momentum.to_string(), is.momentum.to_string())?;
+    differs("--wd", was.wd.to_string(), is.wd.to_string())?;
+    if was.bias_decay != is.bias_decay {
+        let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
+        bail!("{}: written by a run {}, this run is {}", path.display(), flag(was.bias_decay), flag(is.bias_decay));
+    }
+    // Compared as parsed: `plateau` and `plateau:1` are one schedule.
+    if LrSchedule::parse(&was.schedule).ok() != LrSchedule::parse(&is.schedule).ok() {
+        differs("--schedule", was.schedule.clone(), is.schedule.clone())?;
+    }
+    if Init::parse(&was.init).ok() != Init::parse(&is.init).ok() {
+        differs("--init", was.init.clone(), is.init.clone())?;
+    }
+    differs("--loss-scale", was.loss_scale.to_string(), is.loss_scale.to_string())?;
+    if let (Some(n), Some(m)) = (was.synthetic_len, is.synthetic_len) {
+        differs("--synthetic-len", n.to_string(), m.to_string())?;
+    }
+    differs("--scale", was.scale.clone(), is.scale.clone())?;
+    differs("--color-shift", was.color_shift.to_string(), is.color_shift.to_string())?;
+    test_scale()?;
+    if was.lr == is.lr {
+        return Ok(None);
+    }
+    // Every schedule's rate is the base rate times a factor (of the epoch, the step, or the
+    // plateau's decays so far): the new base scales the current rate alike.
+    let lr = state.lr * (is.lr / was.lr);
+    eprintln!(
+        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate          scaled by {}, now {lr:e}",
+        is.lr,
+        was.lr,
+        state.step,
+        is.lr / was.lr
+    );
+    Ok(Some(lr))
+}
+
+/// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
+/// run: an interrupted run logged steps (and validations) past its last checkpoint, which the
+/// resumed run logs again. Kept: lines before the step, the step's own, and its validation
+/// unless `epoch_end_redone` (a checkpoint saved at an epoch's last step, before its end). A
+/// line that is not ours (no step) stays; a torn last line (the process killed mid-write) goes.
+/// Rewritten whole (a temporary file renamed over it) and only when something goes.
+fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        t => t.with_context(|| format!("reading metrics file {}", path.display()))?,
+    };
+    let (mut kept, mut dropped) = (String::with_capacity(text.len()), 0usize);
+    for line in text.split_inclusive('\n') {
+        let parsed = serde_json::from_str::<serde_json::Value>(line);
+        let keep = match &parsed {
+            Ok(v) => match v["step"].as_u64() {
+                Some(s) => s < step || (s == step && !(epoch_end_redone && v["eval"] == true)),
+                None => true,
+            },
+            Err(_) => line.ends_with('\n'),
+        };
+        if !keep {
+            dropped += 1;
+            continue;
+        }
+        kept.push_str(line);
+        if !line.ends_with('\n') {
+            kept.push('\n');
+        }
+    }
+    if kept != text {
+        crate::atomic::write(path, kept.as_bytes())?;
+    }
+    if dropped > 0 {
+        eprintln!(
+            "note: {}: removed {dropped} line{} past the checkpoint's step {step} (logged by the interrupted run; \
+             this run repeats those steps)",
+            path.display(),
+            if dropped == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
 }
 
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
@@ -139,7 +262,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     let arch = checked.arch;
     let ckpt_path = a.checkpoint_dir.as_ref().map(|d| d.join("last.safetensors"));
     let best_path = a.checkpoint_dir.as_ref().map(|d| d.join("best.safetensors"));
-    let resume_from = outputs_first(a, ckpt_path.as_deref())?;
+    // Held to the end of the run, an error's included (dropping it frees the folder).
+    let (resume_from, _lock) = outputs_first(a, ckpt_path.as_deref())?;
     let data = data::prepare(a)?;
     let (train_ds, val_ds) = (data.train.clone(), data.val.clone());
     let classes = train_ds.classes().len();
@@ -209,6 +333,21 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bail!("the training set ({} images) has no full batch of {}{hint}", train_ds.len(), a.batch);
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
+    let settings = checkpoint::RunSettings {
+        lr: a.lr,
+        momentum: a.momentum,
+        wd: a.wd,
+        bias_decay: a.bias_decay,
+        schedule: a.schedule.clone(),
+        init: a.init.clone(),
+        loss_scale: a.loss_scale,
+        synthetic_len: (a.data == "synthetic").then_some(a.synthetic_len),
+        scale: match data.train_tf.scale {
+            crate::data::Scale::Fixed(s) => s.to_string(),
+            crate::data::Scale::Jitter(lo, hi) => format!("{lo}:{hi}"),
+        },
+        color_shift: data.train_tf.color_std,
+    };
     let mut st = TrainState {
         step: 0,
         epoch: 0,
@@ -226,6 +365,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         conv_plans: vec![],
         test_scale: Some(data.test_tf.scale),
         best_top1: None,
+        settings: Some(settings.clone()),
+        epoch_sums: Default::default(),
     };
     if let Some(w) = &a.weights {
         let l = checkpoint::load(w)?;
@@ -273,6 +414,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 flag(a.keep_last)
             );
         }
+        let resumed_lr = resume_settings(path, &state, &st, &settings)?;
         vgg.set_scaler_state(ScalerState {
             scale: state.loss_scale,
             clean_steps: state.scaler_clean_steps,
@@ -281,7 +423,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         // The run's best top-1 is that of a best.safetensors in this run's folder; a resume into
         // another folder (a branch from a checkpoint) starts its own best.
         let best_top1 = state.best_top1.filter(|_| best_path.as_ref().is_some_and(|p| p.is_file()));
-        st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, ..state };
+        st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, settings: st.settings, ..state };
+        st.lr = resumed_lr.unwrap_or(st.lr);
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -326,6 +469,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         );
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
+    if let (Some(_), Some(m)) = (&a.resume, &a.metrics) {
+        // An epoch's end that the checkpoint is before (saved at its last step) is redone,
+        // validation and all.
+        cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+    }
     let mut hist = match (&a.resume, &a.metrics) {
         (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
         _ => plot::History::default(),
@@ -392,7 +540,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let t0 = Instant::now();
     let mut imgs = 0usize;
-    let (mut win_loss, mut win_acc, mut win_n) = (0f64, 0f64, 0usize);
+    let first_step = st.step;
     // The checkpoint as last.safetensors, and first as best.safetensors after a validation that
     // beat every earlier one: exported and serialized once, written best first, so that a run
     // killed between the two writes keeps the best weights (a resume repeats the epoch and its
@@ -476,12 +624,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             st.step += 1;
             st.batch_in_epoch = bi as u64 + 1;
             let ips = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-            (win_loss, win_acc, win_n) = (win_loss + s.loss as f64, win_acc + s.acc1() as f64, win_n + 1);
+            let w = &mut st.epoch_sums;
+            (w.loss, w.acc, w.steps) = (w.loss + s.loss as f64, w.acc + s.acc1() as f64, w.steps + 1);
+            let w = st.epoch_sums;
             bar.set_position(st.step);
             bar.set_message(format!(
                 "loss {:.3} acc {:.2} {:.0} img/s lr {:.1e}",
-                win_loss / win_n as f64,
-                win_acc / win_n as f64,
+                w.loss / w.steps as f64,
+                w.acc / w.steps as f64,
                 ips,
                 lr
             ));
@@ -506,11 +656,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         }
         // End of an epoch: validate, adjust the rate, checkpoint.
         // A run resumed at an epoch's end has no steps of it to average (nor a rate to show).
-        let train_line = match win_n {
+        let w = std::mem::take(&mut st.epoch_sums);
+        let train_line = match w.steps {
             0 => "no train steps read in this process".to_string(),
-            n => format!("train loss {:.4} acc {:.3}", win_loss / n as f64, win_acc / n as f64),
+            n => format!("train loss {:.4} acc {:.3}", w.loss / n as f64, w.acc / n as f64),
         };
-        (win_loss, win_acc, win_n) = (0.0, 0.0, 0);
         let val = match &val_loader {
             Some(vl) => Some(validate(&mut vgg, vl)?),
             None => None,
@@ -564,8 +714,12 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     summary.steps = st.step;
     summary.images_per_s = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "done: {} steps in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
-        st.step,
+        "done: {} in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
+        // A resumed run says which of the run's steps it ran: its loss, time and rate are theirs.
+        match first_step {
+            0 => format!("{} steps", st.step),
+            f => format!("steps {}-{} ({} this run)", f + 1, st.step, st.step - f),
+        },
         t0.elapsed().as_secs_f64(),
         dev.name(),
         summary.images_per_s,

@@ -101,6 +101,8 @@ mod tests {
             conv_plans: vec![],
             test_scale: None,
             best_top1: None,
+            settings: None,
+            epoch_sums: Default::default(),
         }
     }
 
