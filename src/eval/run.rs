@@ -154,8 +154,10 @@ impl EvalReport {
                 plural(n, "image")
             ),
         };
+        // With 5 classes or fewer every label is in the top 5: the 0% says nothing.
+        let trivial = if self.per_class.len() <= 5 { " (every class is in the top 5)" } else { "" };
         format!(
-            "{} ({} skipped as unreadable{wide}), {} each: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} img/s)",
+            "{} ({} skipped as unreadable{wide}), {} each: top-1 error {:.2}%, top-5 error {:.2}%{trivial} ({:.1} img/s)",
             plural(self.images, "image"),
             self.skipped,
             plural(self.views_per_image, "view"),
@@ -306,10 +308,18 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
     // Each dense view is the whole image and its mirror image.
     let vpi = vpc + 2 * dense_views(input, input, &scales, crops).map_err(anyhow::Error::msg)?.len();
     let names: Vec<String> = ds.classes().to_vec();
+    // An ensemble's models may differ in config (A and B, say): each is named.
+    let model = match models.as_slice() {
+        [m] => format!("VGG {}", m.vgg.config().describe()),
+        ms => format!(
+            "an ensemble of {} models ({}), {} classes",
+            ms.len(),
+            ms.iter().map(|m| format!("VGG {} from {}", m.vgg.config().arch, m.path.display())).collect::<Vec<_>>().join(", "),
+            k
+        ),
+    };
     println!(
-        "eval {} VGG {} on {} ({what}, {} images): Q {:?}, {}, {} an image",
-        plural(models.len(), "model"),
-        models[0].vgg.config().describe(),
+        "eval {model} on {} ({what}, {} images): Q {:?}, {}, {} an image",
         dev.name(),
         ds.len(),
         scales,

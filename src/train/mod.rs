@@ -497,14 +497,14 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         None => None,
     });
     println!(
-        "train VGG {} on {}: {} params, {} train images ({} steps an epoch), batch {}, {} steps",
+        "train VGG {} on {}: {} params, {} train images ({} an epoch), batch {}, {}",
         cfg.describe(),
         dev.name(),
         cfg.param_count(),
         train_ds.len(),
-        per_epoch,
+        steps(per_epoch as u64),
         a.batch,
-        total
+        steps(total as u64)
     );
     let norm = match data.norm.std {
         Some(sd) => format!("mean {:?}, std {sd:?}", data.norm.mean),
@@ -735,4 +735,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         vgg.loss_scale()
     );
     Ok(summary)
+}
+
+/// `n steps`, or `1 step`.
+fn steps(n: u64) -> String {
+    format!("{n} step{}", if n == 1 { "" } else { "s" })
 }
