@@ -56,15 +56,17 @@ struct AmpState {
     unsigned long long skipped;
 };
 
-// reference::loss_scale_update's rules (src/reference/sgd.rs): on overflow halve and count a
-// skip; after `interval` clean steps in a row double, unless the double is not finite.
+// reference::loss_scale_update's rules (src/reference/sgd.rs): on overflow halve, unless the half
+// is 0, and count a skip; after `interval` clean steps in a row double, unless the double is not
+// finite.
 extern "C" __global__ void amp_scaler_update(const int* __restrict__ flag, AmpState* __restrict__ st) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const bool over = *flag != 0;
     st->overflow = over;
     st->used = st->scale;
     if (over) {
-        st->scale *= 0.5f;
+        const float h = st->scale * 0.5f;
+        if (h > 0.f) st->scale = h;
         st->clean = 0;
         st->skipped += 1;
         return;

@@ -255,3 +255,45 @@ fn bad_hyper_parameters_are_refused_before_any_launch() {
     let edge = Sgd { lr: 0.0, momentum: 0.0, weight_decay: 0.0 };
     assert!(scaler.step(&plan, &mut l.params(), edge).unwrap());
 }
+
+/// A run of overflowing steps halves the scale down to the smallest positive f32 and no
+/// further: a scale of 0 broke the scaler's own invariant (positive and finite, as `with` and
+/// `restore` require), after which the host step refused every step ("loss_scale 0") and a
+/// queued step, reading the device's scale, divided the next clean gradient by 0 and wrote
+/// -inf and NaN into the weights without a word.
+#[test]
+fn a_run_of_overflows_never_takes_the_scale_to_zero() {
+    let dev = Device::emu();
+    let tiny = f32::from_bits(2); // 2^-148: two halvings from 0
+    let mut host = LossScaler::with(&dev, tiny, 2000).unwrap();
+    for _ in 0..3 {
+        assert!(!host.update(true));
+    }
+    assert_eq!((host.scale(), host.skipped()), (f32::from_bits(1), 3), "the host scale stops at 2^-149");
+    let mut st = r::LossScaleState { scale: tiny, clean_steps: 0, growth_interval: 2000, skipped: 0 };
+    for _ in 0..3 {
+        r::loss_scale_update(&mut st, true);
+    }
+    assert_eq!(st.scale, f32::from_bits(1), "the reference stops at 2^-149");
+    for queued in [false, true] {
+        let mut l = Layer::new(&dev, 8, 2, &[f32::NAN; 8], &[0.5; 2]);
+        let plan = SgdPlan::new(&l.params()).unwrap();
+        let mut scaler = LossScaler::with(&dev, tiny, 2000).unwrap();
+        for step in 0..4 {
+            if step == 3 {
+                // A clean gradient at such a scale: the loss times 2^-149 leaves subnormals.
+                l.g.copy_from_host(&[f32::from_bits(1); 8]).unwrap();
+            }
+            if queued {
+                scaler.step_queued(&plan, &mut l.params(), Sgd::VGG).unwrap();
+                scaler.sync().unwrap();
+            } else {
+                let applied = scaler.step(&plan, &mut l.params(), Sgd::VGG).unwrap();
+                assert_eq!(applied, step == 3, "host step {step}");
+            }
+            assert!(scaler.scale() > 0.0, "queued {queued} step {step}: scale {}", scaler.scale());
+        }
+        let w = l.w.to_host().unwrap();
+        assert!(w.iter().all(|v| v.is_finite()), "queued {queued}: weights {w:?}");
+    }
+}

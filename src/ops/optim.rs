@@ -334,7 +334,8 @@ impl SgdPlan {
 }
 
 /// Dynamic loss scaling as `torch.cuda.amp.GradScaler`: on overflow skip the step and
-/// halve the scale; after `growth_interval` clean steps in a row, double it.
+/// halve the scale (not below the smallest positive f32); after `growth_interval` clean steps
+/// in a row, double it (not to infinity).
 ///
 /// The state lives on the host ([`LossScaler::step`] reads the overflow flag each step), or,
 /// from the first [`LossScaler::step_queued`] until the next [`LossScaler::sync`], on the

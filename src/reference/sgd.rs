@@ -49,13 +49,17 @@ pub struct LossScaleState {
     pub skipped: u64,
 }
 
-/// One step of the loss scale's rules: on overflow halve the scale and count a skipped step;
-/// after `growth_interval` clean steps in a row double it, unless the double is not finite.
+/// One step of the loss scale's rules: on overflow halve the scale, unless the half is 0, and
+/// count a skipped step; after `growth_interval` clean steps in a row double it, unless the
+/// double is not finite. The scale so stays positive and finite: at 0 every step would divide
+/// the gradients by it (a run of ~170 overflowing steps from 2^16 used to get there).
 /// Returns whether the step was applied (`!overflow`). The reference of the host
 /// `ops::LossScaler` and of kernel amp_scaler_update (kernels/optim.cu).
 pub fn loss_scale_update(st: &mut LossScaleState, overflow: bool) -> bool {
     if overflow {
-        st.scale *= 0.5;
+        if st.scale * 0.5 > 0.0 {
+            st.scale *= 0.5;
+        }
         st.clean_steps = 0;
         st.skipped += 1;
         return false;

@@ -17,6 +17,19 @@ fn log_sum_exp(row: &[f32]) -> f64 {
     m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
 }
 
+/// Row loss `ln sum_j exp(row_j) - row[label]`, relatively accurate however small: where the
+/// label holds the row's (finite) maximum it is `ln(1 + sum_{j != label} exp(row_j - row[label]))`,
+/// as `ln_1p`, since the difference of two f64 logs has an absolute error of ~1e-16 and rounds a
+/// confident row's loss (1e-30 and less, which the kernel keeps) to 0.
+fn row_loss(row: &[f32], label: usize) -> f64 {
+    let z = row[label] as f64;
+    if z.is_finite() && row.iter().all(|&v| v as f64 <= z) {
+        let others: f64 = row.iter().enumerate().filter(|&(j, _)| j != label).map(|(_, &v)| (v as f64 - z).exp()).sum();
+        return others.ln_1p();
+    }
+    log_sum_exp(row) - z
+}
+
 /// `p[i][j] = exp(z[i][j]) / sum_j' exp(z[i][j'])`, rounded to f32 once; z, p `[batch][classes]`.
 pub fn softmax_fwd(batch: usize, classes: usize, logits: &[f32]) -> Vec<f32> {
     assert_eq!(logits.len(), batch * classes, "softmax_fwd: logits");
@@ -32,11 +45,8 @@ pub fn softmax_fwd(batch: usize, classes: usize, logits: &[f32]) -> Vec<f32> {
 pub fn softmax_xent_fwd(batch: usize, classes: usize, logits: &[f32], labels: &[i32]) -> (f64, Vec<f32>) {
     assert_eq!(logits.len(), batch * classes, "softmax_xent_fwd: logits");
     assert_eq!(labels.len(), batch, "softmax_xent_fwd: labels");
-    let total: f64 = logits
-        .chunks_exact(classes)
-        .enumerate()
-        .map(|(i, row)| log_sum_exp(row) - row[label_of(labels, i, classes)] as f64)
-        .sum();
+    let total: f64 =
+        logits.chunks_exact(classes).enumerate().map(|(i, row)| row_loss(row, label_of(labels, i, classes))).sum();
     (total / batch as f64, softmax_fwd(batch, classes, logits))
 }
 
@@ -121,6 +131,19 @@ mod tests {
         for row in p.chunks_exact(classes) {
             assert!((row.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
         }
+    }
+
+    /// A confident row's loss, `ln(1 + 3 e^-80)` = 5.4e-35, to f64's relative precision (the
+    /// kernel's log1p form keeps it; `lse - z` in f64 gave 0).
+    #[test]
+    fn confident_loss_is_relatively_accurate() {
+        let (loss, _) = softmax_xent_fwd(1, 4, &[0.0, 80.0, 0.0, 0.0], &[1]);
+        let want = 3.0 * (-80f64).exp();
+        assert!((loss - want).abs() <= 1e-12 * want, "{loss:e} vs {want:e}");
+        // Not the maximum, infinite, NaN: as before.
+        assert!((softmax_xent_fwd(1, 2, &[0.0, 80.0], &[0]).0 - 80.0).abs() < 1e-12);
+        assert!(softmax_xent_fwd(1, 2, &[f32::INFINITY, 0.0], &[0]).0.is_nan());
+        assert!(softmax_xent_fwd(1, 2, &[1.0, f32::NAN], &[0]).0.is_nan());
     }
 
     #[test]
