@@ -314,7 +314,10 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         ms => format!(
             "an ensemble of {} models ({}), {} classes",
             ms.len(),
-            ms.iter().map(|m| format!("VGG {} from {}", m.vgg.config().arch, m.path.display())).collect::<Vec<_>>().join(", "),
+            ms.iter()
+                .map(|m| format!("VGG {} from {}", m.vgg.config().arch, m.path.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
             k
         ),
     };
