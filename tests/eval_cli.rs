@@ -314,6 +314,27 @@ fn eval_checks_its_output_paths_before_the_run() {
     assert_eq!(std::fs::read(&afile).unwrap(), b"keep");
 }
 
+/// `vgg predict` over good images and a bad one prints the good ones' classes, names the bad
+/// one, and fails (it printed only the bad one's error); with only bad images, the error alone.
+#[test]
+fn predict_reports_a_bad_image_and_classifies_the_others() {
+    let dir = TempDir::new("eval-cli", "predict-bad");
+    let w = save_tiny(&dir.0, 2);
+    let imgs = image_folder(&dir.0.join("data"), 2, 1);
+    let bad = dir.0.join("zero.jpg");
+    std::fs::write(&bad, b"").unwrap();
+    let args = ["predict", "--device", "emu", "--top", "1", "--weights", s(&w), s(&imgs[0]), s(&bad), s(&imgs[1])];
+    let (stdout, stderr) =
+        fails_with(&args, &["zero.jpg: cannot decode: empty file", "1 of 3 images could not be classified"]);
+    for img in &imgs {
+        assert!(stdout.contains(s(img)), "{img:?} not classified: {stdout}");
+    }
+    assert!(!stdout.contains("zero.jpg"), "{stdout}");
+    let (stdout, _) =
+        fails_with(&["predict", "--device", "emu", "--weights", s(&w), s(&bad)], &["zero.jpg: cannot decode"]);
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
 /// A checkpoint trained on folders, evaluated on the synthetic set, is refused naming both
 /// class lists (it was scored against the shapes' classes without a word); one that stores
 /// the synthetic set's own classes evaluates.

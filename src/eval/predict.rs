@@ -104,7 +104,10 @@ pub struct Prediction {
     pub probs: Vec<f64>,
 }
 
-/// Runs `vgg predict`: prints (and returns) the top classes of every image.
+/// Runs `vgg predict`: prints (and returns) the top classes of every image. An image that
+/// cannot be read or decoded is reported on stderr and left out; the others are still printed,
+/// and the call then returns an error counting the failures (the only one when no image could
+/// be classified).
 pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     if a.top == 0 {
         bail!("--top must be at least 1");
@@ -120,21 +123,36 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
     let names = class_names(&models, labels)?;
     let input = models[0].vgg.config().input as u32;
     let scales = test_scales(a.scale.as_deref().zip(scale_arg), &models, input * 8 / 7)?;
-    let (mut pixels, mut dense, mut n_views) = (vec![], vec![], vec![]);
+    // An image that cannot be read, decoded or cut into views is reported and left out, so that
+    // one bad file among many does not hide the others' results; the run still fails at the end.
+    let (mut pixels, mut dense, mut n_views, mut good, mut failed) = (vec![], vec![], vec![], vec![], vec![]);
     for p in &a.images {
-        let bytes = std::fs::read(p).with_context(|| format!("reading image {}", p.display()))?;
-        let img = decode_rgb(&bytes, p)?;
-        let (px, d) =
-            render_views(&img, &scales, input, crops, a.flip).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        n_views.push(px.len() / (input as usize * input as usize * 3));
-        pixels.extend(px);
-        dense.push(d);
+        let views = std::fs::read(p)
+            .with_context(|| format!("reading image {}", p.display()))
+            .and_then(|bytes| Ok(decode_rgb(&bytes, p)?))
+            .and_then(|img| {
+                render_views(&img, &scales, input, crops, a.flip).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            });
+        match views {
+            Ok((px, d)) => {
+                n_views.push(px.len() / (input as usize * input as usize * 3));
+                pixels.extend(px);
+                dense.push(d);
+                good.push(p);
+            }
+            Err(e) => {
+                eprintln!("predict: {e:#}");
+                failed.push(e);
+            }
+        }
+    }
+    if good.is_empty() {
+        return Err(failed.swap_remove(0));
     }
     let crop_views: usize = n_views.iter().sum();
     let post = if crop_views > 0 { posteriors(&mut models, &pixels, crop_views)? } else { vec![] };
     let k = names.len();
-    let preds: Vec<Prediction> = a
-        .images
+    let preds: Vec<Prediction> = good
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -167,5 +185,12 @@ pub fn predict(a: &PredictArgs) -> Result<Vec<Prediction>> {
             }
         }
     }
-    Ok(preds)
+    match failed.len() {
+        0 => Ok(preds),
+        n => Err(anyhow::anyhow!(
+            "{n} of {} images could not be classified (the first: {:#}); the others' classes are above",
+            a.images.len(),
+            failed[0]
+        )),
+    }
 }
