@@ -324,7 +324,7 @@ fn predict_reports_a_bad_image_and_classifies_the_others() {
     let bad = dir.0.join("zero.jpg");
     std::fs::write(&bad, b"").unwrap();
     let args = ["predict", "--device", "emu", "--top", "1", "--weights", s(&w), s(&imgs[0]), s(&bad), s(&imgs[1])];
-    let (stdout, stderr) =
+    let (stdout, _) =
         fails_with(&args, &["zero.jpg: cannot decode: empty file", "1 of 3 images could not be classified"]);
     for img in &imgs {
         assert!(stdout.contains(s(img)), "{img:?} not classified: {stdout}");
