@@ -127,6 +127,10 @@ pub struct RunSettings {
     pub scale: String,
     /// The colour shift's standard deviation (`--color-shift`).
     pub color_shift: f32,
+    /// The run's last step (`--steps`, or `--epochs` times the epoch's steps): the length the
+    /// cosine schedule anneals over. Absent in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub total_steps: Option<u64>,
 }
 
 impl TrainState {

@@ -174,6 +174,19 @@ fn resume_settings(
     differs("--scale", was.scale.clone(), is.scale.clone())?;
     differs("--color-shift", was.color_shift.to_string(), is.color_shift.to_string())?;
     test_scale()?;
+    // The cosine's rate is a function of step / total: a longer or shorter run (legitimate, as
+    // for every schedule) bends the rest of its curve, which is said, not refused.
+    if let (Ok(LrSchedule::Cosine), Some(n), Some(m)) =
+        (LrSchedule::parse(&is.schedule), was.total_steps, is.total_steps)
+    {
+        if n != m {
+            eprintln!(
+                "note: the cosine schedule now anneals over {m} steps, not the run's {n}: the rates from step {} on \
+                 follow the new length",
+                state.step
+            );
+        }
+    }
     if was.lr == is.lr {
         return Ok(None);
     }
@@ -181,7 +194,8 @@ fn resume_settings(
     // plateau's decays so far): the new base scales the current rate alike.
     let lr = state.lr * (is.lr / was.lr);
     eprintln!(
-        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate          scaled by {}, now {lr:e}",
+        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate \
+         scaled by {}, now {lr:e}",
         is.lr,
         was.lr,
         state.step,
@@ -347,6 +361,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             crate::data::Scale::Jitter(lo, hi) => format!("{lo}:{hi}"),
         },
         color_shift: data.train_tf.color_std,
+        total_steps: Some(total),
     };
     let mut st = TrainState {
         step: 0,
