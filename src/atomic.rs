@@ -4,8 +4,10 @@
 //! removes its temporary file.
 //!
 //! A path that is a symbolic link is written through: the file it points to is replaced and
-//! the link stays. A path that is a device, a FIFO or a socket (`--json /dev/stdout`) cannot
-//! be replaced by a rename; it is written directly, once the whole output is ready.
+//! the link stays. A path that is a device, a FIFO or a socket cannot be replaced by a rename;
+//! it is written directly, once the whole output is ready. So is one of the process's own
+//! descriptors (`--json /dev/stdout`), through the descriptor: after what the command printed
+//! before, whether stdout is a terminal, a pipe or a redirected file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
     let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
     let path = match target(path) {
         // Opened only when written: a FIFO's open would wait here for its reader.
-        Target::Stream => return Ok(()),
+        Target::Stream | Target::Descriptor(_) => return Ok(()),
         Target::File(p) => p,
     };
     let path = path.as_path();
@@ -126,7 +128,8 @@ pub fn replace_with<E: std::fmt::Display>(
 ) -> std::io::Result<()> {
     let named = |p: &Path, e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", p.display()));
     let resolved = match target(path) {
-        Target::Stream => return write_stream(path, make),
+        Target::Stream => return write_stream(path, None, make),
+        Target::Descriptor(fd) => return write_stream(path, Some(fd), make),
         Target::File(p) => p,
     };
     let path = resolved.as_path();
@@ -149,43 +152,75 @@ enum Target {
     File(PathBuf),
     /// A device, FIFO or socket, maybe behind links: written in place.
     Stream,
+    /// One of this process's open descriptors (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`):
+    /// written through it, wherever it leads. Following the link instead would find the file
+    /// a shell redirected stdout to and replace it, losing what the command printed before.
+    Descriptor(u32),
+}
+
+/// The descriptor `p` names when it is one of this process's (`/dev/stdout`, `/dev/stderr`,
+/// `/dev/fd/N`, `/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/proc/PID/fd/N` with our PID).
+fn own_fd(p: &Path) -> Option<u32> {
+    let s = p.to_str()?;
+    match s {
+        "/dev/stdout" => return Some(1),
+        "/dev/stderr" => return Some(2),
+        _ => {}
+    }
+    let ours = format!("/proc/{}/fd/", std::process::id());
+    let n = ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/", ours.as_str()]
+        .iter()
+        .find_map(|d| s.strip_prefix(d))?;
+    n.parse().ok()
 }
 
 /// `path` with its symbolic links followed to what they name, so that a rename replaces the
 /// file a link points to instead of the link; a dangling link gives the path it names.
 fn target(path: &Path) -> Target {
-    match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() && !m.is_dir() => return Target::Stream,
-        Ok(_) => {
-            if let Ok(p) = std::fs::canonicalize(path) {
-                return Target::File(p);
-            }
-        }
-        Err(_) => {}
-    }
-    // Missing, or behind a dangling link: follow the links by hand (40 at most, the kernel's
-    // limit; past it the write's own error says so).
+    // The links by hand first (40 at most, the kernel's limit; past it the write's own error
+    // says so): a descriptor of ours anywhere on the way is written through.
     let mut p = path.to_path_buf();
     for _ in 0..40 {
+        if let Some(fd) = own_fd(&p) {
+            return Target::Descriptor(fd);
+        }
         let link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
         match std::fs::read_link(&p) {
             Ok(t) if link => p = p.parent().map_or(t.clone(), |d| d.join(&t)),
             _ => break,
         }
     }
-    Target::File(p)
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => Target::Stream,
+        // The whole chain resolved (the parent folders' links too).
+        Ok(_) => std::fs::canonicalize(path).map_or(Target::File(p), Target::File),
+        // Missing, or behind a dangling link: the path the last link names.
+        Err(_) => Target::File(p),
+    }
 }
 
-/// [`replace_with`] for a device, FIFO or socket: `make` writes a temporary file in the
-/// system's temporary folder (not beside `path`: /dev is no place for one), whose bytes are
-/// then written to `path` opened as it is (no rename, no truncation).
-fn write_stream<E: std::fmt::Display>(path: &Path, make: impl FnOnce(&Path) -> Result<(), E>) -> std::io::Result<()> {
+/// [`replace_with`] for a device, FIFO or socket, or a descriptor of ours (`fd`): `make` writes
+/// a temporary file in the system's temporary folder (not beside `path`: /dev is no place for
+/// one), whose bytes then go to stdout or stderr as the process writes them (after what it
+/// printed before), to another descriptor appended, or to the device opened as it is (no
+/// rename, no truncation).
+fn write_stream<E: std::fmt::Display>(
+    path: &Path,
+    fd: Option<u32>,
+    make: impl FnOnce(&Path) -> Result<(), E>,
+) -> std::io::Result<()> {
     let named = |e: &dyn std::fmt::Display| std::io::Error::other(format!("{}: {e}", path.display()));
     let tmp = temp_path(&std::env::temp_dir().join(path.file_name().unwrap_or("out".as_ref())));
     let done = make(&tmp).map_err(|e| named(&e)).and_then(|()| {
         let bytes = std::fs::read(&tmp).map_err(|e| named(&e))?;
-        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| named(&e))?;
-        f.write_all(&bytes).and_then(|()| f.flush()).map_err(|e| named(&e))
+        let put = |w: &mut dyn Write| w.write_all(&bytes).and_then(|()| w.flush());
+        match fd {
+            Some(1) => put(&mut std::io::stdout().lock()),
+            Some(2) => put(&mut std::io::stderr().lock()),
+            Some(_) => put(&mut std::fs::OpenOptions::new().append(true).open(path).map_err(|e| named(&e))?),
+            None => put(&mut std::fs::OpenOptions::new().write(true).open(path).map_err(|e| named(&e))?),
+        }
+        .map_err(|e| named(&e))
     });
     let _ = std::fs::remove_file(&tmp);
     done

@@ -118,3 +118,29 @@ fn info_model_bad_config_names_the_option() {
         assert!(out.is_empty(), "{flag} {value}: printed before the error:\n{out}");
     }
 }
+
+/// An output path that is the process's own stdout (`-o /dev/stdout`, `/dev/fd/1`,
+/// `/proc/self/fd/1`) is written through the descriptor. With stdout redirected to a file, the
+/// path resolves to that file, and the atomic write's rename replaced it: what the shell had
+/// written there before (and the command's own earlier output) was lost.
+#[test]
+fn an_output_path_naming_stdout_appends_to_where_stdout_goes() {
+    let dir = std::env::temp_dir().join(format!("vgg-cli-stdout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, name) in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"].into_iter().enumerate() {
+        let log = dir.join(format!("run{i}.log"));
+        std::fs::write(&log, b"EARLIER\n").unwrap();
+        let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+            .args(["stats", "--synthetic", "--samples", "2", "--synthetic-size", "40", "-o", name])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("EARLIER\n{") && text.contains("\"images\": 2"), "{name}: {text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
