@@ -218,8 +218,10 @@ impl Dataset for Shards {
 /// The training folder and, when there is one, the validation folder of a split dataset root:
 /// `dir/train` and `dir/val`, the layout `vgg train --data DIR` reads (each an ImageFolder or a
 /// shard directory). `None` when `dir` is itself one dataset: a shard directory, or a folder
-/// with no `train/` sub-folder. Every command that takes such a root decides by this, so that
-/// none reads its splits as two classes.
+/// with no `train/` sub-folder. The commands that read the training side of such a root
+/// (train, stats, prep, bench data) decide by this, so that none reads its splits as two
+/// classes; `vgg eval` wants the validation side and takes `DIR/val` whenever there is one
+/// (a root with `val/` alone too).
 pub fn split_dirs(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
     let (train, val) = (dir.join("train"), dir.join("val"));
     if Shards::is_shard_dir(dir) || !train.is_dir() {

@@ -227,13 +227,15 @@ fn dataset(a: &EvalArgs, src: Source, models: &[Model]) -> Result<(Arc<dyn Datas
             let ds = Synthetic::new(cfg.classes, cfg.input as u32, a.synthetic_len, seed ^ 0x5eed).square();
             // A model trained on folders scored against the shapes' classes would give a
             // meaningless error rate without a word; the folders' check does this by name.
-            if let Some(c) = checkpoint::load_classes(&a.weights[0])?.filter(|c| c.as_slice() != ds.classes()) {
-                bail!(
-                    "{} was trained on the classes {}, but the synthetic set's are {}: evaluate it on its own data",
-                    a.weights[0].display(),
-                    class_list(&c),
-                    class_list(ds.classes())
-                );
+            for w in &a.weights {
+                if let Some(c) = checkpoint::load_classes(w)?.filter(|c| c.as_slice() != ds.classes()) {
+                    bail!(
+                        "{} was trained on the classes {}, but the synthetic set's are {}: evaluate it on its own data",
+                        w.display(),
+                        class_list(&c),
+                        class_list(ds.classes())
+                    );
+                }
             }
             (Arc::new(ds), format!("synthetic (seed {seed}, {} images)", a.synthetic_len))
         }

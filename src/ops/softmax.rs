@@ -130,9 +130,9 @@ impl XentBuffers {
 /// check skips the update) and is reported by `check`.
 ///
 /// Accuracy against the f64 reference of the same logits: relative 1e-6 on the loss, plus the
-/// fp32 rounding of each row's `z - max` (about `|z - max| * 2^-24` a row, which fp32 logits
-/// spread over tens of units make visible on a confident row's small loss); dlogits within
-/// one fp16 ulp; hit counts exact.
+/// fp32 rounding of each row's `z - max` (up to one fp32 ulp of it, `|z - max| * 2^-23`:
+/// fp32 logits spread over tens of units make it visible on a confident row's small loss);
+/// dlogits within one fp16 ulp; hit counts exact.
 pub fn softmax_xent<T: XentLogit>(
     logits: &Tensor<T>,
     labels: &Tensor<i32>,
