@@ -37,6 +37,7 @@ pub mod data;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod lockfile;
 pub mod model;
 pub mod ops;
 pub mod problem;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Output;
 
 use image::{Rgb, RgbImage};
+use vgg_cuda::data::prep::LOCK_FILE;
 use vgg_cuda::data::{Dataset, Shards, MAX_SIDE};
 
 mod common;
@@ -312,42 +313,55 @@ fn prep_quality_outside_1_to_100_is_refused_naming_the_range() {
 
 /// A prep stopped before its end (killed, power loss) leaves its temporary folder beside OUT,
 /// as large as the shards it wrote, and, when stopped between its two renames, the previous
-/// output moved aside. The next prep into OUT removes the temporary folder of a process that
-/// no longer runs, saying so (it was left there for good), names the moved-aside output
-/// without touching it (it may be the only complete copy), and leaves a running process's
-/// folder, another output's and a link alone.
-#[cfg(target_os = "linux")]
+/// output moved aside. The next prep into OUT removes a temporary folder whose lock file it can
+/// lock (its prep has ended), saying so; keeps one whose lock is held, whatever its process id
+/// (a prep in another PID namespace or on another host, whose id is no process here: here the
+/// test holds it), and one without a lock file (an older build's), naming both; names the
+/// moved-aside output without touching it (it may be the only complete copy); and leaves
+/// another output's folder and a link alone. The output it commits holds no lock file.
+#[cfg(unix)]
 #[test]
 fn prep_removes_what_killed_preps_left_unfinished() {
     let t = TempDir::new("data-cli", "stale-tmp");
     let out_dir = t.0.join("shards");
-    // A process id that can never run (above the kernel's maximum), and this test's own.
-    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    let dead_pid = max + 1;
-    let dead = t.0.join(format!(".shards.tmp{dead_pid}"));
-    let old = t.0.join(format!(".shards.old{dead_pid}"));
-    let alive = t.0.join(format!(".shards.tmp{}", std::process::id()));
-    let other = t.0.join(format!(".other.tmp{dead_pid}"));
+    // Process ids that no process here has (above Linux's largest pid_max, 2^22): the held
+    // folder's is another namespace's, which the old kill(pid, 0) check took for gone.
+    let pid = |k: u32| (1 << 22) + k;
+    let stopped = t.0.join(format!(".shards.tmp{}", pid(1)));
+    let held = t.0.join(format!(".shards.tmp{}", pid(2)));
+    let unlocked = t.0.join(format!(".shards.tmp{}", pid(3)));
+    let old = t.0.join(format!(".shards.old{}", pid(1)));
+    let other = t.0.join(format!(".other.tmp{}", pid(1)));
     let target = t.0.join("kept");
-    for d in [&dead, &old, &alive, &other, &target] {
+    for d in [&stopped, &held, &unlocked, &old, &other, &target] {
         std::fs::create_dir_all(d).unwrap();
         std::fs::write(d.join("shard-00000.bin"), b"half a shard").unwrap();
     }
-    let link = t.0.join(format!(".shards.tmp{}", dead_pid + 1));
+    for d in [&stopped, &held, &other, &target] {
+        std::fs::write(d.join(LOCK_FILE), b"").unwrap();
+    }
+    let holder = std::fs::File::open(held.join(LOCK_FILE)).unwrap();
+    holder.try_lock().unwrap();
+    let link = t.0.join(format!(".shards.tmp{}", pid(4)));
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let (err, _) = succeeds(&["prep", "synthetic", s(&out_dir), "--images", "2", "--synthetic-size", "32"]);
-    let removed = format!(
-        "prep: removed {}, the unfinished output of an earlier prep (process {dead_pid}, no longer running)",
-        dead.display()
-    );
+    drop(holder);
+    let removed =
+        format!("prep: removed {}, the unfinished output of an earlier prep (process {}", stopped.display(), pid(1));
     assert!(err.contains(&removed), "{err}");
-    assert!(!dead.exists(), "{err}");
-    let named = format!("prep: {} was left by an earlier prep (process {dead_pid}, no longer running)", old.display());
+    assert!(!stopped.exists(), "{err}");
+    let busy = format!("prep: {} is being written by another prep (process {}", held.display(), pid(2));
+    assert!(err.contains(&busy), "{err}");
+    let lockless =
+        format!("prep: {} may be the unfinished output of an earlier prep (process {})", unlocked.display(), pid(3));
+    assert!(err.contains(&lockless) && err.contains("has no lock file"), "{err}");
+    let named = format!("prep: {} was left by an earlier prep (process {})", old.display(), pid(1));
     assert!(err.contains(&named) && err.contains("restore or remove it yourself"), "{err}");
-    assert!(!err.contains(&alive.display().to_string()) && !err.contains(".other.") && !err.contains("kept"), "{err}");
-    for d in [&old, &alive, &other, &target] {
+    assert!(!err.contains(".other.") && !err.contains("kept"), "{err}");
+    for d in [&held, &unlocked, &old, &other, &target] {
         assert!(d.join("shard-00000.bin").is_file(), "{} was touched; stderr: {err}", d.display());
     }
     assert!(link.symlink_metadata().is_ok(), "{err}");
     assert_eq!(Shards::open(&out_dir).unwrap().len(), 2);
+    assert!(!out_dir.join(LOCK_FILE).exists(), "the committed output kept the lock file");
 }

@@ -12,11 +12,15 @@
 //! shard at a time into a temporary sibling folder of the output (`.OUT.tmpPID`); only when
 //! its shards and `index.json` are all written is it renamed to the output, and a previous
 //! output is removed after that. A failed or killed prep leaves the previous output whole,
-//! and a directory with an `index.json` is always complete; the next prep into the same
-//! output removes the temporary folders of killed preps (whose process is no longer running)
-//! and names a previous output one left moved aside, for the user to restore or remove. An
-//! output that is not empty and not a previous prep output (no `index.json`), or that
-//! overlaps the source, is refused.
+//! and a directory with an `index.json` is always complete. A prep holds a lock on
+//! [`LOCK_FILE`] in its temporary folder while it writes it ([`crate::lockfile`]: released by
+//! the system however the prep ends), so the next prep into the same output removes the
+//! temporary folders of stopped preps, whose lock it can take, and leaves those of running
+//! ones alone, wherever they run (a process id says nothing of a prep in another PID
+//! namespace or on another host sharing the folder). It names a previous output that a
+//! stopped prep left moved aside, for the user to restore or remove. An output that is not
+//! empty and not a previous prep output (no `index.json`), or that overlaps the source, is
+//! refused.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +31,12 @@ use serde::Serialize;
 use super::resize::{rescaled_size, resize};
 use super::shards::{ShardEntry, ShardIndex, INDEX_NAME, RECORD_HEADER, SHARD_HEADER, SHARD_MAGIC, SHARD_VERSION};
 use super::{split_dirs, DataError, Dataset, ImageFolder};
+use crate::lockfile::Lock;
+
+/// The lock file a prep holds in its temporary folder (`.OUT.tmpPID`) while it writes it. It
+/// is removed, still held, just before the folder is renamed to the output, so that a
+/// committed output does not hold it (the shard reader reads only the files its index lists).
+pub const LOCK_FILE: &str = ".vgg-prep.lock";
 
 /// Settings of `vgg prep`.
 #[derive(Clone, Debug)]
@@ -151,6 +161,9 @@ struct Target {
     out: PathBuf,
     abs: PathBuf,
     tmp: PathBuf,
+    /// Holds the lock on `tmp`'s [`LOCK_FILE`] until the folder is renamed or removed (a
+    /// field drops after `Drop::drop`), so that no other prep takes it for a leftover.
+    _lock: std::fs::File,
 }
 
 impl Target {
@@ -183,13 +196,29 @@ impl Target {
         crate::atomic::create_dir(parent).map_err(|e| err(e.to_string()))?;
         tidy_leftovers(&abs);
         let tmp = crate::atomic::temp_path(&abs);
-        if tmp.exists() {
-            // Left by a killed run whose process id this one reuses.
-            std::fs::remove_dir_all(&tmp).map_err(|e| DataError::Io { path: tmp.clone(), reason: e.to_string() })?;
+        if tmp.symlink_metadata().is_ok() {
+            // Not removed by tidy_leftovers (named there): a prep with this process id in another
+            // PID namespace or on another host holds it, or an older build left it.
+            return Err(err(format!(
+                "the temporary folder {} is in use by another prep, or without a lock to tell; remove it once \
+                 no prep writes it",
+                tmp.display()
+            )));
         }
         std::fs::create_dir(&tmp)
             .map_err(|e| err(format!("cannot create the temporary folder {}: {e}", tmp.display())))?;
-        Ok(Self { out: out.into(), abs, tmp })
+        let lock = tmp.join(LOCK_FILE);
+        let lock = match crate::lockfile::try_lock(&lock, true) {
+            Ok(Lock::Taken(f)) => Ok(f),
+            // Only this prep knows the folder it just created: a lock held is one taken since.
+            Ok(Lock::Held(_)) => Err(std::io::Error::other("held by another process")),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            err(format!("cannot lock the temporary folder ({}): {e}", lock.display()))
+        })?;
+        Ok(Self { out: out.into(), abs, tmp, _lock: lock })
     }
 
     /// Renames the finished temporary folder to the output, moving a previous output aside
@@ -206,6 +235,9 @@ impl Target {
             std::fs::rename(&self.abs, &old)
                 .map_err(|e| err(format!("moving the previous output aside to {}: {e}", old.display())))?;
         }
+        // Still held (the file stays open): the output must not keep it, and a prep that
+        // finds the folder without it meanwhile leaves it alone.
+        let _ = std::fs::remove_file(self.tmp.join(LOCK_FILE));
         if let Err(e) = std::fs::rename(&self.tmp, &self.abs) {
             if had_old {
                 let _ = std::fs::rename(&old, &self.abs);
@@ -222,12 +254,15 @@ impl Target {
 }
 
 /// Tidies what earlier preps into `abs` that did not finish left beside it, saying so on
-/// stderr. Their temporary folders (`.OUT.tmpPID`, as large as the shards they had written,
-/// which nothing else would ever clean up) are removed once their writer is gone; a previous
-/// output they had moved aside (`.OUT.oldPID`, left when a prep is stopped between its two
-/// renames: then possibly the only complete copy) is only named, for the user to restore or
-/// remove. A folder whose process is still running (another prep into the same output) is
-/// left alone, and only folders count (the entry's own type: a link is not followed).
+/// stderr. A temporary folder (`.OUT.tmpPID`, as large as the shards written into it, which
+/// nothing else would ever clean up) is removed when its [`LOCK_FILE`] can be locked: its prep
+/// has ended (however: the system releases the lock), and the lock is held while removing it.
+/// One whose lock is held (a running prep, wherever it runs and whatever its process id) or
+/// that has no lock file (written by an older build, or one being created or committed) is
+/// left alone and named. A previous output that a prep moved aside (`.OUT.oldPID`, left when
+/// a prep is stopped between its two renames: then possibly the only complete copy) is only
+/// named, for the user to restore or remove. Only folders count (the entry's own type: a link
+/// is not followed).
 fn tidy_leftovers(abs: &Path) {
     let Some(Ok(entries)) = abs.parent().map(std::fs::read_dir) else {
         return;
@@ -241,45 +276,64 @@ fn tidy_leftovers(abs: &Path) {
             (None, Some(pid)) => (pid, false),
             _ => continue,
         };
-        // Our own (a reused process id) is replaced by Target::new.
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if pid == std::process::id() || !is_dir || process_alive(pid) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let path = e.path();
         if !temporary {
+            // Our own (a reused process id) is replaced by Target::commit.
+            if pid != std::process::id() {
+                eprintln!(
+                    "prep: {} was left by an earlier prep (process {pid}) that did not finish, unless that prep is \
+                     finishing now, and holds the output before it, moved aside (it may be the only complete \
+                     copy); restore or remove it yourself",
+                    path.display()
+                );
+            }
+            continue;
+        }
+        // Without creating it: a folder with no lock file is not known to be abandoned.
+        let _lock = match crate::lockfile::try_lock(&path.join(LOCK_FILE), false) {
+            Ok(Lock::Taken(f)) => f,
+            Ok(Lock::Held(_)) => {
+                eprintln!(
+                    "prep: {} is being written by another prep (process {pid}, which holds its lock); left alone",
+                    path.display()
+                );
+                continue;
+            }
+            Err(err) => {
+                // Unless gone meanwhile (committed, or removed by another prep).
+                if path.is_dir() {
+                    let why = match err.kind() {
+                        std::io::ErrorKind::NotFound => "has no lock file to tell whether that prep still runs (an \
+                                                         older vgg wrote it)"
+                            .to_string(),
+                        _ => format!("has a lock file that cannot be locked ({err})"),
+                    };
+                    eprintln!(
+                        "prep: {} may be the unfinished output of an earlier prep (process {pid}) but {why}; left \
+                         alone: remove it yourself once no prep writes it",
+                        path.display()
+                    );
+                }
+                continue;
+            }
+        };
+        if let Err(err) = std::fs::remove_dir_all(&path) {
             eprintln!(
-                "prep: {} was left by an earlier prep (process {pid}, no longer running) that did not finish and \
-                 holds the output before it, moved aside (it may be the only complete copy); restore or remove it \
-                 yourself",
-                path.display()
-            );
-        } else if let Err(err) = std::fs::remove_dir_all(&path) {
-            eprintln!(
-                "prep: {} was left unfinished by an earlier prep (process {pid}, no longer running) and could not \
-                 be removed: {err}",
+                "prep: {} was left unfinished by an earlier prep (process {pid}, stopped: its lock was free) and \
+                 could not be removed: {err}",
                 path.display()
             );
         } else {
             eprintln!(
-                "prep: removed {}, the unfinished output of an earlier prep (process {pid}, no longer running)",
+                "prep: removed {}, the unfinished output of an earlier prep (process {pid}, stopped: its lock was \
+                 free)",
                 path.display()
             );
         }
     }
-}
-
-/// Whether process `pid` exists (signal 0 checks without sending anything; a process of
-/// another user answers EPERM, which still means it exists). An id that is no process's
-/// (0, or above what a pid_t holds) counts as running, so that nothing is removed for it.
-fn process_alive(pid: u32) -> bool {
-    let Ok(p) = libc::pid_t::try_from(pid) else { return true };
-    if p <= 0 {
-        return true;
-    }
-    // SAFETY: kill with signal 0 sends no signal; it only looks the process up.
-    let r = unsafe { libc::kill(p, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl Drop for Target {

@@ -4,14 +4,14 @@
 //! holds a lock on `<checkpoint-dir>/.vgg-train.lock` (the file names its process id) for as
 //! long as it uses the folder.
 //!
-//! The lock is an advisory file lock (`File::try_lock`, flock on Unix), not the file's mere
-//! presence: the system releases it when its process ends however it ends (Ctrl-C, a kill,
-//! a crash), so a lock file left behind is recognised as stale without guessing from a process
-//! id that may since have been reused, and two runs that find the same stale file cannot both
-//! take it over.
+//! The lock is an advisory file lock ([`crate::lockfile`]), not the file's mere presence: the
+//! system releases it when its process ends however it ends (Ctrl-C, a kill, a crash), so a
+//! lock file left behind is recognised as stale without guessing from a process id that may
+//! since have been reused, and two runs that find the same stale file cannot both take it over.
 
+use crate::lockfile::Lock;
 use anyhow::{bail, Context, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -32,56 +32,40 @@ impl RunLock {
     /// a notice on stderr.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
         let path = dir.join(LOCK_FILE);
-        loop {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .with_context(|| format!("{}: cannot create the checkpoint folder's lock", path.display()))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    // The holder writes its id just after locking: it may not be there yet.
-                    let who = holder(&mut file).map_or("another run".to_string(), |p| format!("another run (pid {p})"));
-                    bail!(
-                        "{}: {who} is using this checkpoint folder (it holds {}); wait for it to end, or \
-                         choose another --checkpoint-dir (nothing was written)",
-                        dir.display(),
-                        path.display()
-                    );
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("{}: cannot lock the checkpoint folder", path.display()))
-                }
-            }
-            // A run that ends removes its lock file before releasing the lock: one opened before
-            // that removal is locked here but no longer the folder's, so open the current one.
-            let current = std::fs::metadata(&path).ok();
-            if !current.is_some_and(|m| same_file(&m, &file)) {
-                continue;
-            }
-            if let Some(pid) = holder(&mut file).filter(|p| *p != std::process::id()) {
-                eprintln!(
-                    "note: {}: taking over the lock of run pid {pid}, which ended without removing it \
-                     (killed or crashed)",
+        let taken = crate::lockfile::try_lock(&path, true)
+            .with_context(|| format!("{}: cannot lock the checkpoint folder", path.display()))?;
+        let mut file = match taken {
+            Lock::Taken(file) => file,
+            Lock::Held(mut file) => {
+                // The holder writes its id just after locking: it may not be there yet.
+                let who = holder(&mut file).map_or("another run".to_string(), |p| format!("another run (pid {p})"));
+                bail!(
+                    "{}: {who} is using this checkpoint folder (it holds {}); wait for it to end, or \
+                     choose another --checkpoint-dir (nothing was written)",
+                    dir.display(),
                     path.display()
                 );
             }
-            file.set_len(0)?;
-            file.rewind()?;
-            writeln!(file, "{}", std::process::id())
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("{}: writing the lock", path.display()))?;
-            return Ok(RunLock { path, _file: file });
+        };
+        if let Some(pid) = holder(&mut file).filter(|p| *p != std::process::id()) {
+            eprintln!(
+                "note: {}: taking over the lock of run pid {pid}, which ended without removing it \
+                 (killed or crashed)",
+                path.display()
+            );
         }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("{}: writing the lock", path.display()))?;
+        Ok(RunLock { path, _file: file })
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // Removed while still locked (the file is closed after this): see `acquire`.
+        // Removed while still locked (the file is closed after this): see `crate::lockfile`.
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -92,16 +76,4 @@ fn holder(file: &mut File) -> Option<u32> {
     file.rewind().ok()?;
     file.read_to_string(&mut s).ok()?;
     s.trim().parse().ok()
-}
-
-#[cfg(unix)]
-fn same_file(m: &std::fs::Metadata, file: &File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    file.metadata().is_ok_and(|f| (f.dev(), f.ino()) == (m.dev(), m.ino()))
-}
-
-/// Elsewhere an open file cannot be removed, so the file at the path is the one opened.
-#[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &File) -> bool {
-    true
 }
