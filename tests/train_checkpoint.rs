@@ -364,3 +364,39 @@ fn an_interrupted_run_resumes_into_one_run() {
     assert!(done.starts_with("done: steps 5-10 (6 this run) in "), "{done}");
     assert!(straight.lines().any(|l| l.starts_with("done: 10 steps in ")), "{straight}");
 }
+
+/// A resume cuts the metrics file back to its checkpoint's step only when it continues the
+/// checkpoint folder's own last.safetensors (the interrupted run): a branch from an older
+/// checkpoint into another folder, logging to the original run's metrics file, appends and
+/// deletes none of that run's lines (it dropped every line past the branch's step).
+#[test]
+fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
+    let (d, d2) = (tmpdir("cut-own"), tmpdir("cut-branch"));
+    let m = d.join("m.jsonl");
+    let with = |dir: &std::path::Path, steps, resume: Option<String>| TrainArgs {
+        metrics: Some(m.clone()),
+        resume,
+        ..args(dir, steps)
+    };
+    run(&with(&d, 4, None)).unwrap();
+    let at4 = d.join("at4.safetensors");
+    std::fs::copy(d.join("last.safetensors"), &at4).unwrap();
+    run(&with(&d, 8, Some(String::new()))).unwrap();
+    // The train lines' steps (the validations of runs stopped by --steps left out).
+    let steps = || -> Vec<u64> {
+        let text = std::fs::read_to_string(&m).unwrap();
+        let lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        lines.filter(|v| v["eval"] != true).map(|v| v["step"].as_u64().unwrap()).collect()
+    };
+    let original = std::fs::read_to_string(&m).unwrap();
+    assert_eq!(steps(), (1..=8).collect::<Vec<_>>());
+    // The branch: at4 into d2, appended to the original run's file, which keeps every line.
+    run(&with(&d2, 6, Some(at4.display().to_string()))).unwrap();
+    let after = std::fs::read_to_string(&m).unwrap();
+    assert!(after.starts_with(&original) && after.len() > original.len(), "{after}");
+    // The interrupted run: the folder's own last checkpoint (here step 4's again) cuts past 4.
+    std::fs::copy(&at4, d.join("last.safetensors")).unwrap();
+    std::fs::write(&m, &original).unwrap();
+    run(&with(&d, 5, Some(d.join("last.safetensors").display().to_string()))).unwrap();
+    assert_eq!(steps(), (1..=5).collect::<Vec<_>>());
+}

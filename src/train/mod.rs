@@ -206,7 +206,8 @@ fn resume_settings(
 
 /// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
 /// run: an interrupted run logged steps (and validations) past its last checkpoint, which the
-/// resumed run logs again. Kept: lines before the step, the step's own, and its validation
+/// resumed run logs again (so [`run`] calls it only when resuming --checkpoint-dir's own
+/// last.safetensors). Kept: lines before the step, the step's own, and its validation
 /// unless `epoch_end_redone` (a checkpoint saved at an epoch's last step, before its end). A
 /// line that is not ours (no step) stays; a torn last line (the process killed mid-write) goes.
 /// Rewritten whole (a temporary file renamed over it) and only when something goes.
@@ -484,10 +485,18 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         );
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
-    if let (Some(_), Some(m)) = (&a.resume, &a.metrics) {
-        // An epoch's end that the checkpoint is before (saved at its last step) is redone,
-        // validation and all.
-        cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+    if let (Some(from), Some(m)) = (&resume_from, &a.metrics) {
+        // Cut only when continuing the folder's own last checkpoint, the interrupted run the
+        // cut exists for: a branch from an older checkpoint (best.safetensors, another folder's
+        // file) into a new folder would otherwise delete the original run's lines past that
+        // step from a metrics file that still describes the original run. Compared canonical,
+        // so that any spelling of the folder's file counts as it.
+        let own = |p: &Path| std::fs::canonicalize(p).ok();
+        if ckpt_path.as_deref().and_then(own).is_some_and(|c| Some(c) == own(from)) {
+            // An epoch's end that the checkpoint is before (saved at its last step) is redone,
+            // validation and all.
+            cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+        }
     }
     let mut hist = match (&a.resume, &a.metrics) {
         (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
