@@ -48,15 +48,33 @@ fn tmpdir(name: &str) -> common::TempDir {
     common::TempDir::new("train", name)
 }
 
-/// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the
-/// checkpoint folder `dir`, with `extra` arguments; its stdout and stderr, after checking that
-/// it succeeded.
-fn vgg_train(dir: &std::path::Path, steps: &str, extra: &[&str]) -> (String, String) {
+/// [`vgg_train`]'s process, whether it succeeded or not.
+fn vgg_train_output(dir: &std::path::Path, steps: &str, extra: &[&str]) -> std::process::Output {
     let mut a = vec!["train", "--device", "emu", "--quiet", "--model", "A", "--width", "0.0625", "--input", "32"];
     a.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "24", "--batch", "4", "--workers", "0"]);
     a.extend(["--steps", steps, "--checkpoint-dir", dir.to_str().unwrap()]);
     a.extend(extra);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap()
+}
+
+/// Rewrites the `state` metadata of the checkpoint at `path` with `f` (on its JSON object), as
+/// an older build would have written it; the tensors and their checksums stay.
+fn edit_state(path: &std::path::Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    f(state.as_object_mut().unwrap());
+    meta.insert("state".into(), state.to_string());
+    std::fs::write(path, safetensors::serialize(st.tensors(), &Some(meta)).unwrap()).unwrap();
+}
+
+/// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the
+/// checkpoint folder `dir`, with `extra` arguments; its stdout and stderr, after checking that
+/// it succeeded.
+fn vgg_train(dir: &std::path::Path, steps: &str, extra: &[&str]) -> (String, String) {
+    let out = vgg_train_output(dir, steps, extra);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
@@ -399,4 +417,29 @@ fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
     std::fs::write(&m, &original).unwrap();
     run(&with(&d, 5, Some(d.join("last.safetensors").display().to_string()))).unwrap();
     assert_eq!(steps(), (1..=5).collect::<Vec<_>>());
+}
+
+/// A checkpoint whose recorded settings lack a field (written before it was added, as every
+/// later field will be for today's checkpoints) still loads and resumes: the missing value is
+/// neither refused nor silently taken (stderr names it), and the recorded ones are still
+/// compared. A missing field failed the whole state ("corrupt state metadata").
+#[test]
+fn a_checkpoint_without_a_settings_field_resumes() {
+    let d = tmpdir("settings-field");
+    vgg_train(&d, "2", &[]);
+    let last = d.join("last.safetensors");
+    edit_state(&last, |st| {
+        st["settings"].as_object_mut().unwrap().remove("wd").unwrap();
+    });
+    // The recorded settings as JSON (an absent value is null or missing).
+    let recorded = || serde_json::to_value(checkpoint::load(&last).unwrap().state.unwrap().settings).unwrap();
+    let s = recorded();
+    assert!(s["wd"].is_null() && s["momentum"] == 0.9f32 as f64, "{s}");
+    let out = vgg_train_output(&d, "3", &["--resume", "--momentum", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--momentum 0.9, this run has --momentum 0.5"), "{err}");
+    let err = vgg_train(&d, "3", &["--resume", "--wd", "0.001"]).1;
+    assert!(err.contains("last.safetensors does not record the run's --wd (written before"), "{err}");
+    assert_eq!(checkpoint::load(&last).unwrap().state.unwrap().step, 3);
+    assert_eq!(recorded()["wd"], 0.001f32 as f64);
 }

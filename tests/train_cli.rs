@@ -524,7 +524,7 @@ fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("note: --lr 0.5 replaces the run's base rate 0.02"), "{err}");
     let st = vgg_cuda::train::checkpoint::load(&ck.join("last.safetensors")).unwrap().state.unwrap();
-    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == 0.5, "{st:?}");
+    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == Some(0.5), "{st:?}");
     assert!(err.contains("with every rate scaled by"), "{err}");
     // A cosine run resumed with more steps: its curve's new length is said.
     let ck2 = t.0.join("ck2");

@@ -134,7 +134,9 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
 /// said on stderr; returns the current rate that gives (`None` when unchanged). Options that
 /// give the same steps (device, conv plans, --sync-every, --graph, workers, outputs) are free,
 /// and so are --steps / --epochs, which extend or shorten the run; --data's path is not
-/// compared, as a dataset may move (the classes are, with the model's config).
+/// compared, as a dataset may move (the classes are, with the model's config). An option the
+/// checkpoint does not record (written before it was: [`checkpoint::RunSettings`]) cannot be
+/// compared: taken as this run's, and named on stderr.
 fn resume_settings(
     path: &Path,
     state: &TrainState,
@@ -152,32 +154,56 @@ fn resume_settings(
         (Some(q), Some(now_q)) => differs("--test-scale", q.to_string(), now_q.to_string()),
         _ => Ok(()),
     };
-    let Some(was) = &state.settings else { return test_scale().map(|()| None) };
+    // A checkpoint written before the settings were recorded has none of them.
+    let was = state.settings.clone().unwrap_or_default();
     let is = settings;
-    differs("--momentum", was.momentum.to_string(), is.momentum.to_string())?;
-    differs("--wd", was.wd.to_string(), is.wd.to_string())?;
-    if was.bias_decay != is.bias_decay {
-        let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
-        bail!("{}: written by a run {}, this run is {}", path.display(), flag(was.bias_decay), flag(is.bias_decay));
-    }
+    // The options the checkpoint does not record: not compared (an unknown value is no
+    // evidence of a change, and refusing would refuse the run's own), but said below.
+    let mut unchecked = vec![];
+    let mut check =
+        |opt: &'static str, was: Option<String>, is: Option<String>, eq: fn(&str, &str) -> bool| match (was, is) {
+            (Some(w), Some(i)) if !eq(&w, &i) => differs(opt, w, i),
+            (None, Some(_)) => {
+                unchecked.push(opt);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+    let text = |v: f32| v.to_string();
+    check("--momentum", was.momentum.map(text), is.momentum.map(text), |a, b| a == b)?;
+    check("--wd", was.wd.map(text), is.wd.map(text), |a, b| a == b)?;
     // Compared as parsed: `plateau` and `plateau:1` are one schedule.
-    if LrSchedule::parse(&was.schedule).ok() != LrSchedule::parse(&is.schedule).ok() {
-        differs("--schedule", was.schedule.clone(), is.schedule.clone())?;
-    }
-    if Init::parse(&was.init).ok() != Init::parse(&is.init).ok() {
-        differs("--init", was.init.clone(), is.init.clone())?;
-    }
-    differs("--loss-scale", was.loss_scale.to_string(), is.loss_scale.to_string())?;
+    let schedule: fn(&str, &str) -> bool = |a, b| LrSchedule::parse(a).ok() == LrSchedule::parse(b).ok();
+    check("--schedule", was.schedule.clone(), is.schedule.clone(), schedule)?;
+    check("--init", was.init.clone(), is.init.clone(), |a, b| Init::parse(a).ok() == Init::parse(b).ok())?;
+    check("--loss-scale", was.loss_scale.map(text), is.loss_scale.map(text), |a, b| a == b)?;
+    check("--scale", was.scale.clone(), is.scale.clone(), |a, b| a == b)?;
+    check("--color-shift", was.color_shift.map(text), is.color_shift.map(text), |a, b| a == b)?;
+    // None on other data than the synthetic set: not a missing record.
     if let (Some(n), Some(m)) = (was.synthetic_len, is.synthetic_len) {
         differs("--synthetic-len", n.to_string(), m.to_string())?;
     }
-    differs("--scale", was.scale.clone(), is.scale.clone())?;
-    differs("--color-shift", was.color_shift.to_string(), is.color_shift.to_string())?;
+    match (was.bias_decay, is.bias_decay) {
+        (Some(w), Some(i)) if w != i => {
+            let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
+            bail!("{}: written by a run {}, this run is {}", path.display(), flag(w), flag(i));
+        }
+        (None, Some(_)) => unchecked.push("--bias-decay"),
+        _ => {}
+    }
     test_scale()?;
+    if !unchecked.is_empty() {
+        eprintln!(
+            "note: {} does not record the run's {} (written before they were recorded): this run's are taken \
+             unchecked",
+            path.display(),
+            unchecked.join(", ")
+        );
+    }
     // The cosine's rate is a function of step / total: a longer or shorter run (legitimate, as
     // for every schedule) bends the rest of its curve, which is said, not refused.
-    if let (Ok(LrSchedule::Cosine), Some(n), Some(m)) =
-        (LrSchedule::parse(&is.schedule), was.total_steps, is.total_steps)
+    if let (Some(Ok(LrSchedule::Cosine)), Some(n), Some(m)) =
+        (is.schedule.as_deref().map(LrSchedule::parse), was.total_steps, is.total_steps)
     {
         if n != m {
             eprintln!(
@@ -187,19 +213,19 @@ fn resume_settings(
             );
         }
     }
-    if was.lr == is.lr {
+    // A base rate the checkpoint does not record leaves the current rate as it is.
+    let (Some(was_lr), Some(is_lr)) = (was.lr, is.lr) else { return Ok(None) };
+    if was_lr == is_lr {
         return Ok(None);
     }
     // Every schedule's rate is the base rate times a factor (of the epoch, the step, or the
     // plateau's decays so far): the new base scales the current rate alike.
-    let lr = state.lr * (is.lr / was.lr);
+    let lr = state.lr * (is_lr / was_lr);
     eprintln!(
-        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate \
-         scaled by {}, now {lr:e}",
-        is.lr,
-        was.lr,
+        "note: --lr {is_lr} replaces the run's base rate {was_lr}: its schedule continues from step {} with every \
+         rate scaled by {}, now {lr:e}",
         state.step,
-        is.lr / was.lr
+        is_lr / was_lr
     );
     Ok(Some(lr))
 }
@@ -349,19 +375,19 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
     let settings = checkpoint::RunSettings {
-        lr: a.lr,
-        momentum: a.momentum,
-        wd: a.wd,
-        bias_decay: a.bias_decay,
-        schedule: a.schedule.clone(),
-        init: a.init.clone(),
-        loss_scale: a.loss_scale,
+        lr: Some(a.lr),
+        momentum: Some(a.momentum),
+        wd: Some(a.wd),
+        bias_decay: Some(a.bias_decay),
+        schedule: Some(a.schedule.clone()),
+        init: Some(a.init.clone()),
+        loss_scale: Some(a.loss_scale),
         synthetic_len: (a.data == "synthetic").then_some(a.synthetic_len),
-        scale: match data.train_tf.scale {
+        scale: Some(match data.train_tf.scale {
             crate::data::Scale::Fixed(s) => s.to_string(),
             crate::data::Scale::Jitter(lo, hi) => format!("{lo}:{hi}"),
-        },
-        color_shift: data.train_tf.color_std,
+        }),
+        color_shift: Some(data.train_tf.color_std),
         total_steps: Some(total),
     };
     let mut st = TrainState {
