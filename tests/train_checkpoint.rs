@@ -19,7 +19,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         batch: 4,
         steps: Some(steps),
         epochs: 1,
-        lr: 0.01,
+        lr: Some(0.01),
         momentum: 0.9,
         wd: 5e-4,
         dropout: 0.5,
@@ -285,7 +285,7 @@ fn best_checkpoint_is_the_first_best_validation() {
         checkpoint_every: None,
         resume: resume.then(String::new),
         dropout: 0.0,
-        lr: 0.02,
+        lr: Some(0.02),
         ..args(&d, steps)
     };
     // Stopped mid-epoch twice (6 steps an epoch): validations at 9 and 15 besides the epochs'.
@@ -442,4 +442,55 @@ fn a_checkpoint_without_a_settings_field_resumes() {
     assert!(err.contains("last.safetensors does not record the run's --wd (written before"), "{err}");
     assert_eq!(checkpoint::load(&last).unwrap().state.unwrap().step, 3);
     assert_eq!(recorded()["wd"], 0.001f32 as f64);
+}
+
+/// A checkpoint of the build before the run's settings and the epoch's sums were recorded (its
+/// state has neither) resumes: without --lr under the plateau schedule, whose rate is the
+/// checkpoint's, and under the step schedule, whose rates derive from the base rate it does not
+/// record, only with --lr (refused without: a guess rescaled the run), the run's own then
+/// continuing it; both bit for bit. An explicit --lr under the plateau schedule replaces the
+/// current rate (it was ignored without a word).
+#[test]
+fn an_older_checkpoint_resumes() {
+    let older = |p: &std::path::Path| {
+        edit_state(p, |st| {
+            st.remove("settings").unwrap();
+            st.remove("epoch_sums").unwrap();
+        })
+    };
+    let bits = |l: &[(u64, f32)]| l.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    for (name, schedule) in [("plateau", "plateau"), ("step", "step:1")] {
+        let (d1, d2) = (tmpdir(&format!("older-{name}-straight")), tmpdir(&format!("older-{name}")));
+        let with = |d: &std::path::Path, steps| TrainArgs { schedule: schedule.into(), ..args(d, steps) };
+        let straight = run(&with(&d1, 8)).unwrap();
+        let first = run(&with(&d2, 4)).unwrap();
+        let last = d2.join("last.safetensors");
+        older(&last);
+        let resume = |lr| TrainArgs { resume: Some(String::new()), lr, ..with(&d2, 8) };
+        let second = if name == "plateau" {
+            run(&resume(None)).unwrap()
+        } else {
+            let e = format!("{:#}", run(&resume(None)).unwrap_err());
+            assert!(e.contains("records no base rate") && e.contains("give the run's --lr"), "{e}");
+            run(&resume(Some(0.01))).unwrap()
+        };
+        let resumed: Vec<_> = bits(&first.losses).into_iter().chain(bits(&second.losses)).collect();
+        assert_eq!(resumed, bits(&straight.losses), "{schedule}: losses of the resumed run differ");
+        let [w1, w2] = [&d1, &d2].map(|d| checkpoint::load(&d.join("last.safetensors")).unwrap());
+        assert_eq!((w1.weights, w1.momentum), (w2.weights, w2.momentum), "{schedule}");
+        // The plateau run resumed without --lr records its base rate as unknown.
+        let (s1, mut s2) = (w1.state.unwrap(), w2.state.unwrap());
+        if name == "plateau" {
+            assert_eq!(s2.settings.as_ref().unwrap().lr, None);
+            s2.settings.as_mut().unwrap().lr = Some(0.01);
+        }
+        assert_eq!(s1, s2, "{schedule}");
+        if name == "plateau" {
+            // An explicit --lr replaces the plateau schedule's current rate from here on.
+            older(&last);
+            run(&TrainArgs { lr: Some(0.005), steps: Some(9), ..resume(None) }).unwrap();
+            let st = checkpoint::load(&last).unwrap().state.unwrap();
+            assert_eq!((st.step, st.lr, st.settings.unwrap().lr), (9, 0.005, Some(0.005)));
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub mod plot;
 pub mod pre_init;
 mod schedule;
 
-pub use args::{validate_model_options, TrainArgs};
+pub use args::{validate_model_options, TrainArgs, DEFAULT_LR};
 pub use data::validate;
 pub use schedule::LrSchedule;
 
@@ -129,20 +129,22 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
 /// schedule (its recorded memory belongs to the schedule that wrote it), the validation's Q
 /// (the plateau schedule and the best checkpoint compare its accuracies), the initial loss
 /// scale (the divergence check's reference) and --init (the weights come from the checkpoint,
-/// so another init would be silently ignored). `--lr` alone may change: lowering the rate by
-/// hand is how the paper trained, so another base rate rescales the schedule from here on,
-/// said on stderr; returns the current rate that gives (`None` when unchanged). Options that
-/// give the same steps (device, conv plans, --sync-every, --graph, workers, outputs) are free,
-/// and so are --steps / --epochs, which extend or shorten the run; --data's path is not
-/// compared, as a dataset may move (the classes are, with the model's config). An option the
-/// checkpoint does not record (written before it was: [`checkpoint::RunSettings`]) cannot be
-/// compared: taken as this run's, and named on stderr.
+/// so another init would be silently ignored). `--lr` alone may change, and only when given
+/// (`lr`; without it the run keeps its base rate): lowering the rate by hand is how the paper
+/// trained, so another base rate rescales the schedule from here on, said on stderr. Returns
+/// the base rate from here on (`None` where it is unknown and unused: see below) and the
+/// current rate. Options that give the same steps (device, conv plans, --sync-every, --graph,
+/// workers, outputs) are free, and so are --steps / --epochs, which extend or shorten the run;
+/// --data's path is not compared, as a dataset may move (the classes are, with the model's
+/// config). An option the checkpoint does not record (written before it was:
+/// [`checkpoint::RunSettings`]) cannot be compared: taken as this run's, and named on stderr.
 fn resume_settings(
     path: &Path,
     state: &TrainState,
     now: &TrainState,
     settings: &checkpoint::RunSettings,
-) -> Result<Option<f32>> {
+    lr: Option<f32>,
+) -> Result<(Option<f32>, f32)> {
     let differs = |opt: &str, was: String, is: String| -> Result<()> {
         if was != is {
             bail!("{}: written by a run with {opt} {was}, this run has {opt} {is}", path.display());
@@ -213,21 +215,57 @@ fn resume_settings(
             );
         }
     }
-    // A base rate the checkpoint does not record leaves the current rate as it is.
-    let (Some(was_lr), Some(is_lr)) = (was.lr, is.lr) else { return Ok(None) };
-    if was_lr == is_lr {
-        return Ok(None);
-    }
+    let step = state.step;
+    let schedule = is.schedule.as_deref().map(LrSchedule::parse).and_then(Result::ok);
+    let plateau = matches!(schedule, Some(LrSchedule::Plateau { .. }));
+    let (base, given) = match (was.lr, lr) {
+        (Some(base), None) => return Ok((Some(base), state.lr)),
+        (Some(base), Some(given)) if base == given => return Ok((Some(base), state.lr)),
+        (Some(base), Some(given)) => (base, given),
+        // A checkpoint that records no base rate (written before it was). Without --lr the
+        // plateau schedule needs none (its rate is the checkpoint's current one); the step and
+        // cosine schedules derive every rate from it, and a guess (0.02) rescaled runs started
+        // with another rate without a word: refused. With --lr, the given rate is taken from
+        // here on rather than refused, so that such a run can still be resumed (and lowered by
+        // hand): the step and cosine schedules take it as their base, as the build that wrote
+        // the checkpoint did (the run's own --lr then continues it exactly); the plateau
+        // schedule's current rate becomes it, since its decays so far cannot be told from a
+        // base that is not recorded. Said on stderr either way, with the rate it replaces.
+        (None, None) if plateau => return Ok((None, state.lr)),
+        (None, None) => bail!(
+            "{}: the checkpoint records no base rate (written before it was), from which the schedule's rates \
+             are computed: give the run's --lr",
+            path.display()
+        ),
+        (None, Some(given)) if plateau => {
+            if given != state.lr {
+                eprintln!(
+                    "note: {} records no base rate (written before it was): --lr {given} replaces its current rate \
+                     {:e} from step {step} on (leave out --lr to keep that)",
+                    path.display(),
+                    state.lr
+                );
+            }
+            return Ok((Some(given), given));
+        }
+        (None, Some(given)) => {
+            eprintln!(
+                "note: {} records no base rate (written before it was): the schedule's rates from step {step} on \
+                 derive from --lr {given}, as the run's did from its --lr",
+                path.display()
+            );
+            return Ok((Some(given), state.lr));
+        }
+    };
     // Every schedule's rate is the base rate times a factor (of the epoch, the step, or the
     // plateau's decays so far): the new base scales the current rate alike.
-    let lr = state.lr * (is_lr / was_lr);
+    let lr = state.lr * (given / base);
     eprintln!(
-        "note: --lr {is_lr} replaces the run's base rate {was_lr}: its schedule continues from step {} with every \
+        "note: --lr {given} replaces the run's base rate {base}: its schedule continues from step {step} with every \
          rate scaled by {}, now {lr:e}",
-        state.step,
-        is_lr / was_lr
+        given / base
     );
-    Ok(Some(lr))
+    Ok((Some(given), lr))
 }
 
 /// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
@@ -374,8 +412,11 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bail!("the training set ({} images) has no full batch of {}{hint}", train_ds.len(), a.batch);
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
+    // A new run's rate; a resume's is the checkpoint's unless --lr is given (resume_settings).
+    let new_lr = a.lr.unwrap_or(DEFAULT_LR);
+    let mut base_lr = new_lr;
     let settings = checkpoint::RunSettings {
-        lr: Some(a.lr),
+        lr: Some(new_lr),
         momentum: Some(a.momentum),
         wd: Some(a.wd),
         bias_decay: Some(a.bias_decay),
@@ -397,7 +438,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         loss_scale: a.loss_scale,
         scaler_clean_steps: 0,
         scaler_skipped: 0,
-        lr: a.lr,
+        lr: new_lr,
         best_val: -1.0,
         bad_evals: 0,
         decays: 0,
@@ -456,7 +497,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 flag(a.keep_last)
             );
         }
-        let resumed_lr = resume_settings(path, &state, &st, &settings)?;
+        let (base, lr) = resume_settings(path, &state, &st, &settings, a.lr)?;
         vgg.set_scaler_state(ScalerState {
             scale: state.loss_scale,
             clean_steps: state.scaler_clean_steps,
@@ -466,7 +507,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         // another folder (a branch from a checkpoint) starts its own best.
         let best_top1 = state.best_top1.filter(|_| best_path.as_ref().is_some_and(|p| p.is_file()));
         st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, settings: st.settings, ..state };
-        st.lr = resumed_lr.unwrap_or(st.lr);
+        st.lr = lr;
+        // An unknown base is used by no schedule (resume_settings): recorded as unknown.
+        st.settings = st.settings.map(|s| checkpoint::RunSettings { lr: base, ..s });
+        base_lr = base.unwrap_or(lr);
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -641,7 +685,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             hl.write()?.copy_from_slice(blab);
             hi.upload(&mut images)?;
             hl.upload(&mut labels)?;
-            let lr = schedule.rate(a.lr, &st, total);
+            let lr = schedule.rate(base_lr, &st, total);
             st.lr = lr;
             let read = a.sync_every == 1
                 || (st.step + 1).is_multiple_of(a.sync_every)
