@@ -19,7 +19,7 @@ fn args(dir: &std::path::Path, steps: u64) -> TrainArgs {
         batch: 4,
         steps: Some(steps),
         epochs: 1,
-        lr: 0.01,
+        lr: Some(0.01),
         momentum: 0.9,
         wd: 5e-4,
         dropout: 0.5,
@@ -48,15 +48,33 @@ fn tmpdir(name: &str) -> common::TempDir {
     common::TempDir::new("train", name)
 }
 
-/// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the
-/// checkpoint folder `dir`, with `extra` arguments; its stdout and stderr, after checking that
-/// it succeeded.
-fn vgg_train(dir: &std::path::Path, steps: &str, extra: &[&str]) -> (String, String) {
+/// [`vgg_train`]'s process, whether it succeeded or not.
+fn vgg_train_output(dir: &std::path::Path, steps: &str, extra: &[&str]) -> std::process::Output {
     let mut a = vec!["train", "--device", "emu", "--quiet", "--model", "A", "--width", "0.0625", "--input", "32"];
     a.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "24", "--batch", "4", "--workers", "0"]);
     a.extend(["--steps", steps, "--checkpoint-dir", dir.to_str().unwrap()]);
     a.extend(extra);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_vgg")).args(&a).output().unwrap()
+}
+
+/// Rewrites the `state` metadata of the checkpoint at `path` with `f` (on its JSON object), as
+/// an older build would have written it; the tensors and their checksums stay.
+fn edit_state(path: &std::path::Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    f(state.as_object_mut().unwrap());
+    meta.insert("state".into(), state.to_string());
+    std::fs::write(path, safetensors::serialize(st.tensors(), &Some(meta)).unwrap()).unwrap();
+}
+
+/// `vgg train` on emu (A at 1/16 width, 32x32, 6 steps an epoch) for `steps` steps into the
+/// checkpoint folder `dir`, with `extra` arguments; its stdout and stderr, after checking that
+/// it succeeded.
+fn vgg_train(dir: &std::path::Path, steps: &str, extra: &[&str]) -> (String, String) {
+    let out = vgg_train_output(dir, steps, extra);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
@@ -267,7 +285,7 @@ fn best_checkpoint_is_the_first_best_validation() {
         checkpoint_every: None,
         resume: resume.then(String::new),
         dropout: 0.0,
-        lr: 0.02,
+        lr: Some(0.02),
         ..args(&d, steps)
     };
     // Stopped mid-epoch twice (6 steps an epoch): validations at 9 and 15 besides the epochs'.
@@ -363,4 +381,116 @@ fn an_interrupted_run_resumes_into_one_run() {
     let done = resumed.lines().find(|l| l.starts_with("done:")).unwrap_or_else(|| panic!("{resumed}"));
     assert!(done.starts_with("done: steps 5-10 (6 this run) in "), "{done}");
     assert!(straight.lines().any(|l| l.starts_with("done: 10 steps in ")), "{straight}");
+}
+
+/// A resume cuts the metrics file back to its checkpoint's step only when it continues the
+/// checkpoint folder's own last.safetensors (the interrupted run): a branch from an older
+/// checkpoint into another folder, logging to the original run's metrics file, appends and
+/// deletes none of that run's lines (it dropped every line past the branch's step).
+#[test]
+fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
+    let (d, d2) = (tmpdir("cut-own"), tmpdir("cut-branch"));
+    let m = d.join("m.jsonl");
+    let with = |dir: &std::path::Path, steps, resume: Option<String>| TrainArgs {
+        metrics: Some(m.clone()),
+        resume,
+        ..args(dir, steps)
+    };
+    run(&with(&d, 4, None)).unwrap();
+    let at4 = d.join("at4.safetensors");
+    std::fs::copy(d.join("last.safetensors"), &at4).unwrap();
+    run(&with(&d, 8, Some(String::new()))).unwrap();
+    // The train lines' steps (the validations of runs stopped by --steps left out).
+    let steps = || -> Vec<u64> {
+        let text = std::fs::read_to_string(&m).unwrap();
+        let lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        lines.filter(|v| v["eval"] != true).map(|v| v["step"].as_u64().unwrap()).collect()
+    };
+    let original = std::fs::read_to_string(&m).unwrap();
+    assert_eq!(steps(), (1..=8).collect::<Vec<_>>());
+    // The branch: at4 into d2, appended to the original run's file, which keeps every line.
+    run(&with(&d2, 6, Some(at4.display().to_string()))).unwrap();
+    let after = std::fs::read_to_string(&m).unwrap();
+    assert!(after.starts_with(&original) && after.len() > original.len(), "{after}");
+    // The interrupted run: the folder's own last checkpoint (here step 4's again) cuts past 4.
+    std::fs::copy(&at4, d.join("last.safetensors")).unwrap();
+    std::fs::write(&m, &original).unwrap();
+    run(&with(&d, 5, Some(d.join("last.safetensors").display().to_string()))).unwrap();
+    assert_eq!(steps(), (1..=5).collect::<Vec<_>>());
+}
+
+/// A checkpoint whose recorded settings lack a field (written before it was added, as every
+/// later field will be for today's checkpoints) still loads and resumes: the missing value is
+/// neither refused nor silently taken (stderr names it), and the recorded ones are still
+/// compared. A missing field failed the whole state ("corrupt state metadata").
+#[test]
+fn a_checkpoint_without_a_settings_field_resumes() {
+    let d = tmpdir("settings-field");
+    vgg_train(&d, "2", &[]);
+    let last = d.join("last.safetensors");
+    edit_state(&last, |st| {
+        st["settings"].as_object_mut().unwrap().remove("wd").unwrap();
+    });
+    // The recorded settings as JSON (an absent value is null or missing).
+    let recorded = || serde_json::to_value(checkpoint::load(&last).unwrap().state.unwrap().settings).unwrap();
+    let s = recorded();
+    assert!(s["wd"].is_null() && s["momentum"] == 0.9f32 as f64, "{s}");
+    let out = vgg_train_output(&d, "3", &["--resume", "--momentum", "0.5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--momentum 0.9, this run has --momentum 0.5"), "{err}");
+    let err = vgg_train(&d, "3", &["--resume", "--wd", "0.001"]).1;
+    assert!(err.contains("last.safetensors does not record the run's --wd (written before"), "{err}");
+    assert_eq!(checkpoint::load(&last).unwrap().state.unwrap().step, 3);
+    assert_eq!(recorded()["wd"], 0.001f32 as f64);
+}
+
+/// A checkpoint of the build before the run's settings and the epoch's sums were recorded (its
+/// state has neither) resumes: without --lr under the plateau schedule, whose rate is the
+/// checkpoint's, and under the step schedule, whose rates derive from the base rate it does not
+/// record, only with --lr (refused without: a guess rescaled the run), the run's own then
+/// continuing it; both bit for bit. An explicit --lr under the plateau schedule replaces the
+/// current rate (it was ignored without a word).
+#[test]
+fn an_older_checkpoint_resumes() {
+    let older = |p: &std::path::Path| {
+        edit_state(p, |st| {
+            st.remove("settings").unwrap();
+            st.remove("epoch_sums").unwrap();
+        })
+    };
+    let bits = |l: &[(u64, f32)]| l.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+    for (name, schedule) in [("plateau", "plateau"), ("step", "step:1")] {
+        let (d1, d2) = (tmpdir(&format!("older-{name}-straight")), tmpdir(&format!("older-{name}")));
+        let with = |d: &std::path::Path, steps| TrainArgs { schedule: schedule.into(), ..args(d, steps) };
+        let straight = run(&with(&d1, 8)).unwrap();
+        let first = run(&with(&d2, 4)).unwrap();
+        let last = d2.join("last.safetensors");
+        older(&last);
+        let resume = |lr| TrainArgs { resume: Some(String::new()), lr, ..with(&d2, 8) };
+        let second = if name == "plateau" {
+            run(&resume(None)).unwrap()
+        } else {
+            let e = format!("{:#}", run(&resume(None)).unwrap_err());
+            assert!(e.contains("records no base rate") && e.contains("give the run's --lr"), "{e}");
+            run(&resume(Some(0.01))).unwrap()
+        };
+        let resumed: Vec<_> = bits(&first.losses).into_iter().chain(bits(&second.losses)).collect();
+        assert_eq!(resumed, bits(&straight.losses), "{schedule}: losses of the resumed run differ");
+        let [w1, w2] = [&d1, &d2].map(|d| checkpoint::load(&d.join("last.safetensors")).unwrap());
+        assert_eq!((w1.weights, w1.momentum), (w2.weights, w2.momentum), "{schedule}");
+        // The plateau run resumed without --lr records its base rate as unknown.
+        let (s1, mut s2) = (w1.state.unwrap(), w2.state.unwrap());
+        if name == "plateau" {
+            assert_eq!(s2.settings.as_ref().unwrap().lr, None);
+            s2.settings.as_mut().unwrap().lr = Some(0.01);
+        }
+        assert_eq!(s1, s2, "{schedule}");
+        if name == "plateau" {
+            // An explicit --lr replaces the plateau schedule's current rate from here on.
+            older(&last);
+            run(&TrainArgs { lr: Some(0.005), steps: Some(9), ..resume(None) }).unwrap();
+            let st = checkpoint::load(&last).unwrap().state.unwrap();
+            assert_eq!((st.step, st.lr, st.settings.unwrap().lr), (9, 0.005, Some(0.005)));
+        }
+    }
 }

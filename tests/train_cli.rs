@@ -32,7 +32,7 @@ fn error_of(a: TrainArgs) -> String {
 /// 1, instead of skipping every step to the end and printing "done" with exit status 0.
 #[test]
 fn a_diverging_run_stops_with_an_error() {
-    let e = error_of(tiny(|a| (a.lr, a.steps, a.loss_scale) = (1e30, Some(40), 4.0)));
+    let e = error_of(tiny(|a| (a.lr, a.steps, a.loss_scale) = (Some(1e30), Some(40), 4.0)));
     assert!(e.contains("training diverged at step") && e.contains("--lr"), "{e}");
     let step: u64 = e["training diverged at step ".len()..].split(':').next().unwrap().parse().unwrap();
     // 4 -> below 1/16 takes 7 halvings: the steps after the first update (which applied).
@@ -44,9 +44,9 @@ fn a_diverging_run_stops_with_an_error() {
 #[test]
 fn options_no_run_can_use_are_refused_by_name() {
     for (f, want) in [
-        (Box::new(|a: &mut TrainArgs| a.lr = -1.0) as Box<dyn Fn(&mut TrainArgs)>, "--lr -1"),
-        (Box::new(|a| a.lr = f32::NAN), "--lr NaN"),
-        (Box::new(|a| a.lr = f32::INFINITY), "--lr inf"),
+        (Box::new(|a: &mut TrainArgs| a.lr = Some(-1.0)) as Box<dyn Fn(&mut TrainArgs)>, "--lr -1"),
+        (Box::new(|a| a.lr = Some(f32::NAN)), "--lr NaN"),
+        (Box::new(|a| a.lr = Some(f32::INFINITY)), "--lr inf"),
         (Box::new(|a| a.momentum = 1.5), "--momentum 1.5"),
         (Box::new(|a| a.loss_scale = 0.0), "--loss-scale 0: the initial loss scale"),
         (Box::new(|a| a.loss_scale = f32::INFINITY), "--loss-scale inf"),
@@ -524,7 +524,7 @@ fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("note: --lr 0.5 replaces the run's base rate 0.02"), "{err}");
     let st = vgg_cuda::train::checkpoint::load(&ck.join("last.safetensors")).unwrap().state.unwrap();
-    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == 0.5, "{st:?}");
+    assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == Some(0.5), "{st:?}");
     assert!(err.contains("with every rate scaled by"), "{err}");
     // A cosine run resumed with more steps: its curve's new length is said.
     let ck2 = t.0.join("ck2");
@@ -534,4 +534,25 @@ fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
     let out = vgg(&[&cos[..], &["--steps", "4", "--resume"]].concat());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("cosine schedule now anneals over 4 steps, not the run's 2"), "{err}");
+}
+
+/// A resume without --lr keeps the run's base rate: --lr's default (0.02) is a new run's, and
+/// took its place, doubling every rate of a run started with --lr 0.01 (the step schedule's
+/// here, computed from the base rate at every step).
+#[test]
+fn a_resume_without_lr_keeps_the_runs_rate() {
+    let t = TempDir::new("train-cli", "keep-lr");
+    let with = |dir: &str, steps, lr, resume: bool| {
+        tiny(|a| {
+            (a.checkpoint_dir, a.steps, a.lr) = (Some(t.0.join(dir)), Some(steps), lr);
+            (a.schedule, a.resume) = ("step:1".into(), resume.then(String::new));
+        })
+    };
+    run(&with("straight", 3, Some(0.01), false)).unwrap();
+    run(&with("resumed", 2, Some(0.01), false)).unwrap();
+    run(&with("resumed", 3, None, true)).unwrap();
+    let load = |dir: &str| vgg_cuda::train::checkpoint::load(&t.0.join(dir).join("last.safetensors")).unwrap();
+    let (s, r) = (load("straight"), load("resumed"));
+    assert_eq!(r.state.as_ref().unwrap().settings.as_ref().unwrap().lr, Some(0.01));
+    assert!(s.weights == r.weights && s.state == r.state, "{:?} vs {:?}", s.state, r.state);
 }

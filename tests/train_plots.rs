@@ -20,7 +20,7 @@ fn args() -> TrainArgs {
         synthetic_len: 24,
         batch: 4,
         epochs: 2,
-        lr: 0.01,
+        lr: Some(0.01),
         device: "emu".into(),
         workers: Some(0),
         quiet: true,

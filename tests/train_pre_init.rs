@@ -23,7 +23,7 @@ fn args(model: &str) -> TrainArgs {
         classes: 3,
         synthetic_len: 24,
         batch: 4,
-        lr: 0.01,
+        lr: Some(0.01),
         device: "emu".into(),
         workers: Some(0),
         quiet: true,

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// The learning rate of a new run without `--lr`.
+pub const DEFAULT_LR: f32 = 0.02;
+
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
 /// device in about a minute on 2 cores (README: 39 s of training; A at 1/16 width, 32x32, 4
 /// synthetic classes, He init, torchvision's input normalisation); the paper's settings are
@@ -80,11 +83,16 @@ pub struct TrainArgs {
     /// Passes over the training set (unused when --steps is given).
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
-    /// Initial learning rate (the schedule divides or anneals it). With --resume, another
-    /// value than the run's scales every rate of its schedule from the checkpoint on by
-    /// new / old (said on stderr), as lowering the rate by hand does.
-    #[arg(long, default_value_t = 0.02, allow_negative_numbers = true)]
-    pub lr: f32,
+    /// Initial learning rate, the base rate the schedule divides or anneals [default: 0.02; with
+    /// --resume, the run's own]. Given with --resume, another value than the run's scales every
+    /// rate of its schedule from the checkpoint on by new / old (said on stderr), as lowering
+    /// the rate by hand does. A checkpoint of a build that did not record the base rate takes
+    /// --lr as it (under the plateau schedule, as the current rate); under the step and cosine
+    /// schedules, whose rates derive from it, such a resume needs --lr.
+    // No clap default: a resume must tell a rate the user gave from one it did not, which
+    // keeps the run's (a default of 0.02 rescaled every run started with another rate).
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f32>,
     /// SGD momentum (the paper's 0.9).
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f32,
@@ -215,8 +223,8 @@ impl TrainArgs {
         if self.batch == 0 {
             bail!("--batch must be at least 1");
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr {}: the learning rate must be positive and finite", self.lr);
+        if let Some(lr) = self.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            bail!("--lr {lr}: the learning rate must be positive and finite");
         }
         // LossScaler::with's rule, repeated here to name the option and to refuse before the
         // data are read and the device opened (the scaler's error names only the value).

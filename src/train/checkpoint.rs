@@ -105,31 +105,39 @@ pub struct EpochSums {
 
 /// A run's settings as [`TrainState::settings`] records them (resolved: a default that depends
 /// on the data is stored as the value it took).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Every field is an `Option` (and the struct `#[serde(default)]`, for any field): a field the
+/// checkpoint lacks (one added after it was written, as each new field will be for today's
+/// checkpoints) reads as `None` instead of failing the whole `state`, which lost the run's place along with it. A
+/// missing value is unknown, not a default: the resume compares a field only where both the
+/// checkpoint and the run have it (refusing on a made-up default would refuse the run's own
+/// value), and names on stderr the options it could not check (so that a change to one is not
+/// taken without a word).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunSettings {
     /// `--lr`, the base rate the schedule divides or anneals.
-    pub lr: f32,
+    pub lr: Option<f32>,
     /// `--momentum`.
-    pub momentum: f32,
+    pub momentum: Option<f32>,
     /// `--wd`.
-    pub wd: f32,
+    pub wd: Option<f32>,
     /// `--bias-decay`.
-    pub bias_decay: bool,
+    pub bias_decay: Option<bool>,
     /// `--schedule`, as given.
-    pub schedule: String,
+    pub schedule: Option<String>,
     /// `--init`, as given.
-    pub init: String,
+    pub init: Option<String>,
     /// `--loss-scale`, the initial loss scale (the divergence check's reference).
-    pub loss_scale: f32,
+    pub loss_scale: Option<f32>,
     /// `--synthetic-len` on the synthetic set (`None` on other data).
     pub synthetic_len: Option<usize>,
     /// The training scale S (`--scale`): `256` or `256:512`.
-    pub scale: String,
+    pub scale: Option<String>,
     /// The colour shift's standard deviation (`--color-shift`).
-    pub color_shift: f32,
+    pub color_shift: Option<f32>,
     /// The run's last step (`--steps`, or `--epochs` times the epoch's steps): the length the
-    /// cosine schedule anneals over. Absent in checkpoints written before it was recorded.
-    #[serde(default)]
+    /// cosine schedule anneals over.
     pub total_steps: Option<u64>,
 }
 

@@ -17,7 +17,7 @@ pub mod plot;
 pub mod pre_init;
 mod schedule;
 
-pub use args::{validate_model_options, TrainArgs};
+pub use args::{validate_model_options, TrainArgs, DEFAULT_LR};
 pub use data::validate;
 pub use schedule::LrSchedule;
 
@@ -129,18 +129,22 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
 /// schedule (its recorded memory belongs to the schedule that wrote it), the validation's Q
 /// (the plateau schedule and the best checkpoint compare its accuracies), the initial loss
 /// scale (the divergence check's reference) and --init (the weights come from the checkpoint,
-/// so another init would be silently ignored). `--lr` alone may change: lowering the rate by
-/// hand is how the paper trained, so another base rate rescales the schedule from here on,
-/// said on stderr; returns the current rate that gives (`None` when unchanged). Options that
-/// give the same steps (device, conv plans, --sync-every, --graph, workers, outputs) are free,
-/// and so are --steps / --epochs, which extend or shorten the run; --data's path is not
-/// compared, as a dataset may move (the classes are, with the model's config).
+/// so another init would be silently ignored). `--lr` alone may change, and only when given
+/// (`lr`; without it the run keeps its base rate): lowering the rate by hand is how the paper
+/// trained, so another base rate rescales the schedule from here on, said on stderr. Returns
+/// the base rate from here on (`None` where it is unknown and unused: see below) and the
+/// current rate. Options that give the same steps (device, conv plans, --sync-every, --graph,
+/// workers, outputs) are free, and so are --steps / --epochs, which extend or shorten the run;
+/// --data's path is not compared, as a dataset may move (the classes are, with the model's
+/// config). An option the checkpoint does not record (written before it was:
+/// [`checkpoint::RunSettings`]) cannot be compared: taken as this run's, and named on stderr.
 fn resume_settings(
     path: &Path,
     state: &TrainState,
     now: &TrainState,
     settings: &checkpoint::RunSettings,
-) -> Result<Option<f32>> {
+    lr: Option<f32>,
+) -> Result<(Option<f32>, f32)> {
     let differs = |opt: &str, was: String, is: String| -> Result<()> {
         if was != is {
             bail!("{}: written by a run with {opt} {was}, this run has {opt} {is}", path.display());
@@ -152,32 +156,56 @@ fn resume_settings(
         (Some(q), Some(now_q)) => differs("--test-scale", q.to_string(), now_q.to_string()),
         _ => Ok(()),
     };
-    let Some(was) = &state.settings else { return test_scale().map(|()| None) };
+    // A checkpoint written before the settings were recorded has none of them.
+    let was = state.settings.clone().unwrap_or_default();
     let is = settings;
-    differs("--momentum", was.momentum.to_string(), is.momentum.to_string())?;
-    differs("--wd", was.wd.to_string(), is.wd.to_string())?;
-    if was.bias_decay != is.bias_decay {
-        let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
-        bail!("{}: written by a run {}, this run is {}", path.display(), flag(was.bias_decay), flag(is.bias_decay));
-    }
+    // The options the checkpoint does not record: not compared (an unknown value is no
+    // evidence of a change, and refusing would refuse the run's own), but said below.
+    let mut unchecked = vec![];
+    let mut check =
+        |opt: &'static str, was: Option<String>, is: Option<String>, eq: fn(&str, &str) -> bool| match (was, is) {
+            (Some(w), Some(i)) if !eq(&w, &i) => differs(opt, w, i),
+            (None, Some(_)) => {
+                unchecked.push(opt);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+    let text = |v: f32| v.to_string();
+    check("--momentum", was.momentum.map(text), is.momentum.map(text), |a, b| a == b)?;
+    check("--wd", was.wd.map(text), is.wd.map(text), |a, b| a == b)?;
     // Compared as parsed: `plateau` and `plateau:1` are one schedule.
-    if LrSchedule::parse(&was.schedule).ok() != LrSchedule::parse(&is.schedule).ok() {
-        differs("--schedule", was.schedule.clone(), is.schedule.clone())?;
-    }
-    if Init::parse(&was.init).ok() != Init::parse(&is.init).ok() {
-        differs("--init", was.init.clone(), is.init.clone())?;
-    }
-    differs("--loss-scale", was.loss_scale.to_string(), is.loss_scale.to_string())?;
+    let schedule: fn(&str, &str) -> bool = |a, b| LrSchedule::parse(a).ok() == LrSchedule::parse(b).ok();
+    check("--schedule", was.schedule.clone(), is.schedule.clone(), schedule)?;
+    check("--init", was.init.clone(), is.init.clone(), |a, b| Init::parse(a).ok() == Init::parse(b).ok())?;
+    check("--loss-scale", was.loss_scale.map(text), is.loss_scale.map(text), |a, b| a == b)?;
+    check("--scale", was.scale.clone(), is.scale.clone(), |a, b| a == b)?;
+    check("--color-shift", was.color_shift.map(text), is.color_shift.map(text), |a, b| a == b)?;
+    // None on other data than the synthetic set: not a missing record.
     if let (Some(n), Some(m)) = (was.synthetic_len, is.synthetic_len) {
         differs("--synthetic-len", n.to_string(), m.to_string())?;
     }
-    differs("--scale", was.scale.clone(), is.scale.clone())?;
-    differs("--color-shift", was.color_shift.to_string(), is.color_shift.to_string())?;
+    match (was.bias_decay, is.bias_decay) {
+        (Some(w), Some(i)) if w != i => {
+            let flag = |b: bool| if b { "with --bias-decay" } else { "without --bias-decay" };
+            bail!("{}: written by a run {}, this run is {}", path.display(), flag(w), flag(i));
+        }
+        (None, Some(_)) => unchecked.push("--bias-decay"),
+        _ => {}
+    }
     test_scale()?;
+    if !unchecked.is_empty() {
+        eprintln!(
+            "note: {} does not record the run's {} (written before they were recorded): this run's are taken \
+             unchecked",
+            path.display(),
+            unchecked.join(", ")
+        );
+    }
     // The cosine's rate is a function of step / total: a longer or shorter run (legitimate, as
     // for every schedule) bends the rest of its curve, which is said, not refused.
-    if let (Ok(LrSchedule::Cosine), Some(n), Some(m)) =
-        (LrSchedule::parse(&is.schedule), was.total_steps, is.total_steps)
+    if let (Some(Ok(LrSchedule::Cosine)), Some(n), Some(m)) =
+        (is.schedule.as_deref().map(LrSchedule::parse), was.total_steps, is.total_steps)
     {
         if n != m {
             eprintln!(
@@ -187,26 +215,63 @@ fn resume_settings(
             );
         }
     }
-    if was.lr == is.lr {
-        return Ok(None);
-    }
+    let step = state.step;
+    let schedule = is.schedule.as_deref().map(LrSchedule::parse).and_then(Result::ok);
+    let plateau = matches!(schedule, Some(LrSchedule::Plateau { .. }));
+    let (base, given) = match (was.lr, lr) {
+        (Some(base), None) => return Ok((Some(base), state.lr)),
+        (Some(base), Some(given)) if base == given => return Ok((Some(base), state.lr)),
+        (Some(base), Some(given)) => (base, given),
+        // A checkpoint that records no base rate (written before it was). Without --lr the
+        // plateau schedule needs none (its rate is the checkpoint's current one); the step and
+        // cosine schedules derive every rate from it, and a guess (0.02) rescaled runs started
+        // with another rate without a word: refused. With --lr, the given rate is taken from
+        // here on rather than refused, so that such a run can still be resumed (and lowered by
+        // hand): the step and cosine schedules take it as their base, as the build that wrote
+        // the checkpoint did (the run's own --lr then continues it exactly); the plateau
+        // schedule's current rate becomes it, since its decays so far cannot be told from a
+        // base that is not recorded. Said on stderr either way, with the rate it replaces.
+        (None, None) if plateau => return Ok((None, state.lr)),
+        (None, None) => bail!(
+            "{}: the checkpoint records no base rate (written before it was), from which the schedule's rates \
+             are computed: give the run's --lr",
+            path.display()
+        ),
+        (None, Some(given)) if plateau => {
+            if given != state.lr {
+                eprintln!(
+                    "note: {} records no base rate (written before it was): --lr {given} replaces its current rate \
+                     {:e} from step {step} on (leave out --lr to keep that)",
+                    path.display(),
+                    state.lr
+                );
+            }
+            return Ok((Some(given), given));
+        }
+        (None, Some(given)) => {
+            eprintln!(
+                "note: {} records no base rate (written before it was): the schedule's rates from step {step} on \
+                 derive from --lr {given}, as the run's did from its --lr",
+                path.display()
+            );
+            return Ok((Some(given), state.lr));
+        }
+    };
     // Every schedule's rate is the base rate times a factor (of the epoch, the step, or the
     // plateau's decays so far): the new base scales the current rate alike.
-    let lr = state.lr * (is.lr / was.lr);
+    let lr = state.lr * (given / base);
     eprintln!(
-        "note: --lr {} replaces the run's base rate {}: its schedule continues from step {} with every rate \
-         scaled by {}, now {lr:e}",
-        is.lr,
-        was.lr,
-        state.step,
-        is.lr / was.lr
+        "note: --lr {given} replaces the run's base rate {base}: its schedule continues from step {step} with every \
+         rate scaled by {}, now {lr:e}",
+        given / base
     );
-    Ok(Some(lr))
+    Ok((Some(given), lr))
 }
 
 /// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
 /// run: an interrupted run logged steps (and validations) past its last checkpoint, which the
-/// resumed run logs again. Kept: lines before the step, the step's own, and its validation
+/// resumed run logs again (so [`run`] calls it only when resuming --checkpoint-dir's own
+/// last.safetensors). Kept: lines before the step, the step's own, and its validation
 /// unless `epoch_end_redone` (a checkpoint saved at an epoch's last step, before its end). A
 /// line that is not ours (no step) stays; a torn last line (the process killed mid-write) goes.
 /// Rewritten whole (a temporary file renamed over it) and only when something goes.
@@ -347,20 +412,23 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         bail!("the training set ({} images) has no full batch of {}{hint}", train_ds.len(), a.batch);
     }
     let total = a.steps.unwrap_or(a.epochs * per_epoch);
+    // A new run's rate; a resume's is the checkpoint's unless --lr is given (resume_settings).
+    let new_lr = a.lr.unwrap_or(DEFAULT_LR);
+    let mut base_lr = new_lr;
     let settings = checkpoint::RunSettings {
-        lr: a.lr,
-        momentum: a.momentum,
-        wd: a.wd,
-        bias_decay: a.bias_decay,
-        schedule: a.schedule.clone(),
-        init: a.init.clone(),
-        loss_scale: a.loss_scale,
+        lr: Some(new_lr),
+        momentum: Some(a.momentum),
+        wd: Some(a.wd),
+        bias_decay: Some(a.bias_decay),
+        schedule: Some(a.schedule.clone()),
+        init: Some(a.init.clone()),
+        loss_scale: Some(a.loss_scale),
         synthetic_len: (a.data == "synthetic").then_some(a.synthetic_len),
-        scale: match data.train_tf.scale {
+        scale: Some(match data.train_tf.scale {
             crate::data::Scale::Fixed(s) => s.to_string(),
             crate::data::Scale::Jitter(lo, hi) => format!("{lo}:{hi}"),
-        },
-        color_shift: data.train_tf.color_std,
+        }),
+        color_shift: Some(data.train_tf.color_std),
         total_steps: Some(total),
     };
     let mut st = TrainState {
@@ -370,7 +438,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         loss_scale: a.loss_scale,
         scaler_clean_steps: 0,
         scaler_skipped: 0,
-        lr: a.lr,
+        lr: new_lr,
         best_val: -1.0,
         bad_evals: 0,
         decays: 0,
@@ -429,7 +497,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
                 flag(a.keep_last)
             );
         }
-        let resumed_lr = resume_settings(path, &state, &st, &settings)?;
+        let (base, lr) = resume_settings(path, &state, &st, &settings, a.lr)?;
         vgg.set_scaler_state(ScalerState {
             scale: state.loss_scale,
             clean_steps: state.scaler_clean_steps,
@@ -439,7 +507,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         // another folder (a branch from a checkpoint) starts its own best.
         let best_top1 = state.best_top1.filter(|_| best_path.as_ref().is_some_and(|p| p.is_file()));
         st = TrainState { batch: a.batch, test_scale: st.test_scale, best_top1, settings: st.settings, ..state };
-        st.lr = resumed_lr.unwrap_or(st.lr);
+        st.lr = lr;
+        // An unknown base is used by no schedule (resume_settings): recorded as unknown.
+        st.settings = st.settings.map(|s| checkpoint::RunSettings { lr: base, ..s });
+        base_lr = base.unwrap_or(lr);
         eprintln!(
             "resumed from {} at step {} (epoch {}, batch {})",
             path.display(),
@@ -484,10 +555,18 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         );
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
-    if let (Some(_), Some(m)) = (&a.resume, &a.metrics) {
-        // An epoch's end that the checkpoint is before (saved at its last step) is redone,
-        // validation and all.
-        cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+    if let (Some(from), Some(m)) = (&resume_from, &a.metrics) {
+        // Cut only when continuing the folder's own last checkpoint, the interrupted run the
+        // cut exists for: a branch from an older checkpoint (best.safetensors, another folder's
+        // file) into a new folder would otherwise delete the original run's lines past that
+        // step from a metrics file that still describes the original run. Compared canonical,
+        // so that any spelling of the folder's file counts as it.
+        let own = |p: &Path| std::fs::canonicalize(p).ok();
+        if ckpt_path.as_deref().and_then(own).is_some_and(|c| Some(c) == own(from)) {
+            // An epoch's end that the checkpoint is before (saved at its last step) is redone,
+            // validation and all.
+            cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+        }
     }
     let mut hist = match (&a.resume, &a.metrics) {
         (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
@@ -606,7 +685,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             hl.write()?.copy_from_slice(blab);
             hi.upload(&mut images)?;
             hl.upload(&mut labels)?;
-            let lr = schedule.rate(a.lr, &st, total);
+            let lr = schedule.rate(base_lr, &st, total);
             st.lr = lr;
             let read = a.sync_every == 1
                 || (st.step + 1).is_multiple_of(a.sync_every)
