@@ -556,3 +556,15 @@ fn a_resume_without_lr_keeps_the_runs_rate() {
     assert_eq!(r.state.as_ref().unwrap().settings.as_ref().unwrap().lr, Some(0.01));
     assert!(s.weights == r.weights && s.state == r.state, "{:?} vs {:?}", s.state, r.state);
 }
+
+/// `--metrics /dev/stderr` streams the JSON lines there: it was refused as "an earlier run's
+/// metrics file" (the device exists), and plots would have gone next to it, into /dev.
+#[test]
+fn metrics_may_stream_to_stderr() {
+    let args = ["train", "--device", "emu", "--quiet", "--synthetic-len", "8", "--batch", "4", "--workers", "0"];
+    let out = vgg(&[&args[..], &["--steps", "2", "--metrics", "/dev/stderr"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let lines = err.lines().filter(|l| l.starts_with('{') && l.contains("\"step\"")).count();
+    assert!(lines >= 2, "no metrics lines on stderr: {err}");
+}

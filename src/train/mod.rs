@@ -110,7 +110,8 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
     {
         let Some(p) = p else { continue };
         // A folder is no earlier run's file: check_writable names it as a folder.
-        if a.resume.is_none() && p.exists() && !p.is_dir() {
+        // A regular file only: a device or FIFO (`--metrics /dev/stderr`) holds no run.
+        if a.resume.is_none() && p.is_file() {
             bail!(
                 "{}: an earlier run's {what}; --resume continues that run, or choose another path \
                  (nothing was overwritten)",
@@ -555,7 +556,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
         );
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
-    if let (Some(from), Some(m)) = (&resume_from, &a.metrics) {
+    // A metrics stream (`/dev/stderr`) has no history to cut or read back.
+    let metrics_file = a.metrics.as_deref().filter(|m| m.is_file());
+    if let (Some(from), Some(m)) = (&resume_from, metrics_file) {
         // Cut only when continuing the folder's own last checkpoint, the interrupted run the
         // cut exists for: a branch from an older checkpoint (best.safetensors, another folder's
         // file) into a new folder would otherwise delete the original run's lines past that
@@ -568,8 +571,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
         }
     }
-    let mut hist = match (&a.resume, &a.metrics) {
-        (Some(_), Some(m)) if m.exists() => plot::History::from_metrics(m, st.step)?,
+    let mut hist = match (&a.resume, metrics_file) {
+        (Some(_), Some(m)) => plot::History::from_metrics(m, st.step)?,
         _ => plot::History::default(),
     };
     let plot_to = plot::destination(a.checkpoint_dir.as_deref(), a.metrics.as_deref());

@@ -182,12 +182,13 @@ fn draw(path: &Path, title: &str, series: &[Series], ymax: Option<f64>) -> Resul
 }
 
 /// Where `vgg train` puts its plots: the checkpoint folder, else next to the metrics file
-/// (`run.jsonl` -> `run.loss.png`, `run.accuracy.png`); `None` when the run has neither.
+/// (`run.jsonl` -> `run.loss.png`, `run.accuracy.png`); `None` when the run has neither, or
+/// only a metrics stream (`/dev/stderr`: no plots in /dev).
 pub fn destination(checkpoint_dir: Option<&Path>, metrics: Option<&Path>) -> Option<(PathBuf, String)> {
     if let Some(d) = checkpoint_dir {
         return Some((d.to_path_buf(), String::new()));
     }
-    let m = metrics?;
+    let m = metrics.filter(|m| !std::fs::metadata(m).is_ok_and(|md| !md.is_file()))?;
     let dir = m.parent().map(Path::to_path_buf).unwrap_or_default();
     let stem = m.file_stem().and_then(|s| s.to_str()).unwrap_or("metrics");
     Some((if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }, format!("{stem}.")))
