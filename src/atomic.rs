@@ -158,20 +158,26 @@ enum Target {
     Descriptor(u32),
 }
 
-/// The descriptor `p` names when it is one of this process's (`/dev/stdout`, `/dev/stderr`,
-/// `/dev/fd/N`, `/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/proc/PID/fd/N` with our PID).
-fn own_fd(p: &Path) -> Option<u32> {
-    let s = p.to_str()?;
-    match s {
-        "/dev/stdout" => return Some(1),
-        "/dev/stderr" => return Some(2),
-        _ => {}
-    }
-    let ours = format!("/proc/{}/fd/", std::process::id());
-    let n = ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/", ours.as_str()]
-        .iter()
-        .find_map(|d| s.strip_prefix(d))?;
-    n.parse().ok()
+/// What `p` names when it is an open descriptor of a process: `Some(Ok(fd))` for one of ours
+/// (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N` and their other spellings: decided by the
+/// folder's canonical path, `/proc/PID/fd` or `/proc/PID/task/TID/fd`, not by the text), and
+/// `Some(Err(()))` for another process's.
+fn proc_fd(p: &Path) -> Option<Result<u32, ()>> {
+    let fd: u32 = p.file_name()?.to_str()?.parse().ok()?;
+    let dir = std::fs::canonicalize(p.parent()?).ok()?;
+    let parts: Vec<&str> = dir.to_str()?.strip_prefix("/proc/")?.split('/').collect();
+    let pid = match parts.as_slice() {
+        [pid, "fd"] | [pid, "task", _, "fd"] => pid.parse::<u32>().ok()?,
+        _ => return None,
+    };
+    Some(if pid == std::process::id() { Ok(fd) } else { Err(()) })
+}
+
+/// Whether a write of `path` goes to a stream (a device, FIFO or socket, or an open descriptor
+/// such as `/dev/stderr`), not to a file that an atomic write replaces: such a path holds no
+/// earlier output to refuse to overwrite or to read back.
+pub fn is_stream(path: &Path) -> bool {
+    !matches!(target(path), Target::File(_))
 }
 
 /// `path` with its symbolic links followed to what they name, so that a rename replaces the
@@ -181,8 +187,11 @@ fn target(path: &Path) -> Target {
     // says so): a descriptor of ours anywhere on the way is written through.
     let mut p = path.to_path_buf();
     for _ in 0..40 {
-        if let Some(fd) = own_fd(&p) {
-            return Target::Descriptor(fd);
+        match proc_fd(&p) {
+            Some(Ok(fd)) => return Target::Descriptor(fd),
+            // Another process's descriptor: written in place (appended), never renamed over.
+            Some(Err(())) => return Target::Stream,
+            None => {}
         }
         let link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
         match std::fs::read_link(&p) {
@@ -202,8 +211,7 @@ fn target(path: &Path) -> Target {
 /// [`replace_with`] for a device, FIFO or socket, or a descriptor of ours (`fd`): `make` writes
 /// a temporary file in the system's temporary folder (not beside `path`: /dev is no place for
 /// one), whose bytes then go to stdout or stderr as the process writes them (after what it
-/// printed before), to another descriptor appended, or to the device opened as it is (no
-/// rename, no truncation).
+/// printed before), or are appended to `path` opened as it is (no rename, no truncation).
 fn write_stream<E: std::fmt::Display>(
     path: &Path,
     fd: Option<u32>,
@@ -217,8 +225,9 @@ fn write_stream<E: std::fmt::Display>(
         match fd {
             Some(1) => put(&mut std::io::stdout().lock()),
             Some(2) => put(&mut std::io::stderr().lock()),
-            Some(_) => put(&mut std::fs::OpenOptions::new().append(true).open(path).map_err(|e| named(&e))?),
-            None => put(&mut std::fs::OpenOptions::new().write(true).open(path).map_err(|e| named(&e))?),
+            // Appended: a descriptor leading to a regular file must not be overwritten from its
+            // start; a device or FIFO takes O_APPEND as a plain write.
+            _ => put(&mut std::fs::OpenOptions::new().append(true).open(path).map_err(|e| named(&e))?),
         }
         .map_err(|e| named(&e))
     });

@@ -128,7 +128,9 @@ fn an_output_path_naming_stdout_appends_to_where_stdout_goes() {
     let dir = std::env::temp_dir().join(format!("vgg-cli-stdout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for (i, name) in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"].into_iter().enumerate() {
+    // Other spellings of the same descriptor too: decided by what the path is, not its text.
+    let names = ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "//dev/fd/1", "/dev/fd/./1", "/proc/thread-self/fd/1"];
+    for (i, name) in names.into_iter().enumerate() {
         let log = dir.join(format!("run{i}.log"));
         std::fs::write(&log, b"EARLIER\n").unwrap();
         let out = std::fs::OpenOptions::new().append(true).open(&log).unwrap();

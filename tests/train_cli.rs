@@ -567,4 +567,20 @@ fn metrics_may_stream_to_stderr() {
     assert!(out.status.success(), "{err}");
     let lines = err.lines().filter(|l| l.starts_with('{') && l.contains("\"step\"")).count();
     assert!(lines >= 2, "no metrics lines on stderr: {err}");
+    // With stderr redirected to a file that holds earlier lines (where /dev/stderr leads): a
+    // new run is not refused as that file's run, and a resume neither cuts nor reads it.
+    let dir = TempDir::new("train-cli", "metrics-stream");
+    let log = dir.0.join("log");
+    std::fs::write(&log, "EARLIER\n").unwrap();
+    let ck = dir.0.join("ck");
+    for (steps, extra) in [("2", &[][..]), ("3", &["--resume"][..])] {
+        let err = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"));
+        cmd.args(args).args(["--steps", steps, "--metrics", "/dev/stderr", "--checkpoint-dir", ck.to_str().unwrap()]);
+        let status = cmd.args(extra).stderr(err).status().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success() && text.starts_with("EARLIER\n"), "{extra:?}: {text}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("EARLIER").count(), 1, "the log was read back into itself: {text}");
 }

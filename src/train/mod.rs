@@ -110,8 +110,9 @@ fn outputs_first(a: &TrainArgs, ckpt: Option<&Path>) -> Result<(Option<PathBuf>,
     {
         let Some(p) = p else { continue };
         // A folder is no earlier run's file: check_writable names it as a folder.
-        // A regular file only: a device or FIFO (`--metrics /dev/stderr`) holds no run.
-        if a.resume.is_none() && p.is_file() {
+        // A regular file only: a stream (`--metrics /dev/stderr`, a FIFO) holds no run, even
+        // when the shell redirected it to a file.
+        if a.resume.is_none() && p.is_file() && !crate::atomic::is_stream(p) {
             bail!(
                 "{}: an earlier run's {what}; --resume continues that run, or choose another path \
                  (nothing was overwritten)",
@@ -557,7 +558,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
     // A metrics stream (`/dev/stderr`) has no history to cut or read back.
-    let metrics_file = a.metrics.as_deref().filter(|m| m.is_file());
+    let metrics_file = a.metrics.as_deref().filter(|m| m.is_file() && !crate::atomic::is_stream(m));
     if let (Some(from), Some(m)) = (&resume_from, metrics_file) {
         // Cut only when continuing the folder's own last checkpoint, the interrupted run the
         // cut exists for: a branch from an older checkpoint (best.safetensors, another folder's

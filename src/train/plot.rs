@@ -188,7 +188,7 @@ pub fn destination(checkpoint_dir: Option<&Path>, metrics: Option<&Path>) -> Opt
     if let Some(d) = checkpoint_dir {
         return Some((d.to_path_buf(), String::new()));
     }
-    let m = metrics.filter(|m| !std::fs::metadata(m).is_ok_and(|md| !md.is_file()))?;
+    let m = metrics.filter(|m| !crate::atomic::is_stream(m))?;
     let dir = m.parent().map(Path::to_path_buf).unwrap_or_default();
     let stem = m.file_stem().and_then(|s| s.to_str()).unwrap_or("metrics");
     Some((if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }, format!("{stem}.")))
