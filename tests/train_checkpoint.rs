@@ -448,8 +448,10 @@ fn a_checkpoint_without_a_settings_field_resumes() {
 /// state has neither) resumes: without --lr under the plateau schedule, whose rate is the
 /// checkpoint's, and under the step schedule, whose rates derive from the base rate it does not
 /// record, only with --lr (refused without: a guess rescaled the run), the run's own then
-/// continuing it; both bit for bit. An explicit --lr under the plateau schedule replaces the
-/// current rate (it was ignored without a word).
+/// continuing it; both bit for bit. Under the plateau schedule the base rate is known after all
+/// (the current rate times 10 per decay): an explicit --lr rescales from it, so that the run's
+/// own --lr leaves a decayed rate as it is (it was ignored without a word, then taken as the
+/// current rate, undoing the decays).
 #[test]
 fn an_older_checkpoint_resumes() {
     let older = |p: &std::path::Path| {
@@ -478,19 +480,26 @@ fn an_older_checkpoint_resumes() {
         assert_eq!(resumed, bits(&straight.losses), "{schedule}: losses of the resumed run differ");
         let [w1, w2] = [&d1, &d2].map(|d| checkpoint::load(&d.join("last.safetensors")).unwrap());
         assert_eq!((w1.weights, w1.momentum), (w2.weights, w2.momentum), "{schedule}");
-        // The plateau run resumed without --lr records its base rate as unknown.
-        let (s1, mut s2) = (w1.state.unwrap(), w2.state.unwrap());
+        // The plateau run resumed without --lr records the base rate it derived.
+        assert_eq!(w1.state.unwrap(), w2.state.unwrap(), "{schedule}");
         if name == "plateau" {
-            assert_eq!(s2.settings.as_ref().unwrap().lr, None);
-            s2.settings.as_mut().unwrap().lr = Some(0.01);
-        }
-        assert_eq!(s1, s2, "{schedule}");
-        if name == "plateau" {
-            // An explicit --lr replaces the plateau schedule's current rate from here on.
-            older(&last);
-            run(&TrainArgs { lr: Some(0.005), steps: Some(9), ..resume(None) }).unwrap();
-            let st = checkpoint::load(&last).unwrap().state.unwrap();
-            assert_eq!((st.step, st.lr, st.settings.unwrap().lr), (9, 0.005, Some(0.005)));
+            // A run that has decayed once (0.01 -> 0.001), resumed with its own --lr: the rate
+            // stays 0.001; half the base halves it.
+            for (steps, given, want) in [(9, 0.01, 0.001), (10, 0.005, 0.0005)] {
+                older(&last);
+                edit_state(&last, |st| {
+                    st.insert("decays".into(), 1.into());
+                    st.insert("lr".into(), 0.001f32.into());
+                });
+                run(&TrainArgs { lr: Some(given), steps: Some(steps), ..resume(None) }).unwrap();
+                let st = checkpoint::load(&last).unwrap().state.unwrap();
+                assert_eq!(st.step, steps);
+                assert!(
+                    (st.lr - want).abs() < 1e-9 && st.settings.unwrap().lr == Some(given),
+                    "--lr {given}: {}",
+                    st.lr
+                );
+            }
         }
     }
 }

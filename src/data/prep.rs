@@ -306,9 +306,11 @@ fn tidy_leftovers(abs: &Path) {
                 // Unless gone meanwhile (committed, or removed by another prep).
                 if path.is_dir() {
                     let why = match err.kind() {
-                        std::io::ErrorKind::NotFound => "has no lock file to tell whether that prep still runs (an \
-                                                         older vgg wrote it)"
-                            .to_string(),
+                        // An older build's, or one that died between creating the folder and
+                        // locking it, or between dropping the lock file and committing.
+                        std::io::ErrorKind::NotFound => {
+                            "has no lock file to tell whether that prep still runs".to_string()
+                        }
                         _ => format!("has a lock file that cannot be locked ({err})"),
                     };
                     eprintln!(

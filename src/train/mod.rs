@@ -220,36 +220,24 @@ fn resume_settings(
     let step = state.step;
     let schedule = is.schedule.as_deref().map(LrSchedule::parse).and_then(Result::ok);
     let plateau = matches!(schedule, Some(LrSchedule::Plateau { .. }));
-    let (base, given) = match (was.lr, lr) {
+    // A checkpoint that records no base rate (written before it was): the plateau schedule's
+    // is its current rate times 10 per decay so far, which the state does record, so it is
+    // known after all (taking a given --lr as the current rate, as this code once did, undid
+    // the decays of a run resumed with its own --lr).
+    let was_lr = was.lr.or(plateau.then(|| state.lr * 10f32.powi(state.decays.min(38) as i32)));
+    let (base, given) = match (was_lr, lr) {
         (Some(base), None) => return Ok((Some(base), state.lr)),
         (Some(base), Some(given)) if base == given => return Ok((Some(base), state.lr)),
         (Some(base), Some(given)) => (base, given),
-        // A checkpoint that records no base rate (written before it was). Without --lr the
-        // plateau schedule needs none (its rate is the checkpoint's current one); the step and
-        // cosine schedules derive every rate from it, and a guess (0.02) rescaled runs started
-        // with another rate without a word: refused. With --lr, the given rate is taken from
-        // here on rather than refused, so that such a run can still be resumed (and lowered by
-        // hand): the step and cosine schedules take it as their base, as the build that wrote
-        // the checkpoint did (the run's own --lr then continues it exactly); the plateau
-        // schedule's current rate becomes it, since its decays so far cannot be told from a
-        // base that is not recorded. Said on stderr either way, with the rate it replaces.
-        (None, None) if plateau => return Ok((None, state.lr)),
+        // The step and cosine schedules derive every rate from the base rate, and a guess
+        // (0.02) rescaled runs started with another rate without a word: refused without
+        // --lr. With --lr, the given rate is their base from here on, as the build that wrote
+        // the checkpoint took it (the run's own --lr then continues it exactly); said on stderr.
         (None, None) => bail!(
             "{}: the checkpoint records no base rate (written before it was), from which the schedule's rates \
              are computed: give the run's --lr",
             path.display()
         ),
-        (None, Some(given)) if plateau => {
-            if given != state.lr {
-                eprintln!(
-                    "note: {} records no base rate (written before it was): --lr {given} replaces its current rate \
-                     {:e} from step {step} on (leave out --lr to keep that)",
-                    path.display(),
-                    state.lr
-                );
-            }
-            return Ok((Some(given), given));
-        }
         (None, Some(given)) => {
             eprintln!(
                 "note: {} records no base rate (written before it was): the schedule's rates from step {step} on \
