@@ -142,25 +142,11 @@ fn dropout_random_match_reference() {
         let want_y = r::f32_to_f16_round(&r::dropout_fwd(&x, seed, step, p));
         let want_dx = r::f32_to_f16_round(&r::dropout_bwd(&x, seed, step, p));
         let got = |bwd: bool| {
-            if inplace {
-                let (a, mut b) = aliased16(dev, &[len], &x);
-                if bwd {
-                    ops::dropout_bwd(&a, &mut b, seed, step, p)
-                } else {
-                    ops::dropout_fwd(&a, &mut b, seed, step, p)
-                }
+            let (a, mut b) =
+                if inplace { aliased16(dev, &[len], &x) } else { (up16(dev, &[len], &x), empty16(dev, &[len])) };
+            if bwd { ops::dropout_bwd(&a, &mut b, seed, step, p) } else { ops::dropout_fwd(&a, &mut b, seed, step, p) }
                 .unwrap();
-                b.to_f32().unwrap()
-            } else {
-                let (a, mut b) = (up16(dev, &[len], &x), empty16(dev, &[len]));
-                if bwd {
-                    ops::dropout_bwd(&a, &mut b, seed, step, p)
-                } else {
-                    ops::dropout_fwd(&a, &mut b, seed, step, p)
-                }
-                .unwrap();
-                b.to_f32().unwrap()
-            }
+            b.to_f32().unwrap()
         };
         assert_eq!(diff16(&got(false), &want_y), None, "{what}: fwd");
         assert_eq!(diff16(&got(true), &want_dx), None, "{what}: bwd");
