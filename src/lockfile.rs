@@ -44,6 +44,31 @@ pub fn try_lock(path: &Path, create: bool) -> io::Result<Lock> {
     }
 }
 
+/// Creates the lock file at `path` already locked, replacing any file there: it is written
+/// under another name, locked, then renamed, so that no process finds it at `path` unlocked.
+/// What a new folder's lock must be when another process takes a folder whose lock is free
+/// for abandoned (a prep's temporary folder): created and then locked at its name, it could be
+/// taken between the two.
+pub fn create_held(path: &Path) -> io::Result<File> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(format!(".new{}", std::process::id()));
+    let staged = std::path::PathBuf::from(staged);
+    let result = (|| {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&staged)?;
+        // Nobody else opens the staged name: the lock cannot be held.
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::Error(e) => e,
+            std::fs::TryLockError::WouldBlock => io::Error::other("held by another process"),
+        })?;
+        std::fs::rename(&staged, path)?;
+        Ok(file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    result
+}
+
 #[cfg(unix)]
 fn same_file(m: &std::fs::Metadata, file: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -54,4 +79,25 @@ fn same_file(m: &std::fs::Metadata, file: &File) -> bool {
 #[cfg(not(unix))]
 fn same_file(_: &std::fs::Metadata, _: &File) -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock made by `create_held` is found held at its path, under that name only, and taken
+    /// once its file is closed.
+    #[test]
+    fn created_held_is_held_at_its_name() {
+        let dir = std::env::temp_dir().join(format!("vgg-lockfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.lock");
+        let held = create_held(&path).unwrap();
+        assert!(matches!(try_lock(&path, false).unwrap(), Lock::Held(_)));
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["x.lock"]);
+        drop(held);
+        assert!(matches!(try_lock(&path, false).unwrap(), Lock::Taken(_)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

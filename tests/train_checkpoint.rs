@@ -385,8 +385,10 @@ fn an_interrupted_run_resumes_into_one_run() {
 
 /// A resume cuts the metrics file back to its checkpoint's step only when it continues the
 /// checkpoint folder's own last.safetensors (the interrupted run): a branch from an older
-/// checkpoint into another folder, logging to the original run's metrics file, appends and
-/// deletes none of that run's lines (it dropped every line past the branch's step).
+/// checkpoint into another folder deletes none of the original run's lines (it dropped every
+/// line past the branch's step). Logging to the original run's file, which has steps past the
+/// branch's, it is refused (it appended, mixing two runs that share step numbers); a file of
+/// its own takes it.
 #[test]
 fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
     let (d, d2) = (tmpdir("cut-own"), tmpdir("cut-branch"));
@@ -408,10 +410,23 @@ fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
     };
     let original = std::fs::read_to_string(&m).unwrap();
     assert_eq!(steps(), (1..=8).collect::<Vec<_>>());
-    // The branch: at4 into d2, appended to the original run's file, which keeps every line.
-    run(&with(&d2, 6, Some(at4.display().to_string()))).unwrap();
-    let after = std::fs::read_to_string(&m).unwrap();
-    assert!(after.starts_with(&original) && after.len() > original.len(), "{after}");
+    // The branch: at4 into d2, refused with the original run's file, which keeps every line.
+    let e = format!("{:#}", run(&with(&d2, 6, Some(at4.display().to_string()))).unwrap_err());
+    assert!(e.contains("already logs steps 5-8") && e.contains("another --metrics"), "{e}");
+    assert_eq!(std::fs::read_to_string(&m).unwrap(), original);
+    assert!(!d2.join("last.safetensors").exists());
+    let m2 = d2.join("branch.jsonl");
+    let branch = TrainArgs { metrics: Some(m2.clone()), ..with(&d2, 6, Some(at4.display().to_string())) };
+    run(&branch).unwrap();
+    assert_eq!(std::fs::read_to_string(&m).unwrap(), original);
+    let text = std::fs::read_to_string(&m2).unwrap();
+    let branch_steps: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["eval"] != true)
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(branch_steps, vec![5, 6]);
     // The interrupted run: the folder's own last checkpoint (here step 4's again) cuts past 4.
     std::fs::copy(&at4, d.join("last.safetensors")).unwrap();
     std::fs::write(&m, &original).unwrap();

@@ -207,14 +207,11 @@ impl Target {
         }
         std::fs::create_dir(&tmp)
             .map_err(|e| err(format!("cannot create the temporary folder {}: {e}", tmp.display())))?;
+        // Locked before it has its name: another prep's tidy_leftovers, finding this folder,
+        // sees no lock file (left alone) or a held one, never a free one to take it for
+        // abandoned and remove it.
         let lock = tmp.join(LOCK_FILE);
-        let lock = match crate::lockfile::try_lock(&lock, true) {
-            Ok(Lock::Taken(f)) => Ok(f),
-            // Only this prep knows the folder it just created: a lock held is one taken since.
-            Ok(Lock::Held(_)) => Err(std::io::Error::other("held by another process")),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| {
+        let lock = crate::lockfile::create_held(&lock).map_err(|e| {
             let _ = std::fs::remove_dir_all(&tmp);
             err(format!("cannot lock the temporary folder ({}): {e}", lock.display()))
         })?;

@@ -303,6 +303,32 @@ fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a branch (a resume of any checkpoint but --checkpoint-dir's own last one) whose
+/// --metrics file already holds steps past the checkpoint's `step`: those are the original
+/// run's, and the branch's lines appended after them would make one file of two runs that
+/// share step numbers, which neither the plots nor a later resume's cut could tell apart (the
+/// cut would then delete the original run's lines).
+fn refuse_branch_into(path: &Path, step: u64) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading metrics file {}", path.display()))?;
+    let past = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["step"].as_u64())
+        .filter(|s| *s > step)
+        .max();
+    if let Some(last) = past {
+        bail!(
+            "--metrics {}: it already logs steps {}-{last} of the run this checkpoint (step {step}) comes from; \
+             this run's steps from {} on would follow them, mixing two runs in one file. Give this run another \
+             --metrics file (nothing was written)",
+            path.display(),
+            step + 1,
+            step + 1
+        );
+    }
+    Ok(())
+}
+
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
 /// reporting "done". Each overflow halves the loss scale; once it is 16x below both 1 and the
 /// initial scale, the scaled gradients overflow at a sixteenth of their true size (or the loss
@@ -558,6 +584,8 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             // An epoch's end that the checkpoint is before (saved at its last step) is redone,
             // validation and all.
             cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+        } else {
+            refuse_branch_into(m, st.step)?;
         }
     }
     let mut hist = match (&a.resume, metrics_file) {
