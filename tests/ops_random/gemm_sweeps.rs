@@ -45,11 +45,38 @@ fn any_tile(rng: &mut ShapeRng) -> Tile {
     rng.pick(&[Tile::T128x256, Tile::T128x192, Tile::T128x128, Tile::T64x128, Tile::W128x256])
 }
 
+/// A shape from `draw`, drawn again until one pass fits the emulator `budget`.
+fn draw_within(rng: &mut ShapeRng, budget: usize, mut draw: impl FnMut(&mut ShapeRng) -> Linear) -> Linear {
+    loop {
+        let s = draw(rng);
+        if gemm_cost(s) <= budget {
+            return s;
+        }
+    }
+}
+
 struct GemmData {
     x: Vec<f32>,
     w: Vec<f32>,
     b: Vec<f32>,
     dy: Vec<f32>,
+}
+
+impl GemmData {
+    /// Operands of `s`: integers in `[-k, k]` (a bias in `[-3, 3]`) with `Some(k)`, where every
+    /// sum is exact, or fp16-rounded normals.
+    fn random(rng: &mut ShapeRng, s: Linear, exact: Option<usize>) -> Self {
+        let mut draw = |len: usize, k: Option<usize>, scale: f64| match exact {
+            Some(e) => ints(rng, len, k.unwrap_or(e)),
+            None => normals16(rng, len, scale),
+        };
+        GemmData {
+            x: draw(s.m * s.k, None, 1.0),
+            w: draw(s.n * s.k, None, 0.5),
+            b: draw(s.n, Some(3), 1.0),
+            dy: draw(s.m * s.n, None, 1.0),
+        }
+    }
 }
 
 /// Runs the three passes of `s` under `algo` (workspaces guarded, outputs poisoned) and checks
@@ -150,19 +177,9 @@ fn gemm_run(
 fn gemm_random_shapes_match_reference() {
     const BUDGET: usize = 12_000_000;
     sweep("gemm", 1, 60, |rng, dev, what| {
-        let s = loop {
-            let s = Linear::new(gemm_rows(rng), gemm_dim(rng, 40), gemm_dim(rng, 40));
-            if gemm_cost(s) <= BUDGET {
-                break s;
-            }
-        };
+        let s = draw_within(rng, BUDGET, |rng| Linear::new(gemm_rows(rng), gemm_dim(rng, 40), gemm_dim(rng, 40)));
         let exact = rng.below(2) == 0;
-        let d = GemmData {
-            x: if exact { ints(rng, s.m * s.k, 2) } else { normals16(rng, s.m * s.k, 1.0) },
-            w: if exact { ints(rng, s.n * s.k, 2) } else { normals16(rng, s.n * s.k, 0.5) },
-            b: if exact { ints(rng, s.n, 3) } else { normals16(rng, s.n, 1.0) },
-            dy: if exact { ints(rng, s.m * s.n, 2) } else { normals16(rng, s.m * s.n, 1.0) },
-        };
+        let d = GemmData::random(rng, s, exact.then_some(2));
         let (relu, bias) = (rng.below(2) == 0, rng.below(4) != 0);
         // The input as any [M, ...] that flattens to K, as the first FC layer takes a feature map;
         // for a 1x1 convolution, M pixels as [n, h, w] (n and h divisors of M).
@@ -198,26 +215,18 @@ fn gemm_random_shapes_match_reference() {
 fn gemm_split_k_matches_reference() {
     const BUDGET: usize = 40_000_000;
     sweep("gemm split-K", 2, 12, |rng, dev, what| {
-        let s = loop {
-            let s = if rng.below(3) == 0 {
+        let s = draw_within(rng, BUDGET, |rng| {
+            if rng.below(3) == 0 {
                 // Many rows, few columns: bwd_weight's reduction over M splits, and past 1024
                 // rows the bias gradient sums chunks into the workspace after the split partials.
                 Linear::new(rng.range(1000, 3100), 8 * rng.range(1, 3), 8 * rng.range(1, 3))
             } else {
                 let m = rng.pick(&[1, 2, 3, 5, 8, 13, 17, 33, 64]);
                 Linear::new(m, 64 * rng.range(4, 20) + 8 * rng.range(0, 7), 8 * rng.range(1, 20))
-            };
-            if gemm_cost(s) <= BUDGET {
-                break s;
             }
-        };
+        });
         let exact = rng.below(2) == 0;
-        let d = GemmData {
-            x: if exact { ints(rng, s.m * s.k, 1) } else { normals16(rng, s.m * s.k, 1.0) },
-            w: if exact { ints(rng, s.n * s.k, 1) } else { normals16(rng, s.n * s.k, 0.5) },
-            b: if exact { ints(rng, s.n, 3) } else { normals16(rng, s.n, 1.0) },
-            dy: if exact { ints(rng, s.m * s.n, 1) } else { normals16(rng, s.m * s.n, 1.0) },
-        };
+        let d = GemmData::random(rng, s, exact.then_some(1));
         let algo = match rng.below(3) {
             0 => (Algo::Auto, true),
             _ => (Algo::TensorCore { tile: any_tile(rng), splits: rng.range(2, 12) }, true),
