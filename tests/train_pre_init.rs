@@ -121,4 +121,26 @@ fn mismatched_shapes_are_refused_by_name() {
     write_plain(&dfile, &before);
     let e = format!("{:#}", pre_init::apply(&mut d, &dfile).unwrap_err());
     assert!(e.contains("features.3.weight"), "{e}");
+    // Our checkpoint of config B at this run's knobs: its first four convs fit D's by shape
+    // (B's conv1_1 .. conv2_2), but are not a trained A's; refused naming the config.
+    let b = Vgg::new(&dev, cfg(Arch::B, 0.0625, 32), 1, Init::He, 1).unwrap();
+    let bfile = dir.join("b.safetensors");
+    checkpoint::save(&bfile, &b.export_params().unwrap(), &[], b.config(), None).unwrap();
+    let e = format!("{:#}", pre_init::apply(&mut d, &bfile).unwrap_err());
+    assert!(e.contains("config B run") && e.contains("config A"), "{e}");
+    assert_eq!(d.export_params().unwrap(), before, "a refused pre-init must leave the model unchanged");
+}
+
+/// A checkpoint trained on other inputs (another mean, or mean-only against mean and std) is
+/// warned about, naming both normalisations; the same normalisation is not.
+#[test]
+fn another_input_normalisation_is_warned_about() {
+    let run_cfg = cfg(Arch::A, 0.0625, 32);
+    assert_eq!(checkpoint::input_norm_warning(&run_cfg, &run_cfg, "--weights w"), None);
+    let mean_only = VggConfig { mean: [100.0; 3], std: None, ..run_cfg.clone() };
+    let w = checkpoint::input_norm_warning(&mean_only, &run_cfg, "--weights w").unwrap();
+    assert!(w.contains("--weights w") && w.contains("mean [100.0, 100.0, 100.0] only"), "{w}");
+    assert!(w.contains(&format!("{:?}", run_cfg.std.unwrap())), "{w}");
+    let shifted = VggConfig { mean: [100.0, 101.0, 102.0], ..mean_only.clone() };
+    assert!(checkpoint::input_norm_warning(&shifted, &mean_only, "x").is_some());
 }

@@ -3,7 +3,9 @@
 //!
 //! `b_c = a_c / s_c^beta` with `s_c = k + (alpha / size) * sum_{c' in W(c)} a_{c'}^2`:
 //! PyTorch's `LocalResponseNorm` convention, alpha divided by `size` (the AlexNet paper and
-//! cuDNN's older docs use plain alpha). `W(c) = [c - size/2, c + (size-1)/2]` clipped to
+//! cuDNN's older docs use plain alpha, which with alpha 1e-4 normalises 5x more strongly).
+//! Caffe's LRN layer divides by `size` too, and the VGG paper's implementation derives from
+//! Caffe (its Sect. 3.3), so this is the form its A-LRN most likely ran. `W(c) = [c - size/2, c + (size-1)/2]` clipped to
 //! `0..C` (integer division; symmetric for odd sizes), and missing channels count as zero
 //! while the divisor stays `size`, as PyTorch's zero-padded average does.
 

@@ -99,14 +99,16 @@ pub struct TrainArgs {
     /// L2 weight decay of the weights (the paper's 5e-4).
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     pub wd: f32,
-    /// Decay the biases too [default: weights only, as the paper's L2 penalty].
+    /// Decay the biases too [default: the weights only; the paper's L2 penalty of 5e-4 does not
+    /// say whether the biases carry it, and PyTorch's SGD decays every parameter it is given].
     #[arg(long)]
     pub bias_decay: bool,
     /// Dropout probability of the hidden FC layers (0 = off; the paper: 0.5).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub dropout: f32,
-    /// `plateau[:PATIENCE]` (divide by 10 after PATIENCE validations without progress, 1 by
-    /// default, at most 3 times; needs a validation set), step:EPOCHS or cosine.
+    /// `plateau[:PATIENCE]` (divide by 10 after PATIENCE validations without progress, that is
+    /// without a top-1 more than 0.1 point above the best so far, 1 by default, at most 3
+    /// times, as the paper's 3 decays; needs a validation set), step:EPOCHS or cosine.
     #[arg(long, default_value = "plateau")]
     pub schedule: String,
     /// Weight init: paper, normal:STD, glorot, he, torchvision.

@@ -394,3 +394,25 @@ pub fn config_diff(a: &VggConfig, b: &VggConfig) -> Option<String> {
         oa.iter().filter(|(k, v)| ob.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {v} vs {}", ob[k])).collect();
     (!d.is_empty()).then(|| d.join(", "))
 }
+
+/// A warning when a checkpoint's recorded input normalisation (`from`, the config it was
+/// trained with) is not this run's (`run`): its layers learnt on inputs of another offset and
+/// scale (torchvision's mean and std divide by ~58, `--stats` / `--mean` subtract only), which
+/// `--weights` or `--pre-init` would carry on with without a word when a stage of a staged
+/// recipe (S = 256, then 384 from it) leaves out the first stage's `--stats`. `None` when they
+/// agree. `what` names the option and file.
+pub fn input_norm_warning(from: &VggConfig, run: &VggConfig, what: &str) -> Option<String> {
+    if (from.mean, from.std) == (run.mean, run.std) {
+        return None;
+    }
+    let describe = |c: &VggConfig| match c.std {
+        Some(std) => format!("mean {:?} and std {std:?}", c.mean),
+        None => format!("mean {:?} only", c.mean),
+    };
+    Some(format!(
+        "warning: {what} was trained on inputs normalised by {}, this run normalises by {}: its layers see \
+         inputs of another offset or scale (give the --stats or --mean it was trained with)",
+        describe(from),
+        describe(run)
+    ))
+}

@@ -103,13 +103,26 @@ pub fn apply_tensors(vgg: &mut Vgg, src: &VggConfig, tensors: &[NamedTensor]) ->
 /// `vgg train --pre-init FILE`: loads a checkpoint of config A (ours, or a torchvision
 /// `vgg11` state dict, which has no config and is taken to be A at this run's knobs) and
 /// copies its first four convs and three FC layers into `vgg`. A checkpoint whose recorded
-/// width, input, FC width or class count differs from this run's is refused by name.
+/// width, input, FC width or class count differs from this run's is refused by name, as is a
+/// checkpoint of another config; another input normalisation is warned about on stderr.
 pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
     let loaded = checkpoint::load(path)?;
     loaded.ensure_vgg_weights(&format!("--pre-init {}", path.display()))?;
     let dst = vgg.config().clone();
     let src = match loaded.config {
         Some(c) => {
+            // The paper's scheme copies a trained A's layers; another config's first four
+            // convs are other layers (B's conv1_1, conv1_2, conv2_1, conv2_2), which fit by
+            // shape and would be taken without a word.
+            if c.arch != Arch::A {
+                bail!(
+                    "--pre-init {}: written by a config {} run; pre-initialisation takes a trained config A's \
+                     first four convs and FC layers (train --model A first, or start from these weights with \
+                     --weights on the same config)",
+                    path.display(),
+                    c.arch
+                );
+            }
             let diff: Vec<String> = [
                 ("width", c.width.to_string(), dst.width.to_string()),
                 ("input", c.input.to_string(), dst.input.to_string()),
@@ -133,5 +146,8 @@ pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
         }
         None => VggConfig { arch: Arch::A, ..dst.clone() },
     };
+    if let Some(w) = checkpoint::input_norm_warning(&src, &dst, &format!("--pre-init {}", path.display())) {
+        eprintln!("{w}");
+    }
     apply_tensors(vgg, &src, &loaded.weights).with_context(|| format!("--pre-init {}", path.display()))
 }

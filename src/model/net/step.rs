@@ -51,8 +51,8 @@ pub struct OptimConfig {
     pub init_scale: f32,
     /// Clean steps in a row after which the loss scale doubles, at least 1 (PyTorch: 2000).
     pub growth_interval: u32,
-    /// Weight decay on the biases too (the paper's L2 penalty is on the weights; PyTorch's
-    /// SGD decays every parameter it is given).
+    /// Weight decay on the biases too (the paper names an L2 penalty without saying whether
+    /// the biases carry it; PyTorch's SGD decays every parameter it is given).
     pub decay_biases: bool,
 }
 
