@@ -105,6 +105,54 @@ fn image_folder_classes_and_order_match_torchvision() {
     assert!(ImageFolder::open(&empty.0.join("missing")).is_err());
 }
 
+/// Messy roots: a class folder whose name is not UTF-8 is refused by name (its lossy name found
+/// no folder: the class kept no image, without a word); a dataset's own `index.json` leaves
+/// the folder an ImageFolder; a `train/` beside other folders (a class named train) is refused,
+/// while train/, val/, test/ and hidden folders make a split root; a FIFO named like an
+/// image is a per-file error instead of a read that never ends.
+#[cfg(unix)]
+#[test]
+fn messy_roots_are_read_or_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    use vgg_cuda::data::{split_dirs, Shards};
+    let t = TempDir::new("data", "messy");
+    let r = &t.0;
+    write_img(&r.join("dog/0.png"), &solid(4, 4, [0, 0, 0]));
+    let latin1 = r.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    write_img(&latin1.join("0.png"), &solid(4, 4, [0, 0, 0]));
+    let e = ImageFolder::open(r).unwrap_err().to_string();
+    assert!(e.contains("not valid UTF-8") && e.contains("caf"), "{e}");
+    // As a validation folder: not one of the classes.
+    let e = ImageFolder::open_with_classes(r, &["dog".to_string(), "caf\u{fffd}".to_string()]).unwrap_err();
+    assert!(e.to_string().contains("not one of the classes"), "{e}");
+    std::fs::remove_dir_all(&latin1).unwrap();
+
+    std::fs::write(r.join("index.json"), r#"{"license": "CC-BY"}"#).unwrap();
+    assert!(!Shards::is_shard_dir(r));
+    write_img(&r.join("cat/0.png"), &solid(4, 4, [0, 0, 0]));
+    assert_eq!(vgg_cuda::data::open_dir(r).unwrap().classes(), ["cat", "dog"]);
+
+    // bus/, cat/, dog/ and a class named train: not a split root.
+    write_img(&r.join("train/freight/0.png"), &solid(4, 4, [0, 0, 0]));
+    let e = split_dirs(r).unwrap_err().to_string();
+    assert!(e.contains("beside other folders (cat, dog)"), "{e}");
+    let s = TempDir::new("data", "split");
+    for d in ["train/a", "train/b", "test/a", ".ipynb_checkpoints"] {
+        std::fs::create_dir_all(s.0.join(d)).unwrap();
+    }
+    assert_eq!(split_dirs(&s.0).unwrap(), Some((s.0.join("train"), None)));
+    std::fs::create_dir_all(s.0.join("valid/a")).unwrap();
+    let e = split_dirs(&s.0).unwrap_err().to_string();
+    assert!(e.contains("(valid)") && e.contains("must be named val/"), "{e}");
+
+    let fifo = r.join("dog/pipe.jpg");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let ds = ImageFolder::open_with_classes(r, &["cat".into(), "dog".into(), "train".into()]).unwrap();
+    let i = ds.samples().iter().position(|s| s.0 == fifo).unwrap();
+    let e = ds.load(i).unwrap_err();
+    assert!(e.is_per_image() && e.to_string().contains("not a regular file"), "{e}");
+}
+
 /// Links to folders are followed, as torchvision's `os.walk(followlinks=True)` does (the same
 /// folder reached twice lists its images twice); a link back into a folder that holds it,
 /// which torchvision follows some 40 times over, is refused naming the link and its target.
@@ -691,6 +739,38 @@ fn an_image_claiming_a_huge_size_is_a_per_file_error() {
     assert!(e.is_per_image(), "{e}");
     let msg = e.to_string();
     assert!(msg.contains("bomb.ppm") && msg.to_lowercase().contains("limit"), "{msg}");
+    // Grayscale at 20000 x 20000: 400 MB decoded, under the decoder's 512 MiB, then 1.2 GB as
+    // RGB; refused from its header by PIL's pixel bound, as PIL refuses it.
+    let mut gray = b"P5\n20000 20000\n255\n".to_vec();
+    gray.extend([7u8; 300]);
+    let msg = decode_rgb(&gray, path).unwrap_err().to_string();
+    assert!(msg.contains("20000x20000") && msg.contains("decompression-bomb"), "{msg}");
+}
+
+/// A JPEG cut short after its header decodes to a grey-filled image without a word from the
+/// decoder; it is refused as truncated (as PIL refuses it), an EXIF thumbnail's own end
+/// marker before the image data notwithstanding, while a whole JPEG with bytes after its end
+/// decodes.
+#[test]
+fn a_truncated_jpeg_is_refused() {
+    let mut jpeg = vec![];
+    image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&coords(256, 192)).unwrap();
+    let path = Path::new("photo.jpg");
+    assert_eq!(decode_rgb(&jpeg, path).unwrap().dimensions(), (256, 192));
+    let mut trailing = jpeg.clone();
+    trailing.extend(b"trailer bytes some cameras add");
+    assert_eq!(decode_rgb(&trailing, path).unwrap().dimensions(), (256, 192));
+    // The encoded data without its last 20%: the decoder alone returns an image.
+    let cut = &jpeg[..jpeg.len() * 8 / 10];
+    let e = decode_rgb(cut, path).unwrap_err();
+    assert!(e.is_per_image() && e.to_string().contains("truncated JPEG"), "{e}");
+    // An APP1 segment holding a thumbnail (FF D8 ... FF D9) before the image: still truncated.
+    let thumb = [0xFF, 0xD8, 0xFF, 0xD9];
+    let mut with_app1 = vec![0xFF, 0xD8, 0xFF, 0xE1, 0, (2 + thumb.len()) as u8];
+    with_app1.extend(thumb);
+    with_app1.extend(&cut[2..]);
+    let e = decode_rgb(&with_app1, path).unwrap_err();
+    assert!(e.to_string().contains("truncated JPEG"), "{e}");
 }
 
 /// An empty range is a caller's bug and panics, as `rand`'s `gen_range` does, instead of

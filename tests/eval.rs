@@ -165,11 +165,14 @@ fn multi_crop_and_multi_scale_views() {
         csv: Some(csv.clone()),
         ..eval_args(vec![w], "synthetic")
     };
-    let r = eval::eval(&a).unwrap();
+    let mut r = eval::eval(&a).unwrap();
     assert_eq!((r.images, r.views_per_image), (2, 100));
     let text = std::fs::read_to_string(&csv).unwrap();
     assert!(text.starts_with("class,name,images,top1,top5\n"), "{text}");
     assert_eq!(text.lines().count(), 3, "{text}");
+    // A class folder named with a line break stays one quoted field (it split its row in two).
+    r.per_class[0].name = "new\nline".into();
+    assert!(r.csv().contains(",\"new\nline\","), "{}", r.csv());
 }
 
 #[test]

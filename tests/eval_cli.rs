@@ -93,6 +93,21 @@ fn eval_reads_a_prep_shard_directory_as_its_image_folder() {
     assert_eq!(per(&from_shards), per(&from_folder));
 }
 
+/// A split root evaluates its val/ folder; one with train/ and no val/ is refused naming the
+/// missing folder (it read train/ as a class of the root, "a folder that is not one of the
+/// classes").
+#[test]
+fn eval_of_a_split_root_needs_its_val_folder() {
+    let dir = TempDir::new("eval-cli", "split");
+    let w = save_tiny(&dir.0, 2);
+    let root = dir.0.join("data");
+    image_folder(&root.join("train"), 2, 1);
+    let e = err_of(eval::eval(&emu_eval_args(vec![w.clone()], s(&root))));
+    assert!(e.contains("without a val/ folder") && e.contains(s(&root.join("val"))), "{e}");
+    image_folder(&root.join("val"), 2, 2);
+    assert_eq!(eval::eval(&emu_eval_args(vec![w], s(&root))).unwrap().images, 4);
+}
+
 #[test]
 fn info_model_json_is_json_with_the_parameter_count() {
     let out = vgg(&["info", "--model", "E", "--json", "--batch", "2"]);

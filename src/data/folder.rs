@@ -31,16 +31,68 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
     }
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| fail(e.to_string()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM, TIFF)".into()));
+    };
+    // PIL's decompression-bomb bound, checked from the header before decoding: ImageReader's
+    // default limit (512 MiB for the decoded buffer) alone let a 20000 x 20000 grayscale PNG of
+    // 431 KB through, tripled by the RGB conversion below (1.5 GB for one image, in every
+    // decoding thread at once).
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| fail(e.to_string()))?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(fail(format!("{w}x{h} pixels, over the limit of {MAX_PIXELS} (PIL's decompression-bomb bound)")));
     }
-    // ImageReader's default limits cap a decode at 512 MiB (a 13000 x 13000 RGB image): a header
-    // claiming more is refused before anything is allocated (tests/data.rs, decompression bomb).
+    if format == image::ImageFormat::Jpeg {
+        jpeg_has_end(bytes).map_err(fail)?;
+    }
+    // The default limits still cap the decoded buffer at 512 MiB (a 16-bit RGBA image of the
+    // bound above would need more), refused before anything is allocated.
     let img = reader.decode().map_err(|e| fail(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(fail(format!("image of {}x{} pixels", img.width(), img.height())));
     }
     Ok(img.into_rgb8())
+}
+
+/// The most pixels an image may have: PIL's `Image.MAX_IMAGE_PIXELS` x 2, past which PIL
+/// refuses to open a file (`DecompressionBombError`), so what torchvision reads, this reads.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// Errors unless the JPEG in `bytes` ends: an end-of-image marker (FF D9) after its first
+/// scan. The JPEG decoder fills the rest of a truncated file's image with grey and says
+/// nothing (a half-downloaded photo trained as half a photo), where libjpeg reports a
+/// premature end and PIL refuses the file. Within a scan's coded data an FF byte is always
+/// followed by 00 or a restart marker (D0-D7), so FF D9 there is the end; the segments before
+/// the first scan (an EXIF thumbnail, with its own FF D9, among them) are skipped by length.
+fn jpeg_has_end(bytes: &[u8]) -> Result<(), String> {
+    let truncated = || Err("truncated JPEG (no end-of-image marker after its image data)".to_string());
+    let mut i = 2; // past SOI
+    loop {
+        // A marker, after any fill bytes (FF FF ...).
+        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let (Some(&0xFF), Some(&m)) = (bytes.get(i), bytes.get(i + 1)) else { return truncated() };
+        i += 2;
+        if matches!(m, 0x01 | 0xD0..=0xD7) {
+            continue; // no length
+        }
+        if m == 0xD9 {
+            return truncated(); // an end before any scan: no image data at all
+        }
+        let (Some(&hi), Some(&lo)) = (bytes.get(i), bytes.get(i + 1)) else { return truncated() };
+        i += usize::from(u16::from_be_bytes([hi, lo]));
+        if m == 0xDA {
+            break;
+        }
+    }
+    // Searched from the end, where a whole file has it.
+    match bytes.get(i..).is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9])) {
+        true => Ok(()),
+        false => truncated(),
+    }
 }
 
 /// An ImageFolder dataset: the files, their labels and the class names.
@@ -58,7 +110,17 @@ impl ImageFolder {
         let mut classes = vec![];
         for entry in read_dir_sorted(dir)? {
             if entry.is_dir() {
-                classes.push(entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                // Class names are text (checkpoints, reports, a validation folder's lookup): a
+                // lossy name (caf\xe9 -> caf\u{fffd}) found no folder to scan, so the class kept
+                // no image without a word, or matched another folder's valid name twice.
+                let Some(name) = entry.file_name().and_then(|n| n.to_str()) else {
+                    return Err(DataError::Layout {
+                        path: entry,
+                        reason: "a class folder whose name is not valid UTF-8: class names must be text; rename it"
+                            .into(),
+                    });
+                };
+                classes.push(name.to_string());
             }
         }
         if classes.is_empty() {
@@ -88,8 +150,9 @@ impl ImageFolder {
             }
         }
         for entry in read_dir_sorted(dir)? {
-            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if entry.is_dir() && !classes.contains(&name) {
+            // Compared as text: a name that is not UTF-8 is no class.
+            let name = entry.file_name().and_then(|n| n.to_str());
+            if entry.is_dir() && !name.is_some_and(|n| classes.iter().any(|c| c == n)) {
                 return Err(DataError::Layout {
                     path: entry,
                     reason: "a folder that is not one of the classes".into(),
@@ -181,7 +244,12 @@ impl Dataset for ImageFolder {
 
     fn load(&self, i: usize) -> Result<(RgbImage, usize), DataError> {
         let (path, label) = self.samples.get(i).ok_or(DataError::Index { index: i, len: self.samples.len() })?;
-        let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.clone(), reason: e.to_string() })?;
+        let io = |reason: String| DataError::Io { path: path.clone(), reason };
+        // Links followed: a FIFO or device named like an image would block or never end a read.
+        if !std::fs::metadata(path).map_err(|e| io(e.to_string()))?.is_file() {
+            return Err(io("not a regular file (a FIFO, socket or device named like an image)".into()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
         Ok((decode_rgb(&bytes, path)?, *label))
     }
 

@@ -355,7 +355,7 @@ pub fn prep(
 ) -> Result<PrepReport, DataError> {
     // Settings and the output before scanning a large folder.
     check_config(cfg)?;
-    if split_dirs(src).is_some() {
+    if split_dirs(src)?.is_some() {
         // Read as one ImageFolder, its splits would become two classes, validation images
         // mixed into the training set.
         return Err(DataError::Layout {
@@ -394,7 +394,7 @@ pub fn prep_split(
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<SplitPrepReport, DataError> {
     check_config(cfg)?;
-    let Some((tr, va)) = split_dirs(src) else {
+    let Some((tr, va)) = split_dirs(src)? else {
         return Err(DataError::Layout {
             path: src.into(),
             reason: "no train/ folder: not a dataset split into train/ and val/ (prep it with prep)".into(),

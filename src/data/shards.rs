@@ -110,9 +110,25 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// True when `dir` holds an `index.json` (a shard directory rather than an ImageFolder).
+    /// True when `dir` holds a `vgg prep` `index.json` (a shard directory rather than an
+    /// ImageFolder): one whose start names the format (`"format": "vgg-shards"`, its first
+    /// field). Any other file of that name (a dataset's licence or metadata) leaves `dir` an
+    /// ImageFolder, which ignores files beside its class folders; taken for a shard index, it
+    /// made the folder unreadable ("not a shard index: missing field `format`").
     pub fn is_shard_dir(dir: &Path) -> bool {
-        dir.join(INDEX_NAME).is_file()
+        use std::io::Read;
+        // A regular file only: opening a FIFO of that name would wait for a writer.
+        let path = dir.join(INDEX_NAME);
+        if !path.is_file() {
+            return false;
+        }
+        let Ok(f) = File::open(&path) else { return false };
+        let mut head = Vec::with_capacity(256);
+        if f.take(256).read_to_end(&mut head).is_err() {
+            return false;
+        }
+        let head = String::from_utf8_lossy(&head);
+        head.contains("\"format\"") && head.contains("\"vgg-shards\"")
     }
 
     /// Reads `dir/index.json` and opens every shard, checking its header and size.
@@ -222,12 +238,43 @@ impl Dataset for Shards {
 /// (train, stats, prep, bench data) decide by this, so that none reads its splits as two
 /// classes; `vgg eval` wants the validation side and takes `DIR/val` whenever there is one
 /// (a root with `val/` alone too).
-pub fn split_dirs(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+///
+/// A root holds `train/`, `val/` and optionally `test/` (not read) besides hidden folders
+/// (`.ipynb_checkpoints`); any other folder beside `train/` is an error: a flat ImageFolder
+/// with a class named `train` (bus, car, train), read as a split root, trained on that one
+/// class's sub-folders alone, and a `valid/` (Roboflow's name) was silently not validated on.
+pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, DataError> {
     let (train, val) = (dir.join("train"), dir.join("val"));
     if Shards::is_shard_dir(dir) || !train.is_dir() {
-        return None;
+        return Ok(None);
     }
-    Some((train, val.is_dir().then_some(val)))
+    let io = |e: std::io::Error| DataError::Io { path: dir.into(), reason: e.to_string() };
+    let mut others = vec![];
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let p = e.map_err(io)?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if p.is_dir() && !name.starts_with('.') && !["train", "val", "test"].contains(&name.as_str()) {
+            others.push(name);
+        }
+    }
+    if !others.is_empty() {
+        others.sort();
+        let hint = if others.iter().any(|o| o == "valid" || o == "validation") && !val.is_dir() {
+            " (the validation folder must be named val/)"
+        } else {
+            ""
+        };
+        return Err(DataError::Layout {
+            path: dir.into(),
+            reason: format!(
+                "has a train/ folder beside other folders ({}){hint}: a dataset split into train/ and val/ holds \
+                 only those (and test/), and a flat ImageFolder has no class named train; move the other folders, \
+                 or give the train/ folder itself",
+                others.join(", ")
+            ),
+        });
+    }
+    Ok(Some((train, val.is_dir().then_some(val))))
 }
 
 /// A shard directory (detected by its `index.json`) or an ImageFolder.

@@ -167,11 +167,12 @@ impl EvalReport {
         )
     }
 
-    /// `class,name,images,top1,top5`, one row a class.
+    /// `class,name,images,top1,top5`, one row a class (RFC 4180: a name holding a comma, a
+    /// quote or a line break is quoted, so that a folder named with a newline stays one row).
     pub fn csv(&self) -> String {
         let mut s = String::from("class,name,images,top1,top5\n");
         for r in &self.per_class {
-            let name = if r.name.contains([',', '"']) {
+            let name = if r.name.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", r.name.replace('"', "\"\""))
             } else {
                 r.name.clone()
@@ -199,7 +200,17 @@ fn open_source(a: &EvalArgs) -> Result<Source> {
     }
     crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
-    let dir = if !Shards::is_shard_dir(&dir) && dir.join("val").is_dir() { dir.join("val") } else { dir };
+    let dir = match crate::data::split_dirs(&dir)? {
+        Some((_, Some(val))) => val,
+        Some((_, None)) => bail!(
+            "{}: a dataset split into train/ without a val/ folder: give the validation images as {} (or the \
+             folder that holds them)",
+            dir.display(),
+            dir.join("val").display()
+        ),
+        None if !Shards::is_shard_dir(&dir) && dir.join("val").is_dir() => dir.join("val"),
+        None => dir,
+    };
     check_weights_file(&a.weights[0])?;
     let ds = match checkpoint::load_classes(&a.weights[0])? {
         Some(c) => open_dir_with_classes(&dir, &c).map_err(|e| match e {

@@ -102,7 +102,7 @@ fn datasets(a: &TrainArgs) -> Result<Datasets> {
     crate::data::check_data_dir(&a.data)?;
     let dir = PathBuf::from(&a.data);
     // Each of these may be an ImageFolder or a `vgg prep` shard directory (with index.json).
-    match split_dirs(&dir) {
+    match split_dirs(&dir)? {
         Some((tr, va)) => {
             let train = open_dir(&tr)?;
             let val = va.map(|va| open_dir_with_classes(&va, train.classes())).transpose()?;

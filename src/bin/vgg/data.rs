@@ -28,13 +28,16 @@ impl DataSourceArgs {
     fn open(&self, n: usize) -> Result<(std::sync::Arc<dyn vgg_cuda::data::Dataset>, String)> {
         use vgg_cuda::data::{Dataset, ImageFolder, MemoryDataset, Synthetic};
         // A split folder (train/, maybe val/) means its training set, as for `vgg train`.
-        let dir = self.dir.as_ref().map(|d| match vgg_cuda::data::split_dirs(d) {
-            Some((train, _)) if !self.synthetic => {
-                eprintln!("{} has a train/ folder: using {} (as `vgg train` does)", d.display(), train.display());
-                train
-            }
-            _ => d.clone(),
-        });
+        let dir = match &self.dir {
+            Some(d) if !self.synthetic => Some(match vgg_cuda::data::split_dirs(d)? {
+                Some((train, _)) => {
+                    eprintln!("{} has a train/ folder: using {} (as `vgg train` does)", d.display(), train.display());
+                    train
+                }
+                None => d.clone(),
+            }),
+            d => d.clone(),
+        };
         match (&dir, self.synthetic) {
             (Some(_), true) => bail!("give either DIR or --synthetic, not both"),
             (None, false) => bail!("give an ImageFolder DIR, or --synthetic"),
@@ -134,7 +137,7 @@ pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
         let ds = vgg_cuda::data::Synthetic::new(10, a.synthetic_size, a.images, 0);
         vgg_cuda::data::prep::prep_dataset(&ds, None, &a.out, &cfg, |d, n| progress("", d, n))
             .map(|r| vec![("", r, a.out.clone())])
-    } else if vgg_cuda::data::split_dirs(&a.src).is_some() {
+    } else if vgg_cuda::data::split_dirs(&a.src)?.is_some() {
         // A train/ (and val/) root, as `vgg train --data` reads it: one shard set per split.
         prep_split(&a.src, &a.out, &cfg, progress).map(|r| {
             let mut v = vec![("train", r.train, a.out.join("train"))];
