@@ -279,6 +279,14 @@ fn prep_reports_skipped_images_after_its_progress_line() {
     let line = err.lines().find(|l| l.contains("broken.jpg")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.starts_with("warning: skipped "), "{line:?}");
     assert_eq!(line.matches("broken.jpg").count(), 1, "{line:?}");
+    assert!(!err.contains("no image stored"), "{err}");
+    // A class all of whose images are unreadable is named (it trained as an empty class
+    // with nothing said about the class).
+    let c = src.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    bad_image(&c.join("x.jpg"));
+    let (err, _) = succeeds(&["prep", s(&src), s(&t.0.join("out")), "--shard-size", "2"]);
+    assert!(err.contains("warning: prep: no image stored of class c (every one unreadable"), "{err}");
 }
 
 /// Progress into a pipe or log (not a terminal): one line per shard, no carriage returns (they

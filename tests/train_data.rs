@@ -186,3 +186,55 @@ fn keep_last_trains_the_short_last_batch() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("written by a run with --keep-last, this run is without"), "{err}");
 }
+
+/// A validation set none of whose images can be read scores nothing: a warning, no metrics
+/// line, no best checkpoint and no schedule step (it reported loss 0 and top-1 0, a division
+/// by a count of at least 1, and saved best.safetensors on it). One partly unreadable is
+/// scored on the rest, its skipped images on the epoch line.
+#[test]
+fn a_validation_set_without_a_readable_image_scores_nothing() {
+    let t = TempDir::new("train-data", "val-unreadable");
+    folder(&t, 0);
+    let root = t.0.join("root");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join("train")).unwrap();
+        std::fs::rename(t.0.join(class), root.join("train").join(class)).unwrap();
+        std::fs::create_dir_all(root.join("val").join(class)).unwrap();
+        std::fs::write(root.join("val").join(class).join("x.jpg"), b"not a JPEG").unwrap();
+    }
+    let (ck, m) = (t.0.join("ck"), t.0.join("m.jsonl"));
+    let (rs, cks, ms) = (root.to_str().unwrap(), ck.to_str().unwrap(), m.to_str().unwrap());
+    let out = vgg(&run_args(rs, &["--checkpoint-dir", cks, "--metrics", ms]));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("no validation image could be read (2 skipped"), "{stderr}");
+    assert!(!stdout.contains("val loss"), "{stdout}");
+    assert!(ck.join("last.safetensors").is_file() && !ck.join("best.safetensors").exists());
+    assert!(!std::fs::read_to_string(&m).unwrap().contains("\"eval\""));
+
+    std::fs::copy(root.join("train/a/0.png"), root.join("val/a/0.png")).unwrap();
+    let out = vgg(&run_args(rs, &[]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("top-5 1.000 (2 unreadable images skipped)"), "{stdout}");
+}
+
+/// Weights trained on another input normalisation (here --mean only, against the default
+/// mean and std of a run that leaves it out) are warned about when a run starts from them
+/// (they took inputs ~58x larger, without a word); the same normalisation is not.
+#[test]
+fn weights_of_another_input_normalisation_are_warned_about() {
+    let t = TempDir::new("train-data", "norm");
+    let dir = folder(&t, 0);
+    let out_dir = TempDir::new("train-data", "norm-ck");
+    let ck = out_dir.0.join("ck");
+    let (cks, w) = (ck.to_str().unwrap(), ck.join("last.safetensors"));
+    let out = vgg(&run_args(&dir, &["--mean", "100,100,100", "--checkpoint-dir", cks]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ws = w.to_str().unwrap();
+    let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("was trained on inputs normalised by mean [100.0, 100.0, 100.0] only"), "{stderr}");
+    let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1", "--mean", "100,100,100"]));
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
+}

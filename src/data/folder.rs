@@ -6,7 +6,11 @@
 //! classes, order and indices as `torchvision.datasets.ImageFolder`, so labels match
 //! torchvision-trained weights. Decoding sniffs the format from the bytes (a PNG named
 //! `.jpg` decodes) and converts to RGB the way PIL's `convert("RGB")` does (grayscale
-//! replicated, alpha dropped, CMYK JPEGs converted, 16 bits cut to 8).
+//! replicated, alpha dropped, CMYK JPEGs converted), with these differences: 16-bit samples
+//! are scaled to 8 bits (value / 257), where PIL clips 16-bit grayscale at 255 (a dark 16-bit
+//! scan turns white there) and rounds 16-bit RGB a unit apart; TIFF orientation tags are not
+//! applied (PIL's TIFF reader applies them; its JPEG, PNG and WebP readers, like this, do not);
+//! GIF content and float or signed-integer TIFF samples are not decoded (reported, skipped).
 
 use std::path::{Path, PathBuf};
 

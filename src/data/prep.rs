@@ -69,6 +69,9 @@ pub struct PrepReport {
     pub failures: Vec<String>,
     /// Classes of the source dataset.
     pub classes: usize,
+    /// The classes of which no image was stored (every one unreadable, or none in the source:
+    /// a validation split may lack a class), which a model trained on the shards never sees.
+    pub empty_classes: Vec<String>,
     /// Shard files written.
     pub shards: usize,
     /// Total size of the shard files, in bytes (`index.json` not counted).
@@ -543,6 +546,7 @@ fn fill(
         sources: vec![],
     };
     let mut failures = vec![];
+    let mut per_class = vec![0usize; ds.classes().len()];
     let n = ds.len();
     let mut pending: Vec<(Vec<u8>, String)> = vec![];
     let mut start = 0;
@@ -550,16 +554,21 @@ fn fill(
         // Fill up to one shard's worth of records (skips can leave a chunk short).
         while pending.len() < cfg.shard_size && start < n {
             let end = (start + cfg.shard_size - pending.len()).min(n);
-            let recs: Vec<Result<Vec<u8>, DataError>> = (start..end)
+            let recs: Vec<Result<(usize, Vec<u8>), DataError>> = (start..end)
                 .into_par_iter()
                 .map(|i| {
                     let (img, label) = ds.load(i)?;
-                    record(&prep_image(&img, cfg.max_side), label, cfg.quality, &ds.describe(i))
+                    Ok((label, record(&prep_image(&img, cfg.max_side), label, cfg.quality, &ds.describe(i))?))
                 })
                 .collect();
             for (i, r) in (start..end).zip(recs) {
                 match r {
-                    Ok(rec) => pending.push((rec, rel(i))),
+                    Ok((label, rec)) => {
+                        if let Some(c) = per_class.get_mut(label) {
+                            *c += 1;
+                        }
+                        pending.push((rec, rel(i)));
+                    }
                     Err(e) if e.is_per_image() && !cfg.strict => {
                         failures.push(e.to_string());
                         index.skipped += 1;
@@ -604,6 +613,7 @@ fn fill(
         skipped: index.skipped,
         failures,
         classes: index.classes.len(),
+        empty_classes: index.classes.iter().zip(&per_class).filter(|(_, n)| **n == 0).map(|(c, _)| c.clone()).collect(),
         shards: index.shards.len(),
         bytes: index.shards.iter().map(|s| s.bytes).sum(),
         seconds: t0.elapsed().as_secs_f64(),

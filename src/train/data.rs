@@ -124,16 +124,33 @@ pub fn fill(b: &HostBatch, n: usize) -> (Vec<u8>, Vec<i32>) {
     (images, labels)
 }
 
-/// (mean loss, top-1 accuracy, top-5 accuracy) over a whole dataset (no dropout; top-5 is
-/// top-k with k = min(5, classes)). A short batch (an epoch's last, or one short of unreadable
-/// images) is filled up with its own images ([`fill`]); the copies are not counted.
-pub fn validate(vgg: &mut Vgg, loader: &Loader) -> Result<(f64, f64, f64)> {
+/// A validation pass's scores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    /// Mean cross-entropy over the images scored (NaN when none was).
+    pub loss: f64,
+    /// Top-1 accuracy, 0 to 1 (NaN when no image was scored).
+    pub top1: f64,
+    /// Top-5 accuracy (top-k with k = min(5, classes)), 0 to 1 (NaN when no image was scored).
+    pub top5: f64,
+    /// Images scored.
+    pub images: usize,
+    /// Images left out as unreadable.
+    pub skipped: usize,
+}
+
+/// Scores a whole dataset (no dropout). A short batch (an epoch's last, or one short of
+/// unreadable images) is filled up with its own images ([`fill`]); the copies are not counted.
+/// With no image scored (every one unreadable) the scores are NaN, not the 0 of a division by
+/// a count of at least 1, which read as a real validation of 0% accuracy and loss 0.
+pub fn validate(vgg: &mut Vgg, loader: &Loader) -> Result<Validation> {
     let (n, s, k) = (vgg.batch(), vgg.config().input, vgg.config().classes);
     let dev = vgg.device().clone();
     let mut images = Tensor::<u8>::zeros(&dev, &[n, s, s, 3])?;
-    let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
+    let (mut loss, mut top1, mut top5, mut count, mut skipped) = (0f64, 0usize, 0usize, 0usize, 0usize);
     for b in loader.epoch(0) {
         let b = b?;
+        skipped += b.skipped;
         if b.n == 0 {
             continue; // every image of it unreadable
         }
@@ -146,6 +163,6 @@ pub fn validate(vgg: &mut Vgg, loader: &Loader) -> Result<(f64, f64, f64)> {
         top5 += reference::topk_hits(m, k, &logits[..m * k], &b.labels[..m], 5.min(k));
         count += m;
     }
-    let c = count.max(1) as f64;
-    Ok((loss / c, top1 as f64 / c, top5 as f64 / c))
+    let c = count as f64;
+    Ok(Validation { loss: loss / c, top1: top1 as f64 / c, top5: top5 as f64 / c, images: count, skipped })
 }

@@ -152,8 +152,8 @@ pub(super) fn train(mut r: Run) -> Result<TrainSummary> {
     }
     // A run that stopped mid-epoch (--steps) validates and saves there.
     if r.st.batch_in_epoch > 0 {
-        if let Some((l, v1, v5)) = r.validate(&mut p)? {
-            p.bar.suspend(|| println!("step {}: val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}", r.st.step));
+        if let Some(v) = r.validate(&mut p)? {
+            p.bar.suspend(|| println!("step {}: {}", r.st.step, val_text(&v)));
         }
         r.save(false)?;
         r.plot();
@@ -286,12 +286,12 @@ impl Run<'_> {
             n => format!("train loss {:.4} acc {:.3}", w.loss / n as f64, w.acc / n as f64),
         };
         let val = self.validate(p)?;
-        if let Some((_, v1, _)) = val {
-            self.schedule.after_validation(&mut self.st, v1);
+        if let Some(v) = val {
+            self.schedule.after_validation(&mut self.st, v.top1);
         }
         // Only the epochs' validations compete for the best: a straight run makes no other, so a
         // run stopped mid-epoch by --steps and resumed keeps the same state as one that was not.
-        let best = self.best_path.is_some() && val.is_some_and(|(_, v1, _)| self.st.improves_best(v1));
+        let best = self.best_path.is_some() && val.is_some_and(|v| self.st.improves_best(v.top1));
         let rate = match p.imgs {
             0 => String::new(),
             i => format!(" ({:.0} img/s)", i as f64 / p.t0.elapsed().as_secs_f64().max(1e-9)),
@@ -302,7 +302,7 @@ impl Run<'_> {
                 "epoch {} step {}: {train_line}{}{rate}{}{}",
                 st.epoch,
                 st.step,
-                val.map(|(l, v1, v5)| format!(", val loss {l:.4} top-1 {v1:.3} top-5 {v5:.3}")).unwrap_or_default(),
+                val.map(|v| format!(", {}", val_text(&v))).unwrap_or_default(),
                 match epoch_skipped {
                     0 => String::new(),
                     k => format!(", {k} unreadable image{} skipped", if k == 1 { "" } else { "s" }),
@@ -318,16 +318,28 @@ impl Run<'_> {
     }
 
     /// Validates at the run's step, where there is a validation set, and records the result in
-    /// the summary, the plots' history and the metrics file. Returns (loss, top-1, top-5).
-    fn validate(&mut self, p: &mut Progress) -> Result<Option<(f64, f64, f64)>> {
+    /// the summary, the plots' history and the metrics file. `None` without a validation set,
+    /// or when no validation image could be read (said on stderr): nothing was scored, so
+    /// neither the schedule nor the best checkpoint may count it.
+    fn validate(&mut self, p: &mut Progress) -> Result<Option<data::Validation>> {
         let Some(vl) = &self.val_loader else { return Ok(None) };
-        let (vloss, v1, v5) = data::validate(&mut self.vgg, vl)?;
+        let v = data::validate(&mut self.vgg, vl)?;
         let st = &self.st;
-        p.summary.final_val_top1 = Some(v1);
-        self.hist.evals.insert(st.step, plot::Eval { step: st.step, loss: vloss, top1: v1, top5: v5 });
-        self.metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": vloss,
-            "val_top1": v1, "val_top5": v5, "lr": st.lr}))?;
-        Ok(Some((vloss, v1, v5)))
+        if v.images == 0 {
+            p.bar.suspend(|| {
+                eprintln!(
+                    "warning: step {}: no validation image could be read ({} skipped as unreadable): nothing \
+                     scored, and neither the schedule nor best.safetensors counts this validation",
+                    st.step, v.skipped
+                )
+            });
+            return Ok(None);
+        }
+        p.summary.final_val_top1 = Some(v.top1);
+        self.hist.evals.insert(st.step, plot::Eval { step: st.step, loss: v.loss, top1: v.top1, top5: v.top5 });
+        self.metrics.log(serde_json::json!({"eval": true, "step": st.step, "epoch": st.epoch, "val_loss": v.loss,
+            "val_top1": v.top1, "val_top5": v.top5, "val_skipped": v.skipped, "lr": st.lr}))?;
+        Ok(Some(v))
     }
 
     /// The checkpoint as last.safetensors, and first as best.safetensors after a validation that
@@ -393,4 +405,13 @@ impl Run<'_> {
         );
         summary
     }
+}
+
+/// A validation's scores for the epoch and step lines, with its unreadable images, if any.
+fn val_text(v: &data::Validation) -> String {
+    let skipped = match v.skipped {
+        0 => String::new(),
+        k => format!(" ({k} unreadable image{} skipped)", if k == 1 { "" } else { "s" }),
+    };
+    format!("val loss {:.4} top-1 {:.3} top-5 {:.3}{skipped}", v.loss, v.top1, v.top5)
 }

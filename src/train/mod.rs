@@ -24,7 +24,7 @@ mod resume;
 mod schedule;
 
 pub use args::{validate_model_options, TrainArgs, DEFAULT_LR};
-pub use data::validate;
+pub use data::{validate, Validation};
 pub use schedule::LrSchedule;
 
 use crate::data::{Dataset, Loader, LoaderConfig, Transform};
@@ -271,6 +271,11 @@ fn initial_weights(a: &TrainArgs, vgg: &mut Vgg) -> Result<()> {
         let l = checkpoint::load(w)?;
         l.ensure_vgg_weights(&format!("--weights {}", w.display()))?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
+        // A torchvision file records none (it is torchvision's, the default here).
+        let what = format!("--weights {}", w.display());
+        if let Some(warn) = l.config.as_ref().and_then(|c| checkpoint::input_norm_warning(c, vgg.config(), &what)) {
+            eprintln!("{warn}");
+        }
     }
     if let Some(p) = &a.pre_init {
         let map = pre_init::apply(vgg, p)?;

@@ -166,6 +166,15 @@ pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
             rep.bytes as f64 / 1024.0 / rep.images.max(1) as f64,
             rep.seconds
         );
+        if !rep.empty_classes.is_empty() {
+            eprintln!(
+                "warning: prep{what}: no image stored of class{} {} (every one unreadable, or none in the source): \
+                 a model trained on these shards never sees {}",
+                if rep.empty_classes.len() == 1 { "" } else { "es" },
+                rep.empty_classes.join(", "),
+                if rep.empty_classes.len() == 1 { "it" } else { "them" }
+            );
+        }
     }
     Ok(())
 }
