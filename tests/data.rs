@@ -132,12 +132,18 @@ fn messy_roots_are_read_or_refused_by_name() {
     write_img(&r.join("cat/0.png"), &solid(4, 4, [0, 0, 0]));
     assert_eq!(vgg_cuda::data::open_dir(r).unwrap().classes(), ["cat", "dog"]);
 
-    // bus/, cat/, dog/ and a class named train: not a split root.
+    // cat/, dog/ and a class named train holding its images (CIFAR-100's, VOC's): one
+    // ImageFolder of three classes.
+    write_img(&r.join("train/0.png"), &solid(4, 4, [0, 0, 0]));
+    assert_eq!(split_dirs(r).unwrap(), None);
+    assert_eq!(vgg_cuda::data::open_dir(r).unwrap().classes(), ["cat", "dog", "train"]);
+    // ... and one holding sub-folders: a split root or a nested class, refused as a guess.
+    std::fs::remove_file(r.join("train/0.png")).unwrap();
     write_img(&r.join("train/freight/0.png"), &solid(4, 4, [0, 0, 0]));
     let e = split_dirs(r).unwrap_err().to_string();
     assert!(e.contains("beside other folders (cat, dog)"), "{e}");
     let s = TempDir::new("data", "split");
-    for d in ["train/a", "train/b", "test/a", ".ipynb_checkpoints"] {
+    for d in ["train/a", "train/b", "test/a", ".ipynb_checkpoints", "__MACOSX/train"] {
         std::fs::create_dir_all(s.0.join(d)).unwrap();
     }
     assert_eq!(split_dirs(&s.0).unwrap(), Some((s.0.join("train"), None)));
@@ -771,6 +777,16 @@ fn a_truncated_jpeg_is_refused() {
     with_app1.extend(&cut[2..]);
     let e = decode_rgb(&with_app1, path).unwrap_err();
     assert!(e.to_string().contains("truncated JPEG"), "{e}");
+    // Whole files with bytes that are no marker where one is due, which libjpeg only warns
+    // about and PIL decodes: stray zeros after the first segment, an APP1 whose length is 2 short.
+    let at = 4 + usize::from(u16::from_be_bytes([jpeg[4], jpeg[5]]));
+    let mut stray = jpeg[..at].to_vec();
+    stray.extend([0, 0]);
+    stray.extend(&jpeg[at..]);
+    assert_eq!(decode_rgb(&stray, path).unwrap().dimensions(), (256, 192));
+    let mut short = vec![0xFF, 0xD8, 0xFF, 0xE1, 0, 4, 1, 2, 3, 4];
+    short.extend(&jpeg[2..]);
+    assert_eq!(decode_rgb(&short, path).unwrap().dimensions(), (256, 192));
 }
 
 /// An empty range is a caller's bug and panics, as `rand`'s `gen_range` does, instead of

@@ -432,6 +432,24 @@ fn only_a_resume_of_the_folders_last_checkpoint_cuts_the_metrics() {
     std::fs::write(&m, &original).unwrap();
     run(&with(&d, 5, Some(d.join("last.safetensors").display().to_string()))).unwrap();
     assert_eq!(steps(), (1..=5).collect::<Vec<_>>());
+    // A checkpoint saved at the epoch's last step (6 of 6) before its end (a --checkpoint-every
+    // save, made here from the end's own by its state): the file logs that step's validation,
+    // which a branch would log again (its epoch's end is redone).
+    let d3 = tmpdir("cut-epoch-end");
+    std::fs::remove_file(&m).unwrap();
+    run(&with(&d, 6, Some(String::new()))).unwrap();
+    let at6 = d.join("at6.safetensors");
+    std::fs::copy(d.join("last.safetensors"), &at6).unwrap();
+    edit_state(&at6, |s| {
+        assert_eq!(
+            (s["step"].as_u64(), s["epoch"].as_u64(), s["batch_in_epoch"].as_u64()),
+            (Some(6), Some(1), Some(0))
+        );
+        s.insert("epoch".into(), 0.into());
+        s.insert("batch_in_epoch".into(), 6.into());
+    });
+    let e = format!("{:#}", run(&with(&d3, 8, Some(at6.display().to_string()))).unwrap_err());
+    assert!(e.contains("already logs the validation at step 6"), "{e}");
 }
 
 /// A checkpoint whose recorded settings lack a field (written before it was added, as every

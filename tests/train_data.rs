@@ -47,7 +47,7 @@ fn an_unreadable_image_is_counted_and_its_batch_still_trains() {
     // Nine files, batch 3: three batches an epoch. The one holding bad0.jpg is filled up
     // with its two readable images and trained, not dropped.
     assert!(stdout.contains("epoch 0 step 3:"), "{stdout}");
-    assert!(stdout.contains("1 unreadable image skipped"), "{stdout}");
+    assert!(stdout.contains("1 unreadable training image skipped"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad0.jpg"));
 
     let out = vgg(&run_args(&dir, &["--strict"]));
@@ -215,7 +215,7 @@ fn a_validation_set_without_a_readable_image_scores_nothing() {
     std::fs::copy(root.join("train/a/0.png"), root.join("val/a/0.png")).unwrap();
     let out = vgg(&run_args(rs, &[]));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("top-5 1.000 (2 unreadable images skipped)"), "{stdout}");
+    assert!(stdout.contains("top-5 1.000 (2 unreadable validation images skipped)"), "{stdout}");
 }
 
 /// Weights trained on another input normalisation (here --mean only, against the default
@@ -236,5 +236,20 @@ fn weights_of_another_input_normalisation_are_warned_about() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("was trained on inputs normalised by mean [100.0, 100.0, 100.0] only"), "{stderr}");
     let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1", "--mean", "100,100,100"]));
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
+    // A file without our config (torchvision's) was trained on ImageNet's mean and std.
+    use safetensors::tensor::{Dtype, TensorView};
+    let weights = checkpoint::load(&w).unwrap().weights;
+    let views: Vec<(String, TensorView)> = weights
+        .iter()
+        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .collect();
+    let plain = out_dir.0.join("plain.safetensors");
+    std::fs::write(&plain, safetensors::serialize(views, &None).unwrap()).unwrap();
+    let ps = plain.to_str().unwrap();
+    let out = vgg(&run_args(&dir, &["--weights", ps, "--steps", "1", "--mean", "100,100,100"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("normalised by mean [123.675"), "{stderr}");
+    let out = vgg(&run_args(&dir, &["--weights", ps, "--steps", "1"]));
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
 }

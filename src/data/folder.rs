@@ -21,7 +21,7 @@ use super::{DataError, Dataset, Synthetic};
 /// torchvision's `IMG_EXTENSIONS`, every one of which decodes here.
 pub const IMG_EXTENSIONS: [&str; 9] = [".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"];
 
-fn is_image_name(name: &std::ffi::OsStr) -> bool {
+pub(super) fn is_image_name(name: &std::ffi::OsStr) -> bool {
     let lower = name.to_string_lossy().to_lowercase();
     IMG_EXTENSIONS.iter().any(|e| lower.ends_with(e))
 }
@@ -70,21 +70,32 @@ pub const MAX_PIXELS: u64 = 2 * 89_478_485;
 /// premature end and PIL refuses the file. Within a scan's coded data an FF byte is always
 /// followed by 00 or a restart marker (D0-D7), so FF D9 there is the end; the segments before
 /// the first scan (an EXIF thumbnail, with its own FF D9, among them) are skipped by length.
+/// Markers are found as libjpeg's `next_marker` finds them: bytes that are not a marker (a
+/// segment length a few bytes short, stray zeros, FF 00) are skipped, which libjpeg only
+/// warns about ("extraneous bytes before marker") and PIL decodes.
 fn jpeg_has_end(bytes: &[u8]) -> Result<(), String> {
     let truncated = || Err("truncated JPEG (no end-of-image marker after its image data)".to_string());
     let mut i = 2; // past SOI
     loop {
-        // A marker, after any fill bytes (FF FF ...).
-        while bytes.get(i) == Some(&0xFF) && bytes.get(i + 1) == Some(&0xFF) {
-            i += 1;
-        }
-        let (Some(&0xFF), Some(&m)) = (bytes.get(i), bytes.get(i + 1)) else { return truncated() };
-        i += 2;
-        if matches!(m, 0x01 | 0xD0..=0xD7) {
-            continue; // no length
-        }
-        if m == 0xD9 {
-            return truncated(); // an end before any scan: no image data at all
+        // The next marker: FF (after any fill bytes FF FF ...) and a byte other than 00.
+        let m = loop {
+            while bytes.get(i).is_some_and(|&b| b != 0xFF) {
+                i += 1;
+            }
+            while bytes.get(i) == Some(&0xFF) {
+                i += 1;
+            }
+            match bytes.get(i) {
+                None => return truncated(),
+                Some(0) => i += 1,
+                Some(&m) => break m,
+            }
+        };
+        i += 1;
+        // Markers without a length; an end before any scan is an embedded thumbnail's, found
+        // when a segment's length was short.
+        if matches!(m, 0x01 | 0xD0..=0xD9) {
+            continue;
         }
         let (Some(&hi), Some(&lo)) = (bytes.get(i), bytes.get(i + 1)) else { return truncated() };
         i += usize::from(u16::from_be_bytes([hi, lo]));

@@ -111,8 +111,8 @@ pub struct Shards {
 
 impl Shards {
     /// True when `dir` holds a `vgg prep` `index.json` (a shard directory rather than an
-    /// ImageFolder): one whose start names the format (`"format": "vgg-shards"`, its first
-    /// field). Any other file of that name (a dataset's licence or metadata) leaves `dir` an
+    /// ImageFolder): one whose first 256 bytes hold both `"format"` and `"vgg-shards"` (prep
+    /// writes that field first; the whole index is checked when opened). Any other file of that name (a dataset's licence or metadata) leaves `dir` an
     /// ImageFolder, which ignores files beside its class folders; taken for a shard index, it
     /// made the folder unreadable ("not a shard index: missing field `format`").
     pub fn is_shard_dir(dir: &Path) -> bool {
@@ -233,30 +233,43 @@ impl Dataset for Shards {
 
 /// The training folder and, when there is one, the validation folder of a split dataset root:
 /// `dir/train` and `dir/val`, the layout `vgg train --data DIR` reads (each an ImageFolder or a
-/// shard directory). `None` when `dir` is itself one dataset: a shard directory, or a folder
-/// with no `train/` sub-folder. The commands that read the training side of such a root
-/// (train, stats, prep, bench data) decide by this, so that none reads its splits as two
-/// classes; `vgg eval` wants the validation side and takes `DIR/val` whenever there is one
-/// (a root with `val/` alone too).
+/// shard directory). `None` when `dir` is itself one dataset: a shard directory, a folder with
+/// no `train/` sub-folder, or one whose `train/` holds images itself (a class named train, as
+/// in CIFAR-100 or Pascal VOC: a split's train/ holds class folders). The commands that read
+/// the training side of such a root (train, stats, prep, bench data) decide by this, so that
+/// none reads its splits as two classes; `vgg eval` reads `DIR/val`, refusing a split root
+/// without one (and, not split, takes `DIR/val` when there is one).
 ///
 /// A root holds `train/`, `val/` and optionally `test/` (not read) besides hidden folders
-/// (`.ipynb_checkpoints`); any other folder beside `train/` is an error: a flat ImageFolder
-/// with a class named `train` (bus, car, train), read as a split root, trained on that one
-/// class's sub-folders alone, and a `valid/` (Roboflow's name) was silently not validated on.
+/// (`.ipynb_checkpoints`) and `__MACOSX/` (left by unzipping a macOS archive); any other
+/// folder beside a `train/` of class folders is an error, since either reading is a guess: a
+/// flat ImageFolder whose class train has sub-folders (bus, car, train/freight), read as a
+/// split root, trained on train's sub-folders alone, and a `valid/` (Roboflow's name) was
+/// silently not validated on.
 pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, DataError> {
     let (train, val) = (dir.join("train"), dir.join("val"));
     if Shards::is_shard_dir(dir) || !train.is_dir() {
         return Ok(None);
     }
-    let io = |e: std::io::Error| DataError::Io { path: dir.into(), reason: e.to_string() };
-    let mut others = vec![];
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let p = e.map_err(io)?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if p.is_dir() && !name.starts_with('.') && !["train", "val", "test"].contains(&name.as_str()) {
-            others.push(name);
+    let subdirs = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
+        let io = |e: std::io::Error| DataError::Io { path: d.into(), reason: e.to_string() };
+        let mut v = vec![];
+        for e in std::fs::read_dir(d).map_err(io)? {
+            v.push(e.map_err(io)?.path());
         }
+        Ok(v)
+    };
+    let holds_images =
+        subdirs(&train)?.iter().any(|p| p.is_file() && p.file_name().is_some_and(super::folder::is_image_name));
+    if holds_images && !Shards::is_shard_dir(&train) {
+        return Ok(None);
     }
+    let mut others: Vec<String> = subdirs(dir)?
+        .iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| !n.starts_with('.') && !["train", "val", "test", "__MACOSX"].contains(&n.as_str()))
+        .collect();
     if !others.is_empty() {
         others.sort();
         let hint = if others.iter().any(|o| o == "valid" || o == "validation") && !val.is_dir() {
@@ -267,9 +280,10 @@ pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, Data
         return Err(DataError::Layout {
             path: dir.into(),
             reason: format!(
-                "has a train/ folder beside other folders ({}){hint}: a dataset split into train/ and val/ holds \
-                 only those (and test/), and a flat ImageFolder has no class named train; move the other folders, \
-                 or give the train/ folder itself",
+                "has a train/ folder of sub-folders beside other folders ({}){hint}: neither a dataset split into \
+                 train/ and val/ (which holds only those, and test/) nor plainly an ImageFolder with a class named \
+                 train; move the other folders out of a split dataset, or give a split's train/ or val/ folder \
+                 itself",
                 others.join(", ")
             ),
         });

@@ -395,6 +395,13 @@ pub fn config_diff(a: &VggConfig, b: &VggConfig) -> Option<String> {
     (!d.is_empty()).then(|| d.join(", "))
 }
 
+/// `cfg` with torchvision's input normalisation (ImageNet's mean and std): what a weights file
+/// without our config (torchvision's) was trained on, for [`input_norm_warning`].
+pub fn torchvision_norm(cfg: &VggConfig) -> VggConfig {
+    let n = crate::ops::InputNorm::IMAGENET;
+    VggConfig { mean: n.mean, std: n.std, ..cfg.clone() }
+}
+
 /// A warning when a checkpoint's recorded input normalisation (`from`, the config it was
 /// trained with) is not this run's (`run`): its layers learnt on inputs of another offset and
 /// scale (torchvision's mean and std divide by ~58, `--stats` / `--mean` subtract only), which

@@ -305,7 +305,7 @@ impl Run<'_> {
                 val.map(|v| format!(", {}", val_text(&v))).unwrap_or_default(),
                 match epoch_skipped {
                     0 => String::new(),
-                    k => format!(", {k} unreadable image{} skipped", if k == 1 { "" } else { "s" }),
+                    k => format!(", {k} unreadable training image{} skipped", if k == 1 { "" } else { "s" }),
                 },
                 if best { ", the best so far (best.safetensors)" } else { "" },
             )
@@ -326,6 +326,8 @@ impl Run<'_> {
         let v = data::validate(&mut self.vgg, vl)?;
         let st = &self.st;
         if v.images == 0 {
+            // The summary's "last validation" is this one, which has no score.
+            p.summary.final_val_top1 = None;
             p.bar.suspend(|| {
                 eprintln!(
                     "warning: step {}: no validation image could be read ({} skipped as unreadable): nothing \
@@ -411,7 +413,7 @@ impl Run<'_> {
 fn val_text(v: &data::Validation) -> String {
     let skipped = match v.skipped {
         0 => String::new(),
-        k => format!(" ({k} unreadable image{} skipped)", if k == 1 { "" } else { "s" }),
+        k => format!(" ({k} unreadable validation image{} skipped)", if k == 1 { "" } else { "s" }),
     };
     format!("val loss {:.4} top-1 {:.3} top-5 {:.3}{skipped}", v.loss, v.top1, v.top5)
 }

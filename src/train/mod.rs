@@ -84,8 +84,10 @@ pub fn run(a: &TrainArgs) -> Result<TrainSummary> {
             return Ok(TrainSummary { steps: st.step, ..TrainSummary::default() });
         }
     }
-    conv_plans(&mut s, &st)?;
+    // Before the conv plans, which a tuning run times on the device: a branch into another
+    // run's metrics file is refused without that wait.
     let hist = resume::metrics_history(a, resume_from.as_deref(), ckpt_path.as_deref(), &st, s.per_epoch)?;
+    conv_plans(&mut s, &st)?;
     let plot_to = plot::destination(a.checkpoint_dir.as_deref(), a.metrics.as_deref());
     let metrics = epochs::Metrics::open(a.metrics.as_deref())?;
     announce(a, &s);
@@ -271,9 +273,10 @@ fn initial_weights(a: &TrainArgs, vgg: &mut Vgg) -> Result<()> {
         let l = checkpoint::load(w)?;
         l.ensure_vgg_weights(&format!("--weights {}", w.display()))?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
-        // A torchvision file records none (it is torchvision's, the default here).
+        // A file without a config is torchvision's, trained on its ImageNet mean and std.
         let what = format!("--weights {}", w.display());
-        if let Some(warn) = l.config.as_ref().and_then(|c| checkpoint::input_norm_warning(c, vgg.config(), &what)) {
+        let trained = l.config.clone().unwrap_or_else(|| checkpoint::torchvision_norm(vgg.config()));
+        if let Some(warn) = checkpoint::input_norm_warning(&trained, vgg.config(), &what) {
             eprintln!("{warn}");
         }
     }

@@ -109,6 +109,7 @@ pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
     let loaded = checkpoint::load(path)?;
     loaded.ensure_vgg_weights(&format!("--pre-init {}", path.display()))?;
     let dst = vgg.config().clone();
+    let recorded = loaded.config.is_some();
     let src = match loaded.config {
         Some(c) => {
             // The paper's scheme copies a trained A's layers; another config's first four
@@ -146,7 +147,9 @@ pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
         }
         None => VggConfig { arch: Arch::A, ..dst.clone() },
     };
-    if let Some(w) = checkpoint::input_norm_warning(&src, &dst, &format!("--pre-init {}", path.display())) {
+    // A file without a config is torchvision's, trained on its ImageNet mean and std.
+    let trained = if recorded { src.clone() } else { checkpoint::torchvision_norm(&dst) };
+    if let Some(w) = checkpoint::input_norm_warning(&trained, &dst, &format!("--pre-init {}", path.display())) {
         eprintln!("{w}");
     }
     apply_tensors(vgg, &src, &loaded.weights).with_context(|| format!("--pre-init {}", path.display()))

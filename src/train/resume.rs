@@ -298,7 +298,7 @@ pub(super) fn metrics_history(
             // validation and all.
             cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
         } else {
-            refuse_branch_into(m, st.step)?;
+            refuse_branch_into(m, st.step, st.batch_in_epoch >= per_epoch, ckpt_path.is_none())?;
         }
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
@@ -358,24 +358,36 @@ fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
 /// --metrics file already holds steps past the checkpoint's `step`: those are the original
 /// run's, and the branch's lines appended after them would make one file of two runs that
 /// share step numbers, which neither the plots nor a later resume's cut could tell apart (the
-/// cut would then delete the original run's lines).
-fn refuse_branch_into(path: &Path, step: u64) -> Result<()> {
+/// cut would then delete the original run's lines). `epoch_end_redone`: the checkpoint was
+/// saved at an epoch's last step, before its end, so the branch logs that step's validation
+/// again. `no_dir`: the run has no --checkpoint-dir, so that even the interrupted run itself
+/// resumed counts as a branch (its folder is what makes it the same run).
+fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, no_dir: bool) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading metrics file {}", path.display()))?;
-    let past = text
+    let logged: Vec<(u64, bool)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["step"].as_u64())
-        .filter(|s| *s > step)
-        .max();
-    if let Some(last) = past {
-        bail!(
-            "--metrics {}: it already logs steps {}-{last} of the run this checkpoint (step {step}) comes from; \
-             this run's steps from {} on would follow them, mixing two runs in one file. Give this run another \
-             --metrics file (nothing was written)",
-            path.display(),
-            step + 1,
-            step + 1
-        );
+        .filter_map(|v| Some((v["step"].as_u64()?, v["eval"] == true)))
+        .collect();
+    let past = logged.iter().filter(|(s, _)| *s > step).map(|(s, _)| *s).max();
+    let redone_eval = epoch_end_redone && logged.iter().any(|&(s, eval)| s == step && eval);
+    if past.is_none() && !redone_eval {
+        return Ok(());
     }
-    Ok(())
+    let what = match past {
+        Some(last) => format!("steps {}-{last}", step + 1),
+        None => format!("the validation at step {step}"),
+    };
+    let hint = if no_dir {
+        " (or, to continue the run that wrote it, give its --checkpoint-dir, whose last.safetensors a resume \
+         continues into the same file)"
+    } else {
+        ""
+    };
+    bail!(
+        "--metrics {}: it already logs {what} of the run this checkpoint (step {step}) comes from; this run would \
+         log them again after them, mixing two runs in one file. Give this run another --metrics file{hint} \
+         (nothing was written)",
+        path.display()
+    );
 }

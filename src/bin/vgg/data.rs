@@ -166,13 +166,15 @@ pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
             rep.bytes as f64 / 1024.0 / rep.images.max(1) as f64,
             rep.seconds
         );
-        if !rep.empty_classes.is_empty() {
+        let (n, names) = (rep.empty_classes.len(), rep.empty_classes.join(", "));
+        let (es, it) = if n == 1 { ("", "it") } else { ("es", "them") };
+        // A validation split may lack a class (labelled by the training set's classes).
+        if n > 0 && split == "val" {
+            eprintln!("note: prep{what}: no image stored of class{es} {names}: validation on these shards scores none");
+        } else if n > 0 {
             eprintln!(
-                "warning: prep{what}: no image stored of class{} {} (every one unreadable, or none in the source): \
-                 a model trained on these shards never sees {}",
-                if rep.empty_classes.len() == 1 { "" } else { "es" },
-                rep.empty_classes.join(", "),
-                if rep.empty_classes.len() == 1 { "it" } else { "them" }
+                "warning: prep{what}: no image stored of class{es} {names} (every one unreadable): a model trained on \
+                 these shards never sees {it}"
             );
         }
     }
