@@ -147,6 +147,15 @@ fn messy_roots_are_read_or_refused_by_name() {
         std::fs::create_dir_all(s.0.join(d)).unwrap();
     }
     assert_eq!(split_dirs(&s.0).unwrap(), Some((s.0.join("train"), None)));
+    // A stray image beside the class folders is ignored, as torchvision ignores it.
+    write_img(&s.0.join("train/preview.png"), &solid(4, 4, [0, 0, 0]));
+    assert_eq!(split_dirs(&s.0).unwrap(), Some((s.0.join("train"), None)));
+    // An unlabelled split (Kaggle's train/*.jpg and test/*.jpg): not two classes train and test.
+    let k = TempDir::new("data", "kaggle");
+    write_img(&k.0.join("train/0.png"), &solid(4, 4, [0, 0, 0]));
+    write_img(&k.0.join("test/0.png"), &solid(4, 4, [0, 0, 0]));
+    let e = split_dirs(&k.0).unwrap_err().to_string();
+    assert!(e.contains("holds no class folders"), "{e}");
     std::fs::create_dir_all(s.0.join("valid/a")).unwrap();
     let e = split_dirs(&s.0).unwrap_err().to_string();
     assert!(e.contains("(valid)") && e.contains("must be named val/"), "{e}");
@@ -787,6 +796,16 @@ fn a_truncated_jpeg_is_refused() {
     let mut short = vec![0xFF, 0xD8, 0xFF, 0xE1, 0, 4, 1, 2, 3, 4];
     short.extend(&jpeg[2..]);
     assert_eq!(decode_rgb(&short, path).unwrap().dimensions(), (256, 192));
+    // A segment length too short to cover a thumbnail lands on the thumbnail's start: refused,
+    // as libjpeg refuses two SOI markers (its end marker would have passed for the image's).
+    // The decoder's own header read, which goes on to the first scan, refuses it too (so this
+    // holds with or without jpeg_has_end's check, which guards a decoder that would not).
+    let sos = cut.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let mut into_thumb = cut[..sos].to_vec();
+    into_thumb.extend([0xFF, 0xE1, 0, 2, 0xFF, 0xD8, 0xFF, 0xDA, 0, 2, 0xFF, 0xD9]);
+    into_thumb.extend(&cut[sos..]);
+    let e = decode_rgb(&into_thumb, path).unwrap_err();
+    assert!(e.is_per_image(), "{e}");
 }
 
 /// An empty range is a caller's bug and panics, as `rand`'s `gen_range` does, instead of

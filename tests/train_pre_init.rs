@@ -143,4 +143,21 @@ fn another_input_normalisation_is_warned_about() {
     assert!(w.contains(&format!("{:?}", run_cfg.std.unwrap())), "{w}");
     let shifted = VggConfig { mean: [100.0, 101.0, 102.0], ..mean_only.clone() };
     assert!(checkpoint::input_norm_warning(&shifted, &mean_only, "x").is_some());
+    // A torchvision-style file (no config) was trained on ImageNet's mean and std: warned about
+    // under --mean, not under the default normalisation.
+    let dir = tmpdir("norm");
+    let a = Vgg::new(&Device::emu(), cfg(Arch::A, 0.0625, 32), 1, Init::He, 1).unwrap();
+    let plain = dir.join("a-plain.safetensors");
+    write_plain(&plain, &a.export_params().unwrap());
+    let run_d = |extra: &[&str]| {
+        let mut v = vec!["train", "--device", "emu", "--model", "D", "--width", "0.0625", "--input", "32"];
+        v.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "12", "--batch", "4", "--steps", "1"]);
+        v.extend(["--quiet", "--pre-init", plain.to_str().unwrap()]);
+        v.extend(extra);
+        let out = common::vgg(&v);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run_d(&["--mean", "100,100,100"]).contains("normalised by mean [123.675"));
+    assert!(!run_d(&[]).contains("normalised by"));
 }

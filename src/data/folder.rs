@@ -92,9 +92,13 @@ fn jpeg_has_end(bytes: &[u8]) -> Result<(), String> {
             }
         };
         i += 1;
-        // Markers without a length; an end before any scan is an embedded thumbnail's, found
-        // when a segment's length was short.
-        if matches!(m, 0x01 | 0xD0..=0xD9) {
+        // A second start is an embedded thumbnail's, reached through a short segment length: its
+        // own scan and end would pass for the image's (libjpeg refuses two SOI markers).
+        if m == 0xD8 {
+            return Err("corrupt JPEG (a second start-of-image marker before its image data)".into());
+        }
+        // Markers without a length; an end before any scan is a thumbnail's too.
+        if matches!(m, 0x01 | 0xD0..=0xD7 | 0xD9) {
             continue;
         }
         let (Some(&hi), Some(&lo)) = (bytes.get(i), bytes.get(i + 1)) else { return truncated() };

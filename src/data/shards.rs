@@ -234,24 +234,28 @@ impl Dataset for Shards {
 /// The training folder and, when there is one, the validation folder of a split dataset root:
 /// `dir/train` and `dir/val`, the layout `vgg train --data DIR` reads (each an ImageFolder or a
 /// shard directory). `None` when `dir` is itself one dataset: a shard directory, a folder with
-/// no `train/` sub-folder, or one whose `train/` holds images itself (a class named train, as
-/// in CIFAR-100 or Pascal VOC: a split's train/ holds class folders). The commands that read
-/// the training side of such a root (train, stats, prep, bench data) decide by this, so that
-/// none reads its splits as two classes; `vgg eval` reads `DIR/val`, refusing a split root
-/// without one (and, not split, takes `DIR/val` when there is one).
+/// no `train/` sub-folder, or an ImageFolder with a class named train (CIFAR-100's, Pascal
+/// VOC's): a `train/` of images only, beside other class folders. The commands that read the
+/// training side of such a root (train, stats, prep, bench data) decide by this, so that none
+/// reads its splits as two classes; `vgg eval` reads `DIR/val`, refusing a split root without
+/// one (and, not split, takes `DIR/val` when there is one).
 ///
-/// A root holds `train/`, `val/` and optionally `test/` (not read) besides hidden folders
-/// (`.ipynb_checkpoints`) and `__MACOSX/` (left by unzipping a macOS archive); any other
-/// folder beside a `train/` of class folders is an error, since either reading is a guess: a
-/// flat ImageFolder whose class train has sub-folders (bus, car, train/freight), read as a
-/// split root, trained on train's sub-folders alone, and a `valid/` (Roboflow's name) was
-/// silently not validated on.
+/// A split root holds a `train/` of class folders (or shards; a stray file beside them is
+/// ignored, as torchvision ignores it) and `val/`, optionally `test/` (not read), hidden
+/// folders (`.ipynb_checkpoints`) and `__MACOSX/` (left by unzipping a macOS archive). Errors,
+/// since any reading would be a guess:
+/// - another folder beside a `train/` of class folders: a flat ImageFolder whose class train
+///   has sub-folders (bus, car, train/freight), read as a split root, trained on train's
+///   sub-folders alone, and Roboflow's `valid/` was silently not validated on;
+/// - a `train/` of images beside split folders only (`test/`, `val/`, `valid/`, Kaggle's
+///   `test1/`) or none: an unlabelled split (labels in a CSV), which read as one ImageFolder
+///   trained a classifier of its split names.
 pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, DataError> {
     let (train, val) = (dir.join("train"), dir.join("val"));
     if Shards::is_shard_dir(dir) || !train.is_dir() {
         return Ok(None);
     }
-    let subdirs = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
+    let entries = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
         let io = |e: std::io::Error| DataError::Io { path: d.into(), reason: e.to_string() };
         let mut v = vec![];
         for e in std::fs::read_dir(d).map_err(io)? {
@@ -259,19 +263,29 @@ pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, Data
         }
         Ok(v)
     };
-    let holds_images =
-        subdirs(&train)?.iter().any(|p| p.is_file() && p.file_name().is_some_and(super::folder::is_image_name));
-    if holds_images && !Shards::is_shard_dir(&train) {
-        return Ok(None);
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let visible_dir = |p: &&PathBuf| p.is_dir() && !name(p).starts_with('.') && name(p) != "__MACOSX";
+    let in_train = entries(&train)?;
+    let class_folders = in_train.iter().filter(visible_dir).count() > 0 || Shards::is_shard_dir(&train);
+    let mut others: Vec<String> =
+        entries(dir)?.iter().filter(visible_dir).map(|p| name(p)).filter(|n| n != "train").collect();
+    others.sort();
+    const SPLIT_NAMES: [&str; 5] = ["val", "test", "test1", "valid", "validation"];
+    if !class_folders {
+        let images = in_train.iter().any(|p| p.is_file() && p.file_name().is_some_and(super::folder::is_image_name));
+        // A class named train among other classes.
+        if images && others.iter().any(|o| !SPLIT_NAMES.contains(&o.as_str())) {
+            return Ok(None);
+        }
+        return Err(DataError::Layout {
+            path: train,
+            reason: "holds no class folders (an unlabelled split? its images must be sorted into one folder per \
+                     class), beside split folders only, so it is no class of an ImageFolder either"
+                .into(),
+        });
     }
-    let mut others: Vec<String> = subdirs(dir)?
-        .iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|n| !n.starts_with('.') && !["train", "val", "test", "__MACOSX"].contains(&n.as_str()))
-        .collect();
+    others.retain(|o| o != "val" && o != "test");
     if !others.is_empty() {
-        others.sort();
         let hint = if others.iter().any(|o| o == "valid" || o == "validation") && !val.is_dir() {
             " (the validation folder must be named val/)"
         } else {

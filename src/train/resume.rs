@@ -298,7 +298,9 @@ pub(super) fn metrics_history(
             // validation and all.
             cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
         } else {
-            refuse_branch_into(m, st.step, st.batch_in_epoch >= per_epoch, ckpt_path.is_none())?;
+            // Continuing the run that wrote the file needs its folder (where a resume cuts).
+            let own_last = ckpt_path.is_none() && from.file_name().is_some_and(|n| n == "last.safetensors");
+            refuse_branch_into(m, st.step, st.batch_in_epoch >= per_epoch, own_last)?;
         }
     }
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
@@ -360,9 +362,10 @@ fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
 /// share step numbers, which neither the plots nor a later resume's cut could tell apart (the
 /// cut would then delete the original run's lines). `epoch_end_redone`: the checkpoint was
 /// saved at an epoch's last step, before its end, so the branch logs that step's validation
-/// again. `no_dir`: the run has no --checkpoint-dir, so that even the interrupted run itself
-/// resumed counts as a branch (its folder is what makes it the same run).
-fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, no_dir: bool) -> Result<()> {
+/// again. `own_last`: a `last.safetensors` resumed without --checkpoint-dir, perhaps the
+/// interrupted run itself, which counts as a branch here (its folder is what makes it the same
+/// run), so the message names that remedy too.
+fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, own_last: bool) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading metrics file {}", path.display()))?;
     let logged: Vec<(u64, bool)> = text
         .lines()
@@ -374,11 +377,11 @@ fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, no_dir: bo
     if past.is_none() && !redone_eval {
         return Ok(());
     }
-    let what = match past {
-        Some(last) => format!("steps {}-{last}", step + 1),
-        None => format!("the validation at step {step}"),
+    let (what, again) = match past {
+        Some(last) => (format!("steps {}-{last}", step + 1), "its own steps from there on after them"),
+        None => (format!("the validation at step {step}"), "that validation again after it"),
     };
-    let hint = if no_dir {
+    let hint = if own_last {
         " (or, to continue the run that wrote it, give its --checkpoint-dir, whose last.safetensors a resume \
          continues into the same file)"
     } else {
@@ -386,8 +389,8 @@ fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, no_dir: bo
     };
     bail!(
         "--metrics {}: it already logs {what} of the run this checkpoint (step {step}) comes from; this run would \
-         log them again after them, mixing two runs in one file. Give this run another --metrics file{hint} \
-         (nothing was written)",
+         log {again}, mixing two runs in one file. Give this run another --metrics file{hint} (nothing was \
+         written)",
         path.display()
     );
 }

@@ -170,11 +170,11 @@ pub(crate) fn prep_cmd(a: PrepArgs) -> Result<()> {
         let (es, it) = if n == 1 { ("", "it") } else { ("es", "them") };
         // A validation split may lack a class (labelled by the training set's classes).
         if n > 0 && split == "val" {
-            eprintln!("note: prep{what}: no image stored of class{es} {names}: validation on these shards scores none");
+            eprintln!("note: prep{what}: these validation shards hold no image of class{es} {names}");
         } else if n > 0 {
             eprintln!(
-                "warning: prep{what}: no image stored of class{es} {names} (every one unreadable): a model trained on \
-                 these shards never sees {it}"
+                "warning: prep{what}: no image stored of class{es} {names} (every one unreadable, or none in the \
+                 source): a model trained on these shards never sees {it}"
             );
         }
     }
