@@ -112,9 +112,10 @@ pub struct Shards {
 impl Shards {
     /// True when `dir` holds a `vgg prep` `index.json` (a shard directory rather than an
     /// ImageFolder): one whose first 256 bytes hold both `"format"` and `"vgg-shards"` (prep
-    /// writes that field first; the whole index is checked when opened). Any other file of that name (a dataset's licence or metadata) leaves `dir` an
-    /// ImageFolder, which ignores files beside its class folders; taken for a shard index, it
-    /// made the folder unreadable ("not a shard index: missing field `format`").
+    /// writes that field first; the whole index is checked when opened). Any other file of
+    /// that name (a dataset's licence or metadata) leaves `dir` an ImageFolder, which ignores
+    /// files beside its class folders; taken for a shard index, it made the folder unreadable
+    /// ("not a shard index: missing field `format`").
     pub fn is_shard_dir(dir: &Path) -> bool {
         use std::io::Read;
         // A regular file only: opening a FIFO of that name would wait for a writer.

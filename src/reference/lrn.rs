@@ -5,9 +5,11 @@
 //! PyTorch's `LocalResponseNorm` convention, alpha divided by `size` (the AlexNet paper and
 //! cuDNN's older docs use plain alpha, which with alpha 1e-4 normalises 5x more strongly).
 //! Caffe's LRN layer divides by `size` too, and the VGG paper's implementation derives from
-//! Caffe (its Sect. 3.3), so this is the form its A-LRN most likely ran. `W(c) = [c - size/2, c + (size-1)/2]` clipped to
-//! `0..C` (integer division; symmetric for odd sizes), and missing channels count as zero
-//! while the divisor stays `size`, as PyTorch's zero-padded average does.
+//! Caffe (its Sect. 3.3), so this is the form its A-LRN most likely ran.
+//!
+//! `W(c) = [c - size/2, c + (size-1)/2]` clipped to `0..C` (integer division; symmetric for
+//! odd sizes), and missing channels count as zero while the divisor stays `size`, as
+//! PyTorch's zero-padded average does.
 
 use std::ops::Range;
 
