@@ -136,13 +136,13 @@ fn mismatched_shapes_are_refused_by_name() {
 #[test]
 fn another_input_normalisation_is_warned_about() {
     let run_cfg = cfg(Arch::A, 0.0625, 32);
-    assert_eq!(checkpoint::input_norm_warning(&run_cfg, &run_cfg, "--weights w"), None);
+    assert_eq!(checkpoint::input_norm_warning(Some(run_cfg.norm()), run_cfg.norm(), "--weights w"), None);
     let mean_only = VggConfig { mean: [100.0; 3], std: None, ..run_cfg.clone() };
-    let w = checkpoint::input_norm_warning(&mean_only, &run_cfg, "--weights w").unwrap();
+    let w = checkpoint::input_norm_warning(Some(mean_only.norm()), run_cfg.norm(), "--weights w").unwrap();
     assert!(w.contains("--weights w") && w.contains("mean [100.0, 100.0, 100.0] only"), "{w}");
     assert!(w.contains(&format!("{:?}", run_cfg.std.unwrap())), "{w}");
     let shifted = VggConfig { mean: [100.0, 101.0, 102.0], ..mean_only.clone() };
-    assert!(checkpoint::input_norm_warning(&shifted, &mean_only, "x").is_some());
+    assert!(checkpoint::input_norm_warning(Some(shifted.norm()), mean_only.norm(), "x").is_some());
     // A torchvision-style file (no config) was trained on ImageNet's mean and std: warned about
     // under --mean, not under the default normalisation.
     let dir = tmpdir("norm");

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use image::RgbImage;
+use image::{ImageDecoder, RgbImage};
 
 use super::{DataError, Dataset, Synthetic};
 
@@ -38,22 +38,28 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
     let Some(format) = reader.format() else {
         return Err(fail("not an image format this build decodes (JPEG, PNG, BMP, WebP, PPM/PGM, TIFF)".into()));
     };
-    // PIL's decompression-bomb bound, checked from the header before decoding: ImageReader's
-    // default limit (512 MiB for the decoded buffer) alone let a 20000 x 20000 grayscale PNG of
-    // 431 KB through, tripled by the RGB conversion below (1.5 GB for one image, in every
-    // decoding thread at once).
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| fail(e.to_string()))?;
+    // The header read once, by the decoder that then decodes (ImageReader::decode would read it
+    // again after a separate dimensions query).
+    let decoder = reader.into_decoder().map_err(|e| fail(e.to_string()))?;
+    // PIL's decompression-bomb bound, checked before decoding: a cap on the decoded buffer alone
+    // (ImageReader::decode's 512 MiB) let a 20000 x 20000 grayscale PNG of 431 KB through,
+    // tripled by the RGB conversion below (1.5 GB for one image, in every decoding thread).
+    let (w, h) = decoder.dimensions();
     if u64::from(w) * u64::from(h) > MAX_PIXELS {
         return Err(fail(format!("{w}x{h} pixels, over the limit of {MAX_PIXELS} (PIL's decompression-bomb bound)")));
+    }
+    // ImageReader::decode's own cap, which into_decoder leaves to the caller: a 16-bit RGBA
+    // image within the pixel bound may still need more.
+    if decoder.total_bytes() > MAX_DECODED_BYTES {
+        return Err(fail(format!(
+            "{w}x{h} pixels decode to {} bytes, over the limit of 512 MiB",
+            decoder.total_bytes()
+        )));
     }
     if format == image::ImageFormat::Jpeg {
         jpeg_has_end(bytes).map_err(fail)?;
     }
-    // The default limits still cap the decoded buffer at 512 MiB (a 16-bit RGBA image of the
-    // bound above would need more), refused before anything is allocated.
-    let img = reader.decode().map_err(|e| fail(e.to_string()))?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(fail(format!("image of {}x{} pixels", img.width(), img.height())));
     }
@@ -63,6 +69,9 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
 /// The most pixels an image may have: PIL's `Image.MAX_IMAGE_PIXELS` x 2, past which PIL
 /// refuses to open a file (`DecompressionBombError`), so what torchvision reads, this reads.
 pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// The most bytes an image may decode to before the RGB conversion: `image`'s default limit.
+const MAX_DECODED_BYTES: u64 = 512 << 20;
 
 /// Errors unless the JPEG in `bytes` ends: an end-of-image marker (FF D9) after its first
 /// scan. The JPEG decoder fills the rest of a truncated file's image with grey and says
@@ -195,7 +204,7 @@ impl ImageFolder {
     }
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+pub(super) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let io = |e: std::io::Error| DataError::Io { path: dir.into(), reason: e.to_string() };
     let mut v = vec![];
     for e in std::fs::read_dir(dir).map_err(io)? {

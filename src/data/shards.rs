@@ -256,24 +256,17 @@ pub fn split_dirs(dir: &Path) -> Result<Option<(PathBuf, Option<PathBuf>)>, Data
     if Shards::is_shard_dir(dir) || !train.is_dir() {
         return Ok(None);
     }
-    let entries = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
-        let io = |e: std::io::Error| DataError::Io { path: d.into(), reason: e.to_string() };
-        let mut v = vec![];
-        for e in std::fs::read_dir(d).map_err(io)? {
-            v.push(e.map_err(io)?.path());
-        }
-        Ok(v)
-    };
+    use super::folder::{is_image_name, read_dir_sorted};
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let visible_dir = |p: &&PathBuf| p.is_dir() && !name(p).starts_with('.') && name(p) != "__MACOSX";
-    let in_train = entries(&train)?;
+    let in_train = read_dir_sorted(&train)?;
     let class_folders = in_train.iter().filter(visible_dir).count() > 0 || Shards::is_shard_dir(&train);
+    // Sorted by name, as the message lists them.
     let mut others: Vec<String> =
-        entries(dir)?.iter().filter(visible_dir).map(|p| name(p)).filter(|n| n != "train").collect();
-    others.sort();
+        read_dir_sorted(dir)?.iter().filter(visible_dir).map(|p| name(p)).filter(|n| n != "train").collect();
     const SPLIT_NAMES: [&str; 5] = ["val", "test", "test1", "valid", "validation"];
     if !class_folders {
-        let images = in_train.iter().any(|p| p.is_file() && p.file_name().is_some_and(super::folder::is_image_name));
+        let images = in_train.iter().any(|p| p.is_file() && p.file_name().is_some_and(is_image_name));
         // A class named train among other classes.
         if images && others.iter().any(|o| !SPLIT_NAMES.contains(&o.as_str())) {
             return Ok(None);

@@ -17,6 +17,7 @@
 //! target: a crash leaves the previous checkpoint intact.
 
 use crate::model::{ConvPlan, NamedTensor, VggConfig};
+use crate::ops::InputNorm;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -395,26 +396,21 @@ pub fn config_diff(a: &VggConfig, b: &VggConfig) -> Option<String> {
     (!d.is_empty()).then(|| d.join(", "))
 }
 
-/// `cfg` with torchvision's input normalisation (ImageNet's mean and std): what a weights file
-/// without our config (torchvision's) was trained on, for [`input_norm_warning`].
-pub fn torchvision_norm(cfg: &VggConfig) -> VggConfig {
-    let n = crate::ops::InputNorm::IMAGENET;
-    VggConfig { mean: n.mean, std: n.std, ..cfg.clone() }
-}
-
-/// A warning when a checkpoint's recorded input normalisation (`from`, the config it was
-/// trained with) is not this run's (`run`): its layers learnt on inputs of another offset and
-/// scale (torchvision's mean and std divide by ~58, `--stats` / `--mean` subtract only), which
+/// A warning when the input normalisation a checkpoint was trained with (`from`: its
+/// config's; `None` for a file without our config, torchvision's, trained on ImageNet's mean
+/// and std) is not this run's (`run`): its layers learnt on inputs of another offset and scale
+/// (torchvision's mean and std divide by ~58, `--stats` / `--mean` subtract only), which
 /// `--weights` or `--pre-init` would carry on with without a word when a stage of a staged
 /// recipe (S = 256, then 384 from it) leaves out the first stage's `--stats`. `None` when they
 /// agree. `what` names the option and file.
-pub fn input_norm_warning(from: &VggConfig, run: &VggConfig, what: &str) -> Option<String> {
-    if (from.mean, from.std) == (run.mean, run.std) {
+pub fn input_norm_warning(from: Option<InputNorm>, run: InputNorm, what: &str) -> Option<String> {
+    let from = from.unwrap_or(InputNorm::IMAGENET);
+    if from == run {
         return None;
     }
-    let describe = |c: &VggConfig| match c.std {
-        Some(std) => format!("mean {:?} and std {std:?}", c.mean),
-        None => format!("mean {:?} only", c.mean),
+    let describe = |n: InputNorm| match n.std {
+        Some(std) => format!("mean {:?} and std {std:?}", n.mean),
+        None => format!("mean {:?} only", n.mean),
     };
     Some(format!(
         "warning: {what} was trained on inputs normalised by {}, this run normalises by {}: its layers see \

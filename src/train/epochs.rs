@@ -303,10 +303,7 @@ impl Run<'_> {
                 st.epoch,
                 st.step,
                 val.map(|v| format!(", {}", val_text(&v))).unwrap_or_default(),
-                match epoch_skipped {
-                    0 => String::new(),
-                    k => format!(", {k} unreadable training image{} skipped", if k == 1 { "" } else { "s" }),
-                },
+                skipped_text(epoch_skipped, "training").map(|t| format!(", {t}")).unwrap_or_default(),
                 if best { ", the best so far (best.safetensors)" } else { "" },
             )
         });
@@ -411,9 +408,11 @@ impl Run<'_> {
 
 /// A validation's scores for the epoch and step lines, with its unreadable images, if any.
 fn val_text(v: &data::Validation) -> String {
-    let skipped = match v.skipped {
-        0 => String::new(),
-        k => format!(" ({k} unreadable validation image{} skipped)", if k == 1 { "" } else { "s" }),
-    };
+    let skipped = skipped_text(v.skipped, "validation").map(|t| format!(" ({t})")).unwrap_or_default();
     format!("val loss {:.4} top-1 {:.3} top-5 {:.3}{skipped}", v.loss, v.top1, v.top5)
+}
+
+/// `k unreadable <set> image(s) skipped`, or `None` for none.
+fn skipped_text(k: usize, set: &str) -> Option<String> {
+    (k > 0).then(|| format!("{k} unreadable {set} image{} skipped", if k == 1 { "" } else { "s" }))
 }

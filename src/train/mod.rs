@@ -273,10 +273,10 @@ fn initial_weights(a: &TrainArgs, vgg: &mut Vgg) -> Result<()> {
         let l = checkpoint::load(w)?;
         l.ensure_vgg_weights(&format!("--weights {}", w.display()))?;
         vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
-        // A file without a config is torchvision's, trained on its ImageNet mean and std.
         let what = format!("--weights {}", w.display());
-        let trained = l.config.clone().unwrap_or_else(|| checkpoint::torchvision_norm(vgg.config()));
-        if let Some(warn) = checkpoint::input_norm_warning(&trained, vgg.config(), &what) {
+        if let Some(warn) =
+            checkpoint::input_norm_warning(l.config.as_ref().map(VggConfig::norm), vgg.config().norm(), &what)
+        {
             eprintln!("{warn}");
         }
     }

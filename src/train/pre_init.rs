@@ -148,8 +148,8 @@ pub fn apply(vgg: &mut Vgg, path: &Path) -> Result<Vec<(String, String)>> {
         None => VggConfig { arch: Arch::A, ..dst.clone() },
     };
     // A file without a config is torchvision's, trained on its ImageNet mean and std.
-    let trained = if recorded { src.clone() } else { checkpoint::torchvision_norm(&dst) };
-    if let Some(w) = checkpoint::input_norm_warning(&trained, &dst, &format!("--pre-init {}", path.display())) {
+    let what = format!("--pre-init {}", path.display());
+    if let Some(w) = checkpoint::input_norm_warning(recorded.then(|| src.norm()), dst.norm(), &what) {
         eprintln!("{w}");
     }
     apply_tensors(vgg, &src, &loaded.weights).with_context(|| format!("--pre-init {}", path.display()))
