@@ -45,6 +45,11 @@ impl History {
     /// lines; unreadable lines are skipped), so that a resumed run plots the whole run.
     pub fn from_metrics(path: &Path, upto: u64) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self::from_text(&text, upto))
+    }
+
+    /// [`History::from_metrics`] of a metrics file's text.
+    pub fn from_text(text: &str, upto: u64) -> Self {
         let mut h = History::default();
         for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
             let Some(step) = v["step"].as_u64().filter(|s| *s <= upto) else { continue };
@@ -55,7 +60,7 @@ impl History {
                 h.train.insert(step, l as f32);
             }
         }
-        Ok(h)
+        h
     }
 
     /// Writes `loss.png` and `accuracy.png` (or `<prefix>loss.png`, ...) into `dir`; returns

@@ -286,7 +286,10 @@ pub(super) fn metrics_history(
 ) -> Result<plot::History> {
     // A metrics stream (`/dev/stderr`) has no history to cut or read back.
     let metrics_file = a.metrics.as_deref().filter(|m| m.is_file() && !crate::atomic::is_stream(m));
-    if let (Some(from), Some(m)) = (resume_from, metrics_file) {
+    let (Some(from), Some(m)) = (resume_from, metrics_file) else { return Ok(plot::History::default()) };
+    // Read once for the checks, the cut and the history.
+    let text = std::fs::read_to_string(m).with_context(|| format!("reading metrics file {}", m.display()))?;
+    let text = {
         // Cut only when continuing the folder's own last checkpoint, the interrupted run the
         // cut exists for: a branch from an older checkpoint (best.safetensors, another folder's
         // file) into a new folder would otherwise delete the original run's lines past that
@@ -296,18 +299,16 @@ pub(super) fn metrics_history(
         if ckpt_path.and_then(own).is_some_and(|c| Some(c) == own(from)) {
             // An epoch's end that the checkpoint is before (saved at its last step) is redone,
             // validation and all.
-            cut_metrics(m, st.step, st.batch_in_epoch >= per_epoch)?;
+            cut_metrics(m, text, st.step, st.batch_in_epoch >= per_epoch)?
         } else {
             // Continuing the run that wrote the file needs its folder (where a resume cuts).
             let own_last = ckpt_path.is_none() && from.file_name().is_some_and(|n| n == "last.safetensors");
-            refuse_branch_into(m, st.step, st.batch_in_epoch >= per_epoch, own_last)?;
+            refuse_branch_into(m, &text, st.step, st.batch_in_epoch >= per_epoch, own_last)?;
+            text
         }
-    }
+    };
     // A resumed run plots from its start: the steps before the checkpoint come from the metrics file.
-    Ok(match (&a.resume, metrics_file) {
-        (Some(_), Some(m)) => plot::History::from_metrics(m, st.step)?,
-        _ => plot::History::default(),
-    })
+    Ok(plot::History::from_text(&text, st.step))
 }
 
 /// Cuts a resumed run's metrics file back to its checkpoint's `step`, so that it reads as one
@@ -317,12 +318,8 @@ pub(super) fn metrics_history(
 /// its validation unless `epoch_end_redone` (a checkpoint saved at an epoch's last step, before
 /// its end). A line that is not ours (no step) stays; a torn last line (the process killed
 /// mid-write) goes. Rewritten whole (a temporary file renamed over it) and only when something
-/// goes.
-fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        t => t.with_context(|| format!("reading metrics file {}", path.display()))?,
-    };
+/// goes. `text` is the file's; returns what it holds now.
+fn cut_metrics(path: &Path, text: String, step: u64, epoch_end_redone: bool) -> Result<String> {
     let (mut kept, mut dropped) = (String::with_capacity(text.len()), 0usize);
     for line in text.split_inclusive('\n') {
         let parsed = serde_json::from_str::<serde_json::Value>(line);
@@ -353,7 +350,7 @@ fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
             if dropped == 1 { "" } else { "s" }
         );
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Refuses a branch (a resume of any checkpoint but --checkpoint-dir's own last one) whose
@@ -365,8 +362,7 @@ fn cut_metrics(path: &Path, step: u64, epoch_end_redone: bool) -> Result<()> {
 /// again. `own_last`: a `last.safetensors` resumed without --checkpoint-dir, perhaps the
 /// interrupted run itself, which counts as a branch here (its folder is what makes it the same
 /// run), so the message names that remedy too.
-fn refuse_branch_into(path: &Path, step: u64, epoch_end_redone: bool, own_last: bool) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading metrics file {}", path.display()))?;
+fn refuse_branch_into(path: &Path, text: &str, step: u64, epoch_end_redone: bool, own_last: bool) -> Result<()> {
     let logged: Vec<(u64, bool)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
