@@ -49,11 +49,31 @@ fn an_unreadable_image_is_counted_and_its_batch_still_trains() {
     assert!(stdout.contains("epoch 0 step 3:"), "{stdout}");
     assert!(stdout.contains("1 unreadable training image skipped"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad0.jpg"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("no image of class"));
 
     let out = vgg(&run_args(&dir, &["--strict"]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad0.jpg") && !err.contains("panicked"), "{err}");
+}
+
+/// A class whose every file is unreadable trains as absent: the epoch says so by name, since
+/// the per-file warnings do not.
+#[test]
+fn a_class_with_no_readable_image_is_named_at_the_epoch_end() {
+    let t = TempDir::new("train-data", "unread-class");
+    let dir = folder(&t, 0);
+    std::fs::create_dir(t.0.join("c")).unwrap();
+    for i in 0..2 {
+        std::fs::write(t.0.join("c").join(format!("bad{i}.png")), b"not a PNG").unwrap();
+    }
+    let out = vgg(&run_args(&dir, &[]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: epoch 0: no image of class c could be read (2 unreadable images skipped)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -187,12 +187,20 @@ impl Run<'_> {
     fn epoch(&mut self, p: &mut Progress, staging: &mut Staging) -> Result<Option<usize>> {
         let skip = self.st.batch_in_epoch as usize;
         let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
+        // Classes delivered at least one image: a class whose every image is unreadable trains as
+        // absent, which the per-file warnings alone do not say.
+        let mut read_class = vec![false; self.loader.dataset().classes().len()];
         for (bi, b) in self.loader.epoch(self.st.epoch).enumerate() {
             if bi < skip {
                 continue;
             }
             let b = b.with_context(|| format!("epoch {} batch {bi}", self.st.epoch))?;
             (epoch_skipped, epoch_read) = (epoch_skipped + b.skipped, epoch_read + b.n);
+            for &l in &b.labels {
+                if let Some(r) = usize::try_from(l).ok().and_then(|l| read_class.get_mut(l)) {
+                    *r = true;
+                }
+            }
             if b.n == 0 {
                 continue; // every image of it unreadable
             }
@@ -209,6 +217,22 @@ impl Run<'_> {
         // Nothing readable in a whole epoch would repeat forever.
         if skip == 0 && epoch_read == 0 {
             bail!("epoch {}: no image of the training set could be read ({epoch_skipped} skipped)", self.st.epoch);
+        }
+        if skip == 0 && epoch_skipped > 0 {
+            let unread: Vec<String> = (self.loader.dataset().classes().iter().zip(&read_class))
+                .filter(|(_, &r)| !r)
+                .map(|(c, _)| c.clone())
+                .collect();
+            if !unread.is_empty() {
+                let (e, list) = (self.st.epoch, crate::eval::class_list(&unread));
+                p.bar.suspend(|| {
+                    eprintln!(
+                        "warning: epoch {e}: no image of {} {list} could be read ({epoch_skipped} unreadable images \
+                         skipped): the model saw none of that class this epoch",
+                        if unread.len() == 1 { "class" } else { "classes" }
+                    )
+                });
+            }
         }
         Ok(Some(epoch_skipped))
     }
