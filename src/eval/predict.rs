@@ -5,6 +5,13 @@
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
 
+use super::views::render_views;
+use crate::data::decode_rgb;
+use crate::Device;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
 /// The names in a labels file, one a line (blank lines skipped).
 fn read_labels(p: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(p).with_context(|| format!("--labels: reading {}", p.display()))?;

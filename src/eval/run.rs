@@ -3,7 +3,18 @@
 
 // The parent's views, models and posteriors are this file's vocabulary.
 use super::*;
-use crate::data::{open_dir, open_dir_with_classes, DataError, Shards};
+
+use super::ensemble::check_weights_file;
+use super::views::{render_views, Unscored};
+use crate::data::{open_dir, open_dir_with_classes, DataError, Dataset, Plan, Shards, Subset, Synthetic};
+use crate::train::checkpoint;
+use crate::Device;
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Arguments of `vgg eval`.
 #[derive(clap::Args, Clone, Debug)]
@@ -266,6 +277,10 @@ fn dataset(a: &EvalArgs, src: Source, models: &[Model]) -> Result<(Arc<dyn Datas
         _ => (ds, what),
     })
 }
+
+/// One image's crop views' pixels (concatenated), its dense views with their pixels, and
+/// its label.
+type Rendered = (Vec<u8>, Vec<(Plan, Vec<u8>)>, usize);
 
 /// Runs `vgg eval`.
 pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
