@@ -280,7 +280,7 @@ fn cli_output_paths_are_checked_before_the_run() {
     let cases = [
         ("--plot", path(afile.join("x.png")), "afile is a file, not a folder"),
         ("--json", path(afile.join("x.json")), "afile is a file, not a folder"),
-        ("--plot", "/proc/vgg-no-such-dir/x.png".to_string(), "cannot"),
+        ("--plot", "/proc/vgg-no-such-dir/x.png".to_string(), "/proc/vgg-no-such-dir: cannot create the folder"),
         ("--plot", path(dir.0.join("chart.svg")), "give a path ending in .png"),
     ];
     for (opt, path, needle) in cases {

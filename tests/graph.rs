@@ -14,19 +14,22 @@ fn a_replay_runs_what_was_captured_and_nothing_runs_before() {
     let dev = Device::emu();
     let mut x = Tensor::from_host(&dev, &[4], &f16s(&[-1.0, 2.0, -3.0, 4.0])).unwrap();
     let mut y = Tensor::<f16>::zeros(&dev, &[4]).unwrap();
+    let mut z = Tensor::<f16>::zeros(&dev, &[4]).unwrap();
     let before = dev.launches();
     let graph = dev
         .capture(|| {
-            y.poison()?; // a memset node
+            z.poison()?; // a memset node, on a buffer no kernel then writes
             ops::relu_fwd(&x, &mut y)
         })
         .unwrap();
     assert_eq!(graph.launches(), 1);
     assert!(!dev.is_capturing());
     assert_eq!(y.to_f32().unwrap(), [0.0; 4], "capturing must not run the work");
-    // SAFETY: x and y, the only buffers captured, live to the end of the test.
+    assert_eq!(z.to_f32().unwrap(), [0.0; 4], "capturing must not run the memset");
+    // SAFETY: x, y and z, the only buffers captured, live to the end of the test.
     unsafe { graph.launch() }.unwrap();
     assert_eq!(y.to_f32().unwrap(), [0.0, 2.0, 0.0, 4.0]);
+    assert!(z.to_f32().unwrap().iter().all(|v| v.is_nan()), "the replay runs the memset: {:?}", z.to_f32());
     // A replay reads the buffers as they are then: the arguments are pointers, not values.
     x.copy_from_host(&f16s(&[5.0, -6.0, 7.0, -8.0])).unwrap();
     // SAFETY: as above.

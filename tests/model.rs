@@ -441,13 +441,15 @@ fn a_bad_label_is_reported_once() {
     let s = vgg.train_step(&xi, &xl, 0.01, 1).unwrap();
     assert!(s.loss.is_finite() && s.batch == batch && !s.skipped, "{s:?}");
     assert!(state(&vgg) != before, "the next clean step applies");
-    assert!(vgg.evaluate(&xi, &bad).is_err());
+    let e = vgg.evaluate(&xi, &bad).unwrap_err();
+    assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("label 5 of row 1"), "{e}");
     assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
     vgg.train_step_queued(&xi, &bad, 0.01, 2).unwrap();
     // An evaluation before the sync has its own status: it neither reports nor clears the
     // queued step's bad label, which the sync does.
     assert_eq!(vgg.evaluate(&xi, &xl).unwrap().rows, batch);
-    assert!(vgg.sync().is_err());
+    let e = vgg.sync().unwrap_err();
+    assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("label 5 of row 1"), "{e}");
     vgg.train_step_queued(&xi, &xl, 0.01, 3).unwrap();
     assert!(vgg.sync().unwrap().is_some_and(|s| s.loss.is_finite()));
 }

@@ -583,4 +583,12 @@ fn metrics_may_stream_to_stderr() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("EARLIER").count(), 1, "the log was read back into itself: {text}");
+    // The metrics did arrive there: steps 1-2, then the resume's step 3.
+    let steps: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("eval").is_none())
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "{text}");
 }

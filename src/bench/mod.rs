@@ -452,6 +452,14 @@ mod tests {
         assert!(!b.pass);
         let c = Agreement::new("x", &[1.0], &[1.0, 2.0], 1e-3, 1e-3);
         assert!(!c.pass);
+        // Finite errors on either side of each bound: 2.01 against 2 is a max_rel of 0.01 / 2 =
+        // 5e-3 and a rel_l2 of 0.01 / sqrt(5) = 4.5e-3; 2.001 a tenth of both.
+        let (ours, theirs) = ([1.0, 2.01], [1.0, 2.0]);
+        assert!(!Agreement::new("x", &ours, &theirs, 1e-3, 1e-3).pass);
+        assert!(Agreement::new("x", &[1.0, 2.001], &theirs, 1e-3, 1e-3).pass);
+        assert!(!Agreement::new("x", &ours, &theirs, 1e-2, 1e-3).pass, "rel_l2 over its bound");
+        assert!(!Agreement::new("x", &ours, &theirs, 1e-3, 1e-2).pass, "max_rel over its bound");
+        assert!(Agreement::new("x", &ours, &theirs, 1e-2, 1e-2).pass);
     }
 
     #[test]

@@ -379,9 +379,11 @@ mod tests {
         assert_eq!(Scale::parse("256").unwrap(), Scale::Fixed(256));
         assert_eq!(Scale::parse("256:512").unwrap(), Scale::Jitter(256, 512));
         assert_eq!(Scale::parse("384:384").unwrap(), Scale::Fixed(384));
-        assert!(Scale::parse("512:256").is_err());
-        assert!(Scale::parse("0").is_err());
-        assert!(Scale::parse("abc").is_err());
+        assert!(Scale::parse("512:256").unwrap_err().to_string().contains("scale `512:256`: min above max"));
+        for bad in ["0", "abc", "256:"] {
+            let e = Scale::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("scale `{bad}`: expected a positive size")), "{e}");
+        }
         assert_eq!(Scale::Jitter(256, 512).test_q(), 384);
     }
 }
