@@ -149,6 +149,54 @@ fn shape_errors_name_the_problem() {
     assert!(e.to_string().contains("exceeds the buffers' capacity 2"), "{e}");
 }
 
+/// The report is sticky across launches: a second launch with bad labels (before a clear)
+/// adds to the count but must not replace the first launch's row, label and class count.
+#[test]
+fn a_later_bad_launch_keeps_the_first_report() {
+    let dev = Device::emu();
+    let batch = 6;
+    let mut bufs = ops::XentBuffers::new(&dev, batch).unwrap();
+    let mut launch = |classes: usize, labels: &[i32]| {
+        let zt = Tensor::from_f32(&dev, &[batch, classes], &values(batch * classes, 3, 4.0)).unwrap();
+        let lt = Tensor::from_host(&dev, &[batch], labels).unwrap();
+        ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
+    };
+    let (first, second) = ([0, 1, 9, 3, 4, 5], [-3, 1, 2, 3, 7, 0]);
+    launch(7, &first);
+    launch(5, &second);
+    let msg = bufs.check().unwrap_err().to_string();
+    let row = first.iter().position(|&l| !(0..7).contains(&l)).unwrap();
+    let bad = first.iter().filter(|&&l| !(0..7).contains(&l)).count()
+        + second.iter().filter(|&&l| !(0..5).contains(&l)).count();
+    let want = format!("label {} of row {row} is not in 0..7 ({bad} bad rows", first[row]);
+    assert!(msg.contains(&want), "want {want:?} in {msg}");
+}
+
+/// Batches past the finishing block's 256 threads: one thread sums rows t, t + 256, ..., so the
+/// first bad row must be the least of those it sees (and of every warp's), not its last.
+#[test]
+fn the_first_bad_row_of_a_large_batch_is_named() {
+    let dev = Device::emu();
+    let (batch, classes) = (600, 3);
+    let mut labels: Vec<i32> = (0..batch as i32).map(|i| i % classes as i32).collect();
+    for (row, label) in [(4, 3), (260, -1), (516, 50), (300, 7)] {
+        labels[row] = label;
+    }
+    let zt = Tensor::from_f32(&dev, &[batch, classes], &values(batch * classes, 5, 4.0)).unwrap();
+    let lt = Tensor::from_host(&dev, &[batch], &labels).unwrap();
+    let mut bufs = ops::XentBuffers::new(&dev, batch).unwrap();
+    ops::softmax_xent(&zt, &lt, None, 1.0, &mut bufs).unwrap();
+    let msg = bufs.check().unwrap_err().to_string();
+    let bad = |l: &i32| !(0..classes as i32).contains(l);
+    let row = labels.iter().position(bad).unwrap();
+    let want = format!(
+        "label {} of row {row} is not in 0..{classes} ({} bad rows",
+        labels[row],
+        labels.iter().filter(|l| bad(l)).count()
+    );
+    assert!(msg.contains(&want), "want {want:?} in {msg}");
+}
+
 /// Equal logits (an untrained or collapsed classifier) rank the classes by index, as argmax
 /// would: only the rows labelled 0 are top-1 hits and those labelled 0..4 top-5 hits; with
 /// ties counted for the label every row would be, and such a net would score 100%.
