@@ -235,6 +235,24 @@ fn gemm_split_k_matches_reference() {
     });
 }
 
+/// The bias gradient past 1024 rows: column sums in chunks into the workspace, then added in
+/// chunk order; the last chunk is short wherever the chunk count does not divide M (M 1025:
+/// 513 + 512 rows; 2050: 684 + 684 + 682; 3071: 1024 + 1024 + 1023). A chunk that ran past M
+/// would read the fence after dY (NaN) into db. The split-K sweep's budget never draws M > 1000.
+#[test]
+fn gemm_bias_grad_chunks_with_a_short_last_one() {
+    let dev = Device::emu();
+    for (i, (m, k, n)) in [(1025, 16, 24), (2050, 8, 40), (3071, 24, 8)].into_iter().enumerate() {
+        let s = Linear::new(m, k, n);
+        for exact in [true, false] {
+            let mut rng = ShapeRng(SampleRng::for_sample(1, 4, 2 * i as u64 + exact as u64));
+            let d = GemmData::random(&mut rng, s, exact.then_some(1));
+            let what = gemm_run(&dev, s, (Algo::Auto, true), &d, false, true, exact, &[m, k], false);
+            check_fences(&what);
+        }
+    }
+}
+
 /// Zero-sized products: an empty batch (M = 0), no outputs (N = 0), no inputs (K = 0, where y
 /// is the bias and dW is empty) run to the reference's result or refuse with an error; never
 /// a panic or an unwritten output.
