@@ -191,14 +191,37 @@ fn checkpoint_errors_name_the_problem() {
         let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
         assert!(e.contains(name) && e.contains(want) && !e.contains("Header"), "{e}");
     }
-    // A flipped byte in the last tensor's data.
+    // A flipped byte in a tensor's data names that tensor: the one whose data_offsets (in the
+    // header's JSON, from the end of the 8-byte length and the header) hold the byte. The last
+    // byte of the data, and one in the middle, whose tensors are found from the header.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let holder = |at: usize| -> String {
+        let off = at - 8 - header_len;
+        let (name, _) = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| *n != "__metadata__")
+            .find(|(_, t)| {
+                let r = t["data_offsets"].as_array().unwrap();
+                (r[0].as_u64().unwrap() as usize..r[1].as_u64().unwrap() as usize).contains(&off)
+            })
+            .unwrap();
+        name.clone()
+    };
     let c = dir.join("corrupt.safetensors");
-    let mut b = bytes.clone();
-    let at = b.len() - 3;
-    b[at] ^= 0x55;
-    std::fs::write(&c, &b).unwrap();
-    let e = format!("{:#}", checkpoint::load(&c).unwrap_err());
-    assert!(e.contains("is corrupt") && e.contains('`'), "{e}");
+    let mut named = vec![];
+    for at in [bytes.len() - 3, 8 + header_len + (bytes.len() - 8 - header_len) / 2] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x55;
+        std::fs::write(&c, &b).unwrap();
+        let e = format!("{:#}", checkpoint::load(&c).unwrap_err());
+        let want = format!("tensor `{}` is corrupt", holder(at));
+        assert!(e.contains(&want), "byte {at} flipped: the error does not say `{want}`: {e}");
+        named.push(holder(at));
+    }
+    assert_ne!(named[0], named[1], "the two flips should hit two tensors");
     // Another checkpoint format: refused by name, not read by today's layout.
     let f = dir.join("format.safetensors");
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -225,10 +248,36 @@ fn checkpoint_errors_name_the_problem() {
     let mut v2 = Vgg::new(&dev, other, 1, Init::He, 1).unwrap();
     let e = v2.import_params(&l.weights).unwrap_err().to_string();
     assert!(e.contains("classifier.6.") && e.contains("[7"), "{e}");
-    // Wrong architecture: B has more convs -> a missing tensor is named.
+    // Wrong architecture: B's convs sit elsewhere in `features`. By torchvision's cfg lists
+    // (M a pool, one index; a conv two, itself and its ReLU) A's conv indices are 0, 3, 6, 8,
+    // ..., B's 0, 2, 5, 7, ...; import_params walks the file's tensors in the order
+    // checkpoint::load gives them (by name) and names the first that is not one of B's.
+    const M: usize = 0;
+    let conv_indices = |cfg: &[usize]| {
+        let (mut at, mut convs) = (0, vec![]);
+        for &c in cfg {
+            if c != M {
+                convs.push(at);
+            }
+            at += if c == M { 1 } else { 2 };
+        }
+        convs
+    };
+    let a_convs = conv_indices(&[64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M]);
+    let b_convs = conv_indices(&[64, 64, M, 128, 128, M, 256, 256, M, 512, 512, M, 512, 512, M]);
+    let index = |n: &str| n.strip_prefix("features.").map(|r| r.split_once('.').unwrap().0.parse::<usize>().unwrap());
+    let mut in_file: Vec<usize> = l.weights.iter().filter_map(|t| index(&t.0)).collect();
+    in_file.sort();
+    in_file.dedup();
+    assert_eq!(in_file, a_convs, "the file's conv indices are not A's of the cfg list");
+    let first = l.weights.iter().map(|t| t.0.as_str()).find(|n| index(n).is_some_and(|i| !b_convs.contains(&i)));
+    let want = format!("tensor `{}` (shape", first.unwrap());
     let mut vb = Vgg::new(&dev, VggConfig::small(Arch::B, 0.0625, 32, 16, 3), 1, Init::He, 1).unwrap();
     let e = vb.import_params(&l.weights).unwrap_err().to_string();
-    assert!(e.contains("features."), "{e}");
+    assert!(
+        e.contains(&want) && e.contains("is not a parameter of this model"),
+        "the error does not say `{want}`: {e}"
+    );
     assert!(checkpoint::config_diff(&cfg, &VggConfig { classes: 7, ..cfg.clone() }).unwrap().contains("classes"));
 }
 

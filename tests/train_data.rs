@@ -251,10 +251,27 @@ fn weights_of_another_input_normalisation_are_warned_about() {
     let out = vgg(&run_args(&dir, &["--mean", "100,100,100", "--checkpoint-dir", cks]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ws = w.to_str().unwrap();
-    let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1"]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // One step at --lr 1e-30 (common::unmoved) leaves the weights the run started from in its
+    // checkpoint: every tensor the file's; without --weights, the init's, which are not.
+    let file = checkpoint::load(&w).unwrap().weights;
+    let started_from = |extra: &[&str], name: &str| {
+        let ck = out_dir.0.join(name);
+        let mut v = vec!["--steps", "1", "--lr", "1e-30", "--checkpoint-dir", ck.to_str().unwrap()];
+        v.extend(extra);
+        let out = vgg(&run_args(&dir, &v));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (checkpoint::load(&ck.join("last.safetensors")).unwrap().weights, stderr)
+    };
+    let (got, stderr) = started_from(&["--weights", ws], "from-file");
+    assert_eq!(common::moved_tensors(&got, &file), Vec::<String>::new(), "--weights did not reach the model");
     assert!(stderr.contains("was trained on inputs normalised by mean [100.0, 100.0, 100.0] only"), "{stderr}");
+    let (own, _) = started_from(&[], "own-init");
+    assert_eq!(
+        common::moved_tensors(&own, &file).len(),
+        file.len(),
+        "without --weights: the init's, every tensor off the trained file's"
+    );
     let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1", "--mean", "100,100,100"]));
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
     // A file without our config (torchvision's) was trained on ImageNet's mean and std.
@@ -267,6 +284,12 @@ fn weights_of_another_input_normalisation_are_warned_about() {
     let plain = out_dir.0.join("plain.safetensors");
     std::fs::write(&plain, safetensors::serialize(views, &None).unwrap()).unwrap();
     let ps = plain.to_str().unwrap();
+    let (got, _) = started_from(&["--weights", ps], "from-plain");
+    assert_eq!(
+        common::moved_tensors(&got, &file),
+        Vec::<String>::new(),
+        "a torchvision --weights file did not reach the model"
+    );
     let out = vgg(&run_args(&dir, &["--weights", ps, "--steps", "1", "--mean", "100,100,100"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.contains("normalised by mean [123.675"), "{stderr}");

@@ -92,8 +92,30 @@ fn d_takes_four_convs_and_the_classifier_from_a() {
         m[..4].iter().map(|p| p.1.as_str()).collect::<Vec<_>>(),
         ["features.0", "features.5", "features.10", "features.12"]
     );
-    let s = run(&TrainArgs { pre_init: Some(a_path.clone()), steps: Some(1), ..args("D") }).unwrap();
+    // One step at --lr 1e-30 (common::unmoved) leaves the run's starting weights in its
+    // checkpoint: A's at the mapped layers, the rest this run's own --init draw (seed 0).
+    let d_dir = dir.join("d");
+    let tiny_step = TrainArgs { pre_init: Some(a_path), steps: Some(1), lr: Some(1e-30), ..args("D") };
+    let s = run(&TrainArgs { checkpoint_dir: Some(d_dir.clone()), ..tiny_step }).unwrap();
     assert!(s.final_train_loss.unwrap().is_finite());
+    let trained = checkpoint::load(&d_dir.join("last.safetensors")).unwrap().weights;
+    let own = by_name(Vgg::new(&dev, cfg(Arch::D, 0.0625, 32), 1, Init::He, 0).unwrap().export_params().unwrap());
+    assert_eq!(trained.len(), own.len());
+    for (name, shape, data) in &trained {
+        let (layer, kind) = name.rsplit_once('.').unwrap();
+        match want.iter().find(|m| m.1 == layer) {
+            Some((from, _)) => {
+                let src = &a[&format!("{from}.{kind}")];
+                assert!(
+                    shape == &src.0 && common::unmoved(data, &src.1),
+                    "{name}: `vgg train` did not start from A's {from}"
+                );
+                // A's values there are not D's init, so the check above tells the two apart.
+                assert!(!common::unmoved(&own[name].1, &src.1), "{name}: A's {from} is still the init's");
+            }
+            None => assert!(common::unmoved(data, &own[name].1), "{name}: `vgg train` did not keep D's own init"),
+        }
+    }
 }
 
 #[test]

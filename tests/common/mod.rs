@@ -132,3 +132,41 @@ pub fn host_features(
     assert_eq!(j, params.len() - 6, "host_features: the classifier's 6 tensors follow the features");
     (x, (ch, cw))
 }
+
+/// Whether `got` holds `want`'s values after one SGD step at `--lr 1e-30`, the tests' way of
+/// reading through a checkpoint which weights a run started from. The step moves a weight by
+/// lr * (gradient / loss scale + wd * weight) in f64, rounded to f32 once (kernels/optim.cu):
+/// with these tiny models' gradients far below 1e4, by less than 1e-26 (measured: 3e-31),
+/// which is under half an ulp of any weight above 2^-60 (1e-18) in size, so every such weight
+/// keeps its exact value; only weights at or near 0 (fresh biases) can move, by at most 1e-26.
+pub fn unmoved(got: &[f32], want: &[f32]) -> bool {
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-26)
+}
+
+/// The names of `want`'s tensors that `got` (one step at `--lr 1e-30` from them, see
+/// [`unmoved`]) does not hold with their shape and values; a name `got` lacks counts too.
+pub fn moved_tensors(got: &[vgg_cuda::model::NamedTensor], want: &[vgg_cuda::model::NamedTensor]) -> Vec<String> {
+    assert_eq!(got.len(), want.len(), "not the same tensors");
+    let moved =
+        |(n, s, d): &&vgg_cuda::model::NamedTensor| !got.iter().any(|g| &g.0 == n && &g.1 == s && unmoved(&g.2, d));
+    want.iter().filter(moved).map(|t| t.0.clone()).collect()
+}
+
+/// `vgg predict`'s top list of one image under `--labels` holding `labels` (one class a line)
+/// and `--top` of them all: every class once, each named by its line of the file, not only
+/// the file's names in some order.
+#[track_caller]
+pub fn assert_named_by_labels(top: &[vgg_cuda::eval::TopClass], labels: &[&str]) {
+    let mut classes: Vec<usize> = top.iter().map(|t| t.class).collect();
+    classes.sort();
+    assert_eq!(classes, (0..labels.len()).collect::<Vec<_>>(), "not every class once: {top:?}");
+    for t in top {
+        assert_eq!(
+            t.name,
+            labels[t.class],
+            "class {} is not named by line {} of the labels file",
+            t.class,
+            t.class + 1
+        );
+    }
+}
