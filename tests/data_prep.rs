@@ -137,8 +137,11 @@ fn jpeg_shards_decode_to_the_stored_size() {
         };
         let worst = (0..3).map(|c| mad(&got, &want, c, c)).fold(0.0, f64::max);
         // Measured at quality 90 on these sawtooth patterns: 3.3-5.6 levels; the same comparison
-        // with the channels rotated (a wrong channel order in the encode path) gives 28-78.
+        // with the channels rotated (a wrong channel order in the encode path) gives 28-78, so
+        // the bound tells them apart.
         assert!(worst <= 10.0, "image {i}: mean error {worst:.2} levels from its raw resize");
+        let rotated = (0..3).map(|c| mad(&got, &want, c, (c + 1) % 3)).fold(f64::INFINITY, f64::min);
+        assert!(rotated > 20.0, "image {i}: rotated channels only {rotated:.2} levels apart");
     }
     let e = prep(&src, &t.0.join("q0"), &PrepConfig { quality: Some(0), ..cfg(32, 3) }, |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("JPEG quality 0: must be 1-100"), "{e}");

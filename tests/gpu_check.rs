@@ -145,8 +145,6 @@ fn every_guard_of_gpu_check_holds() {
     assert!(n >= 10, "found only {n} guards in scripts/gpu-check.sh");
 }
 
-/// The script's own Python helpers at least compile (their torch imports run only on the GPU
-/// machine).
 /// Runs python3 with `args`; `None` (said on stderr) where there is none, except under
 /// `VGG_REQUIRE_NVRTC=1`: NVRTC comes from pip there (scripts/setup-cuda), so python3 is there, and
 /// a skip would pass these checks in CI without running them.
@@ -163,6 +161,8 @@ fn python3(args: &[&str]) -> Option<std::process::Output> {
     }
 }
 
+/// The script's own Python helpers at least compile (their torch imports run only on the GPU
+/// machine).
 #[test]
 fn gpu_check_python_scripts_compile() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");

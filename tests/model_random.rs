@@ -440,9 +440,13 @@ fn random_configs_match_host_twin() {
         eprintln!("sweep seed {seed} #{i}: {line} ({:.1} s)", t.elapsed().as_secs_f64());
     }
     // A case the twin's fp16 overflow stops compares less, and a sweep of such cases would
-    // pass having compared nothing. None stops today: the default draw's 4 cases, and 60 of
-    // 60 at VGG_SWEEP=60 VGG_SWEEP_SEED=7. So every case must be compared to the end.
-    assert!(stopped.is_empty(), "seed {seed}: cases {stopped:?} of {run} were not compared to the end (fp16 overflow)");
+    // pass having compared nothing. None stops today (the default draw's 4 cases, and 60 of 60
+    // at VGG_SWEEP=60 VGG_SWEEP_SEED=7), but a draw may legitimately overflow: at most a
+    // quarter of the cases may stop.
+    assert!(
+        stopped.len() * 4 <= run,
+        "seed {seed}: cases {stopped:?} of {run} were not compared to the end (fp16 overflow)"
+    );
 }
 
 /// What `VggConfig` and `Vgg::with_optim` refuse, each an error naming what is wrong (never a

@@ -30,7 +30,7 @@ fn folder(t: &TempDir, bad: usize) -> String {
     t.0.to_str().unwrap().to_string()
 }
 
-/// A tiny run on emu: 32x32 crops, batch 3 (9 files: three full batches), one epoch.
+/// A tiny run on emu: 32x32 crops, batch 3, one epoch.
 fn run_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["train", "--device", "emu", "--data", dir, "--batch", "3", "--epochs", "1", "--quiet"];
     v.extend_from_slice(extra);
@@ -57,23 +57,35 @@ fn an_unreadable_image_is_counted_and_its_batch_still_trains() {
     assert!(err.contains("bad0.jpg") && !err.contains("panicked"), "{err}");
 }
 
-/// A class whose every file is unreadable trains as absent: the epoch says so by name, since
-/// the per-file warnings do not.
+/// A class whose every file is unreadable trains as absent: the epoch's end says so by name, since
+/// the per-file warnings do not. A run stopped mid-epoch does not (it has no epoch end).
 #[test]
 fn a_class_with_no_readable_image_is_named_at_the_epoch_end() {
     let t = TempDir::new("train-data", "unread-class");
     let dir = folder(&t, 0);
-    std::fs::create_dir(t.0.join("c")).unwrap();
-    for i in 0..2 {
-        std::fs::write(t.0.join("c").join(format!("bad{i}.png")), b"not a PNG").unwrap();
-    }
-    let out = vgg(&run_args(&dir, &[]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("warning: epoch 0: no image of class c could be read (2 unreadable images skipped)"),
-        "{stderr}"
-    );
+    let bad = |class: &str| {
+        std::fs::create_dir(t.0.join(class)).unwrap();
+        for i in 0..2 {
+            std::fs::write(t.0.join(class).join(format!("bad{i}.png")), b"not a PNG").unwrap();
+        }
+    };
+    let warning = |extra: &[&str]| {
+        let out = vgg(&run_args(&dir, extra));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr.lines().find(|l| l.contains("no image of")).map(str::to_string)
+    };
+    // Ten files at batch 3: --keep-last trains the last one too, so both bad files are read.
+    bad("c");
+    let want = "warning: epoch 0: no image of class c could be read (2 unreadable training images skipped): the \
+                model trained on none of it this epoch";
+    assert_eq!(warning(&["--keep-last"]).as_deref(), Some(want));
+    assert_eq!(warning(&["--keep-last", "--steps", "2"]), None);
+    // Twelve files: four full batches.
+    bad("d");
+    let want = "warning: epoch 0: no image of classes c, d could be read (4 unreadable training images skipped): \
+                the model trained on none of them this epoch";
+    assert_eq!(warning(&[]).as_deref(), Some(want));
 }
 
 #[test]
@@ -276,23 +288,20 @@ fn weights_of_another_input_normalisation_are_warned_about() {
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
     // A file without our config (torchvision's) was trained on ImageNet's mean and std.
     use safetensors::tensor::{Dtype, TensorView};
-    let weights = checkpoint::load(&w).unwrap().weights;
-    let views: Vec<(String, TensorView)> = weights
+    let views: Vec<(String, TensorView)> = file
         .iter()
         .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
         .collect();
     let plain = out_dir.0.join("plain.safetensors");
     std::fs::write(&plain, safetensors::serialize(views, &None).unwrap()).unwrap();
     let ps = plain.to_str().unwrap();
-    let (got, _) = started_from(&["--weights", ps], "from-plain");
+    let (got, stderr) = started_from(&["--weights", ps, "--mean", "100,100,100"], "from-plain");
     assert_eq!(
         common::moved_tensors(&got, &file),
         Vec::<String>::new(),
         "a torchvision --weights file did not reach the model"
     );
-    let out = vgg(&run_args(&dir, &["--weights", ps, "--steps", "1", "--mean", "100,100,100"]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("normalised by mean [123.675"), "{stderr}");
+    assert!(stderr.contains("normalised by mean [123.675"), "{stderr}");
     let out = vgg(&run_args(&dir, &["--weights", ps, "--steps", "1"]));
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
 }

@@ -281,6 +281,10 @@ impl Dataset for ImageFolder {
         Ok((decode_rgb(&bytes, path)?, *label))
     }
 
+    fn label(&self, i: usize) -> Option<usize> {
+        self.samples.get(i).map(|s| s.1)
+    }
+
     fn describe(&self, i: usize) -> String {
         self.samples.get(i).map_or_else(|| format!("image {i}"), |s| s.0.display().to_string())
     }

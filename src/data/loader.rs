@@ -74,6 +74,8 @@ pub struct HostBatch {
     pub indices: Vec<usize>,
     /// Why each skipped image was left out.
     pub failures: Vec<DataError>,
+    /// Dataset index of each skipped image, in the order of `failures`.
+    pub failed: Vec<usize>,
 }
 
 /// Totals of an epoch so far; `times` are complete once the epoch has ended.
@@ -293,6 +295,7 @@ impl Shared {
         hb.labels.clear();
         hb.indices.clear();
         hb.failures.clear();
+        hb.failed.clear();
         if let Some(s) = size {
             hb.images.reserve(idx.len() * s as usize * s as usize * 3);
         }
@@ -309,6 +312,7 @@ impl Shared {
                 Err(e) if !cfg.strict && e.is_per_image() => {
                     eprintln!("warning: skipped {e}");
                     hb.failures.push(e);
+                    hb.failed.push(i);
                 }
                 Err(e) => return Err(e),
             }

@@ -74,6 +74,11 @@ pub trait Dataset: Send + Sync {
     fn classes(&self) -> &[String];
     /// Decoded RGB image `i` (native size) and its class index.
     fn load(&self, i: usize) -> Result<(image::RgbImage, usize), DataError>;
+    /// Image `i`'s class index without reading the image, where the dataset knows it (an
+    /// ImageFolder does from its folders); `None` where only `load` can tell.
+    fn label(&self, _i: usize) -> Option<usize> {
+        None
+    }
     /// Where image `i` comes from (a path, or a description), for reports.
     fn describe(&self, i: usize) -> String {
         format!("image {i}")

@@ -2,7 +2,7 @@
 //! checked against each other ([`load_ensemble`]) with what they record (classes, test scale),
 //! then every view scored by every model, the posteriors averaged over views and models
 //! ([`posteriors`], [`image_posterior`]). The device buffers live here with the models that
-//! own them.
+//! own them. [`class_list`] shortens stored class lists for messages (training's too).
 
 use super::dense;
 use crate::data::Plan;

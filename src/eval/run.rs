@@ -408,7 +408,7 @@ pub fn eval(a: &EvalArgs) -> Result<EvalReport> {
         let post = if vpc > 0 { posteriors(&mut models, &pixels, labels.len() * vpc)? } else { vec![] };
         for (j, &l) in labels.iter().enumerate() {
             let p = image_posterior(&models, &post[j * vpc * k..(j + 1) * vpc * k], &dense_px[j], k)?;
-            // One ranking rule with predict's `top_k` (see `outranks`): ties go to the lower
+            // One ranking rule with predict's `top_k` (see rank.rs's `outranks`): ties go to the lower
             // class index and NaN is never a hit, so neither a uniform nor a NaN posterior
             // scores 0% error.
             non_finite += !p.iter().all(|v| v.is_finite()) as usize;

@@ -20,6 +20,11 @@ fn cases() -> Vec<Case> {
         ([3, 4, 6, 8], 2, 3),
         ([1, 5, 3, 1], 1, 3),
         ([2, 3, 8, 24], 3, 1),
+        // C = 4 mod 8 must take the one-element path: a 16-byte group would straddle two runs
+        // (odd tw) and start mid-pixel (odd ox).
+        ([2, 6, 7, 4], 3, 3),
+        ([3, 5, 6, 12], 2, 3),
+        ([1, 4, 9, 20], 4, 5),
     ];
     let mut rng = StdRng::seed_from_u64(800);
     for _ in 0..6 {

@@ -187,20 +187,17 @@ impl Run<'_> {
     fn epoch(&mut self, p: &mut Progress, staging: &mut Staging) -> Result<Option<usize>> {
         let skip = self.st.batch_in_epoch as usize;
         let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
-        // Classes delivered at least one image: a class whose every image is unreadable trains as
-        // absent, which the per-file warnings alone do not say.
-        let mut read_class = vec![false; self.loader.dataset().classes().len()];
+        let mut reads = ClassReads::new(self.classes);
         for (bi, b) in self.loader.epoch(self.st.epoch).enumerate() {
+            // The batches a resume passes over are built all the same: they count for the classes.
+            if let Ok(b) = &b {
+                reads.add(b, &*self.train_ds);
+            }
             if bi < skip {
                 continue;
             }
             let b = b.with_context(|| format!("epoch {} batch {bi}", self.st.epoch))?;
             (epoch_skipped, epoch_read) = (epoch_skipped + b.skipped, epoch_read + b.n);
-            for &l in &b.labels {
-                if let Some(r) = usize::try_from(l).ok().and_then(|l| read_class.get_mut(l)) {
-                    *r = true;
-                }
-            }
             if b.n == 0 {
                 continue; // every image of it unreadable
             }
@@ -218,21 +215,17 @@ impl Run<'_> {
         if skip == 0 && epoch_read == 0 {
             bail!("epoch {}: no image of the training set could be read ({epoch_skipped} skipped)", self.st.epoch);
         }
-        if skip == 0 && epoch_skipped > 0 {
-            let unread: Vec<String> = (self.loader.dataset().classes().iter().zip(&read_class))
-                .filter(|(_, &r)| !r)
-                .map(|(c, _)| c.clone())
-                .collect();
-            if !unread.is_empty() {
-                let (e, list) = (self.st.epoch, crate::eval::class_list(&unread));
-                p.bar.suspend(|| {
-                    eprintln!(
-                        "warning: epoch {e}: no image of {} {list} could be read ({epoch_skipped} unreadable images \
-                         skipped): the model saw none of that class this epoch",
-                        if unread.len() == 1 { "class" } else { "classes" }
-                    )
-                });
-            }
+        let (unread, skipped) = reads.unread(self.train_ds.classes());
+        if let Some(skipped) = skipped_text(skipped, "training") {
+            let (e, list, one) = (self.st.epoch, crate::eval::class_list(&unread), unread.len() == 1);
+            p.bar.suspend(|| {
+                eprintln!(
+                    "warning: epoch {e}: no image of {} {list} could be read ({skipped}): the model trained on \
+                     none of {} this epoch",
+                    if one { "class" } else { "classes" },
+                    if one { "it" } else { "them" }
+                )
+            });
         }
         Ok(Some(epoch_skipped))
     }
@@ -434,6 +427,41 @@ impl Run<'_> {
 fn val_text(v: &data::Validation) -> String {
     let skipped = skipped_text(v.skipped, "validation").map(|t| format!(" ({t})")).unwrap_or_default();
     format!("val loss {:.4} top-1 {:.3} top-5 {:.3}{skipped}", v.loss, v.top1, v.top5)
+}
+
+/// Per class, over an epoch's batches: whether any image was read, and how many were skipped as
+/// unreadable. A class with skipped images and none read trained as absent, which the per-file
+/// warnings do not say; one whose images the epoch's dropped last batch holds is neither.
+struct ClassReads {
+    read: Vec<bool>,
+    unreadable: Vec<usize>,
+}
+
+impl ClassReads {
+    fn new(classes: usize) -> Self {
+        Self { read: vec![false; classes], unreadable: vec![0; classes] }
+    }
+
+    fn add(&mut self, b: &HostBatch, ds: &dyn Dataset) {
+        for &l in &b.labels {
+            if let Some(r) = usize::try_from(l).ok().and_then(|l| self.read.get_mut(l)) {
+                *r = true;
+            }
+        }
+        // Where the dataset knows a skipped image's class without reading it (an ImageFolder).
+        for c in b.failed.iter().filter_map(|&i| ds.label(i)) {
+            if let Some(u) = self.unreadable.get_mut(c) {
+                *u += 1;
+            }
+        }
+    }
+
+    /// The classes with unreadable images and none read, and their unreadable images.
+    fn unread(&self, names: &[String]) -> (Vec<String>, usize) {
+        let unread = |c: &usize| !self.read[*c] && self.unreadable[*c] > 0;
+        let classes = (0..names.len().min(self.read.len())).filter(unread);
+        (classes.clone().map(|c| names[c].clone()).collect(), classes.map(|c| self.unreadable[c]).sum())
+    }
 }
 
 /// `k unreadable <set> image(s) skipped`, or `None` for none.
