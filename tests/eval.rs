@@ -331,17 +331,8 @@ fn torchvision_state_dict_without_metadata_infers_its_config() {
     let dir = tmpdir("torchvision");
     let cfg = VggConfig { width: 0.125, ..tiny(5) };
     let vgg = Vgg::new(&Device::emu(), cfg.clone(), 1, Init::He, 8).unwrap();
-    let params = vgg.export_params().unwrap();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        params.iter().map(|(n, s, d)| (n.clone(), s.clone(), bytemuck::cast_slice(d).to_vec())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| {
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
-        })
-        .collect();
     let path = dir.join("vgg_tv.safetensors");
-    std::fs::write(&path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    common::write_plain(&path, &vgg.export_params().unwrap());
     let got = eval::infer_config(&checkpoint::load(&path).unwrap().weights).unwrap();
     assert_eq!((got.arch, got.width, got.input, got.fc, got.classes), (Arch::A, 0.125, 32, 16, 5));
     let labels = dir.join("labels.txt");

@@ -191,35 +191,28 @@ fn checkpoint_errors_name_the_problem() {
         let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
         assert!(e.contains(name) && e.contains(want) && !e.contains("Header"), "{e}");
     }
-    // A flipped byte in a tensor's data names that tensor: the one whose data_offsets (in the
-    // header's JSON, from the end of the 8-byte length and the header) hold the byte. The last
-    // byte of the data, and one in the middle, whose tensors are found from the header.
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    // A flipped byte in a tensor's data names that tensor: the one whose data_offsets (from the
+    // end of the 8-byte length and the header, as the safetensors crate reads them) hold the
+    // byte. The last byte of the data, and one in the middle.
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let data_start = 8 + header_len;
     let holder = |at: usize| -> String {
-        let off = at - 8 - header_len;
-        let (name, _) = header
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| *n != "__metadata__")
-            .find(|(_, t)| {
-                let r = t["data_offsets"].as_array().unwrap();
-                (r[0].as_u64().unwrap() as usize..r[1].as_u64().unwrap() as usize).contains(&off)
-            })
-            .unwrap();
+        let off = at - data_start;
+        let tensors = meta.tensors();
+        let (name, _) = tensors.iter().find(|(_, t)| (t.data_offsets.0..t.data_offsets.1).contains(&off)).unwrap();
         name.clone()
     };
     let c = dir.join("corrupt.safetensors");
     let mut named = vec![];
-    for at in [bytes.len() - 3, 8 + header_len + (bytes.len() - 8 - header_len) / 2] {
+    for at in [bytes.len() - 3, data_start + (bytes.len() - data_start) / 2] {
         let mut b = bytes.clone();
         b[at] ^= 0x55;
         std::fs::write(&c, &b).unwrap();
         let e = format!("{:#}", checkpoint::load(&c).unwrap_err());
-        let want = format!("tensor `{}` is corrupt", holder(at));
+        let name = holder(at);
+        let want = format!("tensor `{name}` is corrupt");
         assert!(e.contains(&want), "byte {at} flipped: the error does not say `{want}`: {e}");
-        named.push(holder(at));
+        named.push(name);
     }
     assert_ne!(named[0], named[1], "the two flips should hit two tensors");
     // Another checkpoint format: refused by name, not read by today's layout.

@@ -287,13 +287,8 @@ fn weights_of_another_input_normalisation_are_warned_about() {
     let out = vgg(&run_args(&dir, &["--weights", ws, "--steps", "1", "--mean", "100,100,100"]));
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("normalised by"));
     // A file without our config (torchvision's) was trained on ImageNet's mean and std.
-    use safetensors::tensor::{Dtype, TensorView};
-    let views: Vec<(String, TensorView)> = file
-        .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
-        .collect();
     let plain = out_dir.0.join("plain.safetensors");
-    std::fs::write(&plain, safetensors::serialize(views, &None).unwrap()).unwrap();
+    common::write_plain(&plain, &file);
     let ps = plain.to_str().unwrap();
     let (got, stderr) = started_from(&["--weights", ps, "--mean", "100,100,100"], "from-plain");
     assert_eq!(

@@ -3,7 +3,6 @@
 //! layers keep `--init`'s draw; mismatched widths and inputs are refused with the knob named.
 
 use std::collections::HashMap;
-use std::path::Path;
 use vgg_cuda::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use vgg_cuda::train::{checkpoint, pre_init, run, TrainArgs};
 use vgg_cuda::Device;
@@ -37,16 +36,6 @@ fn cfg(arch: Arch, width: f32, input: usize) -> VggConfig {
 
 fn by_name(t: Vec<NamedTensor>) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     t.into_iter().map(|(n, s, d)| (n, (s, d))).collect()
-}
-
-/// A safetensors file of `tensors` (F32) with no metadata, as torchvision's would be.
-fn write_plain(path: &Path, tensors: &[NamedTensor]) {
-    use safetensors::tensor::{Dtype, TensorView};
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
 
 #[test]
@@ -134,13 +123,13 @@ fn mismatched_shapes_are_refused_by_name() {
     // layer does not; the message names the tensor and the knob, and nothing was written.
     let big = Vgg::new(&dev, cfg(Arch::A, 0.0625, 64), 1, Init::He, 1).unwrap();
     let p = dir.join("a-64.safetensors");
-    write_plain(&p, &big.export_params().unwrap());
+    common::write_plain(&p, &big.export_params().unwrap());
     let e = format!("{:#}", pre_init::apply(&mut d, &p).unwrap_err());
     assert!(e.contains("classifier.0.weight") && e.contains("--input"), "{e}");
     assert_eq!(d.export_params().unwrap(), before, "a refused pre-init must leave the model unchanged");
     // A file of another config (D: its `features.3` is a ReLU, so it has no such tensor).
     let dfile = dir.join("d.safetensors");
-    write_plain(&dfile, &before);
+    common::write_plain(&dfile, &before);
     let e = format!("{:#}", pre_init::apply(&mut d, &dfile).unwrap_err());
     assert!(e.contains("features.3.weight"), "{e}");
     // Our checkpoint of config B at this run's knobs: its first four convs fit D's by shape
@@ -170,7 +159,7 @@ fn another_input_normalisation_is_warned_about() {
     let dir = tmpdir("norm");
     let a = Vgg::new(&Device::emu(), cfg(Arch::A, 0.0625, 32), 1, Init::He, 1).unwrap();
     let plain = dir.join("a-plain.safetensors");
-    write_plain(&plain, &a.export_params().unwrap());
+    common::write_plain(&plain, &a.export_params().unwrap());
     let run_d = |extra: &[&str]| {
         let mut v = vec!["train", "--device", "emu", "--model", "D", "--width", "0.0625", "--input", "32"];
         v.extend(["--fc", "16", "--classes", "3", "--synthetic-len", "12", "--batch", "4", "--steps", "1"]);

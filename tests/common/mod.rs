@@ -133,6 +133,16 @@ pub fn host_features(
     (x, (ch, cw))
 }
 
+/// A safetensors file of `tensors` (F32) with no metadata, as torchvision's would be.
+pub fn write_plain(path: &std::path::Path, tensors: &[vgg_cuda::model::NamedTensor]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+}
+
 /// Whether `got` holds `want`'s values after one SGD step at `--lr 1e-30`, the tests' way of
 /// reading through a checkpoint which weights a run started from. The step moves a weight by
 /// lr * (gradient / loss scale + wd * weight) in f64, rounded to f32 once (kernels/optim.cu):
