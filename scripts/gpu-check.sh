@@ -55,6 +55,13 @@ step torch-version 60 python3 -c "import torch; print('torch', torch.__version__
 
 step info 60 "$VGG" info --kernels
 step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.json"
+# VGG-16 did not learn on the wgmma convs at batch 32 and 64 in runs 5-6, while each kernel alone
+# agreed with the direct twin: one step under wgmma and under auto from the same weights, every
+# gradient compared, says which layer and pass part ways (bench/results/2026-11-30-h200.md).
+if "$VGG" bench train --help 2>/dev/null | grep -q -- --check-against; then
+  step wgmma-check 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma --check-against auto \
+    --warmup 0 --steps 1
+fi
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"
 fi

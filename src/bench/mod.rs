@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod plot;
 pub mod profile;
 pub mod train;
+pub mod train_check;
 
 use crate::{Device, Result};
 use half::f16;

@@ -123,6 +123,22 @@ pub struct TrainBenchRow {
     pub profile: Option<StepProfile>,
 }
 
+/// The bench's two device-resident batches: random pixels and labels, the same for a seed.
+pub(super) fn synthetic_batches(dev: &Device, cfg: &TrainBenchConfig) -> Result<Vec<(Tensor<u8>, Tensor<i32>)>> {
+    let side = cfg.model.input;
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..2)
+        .map(|_| {
+            let px: Vec<u8> = (0..cfg.batch * side * side * 3).map(|_| rng.gen()).collect();
+            let labels: Vec<i32> = (0..cfg.batch).map(|_| rng.gen_range(0..cfg.model.classes as i32)).collect();
+            Ok((
+                Tensor::from_host(dev, &[cfg.batch, side, side, 3], &px)?,
+                Tensor::from_host(dev, &[cfg.batch], &labels)?,
+            ))
+        })
+        .collect()
+}
+
 /// Builds the model, runs `warmup` untimed and `steps` timed training steps. `steps` must be
 /// at least 1 (a rate needs a timed step).
 pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
@@ -135,16 +151,7 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     let conv_layers = layers.iter().map(|c| c.summary()).collect();
     let conv_timings = layers.iter().filter_map(|c| c.timings_line()).collect();
     let side = cfg.model.input;
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut sets = Vec::new();
-    for _ in 0..2 {
-        let px: Vec<u8> = (0..cfg.batch * side * side * 3).map(|_| rng.gen()).collect();
-        let labels: Vec<i32> = (0..cfg.batch).map(|_| rng.gen_range(0..cfg.model.classes as i32)).collect();
-        sets.push((
-            Tensor::from_host(dev, &[cfg.batch, side, side, 3], &px)?,
-            Tensor::from_host(dev, &[cfg.batch], &labels)?,
-        ));
-    }
+    let sets = synthetic_batches(dev, cfg)?;
     let (mut first_loss, mut last_loss, mut skipped) = (f32::NAN, f32::NAN, 0);
     let mut times = Vec::with_capacity(cfg.steps);
     let mut enqueue = Vec::with_capacity(cfg.steps);

@@ -129,8 +129,9 @@ pub struct TrainArgs {
     /// tune (time each layer's variants, Winograd and wgmma, on the device before the first
     /// step and keep the fastest of those that agree with Auto's; timing can choose differently
     /// from run to run, so checkpoints record the plans and a resume that tunes reuses them)
-    /// [default: tune on cuda, as PyTorch's cudnn.benchmark; auto on emu, whose times say
-    /// nothing about a GPU].
+    /// [default: auto. On the H200, training on the wgmma convs that tune picks did not learn at
+    /// batch 32 and 64, an open bug (bench/results/2026-11-30-h200.md, run 6); tune and wgmma
+    /// print a warning there].
     #[arg(long)]
     pub conv_algo: Option<String>,
     /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch

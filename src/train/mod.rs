@@ -166,13 +166,22 @@ fn setup<'a>(
         decay_biases: a.bias_decay,
         ..OptimConfig::default()
     };
-    // --conv-algo as checked() parsed it; by default, tune on cuda, auto on emu (whose times
-    // say nothing about a GPU).
+    // --conv-algo as checked() parsed it, by default auto. Not tune: on the H200, whose wgmma
+    // convs tune picks, VGG-16's steps on them lowered the loss far less than Auto's at batch 64
+    // and raised it at batch 32 (bench/results/2026-11-30-h200.md, run 6), while each wgmma
+    // kernel alone agrees with the direct twin; until that is found, training runs Auto's plans,
+    // whose losses repeat run after run.
     let (conv, conv_algo) = match (checked.conv, a.conv_algo.as_deref()) {
         (Some(c), Some(name)) => (c, name),
-        _ if dev.is_emu() => (ConvChoice::Auto, "auto"),
-        _ => (ConvChoice::Tune, "tune"),
+        _ => (ConvChoice::Auto, "auto"),
     };
+    if matches!(conv, ConvChoice::Tune | ConvChoice::Wgmma) && !dev.is_emu() && dev.has_wgmma() {
+        eprintln!(
+            "warning: --conv-algo {conv_algo} runs wgmma convs, with which VGG-16 training on the H200 did not learn \
+             at batch 32 and 64 (bench/results/2026-11-30-h200.md, run 6: an open bug; each kernel alone agrees \
+             with the direct twin); --conv-algo auto trains correctly"
+        );
+    }
     // He, Glorot and torchvision's init keep unit-variance inputs at unit variance; pixels that
     // are only mean-subtracted have a standard deviation near 60, so the logits start ~60x too
     // large and such runs tend to diverge within a few steps (the paper paired mean subtraction

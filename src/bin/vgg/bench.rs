@@ -52,6 +52,13 @@ pub(crate) struct BenchTrainArgs {
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Before each batch's timed steps, run the first step under --conv-algo's plans and under
+    /// this policy's, from the same weights on the same batch, and print both losses and every
+    /// gradient's relative L2 difference: which tensors part ways says which conv layer and pass
+    /// goes wrong inside the model (a dgrad fault moves the layers before it, a wgrad fault its
+    /// own weights).
+    #[arg(long)]
+    check_against: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -353,6 +360,8 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
+    let check = a.check_against.as_deref().map(vgg_cuda::model::ConvChoice::parse).transpose();
+    let check = check.context("--check-against")?;
     if let Some(path) = &a.json {
         atomic::check_writable(path).context("--json")?;
     }
@@ -392,6 +401,11 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     );
     let mut rows = vec![];
     for cfg in configs {
+        if let Some(other) = check {
+            let c = vgg_cuda::bench::train_check::check_against(&dev, &cfg, other)
+                .with_context(|| format!("--check-against at batch {}", cfg.batch))?;
+            print_check(&c, &a.conv_algo, cfg.batch);
+        }
         let r = run(&dev, &cfg).with_context(|| format!("training steps at batch {}", cfg.batch))?;
         let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
         println!(
@@ -426,4 +440,24 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--check-against`'s lines: the two losses, every gradient's difference, and which differ.
+fn print_check(c: &vgg_cuda::bench::train_check::ChoiceCheck, ours: &str, batch: usize) {
+    use vgg_cuda::bench::train_check::DIFFERS;
+    let skipped = if c.skipped { " (a step overflowed and was skipped: its gradients hold Inf)" } else { "" };
+    println!(
+        "check at batch {batch}, first step, {ours} against {}: loss {:.5} vs {:.5}{skipped}; gradients' relative L2:",
+        c.other, c.loss, c.other_loss
+    );
+    for row in c.grads.chunks(4) {
+        let cells: Vec<String> = row.iter().map(|g| format!("{} {:.1e}", g.name, g.rel_l2)).collect();
+        println!("  {}", cells.join(", "));
+    }
+    let bad: Vec<&str> = c.differing().map(|g| g.name.as_str()).collect();
+    if bad.is_empty() {
+        println!("  no gradient differs by more than {DIFFERS}");
+    } else {
+        println!("  {} of {} gradients differ by more than {DIFFERS}: {}", bad.len(), c.grads.len(), bad.join(", "));
+    }
 }

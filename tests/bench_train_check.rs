@@ -1,0 +1,51 @@
+//! `vgg bench train --check-against`: the first step under two conv-plan policies from the same
+//! weights and batch, compared gradient by gradient (the tool that is to find which layer and
+//! pass of the wgmma convs goes wrong inside VGG-16 on the H200).
+
+use vgg_cuda::bench::train::TrainBenchConfig;
+use vgg_cuda::bench::train_check::{check_against, DIFFERS};
+use vgg_cuda::model::{Arch, ConvChoice};
+use vgg_cuda::Device;
+
+#[test]
+fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
+    let dev = Device::emu();
+    let mut cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    // Deterministic kernels: the same plans from the same seed give the same step, bit for bit.
+    let same = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
+    assert_eq!(same.loss, same.other_loss);
+    assert!(!same.skipped && same.grads.len() == 22, "{same:?}");
+    assert!(same.grads.iter().all(|g| g.rel_l2 == 0.0), "{same:?}");
+    assert_eq!(same.grads[0].name, "features.0.weight");
+    // wgmma's exact products against Winograd's transforms: every conv layer with a Winograd
+    // pass (all but the first two at 1/16 width) computes differently, so the gradients of the
+    // layers before them do too, by rounding and near-tie routing, not by a fault.
+    cfg.conv = ConvChoice::Wgmma;
+    let c = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
+    assert_eq!(c.other, "auto");
+    assert!((c.loss - c.other_loss).abs() <= 1e-2 * c.other_loss, "{c:?}");
+    assert!(c.grads[0].rel_l2 > 0.0, "the two steps ran the same kernels: {c:?}");
+    assert_eq!(c.differing().count(), 0, "correct kernels differ by more than {DIFFERS}: {c:?}");
+}
+
+#[test]
+fn cli_prints_every_gradient_and_checks_the_policy_name() {
+    let vgg = env!("CARGO_BIN_EXE_vgg");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "train", "--device", "emu", "--model", "A", "--batch", "2", "--steps", "1"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(vgg).args(&args).output().unwrap()
+    };
+    let out = run(&["--check-against", "fastest"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--check-against") && err.contains("unknown conv algorithm `fastest`"), "{err}");
+    let out = run(&["--conv-algo", "wgmma", "--check-against", "auto"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("check at batch 2, first step, wgmma against auto: loss"), "{text}");
+    // All 22 of VGG-11's tensors, in the model's order, and the verdict.
+    assert!(text.contains("features.0.weight ") && text.contains("classifier.6.bias "), "{text}");
+    assert!(text.find("features.0.weight").unwrap() < text.find("classifier.6.bias").unwrap(), "{text}");
+    assert!(text.contains(&format!("no gradient differs by more than {DIFFERS}")), "{text}");
+}
