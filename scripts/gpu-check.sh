@@ -58,9 +58,14 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 # VGG-16 did not learn on the wgmma convs at batch 32 and 64 in runs 5-6, while each kernel alone
 # agreed with the direct twin: one step under wgmma and under auto from the same weights, every
 # gradient compared, says which layer and pass part ways (bench/results/2026-11-30-h200.md).
+# Then the same 25 steps with every buffer its own bytes and free bytes poisoned each phase: if
+# the losses change (run 6 without: 6.917 -> 8.762 at batch 32), a kernel reads or writes outside
+# its buffers in the model (a fault that separate allocations in bench conv and the selftest hide).
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --check-against; then
   step wgmma-check 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma --check-against auto \
-    --warmup 0 --steps 1
+    --warmup 5 --steps 20
+  step wgmma-memory 60 "$VGG" bench train --device cuda --model D --batch 32 --conv-algo wgmma --check-memory \
+    --warmup 5 --steps 20
 fi
 if "$VGG" bench conv --help >/dev/null 2>&1; then
   step bench-conv 180 "$VGG" bench conv --device cuda --batch "$BATCH" --json "$RAW/bench-conv.json" --plot "$RAW/bench-conv.png"

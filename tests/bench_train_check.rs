@@ -40,6 +40,10 @@ fn cli_prints_every_gradient_and_checks_the_policy_name() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--check-against") && err.contains("unknown conv algorithm `fastest`"), "{err}");
+    let out = run(&["--check-memory", "--graph"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--check-memory cannot run with --graph"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bench train on"), "the run started");
     let out = run(&["--conv-algo", "wgmma", "--check-against", "auto"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -48,4 +52,23 @@ fn cli_prints_every_gradient_and_checks_the_policy_name() {
     assert!(text.contains("features.0.weight ") && text.contains("classifier.6.bias "), "{text}");
     assert!(text.find("features.0.weight").unwrap() < text.find("classifier.6.bias").unwrap(), "{text}");
     assert!(text.contains(&format!("no gradient differs by more than {DIFFERS}")), "{text}");
+}
+
+#[test]
+fn a_memory_checked_run_repeats_the_losses_of_correct_kernels() {
+    let dev = Device::emu();
+    let mut cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    cfg.conv = ConvChoice::Wgmma;
+    let plain = vgg_cuda::bench::train::run(&dev, &cfg).unwrap();
+    cfg.check_memory = true;
+    let checked = vgg_cuda::bench::train::run(&dev, &cfg).unwrap();
+    assert!(checked.check_memory && !plain.check_memory);
+    // Separate buffers take more bytes than buffers shared by lifetime: the layout changed.
+    assert!(checked.model_bytes > plain.model_bytes, "{} vs {}", checked.model_bytes, plain.model_bytes);
+    // With free bytes poisoned, correct kernels still give the same steps, bit for bit.
+    assert_eq!(checked.first_loss.to_bits(), plain.first_loss.to_bits());
+    assert_eq!(checked.last_loss.to_bits(), plain.last_loss.to_bits());
+    cfg.graph = true;
+    let err = vgg_cuda::bench::train::run(&dev, &cfg).unwrap_err().to_string();
+    assert!(err.contains("memory check cannot run with graph steps"), "{err}");
 }

@@ -5,7 +5,7 @@
 //! or replayed from a graph, all of them under one timer.
 
 use super::profile::StepProfile;
-use crate::model::{Arch, ConvChoice, Init, Vgg, VggConfig};
+use crate::model::{Arch, ConvChoice, Init, Sharing, Vgg, VggConfig};
 use crate::{Device, Result, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -35,6 +35,11 @@ pub struct TrainBenchConfig {
     /// After the timed steps, one more step (one by one) with each launch timed on its own
     /// ([`StepProfile`]).
     pub profile: bool,
+    /// Every buffer its own bytes ([`Sharing::Separate`]) and every byte outside the live
+    /// buffers poisoned as each phase begins ([`Vgg::check_lifetimes`]): a kernel that reads
+    /// outside its buffers or their lifetimes, or writes past a buffer into another, then
+    /// changes the losses (correct kernels give the same ones bit for bit).
+    pub check_memory: bool,
 }
 
 impl TrainBenchConfig {
@@ -52,6 +57,7 @@ impl TrainBenchConfig {
                 queued: false,
                 graph: false,
                 profile: false,
+                check_memory: false,
             }
         } else {
             Self {
@@ -64,6 +70,7 @@ impl TrainBenchConfig {
                 queued: false,
                 graph: false,
                 profile: false,
+                check_memory: false,
             }
         }
     }
@@ -121,6 +128,8 @@ pub struct TrainBenchRow {
     pub conv_timings: Vec<String>,
     /// The profiled step, when asked for.
     pub profile: Option<StepProfile>,
+    /// The steps ran with buffers separate and free bytes poisoned (`check_memory`).
+    pub check_memory: bool,
 }
 
 /// The bench's two device-resident batches: random pixels and labels, the same for a seed.
@@ -145,9 +154,17 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
     if cfg.steps == 0 {
         return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));
     }
+    if cfg.check_memory && cfg.graph {
+        // The poisoning runs as the host enters each phase, which a graph replay does not.
+        return Err(crate::Error::Invalid("a memory check cannot run with graph steps (--graph)".into()));
+    }
     let free_before = dev.memory_info()?.map(|(free, _)| free);
     let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
     let layers = vgg.set_conv_choice(cfg.conv, crate::ops::conv_tune::reps(dev))?;
+    if cfg.check_memory {
+        vgg.relayout(Sharing::Separate)?;
+        vgg.check_lifetimes(true);
+    }
     let conv_layers = layers.iter().map(|c| c.summary()).collect();
     let conv_timings = layers.iter().filter_map(|c| c.timings_line()).collect();
     let side = cfg.model.input;
@@ -263,5 +280,6 @@ pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
         conv_layers,
         conv_timings,
         profile,
+        check_memory: cfg.check_memory,
     })
 }

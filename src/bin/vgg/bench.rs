@@ -59,6 +59,12 @@ pub(crate) struct BenchTrainArgs {
     /// own weights).
     #[arg(long)]
     check_against: Option<String>,
+    /// Give every activation, gradient and workspace buffer its own bytes and poison every byte
+    /// outside the live buffers as each phase of a step begins (slower): a kernel that reads
+    /// outside its buffers or their lifetimes, or writes past one into another, then changes the
+    /// losses, which correct kernels repeat bit for bit.
+    #[arg(long)]
+    check_memory: bool,
 }
 
 #[derive(clap::Args)]
@@ -359,6 +365,10 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     if a.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
+    if a.check_memory && a.graph {
+        // The poisoning runs as the host enters each phase, which a replay skips.
+        bail!("--check-memory cannot run with --graph (a replay poisons nothing)");
+    }
     let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     let check = a.check_against.as_deref().map(vgg_cuda::model::ConvChoice::parse).transpose();
     let check = check.context("--check-against")?;
@@ -378,6 +388,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             cfg.queued = a.queued;
             cfg.graph = a.graph;
             cfg.profile = a.profile;
+            cfg.check_memory = a.check_memory;
             cfg.model.input = a.input.unwrap_or(cfg.model.input);
             cfg.model.width = a.width.unwrap_or(cfg.model.width);
             cfg.model.validate().context("--input / --width")?;
@@ -395,6 +406,9 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             _ => "steps timed one by one",
         }
     );
+    if a.check_memory {
+        println!("memory checked: every buffer its own bytes, free bytes poisoned as each phase begins");
+    }
     println!(
         "{:<14} {:>5} {:>10} {:>10} {:>8} {:>10} {:>12}  loss first -> last, skipped",
         "model", "batch", "ms/step", "img/s", "TFLOP/s", "model GiB", "reserved GiB"
