@@ -14,6 +14,11 @@ use half::f16;
 
 const FWD: Kernel = Kernel { module: "pool", name: "maxpool2x2_fwd_f16" };
 const BWD: Kernel = Kernel { module: "pool", name: "maxpool2x2_bwd_f16" };
+const FWD_C8: Kernel = Kernel { module: "pool", name: "maxpool2x2_fwd_c8_f16" };
+const BWD_ARG_C8: Kernel = Kernel { module: "pool", name: "maxpool2x2_bwd_arg_c8_f16" };
+/// Threads a block, and the most blocks, of the 8-channel kernels (grid-stride loops).
+const C8_THREADS: u32 = 256;
+const C8_MAX_BLOCKS: usize = 132 * 16;
 
 /// The output shape of a 2x2 pool of an NHWC input of shape `[n, h, w, c]`.
 pub fn maxpool2x2_out_shape(x: &[usize]) -> Result<[usize; 4]> {
@@ -46,8 +51,14 @@ fn fwd(x: &Tensor<f16>, y: &mut Tensor<f16>, arg: Option<&mut Tensor<u8>>) -> Re
     let writes = [y.span("y (NHWC)"), Span::of(arg.as_deref(), "argmax")];
     check_disjoint("maxpool2x2 fwd", &writes, &[x.span("x (NHWC)")])?;
     let arg = arg.map_or(KArg::Ptr(0), |a| a.arg_mut());
-    let cfg = LaunchConfig::for_elements(y.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(x)?;
+    if let Some(windows) = c8_windows(y.shape(), false) {
+        let cfg = c8_config(windows)?;
+        // SAFETY: as below; c % 8 == 0 and n*(h/2)*(w/2)*c/8 below 2^30 (c8_windows), the
+        // tensors 16-byte aligned (Tensor::view).
+        return unsafe { dev.launch(&FWD_C8, cfg, &[x.arg(), y.arg_mut(), arg, n, h, w, c]) };
+    }
+    let cfg = LaunchConfig::for_elements(y.len(), ELEMENTWISE_THREADS)?;
     // SAFETY: (const __half* x, __half* y, unsigned char* arg, int n, int h, int w, int c): x holds
     // n*h*w*c, y n*(h/2)*(w/2)*c elements, as checked; arg null or as many bytes as y (checked).
     unsafe { dev.launch(&FWD, cfg, &[x.arg(), y.arg_mut(), arg, n, h, w, c]) }
@@ -74,6 +85,16 @@ fn bwd(x: Option<&Tensor<f16>>, arg: Option<&Tensor<u8>>, dy: &Tensor<f16>, dx: 
     dx.check(&dev, "max-pool dx", dx.len())?; // the device
     let reads = [Span::of(x, "x (NHWC)"), Span::of(arg, "argmax"), dy.span("dy (NHWC)")];
     check_disjoint("maxpool2x2 bwd", &[dx.span("dx (NHWC)")], &reads)?;
+    if let Some(arg) = arg {
+        if let Some(windows) = c8_windows(dx.shape(), true) {
+            let cfg = c8_config(windows)?;
+            let [n, h, w, c] = dims(dx)?;
+            // SAFETY: (const unsigned char* arg, const __half* dy, __half* dx, int n, int h, int w,
+            // int c): sizes as below; c % 8 == 0 and n*ceil(h/2)*ceil(w/2)*c/8 below 2^30
+            // (c8_windows), the tensors 16-byte aligned (Tensor::view).
+            return unsafe { dev.launch(&BWD_ARG_C8, cfg, &[arg.arg(), dy.arg(), dx.arg_mut(), n, h, w, c]) };
+        }
+    }
     let (x, arg) = (x.map_or(KArg::Ptr(0), Tensor::arg), arg.map_or(KArg::Ptr(0), Tensor::arg));
     let cfg = LaunchConfig::for_elements(dx.len(), ELEMENTWISE_THREADS)?;
     let [n, h, w, c] = dims(dx)?;
@@ -81,4 +102,21 @@ fn bwd(x: Option<&Tensor<f16>>, arg: Option<&Tensor<u8>>, dy: &Tensor<f16>, dx: 
     // int h, int w, int c): dx n*h*w*c elements, dy n*(h/2)*(w/2)*c; the callers checked x (the
     // shape of dx) or arg (as many as dy), and pass the other null.
     unsafe { dev.launch(&BWD, cfg, &[x, arg, dy.arg(), dx.arg_mut(), n, h, w, c]) }
+}
+
+/// Threads of an 8-channel kernel over the NHWC `shape` (the backward's dx, `ceil` windows:
+/// those of an odd last row or column write its zeros; the forward's y, one a window), one a
+/// window and 8 channels, where it may run: C a multiple of 8 and the count within its 32-bit
+/// index (with room for the grid stride; element offsets are 64-bit); None sends the launch to
+/// the one-element-a-thread twin. Its 16-byte loads and stores (and the 8 argmax bytes, at
+/// offsets a multiple of C) are aligned: every tensor starts 16 bytes aligned ([`Tensor::view`]).
+fn c8_windows(shape: &[usize], ceil: bool) -> Option<usize> {
+    let (n, h, w, c) = nhwc(shape).ok()?;
+    let (wh, ww) = if ceil { (h.div_ceil(2), w.div_ceil(2)) } else { (h, w) };
+    let windows = n.checked_mul(wh)?.checked_mul(ww)?.checked_mul(c / 8)?;
+    (c % 8 == 0 && windows <= i32::MAX as usize / 2).then_some(windows)
+}
+
+fn c8_config(windows: usize) -> Result<LaunchConfig> {
+    LaunchConfig::for_elements(windows.clamp(1, C8_MAX_BLOCKS * C8_THREADS as usize), C8_THREADS)
 }
