@@ -154,10 +154,11 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wino-tiling; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3 --wino-tiling flat --json "$RAW/bench-conv-flat.json"
 fi
 # VGG-16 through `vgg train` itself (loader workers, page-locked uploads, reads every 8 steps,
-# its default conv plans: tuned on the device): its img/s against bench-train-tune's
-# device-resident batch-64 row says whether the input side keeps up.
+# its default conv plans, auto): its img/s against bench-train's device-resident batch-64 row says
+# whether the input side keeps up. 200 steps of a 400-step epoch, so that start-up weighs little
+# and no epoch-end validation is timed (run 5's 40 steps, one epoch, could not tell).
 step train-vgg16 90 "$VGG" train --device cuda --quiet --model D --width 1 --input 224 --fc 4096 \
-  --classes 1000 --synthetic-len 2560 --batch 64 --steps 40 --workers 16 --sync-every 8 --conv-algo tune
+  --classes 1000 --synthetic-len 25600 --batch 64 --steps 200 --workers 16 --sync-every 8 --conv-algo auto
 # The same images pre-resized into raw shards by `vgg prep` (log only).
 SHARDS=${TMPDIR:-/tmp}/vgg-shards
 step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
