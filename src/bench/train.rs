@@ -5,7 +5,7 @@
 //! or replayed from a graph, all of them under one timer.
 
 use super::profile::StepProfile;
-use crate::model::{Arch, ConvChoice, Init, Sharing, Vgg, VggConfig};
+use crate::model::{Arch, ConvChoice, ConvLayerChoice, Init, Sharing, Vgg, VggConfig};
 use crate::{Device, Result, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -43,6 +43,29 @@ pub struct TrainBenchConfig {
 }
 
 impl TrainBenchConfig {
+    /// An error for settings no run can take: no timed step, or a memory check with graph
+    /// steps. [`run`] checks it; a caller with several configurations can check them all first.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));
+        }
+        if self.check_memory && self.graph {
+            // The poisoning runs as the host enters each phase, which a graph replay does not.
+            return Err(crate::Error::Invalid(
+                "a memory check cannot run with graph steps (--check-memory cannot run with --graph)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bench's model and its conv layers' plans, by `conv` (the bench's own policy, or
+    /// another to compare with): the same weights for the same configuration.
+    pub(super) fn model(&self, dev: &Device, conv: ConvChoice) -> Result<(Vgg, Vec<ConvLayerChoice>)> {
+        let mut vgg = Vgg::new(dev, self.model.clone(), self.batch, Init::Torchvision, 1)?;
+        let layers = vgg.set_conv_choice(conv, crate::ops::conv_tune::reps(dev))?;
+        Ok((vgg, layers))
+    }
+
     /// The paper's network (224x224, 1000 classes) on a GPU; a tiny one on emu.
     pub fn for_device(dev: &Device, arch: Arch, batch: Option<usize>) -> Self {
         if dev.is_emu() {
@@ -151,16 +174,9 @@ pub(super) fn synthetic_batches(dev: &Device, cfg: &TrainBenchConfig) -> Result<
 /// Builds the model, runs `warmup` untimed and `steps` timed training steps. `steps` must be
 /// at least 1 (a rate needs a timed step).
 pub fn run(dev: &Device, cfg: &TrainBenchConfig) -> Result<TrainBenchRow> {
-    if cfg.steps == 0 {
-        return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));
-    }
-    if cfg.check_memory && cfg.graph {
-        // The poisoning runs as the host enters each phase, which a graph replay does not.
-        return Err(crate::Error::Invalid("a memory check cannot run with graph steps (--graph)".into()));
-    }
+    cfg.validate()?;
     let free_before = dev.memory_info()?.map(|(free, _)| free);
-    let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
-    let layers = vgg.set_conv_choice(cfg.conv, crate::ops::conv_tune::reps(dev))?;
+    let (mut vgg, layers) = cfg.model(dev, cfg.conv)?;
     if cfg.check_memory {
         vgg.relayout(Sharing::Separate)?;
         vgg.check_lifetimes(true);

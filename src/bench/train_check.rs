@@ -7,7 +7,7 @@
 //! agreed with the direct twin on its own (bench/results/2026-11-30-h200.md, run 6).
 
 use super::train::{synthetic_batches, TrainBenchConfig};
-use crate::model::{ConvChoice, Init, Vgg};
+use crate::model::ConvChoice;
 use crate::{reference, Device, Result};
 use serde::Serialize;
 
@@ -58,8 +58,7 @@ type Grads = Vec<(String, Vec<f32>)>;
 pub fn check_against(dev: &Device, cfg: &TrainBenchConfig, other: ConvChoice) -> Result<ChoiceCheck> {
     let (x, y) = synthetic_batches(dev, cfg)?.swap_remove(0);
     let step = |conv: ConvChoice| -> Result<(f32, bool, Grads)> {
-        let mut vgg = Vgg::new(dev, cfg.model.clone(), cfg.batch, Init::Torchvision, 1)?;
-        vgg.set_conv_choice(conv, crate::ops::conv_tune::reps(dev))?;
+        let (mut vgg, _) = cfg.model(dev, conv)?;
         let s = vgg.train_step(&x, &y, cfg.lr, 0)?;
         let grads = vgg.params().iter().map(|p| Ok((p.name.clone(), p.g.to_host()?))).collect::<Result<_>>()?;
         Ok((s.loss, s.skipped, grads))

@@ -32,6 +32,15 @@ fn dims(x: &Tensor<f16>) -> Result<[KArg; 4]> {
     Ok([KArg::I32(int("N", n)?), KArg::I32(int("H", h)?), KArg::I32(int("W", w)?), KArg::I32(int("C", c)?)])
 }
 
+/// What a pool of the NHWC input shape `x` runs, as reports name it: `(forward, backward from
+/// the argmaxes)`, the 8-channel kernels where they may run, else their twins (the backward's
+/// reading the argmaxes, `maxpool2x2_bwd_f16 +arg`).
+pub fn maxpool2x2_kernels(x: &[usize]) -> Result<(&'static str, &'static str)> {
+    let fwd = if c8_windows(&maxpool2x2_out_shape(x)?, false).is_some() { FWD_C8.name } else { FWD.name };
+    let bwd = if c8_windows(x, true).is_some() { BWD_ARG_C8.name } else { "maxpool2x2_bwd_f16 +arg" };
+    Ok((fwd, bwd))
+}
+
 /// `y = maxpool2x2(x)`; `y` has shape [`maxpool2x2_out_shape`]`(x)`.
 pub fn maxpool2x2_fwd(x: &Tensor<f16>, y: &mut Tensor<f16>) -> Result<()> {
     fwd(x, y, None)

@@ -106,8 +106,7 @@ pub fn maxpool(dev: &Device) -> Result<Vec<CheckRow>> {
         y.poison()?;
         ops::maxpool2x2_fwd(&xt, &mut y)?;
         let want_y = r::maxpool2x2_fwd(n, h, w, c, &x);
-        // C a multiple of 8 runs the 8-channel kernels, else their one-element-a-thread twins.
-        let fwd = if c % 8 == 0 { "maxpool2x2_fwd_c8_f16" } else { "maxpool2x2_fwd_f16" };
+        let (fwd, bwd_arg) = ops::pool::maxpool2x2_kernels(s)?;
         rows.push(CheckRow::new(fwd, label(s), compare(&y.to_f32()?, &want_y), Bound::Exact));
         // The training path: the forward records each window's argmax, the backward reads it.
         let mut arg = Tensor::<u8>::empty(dev, &out)?;
@@ -123,8 +122,7 @@ pub fn maxpool(dev: &Device) -> Result<Vec<CheckRow>> {
         rows.push(CheckRow::new("maxpool2x2_bwd_f16", label(s), compare(&dx.to_f32()?, &want), Bound::Exact));
         dx.poison()?;
         ops::maxpool2x2_bwd_arg(&arg, &dyt, &mut dx)?;
-        let kernel = if c % 8 == 0 { "maxpool2x2_bwd_arg_c8_f16" } else { "maxpool2x2_bwd_f16 +arg" };
-        rows.push(CheckRow::new(kernel, label(s), compare(&dx.to_f32()?, &want), Bound::Exact));
+        rows.push(CheckRow::new(bwd_arg, label(s), compare(&dx.to_f32()?, &want), Bound::Exact));
     }
     Ok(rows)
 }

@@ -365,10 +365,6 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     if a.steps == Some(0) {
         bail!("--steps must be at least 1");
     }
-    if a.check_memory && a.graph {
-        // The poisoning runs as the host enters each phase, which a replay skips.
-        bail!("--check-memory cannot run with --graph (a replay poisons nothing)");
-    }
     let conv = vgg_cuda::model::ConvChoice::parse(&a.conv_algo).context("--conv-algo")?;
     let check = a.check_against.as_deref().map(vgg_cuda::model::ConvChoice::parse).transpose();
     let check = check.context("--check-against")?;
@@ -392,6 +388,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             cfg.model.input = a.input.unwrap_or(cfg.model.input);
             cfg.model.width = a.width.unwrap_or(cfg.model.width);
             cfg.model.validate().context("--input / --width")?;
+            cfg.validate()?;
             Ok(cfg)
         })
         .collect::<Result<Vec<_>>>()?;
