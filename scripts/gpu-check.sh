@@ -61,9 +61,19 @@ step selftest-cuda 120 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 # Then the same 25 steps with every buffer its own bytes and free bytes poisoned each phase: if
 # the losses change (run 6 without: 6.917 -> 8.762 at batch 32), a kernel reads or writes outside
 # its buffers in the model (a fault that separate allocations in bench conv and the selftest hide).
+# Both runs then go on for 25 steps and print every step's two losses. A fault parts them from
+# the first step, at any learning rate; a run at the edge of stability (auto 5.932 against
+# PyTorch's 5.015 after the same 25 steps at batch 64) only later, and less at lr 1e-3. The
+# control: winograd4x4 against auto, two plans of ours that are both correct.
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --check-against; then
   step wgmma-check 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma --check-against auto \
     --warmup 5 --steps 20
+  if "$VGG" bench train --help 2>/dev/null | grep -q -- --lr; then
+    step wgmma-check-lr3 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma \
+      --check-against auto --warmup 5 --steps 20 --lr 1e-3
+    step wino4-check 40 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo winograd4x4 \
+      --check-against auto --warmup 5 --steps 20
+  fi
   step wgmma-memory 60 "$VGG" bench train --device cuda --model D --batch 32 --conv-algo wgmma --check-memory \
     --warmup 5 --steps 20
 fi

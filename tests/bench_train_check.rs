@@ -3,7 +3,7 @@
 //! pass of the wgmma convs goes wrong inside VGG-16 on the H200).
 
 use vgg_cuda::bench::train::TrainBenchConfig;
-use vgg_cuda::bench::train_check::{check_against, DIFFERS};
+use vgg_cuda::bench::train_check::{check_against, ChoiceCheck, DIFFERS, LOSSES_PART};
 use vgg_cuda::model::{Arch, ConvChoice};
 use vgg_cuda::Device;
 
@@ -17,6 +17,11 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     assert!(!same.skipped && same.grads.len() == 22, "{same:?}");
     assert!(same.grads.iter().all(|g| g.rel_l2 == 0.0), "{same:?}");
     assert_eq!(same.grads[0].name, "features.0.weight");
+    // Every warm-up and timed step (1 + 2 on emu), the first the compared one, bit for bit.
+    assert_eq!(same.losses.len(), cfg.warmup + cfg.steps);
+    assert_eq!(same.losses[0], same.loss);
+    assert_eq!(same.losses, same.other_losses);
+    assert_eq!(same.parted_at(), None);
     // wgmma's exact products against Winograd's transforms: every conv layer with a Winograd
     // pass (all but the first two at 1/16 width) computes differently, so the gradients of the
     // layers before them do too, by rounding and near-tie routing, not by a fault.
@@ -26,6 +31,26 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     assert!((c.loss - c.other_loss).abs() <= 1e-2 * c.other_loss, "{c:?}");
     assert!(c.grads[0].rel_l2 > 0.0, "the two steps ran the same kernels: {c:?}");
     assert_eq!(c.differing().count(), 0, "correct kernels differ by more than {DIFFERS}: {c:?}");
+    assert_eq!(c.parted_at(), None, "correct kernels' losses part over 3 steps: {c:?}");
+}
+
+#[test]
+fn losses_part_at_the_first_step_beyond_the_bound_or_not_finite() {
+    let check = |losses: Vec<f32>, other_losses: Vec<f32>| ChoiceCheck {
+        other: "auto".into(),
+        loss: losses[0],
+        other_loss: other_losses[0],
+        skipped: false,
+        grads: vec![],
+        losses,
+        other_losses,
+    };
+    let within = 1.0 - LOSSES_PART as f32 / 2.0;
+    assert_eq!(check(vec![6.0, 5.0, 4.0], vec![6.0, 5.0 * within, 4.0]).parted_at(), None);
+    let beyond = 1.0 + 2.0 * LOSSES_PART as f32;
+    assert_eq!(check(vec![6.0, 5.0, 4.0 * beyond], vec![6.0, 5.0, 4.0]).parted_at(), Some(2));
+    assert_eq!(check(vec![6.0, f32::NAN, 4.0], vec![6.0, 5.0, 4.0]).parted_at(), Some(1));
+    assert_eq!(check(vec![6.0, 5.0, 4.0], vec![6.0, f32::INFINITY, 4.0]).parted_at(), Some(1));
 }
 
 #[test]
@@ -52,6 +77,13 @@ fn cli_prints_every_gradient_and_checks_the_policy_name() {
     assert!(text.contains("features.0.weight ") && text.contains("classifier.6.bias "), "{text}");
     assert!(text.find("features.0.weight").unwrap() < text.find("classifier.6.bias").unwrap(), "{text}");
     assert!(text.contains(&format!("no gradient differs by more than {DIFFERS}")), "{text}");
+    // Then both runs' loss at each of the 1 + 1 steps, and whether they part.
+    assert!(text.contains("loss at each step, wgmma / auto:\n     0: 2.303/2.303 "), "{text}");
+    assert!(text.contains("the losses stay within 5% of each other for all 2 steps"), "{text}");
+    let out = run(&["--lr", "-0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("learning rate -0.1 must be finite and >= 0"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bench train on"), "the run started");
 }
 
 #[test]

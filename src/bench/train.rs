@@ -21,7 +21,7 @@ pub struct TrainBenchConfig {
     pub warmup: usize,
     /// Timed steps (`--steps`); at least 1 ([`run`] refuses 0).
     pub steps: usize,
-    /// Learning rate of every step (1e-2 by default; no flag sets it).
+    /// Learning rate of every step (`--lr`, 1e-2 by default: scripts/torch_baseline.py's).
     pub lr: f32,
     /// How the 3x3 conv layers are planned (tuning happens before the warm-up, untimed).
     pub conv: ConvChoice,
@@ -43,12 +43,14 @@ pub struct TrainBenchConfig {
 }
 
 impl TrainBenchConfig {
-    /// An error for settings no run can take: no timed step, or a memory check with graph
-    /// steps. [`run`] checks it; a caller with several configurations can check them all first.
+    /// An error for settings no run can take: no timed step, a learning rate that is negative
+    /// or not finite, or a memory check with graph steps. [`run`] checks it; a caller with several configurations can check them all first.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));
         }
+        // Before any model is built: the steps' own check would come after the tuning.
+        crate::ops::optim::check_lr(self.lr)?;
         if self.check_memory && self.graph {
             // The poisoning runs as the host enters each phase, which a graph replay does not.
             return Err(crate::Error::Invalid(

@@ -5,6 +5,13 @@
 //! wgrad only layer L's own, one in its fprop the loss and everything. Written because on the
 //! H200 VGG-16 did not learn on the wgmma convs at batch 32 and 64 while each of those kernels
 //! agreed with the direct twin on its own (bench/results/2026-11-30-h200.md, run 6).
+//!
+//! Then both runs go on for the bench's warm-up and timed steps and report every step's loss:
+//! the other half of that question. Correct plans round differently, and a run at the edge of
+//! stability (VGG-16 at lr 1e-2 on two batches of noise: auto 5.932, PyTorch 5.015 after the
+//! same 25 steps in run 6) can turn such differences into different endings. A fault shows in
+//! the first step's gradients and at any learning rate; sensitivity shows only later, and
+//! fades at a smaller one (`--lr`).
 
 use super::train::{synthetic_batches, TrainBenchConfig};
 use crate::model::ConvChoice;
@@ -39,6 +46,11 @@ pub struct ChoiceCheck {
     pub skipped: bool,
     /// Every parameter tensor, in the model's order (features first).
     pub grads: Vec<GradAgreement>,
+    /// The loss of every step under the bench's plans: the warm-up and timed steps on the
+    /// bench's two batches in turn, the first of them the step compared above.
+    pub losses: Vec<f32>,
+    /// The same steps under `other`'s plans.
+    pub other_losses: Vec<f32>,
 }
 
 impl ChoiceCheck {
@@ -47,24 +59,47 @@ impl ChoiceCheck {
         // NaN (a non-finite gradient) differs too.
         self.grads.iter().filter(|g| g.rel_l2.is_nan() || g.rel_l2 > DIFFERS)
     }
+
+    /// The first step whose two losses differ by more than [`LOSSES_PART`] of the other's
+    /// (or either is not finite), if any.
+    pub fn parted_at(&self) -> Option<usize> {
+        let close = |a: f32, b: f32| {
+            a.is_finite() && b.is_finite() && f64::from((a - b).abs()) <= LOSSES_PART * f64::from(b.abs())
+        };
+        let parts = |(a, b): (&f32, &f32)| !close(*a, *b);
+        self.losses.iter().zip(&self.other_losses).position(parts)
+    }
 }
+
+/// A relative difference of two runs' losses at one step above which they have "parted". Two
+/// correct plans stay well within it over the first steps (tests/bench_train_check.rs; on the
+/// H200 at batch 128 auto, wgmma and tune ended 25 steps within 0.6% of each other), while a
+/// run that diverges or stops learning leaves it.
+pub const LOSSES_PART: f64 = 0.05;
 
 /// Every parameter tensor's name and gradient, in the model's order.
 type Grads = Vec<(String, Vec<f32>)>;
 
 /// Builds the bench's model twice from the same seed (one at a time, so that device memory
 /// holds one), plans it by `cfg.conv` and by `other`, runs one training step on the bench's
-/// first batch and compares the losses and every gradient.
+/// first batch and compares the losses and every gradient; then runs the rest of the bench's
+/// `warmup + steps` steps under each and keeps every loss.
 pub fn check_against(dev: &Device, cfg: &TrainBenchConfig, other: ConvChoice) -> Result<ChoiceCheck> {
-    let (x, y) = synthetic_batches(dev, cfg)?.swap_remove(0);
-    let step = |conv: ConvChoice| -> Result<(f32, bool, Grads)> {
+    cfg.validate()?;
+    let sets = synthetic_batches(dev, cfg)?;
+    let run = |conv: ConvChoice| -> Result<(bool, Grads, Vec<f32>)> {
         let (mut vgg, _) = cfg.model(dev, conv)?;
-        let s = vgg.train_step(&x, &y, cfg.lr, 0)?;
+        let s = vgg.train_step(&sets[0].0, &sets[0].1, cfg.lr, 0)?;
         let grads = vgg.params().iter().map(|p| Ok((p.name.clone(), p.g.to_host()?))).collect::<Result<_>>()?;
-        Ok((s.loss, s.skipped, grads))
+        let mut losses = vec![s.loss];
+        for step in 1..cfg.warmup + cfg.steps {
+            let (x, y) = &sets[step % 2];
+            losses.push(vgg.train_step(x, y, cfg.lr, step as u64)?.loss);
+        }
+        Ok((s.skipped, grads, losses))
     };
-    let (loss, skipped, ours) = step(cfg.conv)?;
-    let (other_loss, other_skipped, theirs) = step(other)?;
+    let (skipped, ours, losses) = run(cfg.conv)?;
+    let (other_skipped, theirs, other_losses) = run(other)?;
     let grads = ours
         .into_iter()
         .zip(theirs)
@@ -72,9 +107,11 @@ pub fn check_against(dev: &Device, cfg: &TrainBenchConfig, other: ConvChoice) ->
         .collect();
     Ok(ChoiceCheck {
         other: format!("{other:?}").to_lowercase(),
-        loss,
-        other_loss,
+        loss: losses[0],
+        other_loss: other_losses[0],
         skipped: skipped || other_skipped,
         grads,
+        losses,
+        other_losses,
     })
 }

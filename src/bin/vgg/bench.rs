@@ -49,6 +49,9 @@ pub(crate) struct BenchTrainArgs {
     /// Conv channel multiplier [default: 1 on a GPU, 1/16 on emu].
     #[arg(long, allow_negative_numbers = true)]
     width: Option<f32>,
+    /// Learning rate of every step (scripts/torch_baseline.py's is 1e-2).
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f32,
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -56,7 +59,9 @@ pub(crate) struct BenchTrainArgs {
     /// this policy's, from the same weights on the same batch, and print both losses and every
     /// gradient's relative L2 difference: which tensors part ways says which conv layer and pass
     /// goes wrong inside the model (a dgrad fault moves the layers before it, a wgrad fault its
-    /// own weights).
+    /// own weights). Then both go on for the warm-up and timed steps, and every step's two
+    /// losses are printed: a fault parts them from the first step at any --lr, a run merely
+    /// sensitive to rounding only later, and less at a smaller --lr.
     #[arg(long)]
     check_against: Option<String>,
     /// Give every activation, gradient and workspace buffer its own bytes and poison every byte
@@ -381,6 +386,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             cfg.steps = a.steps.unwrap_or(cfg.steps);
             cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
             cfg.conv = conv;
+            cfg.lr = a.lr;
             cfg.queued = a.queued;
             cfg.graph = a.graph;
             cfg.profile = a.profile;
@@ -455,7 +461,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
 
 /// `--check-against`'s lines: the two losses, every gradient's difference, and which differ.
 fn print_check(c: &vgg_cuda::bench::train_check::ChoiceCheck, ours: &str, batch: usize) {
-    use vgg_cuda::bench::train_check::DIFFERS;
+    use vgg_cuda::bench::train_check::{DIFFERS, LOSSES_PART};
     let skipped = if c.skipped { " (a step overflowed and was skipped: its gradients hold Inf)" } else { "" };
     println!(
         "check at batch {batch}, first step, {ours} against {}: loss {:.5} vs {:.5}{skipped}; gradients' relative L2:",
@@ -470,5 +476,18 @@ fn print_check(c: &vgg_cuda::bench::train_check::ChoiceCheck, ours: &str, batch:
         println!("  no gradient differs by more than {DIFFERS}");
     } else {
         println!("  {} of {} gradients differ by more than {DIFFERS}: {}", bad.len(), c.grads.len(), bad.join(", "));
+    }
+    println!("  loss at each step, {ours} / {}:", c.other);
+    let pairs: Vec<String> = c.losses.iter().zip(&c.other_losses).map(|(a, b)| format!("{a:.3}/{b:.3}")).collect();
+    for (i, row) in pairs.chunks(8).enumerate() {
+        println!("  {:>4}: {}", 8 * i, row.join(" "));
+    }
+    match c.parted_at() {
+        None => {
+            println!("  the losses stay within {}% of each other for all {} steps", 100.0 * LOSSES_PART, c.losses.len())
+        }
+        Some(s) => {
+            println!("  the losses part (by more than {}%) at step {s} of {}", 100.0 * LOSSES_PART, c.losses.len())
+        }
     }
 }
