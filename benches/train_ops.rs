@@ -1,7 +1,8 @@
 //! Timings of the training-step ops on a real GPU at VGG-16 sizes (batch 256 for the
-//! activations), with the achieved bandwidth. Ignored by default (no GPU in CI); run on a
-//! GPU machine with `<test binary> --ignored --nocapture`. Without a usable GPU it says so
-//! and passes.
+//! activations), with the achieved bandwidth: `cargo bench --bench train_ops` on a GPU machine.
+//! A bench, not a test: it prints times and asserts nothing (`vgg bench gemm` reports the SGD
+//! step's share of the copy bandwidth, the figure issue 5's target is measured by). Without a
+//! usable GPU it says so and exits.
 
 use half::f16;
 use vgg_cuda::ops::{self, InputNorm, LrnParams, Reducer, Sgd, SgdParam, SgdPlan, XentBuffers};
@@ -31,24 +32,12 @@ fn params<'a>(ts: &'a mut [Slot], sizes: &[(usize, bool)]) -> Vec<SgdParam<'a>> 
     ts.iter_mut().zip(sizes).map(|((w, v, g, h), s)| SgdParam { w, v, g, w16: Some(h), decay: s.1 }).collect()
 }
 
-/// VGG-16's parameter tensors: (elements, is a weight).
+/// VGG-16's parameter tensors, (elements, takes weight decay), as `vgg bench gemm` has them.
 fn vgg16_params() -> Vec<(usize, bool)> {
-    let convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512)];
-    let mut v: Vec<(usize, bool)> = vec![];
-    for (c, k) in convs.iter().copied().chain(std::iter::repeat_n((512, 512), 5)) {
-        v.push((k * 9 * c, true));
-        v.push((k, false));
-    }
-    for (i, o) in [(25088, 4096), (4096, 4096), (4096, 1000)] {
-        v.push((i * o, true));
-        v.push((o, false));
-    }
-    v
+    vgg_cuda::bench::gemm::vgg16_params(false).iter().map(|p| (p.len, p.decay)).collect()
 }
 
-#[test]
-#[ignore = "GPU timings: run with --ignored on a machine with a GPU"]
-fn gpu_timings() {
+fn main() {
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
