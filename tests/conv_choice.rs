@@ -215,6 +215,7 @@ fn model_conv_choice_replans_layers_and_memory() {
         ConvChoice::Tune,
         ConvChoice::Direct,
         ConvChoice::Wgmma,
+        ConvChoice::Hopper,
     ];
     for choice in all {
         let mut vgg = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
@@ -226,7 +227,7 @@ fn model_conv_choice_replans_layers_and_memory() {
             ConvChoice::Auto | ConvChoice::Winograd2x2 => F2,
             ConvChoice::Winograd4x4 => F4,
             ConvChoice::Direct => ConvAlgo::Direct,
-            ConvChoice::Wgmma => ConvAlgo::Wgmma,
+            ConvChoice::Wgmma | ConvChoice::Hopper => ConvAlgo::Wgmma,
             ConvChoice::Tune => ConvAlgo::Auto, // checked below
         };
         let first = if choice == ConvChoice::Direct { ConvAlgo::Direct } else { ConvAlgo::ImplicitGemm };
@@ -272,6 +273,41 @@ fn model_conv_choice_replans_layers_and_memory() {
         );
     }
     assert!(ConvChoice::parse("winograd8x8").unwrap_err().to_string().contains("unknown conv algorithm"));
+}
+
+/// Hopper's rule on VGG-16's channel counts (at half width, 32 px: C from 3 to 256): wgmma fprop
+/// and dgrad wherever Auto runs Winograd, the wgmma wgrad exactly where also 128 <= C <= 256,
+/// Auto's plan elsewhere, with the workspaces those plans need.
+#[test]
+fn hopper_runs_wgmma_where_run_5_measured_it_faster() {
+    let dev = Device::emu();
+    let cfg = VggConfig { dropout: 0.0, ..VggConfig::small(Arch::D, 0.5, 32, 32, 5) };
+    let mut vgg = Vgg::new(&dev, cfg.clone(), 1, Init::He, 4).unwrap();
+    let auto = vgg.set_conv_choice(ConvChoice::Auto, 1).unwrap();
+    let hopper = vgg.set_conv_choice(ConvChoice::Hopper, 1).unwrap();
+    let mut wgmma_wgrads = vec![];
+    for (a, h) in auto.iter().zip(&hopper) {
+        let p = h.conv.problem();
+        let wino = a.conv.algo(ConvPass::Fprop) == F2;
+        for q in [ConvPass::Fprop, ConvPass::Dgrad] {
+            let want = if wino { ConvAlgo::Wgmma } else { a.conv.algo(q) };
+            assert_eq!(h.conv.algo(q), want, "{p} {q:?}");
+        }
+        let wgrad = h.conv.algo(ConvPass::Wgrad);
+        if wino && (128..=256).contains(&p.c) {
+            assert_eq!(wgrad, ConvAlgo::Wgmma, "{p}");
+            wgmma_wgrads.push(p.c);
+        } else {
+            assert_eq!(wgrad, a.conv.algo(ConvPass::Wgrad), "{p}");
+        }
+    }
+    // conv1_1 (3 channels) keeps Auto's plan; conv3_2 to conv5_3 (C 128 or 256) take the wgmma
+    // wgrad, conv1_2 to conv3_1 (C 32 or 64) keep the mma.sync one.
+    assert!(auto[0].conv.algo(ConvPass::Fprop) != F2 && hopper[0].conv.algo(ConvPass::Fprop) != ConvAlgo::Wgmma);
+    assert_eq!(wgmma_wgrads, [128, 128, 128, 256, 256, 256, 256, 256]);
+    let plan = MemoryPlan::with_convs(&cfg, 1, Sharing::Lifetimes, &vgg.conv_plans()).unwrap();
+    assert_eq!(vgg.device_bytes(), plan.total());
+    assert_eq!(ConvChoice::parse("hopper").unwrap(), ConvChoice::Hopper);
 }
 
 /// A step's gradients vs the host twin routed by the same step (relative L2, per tensor), where

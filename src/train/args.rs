@@ -125,13 +125,14 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cuda")]
     pub device: String,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
-    /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd), or
+    /// shared memory), wgmma (implicit GEMMs on Hopper's wgmma where Auto runs Winograd),
+    /// hopper (Auto's plans with the wgmma passes measured faster on the H200, a fixed rule), or
     /// tune (time each layer's variants, Winograd and wgmma, on the device before the first
     /// step and keep the fastest of those that agree with Auto's; timing can choose differently
     /// from run to run, so checkpoints record the plans and a resume that tunes reuses them)
     /// [default: auto. On the H200, training on the wgmma convs that tune picks did not learn at
-    /// batch 32 and 64, an open bug (bench/results/2026-11-30-h200.md, run 6); tune and wgmma
-    /// print a warning there].
+    /// batch 32 and 64, not yet explained (bench/results/2026-11-30-h200.md, run 6; bench/NOTES.md);
+    /// tune, wgmma and hopper print a warning there].
     #[arg(long)]
     pub conv_algo: Option<String>,
     /// Read the loss and the overflow flag only every N steps (and at checkpoints and epoch

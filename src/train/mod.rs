@@ -169,17 +169,18 @@ fn setup<'a>(
     // --conv-algo as checked() parsed it, by default auto. Not tune: on the H200, whose wgmma
     // convs tune picks, VGG-16's steps on them lowered the loss far less than Auto's at batch 64
     // and raised it at batch 32 (bench/results/2026-11-30-h200.md, run 6), while each wgmma
-    // kernel alone agrees with the direct twin; until that is found, training runs Auto's plans,
-    // whose losses repeat run after run.
+    // kernel alone agrees with the direct twin; until the next GPU run says whether that is a
+    // fault or a run sensitive to rounding (bench/NOTES.md), training runs Auto's plans.
     let (conv, conv_algo) = match (checked.conv, a.conv_algo.as_deref()) {
         (Some(c), Some(name)) => (c, name),
         _ => (ConvChoice::Auto, "auto"),
     };
-    if matches!(conv, ConvChoice::Tune | ConvChoice::Wgmma) && !dev.is_emu() && dev.has_wgmma() {
+    if matches!(conv, ConvChoice::Tune | ConvChoice::Wgmma | ConvChoice::Hopper) && !dev.is_emu() && dev.has_wgmma() {
         eprintln!(
-            "warning: --conv-algo {conv_algo} runs wgmma convs, with which VGG-16 training on the H200 did not learn \
-             at batch 32 and 64 (bench/results/2026-11-30-h200.md, run 6: an open bug; each kernel alone agrees \
-             with the direct twin); --conv-algo auto trains correctly"
+            "warning: --conv-algo {conv_algo} runs wgmma convs, on which VGG-16 training on the H200 did not learn \
+             at batch 32 and 64 where Auto's plans did (bench/results/2026-11-30-h200.md, run 6; each kernel alone \
+             agrees with the direct twin, and whether a fault or a run sensitive to rounding is not yet known: \
+             bench/NOTES.md); --conv-algo auto is what training has been checked with"
         );
     }
     // He, Glorot and torchvision's init keep unit-variance inputs at unit variance; pixels that

@@ -24,9 +24,10 @@ pub(crate) struct BenchTrainArgs {
     #[arg(long)]
     warmup: Option<usize>,
     /// 3x3 conv plans: auto, winograd2x2, winograd4x4, direct (for GPUs short of sm_90's
-    /// shared memory), wgmma (implicit GEMM on Hopper's wgmma where Auto runs Winograd), or
-    /// tune (time each layer's variants, Winograd and wgmma, on the device first, untimed,
-    /// and keep the fastest).
+    /// shared memory), wgmma (implicit GEMM on Hopper's wgmma where Auto runs Winograd), hopper
+    /// (Auto's plans with the wgmma passes measured faster on the H200, a fixed rule), or tune
+    /// (time each layer's variants, Winograd and wgmma, on the device first, untimed, and keep
+    /// the fastest).
     #[arg(long, default_value = "auto")]
     conv_algo: String,
     /// Queue the timed steps with nothing read back (the loss scale kept on the device) and

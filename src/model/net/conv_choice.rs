@@ -31,11 +31,21 @@ pub enum ConvChoice {
     /// Winograd (C and K multiples of 8); Auto's plan elsewhere. Needs wgmma (compute
     /// capability 9.0, or emu).
     Wgmma,
+    /// Auto's plans with, on a device that has wgmma, the variants run 5 measured fastest on the
+    /// H200 at batch 64 (bench/results/2026-11-30-h200.md) as a fixed rule: wgmma fprop and
+    /// dgrad on every layer Auto runs by Winograd (all of VGG-16's but conv1_1), and the wgmma
+    /// wgrad where 128 <= C <= 256 (conv2_2, conv3_x, conv4_1; the mma.sync implicit GEMM won
+    /// at C = 64 and 512). Tune's speed without its timing runs, and the same plans every run.
+    /// Auto's plans where the device has no wgmma.
+    Hopper,
 }
+
+/// The input channels between which [`ConvChoice::Hopper`]'s wgrad runs on wgmma.
+const HOPPER_WGRAD_C: std::ops::RangeInclusive<usize> = 128..=256;
 
 impl ConvChoice {
     /// The names [`ConvChoice::parse`] accepts, for help and error messages.
-    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct, wgmma";
+    pub const NAMES: &'static str = "auto, winograd2x2, winograd4x4, tune, direct, wgmma, hopper";
 
     /// The choice of one of [`ConvChoice::NAMES`] (lower case); `Error::Invalid` for any other.
     pub fn parse(s: &str) -> Result<Self> {
@@ -46,6 +56,7 @@ impl ConvChoice {
             "tune" => ConvChoice::Tune,
             "direct" => ConvChoice::Direct,
             "wgmma" => ConvChoice::Wgmma,
+            "hopper" => ConvChoice::Hopper,
             _ => return Err(Error::Invalid(format!("unknown conv algorithm `{s}` (expected {})", Self::NAMES))),
         })
     }
@@ -209,6 +220,16 @@ impl Vgg {
                 ConvChoice::Direct => Conv3x3::new(p, ConvAlgo::Direct)?,
                 ConvChoice::Wgmma if base.algo(ConvPass::Fprop).is_winograd() => Conv3x3::new(p, ConvAlgo::Wgmma)?,
                 ConvChoice::Wgmma => base,
+                ConvChoice::Hopper if self.dev.has_wgmma() && base.algo(ConvPass::Fprop).is_winograd() => {
+                    let c = base.with_pass_algo(ConvPass::Fprop, ConvAlgo::Wgmma)?;
+                    let c = c.with_pass_algo(ConvPass::Dgrad, ConvAlgo::Wgmma)?;
+                    if HOPPER_WGRAD_C.contains(&p.c) {
+                        c.with_pass_algo(ConvPass::Wgrad, ConvAlgo::Wgmma)?
+                    } else {
+                        c
+                    }
+                }
+                ConvChoice::Hopper => base,
                 ConvChoice::Winograd2x2 | ConvChoice::Winograd4x4 => {
                     let algo =
                         if choice == ConvChoice::Winograd2x2 { ConvAlgo::Winograd2x2 } else { ConvAlgo::Winograd4x4 };
