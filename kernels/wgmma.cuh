@@ -16,6 +16,15 @@
 // INTERLEAVE layout has it: core matrices of 8 K-rows x 8 M (or N) elements, 16 bytes a row;
 // lbo again between core matrices adjacent in K, sbo between those adjacent in M (N):
 //   start + (m / 8) sbo + (k / 8) lbo + (k % 8) 16 + (m % 8) 2.
+// K-major with the 128-byte swizzle (wgmma_desc_sw128; swizzle mode 1, descriptor bits 62-63): rows
+// of 64 halves (128 bytes) 128 bytes apart, groups of 8 rows sbo apart (1024 when dense), lbo
+// unused; the 16-byte chunk of each byte address is XORed with its 128-byte row modulo 8, both
+// taken from the shared-memory address itself (bits 4-6 ^= bits 7-9), so data written through
+// wgmma_sw128() reads back from any start (a k16 step is +32 bytes, a row shift +128). This is
+// the rule as CUTLASS's Swizzle<3,4,3> atoms and the PTX ISA's base-offset text (0 where the
+// pattern starts on a 1024-byte boundary, which an address-based pattern always does) describe
+// it; the selftest's `sw128` rows check it on the GPU. Other swizzles and M/N-major swizzled
+// operands are not emulated (the launch fails).
 // Order of use: threads write the operands; wgmma_smem_fence() (their writes reach the async
 // proxy that wgmma reads through) and a barrier; wgmma_fence_acc(d) and wgmma_fence() (also
 // whenever d was written by ordinary instructions since the last wgmma); wgmma_ss calls;
@@ -110,9 +119,19 @@ inline WgmmaWarp& wgmma_state(unsigned warp) {
 // The raw bits of element (mn, k) of an unswizzled operand, K-major or (mn_major) M/N-major.
 inline unsigned short wgmma_operand_bits(unsigned long long desc, int mn, int k, bool mn_major) {
   const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
-  if (desc >> 62) emu::fail("wgmma: descriptor 0x%016llx asks for a swizzled layout, which is not emulated", desc);
-  const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
-  const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + in_core;
+  const unsigned swizzle = (unsigned)(desc >> 62), base_offset = (unsigned)(desc >> 49) & 7;
+  if (swizzle > 1 || (swizzle == 1 && (mn_major || base_offset != 0)))
+    emu::fail("wgmma: descriptor 0x%016llx asks for a layout that is not emulated (only unswizzled ones, and "
+              "K-major ones with the 128-byte swizzle and base offset 0)",
+              desc);
+  size_t off;
+  if (swizzle == 1) {  // the header's 128-byte swizzle: chunk bits 4-6 ^= row bits 7-9 of the address
+    const size_t logical = start + (mn / 8) * sbo + (mn % 8) * 128 + (k / 8) * 16 + (k % 8) * 2;
+    off = logical ^ (((logical >> 7) & 7) << 4);
+  } else {
+    const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+    off = start + (mn / 8) * sbo + (k / 8) * lbo + in_core;
+  }
   if (off + 2 > emu::dyn_smem_bytes())
     emu::fail("wgmma: descriptor 0x%016llx reads byte %zu of %zu of dynamic shared memory", desc, off,
               emu::dyn_smem_bytes());
@@ -263,6 +282,33 @@ __device__ __forceinline__ unsigned long long wgmma_desc(const void* smem, unsig
 #endif
   return (unsigned long long)((addr & 0x3ffff) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
          ((unsigned long long)(sbo >> 4) << 32);
+}
+
+// The shared-memory address of `p` (dynamic shared memory) that descriptors and the 128-byte
+// swizzle work from: the GPU's shared window address, or on the emulator the offset into the
+// block's dynamic shared memory (its start is 128-byte aligned there, 1024-byte aligned in
+// practice on the GPU: kernels that need a 1024-byte boundary align from this address).
+__device__ __forceinline__ unsigned wgmma_smem_addr(const void* p) {
+#ifdef __CUDA_ARCH__
+  return (unsigned)__cvta_generic_to_shared(p);
+#else
+  return (unsigned)(static_cast<const unsigned char*>(p) - emu::dyn_smem());
+#endif
+}
+
+// Where the 128-byte swizzle puts the 16-byte chunk that is at `p` unswizzled: p with its
+// address's chunk bits (4-6) XORed with its row bits (7-9). Write a K-major operand's row r,
+// chunk c through wgmma_sw128(base + 128 r + 16 c) and describe it with wgmma_desc_sw128(base).
+__device__ __forceinline__ unsigned char* wgmma_sw128(unsigned char* p) {
+  const unsigned a = wgmma_smem_addr(p);
+  return p + (int)((((a >> 7) & 7) ^ ((a >> 4) & 7)) - ((a >> 4) & 7)) * 16;
+}
+
+// The descriptor of a K-major operand with the 128-byte swizzle at `smem` (16-byte aligned; rows
+// of 64 halves 128 bytes apart, groups of 8 rows `sbo` apart): swizzle mode 1, base offset 0
+// (the pattern is the address's own), lbo unused (16).
+__device__ __forceinline__ unsigned long long wgmma_desc_sw128(const void* smem, unsigned sbo PTX_SITE_PARAMS) {
+  return wgmma_desc(smem, 16, sbo PTX_SITE_ARGS) | (1ull << 62);
 }
 
 // fence.proxy.async.shared::cta: this thread's shared-memory writes become visible to the async

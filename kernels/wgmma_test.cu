@@ -12,6 +12,10 @@
 //     off: 0 or 16, where the operands start; 16 is a descriptor start that is a multiple of 16
 //     bytes but not of 128, as the halo kernels' per-tap shifts give (conv_wgmma_halo.cu).
 //   prim_wgmma_mn_n64 / prim_wgmma_mn_n256: the same, A and B staged M/N-major (wgmma.cuh)
+//   prim_wgmma_sw128_n64(A, Bt, C, D, acc, shift)  K-major, 128-byte swizzle (wgmma.cuh), K = 64
+//     as 4 wgmma's: A: 72 x 64 row-major fp16, of which rows shift .. shift + 63 are multiplied
+//     (shift 0..8: a start on and off the pattern's 1024-byte boundary, as a halo tap shift
+//     gives), Bt: 64 x 64 row-major; C, D: 64 x 64 fp32. Shared memory 18432 bytes.
 //   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
 //   prim_wgmma_operand_race(A, Bt, C, D)  N = 64, rewrites an element of B between the issue
 //     and the wait (emulator test: the launch must fail)
@@ -74,6 +78,42 @@ extern "C" __global__ void prim_wgmma_mn_n64(const __half* A, const __half* Bt, 
 extern "C" __global__ void prim_wgmma_mn_n256(const __half* A, const __half* Bt, const float* C, float* D,
                                               int lbo_a, int sbo_a, int lbo_b, int sbo_b, int acc, int off) {
   wgmma_test<256, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
+}
+
+// The 128-byte swizzle: each 16-byte chunk of A and B staged where wgmma_sw128 puts it (rows of
+// 64 halves 128 bytes apart from a 1024-byte boundary of the shared address), then 4 wgmma's
+// of k16, each descriptor 32 bytes on, A's start `shift` rows in.
+extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* Bt, const float* C, float* D, int acc,
+                                                int shift) {
+  VGG_DYN_SHARED(unsigned char, smem);
+  const unsigned pad = (1024 - wgmma_smem_addr(smem) % 1024) % 1024;
+  unsigned char* const sa = smem + pad;  // 72 rows
+  unsigned char* const sb = sa + 72 * 128;
+  for (int i = threadIdx.x; i < 72 * 8; i += 128) {  // chunk i % 8 of row i / 8
+    const uint4 v = reinterpret_cast<const uint4*>(A)[i];
+    *reinterpret_cast<uint4*>(wgmma_sw128(sa + 128 * (i / 8) + 16 * (i % 8))) = v;
+  }
+  for (int i = threadIdx.x; i < 64 * 8; i += 128) {
+    const uint4 v = reinterpret_cast<const uint4*>(Bt)[i];
+    *reinterpret_cast<uint4*>(wgmma_sw128(sb + 128 * (i / 8) + 16 * (i % 8))) = v;
+  }
+  wgmma_smem_fence();
+  __syncthreads();
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto idx = [&](int j, int i) { return (16 * w + g + 8 * (i >> 1)) * 64 + 8 * j + 2 * t + (i & 1); };
+  float d[32];
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
+  const unsigned long long da = wgmma_desc_sw128(sa + 128 * shift, 1024);
+  const unsigned long long db = wgmma_desc_sw128(sb, 1024);
+  wgmma_fence_acc(d);
+  wgmma_fence();
+  for (int k16 = 0; k16 < 4; ++k16) wgmma_ss<64>(d, da + 2 * k16, db + 2 * k16, k16 > 0 || acc);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_acc(d);
+  for (int j = 0; j < 8; ++j)
+    for (int i = 0; i < 4; ++i) D[idx(j, i)] = d[4 * j + i];
 }
 
 // Emulator only (on a GPU the result is undefined): D written from d before the wait, as a

@@ -206,5 +206,49 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
             }
         }
     }
+    rows.extend(wgmma_sw128(dev)?);
+    Ok(rows)
+}
+
+/// The 128-byte swizzle (kernels/wgmma.cuh's rule, which only the GPU can confirm): D (64 x 64) =
+/// A (64 x 64) B (64 x 64) plus C, or without C, as 4 wgmma's over K-major swizzled operands, A
+/// starting `shift` rows into its 72: on the pattern's 1024-byte boundary (0, 8) and off it (3, 5),
+/// as a halo tile's tap shifts would start.
+fn wgmma_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 1024 + 136 * 128 };
+    let runs = [("ints", 31u64, 1, 0), ("randn", 32, 1, 0), ("ints, no C", 33, 0, 3), ("ints", 34, 1, 5)];
+    for (kind, seed, acc, shift) in runs.into_iter().chain([("randn", 35, 1, 8)]) {
+        let (a, bt, c) = if kind == "randn" {
+            (randn_f16(72 * 64, seed), randn_f16(64 * 64, seed + 10), randn_f16(64 * 64, seed + 20))
+        } else {
+            (small_ints(72 * 64, 4, seed), small_ints(64 * 64, 4, seed + 10), small_ints(64 * 64, 8, seed + 20))
+        };
+        let at = Tensor::from_f32(dev, &[72, 64], &a)?;
+        let btt = Tensor::from_f32(dev, &[64, 64], &bt)?;
+        let ct = Tensor::from_host(dev, &[64, 64], &c)?;
+        let mut dt = Tensor::<f32>::empty(dev, &[64, 64])?;
+        dt.poison()?;
+        let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut(), KArg::I32(acc), KArg::I32(shift)];
+        // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D, int acc, int shift): A
+        // 72 x 64, Bt 64 x 64, C and D 64 x 64; one warpgroup; 0 <= shift <= 8 keeps A's rows within
+        // its 72; up to 1023 bytes of alignment plus 136 rows of 128 bytes fit the shared memory.
+        unsafe { dev.launch(&Kernel { module: "wgmma_test", name: "prim_wgmma_sw128_n64" }, cfg, &args)? };
+        let mut want = vec![0f32; 64 * 64];
+        for i in 0..64 {
+            for j in 0..64 {
+                let s = if acc != 0 { c[i * 64 + j] as f64 } else { 0.0 };
+                let dot: f64 = (0..64).map(|k| a[(shift as usize + i) * 64 + k] as f64 * bt[j * 64 + k] as f64).sum();
+                want[i * 64 + j] = (s + dot) as f32;
+            }
+        }
+        let got = dt.to_host()?;
+        let (cmp, bound) = if kind == "randn" {
+            (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
+        } else {
+            (compare(&got, &want), Bound::Exact)
+        };
+        rows.push(CheckRow::new("wgmma", format!("64x64x64 k-major sw128 {kind}, A from row {shift}"), cmp, bound));
+    }
     Ok(rows)
 }
