@@ -26,23 +26,24 @@
 //! graph steps (`train_step_queued`, `train_step_graph`) read nothing, the loss scale's rules
 //! running on the device, until `sync`.
 
+mod backward;
+mod buffers;
 mod conv_choice;
 mod graph_step;
 mod step;
+use buffers::Buffers;
 pub use conv_choice::{ConvChoice, ConvLayerChoice, ConvPlan};
 use graph_step::StepGraph;
 pub use step::{OptimConfig, ScalerState, StepStats};
 
 use super::config::{FeatureKind, VggConfig};
-use super::memory::{self, MemoryPlan, Phase, Role, Sharing};
+use super::memory::{self, MemoryPlan, Phase, Sharing};
 use super::params::{self, Init, Param};
 use super::reference::Trace;
 use crate::ops::conv::{Conv3x3, Epilogue};
 use crate::ops::{self, DropoutKey, LossScaler, LrnParams, SgdPlan, StepVars, XentBuffers};
-use crate::tensor::DType;
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
-use std::sync::Arc;
 
 /// How one feature layer runs.
 enum Op {
@@ -50,68 +51,6 @@ enum Op {
     Conv1,
     Lrn,
     Pool,
-}
-
-/// The arena and the views of it that a step uses (see [`Role`] for what each holds).
-struct Buffers {
-    arena: Arc<Tensor<u8>>,
-    x: Tensor<f16>,
-    acts: Vec<Tensor<f16>>,
-    /// Gradients w.r.t. each feature output.
-    dacts: Vec<Tensor<f16>>,
-    /// Per conv or pool whose gradient arrives unmasked: the gradient after `relu_bwd`.
-    dpre: Vec<Option<Tensor<f16>>>,
-    /// Per pool: its argmaxes.
-    args: Vec<Option<Tensor<u8>>>,
-    h1: Tensor<f16>,
-    d1: Option<Tensor<f16>>,
-    h2: Tensor<f16>,
-    d2: Option<Tensor<f16>>,
-    logits: Tensor<f16>,
-    dlogits: Tensor<f16>,
-    g_x3: Tensor<f16>,
-    g_h2: Option<Tensor<f16>>,
-    g_z2: Tensor<f16>,
-    g_x2: Tensor<f16>,
-    g_h1: Option<Tensor<f16>>,
-    g_z1: Tensor<f16>,
-    /// Per phase of the timeline: its workspace.
-    ws: Vec<Tensor<u8>>,
-}
-
-impl Buffers {
-    /// A zeroed arena of `memory`'s size and the views of a net of `layers` feature layers.
-    fn new(dev: &Device, memory: &MemoryPlan, layers: usize) -> Result<Self> {
-        let arena = Arc::new(Tensor::<u8>::zeros(dev, &[memory.arena_bytes()])?);
-        let view = |r: Role| memory.view::<f16>(&arena, r);
-        fn maybe<T: DType>(memory: &MemoryPlan, arena: &Arc<Tensor<u8>>, r: Role) -> Result<Option<Tensor<T>>> {
-            memory.has(r).then(|| memory.view(arena, r)).transpose()
-        }
-        let opt = |r: Role| maybe::<f16>(memory, &arena, r);
-        let per_layer = |f: fn(usize) -> Role| (0..layers).map(|i| view(f(i))).collect::<Result<Vec<_>>>();
-        let ws = (0..memory.timeline().len()).map(|t| memory.view::<u8>(&arena, Role::Workspace(t)));
-        Ok(Self {
-            x: view(Role::Input)?,
-            acts: per_layer(Role::Act)?,
-            dacts: per_layer(Role::DAct)?,
-            dpre: (0..layers).map(|i| opt(Role::DPre(i))).collect::<Result<_>>()?,
-            args: (0..layers).map(|i| maybe(memory, &arena, Role::PoolArg(i))).collect::<Result<_>>()?,
-            h1: view(Role::Hidden(0))?,
-            d1: opt(Role::Dropped(0))?,
-            h2: view(Role::Hidden(1))?,
-            d2: opt(Role::Dropped(1))?,
-            logits: view(Role::Logits)?,
-            dlogits: view(Role::DLogits)?,
-            g_x3: view(Role::DNext(1))?,
-            g_h2: opt(Role::DHidden(1))?,
-            g_z2: view(Role::DPreFc(1))?,
-            g_x2: view(Role::DNext(0))?,
-            g_h1: opt(Role::DHidden(0))?,
-            g_z1: view(Role::DPreFc(0))?,
-            ws: ws.collect::<Result<_>>()?,
-            arena,
-        })
-    }
 }
 
 /// A VGG network with its parameters, activations, gradients and workspace on one device.
@@ -344,54 +283,6 @@ impl Vgg {
             .ok_or_else(|| Error::Shape("no trace: call keep_trace(true) before the training step".into()))
     }
 
-    fn snapshot(&mut self) -> Result<Trace> {
-        let f = |t: &Tensor<f16>| t.to_f32();
-        let (x2, x3) = match (&self.buf.d1, &self.buf.d2) {
-            (Some(d1), Some(d2)) => (f(d1)?, f(d2)?),
-            _ => (f(&self.buf.h1)?, f(&self.buf.h2)?),
-        };
-        Ok(Trace {
-            x: f(&self.buf.x)?,
-            acts: std::mem::take(&mut self.trace_acts),
-            h1: f(&self.buf.h1)?,
-            x2,
-            h2: f(&self.buf.h2)?,
-            x3,
-            logits: f(&self.buf.logits)?,
-        })
-    }
-
-    /// Phase `p` begins: its timeline index (for its workspace); under
-    /// [`Vgg::check_lifetimes`], the order check and the poisoning.
-    fn enter(&mut self, p: Phase) -> Result<usize> {
-        let t = self.memory.index(p)?;
-        if self.dev.profiling() {
-            self.dev.profile_label(&self.phase_label(p));
-        }
-        if self.check {
-            let expect = if p == Phase::Input { 0 } else { self.next_phase };
-            ensure_shape!(t == expect, "phase {p:?} ran at timeline index {expect}, the plan has it at {t}");
-            for (offset, len) in self.memory.free_ranges(t) {
-                Tensor::<u8>::view(&self.buf.arena, offset, &[len])?.poison()?;
-            }
-        }
-        self.next_phase = t + 1;
-        Ok(t)
-    }
-
-    /// What [`Device::profile_label`] calls phase `p`: `fwd conv3_2`, `bwd pool1`, `fwd fc6`
-    /// (the classifier's layers as the paper numbers VGG-16's: fc6, fc7, fc8), `loss`.
-    fn phase_label(&self, p: Phase) -> String {
-        match p {
-            Phase::Input => "input".into(),
-            Phase::Feature(i) => format!("fwd {}", self.names[i]),
-            Phase::Fc(j) => format!("fwd fc{}", 6 + j),
-            Phase::Loss => "loss".into(),
-            Phase::FcBwd(j) => format!("bwd fc{}", 6 + j),
-            Phase::FeatureBwd(i) => format!("bwd {}", self.names[i]),
-        }
-    }
-
     /// Seed of the dropout mask after hidden FC layer `layer` (0 or 1).
     pub fn dropout_seed(&self, layer: u64) -> u64 {
         self.seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(layer + 1)
@@ -476,95 +367,6 @@ impl Vgg {
         Ok(&self.buf.logits)
     }
 
-    /// Forward with dropout, the loss (scaled by the current loss scale) and the backward
-    /// pass: every parameter's `g` holds the scaled gradient afterwards (NaN in the last layer,
-    /// at least, where a label was outside `0..classes`; see [`Vgg::train_step`]). Nothing is
-    /// read back (but the activations under [`Vgg::keep_trace`]).
-    pub fn compute_grads(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, step: u64) -> Result<()> {
-        self.compute_grads_src(images, labels, Src::Host(step))
-    }
-
-    fn compute_grads_src(&mut self, images: &Tensor<u8>, labels: &Tensor<i32>, src: Src) -> Result<()> {
-        self.forward_src(images, true, src)?;
-        if self.tracing {
-            self.trace = Some(self.snapshot()?);
-        }
-        self.enter(Phase::Loss)?;
-        let dz = Some(&mut self.buf.dlogits);
-        if self.scaler.is_queued() {
-            ops::softmax_xent_device_scale(&self.buf.logits, labels, dz, &self.scaler, &mut self.xent)?;
-        } else {
-            ops::softmax_xent(&self.buf.logits, labels, dz, self.scaler.scale(), &mut self.xent)?;
-        }
-        self.backward(src)
-    }
-
-    fn backward(&mut self, src: Src) -> Result<()> {
-        let drop = self.cfg.dropout > 0.0;
-        let pd = self.cfg.dropout;
-        let fc = self.params.len() - 6;
-        let (seed0, seed1) = (self.dropout_seed(0), self.dropout_seed(1));
-        // classifier.6, then hidden layer 1's dropout and ReLU backward.
-        let t = self.enter(Phase::FcBwd(2))?;
-        let x3 = self.buf.d2.as_ref().filter(|_| drop).unwrap_or(&self.buf.h2);
-        linear_bwd(x3, &self.buf.dlogits, two(&mut self.params, fc + 4), &mut self.buf.g_x3, &mut self.buf.ws[t])?;
-        let key = drop_key(&self.vars, seed1, 1, src);
-        hidden_bwd(&self.buf.g_x3, self.buf.g_h2.as_mut(), &self.buf.h2, &mut self.buf.g_z2, key, pd)?;
-        // classifier.3, then hidden layer 0's.
-        let t = self.enter(Phase::FcBwd(1))?;
-        let x2 = self.buf.d1.as_ref().filter(|_| drop).unwrap_or(&self.buf.h1);
-        linear_bwd(x2, &self.buf.g_z2, two(&mut self.params, fc + 2), &mut self.buf.g_x2, &mut self.buf.ws[t])?;
-        let key = drop_key(&self.vars, seed0, 0, src);
-        hidden_bwd(&self.buf.g_x2, self.buf.g_h1.as_mut(), &self.buf.h1, &mut self.buf.g_z1, key, pd)?;
-        // classifier.0, its data gradient into the last feature map's gradient.
-        let t = self.enter(Phase::FcBwd(0))?;
-        let last = self.buf.acts.len() - 1;
-        let dx = &mut self.buf.dacts[last];
-        linear_bwd(&self.buf.acts[last], &self.buf.g_z1, two(&mut self.params, fc), dx, &mut self.buf.ws[t])?;
-        for i in (0..self.ops.len()).rev() {
-            let t = self.enter(Phase::FeatureBwd(i))?;
-            let ws = &mut self.buf.ws[t];
-            let p = &mut self.params;
-            let (dprev, dcur) = self.buf.dacts.split_at_mut(i);
-            let dy = &dcur[0];
-            let y = &self.buf.acts[i];
-            let x = if i == 0 { &self.buf.x } else { &self.buf.acts[i - 1] };
-            // The gradient masked by the ReLU at this layer's output: dy itself where it arrives
-            // masked.
-            let dz = match &mut self.buf.dpre[i] {
-                Some(t) => {
-                    ops::relu_bwd(y, dy, t)?;
-                    &*t
-                }
-                None => dy,
-            };
-            match &self.ops[i] {
-                Op::Conv3(conv) => {
-                    let j = self.param_of[i].expect("conv has parameters");
-                    let (w, b) = two(p, j);
-                    conv.wgrad(x, dz, &mut w.g, Some(&mut b.g), ws)?;
-                    if i > 0 {
-                        conv.dgrad(dz, &w.h, Some(x), &mut dprev[i - 1], ws)?;
-                    }
-                }
-                Op::Conv1 => {
-                    let j = self.param_of[i].expect("conv has parameters");
-                    let (w, b) = two(p, j);
-                    ops::conv1x1_wgrad(x, dz, &mut w.g, Some(&mut b.g), Some(&mut *ws))?;
-                    if i > 0 {
-                        ops::conv1x1_dgrad(dz, &w.h, &mut dprev[i - 1], Some(ws))?;
-                    }
-                }
-                Op::Lrn => ops::lrn_bwd(x, dy, &mut dprev[i - 1], &LrnParams::ALEXNET)?,
-                Op::Pool => {
-                    let arg = self.buf.args[i].as_ref().expect("pool argmaxes");
-                    ops::maxpool2x2_bwd_arg(arg, dz, &mut dprev[i - 1])?
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Floating-point operations of one training step (forward + both backward passes,
     /// 3x the forward's 2 MACs per image; the first layer's unneeded data gradient excluded).
     pub fn train_flops(&self) -> f64 {
@@ -572,42 +374,4 @@ impl Vgg {
         let first_dgrad = (first.h * first.w * first.c_out * 9 * first.c_in) as f64;
         2.0 * self.batch as f64 * (3.0 * self.cfg.forward_macs() as f64 - first_dgrad)
     }
-}
-
-/// Two consecutive parameters (weight, bias) mutably.
-fn two(p: &mut [Param], j: usize) -> (&mut Param, &mut Param) {
-    let (a, b) = p.split_at_mut(j + 1);
-    (&mut a[j], &mut b[0])
-}
-
-/// A linear layer's weight (and bias) gradient into `g`, and its data gradient into `dx`.
-fn linear_bwd(
-    x: &Tensor<f16>,
-    dy: &Tensor<f16>,
-    (w, b): (&mut Param, &mut Param),
-    dx: &mut Tensor<f16>,
-    ws: &mut Tensor<u8>,
-) -> Result<()> {
-    ops::linear_bwd_weight(x, dy, &mut w.g, Some(&mut b.g), Some(&mut *ws))?;
-    ops::linear_bwd_data(dy, &w.h, dx, Some(ws))
-}
-
-/// A hidden FC layer's backward from the gradient `g_x` at its (dropout's) output: dropout
-/// backward into `g_h` when given, then ReLU backward against its output `h` into `g_z`.
-fn hidden_bwd(
-    g_x: &Tensor<f16>,
-    g_h: Option<&mut Tensor<f16>>,
-    h: &Tensor<f16>,
-    g_z: &mut Tensor<f16>,
-    key: DropoutKey<'_>,
-    p: f32,
-) -> Result<()> {
-    let g = match g_h {
-        Some(g) => {
-            ops::dropout(g_x, g, key, p)?;
-            &*g
-        }
-        None => g_x,
-    };
-    ops::relu_bwd(h, g, g_z)
 }

@@ -2,8 +2,12 @@
 //! and wgmma tiles, split-K reduced in the workspace), the simple twin, and the bias gradient's
 //! column sums.
 
-// The parent's plan types and helpers are this file's vocabulary.
+// The parent's plan types and helpers are this file's vocabulary (Plan too, which the parent imports).
+use super::plan::BK;
 use super::*;
+
+/// Threads of the element-wise launches (split-K reduce, bias gradient).
+const THREADS: u32 = 256;
 
 const fn k(module: &'static str, name: &'static str) -> Kernel {
     Kernel { module, name }
