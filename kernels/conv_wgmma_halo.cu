@@ -1,6 +1,7 @@
 // conv_wgmma_halo.cu: the 3x3 convolution (stride 1, pad 1) as an implicit GEMM on wgmma whose
 // input is copied to shared memory once for all 9 taps (conv_wgmma.cu copies it once a tap):
 //   igemm3x3_wgmma_halo_n{64,128}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
+//   igemm3x3_wgmma_halo512_n64_f16       the same with items of 512 positions x 64 channels
 // Same arguments, passes and epilogues as conv_wgmma.cu (fprop: bias + ReLU; dgrad: wt rotated
 // by conv_rot180_f16, mask), fp16 in, fp32 accumulation, exact products.
 //
@@ -18,7 +19,10 @@
 // them) are computed and dropped.
 //
 // Work item: 256 consecutive positions x N output channels (4 warpgroups of m64nNk16 over 64
-// positions each, N / 2 fp32 accumulators a thread). Blocks are persistent (one an SM, the
+// positions each, N / 2 fp32 accumulators a thread); or 512 x 64 (halo512: each warpgroup two
+// m64n64k16 blocks of 64 positions, the same 64 accumulators a thread as 256 x 128), which reads
+// half the filter bytes a flop and more halo bytes: filters are 3/4 of the 256 x 128 tile's L2
+// traffic on VGG's layers (bench/NOTES.md), so ~20% fewer bytes where the halo fits. Blocks are persistent (one an SM, the
 // launcher's grid), taking items blockIdx.x, + gridDim.x, ... (output-channel blocks vary
 // fastest, so the blocks running together read the same positions).
 // Halo steps: per item and 64 input channels, the item's positions and one padded row and one
@@ -37,29 +41,34 @@
 #include "conv_wgmma.cuh"
 
 namespace ch {
-constexpr int kPos = 256;      // positions an item (GEMM M)
 constexpr int kC = 64;         // input channels a halo step
 constexpr int kThreads = 512;  // 4 warpgroups
 constexpr int kBBufs = 4;
-constexpr int kMaxJ = 12;  // halo pieces a thread: halo_pos(w) <= 64 kMaxJ (the launcher checks)
-// Positions of a halo step for width w (a multiple of 8).
-__host__ __device__ constexpr int halo_pos(int w) { return (kPos + 2 * (w + 2) + 2 + 7) / 8 * 8; }
+constexpr int kMaxJ = 12;  // halo pieces a thread: halo_pos(w, pos) <= 64 kMaxJ (the launcher checks)
+// Positions of a halo step for width w and items of `pos` positions (a multiple of 8).
+__host__ __device__ constexpr int halo_pos(int w, int pos) { return (pos + 2 * (w + 2) + 2 + 7) / 8 * 8; }
 // Dynamic shared memory: 4 B buffers of out x 64 channels, 2 halo buffers.
-__host__ __device__ constexpr int smem_bytes(int out, int w) { return kBBufs * out * kC * 2 + 2 * halo_pos(w) * kC * 2; }
-// VGG's widest layer (224, N 64) fits the 227 KB an sm_90 block may have.
-static_assert(smem_bytes(64, 224) == 215040 && halo_pos(224) <= 64 * kMaxJ, "src/ops/conv/wgmma.rs");
+__host__ __device__ constexpr int smem_bytes(int out, int w, int pos) {
+    return kBBufs * out * kC * 2 + 2 * halo_pos(w, pos) * kC * 2;
+}
+// VGG's widest layer (224, N 64) fits the 227 KB an sm_90 block may have; halo512 VGG's 112 (the
+// launcher allows it up to 125 wide, where a thread's 12 halo pieces end).
+static_assert(smem_bytes(64, 224, 256) == 215040 && halo_pos(224, 256) <= 64 * kMaxJ, "src/ops/conv/wgmma.rs");
+static_assert(smem_bytes(64, 112, 512) == 223232 && halo_pos(112, 512) <= 64 * kMaxJ, "src/ops/conv/wgmma.rs");
 }  // namespace ch
 
-template <int kOut>
+// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512).
+template <int kOut, int kMWg>
 __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const __half* __restrict__ wt,
                                            const __half* __restrict__ bias, const __half* __restrict__ mask,
                                            __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
     using namespace ch;
-    static_assert(kOut == 64 || kOut == 128, "N x 4 warpgroups of accumulators fit 128 registers a thread");
+    static_assert(kOut * kMWg == 64 || kOut * kMWg == 128, "4 warpgroups' accumulators fit 128 registers a thread");
+    constexpr int kPos = 256 * kMWg;  // positions an item (GEMM M)
     constexpr int kBBytes = kOut * kC * 2, kBPieces = kOut / 64;
     VGG_DYN_SHARED(unsigned char, smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    const int wp = w + 2, rows = h + 1, npos = halo_pos(w), hbytes = npos * kC * 2;
+    const int wp = w + 2, rows = h + 1, npos = halo_pos(w, kPos), hbytes = npos * kC * 2;
     const int oblocks = (cout + kOut - 1) / kOut;
     const int items = ((n * rows - 1) * wp + kPos - 1) / kPos * oblocks;
     const int csteps = (cin + kC - 1) / kC;
@@ -105,19 +114,36 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         }
     };
 
-    // Descriptors: this warpgroup's A in halo buffer 0 at tap (-1, -1), B buffer 0.
-    const unsigned long long da0 = wgmma_desc(halo + wg * 64 * 16, npos * 16, 128);
+    // Descriptors: this warpgroup's A (its first m64 block; block b is 64 positions, 64 units,
+    // on) in halo buffer 0 at tap (-1, -1), B buffer 0.
+    const unsigned long long da0 = wgmma_desc(halo + wg * kMWg * 64 * 16, npos * 16, 128);
     const unsigned long long db0 = wgmma_desc(smem, 128, 1024);
     const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 
-    float acc[kOut / 2];
+    float acc[kMWg][kOut / 2];
 #pragma unroll
-    for (int i = 0; i < kOut / 2; ++i) acc[i] = 0.f;
+    for (int b = 0; b < kMWg; ++b)
+#pragma unroll
+        for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;  // the stage wgmma_ring_loop runs
     wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned long long da = da0 + (k & 1) * (hbytes >> 4) + tap / 3 * wp + tap % 3;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
-        wgmma_stage<kOut, false, false, kC / 16>(acc, da, db, 2 * npos, 16);
+        if constexpr (kMWg == 1) {
+            wgmma_stage<kOut, false, false, kC / 16>(acc[0], da, db, 2 * npos, 16);
+        } else {  // wgmma_stage's order, both blocks' wgmma's in the stage's one group
+#pragma unroll
+            for (int b = 0; b < kMWg; ++b) wgmma_fence_acc(acc[b]);
+            wgmma_fence();
+#pragma unroll
+            for (int k16 = 0; k16 < kC / 16; ++k16)
+#pragma unroll
+                for (int b = 0; b < kMWg; ++b) wgmma_ss<kOut>(acc[b], da + 64 * b + 2 * npos * k16, db + 16 * k16, 1);
+            wgmma_commit();
+            wgmma_wait<1>();
+#pragma unroll
+            for (int b = 0; b < kMWg; ++b) wgmma_fence_acc(acc[b]);
+        }
         if (++tap < 9) return;
         tap = 0, ++k;
         if (++cstep < csteps) return;
@@ -125,16 +151,21 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         // The item's last stage: its accumulators out (rows 64 wg + 16 (warp % 4) + g (+ 8)),
         // then zeros for the next item.
         wgmma_wait<0>();
-        wgmma_fence_acc(acc);
         const int o0 = item % oblocks * kOut, pos0 = wp + item / oblocks * kPos;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            int pix;
-            if (conv_halo_pixel(pos0 + wgmma_acc_row(half), wp, h, w, n, pix))
-                conv_wgmma_store_row<kOut>(acc, half, pix, o0, t, bias, mask, y, cout, relu);
-        }
+        for (int b = 0; b < kMWg; ++b) {
+            wgmma_fence_acc(acc[b]);
+            // Row r of warpgroup wg's 64 (wgmma_acc_row's, less the warpgroup) in its block b.
+            const int row0 = (wg * kMWg + b) * 64 + wgmma_acc_row(0) - 64 * wg;
 #pragma unroll
-        for (int i = 0; i < kOut / 2; ++i) acc[i] = 0.f;
+            for (int half = 0; half < 2; ++half) {
+                int pix;
+                if (conv_halo_pixel(pos0 + row0 + 8 * half, wp, h, w, n, pix))
+                    conv_wgmma_store_row<kOut>(acc[b], half, pix, o0, t, bias, mask, y, cout, relu);
+            }
+#pragma unroll
+            for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
+        }
         item += gridDim.x;
     });
 }
@@ -143,12 +174,19 @@ extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
     igemm3x3_wgmma_halo_n64_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
                                 const __half* __restrict__ bias, const __half* __restrict__ mask,
                                 __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
-    igemm_halo<64>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
+    igemm_halo<64, 1>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
 }
 
 extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
     igemm3x3_wgmma_halo_n128_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
                                  const __half* __restrict__ bias, const __half* __restrict__ mask,
                                  __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
-    igemm_halo<128>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
+    igemm_halo<128, 1>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
+    igemm3x3_wgmma_halo512_n64_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
+                                   const __half* __restrict__ bias, const __half* __restrict__ mask,
+                                   __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
+    igemm_halo<64, 2>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
 }

@@ -88,6 +88,14 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --json "$RAW/bench-conv-wgmma.json"
 fi
+# The tall halo tile (512 positions x 64 channels: half the filter bytes a flop of 256 x 128,
+# more halo bytes) for fprop and dgrad where it fits (widths up to 125: conv2_1 on), beside
+# bench-conv-wgmma's 256 x N tile: bench/NOTES.md, "The tall halo tile".
+if "$VGG" bench conv --help 2>/dev/null | grep -q tall; then
+  step bench-conv-wgmma-tall 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tall --json "$RAW/bench-conv-wgmma-tall.json"
+fi
 # The wgmma kernels on their flat tiles (each input pixel copied once a tap) beside
 # bench-conv-wgmma's halo kernels (once for all 9 taps, or for a filter row's 3 in wgrad):
 # bench/NOTES.md, "The wgmma halo tile".
@@ -225,7 +233,7 @@ fi
 # Issue 4's headline from the conv files above, outside the budget (it only reads them): per
 # layer and pass, our fastest variant whose output agreed against cuDNN, and the totals.
 echo "=== conv-vs-cudnn" | tee -a "$LOG"
-python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.json" \
+python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.json" "$RAW/bench-conv-wgmma-tall.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

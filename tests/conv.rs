@@ -256,6 +256,29 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
     }
 }
 
+/// The tall halo tile (512 positions x 64 channels, [`WinoTiling::Tall`]) for fprop and dgrad
+/// wherever it fits (widths up to 125: 12 copy pieces a thread), the 256 x N one past that edge;
+/// exact on integers at each edge, with several items a block (3 emulated SMs) and two channel
+/// steps (72 channels), and the wgrad keeps its halo kernel.
+#[test]
+fn wgmma_tall_halo_tile_where_it_fits_exact_at_its_edges() {
+    let dev = Device::emu();
+    for (p, fprop, dgrad) in [
+        (ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
+        (ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
+        (ConvProblem::new(1, 2, 126, 8, 136), "wgmma/halo256x128", "wgmma/halo256x64"),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::Tall);
+        assert_eq!((conv.label(ConvPass::Fprop).as_str(), conv.label(ConvPass::Dgrad).as_str()), (fprop, dgrad), "{p}");
+        assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
+        let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tall), &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+    }
+}
+
 fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {
     match r {
         Err(Error::Shape(m)) => assert!(m.contains(needle), "error `{m}` does not mention `{needle}`"),

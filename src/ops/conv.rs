@@ -181,6 +181,10 @@ pub enum WinoTiling {
     /// 2^31 or more halves (H W max(Cp, K), Cp the channels fprop reads) run Flat whatever is
     /// asked.
     Region,
+    /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: the halo tile of 512 positions x 64 channels
+    /// where it fits (widths up to 125), half the filter bytes a flop of the 256 x 128 one (for
+    /// more halo bytes); elsewhere as [`WinoTiling::Auto`].
+    Tall,
 }
 
 /// One of the three passes of a convolution.
@@ -391,8 +395,8 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Flat => 0,
             WinoTiling::Region => rw,
-            WinoTiling::Auto if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
-            WinoTiling::Auto => 0,
+            WinoTiling::Auto | WinoTiling::Tall if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
+            WinoTiling::Auto | WinoTiling::Tall => 0,
         }
     }
 

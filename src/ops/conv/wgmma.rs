@@ -12,27 +12,30 @@ const WGMMA_N128: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n128_f16");
 const WGMMA_N256: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n256_f16");
 const HALO_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n64_f16");
 const HALO_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n128_f16");
+const HALO512_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo512_n64_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
 const PIX: usize = 128;
 /// Halo tile: 256 positions of the padded image x N channels (64 or 128) an item, 512 threads (4
-/// warpgroups), persistent blocks (kernels/conv_wgmma_halo.cu).
+/// warpgroups), persistent blocks (kernels/conv_wgmma_halo.cu); [`WinoTiling::Tall`]'s: 512 x 64.
 const HALO_POS: usize = 256;
+const HALO512_POS: usize = 512;
 /// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w) <= 64 of them.
 const HALO_MAX_PIECES: usize = 12;
 
-/// Positions a halo step holds for width `w`: the item's 256, a padded row (w + 2) and one
-/// position on each side, rounded up to 8 (kernels/conv_wgmma_halo.cu's halo_pos).
-fn halo_pos(w: usize) -> usize {
-    (HALO_POS + 2 * (w + 2) + 2).next_multiple_of(8)
+/// Positions a halo step holds for width `w` and items of `pos` positions: the item's, a padded
+/// row (w + 2) and one position on each side, rounded up to 8 (kernels/conv_wgmma_halo.cu's
+/// halo_pos).
+fn halo_pos(w: usize, pos: usize) -> usize {
+    (pos + 2 * (w + 2) + 2).next_multiple_of(8)
 }
 
-/// One fprop or dgrad launch's kernel, whether it is the halo one, its output channels a tile
-/// (GEMM N) and its dynamic shared bytes.
+/// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
+/// its output channels a tile (GEMM N) and its dynamic shared bytes.
 pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
-    halo: bool,
+    pos: usize,
     n: usize,
     pub(super) shared: usize,
 }
@@ -51,43 +54,50 @@ fn flat_tile(cout: usize) -> WgmmaTile {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    WgmmaTile { kernel, halo: false, n, shared: 4 * (PIX + n) * 64 * 2 }
+    WgmmaTile { kernel, pos: 0, n, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
 /// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with an
 /// item's and a halo's margins past the last.
 fn halo_positions_fit(p: &ConvProblem) -> bool {
     let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2);
-    positions.saturating_add(2 * HALO_POS + 2 * p.w) <= i32::MAX as usize
+    positions.saturating_add(2 * HALO512_POS + 2 * p.w) <= i32::MAX as usize
 }
 
 /// The halo tile for `cout` channels of `p`'s image, if it fits: N = 64 for at most 64
-/// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers); 4 B
-/// buffers and 2 halo buffers within 227 KB (widths up to 193 at N 128), at most 12 halo pieces
-/// a thread (widths up to 253), and the padded positions within 32-bit indices.
-fn halo_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
-    let tn = if cout <= 64 { 64 } else { 128 };
-    let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w) * 64 * 2;
-    let fits = halo_pos(p.w) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p);
-    let kernel = if tn == 64 { &HALO_N64 } else { &HALO_N128 };
-    fits.then_some(WgmmaTile { kernel, halo: true, n: tn, shared })
+/// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers), or with
+/// `tall` 512 positions x 64 channels whatever `cout`; 4 B buffers and 2 halo buffers within
+/// 227 KB (widths up to 193 at N 128, 129 for the tall tile), at most 12 halo pieces a thread
+/// (widths up to 253, 125 for the tall tile), and the padded positions within 32-bit indices.
+fn halo_tile(p: &ConvProblem, cout: usize, tall: bool) -> Option<WgmmaTile> {
+    let (pos, tn, kernel) = match (tall, cout <= 64) {
+        (true, _) => (HALO512_POS, 64, &HALO512_N64),
+        (false, true) => (HALO_POS, 64, &HALO_N64),
+        (false, false) => (HALO_POS, 128, &HALO_N128),
+    };
+    let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w, pos) * 64 * 2;
+    let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p);
+    fits.then_some(WgmmaTile { kernel, pos, n: tn, shared })
 }
 
 impl Conv3x3 {
-    /// The tile `pass` (fprop or dgrad) runs: the halo tile unless the plan's tiling is
-    /// [`WinoTiling::Flat`] or the halo tile does not fit the shape, else the flat one.
+    /// The tile `pass` (fprop or dgrad) runs: under [`WinoTiling::Tall`] the 512 x 64 halo tile
+    /// where it fits; else the 256 x N halo tile unless the plan's tiling is
+    /// [`WinoTiling::Flat`] or it does not fit the shape; else the flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
-        let halo = if self.tiling == WinoTiling::Flat { None } else { halo_tile(p, cout) };
+        let tall = if self.tiling == WinoTiling::Tall { halo_tile(p, cout, true) } else { None };
+        let halo = tall.or_else(|| if self.tiling == WinoTiling::Flat { None } else { halo_tile(p, cout, false) });
         halo.unwrap_or_else(|| flat_tile(cout))
     }
 
-    /// `wgmma/halo256xN` or `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
+    /// `wgmma/halo256xN`, `wgmma/halo512x64` or `wgmma/128xN`: the tile `pass` (fprop or dgrad)
+    /// runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
-            WgmmaTile { halo: true, n, .. } => format!("wgmma/halo{HALO_POS}x{n}"),
-            WgmmaTile { n, .. } => format!("wgmma/{PIX}x{n}"),
+            WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
+            WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
         }
     }
 
@@ -154,9 +164,9 @@ impl Conv3x3 {
         self.need_wgmma(dev)?;
         let (cin, cout) = if pass == ConvPass::Dgrad { (p.k, p.c) } else { (p.c, p.k) };
         let tile = self.wgmma_tile(pass);
-        let cfg = if tile.halo {
+        let cfg = if tile.pos > 0 {
             // Persistent: one block an SM, each taking every gridDim-th item.
-            let items = self.halo_positions().div_ceil(HALO_POS) * cout.div_ceil(tile.n);
+            let items = self.halo_positions().div_ceil(tile.pos) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             LaunchConfig { grid: (grid, 1, 1), block: (512, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
