@@ -32,6 +32,8 @@ pub enum WinoVariant {
     Wgmma,
     /// [`ConvAlgo::Wgmma`]'s flat kernels ([`WinoTiling::Flat`]).
     WgmmaFlat,
+    /// [`ConvAlgo::Wgmma`]'s 512 x 64 halo tile ([`WinoTiling::Tall`]; fprop, dgrad).
+    WgmmaTall,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -41,7 +43,7 @@ impl WinoVariant {
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
-    /// `winograd4x4`, `wgmma`, `wgmma/flat` or `igemm`.
+    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -49,6 +51,7 @@ impl WinoVariant {
             WinoVariant::F4 => "winograd4x4",
             WinoVariant::Wgmma => "wgmma",
             WinoVariant::WgmmaFlat => "wgmma/flat",
+            WinoVariant::WgmmaTall => "wgmma/tall",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -59,6 +62,7 @@ impl WinoVariant {
         match self {
             WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
             WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
+            WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
             _ => None,
         }
     }
@@ -67,7 +71,7 @@ impl WinoVariant {
         match self {
             WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
             WinoVariant::F4 => ConvAlgo::Winograd4x4,
-            WinoVariant::Wgmma | WinoVariant::WgmmaFlat => ConvAlgo::Wgmma,
+            WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
@@ -127,8 +131,8 @@ pub fn reps(dev: &Device) -> usize {
 
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
-/// and the plan allows it (its flat kernel too, where the halo one runs instead). Empty: the pass
-/// is not tuned.
+/// and the plan allows it (its flat kernel too, where the halo one runs instead, and for fprop
+/// and dgrad its tall halo tile where that fits). Empty: the pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -140,6 +144,10 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         let flat = WinoVariant::WgmmaFlat.apply(base, pass);
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
+        }
+        let tall = WinoVariant::WgmmaTall.apply(base, pass);
+        if pass != ConvPass::Wgrad && tall.is_ok_and(|t| t.label(pass).starts_with("wgmma/halo512")) {
+            v.push(WinoVariant::WgmmaTall);
         }
     }
     if v.len() < 2 {
@@ -299,9 +307,12 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
         }
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
-    // One tiling a plan: the passes that need one must need the same.
-    let one_tiling = |vs: [Option<WinoVariant>; 3]| {
-        let mut t = vs.into_iter().flatten().filter_map(WinoVariant::tiling);
+    // One tiling a plan: the passes that need one must need the same, except that the halo
+    // wgrad runs under Tall as under Region (Tall changes only the fprop and dgrad tiles).
+    let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
+        let tall = [f, d].contains(&Some(WinoVariant::WgmmaTall));
+        let g = if tall && g == Some(WinoVariant::Wgmma) { None } else { g };
+        let mut t = [f, d, g].into_iter().flatten().filter_map(WinoVariant::tiling);
         t.next().is_none_or(|first| t.all(|x| x == first))
     };
     for f in pick(0) {
@@ -319,9 +330,11 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     }
     let chosen = best.map_or([None; 3], |(_, c)| c);
     let mut conv = base;
-    for (pass, v) in PASSES.into_iter().zip(chosen) {
-        if let Some(v) = v {
-            conv = v.apply(conv, pass)?;
+    // The wgrad first: a halo wgrad beside tall fprop / dgrad tiles sets Region, which theirs
+    // then replaces.
+    for i in [2, 0, 1] {
+        if let Some(v) = chosen[i] {
+            conv = v.apply(conv, PASSES[i])?;
         }
     }
     Ok(Tuned { conv, timings, chosen })
