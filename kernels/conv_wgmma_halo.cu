@@ -2,6 +2,7 @@
 // input is copied to shared memory once for all 9 taps (conv_wgmma.cu copies it once a tap):
 //   igemm3x3_wgmma_halo_n{64,128}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
 //   igemm3x3_wgmma_halo512_n64_f16       the same with items of 512 positions x 64 channels
+//   igemm3x3_wgmma_halo_sw_n{64,128}_f16 256 x N with both operands in the 128-byte swizzle
 // Same arguments, passes and epilogues as conv_wgmma.cu (fprop: bias + ReLU; dgrad: wt rotated
 // by conv_rot180_f16, mask), fp16 in, fp32 accumulation, exact products.
 //
@@ -38,6 +39,11 @@
 // them; the next item's copies are already under way.
 // The ring, its barrier and wait rules are wgmma_ring_loop's (wgmma.cuh). Shared memory: 4 B
 // buffers then 2 halo buffers (the launcher: src/ops/conv/wgmma.rs).
+// Swizzled (kSw): the same bytes in wgmma.cuh's 128-byte swizzle instead of unswizzled core
+// matrices: a position (or B row) is 128 contiguous bytes, its 16-byte chunks permuted by the
+// address, so a tap shift is 128 bytes and a k16 step 32; the copies are the same, only their
+// shared destinations move. Why: the swizzle is the layout CUTLASS's Hopper kernels give wgmma,
+// meant to read operands without bank conflicts (bench/NOTES.md: "Two more leads").
 #include "conv_wgmma.cuh"
 
 namespace ch {
@@ -57,8 +63,8 @@ static_assert(smem_bytes(64, 224, 256) == 215040 && halo_pos(224, 256) <= 64 * k
 static_assert(smem_bytes(64, 112, 512) == 223232 && halo_pos(112, 512) <= 64 * kMaxJ, "src/ops/conv/wgmma.rs");
 }  // namespace ch
 
-// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512).
-template <int kOut, int kMWg>
+// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512); kSw: the 128-byte swizzle.
+template <int kOut, int kMWg, bool kSw = false>
 __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const __half* __restrict__ wt,
                                            const __half* __restrict__ bias, const __half* __restrict__ mask,
                                            __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
@@ -83,14 +89,15 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
     auto load_halo = [&](int k) {  // halo step k: item blockIdx.x + (k / csteps) gridDim.x
         const int item = (int)blockIdx.x + k / csteps * (int)gridDim.x, c = k % csteps * kC + 8 * chunk;
         const int first = wp + item / oblocks * kPos - wp - 1;  // the halo's position 0
-        unsigned char* const dst = halo + (k & 1) * hbytes + chunk * npos * 16 + q0 * 16;
+        unsigned char* const buf = halo + (k & 1) * hbytes;
 #pragma unroll
         for (int j = 0; j < kMaxJ; ++j) {
             const int q = q0 + 64 * j;
             if (q >= npos) break;
             int pix;
             const bool ok = c < cin && conv_halo_pixel(first + q, wp, h, w, n, pix);
-            cp_async_16(dst + 1024 * j, ok ? x + pix * cin + c : x, ok);
+            unsigned char* const dst = kSw ? wgmma_sw128(buf + q * 128 + chunk * 16) : buf + chunk * npos * 16 + q * 16;
+            cp_async_16(dst, ok ? x + pix * cin + c : x, ok);
         }
     };
     // The B stage to load next: its tap, halo step, channel offset, item and output channel 0.
@@ -100,13 +107,14 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         if (s >= stages) return;
         if (s == 0) load_halo(0);
         if (ld_tap == 3 && ld_k + 1 < hsteps) load_halo(ld_k + 1);
-        unsigned char* const buf = smem + (s % kBBufs) * kBBytes + conv_wgmma_off(row0, chunk);
+        unsigned char* const buf = smem + (s % kBBufs) * kBBytes;
         const int c = ld_c0 + 8 * chunk;
 #pragma unroll
         for (int j = 0; j < kBPieces; ++j) {
-            const int o = ld_o0 + row0 + 64 * j;
+            const int row = row0 + 64 * j, o = ld_o0 + row;
             const bool ok = c < cin && o < cout;
-            cp_async_16(buf + 8192 * j, ok ? wt + (o * 9 + ld_tap) * cin + c : wt, ok);
+            unsigned char* const dst = kSw ? wgmma_sw128(buf + row * 128 + chunk * 16) : buf + conv_wgmma_off(row, chunk);
+            cp_async_16(dst, ok ? wt + (o * 9 + ld_tap) * cin + c : wt, ok);
         }
         if (++ld_tap == 9) {
             ld_tap = 0, ++ld_k, ld_c0 += kC;
@@ -114,10 +122,14 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         }
     };
 
-    // Descriptors: this warpgroup's A (its first m64 block; block b is 64 positions, 64 units,
-    // on) in halo buffer 0 at tap (-1, -1), B buffer 0.
-    const unsigned long long da0 = wgmma_desc(halo + wg * kMWg * 64 * 16, npos * 16, 128);
-    const unsigned long long db0 = wgmma_desc(smem, 128, 1024);
+    // Descriptors: this warpgroup's A (its first m64 block; block b is 64 positions on) in halo
+    // buffer 0 at tap (-1, -1), B buffer 0. In 16-byte units: a position is kPosU on, a k16
+    // step kAStep (A) or kBStep (B).
+    constexpr int kPosU = kSw ? 8 : 1, kBStep = kSw ? 2 : 16;
+    const int kAStep = kSw ? 2 : 2 * npos;
+    const unsigned long long da0 = kSw ? wgmma_desc_sw128(halo + wg * kMWg * 64 * 128, 1024)
+                                       : wgmma_desc(halo + wg * kMWg * 64 * 16, npos * 16, 128);
+    const unsigned long long db0 = kSw ? wgmma_desc_sw128(smem, 1024) : wgmma_desc(smem, 128, 1024);
     const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
 
     float acc[kMWg][kOut / 2];
@@ -127,10 +139,10 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;  // the stage wgmma_ring_loop runs
     wgmma_ring_loop(stages, load, [&](int s) {
-        const unsigned long long da = da0 + (k & 1) * (hbytes >> 4) + tap / 3 * wp + tap % 3;
+        const unsigned long long da = da0 + (k & 1) * (hbytes >> 4) + (tap / 3 * wp + tap % 3) * kPosU;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
         if constexpr (kMWg == 1) {
-            wgmma_stage<kOut, false, false, kC / 16>(acc[0], da, db, 2 * npos, 16);
+            wgmma_stage<kOut, false, false, kC / 16>(acc[0], da, db, kAStep, kBStep);
         } else {  // wgmma_stage's order, both blocks' wgmma's in the stage's one group
 #pragma unroll
             for (int b = 0; b < kMWg; ++b) wgmma_fence_acc(acc[b]);
@@ -138,7 +150,8 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
 #pragma unroll
             for (int k16 = 0; k16 < kC / 16; ++k16)
 #pragma unroll
-                for (int b = 0; b < kMWg; ++b) wgmma_ss<kOut>(acc[b], da + 64 * b + 2 * npos * k16, db + 16 * k16, 1);
+                for (int b = 0; b < kMWg; ++b)
+                    wgmma_ss<kOut>(acc[b], da + 64 * kPosU * b + kAStep * k16, db + kBStep * k16, 1);
             wgmma_commit();
             wgmma_wait<1>();
 #pragma unroll
@@ -189,4 +202,18 @@ extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
                                    const __half* __restrict__ bias, const __half* __restrict__ mask,
                                    __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
     igemm_halo<64, 2>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
+    igemm3x3_wgmma_halo_sw_n64_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
+                                   const __half* __restrict__ bias, const __half* __restrict__ mask,
+                                   __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
+    igemm_halo<64, 1, true>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
+}
+
+extern "C" __global__ void __launch_bounds__(ch::kThreads, 1)
+    igemm3x3_wgmma_halo_sw_n128_f16(const __half* __restrict__ x, const __half* __restrict__ wt,
+                                    const __half* __restrict__ bias, const __half* __restrict__ mask,
+                                    __half* __restrict__ y, int n, int h, int w, int cin, int cout, int relu) {
+    igemm_halo<128, 1, true>(x, wt, bias, mask, y, n, h, w, cin, cout, relu);
 }

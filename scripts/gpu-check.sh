@@ -96,6 +96,13 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tall; then
     --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tall --json "$RAW/bench-conv-wgmma-tall.json"
 fi
+# The 256 x N halo tile with its operands in the 128-byte swizzle (bench/NOTES.md, "Two more
+# leads"): only meaningful if the selftest's `sw128` rows passed (else its rows disagree).
+if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
+  step bench-conv-wgmma-sw 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
+fi
 # The wgmma kernels on their flat tiles (each input pixel copied once a tap) beside
 # bench-conv-wgmma's halo kernels (once for all 9 taps, or for a filter row's 3 in wgrad):
 # bench/NOTES.md, "The wgmma halo tile".
@@ -234,6 +241,7 @@ fi
 # layer and pass, our fastest variant whose output agreed against cuDNN, and the totals.
 echo "=== conv-vs-cudnn" | tee -a "$LOG"
 python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.json" "$RAW/bench-conv-wgmma-tall.json" \
+  "$RAW/bench-conv-wgmma-sw.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

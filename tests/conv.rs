@@ -256,26 +256,35 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
     }
 }
 
-/// The tall halo tile (512 positions x 64 channels, [`WinoTiling::Tall`]) for fprop and dgrad
-/// wherever it fits (widths up to 125: 12 copy pieces a thread), the 256 x N one past that edge;
-/// exact on integers at each edge, with several items a block (3 emulated SMs) and two channel
-/// steps (72 channels), and the wgrad keeps its halo kernel.
+/// The other halo tiles for fprop and dgrad, exact on integers at their edges, with several items
+/// a block (3 emulated SMs) and two channel steps (72 channels): [`WinoTiling::Tall`], 512
+/// positions x 64 channels wherever it fits (widths up to 125: 12 copy pieces a thread), the
+/// 256 x N one past that edge, the wgrad keeping its halo kernel; [`WinoTiling::Swizzled`], the
+/// 256 x N tile in the 128-byte swizzle, with the plain one's edges (193 wide at 128 output
+/// channels a tile, 253 at 64).
 #[test]
-fn wgmma_tall_halo_tile_where_it_fits_exact_at_its_edges() {
+fn wgmma_tall_and_swizzled_halo_tiles_exact_at_their_edges() {
     let dev = Device::emu();
-    for (p, fprop, dgrad) in [
-        (ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
-        (ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
-        (ConvProblem::new(1, 2, 126, 8, 136), "wgmma/halo256x128", "wgmma/halo256x64"),
+    let (tall, sw) = (WinoTiling::Tall, WinoTiling::Swizzled);
+    for (tiling, p, fprop, dgrad) in [
+        (tall, ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
+        (tall, ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
+        (tall, ConvProblem::new(1, 2, 126, 8, 136), "wgmma/halo256x128", "wgmma/halo256x64"),
+        (sw, ConvProblem::new(2, 3, 193, 72, 136), "wgmma/halo256x128/sw128", "wgmma/halo256x128/sw128"),
+        (sw, ConvProblem::new(1, 3, 253, 16, 64), "wgmma/halo256x64/sw128", "wgmma/halo256x64/sw128"),
+        (sw, ConvProblem::new(1, 2, 254, 8, 64), "wgmma/128x64", "wgmma/128x64"),
     ] {
-        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::Tall);
-        assert_eq!((conv.label(ConvPass::Fprop).as_str(), conv.label(ConvPass::Dgrad).as_str()), (fprop, dgrad), "{p}");
-        assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(tiling);
+        let labels = (conv.label(ConvPass::Fprop), conv.label(ConvPass::Dgrad));
+        assert_eq!((labels.0.as_str(), labels.1.as_str()), (fprop, dgrad), "{p} {tiling:?}");
+        if fprop.starts_with("wgmma/halo") {
+            assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        }
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let (want_y, want_dx) = exact_y_dx(&p, &data);
-        let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tall), &data);
-        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
-        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+        let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, tiling), &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p} {tiling:?}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p} {tiling:?}: dgrad not exact");
     }
 }
 

@@ -55,11 +55,12 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's three
-    // tiles (halo, flat, tall), wgrad under the mma.sync and the wgmma implicit GEMM (halo, flat).
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's four
+    // tiles (halo, flat, tall, swizzled halo), wgrad under the mma.sync and the wgmma implicit
+    // GEMM (halo, flat).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
-        .chain([WinoVariant::Wgmma, WinoVariant::WgmmaFlat, WinoVariant::WgmmaTall])
+        .chain([WinoVariant::Wgmma, WinoVariant::WgmmaFlat, WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
     assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
@@ -68,21 +69,22 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     assert!(t.timings.iter().all(|x| x.rel_l2 <= AGREEMENT), "{:?}", t.timings);
     // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
     // triples that do not mix a flat tiling (F(2x2) or wgmma) with a region one (F(2x2) region,
-    // wgmma's halo kernels) or a tall one (wgmma's tall fprop / dgrad, beside which the halo wgrad
-    // runs as under Region).
+    // wgmma's halo kernels) or a tall or swizzled one (wgmma's fprop / dgrad tiles, beside which
+    // the halo wgrad runs as under Region).
     let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
     let tiling = |v: WinoVariant| match v {
         WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
         WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
         WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
+        WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
     for &f in &fd {
         for &d in &fd {
             for g in wgrad {
-                let tall = [f, d].contains(&WinoVariant::WgmmaTall);
-                let g_tiling = if tall && g == WinoVariant::Wgmma { None } else { tiling(g) };
+                let only_fd = [f, d].iter().any(|v| [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled].contains(v));
+                let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
                 let ts: Vec<WinoTiling> = [tiling(f), tiling(d), g_tiling].into_iter().flatten().collect();
                 if ts.windows(2).any(|w| w[0] != w[1]) {
                     continue;
@@ -98,7 +100,9 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     assert_eq!(t.chosen, [Some(f), Some(d), Some(g)]);
     let algo = |v: WinoVariant| match v {
         WinoVariant::F4 => F4,
-        WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall => ConvAlgo::Wgmma,
+        WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled => {
+            ConvAlgo::Wgmma
+        }
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -115,6 +119,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaTall => {
                 assert!(t.conv.label(pass).starts_with("wgmma/halo512"), "{}", t.conv.label(pass))
             }
+            WinoVariant::WgmmaSwizzled => assert!(t.conv.label(pass).ends_with("/sw128"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }

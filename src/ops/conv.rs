@@ -185,6 +185,10 @@ pub enum WinoTiling {
     /// where it fits (widths up to 125), half the filter bytes a flop of the 256 x 128 one (for
     /// more halo bytes); elsewhere as [`WinoTiling::Auto`].
     Tall,
+    /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: the 256 x N halo tile with its operands in the
+    /// 128-byte swizzle (kernels/wgmma.cuh) instead of unswizzled core matrices; elsewhere as
+    /// [`WinoTiling::Auto`].
+    Swizzled,
 }
 
 /// One of the three passes of a convolution.
@@ -395,8 +399,8 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Flat => 0,
             WinoTiling::Region => rw,
-            WinoTiling::Auto | WinoTiling::Tall if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
-            WinoTiling::Auto | WinoTiling::Tall => 0,
+            WinoTiling::Auto | WinoTiling::Tall | WinoTiling::Swizzled if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
+            WinoTiling::Auto | WinoTiling::Tall | WinoTiling::Swizzled => 0,
         }
     }
 

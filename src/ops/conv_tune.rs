@@ -34,6 +34,9 @@ pub enum WinoVariant {
     WgmmaFlat,
     /// [`ConvAlgo::Wgmma`]'s 512 x 64 halo tile ([`WinoTiling::Tall`]; fprop, dgrad).
     WgmmaTall,
+    /// [`ConvAlgo::Wgmma`]'s halo tile in the 128-byte swizzle ([`WinoTiling::Swizzled`]; fprop,
+    /// dgrad).
+    WgmmaSwizzled,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -43,7 +46,7 @@ impl WinoVariant {
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
-    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall` or `igemm`.
+    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -52,6 +55,7 @@ impl WinoVariant {
             WinoVariant::Wgmma => "wgmma",
             WinoVariant::WgmmaFlat => "wgmma/flat",
             WinoVariant::WgmmaTall => "wgmma/tall",
+            WinoVariant::WgmmaSwizzled => "wgmma/sw128",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -63,15 +67,24 @@ impl WinoVariant {
             WinoVariant::F2Flat | WinoVariant::WgmmaFlat => Some(WinoTiling::Flat),
             WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
             WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
+            WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
             _ => None,
         }
+    }
+
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled), beside which the wgrad
+    /// runs its halo kernel as under Region.
+    fn fprop_dgrad_only(self) -> bool {
+        matches!(self, WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled)
     }
 
     fn algo(self) -> ConvAlgo {
         match self {
             WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
             WinoVariant::F4 => ConvAlgo::Winograd4x4,
-            WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall => ConvAlgo::Wgmma,
+            WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled => {
+                ConvAlgo::Wgmma
+            }
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
@@ -132,7 +145,7 @@ pub fn reps(dev: &Device) -> usize {
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
 /// and the plan allows it (its flat kernel too, where the halo one runs instead, and for fprop
-/// and dgrad its tall halo tile where that fits). Empty: the pass is not tuned.
+/// and dgrad its tall and swizzled halo tiles where they fit). Empty: the pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -145,9 +158,11 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        let tall = WinoVariant::WgmmaTall.apply(base, pass);
-        if pass != ConvPass::Wgrad && tall.is_ok_and(|t| t.label(pass).starts_with("wgmma/halo512")) {
-            v.push(WinoVariant::WgmmaTall);
+        for (variant, label) in [(WinoVariant::WgmmaTall, "wgmma/halo512"), (WinoVariant::WgmmaSwizzled, "/sw128")] {
+            let c = variant.apply(base, pass);
+            if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.label(pass).contains(label)) {
+                v.push(variant);
+            }
         }
     }
     if v.len() < 2 {
@@ -308,10 +323,11 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall as under Region (Tall changes only the fprop and dgrad tiles).
+    // wgrad runs under Tall and Swizzled as under Region (they change only the fprop and dgrad
+    // tiles).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
-        let tall = [f, d].contains(&Some(WinoVariant::WgmmaTall));
-        let g = if tall && g == Some(WinoVariant::Wgmma) { None } else { g };
+        let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
+        let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };
         let mut t = [f, d, g].into_iter().flatten().filter_map(WinoVariant::tiling);
         t.next().is_none_or(|first| t.all(|x| x == first))
     };
@@ -330,8 +346,8 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     }
     let chosen = best.map_or([None; 3], |(_, c)| c);
     let mut conv = base;
-    // The wgrad first: a halo wgrad beside tall fprop / dgrad tiles sets Region, which theirs
-    // then replaces.
+    // The wgrad first: a halo wgrad beside tall or swizzled fprop / dgrad tiles sets Region,
+    // which theirs then replaces.
     for i in [2, 0, 1] {
         if let Some(v) = chosen[i] {
             conv = v.apply(conv, PASSES[i])?;

@@ -13,6 +13,8 @@ const WGMMA_N256: Kernel = kern("conv_wgmma", "igemm3x3_wgmma_n256_f16");
 const HALO_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n64_f16");
 const HALO_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n128_f16");
 const HALO512_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo512_n64_f16");
+const HALO_SW_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n64_f16");
+const HALO_SW_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n128_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
@@ -32,11 +34,13 @@ fn halo_pos(w: usize, pos: usize) -> usize {
 }
 
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
-/// its output channels a tile (GEMM N) and its dynamic shared bytes.
+/// its output channels a tile (GEMM N), whether its operands are in the 128-byte swizzle, and its
+/// dynamic shared bytes.
 pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
     pos: usize,
     n: usize,
+    swizzled: bool,
     pub(super) shared: usize,
 }
 
@@ -54,7 +58,7 @@ fn flat_tile(cout: usize) -> WgmmaTile {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    WgmmaTile { kernel, pos: 0, n, shared: 4 * (PIX + n) * 64 * 2 }
+    WgmmaTile { kernel, pos: 0, n, swizzled: false, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
 /// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with an
@@ -64,39 +68,48 @@ fn halo_positions_fit(p: &ConvProblem) -> bool {
     positions.saturating_add(2 * HALO512_POS + 2 * p.w) <= i32::MAX as usize
 }
 
-/// The halo tile for `cout` channels of `p`'s image, if it fits: N = 64 for at most 64
-/// channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers), or with
-/// `tall` 512 positions x 64 channels whatever `cout`; 4 B buffers and 2 halo buffers within
-/// 227 KB (widths up to 193 at N 128, 129 for the tall tile), at most 12 halo pieces a thread
-/// (widths up to 253, 125 for the tall tile), and the padded positions within 32-bit indices.
-fn halo_tile(p: &ConvProblem, cout: usize, tall: bool) -> Option<WgmmaTile> {
-    let (pos, tn, kernel) = match (tall, cout <= 64) {
-        (true, _) => (HALO512_POS, 64, &HALO512_N64),
-        (false, true) => (HALO_POS, 64, &HALO_N64),
-        (false, false) => (HALO_POS, 128, &HALO_N128),
+/// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
+/// most 64 channels, else 128 (4 warpgroups of 256 accumulators would not fit the registers),
+/// its operands in the 128-byte swizzle under [`WinoTiling::Swizzled`]; under
+/// [`WinoTiling::Tall`] 512 positions x 64 channels whatever `cout`; 4 B buffers and 2 halo
+/// buffers within 227 KB (widths up to 193 at N 128, 129 for the tall tile), at most 12 halo
+/// pieces a thread (widths up to 253, 125 for the tall tile), and the padded positions within
+/// 32-bit indices.
+fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
+    let swizzled = tiling == WinoTiling::Swizzled;
+    let (pos, tn, kernel) = match (tiling, cout <= 64) {
+        (WinoTiling::Tall, _) => (HALO512_POS, 64, &HALO512_N64),
+        (WinoTiling::Swizzled, true) => (HALO_POS, 64, &HALO_SW_N64),
+        (WinoTiling::Swizzled, false) => (HALO_POS, 128, &HALO_SW_N128),
+        (_, true) => (HALO_POS, 64, &HALO_N64),
+        (_, false) => (HALO_POS, 128, &HALO_N128),
     };
     let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w, pos) * 64 * 2;
     let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p);
-    fits.then_some(WgmmaTile { kernel, pos, n: tn, shared })
+    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, shared })
 }
 
 impl Conv3x3 {
-    /// The tile `pass` (fprop or dgrad) runs: under [`WinoTiling::Tall`] the 512 x 64 halo tile
-    /// where it fits; else the 256 x N halo tile unless the plan's tiling is
-    /// [`WinoTiling::Flat`] or it does not fit the shape; else the flat one.
+    /// The tile `pass` (fprop or dgrad) runs: the plan's tiling's halo tile (the 512 x 64 one
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`]) where it fits,
+    /// else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that does not
+    /// fit the shape either; else the flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
-        let tall = if self.tiling == WinoTiling::Tall { halo_tile(p, cout, true) } else { None };
-        let halo = tall.or_else(|| if self.tiling == WinoTiling::Flat { None } else { halo_tile(p, cout, false) });
+        let halo = match self.tiling {
+            WinoTiling::Flat => None,
+            t => halo_tile(p, cout, t).or_else(|| halo_tile(p, cout, WinoTiling::Auto)),
+        };
         halo.unwrap_or_else(|| flat_tile(cout))
     }
 
-    /// `wgmma/halo256xN`, `wgmma/halo512x64` or `wgmma/128xN`: the tile `pass` (fprop or dgrad)
-    /// runs.
+    /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo512x64` or `wgmma/128xN`: the tile
+    /// `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
+            WgmmaTile { pos, n, swizzled: true, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
             WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
         }
     }
