@@ -23,13 +23,14 @@
 // positions each, N / 2 fp32 accumulators a thread); or 512 x 64 (halo512: each warpgroup two
 // m64n64k16 blocks of 64 positions, the same 64 accumulators a thread as 256 x 128), which reads
 // half the filter bytes a flop and more halo bytes: filters are 3/4 of the 256 x 128 tile's L2
-// traffic on VGG's layers (bench/NOTES.md), so ~20% fewer bytes where the halo fits. Blocks are persistent (one an SM, the
-// launcher's grid), taking items blockIdx.x, + gridDim.x, ... (output-channel blocks vary
-// fastest, so the blocks running together read the same positions).
+// traffic on VGG's layers (bench/NOTES.md), so ~20% fewer bytes where the halo fits. Blocks
+// are persistent (one an SM, the launcher's grid), taking items blockIdx.x, + gridDim.x, ...
+// (output-channel blocks vary fastest, so the blocks running together read the same positions).
 // Halo steps: per item and 64 input channels, the item's positions and one padded row and one
-// position on each side (halo_pos(w), rounded to 8) x 64 channels, K-major core matrices:
-// position q, chunk k8 (channels 8 k8..) at k8 * lbo + q * 16, lbo = 16 halo_pos, sbo 128. A
-// tap's A for warpgroup g starts at position 64 g + (dy + 1) wp + dx + 1. Two halo buffers: halo
+// position on each side (halo_pos(w, positions an item), rounded to 8) x 64 channels, K-major
+// core matrices: position q, chunk k8 (channels 8 k8..) at k8 * lbo + q * 16, lbo = 16 halo_pos,
+// sbo 128. A tap's A for warpgroup g's m64 block b (of kMWg, 1 or 2) starts at position
+// 64 (kMWg g + b) + (dy + 1) wp + dx + 1. Two halo buffers: halo
 // step k + 1 is copied during step k (its copies are issued with stage 9 k + 3, when stage
 // 9 k - 1, the last reader of that buffer, has retired everywhere: wgmma_ring_loop's rule).
 // Stages: one tap of one halo step (9 a halo step, taps in order), B = N output channels x 64
@@ -84,7 +85,8 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
 
     // Copies: this thread's pieces sit at position q0 + 64 j (halo) or row row0 + 64 j (B),
     // chunk `chunk`, so the 8 lanes of a 16-byte store phase write 8 consecutive positions or
-    // rows of one chunk (128 contiguous bytes), and a warp reads 64 contiguous bytes a pixel.
+    // rows of one chunk (128 contiguous bytes unswizzled; one chunk of 8 rows swizzled), and a
+    // warp reads 64 contiguous bytes a pixel.
     const int chunk = (tid >> 3) & 7, q0 = 8 * (tid >> 6) + (tid & 7);
     auto load_halo = [&](int k) {  // halo step k: item blockIdx.x + (k / csteps) gridDim.x
         const int item = (int)blockIdx.x + k / csteps * (int)gridDim.x, c = k % csteps * kC + 8 * chunk;
@@ -113,7 +115,8 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
         for (int j = 0; j < kBPieces; ++j) {
             const int row = row0 + 64 * j, o = ld_o0 + row;
             const bool ok = c < cin && o < cout;
-            unsigned char* const dst = kSw ? wgmma_sw128(buf + row * 128 + chunk * 16) : buf + conv_wgmma_off(row, chunk);
+            unsigned char* const dst =
+                kSw ? wgmma_sw128(buf + row * 128 + chunk * 16) : buf + conv_wgmma_off(row, chunk);
             cp_async_16(dst, ok ? wt + (o * 9 + ld_tap) * cin + c : wt, ok);
         }
         if (++ld_tap == 9) {
@@ -141,28 +144,13 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
     wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned long long da = da0 + (k & 1) * (hbytes >> 4) + (tap / 3 * wp + tap % 3) * kPosU;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
-        if constexpr (kMWg == 1) {
-            wgmma_stage<kOut, false, false, kC / 16>(acc[0], da, db, kAStep, kBStep);
-        } else {  // wgmma_stage's order, both blocks' wgmma's in the stage's one group
-#pragma unroll
-            for (int b = 0; b < kMWg; ++b) wgmma_fence_acc(acc[b]);
-            wgmma_fence();
-#pragma unroll
-            for (int k16 = 0; k16 < kC / 16; ++k16)
-#pragma unroll
-                for (int b = 0; b < kMWg; ++b)
-                    wgmma_ss<kOut>(acc[b], da + 64 * kPosU * b + kAStep * k16, db + kBStep * k16, 1);
-            wgmma_commit();
-            wgmma_wait<1>();
-#pragma unroll
-            for (int b = 0; b < kMWg; ++b) wgmma_fence_acc(acc[b]);
-        }
+        wgmma_stage_blocks<kOut, false, false, kC / 16, kMWg>(acc, da, db, kAStep, kBStep, 64 * kPosU);
         if (++tap < 9) return;
         tap = 0, ++k;
         if (++cstep < csteps) return;
         cstep = 0;
-        // The item's last stage: its accumulators out (rows 64 wg + 16 (warp % 4) + g (+ 8)),
-        // then zeros for the next item.
+        // The item's last stage: its accumulators out (block b's rows 64 (kMWg wg + b) + 16 (warp
+        // % 4) + g (+ 8)), then zeros for the next item.
         wgmma_wait<0>();
         const int o0 = item % oblocks * kOut, pos0 = wp + item / oblocks * kPos;
 #pragma unroll

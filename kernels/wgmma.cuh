@@ -394,20 +394,35 @@ __device__ __forceinline__ int wgmma_acc_row(int half) {
   return 64 * (warp >> 2) + 16 * (warp & 3) + ((tid & 31) >> 2) + 8 * half;
 }
 
-// One pipeline stage: fence, kSteps wgmma's accumulating into d, commit, then wait until only
-// this stage's group is pending. da / db name the stage's first k16 step; each k16 step starts
-// a_step / b_step 16-byte units further on (16 = 256 bytes: our tiles' layout, core matrices
-// along K 128 bytes apart).
+// One pipeline stage for kBlocks m64 blocks of A a warpgroup, each with its accumulators d[b]:
+// fence, kSteps x kBlocks wgmma's (block b's A a_block 16-byte units after block 0's), commit,
+// then wait until only this stage's group is pending. da / db name the stage's first k16 step;
+// each k16 step starts a_step / b_step 16-byte units further on.
+template <int N, bool TransA, bool TransB, int kSteps, int kBlocks>
+__device__ __forceinline__ void wgmma_stage_blocks(float (&d)[kBlocks][N / 2], unsigned long long da,
+                                                   unsigned long long db, unsigned a_step, unsigned b_step,
+                                                   unsigned a_block) {
+#pragma unroll
+  for (int b = 0; b < kBlocks; ++b) wgmma_fence_acc(d[b]);
+  wgmma_fence();
+#pragma unroll
+  for (int k16 = 0; k16 < kSteps; ++k16)
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b)
+      wgmma_ss<N, TransA, TransB>(d[b], da + a_block * b + a_step * k16, db + b_step * k16, 1);
+  wgmma_commit();
+  wgmma_wait<1>();
+#pragma unroll
+  for (int b = 0; b < kBlocks; ++b) wgmma_fence_acc(d[b]);
+}
+
+// wgmma_stage_blocks for one block (16 = 256 bytes: our unswizzled tiles' k16 step, core
+// matrices along K 128 bytes apart).
 template <int N, bool TransA, bool TransB, int kSteps>
 __device__ __forceinline__ void wgmma_stage(float (&d)[N / 2], unsigned long long da, unsigned long long db,
                                             unsigned a_step = 16, unsigned b_step = 16) {
-  wgmma_fence_acc(d);
-  wgmma_fence();
-#pragma unroll
-  for (int k16 = 0; k16 < kSteps; ++k16) wgmma_ss<N, TransA, TransB>(d, da + a_step * k16, db + b_step * k16, 1);
-  wgmma_commit();
-  wgmma_wait<1>();
-  wgmma_fence_acc(d);
+  wgmma_stage_blocks<N, TransA, TransB, kSteps, 1>(*reinterpret_cast<float(*)[1][N / 2]>(&d), da, db, a_step, b_step,
+                                                   0);
 }
 
 // The main loop our wgmma kernels share: a ring of 4 shared-memory buffers, one pipeline stage

@@ -124,8 +124,11 @@ fn two_schedules_bit_identical() {
     // pixels for several wgrad chunks; C = 3 and 12 padded under Auto; Winograd region windows
     // of several widths, some crossing the image's edge.
     let region = |p: ConvProblem| (p, ConvAlgo::Winograd2x2, WinoTiling::Region);
-    // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad.
+    // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad; its
+    // tall tile (two m64 blocks a warpgroup in one wgmma group) and its swizzled one.
     let flat = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Flat);
+    let tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tall);
+    let swizzled = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Swizzled);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -159,6 +162,10 @@ fn two_schedules_bit_identical() {
         flat(ConvProblem::new(1, 12, 11, 16, 136)),
         flat(ConvProblem::new(1, 7, 6, 24, 256)),
         flat(ConvProblem::new(1, 5, 6, 256, 16)),
+        tall(ConvProblem::new(2, 9, 13, 88, 40)),
+        tall(ConvProblem::new(1, 12, 11, 16, 136)),
+        swizzled(ConvProblem::new(2, 9, 13, 88, 40)),
+        swizzled(ConvProblem::new(1, 7, 6, 24, 256)),
     ]) {
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
             let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
@@ -562,7 +569,7 @@ fn check_every_plan(dev: &Device, p: ConvProblem, seed: u64) -> usize {
             "{p} {algo:?}: new() gave {planned:?}, against ConvAlgo's docs"
         );
         let Ok(conv) = planned else { continue };
-        for tiling in [WinoTiling::Flat, WinoTiling::Region, WinoTiling::Auto] {
+        for tiling in [WinoTiling::Flat, WinoTiling::Region, WinoTiling::Auto, WinoTiling::Tall, WinoTiling::Swizzled] {
             let conv = conv.with_wino_tiling(tiling);
             let labels = passes.map(|q| (conv.label(q), conv.algo(q), conv.padded(q)));
             if !plans.insert(format!("{labels:?}")) {

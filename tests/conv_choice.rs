@@ -341,7 +341,7 @@ fn from_algos_rebuilds_every_plan_and_only_those() {
     use ConvAlgo::*;
     const PASSES: [ConvPass; 3] = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad];
     let all = [Auto, Direct, Winograd2x2, Winograd4x4, ImplicitGemm, Wgmma];
-    let tilings = [WinoTiling::Auto, WinoTiling::Flat, WinoTiling::Region];
+    let tilings = [WinoTiling::Auto, WinoTiling::Flat, WinoTiling::Region, WinoTiling::Tall, WinoTiling::Swizzled];
     // Winograd and wgmma, the first layer, C padded (12), K not a multiple of 8.
     let problems = [(2, 6, 6, 16, 24), (1, 6, 6, 3, 16), (1, 5, 7, 12, 16), (1, 4, 4, 3, 5)];
     let (mut rebuilt, mut mixed) = (0, 0);

@@ -44,7 +44,8 @@ pub struct TrainBenchConfig {
 
 impl TrainBenchConfig {
     /// An error for settings no run can take: no timed step, a learning rate that is negative
-    /// or not finite, or a memory check with graph steps. [`run`] checks it; a caller with several configurations can check them all first.
+    /// or not finite, or a memory check with graph steps. [`run`] checks it; a caller with
+    /// several configurations can check them all first.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             return Err(crate::Error::Invalid("the train bench needs at least 1 timed step (steps is 0)".into()));

@@ -150,8 +150,9 @@ pub enum ConvAlgo {
     /// [`WinoTiling`] is Flat or the image is too wide, and wgrad once for the 3 taps of a filter
     /// row (kernels/conv_wgrad_wgmma_halo.cu) unless the tiling is Flat. C and K multiples of 8, N H W max(C, K)
     /// below 2^31. Runs where [`Device::has_wgmma`] (the emu
-    /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. Auto does
-    /// not pick it until it is measured on the GPU.
+    /// device and compute capability 9.0); elsewhere a launch is an `Error::Shape`. On the H200
+    /// its halo tiles are our fastest fprop and dgrad on every layer but conv1_1, yet Auto does
+    /// not pick it while the question of VGG-16's training on it is open (bench/NOTES.md).
     Wgmma,
 }
 
@@ -166,7 +167,8 @@ impl ConvAlgo {
 /// [`ConvAlgo::Wgmma`] runs: Flat, 128 consecutive pixels a block (each copied once a tap);
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
-/// 3 taps of a filter row (wgrad).
+/// 3 taps of a filter row (wgrad); Tall and Swizzled, other halo tiles for wgmma's fprop and
+/// dgrad (the wgrad's is Region's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.

@@ -1,8 +1,8 @@
 //! Picks each pass's variant of a planned 3x3 convolution by timing it on the device, as
 //! cuDNN's benchmark mode does. fprop and dgrad: F(2x2) with flat tiles, F(2x2) with region
 //! windows, F(4x4), and, where the device has wgmma and C is a multiple of 8, the wgmma
-//! implicit GEMM with its halo tile and with its flat one; wgrad: the mma.sync implicit GEMM or
-//! the wgmma one (halo and flat). Which is faster depends
+//! implicit GEMM with its halo tile, its flat one, and its tall and swizzled halo tiles; wgrad:
+//! the mma.sync implicit GEMM or the wgmma one (halo and flat). Which is faster depends
 //! on the layer (region tiling saves L2 traffic but idles slots on small images; F(4x4) does
 //! 44% fewer products but a costlier input transform; wgmma does all the products at the
 //! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
@@ -89,10 +89,15 @@ impl WinoVariant {
         }
     }
 
-    /// `conv` with `pass` running this variant (the tiling is the plan's, shared by both passes).
+    /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
+    /// the variant sets its own, except that the halo wgrad keeps a Tall or Swizzled tiling,
+    /// under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
-        Ok(self.tiling().map_or(c, |t| c.with_wino_tiling(t)))
+        let keeps = pass == ConvPass::Wgrad
+            && self == WinoVariant::Wgmma
+            && matches!(conv.wino_tiling(), WinoTiling::Tall | WinoTiling::Swizzled);
+        Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
 
@@ -158,9 +163,9 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for (variant, label) in [(WinoVariant::WgmmaTall, "wgmma/halo512"), (WinoVariant::WgmmaSwizzled, "/sw128")] {
+        for variant in [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled] {
             let c = variant.apply(base, pass);
-            if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.label(pass).contains(label)) {
+            if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
             }
         }
@@ -175,7 +180,8 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
 /// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
 /// the three passes' times, among the combinations one plan can hold (the passes share the
 /// plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or wgmma halo for another is
-/// out) and among the candidates whose output agrees with `base`'s within [`AGREEMENT`] (checked
+/// out; the halo wgrad goes with wgmma's tall or swizzled fprop / dgrad, its kernel the same under
+/// their tilings) and among the candidates whose output agrees with `base`'s within [`AGREEMENT`] (checked
 /// on one image of the layer). Other passes, and a pass none of whose candidates agree, keep
 /// `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
@@ -346,11 +352,9 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     }
     let chosen = best.map_or([None; 3], |(_, c)| c);
     let mut conv = base;
-    // The wgrad first: a halo wgrad beside tall or swizzled fprop / dgrad tiles sets Region,
-    // which theirs then replaces.
-    for i in [2, 0, 1] {
-        if let Some(v) = chosen[i] {
-            conv = v.apply(conv, PASSES[i])?;
+    for (pass, v) in PASSES.into_iter().zip(chosen) {
+        if let Some(v) = v {
+            conv = v.apply(conv, pass)?;
         }
     }
     Ok(Tuned { conv, timings, chosen })

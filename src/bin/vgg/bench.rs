@@ -50,9 +50,9 @@ pub(crate) struct BenchTrainArgs {
     /// Conv channel multiplier [default: 1 on a GPU, 1/16 on emu].
     #[arg(long, allow_negative_numbers = true)]
     width: Option<f32>,
-    /// Learning rate of every step (scripts/torch_baseline.py's is 1e-2).
-    #[arg(long, default_value_t = 1e-2)]
-    lr: f32,
+    /// Learning rate of every step [default: 1e-2, scripts/torch_baseline.py's].
+    #[arg(long)]
+    lr: Option<f32>,
     /// Write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -390,7 +390,7 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             cfg.steps = a.steps.unwrap_or(cfg.steps);
             cfg.warmup = a.warmup.unwrap_or(cfg.warmup);
             cfg.conv = conv;
-            cfg.lr = a.lr;
+            cfg.lr = a.lr.unwrap_or(cfg.lr);
             cfg.queued = a.queued;
             cfg.graph = a.graph;
             cfg.profile = a.profile;

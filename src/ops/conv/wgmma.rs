@@ -23,7 +23,7 @@ const PIX: usize = 128;
 /// warpgroups), persistent blocks (kernels/conv_wgmma_halo.cu); [`WinoTiling::Tall`]'s: 512 x 64.
 const HALO_POS: usize = 256;
 const HALO512_POS: usize = 512;
-/// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w) <= 64 of them.
+/// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w, pos) <= 64 x 12.
 const HALO_MAX_PIECES: usize = 12;
 
 /// Positions a halo step holds for width `w` and items of `pos` positions: the item's, a padded
@@ -61,11 +61,11 @@ fn flat_tile(cout: usize) -> WgmmaTile {
     WgmmaTile { kernel, pos: 0, n, swizzled: false, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
-/// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with an
-/// item's and a halo's margins past the last.
-fn halo_positions_fit(p: &ConvProblem) -> bool {
+/// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with the
+/// margins past the last of an item of `pos` positions and its halo.
+fn halo_positions_fit(p: &ConvProblem, pos: usize) -> bool {
     let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2);
-    positions.saturating_add(2 * HALO512_POS + 2 * p.w) <= i32::MAX as usize
+    positions.saturating_add(2 * pos + 2 * p.w) <= i32::MAX as usize
 }
 
 /// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
@@ -85,7 +85,8 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
         (_, false) => (HALO_POS, 128, &HALO_N128),
     };
     let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w, pos) * 64 * 2;
-    let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p);
+    let fits =
+        halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos);
     fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, shared })
 }
 
@@ -102,6 +103,18 @@ impl Conv3x3 {
             t => halo_tile(p, cout, t).or_else(|| halo_tile(p, cout, WinoTiling::Auto)),
         };
         halo.unwrap_or_else(|| flat_tile(cout))
+    }
+
+    /// Whether `pass` (fprop or dgrad) runs the halo tile its plan's tiling names: the 512 x 64 one
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], any halo tile
+    /// otherwise (not a fallback to a smaller or flat tile where it does not fit).
+    pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
+        let t = self.wgmma_tile(pass);
+        match self.tiling {
+            WinoTiling::Tall => t.pos == HALO512_POS,
+            WinoTiling::Swizzled => t.swizzled,
+            _ => t.pos > 0,
+        }
     }
 
     /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo512x64` or `wgmma/128xN`: the tile
@@ -127,7 +140,7 @@ impl Conv3x3 {
     pub(super) fn wgrad_halo(&self) -> bool {
         self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma
             && self.tiling != WinoTiling::Flat
-            && halo_positions_fit(&self.problem)
+            && halo_positions_fit(&self.problem, HALO_POS)
     }
 
     /// An error unless `dev` runs wgmma kernels.
