@@ -3,7 +3,7 @@
 //! column sums.
 
 // The parent's plan types and helpers are this file's vocabulary (Plan too, which the parent imports).
-use super::plan::BK;
+use super::plan::smem_bytes;
 use super::*;
 
 /// Threads of the element-wise launches (split-K reduce, bias gradient).
@@ -38,24 +38,6 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
         (Pass::BwdWeight, W128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_w128x256"),
     };
     k("gemm", name)
-}
-
-/// Dynamic shared memory of a tiled launch, as `gemm_smem_bytes` in kernels/gemm.cu: the
-/// tile's ring of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
-/// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
-/// in it, whichever is larger.
-pub(super) fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
-    if tile == Tile::W128x256 {
-        return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
-    }
-    let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
-    let (a_t, b_t) = match pass {
-        Pass::Fwd => (false, false),
-        Pass::BwdData => (false, true),
-        Pass::BwdWeight => (true, true),
-    };
-    let ring = tile.stages() * (halves(tile.rows(), a_t) + halves(tile.cols(), b_t)) * 2;
-    ring.max(4 * tile.rows() * (tile.cols() + 8)) as u32
 }
 
 /// The views of one pass's product that the kernels take.

@@ -2,7 +2,6 @@
 //! split-K cost model (an H200 as constants, so that a plan never depends on the GPU it runs on)
 //! and the resolution of an [`Algo`] into the [`Plan`] a call launches.
 
-use super::launch::smem_bytes;
 use super::{Algo, Linear, Pass, Tile};
 use crate::{ensure_shape, Error, Result};
 
@@ -84,6 +83,25 @@ const MAX_SPLITS: usize = 16;
 const MIN_KTILES_PER_SPLIT: usize = 2;
 /// K-tile depth of kernels/gemm.cu.
 pub(super) const BK: usize = 64;
+
+/// Dynamic shared memory of a tiled launch, as `gemm_smem_bytes` in kernels/gemm.cu: the
+/// tile's ring of both operand tiles, each `[rows][64 + 8]` or (stored t-major)
+/// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
+/// in it, whichever is larger.
+pub(super) fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
+    if tile == Tile::W128x256 {
+        return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
+    }
+    let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
+    let (a_t, b_t) = match pass {
+        Pass::Fwd => (false, false),
+        Pass::BwdData => (false, true),
+        Pass::BwdWeight => (true, true),
+    };
+    let ring = tile.stages() * (halves(tile.rows(), a_t) + halves(tile.cols(), b_t)) * 2;
+    ring.max(4 * tile.rows() * (tile.cols() + 8)) as u32
+}
+
 /// Rows a bias-gradient chunk sums before its partial goes to the workspace, and at most
 /// this many chunks.
 const COLSUM_ROWS: usize = 1024;
