@@ -13,13 +13,13 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     let mut cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
     // Deterministic kernels: the same plans from the same seed give the same step, bit for bit.
     let same = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
-    assert_eq!(same.loss, same.other_loss);
+    assert_eq!(same.loss(), same.other_loss());
     assert!(!same.skipped && same.grads.len() == 22, "{same:?}");
     assert!(same.grads.iter().all(|g| g.rel_l2 == 0.0), "{same:?}");
     assert_eq!(same.grads[0].name, "features.0.weight");
     // Every warm-up and timed step (1 + 2 on emu), the first the compared one, bit for bit.
     assert_eq!(same.losses.len(), cfg.warmup + cfg.steps);
-    assert_eq!(same.losses[0], same.loss);
+    assert_eq!(same.losses[0], same.loss());
     assert_eq!(same.losses, same.other_losses);
     assert_eq!(same.parted_at(), None);
     // wgmma's exact products against Winograd's transforms: every conv layer with a Winograd
@@ -28,7 +28,7 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     cfg.conv = ConvChoice::Wgmma;
     let c = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
     assert_eq!(c.other, "auto");
-    assert!((c.loss - c.other_loss).abs() <= 1e-2 * c.other_loss, "{c:?}");
+    assert!((c.loss() - c.other_loss()).abs() <= 1e-2 * c.other_loss(), "{c:?}");
     assert!(c.grads[0].rel_l2 > 0.0, "the two steps ran the same kernels: {c:?}");
     assert_eq!(c.differing().count(), 0, "correct kernels differ by more than {DIFFERS}: {c:?}");
     assert_eq!(c.parted_at(), None, "correct kernels' losses part over 3 steps: {c:?}");
@@ -38,8 +38,6 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
 fn losses_part_at_the_first_step_beyond_the_bound_or_not_finite() {
     let check = |losses: Vec<f32>, other_losses: Vec<f32>| ChoiceCheck {
         other: "auto".into(),
-        loss: losses[0],
-        other_loss: other_losses[0],
         skipped: false,
         grads: vec![],
         losses,

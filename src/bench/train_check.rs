@@ -38,10 +38,6 @@ pub struct GradAgreement {
 pub struct ChoiceCheck {
     /// The policy compared against (`--check-against`).
     pub other: String,
-    /// The step's loss under the bench's plans, and under `other`'s.
-    pub loss: f32,
-    /// See `loss`.
-    pub other_loss: f32,
     /// Whether the loss scaler skipped either step (an overflow: then gradients hold Inf).
     pub skipped: bool,
     /// Every parameter tensor, in the model's order (features first).
@@ -54,6 +50,16 @@ pub struct ChoiceCheck {
 }
 
 impl ChoiceCheck {
+    /// The first step's loss under the bench's plans (`losses[0]`).
+    pub fn loss(&self) -> f32 {
+        self.losses[0]
+    }
+
+    /// The first step's loss under `other`'s plans.
+    pub fn other_loss(&self) -> f32 {
+        self.other_losses[0]
+    }
+
     /// The tensors whose gradients differ by more than [`DIFFERS`].
     pub fn differing(&self) -> impl Iterator<Item = &GradAgreement> {
         // NaN (a non-finite gradient) differs too.
@@ -107,8 +113,6 @@ pub fn check_against(dev: &Device, cfg: &TrainBenchConfig, other: ConvChoice) ->
         .collect();
     Ok(ChoiceCheck {
         other: format!("{other:?}").to_lowercase(),
-        loss: losses[0],
-        other_loss: other_losses[0],
         skipped: skipped || other_skipped,
         grads,
         losses,

@@ -3,7 +3,7 @@
 //! layouts; on a GPU they confirm that those layouts were read right.
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
-use crate::reference::{compare, compare_tol};
+use crate::reference::{compare, compare_tol, linear_fwd};
 use crate::{Device, KArg, Kernel, LaunchConfig, Result, Tensor};
 use half::f16;
 
@@ -234,13 +234,11 @@ fn wgmma_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
         // 72 x 64, Bt 64 x 64, C and D 64 x 64; one warpgroup; 0 <= shift <= 8 keeps A's rows within
         // its 72; up to 1023 bytes of alignment plus 136 rows of 128 bytes fit the shared memory.
         unsafe { dev.launch(&Kernel { module: "wgmma_test", name: "prim_wgmma_sw128_n64" }, cfg, &args)? };
-        let mut want = vec![0f32; 64 * 64];
-        for i in 0..64 {
-            for j in 0..64 {
-                let s = if acc != 0 { c[i * 64 + j] as f64 } else { 0.0 };
-                let dot: f64 = (0..64).map(|k| a[(shift as usize + i) * 64 + k] as f64 * bt[j * 64 + k] as f64).sum();
-                want[i * 64 + j] = (s + dot) as f32;
-            }
+        // A's rows shift.. times Bt^T: the FC layer's f64 reference, plus C.
+        let a_rows = &a[shift as usize * 64..(shift as usize + 64) * 64];
+        let mut want = linear_fwd(64, 64, 64, a_rows, &bt, None, false);
+        if acc != 0 {
+            want.iter_mut().zip(&c).for_each(|(w, c)| *w += c);
         }
         let got = dt.to_host()?;
         let (cmp, bound) = if kind == "randn" {

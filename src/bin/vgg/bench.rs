@@ -469,7 +469,9 @@ fn print_check(c: &vgg_cuda::bench::train_check::ChoiceCheck, ours: &str, batch:
     let skipped = if c.skipped { " (a step overflowed and was skipped: its gradients hold Inf)" } else { "" };
     println!(
         "check at batch {batch}, first step, {ours} against {}: loss {:.5} vs {:.5}{skipped}; gradients' relative L2:",
-        c.other, c.loss, c.other_loss
+        c.other,
+        c.loss(),
+        c.other_loss()
     );
     for row in c.grads.chunks(4) {
         let cells: Vec<String> = row.iter().map(|g| format!("{} {:.1e}", g.name, g.rel_l2)).collect();
