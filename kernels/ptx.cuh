@@ -294,6 +294,24 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
   cp_async_zfill<16>(smem_dst, gmem_src, valid ? 16u : 0u PTX_SITE_ARGS);
 }
 
+// The other two forms of a 16-byte cp.async, for the copy probe (kernels/probe_copy.cu), which
+// asks whether the form changes how many sectors the hardware moves: cp_async_16 always passes
+// a src-size operand (zero-fill at the edges); these pass none. L1 false: .cg (L2 only, as
+// cp_async_16); true: .ca (allocating in L1, where two lanes' halves of a sector might merge).
+template <bool L1>
+__device__ __forceinline__ void cp_async_16_whole(void* smem_dst, const void* gmem_src PTX_SITE_PARAMS) {
+#ifdef __CUDA_ARCH__
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem_dst);
+  const unsigned long long gp = (unsigned long long)__cvta_generic_to_global(gmem_src);
+  if constexpr (L1)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gp) : "memory");
+  else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gp) : "memory");
+#else
+  cp_async_zfill<16>(smem_dst, gmem_src, 16u PTX_SITE_ARGS);
+#endif
+}
+
 // Closes the group of this thread's cp.async issued since the previous commit.
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef __CUDA_ARCH__

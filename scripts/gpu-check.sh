@@ -103,6 +103,12 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
 fi
+# Global -> shared copies in each form our kernels could use, from L2 and from device memory
+# (bench/NOTES.md, "The copy probe"): does the src-size operand, the cache level or the lanes'
+# pattern decide the ~50% excess sectors and the rate our wgmma kernels stall at?
+if "$VGG" bench --help 2>/dev/null | grep -q copy; then
+  step bench-copy 40 "$VGG" bench copy --device cuda --json "$RAW/bench-copy.json"
+fi
 # The wgmma kernels on their flat tiles (each input pixel copied once a tap) beside
 # bench-conv-wgmma's halo kernels (once for all 9 taps, or for a filter row's 3 in wgrad):
 # bench/NOTES.md, "The wgmma halo tile".
@@ -193,6 +199,11 @@ step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8
 # on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
 # kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
+  # First the copy probe's two cp.async.cg forms on the L2 case: their sector counts side by side.
+  step ncu-probe-copy-cgz 40 ncu --clock-control none --set full -k probe_copy_cgz_p0 --launch-skip 2 \
+    --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cgz
+  step ncu-probe-copy-cg 40 ncu --clock-control none --set full -k probe_copy_cg_p0 \
+    --launch-skip 2 --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cg
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \

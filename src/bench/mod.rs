@@ -2,6 +2,7 @@
 //! be trusted, written once over the ops API and run on either device.
 //!
 //! - [`conv`]: the 3x3 convolutions, ours against cuDNN in the same process;
+//! - [`copy`]: the global -> shared copy forms our tensor-core kernels use, in GB/s;
 //! - [`cudnn`]: the minimal cuDNN binding that yardstick needs;
 //! - [`gemm`]: the classifier's GEMMs, ours against cuBLAS, and the SGD step's bandwidth;
 //! - [`cublas`]: the minimal cuBLAS binding that yardstick needs;
@@ -17,6 +18,7 @@
 //! steps: their mean).
 
 pub mod conv;
+pub mod copy;
 pub mod cublas;
 pub mod cudnn;
 pub mod gemm;

@@ -16,6 +16,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod copy;
 mod data;
 mod info;
 
@@ -116,6 +117,11 @@ enum BenchCmd {
     /// inputs, with the agreement of the outputs; then the SGD step over VGG-16's parameters
     /// in GB/s against a device-to-device copy. Exits non-zero when a pass fails or disagrees.
     Gemm(BenchGemmArgs),
+    /// Global -> shared copies in the forms our tensor-core kernels use (cp.async with and
+    /// without a src-size operand, through L1 or not, ld.global + st.shared; two lane
+    /// patterns), from L2 and from device memory: GB/s each, every copied tile checked. Exits
+    /// non-zero when a row fails or copies wrong bytes.
+    Copy(copy::BenchCopyArgs),
     /// Whole training steps (forward, loss, backward, SGD) of a VGG on device-resident
     /// synthetic data: images/s, TFLOP/s and device memory. scripts/torch_baseline.py measures
     /// torchvision under the same conditions.
@@ -187,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Predict(args) => vgg_cuda::eval::predict(&args).map(|_| ()),
         Cmd::Eval(args) => vgg_cuda::eval::eval(&args).map(|_| ()),
         Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
+        Cmd::Bench { what: BenchCmd::Copy(args) } => copy::bench_copy_cmd(args),
         Cmd::Bench { what: BenchCmd::Train(args) } => bench_train_cmd(args),
     }
 }

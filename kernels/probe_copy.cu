@@ -1,0 +1,147 @@
+// probe_copy.cu: how fast global -> shared copies run, by the ways our tensor-core kernels stage
+// their operands, so that their byte models rest on a measured ceiling (`vgg bench copy`).
+//   probe_copy_<method>_p<phase>
+//     method  cgz  cp.async.cg with a src-size operand: every tensor-core kernel's copy (its
+//                  zero-fill handles the tile edges)
+//             cg   cp.async.cg without one          ca   cp.async.ca (through L1)
+//             ldg  ld.global.v4 into registers, st.shared.v4 one tile later
+//     phase   0    an 8-lane phase takes 8 rows x one 16-byte unit (our K-major copies)
+//             1    an 8-lane phase takes one row's 8 units, 128 contiguous bytes
+// Why: ncu counted ~50% of every tensor-core kernel's global sectors as excess (runs 5 and 6,
+// bench/NOTES.md), and that excess did not move when run 6 changed the copies from phase 0 to
+// phase 1; these kernels move the same bytes each way, so the next run can tell whether the form
+// of the copy (the src-size operand, the cache level) or nothing we control doubles the sectors.
+//
+// The source is a matrix of `rows` x `pitch` 16-byte units; a tile is 256 rows x 8 units (a
+// k-tile of 64 halves for 256 rows, what the GEMM and conv tiles copy), 32 KiB, tiles numbered
+// along a row block first. Block b takes tiles b, b + gridDim.x, ... below `count` (tile i is
+// the matrix's tile i % tiles, so a small matrix is re-read from L2) through a ring of 3 buffers
+// filled 2 tiles ahead (the GEMM's pipeline). Shared memory holds a tile in lane-piece order
+// (piece q = tid + 256 j at q * 16 bytes: conflict-free stores either phase), so only the global
+// side differs between phases. Each landed tile is read back into a checksum,
+//   sum over units (row r, unit u) of (x + 3 y + 5 z + 7 w) * (2 (8 r + u) + 1)   mod 2^32,
+// which a copy that lands in the wrong place, or not at all, changes; out[b] = block b's sum.
+#include "ptx.cuh"
+
+namespace probe {
+constexpr int kThreads = 256, kRows = 256, kUnits = kRows * 8, kPerThread = kUnits / kThreads, kBufs = 3;
+enum Method { kCgz, kCg, kCa, kLdg };
+
+// The tile row and unit of piece q under `phase` (a bijection of 0..2047 either way).
+template <int PHASE>
+__device__ __forceinline__ int piece_row(int q) {
+    return PHASE == 0 ? 8 * (q >> 6) + (q & 7) : q >> 3;
+}
+template <int PHASE>
+__device__ __forceinline__ int piece_unit(int q) {
+    return PHASE == 0 ? (q >> 3) & 7 : q & 7;
+}
+
+struct Matrix {
+    const uint4* src;
+    int rows, pitch, tiles;
+    // The first unit of tile i's row 0 (tiles along a row block first).
+    __device__ __forceinline__ long long tile_base(int i) const {
+        const int t = i % tiles, per_block = pitch >> 3;
+        return (long long)(t / per_block) * kRows * pitch + (t % per_block) * 8;
+    }
+};
+
+template <int METHOD, int PHASE>
+__device__ __forceinline__ void copy_tile(unsigned char* buf, const Matrix& m, int i, int tid) {
+    const long long base = m.tile_base(i);
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+        const int q = tid + kThreads * j, r = piece_row<PHASE>(q);
+        const uint4* g = m.src + base + (long long)r * m.pitch + piece_unit<PHASE>(q);
+        if constexpr (METHOD == kCgz)
+            cp_async_16(buf + q * 16, g, r < m.rows);  // always true: the operand is the point
+        else
+            cp_async_16_whole<METHOD == kCa>(buf + q * 16, g);
+    }
+}
+
+template <int PHASE>
+__device__ __forceinline__ unsigned checksum(const unsigned char* buf, int tid) {
+    unsigned acc = 0;
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+        const int q = tid + kThreads * j;
+        const uint4 v = *reinterpret_cast<const uint4*>(buf + q * 16);
+        const unsigned place = 8u * piece_row<PHASE>(q) + piece_unit<PHASE>(q);
+        acc += (v.x + 3u * v.y + 5u * v.z + 7u * v.w) * (2u * place + 1u);
+    }
+    return acc;
+}
+
+// The block's sum (wrapping, so any order gives the same bits) into out[blockIdx.x].
+__device__ __forceinline__ void block_sum(unsigned v, unsigned* out, int tid) {
+    __shared__ unsigned warps[kThreads / 32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((tid & 31) == 0) warps[tid >> 5] = v;
+    __syncthreads();
+    if (tid == 0) {
+        unsigned s = 0;
+        for (int w = 0; w < kThreads / 32; ++w) s += warps[w];
+        out[blockIdx.x] = s;
+    }
+}
+
+template <int METHOD, int PHASE>
+__device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
+    VGG_DYN_SHARED(unsigned char, smem);
+    const int tid = threadIdx.x;
+    const int mine = count > (int)blockIdx.x ? (count - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    auto tile = [&](int k) { return (int)blockIdx.x + k * (int)gridDim.x; };
+    unsigned acc = 0;
+    if constexpr (METHOD == kLdg) {
+        // One tile in registers while the previous one is summed: 8 loads of 16 bytes in flight
+        // a thread, 32 KiB a block.
+        uint4 r[kPerThread];
+        auto load = [&](int k) {
+            const long long base = m.tile_base(tile(k));
+#pragma unroll
+            for (int j = 0; j < kPerThread; ++j) {
+                const int q = tid + kThreads * j;
+                r[j] = m.src[base + (long long)piece_row<PHASE>(q) * m.pitch + piece_unit<PHASE>(q)];
+            }
+        };
+        if (mine > 0) load(0);
+        for (int k = 0; k < mine; ++k) {
+            unsigned char* const buf = smem + (k & 1) * kUnits * 16;
+#pragma unroll
+            for (int j = 0; j < kPerThread; ++j) *reinterpret_cast<uint4*>(buf + (tid + kThreads * j) * 16) = r[j];
+            if (k + 1 < mine) load(k + 1);
+            __syncthreads();  // the tile is everyone's; the other buffer's reads (k - 1) are done
+            acc += checksum<PHASE>(buf, tid);
+        }
+    } else {
+        auto load = [&](int k) {
+            if (k < mine) copy_tile<METHOD, PHASE>(smem + (k % kBufs) * kUnits * 16, m, tile(k), tid);
+            cp_async_commit();
+        };
+        load(0);
+        load(1);
+        for (int k = 0; k < mine; ++k) {
+            cp_async_wait<1>();
+            __syncthreads();  // tile k landed for everyone; everyone is done with tile k - 1
+            load(k + 2);      // into tile k - 1's buffer
+            acc += checksum<PHASE>(smem + (k % kBufs) * kUnits * 16, tid);
+        }
+        cp_async_wait<0>();
+    }
+    block_sum(acc, out, tid);
+}
+}  // namespace probe
+
+// Spelled out, not made by a macro: the emulator's build finds kernels by their declarations.
+#define PROBE_PARAMS const uint4 *__restrict__ src, int rows, int pitch, int tiles, int count, unsigned *__restrict__ out
+#define PROBE_RUN(METHOD, PHASE) probe::run<probe::METHOD, PHASE>(probe::Matrix{src, rows, pitch, tiles}, count, out)
+extern "C" __global__ void __launch_bounds__(256) probe_copy_cgz_p0(PROBE_PARAMS) { PROBE_RUN(kCgz, 0); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_cgz_p1(PROBE_PARAMS) { PROBE_RUN(kCgz, 1); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_cg_p0(PROBE_PARAMS) { PROBE_RUN(kCg, 0); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_cg_p1(PROBE_PARAMS) { PROBE_RUN(kCg, 1); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p0(PROBE_PARAMS) { PROBE_RUN(kCa, 0); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p1(PROBE_PARAMS) { PROBE_RUN(kCa, 1); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p0(PROBE_PARAMS) { PROBE_RUN(kLdg, 0); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p1(PROBE_PARAMS) { PROBE_RUN(kLdg, 1); }
