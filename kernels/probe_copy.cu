@@ -5,6 +5,9 @@
 //                  zero-fill handles the tile edges)
 //             cg   cp.async.cg without one          ca   cp.async.ca (through L1)
 //             ldg  ld.global.v4 into registers, st.shared.v4 one tile later
+//             bulk cp.async.bulk (the TMA engine, kernels/bulk.cuh): warp 0's lanes each copy 8
+//                  of the tile's 256 rows, 128 bytes a copy, counted by one mbarrier a buffer
+//                  (one kernel, probe_copy_bulk: its copies have no lanes' phases)
 //     phase   0    an 8-lane phase takes 8 rows x one 16-byte unit (our K-major copies)
 //             1    an 8-lane phase takes one row's 8 units, 128 contiguous bytes
 // Why: ncu counted ~50% of every tensor-core kernel's global sectors as excess (runs 5 and 6,
@@ -21,11 +24,11 @@
 // side differs between phases. Each landed tile is read back into a checksum,
 //   sum over units (row r, unit u) of (x + 3 y + 5 z + 7 w) * (2 (8 r + u) + 1)   mod 2^32,
 // which a copy that lands in the wrong place, or not at all, changes; out[b] = block b's sum.
-#include "ptx.cuh"
+#include "bulk.cuh"
 
 namespace probe {
 constexpr int kThreads = 256, kRows = 256, kUnits = kRows * 8, kPerThread = kUnits / kThreads, kBufs = 3;
-enum Method { kCgz, kCg, kCa, kLdg };
+enum Method { kCgz, kCg, kCa, kLdg, kBulk };
 
 // The tile row and unit of piece q under `phase` (a bijection of 0..2047 either way).
 template <int PHASE>
@@ -115,6 +118,29 @@ __device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
             __syncthreads();  // the tile is everyone's; the other buffer's reads (k - 1) are done
             acc += checksum<PHASE>(buf, tid);
         }
+    } else if constexpr (METHOD == kBulk) {
+        // The tile lands row-major (row r at r * 128 bytes), which is piece order under phase 1.
+        __shared__ unsigned long long full[kBufs];
+        if (tid == 0)
+            for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
+        __syncthreads();
+        auto load = [&](int k) {  // warp 0
+            if (k >= mine) return;
+            unsigned char* const buf = smem + (k % kBufs) * kUnits * 16;
+            if (tid == 0) mbarrier_arrive_expect_tx(&full[k % kBufs], kUnits * 16);
+            __syncwarp(0xffffffffu);
+            fence_proxy_async_shared();  // this buffer's checksum reads (tile k - 3) before the copies
+            const uint4* const g = m.src + m.tile_base(tile(k));
+            for (int r = tid; r < kRows; r += 32)
+                bulk_copy_g2s(buf + r * 128, g + (long long)r * m.pitch, 128, &full[k % kBufs]);
+        };
+        if (tid < 32) load(0), load(1);
+        for (int k = 0; k < mine; ++k) {
+            mbarrier_wait_parity(&full[k % kBufs], (k / kBufs) & 1);
+            __syncthreads();  // everyone is done with tile k - 1, whose buffer tile k + 2 takes
+            if (tid < 32) load(k + 2);
+            acc += checksum<1>(smem + (k % kBufs) * kUnits * 16, tid);
+        }
     } else {
         auto load = [&](int k) {
             if (k < mine) copy_tile<METHOD, PHASE>(smem + (k % kBufs) * kUnits * 16, m, tile(k), tid);
@@ -145,3 +171,4 @@ extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p0(PROBE_PARAMS)
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p1(PROBE_PARAMS) { PROBE_RUN(kCa, 1); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p0(PROBE_PARAMS) { PROBE_RUN(kLdg, 0); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p1(PROBE_PARAMS) { PROBE_RUN(kLdg, 1); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_bulk(PROBE_PARAMS) { PROBE_RUN(kBulk, 0); }

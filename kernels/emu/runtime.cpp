@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <string>
 #include <deque>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__SANITIZE_THREAD__)
@@ -80,7 +81,7 @@ namespace {
 constexpr size_t kStackBytes = 256 * 1024;  // virtual; only touched pages are committed
 constexpr size_t kGuardBytes = 4096;
 
-enum class State { Ready, AtBarrier, AtWarp, Done };
+enum class State { Ready, AtBarrier, AtWarp, AtMbarrier, Done };
 
 // One cp.async in flight: the source bytes (read at issue, zero-filled past src_bytes) and
 // where they land.
@@ -88,6 +89,22 @@ struct AsyncCopy {
     unsigned char* dst;
     unsigned bytes;
     unsigned char data[16];
+};
+
+// One bulk copy not yet landed (it lands at a wait on its mbarrier, or at issue).
+struct BulkCopy {
+    unsigned char* dst;
+    const unsigned char* src;
+    unsigned bytes;
+};
+
+// An mbarrier's state: arrivals a phase expects and still expects, transaction bytes still
+// expected, phases completed, and the bulk copies on it not yet landed.
+struct Mbarrier {
+    unsigned count = 0, pending = 0;
+    long long tx = 0;
+    unsigned long long phase = 0;
+    std::vector<BulkCopy> copies;
 };
 
 struct Fiber {
@@ -98,6 +115,9 @@ struct Fiber {
     unsigned linear = 0;
     std::vector<AsyncCopy> cp_open;                // cp.async issued since the last commit
     std::deque<std::vector<AsyncCopy>> cp_groups;  // committed, not yet landed, oldest first
+    const void* mbar_wait = nullptr;               // the mbarrier it waits on (AtMbarrier)
+    const char* wait_file = nullptr;
+    int wait_line = 0;
 #ifdef EMU_TSAN
     void* tsan = nullptr;
 #endif
@@ -126,6 +146,7 @@ struct Block {
     const char* bar_file = nullptr;
     int bar_line = 0;
     std::vector<WarpSlot> warps;
+    std::unordered_map<const void*, Mbarrier> mbars;
     std::string error;
     bool failed = false;
     std::vector<unsigned char> smem_store;
@@ -252,6 +273,8 @@ std::string waiting_report(Block& b) {
             char m[16];
             std::snprintf(m, sizeof m, "%08x", w.mask);
             r += std::string(" waits at ") + w.op + " " + site(w.file, w.line) + " (mask 0x" + m + ")";
+        } else if (f.state == State::AtMbarrier) {
+            r += " waits on an mbarrier at " + site(f.wait_file, f.wait_line);
         }
     }
     return r;
@@ -279,6 +302,7 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
     b.done = 0;
     b.bar_arrived = 0;
     b.failed = false;
+    b.mbars.clear();
     for (auto& w : b.warps) w = WarpSlot{};
     std::memset(b.smem, 0xFF, b.smem_bytes);
     unsigned i = 0;
@@ -331,6 +355,11 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
         }
     }
     acquire_block(b);
+    for (auto& [bar, m] : b.mbars)
+        if (!m.copies.empty()) {
+            b.error = "the block ended with bulk copies on an mbarrier never waited for";
+            return false;
+        }
     return true;
 }
 
@@ -500,6 +529,94 @@ void cp_async_wait(int pending) {
     if (pending < 0) {
         land(f.cp_open);
         f.cp_open.clear();
+    }
+}
+
+namespace {
+Mbarrier& mbarrier_at(void* bar, const char* op) {
+    auto it = g_block->mbars.find(bar);
+    if (it == g_block->mbars.end()) fail("%s on %p: no mbarrier was initialised there in this block", op, bar);
+    return it->second;
+}
+
+// Lets the fibers waiting on `bar` look at it again.
+void mbarrier_wake(const void* bar) {
+    for (auto& f : g_block->fibers)
+        if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Ready;
+}
+
+// Lands the barrier's bulk copies, taking their bytes off its tx-count.
+void mbarrier_land(Mbarrier& m) {
+    for (const BulkCopy& c : m.copies) {
+        std::memcpy(c.dst, c.src, c.bytes);
+        m.tx -= c.bytes;
+    }
+    m.copies.clear();
+}
+
+// Completes the phase once every arrival and every expected byte is in.
+EMU_NO_TSAN void mbarrier_try_complete(void* bar, Mbarrier& m) {
+    if (m.pending != 0 || m.tx != 0) return;
+    m.phase++;
+    m.pending = m.count;
+#ifdef EMU_TSAN
+    __tsan_release(&m);
+#endif
+    mbarrier_wake(bar);
+}
+}  // namespace
+
+void mbarrier_init(void* bar, unsigned count) {
+    if (reinterpret_cast<uintptr_t>(bar) % 8) fail("mbarrier.init: %p is not 8-byte aligned", bar);
+    if (count == 0 || count >= (1u << 20)) fail("mbarrier.init: count %u (1 to 2^20 - 1)", count);
+    Mbarrier& m = g_block->mbars[bar];
+    if (!m.copies.empty()) fail("mbarrier.init at %p while bulk copies on it are in flight", bar);
+    m = Mbarrier{count, count, 0, 0, {}};
+}
+
+void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
+    Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+    m.tx += bytes;
+    if (--m.pending == 0) mbarrier_wake(bar);  // a waiter may now land the copies
+    mbarrier_try_complete(bar, m);
+}
+
+void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
+    auto* d = static_cast<unsigned char*>(dst);
+    if (bytes == 0 || bytes % 16 || reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16)
+        fail("cp.async.bulk of %u bytes from %p to %p: sizes and addresses must be multiples of 16", bytes, src, dst);
+    if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
+        fail("cp.async.bulk of %u bytes to %p: outside the block's dynamic shared memory", bytes, dst);
+    Mbarrier& m = mbarrier_at(bar, "cp.async.bulk");
+    m.copies.push_back({d, static_cast<const unsigned char*>(src), bytes});
+    if (cp_async_lands_now()) {
+        mbarrier_land(m);
+        mbarrier_try_complete(bar, m);
+    } else {
+        mbarrier_wake(bar);
+    }
+}
+
+EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line) {
+    for (;;) {
+        Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait.parity");
+        if ((m.phase & 1) != (parity & 1)) {
+#ifdef EMU_TSAN
+            __tsan_acquire(&m);
+#endif
+            return;
+        }
+        if (m.pending == 0 && !m.copies.empty()) {
+            mbarrier_land(m);
+            mbarrier_try_complete(bar, m);
+            continue;
+        }
+        Fiber& f = cur();
+        f.state = State::AtMbarrier;
+        f.mbar_wait = bar;
+        f.wait_file = file;
+        f.wait_line = line;
+        switch_to_scheduler();
     }
 }
 

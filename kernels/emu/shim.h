@@ -79,6 +79,16 @@ void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_byt
 void cp_async_commit();
 // Lands all but the newest `pending` committed groups; pending < 0: every copy, committed or not.
 void cp_async_wait(int pending);
+// mbarriers and bulk copies (kernels/bulk.cuh). The barrier's state lives beside shared memory,
+// found by its address (initialised per block). A bulk copy reads its source and lands when a
+// wait on its barrier needs it (or at issue, as the schedule decides for cp.async), and only
+// then takes its bytes off the barrier's tx-count: a kernel that reads before waiting reads stale
+// bytes under the reverse and random schedules. A wait blocks the fiber until the phase of that
+// parity has completed; waits that can never complete are reported as a deadlock.
+void mbarrier_init(void* bar, unsigned count);
+void mbarrier_arrive_expect_tx(void* bar, unsigned bytes);
+void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar);
+void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line);
 // Reports a kernel error (the launch fails with this message) and never returns.
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // Dynamic shared memory of the running block: 128-byte aligned, filled with 0xFF (fp16 NaN)

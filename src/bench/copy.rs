@@ -29,19 +29,24 @@ pub enum CopyMethod {
     Ca,
     /// `ld.global.v4` into registers, `st.shared.v4` a tile later.
     Ldg,
+    /// `cp.async.bulk` (the TMA engine): 128 bytes a copy, a tile row each, counted by an
+    /// mbarrier (kernels/bulk.cuh). sm_90 only.
+    Bulk,
 }
 
 impl CopyMethod {
     /// Every method, in the report's order.
-    pub const ALL: [CopyMethod; 4] = [CopyMethod::CgZfill, CopyMethod::Cg, CopyMethod::Ca, CopyMethod::Ldg];
+    pub const ALL: [CopyMethod; 5] =
+        [CopyMethod::CgZfill, CopyMethod::Cg, CopyMethod::Ca, CopyMethod::Ldg, CopyMethod::Bulk];
 
-    /// `cgz`, `cg`, `ca` or `ldg`, as the kernels' names and `--methods` spell them.
+    /// `cgz`, `cg`, `ca`, `ldg` or `bulk`, as the kernels' names and `--methods` spell them.
     pub fn name(self) -> &'static str {
         match self {
             CopyMethod::CgZfill => "cgz",
             CopyMethod::Cg => "cg",
             CopyMethod::Ca => "ca",
             CopyMethod::Ldg => "ldg",
+            CopyMethod::Bulk => "bulk",
         }
     }
 
@@ -50,10 +55,23 @@ impl CopyMethod {
         Self::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::Invalid(format!("unknown copy method `{s}` (methods: cgz, cg, ca, ldg)")))
+            .ok_or_else(|| Error::Invalid(format!("unknown copy method `{s}` (methods: cgz, cg, ca, ldg, bulk)")))
+    }
+
+    /// The lane patterns it runs: both, or for bulk copies (one thread a row, no lanes'
+    /// phases) [`Phase::Rows`] alone.
+    pub fn phases(self) -> &'static [Phase] {
+        if self == CopyMethod::Bulk {
+            &[Phase::Rows]
+        } else {
+            &[Phase::Rows, Phase::Runs]
+        }
     }
 
     fn kernel(self, phase: Phase) -> Kernel {
+        if self == CopyMethod::Bulk {
+            return Kernel { module: "probe_copy", name: "probe_copy_bulk" };
+        }
         const NAMES: [[&str; 2]; 4] = [
             ["probe_copy_cgz_p0", "probe_copy_cgz_p1"],
             ["probe_copy_cg_p0", "probe_copy_cg_p1"],
@@ -178,9 +196,14 @@ impl CopyProbe {
         })
     }
 
-    /// One launch of `method` / `phase` over the case's tiles.
+    /// One launch of `method` / `phase` over the case's tiles (bulk copies: on sm_90 or emu,
+    /// else an `Error::Unsupported`).
     pub fn run(&mut self, method: CopyMethod, phase: Phase) -> Result<()> {
         let c = &self.case;
+        let dev = self.src.device().clone();
+        if method == CopyMethod::Bulk && !dev.has_wgmma() {
+            return Err(Error::Unsupported(format!("bulk copies need an sm_90 GPU; {} is not one", dev.name())));
+        }
         let cfg = LaunchConfig {
             grid: (self.grid as u32, 1, 1),
             block: (256, 1, 1),
@@ -194,7 +217,6 @@ impl CopyProbe {
             KArg::I32(c.count as i32),
             self.sums.arg_mut(),
         ];
-        let dev = self.src.device().clone();
         // SAFETY: (const uint4* src, int rows, int pitch, int tiles, int count, unsigned* out):
         // src holds rows x pitch units (checked by CopyCase::check, allocated in new), tiles is
         // the matrix's count, out one word per block of the grid.
@@ -273,6 +295,7 @@ impl CopyRow {
             None => "WRONG SUMS".into(),
         };
         let phase = match self.phase {
+            _ if self.method == "bulk" => "row128",
             Phase::Rows => "8x16",
             Phase::Runs => "1x128",
         };
@@ -295,7 +318,7 @@ pub fn bench_case(
     let timing = TimingConfig::for_device(dev);
     let mut rows = vec![];
     for &method in methods {
-        for phase in [Phase::Rows, Phase::Runs] {
+        for &phase in method.phases() {
             let mut row = CopyRow {
                 case: case.name.clone(),
                 method: method.name().into(),

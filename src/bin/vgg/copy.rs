@@ -15,8 +15,9 @@ pub(crate) struct BenchCopyArgs {
     #[arg(long)]
     cases: Option<String>,
     /// Comma-separated methods: cgz (cp.async.cg with a src-size operand, our kernels' form),
-    /// cg (without one), ca (cp.async.ca, through L1), ldg (ld.global + st.shared).
-    #[arg(long, default_value = "cgz,cg,ca,ldg")]
+    /// cg (without one), ca (cp.async.ca, through L1), ldg (ld.global + st.shared), bulk
+    /// (cp.async.bulk, the TMA engine, 128 bytes a copy; sm_90).
+    #[arg(long, default_value = "cgz,cg,ca,ldg,bulk")]
     methods: String,
     /// Write the rows as JSON to this file (rewritten after every row).
     #[arg(long)]

@@ -1,0 +1,89 @@
+// bulk.cuh: Hopper's bulk copies (cp.async.bulk, the TMA engine's 1-D form: one thread moves
+// any multiple of 16 bytes, global -> shared) and the mbarriers that count their bytes, each
+// behind one helper with an emulation (kernels/emu/runtime.cpp), as ptx.cuh's primitives.
+//
+// The protocol (PTX ISA, "mbarrier" and "cp.async.bulk"): a barrier is initialised once with
+// the arrivals a phase needs; a producer arrives with the bytes it is about to have copied
+// (mbarrier_arrive_expect_tx), then issues the copies on that barrier; each copy takes its
+// bytes off the barrier's tx-count as it lands; the phase completes when every arrival and every
+// byte is in. Consumers wait for the phase by its parity (phase j of a barrier: parity j & 1).
+// Shared memory a bulk copy overwrites must be done with by the generic proxy (the threads'
+// own loads): fence_proxy_async_shared() between those reads and the copy's issue.
+// sm_90 instructions: the compute_80 PTX traps, and launchers must not pick these kernels there.
+#pragma once
+#include "ptx.cuh"
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define VGG_HAS_BULK 1
+#else
+#define VGG_HAS_BULK 0
+#endif
+
+__device__ __forceinline__ void mbarrier_init(unsigned long long* bar, unsigned count) {
+#ifndef __CUDA_ARCH__
+  emu::mbarrier_init(bar, count);
+#elif VGG_HAS_BULK
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)),
+               "r"(count)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// One arrival on `bar`, announcing `bytes` more that bulk copies will bring in this phase.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes) {
+#ifndef __CUDA_ARCH__
+  emu::mbarrier_arrive_expect_tx(bar, bytes);
+#elif VGG_HAS_BULK
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                   (unsigned)__cvta_generic_to_shared(bar)),
+               "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
+__device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, unsigned parity PTX_SITE_PARAMS) {
+#ifndef __CUDA_ARCH__
+  emu::mbarrier_wait_parity(bar, parity, site_file, site_line);
+#elif VGG_HAS_BULK
+  const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+  unsigned done = 0;
+  while (!done)
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(parity)
+        : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared
+// memory; the copy completes `bytes` of `bar`'s transaction count as it lands.
+__device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_src, unsigned bytes,
+                                              unsigned long long* bar) {
+#ifndef __CUDA_ARCH__
+  emu::bulk_copy_g2s(smem_dst, gmem_src, bytes, bar);
+#elif VGG_HAS_BULK
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   (unsigned)__cvta_generic_to_shared(smem_dst)),
+               "l"((unsigned long long)__cvta_generic_to_global(gmem_src)), "r"(bytes),
+               "r"((unsigned)__cvta_generic_to_shared(bar))
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+// Orders this thread's earlier generic-proxy accesses to shared memory before later async-proxy
+// ones (bulk copies into memory it read). Nothing to order on the emulator.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if defined(__CUDA_ARCH__) && VGG_HAS_BULK
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
