@@ -9,8 +9,11 @@
 // read with plain ldmatrix; the others as [t][r|s], read with ldmatrix.trans, which delivers
 // the same fragments. So one kernel body serves all three passes, templated on the two layouts.
 //
-// Tiles (block tile, warps, warp tile, ring). Linear::plan in src/ops/gemm.rs picks the tile
-// and split count per pass and shape from a model of waves on 132 SMs and memory traffic:
+// Tiles (block tile, warps, warp tile, ring). Linear::plan in src/ops/gemm/plan.rs picks the
+// tile and split count per pass and shape from a model with an H200's constants, fitted to
+// run 5: waves of mma's and epilogues, each SM's share of the global-to-shared copies (the SM
+// holding the most of the blocks, dealt out over 132, sets the pace), device-memory traffic and
+// the split-K reduce:
 //   128x256  8 warps 2x4  64x64  3 x 64-deep  one block an SM: the large products
 //   128x192  8 warps 2x4  64x48  3 x 64-deep  one block an SM: fc6's bwd_data at batch 256
 //                                             (S = 25088) has 262 such tiles, two full waves
@@ -57,6 +60,9 @@
 // row-contiguous 16-byte stores; the batch-64 rows gain less (they stream W once). The
 // geomean should rise well above 0.63x, but 0.9x at batch 256 probably needs wgmma (sm_90a):
 // cuBLAS ran those at 638-685 TFLOP/s, far beyond anything our mma.sync kernels have reached.
+// Run 5 (H200, 2026-11-30) measured this version at 0.70x: fc6 fwd at batch 256 322 TFLOP/s,
+// and the batch-64 rows streamed W at 0.56-0.70x cuBLAS's rate where their blocks filled
+// 61-74% of the SMs. The planner's model was then refit to those 27 rows (bench/NOTES.md).
 //
 // Kernels (launch: block 32 x warps, grid (ceil(R/BM), ceil(S/BN), splits), dynamic shared
 // memory gemm_smem_bytes below; src/ops/gemm/launch.rs mirrors both):

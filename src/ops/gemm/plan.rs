@@ -1,6 +1,8 @@
 //! The planner behind [`Algo::Auto`]: each tile's shape as kernels/gemm.cu instantiates it, the
-//! split-K cost model (an H200 as constants, so that a plan never depends on the GPU it runs on)
-//! and the resolution of an [`Algo`] into the [`Plan`] a call launches.
+//! cost model that picks a tile and split count ([`Linear::estimate`]: waves of mma's, each SM's
+//! share of the global-to-shared copies, device-memory traffic and the split-K reduce, with an
+//! H200's constants fitted to its measurements, so that a plan never depends on the GPU it runs
+//! on) and the resolution of an [`Algo`] into the [`Plan`] a call launches.
 
 use super::{Algo, Linear, Pass, Tile};
 use crate::{ensure_shape, Error, Result};
@@ -55,28 +57,43 @@ impl Tile {
     fn per_sm(self) -> usize {
         self.spec().4
     }
-    /// Planner's assumed mma rate of one SM running this tile, relative to 64 x 64 warp tiles
-    /// (shared-memory bytes per mma: 64 x 48 and 64 x 32 warps read 16% and 50% more).
-    /// Assumptions of the model, to be fitted to the next GPU run's numbers.
+    /// Planner's mma rate of one SM running this tile, relative to [`SM_FLOPS`] (128 x 128, two
+    /// blocks an SM). Fitted to run 5 (bench/results/2026-11-30-h200-run5/bench-gemm.json):
+    /// 128 x 192, one block of 8 warps an SM, ran at 0.89 of 128 x 128. Not measured: 64 x 128
+    /// (never compute bound there; 0.85 from its 64 x 32 warps' 50% more ldmatrix bytes an mma,
+    /// and the run's fc6 fwd at batch 64 bounds it below by 0.70) and 128 x 256 (never planned
+    /// in run 5; taken as 128 x 192, the other one-block tile).
     fn speed(self) -> f64 {
         match self {
-            Tile::T128x256 | Tile::T128x128 | Tile::W128x256 => 1.0,
-            Tile::T128x192 => 0.97,
+            Tile::T128x128 => 1.0,
+            Tile::T128x256 | Tile::T128x192 | Tile::W128x256 => 0.89,
             Tile::T64x128 => 0.85,
         }
     }
 }
 
-/// The split-K planner's machine: an H200's multiprocessors, as a constant rather than the
-/// device's count so that a plan, and with it the order of every sum, never depends on the GPU.
+/// The planner's machine: an H200's multiprocessors, as a constant rather than the device's
+/// count so that a plan, and with it the order of every sum, never depends on the GPU.
 const SMS: usize = 132;
-/// Its assumed rates (model assumptions, not measurements): mma.sync flops a second of one SM
-/// at [`Tile::speed`] 1, device-memory bytes a second, the fixed cost of the split-K reduce
-/// launch, and one pipeline fill (cold global-memory latency) per wave of blocks.
-const SM_FLOPS: f64 = 3.0e12;
-const DRAM_BYTES: f64 = 3.5e12;
-const REDUCE_LAUNCH_S: f64 = 3e-6;
-const FILL_S: f64 = 1e-6;
+/// Its rates, fitted to the 27 FC rows of run 5 (H200, these kernels; the fit, its residuals
+/// and the plans it changed are in bench/NOTES.md; tests/gemm_plan.rs holds every row to 1.2x):
+/// - `SM_FLOPS`: mma.sync flops a second of one SM at [`Tile::speed`] 1 (fc6 fwd at batch 256
+///   ran 2.6e12 an SM on 128 x 128 split 4);
+/// - `INGEST_BYTES`: global-to-shared bytes a second of all SMs, each SM at a 132nd of it: the
+///   A and B tiles every block copies, re-reads from L2 included;
+/// - `DRAM_BYTES`: device-memory bytes a second, not fitted but cuBLAS's stream of fc6's W at
+///   batch 64 in the same run (3.68-3.76e12; the run's copy ceiling was 4.27e12);
+/// - `EPILOGUE_BYTES`: output-tile bytes a second of all SMs, each at a 132nd, that a block
+///   stores after its last mma (not overlapped with its own mma's; the fp32 dW of bwd_weight
+///   and the split-K partials are what make it count);
+/// - `LAUNCH_S`, `REDUCE_LAUNCH_S`: fixed costs of a call and of the split-K reduce launch
+///   (run 5's training profile timed the reduce alone at 5.3-5.9 us, launch included).
+const SM_FLOPS: f64 = 2.65e12;
+const INGEST_BYTES: f64 = 5.4e12;
+const DRAM_BYTES: f64 = 3.7e12;
+const EPILOGUE_BYTES: f64 = 4.1e12;
+const LAUNCH_S: f64 = 2.9e-6;
+const REDUCE_LAUNCH_S: f64 = 2.5e-6;
 /// At most this many splits, each of at least this many 64-deep k-tiles (a shorter split is
 /// mostly pipeline fill).
 const MAX_SPLITS: usize = 16;
@@ -171,11 +188,19 @@ impl Linear {
         Algo::TensorCore { tile: best.1, splits: best.2 }
     }
 
-    /// The planner's model of one tensor-core run, in seconds on an H200: waves of blocks,
-    /// each block's mma's at its tile's rate plus one pipeline fill a wave, or the device-memory
-    /// traffic of both operands (once: L2 serves the re-reads of blocks that run together) and
-    /// the output, whichever is longer; plus, when split, the reduce that reads the fp32
-    /// partials back. It ranks plans; it does not predict times.
+    /// The planner's model of one tensor-core run, in seconds on an H200: a launch, plus the
+    /// longest of three limits of the tiled kernel, plus, when split, the reduce.
+    /// - Compute, by waves of blocks: each block's mma's at its tile's rate, then its output
+    ///   tile's stores (the epilogue does not overlap the block's own mma's).
+    /// - Ingest, per SM: the most loaded SM holds `ceil(blocks / 132)` blocks (they are dealt
+    ///   out breadth-first) and copies each one's A and B tiles over its k range into shared
+    ///   memory at a 132nd of the device's rate. So a plan that leaves SMs idle cannot reach
+    ///   the device's bandwidth, and larger tiles, which re-read less from L2, copy less.
+    /// - Device memory: both operands once (L2 serves the re-reads) and the output, or the
+    ///   fp32 partials when split.
+    /// - The reduce: its launch, and reading the partials back and writing the output.
+    ///
+    /// It ranks plans; it reproduced run 5's measured times within 1.12x (bench/NOTES.md).
     pub fn estimate(&self, pass: Pass, tile: Tile, splits: usize) -> f64 {
         let (r, s, t) = self.dims(pass);
         let kt = t.div_ceil(BK).max(1);
@@ -185,16 +210,25 @@ impl Linear {
         let blocks =
             r.div_ceil(tile.rows()).max(1).saturating_mul(s.div_ceil(tile.cols()).max(1)).saturating_mul(splits);
         let waves = blocks.div_ceil(SMS * tile.per_sm()) as f64;
-        let block_flops = (2 * tile.rows() * tile.cols() * per_split * BK) as f64;
-        let compute = waves * (block_flops * tile.per_sm() as f64 / (SM_FLOPS * tile.speed()) + FILL_S);
+        let most_loaded = blocks.div_ceil(SMS) as f64;
         let out = if pass == Pass::BwdWeight { 4.0 } else { 2.0 };
+        let tile_out = if splits > 1 { 4.0 } else { out };
+        // Rows, columns and depth a block copies and stores: the tile clipped to the product.
+        let (rows, cols) = (r.min(tile.rows()) as f64, s.min(tile.cols()) as f64);
+        let depth = t.min(per_split.saturating_mul(BK)) as f64;
+        let sm = |device_rate: f64| device_rate / SMS as f64;
+        let block_flops = 2.0 * (tile.rows() * tile.cols()) as f64 * per_split as f64 * BK as f64;
+        let block_s = block_flops / (SM_FLOPS * tile.speed()) + rows * cols * tile_out / sm(EPILOGUE_BYTES);
+        let compute = waves * tile.per_sm() as f64 * block_s;
+        let ingest = most_loaded * 2.0 * (rows + cols) * depth / sm(INGEST_BYTES);
         let (r, s, t) = (r as f64, s as f64, t as f64);
         let (inputs, outputs) = (2.0 * (r * t + t * s), r * s);
         if splits == 1 {
-            return compute.max((inputs + out * outputs) / DRAM_BYTES);
+            return LAUNCH_S + compute.max(ingest).max((inputs + out * outputs) / DRAM_BYTES);
         }
         let partials = 4.0 * (splits as f64) * outputs;
-        compute.max((inputs + partials) / DRAM_BYTES) + (partials + out * outputs) / DRAM_BYTES + REDUCE_LAUNCH_S
+        let reduce = REDUCE_LAUNCH_S + (partials + out * outputs) / DRAM_BYTES;
+        LAUNCH_S + compute.max(ingest).max((inputs + partials) / DRAM_BYTES) + reduce
     }
 
     /// Workspace [`Algo::Auto`] needs for `pass`, in bytes (0 when none).
