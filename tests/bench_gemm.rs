@@ -190,3 +190,24 @@ fn cli_batch_beyond_the_device_fails_the_row_not_the_process() {
     assert!(stderr.contains("error: bench gemm on emu: nothing could be measured"), "stderr: {stderr}");
     assert!(stdout.contains("1 failed"), "stdout: {stdout}");
 }
+
+/// `--splits` (the planner's model checked by a sweep): every tensor-core row runs at the given
+/// count, on the planner's tile or `tile`'s, and still agrees with the reference.
+#[test]
+fn emu_bench_runs_a_given_split_count() {
+    let dev = Device::emu();
+    let mut cfg = GemmBenchConfig::new(&dev);
+    cfg.batches = vec![5];
+    cfg.layers.truncate(1); // fc6 at emu size: K 392 (7 k-tiles: 3 splits of 3, 3, 1), N 64
+    cfg.bandwidth = false;
+    cfg.splits = Some(3);
+    cfg.tile = Some(vgg_cuda::ops::gemm::Tile::T64x128);
+    let report = gemm::run(&dev, &cfg, |_| {});
+    assert_rows_good(&report, 3);
+    for r in &report.rows {
+        let algo = &r.ours.as_ref().unwrap().algo;
+        // bwd_data reduces over N (64: one k-tile), bwd_weight over the batch (5): one split.
+        let want = if r.pass == Pass::Fwd { "tc64x128/split3" } else { "tc64x128" };
+        assert_eq!(algo, want, "{} {}", r.layer, r.pass.name());
+    }
+}

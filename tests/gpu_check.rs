@@ -42,6 +42,16 @@ fn script_commands(tmp: &std::path::Path) -> Vec<(String, Vec<String>)> {
         let flag = if mode == "one-by-one" { String::new() } else { format!("--{mode}") };
         loops.push(vec![("mode", mode.into()), ("flag", flag)]);
     }
+    // The GEMM split sweep's counts.
+    let splits: Vec<&str> = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for n in "))
+        .map(|l| l.trim_end_matches("; do").split_whitespace().collect())
+        .unwrap_or_default();
+    assert!(splits.len() >= 2, "the split loop's values: {splits:?}");
+    for n in splits {
+        loops.push(vec![("n", n.into())]);
+    }
     let fixed = [
         ("BATCH", "64".to_string()),
         ("RAW", tmp.join("raw").display().to_string()),

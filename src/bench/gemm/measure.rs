@@ -200,6 +200,7 @@ impl Operands<'_> {
 pub(super) fn algo_name(s: &Linear, pass: Pass, algo: GemmAlgo) -> String {
     match if algo == GemmAlgo::Auto { s.plan(pass.ops()) } else { algo } {
         GemmAlgo::TensorCore { tile, splits } => {
+            let splits = s.splits_run(pass.ops(), splits);
             let tile = format!("{tile:?}");
             let tile = tile.trim_start_matches('T');
             if splits > 1 {
@@ -325,8 +326,11 @@ fn bench_ours(
     pass: Pass,
 ) -> crate::Result<(Measured, Vec<f32>)> {
     let s = ops.s;
-    let algo = match (cfg.tile, s.plan(pass.ops())) {
-        (Some(tile), GemmAlgo::TensorCore { splits, .. }) => GemmAlgo::TensorCore { tile, splits },
+    let algo = match (cfg.tile, cfg.splits, s.plan(pass.ops())) {
+        (None, None, _) => GemmAlgo::Auto,
+        (tile, splits, GemmAlgo::TensorCore { tile: t, splits: n }) => {
+            GemmAlgo::TensorCore { tile: tile.unwrap_or(t), splits: splits.unwrap_or(n) }
+        }
         _ => GemmAlgo::Auto,
     };
     let ws_bytes = s.workspace_bytes_with(pass.ops(), algo);

@@ -160,6 +160,10 @@ pub struct GemmBenchConfig {
     /// Our products on this tile (with the planner's split count) instead of the planner's
     /// choice: `--tile w128x256` times the wgmma kernels, the `t...` tiles the mma.sync ones.
     pub tile: Option<GemmTile>,
+    /// Our products split this many ways over K (on the planner's tile, or `tile`) instead of
+    /// the planner's count: a sweep that checks the planner's model (`--splits`). Shapes the
+    /// planner sends to the simple kernel stay there.
+    pub splits: Option<usize>,
 }
 
 impl GemmBenchConfig {
@@ -179,6 +183,7 @@ impl GemmBenchConfig {
             params: vgg16_params(emu),
             copy_bytes: if emu { 1 << 20 } else { 1 << 30 },
             tile: None,
+            splits: None,
         }
     }
 }

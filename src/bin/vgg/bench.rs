@@ -101,6 +101,10 @@ pub(crate) struct BenchGemmArgs {
     /// t128x256, t128x192, t128x128, t64x128.
     #[arg(long)]
     tile: Option<String>,
+    /// Split our products this many ways over K (on the planner's tile, or --tile's) instead
+    /// of the planner's count (each split at least one 64-deep k-tile: a larger count is cut).
+    #[arg(long)]
+    splits: Option<usize>,
     /// Write the report as JSON to this file (rewritten after every row, so a killed run
     /// leaves its rows so far).
     #[arg(long)]
@@ -272,6 +276,9 @@ pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let tile = a.tile.as_deref().map(vgg_cuda::ops::gemm::Tile::parse).transpose().context("--tile")?;
+    if a.splits == Some(0) {
+        bail!("--splits must be at least 1");
+    }
     if let Some(path) = &a.json {
         atomic::check_writable(path).context("--json")?;
     }
@@ -283,6 +290,7 @@ pub(crate) fn bench_gemm_cmd(a: BenchGemmArgs) -> Result<()> {
     cfg.cublas = !a.no_cublas;
     cfg.bandwidth = !a.no_bandwidth;
     cfg.tile = tile;
+    cfg.splits = a.splits;
     if a.repeats.is_some() {
         cfg.timing.samples = a.repeats;
     }

@@ -251,6 +251,12 @@ impl Linear {
         }
     }
 
+    /// The split count a launch of `pass` asked for `splits` runs: at most one a 64-deep k-tile
+    /// of the reduction, and no empty split.
+    pub fn splits_run(&self, pass: Pass, splits: usize) -> usize {
+        self.resolve_splits(self.dims(pass).2, splits)
+    }
+
     /// `splits` made consistent with the reduction depth: no empty split.
     fn resolve_splits(&self, t: usize, splits: usize) -> usize {
         let kt = t.div_ceil(BK).max(1);
