@@ -3,7 +3,7 @@
 // behind one helper with an emulation (kernels/emu/runtime.cpp), as ptx.cuh's primitives.
 //
 // The protocol (PTX ISA, "mbarrier" and "cp.async.bulk"): a barrier is initialised once with
-// the arrivals a phase needs; a producer arrives with the bytes it is about to have copied
+// the arrivals a phase needs (then fence_mbarrier_init and a __syncthreads); a producer arrives with the bytes it is about to have copied
 // (mbarrier_arrive_expect_tx), then issues the copies on that barrier; each copy takes its
 // bytes off the barrier's tx-count as it lands; the phase completes when every arrival and every
 // byte is in. Consumers wait for the phase by its parity (phase j of a barrier: parity j & 1).
@@ -28,6 +28,14 @@ __device__ __forceinline__ void mbarrier_init(unsigned long long* bar, unsigned 
                : "memory");
 #else
   __trap();
+#endif
+}
+
+// Makes an initialised barrier visible to the copy engine (which completes transactions on it);
+// then a __syncthreads before any thread uses it. Nothing to order on the emulator.
+__device__ __forceinline__ void fence_mbarrier_init() {
+#if defined(__CUDA_ARCH__) && VGG_HAS_BULK
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
 }
 
@@ -78,6 +86,49 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 #else
   __trap();
 #endif
+}
+
+// The TMA engine's 2-D form: the box at (c0 along the inner dimension, c1 along the outer) of
+// the tensor map at `map` (a CUtensorMap in global memory, 64-byte aligned: TensorMap2d in
+// src/device/tensor_map.rs) lands at smem_dst (1024-byte aligned with the 128-byte swizzle),
+// its rows one after the other, elements outside the tensor zero, and completes the box's bytes
+// (all of them, zeros included) on `bar`. Call tma_acquire_map(map) once before a thread's
+// first load through a map.
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* map, int c0, int c1,
+                                            unsigned long long* bar) {
+#ifndef __CUDA_ARCH__
+  emu::tma_load_2d(smem_dst, map, c0, c1, bar);
+#elif VGG_HAS_BULK
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
+      "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+// A tensor map the host wrote to global memory is read by the tensormap proxy: this orders the
+// write before this thread's loads through it (the CUDA guide's rule for maps in global memory).
+__device__ __forceinline__ void tma_acquire_map(const void* map) {
+#if defined(__CUDA_ARCH__) && VGG_HAS_BULK
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"((unsigned long long)map) : "memory");
+#else
+  (void)map;
+#endif
+}
+
+// `p` (in shared memory) moved up to the next multiple of `align` bytes of the shared window (the
+// host's address on the emulator, whose checks read that): the dynamic shared base follows the
+// static variables, so a 1024-byte aligned swizzled buffer must be aligned by hand.
+__device__ __forceinline__ unsigned char* align_shared(unsigned char* p, unsigned align) {
+#ifdef __CUDA_ARCH__
+  const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+#else
+  const unsigned s = (unsigned)reinterpret_cast<uintptr_t>(p);
+#endif
+  return p + ((align - (s & (align - 1))) & (align - 1));
 }
 
 // Orders this thread's earlier generic-proxy accesses to shared memory before later async-proxy

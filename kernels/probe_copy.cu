@@ -8,6 +8,9 @@
 //             bulk cp.async.bulk (the TMA engine, kernels/bulk.cuh): warp 0's lanes each copy 8
 //                  of the tile's 256 rows, 128 bytes a copy, counted by one mbarrier a buffer
 //                  (one kernel, probe_copy_bulk: its copies have no lanes' phases)
+//             tma  cp.async.bulk.tensor.2d (the TMA engine's tensor form): thread 0 loads each tile
+//                  as one 64 x 256 box in the 128-byte swizzle the wgmma operands use, through a
+//                  tensor map (probe_copy_tma, one more argument: the map's device address)
 //     phase   0    an 8-lane phase takes 8 rows x one 16-byte unit (our K-major copies)
 //             1    an 8-lane phase takes one row's 8 units, 128 contiguous bytes
 // Why: ncu counted ~50% of every tensor-core kernel's global sectors as excess (runs 5 and 6,
@@ -64,14 +67,15 @@ __device__ __forceinline__ void copy_tile(unsigned char* buf, const Matrix& m, i
     }
 }
 
-template <int PHASE>
+// SWIZZLED: the tile landed row-major in the 128-byte swizzle, unit u of row r at chunk u ^ (r % 8).
+template <int PHASE, bool SWIZZLED = false>
 __device__ __forceinline__ unsigned checksum(const unsigned char* buf, int tid) {
     unsigned acc = 0;
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-        const int q = tid + kThreads * j;
+        const int q = tid + kThreads * j, r = piece_row<PHASE>(q);
         const uint4 v = *reinterpret_cast<const uint4*>(buf + q * 16);
-        const unsigned place = 8u * piece_row<PHASE>(q) + piece_unit<PHASE>(q);
+        const unsigned place = 8u * r + (piece_unit<PHASE>(q) ^ (SWIZZLED ? r & 7 : 0));
         acc += (v.x + 3u * v.y + 5u * v.z + 7u * v.w) * (2u * place + 1u);
     }
     return acc;
@@ -88,6 +92,38 @@ __device__ __forceinline__ void block_sum(unsigned v, unsigned* out, int tid) {
         for (int w = 0; w < kThreads / 32; ++w) s += warps[w];
         out[blockIdx.x] = s;
     }
+}
+
+// The TMA form: one 64 x 256 box a tile, swizzled, into 1024-byte aligned buffers.
+__device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out, const void* map) {
+    VGG_DYN_SHARED(unsigned char, raw);
+    unsigned char* const smem = align_shared(raw, 1024);
+    const int tid = threadIdx.x;
+    const int mine = count > (int)blockIdx.x ? (count - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    __shared__ unsigned long long full[kBufs];
+    if (tid == 0) {
+        for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
+        fence_mbarrier_init();
+        tma_acquire_map(map);
+    }
+    __syncthreads();
+    auto load = [&](int k) {  // thread 0
+        if (k >= mine) return;
+        const int t = ((int)blockIdx.x + k * (int)gridDim.x) % m.tiles, per_row_block = m.pitch >> 3;
+        mbarrier_arrive_expect_tx(&full[k % kBufs], kUnits * 16);
+        fence_proxy_async_shared();  // this buffer's checksum reads (tile k - 3) before the copy
+        tma_load_2d(smem + (k % kBufs) * kUnits * 16, map, (t % per_row_block) * 64, (t / per_row_block) * kRows,
+                    &full[k % kBufs]);
+    };
+    if (tid == 0) load(0), load(1);
+    unsigned acc = 0;
+    for (int k = 0; k < mine; ++k) {
+        mbarrier_wait_parity(&full[k % kBufs], (k / kBufs) & 1);
+        __syncthreads();  // everyone is done with tile k - 1, whose buffer tile k + 2 takes
+        if (tid == 0) load(k + 2);
+        acc += checksum<1, true>(smem + (k % kBufs) * kUnits * 16, tid);
+    }
+    block_sum(acc, out, tid);
 }
 
 template <int METHOD, int PHASE>
@@ -121,8 +157,10 @@ __device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
     } else if constexpr (METHOD == kBulk) {
         // The tile lands row-major (row r at r * 128 bytes), which is piece order under phase 1.
         __shared__ unsigned long long full[kBufs];
-        if (tid == 0)
+        if (tid == 0) {
             for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
+            fence_mbarrier_init();
+        }
         __syncthreads();
         auto load = [&](int k) {  // warp 0
             if (k >= mine) return;
@@ -172,3 +210,6 @@ extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p1(PROBE_PARAMS)
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p0(PROBE_PARAMS) { PROBE_RUN(kLdg, 0); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p1(PROBE_PARAMS) { PROBE_RUN(kLdg, 1); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_bulk(PROBE_PARAMS) { PROBE_RUN(kBulk, 0); }
+extern "C" __global__ void __launch_bounds__(256) probe_copy_tma(PROBE_PARAMS, const void* map) {
+    probe::run_tma(probe::Matrix{src, rows, pitch, tiles}, count, out, map);
+}

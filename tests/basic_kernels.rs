@@ -44,6 +44,12 @@ fn cp_async_zero_fills() {
 fn wgmma_matches_reference() {
     assert_check_passes("wgmma");
 }
+/// Bulk copies and 2-D TMA boxes (inside, over every edge, swizzled or not) land as the copy
+/// engine lays them, counted by their mbarrier.
+#[test]
+fn bulk_copies_and_tma_boxes_land_in_place() {
+    assert_check_passes("bulk");
+}
 
 /// The emulator runs a wgmma when the wait retires its group: accumulators read before the
 /// wait still hold C (on a GPU that read is undefined), so a kernel missing its wait fails on

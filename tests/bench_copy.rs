@@ -20,8 +20,8 @@ fn every_form_copies_every_tile_to_its_place() {
     let c = case(512, 24, 7);
     let mut rows = vec![];
     let got = bench_case(&dev, &c, &CopyMethod::ALL, 3, |r| rows.push(r.clone())).unwrap();
-    assert_eq!(got.len(), 9, "{got:#?}");
-    assert_eq!(rows.len(), 9);
+    assert_eq!(got.len(), 10, "{got:#?}");
+    assert_eq!(rows.len(), 10);
     for r in &got {
         let what = format!("{} {:?}", r.method, r.phase);
         assert!(r.error.is_none() && r.check_ok, "{what}: {r:?}");
@@ -96,9 +96,10 @@ fn cli_writes_the_rows_and_names_bad_options() {
     assert!(rows.iter().all(|r| r.check_ok && r.case == "l2"), "{rows:#?}");
     assert_eq!(stdout.lines().filter(|l| l.ends_with(" ok")).count(), 4, "{stdout}");
 
-    for (args, needle) in
-        [(&["--methods", "cgz,tma"][..], "unknown copy method `tma`"), (&["--cases", "l2,l3"][..], "unknown case `l3`")]
-    {
+    for (args, needle) in [
+        (&["--methods", "cgz,tmem"][..], "unknown copy method `tmem`"),
+        (&["--cases", "l2,l3"][..], "unknown case `l3`"),
+    ] {
         let out = vgg(&[&["bench", "copy", "--device", "emu"][..], args].concat());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");

@@ -91,11 +91,13 @@ struct AsyncCopy {
     unsigned char data[16];
 };
 
-// One bulk copy not yet landed (it lands at a wait on its mbarrier, or at issue).
+// One bulk copy not yet landed (it lands at a wait on its mbarrier, or at issue): `bytes` from
+// src, or for a TMA box (src null) its bytes as read at issue, in `box`.
 struct BulkCopy {
     unsigned char* dst;
     const unsigned char* src;
     unsigned bytes;
+    std::vector<unsigned char> box;
 };
 
 // An mbarrier's state: arrivals a phase expects and still expects, transaction bytes still
@@ -548,7 +550,7 @@ void mbarrier_wake(const void* bar) {
 // Lands the barrier's bulk copies, taking their bytes off its tx-count.
 void mbarrier_land(Mbarrier& m) {
     for (const BulkCopy& c : m.copies) {
-        std::memcpy(c.dst, c.src, c.bytes);
+        std::memcpy(c.dst, c.src ? c.src : c.box.data(), c.bytes);
         m.tx -= c.bytes;
     }
     m.copies.clear();
@@ -588,7 +590,46 @@ void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
     if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
         fail("cp.async.bulk of %u bytes to %p: outside the block's dynamic shared memory", bytes, dst);
     Mbarrier& m = mbarrier_at(bar, "cp.async.bulk");
-    m.copies.push_back({d, static_cast<const unsigned char*>(src), bytes});
+    m.copies.push_back({d, static_cast<const unsigned char*>(src), bytes, {}});
+    if (cp_async_lands_now()) {
+        mbarrier_land(m);
+        mbarrier_try_complete(bar, m);
+    } else {
+        mbarrier_wake(bar);
+    }
+}
+
+// The emulator's tensor map (src/device/tensor_map.rs writes it): 16 words, of which
+// magic, base, inner and outer extents (elements), row stride (bytes), box inner and outer,
+// swizzle (0 none, 3 the 128-byte pattern), element bytes.
+constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
+
+void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
+    if (reinterpret_cast<uintptr_t>(map) % 64) fail("cp.async.bulk.tensor: tensor map %p is not 64-byte aligned", map);
+    const auto* w = static_cast<const unsigned long long*>(map);
+    if (w[0] != kTensorMapMagic) fail("cp.async.bulk.tensor: %p holds no tensor map of the emulator", map);
+    const auto* base = reinterpret_cast<const unsigned char*>(w[1]);
+    const long long inner = w[2], outer = w[3], stride = w[4], box_in = w[5], box_out = w[6], elem = w[8];
+    const bool swizzle = w[7] == 3;
+    const long long row_bytes = box_in * elem, bytes = row_bytes * box_out;
+    auto* d = static_cast<unsigned char*>(dst);
+    if (reinterpret_cast<uintptr_t>(d) % (swizzle ? 1024 : 128))
+        fail("cp.async.bulk.tensor to %p: shared destination not %d-byte aligned", dst, swizzle ? 1024 : 128);
+    if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
+        fail("cp.async.bulk.tensor of %lld bytes to %p: outside the block's dynamic shared memory", bytes, dst);
+    BulkCopy c{d, nullptr, unsigned(bytes), std::vector<unsigned char>(bytes, 0)};
+    for (long long i = 0; i < box_out; ++i)
+        for (long long j = 0; j < box_in; ++j) {
+            const long long x = c0 + j, y = c1 + i;
+            if (x < 0 || x >= inner || y < 0 || y >= outer) continue;  // outside: zero
+            // The 128-byte swizzle as the address rule the wgmma emulation reads it by: 16-byte
+            // chunk bits 4-6 of the offset XOR its 128-byte row bits 7-9 (d is 1024-aligned).
+            long long off = i * row_bytes + j * elem;
+            if (swizzle) off ^= ((off >> 7) & 7) << 4;
+            std::memcpy(&c.box[off], base + y * stride + x * elem, elem);
+        }
+    Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
+    m.copies.push_back(std::move(c));
     if (cp_async_lands_now()) {
         mbarrier_land(m);
         mbarrier_try_complete(bar, m);

@@ -9,7 +9,7 @@
 //! next. The probe moves the same tiles every way and reports GB/s for each.
 
 use super::{time_calls, Timing, TimingConfig};
-use crate::device::{KArg, Kernel, LaunchConfig};
+use crate::device::{KArg, Kernel, LaunchConfig, TensorMap2d, TensorMap2dSpec};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use rayon::prelude::*;
 
@@ -32,14 +32,17 @@ pub enum CopyMethod {
     /// `cp.async.bulk` (the TMA engine): 128 bytes a copy, a tile row each, counted by an
     /// mbarrier (kernels/bulk.cuh). sm_90 only.
     Bulk,
+    /// `cp.async.bulk.tensor.2d` (the TMA engine's tensor form): a tile as one 64 x 256 box in
+    /// the 128-byte swizzle, through a [`TensorMap2d`]. sm_90 only.
+    Tma,
 }
 
 impl CopyMethod {
     /// Every method, in the report's order.
-    pub const ALL: [CopyMethod; 5] =
-        [CopyMethod::CgZfill, CopyMethod::Cg, CopyMethod::Ca, CopyMethod::Ldg, CopyMethod::Bulk];
+    pub const ALL: [CopyMethod; 6] =
+        [CopyMethod::CgZfill, CopyMethod::Cg, CopyMethod::Ca, CopyMethod::Ldg, CopyMethod::Bulk, CopyMethod::Tma];
 
-    /// `cgz`, `cg`, `ca`, `ldg` or `bulk`, as the kernels' names and `--methods` spell them.
+    /// `cgz`, `cg`, `ca`, `ldg`, `bulk` or `tma`, as the kernels' names and `--methods` spell them.
     pub fn name(self) -> &'static str {
         match self {
             CopyMethod::CgZfill => "cgz",
@@ -47,6 +50,7 @@ impl CopyMethod {
             CopyMethod::Ca => "ca",
             CopyMethod::Ldg => "ldg",
             CopyMethod::Bulk => "bulk",
+            CopyMethod::Tma => "tma",
         }
     }
 
@@ -55,22 +59,29 @@ impl CopyMethod {
         Self::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::Invalid(format!("unknown copy method `{s}` (methods: cgz, cg, ca, ldg, bulk)")))
+            .ok_or_else(|| Error::Invalid(format!("unknown copy method `{s}` (methods: cgz, cg, ca, ldg, bulk, tma)")))
     }
 
-    /// The lane patterns it runs: both, or for bulk copies (one thread a row, no lanes'
-    /// phases) [`Phase::Rows`] alone.
+    /// The lane patterns it runs: both, or for the copy engine's forms (no lanes' phases)
+    /// [`Phase::Rows`] alone.
     pub fn phases(self) -> &'static [Phase] {
-        if self == CopyMethod::Bulk {
+        if self.engine() {
             &[Phase::Rows]
         } else {
             &[Phase::Rows, Phase::Runs]
         }
     }
 
+    /// Whether the copy engine (TMA) moves the bytes: sm_90 only.
+    fn engine(self) -> bool {
+        matches!(self, CopyMethod::Bulk | CopyMethod::Tma)
+    }
+
     fn kernel(self, phase: Phase) -> Kernel {
-        if self == CopyMethod::Bulk {
-            return Kernel { module: "probe_copy", name: "probe_copy_bulk" };
+        match self {
+            CopyMethod::Bulk => return Kernel { module: "probe_copy", name: "probe_copy_bulk" },
+            CopyMethod::Tma => return Kernel { module: "probe_copy", name: "probe_copy_tma" },
+            _ => {}
         }
         const NAMES: [[&str; 2]; 4] = [
             ["probe_copy_cgz_p0", "probe_copy_cgz_p1"],
@@ -81,12 +92,13 @@ impl CopyMethod {
         Kernel { module: "probe_copy", name: NAMES[self as usize][phase as usize] }
     }
 
-    /// Tile buffers a block holds: the cp.async ring's 3, or the register-staged copy's 2.
-    fn buffers(self) -> usize {
-        if self == CopyMethod::Ldg {
-            2
-        } else {
-            3
+    /// Dynamic shared memory a block asks for: the ring's 3 tiles, the register-staged copy's
+    /// 2, or for the swizzled boxes 3 and the 1 KiB their 1024-byte alignment may skip.
+    fn shared_bytes(self) -> usize {
+        match self {
+            CopyMethod::Ldg => 2 * TILE_BYTES,
+            CopyMethod::Tma => 3 * TILE_BYTES + 1024,
+            _ => 3 * TILE_BYTES,
         }
     }
 }
@@ -167,6 +179,8 @@ pub struct CopyProbe {
     src: Tensor<u64>,
     sums: Tensor<i32>,
     grid: usize,
+    /// The source as a tensor map, made at the first TMA launch.
+    map: Option<TensorMap2d>,
 }
 
 /// The 16-byte unit `i` of the probe's source: two 64-bit mixes of it (splitmix64), so that
@@ -193,6 +207,7 @@ impl CopyProbe {
             src: Tensor::from_host(dev, &[2 * units], &data)?,
             sums: Tensor::empty(dev, &[grid])?,
             grid,
+            map: None,
         })
     }
 
@@ -201,15 +216,26 @@ impl CopyProbe {
     pub fn run(&mut self, method: CopyMethod, phase: Phase) -> Result<()> {
         let c = &self.case;
         let dev = self.src.device().clone();
-        if method == CopyMethod::Bulk && !dev.has_wgmma() {
-            return Err(Error::Unsupported(format!("bulk copies need an sm_90 GPU; {} is not one", dev.name())));
+        if method.engine() && !dev.has_wgmma() {
+            return Err(Error::Unsupported(format!("copy-engine loads need an sm_90 GPU; {} is not one", dev.name())));
+        }
+        if method == CopyMethod::Tma && self.map.is_none() {
+            let spec = TensorMap2dSpec {
+                inner: 8 * c.pitch,
+                outer: c.rows,
+                row_stride: 16 * c.pitch,
+                box_inner: 64,
+                box_outer: TILE_ROWS,
+                swizzle128: true,
+            };
+            self.map = Some(TensorMap2d::new(&dev, self.src.device_ptr(), spec)?);
         }
         let cfg = LaunchConfig {
             grid: (self.grid as u32, 1, 1),
             block: (256, 1, 1),
-            shared_bytes: (method.buffers() * TILE_BYTES) as u32,
+            shared_bytes: method.shared_bytes() as u32,
         };
-        let args = [
+        let mut args = vec![
             self.src.arg(),
             KArg::I32(c.rows as i32),
             KArg::I32(c.pitch as i32),
@@ -217,9 +243,13 @@ impl CopyProbe {
             KArg::I32(c.count as i32),
             self.sums.arg_mut(),
         ];
-        // SAFETY: (const uint4* src, int rows, int pitch, int tiles, int count, unsigned* out):
-        // src holds rows x pitch units (checked by CopyCase::check, allocated in new), tiles is
-        // the matrix's count, out one word per block of the grid.
+        if let (CopyMethod::Tma, Some(map)) = (method, &self.map) {
+            args.push(map.arg());
+        }
+        // SAFETY: (const uint4* src, int rows, int pitch, int tiles, int count, unsigned* out
+        // [, const void* map for tma]): src holds rows x pitch units (checked by CopyCase::check,
+        // allocated in new), tiles is the matrix's count, out one word per block of the grid; the
+        // map describes src and lives in self.
         unsafe { dev.launch(&method.kernel(phase), cfg, &args) }
     }
 
@@ -296,6 +326,7 @@ impl CopyRow {
         };
         let phase = match self.phase {
             _ if self.method == "bulk" => "row128",
+            _ if self.method == "tma" => "box-sw",
             Phase::Rows => "8x16",
             Phase::Runs => "1x128",
         };

@@ -174,6 +174,46 @@ impl CudaDevice {
         unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("cuCtxSetCurrent"))
     }
 
+    /// A 2-D tiled tensor map of 16-bit elements, encoded by the driver: `dims` (inner, outer)
+    /// elements, `row_stride` bytes, `boxd` (inner, outer) elements, the 128-byte swizzle or none.
+    pub fn encode_tensor_map_2d(
+        &self,
+        base: u64,
+        dims: [u64; 2],
+        row_stride: u64,
+        boxd: [u32; 2],
+        swizzle128: bool,
+    ) -> Result<[u64; 16]> {
+        use sys::{CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I};
+        use sys::{CUtensorMapL2promotion as L, CUtensorMapSwizzle as S};
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let strides = [row_stride];
+        let elem_strides = [1u32, 1];
+        let swizzle = if swizzle128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_NONE };
+        // SAFETY: every pointer addresses a live local array of the length the rank (2) implies
+        // (strides: rank - 1); the driver only encodes, it reads nothing at `base`.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                T::CU_TENSOR_MAP_DATA_TYPE_UINT16,
+                2,
+                base as *mut c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxd.as_ptr(),
+                elem_strides.as_ptr(),
+                I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                swizzle,
+                L::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(Error::Invalid(format!("cuTensorMapEncodeTiled refused the tensor map: {r:?}")));
+        }
+        Ok(map.opaque)
+    }
+
     pub fn compute_capability(&self) -> (i32, i32) {
         self.info.compute_capability
     }

@@ -11,12 +11,14 @@ mod graph;
 pub mod kernels;
 mod pinned;
 mod profile;
+mod tensor_map;
 
 pub use cuda::{cuda_report, CudaReport, GpuInfo};
 pub use emu::Schedule;
 pub use graph::Graph;
 pub use pinned::PinnedBuffer;
 pub use profile::LaunchTime;
+pub use tensor_map::{TensorMap2d, TensorMap2dSpec};
 
 use crate::{Error, Result};
 use std::ffi::c_void;

@@ -3,6 +3,7 @@
 //! tests run the same checks on the emu device, so one body serves the emulator in CI and
 //! the GPU when a session has one.
 
+mod bulk;
 mod conv;
 mod dense_gather;
 mod dropout;
@@ -98,6 +99,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "ldmatrix", run: primitives::ldmatrix },
     Check { name: "cp_async", run: primitives::cp_async },
     Check { name: "wgmma", run: primitives::wgmma },
+    Check { name: "bulk", run: bulk::bulk },
     Check { name: "gemm", run: gemm::linear },
     Check { name: "gemm_conv1x1", run: gemm::conv1x1 },
     Check { name: "gemm_determinism", run: gemm::determinism },

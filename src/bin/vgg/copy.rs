@@ -16,8 +16,9 @@ pub(crate) struct BenchCopyArgs {
     cases: Option<String>,
     /// Comma-separated methods: cgz (cp.async.cg with a src-size operand, our kernels' form),
     /// cg (without one), ca (cp.async.ca, through L1), ldg (ld.global + st.shared), bulk
-    /// (cp.async.bulk, the TMA engine, 128 bytes a copy; sm_90).
-    #[arg(long, default_value = "cgz,cg,ca,ldg,bulk")]
+    /// (cp.async.bulk, the TMA engine, 128 bytes a copy), tma (cp.async.bulk.tensor, a
+    /// swizzled 64 x 256 box a tile); the last two sm_90 only.
+    #[arg(long, default_value = "cgz,cg,ca,ldg,bulk,tma")]
     methods: String,
     /// Write the rows as JSON to this file (rewritten after every row).
     #[arg(long)]
