@@ -88,13 +88,18 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 #endif
 }
 
+// A tensor map (CUtensorMap: TensorMap2d in src/device/tensor_map.rs) as kernels take it: by
+// value, `const __grid_constant__ TmaDesc map`, so that its address is in parameter space,
+// where the copy engine reads it with no fence.
+struct alignas(64) TmaDesc {
+  unsigned long long w[16];
+};
+
 // The TMA engine's 2-D form: the box at (c0 along the inner dimension, c1 along the outer) of
-// the tensor map at `map` (a CUtensorMap in global memory, 64-byte aligned: TensorMap2d in
-// src/device/tensor_map.rs) lands at smem_dst (1024-byte aligned with the 128-byte swizzle),
-// its rows one after the other, elements outside the tensor zero, and completes the box's bytes
-// (all of them, zeros included) on `bar`. Call tma_acquire_map(map) once before a thread's
-// first load through a map.
-__device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* map, int c0, int c1,
+// the tensor `map` describes lands at smem_dst (1024-byte aligned with the 128-byte swizzle), its
+// rows one after the other, elements outside the tensor zero, and completes the box's bytes (all
+// of them, zeros included) on `bar`.
+__device__ __forceinline__ void tma_load_2d(void* smem_dst, const TmaDesc* map, int c0, int c1,
                                             unsigned long long* bar) {
 #ifndef __CUDA_ARCH__
   emu::tma_load_2d(smem_dst, map, c0, c1, bar);
@@ -106,16 +111,6 @@ __device__ __forceinline__ void tma_load_2d(void* smem_dst, const void* map, int
       : "memory");
 #else
   __trap();
-#endif
-}
-
-// A tensor map the host wrote to global memory is read by the tensormap proxy: this orders the
-// write before this thread's loads through it (the CUDA guide's rule for maps in global memory).
-__device__ __forceinline__ void tma_acquire_map(const void* map) {
-#if defined(__CUDA_ARCH__) && VGG_HAS_BULK
-  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"((unsigned long long)map) : "memory");
-#else
-  (void)map;
 #endif
 }
 

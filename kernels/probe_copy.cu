@@ -10,7 +10,7 @@
 //                  (one kernel, probe_copy_bulk: its copies have no lanes' phases)
 //             tma  cp.async.bulk.tensor.2d (the TMA engine's tensor form): thread 0 loads each tile
 //                  as one 64 x 256 box in the 128-byte swizzle the wgmma operands use, through a
-//                  tensor map (probe_copy_tma, one more argument: the map's device address)
+//                  tensor map (probe_copy_tma, one more argument: the map, by value)
 //     phase   0    an 8-lane phase takes 8 rows x one 16-byte unit (our K-major copies)
 //             1    an 8-lane phase takes one row's 8 units, 128 contiguous bytes
 // Why: ncu counted ~50% of every tensor-core kernel's global sectors as excess (runs 5 and 6,
@@ -95,7 +95,7 @@ __device__ __forceinline__ void block_sum(unsigned v, unsigned* out, int tid) {
 }
 
 // The TMA form: one 64 x 256 box a tile, swizzled, into 1024-byte aligned buffers.
-__device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out, const void* map) {
+__device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out, const TmaDesc* map) {
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);
     const int tid = threadIdx.x;
@@ -104,7 +104,6 @@ __device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out
     if (tid == 0) {
         for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
         fence_mbarrier_init();
-        tma_acquire_map(map);
     }
     __syncthreads();
     auto load = [&](int k) {  // thread 0
@@ -210,6 +209,6 @@ extern "C" __global__ void __launch_bounds__(256) probe_copy_ca_p1(PROBE_PARAMS)
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p0(PROBE_PARAMS) { PROBE_RUN(kLdg, 0); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_ldg_p1(PROBE_PARAMS) { PROBE_RUN(kLdg, 1); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_bulk(PROBE_PARAMS) { PROBE_RUN(kBulk, 0); }
-extern "C" __global__ void __launch_bounds__(256) probe_copy_tma(PROBE_PARAMS, const void* map) {
-    probe::run_tma(probe::Matrix{src, rows, pitch, tiles}, count, out, map);
+extern "C" __global__ void __launch_bounds__(256) probe_copy_tma(PROBE_PARAMS, const __grid_constant__ TmaDesc map) {
+    probe::run_tma(probe::Matrix{src, rows, pitch, tiles}, count, out, &map);
 }

@@ -605,7 +605,7 @@ void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
 constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
 
 void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
-    if (reinterpret_cast<uintptr_t>(map) % 64) fail("cp.async.bulk.tensor: tensor map %p is not 64-byte aligned", map);
+    if (reinterpret_cast<uintptr_t>(map) % 64) fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
     const auto* w = static_cast<const unsigned long long*>(map);
     if (w[0] != kTensorMapMagic) fail("cp.async.bulk.tensor: %p holds no tensor map of the emulator", map);
     const auto* base = reinterpret_cast<const unsigned char*>(w[1]);

@@ -247,9 +247,9 @@ impl CopyProbe {
             args.push(map.arg());
         }
         // SAFETY: (const uint4* src, int rows, int pitch, int tiles, int count, unsigned* out
-        // [, const void* map for tma]): src holds rows x pitch units (checked by CopyCase::check,
-        // allocated in new), tiles is the matrix's count, out one word per block of the grid; the
-        // map describes src and lives in self.
+        // [, TmaDesc map by value for tma]): src holds rows x pitch units (checked by
+        // CopyCase::check, allocated in new), tiles is the matrix's count, out one word per block
+        // of the grid; the map describes src.
         unsafe { dev.launch(&method.kernel(phase), cfg, &args) }
     }
 

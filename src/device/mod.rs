@@ -104,7 +104,15 @@ pub enum KArg {
     I64(i64),
     /// A `float`.
     F32(f32),
+    /// A 128-byte TMA descriptor by value (`const __grid_constant__ TmaDesc`, kernels/bulk.cuh):
+    /// [`TensorMap2d::arg`].
+    TensorMap([u64; 16]),
 }
+
+/// One argument's bytes as the launch passes them: room for the largest (a tensor map), at a
+/// tensor map's alignment.
+#[repr(C, align(64))]
+struct Slot([u64; 16]);
 
 impl KArg {
     /// The size of the kernel parameter this argument fills.
@@ -112,18 +120,23 @@ impl KArg {
         match self {
             KArg::Ptr(_) | KArg::I64(_) => 8,
             KArg::I32(_) | KArg::U32(_) | KArg::F32(_) => 4,
+            KArg::TensorMap(_) => 128,
         }
     }
 
-    fn to_slot(self) -> u64 {
-        // Little-endian: a 4-byte argument is read from the low half of its 8-byte slot.
-        match self {
+    fn to_slot(self) -> Slot {
+        // Little-endian: a 4-byte argument is read from the low half of its first word.
+        let word = match self {
             KArg::Ptr(p) => p,
             KArg::I32(v) => v as u32 as u64,
             KArg::U32(v) => v as u64,
             KArg::I64(v) => v as u64,
             KArg::F32(v) => v.to_bits() as u64,
-        }
+            KArg::TensorMap(w) => return Slot(w),
+        };
+        let mut s = Slot([0; 16]);
+        s.0[0] = word;
+        s
     }
 }
 
@@ -388,8 +401,8 @@ impl Device {
     /// # Safety
     /// As [`Device::launch`].
     unsafe fn launch_now(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
-        let mut slots: Vec<u64> = args.iter().map(|a| a.to_slot()).collect();
-        let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let mut slots: Vec<Slot> = args.iter().map(|a| a.to_slot()).collect();
+        let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut Slot as *mut c_void).collect();
         match &self.0.backend {
             Backend::Cuda(c) => c.launch(kernel, cfg, &mut ptrs),
             Backend::Emu(e) => {

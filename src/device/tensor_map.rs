@@ -1,13 +1,12 @@
 //! 2-D TMA descriptors (CUtensorMap) for kernels' `cp.async.bulk.tensor` loads
 //! (kernels/bulk.cuh, `tma_load_2d`): a row-major matrix of 16-bit elements read a box at a
-//! time, optionally in the 128-byte swizzle the wgmma operands use. The map lives in device
-//! memory (64-byte aligned; kernels take its address and fence it once, `tma_acquire_map`), so
-//! kernel arguments stay plain pointers. On cuda the driver encodes it; on emu the emulator's
-//! own 16 words (kernels/emu/runtime.cpp reads them) describe the same copy.
+//! time, optionally in the 128-byte swizzle the wgmma operands use. A kernel takes the map by
+//! value (`const __grid_constant__ TmaDesc`, [`KArg::TensorMap`]): nothing to upload, and the
+//! copy engine reads it from parameter space. On cuda the driver encodes it; on emu the
+//! emulator's own 16 words (kernels/emu/runtime.cpp reads them) describe the same copy.
 
-use super::KArg;
-use super::{Backend, Device};
-use crate::{ensure_shape, Result, Tensor};
+use super::{Backend, Device, KArg};
+use crate::{ensure_shape, Result};
 
 /// The emulator's tag in word 0 ("VGGTMAP2"), as kernels/emu/runtime.cpp checks it.
 const EMU_MAGIC: u64 = 0x5647_4754_4d41_5032;
@@ -68,15 +67,16 @@ impl TensorMap2dSpec {
     }
 }
 
-/// A tensor map in device memory, for the matrix at `base` (which must outlive its use).
+/// An encoded tensor map for the matrix at `base` (which must outlive the launches using it).
+#[derive(Clone, Copy, Debug)]
 pub struct TensorMap2d {
-    map: Tensor<u64>,
+    words: [u64; 16],
     spec: TensorMap2dSpec,
 }
 
 impl TensorMap2d {
-    /// Encodes `spec` for the matrix at device address `base` on `dev` and uploads it; a spec
-    /// the copy engine cannot take is an `Error::Shape` naming the field.
+    /// Encodes `spec` for the matrix at device address `base` on `dev`; a spec the copy engine
+    /// cannot take is an `Error::Shape` naming the field.
     pub fn new(dev: &Device, base: u64, spec: TensorMap2dSpec) -> Result<Self> {
         spec.check(base)?;
         let s = spec;
@@ -101,8 +101,7 @@ impl TensorMap2d {
                 w
             }
         };
-        // Device allocations are 256-byte aligned, more than the 64 a tensor map needs.
-        Ok(Self { map: Tensor::from_host(dev, &[16], &words)?, spec })
+        Ok(Self { words, spec })
     }
 
     /// What it describes.
@@ -110,8 +109,8 @@ impl TensorMap2d {
         self.spec
     }
 
-    /// The map's device address, the `const void*` kernels pass to `tma_load_2d`.
+    /// The map as a kernel argument (`const __grid_constant__ TmaDesc`).
     pub fn arg(&self) -> KArg {
-        self.map.arg()
+        KArg::TensorMap(self.words)
     }
 }

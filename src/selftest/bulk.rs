@@ -94,7 +94,7 @@ pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
         let bytes = spec.box_bytes();
         let mut out = Tensor::from_host(dev, &[bytes], &vec![0xA5u8; bytes])?;
         let args = [map.arg(), KArg::I32(c0), KArg::I32(c1), KArg::I32(bytes as i32), out.arg_mut()];
-        // SAFETY: (const void* map, int c0, int c1, int bytes, unsigned char* out): the map
+        // SAFETY: (TmaDesc map by value, int c0, int c1, int bytes, unsigned char* out): the map
         // describes mt (alive), `bytes` is its box's size and out's; shared memory the box plus
         // the 1024 bytes its alignment may skip.
         unsafe { dev.launch(&kernel("prim_tma_box"), one_warp(bytes + 1024), &args)? };
