@@ -3,10 +3,10 @@
 // behind one helper with an emulation (kernels/emu/runtime.cpp), as ptx.cuh's primitives.
 //
 // The protocol (PTX ISA, "mbarrier" and "cp.async.bulk"): a barrier is initialised once with
-// the arrivals a phase needs (then fence_mbarrier_init and a __syncthreads); a producer arrives with the bytes it is about to have copied
-// (mbarrier_arrive_expect_tx), then issues the copies on that barrier; each copy takes its
-// bytes off the barrier's tx-count as it lands; the phase completes when every arrival and every
-// byte is in. Consumers wait for the phase by its parity (phase j of a barrier: parity j & 1).
+// the arrivals a phase needs (then fence_mbarrier_init and a __syncthreads); a producer arrives
+// with the bytes it is about to have copied (mbarrier_arrive_expect_tx), then issues the copies
+// on that barrier; each copy takes its bytes off the barrier's tx-count as it lands; the phase
+// completes when every arrival and every byte is in. Consumers wait for the phase by its parity (phase j of a barrier: parity j & 1).
 // Shared memory a bulk copy overwrites must be done with by the generic proxy (the threads'
 // own loads): fence_proxy_async_shared() between those reads and the copy's issue.
 // sm_90 instructions: the compute_80 PTX traps, and launchers must not pick these kernels there.
@@ -114,14 +114,16 @@ __device__ __forceinline__ void tma_load_2d(void* smem_dst, const TmaDesc* map, 
 #endif
 }
 
-// `p` (in shared memory) moved up to the next multiple of `align` bytes of the shared window (the
-// host's address on the emulator, whose checks read that): the dynamic shared base follows the
-// static variables, so a 1024-byte aligned swizzled buffer must be aligned by hand.
+// `p` (in dynamic shared memory) moved up to the next multiple of `align` bytes of its shared
+// address: the GPU's shared window, or on the emulator the offset into the block's dynamic
+// shared memory, the address its swizzles (TMA's and wgmma's, wgmma_smem_addr) work from. The
+// dynamic base follows the static variables, so a 1024-byte aligned swizzled buffer must be
+// aligned by hand.
 __device__ __forceinline__ unsigned char* align_shared(unsigned char* p, unsigned align) {
 #ifdef __CUDA_ARCH__
   const unsigned s = (unsigned)__cvta_generic_to_shared(p);
 #else
-  const unsigned s = (unsigned)reinterpret_cast<uintptr_t>(p);
+  const unsigned s = (unsigned)(p - emu::dyn_smem());
 #endif
   return p + ((align - (s & (align - 1))) & (align - 1));
 }

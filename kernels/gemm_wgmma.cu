@@ -15,7 +15,20 @@
 // units (8 rows of one t-chunk, or 8 t of one row-chunk).
 // Epilogue as gemm.cu's: the output tile staged in shared memory (fp32 partials, or fp16 after
 // bias and ReLU), then copied out by gemm_store_tile (gemm_store.cuh).
-// Unmeasured: src/ops/gemm.rs runs it only when asked (Tile::W128x256), never by plan.
+// Run 5 measured 81.5-188 TFLOP/s on fc6 / fc7 (slower than the mma.sync tiles); src/ops/gemm.rs
+// runs it only when asked (Tile::W128x256), never by plan.
+//
+//   gemm_fwd_f16_wt128x256   the forward product, its operands brought by the TMA engine
+// The same 128 x 256 tile and wgmma's, but thread 0 loads each k-tile as two boxes (X's 128 x 64,
+// W's 256 x 64) through tensor maps (kernels/bulk.cuh) in the 128-byte swizzle, three k-tiles
+// ahead into a ring of 4, an mbarrier a buffer counting their bytes; zeros past the matrix edges
+// come from the copy engine, so any M, N and K (a multiple of 8) pass. Every thread waits for its
+// k-tile on the barrier; one __syncthreads a k-tile (each warpgroup has retired its previous
+// group by then) frees the buffer thread 0 refills. Why: every cp.async kernel of ours ran with
+// ~50% excess global sectors at the L2's limit (runs 5-6), and cuBLAS's Hopper kernels load
+// through TMA (bench/NOTES.md, "The copy probe"). Forward only: bwd_data's W and bwd_weight's
+// operands are M/N-major, whose swizzled layout the emulator does not model.
+#include "bulk.cuh"
 #include "gemm_store.cuh"
 #include "wgmma.cuh"
 
@@ -49,6 +62,47 @@ __device__ __forceinline__ void load(unsigned char* s, const __half* __restrict_
     }
 }
 
+// The output tile from the accumulators `acc`, staged in `smem` (free: every group retired,
+// every thread past the barrier before this), to out16 (bias, ReLU, fp16) or out32 (this split's
+// fp32 partials); uses the caller's tid, warp, lane, wg, R, S, r0, s0, bias, relu, out16, out32.
+// A macro, not a function: ptxas serialized the wgmma's of the bwd_data and bwd_weight kernels
+// (C7515) when this was an inlined function, and does not when the same code is textually inline.
+#define GW_EPILOGUE(acc, smem)                                                                                       \
+    do {                                                                                                             \
+    /* d[4 j + 2 h + e] -> tile row 64 wg + 16 (warp % 4) + g + 8 h, col 8 j + 2 t + e */                         \
+    const int g = lane >> 2, t4 = lane & 3, row_w = 64 * wg + 16 * (warp & 3) + g;                                   \
+    constexpr int kPitch = kBN + kPad;                                                                               \
+    if (out32) {                                                                                                     \
+        float* const st = reinterpret_cast<float*>(smem);                                                            \
+        _Pragma("unroll")                                                                                            \
+        for (int j = 0; j < kBN / 8; ++j)                                                                            \
+            _Pragma("unroll")                                                                                        \
+            for (int h = 0; h < 2; ++h)                                                                              \
+                *reinterpret_cast<float2*>(st + (row_w + 8 * h) * kPitch + 8 * j + 2 * t4) =                         \
+                    make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);                                         \
+    } else {                                                                                                         \
+        __half* const st = reinterpret_cast<__half*>(smem);                                                          \
+        _Pragma("unroll")                                                                                            \
+        for (int j = 0; j < kBN / 8; ++j) {                                                                          \
+            const int col = 8 * j + 2 * t4, gc = s0 + col;                                                           \
+            const float b0 = bias && gc < S ? __half2float(bias[gc]) : 0.f;                                          \
+            const float b1 = bias && gc < S ? __half2float(bias[gc + 1]) : 0.f;                                      \
+            _Pragma("unroll")                                                                                        \
+            for (int h = 0; h < 2; ++h) {                                                                            \
+                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;                                \
+                if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);                                                      \
+                *reinterpret_cast<__half2*>(st + (row_w + 8 * h) * kPitch + col) = __floats2half2_rn(v0, v1);        \
+            }                                                                                                        \
+        }                                                                                                            \
+    }                                                                                                                \
+    __syncthreads();                                                                                                 \
+    if (out32)                                                                                                       \
+        gemm_store_tile<kBM, kBN, kPad, kThreads>(out32 + (long long)blockIdx.z * R * S,                             \
+                                                  reinterpret_cast<const float*>(smem), R, S, r0, s0, tid);          \
+    else                                                                                                             \
+        gemm_store_tile<kBM, kBN, kPad, kThreads>(out16, reinterpret_cast<const __half*>(smem), R, S, r0, s0, tid);  \
+    } while (0)
+
 template <bool A_T, bool B_T>
 __device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const __half* __restrict__ B, int R,
                                            int S, int T, int kt_per_split, const __half* __restrict__ bias,
@@ -71,39 +125,54 @@ __device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const _
     static_assert(kBufs == 4, "wgmma_ring's ring");
     wgmma_ring<kBN, A_T, B_T, kBK / 16, kBufBytes>(acc, kt_count, da0, db0, load_stage, [](int) {});
     __syncthreads();  // every warp is past its reads of the ring, which now stages the output
+    GW_EPILOGUE(acc, smem);
+}
 
-    // d[4 j + 2 h + e] -> tile row 64 wg + 16 (warp % 4) + g + 8 h, column 8 j + 2 t + e.
-    const int g = lane >> 2, t4 = lane & 3, row_w = 64 * wg + 16 * (warp & 3) + g;
-    constexpr int kPitch = kBN + kPad;
-    if (out32) {
-        float* const st = reinterpret_cast<float*>(smem);
-#pragma unroll
-        for (int j = 0; j < kBN / 8; ++j)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-                *reinterpret_cast<float2*>(st + (row_w + 8 * h) * kPitch + 8 * j + 2 * t4) =
-                    make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-    } else {
-        __half* const st = reinterpret_cast<__half*>(smem);
-#pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-            const int col = 8 * j + 2 * t4, gc = s0 + col;
-            const float b0 = bias && gc < S ? __half2float(bias[gc]) : 0.f;
-            const float b1 = bias && gc < S ? __half2float(bias[gc + 1]) : 0.f;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-                if (relu) v0 = vgg_relu(v0), v1 = vgg_relu(v1);
-                *reinterpret_cast<__half2*>(st + (row_w + 8 * h) * kPitch + col) = __floats2half2_rn(v0, v1);
-            }
-        }
+// The forward product through the TMA engine (the header's gemm_fwd_f16_wt128x256).
+__device__ __forceinline__ void gemm_tma_fwd(const TmaDesc* ma, const TmaDesc* mb, int R, int S, int T,
+                                             int kt_per_split, const __half* __restrict__ bias, int relu,
+                                             __half* __restrict__ out16, float* __restrict__ out32) {
+    VGG_DYN_SHARED(unsigned char, raw);
+    unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
+    __shared__ unsigned long long full[kBufs];
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int r0 = blockIdx.x * kBM, s0 = blockIdx.y * kBN;
+    const int kt_total = (T + kBK - 1) / kBK, kt_begin = blockIdx.z * kt_per_split;
+    const int kt_count = max(0, min(kt_total, kt_begin + kt_per_split) - kt_begin);
+    if (tid == 0) {
+        for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
+        fence_mbarrier_init();
     }
     __syncthreads();
-    if (out32)
-        gemm_store_tile<kBM, kBN, kPad, kThreads>(out32 + (long long)blockIdx.z * R * S,
-                                                  reinterpret_cast<const float*>(smem), R, S, r0, s0, tid);
-    else
-        gemm_store_tile<kBM, kBN, kPad, kThreads>(out16, reinterpret_cast<const __half*>(smem), R, S, r0, s0, tid);
+    auto load = [&](int i) {  // thread 0: k-tile i into buffer i % kBufs
+        if (i >= kt_count) return;
+        unsigned char* const buf = smem + (i % kBufs) * kBufBytes;
+        const int k0 = (kt_begin + i) * kBK;
+        mbarrier_arrive_expect_tx(&full[i % kBufs], kBufBytes);
+        tma_load_2d(buf, ma, k0, r0, &full[i % kBufs]);
+        tma_load_2d(buf + kABytes, mb, k0, s0, &full[i % kBufs]);
+    };
+    if (tid == 0)
+        for (int i = 0; i < kBufs - 1; ++i) load(i);
+    float acc[kBN / 2];
+#pragma unroll
+    for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+    // Swizzled rows of 128 bytes, 8-row groups 1024 apart; warpgroup wg takes A's rows 64 wg on.
+    const unsigned long long da0 = wgmma_desc_sw128(smem + wg * 64 * 128, 1024);
+    const unsigned long long db0 = wgmma_desc_sw128(smem + kABytes, 1024);
+    for (int i = 0; i < kt_count; ++i) {
+        mbarrier_wait_parity(&full[i % kBufs], (i / kBufs) & 1);
+        const unsigned stage = (i % kBufs) * (kBufBytes >> 4);
+        // A k16 step is 32 bytes along a swizzled row (2 descriptor units); group i - 1 retires.
+        wgmma_stage<kBN, false, false, kBK / 16>(acc, da0 + stage, db0 + stage, 2, 2);
+        __syncthreads();  // both warpgroups are past group i - 1: its buffer takes k-tile i + 3
+        if (tid == 0) load(i + kBufs - 1);
+    }
+    wgmma_wait<0>();
+    wgmma_fence_acc(acc);
+    __syncthreads();  // every group retired in both warpgroups: the ring stages the output
+    const int warp = tid >> 5, lane = tid & 31;
+    GW_EPILOGUE(acc, smem);
 }
 }  // namespace gw
 
@@ -120,4 +189,11 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_w128x256(
 }
 extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_w128x256(GW_PARAMS) {
     gw::gemm_wgmma<true, true>(GW_ARGS);
+}
+// ma: X [R][T], boxes of 64 x 128; mb: W [S][T], boxes of 64 x 256; both swizzled (TensorMap2d).
+extern "C" __global__ void __launch_bounds__(256, 1)
+    gemm_fwd_f16_wt128x256(const __grid_constant__ TmaDesc ma, const __grid_constant__ TmaDesc mb, int R, int S,
+                           int T, int kt_per_split, const __half* __restrict__ bias, int relu,
+                           __half* __restrict__ out16, float* __restrict__ out32) {
+    gw::gemm_tma_fwd(&ma, &mb, R, S, T, kt_per_split, bias, relu, out16, out32);
 }

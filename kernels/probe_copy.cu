@@ -198,7 +198,8 @@ __device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
 }  // namespace probe
 
 // Spelled out, not made by a macro: the emulator's build finds kernels by their declarations.
-#define PROBE_PARAMS const uint4 *__restrict__ src, int rows, int pitch, int tiles, int count, unsigned *__restrict__ out
+#define PROBE_PARAMS \
+    const uint4 *__restrict__ src, int rows, int pitch, int tiles, int count, unsigned *__restrict__ out
 #define PROBE_RUN(METHOD, PHASE) probe::run<probe::METHOD, PHASE>(probe::Matrix{src, rows, pitch, tiles}, count, out)
 extern "C" __global__ void __launch_bounds__(256) probe_copy_cgz_p0(PROBE_PARAMS) { PROBE_RUN(kCgz, 0); }
 extern "C" __global__ void __launch_bounds__(256) probe_copy_cgz_p1(PROBE_PARAMS) { PROBE_RUN(kCgz, 1); }

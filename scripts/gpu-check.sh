@@ -120,19 +120,25 @@ fi
 if "$VGG" bench gemm --help >/dev/null 2>&1; then
   step bench-gemm 120 "$VGG" bench gemm --device cuda --json "$RAW/bench-gemm.json"
 fi
-# The planner's model on the batch-64 rows it changed (bench/NOTES.md, "The GEMM planner, refit"):
-# fc6 and fc7 fwd / bwd_data on the 64 x 128 tile at each split count, ours only.
-if "$VGG" bench gemm --help 2>/dev/null | grep -q -- --splits; then
-  for n in 1 2 4 6 8 12 16; do
-    step "bench-gemm-split$n" 20 "$VGG" bench gemm --device cuda --batch 64 --shapes fc6,fc7 --passes fwd,bwd_data \
-      --tile t64x128 --splits "$n" --no-cublas --no-bandwidth --json "$RAW/bench-gemm-split$n.json"
-  done
+# The forward products on the TMA tile (wt128x256: the wgmma tile with its operands brought by
+# the copy engine in the 128-byte swizzle; bench/NOTES.md, "A TMA GEMM"), ours only.
+if "$VGG" bench gemm --help 2>/dev/null | grep -q wt128x256; then
+  step bench-gemm-tma 40 "$VGG" bench gemm --device cuda --tile wt128x256 --passes fwd --no-cublas --no-bandwidth \
+    --json "$RAW/bench-gemm-tma.json"
 fi
 # The FC products on the wgmma tile (planner's split counts), ours only: against bench-gemm's
 # cuBLAS rows (predictions in bench/NOTES.md, "wgmma GEMM").
 if "$VGG" bench gemm --help 2>/dev/null | grep -q -- --tile; then
   step bench-gemm-wgmma 60 "$VGG" bench gemm --device cuda --tile w128x256 --no-cublas --no-bandwidth \
     --json "$RAW/bench-gemm-wgmma.json"
+fi
+# The planner's model on the batch-64 rows it changed (bench/NOTES.md, "The GEMM planner, refit"):
+# fc6 and fc7 fwd / bwd_data on the 64 x 128 tile at each split count, ours only.
+if "$VGG" bench gemm --help 2>/dev/null | grep -q -- --splits; then
+  for n in 1 2 4 6 8; do
+    step "bench-gemm-split$n" 20 "$VGG" bench gemm --device cuda --batch 64 --shapes fc6,fc7 --passes fwd,bwd_data \
+      --tile t64x128 --splits "$n" --no-cublas --no-bandwidth --json "$RAW/bench-gemm-split$n.json"
+  done
 fi
 if "$VGG" bench train --help >/dev/null 2>&1; then
   step bench-train 90 "$VGG" bench train --device cuda --model D --batch "$BATCH,128" --warmup 5 --steps 20 \

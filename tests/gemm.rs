@@ -269,9 +269,48 @@ fn tiles_parse_by_name() {
         ("t128x128", Tile::T128x128),
         ("t64x128", Tile::T64x128),
         ("w128x256", Tile::W128x256),
+        ("WT128x256", Tile::WT128x256),
     ] {
         assert_eq!(Tile::parse(name).unwrap(), tile, "{name}");
     }
     let e = Tile::parse("w128x128").unwrap_err();
-    assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("t64x128, w128x256"), "{e}");
+    assert!(matches!(e, vgg_cuda::Error::Invalid(_)) && e.to_string().contains("w128x256, wt128x256"), "{e}");
+}
+
+/// The TMA tile (operands brought by the copy engine, landing when a wait needs them under the
+/// reverse and random schedules): the forward product bit for bit the same under every schedule
+/// and equal to the reference on integers, ragged in every dimension and split; the backward
+/// passes refused by name.
+#[test]
+fn tma_tile_runs_the_forward_pass_under_every_schedule() {
+    use vgg_cuda::device::Schedule;
+    // K 1000: 16 k-tiles, 8 a split, twice the ring's 4 buffers, so every buffer is refilled.
+    let (m, k, n) = (130, 1000, 264);
+    let ints = |len: usize, seed: u64| -> Vec<f32> { randn(len, seed).iter().map(|v| v.round()).collect() };
+    let (xv, wv, bv) = (ints(m * k, 1), ints(n * k, 2), ints(n, 3));
+    let want = r::linear_fwd(m, k, n, &xv, &wv, Some(&bv), true);
+    let algo = Algo::TensorCore { tile: Tile::WT128x256, splits: 2 };
+    let s = Linear::new(m, k, n);
+    let mut first: Option<Vec<u16>> = None;
+    for sched in [Schedule::Index, Schedule::Reverse, Schedule::Random(11)] {
+        let dev = Device::emu();
+        dev.set_schedule(sched);
+        let x = Tensor::<f16>::from_f32(&dev, &[m, k], &xv).unwrap();
+        let w = Tensor::<f16>::from_f32(&dev, &[n, k], &wv).unwrap();
+        let b = Tensor::<f16>::from_f32(&dev, &[n], &bv).unwrap();
+        let mut y = Tensor::<f16>::empty(&dev, &[m, n]).unwrap();
+        y.poison().unwrap();
+        let mut ws = Tensor::<u8>::zeros(&dev, &[s.workspace_bytes_with(Pass::Fwd, algo)]).unwrap();
+        gemm::linear_fwd_with(algo, &x, &w, Some(&b), true, &mut y, Some(&mut ws)).unwrap();
+        let got = y.to_host().unwrap();
+        let gotf: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(gotf, r::f32_to_f16_round(&want), "{sched:?}");
+        let bits: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(first.get_or_insert_with(|| bits.clone()), &bits, "{sched:?}");
+
+        let dy = Tensor::<f16>::zeros(&dev, &[m, n]).unwrap();
+        let mut dx = Tensor::<f16>::zeros(&dev, &[m, k]).unwrap();
+        let err = gemm::linear_bwd_data_with(algo, &dy, &w, &mut dx, Some(&mut ws)).unwrap_err().to_string();
+        assert!(err.contains("forward pass only") && err.contains("BwdData"), "{err}");
+    }
 }

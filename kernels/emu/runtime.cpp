@@ -605,7 +605,8 @@ void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
 constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
 
 void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
-    if (reinterpret_cast<uintptr_t>(map) % 64) fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
+    if (reinterpret_cast<uintptr_t>(map) % 64)
+        fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
     const auto* w = static_cast<const unsigned long long*>(map);
     if (w[0] != kTensorMapMagic) fail("cp.async.bulk.tensor: %p holds no tensor map of the emulator", map);
     const auto* base = reinterpret_cast<const unsigned char*>(w[1]);
@@ -613,17 +614,19 @@ void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
     const bool swizzle = w[7] == 3;
     const long long row_bytes = box_in * elem, bytes = row_bytes * box_out;
     auto* d = static_cast<unsigned char*>(dst);
-    if (reinterpret_cast<uintptr_t>(d) % (swizzle ? 1024 : 128))
-        fail("cp.async.bulk.tensor to %p: shared destination not %d-byte aligned", dst, swizzle ? 1024 : 128);
     if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
         fail("cp.async.bulk.tensor of %lld bytes to %p: outside the block's dynamic shared memory", bytes, dst);
+    // Shared addresses are offsets into the dynamic shared memory, as wgmma's are (wgmma.cuh).
+    if ((d - dyn_smem()) % (swizzle ? 1024 : 128))
+        fail("cp.async.bulk.tensor to %p: shared address not %d-byte aligned", dst, swizzle ? 1024 : 128);
     BulkCopy c{d, nullptr, unsigned(bytes), std::vector<unsigned char>(bytes, 0)};
     for (long long i = 0; i < box_out; ++i)
         for (long long j = 0; j < box_in; ++j) {
             const long long x = c0 + j, y = c1 + i;
             if (x < 0 || x >= inner || y < 0 || y >= outer) continue;  // outside: zero
             // The 128-byte swizzle as the address rule the wgmma emulation reads it by: 16-byte
-            // chunk bits 4-6 of the offset XOR its 128-byte row bits 7-9 (d is 1024-aligned).
+            // chunk bits 4-6 of the shared address XOR its row bits 7-9 (d's address is a
+            // multiple of 1024, so the box offset's bits are the address's).
             long long off = i * row_bytes + j * elem;
             if (swizzle) off ^= ((off >> 7) & 7) << 4;
             std::memcpy(&c.box[off], base + y * stride + x * elem, elem);

@@ -78,6 +78,11 @@ pub enum Tile {
     /// block an SM. Where [`Device::has_wgmma`]; never chosen by [`Linear::plan`] (unmeasured),
     /// only when asked for.
     W128x256,
+    /// [`Tile::W128x256`] with its operands brought by the TMA engine in the 128-byte swizzle
+    /// (kernels/gemm_wgmma.cu, `gemm_fwd_f16_wt128x256`): the forward pass only (an
+    /// `Error::Shape` for the others). Where [`Device::has_wgmma`]; never planned, only when
+    /// asked for (unmeasured).
+    WT128x256,
 }
 
 /// How a product is computed.

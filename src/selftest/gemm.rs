@@ -61,6 +61,18 @@ const FORCED_WGMMA: &[((usize, usize, usize), Algo)] = &[
     ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 3 }),
 ];
 
+/// The TMA tile (forward only), where the device has wgmma: rows and columns ragged against its
+/// boxes (130 x 136; M = 1 and 64, whose boxes are mostly zero fill), a reduction shorter than
+/// a box (K = 24) or ending in a partial one (K = 136), more k-tiles than the ring has buffers
+/// (K = 512), and split.
+const FORCED_TMA: &[((usize, usize, usize), Algo)] = &[
+    ((130, 24, 136), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
+    ((64, 136, 512), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
+    ((1, 512, 512), Algo::TensorCore { tile: Tile::WT128x256, splits: 2 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
+    ((384, 512, 264), Algo::TensorCore { tile: Tile::WT128x256, splits: 3 }),
+];
+
 /// One pass's inputs, uploaded, and its reference outputs.
 struct Data {
     x: Vec<f32>,
@@ -130,6 +142,19 @@ fn run_all(dev: &Device, s: Linear, algo: Algo, d: &Data) -> Result<[Vec<f32>; 4
     Ok([y.to_f32()?, dx.to_f32()?, dw.to_host()?, db.to_host()?])
 }
 
+/// The forward pass alone (the TMA tile's only one): y with bias and ReLU.
+fn run_fwd(dev: &Device, s: Linear, algo: Algo, d: &Data) -> Result<Vec<f32>> {
+    let x = Tensor::from_f32(dev, &[s.m, s.k], &d.x)?;
+    let w = Tensor::from_f32(dev, &[s.n, s.k], &d.w)?;
+    let b = Tensor::from_f32(dev, &[s.n], &d.b)?;
+    let mut y = Tensor::empty(dev, &[s.m, s.n])?;
+    y.poison()?;
+    let mut ws = workspace(dev, s, Pass::Fwd, algo)?;
+    gemm::linear_fwd_with(algo, &x, &w, Some(&b), true, &mut y, Some(&mut ws.ws))?;
+    ws.check(&format!("{algo:?} Fwd M{} K{} N{}", s.m, s.k, s.n))?;
+    y.to_f32()
+}
+
 /// The f64 reference of [`run_all`]: fp16 outputs rounded to fp16.
 fn reference(s: Linear, d: &Data) -> [Vec<f32>; 4] {
     let y = r::linear_fwd(s.m, s.k, s.n, &d.x, &d.w, Some(&d.b), true);
@@ -138,20 +163,29 @@ fn reference(s: Linear, d: &Data) -> [Vec<f32>; 4] {
     [r::f32_to_f16_round(&y), r::f32_to_f16_round(&dx), dw, db]
 }
 
+/// The outputs of [`run_all`] in order: pass, name, bound.
+const OUTPUTS: [(Pass, &str, Bound); 4] = [
+    (Pass::Fwd, "y", F16_BOUND),
+    (Pass::BwdData, "dx", F16_BOUND),
+    (Pass::BwdWeight, "dw", F32_BOUND),
+    (Pass::BwdWeight, "db", F32_BOUND),
+];
+
 fn rows_for(s: Linear, algo: Algo, got: &[Vec<f32>; 4], want: &[Vec<f32>; 4], ints: bool) -> Vec<CheckRow> {
-    let outs = [(Pass::Fwd, "y", F16_BOUND), (Pass::BwdData, "dx", F16_BOUND), (Pass::BwdWeight, "dw", F32_BOUND)];
-    let mut rows = vec![];
-    for (i, (p, what, bound)) in outs.into_iter().enumerate().chain([(3, (Pass::BwdWeight, "db", F32_BOUND))]) {
-        let name = format!("{} {what}", algo_name(s, p, algo));
-        let shape = format!("{}{}", label(s), if ints { " ints" } else { "" });
-        rows.push(if ints {
-            CheckRow::new(&name, shape, r::compare(&got[i], &want[i]), Bound::Exact)
-        } else {
-            let tol = if i < 2 { 2e-3 } else { 1e-4 };
-            CheckRow::new(&name, shape, compare_tol(&got[i], &want[i], tol, tol), bound)
-        });
+    (0..4).map(|i| row_for(s, algo, i, &got[i], &want[i], ints)).collect()
+}
+
+/// The row of output `i` (of [`OUTPUTS`]).
+fn row_for(s: Linear, algo: Algo, i: usize, got: &[f32], want: &[f32], ints: bool) -> CheckRow {
+    let (p, what, bound) = OUTPUTS[i];
+    let name = format!("{} {what}", algo_name(s, p, algo));
+    let shape = format!("{}{}", label(s), if ints { " ints" } else { "" });
+    if ints {
+        CheckRow::new(&name, shape, r::compare(got, want), Bound::Exact)
+    } else {
+        let tol = if i < 2 { 2e-3 } else { 1e-4 };
+        CheckRow::new(&name, shape, compare_tol(got, want, tol, tol), bound)
     }
-    rows
 }
 
 /// The linear layer: every shape, Auto and the simple twin, random normals and integers,
@@ -169,6 +203,10 @@ pub fn linear(dev: &Device) -> Result<Vec<CheckRow>> {
             let simple = if s.plan(Pass::Fwd) == Algo::Simple { None } else { Some(Algo::Simple) };
             for algo in [Algo::Auto].into_iter().chain(simple).chain(forced) {
                 rows.extend(rows_for(s, algo, &run_all(dev, s, algo, &d)?, &want, ints));
+            }
+            let tma = if dev.has_wgmma() { FORCED_TMA } else { &[] };
+            for algo in tma.iter().filter(|f| f.0 == (m, k, n)).map(|f| f.1) {
+                rows.push(row_for(s, algo, 0, &run_fwd(dev, s, algo, &d)?, &want[0], ints));
             }
         }
     }

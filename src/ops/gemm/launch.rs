@@ -5,6 +5,7 @@
 // The parent's plan types and helpers are this file's vocabulary (Plan too, which the parent imports).
 use super::plan::smem_bytes;
 use super::*;
+use crate::device::{TensorMap2d, TensorMap2dSpec};
 
 /// Threads of the element-wise launches (split-K reduce, bias gradient).
 const THREADS: u32 = 256;
@@ -36,6 +37,8 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
         (Pass::Fwd, W128x256) => return k("gemm_wgmma", "gemm_fwd_f16_w128x256"),
         (Pass::BwdData, W128x256) => return k("gemm_wgmma", "gemm_bwd_data_f16_w128x256"),
         (Pass::BwdWeight, W128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_w128x256"),
+        // Checked to be the forward pass before (Operands::tiled).
+        (_, WT128x256) => return k("gemm_wgmma", "gemm_fwd_f16_wt128x256"),
     };
     k("gemm", name)
 }
@@ -86,10 +89,17 @@ impl Operands<'_> {
         if count == 0 {
             return Ok(());
         }
+        let wgmma = matches!(tile, Tile::W128x256 | Tile::WT128x256);
         ensure_shape!(
-            tile != Tile::W128x256 || self.dev.has_wgmma(),
-            "GEMM tile W128x256 needs wgmma (compute capability 9.0: H100 / H200); {} has none",
+            !wgmma || self.dev.has_wgmma(),
+            "GEMM tile {tile:?} needs wgmma (compute capability 9.0: H100 / H200); {} has none",
             self.dev.name()
+        );
+        ensure_shape!(
+            tile != Tile::WT128x256 || self.pass == Pass::Fwd,
+            "GEMM tile WT128x256 runs the forward pass only (its TMA boxes need both operands K-major), \
+             not {:?}",
+            self.pass
         );
         // The grid's y and z limits (65535) in the GEMM's own terms; x (rows) is held to
         // CUDA's limit at the launch (LaunchConfig::check).
@@ -108,24 +118,32 @@ impl Operands<'_> {
             KArg::I32(int("k-tiles per split", kt_per_split)?),
         ];
         let kernel = tiled_kernel(self.pass, tile);
+        // The TMA tile takes its operands as tensor maps (X [R][T] in boxes of 64 x 128, W
+        // [S][T] in 64 x 256), the others as pointers.
+        let (a_arg, b_arg) = if tile == Tile::WT128x256 {
+            let map = |m: &Tensor<f16>, rows: usize, box_outer: usize| {
+                let spec = TensorMap2dSpec {
+                    inner: t,
+                    outer: rows,
+                    row_stride: 2 * t,
+                    box_inner: 64,
+                    box_outer,
+                    swizzle128: true,
+                };
+                TensorMap2d::new(&self.dev, m.device_ptr(), spec).map(|map| map.arg())
+            };
+            (map(self.a, r, 128)?, map(self.b, s, 256)?)
+        } else {
+            (self.a.arg(), self.b.arg())
+        };
         let launch = |bias: KArg, relu: bool, out16: KArg, out32: KArg| {
-            let args = [
-                self.a.arg(),
-                self.b.arg(),
-                dims[0],
-                dims[1],
-                dims[2],
-                dims[3],
-                bias,
-                KArg::I32(relu as i32),
-                out16,
-                out32,
-            ];
+            let args = [a_arg, b_arg, dims[0], dims[1], dims[2], dims[3], bias, KArg::I32(relu as i32), out16, out32];
             // SAFETY: (const __half* A, const __half* B, int R, int S, int T, int kt_per_split,
-            // const __half* bias, int relu, __half* out16, float* out32). A and B hold the
-            // pass's R*T and T*S elements (checked by the callers), bias S or null, out16 R*S
-            // or null; out32 null, or gridDim.z * R*S floats (the output itself when z = 1,
-            // else the workspace, checked below).
+            // const __half* bias, int relu, __half* out16, float* out32), or for WT128x256 A and
+            // B as tensor maps (TmaDesc by value) of those matrices. A and B hold the pass's R*T
+            // and T*S elements (checked by the callers), bias S or null, out16 R*S or null; out32
+            // null, or gridDim.z * R*S floats (the output itself when z = 1, else the workspace,
+            // checked below).
             unsafe { self.dev.launch(&kernel, cfg, &args) }
         };
         if splits == 1 {

@@ -13,15 +13,17 @@ impl Tile {
     pub const ALL: [Tile; 4] = [Tile::T128x128, Tile::T64x128, Tile::T128x256, Tile::T128x192];
 
     /// Every tile by name, as `parse` reads them.
-    const NAMES: [(&'static str, Tile); 5] = [
+    const NAMES: [(&'static str, Tile); 6] = [
         ("t128x256", Tile::T128x256),
         ("t128x192", Tile::T128x192),
         ("t128x128", Tile::T128x128),
         ("t64x128", Tile::T64x128),
         ("w128x256", Tile::W128x256),
+        ("wt128x256", Tile::WT128x256),
     ];
 
-    /// A tile by name (`t128x256`, `t128x192`, `t128x128`, `t64x128`, `w128x256`, any case), or
+    /// A tile by name (`t128x256`, `t128x192`, `t128x128`, `t64x128`, `w128x256`, `wt128x256`, any
+    /// case), or
     /// an `Error::Invalid` listing them.
     pub fn parse(s: &str) -> Result<Tile> {
         let l = s.to_ascii_lowercase();
@@ -39,7 +41,7 @@ impl Tile {
             Tile::T128x192 => (128, 192, 8, 3, 1),
             Tile::T128x128 => (128, 128, 4, 3, 2),
             Tile::T64x128 => (64, 128, 4, 4, 2),
-            Tile::W128x256 => (128, 256, 8, 4, 1),
+            Tile::W128x256 | Tile::WT128x256 => (128, 256, 8, 4, 1),
         }
     }
     pub(super) fn rows(self) -> usize {
@@ -66,7 +68,7 @@ impl Tile {
     fn speed(self) -> f64 {
         match self {
             Tile::T128x128 => 1.0,
-            Tile::T128x256 | Tile::T128x192 | Tile::W128x256 => 0.89,
+            Tile::T128x256 | Tile::T128x192 | Tile::W128x256 | Tile::WT128x256 => 0.89,
             Tile::T64x128 => 0.85,
         }
     }
@@ -106,6 +108,9 @@ pub(super) const BK: usize = 64;
 /// `[64][rows + 8]` halves, or the fp32 output tile `[rows][cols + 8]` that the epilogue stages
 /// in it, whichever is larger.
 pub(super) fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
+    if tile == Tile::WT128x256 {
+        return 4 * (128 + 256) * 64 * 2 + 1024; // the same ring, and up to 1 KiB to align it to 1024
+    }
     if tile == Tile::W128x256 {
         return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
     }
