@@ -1,6 +1,7 @@
 // shim_test.cu: kernels that exercise the emulator's own semantics (tests/emu_shim.rs).
 // Some are correct (warp and block reductions); others break a CUDA rule on purpose
 // and exist only so the tests can check that the emu device reports the break.
+#include "bulk.cuh"
 #include "common.cuh"
 #include "ptx.cuh"
 
@@ -88,4 +89,39 @@ extern "C" __global__ void shim_cp_async_overrun(int* out) {
     if (threadIdx.x == 0) cp_async_16(smem, out);
     cp_async_wait_all();
     out[threadIdx.x] = 1;
+}
+
+// An arrival for the next phase while this one still waits for its bytes (the planted bug: a
+// producer arriving twice before its copies land): the emulator names it instead of counting on.
+extern "C" __global__ void shim_mbarrier_early_arrive(int* out) {
+    __shared__ unsigned long long bar;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&bar, 1);
+        mbarrier_arrive_expect_tx(&bar, 16);
+        mbarrier_arrive_expect_tx(&bar, 16);
+    }
+    out[threadIdx.x] = 1;
+}
+
+// A phase that can never complete (the planted bug: 2 arrivals expected, 1 made): every thread
+// waits on it, and the emulator reports the deadlock with the wait's line.
+extern "C" __global__ void shim_mbarrier_short_arrivals(int* out) {
+    __shared__ unsigned long long bar;
+    if (threadIdx.x == 0) mbarrier_init(&bar, 2);
+    __syncthreads();
+    if (threadIdx.x == 0) mbarrier_arrive_expect_tx(&bar, 0);
+    mbarrier_wait_parity(&bar, 0);
+    out[threadIdx.x] = 1;
+}
+
+// A bulk copy never waited for (the planted bug): under a schedule that lands copies at the
+// wait, the block ends with it in flight, which the emulator reports.
+extern "C" __global__ void shim_bulk_unwaited(int* out) {
+    VGG_DYN_SHARED(unsigned char, smem);
+    __shared__ unsigned long long bar;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&bar, 1);
+        mbarrier_arrive_expect_tx(&bar, 16);
+        bulk_copy_g2s(smem, out, 16, &bar);
+    }
 }

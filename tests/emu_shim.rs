@@ -221,3 +221,25 @@ fn launches_are_held_to_cuda_limits_on_every_device() {
         .to_string()
         .contains("big: 8589934592 blocks along grid x"));
 }
+
+/// mbarrier misuse the emulator must name: an arrival for the next phase before this one's bytes
+/// landed, a phase short of arrivals (a deadlock naming the wait), a bulk copy never waited for.
+#[test]
+fn mbarrier_misuse_is_named() {
+    let run = |name: &'static str, schedule: vgg_cuda::device::Schedule| {
+        let dev = Device::emu();
+        dev.set_schedule(schedule);
+        let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();
+        // SAFETY: each takes one pointer to 32 ints (read as 16 bytes by the bulk copy).
+        let err = unsafe { dev.launch(&k(name), cfg(1, 32, 16), &[out.arg_mut()]) }.unwrap_err();
+        assert!(matches!(err, Error::Kernel(_)) && err.to_string().contains(name), "{name}: {err}");
+        err.to_string()
+    };
+    use vgg_cuda::device::Schedule;
+    let e = run("shim_mbarrier_early_arrive", Schedule::Index);
+    assert!(e.contains("an arrival for the next phase"), "{e}");
+    let e = run("shim_mbarrier_short_arrivals", Schedule::Index);
+    assert!(e.contains("deadlock") && e.contains("waits on an mbarrier at shim_test.cu:"), "{e}");
+    let e = run("shim_bulk_unwaited", Schedule::Reverse);
+    assert!(e.contains("bulk copies on an mbarrier never waited for"), "{e}");
+}

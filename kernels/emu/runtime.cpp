@@ -91,13 +91,11 @@ struct AsyncCopy {
     unsigned char data[16];
 };
 
-// One bulk copy not yet landed (it lands at a wait on its mbarrier, or at issue): `bytes` from
-// src, or for a TMA box (src null) its bytes as read at issue, in `box`.
+// One bulk copy or TMA box not yet landed (it lands at a wait on its mbarrier, or at issue):
+// its bytes as read at issue, and where they go.
 struct BulkCopy {
     unsigned char* dst;
-    const unsigned char* src;
-    unsigned bytes;
-    std::vector<unsigned char> box;
+    std::vector<unsigned char> data;
 };
 
 // An mbarrier's state: arrivals a phase expects and still expects, transaction bytes still
@@ -550,8 +548,8 @@ void mbarrier_wake(const void* bar) {
 // Lands the barrier's bulk copies, taking their bytes off its tx-count.
 void mbarrier_land(Mbarrier& m) {
     for (const BulkCopy& c : m.copies) {
-        std::memcpy(c.dst, c.src ? c.src : c.box.data(), c.bytes);
-        m.tx -= c.bytes;
+        std::memcpy(c.dst, c.data.data(), c.data.size());
+        m.tx -= (long long)c.data.size();
     }
     m.copies.clear();
 }
@@ -576,21 +574,36 @@ void mbarrier_init(void* bar, unsigned count) {
     m = Mbarrier{count, count, 0, 0, {}};
 }
 
-void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
+EMU_NO_TSAN void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
     Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+    // pending reaches 0 only as the phase completes (then it is the count again), unless the
+    // phase still waits for bytes: an arrival then belongs to no phase.
+    if (m.pending == 0)
+        fail("mbarrier.arrive on %p while its phase waits only for bytes: an arrival for the next phase "
+             "before this one completed",
+             bar);
     m.tx += bytes;
+    if (m.tx >= (1ll << 20)) fail("mbarrier.arrive.expect_tx on %p: tx-count %lld past 2^20 - 1", bar, m.tx);
+#ifdef EMU_TSAN
+    __tsan_release(&m);  // the bytes expected, before the waiter that lands the copies reads them
+#endif
     if (--m.pending == 0) mbarrier_wake(bar);  // a waiter may now land the copies
     mbarrier_try_complete(bar, m);
 }
 
-void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
+EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
     auto* d = static_cast<unsigned char*>(dst);
     if (bytes == 0 || bytes % 16 || reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16)
         fail("cp.async.bulk of %u bytes from %p to %p: sizes and addresses must be multiples of 16", bytes, src, dst);
     if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
         fail("cp.async.bulk of %u bytes to %p: outside the block's dynamic shared memory", bytes, dst);
     Mbarrier& m = mbarrier_at(bar, "cp.async.bulk");
-    m.copies.push_back({d, static_cast<const unsigned char*>(src), bytes, {}});
+    // The source is read at issue, as a TMA box's is (a kernel may overwrite it after).
+    const auto* s = static_cast<const unsigned char*>(src);
+    m.copies.push_back({d, std::vector<unsigned char>(s, s + bytes)});
+#ifdef EMU_TSAN
+    __tsan_release(&m);  // the queued copy, before the waiter that lands it
+#endif
     if (cp_async_lands_now()) {
         mbarrier_land(m);
         mbarrier_try_complete(bar, m);
@@ -604,7 +617,7 @@ void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
 // swizzle (0 none, 3 the 128-byte pattern), element bytes.
 constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
 
-void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
+EMU_NO_TSAN void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
     if (reinterpret_cast<uintptr_t>(map) % 64)
         fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
     const auto* w = static_cast<const unsigned long long*>(map);
@@ -619,7 +632,7 @@ void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
     // Shared addresses are offsets into the dynamic shared memory, as wgmma's are (wgmma.cuh).
     if ((d - dyn_smem()) % (swizzle ? 1024 : 128))
         fail("cp.async.bulk.tensor to %p: shared address not %d-byte aligned", dst, swizzle ? 1024 : 128);
-    BulkCopy c{d, nullptr, unsigned(bytes), std::vector<unsigned char>(bytes, 0)};
+    BulkCopy c{d, std::vector<unsigned char>(bytes, 0)};
     for (long long i = 0; i < box_out; ++i)
         for (long long j = 0; j < box_in; ++j) {
             const long long x = c0 + j, y = c1 + i;
@@ -629,10 +642,13 @@ void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
             // multiple of 1024, so the box offset's bits are the address's).
             long long off = i * row_bytes + j * elem;
             if (swizzle) off ^= ((off >> 7) & 7) << 4;
-            std::memcpy(&c.box[off], base + y * stride + x * elem, elem);
+            std::memcpy(&c.data[off], base + y * stride + x * elem, elem);
         }
     Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
     m.copies.push_back(std::move(c));
+#ifdef EMU_TSAN
+    __tsan_release(&m);  // the queued copy, before the waiter that lands it
+#endif
     if (cp_async_lands_now()) {
         mbarrier_land(m);
         mbarrier_try_complete(bar, m);
@@ -651,6 +667,9 @@ EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* fi
             return;
         }
         if (m.pending == 0 && !m.copies.empty()) {
+#ifdef EMU_TSAN
+            __tsan_acquire(&m);  // the producers' queued copies
+#endif
             mbarrier_land(m);
             mbarrier_try_complete(bar, m);
             continue;

@@ -293,7 +293,7 @@ impl CopyProbe {
 pub struct CopyRow {
     /// The case's name.
     pub case: String,
-    /// `cgz`, `cg`, `ca` or `ldg`.
+    /// [`CopyMethod::name`]: `cgz`, `cg`, `ca`, `ldg`, `bulk` or `tma`.
     pub method: String,
     /// The 8-lane phase's bytes.
     pub phase: Phase,

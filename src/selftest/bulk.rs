@@ -15,7 +15,7 @@ fn kernel(name: &'static str) -> Kernel {
     Kernel { module: "bulk_test", name }
 }
 
-/// Distinct 16-bit values, so that a misplaced element shows.
+/// Varied 16-bit values (neighbours differ), so that a misplaced element shows.
 fn pattern(len: usize, seed: u32) -> Vec<u16> {
     (0..len as u32).map(|i| (i.wrapping_mul(0x9E37_79B1).wrapping_add(seed) >> 13) as u16).collect()
 }

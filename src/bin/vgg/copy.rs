@@ -17,17 +17,23 @@ pub(crate) struct BenchCopyArgs {
     /// Comma-separated methods: cgz (cp.async.cg with a src-size operand, our kernels' form),
     /// cg (without one), ca (cp.async.ca, through L1), ldg (ld.global + st.shared), bulk
     /// (cp.async.bulk, the TMA engine, 128 bytes a copy), tma (cp.async.bulk.tensor, a
-    /// swizzled 64 x 256 box a tile); the last two sm_90 only.
-    #[arg(long, default_value = "cgz,cg,ca,ldg,bulk,tma")]
-    methods: String,
+    /// swizzled 64 x 256 box a tile); the last two sm_90 only [default: all six where the GPU
+    /// has the TMA engine, else the first four].
+    #[arg(long)]
+    methods: Option<String>,
     /// Write the rows as JSON to this file (rewritten after every row).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn bench_copy_cmd(a: BenchCopyArgs) -> Result<()> {
-    let methods = a.methods.split(',').map(|m| CopyMethod::parse(m.trim())).collect::<Result<Vec<_>, _>>();
-    let methods = methods.with_context(|| format!("--methods {}", a.methods))?;
+    let methods = match &a.methods {
+        Some(list) => {
+            let m = list.split(',').map(|m| CopyMethod::parse(m.trim())).collect::<Result<Vec<_>, _>>();
+            Some(m.with_context(|| format!("--methods {list}"))?)
+        }
+        None => None,
+    };
     let emu = a.device == "emu";
     let dev_cases = |grid| CopyCase::defaults(emu, grid);
     if let Some(c) = &a.cases {
@@ -43,6 +49,9 @@ pub(crate) fn bench_copy_cmd(a: BenchCopyArgs) -> Result<()> {
     // Two blocks an SM (a cp.async block holds 96 KiB of shared memory); 3 on emu, so that the
     // blocks take unequal numbers of tiles.
     let grid = if dev.is_emu() { 3 } else { 2 * dev.multiprocessors() };
+    let not_engine = |m: &CopyMethod| !matches!(m, CopyMethod::Bulk | CopyMethod::Tma);
+    let methods =
+        methods.unwrap_or_else(|| CopyMethod::ALL.into_iter().filter(|m| dev.has_wgmma() || not_engine(m)).collect());
     let cases: Vec<CopyCase> = dev_cases(grid)
         .into_iter()
         .filter(|c| a.cases.as_ref().is_none_or(|want| want.split(',').any(|n| n.trim() == c.name)))

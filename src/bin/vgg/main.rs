@@ -117,10 +117,11 @@ enum BenchCmd {
     /// inputs, with the agreement of the outputs; then the SGD step over VGG-16's parameters
     /// in GB/s against a device-to-device copy. Exits non-zero when a pass fails or disagrees.
     Gemm(BenchGemmArgs),
-    /// Global -> shared copies in the forms our tensor-core kernels use (cp.async with and
-    /// without a src-size operand, through L1 or not, ld.global + st.shared; two lane
-    /// patterns), from L2 and from device memory: GB/s each, every copied tile checked. Exits
-    /// non-zero when a row fails or copies wrong bytes.
+    /// Global -> shared copies in the forms our tensor-core kernels use or could (cp.async with
+    /// and without a src-size operand, through L1 or not, ld.global + st.shared, in two lane
+    /// patterns; the TMA engine's bulk and 2-D tensor copies), from L2 and from device memory:
+    /// GB/s each, every copied tile checked. Exits non-zero when a row fails or copies wrong
+    /// bytes.
     Copy(copy::BenchCopyArgs),
     /// Whole training steps (forward, loss, backward, SGD) of a VGG on device-resident
     /// synthetic data: images/s, TFLOP/s and device memory. scripts/torch_baseline.py measures
