@@ -102,12 +102,32 @@ struct alignas(64) TmaDesc {
 __device__ __forceinline__ void tma_load_2d(void* smem_dst, const TmaDesc* map, int c0, int c1,
                                             unsigned long long* bar) {
 #ifndef __CUDA_ARCH__
-  emu::tma_load_2d(smem_dst, map, c0, c1, bar);
+  const int coords[2] = {c0, c1};
+  emu::tma_load(smem_dst, map, coords, 2, bar);
 #elif VGG_HAS_BULK
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
       "[%4];\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
       "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+// The 4-D form (a 4-D map, e.g. an NHWC tensor as C, W, H, N): the box at (c0 .. c3), innermost
+// first, as tma_load_2d lays and counts it; coordinates outside the tensor (negative ones too)
+// read as zero, a convolution's padding.
+__device__ __forceinline__ void tma_load_4d(void* smem_dst, const TmaDesc* map, int c0, int c1, int c2, int c3,
+                                            unsigned long long* bar) {
+#ifndef __CUDA_ARCH__
+  const int coords[4] = {c0, c1, c2, c3};
+  emu::tma_load(smem_dst, map, coords, 4, bar);
+#elif VGG_HAS_BULK
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
+      "%5}], [%6];\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
+      "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"((unsigned)__cvta_generic_to_shared(bar))
       : "memory");
 #else
   __trap();

@@ -4,6 +4,7 @@
 // swizzle, the transaction count).
 //   prim_bulk_copy   one cp.async.bulk of `bytes` from src into shared memory
 //   prim_tma_box     one 2-D TMA load of the box at (c0, c1) of the tensor `map` describes
+//   prim_tma_box4    one 4-D TMA load, of the box at (c0, c1, c2, c3)
 // One warp each: thread 0 initialises the mbarrier, arrives with the bytes to come and issues
 // the copy; every thread waits for the phase, then the warp copies the shared bytes out as they
 // lie (swizzle included).
@@ -43,6 +44,24 @@ extern "C" __global__ void prim_tma_box(const __grid_constant__ TmaDesc map, int
     if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&bar, bytes);  // the whole box, its zero-filled part included
         tma_load_2d(smem, &map, c0, c1, &bar);
+    }
+    mbarrier_wait_parity(&bar, 0);
+    copy_out(smem, out, bytes);
+}
+
+extern "C" __global__ void prim_tma_box4(const __grid_constant__ TmaDesc map, int c0, int c1, int c2, int c3,
+                                          int bytes, unsigned char* out) {
+    VGG_DYN_SHARED(unsigned char, raw);
+    unsigned char* const smem = align_shared(raw, 1024);
+    __shared__ unsigned long long bar;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&bar, 1);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(&bar, bytes);
+        tma_load_4d(smem, &map, c0, c1, c2, c3, &bar);
     }
     mbarrier_wait_parity(&bar, 0);
     copy_out(smem, out, bytes);

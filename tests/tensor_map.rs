@@ -2,7 +2,7 @@
 //! encoding, naming what is wrong; one it can take encodes on emu and loads boxes (the
 //! selftest's `bulk` rows check what lands).
 
-use vgg_cuda::device::{TensorMap2d, TensorMap2dSpec};
+use vgg_cuda::device::{TensorMap, TensorMap2dSpec};
 use vgg_cuda::{Device, Tensor};
 
 fn spec() -> TensorMap2dSpec {
@@ -24,11 +24,44 @@ fn specs_the_copy_engine_cannot_take_are_refused_by_name() {
         (base, TensorMap2dSpec { inner: 0, ..spec() }, "300 x 0 elements"),
     ];
     for (b, s, needle) in cases {
-        let e = TensorMap2d::new(&dev, b, s).err().unwrap_or_else(|| panic!("{s:?} at {b:#x} accepted")).to_string();
+        let e = TensorMap::new_2d(&dev, b, s).err().unwrap_or_else(|| panic!("{s:?} at {b:#x} accepted")).to_string();
         assert!(e.contains(needle) && e.contains("tensor map"), "{s:?}: {e}");
     }
-    let ok = TensorMap2d::new(&dev, base, spec()).unwrap();
-    assert_eq!(ok.spec().box_bytes(), 32768);
+    let ok = TensorMap::new_2d(&dev, base, spec()).unwrap();
+    assert_eq!(ok.box_bytes(), 32768);
     let unswizzled = TensorMap2dSpec { box_inner: 32, box_outer: 16, swizzle128: false, ..spec() };
-    assert_eq!(TensorMap2d::new(&dev, base, unswizzled).unwrap().spec().box_bytes(), 1024);
+    assert_eq!(TensorMap::new_2d(&dev, base, unswizzled).unwrap().box_bytes(), 1024);
+}
+
+/// Maps of other ranks (an NHWC tensor as C, W, H, N): checked the same way, by name.
+#[test]
+fn nd_specs_are_checked_by_name() {
+    use vgg_cuda::device::TensorMapSpec;
+    let dev = Device::emu();
+    let m = Tensor::<u8>::zeros(&dev, &[2 * 64 * 7 * 5 * 2]).unwrap();
+    let base = m.device_ptr();
+    let nhwc = TensorMapSpec {
+        dims: vec![64, 7, 5, 2],
+        strides: vec![128, 128 * 7, 128 * 35],
+        boxd: vec![64, 9, 3, 1],
+        swizzle128: true,
+    };
+    assert_eq!(TensorMap::new(&dev, base, &nhwc).unwrap().box_bytes(), 2 * 64 * 27);
+    let bad = |f: &dyn Fn(&mut TensorMapSpec), needle: &str| {
+        let mut s = nhwc.clone();
+        f(&mut s);
+        let e = TensorMap::new(&dev, base, &s).err().unwrap_or_else(|| panic!("{s:?} accepted")).to_string();
+        assert!(e.contains(needle), "{s:?}: {e}");
+    };
+    bad(
+        &|s| {
+            s.strides.pop();
+        },
+        "one stride fewer",
+    );
+    bad(&|s| s.dims = vec![1; 6], "rank 6");
+    bad(&|s| s.boxd[1] = 257, "box [64, 257, 3, 1]");
+    bad(&|s| s.strides[1] = 100, "strides [128, 100, 4480]");
+    bad(&|s| s.strides[0] = 112, "at least a row's 128 bytes");
+    bad(&|s| s.boxd[0] = 32, "needs boxes 64 elements");
 }

@@ -612,20 +612,30 @@ EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void*
     }
 }
 
-// The emulator's tensor map (src/device/tensor_map.rs writes it): 16 words, of which
-// magic, base, inner and outer extents (elements), row stride (bytes), box inner and outer,
-// swizzle (0 none, 3 the 128-byte pattern), element bytes.
+// The emulator's tensor map (src/device/tensor_map.rs writes it): 16 words: magic, base, rank,
+// swizzle (0 none, 3 the 128-byte pattern), element bytes, 5 dimensions (elements, innermost
+// first), 4 strides (bytes, of dimensions 1 to 4), the box's 5 extents as 16-bit fields of
+// words 14 and 15.
 constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
 
-EMU_NO_TSAN void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar) {
+EMU_NO_TSAN void tma_load(void* dst, const void* map, const int* coords, int rank, void* bar) {
     if (reinterpret_cast<uintptr_t>(map) % 64)
         fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
     const auto* w = static_cast<const unsigned long long*>(map);
     if (w[0] != kTensorMapMagic) fail("cp.async.bulk.tensor: %p holds no tensor map of the emulator", map);
+    if ((long long)w[2] != rank)
+        fail("cp.async.bulk.tensor.%dd through a tensor map of rank %llu", rank, (unsigned long long)w[2]);
     const auto* base = reinterpret_cast<const unsigned char*>(w[1]);
-    const long long inner = w[2], outer = w[3], stride = w[4], box_in = w[5], box_out = w[6], elem = w[8];
-    const bool swizzle = w[7] == 3;
-    const long long row_bytes = box_in * elem, bytes = row_bytes * box_out;
+    const bool swizzle = w[3] == 3;
+    const long long elem = w[4];
+    long long dim[5] = {1, 1, 1, 1, 1}, stride[5] = {elem, 0, 0, 0, 0}, box[5] = {1, 1, 1, 1, 1}, at[5] = {};
+    for (int i = 0; i < rank; ++i) {
+        dim[i] = w[5 + i];
+        if (i > 0) stride[i] = w[10 + i - 1];
+        box[i] = (w[14 + i / 4] >> (16 * (i % 4))) & 0xffff;
+        at[i] = coords[i];
+    }
+    const long long bytes = elem * box[0] * box[1] * box[2] * box[3] * box[4];
     auto* d = static_cast<unsigned char*>(dst);
     if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
         fail("cp.async.bulk.tensor of %lld bytes to %p: outside the block's dynamic shared memory", bytes, dst);
@@ -633,17 +643,28 @@ EMU_NO_TSAN void tma_load_2d(void* dst, const void* map, int c0, int c1, void* b
     if ((d - dyn_smem()) % (swizzle ? 1024 : 128))
         fail("cp.async.bulk.tensor to %p: shared address not %d-byte aligned", dst, swizzle ? 1024 : 128);
     BulkCopy c{d, std::vector<unsigned char>(bytes, 0)};
-    for (long long i = 0; i < box_out; ++i)
-        for (long long j = 0; j < box_in; ++j) {
-            const long long x = c0 + j, y = c1 + i;
-            if (x < 0 || x >= inner || y < 0 || y >= outer) continue;  // outside: zero
-            // The 128-byte swizzle as the address rule the wgmma emulation reads it by: 16-byte
-            // chunk bits 4-6 of the shared address XOR its row bits 7-9 (d's address is a
-            // multiple of 1024, so the box offset's bits are the address's).
-            long long off = i * row_bytes + j * elem;
-            if (swizzle) off ^= ((off >> 7) & 7) << 4;
-            std::memcpy(&c.data[off], base + y * stride + x * elem, elem);
-        }
+    // The box's elements in order, innermost first; off counts them in bytes.
+    long long off = 0;
+    for (long long i4 = 0; i4 < box[4]; ++i4)
+        for (long long i3 = 0; i3 < box[3]; ++i3)
+            for (long long i2 = 0; i2 < box[2]; ++i2)
+                for (long long i1 = 0; i1 < box[1]; ++i1)
+                    for (long long i0 = 0; i0 < box[0]; ++i0, off += elem) {
+                        const long long x[5] = {at[0] + i0, at[1] + i1, at[2] + i2, at[3] + i3, at[4] + i4};
+                        long long src = 0;
+                        bool inside = true;
+                        for (int k = 0; k < 5; ++k) {
+                            inside = inside && x[k] >= 0 && x[k] < dim[k];
+                            src += x[k] * stride[k];
+                        }
+                        if (!inside) continue;  // outside the tensor: zero
+                        // The 128-byte swizzle as the address rule the wgmma emulation reads it
+                        // by: 16-byte chunk bits 4-6 of the shared address XOR its row bits 7-9
+                        // (d's address is a multiple of 1024, so the offset's bits are the
+                        // address's).
+                        const long long to = swizzle ? off ^ (((off >> 7) & 7) << 4) : off;
+                        std::memcpy(&c.data[to], base + src, elem);
+                    }
     Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
     m.copies.push_back(std::move(c));
 #ifdef EMU_TSAN

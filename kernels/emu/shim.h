@@ -90,10 +90,11 @@ void mbarrier_init(void* bar, unsigned count);
 void mbarrier_arrive_expect_tx(void* bar, unsigned bytes);
 void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar);
 void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line);
-// A 2-D TMA load (cp.async.bulk.tensor) of the box at (c0, c1) of the tensor map at `map`, in the
-// emulator's encoding (src/device/tensor_map.rs): rows of the box one after the other, elements
-// outside the tensor zero, the 128-byte swizzle applied as an address rule; lands as a bulk copy.
-void tma_load_2d(void* dst, const void* map, int c0, int c1, void* bar);
+// A TMA load (cp.async.bulk.tensor of `rank` dimensions, the map's) of the box at `coords`
+// (innermost first) of the tensor map at `map`, in the emulator's encoding
+// (src/device/tensor_map.rs): the box's elements innermost first, those outside the tensor zero,
+// the 128-byte swizzle applied as an address rule; lands as a bulk copy.
+void tma_load(void* dst, const void* map, const int* coords, int rank, void* bar);
 // Reports a kernel error (the launch fails with this message) and never returns.
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // Dynamic shared memory of the running block: 128-byte aligned, filled with 0xFF (fp16 NaN)

@@ -9,7 +9,7 @@
 //! next. The probe moves the same tiles every way and reports GB/s for each.
 
 use super::{time_calls, Timing, TimingConfig};
-use crate::device::{KArg, Kernel, LaunchConfig, TensorMap2d, TensorMap2dSpec};
+use crate::device::{KArg, Kernel, LaunchConfig, TensorMap, TensorMap2dSpec};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use rayon::prelude::*;
 
@@ -33,7 +33,7 @@ pub enum CopyMethod {
     /// mbarrier (kernels/bulk.cuh). sm_90 only.
     Bulk,
     /// `cp.async.bulk.tensor.2d` (the TMA engine's tensor form): a tile as one 64 x 256 box in
-    /// the 128-byte swizzle, through a [`TensorMap2d`]. sm_90 only.
+    /// the 128-byte swizzle, through a [`TensorMap`]. sm_90 only.
     Tma,
 }
 
@@ -180,7 +180,7 @@ pub struct CopyProbe {
     sums: Tensor<i32>,
     grid: usize,
     /// The source as a tensor map, made at the first TMA launch.
-    map: Option<TensorMap2d>,
+    map: Option<TensorMap>,
 }
 
 /// The 16-byte unit `i` of the probe's source: two 64-bit mixes of it (splitmix64), so that
@@ -228,7 +228,7 @@ impl CopyProbe {
                 box_outer: TILE_ROWS,
                 swizzle128: true,
             };
-            self.map = Some(TensorMap2d::new(&dev, self.src.device_ptr(), spec)?);
+            self.map = Some(TensorMap::new_2d(&dev, self.src.device_ptr(), spec)?);
         }
         let cfg = LaunchConfig {
             grid: (self.grid as u32, 1, 1),

@@ -174,29 +174,29 @@ impl CudaDevice {
         unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("cuCtxSetCurrent"))
     }
 
-    /// A 2-D tiled tensor map of 16-bit elements, encoded by the driver: `dims` (inner, outer)
-    /// elements, `row_stride` bytes, `boxd` (inner, outer) elements, the 128-byte swizzle or none.
-    pub fn encode_tensor_map_2d(
+    /// A tiled tensor map of 16-bit elements, encoded by the driver: `dims` elements (innermost
+    /// first), `strides` bytes (one fewer), `boxd` elements, the 128-byte swizzle or none.
+    pub fn encode_tensor_map(
         &self,
         base: u64,
-        dims: [u64; 2],
-        row_stride: u64,
-        boxd: [u32; 2],
+        dims: &[u64],
+        strides: &[u64],
+        boxd: &[u32],
         swizzle128: bool,
     ) -> Result<[u64; 16]> {
         use sys::{CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I};
         use sys::{CUtensorMapL2promotion as L, CUtensorMapSwizzle as S};
         let mut map = sys::CUtensorMap { opaque: [0; 16] };
-        let strides = [row_stride];
-        let elem_strides = [1u32, 1];
+        let elem_strides = [1u32; 5];
         let swizzle = if swizzle128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_NONE };
-        // SAFETY: every pointer addresses a live local array of the length the rank (2) implies
-        // (strides: rank - 1); the driver only encodes, it reads nothing at `base`.
+        // SAFETY: every pointer addresses a live array of at least the length the rank implies
+        // (dims and boxd: rank, strides: rank - 1, checked by the caller; elem_strides 5); the
+        // driver only encodes, it reads nothing at `base`.
         let r = unsafe {
             sys::cuTensorMapEncodeTiled(
                 &mut map,
                 T::CU_TENSOR_MAP_DATA_TYPE_UINT16,
-                2,
+                dims.len() as u32,
                 base as *mut c_void,
                 dims.as_ptr(),
                 strides.as_ptr(),

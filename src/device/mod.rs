@@ -18,7 +18,7 @@ pub use emu::Schedule;
 pub use graph::Graph;
 pub use pinned::PinnedBuffer;
 pub use profile::LaunchTime;
-pub use tensor_map::{TensorMap2d, TensorMap2dSpec};
+pub use tensor_map::{TensorMap, TensorMap2dSpec, TensorMapSpec};
 
 use crate::{Error, Result};
 use std::ffi::c_void;
@@ -105,7 +105,7 @@ pub enum KArg {
     /// A `float`.
     F32(f32),
     /// A 128-byte TMA descriptor by value (`const __grid_constant__ TmaDesc`, kernels/bulk.cuh):
-    /// [`TensorMap2d::arg`].
+    /// [`TensorMap::arg`].
     TensorMap([u64; 16]),
 }
 

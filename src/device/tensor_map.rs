@@ -1,6 +1,7 @@
-//! 2-D TMA descriptors (CUtensorMap) for kernels' `cp.async.bulk.tensor` loads
-//! (kernels/bulk.cuh, `tma_load_2d`): a row-major matrix of 16-bit elements read a box at a
-//! time, optionally in the 128-byte swizzle the wgmma operands use. A kernel takes the map by
+//! TMA descriptors (CUtensorMap) for kernels' `cp.async.bulk.tensor` loads (kernels/bulk.cuh,
+//! `tma_load_2d` / `tma_load_4d`): a tensor of 16-bit elements read a box at a time, optionally
+//! in the 128-byte swizzle the wgmma operands use; 2-D maps of matrices ([`TensorMap2dSpec`])
+//! and any rank up to 5 ([`TensorMapSpec`]). A kernel takes the map by
 //! value (`const __grid_constant__ TmaDesc`, [`KArg::TensorMap`]): nothing to upload, and the
 //! copy engine reads it from parameter space. On cuda the driver encodes it; on emu the
 //! emulator's own 16 words (kernels/emu/runtime.cpp reads them) describe the same copy.
@@ -37,6 +38,16 @@ impl TensorMap2dSpec {
         2 * self.box_inner * self.box_outer
     }
 
+    /// The same map as a [`TensorMapSpec`].
+    pub fn nd(&self) -> TensorMapSpec {
+        TensorMapSpec {
+            dims: vec![self.inner, self.outer],
+            strides: vec![self.row_stride],
+            boxd: vec![self.box_inner, self.box_outer],
+            swizzle128: self.swizzle128,
+        }
+    }
+
     fn check(&self, base: u64) -> Result<()> {
         let s = self;
         ensure_shape!(base.is_multiple_of(16), "tensor map: base address {base:#x} is not 16-byte aligned");
@@ -67,46 +78,118 @@ impl TensorMap2dSpec {
     }
 }
 
-/// An encoded tensor map for the matrix at `base` (which must outlive the launches using it).
-#[derive(Clone, Copy, Debug)]
-pub struct TensorMap2d {
-    words: [u64; 16],
-    spec: TensorMap2dSpec,
+/// Any tensor map the copy engine takes: rank 1 to 5, dimensions innermost (contiguous) first,
+/// 16-bit elements. A 4-D map of an NHWC tensor (C, W, H, N) loads a convolution's input
+/// window, its zero padding from coordinates outside the tensor (negative ones included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorMapSpec {
+    /// Elements along each dimension, innermost first: 1 to 2^32 each.
+    pub dims: Vec<usize>,
+    /// Bytes from one index to the next along dimensions 1 and up (one fewer than `dims`):
+    /// multiples of 16 below 2^40, the first at least a row's bytes.
+    pub strides: Vec<usize>,
+    /// The box's extent along each dimension: 1 to 256; the innermost a multiple of 8 (16
+    /// bytes), exactly 64 with the swizzle.
+    pub boxd: Vec<usize>,
+    /// The 128-byte swizzle (16-byte chunk c of the box's 128-byte row r lands at c ^ (r % 8)).
+    pub swizzle128: bool,
 }
 
-impl TensorMap2d {
-    /// Encodes `spec` for the matrix at device address `base` on `dev`; a spec the copy engine
+impl TensorMapSpec {
+    /// Bytes one load brings to shared memory (the whole box, zero-filled parts included).
+    pub fn box_bytes(&self) -> usize {
+        2 * self.boxd.iter().product::<usize>()
+    }
+
+    fn check(&self, base: u64) -> Result<()> {
+        let s = self;
+        let rank = s.dims.len();
+        ensure_shape!(
+            (1..=5).contains(&rank) && s.strides.len() + 1 == rank && s.boxd.len() == rank,
+            "tensor map: rank {rank} with {} strides and {} box extents (rank 1 to 5, one stride fewer)",
+            s.strides.len(),
+            s.boxd.len()
+        );
+        ensure_shape!(base.is_multiple_of(16), "tensor map: base address {base:#x} is not 16-byte aligned");
+        ensure_shape!(
+            s.dims.iter().all(|&d| (1..=1 << 32).contains(&d)),
+            "tensor map: dimensions {:?} (each 1 to 2^32)",
+            s.dims
+        );
+        ensure_shape!(
+            s.strides.iter().all(|&st| st.is_multiple_of(16) && st < 1 << 40)
+                && s.strides[..].first().is_none_or(|&st| st >= 2 * s.dims[0]),
+            "tensor map: strides {:?} bytes (multiples of 16 under 2^40, the first at least a row's {} bytes)",
+            s.strides,
+            2 * s.dims[0]
+        );
+        ensure_shape!(
+            s.boxd.iter().all(|&b| (1..=256).contains(&b)) && s.boxd[0].is_multiple_of(8),
+            "tensor map: box {:?} elements (each 1 to 256, the innermost a multiple of 8)",
+            s.boxd
+        );
+        ensure_shape!(
+            !s.swizzle128 || s.boxd[0] == 64,
+            "tensor map: the 128-byte swizzle needs boxes 64 elements (128 bytes) wide, got {}",
+            s.boxd[0]
+        );
+        Ok(())
+    }
+}
+
+/// An encoded tensor map for the tensor at `base` (which must outlive the launches using it).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorMap {
+    words: [u64; 16],
+    box_bytes: usize,
+}
+
+impl TensorMap {
+    /// Encodes `spec` for the tensor at device address `base` on `dev`; a spec the copy engine
     /// cannot take is an `Error::Shape` naming the field.
-    pub fn new(dev: &Device, base: u64, spec: TensorMap2dSpec) -> Result<Self> {
+    pub fn new(dev: &Device, base: u64, spec: &TensorMapSpec) -> Result<Self> {
         spec.check(base)?;
         let s = spec;
         let words = match &dev.0.backend {
-            Backend::Cuda(c) => c.encode_tensor_map_2d(
-                base,
-                [s.inner as u64, s.outer as u64],
-                s.row_stride as u64,
-                [s.box_inner as u32, s.box_outer as u32],
-                s.swizzle128,
-            )?,
+            Backend::Cuda(c) => {
+                let dims: Vec<u64> = s.dims.iter().map(|&d| d as u64).collect();
+                let strides: Vec<u64> = s.strides.iter().map(|&d| d as u64).collect();
+                let boxd: Vec<u32> = s.boxd.iter().map(|&d| d as u32).collect();
+                c.encode_tensor_map(base, &dims, &strides, &boxd, s.swizzle128)?
+            }
             Backend::Emu(_) => {
+                // kernels/emu/runtime.cpp's layout: magic, base, rank, swizzle, element bytes,
+                // 5 dimensions, 4 strides, the box's 5 extents as 16-bit fields.
                 let mut w = [0u64; 16];
-                let fields = [s.inner, s.outer, s.row_stride, s.box_inner, s.box_outer];
                 w[0] = EMU_MAGIC;
                 w[1] = base;
-                for (i, v) in fields.into_iter().enumerate() {
-                    w[2 + i] = v as u64;
+                w[2] = s.dims.len() as u64;
+                w[3] = if s.swizzle128 { 3 } else { 0 };
+                w[4] = 2;
+                for (i, &d) in s.dims.iter().enumerate() {
+                    w[5 + i] = d as u64;
                 }
-                w[7] = if s.swizzle128 { 3 } else { 0 };
-                w[8] = 2;
+                for (i, &st) in s.strides.iter().enumerate() {
+                    w[10 + i] = st as u64;
+                }
+                for (i, &b) in s.boxd.iter().enumerate() {
+                    w[14 + i / 4] |= (b as u64) << (16 * (i % 4));
+                }
                 w
             }
         };
-        Ok(Self { words, spec })
+        Ok(Self { words, box_bytes: spec.box_bytes() })
     }
 
-    /// What it describes.
-    pub fn spec(&self) -> TensorMap2dSpec {
-        self.spec
+    /// [`TensorMap::new`] of a 2-D spec.
+    pub fn new_2d(dev: &Device, base: u64, spec: TensorMap2dSpec) -> Result<Self> {
+        spec.check(base)?;
+        Self::new(dev, base, &spec.nd())
+    }
+
+    /// Bytes one load brings to shared memory.
+    pub fn box_bytes(&self) -> usize {
+        self.box_bytes
     }
 
     /// The map as a kernel argument (`const __grid_constant__ TmaDesc`).

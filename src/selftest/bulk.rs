@@ -7,7 +7,7 @@
 //! sm_90).
 
 use super::{Bound, CheckRow};
-use crate::device::{TensorMap2d, TensorMap2dSpec};
+use crate::device::{TensorMap, TensorMap2dSpec, TensorMapSpec};
 use crate::reference::compare;
 use crate::{Device, KArg, Kernel, LaunchConfig, Result, Tensor};
 
@@ -29,23 +29,30 @@ fn words(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as f32).collect()
 }
 
-/// The box at (c0, c1) of the `inner` x `outer` matrix `m` (row stride `stride` elements) as the
-/// copy engine should lay it in shared memory.
-fn box_reference(m: &[u16], stride: usize, spec: &TensorMap2dSpec, c0: i32, c1: i32) -> Vec<u8> {
-    let row_bytes = 2 * spec.box_inner;
+/// The box at `coords` (innermost first) of the tensor `t` (16-bit elements, laid out as `spec`'s
+/// strides say) as the copy engine should lay it in shared memory: its elements innermost first,
+/// zeros outside the tensor, the 128-byte swizzle applied to each 16-byte chunk's offset.
+fn box_reference(t: &[u16], spec: &TensorMapSpec, coords: &[i64]) -> Vec<u8> {
+    let rank = spec.dims.len();
     let mut out = vec![0u8; spec.box_bytes()];
-    for i in 0..spec.box_outer {
-        for j in 0..spec.box_inner {
-            let (x, y) = (c0 as i64 + j as i64, c1 as i64 + i as i64);
-            if x < 0 || y < 0 || x >= spec.inner as i64 || y >= spec.outer as i64 {
-                continue;
-            }
-            let mut off = i * row_bytes + 2 * j;
-            if spec.swizzle128 {
-                off ^= ((off >> 7) & 7) << 4;
-            }
-            out[off..off + 2].copy_from_slice(&m[y as usize * stride + x as usize].to_le_bytes());
+    let elems = spec.boxd.iter().product::<usize>();
+    for e in 0..elems {
+        // e's index along each dimension of the box, innermost fastest.
+        let (mut rest, mut src, mut inside) = (e, 0i64, true);
+        for (k, &at) in coords.iter().enumerate().take(rank) {
+            let x = at + (rest % spec.boxd[k]) as i64;
+            rest /= spec.boxd[k];
+            inside &= x >= 0 && x < spec.dims[k] as i64;
+            src += x * if k == 0 { 2 } else { spec.strides[k - 1] as i64 };
         }
+        if !inside {
+            continue;
+        }
+        let mut off = 2 * e;
+        if spec.swizzle128 {
+            off ^= ((off >> 7) & 7) << 4;
+        }
+        out[off..off + 2].copy_from_slice(&t[src as usize / 2].to_le_bytes());
     }
     out
 }
@@ -90,7 +97,7 @@ pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
     ];
     for (box_inner, box_outer, swizzle128, c0, c1) in boxes {
         let spec = TensorMap2dSpec { inner, outer, row_stride: 2 * stride, box_inner, box_outer, swizzle128 };
-        let map = TensorMap2d::new(dev, mt.device_ptr(), spec)?;
+        let map = TensorMap::new_2d(dev, mt.device_ptr(), spec)?;
         let bytes = spec.box_bytes();
         let mut out = Tensor::from_host(dev, &[bytes], &vec![0xA5u8; bytes])?;
         let args = [map.arg(), KArg::I32(c0), KArg::I32(c1), KArg::I32(bytes as i32), out.arg_mut()];
@@ -98,10 +105,47 @@ pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
         // describes mt (alive), `bytes` is its box's size and out's; shared memory the box plus
         // the 1024 bytes its alignment may skip.
         unsafe { dev.launch(&kernel("prim_tma_box"), one_warp(bytes + 1024), &args)? };
-        let want = box_reference(&m, stride, &spec, c0, c1);
+        let want = box_reference(&m, &spec.nd(), &[c0 as i64, c1 as i64]);
         let cmp = compare(&words(&out.to_host()?), &words(&want));
         let sw = if swizzle128 { " sw128" } else { "" };
         let shape = format!("tma 2-D box {box_outer}x{box_inner}{sw} at ({c0}, {c1}) of {outer}x{inner}");
+        rows.push(CheckRow::new("bulk", shape, cmp, Bound::Exact));
+    }
+
+    // 4-D boxes of NHWC tensors (C, W, H, N innermost first), as a convolution's input window
+    // would load them: padding from coordinates left of and above the image (negative), and
+    // past its right and bottom edges; 24 channels unswizzled, 64 swizzled.
+    let windows = [(24usize, 8usize, [8i64, -1, -1, 1]), (24, 16, [16, 3, 2, 0]), (64, 64, [0, -1, 3, 1])];
+    for (c, box_c, coords) in windows {
+        let (n, h, w) = (2usize, 5usize, 7usize);
+        let t = pattern(n * h * w * c, 3);
+        let tt = Tensor::from_host(dev, &[2 * t.len()], &as_bytes(&t))?;
+        let spec = TensorMapSpec {
+            dims: vec![c, w, h, n],
+            strides: vec![2 * c, 2 * c * w, 2 * c * w * h],
+            boxd: vec![box_c, w + 2, 3, 1],
+            swizzle128: box_c == 64,
+        };
+        let map = TensorMap::new(dev, tt.device_ptr(), &spec)?;
+        let bytes = spec.box_bytes();
+        let mut out = Tensor::from_host(dev, &[bytes], &vec![0xA5u8; bytes])?;
+        let [c0, c1, c2, c3] = coords.map(|v| v as i32);
+        let args = [
+            map.arg(),
+            KArg::I32(c0),
+            KArg::I32(c1),
+            KArg::I32(c2),
+            KArg::I32(c3),
+            KArg::I32(bytes as i32),
+            out.arg_mut(),
+        ];
+        // SAFETY: (TmaDesc map by value, int c0, int c1, int c2, int c3, int bytes, unsigned
+        // char* out): the map describes tt (alive), `bytes` is its box's size and out's; shared
+        // memory the box plus the 1024 bytes its alignment may skip.
+        unsafe { dev.launch(&kernel("prim_tma_box4"), one_warp(bytes + 1024), &args)? };
+        let cmp = compare(&words(&out.to_host()?), &words(&box_reference(&t, &spec, &coords)));
+        let sw = if spec.swizzle128 { " sw128" } else { "" };
+        let shape = format!("tma 4-D box {:?}{sw} at {coords:?} of NHWC {n}x{h}x{w}x{c}", spec.boxd);
         rows.push(CheckRow::new("bulk", shape, cmp, Bound::Exact));
     }
     Ok(rows)

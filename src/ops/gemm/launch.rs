@@ -5,7 +5,7 @@
 // The parent's plan types and helpers are this file's vocabulary (Plan too, which the parent imports).
 use super::plan::smem_bytes;
 use super::*;
-use crate::device::{TensorMap2d, TensorMap2dSpec};
+use crate::device::{TensorMap, TensorMap2dSpec};
 
 /// Threads of the element-wise launches (split-K reduce, bias gradient).
 const THREADS: u32 = 256;
@@ -130,7 +130,7 @@ impl Operands<'_> {
                     box_outer,
                     swizzle128: true,
                 };
-                TensorMap2d::new(&self.dev, m.device_ptr(), spec).map(|map| map.arg())
+                TensorMap::new_2d(&self.dev, m.device_ptr(), spec).map(|map| map.arg())
             };
             (map(self.a, r, 128)?, map(self.b, s, 256)?)
         } else {
