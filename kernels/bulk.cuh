@@ -88,7 +88,7 @@ __device__ __forceinline__ void bulk_copy_g2s(void* smem_dst, const void* gmem_s
 #endif
 }
 
-// A tensor map (CUtensorMap: TensorMap2d in src/device/tensor_map.rs) as kernels take it: by
+// A tensor map (CUtensorMap: TensorMap in src/device/tensor_map.rs) as kernels take it: by
 // value, `const __grid_constant__ TmaDesc map`, so that its address is in parameter space,
 // where the copy engine reads it with no fence.
 struct alignas(64) TmaDesc {

@@ -190,7 +190,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_w128x256(
 extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_w128x256(GW_PARAMS) {
     gw::gemm_wgmma<true, true>(GW_ARGS);
 }
-// ma: X [R][T], boxes of 64 x 128; mb: W [S][T], boxes of 64 x 256; both swizzled (TensorMap2d).
+// ma: X [R][T], boxes of 64 x 128; mb: W [S][T], boxes of 64 x 256; both swizzled (TensorMap::new_2d).
 extern "C" __global__ void __launch_bounds__(256, 1)
     gemm_fwd_f16_wt128x256(const __grid_constant__ TmaDesc ma, const __grid_constant__ TmaDesc mb, int R, int S,
                            int T, int kt_per_split, const __half* __restrict__ bias, int relu,

@@ -210,27 +210,28 @@ SHARDS=${TMPDIR:-/tmp}/vgg-shards
 step prep-shards 60 "$VGG" prep synthetic "$SHARDS" --images 2048 --synthetic-size 400 --max-side 256
 step bench-shards 60 "$VGG" bench data "$SHARDS" --images 2048 --workers 1,2,4,8,16
 # Hardware counters of the conv main loops on conv3_2 (ncu works on Firecracker machines, not
-# on gVisor: the first profile's failure skips the rest): where the time goes, to aim the next
-# kernel change (bank conflicts, L2 and tensor-pipe throughput, stall reasons). Log only.
+# on gVisor: the first profile that runs and fails skips the rest; one skipped by SKIP does not):
+# where the time goes, to aim the next kernel change (bank conflicts, L2 and tensor-pipe
+# throughput, stall reasons). Log only.
 if command -v ncu >/dev/null; then
   # First the copy probe's two cp.async.cg forms on the L2 case: their sector counts side by side.
-  step ncu-probe-copy-cgz 40 ncu --clock-control none --set full -k probe_copy_cgz_p0 --launch-skip 2 \
-    --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cgz
-  ncu_ok=$last_rc
-  if [ "$ncu_ok" = 0 ]; then
+  if "$VGG" bench copy --help >/dev/null 2>&1; then
+    step ncu-probe-copy-cgz 40 ncu --clock-control none --set full -k probe_copy_cgz_p0 --launch-skip 2 \
+      --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cgz
     step ncu-probe-copy-cg 40 ncu --clock-control none --set full -k probe_copy_cg_p0 \
       --launch-skip 2 --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cg
   fi
+  ncu_works=unknown
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do
-    [ "$ncu_ok" = 0 ] || break  # ncu does not work here (gVisor): no profile will
+    [ "$ncu_works" = no ] && break  # the first profile that ran failed: ncu does not work here
     IFS=: read -r kern algo pass tiling <<<"$k"
     step "ncu-$kern" 40 ncu --clock-control none --set full -k "$kern" --launch-skip 2 --launch-count 1 \
       "$VGG" bench conv --device cuda --batch "$BATCH" --layers conv3_2 --passes "$pass" --algo "$algo" \
       --wino-tiling "$tiling" --no-cudnn --repeats 3
-    [ "$last_rc" = 0 ] || break
+    case $last_rc in 0) ncu_works=yes ;; skipped) ;; *) [ "$ncu_works" = unknown ] && ncu_works=no ;; esac
   done
 fi
 # Queued steps (nothing read back a step, the loss scale kept on the device): what the

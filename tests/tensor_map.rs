@@ -61,7 +61,9 @@ fn nd_specs_are_checked_by_name() {
     );
     bad(&|s| s.dims = vec![1; 6], "rank 6");
     bad(&|s| s.boxd[1] = 257, "box [64, 257, 3, 1]");
-    bad(&|s| s.strides[1] = 100, "strides [128, 100, 4480]");
+    bad(&|s| s.strides[1] = 112, "strides [128, 112, 4480]");
+    // H rows 7 x 128 bytes apart would overlap images 6 rows of 128 bytes apart: refused.
+    bad(&|s| s.strides[2] = 128 * 7 * 4, "each spanning the dimension below");
     bad(&|s| s.strides[0] = 112, "at least a row's 128 bytes");
     bad(&|s| s.boxd[0] = 32, "needs boxes 64 elements");
 }

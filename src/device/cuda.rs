@@ -186,6 +186,14 @@ impl CudaDevice {
     ) -> Result<[u64; 16]> {
         use sys::{CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I};
         use sys::{CUtensorMapL2promotion as L, CUtensorMapSwizzle as S};
+        let rank = dims.len();
+        if !(1..=5).contains(&rank) || strides.len() + 1 != rank || boxd.len() != rank {
+            return Err(Error::Invalid(format!(
+                "tensor map of rank {rank}: {} strides, {} box extents",
+                strides.len(),
+                boxd.len()
+            )));
+        }
         let mut map = sys::CUtensorMap { opaque: [0; 16] };
         let elem_strides = [1u32; 5];
         let swizzle = if swizzle128 { S::CU_TENSOR_MAP_SWIZZLE_128B } else { S::CU_TENSOR_MAP_SWIZZLE_NONE };

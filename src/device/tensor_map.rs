@@ -86,7 +86,8 @@ pub struct TensorMapSpec {
     /// Elements along each dimension, innermost first: 1 to 2^32 each.
     pub dims: Vec<usize>,
     /// Bytes from one index to the next along dimensions 1 and up (one fewer than `dims`):
-    /// multiples of 16 below 2^40, the first at least a row's bytes.
+    /// multiples of 16 below 2^40, each at least the one below times that dimension's extent
+    /// (the first at least a row's bytes), so that no two elements share bytes.
     pub strides: Vec<usize>,
     /// The box's extent along each dimension: 1 to 256; the innermost a multiple of 8 (16
     /// bytes), exactly 64 with the swizzle.
@@ -116,10 +117,15 @@ impl TensorMapSpec {
             "tensor map: dimensions {:?} (each 1 to 2^32)",
             s.dims
         );
+        // Each stride spans at least the dimension below it, so that no two elements share bytes.
+        let spans = (0..s.strides.len()).all(|i| {
+            let below = if i == 0 { 2 * s.dims[0] } else { s.strides[i - 1] * s.dims[i] };
+            s.strides[i] >= below
+        });
         ensure_shape!(
-            s.strides.iter().all(|&st| st.is_multiple_of(16) && st < 1 << 40)
-                && s.strides[..].first().is_none_or(|&st| st >= 2 * s.dims[0]),
-            "tensor map: strides {:?} bytes (multiples of 16 under 2^40, the first at least a row's {} bytes)",
+            spans && s.strides.iter().all(|&st| st.is_multiple_of(16) && st < 1 << 40),
+            "tensor map: strides {:?} bytes (multiples of 16 under 2^40, each spanning the dimension below: \
+             the first at least a row's {} bytes)",
             s.strides,
             2 * s.dims[0]
         );

@@ -1,8 +1,8 @@
-//! Checks of the copy engine's primitives (kernels/bulk.cuh: bulk copies, 2-D TMA loads, the
-//! mbarriers counting their bytes) through kernels/bulk_test.cu. On emu they test the plumbing
-//! (tensor maps, barriers, the box as the emulator lays it); on a GPU they confirm the
-//! emulator's reading of the PTX ISA: a box's rows one after the other, zeros where it leaves the
-//! tensor, the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r % 8)), and the whole
+//! Checks of the copy engine's primitives (kernels/bulk.cuh: bulk copies, 2-D and 4-D TMA loads,
+//! the mbarriers counting their bytes) through kernels/bulk_test.cu. On emu they test the
+//! plumbing (tensor maps, barriers, the box as the emulator lays it); on a GPU they confirm the
+//! emulator's reading of the PTX ISA: a box's elements innermost first, dense, zeros where it
+//! leaves the tensor, the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r % 8)), and the whole
 //! box's bytes completing the barrier. Not run where the copy engine is not (a GPU other than
 //! sm_90).
 
