@@ -700,6 +700,11 @@ EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* fi
         f.mbar_wait = bar;
         f.wait_file = file;
         f.wait_line = line;
+#ifdef EMU_TSAN
+        // As at a barrier: what this fiber did is ordered before the block's end, even if it is
+        // abandoned here (a wait that never completes) and its stack and the block are reused.
+        __tsan_release(&g_block->block_end);
+#endif
         switch_to_scheduler();
     }
 }
