@@ -94,50 +94,67 @@ __device__ __forceinline__ void block_sum(unsigned v, unsigned* out, int tid) {
     }
 }
 
-// The TMA form: one 64 x 256 box a tile, swizzled, into 1024-byte aligned buffers.
-__device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out, const TmaDesc* map) {
-    VGG_DYN_SHARED(unsigned char, raw);
-    unsigned char* const smem = align_shared(raw, 1024);
+// Tiles this block takes (b, b + gridDim.x, ... below count), and the k-th of them.
+__device__ __forceinline__ int tiles_mine(int count) {
+    return count > (int)blockIdx.x ? (count - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+}
+__device__ __forceinline__ int tile_of(int k) { return (int)blockIdx.x + k * (int)gridDim.x; }
+
+// The copy engine's ring (bulk and tma): kBufs buffers filled 2 tiles ahead, an mbarrier a buffer
+// counting its tile's bytes. Thread 0 announces a tile's bytes, then issue(k, buf, bar) starts
+// its copies on the first ISSUERS threads (1 or a warp); every thread waits for its tile, then
+// sums it (landed row-major, piece order under phase 1; SWIZZLED: in the 128-byte swizzle).
+template <bool SWIZZLED, int ISSUERS, class Issue>
+__device__ __forceinline__ unsigned engine_ring(unsigned char* smem, int mine, Issue issue) {
     const int tid = threadIdx.x;
-    const int mine = count > (int)blockIdx.x ? (count - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     __shared__ unsigned long long full[kBufs];
     if (tid == 0) {
         for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
         fence_mbarrier_init();
     }
     __syncthreads();
-    auto load = [&](int k) {  // thread 0
+    auto load = [&](int k) {  // the issuers
         if (k >= mine) return;
-        const int t = ((int)blockIdx.x + k * (int)gridDim.x) % m.tiles, per_row_block = m.pitch >> 3;
-        mbarrier_arrive_expect_tx(&full[k % kBufs], kUnits * 16);
-        fence_proxy_async_shared();  // this buffer's checksum reads (tile k - 3) before the copy
-        tma_load_2d(smem + (k % kBufs) * kUnits * 16, map, (t % per_row_block) * 64, (t / per_row_block) * kRows,
-                    &full[k % kBufs]);
+        if (tid == 0) mbarrier_arrive_expect_tx(&full[k % kBufs], kUnits * 16);
+        if constexpr (ISSUERS > 1) __syncwarp(0xffffffffu);
+        fence_proxy_async_shared();  // this buffer's checksum reads (tile k - 3) before the copies
+        issue(k, smem + (k % kBufs) * kUnits * 16, &full[k % kBufs]);
     };
-    if (tid == 0) load(0), load(1);
+    if (tid < ISSUERS) load(0), load(1);
     unsigned acc = 0;
     for (int k = 0; k < mine; ++k) {
         mbarrier_wait_parity(&full[k % kBufs], (k / kBufs) & 1);
         __syncthreads();  // everyone is done with tile k - 1, whose buffer tile k + 2 takes
-        if (tid == 0) load(k + 2);
-        acc += checksum<1, true>(smem + (k % kBufs) * kUnits * 16, tid);
+        if (tid < ISSUERS) load(k + 2);
+        acc += checksum<1, SWIZZLED>(smem + (k % kBufs) * kUnits * 16, tid);
     }
-    block_sum(acc, out, tid);
+    return acc;
+}
+
+// The TMA form: one 64 x 256 box a tile, swizzled, into 1024-byte aligned buffers.
+__device__ __forceinline__ void run_tma(const Matrix m, int count, unsigned* out, const TmaDesc* map) {
+    VGG_DYN_SHARED(unsigned char, raw);
+    const int per_row_block = m.pitch >> 3;
+    const unsigned acc = engine_ring<true, 1>(
+        align_shared(raw, 1024), tiles_mine(count), [&](int k, unsigned char* buf, unsigned long long* bar) {
+            const int t = tile_of(k) % m.tiles;
+            tma_load_2d(buf, map, (t % per_row_block) * 64, (t / per_row_block) * kRows, bar);
+        });
+    block_sum(acc, out, threadIdx.x);
 }
 
 template <int METHOD, int PHASE>
 __device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
     VGG_DYN_SHARED(unsigned char, smem);
     const int tid = threadIdx.x;
-    const int mine = count > (int)blockIdx.x ? (count - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    auto tile = [&](int k) { return (int)blockIdx.x + k * (int)gridDim.x; };
+    const int mine = tiles_mine(count);
     unsigned acc = 0;
     if constexpr (METHOD == kLdg) {
         // One tile in registers while the previous one is summed: 8 loads of 16 bytes in flight
         // a thread, 32 KiB a block.
         uint4 r[kPerThread];
         auto load = [&](int k) {
-            const long long base = m.tile_base(tile(k));
+            const long long base = m.tile_base(tile_of(k));
 #pragma unroll
             for (int j = 0; j < kPerThread; ++j) {
                 const int q = tid + kThreads * j;
@@ -154,33 +171,14 @@ __device__ __forceinline__ void run(const Matrix m, int count, unsigned* out) {
             acc += checksum<PHASE>(buf, tid);
         }
     } else if constexpr (METHOD == kBulk) {
-        // The tile lands row-major (row r at r * 128 bytes), which is piece order under phase 1.
-        __shared__ unsigned long long full[kBufs];
-        if (tid == 0) {
-            for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1);
-            fence_mbarrier_init();
-        }
-        __syncthreads();
-        auto load = [&](int k) {  // warp 0
-            if (k >= mine) return;
-            unsigned char* const buf = smem + (k % kBufs) * kUnits * 16;
-            if (tid == 0) mbarrier_arrive_expect_tx(&full[k % kBufs], kUnits * 16);
-            __syncwarp(0xffffffffu);
-            fence_proxy_async_shared();  // this buffer's checksum reads (tile k - 3) before the copies
-            const uint4* const g = m.src + m.tile_base(tile(k));
-            for (int r = tid; r < kRows; r += 32)
-                bulk_copy_g2s(buf + r * 128, g + (long long)r * m.pitch, 128, &full[k % kBufs]);
-        };
-        if (tid < 32) load(0), load(1);
-        for (int k = 0; k < mine; ++k) {
-            mbarrier_wait_parity(&full[k % kBufs], (k / kBufs) & 1);
-            __syncthreads();  // everyone is done with tile k - 1, whose buffer tile k + 2 takes
-            if (tid < 32) load(k + 2);
-            acc += checksum<1>(smem + (k % kBufs) * kUnits * 16, tid);
-        }
+        // Warp 0's lanes copy the tile's rows, 128 bytes each, to r * 128.
+        acc = engine_ring<false, 32>(smem, mine, [&](int k, unsigned char* buf, unsigned long long* bar) {
+            const uint4* const g = m.src + m.tile_base(tile_of(k));
+            for (int r = tid; r < kRows; r += 32) bulk_copy_g2s(buf + r * 128, g + (long long)r * m.pitch, 128, bar);
+        });
     } else {
         auto load = [&](int k) {
-            if (k < mine) copy_tile<METHOD, PHASE>(smem + (k % kBufs) * kUnits * 16, m, tile(k), tid);
+            if (k < mine) copy_tile<METHOD, PHASE>(smem + (k % kBufs) * kUnits * 16, m, tile_of(k), tid);
             cp_async_commit();
         };
         load(0);

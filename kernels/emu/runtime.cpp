@@ -564,6 +564,22 @@ EMU_NO_TSAN void mbarrier_try_complete(void* bar, Mbarrier& m) {
 #endif
     mbarrier_wake(bar);
 }
+
+// Queues a bulk copy or TMA box on `bar`: it lands now (the index schedule, or at random) or
+// when a wait needs it, whose fibers may look again.
+EMU_NO_TSAN void mbarrier_queue(void* bar, BulkCopy c, const char* op) {
+    Mbarrier& m = mbarrier_at(bar, op);
+    m.copies.push_back(std::move(c));
+#ifdef EMU_TSAN
+    __tsan_release(&m);  // the queued copy, before the waiter that lands it
+#endif
+    if (cp_async_lands_now()) {
+        mbarrier_land(m);
+        mbarrier_try_complete(bar, m);
+    } else {
+        mbarrier_wake(bar);
+    }
+}
 }  // namespace
 
 void mbarrier_init(void* bar, unsigned count) {
@@ -597,19 +613,9 @@ EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void*
         fail("cp.async.bulk of %u bytes from %p to %p: sizes and addresses must be multiples of 16", bytes, src, dst);
     if (d < dyn_smem() || d + bytes > dyn_smem() + dyn_smem_bytes())
         fail("cp.async.bulk of %u bytes to %p: outside the block's dynamic shared memory", bytes, dst);
-    Mbarrier& m = mbarrier_at(bar, "cp.async.bulk");
     // The source is read at issue, as a TMA box's is (a kernel may overwrite it after).
     const auto* s = static_cast<const unsigned char*>(src);
-    m.copies.push_back({d, std::vector<unsigned char>(s, s + bytes)});
-#ifdef EMU_TSAN
-    __tsan_release(&m);  // the queued copy, before the waiter that lands it
-#endif
-    if (cp_async_lands_now()) {
-        mbarrier_land(m);
-        mbarrier_try_complete(bar, m);
-    } else {
-        mbarrier_wake(bar);
-    }
+    mbarrier_queue(bar, {d, std::vector<unsigned char>(s, s + bytes)}, "cp.async.bulk");
 }
 
 // The emulator's tensor map (src/device/tensor_map.rs writes it): 16 words: magic, base, rank,
@@ -665,17 +671,7 @@ EMU_NO_TSAN void tma_load(void* dst, const void* map, const int* coords, int ran
                         const long long to = swizzle ? off ^ (((off >> 7) & 7) << 4) : off;
                         std::memcpy(&c.data[to], base + src, elem);
                     }
-    Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
-    m.copies.push_back(std::move(c));
-#ifdef EMU_TSAN
-    __tsan_release(&m);  // the queued copy, before the waiter that lands it
-#endif
-    if (cp_async_lands_now()) {
-        mbarrier_land(m);
-        mbarrier_try_complete(bar, m);
-    } else {
-        mbarrier_wake(bar);
-    }
+    mbarrier_queue(bar, std::move(c), "cp.async.bulk.tensor");
 }
 
 EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line) {
