@@ -51,6 +51,12 @@ fn bulk_copies_and_tma_boxes_land_in_place() {
     assert_check_passes("bulk");
 }
 
+/// The copy probe's kernels (`vgg bench copy`): every form lands every tile in its place.
+#[test]
+fn copy_probe_forms_land_every_tile() {
+    assert_check_passes("copy_probe");
+}
+
 /// The emulator runs a wgmma when the wait retires its group: accumulators read before the
 /// wait still hold C (on a GPU that read is undefined), so a kernel missing its wait fails on
 /// the CPU too.

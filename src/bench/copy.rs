@@ -73,7 +73,7 @@ impl CopyMethod {
     }
 
     /// Whether the copy engine (TMA) moves the bytes: sm_90 only.
-    fn engine(self) -> bool {
+    pub fn engine(self) -> bool {
         matches!(self, CopyMethod::Bulk | CopyMethod::Tma)
     }
 
@@ -268,18 +268,10 @@ impl CopyProbe {
         let per_row_block = c.pitch / 8;
         let tile_sum = |t: usize| -> u32 {
             let base = (t / per_row_block) * TILE_ROWS * c.pitch + (t % per_row_block) * 8;
-            let mut acc = 0u32;
-            for r in 0..TILE_ROWS {
-                for u in 0..8 {
-                    let [a, b] = unit((base + r * c.pitch + u) as u64);
-                    let v = (a as u32)
-                        .wrapping_add(3u32.wrapping_mul((a >> 32) as u32))
-                        .wrapping_add(5u32.wrapping_mul(b as u32))
-                        .wrapping_add(7u32.wrapping_mul((b >> 32) as u32));
-                    acc = acc.wrapping_add(v.wrapping_mul(2 * (8 * r + u) as u32 + 1));
-                }
-            }
-            acc
+            crate::reference::copy_probe_tile_sum(|r, u| {
+                let [a, b] = unit((base + r * c.pitch + u) as u64);
+                [a as u32, (a >> 32) as u32, b as u32, (b >> 32) as u32]
+            })
         };
         let tiles: Vec<u32> = (0..c.tiles()).into_par_iter().map(tile_sum).collect();
         (0..self.grid)

@@ -10,6 +10,7 @@
 //! Also here: [`compare`] / [`compare_tol`], the error metrics tests and selftest report.
 
 pub mod conv;
+pub mod copy;
 pub mod dense_gather;
 pub mod dropout;
 pub mod elementwise;
@@ -25,6 +26,7 @@ pub mod softmax;
 mod testutil;
 
 pub use conv::*;
+pub use copy::*;
 pub use dense_gather::*;
 pub use dropout::*;
 pub use elementwise::*;

@@ -8,7 +8,7 @@
 
 use super::{Bound, CheckRow};
 use crate::device::{TensorMap, TensorMap2dSpec, TensorMapSpec};
-use crate::reference::compare;
+use crate::reference::{self as r, compare};
 use crate::{Device, KArg, Kernel, LaunchConfig, Result, Tensor};
 
 fn kernel(name: &'static str) -> Kernel {
@@ -27,34 +27,6 @@ fn as_bytes(v: &[u16]) -> Vec<u8> {
 /// 16-bit words as exact f32s, for `compare`.
 fn words(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as f32).collect()
-}
-
-/// The box at `coords` (innermost first) of the tensor `t` (16-bit elements, laid out as `spec`'s
-/// strides say) as the copy engine should lay it in shared memory: its elements innermost first,
-/// zeros outside the tensor, the 128-byte swizzle applied to each 16-byte chunk's offset.
-fn box_reference(t: &[u16], spec: &TensorMapSpec, coords: &[i64]) -> Vec<u8> {
-    let rank = spec.dims.len();
-    let mut out = vec![0u8; spec.box_bytes()];
-    let elems = spec.boxd.iter().product::<usize>();
-    for e in 0..elems {
-        // e's index along each dimension of the box, innermost fastest.
-        let (mut rest, mut src, mut inside) = (e, 0i64, true);
-        for (k, &at) in coords.iter().enumerate().take(rank) {
-            let x = at + (rest % spec.boxd[k]) as i64;
-            rest /= spec.boxd[k];
-            inside &= x >= 0 && x < spec.dims[k] as i64;
-            src += x * if k == 0 { 2 } else { spec.strides[k - 1] as i64 };
-        }
-        if !inside {
-            continue;
-        }
-        let mut off = 2 * e;
-        if spec.swizzle128 {
-            off ^= ((off >> 7) & 7) << 4;
-        }
-        out[off..off + 2].copy_from_slice(&t[src as usize / 2].to_le_bytes());
-    }
-    out
 }
 
 pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
@@ -105,7 +77,7 @@ pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
         // describes mt (alive), `bytes` is its box's size and out's; shared memory the box plus
         // the 1024 bytes its alignment may skip.
         unsafe { dev.launch(&kernel("prim_tma_box"), one_warp(bytes + 1024), &args)? };
-        let want = box_reference(&m, &spec.nd(), &[c0 as i64, c1 as i64]);
+        let want = r::tma_box(&m, &spec.nd(), &[c0 as i64, c1 as i64]);
         let cmp = compare(&words(&out.to_host()?), &words(&want));
         let sw = if swizzle128 { " sw128" } else { "" };
         let shape = format!("tma 2-D box {box_outer}x{box_inner}{sw} at ({c0}, {c1}) of {outer}x{inner}");
@@ -143,10 +115,30 @@ pub fn bulk(dev: &Device) -> Result<Vec<CheckRow>> {
         // char* out): the map describes tt (alive), `bytes` is its box's size and out's; shared
         // memory the box plus the 1024 bytes its alignment may skip.
         unsafe { dev.launch(&kernel("prim_tma_box4"), one_warp(bytes + 1024), &args)? };
-        let cmp = compare(&words(&out.to_host()?), &words(&box_reference(&t, &spec, &coords)));
+        let cmp = compare(&words(&out.to_host()?), &words(&r::tma_box(&t, &spec, &coords)));
         let sw = if spec.swizzle128 { " sw128" } else { "" };
         let shape = format!("tma 4-D box {:?}{sw} at {coords:?} of NHWC {n}x{h}x{w}x{c}", spec.boxd);
         rows.push(CheckRow::new("bulk", shape, cmp, Bound::Exact));
+    }
+    Ok(rows)
+}
+
+/// The copy probe's kernels (kernels/probe_copy.cu, `vgg bench copy`) on a small matrix: every
+/// form the device has, in each lane pattern, lands every tile where the checksum expects it
+/// (the block sums against [`r::copy_probe_tile_sum`]'s, each compared as two 16-bit halves).
+pub fn copy_probe(dev: &Device) -> Result<Vec<CheckRow>> {
+    use crate::bench::copy::{CopyCase, CopyMethod, CopyProbe};
+    let case = CopyCase { name: "selftest".into(), rows: 512, pitch: 16, count: 10 };
+    let mut probe = CopyProbe::new(dev, &case, 3)?;
+    let want = probe.expected();
+    let halves = |v: &[u32]| -> Vec<f32> { v.iter().flat_map(|&s| [(s >> 16) as f32, (s & 0xffff) as f32]).collect() };
+    let mut rows = vec![];
+    for method in CopyMethod::ALL.into_iter().filter(|m| dev.has_wgmma() || !m.engine()) {
+        for &phase in method.phases() {
+            let got = probe.checked_sums(method, phase)?;
+            let shape = format!("{} {phase:?}, 10 tiles of 512 x 16 units over 3 blocks", method.name());
+            rows.push(CheckRow::new("copy_probe", shape, compare(&halves(&got), &halves(&want)), Bound::Exact));
+        }
     }
     Ok(rows)
 }

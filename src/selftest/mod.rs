@@ -100,6 +100,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "cp_async", run: primitives::cp_async },
     Check { name: "wgmma", run: primitives::wgmma },
     Check { name: "bulk", run: bulk::bulk },
+    Check { name: "copy_probe", run: bulk::copy_probe },
     Check { name: "gemm", run: gemm::linear },
     Check { name: "gemm_conv1x1", run: gemm::conv1x1 },
     Check { name: "gemm_determinism", run: gemm::determinism },

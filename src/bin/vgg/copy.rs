@@ -49,9 +49,8 @@ pub(crate) fn bench_copy_cmd(a: BenchCopyArgs) -> Result<()> {
     // Two blocks an SM (a cp.async block holds 96 KiB of shared memory); 3 on emu, so that the
     // blocks take unequal numbers of tiles.
     let grid = if dev.is_emu() { 3 } else { 2 * dev.multiprocessors() };
-    let not_engine = |m: &CopyMethod| !matches!(m, CopyMethod::Bulk | CopyMethod::Tma);
     let methods =
-        methods.unwrap_or_else(|| CopyMethod::ALL.into_iter().filter(|m| dev.has_wgmma() || not_engine(m)).collect());
+        methods.unwrap_or_else(|| CopyMethod::ALL.into_iter().filter(|m| dev.has_wgmma() || !m.engine()).collect());
     let cases: Vec<CopyCase> = dev_cases(grid)
         .into_iter()
         .filter(|c| a.cases.as_ref().is_none_or(|want| want.split(',').any(|n| n.trim() == c.name)))
