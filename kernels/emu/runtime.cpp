@@ -565,9 +565,27 @@ EMU_NO_TSAN void mbarrier_try_complete(void* bar, Mbarrier& m) {
     mbarrier_wake(bar);
 }
 
+// The mbarrier table belongs to the OS thread that runs the block; its fibers reach it one at a
+// time, in an order the scheduler imposes. ThreadSanitizer sees fibers as threads, so each hook
+// brackets its bookkeeping with an acquire and a release of one address: that order, made
+// visible (as wgmma.cuh's WgmmaOrdered does for the wgmma state).
+struct MbarOrdered {
+    MbarOrdered() {
+#ifdef EMU_TSAN
+        __tsan_acquire(&g_block->mbars);
+#endif
+    }
+    ~MbarOrdered() {
+#ifdef EMU_TSAN
+        __tsan_release(&g_block->mbars);
+#endif
+    }
+};
+
 // Queues a bulk copy or TMA box on `bar`: it lands now (the index schedule, or at random) or
 // when a wait needs it, whose fibers may look again.
 EMU_NO_TSAN void mbarrier_queue(void* bar, BulkCopy c, const char* op) {
+    MbarOrdered ordered;
     Mbarrier& m = mbarrier_at(bar, op);
     m.copies.push_back(std::move(c));
 #ifdef EMU_TSAN
@@ -583,6 +601,7 @@ EMU_NO_TSAN void mbarrier_queue(void* bar, BulkCopy c, const char* op) {
 }  // namespace
 
 void mbarrier_init(void* bar, unsigned count) {
+    MbarOrdered ordered;
     if (reinterpret_cast<uintptr_t>(bar) % 8) fail("mbarrier.init: %p is not 8-byte aligned", bar);
     if (count == 0 || count >= (1u << 20)) fail("mbarrier.init: count %u (1 to 2^20 - 1)", count);
     Mbarrier& m = g_block->mbars[bar];
@@ -591,6 +610,7 @@ void mbarrier_init(void* bar, unsigned count) {
 }
 
 EMU_NO_TSAN void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
+    MbarOrdered ordered;
     Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
     // pending reaches 0 only as the phase completes (then it is the count again), unless the
     // phase still waits for bytes: an arrival then belongs to no phase.
@@ -676,26 +696,29 @@ EMU_NO_TSAN void tma_load(void* dst, const void* map, const int* coords, int ran
 
 EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line) {
     for (;;) {
-        Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait.parity");
-        if ((m.phase & 1) != (parity & 1)) {
+        {
+            MbarOrdered ordered;  // released before the fiber switches out below
+            Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait.parity");
+            if ((m.phase & 1) != (parity & 1)) {
 #ifdef EMU_TSAN
-            __tsan_acquire(&m);
+                __tsan_acquire(&m);
 #endif
-            return;
-        }
-        if (m.pending == 0 && !m.copies.empty()) {
+                return;
+            }
+            if (m.pending == 0 && !m.copies.empty()) {
 #ifdef EMU_TSAN
-            __tsan_acquire(&m);  // the producers' queued copies
+                __tsan_acquire(&m);  // the producers' queued copies
 #endif
-            mbarrier_land(m);
-            mbarrier_try_complete(bar, m);
-            continue;
+                mbarrier_land(m);
+                mbarrier_try_complete(bar, m);
+                continue;
+            }
+            Fiber& f = cur();
+            f.state = State::AtMbarrier;
+            f.mbar_wait = bar;
+            f.wait_file = file;
+            f.wait_line = line;
         }
-        Fiber& f = cur();
-        f.state = State::AtMbarrier;
-        f.mbar_wait = bar;
-        f.wait_file = file;
-        f.wait_line = line;
 #ifdef EMU_TSAN
         // As at a barrier: what this fiber did is ordered before the block's end, even if it is
         // abandoned here (a wait that never completes) and its stack and the block are reused.
