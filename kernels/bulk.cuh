@@ -54,18 +54,29 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(unsigned long long* ba
 }
 
 // Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
+// On the GPU a wait still open after ~4 s traps (a launch error the host reports) instead of
+// hanging the process: a copy that never lands (a wrong box, a miscounted transaction) would
+// otherwise stall a whole selftest or gpu-check step, as the emulator's deadlock report would not.
 __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, unsigned parity PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_wait_parity(bar, parity, site_file, site_line);
 #elif VGG_HAS_BULK
   const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
   unsigned done = 0;
-  while (!done)
+  unsigned long long start = 0;
+  for (unsigned polls = 1; !done; ++polls) {
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
         : "r"(a), "r"(parity)
         : "memory");
+    if (!done && (polls & 1023) == 0) {
+      unsigned long long now;
+      asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+      if (start == 0) start = now;
+      else if (now - start > 4000000000ull) __trap();
+    }
+  }
 #else
   __trap();
 #endif
@@ -109,6 +120,23 @@ __device__ __forceinline__ void tma_load_2d(void* smem_dst, const TmaDesc* map, 
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
       "[%4];\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
       "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+// The 3-D form (a 3-D map, e.g. filters [K][9][C] as C, tap, K): as tma_load_2d lays and counts it.
+__device__ __forceinline__ void tma_load_3d(void* smem_dst, const TmaDesc* map, int c0, int c1, int c2,
+                                            unsigned long long* bar) {
+#ifndef __CUDA_ARCH__
+  const int coords[3] = {c0, c1, c2};
+  emu::tma_load(smem_dst, map, coords, 3, bar);
+#elif VGG_HAS_BULK
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
+      "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"((unsigned)__cvta_generic_to_shared(bar))
       : "memory");
 #else
   __trap();

@@ -103,6 +103,14 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
 fi
+# The same 256 x N halo tile with both operands brought by the TMA engine (whole padded rows a box,
+# filters a box a stage; bench/NOTES.md, "A TMA-fed halo tile"): fprop and dgrad where it fits
+# (widths up to 102 at N 128, 150 at N 64: conv2_1's fprop and conv2_2 fall back to the plain tile).
+if "$VGG" bench conv --help 2>/dev/null | grep -q tma; then
+  step bench-conv-wgmma-tma 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tma --json "$RAW/bench-conv-wgmma-tma.json"
+fi
 # Global -> shared copies in each form our kernels could use, from L2 and from device memory
 # (bench/NOTES.md, "The copy probe"): does the src-size operand, the cache level or the lanes'
 # pattern decide the ~50% excess sectors and the rate our wgmma kernels stall at?
@@ -222,7 +230,9 @@ if command -v ncu >/dev/null; then
       --launch-skip 2 --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cg
   fi
   ncu_works=unknown
-  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
+  # The TMA-fed halo tile second: its excess sectors beside the cp.async tile's 50%.
+  for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_halo_tma_n128_f16:wgmma:fprop:tma \
+           igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do
@@ -272,6 +282,7 @@ fi
 echo "=== conv-vs-cudnn" | tee -a "$LOG"
 python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.json" "$RAW/bench-conv-wgmma-tall.json" \
   "$RAW/bench-conv-wgmma-sw.json" \
+  "$RAW/bench-conv-wgmma-tma.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

@@ -125,10 +125,12 @@ fn two_schedules_bit_identical() {
     // of several widths, some crossing the image's edge.
     let region = |p: ConvProblem| (p, ConvAlgo::Winograd2x2, WinoTiling::Region);
     // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad; its
-    // tall tile (two m64 blocks a warpgroup in one wgmma group) and its swizzled one.
+    // tall tile (two m64 blocks a warpgroup in one wgmma group), its swizzled one, and its TMA one
+    // (copies that land when a wait needs them, or at issue, as the schedule has it).
     let flat = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Flat);
     let tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tall);
     let swizzled = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Swizzled);
+    let tma = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -166,6 +168,8 @@ fn two_schedules_bit_identical() {
         tall(ConvProblem::new(1, 12, 11, 16, 136)),
         swizzled(ConvProblem::new(2, 9, 13, 88, 40)),
         swizzled(ConvProblem::new(1, 7, 6, 24, 256)),
+        tma(ConvProblem::new(2, 9, 13, 88, 40)),
+        tma(ConvProblem::new(1, 7, 6, 24, 256)),
     ]) {
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
             let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
@@ -268,11 +272,12 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
 /// positions x 64 channels wherever it fits (widths up to 125: 12 copy pieces a thread), the
 /// 256 x N one past that edge, the wgrad keeping its halo kernel; [`WinoTiling::Swizzled`], the
 /// 256 x N tile in the 128-byte swizzle, with the plain one's edges (193 wide at 128 output
-/// channels a tile, 253 at 64).
+/// channels a tile, 253 at 64); [`WinoTiling::Tma`], the 256 x N tile fed by the TMA engine,
+/// whose whole padded rows fit widths up to 102 at 128 output channels a tile, 150 at 64.
 #[test]
-fn wgmma_tall_and_swizzled_halo_tiles_exact_at_their_edges() {
+fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
     let dev = Device::emu();
-    let (tall, sw) = (WinoTiling::Tall, WinoTiling::Swizzled);
+    let (tall, sw, tma) = (WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma);
     for (tiling, p, fprop, dgrad) in [
         (tall, ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
         (tall, ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
@@ -280,6 +285,10 @@ fn wgmma_tall_and_swizzled_halo_tiles_exact_at_their_edges() {
         (sw, ConvProblem::new(2, 3, 193, 72, 136), "wgmma/halo256x128/sw128", "wgmma/halo256x128/sw128"),
         (sw, ConvProblem::new(1, 3, 253, 16, 64), "wgmma/halo256x64/sw128", "wgmma/halo256x64/sw128"),
         (sw, ConvProblem::new(1, 2, 254, 8, 64), "wgmma/128x64", "wgmma/128x64"),
+        (tma, ConvProblem::new(2, 3, 102, 72, 136), "wgmma/halo256x128/tma", "wgmma/halo256x128/tma"),
+        (tma, ConvProblem::new(1, 2, 103, 8, 136), "wgmma/halo256x128", "wgmma/halo256x64/tma"),
+        (tma, ConvProblem::new(1, 3, 150, 16, 64), "wgmma/halo256x64/tma", "wgmma/halo256x64/tma"),
+        (tma, ConvProblem::new(1, 2, 151, 8, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
     ] {
         let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(tiling);
         let labels = (conv.label(ConvPass::Fprop), conv.label(ConvPass::Dgrad));
@@ -569,7 +578,14 @@ fn check_every_plan(dev: &Device, p: ConvProblem, seed: u64) -> usize {
             "{p} {algo:?}: new() gave {planned:?}, against ConvAlgo's docs"
         );
         let Ok(conv) = planned else { continue };
-        for tiling in [WinoTiling::Flat, WinoTiling::Region, WinoTiling::Auto, WinoTiling::Tall, WinoTiling::Swizzled] {
+        for tiling in [
+            WinoTiling::Flat,
+            WinoTiling::Region,
+            WinoTiling::Auto,
+            WinoTiling::Tall,
+            WinoTiling::Swizzled,
+            WinoTiling::Tma,
+        ] {
             let conv = conv.with_wino_tiling(tiling);
             let labels = passes.map(|q| (conv.label(q), conv.algo(q), conv.padded(q)));
             if !plans.insert(format!("{labels:?}")) {

@@ -90,13 +90,13 @@ impl WinoVariant {
     }
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
-    /// the variant sets its own, except that the halo wgrad keeps a Tall or Swizzled tiling,
-    /// under which it runs as under Region.
+    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled or Tma
+    /// tiling, under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
             && self == WinoVariant::Wgmma
-            && matches!(conv.wino_tiling(), WinoTiling::Tall | WinoTiling::Swizzled);
+            && matches!(conv.wino_tiling(), WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma);
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }

@@ -1,9 +1,9 @@
 //! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
-//! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, else kernels/conv_wgmma.cu),
-//! and the dgrad's rotated filters.
+//! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, or kernels/conv_wgmma_tma.cu
+//! under [`WinoTiling::Tma`], else kernels/conv_wgmma.cu), and the dgrad's rotated filters.
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
-use crate::device::{KArg, Kernel, LaunchConfig, SM90_SHARED_PER_BLOCK};
+use crate::device::{KArg, Kernel, LaunchConfig, TensorMap, TensorMapSpec, SM90_SHARED_PER_BLOCK};
 use crate::problem::ConvProblem;
 use crate::{Device, Error, Result, Tensor};
 
@@ -15,6 +15,8 @@ const HALO_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_n128_f16"
 const HALO512_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo512_n64_f16");
 const HALO_SW_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n64_f16");
 const HALO_SW_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n128_f16");
+const HALO_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n64_f16");
+const HALO_TMA_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n128_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
@@ -33,14 +35,30 @@ fn halo_pos(w: usize, pos: usize) -> usize {
     (pos + 2 * (w + 2) + 2).next_multiple_of(8)
 }
 
+/// The TMA halo tile's row pitch for width `w` (kernels/conv_wgmma_tma.cu's pitch): w + 2 rounded
+/// up to 8, so that each padded row (one box) lands on a 1024-byte boundary.
+fn tma_pitch(w: usize) -> usize {
+    (w + 2).next_multiple_of(8)
+}
+
+/// The TMA halo tile's dynamic shared bytes for N output channels and width `w` (its smem_bytes):
+/// alignment slack, 4 B buffers, 2 halo buffers of 256 / sp + 4 whole padded rows.
+fn tma_shared(n: usize, w: usize) -> usize {
+    let sp = tma_pitch(w);
+    1024 + 4 * n * 64 * 2 + 2 * (HALO_POS / sp + 4) * sp * 64 * 2
+}
+
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
-/// its output channels a tile (GEMM N), whether its operands are in the 128-byte swizzle, and its
-/// dynamic shared bytes.
+/// its output channels a tile (GEMM N), whether its operands are in the 128-byte swizzle and
+/// whether the TMA engine brings them, its padded space's row pitch (halo tiles), and its dynamic
+/// shared bytes.
 pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
     pos: usize,
     n: usize,
     swizzled: bool,
+    tma: bool,
+    pitch: usize,
     pub(super) shared: usize,
 }
 
@@ -58,14 +76,26 @@ fn flat_tile(cout: usize) -> WgmmaTile {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    WgmmaTile { kernel, pos: 0, n, swizzled: false, shared: 4 * (PIX + n) * 64 * 2 }
+    WgmmaTile { kernel, pos: 0, n, swizzled: false, tma: false, pitch: 0, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
-/// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions, with the
-/// margins past the last of an item of `pos` positions and its halo.
-fn halo_positions_fit(p: &ConvProblem, pos: usize) -> bool {
-    let positions = p.n.saturating_mul(p.h + 1).saturating_mul(p.w + 2);
-    positions.saturating_add(2 * pos + 2 * p.w) <= i32::MAX as usize
+/// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions at row pitch
+/// `pitch`, with the margins past the last of an item of `pos` positions and its halo.
+fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
+    let positions = p.n.saturating_mul(p.h + 1).saturating_mul(pitch);
+    positions.saturating_add(2 * pos + 2 * pitch + 2) <= i32::MAX as usize
+}
+
+/// The TMA halo tile for `cout` channels of `p`'s image, if it fits: N 64 for at most 64
+/// channels, else 128; a padded row at most 256 positions (one box), the buffers within 227 KB
+/// with the kernel's 48 bytes of barriers (widths up to 102 at N 128, 150 at N 64), the padded
+/// positions within 32-bit indices, and the channels' byte strides within a tensor map's.
+fn tma_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
+    let (n, kernel) = if cout <= 64 { (64, &HALO_TMA_N64) } else { (128, &HALO_TMA_N128) };
+    let pitch = tma_pitch(p.w);
+    let shared = tma_shared(n, p.w);
+    let fits = pitch <= 256 && shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, HALO_POS, pitch);
+    fits.then_some(WgmmaTile { kernel, pos: HALO_POS, n, swizzled: true, tma: true, pitch, shared })
 }
 
 /// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
@@ -76,6 +106,9 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize) -> bool {
 /// pieces a thread (widths up to 253, 125 for the tall tile), and the padded positions within
 /// 32-bit indices.
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
+    if tiling == WinoTiling::Tma {
+        return tma_tile(p, cout);
+    }
     let swizzled = tiling == WinoTiling::Swizzled;
     let (pos, tn, kernel) = match (tiling, cout <= 64) {
         (WinoTiling::Tall, _) => (HALO512_POS, 64, &HALO512_N64),
@@ -85,14 +118,16 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
         (_, false) => (HALO_POS, 128, &HALO_N128),
     };
     let shared = 4 * tn * 64 * 2 + 2 * halo_pos(p.w, pos) * 64 * 2;
-    let fits =
-        halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES && shared <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos);
-    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, shared })
+    let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES
+        && shared <= SM90_SHARED_PER_BLOCK
+        && halo_positions_fit(p, pos, p.w + 2);
+    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, tma: false, pitch: p.w + 2, shared })
 }
 
 impl Conv3x3 {
     /// The tile `pass` (fprop or dgrad) runs: the plan's tiling's halo tile (the 512 x 64 one
-    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`]) where it fits,
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA one
+    /// under [`WinoTiling::Tma`]) where it fits,
     /// else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that does not
     /// fit the shape either; else the flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
@@ -106,22 +141,25 @@ impl Conv3x3 {
     }
 
     /// Whether `pass` (fprop or dgrad) runs the halo tile its plan's tiling names: the 512 x 64 one
-    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], any halo tile
-    /// otherwise (not a fallback to a smaller or flat tile where it does not fit).
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA one
+    /// under [`WinoTiling::Tma`], any halo tile otherwise (not a fallback to a smaller or flat tile
+    /// where it does not fit).
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         let t = self.wgmma_tile(pass);
         match self.tiling {
             WinoTiling::Tall => t.pos == HALO512_POS,
-            WinoTiling::Swizzled => t.swizzled,
+            WinoTiling::Swizzled => t.swizzled && !t.tma,
+            WinoTiling::Tma => t.tma,
             _ => t.pos > 0,
         }
     }
 
-    /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo512x64` or `wgmma/128xN`: the tile
-    /// `pass` (fprop or dgrad) runs.
+    /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo256xN/tma`, `wgmma/halo512x64` or
+    /// `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
+            WgmmaTile { pos, n, tma: true, .. } => format!("wgmma/halo{pos}x{n}/tma"),
             WgmmaTile { pos, n, swizzled: true, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
             WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
         }
@@ -130,8 +168,13 @@ impl Conv3x3 {
     /// Positions of the padded space the halo kernels run over, (N (H + 1) - 1) (W + 2): each
     /// image row with a zero column on both sides, a zero row above each image.
     pub(super) fn halo_positions(&self) -> usize {
+        self.halo_positions_at(self.problem.w + 2)
+    }
+
+    /// [`Conv3x3::halo_positions`] at row pitch `pitch` (the TMA tile's is wider than W + 2).
+    fn halo_positions_at(&self, pitch: usize) -> usize {
         let p = &self.problem;
-        (p.n * (p.h + 1) - 1) * (p.w + 2)
+        (p.n * (p.h + 1) - 1) * pitch
     }
 
     /// Whether the wgmma wgrad runs over the padded positions (kernels/conv_wgrad_wgmma_halo.cu):
@@ -140,7 +183,7 @@ impl Conv3x3 {
     pub(super) fn wgrad_halo(&self) -> bool {
         self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma
             && self.tiling != WinoTiling::Flat
-            && halo_positions_fit(&self.problem, HALO_POS)
+            && halo_positions_fit(&self.problem, HALO_POS, self.problem.w + 2)
     }
 
     /// An error unless `dev` runs wgmma kernels.
@@ -192,7 +235,7 @@ impl Conv3x3 {
         let tile = self.wgmma_tile(pass);
         let cfg = if tile.pos > 0 {
             // Persistent: one block an SM, each taking every gridDim-th item.
-            let items = self.halo_positions().div_ceil(tile.pos) * cout.div_ceil(tile.n);
+            let items = self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             LaunchConfig { grid: (grid, 1, 1), block: (512, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
@@ -200,12 +243,45 @@ impl Conv3x3 {
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
         };
         let dims = [p.n, p.h, p.w, cin, cout].map(|v| KArg::I32(v as i32));
+        let (x, wt) = if tile.tma { self.tma_maps(dev, x, wt, cin, cout, &tile)? } else { (x, wt) };
         let args = [x, wt, bias, mask, y, dims[0], dims[1], dims[2], dims[3], dims[4], relu];
         // SAFETY: (const __half* x, const __half* wt, const __half* bias, const __half* mask,
         // __half* y, int n, int h, int w, int cin, int cout, int relu): x N*H*W*cin halves, wt
         // cout*9*cin, y N*H*W*cout, bias cout or null, mask N*H*W*cout or null, all checked by
         // the caller; N*H*W*max(C, K) and 9*K*C fit i32 (Conv3x3::new), the halo tile's
-        // padded positions too (halo_tile).
+        // padded positions too (halo_tile). The TMA tile takes the same list with x and wt as
+        // tensor maps of those buffers (tma_maps), which it reads only inside their extents.
         unsafe { dev.launch(tile.kernel, cfg, &args) }
+    }
+
+    /// The TMA tile's tensor maps of `x` (cin, W, H, N; a box is one padded row: 64 channels x
+    /// the tile's pitch from pixel -1) and `wt` (cin, tap, cout; a box is one tap's 64 channels
+    /// of N output channels), both in the 128-byte swizzle (kernels/conv_wgmma_tma.cu).
+    fn tma_maps(
+        &self,
+        dev: &Device,
+        x: KArg,
+        wt: KArg,
+        cin: usize,
+        cout: usize,
+        tile: &WgmmaTile,
+    ) -> Result<(KArg, KArg)> {
+        let p = &self.problem;
+        let (KArg::Ptr(xp), KArg::Ptr(wp)) = (x, wt) else {
+            return Err(Error::Invalid(format!("conv3x3 {p}: the TMA tile needs x and wt as device pointers")));
+        };
+        let xs = TensorMapSpec {
+            dims: vec![cin, p.w, p.h, p.n],
+            strides: vec![2 * cin, 2 * cin * p.w, 2 * cin * p.w * p.h],
+            boxd: vec![64, tile.pitch, 1, 1],
+            swizzle128: true,
+        };
+        let ws = TensorMapSpec {
+            dims: vec![cin, 9, cout],
+            strides: vec![2 * cin, 2 * cin * 9],
+            boxd: vec![64, 1, tile.n],
+            swizzle128: true,
+        };
+        Ok((TensorMap::new(dev, xp, &xs)?.arg(), TensorMap::new(dev, wp, &ws)?.arg()))
     }
 }
