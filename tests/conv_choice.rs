@@ -55,12 +55,18 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's four
-    // tiles (halo, flat, tall, swizzled halo), wgrad under the mma.sync and the wgmma implicit
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's five
+    // tiles (halo, flat, tall, swizzled halo, TMA halo), wgrad under the mma.sync and the wgmma implicit
     // GEMM (halo, flat).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
-        .chain([WinoVariant::Wgmma, WinoVariant::WgmmaFlat, WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled])
+        .chain([
+            WinoVariant::Wgmma,
+            WinoVariant::WgmmaFlat,
+            WinoVariant::WgmmaTall,
+            WinoVariant::WgmmaSwizzled,
+            WinoVariant::WgmmaTma,
+        ])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
     assert_eq!(t.timings.len(), 2 * fd.len() + wgrad.len(), "{:?}", t.timings);
@@ -69,7 +75,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     assert!(t.timings.iter().all(|x| x.rel_l2 <= AGREEMENT), "{:?}", t.timings);
     // Recompute the rule from the reported times: the least fprop + dgrad + wgrad over the
     // triples that do not mix a flat tiling (F(2x2) or wgmma) with a region one (F(2x2) region,
-    // wgmma's halo kernels) or a tall or swizzled one (wgmma's fprop / dgrad tiles, beside which
+    // wgmma's halo kernels) or a tall, swizzled or TMA one (wgmma's fprop / dgrad tiles, beside which
     // the halo wgrad runs as under Region).
     let time = |pass, v| t.timings.iter().find(|x| x.pass == pass && x.variant == v).unwrap().ms;
     let tiling = |v: WinoVariant| match v {
@@ -77,13 +83,16 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
         WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
         WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
+        WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
     for &f in &fd {
         for &d in &fd {
             for g in wgrad {
-                let only_fd = [f, d].iter().any(|v| [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled].contains(v));
+                let only_fd = [f, d]
+                    .iter()
+                    .any(|v| [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma].contains(v));
                 let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
                 let ts: Vec<WinoTiling> = [tiling(f), tiling(d), g_tiling].into_iter().flatten().collect();
                 if ts.windows(2).any(|w| w[0] != w[1]) {
@@ -100,9 +109,11 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     assert_eq!(t.chosen, [Some(f), Some(d), Some(g)]);
     let algo = |v: WinoVariant| match v {
         WinoVariant::F4 => F4,
-        WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled => {
-            ConvAlgo::Wgmma
-        }
+        WinoVariant::Wgmma
+        | WinoVariant::WgmmaFlat
+        | WinoVariant::WgmmaTall
+        | WinoVariant::WgmmaSwizzled
+        | WinoVariant::WgmmaTma => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -120,6 +131,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                 assert!(t.conv.label(pass).starts_with("wgmma/halo512"), "{}", t.conv.label(pass))
             }
             WinoVariant::WgmmaSwizzled => assert!(t.conv.label(pass).ends_with("/sw128"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTma => assert!(t.conv.label(pass).ends_with("/tma"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }

@@ -37,6 +37,8 @@ pub enum WinoVariant {
     /// [`ConvAlgo::Wgmma`]'s halo tile in the 128-byte swizzle ([`WinoTiling::Swizzled`]; fprop,
     /// dgrad).
     WgmmaSwizzled,
+    /// [`ConvAlgo::Wgmma`]'s halo tile fed by the TMA engine ([`WinoTiling::Tma`]; fprop, dgrad).
+    WgmmaTma,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -46,7 +48,7 @@ impl WinoVariant {
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
-    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128` or `igemm`.
+    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -56,6 +58,7 @@ impl WinoVariant {
             WinoVariant::WgmmaFlat => "wgmma/flat",
             WinoVariant::WgmmaTall => "wgmma/tall",
             WinoVariant::WgmmaSwizzled => "wgmma/sw128",
+            WinoVariant::WgmmaTma => "wgmma/tma",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -68,23 +71,26 @@ impl WinoVariant {
             WinoVariant::F2Region | WinoVariant::Wgmma => Some(WinoTiling::Region),
             WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
             WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
+            WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
             _ => None,
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled), beside which the wgrad
-    /// runs its halo kernel as under Region.
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma), beside which the
+    /// wgrad runs its halo kernel as under Region.
     fn fprop_dgrad_only(self) -> bool {
-        matches!(self, WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled)
+        matches!(self, WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled | WinoVariant::WgmmaTma)
     }
 
     fn algo(self) -> ConvAlgo {
         match self {
             WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
             WinoVariant::F4 => ConvAlgo::Winograd4x4,
-            WinoVariant::Wgmma | WinoVariant::WgmmaFlat | WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled => {
-                ConvAlgo::Wgmma
-            }
+            WinoVariant::Wgmma
+            | WinoVariant::WgmmaFlat
+            | WinoVariant::WgmmaTall
+            | WinoVariant::WgmmaSwizzled
+            | WinoVariant::WgmmaTma => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
@@ -150,7 +156,7 @@ pub fn reps(dev: &Device) -> usize {
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
 /// and the plan allows it (its flat kernel too, where the halo one runs instead, and for fprop
-/// and dgrad its tall and swizzled halo tiles where they fit). Empty: the pass is not tuned.
+/// and dgrad its tall, swizzled and TMA halo tiles where they fit). Empty: the pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -163,7 +169,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for variant in [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled] {
+        for variant in [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma] {
             let c = variant.apply(base, pass);
             if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
@@ -180,7 +186,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
 /// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
 /// the three passes' times, among the combinations one plan can hold (the passes share the
 /// plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or wgmma halo for another is
-/// out; the halo wgrad goes with wgmma's tall or swizzled fprop / dgrad, its kernel the same under
+/// out; the halo wgrad goes with wgmma's tall, swizzled or TMA fprop / dgrad, its kernel the same under
 /// their tilings) and among the candidates whose output agrees with `base`'s within [`AGREEMENT`] (checked
 /// on one image of the layer). Other passes, and a pass none of whose candidates agree, keep
 /// `base`'s algorithm.
@@ -329,7 +335,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall and Swizzled as under Region (they change only the fprop and dgrad
+    // wgrad runs under Tall, Swizzled and Tma as under Region (they change only the fprop and dgrad
     // tiles).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
