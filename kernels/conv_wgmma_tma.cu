@@ -5,23 +5,22 @@
 // conv_rot180_f16, mask); x and wt come as tensor maps instead of pointers.
 //
 // Why: every cp.async kernel of ours ran with ~50% excess global sectors at the L2's limit (runs
-// 5-6), and cuDNN's Hopper kernels load through TMA (bench/NOTES.md, "The copy probe"). Here one
-// thread issues a stage's copies as whole 128-byte rows and nobody else spends an instruction
-// on them.
+// 5-6), and cuDNN's Hopper kernels load through TMA (bench/NOTES.md, "The copy probe"). Here the
+// copy engine moves whole 128-byte rows, and one warp issues them.
 //
 // The padded space is conv_wgmma_halo.cu's (h + 1 rows an image: a zero row above each image and
 // one after the last, outputs from row 1 on), but with the row pitch sp = w + 2 rounded up to 8
-// (sp - w - 2 more zero columns, computed and dropped: 0 at w 14, 2 at 28, 6 at 56): a padded row
-// is then one box of sp positions x 64 channels, sp * 128 bytes, so every row lands on the 1024-byte
-// boundary the swizzle's pattern needs. Row R's box starts at pixel x = -1 of image row
-// (img, y) = ((R - 1) / (h + 1), (R - 1) % (h + 1)) (R <= 0: image 0, y = R - 1); its columns
-// x = -1 and x >= w and its rows y < 0 and y = h lie outside the tensor, so the copy engine
-// writes the padding's zeros, and channels past cin too.
-// A halo step (an item's 64 input channels) holds the whole padded rows its 256 positions and
-// their taps (one row and one position on each side) touch: at most halo_rows(sp) = 256 / sp + 4
-// rows, loaded as that many boxes on one mbarrier (more bytes than conv_wgmma_halo.cu's exact
-// range: 512 positions for 376 at w 56, +9% of an item's bytes with the filters). Position P of
-// the item whose rows start at r0 sits at (P - r0 sp) 128 bytes into the buffer, so a tap is
+// (sp - w - 2 more zero columns, computed and dropped: 0 at w 14, 2 at 28, 6 at 56): then 8
+// consecutive positions from a multiple of 8 (a chunk) never cross a row, and are one box of 8
+// pixels x 64 channels, 1024 bytes, the swizzle's whole pattern. Chunk J's box starts at pixel
+// x = 8 (J mod sp / 8) - 1 of padded row R = J div (sp / 8), image row (img, y) = ((R - 1) /
+// (h + 1), (R - 1) % (h + 1)) (R <= 0: image 0, y = R - 1); pixels x = -1 and x >= w and rows
+// y < 0 and y = h lie outside the tensor, so the copy engine writes the padding's zeros, and
+// channels past cin too.
+// A halo step (an item's 64 input channels) holds the chunks of its 256 positions and their
+// taps (a padded row and one position on each side): at most halo_pos(sp) = 272 + 2 sp positions
+// (376 of 400 read at w 56), the boxes issued by warp 0's lanes on one mbarrier. Position P of
+// the item whose first chunk is Jb sits at (P - 8 Jb) 128 bytes into the buffer, so a tap is
 // again a shift of A's descriptor (a position is 128 bytes; a k16 step 32 bytes along the row).
 // B, a stage's N output channels x 64 input channels of one tap, is one box of the filters'
 // 3-D map (C, tap, K) into a ring of 4, three stages ahead.
@@ -29,8 +28,8 @@
 // thread waits for its stage's B (and at a halo step's first tap for the halo) on the buffer's
 // mbarrier; the stage's wgmma group, which leaves only itself pending; a __syncthreads, after
 // which group s - 1 has retired in every warpgroup, so thread 0 refills its B buffer with stage
-// s + 3 and, at halo step k's first tap, the other halo buffer (last read by step k - 1) with step
-// k + 1. The epilogue writes straight from the accumulators (conv_wgmma_store_row), so no
+// s + 3 and, at halo step k's first tap, warp 0 the other halo buffer (last read by step k - 1)
+// with step k + 1. The epilogue writes straight from the accumulators (conv_wgmma_store_row), so no
 // thread touches shared memory through the generic proxy and no proxy fence is needed.
 // Shared memory: 1024 bytes of alignment slack, 4 B buffers, 2 halo buffers (the launcher:
 // src/ops/conv/wgmma.rs).
@@ -39,13 +38,16 @@
 
 namespace ct {
 constexpr int kC = 64, kThreads = 512, kBBufs = 4, kPos = 256;
-// The row pitch of the padded space for width w, and the padded rows a halo step holds.
+// The row pitch of the padded space for width w, and the positions a halo step holds: the
+// chunks of kPos + 2 sp + 2 positions from any start.
 __host__ __device__ constexpr int pitch(int w) { return (w + 2 + 7) / 8 * 8; }
-__host__ __device__ constexpr int halo_rows(int sp) { return kPos / sp + 4; }
+__host__ __device__ constexpr int halo_pos(int sp) { return kPos + 16 + 2 * sp; }
 __host__ __device__ constexpr int smem_bytes(int out, int w) {
-    return 1024 + kBBufs * out * kC * 2 + 2 * halo_rows(pitch(w)) * pitch(w) * kC * 2;
+    return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(pitch(w)) * kC * 2;
 }
-static_assert(smem_bytes(128, 56) == 197632 && smem_bytes(64, 112) == 218112, "src/ops/conv/wgmma.rs");
+// VGG's widest layers fit the 227 KB of an sm_90 block (less the 48 bytes of barriers):
+// conv1_2 at N 64, conv2_x at N 128 (the launcher allows widths up to 246 and 182).
+static_assert(smem_bytes(64, 224) == 222208 && smem_bytes(128, 112) == 197632, "src/ops/conv/wgmma.rs");
 }  // namespace ct
 
 template <int kOut>
@@ -58,8 +60,8 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     unsigned char* const halo = smem + kBBufs * kBBytes;
     __shared__ unsigned long long bfull[kBBufs], hfull[2];
-    const int tid = threadIdx.x, wg = tid >> 7;
-    const int sp = pitch(w), hbytes = halo_rows(sp) * sp * kC * 2;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31;
+    const int sp = pitch(w), hbytes = halo_pos(sp) * kC * 2;
     const int oblocks = (cout + kOut - 1) / kOut;
     const int items = ((n * (h + 1) - 1) * sp + kPos - 1) / kPos * oblocks;
     const int csteps = (cin + kC - 1) / kC;
@@ -72,16 +74,19 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     }
     __syncthreads();
 
-    // The first padded row of item `it`'s halo (its outputs start at position sp + 256 (it / oblocks)).
-    auto first_row = [&](int it) { return (sp + it / oblocks * kPos - 1) / sp - 1; };
-    auto load_halo = [&](int k) {  // thread 0: halo step k, item blockIdx.x + (k / csteps) gridDim.x
+    // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + 256 (it /
+    // oblocks), its halo at pos0 - sp - 1 >= -1 (floor division).
+    auto first_chunk = [&](int it) { return (it / oblocks * kPos + 7) / 8 - 1; };
+    auto load_halo = [&](int k) {  // warp 0: halo step k, item blockIdx.x + (k / csteps) gridDim.x
         const int it = (int)blockIdx.x + k / csteps * (int)gridDim.x, c0 = k % csteps * kC;
-        const int r0 = first_row(it), r1 = (sp + it / oblocks * kPos + kPos + sp) / sp;
+        const int jb = first_chunk(it), je = (sp + it / oblocks * kPos + kPos + sp) / 8, rc = sp / 8;
         unsigned char* const buf = halo + (k & 1) * hbytes;
-        mbarrier_arrive_expect_tx(&hfull[k & 1], (r1 - r0 + 1) * sp * kC * 2);
-        for (int r = r0; r <= r1; ++r) {
+        if (lane == 0) mbarrier_arrive_expect_tx(&hfull[k & 1], (je - jb + 1) * 8 * kC * 2);
+        __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
+        for (int j = jb + lane; j <= je; j += 32) {
+            const int r = (j + rc) / rc - 1, x0 = 8 * (j - r * rc) - 1;  // j >= -1: floor division
             const int img = r > 0 ? (r - 1) / (h + 1) : 0, yy = r > 0 ? r - 1 - img * (h + 1) : r - 1;
-            tma_load_4d(buf + (r - r0) * sp * kC * 2, xm, c0, -1, yy, img, &hfull[k & 1]);
+            tma_load_4d(buf + (j - jb) * 8 * kC * 2, xm, c0, x0, yy, img, &hfull[k & 1]);
         }
     };
     auto load_b = [&](int s) {  // thread 0: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
@@ -91,9 +96,10 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         tma_load_3d(smem + (s % kBBufs) * kBBytes, wm, k % csteps * kC, s % 9, it % oblocks * kOut,
                     &bfull[s % kBBufs]);
     };
-    if (tid == 0 && stages > 0) {
+    if (warp == 0 && stages > 0) {
         load_halo(0);
-        for (int s = 0; s < kBBufs - 1; ++s) load_b(s);
+        if (lane == 0)
+            for (int s = 0; s < kBBufs - 1; ++s) load_b(s);
     }
 
     // Descriptors of halo buffer 0's position 64 wg (this warpgroup's rows) and of B buffer 0.
@@ -104,7 +110,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 #pragma unroll
     for (int i = 0; i < kOut / 2; ++i) acc[0][i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;
-    int q0 = sp + item / oblocks * kPos - first_row(item) * sp;  // the item's first output in its halo
+    int q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);  // the item's first output in its halo
     for (int s = 0; s < stages; ++s) {
         if (tap == 0) mbarrier_wait_parity(&hfull[k & 1], (k >> 1) & 1);
         mbarrier_wait_parity(&bfull[s % kBBufs], (s / kBBufs) & 1);
@@ -113,8 +119,8 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
         wgmma_stage_blocks<kOut, false, false, kC / 16, 1>(acc, da, db, 2, 2, 0);
         __syncthreads();  // every warpgroup is past group s - 1: its B buffer and halo step k - 1's are free
-        if (tid == 0) {
-            load_b(s + kBBufs - 1);
+        if (warp == 0) {
+            if (lane == 0) load_b(s + kBBufs - 1);
             if (tap == 0 && k + 1 < hsteps) load_halo(k + 1);
         }
         if (++tap < 9) continue;
@@ -134,11 +140,11 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 #pragma unroll
         for (int i = 0; i < kOut / 2; ++i) acc[0][i] = 0.f;
         item += gridDim.x;
-        q0 = sp + item / oblocks * kPos - first_row(item) * sp;
+        q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);
     }
 }
 
-// xm: x (cin, w, h, n) in boxes of 64 x pitch(w) x 1 x 1; wm: wt (cin, 9, cout) in boxes of
+// xm: x (cin, w, h, n) in boxes of 64 x 8 x 1 x 1; wm: wt (cin, 9, cout) in boxes of
 // 64 x 1 x N; both swizzled (src/ops/conv/wgmma.rs).
 #define HALO_TMA_PARAMS                                                                                     \
     const __grid_constant__ TmaDesc xm, const __grid_constant__ TmaDesc wm, const __half *__restrict__ bias, \

@@ -103,12 +103,12 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
 fi
-# The same 256 x N halo tile with both operands brought by the TMA engine (whole padded rows a box,
-# filters a box a stage; bench/NOTES.md, "A TMA-fed halo tile"): fprop and dgrad where it fits
-# (widths up to 102 at N 128, 150 at N 64: conv2_1's fprop and conv2_2 fall back to the plain tile).
+# The same 256 x N halo tile with both operands brought by the TMA engine (8 positions of a padded
+# row a box, filters a box a stage; bench/NOTES.md, "A TMA-fed halo tile"): fprop and dgrad on every
+# layer but conv1_1 (it fits widths up to 182 at N 128, 246 at N 64).
 if "$VGG" bench conv --help 2>/dev/null | grep -q tma; then
   step bench-conv-wgmma-tma 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
-    --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma --json "$RAW/bench-conv-wgmma-tma.json"
 fi
 # Global -> shared copies in each form our kernels could use, from L2 and from device memory

@@ -193,7 +193,7 @@ pub enum WinoTiling {
     Swizzled,
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: the 256 x N halo tile with both operands
     /// brought by the TMA engine in the 128-byte swizzle (kernels/conv_wgmma_tma.cu) where it
-    /// fits (widths up to 102 at N 128, 150 at N 64); elsewhere as [`WinoTiling::Auto`].
+    /// fits (widths up to 182 at N 128, 246 at N 64); elsewhere as [`WinoTiling::Auto`].
     Tma,
 }
 

@@ -36,16 +36,16 @@ fn halo_pos(w: usize, pos: usize) -> usize {
 }
 
 /// The TMA halo tile's row pitch for width `w` (kernels/conv_wgmma_tma.cu's pitch): w + 2 rounded
-/// up to 8, so that each padded row (one box) lands on a 1024-byte boundary.
+/// up to 8, so that a box of 8 positions never crosses a padded row.
 fn tma_pitch(w: usize) -> usize {
     (w + 2).next_multiple_of(8)
 }
 
 /// The TMA halo tile's dynamic shared bytes for N output channels and width `w` (its smem_bytes):
-/// alignment slack, 4 B buffers, 2 halo buffers of 256 / sp + 4 whole padded rows.
+/// alignment slack, 4 B buffers, 2 halo buffers of 256 + 16 + 2 sp positions (the 8-position
+/// chunks of an item's halo from any start).
 fn tma_shared(n: usize, w: usize) -> usize {
-    let sp = tma_pitch(w);
-    1024 + 4 * n * 64 * 2 + 2 * (HALO_POS / sp + 4) * sp * 64 * 2
+    1024 + 4 * n * 64 * 2 + 2 * (HALO_POS + 16 + 2 * tma_pitch(w)) * 64 * 2
 }
 
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
@@ -87,14 +87,13 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
 }
 
 /// The TMA halo tile for `cout` channels of `p`'s image, if it fits: N 64 for at most 64
-/// channels, else 128; a padded row at most 256 positions (one box), the buffers within 227 KB
-/// with the kernel's 48 bytes of barriers (widths up to 102 at N 128, 150 at N 64), the padded
-/// positions within 32-bit indices, and the channels' byte strides within a tensor map's.
+/// channels, else 128; the buffers within 227 KB with the kernel's 48 bytes of barriers (widths
+/// up to 182 at N 128, 246 at N 64), and the padded positions within 32-bit indices.
 fn tma_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
     let (n, kernel) = if cout <= 64 { (64, &HALO_TMA_N64) } else { (128, &HALO_TMA_N128) };
     let pitch = tma_pitch(p.w);
     let shared = tma_shared(n, p.w);
-    let fits = pitch <= 256 && shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, HALO_POS, pitch);
+    let fits = shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, HALO_POS, pitch);
     fits.then_some(WgmmaTile { kernel, pos: HALO_POS, n, swizzled: true, tma: true, pitch, shared })
 }
 
@@ -254,9 +253,9 @@ impl Conv3x3 {
         unsafe { dev.launch(tile.kernel, cfg, &args) }
     }
 
-    /// The TMA tile's tensor maps of `x` (cin, W, H, N; a box is one padded row: 64 channels x
-    /// the tile's pitch from pixel -1) and `wt` (cin, tap, cout; a box is one tap's 64 channels
-    /// of N output channels), both in the 128-byte swizzle (kernels/conv_wgmma_tma.cu).
+    /// The TMA tile's tensor maps of `x` (cin, W, H, N; a box is 8 positions of a padded row x 64
+    /// channels) and `wt` (cin, tap, cout; a box is one tap's 64 channels of N output channels),
+    /// both in the 128-byte swizzle (kernels/conv_wgmma_tma.cu).
     fn tma_maps(
         &self,
         dev: &Device,
@@ -273,7 +272,7 @@ impl Conv3x3 {
         let xs = TensorMapSpec {
             dims: vec![cin, p.w, p.h, p.n],
             strides: vec![2 * cin, 2 * cin * p.w, 2 * cin * p.w * p.h],
-            boxd: vec![64, tile.pitch, 1, 1],
+            boxd: vec![64, 8, 1, 1],
             swizzle128: true,
         };
         let ws = TensorMapSpec {
