@@ -275,13 +275,12 @@ fn mma_compare(kind: &str, got: &[f32], want: &[f32]) -> (Compare, Bound) {
     }
 }
 
+/// A, B, C and D of a wgmma row.
+type WgmmaTensors = (Tensor<f16>, Tensor<f16>, Tensor<f32>, Tensor<f32>);
+
 /// A wgmma row's tensors: A and B (fp16), C and a poisoned D (fp32; D shaped as C), each
 /// `[rows, cols]` as `dims` says.
-fn wgmma_tensors(
-    dev: &Device,
-    [a, b, c]: [&[f32]; 3],
-    dims: [[usize; 2]; 3],
-) -> Result<(Tensor<f16>, Tensor<f16>, Tensor<f32>, Tensor<f32>)> {
+fn wgmma_tensors(dev: &Device, [a, b, c]: [&[f32]; 3], dims: [[usize; 2]; 3]) -> Result<WgmmaTensors> {
     let mut d = Tensor::<f32>::empty(dev, &dims[2])?;
     d.poison()?;
     Ok((
