@@ -18,16 +18,18 @@
 // Run 5 measured 81.5-188 TFLOP/s on fc6 / fc7 (slower than the mma.sync tiles); src/ops/gemm.rs
 // runs it only when asked (Tile::W128x256), never by plan.
 //
-//   gemm_fwd_f16_wt128x256   the forward product, its operands brought by the TMA engine
-// The same 128 x 256 tile and wgmma's, but thread 0 loads each k-tile as two boxes (X's 128 x 64,
-// W's 256 x 64) through tensor maps (kernels/bulk.cuh) in the 128-byte swizzle, three k-tiles
-// ahead into a ring of 4, an mbarrier a buffer counting their bytes; zeros past the matrix edges
-// come from the copy engine, so any M, N and K (a multiple of 8) pass. Every thread waits for its
-// k-tile on the barrier; one __syncthreads a k-tile (each warpgroup has retired its previous
-// group by then) frees the buffer thread 0 refills. Why: every cp.async kernel of ours ran with
-// ~50% excess global sectors at the L2's limit (runs 5-6), and cuBLAS's Hopper kernels load
-// through TMA (bench/NOTES.md, "The copy probe"). Forward only: bwd_data's W and bwd_weight's
-// operands are M/N-major, whose swizzled layout the emulator does not model.
+//   gemm_{fwd,bwd_data,bwd_weight}_f16_wt128x256   the same products, operands brought by TMA
+// The same 128 x 256 tile and wgmma's, but thread 0 loads each k-tile through tensor maps
+// (kernels/bulk.cuh) in the 128-byte swizzle: a K-major operand as one box (X's 128 x 64, W's
+// 256 x 64), an M/N-major one as boxes of 64 rows x 64 t (2 for A, 4 for B: a swizzled row is
+// 128 bytes, 64 elements); three k-tiles ahead into a ring of 4, an mbarrier a buffer counting
+// their bytes; zeros past the matrix edges come from the copy engine, so any M, N and K (a
+// multiple of 8) pass. Every thread waits for its k-tile on the barrier; one __syncthreads a
+// k-tile (each warpgroup has retired its previous group by then) frees the buffer thread 0
+// refills. Why: every cp.async kernel of ours ran with ~50% excess global sectors at the L2's
+// limit (runs 5-6), and cuBLAS's Hopper kernels load through TMA (bench/NOTES.md, "The copy
+// probe"). The M/N-major swizzled layout is read from the PTX ISA and CUTLASS (kernels/wgmma.cuh);
+// the selftest's `mn-major sw128` rows check it on the GPU.
 #include "bulk.cuh"
 #include "gemm_store.cuh"
 #include "wgmma.cuh"
@@ -128,10 +130,17 @@ __device__ __forceinline__ void gemm_wgmma(const __half* __restrict__ A, const _
     GW_EPILOGUE(acc, smem);
 }
 
-// The forward product through the TMA engine (the header's gemm_fwd_f16_wt128x256).
-__device__ __forceinline__ void gemm_tma_fwd(const TmaDesc* ma, const TmaDesc* mb, int R, int S, int T,
-                                             int kt_per_split, const __half* __restrict__ bias, int relu,
-                                             __half* __restrict__ out16, float* __restrict__ out32) {
+// The product through the TMA engine (the header's gemm_*_f16_wt128x256): A_T / B_T as
+// gemm_wgmma's. A K-major operand comes as one box (64 t x all its rows: 128-byte swizzled rows
+// of one r or s, kernels/wgmma.cuh's K-major layout); an M/N-major one as boxes of 64 rows x
+// 64 t, 8192 bytes each (a swizzled 128-byte row is 64 consecutive r or s of one t), one box
+// per 64 rows: wgmma.cuh's M/N-major swizzled layout with its K groups 1024 bytes apart (sbo)
+// and its 64-wide atoms one box (8192 bytes) apart (lbo). Either way A's rows 64 wg on start
+// 8192 wg bytes in.
+template <bool A_T, bool B_T>
+__device__ __forceinline__ void gemm_tma(const TmaDesc* ma, const TmaDesc* mb, int R, int S, int T, int kt_per_split,
+                                         const __half* __restrict__ bias, int relu, __half* __restrict__ out16,
+                                         float* __restrict__ out32) {
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     __shared__ unsigned long long full[kBufs];
@@ -144,27 +153,40 @@ __device__ __forceinline__ void gemm_tma_fwd(const TmaDesc* ma, const TmaDesc* m
         fence_mbarrier_init();
     }
     __syncthreads();
-    auto load = [&](int i) {  // thread 0: k-tile i into buffer i % kBufs
+    constexpr int kBox = 64 * kBK * 2;  // an M/N-major box: 64 rows x 64 t
+    auto load = [&](int i) {            // thread 0: k-tile i into buffer i % kBufs
         if (i >= kt_count) return;
         unsigned char* const buf = smem + (i % kBufs) * kBufBytes;
+        unsigned long long* const bar = &full[i % kBufs];
         const int k0 = (kt_begin + i) * kBK;
-        mbarrier_arrive_expect_tx(&full[i % kBufs], kBufBytes);
-        tma_load_2d(buf, ma, k0, r0, &full[i % kBufs]);
-        tma_load_2d(buf + kABytes, mb, k0, s0, &full[i % kBufs]);
+        // Every box counts in full, its zero fill past the matrix edges included.
+        mbarrier_arrive_expect_tx(bar, kBufBytes);
+        if (A_T)
+            for (int j = 0; j < kBM / 64; ++j) tma_load_2d(buf + j * kBox, ma, r0 + 64 * j, k0, bar);
+        else
+            tma_load_2d(buf, ma, k0, r0, bar);
+        if (B_T)
+            for (int j = 0; j < kBN / 64; ++j) tma_load_2d(buf + kABytes + j * kBox, mb, s0 + 64 * j, k0, bar);
+        else
+            tma_load_2d(buf + kABytes, mb, k0, s0, bar);
     };
     if (tid == 0)
         for (int i = 0; i < kBufs - 1; ++i) load(i);
     float acc[kBN / 2];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
-    // Swizzled rows of 128 bytes, 8-row groups 1024 apart; warpgroup wg takes A's rows 64 wg on.
-    const unsigned long long da0 = wgmma_desc_sw128(smem + wg * 64 * 128, 1024);
-    const unsigned long long db0 = wgmma_desc_sw128(smem + kABytes, 1024);
+    // K-major: swizzled rows of 128 bytes, 8-row groups 1024 apart, a k16 step 32 bytes along a
+    // row (2 descriptor units). M/N-major: a k16 step is two K groups, 2048 bytes (128 units).
+    const unsigned long long da0 = A_T ? wgmma_desc_mn_sw128(smem + wg * kBox, kBox, 1024)
+                                       : wgmma_desc_sw128(smem + wg * 64 * 128, 1024);
+    const unsigned long long db0 =
+        B_T ? wgmma_desc_mn_sw128(smem + kABytes, kBox, 1024) : wgmma_desc_sw128(smem + kABytes, 1024);
+    constexpr unsigned kAStep = A_T ? 128 : 2, kBStep = B_T ? 128 : 2;
     for (int i = 0; i < kt_count; ++i) {
         mbarrier_wait_parity(&full[i % kBufs], (i / kBufs) & 1);
         const unsigned stage = (i % kBufs) * (kBufBytes >> 4);
-        // A k16 step is 32 bytes along a swizzled row (2 descriptor units); group i - 1 retires.
-        wgmma_stage<kBN, false, false, kBK / 16>(acc, da0 + stage, db0 + stage, 2, 2);
+        // Group i - 1 retires in here (wgmma_stage leaves only group i pending).
+        wgmma_stage<kBN, A_T, B_T, kBK / 16>(acc, da0 + stage, db0 + stage, kAStep, kBStep);
         __syncthreads();  // both warpgroups are past group i - 1: its buffer takes k-tile i + 3
         if (tid == 0) load(i + kBufs - 1);
     }
@@ -190,10 +212,21 @@ extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_w128x256(
 extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_w128x256(GW_PARAMS) {
     gw::gemm_wgmma<true, true>(GW_ARGS);
 }
-// ma: X [R][T], boxes of 64 x 128; mb: W [S][T], boxes of 64 x 256; both swizzled (TensorMap::new_2d).
-extern "C" __global__ void __launch_bounds__(256, 1)
-    gemm_fwd_f16_wt128x256(const __grid_constant__ TmaDesc ma, const __grid_constant__ TmaDesc mb, int R, int S,
-                           int T, int kt_per_split, const __half* __restrict__ bias, int relu,
-                           __half* __restrict__ out16, float* __restrict__ out32) {
-    gw::gemm_tma_fwd(&ma, &mb, R, S, T, kt_per_split, bias, relu, out16, out32);
+// ma / mb: tensor maps of A and B in the 128-byte swizzle (TensorMap::new_2d, src/ops/gemm/launch.rs):
+// K-major ones (fwd's X [R][T] and W [S][T], bwd_data's dY [R][T]) in boxes of 64 t x 128 or 256
+// rows, M/N-major ones (bwd_data's W [T][S], bwd_weight's dY [T][R] and X [T][S]) in boxes of 64
+// rows x 64 t.
+#define GWT_PARAMS                                                                                             \
+    const __grid_constant__ TmaDesc ma, const __grid_constant__ TmaDesc mb, int R, int S, int T, int kt_per_split, \
+        const __half *__restrict__ bias, int relu, __half *__restrict__ out16, float *__restrict__ out32
+#define GWT_ARGS &ma, &mb, R, S, T, kt_per_split, bias, relu, out16, out32
+
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_fwd_f16_wt128x256(GWT_PARAMS) {
+    gw::gemm_tma<false, false>(GWT_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_data_f16_wt128x256(GWT_PARAMS) {
+    gw::gemm_tma<false, true>(GWT_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bwd_weight_f16_wt128x256(GWT_PARAMS) {
+    gw::gemm_tma<true, true>(GWT_ARGS);
 }

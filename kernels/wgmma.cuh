@@ -1,6 +1,7 @@
 // wgmma.cuh: Hopper's warpgroup MMA (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-
 // Accumulate", wgmma.mma_async; sm_90a only) behind helpers with an exact emulation, as in
-// ptx.cuh. Only the unswizzled operand layouts (K-major and M/N-major) are covered so far.
+// ptx.cuh. The unswizzled operand layouts (K-major and M/N-major) and the 128-byte swizzle of
+// both are covered.
 //
 // A warpgroup is 4 consecutive warps (threads 128 q .. 128 q + 127); all 128 threads issue the
 // same wgmma. D (64 x N, fp32) = A (64 x 16) * B (16 x N) + (acc ? D : 0), A and B fp16 in shared
@@ -23,8 +24,23 @@
 // wgmma_sw128() reads back from any start (a k16 step is +32 bytes, a row shift +128). This is
 // the rule as CUTLASS's Swizzle<3,4,3> atoms and the PTX ISA's base-offset text (0 where the
 // pattern starts on a 1024-byte boundary, which an address-based pattern always does) describe
-// it; the selftest's `sw128` rows check it on the GPU. Other swizzles and M/N-major swizzled
-// operands are not emulated (the launch fails).
+// it; the selftest's `sw128` rows check it on the GPU.
+// M/N-major with the 128-byte swizzle (wgmma_desc_mn_sw128, imm-trans 1): atoms of 8 K-rows x 64
+// M (N) halves, each K-row 128 contiguous bytes (64 consecutive m), the 8 rows 128 bytes apart
+// (1024 bytes an atom); sbo = bytes between atoms adjacent in K (8 k on), lbo = bytes between
+// atoms adjacent in M (N) (64 m on); then the same address XOR as K-major. Element (m, k) of A
+// (likewise (k, n) of B) is at address a ^ (((a >> 7) & 7) << 4), where
+//   a = start + (m / 64) lbo + (k / 8) sbo + (k % 8) 128 + (m % 64) 2.
+// Sources: PTX ISA 9.7.15.5.1.2 "Shared Memory Matrix Layout" (the 128B M/N-major swizzle atom is
+// 8 x 8 128-bit elements, widened along M/N for 16-bit types: 64 x 8) and its tcgen05 twin's
+// stride table (for M/N-major swizzled layouts the leading-dimension offset is "the stride from
+// the first (swizzle-byte-size/16) rows to the next": 8 x 16 bytes = 64 halves of M/N, the
+// next atom along M/N); CUTLASS cute/atom/mma_traits_sm90_gmma.hpp, make_gmma_desc<Major::MN>:
+// B128 is Swizzle<3,4,3> o ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 halves (one 16-byte
+// chunk): LBO strides the M/N atoms, SBO the K groups of 8, the reverse of K-major's roles. An
+// m64 A is one atom wide, so only B (N > 64) reads lbo. The selftest's `mn-major sw128` rows
+// check it on the GPU, with lbo != sbo in two arrangements, so that swapped roles would fail.
+// The 32- and 64-byte swizzles are not emulated (the launch fails).
 // Order of use: threads write the operands; wgmma_smem_fence() (their writes reach the async
 // proxy that wgmma reads through) and a barrier; wgmma_fence_acc(d) and wgmma_fence() (also
 // whenever d was written by ordinary instructions since the last wgmma); wgmma_ss calls;
@@ -116,17 +132,20 @@ inline WgmmaWarp& wgmma_state(unsigned warp) {
   return w;
 }
 
-// The raw bits of element (mn, k) of an unswizzled operand, K-major or (mn_major) M/N-major.
+// The raw bits of element (mn, k) of an operand, K-major or (mn_major) M/N-major, unswizzled or
+// in the 128-byte swizzle (the header's layouts; the 32- and 64-byte swizzles and a nonzero base
+// offset are not modelled: the launch fails rather than read some other layout).
 inline unsigned short wgmma_operand_bits(unsigned long long desc, int mn, int k, bool mn_major) {
   const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
   const unsigned swizzle = (unsigned)(desc >> 62), base_offset = (unsigned)(desc >> 49) & 7;
-  if (swizzle > 1 || (swizzle == 1 && (mn_major || base_offset != 0)))
+  if (swizzle > 1 || (swizzle == 1 && base_offset != 0))
     emu::fail("wgmma: descriptor 0x%016llx asks for a layout that is not emulated (only unswizzled ones, and "
-              "K-major ones with the 128-byte swizzle and base offset 0)",
+              "K-major or M/N-major ones with the 128-byte swizzle and base offset 0)",
               desc);
   size_t off;
   if (swizzle == 1) {  // the header's 128-byte swizzle: chunk bits 4-6 ^= row bits 7-9 of the address
-    const size_t logical = start + (mn / 8) * sbo + (mn % 8) * 128 + (k / 8) * 16 + (k % 8) * 2;
+    const size_t logical = mn_major ? start + (mn / 64) * lbo + (k / 8) * sbo + (k % 8) * 128 + (mn % 64) * 2
+                                    : start + (mn / 8) * sbo + (mn % 8) * 128 + (k / 8) * 16 + (k % 8) * 2;
     off = logical ^ (((logical >> 7) & 7) << 4);
   } else {
     const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
@@ -309,6 +328,14 @@ __device__ __forceinline__ unsigned char* wgmma_sw128(unsigned char* p) {
 // (the pattern is the address's own), lbo unused (16).
 __device__ __forceinline__ unsigned long long wgmma_desc_sw128(const void* smem, unsigned sbo PTX_SITE_PARAMS) {
   return wgmma_desc(smem, 16, sbo PTX_SITE_ARGS) | (1ull << 62);
+}
+
+// The descriptor of an M/N-major operand with the 128-byte swizzle at `smem` (the header's
+// layout: `lbo` bytes between atoms of 64 M/N halves, `sbo` between groups of 8 K-rows; the
+// atoms on 1024-byte boundaries of the shared address): swizzle mode 1, base offset 0.
+__device__ __forceinline__ unsigned long long wgmma_desc_mn_sw128(const void* smem, unsigned lbo,
+                                                                  unsigned sbo PTX_SITE_PARAMS) {
+  return wgmma_desc(smem, lbo, sbo PTX_SITE_ARGS) | (1ull << 62);
 }
 
 // fence.proxy.async.shared::cta: this thread's shared-memory writes become visible to the async

@@ -16,10 +16,34 @@
 //     as 4 wgmma's: A: 72 x 64 row-major fp16, of which rows shift .. shift + 63 are multiplied
 //     (shift 0..8: a start on and off the pattern's 1024-byte boundary, as a halo tap shift
 //     gives), Bt: 64 x 64 row-major; C, D: 64 x 64 fp32. Shared memory 18432 bytes.
+//   prim_wgmma_mn_sw128_n128(At, B, C, D, acc, adjacent)  M/N-major, 128-byte swizzle
+//     (wgmma.cuh), K = 64 as 4 wgmma's: At: 64 x 64 row-major fp16 (A transposed: At[k][m]),
+//     B: 64 x 128 row-major (B[k][n]), C, D: 64 x 128 fp32; D = A B + (acc ? C : 0). adjacent 0:
+//     each operand's 8-row K groups 1024 bytes apart, its 64-wide M/N atoms 8192 (sbo 1024, lbo
+//     8192: what TMA boxes of 64 x 64 give, gemm_wgmma.cu); 1: the atoms of a K group adjacent
+//     (lbo 1024, sbo 1024 atoms), as CUTLASS's tile_to_shape orders them. Shared memory 25600.
 //   prim_wgmma_early_read(A, Bt, C, D)  N = 64, reads d before the wait (emulator test)
 //   prim_wgmma_operand_race(A, Bt, C, D)  N = 64, rewrites an element of B between the issue
 //     and the wait (emulator test: the launch must fail)
 #include "wgmma.cuh"
+
+// The accumulators d (wgmma.cuh's layout: d[4 j + i] holds D[16 w + g + 8 (i >> 1)][8 j + 2 t +
+// (i & 1)]) from or to a 64 x N row-major fp32 matrix.
+template <int N>
+__device__ __forceinline__ int acc_index(int j, int i) {
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  return (16 * w + g + 8 * (i >> 1)) * N + 8 * j + 2 * t + (i & 1);
+}
+template <int N>
+__device__ __forceinline__ void acc_load(float (&d)[N / 2], const float* C) {
+  for (int j = 0; j < N / 8; ++j)
+    for (int i = 0; i < 4; ++i) d[4 * j + i] = C[acc_index<N>(j, i)];
+}
+template <int N>
+__device__ __forceinline__ void acc_store(const float (&d)[N / 2], float* D) {
+  for (int j = 0; j < N / 8; ++j)
+    for (int i = 0; i < 4; ++i) D[acc_index<N>(j, i)] = d[4 * j + i];
+}
 
 template <int N, bool kEarly = false, bool kMN = false, bool kRace = false>
 __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, const float* C, float* D, int lbo_a,
@@ -38,11 +62,8 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
   wgmma_smem_fence();
   __syncthreads();
 
-  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto idx = [&](int j, int i) { return (16 * w + g + 8 * (i >> 1)) * N + 8 * j + 2 * t + (i & 1); };
   float d[N / 2];
-  for (int j = 0; j < N / 8; ++j)
-    for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
+  acc_load<N>(d, C);
   wgmma_fence_acc(d);
   wgmma_fence();
   wgmma_ss<N, kMN, kMN>(d, wgmma_desc(sa, lbo_a, sbo_a), wgmma_desc(sb, lbo_b, sbo_b), acc);
@@ -54,8 +75,7 @@ __device__ __forceinline__ void wgmma_test(const __half* A, const __half* Bt, co
   }
   if (!kEarly) wgmma_wait<0>();
   if (!kEarly) wgmma_fence_acc(d);
-  for (int j = 0; j < N / 8; ++j)
-    for (int i = 0; i < 4; ++i) D[idx(j, i)] = d[4 * j + i];
+  acc_store<N>(d, D);
   if (kEarly) wgmma_wait<0>();
 }
 
@@ -99,11 +119,8 @@ extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* B
   }
   wgmma_smem_fence();
   __syncthreads();
-  const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto idx = [&](int j, int i) { return (16 * w + g + 8 * (i >> 1)) * 64 + 8 * j + 2 * t + (i & 1); };
   float d[32];
-  for (int j = 0; j < 8; ++j)
-    for (int i = 0; i < 4; ++i) d[4 * j + i] = C[idx(j, i)];
+  acc_load<64>(d, C);
   const unsigned long long da = wgmma_desc_sw128(sa + 128 * shift, 1024);
   const unsigned long long db = wgmma_desc_sw128(sb, 1024);
   wgmma_fence_acc(d);
@@ -112,8 +129,44 @@ extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* B
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_acc(d);
-  for (int j = 0; j < 8; ++j)
-    for (int i = 0; i < 4; ++i) D[idx(j, i)] = d[4 * j + i];
+  acc_store<64>(d, D);
+}
+
+// The M/N-major 128-byte swizzle: the 16-byte chunk c of K-row k of an operand (8 consecutive
+// m or n) staged at the header's layout formula, then wgmma_sw128's XOR; 4 wgmma's of k16, each
+// descriptor two K groups (2 sbo) on. Whichever arrangement, lbo != sbo for B (two atoms along
+// N), so a hardware that swapped their roles would fail both.
+extern "C" __global__ void prim_wgmma_mn_sw128_n128(const __half* At, const __half* B, const float* C, float* D,
+                                                    int acc, int adjacent) {
+  VGG_DYN_SHARED(unsigned char, smem);
+  const unsigned pad = (1024 - wgmma_smem_addr(smem) % 1024) % 1024;
+  unsigned char* const sa = smem + pad;  // 8 K groups of one atom: 8192 bytes
+  unsigned char* const sb = sa + 8192;   // 8 K groups of two atoms: 16384 bytes
+  const unsigned lbo_a = adjacent ? 1024 : 8192, sbo_a = 1024;
+  const unsigned lbo_b = adjacent ? 1024 : 8192, sbo_b = adjacent ? 2048 : 1024;
+  auto stage = [](unsigned char* base, const __half* g, int width, unsigned lbo, unsigned sbo) {
+    for (int i = threadIdx.x; i < 64 * width / 8; i += 128) {  // chunk c of K-row k
+      const int k = i / (width / 8), c = i % (width / 8);
+      unsigned char* const at = base + (c / 8) * lbo + (k / 8) * sbo + (k % 8) * 128 + (c % 8) * 16;
+      *reinterpret_cast<uint4*>(wgmma_sw128(at)) = reinterpret_cast<const uint4*>(g)[i];
+    }
+  };
+  stage(sa, At, 64, lbo_a, sbo_a);
+  stage(sb, B, 128, lbo_b, sbo_b);
+  wgmma_smem_fence();
+  __syncthreads();
+  float d[64];
+  acc_load<128>(d, C);
+  const unsigned long long da = wgmma_desc_mn_sw128(sa, lbo_a, sbo_a);
+  const unsigned long long db = wgmma_desc_mn_sw128(sb, lbo_b, sbo_b);
+  wgmma_fence_acc(d);
+  wgmma_fence();
+  for (int k16 = 0; k16 < 4; ++k16)
+    wgmma_ss<128, true, true>(d, da + k16 * (2 * sbo_a >> 4), db + k16 * (2 * sbo_b >> 4), k16 > 0 || acc);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_acc(d);
+  acc_store<128>(d, D);
 }
 
 // Emulator only (on a GPU the result is undefined): D written from d before the wait, as a

@@ -79,9 +79,9 @@ pub enum Tile {
     /// only when asked for.
     W128x256,
     /// [`Tile::W128x256`] with its operands brought by the TMA engine in the 128-byte swizzle
-    /// (kernels/gemm_wgmma.cu, `gemm_fwd_f16_wt128x256`): the forward pass only (an
-    /// `Error::Shape` for the others). Where [`Device::has_wgmma`]; never planned, only when
-    /// asked for (unmeasured).
+    /// (kernels/gemm_wgmma.cu, `gemm_{fwd,bwd_data,bwd_weight}_f16_wt128x256`; the backward
+    /// passes' M/N-major boxes in a layout only the GPU can confirm: the selftest's `mn-major
+    /// sw128` rows). Where [`Device::has_wgmma`]; never planned, only when asked for (unmeasured).
     WT128x256,
 }
 

@@ -61,10 +61,11 @@ const FORCED_WGMMA: &[((usize, usize, usize), Algo)] = &[
     ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 3 }),
 ];
 
-/// The TMA tile (forward only), where the device has wgmma: rows and columns ragged against its
-/// boxes (130 x 136; M = 1 and 64, whose boxes are mostly zero fill), a reduction shorter than
-/// a box (K = 24) or ending in a partial one (K = 136), more k-tiles than the ring has buffers
-/// (K = 512), and split.
+/// The TMA tile, every pass, where the device has wgmma: rows and columns ragged against its
+/// boxes (130 x 136; M = 1 and 64, whose boxes are mostly zero fill), reductions shorter than a
+/// box (fwd's K = 24, bwd_weight's M = 1) or ending in a partial one (K = 136, bwd_data's N =
+/// 136 and 264, bwd_weight's M = 130), more k-tiles than the ring has buffers (K = 512, N =
+/// 512), and split (bwd_weight's M = 1 in 2: a split of no k-tiles).
 const FORCED_TMA: &[((usize, usize, usize), Algo)] = &[
     ((130, 24, 136), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
     ((64, 136, 512), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
@@ -142,19 +143,6 @@ fn run_all(dev: &Device, s: Linear, algo: Algo, d: &Data) -> Result<[Vec<f32>; 4
     Ok([y.to_f32()?, dx.to_f32()?, dw.to_host()?, db.to_host()?])
 }
 
-/// The forward pass alone (the TMA tile's only one): y with bias and ReLU.
-fn run_fwd(dev: &Device, s: Linear, algo: Algo, d: &Data) -> Result<Vec<f32>> {
-    let x = Tensor::from_f32(dev, &[s.m, s.k], &d.x)?;
-    let w = Tensor::from_f32(dev, &[s.n, s.k], &d.w)?;
-    let b = Tensor::from_f32(dev, &[s.n], &d.b)?;
-    let mut y = Tensor::empty(dev, &[s.m, s.n])?;
-    y.poison()?;
-    let mut ws = workspace(dev, s, Pass::Fwd, algo)?;
-    gemm::linear_fwd_with(algo, &x, &w, Some(&b), true, &mut y, Some(&mut ws.ws))?;
-    ws.check(&format!("{algo:?} Fwd M{} K{} N{}", s.m, s.k, s.n))?;
-    y.to_f32()
-}
-
 /// The f64 reference of [`run_all`]: fp16 outputs rounded to fp16.
 fn reference(s: Linear, d: &Data) -> [Vec<f32>; 4] {
     let y = r::linear_fwd(s.m, s.k, s.n, &d.x, &d.w, Some(&d.b), true);
@@ -198,15 +186,12 @@ pub fn linear(dev: &Device) -> Result<Vec<CheckRow>> {
             let d = Data::new(s, ints, 100 * i as u64 + 10 * ints as u64);
             let want = reference(s, &d);
             let wgmma = if dev.has_wgmma() { FORCED_WGMMA } else { &[] };
-            let forced = FORCED.iter().chain(wgmma).filter(|f| f.0 == (m, k, n)).map(|f| f.1);
+            let tma = if dev.has_wgmma() { FORCED_TMA } else { &[] };
+            let forced = FORCED.iter().chain(wgmma).chain(tma).filter(|f| f.0 == (m, k, n)).map(|f| f.1);
             // Auto is the simple kernel where N or K is not a multiple of 8: run it once.
             let simple = if s.plan(Pass::Fwd) == Algo::Simple { None } else { Some(Algo::Simple) };
             for algo in [Algo::Auto].into_iter().chain(simple).chain(forced) {
                 rows.extend(rows_for(s, algo, &run_all(dev, s, algo, &d)?, &want, ints));
-            }
-            let tma = if dev.has_wgmma() { FORCED_TMA } else { &[] };
-            for algo in tma.iter().filter(|f| f.0 == (m, k, n)).map(|f| f.1) {
-                rows.push(row_for(s, algo, 0, &run_fwd(dev, s, algo, &d)?, &want[0], ints));
             }
         }
     }

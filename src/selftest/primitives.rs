@@ -3,7 +3,7 @@
 //! layouts; on a GPU they confirm that those layouts were read right.
 
 use super::{randn_f16, small_ints, Bound, CheckRow};
-use crate::reference::{compare, compare_tol, linear_fwd};
+use crate::reference::{compare, compare_tol, linear_fwd, Compare};
 use crate::{Device, KArg, Kernel, LaunchConfig, Result, Tensor};
 use half::f16;
 
@@ -34,11 +34,7 @@ pub fn mma(dev: &Device) -> Result<Vec<CheckRow>> {
         // Small integers: every product and partial sum is exact, so any order of
         // accumulation gives the exact answer. Then random normals, against a tolerance.
         for (kind, seed) in [("ints", 1u64), ("randn", 2)] {
-            let (a, b, c) = if kind == "ints" {
-                (small_ints(16 * k, 4, seed), small_ints(k * 8, 4, seed + 10), small_ints(128, 8, seed + 20))
-            } else {
-                (randn_f16(16 * k, seed), randn_f16(k * 8, seed + 10), randn_f16(128, seed + 20))
-            };
+            let [a, b, c] = mma_operands(kind, seed, [16 * k, k * 8, 128]);
             let at = Tensor::from_f32(dev, &[16, k], &a)?;
             let bt = Tensor::from_f32(dev, &[k, 8], &b)?;
             let ct = Tensor::from_host(dev, &[16, 8], &c)?;
@@ -49,11 +45,7 @@ pub fn mma(dev: &Device) -> Result<Vec<CheckRow>> {
             unsafe { dev.launch(&kernel(name), ONE_WARP, &[at.arg(), bt.arg(), ct.arg(), dt.arg_mut()])? };
             let want = matmul_ref(k, &a, &b, &c);
             let got = dt.to_host()?;
-            let (cmp, bound) = if kind == "ints" {
-                (compare(&got, &want), Bound::Exact)
-            } else {
-                (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
-            };
+            let (cmp, bound) = mma_compare(kind, &got, &want);
             rows.push(CheckRow::new(name, format!("16x8x{k} {kind}"), cmp, bound));
         }
     }
@@ -167,16 +159,8 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
                 ("randn", 7, 1, 16),
             ];
             for (kind, seed, acc, off) in runs {
-                let (a, bt, c) = if kind == "randn" {
-                    (randn_f16(64 * 16, seed), randn_f16(n * 16, seed + 10), randn_f16(64 * n, seed + 20))
-                } else {
-                    (small_ints(64 * 16, 4, seed), small_ints(n * 16, 4, seed + 10), small_ints(64 * n, 8, seed + 20))
-                };
-                let at = Tensor::from_f32(dev, &[64, 16], &a)?;
-                let btt = Tensor::from_f32(dev, &[n, 16], &bt)?;
-                let ct = Tensor::from_host(dev, &[64, n], &c)?;
-                let mut dt = Tensor::<f32>::empty(dev, &[64, n])?;
-                dt.poison()?;
+                let [a, bt, c] = mma_operands(kind, seed, [64 * 16, n * 16, 64 * n]);
+                let (at, btt, ct, mut dt) = wgmma_tensors(dev, [&a, &bt, &c], [[64, 16], [n, 16], [64, n]])?;
                 let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut()];
                 let ints = [lbo_a, sbo_a, lbo_b as i32, sbo_b, acc, off].map(KArg::I32);
                 let all: Vec<KArg> = args.into_iter().chain(ints).collect();
@@ -196,17 +180,14 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
                     }
                 }
                 let got = dt.to_host()?;
-                let (cmp, bound) = if kind == "randn" {
-                    (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
-                } else {
-                    (compare(&got, &want), Bound::Exact)
-                };
+                let (cmp, bound) = mma_compare(kind, &got, &want);
                 let at_16 = if off == 0 { "" } else { " +16 B" };
                 rows.push(CheckRow::new("wgmma", format!("64x{n}x16 {major} {layout} {kind}{at_16}"), cmp, bound));
             }
         }
     }
     rows.extend(wgmma_sw128(dev)?);
+    rows.extend(wgmma_mn_sw128(dev)?);
     Ok(rows)
 }
 
@@ -219,16 +200,8 @@ fn wgmma_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
     let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 1024 + 136 * 128 };
     let runs = [("ints", 31u64, 1, 0), ("randn", 32, 1, 0), ("ints, no C", 33, 0, 3), ("ints", 34, 1, 5)];
     for (kind, seed, acc, shift) in runs.into_iter().chain([("randn", 35, 1, 8)]) {
-        let (a, bt, c) = if kind == "randn" {
-            (randn_f16(72 * 64, seed), randn_f16(64 * 64, seed + 10), randn_f16(64 * 64, seed + 20))
-        } else {
-            (small_ints(72 * 64, 4, seed), small_ints(64 * 64, 4, seed + 10), small_ints(64 * 64, 8, seed + 20))
-        };
-        let at = Tensor::from_f32(dev, &[72, 64], &a)?;
-        let btt = Tensor::from_f32(dev, &[64, 64], &bt)?;
-        let ct = Tensor::from_host(dev, &[64, 64], &c)?;
-        let mut dt = Tensor::<f32>::empty(dev, &[64, 64])?;
-        dt.poison()?;
+        let [a, bt, c] = mma_operands(kind, seed, [72 * 64, 64 * 64, 64 * 64]);
+        let (at, btt, ct, mut dt) = wgmma_tensors(dev, [&a, &bt, &c], [[72, 64], [64, 64], [64, 64]])?;
         let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut(), KArg::I32(acc), KArg::I32(shift)];
         // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D, int acc, int shift): A
         // 72 x 64, Bt 64 x 64, C and D 64 x 64; one warpgroup; 0 <= shift <= 8 keeps A's rows within
@@ -241,12 +214,79 @@ fn wgmma_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
             want.iter_mut().zip(&c).for_each(|(w, c)| *w += c);
         }
         let got = dt.to_host()?;
-        let (cmp, bound) = if kind == "randn" {
-            (compare_tol(&got, &want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
-        } else {
-            (compare(&got, &want), Bound::Exact)
-        };
+        let (cmp, bound) = mma_compare(kind, &got, &want);
         rows.push(CheckRow::new("wgmma", format!("64x64x64 k-major sw128 {kind}, A from row {shift}"), cmp, bound));
     }
     Ok(rows)
+}
+
+/// The M/N-major 128-byte swizzle (kernels/wgmma.cuh's reading of the PTX ISA and CUTLASS, which
+/// only the GPU can confirm): D (64 x 128) = A (64 x 64) B (64 x 128) plus C, or without C, as 4
+/// wgmma's over M/N-major swizzled operands, staged in two arrangements of their atoms ("boxes":
+/// lbo 8192, sbo 1024, as gemm_wgmma.cu's TMA boxes lay them; "adjacent": lbo 1024, sbo 2048).
+/// Both have lbo != sbo, so hardware that swapped the two offsets' roles fails every row.
+fn wgmma_mn_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 1024 + 3 * 8192 };
+    let runs = [("ints", 41u64, 1), ("randn", 42, 1), ("ints, no C", 43, 0)];
+    for (layout, adjacent) in [("boxes", 0), ("adjacent", 1)] {
+        for (kind, seed, acc) in runs {
+            let seed = seed + 100 * adjacent as u64;
+            let [at, b, c] = mma_operands(kind, seed, [64 * 64, 64 * 128, 64 * 128]);
+            let (att, bt, ct, mut dt) = wgmma_tensors(dev, [&at, &b, &c], [[64, 64], [64, 128], [64, 128]])?;
+            let args = [att.arg(), bt.arg(), ct.arg(), dt.arg_mut(), KArg::I32(acc), KArg::I32(adjacent)];
+            // SAFETY: (const __half* At, const __half* B, const float* C, float* D, int acc, int adjacent):
+            // At 64 x 64, B 64 x 128, C and D 64 x 128; one warpgroup; up to 1023 bytes of alignment
+            // plus the operands' 8192 + 16384 bytes fit the shared memory.
+            unsafe { dev.launch(&Kernel { module: "wgmma_test", name: "prim_wgmma_mn_sw128_n128" }, cfg, &args)? };
+            // A = At^T times B (the FC layer's reference takes B transposed), plus C.
+            let transpose = |v: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+                (0..rows * cols).map(|i| v[(i % rows) * cols + i / rows]).collect()
+            };
+            let mut want = linear_fwd(64, 64, 128, &transpose(&at, 64, 64), &transpose(&b, 64, 128), None, false);
+            if acc != 0 {
+                want.iter_mut().zip(&c).for_each(|(w, c)| *w += c);
+            }
+            let got = dt.to_host()?;
+            let (cmp, bound) = mma_compare(kind, &got, &want);
+            rows.push(CheckRow::new("wgmma", format!("64x128x64 mn-major sw128 {layout} {kind}"), cmp, bound));
+        }
+    }
+    Ok(rows)
+}
+
+/// The mma and wgmma rows' operands A, B and C (`lens` elements each): random normals, or small integers
+/// (A and B in -4..4, C in -8..8: exact products and sums), from seeds `seed`, + 10, + 20.
+fn mma_operands(kind: &str, seed: u64, lens: [usize; 3]) -> [Vec<f32>; 3] {
+    let [a, b, c] = lens;
+    if kind == "randn" {
+        [randn_f16(a, seed), randn_f16(b, seed + 10), randn_f16(c, seed + 20)]
+    } else {
+        [small_ints(a, 4, seed), small_ints(b, 4, seed + 10), small_ints(c, 8, seed + 20)]
+    }
+}
+
+/// An mma or wgmma row's comparison: exact on integers, within fp32 rounding on random normals.
+fn mma_compare(kind: &str, got: &[f32], want: &[f32]) -> (Compare, Bound) {
+    if kind == "randn" {
+        (compare_tol(got, want, 1e-4, 1e-4), Bound::Rel { rel_l2: 1e-5, max_rel: 1e-5 })
+    } else {
+        (compare(got, want), Bound::Exact)
+    }
+}
+
+/// A, B, C and D of a wgmma row.
+type WgmmaTensors = (Tensor<f16>, Tensor<f16>, Tensor<f32>, Tensor<f32>);
+
+/// A wgmma row's tensors: A and B (fp16), C and a poisoned D (fp32; D shaped as C), each
+/// `[rows, cols]` as `dims` says.
+fn wgmma_tensors(dev: &Device, [a, b, c]: [&[f32]; 3], dims: [[usize; 2]; 3]) -> Result<WgmmaTensors> {
+    let mut d = Tensor::<f32>::empty(dev, &dims[2])?;
+    d.poison()?;
+    Ok((
+        Tensor::from_f32(dev, &dims[0], a)?,
+        Tensor::from_f32(dev, &dims[1], b)?,
+        Tensor::from_host(dev, &dims[2], c)?,
+        d,
+    ))
 }

@@ -37,8 +37,9 @@ fn tiled_kernel(pass: Pass, tile: Tile) -> Kernel {
         (Pass::Fwd, W128x256) => return k("gemm_wgmma", "gemm_fwd_f16_w128x256"),
         (Pass::BwdData, W128x256) => return k("gemm_wgmma", "gemm_bwd_data_f16_w128x256"),
         (Pass::BwdWeight, W128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_w128x256"),
-        // Checked to be the forward pass before (Operands::tiled).
-        (_, WT128x256) => return k("gemm_wgmma", "gemm_fwd_f16_wt128x256"),
+        (Pass::Fwd, WT128x256) => return k("gemm_wgmma", "gemm_fwd_f16_wt128x256"),
+        (Pass::BwdData, WT128x256) => return k("gemm_wgmma", "gemm_bwd_data_f16_wt128x256"),
+        (Pass::BwdWeight, WT128x256) => return k("gemm_wgmma", "gemm_bwd_weight_f16_wt128x256"),
     };
     k("gemm", name)
 }
@@ -95,12 +96,6 @@ impl Operands<'_> {
             "GEMM tile {tile:?} needs wgmma (compute capability 9.0: H100 / H200); {} has none",
             self.dev.name()
         );
-        ensure_shape!(
-            tile != Tile::WT128x256 || self.pass == Pass::Fwd,
-            "GEMM tile WT128x256 runs the forward pass only (its TMA boxes need both operands K-major), \
-             not {:?}",
-            self.pass
-        );
         // The grid's y and z limits (65535) in the GEMM's own terms; x (rows) is held to
         // CUDA's limit at the launch (LaunchConfig::check).
         let grid_y = s.div_ceil(tile.cols());
@@ -118,21 +113,19 @@ impl Operands<'_> {
             KArg::I32(int("k-tiles per split", kt_per_split)?),
         ];
         let kernel = tiled_kernel(self.pass, tile);
-        // The TMA tile takes its operands as tensor maps (X [R][T] in boxes of 64 x 128, W
-        // [S][T] in 64 x 256), the others as pointers.
+        // The TMA tile takes its operands as tensor maps, the others as pointers. A K-major
+        // operand ([rows][T]: fwd's X and W, bwd_data's dY) goes in boxes of 64 t x the tile's
+        // rows (128 for A, 256 for B), an M/N-major one ([T][rows]: bwd_data's W, bwd_weight's dY
+        // and X) in boxes of 64 rows x 64 t (kernels/gemm_wgmma.cu's gemm_tma).
         let (a_arg, b_arg) = if tile == Tile::WT128x256 {
-            let map = |m: &Tensor<f16>, rows: usize, box_outer: usize| {
-                let spec = TensorMap2dSpec {
-                    inner: t,
-                    outer: rows,
-                    row_stride: 2 * t,
-                    box_inner: 64,
-                    box_outer,
-                    swizzle128: true,
-                };
+            let (a_t, b_t) = self.pass.t_major();
+            let map = |m: &Tensor<f16>, rows: usize, t_major: bool, box_rows: usize| {
+                let (inner, outer, box_outer) = if t_major { (rows, t, 64) } else { (t, rows, box_rows) };
+                let spec =
+                    TensorMap2dSpec { inner, outer, row_stride: 2 * inner, box_inner: 64, box_outer, swizzle128: true };
                 TensorMap::new_2d(&self.dev, m.device_ptr(), spec).map(|map| map.arg())
             };
-            (map(self.a, r, 128)?, map(self.b, s, 256)?)
+            (map(self.a, r, a_t, 128)?, map(self.b, s, b_t, 256)?)
         } else {
             (self.a.arg(), self.b.arg())
         };

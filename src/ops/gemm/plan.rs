@@ -115,13 +115,21 @@ pub(super) fn smem_bytes(pass: Pass, tile: Tile) -> u32 {
         return 4 * (128 + 256) * 64 * 2; // kernels/gemm_wgmma.cu: 4 k-tiles, unpadded core matrices
     }
     let halves = |mn: usize, t_major: bool| if t_major { BK * (mn + 8) } else { mn * (BK + 8) };
-    let (a_t, b_t) = match pass {
-        Pass::Fwd => (false, false),
-        Pass::BwdData => (false, true),
-        Pass::BwdWeight => (true, true),
-    };
+    let (a_t, b_t) = pass.t_major();
     let ring = tile.stages() * (halves(tile.rows(), a_t) + halves(tile.cols(), b_t)) * 2;
     ring.max(4 * tile.rows() * (tile.cols() + 8)) as u32
+}
+
+impl Pass {
+    /// Whether A and B are stored t-major (`[T][R]`, `[T][S]`: M- / N-major operands) in this
+    /// pass's product, as kernels/gemm.cu's and gemm_wgmma.cu's A_T / B_T.
+    pub(super) fn t_major(self) -> (bool, bool) {
+        match self {
+            Pass::Fwd => (false, false),
+            Pass::BwdData => (false, true),
+            Pass::BwdWeight => (true, true),
+        }
+    }
 }
 
 /// Rows a bias-gradient chunk sums before its partial goes to the workspace, and at most
