@@ -131,8 +131,8 @@ fi
 # The forward products on the TMA tile (wt128x256: the wgmma tile with its operands brought by
 # the copy engine in the 128-byte swizzle; bench/NOTES.md, "A TMA GEMM"), ours only.
 if "$VGG" bench gemm --help 2>/dev/null | grep -q wt128x256; then
-  step bench-gemm-tma 40 "$VGG" bench gemm --device cuda --tile wt128x256 --passes fwd --no-cublas --no-bandwidth \
-    --json "$RAW/bench-gemm-tma.json"
+  step bench-gemm-tma 90 "$VGG" bench gemm --device cuda --tile wt128x256 --passes fwd,bwd_data,bwd_weight \
+    --no-cublas --no-bandwidth --json "$RAW/bench-gemm-tma.json"
 fi
 # The FC products on the wgmma tile (planner's split counts), ours only: against bench-gemm's
 # cuBLAS rows (predictions in bench/NOTES.md, "wgmma GEMM").

@@ -98,7 +98,7 @@ pub(crate) struct BenchGemmArgs {
     no_bandwidth: bool,
     /// Run our products on this tile (the planner's split count) instead of the planner's
     /// choice: w128x256 (Hopper's wgmma; kernels/gemm_wgmma.cu), wt128x256 (the same with its
-    /// operands brought by the TMA engine; forward only), or one of the mma.sync tiles
+    /// operands brought by the TMA engine), or one of the mma.sync tiles
     /// t128x256, t128x192, t128x128, t64x128.
     #[arg(long)]
     tile: Option<String>,
