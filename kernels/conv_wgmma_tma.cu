@@ -1,6 +1,7 @@
 // conv_wgmma_tma.cu: conv_wgmma_halo.cu's 256 x N halo tile with both operands brought by the
 // TMA engine (kernels/bulk.cuh) in the 128-byte swizzle, sm_90 only:
 //   igemm3x3_wgmma_halo_tma_n{64,128}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
+//   igemm3x3_wgmma_halo512_tma_n64_f16      the same with items of 512 positions x 64 channels
 // Same passes and epilogues as conv_wgmma_halo.cu (fprop: bias + ReLU; dgrad: wt rotated by
 // conv_rot180_f16, mask); x and wt come as tensor maps instead of pointers.
 //
@@ -17,9 +18,10 @@
 // (h + 1), (R - 1) % (h + 1)) (R <= 0: image 0, y = R - 1); pixels x = -1 and x >= w and rows
 // y < 0 and y = h lie outside the tensor, so the copy engine writes the padding's zeros, and
 // channels past cin too.
-// A halo step (an item's 64 input channels) holds the chunks of its 256 positions and their
-// taps (a padded row and one position on each side): at most halo_pos(sp) = 272 + 2 sp positions
-// (376 of 400 read at w 56), the boxes issued by warp 0's lanes on one mbarrier. Position P of
+// A halo step (an item's 64 input channels) holds the chunks of its positions (256, or 512 for
+// conv_wgmma_halo.cu's tall tile: each warpgroup two m64 blocks) and their taps (a padded row and
+// one position on each side): at most halo_pos(sp, 256) = 272 + 2 sp positions (376 of 400 read at
+// w 56), the boxes issued by warp 0's lanes on one mbarrier. Position P of
 // the item whose first chunk is Jb sits at (P - 8 Jb) 128 bytes into the buffer, so a tap is
 // again a shift of A's descriptor (a position is 128 bytes; a k16 step 32 bytes along the row).
 // B, a stage's N output channels x 64 input channels of one tap, is one box of the filters'
@@ -37,31 +39,36 @@
 #include "conv_wgmma.cuh"
 
 namespace ct {
-constexpr int kC = 64, kThreads = 512, kBBufs = 4, kPos = 256;
-// The row pitch of the padded space for width w, and the positions a halo step holds: the
-// chunks of kPos + 2 sp + 2 positions from any start.
+constexpr int kC = 64, kThreads = 512, kBBufs = 4;
+// The row pitch of the padded space for width w, and the positions a halo step holds for items
+// of `pos` positions: the chunks of pos + 2 sp + 2 positions from any start.
 __host__ __device__ constexpr int pitch(int w) { return (w + 2 + 7) / 8 * 8; }
-__host__ __device__ constexpr int halo_pos(int sp) { return kPos + 16 + 2 * sp; }
-__host__ __device__ constexpr int smem_bytes(int out, int w) {
-    return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(pitch(w)) * kC * 2;
+__host__ __device__ constexpr int halo_pos(int sp, int pos) { return pos + 16 + 2 * sp; }
+__host__ __device__ constexpr int smem_bytes(int out, int w, int pos) {
+    return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(pitch(w), pos) * kC * 2;
 }
 // VGG's widest layers fit the 227 KB of an sm_90 block (less the 48 bytes of barriers):
-// conv1_2 at N 64, conv2_x at N 128 (the launcher allows widths up to 246 and 182).
-static_assert(smem_bytes(64, 224) == 222208 && smem_bytes(128, 112) == 197632, "src/ops/conv/wgmma.rs");
+// conv1_2 at N 64, conv2_x at N 128 (the launcher allows widths up to 246 and 182), and conv2_x
+// for the 512-position items (widths up to 118).
+static_assert(smem_bytes(64, 224, 256) == 222208 && smem_bytes(128, 112, 256) == 197632 &&
+                  smem_bytes(64, 112, 512) == 230400,
+              "src/ops/conv/wgmma.rs");
 }  // namespace ct
 
-template <int kOut>
+// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512).
+template <int kOut, int kMWg>
 __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc* wm, const __half* __restrict__ bias,
                                                const __half* __restrict__ mask, __half* __restrict__ y, int n, int h,
                                                int w, int cin, int cout, int relu) {
     using namespace ct;
-    constexpr int kBBytes = kOut * kC * 2;
+    static_assert(kOut * kMWg == 64 || kOut * kMWg == 128, "4 warpgroups' accumulators fit 128 registers a thread");
+    constexpr int kPos = 256 * kMWg, kBBytes = kOut * kC * 2;
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     unsigned char* const halo = smem + kBBufs * kBBytes;
     __shared__ unsigned long long bfull[kBBufs], hfull[2];
     const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31;
-    const int sp = pitch(w), hbytes = halo_pos(sp) * kC * 2;
+    const int sp = pitch(w), hbytes = halo_pos(sp, kPos) * kC * 2;
     const int oblocks = (cout + kOut - 1) / kOut;
     const int items = ((n * (h + 1) - 1) * sp + kPos - 1) / kPos * oblocks;
     const int csteps = (cin + kC - 1) / kC;
@@ -102,13 +109,16 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
             for (int s = 0; s < kBBufs - 1; ++s) load_b(s);
     }
 
-    // Descriptors of halo buffer 0's position 64 wg (this warpgroup's rows) and of B buffer 0.
-    const unsigned long long da0 = wgmma_desc_sw128(halo + wg * 64 * 128, 1024);
+    // Descriptors of halo buffer 0's position 64 kMWg wg (this warpgroup's first m64 block; block
+    // b is 64 positions on) and of B buffer 0.
+    const unsigned long long da0 = wgmma_desc_sw128(halo + wg * kMWg * 64 * 128, 1024);
     const unsigned long long db0 = wgmma_desc_sw128(smem, 1024);
     const int t = tid & 3;  // the accumulators' column pair (wgmma.cuh)
-    float acc[1][kOut / 2];
+    float acc[kMWg][kOut / 2];
 #pragma unroll
-    for (int i = 0; i < kOut / 2; ++i) acc[0][i] = 0.f;
+    for (int b = 0; b < kMWg; ++b)
+#pragma unroll
+        for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;
     int q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);  // the item's first output in its halo
     for (int s = 0; s < stages; ++s) {
@@ -117,7 +127,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         const int q = q0 + (tap / 3 - 1) * sp + tap % 3 - 1;  // tap (dy, dx) of output q0: (dy - 1) sp + dx - 1 on
         const unsigned long long da = da0 + (((k & 1) * hbytes) >> 4) + q * 8;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
-        wgmma_stage_blocks<kOut, false, false, kC / 16, 1>(acc, da, db, 2, 2, 0);
+        wgmma_stage_blocks<kOut, false, false, kC / 16, kMWg>(acc, da, db, 2, 2, 64 * 8);
         __syncthreads();  // every warpgroup is past group s - 1: its B buffer and halo step k - 1's are free
         if (warp == 0) {
             if (lane == 0) load_b(s + kBBufs - 1);
@@ -127,18 +137,22 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         tap = 0, ++k;
         if (++cstep < csteps) continue;
         cstep = 0;
-        // The item's last stage: its accumulators out (rows wgmma_acc_row(half)), then zeros.
+        // The item's last stage: its accumulators out (block b's rows 64 (kMWg wg + b) + 16 (warp %
+        // 4) + g (+ 8)), then zeros.
         wgmma_wait<0>();
-        wgmma_fence_acc(acc[0]);
         const int o0 = item % oblocks * kOut, pos0 = sp + item / oblocks * kPos;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            int pix;
-            if (conv_halo_pixel(pos0 + wgmma_acc_row(half), sp, h, w, n, pix))
-                conv_wgmma_store_row<kOut>(acc[0], half, pix, o0, t, bias, mask, y, cout, relu);
-        }
+        for (int b = 0; b < kMWg; ++b) {
+            wgmma_fence_acc(acc[b]);
 #pragma unroll
-        for (int i = 0; i < kOut / 2; ++i) acc[0][i] = 0.f;
+            for (int half = 0; half < 2; ++half) {
+                int pix;
+                if (conv_halo_pixel(pos0 + 64 * (wg * (kMWg - 1) + b) + wgmma_acc_row(half), sp, h, w, n, pix))
+                    conv_wgmma_store_row<kOut>(acc[b], half, pix, o0, t, bias, mask, y, cout, relu);
+            }
+#pragma unroll
+            for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
+        }
         item += gridDim.x;
         q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);
     }
@@ -153,10 +167,15 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 
 extern "C" __global__ void __launch_bounds__(ct::kThreads, 1)
     igemm3x3_wgmma_halo_tma_n64_f16(HALO_TMA_PARAMS) {
-    igemm_halo_tma<64>(HALO_TMA_ARGS);
+    igemm_halo_tma<64, 1>(HALO_TMA_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(ct::kThreads, 1)
     igemm3x3_wgmma_halo_tma_n128_f16(HALO_TMA_PARAMS) {
-    igemm_halo_tma<128>(HALO_TMA_ARGS);
+    igemm_halo_tma<128, 1>(HALO_TMA_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(ct::kThreads, 1)
+    igemm3x3_wgmma_halo512_tma_n64_f16(HALO_TMA_PARAMS) {
+    igemm_halo_tma<64, 2>(HALO_TMA_ARGS);
 }

@@ -98,9 +98,10 @@ fn assert_tuned_row(r: &ConvRow) {
         "winograd4x4" => label == "winograd4x4",
         "wgmma" => label.starts_with("wgmma/halo256") && !label.ends_with("/sw128") && !label.ends_with("/tma"),
         "wgmma/flat" => label.starts_with("wgmma/128x"),
-        "wgmma/tall" => label.starts_with("wgmma/halo512"),
+        "wgmma/tall" => label.starts_with("wgmma/halo512") && !label.ends_with("/tma"),
         "wgmma/sw128" => label.ends_with("/sw128"),
-        "wgmma/tma" => label.ends_with("/tma"),
+        "wgmma/tma" => label.starts_with("wgmma/halo256") && label.ends_with("/tma"),
+        "wgmma/tall-tma" => label.ends_with("512x64/tma"),
         "igemm" => label.starts_with("igemm/"),
         other => panic!("{what}: unknown variant {other}"),
     };

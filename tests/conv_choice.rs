@@ -55,8 +55,9 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's five
-    // tiles (halo, flat, tall, swizzled halo, TMA halo), wgrad under the mma.sync and the wgmma implicit
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's six
+    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo), wgrad under the mma.sync and the
+    // wgmma implicit
     // GEMM (halo, flat).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
@@ -66,6 +67,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaTall,
             WinoVariant::WgmmaSwizzled,
             WinoVariant::WgmmaTma,
+            WinoVariant::WgmmaTmaTall,
         ])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
@@ -84,15 +86,22 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
         WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
         WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
+        WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
     for &f in &fd {
         for &d in &fd {
             for g in wgrad {
-                let only_fd = [f, d]
-                    .iter()
-                    .any(|v| [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma].contains(v));
+                let only_fd = [f, d].iter().any(|v| {
+                    matches!(
+                        v,
+                        WinoVariant::WgmmaTall
+                            | WinoVariant::WgmmaSwizzled
+                            | WinoVariant::WgmmaTma
+                            | WinoVariant::WgmmaTmaTall
+                    )
+                });
                 let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
                 let ts: Vec<WinoTiling> = [tiling(f), tiling(d), g_tiling].into_iter().flatten().collect();
                 if ts.windows(2).any(|w| w[0] != w[1]) {
@@ -113,7 +122,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         | WinoVariant::WgmmaFlat
         | WinoVariant::WgmmaTall
         | WinoVariant::WgmmaSwizzled
-        | WinoVariant::WgmmaTma => ConvAlgo::Wgmma,
+        | WinoVariant::WgmmaTma
+        | WinoVariant::WgmmaTmaTall => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -131,7 +141,10 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                 assert!(t.conv.label(pass).starts_with("wgmma/halo512"), "{}", t.conv.label(pass))
             }
             WinoVariant::WgmmaSwizzled => assert!(t.conv.label(pass).ends_with("/sw128"), "{}", t.conv.label(pass)),
-            WinoVariant::WgmmaTma => assert!(t.conv.label(pass).ends_with("/tma"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTma => {
+                assert!(t.conv.label(pass).starts_with("wgmma/halo256") && t.conv.label(pass).ends_with("/tma"))
+            }
+            WinoVariant::WgmmaTmaTall => assert!(t.conv.label(pass).ends_with("512x64/tma"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }

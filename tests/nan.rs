@@ -56,9 +56,14 @@ fn nan_passes_every_fused_conv_relu() {
         let mut ran = std::collections::HashSet::new();
         for algo in [ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::Winograd4x4, ConvAlgo::Auto, ConvAlgo::Wgmma] {
             let Ok(conv) = Conv3x3::new(p, algo) else { continue };
-            for tiling in
-                [WinoTiling::Flat, WinoTiling::Region, WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma]
-            {
+            for tiling in [
+                WinoTiling::Flat,
+                WinoTiling::Region,
+                WinoTiling::Tall,
+                WinoTiling::Swizzled,
+                WinoTiling::Tma,
+                WinoTiling::TmaTall,
+            ] {
                 let conv = conv.with_wino_tiling(tiling);
                 let label = conv.label(ConvPass::Fprop);
                 if !ran.insert(label.clone()) {

@@ -39,6 +39,9 @@ pub enum WinoVariant {
     WgmmaSwizzled,
     /// [`ConvAlgo::Wgmma`]'s halo tile fed by the TMA engine ([`WinoTiling::Tma`]; fprop, dgrad).
     WgmmaTma,
+    /// [`ConvAlgo::Wgmma`]'s 512 x 64 halo tile fed by the TMA engine ([`WinoTiling::TmaTall`];
+    /// fprop, dgrad).
+    WgmmaTmaTall,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -48,7 +51,8 @@ impl WinoVariant {
     pub const ALL: [WinoVariant; 3] = [WinoVariant::F2Flat, WinoVariant::F2Region, WinoVariant::F4];
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
-    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma` or `igemm`.
+    /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma`,
+    /// `wgmma/tall-tma` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -59,6 +63,7 @@ impl WinoVariant {
             WinoVariant::WgmmaTall => "wgmma/tall",
             WinoVariant::WgmmaSwizzled => "wgmma/sw128",
             WinoVariant::WgmmaTma => "wgmma/tma",
+            WinoVariant::WgmmaTmaTall => "wgmma/tall-tma",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -72,14 +77,18 @@ impl WinoVariant {
             WinoVariant::WgmmaTall => Some(WinoTiling::Tall),
             WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
             WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
+            WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
             _ => None,
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma), beside which the
-    /// wgrad runs its halo kernel as under Region.
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall), beside
+    /// which the wgrad runs its halo kernel as under Region.
     fn fprop_dgrad_only(self) -> bool {
-        matches!(self, WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled | WinoVariant::WgmmaTma)
+        matches!(
+            self,
+            WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled | WinoVariant::WgmmaTma | WinoVariant::WgmmaTmaTall
+        )
     }
 
     fn algo(self) -> ConvAlgo {
@@ -90,19 +99,23 @@ impl WinoVariant {
             | WinoVariant::WgmmaFlat
             | WinoVariant::WgmmaTall
             | WinoVariant::WgmmaSwizzled
-            | WinoVariant::WgmmaTma => ConvAlgo::Wgmma,
+            | WinoVariant::WgmmaTma
+            | WinoVariant::WgmmaTmaTall => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
-    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled or Tma
-    /// tiling, under which it runs as under Region.
+    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled, Tma or
+    /// TmaTall tiling, under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
             && self == WinoVariant::Wgmma
-            && matches!(conv.wino_tiling(), WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma);
+            && matches!(
+                conv.wino_tiling(),
+                WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall
+            );
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
@@ -169,7 +182,9 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for variant in [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma] {
+        for variant in
+            [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma, WinoVariant::WgmmaTmaTall]
+        {
             let c = variant.apply(base, pass);
             if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
@@ -335,7 +350,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall, Swizzled and Tma as under Region (they change only the fprop and dgrad
+    // wgrad runs under Tall, Swizzled, Tma and TmaTall as under Region (they change only the fprop and dgrad
     // tiles).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);

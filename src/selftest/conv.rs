@@ -320,10 +320,10 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     let names = ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"];
     // Auto: the halo kernels (every problem of the list fits them); Flat: the 128-pixel tiles;
     // Tall: the 512 x 64 halo tile where it fits (widths up to 125), else the 256 x N one;
-    // Swizzled: the halo tiles with their operands in the 128-byte swizzle; Tma: the halo tile
-    // with its operands brought by the TMA engine.
+    // Swizzled: the halo tiles with their operands in the 128-byte swizzle; Tma and TmaTall: the
+    // 256 x N and 512 x 64 halo tiles with their operands brought by the TMA engine.
     let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Auto, names)?;
-    for tiling in [WinoTiling::Flat, WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma] {
+    for tiling in [WinoTiling::Flat, WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma, WinoTiling::TmaTall] {
         rows.extend(fprop_dgrad(dev, g, g, tiling, names)?);
     }
     rows.extend(wgrad(dev, g, g, WinoTiling::Auto)?);

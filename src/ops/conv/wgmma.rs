@@ -17,6 +17,7 @@ const HALO_SW_N64: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n64_
 const HALO_SW_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n128_f16");
 const HALO_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n64_f16");
 const HALO_TMA_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n128_f16");
+const HALO512_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo512_tma_n64_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
@@ -41,11 +42,11 @@ fn tma_pitch(w: usize) -> usize {
     (w + 2).next_multiple_of(8)
 }
 
-/// The TMA halo tile's dynamic shared bytes for N output channels and width `w` (its smem_bytes):
-/// alignment slack, 4 B buffers, 2 halo buffers of 256 + 16 + 2 sp positions (the 8-position
-/// chunks of an item's halo from any start).
-fn tma_shared(n: usize, w: usize) -> usize {
-    1024 + 4 * n * 64 * 2 + 2 * (HALO_POS + 16 + 2 * tma_pitch(w)) * 64 * 2
+/// The TMA halo tile's dynamic shared bytes for N output channels, width `w` and items of `pos`
+/// positions (its smem_bytes): alignment slack, 4 B buffers, 2 halo buffers of pos + 16 + 2 sp
+/// positions (the 8-position chunks of an item's halo from any start).
+fn tma_shared(n: usize, w: usize, pos: usize) -> usize {
+    1024 + 4 * n * 64 * 2 + 2 * (pos + 16 + 2 * tma_pitch(w)) * 64 * 2
 }
 
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
@@ -86,15 +87,20 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
     positions.saturating_add(2 * pos + 2 * pitch + 2) <= i32::MAX as usize
 }
 
-/// The TMA halo tile for `cout` channels of `p`'s image, if it fits: N 64 for at most 64
-/// channels, else 128; the buffers within 227 KB with the kernel's 48 bytes of barriers (widths
-/// up to 182 at N 128, 246 at N 64), and the padded positions within 32-bit indices.
-fn tma_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
-    let (n, kernel) = if cout <= 64 { (64, &HALO_TMA_N64) } else { (128, &HALO_TMA_N128) };
+/// The TMA halo tile for `cout` channels of `p`'s image, if it fits: items of 256 positions x
+/// N 64 for at most 64 channels, else 128, or with `tall` 512 positions x 64 channels whatever
+/// `cout`; the buffers within 227 KB with the kernel's 48 bytes of barriers (widths up to 182 at
+/// N 128, 246 at N 64, 118 for the tall tile), and the padded positions within 32-bit indices.
+fn tma_tile(p: &ConvProblem, cout: usize, tall: bool) -> Option<WgmmaTile> {
+    let (pos, n, kernel) = match (tall, cout <= 64) {
+        (true, _) => (HALO512_POS, 64, &HALO512_TMA_N64),
+        (false, true) => (HALO_POS, 64, &HALO_TMA_N64),
+        (false, false) => (HALO_POS, 128, &HALO_TMA_N128),
+    };
     let pitch = tma_pitch(p.w);
-    let shared = tma_shared(n, p.w);
-    let fits = shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, HALO_POS, pitch);
-    fits.then_some(WgmmaTile { kernel, pos: HALO_POS, n, swizzled: true, tma: true, pitch, shared })
+    let shared = tma_shared(n, p.w, pos);
+    let fits = shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos, pitch);
+    fits.then_some(WgmmaTile { kernel, pos, n, swizzled: true, tma: true, pitch, shared })
 }
 
 /// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
@@ -105,8 +111,10 @@ fn tma_tile(p: &ConvProblem, cout: usize) -> Option<WgmmaTile> {
 /// pieces a thread (widths up to 253, 125 for the tall tile), and the padded positions within
 /// 32-bit indices.
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
-    if tiling == WinoTiling::Tma {
-        return tma_tile(p, cout);
+    match tiling {
+        WinoTiling::Tma => return tma_tile(p, cout, false),
+        WinoTiling::TmaTall => return tma_tile(p, cout, true).or_else(|| tma_tile(p, cout, false)),
+        _ => {}
     }
     let swizzled = tiling == WinoTiling::Swizzled;
     let (pos, tn, kernel) = match (tiling, cout <= 64) {
@@ -148,7 +156,8 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Tall => t.pos == HALO512_POS,
             WinoTiling::Swizzled => t.swizzled && !t.tma,
-            WinoTiling::Tma => t.tma,
+            WinoTiling::Tma => t.tma && t.pos == HALO_POS,
+            WinoTiling::TmaTall => t.tma && t.pos == HALO512_POS,
             _ => t.pos > 0,
         }
     }
