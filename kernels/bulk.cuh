@@ -54,9 +54,11 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(unsigned long long* ba
 }
 
 // Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
-// On the GPU a wait still open after ~4 s traps (a launch error the host reports) instead of
-// hanging the process: a copy that never lands (a wrong box, a miscounted transaction) would
-// otherwise stall a whole selftest or gpu-check step, as the emulator's deadlock report would not.
+// On the GPU a wait still open after ~4 s traps instead of hanging the process: a copy that
+// never lands (a wrong box, a miscounted transaction) would otherwise stall a whole selftest or
+// gpu-check step until its time limit. A trap is sticky: the process's CUDA context is lost, so
+// every later launch in it fails too (gpu-check's steps are separate processes; in one selftest
+// run, the first failing row after it is the one to read).
 __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, unsigned parity PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_wait_parity(bar, parity, site_file, site_line);

@@ -20,7 +20,7 @@
 // channels past cin too.
 // A halo step (an item's 64 input channels) holds the chunks of its positions (256, or 512 for
 // conv_wgmma_halo.cu's tall tile: each warpgroup two m64 blocks) and their taps (a padded row and
-// one position on each side): at most halo_pos(sp, 256) = 272 + 2 sp positions (376 of 400 read at
+// one position on each side): at most halo_pos(sp, 256) = 272 + 2 sp positions (386 of 400 read at
 // w 56), the boxes issued by warp 0's lanes on one mbarrier. Position P of
 // the item whose first chunk is Jb sits at (P - 8 Jb) 128 bytes into the buffer, so a tap is
 // again a shift of A's descriptor (a position is 128 bytes; a k16 step 32 bytes along the row).

@@ -32,10 +32,11 @@
 // (likewise (k, n) of B) is at address a ^ (((a >> 7) & 7) << 4), where
 //   a = start + (m / 64) lbo + (k / 8) sbo + (k % 8) 128 + (m % 64) 2.
 // Sources: PTX ISA 9.7.15.5.1.2 "Shared Memory Matrix Layout" (the 128B M/N-major swizzle atom is
-// 8 x 8 128-bit elements, widened along M/N for 16-bit types: 64 x 8) and its tcgen05 twin's
-// stride table (for M/N-major swizzled layouts the leading-dimension offset is "the stride from
-// the first (swizzle-byte-size/16) rows to the next": 8 x 16 bytes = 64 halves of M/N, the
-// next atom along M/N); CUTLASS cute/atom/mma_traits_sm90_gmma.hpp, make_gmma_desc<Major::MN>:
+// 8 x 8 128-bit elements, widened along M/N for 16-bit types: 64 x 8), whose stride definitions
+// for M/N-major swizzled layouts give the leading-dimension offset as the offset "from the first
+// (swizzle-byte-size/16) rows to the next" (8 x 16 bytes = 64 halves of M/N: the next atom along
+// M/N) and the stride offset as the one from the first 8 columns (of K) to the next, as its worked
+// M/N-major 64B-swizzle example shows (bf16: LBO 512 bytes, SBO 1024); CUTLASS cute/atom/mma_traits_sm90_gmma.hpp, make_gmma_desc<Major::MN>:
 // B128 is Swizzle<3,4,3> o ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 halves (one 16-byte
 // chunk): LBO strides the M/N atoms, SBO the K groups of 8, the reverse of K-major's roles. An
 // m64 A is one atom wide, so only B (N > 64) reads lbo. The selftest's `mn-major sw128` rows

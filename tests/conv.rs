@@ -57,6 +57,7 @@ fn first_layer_implicit_gemm_matches_reference() {
 #[test]
 fn wgmma_implicit_gemm_matches_reference() {
     assert_check_passes("conv_wgmma");
+    assert_check_passes("conv_wgmma_tma");
 }
 
 /// Deterministic values: integers in [-r, r] (exact in every algorithm) or a spread of fp16

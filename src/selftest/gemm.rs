@@ -177,28 +177,50 @@ fn row_for(s: Linear, algo: Algo, i: usize, got: &[f32], want: &[f32], ints: boo
 }
 
 /// The linear layer: every shape, Auto and the simple twin, random normals and integers,
-/// plus the forced tensor-core variants; on a GPU also the VGG classifier.
+/// plus the forced tensor-core variants but the TMA tile's; on a GPU also the VGG classifier.
 pub fn linear(dev: &Device) -> Result<Vec<CheckRow>> {
-    let mut rows = vec![];
-    for (i, (m, k, n)) in shapes().into_iter().enumerate() {
-        let s = Linear::new(m, k, n);
-        for ints in [false, true] {
-            let d = Data::new(s, ints, 100 * i as u64 + 10 * ints as u64);
-            let want = reference(s, &d);
-            let wgmma = if dev.has_wgmma() { FORCED_WGMMA } else { &[] };
-            let tma = if dev.has_wgmma() { FORCED_TMA } else { &[] };
-            let forced = FORCED.iter().chain(wgmma).chain(tma).filter(|f| f.0 == (m, k, n)).map(|f| f.1);
-            // Auto is the simple kernel where N or K is not a multiple of 8: run it once.
-            let simple = if s.plan(Pass::Fwd) == Algo::Simple { None } else { Some(Algo::Simple) };
-            for algo in [Algo::Auto].into_iter().chain(simple).chain(forced) {
-                rows.extend(rows_for(s, algo, &run_all(dev, s, algo, &d)?, &want, ints));
-            }
-        }
-    }
+    let wgmma = if dev.has_wgmma() { FORCED_WGMMA } else { &[] };
+    let mut rows = forced_rows(dev, &[FORCED, wgmma], true)?;
     if !dev.is_emu() {
         let vgg = [(64, 25088, 4096), (64, 4096, 4096), (64, 4096, 1000), (256, 25088, 4096), (256, 4096, 4096)];
         for (m, k, n) in vgg {
             rows.extend(vgg_sampled(dev, Linear::new(m, k, n))?);
+        }
+    }
+    Ok(rows)
+}
+
+/// The TMA tile's forced rows (sm_90), a check of their own that `vgg selftest` runs last: a copy
+/// that never lands traps on the GPU (kernels/bulk.cuh), which loses the process's CUDA context
+/// for every row after it.
+pub fn linear_tma(dev: &Device) -> Result<Vec<CheckRow>> {
+    if !dev.has_wgmma() {
+        return Ok(vec![]);
+    }
+    forced_rows(dev, &[FORCED_TMA], false)
+}
+
+/// The rows of every shape with forced variants in `sets` (each shape's data seeded by its place
+/// in the list), after Auto's and the simple twin's where `base`; shapes with none are skipped
+/// unless `base`.
+fn forced_rows(dev: &Device, sets: &[&[((usize, usize, usize), Algo)]], base: bool) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (i, (m, k, n)) in shapes().into_iter().enumerate() {
+        let s = Linear::new(m, k, n);
+        let forced: Vec<Algo> =
+            sets.iter().flat_map(|set| set.iter()).filter(|f| f.0 == (m, k, n)).map(|f| f.1).collect();
+        if !base && forced.is_empty() {
+            continue;
+        }
+        // Auto is the simple kernel where N or K is not a multiple of 8: run it once.
+        let simple = if s.plan(Pass::Fwd) == Algo::Simple { None } else { Some(Algo::Simple) };
+        let base_algos: Vec<Algo> = if base { [Algo::Auto].into_iter().chain(simple).collect() } else { vec![] };
+        for ints in [false, true] {
+            let d = Data::new(s, ints, 100 * i as u64 + 10 * ints as u64);
+            let want = reference(s, &d);
+            for &algo in base_algos.iter().chain(&forced) {
+                rows.extend(rows_for(s, algo, &run_all(dev, s, algo, &d)?, &want, ints));
+            }
         }
     }
     Ok(rows)

@@ -99,8 +99,6 @@ pub const CHECKS: &[Check] = &[
     Check { name: "ldmatrix", run: primitives::ldmatrix },
     Check { name: "cp_async", run: primitives::cp_async },
     Check { name: "wgmma", run: primitives::wgmma },
-    Check { name: "bulk", run: bulk::bulk },
-    Check { name: "copy_probe", run: bulk::copy_probe },
     Check { name: "gemm", run: gemm::linear },
     Check { name: "gemm_conv1x1", run: gemm::conv1x1 },
     Check { name: "gemm_determinism", run: gemm::determinism },
@@ -119,6 +117,12 @@ pub const CHECKS: &[Check] = &[
     Check { name: "normalize_input", run: input::normalize_input },
     Check { name: "reduce", run: reduce::reduce },
     Check { name: "dense_gather", run: dense_gather::dense_gather },
+    // The copy engine's checks last: on the GPU a copy that never lands traps (kernels/bulk.cuh)
+    // and loses the process's CUDA context, failing every row after it.
+    Check { name: "bulk", run: bulk::bulk },
+    Check { name: "copy_probe", run: bulk::copy_probe },
+    Check { name: "gemm_tma", run: gemm::linear_tma },
+    Check { name: "conv_wgmma_tma", run: conv::wgmma_tma },
 ];
 
 /// The bound of a row standing for a check that does not run on the device (its kernels'
