@@ -38,10 +38,13 @@ fn shapes() -> Vec<(usize, usize, usize)> {
     v
 }
 
+/// A forced variant: the shape (M, K, N) it runs on and the algorithm.
+type Forced = ((usize, usize, usize), Algo);
+
 /// Extra algorithms run on some shapes, so that each pass runs every tile with and without
 /// split whatever the planner picks: M = 384, K = 512, N = 264 is ragged against the 192- and
 /// 256-wide tiles in every pass and has more k-tiles (5 to 8) than any ring has buffers.
-const FORCED: &[((usize, usize, usize), Algo)] = &[
+const FORCED: &[Forced] = &[
     ((7, 136, 24), Algo::TensorCore { tile: Tile::T128x128, splits: 3 }),
     ((64, 136, 512), Algo::TensorCore { tile: Tile::T64x128, splits: 1 }),
     ((130, 24, 136), Algo::TensorCore { tile: Tile::T64x128, splits: 1 }),
@@ -55,7 +58,7 @@ const FORCED: &[((usize, usize, usize), Algo)] = &[
 
 /// The wgmma tile, where the device has wgmma: ragged rows and columns (130 x 136, 384 x 264:
 /// every pass's tile edges), a reduction of one partial k-tile (K = 24), and split.
-const FORCED_WGMMA: &[((usize, usize, usize), Algo)] = &[
+const FORCED_WGMMA: &[Forced] = &[
     ((130, 24, 136), Algo::TensorCore { tile: Tile::W128x256, splits: 1 }),
     ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 1 }),
     ((384, 512, 264), Algo::TensorCore { tile: Tile::W128x256, splits: 3 }),
@@ -66,7 +69,7 @@ const FORCED_WGMMA: &[((usize, usize, usize), Algo)] = &[
 /// box (fwd's K = 24, bwd_weight's M = 1) or ending in a partial one (K = 136, bwd_data's N =
 /// 136 and 264, bwd_weight's M = 130), more k-tiles than the ring has buffers (K = 512, N =
 /// 512), and split (bwd_weight's M = 1 in 2: a split of no k-tiles).
-const FORCED_TMA: &[((usize, usize, usize), Algo)] = &[
+const FORCED_TMA: &[Forced] = &[
     ((130, 24, 136), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
     ((64, 136, 512), Algo::TensorCore { tile: Tile::WT128x256, splits: 1 }),
     ((1, 512, 512), Algo::TensorCore { tile: Tile::WT128x256, splits: 2 }),
@@ -203,7 +206,7 @@ pub fn linear_tma(dev: &Device) -> Result<Vec<CheckRow>> {
 /// The rows of every shape with forced variants in `sets` (each shape's data seeded by its place
 /// in the list), after Auto's and the simple twin's where `base`; shapes with none are skipped
 /// unless `base`.
-fn forced_rows(dev: &Device, sets: &[&[((usize, usize, usize), Algo)]], base: bool) -> Result<Vec<CheckRow>> {
+fn forced_rows(dev: &Device, sets: &[&[Forced]], base: bool) -> Result<Vec<CheckRow>> {
     let mut rows = vec![];
     for (i, (m, k, n)) in shapes().into_iter().enumerate() {
         let s = Linear::new(m, k, n);
