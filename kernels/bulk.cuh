@@ -53,6 +53,17 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(unsigned long long* ba
 #endif
 }
 
+// One arrival on `bar` with no bytes: a consumer telling a producer it is done with a buffer.
+__device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
+#ifndef __CUDA_ARCH__
+  emu::mbarrier_arrive_expect_tx(bar, 0);
+#elif VGG_HAS_BULK
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+#else
+  __trap();
+#endif
+}
+
 // Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
 // On the GPU a wait still open after ~4 s traps instead of hanging the process: a copy that
 // never lands (a wrong box, a miscounted transaction) would otherwise stall a whole selftest or

@@ -2,6 +2,8 @@
 // TMA engine (kernels/bulk.cuh) in the 128-byte swizzle, sm_90 only:
 //   igemm3x3_wgmma_halo_tma_n{64,128}_f16   y[p][o] = epilogue(sum_{tap, c} x[p + tap][c] wt[o][tap][c])
 //   igemm3x3_wgmma_halo512_tma_n64_f16      the same with items of 512 positions x 64 channels
+//   igemm3x3_wgmma_halo_tma_ws_n{64,128}_f16 the 256 x N one with a producer warp instead of a
+//                                            __syncthreads a stage (warp specialisation)
 // Same passes and epilogues as conv_wgmma_halo.cu (fprop: bias + ReLU; dgrad: wt rotated by
 // conv_rot180_f16, mask); x and wt come as tensor maps instead of pointers.
 //
@@ -33,13 +35,21 @@
 // s + 3 and, at halo step k's first tap, warp 0 the other halo buffer (last read by step k - 1)
 // with step k + 1. The epilogue writes straight from the accumulators (conv_wgmma_store_row), so no
 // thread touches shared memory through the generic proxy and no proxy fence is needed.
+// Warp-specialised (kWs): a 17th warp is the producer, and nothing synchronises the block in the
+// loop. Each consumer warp's lane 0 arrives on an `empty` barrier a buffer (16 arrivals a phase)
+// once the wgmma group that read it has retired (at stage s for B stage s - 1, at halo step k's
+// first tap for step k - 1); the producer waits for that phase before refilling the buffer: B
+// stage s once stage s - 4 is released, halo step k + 1 at its B stage 9 k + 4 (step k - 1 was
+// released at stage 9 k, which the consumers have passed by then, as the ring keeps the producer
+// at most 4 stages ahead). Why: the __syncthreads of 512 threads at every stage lines all four
+// warpgroups up behind the slowest once a stage; CUTLASS's Hopper kernels pipeline this way.
 // Shared memory: 1024 bytes of alignment slack, 4 B buffers, 2 halo buffers (the launcher:
 // src/ops/conv/wgmma.rs).
 #include "bulk.cuh"
 #include "conv_wgmma.cuh"
 
 namespace ct {
-constexpr int kC = 64, kThreads = 512, kBBufs = 4;
+constexpr int kC = 64, kThreads = 512, kBBufs = 4, kWsThreads = kThreads + 32, kConsumerWarps = kThreads / 32;
 // The row pitch of the padded space for width w, and the positions a halo step holds for items
 // of `pos` positions: the chunks of pos + 2 sp + 2 positions from any start.
 __host__ __device__ constexpr int pitch(int w) { return (w + 2 + 7) / 8 * 8; }
@@ -55,8 +65,8 @@ static_assert(smem_bytes(64, 224, 256) == 222208 && smem_bytes(128, 112, 256) ==
               "src/ops/conv/wgmma.rs");
 }  // namespace ct
 
-// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512).
-template <int kOut, int kMWg>
+// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512); kWs: a producer warp.
+template <int kOut, int kMWg, bool kWs = false>
 __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc* wm, const __half* __restrict__ bias,
                                                const __half* __restrict__ mask, __half* __restrict__ y, int n, int h,
                                                int w, int cin, int cout, int relu) {
@@ -66,7 +76,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     unsigned char* const halo = smem + kBBufs * kBBytes;
-    __shared__ unsigned long long bfull[kBBufs], hfull[2];
+    __shared__ unsigned long long bfull[kBBufs], hfull[2], bempty[kBBufs], hempty[2];
     const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31;
     const int sp = pitch(w), hbytes = halo_pos(sp, kPos) * kC * 2;
     const int oblocks = (cout + kOut - 1) / kOut;
@@ -75,8 +85,8 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     const int mine = (int)blockIdx.x < items ? (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
     const int hsteps = mine * csteps, stages = 9 * hsteps;
     if (tid == 0) {
-        for (int b = 0; b < kBBufs; ++b) mbarrier_init(&bfull[b], 1);
-        for (int b = 0; b < 2; ++b) mbarrier_init(&hfull[b], 1);
+        for (int b = 0; b < kBBufs; ++b) mbarrier_init(&bfull[b], 1), mbarrier_init(&bempty[b], kConsumerWarps);
+        for (int b = 0; b < 2; ++b) mbarrier_init(&hfull[b], 1), mbarrier_init(&hempty[b], kConsumerWarps);
         fence_mbarrier_init();
     }
     __syncthreads();
@@ -84,7 +94,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + 256 (it /
     // oblocks), its halo at pos0 - sp - 1 >= -1 (floor division).
     auto first_chunk = [&](int it) { return (it / oblocks * kPos + 7) / 8 - 1; };
-    auto load_halo = [&](int k) {  // warp 0: halo step k, item blockIdx.x + (k / csteps) gridDim.x
+    auto load_halo = [&](int k) {  // one warp: halo step k, item blockIdx.x + (k / csteps) gridDim.x
         const int it = (int)blockIdx.x + k / csteps * (int)gridDim.x, c0 = k % csteps * kC;
         const int jb = first_chunk(it), je = (sp + it / oblocks * kPos + kPos + sp) / 8, rc = sp / 8;
         unsigned char* const buf = halo + (k & 1) * hbytes;
@@ -96,14 +106,30 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
             tma_load_4d(buf + (j - jb) * 8 * kC * 2, xm, c0, x0, yy, img, &hfull[k & 1]);
         }
     };
-    auto load_b = [&](int s) {  // thread 0: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
+    auto load_b = [&](int s) {  // one thread: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
         if (s >= stages) return;
         const int k = s / 9, it = (int)blockIdx.x + k / csteps * (int)gridDim.x;
         mbarrier_arrive_expect_tx(&bfull[s % kBBufs], kBBytes);
         tma_load_3d(smem + (s % kBBufs) * kBBytes, wm, k % csteps * kC, s % 9, it % oblocks * kOut,
                     &bfull[s % kBBufs]);
     };
-    if (warp == 0 && stages > 0) {
+    if constexpr (kWs) {
+        if (warp == kConsumerWarps) {  // the producer, the ring's rules as the header says
+            if (stages > 0) load_halo(0);
+            for (int s = 0; s < stages; ++s) {
+                const int k1 = s / 9 + 1;
+                if (s % 9 == 4 && k1 < hsteps) {
+                    if (k1 >= 2) mbarrier_wait_parity(&hempty[k1 & 1], ((k1 >> 1) - 1) & 1);
+                    load_halo(k1);
+                }
+                if (lane == 0) {
+                    if (s >= kBBufs) mbarrier_wait_parity(&bempty[s % kBBufs], (s / kBBufs - 1) & 1);
+                    load_b(s);
+                }
+            }
+            return;
+        }
+    } else if (warp == 0 && stages > 0) {
         load_halo(0);
         if (lane == 0)
             for (int s = 0; s < kBBufs - 1; ++s) load_b(s);
@@ -128,10 +154,15 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         const unsigned long long da = da0 + (((k & 1) * hbytes) >> 4) + q * 8;
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
         wgmma_stage_blocks<kOut, false, false, kC / 16, kMWg>(acc, da, db, 2, 2, 64 * 8);
-        __syncthreads();  // every warpgroup is past group s - 1: its B buffer and halo step k - 1's are free
-        if (warp == 0) {
-            if (lane == 0) load_b(s + kBBufs - 1);
-            if (tap == 0 && k + 1 < hsteps) load_halo(k + 1);
+        if constexpr (kWs) {  // this warp is past group s - 1: release its B buffer (and halo step k - 1)
+            if (lane == 0 && s > 0) mbarrier_arrive(&bempty[(s - 1) % kBBufs]);
+            if (lane == 0 && tap == 0 && k > 0) mbarrier_arrive(&hempty[(k - 1) & 1]);
+        } else {
+            __syncthreads();  // every warpgroup is past group s - 1: its B buffer and halo step k - 1's are free
+            if (warp == 0) {
+                if (lane == 0) load_b(s + kBBufs - 1);
+                if (tap == 0 && k + 1 < hsteps) load_halo(k + 1);
+            }
         }
         if (++tap < 9) continue;
         tap = 0, ++k;
@@ -178,4 +209,14 @@ extern "C" __global__ void __launch_bounds__(ct::kThreads, 1)
 extern "C" __global__ void __launch_bounds__(ct::kThreads, 1)
     igemm3x3_wgmma_halo512_tma_n64_f16(HALO_TMA_PARAMS) {
     igemm_halo_tma<64, 2>(HALO_TMA_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
+    igemm3x3_wgmma_halo_tma_ws_n64_f16(HALO_TMA_PARAMS) {
+    igemm_halo_tma<64, 1, true>(HALO_TMA_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
+    igemm3x3_wgmma_halo_tma_ws_n128_f16(HALO_TMA_PARAMS) {
+    igemm_halo_tma<128, 1, true>(HALO_TMA_ARGS);
 }

@@ -111,6 +111,12 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma --json "$RAW/bench-conv-wgmma-tma.json"
 fi
+# The TMA tile with a producer warp and per-buffer barriers instead of a __syncthreads a stage.
+if "$VGG" bench conv --help 2>/dev/null | grep -q tma-ws; then
+  step bench-conv-wgmma-tma-ws 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tma-ws --json "$RAW/bench-conv-wgmma-tma-ws.json"
+fi
 # And the tall tile (512 x 64: half the filter bytes a flop) so fed, widths up to 118 (conv2_1 on).
 if "$VGG" bench conv --help 2>/dev/null | grep -q tma-tall; then
   step bench-conv-wgmma-tma-tall 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
@@ -290,6 +296,7 @@ python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.js
   "$RAW/bench-conv-wgmma-sw.json" \
   "$RAW/bench-conv-wgmma-tma.json" \
   "$RAW/bench-conv-wgmma-tma-tall.json" \
+  "$RAW/bench-conv-wgmma-tma-ws.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

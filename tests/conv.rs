@@ -133,6 +133,7 @@ fn two_schedules_bit_identical() {
     let swizzled = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Swizzled);
     let tma = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma);
     let tma_tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaTall);
+    let tma_ws = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaWs);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -173,6 +174,8 @@ fn two_schedules_bit_identical() {
         tma(ConvProblem::new(2, 9, 13, 88, 40)),
         tma(ConvProblem::new(1, 7, 6, 24, 256)),
         tma_tall(ConvProblem::new(2, 9, 13, 88, 40)),
+        tma_ws(ConvProblem::new(2, 9, 13, 88, 40)),
+        tma_ws(ConvProblem::new(1, 7, 6, 24, 256)),
     ]) {
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
             let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
@@ -277,11 +280,13 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
 /// 256 x N tile in the 128-byte swizzle, with the plain one's edges (193 wide at 128 output
 /// channels a tile, 253 at 64); [`WinoTiling::Tma`], the 256 x N tile fed by the TMA engine,
 /// whose halo buffers fit widths up to 182 at 128 output channels a tile, 246 at 64;
-/// [`WinoTiling::TmaTall`], its 512 x 64 items up to 118 wide, past that Tma's tile.
+/// [`WinoTiling::TmaTall`], its 512 x 64 items up to 118 wide, past that Tma's tile;
+/// [`WinoTiling::TmaWs`], Tma's tile with a producer warp, at Tma's edges.
 #[test]
 fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
     let dev = Device::emu();
     let (tall, sw, tma, tma_tall) = (WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma, WinoTiling::TmaTall);
+    let tma_ws = WinoTiling::TmaWs;
     for (tiling, p, fprop, dgrad) in [
         (tall, ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
         (tall, ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
@@ -295,6 +300,9 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
         (tma, ConvProblem::new(1, 2, 247, 8, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
         (tma_tall, ConvProblem::new(2, 3, 118, 72, 136), "wgmma/halo512x64/tma", "wgmma/halo512x64/tma"),
         (tma_tall, ConvProblem::new(1, 2, 119, 8, 136), "wgmma/halo256x128/tma", "wgmma/halo256x64/tma"),
+        (tma_ws, ConvProblem::new(2, 3, 182, 72, 136), "wgmma/halo256x128/tma-ws", "wgmma/halo256x128/tma-ws"),
+        (tma_ws, ConvProblem::new(1, 3, 246, 16, 64), "wgmma/halo256x64/tma-ws", "wgmma/halo256x64/tma-ws"),
+        (tma_ws, ConvProblem::new(1, 2, 247, 8, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
     ] {
         let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(tiling);
         let labels = (conv.label(ConvPass::Fprop), conv.label(ConvPass::Dgrad));
@@ -592,6 +600,7 @@ fn check_every_plan(dev: &Device, p: ConvProblem, seed: u64) -> usize {
             WinoTiling::Swizzled,
             WinoTiling::Tma,
             WinoTiling::TmaTall,
+            WinoTiling::TmaWs,
         ] {
             let conv = conv.with_wino_tiling(tiling);
             let labels = passes.map(|q| (conv.label(q), conv.algo(q), conv.padded(q)));

@@ -55,9 +55,9 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's six
-    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo), wgrad under the mma.sync and the
-    // wgmma implicit
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's seven
+    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA halo),
+    // wgrad under the mma.sync and the wgmma implicit
     // GEMM (halo, flat).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
@@ -68,6 +68,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaSwizzled,
             WinoVariant::WgmmaTma,
             WinoVariant::WgmmaTmaTall,
+            WinoVariant::WgmmaTmaWs,
         ])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat];
@@ -87,6 +88,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
         WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
         WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
+        WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
@@ -100,6 +102,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                             | WinoVariant::WgmmaSwizzled
                             | WinoVariant::WgmmaTma
                             | WinoVariant::WgmmaTmaTall
+                            | WinoVariant::WgmmaTmaWs
                     )
                 });
                 let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
@@ -123,7 +126,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         | WinoVariant::WgmmaTall
         | WinoVariant::WgmmaSwizzled
         | WinoVariant::WgmmaTma
-        | WinoVariant::WgmmaTmaTall => ConvAlgo::Wgmma,
+        | WinoVariant::WgmmaTmaTall
+        | WinoVariant::WgmmaTmaWs => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -145,6 +149,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                 assert!(t.conv.label(pass).starts_with("wgmma/halo256") && t.conv.label(pass).ends_with("/tma"))
             }
             WinoVariant::WgmmaTmaTall => assert!(t.conv.label(pass).ends_with("512x64/tma"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTmaWs => assert!(t.conv.label(pass).ends_with("/tma-ws"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }

@@ -63,6 +63,7 @@ fn nan_passes_every_fused_conv_relu() {
                 WinoTiling::Swizzled,
                 WinoTiling::Tma,
                 WinoTiling::TmaTall,
+                WinoTiling::TmaWs,
             ] {
                 let conv = conv.with_wino_tiling(tiling);
                 let label = conv.label(ConvPass::Fprop);

@@ -167,8 +167,8 @@ impl ConvAlgo {
 /// [`ConvAlgo::Wgmma`] runs: Flat, 128 consecutive pixels a block (each copied once a tap);
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
-/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma and TmaTall, other halo tiles for wgmma's
-/// fprop and dgrad (the wgrad's is Region's).
+/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall and TmaWs, other halo tiles for
+/// wgmma's fprop and dgrad (the wgrad's is Region's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -198,6 +198,9 @@ pub enum WinoTiling {
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: [`WinoTiling::Tall`]'s 512 x 64 items fed by the
     /// TMA engine as [`WinoTiling::Tma`]'s (widths up to 118), elsewhere as [`WinoTiling::Tma`].
     TmaTall,
+    /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: [`WinoTiling::Tma`]'s tile with a producer warp
+    /// and per-buffer barriers instead of a block-wide barrier a stage (warp specialisation).
+    TmaWs,
 }
 
 /// One of the three passes of a convolution.
@@ -408,12 +411,22 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Flat => 0,
             WinoTiling::Region => rw,
-            WinoTiling::Auto | WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall
+            WinoTiling::Auto
+            | WinoTiling::Tall
+            | WinoTiling::Swizzled
+            | WinoTiling::Tma
+            | WinoTiling::TmaTall
+            | WinoTiling::TmaWs
                 if idle(rw) <= WINO_REGION_MAX_IDLE =>
             {
                 rw
             }
-            WinoTiling::Auto | WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall => 0,
+            WinoTiling::Auto
+            | WinoTiling::Tall
+            | WinoTiling::Swizzled
+            | WinoTiling::Tma
+            | WinoTiling::TmaTall
+            | WinoTiling::TmaWs => 0,
         }
     }
 

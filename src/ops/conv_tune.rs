@@ -42,6 +42,9 @@ pub enum WinoVariant {
     /// [`ConvAlgo::Wgmma`]'s 512 x 64 halo tile fed by the TMA engine ([`WinoTiling::TmaTall`];
     /// fprop, dgrad).
     WgmmaTmaTall,
+    /// [`ConvAlgo::Wgmma`]'s TMA halo tile with a producer warp ([`WinoTiling::TmaWs`]; fprop,
+    /// dgrad).
+    WgmmaTmaWs,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -52,7 +55,7 @@ impl WinoVariant {
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
     /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma`,
-    /// `wgmma/tall-tma` or `igemm`.
+    /// `wgmma/tall-tma`, `wgmma/tma-ws` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -64,6 +67,7 @@ impl WinoVariant {
             WinoVariant::WgmmaSwizzled => "wgmma/sw128",
             WinoVariant::WgmmaTma => "wgmma/tma",
             WinoVariant::WgmmaTmaTall => "wgmma/tall-tma",
+            WinoVariant::WgmmaTmaWs => "wgmma/tma-ws",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -78,16 +82,21 @@ impl WinoVariant {
             WinoVariant::WgmmaSwizzled => Some(WinoTiling::Swizzled),
             WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
             WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
+            WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
             _ => None,
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall), beside
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled and the TMA ones), beside
     /// which the wgrad runs its halo kernel as under Region.
     fn fprop_dgrad_only(self) -> bool {
         matches!(
             self,
-            WinoVariant::WgmmaTall | WinoVariant::WgmmaSwizzled | WinoVariant::WgmmaTma | WinoVariant::WgmmaTmaTall
+            WinoVariant::WgmmaTall
+                | WinoVariant::WgmmaSwizzled
+                | WinoVariant::WgmmaTma
+                | WinoVariant::WgmmaTmaTall
+                | WinoVariant::WgmmaTmaWs
         )
     }
 
@@ -100,7 +109,8 @@ impl WinoVariant {
             | WinoVariant::WgmmaTall
             | WinoVariant::WgmmaSwizzled
             | WinoVariant::WgmmaTma
-            | WinoVariant::WgmmaTmaTall => ConvAlgo::Wgmma,
+            | WinoVariant::WgmmaTmaTall
+            | WinoVariant::WgmmaTmaWs => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
@@ -114,7 +124,7 @@ impl WinoVariant {
             && self == WinoVariant::Wgmma
             && matches!(
                 conv.wino_tiling(),
-                WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall
+                WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall | WinoTiling::TmaWs
             );
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
@@ -182,9 +192,13 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for variant in
-            [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma, WinoVariant::WgmmaTmaTall]
-        {
+        for variant in [
+            WinoVariant::WgmmaTall,
+            WinoVariant::WgmmaSwizzled,
+            WinoVariant::WgmmaTma,
+            WinoVariant::WgmmaTmaTall,
+            WinoVariant::WgmmaTmaWs,
+        ] {
             let c = variant.apply(base, pass);
             if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);

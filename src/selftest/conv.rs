@@ -331,7 +331,8 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     Ok(rows)
 }
 
-/// The halo tiles fed by the TMA engine (Tma: 256 x N, TmaTall: 512 x 64; fprop and dgrad), a check
+/// The halo tiles fed by the TMA engine (Tma: 256 x N, TmaTall: 512 x 64, TmaWs: 256 x N with a
+/// producer warp; fprop and dgrad), a check
 /// of their own that `vgg selftest` runs last: a copy that never lands traps on the GPU
 /// (kernels/bulk.cuh), which loses the process's CUDA context for every row after it.
 pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
@@ -341,6 +342,7 @@ pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
     let (g, names) = (ConvAlgo::Wgmma, ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"]);
     let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Tma, names)?;
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaTall, names)?);
+    rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaWs, names)?);
     Ok(rows)
 }
 

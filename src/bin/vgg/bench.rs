@@ -138,8 +138,8 @@ pub(crate) struct BenchConvArgs {
     /// a wgrad copy a tap; auto, region: the halo tiles; tall: the 512 x 64 halo tile for fprop
     /// and dgrad where it fits; swizzled: the halo tile's operands in the 128-byte swizzle; tma:
     /// the halo tile's operands brought by the TMA engine, fprop and dgrad where it fits; tma-tall:
-    /// the tall tile so fed): auto, flat, region, tall, swizzled, tma, tma-tall (not with --algo
-    /// tune, which chooses the tiling).
+    /// the tall tile so fed; tma-ws: tma's tile with a producer warp): auto, flat, region, tall,
+    /// swizzled, tma, tma-tall, tma-ws (not with --algo tune, which chooses the tiling).
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
@@ -170,7 +170,8 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         "swizzled" => WinoTiling::Swizzled,
         "tma" => WinoTiling::Tma,
         "tma-tall" => WinoTiling::TmaTall,
-        other => bail!("unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall)"),
+        "tma-ws" => WinoTiling::TmaWs,
+        other => bail!("unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws)"),
     };
     if algo == Algo::Tune && wino_tiling != WinoTiling::Auto {
         // Training's tuner chooses the tiling; a fixed one would bench a plan it does not run.

@@ -18,6 +18,8 @@ const HALO_SW_N128: Kernel = kern("conv_wgmma_halo", "igemm3x3_wgmma_halo_sw_n12
 const HALO_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n64_f16");
 const HALO_TMA_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n128_f16");
 const HALO512_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo512_tma_n64_f16");
+const HALO_TMA_WS_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n64_f16");
+const HALO_TMA_WS_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n128_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
@@ -51,14 +53,15 @@ fn tma_shared(n: usize, w: usize, pos: usize) -> usize {
 
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
 /// its output channels a tile (GEMM N), whether its operands are in the 128-byte swizzle and
-/// whether the TMA engine brings them, its padded space's row pitch (halo tiles), and its dynamic
-/// shared bytes.
+/// whether the TMA engine brings them (with a producer warp: `ws`), its padded space's row pitch
+/// (halo tiles), and its dynamic shared bytes.
 pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
     pos: usize,
     n: usize,
     swizzled: bool,
     tma: bool,
+    ws: bool,
     pitch: usize,
     pub(super) shared: usize,
 }
@@ -77,7 +80,7 @@ fn flat_tile(cout: usize) -> WgmmaTile {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    WgmmaTile { kernel, pos: 0, n, swizzled: false, tma: false, pitch: 0, shared: 4 * (PIX + n) * 64 * 2 }
+    WgmmaTile { kernel, pos: 0, n, swizzled: false, tma: false, ws: false, pitch: 0, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
 /// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions at row pitch
@@ -89,18 +92,22 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
 
 /// The TMA halo tile for `cout` channels of `p`'s image, if it fits: items of 256 positions x
 /// N 64 for at most 64 channels, else 128, or with `tall` 512 positions x 64 channels whatever
-/// `cout`; the buffers within 227 KB with the kernel's 48 bytes of barriers (widths up to 182 at
-/// N 128, 246 at N 64, 118 for the tall tile), and the padded positions within 32-bit indices.
-fn tma_tile(p: &ConvProblem, cout: usize, tall: bool) -> Option<WgmmaTile> {
-    let (pos, n, kernel) = match (tall, cout <= 64) {
-        (true, _) => (HALO512_POS, 64, &HALO512_TMA_N64),
-        (false, true) => (HALO_POS, 64, &HALO_TMA_N64),
-        (false, false) => (HALO_POS, 128, &HALO_TMA_N128),
+/// `cout`, or with `ws` the 256 x N one with a producer warp; the buffers within 227 KB with the
+/// kernel's 96 bytes of barriers (widths up to 182 at N 128, 246 at N 64, 118 for the tall tile),
+/// and the padded positions within 32-bit indices.
+fn tma_tile(p: &ConvProblem, cout: usize, tall: bool, ws: bool) -> Option<WgmmaTile> {
+    let (pos, n, kernel) = match (tall, ws, cout <= 64) {
+        (true, _, _) => (HALO512_POS, 64, &HALO512_TMA_N64),
+        (false, true, true) => (HALO_POS, 64, &HALO_TMA_WS_N64),
+        (false, true, false) => (HALO_POS, 128, &HALO_TMA_WS_N128),
+        (false, false, true) => (HALO_POS, 64, &HALO_TMA_N64),
+        (false, false, false) => (HALO_POS, 128, &HALO_TMA_N128),
     };
     let pitch = tma_pitch(p.w);
     let shared = tma_shared(n, p.w, pos);
-    let fits = shared + 64 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos, pitch);
-    fits.then_some(WgmmaTile { kernel, pos, n, swizzled: true, tma: true, pitch, shared })
+    let fits = shared + 128 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos, pitch);
+    let ws = ws && !tall;
+    fits.then_some(WgmmaTile { kernel, pos, n, swizzled: true, tma: true, ws, pitch, shared })
 }
 
 /// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
@@ -112,8 +119,9 @@ fn tma_tile(p: &ConvProblem, cout: usize, tall: bool) -> Option<WgmmaTile> {
 /// 32-bit indices.
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
     match tiling {
-        WinoTiling::Tma => return tma_tile(p, cout, false),
-        WinoTiling::TmaTall => return tma_tile(p, cout, true).or_else(|| tma_tile(p, cout, false)),
+        WinoTiling::Tma => return tma_tile(p, cout, false, false),
+        WinoTiling::TmaTall => return tma_tile(p, cout, true, false).or_else(|| tma_tile(p, cout, false, false)),
+        WinoTiling::TmaWs => return tma_tile(p, cout, false, true),
         _ => {}
     }
     let swizzled = tiling == WinoTiling::Swizzled;
@@ -128,7 +136,7 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
     let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES
         && shared <= SM90_SHARED_PER_BLOCK
         && halo_positions_fit(p, pos, p.w + 2);
-    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, tma: false, pitch: p.w + 2, shared })
+    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, tma: false, ws: false, pitch: p.w + 2, shared })
 }
 
 impl Conv3x3 {
@@ -156,17 +164,20 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Tall => t.pos == HALO512_POS,
             WinoTiling::Swizzled => t.swizzled && !t.tma,
-            WinoTiling::Tma => t.tma && t.pos == HALO_POS,
+            WinoTiling::Tma => t.tma && !t.ws && t.pos == HALO_POS,
+            WinoTiling::TmaWs => t.ws,
             WinoTiling::TmaTall => t.tma && t.pos == HALO512_POS,
             _ => t.pos > 0,
         }
     }
 
-    /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo256xN/tma`, `wgmma/halo512x64` or
+    /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo{256xN,512x64}/tma`,
+    /// `wgmma/halo256xN/tma-ws`, `wgmma/halo512x64` or
     /// `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
+            WgmmaTile { pos, n, ws: true, .. } => format!("wgmma/halo{pos}x{n}/tma-ws"),
             WgmmaTile { pos, n, tma: true, .. } => format!("wgmma/halo{pos}x{n}/tma"),
             WgmmaTile { pos, n, swizzled: true, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
             WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
@@ -245,7 +256,9 @@ impl Conv3x3 {
             // Persistent: one block an SM, each taking every gridDim-th item.
             let items = self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
-            LaunchConfig { grid: (grid, 1, 1), block: (512, 1, 1), shared_bytes: tile.shared as u32 }
+            // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
+            let threads = if tile.ws { 544 } else { 512 };
+            LaunchConfig { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
             let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
