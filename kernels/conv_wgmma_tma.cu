@@ -23,7 +23,7 @@
 // A halo step (an item's 64 input channels) holds the chunks of its positions (256, or 512 for
 // conv_wgmma_halo.cu's tall tile: each warpgroup two m64 blocks) and their taps (a padded row and
 // one position on each side): at most halo_pos(sp, 256) = 272 + 2 sp positions (386 of 400 read at
-// w 56), the boxes issued by warp 0's lanes on one mbarrier. Position P of
+// w 56), the boxes issued by one warp's lanes (warp 0, or the producer warp) on one mbarrier. Position P of
 // the item whose first chunk is Jb sits at (P - 8 Jb) 128 bytes into the buffer, so a tap is
 // again a shift of A's descriptor (a position is 128 bytes; a k16 step 32 bytes along the row).
 // B, a stage's N output channels x 64 input channels of one tap, is one box of the filters'
@@ -57,7 +57,7 @@ __host__ __device__ constexpr int halo_pos(int sp, int pos) { return pos + 16 + 
 __host__ __device__ constexpr int smem_bytes(int out, int w, int pos) {
     return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(pitch(w), pos) * kC * 2;
 }
-// VGG's widest layers fit the 227 KB of an sm_90 block (less the 48 bytes of barriers):
+// VGG's widest layers fit the 227 KB of an sm_90 block (less the 96 bytes of barriers):
 // conv1_2 at N 64, conv2_x at N 128 (the launcher allows widths up to 246 and 182), and conv2_x
 // for the 512-position items (widths up to 118).
 static_assert(smem_bytes(64, 224, 256) == 222208 && smem_bytes(128, 112, 256) == 197632 &&
@@ -91,7 +91,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     }
     __syncthreads();
 
-    // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + 256 (it /
+    // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + kPos (it /
     // oblocks), its halo at pos0 - sp - 1 >= -1 (floor division).
     auto first_chunk = [&](int it) { return (it / oblocks * kPos + 7) / 8 - 1; };
     auto load_halo = [&](int k) {  // one warp: halo step k, item blockIdx.x + (k / csteps) gridDim.x
@@ -119,6 +119,10 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
             for (int s = 0; s < stages; ++s) {
                 const int k1 = s / 9 + 1;
                 if (s % 9 == 4 && k1 < hsteps) {
+                    // Implied by the B ring: lane 0 waited (iteration 9 k1 - 6) for every warp to release
+                    // B stage 9 k1 - 10, which each does at stage 9 k1 - 9 after the same wgmma wait that
+                    // ends its reads of halo step k1 - 2. So no emulator test fails without it; kept so
+                    // that every lane issuing boxes acquires the release itself.
                     if (k1 >= 2) mbarrier_wait_parity(&hempty[k1 & 1], ((k1 >> 1) - 1) & 1);
                     load_halo(k1);
                 }

@@ -96,7 +96,12 @@ fn assert_tuned_row(r: &ConvRow) {
         "winograd2x2/flat" => label == "winograd2x2/flat",
         "winograd2x2/region" => label.starts_with("winograd2x2/r"),
         "winograd4x4" => label == "winograd4x4",
-        "wgmma" => label.starts_with("wgmma/halo256") && !label.ends_with("/sw128") && !label.ends_with("/tma"),
+        "wgmma" => {
+            label.starts_with("wgmma/halo256")
+                && !label.ends_with("/sw128")
+                && !label.ends_with("/tma")
+                && !label.ends_with("/tma-ws")
+        }
         "wgmma/flat" => label.starts_with("wgmma/128x"),
         "wgmma/tall" => label.starts_with("wgmma/halo512") && !label.ends_with("/tma"),
         "wgmma/sw128" => label.ends_with("/sw128"),

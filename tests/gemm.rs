@@ -19,7 +19,8 @@ fn devices() -> Vec<Device> {
 }
 
 fn assert_check_passes(name: &str) {
-    for dev in devices() {
+    // The TMA tile's check has rows only where there is wgmma (sm_90; the emulator has it).
+    for dev in devices().into_iter().filter(|d| name != "gemm_tma" || d.has_wgmma()) {
         let rows = selftest::run(&dev, Some(name));
         assert!(!rows.is_empty(), "check {name} produced no rows on {}", dev.name());
         let bad: Vec<_> = rows.iter().filter(|r| !r.ran_and_passed()).take(10).collect();
@@ -39,6 +40,8 @@ fn conv1x1_matches_reference() {
 fn deterministic_across_schedules() {
     assert_check_passes(CHECKS[2]);
 }
+/// On an H100 / H200 this runs in the same process as the tests above: a TMA copy that never
+/// lands traps there (kernels/bulk.cuh) and loses the context for every test still running.
 #[test]
 fn tma_tile_matches_reference() {
     assert_check_passes(CHECKS[3]);

@@ -116,8 +116,8 @@ impl WinoVariant {
     }
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
-    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled, Tma or
-    /// TmaTall tiling, under which it runs as under Region.
+    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled, Tma, TmaTall
+    /// or TmaWs tiling, under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
@@ -364,7 +364,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall, Swizzled, Tma and TmaTall as under Region (they change only the fprop and dgrad
+    // wgrad runs under Tall, Swizzled and the TMA tilings as under Region (they change only the fprop and dgrad
     // tiles).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);

@@ -1,6 +1,7 @@
 //! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
 //! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, or kernels/conv_wgmma_tma.cu
-//! under [`WinoTiling::Tma`], else kernels/conv_wgmma.cu), and the dgrad's rotated filters.
+//! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], else
+//! kernels/conv_wgmma.cu), and the dgrad's rotated filters.
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::device::{KArg, Kernel, LaunchConfig, TensorMap, TensorMapSpec, SM90_SHARED_PER_BLOCK};
@@ -28,6 +29,10 @@ const PIX: usize = 128;
 /// warpgroups), persistent blocks (kernels/conv_wgmma_halo.cu); [`WinoTiling::Tall`]'s: 512 x 64.
 const HALO_POS: usize = 256;
 const HALO512_POS: usize = 512;
+/// Threads of a halo block: 4 warpgroups; with a producer warp (warp-specialised TMA tiles), 17
+/// warps (kernels/conv_wgmma_tma.cu's kThreads, kWsThreads).
+const HALO_THREADS: u32 = 512;
+const HALO_WS_THREADS: u32 = HALO_THREADS + 32;
 /// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w, pos) <= 64 x 12.
 const HALO_MAX_PIECES: usize = 12;
 
@@ -141,9 +146,9 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
 
 impl Conv3x3 {
     /// The tile `pass` (fprop or dgrad) runs: the plan's tiling's halo tile (the 512 x 64 one
-    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA one
-    /// under [`WinoTiling::Tma`]) where it fits,
-    /// else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that does not
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones
+    /// under [`WinoTiling::Tma`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaTall`], whose 512 x 64
+    /// items fall back to Tma's tile past width 118) where it fits, else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that does not
     /// fit the shape either; else the flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
@@ -156,9 +161,9 @@ impl Conv3x3 {
     }
 
     /// Whether `pass` (fprop or dgrad) runs the halo tile its plan's tiling names: the 512 x 64 one
-    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA one
-    /// under [`WinoTiling::Tma`], any halo tile otherwise (not a fallback to a smaller or flat tile
-    /// where it does not fit).
+    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones
+    /// under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], any halo tile
+    /// otherwise (not a fallback to a smaller or flat tile where it does not fit).
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         let t = self.wgmma_tile(pass);
         match self.tiling {
@@ -257,7 +262,7 @@ impl Conv3x3 {
             let items = self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
-            let threads = if tile.ws { 544 } else { 512 };
+            let threads = if tile.ws { HALO_WS_THREADS } else { HALO_THREADS };
             LaunchConfig { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
             let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
