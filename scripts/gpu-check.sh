@@ -242,8 +242,10 @@ if command -v ncu >/dev/null; then
       --launch-skip 2 --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cg
   fi
   ncu_works=unknown
-  # The TMA-fed halo tile second: its excess sectors beside the cp.async tile's 50%.
+  # The TMA-fed halo tiles next: their excess sectors beside the cp.async tile's 50%, and the
+  # warp-specialised one's stall reasons beside the block-barrier one's.
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_halo_tma_n128_f16:wgmma:fprop:tma \
+           igemm3x3_wgmma_halo_tma_ws_n128_f16:wgmma:fprop:tma-ws \
            igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
