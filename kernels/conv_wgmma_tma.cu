@@ -93,10 +93,12 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 
     // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + kPos (it /
     // oblocks), its halo at pos0 - sp - 1 >= -1 (floor division).
-    auto first_chunk = [&](int it) { return (it / oblocks * kPos + 7) / 8 - 1; };
-    auto load_halo = [&](int k) {  // one warp: halo step k, item blockIdx.x + (k / csteps) gridDim.x
-        const int it = (int)blockIdx.x + k / csteps * (int)gridDim.x, c0 = k % csteps * kC;
-        const int jb = first_chunk(it), je = (sp + it / oblocks * kPos + kPos + sp) / 8, rc = sp / 8;
+    auto pos0_of = [&](int it) { return sp + it / oblocks * kPos; };
+    auto first_chunk = [&](int it) { return (pos0_of(it) - sp + 7) / 8 - 1; };
+    auto item_of = [&](int k) { return (int)blockIdx.x + k / csteps * (int)gridDim.x; };  // halo step k's item
+    auto load_halo = [&](int k) {  // one warp: halo step k
+        const int it = item_of(k), c0 = k % csteps * kC;
+        const int jb = first_chunk(it), je = (pos0_of(it) + kPos + sp) / 8, rc = sp / 8;
         unsigned char* const buf = halo + (k & 1) * hbytes;
         if (lane == 0) mbarrier_arrive_expect_tx(&hfull[k & 1], (je - jb + 1) * 8 * kC * 2);
         __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
@@ -108,7 +110,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     };
     auto load_b = [&](int s) {  // one thread: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
         if (s >= stages) return;
-        const int k = s / 9, it = (int)blockIdx.x + k / csteps * (int)gridDim.x;
+        const int k = s / 9, it = item_of(k);
         mbarrier_arrive_expect_tx(&bfull[s % kBBufs], kBBytes);
         tma_load_3d(smem + (s % kBBufs) * kBBytes, wm, k % csteps * kC, s % 9, it % oblocks * kOut,
                     &bfull[s % kBBufs]);
@@ -150,7 +152,9 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 #pragma unroll
         for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
     int tap = 0, k = 0, cstep = 0, item = blockIdx.x;
-    int q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);  // the item's first output in its halo
+    // The item's first output in its halo buffer.
+    auto first_out = [&](int it) { return pos0_of(it) - 8 * first_chunk(it); };
+    int q0 = first_out(item);
     for (int s = 0; s < stages; ++s) {
         if (tap == 0) mbarrier_wait_parity(&hfull[k & 1], (k >> 1) & 1);
         mbarrier_wait_parity(&bfull[s % kBBufs], (s / kBBufs) & 1);
@@ -175,7 +179,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         // The item's last stage: its accumulators out (block b's rows 64 (kMWg wg + b) + 16 (warp %
         // 4) + g (+ 8)), then zeros.
         wgmma_wait<0>();
-        const int o0 = item % oblocks * kOut, pos0 = sp + item / oblocks * kPos;
+        const int o0 = item % oblocks * kOut, pos0 = pos0_of(item);
 #pragma unroll
         for (int b = 0; b < kMWg; ++b) {
             wgmma_fence_acc(acc[b]);
@@ -189,7 +193,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
             for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
         }
         item += gridDim.x;
-        q0 = sp + item / oblocks * kPos - 8 * first_chunk(item);
+        q0 = first_out(item);
     }
 }
 

@@ -411,22 +411,9 @@ impl Conv3x3 {
         match self.tiling {
             WinoTiling::Flat => 0,
             WinoTiling::Region => rw,
-            WinoTiling::Auto
-            | WinoTiling::Tall
-            | WinoTiling::Swizzled
-            | WinoTiling::Tma
-            | WinoTiling::TmaTall
-            | WinoTiling::TmaWs
-                if idle(rw) <= WINO_REGION_MAX_IDLE =>
-            {
-                rw
-            }
-            WinoTiling::Auto
-            | WinoTiling::Tall
-            | WinoTiling::Swizzled
-            | WinoTiling::Tma
-            | WinoTiling::TmaTall
-            | WinoTiling::TmaWs => 0,
+            // Auto, and the tilings that only choose wgmma's tiles: Region where few slots idle.
+            _ if idle(rw) <= WINO_REGION_MAX_IDLE => rw,
+            _ => 0,
         }
     }
 

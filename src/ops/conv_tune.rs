@@ -89,15 +89,16 @@ impl WinoVariant {
 
     /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled and the TMA ones), beside
     /// which the wgrad runs its halo kernel as under Region.
+    const FPROP_DGRAD_ONLY: [WinoVariant; 5] = [
+        WinoVariant::WgmmaTall,
+        WinoVariant::WgmmaSwizzled,
+        WinoVariant::WgmmaTma,
+        WinoVariant::WgmmaTmaTall,
+        WinoVariant::WgmmaTmaWs,
+    ];
+
     fn fprop_dgrad_only(self) -> bool {
-        matches!(
-            self,
-            WinoVariant::WgmmaTall
-                | WinoVariant::WgmmaSwizzled
-                | WinoVariant::WgmmaTma
-                | WinoVariant::WgmmaTmaTall
-                | WinoVariant::WgmmaTmaWs
-        )
+        Self::FPROP_DGRAD_ONLY.contains(&self)
     }
 
     fn algo(self) -> ConvAlgo {
@@ -116,16 +117,13 @@ impl WinoVariant {
     }
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
-    /// the variant sets its own, except that the halo wgrad keeps a Tall, Swizzled, Tma, TmaTall
-    /// or TmaWs tiling, under which it runs as under Region.
+    /// the variant sets its own, except that the halo wgrad keeps the tiling of a fprop- and
+    /// dgrad-only variant (Tall, Swizzled, the TMA ones), under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
             && self == WinoVariant::Wgmma
-            && matches!(
-                conv.wino_tiling(),
-                WinoTiling::Tall | WinoTiling::Swizzled | WinoTiling::Tma | WinoTiling::TmaTall | WinoTiling::TmaWs
-            );
+            && Self::FPROP_DGRAD_ONLY.iter().any(|v| v.tiling() == Some(conv.wino_tiling()));
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
@@ -192,13 +190,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for variant in [
-            WinoVariant::WgmmaTall,
-            WinoVariant::WgmmaSwizzled,
-            WinoVariant::WgmmaTma,
-            WinoVariant::WgmmaTmaTall,
-            WinoVariant::WgmmaTmaWs,
-        ] {
+        for variant in WinoVariant::FPROP_DGRAD_ONLY {
             let c = variant.apply(base, pass);
             if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);

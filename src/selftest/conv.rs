@@ -310,14 +310,16 @@ pub fn wino4x4(dev: &Device) -> Result<Vec<CheckRow>> {
     fprop_dgrad(dev, w, w, WinoTiling::Auto, ["wino4x4_fprop_f16", "wino4x4_dgrad_f16"])
 }
 
+/// The names of the wgmma fprop and dgrad rows.
+const WGMMA_NAMES: [&str; 2] = ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"];
+
 /// The wgmma implicit GEMM's three passes (C and K multiples of 8), where the device has wgmma
 /// (emu, compute capability 9.0).
 pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
     if !dev.has_wgmma() {
         return Ok(vec![]);
     }
-    let g = ConvAlgo::Wgmma;
-    let names = ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"];
+    let (g, names) = (ConvAlgo::Wgmma, WGMMA_NAMES);
     // Auto: the halo kernels (every problem of the list fits them); Flat: the 128-pixel tiles;
     // Tall: the 512 x 64 halo tile where it fits (widths up to 125), else the 256 x N one;
     // Swizzled: the halo tiles with their operands in the 128-byte swizzle (the TMA-fed ones are
@@ -339,7 +341,7 @@ pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
     if !dev.has_wgmma() {
         return Ok(vec![]);
     }
-    let (g, names) = (ConvAlgo::Wgmma, ["igemm3x3_wgmma", "conv_rot180_f16 + igemm3x3_wgmma"]);
+    let (g, names) = (ConvAlgo::Wgmma, WGMMA_NAMES);
     let mut rows = fprop_dgrad(dev, g, g, WinoTiling::Tma, names)?;
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaTall, names)?);
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaWs, names)?);

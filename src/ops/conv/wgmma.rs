@@ -56,17 +56,27 @@ fn tma_shared(n: usize, w: usize, pos: usize) -> usize {
     1024 + 4 * n * 64 * 2 + 2 * (pos + 16 + 2 * tma_pitch(w)) * 64 * 2
 }
 
+/// How a wgmma tile's operands reach shared memory, and in which layout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Every thread's cp.async copies, unswizzled core matrices.
+    CpAsync,
+    /// The same copies into the 128-byte swizzle.
+    CpAsyncSw128,
+    /// The TMA engine, in the 128-byte swizzle, a block barrier a stage.
+    Tma,
+    /// The TMA engine with a producer warp and per-buffer barriers (544 threads).
+    TmaWs,
+}
+
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
-/// its output channels a tile (GEMM N), whether its operands are in the 128-byte swizzle and
-/// whether the TMA engine brings them (with a producer warp: `ws`), its padded space's row pitch
+/// its output channels a tile (GEMM N), how its operands are fed, its padded space's row pitch
 /// (halo tiles), and its dynamic shared bytes.
 pub(super) struct WgmmaTile {
     kernel: &'static Kernel,
     pos: usize,
     n: usize,
-    swizzled: bool,
-    tma: bool,
-    ws: bool,
+    feed: Feed,
     pitch: usize,
     pub(super) shared: usize,
 }
@@ -85,7 +95,7 @@ fn flat_tile(cout: usize) -> WgmmaTile {
         256 => &WGMMA_N256,
         _ => &WGMMA_N128,
     };
-    WgmmaTile { kernel, pos: 0, n, swizzled: false, tma: false, ws: false, pitch: 0, shared: 4 * (PIX + n) * 64 * 2 }
+    WgmmaTile { kernel, pos: 0, n, feed: Feed::CpAsync, pitch: 0, shared: 4 * (PIX + n) * 64 * 2 }
 }
 
 /// Whether the halo kernels' 32-bit position indices cover `p`'s padded positions at row pitch
@@ -95,24 +105,23 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
     positions.saturating_add(2 * pos + 2 * pitch + 2) <= i32::MAX as usize
 }
 
-/// The TMA halo tile for `cout` channels of `p`'s image, if it fits: items of 256 positions x
-/// N 64 for at most 64 channels, else 128, or with `tall` 512 positions x 64 channels whatever
-/// `cout`, or with `ws` the 256 x N one with a producer warp; the buffers within 227 KB with the
-/// kernel's 96 bytes of barriers (widths up to 182 at N 128, 246 at N 64, 118 for the tall tile),
-/// and the padded positions within 32-bit indices.
-fn tma_tile(p: &ConvProblem, cout: usize, tall: bool, ws: bool) -> Option<WgmmaTile> {
-    let (pos, n, kernel) = match (tall, ws, cout <= 64) {
-        (true, _, _) => (HALO512_POS, 64, &HALO512_TMA_N64),
-        (false, true, true) => (HALO_POS, 64, &HALO_TMA_WS_N64),
-        (false, true, false) => (HALO_POS, 128, &HALO_TMA_WS_N128),
-        (false, false, true) => (HALO_POS, 64, &HALO_TMA_N64),
-        (false, false, false) => (HALO_POS, 128, &HALO_TMA_N128),
+/// The TMA halo tile for `cout` channels of `p`'s image under `tiling` (Tma, TmaTall or TmaWs), if
+/// it fits: items of 256 positions x N 64 for at most 64 channels, else 128 (TmaWs: with a
+/// producer warp), or under TmaTall 512 positions x 64 channels whatever `cout`; the buffers
+/// within 227 KB with the kernel's 96 bytes of barriers (widths up to 182 at N 128, 246 at N 64,
+/// 118 for the tall tile), and the padded positions within 32-bit indices.
+fn tma_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
+    let (pos, n, feed, kernel) = match (tiling, cout <= 64) {
+        (WinoTiling::TmaTall, _) => (HALO512_POS, 64, Feed::Tma, &HALO512_TMA_N64),
+        (WinoTiling::TmaWs, true) => (HALO_POS, 64, Feed::TmaWs, &HALO_TMA_WS_N64),
+        (WinoTiling::TmaWs, false) => (HALO_POS, 128, Feed::TmaWs, &HALO_TMA_WS_N128),
+        (_, true) => (HALO_POS, 64, Feed::Tma, &HALO_TMA_N64),
+        (_, false) => (HALO_POS, 128, Feed::Tma, &HALO_TMA_N128),
     };
     let pitch = tma_pitch(p.w);
     let shared = tma_shared(n, p.w, pos);
     let fits = shared + 128 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos, pitch);
-    let ws = ws && !tall;
-    fits.then_some(WgmmaTile { kernel, pos, n, swizzled: true, tma: true, ws, pitch, shared })
+    fits.then_some(WgmmaTile { kernel, pos, n, feed, pitch, shared })
 }
 
 /// The halo tile for `cout` channels of `p`'s image under `tiling`, if it fits: N = 64 for at
@@ -124,12 +133,11 @@ fn tma_tile(p: &ConvProblem, cout: usize, tall: bool, ws: bool) -> Option<WgmmaT
 /// 32-bit indices.
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
     match tiling {
-        WinoTiling::Tma => return tma_tile(p, cout, false, false),
-        WinoTiling::TmaTall => return tma_tile(p, cout, true, false).or_else(|| tma_tile(p, cout, false, false)),
-        WinoTiling::TmaWs => return tma_tile(p, cout, false, true),
+        WinoTiling::Tma | WinoTiling::TmaWs => return tma_tile(p, cout, tiling),
+        WinoTiling::TmaTall => return tma_tile(p, cout, tiling).or_else(|| tma_tile(p, cout, WinoTiling::Tma)),
         _ => {}
     }
-    let swizzled = tiling == WinoTiling::Swizzled;
+    let feed = if tiling == WinoTiling::Swizzled { Feed::CpAsyncSw128 } else { Feed::CpAsync };
     let (pos, tn, kernel) = match (tiling, cout <= 64) {
         (WinoTiling::Tall, _) => (HALO512_POS, 64, &HALO512_N64),
         (WinoTiling::Swizzled, true) => (HALO_POS, 64, &HALO_SW_N64),
@@ -141,15 +149,16 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
     let fits = halo_pos(p.w, pos) <= 64 * HALO_MAX_PIECES
         && shared <= SM90_SHARED_PER_BLOCK
         && halo_positions_fit(p, pos, p.w + 2);
-    fits.then_some(WgmmaTile { kernel, pos, n: tn, swizzled, tma: false, ws: false, pitch: p.w + 2, shared })
+    fits.then_some(WgmmaTile { kernel, pos, n: tn, feed, pitch: p.w + 2, shared })
 }
 
 impl Conv3x3 {
     /// The tile `pass` (fprop or dgrad) runs: the plan's tiling's halo tile (the 512 x 64 one
     /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones
     /// under [`WinoTiling::Tma`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaTall`], whose 512 x 64
-    /// items fall back to Tma's tile past width 118) where it fits, else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that does not
-    /// fit the shape either; else the flat one.
+    /// items fall back to Tma's tile past width 118) where it fits, else the 256 x N one, unless
+    /// the plan's tiling is [`WinoTiling::Flat`] or that does not fit the shape either; else the
+    /// flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
@@ -168,10 +177,10 @@ impl Conv3x3 {
         let t = self.wgmma_tile(pass);
         match self.tiling {
             WinoTiling::Tall => t.pos == HALO512_POS,
-            WinoTiling::Swizzled => t.swizzled && !t.tma,
-            WinoTiling::Tma => t.tma && !t.ws && t.pos == HALO_POS,
-            WinoTiling::TmaWs => t.ws,
-            WinoTiling::TmaTall => t.tma && t.pos == HALO512_POS,
+            WinoTiling::Swizzled => t.feed == Feed::CpAsyncSw128,
+            WinoTiling::Tma => t.feed == Feed::Tma && t.pos == HALO_POS,
+            WinoTiling::TmaWs => t.feed == Feed::TmaWs,
+            WinoTiling::TmaTall => t.feed == Feed::Tma && t.pos == HALO512_POS,
             _ => t.pos > 0,
         }
     }
@@ -182,9 +191,9 @@ impl Conv3x3 {
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
-            WgmmaTile { pos, n, ws: true, .. } => format!("wgmma/halo{pos}x{n}/tma-ws"),
-            WgmmaTile { pos, n, tma: true, .. } => format!("wgmma/halo{pos}x{n}/tma"),
-            WgmmaTile { pos, n, swizzled: true, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
+            WgmmaTile { pos, n, feed: Feed::TmaWs, .. } => format!("wgmma/halo{pos}x{n}/tma-ws"),
+            WgmmaTile { pos, n, feed: Feed::Tma, .. } => format!("wgmma/halo{pos}x{n}/tma"),
+            WgmmaTile { pos, n, feed: Feed::CpAsyncSw128, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
             WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
         }
     }
@@ -262,14 +271,15 @@ impl Conv3x3 {
             let items = self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n);
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
-            let threads = if tile.ws { HALO_WS_THREADS } else { HALO_THREADS };
+            let threads = if tile.feed == Feed::TmaWs { HALO_WS_THREADS } else { HALO_THREADS };
             LaunchConfig { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
             let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
         };
         let dims = [p.n, p.h, p.w, cin, cout].map(|v| KArg::I32(v as i32));
-        let (x, wt) = if tile.tma { self.tma_maps(dev, x, wt, cin, cout, &tile)? } else { (x, wt) };
+        let tma = matches!(tile.feed, Feed::Tma | Feed::TmaWs);
+        let (x, wt) = if tma { self.tma_maps(dev, x, wt, cin, cout, &tile)? } else { (x, wt) };
         let args = [x, wt, bias, mask, y, dims[0], dims[1], dims[2], dims[3], dims[4], relu];
         // SAFETY: (const __half* x, const __half* wt, const __half* bias, const __half* mask,
         // __half* y, int n, int h, int w, int cin, int cout, int relu): x N*H*W*cin halves, wt
