@@ -46,10 +46,10 @@ fn emu_bench_measures_and_agrees_with_reference() {
     assert_eq!(seen, 9);
     assert_rows_good(&report, 9);
     assert!(report.cudnn_version.is_none() && report.cudnn_note.is_some());
-    // Under `auto` the first layer (C = 3) runs the implicit GEMM forward and the direct
-    // backward-data; the others Winograd, and igemm for wgrad.
+    // Under `auto` the first layer (C = 3) runs the implicit GEMM forward and backward-data;
+    // the others Winograd, and igemm for wgrad.
     assert_eq!(report.rows[0].ours.as_ref().unwrap().algo, "igemm");
-    assert_eq!(report.rows[1].ours.as_ref().unwrap().algo, "direct");
+    assert_eq!(report.rows[1].ours.as_ref().unwrap().algo, "igemm");
     assert!(report.rows[3].ours.as_ref().unwrap().algo.starts_with("winograd2x2/"));
     // wgrad names its block tile: K = 64 (conv1_2) takes 64 rows.
     assert!(report.rows[5].ours.as_ref().unwrap().algo.starts_with("igemm/64x"));

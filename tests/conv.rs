@@ -52,7 +52,7 @@ fn tensor_core_wgrad_matches_reference() {
 }
 #[test]
 fn first_layer_implicit_gemm_matches_reference() {
-    assert_check_passes("conv_igemm_fprop");
+    assert_check_passes("conv_igemm_c8");
 }
 #[test]
 fn wgmma_implicit_gemm_matches_reference() {
@@ -438,19 +438,21 @@ fn shape_errors() {
     // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
     shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8192, 8192), ConvAlgo::Auto), "36*K*Cp");
-    // The first layer under Auto: fprop and wgrad implicit GEMMs on C padded to 8, dgrad
-    // Direct; under Winograd2x2 fprop padded Winograd. C = 12 under Auto: only wgrad padded.
+    // The first layer under Auto: implicit GEMMs, fprop and wgrad on C padded to 8 in the
+    // workspace, dgrad padding in its kernel (no workspace); under Winograd2x2 fprop padded
+    // Winograd, dgrad Direct. C = 12 under Auto: only wgrad padded.
     let p3 = ConvProblem::new(1, 4, 4, 3, 64);
     let first = Conv3x3::new(p3, ConvAlgo::Auto).unwrap();
     let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| (c.algo(q), c.padded(q)));
     let (d, w, g) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm);
-    assert_eq!(algos(&first), [(g, true), (d, false), (g, true)]);
+    assert_eq!(algos(&first), [(g, true), (g, false), (g, true)]);
     assert_eq!(first.workspace_bytes(ConvPass::Dgrad), 0);
     let c12 = Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Auto).unwrap();
     assert_eq!(algos(&c12), [(d, false), (d, false), (g, true)]);
     assert_eq!(c12.workspace_bytes(ConvPass::Fprop), 0);
     let c8 = Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 16), ConvAlgo::ImplicitGemm).unwrap();
-    assert_eq!(algos(&c8), [(g, false), (d, false), (g, false)]);
+    assert_eq!(algos(&c8), [(g, false), (g, false), (g, false)]);
+    assert_eq!(c8.workspace_bytes(ConvPass::Dgrad), 0);
     assert_eq!(c8.workspace_bytes(ConvPass::Fprop), 0);
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 16), ConvAlgo::ImplicitGemm), "C <= 8");
     let wino = Conv3x3::new(p3, ConvAlgo::Winograd2x2).unwrap();

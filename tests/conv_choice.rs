@@ -28,9 +28,9 @@ fn with_pass_algo_switches_only_winograd_passes() {
     };
     bad(auto.with_pass_algo(ConvPass::Wgrad, F4), "Wgrad");
     bad(auto.with_pass_algo(ConvPass::Fprop, ConvAlgo::Direct), "Direct");
-    // The first layer's dgrad is Direct under Auto: not a Winograd pass.
+    // The first layer's dgrad is the implicit GEMM under Auto: not a Winograd pass.
     let first = Conv3x3::new(ConvProblem::new(1, 6, 6, 3, 16), ConvAlgo::Auto).unwrap();
-    bad(first.with_pass_algo(ConvPass::Dgrad, F4), "runs Direct");
+    bad(first.with_pass_algo(ConvPass::Dgrad, F4), "runs ImplicitGemm");
     // wgmma: for a Winograd fprop / dgrad and an ImplicitGemm wgrad, and back; not with C padded
     // (C = 12: Winograd fprop on 16 padded channels), and wgrad not to Winograd.
     let wg = ConvAlgo::Wgmma;
@@ -210,7 +210,7 @@ fn with_batch_keeps_the_plan_for_fewer_images_only() {
 #[test]
 fn tune_leaves_a_plan_without_winograd_passes_alone() {
     let dev = Device::emu();
-    // C = 3: fprop implicit GEMM, dgrad Direct, wgrad implicit GEMM.
+    // C = 3: the implicit GEMM for all three passes.
     let base = Conv3x3::new(ConvProblem::new(1, 6, 7, 3, 16), ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
     assert!(t.timings.is_empty());

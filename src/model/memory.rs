@@ -212,7 +212,7 @@ pub struct MemoryPlan {
 }
 
 /// A 3x3 conv feature layer as the model runs it at batch `n`: Auto (Winograd for channel
-/// counts in multiples of 8, Direct fprop / dgrad for the 3-channel input), Direct for other
+/// counts in multiples of 8, the implicit GEMM for the 3-channel input), Direct for other
 /// counts that width multipliers give.
 pub(crate) fn conv3x3(f: &Feature, n: usize) -> Result<Conv3x3> {
     conv3x3_plan(ConvProblem::new(n, f.h, f.w, f.c_in, f.c_out))

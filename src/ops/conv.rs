@@ -6,7 +6,8 @@
 //! cores for fprop and dgrad), `kernels/winograd4_conv.cu` (its F(4x4, 3x3) twin, same
 //! structure, 36 transform points), `kernels/conv_wgrad.cu` (implicit-GEMM wgrad on tensor cores
 //! and the fixed-order reduction of split-pixel partial sums, used by every wgrad path),
-//! `kernels/conv_first.cu` (implicit-GEMM fprop on tensor cores for C <= 8, the first layer),
+//! `kernels/conv_first.cu` and `kernels/conv_first_dgrad.cu` (implicit-GEMM fprop and dgrad on
+//! tensor cores for C <= 8, the first layer),
 //! `kernels/conv_wgmma*.cu` and `kernels/conv_wgrad_wgmma*.cu` (all three passes as implicit
 //! GEMMs on Hopper's wgmma, [`ConvAlgo::Wgmma`]), and `kernels/conv_pad.cu` (zero-padding C up
 //! to a multiple of 8 in the workspace, so that a C such as the first layer's 3 runs on the
@@ -29,6 +30,7 @@ const DIRECT_FPROP: Kernel = kern("conv_direct", "direct3x3_fprop_f16");
 const DIRECT_DGRAD: Kernel = kern("conv_direct", "direct3x3_dgrad_f16");
 const DIRECT_WGRAD: Kernel = kern("conv_direct", "direct3x3_wgrad_f32");
 const IGEMM_FPROP_C8: Kernel = kern("conv_first", "igemm3x3_fprop_c8_f16");
+const IGEMM_DGRAD_C8: Kernel = kern("conv_first_dgrad", "igemm3x3_dgrad_c8_f16");
 const WINO_FILTER: Kernel = kern("winograd_filter", "wino2x2_filter_f16");
 const WINO_FPROP: Kernel = kern("winograd_conv", "wino2x2_fprop_f16");
 const WINO_DGRAD: Kernel = kern("winograd_conv", "wino2x2_dgrad_f16");
@@ -84,6 +86,12 @@ const WINO_REGION_MAX_IDLE: f64 = 0.125;
 const IGEMM_FPROP_PIX: usize = 128;
 const IGEMM_FPROP_OUT: usize = 64;
 const IGEMM_FPROP_SMEM: u32 = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
+/// First-layer implicit-GEMM dgrad: 8 rows x 32 columns of one image a block, 256 threads; a
+/// chunk of 64 k of the 10 x 34 dy halo and the 9 x 8 rotated filter rows, 72 halves a row
+/// (kernels/conv_first_dgrad.cu).
+const IGEMM_DGRAD_ROWS: usize = 8;
+const IGEMM_DGRAD_COLS: usize = 32;
+const IGEMM_DGRAD_SMEM: u32 = ((10 * 34 + 9 * 8) * 72 * 2) as u32;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
 /// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
 /// threads (kernels/conv_wgrad.cu).
@@ -118,10 +126,11 @@ pub enum Epilogue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvAlgo {
     /// Winograd2x2 when C and K are multiples of 8 (its wgrad: ImplicitGemm). K a multiple of 8
-    /// and C < 8 (the first layer, C = 3): fprop and wgrad ImplicitGemm on C zero-padded to 8 in
-    /// the workspace, dgrad Direct (Winograd's fp16 transforms of raw image values would cost
-    /// the first layer accuracy that the implicit GEMM keeps). Other C not a multiple of 8: wgrad
-    /// ImplicitGemm (padded), fprop and dgrad Direct. Direct when K is not a multiple of 8 but
+    /// and C < 8 (the first layer, C = 3): ImplicitGemm for all three passes, fprop and wgrad on
+    /// C zero-padded to 8 in the workspace, dgrad padding it as it reads the filters (Winograd's
+    /// fp16 transforms of raw image values would cost the first layer accuracy that the implicit
+    /// GEMM keeps). Other C not a multiple of 8: wgrad ImplicitGemm (padded), fprop and dgrad
+    /// Direct. Direct when K is not a multiple of 8 but
     /// C < 8, else an `Error::Shape`.
     Auto,
     /// One thread per output, fp32 accumulation: any C, K >= 1.
@@ -131,8 +140,8 @@ pub enum ConvAlgo {
     /// zero channels up to one (fprop, wgrad; its dgrad runs Direct).
     Winograd2x2,
     /// Implicit GEMM on tensor cores (fp32 accumulation of exact fp16 products): wgrad for any
-    /// C (padded to a multiple of 8), fprop for C <= 8 (padded to 8); dgrad resolves to Direct.
-    /// K a multiple of 8; fprop with C > 8 is an `Error::Shape`.
+    /// C (padded to a multiple of 8), fprop and dgrad for C <= 8 (padded to 8). K a multiple of
+    /// 8; C > 8 is an `Error::Shape` (Auto picks per pass).
     ImplicitGemm,
     /// Winograd F(4x4, 3x3) on tensor cores for fprop and dgrad (2.25 products an output
     /// instead of F(2x2)'s 4, a costlier input transform, and about 4x F(2x2)'s fp16 error:
@@ -289,15 +298,15 @@ impl Conv3x3 {
             _ if !p.k.is_multiple_of(8) => return Err(k_err()),
             ConvAlgo::ImplicitGemm if p.c > 8 => {
                 return Err(Error::Shape(format!(
-                    "conv3x3 {p}: ImplicitGemm runs fprop only for C <= 8 (C = {}); Auto picks per pass",
+                    "conv3x3 {p}: ImplicitGemm runs fprop and dgrad only for C <= 8 (C = {}); Auto picks per pass",
                     p.c
                 )))
             }
-            ConvAlgo::ImplicitGemm => [g, d, g],
+            ConvAlgo::ImplicitGemm => [g, g, g],
             ConvAlgo::Winograd2x2 => [w, if padded { d } else { w }, g],
             ConvAlgo::Winograd4x4 => [w4, if padded { d } else { w4 }, g],
             ConvAlgo::Wgmma => [ConvAlgo::Wgmma; 3],
-            ConvAlgo::Auto if p.c < 8 => [g, d, g],
+            ConvAlgo::Auto if p.c < 8 => [g, g, g],
             ConvAlgo::Auto if padded => [d, d, g],
             ConvAlgo::Auto => [w, w, g],
         };
@@ -418,8 +427,8 @@ impl Conv3x3 {
     }
 
     /// The algorithm `pass` runs: `Direct`, `Winograd2x2` or `Winograd4x4` (fprop, dgrad), or
-    /// `ImplicitGemm` (fprop with C <= 8, wgrad). With C not a multiple of 8 the tensor-core
-    /// passes run on C padded to a multiple of 8 and dgrad runs Direct (see [`ConvAlgo`]).
+    /// `ImplicitGemm` (fprop and dgrad with C <= 8, wgrad). With C not a multiple of 8 the
+    /// tensor-core passes run on C padded to a multiple of 8 (see [`ConvAlgo`]).
     pub fn algo(&self, pass: ConvPass) -> ConvAlgo {
         self.algos[pass as usize]
     }
@@ -449,9 +458,11 @@ impl Conv3x3 {
         }
     }
 
-    /// Whether `pass` runs on C zero-padded to a multiple of 8 in the workspace.
+    /// Whether `pass` runs on C zero-padded to a multiple of 8 in the workspace (the implicit-GEMM
+    /// dgrad pads as it reads the filters, with no workspace).
     pub fn padded(&self, pass: ConvPass) -> bool {
-        self.tc(pass) && self.cp != self.problem.c
+        let in_kernel = pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::ImplicitGemm;
+        self.tc(pass) && self.cp != self.problem.c && !in_kernel
     }
 
     fn tc(&self, pass: ConvPass) -> bool {
@@ -581,7 +592,7 @@ impl Conv3x3 {
     /// and db per pixel chunk. Direct fprop and dgrad need none. A channel-padded problem (C
     /// not a multiple of 8) also keeps, for fprop, the padded filters (K x 9 x Cp fp16) and x
     /// (N x H x W x Cp fp16) after the Cp-channel U, and for wgrad the padded x after the
-    /// Cp-channel partial sums; its dgrad (Direct) needs none.
+    /// Cp-channel partial sums; its dgrad (Direct or the implicit GEMM) needs none.
     pub fn workspace_bytes(&self, pass: ConvPass) -> usize {
         let p = &self.problem;
         let xp = p.n * p.h * p.w * self.cp * 2;

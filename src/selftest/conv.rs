@@ -6,7 +6,7 @@
 //! The Winograd checks run `ConvAlgo::Winograd2x2` and `Winograd4x4`, whose fprop takes C not a multiple of 8 by
 //! zero-padding it to one (`pad_channels_f16 + ...` rows; dgrad of such C is Direct's); the
 //! tensor-core wgrad check runs `ConvAlgo::Auto`, which pads C likewise for wgrad; the
-//! first-layer check runs `ConvAlgo::ImplicitGemm` fprop on every problem with C <= 8; the
+//! first-layer check runs `ConvAlgo::ImplicitGemm` fprop and dgrad on every problem with C <= 8; the
 //! wgmma check, where the device has wgmma, runs `ConvAlgo::Wgmma`'s three passes with the
 //! halo tiles and with the flat ones.
 //! On a GPU also VGG-16 reduced at batch 2 with up to 128 channels and the real conv5_1
@@ -348,11 +348,12 @@ pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
     Ok(rows)
 }
 
-/// The tensor-core implicit-GEMM fprop of layers with C <= 8 (C = 8 read as is, smaller C
-/// padded), which `Auto` runs for C < 8.
-pub fn igemm_fprop(dev: &Device) -> Result<Vec<CheckRow>> {
+/// The tensor-core implicit-GEMM fprop and dgrad of layers with C <= 8 (fprop: C = 8 read as is,
+/// smaller C padded in the workspace; dgrad: any such C padded as the filters are read), which
+/// `Auto` runs for C < 8.
+pub fn igemm_c8(dev: &Device) -> Result<Vec<CheckRow>> {
     let g = ConvAlgo::ImplicitGemm;
-    fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_fprop_c8_f16", "(none)"])
+    fprop_dgrad(dev, g, g, WinoTiling::Auto, ["igemm3x3_fprop_c8_f16", "igemm3x3_dgrad_c8_f16"])
 }
 
 /// The tensor-core implicit-GEMM wgrad where `Auto` runs it: K a multiple of 8, any C (padded).

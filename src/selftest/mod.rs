@@ -106,7 +106,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "conv_wino2x2", run: conv::wino2x2 },
     Check { name: "conv_wino4x4", run: conv::wino4x4 },
     Check { name: "conv_wgrad", run: conv::wgrad_tc },
-    Check { name: "conv_igemm_fprop", run: conv::igemm_fprop },
+    Check { name: "conv_igemm_c8", run: conv::igemm_c8 },
     Check { name: "conv_wgmma", run: conv::wgmma },
     Check { name: "softmax_xent", run: softmax::softmax_xent },
     Check { name: "softmax_fwd", run: softmax::softmax_fwd },

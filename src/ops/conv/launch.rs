@@ -72,7 +72,7 @@ impl Conv3x3 {
         if pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::Wgmma {
             return self.wgmma_rotate(&dev, w.arg(), ws);
         }
-        // Only fprop gets here padded (a padded dgrad runs Direct): w -> [K,3,3,Cp] after U.
+        // Only fprop gets here padded (a padded dgrad runs Direct, or pads in its kernel): w -> [K,3,3,Cp] after U.
         let src = self.tc_w(w, ws);
         if self.padded(pass) {
             self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
@@ -288,6 +288,17 @@ impl Conv3x3 {
             // ws holds the rotated filters, [C][9][K] (prepare_filter_dgrad).
             let (none, no_relu) = (KArg::Ptr(0), KArg::I32(0));
             self.wgmma_launch(&dev, ConvPass::Dgrad, dy.arg(), ws.arg(), none, mask, dx.arg_mut(), no_relu)
+        } else if self.algo(ConvPass::Dgrad) == ConvAlgo::ImplicitGemm {
+            let tiles = p.h.div_ceil(IGEMM_DGRAD_ROWS) * p.w.div_ceil(IGEMM_DGRAD_COLS);
+            let blocks = p.n.saturating_mul(tiles);
+            let cfg =
+                LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: IGEMM_DGRAD_SMEM };
+            let args = [dy.arg(), w.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
+            // SAFETY: (const __half* dy, const __half* w, const __half* mask, __half* dx, int n,
+            // int h, int w, int c, int k): sizes checked above (C <= 8 and K a multiple of 8, as
+            // Conv3x3::new planned it); w K*9*C halves, mask N*H*W*C halves or null; the grid is
+            // N x the 8 x 32 tiles of an image, as the kernel splits blockIdx.x.
+            unsafe { dev.launch(&IGEMM_DGRAD_C8, cfg, &args) }
         } else if self.algo(ConvPass::Dgrad) == ConvAlgo::Winograd4x4 {
             let cfg = self.wino4_config(p.c)?;
             let args = [dy.arg(), ws.arg(), mask, dx.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4]];
@@ -464,6 +475,7 @@ impl Conv3x3 {
             (_, ConvAlgo::Direct) => 0,
             (ConvPass::Wgrad, _) => self.wgrad_shared() as usize,
             (_, ConvAlgo::Wgmma) => self.wgmma_tile(pass).shared,
+            (ConvPass::Dgrad, ConvAlgo::ImplicitGemm) => IGEMM_DGRAD_SMEM as usize,
             (_, ConvAlgo::ImplicitGemm) => IGEMM_FPROP_SMEM as usize,
             (_, ConvAlgo::Winograd4x4) => WINO4_SMEM as usize,
             _ => WINO_SMEM as usize,
