@@ -438,14 +438,15 @@ fn shape_errors() {
     // Strides of the F(4x4) loop must fit 32 bits: 6 W C and 36 K C.
     shape_err(Conv3x3::new(ConvProblem::new(1, 1, 1 << 20, 512, 8), ConvAlgo::Auto), "6*W*max(Cp, K)");
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 8192, 8192), ConvAlgo::Auto), "36*K*Cp");
-    // The first layer under Auto: implicit GEMMs, fprop and wgrad on C padded to 8 in the
-    // workspace, dgrad padding in its kernel (no workspace); under Winograd2x2 fprop padded
+    // The first layer under Auto: implicit GEMMs, wgrad on C padded to 8 in the workspace, fprop
+    // and dgrad padding in their kernels (no workspace); under Winograd2x2 fprop padded
     // Winograd, dgrad Direct. C = 12 under Auto: only wgrad padded.
     let p3 = ConvProblem::new(1, 4, 4, 3, 64);
     let first = Conv3x3::new(p3, ConvAlgo::Auto).unwrap();
     let algos = |c: &Conv3x3| [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| (c.algo(q), c.padded(q)));
     let (d, w, g) = (ConvAlgo::Direct, ConvAlgo::Winograd2x2, ConvAlgo::ImplicitGemm);
-    assert_eq!(algos(&first), [(g, true), (g, false), (g, true)]);
+    assert_eq!(algos(&first), [(g, false), (g, false), (g, true)]);
+    assert_eq!(first.workspace_bytes(ConvPass::Fprop), 0);
     assert_eq!(first.workspace_bytes(ConvPass::Dgrad), 0);
     let c12 = Conv3x3::new(ConvProblem::new(1, 4, 4, 12, 16), ConvAlgo::Auto).unwrap();
     assert_eq!(algos(&c12), [(d, false), (d, false), (g, true)]);

@@ -81,16 +81,15 @@ const WINO4_SMEM: u32 = 3 * 2 * 36 * 32 * 16 * 2;
 /// Region tiling is chosen when at most this share of a block's 64 tile slots falls outside
 /// the image (averaged over the image).
 const WINO_REGION_MAX_IDLE: f64 = 0.125;
-/// First-layer implicit-GEMM fprop: 128 pixels x 64 channels a block, 256 threads, rows of 88
-/// halves of dynamic shared memory (kernels/conv_first.cu).
-const IGEMM_FPROP_PIX: usize = 128;
+/// First-layer implicit GEMMs: a block owns 8 rows x 32 columns of one image's outputs, 256
+/// threads. fprop: x 64 output channels, the 10 x 34 x halo as 16-byte rows (and a zero row) and
+/// the filters' 64 rows of 88 halves, reused for the 256 x 72-half output tile
+/// (kernels/conv_first.cu); dgrad: a chunk of 64 k of the 10 x 34 dy halo and the 9 x 8 rotated
+/// filter rows, 72 halves a row (kernels/conv_first_dgrad.cu).
+const IGEMM_C8_ROWS: usize = 8;
+const IGEMM_C8_COLS: usize = 32;
 const IGEMM_FPROP_OUT: usize = 64;
-const IGEMM_FPROP_SMEM: u32 = ((IGEMM_FPROP_PIX + IGEMM_FPROP_OUT) * 88 * 2) as u32;
-/// First-layer implicit-GEMM dgrad: 8 rows x 32 columns of one image a block, 256 threads; a
-/// chunk of 64 k of the 10 x 34 dy halo and the 9 x 8 rotated filter rows, 72 halves a row
-/// (kernels/conv_first_dgrad.cu).
-const IGEMM_DGRAD_ROWS: usize = 8;
-const IGEMM_DGRAD_COLS: usize = 32;
+const IGEMM_FPROP_SMEM: u32 = (8 * 32 * 72 * 2) as u32;
 const IGEMM_DGRAD_SMEM: u32 = ((10 * 34 + 9 * 8) * 72 * 2) as u32;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
 /// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
@@ -126,8 +125,8 @@ pub enum Epilogue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConvAlgo {
     /// Winograd2x2 when C and K are multiples of 8 (its wgrad: ImplicitGemm). K a multiple of 8
-    /// and C < 8 (the first layer, C = 3): ImplicitGemm for all three passes, fprop and wgrad on
-    /// C zero-padded to 8 in the workspace, dgrad padding it as it reads the filters (Winograd's
+    /// and C < 8 (the first layer, C = 3): ImplicitGemm for all three passes, wgrad on C
+    /// zero-padded to 8 in the workspace, fprop and dgrad padding it as they read (Winograd's
     /// fp16 transforms of raw image values would cost the first layer accuracy that the implicit
     /// GEMM keeps). Other C not a multiple of 8: wgrad ImplicitGemm (padded), fprop and dgrad
     /// Direct. Direct when K is not a multiple of 8 but
@@ -459,9 +458,9 @@ impl Conv3x3 {
     }
 
     /// Whether `pass` runs on C zero-padded to a multiple of 8 in the workspace (the implicit-GEMM
-    /// dgrad pads as it reads the filters, with no workspace).
+    /// fprop and dgrad pad as they read, with no workspace).
     pub fn padded(&self, pass: ConvPass) -> bool {
-        let in_kernel = pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::ImplicitGemm;
+        let in_kernel = pass != ConvPass::Wgrad && self.algo(pass) == ConvAlgo::ImplicitGemm;
         self.tc(pass) && self.cp != self.problem.c && !in_kernel
     }
 
@@ -589,10 +588,10 @@ impl Conv3x3 {
 
     /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
     /// (16 x K x C fp16 for F(2x2), 36 x K x C for F(4x4)); wgrad keeps one fp32 partial dw
-    /// and db per pixel chunk. Direct fprop and dgrad need none. A channel-padded problem (C
-    /// not a multiple of 8) also keeps, for fprop, the padded filters (K x 9 x Cp fp16) and x
-    /// (N x H x W x Cp fp16) after the Cp-channel U, and for wgrad the padded x after the
-    /// Cp-channel partial sums; its dgrad (Direct or the implicit GEMM) needs none.
+    /// and db per pixel chunk. Direct and implicit-GEMM fprop and dgrad need none. A
+    /// channel-padded problem (C not a multiple of 8) also keeps, for a Winograd fprop, the
+    /// padded filters (K x 9 x Cp fp16) and x (N x H x W x Cp fp16) after the Cp-channel U, and
+    /// for wgrad the padded x after the Cp-channel partial sums.
     pub fn workspace_bytes(&self, pass: ConvPass) -> usize {
         let p = &self.problem;
         let xp = p.n * p.h * p.w * self.cp * 2;

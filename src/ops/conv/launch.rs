@@ -72,13 +72,14 @@ impl Conv3x3 {
         if pass == ConvPass::Dgrad && self.algo(pass) == ConvAlgo::Wgmma {
             return self.wgmma_rotate(&dev, w.arg(), ws);
         }
-        // Only fprop gets here padded (a padded dgrad runs Direct, or pads in its kernel): w -> [K,3,3,Cp] after U.
+        // Only a Winograd fprop gets here padded (the implicit GEMMs pad in their kernels, a padded
+        // Winograd dgrad runs Direct): w -> [K,3,3,Cp] after U.
         let src = self.tc_w(w, ws);
         if self.padded(pass) {
             self.pad_channels(&dev, w.arg(), src, p.k * 9)?;
         }
         let Some(points) = self.wino_points(pass) else {
-            return Ok(()); // the implicit GEMM reads the (padded) filters as they are
+            return Ok(()); // the implicit GEMM reads the filters as they are
         };
         let kernel = if points == 36 { &WINO4_FILTER } else { &WINO_FILTER };
         // One thread per (output, input) pair of U, padded ones included (F(2x2) writes zeros).
@@ -181,16 +182,15 @@ impl Conv3x3 {
             // KRSC filters are [cout][tap][cin] as they are.
             self.wgmma_launch(&dev, ConvPass::Fprop, x.arg(), w.arg(), bias_arg, KArg::Ptr(0), y.arg_mut(), relu)
         } else if self.algo(ConvPass::Fprop) == ConvAlgo::ImplicitGemm {
-            let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
-            let wa = self.tc_w(w, ws);
-            let blocks = (p.n * p.h * p.w).div_ceil(IGEMM_FPROP_PIX) * p.k.div_ceil(IGEMM_FPROP_OUT);
+            let tiles = p.h.div_ceil(IGEMM_C8_ROWS) * p.w.div_ceil(IGEMM_C8_COLS);
+            let blocks = p.n.saturating_mul(tiles).saturating_mul(p.k.div_ceil(IGEMM_FPROP_OUT));
             let cfg =
                 LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: IGEMM_FPROP_SMEM };
-            let args = [xa, wa, bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[4], relu];
+            let args = [x.arg(), w.arg(), bias_arg, y.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], relu];
             // SAFETY: (const __half* x, const __half* w, const __half* bias, __half* y, int n, int h,
-            // int w, int k, int relu): x is N*H*W*8 halves and w K*9*8 (x and w themselves when C = 8,
-            // else their padded copies in ws, written by tc_x / prepare_filter), y and bias (K or
-            // null) checked above.
+            // int w, int c, int k, int relu): sizes checked above (C <= 8 and K a multiple of 8, as
+            // Conv3x3::new planned it), bias K halves or null; the grid is N x the 8 x 32 tiles of
+            // an image x the 64-channel blocks, as the kernel splits blockIdx.x.
             unsafe { dev.launch(&IGEMM_FPROP_C8, cfg, &args) }
         } else if self.algo(ConvPass::Fprop) == ConvAlgo::Winograd4x4 {
             let xa = self.tc_x(&dev, ConvPass::Fprop, x, ws)?;
@@ -289,7 +289,7 @@ impl Conv3x3 {
             let (none, no_relu) = (KArg::Ptr(0), KArg::I32(0));
             self.wgmma_launch(&dev, ConvPass::Dgrad, dy.arg(), ws.arg(), none, mask, dx.arg_mut(), no_relu)
         } else if self.algo(ConvPass::Dgrad) == ConvAlgo::ImplicitGemm {
-            let tiles = p.h.div_ceil(IGEMM_DGRAD_ROWS) * p.w.div_ceil(IGEMM_DGRAD_COLS);
+            let tiles = p.h.div_ceil(IGEMM_C8_ROWS) * p.w.div_ceil(IGEMM_C8_COLS);
             let blocks = p.n.saturating_mul(tiles);
             let cfg =
                 LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: IGEMM_DGRAD_SMEM };
