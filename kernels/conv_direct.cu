@@ -6,10 +6,10 @@
 //   direct3x3_wgrad_f32    per pixel chunk: partial dw[k,r,s,c] and db[k] sums (fp32) into a
 //                          workspace; conv_wgrad.cu's wgrad_reduce_f32 sums the chunks in order
 // One thread per output element, the loops of src/reference/conv.rs in the same order. This
-// is the second check on Winograd and the tensor-core wgrad (which take C = 3 by padding it
-// to 8, kernels/conv_pad.cu), and ConvAlgo::Auto's dgrad for such C (the first layer's dgrad
-// never runs in training). Consecutive threads take consecutive output channels (fprop) or input channels (dgrad, wgrad), so activation reads are
-// broadcasts or contiguous and filter reads are contiguous along C.
+// is the second check on Winograd and the tensor-core implicit GEMMs (which take C = 3 by
+// padding it to 8), and ConvAlgo::Auto's plan where K is not a multiple of 8. Consecutive threads
+// take consecutive output channels (fprop) or input channels (dgrad, wgrad), so activation reads
+// are broadcasts or contiguous and filter reads are contiguous along C.
 // wgrad is split over pixel chunks (blockIdx.y) so that a layer with few weights (the first:
 // 64 x 27) still fills the GPU; the split is fixed by the shape, so results are deterministic.
 #include "common.cuh"

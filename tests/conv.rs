@@ -453,7 +453,11 @@ fn shape_errors() {
     assert_eq!(c12.workspace_bytes(ConvPass::Fprop), 0);
     let c8 = Conv3x3::new(ConvProblem::new(1, 4, 4, 8, 16), ConvAlgo::ImplicitGemm).unwrap();
     assert_eq!(algos(&c8), [(g, false), (g, false), (g, false)]);
-    assert_eq!(c8.workspace_bytes(ConvPass::Dgrad), 0);
+    // A checkpoint from before the first layer's dgrad ran the implicit GEMM recorded it Direct:
+    // that plan still rebuilds (a resume computes as the run it continues).
+    let old = [g, d, g];
+    let rebuilt = Conv3x3::from_algos(p3, old, WinoTiling::Auto).unwrap();
+    assert_eq!(algos(&rebuilt), [(g, false), (d, false), (g, true)]);
     assert_eq!(c8.workspace_bytes(ConvPass::Fprop), 0);
     shape_err(Conv3x3::new(ConvProblem::new(1, 4, 4, 16, 16), ConvAlgo::ImplicitGemm), "C <= 8");
     let wino = Conv3x3::new(p3, ConvAlgo::Winograd2x2).unwrap();
@@ -664,5 +668,43 @@ fn random_shapes_are_exact_in_every_algorithm() {
         let p = random_problem(&mut rng);
         let plans = check_every_plan(&dev, p, (seed << 20).wrapping_add(i));
         eprintln!("sweep seed {seed} #{i}: {p}, {plans} plans exact");
+    }
+}
+
+/// The first-layer implicit GEMMs (fprop; dgrad with the ReLU mask) are exact on small integers
+/// where the selftest's list is thin: several images with several column tiles (70 wide: three
+/// 32-column tiles, the last ragged), K over 64 (136 and 200: channel blocks and dgrad chunks,
+/// the last partly empty), C = 1, 7 and 8, and images one pixel tall or wide.
+#[test]
+fn first_layer_implicit_gemms_exact_on_ragged_shapes() {
+    let dev = Device::emu();
+    let shapes = [
+        ConvProblem::new(3, 17, 70, 3, 136),
+        ConvProblem::new(2, 9, 33, 8, 8),
+        ConvProblem::new(2, 1, 65, 1, 64),
+        ConvProblem::new(3, 2, 1, 7, 200),
+    ];
+    for (i, p) in shapes.into_iter().enumerate() {
+        let seed = 77 + 10 * i as u64;
+        let (x, w, dy) =
+            (ints(p.input_len(), 2, seed), ints(p.filter_len(), 2, seed + 1), ints(p.output_len(), 2, seed + 2));
+        let mask = ints(p.input_len(), 1, seed + 3);
+        let conv = Conv3x3::new(p, ConvAlgo::ImplicitGemm).unwrap();
+        assert_eq!([conv.algo(ConvPass::Fprop), conv.algo(ConvPass::Dgrad)], [ConvAlgo::ImplicitGemm; 2]);
+        let t = |shape: &[usize], v: &[f32]| Tensor::from_f32(&dev, shape, v).unwrap();
+        let (xt, wt) = (t(&[p.n, p.h, p.w, p.c], &x), t(&[p.k, 3, 3, p.c], &w));
+        let (dyt, mt) = (t(&[p.n, p.h, p.w, p.k], &dy), t(&[p.n, p.h, p.w, p.c], &mask));
+        let bytes = conv.workspace_bytes(ConvPass::Fprop).max(conv.workspace_bytes(ConvPass::Dgrad));
+        let mut ws = Tensor::<u8>::zeros(&dev, &[bytes.max(16)]).unwrap();
+        let mut y = Tensor::empty(&dev, &[p.n, p.h, p.w, p.k]).unwrap();
+        y.poison().unwrap();
+        conv.fprop(&xt, &wt, None, Epilogue::None, &mut y, &mut ws).unwrap();
+        let want = r::f32_to_f16_round(&r::conv3x3_fprop(&p, &x, &w, None, false));
+        assert_eq!(y.to_f32().unwrap(), want, "{p} fprop");
+        let mut dx = Tensor::empty(&dev, &[p.n, p.h, p.w, p.c]).unwrap();
+        dx.poison().unwrap();
+        conv.dgrad(&dyt, &wt, Some(&mt), &mut dx, &mut ws).unwrap();
+        let want = r::f32_to_f16_round(&r::relu_bwd(&mask, &r::conv3x3_dgrad(&p, &dy, &w)));
+        assert_eq!(dx.to_f32().unwrap(), want, "{p} dgrad");
     }
 }

@@ -265,8 +265,8 @@ fn model_conv_choice_replans_layers_and_memory() {
         let mut vgg = Vgg::with_optim(&dev, cfg.clone(), 2, Init::He, 4, o).unwrap();
         let layers = vgg.set_conv_choice(choice, 1).unwrap();
         assert_eq!(layers.len(), cfg.features().iter().filter(|f| f.is_conv()).count());
-        // The first layer (3 channels) keeps its implicit GEMM / Direct plan; the others run
-        // the variant asked for in both passes (Tune: a Winograd variant or wgmma).
+        // The first layer (3 channels) keeps its implicit GEMMs (Direct under Direct); the others
+        // run the variant asked for in both passes (Tune: a Winograd variant or wgmma).
         let want = match choice {
             ConvChoice::Auto | ConvChoice::Winograd2x2 => F2,
             ConvChoice::Winograd4x4 => F4,
@@ -275,7 +275,7 @@ fn model_conv_choice_replans_layers_and_memory() {
             ConvChoice::Tune => ConvAlgo::Auto, // checked below
         };
         let first = if choice == ConvChoice::Direct { ConvAlgo::Direct } else { ConvAlgo::ImplicitGemm };
-        assert_eq!(layers[0].fprop(), first, "{choice:?}");
+        assert_eq!([layers[0].fprop(), layers[0].dgrad()], [first; 2], "{choice:?}");
         for l in &layers[1..] {
             for a in [l.fprop(), l.dgrad()] {
                 let tuned = choice == ConvChoice::Tune && [F2, F4, ConvAlgo::Wgmma].contains(&a);

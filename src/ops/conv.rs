@@ -10,8 +10,8 @@
 //! tensor cores for C <= 8, the first layer),
 //! `kernels/conv_wgmma*.cu` and `kernels/conv_wgrad_wgmma*.cu` (all three passes as implicit
 //! GEMMs on Hopper's wgmma, [`ConvAlgo::Wgmma`]), and `kernels/conv_pad.cu` (zero-padding C up
-//! to a multiple of 8 in the workspace, so that a C such as the first layer's 3 runs on the
-//! tensor-core paths). See the header comment of each file for its tiling.
+//! to a multiple of 8 in the workspace, so that a C such as the first layer's 3 runs the
+//! tensor-core wgrad and Winograd fprop). See the header comment of each file for its tiling.
 
 mod launch;
 mod wgmma;
@@ -226,7 +226,8 @@ pub enum ConvPass {
 /// (NHWC), filters `K x 3 x 3 x C` (KRSC), output `N x H x W x K`, all fp16; dw and db fp32.
 ///
 /// Every pass takes a byte workspace of at least [`Conv3x3::workspace_bytes`] for that pass.
-/// With C not a multiple of 8 the tensor-core passes pad x (and w) there, to `Cp` channels.
+/// With C not a multiple of 8 the tensor-core wgrad (and a Winograd fprop) pad x (and w) there,
+/// to `Cp` channels; the first-layer implicit GEMMs (fprop, dgrad) pad as they read.
 /// Results are deterministic: no atomics; the same shape always splits its reductions the same
 /// way.
 ///
@@ -255,7 +256,7 @@ pub enum ConvPass {
 pub struct Conv3x3 {
     problem: ConvProblem,
     /// Resolved per pass (fprop, dgrad, wgrad): Direct, Winograd2x2 or Winograd4x4 (fprop,
-    /// dgrad) or ImplicitGemm (fprop, wgrad).
+    /// dgrad), ImplicitGemm (fprop and dgrad with C <= 8, wgrad) or Wgmma.
     algos: [ConvAlgo; 3],
     /// Channels the tensor-core paths see: C rounded up to a multiple of 8 (C for Direct).
     cp: usize,
@@ -432,7 +433,7 @@ impl Conv3x3 {
         self.algos[pass as usize]
     }
 
-    /// What `pass` runs, as reports name it: `direct`, `igemm` (fprop), `igemm/MxN` (wgrad, its
+    /// What `pass` runs, as reports name it: `direct`, `igemm` (fprop, dgrad), `igemm/MxN` (wgrad, its
     /// block tile), `wgmma/MxN` or `wgmma/haloMxN` (its block tile, flat or over the padded
     /// positions), `winograd4x4`, or `winograd2x2/flat` /
     /// `winograd2x2/rN` (region windows N tiles wide).

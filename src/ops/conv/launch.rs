@@ -109,8 +109,8 @@ impl Conv3x3 {
         unsafe { dev.launch(&PAD_CHANNELS, cfg, &args) }
     }
 
-    /// The filters as the tensor-core fprop reads them: w itself, or, in a channel-padded
-    /// problem, its padded copy in `ws` (written by [`Conv3x3::prepare_filter`]).
+    /// The filters as the Winograd fprop's transform reads them: w itself, or, in a
+    /// channel-padded problem, its padded copy in `ws` (written by [`Conv3x3::prepare_filter`]).
     fn tc_w(&self, w: &Tensor<f16>, ws: &Tensor<u8>) -> KArg {
         if self.padded(ConvPass::Fprop) {
             KArg::Ptr(ws.device_ptr() + self.pad_offsets().0 as u64)
