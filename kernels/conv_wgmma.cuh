@@ -1,7 +1,7 @@
 // conv_wgmma.cuh: what the wgmma 3x3 conv kernels share: the fprop / dgrad kernels'
 // (conv_wgmma.cu, conv_wgmma_halo.cu) B tile layout and epilogue, the wgrad kernels'
 // (conv_wgrad_wgmma.cu, conv_wgrad_wgmma_halo.cu) bias-gradient sums, and the TMA tiles'
-// (conv_wgmma_tma.cu) padded space of 8-position boxes.
+// (conv_wgmma_tma.cu, conv_wgrad_wgmma_tma.cu) padded space of 8-position boxes.
 #pragma once
 #include "bulk.cuh"
 #include "wgmma.cuh"
@@ -73,7 +73,7 @@ __device__ __forceinline__ void conv_tma_load_chunk(void* dst, const TmaDesc* ma
     tma_load_4d(dst, map, c0, x0, yy, img, bar);
 }
 
-// The halo wgrads' stage (conv_wgrad_wgmma_halo.cu): a warpgroup's 3
+// The halo wgrads' stage (conv_wgrad_wgmma_halo.cu, conv_wgrad_wgmma_tma.cu): a warpgroup's 3
 // tap accumulators acc[s] (m64n{kC}) += A B_s over the stage's 64 positions as 4 k16 steps, A and
 // B M/N-major at da and db (tap 0), a k16 step k16_step descriptor units on, tap s tap_step x s
 // on in B; then commit and wait until only this stage's group is pending.
