@@ -70,6 +70,12 @@ __device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
 // gpu-check step until its time limit. A trap is sticky: the process's CUDA context is lost, so
 // every later launch in it fails too (gpu-check's steps are separate processes; in one selftest
 // run, the first failing row after it is the one to read).
+#if defined(__CUDA_ARCH__) && VGG_HAS_BULK
+// The trap as a call: inlined into a wait of code after setmaxnreg.inc (a warp-specialised
+// consumer), it made ptxas allocate that code within the launch's register share instead of
+// the raised one (spilling an accumulator set of conv_wgrad_wgmma_tma.cu: NVRTC 13.0).
+__device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
+#endif
 __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, unsigned parity PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_wait_parity(bar, parity, site_file, site_line);
@@ -87,7 +93,7 @@ __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, un
       unsigned long long now;
       asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
       if (start == 0) start = now;
-      else if (now - start > 4000000000ull) __trap();
+      else if (now - start > 4000000000ull) mbarrier_wait_timed_out();
     }
   }
 #else

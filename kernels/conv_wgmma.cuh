@@ -1,7 +1,9 @@
 // conv_wgmma.cuh: what the wgmma 3x3 conv kernels share: the fprop / dgrad kernels'
-// (conv_wgmma.cu, conv_wgmma_halo.cu) B tile layout and epilogue, and the wgrad kernels'
-// (conv_wgrad_wgmma.cu, conv_wgrad_wgmma_halo.cu) bias-gradient sums.
+// (conv_wgmma.cu, conv_wgmma_halo.cu) B tile layout and epilogue, the wgrad kernels'
+// (conv_wgrad_wgmma.cu, conv_wgrad_wgmma_halo.cu) bias-gradient sums, and the TMA tiles'
+// (conv_wgmma_tma.cu, conv_wgrad_wgmma_tma.cu) padded space of 8-position boxes.
 #pragma once
+#include "bulk.cuh"
 #include "wgmma.cuh"
 
 // Byte offset of 16-byte chunk `chunk` (channels 8 chunk..) of row `row` in a K-major tile of
@@ -52,6 +54,61 @@ __device__ __forceinline__ bool conv_halo_pixel(int P, int wp, int h, int w, int
     const int r = P / wp, xp = P - r * wp, img = r / (h + 1), yy = r - img * (h + 1) - 1;
     pix = (img * h + yy) * w + xp - 1;
     return P >= 0 && img < n && yy >= 0 && xp >= 1 && xp <= w;
+}
+
+// The TMA tiles' row pitch for width w (conv_wgmma_tma.cu's header): w + 2 rounded up to 8, so
+// that 8 consecutive positions from a multiple of 8 (a chunk) never cross a padded row.
+__host__ __device__ constexpr int conv_tma_pitch(int w) { return (w + 2 + 7) / 8 * 8; }
+
+// Chunk j (>= -1) of the TMA tiles' padded space (pitch sp, h + 1 rows an image) as one box of
+// the NHWC tensor map `map` (channels, w, h, n): 8 pixels x 64 channels from c0 into dst, on
+// bar. Chunk j is at pixel x = 8 (j mod sp / 8) - 1 of padded row R = j div (sp / 8), image row
+// ((R - 1) / (h + 1), (R - 1) % (h + 1)) (R <= 0: image 0, y = R - 1); what lies outside the
+// tensor (x = -1, x >= w, y < 0, y = h, images past the last, channels past the end) lands as
+// zeros, counted on bar like the rest.
+__device__ __forceinline__ void conv_tma_load_chunk(void* dst, const TmaDesc* map, int c0, int j, int sp, int h,
+                                                    unsigned long long* bar) {
+    const int rc = sp / 8, r = (j + rc) / rc - 1, x0 = 8 * (j - r * rc) - 1;  // j >= -1: floor division
+    const int img = r > 0 ? (r - 1) / (h + 1) : 0, yy = r > 0 ? r - 1 - img * (h + 1) : r - 1;
+    tma_load_4d(dst, map, c0, x0, yy, img, bar);
+}
+
+// The halo wgrads' stage (conv_wgrad_wgmma_halo.cu, conv_wgrad_wgmma_tma.cu): a warpgroup's 3
+// tap accumulators acc[s] (m64n{kC}) += A B_s over the stage's 64 positions as 4 k16 steps, A and
+// B M/N-major at da and db (tap 0), a k16 step k16_step descriptor units on, tap s tap_step x s
+// on in B; then commit and wait until only this stage's group is pending.
+template <int kC>
+__device__ __forceinline__ void conv_wgrad_taps_stage(float (&acc)[3][kC / 2], unsigned long long da,
+                                                      unsigned long long db, unsigned k16_step, unsigned tap_step) {
+#pragma unroll
+    for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
+    wgmma_fence();
+#pragma unroll
+    for (int k16 = 0; k16 < 4; ++k16)
+#pragma unroll
+        for (int tap = 0; tap < 3; ++tap)
+            wgmma_ss<kC, true, true>(acc[tap], da + k16_step * k16, db + k16_step * k16 + tap_step * tap, 1);
+    wgmma_commit();
+    wgmma_wait<1>();
+#pragma unroll
+    for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
+}
+
+// The halo wgrads' epilogue: acc[s][4 j + i] (this thread's, every group retired) to part row
+// k0 + wgmma_acc_row(i >> 1) (those below k) of `out` (9 C columns a row), column
+// (3 r + s) C + c0 + 8 j + 2 t + (i & 1) (those below C).
+template <int kC>
+__device__ __forceinline__ void conv_wgrad_store_taps(const float (&acc)[3][kC / 2], float* __restrict__ out, int k0,
+                                                      int k, int r, int c, int c0) {
+    const int t = (int)threadIdx.x & 3, cols = 9 * c;  // t: the accumulators' column pair (wgmma.cuh)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int kk = k0 + wgmma_acc_row(half);
+        if (kk >= k) continue;
+        float* const row = out + (long long)kk * cols + 3 * r * c;
+#pragma unroll
+        for (int s = 0; s < 3; ++s) conv_wgmma_store_f32_row<kC>(acc[s], half, row + s * c, c0, t, c);
+    }
 }
 
 // db in the wgrad kernels: this thread's share of one stage's dY tile (M/N-major, 128 k x 64

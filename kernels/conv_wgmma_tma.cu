@@ -50,12 +50,11 @@
 
 namespace ct {
 constexpr int kC = 64, kThreads = 512, kBBufs = 4, kWsThreads = kThreads + 32, kConsumerWarps = kThreads / 32;
-// The row pitch of the padded space for width w, and the positions a halo step holds for items
-// of `pos` positions: the chunks of pos + 2 sp + 2 positions from any start.
-__host__ __device__ constexpr int pitch(int w) { return (w + 2 + 7) / 8 * 8; }
+// The positions a halo step holds for items of `pos` positions at row pitch sp (conv_tma_pitch):
+// the chunks of pos + 2 sp + 2 positions from any start.
 __host__ __device__ constexpr int halo_pos(int sp, int pos) { return pos + 16 + 2 * sp; }
 __host__ __device__ constexpr int smem_bytes(int out, int w, int pos) {
-    return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(pitch(w), pos) * kC * 2;
+    return 1024 + kBBufs * out * kC * 2 + 2 * halo_pos(conv_tma_pitch(w), pos) * kC * 2;
 }
 // VGG's widest layers fit the 227 KB of an sm_90 block (less the 96 bytes of barriers):
 // conv1_2 at N 64, conv2_x at N 128 (the launcher allows widths up to 246 and 182), and conv2_x
@@ -78,7 +77,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     unsigned char* const halo = smem + kBBufs * kBBytes;
     __shared__ unsigned long long bfull[kBBufs], hfull[2], bempty[kBBufs], hempty[2];
     const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31;
-    const int sp = pitch(w), hbytes = halo_pos(sp, kPos) * kC * 2;
+    const int sp = conv_tma_pitch(w), hbytes = halo_pos(sp, kPos) * kC * 2;
     const int oblocks = (cout + kOut - 1) / kOut;
     const int items = ((n * (h + 1) - 1) * sp + kPos - 1) / kPos * oblocks;
     const int csteps = (cin + kC - 1) / kC;
@@ -98,15 +97,12 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     auto item_of = [&](int k) { return (int)blockIdx.x + k / csteps * (int)gridDim.x; };  // halo step k's item
     auto load_halo = [&](int k) {  // one warp: halo step k
         const int it = item_of(k), c0 = k % csteps * kC;
-        const int jb = first_chunk(it), je = (pos0_of(it) + kPos + sp) / 8, rc = sp / 8;
+        const int jb = first_chunk(it), je = (pos0_of(it) + kPos + sp) / 8;
         unsigned char* const buf = halo + (k & 1) * hbytes;
         if (lane == 0) mbarrier_arrive_expect_tx(&hfull[k & 1], (je - jb + 1) * 8 * kC * 2);
         __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
-        for (int j = jb + lane; j <= je; j += 32) {
-            const int r = (j + rc) / rc - 1, x0 = 8 * (j - r * rc) - 1;  // j >= -1: floor division
-            const int img = r > 0 ? (r - 1) / (h + 1) : 0, yy = r > 0 ? r - 1 - img * (h + 1) : r - 1;
-            tma_load_4d(buf + (j - jb) * 8 * kC * 2, xm, c0, x0, yy, img, &hfull[k & 1]);
-        }
+        for (int j = jb + lane; j <= je; j += 32)
+            conv_tma_load_chunk(buf + (j - jb) * 8 * kC * 2, xm, c0, j, sp, h, &hfull[k & 1]);
     };
     auto load_b = [&](int s) {  // one thread: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
         if (s >= stages) return;

@@ -97,34 +97,14 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
     wgmma_ring_loop(stages, load, [&](int s) {
         const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
         if (do_db) conv_wgmma_db_stage(smem + (s % kBufs) * kBufBytes, tid, db_sum);
-#pragma unroll
-        for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
-        wgmma_fence();
-#pragma unroll
-        for (int k16 = 0; k16 < kP / 16; ++k16)
-#pragma unroll
-            for (int tap = 0; tap < 3; ++tap)
-                wgmma_ss<kC, true, true>(acc[tap], da0 + stage + 16 * k16, db0 + stage + 16 * k16 + tap, 1);
-        wgmma_commit();
-        wgmma_wait<1>();
-#pragma unroll
-        for (int tap = 0; tap < 3; ++tap) wgmma_fence_acc(acc[tap]);
+        // A k16 step is 2 core matrices along K (16 units), a tap one position (1).
+        conv_wgrad_taps_stage<kC>(acc, da0 + stage, db0 + stage, 16, 1);
     });
 #pragma unroll
     for (int s = 0; s < 3; ++s) wgmma_fence_acc(acc[s]);  // after the loop's last wait
 
     float* const out = part + (long long)z * ((long long)k * cols + k);
-    // Epilogue: acc[s][4 j + i] -> k row 64 wg + 16 (warp % 4) + g + 8 (i >> 1), column
-    // (3 r + s) C + c0 + 8 j + 2 t + (i & 1).
-    const int t = lane & 3;  // the accumulators' column pair (wgmma.cuh)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int kk = k0 + wgmma_acc_row(half);
-        if (kk >= k) continue;
-        float* const row = out + (long long)kk * cols + 3 * r * c;
-#pragma unroll
-        for (int s = 0; s < 3; ++s) conv_wgmma_store_f32_row<kC>(acc[s], half, row + s * c, c0, t, c);
-    }
+    conv_wgrad_store_taps<kC>(acc, out, k0, k, r, c, c0);
     if (do_db) conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
 }
 

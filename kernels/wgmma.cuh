@@ -354,6 +354,30 @@ __device__ __forceinline__ void wgmma_fence() {
 #endif
 }
 
+// setmaxnreg.{inc,dec}.sync.aligned.u32 (sm_90a): from here on this warpgroup's threads own kRegs
+// registers each, taken from (kInc) or given back to (!kInc) the block's pool, so that a warp-
+// specialised block can give its consumers more than the launch's even share while a producer
+// keeps few (ptxas allocates the code after it within kRegs). All 4 warps of the warpgroup must
+// execute it, so the block must be whole warpgroups: the emulator checks that and a whole warp,
+// and does nothing else (its threads have no register budget). kRegs: 24 to 256, a multiple of 8.
+template <int kRegs, bool kInc>
+__device__ __forceinline__ void warpgroup_setmaxnreg(PTX_SITE_PARAMS_ONLY) {
+  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0, "setmaxnreg: 24 to 256 registers, a multiple of 8");
+#ifdef __CUDA_ARCH__
+#if VGG_HAS_WGMMA
+  if constexpr (kInc) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  } else {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+  }
+#endif
+#else
+  if (blockDim.x * blockDim.y * blockDim.z % 128)
+    ptx_emu::fail("setmaxnreg", site_file, site_line, "the block is not whole warpgroups", nullptr);
+  emu::warp_collective(ptx_emu::kFullWarp, "setmaxnreg", site_file, site_line, nullptr, [](void* const*, unsigned) {});
+#endif
+}
+
 // D (64 x N) = A * B + (acc ? D : 0), N = 64, 128 or 256 (see the header); TransA / TransB:
 // A is M-major / B is N-major (the header's MN-major layout) instead of K-major.
 template <int N, bool TransA = false, bool TransB = false>

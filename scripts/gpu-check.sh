@@ -111,9 +111,10 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma --json "$RAW/bench-conv-wgmma-tma.json"
 fi
-# The TMA tile with a producer warp and per-buffer barriers instead of a __syncthreads a stage.
+# The TMA tile with a producer warp and per-buffer barriers instead of a __syncthreads a stage, and
+# the wgrad's halo tile so fed, with a producer warpgroup (bench/NOTES.md, "A TMA-fed wgrad").
 if "$VGG" bench conv --help 2>/dev/null | grep -q tma-ws; then
-  step bench-conv-wgmma-tma-ws 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+  step bench-conv-wgmma-tma-ws 90 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma-ws --json "$RAW/bench-conv-wgmma-tma-ws.json"
 fi
@@ -243,10 +244,12 @@ if command -v ncu >/dev/null; then
   fi
   ncu_works=unknown
   # The TMA-fed halo tiles next: their excess sectors beside the cp.async tile's 50%, and the
-  # warp-specialised one's stall reasons beside the block-barrier one's.
+  # warp-specialised one's stall reasons beside the block-barrier one's; the wgrad's two tiles
+  # likewise (eligible warps a scheduler: 0.38 for the cp.async one).
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_halo_tma_n128_f16:wgmma:fprop:tma \
            igemm3x3_wgmma_halo_tma_ws_n128_f16:wgmma:fprop:tma-ws \
            igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
+           igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16:wgmma:wgrad:tma-ws \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do

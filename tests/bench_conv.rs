@@ -96,8 +96,10 @@ fn assert_tuned_row(r: &ConvRow) {
         "winograd2x2/flat" => label == "winograd2x2/flat",
         "winograd2x2/region" => label.starts_with("winograd2x2/r"),
         "winograd4x4" => label == "winograd4x4",
+        // The halo tiles' plain labels: wgmma/halo256xN (fprop, dgrad) or wgmma/halo128xN (wgrad).
         "wgmma" => {
-            label.starts_with("wgmma/halo256")
+            label.starts_with("wgmma/halo")
+                && !label.starts_with("wgmma/halo512")
                 && !label.ends_with("/sw128")
                 && !label.ends_with("/tma")
                 && !label.ends_with("/tma-ws")

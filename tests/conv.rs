@@ -176,11 +176,18 @@ fn two_schedules_bit_identical() {
         tma_tall(ConvProblem::new(2, 9, 13, 88, 40)),
         tma_ws(ConvProblem::new(2, 9, 13, 88, 40)),
         tma_ws(ConvProblem::new(1, 7, 6, 24, 256)),
+        // The TMA wgrad's ring wrapped (11 stages a block into 8 buffers at 64 channels a block,
+        // 10 into 6 at 128), two position chunks, two k blocks.
+        tma_ws(ConvProblem::new(1, 33, 35, 8, 16)),
+        tma_ws(ConvProblem::new(1, 20, 30, 72, 136)),
     ]) {
+        let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
-            let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
             let labels = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.label(q));
             assert!(labels.iter().all(|l| l.starts_with("wgmma/") && !l.contains("halo")), "{p}: {labels:?}");
+        }
+        if tiling == WinoTiling::TmaWs {
+            assert!(conv.label(ConvPass::Wgrad).ends_with("/tma-ws"), "{p}: {}", conv.label(ConvPass::Wgrad));
         }
         let algo = (algo, tiling);
         let data = problem_data(&p, spread);
@@ -316,6 +323,46 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
         assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p} {tiling:?}: fprop not exact");
         assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p} {tiling:?}: dgrad not exact");
     }
+}
+
+/// The TMA-fed wgrad with a producer warpgroup ([`WinoTiling::TmaWs`]), exact on integers (dw and
+/// db, the other passes with it): 64 channels a block (C <= 64) and 128, ragged C and K blocks, a
+/// pitch with no extra column (W 6 and 14: W + 2 a multiple of 8) and with some, several images,
+/// several position chunks, and rings that wrap; under a random schedule (copies landing at issue
+/// or at the wait that needs them), so that a buffer refilled too early fails here too. Its stages
+/// do not depend on the width, so its only limit is the 32-bit position index at its wider pitch:
+/// past it the cp.async halo wgrad runs.
+#[test]
+fn wgmma_tma_wgrad_exact_and_where_it_runs() {
+    let dev = Device::emu();
+    dev.set_schedule(Schedule::Random(3));
+    for (p, cb, chunks) in [
+        (ConvProblem::new(1, 33, 35, 8, 16), 64, 2),
+        (ConvProblem::new(1, 20, 30, 72, 136), 128, 1),
+        (ConvProblem::new(3, 5, 6, 16, 24), 64, 1),
+        (ConvProblem::new(1, 6, 14, 256, 16), 128, 1),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaWs);
+        assert_eq!(conv.label(ConvPass::Wgrad), format!("wgmma/halo128x{}/tma-ws", 3 * cb), "{p}");
+        assert_eq!(conv.wgrad_kernel_name(), format!("igemm3x3_wgrad_wgmma_halo_tma_ws_c{cb}_f16"), "{p}");
+        // Partial sums a chunk: the workspace says how many chunks.
+        assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), chunks * (p.filter_len() + p.k) * 4, "{p}");
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
+        let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::TmaWs), &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let bad = mismatches(&dw, &bits(want_dw)).or_else(|| mismatches(&db, &bits(want_db)));
+        assert!(bad.is_none(), "{p}: TMA wgrad dw / db not exact: {}", bad.unwrap());
+    }
+    // Images of 1 x 1 pixel: 16 positions an image at the TMA pitch 8 (2 padded rows), 6 at the
+    // cp.async tile's pitch W + 2 = 3; N H W C stays below 2^31 for wgmma.
+    let tiny = |n| ConvProblem::new(n, 1, 1, 8, 8);
+    let plan = |n| Conv3x3::new(tiny(n), ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaWs);
+    assert_eq!(plan(134_217_694).label(ConvPass::Wgrad), "wgmma/halo128x192/tma-ws");
+    assert_eq!(plan(134_217_695).label(ConvPass::Wgrad), "wgmma/halo128x192");
 }
 
 fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {

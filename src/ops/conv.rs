@@ -54,6 +54,20 @@ const WGRAD_WGMMA_HALO_C128: Kernel = kern("conv_wgrad_wgmma_halo", "igemm3x3_wg
 const fn wgrad_wgmma_halo_smem(cb: usize) -> u32 {
     (4 * (128 * 64 + cb * 80) * 2) as u32
 }
+/// Its TMA-fed twin with a producer warpgroup (kernels/conv_wgrad_wgmma_tma.cu, under
+/// [`WinoTiling::TmaWs`]): the same block tile, 384 threads, stages of 64 positions in 1024-byte
+/// boxes (dY 2 x 8, X Cb / 64 x 10), as many as fit an sm_90 block beside 1024 bytes of alignment
+/// slack and 128 of barriers (6 at Cb 128, 8 at 64).
+const WGRAD_WGMMA_TMA_C64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c64_f16");
+const WGRAD_WGMMA_TMA_C128: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16");
+/// Its threads (2 consumer warpgroups, a producer warpgroup) and positions a stage (its chunks are
+/// whole stages).
+const WGRAD_TMA_THREADS: u32 = 384;
+const WGRAD_TMA_STAGE: usize = 64;
+const fn wgrad_wgmma_tma_smem(cb: usize) -> u32 {
+    let buf = (2 * 8 + cb / 64 * 10) * 1024;
+    (1024 + (crate::device::SM90_SHARED_PER_BLOCK - 1024 - 128) / buf * buf) as u32
+}
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
 /// Winograd main loop: 64 output tiles x 32 channels a block, 256 threads; shared memory for
@@ -176,7 +190,7 @@ impl ConvAlgo {
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
 /// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall and TmaWs, other halo tiles for
-/// wgmma's fprop and dgrad (the wgrad's is Region's).
+/// wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -207,7 +221,9 @@ pub enum WinoTiling {
     /// TMA engine as [`WinoTiling::Tma`]'s (widths up to 118), elsewhere as [`WinoTiling::Tma`].
     TmaTall,
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: [`WinoTiling::Tma`]'s tile with a producer warp
-    /// and per-buffer barriers instead of a block-wide barrier a stage (warp specialisation).
+    /// and per-buffer barriers instead of a block-wide barrier a stage (warp specialisation); for
+    /// its wgrad: the halo wgrad's tile so fed, by a producer warpgroup (any width, below 2^31
+    /// positions at the TMA tiles' pitch; else Region's).
     TmaWs,
 }
 
@@ -445,7 +461,8 @@ impl Conv3x3 {
                 ConvAlgo::Wgmma => "wgmma/",
                 _ => "igemm/",
             };
-            return format!("{family}{m}x{n}");
+            let feed = if self.wgrad_tma() { "/tma-ws" } else { "" };
+            return format!("{family}{m}x{n}{feed}");
         }
         match (self.algo(pass), self.wino_region_width()) {
             (ConvAlgo::Winograd2x2, 0) => "winograd2x2/flat".into(),
@@ -523,13 +540,16 @@ impl Conv3x3 {
     /// (VGG's conv2_2 on), whose 64 x 64 warp tiles read ~30% fewer shared-memory bytes a flop
     /// (bench/NOTES.md); else 128 x 128.
     /// The wgmma wgrad: 128 x 3 Cb (3 taps x Cb channels, Cb = 64 for C <= 64, else 128) over
-    /// the padded positions where [`Conv3x3::wgrad_halo`], else 128 x 256.
+    /// the padded positions where [`Conv3x3::wgrad_halo`] (fed by the TMA engine where
+    /// [`Conv3x3::wgrad_tma`]), else 128 x 256.
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
         if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
             if self.wgrad_halo() {
-                return match self.cp {
-                    ..=64 => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
-                    _ => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
+                return match (self.cp, self.wgrad_tma()) {
+                    (..=64, false) => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
+                    (_, false) => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
+                    (..=64, true) => (128, 3 * 64, &WGRAD_WGMMA_TMA_C64),
+                    (_, true) => (128, 3 * 128, &WGRAD_WGMMA_TMA_C128),
                 };
             }
             return (128, 256, &IGEMM_WGRAD_WGMMA);
@@ -562,10 +582,10 @@ impl Conv3x3 {
     }
 
     /// `(chunks, pixels per chunk)` of the wgrad pixel reduction (padded positions for the halo
-    /// wgrad): a function of the shape only.
+    /// wgrad, whole 64-position stages for its TMA twin): a function of the shape only.
     fn wgrad_split(&self) -> (usize, usize) {
         let p = &self.problem;
-        let pixels = if self.wgrad_halo() { self.halo_positions() } else { p.n * p.h * p.w };
+        let pixels = if self.wgrad_halo() { self.wgrad_positions() } else { p.n * p.h * p.w };
         let want = if self.tc(ConvPass::Wgrad) {
             let (m, _, _) = self.wgrad_tile();
             let base = self.wgrad_grid_x() * p.k.div_ceil(m);
@@ -582,7 +602,8 @@ impl Conv3x3 {
         };
         let mut chunk = pixels.div_ceil(want);
         if self.tc(ConvPass::Wgrad) {
-            chunk = chunk.div_ceil(WG_P) * WG_P;
+            let step = if self.wgrad_tma() { WGRAD_TMA_STAGE } else { WG_P };
+            chunk = chunk.div_ceil(step) * step;
         }
         (pixels.div_ceil(chunk), chunk)
     }

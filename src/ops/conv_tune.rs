@@ -1,8 +1,9 @@
 //! Picks each pass's variant of a planned 3x3 convolution by timing it on the device, as
 //! cuDNN's benchmark mode does. fprop and dgrad: F(2x2) with flat tiles, F(2x2) with region
 //! windows, F(4x4), and, where the device has wgmma and C is a multiple of 8, the wgmma
-//! implicit GEMM with its halo tile, its flat one, and its tall and swizzled halo tiles; wgrad:
-//! the mma.sync implicit GEMM or the wgmma one (halo and flat). Which is faster depends
+//! implicit GEMM with its halo tile, its flat one, and its tall, swizzled and TMA-fed halo tiles;
+//! wgrad: the mma.sync implicit GEMM or the wgmma one (halo, flat, and the halo tile fed by the
+//! TMA engine with a producer warpgroup). Which is faster depends
 //! on the layer (region tiling saves L2 traffic but idles slots on small images; F(4x4) does
 //! 44% fewer products but a costlier input transform; wgmma does all the products at the
 //! tensor cores' full rate), and on the card, so no fixed rule chooses as well as a measurement
@@ -42,8 +43,8 @@ pub enum WinoVariant {
     /// [`ConvAlgo::Wgmma`]'s 512 x 64 halo tile fed by the TMA engine ([`WinoTiling::TmaTall`];
     /// fprop, dgrad).
     WgmmaTmaTall,
-    /// [`ConvAlgo::Wgmma`]'s TMA halo tile with a producer warp ([`WinoTiling::TmaWs`]; fprop,
-    /// dgrad).
+    /// [`ConvAlgo::Wgmma`]'s TMA halo tiles with a producer warp ([`WinoTiling::TmaWs`]; any
+    /// pass: fprop and dgrad's 256 x N tile, the wgrad's 128 x 3 Cb one).
     WgmmaTmaWs,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
@@ -87,15 +88,10 @@ impl WinoVariant {
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled and the TMA ones), beside
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall), beside
     /// which the wgrad runs its halo kernel as under Region.
-    const FPROP_DGRAD_ONLY: [WinoVariant; 5] = [
-        WinoVariant::WgmmaTall,
-        WinoVariant::WgmmaSwizzled,
-        WinoVariant::WgmmaTma,
-        WinoVariant::WgmmaTmaTall,
-        WinoVariant::WgmmaTmaWs,
-    ];
+    const FPROP_DGRAD_ONLY: [WinoVariant; 4] =
+        [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma, WinoVariant::WgmmaTmaTall];
 
     fn fprop_dgrad_only(self) -> bool {
         Self::FPROP_DGRAD_ONLY.contains(&self)
@@ -118,7 +114,7 @@ impl WinoVariant {
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
     /// the variant sets its own, except that the halo wgrad keeps the tiling of a fprop- and
-    /// dgrad-only variant (Tall, Swizzled, the TMA ones), under which it runs as under Region.
+    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall), under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
@@ -176,8 +172,9 @@ pub fn reps(dev: &Device) -> usize {
 
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
-/// and the plan allows it (its flat kernel too, where the halo one runs instead, and for fprop
-/// and dgrad its tall, swizzled and TMA halo tiles where they fit). Empty: the pass is not tuned.
+/// and the plan allows it (its flat kernel too, where the halo one runs instead, for fprop and
+/// dgrad its tall, swizzled and TMA halo tiles where they fit, and for every pass the TMA tiles
+/// with a producer warp where they fit). Empty: the pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -190,9 +187,10 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         if flat.is_ok_and(|f| f.label(pass) != halo.label(pass)) {
             v.push(WinoVariant::WgmmaFlat);
         }
-        for variant in WinoVariant::FPROP_DGRAD_ONLY {
+        for variant in WinoVariant::FPROP_DGRAD_ONLY.into_iter().chain([WinoVariant::WgmmaTmaWs]) {
             let c = variant.apply(base, pass);
-            if pass != ConvPass::Wgrad && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
+            let times = pass != ConvPass::Wgrad || !variant.fprop_dgrad_only();
+            if times && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
             }
         }
@@ -207,10 +205,10 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
 /// after one warm-up call) and returns `base` with the fastest combination: the smallest sum of
 /// the three passes' times, among the combinations one plan can hold (the passes share the
 /// plan's tiling, so F(2x2) or wgmma flat for one and F(2x2) region or wgmma halo for another is
-/// out; the halo wgrad goes with wgmma's tall, swizzled or TMA fprop / dgrad, its kernel the same under
-/// their tilings) and among the candidates whose output agrees with `base`'s within [`AGREEMENT`] (checked
-/// on one image of the layer). Other passes, and a pass none of whose candidates agree, keep
-/// `base`'s algorithm.
+/// out; the halo wgrad goes with wgmma's tall, swizzled, TMA or tall TMA fprop / dgrad, its kernel the
+/// same under their tilings, and the producer-warp TMA tiles go together) and among the candidates
+/// whose output agrees with `base`'s within [`AGREEMENT`] (checked on one image of the layer). Other
+/// passes, and a pass none of whose candidates agree, keep `base`'s algorithm.
 pub fn tune(dev: &Device, base: Conv3x3, reps: usize) -> Result<Tuned> {
     tune_within(dev, base, reps, AGREEMENT)
 }
@@ -356,8 +354,8 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall, Swizzled and the TMA tilings as under Region (they change only the fprop and dgrad
-    // tiles).
+    // wgrad runs under Tall, Swizzled, Tma and TmaTall as under Region (they change only the fprop and
+    // dgrad tiles; TmaWs changes the wgrad's too).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
         let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };

@@ -138,8 +138,9 @@ pub(crate) struct BenchConvArgs {
     /// a wgrad copy a tap; auto, region: the halo tiles; tall: the 512 x 64 halo tile for fprop
     /// and dgrad where it fits; swizzled: the halo tile's operands in the 128-byte swizzle; tma:
     /// the halo tile's operands brought by the TMA engine, fprop and dgrad where it fits; tma-tall:
-    /// the tall tile so fed; tma-ws: tma's tile with a producer warp): auto, flat, region, tall,
-    /// swizzled, tma, tma-tall, tma-ws (not with --algo tune, which chooses the tiling).
+    /// the tall tile so fed; tma-ws: tma's tile with a producer warp, and the wgrad's halo tile
+    /// fed by the TMA engine with a producer warpgroup): auto, flat, region, tall, swizzled, tma,
+    /// tma-tall, tma-ws (not with --algo tune, which chooses the tiling).
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].

@@ -379,26 +379,26 @@ impl Conv3x3 {
             if wgmma {
                 self.need_wgmma(&dev)?;
             }
+            // The TMA wgrad takes x and dy as tensor maps, and a producer warpgroup.
+            let (threads, xa, dya) = if self.wgrad_tma() {
+                let maps = (self.nhwc_map(&dev, xa, p.c)?, self.nhwc_map(&dev, dy.arg(), p.k)?);
+                (WGRAD_TMA_THREADS, maps.0, maps.1)
+            } else {
+                (WG_THREADS, xa, dy.arg())
+            };
             let grid = (self.wgrad_grid_x(), p.k.div_ceil(m), chunks);
             let cfg = LaunchConfig {
                 grid: LaunchConfig::grid_of("conv3x3 wgrad", grid.0, grid.1, grid.2)?,
-                block: (WG_THREADS, 1, 1),
+                block: (threads, 1, 1),
                 shared_bytes: self.wgrad_shared(),
             };
-            let args = [
-                xa,
-                dy.arg(),
-                ws.arg_mut(),
-                dims[0],
-                dims[1],
-                dims[2],
-                dims[3],
-                dims[4],
-                KArg::I32(int("chunk", chunk)?),
-            ];
+            let args =
+                [xa, dya, ws.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], KArg::I32(int("chunk", chunk)?)];
             // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
             // int k, int chunk): c = Cp; x is N*H*W*Cp halves (x, or its padded copy in ws past the
-            // partials), dy checked above; part = chunks*(K*9*Cp+K) floats at the start of ws.
+            // partials), dy checked above; part = chunks*(K*9*Cp+K) floats at the start of ws. The
+            // TMA wgrad takes the same list with x and dy as tensor maps of those buffers (nhwc_map),
+            // which it reads only inside their extents, and a chunk of whole 64-position stages.
             unsafe { dev.launch(kernel, cfg, &args)? };
         } else {
             let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
@@ -461,6 +461,7 @@ impl Conv3x3 {
     fn wgrad_shared(&self) -> u32 {
         let (m, n, _) = self.wgrad_tile();
         match (self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma, self.wgrad_halo()) {
+            (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3),
             (true, true) => wgrad_wgmma_halo_smem(n / 3),
             (true, false) => WGRAD_WGMMA_SMEM,
             _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,

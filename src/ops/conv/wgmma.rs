@@ -1,7 +1,9 @@
 //! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
 //! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, or kernels/conv_wgmma_tma.cu
 //! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], else
-//! kernels/conv_wgmma.cu), and the dgrad's rotated filters.
+//! kernels/conv_wgmma.cu), the dgrad's rotated filters, which halo tile the wgrad runs (its TMA
+//! one, kernels/conv_wgrad_wgmma_tma.cu, under [`WinoTiling::TmaWs`]), and the TMA tiles' tensor
+//! maps.
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::device::{KArg, Kernel, LaunchConfig, TensorMap, TensorMapSpec, SM90_SHARED_PER_BLOCK};
@@ -169,11 +171,15 @@ impl Conv3x3 {
         halo.unwrap_or_else(|| flat_tile(cout))
     }
 
-    /// Whether `pass` (fprop or dgrad) runs the halo tile its plan's tiling names: the 512 x 64 one
-    /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones
-    /// under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], any halo tile
-    /// otherwise (not a fallback to a smaller or flat tile where it does not fit).
+    /// Whether `pass` runs the halo tile its plan's tiling names (not a fallback to a smaller or
+    /// flat tile where it does not fit): for fprop and dgrad the 512 x 64 one under
+    /// [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones under
+    /// [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], any halo tile
+    /// otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] names, the TMA one.
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
+        if pass == ConvPass::Wgrad {
+            return self.tiling == WinoTiling::TmaWs && self.wgrad_tma();
+        }
         let t = self.wgmma_tile(pass);
         match self.tiling {
             WinoTiling::Tall => t.pos == HALO512_POS,
@@ -198,13 +204,9 @@ impl Conv3x3 {
         }
     }
 
-    /// Positions of the padded space the halo kernels run over, (N (H + 1) - 1) (W + 2): each
-    /// image row with a zero column on both sides, a zero row above each image.
-    pub(super) fn halo_positions(&self) -> usize {
-        self.halo_positions_at(self.problem.w + 2)
-    }
-
-    /// [`Conv3x3::halo_positions`] at row pitch `pitch` (the TMA tile's is wider than W + 2).
+    /// Positions of the padded space the halo kernels run over at row pitch `pitch` (W + 2, or
+    /// the TMA tiles' wider one), (N (H + 1) - 1) pitch: each image row with a zero column (or
+    /// more) on both sides, a zero row above each image.
     fn halo_positions_at(&self, pitch: usize) -> usize {
         let p = &self.problem;
         (p.n * (p.h + 1) - 1) * pitch
@@ -217,6 +219,26 @@ impl Conv3x3 {
         self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma
             && self.tiling != WinoTiling::Flat
             && halo_positions_fit(&self.problem, HALO_POS, self.problem.w + 2)
+    }
+
+    /// Whether the wgmma wgrad is its TMA-fed, warp-specialised twin
+    /// (kernels/conv_wgrad_wgmma_tma.cu): under [`WinoTiling::TmaWs`], where its ring fits an
+    /// sm_90 block (always: its stages do not depend on the width) and its padded positions, at
+    /// the TMA tiles' wider pitch, the kernel's 32-bit indices; else the cp.async one runs.
+    pub(super) fn wgrad_tma(&self) -> bool {
+        let p = &self.problem;
+        let shared = super::wgrad_wgmma_tma_smem(if self.cp <= 64 { 64 } else { 128 }) as usize;
+        self.wgrad_halo()
+            && self.tiling == WinoTiling::TmaWs
+            && shared + 128 <= SM90_SHARED_PER_BLOCK
+            && halo_positions_fit(p, HALO_POS, tma_pitch(p.w))
+    }
+
+    /// Positions the halo wgrad reduces over: (N (H + 1) - 1) (W + 2), or at the TMA pitch for
+    /// its TMA twin.
+    pub(super) fn wgrad_positions(&self) -> usize {
+        let pitch = if self.wgrad_tma() { tma_pitch(self.problem.w) } else { self.problem.w + 2 };
+        self.halo_positions_at(pitch)
     }
 
     /// An error unless `dev` runs wgmma kernels.
@@ -306,18 +328,29 @@ impl Conv3x3 {
         let (KArg::Ptr(xp), KArg::Ptr(wp)) = (x, wt) else {
             return Err(Error::Invalid(format!("conv3x3 {p}: the TMA tile needs x and wt as device pointers")));
         };
-        let xs = TensorMapSpec {
-            dims: vec![cin, p.w, p.h, p.n],
-            strides: vec![2 * cin, 2 * cin * p.w, 2 * cin * p.w * p.h],
-            boxd: vec![64, 8, 1, 1],
-            swizzle128: true,
-        };
         let ws = TensorMapSpec {
             dims: vec![cin, 9, cout],
             strides: vec![2 * cin, 2 * cin * 9],
             boxd: vec![64, 1, tile.n],
             swizzle128: true,
         };
-        Ok((TensorMap::new(dev, xp, &xs)?.arg(), TensorMap::new(dev, wp, &ws)?.arg()))
+        Ok((self.nhwc_map(dev, KArg::Ptr(xp), cin)?, TensorMap::new(dev, wp, &ws)?.arg()))
+    }
+
+    /// A tensor map of the NHWC tensor `t` (a device pointer) of this problem's images with
+    /// `channels` channels, as (channels, W, H, N) in boxes of 64 channels x 8 pixels of a row in
+    /// the 128-byte swizzle: the TMA tiles' 8-position chunks (conv_tma_load_chunk).
+    pub(super) fn nhwc_map(&self, dev: &Device, t: KArg, channels: usize) -> Result<KArg> {
+        let p = &self.problem;
+        let KArg::Ptr(ptr) = t else {
+            return Err(Error::Invalid(format!("conv3x3 {p}: the TMA tiles need their tensors as device pointers")));
+        };
+        let spec = TensorMapSpec {
+            dims: vec![channels, p.w, p.h, p.n],
+            strides: vec![2 * channels, 2 * channels * p.w, 2 * channels * p.w * p.h],
+            boxd: vec![64, 8, 1, 1],
+            swizzle128: true,
+        };
+        Ok(TensorMap::new(dev, ptr, &spec)?.arg())
     }
 }

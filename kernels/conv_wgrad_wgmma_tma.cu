@@ -1,0 +1,172 @@
+// conv_wgrad_wgmma_tma.cu: conv_wgrad_wgmma_halo.cu's backward-filter tile with both operands
+// brought by the TMA engine (kernels/bulk.cuh) in the 128-byte swizzle by a producer warp, sm_90
+// only; the same partial sums for the same reduction (wgrad_reduce_f32):
+//   igemm3x3_wgrad_wgmma_halo_tma_ws_c{64,128}_f16
+//     part[z][k][(r,s,c)] = sum_{P in chunk z} dY[P][k] X[P + (r-1) sp + s-1][c]
+//     (and, in block x = 0, part[z][K 9 C + k] = sum_P dY[P][k])
+// over conv_wgmma_tma.cu's padded position space (pitch sp = w + 2 rounded up to 8, h + 1 rows an
+// image, positions from sp on): dY is zero at every padded position (the copy engine writes
+// zeros outside the tensor), so those add nothing, nor do positions past the last image.
+//
+// Why: the cp.async halo wgrad was profiled latency-bound on the H200 (256 threads at 242
+// registers: one block an SM, ~0.38 eligible warps a scheduler), every thread computing
+// conv_halo_pixel's divisions for its copies each stage. Here one warp issues whole boxes and
+// the two consumer warpgroups do nothing but wait, sum db (grid x 0) and issue wgmma's.
+//
+// Tiling as conv_wgrad_wgmma_halo.cu's: a block owns 128 k x (3 taps s of filter row r x kC c),
+// kC = 128, or 64 for C <= 64 (grid x: r + 3 c-block, y: k blocks, z: position chunks, each a
+// multiple of 64 positions so that no stage straddles two); 384 threads: 2 consumer warpgroups
+// of 64 k, each 3 m64n{kC}k16 accumulators (one a tap), and a producer warpgroup whose first
+// warp issues the copies. 192 accumulators a thread (kC 128) need more than a launch's even
+// share of registers, 168 (ptxas caps a 288-thread block, a lone producer warp, at 168 too), so
+// the producers give back all but 40 and the consumers take 232 (setmaxnreg, which works on whole
+// warpgroups: hence 4 producer warps).
+// A stage is 64 positions P0.. (P0 a multiple of 8), in boxes of 8 positions x 64 channels
+// (1024 bytes, one swizzle pattern; conv_tma_load_chunk): A = dY, 2 k-halves x 8 chunks, at
+// [k-half][chunk], M-major (k along a 128-byte row, a position a row): warpgroup wg's A is
+// k-half wg, sbo 1024, a k16 step 2048 bytes. B = X, kC / 64 c-halves x 10 chunks, the 80
+// positions from P0 + (r - 1) sp - 8, at [c-half][chunk], N-major: lbo 10 x 1024 between c-halves,
+// sbo 1024. Tap s reads position P0 + i + (r - 1) sp + s - 1 at row 7 + s + i: its B descriptor
+// starts 7 + s rows of 128 bytes in. Whole rows move with the swizzle's address rule
+// (kernels/wgmma.cuh), which conv_wgmma_tma.cu's shifted A descriptors rely on too.
+// Pipeline (conv_wgmma_tma.cu's kWs): a ring of as many stage buffers as fit 227 KB (6 at kC 128,
+// 8 at 64), a `full` mbarrier a buffer that the producer's lane 0 arms with the stage's bytes
+// before its lanes issue the 16 + 10 kC / 64 boxes, and an `empty` one that each consumer warp's
+// lane 0 arrives on once the wgmma group that read the buffer has retired (at stage s for s - 1);
+// the producer waits for that before refilling it. No __syncthreads in the loop; the producer
+// warpgroup stays to the end, for conv_wgmma_db_finish's block barriers.
+// db: the blocks of grid x 0 sum each stage's dY from shared memory before its wgmma's are issued
+// (conv_wgrad_wgmma.cu's reason), un-swizzling the address; a proxy fence then orders those reads
+// before the copy engine's refill.
+// Shared memory: 1024 bytes of alignment slack and the ring (the launcher: src/ops/conv.rs).
+// Offsets are 32-bit (positions below 2^31 and N H W max(C, K) < 2^31, src/ops/conv.rs).
+#include "conv_wgmma.cuh"
+
+namespace cwt {
+constexpr int kM = 128, kP = 64, kBox = 1024, kXChunks = 10, kConsumerWarps = 8, kThreads = 384;
+// Registers a thread (the header): the launch's 168, then 40 for the producers, 232 for the
+// consumers (192 accumulators at kC 128); the pool stays the launch's 384 x 168.
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "the block's registers");
+constexpr int kABytes = kM * kP * 2;  // 16384: dY's 2 k-halves x 8 chunks
+// A ring buffer with kC channels a block: dY, then X's kC / 64 c-halves x 10 chunks.
+__host__ __device__ constexpr int buf_bytes(int c) { return kABytes + c / 64 * kXChunks * kBox; }
+// Buffers that fit an sm_90 block's 227 KB beside the slack and up to 128 bytes of barriers.
+__host__ __device__ constexpr int bufs(int c) { return (227 * 1024 - 1024 - 128) / buf_bytes(c); }
+__host__ __device__ constexpr int smem_bytes(int c) { return 1024 + bufs(c) * buf_bytes(c); }
+static_assert(bufs(128) == 6 && bufs(64) == 8 && smem_bytes(128) == 222208 && smem_bytes(64) == 214016,
+              "src/ops/conv.rs's shared bytes for the TMA wgrad");
+}  // namespace cwt
+
+// db from one stage's swizzled dY tile: this thread's k = tid & 127 (k-half k / 64 at 8192 bytes
+// a half, its 16-byte chunk (k % 64) / 8 of each 128-byte row XORed with the row's index i in its
+// 1024-byte box) over positions 32 (tid >> 7).. + 31 (a row each), added to db_sum. Rows i of
+// the 4 boxes first: one address a row index, the boxes at immediate offsets (few registers
+// beside the 192 accumulators).
+__device__ __forceinline__ void wgrad_tma_db_stage(const unsigned char* tile, int tid, float& db_sum) {
+    const int kk = tid & 127, chunk = (kk & 63) >> 3;
+    const unsigned char* const a = tile + (kk >> 6) * 8192 + (tid >> 7) * 32 * 128 + (kk & 7) * 2;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const unsigned char* const row = a + i * 128 + ((chunk ^ i) << 4);
+#pragma unroll
+        for (int box = 0; box < 4; ++box)
+            db_sum += __half2float(*reinterpret_cast<const __half*>(row + box * cwt::kBox));
+    }
+}
+
+// part layout: [chunk][K*9*C + K] (conv_wgrad.cu); chunk a multiple of 64.
+template <int kC>
+__device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* dym, float* __restrict__ part, int n,
+                                             int h, int w, int c, int k, int chunk) {
+    using namespace cwt;
+    static_assert(kC == 64 || kC == 128, "3 m64nNk16 accumulators a warpgroup");
+    constexpr int kBufs = bufs(kC), kBufBytes = buf_bytes(kC), kXBoxes = kC / 64 * kXChunks;
+    VGG_DYN_SHARED(unsigned char, raw);
+    unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
+    __shared__ unsigned long long full[kBufs], empty[kBufs];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int r = (int)blockIdx.x % 3, c0 = (int)blockIdx.x / 3 * kC, k0 = (int)blockIdx.y * kM;
+    const int z = (int)blockIdx.z, sp = conv_tma_pitch(w), cols = 9 * c;
+    // The padded images are positions sp .. end - 1; chunk z's from pstart (no sum past end).
+    const int end = n * (h + 1) * sp, pstart = sp + z * chunk, pend = pstart + min(chunk, end - pstart);
+    const int stages = (pend - pstart + kP - 1) / kP;
+    if (tid == 0) {
+        for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1), mbarrier_init(&empty[b], kConsumerWarps);
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    float* const out = part + (long long)z * ((long long)k * cols + k);
+    const bool do_db = blockIdx.x == 0;
+    float db_sum = 0.f;  // the producer's stays 0
+
+    if (warp >= kConsumerWarps) {
+        warpgroup_setmaxnreg<kProducerRegs, false>();
+        // The producer warpgroup's first warp (the others idle): stage s into buffer s % kBufs
+        // once the consumers released its last lap.
+        for (int s = 0; warp == kConsumerWarps && s < stages; ++s) {
+            const int b = s % kBufs;
+            if (s >= kBufs) mbarrier_wait_parity(&empty[b], (s / kBufs - 1) & 1);
+            if (lane == 0) mbarrier_arrive_expect_tx(&full[b], kBufBytes);  // every box counts in full
+            __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
+            unsigned char* const buf = smem + b * kBufBytes;
+            const int ja = (pstart + s * kP) / 8, jx = ja + (r - 1) * (sp / 8) - 1;  // dY's, X's first chunk
+            for (int i = lane; i < 16 + kXBoxes; i += 32) {
+                if (i < 16) {
+                    conv_tma_load_chunk(buf + i * kBox, dym, k0 + 64 * (i >> 3), ja + (i & 7), sp, h, &full[b]);
+                } else {
+                    const int q = i - 16, ch = q / kXChunks;
+                    conv_tma_load_chunk(buf + kABytes + q * kBox, xm, c0 + 64 * ch, jx + q - ch * kXChunks, sp, h,
+                                        &full[b]);
+                }
+            }
+        }
+    } else {
+        warpgroup_setmaxnreg<kConsumerRegs, true>();
+        // A: this warpgroup's k-half (lbo, the other half, unread by an m64 A); B: tap 0's rows of
+        // buffer 0, 7 rows in.
+        const unsigned long long da0 = wgmma_desc_mn_sw128(smem + wg * 8 * kBox, 8 * kBox, kBox);
+        const unsigned long long db0 = wgmma_desc_mn_sw128(smem + kABytes + 7 * 128, kXChunks * kBox, kBox);
+        float acc[3][kC / 2];
+#pragma unroll
+        for (int s = 0; s < 3; ++s)
+#pragma unroll
+            for (int i = 0; i < kC / 2; ++i) acc[s][i] = 0.f;
+        for (int s = 0; s < stages; ++s) {
+            mbarrier_wait_parity(&full[s % kBufs], (s / kBufs) & 1);
+            if (do_db) {
+                wgrad_tma_db_stage(smem + (s % kBufs) * kBufBytes, tid, db_sum);
+                fence_proxy_async_shared();  // these reads before the buffer's refill by the copy engine
+            }
+            const unsigned stage = (s % kBufs) * (kBufBytes >> 4);
+            // A k16 step is 2 chunks on (128 descriptor units), a tap one 128-byte row (8).
+            conv_wgrad_taps_stage<kC>(acc, da0 + stage, db0 + stage, 128, 8);
+            // This warp is past group s - 1: its buffer may be refilled.
+            if (lane == 0 && s > 0) mbarrier_arrive(&empty[(s - 1) % kBufs]);
+        }
+        wgmma_wait<0>();
+#pragma unroll
+        for (int s = 0; s < 3; ++s) wgmma_fence_acc(acc[s]);
+        conv_wgrad_store_taps<kC>(acc, out, k0, k, r, c, c0);
+    }
+    // Every thread, the producer warpgroup too: conv_wgmma_db_finish's block barriers count all 384
+    // (the producers' slots past 255 are written, never read). Every box has landed by then: the
+    // consumers waited for each stage.
+    if (do_db) conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
+}
+
+// xm: x (C, w, h, n), dym: dy (K, w, h, n), both in boxes of 64 x 8 x 1 x 1 in the 128-byte
+// swizzle (src/ops/conv/wgmma.rs).
+#define WGRAD_TMA_PARAMS                                                                                   \
+    const __grid_constant__ TmaDesc xm, const __grid_constant__ TmaDesc dym, float *__restrict__ part, int n, \
+        int h, int w, int c, int k, int chunk
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_ws_c64_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<64>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<128>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
