@@ -33,8 +33,9 @@ pub struct KernelResources {
     pub stack_bytes: u32,
     pub spill_store_bytes: u32,
     pub spill_load_bytes: u32,
-    /// ptxas serialized the kernel's wgmma's (its note C7515: other instructions write the
-    /// accumulators while wgmma's are in flight), a silent loss of most of their speed.
+    /// ptxas serialized the kernel's wgmma's (its notes C7515: other instructions write the
+    /// accumulators while wgmma's are in flight; C7518: a wgmma wait it had to insert on a
+    /// divergent path), a silent loss of most of their speed.
     pub wgmma_serialized: bool,
 }
 
@@ -165,7 +166,7 @@ pub fn compile_with(cfg: &Config, locations: &[(&str, PathBuf)]) -> Outcome {
                 }
                 if k.wgmma_serialized {
                     let n = &k.name;
-                    println!("cargo:warning=kernel `{n}` ({name}.cu, {tname}): ptxas serialized its wgmma's (C7515)");
+                    println!("cargo:warning=kernel `{n}` ({name}.cu, {tname}): ptxas serialized its wgmma's");
                 }
             }
         }
@@ -340,8 +341,9 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelResources> {
         }
     }
     // "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are
-    // serialized due to ... in the function 'k'" (before the function's own lines).
-    for line in log.lines().filter(|l| l.contains("(C7515)")) {
+    // serialized due to ... in the function 'k'" (before the function's own lines), and likewise
+    // with other reasons under other codes (C7518): matched by the text, not the code.
+    for line in log.lines().filter(|l| l.contains("wgmma.mma_async instructions are serialized")) {
         let name = line.rsplit_once("in the function '").and_then(|(_, r)| r.split('\'').next());
         for k in kernels.iter_mut().filter(|k| Some(k.name.as_str()) == name) {
             k.wgmma_serialized = true;
@@ -530,9 +532,10 @@ mod tests {
 
     /// NVRTC 13.0's `-Xptxas=-v` log for sm_90a of three kernels (`with_smem` with 384 bytes of
     /// shared memory, `plain`, `spills` forced to spill by `__launch_bounds__(1024, 2)`) and a
-    /// `__noinline__` device function, verbatim but for two edits: a C7515 note for `spills`
-    /// spliced in before its lines, as ptxas writes it for a kernel whose wgmma's it
-    /// serializes, and the device function's stack and spills (0 in the real log) made nonzero.
+    /// `__noinline__` device function, verbatim but for three edits: a C7515 note for `spills`
+    /// and a C7518 one for `plain` spliced in before their lines, as ptxas writes them for a
+    /// kernel whose wgmma's it serializes, and the device function's stack and spills (0 in the
+    /// real log) made nonzero.
     const LOG: &str = "\
 ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'with_smem' for 'sm_90a'
@@ -540,6 +543,7 @@ ptxas info    : Function properties for with_smem
 ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 12 registers, used 1 barriers, 384 bytes smem
 ptxas info    : Compile time = 4.944 ms
+ptxas info    : (C7518) Potential Performance Loss: wgmma.mma_async instructions are serialized due to program dependence on compiler-inserted WG.DP in divergent path in the function 'plain'
 ptxas info    : Compiling entry function 'plain' for 'sm_90a'
 ptxas info    : Function properties for plain
 ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
@@ -570,7 +574,8 @@ ptxas         .     16 bytes stack frame, 8 bytes spill stores, 8 bytes spill lo
         };
         // The device function's properties (its own stack and spills, edited in here) belong
         // to no entry: no row, and no entry takes its numbers.
-        assert_eq!(parse_ptxas(LOG), vec![kernel("with_smem", 12, 384), kernel("plain", 8, 0), spills]);
+        let plain = KernelResources { wgmma_serialized: true, ..kernel("plain", 8, 0) };
+        assert_eq!(parse_ptxas(LOG), vec![kernel("with_smem", 12, 384), plain, spills]);
     }
 
     #[test]

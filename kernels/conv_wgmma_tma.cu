@@ -191,6 +191,10 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         item += gridDim.x;
         q0 = first_out(item);
     }
+    // Every group has retired at the last item's epilogue, but ptxas cannot see that through the
+    // loop's data-dependent exits: without this wait it inserts one on a divergent path and
+    // serializes every wgmma of the kernel (its note C7518; NVRTC 13.0).
+    wgmma_wait<0>();
 }
 
 // xm: x (cin, w, h, n) in boxes of 64 x 8 x 1 x 1; wm: wt (cin, 9, cout) in boxes of

@@ -56,7 +56,8 @@ fn every_kernel_file_is_embedded() {
 }
 
 /// ptxas serializes a kernel's wgmma's when other instructions may write their accumulators
-/// while they run (its note C7515); the build records it, and no shipped kernel may have it.
+/// while they run (its note C7515) or when it must insert a wgmma wait on a divergent path
+/// (C7518); the build records it, and no shipped kernel may have it.
 #[test]
 fn no_kernel_serializes_its_wgmma() {
     let serialized: Vec<String> =

@@ -17,7 +17,7 @@ pub struct KernelResources {
     pub spill_store_bytes: u32,
     /// Bytes a thread loads back from its spills.
     pub spill_load_bytes: u32,
-    /// ptxas serialized the kernel's wgmma's (note C7515): they run one at a time.
+    /// ptxas serialized the kernel's wgmma's (notes C7515, C7518): they run one at a time.
     pub wgmma_serialized: bool,
 }
 
