@@ -46,7 +46,7 @@ __device__ __forceinline__ void wgrad_halo(const __half* __restrict__ x, const _
     // X pieces: kC / 8 blocks x 80 positions, in warp-rows of 8 positions x 4 blocks.
     constexpr int kXWarpRows = kC / 32 * 10;
     VGG_DYN_SHARED(unsigned char, smem);
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+    const int tid = threadIdx.x, warp = tid >> 5, wg = warp >> 2;
     const int r = (int)blockIdx.x % 3, c0 = (int)blockIdx.x / 3 * kC, k0 = (int)blockIdx.y * kM;
     const int z = (int)blockIdx.z, wp = w + 2, cols = 9 * c;
     const int pstart = wp + z * chunk, pend = min(pstart + chunk, n * (h + 1) * wp);
