@@ -321,13 +321,15 @@ fn resume_with_other_conv_plans_says_so() {
 fn best_checkpoint_is_the_first_best_validation() {
     let d = tmpdir("best");
     let metrics = d.0.join("m.jsonl");
-    // Without dropout, at this rate, validation improves at the second epoch and then ties.
+    // Without dropout, at this rate, validation improves at the second epoch and then ties (the
+    // run's numbers, not the rule: 0.015 since the first layers' dgrad runs the implicit GEMM,
+    // whose rounding moved the run that 0.02 gave; the asserts below check it is still that run).
     let with = |steps: u64, resume: bool| TrainArgs {
         metrics: Some(metrics.clone()),
         checkpoint_every: None,
         resume: resume.then(String::new),
         dropout: 0.0,
-        lr: Some(0.02),
+        lr: Some(0.015),
         ..args(&d, steps)
     };
     // Stopped mid-epoch twice (6 steps an epoch): validations at 9 and 15 besides the epochs'.
