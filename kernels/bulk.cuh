@@ -64,18 +64,22 @@ __device__ __forceinline__ void mbarrier_arrive(unsigned long long* bar) {
 #endif
 }
 
-// Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
-// On the GPU a wait still open after ~4 s traps instead of hanging the process: a copy that
-// never lands (a wrong box, a miscounted transaction) would otherwise stall a whole selftest or
-// gpu-check step until its time limit. A trap is sticky: the process's CUDA context is lost, so
-// every later launch in it fails too (gpu-check's steps are separate processes; in one selftest
-// run, the first failing row after it is the one to read).
 #if defined(__CUDA_ARCH__) && VGG_HAS_BULK
 // The trap as a call: inlined into a wait of code after setmaxnreg.inc (a warp-specialised
 // consumer), it made ptxas allocate that code within the launch's register share instead of
 // the raised one (spilling an accumulator set of conv_wgrad_wgmma_tma.cu: NVRTC 13.0).
 __device__ __noinline__ void mbarrier_wait_timed_out() { __trap(); }
 #endif
+
+// Returns once the phase of parity `parity` has completed (the bytes it counted have landed).
+// On the GPU a wait still open after ~4 s traps instead of hanging the process: a copy that
+// never lands (a wrong box, a miscounted transaction) would otherwise stall a whole selftest or
+// gpu-check step until its time limit. A trap is sticky: the process's CUDA context is lost, so
+// every later launch in it fails too (gpu-check's steps are separate processes; in one selftest
+// run, the first failing row after it is the one to read). Cluster: acquire at cluster scope,
+// pairing with arrivals of other blocks of a cluster (kernels/cluster.cuh); otherwise the
+// default, CTA scope.
+template <bool Cluster = false>
 __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, unsigned parity PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_wait_parity(bar, parity, site_file, site_line);
@@ -84,11 +88,19 @@ __device__ __forceinline__ void mbarrier_wait_parity(unsigned long long* bar, un
   unsigned done = 0;
   unsigned long long start = 0;
   for (unsigned polls = 1; !done; ++polls) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(a), "r"(parity)
-        : "memory");
+    if constexpr (Cluster)
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+          " selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(a), "r"(parity)
+          : "memory");
+    else
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(a), "r"(parity)
+          : "memory");
     if (!done && (polls & 1023) == 0) {
       unsigned long long now;
       asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));

@@ -117,7 +117,8 @@ struct WgmmaOp {
 };
 
 // Per warp of the running block: wgmma's issued but not committed, and committed groups not
-// yet retired by a wait (oldest first).
+// yet retired by a wait (oldest first). The blocks of a cluster share the OS thread, their
+// fibers interleaved: each rank has its own 32 warps' state.
 struct WgmmaWarp {
   unsigned long long block = 0;
   std::vector<WgmmaOp> open;
@@ -127,8 +128,8 @@ struct WgmmaWarp {
 inline WgmmaWarp& wgmma_state(unsigned warp) {
   // A constant-initialized pointer: no lazy-initialization guard for fibers to race on.
   static thread_local WgmmaWarp* state = nullptr;
-  if (!state) state = new WgmmaWarp[32];  // one per OS thread, kept for its lifetime
-  WgmmaWarp& w = state[warp % 32];
+  if (!state) state = new WgmmaWarp[8 * 32];  // one per OS thread, kept for its lifetime
+  WgmmaWarp& w = state[emu::cluster_rank() % 8 * 32 + warp % 32];
   if (w.block != emu::block_serial()) w = WgmmaWarp{emu::block_serial(), {}, {}};
   return w;
 }

@@ -9,25 +9,25 @@
 // barrier, a lane missing from a mask, a thread that exited before a barrier): the launch
 // fails with a message naming the kernel and the call sites. A kernel that never waits
 // simply runs its threads one after the other, a plain loop with two switches a thread.
-#include "shim.h"
+//
+// Thread-block clusters: the blocks of one cluster run together on one OS thread, as one pool
+// of fibers in the schedule's order (block 0's threads first under index, the last block's last
+// under reverse, one random permutation of all of them a round under random), so that a cluster
+// barrier, or a wait on an mbarrier another block arrives on, can make progress. A launch
+// without a cluster runs each block as a cluster of one, which is exactly the block scheduler
+// above. Everything a block owns follows the fiber that runs: the current block (g_block),
+// blockIdx, its barriers, warps, mbarriers, dynamic shared memory and its poisoning; cp.async
+// groups are the fiber's own. What blocks of a cluster do to each other (barrier.cluster,
+// mapa, remote arrivals, multicast copies, the checks on a block's exit) is cluster.cpp's.
+// Static __shared__ is a thread_local of the OS thread (shim.h), so the blocks of a cluster share
+// it: cluster kernels keep every shared variable in dynamic shared memory (VGG_DYN_SHARED).
+#include "runtime.h"
 
 #include <sys/mman.h>
 
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
-#include <string>
-#include <deque>
-#include <unordered_map>
-#include <vector>
-
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#define EMU_TSAN 1
-#define EMU_NO_TSAN __attribute__((no_sanitize_thread))
-#else
-#define EMU_NO_TSAN
-#endif
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -73,96 +73,14 @@ emu_fiber_switch:
 #error "the emu fiber switch is written for x86-64 only"
 #endif
 
-typedef void (*emu_kernel_fn)(void** args);
-
-namespace emu {
-namespace {
-
-constexpr size_t kStackBytes = 256 * 1024;  // virtual; only touched pages are committed
-constexpr size_t kGuardBytes = 4096;
-
-enum class State { Ready, AtBarrier, AtWarp, AtMbarrier, Done };
-
-// One cp.async in flight: the source bytes (read at issue, zero-filled past src_bytes) and
-// where they land.
-struct AsyncCopy {
-    unsigned char* dst;
-    unsigned bytes;
-    unsigned char data[16];
-};
-
-// One bulk copy or TMA box not yet landed (it lands at a wait on its mbarrier, or at issue):
-// its bytes as read at issue, and where they go.
-struct BulkCopy {
-    unsigned char* dst;
-    std::vector<unsigned char> data;
-};
-
-// An mbarrier's state: arrivals a phase expects and still expects, transaction bytes still
-// expected, phases completed, and the bulk copies on it not yet landed.
-struct Mbarrier {
-    unsigned count = 0, pending = 0;
-    long long tx = 0;
-    unsigned long long phase = 0;
-    std::vector<BulkCopy> copies;
-};
-
-struct Fiber {
-    void* sp = nullptr;
-    unsigned char* stack = nullptr;  // lowest address of the mapping (guard page first)
-    State state = State::Ready;
-    uint3 tid{};
-    unsigned linear = 0;
-    std::vector<AsyncCopy> cp_open;                // cp.async issued since the last commit
-    std::deque<std::vector<AsyncCopy>> cp_groups;  // committed, not yet landed, oldest first
-    const void* mbar_wait = nullptr;               // the mbarrier it waits on (AtMbarrier)
-    const char* wait_file = nullptr;
-    int wait_line = 0;
-#ifdef EMU_TSAN
-    void* tsan = nullptr;
-#endif
-};
-
-struct WarpSlot {
-    unsigned mask = 0, arrived = 0;
-    const char* op = nullptr;
-    const char* file = nullptr;
-    int line = 0;
-    CollectiveFn fn = nullptr;
-    void* data[32] = {};
-};
-
-struct Block {
-    const char* kernel = "";
-    emu_kernel_fn fn = nullptr;
-    void** args = nullptr;
-    std::vector<Fiber> fibers;
-    unsigned nthreads = 0, done = 0, current = 0;
-    int schedule = 0;
-    uint64_t* rng = nullptr;  // the launch's random stream (random schedule)
-    void* sched_sp = nullptr;
-    // __syncthreads state of the current generation
-    unsigned bar_arrived = 0, bar_gen = 0;
-    const char* bar_file = nullptr;
-    int bar_line = 0;
-    std::vector<WarpSlot> warps;
-    std::unordered_map<const void*, Mbarrier> mbars;
-    std::string error;
-    bool failed = false;
-    std::vector<unsigned char> smem_store;
-    unsigned char* smem = nullptr;
-    size_t smem_bytes = 0;
-    unsigned long long serial = 0;  // block_serial(): distinct for every block run in the process
-#ifdef EMU_TSAN
-    void* tsan_sched = nullptr;
-    char bar_sync[2];
-    char block_start, block_end;
-#endif
-};
+namespace emu::rt {
 
 thread_local Block* g_block = nullptr;
 
-Fiber& cur() { return g_block->fibers[g_block->current]; }
+namespace {
+constexpr size_t kStackBytes = 256 * 1024;  // virtual; only touched pages are committed
+constexpr size_t kGuardBytes = 4096;
+}  // namespace
 
 EMU_NO_TSAN void switch_to_scheduler() {
     Block* b = g_block;
@@ -177,9 +95,13 @@ std::string site(const char* file, int line) {
     return std::string(base ? base + 1 : file) + ":" + std::to_string(line);
 }
 
-std::string tid_str(const Fiber& f) {
-    return "(" + std::to_string(f.tid.x) + "," + std::to_string(f.tid.y) + "," + std::to_string(f.tid.z) + ")";
+std::string tid_str(const Fiber& f) { return idx_str(f.tid); }
+
+std::string idx_str(const uint3& i) {
+    return "(" + std::to_string(i.x) + "," + std::to_string(i.y) + "," + std::to_string(i.z) + ")";
 }
+
+namespace {
 
 // Body of every fiber: run the kernel for this thread, then hand control back for good.
 EMU_NO_TSAN void fiber_main() {
@@ -202,6 +124,7 @@ EMU_NO_TSAN void fiber_main() {
     if (w.arrived && ((w.mask >> (f.linear % 32)) & 1u))
         fail("lane %u exited while lanes wait for it at %s (%s, mask 0x%08x)", f.linear % 32, w.op,
              site(w.file, w.line).c_str(), w.mask);
+    cluster_thread_exit(*b->cluster, f);
 #ifdef EMU_TSAN
     __tsan_release(&b->block_end);  // last, so every access of this fiber is ordered before it
 #endif
@@ -210,12 +133,12 @@ EMU_NO_TSAN void fiber_main() {
 }
 
 // Stacks are kept per OS thread across launches: mapping them anew for every block would
-// cost more than running most kernels.
+// cost more than running most kernels. A cluster's blocks take consecutive runs of them.
 thread_local std::vector<unsigned char*> t_stacks;
 
-void prepare_stack(Fiber& f) {
-    if (t_stacks.size() <= f.linear) t_stacks.resize(f.linear + 1, nullptr);
-    f.stack = t_stacks[f.linear];
+void prepare_stack(Fiber& f, unsigned slot) {
+    if (t_stacks.size() <= slot) t_stacks.resize(slot + 1, nullptr);
+    f.stack = t_stacks[slot];
     if (!f.stack) {
         void* m = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -226,7 +149,7 @@ void prepare_stack(Fiber& f) {
         // A guard page turns a fiber stack overflow into a crash instead of silent corruption.
         mprotect(m, kGuardBytes, PROT_NONE);
         f.stack = static_cast<unsigned char*>(m);
-        t_stacks[f.linear] = f.stack;
+        t_stacks[slot] = f.stack;
     }
     // Initial frame for emu_fiber_switch: mxcsr / fpu control word, six callee-saved
     // registers, then fiber_main as the return address, with the 16-byte alignment a
@@ -259,22 +182,29 @@ void order(std::vector<unsigned>& v, int schedule, uint64_t& rng) {
         for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[splitmix(rng) % i]);
 }
 
-std::string waiting_report(Block& b) {
+// The first waiting threads and what they wait for: 4 of a lone block, 2 a block of a cluster
+// (whose blocks' threads are named with their block, so that every block's waits show).
+std::string waiting_report(const Cluster& c) {
+    const bool one = c.blocks.size() == 1;
     std::string r;
-    int shown = 0;
-    for (auto& f : b.fibers) {
-        if (f.state == State::Done || shown >= 4) continue;
-        shown++;
-        r += "; thread " + tid_str(f);
-        if (f.state == State::AtBarrier)
-            r += " waits at __syncthreads " + site(b.bar_file, b.bar_line);
-        else if (f.state == State::AtWarp) {
-            WarpSlot& w = b.warps[f.linear / 32];
-            char m[16];
-            std::snprintf(m, sizeof m, "%08x", w.mask);
-            r += std::string(" waits at ") + w.op + " " + site(w.file, w.line) + " (mask 0x" + m + ")";
-        } else if (f.state == State::AtMbarrier) {
-            r += " waits on an mbarrier at " + site(f.wait_file, f.wait_line);
+    for (const Block& b : c.blocks) {
+        int shown = 0;
+        for (auto& f : b.fibers) {
+            if (f.state == State::Done || shown >= (one ? 4 : 2)) continue;
+            shown++;
+            r += one ? "; thread " + tid_str(f) : "; block " + idx_str(b.idx) + " thread " + tid_str(f);
+            if (f.state == State::AtBarrier)
+                r += " waits at __syncthreads " + site(b.bar_file, b.bar_line);
+            else if (f.state == State::AtWarp) {
+                const WarpSlot& w = b.warps[f.linear / 32];
+                char m[16];
+                std::snprintf(m, sizeof m, "%08x", w.mask);
+                r += std::string(" waits at ") + w.op + " " + site(w.file, w.line) + " (mask 0x" + m + ")";
+            } else if (f.state == State::AtMbarrier) {
+                r += " waits on an mbarrier at " + site(f.wait_file, f.wait_line);
+            } else if (f.state == State::AtCluster) {
+                r += cluster_waits(c, f);
+            }
         }
     }
     return r;
@@ -294,14 +224,25 @@ void acquire_block(Block& b) {
 #endif
 }
 
-// Runs one block to completion or failure. Returns false on a kernel error.
-EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
-    g_block = &b;
+void acquire_cluster(Cluster& c) {
+    for (Block& b : c.blocks) acquire_block(b);
+#ifdef EMU_TSAN
+    __tsan_acquire(&c.bar_sync[0]);
+    __tsan_acquire(&c.bar_sync[1]);
+#endif
+}
+
+// A block's state at its start: no thread done or waiting, no mbarrier, shared memory poisoned,
+// fresh fiber frames on the OS thread's stacks from `slot` on.
+EMU_NO_TSAN void reset_block(Block& b, unsigned slot, int schedule, uint64_t& rng) {
     b.schedule = schedule;
     b.rng = &rng;
     b.done = 0;
     b.bar_arrived = 0;
     b.failed = false;
+    b.exited = false;
+    b.cl_waited = 0;
+    b.remote.clear();
     b.mbars.clear();
     for (auto& w : b.warps) w = WarpSlot{};
     std::memset(b.smem, 0xFF, b.smem_bytes);
@@ -315,55 +256,106 @@ EMU_NO_TSAN bool run_block(Block& b, int schedule, uint64_t& rng) {
                 f.linear = i;
                 f.cp_open.clear();  // a failed launch may have abandoned copies
                 f.cp_groups.clear();
-                prepare_stack(f);
+                f.cl_arrivals = f.cl_waited = 0;
+                prepare_stack(f, slot + i);
             }
-    std::vector<unsigned> ord(b.nthreads);
 #ifdef EMU_TSAN
     __tsan_release(&b.block_start);
 #endif
-    // Index and reverse schedules are depth-first: after every switch back the scan restarts
-    // at the first thread of the order, so the first warp runs ahead until a __syncthreads
-    // holds it, then the next. That is the largest skew between warps a block can show, the
-    // one that exposes a missing barrier between a shared-memory stage's readers and the
-    // next stage's writers (warps in lockstep would hide it). The random schedule instead
-    // interleaves: one pass over a fresh random order per round.
-    const bool depth_first = schedule != 2;
-    while (b.done < b.nthreads) {
-        order(ord, schedule, rng);
-        bool progress = false;
-        for (size_t pos = 0; pos < ord.size(); ++pos) {
-            unsigned idx = ord[pos];
-            Fiber& f = b.fibers[idx];
-            if (f.state != State::Ready) continue;
-            progress = true;
-            b.current = idx;
-            threadIdx = f.tid;
-#ifdef EMU_TSAN
-            __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
-#endif
-            emu_fiber_switch(&b.sched_sp, f.sp);
-            if (b.failed) {
-                acquire_block(b);
-                return false;
-            }
-            if (depth_first) pos = size_t(-1);  // restart the scan (++pos wraps to 0)
-        }
-        if (!progress) {
-            b.error = "deadlock: no thread can proceed" + waiting_report(b);
-            acquire_block(b);
-            return false;
-        }
-    }
+}
+
+// What a block checks as its last thread exits (the running block's error when it fails).
+bool block_exit(Cluster& c, Block& b) {
     acquire_block(b);
     for (auto& [bar, m] : b.mbars)
         if (!m.copies.empty()) {
             b.error = "the block ended with bulk copies on an mbarrier never waited for";
             return false;
         }
+    return cluster_block_exit(c, b);
+}
+
+// "block (x,y,z)", and its rank when it has a cluster.
+std::string where(const Cluster& c, const Block& b) {
+    std::string w = "block " + idx_str(b.idx);
+    if (c.blocks.size() > 1)
+        w += ", rank " + std::to_string(b.rank) + " of a cluster of " + std::to_string(c.blocks.size());
+    return w;
+}
+
+// Runs one cluster (or lone block) to completion or failure. Returns false on a kernel error,
+// with `err` naming the block (or the cluster, for a deadlock) and what went wrong.
+EMU_NO_TSAN bool run_cluster(Cluster& c, int schedule, uint64_t& rng, std::string& err) {
+    const unsigned n = c.blocks[0].nthreads;
+    if (c.blocks.size() > 1) cluster_arenas_reset(c);
+    for (Block& b : c.blocks) {
+        g_block = &b;
+        reset_block(b, b.rank * n, schedule, rng);
+    }
+    c.done = c.arrived = c.gone = 0;
+    c.phase = 0;
+    std::vector<unsigned> ord(c.nthreads);
+    // Index and reverse schedules are depth-first: after every switch back the scan restarts
+    // at the first thread of the order, so the first warp runs ahead until a __syncthreads
+    // holds it, then the next. That is the largest skew between warps a block can show, the
+    // one that exposes a missing barrier between a shared-memory stage's readers and the
+    // next stage's writers (warps in lockstep would hide it). The random schedule instead
+    // interleaves: one pass over a fresh random order per round. A cluster's threads are one
+    // order: block 0's first (index), or all of them shuffled together (random).
+    const bool depth_first = schedule != 2, lone = c.blocks.size() == 1;
+    while (c.done < c.nthreads) {
+        order(ord, schedule, rng);
+        bool progress = false;
+        // The order's first threads that are done: a depth-first scan restarts past them (it
+        // would only skip them: a thread done stays done), so that a block of threads that
+        // never wait costs a scan step a thread rather than a scan of the block.
+        size_t done_front = 0;
+        for (size_t pos = 0; pos < ord.size(); ++pos) {
+            Fiber& f = *c.flat[ord[pos]];
+            if (f.state != State::Ready) continue;
+            const unsigned rank = lone ? 0 : ord[pos] / n;  // no division on the common path
+            Block& b = c.blocks[rank];
+            const unsigned idx = ord[pos] - rank * n;
+            progress = true;
+            g_block = &b;
+            b.current = idx;
+            threadIdx = f.tid;
+            blockIdx = b.idx;
+#ifdef EMU_TSAN
+            __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+            c.in_fiber = true;
+            emu_fiber_switch(&b.sched_sp, f.sp);
+            c.in_fiber = false;
+            if (b.failed || (b.done == n && !b.exited && !block_exit(c, b))) {
+                err = where(c, b) + ": " + b.error;
+                acquire_cluster(c);
+                return false;
+            }
+            if (depth_first) {
+                while (done_front < ord.size() && c.flat[ord[done_front]]->state == State::Done) ++done_front;
+                pos = done_front - 1;  // restart the scan there (++pos wraps size_t(-1) to 0)
+            }
+        }
+        if (!progress) {
+            const Block &first = c.blocks.front(), &last = c.blocks.back();
+            err = c.blocks.size() == 1 ? where(c, first)
+                                       : "cluster of blocks " + idx_str(first.idx) + " to " + idx_str(last.idx);
+            err += ": deadlock: no thread can proceed" + waiting_report(c);
+            acquire_cluster(c);
+            return false;
+        }
+    }
+    acquire_cluster(c);
     return true;
 }
 
 }  // namespace
+
+}  // namespace emu::rt
+
+namespace emu {
+using namespace rt;
 
 // ---- hooks called from kernel code (on a fiber) ----------------------------------------------
 
@@ -494,6 +486,7 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
 #endif
 }
 
+namespace rt {
 // Whether a cp.async lands at issue. The random stream is the scheduler's, shared by every
 // fiber of the block on this OS thread: not a race, but TSan cannot know (fiber switches carry
 // no synchronisation, so that it can see the kernel's own races), hence no instrumentation here.
@@ -501,6 +494,7 @@ EMU_NO_TSAN bool cp_async_lands_now() {
     Block* b = g_block;
     return b->schedule == 0 || (b->schedule == 2 && (splitmix(*b->rng) & 1));
 }
+}  // namespace rt
 
 void cp_async_issue(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
     AsyncCopy c{static_cast<unsigned char*>(dst), bytes, {}};
@@ -532,16 +526,17 @@ void cp_async_wait(int pending) {
     }
 }
 
-namespace {
-Mbarrier& mbarrier_at(void* bar, const char* op) {
-    auto it = g_block->mbars.find(bar);
-    if (it == g_block->mbars.end()) fail("%s on %p: no mbarrier was initialised there in this block", op, bar);
+namespace rt {
+Mbarrier& mbarrier_at(Block& b, void* bar, const char* op) {
+    auto it = b.mbars.find(bar);
+    if (it == b.mbars.end()) fail("%s on %p: no mbarrier was initialised there in this block", op, bar);
     return it->second;
 }
 
-// Lets the fibers waiting on `bar` look at it again.
-void mbarrier_wake(const void* bar) {
-    for (auto& f : g_block->fibers)
+namespace {
+// Lets the fibers of `b` waiting on `bar` look at it again.
+void mbarrier_wake(Block& b, const void* bar) {
+    for (auto& f : b.fibers)
         if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Ready;
 }
 
@@ -555,63 +550,57 @@ void mbarrier_land(Mbarrier& m) {
 }
 
 // Completes the phase once every arrival and every expected byte is in.
-EMU_NO_TSAN void mbarrier_try_complete(void* bar, Mbarrier& m) {
+EMU_NO_TSAN void mbarrier_try_complete(Block& b, void* bar, Mbarrier& m) {
     if (m.pending != 0 || m.tx != 0) return;
     m.phase++;
     m.pending = m.count;
 #ifdef EMU_TSAN
     __tsan_release(&m);
 #endif
-    mbarrier_wake(bar);
+    mbarrier_wake(b, bar);
 }
 
 // The mbarrier table belongs to the OS thread that runs the block; its fibers reach it one at a
 // time, in an order the scheduler imposes. ThreadSanitizer sees fibers as threads, so each hook
 // brackets its bookkeeping with an acquire and a release of one address: that order, made
-// visible (as wgmma.cuh's WgmmaOrdered does for the wgmma state).
+// visible (as wgmma.cuh's WgmmaOrdered does for the wgmma state). `b`: the table's block (the
+// running one, or another of its cluster).
 struct MbarOrdered {
-    MbarOrdered() {
+    Block& b;
+    explicit MbarOrdered(Block& b_) : b(b_) {
 #ifdef EMU_TSAN
-        __tsan_acquire(&g_block->mbars);
+        __tsan_acquire(&b.mbars);
 #endif
     }
     ~MbarOrdered() {
 #ifdef EMU_TSAN
-        __tsan_release(&g_block->mbars);
+        __tsan_release(&b.mbars);
 #endif
     }
 };
+}  // namespace
 
-// Queues a bulk copy or TMA box on `bar`: it lands now (the index schedule, or at random) or
-// when a wait needs it, whose fibers may look again.
-EMU_NO_TSAN void mbarrier_queue(void* bar, BulkCopy c, const char* op) {
-    MbarOrdered ordered;
-    Mbarrier& m = mbarrier_at(bar, op);
+// Queues a bulk copy or TMA box on `bar` of block `b`: it lands now (the index schedule, or at
+// random) or when a wait needs it, whose fibers may look again.
+EMU_NO_TSAN void mbarrier_queue(Block& b, void* bar, BulkCopy c, const char* op) {
+    MbarOrdered ordered(b);
+    Mbarrier& m = mbarrier_at(b, bar, op);
     m.copies.push_back(std::move(c));
 #ifdef EMU_TSAN
     __tsan_release(&m);  // the queued copy, before the waiter that lands it
 #endif
     if (cp_async_lands_now()) {
         mbarrier_land(m);
-        mbarrier_try_complete(bar, m);
+        mbarrier_try_complete(b, bar, m);
     } else {
-        mbarrier_wake(bar);
+        mbarrier_wake(b, bar);
     }
 }
-}  // namespace
 
-void mbarrier_init(void* bar, unsigned count) {
-    MbarOrdered ordered;
-    if (reinterpret_cast<uintptr_t>(bar) % 8) fail("mbarrier.init: %p is not 8-byte aligned", bar);
-    if (count == 0 || count >= (1u << 20)) fail("mbarrier.init: count %u (1 to 2^20 - 1)", count);
-    Mbarrier& m = g_block->mbars[bar];
-    if (!m.copies.empty()) fail("mbarrier.init at %p while bulk copies on it are in flight", bar);
-    m = Mbarrier{count, count, 0, 0, {}};
-}
-
-EMU_NO_TSAN void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
-    MbarOrdered ordered;
-    Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive.expect_tx");
+// One arrival on `bar` of block `b`, announcing `bytes` more to come.
+EMU_NO_TSAN void mbarrier_arrive_on(Block& b, void* bar, unsigned bytes) {
+    MbarOrdered ordered(b);
+    Mbarrier& m = mbarrier_at(b, bar, "mbarrier.arrive.expect_tx");
     // pending reaches 0 only as the phase completes (then it is the count again), unless the
     // phase still waits for bytes: an arrival then belongs to no phase.
     if (m.pending == 0)
@@ -623,9 +612,22 @@ EMU_NO_TSAN void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) {
 #ifdef EMU_TSAN
     __tsan_release(&m);  // the bytes expected, before the waiter that lands the copies reads them
 #endif
-    if (--m.pending == 0) mbarrier_wake(bar);  // a waiter may now land the copies
-    mbarrier_try_complete(bar, m);
+    if (--m.pending == 0) mbarrier_wake(b, bar);  // a waiter may now land the copies
+    mbarrier_try_complete(b, bar, m);
 }
+}  // namespace rt
+
+void mbarrier_init(void* bar, unsigned count) {
+    MbarOrdered ordered(*g_block);
+    if (reinterpret_cast<uintptr_t>(bar) % 8) fail("mbarrier.init: %p is not 8-byte aligned", bar);
+    if (count == 0 || count >= (1u << 20)) fail("mbarrier.init: count %u (1 to 2^20 - 1)", count);
+    cluster_check_dynamic(bar, "mbarrier.init");
+    Mbarrier& m = g_block->mbars[bar];
+    if (!m.copies.empty()) fail("mbarrier.init at %p while bulk copies on it are in flight", bar);
+    m = Mbarrier{count, count, 0, 0, {}, cur().cl_arrivals, 0};
+}
+
+void mbarrier_arrive_expect_tx(void* bar, unsigned bytes) { mbarrier_arrive_on(*g_block, bar, bytes); }
 
 EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void* bar) {
     auto* d = static_cast<unsigned char*>(dst);
@@ -635,7 +637,7 @@ EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void*
         fail("cp.async.bulk of %u bytes to %p: outside the block's dynamic shared memory", bytes, dst);
     // The source is read at issue, as a TMA box's is (a kernel may overwrite it after).
     const auto* s = static_cast<const unsigned char*>(src);
-    mbarrier_queue(bar, {d, std::vector<unsigned char>(s, s + bytes)}, "cp.async.bulk");
+    mbarrier_queue(*g_block, bar, {d, std::vector<unsigned char>(s, s + bytes)}, "cp.async.bulk");
 }
 
 // The emulator's tensor map (src/device/tensor_map.rs writes it): 16 words: magic, base, rank,
@@ -644,7 +646,7 @@ EMU_NO_TSAN void bulk_copy_g2s(void* dst, const void* src, unsigned bytes, void*
 // words 14 and 15.
 constexpr unsigned long long kTensorMapMagic = 0x564747544d415032ull;  // "VGGTMAP2"
 
-EMU_NO_TSAN void tma_load(void* dst, const void* map, const int* coords, int rank, void* bar) {
+EMU_NO_TSAN BulkCopy rt::tma_box(void* dst, const void* map, const int* coords, int rank) {
     if (reinterpret_cast<uintptr_t>(map) % 64)
         fail("cp.async.bulk.tensor: tensor map at %p is not 64-byte aligned", map);
     const auto* w = static_cast<const unsigned long long*>(map);
@@ -691,18 +693,23 @@ EMU_NO_TSAN void tma_load(void* dst, const void* map, const int* coords, int ran
                         const long long to = swizzle ? off ^ (((off >> 7) & 7) << 4) : off;
                         std::memcpy(&c.data[to], base + src, elem);
                     }
-    mbarrier_queue(bar, std::move(c), "cp.async.bulk.tensor");
+    return c;
+}
+
+void tma_load(void* dst, const void* map, const int* coords, int rank, void* bar) {
+    mbarrier_queue(*g_block, bar, tma_box(dst, map, coords, rank), "cp.async.bulk.tensor");
 }
 
 EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* file, int line) {
     for (;;) {
         {
-            MbarOrdered ordered;  // released before the fiber switches out below
-            Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait.parity");
+            MbarOrdered ordered(*g_block);  // released before the fiber switches out below
+            Mbarrier& m = mbarrier_at(*g_block, bar, "mbarrier.try_wait.parity");
             if ((m.phase & 1) != (parity & 1)) {
 #ifdef EMU_TSAN
                 __tsan_acquire(&m);
 #endif
+                m.observed = std::max(m.observed, m.phase);
                 return;
             }
             if (m.pending == 0 && !m.copies.empty()) {
@@ -710,7 +717,7 @@ EMU_NO_TSAN void mbarrier_wait_parity(void* bar, unsigned parity, const char* fi
                 __tsan_acquire(&m);  // the producers' queued copies
 #endif
                 mbarrier_land(m);
-                mbarrier_try_complete(bar, m);
+                mbarrier_try_complete(*g_block, bar, m);
                 continue;
             }
             Fiber& f = cur();
@@ -745,56 +752,75 @@ void vote_compute(void* const* lanes, unsigned) {
 // ---- the C ABI used by src/device/emu.rs ------------------------------------------------------
 
 // Runs blocks [first, last) (linear block index, x fastest) of a launch on the calling OS
-// thread. schedule: 0 index order, 1 reverse, 2 seeded random. Returns 0, or 1 with a
-// message in err.
+// thread, `cluster` consecutive blocks along x together (first and last are multiples of it,
+// and so is grid x). schedule: 0 index order, 1 reverse, 2 seeded random. Returns 0, or 1 with
+// a message in err.
 extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kernel, const unsigned grid[3],
                                               const unsigned block[3], size_t smem_bytes, void** args,
-                                              uint64_t first, uint64_t last, int schedule,
+                                              uint64_t first, uint64_t last, unsigned cluster, int schedule,
                                               uint64_t seed, char* err, size_t err_len) {
-    using namespace emu;
+    using namespace emu::rt;
 #ifdef EMU_TSAN
     __tsan_acquire(args);  // see vgg_emu_sync
 #endif
-    Block b;
-    b.kernel = kernel;
-    b.fn = fn;
-    b.args = args;
-    b.nthreads = block[0] * block[1] * block[2];
-    b.fibers.resize(b.nthreads);
-    b.warps.resize((b.nthreads + 31) / 32);
-    // A guard after the dynamic shared memory, so that a copy past its end is reported
-    // (cp_async_issue) instead of corrupting the heap.
-    b.smem_store.resize(smem_bytes + 128 + kSmemGuard);
-    b.smem = b.smem_store.data() + (128 - reinterpret_cast<uintptr_t>(b.smem_store.data()) % 128) % 128;
-    b.smem_bytes = smem_bytes;
+    Cluster c;
+    c.blocks.resize(cluster);
+    for (unsigned r = 0; r < cluster; ++r) {
+        Block& b = c.blocks[r];
+        b.kernel = kernel;
+        b.fn = fn;
+        b.args = args;
+        b.nthreads = block[0] * block[1] * block[2];
+        b.fibers.resize(b.nthreads);
+        b.warps.resize((b.nthreads + 31) / 32);
+        b.cluster = &c;
+        b.rank = r;
+#ifdef EMU_TSAN
+        b.tsan_sched = __tsan_get_current_fiber();
+        for (auto& f : b.fibers) f.tsan = __tsan_create_fiber(0);
+#endif
+    }
+    c.nthreads = cluster * c.blocks[0].nthreads;
+    for (Block& b : c.blocks)
+        for (Fiber& f : b.fibers) c.flat.push_back(&f);
+    if (cluster > 1) {
+        cluster_arenas(c, smem_bytes);
+    } else {
+        // A guard after the dynamic shared memory, so that a copy past its end is reported
+        // (cp_async_issue) instead of corrupting the heap.
+        Block& b = c.blocks[0];
+        b.smem_store.resize(smem_bytes + 128 + emu::kSmemGuard);
+        b.smem = b.smem_store.data() + (128 - reinterpret_cast<uintptr_t>(b.smem_store.data()) % 128) % 128;
+        b.smem_bytes = smem_bytes;
+    }
     gridDim = dim3(grid[0], grid[1], grid[2]);
     blockDim = dim3(block[0], block[1], block[2]);
-#ifdef EMU_TSAN
-    b.tsan_sched = __tsan_get_current_fiber();
-    for (auto& f : b.fibers) f.tsan = __tsan_create_fiber(0);
-#endif
     uint64_t rng = seed ^ (first * 0x9E3779B97F4A7C15ull);
-    std::vector<uint64_t> blocks;
-    for (uint64_t i = first; i < last; ++i) blocks.push_back(i);
-    if (schedule == 1) std::reverse(blocks.begin(), blocks.end());
+    std::vector<uint64_t> starts;
+    for (uint64_t i = first; i < last; i += cluster) starts.push_back(i);
+    if (schedule == 1) std::reverse(starts.begin(), starts.end());
     if (schedule == 2)
-        for (size_t i = blocks.size(); i > 1; --i) std::swap(blocks[i - 1], blocks[splitmix(rng) % i]);
+        for (size_t i = starts.size(); i > 1; --i) std::swap(starts[i - 1], starts[splitmix(rng) % i]);
     int rc = 0;
-    for (uint64_t lin : blocks) {
-        blockIdx = {unsigned(lin % grid[0]), unsigned(lin / grid[0] % grid[1]),
-                    unsigned(lin / grid[0] / grid[1])};
-        static std::atomic<unsigned long long> next_serial{1};
-        b.serial = next_serial.fetch_add(1, std::memory_order_relaxed);
-        if (!run_block(b, schedule, rng)) {
-            std::snprintf(err, err_len, "kernel %s, block (%u,%u,%u): %s", kernel, blockIdx.x, blockIdx.y,
-                          blockIdx.z, b.error.c_str());
+    std::string msg;
+    for (uint64_t lin0 : starts) {
+        for (Block& b : c.blocks) {
+            const uint64_t lin = lin0 + b.rank;
+            b.idx = {unsigned(lin % grid[0]), unsigned(lin / grid[0] % grid[1]), unsigned(lin / grid[0] / grid[1])};
+            static std::atomic<unsigned long long> next_serial{1};
+            b.serial = next_serial.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (!run_cluster(c, schedule, rng, msg)) {
+            std::snprintf(err, err_len, "kernel %s, %s", kernel, msg.c_str());
             rc = 1;
             break;
         }
     }
     g_block = nullptr;
+    if (cluster > 1) cluster_arenas_free(c);
 #ifdef EMU_TSAN
-    for (auto& f : b.fibers) __tsan_destroy_fiber(f.tsan);
+    for (Block& b : c.blocks)
+        for (auto& f : b.fibers) __tsan_destroy_fiber(f.tsan);
     __tsan_release(args);
 #endif
     return rc;

@@ -32,7 +32,10 @@
 #define __align__(n) __attribute__((aligned(n)))
 // Block-scope statics are per OS thread, and one OS thread runs one block start to finish,
 // so this gives each block its own shared array (not poisoned between blocks: use
-// VGG_DYN_SHARED when a test must catch reads of unwritten shared memory).
+// VGG_DYN_SHARED when a test must catch reads of unwritten shared memory). The blocks of a
+// thread-block cluster run together on one OS thread and would share it: cluster kernels keep
+// all shared state in VGG_DYN_SHARED (the primitives that take a shared address refuse a static
+// one in a cluster launch; plain loads and stores cannot be checked).
 #define __shared__ static thread_local
 #define __constant__ static
 
@@ -107,6 +110,20 @@ size_t dyn_smem_bytes();
 constexpr size_t kSmemGuard = 64 * 1024;
 // An identity of the running block (changes from block to block on one OS thread).
 unsigned long long block_serial();
+// Thread-block clusters (kernels/cluster.cuh; emulated in cluster.cpp). A launch without a
+// cluster is a cluster of one block. The rank of the running block in its cluster, the blocks in
+// it; barrier.cluster's arrive and wait; mapa (p, in this block's dynamic shared memory, moved
+// to the same offset in block `rank`'s); an arrival on the mbarrier at bar's offset in block
+// `rank`; a TMA load whose box lands at dst's offset in every block of `mask`, completing its
+// bytes on the mbarrier at bar's offset in each.
+unsigned cluster_rank();
+unsigned cluster_size();
+void cluster_arrive(const char* file, int line);
+void cluster_wait(const char* file, int line);
+void* cluster_map(const void* p, unsigned rank, const char* file, int line);
+void mbarrier_arrive_remote(void* bar, unsigned rank, const char* file, int line);
+void tma_load_multicast(void* dst, const void* map, const int* coords, int rank, void* bar, unsigned mask,
+                        const char* file, int line);
 }  // namespace emu
 
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)

@@ -331,9 +331,11 @@ impl CudaDevice {
         Ok((f, 48 * 1024))
     }
 
+    /// `cluster`: blocks a thread-block cluster along x (1: none).
+    ///
     /// # Safety
-    /// As [`super::Device::launch`].
-    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void]) -> Result<()> {
+    /// As [`super::Device::launch_cluster`].
+    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, cluster: u32, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
         let (f, allowed) = self.function(k)?;
         if cfg.shared_bytes > allowed {
@@ -348,8 +350,37 @@ impl CudaDevice {
                 e.1 = cfg.shared_bytes;
             }
         }
-        result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, args)
-            .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) })
+        if cluster == 1 {
+            return result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, args)
+                .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) });
+        }
+        // A cluster is a launch attribute of cuLaunchKernelEx (the kernels declare no
+        // __cluster_dims__): the cluster's extent in blocks along each grid dimension.
+        // SAFETY (zeroed): a C union of plain integers and pointers, all valid as zeros.
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value: std::mem::zeroed(),
+        };
+        attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_bytes,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `config` and the attribute it points at live across the call; `args` as for
+        // cuLaunchKernel (this fn's contract); no `extra` array.
+        sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result().map_err(|e| Error::Driver {
+            call: "cuLaunchKernelEx",
+            message: format!("{} (cluster of {cluster}): {e}", k.name),
+        })
     }
 
     /// Makes this device's context current on the calling thread and returns its stream, so

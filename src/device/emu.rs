@@ -32,6 +32,7 @@ extern "C" {
         args: *mut *mut c_void,
         first: u64,
         last: u64,
+        cluster: u32,
         schedule: c_int,
         seed: u64,
         err: *mut c_char,
@@ -186,11 +187,19 @@ impl EmuDevice {
     }
 
     /// `sizes`: the size in bytes of each argument, checked against the kernel's parameters
-    /// (the launcher reads one argument per parameter, whatever the array holds).
+    /// (the launcher reads one argument per parameter, whatever the array holds). `cluster`:
+    /// blocks a cluster along x (1: none), whose blocks run together on one OS thread.
     ///
     /// # Safety
-    /// As [`super::Device::launch`].
-    pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, args: &mut [*mut c_void], sizes: &[u8]) -> Result<()> {
+    /// As [`super::Device::launch_cluster`].
+    pub unsafe fn launch(
+        &self,
+        k: &Kernel,
+        cfg: LaunchConfig,
+        cluster: u32,
+        args: &mut [*mut c_void],
+        sizes: &[u8],
+    ) -> Result<()> {
         let (f, params) = self.launcher(k)?;
         if sizes != params {
             return Err(Error::Kernel(format!(
@@ -224,6 +233,7 @@ impl EmuDevice {
                 args_addr as *mut *mut c_void,
                 first,
                 last,
+                cluster,
                 code,
                 seed,
                 err.as_mut_ptr(),
@@ -237,29 +247,34 @@ impl EmuDevice {
         };
         // SAFETY: only annotates the hand-over for ThreadSanitizer builds (no-op otherwise).
         vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 1);
-        let result = self.dispatch(total, parallel, schedule, run);
+        let result = self.dispatch(total, cluster as u64, parallel, schedule, run);
         // SAFETY: as above.
         vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 0);
         result
     }
 
-    /// Runs blocks [0, total) through `run`, split into chunks on rayon's pool when allowed.
+    /// Runs blocks [0, total) through `run`, split into chunks of whole clusters of `cluster`
+    /// blocks on rayon's pool when allowed.
     fn dispatch(
         &self,
         total: u64,
+        cluster: u64,
         parallel: bool,
         schedule: Schedule,
         run: impl Fn(u64, u64) -> Result<()> + Sync,
     ) -> Result<()> {
         let workers = rayon::current_num_threads() as u64;
-        if !parallel || total < 2 || workers < 2 {
+        let units = total / cluster;
+        if !parallel || units < 2 || workers < 2 {
             return run(0, total);
         }
         use rayon::prelude::*;
-        let chunks = (workers * 4).min(total);
-        let per = total.div_ceil(chunks);
-        let mut ranges: Vec<(u64, u64)> =
-            (0..chunks).map(|i| (i * per, ((i + 1) * per).min(total))).filter(|r| r.0 < r.1).collect();
+        let chunks = (workers * 4).min(units);
+        let per = units.div_ceil(chunks);
+        let mut ranges: Vec<(u64, u64)> = (0..chunks)
+            .map(|i| (i * per * cluster, ((i + 1) * per).min(units) * cluster))
+            .filter(|r| r.0 < r.1)
+            .collect();
         if schedule == Schedule::Reverse {
             ranges.reverse();
         }

@@ -15,7 +15,7 @@ use crate::{Error, Result};
 
 /// One recorded operation of an emu capture.
 pub(crate) enum EmuOp {
-    Launch { kernel: Kernel, cfg: LaunchConfig, args: Vec<KArg> },
+    Launch { kernel: Kernel, cfg: LaunchConfig, cluster: u32, args: Vec<KArg> },
     Memset { dst: u64, byte: u8, bytes: usize },
 }
 
@@ -82,7 +82,9 @@ impl Graph {
                     match op {
                         // SAFETY: the arguments were checked by the launcher that captured them,
                         // and every buffer they name is still alive (this fn's contract).
-                        EmuOp::Launch { kernel, cfg, args } => unsafe { self.dev.launch_now(kernel, *cfg, args)? },
+                        EmuOp::Launch { kernel, cfg, cluster, args } => unsafe {
+                            self.dev.launch_now(kernel, *cfg, *cluster, args)?
+                        },
                         // SAFETY: as above: dst spans bytes bytes of a live allocation.
                         EmuOp::Memset { dst, byte, bytes } => unsafe {
                             std::ptr::write_bytes(*dst as *mut u8, *byte, *bytes)
@@ -182,13 +184,14 @@ impl Device {
     }
 
     /// emu while capturing: records the launch and returns true; false otherwise. cuda's
-    /// stream records its own launches (counted here).
-    pub(crate) fn record_launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> bool {
+    /// stream records its own launches (counted here; a cluster's dimension is one of the launch
+    /// attributes a captured kernel node keeps).
+    pub(crate) fn record_launch(&self, kernel: &Kernel, cfg: LaunchConfig, cluster: u32, args: &[KArg]) -> bool {
         let mut c = self.0.capture.lock().unwrap();
         let Some(cap) = c.as_mut() else { return false };
         cap.launches += 1;
         if self.is_emu() {
-            cap.ops.push(EmuOp::Launch { kernel: *kernel, cfg, args: args.to_vec() });
+            cap.ops.push(EmuOp::Launch { kernel: *kernel, cfg, cluster, args: args.to_vec() });
             return true;
         }
         false

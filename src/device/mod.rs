@@ -89,7 +89,27 @@ impl LaunchConfig {
         };
         Err(Error::Shape(format!("{kernel}: grid {:?} block {:?}: CUDA's limits say {why}", self.grid, self.block)))
     }
+
+    /// A thread-block cluster of `x` blocks along grid x ([`Device::launch_cluster`]) held to
+    /// CUDA's rules: 1 to 8 blocks (the portable limit; 1 is no cluster), dividing grid x.
+    pub fn check_cluster(&self, kernel: &str, x: u32) -> Result<()> {
+        if !(1..=MAX_CLUSTER).contains(&x) {
+            return Err(Error::Shape(format!(
+                "{kernel}: a cluster of {x} blocks: CUDA's portable limit is 1 to {MAX_CLUSTER}"
+            )));
+        }
+        if !self.grid.0.is_multiple_of(x) {
+            return Err(Error::Shape(format!(
+                "{kernel}: grid x {} is not a multiple of the cluster size {x}",
+                self.grid.0
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The most blocks a cluster may have without the non-portable opt-in.
+pub const MAX_CLUSTER: u32 = 8;
 
 /// One kernel argument, packed by value as the kernel signature expects.
 #[derive(Clone, Copy, Debug)]
@@ -236,6 +256,12 @@ impl Device {
         }
     }
 
+    /// Whether kernels using thread-block clusters (kernels/cluster.cuh) run here: on emu, and
+    /// where wgmma does (the sm_90a cubin; the compute_80 PTX traps on their instructions).
+    pub fn has_clusters(&self) -> bool {
+        self.has_wgmma()
+    }
+
     /// Streaming multiprocessors: the GPU's, or on emu [`EMU_MULTIPROCESSORS`]. What a
     /// persistent kernel (one block an SM, each taking several work items) sizes its grid by.
     pub fn multiprocessors(&self) -> usize {
@@ -379,6 +405,32 @@ impl Device {
     /// pointer must address a live allocation of this device large enough for what the
     /// kernel touches at this launch configuration.
     pub unsafe fn launch(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+        self.launch_cluster(kernel, cfg, 1, args)
+    }
+
+    /// Launches `kernel` as [`Device::launch`] does, its blocks grouped in thread-block clusters of
+    /// `cluster_x` consecutive blocks along x (1: no cluster, exactly `launch`), which run at the
+    /// same time and may use each other's shared memory (kernels/cluster.cuh). The cluster size
+    /// must divide grid x and be at most [`MAX_CLUSTER`] ([`LaunchConfig::check_cluster`]); a
+    /// device without clusters ([`Device::has_clusters`]) refuses a cluster with
+    /// `Error::Unsupported`.
+    ///
+    /// # Safety
+    /// As [`Device::launch`].
+    pub unsafe fn launch_cluster(
+        &self,
+        kernel: &Kernel,
+        cfg: LaunchConfig,
+        cluster_x: u32,
+        args: &[KArg],
+    ) -> Result<()> {
+        if cluster_x > 1 && !self.has_clusters() {
+            return Err(Error::Unsupported(format!(
+                "{}: thread-block clusters need compute capability 9.0, which {} has not",
+                kernel.name,
+                self.name()
+            )));
+        }
         let limit = self.max_shared_per_block();
         if cfg.shared_bytes as usize > limit {
             return Err(Error::Unsupported(format!(
@@ -391,23 +443,24 @@ impl Device {
             )));
         }
         cfg.check(kernel.name)?;
+        cfg.check_cluster(kernel.name, cluster_x)?;
         self.count_launch();
-        if self.record_launch(kernel, cfg, args) {
+        if self.record_launch(kernel, cfg, cluster_x, args) {
             return Ok(());
         }
-        self.profiled(kernel.name, || self.launch_now(kernel, cfg, args))
+        self.profiled(kernel.name, || self.launch_now(kernel, cfg, cluster_x, args))
     }
 
     /// # Safety
     /// As [`Device::launch`].
-    unsafe fn launch_now(&self, kernel: &Kernel, cfg: LaunchConfig, args: &[KArg]) -> Result<()> {
+    unsafe fn launch_now(&self, kernel: &Kernel, cfg: LaunchConfig, cluster_x: u32, args: &[KArg]) -> Result<()> {
         let mut slots: Vec<Slot> = args.iter().map(|a| a.to_slot()).collect();
         let mut ptrs: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut Slot as *mut c_void).collect();
         match &self.0.backend {
-            Backend::Cuda(c) => c.launch(kernel, cfg, &mut ptrs),
+            Backend::Cuda(c) => c.launch(kernel, cfg, cluster_x, &mut ptrs),
             Backend::Emu(e) => {
                 let sizes: Vec<u8> = args.iter().map(|a| a.size()).collect();
-                e.launch(kernel, cfg, &mut ptrs, &sizes)
+                e.launch(kernel, cfg, cluster_x, &mut ptrs, &sizes)
             }
         }
     }

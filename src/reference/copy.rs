@@ -1,5 +1,6 @@
-//! The copies kernels/bulk.cuh and kernels/probe_copy.cu make: what a TMA load lays in shared
-//! memory, and the copy probe's checksum of a landed tile.
+//! The copies kernels/bulk.cuh, kernels/cluster.cuh and kernels/probe_copy.cu make: what a TMA
+//! load lays in shared memory, what the cluster test kernels read from each other's shared
+//! memories, and the copy probe's checksum of a landed tile.
 
 use crate::device::TensorMapSpec;
 
@@ -47,4 +48,35 @@ pub fn copy_probe_tile_sum(unit: impl Fn(usize, usize) -> [u32; 4]) -> u32 {
         }
     }
     acc
+}
+
+/// Word `t` of block `b`'s shared memory in kernels/cluster_test.cu's exchange kernels.
+pub fn cluster_exchange_value(b: usize, t: usize) -> i32 {
+    (b * 1000 + t + 1) as i32
+}
+
+/// What `cluster_dsmem_exchange` writes for `blocks` blocks of `threads` threads in clusters of
+/// `n`: for each block, its rank * 16 + n, then every rank's words of its cluster as each holds
+/// them.
+pub fn cluster_exchange(blocks: usize, n: usize, threads: usize) -> Vec<i32> {
+    let mut out = vec![];
+    for b in 0..blocks {
+        let first = b - b % n;
+        out.push((b % n * 16 + n) as i32);
+        out.extend((0..n).flat_map(|r| (0..threads).map(move |t| cluster_exchange_value(first + r, t))));
+    }
+    out
+}
+
+/// What `cluster_remote_arrive` writes for `clusters` clusters of `n`: for each, rank 0's words,
+/// its own unwritten (-1), rank r's the value block first + r wrote through mapa.
+pub fn cluster_remote_words(clusters: usize, n: usize) -> Vec<i32> {
+    (0..clusters * n).map(|b| if b % n == 0 { -1 } else { cluster_exchange_value(b, 0) }).collect()
+}
+
+/// What a multicast kernel of kernels/cluster_test.cu leaves in an output of `blocks` boxes filled
+/// with `fill` beforehand: the box, in the slots of the blocks whose rank (in clusters of `n`) is
+/// in `mask`.
+pub fn cluster_multicast(boxb: &[u8], blocks: usize, n: usize, mask: u32, fill: u8) -> Vec<u8> {
+    (0..blocks).flat_map(|b| if (mask >> (b % n)) & 1 == 1 { boxb.to_vec() } else { vec![fill; boxb.len()] }).collect()
 }

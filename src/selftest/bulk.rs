@@ -16,16 +16,16 @@ fn kernel(name: &'static str) -> Kernel {
 }
 
 /// Varied 16-bit values (neighbours differ), so that a misplaced element shows.
-fn pattern(len: usize, seed: u32) -> Vec<u16> {
+pub(super) fn pattern(len: usize, seed: u32) -> Vec<u16> {
     (0..len as u32).map(|i| (i.wrapping_mul(0x9E37_79B1).wrapping_add(seed) >> 13) as u16).collect()
 }
 
-fn as_bytes(v: &[u16]) -> Vec<u8> {
+pub(super) fn as_bytes(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// 16-bit words as exact f32s, for `compare`.
-fn words(bytes: &[u8]) -> Vec<f32> {
+pub(super) fn words(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as f32).collect()
 }
 

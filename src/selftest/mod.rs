@@ -4,6 +4,7 @@
 //! the GPU when a session has one.
 
 mod bulk;
+mod cluster;
 mod conv;
 mod dense_gather;
 mod dropout;
@@ -123,6 +124,9 @@ pub const CHECKS: &[Check] = &[
     Check { name: "copy_probe", run: bulk::copy_probe },
     Check { name: "gemm_tma", run: gemm::linear_tma },
     Check { name: "conv_wgmma_tma", run: conv::wgmma_tma },
+    // Clusters last of all: a cluster kernel whose barrier or multicast never completes traps the
+    // same way, and their rows are the newest reading of the PTX ISA.
+    Check { name: "cluster", run: cluster::cluster },
 ];
 
 /// The bound of a row standing for a check that does not run on the device (its kernels'
