@@ -328,8 +328,8 @@ EMU_NO_TSAN bool run_cluster(Cluster& c, int schedule, uint64_t& rng, std::strin
             emu_fiber_switch(&b.sched_sp, f.sp);
             c.in_fiber = false;
             if (b.failed || (b.done == n && !b.exited && !block_exit(c, b))) {
+                acquire_cluster(c);  // before reading what the fibers wrote (b.error: emu::fail)
                 err = where(c, b) + ": " + b.error;
-                acquire_cluster(c);
                 return false;
             }
             if (depth_first) {
@@ -338,11 +338,11 @@ EMU_NO_TSAN bool run_cluster(Cluster& c, int schedule, uint64_t& rng, std::strin
             }
         }
         if (!progress) {
+            acquire_cluster(c);  // before reading the fibers' wait sites
             const Block &first = c.blocks.front(), &last = c.blocks.back();
             err = c.blocks.size() == 1 ? where(c, first)
                                        : "cluster of blocks " + idx_str(first.idx) + " to " + idx_str(last.idx);
             err += ": deadlock: no thread can proceed" + waiting_report(c);
-            acquire_cluster(c);
             return false;
         }
     }
@@ -401,23 +401,24 @@ EMU_NO_TSAN void syncthreads(const char* file, int line) {
         fail("divergent __syncthreads: thread %s at %s while other threads wait at %s",
              tid_str(f).c_str(), site(file, line).c_str(), site(b->bar_file, b->bar_line).c_str());
     }
-#ifdef EMU_TSAN
-    __tsan_release(&b->bar_sync[b->bar_gen & 1]);
-#endif
     unsigned gen = b->bar_gen;
     if (++b->bar_arrived == b->nthreads) {
         b->bar_arrived = 0;
         b->bar_gen++;
         for (auto& o : b->fibers)
             if (o.state == State::AtBarrier) o.state = State::Ready;
-        // The last thread to arrive yields too, so that the schedule, not arrival order,
-        // decides who runs first after the barrier (else "reverse" would still start with
-        // whichever thread happened to arrive last).
-        switch_to_scheduler();
     } else {
         f.state = State::AtBarrier;
-        switch_to_scheduler();
     }
+#ifdef EMU_TSAN
+    // After this fiber's last access of the block before it parks: a launch abandoned while it
+    // waits (another thread failed) then frees the block ordered after all of them.
+    __tsan_release(&b->bar_sync[gen & 1]);
+#endif
+    // The last thread to arrive yields too, so that the schedule, not arrival order, decides who
+    // runs first after the barrier (else "reverse" would still start with whichever thread
+    // happened to arrive last).
+    switch_to_scheduler();
 #ifdef EMU_TSAN
     __tsan_acquire(&b->bar_sync[gen & 1]);
 #else
