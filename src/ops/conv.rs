@@ -103,8 +103,8 @@ const WINO_REGION_MAX_IDLE: f64 = 0.125;
 const IGEMM_C8_ROWS: usize = 8;
 const IGEMM_C8_COLS: usize = 32;
 const IGEMM_FPROP_OUT: usize = 64;
-const IGEMM_FPROP_SMEM: u32 = (8 * 32 * 72 * 2) as u32;
-const IGEMM_DGRAD_SMEM: u32 = ((10 * 34 + 9 * 8) * 72 * 2) as u32;
+const IGEMM_FPROP_SMEM: u32 = (IGEMM_C8_ROWS * IGEMM_C8_COLS * 72 * 2) as u32;
+const IGEMM_DGRAD_SMEM: u32 = (((IGEMM_C8_ROWS + 2) * (IGEMM_C8_COLS + 2) + 9 * 8) * 72 * 2) as u32;
 /// Implicit-GEMM wgrad: 128 k x 128 flattened (r, s, c) columns a block, or 64 x 256 when
 /// K <= 64; 32 pixels a stage, a 4-stage ring of (32 x (M + 8) + 32 x (N + 8)) halves, 256
 /// threads (kernels/conv_wgrad.cu).
