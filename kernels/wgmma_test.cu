@@ -16,6 +16,11 @@
 //     as 4 wgmma's: A: 72 x 64 row-major fp16, of which rows shift .. shift + 63 are multiplied
 //     (shift 0..8: a start on and off the pattern's 1024-byte boundary, as a halo tap shift
 //     gives), Bt: 64 x 64 row-major; C, D: 64 x 64 fp32. Shared memory 18432 bytes.
+//   prim_wgmma_sw128_grid_n64(A, Bt, C, D, acc, pitch, start)  K-major, 128-byte swizzle, K = 64,
+//     A's 8-row groups `pitch` rows apart (sbo 128 pitch bytes, not the compact 1024): A: 9 pitch
+//     x 64 row-major fp16 (9 image rows of `pitch` positions, pitch a multiple of 8), of which
+//     rows start + pitch g + j (g, j 0..7) are multiplied: an 8 x 8 pixel block of a 2-D halo,
+//     shifted by a tap (conv_wgmma_tma2d.cu). Shared memory 1024 + 128 (9 pitch + 64) bytes.
 //   prim_wgmma_mn_sw128_n128(At, B, C, D, acc, adjacent)  M/N-major, 128-byte swizzle
 //     (wgmma.cuh), K = 64 as 4 wgmma's: At: 64 x 64 row-major fp16 (A transposed: At[k][m]),
 //     B: 64 x 128 row-major (B[k][n]), C, D: 64 x 128 fp32; D = A B + (acc ? C : 0). adjacent 0:
@@ -100,16 +105,17 @@ extern "C" __global__ void prim_wgmma_mn_n256(const __half* A, const __half* Bt,
   wgmma_test<256, false, true>(A, Bt, C, D, lbo_a, sbo_a, lbo_b, sbo_b, acc, off);
 }
 
-// The 128-byte swizzle: each 16-byte chunk of A and B staged where wgmma_sw128 puts it (rows of
-// 64 halves 128 bytes apart from a 1024-byte boundary of the shared address), then 4 wgmma's
-// of k16, each descriptor 32 bytes on, A's start `shift` rows in.
-extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* Bt, const float* C, float* D, int acc,
-                                                int shift) {
+// The 128-byte swizzle: each 16-byte chunk of A (a_rows rows) and B staged where wgmma_sw128 puts
+// it (rows of 64 halves 128 bytes apart from a 1024-byte boundary of the shared address), then 4
+// wgmma's of k16, each descriptor 32 bytes on, A's start `start` rows in and its groups of 8 rows
+// `sbo` bytes apart.
+__device__ void wgmma_sw128_test(const __half* A, int a_rows, const __half* Bt, const float* C, float* D, int acc,
+                                 int start, unsigned sbo) {
   VGG_DYN_SHARED(unsigned char, smem);
   const unsigned pad = (1024 - wgmma_smem_addr(smem) % 1024) % 1024;
-  unsigned char* const sa = smem + pad;  // 72 rows
-  unsigned char* const sb = sa + 72 * 128;
-  for (int i = threadIdx.x; i < 72 * 8; i += 128) {  // chunk i % 8 of row i / 8
+  unsigned char* const sa = smem + pad;
+  unsigned char* const sb = sa + a_rows * 128;
+  for (int i = threadIdx.x; i < a_rows * 8; i += 128) {  // chunk i % 8 of row i / 8
     const uint4 v = reinterpret_cast<const uint4*>(A)[i];
     *reinterpret_cast<uint4*>(wgmma_sw128(sa + 128 * (i / 8) + 16 * (i % 8))) = v;
   }
@@ -121,7 +127,7 @@ extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* B
   __syncthreads();
   float d[32];
   acc_load<64>(d, C);
-  const unsigned long long da = wgmma_desc_sw128(sa + 128 * shift, 1024);
+  const unsigned long long da = wgmma_desc_sw128(sa + 128 * start, sbo);
   const unsigned long long db = wgmma_desc_sw128(sb, 1024);
   wgmma_fence_acc(d);
   wgmma_fence();
@@ -130,6 +136,18 @@ extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* B
   wgmma_wait<0>();
   wgmma_fence_acc(d);
   acc_store<64>(d, D);
+}
+
+// A: 72 compact rows, rows shift.. multiplied.
+extern "C" __global__ void prim_wgmma_sw128_n64(const __half* A, const __half* Bt, const float* C, float* D, int acc,
+                                                int shift) {
+  wgmma_sw128_test(A, 72, Bt, C, D, acc, shift, 1024);
+}
+
+// A: 9 image rows of `pitch` positions, an 8 x 8 pixel block from position `start`.
+extern "C" __global__ void prim_wgmma_sw128_grid_n64(const __half* A, const __half* Bt, const float* C, float* D,
+                                                     int acc, int pitch, int start) {
+  wgmma_sw128_test(A, 9 * pitch, Bt, C, D, acc, start, 128 * pitch);
 }
 
 // The M/N-major 128-byte swizzle: the 16-byte chunk c of K-row k of an operand (8 consecutive

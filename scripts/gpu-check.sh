@@ -124,6 +124,14 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma-tall; then
     --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma-tall --json "$RAW/bench-conv-wgmma-tma-tall.json"
 fi
+# The 2-D TMA items (16 rows x 32 columns x 64 channels: a halo of 18 x 40 positions whatever the
+# width; bench/NOTES.md, "A 2-D TMA halo tile"): fprop and dgrad on every layer but conv1_1, most
+# of all conv1_2 (224 wide), where the 1-D items' halo holds 2.9x their outputs.
+if "$VGG" bench conv --help 2>/dev/null | grep -q tma-2d; then
+  step bench-conv-wgmma-tma-2d 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tma-2d --json "$RAW/bench-conv-wgmma-tma-2d.json"
+fi
 # Global -> shared copies in each form our kernels could use, from L2 and from device memory
 # (bench/NOTES.md, "The copy probe"): does the src-size operand, the cache level or the lanes'
 # pattern decide the ~50% excess sectors and the rate our wgmma kernels stall at?
@@ -302,6 +310,7 @@ python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.js
   "$RAW/bench-conv-wgmma-tma.json" \
   "$RAW/bench-conv-wgmma-tma-tall.json" \
   "$RAW/bench-conv-wgmma-tma-ws.json" \
+  "$RAW/bench-conv-wgmma-tma-2d.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

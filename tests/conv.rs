@@ -134,6 +134,7 @@ fn two_schedules_bit_identical() {
     let tma = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma);
     let tma_tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaTall);
     let tma_ws = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaWs);
+    let tma_2d = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma2d);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -180,6 +181,10 @@ fn two_schedules_bit_identical() {
         // 10 into 6 at 128), two position chunks, two k blocks.
         tma_ws(ConvProblem::new(1, 33, 35, 8, 16)),
         tma_ws(ConvProblem::new(1, 20, 30, 72, 136)),
+        // The 2-D items: a halo box a step landing whenever the schedule has it, rows and columns
+        // past the image's edge.
+        tma_2d(ConvProblem::new(2, 9, 13, 88, 40)),
+        tma_2d(ConvProblem::new(1, 17, 35, 24, 136)),
     ]) {
         let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
@@ -322,6 +327,30 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
         let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, tiling), &data);
         assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p} {tiling:?}: fprop not exact");
         assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p} {tiling:?}: dgrad not exact");
+    }
+}
+
+/// [`WinoTiling::Tma2d`]'s items of 16 rows x 32 columns x 64 channels, exact on integers: rows
+/// and columns past the image's edge (17 x 33: a last item with one row and one column inside),
+/// several images, items a block (3 emulated SMs) and channel steps (72), a last output-channel
+/// block nearly empty (136), an image that is exactly one item, and one smaller than a block; the
+/// wgrad keeps the cp.async halo kernel. Any shape fits: its halo does not grow with the width.
+#[test]
+fn wgmma_tma_2d_items_exact_on_ragged_images() {
+    let dev = Device::emu();
+    for p in
+        [ConvProblem::new(2, 17, 33, 72, 136), ConvProblem::new(1, 16, 32, 8, 64), ConvProblem::new(3, 1, 1, 16, 8)]
+    {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::Tma2d);
+        for pass in [ConvPass::Fprop, ConvPass::Dgrad] {
+            assert_eq!(conv.label(pass), "wgmma/halo16x32x64/tma-2d", "{p} {pass:?}");
+        }
+        assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
+        let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tma2d), &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
     }
 }
 

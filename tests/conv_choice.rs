@@ -55,8 +55,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's seven
-    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA halo),
+    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's eight
+    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA halo, 2-D TMA),
     // wgrad under the mma.sync and the wgmma implicit GEMM (halo, flat, warp-specialised TMA halo).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
@@ -68,6 +68,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaTma,
             WinoVariant::WgmmaTmaTall,
             WinoVariant::WgmmaTmaWs,
+            WinoVariant::WgmmaTma2d,
         ])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat, WinoVariant::WgmmaTmaWs];
@@ -88,6 +89,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
         WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
         WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
+        WinoVariant::WgmmaTma2d => Some(WinoTiling::Tma2d),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
@@ -101,6 +103,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                             | WinoVariant::WgmmaSwizzled
                             | WinoVariant::WgmmaTma
                             | WinoVariant::WgmmaTmaTall
+                            | WinoVariant::WgmmaTma2d
                     )
                 });
                 let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
@@ -125,7 +128,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         | WinoVariant::WgmmaSwizzled
         | WinoVariant::WgmmaTma
         | WinoVariant::WgmmaTmaTall
-        | WinoVariant::WgmmaTmaWs => ConvAlgo::Wgmma,
+        | WinoVariant::WgmmaTmaWs
+        | WinoVariant::WgmmaTma2d => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -148,6 +152,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             }
             WinoVariant::WgmmaTmaTall => assert!(t.conv.label(pass).ends_with("512x64/tma"), "{}", t.conv.label(pass)),
             WinoVariant::WgmmaTmaWs => assert!(t.conv.label(pass).ends_with("/tma-ws"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTma2d => assert!(t.conv.label(pass).ends_with("/tma-2d"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }
@@ -483,7 +488,8 @@ fn recorded_conv_plans_replan_a_model_exactly() {
 }
 
 /// On a GPU with less shared memory a block than sm_90 (the emu device limited to 200 KiB:
-/// between F(2x2)'s 161.5 KiB and F(4x4)'s 216, the TMA wgrad's 209 at C <= 64 above it too), a
+/// between F(2x2)'s 161.5 KiB and F(4x4)'s 216, the TMA wgrad's 209 at C <= 64 and the 2-D TMA
+/// tile's 213 above it too), a
 /// launch whose tile does not fit is an
 /// `Error::Unsupported` naming the kernel, and the tuner reports such a variant as not running
 /// here and chooses among the others instead of failing.
@@ -507,7 +513,9 @@ fn tune_skips_variants_the_device_cannot_fit() {
     let skipped: Vec<_> = t.timings.iter().filter(|t| t.unsupported.is_some()).map(|t| (t.pass, t.variant)).collect();
     let want = [
         (ConvPass::Fprop, WinoVariant::F4),
+        (ConvPass::Fprop, WinoVariant::WgmmaTma2d),
         (ConvPass::Dgrad, WinoVariant::F4),
+        (ConvPass::Dgrad, WinoVariant::WgmmaTma2d),
         (ConvPass::Wgrad, WinoVariant::WgmmaTmaWs),
     ];
     assert_eq!(skipped, want, "{:?}", t.timings);

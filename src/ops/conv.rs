@@ -189,7 +189,7 @@ impl ConvAlgo {
 /// [`ConvAlgo::Wgmma`] runs: Flat, 128 consecutive pixels a block (each copied once a tap);
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
-/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall and TmaWs, other halo tiles for
+/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall, TmaWs and Tma2d, other halo tiles for
 /// wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
@@ -225,6 +225,11 @@ pub enum WinoTiling {
     /// its wgrad: the halo wgrad's tile so fed, by a producer warpgroup (any width, below 2^31
     /// positions at the TMA tiles' pitch; else Region's).
     TmaWs,
+    /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: items of 16 image rows x 32 columns x 64
+    /// channels fed by the TMA engine (kernels/conv_wgmma_tma2d.cu), whose halo is 18 x 40
+    /// positions whatever the width (the 1-D items' grows with it), at the price of rows and
+    /// columns past the image's edge; any shape. The wgrad runs as under Region.
+    Tma2d,
 }
 
 /// One of the three passes of a convolution.

@@ -46,6 +46,9 @@ pub enum WinoVariant {
     /// [`ConvAlgo::Wgmma`]'s TMA halo tiles with a producer warp ([`WinoTiling::TmaWs`]; any
     /// pass: fprop and dgrad's 256 x N tile, the wgrad's 128 x 3 Cb one).
     WgmmaTmaWs,
+    /// [`ConvAlgo::Wgmma`]'s 16 x 32 pixel items fed by the TMA engine ([`WinoTiling::Tma2d`];
+    /// fprop, dgrad).
+    WgmmaTma2d,
     /// [`ConvAlgo::ImplicitGemm`] (wgrad).
     Igemm,
 }
@@ -56,7 +59,7 @@ impl WinoVariant {
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
     /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma`,
-    /// `wgmma/tall-tma`, `wgmma/tma-ws` or `igemm`.
+    /// `wgmma/tall-tma`, `wgmma/tma-ws`, `wgmma/tma-2d` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -69,6 +72,7 @@ impl WinoVariant {
             WinoVariant::WgmmaTma => "wgmma/tma",
             WinoVariant::WgmmaTmaTall => "wgmma/tall-tma",
             WinoVariant::WgmmaTmaWs => "wgmma/tma-ws",
+            WinoVariant::WgmmaTma2d => "wgmma/tma-2d",
             WinoVariant::Igemm => "igemm",
         }
     }
@@ -84,14 +88,20 @@ impl WinoVariant {
             WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
             WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
             WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
+            WinoVariant::WgmmaTma2d => Some(WinoTiling::Tma2d),
             _ => None,
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall), beside
-    /// which the wgrad runs its halo kernel as under Region.
-    const FPROP_DGRAD_ONLY: [WinoVariant; 4] =
-        [WinoVariant::WgmmaTall, WinoVariant::WgmmaSwizzled, WinoVariant::WgmmaTma, WinoVariant::WgmmaTmaTall];
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall, Tma2d),
+    /// beside which the wgrad runs its halo kernel as under Region.
+    const FPROP_DGRAD_ONLY: [WinoVariant; 5] = [
+        WinoVariant::WgmmaTall,
+        WinoVariant::WgmmaSwizzled,
+        WinoVariant::WgmmaTma,
+        WinoVariant::WgmmaTmaTall,
+        WinoVariant::WgmmaTma2d,
+    ];
 
     fn fprop_dgrad_only(self) -> bool {
         Self::FPROP_DGRAD_ONLY.contains(&self)
@@ -107,14 +117,15 @@ impl WinoVariant {
             | WinoVariant::WgmmaSwizzled
             | WinoVariant::WgmmaTma
             | WinoVariant::WgmmaTmaTall
-            | WinoVariant::WgmmaTmaWs => ConvAlgo::Wgmma,
+            | WinoVariant::WgmmaTmaWs
+            | WinoVariant::WgmmaTma2d => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
     }
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
     /// the variant sets its own, except that the halo wgrad keeps the tiling of a fprop- and
-    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall), under which it runs as under Region.
+    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall, Tma2d), under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
@@ -354,7 +365,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall, Swizzled, Tma and TmaTall as under Region (they change only the fprop and
+    // wgrad runs under Tall, Swizzled, Tma, TmaTall and Tma2d as under Region (they change only the fprop and
     // dgrad tiles; TmaWs changes the wgrad's too).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);

@@ -187,6 +187,7 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
         }
     }
     rows.extend(wgmma_sw128(dev)?);
+    rows.extend(wgmma_sw128_grid(dev)?);
     rows.extend(wgmma_mn_sw128(dev)?);
     Ok(rows)
 }
@@ -216,6 +217,44 @@ fn wgmma_sw128(dev: &Device) -> Result<Vec<CheckRow>> {
         let got = dt.to_host()?;
         let (cmp, bound) = mma_compare(kind, &got, &want);
         rows.push(CheckRow::new("wgmma", format!("64x64x64 k-major sw128 {kind}, A from row {shift}"), cmp, bound));
+    }
+    Ok(rows)
+}
+
+/// K-major operands in the 128-byte swizzle whose groups of 8 rows lie a row of a 2-D halo apart
+/// (stride byte offset 128 `pitch`, not 1024), as kernels/conv_wgmma_tma2d.cu's 8 x 8 pixel
+/// blocks: D (64 x 64) = A B plus C, A's row 8 g + j being staged row start + pitch g + j, the
+/// start on the pattern's boundary (0) and off it (a tap's shift: 43 = 1 row and 3 positions,
+/// 29 at pitch 24).
+fn wgmma_sw128_grid(dev: &Device) -> Result<Vec<CheckRow>> {
+    let mut rows = vec![];
+    for (kind, seed, acc, pitch, start) in
+        [("ints", 36u64, 1, 40, 0), ("ints", 37, 1, 40, 43), ("randn", 38, 0, 24, 29)]
+    {
+        let staged = 9 * pitch as usize;
+        let cfg = LaunchConfig { grid: (1, 1, 1), block: (128, 1, 1), shared_bytes: 1024 + 128 * (staged as u32 + 64) };
+        let [a, bt, c] = mma_operands(kind, seed, [staged * 64, 64 * 64, 64 * 64]);
+        let (at, btt, ct, mut dt) = wgmma_tensors(dev, [&a, &bt, &c], [[staged, 64], [64, 64], [64, 64]])?;
+        let args = [at.arg(), btt.arg(), ct.arg(), dt.arg_mut(), KArg::I32(acc), KArg::I32(pitch), KArg::I32(start)];
+        // SAFETY: (const __half* A, const __half* Bt, const float* C, float* D, int acc, int pitch,
+        // int start): A 9 pitch x 64, Bt 64 x 64, C and D 64 x 64; one warpgroup; start + 7 pitch + 7
+        // < 9 pitch keeps A's rows within its 9 pitch; up to 1023 bytes of alignment plus 9 pitch +
+        // 64 rows of 128 bytes fit the shared memory.
+        unsafe { dev.launch(&Kernel { module: "wgmma_test", name: "prim_wgmma_sw128_grid_n64" }, cfg, &args)? };
+        let a_rows: Vec<f32> = (0..64)
+            .flat_map(|i| {
+                let r = (start + pitch * (i / 8) + i % 8) as usize;
+                a[r * 64..(r + 1) * 64].to_vec()
+            })
+            .collect();
+        let mut want = linear_fwd(64, 64, 64, &a_rows, &bt, None, false);
+        if acc != 0 {
+            want.iter_mut().zip(&c).for_each(|(w, c)| *w += c);
+        }
+        let got = dt.to_host()?;
+        let (cmp, bound) = mma_compare(kind, &got, &want);
+        let name = format!("64x64x64 k-major sw128 {kind}, groups {pitch} rows apart, A from row {start}");
+        rows.push(CheckRow::new("wgmma", name, cmp, bound));
     }
     Ok(rows)
 }

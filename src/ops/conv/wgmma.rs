@@ -1,6 +1,7 @@
 //! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
 //! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, or kernels/conv_wgmma_tma.cu
-//! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], else
+//! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`],
+//! kernels/conv_wgmma_tma2d.cu under [`WinoTiling::Tma2d`], else
 //! kernels/conv_wgmma.cu), the dgrad's rotated filters, which halo tile the wgrad runs (its TMA
 //! one, kernels/conv_wgrad_wgmma_tma.cu, under [`WinoTiling::TmaWs`]), and the TMA tiles' tensor
 //! maps.
@@ -23,6 +24,7 @@ const HALO_TMA_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n1
 const HALO512_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo512_tma_n64_f16");
 const HALO_TMA_WS_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n64_f16");
 const HALO_TMA_WS_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n128_f16");
+const HALO2D_TMA_N64: Kernel = kern("conv_wgmma_tma2d", "igemm3x3_wgmma_halo2d_tma_n64_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
 /// warpgroups), a 4-buffer ring of (128 + N) rows of 64 channels (kernels/conv_wgmma.cu).
@@ -37,6 +39,13 @@ const HALO_THREADS: u32 = 512;
 const HALO_WS_THREADS: u32 = HALO_THREADS + 32;
 /// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w, pos) <= 64 x 12.
 const HALO_MAX_PIECES: usize = 12;
+/// [`WinoTiling::Tma2d`]'s items: 16 image rows x 32 columns (512 positions) x 64 output channels;
+/// its halo box 18 rows x 40 columns, and its dynamic shared bytes (kernels/conv_wgmma_tma2d.cu:
+/// alignment slack, 4 B buffers of 8 KiB, 2 halo buffers).
+const TMA2D_ROWS: usize = 16;
+const TMA2D_COLS: usize = 32;
+const TMA2D_BOX: [usize; 4] = [64, TMA2D_COLS + 8, TMA2D_ROWS + 2, 1];
+const TMA2D_SHARED: usize = 1024 + 4 * 64 * 64 * 2 + 2 * (TMA2D_COLS + 8) * (TMA2D_ROWS + 2) * 64 * 2;
 
 /// Positions a halo step holds for width `w` and items of `pos` positions: the item's, a padded
 /// row (w + 2) and one position on each side, rounded up to 8 (kernels/conv_wgmma_halo.cu's
@@ -69,6 +78,9 @@ enum Feed {
     Tma,
     /// The TMA engine with a producer warp and per-buffer barriers (544 threads).
     TmaWs,
+    /// As Tma, for items that are rectangles of the image ([`WinoTiling::Tma2d`]: one halo box an
+    /// item and channel step).
+    Tma2d,
 }
 
 /// One fprop or dgrad launch's kernel, its positions an item (halo tiles; 0 for the flat one),
@@ -136,6 +148,11 @@ fn tma_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTil
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
     match tiling {
         WinoTiling::Tma | WinoTiling::TmaWs => return tma_tile(p, cout, tiling),
+        // Its halo does not depend on the width: it fits every shape.
+        WinoTiling::Tma2d => {
+            let (kernel, pos, n, feed, pitch) = (&HALO2D_TMA_N64, TMA2D_ROWS * TMA2D_COLS, 64, Feed::Tma2d, 0);
+            return Some(WgmmaTile { kernel, pos, n, feed, pitch, shared: TMA2D_SHARED });
+        }
         WinoTiling::TmaTall => return tma_tile(p, cout, tiling).or_else(|| tma_tile(p, cout, WinoTiling::Tma)),
         _ => {}
     }
@@ -187,17 +204,19 @@ impl Conv3x3 {
             WinoTiling::Tma => t.feed == Feed::Tma && t.pos == HALO_POS,
             WinoTiling::TmaWs => t.feed == Feed::TmaWs,
             WinoTiling::TmaTall => t.feed == Feed::Tma && t.pos == HALO512_POS,
+            WinoTiling::Tma2d => t.feed == Feed::Tma2d,
             _ => t.pos > 0,
         }
     }
 
     /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo{256xN,512x64}/tma`,
-    /// `wgmma/halo256xN/tma-ws`, `wgmma/halo512x64` or
+    /// `wgmma/halo256xN/tma-ws`, `wgmma/halo16x32x64/tma-2d`, `wgmma/halo512x64` or
     /// `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
             WgmmaTile { pos, n, feed: Feed::TmaWs, .. } => format!("wgmma/halo{pos}x{n}/tma-ws"),
+            WgmmaTile { n, feed: Feed::Tma2d, .. } => format!("wgmma/halo{TMA2D_ROWS}x{TMA2D_COLS}x{n}/tma-2d"),
             WgmmaTile { pos, n, feed: Feed::Tma, .. } => format!("wgmma/halo{pos}x{n}/tma"),
             WgmmaTile { pos, n, feed: Feed::CpAsyncSw128, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
             WgmmaTile { pos, n, .. } => format!("wgmma/halo{pos}x{n}"),
@@ -290,7 +309,11 @@ impl Conv3x3 {
         let tile = self.wgmma_tile(pass);
         let cfg = if tile.pos > 0 {
             // Persistent: one block an SM, each taking every gridDim-th item.
-            let items = self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n);
+            let items = if tile.feed == Feed::Tma2d {
+                p.n * p.h.div_ceil(TMA2D_ROWS) * p.w.div_ceil(TMA2D_COLS) * cout.div_ceil(tile.n)
+            } else {
+                self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n)
+            };
             let grid = grid_x(p, items.min(dev.multiprocessors()))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
             let threads = if tile.feed == Feed::TmaWs { HALO_WS_THREADS } else { HALO_THREADS };
@@ -300,7 +323,7 @@ impl Conv3x3 {
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
         };
         let dims = [p.n, p.h, p.w, cin, cout].map(|v| KArg::I32(v as i32));
-        let tma = matches!(tile.feed, Feed::Tma | Feed::TmaWs);
+        let tma = matches!(tile.feed, Feed::Tma | Feed::TmaWs | Feed::Tma2d);
         let (x, wt) = if tma { self.tma_maps(dev, x, wt, cin, cout, &tile)? } else { (x, wt) };
         let args = [x, wt, bias, mask, y, dims[0], dims[1], dims[2], dims[3], dims[4], relu];
         // SAFETY: (const __half* x, const __half* wt, const __half* bias, const __half* mask,
@@ -313,8 +336,9 @@ impl Conv3x3 {
     }
 
     /// The TMA tile's tensor maps of `x` (cin, W, H, N; a box is 8 positions of a padded row x 64
-    /// channels) and `wt` (cin, tap, cout; a box is one tap's 64 channels of N output channels),
-    /// both in the 128-byte swizzle (kernels/conv_wgmma_tma.cu).
+    /// channels, or [`WinoTiling::Tma2d`]'s whole halo) and `wt` (cin, tap, cout; a box is one
+    /// tap's 64 channels of N output channels), both in the 128-byte swizzle
+    /// (kernels/conv_wgmma_tma.cu, kernels/conv_wgmma_tma2d.cu).
     fn tma_maps(
         &self,
         dev: &Device,
@@ -334,7 +358,12 @@ impl Conv3x3 {
             boxd: vec![64, 1, tile.n],
             swizzle128: true,
         };
-        Ok((self.nhwc_map(dev, KArg::Ptr(xp), cin)?, TensorMap::new(dev, wp, &ws)?.arg()))
+        let x = if tile.feed == Feed::Tma2d {
+            self.nhwc_map_boxed(dev, xp, cin, TMA2D_BOX.to_vec())?
+        } else {
+            self.nhwc_map(dev, KArg::Ptr(xp), cin)?
+        };
+        Ok((x, TensorMap::new(dev, wp, &ws)?.arg()))
     }
 
     /// A tensor map of the NHWC tensor `t` (a device pointer) of this problem's images with
@@ -345,10 +374,16 @@ impl Conv3x3 {
         let KArg::Ptr(ptr) = t else {
             return Err(Error::Invalid(format!("conv3x3 {p}: the TMA tiles need their tensors as device pointers")));
         };
+        self.nhwc_map_boxed(dev, ptr, channels, vec![64, 8, 1, 1])
+    }
+
+    /// As [`Conv3x3::nhwc_map`], in boxes of `boxd` (channels, columns, rows, images).
+    fn nhwc_map_boxed(&self, dev: &Device, ptr: u64, channels: usize, boxd: Vec<usize>) -> Result<KArg> {
+        let p = &self.problem;
         let spec = TensorMapSpec {
             dims: vec![channels, p.w, p.h, p.n],
             strides: vec![2 * channels, 2 * channels * p.w, 2 * channels * p.w * p.h],
-            boxd: vec![64, 8, 1, 1],
+            boxd,
             swizzle128: true,
         };
         Ok(TensorMap::new(dev, ptr, &spec)?.arg())
