@@ -160,6 +160,22 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* smem_dst, const TmaD
 #endif
 }
 
+__device__ __forceinline__ void tma_load_3d_multicast(void* smem_dst, const TmaDesc* map, int c0, int c1, int c2,
+                                                      unsigned long long* bar, unsigned short mask PTX_SITE_PARAMS) {
+#ifndef __CUDA_ARCH__
+  const int coords[3] = {c0, c1, c2};
+  emu::tma_load_multicast(smem_dst, map, coords, 3, bar, mask, site_file, site_line);
+#elif VGG_HAS_MULTICAST
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
+      "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
 __device__ __forceinline__ void tma_load_4d_multicast(void* smem_dst, const TmaDesc* map, int c0, int c1, int c2,
                                                       int c3, unsigned long long* bar,
                                                       unsigned short mask PTX_SITE_PARAMS) {
