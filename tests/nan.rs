@@ -64,6 +64,7 @@ fn nan_passes_every_fused_conv_relu() {
                 WinoTiling::Tma,
                 WinoTiling::TmaTall,
                 WinoTiling::TmaWs,
+                WinoTiling::TmaMc,
             ] {
                 let conv = conv.with_wino_tiling(tiling);
                 let label = conv.label(ConvPass::Fprop);

@@ -139,8 +139,9 @@ pub(crate) struct BenchConvArgs {
     /// and dgrad where it fits; swizzled: the halo tile's operands in the 128-byte swizzle; tma:
     /// the halo tile's operands brought by the TMA engine, fprop and dgrad where it fits; tma-tall:
     /// the tall tile so fed; tma-ws: tma's tile with a producer warp, and the wgrad's halo tile
-    /// fed by the TMA engine with a producer warpgroup): auto, flat, region, tall, swizzled, tma,
-    /// tma-tall, tma-ws (not with --algo tune, which chooses the tiling).
+    /// fed by the TMA engine with a producer warpgroup; tma-mc: tma-ws's fprop and dgrad tile in
+    /// clusters of 2 blocks that share each filter box by multicast): auto, flat, region, tall,
+    /// swizzled, tma, tma-tall, tma-ws, tma-mc (not with --algo tune, which chooses the tiling).
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
@@ -172,7 +173,10 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         "tma" => WinoTiling::Tma,
         "tma-tall" => WinoTiling::TmaTall,
         "tma-ws" => WinoTiling::TmaWs,
-        other => bail!("unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws)"),
+        "tma-mc" => WinoTiling::TmaMc,
+        other => {
+            bail!("unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws, tma-mc)")
+        }
     };
     if algo == Algo::Tune && wino_tiling != WinoTiling::Auto {
         // Training's tuner chooses the tiling; a fixed one would bench a plan it does not run.
