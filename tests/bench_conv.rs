@@ -103,12 +103,14 @@ fn assert_tuned_row(r: &ConvRow) {
                 && !label.ends_with("/sw128")
                 && !label.ends_with("/tma")
                 && !label.ends_with("/tma-ws")
+                && !label.ends_with("/tma-mc")
         }
         "wgmma/flat" => label.starts_with("wgmma/128x"),
         "wgmma/tall" => label.starts_with("wgmma/halo512") && !label.ends_with("/tma"),
         "wgmma/sw128" => label.ends_with("/sw128"),
         "wgmma/tma" => label.starts_with("wgmma/halo256") && label.ends_with("/tma"),
         "wgmma/tma-ws" => label.ends_with("/tma-ws"),
+        "wgmma/tma-mc" => label.ends_with("/tma-mc"),
         "wgmma/tall-tma" => label.ends_with("512x64/tma"),
         "igemm" => label.starts_with("igemm/"),
         other => panic!("{what}: unknown variant {other}"),

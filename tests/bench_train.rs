@@ -39,19 +39,28 @@ fn tuned_conv_plans_are_reported() {
     // others run a Winograd variant or wgmma, whichever the (emulator's) clock found faster.
     let tuned = |l: &String| l.contains("wino") || l.contains("wgmma");
     assert!(r.conv_layers[2..].iter().all(tuned), "{:?}", r.conv_layers);
-    // Every distinct Winograd shape was timed under all three variants and wgmma's seven tiles
-    // (halo, flat, tall, swizzled, TMA, tall TMA, warp-specialised TMA), both passes, and its wgrad under the
-    // mma.sync implicit GEMM and wgmma's three tiles (halo, flat, warp-specialised TMA).
+    // Every distinct Winograd shape was timed under all three variants and wgmma's eight tiles
+    // (halo, flat, tall, swizzled, TMA, tall TMA, warp-specialised TMA, multicast TMA), both
+    // passes, and its wgrad under the mma.sync implicit GEMM and wgmma's three tiles (halo, flat,
+    // warp-specialised TMA).
     assert!(!r.conv_timings.is_empty(), "{r:?}");
     for t in &r.conv_timings {
         for v in ["winograd2x2/flat", "winograd2x2/region", "winograd4x4"] {
             assert_eq!(t.matches(v).count(), 2, "{t}");
         }
-        let counts =
-            ["wgmma/flat", "wgmma/tall", "wgmma/sw128", "wgmma/tma", "wgmma/tall-tma", "wgmma/tma-ws", "wgmma"]
-                .map(|v| t.matches(v).count());
-        // "wgmma/tall" also counts tall-tma's names, "wgmma/tma" tma-ws's.
-        assert_eq!(counts, [3, 4, 2, 5, 2, 3, 17], "{t}");
+        let counts = [
+            "wgmma/flat",
+            "wgmma/tall",
+            "wgmma/sw128",
+            "wgmma/tma",
+            "wgmma/tall-tma",
+            "wgmma/tma-ws",
+            "wgmma/tma-mc",
+            "wgmma",
+        ]
+        .map(|v| t.matches(v).count());
+        // "wgmma/tall" also counts tall-tma's names, "wgmma/tma" tma-ws's and tma-mc's.
+        assert_eq!(counts, [3, 4, 2, 7, 2, 3, 2, 19], "{t}");
         assert_eq!(t.matches("Wgrad igemm").count(), 1, "{t}");
     }
     assert!(r.last_loss.is_finite(), "{r:?}");

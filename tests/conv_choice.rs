@@ -55,8 +55,9 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's seven
-    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA halo),
+    // The emulator has wgmma and clusters: fprop and dgrad under the 3 Winograd variants and wgmma's
+    // eight tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA
+    // halo, and that in clusters of 2 sharing the filters),
     // wgrad under the mma.sync and the wgmma implicit GEMM (halo, flat, warp-specialised TMA halo).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
@@ -68,6 +69,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaTma,
             WinoVariant::WgmmaTmaTall,
             WinoVariant::WgmmaTmaWs,
+            WinoVariant::WgmmaTmaMc,
         ])
         .collect();
     let wgrad = [WinoVariant::Igemm, WinoVariant::Wgmma, WinoVariant::WgmmaFlat, WinoVariant::WgmmaTmaWs];
@@ -88,6 +90,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
         WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
         WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
+        WinoVariant::WgmmaTmaMc => Some(WinoTiling::TmaMc),
         _ => None,
     };
     let mut best = (f64::INFINITY, None);
@@ -101,6 +104,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                             | WinoVariant::WgmmaSwizzled
                             | WinoVariant::WgmmaTma
                             | WinoVariant::WgmmaTmaTall
+                            | WinoVariant::WgmmaTmaMc
                     )
                 });
                 let g_tiling = if only_fd && g == WinoVariant::Wgmma { None } else { tiling(g) };
@@ -125,7 +129,8 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         | WinoVariant::WgmmaSwizzled
         | WinoVariant::WgmmaTma
         | WinoVariant::WgmmaTmaTall
-        | WinoVariant::WgmmaTmaWs => ConvAlgo::Wgmma,
+        | WinoVariant::WgmmaTmaWs
+        | WinoVariant::WgmmaTmaMc => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
     };
@@ -148,6 +153,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             }
             WinoVariant::WgmmaTmaTall => assert!(t.conv.label(pass).ends_with("512x64/tma"), "{}", t.conv.label(pass)),
             WinoVariant::WgmmaTmaWs => assert!(t.conv.label(pass).ends_with("/tma-ws"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTmaMc => assert!(t.conv.label(pass).ends_with("/tma-mc"), "{}", t.conv.label(pass)),
             _ => {}
         }
     }
