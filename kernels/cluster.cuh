@@ -120,6 +120,13 @@ __device__ __forceinline__ T* cluster_map(T* p, unsigned rank PTX_SITE_PARAMS) {
 // One arrival (no bytes) on the mbarrier at bar's offset in block `rank`'s shared memory, with
 // release at cluster scope: what this thread wrote before, in any block's shared memory, is
 // visible to a thread of that block that waits for the phase with mbarrier_wait_parity_cluster.
+// ClusterRelease = false: the PTX default instead, release at CTA scope, for a thread that has
+// only finished reading a buffer (its reads complete, e.g. its wgmma group retired) and tells
+// another block's producer that it may overwrite it. A read that has completed cannot see a later
+// write, so there is nothing to make visible; CUTLASS's TMA pipelines release multicast buffers
+// this way. Why: ptxas puts MEMBAR.ALL.GPU before each release.cluster arrival (sm_90a, NVRTC
+// 13.0), a fence per warp a stage in a main loop. The emulator does not model the difference.
+template <bool ClusterRelease = true>
 __device__ __forceinline__ void mbarrier_arrive_cluster(unsigned long long* bar, unsigned rank PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_arrive_remote(bar, rank, site_file, site_line);
@@ -128,7 +135,10 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(unsigned long long* bar,
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
                : "=r"(remote)
                : "r"((unsigned)__cvta_generic_to_shared(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  if constexpr (ClusterRelease)
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  else
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 #else
   __trap();
 #endif

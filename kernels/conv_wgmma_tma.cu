@@ -57,11 +57,12 @@
 // half of B is rank 0's other half; its halo boxes lie in images >= n, zeros) and conv_halo_pixel
 // rejects every output. A B buffer is written by both producers, so each is refilled only once
 // the consumers of both blocks have released it: bempty counts 32 arrivals, each consumer warp
-// arriving on its own block's and on the peer's (release.cluster), and the producer's wait
-// acquires at cluster scope. The halo buffers stay each block's own. The cluster rules
-// (kernels/cluster.cuh): the barriers live in dynamic shared memory after the halo buffers, a
-// cluster_sync follows their init, and every thread ends at a cluster_sync, so that no block
-// exits while its peer may still multicast into it or arrive on its barriers.
+// arriving on its own block's and on the peer's (once its reads are done, with no fence:
+// mbarrier_arrive_cluster<false>), and the producer's wait acquires at cluster scope. The
+// halo buffers stay each block's own. The cluster rules (kernels/cluster.cuh): the barriers live
+// in dynamic shared memory after the halo buffers, a cluster_sync follows their init, and every
+// thread ends at a cluster_sync, so that no block exits while its peer may still multicast into
+// it or arrive on its barriers.
 // Shared memory: 1024 bytes of alignment slack, 4 B buffers, 2 halo buffers (and for clusters the
 // 12 barriers; the launcher: src/ops/conv/wgmma.rs).
 #include "bulk.cuh"
@@ -210,8 +211,8 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         if constexpr (kWs) {  // this warp is past group s - 1: release its B buffer (and halo step k - 1)
             if (lane == 0 && s > 0) {
                 mbarrier_arrive(&bempty[(s - 1) % kBBufs]);
-                // The peer's producer writes its half of this buffer here too.
-                if constexpr (kMc > 1) mbarrier_arrive_cluster(&bempty[(s - 1) % kBBufs], rank ^ 1);
+                // The peer's producer writes its half of this buffer here too (reads done: no fence).
+                if constexpr (kMc > 1) mbarrier_arrive_cluster<false>(&bempty[(s - 1) % kBBufs], rank ^ 1);
             }
             if (lane == 0 && tap == 0 && k > 0) mbarrier_arrive(&hempty[(k - 1) & 1]);
         } else {
