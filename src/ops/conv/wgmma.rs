@@ -305,10 +305,11 @@ impl Conv3x3 {
         let tile = self.wgmma_tile(pass);
         let cluster = if tile.feed == Feed::TmaMc { MC_CLUSTER } else { 1 };
         let cfg = if tile.pos > 0 {
-            // Persistent: one block an SM, each taking every gridDim-th item; clusters of 2 one
+            // Persistent: one block an SM, each taking every gridDim-th item; in clusters of 2, one
             // cluster a pair of SMs, each taking every (gridDim / 2)-th pair of items (the same
-            // output-channel block, two position blocks). SMs / 2 rounded up: 66 on an H200's 132,
-            // and on emu's 3 two clusters, so that the tests see clusters stride.
+            // output-channel block, two position blocks). SMs / 2 rounded up: 66 on an H200's 132
+            // (an odd count would leave one cluster for a second wave), and on emu's 3 two
+            // clusters, so that the tests see clusters stride.
             let units = self.halo_positions_at(tile.pitch).div_ceil(tile.pos).div_ceil(cluster) * cout.div_ceil(tile.n);
             let grid = grid_x(p, cluster * units.min(dev.multiprocessors().div_ceil(cluster)))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
