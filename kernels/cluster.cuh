@@ -120,6 +120,13 @@ __device__ __forceinline__ T* cluster_map(T* p, unsigned rank PTX_SITE_PARAMS) {
 // One arrival (no bytes) on the mbarrier at bar's offset in block `rank`'s shared memory, with
 // release at cluster scope: what this thread wrote before, in any block's shared memory, is
 // visible to a thread of that block that waits for the phase with mbarrier_wait_parity_cluster.
+// ClusterRelease = false: the PTX default instead, release at CTA scope, for a thread that has
+// only finished reading a buffer (its reads complete, e.g. its wgmma group retired) and tells
+// another block's producer that it may overwrite it. A read that has completed cannot see a later
+// write, so there is nothing to make visible; CUTLASS's TMA pipelines release multicast buffers
+// this way. Why: ptxas puts MEMBAR.ALL.GPU before each release.cluster arrival (sm_90a, NVRTC
+// 13.0), a fence per warp a stage in a main loop. The emulator does not model the difference.
+template <bool ClusterRelease = true>
 __device__ __forceinline__ void mbarrier_arrive_cluster(unsigned long long* bar, unsigned rank PTX_SITE_PARAMS) {
 #ifndef __CUDA_ARCH__
   emu::mbarrier_arrive_remote(bar, rank, site_file, site_line);
@@ -128,7 +135,10 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(unsigned long long* bar,
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
                : "=r"(remote)
                : "r"((unsigned)__cvta_generic_to_shared(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  if constexpr (ClusterRelease)
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  else
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 #else
   __trap();
 #endif
@@ -154,6 +164,22 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* smem_dst, const TmaD
       "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
       " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
       "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void tma_load_3d_multicast(void* smem_dst, const TmaDesc* map, int c0, int c1, int c2,
+                                                      unsigned long long* bar, unsigned short mask PTX_SITE_PARAMS) {
+#ifndef __CUDA_ARCH__
+  const int coords[3] = {c0, c1, c2};
+  emu::tma_load_multicast(smem_dst, map, coords, 3, bar, mask, site_file, site_line);
+#elif VGG_HAS_MULTICAST
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem_dst)),
+      "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask)
       : "memory");
 #else
   __trap();

@@ -4,6 +4,8 @@
 //   igemm3x3_wgmma_halo512_tma_n64_f16      the same with items of 512 positions x 64 channels
 //   igemm3x3_wgmma_halo_tma_ws_n{64,128}_f16 the 256 x N one with a producer warp instead of a
 //                                            __syncthreads a stage (warp specialisation)
+//   igemm3x3_wgmma_halo_tma_mc_n{64,128}_f16 the ws one in clusters of 2 blocks that share each
+//                                            stage's filter box by multicast
 // Same passes and epilogues as conv_wgmma_halo.cu (fprop: bias + ReLU; dgrad: wt rotated by
 // conv_rot180_f16, mask); x and wt come as tensor maps instead of pointers.
 //
@@ -43,9 +45,28 @@
 // released at stage 9 k, which the consumers have passed by then, as the ring keeps the producer
 // at most 4 stages ahead). Why: the __syncthreads of 512 threads at every stage lines all four
 // warpgroups up behind the slowest once a stage; CUTLASS's Hopper kernels pipeline this way.
-// Shared memory: 1024 bytes of alignment slack, 4 B buffers, 2 halo buffers (the launcher:
-// src/ops/conv/wgmma.rs).
+// Clusters of 2 (kMc, warp-specialised only; bench/NOTES.md, "A cluster of two for the TMA halo
+// tile"): B is three quarters of the tile's L2 bytes and the same for every item of an
+// output-channel block, so the two blocks of a cluster take items of the same output-channel
+// blocks in the same order and each loads half of every stage's B box (N / 2 output channels,
+// kBBytes / 2 bytes, a multiple of the swizzle's 1024-byte pattern) into both blocks' buffers
+// (mask 0b11), completing on the bfull barrier at the same offset in each; each block's full
+// barrier expects the whole box. Item pair pi = c + j (gridDim.x / 2) is cluster c's j-th: output
+// channel block pi % oblocks, position block 2 (pi / oblocks) + rank. With an odd number of
+// position blocks, rank 1's last item lies past the last position: it still runs every stage (its
+// half of B is rank 0's other half; its halo boxes lie in images >= n, zeros) and conv_halo_pixel
+// rejects every output. A B buffer is written by both producers, so each is refilled only once
+// the consumers of both blocks have released it: bempty counts 32 arrivals, each consumer warp
+// arriving on its own block's and on the peer's (once its reads are done, with no fence:
+// mbarrier_arrive_cluster<false>), and the producer's wait acquires at cluster scope. The
+// halo buffers stay each block's own. The cluster rules (kernels/cluster.cuh): the barriers live
+// in dynamic shared memory after the halo buffers, a cluster_sync follows their init, and every
+// thread ends at a cluster_sync, so that no block exits while its peer may still multicast into
+// it or arrive on its barriers.
+// Shared memory: 1024 bytes of alignment slack, 4 B buffers, 2 halo buffers (and for clusters the
+// 12 barriers; the launcher: src/ops/conv/wgmma.rs).
 #include "bulk.cuh"
+#include "cluster.cuh"
 #include "conv_wgmma.cuh"
 
 namespace ct {
@@ -64,37 +85,55 @@ static_assert(smem_bytes(64, 224, 256) == 222208 && smem_bytes(128, 112, 256) ==
               "src/ops/conv/wgmma.rs");
 }  // namespace ct
 
-// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512); kWs: a producer warp.
-template <int kOut, int kMWg, bool kWs = false>
+// kMWg: m64 blocks a warpgroup (1: items of 256 positions, 2: of 512); kWs: a producer warp; kMc:
+// blocks a cluster sharing B (1 or 2).
+template <int kOut, int kMWg, bool kWs = false, int kMc = 1>
 __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc* wm, const __half* __restrict__ bias,
                                                const __half* __restrict__ mask, __half* __restrict__ y, int n, int h,
                                                int w, int cin, int cout, int relu) {
     using namespace ct;
     static_assert(kOut * kMWg == 64 || kOut * kMWg == 128, "4 warpgroups' accumulators fit 128 registers a thread");
+    static_assert(kMc == 1 || (kMc == 2 && kWs && kMWg == 1), "clusters of 2, for the warp-specialised 256 x N tile");
     constexpr int kPos = 256 * kMWg, kBBytes = kOut * kC * 2;
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     unsigned char* const halo = smem + kBBufs * kBBytes;
-    __shared__ unsigned long long bfull[kBBufs], hfull[2], bempty[kBBufs], hempty[2];
     const int tid = threadIdx.x, wg = tid >> 7, warp = tid >> 5, lane = tid & 31;
     const int sp = conv_tma_pitch(w), hbytes = halo_pos(sp, kPos) * kC * 2;
+    // A cluster's barriers in dynamic shared memory (the emulator's static __shared__ would be one
+    // for both blocks), after the halo buffers.
+    __shared__ unsigned long long sbars[2 * kBBufs + 4];
+    unsigned long long* const bars = kMc == 1 ? sbars : reinterpret_cast<unsigned long long*>(halo + 2 * hbytes);
+    unsigned long long *const bfull = bars, *const bempty = bars + kBBufs, *const hfull = bars + 2 * kBBufs,
+                              *const hempty = hfull + 2;
+    const unsigned rank = kMc == 1 ? 0 : cluster_ctarank();
     const int oblocks = (cout + kOut - 1) / kOut;
-    const int items = ((n * (h + 1) - 1) * sp + kPos - 1) / kPos * oblocks;
+    // Work units: items, or a cluster's item pairs (the same output-channel block, two position blocks).
+    const int units = (((n * (h + 1) - 1) * sp + kPos - 1) / kPos + kMc - 1) / kMc * oblocks;
+    const int unit0 = (int)blockIdx.x / kMc, ustride = (int)gridDim.x / kMc;
     const int csteps = (cin + kC - 1) / kC;
-    const int mine = (int)blockIdx.x < items ? (items - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int mine = unit0 < units ? (units - 1 - unit0) / ustride + 1 : 0;
     const int hsteps = mine * csteps, stages = 9 * hsteps;
     if (tid == 0) {
-        for (int b = 0; b < kBBufs; ++b) mbarrier_init(&bfull[b], 1), mbarrier_init(&bempty[b], kConsumerWarps);
+        for (int b = 0; b < kBBufs; ++b) mbarrier_init(&bfull[b], 1), mbarrier_init(&bempty[b], kMc * kConsumerWarps);
         for (int b = 0; b < 2; ++b) mbarrier_init(&hfull[b], 1), mbarrier_init(&hempty[b], kConsumerWarps);
         fence_mbarrier_init();
     }
-    __syncthreads();
+    if constexpr (kMc > 1)
+        cluster_sync();  // the peer's barriers initialised before this block's multicasts and arrivals on them
+    else
+        __syncthreads();
 
     // The first chunk of item `it`'s halo: its outputs start at position pos0 = sp + kPos (it /
     // oblocks), its halo at pos0 - sp - 1 >= -1 (floor division).
     auto pos0_of = [&](int it) { return sp + it / oblocks * kPos; };
     auto first_chunk = [&](int it) { return (pos0_of(it) - sp + 7) / 8 - 1; };
-    auto item_of = [&](int k) { return (int)blockIdx.x + k / csteps * (int)gridDim.x; };  // halo step k's item
+    // The block's j-th item, as position block x oblocks + output-channel block.
+    auto item_at = [&](int j) {
+        const int u = unit0 + j * ustride;
+        return kMc == 1 ? u : (kMc * (u / oblocks) + (int)rank) * oblocks + u % oblocks;
+    };
+    auto item_of = [&](int k) { return item_at(k / csteps); };  // halo step k's item
     auto load_halo = [&](int k) {  // one warp: halo step k
         const int it = item_of(k), c0 = k % csteps * kC;
         const int jb = first_chunk(it), je = (pos0_of(it) + kPos + sp) / 8;
@@ -107,9 +146,18 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     auto load_b = [&](int s) {  // one thread: stage s (tap s % 9 of halo step s / 9) into buffer s % 4
         if (s >= stages) return;
         const int k = s / 9, it = item_of(k);
-        mbarrier_arrive_expect_tx(&bfull[s % kBBufs], kBBytes);
-        tma_load_3d(smem + (s % kBBufs) * kBBytes, wm, k % csteps * kC, s % 9, it % oblocks * kOut,
-                    &bfull[s % kBBufs]);
+        unsigned long long* const full = &bfull[s % kBBufs];
+        unsigned char* const buf = smem + (s % kBBufs) * kBBytes;
+        mbarrier_arrive_expect_tx(full, kBBytes);  // clusters: this block's half and the peer's
+        if constexpr (kMc == 1)
+            tma_load_3d(buf, wm, k % csteps * kC, s % 9, it % oblocks * kOut, full);
+        else  // this rank's N / 2 output channels (wm's box), into both blocks
+            tma_load_3d_multicast(buf + rank * (kBBytes / 2), wm, k % csteps * kC, s % 9,
+                                  it % oblocks * kOut + rank * (kOut / 2), full, 0b11);
+    };
+    // Clusters: every thread's last act, so that no block exits while its peer may still use its shared memory.
+    auto leave_cluster = [&] {
+        if constexpr (kMc > 1) cluster_sync();
     };
     if constexpr (kWs) {
         if (warp == kConsumerWarps) {  // the producer, the ring's rules as the header says
@@ -125,10 +173,12 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
                     load_halo(k1);
                 }
                 if (lane == 0) {
-                    if (s >= kBBufs) mbarrier_wait_parity(&bempty[s % kBBufs], (s / kBBufs - 1) & 1);
+                    // Clusters: both blocks' consumers released the buffer (cluster-scope acquire).
+                    if (s >= kBBufs) mbarrier_wait_parity<(kMc > 1)>(&bempty[s % kBBufs], (s / kBBufs - 1) & 1);
                     load_b(s);
                 }
             }
+            leave_cluster();
             return;
         }
     } else if (warp == 0 && stages > 0) {
@@ -147,7 +197,7 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
     for (int b = 0; b < kMWg; ++b)
 #pragma unroll
         for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
-    int tap = 0, k = 0, cstep = 0, item = blockIdx.x;
+    int tap = 0, k = 0, cstep = 0, j = 0, item = item_at(0);
     // The item's first output in its halo buffer.
     auto first_out = [&](int it) { return pos0_of(it) - 8 * first_chunk(it); };
     int q0 = first_out(item);
@@ -159,7 +209,11 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
         const unsigned long long db = db0 + (s % kBBufs) * (kBBytes >> 4);
         wgmma_stage_blocks<kOut, false, false, kC / 16, kMWg>(acc, da, db, 2, 2, 64 * 8);
         if constexpr (kWs) {  // this warp is past group s - 1: release its B buffer (and halo step k - 1)
-            if (lane == 0 && s > 0) mbarrier_arrive(&bempty[(s - 1) % kBBufs]);
+            if (lane == 0 && s > 0) {
+                mbarrier_arrive(&bempty[(s - 1) % kBBufs]);
+                // The peer's producer writes its half of this buffer here too (reads done: no fence).
+                if constexpr (kMc > 1) mbarrier_arrive_cluster<false>(&bempty[(s - 1) % kBBufs], rank ^ 1);
+            }
             if (lane == 0 && tap == 0 && k > 0) mbarrier_arrive(&hempty[(k - 1) & 1]);
         } else {
             __syncthreads();  // every warpgroup is past group s - 1: its B buffer and halo step k - 1's are free
@@ -188,13 +242,14 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 #pragma unroll
             for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
         }
-        item += gridDim.x;
+        item = item_at(++j);
         q0 = first_out(item);
     }
     // Every group has retired at the last item's epilogue, but ptxas cannot see that through the
     // loop's data-dependent exits: without this wait it inserts one on a divergent path and
     // serializes every wgmma of the kernel (its note C7518; NVRTC 13.0).
     wgmma_wait<0>();
+    leave_cluster();
 }
 
 // xm: x (cin, w, h, n) in boxes of 64 x 8 x 1 x 1; wm: wt (cin, 9, cout) in boxes of
@@ -227,4 +282,14 @@ extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
 extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
     igemm3x3_wgmma_halo_tma_ws_n128_f16(HALO_TMA_PARAMS) {
     igemm_halo_tma<128, 1, true>(HALO_TMA_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
+    igemm3x3_wgmma_halo_tma_mc_n64_f16(HALO_TMA_PARAMS) {
+    igemm_halo_tma<64, 1, true, 2>(HALO_TMA_ARGS);
+}
+
+extern "C" __global__ void __launch_bounds__(ct::kWsThreads, 1)
+    igemm3x3_wgmma_halo_tma_mc_n128_f16(HALO_TMA_PARAMS) {
+    igemm_halo_tma<128, 1, true, 2>(HALO_TMA_ARGS);
 }

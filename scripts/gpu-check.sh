@@ -118,6 +118,13 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma-ws; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma-ws --json "$RAW/bench-conv-wgmma-tma-ws.json"
 fi
+# That tile in clusters of 2 blocks that load each filter box once for both (TMA multicast; bench/NOTES.md,
+# "A cluster of two for the TMA halo tile"): fprop and dgrad, at the same widths.
+if "$VGG" bench conv --help 2>/dev/null | grep -q tma-mc; then
+  step bench-conv-wgmma-tma-mc 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tma-mc --json "$RAW/bench-conv-wgmma-tma-mc.json"
+fi
 # And the tall tile (512 x 64: half the filter bytes a flop) so fed, widths up to 118 (conv2_1 on).
 if "$VGG" bench conv --help 2>/dev/null | grep -q tma-tall; then
   step bench-conv-wgmma-tma-tall 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
@@ -251,11 +258,13 @@ if command -v ncu >/dev/null; then
       --launch-skip 2 --launch-count 1 "$VGG" bench copy --device cuda --cases l2 --methods cg
   fi
   ncu_works=unknown
-  # The TMA-fed halo tiles next: their excess sectors beside the cp.async tile's 50%, and the
-  # warp-specialised one's stall reasons beside the block-barrier one's; the wgrad's two tiles
-  # likewise (eligible warps a scheduler: 0.38 for the cp.async one).
+  # The TMA-fed halo tiles next: their excess sectors beside the cp.async tile's 50%, the
+  # warp-specialised one's stall reasons beside the block-barrier one's, and the multicast one's L2
+  # bytes beside the warp-specialised one's; the wgrad's two tiles likewise (eligible warps a
+  # scheduler: 0.38 for the cp.async one).
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_halo_tma_n128_f16:wgmma:fprop:tma \
            igemm3x3_wgmma_halo_tma_ws_n128_f16:wgmma:fprop:tma-ws \
+           igemm3x3_wgmma_halo_tma_mc_n128_f16:wgmma:fprop:tma-mc \
            igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16:wgmma:wgrad:tma-ws \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
@@ -310,6 +319,7 @@ python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.js
   "$RAW/bench-conv-wgmma-tma.json" \
   "$RAW/bench-conv-wgmma-tma-tall.json" \
   "$RAW/bench-conv-wgmma-tma-ws.json" \
+  "$RAW/bench-conv-wgmma-tma-mc.json" \
   "$RAW/bench-conv-wgmma-tma-2d.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 

@@ -103,6 +103,7 @@ fn assert_tuned_row(r: &ConvRow) {
                 && !label.ends_with("/sw128")
                 && !label.ends_with("/tma")
                 && !label.ends_with("/tma-ws")
+                && !label.ends_with("/tma-mc")
                 && !label.ends_with("/tma-2d")
         }
         "wgmma/flat" => label.starts_with("wgmma/128x"),
@@ -110,6 +111,7 @@ fn assert_tuned_row(r: &ConvRow) {
         "wgmma/sw128" => label.ends_with("/sw128"),
         "wgmma/tma" => label.starts_with("wgmma/halo256") && label.ends_with("/tma"),
         "wgmma/tma-ws" => label.ends_with("/tma-ws"),
+        "wgmma/tma-mc" => label.ends_with("/tma-mc"),
         "wgmma/tma-2d" => label.ends_with("/tma-2d"),
         "wgmma/tall-tma" => label.ends_with("512x64/tma"),
         "igemm" => label.starts_with("igemm/"),

@@ -134,6 +134,7 @@ fn two_schedules_bit_identical() {
     let tma = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma);
     let tma_tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaTall);
     let tma_ws = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaWs);
+    let tma_mc = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaMc);
     let tma_2d = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma2d);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
@@ -181,6 +182,12 @@ fn two_schedules_bit_identical() {
         // 10 into 6 at 128), two position chunks, two k blocks.
         tma_ws(ConvProblem::new(1, 33, 35, 8, 16)),
         tma_ws(ConvProblem::new(1, 20, 30, 72, 136)),
+        // The multicast tile: one cluster, two channel steps (88); two clusters on an odd number
+        // of position blocks (3), rank 1's last item past the end; rank 1 with no real item at all
+        // (1 position block), two output-channel blocks.
+        tma_mc(ConvProblem::new(2, 9, 13, 88, 40)),
+        tma_mc(ConvProblem::new(2, 10, 30, 72, 136)),
+        tma_mc(ConvProblem::new(1, 7, 6, 24, 256)),
         // The 2-D items: a halo box a step landing whenever the schedule has it, rows and columns
         // past the image's edge.
         tma_2d(ConvProblem::new(2, 9, 13, 88, 40)),
@@ -293,12 +300,15 @@ fn wgmma_halo_tile_where_it_fits_exact_at_its_edges() {
 /// channels a tile, 253 at 64); [`WinoTiling::Tma`], the 256 x N tile fed by the TMA engine,
 /// whose halo buffers fit widths up to 182 at 128 output channels a tile, 246 at 64;
 /// [`WinoTiling::TmaTall`], its 512 x 64 items up to 118 wide, past that Tma's tile;
-/// [`WinoTiling::TmaWs`], Tma's tile with a producer warp, at Tma's edges.
+/// [`WinoTiling::TmaWs`], Tma's tile with a producer warp, at Tma's edges; [`WinoTiling::TmaMc`],
+/// that tile in clusters of 2 sharing the filters, at the same edges, and on odd numbers of
+/// position blocks (rank 1's last item past the end: it loads its half of the filters and stores
+/// nothing), one of them with rank 1 holding no real item.
 #[test]
 fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
     let dev = Device::emu();
     let (tall, sw, tma, tma_tall) = (WinoTiling::Tall, WinoTiling::Swizzled, WinoTiling::Tma, WinoTiling::TmaTall);
-    let tma_ws = WinoTiling::TmaWs;
+    let (tma_ws, tma_mc) = (WinoTiling::TmaWs, WinoTiling::TmaMc);
     for (tiling, p, fprop, dgrad) in [
         (tall, ConvProblem::new(2, 3, 125, 16, 72), "wgmma/halo512x64", "wgmma/halo512x64"),
         (tall, ConvProblem::new(1, 5, 7, 72, 8), "wgmma/halo512x64", "wgmma/halo512x64"),
@@ -315,6 +325,16 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
         (tma_ws, ConvProblem::new(2, 3, 182, 72, 136), "wgmma/halo256x128/tma-ws", "wgmma/halo256x128/tma-ws"),
         (tma_ws, ConvProblem::new(1, 3, 246, 16, 64), "wgmma/halo256x64/tma-ws", "wgmma/halo256x64/tma-ws"),
         (tma_ws, ConvProblem::new(1, 2, 247, 8, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
+        // 6 position blocks, 2 clusters of 3 item pairs each (fprop: 2 output-channel blocks).
+        (tma_mc, ConvProblem::new(2, 3, 182, 72, 136), "wgmma/halo256x128/tma-mc", "wgmma/halo256x128/tma-mc"),
+        (tma_mc, ConvProblem::new(1, 2, 183, 8, 136), "wgmma/halo256x128", "wgmma/halo256x64/tma-mc"),
+        // 3 position blocks (odd).
+        (tma_mc, ConvProblem::new(1, 3, 246, 16, 64), "wgmma/halo256x64/tma-mc", "wgmma/halo256x64/tma-mc"),
+        (tma_mc, ConvProblem::new(1, 2, 247, 8, 64), "wgmma/halo256x64", "wgmma/halo256x64"),
+        // 3 position blocks, 2 channel steps, 2 output-channel blocks (fprop) or 1 (dgrad).
+        (tma_mc, ConvProblem::new(2, 10, 30, 72, 136), "wgmma/halo256x128/tma-mc", "wgmma/halo256x128/tma-mc"),
+        // 1 position block: rank 1 runs only a tail item.
+        (tma_mc, ConvProblem::new(1, 7, 6, 24, 256), "wgmma/halo256x128/tma-mc", "wgmma/halo256x64/tma-mc"),
     ] {
         let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(tiling);
         let labels = (conv.label(ConvPass::Fprop), conv.label(ConvPass::Dgrad));
@@ -684,6 +704,7 @@ fn check_every_plan(dev: &Device, p: ConvProblem, seed: u64) -> usize {
             WinoTiling::Tma,
             WinoTiling::TmaTall,
             WinoTiling::TmaWs,
+            WinoTiling::TmaMc,
         ] {
             let conv = conv.with_wino_tiling(tiling);
             let labels = passes.map(|q| (conv.label(q), conv.algo(q), conv.padded(q)));

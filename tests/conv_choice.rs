@@ -55,8 +55,9 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let p = ConvProblem::new(2, 9, 13, 16, 24);
     let base = Conv3x3::new(p, ConvAlgo::Auto).unwrap();
     let t = tune(&dev, base, 1).unwrap();
-    // The emulator has wgmma: fprop and dgrad under the 3 Winograd variants and wgmma's eight
-    // tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA halo, 2-D TMA),
+    // The emulator has wgmma and clusters: fprop and dgrad under the 3 Winograd variants and wgmma's
+    // nine tiles (halo, flat, tall, swizzled halo, TMA halo, tall TMA halo, warp-specialised TMA
+    // halo, that in clusters of 2 sharing the filters, 2-D TMA),
     // wgrad under the mma.sync and the wgmma implicit GEMM (halo, flat, warp-specialised TMA halo).
     let fd: Vec<WinoVariant> = WinoVariant::ALL
         .into_iter()
@@ -68,6 +69,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             WinoVariant::WgmmaTma,
             WinoVariant::WgmmaTmaTall,
             WinoVariant::WgmmaTmaWs,
+            WinoVariant::WgmmaTmaMc,
             WinoVariant::WgmmaTma2d,
         ])
         .collect();
@@ -89,6 +91,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
         WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
         WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
+        WinoVariant::WgmmaTmaMc => Some(WinoTiling::TmaMc),
         WinoVariant::WgmmaTma2d => Some(WinoTiling::Tma2d),
         _ => None,
     };
@@ -103,6 +106,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
                             | WinoVariant::WgmmaSwizzled
                             | WinoVariant::WgmmaTma
                             | WinoVariant::WgmmaTmaTall
+                            | WinoVariant::WgmmaTmaMc
                             | WinoVariant::WgmmaTma2d
                     )
                 });
@@ -129,6 +133,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
         | WinoVariant::WgmmaTma
         | WinoVariant::WgmmaTmaTall
         | WinoVariant::WgmmaTmaWs
+        | WinoVariant::WgmmaTmaMc
         | WinoVariant::WgmmaTma2d => ConvAlgo::Wgmma,
         WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         _ => F2,
@@ -152,6 +157,7 @@ fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
             }
             WinoVariant::WgmmaTmaTall => assert!(t.conv.label(pass).ends_with("512x64/tma"), "{}", t.conv.label(pass)),
             WinoVariant::WgmmaTmaWs => assert!(t.conv.label(pass).ends_with("/tma-ws"), "{}", t.conv.label(pass)),
+            WinoVariant::WgmmaTmaMc => assert!(t.conv.label(pass).ends_with("/tma-mc"), "{}", t.conv.label(pass)),
             WinoVariant::WgmmaTma2d => assert!(t.conv.label(pass).ends_with("/tma-2d"), "{}", t.conv.label(pass)),
             _ => {}
         }

@@ -64,6 +64,7 @@ fn nan_passes_every_fused_conv_relu() {
                 WinoTiling::Tma,
                 WinoTiling::TmaTall,
                 WinoTiling::TmaWs,
+                WinoTiling::TmaMc,
                 WinoTiling::Tma2d,
             ] {
                 let conv = conv.with_wino_tiling(tiling);

@@ -189,8 +189,8 @@ impl ConvAlgo {
 /// [`ConvAlgo::Wgmma`] runs: Flat, 128 consecutive pixels a block (each copied once a tap);
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
-/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall, TmaWs and Tma2d, other halo tiles for
-/// wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own).
+/// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall, TmaWs, TmaMc and Tma2d, other halo
+/// tiles for wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -225,6 +225,12 @@ pub enum WinoTiling {
     /// its wgrad: the halo wgrad's tile so fed, by a producer warpgroup (any width, below 2^31
     /// positions at the TMA tiles' pitch; else Region's).
     TmaWs,
+    /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: [`WinoTiling::TmaWs`]'s tile in thread-block
+    /// clusters of 2 that load each filter box once for both blocks (TMA multicast), at TmaWs's
+    /// edges, on devices with clusters (compute capability 9.0, as for any wgmma kernel);
+    /// elsewhere as [`WinoTiling::Auto`]. Its wgrad is Region's (the cp.async halo wgrad), as
+    /// under [`WinoTiling::Tma`]: the wgrad's filter gradients are outputs, nothing to share.
+    TmaMc,
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: items of 16 image rows x 32 columns x 64
     /// channels fed by the TMA engine (kernels/conv_wgmma_tma2d.cu), whose halo is 18 x 40
     /// positions whatever the width (the 1-D items' grows with it), at the price of rows and

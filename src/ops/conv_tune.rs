@@ -46,6 +46,9 @@ pub enum WinoVariant {
     /// [`ConvAlgo::Wgmma`]'s TMA halo tiles with a producer warp ([`WinoTiling::TmaWs`]; any
     /// pass: fprop and dgrad's 256 x N tile, the wgrad's 128 x 3 Cb one).
     WgmmaTmaWs,
+    /// [`ConvAlgo::Wgmma`]'s warp-specialised TMA halo tile in clusters of 2 sharing the filter
+    /// boxes by multicast ([`WinoTiling::TmaMc`]; fprop, dgrad; devices with clusters).
+    WgmmaTmaMc,
     /// [`ConvAlgo::Wgmma`]'s 16 x 32 pixel items fed by the TMA engine ([`WinoTiling::Tma2d`];
     /// fprop, dgrad).
     WgmmaTma2d,
@@ -59,7 +62,7 @@ impl WinoVariant {
 
     /// The variant as reports name it: `winograd2x2/flat`, `winograd2x2/region`,
     /// `winograd4x4`, `wgmma`, `wgmma/flat`, `wgmma/tall`, `wgmma/sw128`, `wgmma/tma`,
-    /// `wgmma/tall-tma`, `wgmma/tma-ws`, `wgmma/tma-2d` or `igemm`.
+    /// `wgmma/tall-tma`, `wgmma/tma-ws`, `wgmma/tma-mc`, `wgmma/tma-2d` or `igemm`.
     pub fn name(self) -> &'static str {
         match self {
             WinoVariant::F2Flat => "winograd2x2/flat",
@@ -72,6 +75,7 @@ impl WinoVariant {
             WinoVariant::WgmmaTma => "wgmma/tma",
             WinoVariant::WgmmaTmaTall => "wgmma/tall-tma",
             WinoVariant::WgmmaTmaWs => "wgmma/tma-ws",
+            WinoVariant::WgmmaTmaMc => "wgmma/tma-mc",
             WinoVariant::WgmmaTma2d => "wgmma/tma-2d",
             WinoVariant::Igemm => "igemm",
         }
@@ -88,18 +92,20 @@ impl WinoVariant {
             WinoVariant::WgmmaTma => Some(WinoTiling::Tma),
             WinoVariant::WgmmaTmaTall => Some(WinoTiling::TmaTall),
             WinoVariant::WgmmaTmaWs => Some(WinoTiling::TmaWs),
+            WinoVariant::WgmmaTmaMc => Some(WinoTiling::TmaMc),
             WinoVariant::WgmmaTma2d => Some(WinoTiling::Tma2d),
             _ => None,
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall, Tma2d),
+    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d),
     /// beside which the wgrad runs its halo kernel as under Region.
-    const FPROP_DGRAD_ONLY: [WinoVariant; 5] = [
+    const FPROP_DGRAD_ONLY: [WinoVariant; 6] = [
         WinoVariant::WgmmaTall,
         WinoVariant::WgmmaSwizzled,
         WinoVariant::WgmmaTma,
         WinoVariant::WgmmaTmaTall,
+        WinoVariant::WgmmaTmaMc,
         WinoVariant::WgmmaTma2d,
     ];
 
@@ -118,6 +124,7 @@ impl WinoVariant {
             | WinoVariant::WgmmaTma
             | WinoVariant::WgmmaTmaTall
             | WinoVariant::WgmmaTmaWs
+            | WinoVariant::WgmmaTmaMc
             | WinoVariant::WgmmaTma2d => ConvAlgo::Wgmma,
             WinoVariant::Igemm => ConvAlgo::ImplicitGemm,
         }
@@ -125,7 +132,7 @@ impl WinoVariant {
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
     /// the variant sets its own, except that the halo wgrad keeps the tiling of a fprop- and
-    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall, Tma2d), under which it runs as under Region.
+    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d), under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
@@ -184,8 +191,9 @@ pub fn reps(dev: &Device) -> usize {
 /// The variants `pass` of `base` can run on `dev`: every Winograd variant for a Winograd fprop
 /// or dgrad, ImplicitGemm for an ImplicitGemm wgrad, and wgmma beside them where `dev` has it
 /// and the plan allows it (its flat kernel too, where the halo one runs instead, for fprop and
-/// dgrad its tall, swizzled and TMA halo tiles where they fit, and for every pass the TMA tiles
-/// with a producer warp where they fit). Empty: the pass is not tuned.
+/// dgrad its tall, swizzled and TMA halo tiles where they fit, the multicast one where `dev` also
+/// has clusters, and for every pass the TMA tiles with a producer warp where they fit). Empty: the
+/// pass is not tuned.
 fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
     let mut v = match base.algo(pass) {
         a if a.is_winograd() && pass != ConvPass::Wgrad => WinoVariant::ALL.to_vec(),
@@ -200,7 +208,8 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         }
         for variant in WinoVariant::FPROP_DGRAD_ONLY.into_iter().chain([WinoVariant::WgmmaTmaWs]) {
             let c = variant.apply(base, pass);
-            let times = pass != ConvPass::Wgrad || !variant.fprop_dgrad_only();
+            let times = (pass != ConvPass::Wgrad || !variant.fprop_dgrad_only())
+                && (variant != WinoVariant::WgmmaTmaMc || dev.has_clusters());
             if times && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
             }
@@ -365,8 +374,8 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     };
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
-    // wgrad runs under Tall, Swizzled, Tma, TmaTall and Tma2d as under Region (they change only the fprop and
-    // dgrad tiles; TmaWs changes the wgrad's too).
+    // wgrad runs under Tall, Swizzled, Tma, TmaTall, TmaMc and Tma2d as under Region (they change only the
+    // fprop and dgrad tiles; TmaWs changes the wgrad's too).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
         let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };

@@ -334,7 +334,8 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
 }
 
 /// The halo tiles fed by the TMA engine (Tma: 256 x N, TmaTall: 512 x 64, TmaWs: 256 x N with a
-/// producer warp, Tma2d: 16 x 32 pixels x 64; fprop and dgrad) and the wgrad's (TmaWs: with a
+/// producer warp, TmaMc: that in clusters of 2 sharing the filters by multicast, where the device
+/// has clusters, Tma2d: 16 x 32 pixels x 64; fprop and dgrad) and the wgrad's (TmaWs: with a
 /// producer warpgroup), a check
 /// of their own that `vgg selftest` runs last: a copy that never lands traps on the GPU
 /// (kernels/bulk.cuh), which loses the process's CUDA context for every row after it.
@@ -347,6 +348,9 @@ pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaTall, names)?);
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaWs, names)?);
     rows.extend(wgrad(dev, g, g, WinoTiling::TmaWs)?);
+    if dev.has_clusters() {
+        rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaMc, names)?);
+    }
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::Tma2d, names)?);
     Ok(rows)
 }

@@ -139,9 +139,10 @@ pub(crate) struct BenchConvArgs {
     /// and dgrad where it fits; swizzled: the halo tile's operands in the 128-byte swizzle; tma:
     /// the halo tile's operands brought by the TMA engine, fprop and dgrad where it fits; tma-tall:
     /// the tall tile so fed; tma-ws: tma's tile with a producer warp, and the wgrad's halo tile
-    /// fed by the TMA engine with a producer warpgroup; tma-2d: TMA-fed items of 16 x 32 pixels x 64
-    /// channels, fprop and dgrad): auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws, tma-2d
-    /// (not with --algo tune, which chooses the tiling).
+    /// fed by the TMA engine with a producer warpgroup; tma-mc: tma-ws's fprop and dgrad tile in
+    /// clusters of 2 blocks that share each filter box by multicast; tma-2d: TMA-fed items of 16 x 32
+    /// pixels x 64 channels, fprop and dgrad): auto, flat, region, tall, swizzled, tma, tma-tall,
+    /// tma-ws, tma-mc, tma-2d (not with --algo tune, which chooses the tiling).
     #[arg(long, default_value = "auto")]
     wino_tiling: String,
     /// Timed samples per measurement [default: enough for ~20 ms, at least 10; 3 on emu].
@@ -173,9 +174,13 @@ pub(crate) fn bench_conv_cmd(a: BenchConvArgs) -> Result<()> {
         "tma" => WinoTiling::Tma,
         "tma-tall" => WinoTiling::TmaTall,
         "tma-ws" => WinoTiling::TmaWs,
+        "tma-mc" => WinoTiling::TmaMc,
         "tma-2d" => WinoTiling::Tma2d,
         other => {
-            bail!("unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws, tma-2d)")
+            bail!(
+                "unknown --wino-tiling `{other}` (auto, flat, region, tall, swizzled, tma, tma-tall, tma-ws, tma-mc, \
+                 tma-2d)"
+            )
         }
     };
     if algo == Algo::Tune && wino_tiling != WinoTiling::Auto {

@@ -1,6 +1,6 @@
 //! The 3x3 convolution as an implicit GEMM on Hopper's wgmma: [`ConvAlgo::Wgmma`]'s fprop and
 //! dgrad launches (kernels/conv_wgmma_halo.cu where its tile fits, or kernels/conv_wgmma_tma.cu
-//! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`],
+//! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaMc`],
 //! kernels/conv_wgmma_tma2d.cu under [`WinoTiling::Tma2d`], else
 //! kernels/conv_wgmma.cu), the dgrad's rotated filters, which halo tile the wgrad runs (its TMA
 //! one, kernels/conv_wgrad_wgmma_tma.cu, under [`WinoTiling::TmaWs`]), and the TMA tiles' tensor
@@ -24,6 +24,8 @@ const HALO_TMA_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_n1
 const HALO512_TMA_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo512_tma_n64_f16");
 const HALO_TMA_WS_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n64_f16");
 const HALO_TMA_WS_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_ws_n128_f16");
+const HALO_TMA_MC_N64: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_mc_n64_f16");
+const HALO_TMA_MC_N128: Kernel = kern("conv_wgmma_tma", "igemm3x3_wgmma_halo_tma_mc_n128_f16");
 const HALO2D_TMA_N64: Kernel = kern("conv_wgmma_tma2d", "igemm3x3_wgmma_halo2d_tma_n64_f16");
 const ROT180: Kernel = kern("conv_wgmma", "conv_rot180_f16");
 /// Flat tile: 128 pixels x N output channels a block (N = 64, 128 or 256), 256 threads (2
@@ -37,6 +39,11 @@ const HALO512_POS: usize = 512;
 /// warps (kernels/conv_wgmma_tma.cu's kThreads, kWsThreads).
 const HALO_THREADS: u32 = 512;
 const HALO_WS_THREADS: u32 = HALO_THREADS + 32;
+/// Blocks a cluster of the multicast TMA tile ([`Feed::TmaMc`]), which share each stage's filter box.
+const MC_CLUSTER: usize = 2;
+/// Bytes of the multicast tile's 12 mbarriers, in its dynamic shared memory (the other TMA tiles
+/// keep theirs in static shared memory, within the 128 bytes [`tma_tile`] leaves).
+const MC_BARRIER_BYTES: usize = 12 * 8;
 /// Halo pieces a thread copies at most (the kernel's kMaxJ): halo_pos(w, pos) <= 64 x 12.
 const HALO_MAX_PIECES: usize = 12;
 /// [`WinoTiling::Tma2d`]'s items: 16 image rows x 32 columns (512 positions) x 64 output channels;
@@ -78,6 +85,8 @@ enum Feed {
     Tma,
     /// The TMA engine with a producer warp and per-buffer barriers (544 threads).
     TmaWs,
+    /// As TmaWs, in clusters of [`MC_CLUSTER`] blocks that share each filter box by multicast.
+    TmaMc,
     /// As Tma, for items that are rectangles of the image ([`WinoTiling::Tma2d`]: one halo box an
     /// item and channel step).
     Tma2d,
@@ -119,22 +128,26 @@ fn halo_positions_fit(p: &ConvProblem, pos: usize, pitch: usize) -> bool {
     positions.saturating_add(2 * pos + 2 * pitch + 2) <= i32::MAX as usize
 }
 
-/// The TMA halo tile for `cout` channels of `p`'s image under `tiling` (Tma, TmaTall or TmaWs), if
-/// it fits: items of 256 positions x N 64 for at most 64 channels, else 128 (TmaWs: with a
-/// producer warp), or under TmaTall 512 positions x 64 channels whatever `cout`; the buffers
-/// within 227 KB with the kernel's 96 bytes of barriers (widths up to 182 at N 128, 246 at N 64,
-/// 118 for the tall tile), and the padded positions within 32-bit indices.
+/// The TMA halo tile for `cout` channels of `p`'s image under `tiling` (Tma, TmaTall, TmaWs or
+/// TmaMc), if it fits: items of 256 positions x N 64 for at most 64 channels, else 128 (TmaWs:
+/// with a producer warp; TmaMc: also in clusters of 2 sharing the filters), or under TmaTall 512
+/// positions x 64 channels whatever `cout`; the buffers within 227 KB with the kernel's 96 bytes
+/// of barriers (widths up to 182 at N 128, 246 at N 64, 118 for the tall tile), and the padded
+/// positions within 32-bit indices.
 fn tma_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
     let (pos, n, feed, kernel) = match (tiling, cout <= 64) {
         (WinoTiling::TmaTall, _) => (HALO512_POS, 64, Feed::Tma, &HALO512_TMA_N64),
         (WinoTiling::TmaWs, true) => (HALO_POS, 64, Feed::TmaWs, &HALO_TMA_WS_N64),
         (WinoTiling::TmaWs, false) => (HALO_POS, 128, Feed::TmaWs, &HALO_TMA_WS_N128),
+        (WinoTiling::TmaMc, true) => (HALO_POS, 64, Feed::TmaMc, &HALO_TMA_MC_N64),
+        (WinoTiling::TmaMc, false) => (HALO_POS, 128, Feed::TmaMc, &HALO_TMA_MC_N128),
         (_, true) => (HALO_POS, 64, Feed::Tma, &HALO_TMA_N64),
         (_, false) => (HALO_POS, 128, Feed::Tma, &HALO_TMA_N128),
     };
     let pitch = tma_pitch(p.w);
     let shared = tma_shared(n, p.w, pos);
     let fits = shared + 128 <= SM90_SHARED_PER_BLOCK && halo_positions_fit(p, pos, pitch);
+    let shared = if feed == Feed::TmaMc { shared + MC_BARRIER_BYTES } else { shared };
     fits.then_some(WgmmaTile { kernel, pos, n, feed, pitch, shared })
 }
 
@@ -147,7 +160,7 @@ fn tma_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTil
 /// 32-bit indices.
 fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTile> {
     match tiling {
-        WinoTiling::Tma | WinoTiling::TmaWs => return tma_tile(p, cout, tiling),
+        WinoTiling::Tma | WinoTiling::TmaWs | WinoTiling::TmaMc => return tma_tile(p, cout, tiling),
         // Its halo does not depend on the width: it fits every shape.
         WinoTiling::Tma2d => {
             let (kernel, pos, n, feed, pitch) = (&HALO2D_TMA_N64, TMA2D_ROWS * TMA2D_COLS, 64, Feed::Tma2d, 0);
@@ -174,10 +187,10 @@ fn halo_tile(p: &ConvProblem, cout: usize, tiling: WinoTiling) -> Option<WgmmaTi
 impl Conv3x3 {
     /// The tile `pass` (fprop or dgrad) runs: the plan's tiling's halo tile (the 512 x 64 one
     /// under [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones
-    /// under [`WinoTiling::Tma`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaTall`], whose 512 x 64
-    /// items fall back to Tma's tile past width 118) where it fits, else the 256 x N one, unless
-    /// the plan's tiling is [`WinoTiling::Flat`] or that does not fit the shape either; else the
-    /// flat one.
+    /// under [`WinoTiling::Tma`], [`WinoTiling::TmaWs`], [`WinoTiling::TmaMc`] and
+    /// [`WinoTiling::TmaTall`], whose 512 x 64 items fall back to Tma's tile past width 118) where
+    /// it fits, else the 256 x N one, unless the plan's tiling is [`WinoTiling::Flat`] or that
+    /// does not fit the shape either; else the flat one.
     pub(super) fn wgmma_tile(&self, pass: ConvPass) -> WgmmaTile {
         let p = &self.problem;
         let cout = if pass == ConvPass::Dgrad { p.c } else { p.k };
@@ -191,8 +204,8 @@ impl Conv3x3 {
     /// Whether `pass` runs the halo tile its plan's tiling names (not a fallback to a smaller or
     /// flat tile where it does not fit): for fprop and dgrad the 512 x 64 one under
     /// [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones under
-    /// [`WinoTiling::Tma`], [`WinoTiling::TmaTall`] and [`WinoTiling::TmaWs`], any halo tile
-    /// otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] names, the TMA one.
+    /// [`WinoTiling::Tma`], [`WinoTiling::TmaTall`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaMc`],
+    /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] names, the TMA one.
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         if pass == ConvPass::Wgrad {
             return self.tiling == WinoTiling::TmaWs && self.wgrad_tma();
@@ -203,6 +216,7 @@ impl Conv3x3 {
             WinoTiling::Swizzled => t.feed == Feed::CpAsyncSw128,
             WinoTiling::Tma => t.feed == Feed::Tma && t.pos == HALO_POS,
             WinoTiling::TmaWs => t.feed == Feed::TmaWs,
+            WinoTiling::TmaMc => t.feed == Feed::TmaMc,
             WinoTiling::TmaTall => t.feed == Feed::Tma && t.pos == HALO512_POS,
             WinoTiling::Tma2d => t.feed == Feed::Tma2d,
             _ => t.pos > 0,
@@ -210,12 +224,13 @@ impl Conv3x3 {
     }
 
     /// `wgmma/halo256xN`, `wgmma/halo256xN/sw128`, `wgmma/halo{256xN,512x64}/tma`,
-    /// `wgmma/halo256xN/tma-ws`, `wgmma/halo16x32x64/tma-2d`, `wgmma/halo512x64` or
+    /// `wgmma/halo256xN/tma-ws`, `wgmma/halo256xN/tma-mc`, `wgmma/halo16x32x64/tma-2d`, `wgmma/halo512x64` or
     /// `wgmma/128xN`: the tile `pass` (fprop or dgrad) runs.
     pub(super) fn wgmma_label(&self, pass: ConvPass) -> String {
         match self.wgmma_tile(pass) {
             WgmmaTile { pos: 0, n, .. } => format!("wgmma/{PIX}x{n}"),
             WgmmaTile { pos, n, feed: Feed::TmaWs, .. } => format!("wgmma/halo{pos}x{n}/tma-ws"),
+            WgmmaTile { pos, n, feed: Feed::TmaMc, .. } => format!("wgmma/halo{pos}x{n}/tma-mc"),
             WgmmaTile { n, feed: Feed::Tma2d, .. } => format!("wgmma/halo{TMA2D_ROWS}x{TMA2D_COLS}x{n}/tma-2d"),
             WgmmaTile { pos, n, feed: Feed::Tma, .. } => format!("wgmma/halo{pos}x{n}/tma"),
             WgmmaTile { pos, n, feed: Feed::CpAsyncSw128, .. } => format!("wgmma/halo{pos}x{n}/sw128"),
@@ -307,23 +322,28 @@ impl Conv3x3 {
         self.need_wgmma(dev)?;
         let (cin, cout) = if pass == ConvPass::Dgrad { (p.k, p.c) } else { (p.c, p.k) };
         let tile = self.wgmma_tile(pass);
+        let cluster = if tile.feed == Feed::TmaMc { MC_CLUSTER } else { 1 };
         let cfg = if tile.pos > 0 {
-            // Persistent: one block an SM, each taking every gridDim-th item.
-            let items = if tile.feed == Feed::Tma2d {
+            // Persistent: one block an SM, each taking every gridDim-th item; in clusters of 2, one
+            // cluster a pair of SMs, each taking every (gridDim / 2)-th pair of items (the same
+            // output-channel block, two position blocks). SMs / 2 rounded up: 66 on an H200's 132
+            // (an odd count would leave one cluster for a second wave), and on emu's 3 two
+            // clusters, so that the tests see clusters stride. The 2-D items: rectangles of the image.
+            let units = if tile.feed == Feed::Tma2d {
                 p.n * p.h.div_ceil(TMA2D_ROWS) * p.w.div_ceil(TMA2D_COLS) * cout.div_ceil(tile.n)
             } else {
-                self.halo_positions_at(tile.pitch).div_ceil(tile.pos) * cout.div_ceil(tile.n)
+                self.halo_positions_at(tile.pitch).div_ceil(tile.pos).div_ceil(cluster) * cout.div_ceil(tile.n)
             };
-            let grid = grid_x(p, items.min(dev.multiprocessors()))?;
+            let grid = grid_x(p, cluster * units.min(dev.multiprocessors().div_ceil(cluster)))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
-            let threads = if tile.feed == Feed::TmaWs { HALO_WS_THREADS } else { HALO_THREADS };
+            let threads = if matches!(tile.feed, Feed::TmaWs | Feed::TmaMc) { HALO_WS_THREADS } else { HALO_THREADS };
             LaunchConfig { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 }
         } else {
             let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
         };
         let dims = [p.n, p.h, p.w, cin, cout].map(|v| KArg::I32(v as i32));
-        let tma = matches!(tile.feed, Feed::Tma | Feed::TmaWs | Feed::Tma2d);
+        let tma = matches!(tile.feed, Feed::Tma | Feed::TmaWs | Feed::TmaMc | Feed::Tma2d);
         let (x, wt) = if tma { self.tma_maps(dev, x, wt, cin, cout, &tile)? } else { (x, wt) };
         let args = [x, wt, bias, mask, y, dims[0], dims[1], dims[2], dims[3], dims[4], relu];
         // SAFETY: (const __half* x, const __half* wt, const __half* bias, const __half* mask,
@@ -331,14 +351,16 @@ impl Conv3x3 {
         // cout*9*cin, y N*H*W*cout, bias cout or null, mask N*H*W*cout or null, all checked by
         // the caller; N*H*W*max(C, K) and 9*K*C fit i32 (Conv3x3::new), the halo tile's
         // padded positions too (halo_tile). The TMA tile takes the same list with x and wt as
-        // tensor maps of those buffers (tma_maps), which it reads only inside their extents.
-        unsafe { dev.launch(tile.kernel, cfg, &args) }
+        // tensor maps of those buffers (tma_maps), which it reads only inside their extents; the
+        // multicast one in clusters of 2 (grid x even), refused on a device without clusters.
+        unsafe { dev.launch_cluster(tile.kernel, cfg, cluster as u32, &args) }
     }
 
     /// The TMA tile's tensor maps of `x` (cin, W, H, N; a box is 8 positions of a padded row x 64
     /// channels, or [`WinoTiling::Tma2d`]'s whole halo) and `wt` (cin, tap, cout; a box is one
-    /// tap's 64 channels of N output channels), both in the 128-byte swizzle
-    /// (kernels/conv_wgmma_tma.cu, kernels/conv_wgmma_tma2d.cu).
+    /// tap's 64 channels of N output channels, or of N / 2 for the multicast tile, whose ranks
+    /// each load half), both in the 128-byte swizzle (kernels/conv_wgmma_tma.cu,
+    /// kernels/conv_wgmma_tma2d.cu).
     fn tma_maps(
         &self,
         dev: &Device,
@@ -355,7 +377,7 @@ impl Conv3x3 {
         let ws = TensorMapSpec {
             dims: vec![cin, 9, cout],
             strides: vec![2 * cin, 2 * cin * 9],
-            boxd: vec![64, 1, tile.n],
+            boxd: vec![64, 1, if tile.feed == Feed::TmaMc { tile.n / MC_CLUSTER } else { tile.n }],
             swizzle128: true,
         };
         let x = if tile.feed == Feed::Tma2d {
