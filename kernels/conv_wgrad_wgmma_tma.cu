@@ -4,6 +4,8 @@
 //   igemm3x3_wgrad_wgmma_halo_tma_ws_c{64,128}_f16
 //     part[z][k][(r,s,c)] = sum_{P in chunk z} dY[P][k] X[P + (r-1) sp + s-1][c]
 //     (and, in block x = 0, part[z][K 9 C + k] = sum_P dY[P][k])
+//   igemm3x3_wgrad_wgmma_halo_tma_ws_c{64,128}_k64_f16   for K <= 64: the same sums with both
+//     warpgroups on k 0..63, each over its half of a 128-position stage, into parts 2 z + wg
 // over conv_wgmma_tma.cu's padded position space (pitch sp = w + 2 rounded up to 8, h + 1 rows an
 // image, positions from sp on): dY is zero at every padded position (the copy engine writes
 // zeros outside the tensor), so those add nothing, nor do positions past the last image.
@@ -29,8 +31,14 @@
 // sbo 1024. Tap s reads position P0 + i + (r - 1) sp + s - 1 at row 7 + s + i: its B descriptor
 // starts 7 + s rows of 128 bytes in. Whole rows move with the swizzle's address rule
 // (kernels/wgmma.cuh), which conv_wgmma_tma.cu's shifted A descriptors rely on too.
+// K <= 64 (conv1_2; kSplit): a block of 128 k would leave warpgroup 1's MMA on zeros, so both
+// warpgroups take k 0..63 and a stage is 128 positions instead: dY as 16 chunks of k 0..63 (the
+// same [half][chunk] bytes, a half now 64 positions), X as Cb / 64 x 18 chunks; warpgroup wg's A
+// is half wg, its B 64 rows (8 chunks) on. Each warpgroup writes its sums as a part of its own,
+// 2 z + wg (the host reduces twice the chunks), and db, 4 threads' sums a k, goes to part 2 z
+// (part 2 z + 1's db is zeros).
 // Pipeline (conv_wgmma_tma.cu's kWs): a ring of as many stage buffers as fit 227 KB (6 at kC 128,
-// 8 at 64), a `full` mbarrier a buffer that the producer's lane 0 arms with the stage's bytes
+// 8 at 64; with kSplit 4 and 6), a `full` mbarrier a buffer that the producer's lane 0 arms with the stage's bytes
 // before its lanes issue the 16 + 10 kC / 64 boxes, and an `empty` one that each consumer warp's
 // lane 0 arrives on once the wgmma group that read the buffer has retired (at stage s for s - 1);
 // the producer waits for that before refilling it. No __syncthreads in the loop; the producer
@@ -43,19 +51,28 @@
 #include "conv_wgmma.cuh"
 
 namespace cwt {
-constexpr int kM = 128, kP = 64, kBox = 1024, kXChunks = 10, kConsumerWarps = 8, kThreads = 384;
+constexpr int kM = 128, kP = 64, kBox = 1024, kConsumerWarps = 8, kThreads = 384;
+// X chunks a c-half and stage: the stage's positions and a chunk before and after (a filter row's
+// taps s - 1 = -1..1), 64 positions, or 128 with kSplit.
+__host__ __device__ constexpr int x_chunks(bool split) { return split ? 18 : 10; }
 // Registers a thread (the header): the launch's 168, then 40 for the producers, 232 for the
 // consumers (192 accumulators at kC 128); the pool stays the launch's 384 x 168.
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= kThreads * 168, "the block's registers");
 constexpr int kABytes = kM * kP * 2;  // 16384: dY's 2 k-halves x 8 chunks
-// A ring buffer with kC channels a block: dY, then X's kC / 64 c-halves x 10 chunks.
-__host__ __device__ constexpr int buf_bytes(int c) { return kABytes + c / 64 * kXChunks * kBox; }
+// A ring buffer with kC channels a block: dY, then X's kC / 64 c-halves x x_chunks chunks.
+__host__ __device__ constexpr int buf_bytes(int c, bool split) { return kABytes + c / 64 * x_chunks(split) * kBox; }
 // Buffers that fit an sm_90 block's 227 KB beside the slack and up to 128 bytes of barriers.
-__host__ __device__ constexpr int bufs(int c) { return (227 * 1024 - 1024 - 128) / buf_bytes(c); }
-__host__ __device__ constexpr int smem_bytes(int c) { return 1024 + bufs(c) * buf_bytes(c); }
-static_assert(bufs(128) == 6 && bufs(64) == 8 && smem_bytes(128) == 222208 && smem_bytes(64) == 214016,
+__host__ __device__ constexpr int bufs(int c, bool split) {
+    return (227 * 1024 - 1024 - 128) / buf_bytes(c, split);
+}
+__host__ __device__ constexpr int smem_bytes(int c, bool split) { return 1024 + bufs(c, split) * buf_bytes(c, split); }
+static_assert(bufs(128, false) == 6 && bufs(64, false) == 8 && smem_bytes(128, false) == 222208 &&
+                  smem_bytes(64, false) == 214016,
               "src/ops/conv.rs's shared bytes for the TMA wgrad");
+static_assert(bufs(128, true) == 4 && bufs(64, true) == 6 && smem_bytes(128, true) == 214016 &&
+                  smem_bytes(64, true) == 209920,
+              "src/ops/conv.rs's shared bytes for the TMA wgrad, K <= 64");
 }  // namespace cwt
 
 // db from one stage's swizzled dY tile: this thread's k = tid & 127 (k-half k / 64 at 8192 bytes
@@ -75,13 +92,15 @@ __device__ __forceinline__ void wgrad_tma_db_stage(const unsigned char* tile, in
     }
 }
 
-// part layout: [chunk][K*9*C + K] (conv_wgrad.cu); chunk a multiple of 64.
-template <int kC>
+// part layout: [chunk][K*9*C + K] (conv_wgrad.cu); chunk a multiple of 64 (kSplit: of 128, and
+// 2 parts a chunk).
+template <int kC, bool kSplit>
 __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* dym, float* __restrict__ part, int n,
                                              int h, int w, int c, int k, int chunk) {
     using namespace cwt;
     static_assert(kC == 64 || kC == 128, "3 m64nNk16 accumulators a warpgroup");
-    constexpr int kBufs = bufs(kC), kBufBytes = buf_bytes(kC), kXBoxes = kC / 64 * kXChunks;
+    constexpr int kBufs = bufs(kC, kSplit), kBufBytes = buf_bytes(kC, kSplit), kXChunks = x_chunks(kSplit);
+    constexpr int kXBoxes = kC / 64 * kXChunks, kStageP = kSplit ? 2 * kP : kP;
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
     __shared__ unsigned long long full[kBufs], empty[kBufs];
@@ -90,13 +109,14 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
     const int z = (int)blockIdx.z, sp = conv_tma_pitch(w), cols = 9 * c;
     // The padded images are positions sp .. end - 1; chunk z's from pstart (no sum past end).
     const int end = n * (h + 1) * sp, pstart = sp + z * chunk, pend = pstart + min(chunk, end - pstart);
-    const int stages = (pend - pstart + kP - 1) / kP;
+    const int stages = (pend - pstart + kStageP - 1) / kStageP;
     if (tid == 0) {
         for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1), mbarrier_init(&empty[b], kConsumerWarps);
         fence_mbarrier_init();
     }
     __syncthreads();
-    float* const out = part + (long long)z * ((long long)k * cols + k);
+    const long long part_len = (long long)k * cols + k;
+    float* const out = part + (kSplit ? 2 * z + (wg & 1) : z) * part_len;
     const bool do_db = blockIdx.x == 0;
     float db_sum = 0.f;  // the producer's stays 0
 
@@ -110,10 +130,12 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
             if (lane == 0) mbarrier_arrive_expect_tx(&full[b], kBufBytes);  // every box counts in full
             __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
             unsigned char* const buf = smem + b * kBufBytes;
-            const int ja = (pstart + s * kP) / 8, jx = ja + (r - 1) * (sp / 8) - 1;  // dY's, X's first chunk
+            const int ja = (pstart + s * kStageP) / 8, jx = ja + (r - 1) * (sp / 8) - 1;  // dY's, X's first chunk
             for (int i = lane; i < 16 + kXBoxes; i += 32) {
                 if (i < 16) {
-                    conv_tma_load_chunk(buf + i * kBox, dym, k0 + 64 * (i >> 3), ja + (i & 7), sp, h, &full[b]);
+                    // [half][chunk]: a half is 64 k of the stage's 8 chunks, or (kSplit) 8 chunks of k 0..63.
+                    const int kh = kSplit ? 0 : i >> 3, j = kSplit ? i : i & 7;
+                    conv_tma_load_chunk(buf + i * kBox, dym, k0 + 64 * kh, ja + j, sp, h, &full[b]);
                 } else {
                     const int q = i - 16, ch = q / kXChunks;
                     conv_tma_load_chunk(buf + kABytes + q * kBox, xm, c0 + 64 * ch, jx + q - ch * kXChunks, sp, h,
@@ -123,10 +145,11 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
         }
     } else {
         warpgroup_setmaxnreg<kConsumerRegs, true>();
-        // A: this warpgroup's k-half (lbo, the other half, unread by an m64 A); B: tap 0's rows of
-        // buffer 0, 7 rows in.
+        // A: this warpgroup's k-half, or (kSplit) position half (lbo, the other half, unread by an
+        // m64 A); B: tap 0's rows of buffer 0, 7 rows in (kSplit: 64 more for warpgroup 1).
         const unsigned long long da0 = wgmma_desc_mn_sw128(smem + wg * 8 * kBox, 8 * kBox, kBox);
-        const unsigned long long db0 = wgmma_desc_mn_sw128(smem + kABytes + 7 * 128, kXChunks * kBox, kBox);
+        const unsigned long long db0 =
+            wgmma_desc_mn_sw128(smem + kABytes + 7 * 128 + (kSplit ? wg * 8 * kBox : 0), kXChunks * kBox, kBox);
         float acc[3][kC / 2];
 #pragma unroll
         for (int s = 0; s < 3; ++s)
@@ -147,12 +170,27 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
         wgmma_wait<0>();
 #pragma unroll
         for (int s = 0; s < 3; ++s) wgmma_fence_acc(acc[s]);
-        conv_wgrad_store_taps<kC>(acc, out, k0, k, r, c, c0);
+        // kSplit: both warpgroups' rows are k 0..63 (the store adds 64 wg to a row).
+        conv_wgrad_store_taps<kC>(acc, out, kSplit ? k0 - 64 * wg : k0, k, r, c, c0);
     }
     // Every thread, the producer warpgroup too: conv_wgmma_db_finish's block barriers count all 384
     // (the producers' slots past 255 are written, never read). Every box has landed by then: the
     // consumers waited for each stage.
-    if (do_db) conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
+    if (!do_db) return;
+    if constexpr (kSplit) {
+        // Thread k + 64 j summed k over positions 32 j.. of each stage: 4 sums a k, in a fixed order.
+        __syncthreads();
+        float* const sdb = reinterpret_cast<float*>(smem);
+        sdb[tid] = db_sum;
+        __syncthreads();
+        float* const db = part + 2 * z * part_len + (long long)k * cols;
+        if (tid < 64 && k0 + tid < k) {
+            db[k0 + tid] = sdb[tid] + sdb[tid + 64] + sdb[tid + 128] + sdb[tid + 192];
+            db[part_len + k0 + tid] = 0.f;  // part 2 z + 1's db
+        }
+    } else {
+        conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
+    }
 }
 
 // xm: x (C, w, h, n), dym: dy (K, w, h, n), both in boxes of 64 x 8 x 1 x 1 in the 128-byte
@@ -163,10 +201,20 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
 
 extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
     igemm3x3_wgrad_wgmma_halo_tma_ws_c64_f16(WGRAD_TMA_PARAMS) {
-    wgrad_tma_ws<64>(&xm, &dym, part, n, h, w, c, k, chunk);
+    wgrad_tma_ws<64, false>(&xm, &dym, part, n, h, w, c, k, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
     igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16(WGRAD_TMA_PARAMS) {
-    wgrad_tma_ws<128>(&xm, &dym, part, n, h, w, c, k, chunk);
+    wgrad_tma_ws<128, false>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_ws_c64_k64_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<64, true>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_ws_c128_k64_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<128, true>(&xm, &dym, part, n, h, w, c, k, chunk);
 }

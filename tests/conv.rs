@@ -340,7 +340,10 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
         let labels = (conv.label(ConvPass::Fprop), conv.label(ConvPass::Dgrad));
         assert_eq!((labels.0.as_str(), labels.1.as_str()), (fprop, dgrad), "{p} {tiling:?}");
         if fprop.starts_with("wgmma/halo") {
-            assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+            // The halo wgrad: 128 k a block, or 64 for the TMA wgrad's k64 kernels (K <= 64).
+            let m = if tiling == WinoTiling::TmaWs && p.k <= 64 { 64 } else { 128 };
+            let wgrad = conv.label(ConvPass::Wgrad);
+            assert!(wgrad.starts_with(&format!("wgmma/halo{m}x")), "{p}: {wgrad}");
         }
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let (want_y, want_dx) = exact_y_dx(&p, &data);
@@ -375,7 +378,8 @@ fn wgmma_tma_2d_items_exact_on_ragged_images() {
 }
 
 /// The TMA-fed wgrad with a producer warpgroup ([`WinoTiling::TmaWs`]), exact on integers (dw and
-/// db, the other passes with it): 64 channels a block (C <= 64) and 128, ragged C and K blocks, a
+/// db, the other passes with it): 64 channels a block (C <= 64) and 128, each with 128 k a block
+/// and, for K <= 64, with its k64 kernel (both warpgroups on k 0..63), ragged C and K blocks, a
 /// pitch with no extra column (W 6 and 14: W + 2 a multiple of 8) and with some, several images,
 /// several position chunks, and rings that wrap; under a random schedule (copies landing at issue
 /// or at the wait that needs them), so that a buffer refilled too early fails here too. Its stages
@@ -385,17 +389,24 @@ fn wgmma_tma_2d_items_exact_on_ragged_images() {
 fn wgmma_tma_wgrad_exact_and_where_it_runs() {
     let dev = Device::emu();
     dev.set_schedule(Schedule::Random(3));
-    for (p, cb, chunks) in [
-        (ConvProblem::new(1, 33, 35, 8, 16), 64, 2),
+    // (problem, channels a block, partial sums): K <= 64 runs the k64 kernels, two parts a chunk of
+    // 128-position stages (chunks: the positions (N (H + 1) - 1) x pitch over at most 1024 a
+    // chunk, rounded up to whole stages; 2 x 33 x 35: 2680 positions, 3 chunks of 7 stages
+    // through a ring of 6; 1 x 20 x 30 at C 128: 640, 5 stages through a ring of 4).
+    for (p, cb, parts) in [
+        (ConvProblem::new(2, 33, 35, 8, 16), 64, 6),
         (ConvProblem::new(1, 20, 30, 72, 136), 128, 1),
-        (ConvProblem::new(3, 5, 6, 16, 24), 64, 1),
-        (ConvProblem::new(1, 6, 14, 256, 16), 128, 1),
+        (ConvProblem::new(3, 5, 6, 16, 24), 64, 2),
+        (ConvProblem::new(3, 5, 6, 16, 72), 64, 1),
+        (ConvProblem::new(1, 6, 14, 256, 16), 128, 2),
+        (ConvProblem::new(1, 20, 30, 128, 40), 128, 2),
     ] {
         let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaWs);
-        assert_eq!(conv.label(ConvPass::Wgrad), format!("wgmma/halo128x{}/tma-ws", 3 * cb), "{p}");
-        assert_eq!(conv.wgrad_kernel_name(), format!("igemm3x3_wgrad_wgmma_halo_tma_ws_c{cb}_f16"), "{p}");
-        // Partial sums a chunk: the workspace says how many chunks.
-        assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), chunks * (p.filter_len() + p.k) * 4, "{p}");
+        let (m, k64) = if p.k <= 64 { (64, "_k64") } else { (128, "") };
+        assert_eq!(conv.label(ConvPass::Wgrad), format!("wgmma/halo{m}x{}/tma-ws", 3 * cb), "{p}");
+        assert_eq!(conv.wgrad_kernel_name(), format!("igemm3x3_wgrad_wgmma_halo_tma_ws_c{cb}{k64}_f16"), "{p}");
+        // Partial sums a chunk (two for k64): the workspace says how many.
+        assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), parts * (p.filter_len() + p.k) * 4, "{p}");
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let (want_y, want_dx) = exact_y_dx(&p, &data);
         let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::TmaWs), &data);
@@ -410,7 +421,7 @@ fn wgmma_tma_wgrad_exact_and_where_it_runs() {
     // cp.async tile's pitch W + 2 = 3; N H W C stays below 2^31 for wgmma.
     let tiny = |n| ConvProblem::new(n, 1, 1, 8, 8);
     let plan = |n| Conv3x3::new(tiny(n), ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaWs);
-    assert_eq!(plan(134_217_694).label(ConvPass::Wgrad), "wgmma/halo128x192/tma-ws");
+    assert_eq!(plan(134_217_694).label(ConvPass::Wgrad), "wgmma/halo64x192/tma-ws");
     assert_eq!(plan(134_217_695).label(ConvPass::Wgrad), "wgmma/halo128x192");
 }
 

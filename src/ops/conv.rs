@@ -57,15 +57,19 @@ const fn wgrad_wgmma_halo_smem(cb: usize) -> u32 {
 /// Its TMA-fed twin with a producer warpgroup (kernels/conv_wgrad_wgmma_tma.cu, under
 /// [`WinoTiling::TmaWs`]): the same block tile, 384 threads, stages of 64 positions in 1024-byte
 /// boxes (dY 2 x 8, X Cb / 64 x 10), as many as fit an sm_90 block beside 1024 bytes of alignment
-/// slack and 128 of barriers (6 at Cb 128, 8 at 64).
+/// slack and 128 of barriers (6 at Cb 128, 8 at 64). For K <= 64 its `k64` kernels: both consumer
+/// warpgroups on k 0..63, each over half of a 128-position stage (X Cb / 64 x 18 boxes; 4 and 6
+/// buffers), and each writing a part of its own: 2 parts a chunk.
 const WGRAD_WGMMA_TMA_C64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c64_f16");
 const WGRAD_WGMMA_TMA_C128: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16");
+const WGRAD_WGMMA_TMA_C64_K64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c64_k64_f16");
+const WGRAD_WGMMA_TMA_C128_K64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c128_k64_f16");
 /// Its threads (2 consumer warpgroups, a producer warpgroup) and positions a stage (its chunks are
 /// whole stages).
 const WGRAD_TMA_THREADS: u32 = 384;
 const WGRAD_TMA_STAGE: usize = 64;
-const fn wgrad_wgmma_tma_smem(cb: usize) -> u32 {
-    let buf = (2 * 8 + cb / 64 * 10) * 1024;
+const fn wgrad_wgmma_tma_smem(cb: usize, k64: bool) -> u32 {
+    let buf = (2 * 8 + cb / 64 * if k64 { 18 } else { 10 }) * 1024;
     (1024 + (crate::device::SM90_SHARED_PER_BLOCK - 1024 - 128) / buf * buf) as u32
 }
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
@@ -541,7 +545,7 @@ impl Conv3x3 {
         let p = &self.problem;
         let u = self.u_bytes(ConvPass::Fprop).next_multiple_of(WS_ALIGN);
         let wp = (p.k * 9 * self.cp * 2).next_multiple_of(WS_ALIGN);
-        let part = (self.wgrad_split().0 * (p.k * 9 * self.cp + p.k) * 4).next_multiple_of(WS_ALIGN);
+        let part = (self.wgrad_parts() * (p.k * 9 * self.cp + p.k) * 4).next_multiple_of(WS_ALIGN);
         (u, u + wp, part)
     }
 
@@ -556,11 +560,13 @@ impl Conv3x3 {
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
         if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
             if self.wgrad_halo() {
-                return match (self.cp, self.wgrad_tma()) {
-                    (..=64, false) => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
-                    (_, false) => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
-                    (..=64, true) => (128, 3 * 64, &WGRAD_WGMMA_TMA_C64),
-                    (_, true) => (128, 3 * 128, &WGRAD_WGMMA_TMA_C128),
+                return match (self.cp, self.wgrad_tma(), self.wgrad_tma_k64()) {
+                    (..=64, false, _) => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
+                    (_, false, _) => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
+                    (..=64, true, false) => (128, 3 * 64, &WGRAD_WGMMA_TMA_C64),
+                    (_, true, false) => (128, 3 * 128, &WGRAD_WGMMA_TMA_C128),
+                    (..=64, true, true) => (64, 3 * 64, &WGRAD_WGMMA_TMA_C64_K64),
+                    (_, true, true) => (64, 3 * 128, &WGRAD_WGMMA_TMA_C128_K64),
                 };
             }
             return (128, 256, &IGEMM_WGRAD_WGMMA);
@@ -613,10 +619,20 @@ impl Conv3x3 {
         };
         let mut chunk = pixels.div_ceil(want);
         if self.tc(ConvPass::Wgrad) {
-            let step = if self.wgrad_tma() { WGRAD_TMA_STAGE } else { WG_P };
+            let step = match (self.wgrad_tma(), self.wgrad_tma_k64()) {
+                (true, true) => 2 * WGRAD_TMA_STAGE,
+                (true, false) => WGRAD_TMA_STAGE,
+                _ => WG_P,
+            };
             chunk = chunk.div_ceil(step) * step;
         }
         (pixels.div_ceil(chunk), chunk)
+    }
+
+    /// Partial sums the wgrad writes and its reduction adds: one a chunk, two for the TMA wgrad's
+    /// `k64` kernels (one a warpgroup).
+    fn wgrad_parts(&self) -> usize {
+        self.wgrad_split().0 * if self.wgrad_tma_k64() { 2 } else { 1 }
     }
 
     /// Bytes of workspace `pass` needs: Winograd fprop / dgrad keep the transformed filters
@@ -633,7 +649,7 @@ impl Conv3x3 {
             ConvPass::Wgrad if self.padded(pass) => self.pad_offsets().2 + xp,
             ConvPass::Dgrad if self.algo(pass) == ConvAlgo::Wgmma => self.wgmma_dgrad_bytes(),
             ConvPass::Fprop | ConvPass::Dgrad => self.u_bytes(pass),
-            ConvPass::Wgrad => self.wgrad_split().0 * (p.filter_len() + p.k) * 4,
+            ConvPass::Wgrad => self.wgrad_parts() * (p.filter_len() + p.k) * 4,
         }
     }
 }

@@ -396,9 +396,10 @@ impl Conv3x3 {
                 [xa, dya, ws.arg_mut(), dims[0], dims[1], dims[2], dims[3], dims[4], KArg::I32(int("chunk", chunk)?)];
             // SAFETY: (const __half* x, const __half* dy, float* part, int n, int h, int w, int c,
             // int k, int chunk): c = Cp; x is N*H*W*Cp halves (x, or its padded copy in ws past the
-            // partials), dy checked above; part = chunks*(K*9*Cp+K) floats at the start of ws. The
-            // TMA wgrad takes the same list with x and dy as tensor maps of those buffers (nhwc_map),
-            // which it reads only inside their extents, and a chunk of whole 64-position stages.
+            // partials), dy checked above; part = wgrad_parts()*(K*9*Cp+K) floats at the start of ws
+            // (2 a chunk for the TMA wgrad's k64 kernels). The TMA wgrad takes the same list with x
+            // and dy as tensor maps of those buffers (nhwc_map), which it reads only inside their
+            // extents, and a chunk of whole 64-position stages (128 for its k64 kernels).
             unsafe { dev.launch(kernel, cfg, &args)? };
         } else {
             let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
@@ -421,10 +422,10 @@ impl Conv3x3 {
             dims[4],
             KArg::I32(int("C", p.c)?),
             dims[3],
-            KArg::I32(chunks as i32),
+            KArg::I32(self.wgrad_parts() as i32),
         ];
         // SAFETY: (const float* part, float* dw, float* db, long long nw, int k, int c, int cp,
-        // int chunks): part holds chunks*(K*9*cp+K) floats written above (cp = Cp for the
+        // int chunks): part holds wgrad_parts()*(K*9*cp+K) floats written above (cp = Cp for the
         // tensor-core path, C for Direct), dw nw = K*9*C floats, db K floats or null.
         unsafe { dev.launch(&WGRAD_REDUCE, cfg, &args) }
     }
@@ -461,7 +462,7 @@ impl Conv3x3 {
     fn wgrad_shared(&self) -> u32 {
         let (m, n, _) = self.wgrad_tile();
         match (self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma, self.wgrad_halo()) {
-            (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3),
+            (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3, self.wgrad_tma_k64()),
             (true, true) => wgrad_wgmma_halo_smem(n / 3),
             (true, false) => WGRAD_WGMMA_SMEM,
             _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,

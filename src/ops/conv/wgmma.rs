@@ -261,11 +261,17 @@ impl Conv3x3 {
     /// the TMA tiles' wider pitch, the kernel's 32-bit indices; else the cp.async one runs.
     pub(super) fn wgrad_tma(&self) -> bool {
         let p = &self.problem;
-        let shared = super::wgrad_wgmma_tma_smem(if self.cp <= 64 { 64 } else { 128 }) as usize;
+        let shared = super::wgrad_wgmma_tma_smem(if self.cp <= 64 { 64 } else { 128 }, false) as usize;
         self.wgrad_halo()
             && self.tiling == WinoTiling::TmaWs
             && shared + 128 <= SM90_SHARED_PER_BLOCK
             && halo_positions_fit(p, HALO_POS, tma_pitch(p.w))
+    }
+
+    /// Whether the TMA wgrad runs its `k64` kernels (K <= 64: both warpgroups on k 0..63, each
+    /// over half of a 128-position stage; at most the `wgrad_tma` tile's shared memory).
+    pub(super) fn wgrad_tma_k64(&self) -> bool {
+        self.problem.k <= 64 && self.wgrad_tma()
     }
 
     /// Positions the halo wgrad reduces over: (N (H + 1) - 1) (W + 2), or at the TMA pitch for
