@@ -138,6 +138,9 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma-2d; then
   step bench-conv-wgmma-tma-2d 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma-2d --json "$RAW/bench-conv-wgmma-tma-2d.json"
+  # Its wgrad for K <= 64 (all 9 taps a block over 8 x 16 position tiles): conv1_2, our slowest wgrad.
+  step bench-conv-wgmma-tma-2d-wgrad 30 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes wgrad \
+    --layers conv1_2 --algo wgmma --wino-tiling tma-2d --json "$RAW/bench-conv-wgmma-tma-2d-wgrad.json"
 fi
 # Global -> shared copies in each form our kernels could use, from L2 and from device memory
 # (bench/NOTES.md, "The copy probe"): does the src-size operand, the cache level or the lanes'
@@ -320,7 +323,7 @@ python3 scripts/compare_conv.py "$RAW/bench-conv.json" "$RAW/bench-conv-wgmma.js
   "$RAW/bench-conv-wgmma-tma-tall.json" \
   "$RAW/bench-conv-wgmma-tma-ws.json" \
   "$RAW/bench-conv-wgmma-tma-mc.json" \
-  "$RAW/bench-conv-wgmma-tma-2d.json" \
+  "$RAW/bench-conv-wgmma-tma-2d.json" "$RAW/bench-conv-wgmma-tma-2d-wgrad.json" \
   "$RAW/bench-conv-wgmma-flat.json" "$RAW/bench-conv-f4.json" "$RAW/bench-conv-flat.json" 2>&1 | tee -a "$LOG"
 
 echo

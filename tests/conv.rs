@@ -192,6 +192,8 @@ fn two_schedules_bit_identical() {
         // past the image's edge.
         tma_2d(ConvProblem::new(2, 9, 13, 88, 40)),
         tma_2d(ConvProblem::new(1, 17, 35, 24, 136)),
+        // Its wgrad for K <= 64: 2 chunks of 15 tiles through a ring of 4.
+        tma_2d(ConvProblem::new(2, 33, 35, 8, 16)),
     ]) {
         let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
         if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
@@ -357,7 +359,8 @@ fn wgmma_tall_swizzled_and_tma_halo_tiles_exact_at_their_edges() {
 /// and columns past the image's edge (17 x 33: a last item with one row and one column inside),
 /// several images, items a block (3 emulated SMs) and channel steps (72), a last output-channel
 /// block nearly empty (136), an image that is exactly one item, and one smaller than a block; the
-/// wgrad keeps the cp.async halo kernel. Any shape fits: its halo does not grow with the width.
+/// wgrad is the 2-D one for K <= 64, else the cp.async halo kernel. Any shape fits: its halo does not
+/// grow with the width.
 #[test]
 fn wgmma_tma_2d_items_exact_on_ragged_images() {
     let dev = Device::emu();
@@ -368,13 +371,48 @@ fn wgmma_tma_2d_items_exact_on_ragged_images() {
         for pass in [ConvPass::Fprop, ConvPass::Dgrad] {
             assert_eq!(conv.label(pass), "wgmma/halo16x32x64/tma-2d", "{p} {pass:?}");
         }
-        assert!(conv.label(ConvPass::Wgrad).starts_with("wgmma/halo128x"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        // Its wgrad: the 2-D one for K <= 64, else the cp.async halo kernel.
+        let wgrad = if p.k <= 64 { "wgmma/halo64x576/tma-2d" } else { "wgmma/halo128x" };
+        assert!(conv.label(ConvPass::Wgrad).starts_with(wgrad), "{p}: {}", conv.label(ConvPass::Wgrad));
         let data = problem_data(&p, |len, s| ints(len, 2, s));
         let (want_y, want_dx) = exact_y_dx(&p, &data);
         let (y, dx, ..) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tma2d), &data);
         assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
         assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
     }
+}
+
+/// [`WinoTiling::Tma2d`]'s wgrad for K <= 64 (all 9 taps a block, 2-D tiles of 8 rows x 16 columns),
+/// exact on integers (dw and db bit for bit, the other passes with it): tiles past the image's edge
+/// (17 x 35: a last tile row of 1 and a last column of 3), several images and chunks (2 x 33 x 35:
+/// 2 x 5 x 3 tiles, at least 16 a chunk), rings that wrap (more than 4 stages a chunk), two
+/// channel blocks (C 72: a second block of 8), K 16, 40 and 64; under a random schedule. K > 64
+/// keeps the cp.async halo wgrad.
+#[test]
+fn wgmma_tma_2d_wgrad_exact_for_k_up_to_64() {
+    let dev = Device::emu();
+    dev.set_schedule(Schedule::Random(5));
+    for (p, chunks) in [
+        (ConvProblem::new(2, 33, 35, 8, 16), 2),
+        (ConvProblem::new(1, 17, 35, 72, 40), 1),
+        (ConvProblem::new(3, 5, 6, 16, 64), 1),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::Tma2d);
+        assert_eq!(conv.label(ConvPass::Wgrad), "wgmma/halo64x576/tma-2d", "{p}");
+        assert_eq!(conv.wgrad_kernel_name(), "igemm3x3_wgrad_wgmma_2d_tma_k64_f16", "{p}");
+        assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), chunks * (p.filter_len() + p.k) * 4, "{p}");
+        let data = problem_data(&p, |len, s| ints(len, 2, s));
+        let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tma2d), &data);
+        let (want_y, want_dx) = exact_y_dx(&p, &data);
+        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let bad = mismatches(&dw, &bits(want_dw)).or_else(|| mismatches(&db, &bits(want_db)));
+        assert!(bad.is_none(), "{p}: 2-D TMA wgrad dw / db not exact: {}", bad.unwrap());
+    }
+    let wide = Conv3x3::new(ConvProblem::new(1, 6, 6, 16, 72), ConvAlgo::Wgmma).unwrap();
+    assert_eq!(wide.with_wino_tiling(WinoTiling::Tma2d).label(ConvPass::Wgrad), "wgmma/halo128x192");
 }
 
 /// The TMA-fed wgrad with a producer warpgroup ([`WinoTiling::TmaWs`]), exact on integers (dw and

@@ -64,6 +64,16 @@ const WGRAD_WGMMA_TMA_C64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad
 const WGRAD_WGMMA_TMA_C128: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16");
 const WGRAD_WGMMA_TMA_C64_K64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c64_k64_f16");
 const WGRAD_WGMMA_TMA_C128_K64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_ws_c128_k64_f16");
+/// The 2-D TMA wgrad for K <= 64 (kernels/conv_wgrad_wgmma_tma2d.cu, under [`WinoTiling::Tma2d`]):
+/// a block is 64 k x 9 taps x 64 channels (3 consumer warpgroups, one a filter row, 384 threads),
+/// a stage a tile of 8 image rows x 16 columns; its chunks are tiles; 4 stage buffers of dY (64 x
+/// 16 x 8) and X (64 x 24 x 10) boxes beside 1024 bytes of alignment slack.
+const WGRAD_WGMMA_2D: Kernel = kern("conv_wgrad_wgmma_tma2d", "igemm3x3_wgrad_wgmma_2d_tma_k64_f16");
+const WGRAD_2D_ROWS: usize = 8;
+const WGRAD_2D_COLS: usize = 16;
+const WGRAD_2D_DY_BOX: [usize; 4] = [64, WGRAD_2D_COLS, WGRAD_2D_ROWS, 1];
+const WGRAD_2D_X_BOX: [usize; 4] = [64, WGRAD_2D_COLS + 8, WGRAD_2D_ROWS + 2, 1];
+const WGRAD_2D_SMEM: u32 = (1024 + 4 * (WGRAD_2D_ROWS * WGRAD_2D_COLS + 10 * 24) * 128) as u32;
 /// Its threads (2 consumer warpgroups, a producer warpgroup) and positions a stage (its chunks are
 /// whole stages).
 const WGRAD_TMA_THREADS: u32 = 384;
@@ -472,11 +482,15 @@ impl Conv3x3 {
         if pass == ConvPass::Wgrad && self.tc(pass) {
             let (m, n, _) = self.wgrad_tile();
             let family = match self.algo(pass) {
-                ConvAlgo::Wgmma if self.wgrad_halo() => "wgmma/halo",
+                ConvAlgo::Wgmma if self.wgrad_halo() || self.wgrad_2d() => "wgmma/halo",
                 ConvAlgo::Wgmma => "wgmma/",
                 _ => "igemm/",
             };
-            let feed = if self.wgrad_tma() { "/tma-ws" } else { "" };
+            let feed = match (self.wgrad_2d(), self.wgrad_tma()) {
+                (true, _) => "/tma-2d",
+                (_, true) => "/tma-ws",
+                _ => "",
+            };
             return format!("{family}{m}x{n}{feed}");
         }
         match (self.algo(pass), self.wino_region_width()) {
@@ -558,6 +572,9 @@ impl Conv3x3 {
     /// the padded positions where [`Conv3x3::wgrad_halo`] (fed by the TMA engine where
     /// [`Conv3x3::wgrad_tma`]), else 128 x 256.
     fn wgrad_tile(&self) -> (usize, usize, &'static Kernel) {
+        if self.wgrad_2d() {
+            return (64, 9 * 64, &WGRAD_WGMMA_2D);
+        }
         if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
             if self.wgrad_halo() {
                 return match (self.cp, self.wgrad_tma(), self.wgrad_tma_k64()) {
@@ -591,6 +608,9 @@ impl Conv3x3 {
 
     /// Column blocks of the tensor-core wgrad's grid: 3 filter rows x C / Cb (halo), else 9 C / N.
     fn wgrad_grid_x(&self) -> usize {
+        if self.wgrad_2d() {
+            return self.cp.div_ceil(64);
+        }
         if self.wgrad_halo() {
             3 * self.cp.div_ceil(self.wgrad_tile().1 / 3)
         } else {
@@ -602,6 +622,13 @@ impl Conv3x3 {
     /// wgrad, whole 64-position stages for its TMA twin): a function of the shape only.
     fn wgrad_split(&self) -> (usize, usize) {
         let p = &self.problem;
+        if self.wgrad_2d() {
+            // Chunks of whole tiles: two waves of blocks, at least 16 tiles a chunk.
+            let tiles = p.n * p.h.div_ceil(WGRAD_2D_ROWS) * p.w.div_ceil(WGRAD_2D_COLS);
+            let want = (WG_TARGET_BLOCKS / 2).div_ceil(self.wgrad_grid_x()).clamp(1, tiles.div_ceil(16).max(1));
+            let chunk = tiles.div_ceil(want);
+            return (tiles.div_ceil(chunk), chunk);
+        }
         let pixels = if self.wgrad_halo() { self.wgrad_positions() } else { p.n * p.h * p.w };
         let want = if self.tc(ConvPass::Wgrad) {
             let (m, _, _) = self.wgrad_tile();

@@ -98,8 +98,9 @@ impl WinoVariant {
         }
     }
 
-    /// The wgmma halo variants for fprop and dgrad only (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d),
-    /// beside which the wgrad runs its halo kernel as under Region.
+    /// The wgmma halo variants for fprop and dgrad (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d), beside
+    /// which the wgrad runs its halo kernel as under Region, unless the tiling has a wgrad tile of its
+    /// own for the layer (Tma2d for K <= 64: [`WinoVariant::fprop_dgrad_only`]).
     const FPROP_DGRAD_ONLY: [WinoVariant; 6] = [
         WinoVariant::WgmmaTall,
         WinoVariant::WgmmaSwizzled,
@@ -109,8 +110,14 @@ impl WinoVariant {
         WinoVariant::WgmmaTma2d,
     ];
 
-    fn fprop_dgrad_only(self) -> bool {
-        Self::FPROP_DGRAD_ONLY.contains(&self)
+    /// Whether this variant changes only `conv`'s fprop and dgrad: one of
+    /// [`WinoVariant::FPROP_DGRAD_ONLY`] whose tiling runs the wgmma wgrad as Region does there.
+    fn fprop_dgrad_only(self, conv: Conv3x3) -> bool {
+        let own_wgrad = |t| {
+            let c = conv.with_pass_algo(ConvPass::Wgrad, ConvAlgo::Wgmma);
+            c.is_ok_and(|c| c.with_wino_tiling(t).runs_tilings_own_tile(ConvPass::Wgrad))
+        };
+        Self::FPROP_DGRAD_ONLY.contains(&self) && !self.tiling().is_some_and(own_wgrad)
     }
 
     fn algo(self) -> ConvAlgo {
@@ -132,12 +139,15 @@ impl WinoVariant {
 
     /// `conv` with `pass` running this variant. The tiling is the plan's, shared by the passes:
     /// the variant sets its own, except that the halo wgrad keeps the tiling of a fprop- and
-    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d), under which it runs as under Region.
+    /// dgrad-only variant (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d: [`WinoVariant::fprop_dgrad_only`]),
+    /// under which it runs as under Region.
     fn apply(self, conv: Conv3x3, pass: ConvPass) -> Result<Conv3x3> {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
             && self == WinoVariant::Wgmma
-            && Self::FPROP_DGRAD_ONLY.iter().any(|v| v.tiling() == Some(conv.wino_tiling()));
+            && Self::FPROP_DGRAD_ONLY
+                .iter()
+                .any(|&v| v.tiling() == Some(conv.wino_tiling()) && v.fprop_dgrad_only(conv));
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
 }
@@ -208,7 +218,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         }
         for variant in WinoVariant::FPROP_DGRAD_ONLY.into_iter().chain([WinoVariant::WgmmaTmaWs]) {
             let c = variant.apply(base, pass);
-            let times = (pass != ConvPass::Wgrad || !variant.fprop_dgrad_only())
+            let times = (pass != ConvPass::Wgrad || !variant.fprop_dgrad_only(base))
                 && (variant != WinoVariant::WgmmaTmaMc || dev.has_clusters());
             if times && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
@@ -375,9 +385,9 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
     // wgrad runs under Tall, Swizzled, Tma, TmaTall, TmaMc and Tma2d as under Region (they change only the
-    // fprop and dgrad tiles; TmaWs changes the wgrad's too).
+    // fprop and dgrad tiles; TmaWs changes the wgrad's too, and Tma2d for K <= 64).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
-        let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
+        let halo_fd = [f, d].into_iter().flatten().any(|v| v.fprop_dgrad_only(base));
         let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };
         let mut t = [f, d, g].into_iter().flatten().filter_map(WinoVariant::tiling);
         t.next().is_none_or(|first| t.all(|x| x == first))

@@ -380,7 +380,10 @@ impl Conv3x3 {
                 self.need_wgmma(&dev)?;
             }
             // The TMA wgrad takes x and dy as tensor maps, and a producer warpgroup.
-            let (threads, xa, dya) = if self.wgrad_tma() {
+            let (threads, xa, dya) = if self.wgrad_2d() {
+                let xmap = self.nhwc_map_boxed(&dev, xa, p.c, WGRAD_2D_X_BOX.to_vec())?;
+                (WGRAD_TMA_THREADS, xmap, self.nhwc_map_boxed(&dev, dy.arg(), p.k, WGRAD_2D_DY_BOX.to_vec())?)
+            } else if self.wgrad_tma() {
                 let maps = (self.nhwc_map(&dev, xa, p.c)?, self.nhwc_map(&dev, dy.arg(), p.k)?);
                 (WGRAD_TMA_THREADS, maps.0, maps.1)
             } else {
@@ -462,6 +465,7 @@ impl Conv3x3 {
     fn wgrad_shared(&self) -> u32 {
         let (m, n, _) = self.wgrad_tile();
         match (self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma, self.wgrad_halo()) {
+            _ if self.wgrad_2d() => WGRAD_2D_SMEM,
             (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3, self.wgrad_tma_k64()),
             (true, true) => wgrad_wgmma_halo_smem(n / 3),
             (true, false) => WGRAD_WGMMA_SMEM,

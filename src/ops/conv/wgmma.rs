@@ -208,7 +208,7 @@ impl Conv3x3 {
     /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] names, the TMA one.
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         if pass == ConvPass::Wgrad {
-            return self.tiling == WinoTiling::TmaWs && self.wgrad_tma();
+            return self.tiling == WinoTiling::TmaWs && self.wgrad_tma() || self.wgrad_2d();
         }
         let t = self.wgmma_tile(pass);
         match self.tiling {
@@ -266,6 +266,13 @@ impl Conv3x3 {
             && self.tiling == WinoTiling::TmaWs
             && shared + 128 <= SM90_SHARED_PER_BLOCK
             && halo_positions_fit(p, HALO_POS, tma_pitch(p.w))
+    }
+
+    /// Whether the wgrad is the 2-D TMA one (kernels/conv_wgrad_wgmma_tma2d.cu): wgmma's under
+    /// [`WinoTiling::Tma2d`] for K <= 64, where one block holds all 9 taps (its indices are
+    /// 32-bit: tiles and N H W max(C, K) below 2^31, as [`ConvAlgo::Wgmma`] requires).
+    pub(crate) fn wgrad_2d(&self) -> bool {
+        self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma && self.tiling == WinoTiling::Tma2d && self.problem.k <= 64
     }
 
     /// Whether the TMA wgrad runs its `k64` kernels (K <= 64: both warpgroups on k 0..63, each
@@ -387,7 +394,7 @@ impl Conv3x3 {
             swizzle128: true,
         };
         let x = if tile.feed == Feed::Tma2d {
-            self.nhwc_map_boxed(dev, xp, cin, TMA2D_BOX.to_vec())?
+            self.nhwc_map_boxed(dev, KArg::Ptr(xp), cin, TMA2D_BOX.to_vec())?
         } else {
             self.nhwc_map(dev, KArg::Ptr(xp), cin)?
         };
@@ -398,16 +405,15 @@ impl Conv3x3 {
     /// `channels` channels, as (channels, W, H, N) in boxes of 64 channels x 8 pixels of a row in
     /// the 128-byte swizzle: the TMA tiles' 8-position chunks (conv_tma_load_chunk).
     pub(super) fn nhwc_map(&self, dev: &Device, t: KArg, channels: usize) -> Result<KArg> {
+        self.nhwc_map_boxed(dev, t, channels, vec![64, 8, 1, 1])
+    }
+
+    /// As [`Conv3x3::nhwc_map`], in boxes of `boxd` (channels, columns, rows, images).
+    pub(super) fn nhwc_map_boxed(&self, dev: &Device, t: KArg, channels: usize, boxd: Vec<usize>) -> Result<KArg> {
         let p = &self.problem;
         let KArg::Ptr(ptr) = t else {
             return Err(Error::Invalid(format!("conv3x3 {p}: the TMA tiles need their tensors as device pointers")));
         };
-        self.nhwc_map_boxed(dev, ptr, channels, vec![64, 8, 1, 1])
-    }
-
-    /// As [`Conv3x3::nhwc_map`], in boxes of `boxd` (channels, columns, rows, images).
-    fn nhwc_map_boxed(&self, dev: &Device, ptr: u64, channels: usize, boxd: Vec<usize>) -> Result<KArg> {
-        let p = &self.problem;
         let spec = TensorMapSpec {
             dims: vec![channels, p.w, p.h, p.n],
             strides: vec![2 * channels, 2 * channels * p.w, 2 * channels * p.w * p.h],
