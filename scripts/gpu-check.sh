@@ -88,21 +88,6 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q wgmma; then
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --json "$RAW/bench-conv-wgmma.json"
 fi
-# The tall halo tile (512 positions x 64 channels: half the filter bytes a flop of 256 x 128,
-# more halo bytes) for fprop and dgrad where it fits (widths up to 125: conv2_1 on), beside
-# bench-conv-wgmma's 256 x N tile: bench/NOTES.md, "The tall halo tile".
-if "$VGG" bench conv --help 2>/dev/null | grep -q tall; then
-  step bench-conv-wgmma-tall 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
-    --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
-    --algo wgmma --wino-tiling tall --json "$RAW/bench-conv-wgmma-tall.json"
-fi
-# The 256 x N halo tile with its operands in the 128-byte swizzle (bench/NOTES.md, "Two more
-# leads"): only meaningful if the selftest's `sw128` rows passed (else its rows disagree).
-if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
-  step bench-conv-wgmma-sw 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
-    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
-    --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
-fi
 # The same 256 x N halo tile with both operands brought by the TMA engine (8 positions of a padded
 # row a box, filters a box a stage; bench/NOTES.md, "A TMA-fed halo tile"): fprop and dgrad on every
 # layer but conv1_1 (it fits widths up to 182 at N 128, 246 at N 64).
@@ -141,6 +126,22 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma-2d; then
   # Its wgrad for K <= 64 (all 9 taps a block over 8 x 16 position tiles): conv1_2, our slowest wgrad.
   step bench-conv-wgmma-tma-2d-wgrad 30 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes wgrad \
     --layers conv1_2 --algo wgmma --wino-tiling tma-2d --json "$RAW/bench-conv-wgmma-tma-2d-wgrad.json"
+fi
+# The cp.async halo tile's other two forms (after the TMA ones, which would replace them if TMA pays):
+# The tall halo tile (512 positions x 64 channels: half the filter bytes a flop of 256 x 128,
+# more halo bytes) for fprop and dgrad where it fits (widths up to 125: conv2_1 on), beside
+# bench-conv-wgmma's 256 x N tile: bench/NOTES.md, "The tall halo tile".
+if "$VGG" bench conv --help 2>/dev/null | grep -q tall; then
+  step bench-conv-wgmma-tall 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling tall --json "$RAW/bench-conv-wgmma-tall.json"
+fi
+# The 256 x N halo tile with its operands in the 128-byte swizzle (bench/NOTES.md, "Two more
+# leads"): only meaningful if the selftest's `sw128` rows passed (else its rows disagree).
+if "$VGG" bench conv --help 2>/dev/null | grep -q swizzled; then
+  step bench-conv-wgmma-sw 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+    --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
+    --algo wgmma --wino-tiling swizzled --json "$RAW/bench-conv-wgmma-sw.json"
 fi
 # Global -> shared copies in each form our kernels could use, from L2 and from device memory
 # (bench/NOTES.md, "The copy probe"): does the src-size operand, the cache level or the lanes'
