@@ -47,7 +47,9 @@ pub enum WinoVariant {
     /// pass: fprop and dgrad's 256 x N tile, the wgrad's 128 x 3 Cb one).
     WgmmaTmaWs,
     /// [`ConvAlgo::Wgmma`]'s warp-specialised TMA halo tile in clusters of 2 sharing the filter
-    /// boxes by multicast ([`WinoTiling::TmaMc`]; fprop, dgrad; devices with clusters).
+    /// boxes by multicast ([`WinoTiling::TmaMc`]; fprop, dgrad; devices with clusters), and for
+    /// K > 128 the TMA wgrad in clusters of 2 sharing the X boxes (below that its wgrad is
+    /// Region's, and the variant is fprop and dgrad's only, as Tma is).
     WgmmaTmaMc,
     /// [`ConvAlgo::Wgmma`]'s 16 x 32 pixel items fed by the TMA engine ([`WinoTiling::Tma2d`];
     /// fprop, dgrad).
@@ -113,6 +115,12 @@ impl WinoVariant {
         Self::FPROP_DGRAD_ONLY.contains(&self)
     }
 
+    /// As [`WinoVariant::fprop_dgrad_only`] for `conv`'s shape: TmaMc is not where its tiling runs
+    /// a wgrad of its own (K > 128: the wgrad in clusters), which a Region wgrad cannot go with.
+    fn fprop_dgrad_only_for(self, conv: Conv3x3) -> bool {
+        self.fprop_dgrad_only() && !(self == WinoVariant::WgmmaTmaMc && mc_wgrad(conv))
+    }
+
     fn algo(self) -> ConvAlgo {
         match self {
             WinoVariant::F2Flat | WinoVariant::F2Region => ConvAlgo::Winograd2x2,
@@ -137,9 +145,18 @@ impl WinoVariant {
         let c = conv.with_pass_algo(pass, self.algo())?;
         let keeps = pass == ConvPass::Wgrad
             && self == WinoVariant::Wgmma
-            && Self::FPROP_DGRAD_ONLY.iter().any(|v| v.tiling() == Some(conv.wino_tiling()));
+            && Self::FPROP_DGRAD_ONLY
+                .iter()
+                .any(|v| v.tiling() == Some(conv.wino_tiling()) && v.fprop_dgrad_only_for(c));
         Ok(self.tiling().filter(|_| !keeps).map_or(c, |t| c.with_wino_tiling(t)))
     }
+}
+
+/// Whether `conv`'s shape runs a wgrad of TmaMc's own under [`WinoTiling::TmaMc`] (the TMA wgrad in
+/// clusters, K > 128), so that a TmaMc fprop or dgrad goes only with that wgrad or a tiling-free one.
+fn mc_wgrad(conv: Conv3x3) -> bool {
+    conv.with_pass_algo(ConvPass::Wgrad, ConvAlgo::Wgmma)
+        .is_ok_and(|c| c.with_wino_tiling(WinoTiling::TmaMc).runs_tilings_own_tile(ConvPass::Wgrad))
 }
 
 /// The measured time of one pass under one variant.
@@ -208,7 +225,7 @@ fn candidates(dev: &Device, base: Conv3x3, pass: ConvPass) -> Vec<WinoVariant> {
         }
         for variant in WinoVariant::FPROP_DGRAD_ONLY.into_iter().chain([WinoVariant::WgmmaTmaWs]) {
             let c = variant.apply(base, pass);
-            let times = (pass != ConvPass::Wgrad || !variant.fprop_dgrad_only())
+            let times = (pass != ConvPass::Wgrad || !variant.fprop_dgrad_only_for(base))
                 && (variant != WinoVariant::WgmmaTmaMc || dev.has_clusters());
             if times && c.is_ok_and(|c| c.runs_tilings_own_tile(pass)) {
                 v.push(variant);
@@ -375,9 +392,9 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
     // wgrad runs under Tall, Swizzled, Tma, TmaTall, TmaMc and Tma2d as under Region (they change only the
-    // fprop and dgrad tiles; TmaWs changes the wgrad's too).
+    // fprop and dgrad tiles; TmaWs changes the wgrad's too, and TmaMc where K > 128).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
-        let halo_fd = [f, d].into_iter().flatten().any(WinoVariant::fprop_dgrad_only);
+        let halo_fd = [f, d].into_iter().flatten().any(|v| v.fprop_dgrad_only_for(base));
         let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };
         let mut t = [f, d, g].into_iter().flatten().filter_map(WinoVariant::tiling);
         t.next().is_none_or(|first| t.all(|x| x == first))
