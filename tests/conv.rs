@@ -189,7 +189,7 @@ fn two_schedules_bit_identical() {
         tma_mc(ConvProblem::new(2, 10, 30, 72, 136)),
         tma_mc(ConvProblem::new(1, 7, 6, 24, 256)),
         // Its wgrad in clusters sharing X (K > 128; the two above also run it): 3 k blocks, the
-        // last cluster's rank 1 past K, a ring of 8 wrapped (20 stages at 64 channels a block).
+        // last cluster's rank 1 past K, 2 chunks of 10 and 9 stages through a ring of 8.
         tma_mc(ConvProblem::new(1, 37, 30, 16, 264)),
         // The 2-D items: a halo box a step landing whenever the schedule has it, rows and columns
         // past the image's edge.
