@@ -4,6 +4,7 @@
 // (conv_wgmma_tma.cu, conv_wgrad_wgmma_tma.cu) padded space of 8-position boxes.
 #pragma once
 #include "bulk.cuh"
+#include "cluster.cuh"
 #include "wgmma.cuh"
 
 // Byte offset of 16-byte chunk `chunk` (channels 8 chunk..) of row `row` in a K-major tile of
@@ -65,12 +66,16 @@ __host__ __device__ constexpr int conv_tma_pitch(int w) { return (w + 2 + 7) / 8
 // bar. Chunk j is at pixel x = 8 (j mod sp / 8) - 1 of padded row R = j div (sp / 8), image row
 // ((R - 1) / (h + 1), (R - 1) % (h + 1)) (R <= 0: image 0, y = R - 1); what lies outside the
 // tensor (x = -1, x >= w, y < 0, y = h, images past the last, channels past the end) lands as
-// zeros, counted on bar like the rest.
+// zeros, counted on bar like the rest. mcast != 0: multicast to the cluster's blocks in that mask
+// (cluster.cuh), at dst's offset and bar's in each.
 __device__ __forceinline__ void conv_tma_load_chunk(void* dst, const TmaDesc* map, int c0, int j, int sp, int h,
-                                                    unsigned long long* bar) {
+                                                    unsigned long long* bar, unsigned short mcast = 0) {
     const int rc = sp / 8, r = (j + rc) / rc - 1, x0 = 8 * (j - r * rc) - 1;  // j >= -1: floor division
     const int img = r > 0 ? (r - 1) / (h + 1) : 0, yy = r > 0 ? r - 1 - img * (h + 1) : r - 1;
-    tma_load_4d(dst, map, c0, x0, yy, img, bar);
+    if (mcast)
+        tma_load_4d_multicast(dst, map, c0, x0, yy, img, bar, mcast);
+    else
+        tma_load_4d(dst, map, c0, x0, yy, img, bar);
 }
 
 // The halo wgrads' stage (conv_wgrad_wgmma_halo.cu, conv_wgrad_wgmma_tma.cu): a warpgroup's 3

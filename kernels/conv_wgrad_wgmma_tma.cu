@@ -6,6 +6,8 @@
 //     (and, in block x = 0, part[z][K 9 C + k] = sum_P dY[P][k])
 //   igemm3x3_wgrad_wgmma_halo_tma_ws_c{64,128}_k64_f16   for K <= 64: the same sums with both
 //     warpgroups on k 0..63, each over its half of a 128-position stage, into parts 2 z + wg
+//   igemm3x3_wgrad_wgmma_halo_tma_mc_c{64,128}_f16   the ws one in clusters of 2 blocks (k blocks
+//     2 y and 2 y + 1) that share each stage's X boxes by multicast
 // over conv_wgmma_tma.cu's padded position space (pitch sp = w + 2 rounded up to 8, h + 1 rows an
 // image, positions from sp on): dY is zero at every padded position (the copy engine writes
 // zeros outside the tensor), so those add nothing, nor do positions past the last image.
@@ -46,8 +48,22 @@
 // db: the blocks of grid x 0 sum each stage's dY from shared memory before its wgmma's are issued
 // (conv_wgrad_wgmma.cu's reason), un-swizzling the address; a proxy fence then orders those reads
 // before the copy engine's refill.
-// Shared memory: 1024 bytes of alignment slack and the ring (the launcher: src/ops/conv.rs).
+// Clusters of 2 (kMc; bench/NOTES.md, "The TMA wgrad in clusters of two"): blocks that differ
+// only in their k block read the same X boxes every stage (20 of a stage's 36 KiB at kC 128), so
+// the two blocks of a cluster take k blocks 2 y and 2 y + 1 of the same filter row, c-block and
+// chunk (grid x: rank + 2 (r + 3 c-block), clusters being 1-D along x), and each issues half of
+// the stage's X boxes to both (mask 0b11) beside its own dY. Each block's full barrier expects its
+// dY and the whole X; an X buffer is written by both producers, so `empty` counts both blocks'
+// consumer warps (16: each arrives on its own block's and, fence-free, on the peer's) and the
+// producer's wait acquires at cluster scope. With an odd number of k blocks the last cluster's
+// rank 1 has k0 >= K: it runs every stage (its dY boxes lie past the tensor's channels, zeros) and
+// its stores and db are masked off by k. The cluster rules (kernels/cluster.cuh): the barriers in
+// dynamic shared memory after the ring, a cluster_sync after their init, and every thread ends at
+// a cluster_sync. Not with kSplit (K <= 64 has one k block: nothing to share).
+// Shared memory: 1024 bytes of alignment slack and the ring (the launcher: src/ops/conv.rs), and
+// for clusters the 2 kBufs barriers after it.
 // Offsets are 32-bit (positions below 2^31 and N H W max(C, K) < 2^31, src/ops/conv.rs).
+#include "cluster.cuh"
 #include "conv_wgmma.cuh"
 
 namespace cwt {
@@ -93,53 +109,68 @@ __device__ __forceinline__ void wgrad_tma_db_stage(const unsigned char* tile, in
 }
 
 // part layout: [chunk][K*9*C + K] (conv_wgrad.cu); chunk a multiple of 64 (kSplit: of 128, and
-// 2 parts a chunk).
-template <int kC, bool kSplit>
+// 2 parts a chunk). kMc: in clusters of 2 sharing X (the header).
+template <int kC, bool kSplit, bool kMc = false>
 __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* dym, float* __restrict__ part, int n,
                                              int h, int w, int c, int k, int chunk) {
     using namespace cwt;
     static_assert(kC == 64 || kC == 128, "3 m64nNk16 accumulators a warpgroup");
+    static_assert(!(kMc && kSplit), "clusters share X between k blocks: K <= 64 has one");
     constexpr int kBufs = bufs(kC, kSplit), kBufBytes = buf_bytes(kC, kSplit), kXChunks = x_chunks(kSplit);
     constexpr int kXBoxes = kC / 64 * kXChunks, kStageP = kSplit ? 2 * kP : kP;
+    constexpr int kXMine = kMc ? kXBoxes / 2 : kXBoxes;  // X boxes this block issues a stage
+    static_assert(kXMine * (kMc ? 2 : 1) == kXBoxes, "X halves of whole boxes");
     VGG_DYN_SHARED(unsigned char, raw);
     unsigned char* const smem = align_shared(raw, 1024);  // the swizzle's 1024-byte pattern
-    __shared__ unsigned long long full[kBufs], empty[kBufs];
+    // A cluster's barriers in dynamic shared memory (the emulator's static __shared__ would be one
+    // for both blocks), after the ring.
+    __shared__ unsigned long long sbars[2 * kBufs];
+    unsigned long long* const bars = kMc ? reinterpret_cast<unsigned long long*>(smem + kBufs * kBufBytes) : sbars;
+    unsigned long long *const full = bars, *const empty = bars + kBufs;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    const int r = (int)blockIdx.x % 3, c0 = (int)blockIdx.x / 3 * kC, k0 = (int)blockIdx.y * kM;
+    const unsigned rank = kMc ? cluster_ctarank() : 0;
+    const int bx = kMc ? (int)blockIdx.x >> 1 : (int)blockIdx.x;  // clusters: x = rank + 2 (r + 3 c-block)
+    const int r = bx % 3, c0 = bx / 3 * kC, k0 = (kMc ? 2 * (int)blockIdx.y + (int)rank : (int)blockIdx.y) * kM;
     const int z = (int)blockIdx.z, sp = conv_tma_pitch(w), cols = 9 * c;
     // The padded images are positions sp .. end - 1; chunk z's from pstart (no sum past end).
     const int end = n * (h + 1) * sp, pstart = sp + z * chunk, pend = pstart + min(chunk, end - pstart);
     const int stages = (pend - pstart + kStageP - 1) / kStageP;
     if (tid == 0) {
-        for (int b = 0; b < kBufs; ++b) mbarrier_init(&full[b], 1), mbarrier_init(&empty[b], kConsumerWarps);
+        for (int b = 0; b < kBufs; ++b)
+            mbarrier_init(&full[b], 1), mbarrier_init(&empty[b], (kMc ? 2 : 1) * kConsumerWarps);
         fence_mbarrier_init();
     }
-    __syncthreads();
+    if constexpr (kMc)
+        cluster_sync();  // the peer's barriers initialised before this block's multicasts and arrivals on them
+    else
+        __syncthreads();
     const long long part_len = (long long)k * cols + k;
     float* const out = part + (kSplit ? 2 * z + (wg & 1) : z) * part_len;
-    const bool do_db = blockIdx.x == 0;
+    const bool do_db = bx == 0;
     float db_sum = 0.f;  // the producer's stays 0
 
     if (warp >= kConsumerWarps) {
         warpgroup_setmaxnreg<kProducerRegs, false>();
         // The producer warpgroup's first warp (the others idle): stage s into buffer s % kBufs
-        // once the consumers released its last lap.
+        // once the consumers (clusters: of both blocks, acquired at cluster scope) released its last lap.
         for (int s = 0; warp == kConsumerWarps && s < stages; ++s) {
             const int b = s % kBufs;
-            if (s >= kBufs) mbarrier_wait_parity(&empty[b], (s / kBufs - 1) & 1);
-            if (lane == 0) mbarrier_arrive_expect_tx(&full[b], kBufBytes);  // every box counts in full
+            if (s >= kBufs) mbarrier_wait_parity<kMc>(&empty[b], (s / kBufs - 1) & 1);
+            // Every box counts in full; clusters: this block's dY, its X half and the peer's.
+            if (lane == 0) mbarrier_arrive_expect_tx(&full[b], kBufBytes);
             __syncwarp(0xffffffffu);  // the bytes are announced before any box can land
             unsigned char* const buf = smem + b * kBufBytes;
             const int ja = (pstart + s * kStageP) / 8, jx = ja + (r - 1) * (sp / 8) - 1;  // dY's, X's first chunk
-            for (int i = lane; i < 16 + kXBoxes; i += 32) {
+            for (int i = lane; i < 16 + kXMine; i += 32) {
                 if (i < 16) {
                     // [half][chunk]: a half is 64 k of the stage's 8 chunks, or (kSplit) 8 chunks of k 0..63.
                     const int kh = kSplit ? 0 : i >> 3, j = kSplit ? i : i & 7;
                     conv_tma_load_chunk(buf + i * kBox, dym, k0 + 64 * kh, ja + j, sp, h, &full[b]);
                 } else {
-                    const int q = i - 16, ch = q / kXChunks;
+                    // Clusters: this rank's half of the X boxes, into both blocks.
+                    const int q = i - 16 + (int)rank * kXMine, ch = q / kXChunks;
                     conv_tma_load_chunk(buf + kABytes + q * kBox, xm, c0 + 64 * ch, jx + q - ch * kXChunks, sp, h,
-                                        &full[b]);
+                                        &full[b], kMc ? 0b11 : 0);
                 }
             }
         }
@@ -165,7 +196,11 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
             // A k16 step is 2 chunks on (128 descriptor units), a tap one 128-byte row (8).
             conv_wgrad_taps_stage<kC>(acc, da0 + stage, db0 + stage, 128, 8);
             // This warp is past group s - 1: its buffer may be refilled.
-            if (lane == 0 && s > 0) mbarrier_arrive(&empty[(s - 1) % kBufs]);
+            if (lane == 0 && s > 0) {
+                mbarrier_arrive(&empty[(s - 1) % kBufs]);
+                // The peer's producer writes its X half here too (reads done: no fence).
+                if constexpr (kMc) mbarrier_arrive_cluster<false>(&empty[(s - 1) % kBufs], rank ^ 1);
+            }
         }
         wgmma_wait<0>();
 #pragma unroll
@@ -175,22 +210,27 @@ __device__ __forceinline__ void wgrad_tma_ws(const TmaDesc* xm, const TmaDesc* d
     }
     // Every thread, the producer warpgroup too: conv_wgmma_db_finish's block barriers count all 384
     // (the producers' slots past 255 are written, never read). Every box has landed by then: the
-    // consumers waited for each stage.
-    if (!do_db) return;
-    if constexpr (kSplit) {
-        // Thread k + 64 j summed k over positions 32 j.. of each stage: 4 sums a k, in a fixed order.
-        __syncthreads();
-        float* const sdb = reinterpret_cast<float*>(smem);
-        sdb[tid] = db_sum;
-        __syncthreads();
-        float* const db = part + 2 * z * part_len + (long long)k * cols;
-        if (tid < 64 && k0 + tid < k) {
-            db[k0 + tid] = sdb[tid] + sdb[tid + 64] + sdb[tid + 128] + sdb[tid + 192];
-            db[part_len + k0 + tid] = 0.f;  // part 2 z + 1's db
+    // consumers waited for each stage (clusters: the peer's X halves too, so nothing more lands).
+    if (do_db) {
+        if constexpr (kSplit) {
+            // Thread k + 64 j summed k over positions 32 j.. of each stage: 4 sums a k, in a fixed order.
+            __syncthreads();
+            float* const sdb = reinterpret_cast<float*>(smem);
+            sdb[tid] = db_sum;
+            __syncthreads();
+            float* const db = part + 2 * z * part_len + (long long)k * cols;
+            if (tid < 64 && k0 + tid < k) {
+                db[k0 + tid] = sdb[tid] + sdb[tid + 64] + sdb[tid + 128] + sdb[tid + 192];
+                db[part_len + k0 + tid] = 0.f;  // part 2 z + 1's db
+            }
+        } else {
+            // Masked to k < K (clusters: a tail block's k0 >= K writes nothing).
+            conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
         }
-    } else {
-        conv_wgmma_db_finish(db_sum, smem, out + (long long)k * cols, k0, k, tid);
     }
+    // Clusters: every thread's last act, so that no block exits while its peer may still arrive on
+    // its barriers.
+    if constexpr (kMc) cluster_sync();
 }
 
 // xm: x (C, w, h, n), dym: dy (K, w, h, n), both in boxes of 64 x 8 x 1 x 1 in the 128-byte
@@ -217,4 +257,14 @@ extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
 extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
     igemm3x3_wgrad_wgmma_halo_tma_ws_c128_k64_f16(WGRAD_TMA_PARAMS) {
     wgrad_tma_ws<128, true>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_mc_c64_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<64, false, true>(&xm, &dym, part, n, h, w, c, k, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(cwt::kThreads, 1)
+    igemm3x3_wgrad_wgmma_halo_tma_mc_c128_f16(WGRAD_TMA_PARAMS) {
+    wgrad_tma_ws<128, false, true>(&xm, &dym, part, n, h, w, c, k, chunk);
 }

@@ -104,9 +104,10 @@ if "$VGG" bench conv --help 2>/dev/null | grep -q tma-ws; then
     --algo wgmma --wino-tiling tma-ws --json "$RAW/bench-conv-wgmma-tma-ws.json"
 fi
 # That tile in clusters of 2 blocks that load each filter box once for both (TMA multicast; bench/NOTES.md,
-# "A cluster of two for the TMA halo tile"): fprop and dgrad, at the same widths.
+# "A cluster of two for the TMA halo tile"): fprop and dgrad, at the same widths; and the wgrad, whose clusters
+# share the X boxes where K > 128 ("The TMA wgrad in clusters of two"; Region's wgrad below that).
 if "$VGG" bench conv --help 2>/dev/null | grep -q tma-mc; then
-  step bench-conv-wgmma-tma-mc 60 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn --passes fprop,dgrad \
+  step bench-conv-wgmma-tma-mc 90 "$VGG" bench conv --device cuda --batch "$BATCH" --no-cudnn \
     --layers conv1_2,conv2_1,conv2_2,conv3_1,conv3_2,conv3_3,conv4_1,conv4_2,conv4_3,conv5_1,conv5_2,conv5_3 \
     --algo wgmma --wino-tiling tma-mc --json "$RAW/bench-conv-wgmma-tma-mc.json"
 fi
@@ -264,13 +265,14 @@ if command -v ncu >/dev/null; then
   ncu_works=unknown
   # The TMA-fed halo tiles next: their excess sectors beside the cp.async tile's 50%, the
   # warp-specialised one's stall reasons beside the block-barrier one's, and the multicast one's L2
-  # bytes beside the warp-specialised one's; the wgrad's two tiles likewise (eligible warps a
+  # bytes beside the warp-specialised one's; the wgrad's three tiles likewise (eligible warps a
   # scheduler: 0.38 for the cp.async one).
   for k in igemm3x3_wgmma_halo_n128_f16:wgmma:fprop:auto igemm3x3_wgmma_halo_tma_n128_f16:wgmma:fprop:tma \
            igemm3x3_wgmma_halo_tma_ws_n128_f16:wgmma:fprop:tma-ws \
            igemm3x3_wgmma_halo_tma_mc_n128_f16:wgmma:fprop:tma-mc \
            igemm3x3_wgrad_wgmma_halo_c128_f16:wgmma:wgrad:auto \
            igemm3x3_wgrad_wgmma_halo_tma_ws_c128_f16:wgmma:wgrad:tma-ws \
+           igemm3x3_wgrad_wgmma_halo_tma_mc_c128_f16:wgmma:wgrad:tma-mc \
            igemm3x3_wgmma_n256_f16:wgmma:fprop:flat \
            wino2x2_fprop_f16:winograd2x2:fprop:auto wino2x2_dgrad_f16:winograd2x2:dgrad:auto \
            wino4x4_fprop_f16:winograd4x4:fprop:auto igemm3x3_wgrad_m128n256_f16:auto:wgrad:auto; do

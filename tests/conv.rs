@@ -188,6 +188,9 @@ fn two_schedules_bit_identical() {
         tma_mc(ConvProblem::new(2, 9, 13, 88, 40)),
         tma_mc(ConvProblem::new(2, 10, 30, 72, 136)),
         tma_mc(ConvProblem::new(1, 7, 6, 24, 256)),
+        // Its wgrad in clusters sharing X (K > 128; the two above also run it): 3 k blocks, the
+        // last cluster's rank 1 past K, 2 chunks of 10 and 9 stages through a ring of 8.
+        tma_mc(ConvProblem::new(1, 37, 30, 16, 264)),
         // The 2-D items: a halo box a step landing whenever the schedule has it, rows and columns
         // past the image's edge.
         tma_2d(ConvProblem::new(2, 9, 13, 88, 40)),
@@ -202,6 +205,12 @@ fn two_schedules_bit_identical() {
         }
         if tiling == WinoTiling::TmaWs {
             assert!(conv.label(ConvPass::Wgrad).ends_with("/tma-ws"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        }
+        if tiling == WinoTiling::TmaMc {
+            // Its own wgrad in clusters where K > 128, else Region's.
+            let label = conv.label(ConvPass::Wgrad);
+            assert_eq!(label.ends_with("/tma-mc"), p.k > 128, "{p}: {label}");
+            assert!(p.k > 128 || !label.contains("tma"), "{p}: {label}");
         }
         let algo = (algo, tiling);
         let data = problem_data(&p, spread);
@@ -461,6 +470,58 @@ fn wgmma_tma_wgrad_exact_and_where_it_runs() {
     let plan = |n| Conv3x3::new(tiny(n), ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaWs);
     assert_eq!(plan(134_217_694).label(ConvPass::Wgrad), "wgmma/halo64x192/tma-ws");
     assert_eq!(plan(134_217_695).label(ConvPass::Wgrad), "wgmma/halo128x192");
+}
+
+/// [`WinoTiling::TmaMc`]'s wgrad: the TMA wgrad in clusters of 2 blocks (k blocks 2 y and 2 y + 1)
+/// that share each stage's X boxes by multicast, where K > 128; exact on integers (dw and db bit
+/// for bit) at 64 and 128 channels a block, 2 k blocks (the second ragged: K 200, nearly empty:
+/// 136), 3 (the last cluster's rank 1 wholly past K: it loads its X half and stores nothing),
+/// several position chunks and c-blocks, rings that wrap; under a random schedule. With one k
+/// block (K <= 128) TmaMc's wgrad is Region's cp.async halo wgrad, not the TmaWs kernel, so that a
+/// TmaMc plan's wgrad is what the tuner timed (src/ops/conv_tune.rs).
+#[test]
+fn wgmma_tma_mc_wgrad_exact_and_where_it_runs() {
+    let dev = Device::emu();
+    dev.set_schedule(Schedule::Random(5));
+    // (problem, channels a block, chunks): 2 x 33 x 35 at pitch 40 is 2680 positions, 3 chunks of
+    // 14 stages through the ring of 8 (64 channels a block); 1 x 20 x 30: 640 positions, 10 stages
+    // through the ring of 6 (128); 2 x 17 x 14: 560, 9 stages, 2 c-blocks.
+    for (p, cb, chunks) in [
+        (ConvProblem::new(2, 33, 35, 16, 256), 64, 3),
+        (ConvProblem::new(1, 20, 30, 128, 200), 128, 1),
+        (ConvProblem::new(3, 9, 6, 72, 384), 128, 1),
+        (ConvProblem::new(2, 17, 14, 256, 136), 128, 1),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaMc);
+        assert_eq!(conv.label(ConvPass::Wgrad), format!("wgmma/halo128x{}/tma-mc", 3 * cb), "{p}");
+        assert_eq!(conv.wgrad_kernel_name(), format!("igemm3x3_wgrad_wgmma_halo_tma_mc_c{cb}_f16"), "{p}");
+        assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), chunks * (p.filter_len() + p.k) * 4, "{p}");
+        let (x, dy) = (ints(p.input_len(), 2, 1), ints(p.output_len(), 2, 2));
+        let xt = Tensor::from_f32(&dev, &[p.n, p.h, p.w, p.c], &x).unwrap();
+        let dyt = Tensor::from_f32(&dev, &[p.n, p.h, p.w, p.k], &dy).unwrap();
+        let mut dw = Tensor::<f32>::empty(&dev, &[p.k, 3, 3, p.c]).unwrap();
+        let mut db = Tensor::<f32>::empty(&dev, &[p.k]).unwrap();
+        dw.poison().unwrap();
+        db.poison().unwrap();
+        // The exact workspace with a guard after it: a tail block's stores past K would show.
+        let mut g = selftest::GuardedWorkspace::new(&dev, conv.workspace_bytes(ConvPass::Wgrad)).unwrap();
+        conv.wgrad(&xt, &dyt, &mut dw, Some(&mut db), &mut g.ws).unwrap();
+        g.check(&format!("{p} TmaMc wgrad")).unwrap();
+        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &x, &dy);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let f = |t: &Tensor<f32>| bits(t.to_host().unwrap());
+        let bad = mismatches(&f(&dw), &bits(want_dw)).or_else(|| mismatches(&f(&db), &bits(want_db)));
+        assert!(bad.is_none(), "{p}: TmaMc wgrad dw / db not exact: {}", bad.unwrap());
+    }
+    // One k block: Region's wgrad (K 128, 72; K <= 64 too), whose tiling it does not own.
+    for (p, want) in [
+        (ConvProblem::new(1, 20, 30, 72, 128), "wgmma/halo128x384"),
+        (ConvProblem::new(1, 20, 30, 72, 72), "wgmma/halo128x384"),
+        (ConvProblem::new(1, 20, 30, 16, 64), "wgmma/halo128x192"),
+    ] {
+        let conv = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaMc);
+        assert_eq!(conv.label(ConvPass::Wgrad), want, "{p}");
+    }
 }
 
 fn shape_err<T: std::fmt::Debug>(r: vgg_cuda::Result<T>, needle: &str) {

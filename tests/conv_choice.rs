@@ -49,6 +49,33 @@ fn with_pass_algo_switches_only_winograd_passes() {
     bad(padded.with_pass_algo(ConvPass::Fprop, wg), "Wgmma");
 }
 
+/// Where K > 128, TmaMc names a wgrad of its own (the TMA wgrad in clusters sharing X): the tuner
+/// times `wgmma/tma-mc` for wgrad too, and a TmaMc fprop or dgrad then goes only with that wgrad or
+/// a tiling-free one, never with the Region wgrad it would no longer run.
+#[test]
+fn tune_times_the_multicast_wgrad_where_k_exceeds_128() {
+    let dev = Device::emu();
+    let p = ConvProblem::new(1, 5, 6, 16, 136);
+    let t = tune(&dev, Conv3x3::new(p, ConvAlgo::Auto).unwrap(), 1).unwrap();
+    let wgrad: Vec<WinoVariant> = t.timings.iter().filter(|x| x.pass == ConvPass::Wgrad).map(|x| x.variant).collect();
+    let want = [
+        WinoVariant::Igemm,
+        WinoVariant::Wgmma,
+        WinoVariant::WgmmaFlat,
+        WinoVariant::WgmmaTmaMc,
+        WinoVariant::WgmmaTmaWs,
+    ];
+    assert_eq!(wgrad, want, "{:?}", t.timings);
+    let [f, d, g] = t.chosen;
+    let mc = Some(WinoVariant::WgmmaTmaMc);
+    assert!(!((f == mc || d == mc) && g == Some(WinoVariant::Wgmma)), "{:?}", t.chosen);
+    let label = t.conv.label(ConvPass::Wgrad);
+    assert_eq!(label.ends_with("/tma-mc"), g == mc, "{:?}: {label}", t.chosen);
+    // Under TmaMc the wgrad is the clusters' kernel.
+    let c = Conv3x3::new(p, ConvAlgo::Wgmma).unwrap().with_wino_tiling(WinoTiling::TmaMc);
+    assert_eq!(c.label(ConvPass::Wgrad), "wgmma/halo128x192/tma-mc");
+}
+
 #[test]
 fn tune_keeps_the_fastest_combination_one_plan_can_hold() {
     let dev = Device::emu();

@@ -74,13 +74,19 @@ const WGRAD_2D_COLS: usize = 16;
 const WGRAD_2D_DY_BOX: [usize; 4] = [64, WGRAD_2D_COLS, WGRAD_2D_ROWS, 1];
 const WGRAD_2D_X_BOX: [usize; 4] = [64, WGRAD_2D_COLS + 8, WGRAD_2D_ROWS + 2, 1];
 const WGRAD_2D_SMEM: u32 = (1024 + 4 * (WGRAD_2D_ROWS * WGRAD_2D_COLS + 10 * 24) * 128) as u32;
+/// The same tile in clusters of 2 (k blocks 2 y, 2 y + 1) sharing each stage's X boxes by multicast
+/// (under [`WinoTiling::TmaMc`], K > 128); its barriers in dynamic shared memory after the ring.
+const WGRAD_WGMMA_TMA_MC_C64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_mc_c64_f16");
+const WGRAD_WGMMA_TMA_MC_C128: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_mc_c128_f16");
 /// Its threads (2 consumer warpgroups, a producer warpgroup) and positions a stage (its chunks are
 /// whole stages).
 const WGRAD_TMA_THREADS: u32 = 384;
 const WGRAD_TMA_STAGE: usize = 64;
-const fn wgrad_wgmma_tma_smem(cb: usize, k64: bool) -> u32 {
+const fn wgrad_wgmma_tma_smem(cb: usize, k64: bool, mc: bool) -> u32 {
     let buf = (2 * 8 + cb / 64 * if k64 { 18 } else { 10 }) * 1024;
-    (1024 + (crate::device::SM90_SHARED_PER_BLOCK - 1024 - 128) / buf * buf) as u32
+    let bufs = (crate::device::SM90_SHARED_PER_BLOCK - 1024 - 128) / buf;
+    // Clusters: a full and an empty mbarrier a buffer, 8 bytes each.
+    (1024 + bufs * buf + if mc { 2 * bufs * 8 } else { 0 }) as u32
 }
 const PAD_CHANNELS: Kernel = kern("conv_pad", "pad_channels_f16");
 
@@ -204,7 +210,8 @@ impl ConvAlgo {
 /// Auto or Region, the padded positions with a halo copied once for all 9 taps (fprop and dgrad,
 /// where it fits: widths up to 193, or 253 for at most 64 output channels, else flat) or for the
 /// 3 taps of a filter row (wgrad); Tall, Swizzled, Tma, TmaTall, TmaWs, TmaMc and Tma2d, other halo
-/// tiles for wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own).
+/// tiles for wgmma's fprop and dgrad (the wgrad's is Region's, but for TmaWs's own and TmaMc's
+/// where K > 128).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WinoTiling {
     /// Region when at most 1/8 of the tile slots would be idle, else Flat.
@@ -242,8 +249,9 @@ pub enum WinoTiling {
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: [`WinoTiling::TmaWs`]'s tile in thread-block
     /// clusters of 2 that load each filter box once for both blocks (TMA multicast), at TmaWs's
     /// edges, on devices with clusters (compute capability 9.0, as for any wgmma kernel);
-    /// elsewhere as [`WinoTiling::Auto`]. Its wgrad is Region's (the cp.async halo wgrad), as
-    /// under [`WinoTiling::Tma`]: the wgrad's filter gradients are outputs, nothing to share.
+    /// elsewhere as [`WinoTiling::Auto`]. Its wgrad, where K > 128: [`WinoTiling::TmaWs`]'s in
+    /// clusters of 2 blocks (k blocks 2 y and 2 y + 1) that load each X box once for both; with
+    /// one k block (K <= 128) Region's (the cp.async halo wgrad), as under [`WinoTiling::Tma`].
     TmaMc,
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: items of 16 image rows x 32 columns x 64
     /// channels fed by the TMA engine (kernels/conv_wgmma_tma2d.cu), whose halo is 18 x 40
@@ -486,9 +494,10 @@ impl Conv3x3 {
                 ConvAlgo::Wgmma => "wgmma/",
                 _ => "igemm/",
             };
-            let feed = match (self.wgrad_2d(), self.wgrad_tma()) {
-                (true, _) => "/tma-2d",
-                (_, true) => "/tma-ws",
+            let feed = match (self.wgrad_2d(), self.wgrad_tma(), self.wgrad_tma_mc()) {
+                (true, ..) => "/tma-2d",
+                (_, true, true) => "/tma-mc",
+                (_, true, false) => "/tma-ws",
                 _ => "",
             };
             return format!("{family}{m}x{n}{feed}");
@@ -577,13 +586,16 @@ impl Conv3x3 {
         }
         if self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma {
             if self.wgrad_halo() {
-                return match (self.cp, self.wgrad_tma(), self.wgrad_tma_k64()) {
-                    (..=64, false, _) => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
-                    (_, false, _) => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
-                    (..=64, true, false) => (128, 3 * 64, &WGRAD_WGMMA_TMA_C64),
-                    (_, true, false) => (128, 3 * 128, &WGRAD_WGMMA_TMA_C128),
-                    (..=64, true, true) => (64, 3 * 64, &WGRAD_WGMMA_TMA_C64_K64),
-                    (_, true, true) => (64, 3 * 128, &WGRAD_WGMMA_TMA_C128_K64),
+                // The TMA kernels: k64 for K <= 64, in clusters (mc) under TmaMc for K > 128, never both.
+                return match (self.cp, self.wgrad_tma(), self.wgrad_tma_k64(), self.wgrad_tma_mc()) {
+                    (..=64, false, ..) => (128, 3 * 64, &WGRAD_WGMMA_HALO_C64),
+                    (_, false, ..) => (128, 3 * 128, &WGRAD_WGMMA_HALO_C128),
+                    (..=64, true, false, false) => (128, 3 * 64, &WGRAD_WGMMA_TMA_C64),
+                    (_, true, false, false) => (128, 3 * 128, &WGRAD_WGMMA_TMA_C128),
+                    (..=64, true, false, true) => (128, 3 * 64, &WGRAD_WGMMA_TMA_MC_C64),
+                    (_, true, false, true) => (128, 3 * 128, &WGRAD_WGMMA_TMA_MC_C128),
+                    (..=64, true, true, _) => (64, 3 * 64, &WGRAD_WGMMA_TMA_C64_K64),
+                    (_, true, true, _) => (64, 3 * 128, &WGRAD_WGMMA_TMA_C128_K64),
                 };
             }
             return (128, 256, &IGEMM_WGRAD_WGMMA);

@@ -47,7 +47,9 @@ pub enum WinoVariant {
     /// pass: fprop and dgrad's 256 x N tile, the wgrad's 128 x 3 Cb one).
     WgmmaTmaWs,
     /// [`ConvAlgo::Wgmma`]'s warp-specialised TMA halo tile in clusters of 2 sharing the filter
-    /// boxes by multicast ([`WinoTiling::TmaMc`]; fprop, dgrad; devices with clusters).
+    /// boxes by multicast ([`WinoTiling::TmaMc`]; fprop, dgrad; devices with clusters), and for
+    /// K > 128 the TMA wgrad in clusters of 2 sharing the X boxes (below that its wgrad is
+    /// Region's, and the variant is fprop and dgrad's only, as Tma is).
     WgmmaTmaMc,
     /// [`ConvAlgo::Wgmma`]'s 16 x 32 pixel items fed by the TMA engine ([`WinoTiling::Tma2d`];
     /// fprop, dgrad).
@@ -100,7 +102,7 @@ impl WinoVariant {
 
     /// The wgmma halo variants for fprop and dgrad (Tall, Swizzled, Tma, TmaTall, TmaMc, Tma2d), beside
     /// which the wgrad runs its halo kernel as under Region, unless the tiling has a wgrad tile of its
-    /// own for the layer (Tma2d for K <= 64: [`WinoVariant::fprop_dgrad_only`]).
+    /// own for the layer (TmaMc for K > 128, Tma2d for K <= 64: [`WinoVariant::fprop_dgrad_only`]).
     const FPROP_DGRAD_ONLY: [WinoVariant; 6] = [
         WinoVariant::WgmmaTall,
         WinoVariant::WgmmaSwizzled,
@@ -385,7 +387,7 @@ pub fn tune_within(dev: &Device, base: Conv3x3, reps: usize, tolerance: f64) -> 
     let mut best: Option<(f64, [Option<WinoVariant>; 3])> = None;
     // One tiling a plan: the passes that need one must need the same, except that the halo
     // wgrad runs under Tall, Swizzled, Tma, TmaTall, TmaMc and Tma2d as under Region (they change only the
-    // fprop and dgrad tiles; TmaWs changes the wgrad's too, and Tma2d for K <= 64).
+    // fprop and dgrad tiles; TmaWs changes the wgrad's too, TmaMc where K > 128 and Tma2d for K <= 64).
     let one_tiling = |[f, d, g]: [Option<WinoVariant>; 3]| {
         let halo_fd = [f, d].into_iter().flatten().any(|v| v.fprop_dgrad_only(base));
         let g = if halo_fd && g == Some(WinoVariant::Wgmma) { None } else { g };

@@ -265,6 +265,10 @@ fn wgrad(dev: &Device, algo: ConvAlgo, family: ConvAlgo, tiling: WinoTiling) -> 
         let p = np.problem;
         let Some(conv) = plan(p, algo, family, ConvPass::Wgrad) else { continue };
         let conv = conv.with_wino_tiling(tiling);
+        // TmaMc's wgrad is its own only in clusters (K > 128); elsewhere the Auto rows' kernel.
+        if tiling == WinoTiling::TmaMc && !conv.runs_tilings_own_tile(ConvPass::Wgrad) {
+            continue;
+        }
         let name = kname(&conv, ConvPass::Wgrad, conv.wgrad_kernel_name());
         let mut ws = GuardedWorkspace::new(dev, conv.workspace_bytes(ConvPass::Wgrad))?;
         for &kind in kinds.iter() {
@@ -336,7 +340,7 @@ pub fn wgmma(dev: &Device) -> Result<Vec<CheckRow>> {
 /// The halo tiles fed by the TMA engine (Tma: 256 x N, TmaTall: 512 x 64, TmaWs: 256 x N with a
 /// producer warp, TmaMc: that in clusters of 2 sharing the filters by multicast, where the device
 /// has clusters, Tma2d: 16 x 32 pixels x 64; fprop and dgrad) and the wgrad's (TmaWs: with a
-/// producer warpgroup), a check
+/// producer warpgroup; TmaMc: that in clusters of 2 sharing X by multicast, where K > 128), a check
 /// of their own that `vgg selftest` runs last: a copy that never lands traps on the GPU
 /// (kernels/bulk.cuh), which loses the process's CUDA context for every row after it.
 pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
@@ -350,6 +354,7 @@ pub fn wgmma_tma(dev: &Device) -> Result<Vec<CheckRow>> {
     rows.extend(wgrad(dev, g, g, WinoTiling::TmaWs)?);
     if dev.has_clusters() {
         rows.extend(fprop_dgrad(dev, g, g, WinoTiling::TmaMc, names)?);
+        rows.extend(wgrad(dev, g, g, WinoTiling::TmaMc)?);
     }
     rows.extend(fprop_dgrad(dev, g, g, WinoTiling::Tma2d, names)?);
     Ok(rows)

@@ -389,7 +389,11 @@ impl Conv3x3 {
             } else {
                 (WG_THREADS, xa, dy.arg())
             };
-            let grid = (self.wgrad_grid_x(), p.k.div_ceil(m), chunks);
+            // Clusters of 2 along x (Device::launch_cluster's are 1-D) pair k blocks 2 y and 2 y + 1
+            // of one filter row and c-block: x = rank + 2 (r + 3 c-block), y = k-block pairs (the
+            // last one's rank 1 past K when the k blocks are odd).
+            let cluster = if self.wgrad_tma_mc() { super::wgmma::MC_CLUSTER } else { 1 };
+            let grid = (cluster * self.wgrad_grid_x(), p.k.div_ceil(m).div_ceil(cluster), chunks);
             let cfg = LaunchConfig {
                 grid: LaunchConfig::grid_of("conv3x3 wgrad", grid.0, grid.1, grid.2)?,
                 block: (threads, 1, 1),
@@ -402,8 +406,9 @@ impl Conv3x3 {
             // partials), dy checked above; part = wgrad_parts()*(K*9*Cp+K) floats at the start of ws
             // (2 a chunk for the TMA wgrad's k64 kernels). The TMA wgrad takes the same list with x
             // and dy as tensor maps of those buffers (nhwc_map), which it reads only inside their
-            // extents, and a chunk of whole 64-position stages (128 for its k64 kernels).
-            unsafe { dev.launch(kernel, cfg, &args)? };
+            // extents, and a chunk of whole 64-position stages (128 for its k64 kernels); its multicast
+            // kernels in clusters of 2 (grid x even), refused on a device without clusters.
+            unsafe { dev.launch_cluster(kernel, cfg, cluster as u32, &args)? };
         } else {
             let blocks = u32::try_from(nw.div_ceil(ELEMENTWISE_THREADS as usize))
                 .map_err(|_| Error::Shape(format!("conv3x3 {p}: too many weights for one launch")))?;
@@ -466,7 +471,7 @@ impl Conv3x3 {
         let (m, n, _) = self.wgrad_tile();
         match (self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma, self.wgrad_halo()) {
             _ if self.wgrad_2d() => WGRAD_2D_SMEM,
-            (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3, self.wgrad_tma_k64()),
+            (true, true) if self.wgrad_tma() => wgrad_wgmma_tma_smem(n / 3, self.wgrad_tma_k64(), self.wgrad_tma_mc()),
             (true, true) => wgrad_wgmma_halo_smem(n / 3),
             (true, false) => WGRAD_WGMMA_SMEM,
             _ => (4 * WG_P * (m + 8 + n + 8) * 2) as u32,

@@ -3,8 +3,8 @@
 //! under [`WinoTiling::Tma`], [`WinoTiling::TmaTall`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaMc`],
 //! kernels/conv_wgmma_tma2d.cu under [`WinoTiling::Tma2d`], else
 //! kernels/conv_wgmma.cu), the dgrad's rotated filters, which halo tile the wgrad runs (its TMA
-//! one, kernels/conv_wgrad_wgmma_tma.cu, under [`WinoTiling::TmaWs`]), and the TMA tiles' tensor
-//! maps.
+//! one, kernels/conv_wgrad_wgmma_tma.cu, under [`WinoTiling::TmaWs`], and in clusters of 2 under
+//! [`WinoTiling::TmaMc`] with at least 2 k blocks), and the TMA tiles' tensor maps.
 
 use super::{grid_x, kern, Conv3x3, ConvAlgo, ConvPass, WinoTiling};
 use crate::device::{KArg, Kernel, LaunchConfig, TensorMap, TensorMapSpec, SM90_SHARED_PER_BLOCK};
@@ -39,8 +39,9 @@ const HALO512_POS: usize = 512;
 /// warps (kernels/conv_wgmma_tma.cu's kThreads, kWsThreads).
 const HALO_THREADS: u32 = 512;
 const HALO_WS_THREADS: u32 = HALO_THREADS + 32;
-/// Blocks a cluster of the multicast TMA tile ([`Feed::TmaMc`]), which share each stage's filter box.
-const MC_CLUSTER: usize = 2;
+/// Blocks a cluster of the multicast TMA tile ([`Feed::TmaMc`]), which share each stage's filter box,
+/// and of the multicast TMA wgrad ([`Conv3x3::wgrad_tma_mc`]), which share each stage's X boxes.
+pub(super) const MC_CLUSTER: usize = 2;
 /// Bytes of the multicast tile's 12 mbarriers, in its dynamic shared memory (the other TMA tiles
 /// keep theirs in static shared memory, within the 128 bytes [`tma_tile`] leaves).
 const MC_BARRIER_BYTES: usize = 12 * 8;
@@ -205,10 +206,11 @@ impl Conv3x3 {
     /// flat tile where it does not fit): for fprop and dgrad the 512 x 64 one under
     /// [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones under
     /// [`WinoTiling::Tma`], [`WinoTiling::TmaTall`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaMc`],
-    /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] names, the TMA one.
+    /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] and
+    /// [`WinoTiling::TmaMc`] name, the TMA one (under TmaMc: in clusters, where K > 128).
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         if pass == ConvPass::Wgrad {
-            return self.tiling == WinoTiling::TmaWs && self.wgrad_tma() || self.wgrad_2d();
+            return matches!(self.tiling, WinoTiling::TmaWs | WinoTiling::TmaMc) && self.wgrad_tma() || self.wgrad_2d();
         }
         let t = self.wgmma_tile(pass);
         match self.tiling {
@@ -256,14 +258,23 @@ impl Conv3x3 {
     }
 
     /// Whether the wgmma wgrad is its TMA-fed, warp-specialised twin
-    /// (kernels/conv_wgrad_wgmma_tma.cu): under [`WinoTiling::TmaWs`], where its ring fits an
-    /// sm_90 block (always: its stages do not depend on the width) and its padded positions, at
-    /// the TMA tiles' wider pitch, the kernel's 32-bit indices; else the cp.async one runs.
+    /// (kernels/conv_wgrad_wgmma_tma.cu): under [`WinoTiling::TmaWs`], and under
+    /// [`WinoTiling::TmaMc`] where K > 128 (at least 2 k blocks of 128 to pair in clusters:
+    /// [`Conv3x3::wgrad_tma_mc`]), where its ring fits an sm_90 block (always: its stages do not
+    /// depend on the width) and its padded positions, at the TMA tiles' wider pitch, the kernel's
+    /// 32-bit indices; else the cp.async one runs. Under TmaMc with one k block that is Region's
+    /// cp.async halo wgrad, as before the clusters: so a TmaMc plan's wgrad is either its own
+    /// tile or the one the tuner times as `wgmma` (under Region), never TmaWs's.
     pub(super) fn wgrad_tma(&self) -> bool {
         let p = &self.problem;
-        let shared = super::wgrad_wgmma_tma_smem(if self.cp <= 64 { 64 } else { 128 }, false) as usize;
+        let shared = super::wgrad_wgmma_tma_smem(if self.cp <= 64 { 64 } else { 128 }, false, false) as usize;
+        let tiled = match self.tiling {
+            WinoTiling::TmaWs => true,
+            WinoTiling::TmaMc => p.k > 128,
+            _ => false,
+        };
         self.wgrad_halo()
-            && self.tiling == WinoTiling::TmaWs
+            && tiled
             && shared + 128 <= SM90_SHARED_PER_BLOCK
             && halo_positions_fit(p, HALO_POS, tma_pitch(p.w))
     }
@@ -273,6 +284,12 @@ impl Conv3x3 {
     /// 32-bit: tiles and N H W max(C, K) below 2^31, as [`ConvAlgo::Wgmma`] requires).
     pub(crate) fn wgrad_2d(&self) -> bool {
         self.algo(ConvPass::Wgrad) == ConvAlgo::Wgmma && self.tiling == WinoTiling::Tma2d && self.problem.k <= 64
+    }
+
+    /// Whether the TMA wgrad runs in clusters of [`MC_CLUSTER`] blocks (k blocks 2 y and 2 y + 1)
+    /// that share each stage's X boxes by multicast: under [`WinoTiling::TmaMc`], K > 128.
+    pub(super) fn wgrad_tma_mc(&self) -> bool {
+        self.tiling == WinoTiling::TmaMc && self.wgrad_tma()
     }
 
     /// Whether the TMA wgrad runs its `k64` kernels (K <= 64: both warpgroups on k 0..63, each
