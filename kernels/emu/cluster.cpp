@@ -67,6 +67,7 @@ void dynamic_or_fail(const Block& b, const void* p, const char* op, const char* 
 
 // Completes the barrier.cluster phase once every thread has arrived or exited.
 void cluster_try_complete(Cluster& c) {
+    TsanIgnore bookkeeping;
     if (c.arrived == 0 || c.arrived + c.gone < c.nthreads) return;
     c.phase++;
     c.arrived = 0;
@@ -78,6 +79,7 @@ void cluster_try_complete(Cluster& c) {
 
 // Whether block b's exit, now, follows the use u of its shared memory.
 bool covered(const Block& b, const RemoteUse& u) {
+    TsanIgnore bookkeeping;
     if (b.cl_waited >= u.cl_phase) return true;
     if (!u.bar) return false;
     auto it = b.mbars.find(u.bar);
@@ -87,6 +89,7 @@ bool covered(const Block& b, const RemoteUse& u) {
 // Records a use of block t's shared memory by the running block, which t's exit must follow (a
 // later use from the same place replaces an earlier one: it needs at least as much).
 void note_remote(Block& t, const RemoteUse& u) {
+    TsanIgnore bookkeeping;
     std::erase_if(t.remote, [&](const RemoteUse& o) {
         return covered(t, o) ||
                (o.from == u.from && o.thread == u.thread && o.file == u.file && o.line == u.line && o.bar == u.bar);
@@ -197,9 +200,12 @@ void cluster_thread_exit(Cluster& c, Fiber& f) {
 #ifdef EMU_TSAN
     __tsan_acquire(&c.done);
 #endif
-    c.done++;
-    if (f.cl_arrivals <= c.phase) c.gone++;  // not arrived in the current phase, and never will
-    cluster_try_complete(c);
+    {
+        TsanIgnore bookkeeping;
+        c.done++;
+        if (f.cl_arrivals <= c.phase) c.gone++;  // not arrived in the current phase, and never will
+        cluster_try_complete(c);
+    }
 #ifdef EMU_TSAN
     __tsan_release(&c.done);
 #endif

@@ -537,6 +537,7 @@ Mbarrier& mbarrier_at(Block& b, void* bar, const char* op) {
 namespace {
 // Lets the fibers of `b` waiting on `bar` look at it again.
 void mbarrier_wake(Block& b, const void* bar) {
+    TsanIgnore bookkeeping;  // fibers' states, which a peer block's arrival also writes
     for (auto& f : b.fibers)
         if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Ready;
 }

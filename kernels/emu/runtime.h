@@ -18,7 +18,27 @@
 
 typedef void (*emu_kernel_fn)(void** args);
 
+#ifdef EMU_TSAN
+extern "C" void __tsan_ignore_thread_begin();
+extern "C" void __tsan_ignore_thread_end();
+#endif
+
 namespace emu::rt {
+
+// The scheduler's bookkeeping of a cluster (its barrier counters, the fibers' states, each block's
+// record of remote uses) is read and written by the fibers of all its blocks, one at a time on one
+// OS thread. TSan sees fibers as threads and would report those accesses; ordering them on a sync
+// object would also order the kernels' own accesses around them and hide real races. So the
+// bookkeeping's accesses (the standard library's inside it too) are ignored for its scope, and
+// syncs inside it still count.
+struct TsanIgnore {
+#ifdef EMU_TSAN
+    TsanIgnore() { __tsan_ignore_thread_begin(); }
+    ~TsanIgnore() { __tsan_ignore_thread_end(); }
+    TsanIgnore(const TsanIgnore&) = delete;
+    TsanIgnore& operator=(const TsanIgnore&) = delete;
+#endif
+};
 
 enum class State { Ready, AtBarrier, AtWarp, AtMbarrier, AtCluster, Done };
 
