@@ -229,6 +229,20 @@ fn two_schedules_bit_identical() {
 }
 
 /// The exact fp16 bits of y (bias + ReLU) and dx (masked) for integer `data` of `p`.
+/// All three passes of wgmma under `tiling` on small integers, against the exact references: y and dx
+/// (zeros alike), dw and db bit for bit (`what` names the wgrad in the failure).
+fn assert_all_passes_exact(dev: &Device, p: ConvProblem, tiling: WinoTiling, what: &str) {
+    let data = problem_data(&p, |len, s| ints(len, 2, s));
+    let (want_y, want_dx) = exact_y_dx(&p, &data);
+    let (y, dx, dw, db) = run_all(dev, p, (ConvAlgo::Wgmma, tiling), &data);
+    assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
+    assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
+    let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let bad = mismatches(&dw, &bits(want_dw)).or_else(|| mismatches(&db, &bits(want_db)));
+    assert!(bad.is_none(), "{p}: {what} dw / db not exact: {}", bad.unwrap());
+}
+
 fn exact_y_dx(p: &ConvProblem, data: &[Vec<f32>; 5]) -> (Vec<u16>, Vec<u16>) {
     let [x, w, b, dy, mask] = data;
     let bits = |v: &[f32]| v.iter().map(|&v| f16::from_f32(v).to_bits()).collect::<Vec<_>>();
@@ -410,15 +424,7 @@ fn wgmma_tma_2d_wgrad_exact_for_k_up_to_64() {
         assert_eq!(conv.label(ConvPass::Wgrad), "wgmma/halo64x576/tma-2d", "{p}");
         assert_eq!(conv.wgrad_kernel_name(), "igemm3x3_wgrad_wgmma_2d_tma_k64_f16", "{p}");
         assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), chunks * (p.filter_len() + p.k) * 4, "{p}");
-        let data = problem_data(&p, |len, s| ints(len, 2, s));
-        let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::Tma2d), &data);
-        let (want_y, want_dx) = exact_y_dx(&p, &data);
-        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
-        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
-        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-        let bad = mismatches(&dw, &bits(want_dw)).or_else(|| mismatches(&db, &bits(want_db)));
-        assert!(bad.is_none(), "{p}: 2-D TMA wgrad dw / db not exact: {}", bad.unwrap());
+        assert_all_passes_exact(&dev, p, WinoTiling::Tma2d, "2-D TMA wgrad");
     }
     let wide = Conv3x3::new(ConvProblem::new(1, 6, 6, 16, 72), ConvAlgo::Wgmma).unwrap();
     assert_eq!(wide.with_wino_tiling(WinoTiling::Tma2d).label(ConvPass::Wgrad), "wgmma/halo128x192");
@@ -454,15 +460,7 @@ fn wgmma_tma_wgrad_exact_and_where_it_runs() {
         assert_eq!(conv.wgrad_kernel_name(), format!("igemm3x3_wgrad_wgmma_halo_tma_ws_c{cb}{k64}_f16"), "{p}");
         // Partial sums a chunk (two for k64): the workspace says how many.
         assert_eq!(conv.workspace_bytes(ConvPass::Wgrad), parts * (p.filter_len() + p.k) * 4, "{p}");
-        let data = problem_data(&p, |len, s| ints(len, 2, s));
-        let (want_y, want_dx) = exact_y_dx(&p, &data);
-        let (y, dx, dw, db) = run_all(&dev, p, (ConvAlgo::Wgmma, WinoTiling::TmaWs), &data);
-        assert_eq!(zeros_alike(y), zeros_alike(want_y), "{p}: fprop not exact");
-        assert_eq!(zeros_alike(dx), zeros_alike(want_dx), "{p}: dgrad not exact");
-        let (want_dw, want_db) = r::conv3x3_wgrad(&p, &data[0], &data[3]);
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-        let bad = mismatches(&dw, &bits(want_dw)).or_else(|| mismatches(&db, &bits(want_db)));
-        assert!(bad.is_none(), "{p}: TMA wgrad dw / db not exact: {}", bad.unwrap());
+        assert_all_passes_exact(&dev, p, WinoTiling::TmaWs, "TMA wgrad");
     }
     // Images of 1 x 1 pixel: 16 positions an image at the TMA pitch 8 (2 padded rows), 6 at the
     // cp.async tile's pitch W + 2 = 3; N H W C stays below 2^31 for wgmma.

@@ -73,7 +73,8 @@ const WGRAD_2D_ROWS: usize = 8;
 const WGRAD_2D_COLS: usize = 16;
 const WGRAD_2D_DY_BOX: [usize; 4] = [64, WGRAD_2D_COLS, WGRAD_2D_ROWS, 1];
 const WGRAD_2D_X_BOX: [usize; 4] = [64, WGRAD_2D_COLS + 8, WGRAD_2D_ROWS + 2, 1];
-const WGRAD_2D_SMEM: u32 = (1024 + 4 * (WGRAD_2D_ROWS * WGRAD_2D_COLS + 10 * 24) * 128) as u32;
+const WGRAD_2D_SMEM: u32 =
+    (1024 + 4 * (WGRAD_2D_ROWS * WGRAD_2D_COLS + WGRAD_2D_X_BOX[1] * WGRAD_2D_X_BOX[2]) * 128) as u32;
 /// The same tile in clusters of 2 (k blocks 2 y, 2 y + 1) sharing each stage's X boxes by multicast
 /// (under [`WinoTiling::TmaMc`], K > 128); its barriers in dynamic shared memory after the ring.
 const WGRAD_WGMMA_TMA_MC_C64: Kernel = kern("conv_wgrad_wgmma_tma", "igemm3x3_wgrad_wgmma_halo_tma_mc_c64_f16");
