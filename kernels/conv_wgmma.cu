@@ -125,7 +125,7 @@ __device__ __forceinline__ void igemm_wgmma(const __half* __restrict__ x, const 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int p = p0 + wgmma_acc_row(half);
-        if (p < npix) conv_wgmma_store_row<kOut>(acc, half, p, o0, t, bias, mask, y, cout, relu);
+        conv_wgmma_store_row<kOut>(acc, half, p, p < npix, o0, t, bias, mask, y, cout, relu);
     }
 }
 

@@ -161,8 +161,8 @@ __device__ __forceinline__ void igemm_halo(const __half* __restrict__ x, const _
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 int pix;
-                if (conv_halo_pixel(pos0 + row0 + 8 * half, wp, h, w, n, pix))
-                    conv_wgmma_store_row<kOut>(acc[b], half, pix, o0, t, bias, mask, y, cout, relu);
+                const bool ok = conv_halo_pixel(pos0 + row0 + 8 * half, wp, h, w, n, pix);
+                conv_wgmma_store_row<kOut>(acc[b], half, pix, ok, o0, t, bias, mask, y, cout, relu);
             }
 #pragma unroll
             for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;

@@ -236,8 +236,9 @@ __device__ __forceinline__ void igemm_halo_tma(const TmaDesc* xm, const TmaDesc*
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 int pix;
-                if (conv_halo_pixel(pos0 + 64 * (wg * (kMWg - 1) + b) + wgmma_acc_row(half), sp, h, w, n, pix))
-                    conv_wgmma_store_row<kOut>(acc[b], half, pix, o0, t, bias, mask, y, cout, relu);
+                const int row = 64 * (wg * (kMWg - 1) + b) + wgmma_acc_row(half);
+                const bool ok = conv_halo_pixel(pos0 + row, sp, h, w, n, pix);
+                conv_wgmma_store_row<kOut>(acc[b], half, pix, ok, o0, t, bias, mask, y, cout, relu);
             }
 #pragma unroll
             for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;

@@ -138,9 +138,8 @@ __device__ __forceinline__ void igemm_halo2d_tma(const TmaDesc* xm, const TmaDes
             for (int half = 0; half < 2; ++half) {
                 const int i = wgmma_acc_row(half) & 63;
                 const int yy = it.r0 + 8 * b + i / 8, xx = it.c0 + 8 * wg + i % 8;
-                if (yy < h && xx < w)
-                    conv_wgmma_store_row<kOut>(acc[b], half, (it.img * h + yy) * w + xx, it.o0, t, bias, mask, y,
-                                               cout, relu);
+                conv_wgmma_store_row<kOut>(acc[b], half, (it.img * h + yy) * w + xx, yy < h && xx < w, it.o0, t,
+                                           bias, mask, y, cout, relu);
             }
 #pragma unroll
             for (int i = 0; i < kOut / 2; ++i) acc[b][i] = 0.f;
