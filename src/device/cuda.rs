@@ -331,39 +331,68 @@ impl CudaDevice {
         Ok((f, 48 * 1024))
     }
 
+    /// The kernel's function, allowed `shared_bytes` of dynamic shared memory: above 48 KiB a
+    /// kernel must opt in to the larger carve-out (once per size it grows to).
+    fn function_for(&self, k: &Kernel, shared_bytes: u32) -> Result<sys::CUfunction> {
+        let (f, allowed) = self.function(k)?;
+        if shared_bytes > allowed {
+            // SAFETY: `f` is a function of a module loaded in this (bound) context.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+            }
+            .map_err(drv("cuFuncSetAttribute"))?;
+            if let Some(e) = self.functions.lock().unwrap().get_mut(k) {
+                e.1 = shared_bytes;
+            }
+        }
+        Ok(f)
+    }
+
     /// `cluster`: blocks a thread-block cluster along x (1: none).
     ///
     /// # Safety
     /// As [`super::Device::launch_cluster`].
     pub unsafe fn launch(&self, k: &Kernel, cfg: LaunchConfig, cluster: u32, args: &mut [*mut c_void]) -> Result<()> {
         self.bind()?;
-        let (f, allowed) = self.function(k)?;
-        if cfg.shared_bytes > allowed {
-            // Above 48 KiB a kernel must opt in to the larger carve-out (once per size it grows to).
-            result::function::set_function_attribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_bytes as i32,
-            )
-            .map_err(drv("cuFuncSetAttribute"))?;
-            if let Some(e) = self.functions.lock().unwrap().get_mut(k) {
-                e.1 = cfg.shared_bytes;
-            }
-        }
+        let f = self.function_for(k, cfg.shared_bytes)?;
         if cluster == 1 {
             return result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_bytes, self.stream, args)
                 .map_err(|e| Error::Driver { call: "cuLaunchKernel", message: format!("{}: {e}", k.name) });
         }
-        // A cluster is a launch attribute of cuLaunchKernelEx (the kernels declare no
-        // __cluster_dims__): the cluster's extent in blocks along each grid dimension.
-        // SAFETY (zeroed): a C union of plain integers and pointers, all valid as zeros.
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            pad: [0; 4],
-            value: std::mem::zeroed(),
-        };
-        attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
-        let config = sys::CUlaunchConfig {
+        let mut attr = cluster_attribute(cluster);
+        let config = self.cluster_config(cfg, &mut attr);
+        // SAFETY: `config` and the attribute it points at live across the call; `args` as for
+        // cuLaunchKernel (this fn's contract); no `extra` array.
+        sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result().map_err(|e| Error::Driver {
+            call: "cuLaunchKernelEx",
+            message: format!("{} (cluster of {cluster}): {e}", k.name),
+        })
+    }
+
+    /// Clusters of `cluster` blocks of `k` at `cfg`'s block size and shared memory that can be
+    /// resident at once (cuOccupancyMaxActiveClusters; the grid in `cfg` is not used).
+    pub fn max_active_clusters(&self, k: &Kernel, cfg: LaunchConfig, cluster: u32) -> Result<usize> {
+        self.bind()?;
+        let f = self.function_for(k, cfg.shared_bytes)?;
+        let mut attr = cluster_attribute(cluster);
+        // The query wants a grid the cluster divides; one cluster is enough.
+        let one = LaunchConfig { grid: (cluster, 1, 1), ..cfg };
+        let config = self.cluster_config(one, &mut attr);
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `n` is a valid out-pointer; `config` and its attribute live across the call.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
+            .result()
+            .map_err(|e| Error::Driver { call: "cuOccupancyMaxActiveClusters", message: format!("{}: {e}", k.name) })?;
+        Ok(n.max(0) as usize)
+    }
+
+    /// cuLaunchKernelEx's configuration of `cfg` on this stream with the one attribute `attr`.
+    fn cluster_config(&self, cfg: LaunchConfig, attr: &mut sys::CUlaunchAttribute) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
             gridDimX: cfg.grid.0,
             gridDimY: cfg.grid.1,
             gridDimZ: cfg.grid.2,
@@ -372,15 +401,9 @@ impl CudaDevice {
             blockDimZ: cfg.block.2,
             sharedMemBytes: cfg.shared_bytes,
             hStream: self.stream,
-            attrs: &mut attr,
+            attrs: attr,
             numAttrs: 1,
-        };
-        // SAFETY: `config` and the attribute it points at live across the call; `args` as for
-        // cuLaunchKernel (this fn's contract); no `extra` array.
-        sys::cuLaunchKernelEx(&config, f, args.as_mut_ptr(), std::ptr::null_mut()).result().map_err(|e| Error::Driver {
-            call: "cuLaunchKernelEx",
-            message: format!("{} (cluster of {cluster}): {e}", k.name),
-        })
+        }
     }
 
     /// Makes this device's context current on the calling thread and returns its stream, so
@@ -643,4 +666,17 @@ impl PinnedHost {
         // SAFETY: len bytes owned by this buffer, no copy in flight (waited above).
         Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) })
     }
+}
+
+/// A cluster is a launch attribute of cuLaunchKernelEx (the kernels declare no
+/// __cluster_dims__): the cluster's extent in blocks along each grid dimension, here x only.
+fn cluster_attribute(cluster: u32) -> sys::CUlaunchAttribute {
+    // SAFETY (zeroed): a C union of plain integers and pointers, all valid as zeros.
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value: unsafe { std::mem::zeroed() },
+    };
+    attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster, y: 1, z: 1 };
+    attr
 }

@@ -271,6 +271,28 @@ impl Device {
         }
     }
 
+    /// Clusters of `cluster_x` blocks of `kernel` at `cfg`'s block size and shared memory that can
+    /// run at once: what a persistent kernel in clusters sizes its grid by, since a cluster's
+    /// blocks must fit one GPC together and a grid past this count runs a second wave. The
+    /// driver's occupancy query on cuda (at least 1: a cluster that cannot fit at all is an
+    /// `Error::Unsupported`); on emu [`EMU_MULTIPROCESSORS`] / `cluster_x`, rounded up.
+    pub fn max_active_clusters(&self, kernel: &Kernel, cfg: LaunchConfig, cluster_x: u32) -> Result<usize> {
+        let cluster = cluster_x.max(1) as usize;
+        match &self.0.backend {
+            Backend::Cuda(c) => match c.max_active_clusters(kernel, cfg, cluster_x.max(1))? {
+                0 => Err(Error::Unsupported(format!(
+                    "{}: not one cluster of {cluster} blocks of {} threads and {} bytes of shared memory fits {}",
+                    kernel.name,
+                    cfg.block.0 * cfg.block.1 * cfg.block.2,
+                    cfg.shared_bytes,
+                    self.name()
+                ))),
+                n => Ok(n),
+            },
+            Backend::Emu(_) => Ok(EMU_MULTIPROCESSORS.div_ceil(cluster)),
+        }
+    }
+
     /// Dynamic shared memory one block may use: the GPU's opt-in maximum (227 KiB on sm_90,
     /// 163 KiB on sm_80, 99 KiB on sm_86 / sm_89), or on emu [`SM90_SHARED_PER_BLOCK`] unless
     /// [`Device::set_emu_shared_limit`] set another. A launch that asks for more is an

@@ -356,18 +356,25 @@ impl Conv3x3 {
         let cfg = if tile.pos > 0 {
             // Persistent: one block an SM, each taking every gridDim-th item; in clusters of 2, one
             // cluster a pair of SMs, each taking every (gridDim / 2)-th pair of items (the same
-            // output-channel block, two position blocks). SMs / 2 rounded up: 66 on an H200's 132
-            // (an odd count would leave one cluster for a second wave), and on emu's 3 two
-            // clusters, so that the tests see clusters stride. The 2-D items: rectangles of the image.
+            // output-channel block, two position blocks), as many clusters as can be resident (on
+            // emu's 3 SMs two, so that the tests see clusters stride). The 2-D items: rectangles of
+            // the image.
             let units = if tile.feed == Feed::Tma2d {
                 p.n * p.h.div_ceil(TMA2D_ROWS) * p.w.div_ceil(TMA2D_COLS) * cout.div_ceil(tile.n)
             } else {
                 self.halo_positions_at(tile.pitch).div_ceil(tile.pos).div_ceil(cluster) * cout.div_ceil(tile.n)
             };
-            let grid = grid_x(p, cluster * units.min(dev.multiprocessors().div_ceil(cluster)))?;
             // 16 consumer warps (4 warpgroups), and the producer warp of a warp-specialised tile.
             let threads = if matches!(tile.feed, Feed::TmaWs | Feed::TmaMc) { HALO_WS_THREADS } else { HALO_THREADS };
-            LaunchConfig { grid: (grid, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 }
+            let block = LaunchConfig { grid: (1, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 };
+            // Clusters must fit a GPC together: the driver says how many can be resident (66 of 2
+            // expected on an H200; fewer would otherwise leave the rest for a second wave).
+            let resident = if cluster > 1 {
+                dev.max_active_clusters(tile.kernel, block, cluster as u32)?
+            } else {
+                dev.multiprocessors()
+            };
+            LaunchConfig { grid: (grid_x(p, cluster * units.min(resident))?, 1, 1), ..block }
         } else {
             let blocks = (p.n * p.h * p.w).div_ceil(PIX) * cout.div_ceil(tile.n);
             LaunchConfig { grid: (grid_x(p, blocks)?, 1, 1), block: (256, 1, 1), shared_bytes: tile.shared as u32 }
