@@ -257,7 +257,9 @@ pub enum WinoTiling {
     /// For [`ConvAlgo::Wgmma`]'s fprop and dgrad: items of 16 image rows x 32 columns x 64
     /// channels fed by the TMA engine (kernels/conv_wgmma_tma2d.cu), whose halo is 18 x 40
     /// positions whatever the width (the 1-D items' grows with it), at the price of rows and
-    /// columns past the image's edge; any shape. The wgrad runs as under Region.
+    /// columns past the image's edge; any shape. Its wgrad, where K <= 64: all 9 taps a block
+    /// over 8 x 16 position tiles brought by the TMA engine (kernels/conv_wgrad_wgmma_tma2d.cu);
+    /// for larger K Region's.
     Tma2d,
 }
 

@@ -206,8 +206,9 @@ impl Conv3x3 {
     /// flat tile where it does not fit): for fprop and dgrad the 512 x 64 one under
     /// [`WinoTiling::Tall`], the swizzled one under [`WinoTiling::Swizzled`], the TMA ones under
     /// [`WinoTiling::Tma`], [`WinoTiling::TmaTall`], [`WinoTiling::TmaWs`] and [`WinoTiling::TmaMc`],
-    /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`] and
-    /// [`WinoTiling::TmaMc`] name, the TMA one (under TmaMc: in clusters, where K > 128).
+    /// any halo tile otherwise; for wgrad, whose tile only [`WinoTiling::TmaWs`],
+    /// [`WinoTiling::TmaMc`] and [`WinoTiling::Tma2d`] name, the TMA one (under TmaMc: in
+    /// clusters, where K > 128; under Tma2d: the 2-D one, where K <= 64).
     pub(crate) fn runs_tilings_own_tile(&self, pass: ConvPass) -> bool {
         if pass == ConvPass::Wgrad {
             return matches!(self.tiling, WinoTiling::TmaWs | WinoTiling::TmaMc) && self.wgrad_tma() || self.wgrad_2d();
