@@ -369,9 +369,12 @@ impl Conv3x3 {
             let threads = if matches!(tile.feed, Feed::TmaWs | Feed::TmaMc) { HALO_WS_THREADS } else { HALO_THREADS };
             let block = LaunchConfig { grid: (1, 1, 1), block: (threads, 1, 1), shared_bytes: tile.shared as u32 };
             // Clusters must fit a GPC together: the driver says how many can be resident (66 of 2
-            // expected on an H200; fewer would otherwise leave the rest for a second wave).
+            // expected on an H200; fewer would otherwise leave the rest for a second wave). The
+            // count only sizes the grid: if the query fails, SMs / 2 as before, and the launch
+            // itself reports whatever made it fail.
             let resident = if cluster > 1 {
-                dev.max_active_clusters(tile.kernel, block, cluster as u32)?
+                let guess = dev.multiprocessors().div_ceil(cluster);
+                dev.max_active_clusters(tile.kernel, block, cluster as u32).unwrap_or(guess)
             } else {
                 dev.multiprocessors()
             };
