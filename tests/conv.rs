@@ -228,7 +228,6 @@ fn two_schedules_bit_identical() {
     }
 }
 
-/// The exact fp16 bits of y (bias + ReLU) and dx (masked) for integer `data` of `p`.
 /// All three passes of wgmma under `tiling` on small integers, against the exact references: y and dx
 /// (zeros alike), dw and db bit for bit (`what` names the wgrad in the failure).
 fn assert_all_passes_exact(dev: &Device, p: ConvProblem, tiling: WinoTiling, what: &str) {
@@ -243,6 +242,7 @@ fn assert_all_passes_exact(dev: &Device, p: ConvProblem, tiling: WinoTiling, wha
     assert!(bad.is_none(), "{p}: {what} dw / db not exact: {}", bad.unwrap());
 }
 
+/// The exact fp16 bits of y (bias + ReLU) and dx (masked) for integer `data` of `p`.
 fn exact_y_dx(p: &ConvProblem, data: &[Vec<f32>; 5]) -> (Vec<u16>, Vec<u16>) {
     let [x, w, b, dy, mask] = data;
     let bits = |v: &[f32]| v.iter().map(|&v| f16::from_f32(v).to_bits()).collect::<Vec<_>>();

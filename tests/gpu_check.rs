@@ -171,16 +171,20 @@ fn python3(args: &[&str]) -> Option<std::process::Output> {
     }
 }
 
-/// The script's own Python helpers at least compile (their torch imports run only on the GPU
-/// machine).
+/// The script's own Python helpers, and the other scripts (torch_sensitivity.py), at least
+/// compile (their torch imports run only where torch is installed).
 #[test]
 fn gpu_check_python_scripts_compile() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
     let script = std::fs::read_to_string(format!("{dir}/gpu-check.sh")).unwrap();
     let tmp = TempDir::new("gpu-check", "python");
     let mut n = 0;
-    for py in ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py", "compare_conv.py"] {
-        assert!(script.contains(&format!("scripts/{py}")), "gpu-check.sh no longer runs {py}: update this test");
+    let runs = ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py", "compare_conv.py"];
+    for py in runs.into_iter().chain(["torch_sensitivity.py"]) {
+        assert!(
+            !runs.contains(&py) || script.contains(&format!("scripts/{py}")),
+            "gpu-check.sh no longer runs {py}: update this test"
+        );
         let compile = "import sys, py_compile; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)";
         let Some(out) =
             python3(&["-c", compile, &format!("{dir}/{py}"), &tmp.0.join(format!("{py}c")).to_string_lossy()])
@@ -190,7 +194,7 @@ fn gpu_check_python_scripts_compile() {
         assert!(out.status.success(), "{py}: {}", String::from_utf8_lossy(&out.stderr));
         n += 1;
     }
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
 }
 
 /// scripts/compare_conv.py (run 5's issue-4 headline) takes, per layer and pass, the fastest of
