@@ -3,14 +3,17 @@
 
 use std::path::PathBuf;
 
-/// The learning rate of a new run without `--lr`.
-pub const DEFAULT_LR: f32 = 0.02;
+/// The learning rate of a new run without `--lr`: the paper's. It was 0.02, at which the
+/// default small run learned or collapsed to chance in its last epoch depending on the
+/// rounding of its conv plans (on emu: val top-1 0.250-0.512 over four correct plans; at 0.01
+/// 0.575-0.688; bench/NOTES.md, "The small run at lr 0.02").
+pub const DEFAULT_LR: f32 = 0.01;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
 /// device in about a minute on 2 cores (README: 39 s of training; A at 1/16 width, 32x32, 4
 /// synthetic classes, He init, torchvision's input normalisation); the paper's settings are
-/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --lr 0.01 --batch 256 --epochs 74 --init
-/// paper --stats FILE`
+/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --batch 256 --epochs 74 --init paper --stats
+/// FILE`
 /// (the training set's mean RGB from `vgg stats`), with `--scale 256` or `--scale 256:512`,
 /// an ImageFolder with a val/ folder for the plateau schedule, and `--pre-init` from a
 /// trained A for the deeper configs (README, "Reproducing the paper").
@@ -83,14 +86,14 @@ pub struct TrainArgs {
     /// Passes over the training set (unused when --steps is given).
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
-    /// Initial learning rate, the base rate the schedule divides or anneals [default: 0.02; with
+    /// Initial learning rate, the base rate the schedule divides or anneals [default: 0.01, the paper's; with
     /// --resume, the run's own]. Given with --resume, another value than the run's scales every
     /// rate of its schedule from the checkpoint on by new / old (said on stderr), as lowering
     /// the rate by hand does. A checkpoint of a build that did not record the base rate takes
     /// --lr as it (under the plateau schedule, as the current rate); under the step and cosine
     /// schedules, whose rates derive from it, such a resume needs --lr.
     // No clap default: a resume must tell a rate the user gave from one it did not, which
-    // keeps the run's (a default of 0.02 rescaled every run started with another rate).
+    // keeps the run's (a clap default rescaled every run started with another rate).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// SGD momentum (the paper's 0.9).
