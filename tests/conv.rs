@@ -119,23 +119,48 @@ fn problem_data(p: &ConvProblem, gen: impl Fn(usize, u64) -> Vec<f32>) -> [Vec<f
     [gen(p.input_len(), 1), gen(p.filter_len(), 2), gen(p.k, 3), gen(p.output_len(), 4), mask]
 }
 
+/// Every pass of each (problem, algorithm, tiling) bit-identical under two emu schedules (block
+/// order and warp interleaving), nothing left unwritten.
+fn assert_two_schedules(cases: impl IntoIterator<Item = (ConvProblem, ConvAlgo, WinoTiling)>) {
+    for (p, algo, tiling) in cases {
+        let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
+        if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
+            let labels = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.label(q));
+            assert!(labels.iter().all(|l| l.starts_with("wgmma/") && !l.contains("halo")), "{p}: {labels:?}");
+        }
+        if tiling == WinoTiling::TmaWs {
+            assert!(conv.label(ConvPass::Wgrad).ends_with("/tma-ws"), "{p}: {}", conv.label(ConvPass::Wgrad));
+        }
+        if tiling == WinoTiling::TmaMc {
+            // Its own wgrad in clusters where K > 128, else Region's.
+            let label = conv.label(ConvPass::Wgrad);
+            assert_eq!(label.ends_with("/tma-mc"), p.k > 128, "{p}: {label}");
+            assert!(p.k > 128 || !label.contains("tma"), "{p}: {label}");
+        }
+        let algo = (algo, tiling);
+        let data = problem_data(&p, spread);
+        let dev = Device::emu();
+        dev.set_schedule(Schedule::Index);
+        let a = run_all(&dev, p, algo, &data);
+        dev.set_schedule(Schedule::Random(7));
+        let b = run_all(&dev, p, algo, &data);
+        assert!(a.0 == b.0, "{p} {algo:?}: fprop differs between schedules");
+        assert!(a.1 == b.1, "{p} {algo:?}: dgrad differs between schedules");
+        assert!(a.2 == b.2, "{p} {algo:?}: wgrad dw differs between schedules");
+        assert!(a.3 == b.3, "{p} {algo:?}: wgrad db differs between schedules");
+        // Nothing left unwritten (poison is NaN: 0x7fff / 0xffff bit patterns).
+        assert!(a.0.iter().chain(&a.1).all(|&v| v & 0x7c00 != 0x7c00), "{p} {algo:?}: NaN/inf in outputs");
+    }
+}
+
+/// The mma.sync convolutions (Winograd flat and region, F(4x4), the implicit GEMMs, the direct
+/// twin) under two schedules; `scripts/emu-tsan` runs this one under ThreadSanitizer too.
 #[test]
 fn two_schedules_bit_identical() {
     // Ragged tiles (odd H and W), two k-blocks, a C that ends in a half chunk, and enough
     // pixels for several wgrad chunks; C = 3 and 12 padded under Auto; Winograd region windows
     // of several widths, some crossing the image's edge.
     let region = |p: ConvProblem| (p, ConvAlgo::Winograd2x2, WinoTiling::Region);
-    // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad; its
-    // tall tile (two m64 blocks a warpgroup in one wgmma group), its swizzled one, and its TMA one
-    // (copies that land when a wait needs them, or at issue, as the schedule has it).
-    let flat = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Flat);
-    let tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tall);
-    let swizzled = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Swizzled);
-    let tma = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma);
-    let tma_tall = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaTall);
-    let tma_ws = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaWs);
-    let tma_mc = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::TmaMc);
-    let tma_2d = |p: ConvProblem| (p, ConvAlgo::Wgmma, WinoTiling::Tma2d);
     let cases = [
         (ConvProblem::new(2, 7, 9, 24, 72), ConvAlgo::Winograd2x2),
         (ConvProblem::new(1, 33, 35, 8, 16), ConvAlgo::Winograd2x2),
@@ -152,19 +177,35 @@ fn two_schedules_bit_identical() {
         (ConvProblem::new(2, 5, 7, 12, 24), ConvAlgo::Winograd4x4),
         // C = 128, K = 72: the wgrad's 128 x 256 tiles, the last column block half used.
         (ConvProblem::new(1, 3, 5, 128, 72), ConvAlgo::Winograd2x2),
-        // wgmma: C = 88 (a half-used second stage of 64 channels), two pixel blocks; K = 136
-        // (two output-channel blocks, the second nearly empty).
-        (ConvProblem::new(2, 9, 13, 88, 40), ConvAlgo::Wgmma),
-        (ConvProblem::new(1, 12, 11, 16, 136), ConvAlgo::Wgmma),
-        // K = 256 (fprop) and C = 256 (dgrad): two blocks of the halo tile's 128 channels.
-        (ConvProblem::new(1, 7, 6, 24, 256), ConvAlgo::Wgmma),
-        (ConvProblem::new(1, 5, 6, 256, 16), ConvAlgo::Wgmma),
     ]
     .map(|(p, a)| (p, a, WinoTiling::Auto));
-    for (p, algo, tiling) in cases.into_iter().chain([
+    assert_two_schedules(cases.into_iter().chain([
         region(ConvProblem::new(2, 9, 13, 88, 40)),
         region(ConvProblem::new(1, 33, 35, 8, 16)),
         region(ConvProblem::new(1, 6, 70, 16, 8)),
+    ]));
+}
+
+/// The wgmma convolutions under two schedules: their own test, kept out of ThreadSanitizer's
+/// run (instrumented, their warpgroups and copy-engine models take tens of minutes on 2 cores).
+#[test]
+fn two_schedules_bit_identical_wgmma() {
+    // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad; its
+    // tall tile (two m64 blocks a warpgroup in one wgmma group), its swizzled one, and its TMA one
+    // (copies that land when a wait needs them, or at issue, as the schedule has it).
+    let wgmma = |tiling: WinoTiling| move |p: ConvProblem| (p, ConvAlgo::Wgmma, tiling);
+    let (auto, flat, tall, swizzled) =
+        (wgmma(WinoTiling::Auto), wgmma(WinoTiling::Flat), wgmma(WinoTiling::Tall), wgmma(WinoTiling::Swizzled));
+    let (tma, tma_tall, tma_ws) = (wgmma(WinoTiling::Tma), wgmma(WinoTiling::TmaTall), wgmma(WinoTiling::TmaWs));
+    let (tma_mc, tma_2d) = (wgmma(WinoTiling::TmaMc), wgmma(WinoTiling::Tma2d));
+    assert_two_schedules([
+        // C = 88 (a half-used second stage of 64 channels), two pixel blocks; K = 136 (two
+        // output-channel blocks, the second nearly empty).
+        auto(ConvProblem::new(2, 9, 13, 88, 40)),
+        auto(ConvProblem::new(1, 12, 11, 16, 136)),
+        // K = 256 (fprop) and C = 256 (dgrad): two blocks of the halo tile's 128 channels.
+        auto(ConvProblem::new(1, 7, 6, 24, 256)),
+        auto(ConvProblem::new(1, 5, 6, 256, 16)),
         flat(ConvProblem::new(2, 9, 13, 88, 40)),
         flat(ConvProblem::new(1, 12, 11, 16, 136)),
         flat(ConvProblem::new(1, 7, 6, 24, 256)),
@@ -197,35 +238,7 @@ fn two_schedules_bit_identical() {
         tma_2d(ConvProblem::new(1, 17, 35, 24, 136)),
         // Its wgrad for K <= 64: 2 chunks of 15 tiles through a ring of 4.
         tma_2d(ConvProblem::new(2, 33, 35, 8, 16)),
-    ]) {
-        let conv = Conv3x3::new(p, algo).unwrap().with_wino_tiling(tiling);
-        if (algo, tiling) == (ConvAlgo::Wgmma, WinoTiling::Flat) {
-            let labels = [ConvPass::Fprop, ConvPass::Dgrad, ConvPass::Wgrad].map(|q| conv.label(q));
-            assert!(labels.iter().all(|l| l.starts_with("wgmma/") && !l.contains("halo")), "{p}: {labels:?}");
-        }
-        if tiling == WinoTiling::TmaWs {
-            assert!(conv.label(ConvPass::Wgrad).ends_with("/tma-ws"), "{p}: {}", conv.label(ConvPass::Wgrad));
-        }
-        if tiling == WinoTiling::TmaMc {
-            // Its own wgrad in clusters where K > 128, else Region's.
-            let label = conv.label(ConvPass::Wgrad);
-            assert_eq!(label.ends_with("/tma-mc"), p.k > 128, "{p}: {label}");
-            assert!(p.k > 128 || !label.contains("tma"), "{p}: {label}");
-        }
-        let algo = (algo, tiling);
-        let data = problem_data(&p, spread);
-        let dev = Device::emu();
-        dev.set_schedule(Schedule::Index);
-        let a = run_all(&dev, p, algo, &data);
-        dev.set_schedule(Schedule::Random(7));
-        let b = run_all(&dev, p, algo, &data);
-        assert!(a.0 == b.0, "{p} {algo:?}: fprop differs between schedules");
-        assert!(a.1 == b.1, "{p} {algo:?}: dgrad differs between schedules");
-        assert!(a.2 == b.2, "{p} {algo:?}: wgrad dw differs between schedules");
-        assert!(a.3 == b.3, "{p} {algo:?}: wgrad db differs between schedules");
-        // Nothing left unwritten (poison is NaN: 0x7fff / 0xffff bit patterns).
-        assert!(a.0.iter().chain(&a.1).all(|&v| v & 0x7c00 != 0x7c00), "{p} {algo:?}: NaN/inf in outputs");
-    }
+    ]);
 }
 
 /// All three passes of wgmma under `tiling` on small integers, against the exact references: y and dx
