@@ -7,7 +7,7 @@ mod common;
 use common::{vgg, TempDir};
 use std::time::{Duration, Instant};
 use vgg_cuda::data::Pca;
-use vgg_cuda::train::{run, TrainArgs};
+use vgg_cuda::train::{run, TrainArgs, DEFAULT_LR};
 
 fn tiny(f: impl FnOnce(&mut TrainArgs)) -> TrainArgs {
     let mut a = TrainArgs {
@@ -522,7 +522,8 @@ fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
         "0.5",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("note: --lr 0.5 replaces the run's base rate 0.01"), "{err}");
+    let note = format!("note: --lr 0.5 replaces the run's base rate {DEFAULT_LR}");
+    assert!(out.status.success() && err.contains(&note), "{err}");
     let st = vgg_cuda::train::checkpoint::load(&ck.join("last.safetensors")).unwrap().state.unwrap();
     assert!((st.lr - 0.5).abs() < 1e-6 && st.settings.as_ref().unwrap().lr == Some(0.5), "{st:?}");
     assert!(err.contains("with every rate scaled by"), "{err}");
@@ -536,24 +537,25 @@ fn a_resume_with_other_settings_is_refused_by_name_except_lr() {
     assert!(out.status.success() && err.contains("cosine schedule now anneals over 4 steps, not the run's 2"), "{err}");
 }
 
-/// A resume without --lr keeps the run's base rate: --lr's default (0.01) is a new run's, and
-/// took its place, doubling every rate of a run started with --lr 0.005 (the step schedule's
-/// here, computed from the base rate at every step).
+/// A resume without --lr keeps the run's base rate: --lr's default is a new run's, and took its
+/// place, doubling every rate of a run started with half of it (the step schedule's here,
+/// computed from the base rate at every step).
 #[test]
 fn a_resume_without_lr_keeps_the_runs_rate() {
     let t = TempDir::new("train-cli", "keep-lr");
+    let half = DEFAULT_LR / 2.0;
     let with = |dir: &str, steps, lr, resume: bool| {
         tiny(|a| {
             (a.checkpoint_dir, a.steps, a.lr) = (Some(t.0.join(dir)), Some(steps), lr);
             (a.schedule, a.resume) = ("step:1".into(), resume.then(String::new));
         })
     };
-    run(&with("straight", 3, Some(0.005), false)).unwrap();
-    run(&with("resumed", 2, Some(0.005), false)).unwrap();
+    run(&with("straight", 3, Some(half), false)).unwrap();
+    run(&with("resumed", 2, Some(half), false)).unwrap();
     run(&with("resumed", 3, None, true)).unwrap();
     let load = |dir: &str| vgg_cuda::train::checkpoint::load(&t.0.join(dir).join("last.safetensors")).unwrap();
     let (s, r) = (load("straight"), load("resumed"));
-    assert_eq!(r.state.as_ref().unwrap().settings.as_ref().unwrap().lr, Some(0.005));
+    assert_eq!(r.state.as_ref().unwrap().settings.as_ref().unwrap().lr, Some(half));
     assert!(s.weights == r.weights && s.state == r.state, "{:?} vs {:?}", s.state, r.state);
 }
 

@@ -10,13 +10,12 @@ use std::path::PathBuf;
 pub const DEFAULT_LR: f32 = 0.01;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
-/// device in about a minute on 2 cores (README: 39 s of training; A at 1/16 width, 32x32, 4
-/// synthetic classes, He init, torchvision's input normalisation); the paper's settings are
-/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --batch 256 --epochs 74 --init paper --stats
-/// FILE`
-/// (the training set's mean RGB from `vgg stats`), with `--scale 256` or `--scale 256:512`,
-/// an ImageFolder with a val/ folder for the plateau schedule, and `--pre-init` from a
-/// trained A for the deeper configs (README, "Reproducing the paper").
+/// device in about a minute on 2 cores (README: 39-74 s of training; A at 1/16 width, 32x32,
+/// 4 synthetic classes, He init, torchvision's input normalisation); the paper's settings are
+/// `--width 1 --input 224 --fc 4096 --dropout 0.5 --batch 256 --epochs 74 --init paper
+/// --stats FILE` (the training set's mean RGB from `vgg stats`), with `--scale 256` or
+/// `--scale 256:512`, an ImageFolder with a val/ folder for the plateau schedule, and
+/// `--pre-init` from a trained A for the deeper configs (README, "Reproducing the paper").
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
     /// VGG config: A, A-LRN, B, C, D, E.
@@ -86,8 +85,8 @@ pub struct TrainArgs {
     /// Passes over the training set (unused when --steps is given).
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
-    /// Initial learning rate, the base rate the schedule divides or anneals [default: 0.01, the paper's; with
-    /// --resume, the run's own]. Given with --resume, another value than the run's scales every
+    /// Initial learning rate, the base rate the schedule divides or anneals [default: 0.01, the
+    /// paper's; with --resume, the run's own]. Given with --resume, another value than the run's scales every
     /// rate of its schedule from the checkpoint on by new / old (said on stderr), as lowering
     /// the rate by hand does. A checkpoint of a build that did not record the base rate takes
     /// --lr as it (under the plateau schedule, as the current rate); under the step and cosine

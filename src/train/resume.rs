@@ -244,8 +244,8 @@ fn resume_settings(
         (Some(base), None) => return Ok((Some(base), state.lr)),
         (Some(base), Some(given)) if base == given => return Ok((Some(base), state.lr)),
         (Some(base), Some(given)) => (base, given),
-        // The step and cosine schedules derive every rate from the base rate, and a guess
-        // (the default rate) rescaled runs started with another rate without a word: refused without
+        // The step and cosine schedules derive every rate from the base rate, and a guess (the
+        // default rate) rescaled runs started with another rate without a word: refused without
         // --lr. With --lr, the given rate is their base from here on, as the build that wrote
         // the checkpoint took it (the run's own --lr then continues it exactly); said on stderr.
         (None, None) => bail!(
