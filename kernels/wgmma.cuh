@@ -134,42 +134,90 @@ inline WgmmaWarp& wgmma_state(unsigned warp) {
   return w;
 }
 
-// The raw bits of element (mn, k) of an operand, K-major or (mn_major) M/N-major, unswizzled or
-// in the 128-byte swizzle (the header's layouts; the 32- and 64-byte swizzles and a nonzero base
-// offset are not modelled: the launch fails rather than read some other layout).
-inline unsigned short wgmma_operand_bits(unsigned long long desc, int mn, int k, bool mn_major) {
-  const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
+// An operand descriptor, decoded once per wgmma (the header's layouts; the 32- and 64-byte swizzles
+// and a nonzero base offset are not modelled: the launch fails rather than read some other layout).
+struct WgmmaDesc {
+  unsigned long long raw;
+  size_t start, lbo, sbo;
+  bool sw128;
+};
+
+inline WgmmaDesc wgmma_decode(unsigned long long desc) {
   const unsigned swizzle = (unsigned)(desc >> 62), base_offset = (unsigned)(desc >> 49) & 7;
   if (swizzle > 1 || (swizzle == 1 && base_offset != 0))
     emu::fail("wgmma: descriptor 0x%016llx asks for a layout that is not emulated (only unswizzled ones, and "
               "K-major or M/N-major ones with the 128-byte swizzle and base offset 0)",
               desc);
-  size_t off;
-  if (swizzle == 1) {  // the header's 128-byte swizzle: chunk bits 4-6 ^= row bits 7-9 of the address
-    const size_t logical = mn_major ? start + (mn / 64) * lbo + (k / 8) * sbo + (k % 8) * 128 + (mn % 64) * 2
-                                    : start + (mn / 8) * sbo + (mn % 8) * 128 + (k / 8) * 16 + (k % 8) * 2;
-    off = logical ^ (((logical >> 7) & 7) << 4);
-  } else {
-    const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
-    off = start + (mn / 8) * sbo + (k / 8) * lbo + in_core;
-  }
-  if (off + 2 > emu::dyn_smem_bytes())
-    emu::fail("wgmma: descriptor 0x%016llx reads byte %zu of %zu of dynamic shared memory", desc, off,
-              emu::dyn_smem_bytes());
-  unsigned short bits;
-  std::memcpy(&bits, emu::dyn_smem() + off, 2);
-  return bits;
+  return {desc, (size_t)(desc & 0x3fff) << 4, (size_t)((desc >> 16) & 0x3fff) << 4,
+          (size_t)((desc >> 32) & 0x3fff) << 4, swizzle == 1};
 }
 
-// The bits of every operand element op reads: its warp's 16 rows of A (16 x 16), then B (16 x n).
-inline std::vector<unsigned short> wgmma_operands(const WgmmaOp& op) {
-  std::vector<unsigned short> v;
-  v.reserve(256 + 16 * op.n);
+// The byte offset of element (mn, k) in dynamic shared memory, K-major or (mn_major) M/N-major.
+inline size_t wgmma_offset(const WgmmaDesc& d, int mn, int k, bool mn_major) {
+  if (d.sw128) {  // the header's 128-byte swizzle: chunk bits 4-6 ^= row bits 7-9 of the address
+    const size_t logical = mn_major ? d.start + (mn / 64) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + (mn % 64) * 2
+                                    : d.start + (mn / 8) * d.sbo + (mn % 8) * 128 + (k / 8) * 16 + (k % 8) * 2;
+    return logical ^ (((logical >> 7) & 7) << 4);
+  }
+  const size_t in_core = mn_major ? (k % 8) * 16 + (mn % 8) * 2 : (mn % 8) * 16 + (k % 8) * 2;
+  return d.start + (mn / 8) * d.sbo + (k / 8) * d.lbo + in_core;
+}
+
+// The most operand elements one warp's wgmma reads: 16 rows of A (16 x 16) and B (16 x 256).
+constexpr int kWgmmaMaxOperands = 256 + 16 * 256;
+
+// The bits of every operand element op reads, into out: its warp's 16 rows of A (16 x 16), then
+// B (16 x n, k-major: out[256 + n k + c]); returns how many. Eight elements adjacent along the
+// operand's major dimension (k for K-major, m / n for M/N-major) are one 16-byte chunk in every
+// layout above (the swizzle moves whole chunks), so they are read as one. A chunk past the
+// dynamic shared memory fails the launch.
+inline int wgmma_operands(const WgmmaOp& op, unsigned short* out) {
+  const unsigned char* smem = emu::dyn_smem();
+  const size_t bytes = emu::dyn_smem_bytes();
+  unsigned short v[8];
+  auto chunk = [&](const WgmmaDesc& d, int mn, int k, bool mn_major) {  // (mn, k) and the 7 after it
+    const size_t off = wgmma_offset(d, mn, k, mn_major);
+    if (off + 16 > bytes)
+      emu::fail("wgmma: descriptor 0x%016llx reads bytes %zu to %zu of %zu of dynamic shared memory", d.raw, off,
+                off + 15, bytes);
+    std::memcpy(v, smem + off, 16);
+  };
+  const WgmmaDesc a = wgmma_decode(op.da), b = wgmma_decode(op.db);
+  const int m0 = 16 * (int)op.wg_warp, n = op.n;
+  for (int r = 0; r < 16; r += op.trans.a ? 8 : 1)
+    for (int k = 0; k < 16; k += op.trans.a ? 1 : 8) {
+      chunk(a, m0 + r, k, op.trans.a);
+      for (int i = 0; i < 8; ++i) out[op.trans.a ? 16 * (r + i) + k : 16 * r + k + i] = v[i];
+    }
+  for (int k = 0; k < 16; k += op.trans.b ? 1 : 8)
+    for (int c = 0; c < n; c += op.trans.b ? 8 : 1) {
+      chunk(b, c, k, op.trans.b);
+      for (int i = 0; i < 8; ++i) out[op.trans.b ? 256 + n * k + c + i : 256 + n * (k + i) + c] = v[i];
+    }
+  return 256 + 16 * n;
+}
+
+// D (16 x N of this warp) = A B + (acc ? D : 0) from the operands' bits. D's element (r, c) lives in
+// lane 4 (r % 8) + (c % 8) / 2, register 4 (c / 8) + 2 (r / 8) + c % 2 (the header's layout). Each
+// element sums its 16 products in k order, one after another; k runs outside the columns, whose
+// count is a constant, so that the compiler vectorises across them.
+template <int N>
+void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
+  float a[16][16], b[16][N], d[16][N];
   for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) v.push_back(wgmma_operand_bits(op.da, 16 * (int)op.wg_warp + r, k, op.trans.a));
+    for (int k = 0; k < 16; ++k) a[r][k] = emu_half_bits_to_float(bits[16 * r + k]);
   for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < op.n; ++n) v.push_back(wgmma_operand_bits(op.db, n, k, op.trans.b));
-  return v;
+    for (int c = 0; c < N; ++c) b[k][c] = emu_half_bits_to_float(bits[256 + N * k + c]);
+  auto reg = [&](int r, int c) -> float& { return op.d[4 * (r % 8) + (c % 8) / 2][4 * (c / 8) + 2 * (r / 8) + c % 2]; };
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < N; ++c) d[r][c] = op.acc ? reg(r, c) : 0.f;
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k) {
+      const float av = a[r][k];
+      for (int c = 0; c < N; ++c) d[r][c] += av * b[k][c];
+    }
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < N; ++c) reg(r, c) = d[r][c];
 }
 
 // Computes op when a wait retires it. Hardware reads the operands at any time between issue and
@@ -177,26 +225,18 @@ inline std::vector<unsigned short> wgmma_operands(const WgmmaOp& op) {
 // buffer refilled while the group was in flight) is a race there, whatever result the emulator
 // would get: it fails here, naming the issuing site. Otherwise the operands are the snapshot.
 inline void wgmma_run(const WgmmaOp& op) {
-  if (wgmma_operands(op) != op.at_issue)
+  unsigned short now[kWgmmaMaxOperands];
+  const int count = wgmma_operands(op, now);
+  if ((size_t)count != op.at_issue.size() || std::memcmp(now, op.at_issue.data(), 2 * (size_t)count) != 0)
     emu::fail("wgmma at %s:%d (descriptors 0x%016llx, 0x%016llx, warp %u of its warpgroup): its operands "
               "changed between its issue and the wait that retired it: a copy landed after the issue, or "
               "the buffer was rewritten while the group was in flight",
               op.file, op.line, op.da, op.db, op.wg_warp);
-  auto half = [&](size_t i) { return __half2float(__ushort_as_half(op.at_issue[i])); };
-  float a[16][16], b[16][256];
-  for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) a[r][k] = half(16 * r + k);
-  for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < op.n; ++n) b[k][n] = half(256 + (size_t)op.n * k + n);
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, t = l & 3;
-    for (int j = 0; j < op.n / 8; ++j)
-      for (int i = 0; i < 4; ++i) {
-        const int r = g + 8 * (i >> 1), n = 8 * j + 2 * t + (i & 1);
-        float acc = op.acc ? op.d[l][4 * j + i] : 0.f;
-        for (int k = 0; k < 16; ++k) acc += a[r][k] * b[k][n];
-        op.d[l][4 * j + i] = acc;
-      }
+  switch (op.n) {
+    case 64: return wgmma_compute<64>(op, now);
+    case 128: return wgmma_compute<128>(op, now);
+    case 256: return wgmma_compute<256>(op, now);
+    default: emu::fail("wgmma: N %d (64, 128 or 256)", op.n);
   }
 }
 
@@ -211,7 +251,8 @@ void wgmma_issue_collective(void* const* lanes, unsigned) {
       emu::fail("wgmma: lane %d's descriptors or scale-d differ from lane 0's (they must be uniform)", l);
     op.d[l] = in.d;
   }
-  op.at_issue = wgmma_operands(op);
+  op.at_issue.resize(kWgmmaMaxOperands);
+  op.at_issue.resize((size_t)wgmma_operands(op, op.at_issue.data()));
   wgmma_state(l0.warp).open.push_back(std::move(op));
 }
 

@@ -97,6 +97,25 @@ fn a_wgmma_operand_changed_in_flight_fails_the_launch() {
     assert!(e.contains("changed between its issue and the wait") && e.contains("wgmma_test.cu:"), "{e}");
 }
 
+/// Every fp16 bit pattern widens to the fp32 value IEEE 754 gives it (the emulator converts on
+/// the bits, kernels/emu/shim.h): zeros and subnormals of both signs, infinities, and NaNs with
+/// their payload kept and the quiet bit set, as the GPU and the `half` crate do.
+#[test]
+fn every_half_widens_exactly() {
+    let dev = Device::emu();
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let x = Tensor::from_host(&dev, &[all.len()], &all).unwrap();
+    let mut y = Tensor::<f32>::empty(&dev, &[all.len()]).unwrap();
+    y.poison().unwrap();
+    ops::cast_f16_to_f32(&x, &mut y).unwrap();
+    for (h, got) in all.iter().zip(y.to_host().unwrap()) {
+        let want = h.to_f32();
+        assert_eq!(got.to_bits(), want.to_bits(), "fp16 {:#06x}: got {got:e}, want {want:e}", h.to_bits());
+    }
+    // The half crate's NaNs come back quiet with the payload: the rule above, checked directly.
+    assert_eq!(f16::from_bits(0x7c01).to_f32().to_bits(), 0x7fc0_2000);
+}
+
 /// Runs max-pool forward and backward on one shape and returns both outputs' bits.
 fn pool_bits(s: Schedule) -> (Vec<u16>, Vec<u16>) {
     let dev = Device::emu();

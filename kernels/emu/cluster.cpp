@@ -73,8 +73,8 @@ void cluster_try_complete(Cluster& c) {
     c.arrived = 0;
     c.gone = c.done;
     for (Block& b : c.blocks)
-        for (Fiber& f : b.fibers)
-            if (f.state == State::AtCluster && f.cl_arrivals <= c.phase) f.state = State::Ready;
+        for (unsigned i = 0; i < b.nthreads; ++i)
+            if (b.fibers[i].state == State::AtCluster && b.fibers[i].cl_arrivals <= c.phase) wake(b, i);
 }
 
 // Whether block b's exit, now, follows the use u of its shared memory.

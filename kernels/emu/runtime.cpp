@@ -325,6 +325,8 @@ EMU_NO_TSAN bool run_cluster(Cluster& c, int schedule, uint64_t& rng, std::strin
             __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
 #endif
             c.in_fiber = true;
+            c.wake_lo = ~0u;
+            c.wake_hi = 0;
             emu_fiber_switch(&b.sched_sp, f.sp);
             c.in_fiber = false;
             if (b.failed || (b.done == n && !b.exited && !block_exit(c, b))) {
@@ -333,8 +335,14 @@ EMU_NO_TSAN bool run_cluster(Cluster& c, int schedule, uint64_t& rng, std::strin
                 return false;
             }
             if (depth_first) {
+                // The scan restarts at the first thread of the order that is not done, and would
+                // find the first Ready one: no earlier than this fiber (the threads it passed
+                // were waiting) unless this fiber woke earlier ones. Index order: position = flat
+                // index; reverse: the last flat index woken comes first.
                 while (done_front < ord.size() && c.flat[ord[done_front]]->state == State::Done) ++done_front;
-                pos = done_front - 1;  // restart the scan there (++pos wraps size_t(-1) to 0)
+                size_t next = pos;
+                if (c.wake_lo <= c.wake_hi) next = std::min<size_t>(next, schedule == 0 ? c.wake_lo : ord.size() - 1 - c.wake_hi);
+                pos = std::max(next, done_front) - 1;  // resume there (++pos wraps size_t(-1) to 0)
             }
         }
         if (!progress) {
@@ -405,8 +413,8 @@ EMU_NO_TSAN void syncthreads(const char* file, int line) {
     if (++b->bar_arrived == b->nthreads) {
         b->bar_arrived = 0;
         b->bar_gen++;
-        for (auto& o : b->fibers)
-            if (o.state == State::AtBarrier) o.state = State::Ready;
+        for (unsigned i = 0; i < b->nthreads; ++i)
+            if (b->fibers[i].state == State::AtBarrier) wake(*b, i);
     } else {
         f.state = State::AtBarrier;
     }
@@ -474,8 +482,7 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
 #endif
         for (unsigned l = 0; l < 32; ++l) {
             unsigned gl = warp * 32 + l;
-            if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::AtWarp)
-                b->fibers[gl].state = State::Ready;
+            if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::AtWarp) wake(*b, gl);
         }
         switch_to_scheduler();  // as at __syncthreads: the schedule picks who resumes first
     } else {
@@ -538,8 +545,8 @@ namespace {
 // Lets the fibers of `b` waiting on `bar` look at it again.
 void mbarrier_wake(Block& b, const void* bar) {
     TsanIgnore bookkeeping;  // fibers' states, which a peer block's arrival also writes
-    for (auto& f : b.fibers)
-        if (f.state == State::AtMbarrier && f.mbar_wait == bar) f.state = State::Ready;
+    for (unsigned i = 0; i < b.nthreads; ++i)
+        if (b.fibers[i].state == State::AtMbarrier && b.fibers[i].mbar_wait == bar) wake(b, i);
 }
 
 // Lands the barrier's bulk copies, taking their bytes off its tx-count.

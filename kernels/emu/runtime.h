@@ -165,10 +165,24 @@ struct Cluster {
     unsigned long long phase = 0;  // barrier.cluster phases completed
     unsigned arrived = 0, gone = 0;
     bool in_fiber = false;  // a fiber runs (what the shared-memory fault handler checks)
+    // The fibers made Ready by the one running (flat indices; lo > hi: none): a depth-first scan
+    // resumes at the earliest of them, or at the fiber it ran, instead of rescanning from the
+    // start the threads before it that still wait (quadratic in the block's threads).
+    unsigned wake_lo = ~0u, wake_hi = 0;
 #ifdef EMU_TSAN
     char bar_sync[2];
 #endif
 };
+
+// Fiber `idx` of block `b` waits no longer: notes its place for the scheduler (no TSan: the
+// scheduler's bookkeeping, as TsanIgnore's comment explains).
+EMU_NO_TSAN inline void wake(Block& b, unsigned idx) {
+    b.fibers[idx].state = State::Ready;
+    Cluster& c = *b.cluster;
+    const unsigned flat = b.rank * b.nthreads + idx;
+    if (flat < c.wake_lo) c.wake_lo = flat;
+    if (flat > c.wake_hi) c.wake_hi = flat;
+}
 
 extern thread_local Block* g_block;
 

@@ -133,13 +133,36 @@ void tma_load_multicast(void* dst, const void* map, const int* coords, int rank,
 // g++ 12 has _Float16 on x86-64; every operation below rounds once, to nearest even, as
 // CUDA's __hadd / __hmul do. A single float operation on two fp16 values followed by one
 // rounding to fp16 is correctly rounded (float has more than 2*11+2 bits).
+// fp16 -> fp32 is exact, but without F16C g++ calls libgcc's generic __extendhfsf2 for it,
+// which was ~8% of the wgmma convs' emulation: this does it on the bits, with the same result
+// (a signalling NaN comes back quiet, as from __extendhfsf2 and the GPU).
+inline float emu_half_bits_to_float(unsigned short h) {
+    const unsigned sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    unsigned bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0u);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+        const float mag = static_cast<float>(man) * 0x1p-24f;  // a subnormal (or zero): exact
+        std::memcpy(&bits, &mag, 4);
+        bits |= sign;
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
 struct alignas(2) __half {
     _Float16 v;
     __half() = default;
     __half(float f) : v(static_cast<_Float16>(f)) {}
     __half(double f) : v(static_cast<_Float16>(static_cast<float>(f))) {}
     __half(int i) : v(static_cast<_Float16>(static_cast<float>(i))) {}
-    operator float() const { return static_cast<float>(v); }
+    operator float() const {
+        unsigned short u;
+        std::memcpy(&u, &v, 2);
+        return emu_half_bits_to_float(u);
+    }
 };
 struct alignas(4) __half2 {
     __half x, y;
@@ -149,7 +172,7 @@ using half2 = __half2;
 
 inline __half __float2half(float f) { return __half(f); }
 inline __half __float2half_rn(float f) { return __half(f); }
-inline float __half2float(__half h) { return static_cast<float>(h.v); }
+inline float __half2float(__half h) { return static_cast<float>(h); }
 inline unsigned short __half_as_ushort(__half h) {
     unsigned short u;
     std::memcpy(&u, &h, 2);
