@@ -166,58 +166,70 @@ inline size_t wgmma_offset(const WgmmaDesc& d, int mn, int k, bool mn_major) {
 // The most operand elements one warp's wgmma reads: 16 rows of A (16 x 16) and B (16 x 256).
 constexpr int kWgmmaMaxOperands = 256 + 16 * 256;
 
-// The bits of every operand element op reads, into out: its warp's 16 rows of A (16 x 16), then
-// B (16 x n, k-major: out[256 + n k + c]); returns how many. Eight elements adjacent along the
-// operand's major dimension (k for K-major, m / n for M/N-major) are one 16-byte chunk in every
-// layout above (the swizzle moves whole chunks), so they are read as one. A chunk past the
-// dynamic shared memory fails the launch.
+// The bits of every operand element op reads, into out, a 16-byte chunk at a time: eight elements
+// adjacent along the operand's major dimension (k for K-major, m / n for M/N-major) are one chunk
+// in every layout above (the swizzle moves whole chunks). Chunk order: A's (its warp's 16 rows),
+// then B's, each in the order of wgmma_index; returns how many elements. A chunk past the dynamic
+// shared memory fails the launch.
 inline int wgmma_operands(const WgmmaOp& op, unsigned short* out) {
   const unsigned char* smem = emu::dyn_smem();
   const size_t bytes = emu::dyn_smem_bytes();
-  unsigned short v[8];
   auto chunk = [&](const WgmmaDesc& d, int mn, int k, bool mn_major) {  // (mn, k) and the 7 after it
     const size_t off = wgmma_offset(d, mn, k, mn_major);
     if (off + 16 > bytes)
       emu::fail("wgmma: descriptor 0x%016llx reads bytes %zu to %zu of %zu of dynamic shared memory", d.raw, off,
                 off + 15, bytes);
-    std::memcpy(v, smem + off, 16);
+    std::memcpy(out, smem + off, 16);
+    out += 8;
   };
   const WgmmaDesc a = wgmma_decode(op.da), b = wgmma_decode(op.db);
   const int m0 = 16 * (int)op.wg_warp, n = op.n;
-  for (int r = 0; r < 16; r += op.trans.a ? 8 : 1)
-    for (int k = 0; k < 16; k += op.trans.a ? 1 : 8) {
-      chunk(a, m0 + r, k, op.trans.a);
-      for (int i = 0; i < 8; ++i) out[op.trans.a ? 16 * (r + i) + k : 16 * r + k + i] = v[i];
-    }
+  for (int k = 0; k < 16; k += op.trans.a ? 1 : 8)
+    for (int r = 0; r < 16; r += op.trans.a ? 8 : 1) chunk(a, m0 + r, k, op.trans.a);
   for (int k = 0; k < 16; k += op.trans.b ? 1 : 8)
-    for (int c = 0; c < n; c += op.trans.b ? 8 : 1) {
-      chunk(b, c, k, op.trans.b);
-      for (int i = 0; i < 8; ++i) out[op.trans.b ? 256 + n * k + c + i : 256 + n * (k + i) + c] = v[i];
-    }
+    for (int c = 0; c < n; c += op.trans.b ? 8 : 1) chunk(b, c, k, op.trans.b);
   return 256 + 16 * n;
+}
+
+// Where wgmma_operands put element (mn, k) of an operand with `mns` rows (A: 16, B: N): chunks run
+// over k outside mn, 8 apart along the major dimension.
+inline int wgmma_index(int mn, int k, int mns, bool mn_major) {
+  return mn_major ? 8 * (k * (mns / 8) + mn / 8) + mn % 8 : 8 * ((k / 8) * mns + mn) + k % 8;
 }
 
 // D (16 x N of this warp) = A B + (acc ? D : 0) from the operands' bits. D's element (r, c) lives in
 // lane 4 (r % 8) + (c % 8) / 2, register 4 (c / 8) + 2 (r / 8) + c % 2 (the header's layout). Each
-// element sums its 16 products in k order, one after another; k runs outside the columns, whose
-// count is a constant, so that the compiler vectorises across them.
+// element sums its 16 products in k order, one after another (a vector of 4 lanes adds 4 columns'
+// products, each rounded as alone; no fused multiply-add: -ffp-contract=off); 16 columns stay in
+// registers over the k loop.
 template <int N>
 void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
-  float a[16][16], b[16][N], d[16][N];
+  typedef float v4 __attribute__((vector_size(16)));
+  float a[16][16];
+  alignas(16) float b[16][N];
   for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) a[r][k] = emu_half_bits_to_float(bits[16 * r + k]);
+    for (int k = 0; k < 16; ++k) a[r][k] = emu_half_bits_to_float(bits[wgmma_index(r, k, 16, op.trans.a)]);
   for (int k = 0; k < 16; ++k)
-    for (int c = 0; c < N; ++c) b[k][c] = emu_half_bits_to_float(bits[256 + N * k + c]);
+    for (int c = 0; c < N; ++c) b[k][c] = emu_half_bits_to_float(bits[256 + wgmma_index(c, k, N, op.trans.b)]);
   auto reg = [&](int r, int c) -> float& { return op.d[4 * (r % 8) + (c % 8) / 2][4 * (c / 8) + 2 * (r / 8) + c % 2]; };
   for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < N; ++c) d[r][c] = op.acc ? reg(r, c) : 0.f;
-  for (int r = 0; r < 16; ++r)
-    for (int k = 0; k < 16; ++k) {
-      const float av = a[r][k];
-      for (int c = 0; c < N; ++c) d[r][c] += av * b[k][c];
+    for (int c0 = 0; c0 < N; c0 += 16) {
+      alignas(16) float init[16];
+      for (int i = 0; i < 16; ++i) init[i] = op.acc ? reg(r, c0 + i) : 0.f;
+      v4 d[4];
+      std::memcpy(d, init, sizeof d);
+      for (int k = 0; k < 16; ++k) {
+        const v4 av = {a[r][k], a[r][k], a[r][k], a[r][k]};
+        v4 bv[4];
+        std::memcpy(bv, &b[k][c0], sizeof bv);
+        d[0] += av * bv[0];
+        d[1] += av * bv[1];
+        d[2] += av * bv[2];
+        d[3] += av * bv[3];
+      }
+      std::memcpy(init, d, sizeof d);
+      for (int i = 0; i < 16; ++i) reg(r, c0 + i) = init[i];
     }
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < N; ++c) reg(r, c) = d[r][c];
 }
 
 // Computes op when a wait retires it. Hardware reads the operands at any time between issue and
