@@ -99,15 +99,25 @@ void mma_collective(void* const* lanes, unsigned) {
     for (int i = 0; i < K / 4; ++i) B[2 * t + (i & 1) + 8 * (i >> 1)][g] = f16_elem(in.b, i);
     for (int i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = in.c[i];
   }
+  // Row m's 8 columns as two 4-lane vectors, each lane's sum in k order (no fused multiply-add:
+  // -ffp-contract=off), so each element is the sum above, computed 4 at a time.
+  typedef float v4 __attribute__((vector_size(16)));
+  alignas(16) float D[16][8];
+  for (int m = 0; m < 16; ++m) {
+    v4 d[2], b[2];
+    std::memcpy(d, C[m], sizeof d);
+    for (int k = 0; k < K; ++k) {
+      const v4 a = {A[m][k], A[m][k], A[m][k], A[m][k]};
+      std::memcpy(b, B[k], sizeof b);
+      d[0] += a * b[0];
+      d[1] += a * b[1];
+    }
+    std::memcpy(D[m], d, sizeof d);
+  }
   for (int l = 0; l < 32; ++l) {
     MmaLane<K>& out = *static_cast<MmaLane<K>*>(lanes[l]);
     const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < 4; ++i) {
-      const int m = g + 8 * (i >> 1), n = 2 * t + (i & 1);
-      float acc = C[m][n];
-      for (int k = 0; k < K; ++k) acc += A[m][k] * B[k][n];
-      out.d[i] = acc;
-    }
+    for (int i = 0; i < 4; ++i) out.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];
   }
 }
 

@@ -405,7 +405,7 @@ EMU_NO_TSAN void syncthreads(const char* file, int line) {
     if (b->bar_arrived == 0) {
         b->bar_file = file;
         b->bar_line = line;
-    } else if (b->bar_line != line || std::strcmp(b->bar_file, file) != 0) {
+    } else if (b->bar_line != line || (b->bar_file != file && std::strcmp(b->bar_file, file) != 0)) {
         fail("divergent __syncthreads: thread %s at %s while other threads wait at %s",
              tid_str(f).c_str(), site(file, line).c_str(), site(b->bar_file, b->bar_line).c_str());
     }
@@ -453,12 +453,12 @@ EMU_NO_TSAN void warp_collective(unsigned mask, const char* op, const char* file
         w.file = file;
         w.line = line;
         w.fn = fn;
-    } else if (w.mask != mask || w.line != line || std::strcmp(w.file, file) != 0) {
+    } else if (w.mask != mask || w.line != line || (w.file != file && std::strcmp(w.file, file) != 0)) {
         fail("divergent warp collective: lane %u at %s %s (mask 0x%08x) while lanes wait at %s %s "
              "(mask 0x%08x)",
              lane, op, site(file, line).c_str(), mask, w.op, site(w.file, w.line).c_str(), w.mask);
     }
-    for (unsigned l = 0; l < 32; ++l) {
+    for (unsigned l = 0; b->done != 0 && l < 32; ++l) {  // (no thread of the block has exited: none to find)
         unsigned gl = warp * 32 + l;
         if (((mask >> l) & 1u) && gl < b->nthreads && b->fibers[gl].state == State::Done)
             fail("%s at %s: lane %u of mask 0x%08x has exited", op, site(file, line).c_str(), l, mask);

@@ -139,10 +139,10 @@ void tma_load_multicast(void* dst, const void* map, const int* coords, int rank,
 inline float emu_half_bits_to_float(unsigned short h) {
     const unsigned sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
     unsigned bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0u);
-    } else if (exp != 0) {
+    if (__builtin_expect(exp - 1u < 30u, 1)) {  // normal: a branch, not computing every case
         bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13) | (man ? 0x400000u : 0u);
     } else {
         const float mag = static_cast<float>(man) * 0x1p-24f;  // a subnormal (or zero): exact
         std::memcpy(&bits, &mag, 4);
