@@ -202,7 +202,14 @@ inline int wgmma_index(int mn, int k, int mns, bool mn_major) {
 // element sums its 16 products in k order, one after another (a vector of 4 lanes adds 4 columns'
 // products, each rounded as alone; no fused multiply-add: -ffp-contract=off); 16 columns stay in
 // registers over the k loop.
+// Not instrumented under ThreadSanitizer: it reads only the snapshot and its own arrays, and
+// writes the warp's accumulators inside the collective that WgmmaOrdered orders (instrumented, its
+// arithmetic was most of the wgmma kernels' time under emu-tsan); the operands' shared-memory
+// reads (wgmma_operands) stay instrumented.
 template <int N>
+#if defined(__SANITIZE_THREAD__)
+__attribute__((no_sanitize_thread))
+#endif
 void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
   typedef float v4 __attribute__((vector_size(16)));
   float a[16][16];

@@ -186,8 +186,8 @@ fn two_schedules_bit_identical() {
     ]));
 }
 
-/// The wgmma convolutions under two schedules: their own test, kept out of ThreadSanitizer's
-/// run (instrumented, their warpgroups and copy-engine models take tens of minutes on 2 cores).
+/// The wgmma convolutions under two schedules: their own test, which ThreadSanitizer's run takes
+/// only with `scripts/emu-tsan --wgmma` (instrumented, ~6 minutes on 2 cores).
 #[test]
 fn two_schedules_bit_identical_wgmma() {
     // wgmma's flat tiles (Auto takes the halo ones): N 64 / 128 / 256 and the flat wgrad; its
