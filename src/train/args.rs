@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub const DEFAULT_LR: f32 = 0.01;
 
 /// Arguments of `vgg train`. The defaults are a small run that visibly learns on the emu
-/// device in about a minute on 2 cores (README: 39-74 s of training; A at 1/16 width, 32x32,
+/// device in under a minute on 2 cores (README: 28.4 s of training; A at 1/16 width, 32x32,
 /// 4 synthetic classes, He init, torchvision's input normalisation); the paper's settings are
 /// `--width 1 --input 224 --fc 4096 --dropout 0.5 --batch 256 --epochs 74 --init paper
 /// --stats FILE` (the training set's mean RGB from `vgg stats`), with `--scale 256` or
