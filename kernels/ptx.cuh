@@ -84,6 +84,28 @@ struct MmaLane {
   float d[4];
 };
 
+// d[0..W) += a[k] * b[k][0..W) for k = 0..K-1 (b's rows ldb floats apart): each d[j] adds its K
+// products one after another in k order, as a scalar loop would (no fused multiply-add:
+// -ffp-contract=off), 4 columns a vector held in registers over the k loop. It touches only its
+// callers' local arrays, so ThreadSanitizer need not watch it (emu-tsan's wgmma runs: wgmma_compute).
+template <int W, int K>
+#if defined(__SANITIZE_THREAD__)
+__attribute__((no_sanitize_thread))
+#endif
+inline void row_madd(float* d, const float* a, const float* b, int ldb) {
+  static_assert(W % 4 == 0, "row_madd: whole vectors of 4 columns");
+  typedef float v4 __attribute__((vector_size(16)));
+  v4 acc[W / 4], bv[W / 4];
+  std::memcpy(acc, d, sizeof acc);
+  for (int k = 0; k < K; ++k) {
+    const v4 av = {a[k], a[k], a[k], a[k]};
+    std::memcpy(bv, b + (size_t)k * ldb, sizeof bv);
+#pragma GCC unroll 16  // (unrolled, acc stays in registers; a loop kept it in memory at -O2)
+    for (int j = 0; j < W / 4; ++j) acc[j] += av * bv[j];
+  }
+  std::memcpy(d, acc, sizeof acc);
+}
+
 // Fragment coordinates (PTX ISA, "Matrix fragments for mma.m16n8k16 / mma.m16n8k8").
 //   A f16 (a_i):  row = g + 8*((i>>1)&1), col = 2t + (i&1) + 8*(i>>2)     [k8: i < 4]
 //   B f16 (b_i):  k   = 2t + (i&1) + 8*(i>>1), n = g                       [k8: i < 2]
@@ -99,25 +121,11 @@ void mma_collective(void* const* lanes, unsigned) {
     for (int i = 0; i < K / 4; ++i) B[2 * t + (i & 1) + 8 * (i >> 1)][g] = f16_elem(in.b, i);
     for (int i = 0; i < 4; ++i) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = in.c[i];
   }
-  // Row m's 8 columns as two 4-lane vectors, each lane's sum in k order (no fused multiply-add:
-  // -ffp-contract=off), so each element is the sum above, computed 4 at a time.
-  typedef float v4 __attribute__((vector_size(16)));
-  alignas(16) float D[16][8];
-  for (int m = 0; m < 16; ++m) {
-    v4 d[2], b[2];
-    std::memcpy(d, C[m], sizeof d);
-    for (int k = 0; k < K; ++k) {
-      const v4 a = {A[m][k], A[m][k], A[m][k], A[m][k]};
-      std::memcpy(b, B[k], sizeof b);
-      d[0] += a * b[0];
-      d[1] += a * b[1];
-    }
-    std::memcpy(D[m], d, sizeof d);
-  }
+  for (int m = 0; m < 16; ++m) row_madd<8, K>(C[m], A[m], B[0], 8);  // C becomes D
   for (int l = 0; l < 32; ++l) {
     MmaLane<K>& out = *static_cast<MmaLane<K>*>(lanes[l]);
     const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < 4; ++i) out.d[i] = D[g + 8 * (i >> 1)][2 * t + (i & 1)];
+    for (int i = 0; i < 4; ++i) out.d[i] = C[g + 8 * (i >> 1)][2 * t + (i & 1)];
   }
 }
 

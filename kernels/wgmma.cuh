@@ -163,15 +163,15 @@ inline size_t wgmma_offset(const WgmmaDesc& d, int mn, int k, bool mn_major) {
   return d.start + (mn / 8) * d.sbo + (k / 8) * d.lbo + in_core;
 }
 
-// The most operand elements one warp's wgmma reads: 16 rows of A (16 x 16) and B (16 x 256).
-constexpr int kWgmmaMaxOperands = 256 + 16 * 256;
+// How many operand elements one warp's wgmma reads: 16 rows of A (16 x 16) and B (16 x n).
+constexpr int wgmma_operand_count(int n) { return 256 + 16 * n; }
 
 // The bits of every operand element op reads, into out, a 16-byte chunk at a time: eight elements
 // adjacent along the operand's major dimension (k for K-major, m / n for M/N-major) are one chunk
 // in every layout above (the swizzle moves whole chunks). Chunk order: A's (its warp's 16 rows),
-// then B's, each in the order of wgmma_index; returns how many elements. A chunk past the dynamic
-// shared memory fails the launch.
-inline int wgmma_operands(const WgmmaOp& op, unsigned short* out) {
+// then B's, each in the order of wgmma_index (wgmma_operand_count(op.n) in all). A chunk past the
+// dynamic shared memory fails the launch.
+inline void wgmma_operands(const WgmmaOp& op, unsigned short* out) {
   const unsigned char* smem = emu::dyn_smem();
   const size_t bytes = emu::dyn_smem_bytes();
   auto chunk = [&](const WgmmaDesc& d, int mn, int k, bool mn_major) {  // (mn, k) and the 7 after it
@@ -188,7 +188,6 @@ inline int wgmma_operands(const WgmmaOp& op, unsigned short* out) {
     for (int r = 0; r < 16; r += op.trans.a ? 8 : 1) chunk(a, m0 + r, k, op.trans.a);
   for (int k = 0; k < 16; k += op.trans.b ? 1 : 8)
     for (int c = 0; c < n; c += op.trans.b ? 8 : 1) chunk(b, c, k, op.trans.b);
-  return 256 + 16 * n;
 }
 
 // Where wgmma_operands put element (mn, k) of an operand with `mns` rows (A: 16, B: N): chunks run
@@ -199,9 +198,7 @@ inline int wgmma_index(int mn, int k, int mns, bool mn_major) {
 
 // D (16 x N of this warp) = A B + (acc ? D : 0) from the operands' bits. D's element (r, c) lives in
 // lane 4 (r % 8) + (c % 8) / 2, register 4 (c / 8) + 2 (r / 8) + c % 2 (the header's layout). Each
-// element sums its 16 products in k order, one after another (a vector of 4 lanes adds 4 columns'
-// products, each rounded as alone; no fused multiply-add: -ffp-contract=off); 16 columns stay in
-// registers over the k loop.
+// element sums its 16 products in k order, one after another (row_madd, 16 columns at a time).
 // Not instrumented under ThreadSanitizer: it reads only the snapshot and its own arrays, and
 // writes the warp's accumulators inside the collective that WgmmaOrdered orders (instrumented, its
 // arithmetic was most of the wgmma kernels' time under emu-tsan); the operands' shared-memory
@@ -211,9 +208,7 @@ template <int N>
 __attribute__((no_sanitize_thread))
 #endif
 void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
-  typedef float v4 __attribute__((vector_size(16)));
-  float a[16][16];
-  alignas(16) float b[16][N];
+  float a[16][16], b[16][N];
   for (int r = 0; r < 16; ++r)
     for (int k = 0; k < 16; ++k) a[r][k] = emu_half_bits_to_float(bits[wgmma_index(r, k, 16, op.trans.a)]);
   for (int k = 0; k < 16; ++k)
@@ -221,21 +216,10 @@ void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
   auto reg = [&](int r, int c) -> float& { return op.d[4 * (r % 8) + (c % 8) / 2][4 * (c / 8) + 2 * (r / 8) + c % 2]; };
   for (int r = 0; r < 16; ++r)
     for (int c0 = 0; c0 < N; c0 += 16) {
-      alignas(16) float init[16];
-      for (int i = 0; i < 16; ++i) init[i] = op.acc ? reg(r, c0 + i) : 0.f;
-      v4 d[4];
-      std::memcpy(d, init, sizeof d);
-      for (int k = 0; k < 16; ++k) {
-        const v4 av = {a[r][k], a[r][k], a[r][k], a[r][k]};
-        v4 bv[4];
-        std::memcpy(bv, &b[k][c0], sizeof bv);
-        d[0] += av * bv[0];
-        d[1] += av * bv[1];
-        d[2] += av * bv[2];
-        d[3] += av * bv[3];
-      }
-      std::memcpy(init, d, sizeof d);
-      for (int i = 0; i < 16; ++i) reg(r, c0 + i) = init[i];
+      float d[16];
+      for (int i = 0; i < 16; ++i) d[i] = op.acc ? reg(r, c0 + i) : 0.f;
+      row_madd<16, 16>(d, a[r], &b[0][c0], N);
+      for (int i = 0; i < 16; ++i) reg(r, c0 + i) = d[i];
     }
 }
 
@@ -244,9 +228,9 @@ void wgmma_compute(const WgmmaOp& op, const unsigned short* bits) {
 // buffer refilled while the group was in flight) is a race there, whatever result the emulator
 // would get: it fails here, naming the issuing site. Otherwise the operands are the snapshot.
 inline void wgmma_run(const WgmmaOp& op) {
-  unsigned short now[kWgmmaMaxOperands];
-  const int count = wgmma_operands(op, now);
-  if ((size_t)count != op.at_issue.size() || std::memcmp(now, op.at_issue.data(), 2 * (size_t)count) != 0)
+  unsigned short now[wgmma_operand_count(256)];
+  wgmma_operands(op, now);
+  if (std::memcmp(now, op.at_issue.data(), 2 * op.at_issue.size()) != 0)
     emu::fail("wgmma at %s:%d (descriptors 0x%016llx, 0x%016llx, warp %u of its warpgroup): its operands "
               "changed between its issue and the wait that retired it: a copy landed after the issue, or "
               "the buffer was rewritten while the group was in flight",
@@ -270,8 +254,8 @@ void wgmma_issue_collective(void* const* lanes, unsigned) {
       emu::fail("wgmma: lane %d's descriptors or scale-d differ from lane 0's (they must be uniform)", l);
     op.d[l] = in.d;
   }
-  op.at_issue.resize(kWgmmaMaxOperands);
-  op.at_issue.resize((size_t)wgmma_operands(op, op.at_issue.data()));
+  op.at_issue.resize(wgmma_operand_count(N));
+  wgmma_operands(op, op.at_issue.data());
   wgmma_state(l0.warp).open.push_back(std::move(op));
 }
 

@@ -130,9 +130,6 @@ void tma_load_multicast(void* dst, const void* map, const int* coords, int rank,
 #define __syncwarp(...) ::emu::syncwarp_at(__FILE__, __LINE__, ##__VA_ARGS__)
 
 // ---- fp16 ------------------------------------------------------------------------------------
-// g++ 12 has _Float16 on x86-64; every operation below rounds once, to nearest even, as
-// CUDA's __hadd / __hmul do. A single float operation on two fp16 values followed by one
-// rounding to fp16 is correctly rounded (float has more than 2*11+2 bits).
 // fp16 -> fp32 is exact, but without F16C g++ calls libgcc's generic __extendhfsf2 for it,
 // which was ~8% of the wgmma convs' emulation: this does it on the bits, with the same result
 // (a signalling NaN comes back quiet, as from __extendhfsf2 and the GPU).
@@ -152,6 +149,9 @@ inline float emu_half_bits_to_float(unsigned short h) {
     std::memcpy(&f, &bits, 4);
     return f;
 }
+// g++ 12 has _Float16 on x86-64; every operation below rounds once, to nearest even, as
+// CUDA's __hadd / __hmul do. A single float operation on two fp16 values followed by one
+// rounding to fp16 is correctly rounded (float has more than 2*11+2 bits).
 struct alignas(2) __half {
     _Float16 v;
     __half() = default;
