@@ -39,7 +39,11 @@ pub fn build(kernels_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     std::fs::create_dir_all(&gen).expect("create OUT_DIR/emu");
     let mut table = String::from("#include \"emu/launch.h\"\n#include <cstring>\n");
     let mut lookups = String::new();
-    let mut files = vec![kernels_dir.join("emu/runtime.cpp"), kernels_dir.join("emu/cluster.cpp")];
+    let mut files = vec![
+        kernels_dir.join("emu/runtime.cpp"),
+        kernels_dir.join("emu/cluster.cpp"),
+        kernels_dir.join("emu/fault.cpp"),
+    ];
     for src in sources {
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));

@@ -125,3 +125,10 @@ extern "C" __global__ void shim_bulk_unwaited(int* out) {
         bulk_copy_g2s(smem, out, 16, &bar);
     }
 }
+
+// Thread 0 copies src[from] to dst[to]. The planted bugs are indices outside the buffers: the emu
+// device lays every allocation between guard pages and checks the slack they leave after each
+// launch (src/device/emu.rs), so each such access fails the launch, naming the allocation.
+extern "C" __global__ void shim_copy_at(const float* src, float* dst, long long from, long long to) {
+    if (threadIdx.x == 0) dst[to] = src[from];
+}

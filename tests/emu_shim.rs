@@ -1,7 +1,8 @@
 //! The emulator's own semantics (kernels/shim_test.cu): warp shuffles and votes, a block
 //! reduction through shared memory and barriers, and the CUDA rules it must enforce (a
 //! divergent barrier, a thread that exits before a barrier, a shuffle from outside its
-//! mask, a planted missing barrier found by comparing schedules).
+//! mask, a planted missing barrier found by comparing schedules, an access outside every
+//! device allocation).
 
 use vgg_cuda::{Device, Error, KArg, Kernel, LaunchConfig, Schedule, Tensor};
 
@@ -113,6 +114,49 @@ fn shuffle_outside_mask_is_an_error() {
 #[test]
 fn a_copy_past_dynamic_shared_memory_is_an_error() {
     expect_kernel_error("shim_cp_async_overrun", 32, "past the end of dynamic shared memory");
+}
+
+/// `dst[to] = src[from]` on emu, `src` of `n_src` floats and `dst` of `n_dst` (one thread).
+fn copy_at(dev: &Device, n_src: usize, n_dst: usize, from: i64, to: i64) -> Result<Vec<f32>, Error> {
+    let src = Tensor::from_host(dev, &[n_src], &data(n_src))?;
+    let mut dst = Tensor::<f32>::zeros(dev, &[n_dst])?;
+    // SAFETY: the kernel takes two float pointers and two 64-bit indices; the indices outside the
+    // buffers are the point: the emu device must refuse them.
+    unsafe {
+        dev.launch(&k("shim_copy_at"), cfg(1, 32, 0), &[src.arg(), dst.arg_mut(), KArg::I64(from), KArg::I64(to)])
+    }?;
+    dst.to_host()
+}
+
+#[test]
+fn accesses_outside_device_allocations_fail_the_launch_naming_the_allocation() {
+    let dev = Device::emu();
+    let e = |from, to, n_dst| copy_at(&dev, 64, n_dst, from, to).unwrap_err().to_string();
+    // In bounds: the copy lands.
+    assert_eq!(copy_at(&dev, 64, 64, 63, 0).unwrap()[0], data(64)[63]);
+    // Past the end of a 256-byte allocation: the guard page after it.
+    let m = e(64, 0, 64);
+    assert!(m.contains("shim_copy_at") && m.contains("invalid global read"), "{m}");
+    assert!(m.contains("0 bytes past the end of the 256-byte allocation"), "{m}");
+    let m = e(0, 64 + 1000, 64);
+    assert!(m.contains("invalid global write") && m.contains("4000 bytes past the end of the 256-byte"), "{m}");
+    // Before the start by more than the slack in front (3840 bytes here): the guard page there.
+    let m = e(-1000, 0, 64);
+    assert!(m.contains("invalid global read") && m.contains("4000 bytes before the start of the 256-byte"), "{m}");
+    // Into the slack the guards leave: before the start, and the rounding after 40 bytes (10 floats).
+    let m = e(0, -1, 64);
+    assert!(
+        m.contains("wrote outside the 256-byte device allocation") && m.contains("bytes 1 to 4 before its start"),
+        "{m}"
+    );
+    let m = e(0, 10, 10);
+    assert!(
+        m.contains("wrote outside the 40-byte device allocation") && m.contains("bytes 0 to 3 past its end"),
+        "{m}"
+    );
+    // The device goes on, its slack restored: the same copies in bounds pass.
+    assert_eq!(copy_at(&dev, 64, 10, 5, 9).unwrap()[9], data(64)[5]);
+    assert_eq!(block_reduce(&dev, false).unwrap(), block_sums());
 }
 
 #[test]

@@ -37,21 +37,20 @@
 // a wait: a spin loop on a flag another block sets never ends).
 #include "runtime.h"
 
-#include <signal.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <mutex>
 
 namespace emu::rt {
-namespace {
 
-// The rule every use of an exited block's shared memory breaks.
-constexpr const char* kExitRule =
+const char* const kExitRule =
     "a block must not exit while another block of its cluster may still use its shared memory: end the kernel "
     "with cluster_sync";
+
+namespace {
+
 
 bool in_dynamic(const Block& b, const void* p) {
     auto* q = static_cast<const unsigned char*>(p);
@@ -123,56 +122,6 @@ Mbarrier& peer_mbarrier(Block& t, void* tb, const char* op, const char* file, in
     return it->second;
 }
 
-#ifndef EMU_TSAN
-// An access to an exited block's shared memory: the fault handler records it and resumes the
-// faulting fiber here, on its own stack, which fails the launch.
-thread_local const Block* t_fault_block = nullptr;
-thread_local size_t t_fault_offset = 0;
-
-[[noreturn]] void exited_access() {
-    const Block& t = *t_fault_block;
-    fail("thread %s used byte %zu of the shared memory of block %s (rank %u) after that block exited (%s)",
-         tid_str(cur()).c_str(), t_fault_offset, idx_str(t.idx).c_str(), t.rank, kExitRule);
-}
-
-struct sigaction g_prev_segv;
-
-void on_segv(int sig, siginfo_t* si, void* ctx) {
-    const Block* b = g_block;
-    auto* a = static_cast<unsigned char*>(si->si_addr);
-    if (b && b->cluster && b->cluster->in_fiber)
-        for (const Block& t : b->cluster->blocks)
-            if (t.exited && t.map && a >= t.map && a < t.map + t.map_len) {
-                // Resume at exited_access on the fiber's stack, below the faulting frame's red
-                // zone, aligned as at a call (the handler itself may run on a small signal stack).
-                t_fault_block = &t;
-                t_fault_offset = size_t(a - t.map);
-                auto& r = static_cast<ucontext_t*>(ctx)->uc_mcontext.gregs;
-                r[REG_RSP] = greg_t(((unsigned long long)r[REG_RSP] - 256) / 16 * 16 - 8);
-                r[REG_RIP] = greg_t(&exited_access);
-                return;
-            }
-    // Not ours: as if this handler were not there.
-    if (g_prev_segv.sa_flags & SA_SIGINFO) {
-        g_prev_segv.sa_sigaction(sig, si, ctx);
-    } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
-        g_prev_segv.sa_handler(sig);
-    } else {
-        signal(sig, SIG_DFL);  // the access runs again and the process dies as it would have
-    }
-}
-
-void install_fault_handler() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-        struct sigaction sa {};
-        sa.sa_sigaction = on_segv;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGSEGV, &sa, &g_prev_segv);
-    });
-}
-#endif
 
 // An exited block's shared memory while the rest of its cluster runs: inaccessible, so that a
 // use faults (under ThreadSanitizer, whose signal handling the fault handler would upset,

@@ -82,6 +82,11 @@ constexpr size_t kStackBytes = 256 * 1024;  // virtual; only touched pages are c
 constexpr size_t kGuardBytes = 4096;
 }  // namespace
 
+bool in_stack_guard(const Fiber& f, const void* a) {
+    auto* p = static_cast<const unsigned char*>(a);
+    return f.stack && p >= f.stack && p < f.stack + kGuardBytes;
+}
+
 EMU_NO_TSAN void switch_to_scheduler() {
     Block* b = g_block;
 #ifdef EMU_TSAN

@@ -203,6 +203,8 @@ void mbarrier_queue(Block& b, void* bar, BulkCopy c, const char* op);
 BulkCopy tma_box(void* dst, const void* map, const int* coords, int rank);
 
 // cluster.cpp
+// The rule every use of an exited block's shared memory breaks.
+extern const char* const kExitRule;
 // Fails a cluster launch whose kernel hands `op` a shared address outside the block's dynamic
 // shared memory (static __shared__, which the cluster's blocks would share).
 void cluster_check_dynamic(const void* p, const char* op);
@@ -212,5 +214,11 @@ void cluster_arenas(Cluster& c, size_t smem_bytes);
 void cluster_arenas_reset(Cluster& c);
 void cluster_arenas_free(Cluster& c);
 std::string cluster_waits(const Cluster& c, const Fiber& f);
+
+// fault.cpp: the SIGSEGV handler that turns a kernel's access to an exited block's shared memory
+// or outside every device allocation into a failed launch (once per process; none under TSan).
+void install_fault_handler();
+// Whether `a` lies in the guard page under fiber `f`'s stack (runtime.cpp): a stack overflow.
+bool in_stack_guard(const Fiber& f, const void* a);
 
 }  // namespace emu::rt

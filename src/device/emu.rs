@@ -1,11 +1,11 @@
 //! The `emu` backend: kernels/*.cu compiled for the CPU (build/emu.rs), run by the fiber
-//! scheduler of kernels/emu/runtime.cpp. Device memory is host memory; launches are
+//! scheduler of kernels/emu/runtime.cpp. Device memory is host memory, each allocation between
+//! guard pages ([`Guarded`]) so that a kernel's access outside it fails the launch; launches are
 //! synchronous; blocks run in parallel on rayon's pool when the schedule allows.
 
 use super::{Kernel, LaunchConfig};
 use crate::{Error, Result};
-use std::alloc::Layout;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ struct KernelEntry {
 }
 
 extern "C" {
+    fn vgg_emu_install_fault_handler();
     fn vgg_emu_find(name: *const c_char) -> *const KernelEntry;
     fn vgg_emu_sync(token: *mut c_void, release: c_int);
     fn vgg_emu_run_blocks(
@@ -73,7 +74,46 @@ pub(crate) struct EmuDevice {
     shared_limit: std::sync::atomic::AtomicUsize,
     /// Bytes all live allocations may total (Device::set_emu_memory_limit; unlimited by default).
     memory_limit: std::sync::atomic::AtomicUsize,
+    /// Live allocations by device address, each between guard pages ([`Guarded`]).
+    allocations: Mutex<BTreeMap<u64, Guarded>>,
 }
+
+/// One device allocation as the emu device lays it out: its own mapping of an inaccessible
+/// guard page, the data pages and another guard page, the allocation (`bytes`, rounded up to
+/// cudaMalloc's 256) ending at the second guard. A kernel's access past the end, or before the
+/// start by more than the slack in front, faults, and kernels/emu/fault.cpp fails the launch
+/// naming the thread and the address ([`EmuDevice::describe`] names the allocation). The slack
+/// (before the start, and the rounding after `bytes`) holds the fresh-memory fill, 0xFF, which
+/// [`EmuDevice::check_guards`] checks after every launch, so a write there fails it too (a read
+/// there is not caught: it sees 0xFF, NaN as fp16 or fp32, as a read of unwritten memory does).
+struct Guarded {
+    /// The mapping's first byte (a guard page) and length in bytes.
+    map: usize,
+    map_len: usize,
+    /// Bytes asked for, and that rounded up to [`ALIGN`].
+    bytes: usize,
+    size: usize,
+}
+
+impl Guarded {
+    fn page() -> usize {
+        // SAFETY: sysconf has no preconditions.
+        unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+    }
+    fn data(&self) -> usize {
+        self.map + Self::page()
+    }
+    fn start(&self) -> usize {
+        self.map + self.map_len - Self::page() - self.size
+    }
+    /// The two ranges of slack, before the start and after `bytes`.
+    fn slack(&self) -> [(usize, usize); 2] {
+        [(self.data(), self.start()), (self.start() + self.bytes, self.start() + self.size)]
+    }
+}
+
+/// The fill of fresh device memory and of the slack around allocations.
+const FILL: u8 = 0xFF;
 
 /// Allocations from this size on are checked against the host's available memory first.
 /// Linux overcommits: a too-large allocation succeeds, and filling it then gets this process
@@ -100,6 +140,7 @@ impl EmuDevice {
             launchers: Mutex::default(),
             shared_limit: super::SM90_SHARED_PER_BLOCK.into(),
             memory_limit: usize::MAX.into(),
+            allocations: Mutex::default(),
         }
     }
 
@@ -148,22 +189,100 @@ impl EmuDevice {
     }
 
     pub fn alloc(&self, bytes: usize) -> Result<u64> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| Error::Shape(e.to_string()))?;
-        // SAFETY: non-zero size. Fresh memory is filled with 0xFF like the shim's shared memory,
-        // so a kernel that reads what nobody wrote sees NaN rather than a plausible zero.
-        let p = unsafe { std::alloc::alloc(layout) };
-        if p.is_null() {
+        static HANDLER: std::sync::Once = std::sync::Once::new();
+        // SAFETY: installs a SIGSEGV handler once; it chains to the one it replaces.
+        HANDLER.call_once(|| unsafe { vgg_emu_install_fault_handler() });
+        let page = Guarded::page();
+        let size = bytes.max(1).div_ceil(ALIGN) * ALIGN;
+        let data = size.div_ceil(page) * page;
+        let map_len = data + 2 * page;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
+        let m = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if m == libc::MAP_FAILED {
             return Err(Error::OutOfMemory(format!("emu: out of host memory allocating {bytes} bytes")));
         }
-        // SAFETY: `p` spans `layout.size()` bytes.
-        unsafe { std::ptr::write_bytes(p, 0xFF, layout.size()) };
-        Ok(p as u64)
+        let g = Guarded { map: m as usize, map_len, bytes, size };
+        // SAFETY: both guard pages and the data pages lie in the mapping just made. Fresh memory
+        // is filled like the shim's shared memory, so a kernel that reads what nobody wrote sees
+        // NaN rather than a plausible zero.
+        let ok = unsafe {
+            std::ptr::write_bytes(g.data() as *mut u8, FILL, data);
+            libc::mprotect(m, page, libc::PROT_NONE) == 0
+                && libc::mprotect((g.data() + data) as *mut c_void, page, libc::PROT_NONE) == 0
+        };
+        if !ok {
+            // SAFETY: the mapping just made, unused.
+            unsafe { libc::munmap(m, map_len) };
+            return Err(Error::OutOfMemory(format!("emu: cannot lay guard pages around {bytes} bytes")));
+        }
+        let start = g.start() as u64;
+        self.allocations.lock().unwrap().insert(start, g);
+        Ok(start)
     }
 
     /// # Safety
-    /// `ptr` came from `alloc(bytes)`.
-    pub unsafe fn free(&self, ptr: u64, bytes: usize) {
-        std::alloc::dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(bytes.max(1), ALIGN));
+    /// `ptr` came from `alloc`, and nothing uses it any more.
+    pub unsafe fn free(&self, ptr: u64, _bytes: usize) {
+        if let Some(g) = self.allocations.lock().unwrap().remove(&ptr) {
+            libc::munmap(g.map as *mut c_void, g.map_len);
+        }
+    }
+
+    /// Where `addr` lies against the live allocations: in a guard or slack, which allocation and
+    /// how far past its end or before its start.
+    pub fn describe(&self, addr: u64) -> String {
+        let map = self.allocations.lock().unwrap();
+        let a = addr as usize;
+        for (&start, g) in map.iter() {
+            if a < g.map || a >= g.map + g.map_len {
+                continue;
+            }
+            let (s, end) = (start as usize, start as usize + g.bytes);
+            return if a >= end {
+                format!("{} bytes past the end of the {}-byte allocation at {start:#x}", a - end, g.bytes)
+            } else if a < s {
+                format!("{} bytes before the start of the {}-byte allocation at {start:#x}", s - a, g.bytes)
+            } else {
+                format!("byte {} of the {}-byte allocation at {start:#x}", a - s, g.bytes)
+            };
+        }
+        "in no live allocation's guard pages (freed memory, or a pointer into none)".to_string()
+    }
+
+    /// Fails when a launch of `kernel` wrote into the slack around an allocation (restored, so
+    /// that the next launch is not blamed), naming the allocation and the bytes.
+    fn check_guards(&self, kernel: &str) -> Result<()> {
+        let map = self.allocations.lock().unwrap();
+        for (&start, g) in map.iter() {
+            for (lo, hi) in g.slack() {
+                // SAFETY: the slack lies in the allocation's data pages, mapped while it is live.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(lo as *mut u8, hi - lo) };
+                let Some(first) = bytes.iter().position(|&b| b != FILL) else { continue };
+                let last = bytes.iter().rposition(|&b| b != FILL).unwrap_or(first);
+                bytes.fill(FILL);
+                let (s, end) = (start as usize, start as usize + g.bytes);
+                let span = if lo >= end {
+                    format!("bytes {} to {} past its end", lo + first - end, lo + last - end)
+                } else {
+                    format!("bytes {} to {} before its start", s - (lo + last), s - (lo + first))
+                };
+                return Err(Error::Kernel(format!(
+                    "{kernel}: wrote outside the {}-byte device allocation at {start:#x} ({span}; seen after the launch \
+                     in the slack the emu device's guard pages leave)",
+                    g.bytes
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn launcher(&self, k: &Kernel) -> Result<(Launcher, &'static [u8])> {
@@ -240,17 +359,24 @@ impl EmuDevice {
                 err.len(),
             );
             if rc == 0 {
-                Ok(())
-            } else {
-                Err(Error::Kernel(CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned()))
+                return Ok(());
             }
+            let mut msg = CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned();
+            // kernels/emu/fault.cpp's "invalid global ... at address 0x...": say which allocation.
+            if let Some(hex) = msg.split("at address 0x").nth(1) {
+                let digits: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
+                if let Ok(addr) = u64::from_str_radix(&digits, 16) {
+                    msg = format!("{msg} ({})", self.describe(addr));
+                }
+            }
+            Err(Error::Kernel(msg))
         };
         // SAFETY: only annotates the hand-over for ThreadSanitizer builds (no-op otherwise).
         vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 1);
         let result = self.dispatch(total, cluster as u64, parallel, schedule, run);
         // SAFETY: as above.
         vgg_emu_sync(args.as_mut_ptr() as *mut c_void, 0);
-        result
+        result.and_then(|()| self.check_guards(k.name))
     }
 
     /// Runs blocks [0, total) through `run`, split into chunks of whole clusters of `cluster`
