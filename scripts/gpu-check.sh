@@ -62,7 +62,9 @@ step selftest-cuda 180 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 # gradient compared, says which layer and pass part ways (bench/results/2026-11-30-h200.md).
 # Then the same 25 steps with every buffer its own bytes and free bytes poisoned each phase: if
 # the losses change (run 6 without: 6.917 -> 8.762 at batch 32), a kernel reads or writes outside
-# its buffers in the model (a fault that separate allocations in bench conv and the selftest hide).
+# its buffers in the model (a fault that separate allocations in bench conv and the selftest hide);
+# a write past a buffer's end into the 64 KiB guard band behind it fails the step, naming the
+# phase and the buffer (~70 band reads a phase: tens of ms a step).
 # Both runs then go on for 25 steps and print every step's two losses. A fault parts them from
 # the first step, at any learning rate; a run at the edge of stability (auto 5.932 against
 # PyTorch's 5.015 after the same 25 steps at batch 64) only later, and less at lr 1e-3. The

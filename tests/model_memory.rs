@@ -121,3 +121,42 @@ fn shared_memory_steps_match_separate_bit_for_bit() {
         }
     }
 }
+
+/// Under the lifetime check with every buffer its own bytes, a guard band of poison follows
+/// each buffer; a write past a buffer's end (planted here between two steps, where a faulty
+/// kernel's would land) fails the next step, naming the buffer, and an untouched band passes.
+#[test]
+fn a_write_past_a_buffer_fails_the_checked_step_naming_the_buffer() {
+    let dev = Device::emu();
+    let cfg = memory_configs().remove(0);
+    let mut vgg = Vgg::new(&dev, cfg.clone(), 2, Init::He, 3).unwrap();
+    vgg.relayout(Sharing::Separate).unwrap();
+    vgg.check_lifetimes(true);
+    let plan = vgg.memory().clone();
+    // A band behind every buffer and the workspace region, at least GUARD_BYTES, covering no
+    // tensor's bytes.
+    let bands = plan.guard_bands();
+    assert_eq!(bands.len(), plan.buffers().iter().filter(|b| !matches!(b.role, Role::Workspace(_))).count() + 1);
+    for &(offset, len, ref before) in &bands {
+        assert!(len >= vgg_cuda::model::GUARD_BYTES, "{before}: a band of {len} bytes");
+        for b in plan.buffers() {
+            let end = b.offset + b.elem * b.shape.iter().product::<usize>();
+            assert!(offset + len <= b.offset || offset >= end, "the band after {before} overlaps {:?}", b.role);
+        }
+    }
+    assert!(MemoryPlan::new(&cfg, 2, Sharing::Lifetimes).unwrap().guard_bands().is_empty());
+    let (images, labels) = batch_data(&cfg, 2, 1);
+    let (xi, xl) = upload(&dev, &cfg, &images, &labels);
+    for step in 0..2 {
+        vgg.train_step(&xi, &xl, 0.01, step).unwrap();
+    }
+    // One byte just past the end of the second feature layer's activations.
+    let act = plan.buffer(Role::Act(1)).unwrap();
+    let end = act.offset + 2 * act.shape.iter().product::<usize>();
+    let mut byte = vgg_cuda::Tensor::<u8>::view(vgg.arena(), end, &[1]).unwrap();
+    byte.copy_from_host(&[0]).unwrap();
+    let e = vgg.train_step(&xi, &xl, 0.01, 2).unwrap_err().to_string();
+    assert!(e.contains("wrote past the end of Act(1)") && e.contains("bytes 0 to 0 after it"), "{e}");
+    // The band is poisoned again: the next step passes.
+    vgg.train_step(&xi, &xl, 0.01, 3).unwrap();
+}

@@ -35,10 +35,11 @@ pub struct TrainBenchConfig {
     /// After the timed steps, one more step (one by one) with each launch timed on its own
     /// ([`StepProfile`]).
     pub profile: bool,
-    /// Every buffer its own bytes ([`Sharing::Separate`]) and every byte outside the live
-    /// buffers poisoned as each phase begins ([`Vgg::check_lifetimes`]): a kernel that reads
-    /// outside its buffers or their lifetimes, or writes past a buffer into another, then
-    /// changes the losses (correct kernels give the same ones bit for bit).
+    /// Every buffer its own bytes ([`Sharing::Separate`], a poisoned guard band behind each) and
+    /// every byte outside the live buffers poisoned as each phase begins
+    /// ([`Vgg::check_lifetimes`]): a kernel that reads outside its buffers or their lifetimes
+    /// then changes the losses (correct kernels give the same ones bit for bit), and one that
+    /// writes past a buffer's end fails the step, naming the phase and the buffer.
     pub check_memory: bool,
 }
 

@@ -32,6 +32,13 @@ use std::sync::Arc;
 /// Offsets and sizes in the arena are multiples of this (cudaMalloc's alignment; the
 /// kernels' 16-byte loads need less).
 pub const ALIGN: usize = 256;
+/// Bytes a [`Sharing::Separate`] plan leaves unused behind every buffer (and behind the
+/// workspace region): a guard band. Under [`crate::model::Vgg::check_lifetimes`] the bands
+/// hold poison, checked as each phase begins, so a kernel writing past a buffer's end is named
+/// with the buffer and the phase ([`MemoryPlan::guard_bands`]) instead of corrupting the next
+/// buffer. 64 KiB: more than a row of the widest activation (224 x 64 channels x 2 bytes =
+/// 28 KiB), the likeliest overrun of a tile past an image's last row.
+pub const GUARD_BYTES: usize = 64 << 10;
 // Every buffer's offset is a sum of sizes rounded up to ALIGN, so a view of it is aligned as
 // Tensor::view requires.
 const _: () = assert!(ALIGN.is_multiple_of(crate::tensor::VIEW_ALIGN));
@@ -158,9 +165,10 @@ pub enum Sharing {
     /// Buffers whose lifetimes do not overlap share bytes: greedy by size, each buffer at the
     /// lowest offset clear of the placed buffers it is live with.
     Lifetimes,
-    /// Every buffer its own bytes, the phases' workspaces one region sized by the largest:
-    /// the layout before the plan, kept to measure against and as the reference that the
-    /// lifetime tests compare bit for bit ([`crate::model::Vgg::relayout`]).
+    /// Every buffer its own bytes, the phases' workspaces one region sized by the largest,
+    /// each followed by a guard band of [`GUARD_BYTES`]: the layout before the plan, kept to
+    /// measure against, as the reference that the lifetime tests compare bit for bit
+    /// ([`crate::model::Vgg::relayout`]), and to catch writes past a buffer's end.
     Separate,
 }
 
@@ -502,6 +510,24 @@ impl MemoryPlan {
         out
     }
 
+    /// A [`Sharing::Separate`] plan's guard bands (none for shared plans): each buffer's bytes
+    /// past its tensor (from the next 16-byte boundary: the rounding to [`ALIGN`]) and the
+    /// [`GUARD_BYTES`] behind it, and the band behind the workspace region, as (offset, bytes,
+    /// what lies before it).
+    pub fn guard_bands(&self) -> Vec<(usize, usize, String)> {
+        if self.sharing != Sharing::Separate {
+            return vec![];
+        }
+        let ws = self.buffers.iter().filter(|b| b.role.category() == Category::Workspace).map(|b| b.bytes).max();
+        let mut bands: Vec<_> = ws.map(|w| (w, GUARD_BYTES, "the workspace region".to_string())).into_iter().collect();
+        for b in self.buffers.iter().filter(|b| b.role.category() != Category::Workspace) {
+            // From the first 16-byte boundary (where tensor views may start) at or past its end.
+            let end = (b.offset + b.elem * b.shape.iter().product::<usize>()).next_multiple_of(16);
+            bands.push((end, b.offset + b.bytes + GUARD_BYTES - end, format!("{:?} {:?}", b.role, b.shape)));
+        }
+        bands
+    }
+
     /// Whether the plan has a buffer for `r`.
     pub fn has(&self, r: Role) -> bool {
         self.buffer(r).is_some()
@@ -521,13 +547,13 @@ fn place(buffers: &mut [Buffer], sharing: Sharing) -> usize {
     match sharing {
         Sharing::Separate => {
             let ws = buffers.iter().filter(|b| b.role.category() == Category::Workspace).map(|b| b.bytes).max();
-            let mut at = ws.unwrap_or(0);
+            let mut at = ws.map_or(0, |w| w + GUARD_BYTES);
             for b in buffers.iter_mut() {
                 if b.role.category() == Category::Workspace {
                     b.offset = 0;
                 } else {
                     b.offset = at;
-                    at += b.bytes;
+                    at += b.bytes + GUARD_BYTES;
                 }
             }
             at

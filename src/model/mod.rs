@@ -10,6 +10,6 @@ pub mod params;
 pub mod reference;
 
 pub use config::{Arch, Feature, FeatureKind, VggConfig};
-pub use memory::{Breakdown, MemoryPlan, Phase, Role, Sharing};
+pub use memory::{Breakdown, MemoryPlan, Phase, Role, Sharing, GUARD_BYTES};
 pub use net::{ConvChoice, ConvLayerChoice, ConvPlan, OptimConfig, ScalerState, StepStats, Vgg};
 pub use params::{Init, Layout, NamedTensor, Param};

@@ -44,6 +44,7 @@ use crate::ops::conv::{Conv3x3, Epilogue};
 use crate::ops::{self, DropoutKey, LossScaler, LrnParams, SgdPlan, StepVars, XentBuffers};
 use crate::{ensure_shape, Device, Error, Result, Tensor};
 use half::f16;
+use std::sync::Arc;
 
 /// How one feature layer runs.
 enum Op {
@@ -80,6 +81,8 @@ pub struct Vgg {
     /// timeline index the next phase must have.
     check: bool,
     next_phase: usize,
+    /// Under `check`, the phase that ran last once the guard bands hold poison (None before).
+    guarded: Option<Phase>,
     /// Copy the forward's activations to the host in training steps ([`Vgg::keep_trace`]).
     tracing: bool,
     trace_acts: Vec<Vec<f32>>,
@@ -182,6 +185,7 @@ impl Vgg {
             cfg,
             check: false,
             next_phase: 0,
+            guarded: None,
             tracing: false,
             trace_acts: vec![],
             trace: None,
@@ -198,6 +202,7 @@ impl Vgg {
         self.graphs.clear();
         self.buf = Buffers::new(&self.dev, &memory, self.ops.len())?;
         self.memory = memory;
+        self.guarded = None;
         Ok(())
     }
 
@@ -257,13 +262,23 @@ impl Vgg {
         &self.memory
     }
 
+    /// The allocation every buffer of a step is a view of, at the offsets of [`Vgg::memory`]
+    /// (for tools and tests that inspect a step's buffers; a write into it changes the next
+    /// step).
+    pub fn arena(&self) -> &Arc<Tensor<u8>> {
+        &self.buf.arena
+    }
+
     /// For tests: as each phase of a step begins, fill every arena byte that no buffer live
     /// in that phase holds with 0xFF (NaN), and check that the phases run in the plan's order.
     /// A step whose results then differ from an unchecked one's reads a buffer outside its
-    /// planned lifetime. Slow (a memset per free range per phase).
+    /// planned lifetime. Slow (a memset per free range per phase). With every buffer its own
+    /// bytes ([`Sharing::Separate`]), the guard band behind each buffer is checked too, so a
+    /// step whose kernels write past a buffer's end fails naming the buffer and the phase.
     pub fn check_lifetimes(&mut self, on: bool) {
         self.graphs.clear();
         self.check = on;
+        self.guarded = None;
     }
 
     /// Keep a host copy of the activations of each training forward pass, for

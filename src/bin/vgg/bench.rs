@@ -65,10 +65,11 @@ pub(crate) struct BenchTrainArgs {
     /// sensitive to rounding only later, and less at a smaller --lr.
     #[arg(long)]
     check_against: Option<String>,
-    /// Give every activation, gradient and workspace buffer its own bytes and poison every byte
-    /// outside the live buffers as each phase of a step begins (slower): a kernel that reads
-    /// outside its buffers or their lifetimes, or writes past one into another, then changes the
-    /// losses, which correct kernels repeat bit for bit.
+    /// Give every activation, gradient and workspace buffer its own bytes, with a guard band of
+    /// 64 KiB behind each, and poison every byte outside the live buffers as each phase of a step
+    /// begins (slower): a kernel that reads outside its buffers or their lifetimes then changes
+    /// the losses, which correct kernels repeat bit for bit, and one that writes past a buffer's
+    /// end fails the step, naming the phase and the buffer.
     #[arg(long)]
     check_memory: bool,
 }

@@ -101,12 +101,37 @@ impl Vgg {
         if self.check {
             let expect = if p == Phase::Input { 0 } else { self.next_phase };
             ensure_shape!(t == expect, "phase {p:?} ran at timeline index {expect}, the plan has it at {t}");
+            self.check_guard_bands()?;
             for (offset, len) in self.memory.free_ranges(t) {
                 Tensor::<u8>::view(&self.buf.arena, offset, &[len])?.poison()?;
             }
+            self.guarded = Some(p);
         }
         self.next_phase = t + 1;
         Ok(t)
+    }
+
+    /// Fails if a guard band ([`MemoryPlan::guard_bands`]) lost its poison in the phase that ran
+    /// last, naming the phase and the buffer written past; poisons them the first time (they
+    /// include bytes no free range covers: each buffer's rounding).
+    fn check_guard_bands(&mut self) -> Result<()> {
+        for (offset, len, before) in self.memory.guard_bands() {
+            let mut band = Tensor::<u8>::view(&self.buf.arena, offset, &[len])?;
+            let Some(last) = self.guarded else {
+                band.poison()?;
+                continue;
+            };
+            let bytes = band.to_host()?;
+            if let Some(first) = bytes.iter().position(|&b| b != 0xFF) {
+                let end = bytes.iter().rposition(|&b| b != 0xFF).unwrap_or(first);
+                band.poison()?;
+                return Err(crate::Error::Kernel(format!(
+                    "memory check: `{}` wrote past the end of {before}: bytes {first} to {end} after it",
+                    self.phase_label(last)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// What [`Device::profile_label`] calls phase `p`: `fwd conv3_2`, `bwd pool1`, `fwd fc6`
