@@ -132,3 +132,11 @@ extern "C" __global__ void shim_bulk_unwaited(int* out) {
 extern "C" __global__ void shim_copy_at(const float* src, float* dst, long long from, long long to) {
     if (threadIdx.x == 0) dst[to] = src[from];
 }
+
+// Thread 0 stores one byte at offset `at` of dynamic shared memory; the planted bug is an offset
+// past the launch's shared bytes, which the emulator reports as the block exits (a GPU faults).
+extern "C" __global__ void shim_smem_store_at(int* out, int at) {
+    VGG_DYN_SHARED(unsigned char, smem);
+    if (threadIdx.x == 0) smem[at] = 1;
+    out[threadIdx.x] = 1;
+}

@@ -160,6 +160,27 @@ fn accesses_outside_device_allocations_fail_the_launch_naming_the_allocation() {
 }
 
 #[test]
+fn a_store_past_dynamic_shared_memory_fails_the_launch() {
+    let dev = Device::emu();
+    let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();
+    let mut store_at = |smem: u32, at: i32| {
+        // SAFETY: the kernel takes 32 ints and an offset into its dynamic shared memory.
+        unsafe { dev.launch(&k("shim_smem_store_at"), cfg(2, 32, smem), &[out.arg_mut(), KArg::I32(at)]) }
+    };
+    store_at(64, 63).unwrap();
+    let e = store_at(64, 64 + 100).unwrap_err().to_string();
+    assert!(e.contains("shim_smem_store_at") && e.contains("block ("), "{e}");
+    assert!(
+        e.contains("stored past the end of the block's 64 bytes of dynamic shared memory (bytes 100 to 100"),
+        "{e}"
+    );
+    // Without dynamic shared memory, any store to it is past the end.
+    let e = store_at(0, 0).unwrap_err().to_string();
+    assert!(e.contains("the block's 0 bytes of dynamic shared memory (bytes 0 to 0"), "{e}");
+    store_at(256, 255).unwrap();
+}
+
+#[test]
 fn a_device_survives_a_failed_launch() {
     let dev = Device::emu();
     let mut out = Tensor::<i32>::zeros(&dev, &[32]).unwrap();

@@ -250,7 +250,8 @@ EMU_NO_TSAN void reset_block(Block& b, unsigned slot, int schedule, uint64_t& rn
     b.remote.clear();
     b.mbars.clear();
     for (auto& w : b.warps) w = WarpSlot{};
-    std::memset(b.smem, 0xFF, b.smem_bytes);
+    // The first bytes of the guard after it too, which block_exit checks for stores past the end.
+    std::memset(b.smem, 0xFF, b.smem_bytes + kSmemCheck);
     unsigned i = 0;
     for (unsigned z = 0; z < blockDim.z; ++z)
         for (unsigned y = 0; y < blockDim.y; ++y)
@@ -277,6 +278,20 @@ bool block_exit(Cluster& c, Block& b) {
             b.error = "the block ended with bulk copies on an mbarrier never waited for";
             return false;
         }
+    // A store past the end of dynamic shared memory (the GPU faults on one: an out-of-range shared
+    // address) lands in the guard after it; its first kSmemCheck bytes still hold the fill unless
+    // one did. Which thread is not known here: the bytes are.
+    static const std::vector<unsigned char> fill(kSmemCheck, 0xFF);
+    const unsigned char* g = b.smem + b.smem_bytes;
+    if (std::memcmp(g, fill.data(), kSmemCheck) != 0) {
+        size_t first = 0, last = kSmemCheck - 1;
+        while (g[first] == 0xFF) ++first;
+        while (g[last] == 0xFF) --last;
+        b.error = "a thread stored past the end of the block's " + std::to_string(b.smem_bytes) +
+                  " bytes of dynamic shared memory (bytes " + std::to_string(first) + " to " + std::to_string(last) +
+                  " past it)";
+        return false;
+    }
     return cluster_block_exit(c, b);
 }
 

@@ -108,6 +108,9 @@ size_t dyn_smem_bytes();
 // Bytes of guard after it: a copy that starts there is an overrun (ptx.cuh reports it) rather
 // than heap corruption.
 constexpr size_t kSmemGuard = 64 * 1024;
+// Bytes of it filled at a block's start and checked as the block exits: a store past the end
+// fails the launch. Not the whole guard, so that a block costs a few KiB of memset and compare.
+constexpr size_t kSmemCheck = 4096;
 // An identity of the running block (changes from block to block on one OS thread).
 unsigned long long block_serial();
 // Thread-block clusters (kernels/cluster.cuh; emulated in cluster.cpp). A launch without a
