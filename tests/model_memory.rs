@@ -137,11 +137,11 @@ fn a_write_past_a_buffer_fails_the_checked_step_naming_the_buffer() {
     // tensor's bytes.
     let bands = plan.guard_bands();
     assert_eq!(bands.len(), plan.buffers().iter().filter(|b| !matches!(b.role, Role::Workspace(_))).count() + 1);
-    for &(offset, len, ref before) in &bands {
-        assert!(len >= vgg_cuda::model::GUARD_BYTES, "{before}: a band of {len} bytes");
+    for &(offset, len, before) in &bands {
+        assert!(len >= vgg_cuda::model::GUARD_BYTES, "{before:?}: a band of {len} bytes");
         for b in plan.buffers() {
             let end = b.offset + b.elem * b.shape.iter().product::<usize>();
-            assert!(offset + len <= b.offset || offset >= end, "the band after {before} overlaps {:?}", b.role);
+            assert!(offset + len <= b.offset || offset >= end, "the band after {before:?} overlaps {:?}", b.role);
         }
     }
     assert!(MemoryPlan::new(&cfg, 2, Sharing::Lifetimes).unwrap().guard_bands().is_empty());

@@ -51,7 +51,6 @@ const char* const kExitRule =
 
 namespace {
 
-
 bool in_dynamic(const Block& b, const void* p) {
     auto* q = static_cast<const unsigned char*>(p);
     return q >= b.smem && q < b.smem + b.smem_bytes;
@@ -121,7 +120,6 @@ Mbarrier& peer_mbarrier(Block& t, void* tb, const char* op, const char* file, in
              op, site(file, line).c_str(), t.rank, off);
     return it->second;
 }
-
 
 // An exited block's shared memory while the rest of its cluster runs: inaccessible, so that a
 // use faults (under ThreadSanitizer, whose signal handling the fault handler would upset,

@@ -7,7 +7,8 @@
 //   between two inaccessible guard pages, ending it at the one after it, as compute-sanitizer's
 //   memcheck checks on the GPU. So a read or write past an allocation's end, or before its start
 //   by more than the slack in front of it, faults here; the host side describes the address
-//   against its allocations (which one, how many bytes past its end) and checks the few bytes
+//   against its allocations (take_global_fault hands it the address: which allocation, how many
+//   bytes past its end) and checks the few bytes
 //   of slack the guards leave for writes after every launch.
 // A fault outside a kernel's fibers, or on a fiber stack's own guard page (an overflow: the
 // stack the launch would resume on is spent), is left to the previous handler: the process dies
@@ -36,7 +37,6 @@ thread_local bool t_fault_write = false;
          tid_str(cur()).c_str(), t_fault_offset, idx_str(t.idx).c_str(), t.rank, kExitRule);
 }
 
-// The message's address is what the host side looks up ("at address 0x..."): keep its form.
 [[noreturn]] void global_access() {
     fail("thread %s: invalid global %s at address %p: outside every live device allocation", tid_str(cur()).c_str(),
          t_fault_write ? "write" : "read", t_fault_addr);
@@ -83,6 +83,16 @@ void on_segv(int sig, siginfo_t* si, void* ctx) {
 
 }  // namespace
 #endif
+
+const void* take_global_fault() {
+#ifndef EMU_TSAN
+    const void* a = t_fault_addr;
+    t_fault_addr = nullptr;
+    return a;
+#else
+    return nullptr;
+#endif
+}
 
 void install_fault_handler() {
 #ifndef EMU_TSAN

@@ -787,7 +787,8 @@ void vote_compute(void* const* lanes, unsigned) {
 extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kernel, const unsigned grid[3],
                                               const unsigned block[3], size_t smem_bytes, void** args,
                                               uint64_t first, uint64_t last, unsigned cluster, int schedule,
-                                              uint64_t seed, char* err, size_t err_len) {
+                                              uint64_t seed, char* err, size_t err_len,
+                                              uint64_t* fault_addr) {
     using namespace emu::rt;
 #ifdef EMU_TSAN
     __tsan_acquire(args);  // see vgg_emu_sync
@@ -841,6 +842,7 @@ extern "C" EMU_NO_TSAN int vgg_emu_run_blocks(emu_kernel_fn fn, const char* kern
         }
         if (!run_cluster(c, schedule, rng, msg)) {
             std::snprintf(err, err_len, "kernel %s, %s", kernel, msg.c_str());
+            *fault_addr = reinterpret_cast<uint64_t>(take_global_fault());
             rc = 1;
             break;
         }

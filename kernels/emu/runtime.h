@@ -218,6 +218,8 @@ std::string cluster_waits(const Cluster& c, const Fiber& f);
 // fault.cpp: the SIGSEGV handler that turns a kernel's access to an exited block's shared memory
 // or outside every device allocation into a failed launch (once per process; none under TSan).
 void install_fault_handler();
+// The address of this OS thread's last fault outside every device allocation, cleared (null if none).
+const void* take_global_fault();
 // Whether `a` lies in the guard page under fiber `f`'s stack (runtime.cpp): a stack overflow.
 bool in_stack_guard(const Fiber& f, const void* a);
 

@@ -38,6 +38,7 @@ extern "C" {
         seed: u64,
         err: *mut c_char,
         err_len: usize,
+        fault_addr: *mut u64,
     ) -> c_int;
 }
 
@@ -90,26 +91,10 @@ struct Guarded {
     /// The mapping's first byte (a guard page) and length in bytes.
     map: usize,
     map_len: usize,
-    /// Bytes asked for, and that rounded up to [`ALIGN`].
+    /// Bytes asked for.
     bytes: usize,
-    size: usize,
-}
-
-impl Guarded {
-    fn page() -> usize {
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-    }
-    fn data(&self) -> usize {
-        self.map + Self::page()
-    }
-    fn start(&self) -> usize {
-        self.map + self.map_len - Self::page() - self.size
-    }
-    /// The two ranges of slack, before the start and after `bytes`.
-    fn slack(&self) -> [(usize, usize); 2] {
-        [(self.data(), self.start()), (self.start() + self.bytes, self.start() + self.size)]
-    }
+    /// The two ranges of slack, before the start and after `bytes` (to the rounded end).
+    slack: [(usize, usize); 2],
 }
 
 /// The fill of fresh device memory and of the slack around allocations.
@@ -192,7 +177,8 @@ impl EmuDevice {
         static HANDLER: std::sync::Once = std::sync::Once::new();
         // SAFETY: installs a SIGSEGV handler once; it chains to the one it replaces.
         HANDLER.call_once(|| unsafe { vgg_emu_install_fault_handler() });
-        let page = Guarded::page();
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize };
         let size = bytes.max(1).div_ceil(ALIGN) * ALIGN;
         let data = size.div_ceil(page) * page;
         let map_len = data + 2 * page;
@@ -210,23 +196,24 @@ impl EmuDevice {
         if m == libc::MAP_FAILED {
             return Err(Error::OutOfMemory(format!("emu: out of host memory allocating {bytes} bytes")));
         }
-        let g = Guarded { map: m as usize, map_len, bytes, size };
+        let (first, end) = (m as usize + page, m as usize + page + data);
+        let start = end - size;
         // SAFETY: both guard pages and the data pages lie in the mapping just made. Fresh memory
         // is filled like the shim's shared memory, so a kernel that reads what nobody wrote sees
         // NaN rather than a plausible zero.
         let ok = unsafe {
-            std::ptr::write_bytes(g.data() as *mut u8, FILL, data);
+            std::ptr::write_bytes(first as *mut u8, FILL, data);
             libc::mprotect(m, page, libc::PROT_NONE) == 0
-                && libc::mprotect((g.data() + data) as *mut c_void, page, libc::PROT_NONE) == 0
+                && libc::mprotect(end as *mut c_void, page, libc::PROT_NONE) == 0
         };
         if !ok {
             // SAFETY: the mapping just made, unused.
             unsafe { libc::munmap(m, map_len) };
             return Err(Error::OutOfMemory(format!("emu: cannot lay guard pages around {bytes} bytes")));
         }
-        let start = g.start() as u64;
-        self.allocations.lock().unwrap().insert(start, g);
-        Ok(start)
+        let g = Guarded { map: m as usize, map_len, bytes, slack: [(first, start), (start + bytes, end)] };
+        self.allocations.lock().unwrap().insert(start as u64, g);
+        Ok(start as u64)
     }
 
     /// # Safety
@@ -263,7 +250,7 @@ impl EmuDevice {
     fn check_guards(&self, kernel: &str) -> Result<()> {
         let map = self.allocations.lock().unwrap();
         for (&start, g) in map.iter() {
-            for (lo, hi) in g.slack() {
+            for (lo, hi) in g.slack {
                 // SAFETY: the slack lies in the allocation's data pages, mapped while it is live.
                 let bytes = unsafe { std::slice::from_raw_parts_mut(lo as *mut u8, hi - lo) };
                 let Some(first) = bytes.iter().position(|&b| b != FILL) else { continue };
@@ -341,6 +328,7 @@ impl EmuDevice {
         let args_addr = args.as_mut_ptr() as usize;
         let run = |first: u64, last: u64| -> Result<()> {
             let mut err = vec![0 as c_char; 2048];
+            let mut fault = 0u64;
             // SAFETY: the caller guarantees the argument list; `f` is the generated launcher
             // of this kernel; grid / block arrays have three entries; `err` is writable.
             let rc = vgg_emu_run_blocks(
@@ -357,17 +345,15 @@ impl EmuDevice {
                 seed,
                 err.as_mut_ptr(),
                 err.len(),
+                &mut fault,
             );
             if rc == 0 {
                 return Ok(());
             }
             let mut msg = CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned();
-            // kernels/emu/fault.cpp's "invalid global ... at address 0x...": say which allocation.
-            if let Some(hex) = msg.split("at address 0x").nth(1) {
-                let digits: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
-                if let Ok(addr) = u64::from_str_radix(&digits, 16) {
-                    msg = format!("{msg} ({})", self.describe(addr));
-                }
+            // An access outside every allocation (kernels/emu/fault.cpp): say which one it missed.
+            if fault != 0 {
+                msg = format!("{msg} ({})", self.describe(fault));
             }
             Err(Error::Kernel(msg))
         };

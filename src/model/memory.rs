@@ -513,19 +513,18 @@ impl MemoryPlan {
     /// A [`Sharing::Separate`] plan's guard bands (none for shared plans): each buffer's bytes
     /// past its tensor (from the next 16-byte boundary: the rounding to [`ALIGN`]) and the
     /// [`GUARD_BYTES`] behind it, and the band behind the workspace region, as (offset, bytes,
-    /// what lies before it).
-    pub fn guard_bands(&self) -> Vec<(usize, usize, String)> {
+    /// the buffer before it: None for the workspace region).
+    pub fn guard_bands(&self) -> Vec<(usize, usize, Option<Role>)> {
         if self.sharing != Sharing::Separate {
             return vec![];
         }
-        let ws = self.buffers.iter().filter(|b| b.role.category() == Category::Workspace).map(|b| b.bytes).max();
-        let mut bands: Vec<_> = ws.map(|w| (w, GUARD_BYTES, "the workspace region".to_string())).into_iter().collect();
-        for b in self.buffers.iter().filter(|b| b.role.category() != Category::Workspace) {
+        let ws = workspace_region(&self.buffers).map(|w| (w, GUARD_BYTES, None));
+        let bands = self.buffers.iter().filter(|b| b.role.category() != Category::Workspace).map(|b| {
             // From the first 16-byte boundary (where tensor views may start) at or past its end.
             let end = (b.offset + b.elem * b.shape.iter().product::<usize>()).next_multiple_of(16);
-            bands.push((end, b.offset + b.bytes + GUARD_BYTES - end, format!("{:?} {:?}", b.role, b.shape)));
-        }
-        bands
+            (end, b.offset + b.bytes + GUARD_BYTES - end, Some(b.role))
+        });
+        ws.into_iter().chain(bands).collect()
     }
 
     /// Whether the plan has a buffer for `r`.
@@ -542,12 +541,16 @@ impl MemoryPlan {
     }
 }
 
+/// Bytes of a separate plan's workspace region, at offset 0: the largest phase's workspace.
+fn workspace_region(buffers: &[Buffer]) -> Option<usize> {
+    buffers.iter().filter(|b| b.role.category() == Category::Workspace).map(|b| b.bytes).max()
+}
+
 /// Places `buffers` by `sharing`; returns the arena's size.
 fn place(buffers: &mut [Buffer], sharing: Sharing) -> usize {
     match sharing {
         Sharing::Separate => {
-            let ws = buffers.iter().filter(|b| b.role.category() == Category::Workspace).map(|b| b.bytes).max();
-            let mut at = ws.map_or(0, |w| w + GUARD_BYTES);
+            let mut at = workspace_region(buffers).map_or(0, |w| w + GUARD_BYTES);
             for b in buffers.iter_mut() {
                 if b.role.category() == Category::Workspace {
                     b.offset = 0;

@@ -125,6 +125,10 @@ impl Vgg {
             if let Some(first) = bytes.iter().position(|&b| b != 0xFF) {
                 let end = bytes.iter().rposition(|&b| b != 0xFF).unwrap_or(first);
                 band.poison()?;
+                let before = match before.and_then(|r| self.memory.buffer(r)) {
+                    Some(b) => format!("{:?} {:?}", b.role, b.shape),
+                    None => "the workspace region".to_string(),
+                };
                 return Err(crate::Error::Kernel(format!(
                     "memory check: `{}` wrote past the end of {before}: bytes {first} to {end} after it",
                     self.phase_label(last)
