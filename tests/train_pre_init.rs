@@ -14,20 +14,7 @@ fn tmpdir(name: &str) -> common::TempDir {
 }
 
 fn args(model: &str) -> TrainArgs {
-    TrainArgs {
-        model: model.into(),
-        width: 0.0625,
-        input: 32,
-        fc: 16,
-        classes: 3,
-        synthetic_len: 24,
-        batch: 4,
-        lr: Some(0.01),
-        device: "emu".into(),
-        workers: Some(0),
-        quiet: true,
-        ..TrainArgs::default()
-    }
+    TrainArgs { model: model.into(), lr: Some(0.01), ..common::tiny_train_args() }
 }
 
 fn cfg(arch: Arch, width: f32, input: usize) -> VggConfig {

@@ -157,6 +157,8 @@ pub struct TrainArgs {
     /// `best.safetensors` (the same checkpoint) after each epoch whose validation beats every
     /// earlier epoch's, and the plots `loss.png` and `accuracy.png`. A run holds the folder
     /// (`.vgg-train.lock`, naming its pid) until it ends: another run into it meanwhile is refused.
+    /// A Ctrl-C or SIGTERM stops the run after the step under way and writes `last.safetensors`
+    /// at that step (a second signal ends it at once).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Also write `last.safetensors` every N steps (needs --checkpoint-dir).

@@ -5,7 +5,7 @@
 //! loop's parts share that struct instead of some twenty locals of one long function.
 
 use super::checkpoint::{self, TrainState};
-use super::{data, plot, LrSchedule, TrainArgs, TrainSummary};
+use super::{data, interrupt, plot, LrSchedule, TrainArgs, TrainSummary};
 use crate::data::{Dataset, HostBatch, Loader};
 use crate::model::Vgg;
 use crate::{Device, PinnedBuffer, Tensor};
@@ -147,8 +147,11 @@ pub(super) fn train(mut r: Run) -> Result<TrainSummary> {
     let mut staging = Staging::new(&r.dev, r.a.batch, r.a.input)?;
     let mut p = Progress { bar, summary, t0: Instant::now(), imgs: 0, first_step: r.st.step };
     while r.st.step < r.total {
-        let Some(epoch_skipped) = r.epoch(&mut p, &mut staging)? else { break };
-        r.end_epoch(&mut p, epoch_skipped)?;
+        match r.epoch(&mut p, &mut staging)? {
+            EpochEnd::Done(epoch_skipped) => r.end_epoch(&mut p, epoch_skipped)?,
+            EpochEnd::RunEnded => break,
+            EpochEnd::Stopped => return r.stopped(p),
+        }
     }
     // A run that stopped mid-epoch (--steps) validates and saves there.
     if r.st.batch_in_epoch > 0 {
@@ -158,7 +161,18 @@ pub(super) fn train(mut r: Run) -> Result<TrainSummary> {
         r.save(false)?;
         r.plot();
     }
-    Ok(r.finish(p))
+    Ok(r.finish(p, false))
+}
+
+/// How [`Run::epoch`] ended.
+enum EpochEnd {
+    /// Its last batch trained: the epoch's end (validation, checkpoint) follows. Holds the
+    /// epoch's unreadable images.
+    Done(usize),
+    /// The run's last step came first: the epoch's end is not reached.
+    RunEnded,
+    /// A stop was requested ([`interrupt`]): the run ends after the step under way.
+    Stopped,
 }
 
 /// A run whose steps keep overflowing ends with an error instead of skipping to the end and
@@ -181,10 +195,9 @@ fn diverged(vgg: &Vgg, init_scale: f32, step: u64, loss: f32) -> Result<()> {
 }
 
 impl Run<'_> {
-    /// The steps of the current epoch from the run's place in it (a resume may start mid-epoch).
-    /// Returns the epoch's unreadable images, or None when the run ends before the epoch does
-    /// (its end, validation and all, is then not reached).
-    fn epoch(&mut self, p: &mut Progress, staging: &mut Staging) -> Result<Option<usize>> {
+    /// The steps of the current epoch from the run's place in it (a resume may start mid-epoch),
+    /// and how the epoch ended.
+    fn epoch(&mut self, p: &mut Progress, staging: &mut Staging) -> Result<EpochEnd> {
         let skip = self.st.batch_in_epoch as usize;
         let (mut epoch_skipped, mut epoch_read) = (0usize, 0usize);
         let mut reads = ClassReads::new(self.classes);
@@ -202,11 +215,17 @@ impl Run<'_> {
                 continue; // every image of it unreadable
             }
             staging.upload(&b, self.a.batch, self.st.step, self.st.epoch, bi)?;
-            self.step(p, staging, bi)?;
+            // Sampled before the step, which then reads its loss and scaler state back: the
+            // checkpoint a stop writes is of a step the host has seen whole.
+            let stop = interrupt::requested();
+            self.step(p, staging, bi, stop)?;
+            if stop {
+                return Ok(EpochEnd::Stopped);
+            }
             if self.st.step >= self.total {
                 // A run that ends on an epoch's last batch still ends that epoch (end_epoch).
                 if bi as u64 + 1 < self.per_epoch {
-                    return Ok(None);
+                    return Ok(EpochEnd::RunEnded);
                 }
                 break;
             }
@@ -227,20 +246,22 @@ impl Run<'_> {
                 )
             });
         }
-        Ok(Some(epoch_skipped))
+        Ok(EpochEnd::Done(epoch_skipped))
     }
 
     /// One step on the staged batch `bi` of the epoch. Its loss is read back (a sync) only where
     /// something needs it: every --sync-every-th step, the run's last, an epoch's last and a
-    /// --checkpoint-every step; only those are logged and checked for divergence. The others are
-    /// only queued, so that the host runs ahead of the device.
-    fn step(&mut self, p: &mut Progress, staging: &Staging, bi: usize) -> Result<()> {
+    /// --checkpoint-every step, and one after which the run stops (`stop`); only those are
+    /// logged and checked for divergence. The others are only queued, so that the host runs
+    /// ahead of the device.
+    fn step(&mut self, p: &mut Progress, staging: &Staging, bi: usize, stop: bool) -> Result<()> {
         let (total, per_epoch, n) = (self.total, self.per_epoch, self.a.batch);
         let Run { a, st, vgg, hist, metrics, schedule, base_lr, .. } = self;
         let (images, labels) = (&staging.images, &staging.labels);
         let lr = schedule.rate(*base_lr, st, total);
         st.lr = lr;
         let read = a.sync_every == 1
+            || stop
             || (st.step + 1).is_multiple_of(a.sync_every)
             || st.step + 1 >= total
             || bi as u64 + 1 >= per_epoch
@@ -381,6 +402,26 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The end of a run stopped on request ([`interrupt`]): the checkpoint at this step, where
+    /// there is a checkpoint folder, and how to continue. No validation: a stop is asked for
+    /// to end soon (a resume that reaches the epoch's end validates there).
+    fn stopped(self, p: Progress) -> Result<TrainSummary> {
+        interrupt::take();
+        self.save(false)?;
+        self.plot();
+        let mut summary = self.finish(p, true);
+        summary.stopped = true;
+        match &self.ckpt_path {
+            Some(path) => println!(
+                "checkpoint at step {}: {} (the same command with --resume continues the run)",
+                self.st.step,
+                path.display()
+            ),
+            None => println!("no --checkpoint-dir: nothing was saved"),
+        }
+        Ok(summary)
+    }
+
     /// Redraws the plots; a failure is a warning, not the run's end (the metrics file holds
     /// what they show).
     fn plot(&self) {
@@ -391,15 +432,17 @@ impl Run<'_> {
         }
     }
 
-    /// The run's last line, and the summary of this process's part of it.
-    fn finish(&self, p: Progress) -> TrainSummary {
+    /// The run's last line ("done", or "stopped" on request), and the summary of this
+    /// process's part of it.
+    fn finish(&self, p: Progress, stopped: bool) -> TrainSummary {
         let Progress { bar, mut summary, t0, imgs, first_step } = p;
         let (st, vgg) = (&self.st, &self.vgg);
         bar.finish_and_clear();
         summary.steps = st.step;
         summary.images_per_s = imgs as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         println!(
-            "done: {} in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
+            "{}: {} in {:.1} s on {}, {:.0} img/s, {}{}, {} steps skipped (loss scale {})",
+            if stopped { format!("stopped at step {} of {}", st.step, self.total) } else { "done".into() },
             // A resumed run says which of the run's steps it ran: its loss, time and rate are theirs.
             match first_step {
                 0 => format!("{} steps", st.step),

@@ -17,6 +17,7 @@ mod args;
 pub mod checkpoint;
 pub mod data;
 mod epochs;
+pub mod interrupt;
 pub mod lock;
 pub mod plot;
 pub mod pre_init;
@@ -55,6 +56,9 @@ pub struct TrainSummary {
     /// Images trained in this process over the wall time since its first step (validations
     /// and checkpoints included), in images/s.
     pub images_per_s: f64,
+    /// The run ended early on a stop request ([`interrupt`]: Ctrl-C, SIGTERM or
+    /// [`interrupt::request_stop`]), after saving its checkpoint where it has a folder.
+    pub stopped: bool,
 }
 
 /// Runs `vgg train`.

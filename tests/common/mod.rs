@@ -180,3 +180,20 @@ pub fn assert_named_by_labels(top: &[vgg_cuda::eval::TopClass], labels: &[&str])
         );
     }
 }
+
+/// `vgg train`'s smallest useful run on emu: VGG A at 1/16 width, 32x32, 3 classes, FC 16, 24
+/// synthetic images in batches of 4 (6 steps an epoch), on the training thread, quietly.
+pub fn tiny_train_args() -> vgg_cuda::train::TrainArgs {
+    vgg_cuda::train::TrainArgs {
+        width: 0.0625,
+        input: 32,
+        fc: 16,
+        classes: 3,
+        synthetic_len: 24,
+        batch: 4,
+        device: "emu".into(),
+        workers: Some(0),
+        quiet: true,
+        ..Default::default()
+    }
+}

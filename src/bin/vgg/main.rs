@@ -12,7 +12,7 @@
 //!   vgg predict --weights W IMAGE...       top-k classes of images
 //!   vgg eval --weights W --data DIR|synthetic  top-1/top-5 error (multi-scale, multi-crop, ensembles)
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -177,6 +177,18 @@ fn negatives_as_values(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<st
     out
 }
 
+/// `vgg train`, which a first Ctrl-C or SIGTERM stops after the step under way, saving its
+/// checkpoint there; the process then ends with the status the signal would have given it.
+fn train_cmd(args: &vgg_cuda::train::TrainArgs) -> Result<()> {
+    use vgg_cuda::train::interrupt;
+    interrupt::stop_on_signals().context("installing the Ctrl-C handler")?;
+    let summary = vgg_cuda::train::run(args)?;
+    if let (true, Some(sig)) = (summary.stopped, interrupt::signal()) {
+        std::process::exit(128 + sig);
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info { model: Some(m), input, classes, width, fc, batch, json, .. } => {
@@ -190,7 +202,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { what: BenchCmd::Data(args) } => bench_data_cmd(args),
         Cmd::Stats(args) => stats_cmd(args),
         Cmd::Prep(args) => prep_cmd(args),
-        Cmd::Train(args) => vgg_cuda::train::run(&args).map(|_| ()),
+        Cmd::Train(args) => train_cmd(&args),
         Cmd::Predict(args) => vgg_cuda::eval::predict(&args).map(|_| ()),
         Cmd::Eval(args) => vgg_cuda::eval::eval(&args).map(|_| ()),
         Cmd::Bench { what: BenchCmd::Gemm(args) } => bench_gemm_cmd(args),
