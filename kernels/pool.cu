@@ -19,12 +19,16 @@
 __device__ __forceinline__ int vgg_argmax2x2(const __half* p, long long row_stride, int c_stride, float* best) {
     float v[4] = {__half2float(p[0]), __half2float(p[c_stride]), __half2float(p[row_stride]),
                   __half2float(p[row_stride + c_stride])};
+    // The running maximum in a register, not v[arg]: a dynamically indexed v lived in local
+    // memory (16 bytes of stack in the one-element-a-thread kernels).
     int arg = 0;
+    float m = v[0];
+#pragma unroll
     for (int k = 1; k < 4; ++k)
         // The first NaN wins and stays: a NaN is never dropped by the pool (as PyTorch's
         // max-pool keeps it), so an overflow upstream reaches the logits instead of vanishing.
-        if (v[k] > v[arg] || (v[k] != v[k] && v[arg] == v[arg])) arg = k;
-    *best = v[arg];
+        if (v[k] > m || (v[k] != v[k] && m == m)) arg = k, m = v[k];
+    *best = m;
     return arg;
 }
 

@@ -74,3 +74,16 @@ fn no_shipped_kernel_spills() {
         .collect();
     assert!(spills.is_empty(), "kernels spill registers: {spills:?}");
 }
+
+/// A stack frame is local memory: an array indexed by a value the compiler cannot resolve
+/// (the max-pool twins' window held one, 16 bytes) is read and written through L1 and device
+/// memory instead of registers, a cost ptxas reports as stack, not as spills.
+#[test]
+fn no_shipped_kernel_uses_local_memory() {
+    let stacks: Vec<String> = resources()
+        .iter()
+        .filter(|(_, k)| k.stack_bytes > 0)
+        .map(|(m, k)| format!("{m}::{} ({} B)", k.name, k.stack_bytes))
+        .collect();
+    assert!(stacks.is_empty(), "kernels with a stack frame: {stacks:?}");
+}
