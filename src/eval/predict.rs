@@ -37,7 +37,8 @@ fn class_names(models: &[Model], labels: Option<(&Path, Vec<String>)>) -> Result
 /// Arguments of `vgg predict`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PredictArgs {
-    /// A checkpoint (ours or a torchvision vgg*.safetensors); repeat for an ensemble.
+    /// A checkpoint (ours, or torchvision's pretrained vgg*.pth as downloaded, or its state
+    /// dict as .safetensors); repeat for an ensemble.
     #[arg(long, required = true)]
     pub weights: Vec<PathBuf>,
     /// Image files.

@@ -19,7 +19,8 @@ use std::time::Instant;
 /// Arguments of `vgg eval`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EvalArgs {
-    /// A checkpoint; repeat for an ensemble (posteriors averaged).
+    /// A checkpoint (ours, or torchvision's pretrained vgg*.pth as downloaded, or its state
+    /// dict as .safetensors); repeat for an ensemble (posteriors averaged).
     #[arg(long, required = true)]
     pub weights: Vec<PathBuf>,
     /// An ImageFolder (its val/ sub-folder when there is one), a shard directory written by

@@ -171,7 +171,8 @@ pub struct TrainArgs {
     /// there), and --steps / --epochs extend or shorten the run.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub resume: Option<String>,
-    /// Start from these weights (a torchvision vgg*.safetensors or one of our checkpoints).
+    /// Start from these weights: one of our checkpoints, or torchvision's (its pretrained
+    /// vgg11/13/16/19 .pth as downloaded, or its state dict as .safetensors).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// The paper's pre-initialisation: take the first four convs and the three FC layers from

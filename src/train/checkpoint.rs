@@ -302,11 +302,19 @@ fn describe(e: &SafeTensorError) -> String {
     }
 }
 
-/// Reads a checkpoint or a torchvision state dict. Errors name the file and, where one is
+/// Reads a checkpoint or a torchvision state dict: safetensors, or PyTorch's own `torch.save`
+/// format ([`super::pth`]: torchvision's pretrained `.pth` files). Errors name the file and, where one is
 /// to blame, the tensor: truncated or corrupt files, batch-norm variants, checksum
 /// mismatches, non-float tensors.
 pub fn load(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    if super::pth::is_pth(&bytes) {
+        // PyTorch's own format (torchvision's pretrained files): weights only.
+        let weights = super::pth::read(&bytes)
+            .with_context(|| format!("{}: a PyTorch (torch.save) file that cannot be read", path.display()))?;
+        refuse_batch_norm(path, weights.iter().map(|w| &w.0))?;
+        return Ok(Loaded { weights, momentum: vec![], config: None, state: None });
+    }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {}", path.display(), describe(&e))
     })?;
@@ -323,12 +331,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
-    if let Some(bn) = names.iter().find(|n| n.ends_with("running_mean") || n.ends_with("running_var")) {
-        bail!(
-            "{}: batch-norm VGG (torchvision vgg*_bn) is not supported: found `{bn}`; use the plain vgg11/13/16/19 weights",
-            path.display()
-        );
-    }
+    refuse_batch_norm(path, names.iter())?;
     let checksums: HashMap<String, String> = match meta.get("checksums") {
         Some(c) => serde_json::from_str(c).with_context(|| format!("{}: corrupt checksum metadata", path.display()))?,
         None => HashMap::new(),
@@ -364,14 +367,29 @@ pub fn load(path: &Path) -> Result<Loaded> {
     Ok(Loaded { weights, momentum, config, state })
 }
 
+/// Errors, naming a tensor, where the names are a batch-norm VGG's.
+fn refuse_batch_norm<'a>(path: &Path, mut names: impl Iterator<Item = &'a String>) -> Result<()> {
+    if let Some(bn) = names.find(|n| n.ends_with("running_mean") || n.ends_with("running_var")) {
+        bail!(
+            "{}: batch-norm VGG (torchvision vgg*_bn) is not supported: found `{bn}`; use the plain vgg11/13/16/19 weights",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The class names stored with a checkpoint (see [`save_with_classes`]), reading only the
 /// file's header; `None` when it has none (a torchvision file, an older checkpoint).
 pub fn load_classes(path: &Path) -> Result<Option<Vec<String>>> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let mut f = std::fs::File::open(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(|| format!("{}: not a safetensors file (too short)", path.display()))?;
-    let len = u64::from_le_bytes(len);
+    let mut head = [0u8; 9];
+    f.read_exact(&mut head).with_context(|| format!("{}: not a safetensors file (too short)", path.display()))?;
+    if super::pth::is_pth(&head) {
+        return Ok(None); // a PyTorch file: weights only
+    }
+    f.seek(std::io::SeekFrom::Start(8))?;
+    let len = u64::from_le_bytes(head[..8].try_into().unwrap());
     if len > 100 << 20 {
         bail!("{}: not a valid safetensors file (header of {len} bytes)", path.display());
     }

@@ -21,6 +21,7 @@ pub mod interrupt;
 pub mod lock;
 pub mod plot;
 pub mod pre_init;
+pub mod pth;
 mod resume;
 mod schedule;
 

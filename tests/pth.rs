@@ -1,0 +1,137 @@
+//! PyTorch's own weight files (`torch.save` of a state dict), as torchvision ships its
+//! pretrained VGGs: tests/fixtures/*.pth were written by real PyTorch (scripts/pth_fixtures.py,
+//! torch 2.15.0), each value a formula of its tensor's name and index, recomputed here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use vgg_cuda::data::{Dataset, Synthetic};
+use vgg_cuda::eval::{self, PredictArgs};
+use vgg_cuda::model::{Arch, NamedTensor, VggConfig};
+use vgg_cuda::train::checkpoint;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The fixtures' network: VGG A at 1/16 width, 32x32, FC 16, 3 classes.
+fn cfg() -> VggConfig {
+    VggConfig::small(Arch::A, 0.0625, 32, 16, 3)
+}
+
+/// scripts/pth_fixtures.py's values: ((7 i + 13 t) mod (2 m + 1) - m) / 8192 for element i of
+/// the tensor whose name's bytes sum to t, every tensor of the fixtures' network, by name.
+fn expected(m: i64) -> Vec<NamedTensor> {
+    let mut v: Vec<NamedTensor> = cfg()
+        .param_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            let t: i64 = name.bytes().map(i64::from).sum();
+            let n: usize = shape.iter().product();
+            let vals = (0..n as i64).map(|i| ((7 * i + 13 * t) % (2 * m + 1) - m) as f32 / 8192.0).collect();
+            (name, shape, vals)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn every_torch_save_form_loads_with_its_exact_values() {
+    for (file, m) in [
+        // zip archive, float32: what torch.save writes since PyTorch 1.6
+        ("vgg_a_tiny.pth", 1000),
+        // legacy stream, float16, a transposed view and a tensor at an offset in its storage
+        ("vgg_a_tiny_legacy.pth", 1000),
+        // a training checkpoint: {"epoch", "lr", "state_dict": {"module.<name>": bfloat16}},
+        // pickle protocol 4
+        ("vgg_a_tiny_wrapped.pth", 127),
+    ] {
+        let l = checkpoint::load(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let want = expected(m);
+        let names = |v: &[NamedTensor]| v.iter().map(|t| (t.0.clone(), t.1.clone())).collect::<Vec<_>>();
+        assert_eq!(names(&l.weights), names(&want), "{file}: names and shapes");
+        for (g, w) in l.weights.iter().zip(&want) {
+            assert!(g.2 == w.2, "{file}: values of {}", g.0);
+        }
+        assert!(l.momentum.is_empty() && l.config.is_none() && l.state.is_none(), "{file}");
+        assert_eq!(checkpoint::load_classes(&fixture(file)).unwrap(), None, "{file}");
+        let got = eval::infer_config(&l.weights).unwrap();
+        assert_eq!((got.arch, got.width, got.input, got.fc, got.classes), (Arch::A, 0.0625, 32, 16, 3), "{file}");
+    }
+}
+
+/// `vgg predict` (and so `vgg eval`, `vgg train --weights`, which load weights the same way)
+/// takes a .pth as it is, and scores an image exactly as the same values in a safetensors file.
+#[test]
+fn a_pth_predicts_as_its_safetensors_twin() {
+    let dir = common::TempDir::new("pth", "predict");
+    let twin = dir.join("twin.safetensors");
+    common::write_plain(&twin, &expected(1000));
+    let syn = Synthetic::new(3, 40, 1, 4);
+    let img = dir.join("img.png");
+    syn.load(0).unwrap().0.save(&img).unwrap();
+    let predict = |w: PathBuf| {
+        let a = PredictArgs {
+            weights: vec![w],
+            images: vec![img.clone()],
+            top: 3,
+            device: "emu".into(),
+            ..Default::default()
+        };
+        eval::predict(&a).unwrap().remove(0).top
+    };
+    let (a, b) = (predict(fixture("vgg_a_tiny.pth")), predict(twin));
+    // Finite and unequal: the fixtures' values (|v| < 0.13) keep fp16 activations in range,
+    // so the posteriors depend on every weight, not on an overflow.
+    assert!(a.iter().all(|c| c.prob.is_finite()) && a[0].prob > a[2].prob, "{a:?}");
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
+
+#[test]
+fn damaged_pth_files_are_errors_that_say_so() {
+    let dir = common::TempDir::new("pth", "damaged");
+    type Damage = fn(&mut Vec<u8>);
+    let cases: [(&str, Damage, &str); 3] = [
+        ("vgg_a_tiny.pth", |b| b.truncate(b.len() / 2), "not a readable zip archive"),
+        ("vgg_a_tiny_legacy.pth", |b| b.truncate(b.len() - 100), "run past the end of the file (truncated?)"),
+        // The magic number's last byte changed: a pickle, but not one torch.save wrote.
+        ("vgg_a_tiny_legacy.pth", |b| b[13] ^= 1, "no PyTorch magic number"),
+    ];
+    for (file, damage, want) in cases {
+        let mut bytes = std::fs::read(fixture(file)).unwrap();
+        damage(&mut bytes);
+        let p = dir.join(file);
+        std::fs::write(&p, &bytes).unwrap();
+        let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+        assert!(e.contains(&p.display().to_string()) && e.contains(want), "{file}: {e}");
+    }
+}
+
+/// Bytes flipped at random in each fixture give an error or a load, never a panic, a hang or
+/// an allocation the file's size does not bound (a shape, a length or a memo index the
+/// damage made up).
+#[test]
+fn randomly_damaged_pth_files_never_panic() {
+    const ROUNDS: usize = 300;
+    use rand::{Rng, SeedableRng};
+    let dir = common::TempDir::new("pth", "fuzz");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for file in ["vgg_a_tiny.pth", "vgg_a_tiny_legacy.pth", "vgg_a_tiny_wrapped.pth"] {
+        let clean = std::fs::read(fixture(file)).unwrap();
+        // Most damage in the first 4 KiB, where the pickles are (the legacy stream's; the zip's
+        // data.pkl, whose CRC the archive checks), the rest anywhere.
+        for round in 0..ROUNDS {
+            let mut b = clean.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let end = if rng.gen_bool(0.8) { 4096 } else { b.len() };
+                let i = rng.gen_range(0..end);
+                b[i] = rng.gen();
+            }
+            let p = dir.join(format!("{round}-{file}"));
+            std::fs::write(&p, &b).unwrap();
+            let _ = checkpoint::load(&p);
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
