@@ -8,10 +8,13 @@ parameters: `vgg info --model A --width 0.0625 --input 32 --fc 16 --classes 3`).
 exact in the file's dtype and computable without the file:
     v = ((7 i + 13 t) mod (2 M + 1) - M) / 8192
 for element i (row-major) of the tensor whose name's bytes sum to t; M is 1000 for float32 and
-float16 files, 127 for bfloat16 (8 significant bits).
+float16 files, 127 for bfloat16 (8 significant bits). Beside them, vgg_a_tiny_he.pth (64x64
+input, He-normal weights) and vgg_a_tiny_he_logits.json, PyTorch's logits for it on a few
+formula images: a check of the whole network against PyTorch's own ops.
 
     scripts/pth_fixtures.py tests/fixtures
 """
+import json
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -49,6 +52,54 @@ def state_dict(dtype, m):
     return OrderedDict((n, values(n, s, m).to(dtype)) for n, s in shapes())
 
 
+def images(n=4, side=64):
+    """tests/pth.rs's inputs: NHWC uint8, v = (7 x + 13 y + 29 c + 31 n + x y) mod 256."""
+    img = torch.empty((n, side, side, 3), dtype=torch.int64)
+    for b in range(n):
+        for y in range(side):
+            for x in range(side):
+                for c in range(3):
+                    img[b, y, x, c] = (7 * x + 13 * y + 29 * c + 31 * b + x * y) % 256
+    return img
+
+
+def vgg_a(sd, x):
+    """VGG A's forward in torch.nn.functional, in eval mode (no dropout), from a state dict."""
+    idx = 0
+    for v in CFG_A:
+        if v == "M":
+            x = torch.nn.functional.max_pool2d(x, 2)
+            idx += 1
+            continue
+        x = torch.relu(torch.nn.functional.conv2d(x, sd[f"features.{idx}.weight"], sd[f"features.{idx}.bias"], padding=1))
+        idx += 2
+    x = torch.flatten(x, 1)  # CHW order, as torchvision's VGG flattens
+    for j in (0, 3):
+        x = torch.relu(torch.nn.functional.linear(x, sd[f"classifier.{j}.weight"], sd[f"classifier.{j}.bias"]))
+    return torch.nn.functional.linear(x, sd["classifier.6.weight"], sd["classifier.6.bias"])
+
+
+def he_model_and_logits(out):
+    """A 64x64 VGG A (a 2x2 last feature map: the first FC reads it in CHW order) with He-normal
+    weights and small random biases, float32, and PyTorch's logits for images(), computed in
+    float64 with torchvision's input normalisation."""
+    g = torch.Generator().manual_seed(2026)
+    sd = OrderedDict()
+    for n, s in shapes(side=64):
+        fan_in = 1
+        for d in s[1:]:
+            fan_in *= d
+        std = (2.0 / fan_in) ** 0.5 if n.endswith("weight") else 0.1
+        sd[n] = (torch.randn(s, generator=g, dtype=torch.float64) * std).to(torch.float32)
+    torch.save(sd, out / "vgg_a_tiny_he.pth")
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    x = (images().permute(0, 3, 1, 2).to(torch.float64) / 255 - mean) / std
+    logits = vgg_a({k: v.to(torch.float64) for k, v in sd.items()}, x)
+    doc = {"torch": torch.__version__, "logits": logits.tolist()}
+    (out / "vgg_a_tiny_he_logits.json").write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(out):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +121,7 @@ def main(out):
     sd = state_dict(torch.bfloat16, 127)
     ck = {"epoch": 3, "lr": 0.01, "state_dict": OrderedDict(("module." + k, v) for k, v in sd.items())}
     torch.save(ck, out / "vgg_a_tiny_wrapped.pth", pickle_protocol=4)
+    he_model_and_logits(out)
     print("torch", torch.__version__, "->", sorted(p.name for p in out.glob("*.pth")))
 
 

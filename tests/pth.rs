@@ -7,8 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use vgg_cuda::data::{Dataset, Synthetic};
 use vgg_cuda::eval::{self, PredictArgs};
-use vgg_cuda::model::{Arch, NamedTensor, VggConfig};
+use vgg_cuda::model::{Arch, Init, NamedTensor, Vgg, VggConfig};
 use vgg_cuda::train::checkpoint;
+use vgg_cuda::{Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -86,6 +87,56 @@ fn a_pth_predicts_as_its_safetensors_twin() {
     // so the posteriors depend on every weight, not on an overflow.
     assert!(a.iter().all(|c| c.prob.is_finite()) && a[0].prob > a[2].prob, "{a:?}");
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
+
+/// The whole network against PyTorch's own ops: a 64x64 VGG A with He-normal weights loaded
+/// from the .pth, on emu, gives the logits PyTorch computed for it in float64 (fixture JSON),
+/// within the fp16 pipeline's error. With a 2x2 last feature map this checks the first FC
+/// layer's CHW flatten order, and with it the OIHW filter layout, the input normalisation
+/// constants and the pooling, all as torchvision has them.
+#[test]
+fn a_pth_model_computes_pytorchs_logits() {
+    let l = checkpoint::load(&fixture("vgg_a_tiny_he.pth")).unwrap();
+    let cfg = eval::infer_config(&l.weights).unwrap();
+    assert_eq!((cfg.input, cfg.classes), (64, 3));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("vgg_a_tiny_he_logits.json")).unwrap()).unwrap();
+    let want: Vec<f64> = json["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().clone())
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (n, side) = (want.len() / 3, 64);
+    // scripts/pth_fixtures.py's images(): NHWC, (7 x + 13 y + 29 c + 31 n + x y) mod 256.
+    let mut img = Vec::with_capacity(n * side * side * 3);
+    for b in 0..n {
+        for y in 0..side {
+            for x in 0..side {
+                img.extend((0..3).map(|c| ((7 * x + 13 * y + 29 * c + 31 * b + x * y) % 256) as u8));
+            }
+        }
+    }
+    let dev = Device::emu();
+    let mut vgg = Vgg::new(&dev, cfg, n, Init::He, 1).unwrap();
+    vgg.import_params(&l.weights).unwrap();
+    let images = Tensor::<u8>::from_host(&dev, &[n, side, side, 3], &img).unwrap();
+    let got = vgg.forward(&images, false, 0).unwrap().to_f32().unwrap();
+    let (mut err, mut norm, mut worst) = (0.0f64, 0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(&want) {
+        (err, norm, worst) = (err + (*g as f64 - w).powi(2), norm + w * w, worst.max((*g as f64 - w).abs()));
+    }
+    let rel = (err / norm).sqrt();
+    eprintln!("logits vs PyTorch: rel L2 {rel:.2e}, max abs {worst:.2e} (ours {got:?})");
+    // fp16 activations and weights through 8 convs and 3 FC layers (measured: rel L2 3.3e-3,
+    // max abs 3.4e-2 of logits up to 6.4); the first FC's columns read in HWC instead of CHW
+    // order gave rel L2 0.83. Bounds: the conv issue's, 2e-2 of the peak for the max.
+    let peak = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    assert!(
+        rel < 1e-2 && worst <= 2e-2 * peak,
+        "logits vs PyTorch: rel L2 {rel:.2e}, max abs {worst:.2e} (peak {peak:.2}): {got:?} vs {want:?}"
+    );
 }
 
 #[test]
