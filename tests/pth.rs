@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use vgg_cuda::data::{Dataset, Synthetic};
 use vgg_cuda::eval::{self, PredictArgs};
 use vgg_cuda::model::{Arch, Init, NamedTensor, OptimConfig, Vgg, VggConfig};
-use vgg_cuda::train::checkpoint;
+use vgg_cuda::train::{checkpoint, run, TrainArgs};
 use vgg_cuda::{Device, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -256,6 +256,36 @@ fn randomly_damaged_pth_files_never_panic() {
             std::fs::write(&p, &b).unwrap();
             let _ = checkpoint::load(&p);
             std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+/// Fine-tuning torchvision-style weights to a dataset of other classes: without --fresh-head
+/// the class counts are named with the flag; with it every layer but the last is the file's
+/// (unmoved by a step at lr 1e-30) and the last is a new one for this run's 4 classes.
+#[test]
+fn fresh_head_fine_tunes_a_pth_to_other_classes() {
+    let dir = common::TempDir::new("pth", "fresh-head");
+    let a = |fresh: bool| TrainArgs {
+        classes: 4,
+        steps: Some(1),
+        lr: Some(1e-30),
+        weights: Some(fixture("vgg_a_tiny.pth")),
+        fresh_head: fresh,
+        checkpoint_dir: Some(dir.to_path_buf()),
+        ..common::tiny_train_args()
+    };
+    let e = format!("{:#}", run(&a(false)).unwrap_err());
+    assert!(e.contains("(classifier.6) scores 3 classes, this run has 4: --fresh-head"), "{e}");
+    run(&a(true)).unwrap();
+    let got = checkpoint::load(&dir.join("last.safetensors")).unwrap().weights;
+    for (name, shape, want) in expected(1000) {
+        let g = got.iter().find(|t| t.0 == name).unwrap();
+        if name.starts_with("classifier.6.") {
+            assert_eq!(g.1[0], 4, "{name}: a new last layer for 4 classes");
+        } else {
+            assert_eq!(g.1, shape, "{name}");
+            assert!(common::unmoved(&g.2, &want), "{name}: not the file's");
         }
     }
 }

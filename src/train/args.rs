@@ -175,6 +175,12 @@ pub struct TrainArgs {
     /// vgg11/13/16/19 .pth as downloaded, or its state dict as .safetensors).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// With --weights: train a new last layer (classifier.6, drawn per --init for this run's
+    /// classes) instead of taking the file's, which scores the file's classes: fine-tuning
+    /// torchvision's 1000-class ImageNet weights to another dataset. Every other layer is the
+    /// file's.
+    #[arg(long)]
+    pub fresh_head: bool,
     /// The paper's pre-initialisation: take the first four convs and the three FC layers from
     /// this trained config-A checkpoint (same width, input, FC and classes), the rest per --init.
     #[arg(long)]
@@ -284,6 +290,9 @@ impl TrainArgs {
         }
         if self.resume.is_some() && (self.weights.is_some() || self.pre_init.is_some()) {
             bail!("--resume takes every weight from the checkpoint; --weights and --pre-init are for a new run");
+        }
+        if self.fresh_head && self.weights.is_none() {
+            bail!("--fresh-head replaces the last layer of the --weights file; it needs --weights");
         }
         if self.weights.is_some() && self.pre_init.is_some() {
             bail!("--pre-init and --weights both set the initial weights; pass one");

@@ -30,7 +30,7 @@ pub use data::{validate, Validation};
 pub use schedule::LrSchedule;
 
 use crate::data::{Dataset, Loader, LoaderConfig, Transform};
-use crate::model::{ConvChoice, Init, OptimConfig, Vgg, VggConfig};
+use crate::model::{ConvChoice, Init, NamedTensor, OptimConfig, Vgg, VggConfig};
 use crate::Device;
 use anyhow::{bail, Context, Result};
 use checkpoint::TrainState;
@@ -285,10 +285,11 @@ fn new_state(a: &TrainArgs, data: &data::RunData, total: u64) -> (checkpoint::Ru
 /// layers --pre-init copies from a trained shallower config.
 fn initial_weights(a: &TrainArgs, vgg: &mut Vgg) -> Result<()> {
     if let Some(w) = &a.weights {
-        let l = checkpoint::load(w)?;
-        l.ensure_vgg_weights(&format!("--weights {}", w.display()))?;
-        vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
         let what = format!("--weights {}", w.display());
+        let mut l = checkpoint::load(w)?;
+        l.ensure_vgg_weights(&what)?;
+        fresh_head(a, vgg, &mut l.weights, &what)?;
+        vgg.import_params(&l.weights).with_context(|| format!("loading weights from {}", w.display()))?;
         if let Some(warn) =
             checkpoint::input_norm_warning(l.config.as_ref().map(VggConfig::norm), vgg.config().norm(), &what)
         {
@@ -301,6 +302,38 @@ fn initial_weights(a: &TrainArgs, vgg: &mut Vgg) -> Result<()> {
             map.iter().map(|(f, t)| if f == t { f.clone() } else { format!("{f}->{t}") }).collect();
         println!("pre-initialised from {}: {} (the rest: --init {})", p.display(), pairs.join(", "), a.init);
     }
+    Ok(())
+}
+
+/// The last layer for --weights: with --fresh-head the model's own (--init's, for this run's
+/// classes) replaces the file's; without it, a file for another class count is refused here,
+/// naming both counts and the flag, rather than as a shape error about `classifier.6.bias`.
+fn fresh_head(a: &TrainArgs, vgg: &Vgg, weights: &mut Vec<NamedTensor>, what: &str) -> Result<()> {
+    let shapes = vgg.config().param_shapes();
+    let last: Vec<&(String, Vec<usize>)> = shapes.iter().rev().take(2).collect();
+    if !a.fresh_head {
+        let (name, want) = last.iter().find(|(n, _)| n.ends_with(".weight")).map(|(n, s)| (n, s)).expect("a weight");
+        if let Some(t) = weights.iter().find(|t| &t.0 == name).filter(|t| t.1 != *want && t.1.len() == 2) {
+            let layer = name.trim_end_matches(".weight");
+            bail!(
+                "{what}: its last layer ({layer}) scores {} classes, this run has {}: --fresh-head trains a new last \
+                 layer for this run's classes (fine-tuning), or give --classes {} (synthetic data)",
+                t.1[0],
+                want[0],
+                t.1[0]
+            );
+        }
+        return Ok(());
+    }
+    let own = vgg.export_params()?;
+    weights.retain(|t| last.iter().all(|(n, _)| *n != t.0));
+    weights.extend(own.into_iter().filter(|t| last.iter().any(|(n, _)| *n == t.0)));
+    let layer = last[0].0.rsplit_once('.').map_or("", |(l, _)| l);
+    println!(
+        "{what}: every layer but {layer}, which --fresh-head draws anew (--init {}, {} classes)",
+        a.init,
+        vgg.config().classes
+    );
     Ok(())
 }
 
