@@ -289,3 +289,32 @@ fn fresh_head_fine_tunes_a_pth_to_other_classes() {
         }
     }
 }
+
+/// `vgg info --weights`: a .pth is described with the config its shapes imply; one of our
+/// checkpoints with its recorded config, class names, momentum and place in its run.
+#[test]
+fn info_describes_a_weights_file() {
+    let info = |p: &Path| -> serde_json::Value {
+        let out = common::vgg(&["info", "--weights", p.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = info(&fixture("vgg_a_tiny_legacy.pth"));
+    assert_eq!(v["format"], "PyTorch torch.save file (a state dict)");
+    assert_eq!((v["tensors"].as_u64(), v["parameters"].as_u64()), (Some(22), Some(37_131)));
+    assert_eq!(
+        (&v["config"]["arch"], &v["config"]["input"], &v["config_source"]),
+        (&"A".into(), &32.into(), &"inferred from the shapes".into())
+    );
+    assert!(v["state"].is_null() && v["classes"].is_null() && v["momentum"] == false, "{v}");
+    let dir = common::TempDir::new("pth", "info");
+    run(&TrainArgs { steps: Some(2), checkpoint_dir: Some(dir.to_path_buf()), ..common::tiny_train_args() }).unwrap();
+    let v = info(&dir.join("last.safetensors"));
+    assert_eq!((&v["format"], &v["config_source"]), (&"vgg-cuda checkpoint (safetensors)".into(), &"recorded".into()));
+    assert_eq!((&v["state"]["step"], &v["momentum"]), (&2.into(), &true.into()), "{v}");
+    assert_eq!(v["classes"].as_array().map(Vec::len), Some(3), "{v}");
+    let text =
+        String::from_utf8(common::vgg(&["info", "--weights", dir.join("last.safetensors").to_str().unwrap()]).stdout)
+            .unwrap();
+    assert!(text.contains("training: step 2, epoch 0 (batch 2 of it, batch size 4)"), "{text}");
+}

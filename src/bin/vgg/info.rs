@@ -245,3 +245,63 @@ pub(crate) fn model_info(
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
+
+/// `vgg info --weights FILE`: what a weights file is and holds (its format, tensors and
+/// parameters, the VGG config it records or its shapes imply, stored class names, and a
+/// training checkpoint's place in its run), as text or one JSON object. Nothing is loaded onto
+/// a device.
+pub(crate) fn weights_info(path: &std::path::Path, json: bool) -> Result<()> {
+    use vgg_cuda::train::{checkpoint, pth};
+    // First: its errors name the file (a missing one, a foreign format).
+    let l = checkpoint::load(path)?;
+    l.ensure_vgg_weights(&path.display().to_string())?;
+    let mut head = [0u8; 9];
+    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+    let format = match (read.is_ok() && pth::is_pth(&head), &l.config) {
+        (true, _) => "PyTorch torch.save file (a state dict)",
+        (false, Some(_)) => "vgg-cuda checkpoint (safetensors)",
+        (false, None) => "safetensors state dict",
+    };
+    let (cfg, how) = match &l.config {
+        Some(c) => (c.clone(), "recorded"),
+        None => (vgg_cuda::eval::infer_config(&l.weights)?, "inferred from the shapes"),
+    };
+    let params: usize = l.weights.iter().map(|t| t.2.len()).sum();
+    let classes = checkpoint::load_classes(path)?;
+    if json {
+        let v = serde_json::json!({"file": path, "format": format, "tensors": l.weights.len(), "parameters": params,
+            "config": cfg, "config_source": how, "momentum": !l.momentum.is_empty(), "classes": classes,
+            "state": l.state});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}: {format}", path.display());
+    let momentum = if l.momentum.is_empty() { "" } else { ", with SGD momentum" };
+    println!(
+        "tensors:  {} ({} parameters){momentum}",
+        l.weights.len(),
+        vgg_cuda::model::config::thousands(params as u64)
+    );
+    println!("model:    VGG {} ({how})", cfg.describe());
+    match &classes {
+        Some(c) => println!("classes:  {} named ({})", c.len(), vgg_cuda::eval::class_list(c)),
+        None => println!("classes:  {} (no names stored)", cfg.classes),
+    }
+    match &l.state {
+        Some(s) => {
+            let best = s.best_top1.map(|b| format!(", best val top-1 {b:.4}")).unwrap_or_default();
+            println!(
+                "training: step {}, epoch {} (batch {} of it, batch size {}), lr {:.3e}, loss scale {}{best}, seed {}",
+                s.step, s.epoch, s.batch_in_epoch, s.batch, s.lr, s.loss_scale, s.seed
+            );
+            if !s.conv_plans.is_empty() {
+                println!(
+                    "          conv plans recorded for {} layers (a resume computes with them)",
+                    s.conv_plans.len()
+                );
+            }
+        }
+        None => println!("training: no state (weights only: --weights or --pre-init start a new run from it)"),
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ mod info;
 
 use bench::{bench_conv_cmd, bench_gemm_cmd, bench_train_cmd, BenchConvArgs, BenchGemmArgs, BenchTrainArgs};
 use data::{bench_data_cmd, prep_cmd, stats_cmd, BenchDataArgs, PrepArgs, StatsArgs};
-use info::{info, model_info, selftest_cmd};
+use info::{info, model_info, selftest_cmd, weights_info};
 
 #[derive(Parser)]
 #[command(name = "vgg", version, about = "VGG on hand-tuned CUDA kernels (GPU, or the CPU emulator)")]
@@ -45,8 +45,13 @@ enum Cmd {
     /// --model, a VGG config's layers, parameters, FLOPs and training memory plan instead.
     Info {
         /// Also list every kernel's registers, shared memory, stack and spills.
-        #[arg(long, conflicts_with = "model")]
+        #[arg(long, conflicts_with_all = ["model", "weights"])]
         kernels: bool,
+        /// Describe a weights file instead (ours, torchvision's .pth or a safetensors state
+        /// dict): its format, tensors, the VGG config it records or implies, class names, and a
+        /// checkpoint's place in its run.
+        #[arg(long, conflicts_with = "model")]
+        weights: Option<std::path::PathBuf>,
         /// Print JSON instead of text (with --model: the layers, totals and memory plans).
         #[arg(long)]
         json: bool,
@@ -194,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Info { model: Some(m), input, classes, width, fc, batch, json, .. } => {
             model_info(&m, input, classes, width, fc, batch.as_deref(), json)
         }
+        Cmd::Info { weights: Some(w), json, .. } => weights_info(&w, json),
         Cmd::Info { kernels, json, .. } => info(kernels, json),
         Cmd::Selftest { device, only, schedule, json } => {
             selftest_cmd(&device, only.as_deref(), schedule.as_deref(), json)

@@ -179,7 +179,9 @@ fn elem_size(dtype: &str) -> Option<usize> {
 fn state_dict(m: &Machine, root: usize, nested: bool) -> Result<Vec<(String, TensorRef)>> {
     let items = match m.get(root) {
         Value::Dict(items) => items,
-        Value::Object(what) => bail!("the file holds a pickled {what}, not a state dict (a dict of tensors)"),
+        Value::Object(what) => bail!(
+            "the file holds a pickled {what}, not a state dict (a dict of tensors): save model.state_dict() instead"
+        ),
         Value::Tensor(_) => bail!("the file holds a single tensor, not a state dict (a dict of tensors)"),
         _ => bail!("the file holds no state dict (its pickled object is not a dict)"),
     };
