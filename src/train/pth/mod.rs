@@ -7,7 +7,7 @@
 //! of earlier releases and of `_use_new_zipfile_serialization=False` (pickles of a magic
 //! number, the protocol version and the system's sizes, then of the state dict, then of the
 //! storage keys, then each storage as an 8-byte element count and its bytes). Either way the
-//! state dict is a pickle whose tensors refer to storages by key ([`pickle`]). Tensors come back
+//! state dict is a pickle whose tensors refer to storages by key (`pickle.rs`). Tensors come back
 //! as f32, contiguous, by name: what [`super::checkpoint::load`] returns for a safetensors file.
 
 mod pickle;
