@@ -15,6 +15,7 @@ mod pickle;
 use crate::model::NamedTensor;
 use anyhow::{anyhow, bail, Context, Result};
 use pickle::{Machine, TensorRef, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The legacy stream's first pickle: `torch.serialization.MAGIC_NUMBER`.
@@ -53,8 +54,12 @@ pub fn read(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
     Ok(out)
 }
 
+/// Each storage's bytes by key: read out of a zip archive (which checks their CRC), or borrowed
+/// from a legacy stream.
+type Storages<'a> = HashMap<String, Cow<'a, [u8]>>;
+
 /// The zip archive: its pickle and every storage file by key.
-fn zip_file(bytes: &[u8]) -> Result<(Machine, HashMap<String, Vec<u8>>)> {
+fn zip_file(bytes: &[u8]) -> Result<(Machine, Storages<'_>)> {
     use std::io::Read;
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| anyhow!("not a readable zip archive (truncated?): {e}"))?;
@@ -90,13 +95,14 @@ fn zip_file(bytes: &[u8]) -> Result<(Machine, HashMap<String, Vec<u8>>)> {
                 s.numel
             );
         }
-        storages.insert(s.key.clone(), data);
+        storages.insert(s.key.clone(), Cow::Owned(data));
     }
     Ok((m, storages))
 }
 
-/// The legacy stream: its pickles in order, then the storages' records.
-fn legacy(bytes: &[u8]) -> Result<(Machine, HashMap<String, Vec<u8>>)> {
+/// The legacy stream: its pickles in order, then the storages' records (borrowed from
+/// `bytes`: torchvision's VGG-16 file holds 528 MB of them).
+fn legacy(bytes: &[u8]) -> Result<(Machine, Storages<'_>)> {
     let mut at = 0;
     let mut next = |what: &str| -> Result<Machine> {
         let (m, n) = pickle::load(&bytes[at..]).with_context(|| format!("reading the {what}"))?;
@@ -147,7 +153,7 @@ fn legacy(bytes: &[u8]) -> Result<(Machine, HashMap<String, Vec<u8>>)> {
         let data = len
             .and_then(|l| bytes.get(at + 8..(at + 8).checked_add(l)?))
             .ok_or_else(|| anyhow!("storage `{key}`: {numel} elements run past the end of the file (truncated?)"))?;
-        storages.insert(key, data.to_vec());
+        storages.insert(key, Cow::Borrowed(data));
         at += 8 + data.len();
     }
     Ok((m, storages))
