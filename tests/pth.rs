@@ -318,3 +318,28 @@ fn info_describes_a_weights_file() {
             .unwrap();
     assert!(text.contains("training: step 2, epoch 0 (batch 2 of it, batch size 4)"), "{text}");
 }
+
+/// `--labels imagenet`: the built-in ImageNet names in torchvision's order, for its weights
+/// (which store none): a 1000-class model whose last layer favours class 281 names it "tabby".
+#[test]
+fn imagenet_labels_are_built_in() {
+    let dir = common::TempDir::new("pth", "imagenet");
+    let cfg = VggConfig::small(Arch::A, 0.0625, 32, 16, 1000);
+    let mut w = Vgg::new(&Device::emu(), cfg, 1, Init::He, 3).unwrap().export_params().unwrap();
+    let b = w.iter_mut().find(|t| t.0 == "classifier.6.bias").unwrap();
+    b.2[281] = 50.0;
+    let path = dir.join("in1k.safetensors");
+    common::write_plain(&path, &w);
+    let img = dir.join("img.png");
+    Synthetic::new(3, 40, 1, 4).load(0).unwrap().0.save(&img).unwrap();
+    let a = PredictArgs {
+        weights: vec![path],
+        images: vec![img],
+        top: 2,
+        labels: Some("imagenet".into()),
+        device: "emu".into(),
+        ..Default::default()
+    };
+    let top = eval::predict(&a).unwrap().remove(0).top;
+    assert_eq!((top[0].class, top[0].name.as_str()), (281, "tabby"), "{top:?}");
+}

@@ -12,9 +12,18 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// The names in a labels file, one a line (blank lines skipped).
+/// ImageNet's 1000 class names in the order of torchvision's class indices (the sorted
+/// synset folders), as torchvision's weights metadata lists them: `--labels imagenet`.
+const IMAGENET: &str = include_str!("imagenet_classes.txt");
+
+/// The names in a labels file, one a line (blank lines skipped); `imagenet`, where no file of
+/// that name exists, is the built-in ImageNet list.
 fn read_labels(p: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("--labels: reading {}", p.display()))?;
+    let text = if p == Path::new("imagenet") && !p.exists() {
+        IMAGENET.to_string()
+    } else {
+        std::fs::read_to_string(p).with_context(|| format!("--labels: reading {}", p.display()))?
+    };
     Ok(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
@@ -54,6 +63,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "cuda")]
     pub device: String,
     /// Class names, one a line; they take precedence over names stored in the checkpoint.
+    /// `imagenet`: the built-in ImageNet names (torchvision's order), for torchvision's weights.
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Test scales Q as `vgg eval` takes them (Q, Q1,Q2,..., fixed:S, jittered[:MIN:MAX]),
