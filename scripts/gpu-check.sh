@@ -72,6 +72,18 @@ step selftest-cuda 180 "$VGG" selftest --device cuda --json "$RAW/selftest-cuda.
 if "$VGG" bench train --help 2>/dev/null | grep -q -- --check-against; then
   step wgmma-check 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma --check-against auto \
     --warmup 5 --steps 20
+  # The third opinion, where wgmma and auto part: PyTorch's gradient of the same first step
+  # (float64 on the GPU, the dumped fp16 weights and batch), without dropout so that the step is
+  # a plain function of them. A policy whose tensors differ from PyTorch's by ~1 where the
+  # other's stay at fp16 rounding (~1e-3 .. 1e-1) computes wrongly; both small: sensitivity.
+  # ~1.7 GB written, kept out of $OUT.
+  if "$VGG" bench train --help 2>/dev/null | grep -q -- --dump-step0; then
+    STEP0=${TMPDIR:-/tmp}/vgg-step0
+    step wgmma-torch-dump 60 "$VGG" bench train --device cuda --model D --batch 32 --conv-algo wgmma --check-against auto \
+      --dropout 0 --warmup 0 --steps 1 --dump-step0 "$STEP0"
+    step wgmma-torch 120 python3 scripts/torch_grad_check.py "$STEP0/batch32"
+    rm -rf "$STEP0"
+  fi
   if "$VGG" bench train --help 2>/dev/null | grep -q -- --lr; then
     step wgmma-check-lr3 60 "$VGG" bench train --device cuda --model D --batch 32,64 --conv-algo wgmma \
       --check-against auto --warmup 5 --steps 20 --lr 1e-3

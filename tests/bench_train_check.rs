@@ -12,7 +12,7 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     let dev = Device::emu();
     let mut cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
     // Deterministic kernels: the same plans from the same seed give the same step, bit for bit.
-    let same = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
+    let same = check_against(&dev, &cfg, ConvChoice::Auto, None).unwrap();
     assert_eq!(same.loss(), same.other_loss());
     assert!(!same.skipped && same.grads.len() == 22, "{same:?}");
     assert!(same.grads.iter().all(|g| g.rel_l2 == 0.0), "{same:?}");
@@ -26,7 +26,7 @@ fn a_policy_against_itself_agrees_exactly_and_another_within_rounding() {
     // pass (all but the first two at 1/16 width) computes differently, so the gradients of the
     // layers before them do too, by rounding and near-tie routing, not by a fault.
     cfg.conv = ConvChoice::Wgmma;
-    let c = check_against(&dev, &cfg, ConvChoice::Auto).unwrap();
+    let c = check_against(&dev, &cfg, ConvChoice::Auto, None).unwrap();
     assert_eq!(c.other, "auto");
     assert!((c.loss() - c.other_loss()).abs() <= 1e-2 * c.other_loss(), "{c:?}");
     assert!(c.grads[0].rel_l2 > 0.0, "the two steps ran the same kernels: {c:?}");
@@ -101,4 +101,43 @@ fn a_memory_checked_run_repeats_the_losses_of_correct_kernels() {
     cfg.graph = true;
     let err = vgg_cuda::bench::train::run(&dev, &cfg).unwrap_err().to_string();
     assert!(err.contains("memory check cannot run with graph steps"), "{err}");
+}
+
+/// `--dump-step0`: the first step's fp16 weights (torchvision layout), batch and both
+/// policies' unscaled gradients, with a meta.json that names the layers, for
+/// scripts/torch_grad_check.py. The weights are the model's initial ones rounded to fp16; a
+/// policy against itself writes two identical gradient sets.
+#[test]
+fn the_first_step_is_dumped_for_another_framework() {
+    let dev = Device::emu();
+    let cfg = TrainBenchConfig::for_device(&dev, Arch::A, Some(2));
+    let dir = std::env::temp_dir().join(format!("vgg-dump-step0-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    check_against(&dev, &cfg, ConvChoice::Auto, Some(&dir)).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let names: Vec<&str> = meta["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["auto", "auto-2"]);
+    assert_eq!(meta["features"][0], serde_json::json!({"kind": "conv3x3", "name": "features.0"}));
+    assert_eq!(meta["features"][1], serde_json::json!({"kind": "maxpool2x2", "name": "features.2"}));
+    let f32s = |p: std::path::PathBuf| -> Vec<f32> { bytemuck::pod_collect_to_vec(&std::fs::read(p).unwrap()) };
+    let (vgg, _) = cfg.model(&dev, ConvChoice::Auto).unwrap();
+    let initial = vgg.export_params().unwrap();
+    assert_eq!(meta["tensors"].as_array().unwrap().len(), initial.len());
+    for (name, shape, w) in &initial {
+        let got = f32s(dir.join("weights").join(format!("{name}.bin")));
+        assert_eq!(got, vgg_cuda::reference::f32_to_f16_round(w), "{name}: the fp16 weights, torchvision layout");
+        assert_eq!(got.len(), shape.iter().product::<usize>());
+        let (a, b) = (
+            f32s(dir.join("grads/auto").join(format!("{name}.bin"))),
+            f32s(dir.join("grads/auto-2").join(format!("{name}.bin"))),
+        );
+        assert!(a == b && a.len() == got.len() && a.iter().all(|v| v.is_finite()), "{name}: gradients");
+    }
+    assert!(initial
+        .iter()
+        .any(|(n, ..)| f32s(dir.join("grads/auto").join(format!("{n}.bin"))).iter().any(|v| *v != 0.0)));
+    let images = std::fs::read(dir.join("images.bin")).unwrap();
+    assert_eq!(images.len(), 2 * cfg.model.input * cfg.model.input * 3);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -57,6 +57,7 @@ fn script_commands(tmp: &std::path::Path) -> Vec<(String, Vec<String>)> {
         ("RAW", tmp.join("raw").display().to_string()),
         ("CK", tmp.join("ck").display().to_string()),
         ("SHARDS", tmp.join("shards").display().to_string()),
+        ("STEP0", tmp.join("step0").display().to_string()),
     ];
     let mut out = Vec::new();
     for line in script.lines().map(str::trim).filter(|l| l.starts_with("step ")) {
@@ -179,7 +180,8 @@ fn gpu_check_python_scripts_compile() {
     let script = std::fs::read_to_string(format!("{dir}/gpu-check.sh")).unwrap();
     let tmp = TempDir::new("gpu-check", "python");
     let mut n = 0;
-    let runs = ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py", "compare_conv.py"];
+    let runs =
+        ["torch_baseline.py", "compare_train.py", "torch_conv_baseline.py", "compare_conv.py", "torch_grad_check.py"];
     for py in runs.into_iter().chain(["torch_sensitivity.py"]) {
         assert!(
             !runs.contains(&py) || script.contains(&format!("scripts/{py}")),
@@ -194,7 +196,7 @@ fn gpu_check_python_scripts_compile() {
         assert!(out.status.success(), "{py}: {}", String::from_utf8_lossy(&out.stderr));
         n += 1;
     }
-    assert_eq!(n, 5);
+    assert_eq!(n, 6);
 }
 
 /// scripts/compare_conv.py (run 5's issue-4 headline) takes, per layer and pass, the fastest of

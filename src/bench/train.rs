@@ -64,7 +64,7 @@ impl TrainBenchConfig {
 
     /// The bench's model and its conv layers' plans, by `conv` (the bench's own policy, or
     /// another to compare with): the same weights for the same configuration.
-    pub(super) fn model(&self, dev: &Device, conv: ConvChoice) -> Result<(Vgg, Vec<ConvLayerChoice>)> {
+    pub fn model(&self, dev: &Device, conv: ConvChoice) -> Result<(Vgg, Vec<ConvLayerChoice>)> {
         let mut vgg = Vgg::new(dev, self.model.clone(), self.batch, Init::Torchvision, 1)?;
         let layers = vgg.set_conv_choice(conv, crate::ops::conv_tune::reps(dev))?;
         Ok((vgg, layers))

@@ -65,6 +65,15 @@ pub(crate) struct BenchTrainArgs {
     /// sensitive to rounding only later, and less at a smaller --lr.
     #[arg(long)]
     check_against: Option<String>,
+    /// With --check-against: write the first step's weights, batch and both policies'
+    /// gradients to this folder (a subfolder per batch size), for scripts/torch_grad_check.py
+    /// to recompute in PyTorch: the third opinion where two policies disagree. Use with
+    /// --dropout 0 (dropout masks are not written). VGG-16: ~1.7 GB a batch size.
+    #[arg(long, requires = "check_against")]
+    dump_step0: Option<std::path::PathBuf>,
+    /// Dropout of the two hidden FC layers [default: the paper's 0.5].
+    #[arg(long)]
+    dropout: Option<f32>,
     /// Give every activation, gradient and workspace buffer its own bytes, with a guard band of
     /// 64 KiB behind each, and poison every byte outside the live buffers as each phase of a step
     /// begins (slower): a kernel that reads outside its buffers or their lifetimes then changes
@@ -422,7 +431,8 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
             cfg.check_memory = a.check_memory;
             cfg.model.input = a.input.unwrap_or(cfg.model.input);
             cfg.model.width = a.width.unwrap_or(cfg.model.width);
-            cfg.model.validate().context("--input / --width")?;
+            cfg.model.dropout = a.dropout.unwrap_or(cfg.model.dropout);
+            cfg.model.validate().context("--input / --width / --dropout")?;
             cfg.validate()?;
             Ok(cfg)
         })
@@ -448,7 +458,8 @@ pub(crate) fn bench_train_cmd(a: BenchTrainArgs) -> Result<()> {
     let mut rows = vec![];
     for cfg in configs {
         if let Some(other) = check {
-            let c = vgg_cuda::bench::train_check::check_against(&dev, &cfg, other)
+            let dump = a.dump_step0.as_ref().map(|d| d.join(format!("batch{}", cfg.batch)));
+            let c = vgg_cuda::bench::train_check::check_against(&dev, &cfg, other, dump.as_deref())
                 .with_context(|| format!("--check-against at batch {}", cfg.batch))?;
             print_check(&c, &a.conv_algo, cfg.batch);
         }
