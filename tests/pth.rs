@@ -343,3 +343,45 @@ fn imagenet_labels_are_built_in() {
     let top = eval::predict(&a).unwrap().remove(0).top;
     assert_eq!((top[0].class, top[0].name.as_str()), (281, "tabby"), "{top:?}");
 }
+
+/// A legacy stream as PyTorch 0.x under Python 2 wrote it (torchvision's 2017 VGG files are
+/// of that era), assembled opcode by opcode here since no Python 2 runs: byte-string names
+/// (SHORT_BINSTRING), `torch._utils._rebuild_tensor` (v1, no requires_grad), an OrderedDict
+/// reduced from a list of [key, value] lists (Python 2's `OrderedDict.__reduce__`), and a
+/// strided view of its storage.
+#[test]
+fn a_python2_era_legacy_stream_loads() {
+    let s = |b: &mut Vec<u8>, t: &str| {
+        b.push(b'U');
+        b.push(t.len() as u8);
+        b.extend(t.as_bytes());
+    };
+    let mut b = vec![0x80, 2, 0x8a, 10];
+    b.extend(&0x1950_a86a_20f9_469c_fc6cu128.to_le_bytes()[..10]);
+    b.extend([b'.', 0x80, 2, b'M', 0xe9, 0x03, b'.', 0x80, 2, b'}', b'.']); // version 1001, sys_info {}
+    b.extend([0x80, 2]);
+    b.extend(b"ccollections\nOrderedDict\n");
+    b.extend([b']', b'(', b']', b'(']);
+    s(&mut b, "features.0.weight");
+    b.extend(b"ctorch._utils\n_rebuild_tensor\n(");
+    b.push(b'(');
+    s(&mut b, "storage");
+    b.extend(b"ctorch\nFloatStorage\n");
+    s(&mut b, "140234");
+    s(&mut b, "cpu");
+    b.extend([b'K', 6, b'N', b't', b'Q']); // numel 6, no view: the persistent id
+    b.extend([b'K', 0, b'K', 2, b'K', 3, 0x86, b'K', 1, b'K', 2, 0x86, b't', b'R']); // offset 0, size (2, 3), stride (1, 2)
+    b.extend([b'e', b'e', 0x85, b'R', b'.']);
+    b.extend([0x80, 2, b']', b'(']);
+    s(&mut b, "140234");
+    b.extend([b'e', b'.']);
+    b.extend(6u64.to_le_bytes());
+    for v in 0..6 {
+        b.extend((v as f32).to_le_bytes());
+    }
+    let t = vgg_cuda::train::pth::read(&b).unwrap();
+    assert_eq!(t, vec![("features.0.weight".to_string(), vec![2, 3], vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0])]);
+    assert!(vgg_cuda::train::pth::is_pth(&b));
+    // Cut inside the storage: an error, not a short tensor.
+    assert!(format!("{:#}", vgg_cuda::train::pth::read(&b[..b.len() - 4]).unwrap_err()).contains("truncated"));
+}
