@@ -402,16 +402,7 @@ fn an_interrupted_run_resumes_into_one_run() {
     let (resumed, err) = vgg_train(&i, "10", &["--metrics", &mi, "--resume"]);
     assert!(err.contains("past the checkpoint's step 4"), "{err}");
     // Each line as logged, less the times; losses and accuracies compared exactly.
-    let lines = |p: &str| -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(p).unwrap();
-        let mut v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        for l in &mut v {
-            let o = l.as_object_mut().unwrap();
-            o.remove("time_s");
-            o.remove("img_per_s");
-        }
-        v
-    };
+    let lines = common::metrics_lines;
     // Less the validation of the first run, stopped at step 4 by --steps (kept: that run made it).
     let mut got = lines(&mi);
     let at = got.iter().position(|l| l["eval"] == true && l["step"] == 4).expect("the step-4 validation");

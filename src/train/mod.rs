@@ -312,8 +312,8 @@ fn fresh_head(a: &TrainArgs, vgg: &Vgg, weights: &mut Vec<NamedTensor>, what: &s
     let shapes = vgg.config().param_shapes();
     let last: Vec<&(String, Vec<usize>)> = shapes.iter().rev().take(2).collect();
     if !a.fresh_head {
-        let (name, want) = last.iter().find(|(n, _)| n.ends_with(".weight")).map(|(n, s)| (n, s)).expect("a weight");
-        if let Some(t) = weights.iter().find(|t| &t.0 == name).filter(|t| t.1 != *want && t.1.len() == 2) {
+        let (name, want) = last.iter().find(|(n, _)| n.ends_with(".weight")).expect("a weight");
+        if let Some(t) = weights.iter().find(|t| t.0 == *name).filter(|t| t.1 != *want && t.1.len() == 2) {
             let layer = name.trim_end_matches(".weight");
             bail!(
                 "{what}: its last layer ({layer}) scores {} classes, this run has {}: --fresh-head trains a new last \

@@ -197,3 +197,16 @@ pub fn tiny_train_args() -> vgg_cuda::train::TrainArgs {
         ..Default::default()
     }
 }
+
+/// The lines of a `--metrics` file, less the wall-clock fields (`time_s`, `img_per_s`): what
+/// two runs of the same steps must log alike.
+pub fn metrics_lines(path: impl AsRef<std::path::Path>) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for l in &mut v {
+        let o = l.as_object_mut().unwrap();
+        o.remove("time_s");
+        o.remove("img_per_s");
+    }
+    v
+}

@@ -177,6 +177,16 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// APPEND / APPENDS: `items` onto the list at the top of the stack.
+    fn append(&mut self, items: &[usize]) -> Result<()> {
+        let l = self.top()?;
+        match &mut self.values[l] {
+            Value::List(v) => v.extend_from_slice(items),
+            v => bail!("pickle APPEND(S) on a {}", kind(v)),
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<usize> {
         loop {
             let at = self.pos;
@@ -334,19 +344,11 @@ impl Run<'_> {
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    let l = self.top()?;
-                    match &mut self.values[l] {
-                        Value::List(items) => items.push(v),
-                        v => bail!("pickle APPEND on a {}", kind(v)),
-                    }
+                    self.append(&[v])?;
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    let l = self.top()?;
-                    match &mut self.values[l] {
-                        Value::List(v) => v.extend(items),
-                        v => bail!("pickle APPENDS on a {}", kind(v)),
-                    }
+                    self.append(&items)?;
                 }
                 _ => bail!("pickle opcode 0x{op:02x} at byte {at} is not one a saved state dict uses"),
             }
